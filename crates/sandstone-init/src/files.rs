@@ -1,0 +1,111 @@
+//! File operations. They run in PID 1, after pivot_root: every path and
+//! symlink resolves inside the sandbox's own root, never on the host.
+
+use crate::serve::io_error;
+use sandstone_init::proto::{ErrorCode, FileInfo, Request, Response};
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::Path;
+
+fn info(path: &Path) -> std::io::Result<FileInfo> {
+    let meta = std::fs::symlink_metadata(path)?;
+    let ft = meta.file_type();
+    let (kind, link_target) = if ft.is_symlink() {
+        let target = std::fs::read_link(path).ok().map(|t| t.display().to_string());
+        ("symlink", target)
+    } else if ft.is_dir() {
+        ("dir", None)
+    } else if ft.is_file() {
+        ("file", None)
+    } else {
+        ("other", None)
+    };
+    Ok(FileInfo {
+        name: path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "/".into()),
+        path: path.display().to_string(),
+        kind: kind.into(),
+        size: meta.len(),
+        mode: meta.mode() & 0o7777,
+        modified: meta.mtime(),
+        link_target,
+    })
+}
+
+fn list_dir(path: &Path) -> std::io::Result<Vec<FileInfo>> {
+    let mut entries = std::fs::read_dir(path)?
+        .filter_map(|e| e.ok())
+        .filter_map(|e| info(&e.path()).ok())
+        .collect::<Vec<_>>();
+    entries.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(entries)
+}
+
+fn write_file(path: &Path, mode: Option<u32>, data: &[u8]) -> std::io::Result<()> {
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    std::fs::write(path, data)?;
+    if let Some(m) = mode {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(m & 0o7777))?;
+    }
+    Ok(())
+}
+
+fn remove(path: &Path) -> std::io::Result<()> {
+    if std::fs::symlink_metadata(path)?.is_dir() {
+        std::fs::remove_dir_all(path)
+    } else {
+        std::fs::remove_file(path)
+    }
+}
+
+fn mkdir(path: &Path, recursive: bool) -> std::io::Result<()> {
+    if recursive {
+        std::fs::create_dir_all(path)
+    } else {
+        std::fs::create_dir(path)
+    }
+}
+
+fn ok_or(r: std::io::Result<()>) -> Response {
+    match r {
+        Ok(()) => Response::Ok,
+        Err(e) => io_error(&e),
+    }
+}
+
+/// Answers one file request with its response frame and payload.
+pub fn handle(req: Request, payload: &[u8]) -> (Response, Vec<u8>) {
+    let resp = match req {
+        Request::ReadFile { path } => {
+            let p = Path::new(&path);
+            if p.is_dir() {
+                Response::error(ErrorCode::IsADirectory, format!("{path} is a directory"))
+            } else {
+                match std::fs::read(p) {
+                    Ok(bytes) => return (Response::Data, bytes),
+                    Err(e) => io_error(&e),
+                }
+            }
+        }
+        Request::WriteFile { path, mode } => ok_or(write_file(Path::new(&path), mode, payload)),
+        Request::Mkdir { path, recursive } => ok_or(mkdir(Path::new(&path), recursive)),
+        Request::RemovePath { path } => ok_or(remove(Path::new(&path))),
+        Request::Move { from, to } => ok_or(std::fs::rename(&from, &to)),
+        Request::Stat { path } => match info(Path::new(&path)) {
+            Ok(info) => Response::Stat { info },
+            Err(e) => io_error(&e),
+        },
+        Request::ListDir { path } => match list_dir(Path::new(&path)) {
+            Ok(entries) => Response::Entries { entries },
+            Err(e) => io_error(&e),
+        },
+        other => Response::error(
+            ErrorCode::InvalidArgument,
+            format!("unexpected request {other:?}"),
+        ),
+    };
+    (resp, Vec::new())
+}

@@ -1,0 +1,56 @@
+//! `sandstone-init`: PID 1 of every sandbox, and (in `spawn` mode) the
+//! short-lived helper that creates it. See `sandstone_runtime::spawn`.
+
+mod files;
+mod procs;
+mod repl;
+mod serve;
+mod watch;
+
+use sandstone_runtime::spawn::{SandboxStart, SpawnSpec, prepare_sandbox, spawn};
+use std::io::{Read, Write};
+
+fn main() {
+    match std::env::args().nth(1).as_deref() {
+        Some("spawn") => spawn_mode(),
+        _ => {
+            eprintln!("sandstone-init is started by the Sandstone daemon (usage: sandstone-init spawn < spec.json)");
+            std::process::exit(2);
+        }
+    }
+}
+
+fn spawn_mode() {
+    let mut input = Vec::new();
+    let spec: SpawnSpec = match std::io::stdin()
+        .read_to_end(&mut input)
+        .map_err(|e| e.to_string())
+        .and_then(|_| serde_json::from_slice(&input).map_err(|e| e.to_string()))
+    {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("bad spawn spec: {e}");
+            std::process::exit(2);
+        }
+    };
+    match spawn(&spec, sandbox_main) {
+        Ok(pid) => println!("pid {pid}"),
+        Err(e) => {
+            eprintln!("{e}");
+            std::process::exit(1);
+        }
+    }
+}
+
+fn sandbox_main(mut start: SandboxStart) -> ! {
+    if let Err(e) = prepare_sandbox(&mut start) {
+        let _ = start.status.write_all(e.to_string().as_bytes());
+        unsafe { libc::_exit(1) };
+    }
+    // SIGCHLD is consumed by the reaper thread only; every thread inherits
+    // the blocked mask, and spawned commands get a clean one from std.
+    procs::block_sigchld();
+    let _ = start.status.write_all(b"ok");
+    drop(start.status);
+    serve::serve(start.listener);
+}

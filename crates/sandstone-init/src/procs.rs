@@ -1,0 +1,542 @@
+//! Process contexts: spawning, output capture and fan-out, the reaper.
+
+use crate::repl;
+use sandstone_init::proto::{ExitInfo, ProcInfo, ProcKind, PtySize, Stream};
+use std::collections::{BTreeMap, HashMap};
+use std::fs::File;
+use std::io::{Read, Write};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::process::CommandExt;
+use std::process::{Command, Stdio};
+use std::sync::mpsc::{Receiver, Sender, channel};
+use std::sync::{Arc, LazyLock, Mutex};
+
+/// Output kept per context for late attachers (the newest bytes win).
+const BUFFER_CAP: usize = 1 << 20;
+
+#[derive(Debug, Clone)]
+pub enum Event {
+    Output(Stream, Vec<u8>),
+    ExecDone(Option<i32>),
+    Exit(ExitInfo),
+}
+
+#[derive(Default)]
+struct Shared {
+    buffer: Vec<(Stream, Vec<u8>)>,
+    buffered: usize,
+    subscribers: Vec<Sender<Event>>,
+    exit: Option<ExitInfo>,
+    timed_out: bool,
+}
+
+pub struct Proc {
+    pub id: String,
+    pub kind: ProcKind,
+    pub cwd: Option<String>,
+    pub env: BTreeMap<String, String>,
+    pub pty_size: Option<PtySize>,
+    pub created_at: u64,
+    pub pid: i32,
+    /// Where input goes: the stdin pipe or the PTY master.
+    input: Mutex<Option<File>>,
+    /// The PTY master, for resize.
+    pty: Option<File>,
+    /// REPL code channel (fd 3 of the interpreter).
+    pub code: Mutex<Option<File>>,
+    /// Serialises REPL executions.
+    pub exec_lock: Mutex<()>,
+    shared: Mutex<Shared>,
+    /// The exit status, from the reaper to the pump thread.
+    exit_slot: Mutex<Option<ExitInfo>>,
+    /// Woken by the reaper when the process exits.
+    wake: OwnedFd,
+}
+
+/// The context table and pid index.
+#[derive(Default)]
+struct Table {
+    by_id: HashMap<String, Arc<Proc>>,
+    by_pid: HashMap<i32, Arc<Proc>>,
+}
+
+static TABLE: LazyLock<Mutex<Table>> = LazyLock::new(Default::default);
+/// Held while std spawns a child, so the reaper never steals the zombie std
+/// itself waits for when exec fails.
+static SPAWN_LOCK: Mutex<()> = Mutex::new(());
+
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+pub fn block_sigchld() {
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGCHLD);
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+    }
+    std::thread::spawn(reaper);
+}
+
+fn reaper() {
+    let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
+    unsafe {
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGCHLD);
+    }
+    loop {
+        unsafe { libc::sigwaitinfo(&set, std::ptr::null_mut()) };
+        loop {
+            let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+            let r = unsafe {
+                libc::waitid(
+                    libc::P_ALL,
+                    0,
+                    &mut info,
+                    libc::WEXITED | libc::WNOHANG | libc::WNOWAIT,
+                )
+            };
+            let pid = unsafe { info.si_pid() };
+            if r < 0 || pid == 0 {
+                break;
+            }
+            let _guard = SPAWN_LOCK.lock().unwrap();
+            let mut status = 0;
+            if unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) } != pid {
+                continue;
+            }
+            let proc = TABLE.lock().unwrap().by_pid.remove(&pid);
+            if let Some(p) = proc {
+                p.exited(status);
+            }
+        }
+    }
+}
+
+fn eventfd() -> OwnedFd {
+    let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
+    assert!(fd >= 0, "eventfd");
+    unsafe { OwnedFd::from_raw_fd(fd) }
+}
+
+fn pipe() -> std::io::Result<(File, File)> {
+    let mut fds = [0; 2];
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(unsafe { (File::from_raw_fd(fds[0]), File::from_raw_fd(fds[1])) })
+}
+
+fn open_pty(size: PtySize) -> std::io::Result<(File, File)> {
+    unsafe {
+        let master = libc::posix_openpt(libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC);
+        if master < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let master = File::from_raw_fd(master);
+        if libc::grantpt(master.as_raw_fd()) < 0 || libc::unlockpt(master.as_raw_fd()) < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let mut name = [0 as libc::c_char; 128];
+        if libc::ptsname_r(master.as_raw_fd(), name.as_mut_ptr(), name.len()) != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let slave = libc::open(name.as_ptr(), libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC);
+        if slave < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        set_winsize(&master, size);
+        Ok((master, File::from_raw_fd(slave)))
+    }
+}
+
+fn set_winsize(f: &File, size: PtySize) {
+    let ws = libc::winsize {
+        ws_row: size.rows,
+        ws_col: size.cols,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    unsafe { libc::ioctl(f.as_raw_fd(), libc::TIOCSWINSZ, &ws) };
+}
+
+pub struct SpawnRequest {
+    pub id: String,
+    pub kind: ProcKind,
+    pub cwd: Option<String>,
+    pub env: BTreeMap<String, String>,
+    pub pty: Option<PtySize>,
+}
+
+/// Base environment of every process (a login-like PATH and HOME).
+fn base_env() -> BTreeMap<String, String> {
+    [
+        ("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"),
+        ("HOME", "/root"),
+        ("LANG", "C.UTF-8"),
+        ("TERM", "xterm-256color"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect()
+}
+
+/// Starts a context. The returned receiver is subscribed before the process
+/// runs, so a synchronous caller sees every byte.
+pub fn spawn(req: SpawnRequest) -> std::io::Result<(Arc<Proc>, Receiver<Event>)> {
+    if TABLE.lock().unwrap().by_id.contains_key(&req.id) {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::AlreadyExists,
+            format!("context {} exists", req.id),
+        ));
+    }
+    let (program, args) = match &req.kind {
+        ProcKind::Cmd { argv } => {
+            let (first, rest) = argv.split_first().ok_or_else(|| {
+                std::io::Error::new(std::io::ErrorKind::InvalidInput, "command is empty")
+            })?;
+            (first.clone(), rest.to_vec())
+        }
+        ProcKind::Repl { language } => repl::command(language)?,
+    };
+    let mut cmd = Command::new(&program);
+    cmd.args(&args).env_clear().envs(base_env()).envs(&req.env);
+    let cwd = req.cwd.clone().unwrap_or_else(|| "/workspace".into());
+    cmd.current_dir(&cwd);
+
+    let (out_r, err_r, pty_master, input) = if let Some(size) = req.pty {
+        let (master, slave) = open_pty(size)?;
+        cmd.stdin(Stdio::from(slave.try_clone()?))
+            .stdout(Stdio::from(slave.try_clone()?))
+            .stderr(Stdio::from(slave));
+        let input = master.try_clone()?;
+        (master.try_clone()?, None, Some(master), input)
+    } else {
+        let (in_r, in_w) = pipe()?;
+        let (out_r, out_w) = pipe()?;
+        let (err_r, err_w) = pipe()?;
+        cmd.stdin(Stdio::from(in_r))
+            .stdout(Stdio::from(out_w))
+            .stderr(Stdio::from(err_w));
+        (out_r, Some(err_r), None, in_w)
+    };
+    let is_pty = pty_master.is_some();
+    let (code_w, status_r) = match &req.kind {
+        ProcKind::Repl { .. } => {
+            let (code_r, code_w) = pipe()?;
+            let (status_r, status_w) = pipe()?;
+            let (cr, sw) = (code_r.as_raw_fd(), status_w.as_raw_fd());
+            // Keep the pipe ends alive until spawn returns.
+            let keep = (code_r, status_w);
+            unsafe {
+                cmd.pre_exec(move || {
+                    if libc::dup2(cr, 3) < 0 || libc::dup2(sw, 4) < 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+            (Some((code_w, keep)), Some(status_r))
+        }
+        ProcKind::Cmd { .. } => (None, None),
+    };
+    unsafe {
+        cmd.pre_exec(move || {
+            // Own session: signals and timeouts address the whole group.
+            libc::setsid();
+            if is_pty {
+                libc::ioctl(0, libc::TIOCSCTTY, 0);
+            }
+            Ok(())
+        });
+    }
+    let (proc, rx) = {
+        let _guard = SPAWN_LOCK.lock().unwrap();
+        let child = cmd.spawn().map_err(|e| {
+            if e.kind() == std::io::ErrorKind::NotFound {
+                std::io::Error::new(e.kind(), format!("command not found: {program}"))
+            } else {
+                std::io::Error::new(e.kind(), format!("{program}: {e}"))
+            }
+        })?;
+        let pid = child.id() as i32;
+        // The reaper owns the exit status; std must never wait on this child.
+        std::mem::forget(child);
+        let (tx, rx) = channel();
+        let proc = Arc::new(Proc {
+            id: req.id.clone(),
+            kind: req.kind.clone(),
+            cwd: Some(cwd),
+            env: req.env.clone(),
+            pty_size: req.pty,
+            created_at: now_ms(),
+            pid,
+            input: Mutex::new(Some(input)),
+            pty: pty_master,
+            code: Mutex::new(code_w.map(|(w, _keep)| w)),
+            exec_lock: Mutex::new(()),
+            shared: Mutex::new(Shared {
+                subscribers: vec![tx],
+                ..Default::default()
+            }),
+            exit_slot: Mutex::new(None),
+            wake: eventfd(),
+        });
+        let mut t = TABLE.lock().unwrap();
+        t.by_id.insert(req.id.clone(), proc.clone());
+        t.by_pid.insert(pid, proc.clone());
+        (proc, rx)
+    };
+    let p = proc.clone();
+    let out_stream = if is_pty { Stream::Pty } else { Stream::Stdout };
+    std::thread::spawn(move || p.pump(out_r, out_stream, err_r, status_r));
+    Ok((proc, rx))
+}
+
+pub fn get(id: &str) -> Option<Arc<Proc>> {
+    TABLE.lock().unwrap().by_id.get(id).cloned()
+}
+
+pub fn list() -> Vec<Arc<Proc>> {
+    let mut v: Vec<_> = TABLE.lock().unwrap().by_id.values().cloned().collect();
+    v.sort_by_key(|p| p.created_at);
+    v
+}
+
+/// Kills a context's process group and forgets it.
+pub fn remove(id: &str) -> Option<Arc<Proc>> {
+    let p = TABLE.lock().unwrap().by_id.remove(id)?;
+    p.kill();
+    Some(p)
+}
+
+fn set_nonblocking(f: &File) {
+    unsafe {
+        let fl = libc::fcntl(f.as_raw_fd(), libc::F_GETFL);
+        libc::fcntl(f.as_raw_fd(), libc::F_SETFL, fl | libc::O_NONBLOCK);
+    }
+}
+
+impl Proc {
+    pub fn info(&self) -> ProcInfo {
+        let s = self.shared.lock().unwrap();
+        ProcInfo {
+            id: self.id.clone(),
+            kind: self.kind.clone(),
+            pid: self.pid,
+            running: s.exit.is_none(),
+            exit: s.exit.clone(),
+            cwd: self.cwd.clone(),
+            env: self.env.clone(),
+            pty: self.pty.is_some(),
+            created_at: self.created_at,
+        }
+    }
+
+    /// Subscribes to live events, replaying the buffered output first when
+    /// `replay` is set. Returns the exit if the process already ended.
+    pub fn subscribe(&self, replay: bool) -> Receiver<Event> {
+        let (tx, rx) = channel();
+        let mut s = self.shared.lock().unwrap();
+        if replay {
+            for (stream, bytes) in &s.buffer {
+                let _ = tx.send(Event::Output(*stream, bytes.clone()));
+            }
+        }
+        match &s.exit {
+            Some(e) => {
+                let _ = tx.send(Event::Exit(e.clone()));
+            }
+            None => s.subscribers.push(tx),
+        }
+        rx
+    }
+
+    fn publish(&self, ev: Event) {
+        let mut s = self.shared.lock().unwrap();
+        if let Event::Output(stream, bytes) = &ev {
+            s.buffered += bytes.len();
+            s.buffer.push((*stream, bytes.clone()));
+            while s.buffered > BUFFER_CAP && s.buffer.len() > 1 {
+                let (_, old) = s.buffer.remove(0);
+                s.buffered -= old.len();
+            }
+        }
+        if let Event::Exit(e) = &ev {
+            s.exit = Some(e.clone());
+        }
+        s.subscribers.retain(|tx| tx.send(ev.clone()).is_ok());
+        if matches!(ev, Event::Exit(_)) {
+            s.subscribers.clear();
+        }
+    }
+
+    fn exited(&self, status: i32) {
+        let timed_out = self.shared.lock().unwrap().timed_out;
+        let info = if libc::WIFSIGNALED(status) {
+            let sig = libc::WTERMSIG(status);
+            ExitInfo {
+                exit_code: Some(128 + sig),
+                signal: Some(sig),
+                timed_out,
+            }
+        } else {
+            ExitInfo {
+                exit_code: Some(libc::WEXITSTATUS(status)),
+                signal: None,
+                timed_out,
+            }
+        };
+        *self.pending_exit() = Some(info);
+        let one: u64 = 1;
+        unsafe { libc::write(self.wake.as_raw_fd(), &one as *const u64 as *const _, 8) };
+    }
+
+    fn pending_exit(&self) -> std::sync::MutexGuard<'_, Option<ExitInfo>> {
+        self.exit_slot.lock().unwrap()
+    }
+
+    /// Reads the process's output (and REPL status) until it exits, then
+    /// drains what is left and publishes the exit.
+    fn pump(&self, out: File, out_stream: Stream, err: Option<File>, status: Option<File>) {
+        let mut fds: Vec<(Option<File>, Source)> = vec![(Some(out), Source::Out(out_stream))];
+        if let Some(e) = err {
+            fds.push((Some(e), Source::Out(Stream::Stderr)));
+        }
+        if let Some(s) = status {
+            fds.push((Some(s), Source::Status));
+        }
+        for (f, _) in &fds {
+            set_nonblocking(f.as_ref().unwrap());
+        }
+        let mut status_buf = Vec::new();
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            let mut pollfds: Vec<libc::pollfd> = fds
+                .iter()
+                .map(|(f, _)| libc::pollfd {
+                    fd: f.as_ref().map_or(-1, |f| f.as_raw_fd()),
+                    events: libc::POLLIN,
+                    revents: 0,
+                })
+                .collect();
+            pollfds.push(libc::pollfd {
+                fd: self.wake.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            });
+            let n = unsafe { libc::poll(pollfds.as_mut_ptr(), pollfds.len() as _, -1) };
+            if n < 0 {
+                continue;
+            }
+            // Output first: anything written before a status or exit must be
+            // published before it.
+            for (i, (slot, src)) in fds.iter_mut().enumerate() {
+                if pollfds[i].revents == 0 || matches!(src, Source::Status) {
+                    continue;
+                }
+                if let Source::Out(stream) = src {
+                    if !self.drain(slot, *stream, &mut buf) {
+                        *slot = None;
+                    }
+                }
+            }
+            for (i, (slot, src)) in fds.iter_mut().enumerate() {
+                if pollfds[i].revents == 0 || !matches!(src, Source::Status) {
+                    continue;
+                }
+                match slot.as_mut().unwrap().read(&mut buf) {
+                    Ok(0) => *slot = None,
+                    Ok(n) => {
+                        status_buf.extend_from_slice(&buf[..n]);
+                        while let Some(pos) = status_buf.iter().position(|b| *b == b'\n') {
+                            let line: Vec<u8> = status_buf.drain(..=pos).collect();
+                            let code = String::from_utf8_lossy(&line).trim().parse().ok();
+                            self.publish(Event::ExecDone(code));
+                        }
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                    Err(_) => *slot = None,
+                }
+            }
+            if pollfds.last().unwrap().revents != 0 {
+                for (slot, src) in fds.iter_mut() {
+                    if let Source::Out(stream) = src {
+                        self.drain(slot, *stream, &mut buf);
+                    }
+                }
+                let info = self.pending_exit().take().expect("exit recorded before wake");
+                self.input.lock().unwrap().take();
+                self.code.lock().unwrap().take();
+                self.publish(Event::Exit(info));
+                return;
+            }
+        }
+    }
+
+    /// Reads everything available; false once the descriptor is finished.
+    fn drain(&self, slot: &mut Option<File>, stream: Stream, buf: &mut [u8]) -> bool {
+        let Some(f) = slot.as_mut() else { return false };
+        loop {
+            match f.read(buf) {
+                Ok(0) => return false,
+                Ok(n) => self.publish(Event::Output(stream, buf[..n].to_vec())),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return true,
+                // EIO is how a PTY master reports that the last slave closed.
+                Err(_) => return false,
+            }
+        }
+    }
+
+    pub fn signal(&self, sig: i32) -> std::io::Result<()> {
+        if unsafe { libc::kill(-self.pid, sig) } < 0 && unsafe { libc::kill(self.pid, sig) } < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
+    pub fn kill(&self) {
+        let _ = self.signal(libc::SIGKILL);
+    }
+
+    /// Kills the process group after a timeout and marks the exit as such.
+    pub fn time_out(&self) {
+        self.shared.lock().unwrap().timed_out = true;
+        self.kill();
+    }
+
+    pub fn write_input(&self, data: &[u8]) -> std::io::Result<()> {
+        match self.input.lock().unwrap().as_mut() {
+            Some(f) => f.write_all(data),
+            None => Err(std::io::Error::new(
+                std::io::ErrorKind::BrokenPipe,
+                "stdin is closed",
+            )),
+        }
+    }
+
+    pub fn close_input(&self) {
+        if self.pty.is_none() {
+            self.input.lock().unwrap().take();
+        }
+    }
+
+    pub fn resize(&self, size: PtySize) -> bool {
+        match &self.pty {
+            Some(m) => {
+                set_winsize(m, size);
+                true
+            }
+            None => false,
+        }
+    }
+}
+
+enum Source {
+    Out(Stream),
+    Status,
+}

@@ -1,0 +1,232 @@
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+
+/// Largest header accepted (JSON).
+pub const MAX_HEADER: usize = 1 << 20;
+/// Largest payload accepted (file bodies, input).
+pub const MAX_PAYLOAD: usize = 256 << 20;
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum Request {
+    Ping,
+    /// Starts a process context. With `attach`, the answer streams its output
+    /// and ends with its exit (a synchronous run).
+    Spawn {
+        id: String,
+        kind: ProcKind,
+        cwd: Option<String>,
+        env: BTreeMap<String, String>,
+        pty: Option<PtySize>,
+        attach: bool,
+        timeout_ms: Option<u64>,
+    },
+    /// Runs code in a REPL context and streams its output until done.
+    Exec {
+        id: String,
+        code: String,
+        timeout_ms: Option<u64>,
+    },
+    /// Streams a context's buffered then live output until it exits.
+    Attach { id: String },
+    /// Writes the payload to the context's stdin (or PTY).
+    Input { id: String },
+    CloseStdin { id: String },
+    Signal { id: String, signal: i32 },
+    Resize { id: String, size: PtySize },
+    Restart { id: String },
+    Remove { id: String },
+    Get { id: String },
+    List,
+    ReadFile { path: String },
+    /// Writes the payload to `path`, creating parent directories.
+    WriteFile { path: String, mode: Option<u32> },
+    Mkdir { path: String, recursive: bool },
+    RemovePath { path: String },
+    Move { from: String, to: String },
+    Stat { path: String },
+    ListDir { path: String },
+    Watch { path: String, recursive: bool },
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ProcKind {
+    /// One command; `argv[0]` is looked up in PATH.
+    Cmd { argv: Vec<String> },
+    /// A stateful interpreter (`bash` or `python`).
+    Repl { language: String },
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq)]
+pub struct PtySize {
+    pub rows: u16,
+    pub cols: u16,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Stream {
+    Stdout,
+    Stderr,
+    Pty,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ExitInfo {
+    pub exit_code: Option<i32>,
+    pub signal: Option<i32>,
+    pub timed_out: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ProcInfo {
+    pub id: String,
+    pub kind: ProcKind,
+    pub pid: i32,
+    pub running: bool,
+    pub exit: Option<ExitInfo>,
+    pub cwd: Option<String>,
+    pub env: BTreeMap<String, String>,
+    pub pty: bool,
+    /// Unix milliseconds.
+    pub created_at: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct FileInfo {
+    pub name: String,
+    pub path: String,
+    /// `file`, `dir`, `symlink` or `other`.
+    pub kind: String,
+    pub size: u64,
+    pub mode: u32,
+    /// Unix seconds.
+    pub modified: i64,
+    pub link_target: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    NotFound,
+    AlreadyExists,
+    InvalidArgument,
+    IsADirectory,
+    NotADirectory,
+    PermissionDenied,
+    Busy,
+    Io,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Response {
+    Pong { version: String },
+    Ok,
+    Error { code: ErrorCode, message: String },
+    Proc { info: ProcInfo },
+    Procs { procs: Vec<ProcInfo> },
+    /// Process output; the bytes are the payload.
+    Output { stream: Stream },
+    /// End of one REPL execution.
+    ExecDone { exit_code: Option<i32>, timed_out: bool },
+    /// End of a process.
+    Exit { info: ExitInfo },
+    /// File contents; the bytes are the payload.
+    Data,
+    Stat { info: FileInfo },
+    Entries { entries: Vec<FileInfo> },
+    /// A file watch event (`create`, `write`, `remove`, `rename`, `chmod`).
+    Event { event: String, path: String },
+}
+
+impl Response {
+    /// Whether this frame ends the answer to a request.
+    pub fn is_terminal(&self) -> bool {
+        !matches!(self, Response::Output { .. } | Response::Event { .. })
+    }
+
+    pub fn error(code: ErrorCode, message: impl Into<String>) -> Self {
+        Response::Error {
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+/// Encodes one frame.
+pub fn encode<T: Serialize>(header: &T, payload: &[u8]) -> Vec<u8> {
+    let h = serde_json::to_vec(header).expect("header serializes");
+    let mut out = Vec::with_capacity(8 + h.len() + payload.len());
+    out.extend_from_slice(&(h.len() as u32).to_be_bytes());
+    out.extend_from_slice(&(payload.len() as u32).to_be_bytes());
+    out.extend_from_slice(&h);
+    out.extend_from_slice(payload);
+    out
+}
+
+/// Splits the 8-byte prefix into (header length, payload length), refusing
+/// sizes past the limits.
+pub fn lengths(prefix: [u8; 8]) -> std::io::Result<(usize, usize)> {
+    let h = u32::from_be_bytes(prefix[..4].try_into().unwrap()) as usize;
+    let p = u32::from_be_bytes(prefix[4..].try_into().unwrap()) as usize;
+    if h > MAX_HEADER || p > MAX_PAYLOAD {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            "frame too large",
+        ));
+    }
+    Ok((h, p))
+}
+
+/// Writes one frame to a blocking writer.
+pub fn write_frame<W: Write, T: Serialize>(w: &mut W, header: &T, payload: &[u8]) -> std::io::Result<()> {
+    w.write_all(&encode(header, payload))
+}
+
+/// Reads one frame from a blocking reader; `None` on a clean EOF.
+pub fn read_frame<R: Read, T: serde::de::DeserializeOwned>(
+    r: &mut R,
+) -> std::io::Result<Option<(T, Vec<u8>)>> {
+    let mut prefix = [0u8; 8];
+    match r.read_exact(&mut prefix) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
+        Err(e) => return Err(e),
+    }
+    let (hl, pl) = lengths(prefix)?;
+    let mut buf = vec![0u8; hl + pl];
+    r.read_exact(&mut buf)?;
+    let payload = buf.split_off(hl);
+    let header = serde_json::from_slice(&buf)
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?;
+    Ok(Some((header, payload)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frames_round_trip_with_binary_payload() {
+        let req = Request::WriteFile {
+            path: "/workspace/a".into(),
+            mode: Some(0o600),
+        };
+        let payload = [0u8, 255, 10, 13];
+        let bytes = encode(&req, &payload);
+        let (back, p): (Request, Vec<u8>) =
+            read_frame(&mut bytes.as_slice()).unwrap().unwrap();
+        assert_eq!(back, req);
+        assert_eq!(p, payload);
+    }
+
+    #[test]
+    fn oversized_frames_are_refused() {
+        let mut prefix = [0u8; 8];
+        prefix[..4].copy_from_slice(&((MAX_HEADER as u32) + 1).to_be_bytes());
+        assert!(lengths(prefix).is_err());
+    }
+}

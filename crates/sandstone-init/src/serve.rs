@@ -1,0 +1,239 @@
+//! The daemon-facing server: one thread per connection, one request at a time.
+
+use crate::procs::{self, Event, Proc, SpawnRequest};
+use crate::{files, repl, watch};
+use sandstone_init::proto::{ErrorCode, ExitInfo, ProcKind, Request, Response, read_frame, write_frame};
+use std::io::{BufWriter, Write};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::time::{Duration, Instant};
+
+pub fn serve(listener: UnixListener) -> ! {
+    for conn in listener.incoming() {
+        if let Ok(c) = conn {
+            std::thread::spawn(move || handle(c));
+        }
+    }
+    unreachable!("listener never ends")
+}
+
+type Out = BufWriter<UnixStream>;
+
+fn send(out: &mut Out, r: &Response, payload: &[u8]) -> std::io::Result<()> {
+    write_frame(out, r, payload)?;
+    if r.is_terminal() {
+        out.flush()?;
+    }
+    Ok(())
+}
+
+fn handle(conn: UnixStream) {
+    let mut reader = match conn.try_clone() {
+        Ok(r) => r,
+        Err(_) => return,
+    };
+    let mut out = BufWriter::with_capacity(256 * 1024, conn);
+    loop {
+        let (req, payload): (Request, Vec<u8>) = match read_frame(&mut reader) {
+            Ok(Some(f)) => f,
+            Ok(None) => return,
+            Err(e) => {
+                let _ = send(&mut out, &Response::error(ErrorCode::InvalidArgument, e.to_string()), &[]);
+                return;
+            }
+        };
+        if dispatch(req, payload, &mut out).is_err() {
+            return;
+        }
+    }
+}
+
+pub fn io_error(e: &std::io::Error) -> Response {
+    use std::io::ErrorKind as K;
+    let code = match e.kind() {
+        K::NotFound => ErrorCode::NotFound,
+        K::AlreadyExists => ErrorCode::AlreadyExists,
+        K::InvalidInput => ErrorCode::InvalidArgument,
+        K::PermissionDenied => ErrorCode::PermissionDenied,
+        K::IsADirectory => ErrorCode::IsADirectory,
+        K::NotADirectory => ErrorCode::NotADirectory,
+        _ => ErrorCode::Io,
+    };
+    Response::error(code, e.to_string())
+}
+
+fn not_found(id: &str) -> Response {
+    Response::error(ErrorCode::NotFound, format!("context {id} not found"))
+}
+
+fn with_proc(id: &str, f: impl FnOnce(&Proc) -> Response) -> Response {
+    match procs::get(id) {
+        Some(p) => f(&p),
+        None => not_found(id),
+    }
+}
+
+fn dispatch(req: Request, payload: Vec<u8>, out: &mut Out) -> std::io::Result<()> {
+    let resp = match req {
+        Request::Ping => Response::Pong {
+            version: env!("CARGO_PKG_VERSION").into(),
+        },
+        Request::Spawn {
+            id,
+            kind,
+            cwd,
+            env,
+            pty,
+            attach,
+            timeout_ms,
+        } => match procs::spawn(SpawnRequest { id, kind, cwd, env, pty }) {
+            Ok((proc, rx)) if attach => return stream_until_exit(&proc, rx, timeout_ms, out),
+            Ok((proc, _rx)) => Response::Proc { info: proc.info() },
+            Err(e) => io_error(&e),
+        },
+        Request::Exec { id, code, timeout_ms } => match procs::get(&id) {
+            Some(p) => return exec(&p, &code, timeout_ms, out),
+            None => not_found(&id),
+        },
+        Request::Attach { id } => match procs::get(&id) {
+            Some(p) => {
+                let rx = p.subscribe(true);
+                return stream_until_exit(&p, rx, None, out);
+            }
+            None => not_found(&id),
+        },
+        Request::Input { id } => with_proc(&id, |p| match p.write_input(&payload) {
+            Ok(()) => Response::Ok,
+            Err(e) => io_error(&e),
+        }),
+        Request::CloseStdin { id } => with_proc(&id, |p| {
+            p.close_input();
+            Response::Ok
+        }),
+        Request::Signal { id, signal } => with_proc(&id, |p| match p.signal(signal) {
+            Ok(()) => Response::Ok,
+            Err(e) => io_error(&e),
+        }),
+        Request::Resize { id, size } => with_proc(&id, |p| {
+            if p.resize(size) {
+                Response::Ok
+            } else {
+                Response::error(ErrorCode::InvalidArgument, "context has no PTY")
+            }
+        }),
+        Request::Restart { id } => restart(&id),
+        Request::Remove { id } => match procs::remove(&id) {
+            Some(_) => Response::Ok,
+            None => not_found(&id),
+        },
+        Request::Get { id } => with_proc(&id, |p| Response::Proc { info: p.info() }),
+        Request::List => Response::Procs {
+            procs: procs::list().iter().map(|p| p.info()).collect(),
+        },
+        Request::Watch { path, recursive } => return watch::run(&path, recursive, out),
+        other => return {
+            let (r, body) = files::handle(other, &payload);
+            send(out, &r, &body)
+        },
+    };
+    let resp = (resp, Vec::new());
+    send(out, &resp.0, &resp.1)
+}
+
+fn restart(id: &str) -> Response {
+    let Some(old) = procs::remove(id) else {
+        return not_found(id);
+    };
+    // Wait (bounded) for the old process to go before reusing its id.
+    let rx = old.subscribe(false);
+    let _ = rx.recv_timeout(Duration::from_secs(5));
+    match procs::spawn(SpawnRequest {
+        id: old.id.clone(),
+        kind: old.kind.clone(),
+        cwd: old.cwd.clone(),
+        env: old.env.clone(),
+        pty: old.pty_size,
+    }) {
+        Ok((p, _)) => Response::Proc { info: p.info() },
+        Err(e) => io_error(&e),
+    }
+}
+
+/// Forwards output until the process exits; kills it at the deadline.
+fn stream_until_exit(
+    proc: &Proc,
+    rx: Receiver<Event>,
+    timeout_ms: Option<u64>,
+    out: &mut Out,
+) -> std::io::Result<()> {
+    let deadline = timeout_ms.map(|ms| Instant::now() + Duration::from_millis(ms));
+    loop {
+        match recv(&rx, deadline) {
+            Ok(Event::Output(stream, bytes)) => send(out, &Response::Output { stream }, &bytes)?,
+            Ok(Event::ExecDone(_)) => {}
+            Ok(Event::Exit(info)) => return send(out, &Response::Exit { info }, &[]),
+            Err(RecvTimeoutError::Timeout) => proc.time_out(),
+            Err(RecvTimeoutError::Disconnected) => {
+                let info = ExitInfo {
+                    exit_code: None,
+                    signal: None,
+                    timed_out: false,
+                };
+                return send(out, &Response::Exit { info }, &[]);
+            }
+        }
+    }
+}
+
+fn recv(rx: &Receiver<Event>, deadline: Option<Instant>) -> Result<Event, RecvTimeoutError> {
+    match deadline {
+        Some(d) => rx.recv_timeout(d.saturating_duration_since(Instant::now())),
+        None => rx.recv().map_err(|_| RecvTimeoutError::Disconnected),
+    }
+}
+
+/// Runs code in a REPL context. On timeout the interpreter is killed (its
+/// state is gone; the caller restarts the context).
+fn exec(proc: &Proc, code: &str, timeout_ms: Option<u64>, out: &mut Out) -> std::io::Result<()> {
+    if !matches!(proc.kind, ProcKind::Repl { .. }) {
+        let r = Response::error(ErrorCode::InvalidArgument, "exec needs a REPL context; use input for cmd contexts");
+        return send(out, &r, &[]);
+    }
+    if code.contains('\0') {
+        return send(out, &Response::error(ErrorCode::InvalidArgument, "code contains a NUL byte"), &[]);
+    }
+    let _turn = proc.exec_lock.lock().unwrap();
+    let rx = proc.subscribe(false);
+    let written = match proc.code.lock().unwrap().as_mut() {
+        Some(w) => w.write_all(&repl::frame(proc, code)),
+        None => Err(std::io::Error::new(std::io::ErrorKind::BrokenPipe, "context has exited")),
+    };
+    if let Err(e) = written {
+        return send(out, &io_error(&e), &[]);
+    }
+    let deadline = timeout_ms.map(|ms| Instant::now() + Duration::from_millis(ms));
+    let mut timed_out = false;
+    loop {
+        match recv(&rx, deadline) {
+            Ok(Event::Output(stream, bytes)) => send(out, &Response::Output { stream }, &bytes)?,
+            Ok(Event::ExecDone(exit_code)) => {
+                return send(out, &Response::ExecDone { exit_code, timed_out }, &[]);
+            }
+            Ok(Event::Exit(info)) => {
+                let r = Response::ExecDone {
+                    exit_code: info.exit_code,
+                    timed_out: timed_out || info.timed_out,
+                };
+                return send(out, &r, &[]);
+            }
+            Err(RecvTimeoutError::Timeout) => {
+                timed_out = true;
+                proc.time_out();
+            }
+            Err(RecvTimeoutError::Disconnected) => {
+                let r = Response::ExecDone { exit_code: None, timed_out };
+                return send(out, &r, &[]);
+            }
+        }
+    }
+}

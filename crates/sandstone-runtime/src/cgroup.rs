@@ -1,0 +1,326 @@
+//! cgroup limits behind one interface, with a v1 backend (the hybrid hosts we
+//! run on, where every resource controller is on v1) and a v2 backend (modern
+//! unified hosts). Sandbox cgroups are created below the daemon's own cgroup in
+//! each hierarchy, never at the root of somebody else's tree.
+
+use crate::{Error, Result};
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+
+/// Resource limits for one sandbox. `None` leaves the controller unlimited.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct Limits {
+    pub memory_bytes: Option<u64>,
+    /// CPU bandwidth in millicores (1000 = one full core).
+    pub cpu_millis: Option<u64>,
+    pub pids: Option<u64>,
+}
+
+/// Which cgroup layout the host has.
+#[derive(Debug, Clone)]
+pub enum Driver {
+    /// One directory per controller (memory, pids, cpu, freezer), each already
+    /// resolved to "our own cgroup" + the Sandstone parent.
+    V1 { parents: Vec<(Controller, PathBuf)> },
+    /// The unified hierarchy; `parent` is our own cgroup + the Sandstone parent.
+    V2 { parent: PathBuf },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Controller {
+    Memory,
+    Pids,
+    Cpu,
+    Freezer,
+}
+
+impl Controller {
+    const ALL: [Controller; 4] = [Self::Memory, Self::Pids, Self::Cpu, Self::Freezer];
+
+    fn name(self) -> &'static str {
+        match self {
+            Self::Memory => "memory",
+            Self::Pids => "pids",
+            Self::Cpu => "cpu",
+            Self::Freezer => "freezer",
+        }
+    }
+}
+
+/// One sandbox's cgroup (a directory per hierarchy).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Cgroup {
+    pub dirs: Vec<PathBuf>,
+    pub v2: bool,
+}
+
+const ROOT: &str = "/sys/fs/cgroup";
+
+/// Our own path in a hierarchy, from `/proc/self/cgroup` (`N:ctrls:/path`).
+fn own_path(proc_cgroup: &str, controller: Option<&str>) -> Option<String> {
+    proc_cgroup.lines().find_map(|line| {
+        let mut parts = line.splitn(3, ':');
+        let (_, ctrls, path) = (parts.next()?, parts.next()?, parts.next()?);
+        let hit = match controller {
+            Some(c) => ctrls.split(',').any(|x| x == c),
+            None => ctrls.is_empty(),
+        };
+        hit.then(|| path.to_string())
+    })
+}
+
+fn join_rel(base: &Path, rel: &str) -> PathBuf {
+    base.join(rel.trim_start_matches('/'))
+}
+
+impl Driver {
+    /// Detects the host layout and prepares `<own cgroup>/<group>` parents.
+    pub fn detect(group: &str) -> Result<Driver> {
+        let proc_cgroup = std::fs::read_to_string("/proc/self/cgroup")
+            .map_err(|e| Error::sys("read /proc/self/cgroup", e))?;
+        let unified_ctrls = std::fs::read_to_string(format!("{ROOT}/cgroup.controllers")).ok();
+        let driver = match unified_ctrls {
+            Some(c) if c.split_whitespace().any(|x| x == "memory") => {
+                let own = own_path(&proc_cgroup, None).unwrap_or_default();
+                let parent = join_rel(&join_rel(Path::new(ROOT), &own), group);
+                Driver::V2 { parent }
+            }
+            _ => {
+                let mut parents = Vec::new();
+                for c in Controller::ALL {
+                    let own = own_path(&proc_cgroup, Some(c.name())).unwrap_or_default();
+                    let base = join_rel(&Path::new(ROOT).join(c.name()), &own);
+                    parents.push((c, join_rel(&base, group)));
+                }
+                Driver::V1 { parents }
+            }
+        };
+        driver.ensure_parents()?;
+        Ok(driver)
+    }
+
+    fn ensure_parents(&self) -> Result<()> {
+        match self {
+            Driver::V1 { parents } => {
+                for (_, p) in parents {
+                    mkdir(p)?;
+                }
+            }
+            Driver::V2 { parent } => {
+                mkdir(parent)?;
+                // Children can only use controllers their parent delegates.
+                let ctl = parent.join("cgroup.subtree_control");
+                write(&ctl, "+memory +pids +cpu")?;
+            }
+        }
+        Ok(())
+    }
+
+    pub fn is_v2(&self) -> bool {
+        matches!(self, Driver::V2 { .. })
+    }
+
+    /// Creates the cgroup `name` with `limits` applied. On failure nothing is
+    /// left behind.
+    pub fn create(&self, name: &str, limits: &Limits) -> Result<Cgroup> {
+        let cg = match self {
+            Driver::V1 { parents } => Cgroup {
+                dirs: parents.iter().map(|(_, p)| p.join(name)).collect(),
+                v2: false,
+            },
+            Driver::V2 { parent } => Cgroup {
+                dirs: vec![parent.join(name)],
+                v2: true,
+            },
+        };
+        let applied = (|| {
+            for d in &cg.dirs {
+                mkdir(d)?;
+            }
+            self.apply(&cg, limits)
+        })();
+        if let Err(e) = applied {
+            let _ = cg.destroy();
+            return Err(e);
+        }
+        Ok(cg)
+    }
+
+    /// The existing cgroup `name` (for re-adoption), without touching it.
+    pub fn existing(&self, name: &str) -> Cgroup {
+        match self {
+            Driver::V1 { parents } => Cgroup {
+                dirs: parents.iter().map(|(_, p)| p.join(name)).collect(),
+                v2: false,
+            },
+            Driver::V2 { parent } => Cgroup {
+                dirs: vec![parent.join(name)],
+                v2: true,
+            },
+        }
+    }
+
+    fn apply(&self, cg: &Cgroup, l: &Limits) -> Result<()> {
+        match self {
+            Driver::V1 { parents } => {
+                for ((ctrl, _), dir) in parents.iter().zip(&cg.dirs) {
+                    match ctrl {
+                        Controller::Memory => {
+                            if let Some(m) = l.memory_bytes {
+                                write(&dir.join("memory.limit_in_bytes"), &m.to_string())?;
+                                // Without swap accounting the limit is the whole story;
+                                // where it exists, forbid swapping past it too.
+                                let memsw = dir.join("memory.memsw.limit_in_bytes");
+                                if memsw.exists() {
+                                    write(&memsw, &m.to_string())?;
+                                }
+                            }
+                        }
+                        Controller::Pids => {
+                            if let Some(p) = l.pids {
+                                write(&dir.join("pids.max"), &p.to_string())?;
+                            }
+                        }
+                        Controller::Cpu => {
+                            if let Some(c) = l.cpu_millis {
+                                write(&dir.join("cpu.cfs_period_us"), "100000")?;
+                                write(&dir.join("cpu.cfs_quota_us"), &(c * 100).to_string())?;
+                            }
+                        }
+                        Controller::Freezer => {}
+                    }
+                }
+            }
+            Driver::V2 { .. } => {
+                let dir = &cg.dirs[0];
+                if let Some(m) = l.memory_bytes {
+                    write(&dir.join("memory.max"), &m.to_string())?;
+                    write(&dir.join("memory.swap.max"), "0").ok();
+                }
+                if let Some(p) = l.pids {
+                    write(&dir.join("pids.max"), &p.to_string())?;
+                }
+                if let Some(c) = l.cpu_millis {
+                    write(&dir.join("cpu.max"), &format!("{} 100000", c * 100))?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Cgroup {
+    /// Files a process joins the cgroup through (one per hierarchy).
+    pub fn procs_files(&self) -> Vec<PathBuf> {
+        self.dirs.iter().map(|d| d.join("cgroup.procs")).collect()
+    }
+
+    /// Moves the calling process into the cgroup.
+    pub fn join_self(&self) -> Result<()> {
+        let pid = std::process::id().to_string();
+        for f in self.procs_files() {
+            write(&f, &pid)?;
+        }
+        Ok(())
+    }
+
+    fn memory_dir(&self) -> &Path {
+        if self.v2 {
+            &self.dirs[0]
+        } else {
+            self.dirs
+                .iter()
+                .find(|d| d.components().any(|c| c.as_os_str() == "memory"))
+                .unwrap_or(&self.dirs[0])
+        }
+    }
+
+    /// How many processes the kernel OOM-killed in this cgroup so far.
+    pub fn oom_kills(&self) -> u64 {
+        let file = if self.v2 {
+            "memory.events"
+        } else {
+            "memory.oom_control"
+        };
+        let text = std::fs::read_to_string(self.memory_dir().join(file)).unwrap_or_default();
+        text.lines()
+            .find_map(|l| l.strip_prefix("oom_kill "))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0)
+    }
+
+    /// Current memory use in bytes.
+    pub fn memory_usage(&self) -> u64 {
+        let file = if self.v2 {
+            "memory.current"
+        } else {
+            "memory.usage_in_bytes"
+        };
+        std::fs::read_to_string(self.memory_dir().join(file))
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(0)
+    }
+
+    /// Pids currently in the cgroup.
+    pub fn pids(&self) -> Vec<i32> {
+        std::fs::read_to_string(&self.procs_files()[0])
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| l.trim().parse().ok())
+            .collect()
+    }
+
+    /// Kills every process in the cgroup and waits (bounded) until it is empty.
+    pub fn kill_all(&self) {
+        for _ in 0..200 {
+            let pids = self.pids();
+            if pids.is_empty() {
+                return;
+            }
+            for p in pids {
+                unsafe { libc::kill(p, libc::SIGKILL) };
+            }
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+    }
+
+    /// Removes the cgroup directories (the cgroup must be empty).
+    pub fn destroy(&self) -> Result<()> {
+        let mut first_err = None;
+        for d in &self.dirs {
+            if let Err(e) = std::fs::remove_dir(d)
+                && e.kind() != std::io::ErrorKind::NotFound
+            {
+                first_err.get_or_insert(Error::sys(format!("rmdir {d:?}"), e));
+            }
+        }
+        first_err.map_or(Ok(()), Err)
+    }
+}
+
+fn mkdir(p: &Path) -> Result<()> {
+    match std::fs::create_dir_all(p) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(Error::sys(format!("mkdir {p:?}"), e)),
+    }
+}
+
+fn write(p: &Path, v: &str) -> Result<()> {
+    std::fs::write(p, v).map_err(|e| Error::sys(format!("write {v:?} to {p:?}"), e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn own_path_reads_v1_and_v2_lines() {
+        let text = "9:name=systemd:/\n4:memory:/sup/abc\n1:cpu,cpuacct:/x\n0::/u\n";
+        assert_eq!(own_path(text, Some("memory")).as_deref(), Some("/sup/abc"));
+        assert_eq!(own_path(text, Some("cpuacct")).as_deref(), Some("/x"));
+        assert_eq!(own_path(text, None).as_deref(), Some("/u"));
+        assert_eq!(own_path(text, Some("pids")), None);
+    }
+}

@@ -1,0 +1,44 @@
+//! Daemon side: run the helper and read back PID 1's host pid.
+
+use crate::spawn::SpawnSpec;
+use crate::{Error, Result};
+use std::io::Write;
+use std::path::Path;
+use std::process::{Command, Stdio};
+
+#[derive(Debug, Clone, Copy)]
+pub struct Launched {
+    pub pid: i32,
+}
+
+/// Runs `<init_bin> spawn`, feeding it `spec`. Blocking: call it from a
+/// blocking thread.
+pub fn launch(init_bin: &Path, spec: &SpawnSpec) -> Result<Launched> {
+    let mut child = Command::new(init_bin)
+        .arg("spawn")
+        .env_clear()
+        .env("SANDSTONE_FAULTS", crate::fault::armed_list())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| Error::sys(format!("run {init_bin:?}"), e))?;
+    let body = serde_json::to_vec(spec).expect("spec serializes");
+    child
+        .stdin
+        .take()
+        .expect("piped stdin")
+        .write_all(&body)
+        .map_err(|e| Error::sys("send spawn spec", e))?;
+    let out = child
+        .wait_with_output()
+        .map_err(|e| Error::sys("wait for spawn helper", e))?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    if out.status.success()
+        && let Some(pid) = stdout.trim().strip_prefix("pid ").and_then(|p| p.parse().ok())
+    {
+        return Ok(Launched { pid });
+    }
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    Err(Error::Other(format!("sandbox spawn failed: {}", stderr.trim())))
+}

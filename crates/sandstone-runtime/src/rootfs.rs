@@ -1,0 +1,215 @@
+//! Rootfs assembly. The host side (overlay, bind mounts, /dev, /sys) runs in
+//! the helper as host root, so those mounts are locked for the sandbox: root
+//! inside cannot unmount or remount them. The sandbox side (/proc, devpts,
+//! tmpfs, masks, pivot_root) runs in PID 1, which owns the new pid namespace.
+
+use crate::spawn::SpawnSpec;
+use crate::sys::{self, mount};
+use crate::{Error, Result};
+use std::path::{Path, PathBuf};
+
+const NOSUID: libc::c_ulong = libc::MS_NOSUID;
+const NODEV: libc::c_ulong = libc::MS_NODEV;
+const NOEXEC: libc::c_ulong = libc::MS_NOEXEC;
+
+/// Device nodes bound from the host into the sandbox's /dev.
+const DEVICES: &[&str] = &["null", "zero", "full", "random", "urandom", "tty"];
+
+/// /proc and /sys paths hidden from the sandbox, as runc hides them.
+const MASKED: &[&str] = &[
+    "proc/acpi",
+    "proc/asound",
+    "proc/kcore",
+    "proc/keys",
+    "proc/latency_stats",
+    "proc/timer_list",
+    "proc/timer_stats",
+    "proc/sched_debug",
+    "proc/scsi",
+    "sys/firmware",
+    "sys/devices/virtual/powercap",
+];
+
+/// /proc paths made read-only.
+const READ_ONLY: &[&str] = &[
+    "proc/bus",
+    "proc/fs",
+    "proc/irq",
+    "proc/sys",
+    "proc/sysrq-trigger",
+];
+
+fn inside(root: &Path, rel: &str) -> PathBuf {
+    root.join(rel.trim_start_matches('/'))
+}
+
+fn bind(src: &Path, dst: &Path, read_only: bool) -> Result<()> {
+    mount(Some(src), dst, None, libc::MS_BIND | libc::MS_REC, None)?;
+    if read_only {
+        mount(
+            None,
+            dst,
+            None,
+            libc::MS_BIND | libc::MS_REMOUNT | libc::MS_RDONLY | NOSUID | NODEV,
+            None,
+        )?;
+    }
+    Ok(())
+}
+
+fn ensure_dir(p: &Path) -> Result<()> {
+    std::fs::create_dir_all(p).map_err(|e| Error::sys(format!("mkdir {p:?}"), e))
+}
+
+fn ensure_file(p: &Path) -> Result<()> {
+    std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(p)
+        .map(drop)
+        .map_err(|e| Error::sys(format!("create {p:?}"), e))
+}
+
+/// Host-side assembly, in the helper's private mount namespace.
+pub fn assemble_host_side(spec: &SpawnSpec) -> Result<()> {
+    let root = &spec.rootfs;
+    let lower = spec
+        .lower
+        .iter()
+        .map(|p| p.display().to_string())
+        .collect::<Vec<_>>()
+        .join(":");
+    let opts = format!(
+        "lowerdir={lower},upperdir={},workdir={}",
+        spec.upper.display(),
+        spec.work.display()
+    );
+    mount(Some(Path::new("overlay")), root, Some("overlay"), 0, Some(&opts))?;
+    crate::fault::check("rootfs.after_overlay")?;
+    for b in &spec.binds {
+        let dst = inside(root, &b.target);
+        if b.source.is_dir() {
+            ensure_dir(&dst)?;
+        } else {
+            ensure_file(&dst)?;
+        }
+        bind(&b.source, &dst, b.read_only)?;
+    }
+    let dev = inside(root, "dev");
+    ensure_dir(&dev)?;
+    mount(None, &dev, Some("tmpfs"), NOSUID, Some("mode=755,size=64k"))?;
+    for d in DEVICES {
+        let node = dev.join(d);
+        ensure_file(&node)?;
+        bind(&Path::new("/dev").join(d), &node, false)?;
+    }
+    for d in ["pts", "shm"] {
+        ensure_dir(&dev.join(d))?;
+    }
+    for (link, target) in [
+        ("ptmx", "pts/ptmx"),
+        ("fd", "/proc/self/fd"),
+        ("stdin", "/proc/self/fd/0"),
+        ("stdout", "/proc/self/fd/1"),
+        ("stderr", "/proc/self/fd/2"),
+    ] {
+        std::os::unix::fs::symlink(target, dev.join(link))
+            .map_err(|e| Error::sys(format!("symlink /dev/{link}"), e))?;
+    }
+    // sysfs of the sandbox's own network namespace (which we are in), read-only.
+    let sys_dir = inside(root, "sys");
+    ensure_dir(&sys_dir)?;
+    mount(
+        None,
+        &sys_dir,
+        Some("sysfs"),
+        libc::MS_RDONLY | NOSUID | NODEV | NOEXEC,
+        None,
+    )?;
+    Ok(())
+}
+
+/// First sandbox-side step, while PID 1 still has host root's credentials
+/// (the run directory is host-root-only): mounts made by the helper are
+/// locked here and pivot_root refuses a locked new root, so re-bind the tree
+/// to make the root mount our own (everything below it stays locked), then
+/// step into it. Later steps use paths relative to it.
+pub fn enter(rootfs: &Path) -> Result<()> {
+    mount(Some(rootfs), rootfs, None, libc::MS_BIND | libc::MS_REC, None)?;
+    let c = sys::cstr(rootfs)?;
+    sys::check(unsafe { libc::chdir(c.as_ptr()) } as libc::c_long, || "chdir rootfs".into())?;
+    Ok(())
+}
+
+/// Sandbox-side assembly, in PID 1 as the sandbox's root, inside the root
+/// [`enter`] stepped into. Ends with the new root in place and the host's
+/// tree detached.
+pub fn finish_in_sandbox() -> Result<()> {
+    let root = Path::new(".");
+    let proc_dir = inside(root, "proc");
+    ensure_dir(&proc_dir)?;
+    mount(None, &proc_dir, Some("proc"), NOSUID | NODEV | NOEXEC, None)?;
+    mount(
+        None,
+        &inside(root, "dev/pts"),
+        Some("devpts"),
+        NOSUID | NOEXEC,
+        Some("newinstance,ptmxmode=0666,mode=0620"),
+    )?;
+    mount(
+        None,
+        &inside(root, "dev/shm"),
+        Some("tmpfs"),
+        NOSUID | NODEV,
+        Some("mode=1777,size=65536k"),
+    )?;
+    let tmp = inside(root, "tmp");
+    ensure_dir(&tmp)?;
+    mount(None, &tmp, Some("tmpfs"), NOSUID | NODEV, Some("mode=1777"))?;
+    mask_paths(root)?;
+    crate::fault::check("rootfs.before_pivot")?;
+    pivot()
+}
+
+fn mask_paths(root: &Path) -> Result<()> {
+    let null = inside(root, "dev/null");
+    for rel in MASKED {
+        let p = inside(root, rel);
+        match std::fs::symlink_metadata(&p) {
+            Ok(m) if m.is_dir() => mount(
+                None,
+                &p,
+                Some("tmpfs"),
+                libc::MS_RDONLY | NOSUID | NODEV | NOEXEC,
+                Some("size=0"),
+            )?,
+            Ok(_) => mount(Some(&null), &p, None, libc::MS_BIND, None)?,
+            Err(_) => {}
+        }
+    }
+    for rel in READ_ONLY {
+        let p = inside(root, rel);
+        if p.exists() {
+            bind(&p, &p, true)?;
+        }
+    }
+    Ok(())
+}
+
+fn pivot() -> Result<()> {
+    let dot = c".";
+    unsafe {
+        sys::check(
+            libc::syscall(libc::SYS_pivot_root, dot.as_ptr(), dot.as_ptr()),
+            || "pivot_root".into(),
+        )?;
+        // The old root is now stacked under "."; detach it and every host mount.
+        sys::check(
+            libc::umount2(dot.as_ptr(), libc::MNT_DETACH) as libc::c_long,
+            || "detach old root".into(),
+        )?;
+        sys::check(libc::chdir(c"/".as_ptr()) as libc::c_long, || "chdir /".into())?;
+    }
+    Ok(())
+}

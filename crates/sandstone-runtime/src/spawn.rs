@@ -1,0 +1,181 @@
+//! The helper that creates a sandbox. It runs as its own short-lived process
+//! (the static init binary in `spawn` mode), single-threaded, so it may fork
+//! freely: the daemon itself is multi-threaded and never forks into a sandbox.
+
+use crate::sys::check;
+use crate::{Error, Result};
+use serde::{Deserialize, Serialize};
+use std::io::{Read, Write};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::net::UnixListener;
+use std::path::PathBuf;
+
+/// Everything the helper needs to build one sandbox.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SpawnSpec {
+    pub id: String,
+    pub hostname: String,
+    /// Mount point of the assembled root (empty directory on the host).
+    pub rootfs: PathBuf,
+    /// Read-only template layers, topmost first.
+    pub lower: Vec<PathBuf>,
+    pub upper: PathBuf,
+    pub work: PathBuf,
+    pub binds: Vec<BindMount>,
+    /// First host uid/gid of the sandbox's range; root inside maps to it.
+    pub id_base: u32,
+    pub id_count: u32,
+    /// `cgroup.procs` files the sandbox joins (one per hierarchy).
+    pub cgroup_procs: Vec<PathBuf>,
+    /// Where PID 1 listens for the daemon (a host path, unreachable inside).
+    pub socket: PathBuf,
+    /// Host file PID 1 writes its own diagnostics to.
+    pub log: PathBuf,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct BindMount {
+    pub source: PathBuf,
+    /// Absolute path inside the sandbox.
+    pub target: String,
+    pub read_only: bool,
+}
+
+/// What PID 1 receives from the helper.
+pub struct SandboxStart {
+    pub spec: SpawnSpec,
+    pub listener: UnixListener,
+    /// Write "ok" (or an error) here once the sandbox is ready, then drop it.
+    pub status: std::fs::File,
+}
+
+fn pipe() -> Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [0; 2];
+    check(
+        unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } as libc::c_long,
+        || "pipe2".into(),
+    )?;
+    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+}
+
+fn write_id_maps(pid: i32, spec: &SpawnSpec) -> Result<()> {
+    let map = format!("0 {} {}\n", spec.id_base, spec.id_count);
+    for f in ["uid_map", "gid_map"] {
+        let path = format!("/proc/{pid}/{f}");
+        std::fs::write(&path, &map).map_err(|e| Error::sys(format!("write {path}"), e))?;
+    }
+    Ok(())
+}
+
+/// Builds the sandbox and returns PID 1's host pid once it reports ready.
+/// `sandbox_main` runs in PID 1 and never returns.
+pub fn spawn(spec: &SpawnSpec, sandbox_main: fn(SandboxStart) -> !) -> Result<i32> {
+    let flags = libc::CLONE_NEWNS | libc::CLONE_NEWNET;
+    check(unsafe { libc::unshare(flags) } as libc::c_long, || {
+        "unshare mount+net namespaces".into()
+    })?;
+    crate::sys::mount(
+        None,
+        std::path::Path::new("/"),
+        None,
+        libc::MS_REC | libc::MS_PRIVATE,
+        None,
+    )?;
+    crate::rootfs::assemble_host_side(spec)?;
+    let _ = std::fs::remove_file(&spec.socket);
+    let listener = UnixListener::bind(&spec.socket)
+        .map_err(|e| Error::sys(format!("bind {:?}", spec.socket), e))?;
+    for f in &spec.cgroup_procs {
+        std::fs::write(f, std::process::id().to_string())
+            .map_err(|e| Error::sys(format!("join cgroup {f:?}"), e))?;
+    }
+    crate::fault::check("spawn.before_clone")?;
+    let (go_r, go_w) = pipe()?;
+    let (st_r, st_w) = pipe()?;
+    let clone_flags = libc::CLONE_NEWUSER
+        | libc::CLONE_NEWNS
+        | libc::CLONE_NEWPID
+        | libc::CLONE_NEWIPC
+        | libc::CLONE_NEWUTS
+        | libc::CLONE_NEWCGROUP;
+    let pid = check(
+        unsafe { libc::syscall(libc::SYS_clone, clone_flags | libc::SIGCHLD, 0, 0, 0, 0) },
+        || "clone sandbox init".into(),
+    )? as i32;
+    if pid == 0 {
+        drop(go_w);
+        drop(st_r);
+        let mut byte = [0u8; 1];
+        let mut go = std::fs::File::from(go_r);
+        if go.read_exact(&mut byte).is_err() {
+            unsafe { libc::_exit(1) };
+        }
+        sandbox_main(SandboxStart {
+            spec: spec.clone(),
+            listener,
+            status: std::fs::File::from(st_w),
+        });
+    }
+    drop(go_r);
+    drop(st_w);
+    drop(listener);
+    let started = (|| {
+        write_id_maps(pid, spec)?;
+        crate::fault::check("spawn.after_maps")?;
+        std::fs::File::from(go_w)
+            .write_all(b"g")
+            .map_err(|e| Error::sys("release sandbox init", e))?;
+        let mut status = String::new();
+        std::fs::File::from(st_r)
+            .read_to_string(&mut status)
+            .map_err(|e| Error::sys("read sandbox status", e))?;
+        if status.trim() == "ok" {
+            Ok(())
+        } else if status.is_empty() {
+            Err(Error::Other("sandbox init exited during setup".into()))
+        } else {
+            Err(Error::Other(status.trim().to_string()))
+        }
+    })();
+    if let Err(e) = started {
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+        let mut st = 0;
+        unsafe { libc::waitpid(pid, &mut st, 0) };
+        return Err(e);
+    }
+    Ok(pid)
+}
+
+/// The first steps of PID 1: detach from the helper's session and stdio,
+/// finish the rootfs and harden. Errors are reported through `status`.
+pub fn prepare_sandbox(start: &mut SandboxStart) -> Result<()> {
+    unsafe { libc::setsid() };
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&start.spec.log)
+        .map_err(|e| Error::sys("open init log", e))?;
+    let null = std::fs::File::open("/dev/null").map_err(|e| Error::sys("open /dev/null", e))?;
+    unsafe {
+        libc::dup2(null.as_raw_fd(), 0);
+        libc::dup2(log.as_raw_fd(), 1);
+        libc::dup2(log.as_raw_fd(), 2);
+    }
+    crate::rootfs::enter(&start.spec.rootfs)?;
+    // Our credentials are still host root's until we switch to the mapped
+    // root; only then is every file we create owned by the sandbox's range.
+    check(unsafe { libc::setresgid(0, 0, 0) } as libc::c_long, || "setresgid".into())?;
+    check(unsafe { libc::setresuid(0, 0, 0) } as libc::c_long, || "setresuid".into())?;
+    check(unsafe { libc::setgroups(0, std::ptr::null()) } as libc::c_long, || {
+        "setgroups".into()
+    })?;
+    crate::rootfs::finish_in_sandbox()?;
+    let host = &start.spec.hostname;
+    check(
+        unsafe { libc::sethostname(host.as_ptr() as *const libc::c_char, host.len()) }
+            as libc::c_long,
+        || "sethostname".into(),
+    )?;
+    crate::harden::harden()?;
+    Ok(())
+}
