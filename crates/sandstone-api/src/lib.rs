@@ -1,1 +1,271 @@
+//! Wire types of Sandstone's public REST API, following Sandbox0's API so its
+//! SDKs work unchanged. No I/O here.
 
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// `{success: true, data}`.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Envelope<T> {
+    pub success: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub data: Option<T>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<ErrorBody>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ErrorBody {
+    pub code: String,
+    pub message: String,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Resources {
+    /// Kubernetes-style quantity, e.g. `512Mi`, `2Gi`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory: Option<String>,
+    /// Cores, e.g. `0.5`, `2`, `500m`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pids: Option<u64>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct SandboxConfig {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<Resources>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ttl: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hard_ttl: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auto_resume: Option<bool>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub env_vars: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct ClaimRequest {
+    #[serde(default)]
+    pub template: Option<String>,
+    #[serde(default)]
+    pub config: Option<SandboxConfig>,
+    #[serde(default)]
+    pub snapshot_id: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ClaimResponse {
+    pub sandbox_id: String,
+    pub status: String,
+    pub template: String,
+    pub runtime_id: String,
+    pub pod_name: String,
+    pub cluster_id: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Sandbox {
+    pub id: String,
+    pub template_id: String,
+    pub team_id: String,
+    pub status: String,
+    pub paused: bool,
+    pub auto_resume: bool,
+    pub runtime_id: String,
+    pub pod_name: String,
+    pub runtime_generation: i64,
+    pub config: SandboxConfig,
+    pub claimed_at: String,
+    pub created_at: String,
+    pub updated_at: String,
+    pub expires_at: Option<String>,
+    pub hard_expires_at: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SandboxSummary {
+    pub id: String,
+    pub template_id: String,
+    pub status: String,
+    pub paused: bool,
+    pub runtime_generation: i64,
+    pub created_at: String,
+    pub updated_at: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SandboxList {
+    pub sandboxes: Vec<SandboxSummary>,
+    pub count: usize,
+    pub has_more: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SandboxStatus {
+    pub sandbox_id: String,
+    pub template_id: String,
+    pub runtime_id: String,
+    pub status: String,
+    pub created_at: String,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateSandboxRequest {
+    #[serde(default)]
+    pub config: Option<SandboxConfig>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Message {
+    pub message: String,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+pub struct PtySize {
+    pub rows: u16,
+    pub cols: u16,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct CmdSpec {
+    pub command: Vec<String>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct ReplSpec {
+    #[serde(default)]
+    pub alias: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct CreateContextRequest {
+    /// `cmd` or `repl`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    #[serde(default)]
+    pub cmd: Option<CmdSpec>,
+    #[serde(default)]
+    pub repl: Option<ReplSpec>,
+    #[serde(default)]
+    pub cwd: Option<String>,
+    #[serde(default)]
+    pub env_vars: BTreeMap<String, String>,
+    #[serde(default)]
+    pub pty_size: Option<PtySize>,
+    #[serde(default)]
+    pub wait_until_done: bool,
+    /// Sandstone extension: kill the command after this many seconds.
+    #[serde(default)]
+    pub timeout_sec: Option<u64>,
+    #[serde(default)]
+    pub idle_timeout_sec: Option<u64>,
+    #[serde(default)]
+    pub ttl_sec: Option<u64>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct ContextResponse {
+    pub id: String,
+    #[serde(rename = "type")]
+    pub kind: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub alias: Option<String>,
+    pub running: bool,
+    pub paused: bool,
+    pub created_at: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cwd: Option<String>,
+    pub env_vars: BTreeMap<String, String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub output_raw: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stdout: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stderr: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<i32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub state: Option<String>,
+    /// Sandstone extension: the signal that ended the process.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub signal: Option<i32>,
+    /// Sandstone extension: the kernel OOM-killed a process of the sandbox
+    /// while this command ran.
+    #[serde(default)]
+    pub oom_killed: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ContextList {
+    pub contexts: Vec<ContextResponse>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct ExecRequest {
+    pub data: String,
+    /// Sandstone extension: give up (and restart the interpreter) after this.
+    #[serde(default)]
+    pub timeout_sec: Option<u64>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct ExecResponse {
+    pub output_raw: String,
+    pub stdout: String,
+    pub stderr: String,
+    pub exit_code: Option<i32>,
+    pub state: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct InputRequest {
+    pub data: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SignalRequest {
+    pub signal: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct FileInfo {
+    pub name: String,
+    pub path: String,
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub size: u64,
+    pub mode: String,
+    pub mod_time: String,
+    pub is_link: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub link_target: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct FileList {
+    pub entries: Vec<FileInfo>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct MoveRequest {
+    pub source: String,
+    pub destination: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Template {
+    pub id: String,
+    pub template_id: String,
+    pub description: String,
+    pub scope: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TemplateList {
+    pub templates: Vec<Template>,
+}

@@ -10,7 +10,9 @@ fn info(path: &Path) -> std::io::Result<FileInfo> {
     let meta = std::fs::symlink_metadata(path)?;
     let ft = meta.file_type();
     let (kind, link_target) = if ft.is_symlink() {
-        let target = std::fs::read_link(path).ok().map(|t| t.display().to_string());
+        let target = std::fs::read_link(path)
+            .ok()
+            .map(|t| t.display().to_string());
         ("symlink", target)
     } else if ft.is_dir() {
         ("dir", None)

@@ -14,7 +14,9 @@ fn main() {
     match std::env::args().nth(1).as_deref() {
         Some("spawn") => spawn_mode(),
         _ => {
-            eprintln!("sandstone-init is started by the Sandstone daemon (usage: sandstone-init spawn < spec.json)");
+            eprintln!(
+                "sandstone-init is started by the Sandstone daemon (usage: sandstone-init spawn < spec.json)"
+            );
             std::process::exit(2);
         }
     }

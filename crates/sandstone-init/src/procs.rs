@@ -145,7 +145,10 @@ fn open_pty(size: PtySize) -> std::io::Result<(File, File)> {
         if libc::ptsname_r(master.as_raw_fd(), name.as_mut_ptr(), name.len()) != 0 {
             return Err(std::io::Error::last_os_error());
         }
-        let slave = libc::open(name.as_ptr(), libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC);
+        let slave = libc::open(
+            name.as_ptr(),
+            libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC,
+        );
         if slave < 0 {
             return Err(std::io::Error::last_os_error());
         }
@@ -175,7 +178,10 @@ pub struct SpawnRequest {
 /// Base environment of every process (a login-like PATH and HOME).
 fn base_env() -> BTreeMap<String, String> {
     [
-        ("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"),
+        (
+            "PATH",
+            "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+        ),
         ("HOME", "/root"),
         ("LANG", "C.UTF-8"),
         ("TERM", "xterm-256color"),
@@ -469,7 +475,10 @@ impl Proc {
                         self.drain(slot, *stream, &mut buf);
                     }
                 }
-                let info = self.pending_exit().take().expect("exit recorded before wake");
+                let info = self
+                    .pending_exit()
+                    .take()
+                    .expect("exit recorded before wake");
                 self.input.lock().unwrap().take();
                 self.code.lock().unwrap().take();
                 self.publish(Event::Exit(info));

@@ -29,25 +29,63 @@ pub enum Request {
         timeout_ms: Option<u64>,
     },
     /// Streams a context's buffered then live output until it exits.
-    Attach { id: String },
+    Attach {
+        id: String,
+    },
     /// Writes the payload to the context's stdin (or PTY).
-    Input { id: String },
-    CloseStdin { id: String },
-    Signal { id: String, signal: i32 },
-    Resize { id: String, size: PtySize },
-    Restart { id: String },
-    Remove { id: String },
-    Get { id: String },
+    Input {
+        id: String,
+    },
+    CloseStdin {
+        id: String,
+    },
+    Signal {
+        id: String,
+        signal: i32,
+    },
+    Resize {
+        id: String,
+        size: PtySize,
+    },
+    Restart {
+        id: String,
+    },
+    Remove {
+        id: String,
+    },
+    Get {
+        id: String,
+    },
     List,
-    ReadFile { path: String },
+    ReadFile {
+        path: String,
+    },
     /// Writes the payload to `path`, creating parent directories.
-    WriteFile { path: String, mode: Option<u32> },
-    Mkdir { path: String, recursive: bool },
-    RemovePath { path: String },
-    Move { from: String, to: String },
-    Stat { path: String },
-    ListDir { path: String },
-    Watch { path: String, recursive: bool },
+    WriteFile {
+        path: String,
+        mode: Option<u32>,
+    },
+    Mkdir {
+        path: String,
+        recursive: bool,
+    },
+    RemovePath {
+        path: String,
+    },
+    Move {
+        from: String,
+        to: String,
+    },
+    Stat {
+        path: String,
+    },
+    ListDir {
+        path: String,
+    },
+    Watch {
+        path: String,
+        recursive: bool,
+    },
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -123,23 +161,46 @@ pub enum ErrorCode {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Response {
-    Pong { version: String },
+    Pong {
+        version: String,
+    },
     Ok,
-    Error { code: ErrorCode, message: String },
-    Proc { info: ProcInfo },
-    Procs { procs: Vec<ProcInfo> },
+    Error {
+        code: ErrorCode,
+        message: String,
+    },
+    Proc {
+        info: ProcInfo,
+    },
+    Procs {
+        procs: Vec<ProcInfo>,
+    },
     /// Process output; the bytes are the payload.
-    Output { stream: Stream },
+    Output {
+        stream: Stream,
+    },
     /// End of one REPL execution.
-    ExecDone { exit_code: Option<i32>, timed_out: bool },
+    ExecDone {
+        exit_code: Option<i32>,
+        timed_out: bool,
+    },
     /// End of a process.
-    Exit { info: ExitInfo },
+    Exit {
+        info: ExitInfo,
+    },
     /// File contents; the bytes are the payload.
     Data,
-    Stat { info: FileInfo },
-    Entries { entries: Vec<FileInfo> },
+    Stat {
+        info: FileInfo,
+    },
+    Entries {
+        entries: Vec<FileInfo>,
+    },
     /// A file watch event (`create`, `write`, `remove`, `rename`, `chmod`).
-    Event { event: String, path: String },
+    Event {
+        event: String,
+        path: String,
+    },
 }
 
 impl Response {
@@ -182,7 +243,11 @@ pub fn lengths(prefix: [u8; 8]) -> std::io::Result<(usize, usize)> {
 }
 
 /// Writes one frame to a blocking writer.
-pub fn write_frame<W: Write, T: Serialize>(w: &mut W, header: &T, payload: &[u8]) -> std::io::Result<()> {
+pub fn write_frame<W: Write, T: Serialize>(
+    w: &mut W,
+    header: &T,
+    payload: &[u8],
+) -> std::io::Result<()> {
     w.write_all(&encode(header, payload))
 }
 
@@ -217,8 +282,7 @@ mod tests {
         };
         let payload = [0u8, 255, 10, 13];
         let bytes = encode(&req, &payload);
-        let (back, p): (Request, Vec<u8>) =
-            read_frame(&mut bytes.as_slice()).unwrap().unwrap();
+        let (back, p): (Request, Vec<u8>) = read_frame(&mut bytes.as_slice()).unwrap().unwrap();
         assert_eq!(back, req);
         assert_eq!(p, payload);
     }

@@ -57,7 +57,12 @@ pub fn command(language: &str) -> std::io::Result<(String, Vec<String>)> {
     match language {
         "bash" | "shell" | "sh" => Ok((
             "bash".into(),
-            vec!["--noprofile".into(), "--norc".into(), "-c".into(), BASH_DRIVER.into()],
+            vec![
+                "--noprofile".into(),
+                "--norc".into(),
+                "-c".into(),
+                BASH_DRIVER.into(),
+            ],
         )),
         "python" | "python3" => Ok((
             "python3".into(),

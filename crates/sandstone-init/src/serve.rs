@@ -2,7 +2,9 @@
 
 use crate::procs::{self, Event, Proc, SpawnRequest};
 use crate::{files, repl, watch};
-use sandstone_init::proto::{ErrorCode, ExitInfo, ProcKind, Request, Response, read_frame, write_frame};
+use sandstone_init::proto::{
+    ErrorCode, ExitInfo, ProcKind, Request, Response, read_frame, write_frame,
+};
 use std::io::{BufWriter, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
@@ -38,7 +40,11 @@ fn handle(conn: UnixStream) {
             Ok(Some(f)) => f,
             Ok(None) => return,
             Err(e) => {
-                let _ = send(&mut out, &Response::error(ErrorCode::InvalidArgument, e.to_string()), &[]);
+                let _ = send(
+                    &mut out,
+                    &Response::error(ErrorCode::InvalidArgument, e.to_string()),
+                    &[],
+                );
                 return;
             }
         };
@@ -86,12 +92,22 @@ fn dispatch(req: Request, payload: Vec<u8>, out: &mut Out) -> std::io::Result<()
             pty,
             attach,
             timeout_ms,
-        } => match procs::spawn(SpawnRequest { id, kind, cwd, env, pty }) {
+        } => match procs::spawn(SpawnRequest {
+            id,
+            kind,
+            cwd,
+            env,
+            pty,
+        }) {
             Ok((proc, rx)) if attach => return stream_until_exit(&proc, rx, timeout_ms, out),
             Ok((proc, _rx)) => Response::Proc { info: proc.info() },
             Err(e) => io_error(&e),
         },
-        Request::Exec { id, code, timeout_ms } => match procs::get(&id) {
+        Request::Exec {
+            id,
+            code,
+            timeout_ms,
+        } => match procs::get(&id) {
             Some(p) => return exec(&p, &code, timeout_ms, out),
             None => not_found(&id),
         },
@@ -131,10 +147,12 @@ fn dispatch(req: Request, payload: Vec<u8>, out: &mut Out) -> std::io::Result<()
             procs: procs::list().iter().map(|p| p.info()).collect(),
         },
         Request::Watch { path, recursive } => return watch::run(&path, recursive, out),
-        other => return {
-            let (r, body) = files::handle(other, &payload);
-            send(out, &r, &body)
-        },
+        other => {
+            return {
+                let (r, body) = files::handle(other, &payload);
+                send(out, &r, &body)
+            };
+        }
     };
     let resp = (resp, Vec::new());
     send(out, &resp.0, &resp.1)
@@ -196,17 +214,27 @@ fn recv(rx: &Receiver<Event>, deadline: Option<Instant>) -> Result<Event, RecvTi
 /// state is gone; the caller restarts the context).
 fn exec(proc: &Proc, code: &str, timeout_ms: Option<u64>, out: &mut Out) -> std::io::Result<()> {
     if !matches!(proc.kind, ProcKind::Repl { .. }) {
-        let r = Response::error(ErrorCode::InvalidArgument, "exec needs a REPL context; use input for cmd contexts");
+        let r = Response::error(
+            ErrorCode::InvalidArgument,
+            "exec needs a REPL context; use input for cmd contexts",
+        );
         return send(out, &r, &[]);
     }
     if code.contains('\0') {
-        return send(out, &Response::error(ErrorCode::InvalidArgument, "code contains a NUL byte"), &[]);
+        return send(
+            out,
+            &Response::error(ErrorCode::InvalidArgument, "code contains a NUL byte"),
+            &[],
+        );
     }
     let _turn = proc.exec_lock.lock().unwrap();
     let rx = proc.subscribe(false);
     let written = match proc.code.lock().unwrap().as_mut() {
         Some(w) => w.write_all(&repl::frame(proc, code)),
-        None => Err(std::io::Error::new(std::io::ErrorKind::BrokenPipe, "context has exited")),
+        None => Err(std::io::Error::new(
+            std::io::ErrorKind::BrokenPipe,
+            "context has exited",
+        )),
     };
     if let Err(e) = written {
         return send(out, &io_error(&e), &[]);
@@ -217,7 +245,14 @@ fn exec(proc: &Proc, code: &str, timeout_ms: Option<u64>, out: &mut Out) -> std:
         match recv(&rx, deadline) {
             Ok(Event::Output(stream, bytes)) => send(out, &Response::Output { stream }, &bytes)?,
             Ok(Event::ExecDone(exit_code)) => {
-                return send(out, &Response::ExecDone { exit_code, timed_out }, &[]);
+                return send(
+                    out,
+                    &Response::ExecDone {
+                        exit_code,
+                        timed_out,
+                    },
+                    &[],
+                );
             }
             Ok(Event::Exit(info)) => {
                 let r = Response::ExecDone {
@@ -231,7 +266,10 @@ fn exec(proc: &Proc, code: &str, timeout_ms: Option<u64>, out: &mut Out) -> std:
                 proc.time_out();
             }
             Err(RecvTimeoutError::Disconnected) => {
-                let r = Response::ExecDone { exit_code: None, timed_out };
+                let r = Response::ExecDone {
+                    exit_code: None,
+                    timed_out,
+                };
                 return send(out, &r, &[]);
             }
         }

@@ -56,7 +56,11 @@ fn event_name(mask: u32) -> &'static str {
     }
 }
 
-pub fn run(path: &str, recursive: bool, out: &mut std::io::BufWriter<UnixStream>) -> std::io::Result<()> {
+pub fn run(
+    path: &str,
+    recursive: bool,
+    out: &mut std::io::BufWriter<UnixStream>,
+) -> std::io::Result<()> {
     let fd = unsafe { libc::inotify_init1(libc::IN_CLOEXEC) };
     if fd < 0 {
         return write_frame(out, &io_error(&std::io::Error::last_os_error()), &[]).and(out.flush());
@@ -76,8 +80,16 @@ pub fn run(path: &str, recursive: bool, out: &mut std::io::BufWriter<UnixStream>
     let mut buf = vec![0u8; 64 * 1024];
     loop {
         let mut fds = [
-            libc::pollfd { fd: w.fd.as_raw_fd(), events: libc::POLLIN, revents: 0 },
-            libc::pollfd { fd: sock, events: libc::POLLIN | libc::POLLRDHUP, revents: 0 },
+            libc::pollfd {
+                fd: w.fd.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            },
+            libc::pollfd {
+                fd: sock,
+                events: libc::POLLIN | libc::POLLRDHUP,
+                revents: 0,
+            },
         ];
         if unsafe { libc::poll(fds.as_mut_ptr(), 2, -1) } < 0 {
             continue;
@@ -96,15 +108,24 @@ pub fn run(path: &str, recursive: bool, out: &mut std::io::BufWriter<UnixStream>
             let name_bytes = &buf[name_start..name_start + ev.len as usize];
             let name = name_bytes.split(|b| *b == 0).next().unwrap_or(&[]);
             off = name_start + ev.len as usize;
-            let Some(dir) = w.dirs.get(&ev.wd).cloned() else { continue };
-            let full = if name.is_empty() { dir } else { dir.join(std::ffi::OsStr::from_bytes(name)) };
+            let Some(dir) = w.dirs.get(&ev.wd).cloned() else {
+                continue;
+            };
+            let full = if name.is_empty() {
+                dir
+            } else {
+                dir.join(std::ffi::OsStr::from_bytes(name))
+            };
             if recursive && ev.mask & libc::IN_ISDIR != 0 && ev.mask & libc::IN_CREATE != 0 {
                 let _ = w.add(&full);
             }
             if ev.mask & libc::IN_CLOSE_WRITE != 0 && ev.mask & libc::IN_MODIFY == 0 {
                 continue; // a close after writes: the writes were reported already
             }
-            let r = Response::Event { event: event_name(ev.mask).into(), path: full.display().to_string() };
+            let r = Response::Event {
+                event: event_name(ev.mask).into(),
+                path: full.display().to_string(),
+            };
             write_frame(out, &r, &[])?;
         }
         out.flush()?;

@@ -35,7 +35,11 @@ pub fn drop_capabilities() -> Result<()> {
     let last = last_cap();
     for cap in 0..=last {
         if !KEEP.contains(&cap) {
-            prctl(libc::PR_CAPBSET_DROP, cap as libc::c_ulong, "drop bounding capability")?;
+            prctl(
+                libc::PR_CAPBSET_DROP,
+                cap as libc::c_ulong,
+                "drop bounding capability",
+            )?;
         }
     }
     prctl(
@@ -78,10 +82,8 @@ pub fn drop_capabilities() -> Result<()> {
 /// Sets soft limits to sane values without ever asking for more than the
 /// host's hard limit (root here lacks CAP_SYS_RESOURCE).
 pub fn clamp_rlimits() -> Result<()> {
-    let wanted: &[(libc::__rlimit_resource_t, u64)] = &[
-        (libc::RLIMIT_NOFILE, 1 << 20),
-        (libc::RLIMIT_CORE, 0),
-    ];
+    let wanted: &[(libc::__rlimit_resource_t, u64)] =
+        &[(libc::RLIMIT_NOFILE, 1 << 20), (libc::RLIMIT_CORE, 0)];
     for &(res, want) in wanted {
         let mut cur = libc::rlimit {
             rlim_cur: 0,

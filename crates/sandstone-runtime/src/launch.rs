@@ -35,10 +35,16 @@ pub fn launch(init_bin: &Path, spec: &SpawnSpec) -> Result<Launched> {
         .map_err(|e| Error::sys("wait for spawn helper", e))?;
     let stdout = String::from_utf8_lossy(&out.stdout);
     if out.status.success()
-        && let Some(pid) = stdout.trim().strip_prefix("pid ").and_then(|p| p.parse().ok())
+        && let Some(pid) = stdout
+            .trim()
+            .strip_prefix("pid ")
+            .and_then(|p| p.parse().ok())
     {
         return Ok(Launched { pid });
     }
     let stderr = String::from_utf8_lossy(&out.stderr);
-    Err(Error::Other(format!("sandbox spawn failed: {}", stderr.trim())))
+    Err(Error::Other(format!(
+        "sandbox spawn failed: {}",
+        stderr.trim()
+    )))
 }

@@ -85,7 +85,13 @@ pub fn assemble_host_side(spec: &SpawnSpec) -> Result<()> {
         spec.upper.display(),
         spec.work.display()
     );
-    mount(Some(Path::new("overlay")), root, Some("overlay"), 0, Some(&opts))?;
+    mount(
+        Some(Path::new("overlay")),
+        root,
+        Some("overlay"),
+        0,
+        Some(&opts),
+    )?;
     crate::fault::check("rootfs.after_overlay")?;
     for b in &spec.binds {
         let dst = inside(root, &b.target);
@@ -136,9 +142,17 @@ pub fn assemble_host_side(spec: &SpawnSpec) -> Result<()> {
 /// to make the root mount our own (everything below it stays locked), then
 /// step into it. Later steps use paths relative to it.
 pub fn enter(rootfs: &Path) -> Result<()> {
-    mount(Some(rootfs), rootfs, None, libc::MS_BIND | libc::MS_REC, None)?;
+    mount(
+        Some(rootfs),
+        rootfs,
+        None,
+        libc::MS_BIND | libc::MS_REC,
+        None,
+    )?;
     let c = sys::cstr(rootfs)?;
-    sys::check(unsafe { libc::chdir(c.as_ptr()) } as libc::c_long, || "chdir rootfs".into())?;
+    sys::check(unsafe { libc::chdir(c.as_ptr()) } as libc::c_long, || {
+        "chdir rootfs".into()
+    })?;
     Ok(())
 }
 
@@ -209,7 +223,9 @@ fn pivot() -> Result<()> {
             libc::umount2(dot.as_ptr(), libc::MNT_DETACH) as libc::c_long,
             || "detach old root".into(),
         )?;
-        sys::check(libc::chdir(c"/".as_ptr()) as libc::c_long, || "chdir /".into())?;
+        sys::check(libc::chdir(c"/".as_ptr()) as libc::c_long, || {
+            "chdir /".into()
+        })?;
     }
     Ok(())
 }

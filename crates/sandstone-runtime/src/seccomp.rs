@@ -130,7 +130,10 @@ pub fn install() -> Result<()> {
         )
     };
     if ret < 0 {
-        return Err(Error::sys("install seccomp filter", std::io::Error::last_os_error()));
+        return Err(Error::sys(
+            "install seccomp filter",
+            std::io::Error::last_os_error(),
+        ));
     }
     Ok(())
 }
@@ -146,7 +149,10 @@ mod tests {
         // Each conditional jump must land inside the program.
         for (i, ins) in p.iter().enumerate() {
             if ins.code == JEQ_K || ins.code == JSET_K {
-                assert!(i + 1 + (ins.jt.max(ins.jf) as usize) < p.len(), "jump at {i}");
+                assert!(
+                    i + 1 + (ins.jt.max(ins.jf) as usize) < p.len(),
+                    "jump at {i}"
+                );
             }
         }
     }

@@ -164,11 +164,16 @@ pub fn prepare_sandbox(start: &mut SandboxStart) -> Result<()> {
     crate::rootfs::enter(&start.spec.rootfs)?;
     // Our credentials are still host root's until we switch to the mapped
     // root; only then is every file we create owned by the sandbox's range.
-    check(unsafe { libc::setresgid(0, 0, 0) } as libc::c_long, || "setresgid".into())?;
-    check(unsafe { libc::setresuid(0, 0, 0) } as libc::c_long, || "setresuid".into())?;
-    check(unsafe { libc::setgroups(0, std::ptr::null()) } as libc::c_long, || {
-        "setgroups".into()
+    check(unsafe { libc::setresgid(0, 0, 0) } as libc::c_long, || {
+        "setresgid".into()
     })?;
+    check(unsafe { libc::setresuid(0, 0, 0) } as libc::c_long, || {
+        "setresuid".into()
+    })?;
+    check(
+        unsafe { libc::setgroups(0, std::ptr::null()) } as libc::c_long,
+        || "setgroups".into(),
+    )?;
     crate::rootfs::finish_in_sandbox()?;
     let host = &start.spec.hostname;
     check(

@@ -41,7 +41,12 @@ pub(crate) fn mount(
         )
     };
     check(ret as libc::c_long, || {
-        format!("mount {:?} on {:?} ({})", src, target, fstype.unwrap_or("bind"))
+        format!(
+            "mount {:?} on {:?} ({})",
+            src,
+            target,
+            fstype.unwrap_or("bind")
+        )
     })?;
     Ok(())
 }

@@ -1,1 +1,231 @@
+//! `sandstone serve`: the daemon. Composes the store, storage and runtime
+//! behind the REST API (Sandbox0-compatible, under `/api/v1`).
 
+mod error;
+mod extract;
+mod initclient;
+mod lifecycle;
+mod limits;
+mod metrics;
+mod routes;
+mod timefmt;
+
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::http::{StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use error::ApiError;
+use routes::{contexts, files, sandboxes};
+use sandstone_storage::Storage;
+use sandstone_store::{SqliteStore, Store};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+pub use lifecycle::random_hex;
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub data_dir: PathBuf,
+    pub listen: SocketAddr,
+    /// The static `sandstone-init` binary.
+    pub init_bin: PathBuf,
+}
+
+#[derive(Clone)]
+pub struct AppState {
+    lifecycle: Arc<lifecycle::Lifecycle>,
+    metrics: Arc<metrics::Metrics>,
+}
+
+/// Largest file accepted through the API.
+const MAX_FILE_BODY: usize = 256 << 20;
+/// Largest JSON body.
+const MAX_JSON_BODY: usize = 4 << 20;
+
+pub const ADMIN_TOKEN_FILE: &str = "admin.token";
+
+async fn auth(State(st): State<AppState>, req: Request, next: Next) -> Response {
+    let token = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .or_else(|| req.headers().get("x-api-key").and_then(|v| v.to_str().ok()))
+        .map(str::trim)
+        .unwrap_or("");
+    if token.is_empty() {
+        return ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "missing bearer token",
+        )
+        .into_response();
+    }
+    match st.lifecycle.store.check_api_key(token).await {
+        Ok(Some(_)) => next.run(req).await,
+        Ok(None) => ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", "invalid API key")
+            .into_response(),
+        Err(e) => ApiError::internal(e.to_string()).into_response(),
+    }
+}
+
+async fn metrics_page(State(st): State<AppState>) -> Response {
+    let total = st
+        .lifecycle
+        .store
+        .list_sandboxes()
+        .await
+        .map(|v| v.len())
+        .unwrap_or(0);
+    let body = st.metrics.render(st.lifecycle.running_count(), total);
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response()
+}
+
+async fn not_found() -> ApiError {
+    ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route")
+}
+
+pub fn router(st: AppState) -> Router {
+    let sb = "/api/v1/sandboxes/{id}";
+    let json_limit = DefaultBodyLimit::max(MAX_JSON_BODY);
+    let api = Router::new()
+        .route(
+            "/api/v1/sandboxes",
+            post(sandboxes::claim).get(sandboxes::list),
+        )
+        .route(
+            sb,
+            get(sandboxes::get)
+                .put(sandboxes::update)
+                .delete(sandboxes::delete),
+        )
+        .route(&format!("{sb}/status"), get(sandboxes::status))
+        .route(
+            &format!("{sb}/contexts"),
+            post(contexts::create).get(contexts::list),
+        )
+        .route(
+            &format!("{sb}/contexts/{{ctx}}"),
+            get(contexts::get).delete(contexts::delete),
+        )
+        .route(&format!("{sb}/contexts/{{ctx}}/exec"), post(contexts::exec))
+        .route(
+            &format!("{sb}/contexts/{{ctx}}/input"),
+            post(contexts::input),
+        )
+        .route(
+            &format!("{sb}/contexts/{{ctx}}/signal"),
+            post(contexts::signal),
+        )
+        .route(
+            &format!("{sb}/contexts/{{ctx}}/resize"),
+            post(contexts::resize),
+        )
+        .route(
+            &format!("{sb}/contexts/{{ctx}}/restart"),
+            post(contexts::restart),
+        )
+        .route(&format!("{sb}/contexts/{{ctx}}/ws"), get(contexts::ws))
+        .route(&format!("{sb}/files/stat"), get(files::stat))
+        .route(&format!("{sb}/files/list"), get(files::list))
+        .route(&format!("{sb}/files/move"), post(files::rename))
+        .route(&format!("{sb}/files/watch"), get(files::watch))
+        .route("/api/v1/templates", get(sandboxes::templates))
+        .layer(json_limit)
+        .merge(
+            Router::new()
+                .route(
+                    &format!("{sb}/files"),
+                    get(files::read).post(files::write).delete(files::remove),
+                )
+                .layer(DefaultBodyLimit::max(MAX_FILE_BODY)),
+        )
+        .route_layer(middleware::from_fn_with_state(st.clone(), auth));
+    Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(|| async { "ready" }))
+        .route("/metrics", get(metrics_page))
+        .merge(api)
+        .fallback(not_found)
+        .with_state(st)
+}
+
+/// Creates the admin key on first start and writes it (0600) for the CLI.
+async fn ensure_admin_token(store: &dyn Store, data_dir: &std::path::Path) -> anyhow::Result<()> {
+    let path = data_dir.join(ADMIN_TOKEN_FILE);
+    if store.count_api_keys().await? > 0 && path.exists() {
+        return Ok(());
+    }
+    let token = format!("s0_local_{}", random_hex(24));
+    let tmp = data_dir.join(".admin.token.tmp");
+    {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)?;
+        f.write_all(token.as_bytes())?;
+        f.sync_all()?;
+    }
+    store.add_api_key("admin", &token).await?;
+    std::fs::rename(&tmp, &path)?;
+    tracing::info!(path = %path.display(), "created admin API key");
+    Ok(())
+}
+
+/// Runs the daemon until SIGINT or SIGTERM. Sandboxes keep running after
+/// the daemon stops; the next start re-adopts them.
+pub async fn run(config: Config) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&config.data_dir)?;
+    std::fs::set_permissions(
+        &config.data_dir,
+        std::os::unix::fs::PermissionsExt::from_mode(0o711),
+    )?;
+    if !config.init_bin.is_file() {
+        anyhow::bail!(
+            "sandstone-init not found at {} (set SANDSTONE_INIT)",
+            config.init_bin.display()
+        );
+    }
+    let store: Arc<dyn Store> =
+        Arc::new(SqliteStore::open(&config.data_dir.join("sandstone.db")).await?);
+    ensure_admin_token(store.as_ref(), &config.data_dir).await?;
+    let storage = Storage::open(&config.data_dir)?;
+    let group = format!(
+        "sandstone-{}",
+        &sandstone_store::token_hash(&config.data_dir.display().to_string())[..8]
+    );
+    let lc = lifecycle::Lifecycle::new(store, storage, config.init_bin.clone(), &group).await?;
+    lc.adopt().await?;
+    let st = AppState {
+        lifecycle: Arc::new(lc),
+        metrics: Arc::new(metrics::Metrics::default()),
+    };
+    let listener = tokio::net::TcpListener::bind(config.listen).await?;
+    tracing::info!(listen = %config.listen, data_dir = %config.data_dir.display(), "sandstone daemon ready");
+    axum::serve(listener, router(st))
+        .with_graceful_shutdown(shutdown_signal())
+        .await?;
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+    tracing::info!("shutting down; sandboxes keep running");
+}
+
+/// Opens (and prepares) the on-disk storage, for `sandstone setup`.
+pub fn open_storage(data_dir: &std::path::Path) -> anyhow::Result<Storage> {
+    Ok(Storage::open(data_dir)?)
+}

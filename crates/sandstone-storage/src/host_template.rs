@@ -12,8 +12,24 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
 const DIRS: &[&str] = &[
-    "usr", "etc", "proc", "dev", "sys", "tmp", "workspace", "root", "home", "run", "mnt", "opt",
-    "srv", "var", "var/tmp", "var/lib", "var/cache", "var/log",
+    "usr",
+    "etc",
+    "proc",
+    "dev",
+    "sys",
+    "tmp",
+    "workspace",
+    "root",
+    "home",
+    "run",
+    "mnt",
+    "opt",
+    "srv",
+    "var",
+    "var/tmp",
+    "var/lib",
+    "var/cache",
+    "var/log",
 ];
 const SYSTEM: &[&str] = &["bin", "sbin", "lib", "lib32", "lib64", "libx32"];
 const MARKER: &str = ".sandstone-template";
@@ -62,8 +78,9 @@ fn build(dir: &Path) -> Result<()> {
     for d in SYSTEM {
         let host = Path::new("/").join(d);
         match std::fs::read_link(&host) {
-            Ok(target) => std::os::unix::fs::symlink(target, tmp.join(d))
-                .map_err(io(format!("link {d}")))?,
+            Ok(target) => {
+                std::os::unix::fs::symlink(target, tmp.join(d)).map_err(io(format!("link {d}")))?
+            }
             Err(_) if host.is_dir() => {
                 std::fs::create_dir_all(tmp.join(d)).map_err(io(format!("create {d}")))?
             }
@@ -86,7 +103,9 @@ fn copy_public(src: &Path, dst: &Path) -> Result<()> {
     for e in entries.flatten() {
         let from = e.path();
         let to = dst.join(e.file_name());
-        let Ok(meta) = std::fs::symlink_metadata(&from) else { continue };
+        let Ok(meta) = std::fs::symlink_metadata(&from) else {
+            continue;
+        };
         let world_readable = meta.permissions().mode() & 0o004 != 0;
         if meta.file_type().is_symlink() {
             if let Ok(t) = std::fs::read_link(&from) {
@@ -112,7 +131,8 @@ mod tests {
         let dst = tempfile::tempdir().unwrap();
         std::fs::write(src.path().join("public"), "p").unwrap();
         std::fs::write(src.path().join("secret"), "s").unwrap();
-        std::fs::set_permissions(src.path().join("secret"), PermissionsExt::from_mode(0o640)).unwrap();
+        std::fs::set_permissions(src.path().join("secret"), PermissionsExt::from_mode(0o640))
+            .unwrap();
         copy_public(src.path(), dst.path()).unwrap();
         assert!(dst.path().join("public").exists());
         assert!(!dst.path().join("secret").exists());

@@ -1,1 +1,70 @@
+//! Metadata store: sandboxes and API keys, behind the [`Store`] trait so a
+//! PostgreSQL backend can sit beside the embedded SQLite one.
 
+mod sqlite;
+
+pub use sqlite::SqliteStore;
+
+use futures_util::future::BoxFuture;
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("database: {0}")]
+    Db(#[from] sqlx::Error),
+    #[error("not found")]
+    NotFound,
+    #[error("corrupt row: {0}")]
+    Corrupt(String),
+}
+
+pub type Result<T> = std::result::Result<T, Error>;
+
+/// The durable identity of a sandbox.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct SandboxRow {
+    pub id: String,
+    pub template: String,
+    pub status: String,
+    /// The claim's configuration, as sent (JSON).
+    pub config: serde_json::Value,
+    /// Index of the host uid/gid range the sandbox maps root to.
+    pub slot: i64,
+    /// PID 1's host pid while running.
+    pub pid: Option<i64>,
+    pub generation: i64,
+    /// Unix milliseconds.
+    pub created_at: i64,
+    pub updated_at: i64,
+}
+
+/// SHA-256 of an API token, hex: the only form a token is stored in.
+pub fn token_hash(token: &str) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(token.as_bytes()))
+}
+
+pub trait Store: Send + Sync {
+    fn insert_sandbox<'a>(&'a self, row: &'a SandboxRow) -> BoxFuture<'a, Result<()>>;
+    fn get_sandbox<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<SandboxRow>>;
+    fn list_sandboxes(&self) -> BoxFuture<'_, Result<Vec<SandboxRow>>>;
+    /// Records a state transition (after the operation succeeded).
+    fn set_status<'a>(
+        &'a self,
+        id: &'a str,
+        status: &'a str,
+        pid: Option<i64>,
+    ) -> BoxFuture<'a, Result<()>>;
+    fn set_config<'a>(
+        &'a self,
+        id: &'a str,
+        config: &'a serde_json::Value,
+    ) -> BoxFuture<'a, Result<()>>;
+    fn delete_sandbox<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<()>>;
+    /// Slots in use, for allocating id ranges.
+    fn used_slots(&self) -> BoxFuture<'_, Result<Vec<i64>>>;
+    fn add_api_key<'a>(&'a self, name: &'a str, token: &'a str) -> BoxFuture<'a, Result<()>>;
+    /// The key's name when `token` is a valid API key.
+    fn check_api_key<'a>(&'a self, token: &'a str) -> BoxFuture<'a, Result<Option<String>>>;
+    fn count_api_keys(&self) -> BoxFuture<'_, Result<i64>>;
+}

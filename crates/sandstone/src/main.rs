@@ -1,1 +1,285 @@
-fn main() {}
+//! The `sandstone` command: the daemon (`serve`), host set-up (`setup`) and
+//! client commands against a running daemon.
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand};
+use sandstone_client::Client;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+#[derive(Parser)]
+#[command(
+    name = "sandstone",
+    version,
+    about = "Self-hosted sandboxes for AI agents"
+)]
+struct Cli {
+    /// Daemon URL for client commands.
+    #[arg(
+        long,
+        global = true,
+        env = "SANDSTONE_URL",
+        default_value = "http://127.0.0.1:7700"
+    )]
+    url: String,
+    /// Data directory (the daemon's state; the CLI reads admin.token from it).
+    #[arg(
+        long,
+        global = true,
+        env = "SANDSTONE_DATA_DIR",
+        default_value = "/var/lib/sandstone"
+    )]
+    data_dir: PathBuf,
+    /// Machine-readable JSON output.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Prepare the host: data directory, `host` template, checks.
+    Setup,
+    /// Run the daemon.
+    Serve {
+        #[arg(long, env = "SANDSTONE_LISTEN", default_value = "127.0.0.1:7700")]
+        listen: std::net::SocketAddr,
+    },
+    /// Create a sandbox and print its id.
+    Create {
+        #[arg(long, short, default_value = "default")]
+        template: String,
+        /// Memory limit, e.g. 512Mi.
+        #[arg(long)]
+        memory: Option<String>,
+        /// CPU limit in cores, e.g. 0.5.
+        #[arg(long)]
+        cpu: Option<String>,
+    },
+    /// List sandboxes.
+    Ls,
+    /// Show one sandbox.
+    Inspect { id: String },
+    /// Run a command in a sandbox; exits with the command's exit code.
+    Exec {
+        id: String,
+        #[arg(long)]
+        cwd: Option<String>,
+        #[arg(long)]
+        timeout: Option<u64>,
+        #[arg(trailing_var_arg = true, required = true)]
+        command: Vec<String>,
+    },
+    /// Copy a file between the host and a sandbox (`SANDBOX:PATH` names the sandbox side).
+    Cp { from: String, to: String },
+    /// Delete sandboxes.
+    Rm {
+        #[arg(required = true)]
+        ids: Vec<String>,
+    },
+    /// Templates.
+    Template {
+        #[command(subcommand)]
+        cmd: TemplateCmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum TemplateCmd {
+    /// List templates.
+    Ls,
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(run(cli))
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("SANDSTONE_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let json = std::env::var("SANDSTONE_LOG_FORMAT").is_ok_and(|f| f == "json");
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+/// `SANDSTONE_INIT`, else `sandstone-init` beside this executable.
+fn init_binary() -> Result<PathBuf> {
+    if let Ok(p) = std::env::var("SANDSTONE_INIT") {
+        return Ok(PathBuf::from(p));
+    }
+    let exe = std::env::current_exe()?;
+    Ok(exe.with_file_name("sandstone-init"))
+}
+
+fn client(cli: &Cli) -> Result<Client> {
+    let token = match std::env::var("SANDSTONE_TOKEN") {
+        Ok(t) => t,
+        Err(_) => {
+            let path = cli.data_dir.join(sandstone_server::ADMIN_TOKEN_FILE);
+            std::fs::read_to_string(&path)
+                .with_context(|| format!("no SANDSTONE_TOKEN and cannot read {}", path.display()))?
+                .trim()
+                .to_string()
+        }
+    };
+    Ok(Client::new(&cli.url, &token))
+}
+
+fn print_json<T: serde::Serialize>(v: &T) -> Result<()> {
+    println!("{}", serde_json::to_string_pretty(v)?);
+    Ok(())
+}
+
+async fn run(cli: Cli) -> Result<()> {
+    match &cli.cmd {
+        Cmd::Setup => setup(&cli.data_dir),
+        Cmd::Serve { listen } => {
+            init_logging();
+            let config = sandstone_server::Config {
+                data_dir: cli.data_dir.clone(),
+                listen: *listen,
+                init_bin: init_binary()?,
+            };
+            sandstone_server::run(config).await
+        }
+        Cmd::Create {
+            template,
+            memory,
+            cpu,
+        } => {
+            let config =
+                (memory.is_some() || cpu.is_some()).then(|| sandstone_api::SandboxConfig {
+                    resources: Some(sandstone_api::Resources {
+                        memory: memory.clone(),
+                        cpu: cpu.clone(),
+                        pids: None,
+                    }),
+                    ..Default::default()
+                });
+            let c = client(&cli)?.claim(template, config).await?;
+            if cli.json {
+                print_json(&c)
+            } else {
+                println!("{}", c.sandbox_id);
+                Ok(())
+            }
+        }
+        Cmd::Ls => {
+            let list = client(&cli)?.list().await?;
+            if cli.json {
+                return print_json(&list);
+            }
+            println!(
+                "{:<22} {:<10} {:<10} {:>4}  CREATED",
+                "ID", "TEMPLATE", "STATUS", "GEN"
+            );
+            for s in list.sandboxes {
+                println!(
+                    "{:<22} {:<10} {:<10} {:>4}  {}",
+                    s.id, s.template_id, s.status, s.runtime_generation, s.created_at
+                );
+            }
+            Ok(())
+        }
+        Cmd::Inspect { id } => print_json(&client(&cli)?.get(id).await?),
+        Cmd::Exec {
+            id,
+            cwd,
+            timeout,
+            command,
+        } => {
+            let r = client(&cli)?
+                .run(id, command, cwd.as_deref(), *timeout)
+                .await?;
+            if cli.json {
+                print_json(&r)?;
+            } else {
+                std::io::stdout().write_all(r.stdout.unwrap_or_default().as_bytes())?;
+                std::io::stderr().write_all(r.stderr.unwrap_or_default().as_bytes())?;
+                if r.oom_killed {
+                    eprintln!("sandstone: the command was killed: out of memory");
+                }
+            }
+            std::process::exit(r.exit_code.unwrap_or(1));
+        }
+        Cmd::Cp { from, to } => copy(&client(&cli)?, from, to).await,
+        Cmd::Rm { ids } => {
+            let c = client(&cli)?;
+            for id in ids {
+                c.delete(id).await?;
+                if !cli.json {
+                    println!("{id}");
+                }
+            }
+            Ok(())
+        }
+        Cmd::Template {
+            cmd: TemplateCmd::Ls,
+        } => {
+            let t = client(&cli)?.templates().await?;
+            if cli.json {
+                return print_json(&t);
+            }
+            for t in t.templates {
+                println!("{:<10} {}", t.id, t.description);
+            }
+            Ok(())
+        }
+    }
+}
+
+/// Splits `SANDBOX:PATH`; a host path has no colon before its first slash.
+fn remote(spec: &str) -> Option<(&str, &str)> {
+    let (id, path) = spec.split_once(':')?;
+    (!id.contains('/') && !id.is_empty()).then_some((id, path))
+}
+
+async fn copy(c: &Client, from: &str, to: &str) -> Result<()> {
+    match (remote(from), remote(to)) {
+        (Some((id, path)), None) => {
+            let bytes = c.read_file(id, path).await?;
+            std::fs::write(to, bytes).with_context(|| format!("write {to}"))?;
+        }
+        (None, Some((id, path))) => {
+            let bytes = std::fs::read(from).with_context(|| format!("read {from}"))?;
+            c.write_file(id, path, bytes).await?;
+        }
+        _ => bail!("exactly one side must be SANDBOX:PATH"),
+    }
+    Ok(())
+}
+
+fn setup(data_dir: &Path) -> Result<()> {
+    let step = |n: u32, what: &str| eprintln!("[{n}/3] {what}");
+    step(1, "checking the kernel (namespaces, overlay, cgroups)");
+    if !std::path::Path::new("/proc/self/ns/user").exists() {
+        bail!("this kernel has no user namespaces");
+    }
+    let filesystems = std::fs::read_to_string("/proc/filesystems").unwrap_or_default();
+    if !filesystems.contains("overlay") {
+        bail!("this kernel has no overlayfs");
+    }
+    step(2, &format!("preparing {}", data_dir.display()));
+    std::fs::create_dir_all(data_dir)?;
+    let storage = sandstone_server::open_storage(data_dir)?;
+    step(3, "building the host template");
+    for t in storage.templates()? {
+        eprintln!("      template {:<8} ready", t.id);
+    }
+    eprintln!(
+        "done: start the daemon with `sandstone serve --data-dir {}`",
+        data_dir.display()
+    );
+    Ok(())
+}

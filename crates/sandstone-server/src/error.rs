@@ -1,0 +1,108 @@
+//! API errors: a stable code, a message naming what was wrong, a fitting
+//! status, in Sandbox0's `{success:false, error:{code,message}}` envelope.
+
+use axum::Json;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use sandstone_api::{Envelope, ErrorBody};
+use sandstone_init::proto::ErrorCode;
+
+#[derive(Debug)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub code: &'static str,
+    pub message: String,
+}
+
+pub type ApiResult<T> = Result<T, ApiError>;
+
+impl ApiError {
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        ApiError {
+            status,
+            code,
+            message: message.into(),
+        }
+    }
+
+    pub fn bad_request(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "invalid_request", message)
+    }
+
+    pub fn not_found(what: &str, id: &str) -> Self {
+        Self::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("{what} {id} not found"),
+        )
+    }
+
+    pub fn conflict(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::CONFLICT, "conflict", message)
+    }
+
+    pub fn internal(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", message)
+    }
+
+    pub fn unavailable(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", message)
+    }
+
+    /// Maps an error answered by a sandbox's init.
+    pub fn from_init(code: ErrorCode, message: String) -> Self {
+        use ErrorCode as C;
+        let (status, code) = match code {
+            C::NotFound => (StatusCode::NOT_FOUND, "not_found"),
+            C::AlreadyExists => (StatusCode::CONFLICT, "already_exists"),
+            C::InvalidArgument => (StatusCode::BAD_REQUEST, "invalid_request"),
+            C::IsADirectory => (StatusCode::BAD_REQUEST, "is_a_directory"),
+            C::NotADirectory => (StatusCode::BAD_REQUEST, "not_a_directory"),
+            C::PermissionDenied => (StatusCode::FORBIDDEN, "permission_denied"),
+            C::Busy => (StatusCode::CONFLICT, "busy"),
+            C::Io if message.contains("No space left") || message.contains("quota") => {
+                (StatusCode::INSUFFICIENT_STORAGE, "no_space")
+            }
+            C::Io => (StatusCode::UNPROCESSABLE_ENTITY, "io_error"),
+        };
+        Self::new(status, code, message)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        if self.status.is_server_error() {
+            tracing::warn!(code = self.code, message = %self.message, "request failed");
+        }
+        let body = Envelope::<()> {
+            success: false,
+            data: None,
+            error: Some(ErrorBody {
+                code: self.code.to_string(),
+                message: self.message,
+            }),
+        };
+        (self.status, Json(body)).into_response()
+    }
+}
+
+impl From<sandstone_store::Error> for ApiError {
+    fn from(e: sandstone_store::Error) -> Self {
+        match e {
+            sandstone_store::Error::NotFound => {
+                Self::new(StatusCode::NOT_FOUND, "not_found", "not found")
+            }
+            other => Self::internal(other.to_string()),
+        }
+    }
+}
+
+/// `{success: true, data}` with a status.
+pub fn ok<T: serde::Serialize>(status: StatusCode, data: T) -> Response {
+    let body = Envelope {
+        success: true,
+        data: Some(data),
+        error: None,
+    };
+    (status, Json(body)).into_response()
+}

@@ -1,0 +1,103 @@
+//! Parsing of Kubernetes-style resource quantities into cgroup limits.
+
+use crate::error::ApiError;
+use sandstone_api::Resources;
+use sandstone_runtime::cgroup::Limits;
+
+pub const DEFAULT_MEMORY: u64 = 2 << 30;
+pub const DEFAULT_PIDS: u64 = 4096;
+const MIN_MEMORY: u64 = 16 << 20;
+
+/// `512Mi`, `2Gi`, `1G`, `1048576`.
+pub fn parse_memory(s: &str) -> Option<u64> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num.parse().ok()?;
+    let mult: u64 = match unit {
+        "" => 1,
+        "Ki" => 1 << 10,
+        "Mi" => 1 << 20,
+        "Gi" => 1 << 30,
+        "Ti" => 1 << 40,
+        "K" | "k" => 1_000,
+        "M" => 1_000_000,
+        "G" => 1_000_000_000,
+        _ => return None,
+    };
+    n.checked_mul(mult)
+}
+
+/// `2`, `0.5`, `500m` → millicores.
+pub fn parse_cpu(s: &str) -> Option<u64> {
+    let s = s.trim();
+    if let Some(m) = s.strip_suffix('m') {
+        return m.parse().ok();
+    }
+    let v: f64 = s.parse().ok()?;
+    (v.is_finite() && v > 0.0 && v <= 1024.0).then(|| (v * 1000.0).round() as u64)
+}
+
+pub fn limits(res: Option<&Resources>) -> Result<Limits, ApiError> {
+    let mut l = Limits {
+        memory_bytes: Some(DEFAULT_MEMORY),
+        cpu_millis: None,
+        pids: Some(DEFAULT_PIDS),
+    };
+    let Some(r) = res else { return Ok(l) };
+    if let Some(m) = &r.memory {
+        let bytes = parse_memory(m).ok_or_else(|| {
+            ApiError::bad_request(format!(
+                "invalid field `config.resources.memory`: {m:?} is not a quantity like 512Mi"
+            ))
+        })?;
+        if bytes < MIN_MEMORY {
+            return Err(ApiError::bad_request(
+                "invalid field `config.resources.memory`: at least 16Mi",
+            ));
+        }
+        l.memory_bytes = Some(bytes);
+    }
+    if let Some(c) = &r.cpu {
+        let millis = parse_cpu(c).filter(|m| *m >= 10).ok_or_else(|| {
+            ApiError::bad_request(format!(
+                "invalid field `config.resources.cpu`: {c:?} is not a CPU amount like 0.5 or 500m"
+            ))
+        })?;
+        l.cpu_millis = Some(millis);
+    }
+    if let Some(p) = r.pids {
+        if !(8..=1 << 22).contains(&p) {
+            return Err(ApiError::bad_request(
+                "invalid field `config.resources.pids`: between 8 and 4194304",
+            ));
+        }
+        l.pids = Some(p);
+    }
+    Ok(l)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quantities() {
+        assert_eq!(parse_memory("512Mi"), Some(512 << 20));
+        assert_eq!(parse_memory("1G"), Some(1_000_000_000));
+        assert_eq!(parse_memory("12x"), None);
+        assert_eq!(parse_cpu("500m"), Some(500));
+        assert_eq!(parse_cpu("1.5"), Some(1500));
+        assert_eq!(parse_cpu("-1"), None);
+        let bad = Resources {
+            memory: Some("lots".into()),
+            ..Default::default()
+        };
+        assert!(
+            limits(Some(&bad))
+                .unwrap_err()
+                .message
+                .contains("config.resources.memory")
+        );
+    }
+}

@@ -1,0 +1,431 @@
+//! Process contexts: `/api/v1/sandboxes/{id}/contexts...`.
+
+use crate::error::{ApiError, ApiResult, ok};
+use crate::extract::JsonBody;
+use crate::initclient::{self, InitConn, unreachable};
+use crate::lifecycle::{Runtime, random_hex};
+use crate::timefmt::rfc3339_ms;
+use crate::{AppState, routes::sandboxes};
+use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::Response;
+use sandstone_api as api;
+use sandstone_init::proto::{
+    ExitInfo, ProcInfo, ProcKind, PtySize, Request, Response as Init, Stream,
+};
+use serde_json::json;
+
+/// The runtime of a running sandbox, or a clear 404/409.
+pub async fn running(st: &AppState, id: &str) -> ApiResult<Runtime> {
+    let row = sandboxes::row(st, id).await?;
+    st.lifecycle
+        .runtime(id)
+        .ok_or_else(|| ApiError::conflict(format!("sandbox {id} is {}", row.status)))
+}
+
+fn state_of(exit: &ExitInfo) -> &'static str {
+    if exit.timed_out {
+        "timed_out"
+    } else if exit.signal.is_some() {
+        "killed"
+    } else {
+        "exited"
+    }
+}
+
+fn context_response(p: &ProcInfo) -> api::ContextResponse {
+    let (kind, alias, state) = match &p.kind {
+        ProcKind::Cmd { .. } => ("cmd", None, None),
+        ProcKind::Repl { language } => ("repl", Some(language.clone()), None::<String>),
+    };
+    api::ContextResponse {
+        id: p.id.clone(),
+        kind: kind.into(),
+        alias,
+        running: p.running,
+        paused: false,
+        created_at: rfc3339_ms(p.created_at as i64),
+        cwd: p.cwd.clone(),
+        env_vars: p.env.clone(),
+        exit_code: p.exit.as_ref().and_then(|e| e.exit_code),
+        signal: p.exit.as_ref().and_then(|e| e.signal),
+        state: state.or_else(|| Some(p.exit.as_ref().map_or("running", state_of).to_string())),
+        ..Default::default()
+    }
+}
+
+fn validate_env(env: &std::collections::BTreeMap<String, String>) -> ApiResult<()> {
+    for (k, v) in env {
+        if k.is_empty() || k.contains('=') || k.contains('\0') || v.contains('\0') {
+            return Err(ApiError::bad_request(format!(
+                "invalid field `env_vars.{k}`: names need no '=' or NUL, values no NUL"
+            )));
+        }
+    }
+    Ok(())
+}
+
+fn kind_of(req: &api::CreateContextRequest) -> ApiResult<ProcKind> {
+    match req.kind.as_str() {
+        "cmd" => {
+            let argv = req
+                .cmd
+                .as_ref()
+                .map(|c| c.command.clone())
+                .unwrap_or_default();
+            if argv.is_empty() || argv[0].is_empty() {
+                return Err(ApiError::bad_request(
+                    "invalid field `cmd.command`: a non-empty argv array is required",
+                ));
+            }
+            if argv.iter().any(|a| a.contains('\0')) {
+                return Err(ApiError::bad_request(
+                    "invalid field `cmd.command`: arguments cannot contain NUL",
+                ));
+            }
+            Ok(ProcKind::Cmd { argv })
+        }
+        "repl" => {
+            let language = req
+                .repl
+                .as_ref()
+                .and_then(|r| r.alias.clone())
+                .unwrap_or_else(|| "python".into());
+            if !matches!(
+                language.as_str(),
+                "python" | "python3" | "bash" | "shell" | "sh"
+            ) {
+                return Err(ApiError::bad_request(format!(
+                    "invalid field `repl.alias`: {language:?} is not supported (python or bash)"
+                )));
+            }
+            Ok(ProcKind::Repl { language })
+        }
+        other => Err(ApiError::bad_request(format!(
+            "invalid field `type`: {other:?} (cmd or repl)"
+        ))),
+    }
+}
+
+/// Collected output of a run.
+#[derive(Default)]
+struct Collected {
+    raw: Vec<u8>,
+    stdout: Vec<u8>,
+    stderr: Vec<u8>,
+}
+
+impl Collected {
+    fn push(&mut self, stream: Stream, bytes: &[u8]) {
+        self.raw.extend_from_slice(bytes);
+        match stream {
+            Stream::Stderr => self.stderr.extend_from_slice(bytes),
+            _ => self.stdout.extend_from_slice(bytes),
+        }
+    }
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+/// Sends `req` and gathers output frames until the terminal frame.
+async fn run_collect(rt: &Runtime, req: &Request) -> ApiResult<(Init, Collected)> {
+    let mut conn = InitConn::connect(&rt.socket).await.map_err(unreachable)?;
+    conn.send(req, &[]).await.map_err(unreachable)?;
+    let mut out = Collected::default();
+    loop {
+        match conn.recv().await.map_err(unreachable)? {
+            (Init::Output { stream }, bytes) => out.push(stream, &bytes),
+            (Init::Error { code, message }, _) => return Err(ApiError::from_init(code, message)),
+            (terminal, _) => return Ok((terminal, out)),
+        }
+    }
+}
+
+pub async fn create(
+    State(st): State<AppState>,
+    Path(id): Path<String>,
+    JsonBody(req): JsonBody<api::CreateContextRequest>,
+) -> ApiResult<Response> {
+    let kind = kind_of(&req)?;
+    validate_env(&req.env_vars)?;
+    let rt = running(&st, &id).await?;
+    let ctx_id = format!("ctx-{}", random_hex(6));
+    let started = std::time::Instant::now();
+    let attach = req.wait_until_done && matches!(kind, ProcKind::Cmd { .. });
+    let spawn = Request::Spawn {
+        id: ctx_id.clone(),
+        kind,
+        cwd: req.cwd.clone(),
+        env: req.env_vars.clone(),
+        pty: req.pty_size.map(|s| PtySize {
+            rows: s.rows,
+            cols: s.cols,
+        }),
+        attach,
+        timeout_ms: req.timeout_sec.map(|s| s.saturating_mul(1000)),
+    };
+    if !attach {
+        let (resp, _) = initclient::call(&rt.socket, &spawn, &[]).await?;
+        let Init::Proc { info } = resp else {
+            return Err(ApiError::internal("unexpected answer to spawn"));
+        };
+        st.metrics
+            .observe("context", started.elapsed().as_secs_f64() * 1000.0);
+        return Ok(ok(StatusCode::CREATED, context_response(&info)));
+    }
+    let oom_before = rt.cgroup.oom_kills();
+    let (terminal, out) = run_collect(&rt, &spawn).await?;
+    let Init::Exit { info: exit } = terminal else {
+        return Err(ApiError::internal("unexpected answer to a synchronous run"));
+    };
+    let oom_killed = rt.cgroup.oom_kills() > oom_before;
+    st.metrics
+        .observe("exec", started.elapsed().as_secs_f64() * 1000.0);
+    let (_, info) = get_info(&rt, &ctx_id).await?;
+    let mut resp = context_response(&info);
+    resp.output_raw = Some(text(&out.raw));
+    resp.stdout = Some(text(&out.stdout));
+    resp.stderr = Some(text(&out.stderr));
+    resp.exit_code = exit.exit_code;
+    resp.signal = exit.signal;
+    resp.oom_killed = oom_killed;
+    resp.state = Some(
+        if oom_killed {
+            "oom_killed"
+        } else {
+            state_of(&exit)
+        }
+        .into(),
+    );
+    resp.running = false;
+    Ok(ok(StatusCode::CREATED, resp))
+}
+
+async fn get_info(rt: &Runtime, ctx: &str) -> ApiResult<((), ProcInfo)> {
+    match initclient::call(&rt.socket, &Request::Get { id: ctx.into() }, &[]).await? {
+        (Init::Proc { info }, _) => Ok(((), info)),
+        _ => Err(ApiError::internal("unexpected answer to get")),
+    }
+}
+
+pub async fn list(State(st): State<AppState>, Path(id): Path<String>) -> ApiResult<Response> {
+    let rt = running(&st, &id).await?;
+    let (resp, _) = initclient::call(&rt.socket, &Request::List, &[]).await?;
+    let Init::Procs { procs } = resp else {
+        return Err(ApiError::internal("unexpected answer to list"));
+    };
+    let contexts = procs.iter().map(context_response).collect();
+    Ok(ok(StatusCode::OK, api::ContextList { contexts }))
+}
+
+pub async fn get(
+    State(st): State<AppState>,
+    Path((id, ctx)): Path<(String, String)>,
+) -> ApiResult<Response> {
+    let rt = running(&st, &id).await?;
+    let (_, info) = get_info(&rt, &ctx).await?;
+    Ok(ok(StatusCode::OK, context_response(&info)))
+}
+
+pub async fn delete(
+    State(st): State<AppState>,
+    Path((id, ctx)): Path<(String, String)>,
+) -> ApiResult<Response> {
+    let rt = running(&st, &id).await?;
+    initclient::call(&rt.socket, &Request::Remove { id: ctx }, &[]).await?;
+    Ok(ok(StatusCode::OK, json!({"deleted": true})))
+}
+
+pub async fn restart(
+    State(st): State<AppState>,
+    Path((id, ctx)): Path<(String, String)>,
+) -> ApiResult<Response> {
+    let rt = running(&st, &id).await?;
+    match initclient::call(&rt.socket, &Request::Restart { id: ctx }, &[]).await? {
+        (Init::Proc { info }, _) => Ok(ok(StatusCode::OK, context_response(&info))),
+        _ => Err(ApiError::internal("unexpected answer to restart")),
+    }
+}
+
+pub async fn exec(
+    State(st): State<AppState>,
+    Path((id, ctx)): Path<(String, String)>,
+    JsonBody(req): JsonBody<api::ExecRequest>,
+) -> ApiResult<Response> {
+    if req.data.contains('\0') {
+        return Err(ApiError::bad_request(
+            "invalid field `data`: NUL bytes are not allowed",
+        ));
+    }
+    let rt = running(&st, &id).await?;
+    let started = std::time::Instant::now();
+    let exec = Request::Exec {
+        id: ctx,
+        code: req.data,
+        timeout_ms: req.timeout_sec.map(|s| s.saturating_mul(1000)),
+    };
+    let (terminal, out) = run_collect(&rt, &exec).await?;
+    let Init::ExecDone {
+        exit_code,
+        timed_out,
+    } = terminal
+    else {
+        return Err(ApiError::internal("unexpected answer to exec"));
+    };
+    st.metrics
+        .observe("exec", started.elapsed().as_secs_f64() * 1000.0);
+    Ok(ok(
+        StatusCode::OK,
+        api::ExecResponse {
+            output_raw: text(&out.raw),
+            stdout: text(&out.stdout),
+            stderr: text(&out.stderr),
+            exit_code,
+            state: if timed_out { "timed_out" } else { "completed" }.into(),
+        },
+    ))
+}
+
+pub async fn input(
+    State(st): State<AppState>,
+    Path((id, ctx)): Path<(String, String)>,
+    JsonBody(req): JsonBody<api::InputRequest>,
+) -> ApiResult<Response> {
+    let rt = running(&st, &id).await?;
+    initclient::call(&rt.socket, &Request::Input { id: ctx }, req.data.as_bytes()).await?;
+    Ok(ok(StatusCode::OK, json!({"written": true})))
+}
+
+/// `INT`, `SIGINT`, `2` → signal number.
+pub fn parse_signal(s: &str) -> Option<i32> {
+    if let Ok(n) = s.parse::<i32>() {
+        return (1..=64).contains(&n).then_some(n);
+    }
+    let name = s.trim_start_matches("SIG");
+    Some(match name {
+        "HUP" => libc::SIGHUP,
+        "INT" => libc::SIGINT,
+        "QUIT" => libc::SIGQUIT,
+        "KILL" => libc::SIGKILL,
+        "USR1" => libc::SIGUSR1,
+        "USR2" => libc::SIGUSR2,
+        "TERM" => libc::SIGTERM,
+        "CONT" => libc::SIGCONT,
+        "STOP" => libc::SIGSTOP,
+        "TSTP" => libc::SIGTSTP,
+        "WINCH" => libc::SIGWINCH,
+        _ => return None,
+    })
+}
+
+pub async fn signal(
+    State(st): State<AppState>,
+    Path((id, ctx)): Path<(String, String)>,
+    JsonBody(req): JsonBody<api::SignalRequest>,
+) -> ApiResult<Response> {
+    let sig = parse_signal(&req.signal).ok_or_else(|| {
+        ApiError::bad_request(format!(
+            "invalid field `signal`: {:?} is not a signal",
+            req.signal
+        ))
+    })?;
+    let rt = running(&st, &id).await?;
+    initclient::call(
+        &rt.socket,
+        &Request::Signal {
+            id: ctx,
+            signal: sig,
+        },
+        &[],
+    )
+    .await?;
+    Ok(ok(StatusCode::OK, json!({"signaled": true})))
+}
+
+pub async fn resize(
+    State(st): State<AppState>,
+    Path((id, ctx)): Path<(String, String)>,
+    JsonBody(size): JsonBody<api::PtySize>,
+) -> ApiResult<Response> {
+    if size.rows == 0 || size.cols == 0 {
+        return Err(ApiError::bad_request(
+            "invalid field `rows`/`cols`: must be positive",
+        ));
+    }
+    let rt = running(&st, &id).await?;
+    let req = Request::Resize {
+        id: ctx,
+        size: PtySize {
+            rows: size.rows,
+            cols: size.cols,
+        },
+    };
+    initclient::call(&rt.socket, &req, &[]).await?;
+    Ok(ok(StatusCode::OK, json!({"resized": true})))
+}
+
+/// WebSocket: replays and streams a context's output; accepts input,
+/// resize and signal frames.
+pub async fn ws(
+    State(st): State<AppState>,
+    Path((id, ctx)): Path<(String, String)>,
+    upgrade: WebSocketUpgrade,
+) -> ApiResult<Response> {
+    let rt = running(&st, &id).await?;
+    let mut conn = InitConn::connect(&rt.socket).await.map_err(unreachable)?;
+    conn.send(&Request::Attach { id: ctx.clone() }, &[])
+        .await
+        .map_err(unreachable)?;
+    Ok(upgrade.on_upgrade(move |socket| pump_ws(socket, conn, rt, ctx)))
+}
+
+async fn pump_ws(mut socket: WebSocket, mut conn: InitConn, rt: Runtime, ctx: String) {
+    loop {
+        tokio::select! {
+            frame = conn.recv() => {
+                let msg = match frame {
+                    Ok((Init::Output { stream }, bytes)) => json!({
+                        "type": "output",
+                        "source": match stream { Stream::Stdout => "stdout", Stream::Stderr => "stderr", Stream::Pty => "pty" },
+                        "data": text(&bytes),
+                    }),
+                    Ok((Init::Exit { info }, _)) => {
+                        let done = json!({"type": "done", "exit_code": info.exit_code, "state": state_of(&info)});
+                        let _ = socket.send(Message::Text(done.to_string().into())).await;
+                        let _ = socket.send(Message::Close(None)).await;
+                        return;
+                    }
+                    Ok((Init::Error { message, .. }, _)) => json!({"type": "error", "error": message}),
+                    _ => return,
+                };
+                if socket.send(Message::Text(msg.to_string().into())).await.is_err() {
+                    return;
+                }
+            }
+            incoming = socket.recv() => {
+                let Some(Ok(Message::Text(t))) = incoming else {
+                    if matches!(incoming, Some(Ok(_))) { continue; }
+                    return;
+                };
+                let Ok(v) = serde_json::from_str::<serde_json::Value>(&t) else { continue };
+                let req = match v["type"].as_str() {
+                    Some("input") => Some((Request::Input { id: ctx.clone() }, v["data"].as_str().unwrap_or("").as_bytes().to_vec())),
+                    Some("resize") => Some((Request::Resize { id: ctx.clone(), size: PtySize {
+                        rows: v["rows"].as_u64().unwrap_or(24) as u16, cols: v["cols"].as_u64().unwrap_or(80) as u16 } }, vec![])),
+                    Some("signal") => v["signal"].as_str().and_then(parse_signal)
+                        .map(|signal| (Request::Signal { id: ctx.clone(), signal }, vec![])),
+                    _ => None,
+                };
+                if let Some((req, payload)) = req {
+                    if let Err(e) = initclient::call(&rt.socket, &req, &payload).await {
+                        let err = json!({"type": "error", "error": e.message});
+                        let _ = socket.send(Message::Text(err.to_string().into())).await;
+                    }
+                }
+            }
+        }
+    }
+}

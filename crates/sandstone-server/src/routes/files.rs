@@ -1,0 +1,238 @@
+//! Files: `/api/v1/sandboxes/{id}/files...`. Paths resolve inside the
+//! sandbox (init does the I/O after pivot_root); relative paths are relative
+//! to /workspace.
+
+use crate::AppState;
+use crate::error::{ApiError, ApiResult, ok};
+use crate::extract::JsonBody;
+use crate::initclient::{self, InitConn, unreachable};
+use crate::routes::contexts::running;
+use crate::timefmt::rfc3339_ms;
+use axum::body::Bytes;
+use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
+use axum::extract::{Path, Query, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use sandstone_api as api;
+use sandstone_init::proto::{FileInfo, Request, Response as Init};
+use serde_json::json;
+use std::collections::HashMap;
+
+const MAX_PATH: usize = 4096;
+
+/// Validates a path parameter and makes it absolute.
+pub fn sandbox_path(field: &str, raw: Option<&String>) -> ApiResult<String> {
+    let p = raw.ok_or_else(|| ApiError::bad_request(format!("missing `{field}`")))?;
+    if p.is_empty() {
+        return Err(ApiError::bad_request(format!(
+            "invalid `{field}`: empty path"
+        )));
+    }
+    if p.len() > MAX_PATH {
+        return Err(ApiError::bad_request(format!(
+            "invalid `{field}`: longer than {MAX_PATH} bytes"
+        )));
+    }
+    if p.contains('\0') {
+        return Err(ApiError::bad_request(format!(
+            "invalid `{field}`: contains a NUL byte"
+        )));
+    }
+    Ok(if p.starts_with('/') {
+        p.clone()
+    } else {
+        format!("/workspace/{p}")
+    })
+}
+
+fn flag(q: &HashMap<String, String>, key: &str) -> bool {
+    q.get(key).is_some_and(|v| v == "true" || v == "1")
+}
+
+fn to_api(f: &FileInfo) -> api::FileInfo {
+    api::FileInfo {
+        name: f.name.clone(),
+        path: f.path.clone(),
+        kind: f.kind.clone(),
+        size: f.size,
+        mode: format!("{:04o}", f.mode),
+        mod_time: rfc3339_ms(f.modified * 1000),
+        is_link: f.kind == "symlink",
+        link_target: f.link_target.clone(),
+    }
+}
+
+pub async fn read(
+    State(st): State<AppState>,
+    Path(id): Path<String>,
+    Query(q): Query<HashMap<String, String>>,
+) -> ApiResult<Response> {
+    let path = sandbox_path("path", q.get("path"))?;
+    let rt = running(&st, &id).await?;
+    let started = std::time::Instant::now();
+    let (_, bytes) = initclient::call(&rt.socket, &Request::ReadFile { path }, &[]).await?;
+    st.metrics
+        .observe("file_read", started.elapsed().as_secs_f64() * 1000.0);
+    Ok(([(header::CONTENT_TYPE, "application/octet-stream")], bytes).into_response())
+}
+
+pub async fn write(
+    State(st): State<AppState>,
+    Path(id): Path<String>,
+    Query(q): Query<HashMap<String, String>>,
+    body: Bytes,
+) -> ApiResult<Response> {
+    let path = sandbox_path("path", q.get("path"))?;
+    let rt = running(&st, &id).await?;
+    if flag(&q, "mkdir") {
+        let req = Request::Mkdir {
+            path,
+            recursive: flag(&q, "recursive"),
+        };
+        initclient::call(&rt.socket, &req, &[]).await?;
+        return Ok(ok(StatusCode::CREATED, json!({"created": true})));
+    }
+    let mode = match q.get("mode") {
+        None => None,
+        Some(m) => Some(
+            u32::from_str_radix(m, 8)
+                .ok()
+                .filter(|m| *m <= 0o7777)
+                .ok_or_else(|| {
+                    ApiError::bad_request(format!(
+                        "invalid query parameter `mode`: {m:?} is not an octal mode"
+                    ))
+                })?,
+        ),
+    };
+    let started = std::time::Instant::now();
+    initclient::call(&rt.socket, &Request::WriteFile { path, mode }, &body).await?;
+    st.metrics
+        .observe("file_write", started.elapsed().as_secs_f64() * 1000.0);
+    Ok(ok(StatusCode::OK, json!({"written": true})))
+}
+
+pub async fn remove(
+    State(st): State<AppState>,
+    Path(id): Path<String>,
+    Query(q): Query<HashMap<String, String>>,
+) -> ApiResult<Response> {
+    let path = sandbox_path("path", q.get("path"))?;
+    let rt = running(&st, &id).await?;
+    initclient::call(&rt.socket, &Request::RemovePath { path }, &[]).await?;
+    Ok(ok(StatusCode::OK, json!({"deleted": true})))
+}
+
+pub async fn stat(
+    State(st): State<AppState>,
+    Path(id): Path<String>,
+    Query(q): Query<HashMap<String, String>>,
+) -> ApiResult<Response> {
+    let path = sandbox_path("path", q.get("path"))?;
+    let rt = running(&st, &id).await?;
+    match initclient::call(&rt.socket, &Request::Stat { path }, &[]).await? {
+        (Init::Stat { info }, _) => Ok(ok(StatusCode::OK, to_api(&info))),
+        _ => Err(ApiError::internal("unexpected answer to stat")),
+    }
+}
+
+pub async fn list(
+    State(st): State<AppState>,
+    Path(id): Path<String>,
+    Query(q): Query<HashMap<String, String>>,
+) -> ApiResult<Response> {
+    let path = sandbox_path("path", q.get("path"))?;
+    let rt = running(&st, &id).await?;
+    match initclient::call(&rt.socket, &Request::ListDir { path }, &[]).await? {
+        (Init::Entries { entries }, _) => Ok(ok(
+            StatusCode::OK,
+            api::FileList {
+                entries: entries.iter().map(to_api).collect(),
+            },
+        )),
+        _ => Err(ApiError::internal("unexpected answer to list")),
+    }
+}
+
+pub async fn rename(
+    State(st): State<AppState>,
+    Path(id): Path<String>,
+    JsonBody(req): JsonBody<api::MoveRequest>,
+) -> ApiResult<Response> {
+    let from = sandbox_path("source", Some(&req.source))?;
+    let to = sandbox_path("destination", Some(&req.destination))?;
+    let rt = running(&st, &id).await?;
+    initclient::call(&rt.socket, &Request::Move { from, to }, &[]).await?;
+    Ok(ok(StatusCode::OK, json!({"moved": true})))
+}
+
+/// WebSocket file watch: `{"action":"subscribe","path","recursive"}` →
+/// `{"type":"subscribed","watch_id"}`, then `{"type":"event",...}` frames.
+pub async fn watch(
+    State(st): State<AppState>,
+    Path(id): Path<String>,
+    upgrade: WebSocketUpgrade,
+) -> ApiResult<Response> {
+    let rt = running(&st, &id).await?;
+    Ok(upgrade.on_upgrade(move |socket| watch_ws(socket, rt.socket)))
+}
+
+async fn watch_ws(mut socket: WebSocket, init_socket: std::path::PathBuf) {
+    let Some(Ok(Message::Text(t))) = socket.recv().await else {
+        return;
+    };
+    let v: serde_json::Value = serde_json::from_str(&t).unwrap_or_default();
+    let reply_err =
+        |e: String| Message::Text(json!({"type": "error", "error": e}).to_string().into());
+    let path = match sandbox_path("path", v["path"].as_str().map(str::to_string).as_ref()) {
+        Ok(p) if v["action"] == "subscribe" => p,
+        Ok(_) => {
+            return drop(
+                socket
+                    .send(reply_err("first message must be a subscribe action".into()))
+                    .await,
+            );
+        }
+        Err(e) => return drop(socket.send(reply_err(e.message)).await),
+    };
+    let watch_id = format!("w-{}", crate::lifecycle::random_hex(4));
+    let mut conn = match InitConn::connect(&init_socket).await {
+        Ok(c) => c,
+        Err(e) => return drop(socket.send(reply_err(unreachable(e).message)).await),
+    };
+    let req = Request::Watch {
+        path,
+        recursive: v["recursive"].as_bool().unwrap_or(false),
+    };
+    if conn.send(&req, &[]).await.is_err() {
+        return;
+    }
+    match conn.recv().await {
+        Ok((Init::Ok, _)) => {}
+        Ok((Init::Error { message, .. }, _)) => return drop(socket.send(reply_err(message)).await),
+        _ => return,
+    }
+    let subscribed = json!({"type": "subscribed", "watch_id": watch_id});
+    if socket
+        .send(Message::Text(subscribed.to_string().into()))
+        .await
+        .is_err()
+    {
+        return;
+    }
+    loop {
+        tokio::select! {
+            ev = conn.recv() => match ev {
+                Ok((Init::Event { event, path }, _)) => {
+                    let m = json!({"type": "event", "watch_id": watch_id, "event": event, "path": path});
+                    if socket.send(Message::Text(m.to_string().into())).await.is_err() { return; }
+                }
+                _ => return,
+            },
+            msg = socket.recv() => match msg {
+                Some(Ok(Message::Text(_))) | Some(Ok(Message::Close(_))) | None | Some(Err(_)) => return,
+                Some(Ok(_)) => {}
+            },
+        }
+    }
+}

@@ -1,0 +1,3 @@
+pub mod contexts;
+pub mod files;
+pub mod sandboxes;

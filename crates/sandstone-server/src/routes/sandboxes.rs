@@ -1,0 +1,230 @@
+//! `/api/v1/sandboxes` and `/api/v1/templates`.
+
+use crate::error::{ApiError, ApiResult, ok};
+use crate::extract::JsonBody;
+use crate::timefmt::rfc3339_ms;
+use crate::{AppState, limits};
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::Response;
+use sandstone_api as api;
+use sandstone_store::SandboxRow;
+use std::collections::HashMap;
+
+fn config_of(row: &SandboxRow) -> api::SandboxConfig {
+    serde_json::from_value(row.config.clone()).unwrap_or_default()
+}
+
+fn runtime_id(row: &SandboxRow) -> String {
+    format!("{}-g{}", row.id, row.generation)
+}
+
+pub fn to_sandbox(row: &SandboxRow) -> api::Sandbox {
+    let config = config_of(row);
+    api::Sandbox {
+        id: row.id.clone(),
+        template_id: row.template.clone(),
+        team_id: "default".into(),
+        status: row.status.clone(),
+        paused: row.status == "paused",
+        auto_resume: config.auto_resume.unwrap_or(true),
+        runtime_id: runtime_id(row),
+        pod_name: runtime_id(row),
+        runtime_generation: row.generation,
+        config,
+        claimed_at: rfc3339_ms(row.created_at),
+        created_at: rfc3339_ms(row.created_at),
+        updated_at: rfc3339_ms(row.updated_at),
+        expires_at: None,
+        hard_expires_at: None,
+    }
+}
+
+pub async fn claim(
+    State(st): State<AppState>,
+    JsonBody(req): JsonBody<api::ClaimRequest>,
+) -> ApiResult<Response> {
+    if req.snapshot_id.is_some() {
+        return Err(ApiError::bad_request(
+            "invalid field `snapshot_id`: snapshots are not available yet",
+        ));
+    }
+    let template = req.template.clone().unwrap_or_else(|| "default".into());
+    if template.is_empty() || template.len() > 128 {
+        return Err(ApiError::bad_request(
+            "invalid field `template`: 1 to 128 characters",
+        ));
+    }
+    let config = req.config.clone().unwrap_or_default();
+    let limits = limits::limits(config.resources.as_ref())?;
+    let started = std::time::Instant::now();
+    let config_json =
+        serde_json::to_value(&config).map_err(|e| ApiError::internal(e.to_string()))?;
+    let row = match st.lifecycle.create(&template, limits, config_json).await {
+        Ok(r) => r,
+        Err(e) => {
+            st.metrics
+                .sandbox_create_failures
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            return Err(e);
+        }
+    };
+    st.metrics
+        .sandboxes_created
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    st.metrics
+        .observe("create", started.elapsed().as_secs_f64() * 1000.0);
+    tracing::info!(sandbox = %row.id, template = %row.template, "sandbox created");
+    Ok(ok(
+        StatusCode::CREATED,
+        api::ClaimResponse {
+            sandbox_id: row.id.clone(),
+            status: row.status.clone(),
+            template: row.template.clone(),
+            runtime_id: runtime_id(&row),
+            pod_name: runtime_id(&row),
+            cluster_id: None,
+        },
+    ))
+}
+
+fn query_usize(
+    q: &HashMap<String, String>,
+    key: &str,
+    default: usize,
+    max: usize,
+) -> ApiResult<usize> {
+    match q.get(key) {
+        None => Ok(default),
+        Some(v) => v
+            .parse::<usize>()
+            .ok()
+            .filter(|n| *n <= max)
+            .ok_or_else(|| {
+                ApiError::bad_request(format!(
+                    "invalid query parameter `{key}`: a number up to {max}"
+                ))
+            }),
+    }
+}
+
+pub async fn list(
+    State(st): State<AppState>,
+    Query(q): Query<HashMap<String, String>>,
+) -> ApiResult<Response> {
+    let limit = query_usize(&q, "limit", 50, 1000)?;
+    let offset = query_usize(&q, "offset", 0, usize::MAX)?;
+    let rows: Vec<_> = st
+        .lifecycle
+        .store
+        .list_sandboxes()
+        .await?
+        .into_iter()
+        .filter(|r| q.get("status").is_none_or(|s| *s == r.status))
+        .filter(|r| q.get("template_id").is_none_or(|t| *t == r.template))
+        .collect();
+    let total = rows.len();
+    let page: Vec<_> = rows
+        .iter()
+        .skip(offset)
+        .take(limit)
+        .map(|r| api::SandboxSummary {
+            id: r.id.clone(),
+            template_id: r.template.clone(),
+            status: r.status.clone(),
+            paused: r.status == "paused",
+            runtime_generation: r.generation,
+            created_at: rfc3339_ms(r.created_at),
+            updated_at: rfc3339_ms(r.updated_at),
+        })
+        .collect();
+    let has_more = offset.saturating_add(page.len()) < total;
+    Ok(ok(
+        StatusCode::OK,
+        api::SandboxList {
+            count: page.len(),
+            sandboxes: page,
+            has_more,
+        },
+    ))
+}
+
+pub async fn row(st: &AppState, id: &str) -> ApiResult<SandboxRow> {
+    st.lifecycle
+        .store
+        .get_sandbox(id)
+        .await
+        .map_err(|_| ApiError::not_found("sandbox", id))
+}
+
+pub async fn get(State(st): State<AppState>, Path(id): Path<String>) -> ApiResult<Response> {
+    Ok(ok(StatusCode::OK, to_sandbox(&row(&st, &id).await?)))
+}
+
+pub async fn status(State(st): State<AppState>, Path(id): Path<String>) -> ApiResult<Response> {
+    let r = row(&st, &id).await?;
+    Ok(ok(
+        StatusCode::OK,
+        api::SandboxStatus {
+            sandbox_id: r.id.clone(),
+            template_id: r.template.clone(),
+            runtime_id: runtime_id(&r),
+            status: r.status.clone(),
+            created_at: rfc3339_ms(r.created_at),
+        },
+    ))
+}
+
+pub async fn update(
+    State(st): State<AppState>,
+    Path(id): Path<String>,
+    JsonBody(req): JsonBody<api::UpdateSandboxRequest>,
+) -> ApiResult<Response> {
+    let r = row(&st, &id).await?;
+    let Some(new) = req.config else {
+        return Ok(ok(StatusCode::OK, to_sandbox(&r)));
+    };
+    if new.resources.is_some() {
+        return Err(ApiError::bad_request(
+            "invalid field `config.resources`: resources are fixed at claim time",
+        ));
+    }
+    let mut config = config_of(&r);
+    config.ttl = new.ttl.or(config.ttl);
+    config.hard_ttl = new.hard_ttl.or(config.hard_ttl);
+    config.auto_resume = new.auto_resume.or(config.auto_resume);
+    let value = serde_json::to_value(&config).map_err(|e| ApiError::internal(e.to_string()))?;
+    st.lifecycle.store.set_config(&id, &value).await?;
+    Ok(ok(StatusCode::OK, to_sandbox(&row(&st, &id).await?)))
+}
+
+pub async fn delete(State(st): State<AppState>, Path(id): Path<String>) -> ApiResult<Response> {
+    let started = std::time::Instant::now();
+    st.lifecycle.delete(&id).await?;
+    st.metrics
+        .observe("delete", started.elapsed().as_secs_f64() * 1000.0);
+    tracing::info!(sandbox = %id, "sandbox deleted");
+    Ok(ok(
+        StatusCode::ACCEPTED,
+        api::Message {
+            message: format!("sandbox {id} deleted"),
+        },
+    ))
+}
+
+pub async fn templates(State(st): State<AppState>) -> ApiResult<Response> {
+    let list = st
+        .lifecycle
+        .storage
+        .templates()
+        .map_err(|e| ApiError::internal(e.to_string()))?
+        .into_iter()
+        .map(|t| api::Template {
+            id: t.id.clone(),
+            template_id: t.id,
+            description: t.description,
+            scope: "public".into(),
+        })
+        .collect();
+    Ok(ok(StatusCode::OK, api::TemplateList { templates: list }))
+}

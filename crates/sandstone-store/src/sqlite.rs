@@ -1,0 +1,278 @@
+//! SQLite (WAL) backend.
+
+use crate::{Error, Result, SandboxRow, Store, token_hash};
+use futures_util::future::BoxFuture;
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::{Row, SqlitePool};
+use std::path::Path;
+
+/// Schema versions, applied in order, each once.
+const MIGRATIONS: &[&str] = &["CREATE TABLE sandboxes (
+        id TEXT PRIMARY KEY,
+        template TEXT NOT NULL,
+        status TEXT NOT NULL,
+        config TEXT NOT NULL,
+        slot INTEGER NOT NULL UNIQUE,
+        pid INTEGER,
+        generation INTEGER NOT NULL,
+        created_at INTEGER NOT NULL,
+        updated_at INTEGER NOT NULL
+    );
+    CREATE TABLE api_keys (
+        token_hash TEXT PRIMARY KEY,
+        name TEXT NOT NULL,
+        created_at INTEGER NOT NULL
+    );"];
+
+pub struct SqliteStore {
+    pool: SqlitePool,
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+impl SqliteStore {
+    pub async fn open(path: &Path) -> Result<SqliteStore> {
+        let opts = SqliteConnectOptions::new()
+            .filename(path)
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Normal)
+            .busy_timeout(std::time::Duration::from_secs(5));
+        let pool = SqlitePoolOptions::new()
+            .max_connections(4)
+            .connect_with(opts)
+            .await?;
+        let store = SqliteStore { pool };
+        store.migrate().await?;
+        Ok(store)
+    }
+
+    async fn migrate(&self) -> Result<()> {
+        sqlx::query("CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY)")
+            .execute(&self.pool)
+            .await?;
+        let done: i64 = sqlx::query("SELECT COUNT(*) FROM schema_migrations")
+            .fetch_one(&self.pool)
+            .await?
+            .get(0);
+        for (i, sql) in MIGRATIONS.iter().enumerate().skip(done as usize) {
+            let mut tx = self.pool.begin().await?;
+            sqlx::raw_sql(sqlx::AssertSqlSafe(*sql))
+                .execute(&mut *tx)
+                .await?;
+            sqlx::query("INSERT INTO schema_migrations (version) VALUES (?)")
+                .bind(i as i64 + 1)
+                .execute(&mut *tx)
+                .await?;
+            tx.commit().await?;
+        }
+        Ok(())
+    }
+}
+
+fn row_to_sandbox(r: &sqlx::sqlite::SqliteRow) -> Result<SandboxRow> {
+    let config: String = r.get("config");
+    Ok(SandboxRow {
+        id: r.get("id"),
+        template: r.get("template"),
+        status: r.get("status"),
+        config: serde_json::from_str(&config).map_err(|e| Error::Corrupt(e.to_string()))?,
+        slot: r.get("slot"),
+        pid: r.get("pid"),
+        generation: r.get("generation"),
+        created_at: r.get("created_at"),
+        updated_at: r.get("updated_at"),
+    })
+}
+
+impl Store for SqliteStore {
+    fn insert_sandbox<'a>(&'a self, row: &'a SandboxRow) -> BoxFuture<'a, Result<()>> {
+        Box::pin(async move {
+            sqlx::query(
+                "INSERT INTO sandboxes (id, template, status, config, slot, pid, generation, created_at, updated_at)
+                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            )
+            .bind(&row.id)
+            .bind(&row.template)
+            .bind(&row.status)
+            .bind(row.config.to_string())
+            .bind(row.slot)
+            .bind(row.pid)
+            .bind(row.generation)
+            .bind(row.created_at)
+            .bind(row.updated_at)
+            .execute(&self.pool)
+            .await?;
+            Ok(())
+        })
+    }
+
+    fn get_sandbox<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<SandboxRow>> {
+        Box::pin(async move {
+            let r = sqlx::query("SELECT * FROM sandboxes WHERE id = ?")
+                .bind(id)
+                .fetch_optional(&self.pool)
+                .await?
+                .ok_or(Error::NotFound)?;
+            row_to_sandbox(&r)
+        })
+    }
+
+    fn list_sandboxes(&self) -> BoxFuture<'_, Result<Vec<SandboxRow>>> {
+        Box::pin(async move {
+            sqlx::query("SELECT * FROM sandboxes ORDER BY created_at, id")
+                .fetch_all(&self.pool)
+                .await?
+                .iter()
+                .map(row_to_sandbox)
+                .collect()
+        })
+    }
+
+    fn set_status<'a>(
+        &'a self,
+        id: &'a str,
+        status: &'a str,
+        pid: Option<i64>,
+    ) -> BoxFuture<'a, Result<()>> {
+        Box::pin(async move {
+            let done = sqlx::query(
+                "UPDATE sandboxes SET status = ?, pid = ?, updated_at = ? WHERE id = ?",
+            )
+            .bind(status)
+            .bind(pid)
+            .bind(now_ms())
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+            if done.rows_affected() == 0 {
+                return Err(Error::NotFound);
+            }
+            Ok(())
+        })
+    }
+
+    fn set_config<'a>(
+        &'a self,
+        id: &'a str,
+        config: &'a serde_json::Value,
+    ) -> BoxFuture<'a, Result<()>> {
+        Box::pin(async move {
+            let done = sqlx::query("UPDATE sandboxes SET config = ?, updated_at = ? WHERE id = ?")
+                .bind(config.to_string())
+                .bind(now_ms())
+                .bind(id)
+                .execute(&self.pool)
+                .await?;
+            if done.rows_affected() == 0 {
+                return Err(Error::NotFound);
+            }
+            Ok(())
+        })
+    }
+
+    fn delete_sandbox<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<()>> {
+        Box::pin(async move {
+            sqlx::query("DELETE FROM sandboxes WHERE id = ?")
+                .bind(id)
+                .execute(&self.pool)
+                .await?;
+            Ok(())
+        })
+    }
+
+    fn used_slots(&self) -> BoxFuture<'_, Result<Vec<i64>>> {
+        Box::pin(async move {
+            Ok(sqlx::query("SELECT slot FROM sandboxes ORDER BY slot")
+                .fetch_all(&self.pool)
+                .await?
+                .iter()
+                .map(|r| r.get(0))
+                .collect())
+        })
+    }
+
+    fn add_api_key<'a>(&'a self, name: &'a str, token: &'a str) -> BoxFuture<'a, Result<()>> {
+        Box::pin(async move {
+            sqlx::query("INSERT INTO api_keys (token_hash, name, created_at) VALUES (?, ?, ?)")
+                .bind(token_hash(token))
+                .bind(name)
+                .bind(now_ms())
+                .execute(&self.pool)
+                .await?;
+            Ok(())
+        })
+    }
+
+    fn check_api_key<'a>(&'a self, token: &'a str) -> BoxFuture<'a, Result<Option<String>>> {
+        Box::pin(async move {
+            Ok(
+                sqlx::query("SELECT name FROM api_keys WHERE token_hash = ?")
+                    .bind(token_hash(token))
+                    .fetch_optional(&self.pool)
+                    .await?
+                    .map(|r| r.get(0)),
+            )
+        })
+    }
+
+    fn count_api_keys(&self) -> BoxFuture<'_, Result<i64>> {
+        Box::pin(async move {
+            Ok(sqlx::query("SELECT COUNT(*) FROM api_keys")
+                .fetch_one(&self.pool)
+                .await?
+                .get(0))
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn sandboxes_and_keys_round_trip_and_survive_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db.sqlite");
+        let store = SqliteStore::open(&path).await.unwrap();
+        let row = SandboxRow {
+            id: "sb-1".into(),
+            template: "host".into(),
+            status: "running".into(),
+            config: serde_json::json!({"ttl": 5}),
+            slot: 3,
+            pid: Some(42),
+            generation: 1,
+            created_at: 1,
+            updated_at: 1,
+        };
+        store.insert_sandbox(&row).await.unwrap();
+        store.set_status("sb-1", "failed", None).await.unwrap();
+        assert!(matches!(
+            store.set_status("nope", "x", None).await,
+            Err(Error::NotFound)
+        ));
+        store.add_api_key("admin", "secret-token").await.unwrap();
+        drop(store);
+        let store = SqliteStore::open(&path).await.unwrap();
+        let back = store.get_sandbox("sb-1").await.unwrap();
+        assert_eq!(back.status, "failed");
+        assert_eq!(back.pid, None);
+        assert_eq!(back.config["ttl"], 5);
+        assert_eq!(store.used_slots().await.unwrap(), vec![3]);
+        assert_eq!(
+            store
+                .check_api_key("secret-token")
+                .await
+                .unwrap()
+                .as_deref(),
+            Some("admin")
+        );
+        assert_eq!(store.check_api_key("wrong").await.unwrap(), None);
+    }
+}
