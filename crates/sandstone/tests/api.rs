@@ -1,0 +1,420 @@
+//! End-to-end: the REST API against a real daemon and real sandboxes.
+
+mod common;
+
+use common::Daemon;
+use reqwest::Method;
+use serde_json::json;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn commands_files_and_delete() {
+    let d = Daemon::start().await;
+    let id = d.create(json!({})).await;
+
+    let r = d.sh(&id, "echo out; echo err >&2; exit 3").await;
+    assert_eq!(r["stdout"], "out\n");
+    assert_eq!(r["stderr"], "err\n");
+    assert_eq!(r["exit_code"], 3);
+    assert_eq!(r["state"], "exited");
+    assert_eq!(r["running"], false);
+
+    let path = format!("/api/v1/sandboxes/{id}/files?path=/workspace/dir/a.bin");
+    let body: Vec<u8> = (0..=255u8).cycle().take(300_000).collect();
+    let resp = d
+        .http
+        .post(format!("{}{path}", d.url))
+        .bearer_auth(&d.token)
+        .body(body.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let got = d
+        .http
+        .get(format!("{}{path}", d.url))
+        .bearer_auth(&d.token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(got.headers()["content-type"], "application/octet-stream");
+    assert_eq!(got.bytes().await.unwrap().to_vec(), body);
+    // The file is really inside the sandbox, owned by its root.
+    let r = d.sh(&id, "stat -c '%s %U' /workspace/dir/a.bin").await;
+    assert_eq!(r["stdout"], "300000 root\n");
+
+    let (s, v) = d
+        .get(&format!(
+            "/api/v1/sandboxes/{id}/files/stat?path=/workspace/dir/a.bin"
+        ))
+        .await;
+    assert_eq!(
+        (s, v["data"]["size"].as_u64(), v["data"]["type"].as_str()),
+        (200, Some(300_000), Some("file"))
+    );
+    let (s, v) = d
+        .post(
+            &format!("/api/v1/sandboxes/{id}/files/move"),
+            json!({"source": "/workspace/dir/a.bin", "destination": "b.bin"}),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    let (_, v) = d
+        .get(&format!(
+            "/api/v1/sandboxes/{id}/files/list?path=/workspace"
+        ))
+        .await;
+    let names: Vec<_> = v["data"]["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["name"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(names, vec!["b.bin", "dir"]);
+    let (s, _) = d
+        .req(
+            Method::POST,
+            &format!("/api/v1/sandboxes/{id}/files?path=/workspace/x/y&mkdir=true&recursive=true"),
+            None,
+        )
+        .await;
+    assert_eq!(s, 201);
+    let (s, _) = d
+        .delete(&format!("/api/v1/sandboxes/{id}/files?path=/workspace/x"))
+        .await;
+    assert_eq!(s, 200);
+    let (s, v) = d
+        .get(&format!(
+            "/api/v1/sandboxes/{id}/files/stat?path=/workspace/x"
+        ))
+        .await;
+    assert_eq!((s, v["error"]["code"].as_str()), (404, Some("not_found")));
+
+    let (s, v) = d.get(&format!("/api/v1/sandboxes/{id}")).await;
+    assert_eq!((s, v["data"]["status"].as_str()), (200, Some("running")));
+    let (s, _) = d.delete(&format!("/api/v1/sandboxes/{id}")).await;
+    assert_eq!(s, 202);
+    let (s, v) = d.get(&format!("/api/v1/sandboxes/{id}")).await;
+    assert_eq!((s, v["error"]["code"].as_str()), (404, Some("not_found")));
+    assert!(d.dir_entries("sandboxes").is_empty() && d.dir_entries("run").is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn repl_contexts_keep_state() {
+    let d = Daemon::start().await;
+    let id = d.create(json!({})).await;
+    let ctx = |lang: &str| json!({"type": "repl", "repl": {"alias": lang}});
+    let (s, v) = d
+        .post(&format!("/api/v1/sandboxes/{id}/contexts"), ctx("python"))
+        .await;
+    assert_eq!(s, 201, "{v}");
+    let py = v["data"]["id"].as_str().unwrap().to_string();
+    let exec = |c: &str, code: &str| {
+        (
+            format!("/api/v1/sandboxes/{id}/contexts/{c}/exec"),
+            json!({"data": code}),
+        )
+    };
+    let (p, b) = exec(&py, "x = 41\nimport os");
+    assert_eq!(d.post(&p, b).await.1["data"]["output_raw"], "");
+    let (p, b) = exec(&py, "x + 1");
+    assert_eq!(d.post(&p, b).await.1["data"]["output_raw"], "42\n");
+    let (p, b) = exec(&py, "print(os.getcwd()); 1/0");
+    let v = d.post(&p, b).await.1;
+    assert_eq!(v["data"]["stdout"], "/workspace\n");
+    assert!(
+        v["data"]["stderr"]
+            .as_str()
+            .unwrap()
+            .contains("ZeroDivisionError")
+    );
+
+    let (_, v) = d
+        .post(&format!("/api/v1/sandboxes/{id}/contexts"), ctx("bash"))
+        .await;
+    let sh = v["data"]["id"].as_str().unwrap().to_string();
+    let (p, b) = exec(&sh, "cd /tmp && export FOO=bar && f() { echo fn-$1; }");
+    assert_eq!(d.post(&p, b).await.0, 200);
+    let (p, b) = exec(&sh, "pwd; echo $FOO; f 7");
+    assert_eq!(d.post(&p, b).await.1["data"]["stdout"], "/tmp\nbar\nfn-7\n");
+    let (p, b) = exec(&sh, "no-such-command");
+    let v = d.post(&p, b).await.1;
+    assert_eq!(v["data"]["exit_code"], 127);
+    assert!(
+        v["data"]["stderr"]
+            .as_str()
+            .unwrap()
+            .contains("command not found")
+    );
+
+    let (s, v) = d.get(&format!("/api/v1/sandboxes/{id}/contexts")).await;
+    assert_eq!(
+        (s, v["data"]["contexts"].as_array().unwrap().len()),
+        (200, 2)
+    );
+    // A command that does not exist is a clear error, not a hung context.
+    let (s, v) = d
+        .post(
+            &format!("/api/v1/sandboxes/{id}/contexts"),
+            json!({"type": "cmd", "cmd": {"command": ["no-such-binary"]}, "wait_until_done": true}),
+        )
+        .await;
+    assert_eq!((s, v["error"]["code"].as_str()), (404, Some("not_found")));
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("command not found: no-such-binary")
+    );
+    // Timeouts kill the command and say so.
+    let (s, v) = d.post(&format!("/api/v1/sandboxes/{id}/contexts"), json!({"type": "cmd", "cmd": {"command": ["sleep", "30"]}, "wait_until_done": true, "timeout_sec": 1})).await;
+    assert_eq!((s, v["data"]["state"].as_str()), (201, Some("timed_out")));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bad_input_gets_4xx_naming_the_field() {
+    let d = Daemon::start().await;
+    let raw = |body: &'static str| {
+        d.http
+            .post(format!("{}/api/v1/sandboxes", d.url))
+            .bearer_auth(&d.token)
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+    };
+    let r = raw("{not json").await.unwrap();
+    assert_eq!(r.status(), 400);
+    let (s, v) = d.post("/api/v1/sandboxes", json!({"template": 7})).await;
+    assert_eq!(s, 400);
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("`template`"),
+        "{v}"
+    );
+    let (s, v) = d
+        .post(
+            "/api/v1/sandboxes",
+            json!({"template": "host", "config": {"resources": {"memory": "lots"}}}),
+        )
+        .await;
+    assert_eq!(s, 400);
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("config.resources.memory"),
+        "{v}"
+    );
+    let (s, v) = d
+        .post("/api/v1/sandboxes", json!({"template": "nope"}))
+        .await;
+    assert_eq!((s, v["error"]["code"].as_str()), (404, Some("not_found")));
+    let (s, _) = d.get("/api/v1/sandboxes/sb-missing").await;
+    assert_eq!(s, 404);
+    let r = d
+        .http
+        .get(format!("{}/api/v1/sandboxes", d.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    let r = d
+        .http
+        .get(format!("{}/api/v1/sandboxes", d.url))
+        .bearer_auth("wrong")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+
+    let id = d.create(json!({})).await;
+    for (q, want) in [
+        ("path=", "empty path"),
+        ("path=a%00b", "NUL"),
+        ("", "missing `path`"),
+    ] {
+        let (s, v) = d.get(&format!("/api/v1/sandboxes/{id}/files?{q}")).await;
+        assert_eq!(s, 400, "{q}");
+        assert!(
+            v["error"]["message"].as_str().unwrap().contains(want),
+            "{q}: {v}"
+        );
+    }
+    let long = "a".repeat(5000);
+    let (s, _) = d
+        .get(&format!("/api/v1/sandboxes/{id}/files?path={long}"))
+        .await;
+    assert_eq!(s, 400);
+    let (s, v) = d
+        .post(
+            &format!("/api/v1/sandboxes/{id}/contexts"),
+            json!({"type": "vm"}),
+        )
+        .await;
+    assert!(
+        s == 400 && v["error"]["message"].as_str().unwrap().contains("`type`"),
+        "{v}"
+    );
+    let (s, v) = d
+        .post(
+            &format!("/api/v1/sandboxes/{id}/contexts"),
+            json!({"type": "cmd", "cmd": {"command": []}}),
+        )
+        .await;
+    assert!(
+        s == 400
+            && v["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("cmd.command"),
+        "{v}"
+    );
+    let (s, _) = d
+        .post(
+            &format!("/api/v1/sandboxes/{id}/contexts/ctx-nope/exec"),
+            json!({"data": "1"}),
+        )
+        .await;
+    assert_eq!(s, 404);
+    let (s, v) = d
+        .post(
+            &format!("/api/v1/sandboxes/{id}/contexts/ctx-nope/signal"),
+            json!({"signal": "BOGUS"}),
+        )
+        .await;
+    assert!(
+        s == 400 && v["error"]["message"].as_str().unwrap().contains("`signal`"),
+        "{v}"
+    );
+    // JSON bodies are capped; files have their own larger cap.
+    let big = "x".repeat(5 << 20);
+    let (s, _) = d
+        .post(
+            &format!("/api/v1/sandboxes/{id}/contexts"),
+            json!({"type": "cmd", "cmd": {"command": [big]}}),
+        )
+        .await;
+    assert_eq!(s, 413);
+    // The daemon is still healthy after all of it.
+    assert_eq!(d.sh(&id, "echo alive").await["stdout"], "alive\n");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn failed_creates_leave_nothing_behind() {
+    for point in [
+        "create.after_storage",
+        "create.after_cgroup",
+        "rootfs.after_overlay",
+        "spawn.before_clone",
+        "spawn.after_maps",
+        "rootfs.before_pivot",
+        "create.after_launch",
+    ] {
+        let d = Daemon::start_with_faults(point).await;
+        let (s, v) = d
+            .post("/api/v1/sandboxes", json!({"template": "host"}))
+            .await;
+        assert_eq!(s, 500, "{point}: {v}");
+        assert!(
+            v["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("injected fault"),
+            "{point}: {v}"
+        );
+        assert!(
+            d.dir_entries("sandboxes").is_empty(),
+            "{point}: sandbox dir left"
+        );
+        assert!(d.dir_entries("run").is_empty(), "{point}: run dir left");
+        let (_, v) = d.get("/api/v1/sandboxes").await;
+        assert_eq!(v["data"]["count"], 0, "{point}");
+        // No cgroup below the daemon's group and no process of a sandbox.
+        let leftovers = cgroup_children(&d);
+        assert!(leftovers.is_empty(), "{point}: cgroups left: {leftovers:?}");
+        assert!(!d.data.path().join("run").read_dir().unwrap().any(|_| true));
+        let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+        assert!(
+            !mounts.contains(d.data.path().to_str().unwrap()),
+            "{point}: mount left"
+        );
+    }
+}
+
+/// Sandbox cgroups under this daemon's group, in every hierarchy.
+fn cgroup_children(d: &Daemon) -> Vec<String> {
+    let group = format!(
+        "sandstone-{}",
+        sha_prefix(&d.data.path().display().to_string())
+    );
+    let mut found = Vec::new();
+    for entry in walk("/sys/fs/cgroup", 5) {
+        if entry.ends_with(&group) {
+            for c in std::fs::read_dir(&entry).unwrap().flatten() {
+                if c.file_type().unwrap().is_dir() {
+                    found.push(c.path().display().to_string());
+                }
+            }
+        }
+    }
+    found
+}
+
+fn sha_prefix(s: &str) -> String {
+    // Same naming as the daemon: first 8 hex chars of SHA-256(data dir).
+    use std::io::Write;
+    let mut out = std::process::Command::new("sha256sum")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    out.stdin.take().unwrap().write_all(s.as_bytes()).unwrap();
+    let o = out.wait_with_output().unwrap();
+    String::from_utf8_lossy(&o.stdout)[..8].to_string()
+}
+
+fn walk(root: &str, depth: usize) -> Vec<std::path::PathBuf> {
+    let mut out = vec![];
+    if depth == 0 {
+        return out;
+    }
+    for e in std::fs::read_dir(root).into_iter().flatten().flatten() {
+        if e.file_type().map(|t| t.is_dir()).unwrap_or(false) {
+            out.push(e.path());
+            out.extend(walk(e.path().to_str().unwrap(), depth - 1));
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn running_sandboxes_survive_a_daemon_crash() {
+    let mut d = Daemon::start().await;
+    let id = d.create(json!({})).await;
+    let (_, v) = d
+        .post(
+            &format!("/api/v1/sandboxes/{id}/contexts"),
+            json!({"type": "repl", "repl": {"alias": "python"}}),
+        )
+        .await;
+    let py = v["data"]["id"].as_str().unwrap().to_string();
+    d.post(
+        &format!("/api/v1/sandboxes/{id}/contexts/{py}/exec"),
+        json!({"data": "state = 'kept'"}),
+    )
+    .await;
+    d.kill();
+    d.spawn().await;
+    let (s, v) = d
+        .post(
+            &format!("/api/v1/sandboxes/{id}/contexts/{py}/exec"),
+            json!({"data": "state"}),
+        )
+        .await;
+    assert_eq!(
+        (s, v["data"]["output_raw"].as_str()),
+        (200, Some("'kept'\n")),
+        "{v}"
+    );
+}

@@ -1,0 +1,203 @@
+//! A real daemon per test: `sandstone serve` on a free loopback port with its
+//! own data directory. Needs root (namespaces, cgroups, overlay).
+
+#![allow(dead_code)]
+
+use serde_json::{Value, json};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command};
+use std::time::{Duration, Instant};
+
+pub fn sandstone_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_sandstone")
+}
+
+pub fn init_bin() -> PathBuf {
+    let p = std::env::var("SANDSTONE_INIT")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| Path::new(sandstone_bin()).with_file_name("sandstone-init"));
+    assert!(
+        p.is_file(),
+        "sandstone-init not found at {} — run the tests through scripts/test.sh (it builds the static init)",
+        p.display()
+    );
+    p
+}
+
+pub fn require_root() {
+    assert_eq!(
+        unsafe { libc::geteuid() },
+        0,
+        "these end-to-end tests need root (namespaces, cgroups, overlay)"
+    );
+}
+
+pub struct Daemon {
+    pub child: Option<Child>,
+    pub url: String,
+    pub token: String,
+    pub data: tempfile::TempDir,
+    port: u16,
+    faults: String,
+    pub http: reqwest::Client,
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+impl Daemon {
+    pub async fn start() -> Daemon {
+        Self::start_with_faults("").await
+    }
+
+    pub async fn start_with_faults(faults: &str) -> Daemon {
+        require_root();
+        let data = tempfile::Builder::new()
+            .prefix("sandstone-test-")
+            .tempdir_in("/var/tmp")
+            .unwrap();
+        let port = free_port();
+        let mut d = Daemon {
+            child: None,
+            url: format!("http://127.0.0.1:{port}"),
+            token: String::new(),
+            data,
+            port,
+            faults: faults.into(),
+            http: reqwest::Client::new(),
+        };
+        d.spawn().await;
+        d
+    }
+
+    /// (Re)starts the daemon process on the same data dir and port.
+    pub async fn spawn(&mut self) {
+        let child = Command::new(sandstone_bin())
+            .args(["serve", "--listen", &format!("127.0.0.1:{}", self.port)])
+            .arg("--data-dir")
+            .arg(self.data.path())
+            .env("SANDSTONE_INIT", init_bin())
+            .env("SANDSTONE_FAULTS", &self.faults)
+            .env("SANDSTONE_LOG", "warn")
+            .spawn()
+            .expect("start daemon");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Ok(r) = self.http.get(format!("{}/healthz", self.url)).send().await
+                && r.status().is_success()
+            {
+                break;
+            }
+            assert!(Instant::now() < deadline, "daemon did not come up");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        self.token = std::fs::read_to_string(self.data.path().join("admin.token")).unwrap();
+    }
+
+    /// SIGKILL, as a crash would.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub async fn req(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> (u16, Value) {
+        let mut r = self
+            .http
+            .request(method, format!("{}{path}", self.url))
+            .bearer_auth(&self.token);
+        if let Some(b) = body {
+            r = r.json(&b);
+        }
+        let resp = r.send().await.unwrap();
+        let status = resp.status().as_u16();
+        let text = resp.text().await.unwrap();
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        )
+    }
+
+    pub async fn post(&self, path: &str, body: Value) -> (u16, Value) {
+        self.req(reqwest::Method::POST, path, Some(body)).await
+    }
+
+    pub async fn get(&self, path: &str) -> (u16, Value) {
+        self.req(reqwest::Method::GET, path, None).await
+    }
+
+    pub async fn delete(&self, path: &str) -> (u16, Value) {
+        self.req(reqwest::Method::DELETE, path, None).await
+    }
+
+    pub async fn create(&self, config: Value) -> String {
+        let (s, v) = self
+            .post(
+                "/api/v1/sandboxes",
+                json!({"template": "host", "config": config}),
+            )
+            .await;
+        assert_eq!(s, 201, "create: {v}");
+        v["data"]["sandbox_id"].as_str().unwrap().to_string()
+    }
+
+    /// Runs `sh -c script` and returns the context response's data.
+    pub async fn sh(&self, id: &str, script: &str) -> Value {
+        let body = json!({"type": "cmd", "cmd": {"command": ["sh", "-c", script]}, "wait_until_done": true, "timeout_sec": 60});
+        let (s, v) = self
+            .post(&format!("/api/v1/sandboxes/{id}/contexts"), body)
+            .await;
+        assert_eq!(s, 201, "run {script}: {v}");
+        v["data"].clone()
+    }
+
+    pub fn dir_entries(&self, sub: &str) -> Vec<String> {
+        std::fs::read_dir(self.data.path().join(sub))
+            .map(|rd| {
+                rd.flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        // Delete every sandbox through the CLI so a failed test leaks nothing.
+        if self.child.is_some() {
+            let env = [
+                ("SANDSTONE_URL", self.url.clone()),
+                ("SANDSTONE_TOKEN", self.token.clone()),
+            ];
+            let ls = Command::new(sandstone_bin())
+                .args(["ls", "--json"])
+                .envs(env.clone())
+                .output();
+            if let Ok(out) = ls
+                && let Ok(v) = serde_json::from_slice::<Value>(&out.stdout)
+            {
+                for s in v["sandboxes"].as_array().into_iter().flatten() {
+                    let id = s["id"].as_str().unwrap_or_default();
+                    let _ = Command::new(sandstone_bin())
+                        .args(["rm", id])
+                        .envs(env.clone())
+                        .output();
+                }
+            }
+        }
+        self.kill();
+    }
+}
