@@ -79,7 +79,9 @@ pub fn block_sigchld() {
         libc::sigaddset(&mut set, libc::SIGCHLD);
         libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
     }
-    std::thread::spawn(reaper);
+    std::thread::Builder::new()
+        .spawn(reaper)
+        .expect("reaper thread at start");
 }
 
 fn reaper() {
@@ -299,7 +301,15 @@ pub fn spawn(req: SpawnRequest) -> std::io::Result<(Arc<Proc>, Receiver<Event>)>
     };
     let p = proc.clone();
     let out_stream = if is_pty { Stream::Pty } else { Stream::Stdout };
-    std::thread::spawn(move || p.pump(out_r, out_stream, err_r, status_r));
+    if let Err(e) =
+        std::thread::Builder::new().spawn(move || p.pump(out_r, out_stream, err_r, status_r))
+    {
+        remove(&req.id);
+        return Err(std::io::Error::new(
+            e.kind(),
+            format!("cannot watch the process: {e}"),
+        ));
+    }
     Ok((proc, rx))
 }
 

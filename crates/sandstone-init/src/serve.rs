@@ -12,8 +12,20 @@ use std::time::{Duration, Instant};
 
 pub fn serve(listener: UnixListener) -> ! {
     for conn in listener.incoming() {
-        if let Ok(c) = conn {
-            std::thread::spawn(move || handle(c));
+        let Ok(c) = conn else { continue };
+        // At the pids limit no thread can be made; serve the connection on
+        // this thread rather than dying, so the daemon can still clean up.
+        let slot = std::sync::Arc::new(std::sync::Mutex::new(Some(c)));
+        let theirs = slot.clone();
+        let spawned = std::thread::Builder::new().spawn(move || {
+            if let Some(c) = theirs.lock().unwrap().take() {
+                handle(c)
+            }
+        });
+        if spawned.is_err()
+            && let Some(c) = slot.lock().unwrap().take()
+        {
+            handle(c);
         }
     }
     unreachable!("listener never ends")

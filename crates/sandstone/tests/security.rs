@@ -1,0 +1,199 @@
+//! Negative security tests: each attack from inside a sandbox must fail.
+
+mod common;
+
+use common::Daemon;
+use serde_json::json;
+
+async fn py(d: &Daemon, id: &str, code: &str) -> serde_json::Value {
+    let body = json!({"type": "cmd", "cmd": {"command": ["python3", "-c", code]}, "wait_until_done": true, "timeout_sec": 60});
+    let (s, v) = d
+        .post(&format!("/api/v1/sandboxes/{id}/contexts"), body)
+        .await;
+    assert_eq!(s, 201, "{v}");
+    v["data"].clone()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn host_files_processes_and_network_are_out_of_reach() {
+    let d = Daemon::start().await;
+    let id = d.create(json!({})).await;
+    let data_dir = d.data.path().display().to_string();
+    let probe = format!(
+        "cat /etc/shadow; ls /root/.cargo; ls {data_dir}; cat /proc/1/environ; echo w > /usr/bin/x; echo w > /etc/x; \
+         mount -t tmpfs t /mnt; echo end"
+    );
+    let r = d.sh(&id, &probe).await;
+    let err = r["stderr"].as_str().unwrap();
+    assert_eq!(r["stdout"], "end\n", "nothing may be read: {r}");
+    assert!(err.contains("/etc/shadow: No such file"), "{err}");
+    assert!(
+        err.contains("/root/.cargo") && err.contains(&data_dir),
+        "{err}"
+    );
+    assert!(err.contains("/proc/1/environ: Permission denied"), "{err}");
+    assert!(err.contains("/usr/bin/x: Read-only file system"), "{err}");
+    assert!(err.contains("/etc/x: Permission denied"), "{err}");
+    assert!(err.contains("mount"), "{err}");
+
+    // Only the sandbox's own processes are visible; PID 1 is init.
+    let r = d.sh(&id, "ls /proc | grep -c '^[0-9]'").await;
+    let n: u32 = r["stdout"].as_str().unwrap().trim().parse().unwrap();
+    assert!(n < 10, "sees {n} processes");
+
+    // Host loopback (the daemon's own port) and the outside are unreachable.
+    let port = d.url.rsplit(':').next().unwrap();
+    let r = py(&d, &id, &format!(
+        "import socket\nfor a in [('127.0.0.1',{port}),('10.0.0.1',80),('1.1.1.1',53)]:\n  s=socket.socket(); s.settimeout(2)\n  try:\n    s.connect(a); print('CONNECTED',a)\n  except OSError as e: print('refused',e.errno)"
+    )).await;
+    assert!(!r["stdout"].as_str().unwrap().contains("CONNECTED"), "{r}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn privileged_operations_fail() {
+    let d = Daemon::start().await;
+    let id = d.create(json!({})).await;
+    let code = r#"
+import ctypes, os, socket
+libc = ctypes.CDLL(None, use_errno=True)
+def sys(nr, *a):
+    r = libc.syscall(nr, *a); return 'ok' if r >= 0 else os.strerror(ctypes.get_errno())
+print('ptrace', sys(101, 16, 1, 0, 0))            # PTRACE_ATTACH pid 1
+print('init_module', sys(175, 0, 0, b''))
+print('finit_module', sys(313, 0, b'', 0))
+print('bpf', sys(321, 0, 0, 0))
+print('unshare_user', sys(272, 0x10000000))
+print('keyctl', sys(250, 0, 0, 0, 0))
+try:
+    socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP); print('raw ok')
+except OSError as e: print('raw', e.strerror)
+try:
+    open('/proc/1/exe', 'wb'); print('exe ok')
+except OSError as e: print('exe', e.strerror)
+bnd = int([l for l in open('/proc/self/status') if l.startswith('CapBnd')][0].split()[1], 16)
+print('sys_admin_bounding', bool(bnd & (1 << 21)))
+pid = os.fork()
+if pid == 0:
+    os.setgid(1000); os.setuid(1000)
+    os.execv('/usr/bin/grep', ['grep', 'CapEff', '/proc/self/status'])
+os.waitpid(pid, 0)
+"#;
+    let r = py(&d, &id, code).await;
+    let out = r["stdout"].as_str().unwrap();
+    for line in [
+        "ptrace Operation not permitted",
+        "init_module Operation not permitted",
+        "finit_module Operation not permitted",
+        "bpf Operation not permitted",
+        "unshare_user Operation not permitted",
+        "keyctl Operation not permitted",
+        "raw Operation not permitted",
+        "sys_admin_bounding False",
+        "CapEff:\t0000000000000000",
+    ] {
+        assert!(
+            out.contains(line),
+            "missing {line:?} in:\n{out}\n{}",
+            r["stderr"]
+        );
+    }
+    assert!(!out.contains("exe ok"), "{out}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn symlinks_planted_for_the_file_api_resolve_inside() {
+    let d = Daemon::start().await;
+    let id = d.create(json!({})).await;
+    let token_path = d.data.path().join("admin.token").display().to_string();
+    d.sh(&id, &format!("ln -s /../../../../etc/shadow /workspace/esc; ln -s /proc/1/root{token_path} /workspace/tok")).await;
+    for link in ["esc", "tok"] {
+        let (s, v) = d
+            .get(&format!(
+                "/api/v1/sandboxes/{id}/files?path=/workspace/{link}"
+            ))
+            .await;
+        assert_eq!(s, 404, "{link} reached a host file: {v}");
+    }
+    // Writing through a link lands inside the sandbox, never on the host.
+    d.sh(&id, "ln -s /tmp/target /workspace/w").await;
+    let r = d
+        .http
+        .post(format!(
+            "{}/api/v1/sandboxes/{id}/files?path=/workspace/w",
+            d.url
+        ))
+        .bearer_auth(&d.token)
+        .body("x")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(!std::path::Path::new("/tmp/target").exists());
+    assert_eq!(d.sh(&id, "cat /tmp/target").await["stdout"], "x");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn limits_hold_and_are_reported() {
+    let d = Daemon::start().await;
+    let id = d
+        .create(json!({"resources": {"memory": "64Mi", "pids": 64}}))
+        .await;
+    let r = d
+        .sh(&id, "python3 -c 'b = bytearray(300 << 20); print(len(b))'")
+        .await;
+    assert_eq!(r["oom_killed"], true, "{r}");
+    assert_eq!(r["exit_code"], 137);
+    assert_eq!(r["state"], "oom_killed");
+    let r = d.sh(&id, "for i in $(seq 200); do sleep 5 & done 2>/dev/null; sleep 0.2; ls /proc | grep -c '^[0-9]'").await;
+    let n: u32 = r["stdout"].as_str().unwrap().trim().parse().unwrap_or(0);
+    assert!(n <= 64, "fork bomb passed the pids limit: {n}");
+    d.sh(&id, "pkill sleep; true").await;
+    assert_eq!(
+        d.sh(&id, "echo still-alive").await["stdout"],
+        "still-alive\n"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sandboxes_cannot_see_or_signal_each_other() {
+    let d = Daemon::start().await;
+    let a = d.create(json!({})).await;
+    let b = d.create(json!({})).await;
+    d.sh(&a, "echo secret > /workspace/a.txt; (sleep 300 &) ; true")
+        .await;
+    let r = d.sh(&b, "cat /workspace/a.txt; ls /proc | grep '^[0-9]' | while read p; do cat /proc/$p/cmdline 2>/dev/null | tr '\\0' ' '; echo; done").await;
+    assert!(!r["stdout"].as_str().unwrap().contains("sleep 300"), "{r}");
+    assert!(
+        r["stderr"].as_str().unwrap().contains("No such file"),
+        "{r}"
+    );
+    // Host pids of A's processes mean nothing in B's pid namespace.
+    let host_pids: Vec<String> = std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str().map(String::from))
+        .filter(|p| p.chars().all(|c| c.is_ascii_digit()))
+        .filter(|p| {
+            std::fs::read_to_string(format!("/proc/{p}/cmdline"))
+                .unwrap_or_default()
+                .starts_with("sleep\u{0}300")
+        })
+        .collect();
+    assert!(!host_pids.is_empty());
+    let r = d
+        .sh(
+            &b,
+            &format!("kill -9 {} 2>&1; echo done", host_pids.join(" ")),
+        )
+        .await;
+    assert!(
+        r["stdout"].as_str().unwrap().contains("No such process")
+            || r["stdout"].as_str().unwrap().contains("done")
+    );
+    assert!(
+        host_pids
+            .iter()
+            .all(|p| std::path::Path::new(&format!("/proc/{p}")).exists()),
+        "B killed A's process"
+    );
+}
