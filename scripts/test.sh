@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Runs every test: unit, end-to-end (real daemon and sandboxes; needs root),
+# security, and the Sandbox0 Python SDK against the daemon.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+cache="${SANDSTONE_CACHE:-/var/cache/sandstone}"
+venv="$cache/sdk-venv"
+if [ ! -x "$venv/bin/python" ] || ! "$venv/bin/python" -c 'import sandbox0' 2>/dev/null; then
+  mkdir -p "$cache"
+  python3 -m venv "$venv"
+  "$venv/bin/pip" install --quiet --disable-pip-version-check 'sandbox0==0.10.4'
+fi
+out="$(scripts/build.sh debug)"
+export SANDSTONE_INIT="$PWD/$out/sandstone-init"
+export SANDSTONE_SDK_PYTHON="$venv/bin/python"
+cargo test --workspace "$@"

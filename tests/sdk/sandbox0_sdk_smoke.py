@@ -1,0 +1,39 @@
+"""The Sandbox0 Python SDK (pip install sandbox0) against a Sandstone daemon.
+
+Run by crates/sandstone/tests/sdk.rs with SANDBOX0_BASE_URL and SANDBOX0_TOKEN.
+Every step asserts what the SDK hands back to its user.
+"""
+import os
+import sys
+
+from sandbox0 import Client
+
+client = Client(token=os.environ["SANDBOX0_TOKEN"], base_url=os.environ["SANDBOX0_BASE_URL"])
+
+sandbox = client.sandboxes.claim("default")
+assert sandbox.id.startswith("sb-"), sandbox.id
+
+r = sandbox.cmd("echo hi")
+assert r.stdout == "hi\n" and r.exit_code == 0, (r.stdout, r.exit_code)
+
+r = sandbox.cmd("sh -c 'exit 5'")
+assert r.exit_code == 5, r.exit_code
+
+sandbox.run("python", "x = 20")
+r = sandbox.run("python", "print(x + 22)")
+assert r.output_raw == "42\n", repr(r.output_raw)
+
+sandbox.write_file("/workspace/a.txt", b"hello sdk")
+assert sandbox.read_file("/workspace/a.txt") == b"hello sdk"
+names = [f.name for f in sandbox.list_files("/workspace")]
+assert "a.txt" in names, names
+assert sandbox.stat_file("/workspace/a.txt").size == 9
+
+client.sandboxes.delete(sandbox.id)
+try:
+    sandbox.cmd("true")
+except Exception:
+    pass
+else:
+    sys.exit("the deleted sandbox still runs commands")
+print("sandbox0 SDK smoke: ok")
