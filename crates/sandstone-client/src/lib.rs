@@ -140,6 +140,30 @@ impl Client {
         .await
     }
 
+    /// Starts a REPL context (`python` or `bash`) and returns its id.
+    pub async fn repl(&self, id: &str, language: &str) -> Result<String> {
+        let body = json!({"type": "repl", "repl": {"alias": language}});
+        let ctx: api::ContextResponse = self
+            .call(
+                Method::POST,
+                &format!("/api/v1/sandboxes/{id}/contexts"),
+                Some(body),
+            )
+            .await?;
+        Ok(ctx.id)
+    }
+
+    /// Runs code in a REPL context.
+    pub async fn exec(&self, id: &str, ctx: &str, code: &str) -> Result<api::ExecResponse> {
+        let body = json!({"data": code});
+        self.call(
+            Method::POST,
+            &format!("/api/v1/sandboxes/{id}/contexts/{ctx}/exec"),
+            Some(body),
+        )
+        .await
+    }
+
     pub async fn read_file(&self, id: &str, path: &str) -> Result<Vec<u8>> {
         let req = self
             .http

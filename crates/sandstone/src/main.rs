@@ -1,6 +1,8 @@
 //! The `sandstone` command: the daemon (`serve`), host set-up (`setup`) and
 //! client commands against a running daemon.
 
+mod bench;
+
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 use sandstone_client::Client;
@@ -77,6 +79,13 @@ enum Cmd {
     Rm {
         #[arg(required = true)]
         ids: Vec<String>,
+    },
+    /// Measure create, exec, REPL and file latency against the daemon.
+    Bench {
+        #[arg(long, default_value = "host")]
+        template: String,
+        #[arg(long, short, default_value_t = 50)]
+        iterations: usize,
     },
     /// Templates.
     Template {
@@ -224,6 +233,10 @@ async fn run(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
+        Cmd::Bench {
+            template,
+            iterations,
+        } => bench::run(&client(&cli)?, template, (*iterations).max(2)).await,
         Cmd::Template {
             cmd: TemplateCmd::Ls,
         } => {
