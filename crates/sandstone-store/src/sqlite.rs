@@ -90,6 +90,14 @@ fn row_to_sandbox(r: &sqlx::sqlite::SqliteRow) -> Result<SandboxRow> {
     })
 }
 
+/// An UPDATE that touched no row names an unknown sandbox.
+fn found(done: sqlx::sqlite::SqliteQueryResult) -> Result<()> {
+    if done.rows_affected() == 0 {
+        return Err(Error::NotFound);
+    }
+    Ok(())
+}
+
 impl Store for SqliteStore {
     fn insert_sandbox<'a>(&'a self, row: &'a SandboxRow) -> BoxFuture<'a, Result<()>> {
         Box::pin(async move {
@@ -150,10 +158,7 @@ impl Store for SqliteStore {
             .bind(id)
             .execute(&self.pool)
             .await?;
-            if done.rows_affected() == 0 {
-                return Err(Error::NotFound);
-            }
-            Ok(())
+            found(done)
         })
     }
 
@@ -169,10 +174,7 @@ impl Store for SqliteStore {
                 .bind(id)
                 .execute(&self.pool)
                 .await?;
-            if done.rows_affected() == 0 {
-                return Err(Error::NotFound);
-            }
-            Ok(())
+            found(done)
         })
     }
 

@@ -6,12 +6,7 @@ use common::Daemon;
 use serde_json::json;
 
 async fn py(d: &Daemon, id: &str, code: &str) -> serde_json::Value {
-    let body = json!({"type": "cmd", "cmd": {"command": ["python3", "-c", code]}, "wait_until_done": true, "timeout_sec": 60});
-    let (s, v) = d
-        .post(&format!("/api/v1/sandboxes/{id}/contexts"), body)
-        .await;
-    assert_eq!(s, 201, "{v}");
-    v["data"].clone()
+    d.run(id, &["python3", "-c", code]).await
 }
 
 #[tokio::test(flavor = "multi_thread")]

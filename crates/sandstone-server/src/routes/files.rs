@@ -6,6 +6,7 @@ use crate::AppState;
 use crate::error::{ApiError, ApiResult, ok};
 use crate::extract::JsonBody;
 use crate::initclient::{self, InitConn, unreachable};
+use crate::lifecycle::Runtime;
 use crate::routes::contexts::running;
 use crate::timefmt::rfc3339_ms;
 use axum::body::Bytes;
@@ -45,6 +46,16 @@ pub fn sandbox_path(field: &str, raw: Option<&String>) -> ApiResult<String> {
     })
 }
 
+/// The validated `path` query parameter and the sandbox's runtime.
+async fn target(
+    st: &AppState,
+    id: &str,
+    q: &HashMap<String, String>,
+) -> ApiResult<(String, Runtime)> {
+    let path = sandbox_path("path", q.get("path"))?;
+    Ok((path, running(st, id).await?))
+}
+
 fn flag(q: &HashMap<String, String>, key: &str) -> bool {
     q.get(key).is_some_and(|v| v == "true" || v == "1")
 }
@@ -67,8 +78,7 @@ pub async fn read(
     Path(id): Path<String>,
     Query(q): Query<HashMap<String, String>>,
 ) -> ApiResult<Response> {
-    let path = sandbox_path("path", q.get("path"))?;
-    let rt = running(&st, &id).await?;
+    let (path, rt) = target(&st, &id, &q).await?;
     let started = std::time::Instant::now();
     let (_, bytes) = initclient::call(&rt.socket, &Request::ReadFile { path }, &[]).await?;
     st.metrics
@@ -82,8 +92,7 @@ pub async fn write(
     Query(q): Query<HashMap<String, String>>,
     body: Bytes,
 ) -> ApiResult<Response> {
-    let path = sandbox_path("path", q.get("path"))?;
-    let rt = running(&st, &id).await?;
+    let (path, rt) = target(&st, &id, &q).await?;
     if flag(&q, "mkdir") {
         let req = Request::Mkdir {
             path,
@@ -117,8 +126,7 @@ pub async fn remove(
     Path(id): Path<String>,
     Query(q): Query<HashMap<String, String>>,
 ) -> ApiResult<Response> {
-    let path = sandbox_path("path", q.get("path"))?;
-    let rt = running(&st, &id).await?;
+    let (path, rt) = target(&st, &id, &q).await?;
     initclient::call(&rt.socket, &Request::RemovePath { path }, &[]).await?;
     Ok(ok(StatusCode::OK, json!({"deleted": true})))
 }
@@ -128,8 +136,7 @@ pub async fn stat(
     Path(id): Path<String>,
     Query(q): Query<HashMap<String, String>>,
 ) -> ApiResult<Response> {
-    let path = sandbox_path("path", q.get("path"))?;
-    let rt = running(&st, &id).await?;
+    let (path, rt) = target(&st, &id, &q).await?;
     match initclient::call(&rt.socket, &Request::Stat { path }, &[]).await? {
         (Init::Stat { info }, _) => Ok(ok(StatusCode::OK, to_api(&info))),
         _ => Err(ApiError::internal("unexpected answer to stat")),
@@ -141,8 +148,7 @@ pub async fn list(
     Path(id): Path<String>,
     Query(q): Query<HashMap<String, String>>,
 ) -> ApiResult<Response> {
-    let path = sandbox_path("path", q.get("path"))?;
-    let rt = running(&st, &id).await?;
+    let (path, rt) = target(&st, &id, &q).await?;
     match initclient::call(&rt.socket, &Request::ListDir { path }, &[]).await? {
         (Init::Entries { entries }, _) => Ok(ok(
             StatusCode::OK,

@@ -153,14 +153,19 @@ impl Daemon {
         v["data"]["sandbox_id"].as_str().unwrap().to_string()
     }
 
-    /// Runs `sh -c script` and returns the context response's data.
-    pub async fn sh(&self, id: &str, script: &str) -> Value {
-        let body = json!({"type": "cmd", "cmd": {"command": ["sh", "-c", script]}, "wait_until_done": true, "timeout_sec": 60});
+    /// Runs `argv` to completion and returns the context response's data.
+    pub async fn run(&self, id: &str, argv: &[&str]) -> Value {
+        let body = json!({"type": "cmd", "cmd": {"command": argv}, "wait_until_done": true, "timeout_sec": 60});
         let (s, v) = self
             .post(&format!("/api/v1/sandboxes/{id}/contexts"), body)
             .await;
-        assert_eq!(s, 201, "run {script}: {v}");
+        assert_eq!(s, 201, "run {argv:?}: {v}");
         v["data"].clone()
+    }
+
+    /// Runs `sh -c script`.
+    pub async fn sh(&self, id: &str, script: &str) -> Value {
+        self.run(id, &["sh", "-c", script]).await
     }
 
     pub fn dir_entries(&self, sub: &str) -> Vec<String> {
