@@ -8,7 +8,7 @@ cd "$(dirname "$0")/.."
 export SANDSTONE_DATA_DIR="${SANDSTONE_DATA_DIR:-/var/lib/sandstone}"
 export SANDSTONE_URL="${SANDSTONE_URL:-http://127.0.0.1:7700}"
 out="$(scripts/build.sh release)"
-sandstone="$PWD/$out/sandstone"
+sandstone="$out/sandstone"
 "$sandstone" setup
 if ! curl -fsS "$SANDSTONE_URL/healthz" >/dev/null 2>&1; then
   mkdir -p "$SANDSTONE_DATA_DIR"

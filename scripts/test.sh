@@ -11,6 +11,6 @@ if [ ! -x "$venv/bin/python" ] || ! "$venv/bin/python" -c 'import sandbox0' 2>/d
   "$venv/bin/pip" install --quiet --disable-pip-version-check 'sandbox0==0.10.4'
 fi
 out="$(scripts/build.sh debug)"
-export SANDSTONE_INIT="$PWD/$out/sandstone-init"
+export SANDSTONE_INIT="$out/sandstone-init"
 export SANDSTONE_SDK_PYTHON="$venv/bin/python"
 cargo test --workspace "$@"
