@@ -13,4 +13,10 @@ fi
 out="$(scripts/build.sh debug)"
 export SANDSTONE_INIT="$out/sandstone-init"
 export SANDSTONE_SDK_PYTHON="$venv/bin/python"
-cargo test --workspace "$@"
+log="$(mktemp)"
+trap 'rm -f "$log"' EXIT
+status=0
+cargo test --workspace "$@" 2>&1 | tee "$log" || status=$?
+# One closing line for the whole run (cargo prints one per test binary).
+awk '/^test result:/ { p += $4; f += $6; s += $8 } END { printf "tests: %d passed, %d failed, %d skipped\n", p, f, s }' "$log"
+exit "$status"
