@@ -10,6 +10,7 @@
 pub mod cgroup;
 pub mod fault;
 pub mod harden;
+pub mod idmap;
 pub mod launch;
 pub mod rootfs;
 pub mod seccomp;

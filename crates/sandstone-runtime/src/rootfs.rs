@@ -74,12 +74,18 @@ fn ensure_file(p: &Path) -> Result<()> {
 /// Host-side assembly, in the helper's private mount namespace.
 pub fn assemble_host_side(spec: &SpawnSpec) -> Result<()> {
     let root = &spec.rootfs;
-    let lower = spec
-        .lower
-        .iter()
-        .map(|p| p.display().to_string())
-        .collect::<Vec<_>>()
-        .join(":");
+    // Template layers and template binds are host-root-owned: show them
+    // through the sandbox's id map so they belong to root inside.
+    let userns = crate::idmap::userns(spec.id_base, spec.id_count)?;
+    let run_dir = root.parent().expect("rootfs has a parent");
+    let mut lowers = Vec::new();
+    for (i, layer) in spec.lower.iter().enumerate() {
+        let at = run_dir.join(format!("lower{i}"));
+        ensure_dir(&at)?;
+        crate::idmap::bind(layer, &at, &userns, true)?;
+        lowers.push(at.display().to_string());
+    }
+    let lower = lowers.join(":");
     let opts = format!(
         "lowerdir={lower},upperdir={},workdir={}",
         spec.upper.display(),
@@ -100,7 +106,11 @@ pub fn assemble_host_side(spec: &SpawnSpec) -> Result<()> {
         } else {
             ensure_file(&dst)?;
         }
-        bind(&b.source, &dst, b.read_only)?;
+        if b.idmap {
+            crate::idmap::bind(&b.source, &dst, &userns, b.read_only)?;
+        } else {
+            bind(&b.source, &dst, b.read_only)?;
+        }
     }
     let dev = inside(root, "dev");
     ensure_dir(&dev)?;

@@ -39,6 +39,9 @@ pub struct BindMount {
     /// Absolute path inside the sandbox.
     pub target: String,
     pub read_only: bool,
+    /// Show host-root-owned files as owned by the sandbox's root.
+    #[serde(default)]
+    pub idmap: bool,
 }
 
 /// What PID 1 receives from the helper.

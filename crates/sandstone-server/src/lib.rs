@@ -197,6 +197,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         Arc::new(SqliteStore::open(&config.data_dir.join("sandstone.db")).await?);
     ensure_admin_token(store.as_ref(), &config.data_dir).await?;
     let storage = Storage::open(&config.data_dir)?;
+    // Build missing templates now, not inside the first create.
+    storage.templates()?;
     let group = format!(
         "sandstone-{}",
         &sandstone_store::token_hash(&config.data_dir.display().to_string())[..8]

@@ -146,6 +146,7 @@ impl Lifecycle {
             source: paths.workspace.clone(),
             target: "/workspace".into(),
             read_only: false,
+            idmap: false,
         });
         let spec = SpawnSpec {
             id: id.clone(),

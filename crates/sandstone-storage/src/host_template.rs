@@ -43,6 +43,7 @@ pub fn ensure(dir: &Path) -> Result<Template> {
         source: "/usr".into(),
         target: "/usr".into(),
         read_only: true,
+        idmap: true,
     }];
     for d in SYSTEM {
         let host = Path::new("/").join(d);
@@ -54,6 +55,7 @@ pub fn ensure(dir: &Path) -> Result<Template> {
                 source: host,
                 target: format!("/{d}"),
                 read_only: true,
+                idmap: true,
             });
         }
     }

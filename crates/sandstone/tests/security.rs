@@ -15,7 +15,7 @@ async fn host_files_processes_and_network_are_out_of_reach() {
     let id = d.create(json!({})).await;
     let data_dir = d.data.path().display().to_string();
     let probe = format!(
-        "cat /etc/shadow; ls /root/.cargo; ls {data_dir}; cat /proc/1/environ; echo w > /usr/bin/x; echo w > /etc/x; \
+        "cat /etc/shadow; ls /root/.cargo; ls {data_dir}; cat /proc/1/environ; echo w > /usr/bin/x; \
          mount -t tmpfs t /mnt; echo end"
     );
     let r = d.sh(&id, &probe).await;
@@ -28,7 +28,23 @@ async fn host_files_processes_and_network_are_out_of_reach() {
     );
     assert!(err.contains("/proc/1/environ: Permission denied"), "{err}");
     assert!(err.contains("/usr/bin/x: Read-only file system"), "{err}");
-    assert!(err.contains("/etc/x: Permission denied"), "{err}");
+    // Root inside owns the template's /etc (idmapped): a write lands in the
+    // sandbox's own layer, never in the shared template.
+    assert_eq!(
+        d.sh(
+            &id,
+            "echo w > /etc/x && cat /etc/x && stat -c %U /etc/passwd"
+        )
+        .await["stdout"],
+        "w\nroot\n"
+    );
+    assert!(!d.data.path().join("templates/host/rootfs/etc/x").exists());
+    assert!(
+        d.data
+            .path()
+            .join(format!("sandboxes/{id}/upper/etc/x"))
+            .exists()
+    );
     assert!(err.contains("mount"), "{err}");
 
     // Only the sandbox's own processes are visible; PID 1 is init.
