@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs every test: unit, end-to-end (real daemon and sandboxes; needs root),
-# security, and the Sandbox0 Python SDK against the daemon.
+# security, CLI, the debian template, and the Sandbox0 Python SDK against the
+# daemon.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cache="${SANDSTONE_CACHE:-/var/cache/sandstone}"
@@ -12,6 +13,9 @@ if [ ! -x "$venv/bin/python" ] || ! "$venv/bin/python" -c 'import sandbox0' 2>/d
 fi
 out="$(scripts/build.sh debug)"
 export SANDSTONE_INIT="$out/sandstone-init"
+# The debian template (debootstrap, about 90 s) is built once and cached.
+"$out/sandstone" setup --data-dir "$cache/setup" >&2
+export SANDSTONE_TEST_DEBIAN="$cache/setup/templates/debian"
 export SANDSTONE_SDK_PYTHON="$venv/bin/python"
 log="$(mktemp)"
 trap 'rm -f "$log"' EXIT

@@ -192,3 +192,132 @@ impl Client {
 pub fn is_not_found(e: &Error) -> bool {
     matches!(e, Error::Api { status, .. } if *status == StatusCode::NOT_FOUND.as_u16())
 }
+
+/// Output and completion of a context, streamed over its WebSocket.
+#[derive(Debug, Clone, PartialEq)]
+pub enum StreamEvent {
+    Output {
+        source: String,
+        data: String,
+    },
+    Done {
+        exit_code: Option<i32>,
+        state: String,
+    },
+    Error(String),
+}
+
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// A live attachment to a context (`.../contexts/{ctx}/ws`).
+pub struct Attached {
+    ws: Ws,
+}
+
+impl Client {
+    /// Starts a command without waiting; returns the context id.
+    pub async fn start(
+        &self,
+        id: &str,
+        argv: &[String],
+        cwd: Option<&str>,
+        pty: Option<api::PtySize>,
+        timeout_sec: Option<u64>,
+    ) -> Result<String> {
+        let body = json!({
+            "type": "cmd", "cmd": {"command": argv}, "wait_until_done": false,
+            "cwd": cwd, "pty_size": pty, "timeout_sec": timeout_sec,
+        });
+        let ctx: api::ContextResponse = self
+            .call(
+                Method::POST,
+                &format!("/api/v1/sandboxes/{id}/contexts"),
+                Some(body),
+            )
+            .await?;
+        Ok(ctx.id)
+    }
+
+    /// Attaches to a context's output (replayed from its start) and input.
+    pub async fn attach(&self, id: &str, ctx: &str) -> Result<Attached> {
+        use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+        let url = format!("{}/api/v1/sandboxes/{id}/contexts/{ctx}/ws", self.base)
+            .replacen("http", "ws", 1);
+        let mut req = url
+            .as_str()
+            .into_client_request()
+            .map_err(|e| Error::Decode(e.to_string()))?;
+        let auth = format!("Bearer {}", self.token)
+            .parse()
+            .map_err(|_| Error::Decode("token is not a valid header".into()))?;
+        req.headers_mut().insert("authorization", auth);
+        let (ws, _) = tokio_tungstenite::connect_async(req)
+            .await
+            .map_err(|e| match e {
+                tokio_tungstenite::tungstenite::Error::Http(resp) => {
+                    let body: serde_json::Value = resp
+                        .body()
+                        .as_deref()
+                        .and_then(|b| serde_json::from_slice(b).ok())
+                        .unwrap_or_default();
+                    Error::Api {
+                        status: resp.status().as_u16(),
+                        code: body["error"]["code"]
+                            .as_str()
+                            .unwrap_or("error")
+                            .to_string(),
+                        message: body["error"]["message"].as_str().unwrap_or("").to_string(),
+                    }
+                }
+                other => Error::Decode(other.to_string()),
+            })?;
+        Ok(Attached { ws })
+    }
+}
+
+impl Attached {
+    /// The next event; `None` once the stream is closed.
+    pub async fn next(&mut self) -> Option<StreamEvent> {
+        use futures_util::StreamExt;
+        use tokio_tungstenite::tungstenite::Message;
+        loop {
+            let msg = match self.ws.next().await? {
+                Ok(Message::Text(t)) => t,
+                Ok(Message::Close(_)) | Err(_) => return None,
+                Ok(_) => continue,
+            };
+            let v: serde_json::Value = serde_json::from_str(&msg).unwrap_or_default();
+            return Some(match v["type"].as_str() {
+                Some("done") => StreamEvent::Done {
+                    exit_code: v["exit_code"].as_i64().map(|c| c as i32),
+                    state: v["state"].as_str().unwrap_or("").to_string(),
+                },
+                Some("error") => StreamEvent::Error(v["error"].as_str().unwrap_or("").to_string()),
+                _ => StreamEvent::Output {
+                    source: v["source"].as_str().unwrap_or("stdout").to_string(),
+                    data: v["data"].as_str().unwrap_or("").to_string(),
+                },
+            });
+        }
+    }
+
+    async fn send(&mut self, v: serde_json::Value) -> Result<()> {
+        use futures_util::SinkExt;
+        self.ws
+            .send(tokio_tungstenite::tungstenite::Message::Text(
+                v.to_string().into(),
+            ))
+            .await
+            .map_err(|e| Error::Decode(e.to_string()))
+    }
+
+    pub async fn input(&mut self, data: &str) -> Result<()> {
+        self.send(json!({"type": "input", "data": data})).await
+    }
+
+    pub async fn resize(&mut self, rows: u16, cols: u16) -> Result<()> {
+        self.send(json!({"type": "resize", "rows": rows, "cols": cols}))
+            .await
+    }
+}

@@ -112,7 +112,12 @@ fn dispatch(req: Request, payload: Vec<u8>, out: &mut Out) -> std::io::Result<()
             pty,
         }) {
             Ok((proc, rx)) if attach => return stream_until_exit(&proc, rx, timeout_ms, out),
-            Ok((proc, _rx)) => Response::Proc { info: proc.info() },
+            Ok((proc, rx)) => {
+                if let Some(ms) = timeout_ms {
+                    kill_at_deadline(proc.clone(), rx, ms);
+                }
+                Response::Proc { info: proc.info() }
+            }
             Err(e) => io_error(&e),
         },
         Request::Exec {
@@ -168,6 +173,20 @@ fn dispatch(req: Request, payload: Vec<u8>, out: &mut Out) -> std::io::Result<()
     };
     let resp = (resp, Vec::new());
     send(out, &resp.0, &resp.1)
+}
+
+/// Enforces a detached process's timeout from a helper thread.
+fn kill_at_deadline(proc: std::sync::Arc<Proc>, rx: Receiver<Event>, ms: u64) {
+    let _ = std::thread::Builder::new().spawn(move || {
+        let deadline = Instant::now() + Duration::from_millis(ms);
+        loop {
+            match recv(&rx, Some(deadline)) {
+                Ok(Event::Exit(_)) | Err(RecvTimeoutError::Disconnected) => return,
+                Ok(_) => {}
+                Err(RecvTimeoutError::Timeout) => return proc.time_out(),
+            }
+        }
+    });
 }
 
 fn restart(id: &str) -> Response {

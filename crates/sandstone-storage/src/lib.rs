@@ -8,6 +8,7 @@
 //! <data>/run/<id>/                 runtime only: mount point, socket, log
 //! ```
 
+mod debian_template;
 mod host_template;
 
 use sandstone_runtime::BindMount;
@@ -71,10 +72,24 @@ impl Storage {
         self.root.join("templates/debian/rootfs")
     }
 
+    /// Whether the `debian` template has been built.
+    pub fn has_debian(&self) -> bool {
+        self.debian_rootfs().join("bin/bash").exists()
+    }
+
+    /// Builds the `debian` template with debootstrap (once; cached), calling
+    /// `progress` with each line debootstrap prints.
+    pub fn build_debian(&self, mirror: Option<&str>, progress: impl FnMut(&str)) -> Result<()> {
+        if self.has_debian() {
+            return Ok(());
+        }
+        debian_template::build(&self.root.join("templates/debian"), mirror, progress)
+    }
+
     /// Templates available on this host (`host` always; `debian` once built).
     pub fn templates(&self) -> Result<Vec<Template>> {
         let mut v = vec![host_template::ensure(&self.root.join("templates/host"))?];
-        if self.debian_rootfs().join("bin/bash").exists() {
+        if self.has_debian() {
             v.push(Template {
                 id: "debian".into(),
                 description: "Debian bookworm (debootstrap minbase)".into(),

@@ -2,11 +2,11 @@
 //! client commands against a running daemon.
 
 mod bench;
+mod terminal;
 
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 use sandstone_client::Client;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 #[derive(Parser)]
@@ -41,8 +41,15 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Prepare the host: data directory, `host` template, checks.
-    Setup,
+    /// Prepare the host: checks, data directory, `host` and `debian` templates.
+    Setup {
+        /// Skip the `debian` template (debootstrap, about 90 s once).
+        #[arg(long)]
+        no_debian: bool,
+        /// Debian mirror for debootstrap.
+        #[arg(long, env = "SANDSTONE_DEBIAN_MIRROR")]
+        mirror: Option<String>,
+    },
     /// Run the daemon.
     Serve {
         #[arg(long, env = "SANDSTONE_LISTEN", default_value = "127.0.0.1:7700")]
@@ -71,6 +78,13 @@ enum Cmd {
         #[arg(long)]
         timeout: Option<u64>,
         #[arg(trailing_var_arg = true, required = true)]
+        command: Vec<String>,
+    },
+    /// Open an interactive shell (PTY) in a sandbox.
+    Shell {
+        id: String,
+        /// Program to run instead of bash.
+        #[arg(trailing_var_arg = true)]
         command: Vec<String>,
     },
     /// Copy a file between the host and a sandbox (`SANDBOX:PATH` names the sandbox side).
@@ -152,7 +166,7 @@ fn print_json<T: serde::Serialize>(v: &T) -> Result<()> {
 
 async fn run(cli: Cli) -> Result<()> {
     match &cli.cmd {
-        Cmd::Setup => setup(&cli.data_dir),
+        Cmd::Setup { no_debian, mirror } => setup(&cli.data_dir, !no_debian, mirror.as_deref()),
         Cmd::Serve { listen } => {
             init_logging();
             let config = sandstone_server::Config {
@@ -208,19 +222,26 @@ async fn run(cli: Cli) -> Result<()> {
             timeout,
             command,
         } => {
-            let r = client(&cli)?
-                .run(id, command, cwd.as_deref(), *timeout)
-                .await?;
-            if cli.json {
+            let c = client(&cli)?;
+            let code = if cli.json {
+                let r = c.run(id, command, cwd.as_deref(), *timeout).await?;
                 print_json(&r)?;
+                r.exit_code.unwrap_or(1)
             } else {
-                std::io::stdout().write_all(r.stdout.unwrap_or_default().as_bytes())?;
-                std::io::stderr().write_all(r.stderr.unwrap_or_default().as_bytes())?;
-                if r.oom_killed {
-                    eprintln!("sandstone: the command was killed: out of memory");
-                }
-            }
-            std::process::exit(r.exit_code.unwrap_or(1));
+                let ctx = c.start(id, command, cwd.as_deref(), None, *timeout).await?;
+                terminal::stream(&mut c.attach(id, &ctx).await?).await?
+            };
+            std::process::exit(code);
+        }
+        Cmd::Shell { id, command } => {
+            let c = client(&cli)?;
+            let argv = if command.is_empty() {
+                vec!["bash".to_string(), "-i".to_string()]
+            } else {
+                command.clone()
+            };
+            let code = terminal::interactive(&c, id, &argv).await?;
+            std::process::exit(code);
         }
         Cmd::Cp { from, to } => copy(&client(&cli)?, from, to).await,
         Cmd::Rm { ids } => {
@@ -273,10 +294,11 @@ async fn copy(c: &Client, from: &str, to: &str) -> Result<()> {
     Ok(())
 }
 
-fn setup(data_dir: &Path) -> Result<()> {
-    let step = |n: u32, what: &str| eprintln!("[{n}/3] {what}");
-    step(1, "checking the kernel (namespaces, overlay, cgroups)");
-    if !std::path::Path::new("/proc/self/ns/user").exists() {
+fn setup(data_dir: &Path, debian: bool, mirror: Option<&str>) -> Result<()> {
+    let total = if debian { 4 } else { 3 };
+    let step = |n: u32, what: &str| eprintln!("[{n}/{total}] {what}");
+    step(1, "checking the kernel (user namespaces, overlay)");
+    if !Path::new("/proc/self/ns/user").exists() {
         bail!("this kernel has no user namespaces");
     }
     let filesystems = std::fs::read_to_string("/proc/filesystems").unwrap_or_default();
@@ -287,6 +309,30 @@ fn setup(data_dir: &Path) -> Result<()> {
     std::fs::create_dir_all(data_dir)?;
     let storage = sandstone_server::open_storage(data_dir)?;
     step(3, "building the host template");
+    storage.templates()?;
+    if debian {
+        if storage.has_debian() {
+            step(4, "debian template: already built");
+        } else {
+            step(
+                4,
+                "building the debian template (debootstrap bookworm minbase)",
+            );
+            ensure_debootstrap()?;
+            let started = std::time::Instant::now();
+            let mut n = 0;
+            storage.build_debian(mirror, |line| {
+                n += 1;
+                eprint!(
+                    "\r      {:>4} steps, {:>3} s  {:<60.60}",
+                    n,
+                    started.elapsed().as_secs(),
+                    line
+                );
+            })?;
+            eprintln!();
+        }
+    }
     for t in storage.templates()? {
         eprintln!("      template {:<8} ready", t.id);
     }
@@ -294,5 +340,24 @@ fn setup(data_dir: &Path) -> Result<()> {
         "done: start the daemon with `sandstone serve --data-dir {}`",
         data_dir.display()
     );
+    Ok(())
+}
+
+fn ensure_debootstrap() -> Result<()> {
+    let found = std::process::Command::new("sh")
+        .args(["-c", "command -v debootstrap"])
+        .output()?;
+    if found.status.success() {
+        return Ok(());
+    }
+    eprintln!("      installing debootstrap (apt-get)");
+    let ok = std::process::Command::new("apt-get")
+        .args(["install", "-y", "-qq", "debootstrap"])
+        .env("DEBIAN_FRONTEND", "noninteractive")
+        .status()?
+        .success();
+    if !ok {
+        bail!("could not install debootstrap; install it and run setup again");
+    }
     Ok(())
 }

@@ -1,0 +1,96 @@
+//! The `sandstone` CLI against a real daemon: create, streaming exec with
+//! exit codes and timeouts, an interactive shell over a PTY, cp, ls, rm.
+
+mod common;
+
+use common::{Daemon, sandstone_bin};
+use std::io::Write;
+use std::process::{Command, Output, Stdio};
+
+fn cli(d: &Daemon, args: &[&str], stdin: &[u8]) -> Output {
+    let mut child = Command::new(sandstone_bin())
+        .args(args)
+        .env("SANDSTONE_URL", &d.url)
+        .env("SANDSTONE_DATA_DIR", d.data.path())
+        .env_remove("SANDSTONE_TOKEN")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(stdin).unwrap();
+    child.wait_with_output().unwrap()
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn cli_create_exec_shell_cp_rm() {
+    let d = Daemon::start().await;
+    let out = cli(&d, &["create"], b"");
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let id = text(&out.stdout).trim().to_string();
+
+    let out = cli(
+        &d,
+        &[
+            "exec",
+            &id,
+            "--",
+            "sh",
+            "-c",
+            "echo out; echo err >&2; exit 3",
+        ],
+        b"",
+    );
+    assert_eq!(out.status.code(), Some(3));
+    assert_eq!(
+        (text(&out.stdout), text(&out.stderr)),
+        ("out\n".into(), "err\n".into())
+    );
+
+    let out = cli(
+        &d,
+        &["exec", "--timeout", "1", &id, "--", "sleep", "30"],
+        b"",
+    );
+    assert_eq!(out.status.code(), Some(137));
+    assert!(text(&out.stderr).contains("timed out"));
+
+    // A PTY shell: input typed at the prompt, the exit code comes back.
+    let out = cli(&d, &["shell", &id], b"echo tty=$(tty)\nexit 5\n");
+    assert_eq!(out.status.code(), Some(5), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).contains("tty=/dev/pts/"),
+        "{}",
+        text(&out.stdout)
+    );
+
+    let host_file = d.data.path().join("in.txt");
+    std::fs::write(&host_file, "copied").unwrap();
+    let target = format!("{id}:/workspace/in.txt");
+    assert!(
+        cli(&d, &["cp", host_file.to_str().unwrap(), &target], b"")
+            .status
+            .success()
+    );
+    let back = d.data.path().join("back.txt");
+    assert!(
+        cli(&d, &["cp", &target, back.to_str().unwrap()], b"")
+            .status
+            .success()
+    );
+    assert_eq!(std::fs::read_to_string(back).unwrap(), "copied");
+
+    let ls = text(&cli(&d, &["ls"], b"").stdout);
+    assert!(ls.contains(&id) && ls.contains("running"), "{ls}");
+    assert!(cli(&d, &["rm", &id], b"").status.success());
+    let out = cli(&d, &["inspect", &id], b"");
+    assert!(
+        !out.status.success() && text(&out.stderr).contains("not_found"),
+        "{}",
+        text(&out.stderr)
+    );
+}
