@@ -7,6 +7,7 @@ mod initclient;
 mod lifecycle;
 mod limits;
 mod metrics;
+mod openapi;
 mod routes;
 mod timefmt;
 
@@ -148,6 +149,10 @@ pub fn router(st: AppState) -> Router {
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(|| async { "ready" }))
         .route("/metrics", get(metrics_page))
+        .route(
+            "/openapi.json",
+            get(|| async { axum::Json(openapi::document()) }),
+        )
         .merge(api)
         .fallback(not_found)
         .with_state(st)

@@ -424,3 +424,105 @@ async fn running_sandboxes_survive_a_daemon_crash() {
         "{v}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn openapi_lists_only_routes_that_exist_and_metrics_count() {
+    let d = Daemon::start().await;
+    let doc: serde_json::Value = d
+        .http
+        .get(format!("{}/openapi.json", d.url))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let paths = doc["paths"].as_object().unwrap();
+    assert!(paths.len() >= 15, "{}", paths.len());
+    for (path, ops) in paths {
+        for method in ops.as_object().unwrap().keys() {
+            let url = path.replace("{id}", "sb-nope").replace("{ctx}", "ctx-nope");
+            let m = reqwest::Method::from_bytes(method.to_uppercase().as_bytes()).unwrap();
+            let (s, v) = d.req(m, &format!("{url}?path=/x"), None).await;
+            assert!(
+                s != 405 && v["error"]["message"] != "no such route",
+                "{method} {path}: {s} {v}"
+            );
+        }
+    }
+    let id = d.create(json!({})).await;
+    let r = d.sh(&id, "kill -SEGV $$").await;
+    assert_eq!(
+        (
+            r["signal"].as_i64(),
+            r["exit_code"].as_i64(),
+            r["state"].as_str()
+        ),
+        (Some(11), Some(139), Some("killed"))
+    );
+    let metrics = d
+        .http
+        .get(format!("{}/metrics", d.url))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    // Two sandboxes: the claim above and the bodiless POST of the route walk.
+    assert!(
+        metrics.contains("sandstone_sandboxes{state=\"running\"} 2"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("sandstone_operation_duration_seconds_count{op=\"create\"} 2"),
+        "{metrics}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn file_watch_streams_events_over_websocket() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::{Message, client::IntoClientRequest};
+    let d = Daemon::start().await;
+    let id = d.create(json!({})).await;
+    let url = format!("{}/api/v1/sandboxes/{id}/files/watch", d.url).replacen("http", "ws", 1);
+    let mut req = url.into_client_request().unwrap();
+    req.headers_mut().insert(
+        "authorization",
+        format!("Bearer {}", d.token).parse().unwrap(),
+    );
+    let (mut ws, _) = tokio_tungstenite::connect_async(req).await.unwrap();
+    let sub = json!({"action": "subscribe", "path": "/workspace", "recursive": true});
+    ws.send(Message::Text(sub.to_string().into()))
+        .await
+        .unwrap();
+    macro_rules! next {
+        () => {{
+            let m = tokio::time::timeout(std::time::Duration::from_secs(10), ws.next())
+                .await
+                .expect("event in time");
+            let Some(Ok(Message::Text(t))) = m else {
+                panic!("{m:?}")
+            };
+            serde_json::from_str::<serde_json::Value>(&t).unwrap()
+        }};
+    }
+    let v = next!();
+    assert_eq!(v["type"], "subscribed", "{v}");
+    d.sh(
+        &id,
+        "mkdir /workspace/sub && echo x > /workspace/sub/new.txt",
+    )
+    .await;
+    let mut seen = Vec::new();
+    while !seen
+        .iter()
+        .any(|p: &String| p.ends_with("/workspace/sub/new.txt"))
+    {
+        let v = next!();
+        assert_eq!(v["type"], "event", "{v}");
+        seen.push(v["path"].as_str().unwrap().to_string());
+    }
+    assert_eq!(seen[0], "/workspace/sub");
+}
