@@ -46,25 +46,93 @@ fn unshare_baseline(n: usize) -> Result<Stats> {
     Ok(stats(v))
 }
 
-pub async fn run(c: &Client, template: &str, n: usize) -> Result<()> {
-    println!("sandstone bench: {n} iterations each, template {template}");
+fn meminfo_kib(key: &str) -> u64 {
+    std::fs::read_to_string("/proc/meminfo")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix(key)?
+                .trim()
+                .trim_end_matches(" kB")
+                .trim()
+                .parse()
+                .ok()
+        })
+        .unwrap_or(0)
+}
+
+/// Proportional memory of every sandbox PID 1 (`sandstone-init`), in KiB.
+fn init_pss_kib() -> (u64, usize) {
+    let mut total = 0;
+    let mut count = 0;
+    for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let p = e.path();
+        if std::fs::read_to_string(p.join("comm")).is_ok_and(|c| c.trim() == "sandstone-init") {
+            count += 1;
+            total += std::fs::read_to_string(p.join("smaps_rollup"))
+                .unwrap_or_default()
+                .lines()
+                .find_map(|l| {
+                    l.strip_prefix("Pss:")?
+                        .trim()
+                        .trim_end_matches(" kB")
+                        .trim()
+                        .parse::<u64>()
+                        .ok()
+                })
+                .unwrap_or(0);
+        }
+    }
+    (total, count)
+}
+
+pub async fn run(c: &Client, template: &str, n: usize, scale: usize) -> Result<()> {
+    println!("sandstone bench: {n} iterations, {scale} sandboxes at scale, template {template}");
     let base = unshare_baseline(n)?;
     row("baseline unshare (5 ns) true", &base, "");
 
-    let mut ids = Vec::new();
+    // Cold create with one sandbox on the host: create, then delete.
     let mut creates = Vec::new();
     for _ in 0..n {
+        let t = Instant::now();
+        let id = c.claim(template, None).await?.sandbox_id;
+        creates.push(t.elapsed());
+        c.delete(&id).await?;
+    }
+    let create1 = stats(creates);
+    row(
+        "create at N=1 (API → init ready)",
+        &create1,
+        &format!("{:.1}× baseline p50", create1.p50 / base.p50),
+    );
+
+    let avail_before = meminfo_kib("MemAvailable:");
+    let mut ids = Vec::new();
+    let mut creates = Vec::new();
+    for _ in 0..scale {
         let t = Instant::now();
         ids.push(c.claim(template, None).await?.sandbox_id);
         creates.push(t.elapsed());
     }
-    let create = stats(creates);
+    let at_scale = stats(creates);
     row(
-        "create (API → init answering)",
-        &create,
-        &format!("{:.1}× baseline p50", create.p50 / base.p50),
+        &format!("create up to N={scale}"),
+        &at_scale,
+        &format!("p99 = {:.2}× create p50 at N=1", at_scale.p99 / create1.p50),
+    );
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let used = avail_before.saturating_sub(meminfo_kib("MemAvailable:"));
+    let (pss, inits) = init_pss_kib();
+    println!(
+        "{:<34} {:>8.2} MiB host memory per idle sandbox (MemAvailable drop / {scale}); init PSS {:.2} MiB each ({inits} inits)",
+        "memory at scale",
+        used as f64 / 1024.0 / scale.max(1) as f64,
+        pss as f64 / 1024.0 / inits.max(1) as f64,
     );
 
+    if ids.is_empty() {
+        ids.push(c.claim(template, None).await?.sandbox_id);
+    }
     let id = ids[0].clone();
     let argv = vec!["true".to_string()];
     let mut execs = Vec::new();

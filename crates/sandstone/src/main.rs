@@ -100,6 +100,9 @@ enum Cmd {
         template: String,
         #[arg(long, short, default_value_t = 50)]
         iterations: usize,
+        /// How many sandboxes to hold at once for the scale figures.
+        #[arg(long, default_value_t = 200)]
+        scale: usize,
     },
     /// Templates.
     Template {
@@ -257,7 +260,8 @@ async fn run(cli: Cli) -> Result<()> {
         Cmd::Bench {
             template,
             iterations,
-        } => bench::run(&client(&cli)?, template, (*iterations).max(2)).await,
+            scale,
+        } => bench::run(&client(&cli)?, template, (*iterations).max(2), *scale).await,
         Cmd::Template {
             cmd: TemplateCmd::Ls,
         } => {
