@@ -61,6 +61,15 @@ impl Lifecycle {
         cgroup_group: &str,
     ) -> anyhow::Result<Lifecycle> {
         let cgroups = Driver::detect(cgroup_group)?;
+        match sandstone_runtime::cgroup::favor_dynamic_modifications() {
+            Ok(true) => tracing::info!(
+                "remounted cgroup2 with favordynmods (fast cgroup migration for new sandboxes)"
+            ),
+            Ok(false) => {}
+            Err(e) => {
+                tracing::warn!(error = %e, "could not enable favordynmods; sandbox creation may have latency spikes")
+            }
+        }
         let slots = store.used_slots().await?.into_iter().collect();
         Ok(Lifecycle {
             store,
@@ -129,17 +138,20 @@ impl Lifecycle {
         let id = format!("sb-{}", random_hex(8));
         let id_base = ID_BASE + slot as u32 * ID_COUNT;
         let mut undo = Undo::new(self, &id, slot);
+        let mut phases = Phases::start();
         let paths = self
             .storage
             .create_sandbox(&id, id_base)
             .map_err(|e| ApiError::internal(e.to_string()))?;
         undo.storage = true;
+        phases.mark("storage");
         fault::check("create.after_storage").map_err(|e| ApiError::internal(e.to_string()))?;
         let cgroup = self
             .cgroups
             .create(&id, &limits)
             .map_err(|e| ApiError::internal(e.to_string()))?;
         undo.cgroup = Some(cgroup.clone());
+        phases.mark("cgroup");
         fault::check("create.after_cgroup").map_err(|e| ApiError::internal(e.to_string()))?;
         let mut binds = template.binds.clone();
         binds.push(BindMount {
@@ -168,6 +180,7 @@ impl Lifecycle {
                 .await
                 .map_err(|e| ApiError::internal(e.to_string()))?
                 .map_err(|e| ApiError::internal(e.to_string()))?;
+        phases.mark("launch");
         fault::check("create.after_launch").map_err(|e| ApiError::internal(e.to_string()))?;
         let runtime = Runtime {
             socket: paths.socket.clone(),
@@ -189,7 +202,10 @@ impl Lifecycle {
             created_at: now,
             updated_at: now,
         };
+        phases.mark("ping");
         self.store.insert_sandbox(&row).await?;
+        phases.mark("store");
+        tracing::debug!(sandbox = %id, phases = %phases, "create timings");
         self.runtimes.write().unwrap().insert(id, runtime);
         undo.disarm();
         Ok(row)
@@ -258,6 +274,37 @@ impl Lifecycle {
                 self.store.set_status(&row.id, "failed", None).await?;
                 tracing::warn!(sandbox = %row.id, "sandbox init gone after restart; marked failed");
             }
+        }
+        Ok(())
+    }
+}
+
+/// Per-phase durations of an operation, for debug logs.
+struct Phases {
+    last: std::time::Instant,
+    done: Vec<(&'static str, f64)>,
+}
+
+impl Phases {
+    fn start() -> Self {
+        Phases {
+            last: std::time::Instant::now(),
+            done: Vec::new(),
+        }
+    }
+
+    fn mark(&mut self, name: &'static str) {
+        let now = std::time::Instant::now();
+        self.done
+            .push((name, (now - self.last).as_secs_f64() * 1000.0));
+        self.last = now;
+    }
+}
+
+impl std::fmt::Display for Phases {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for (name, ms) in &self.done {
+            write!(f, "{name}={ms:.2}ms ")?;
         }
         Ok(())
     }
