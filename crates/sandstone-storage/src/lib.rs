@@ -131,9 +131,9 @@ impl Storage {
         }
     }
 
-    /// Creates a sandbox's directories, owned by root of its id range. The
-    /// upper layer gets the directories root inside must be able to write, so
-    /// they shadow the template's host-owned ones.
+    /// Creates a sandbox's directories, owned by root of its id range (the
+    /// template itself is shown to the sandbox through an id map, so root
+    /// inside already owns its /root, /etc and the rest).
     pub fn create_sandbox(&self, id: &str, owner: u32) -> Result<SandboxPaths> {
         let p = self.paths(id);
         let made = (|| {
@@ -143,11 +143,6 @@ impl Storage {
             let run = p.rootfs.parent().expect("rootfs has a parent");
             std::fs::set_permissions(run, std::os::unix::fs::PermissionsExt::from_mode(0o700))
                 .map_err(io("chmod run dir"))?;
-            for d in ["root", "home", "workspace", "var/tmp", "mnt", "opt"] {
-                let dir = p.upper.join(d);
-                std::fs::create_dir_all(&dir).map_err(io(format!("create {dir:?}")))?;
-                chown(&dir, owner)?;
-            }
             chown(&p.workspace, owner)?;
             chown(&p.upper, owner)
         })();
