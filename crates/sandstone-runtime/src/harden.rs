@@ -29,6 +29,41 @@ fn last_cap() -> u32 {
         .unwrap_or(40)
 }
 
+#[repr(C)]
+struct CapHeader {
+    version: u32,
+    pid: i32,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Default)]
+struct CapData {
+    effective: u32,
+    permitted: u32,
+    inheritable: u32,
+}
+
+const CAP_V3: u32 = 0x2008_0522;
+
+/// Makes every permitted capability effective again.
+pub fn raise_effective() -> Result<()> {
+    let header = CapHeader {
+        version: CAP_V3,
+        pid: 0,
+    };
+    let mut data = [CapData::default(); 2];
+    if unsafe { libc::syscall(libc::SYS_capget, &header, data.as_mut_ptr()) } < 0 {
+        return Err(Error::sys("capget", std::io::Error::last_os_error()));
+    }
+    for d in &mut data {
+        d.effective = d.permitted;
+    }
+    if unsafe { libc::syscall(libc::SYS_capset, &header, data.as_ptr()) } < 0 {
+        return Err(Error::sys("capset", std::io::Error::last_os_error()));
+    }
+    Ok(())
+}
+
 /// Drops every capability outside [`KEEP`] from the bounding, ambient,
 /// effective, permitted and inheritable sets.
 pub fn drop_capabilities() -> Result<()> {
@@ -51,23 +86,11 @@ pub fn drop_capabilities() -> Result<()> {
     for cap in KEEP {
         mask[(cap / 32) as usize] |= 1 << (cap % 32);
     }
-    #[repr(C)]
-    struct Header {
-        version: u32,
-        pid: i32,
-    }
-    #[repr(C)]
-    #[derive(Clone, Copy)]
-    struct Data {
-        effective: u32,
-        permitted: u32,
-        inheritable: u32,
-    }
-    let header = Header {
-        version: 0x2008_0522, // _LINUX_CAPABILITY_VERSION_3
+    let header = CapHeader {
+        version: CAP_V3,
         pid: 0,
     };
-    let data = [0, 1].map(|i| Data {
+    let data = [0, 1].map(|i| CapData {
         effective: mask[i],
         permitted: mask[i],
         inheritable: 0,

@@ -86,19 +86,33 @@ pub fn assemble_host_side(spec: &SpawnSpec) -> Result<()> {
         lowers.push(at.display().to_string());
     }
     let lower = lowers.join(":");
+    // The sandbox's own layers are stored unshifted (owned by 0..count on
+    // disk) and shown through the same id map, so they can move between id
+    // ranges (fork, restore, warm pool) without a recursive chown.
+    let data = run_dir.join("data");
+    ensure_dir(&data)?;
+    crate::idmap::bind(&spec.data, &data, &userns, false)?;
     let opts = format!(
         "lowerdir={lower},upperdir={},workdir={}",
-        spec.upper.display(),
-        spec.work.display()
+        data.join("upper").display(),
+        data.join("work").display()
     );
-    mount(
-        Some(Path::new("overlay")),
-        root,
-        Some("overlay"),
-        0,
-        Some(&opts),
-    )?;
+    // overlayfs acts with its mounter's credentials. Mount it as the
+    // sandbox's root (id_base, which the id map stores as 0 on disk) with our
+    // capabilities kept, or creating anything in the upper layer overflows.
+    as_sandbox_root(spec.id_base, || {
+        mount(
+            Some(Path::new("overlay")),
+            root,
+            Some("overlay"),
+            0,
+            Some(&opts),
+        )
+    })?;
     crate::fault::check("rootfs.after_overlay")?;
+    let workspace = inside(root, "workspace");
+    ensure_dir(&workspace)?;
+    bind(&data.join("workspace"), &workspace, false)?;
     for b in &spec.binds {
         let dst = inside(root, &b.target);
         if b.source.is_dir() {
@@ -164,6 +178,22 @@ pub fn enter(rootfs: &Path) -> Result<()> {
         "chdir rootfs".into()
     })?;
     Ok(())
+}
+
+/// Runs `f` with fsuid/fsgid set to `id` and every permitted capability
+/// effective (changing fsuid from 0 clears file capabilities), then restores.
+fn as_sandbox_root<T>(id: u32, f: impl FnOnce() -> Result<T>) -> Result<T> {
+    unsafe {
+        libc::setfsgid(id);
+        libc::setfsuid(id);
+    }
+    let result = crate::harden::raise_effective().and_then(|()| f());
+    unsafe {
+        libc::setfsuid(0);
+        libc::setfsgid(0);
+    }
+    crate::harden::raise_effective()?;
+    result
 }
 
 /// Sandbox-side assembly, in PID 1 as the sandbox's root, inside the root

@@ -19,8 +19,9 @@ pub struct SpawnSpec {
     pub rootfs: PathBuf,
     /// Read-only template layers, topmost first.
     pub lower: Vec<PathBuf>,
-    pub upper: PathBuf,
-    pub work: PathBuf,
+    /// The sandbox's durable directory: `upper/`, `work/` and `workspace/`,
+    /// stored unshifted (root inside = uid 0 on disk).
+    pub data: PathBuf,
     pub binds: Vec<BindMount>,
     /// First host uid/gid of the sandbox's range; root inside maps to it.
     pub id_base: u32,

@@ -7,7 +7,7 @@ use crate::timefmt::now_ms;
 use axum::http::StatusCode;
 use sandstone_init::proto::{Request, Response};
 use sandstone_runtime::cgroup::{Cgroup, Driver, Limits};
-use sandstone_runtime::{BindMount, SpawnSpec, fault};
+use sandstone_runtime::{SpawnSpec, fault};
 use sandstone_storage::Storage;
 use sandstone_store::{SandboxRow, Store};
 use std::collections::{HashMap, HashSet};
@@ -141,7 +141,7 @@ impl Lifecycle {
         let mut phases = Phases::start();
         let paths = self
             .storage
-            .create_sandbox(&id, id_base)
+            .create_sandbox(&id)
             .map_err(|e| ApiError::internal(e.to_string()))?;
         undo.storage = true;
         phases.mark("storage");
@@ -153,20 +153,13 @@ impl Lifecycle {
         undo.cgroup = Some(cgroup.clone());
         phases.mark("cgroup");
         fault::check("create.after_cgroup").map_err(|e| ApiError::internal(e.to_string()))?;
-        let mut binds = template.binds.clone();
-        binds.push(BindMount {
-            source: paths.workspace.clone(),
-            target: "/workspace".into(),
-            read_only: false,
-            idmap: false,
-        });
+        let binds = template.binds.clone();
         let spec = SpawnSpec {
             id: id.clone(),
             hostname: id.clone(),
             rootfs: paths.rootfs.clone(),
             lower: template.lower.clone(),
-            upper: paths.upper.clone(),
-            work: paths.work.clone(),
+            data: paths.data.clone(),
             binds,
             id_base,
             id_count: ID_COUNT,

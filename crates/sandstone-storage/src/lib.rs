@@ -45,6 +45,8 @@ pub struct Template {
 /// Paths of one sandbox.
 #[derive(Debug, Clone)]
 pub struct SandboxPaths {
+    /// The durable directory holding `upper`, `work` and `workspace`.
+    pub data: PathBuf,
     pub upper: PathBuf,
     pub work: PathBuf,
     pub workspace: PathBuf,
@@ -60,8 +62,13 @@ pub struct Storage {
 
 impl Storage {
     pub fn open(data_dir: &Path) -> Result<Storage> {
+        // Layers are stored unshifted: a setuid file a sandbox creates is
+        // owned by host root on disk. Only host root may traverse to them.
         for d in ["templates", "sandboxes", "run"] {
-            std::fs::create_dir_all(data_dir.join(d)).map_err(io(format!("create {d} dir")))?;
+            let dir = data_dir.join(d);
+            std::fs::create_dir_all(&dir).map_err(io(format!("create {d} dir")))?;
+            std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o700))
+                .map_err(io(format!("chmod {d} dir")))?;
         }
         Ok(Storage {
             root: data_dir.to_path_buf(),
@@ -122,6 +129,7 @@ impl Storage {
         let dir = self.root.join("sandboxes").join(id);
         let run = self.root.join("run").join(id);
         SandboxPaths {
+            data: dir.clone(),
             upper: dir.join("upper"),
             work: dir.join("work"),
             workspace: dir.join("workspace"),
@@ -131,10 +139,9 @@ impl Storage {
         }
     }
 
-    /// Creates a sandbox's directories, owned by root of its id range (the
-    /// template itself is shown to the sandbox through an id map, so root
-    /// inside already owns its /root, /etc and the rest).
-    pub fn create_sandbox(&self, id: &str, owner: u32) -> Result<SandboxPaths> {
+    /// Creates a sandbox's directories. They are stored unshifted (owned by
+    /// host root, which is root inside once id-mapped), like the template.
+    pub fn create_sandbox(&self, id: &str) -> Result<SandboxPaths> {
         let p = self.paths(id);
         let made = (|| {
             for d in [&p.upper, &p.work, &p.workspace, &p.rootfs] {
@@ -143,8 +150,7 @@ impl Storage {
             let run = p.rootfs.parent().expect("rootfs has a parent");
             std::fs::set_permissions(run, std::os::unix::fs::PermissionsExt::from_mode(0o700))
                 .map_err(io("chmod run dir"))?;
-            chown(&p.workspace, owner)?;
-            chown(&p.upper, owner)
+            Ok(())
         })();
         if let Err(e) = made {
             let _ = self.remove_sandbox(id);
@@ -179,8 +185,4 @@ impl Storage {
             })
             .unwrap_or_default()
     }
-}
-
-fn chown(p: &Path, owner: u32) -> Result<()> {
-    std::os::unix::fs::chown(p, Some(owner), Some(owner)).map_err(io(format!("chown {p:?}")))
 }

@@ -289,8 +289,9 @@ async fn bad_input_gets_4xx_naming_the_field() {
     );
     // JSON bodies are capped; files have their own larger cap.
     let big = "x".repeat(5 << 20);
-    let sent = d
-        .http
+    // Its own client: the daemon closes this connection, which must not be
+    // reused for the requests after it.
+    let sent = reqwest::Client::new()
         .post(format!("{}/api/v1/sandboxes/{id}/contexts", d.url))
         .bearer_auth(&d.token)
         .json(&json!({"type": "cmd", "cmd": {"command": [big]}}))
