@@ -31,6 +31,10 @@ pub struct Resources {
     pub cpu: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pids: Option<u64>,
+    /// Sandstone extension: disk cap for the rootfs layer and /workspace
+    /// together, e.g. `10Gi` (enforced on the btrfs pool).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disk: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -93,6 +97,9 @@ pub struct SandboxSummary {
     pub status: String,
     pub paused: bool,
     pub runtime_generation: i64,
+    /// Sandstone extension: bytes the sandbox's files occupy.
+    #[serde(default)]
+    pub disk_bytes: u64,
     pub created_at: String,
     pub updated_at: String,
 }
@@ -118,6 +125,90 @@ pub struct SandboxStatus {
 pub struct UpdateSandboxRequest {
     #[serde(default)]
     pub config: Option<SandboxConfig>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PauseResponse {
+    pub sandbox_id: String,
+    pub paused: bool,
+    pub status: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ResumeResponse {
+    pub sandbox_id: String,
+    pub resumed: bool,
+    pub status: String,
+    pub runtime_generation: i64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RefreshResponse {
+    pub sandbox_id: String,
+    pub expires_at: Option<String>,
+    pub hard_expires_at: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateSnapshotRequest {
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub description: Option<String>,
+    #[serde(default)]
+    pub expires_at: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Snapshot {
+    pub id: String,
+    pub sandbox_id: String,
+    pub name: String,
+    pub description: String,
+    pub created_at: String,
+    pub expires_at: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SnapshotList {
+    pub snapshots: Vec<Snapshot>,
+    pub count: usize,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RestoreRequest {
+    pub snapshot_id: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RestoreResponse {
+    pub sandbox_id: String,
+    pub snapshot_id: String,
+    pub status: String,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ForkConfig {
+    #[serde(default)]
+    pub ttl: Option<u64>,
+    #[serde(default)]
+    pub hard_ttl: Option<u64>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ForkRequest {
+    #[serde(default)]
+    pub config: Option<ForkConfig>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ForkResponse {
+    pub source_sandbox_id: String,
+    pub sandbox: Sandbox,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -96,9 +96,84 @@ impl Client {
         template: &str,
         config: Option<api::SandboxConfig>,
     ) -> Result<api::ClaimResponse> {
-        let body = json!({"template": template, "config": config});
+        self.claim_from(template, config, None).await
+    }
+
+    /// Claims a sandbox, starting from a snapshot's files when given.
+    pub async fn claim_from(
+        &self,
+        template: &str,
+        config: Option<api::SandboxConfig>,
+        snapshot: Option<&str>,
+    ) -> Result<api::ClaimResponse> {
+        let body = json!({"template": template, "config": config, "snapshot_id": snapshot});
         self.call(Method::POST, "/api/v1/sandboxes", Some(body))
             .await
+    }
+
+    pub async fn pause(&self, id: &str) -> Result<api::PauseResponse> {
+        self.call(
+            Method::POST,
+            &format!("/api/v1/sandboxes/{id}/pause"),
+            Some(json!({})),
+        )
+        .await
+    }
+
+    pub async fn resume(&self, id: &str) -> Result<api::ResumeResponse> {
+        self.call(
+            Method::POST,
+            &format!("/api/v1/sandboxes/{id}/resume"),
+            Some(json!({})),
+        )
+        .await
+    }
+
+    pub async fn fork(&self, id: &str) -> Result<api::ForkResponse> {
+        self.call(
+            Method::POST,
+            &format!("/api/v1/sandboxes/{id}/fork"),
+            Some(json!({})),
+        )
+        .await
+    }
+
+    pub async fn restore(&self, id: &str, snapshot: &str) -> Result<api::RestoreResponse> {
+        let body = json!({"snapshot_id": snapshot});
+        self.call(
+            Method::POST,
+            &format!("/api/v1/sandboxes/{id}/rootfs/restore"),
+            Some(body),
+        )
+        .await
+    }
+
+    pub async fn snapshot(&self, id: &str, name: Option<&str>) -> Result<api::Snapshot> {
+        let body = json!({"name": name});
+        self.call(
+            Method::POST,
+            &format!("/api/v1/sandboxes/{id}/snapshots"),
+            Some(body),
+        )
+        .await
+    }
+
+    pub async fn snapshots(&self, id: &str) -> Result<api::SnapshotList> {
+        self.call(
+            Method::GET,
+            &format!("/api/v1/sandboxes/{id}/snapshots"),
+            None,
+        )
+        .await
+    }
+
+    pub async fn delete_snapshot(&self, snapshot: &str) -> Result<serde_json::Value> {
+        self.call(
+            Method::DELETE,
+            &format!("/api/v1/sandbox-rootfs-snapshots/{snapshot}"),
+            None,
+        )
+        .await
     }
 
     pub async fn list(&self) -> Result<api::SandboxList> {

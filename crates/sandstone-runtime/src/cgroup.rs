@@ -325,7 +325,7 @@ impl Cgroup {
 
     /// Kills every process in the cgroup and waits (bounded) until it is empty.
     pub fn kill_all(&self) {
-        for _ in 0..200 {
+        for _ in 0..2000 {
             let pids = self.pids();
             if pids.is_empty() {
                 return;
@@ -333,8 +333,43 @@ impl Cgroup {
             for p in pids {
                 unsafe { libc::kill(p, libc::SIGKILL) };
             }
-            std::thread::sleep(std::time::Duration::from_millis(5));
+            // A frozen cgroup holds its SIGKILLed processes until thawed.
+            let _ = self.set_frozen(false);
+            std::thread::sleep(std::time::Duration::from_millis(1));
         }
+    }
+
+    fn freezer_dir(&self) -> Option<&Path> {
+        if self.v2 {
+            return self.dirs.first().map(|d| d.as_path());
+        }
+        self.dirs
+            .iter()
+            .find(|d| d.components().any(|c| c.as_os_str() == "freezer"))
+            .map(|d| d.as_path())
+    }
+
+    /// Freezes (or thaws) every process of the cgroup and waits, bounded,
+    /// until the kernel reports the new state.
+    pub fn set_frozen(&self, frozen: bool) -> Result<()> {
+        let dir = self
+            .freezer_dir()
+            .ok_or_else(|| Error::Other("no freezer hierarchy".into()))?;
+        let (file, value, check_file, done): (&str, &str, &str, &str) = match (self.v2, frozen) {
+            (true, true) => ("cgroup.freeze", "1", "cgroup.events", "frozen 1"),
+            (true, false) => ("cgroup.freeze", "0", "cgroup.events", "frozen 0"),
+            (false, true) => ("freezer.state", "FROZEN", "freezer.state", "FROZEN"),
+            (false, false) => ("freezer.state", "THAWED", "freezer.state", "THAWED"),
+        };
+        write(&dir.join(file), value)?;
+        for _ in 0..2000 {
+            let state = std::fs::read_to_string(dir.join(check_file)).unwrap_or_default();
+            if state.lines().any(|l| l.trim() == done) {
+                return Ok(());
+            }
+            std::thread::sleep(std::time::Duration::from_micros(250));
+        }
+        Err(Error::Other(format!("cgroup did not reach {done}")))
     }
 
     /// Removes the cgroup directories (the cgroup must be empty).

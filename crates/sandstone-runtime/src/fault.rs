@@ -1,20 +1,36 @@
 //! Named fault-injection points, so tests can prove that a failure part-way
 //! through an operation leaves nothing behind.
 //!
-//! Points are armed through `SANDSTONE_FAULTS` (comma-separated names) in the
-//! process that reaches them; the daemon forwards its own list to the helper.
+//! Points are armed through `SANDSTONE_FAULTS` (comma-separated names: the
+//! operation fails there) and `SANDSTONE_CRASH` (the process kills itself
+//! there with SIGKILL, as a crash or `kill -9` would) in the process that
+//! reaches them; the daemon forwards its fault list to the helper.
+
+fn list(var: &str) -> Vec<String> {
+    std::env::var(var)
+        .unwrap_or_default()
+        .split(',')
+        .filter(|s| !s.is_empty())
+        .map(str::to_string)
+        .collect()
+}
 
 /// The armed fault list of this process, read once.
 fn armed() -> &'static [String] {
     static ARMED: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
-    ARMED.get_or_init(|| {
-        std::env::var("SANDSTONE_FAULTS")
-            .unwrap_or_default()
-            .split(',')
-            .filter(|s| !s.is_empty())
-            .map(str::to_string)
-            .collect()
-    })
+    ARMED.get_or_init(|| list("SANDSTONE_FAULTS"))
+}
+
+/// Dies on the spot (SIGKILL) when `point` is armed in `SANDSTONE_CRASH`.
+pub fn crash(point: &str) {
+    static ARMED: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
+    if ARMED
+        .get_or_init(|| list("SANDSTONE_CRASH"))
+        .iter()
+        .any(|p| p == point)
+    {
+        unsafe { libc::kill(libc::getpid(), libc::SIGKILL) };
+    }
 }
 
 /// Fails with an injected error when `point` is armed.

@@ -18,7 +18,7 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use error::ApiError;
-use routes::{contexts, files, sandboxes};
+use routes::{contexts, files, sandboxes, snapshots};
 use sandstone_storage::Storage;
 use sandstone_store::{SqliteStore, Store};
 use std::net::SocketAddr;
@@ -33,6 +33,8 @@ pub struct Config {
     pub listen: SocketAddr,
     /// The static `sandstone-init` binary.
     pub init_bin: PathBuf,
+    /// Force a storage pool driver; `None` uses btrfs when a pool exists.
+    pub pool: Option<sandstone_storage::Driver>,
 }
 
 #[derive(Clone)]
@@ -104,6 +106,19 @@ pub fn router(st: AppState) -> Router {
                 .delete(sandboxes::delete),
         )
         .route(&format!("{sb}/status"), get(sandboxes::status))
+        .route(&format!("{sb}/pause"), post(sandboxes::pause))
+        .route(&format!("{sb}/resume"), post(sandboxes::resume))
+        .route(&format!("{sb}/refresh"), post(sandboxes::refresh))
+        .route(
+            &format!("{sb}/snapshots"),
+            post(snapshots::create).get(snapshots::list),
+        )
+        .route(&format!("{sb}/rootfs/restore"), post(snapshots::restore))
+        .route(&format!("{sb}/fork"), post(snapshots::fork))
+        .route(
+            "/api/v1/sandbox-rootfs-snapshots/{snap}",
+            get(snapshots::get).delete(snapshots::delete),
+        )
         .route(
             &format!("{sb}/contexts"),
             post(contexts::create).get(contexts::list),
@@ -201,7 +216,15 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let store: Arc<dyn Store> =
         Arc::new(SqliteStore::open(&config.data_dir.join("sandstone.db")).await?);
     ensure_admin_token(store.as_ref(), &config.data_dir).await?;
-    let storage = Storage::open(&config.data_dir)?;
+    let storage = Storage::open(&config.data_dir, config.pool)?;
+    match storage.pool.driver {
+        sandstone_storage::Driver::Btrfs => {
+            tracing::info!(pool = %storage.pool.root.display(), "storage pool: btrfs (O(1) snapshots, disk caps)")
+        }
+        sandstone_storage::Driver::Dir => tracing::warn!(
+            "storage pool: dir driver (snapshots and forks copy files, no disk caps); run `sandstone setup` for a btrfs pool"
+        ),
+    }
     // Build missing templates now, not inside the first create.
     storage.templates()?;
     let group = format!(
@@ -210,8 +233,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     );
     let lc = lifecycle::Lifecycle::new(store, storage, config.init_bin.clone(), &group).await?;
     lc.adopt().await?;
+    let lc = Arc::new(lc);
+    lc.spawn_expiry();
     let st = AppState {
-        lifecycle: Arc::new(lc),
+        lifecycle: lc,
         metrics: Arc::new(metrics::Metrics::default()),
     };
     let listener = tokio::net::TcpListener::bind(config.listen).await?;
@@ -232,7 +257,15 @@ async fn shutdown_signal() {
     tracing::info!("shutting down; sandboxes keep running");
 }
 
-/// Opens (and prepares) the on-disk storage, for `sandstone setup`.
-pub fn open_storage(data_dir: &std::path::Path) -> anyhow::Result<Storage> {
-    Ok(Storage::open(data_dir)?)
+/// Prepares the on-disk storage for `sandstone setup`: with `pool_size`,
+/// the btrfs pool (a sparse image of that many bytes unless the data dir
+/// is on btrfs already).
+pub fn setup_storage(
+    data_dir: &std::path::Path,
+    pool_size: Option<u64>,
+) -> anyhow::Result<Storage> {
+    if let Some(size) = pool_size {
+        sandstone_storage::Pool::create(data_dir, size)?;
+    }
+    Ok(Storage::open(data_dir, None)?)
 }

@@ -6,6 +6,8 @@ use sandstone_runtime::cgroup::Limits;
 
 pub const DEFAULT_MEMORY: u64 = 2 << 30;
 pub const DEFAULT_PIDS: u64 = 4096;
+pub const DEFAULT_DISK: u64 = 10 << 30;
+const MIN_DISK: u64 = 64 << 20;
 const MIN_MEMORY: u64 = 16 << 20;
 
 /// `512Mi`, `2Gi`, `1G`, `1048576`.
@@ -75,6 +77,19 @@ pub fn limits(res: Option<&Resources>) -> Result<Limits, ApiError> {
         l.pids = Some(p);
     }
     Ok(l)
+}
+
+/// The disk cap in bytes (`config.resources.disk`, default 10Gi).
+pub fn disk(res: Option<&Resources>) -> Result<Option<u64>, ApiError> {
+    let Some(d) = res.and_then(|r| r.disk.as_ref()) else {
+        return Ok(Some(DEFAULT_DISK));
+    };
+    match parse_memory(d) {
+        Some(bytes) if bytes >= MIN_DISK => Ok(Some(bytes)),
+        _ => Err(ApiError::bad_request(format!(
+            "invalid field `config.resources.disk`: {d:?} is not a size of at least 64Mi like 10Gi"
+        ))),
+    }
 }
 
 #[cfg(test)]

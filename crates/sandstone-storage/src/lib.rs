@@ -1,15 +1,23 @@
-//! On-disk layout of templates and sandboxes.
+//! On-disk layout of templates, sandboxes and snapshots.
 //!
 //! ```text
-//! <data>/templates/<id>/rootfs     template lower layer
-//! <data>/sandboxes/<id>/upper      writable rootfs layer (durable)
-//! <data>/sandboxes/<id>/work       overlay work dir
-//! <data>/sandboxes/<id>/workspace  /workspace (durable)
-//! <data>/run/<id>/                 runtime only: mount point, socket, log
+//! <data>/templates/<id>/rootfs       template lower layer
+//! <pool>/sandboxes/<id>/upper        writable rootfs layer (durable)
+//! <pool>/sandboxes/<id>/work         overlay work dir
+//! <pool>/sandboxes/<id>/workspace    /workspace (durable)
+//! <pool>/snapshots/<snapshot id>/    read-only copy of a sandbox's volume
+//! <data>/run/<id>/                   runtime only: mount points, socket, log
 //! ```
+//!
+//! `<pool>` is the btrfs pool (see [`pool`]) or, with the `dir` driver, the
+//! data directory itself.
 
+mod btrfs;
 mod debian_template;
 mod host_template;
+pub mod pool;
+
+pub use pool::{Driver, Pool};
 
 use sandstone_runtime::BindMount;
 use std::path::{Path, PathBuf};
@@ -58,21 +66,31 @@ pub struct SandboxPaths {
 #[derive(Debug, Clone)]
 pub struct Storage {
     root: PathBuf,
+    pub pool: Pool,
 }
 
+const RESTORING: &str = ".restoring";
+const REPLACED: &str = ".replaced";
+
 impl Storage {
-    pub fn open(data_dir: &Path) -> Result<Storage> {
+    /// Opens the data directory. `driver` forces a pool driver; `None`
+    /// takes btrfs when a pool exists and `dir` otherwise.
+    pub fn open(data_dir: &Path, driver: Option<Driver>) -> Result<Storage> {
         // Layers are stored unshifted: a setuid file a sandbox creates is
         // owned by host root on disk. Only host root may traverse to them.
-        for d in ["templates", "sandboxes", "run"] {
+        for d in ["templates", "run"] {
             let dir = data_dir.join(d);
             std::fs::create_dir_all(&dir).map_err(io(format!("create {d} dir")))?;
             std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o700))
                 .map_err(io(format!("chmod {d} dir")))?;
         }
-        Ok(Storage {
+        let pool = Pool::open(data_dir, driver)?;
+        let storage = Storage {
             root: data_dir.to_path_buf(),
-        })
+            pool,
+        };
+        storage.finish_restores();
+        Ok(storage)
     }
 
     fn debian_rootfs(&self) -> PathBuf {
@@ -126,7 +144,7 @@ impl Storage {
     }
 
     pub fn paths(&self, id: &str) -> SandboxPaths {
-        let dir = self.root.join("sandboxes").join(id);
+        let dir = self.pool.sandbox_dir(id);
         let run = self.root.join("run").join(id);
         SandboxPaths {
             data: dir.clone(),
@@ -139,19 +157,22 @@ impl Storage {
         }
     }
 
-    /// Creates a sandbox's directories. They are stored unshifted (owned by
-    /// host root, which is root inside once id-mapped), like the template.
-    pub fn create_sandbox(&self, id: &str) -> Result<SandboxPaths> {
+    /// Makes the runtime directory (mount point, socket, log) of `id`.
+    fn create_run_dir(&self, p: &SandboxPaths) -> Result<()> {
+        std::fs::create_dir_all(&p.rootfs).map_err(io("create run dir"))?;
+        let run = p.rootfs.parent().expect("rootfs has a parent");
+        std::fs::set_permissions(run, std::os::unix::fs::PermissionsExt::from_mode(0o700))
+            .map_err(io("chmod run dir"))
+    }
+
+    /// Runs `make` to fill in a new sandbox volume; on failure removes it.
+    fn new_volume(
+        &self,
+        id: &str,
+        make: impl FnOnce(&SandboxPaths) -> Result<()>,
+    ) -> Result<SandboxPaths> {
         let p = self.paths(id);
-        let made = (|| {
-            for d in [&p.upper, &p.work, &p.workspace, &p.rootfs] {
-                std::fs::create_dir_all(d).map_err(io(format!("create {d:?}")))?;
-            }
-            let run = p.rootfs.parent().expect("rootfs has a parent");
-            std::fs::set_permissions(run, std::os::unix::fs::PermissionsExt::from_mode(0o700))
-                .map_err(io("chmod run dir"))?;
-            Ok(())
-        })();
+        let made = make(&p).and_then(|()| self.create_run_dir(&p));
         if let Err(e) = made {
             let _ = self.remove_sandbox(id);
             return Err(e);
@@ -159,30 +180,138 @@ impl Storage {
         Ok(p)
     }
 
+    /// Creates an empty sandbox volume (capped at `limit` bytes where the
+    /// pool supports caps). Stored unshifted, like the template: root inside
+    /// is uid 0 on disk once id-mapped.
+    pub fn create_sandbox(&self, id: &str, limit: Option<u64>) -> Result<SandboxPaths> {
+        self.new_volume(id, |p| {
+            self.pool.create_volume(&p.data, limit)?;
+            for d in [&p.upper, &p.work, &p.workspace] {
+                std::fs::create_dir(d).map_err(io(format!("create {d:?}")))?;
+            }
+            Ok(())
+        })
+    }
+
+    /// A new sandbox volume sharing `src`'s data copy-on-write.
+    pub fn fork_sandbox(&self, src: &str, id: &str, limit: Option<u64>) -> Result<SandboxPaths> {
+        let from = self.pool.sandbox_dir(src);
+        self.new_volume(id, |p| self.pool.copy_volume(&from, &p.data, false, limit))
+    }
+
+    /// A new sandbox volume from snapshot `snap`.
+    pub fn sandbox_from_snapshot(
+        &self,
+        snap: &str,
+        id: &str,
+        limit: Option<u64>,
+    ) -> Result<SandboxPaths> {
+        let from = self.pool.snapshot_dir(snap);
+        if !from.exists() {
+            return Err(io(format!("snapshot {snap}"))(std::io::Error::from(
+                std::io::ErrorKind::NotFound,
+            )));
+        }
+        self.new_volume(id, |p| self.pool.copy_volume(&from, &p.data, false, limit))
+    }
+
+    /// A read-only snapshot of sandbox `id`'s volume.
+    pub fn snapshot_sandbox(&self, id: &str, snap: &str) -> Result<()> {
+        self.pool.copy_volume(
+            &self.pool.sandbox_dir(id),
+            &self.pool.snapshot_dir(snap),
+            true,
+            None,
+        )
+    }
+
+    pub fn remove_snapshot(&self, snap: &str) -> Result<()> {
+        self.pool.remove_volume(&self.pool.snapshot_dir(snap))
+    }
+
+    /// Replaces sandbox `id`'s volume with a writable copy of snapshot
+    /// `snap`. The old volume is swapped out by rename and removed only
+    /// after the new one is in place; [`Storage::open`] completes or undoes
+    /// a swap a crash interrupted.
+    pub fn restore_sandbox(&self, id: &str, snap: &str, limit: Option<u64>) -> Result<()> {
+        let live = self.pool.sandbox_dir(id);
+        let staged = live.with_file_name(format!("{id}{RESTORING}"));
+        let replaced = live.with_file_name(format!("{id}{REPLACED}"));
+        self.pool.remove_volume(&staged)?;
+        self.pool
+            .copy_volume(&self.pool.snapshot_dir(snap), &staged, false, limit)?;
+        std::fs::rename(&live, &replaced).map_err(io("swap out old volume"))?;
+        sandstone_runtime::fault::crash("restore.mid_swap");
+        std::fs::rename(&staged, &live).map_err(io("swap in restored volume"))?;
+        self.pool.remove_volume(&replaced)
+    }
+
+    /// Finishes or rolls back restores interrupted by a crash.
+    fn finish_restores(&self) {
+        for name in self.pool.volumes("sandboxes") {
+            let path = self.pool.sandbox_dir(&name);
+            if let Some(id) = name.strip_suffix(REPLACED) {
+                let live = self.pool.sandbox_dir(id);
+                let staged = self.pool.sandbox_dir(&format!("{id}{RESTORING}"));
+                if !live.exists() && staged.exists() {
+                    let _ = std::fs::rename(&staged, &live); // roll forward
+                } else if !live.exists() {
+                    let _ = std::fs::rename(&path, &live); // roll back
+                    continue;
+                }
+                let _ = self.pool.remove_volume(&path);
+            } else if name.ends_with(RESTORING)
+                && self
+                    .pool
+                    .sandbox_dir(name.trim_end_matches(RESTORING))
+                    .exists()
+            {
+                let _ = self.pool.remove_volume(&path);
+            }
+        }
+    }
+
     /// Removes everything a sandbox owns on disk. Idempotent.
     pub fn remove_sandbox(&self, id: &str) -> Result<()> {
         let p = self.paths(id);
-        for d in [
-            p.rootfs.parent().expect("run dir"),
-            p.upper.parent().expect("sandbox dir"),
-        ] {
-            match std::fs::remove_dir_all(d) {
-                Ok(()) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => return Err(io(format!("remove {d:?}"))(e)),
-            }
-        }
-        Ok(())
+        self.remove_run_dir(id)?;
+        self.pool.remove_volume(&p.data)
     }
 
-    /// Ids of sandboxes that have directories on disk.
-    pub fn sandbox_ids(&self) -> Vec<String> {
-        std::fs::read_dir(self.root.join("sandboxes"))
-            .map(|rd| {
-                rd.flatten()
-                    .map(|e| e.file_name().to_string_lossy().into_owned())
-                    .collect()
-            })
-            .unwrap_or_default()
+    /// Removes the runtime directory only (pause keeps the volume).
+    pub fn remove_run_dir(&self, id: &str) -> Result<()> {
+        let run = self.root.join("run").join(id);
+        match std::fs::remove_dir_all(&run) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(io(format!("remove {run:?}"))(e)),
+        }
+    }
+
+    /// Bytes the sandbox's volume occupies (allocated blocks, walked).
+    pub fn disk_usage(&self, id: &str) -> u64 {
+        fn walk(p: &Path, budget: &mut u32) -> u64 {
+            use std::os::unix::fs::MetadataExt;
+            let Ok(m) = std::fs::symlink_metadata(p) else {
+                return 0;
+            };
+            let mut total = m.blocks() * 512;
+            if m.is_dir() {
+                for e in std::fs::read_dir(p).into_iter().flatten().flatten() {
+                    if *budget == 0 {
+                        break;
+                    }
+                    *budget -= 1;
+                    total += walk(&e.path(), budget);
+                }
+            }
+            total
+        }
+        walk(&self.pool.sandbox_dir(id), &mut 200_000)
+    }
+
+    /// Ids of sandbox volumes and of snapshots on disk.
+    pub fn volume_ids(&self, kind: &str) -> Vec<String> {
+        self.pool.volumes(kind)
     }
 }

@@ -36,6 +36,21 @@ pub struct SandboxRow {
     /// Unix milliseconds.
     pub created_at: i64,
     pub updated_at: i64,
+    /// A lifecycle operation that started and has not finished (`pause`,
+    /// `resume`, `snapshot`, `fork`, `restore`): after a crash, the daemon
+    /// rolls it forward or back.
+    pub pending_op: Option<String>,
+}
+
+/// A read-only snapshot of a sandbox's volume.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct SnapshotRow {
+    pub id: String,
+    pub sandbox_id: String,
+    pub name: String,
+    pub description: String,
+    pub created_at: i64,
+    pub expires_at: Option<i64>,
 }
 
 /// SHA-256 of an API token, hex: the only form a token is stored in.
@@ -60,6 +75,21 @@ pub trait Store: Send + Sync {
         id: &'a str,
         config: &'a serde_json::Value,
     ) -> BoxFuture<'a, Result<()>>;
+    /// Records a new running generation and clears the pending operation.
+    fn set_running<'a>(
+        &'a self,
+        id: &'a str,
+        pid: i64,
+        generation: i64,
+    ) -> BoxFuture<'a, Result<()>>;
+    fn set_pending<'a>(&'a self, id: &'a str, op: Option<&'a str>) -> BoxFuture<'a, Result<()>>;
+    fn insert_snapshot<'a>(&'a self, s: &'a SnapshotRow) -> BoxFuture<'a, Result<()>>;
+    fn get_snapshot<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<SnapshotRow>>;
+    fn list_snapshots<'a>(
+        &'a self,
+        sandbox_id: Option<&'a str>,
+    ) -> BoxFuture<'a, Result<Vec<SnapshotRow>>>;
+    fn delete_snapshot<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<()>>;
     fn delete_sandbox<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<()>>;
     /// Slots in use, for allocating id ranges.
     fn used_slots(&self) -> BoxFuture<'_, Result<Vec<i64>>>;

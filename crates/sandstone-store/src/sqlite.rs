@@ -1,13 +1,14 @@
 //! SQLite (WAL) backend.
 
-use crate::{Error, Result, SandboxRow, Store, token_hash};
+use crate::{Error, Result, SandboxRow, SnapshotRow, Store, token_hash};
 use futures_util::future::BoxFuture;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{Row, SqlitePool};
 use std::path::Path;
 
 /// Schema versions, applied in order, each once.
-const MIGRATIONS: &[&str] = &["CREATE TABLE sandboxes (
+const MIGRATIONS: &[&str] = &[
+    "CREATE TABLE sandboxes (
         id TEXT PRIMARY KEY,
         template TEXT NOT NULL,
         status TEXT NOT NULL,
@@ -22,7 +23,18 @@ const MIGRATIONS: &[&str] = &["CREATE TABLE sandboxes (
         token_hash TEXT PRIMARY KEY,
         name TEXT NOT NULL,
         created_at INTEGER NOT NULL
-    );"];
+    );",
+    "ALTER TABLE sandboxes ADD COLUMN pending_op TEXT;
+    CREATE TABLE snapshots (
+        id TEXT PRIMARY KEY,
+        sandbox_id TEXT NOT NULL,
+        name TEXT NOT NULL,
+        description TEXT NOT NULL,
+        created_at INTEGER NOT NULL,
+        expires_at INTEGER
+    );
+    CREATE INDEX snapshots_by_sandbox ON snapshots (sandbox_id, created_at);",
+];
 
 pub struct SqliteStore {
     pool: SqlitePool,
@@ -87,7 +99,19 @@ fn row_to_sandbox(r: &sqlx::sqlite::SqliteRow) -> Result<SandboxRow> {
         generation: r.get("generation"),
         created_at: r.get("created_at"),
         updated_at: r.get("updated_at"),
+        pending_op: r.get("pending_op"),
     })
+}
+
+fn row_to_snapshot(r: &sqlx::sqlite::SqliteRow) -> SnapshotRow {
+    SnapshotRow {
+        id: r.get("id"),
+        sandbox_id: r.get("sandbox_id"),
+        name: r.get("name"),
+        description: r.get("description"),
+        created_at: r.get("created_at"),
+        expires_at: r.get("expires_at"),
+    }
 }
 
 /// An UPDATE that touched no row names an unknown sandbox.
@@ -102,8 +126,8 @@ impl Store for SqliteStore {
     fn insert_sandbox<'a>(&'a self, row: &'a SandboxRow) -> BoxFuture<'a, Result<()>> {
         Box::pin(async move {
             sqlx::query(
-                "INSERT INTO sandboxes (id, template, status, config, slot, pid, generation, created_at, updated_at)
-                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "INSERT INTO sandboxes (id, template, status, config, slot, pid, generation, created_at, updated_at, pending_op)
+                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             )
             .bind(&row.id)
             .bind(&row.template)
@@ -114,6 +138,7 @@ impl Store for SqliteStore {
             .bind(row.generation)
             .bind(row.created_at)
             .bind(row.updated_at)
+            .bind(&row.pending_op)
             .execute(&self.pool)
             .await?;
             Ok(())
@@ -159,6 +184,99 @@ impl Store for SqliteStore {
             .execute(&self.pool)
             .await?;
             found(done)
+        })
+    }
+
+    fn set_running<'a>(
+        &'a self,
+        id: &'a str,
+        pid: i64,
+        generation: i64,
+    ) -> BoxFuture<'a, Result<()>> {
+        Box::pin(async move {
+            let done = sqlx::query(
+                "UPDATE sandboxes SET status = 'running', pid = ?, generation = ?, pending_op = NULL, updated_at = ? WHERE id = ?",
+            )
+            .bind(pid)
+            .bind(generation)
+            .bind(now_ms())
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+            found(done)
+        })
+    }
+
+    fn set_pending<'a>(&'a self, id: &'a str, op: Option<&'a str>) -> BoxFuture<'a, Result<()>> {
+        Box::pin(async move {
+            let done = sqlx::query("UPDATE sandboxes SET pending_op = ? WHERE id = ?")
+                .bind(op)
+                .bind(id)
+                .execute(&self.pool)
+                .await?;
+            found(done)
+        })
+    }
+
+    fn insert_snapshot<'a>(&'a self, s: &'a SnapshotRow) -> BoxFuture<'a, Result<()>> {
+        Box::pin(async move {
+            sqlx::query(
+                "INSERT INTO snapshots (id, sandbox_id, name, description, created_at, expires_at) VALUES (?, ?, ?, ?, ?, ?)",
+            )
+            .bind(&s.id)
+            .bind(&s.sandbox_id)
+            .bind(&s.name)
+            .bind(&s.description)
+            .bind(s.created_at)
+            .bind(s.expires_at)
+            .execute(&self.pool)
+            .await?;
+            Ok(())
+        })
+    }
+
+    fn get_snapshot<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<SnapshotRow>> {
+        Box::pin(async move {
+            let r = sqlx::query("SELECT * FROM snapshots WHERE id = ?")
+                .bind(id)
+                .fetch_optional(&self.pool)
+                .await?
+                .ok_or(Error::NotFound)?;
+            Ok(row_to_snapshot(&r))
+        })
+    }
+
+    fn list_snapshots<'a>(
+        &'a self,
+        sandbox_id: Option<&'a str>,
+    ) -> BoxFuture<'a, Result<Vec<SnapshotRow>>> {
+        Box::pin(async move {
+            let rows = match sandbox_id {
+                Some(id) => {
+                    sqlx::query(
+                        "SELECT * FROM snapshots WHERE sandbox_id = ? ORDER BY created_at, id",
+                    )
+                    .bind(id)
+                    .fetch_all(&self.pool)
+                    .await?
+                }
+                None => {
+                    sqlx::query("SELECT * FROM snapshots ORDER BY created_at, id")
+                        .fetch_all(&self.pool)
+                        .await?
+                }
+            };
+            Ok(rows.iter().map(row_to_snapshot).collect())
+        })
+    }
+
+    fn delete_snapshot<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<()>> {
+        Box::pin(async move {
+            sqlx::query("DELETE FROM snapshots WHERE id = ?")
+                .bind(id)
+                .execute(&self.pool)
+                .await?;
+            Ok(())
         })
     }
 
@@ -252,6 +370,7 @@ mod tests {
             generation: 1,
             created_at: 1,
             updated_at: 1,
+            pending_op: None,
         };
         store.insert_sandbox(&row).await.unwrap();
         store.set_status("sb-1", "failed", None).await.unwrap();
@@ -276,5 +395,37 @@ mod tests {
             Some("admin")
         );
         assert_eq!(store.check_api_key("wrong").await.unwrap(), None);
+        store.set_pending("sb-1", Some("pause")).await.unwrap();
+        assert_eq!(
+            store
+                .get_sandbox("sb-1")
+                .await
+                .unwrap()
+                .pending_op
+                .as_deref(),
+            Some("pause")
+        );
+        store.set_running("sb-1", 7, 2).await.unwrap();
+        let r = store.get_sandbox("sb-1").await.unwrap();
+        assert_eq!(
+            (r.status.as_str(), r.pid, r.generation, r.pending_op),
+            ("running", Some(7), 2, None)
+        );
+        let snap = crate::SnapshotRow {
+            id: "snap-1".into(),
+            sandbox_id: "sb-1".into(),
+            name: "n".into(),
+            description: String::new(),
+            created_at: 5,
+            expires_at: None,
+        };
+        store.insert_snapshot(&snap).await.unwrap();
+        assert_eq!(
+            store.list_snapshots(Some("sb-1")).await.unwrap(),
+            vec![snap.clone()]
+        );
+        assert_eq!(store.get_snapshot("snap-1").await.unwrap(), snap);
+        store.delete_snapshot("snap-1").await.unwrap();
+        assert!(store.list_snapshots(None).await.unwrap().is_empty());
     }
 }

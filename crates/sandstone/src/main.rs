@@ -49,11 +49,21 @@ enum Cmd {
         /// Debian mirror for debootstrap.
         #[arg(long, env = "SANDSTONE_DEBIAN_MIRROR")]
         mirror: Option<String>,
+        /// Size of the btrfs pool image (sparse; only used when the data
+        /// directory is not on btrfs already), in GiB.
+        #[arg(long, default_value_t = 64)]
+        pool_gib: u64,
+        /// Keep the plain-directory pool (no btrfs).
+        #[arg(long)]
+        no_pool: bool,
     },
     /// Run the daemon.
     Serve {
         #[arg(long, env = "SANDSTONE_LISTEN", default_value = "127.0.0.1:7700")]
         listen: std::net::SocketAddr,
+        /// Storage pool driver: btrfs or dir (default: btrfs when set up).
+        #[arg(long, env = "SANDSTONE_POOL")]
+        pool: Option<PoolArg>,
     },
     /// Create a sandbox and print its id.
     Create {
@@ -65,6 +75,34 @@ enum Cmd {
         /// CPU limit in cores, e.g. 0.5.
         #[arg(long)]
         cpu: Option<String>,
+        /// Disk cap, e.g. 5Gi (btrfs pool).
+        #[arg(long)]
+        disk: Option<String>,
+        /// Pause after this many idle seconds.
+        #[arg(long)]
+        ttl: Option<u64>,
+        /// Start from this snapshot's files.
+        #[arg(long)]
+        snapshot: Option<String>,
+    },
+    /// Pause sandboxes (processes end, files stay).
+    Pause {
+        #[arg(required = true)]
+        ids: Vec<String>,
+    },
+    /// Resume paused sandboxes.
+    Resume {
+        #[arg(required = true)]
+        ids: Vec<String>,
+    },
+    /// Fork a sandbox: a new paused sandbox sharing its files copy-on-write.
+    Fork { id: String },
+    /// Replace a paused sandbox's files with a snapshot's.
+    Restore { id: String, snapshot: String },
+    /// Snapshots of sandboxes' files.
+    Snapshot {
+        #[command(subcommand)]
+        cmd: SnapshotCmd,
     },
     /// List sandboxes.
     Ls,
@@ -109,6 +147,29 @@ enum Cmd {
         #[command(subcommand)]
         cmd: TemplateCmd,
     },
+}
+
+#[derive(Subcommand)]
+enum SnapshotCmd {
+    /// Snapshot a sandbox (running or paused).
+    Create {
+        id: String,
+        #[arg(long)]
+        name: Option<String>,
+    },
+    /// List a sandbox's snapshots.
+    Ls { id: String },
+    /// Delete snapshots.
+    Rm {
+        #[arg(required = true)]
+        ids: Vec<String>,
+    },
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum PoolArg {
+    Btrfs,
+    Dir,
 }
 
 #[derive(Subcommand)]
@@ -169,13 +230,25 @@ fn print_json<T: serde::Serialize>(v: &T) -> Result<()> {
 
 async fn run(cli: Cli) -> Result<()> {
     match &cli.cmd {
-        Cmd::Setup { no_debian, mirror } => setup(&cli.data_dir, !no_debian, mirror.as_deref()),
-        Cmd::Serve { listen } => {
+        Cmd::Setup {
+            no_debian,
+            mirror,
+            pool_gib,
+            no_pool,
+        } => {
+            let pool = (!no_pool).then_some(pool_gib << 30);
+            setup(&cli.data_dir, !no_debian, mirror.as_deref(), pool)
+        }
+        Cmd::Serve { listen, pool } => {
             init_logging();
             let config = sandstone_server::Config {
                 data_dir: cli.data_dir.clone(),
                 listen: *listen,
                 init_bin: init_binary()?,
+                pool: pool.map(|p| match p {
+                    PoolArg::Btrfs => sandstone_storage::Driver::Btrfs,
+                    PoolArg::Dir => sandstone_storage::Driver::Dir,
+                }),
             };
             sandstone_server::run(config).await
         }
@@ -183,17 +256,23 @@ async fn run(cli: Cli) -> Result<()> {
             template,
             memory,
             cpu,
+            disk,
+            ttl,
+            snapshot,
         } => {
-            let config =
-                (memory.is_some() || cpu.is_some()).then(|| sandstone_api::SandboxConfig {
-                    resources: Some(sandstone_api::Resources {
-                        memory: memory.clone(),
-                        cpu: cpu.clone(),
-                        pids: None,
-                    }),
-                    ..Default::default()
-                });
-            let c = client(&cli)?.claim(template, config).await?;
+            let config = sandstone_api::SandboxConfig {
+                resources: Some(sandstone_api::Resources {
+                    memory: memory.clone(),
+                    cpu: cpu.clone(),
+                    pids: None,
+                    disk: disk.clone(),
+                }),
+                ttl: *ttl,
+                ..Default::default()
+            };
+            let c = client(&cli)?
+                .claim_from(template, Some(config), snapshot.as_deref())
+                .await?;
             if cli.json {
                 print_json(&c)
             } else {
@@ -207,17 +286,53 @@ async fn run(cli: Cli) -> Result<()> {
                 return print_json(&list);
             }
             println!(
-                "{:<22} {:<10} {:<10} {:>4}  CREATED",
-                "ID", "TEMPLATE", "STATUS", "GEN"
+                "{:<22} {:<8} {:<9} {:>4} {:>9}  AGE",
+                "ID", "TEMPLATE", "STATUS", "GEN", "DISK"
             );
             for s in list.sandboxes {
                 println!(
-                    "{:<22} {:<10} {:<10} {:>4}  {}",
-                    s.id, s.template_id, s.status, s.runtime_generation, s.created_at
+                    "{:<22} {:<8} {:<9} {:>4} {:>9}  {}",
+                    s.id,
+                    s.template_id,
+                    s.status,
+                    s.runtime_generation,
+                    human_bytes(s.disk_bytes),
+                    age(&s.created_at)
                 );
             }
             Ok(())
         }
+        Cmd::Pause { ids } => {
+            let c = client(&cli)?;
+            for id in ids {
+                c.pause(id).await?;
+                println!("{id} paused");
+            }
+            Ok(())
+        }
+        Cmd::Resume { ids } => {
+            let c = client(&cli)?;
+            for id in ids {
+                let r = c.resume(id).await?;
+                println!("{id} running (generation {})", r.runtime_generation);
+            }
+            Ok(())
+        }
+        Cmd::Fork { id } => {
+            let f = client(&cli)?.fork(id).await?;
+            if cli.json {
+                print_json(&f)
+            } else {
+                println!("{}", f.sandbox.id);
+                Ok(())
+            }
+        }
+        Cmd::Restore { id, snapshot } => {
+            client(&cli)?.restore(id, snapshot).await?;
+            println!("{id} restored from {snapshot}");
+            Ok(())
+        }
+        Cmd::Snapshot { cmd } => snapshot_cmd(&cli, cmd).await,
         Cmd::Inspect { id } => print_json(&client(&cli)?.get(id).await?),
         Cmd::Exec {
             id,
@@ -277,6 +392,94 @@ async fn run(cli: Cli) -> Result<()> {
     }
 }
 
+async fn snapshot_cmd(cli: &Cli, cmd: &SnapshotCmd) -> Result<()> {
+    let c = client(cli)?;
+    match cmd {
+        SnapshotCmd::Create { id, name } => {
+            let s = c.snapshot(id, name.as_deref()).await?;
+            if cli.json {
+                print_json(&s)
+            } else {
+                println!("{}", s.id);
+                Ok(())
+            }
+        }
+        SnapshotCmd::Ls { id } => {
+            let l = c.snapshots(id).await?;
+            if cli.json {
+                return print_json(&l);
+            }
+            println!("{:<24} {:<22} {:<16} CREATED", "ID", "SANDBOX", "NAME");
+            for s in l.snapshots {
+                println!(
+                    "{:<24} {:<22} {:<16} {}",
+                    s.id, s.sandbox_id, s.name, s.created_at
+                );
+            }
+            Ok(())
+        }
+        SnapshotCmd::Rm { ids } => {
+            for id in ids {
+                c.delete_snapshot(id).await?;
+                println!("{id}");
+            }
+            Ok(())
+        }
+    }
+}
+
+fn human_bytes(b: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = b as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u < UNITS.len() - 1 {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{b} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
+}
+
+/// `2026-11-27T15:11:23.840Z` → how long ago, e.g. `3m`.
+fn age(rfc3339: &str) -> String {
+    let parse = || -> Option<i64> {
+        let (date, time) = rfc3339.split_once('T')?;
+        let mut d = date.split('-').map(|x| x.parse::<i64>().ok());
+        let (y, m, day) = (d.next()??, d.next()??, d.next()??);
+        let mut t = time.trim_end_matches('Z').split(':');
+        let (h, mi) = (
+            t.next()?.parse::<i64>().ok()?,
+            t.next()?.parse::<i64>().ok()?,
+        );
+        let s = t.next()?.parse::<f64>().ok()? as i64;
+        // days from civil (Howard Hinnant)
+        let y = if m <= 2 { y - 1 } else { y };
+        let era = y.div_euclid(400);
+        let yoe = y - era * 400;
+        let mp = (m + 9) % 12;
+        let doy = (153 * mp + 2) / 5 + day - 1;
+        let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+        Some((era * 146_097 + doe - 719_468) * 86_400 + h * 3600 + mi * 60 + s)
+    };
+    let Some(then) = parse() else {
+        return "?".into();
+    };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0);
+    let secs = (now - then).max(0);
+    match secs {
+        s if s < 120 => format!("{s}s"),
+        s if s < 7200 => format!("{}m", s / 60),
+        s if s < 172_800 => format!("{}h", s / 3600),
+        s => format!("{}d", s / 86_400),
+    }
+}
+
 /// Splits `SANDBOX:PATH`; a host path has no colon before its first slash.
 fn remote(spec: &str) -> Option<(&str, &str)> {
     let (id, path) = spec.split_once(':')?;
@@ -298,7 +501,7 @@ async fn copy(c: &Client, from: &str, to: &str) -> Result<()> {
     Ok(())
 }
 
-fn setup(data_dir: &Path, debian: bool, mirror: Option<&str>) -> Result<()> {
+fn setup(data_dir: &Path, debian: bool, mirror: Option<&str>, pool: Option<u64>) -> Result<()> {
     let total = if debian { 4 } else { 3 };
     let step = |n: u32, what: &str| eprintln!("[{n}/{total}] {what}");
     step(1, "checking the kernel (user namespaces, overlay)");
@@ -309,9 +512,20 @@ fn setup(data_dir: &Path, debian: bool, mirror: Option<&str>) -> Result<()> {
     if !filesystems.contains("overlay") {
         bail!("this kernel has no overlayfs");
     }
-    step(2, &format!("preparing {}", data_dir.display()));
+    step(
+        2,
+        &format!("preparing {} and its storage pool", data_dir.display()),
+    );
     std::fs::create_dir_all(data_dir)?;
-    let storage = sandstone_server::open_storage(data_dir)?;
+    if pool.is_some() {
+        ensure_package("mkfs.btrfs", "btrfs-progs")?;
+    }
+    let storage = sandstone_server::setup_storage(data_dir, pool)?;
+    eprintln!(
+        "      pool: {} at {}",
+        storage.pool.driver.name(),
+        storage.pool.root.display()
+    );
     step(3, "building the host template");
     storage.templates()?;
     if debian {
@@ -322,7 +536,7 @@ fn setup(data_dir: &Path, debian: bool, mirror: Option<&str>) -> Result<()> {
                 4,
                 "building the debian template (debootstrap bookworm minbase)",
             );
-            ensure_debootstrap()?;
+            ensure_package("debootstrap", "debootstrap")?;
             let started = std::time::Instant::now();
             let mut n = 0;
             storage.build_debian(mirror, |line| {
@@ -347,21 +561,22 @@ fn setup(data_dir: &Path, debian: bool, mirror: Option<&str>) -> Result<()> {
     Ok(())
 }
 
-fn ensure_debootstrap() -> Result<()> {
+fn ensure_package(command: &str, package: &str) -> Result<()> {
     let found = std::process::Command::new("sh")
-        .args(["-c", "command -v debootstrap"])
+        .arg("-c")
+        .arg(format!("command -v {command}"))
         .output()?;
     if found.status.success() {
         return Ok(());
     }
-    eprintln!("      installing debootstrap (apt-get)");
+    eprintln!("      installing {package} (apt-get)");
     let ok = std::process::Command::new("apt-get")
-        .args(["install", "-y", "-qq", "debootstrap"])
+        .args(["install", "-y", "-qq", package])
         .env("DEBIAN_FRONTEND", "noninteractive")
         .status()?
         .success();
     if !ok {
-        bail!("could not install debootstrap; install it and run setup again");
+        bail!("could not install {package}; install it and run setup again");
     }
     Ok(())
 }

@@ -95,7 +95,7 @@ async fn commands_files_and_delete() {
     assert_eq!(s, 202);
     let (s, v) = d.get(&format!("/api/v1/sandboxes/{id}")).await;
     assert_eq!((s, v["error"]["code"].as_str()), (404, Some("not_found")));
-    assert!(d.dir_entries("sandboxes").is_empty() && d.dir_entries("run").is_empty());
+    assert!(d.volumes().is_empty() && d.dir_entries("run").is_empty());
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -330,10 +330,7 @@ async fn failed_creates_leave_nothing_behind() {
                 .contains("injected fault"),
             "{point}: {v}"
         );
-        assert!(
-            d.dir_entries("sandboxes").is_empty(),
-            "{point}: sandbox dir left"
-        );
+        assert!(d.volumes().is_empty(), "{point}: sandbox dir left");
         assert!(d.dir_entries("run").is_empty(), "{point}: run dir left");
         let (_, v) = d.get("/api/v1/sandboxes").await;
         assert_eq!(v["data"]["count"], 0, "{point}");
@@ -343,7 +340,7 @@ async fn failed_creates_leave_nothing_behind() {
         assert!(!d.data.path().join("run").read_dir().unwrap().any(|_| true));
         let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
         assert!(
-            !mounts.contains(d.data.path().to_str().unwrap()),
+            !mounts.contains(d.data.path().join("run").to_str().unwrap()),
             "{point}: mount left"
         );
     }

@@ -39,12 +39,12 @@ async fn host_files_processes_and_network_are_out_of_reach() {
         "w\nroot\n"
     );
     assert!(!d.data.path().join("templates/host/rootfs/etc/x").exists());
-    let stored = d.data.path().join(format!("sandboxes/{id}/upper/etc/x"));
+    let stored = d.pool_root().join(format!("sandboxes/{id}/upper/etc/x"));
     // Stored unshifted (uid 0 on disk), behind a directory only host root
     // can traverse, so a setuid file made inside is no use to host users.
     use std::os::unix::fs::{MetadataExt, PermissionsExt};
     assert_eq!(std::fs::metadata(&stored).unwrap().uid(), 0);
-    let mode = std::fs::metadata(d.data.path().join("sandboxes"))
+    let mode = std::fs::metadata(d.pool_root().join("sandboxes"))
         .unwrap()
         .permissions()
         .mode();

@@ -1,11 +1,11 @@
 //! Process contexts: `/api/v1/sandboxes/{id}/contexts...`.
 
+use crate::AppState;
 use crate::error::{ApiError, ApiResult, ok};
 use crate::extract::JsonBody;
 use crate::initclient::{self, InitConn, unreachable};
 use crate::lifecycle::{Runtime, random_hex};
 use crate::timefmt::rfc3339_ms;
-use crate::{AppState, routes::sandboxes};
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
@@ -16,12 +16,10 @@ use sandstone_init::proto::{
 };
 use serde_json::json;
 
-/// The runtime of a running sandbox, or a clear 404/409.
+/// The runtime of the sandbox (resumed first when paused with
+/// auto_resume), or a clear 404/409.
 pub async fn running(st: &AppState, id: &str) -> ApiResult<Runtime> {
-    let row = sandboxes::row(st, id).await?;
-    st.lifecycle
-        .runtime(id)
-        .ok_or_else(|| ApiError::conflict(format!("sandbox {id} is {}", row.status)))
+    st.lifecycle.ensure_running(id).await
 }
 
 fn state_of(exit: &ExitInfo) -> &'static str {

@@ -1,9 +1,10 @@
 //! `/api/v1/sandboxes` and `/api/v1/templates`.
 
+use crate::AppState;
 use crate::error::{ApiError, ApiResult, ok};
 use crate::extract::JsonBody;
+use crate::lifecycle::config_of;
 use crate::timefmt::rfc3339_ms;
-use crate::{AppState, limits};
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::Response;
@@ -11,16 +12,20 @@ use sandstone_api as api;
 use sandstone_store::SandboxRow;
 use std::collections::HashMap;
 
-fn config_of(row: &SandboxRow) -> api::SandboxConfig {
-    serde_json::from_value(row.config.clone()).unwrap_or_default()
-}
-
 fn runtime_id(row: &SandboxRow) -> String {
     format!("{}-g{}", row.id, row.generation)
 }
 
-pub fn to_sandbox(row: &SandboxRow) -> api::Sandbox {
+pub fn to_sandbox(st: &AppState, row: &SandboxRow) -> api::Sandbox {
     let config = config_of(row);
+    let expires = st
+        .lifecycle
+        .expires_at_ms(&row.id, config.ttl)
+        .map(rfc3339_ms);
+    let hard_expires = config
+        .hard_ttl
+        .filter(|t| *t > 0)
+        .map(|t| rfc3339_ms(row.created_at + t as i64 * 1000));
     api::Sandbox {
         id: row.id.clone(),
         template_id: row.template.clone(),
@@ -35,8 +40,8 @@ pub fn to_sandbox(row: &SandboxRow) -> api::Sandbox {
         claimed_at: rfc3339_ms(row.created_at),
         created_at: rfc3339_ms(row.created_at),
         updated_at: rfc3339_ms(row.updated_at),
-        expires_at: None,
-        hard_expires_at: None,
+        expires_at: expires,
+        hard_expires_at: hard_expires,
     }
 }
 
@@ -44,11 +49,6 @@ pub async fn claim(
     State(st): State<AppState>,
     JsonBody(req): JsonBody<api::ClaimRequest>,
 ) -> ApiResult<Response> {
-    if req.snapshot_id.is_some() {
-        return Err(ApiError::bad_request(
-            "invalid field `snapshot_id`: snapshots are not available yet",
-        ));
-    }
     let template = req.template.clone().unwrap_or_else(|| "default".into());
     if template.is_empty() || template.len() > 128 {
         return Err(ApiError::bad_request(
@@ -56,11 +56,12 @@ pub async fn claim(
         ));
     }
     let config = req.config.clone().unwrap_or_default();
-    let limits = limits::limits(config.resources.as_ref())?;
     let started = std::time::Instant::now();
-    let config_json =
-        serde_json::to_value(&config).map_err(|e| ApiError::internal(e.to_string()))?;
-    let row = match st.lifecycle.create(&template, limits, config_json).await {
+    let row = match st
+        .lifecycle
+        .create(&template, config, req.snapshot_id.as_deref())
+        .await
+    {
         Ok(r) => r,
         Err(e) => {
             st.metrics
@@ -134,6 +135,7 @@ pub async fn list(
             status: r.status.clone(),
             paused: r.status == "paused",
             runtime_generation: r.generation,
+            disk_bytes: st.lifecycle.storage.disk_usage(&r.id),
             created_at: rfc3339_ms(r.created_at),
             updated_at: rfc3339_ms(r.updated_at),
         })
@@ -158,7 +160,7 @@ pub async fn row(st: &AppState, id: &str) -> ApiResult<SandboxRow> {
 }
 
 pub async fn get(State(st): State<AppState>, Path(id): Path<String>) -> ApiResult<Response> {
-    Ok(ok(StatusCode::OK, to_sandbox(&row(&st, &id).await?)))
+    Ok(ok(StatusCode::OK, to_sandbox(&st, &row(&st, &id).await?)))
 }
 
 pub async fn status(State(st): State<AppState>, Path(id): Path<String>) -> ApiResult<Response> {
@@ -182,7 +184,7 @@ pub async fn update(
 ) -> ApiResult<Response> {
     let r = row(&st, &id).await?;
     let Some(new) = req.config else {
-        return Ok(ok(StatusCode::OK, to_sandbox(&r)));
+        return Ok(ok(StatusCode::OK, to_sandbox(&st, &r)));
     };
     if new.resources.is_some() {
         return Err(ApiError::bad_request(
@@ -195,7 +197,7 @@ pub async fn update(
     config.auto_resume = new.auto_resume.or(config.auto_resume);
     let value = serde_json::to_value(&config).map_err(|e| ApiError::internal(e.to_string()))?;
     st.lifecycle.store.set_config(&id, &value).await?;
-    Ok(ok(StatusCode::OK, to_sandbox(&row(&st, &id).await?)))
+    Ok(ok(StatusCode::OK, to_sandbox(&st, &row(&st, &id).await?)))
 }
 
 pub async fn delete(State(st): State<AppState>, Path(id): Path<String>) -> ApiResult<Response> {
@@ -208,6 +210,51 @@ pub async fn delete(State(st): State<AppState>, Path(id): Path<String>) -> ApiRe
         StatusCode::ACCEPTED,
         api::Message {
             message: format!("sandbox {id} deleted"),
+        },
+    ))
+}
+
+pub async fn pause(State(st): State<AppState>, Path(id): Path<String>) -> ApiResult<Response> {
+    let started = std::time::Instant::now();
+    let r = st.lifecycle.pause(&id).await?;
+    st.metrics
+        .observe("pause", started.elapsed().as_secs_f64() * 1000.0);
+    Ok(ok(
+        StatusCode::OK,
+        api::PauseResponse {
+            sandbox_id: r.id,
+            paused: true,
+            status: r.status,
+        },
+    ))
+}
+
+pub async fn resume(State(st): State<AppState>, Path(id): Path<String>) -> ApiResult<Response> {
+    let started = std::time::Instant::now();
+    let r = st.lifecycle.resume(&id).await?;
+    st.metrics
+        .observe("resume", started.elapsed().as_secs_f64() * 1000.0);
+    Ok(ok(
+        StatusCode::OK,
+        api::ResumeResponse {
+            sandbox_id: r.id,
+            resumed: true,
+            status: r.status,
+            runtime_generation: r.generation,
+        },
+    ))
+}
+
+pub async fn refresh(State(st): State<AppState>, Path(id): Path<String>) -> ApiResult<Response> {
+    let r = row(&st, &id).await?;
+    st.lifecycle.refresh(&id);
+    let sb = to_sandbox(&st, &r);
+    Ok(ok(
+        StatusCode::OK,
+        api::RefreshResponse {
+            sandbox_id: r.id,
+            expires_at: sb.expires_at,
+            hard_expires_at: sb.hard_expires_at,
         },
     ))
 }

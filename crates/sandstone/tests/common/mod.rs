@@ -33,6 +33,8 @@ pub fn require_root() {
 }
 
 pub struct Daemon {
+    /// `SANDSTONE_CRASH` for the next [`Daemon::spawn`].
+    pub crash_at: String,
     pub child: Option<Child>,
     pub url: String,
     pub token: String,
@@ -63,6 +65,7 @@ impl Daemon {
             .unwrap();
         let port = free_port();
         let mut d = Daemon {
+            crash_at: String::new(),
             child: None,
             url: format!("http://127.0.0.1:{port}"),
             token: String::new(),
@@ -83,6 +86,7 @@ impl Daemon {
             .arg(self.data.path())
             .env("SANDSTONE_INIT", init_bin())
             .env("SANDSTONE_FAULTS", &self.faults)
+            .env("SANDSTONE_CRASH", &self.crash_at)
             .env("SANDSTONE_LOG", "warn")
             .spawn()
             .expect("start daemon");
@@ -168,6 +172,27 @@ impl Daemon {
         self.run(id, &["sh", "-c", script]).await
     }
 
+    /// Where sandbox volumes and snapshots live: the btrfs pool, or the data
+    /// dir with the `dir` driver.
+    pub fn pool_root(&self) -> PathBuf {
+        let pool = self.data.path().join("pool");
+        if pool.exists() {
+            pool
+        } else {
+            self.data.path().to_path_buf()
+        }
+    }
+
+    /// Sandbox volumes on disk.
+    pub fn volumes(&self) -> Vec<String> {
+        entries(&self.pool_root().join("sandboxes"))
+    }
+
+    /// Snapshot volumes on disk.
+    pub fn snapshot_volumes(&self) -> Vec<String> {
+        entries(&self.pool_root().join("snapshots"))
+    }
+
     pub fn dir_entries(&self, sub: &str) -> Vec<String> {
         std::fs::read_dir(self.data.path().join(sub))
             .map(|rd| {
@@ -177,6 +202,16 @@ impl Daemon {
             })
             .unwrap_or_default()
     }
+}
+
+fn entries(dir: &Path) -> Vec<String> {
+    std::fs::read_dir(dir)
+        .map(|rd| {
+            rd.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 impl Drop for Daemon {
@@ -204,5 +239,9 @@ impl Drop for Daemon {
             }
         }
         self.kill();
+        let pool = self.data.path().join("pool");
+        if pool.exists() {
+            let _ = Command::new("umount").arg("-l").arg(&pool).status();
+        }
     }
 }

@@ -1,0 +1,73 @@
+//! `ttl` (idle seconds → pause; paused time does not count) and `hard_ttl`
+//! (seconds since creation → delete), checked once a second.
+
+use super::{Lifecycle, config_of};
+use crate::timefmt::now_ms;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+impl Lifecycle {
+    /// Restarts a sandbox's idle clock (`POST .../refresh`).
+    pub fn refresh(&self, id: &str) {
+        self.touch(id);
+    }
+
+    /// Unix ms when a running sandbox pauses for idleness, if it has a ttl.
+    pub fn expires_at_ms(&self, id: &str, ttl: Option<u64>) -> Option<i64> {
+        let ttl = ttl.filter(|t| *t > 0)?;
+        let last = *self.activity.lock().unwrap().get(id)?;
+        let idle = last.elapsed().as_millis() as i64;
+        Some(now_ms() - idle + ttl as i64 * 1000)
+    }
+
+    /// One pass: pause idle sandboxes, delete those past their hard ttl.
+    pub async fn expire(&self) {
+        let Ok(rows) = self.store.list_sandboxes().await else {
+            return;
+        };
+        let now = now_ms();
+        for row in rows {
+            let config = config_of(&row);
+            if let Some(hard) = config.hard_ttl.filter(|t| *t > 0)
+                && now >= row.created_at + hard as i64 * 1000
+            {
+                match self.delete(&row.id).await {
+                    Ok(()) => tracing::info!(sandbox = %row.id, "deleted: hard_ttl reached"),
+                    Err(e) => {
+                        tracing::warn!(sandbox = %row.id, error = %e.message, "hard_ttl delete failed")
+                    }
+                }
+                continue;
+            }
+            let Some(ttl) = config.ttl.filter(|t| *t > 0) else {
+                continue;
+            };
+            let idle = self
+                .activity
+                .lock()
+                .unwrap()
+                .get(&row.id)
+                .map(Instant::elapsed);
+            if row.status == "running" && idle.is_some_and(|i| i >= Duration::from_secs(ttl)) {
+                match self.pause(&row.id).await {
+                    Ok(_) => tracing::info!(sandbox = %row.id, "paused: idle for its ttl"),
+                    Err(e) => {
+                        tracing::warn!(sandbox = %row.id, error = %e.message, "ttl pause failed")
+                    }
+                }
+            }
+        }
+    }
+
+    /// Runs [`Lifecycle::expire`] every second until the daemon stops.
+    pub fn spawn_expiry(self: &Arc<Self>) {
+        let lc = self.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            loop {
+                tick.tick().await;
+                lc.expire().await;
+            }
+        });
+    }
+}

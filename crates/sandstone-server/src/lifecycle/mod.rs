@@ -1,0 +1,509 @@
+//! The sandbox lifecycle: a durable identity (database row + volume) and,
+//! while running, a runtime generation (PID 1, cgroup, mounts).
+//!
+//! Every operation takes the sandbox's lock, is idempotent, and records a
+//! state only after it succeeded. Operations that a crash could interrupt
+//! record a pending marker first; [`recovery`] rolls them forward or back at
+//! the next start. A create that fails part-way undoes every step.
+
+mod expiry;
+mod recovery;
+mod snapshots;
+
+use crate::error::{ApiError, ApiResult};
+use crate::initclient;
+use crate::limits;
+use crate::timefmt::now_ms;
+use axum::http::StatusCode;
+use sandstone_api::SandboxConfig;
+use sandstone_init::proto::{Request, Response};
+use sandstone_runtime::cgroup::{Cgroup, Driver, Limits};
+use sandstone_runtime::{SpawnSpec, fault};
+use sandstone_storage::{SandboxPaths, Storage, Template};
+use sandstone_store::{SandboxRow, Store};
+use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Instant;
+
+/// First host uid of slot 0; each sandbox gets 65536 ids.
+const ID_BASE: u32 = 1_000_000;
+const ID_COUNT: u32 = 65_536;
+const MAX_SLOTS: i64 = 60_000;
+/// New sandboxes are refused below this much free space in the data dir.
+const MIN_FREE_BYTES: u64 = 512 << 20;
+
+/// A running sandbox's runtime handles.
+#[derive(Debug, Clone)]
+pub struct Runtime {
+    /// PID 1's host pid.
+    pub pid: i32,
+    pub socket: PathBuf,
+    pub cgroup: Cgroup,
+}
+
+pub struct Lifecycle {
+    pub store: Arc<dyn Store>,
+    pub storage: Storage,
+    cgroups: Driver,
+    init_bin: PathBuf,
+    runtimes: RwLock<HashMap<String, Runtime>>,
+    slots: Mutex<HashSet<i64>>,
+    locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// Last API activity per running sandbox, for `ttl`.
+    activity: Mutex<HashMap<String, Instant>>,
+}
+
+pub fn random_hex(bytes: usize) -> String {
+    let mut buf = vec![0u8; bytes];
+    let _ = std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut buf));
+    hex::encode(buf)
+}
+
+fn free_bytes(path: &std::path::Path) -> u64 {
+    let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).unwrap_or_default();
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
+        return u64::MAX;
+    }
+    st.f_bavail * st.f_frsize
+}
+
+fn internal(e: impl std::fmt::Display) -> ApiError {
+    ApiError::internal(e.to_string())
+}
+
+/// The claim configuration stored with a sandbox.
+pub fn config_of(row: &SandboxRow) -> SandboxConfig {
+    serde_json::from_value(row.config.clone()).unwrap_or_default()
+}
+
+impl Lifecycle {
+    pub async fn new(
+        store: Arc<dyn Store>,
+        storage: Storage,
+        init_bin: PathBuf,
+        cgroup_group: &str,
+    ) -> anyhow::Result<Lifecycle> {
+        let cgroups = Driver::detect(cgroup_group)?;
+        match sandstone_runtime::cgroup::favor_dynamic_modifications() {
+            Ok(true) => tracing::info!(
+                "remounted cgroup2 with favordynmods (fast cgroup migration for new sandboxes)"
+            ),
+            Ok(false) => {}
+            Err(e) => {
+                tracing::warn!(error = %e, "could not enable favordynmods; sandbox creation may have latency spikes")
+            }
+        }
+        let slots = store.used_slots().await?.into_iter().collect();
+        Ok(Lifecycle {
+            store,
+            storage,
+            cgroups,
+            init_bin,
+            runtimes: RwLock::new(HashMap::new()),
+            slots: Mutex::new(slots),
+            locks: Mutex::new(HashMap::new()),
+            activity: Mutex::new(HashMap::new()),
+        })
+    }
+
+    pub fn runtime(&self, id: &str) -> Option<Runtime> {
+        self.runtimes.read().unwrap().get(id).cloned()
+    }
+
+    pub fn running_count(&self) -> usize {
+        self.runtimes.read().unwrap().len()
+    }
+
+    /// Serialises lifecycle operations on one sandbox.
+    async fn lock(&self, id: &str) -> tokio::sync::OwnedMutexGuard<()> {
+        let m = self
+            .locks
+            .lock()
+            .unwrap()
+            .entry(id.to_string())
+            .or_default()
+            .clone();
+        m.lock_owned().await
+    }
+
+    /// Records API activity (the `ttl` idle clock restarts).
+    pub fn touch(&self, id: &str) {
+        self.activity
+            .lock()
+            .unwrap()
+            .insert(id.to_string(), Instant::now());
+    }
+
+    async fn row(&self, id: &str) -> ApiResult<SandboxRow> {
+        self.store
+            .get_sandbox(id)
+            .await
+            .map_err(|_| ApiError::not_found("sandbox", id))
+    }
+
+    fn take_slot(&self) -> ApiResult<i64> {
+        let mut slots = self.slots.lock().unwrap();
+        let slot = (0..MAX_SLOTS).find(|s| !slots.contains(s)).ok_or_else(|| {
+            ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "capacity",
+                "no free sandbox slot",
+            )
+        })?;
+        slots.insert(slot);
+        Ok(slot)
+    }
+
+    fn free_slot(&self, slot: i64) {
+        self.slots.lock().unwrap().remove(&slot);
+    }
+
+    fn template(&self, id: &str) -> ApiResult<Template> {
+        self.storage.template(id).map_err(|e| match e {
+            sandstone_storage::Error::UnknownTemplate(t) => ApiError::not_found("template", &t),
+            other => internal(other),
+        })
+    }
+
+    fn check_free_space(&self) -> ApiResult<()> {
+        let free = free_bytes(&self.storage.pool.root);
+        if free < MIN_FREE_BYTES {
+            return Err(ApiError::new(
+                StatusCode::INSUFFICIENT_STORAGE,
+                "no_space",
+                format!(
+                    "host disk almost full ({} MiB free): refusing new sandboxes",
+                    free >> 20
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Starts a runtime generation on an existing volume.
+    async fn launch(
+        &self,
+        id: &str,
+        template: &Template,
+        config: &SandboxConfig,
+        slot: i64,
+    ) -> ApiResult<Runtime> {
+        let limits: Limits = limits::limits(config.resources.as_ref())?;
+        let paths = self.storage.paths(id);
+        let cgroup = self.cgroups.create(id, &limits).map_err(internal)?;
+        let started = self.spawn_init(id, template, &paths, &cgroup, slot).await;
+        match started {
+            Ok(pid) => Ok(Runtime {
+                pid,
+                socket: paths.socket,
+                cgroup,
+            }),
+            Err(e) => {
+                self.stop_runtime(id, &cgroup);
+                Err(e)
+            }
+        }
+    }
+
+    async fn spawn_init(
+        &self,
+        id: &str,
+        template: &Template,
+        paths: &SandboxPaths,
+        cgroup: &Cgroup,
+        slot: i64,
+    ) -> ApiResult<i32> {
+        fault::check("create.after_cgroup").map_err(internal)?;
+        std::fs::create_dir_all(&paths.rootfs).map_err(internal)?;
+        let spec = SpawnSpec {
+            id: id.to_string(),
+            hostname: id.to_string(),
+            rootfs: paths.rootfs.clone(),
+            lower: template.lower.clone(),
+            data: paths.data.clone(),
+            binds: template.binds.clone(),
+            id_base: ID_BASE + slot as u32 * ID_COUNT,
+            id_count: ID_COUNT,
+            cgroup_procs: cgroup.procs_files(),
+            socket: paths.socket.clone(),
+            log: paths.log.clone(),
+        };
+        let init_bin = self.init_bin.clone();
+        let launched =
+            tokio::task::spawn_blocking(move || sandstone_runtime::launch(&init_bin, &spec))
+                .await
+                .map_err(internal)?
+                .map_err(internal)?;
+        fault::check("create.after_launch").map_err(internal)?;
+        match initclient::call(&paths.socket, &Request::Ping, &[]).await? {
+            (Response::Pong { .. }, _) => Ok(launched.pid),
+            _ => Err(ApiError::internal("sandbox init did not answer ping")),
+        }
+    }
+
+    /// Ends a runtime generation: every process, the cgroup, the mounts
+    /// (they live only in the sandbox's namespaces) and the run directory.
+    /// The volume stays.
+    fn stop_runtime(&self, id: &str, cgroup: &Cgroup) {
+        cgroup.kill_all();
+        if let Err(e) = cgroup.destroy() {
+            tracing::warn!(sandbox = %id, error = %e, "cgroup left behind");
+        }
+        if let Err(e) = self.storage.remove_run_dir(id) {
+            tracing::warn!(sandbox = %id, error = %e, "run dir left behind");
+        }
+    }
+
+    /// Creates a sandbox (empty, or from a snapshot) and starts it. On
+    /// failure nothing is left behind.
+    pub async fn create(
+        &self,
+        template_id: &str,
+        config: SandboxConfig,
+        snapshot: Option<&str>,
+    ) -> ApiResult<SandboxRow> {
+        limits::limits(config.resources.as_ref())?;
+        let template = self.template(template_id)?;
+        let disk = limits::disk(config.resources.as_ref())?;
+        if let Some(s) = snapshot {
+            self.store
+                .get_snapshot(s)
+                .await
+                .map_err(|_| ApiError::not_found("snapshot", s))?;
+        }
+        self.check_free_space()?;
+        let slot = self.take_slot()?;
+        let id = format!("sb-{}", random_hex(8));
+        let mut undo = Undo::new(self, &id, slot);
+        let mut phases = Phases::start();
+        match snapshot {
+            Some(s) => self.storage.sandbox_from_snapshot(s, &id, disk),
+            None => self.storage.create_sandbox(&id, disk),
+        }
+        .map_err(internal)?;
+        undo.volume = true;
+        phases.mark("storage");
+        fault::check("create.after_storage").map_err(internal)?;
+        let runtime = self.launch(&id, &template, &config, slot).await?;
+        undo.cgroup = Some(runtime.cgroup.clone());
+        phases.mark("launch");
+        let now = now_ms();
+        let row = SandboxRow {
+            id: id.clone(),
+            template: template.id.clone(),
+            status: "running".into(),
+            config: serde_json::to_value(&config).map_err(internal)?,
+            slot,
+            pid: Some(runtime.pid as i64),
+            generation: 1,
+            created_at: now,
+            updated_at: now,
+            pending_op: None,
+        };
+        self.store.insert_sandbox(&row).await?;
+        phases.mark("store");
+        tracing::debug!(sandbox = %id, phases = %phases, "create timings");
+        self.runtimes.write().unwrap().insert(id.clone(), runtime);
+        self.touch(&id);
+        undo.disarm();
+        Ok(row)
+    }
+
+    /// The runtime of a sandbox about to serve a request: a paused sandbox
+    /// with `auto_resume` is resumed first.
+    pub async fn ensure_running(&self, id: &str) -> ApiResult<Runtime> {
+        if let Some(rt) = self.runtime(id) {
+            self.touch(id);
+            return Ok(rt);
+        }
+        let row = self.row(id).await?;
+        let auto = config_of(&row).auto_resume.unwrap_or(true);
+        if row.status == "paused" && auto {
+            self.resume(id).await?;
+            return self
+                .runtime(id)
+                .ok_or_else(|| ApiError::conflict(format!("sandbox {id} stopped while resuming")));
+        }
+        Err(ApiError::conflict(format!(
+            "sandbox {id} is {}",
+            row.status
+        )))
+    }
+
+    /// Pauses: ends the runtime generation, keeps identity and files.
+    pub async fn pause(&self, id: &str) -> ApiResult<SandboxRow> {
+        let _guard = self.lock(id).await;
+        let row = self.row(id).await?;
+        match row.status.as_str() {
+            "paused" => return Ok(row),
+            "running" => {}
+            other => {
+                return Err(ApiError::conflict(format!(
+                    "sandbox {id} is {other}; only a running sandbox can be paused"
+                )));
+            }
+        }
+        self.store.set_pending(id, Some("pause")).await?;
+        let cgroup = self
+            .runtimes
+            .write()
+            .unwrap()
+            .remove(id)
+            .map(|r| r.cgroup)
+            .unwrap_or_else(|| self.cgroups.existing(id));
+        let stopped = tokio::task::block_in_place(|| {
+            cgroup.kill_all();
+            fault::crash("pause.after_kill");
+            self.stop_runtime(id, &cgroup);
+        });
+        let () = stopped;
+        self.activity.lock().unwrap().remove(id);
+        self.store.set_status(id, "paused", None).await?;
+        self.store.set_pending(id, None).await?;
+        self.row(id).await
+    }
+
+    /// Resumes: a new runtime generation on the same volume.
+    pub async fn resume(&self, id: &str) -> ApiResult<SandboxRow> {
+        let _guard = self.lock(id).await;
+        let row = self.row(id).await?;
+        match row.status.as_str() {
+            "running" => return Ok(row),
+            "paused" => {}
+            other => {
+                return Err(ApiError::conflict(format!(
+                    "sandbox {id} is {other}; only a paused sandbox can be resumed"
+                )));
+            }
+        }
+        let template = self.template(&row.template)?;
+        self.store.set_pending(id, Some("resume")).await?;
+        let runtime = match self.launch(id, &template, &config_of(&row), row.slot).await {
+            Ok(r) => r,
+            Err(e) => {
+                self.store.set_pending(id, None).await?;
+                return Err(e);
+            }
+        };
+        fault::crash("resume.after_launch");
+        if let Err(e) = self
+            .store
+            .set_running(id, runtime.pid as i64, row.generation + 1)
+            .await
+        {
+            self.stop_runtime(id, &runtime.cgroup);
+            return Err(e.into());
+        }
+        self.runtimes
+            .write()
+            .unwrap()
+            .insert(id.to_string(), runtime);
+        self.touch(id);
+        self.row(id).await
+    }
+
+    /// Deletes a sandbox and its volume (snapshots stay); 404 when unknown.
+    pub async fn delete(&self, id: &str) -> ApiResult<()> {
+        let _guard = self.lock(id).await;
+        let row = self.row(id).await?;
+        self.store.set_status(id, "terminating", None).await?;
+        let cgroup = self
+            .runtimes
+            .write()
+            .unwrap()
+            .remove(id)
+            .map(|r| r.cgroup)
+            .unwrap_or_else(|| self.cgroups.existing(id));
+        let removed = tokio::task::block_in_place(|| {
+            self.stop_runtime(id, &cgroup);
+            self.storage.remove_sandbox(id)
+        });
+        if let Err(e) = removed {
+            self.store.set_status(id, "failed", None).await?;
+            return Err(internal(format!("delete {id}: {e}")));
+        }
+        self.store.delete_sandbox(id).await?;
+        self.activity.lock().unwrap().remove(id);
+        self.locks.lock().unwrap().remove(id);
+        self.free_slot(row.slot);
+        Ok(())
+    }
+}
+
+/// Per-phase durations of an operation, for debug logs.
+struct Phases {
+    last: Instant,
+    done: Vec<(&'static str, f64)>,
+}
+
+impl Phases {
+    fn start() -> Self {
+        Phases {
+            last: Instant::now(),
+            done: Vec::new(),
+        }
+    }
+
+    fn mark(&mut self, name: &'static str) {
+        let now = Instant::now();
+        self.done
+            .push((name, (now - self.last).as_secs_f64() * 1000.0));
+        self.last = now;
+    }
+}
+
+impl std::fmt::Display for Phases {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for (name, ms) in &self.done {
+            write!(f, "{name}={ms:.2}ms ")?;
+        }
+        Ok(())
+    }
+}
+
+/// Rolls back a half-made sandbox unless disarmed.
+struct Undo<'a> {
+    lc: &'a Lifecycle,
+    id: String,
+    slot: i64,
+    volume: bool,
+    cgroup: Option<Cgroup>,
+    armed: bool,
+}
+
+impl<'a> Undo<'a> {
+    fn new(lc: &'a Lifecycle, id: &str, slot: i64) -> Self {
+        Undo {
+            lc,
+            id: id.to_string(),
+            slot,
+            volume: false,
+            cgroup: None,
+            armed: true,
+        }
+    }
+
+    fn disarm(&mut self) {
+        self.armed = false;
+    }
+}
+
+impl Drop for Undo<'_> {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        if let Some(cg) = &self.cgroup {
+            self.lc.stop_runtime(&self.id, cg);
+        }
+        if self.volume
+            && let Err(e) = self.lc.storage.remove_sandbox(&self.id)
+        {
+            tracing::error!(sandbox = %self.id, error = %e, "rollback: files left behind");
+        }
+        self.lc.free_slot(self.slot);
+    }
+}

@@ -1,0 +1,99 @@
+//! Start-up recovery: re-adopt sandboxes that kept running while the daemon
+//! was down, finish or undo operations a crash interrupted, and remove
+//! volumes and snapshots that no row owns (an interrupted create or copy).
+
+use super::{Lifecycle, Runtime};
+use crate::initclient;
+use sandstone_init::proto::{Request, Response};
+use sandstone_store::SandboxRow;
+use std::collections::HashSet;
+
+impl Lifecycle {
+    async fn alive(&self, id: &str) -> bool {
+        let socket = self.storage.paths(id).socket;
+        matches!(
+            initclient::call(&socket, &Request::Ping, &[]).await,
+            Ok((Response::Pong { .. }, _))
+        )
+    }
+
+    pub async fn adopt(&self) -> anyhow::Result<()> {
+        let rows = self.store.list_sandboxes().await?;
+        for row in &rows {
+            self.recover(row).await?;
+        }
+        self.sweep_orphans(&rows).await;
+        Ok(())
+    }
+
+    async fn recover(&self, row: &SandboxRow) -> anyhow::Result<()> {
+        let id = row.id.as_str();
+        let pending = row.pending_op.as_deref();
+        if row.status == "terminating" {
+            tracing::info!(sandbox = %id, "finishing an interrupted delete");
+            return self
+                .delete(id)
+                .await
+                .map_err(|e| anyhow::anyhow!(e.message));
+        }
+        let cgroup = self.cgroups.existing(id);
+        let was_running = row.status == "running" || pending == Some("resume");
+        if was_running && pending != Some("pause") && self.alive(id).await {
+            // An interrupted snapshot or fork may have left it frozen.
+            let _ = cgroup.set_frozen(false);
+            let runtime = Runtime {
+                pid: row.pid.unwrap_or(0) as i32,
+                socket: self.storage.paths(id).socket,
+                cgroup,
+            };
+            let generation = if row.status == "running" {
+                row.generation
+            } else {
+                row.generation + 1
+            };
+            self.store
+                .set_running(id, runtime.pid as i64, generation)
+                .await?;
+            self.runtimes
+                .write()
+                .unwrap()
+                .insert(id.to_string(), runtime);
+            self.touch(id);
+            tracing::info!(sandbox = %id, "re-adopted running sandbox");
+            return Ok(());
+        }
+        if was_running || pending.is_some() {
+            // Its runtime is gone (or was being stopped): the files are the
+            // sandbox, so it is paused, not lost.
+            self.stop_runtime(id, &cgroup);
+            if row.status != "paused" {
+                tracing::warn!(sandbox = %id, pending = ?pending, "runtime gone after restart; sandbox paused");
+            }
+            self.store.set_status(id, "paused", None).await?;
+        }
+        if pending.is_some() {
+            self.store.set_pending(id, None).await?;
+        }
+        Ok(())
+    }
+
+    async fn sweep_orphans(&self, rows: &[SandboxRow]) {
+        let owned: HashSet<&str> = rows.iter().map(|r| r.id.as_str()).collect();
+        for id in self.storage.volume_ids("sandboxes") {
+            if !owned.contains(id.as_str()) && id.starts_with("sb-") && !id.contains('.') {
+                tracing::warn!(volume = %id, "removing a sandbox volume no row owns");
+                let _ = self.storage.remove_sandbox(&id);
+            }
+        }
+        let snaps: HashSet<String> = match self.store.list_snapshots(None).await {
+            Ok(s) => s.into_iter().map(|s| s.id).collect(),
+            Err(_) => return,
+        };
+        for id in self.storage.volume_ids("snapshots") {
+            if !snaps.contains(&id) {
+                tracing::warn!(snapshot = %id, "removing a snapshot no row owns");
+                let _ = self.storage.remove_snapshot(&id);
+            }
+        }
+    }
+}

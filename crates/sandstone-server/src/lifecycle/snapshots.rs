@@ -1,0 +1,163 @@
+//! Snapshots, restore and fork: O(1) copies of a sandbox's volume on the
+//! btrfs pool. A running source is frozen for the instant of the copy so the
+//! copy is consistent; `/tmp` (a tmpfs) is never part of it.
+
+use super::{Lifecycle, config_of, internal, random_hex};
+use crate::error::{ApiError, ApiResult};
+use crate::limits;
+use crate::timefmt::now_ms;
+use sandstone_api::SandboxConfig;
+use sandstone_runtime::fault;
+use sandstone_store::{SandboxRow, SnapshotRow};
+
+impl Lifecycle {
+    /// Runs `copy` with the sandbox's processes frozen when it is running.
+    fn frozen<T>(&self, id: &str, copy: impl FnOnce() -> ApiResult<T>) -> ApiResult<T> {
+        let Some(rt) = self.runtime(id) else {
+            return copy();
+        };
+        rt.cgroup.set_frozen(true).map_err(internal)?;
+        let result = copy();
+        if let Err(e) = rt.cgroup.set_frozen(false) {
+            tracing::error!(sandbox = %id, error = %e, "could not thaw after a snapshot");
+        }
+        result
+    }
+
+    fn source(status: &str, id: &str) -> ApiResult<()> {
+        match status {
+            "running" | "paused" => Ok(()),
+            other => Err(ApiError::conflict(format!(
+                "sandbox {id} is {other}; snapshots need a running or paused sandbox"
+            ))),
+        }
+    }
+
+    pub async fn snapshot(
+        &self,
+        id: &str,
+        name: Option<String>,
+        description: Option<String>,
+    ) -> ApiResult<SnapshotRow> {
+        let _guard = self.lock(id).await;
+        let row = self.row(id).await?;
+        Self::source(&row.status, id)?;
+        let snap = SnapshotRow {
+            id: format!("snap-{}", random_hex(8)),
+            sandbox_id: id.to_string(),
+            name: name.unwrap_or_default(),
+            description: description.unwrap_or_default(),
+            created_at: now_ms(),
+            expires_at: None,
+        };
+        self.store.set_pending(id, Some("snapshot")).await?;
+        let copied = tokio::task::block_in_place(|| {
+            self.frozen(id, || {
+                self.storage
+                    .snapshot_sandbox(id, &snap.id)
+                    .map_err(internal)
+            })
+        });
+        fault::crash("snapshot.after_copy");
+        let recorded = match copied {
+            Ok(()) => self
+                .store
+                .insert_snapshot(&snap)
+                .await
+                .map_err(ApiError::from),
+            Err(e) => Err(e),
+        };
+        if recorded.is_err() {
+            let _ = self.storage.remove_snapshot(&snap.id);
+        }
+        self.store.set_pending(id, None).await?;
+        recorded.map(|()| snap)
+    }
+
+    pub async fn delete_snapshot(&self, snap: &str) -> ApiResult<()> {
+        self.store
+            .get_snapshot(snap)
+            .await
+            .map_err(|_| ApiError::not_found("snapshot", snap))?;
+        self.store.delete_snapshot(snap).await?;
+        self.storage.remove_snapshot(snap).map_err(internal)
+    }
+
+    /// Replaces a paused sandbox's files with a snapshot's.
+    pub async fn restore(&self, id: &str, snap: &str) -> ApiResult<SandboxRow> {
+        let _guard = self.lock(id).await;
+        let row = self.row(id).await?;
+        self.store
+            .get_snapshot(snap)
+            .await
+            .map_err(|_| ApiError::not_found("snapshot", snap))?;
+        if row.status != "paused" {
+            return Err(ApiError::conflict(format!(
+                "sandbox {id} is {}: pause it before restoring a snapshot onto it",
+                row.status
+            )));
+        }
+        let disk = limits::disk(config_of(&row).resources.as_ref())?;
+        self.store.set_pending(id, Some("restore")).await?;
+        let restored = tokio::task::block_in_place(|| self.storage.restore_sandbox(id, snap, disk));
+        self.store.set_pending(id, None).await?;
+        restored.map_err(internal)?;
+        self.row(id).await
+    }
+
+    /// A new paused sandbox sharing the source's files copy-on-write. It
+    /// gets no processes and no credentials of the source: only files.
+    pub async fn fork(
+        &self,
+        id: &str,
+        ttl: Option<u64>,
+        hard_ttl: Option<u64>,
+    ) -> ApiResult<SandboxRow> {
+        let _guard = self.lock(id).await;
+        let src = self.row(id).await?;
+        Self::source(&src.status, id)?;
+        let mut config: SandboxConfig = config_of(&src);
+        config.ttl = ttl.or(config.ttl);
+        config.hard_ttl = hard_ttl.or(config.hard_ttl);
+        let disk = limits::disk(config.resources.as_ref())?;
+        let slot = self.take_slot()?;
+        let new_id = format!("sb-{}", random_hex(8));
+        self.store.set_pending(id, Some("fork")).await?;
+        let copied = tokio::task::block_in_place(|| {
+            self.frozen(id, || {
+                self.storage
+                    .fork_sandbox(id, &new_id, disk)
+                    .map_err(internal)
+            })
+        });
+        fault::crash("fork.after_copy");
+        let now = now_ms();
+        let row = SandboxRow {
+            id: new_id.clone(),
+            template: src.template.clone(),
+            status: "paused".into(),
+            config: serde_json::to_value(&config).map_err(internal)?,
+            slot,
+            pid: None,
+            generation: 0,
+            created_at: now,
+            updated_at: now,
+            pending_op: None,
+        };
+        let recorded = match copied {
+            Ok(_) => self
+                .store
+                .insert_sandbox(&row)
+                .await
+                .map_err(ApiError::from),
+            Err(e) => Err(e),
+        };
+        self.store.set_pending(id, None).await?;
+        if let Err(e) = recorded {
+            let _ = self.storage.remove_sandbox(&new_id);
+            self.free_slot(slot);
+            return Err(e);
+        }
+        Ok(row)
+    }
+}

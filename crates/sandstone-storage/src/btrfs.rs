@@ -1,0 +1,178 @@
+//! btrfs through its ioctls: subvolumes, snapshots, qgroup limits and usage.
+//! Each is one kernel call (one transaction), whatever the data size.
+
+use crate::{Error, Result, io};
+use std::ffi::CString;
+use std::fs::File;
+use std::os::fd::AsRawFd;
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+
+const VOL_NAME_MAX: usize = 4087;
+
+#[repr(C)]
+struct VolArgs {
+    fd: i64,
+    name: [u8; 4088],
+}
+
+#[repr(C)]
+struct VolArgsV2 {
+    fd: i64,
+    transid: u64,
+    flags: u64,
+    unused: [u64; 4],
+    name: [u8; 4040],
+}
+
+#[repr(C)]
+#[derive(Default)]
+struct QgroupLimit {
+    flags: u64,
+    max_rfer: u64,
+    max_excl: u64,
+    rsv_rfer: u64,
+    rsv_excl: u64,
+}
+
+#[repr(C)]
+struct QgroupLimitArgs {
+    qgroupid: u64,
+    lim: QgroupLimit,
+}
+
+#[repr(C)]
+struct QuotaCtlArgs {
+    cmd: u64,
+    status: u64,
+}
+
+const fn iow(nr: u64, size: usize) -> u64 {
+    (1 << 30) | ((size as u64) << 16) | (0x94 << 8) | nr
+}
+const fn ior(nr: u64, size: usize) -> u64 {
+    (2 << 30) | ((size as u64) << 16) | (0x94 << 8) | nr
+}
+const fn iowr(nr: u64, size: usize) -> u64 {
+    (3 << 30) | ((size as u64) << 16) | (0x94 << 8) | nr
+}
+
+const IOC_SNAP_DESTROY: u64 = iow(15, std::mem::size_of::<VolArgs>());
+const IOC_SUBVOL_CREATE: u64 = iow(14, std::mem::size_of::<VolArgs>());
+const IOC_SNAP_CREATE_V2: u64 = iow(23, std::mem::size_of::<VolArgsV2>());
+const IOC_QUOTA_CTL: u64 = iowr(40, std::mem::size_of::<QuotaCtlArgs>());
+const IOC_QGROUP_LIMIT: u64 = ior(43, std::mem::size_of::<QgroupLimitArgs>());
+const SUBVOL_RDONLY: u64 = 1 << 1;
+const QGROUP_LIMIT_MAX_RFER: u64 = 1 << 0;
+const QUOTA_CTL_ENABLE: u64 = 1;
+const BTRFS_SUPER_MAGIC: i64 = 0x9123_683E;
+
+fn open_dir(p: &Path) -> Result<File> {
+    File::open(p).map_err(io(format!("open {p:?}")))
+}
+
+fn ioctl<T>(f: &File, req: u64, arg: &mut T, what: impl FnOnce() -> String) -> Result<()> {
+    if unsafe { libc::ioctl(f.as_raw_fd(), req as _, arg as *mut T) } < 0 {
+        return Err(io(what())(std::io::Error::last_os_error()));
+    }
+    Ok(())
+}
+
+fn name_bytes<const N: usize>(name: &str) -> Result<[u8; N]> {
+    let c = CString::new(name).map_err(|_| Error::Io {
+        what: "subvolume name".into(),
+        source: std::io::Error::other("NUL in name"),
+    })?;
+    let b = c.as_bytes();
+    if b.len() > VOL_NAME_MAX.min(N - 1) || name.contains('/') {
+        return Err(io("subvolume name")(std::io::Error::other(
+            "bad subvolume name",
+        )));
+    }
+    let mut out = [0u8; N];
+    out[..b.len()].copy_from_slice(b);
+    Ok(out)
+}
+
+fn split(p: &Path) -> Result<(&Path, &str)> {
+    let parent = p
+        .parent()
+        .ok_or_else(|| io("subvolume path")(std::io::Error::other("no parent")))?;
+    let name = p
+        .file_name()
+        .and_then(|n| n.to_str())
+        .ok_or_else(|| io("subvolume path")(std::io::Error::other("no name")))?;
+    Ok((parent, name))
+}
+
+/// Whether `p` is on a btrfs filesystem.
+pub fn is_btrfs(p: &Path) -> bool {
+    let Ok(c) = CString::new(p.as_os_str().as_bytes()) else {
+        return false;
+    };
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    unsafe { libc::statfs(c.as_ptr(), &mut st) == 0 && st.f_type as i64 == BTRFS_SUPER_MAGIC }
+}
+
+pub fn create_subvolume(path: &Path) -> Result<()> {
+    let (parent, name) = split(path)?;
+    let mut args = VolArgs {
+        fd: 0,
+        name: name_bytes(name)?,
+    };
+    ioctl(&open_dir(parent)?, IOC_SUBVOL_CREATE, &mut args, || {
+        format!("create subvolume {path:?}")
+    })
+}
+
+/// Snapshots subvolume `src` as `dst` (read-only when asked).
+pub fn snapshot(src: &Path, dst: &Path, read_only: bool) -> Result<()> {
+    let (parent, name) = split(dst)?;
+    let source = open_dir(src)?;
+    let mut args = VolArgsV2 {
+        fd: source.as_raw_fd() as i64,
+        transid: 0,
+        flags: if read_only { SUBVOL_RDONLY } else { 0 },
+        unused: [0; 4],
+        name: name_bytes(name)?,
+    };
+    ioctl(&open_dir(parent)?, IOC_SNAP_CREATE_V2, &mut args, || {
+        format!("snapshot {src:?} to {dst:?}")
+    })
+}
+
+pub fn delete_subvolume(path: &Path) -> Result<()> {
+    let (parent, name) = split(path)?;
+    let mut args = VolArgs {
+        fd: 0,
+        name: name_bytes(name)?,
+    };
+    ioctl(&open_dir(parent)?, IOC_SNAP_DESTROY, &mut args, || {
+        format!("delete subvolume {path:?}")
+    })
+}
+
+pub fn enable_quota(path: &Path) -> Result<()> {
+    let mut args = QuotaCtlArgs {
+        cmd: QUOTA_CTL_ENABLE,
+        status: 0,
+    };
+    ioctl(&open_dir(path)?, IOC_QUOTA_CTL, &mut args, || {
+        format!("enable quota on {path:?}")
+    })
+}
+
+/// Caps what the subvolume at `path` may reference (`None` lifts the cap).
+pub fn set_limit(path: &Path, bytes: Option<u64>) -> Result<()> {
+    let mut args = QgroupLimitArgs {
+        qgroupid: 0, // the subvolume `path` itself
+        lim: QgroupLimit {
+            flags: QGROUP_LIMIT_MAX_RFER,
+            max_rfer: bytes.unwrap_or(u64::MAX),
+            ..Default::default()
+        },
+    };
+    ioctl(&open_dir(path)?, IOC_QGROUP_LIMIT, &mut args, || {
+        format!("limit {path:?}")
+    })
+}

@@ -1,0 +1,204 @@
+//! The storage pool: where sandboxes' durable directories and snapshots live.
+//!
+//! `btrfs`: each sandbox is a subvolume with a qgroup cap; snapshot, fork and
+//! restore are O(1) subvolume snapshots. The pool is the data directory's own
+//! filesystem when that is btrfs, else a sparse loop-mounted image that
+//! `sandstone setup` creates and the daemon re-attaches after a reboot.
+//! `dir`: plain directories and recursive copies (`cp -a`, which keeps the
+//! overlay's whiteouts and xattrs); no caps.
+
+use crate::{Result, btrfs, io};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Driver {
+    Btrfs,
+    Dir,
+}
+
+impl Driver {
+    pub fn name(self) -> &'static str {
+        match self {
+            Driver::Btrfs => "btrfs",
+            Driver::Dir => "dir",
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Pool {
+    pub driver: Driver,
+    /// Holds `sandboxes/` and `snapshots/`.
+    pub root: PathBuf,
+}
+
+const IMAGE: &str = "pool.img";
+const MOUNT: &str = "pool";
+
+fn run(cmd: &mut Command, what: &str) -> Result<()> {
+    let out = cmd.output().map_err(io(format!("run {what}")))?;
+    if !out.status.success() {
+        let msg = String::from_utf8_lossy(&out.stderr).trim().to_string();
+        return Err(io(what.to_string())(std::io::Error::other(msg)));
+    }
+    Ok(())
+}
+
+fn is_mountpoint(p: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (std::fs::metadata(p), p.parent().map(std::fs::metadata)) {
+        (Ok(m), Some(Ok(parent))) => m.dev() != parent.dev(),
+        _ => false,
+    }
+}
+
+impl Pool {
+    /// Opens the pool of `data_dir`, mounting its image when needed.
+    pub fn open(data_dir: &Path, driver: Option<Driver>) -> Result<Pool> {
+        let image = data_dir.join(IMAGE);
+        let mount = data_dir.join(MOUNT);
+        let pool = match driver {
+            Some(Driver::Dir) => Pool {
+                driver: Driver::Dir,
+                root: data_dir.to_path_buf(),
+            },
+            _ if btrfs::is_btrfs(data_dir) => Pool {
+                driver: Driver::Btrfs,
+                root: data_dir.to_path_buf(),
+            },
+            _ if image.exists() => {
+                if !is_mountpoint(&mount) {
+                    std::fs::create_dir_all(&mount).map_err(io("create pool mount point"))?;
+                    run(
+                        Command::new("mount")
+                            .arg("-o")
+                            .arg("loop")
+                            .arg(&image)
+                            .arg(&mount),
+                        "mount pool image",
+                    )?;
+                }
+                Pool {
+                    driver: Driver::Btrfs,
+                    root: mount,
+                }
+            }
+            Some(Driver::Btrfs) => {
+                return Err(io("btrfs pool")(std::io::Error::other(
+                    "no btrfs pool: run `sandstone setup` to create one",
+                )));
+            }
+            None => Pool {
+                driver: Driver::Dir,
+                root: data_dir.to_path_buf(),
+            },
+        };
+        for d in ["sandboxes", "snapshots"] {
+            let dir = pool.root.join(d);
+            std::fs::create_dir_all(&dir).map_err(io(format!("create {d}")))?;
+            std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o700))
+                .map_err(io(format!("chmod {d}")))?;
+        }
+        Ok(pool)
+    }
+
+    /// Creates the btrfs pool for `data_dir` (a sparse image of `size` bytes
+    /// unless the data dir is already on btrfs) with quotas on. Idempotent.
+    pub fn create(data_dir: &Path, size: u64) -> Result<Pool> {
+        if btrfs::is_btrfs(data_dir) {
+            btrfs::enable_quota(data_dir)?;
+            return Pool::open(data_dir, Some(Driver::Btrfs));
+        }
+        let image = data_dir.join(IMAGE);
+        if !image.exists() {
+            let tmp = data_dir.join(format!("{IMAGE}.tmp"));
+            let f = std::fs::File::create(&tmp).map_err(io("create pool image"))?;
+            f.set_len(size).map_err(io("size pool image"))?;
+            drop(f);
+            run(
+                Command::new("mkfs.btrfs").arg("-q").arg("-f").arg(&tmp),
+                "mkfs.btrfs (apt-get install btrfs-progs)",
+            )?;
+            std::fs::rename(&tmp, &image).map_err(io("install pool image"))?;
+        }
+        let pool = Pool::open(data_dir, Some(Driver::Btrfs))?;
+        btrfs::enable_quota(&pool.root)?;
+        Ok(pool)
+    }
+
+    pub fn sandbox_dir(&self, id: &str) -> PathBuf {
+        self.root.join("sandboxes").join(id)
+    }
+
+    pub fn snapshot_dir(&self, id: &str) -> PathBuf {
+        self.root.join("snapshots").join(id)
+    }
+
+    /// A new, empty volume at `path` (capped at `limit` bytes where possible).
+    pub fn create_volume(&self, path: &Path, limit: Option<u64>) -> Result<()> {
+        match self.driver {
+            Driver::Btrfs => {
+                btrfs::create_subvolume(path)?;
+                if let Err(e) = btrfs::set_limit(path, limit) {
+                    let _ = btrfs::delete_subvolume(path);
+                    return Err(e);
+                }
+                Ok(())
+            }
+            Driver::Dir => std::fs::create_dir(path).map_err(io(format!("create {path:?}"))),
+        }
+    }
+
+    /// A copy of volume `src` at `dst`: O(1) and copy-on-write on btrfs.
+    pub fn copy_volume(
+        &self,
+        src: &Path,
+        dst: &Path,
+        read_only: bool,
+        limit: Option<u64>,
+    ) -> Result<()> {
+        match self.driver {
+            Driver::Btrfs => {
+                btrfs::snapshot(src, dst, read_only)?;
+                if !read_only && let Err(e) = btrfs::set_limit(dst, limit) {
+                    let _ = btrfs::delete_subvolume(dst);
+                    return Err(e);
+                }
+                Ok(())
+            }
+            Driver::Dir => {
+                let done = run(
+                    Command::new("cp").arg("-a").arg(src).arg(dst),
+                    "copy volume",
+                );
+                if done.is_err() {
+                    let _ = std::fs::remove_dir_all(dst);
+                }
+                done
+            }
+        }
+    }
+
+    /// Removes a volume. Idempotent.
+    pub fn remove_volume(&self, path: &Path) -> Result<()> {
+        if !path.exists() {
+            return Ok(());
+        }
+        if self.driver == Driver::Btrfs && btrfs::delete_subvolume(path).is_ok() {
+            return Ok(());
+        }
+        std::fs::remove_dir_all(path).map_err(io(format!("remove {path:?}")))
+    }
+
+    /// Names of the volumes under `sandboxes/` or `snapshots/`.
+    pub fn volumes(&self, kind: &str) -> Vec<String> {
+        std::fs::read_dir(self.root.join(kind))
+            .map(|rd| {
+                rd.flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+}
