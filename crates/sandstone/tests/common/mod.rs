@@ -53,16 +53,39 @@ fn free_port() -> u16 {
 }
 
 impl Daemon {
+    /// A daemon on a btrfs pool (a small loop-mounted image), as
+    /// `sandstone setup` makes on this host.
     pub async fn start() -> Daemon {
-        Self::start_with_faults("").await
+        Self::start_with(&["--pool-gib", "4"], "").await
+    }
+
+    /// A daemon on the plain-directory pool.
+    pub async fn start_dir() -> Daemon {
+        Self::start_with(&["--no-pool"], "").await
     }
 
     pub async fn start_with_faults(faults: &str) -> Daemon {
+        Self::start_with(&["--pool-gib", "4"], faults).await
+    }
+
+    async fn start_with(setup: &[&str], faults: &str) -> Daemon {
         require_root();
         let data = tempfile::Builder::new()
             .prefix("sandstone-test-")
             .tempdir_in("/var/tmp")
             .unwrap();
+        let out = Command::new(sandstone_bin())
+            .args(["setup", "--no-debian"])
+            .args(setup)
+            .arg("--data-dir")
+            .arg(data.path())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "setup: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         let port = free_port();
         let mut d = Daemon {
             crash_at: String::new(),

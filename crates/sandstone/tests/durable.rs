@@ -1,0 +1,342 @@
+//! Durable sandboxes: pause/resume, auto-resume, ttl, snapshots, fork,
+//! restore, disk caps, and crashes in the middle of each operation.
+
+mod common;
+
+use common::Daemon;
+use serde_json::{Value, json};
+use std::time::{Duration, Instant};
+
+async fn status(d: &Daemon, id: &str) -> String {
+    let (_, v) = d.get(&format!("/api/v1/sandboxes/{id}")).await;
+    v["data"]["status"].as_str().unwrap_or("gone").to_string()
+}
+
+async fn op(d: &Daemon, id: &str, what: &str, body: Value) -> (u16, Value) {
+    d.post(&format!("/api/v1/sandboxes/{id}/{what}"), body)
+        .await
+}
+
+async fn wait_for(d: &Daemon, id: &str, want: &str, within: Duration) {
+    let deadline = Instant::now() + within;
+    while status(d, id).await != want {
+        assert!(Instant::now() < deadline, "{id} never became {want}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn pause_keeps_files_releases_compute_and_resume_survives_restart() {
+    let mut d = Daemon::start().await;
+    let id = d.create(json!({})).await;
+    d.sh(
+        &id,
+        "echo kept > /workspace/w.txt; echo conf > /etc/app.conf; echo scratch > /tmp/t",
+    )
+    .await;
+    let (_, v) = d.get(&format!("/api/v1/sandboxes/{id}")).await;
+    let pid = v["data"]["runtime_id"].as_str().unwrap().to_string();
+    assert!(pid.ends_with("-g1"));
+
+    let running = std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter(|e| std::fs::read_to_string(e.path().join("cgroup")).is_ok_and(|c| c.contains(&id)))
+        .count();
+    assert!(
+        running > 0,
+        "the running sandbox has processes in its cgroup"
+    );
+    let (s, v) = op(&d, &id, "pause", json!({})).await;
+    assert_eq!((s, v["data"]["paused"].as_bool()), (200, Some(true)), "{v}");
+    assert_eq!(status(&d, &id).await, "paused");
+    // Compute is released: no process of the sandbox's cgroup remains.
+    let members = || {
+        std::fs::read_dir("/proc")
+            .unwrap()
+            .flatten()
+            .filter(|e| {
+                std::fs::read_to_string(e.path().join("cgroup")).is_ok_and(|c| c.contains(&id))
+            })
+            .count()
+    };
+    assert_eq!(members(), 0, "processes remain after pause");
+    // Pause is idempotent.
+    assert_eq!(op(&d, &id, "pause", json!({})).await.0, 200);
+
+    d.kill();
+    d.spawn().await;
+    assert_eq!(status(&d, &id).await, "paused");
+    let (s, v) = op(&d, &id, "resume", json!({})).await;
+    assert_eq!(
+        (s, v["data"]["runtime_generation"].as_i64()),
+        (200, Some(2)),
+        "{v}"
+    );
+    let r = d
+        .sh(
+            &id,
+            "cat /workspace/w.txt /etc/app.conf; cat /tmp/t 2>&1 || true",
+        )
+        .await;
+    assert_eq!(
+        r["stdout"],
+        "kept\nconf\ncat: /tmp/t: No such file or directory\n"
+    );
+    assert_eq!(
+        op(&d, &id, "resume", json!({})).await.0,
+        200,
+        "resume of a running sandbox is a no-op"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn auto_resume_and_concurrent_resumes_yield_one_generation() {
+    let d = Daemon::start().await;
+    let id = d.create(json!({})).await;
+    op(&d, &id, "pause", json!({})).await;
+    // A call on a paused sandbox resumes it and then succeeds.
+    assert_eq!(d.sh(&id, "echo back").await["stdout"], "back\n");
+    assert_eq!(status(&d, &id).await, "running");
+    op(&d, &id, "pause", json!({})).await;
+    let (a, b) = tokio::join!(
+        op(&d, &id, "resume", json!({})),
+        op(&d, &id, "resume", json!({}))
+    );
+    assert_eq!((a.0, b.0), (200, 200));
+    let (_, v) = d.get(&format!("/api/v1/sandboxes/{id}")).await;
+    assert_eq!(v["data"]["runtime_generation"], 3, "{v}");
+    let r = d.sh(&id, "ls /proc | grep -c '^[0-9]'").await;
+    assert!(
+        r["stdout"].as_str().unwrap().trim().parse::<u32>().unwrap() <= 4,
+        "{r}"
+    );
+    // Without auto_resume a call on a paused sandbox is a 409.
+    let id2 = d.create(json!({"auto_resume": false})).await;
+    op(&d, &id2, "pause", json!({})).await;
+    let (s, v) = d
+        .post(
+            &format!("/api/v1/sandboxes/{id2}/contexts"),
+            json!({"type": "cmd", "cmd": {"command": ["true"]}, "wait_until_done": true}),
+        )
+        .await;
+    assert_eq!((s, v["error"]["code"].as_str()), (409, Some("conflict")));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn ttl_pauses_idle_sandboxes_and_hard_ttl_deletes() {
+    let d = Daemon::start().await;
+    let idle = d.create(json!({"ttl": 1})).await;
+    let doomed = d.create(json!({"hard_ttl": 2})).await;
+    let (_, v) = d.get(&format!("/api/v1/sandboxes/{idle}")).await;
+    assert!(v["data"]["expires_at"].is_string(), "{v}");
+    wait_for(&d, &idle, "paused", Duration::from_secs(10)).await;
+    wait_for(&d, &doomed, "gone", Duration::from_secs(10)).await;
+    assert!(!d.volumes().contains(&doomed));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn snapshots_forks_and_restore() {
+    for d in [Daemon::start().await, Daemon::start_dir().await] {
+        let id = d.create(json!({})).await;
+        d.sh(&id, "echo v1 > /workspace/f; echo tmp > /tmp/x").await;
+        let (s, v) = op(&d, &id, "snapshots", json!({"name": "first"})).await;
+        assert_eq!(s, 201, "{v}");
+        let snap = v["data"]["id"].as_str().unwrap().to_string();
+        assert_eq!(
+            status(&d, &id).await,
+            "running",
+            "a snapshot leaves the source running"
+        );
+        d.sh(&id, "echo v2 > /workspace/f").await;
+
+        // Two forks share v2 and then diverge; they inherit no processes.
+        let (s, v) = op(&d, &id, "fork", json!({})).await;
+        assert_eq!(s, 201, "{v}");
+        let f1 = v["data"]["sandbox"]["id"].as_str().unwrap().to_string();
+        assert_eq!(v["data"]["sandbox"]["status"], "paused");
+        let f2 = op(&d, &id, "fork", json!({})).await.1["data"]["sandbox"]["id"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        d.sh(&f1, "echo fork1 > /workspace/f").await;
+        assert_eq!(
+            d.sh(&f2, "cat /workspace/f; ls /tmp").await["stdout"],
+            "v2\n"
+        );
+        assert_eq!(d.sh(&f1, "cat /workspace/f").await["stdout"], "fork1\n");
+        assert_eq!(d.sh(&id, "cat /workspace/f").await["stdout"], "v2\n");
+
+        // Restore needs a paused target.
+        let (s, v) = op(&d, &id, "rootfs/restore", json!({"snapshot_id": snap})).await;
+        assert_eq!(s, 409, "{v}");
+        assert!(
+            v["error"]["message"].as_str().unwrap().contains("pause it"),
+            "{v}"
+        );
+        op(&d, &id, "pause", json!({})).await;
+        let (s, v) = op(
+            &d,
+            &id,
+            "rootfs/restore",
+            json!({"snapshot_id": "snap-nope"}),
+        )
+        .await;
+        assert_eq!((s, v["error"]["code"].as_str()), (404, Some("not_found")));
+        let (s, v) = op(&d, &id, "rootfs/restore", json!({"snapshot_id": snap})).await;
+        assert_eq!(s, 200, "{v}");
+        assert_eq!(d.sh(&id, "cat /workspace/f").await["stdout"], "v1\n");
+
+        // Claim from a snapshot; list, get and delete snapshots.
+        let (s, v) = d
+            .post(
+                "/api/v1/sandboxes",
+                json!({"template": "host", "snapshot_id": snap}),
+            )
+            .await;
+        assert_eq!(s, 201, "{v}");
+        let from = v["data"]["sandbox_id"].as_str().unwrap().to_string();
+        assert_eq!(d.sh(&from, "cat /workspace/f").await["stdout"], "v1\n");
+        let (_, v) = d.get(&format!("/api/v1/sandboxes/{id}/snapshots")).await;
+        assert_eq!(
+            (
+                v["data"]["count"].as_u64(),
+                v["data"]["snapshots"][0]["name"].as_str()
+            ),
+            (Some(1), Some("first"))
+        );
+        assert_eq!(
+            d.delete(&format!("/api/v1/sandbox-rootfs-snapshots/{snap}"))
+                .await
+                .0,
+            200
+        );
+        assert_eq!(
+            d.get(&format!("/api/v1/sandbox-rootfs-snapshots/{snap}"))
+                .await
+                .0,
+            404
+        );
+        assert!(d.snapshot_volumes().is_empty());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn disk_cap_gives_edquot_and_the_sandbox_keeps_working() {
+    let d = Daemon::start().await;
+    let id = d.create(json!({"resources": {"disk": "64Mi"}})).await;
+    let r = d.sh(&id, "dd if=/dev/urandom of=/workspace/big bs=1M count=100 2>&1 | grep -c 'quota exceeded'; rm /workspace/big; sync; echo ok > /workspace/small && cat /workspace/small").await;
+    assert_eq!(r["stdout"], "1\nok\n", "{r}");
+    let (s, v) = d
+        .post(
+            "/api/v1/sandboxes",
+            json!({"template": "host", "config": {"resources": {"disk": "1k"}}}),
+        )
+        .await;
+    assert!(
+        s == 400
+            && v["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("config.resources.disk"),
+        "{v}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_full_host_disk_refuses_new_sandboxes_cleanly() {
+    let d = Daemon::start().await;
+    let id = d.create(json!({})).await;
+    // Fill the 4 GiB pool to under the daemon's 512 MiB reserve.
+    let fill = "mkdir /workspace/fill; i=0; while [ $(df -m --output=avail /workspace | tail -1) -gt 300 ]; \
+                do fallocate -l 100M /workspace/fill/$i || break; i=$((i+1)); done; sync; df -m --output=avail /workspace | tail -1";
+    let r = d.sh(&id, fill).await;
+    let avail: u64 = r["stdout"].as_str().unwrap().trim().parse().unwrap();
+    assert!(avail < 512, "pool still has {avail} MiB free");
+    let before = d.volumes();
+    let (s, v) = d
+        .post("/api/v1/sandboxes", json!({"template": "host"}))
+        .await;
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (507, Some("no_space")),
+        "{v}"
+    );
+    assert_eq!(d.volumes(), before, "nothing half-made");
+    d.sh(&id, "rm -r /workspace/fill").await;
+}
+
+/// Kills the daemon in the middle of an operation (SIGKILL at a named
+/// point), restarts it, and checks that the sandbox is consistent and that
+/// no file written before the operation is lost.
+#[tokio::test(flavor = "multi_thread")]
+async fn crashes_mid_operation_leave_consistent_state() {
+    for point in [
+        "pause.after_kill",
+        "resume.after_launch",
+        "snapshot.after_copy",
+        "fork.after_copy",
+        "restore.mid_swap",
+    ] {
+        let mut d = Daemon::start().await;
+        let id = d.create(json!({})).await;
+        d.sh(&id, "echo before > /workspace/keep").await;
+        let snap = op(&d, &id, "snapshots", json!({})).await.1["data"]["id"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        if point.starts_with("resume") || point.starts_with("restore") {
+            op(&d, &id, "pause", json!({})).await;
+        }
+        d.kill();
+        d.crash_at = point.into();
+        d.spawn().await;
+        let (path, body) = match point.split('.').next().unwrap() {
+            "pause" => ("pause", json!({})),
+            "resume" => ("resume", json!({})),
+            "snapshot" => ("snapshots", json!({})),
+            "fork" => ("fork", json!({})),
+            _ => ("rootfs/restore", json!({"snapshot_id": snap})),
+        };
+        let sent = d
+            .http
+            .post(format!("{}/api/v1/sandboxes/{id}/{path}", d.url))
+            .bearer_auth(&d.token)
+            .json(&body)
+            .send()
+            .await;
+        assert!(sent.is_err(), "{point}: the daemon should have died");
+        let _ = d.child.take().map(|mut c| c.wait());
+        d.crash_at.clear();
+        d.spawn().await;
+
+        let st = status(&d, &id).await;
+        assert!(st == "running" || st == "paused", "{point}: status {st}");
+        assert_eq!(
+            d.sh(&id, "cat /workspace/keep").await["stdout"],
+            "before\n",
+            "{point}"
+        );
+        // Every volume and snapshot on disk belongs to a row, and back.
+        let (_, v) = d.get("/api/v1/sandboxes").await;
+        let mut rows: Vec<String> = v["data"]["sandboxes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s["id"].as_str().unwrap().to_string())
+            .collect();
+        let mut vols = d.volumes();
+        rows.sort();
+        vols.sort();
+        assert_eq!(rows, vols, "{point}");
+        let (_, v) = d.get(&format!("/api/v1/sandboxes/{id}/snapshots")).await;
+        assert_eq!(
+            v["data"]["count"].as_u64().unwrap() as usize,
+            d.snapshot_volumes().len(),
+            "{point}"
+        );
+        // And it still works end to end.
+        assert_eq!(op(&d, &id, "pause", json!({})).await.0, 200, "{point}");
+        assert_eq!(op(&d, &id, "resume", json!({})).await.0, 200, "{point}");
+    }
+}
