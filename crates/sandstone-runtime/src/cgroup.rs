@@ -213,7 +213,8 @@ impl Driver {
         }
     }
 
-    fn apply(&self, cg: &Cgroup, l: &Limits) -> Result<()> {
+    /// Sets (or changes) the limits of an existing cgroup.
+    pub fn apply(&self, cg: &Cgroup, l: &Limits) -> Result<()> {
         match self {
             Driver::V1 { parents } => {
                 for ((ctrl, _), dir) in parents.iter().zip(&cg.dirs) {

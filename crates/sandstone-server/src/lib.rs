@@ -35,6 +35,8 @@ pub struct Config {
     pub init_bin: PathBuf,
     /// Force a storage pool driver; `None` uses btrfs when a pool exists.
     pub pool: Option<sandstone_storage::Driver>,
+    /// Pre-made sandboxes kept per template (0 disables the warm pool).
+    pub warm_pool: usize,
 }
 
 #[derive(Clone)]
@@ -83,7 +85,11 @@ async fn metrics_page(State(st): State<AppState>) -> Response {
         .await
         .map(|v| v.len())
         .unwrap_or(0);
-    let body = st.metrics.render(st.lifecycle.running_count(), total);
+    let body = st.metrics.render(
+        st.lifecycle.running_count(),
+        total,
+        st.lifecycle.warm_count(),
+    );
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response()
 }
 
@@ -231,10 +237,18 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         "sandstone-{}",
         &sandstone_store::token_hash(&config.data_dir.display().to_string())[..8]
     );
-    let lc = lifecycle::Lifecycle::new(store, storage, config.init_bin.clone(), &group).await?;
+    let lc = lifecycle::Lifecycle::new(
+        store,
+        storage,
+        config.init_bin.clone(),
+        &group,
+        config.warm_pool,
+    )
+    .await?;
     lc.adopt().await?;
     let lc = Arc::new(lc);
     lc.spawn_expiry();
+    lc.spawn_warm_pool();
     let st = AppState {
         lifecycle: lc,
         metrics: Arc::new(metrics::Metrics::default()),

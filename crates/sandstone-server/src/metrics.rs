@@ -51,8 +51,10 @@ impl Metrics {
         e.total += 1;
     }
 
-    pub fn render(&self, running: usize, total: usize) -> String {
+    pub fn render(&self, running: usize, total: usize, warm: usize) -> String {
         let mut s = String::new();
+        s += "# TYPE sandstone_warm_pool_ready gauge\n";
+        s += &format!("sandstone_warm_pool_ready {warm}\n");
         s += "# TYPE sandstone_sandboxes gauge\n";
         s += &format!("sandstone_sandboxes{{state=\"running\"}} {running}\n");
         s += &format!("sandstone_sandboxes{{state=\"all\"}} {total}\n");

@@ -193,6 +193,11 @@ impl Storage {
         })
     }
 
+    /// Changes the disk cap of sandbox `id` (no-op without caps).
+    pub fn set_disk_limit(&self, id: &str, limit: Option<u64>) -> Result<()> {
+        self.pool.set_limit(&self.pool.sandbox_dir(id), limit)
+    }
+
     /// A new sandbox volume sharing `src`'s data copy-on-write.
     pub fn fork_sandbox(&self, src: &str, id: &str, limit: Option<u64>) -> Result<SandboxPaths> {
         let from = self.pool.sandbox_dir(src);

@@ -150,6 +150,14 @@ impl Pool {
         }
     }
 
+    /// Changes a volume's cap (no-op with the `dir` driver).
+    pub fn set_limit(&self, path: &Path, limit: Option<u64>) -> Result<()> {
+        match self.driver {
+            Driver::Btrfs => btrfs::set_limit(path, limit),
+            Driver::Dir => Ok(()),
+        }
+    }
+
     /// A copy of volume `src` at `dst`: O(1) and copy-on-write on btrfs.
     pub fn copy_volume(
         &self,

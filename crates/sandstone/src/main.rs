@@ -64,6 +64,9 @@ enum Cmd {
         /// Storage pool driver: btrfs or dir (default: btrfs when set up).
         #[arg(long, env = "SANDSTONE_POOL")]
         pool: Option<PoolArg>,
+        /// Sandboxes kept ready per template, so a claim is a handoff.
+        #[arg(long, env = "SANDSTONE_WARM_POOL", default_value_t = 2)]
+        warm_pool: usize,
     },
     /// Create a sandbox and print its id.
     Create {
@@ -239,7 +242,11 @@ async fn run(cli: Cli) -> Result<()> {
             let pool = (!no_pool).then_some(pool_gib << 30);
             setup(&cli.data_dir, !no_debian, mirror.as_deref(), pool)
         }
-        Cmd::Serve { listen, pool } => {
+        Cmd::Serve {
+            listen,
+            pool,
+            warm_pool,
+        } => {
             init_logging();
             let config = sandstone_server::Config {
                 data_dir: cli.data_dir.clone(),
@@ -249,6 +256,7 @@ async fn run(cli: Cli) -> Result<()> {
                     PoolArg::Btrfs => sandstone_storage::Driver::Btrfs,
                     PoolArg::Dir => sandstone_storage::Driver::Dir,
                 }),
+                warm_pool: *warm_pool,
             };
             sandstone_server::run(config).await
         }

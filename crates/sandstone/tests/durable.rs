@@ -340,3 +340,74 @@ async fn crashes_mid_operation_leave_consistent_state() {
         assert_eq!(op(&d, &id, "resume", json!({})).await.0, 200, "{point}");
     }
 }
+
+fn memory_limit_of(id: &str) -> Option<String> {
+    fn find(dir: &std::path::Path, id: &str, depth: u32) -> Option<std::path::PathBuf> {
+        for e in std::fs::read_dir(dir).ok()?.flatten() {
+            if !e.file_type().ok()?.is_dir() {
+                continue;
+            }
+            if e.file_name() == id {
+                return Some(e.path());
+            }
+            if depth > 0
+                && let Some(p) = find(&e.path(), id, depth - 1)
+            {
+                return Some(p);
+            }
+        }
+        None
+    }
+    let dir = find(std::path::Path::new("/sys/fs/cgroup/memory"), id, 4)?;
+    std::fs::read_to_string(dir.join("memory.limit_in_bytes"))
+        .ok()
+        .map(|s| s.trim().to_string())
+}
+
+async fn warm_ready(d: &Daemon) -> u64 {
+    let m = d
+        .http
+        .get(format!("{}/metrics", d.url))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    m.lines()
+        .find_map(|l| l.strip_prefix("sandstone_warm_pool_ready "))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn warm_pool_hands_off_with_the_claims_limits_and_refills() {
+    let mut d = Daemon::start().await;
+    d.kill();
+    d.warm_pool = 2;
+    d.spawn().await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while warm_ready(&d).await < 2 {
+        assert!(Instant::now() < deadline, "the warm pool never filled");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let pooled = d.volumes();
+    assert_eq!(pooled.len(), 2);
+    let id = d.create(json!({"resources": {"memory": "256Mi"}})).await;
+    assert!(pooled.contains(&id), "the claim took a pre-made sandbox");
+    assert_eq!(memory_limit_of(&id).as_deref(), Some("268435456"));
+    assert_eq!(d.sh(&id, "echo warm").await["stdout"], "warm\n");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while warm_ready(&d).await < 2 {
+        assert!(Instant::now() < deadline, "the warm pool never refilled");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Pool members are not sandboxes of anyone: not listed, and a restart
+    // replaces them rather than leaking them.
+    let (_, v) = d.get("/api/v1/sandboxes").await;
+    assert_eq!(v["data"]["count"], 1);
+    d.kill();
+    d.warm_pool = 0;
+    d.spawn().await;
+    assert_eq!(d.volumes(), vec![id.clone()]);
+}

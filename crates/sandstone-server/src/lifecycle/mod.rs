@@ -9,6 +9,7 @@
 mod expiry;
 mod recovery;
 mod snapshots;
+mod warm;
 
 use crate::error::{ApiError, ApiResult};
 use crate::initclient;
@@ -52,6 +53,7 @@ pub struct Lifecycle {
     locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     /// Last API activity per running sandbox, for `ttl`.
     activity: Mutex<HashMap<String, Instant>>,
+    warm: warm::WarmPool,
 }
 
 pub fn random_hex(bytes: usize) -> String {
@@ -85,6 +87,7 @@ impl Lifecycle {
         storage: Storage,
         init_bin: PathBuf,
         cgroup_group: &str,
+        warm_pool: usize,
     ) -> anyhow::Result<Lifecycle> {
         let cgroups = Driver::detect(cgroup_group)?;
         match sandstone_runtime::cgroup::favor_dynamic_modifications() {
@@ -106,6 +109,7 @@ impl Lifecycle {
             slots: Mutex::new(slots),
             locks: Mutex::new(HashMap::new()),
             activity: Mutex::new(HashMap::new()),
+            warm: warm::WarmPool::new(warm_pool),
         })
     }
 
@@ -115,6 +119,11 @@ impl Lifecycle {
 
     pub fn running_count(&self) -> usize {
         self.runtimes.read().unwrap().len()
+    }
+
+    /// Pre-made sandboxes waiting in the warm pool.
+    pub fn warm_count(&self) -> usize {
+        self.warm.ready()
     }
 
     /// Serialises lifecycle operations on one sandbox.
@@ -274,6 +283,11 @@ impl Lifecycle {
                 .await
                 .map_err(|_| ApiError::not_found("snapshot", s))?;
         }
+        if snapshot.is_none()
+            && let Some(member) = self.take_warm(&template.id)
+        {
+            return self.hand_off(member, &template, config, disk).await;
+        }
         self.check_free_space()?;
         let slot = self.take_slot()?;
         let id = format!("sb-{}", random_hex(8));
@@ -290,12 +304,30 @@ impl Lifecycle {
         let runtime = self.launch(&id, &template, &config, slot).await?;
         undo.cgroup = Some(runtime.cgroup.clone());
         phases.mark("launch");
+        let row = self
+            .record_running(&id, &template, &config, slot, runtime)
+            .await?;
+        phases.mark("store");
+        tracing::debug!(sandbox = %id, phases = %phases, "create timings");
+        undo.disarm();
+        Ok(row)
+    }
+
+    /// Inserts the row of a new running sandbox and registers its runtime.
+    async fn record_running(
+        &self,
+        id: &str,
+        template: &Template,
+        config: &SandboxConfig,
+        slot: i64,
+        runtime: Runtime,
+    ) -> ApiResult<SandboxRow> {
         let now = now_ms();
         let row = SandboxRow {
-            id: id.clone(),
+            id: id.to_string(),
             template: template.id.clone(),
             status: "running".into(),
-            config: serde_json::to_value(&config).map_err(internal)?,
+            config: serde_json::to_value(config).map_err(internal)?,
             slot,
             pid: Some(runtime.pid as i64),
             generation: 1,
@@ -304,10 +336,33 @@ impl Lifecycle {
             pending_op: None,
         };
         self.store.insert_sandbox(&row).await?;
-        phases.mark("store");
-        tracing::debug!(sandbox = %id, phases = %phases, "create timings");
-        self.runtimes.write().unwrap().insert(id.clone(), runtime);
-        self.touch(&id);
+        self.runtimes
+            .write()
+            .unwrap()
+            .insert(id.to_string(), runtime);
+        self.touch(id);
+        Ok(row)
+    }
+
+    /// Gives a warm-pool member to a claim: its limits become the claim's.
+    async fn hand_off(
+        &self,
+        m: warm::Member,
+        template: &Template,
+        config: SandboxConfig,
+        disk: Option<u64>,
+    ) -> ApiResult<SandboxRow> {
+        let mut undo = Undo::new(self, &m.id, m.slot);
+        undo.volume = true;
+        undo.cgroup = Some(m.runtime.cgroup.clone());
+        let limits = limits::limits(config.resources.as_ref())?;
+        self.cgroups
+            .apply(&m.runtime.cgroup, &limits)
+            .map_err(internal)?;
+        self.storage.set_disk_limit(&m.id, disk).map_err(internal)?;
+        let row = self
+            .record_running(&m.id, template, &config, m.slot, m.runtime)
+            .await?;
         undo.disarm();
         Ok(row)
     }

@@ -81,7 +81,9 @@ impl Lifecycle {
         let owned: HashSet<&str> = rows.iter().map(|r| r.id.as_str()).collect();
         for id in self.storage.volume_ids("sandboxes") {
             if !owned.contains(id.as_str()) && id.starts_with("sb-") && !id.contains('.') {
-                tracing::warn!(volume = %id, "removing a sandbox volume no row owns");
+                // An interrupted create, or a warm-pool member of the last run.
+                tracing::info!(volume = %id, "removing a sandbox volume no row owns");
+                self.stop_runtime(&id, &self.cgroups.existing(&id));
                 let _ = self.storage.remove_sandbox(&id);
             }
         }

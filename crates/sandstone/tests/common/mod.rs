@@ -35,6 +35,9 @@ pub fn require_root() {
 pub struct Daemon {
     /// `SANDSTONE_CRASH` for the next [`Daemon::spawn`].
     pub crash_at: String,
+    /// `--warm-pool` for the next [`Daemon::spawn`] (tests default to none,
+    /// so that every claim takes the ordinary create path).
+    pub warm_pool: usize,
     pub child: Option<Child>,
     pub url: String,
     pub token: String,
@@ -89,6 +92,7 @@ impl Daemon {
         let port = free_port();
         let mut d = Daemon {
             crash_at: String::new(),
+            warm_pool: 0,
             child: None,
             url: format!("http://127.0.0.1:{port}"),
             token: String::new(),
@@ -110,6 +114,7 @@ impl Daemon {
             .env("SANDSTONE_INIT", init_bin())
             .env("SANDSTONE_FAULTS", &self.faults)
             .env("SANDSTONE_CRASH", &self.crash_at)
+            .env("SANDSTONE_WARM_POOL", self.warm_pool.to_string())
             .env("SANDSTONE_LOG", "warn")
             .spawn()
             .expect("start daemon");

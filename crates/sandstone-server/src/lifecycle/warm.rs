@@ -1,0 +1,129 @@
+//! The warm pool: per template, a few sandboxes made ahead of time (volume,
+//! namespaces, rootfs, cgroup, init answering), so that a claim is a
+//! handoff. One background task refills it, one sandbox at a time, so
+//! refilling never holds up claims; a claim that finds the pool empty
+//! creates a sandbox the ordinary way.
+
+use super::{Lifecycle, Runtime, internal, random_hex};
+use crate::error::ApiResult;
+use sandstone_api::SandboxConfig;
+use sandstone_storage::Template;
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+pub struct Member {
+    pub id: String,
+    pub slot: i64,
+    pub runtime: Runtime,
+}
+
+#[derive(Default)]
+pub struct WarmPool {
+    pub size: usize,
+    members: Mutex<HashMap<String, VecDeque<Member>>>,
+    wake: tokio::sync::Notify,
+}
+
+impl WarmPool {
+    pub fn new(size: usize) -> Self {
+        WarmPool {
+            size,
+            ..Default::default()
+        }
+    }
+
+    fn take(&self, template: &str) -> Option<Member> {
+        let m = self.members.lock().unwrap().get_mut(template)?.pop_front();
+        self.wake.notify_one();
+        m
+    }
+
+    fn count(&self, template: &str) -> usize {
+        self.members
+            .lock()
+            .unwrap()
+            .get(template)
+            .map_or(0, VecDeque::len)
+    }
+
+    pub fn ready(&self) -> usize {
+        self.members
+            .lock()
+            .unwrap()
+            .values()
+            .map(VecDeque::len)
+            .sum()
+    }
+}
+
+impl Lifecycle {
+    /// A pre-made sandbox of `template`, if the pool has one.
+    pub(super) fn take_warm(&self, template: &str) -> Option<Member> {
+        self.warm.take(template)
+    }
+
+    /// Makes one pool member for `template`.
+    async fn make_member(&self, template: &Template) -> ApiResult<Member> {
+        let slot = self.take_slot()?;
+        let id = format!("sb-{}", random_hex(8));
+        let made = async {
+            self.storage.create_sandbox(&id, None).map_err(internal)?;
+            self.launch(&id, template, &SandboxConfig::default(), slot)
+                .await
+        }
+        .await;
+        match made {
+            Ok(runtime) => Ok(Member { id, slot, runtime }),
+            Err(e) => {
+                let _ = self.storage.remove_sandbox(&id);
+                self.free_slot(slot);
+                Err(e)
+            }
+        }
+    }
+
+    /// Tops up one template by one member; false when all are full.
+    async fn refill_one(&self) -> bool {
+        let Ok(templates) = self.storage.templates() else {
+            return false;
+        };
+        for t in templates {
+            if self.warm.count(&t.id) >= self.warm.size {
+                continue;
+            }
+            match self.make_member(&t).await {
+                Ok(m) => self
+                    .warm
+                    .members
+                    .lock()
+                    .unwrap()
+                    .entry(t.id.clone())
+                    .or_default()
+                    .push_back(m),
+                Err(e) => {
+                    tracing::warn!(template = %t.id, error = %e.message, "warm pool refill failed");
+                    return false;
+                }
+            }
+            return true;
+        }
+        false
+    }
+
+    /// Keeps the pool full until the daemon stops.
+    pub fn spawn_warm_pool(self: &Arc<Self>) {
+        if self.warm.size == 0 {
+            return;
+        }
+        let lc = self.clone();
+        tokio::spawn(async move {
+            loop {
+                while lc.refill_one().await {
+                    tokio::task::yield_now().await;
+                }
+                let _ = tokio::time::timeout(Duration::from_secs(5), lc.warm.wake.notified()).await;
+            }
+        });
+    }
+}
