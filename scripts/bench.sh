@@ -1,14 +1,40 @@
 #!/usr/bin/env bash
-# Starts a throw-away daemon (release build) and runs `sandstone bench`
-# against it. Run as root.
+# Benchmarks in one run (release build; run as root):
+#  1. the foundation figures (create, exec, REPL, files, 200 sandboxes) on a
+#     btrfs pool, with the `unshare` baseline measured by the same program;
+#  2. the durable operations on the btrfs pool;
+#  3. the durable operations on the `dir` driver, for comparison.
+# Extra arguments go to the foundation run (e.g. -i 100 --scale 200).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out="$(scripts/build.sh release)"
-data="$(mktemp -d /var/tmp/sandstone-bench-XXXXXX)"
+s="$out/sandstone"
+work="$(mktemp -d /var/tmp/sandstone-bench-XXXXXX)"
+pids=()
+cleanup() {
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; done
+  umount -l "$work/btrfs/pool" 2>/dev/null || true
+  rm -rf "$work"
+}
+trap cleanup EXIT
+start() { # name port setup-args... -- serve-args...
+  local name=$1 port=$2; shift 2
+  local setup=() serve=()
+  while [ "$1" != "--" ]; do setup+=("$1"); shift; done; shift
+  serve=("$@")
+  "$s" setup --no-debian --data-dir "$work/$name" "${setup[@]}" >/dev/null 2>&1
+  SANDSTONE_LOG=warn "$s" serve --data-dir "$work/$name" --listen "127.0.0.1:$port" "${serve[@]}" &
+  pids+=($!)
+  for _ in $(seq 100); do curl -fsS "http://127.0.0.1:$port/healthz" >/dev/null 2>&1 && return; sleep 0.1; done
+  echo "daemon $name did not start" >&2; exit 1
+}
 port=$(( 20000 + RANDOM % 20000 ))
-export SANDSTONE_DATA_DIR="$data" SANDSTONE_URL="http://127.0.0.1:$port" SANDSTONE_LOG=warn
-"$out/sandstone" serve --listen "127.0.0.1:$port" &
-daemon=$!
-trap 'kill $daemon 2>/dev/null; wait $daemon 2>/dev/null; rm -rf "$data"' EXIT
-for _ in $(seq 100); do curl -fsS "$SANDSTONE_URL/healthz" >/dev/null 2>&1 && break; sleep 0.1; done
-"$out/sandstone" bench "$@"
+start btrfs "$port" --pool-gib 32 -- --warm-pool 2
+start dir "$((port + 1))" --no-pool -- --pool dir --warm-pool 2
+on() { SANDSTONE_DATA_DIR="$work/$1" SANDSTONE_URL="http://127.0.0.1:$2" "$s" bench "${@:3}"; }
+echo "== foundation (btrfs pool)"
+on btrfs "$port" "$@"
+echo "== durable operations, btrfs pool"
+on btrfs "$port" --durable -i 20 --paused 1000
+echo "== durable operations, dir driver"
+on dir "$((port + 1))" --durable -i 5 --paused 100

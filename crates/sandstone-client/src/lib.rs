@@ -111,6 +111,12 @@ impl Client {
             .await
     }
 
+    /// The daemon's Prometheus metrics page.
+    pub async fn metrics(&self) -> Result<String> {
+        let resp = self.send(self.http.get(self.url("/metrics"))).await?;
+        resp.text().await.map_err(|e| Error::Decode(e.to_string()))
+    }
+
     pub async fn pause(&self, id: &str) -> Result<api::PauseResponse> {
         self.call(
             Method::POST,

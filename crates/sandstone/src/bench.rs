@@ -11,12 +11,12 @@ fn pct(sorted: &[Duration], p: f64) -> f64 {
     sorted[i].as_secs_f64() * 1000.0
 }
 
-struct Stats {
+pub struct Stats {
     p50: f64,
     p99: f64,
 }
 
-fn stats(mut v: Vec<Duration>) -> Stats {
+pub fn stats(mut v: Vec<Duration>) -> Stats {
     v.sort();
     Stats {
         p50: pct(&v, 0.5),
@@ -24,7 +24,7 @@ fn stats(mut v: Vec<Duration>) -> Stats {
     }
 }
 
-fn row(name: &str, s: &Stats, extra: &str) {
+pub fn row(name: &str, s: &Stats, extra: &str) {
     println!(
         "{name:<34} p50 {:>8.2} ms   p99 {:>8.2} ms   {extra}",
         s.p50, s.p99
@@ -46,7 +46,7 @@ fn unshare_baseline(n: usize) -> Result<Stats> {
     Ok(stats(v))
 }
 
-fn meminfo_kib(key: &str) -> u64 {
+pub fn meminfo_kib(key: &str) -> u64 {
     std::fs::read_to_string("/proc/meminfo")
         .unwrap_or_default()
         .lines()

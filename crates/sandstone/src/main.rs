@@ -2,6 +2,7 @@
 //! client commands against a running daemon.
 
 mod bench;
+mod bench_durable;
 mod terminal;
 
 use anyhow::{Context, Result, bail};
@@ -144,6 +145,13 @@ enum Cmd {
         /// How many sandboxes to hold at once for the scale figures.
         #[arg(long, default_value_t = 200)]
         scale: usize,
+        /// Measure the durable operations instead (pause, resume, snapshot,
+        /// fork, warm-pool claims, paused sandboxes' memory).
+        #[arg(long)]
+        durable: bool,
+        /// With --durable: how many sandboxes to hold paused.
+        #[arg(long, default_value_t = 1000)]
+        paused: usize,
     },
     /// Templates.
     Template {
@@ -384,7 +392,17 @@ async fn run(cli: Cli) -> Result<()> {
             template,
             iterations,
             scale,
-        } => bench::run(&client(&cli)?, template, (*iterations).max(2), *scale).await,
+            durable,
+            paused,
+        } => {
+            let c = client(&cli)?;
+            let n = (*iterations).max(2);
+            if *durable {
+                bench_durable::run(&c, template, n, *paused).await
+            } else {
+                bench::run(&c, template, n, *scale).await
+            }
+        }
         Cmd::Template {
             cmd: TemplateCmd::Ls,
         } => {

@@ -1,0 +1,92 @@
+//! `sandstone bench --durable`: pause/resume, snapshot and fork latency for a
+//! small and a large workspace (cost must not grow with size), claims from
+//! the warm pool, and the memory a paused sandbox costs.
+
+use crate::bench::{meminfo_kib, row, stats};
+use anyhow::{Result, ensure};
+use sandstone_client::Client;
+use std::time::{Duration, Instant};
+
+async fn timed<F: std::future::Future<Output = sandstone_client::Result<T>>, T>(f: F) -> Result<(Duration, T)> {
+    let t = Instant::now();
+    let v = f.await?;
+    Ok((t.elapsed(), v))
+}
+
+/// Latencies of pause, resume, snapshot and fork with `mib` MiB in /workspace.
+async fn per_size(c: &Client, template: &str, n: usize, mib: u64) -> Result<()> {
+    let id = c.claim(template, None).await?.sandbox_id;
+    let fill = vec!["sh".into(), "-c".into(), format!("dd if=/dev/zero of=/workspace/blob bs=1M count={mib} 2>/dev/null && sync")];
+    ensure!(c.run(&id, &fill, None, Some(600)).await?.exit_code == Some(0), "filling the workspace failed");
+    let (mut pauses, mut resumes, mut snaps, mut forks) = (vec![], vec![], vec![], vec![]);
+    for _ in 0..n {
+        pauses.push(timed(c.pause(&id)).await?.0);
+        resumes.push(timed(c.resume(&id)).await?.0);
+        let (t, s) = timed(c.snapshot(&id, None)).await?;
+        snaps.push(t);
+        c.delete_snapshot(&s.id).await?;
+        let (t, f) = timed(c.fork(&id)).await?;
+        forks.push(t);
+        c.delete(&f.sandbox.id).await?;
+    }
+    let label = |op: &str| format!("{op} ({mib} MiB workspace)");
+    row(&label("pause"), &stats(pauses), "");
+    row(&label("resume"), &stats(resumes), "");
+    row(&label("snapshot (running)"), &stats(snaps), "");
+    row(&label("fork (running)"), &stats(forks), "");
+    c.delete(&id).await?;
+    Ok(())
+}
+
+async fn warm_ready(c: &Client) -> Result<u64> {
+    Ok(c.metrics()
+        .await?
+        .lines()
+        .find_map(|l| l.strip_prefix("sandstone_warm_pool_ready "))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0))
+}
+
+pub async fn run(c: &Client, template: &str, n: usize, paused: usize) -> Result<()> {
+    per_size(c, template, n, 10).await?;
+    per_size(c, template, n, 1024).await?;
+
+    // Claims from the warm pool: wait for a ready member before each one.
+    let mut claims = Vec::new();
+    let mut ids = Vec::new();
+    for _ in 0..n {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while warm_ready(c).await? == 0 {
+            ensure!(Instant::now() < deadline, "the warm pool is not filling (is --warm-pool 0?)");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let (t, r) = timed(c.claim(template, None)).await?;
+        claims.push(t);
+        ids.push(r.sandbox_id);
+    }
+    row("claim from the warm pool", &stats(claims), "");
+    for id in ids {
+        c.delete(&id).await?;
+    }
+
+    // Paused sandboxes hold no process and no cgroup: only a row and files.
+    let mut ids = Vec::new();
+    for _ in 0..paused {
+        let id = c.claim(template, None).await?.sandbox_id;
+        c.pause(&id).await?;
+        ids.push(id);
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let held = meminfo_kib("MemAvailable:") as i64;
+    for id in &ids {
+        c.delete(id).await?;
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let freed = meminfo_kib("MemAvailable:") as i64 - held;
+    println!(
+        "{:<34} {:>8.1} KiB host memory per paused sandbox (MemAvailable gained by deleting {paused} paused ones)",
+        "paused sandboxes",
+        freed as f64 / paused.max(1) as f64,
+    );
+    Ok(())
+}
