@@ -13,7 +13,7 @@ work="$(mktemp -d /var/tmp/sandstone-bench-XXXXXX)"
 pids=()
 cleanup() {
   for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; done
-  umount -l "$work/btrfs/pool" 2>/dev/null || true
+  for d in "$work"/*/pool; do umount -l "$d" 2>/dev/null || true; done
   rm -rf "$work"
 }
 trap cleanup EXIT
@@ -29,12 +29,14 @@ start() { # name port setup-args... -- serve-args...
   echo "daemon $name did not start" >&2; exit 1
 }
 port=$(( 20000 + RANDOM % 20000 ))
-start btrfs "$port" --pool-gib 32 -- --warm-pool 2
-start dir "$((port + 1))" --no-pool -- --pool dir --warm-pool 2
+# Cold creates are measured without a warm pool; the durable runs use one.
+start cold "$port" --pool-gib 32 -- --warm-pool 0
+start btrfs "$((port + 1))" --pool-gib 32 -- --warm-pool 2
+start dir "$((port + 2))" --no-pool -- --pool dir --warm-pool 2
 on() { SANDSTONE_DATA_DIR="$work/$1" SANDSTONE_URL="http://127.0.0.1:$2" "$s" bench "${@:3}"; }
-echo "== foundation (btrfs pool)"
-on btrfs "$port" "$@"
+echo "== foundation (btrfs pool, cold creates)"
+on cold "$port" "$@"
 echo "== durable operations, btrfs pool"
-on btrfs "$port" --durable -i 20 --paused 1000
+on btrfs "$((port + 1))" --durable -i 20 --paused 1000
 echo "== durable operations, dir driver"
-on dir "$((port + 1))" --durable -i 5 --paused 100
+on dir "$((port + 2))" --durable -i 5 --paused 100

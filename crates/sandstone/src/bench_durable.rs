@@ -7,7 +7,9 @@ use anyhow::{Result, ensure};
 use sandstone_client::Client;
 use std::time::{Duration, Instant};
 
-async fn timed<F: std::future::Future<Output = sandstone_client::Result<T>>, T>(f: F) -> Result<(Duration, T)> {
+async fn timed<F: std::future::Future<Output = sandstone_client::Result<T>>, T>(
+    f: F,
+) -> Result<(Duration, T)> {
     let t = Instant::now();
     let v = f.await?;
     Ok((t.elapsed(), v))
@@ -16,8 +18,15 @@ async fn timed<F: std::future::Future<Output = sandstone_client::Result<T>>, T>(
 /// Latencies of pause, resume, snapshot and fork with `mib` MiB in /workspace.
 async fn per_size(c: &Client, template: &str, n: usize, mib: u64) -> Result<()> {
     let id = c.claim(template, None).await?.sandbox_id;
-    let fill = vec!["sh".into(), "-c".into(), format!("dd if=/dev/zero of=/workspace/blob bs=1M count={mib} 2>/dev/null && sync")];
-    ensure!(c.run(&id, &fill, None, Some(600)).await?.exit_code == Some(0), "filling the workspace failed");
+    let fill = vec![
+        "sh".into(),
+        "-c".into(),
+        format!("dd if=/dev/zero of=/workspace/blob bs=1M count={mib} 2>/dev/null && sync"),
+    ];
+    ensure!(
+        c.run(&id, &fill, None, Some(600)).await?.exit_code == Some(0),
+        "filling the workspace failed"
+    );
     let (mut pauses, mut resumes, mut snaps, mut forks) = (vec![], vec![], vec![], vec![]);
     for _ in 0..n {
         pauses.push(timed(c.pause(&id)).await?.0);
@@ -57,7 +66,10 @@ pub async fn run(c: &Client, template: &str, n: usize, paused: usize) -> Result<
     for _ in 0..n {
         let deadline = Instant::now() + Duration::from_secs(30);
         while warm_ready(c).await? == 0 {
-            ensure!(Instant::now() < deadline, "the warm pool is not filling (is --warm-pool 0?)");
+            ensure!(
+                Instant::now() < deadline,
+                "the warm pool is not filling (is --warm-pool 0?)"
+            );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         let (t, r) = timed(c.claim(template, None)).await?;

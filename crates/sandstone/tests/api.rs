@@ -393,7 +393,7 @@ fn walk(root: &str, depth: usize) -> Vec<std::path::PathBuf> {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn running_sandboxes_survive_a_daemon_crash() {
+async fn running_sandboxes_survive_a_daemon_stop_and_crash() {
     let mut d = Daemon::start().await;
     let id = d.create(json!({})).await;
     let (_, v) = d
@@ -403,24 +403,36 @@ async fn running_sandboxes_survive_a_daemon_crash() {
         )
         .await;
     let py = v["data"]["id"].as_str().unwrap().to_string();
-    d.post(
-        &format!("/api/v1/sandboxes/{id}/contexts/{py}/exec"),
-        json!({"data": "state = 'kept'"}),
-    )
-    .await;
-    d.kill();
-    d.spawn().await;
-    let (s, v) = d
-        .post(
-            &format!("/api/v1/sandboxes/{id}/contexts/{py}/exec"),
-            json!({"data": "state"}),
-        )
+    let exec = format!("/api/v1/sandboxes/{id}/contexts/{py}/exec");
+    d.post(&exec, json!({"data": "state = ['kept']"})).await;
+    // A command started before the restarts keeps running through them.
+    let body = json!({"type": "cmd", "cmd": {"command": ["sh", "-c", "sleep 2; echo done > /workspace/bg"]}});
+    let (s, _) = d
+        .post(&format!("/api/v1/sandboxes/{id}/contexts"), body)
         .await;
-    assert_eq!(
-        (s, v["data"]["output_raw"].as_str()),
-        (200, Some("'kept'\n")),
-        "{v}"
-    );
+    assert_eq!(s, 201);
+    for graceful in [true, false] {
+        if graceful {
+            d.stop()
+        } else {
+            d.kill()
+        }
+        d.spawn().await;
+        let (s, v) = d
+            .post(&exec, json!({"data": "state.append(1); len(state)"}))
+            .await;
+        assert_eq!(s, 200, "{v}");
+    }
+    let (_, v) = d.post(&exec, json!({"data": "state"})).await;
+    assert_eq!(v["data"]["output_raw"], "['kept', 1, 1]\n");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while d.sh(&id, "cat /workspace/bg 2>/dev/null || true").await["stdout"] != "done\n" {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the background command did not finish"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -439,7 +451,10 @@ async fn openapi_lists_only_routes_that_exist_and_metrics_count() {
     assert!(paths.len() >= 15, "{}", paths.len());
     for (path, ops) in paths {
         for method in ops.as_object().unwrap().keys() {
-            let url = path.replace("{id}", "sb-nope").replace("{ctx}", "ctx-nope");
+            let url = path
+                .replace("{id}", "sb-nope")
+                .replace("{ctx}", "ctx-nope")
+                .replace("{snap}", "snap-nope");
             let m = reqwest::Method::from_bytes(method.to_uppercase().as_bytes()).unwrap();
             let (s, v) = d.req(m, &format!("{url}?path=/x"), None).await;
             assert!(

@@ -58,6 +58,18 @@ dpkg -s sandstone-hello | grep -c 'Status: install ok installed'
 sandstone-hello"#;
     let r = d.sh(&id, script).await;
     assert_eq!(r["stdout"], "1\nhello from a package\n", "{r}");
+    // The package survives pause, a daemon restart and resume.
+    let (s, _) = d
+        .post(&format!("/api/v1/sandboxes/{id}/pause"), json!({}))
+        .await;
+    assert_eq!(s, 200);
+    let mut d = d;
+    d.kill();
+    d.spawn().await;
+    assert_eq!(
+        d.sh(&id, "sandstone-hello").await["stdout"],
+        "hello from a package\n"
+    );
     // The shared template is untouched.
     assert!(
         !std::path::Path::new(&template)

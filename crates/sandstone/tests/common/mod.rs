@@ -132,6 +132,14 @@ impl Daemon {
         self.token = std::fs::read_to_string(self.data.path().join("admin.token")).unwrap();
     }
 
+    /// SIGTERM, as a service manager stops it; waits for the exit.
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+            let _ = c.wait();
+        }
+    }
+
     /// SIGKILL, as a crash would.
     pub fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {
