@@ -176,3 +176,83 @@ pub fn set_limit(path: &Path, bytes: Option<u64>) -> Result<()> {
         format!("limit {path:?}")
     })
 }
+
+#[repr(C)]
+struct InoLookupArgs {
+    treeid: u64,
+    objectid: u64,
+    name: [u8; 4080],
+}
+
+#[repr(C)]
+struct SearchKey {
+    tree_id: u64,
+    min_objectid: u64,
+    max_objectid: u64,
+    min_offset: u64,
+    max_offset: u64,
+    min_transid: u64,
+    max_transid: u64,
+    min_type: u32,
+    max_type: u32,
+    nr_items: u32,
+    unused: u32,
+    unused_tail: [u64; 4],
+}
+
+#[repr(C)]
+struct SearchArgs {
+    key: SearchKey,
+    buf: [u8; 4096 - std::mem::size_of::<SearchKey>()],
+}
+
+const IOC_TREE_SEARCH: u64 = iowr(17, std::mem::size_of::<SearchArgs>());
+const IOC_INO_LOOKUP: u64 = iowr(18, std::mem::size_of::<InoLookupArgs>());
+const FIRST_FREE_OBJECTID: u64 = 256;
+const QUOTA_TREE_OBJECTID: u64 = 8;
+const QGROUP_INFO_KEY: u32 = 242;
+const SEARCH_HEADER: usize = 32;
+
+/// Bytes the subvolume at `path` references, from its qgroup (updated at
+/// each transaction commit, so up to a commit interval behind).
+pub fn referenced_bytes(path: &Path) -> Result<u64> {
+    let dir = open_dir(path)?;
+    let mut lookup = InoLookupArgs {
+        treeid: 0,
+        objectid: FIRST_FREE_OBJECTID,
+        name: [0; 4080],
+    };
+    ioctl(&dir, IOC_INO_LOOKUP, &mut lookup, || {
+        format!("subvolume id of {path:?}")
+    })?;
+    let mut args = SearchArgs {
+        key: SearchKey {
+            tree_id: QUOTA_TREE_OBJECTID,
+            min_objectid: 0,
+            max_objectid: 0,
+            min_offset: lookup.treeid,
+            max_offset: lookup.treeid,
+            min_transid: 0,
+            max_transid: u64::MAX,
+            min_type: QGROUP_INFO_KEY,
+            max_type: QGROUP_INFO_KEY,
+            nr_items: 1,
+            unused: 0,
+            unused_tail: [0; 4],
+        },
+        buf: [0; 4096 - std::mem::size_of::<SearchKey>()],
+    };
+    ioctl(&dir, IOC_TREE_SEARCH, &mut args, || {
+        format!("qgroup of {path:?}")
+    })?;
+    if args.key.nr_items == 0 {
+        return Err(io(format!("qgroup of {path:?}"))(std::io::Error::from(
+            std::io::ErrorKind::NotFound,
+        )));
+    }
+    // After the search header: generation, then referenced bytes.
+    let at = SEARCH_HEADER + 8;
+    Ok(u64::from_le_bytes(
+        args.buf[at..at + 8].try_into().expect("8 bytes"),
+    ))
+}

@@ -293,26 +293,9 @@ impl Storage {
         }
     }
 
-    /// Bytes the sandbox's volume occupies (allocated blocks, walked).
+    /// Bytes the sandbox's volume occupies.
     pub fn disk_usage(&self, id: &str) -> u64 {
-        fn walk(p: &Path, budget: &mut u32) -> u64 {
-            use std::os::unix::fs::MetadataExt;
-            let Ok(m) = std::fs::symlink_metadata(p) else {
-                return 0;
-            };
-            let mut total = m.blocks() * 512;
-            if m.is_dir() {
-                for e in std::fs::read_dir(p).into_iter().flatten().flatten() {
-                    if *budget == 0 {
-                        break;
-                    }
-                    *budget -= 1;
-                    total += walk(&e.path(), budget);
-                }
-            }
-            total
-        }
-        walk(&self.pool.sandbox_dir(id), &mut 200_000)
+        self.pool.usage(&self.pool.sandbox_dir(id))
     }
 
     /// Ids of sandbox volumes and of snapshots on disk.

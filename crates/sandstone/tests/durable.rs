@@ -227,6 +227,15 @@ async fn disk_cap_gives_edquot_and_the_sandbox_keeps_working() {
     let id = d.create(json!({"resources": {"disk": "64Mi"}})).await;
     let r = d.sh(&id, "dd if=/dev/urandom of=/workspace/big bs=1M count=100 2>&1 | grep -c 'quota exceeded'; rm /workspace/big; sync; echo ok > /workspace/small && cat /workspace/small").await;
     assert_eq!(r["stdout"], "1\nok\n", "{r}");
+    // Disk use is reported (from the qgroup on btrfs) once written out.
+    d.sh(
+        &id,
+        "dd if=/dev/zero of=/workspace/twenty bs=1M count=20 2>/dev/null; sync",
+    )
+    .await;
+    let (_, v) = d.get("/api/v1/sandboxes").await;
+    let used = v["data"]["sandboxes"][0]["disk_bytes"].as_u64().unwrap();
+    assert!((20 << 20..64 << 20).contains(&used), "disk_bytes {used}");
     let (s, v) = d
         .post(
             "/api/v1/sandboxes",

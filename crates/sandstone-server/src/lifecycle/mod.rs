@@ -409,12 +409,11 @@ impl Lifecycle {
             .remove(id)
             .map(|r| r.cgroup)
             .unwrap_or_else(|| self.cgroups.existing(id));
-        let stopped = tokio::task::block_in_place(|| {
+        tokio::task::block_in_place(|| {
             cgroup.kill_all();
             fault::crash("pause.after_kill");
             self.stop_runtime(id, &cgroup);
         });
-        let () = stopped;
         self.activity.lock().unwrap().remove(id);
         self.store.set_status(id, "paused", None).await?;
         self.store.set_pending(id, None).await?;
