@@ -12,6 +12,15 @@ s="$out/sandstone"
 work="$(mktemp -d /var/tmp/sandstone-bench-XXXXXX)"
 pids=()
 cleanup() {
+  # Delete what the runs left, then stop the daemons (which empties their
+  # warm pools), then remove the pools.
+  for d in "$work"/*/; do
+    [ -f "$d/admin.token" ] || continue
+    port=$(cat "$d/port")
+    ids=$(SANDSTONE_DATA_DIR="$d" SANDSTONE_URL="http://127.0.0.1:$port" "$s" ls --json 2>/dev/null \
+      | python3 -c 'import json,sys; print(" ".join(x["id"] for x in json.load(sys.stdin)["sandboxes"]))' || true)
+    [ -n "$ids" ] && SANDSTONE_DATA_DIR="$d" SANDSTONE_URL="http://127.0.0.1:$port" "$s" rm $ids >/dev/null 2>&1 || true
+  done
   for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; done
   for d in "$work"/*/pool; do umount -l "$d" 2>/dev/null || true; done
   rm -rf "$work"
@@ -23,6 +32,7 @@ start() { # name port setup-args... -- serve-args...
   while [ "$1" != "--" ]; do setup+=("$1"); shift; done; shift
   serve=("$@")
   "$s" setup --no-debian --data-dir "$work/$name" "${setup[@]}" >/dev/null 2>&1
+  echo "$port" > "$work/$name/port"
   SANDSTONE_LOG=warn "$s" serve --data-dir "$work/$name" --listen "127.0.0.1:$port" "${serve[@]}" &
   pids+=($!)
   for _ in $(seq 100); do curl -fsS "http://127.0.0.1:$port/healthz" >/dev/null 2>&1 && return; sleep 0.1; done

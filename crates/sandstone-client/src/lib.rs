@@ -117,31 +117,26 @@ impl Client {
         resp.text().await.map_err(|e| Error::Decode(e.to_string()))
     }
 
-    pub async fn pause(&self, id: &str) -> Result<api::PauseResponse> {
+    /// `POST /api/v1/sandboxes/{id}/{op}` with an empty body.
+    async fn sandbox_op<T: DeserializeOwned>(&self, id: &str, op: &str) -> Result<T> {
         self.call(
             Method::POST,
-            &format!("/api/v1/sandboxes/{id}/pause"),
+            &format!("/api/v1/sandboxes/{id}/{op}"),
             Some(json!({})),
         )
         .await
+    }
+
+    pub async fn pause(&self, id: &str) -> Result<api::PauseResponse> {
+        self.sandbox_op(id, "pause").await
     }
 
     pub async fn resume(&self, id: &str) -> Result<api::ResumeResponse> {
-        self.call(
-            Method::POST,
-            &format!("/api/v1/sandboxes/{id}/resume"),
-            Some(json!({})),
-        )
-        .await
+        self.sandbox_op(id, "resume").await
     }
 
     pub async fn fork(&self, id: &str) -> Result<api::ForkResponse> {
-        self.call(
-            Method::POST,
-            &format!("/api/v1/sandboxes/{id}/fork"),
-            Some(json!({})),
-        )
-        .await
+        self.sandbox_op(id, "fork").await
     }
 
     pub async fn restore(&self, id: &str, snapshot: &str) -> Result<api::RestoreResponse> {

@@ -169,6 +169,18 @@ impl Driver {
         Ok(())
     }
 
+    /// Removes the (empty) parent directories; a no-op while sandboxes
+    /// remain in them.
+    pub fn remove_parents(&self) {
+        let dirs: Vec<&PathBuf> = match self {
+            Driver::V1 { parents } => parents.iter().map(|(_, p)| p).collect(),
+            Driver::V2 { parent } => vec![parent],
+        };
+        for d in dirs {
+            let _ = std::fs::remove_dir(d);
+        }
+    }
+
     pub fn is_v2(&self) -> bool {
         matches!(self, Driver::V2 { .. })
     }
@@ -450,6 +462,7 @@ mod tests {
         assert_eq!(read("cpu", "cpu.cfs_quota_us"), "50000");
         cg.destroy().unwrap();
         lifecycle(&driver, &limits);
+        driver.remove_parents();
     }
 
     #[test]
@@ -478,11 +491,9 @@ mod tests {
         } else {
             let err = driver.create("nomem", &capped).unwrap_err().to_string();
             assert!(err.contains("memory.max"), "{err}");
-            assert!(
-                !driver.existing("nomem").dirs[0].exists(),
-                "a failed create leaves nothing"
-            );
+                        assert!(!driver.existing("nomem").dirs[0].exists(), "a failed create leaves nothing");
         }
+        driver.remove_parents();
     }
 
     #[test]

@@ -250,7 +250,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     lc.spawn_expiry();
     lc.spawn_warm_pool();
     let st = AppState {
-        lifecycle: lc,
+        lifecycle: lc.clone(),
         metrics: Arc::new(metrics::Metrics::default()),
     };
     let listener = tokio::net::TcpListener::bind(config.listen).await?;
@@ -258,6 +258,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     axum::serve(listener, router(st))
         .with_graceful_shutdown(shutdown_signal())
         .await?;
+    lc.shutdown();
     Ok(())
 }
 

@@ -473,15 +473,7 @@ async fn openapi_lists_only_routes_that_exist_and_metrics_count() {
         ),
         (Some(11), Some(139), Some("killed"))
     );
-    let metrics = d
-        .http
-        .get(format!("{}/metrics", d.url))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = d.metrics().await;
     // Two sandboxes: the claim above and the bodiless POST of the route walk.
     assert!(
         metrics.contains("sandstone_sandboxes{state=\"running\"} 2"),

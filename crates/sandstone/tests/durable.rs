@@ -374,15 +374,7 @@ fn memory_limit_of(id: &str) -> Option<String> {
 }
 
 async fn warm_ready(d: &Daemon) -> u64 {
-    let m = d
-        .http
-        .get(format!("{}/metrics", d.url))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let m = d.metrics().await;
     m.lines()
         .find_map(|l| l.strip_prefix("sandstone_warm_pool_ready "))
         .and_then(|v| v.parse().ok())

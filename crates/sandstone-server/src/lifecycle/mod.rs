@@ -121,6 +121,16 @@ impl Lifecycle {
         self.runtimes.read().unwrap().len()
     }
 
+    /// A graceful stop: claimed sandboxes keep running (the next start
+    /// re-adopts them); the warm pool is emptied, and the daemon's cgroup
+    /// parents are removed when no sandbox is left in them.
+    pub fn shutdown(&self) {
+        self.drain_warm_pool();
+        if self.running_count() == 0 {
+            self.cgroups.remove_parents();
+        }
+    }
+
     /// Pre-made sandboxes waiting in the warm pool.
     pub fn warm_count(&self) -> usize {
         self.warm.ready()
@@ -388,6 +398,15 @@ impl Lifecycle {
         )))
     }
 
+    /// Forgets a sandbox's runtime; its cgroup (found on disk when the
+    /// runtime is not known, e.g. after a crash) is for the caller to stop.
+    fn take_cgroup(&self, id: &str) -> Cgroup {
+        let known = self.runtimes.write().unwrap().remove(id);
+        known
+            .map(|r| r.cgroup)
+            .unwrap_or_else(|| self.cgroups.existing(id))
+    }
+
     /// Pauses: ends the runtime generation, keeps identity and files.
     pub async fn pause(&self, id: &str) -> ApiResult<SandboxRow> {
         let _guard = self.lock(id).await;
@@ -402,13 +421,7 @@ impl Lifecycle {
             }
         }
         self.store.set_pending(id, Some("pause")).await?;
-        let cgroup = self
-            .runtimes
-            .write()
-            .unwrap()
-            .remove(id)
-            .map(|r| r.cgroup)
-            .unwrap_or_else(|| self.cgroups.existing(id));
+        let cgroup = self.take_cgroup(id);
         tokio::task::block_in_place(|| {
             cgroup.kill_all();
             fault::crash("pause.after_kill");
@@ -464,13 +477,7 @@ impl Lifecycle {
         let _guard = self.lock(id).await;
         let row = self.row(id).await?;
         self.store.set_status(id, "terminating", None).await?;
-        let cgroup = self
-            .runtimes
-            .write()
-            .unwrap()
-            .remove(id)
-            .map(|r| r.cgroup)
-            .unwrap_or_else(|| self.cgroups.existing(id));
+        let cgroup = self.take_cgroup(id);
         let removed = tokio::task::block_in_place(|| {
             self.stop_runtime(id, &cgroup);
             self.storage.remove_sandbox(id)

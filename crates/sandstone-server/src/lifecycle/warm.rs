@@ -111,6 +111,23 @@ impl Lifecycle {
         false
     }
 
+    /// Destroys the unclaimed members (at shutdown: they belong to no one).
+    pub(super) fn drain_warm_pool(&self) {
+        let members: Vec<Member> = self
+            .warm
+            .members
+            .lock()
+            .unwrap()
+            .drain()
+            .flat_map(|(_, q)| q)
+            .collect();
+        for m in members {
+            self.stop_runtime(&m.id, &m.runtime.cgroup);
+            let _ = self.storage.remove_sandbox(&m.id);
+            self.free_slot(m.slot);
+        }
+    }
+
     /// Keeps the pool full until the daemon stops.
     pub fn spawn_warm_pool(self: &Arc<Self>) {
         if self.warm.size == 0 {

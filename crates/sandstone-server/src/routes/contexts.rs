@@ -182,7 +182,7 @@ pub async fn create(
     let oom_killed = rt.cgroup.oom_kills() > oom_before;
     st.metrics
         .observe("exec", started.elapsed().as_secs_f64() * 1000.0);
-    let (_, info) = get_info(&rt, &ctx_id).await?;
+    let info = get_info(&rt, &ctx_id).await?;
     let mut resp = context_response(&info);
     resp.output_raw = Some(text(&out.raw));
     resp.stdout = Some(text(&out.stdout));
@@ -202,9 +202,9 @@ pub async fn create(
     Ok(ok(StatusCode::CREATED, resp))
 }
 
-async fn get_info(rt: &Runtime, ctx: &str) -> ApiResult<((), ProcInfo)> {
+async fn get_info(rt: &Runtime, ctx: &str) -> ApiResult<ProcInfo> {
     match initclient::call(&rt.socket, &Request::Get { id: ctx.into() }, &[]).await? {
-        (Init::Proc { info }, _) => Ok(((), info)),
+        (Init::Proc { info }, _) => Ok(info),
         _ => Err(ApiError::internal("unexpected answer to get")),
     }
 }
@@ -224,7 +224,7 @@ pub async fn get(
     Path((id, ctx)): Path<(String, String)>,
 ) -> ApiResult<Response> {
     let rt = running(&st, &id).await?;
-    let (_, info) = get_info(&rt, &ctx).await?;
+    let info = get_info(&rt, &ctx).await?;
     Ok(ok(StatusCode::OK, context_response(&info)))
 }
 

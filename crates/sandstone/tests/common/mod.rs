@@ -208,6 +208,18 @@ impl Daemon {
         self.run(id, &["sh", "-c", script]).await
     }
 
+    /// The daemon's Prometheus page.
+    pub async fn metrics(&self) -> String {
+        self.http
+            .get(format!("{}/metrics", self.url))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+
     /// Where sandbox volumes and snapshots live: the btrfs pool, or the data
     /// dir with the `dir` driver.
     pub fn pool_root(&self) -> PathBuf {
@@ -274,7 +286,7 @@ impl Drop for Daemon {
                 }
             }
         }
-        self.kill();
+        self.stop();
         let pool = self.data.path().join("pool");
         if pool.exists() {
             let _ = Command::new("umount").arg("-l").arg(&pool).status();
