@@ -491,7 +491,10 @@ mod tests {
         } else {
             let err = driver.create("nomem", &capped).unwrap_err().to_string();
             assert!(err.contains("memory.max"), "{err}");
-                        assert!(!driver.existing("nomem").dirs[0].exists(), "a failed create leaves nothing");
+            assert!(
+                !driver.existing("nomem").dirs[0].exists(),
+                "a failed create leaves nothing"
+            );
         }
         driver.remove_parents();
     }

@@ -79,9 +79,13 @@ pub fn limits(res: Option<&Resources>) -> Result<Limits, ApiError> {
     Ok(l)
 }
 
-/// The disk cap in bytes (`config.resources.disk`, default 10Gi).
-pub fn disk(res: Option<&Resources>) -> Result<Option<u64>, ApiError> {
-    let Some(d) = res.and_then(|r| r.disk.as_ref()) else {
+/// The disk cap in bytes: the claim's `config.resources.disk`, else the
+/// template's default, else 10Gi.
+pub fn disk(
+    res: Option<&Resources>,
+    template_default: Option<&str>,
+) -> Result<Option<u64>, ApiError> {
+    let Some(d) = res.and_then(|r| r.disk.as_deref()).or(template_default) else {
         return Ok(Some(DEFAULT_DISK));
     };
     match parse_memory(d) {

@@ -64,6 +64,7 @@ pub fn ensure(dir: &Path) -> Result<Template> {
         description: "read-only view of the host's system directories".into(),
         lower: vec![rootfs],
         binds,
+        disk: crate::template_disk(dir),
     })
 }
 

@@ -48,6 +48,16 @@ pub struct Template {
     pub description: String,
     pub lower: Vec<PathBuf>,
     pub binds: Vec<BindMount>,
+    /// Default disk cap of its sandboxes (e.g. `20Gi`), from the optional
+    /// `<templates>/<id>/template.json` (`{"disk": "20Gi"}`).
+    pub disk: Option<String>,
+}
+
+/// Reads a template's optional settings file.
+fn template_disk(dir: &Path) -> Option<String> {
+    let text = std::fs::read_to_string(dir.join("template.json")).ok()?;
+    let v: serde_json::Value = serde_json::from_str(&text).ok()?;
+    v["disk"].as_str().map(str::to_string)
 }
 
 /// Paths of one sandbox.
@@ -120,6 +130,7 @@ impl Storage {
                 description: "Debian bookworm (debootstrap minbase)".into(),
                 lower: vec![self.debian_rootfs()],
                 binds: vec![],
+                disk: template_disk(&self.root.join("templates/debian")),
             });
         }
         Ok(v)

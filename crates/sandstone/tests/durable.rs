@@ -250,6 +250,20 @@ async fn disk_cap_gives_edquot_and_the_sandbox_keeps_working() {
                 .contains("config.resources.disk"),
         "{v}"
     );
+    // A template's default cap applies when the claim sets none.
+    std::fs::write(
+        d.data.path().join("templates/host/template.json"),
+        r#"{"disk": "64Mi"}"#,
+    )
+    .unwrap();
+    let capped = d.create(json!({})).await;
+    let r = d
+        .sh(
+            &capped,
+            "dd if=/dev/zero of=/workspace/big bs=1M count=100 2>&1 | grep -c 'quota exceeded'",
+        )
+        .await;
+    assert_eq!(r["stdout"], "1\n", "{r}");
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -286,7 +286,7 @@ impl Lifecycle {
     ) -> ApiResult<SandboxRow> {
         limits::limits(config.resources.as_ref())?;
         let template = self.template(template_id)?;
-        let disk = limits::disk(config.resources.as_ref())?;
+        let disk = limits::disk(config.resources.as_ref(), template.disk.as_deref())?;
         if let Some(s) = snapshot {
             self.store
                 .get_snapshot(s)

@@ -11,6 +11,15 @@ use sandstone_runtime::fault;
 use sandstone_store::{SandboxRow, SnapshotRow};
 
 impl Lifecycle {
+    fn disk_cap(
+        &self,
+        template: &str,
+        res: Option<&sandstone_api::Resources>,
+    ) -> ApiResult<Option<u64>> {
+        let t = self.template(template)?;
+        limits::disk(res, t.disk.as_deref())
+    }
+
     /// Runs `copy` with the sandbox's processes frozen when it is running.
     fn frozen<T>(&self, id: &str, copy: impl FnOnce() -> ApiResult<T>) -> ApiResult<T> {
         let Some(rt) = self.runtime(id) else {
@@ -97,7 +106,7 @@ impl Lifecycle {
                 row.status
             )));
         }
-        let disk = limits::disk(config_of(&row).resources.as_ref())?;
+        let disk = self.disk_cap(&row.template, config_of(&row).resources.as_ref())?;
         self.store.set_pending(id, Some("restore")).await?;
         let restored = tokio::task::block_in_place(|| self.storage.restore_sandbox(id, snap, disk));
         self.store.set_pending(id, None).await?;
@@ -119,7 +128,7 @@ impl Lifecycle {
         let mut config: SandboxConfig = config_of(&src);
         config.ttl = ttl.or(config.ttl);
         config.hard_ttl = hard_ttl.or(config.hard_ttl);
-        let disk = limits::disk(config.resources.as_ref())?;
+        let disk = self.disk_cap(&src.template, config.resources.as_ref())?;
         let slot = self.take_slot()?;
         let new_id = format!("sb-{}", random_hex(8));
         self.store.set_pending(id, Some("fork")).await?;
