@@ -36,6 +36,20 @@ const MIGRATIONS: &[&str] = &[
     CREATE INDEX snapshots_by_sandbox ON snapshots (sandbox_id, created_at);",
 ];
 
+// Columns are named, never `*`: a cached statement's column list must not
+// change under it when a migration adds a column.
+macro_rules! sandbox_cols {
+    () => {
+        "id, template, status, config, slot, pid, generation, created_at, updated_at, pending_op"
+    };
+}
+
+macro_rules! snapshot_cols {
+    () => {
+        "id, sandbox_id, name, description, created_at, expires_at"
+    };
+}
+
 pub struct SqliteStore {
     pool: SqlitePool,
 }
@@ -147,23 +161,31 @@ impl Store for SqliteStore {
 
     fn get_sandbox<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<SandboxRow>> {
         Box::pin(async move {
-            let r = sqlx::query("SELECT * FROM sandboxes WHERE id = ?")
-                .bind(id)
-                .fetch_optional(&self.pool)
-                .await?
-                .ok_or(Error::NotFound)?;
+            let r = sqlx::query(concat!(
+                "SELECT ",
+                sandbox_cols!(),
+                " FROM sandboxes WHERE id = ?"
+            ))
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?
+            .ok_or(Error::NotFound)?;
             row_to_sandbox(&r)
         })
     }
 
     fn list_sandboxes(&self) -> BoxFuture<'_, Result<Vec<SandboxRow>>> {
         Box::pin(async move {
-            sqlx::query("SELECT * FROM sandboxes ORDER BY created_at, id")
-                .fetch_all(&self.pool)
-                .await?
-                .iter()
-                .map(row_to_sandbox)
-                .collect()
+            sqlx::query(concat!(
+                "SELECT ",
+                sandbox_cols!(),
+                " FROM sandboxes ORDER BY created_at, id"
+            ))
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(row_to_sandbox)
+            .collect()
         })
     }
 
@@ -237,11 +259,15 @@ impl Store for SqliteStore {
 
     fn get_snapshot<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<SnapshotRow>> {
         Box::pin(async move {
-            let r = sqlx::query("SELECT * FROM snapshots WHERE id = ?")
-                .bind(id)
-                .fetch_optional(&self.pool)
-                .await?
-                .ok_or(Error::NotFound)?;
+            let r = sqlx::query(concat!(
+                "SELECT ",
+                snapshot_cols!(),
+                " FROM snapshots WHERE id = ?"
+            ))
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?
+            .ok_or(Error::NotFound)?;
             Ok(row_to_snapshot(&r))
         })
     }
@@ -253,17 +279,23 @@ impl Store for SqliteStore {
         Box::pin(async move {
             let rows = match sandbox_id {
                 Some(id) => {
-                    sqlx::query(
-                        "SELECT * FROM snapshots WHERE sandbox_id = ? ORDER BY created_at, id",
-                    )
+                    sqlx::query(concat!(
+                        "SELECT ",
+                        snapshot_cols!(),
+                        " FROM snapshots WHERE sandbox_id = ? ORDER BY created_at, id"
+                    ))
                     .bind(id)
                     .fetch_all(&self.pool)
                     .await?
                 }
                 None => {
-                    sqlx::query("SELECT * FROM snapshots ORDER BY created_at, id")
-                        .fetch_all(&self.pool)
-                        .await?
+                    sqlx::query(concat!(
+                        "SELECT ",
+                        snapshot_cols!(),
+                        " FROM snapshots ORDER BY created_at, id"
+                    ))
+                    .fetch_all(&self.pool)
+                    .await?
                 }
             };
             Ok(rows.iter().map(row_to_snapshot).collect())
