@@ -1,0 +1,490 @@
+//! The network policy: Sandbox0's `SandboxNetworkPolicy` shape — a `mode`
+//! and ordered, first-match `trafficRules` — evaluated after the operator's
+//! rules, which a sandbox's policy can never loosen.
+
+use crate::cidr::Cidr;
+use serde::{Deserialize, Serialize};
+use std::net::IpAddr;
+
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum Mode {
+    AllowAll,
+    /// Nothing leaves unless a rule allows it (the default).
+    #[default]
+    BlockAll,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Action {
+    Allow,
+    Deny,
+}
+
+/// What the first bytes of a connection showed it to be.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum AppProtocol {
+    Http,
+    Tls,
+    Ssh,
+    Dns,
+    Other,
+}
+
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Transport {
+    #[default]
+    Tcp,
+    Udp,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PortRange {
+    pub port: u16,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub end_port: Option<u16>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub protocol: Option<Transport>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct TrafficRule {
+    #[serde(default)]
+    pub name: String,
+    pub action: Action,
+    /// Exact names, or `*.example.com` for any name below example.com.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub domains: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cidrs: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ports: Vec<PortRange>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub app_protocols: Vec<AppProtocol>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Egress {
+    #[serde(default)]
+    pub traffic_rules: Vec<TrafficRule>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct NetworkPolicy {
+    #[serde(default)]
+    pub mode: Mode,
+    #[serde(default)]
+    pub egress: Egress,
+}
+
+/// One outbound connection (or DNS question) to decide on.
+#[derive(Debug, Clone)]
+pub struct Connection<'a> {
+    pub ip: Option<IpAddr>,
+    pub port: u16,
+    pub transport: Transport,
+    /// The name the connection is for: TLS SNI, HTTP Host, the DNS question,
+    /// or the name the sandbox resolved to `ip`.
+    pub host: Option<&'a str>,
+    pub app: AppProtocol,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Decision {
+    pub allowed: bool,
+    /// `operator`, `rule` or `mode`.
+    pub layer: &'static str,
+    /// The matching rule's name (`rule`), or the operator rule.
+    pub rule: Option<String>,
+}
+
+impl Decision {
+    /// A readable reason, for audit records and HTTP 403 bodies.
+    pub fn reason(&self, target: &str) -> String {
+        let verdict = if self.allowed { "allowed" } else { "denied" };
+        match (self.layer, &self.rule) {
+            ("operator", Some(r)) => {
+                format!("{target} {verdict} by the operator's network rules ({r})")
+            }
+            ("rule", Some(r)) if !r.is_empty() => {
+                format!("{target} {verdict} by sandbox policy rule {r:?}")
+            }
+            ("rule", _) => format!("{target} {verdict} by an unnamed sandbox policy rule"),
+            _ => format!("{target} {verdict} by the sandbox policy's mode"),
+        }
+    }
+}
+
+fn valid_domain(d: &str) -> bool {
+    let name = d.strip_prefix("*.").unwrap_or(d);
+    !name.is_empty()
+        && name.len() <= 253
+        && name.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        })
+}
+
+/// Whether `host` matches `pattern` (exact, or `*.` for names below it).
+pub fn domain_matches(pattern: &str, host: &str) -> bool {
+    let host = host.trim_end_matches('.');
+    match pattern.strip_prefix("*.") {
+        Some(base) => {
+            host.len() > base.len() + 1
+                && host[host.len() - base.len()..].eq_ignore_ascii_case(base)
+                && host.as_bytes()[host.len() - base.len() - 1] == b'.'
+        }
+        None => pattern.eq_ignore_ascii_case(host),
+    }
+}
+
+/// A rule with its CIDRs parsed, ready to match.
+#[derive(Debug, Clone)]
+struct Compiled {
+    rule: TrafficRule,
+    cidrs: Vec<Cidr>,
+}
+
+impl Compiled {
+    fn matches(&self, c: &Connection) -> bool {
+        let r = &self.rule;
+        let any_dest = r.domains.is_empty() && self.cidrs.is_empty();
+        let dest = any_dest
+            || c.host
+                .is_some_and(|h| r.domains.iter().any(|d| domain_matches(d, h)))
+            || c.ip
+                .is_some_and(|ip| self.cidrs.iter().any(|n| n.contains(ip)));
+        let port = r.ports.is_empty()
+            || r.ports.iter().any(|p| {
+                let end = p.end_port.unwrap_or(p.port);
+                (p.port..=end).contains(&c.port) && p.protocol.is_none_or(|t| t == c.transport)
+            });
+        let app = r.app_protocols.is_empty() || r.app_protocols.contains(&c.app);
+        dest && port && app
+    }
+}
+
+/// A validated policy, ready for decisions.
+#[derive(Debug, Clone)]
+pub struct CompiledPolicy {
+    pub policy: NetworkPolicy,
+    rules: Vec<Compiled>,
+}
+
+impl NetworkPolicy {
+    /// Checks every field; the error names the first bad one
+    /// (`egress.trafficRules[2].cidrs[0]: …`).
+    pub fn compile(&self) -> Result<CompiledPolicy, String> {
+        let mut rules = Vec::new();
+        for (i, r) in self.egress.traffic_rules.iter().enumerate() {
+            let at = format!("egress.trafficRules[{i}]");
+            if r.name.len() > 128 {
+                return Err(format!("{at}.name: at most 128 characters"));
+            }
+            for (j, d) in r.domains.iter().enumerate() {
+                if !valid_domain(d) {
+                    return Err(format!(
+                        "{at}.domains[{j}]: {d:?} is not a domain name or *.wildcard"
+                    ));
+                }
+            }
+            let cidrs = r
+                .cidrs
+                .iter()
+                .enumerate()
+                .map(|(j, c)| {
+                    c.parse::<Cidr>()
+                        .map_err(|e| format!("{at}.cidrs[{j}]: {e}"))
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            for (j, p) in r.ports.iter().enumerate() {
+                if p.port == 0 || p.end_port.is_some_and(|e| e < p.port) {
+                    return Err(format!(
+                        "{at}.ports[{j}]: ports are 1-65535 and endPort >= port"
+                    ));
+                }
+            }
+            rules.push(Compiled {
+                rule: r.clone(),
+                cidrs,
+            });
+        }
+        if rules.len() > 1024 {
+            return Err("egress.trafficRules: at most 1024 rules".into());
+        }
+        Ok(CompiledPolicy {
+            policy: self.clone(),
+            rules,
+        })
+    }
+
+    /// The template's policy overridden by a claim's: the claim's mode wins
+    /// when it sets one, rules merge by name (the claim's replaces the
+    /// template's of the same name; new ones go after).
+    pub fn merged(
+        template: &NetworkPolicy,
+        claim: &NetworkPolicy,
+        claim_sets_mode: bool,
+    ) -> NetworkPolicy {
+        let mut out = template.clone();
+        if claim_sets_mode {
+            out.mode = claim.mode;
+        }
+        for r in &claim.egress.traffic_rules {
+            match out
+                .egress
+                .traffic_rules
+                .iter_mut()
+                .find(|t| !r.name.is_empty() && t.name == r.name)
+            {
+                Some(slot) => *slot = r.clone(),
+                None => out.egress.traffic_rules.push(r.clone()),
+            }
+        }
+        out
+    }
+}
+
+/// Rules of the host's operator: evaluated before any sandbox policy and
+/// not settable through the sandbox API.
+#[derive(Debug, Clone)]
+pub struct OperatorRules {
+    /// Exceptions to `deny` (e.g. an internal mirror), checked first.
+    pub allow: Vec<Cidr>,
+    pub deny: Vec<Cidr>,
+    pub deny_domains: Vec<String>,
+}
+
+impl Default for OperatorRules {
+    /// Loopback, "this network", link-local (with the cloud metadata
+    /// address), multicast and broadcast are denied even in `allow-all`; the
+    /// daemon adds the host's own addresses and the sandbox subnet pool.
+    fn default() -> Self {
+        let deny = [
+            "127.0.0.0/8",
+            "0.0.0.0/8",
+            "169.254.0.0/16",
+            "224.0.0.0/4",
+            "255.255.255.255/32",
+            "::1/128",
+            "::/128",
+            "fe80::/10",
+            "ff00::/8",
+        ]
+        .iter()
+        .map(|c| c.parse().expect("built-in CIDR"))
+        .collect();
+        OperatorRules {
+            allow: Vec::new(),
+            deny,
+            deny_domains: Vec::new(),
+        }
+    }
+}
+
+impl OperatorRules {
+    fn decide(&self, c: &Connection) -> Option<Decision> {
+        if let Some(ip) = c.ip {
+            if self.allow.iter().any(|n| n.contains(ip)) {
+                return None;
+            }
+            if let Some(n) = self.deny.iter().find(|n| n.contains(ip)) {
+                return Some(Decision {
+                    allowed: false,
+                    layer: "operator",
+                    rule: Some(format!("deny {n}")),
+                });
+            }
+        }
+        let host = c.host?;
+        let d = self.deny_domains.iter().find(|d| domain_matches(d, host))?;
+        Some(Decision {
+            allowed: false,
+            layer: "operator",
+            rule: Some(format!("deny {d}")),
+        })
+    }
+}
+
+impl CompiledPolicy {
+    /// Operator rules first, then the first matching traffic rule, then the
+    /// mode.
+    pub fn decide(&self, op: &OperatorRules, c: &Connection) -> Decision {
+        if let Some(d) = op.decide(c) {
+            return d;
+        }
+        if let Some(r) = self.rules.iter().find(|r| r.matches(c)) {
+            return Decision {
+                allowed: r.rule.action == Action::Allow,
+                layer: "rule",
+                rule: Some(r.rule.name.clone()),
+            };
+        }
+        Decision {
+            allowed: self.policy.mode == Mode::AllowAll,
+            layer: "mode",
+            rule: None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn conn<'a>(ip: &str, port: u16, host: Option<&'a str>, app: AppProtocol) -> Connection<'a> {
+        Connection {
+            ip: Some(ip.parse().unwrap()),
+            port,
+            transport: Transport::Tcp,
+            host,
+            app,
+        }
+    }
+
+    fn policy(json: &str) -> CompiledPolicy {
+        serde_json::from_str::<NetworkPolicy>(json)
+            .unwrap()
+            .compile()
+            .unwrap()
+    }
+
+    #[test]
+    fn wildcards_match_only_below_the_base() {
+        assert!(domain_matches("*.pypi.org", "files.pypi.org"));
+        assert!(domain_matches("*.pypi.org", "a.b.PYPI.org."));
+        assert!(!domain_matches("*.pypi.org", "pypi.org"));
+        assert!(!domain_matches("*.pypi.org", "evilpypi.org"));
+        assert!(domain_matches("api.github.com", "API.github.com"));
+        assert!(!domain_matches("api.github.com", "api.github.com.evil"));
+    }
+
+    #[test]
+    fn first_match_wins_then_mode() {
+        let p = policy(
+            r#"{"mode":"block-all","egress":{"trafficRules":[
+                {"name":"no-admin","action":"deny","domains":["admin.example.com"]},
+                {"name":"example","action":"allow","domains":["*.example.com"],"ports":[{"port":443}]},
+                {"name":"lan","action":"allow","cidrs":["10.99.0.0/24"],"ports":[{"port":8000,"endPort":8100}]}
+            ]}}"#,
+        );
+        let op = OperatorRules::default();
+        let d = p.decide(
+            &op,
+            &conn("1.2.3.4", 443, Some("www.example.com"), AppProtocol::Tls),
+        );
+        assert_eq!((d.allowed, d.rule.as_deref()), (true, Some("example")));
+        let d = p.decide(
+            &op,
+            &conn("1.2.3.4", 443, Some("admin.example.com"), AppProtocol::Tls),
+        );
+        assert_eq!((d.allowed, d.rule.as_deref()), (false, Some("no-admin")));
+        assert!(
+            !p.decide(
+                &op,
+                &conn("1.2.3.4", 80, Some("www.example.com"), AppProtocol::Http)
+            )
+            .allowed
+        );
+        assert!(
+            p.decide(&op, &conn("10.99.0.7", 8080, None, AppProtocol::Other))
+                .allowed
+        );
+        let d = p.decide(&op, &conn("10.99.0.7", 9000, None, AppProtocol::Other));
+        assert_eq!((d.allowed, d.layer), (false, "mode"));
+        assert!(d.reason("10.99.0.7:9000").contains("mode"));
+    }
+
+    #[test]
+    fn operator_rules_cannot_be_loosened_by_allow_all() {
+        let p = policy(r#"{"mode":"allow-all"}"#);
+        let mut op = OperatorRules::default();
+        for ip in [
+            "127.0.0.1",
+            "169.254.169.254",
+            "::1",
+            "fe80::1",
+            "::ffff:127.0.0.1",
+        ] {
+            let d = p.decide(&op, &conn(ip, 80, None, AppProtocol::Http));
+            assert_eq!((d.allowed, d.layer), (false, "operator"), "{ip}");
+        }
+        assert!(
+            p.decide(&op, &conn("93.184.216.34", 80, None, AppProtocol::Http))
+                .allowed
+        );
+        op.deny_domains.push("*.internal".into());
+        assert!(
+            !p.decide(
+                &op,
+                &conn("93.184.216.34", 80, Some("db.internal"), AppProtocol::Http)
+            )
+            .allowed
+        );
+        op.allow.push("127.0.0.53/32".parse().unwrap());
+        assert!(
+            p.decide(&op, &conn("127.0.0.53", 53, None, AppProtocol::Dns))
+                .allowed
+        );
+    }
+
+    #[test]
+    fn bad_fields_are_named() {
+        let bad = |json: &str| {
+            serde_json::from_str::<NetworkPolicy>(json)
+                .unwrap()
+                .compile()
+                .unwrap_err()
+        };
+        assert!(
+            bad(r#"{"egress":{"trafficRules":[{"action":"allow","cidrs":["10.0.0.0/40"]}]}}"#)
+                .starts_with("egress.trafficRules[0].cidrs[0]")
+        );
+        assert!(
+            bad(r#"{"egress":{"trafficRules":[{"action":"allow","domains":["bad domain"]}]}}"#)
+                .starts_with("egress.trafficRules[0].domains[0]")
+        );
+        assert!(bad(r#"{"egress":{"trafficRules":[{"action":"allow","ports":[{"port":90,"endPort":80}]}]}}"#)
+            .starts_with("egress.trafficRules[0].ports[0]"));
+        assert!(serde_json::from_str::<NetworkPolicy>(r#"{"mode":"open"}"#).is_err());
+    }
+
+    #[test]
+    fn claims_merge_over_templates_by_rule_name() {
+        let t: NetworkPolicy = serde_json::from_str(
+            r#"{"mode":"block-all","egress":{"trafficRules":[{"name":"a","action":"allow","domains":["a.com"]},{"name":"b","action":"allow","domains":["b.com"]}]}}"#,
+        )
+        .unwrap();
+        let c: NetworkPolicy = serde_json::from_str(
+            r#"{"mode":"allow-all","egress":{"trafficRules":[{"name":"b","action":"deny","domains":["b.com"]},{"name":"c","action":"allow","domains":["c.com"]}]}}"#,
+        )
+        .unwrap();
+        let m = NetworkPolicy::merged(&t, &c, true);
+        let names: Vec<_> = m
+            .egress
+            .traffic_rules
+            .iter()
+            .map(|r| (r.name.as_str(), r.action))
+            .collect();
+        assert_eq!(
+            names,
+            vec![
+                ("a", Action::Allow),
+                ("b", Action::Deny),
+                ("c", Action::Allow)
+            ]
+        );
+        assert_eq!(m.mode, Mode::AllowAll);
+        assert_eq!(NetworkPolicy::merged(&t, &c, false).mode, Mode::BlockAll);
+    }
+}
