@@ -1,11 +1,14 @@
 //! Egress control: what a sandbox may reach, decided outside the sandbox.
 //!
-//! This crate holds the pure parts — the policy model and its evaluation
-//! ([`policy`]), CIDR matching ([`cidr`]) and protocol sniffing of the first
-//! bytes of a connection ([`sniff`]) — so they can be tested and fuzzed
-//! without sockets. It is never configurable from inside a sandbox.
+//! The policy model and its evaluation ([`policy`]), CIDR matching
+//! ([`cidr`]) and protocol sniffing of a connection's first bytes
+//! ([`sniff`]) are pure, so they can be tested and fuzzed without sockets;
+//! [`addr`] hands out sandbox subnets and [`firewall`] installs the host's
+//! nftables table. Nothing here is configurable from inside a sandbox.
 
+pub mod addr;
 pub mod cidr;
+pub mod firewall;
 pub mod policy;
 pub mod sniff;
 

@@ -12,6 +12,7 @@ pub mod fault;
 pub mod harden;
 pub mod idmap;
 pub mod launch;
+pub mod net;
 pub mod rootfs;
 pub mod seccomp;
 pub mod spawn;

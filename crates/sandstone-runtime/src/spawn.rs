@@ -32,6 +32,9 @@ pub struct SpawnSpec {
     pub socket: PathBuf,
     /// Host file PID 1 writes its own diagnostics to.
     pub log: PathBuf,
+    /// The way out (a veth pair); `None` leaves only `lo`.
+    #[serde(default)]
+    pub net: Option<crate::net::NetSpec>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -74,10 +77,15 @@ fn write_id_maps(pid: i32, spec: &SpawnSpec) -> Result<()> {
 /// Builds the sandbox and returns PID 1's host pid once it reports ready.
 /// `sandbox_main` runs in PID 1 and never returns.
 pub fn spawn(spec: &SpawnSpec, sandbox_main: fn(SandboxStart) -> !) -> Result<i32> {
+    let host_ns = crate::net::current_ns()?;
     let flags = libc::CLONE_NEWNS | libc::CLONE_NEWNET;
     check(unsafe { libc::unshare(flags) } as libc::c_long, || {
         "unshare mount+net namespaces".into()
     })?;
+    if let Some(net) = &spec.net {
+        crate::net::setup_in_sandbox_ns(net, &host_ns, &crate::net::current_ns()?)?;
+    }
+    drop(host_ns);
     crate::sys::mount(
         None,
         std::path::Path::new("/"),

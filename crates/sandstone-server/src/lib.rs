@@ -37,6 +37,9 @@ pub struct Config {
     pub pool: Option<sandstone_storage::Driver>,
     /// Pre-made sandboxes kept per template (0 disables the warm pool).
     pub warm_pool: usize,
+    /// Private IPv4 pool for sandbox subnets (e.g. `10.200.0.0/14`): gives
+    /// every sandbox a veth behind the host firewall. `None`: only `lo`.
+    pub egress_pool: Option<String>,
 }
 
 #[derive(Clone)]
@@ -237,12 +240,17 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         "sandstone-{}",
         &sandstone_store::token_hash(&config.data_dir.display().to_string())[..8]
     );
+    let network = match &config.egress_pool {
+        Some(pool) => Some(lifecycle::Network::install(pool, &group)?),
+        None => None,
+    };
     let lc = lifecycle::Lifecycle::new(
         store,
         storage,
         config.init_bin.clone(),
         &group,
         config.warm_pool,
+        network,
     )
     .await?;
     lc.adopt().await?;

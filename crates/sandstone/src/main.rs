@@ -68,6 +68,11 @@ enum Cmd {
         /// Sandboxes kept ready per template, so a claim is a handoff.
         #[arg(long, env = "SANDSTONE_WARM_POOL", default_value_t = 2)]
         warm_pool: usize,
+        /// Give sandboxes a network interface behind the host firewall,
+        /// with subnets from this private IPv4 pool (e.g. 10.200.0.0/14).
+        /// Without it a sandbox has only loopback.
+        #[arg(long, env = "SANDSTONE_EGRESS_POOL")]
+        egress_pool: Option<String>,
     },
     /// Create a sandbox and print its id.
     Create {
@@ -254,6 +259,7 @@ async fn run(cli: Cli) -> Result<()> {
             listen,
             pool,
             warm_pool,
+            egress_pool,
         } => {
             init_logging();
             let config = sandstone_server::Config {
@@ -265,6 +271,7 @@ async fn run(cli: Cli) -> Result<()> {
                     PoolArg::Dir => sandstone_storage::Driver::Dir,
                 }),
                 warm_pool: *warm_pool,
+                egress_pool: egress_pool.clone(),
             };
             sandstone_server::run(config).await
         }

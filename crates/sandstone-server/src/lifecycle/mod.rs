@@ -7,6 +7,7 @@
 //! the next start. A create that fails part-way undoes every step.
 
 mod expiry;
+mod network;
 mod recovery;
 mod snapshots;
 mod warm;
@@ -54,7 +55,10 @@ pub struct Lifecycle {
     /// Last API activity per running sandbox, for `ttl`.
     activity: Mutex<HashMap<String, Instant>>,
     warm: warm::WarmPool,
+    network: Option<Network>,
 }
+
+pub use network::Network;
 
 pub fn random_hex(bytes: usize) -> String {
     let mut buf = vec![0u8; bytes];
@@ -88,6 +92,7 @@ impl Lifecycle {
         init_bin: PathBuf,
         cgroup_group: &str,
         warm_pool: usize,
+        network: Option<Network>,
     ) -> anyhow::Result<Lifecycle> {
         let cgroups = Driver::detect(cgroup_group)?;
         match sandstone_runtime::cgroup::favor_dynamic_modifications() {
@@ -110,6 +115,7 @@ impl Lifecycle {
             locks: Mutex::new(HashMap::new()),
             activity: Mutex::new(HashMap::new()),
             warm: warm::WarmPool::new(warm_pool),
+            network,
         })
     }
 
@@ -123,11 +129,16 @@ impl Lifecycle {
 
     /// A graceful stop: claimed sandboxes keep running (the next start
     /// re-adopts them); the warm pool is emptied, and the daemon's cgroup
-    /// parents are removed when no sandbox is left in them.
+    /// parents and firewall table are removed when no sandbox is left.
     pub fn shutdown(&self) {
         self.drain_warm_pool();
         if self.running_count() == 0 {
             self.cgroups.remove_parents();
+            if let Some(n) = &self.network
+                && let Err(e) = n.firewall.remove()
+            {
+                tracing::warn!(error = %e, "firewall table left behind");
+            }
         }
     }
 
@@ -249,6 +260,10 @@ impl Lifecycle {
             cgroup_procs: cgroup.procs_files(),
             socket: paths.socket.clone(),
             log: paths.log.clone(),
+            net: match &self.network {
+                Some(n) => Some(n.spec(slot)?),
+                None => None,
+            },
         };
         let init_bin = self.init_bin.clone();
         let launched =

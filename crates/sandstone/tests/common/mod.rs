@@ -38,6 +38,8 @@ pub struct Daemon {
     /// `--warm-pool` for the next [`Daemon::spawn`] (tests default to none,
     /// so that every claim takes the ordinary create path).
     pub warm_pool: usize,
+    /// `--egress-pool` for the next [`Daemon::spawn`].
+    pub egress_pool: Option<String>,
     pub child: Option<Child>,
     pub url: String,
     pub token: String,
@@ -45,6 +47,14 @@ pub struct Daemon {
     port: u16,
     faults: String,
     pub http: reqwest::Client,
+}
+
+/// A /24 for one test daemon's sandbox subnets, unique in this machine's
+/// concurrently running tests (private range, never 192.0.2.0/24).
+pub fn test_subnet_pool() -> String {
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    format!("10.{}.{}.0/24", 224 + std::process::id() % 24, n % 256)
 }
 
 fn free_port() -> u16 {
@@ -93,6 +103,7 @@ impl Daemon {
         let mut d = Daemon {
             crash_at: String::new(),
             warm_pool: 0,
+            egress_pool: None,
             child: None,
             url: format!("http://127.0.0.1:{port}"),
             token: String::new(),
@@ -115,6 +126,12 @@ impl Daemon {
             .env("SANDSTONE_FAULTS", &self.faults)
             .env("SANDSTONE_CRASH", &self.crash_at)
             .env("SANDSTONE_WARM_POOL", self.warm_pool.to_string())
+            .env_remove("SANDSTONE_EGRESS_POOL")
+            .args(
+                self.egress_pool
+                    .iter()
+                    .flat_map(|p| ["--egress-pool", p.as_str()]),
+            )
             .env("SANDSTONE_LOG", "warn")
             .spawn()
             .expect("start daemon");

@@ -1,0 +1,90 @@
+//! The host firewall for sandbox traffic, as one nftables table per daemon,
+//! replaced atomically in one `nft` batch. Interfaces are matched by the
+//! daemon's prefix, so adding a sandbox changes no rule and removing one
+//! leaves none behind. Nothing from a sandbox is forwarded (`ip_forward`
+//! stays 0); TCP goes to the egress proxy, DNS to the policy resolver, and
+//! everything else from a sandbox is counted and dropped. The proxy and
+//! resolver ports refuse everyone but sandboxes.
+
+use std::io::Write;
+use std::process::{Command, Stdio};
+
+#[derive(Debug, Clone)]
+pub struct Firewall {
+    /// nftables table name (per daemon).
+    pub table: String,
+    /// Host-side interface name prefix of this daemon's sandboxes.
+    pub prefix: String,
+    pub proxy_port: u16,
+    pub dns_port: u16,
+}
+
+fn nft(script: &str) -> Result<(), String> {
+    let mut child = Command::new("nft")
+        .args(["-f", "-"])
+        .stdin(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("run nft (apt-get install nftables): {e}"))?;
+    child
+        .stdin
+        .take()
+        .expect("piped")
+        .write_all(script.as_bytes())
+        .map_err(|e| e.to_string())?;
+    let out = child.wait_with_output().map_err(|e| e.to_string())?;
+    if !out.status.success() {
+        return Err(format!(
+            "nft: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
+    }
+    Ok(())
+}
+
+impl Firewall {
+    /// The ruleset, replacing any table a crashed daemon left.
+    pub fn ruleset(&self) -> String {
+        let Firewall {
+            table,
+            prefix,
+            proxy_port,
+            dns_port,
+        } = self;
+        format!(
+            "table inet {table} {{}}\n\
+             delete table inet {table}\n\
+             table inet {table} {{\n\
+             \x20 chain prerouting {{\n\
+             \x20   type nat hook prerouting priority dstnat; policy accept;\n\
+             \x20   iifname \"{prefix}*\" meta l4proto tcp redirect to :{proxy_port}\n\
+             \x20   iifname \"{prefix}*\" udp dport 53 redirect to :{dns_port}\n\
+             \x20 }}\n\
+             \x20 chain input {{\n\
+             \x20   type filter hook input priority filter; policy accept;\n\
+             \x20   iifname \"{prefix}*\" tcp dport {proxy_port} accept\n\
+             \x20   iifname \"{prefix}*\" udp dport {dns_port} accept\n\
+             \x20   iifname \"{prefix}*\" counter drop comment \"sandbox: not tcp or dns\"\n\
+             \x20   tcp dport {proxy_port} counter drop comment \"proxy: sandboxes only\"\n\
+             \x20   udp dport {dns_port} counter drop comment \"resolver: sandboxes only\"\n\
+             \x20 }}\n\
+             \x20 chain forward {{\n\
+             \x20   type filter hook forward priority filter; policy accept;\n\
+             \x20   iifname \"{prefix}*\" counter drop\n\
+             \x20   oifname \"{prefix}*\" counter drop\n\
+             \x20 }}\n\
+             }}\n"
+        )
+    }
+
+    pub fn install(&self) -> Result<(), String> {
+        nft(&self.ruleset())
+    }
+
+    pub fn remove(&self) -> Result<(), String> {
+        nft(&format!(
+            "table inet {t} {{}}\ndelete table inet {t}\n",
+            t = self.table
+        ))
+    }
+}
