@@ -49,6 +49,10 @@ pub struct SandboxConfig {
     pub auto_resume: Option<bool>,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub env_vars: BTreeMap<String, String>,
+    /// Sandbox0's `SandboxNetworkPolicy` (`mode`, `egress.trafficRules`);
+    /// absent means `block-all`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network: Option<serde_json::Value>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]

@@ -7,9 +7,13 @@
 //! nftables table. Nothing here is configurable from inside a sandbox.
 
 pub mod addr;
+pub mod audit;
 pub mod cidr;
+pub mod dns;
 pub mod firewall;
 pub mod policy;
+pub mod proxy;
 pub mod sniff;
+pub mod state;
 
 pub use policy::{AppProtocol, Connection, Decision, Mode, NetworkPolicy, OperatorRules};

@@ -44,6 +44,24 @@ impl Watcher {
     }
 }
 
+/// Everything below `dir` (bounded), parents first.
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            if out.len() >= 10_000 {
+                return out;
+            }
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                todo.push(e.path());
+            }
+            out.push(e.path());
+        }
+    }
+    out
+}
+
 fn event_name(mask: u32) -> &'static str {
     if mask & (libc::IN_CREATE | libc::IN_MOVED_TO) != 0 {
         "create"
@@ -116,17 +134,23 @@ pub fn run(
             } else {
                 dir.join(std::ffi::OsStr::from_bytes(name))
             };
-            if recursive && ev.mask & libc::IN_ISDIR != 0 && ev.mask & libc::IN_CREATE != 0 {
+            let new_dir = recursive && ev.mask & libc::IN_ISDIR != 0 && ev.mask & libc::IN_CREATE != 0;
+            if new_dir {
                 let _ = w.add(&full);
             }
             if ev.mask & libc::IN_CLOSE_WRITE != 0 && ev.mask & libc::IN_MODIFY == 0 {
                 continue; // a close after writes: the writes were reported already
             }
-            let r = Response::Event {
-                event: event_name(ev.mask).into(),
-                path: full.display().to_string(),
-            };
+                        let r = Response::Event { event: event_name(ev.mask).into(), path: full.display().to_string() };
             write_frame(out, &r, &[])?;
+            if new_dir {
+                // Entries made before the new directory's watch existed
+                // would be missed: report them as created.
+                for entry in walk(&full) {
+                    let r = Response::Event { event: "create".into(), path: entry.display().to_string() };
+                    write_frame(out, &r, &[])?;
+                }
+            }
         }
         out.flush()?;
     }

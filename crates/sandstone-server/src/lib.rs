@@ -18,7 +18,7 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use error::ApiError;
-use routes::{contexts, files, sandboxes, snapshots};
+use routes::{contexts, files, network, sandboxes, snapshots};
 use sandstone_storage::Storage;
 use sandstone_store::{SqliteStore, Store};
 use std::net::SocketAddr;
@@ -40,6 +40,9 @@ pub struct Config {
     /// Private IPv4 pool for sandbox subnets (e.g. `10.200.0.0/14`): gives
     /// every sandbox a veth behind the host firewall. `None`: only `lo`.
     pub egress_pool: Option<String>,
+    /// Resolver the policy DNS forwards allowed questions to (default: the
+    /// host's first nameserver).
+    pub dns_upstream: Option<std::net::SocketAddr>,
 }
 
 #[derive(Clone)]
@@ -124,6 +127,11 @@ pub fn router(st: AppState) -> Router {
         )
         .route(&format!("{sb}/rootfs/restore"), post(snapshots::restore))
         .route(&format!("{sb}/fork"), post(snapshots::fork))
+        .route(
+            &format!("{sb}/network"),
+            get(network::get).put(network::put),
+        )
+        .route(&format!("{sb}/observability/events"), get(network::events))
         .route(
             "/api/v1/sandbox-rootfs-snapshots/{snap}",
             get(snapshots::get).delete(snapshots::delete),
@@ -241,7 +249,13 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         &sandstone_store::token_hash(&config.data_dir.display().to_string())[..8]
     );
     let network = match &config.egress_pool {
-        Some(pool) => Some(lifecycle::Network::install(pool, &group)?),
+        Some(pool) => {
+            let upstream = config
+                .dns_upstream
+                .or_else(lifecycle::host_resolver)
+                .ok_or_else(|| anyhow::anyhow!("no DNS upstream: set --dns-upstream"))?;
+            Some(lifecycle::Network::start(pool, &group, store.clone(), upstream).await?)
+        }
         None => None,
     };
     let lc = lifecycle::Lifecycle::new(

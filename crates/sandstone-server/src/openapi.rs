@@ -113,6 +113,27 @@ pub const OPERATIONS: &[(&str, &str, &str, u16, Body)] = &[
         Body::None,
     ),
     (
+        "get",
+        "/api/v1/sandboxes/{id}/network",
+        "The sandbox's network policy",
+        200,
+        Body::None,
+    ),
+    (
+        "put",
+        "/api/v1/sandboxes/{id}/network",
+        "Replace the network policy (new connections see it at once)",
+        200,
+        Body::Json,
+    ),
+    (
+        "get",
+        "/api/v1/sandboxes/{id}/observability/events",
+        "Egress audit records (after, limit, denied)",
+        200,
+        Body::None,
+    ),
+    (
         "post",
         "/api/v1/sandboxes/{id}/contexts",
         "Create a context (cmd or repl); wait_until_done runs it to completion",

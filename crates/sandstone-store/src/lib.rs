@@ -42,6 +42,15 @@ pub struct SandboxRow {
     pub pending_op: Option<String>,
 }
 
+/// One egress audit record (a connection or a DNS answer), as JSON.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AuditRow {
+    pub sandbox_id: String,
+    pub time: i64,
+    pub denied: bool,
+    pub event: serde_json::Value,
+}
+
 /// A read-only snapshot of a sandbox's volume.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct SnapshotRow {
@@ -84,6 +93,18 @@ pub trait Store: Send + Sync {
     ) -> BoxFuture<'a, Result<()>>;
     fn set_pending<'a>(&'a self, id: &'a str, op: Option<&'a str>) -> BoxFuture<'a, Result<()>>;
     fn insert_snapshot<'a>(&'a self, s: &'a SnapshotRow) -> BoxFuture<'a, Result<()>>;
+    fn insert_audit<'a>(&'a self, rows: &'a [AuditRow]) -> BoxFuture<'a, Result<()>>;
+    /// Audit records of a sandbox after `after_seq`, oldest first, with
+    /// their sequence numbers.
+    fn list_audit<'a>(
+        &'a self,
+        sandbox_id: &'a str,
+        after_seq: i64,
+        denied_only: bool,
+        limit: i64,
+    ) -> BoxFuture<'a, Result<Vec<(i64, serde_json::Value)>>>;
+    /// Drops records older than `before_ms`; returns how many.
+    fn prune_audit(&self, before_ms: i64) -> BoxFuture<'_, Result<u64>>;
     fn get_snapshot<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<SnapshotRow>>;
     fn list_snapshots<'a>(
         &'a self,

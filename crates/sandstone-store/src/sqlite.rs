@@ -1,6 +1,6 @@
 //! SQLite (WAL) backend.
 
-use crate::{Error, Result, SandboxRow, SnapshotRow, Store, token_hash};
+use crate::{AuditRow, Error, Result, SandboxRow, SnapshotRow, Store, token_hash};
 use futures_util::future::BoxFuture;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{Row, SqlitePool};
@@ -34,6 +34,14 @@ const MIGRATIONS: &[&str] = &[
         expires_at INTEGER
     );
     CREATE INDEX snapshots_by_sandbox ON snapshots (sandbox_id, created_at);",
+    "CREATE TABLE audit (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        sandbox_id TEXT NOT NULL,
+        time INTEGER NOT NULL,
+        event TEXT NOT NULL,
+        denied INTEGER NOT NULL
+    );
+    CREATE INDEX audit_by_sandbox ON audit (sandbox_id, seq);",
 ];
 
 // Columns are named, never `*`: a cached statement's column list must not
@@ -309,6 +317,64 @@ impl Store for SqliteStore {
                 .execute(&self.pool)
                 .await?;
             Ok(())
+        })
+    }
+
+    fn insert_audit<'a>(&'a self, rows: &'a [AuditRow]) -> BoxFuture<'a, Result<()>> {
+        Box::pin(async move {
+            let mut tx = self.pool.begin().await?;
+            for r in rows {
+                sqlx::query(
+                    "INSERT INTO audit (sandbox_id, time, event, denied) VALUES (?, ?, ?, ?)",
+                )
+                .bind(&r.sandbox_id)
+                .bind(r.time)
+                .bind(r.event.to_string())
+                .bind(r.denied)
+                .execute(&mut *tx)
+                .await?;
+            }
+            tx.commit().await?;
+            Ok(())
+        })
+    }
+
+    fn list_audit<'a>(
+        &'a self,
+        sandbox_id: &'a str,
+        after_seq: i64,
+        denied_only: bool,
+        limit: i64,
+    ) -> BoxFuture<'a, Result<Vec<(i64, serde_json::Value)>>> {
+        Box::pin(async move {
+            let rows = sqlx::query(
+                "SELECT seq, event FROM audit WHERE sandbox_id = ? AND seq > ? AND (denied = 1 OR ? = 0)
+                 ORDER BY seq LIMIT ?",
+            )
+            .bind(sandbox_id)
+            .bind(after_seq)
+            .bind(denied_only)
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await?;
+            rows.iter()
+                .map(|r| {
+                    let text: String = r.get("event");
+                    let v =
+                        serde_json::from_str(&text).map_err(|e| Error::Corrupt(e.to_string()))?;
+                    Ok((r.get::<i64, _>("seq"), v))
+                })
+                .collect()
+        })
+    }
+
+    fn prune_audit(&self, before_ms: i64) -> BoxFuture<'_, Result<u64>> {
+        Box::pin(async move {
+            let done = sqlx::query("DELETE FROM audit WHERE time < ?")
+                .bind(before_ms)
+                .execute(&self.pool)
+                .await?;
+            Ok(done.rows_affected())
         })
     }
 

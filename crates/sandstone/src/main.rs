@@ -73,6 +73,10 @@ enum Cmd {
         /// Without it a sandbox has only loopback.
         #[arg(long, env = "SANDSTONE_EGRESS_POOL")]
         egress_pool: Option<String>,
+        /// Resolver (ip:port) the policy DNS forwards allowed names to
+        /// (default: the host's first nameserver).
+        #[arg(long, env = "SANDSTONE_DNS_UPSTREAM")]
+        dns_upstream: Option<std::net::SocketAddr>,
     },
     /// Create a sandbox and print its id.
     Create {
@@ -260,6 +264,7 @@ async fn run(cli: Cli) -> Result<()> {
             pool,
             warm_pool,
             egress_pool,
+            dns_upstream,
         } => {
             init_logging();
             let config = sandstone_server::Config {
@@ -272,6 +277,7 @@ async fn run(cli: Cli) -> Result<()> {
                 }),
                 warm_pool: *warm_pool,
                 egress_pool: egress_pool.clone(),
+                dns_upstream: *dns_upstream,
             };
             sandstone_server::run(config).await
         }

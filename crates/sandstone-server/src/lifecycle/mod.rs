@@ -58,7 +58,7 @@ pub struct Lifecycle {
     network: Option<Network>,
 }
 
-pub use network::Network;
+pub use network::{Network, host_resolver, parse_policy, policy_of};
 
 pub fn random_hex(bytes: usize) -> String {
     let mut buf = vec![0u8; bytes];
@@ -140,6 +140,24 @@ impl Lifecycle {
                 tracing::warn!(error = %e, "firewall table left behind");
             }
         }
+    }
+
+    /// Replaces a sandbox's network policy: stored with its configuration
+    /// and, when it runs, enforced for its next connection at once.
+    pub async fn set_network(&self, id: &str, policy: serde_json::Value) -> ApiResult<SandboxRow> {
+        let _guard = self.lock(id).await;
+        let row = self.row(id).await?;
+        let parsed = parse_policy(policy.clone(), "network")?;
+        let mut config = config_of(&row);
+        config.network = Some(policy);
+        let value = serde_json::to_value(&config).map_err(internal)?;
+        self.store.set_config(id, &value).await?;
+        if let Some(n) = &self.network {
+            n.egress
+                .set_policy(id, &parsed)
+                .map_err(ApiError::bad_request)?;
+        }
+        self.row(id).await
     }
 
     /// Pre-made sandboxes waiting in the warm pool.
@@ -224,7 +242,14 @@ impl Lifecycle {
         let limits: Limits = limits::limits(config.resources.as_ref())?;
         let paths = self.storage.paths(id);
         let cgroup = self.cgroups.create(id, &limits).map_err(internal)?;
-        let started = self.spawn_init(id, template, &paths, &cgroup, slot).await;
+        let started = async {
+            let pid = self.spawn_init(id, template, &paths, &cgroup, slot).await?;
+            if let Some(n) = &self.network {
+                n.register(slot, id, &policy_of(config)?)?;
+            }
+            Ok(pid)
+        }
+        .await;
         match started {
             Ok(pid) => Ok(Runtime {
                 pid,
@@ -282,6 +307,9 @@ impl Lifecycle {
     /// (they live only in the sandbox's namespaces) and the run directory.
     /// The volume stays.
     fn stop_runtime(&self, id: &str, cgroup: &Cgroup) {
+        if let Some(n) = &self.network {
+            n.egress.unregister(id);
+        }
         cgroup.kill_all();
         if let Err(e) = cgroup.destroy() {
             tracing::warn!(sandbox = %id, error = %e, "cgroup left behind");
@@ -300,6 +328,7 @@ impl Lifecycle {
         snapshot: Option<&str>,
     ) -> ApiResult<SandboxRow> {
         limits::limits(config.resources.as_ref())?;
+        policy_of(&config)?;
         let template = self.template(template_id)?;
         let disk = limits::disk(config.resources.as_ref(), template.disk.as_deref())?;
         if let Some(s) = snapshot {
@@ -384,6 +413,9 @@ impl Lifecycle {
         self.cgroups
             .apply(&m.runtime.cgroup, &limits)
             .map_err(internal)?;
+        if let Some(n) = &self.network {
+            n.register(m.slot, &m.id, &policy_of(&config)?)?;
+        }
         self.storage.set_disk_limit(&m.id, disk).map_err(internal)?;
         let row = self
             .record_running(&m.id, template, &config, m.slot, m.runtime)

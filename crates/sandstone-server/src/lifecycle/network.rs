@@ -1,24 +1,27 @@
 //! Sandbox networking: a /30 per slot from the egress pool, a veth per
-//! sandbox (made by the spawn helper) and this daemon's host firewall.
+//! sandbox (made by the spawn helper), this daemon's host firewall, and the
+//! egress proxy and policy resolver the firewall sends sandbox traffic to.
 
 use crate::error::{ApiError, ApiResult};
 use sandstone_egress::addr::SubnetPool;
+use sandstone_egress::audit::{AuditEvent, AuditSink};
 use sandstone_egress::firewall::Firewall;
+use sandstone_egress::state::Egress;
+use sandstone_egress::{NetworkPolicy, OperatorRules};
 use sandstone_runtime::net::NetSpec;
-use std::net::IpAddr;
+use sandstone_store::{AuditRow, Store};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use tokio::sync::mpsc;
 
-/// Default ports of the egress proxy and the policy resolver on each
-/// sandbox's gateway address.
-const PROXY_PORT: u16 = 15001;
-const DNS_PORT: u16 = 15053;
-
-#[derive(Debug, Clone)]
 pub struct Network {
     pool: SubnetPool,
     pub firewall: Firewall,
+    pub egress: Arc<Egress>,
 }
 
-/// The host's own addresses (the pool must not overlap them).
+/// The host's own addresses (the pool must not overlap them; sandboxes
+/// must not reach them).
 fn host_addresses() -> Vec<IpAddr> {
     let mut out = Vec::new();
     let mut ifa: *mut libc::ifaddrs = std::ptr::null_mut();
@@ -38,22 +41,126 @@ fn host_addresses() -> Vec<IpAddr> {
     out
 }
 
+/// The host's resolver (first `nameserver` of /etc/resolv.conf).
+pub fn host_resolver() -> Option<SocketAddr> {
+    let conf = std::fs::read_to_string("/etc/resolv.conf").ok()?;
+    conf.lines().find_map(|l| {
+        let ip: IpAddr = l.strip_prefix("nameserver")?.trim().parse().ok()?;
+        Some(SocketAddr::new(ip, 53))
+    })
+}
+
+/// Audit records go to the store in batches, off the connection's path.
+struct StoreSink {
+    tx: mpsc::UnboundedSender<AuditEvent>,
+}
+
+impl AuditSink for StoreSink {
+    fn record(&self, event: AuditEvent) {
+        tracing::debug!(sandbox = %event.sandbox_id, decision = %event.decision, reason = %event.reason, "egress");
+        let _ = self.tx.send(event);
+    }
+}
+
+fn spawn_audit_writer(store: Arc<dyn Store>) -> StoreSink {
+    let (tx, mut rx) = mpsc::unbounded_channel::<AuditEvent>();
+    tokio::spawn(async move {
+        while let Some(first) = rx.recv().await {
+            let mut batch = vec![first];
+            while batch.len() < 256
+                && let Ok(e) = rx.try_recv()
+            {
+                batch.push(e);
+            }
+            let rows: Vec<AuditRow> = batch
+                .into_iter()
+                .map(|e| AuditRow {
+                    sandbox_id: e.sandbox_id.clone(),
+                    time: e.time,
+                    denied: e.decision == "deny",
+                    event: serde_json::to_value(&e).unwrap_or_default(),
+                })
+                .collect();
+            if let Err(e) = store.insert_audit(&rows).await {
+                tracing::error!(error = %e, lost = rows.len(), "could not store audit records");
+            }
+        }
+    });
+    StoreSink { tx }
+}
+
+/// The policy of a claim configuration (`block-all` when it has none),
+/// with a 400 naming the bad field.
+pub fn policy_of(config: &sandstone_api::SandboxConfig) -> ApiResult<NetworkPolicy> {
+    let Some(v) = &config.network else {
+        return Ok(NetworkPolicy::default());
+    };
+    parse_policy(v.clone(), "config.network")
+}
+
+pub fn parse_policy(v: serde_json::Value, field: &str) -> ApiResult<NetworkPolicy> {
+    let p: NetworkPolicy = serde_path_to_error::deserialize(v).map_err(|e| {
+        ApiError::bad_request(format!(
+            "invalid field `{field}.{}`: {}",
+            e.path(),
+            e.inner()
+        ))
+    })?;
+    p.compile()
+        .map_err(|e| ApiError::bad_request(format!("invalid field `{field}.{e}")))?;
+    Ok(p)
+}
+
 impl Network {
-    /// Validates the pool and installs this daemon's firewall table
-    /// (replacing one a crashed daemon left).
-    pub fn install(pool: &str, group: &str) -> anyhow::Result<Network> {
+    /// Validates the pool, starts the proxy and the resolver, and installs
+    /// this daemon's firewall table (replacing one a crashed daemon left).
+    pub async fn start(
+        pool: &str,
+        group: &str,
+        store: Arc<dyn Store>,
+        upstream_dns: SocketAddr,
+    ) -> anyhow::Result<Network> {
         let hash = group.trim_start_matches("sandstone-");
-        let pool = SubnetPool::new(pool, &host_addresses())
-            .map_err(|e| anyhow::anyhow!("egress pool: {e}"))?;
+        let host = host_addresses();
+        let pool = SubnetPool::new(pool, &host).map_err(|e| anyhow::anyhow!("egress pool: {e}"))?;
+        let proxy = tokio::net::TcpListener::bind("0.0.0.0:0").await?;
+        let dns = tokio::net::UdpSocket::bind("0.0.0.0:0").await?;
         let firewall = Firewall {
             table: format!("sandstone_{hash}"),
             prefix: format!("s{}x", &hash[..4.min(hash.len())]),
-            proxy_port: PROXY_PORT,
-            dns_port: DNS_PORT,
+            proxy_port: proxy.local_addr()?.port(),
+            dns_port: dns.local_addr()?.port(),
         };
         firewall.install().map_err(|e| anyhow::anyhow!(e))?;
-        tracing::info!(pool = %pool.cidr(), table = %firewall.table, "sandbox networking on: veth per sandbox, host firewall installed");
-        Ok(Network { pool, firewall })
+        let mut operator = OperatorRules::default();
+        operator.deny.push(
+            pool.cidr()
+                .parse()
+                .map_err(|e: String| anyhow::anyhow!(e))?,
+        );
+        for ip in host {
+            operator.deny.push(
+                ip.to_string()
+                    .parse()
+                    .map_err(|e: String| anyhow::anyhow!(e))?,
+            );
+        }
+        let egress = Arc::new(Egress::new(
+            operator,
+            Arc::new(spawn_audit_writer(store)),
+            upstream_dns,
+        ));
+        tokio::spawn(sandstone_egress::proxy::serve(proxy, egress.clone()));
+        tokio::spawn(sandstone_egress::dns::serve(dns, egress.clone()));
+        tracing::info!(
+            pool = %pool.cidr(), table = %firewall.table, proxy = firewall.proxy_port, resolver = firewall.dns_port,
+            upstream = %upstream_dns, "egress on: veth per sandbox, firewall, proxy and policy resolver"
+        );
+        Ok(Network {
+            pool,
+            firewall,
+            egress,
+        })
     }
 
     /// The interface and addresses of `slot`.
@@ -70,5 +177,13 @@ impl Network {
             address,
             prefix: 30,
         })
+    }
+
+    /// Starts enforcing `policy` for the sandbox in `slot`.
+    pub fn register(&self, slot: i64, id: &str, policy: &NetworkPolicy) -> ApiResult<()> {
+        let spec = self.spec(slot)?;
+        self.egress
+            .register(spec.address, id, policy)
+            .map_err(ApiError::bad_request)
     }
 }

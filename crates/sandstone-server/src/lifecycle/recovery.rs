@@ -54,6 +54,11 @@ impl Lifecycle {
             self.store
                 .set_running(id, runtime.pid as i64, generation)
                 .await?;
+            if let Some(n) = &self.network {
+                let policy = super::policy_of(&super::config_of(row)).unwrap_or_default();
+                n.register(row.slot, id, &policy)
+                    .map_err(|e| anyhow::anyhow!(e.message))?;
+            }
             self.runtimes
                 .write()
                 .unwrap()

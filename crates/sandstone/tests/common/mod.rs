@@ -3,6 +3,8 @@
 
 #![allow(dead_code)]
 
+pub mod fake_internet;
+
 use serde_json::{Value, json};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
@@ -38,8 +40,8 @@ pub struct Daemon {
     /// `--warm-pool` for the next [`Daemon::spawn`] (tests default to none,
     /// so that every claim takes the ordinary create path).
     pub warm_pool: usize,
-    /// `--egress-pool` for the next [`Daemon::spawn`].
-    pub egress_pool: Option<String>,
+    /// Extra `sandstone serve` arguments for the next [`Daemon::spawn`].
+    pub serve_args: Vec<String>,
     pub child: Option<Child>,
     pub url: String,
     pub token: String,
@@ -103,7 +105,7 @@ impl Daemon {
         let mut d = Daemon {
             crash_at: String::new(),
             warm_pool: 0,
-            egress_pool: None,
+            serve_args: Vec::new(),
             child: None,
             url: format!("http://127.0.0.1:{port}"),
             token: String::new(),
@@ -127,11 +129,7 @@ impl Daemon {
             .env("SANDSTONE_CRASH", &self.crash_at)
             .env("SANDSTONE_WARM_POOL", self.warm_pool.to_string())
             .env_remove("SANDSTONE_EGRESS_POOL")
-            .args(
-                self.egress_pool
-                    .iter()
-                    .flat_map(|p| ["--egress-pool", p.as_str()]),
-            )
+            .args(&self.serve_args)
             .env("SANDSTONE_LOG", "warn")
             .spawn()
             .expect("start daemon");

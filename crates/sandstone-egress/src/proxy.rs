@@ -1,0 +1,283 @@
+//! The transparent egress proxy. Every TCP connection from a sandbox is
+//! redirected here by the firewall: its original destination comes from
+//! `SO_ORIGINAL_DST`, its name from the TLS SNI, the HTTP Host or the
+//! sandbox's own DNS answers; the policy decides; allowed connections are
+//! dialled by the proxy (to what the name resolves to, when a domain rule
+//! allowed it, never to an address the operator denies) and spliced.
+//! Denied HTTP gets a 403 saying why; anything else denied is reset.
+
+use crate::audit::{AuditEvent, now_ms};
+use crate::policy::{AppProtocol, Connection, Decision, Transport};
+use crate::sniff::{MAX_SNIFF, Sniffed, sniff};
+use crate::state::{Egress, SandboxNet};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::os::fd::AsRawFd;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+/// How long the proxy waits for a client's first bytes before treating the
+/// connection as opaque (server-speaks-first protocols).
+const FIRST_BYTES: Duration = Duration::from_millis(300);
+const DIAL_TIMEOUT: Duration = Duration::from_secs(10);
+
+pub async fn serve(listener: TcpListener, egress: Arc<Egress>) {
+    loop {
+        let Ok((conn, peer)) = listener.accept().await else {
+            continue;
+        };
+        let egress = egress.clone();
+        tokio::spawn(async move { handle(conn, peer, egress).await });
+    }
+}
+
+fn original_dst(s: &TcpStream) -> std::io::Result<SocketAddr> {
+    let mut addr: libc::sockaddr_in = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+    const SO_ORIGINAL_DST: libc::c_int = 80;
+    let r = unsafe {
+        libc::getsockopt(
+            s.as_raw_fd(),
+            libc::SOL_IP,
+            SO_ORIGINAL_DST,
+            &mut addr as *mut _ as *mut _,
+            &mut len,
+        )
+    };
+    if r < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    let ip = Ipv4Addr::from(u32::from_be(addr.sin_addr.s_addr));
+    Ok(SocketAddr::V4(SocketAddrV4::new(
+        ip,
+        u16::from_be(addr.sin_port),
+    )))
+}
+
+/// Reads until the protocol is known (or the client stays silent).
+async fn first_bytes(conn: &mut TcpStream) -> (Vec<u8>, Sniffed) {
+    let mut buf = Vec::new();
+    let deadline = Instant::now() + FIRST_BYTES;
+    let mut chunk = [0u8; 4096];
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(left, conn.read(&mut chunk)).await {
+            Ok(Ok(n)) if n > 0 => buf.extend_from_slice(&chunk[..n]),
+            _ => {
+                return (
+                    buf.clone(),
+                    if buf.is_empty() {
+                        Sniffed::Other
+                    } else {
+                        sniff_or_other(&buf)
+                    },
+                );
+            }
+        }
+        match sniff(&buf) {
+            Sniffed::NeedMore if buf.len() < MAX_SNIFF => continue,
+            Sniffed::NeedMore => return (buf, Sniffed::Other),
+            s => return (buf, s),
+        }
+    }
+}
+
+fn sniff_or_other(buf: &[u8]) -> Sniffed {
+    match sniff(buf) {
+        Sniffed::NeedMore => Sniffed::Other,
+        s => s,
+    }
+}
+
+struct Flow {
+    sandbox: Arc<SandboxNet>,
+    dst: SocketAddr,
+    host: Option<String>,
+    app: AppProtocol,
+    started: Instant,
+}
+
+impl Flow {
+    fn audit(&self, egress: &Egress, d: &Decision, reason: String, up: u64, down: u64) {
+        egress.audit.record(AuditEvent {
+            sandbox_id: self.sandbox.id.clone(),
+            time: now_ms(),
+            kind: "connection".into(),
+            dest_name: self.host.clone(),
+            dest_ip: Some(self.dst.ip().to_string()),
+            dest_port: self.dst.port(),
+            protocol: format!("{:?}", self.app).to_lowercase(),
+            decision: if d.allowed { "allow" } else { "deny" }.into(),
+            rule: d.rule.clone(),
+            reason,
+            bytes_up: up,
+            bytes_down: down,
+            duration_ms: self.started.elapsed().as_millis() as u64,
+        });
+    }
+}
+
+/// Makes the coming close a reset (SO_LINGER 0), so the client fails at
+/// once rather than waiting; a zero linger never blocks.
+fn reset(conn: &TcpStream) {
+    let l = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    unsafe {
+        libc::setsockopt(
+            conn.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            &l as *const libc::linger as *const _,
+            std::mem::size_of::<libc::linger>() as libc::socklen_t,
+        )
+    };
+}
+
+async fn refuse(mut conn: TcpStream, flow: &Flow, reason: &str) {
+    if flow.app == AppProtocol::Http {
+        let body = format!("sandstone egress: {reason}\n");
+        let resp = format!(
+            "HTTP/1.1 403 Forbidden\r\ncontent-type: text/plain\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+            body.len()
+        );
+        let _ = conn.write_all(resp.as_bytes()).await;
+        let _ = conn.shutdown().await;
+    } else {
+        reset(&conn);
+    }
+}
+
+async fn handle(mut conn: TcpStream, peer: SocketAddr, egress: Arc<Egress>) {
+    let Some(sandbox) = egress.sandbox(peer.ip()) else {
+        return;
+    };
+    let Ok(dst) = original_dst(&conn) else { return };
+    let started = Instant::now();
+    let (head, sniffed) = first_bytes(&mut conn).await;
+    let (host, app) = match &sniffed {
+        Sniffed::Tls { sni } => (sni.clone(), AppProtocol::Tls),
+        Sniffed::Http { host, .. } => (host.clone(), AppProtocol::Http),
+        Sniffed::Ssh => (None, AppProtocol::Ssh),
+        _ => (None, AppProtocol::Other),
+    };
+    // A name the sandbox did not state comes from its own DNS answers.
+    let host = host.or_else(|| sandbox.name_of(dst.ip()));
+    let flow = Flow {
+        sandbox: sandbox.clone(),
+        dst,
+        host,
+        app,
+        started,
+    };
+    let policy = sandbox.policy();
+    let c = Connection {
+        ip: Some(dst.ip()),
+        port: dst.port(),
+        transport: Transport::Tcp,
+        host: flow.host.as_deref(),
+        app,
+    };
+    let mut decision = policy.decide(&egress.operator, &c);
+    // A Host or SNI naming an allowed domain does not make an address the
+    // sandbox chose allowed: the proxy dials what the name resolves to.
+    let target = if decision.allowed && policy.rule_names_domains(decision.rule.as_deref()) {
+        match resolve_allowed(
+            &egress,
+            flow.host.as_deref().unwrap_or_default(),
+            dst.port(),
+        )
+        .await
+        {
+            Ok(addr) => addr,
+            Err(why) => {
+                decision = Decision {
+                    allowed: false,
+                    layer: "operator",
+                    rule: Some(why.clone()),
+                };
+                let target = flow.host.clone().unwrap_or_else(|| dst.to_string());
+                let reason = format!("{target} resolves to a denied address ({why})");
+                flow.audit(&egress, &decision, reason.clone(), 0, 0);
+                return refuse(conn, &flow, &reason).await;
+            }
+        }
+    } else {
+        dst
+    };
+    let shown = match &flow.host {
+        Some(h) => format!("{h}:{}", dst.port()),
+        None => dst.to_string(),
+    };
+    let reason = decision.reason(&shown);
+    if !decision.allowed {
+        flow.audit(&egress, &decision, reason.clone(), 0, 0);
+        return refuse(conn, &flow, &reason).await;
+    }
+    let upstream = match tokio::time::timeout(DIAL_TIMEOUT, TcpStream::connect(target)).await {
+        Ok(Ok(s)) => s,
+        _ => {
+            flow.audit(
+                &egress,
+                &decision,
+                format!("{reason}; upstream {target} unreachable"),
+                0,
+                0,
+            );
+            reset(&conn);
+            return;
+        }
+    };
+    let (up, down) = splice(conn, upstream, &head).await;
+    flow.audit(&egress, &decision, reason, up, down);
+}
+
+/// Resolves `name` on the host and returns the first address the operator
+/// allows (DNS rebinding to a private or local address is refused).
+async fn resolve_allowed(egress: &Egress, name: &str, port: u16) -> Result<SocketAddr, String> {
+    let addrs: Vec<SocketAddr> = crate::dns::resolve(egress.upstream_dns, name)
+        .await
+        .map_err(|e| format!("cannot resolve {name}: {e}"))?
+        .into_iter()
+        .map(|ip| SocketAddr::new(IpAddr::V4(ip), port))
+        .collect();
+    let probe = |ip: IpAddr| Connection {
+        ip: Some(ip),
+        port,
+        transport: Transport::Tcp,
+        host: None,
+        app: AppProtocol::Other,
+    };
+    let denied = crate::policy::NetworkPolicy {
+        mode: crate::policy::Mode::AllowAll,
+        ..Default::default()
+    }
+    .compile()
+    .expect("empty policy compiles");
+    addrs
+        .iter()
+        .find(|a| denied.decide(&egress.operator, &probe(a.ip())).allowed)
+        .copied()
+        .ok_or_else(|| {
+            format!(
+                "{name} -> {}",
+                addrs
+                    .iter()
+                    .map(|a| a.ip().to_string())
+                    .collect::<Vec<_>>()
+                    .join(",")
+            )
+        })
+}
+
+async fn splice(mut client: TcpStream, mut upstream: TcpStream, head: &[u8]) -> (u64, u64) {
+    if upstream.write_all(head).await.is_err() {
+        return (0, 0);
+    }
+    match tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
+        Ok((up, down)) => (up + head.len() as u64, down),
+        Err(_) => (head.len() as u64, 0),
+    }
+}

@@ -1,0 +1,92 @@
+//! What the proxy and the resolver know: which sandbox owns a source
+//! address, its current policy (swapped atomically on update, so new
+//! connections see a change at once), and the names its DNS answers gave.
+
+use crate::audit::AuditSink;
+use crate::policy::{CompiledPolicy, NetworkPolicy, OperatorRules};
+use std::collections::HashMap;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::{Arc, Mutex, RwLock};
+
+/// Names remembered per sandbox, for matching opaque TCP to domains.
+const NAME_CACHE: usize = 4096;
+
+pub struct SandboxNet {
+    pub id: String,
+    policy: RwLock<Arc<CompiledPolicy>>,
+    names: Mutex<HashMap<IpAddr, String>>,
+}
+
+impl SandboxNet {
+    pub fn policy(&self) -> Arc<CompiledPolicy> {
+        self.policy.read().unwrap().clone()
+    }
+
+    pub fn remember(&self, ip: IpAddr, name: &str) {
+        let mut n = self.names.lock().unwrap();
+        if n.len() >= NAME_CACHE {
+            n.clear();
+        }
+        n.insert(ip, name.to_string());
+    }
+
+    pub fn name_of(&self, ip: IpAddr) -> Option<String> {
+        self.names.lock().unwrap().get(&ip).cloned()
+    }
+}
+
+pub struct Egress {
+    by_addr: RwLock<HashMap<Ipv4Addr, Arc<SandboxNet>>>,
+    pub operator: OperatorRules,
+    pub audit: Arc<dyn AuditSink>,
+    /// Where allowed DNS questions are forwarded.
+    pub upstream_dns: SocketAddr,
+}
+
+impl Egress {
+    pub fn new(
+        operator: OperatorRules,
+        audit: Arc<dyn AuditSink>,
+        upstream_dns: SocketAddr,
+    ) -> Egress {
+        Egress {
+            by_addr: RwLock::new(HashMap::new()),
+            operator,
+            audit,
+            upstream_dns,
+        }
+    }
+
+    /// Starts enforcing `policy` for the sandbox at `addr`.
+    pub fn register(&self, addr: Ipv4Addr, id: &str, policy: &NetworkPolicy) -> Result<(), String> {
+        let compiled = Arc::new(policy.compile()?);
+        let net = Arc::new(SandboxNet {
+            id: id.to_string(),
+            policy: RwLock::new(compiled),
+            names: Mutex::new(HashMap::new()),
+        });
+        self.by_addr.write().unwrap().insert(addr, net);
+        Ok(())
+    }
+
+    /// Stops serving sandbox `id` (its runtime ended).
+    pub fn unregister(&self, id: &str) {
+        self.by_addr.write().unwrap().retain(|_, net| net.id != id);
+    }
+
+    /// Replaces a sandbox's policy; connections opened afterwards use it.
+    pub fn set_policy(&self, id: &str, policy: &NetworkPolicy) -> Result<(), String> {
+        let compiled = Arc::new(policy.compile()?);
+        for net in self.by_addr.read().unwrap().values() {
+            if net.id == id {
+                *net.policy.write().unwrap() = compiled.clone();
+            }
+        }
+        Ok(())
+    }
+
+    pub fn sandbox(&self, addr: IpAddr) -> Option<Arc<SandboxNet>> {
+        let IpAddr::V4(v4) = addr else { return None };
+        self.by_addr.read().unwrap().get(&v4).cloned()
+    }
+}

@@ -1,0 +1,70 @@
+//! A sandbox's network policy (`GET/PUT .../network`) and its egress audit
+//! records (`GET .../observability/events`).
+
+use crate::AppState;
+use crate::error::{ApiError, ApiResult, ok};
+use crate::extract::JsonBody;
+use crate::lifecycle::{config_of, policy_of};
+use crate::routes::sandboxes::row;
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::Response;
+use serde_json::json;
+use std::collections::HashMap;
+
+pub async fn get(State(st): State<AppState>, Path(id): Path<String>) -> ApiResult<Response> {
+    let r = row(&st, &id).await?;
+    let policy = policy_of(&config_of(&r))?;
+    Ok(ok(StatusCode::OK, policy))
+}
+
+pub async fn put(
+    State(st): State<AppState>,
+    Path(id): Path<String>,
+    JsonBody(policy): JsonBody<serde_json::Value>,
+) -> ApiResult<Response> {
+    let r = st.lifecycle.set_network(&id, policy).await?;
+    Ok(ok(StatusCode::OK, policy_of(&config_of(&r))?))
+}
+
+fn number(q: &HashMap<String, String>, key: &str, default: i64, max: i64) -> ApiResult<i64> {
+    match q.get(key) {
+        None => Ok(default),
+        Some(v) => v
+            .parse::<i64>()
+            .ok()
+            .filter(|n| (0..=max).contains(n))
+            .ok_or_else(|| {
+                ApiError::bad_request(format!("invalid query parameter `{key}`: 0 to {max}"))
+            }),
+    }
+}
+
+/// `?after=<seq>&limit=<n>&denied=true`: records oldest first, each with
+/// its `seq` for the next page (or `--follow`).
+pub async fn events(
+    State(st): State<AppState>,
+    Path(id): Path<String>,
+    Query(q): Query<HashMap<String, String>>,
+) -> ApiResult<Response> {
+    row(&st, &id).await?;
+    let after = number(&q, "after", 0, i64::MAX)?;
+    let limit = number(&q, "limit", 100, 1000)?;
+    let denied = q.get("denied").is_some_and(|v| v == "true" || v == "1");
+    let rows = st
+        .lifecycle
+        .store
+        .list_audit(&id, after, denied, limit)
+        .await?;
+    let events: Vec<_> = rows
+        .into_iter()
+        .map(|(seq, mut e)| {
+            e["seq"] = json!(seq);
+            e
+        })
+        .collect();
+    Ok(ok(
+        StatusCode::OK,
+        json!({"events": events, "count": events.len()}),
+    ))
+}
