@@ -43,7 +43,9 @@ fn nft(script: &str) -> Result<(), String> {
 }
 
 impl Firewall {
-    /// The ruleset, replacing any table a crashed daemon left.
+    /// The ruleset, replacing any table a crashed daemon left. Dropped
+    /// sandbox packets are also logged (rate-limited) with the daemon's
+    /// prefix, which [`crate::drops`] turns into audit records.
     pub fn ruleset(&self) -> String {
         let Firewall {
             table,
@@ -51,30 +53,45 @@ impl Firewall {
             proxy_port,
             dns_port,
         } = self;
-        format!(
-            "table inet {table} {{}}\n\
-             delete table inet {table}\n\
-             table inet {table} {{\n\
-             \x20 chain prerouting {{\n\
-             \x20   type nat hook prerouting priority dstnat; policy accept;\n\
-             \x20   iifname \"{prefix}*\" meta l4proto tcp redirect to :{proxy_port}\n\
-             \x20   iifname \"{prefix}*\" udp dport 53 redirect to :{dns_port}\n\
-             \x20 }}\n\
-             \x20 chain input {{\n\
-             \x20   type filter hook input priority filter; policy accept;\n\
-             \x20   iifname \"{prefix}*\" tcp dport {proxy_port} accept\n\
-             \x20   iifname \"{prefix}*\" udp dport {dns_port} accept\n\
-             \x20   iifname \"{prefix}*\" counter drop comment \"sandbox: not tcp or dns\"\n\
-             \x20   tcp dport {proxy_port} counter drop comment \"proxy: sandboxes only\"\n\
-             \x20   udp dport {dns_port} counter drop comment \"resolver: sandboxes only\"\n\
-             \x20 }}\n\
-             \x20 chain forward {{\n\
-             \x20   type filter hook forward priority filter; policy accept;\n\
-             \x20   iifname \"{prefix}*\" counter drop\n\
-             \x20   oifname \"{prefix}*\" counter drop\n\
-             \x20 }}\n\
-             }}\n"
-        )
+        let lines = [
+            format!("table inet {table} {{}}"),
+            format!("delete table inet {table}"),
+            format!("table inet {table} {{"),
+            // Anything but TCP and DNS is logged (for the audit) and dropped
+            // before routing, whatever its destination.
+            "  chain screen {".into(),
+            "    type filter hook prerouting priority raw; policy accept;".into(),
+            format!("    iifname \"{prefix}*\" meta l4proto tcp return"),
+            format!("    iifname \"{prefix}*\" udp dport 53 return"),
+            format!(
+                "    iifname \"{prefix}*\" limit rate 200/second log prefix \"{prefix} drop \" level info"
+            ),
+            format!("    iifname \"{prefix}*\" counter drop comment \"sandbox: not tcp or dns\""),
+            "  }".into(),
+            "  chain prerouting {".into(),
+            "    type nat hook prerouting priority dstnat; policy accept;".into(),
+            format!("    iifname \"{prefix}*\" meta l4proto tcp redirect to :{proxy_port}"),
+            format!("    iifname \"{prefix}*\" udp dport 53 redirect to :{dns_port}"),
+            "  }".into(),
+            "  chain input {".into(),
+            "    type filter hook input priority filter; policy accept;".into(),
+            format!("    iifname \"{prefix}*\" tcp dport {proxy_port} accept"),
+            format!("    iifname \"{prefix}*\" udp dport {dns_port} accept"),
+            format!(
+                "    iifname \"{prefix}*\" limit rate 200/second log prefix \"{prefix} drop \" level info"
+            ),
+            format!("    iifname \"{prefix}*\" counter drop comment \"sandbox: not tcp or dns\""),
+            format!("    tcp dport {proxy_port} counter drop comment \"proxy: sandboxes only\""),
+            format!("    udp dport {dns_port} counter drop comment \"resolver: sandboxes only\""),
+            "  }".into(),
+            "  chain forward {".into(),
+            "    type filter hook forward priority filter; policy accept;".into(),
+            format!("    iifname \"{prefix}*\" counter drop"),
+            format!("    oifname \"{prefix}*\" counter drop"),
+            "  }".into(),
+            "}".into(),
+        ];
+        lines.join("\n") + "\n"
     }
 
     pub fn install(&self) -> Result<(), String> {

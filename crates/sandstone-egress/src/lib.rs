@@ -10,6 +10,7 @@ pub mod addr;
 pub mod audit;
 pub mod cidr;
 pub mod dns;
+pub mod drops;
 pub mod firewall;
 pub mod policy;
 pub mod proxy;

@@ -134,20 +134,27 @@ pub fn run(
             } else {
                 dir.join(std::ffi::OsStr::from_bytes(name))
             };
-            let new_dir = recursive && ev.mask & libc::IN_ISDIR != 0 && ev.mask & libc::IN_CREATE != 0;
+            let new_dir =
+                recursive && ev.mask & libc::IN_ISDIR != 0 && ev.mask & libc::IN_CREATE != 0;
             if new_dir {
                 let _ = w.add(&full);
             }
             if ev.mask & libc::IN_CLOSE_WRITE != 0 && ev.mask & libc::IN_MODIFY == 0 {
                 continue; // a close after writes: the writes were reported already
             }
-                        let r = Response::Event { event: event_name(ev.mask).into(), path: full.display().to_string() };
+            let r = Response::Event {
+                event: event_name(ev.mask).into(),
+                path: full.display().to_string(),
+            };
             write_frame(out, &r, &[])?;
             if new_dir {
                 // Entries made before the new directory's watch existed
                 // would be missed: report them as created.
                 for entry in walk(&full) {
-                    let r = Response::Event { event: "create".into(), path: entry.display().to_string() };
+                    let r = Response::Event {
+                        event: "create".into(),
+                        path: entry.display().to_string(),
+                    };
                     write_frame(out, &r, &[])?;
                 }
             }

@@ -66,6 +66,32 @@ except OSError:
         "{r}"
     );
     assert_eq!(out.matches("closed").count(), 5, "{r}");
+    // The dropped UDP datagram is audited, with the reason.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let (_, v) = d
+            .get(&format!(
+                "/api/v1/sandboxes/{id}/observability/events?denied=true"
+            ))
+            .await;
+        let events = v["data"]["events"].as_array().unwrap().clone();
+        if let Some(e) = events
+            .iter()
+            .find(|e| e["kind"] == "drop" && e["dest_port"] == 9999)
+        {
+            assert_eq!(
+                (e["protocol"].as_str(), e["dest_ip"].as_str()),
+                (Some("udp"), Some("10.99.0.1")),
+                "{e}"
+            );
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no drop record: {events:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
     // Root in the sandbox cannot change its own routes or addresses.
     let r = d
         .sh(

@@ -152,6 +152,7 @@ impl Network {
         ));
         tokio::spawn(sandstone_egress::proxy::serve(proxy, egress.clone()));
         tokio::spawn(sandstone_egress::dns::serve(dns, egress.clone()));
+        sandstone_egress::drops::spawn(egress.clone(), firewall.prefix.clone());
         tracing::info!(
             pool = %pool.cidr(), table = %firewall.table, proxy = firewall.proxy_port, resolver = firewall.dns_port,
             upstream = %upstream_dns, "egress on: veth per sandbox, firewall, proxy and policy resolver"
