@@ -111,6 +111,36 @@ impl Client {
             .await
     }
 
+    pub async fn network(&self, id: &str) -> Result<serde_json::Value> {
+        self.call(
+            Method::GET,
+            &format!("/api/v1/sandboxes/{id}/network"),
+            None,
+        )
+        .await
+    }
+
+    pub async fn set_network(
+        &self,
+        id: &str,
+        policy: serde_json::Value,
+    ) -> Result<serde_json::Value> {
+        self.call(
+            Method::PUT,
+            &format!("/api/v1/sandboxes/{id}/network"),
+            Some(policy),
+        )
+        .await
+    }
+
+    /// Egress audit records after sequence number `after`.
+    pub async fn events(&self, id: &str, after: i64, denied: bool) -> Result<serde_json::Value> {
+        let path = format!(
+            "/api/v1/sandboxes/{id}/observability/events?after={after}&limit=1000&denied={denied}"
+        );
+        self.call(Method::GET, &path, None).await
+    }
+
     /// The daemon's Prometheus metrics page.
     pub async fn metrics(&self) -> Result<String> {
         let resp = self.send(self.http.get(self.url("/metrics"))).await?;

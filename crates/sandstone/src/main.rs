@@ -117,6 +117,21 @@ enum Cmd {
         #[command(subcommand)]
         cmd: SnapshotCmd,
     },
+    /// A sandbox's network policy.
+    Policy {
+        #[command(subcommand)]
+        cmd: PolicyCmd,
+    },
+    /// A sandbox's egress audit records (connections, DNS answers, drops).
+    Audit {
+        id: String,
+        /// Keep printing new records.
+        #[arg(long)]
+        follow: bool,
+        /// Only denials.
+        #[arg(long)]
+        denied: bool,
+    },
     /// List sandboxes.
     Ls,
     /// Show one sandbox.
@@ -166,6 +181,28 @@ enum Cmd {
     Template {
         #[command(subcommand)]
         cmd: TemplateCmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum PolicyCmd {
+    /// Print the policy (JSON).
+    Get { id: String },
+    /// Replace the policy: from a JSON file, or built from flags
+    /// (`--allow api.github.com --allow '*.pypi.org' --allow 10.0.0.0/8`).
+    Set {
+        id: String,
+        #[arg(long, conflicts_with_all = ["allow", "deny", "mode"])]
+        file: Option<PathBuf>,
+        /// allow-all or block-all (default block-all).
+        #[arg(long)]
+        mode: Option<String>,
+        /// A domain (`*.` wildcards) or CIDR to allow; repeatable.
+        #[arg(long)]
+        allow: Vec<String>,
+        /// A domain or CIDR to deny (checked before the allows); repeatable.
+        #[arg(long)]
+        deny: Vec<String>,
     },
 }
 
@@ -362,6 +399,8 @@ async fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Cmd::Snapshot { cmd } => snapshot_cmd(&cli, cmd).await,
+        Cmd::Policy { cmd } => policy_cmd(&cli, cmd).await,
+        Cmd::Audit { id, follow, denied } => audit(&cli, id, *follow, *denied).await,
         Cmd::Inspect { id } => print_json(&client(&cli)?.get(id).await?),
         Cmd::Exec {
             id,
@@ -464,6 +503,84 @@ async fn snapshot_cmd(cli: &Cli, cmd: &SnapshotCmd) -> Result<()> {
             }
             Ok(())
         }
+    }
+}
+
+/// A traffic rule for one `--allow`/`--deny` value (CIDR or domain).
+fn flag_rule(action: &str, n: usize, target: &str) -> serde_json::Value {
+    let is_cidr = target
+        .split('/')
+        .next()
+        .is_some_and(|a| a.parse::<std::net::IpAddr>().is_ok());
+    let key = if is_cidr { "cidrs" } else { "domains" };
+    serde_json::json!({"name": format!("{action}-{n}"), "action": action, key: [target]})
+}
+
+async fn policy_cmd(cli: &Cli, cmd: &PolicyCmd) -> Result<()> {
+    let c = client(cli)?;
+    match cmd {
+        PolicyCmd::Get { id } => print_json(&c.network(id).await?),
+        PolicyCmd::Set {
+            id,
+            file,
+            mode,
+            allow,
+            deny,
+        } => {
+            let policy = match file {
+                Some(f) => serde_json::from_slice(
+                    &std::fs::read(f).with_context(|| format!("read {}", f.display()))?,
+                )
+                .with_context(|| format!("{} is not JSON", f.display()))?,
+                None => {
+                    let rules: Vec<_> = deny
+                        .iter()
+                        .enumerate()
+                        .map(|(i, t)| flag_rule("deny", i, t))
+                        .chain(
+                            allow
+                                .iter()
+                                .enumerate()
+                                .map(|(i, t)| flag_rule("allow", i, t)),
+                        )
+                        .collect();
+                    serde_json::json!({"mode": mode.as_deref().unwrap_or("block-all"), "egress": {"trafficRules": rules}})
+                }
+            };
+            print_json(&c.set_network(id, policy).await?)
+        }
+    }
+}
+
+async fn audit(cli: &Cli, id: &str, follow: bool, denied: bool) -> Result<()> {
+    let c = client(cli)?;
+    let mut after = 0;
+    loop {
+        let page = c.events(id, after, denied).await?;
+        for e in page["events"].as_array().into_iter().flatten() {
+            after = e["seq"].as_i64().unwrap_or(after);
+            if cli.json {
+                println!("{e}");
+                continue;
+            }
+            let dest = e["dest_name"]
+                .as_str()
+                .or(e["dest_ip"].as_str())
+                .unwrap_or("?");
+            println!(
+                "{:<6} {:<5} {:<10} {}:{}  {}",
+                e["decision"].as_str().unwrap_or(""),
+                e["protocol"].as_str().unwrap_or(""),
+                e["kind"].as_str().unwrap_or(""),
+                dest,
+                e["dest_port"],
+                e["reason"].as_str().unwrap_or("")
+            );
+        }
+        if !follow {
+            return Ok(());
+        }
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
     }
 }
 

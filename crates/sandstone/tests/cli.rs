@@ -3,28 +3,7 @@
 
 mod common;
 
-use common::{Daemon, sandstone_bin};
-use std::io::Write;
-use std::process::{Command, Output, Stdio};
-
-fn cli(d: &Daemon, args: &[&str], stdin: &[u8]) -> Output {
-    let mut child = Command::new(sandstone_bin())
-        .args(args)
-        .env("SANDSTONE_URL", &d.url)
-        .env("SANDSTONE_DATA_DIR", d.data.path())
-        .env_remove("SANDSTONE_TOKEN")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child.stdin.take().unwrap().write_all(stdin).unwrap();
-    child.wait_with_output().unwrap()
-}
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
-}
+use common::{Daemon, cli, text};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn cli_create_exec_shell_cp_rm() {

@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{Daemon, test_subnet_pool};
+use common::{Daemon, cli, test_subnet_pool, text};
 use serde_json::json;
 
 async fn networked() -> Daemon {
@@ -232,4 +232,30 @@ async fn policy_decides_every_connection_and_dns_answer_and_audits_them() {
     assert!(all.iter().any(|e| e["decision"] == "allow"
         && e["kind"] == "connection"
         && e["bytes_down"].as_u64() > Some(0)));
+
+    // The CLI sets a policy from flags and shows the audit trail.
+    let out = cli(
+        &d,
+        &[
+            "policy",
+            "set",
+            &id,
+            "--allow",
+            "web.test",
+            "--deny",
+            "other.test",
+        ],
+        b"",
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let r = d.sh(&id, &curl("http://other.test/")).await;
+    assert!(r["stdout"].as_str().unwrap().contains("rc=6"), "{r}");
+    let out = cli(&d, &["audit", &id, "--denied"], b"");
+    let trail = text(&out.stdout);
+    assert!(
+        trail
+            .lines()
+            .any(|l| l.starts_with("deny") && l.contains("other.test")),
+        "{trail}"
+    );
 }

@@ -6,8 +6,9 @@
 pub mod fake_internet;
 
 use serde_json::{Value, json};
+use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command};
+use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 pub fn sandstone_bin() -> &'static str {
@@ -307,4 +308,24 @@ impl Drop for Daemon {
             let _ = Command::new("umount").arg("-l").arg(&pool).status();
         }
     }
+}
+
+/// Runs the `sandstone` CLI against `d` with `stdin`.
+pub fn cli(d: &Daemon, args: &[&str], stdin: &[u8]) -> Output {
+    let mut child = Command::new(sandstone_bin())
+        .args(args)
+        .env("SANDSTONE_URL", &d.url)
+        .env("SANDSTONE_DATA_DIR", d.data.path())
+        .env_remove("SANDSTONE_TOKEN")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(stdin).unwrap();
+    child.wait_with_output().unwrap()
+}
+
+pub fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
 }
