@@ -64,25 +64,70 @@ fn skip_name(msg: &[u8], mut at: usize) -> Option<usize> {
     None
 }
 
-/// The A records of an answer.
-pub fn a_records(msg: &[u8]) -> Vec<Ipv4Addr> {
-    let parse = || -> Option<Vec<Ipv4Addr>> {
+/// The A records of an answer, with the smallest TTL of its records.
+pub fn answer_records(msg: &[u8]) -> (Vec<Ipv4Addr>, Option<u32>) {
+    let parse = || -> Option<(Vec<Ipv4Addr>, Option<u32>)> {
         let (_, _, mut at) = question(msg)?;
         let answers = u16::from_be_bytes([msg[6], msg[7]]);
         let mut out = Vec::new();
+        let mut ttl: Option<u32> = None;
         for _ in 0..answers {
             at = skip_name(msg, at)?;
             let kind = u16::from_be_bytes([*msg.get(at)?, *msg.get(at + 1)?]);
+            let rec_ttl = u32::from_be_bytes(msg.get(at + 4..at + 8)?.try_into().ok()?);
             let len = u16::from_be_bytes([*msg.get(at + 8)?, *msg.get(at + 9)?]) as usize;
             let data = msg.get(at + 10..at + 10 + len)?;
+            ttl = Some(ttl.map_or(rec_ttl, |t| t.min(rec_ttl)));
             if kind == 1 && len == 4 {
                 out.push(Ipv4Addr::new(data[0], data[1], data[2], data[3]));
             }
             at += 10 + len;
         }
-        Some(out)
+        Some((out, ttl))
     };
     parse().unwrap_or_default()
+}
+
+/// The A records of an answer.
+pub fn a_records(msg: &[u8]) -> Vec<Ipv4Addr> {
+    answer_records(msg).0
+}
+
+/// Answers by (name, type), kept for their TTL (clamped to 5 s..5 min;
+/// negative answers 5 s).
+#[derive(Default)]
+pub struct Cache {
+    entries: std::sync::Mutex<std::collections::HashMap<(String, u16), (Vec<u8>, Instant)>>,
+}
+
+const CACHE_MAX: usize = 10_000;
+
+impl Cache {
+    /// A cached answer re-addressed to `query`'s id.
+    pub fn get(&self, name: &str, qtype: u16, query: &[u8]) -> Option<Vec<u8>> {
+        let entries = self.entries.lock().unwrap();
+        let (answer, until) = entries.get(&(name.to_string(), qtype))?;
+        if Instant::now() >= *until {
+            return None;
+        }
+        let mut a = answer.clone();
+        a[..2].copy_from_slice(&query[..2]);
+        Some(a)
+    }
+
+    pub fn put(&self, name: &str, qtype: u16, answer: &[u8]) {
+        let ttl = answer_records(answer).1.unwrap_or(5).clamp(5, 300);
+        let mut entries = self.entries.lock().unwrap();
+        if entries.len() >= CACHE_MAX {
+            let now = Instant::now();
+            entries.retain(|_, (_, until)| *until > now);
+            if entries.len() >= CACHE_MAX {
+                entries.clear();
+            }
+        }
+        let until = Instant::now() + Duration::from_secs(ttl as u64);
+        entries.insert((name.to_string(), qtype), (answer.to_vec(), until));
+    }
 }
 
 /// Builds an A query for `name`.
@@ -134,18 +179,33 @@ async fn answer(sock: &UdpSocket, peer: SocketAddr, query: &[u8], egress: &Egres
     let Some(sandbox) = egress.sandbox(peer.ip()) else {
         return;
     };
-    let Some((name, _qtype, end)) = question(query) else {
+    let Some((name, qtype, end)) = question(query) else {
         return;
     };
     let started = Instant::now();
+    sandbox
+        .counters
+        .dns
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let d = sandbox.policy().decide_name(&egress.operator, &name);
     let mut reason = d.reason(&name);
-    let reply = if d.allowed {
+    let cached = if d.allowed {
+        egress.dns_cache.get(&name, qtype, query)
+    } else {
+        None
+    };
+    let reply = if let Some(r) = cached {
+        for ip in a_records(&r) {
+            sandbox.remember(IpAddr::V4(ip), &name);
+        }
+        r
+    } else if d.allowed {
         match forward(egress.upstream_dns, query).await {
             Ok(r) => {
                 for ip in a_records(&r) {
                     sandbox.remember(IpAddr::V4(ip), &name);
                 }
+                egress.dns_cache.put(&name, qtype, &r);
                 r
             }
             Err(e) => {
@@ -203,6 +263,14 @@ mod tests {
         a[7] = 1;
         a.extend_from_slice(&[0xC0, 12, 0, 1, 0, 1, 0, 0, 0, 60, 0, 4, 10, 99, 0, 2]);
         assert_eq!(a_records(&a), vec![Ipv4Addr::new(10, 99, 0, 2)]);
+        assert_eq!(answer_records(&a).1, Some(60));
+        let cache = Cache::default();
+        cache.put("web.test", 1, &a);
+        let q2 = a_query(0x7777, "web.test");
+        let hit = cache.get("web.test", 1, &q2).unwrap();
+        assert_eq!(&hit[..2], &[0x77u8, 0x77][..]);
+        assert_eq!(a_records(&hit), vec![Ipv4Addr::new(10, 99, 0, 2)]);
+        assert!(cache.get("other.test", 1, &q2).is_none());
         assert!(question(&[0u8; 5]).is_none());
         assert!(
             a_records(&a[..a.len() - 3]).is_empty(),

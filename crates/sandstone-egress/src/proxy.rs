@@ -100,6 +100,11 @@ struct Flow {
 
 impl Flow {
     fn audit(&self, egress: &Egress, d: &Decision, reason: String, up: u64, down: u64) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let c = &self.sandbox.counters;
+        if d.allowed { &c.allowed } else { &c.denied }.fetch_add(1, Relaxed);
+        c.bytes_up.fetch_add(up, Relaxed);
+        c.bytes_down.fetch_add(down, Relaxed);
         egress.audit.record(AuditEvent {
             sandbox_id: self.sandbox.id.clone(),
             time: now_ms(),

@@ -6,13 +6,25 @@ use crate::audit::AuditSink;
 use crate::policy::{CompiledPolicy, NetworkPolicy, OperatorRules};
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
 /// Names remembered per sandbox, for matching opaque TCP to domains.
 const NAME_CACHE: usize = 4096;
 
+/// Per-sandbox egress counters, for /metrics.
+#[derive(Default)]
+pub struct Counters {
+    pub allowed: AtomicU64,
+    pub denied: AtomicU64,
+    pub bytes_up: AtomicU64,
+    pub bytes_down: AtomicU64,
+    pub dns: AtomicU64,
+}
+
 pub struct SandboxNet {
     pub id: String,
+    pub counters: Counters,
     policy: RwLock<Arc<CompiledPolicy>>,
     names: Mutex<HashMap<IpAddr, String>>,
 }
@@ -41,6 +53,7 @@ pub struct Egress {
     pub audit: Arc<dyn AuditSink>,
     /// Where allowed DNS questions are forwarded.
     pub upstream_dns: SocketAddr,
+    pub dns_cache: crate::dns::Cache,
 }
 
 impl Egress {
@@ -54,6 +67,7 @@ impl Egress {
             operator,
             audit,
             upstream_dns,
+            dns_cache: crate::dns::Cache::default(),
         }
     }
 
@@ -62,6 +76,7 @@ impl Egress {
         let compiled = Arc::new(policy.compile()?);
         let net = Arc::new(SandboxNet {
             id: id.to_string(),
+            counters: Counters::default(),
             policy: RwLock::new(compiled),
             names: Mutex::new(HashMap::new()),
         });
@@ -83,6 +98,48 @@ impl Egress {
             }
         }
         Ok(())
+    }
+
+    /// Prometheus lines of every served sandbox's counters.
+    pub fn render_metrics(&self) -> String {
+        let nets: Vec<_> = self.by_addr.read().unwrap().values().cloned().collect();
+        let mut s = String::from("# TYPE sandstone_egress_connections_total counter\n");
+        for n in &nets {
+            let c = &n.counters;
+            s += &format!(
+                "sandstone_egress_connections_total{{sandbox=\"{}\",decision=\"allow\"}} {}\n",
+                n.id,
+                c.allowed.load(Ordering::Relaxed)
+            );
+            s += &format!(
+                "sandstone_egress_connections_total{{sandbox=\"{}\",decision=\"deny\"}} {}\n",
+                n.id,
+                c.denied.load(Ordering::Relaxed)
+            );
+        }
+        s += "# TYPE sandstone_egress_bytes_total counter\n";
+        for n in &nets {
+            let c = &n.counters;
+            s += &format!(
+                "sandstone_egress_bytes_total{{sandbox=\"{}\",direction=\"up\"}} {}\n",
+                n.id,
+                c.bytes_up.load(Ordering::Relaxed)
+            );
+            s += &format!(
+                "sandstone_egress_bytes_total{{sandbox=\"{}\",direction=\"down\"}} {}\n",
+                n.id,
+                c.bytes_down.load(Ordering::Relaxed)
+            );
+        }
+        s += "# TYPE sandstone_egress_dns_queries_total counter\n";
+        for n in &nets {
+            s += &format!(
+                "sandstone_egress_dns_queries_total{{sandbox=\"{}\"}} {}\n",
+                n.id,
+                n.counters.dns.load(Ordering::Relaxed)
+            );
+        }
+        s
     }
 
     pub fn sandbox(&self, addr: IpAddr) -> Option<Arc<SandboxNet>> {

@@ -95,7 +95,7 @@ async fn metrics_page(State(st): State<AppState>) -> Response {
         st.lifecycle.running_count(),
         total,
         st.lifecycle.warm_count(),
-    );
+    ) + &st.lifecycle.egress_metrics();
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response()
 }
 

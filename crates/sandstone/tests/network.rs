@@ -258,4 +258,11 @@ async fn policy_decides_every_connection_and_dns_answer_and_audits_them() {
             .any(|l| l.starts_with("deny") && l.contains("other.test")),
         "{trail}"
     );
+    let m = d.metrics().await;
+    let line = format!("sandstone_egress_connections_total{{sandbox=\"{id}\",decision=\"allow\"}}");
+    let allowed: u64 = m
+        .lines()
+        .find_map(|l| l.strip_prefix(line.as_str())?.trim().parse().ok())
+        .unwrap_or(0);
+    assert!(allowed >= 3, "{m}");
 }

@@ -160,6 +160,14 @@ impl Lifecycle {
         self.row(id).await
     }
 
+    /// Egress counters for /metrics (empty without networking).
+    pub fn egress_metrics(&self) -> String {
+        self.network
+            .as_ref()
+            .map(|n| n.egress.render_metrics())
+            .unwrap_or_default()
+    }
+
     /// Pre-made sandboxes waiting in the warm pool.
     pub fn warm_count(&self) -> usize {
         self.warm.ready()
