@@ -45,6 +45,8 @@ def serve_dns():
 
 
 class Hello(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"  # keep-alive, for the latency benchmark
+
     def do_GET(self):
         body = ("hello from %s\n" % self.headers.get("Host", "?")).encode()
         self.send_response(200)

@@ -1,0 +1,62 @@
+"""Egress benchmark client: run inside a sandbox (through the proxy) and on
+the host (direct) against the fake internet; prints p50/p99 in ms.
+
+usage: latency.py keepalive HOST IP N | connect HOST IP N | dns NAME N
+"""
+import http.client
+import socket
+import struct
+import sys
+import time
+
+
+def pct(xs, p):
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, int(round((len(xs) - 1) * p)))] * 1000
+
+
+def keepalive(host, ip, n):
+    c = http.client.HTTPConnection(ip, 80)
+    out = []
+    for _ in range(n + 20):
+        t = time.perf_counter()
+        c.request("GET", "/", headers={"Host": host})
+        c.getresponse().read()
+        out.append(time.perf_counter() - t)
+    return out[20:]
+
+
+def connect(host, ip, n):
+    out = []
+    for _ in range(n):
+        t = time.perf_counter()
+        c = http.client.HTTPConnection(ip, 80)
+        c.request("GET", "/", headers={"Host": host, "Connection": "close"})
+        c.getresponse().read()
+        c.close()
+        out.append(time.perf_counter() - t)
+    return out
+
+
+def dns(name, n):
+    gw = [l.split()[2] for l in open("/proc/net/route") if l.split()[1] == "00000000"][0]
+    gw = socket.inet_ntoa(bytes.fromhex(gw)[::-1])
+    q = struct.pack(">HHHHHH", 1, 0x0100, 1, 0, 0, 0)
+    q += b"".join(bytes([len(p)]) + p.encode() for p in name.split(".")) + b"\0" + struct.pack(">HH", 1, 1)
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.settimeout(2)
+    out = []
+    for _ in range(n + 1):
+        t = time.perf_counter()
+        s.sendto(q, (gw, 53))
+        s.recv(512)
+        out.append(time.perf_counter() - t)
+    return out[1:]  # the first answer fills the cache
+
+
+mode = sys.argv[1]
+if mode == "dns":
+    xs = dns(sys.argv[2], int(sys.argv[3]))
+else:
+    xs = {"keepalive": keepalive, "connect": connect}[mode](sys.argv[2], sys.argv[3], int(sys.argv[4]))
+print("%.3f %.3f" % (pct(xs, 0.5), pct(xs, 0.99)))
