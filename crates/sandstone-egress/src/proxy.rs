@@ -278,6 +278,9 @@ async fn resolve_allowed(egress: &Egress, name: &str, port: u16) -> Result<Socke
 }
 
 async fn splice(mut client: TcpStream, mut upstream: TcpStream, head: &[u8]) -> (u64, u64) {
+    // A relay must not add Nagle delays of its own.
+    let _ = client.set_nodelay(true);
+    let _ = upstream.set_nodelay(true);
     if upstream.write_all(head).await.is_err() {
         return (0, 0);
     }

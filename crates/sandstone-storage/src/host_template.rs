@@ -64,7 +64,10 @@ pub fn ensure(dir: &Path) -> Result<Template> {
         description: "read-only view of the host's system directories".into(),
         lower: vec![rootfs],
         binds,
-        disk: crate::template_disk(dir),
+        disk: crate::template_settings(dir)["disk"]
+            .as_str()
+            .map(str::to_string),
+        network: crate::template_settings(dir).get("network").cloned(),
     })
 }
 

@@ -48,16 +48,19 @@ pub struct Template {
     pub description: String,
     pub lower: Vec<PathBuf>,
     pub binds: Vec<BindMount>,
-    /// Default disk cap of its sandboxes (e.g. `20Gi`), from the optional
-    /// `<templates>/<id>/template.json` (`{"disk": "20Gi"}`).
+    /// Defaults for its sandboxes from the optional
+    /// `<templates>/<id>/template.json`: a disk cap (`"disk": "20Gi"`) and a
+    /// network policy (`"network": {...}`) that claims merge over.
     pub disk: Option<String>,
+    pub network: Option<serde_json::Value>,
 }
 
-/// Reads a template's optional settings file.
-fn template_disk(dir: &Path) -> Option<String> {
-    let text = std::fs::read_to_string(dir.join("template.json")).ok()?;
-    let v: serde_json::Value = serde_json::from_str(&text).ok()?;
-    v["disk"].as_str().map(str::to_string)
+/// A template's optional settings file.
+fn template_settings(dir: &Path) -> serde_json::Value {
+    std::fs::read_to_string(dir.join("template.json"))
+        .ok()
+        .and_then(|t| serde_json::from_str(&t).ok())
+        .unwrap_or_default()
 }
 
 /// Paths of one sandbox.
@@ -130,7 +133,12 @@ impl Storage {
                 description: "Debian bookworm (debootstrap minbase)".into(),
                 lower: vec![self.debian_rootfs()],
                 binds: vec![],
-                disk: template_disk(&self.root.join("templates/debian")),
+                disk: template_settings(&self.root.join("templates/debian"))["disk"]
+                    .as_str()
+                    .map(str::to_string),
+                network: template_settings(&self.root.join("templates/debian"))
+                    .get("network")
+                    .cloned(),
             });
         }
         Ok(v)

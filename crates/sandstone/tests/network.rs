@@ -265,4 +265,17 @@ async fn policy_decides_every_connection_and_dns_answer_and_audits_them() {
         .find_map(|l| l.strip_prefix(line.as_str())?.trim().parse().ok())
         .unwrap_or(0);
     assert!(allowed >= 3, "{m}");
+
+    // A template's policy applies to claims that bring none.
+    std::fs::write(
+        d.data.path().join("templates/host/template.json"),
+        r#"{"network": {"mode": "block-all", "egress": {"trafficRules": [
+            {"name": "tpl", "action": "allow", "domains": ["other.test"], "ports": [{"port": 80}]}]}}}"#,
+    )
+    .unwrap();
+    let plain = d.create(json!({})).await;
+    let r = d.sh(&plain, &curl("http://other.test/")).await;
+    assert_eq!(r["stdout"], "hello from other.test\n rc=0\n", "{r}");
+    let r = d.sh(&plain, &curl("http://web.test/")).await;
+    assert!(r["stdout"].as_str().unwrap().contains("rc=6"), "{r}");
 }

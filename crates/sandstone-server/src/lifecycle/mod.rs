@@ -147,9 +147,10 @@ impl Lifecycle {
     pub async fn set_network(&self, id: &str, policy: serde_json::Value) -> ApiResult<SandboxRow> {
         let _guard = self.lock(id).await;
         let row = self.row(id).await?;
-        let parsed = parse_policy(policy.clone(), "network")?;
+        parse_policy(policy.clone(), "network")?;
         let mut config = config_of(&row);
         config.network = Some(policy);
+        let parsed = policy_of(&self.template(&row.template)?, &config)?;
         let value = serde_json::to_value(&config).map_err(internal)?;
         self.store.set_config(id, &value).await?;
         if let Some(n) = &self.network {
@@ -158,6 +159,11 @@ impl Lifecycle {
                 .map_err(ApiError::bad_request)?;
         }
         self.row(id).await
+    }
+
+    /// The policy a sandbox's connections are decided by.
+    pub fn effective_policy(&self, row: &SandboxRow) -> ApiResult<sandstone_egress::NetworkPolicy> {
+        policy_of(&self.template(&row.template)?, &config_of(row))
     }
 
     /// Egress counters for /metrics (empty without networking).
@@ -253,7 +259,7 @@ impl Lifecycle {
         let started = async {
             let pid = self.spawn_init(id, template, &paths, &cgroup, slot).await?;
             if let Some(n) = &self.network {
-                n.register(slot, id, &policy_of(config)?)?;
+                n.register(slot, id, &policy_of(template, config)?)?;
             }
             Ok(pid)
         }
@@ -336,7 +342,7 @@ impl Lifecycle {
         snapshot: Option<&str>,
     ) -> ApiResult<SandboxRow> {
         limits::limits(config.resources.as_ref())?;
-        policy_of(&config)?;
+        policy_of(&self.template(template_id)?, &config)?;
         let template = self.template(template_id)?;
         let disk = limits::disk(config.resources.as_ref(), template.disk.as_deref())?;
         if let Some(s) = snapshot {
@@ -422,7 +428,7 @@ impl Lifecycle {
             .apply(&m.runtime.cgroup, &limits)
             .map_err(internal)?;
         if let Some(n) = &self.network {
-            n.register(m.slot, &m.id, &policy_of(&config)?)?;
+            n.register(m.slot, &m.id, &policy_of(template, &config)?)?;
         }
         self.storage.set_disk_limit(&m.id, disk).map_err(internal)?;
         let row = self

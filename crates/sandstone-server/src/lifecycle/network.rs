@@ -89,13 +89,26 @@ fn spawn_audit_writer(store: Arc<dyn Store>) -> StoreSink {
     StoreSink { tx }
 }
 
-/// The policy of a claim configuration (`block-all` when it has none),
-/// with a 400 naming the bad field.
-pub fn policy_of(config: &sandstone_api::SandboxConfig) -> ApiResult<NetworkPolicy> {
-    let Some(v) = &config.network else {
-        return Ok(NetworkPolicy::default());
+/// A sandbox's effective policy: the template's (`block-all` when it has
+/// none) with the claim's merged over it (the claim's mode wins when it
+/// sets one; rules merge by name). Bad fields are a 400 naming them.
+pub fn policy_of(
+    template: &sandstone_storage::Template,
+    config: &sandstone_api::SandboxConfig,
+) -> ApiResult<NetworkPolicy> {
+    let base = match &template.network {
+        Some(v) => parse_policy(v.clone(), "template.network")?,
+        None => NetworkPolicy::default(),
     };
-    parse_policy(v.clone(), "config.network")
+    let Some(v) = &config.network else {
+        return Ok(base);
+    };
+    let claim = parse_policy(v.clone(), "config.network")?;
+    Ok(NetworkPolicy::merged(
+        &base,
+        &claim,
+        v.get("mode").is_some(),
+    ))
 }
 
 pub fn parse_policy(v: serde_json::Value, field: &str) -> ApiResult<NetworkPolicy> {

@@ -55,7 +55,7 @@ impl Lifecycle {
                 .set_running(id, runtime.pid as i64, generation)
                 .await?;
             if let Some(n) = &self.network {
-                let policy = super::policy_of(&super::config_of(row)).unwrap_or_default();
+                let policy = self.effective_policy(row).unwrap_or_default();
                 n.register(row.slot, id, &policy)
                     .map_err(|e| anyhow::anyhow!(e.message))?;
             }

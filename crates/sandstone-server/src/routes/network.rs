@@ -4,7 +4,6 @@
 use crate::AppState;
 use crate::error::{ApiError, ApiResult, ok};
 use crate::extract::JsonBody;
-use crate::lifecycle::{config_of, policy_of};
 use crate::routes::sandboxes::row;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
@@ -14,8 +13,7 @@ use std::collections::HashMap;
 
 pub async fn get(State(st): State<AppState>, Path(id): Path<String>) -> ApiResult<Response> {
     let r = row(&st, &id).await?;
-    let policy = policy_of(&config_of(&r))?;
-    Ok(ok(StatusCode::OK, policy))
+    Ok(ok(StatusCode::OK, st.lifecycle.effective_policy(&r)?))
 }
 
 pub async fn put(
@@ -24,7 +22,7 @@ pub async fn put(
     JsonBody(policy): JsonBody<serde_json::Value>,
 ) -> ApiResult<Response> {
     let r = st.lifecycle.set_network(&id, policy).await?;
-    Ok(ok(StatusCode::OK, policy_of(&config_of(&r))?))
+    Ok(ok(StatusCode::OK, st.lifecycle.effective_policy(&r)?))
 }
 
 fn number(q: &HashMap<String, String>, key: &str, default: i64, max: i64) -> ApiResult<i64> {
