@@ -23,6 +23,7 @@ pub struct NetSpec {
 
 const NLMSG_ERROR: u16 = 2;
 const RTM_NEWLINK: u16 = 16;
+const RTM_DELLINK: u16 = 17;
 const RTM_NEWADDR: u16 = 20;
 const RTM_NEWROUTE: u16 = 24;
 const NLM_F_REQUEST: u16 = 1;
@@ -231,19 +232,7 @@ fn add_default_route(nl: &Netlink, name: &str, gateway: Ipv4Addr) -> Result<()> 
     nl.request(&mut m, "default route")
 }
 
-fn write_sysctl(path: &str, value: &str) -> Result<()> {
-    std::fs::write(path, value).map_err(|e| Error::sys(format!("write {path}"), e))
-}
-
-/// Run in the sandbox's fresh network namespace by the helper (host root),
-/// with `host_ns` an fd of the host's: makes the veth pair, addresses both
-/// ends, brings them and `lo` up, routes through the gateway and turns
-/// IPv6 off inside.
-pub fn setup_in_sandbox_ns(spec: &NetSpec, host_ns: &OwnedFd, sandbox_ns: &OwnedFd) -> Result<()> {
-    let nl = Netlink::open()?;
-    set_up(&nl, "lo")?;
-    write_sysctl("/proc/sys/net/ipv6/conf/all/disable_ipv6", "1")?;
-    write_sysctl("/proc/sys/net/ipv6/conf/default/disable_ipv6", "1")?;
+fn create_veth(nl: &Netlink, spec: &NetSpec, host_ns: &OwnedFd) -> Result<()> {
     let mut m = Msg::new(RTM_NEWLINK, NLM_F_CREATE | NLM_F_EXCL);
     m.raw(&ifinfo(0, 0, 0))
         .attr(IFLA_IFNAME, &cname("eth0"))
@@ -257,7 +246,41 @@ pub fn setup_in_sandbox_ns(spec: &NetSpec, host_ns: &OwnedFd, sandbox_ns: &Owned
         .end()
         .end()
         .end();
-    nl.request(&mut m, "create veth pair")?;
+    nl.request(&mut m, "create veth pair")
+}
+
+fn delete_link(nl: &Netlink, name: &str) -> Result<()> {
+    let mut m = Msg::new(RTM_DELLINK, 0);
+    m.raw(&ifinfo(index_of(name)?, 0, 0));
+    nl.request(&mut m, &format!("delete stale {name}"))
+}
+
+fn write_sysctl(path: &str, value: &str) -> Result<()> {
+    std::fs::write(path, value).map_err(|e| Error::sys(format!("write {path}"), e))
+}
+
+/// Run in the sandbox's fresh network namespace by the helper (host root),
+/// with `host_ns` an fd of the host's: makes the veth pair, addresses both
+/// ends, brings them and `lo` up, routes through the gateway and turns
+/// IPv6 off inside.
+pub fn setup_in_sandbox_ns(spec: &NetSpec, host_ns: &OwnedFd, sandbox_ns: &OwnedFd) -> Result<()> {
+    let nl = Netlink::open()?;
+    set_up(&nl, "lo")?;
+    write_sysctl("/proc/sys/net/ipv6/conf/all/disable_ipv6", "1")?;
+    write_sysctl("/proc/sys/net/ipv6/conf/default/disable_ipv6", "1")?;
+    if let Err(e) = create_veth(&nl, spec, host_ns) {
+        // A host end left by an earlier sandbox of this slot (it goes away
+        // asynchronously with its namespace, or a crash left it): remove it
+        // and try once more.
+        if !matches!(&e, Error::Sys { source, .. } if source.raw_os_error() == Some(libc::EEXIST)) {
+            return Err(e);
+        }
+        enter(host_ns, "host")?;
+        let removed = delete_link(&Netlink::open()?, &spec.host_if);
+        enter(sandbox_ns, "sandbox")?;
+        removed?;
+        create_veth(&nl, spec, host_ns)?;
+    }
     add_address(&nl, "eth0", spec.address, spec.prefix)?;
     set_up(&nl, "eth0")?;
     add_default_route(&nl, "eth0", spec.gateway)?;

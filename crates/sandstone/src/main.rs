@@ -235,12 +235,18 @@ enum TemplateCmd {
     Ls,
 }
 
-fn main() -> Result<()> {
+fn main() {
     let cli = Cli::parse();
-    let rt = tokio::runtime::Builder::new_multi_thread()
+    let result = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
-        .build()?;
-    rt.block_on(run(cli))
+        .build()
+        .map_err(anyhow::Error::from)
+        .and_then(|rt| rt.block_on(run(cli)));
+    if let Err(e) = result {
+        // The message chain, not a backtrace: this is what users read.
+        eprintln!("sandstone: {e:#}");
+        std::process::exit(1);
+    }
 }
 
 fn init_logging() {

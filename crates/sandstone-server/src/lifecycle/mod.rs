@@ -51,6 +51,8 @@ pub struct Lifecycle {
     init_bin: PathBuf,
     runtimes: RwLock<HashMap<String, Runtime>>,
     slots: Mutex<HashSet<i64>>,
+    /// Where the round-robin search for a free slot starts.
+    slot_cursor: std::sync::atomic::AtomicI64,
     locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     /// Last API activity per running sandbox, for `ttl`.
     activity: Mutex<HashMap<String, Instant>>,
@@ -104,7 +106,8 @@ impl Lifecycle {
                 tracing::warn!(error = %e, "could not enable favordynmods; sandbox creation may have latency spikes")
             }
         }
-        let slots = store.used_slots().await?.into_iter().collect();
+        let slots: HashSet<i64> = store.used_slots().await?.into_iter().collect();
+        let slot_cursor = slots.iter().max().map_or(0, |m| (m + 1) % MAX_SLOTS);
         Ok(Lifecycle {
             store,
             storage,
@@ -112,6 +115,7 @@ impl Lifecycle {
             init_bin,
             runtimes: RwLock::new(HashMap::new()),
             slots: Mutex::new(slots),
+            slot_cursor: slot_cursor.into(),
             locks: Mutex::new(HashMap::new()),
             activity: Mutex::new(HashMap::new()),
             warm: warm::WarmPool::new(warm_pool),
@@ -206,17 +210,35 @@ impl Lifecycle {
             .map_err(|_| ApiError::not_found("sandbox", id))
     }
 
+    /// A free slot, taken round-robin: a slot just freed is reused last,
+    /// so what its previous sandbox left behind asynchronously (the host
+    /// end of a veth) is long gone.
     fn take_slot(&self) -> ApiResult<i64> {
         let mut slots = self.slots.lock().unwrap();
-        let slot = (0..MAX_SLOTS).find(|s| !slots.contains(s)).ok_or_else(|| {
-            ApiError::new(
-                StatusCode::TOO_MANY_REQUESTS,
-                "capacity",
-                "no free sandbox slot",
-            )
-        })?;
+        let start = self.slot_cursor.load(std::sync::atomic::Ordering::Relaxed);
+        let max = self.max_slots();
+        let slot = (0..max)
+            .map(|i| (start + i) % max)
+            .find(|s| !slots.contains(s))
+            .ok_or_else(|| {
+                ApiError::new(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "capacity",
+                    "no free sandbox slot",
+                )
+            })?;
         slots.insert(slot);
+        self.slot_cursor
+            .store((slot + 1) % max, std::sync::atomic::Ordering::Relaxed);
         Ok(slot)
+    }
+
+    /// Slots there are: uid ranges, and sandbox subnets when networked.
+    fn max_slots(&self) -> i64 {
+        match &self.network {
+            Some(n) => MAX_SLOTS.min(n.capacity() as i64),
+            None => MAX_SLOTS,
+        }
     }
 
     fn free_slot(&self, slot: i64) {

@@ -177,6 +177,11 @@ impl Network {
         })
     }
 
+    /// How many sandboxes the pool has subnets for.
+    pub fn capacity(&self) -> u32 {
+        self.pool.capacity()
+    }
+
     /// The interface and addresses of `slot`.
     pub fn spec(&self, slot: i64) -> ApiResult<NetSpec> {
         let (gateway, address) = self.pool.pair(slot as u32).ok_or_else(|| {
