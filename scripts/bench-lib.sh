@@ -1,0 +1,39 @@
+# Shared by the benchmark scripts (sourced): throw-away daemons under $work,
+# each with a `port` file, and a cleanup that leaves nothing behind.
+# Needs: $s (the sandstone binary), $work, and the array pids.
+
+# start_daemon NAME PORT SETUP-ARGS... -- SERVE-ARGS...
+start_daemon() {
+  local name=$1 port=$2; shift 2
+  local setup=()
+  while [ "$1" != "--" ]; do setup+=("$1"); shift; done; shift
+  "$s" setup --no-debian --data-dir "$work/$name" "${setup[@]}" >/dev/null 2>&1
+  echo "$port" > "$work/$name/port"
+  SANDSTONE_LOG=warn "$s" serve --data-dir "$work/$name" --listen "127.0.0.1:$port" "$@" &
+  pids+=($!)
+  for _ in $(seq 100); do curl -fsS "http://127.0.0.1:$port/healthz" >/dev/null 2>&1 && return; sleep 0.1; done
+  echo "daemon $name did not start" >&2
+  exit 1
+}
+
+# on NAME CLI-ARGS...: the CLI against daemon NAME.
+on() {
+  local name=$1; shift
+  SANDSTONE_DATA_DIR="$work/$name" SANDSTONE_URL="http://127.0.0.1:$(cat "$work/$name/port")" "$s" "$@"
+}
+
+# Deletes what the runs left, stops the daemons (which empties their warm
+# pools and removes their firewall tables), then removes the pools.
+bench_cleanup() {
+  for d in "$work"/*/; do
+    [ -f "$d/port" ] || continue
+    local name ids
+    name=$(basename "$d")
+    ids=$(on "$name" ls --json 2>/dev/null \
+      | python3 -c 'import json,sys; print(" ".join(x["id"] for x in json.load(sys.stdin)["sandboxes"]))' || true)
+    [ -n "$ids" ] && on "$name" rm $ids >/dev/null 2>&1 || true
+  done
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; done
+  for d in "$work"/*/pool; do umount -l "$d" 2>/dev/null || true; done
+  rm -rf "$work"
+}
