@@ -49,4 +49,5 @@ for _ in $(seq 199); do
 done
 row "new connection + request, proxy (200 sandboxes)" "$(inside connect web.test 10.98.0.2 300)"
 echo "== network setup cost on create (same runs, cold creates)"
-x
+on net bench -i 30 --scale 1 | grep "create at N=1" | sed 's/^/with egress:    /'
+on plain bench -i 30 --scale 1 | grep "create at N=1" | sed 's/^/without egress: /'
