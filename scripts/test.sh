@@ -14,7 +14,7 @@ fi
 out="$(scripts/build.sh debug)"
 export SANDSTONE_INIT="$out/sandstone-init"
 # The debian template (debootstrap, about 90 s) is built once and cached.
-"$out/sandstone" setup --data-dir "$cache/setup" >&2
+"$out/sandstone" setup --no-pool --data-dir "$cache/setup" >&2
 export SANDSTONE_TEST_DEBIAN="$cache/setup/templates/debian"
 export SANDSTONE_SDK_PYTHON="$venv/bin/python"
 log="$(mktemp)"
