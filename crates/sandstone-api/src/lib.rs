@@ -364,3 +364,38 @@ pub struct Template {
 pub struct TemplateList {
     pub templates: Vec<Template>,
 }
+
+/// `static_headers` values: header name → value (write-only).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StaticHeaders {
+    pub values: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct CredentialSpec {
+    #[serde(default)]
+    pub static_headers: Option<StaticHeaders>,
+}
+
+/// Sandbox0's `CredentialSourceWriteRequest`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct CredentialSourceWrite {
+    pub name: String,
+    pub resolver_kind: String,
+    pub spec: CredentialSpec,
+}
+
+/// What reading a credential source returns: never its values.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CredentialSourceMeta {
+    pub name: String,
+    pub resolver_kind: String,
+    pub current_version: i64,
+    pub status: String,
+    pub created_at: String,
+    pub updated_at: String,
+}

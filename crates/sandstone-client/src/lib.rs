@@ -141,6 +141,40 @@ impl Client {
         self.call(Method::GET, &path, None).await
     }
 
+    pub async fn put_credential(
+        &self,
+        name: &str,
+        headers: &std::collections::BTreeMap<String, String>,
+        create: bool,
+    ) -> Result<api::CredentialSourceMeta> {
+        let body = json!({"name": name, "resolverKind": "static_headers", "spec": {"staticHeaders": {"values": headers}}});
+        if create {
+            self.call(Method::POST, "/api/v1/credential-sources", Some(body))
+                .await
+        } else {
+            self.call(
+                Method::PUT,
+                &format!("/api/v1/credential-sources/{name}"),
+                Some(body),
+            )
+            .await
+        }
+    }
+
+    pub async fn credentials(&self) -> Result<Vec<api::CredentialSourceMeta>> {
+        self.call(Method::GET, "/api/v1/credential-sources", None)
+            .await
+    }
+
+    pub async fn delete_credential(&self, name: &str) -> Result<serde_json::Value> {
+        self.call(
+            Method::DELETE,
+            &format!("/api/v1/credential-sources/{name}"),
+            None,
+        )
+        .await
+    }
+
     /// The daemon's Prometheus metrics page.
     pub async fn metrics(&self) -> Result<String> {
         let resp = self.send(self.http.get(self.url("/metrics"))).await?;

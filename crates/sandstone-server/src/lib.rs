@@ -18,7 +18,7 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use error::ApiError;
-use routes::{contexts, files, network, sandboxes, snapshots};
+use routes::{contexts, credentials, files, network, sandboxes, snapshots};
 use sandstone_storage::Storage;
 use sandstone_store::{SqliteStore, Store};
 use std::net::SocketAddr;
@@ -49,6 +49,8 @@ pub struct Config {
 pub struct AppState {
     lifecycle: Arc<lifecycle::Lifecycle>,
     metrics: Arc<metrics::Metrics>,
+    /// Seals credential values with the key kept outside the database.
+    sealer: Arc<sandstone_store::secrets::Sealer>,
 }
 
 /// Largest file accepted through the API.
@@ -167,6 +169,16 @@ pub fn router(st: AppState) -> Router {
         .route(&format!("{sb}/files/move"), post(files::rename))
         .route(&format!("{sb}/files/watch"), get(files::watch))
         .route("/api/v1/templates", get(sandboxes::templates))
+        .route(
+            "/api/v1/credential-sources",
+            post(credentials::create).get(credentials::list),
+        )
+        .route(
+            "/api/v1/credential-sources/{name}",
+            get(credentials::get)
+                .put(credentials::update)
+                .delete(credentials::delete),
+        )
         .layer(json_limit)
         .merge(
             Router::new()
@@ -271,9 +283,11 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let lc = Arc::new(lc);
     lc.spawn_expiry();
     lc.spawn_warm_pool();
+    let sealer = sandstone_store::secrets::Sealer::load(&config.data_dir.join("secret.key"))?;
     let st = AppState {
         lifecycle: lc.clone(),
         metrics: Arc::new(metrics::Metrics::default()),
+        sealer: Arc::new(sealer),
     };
     let listener = tokio::net::TcpListener::bind(config.listen).await?;
     tracing::info!(listen = %config.listen, data_dir = %config.data_dir.display(), "sandstone daemon ready");

@@ -259,6 +259,41 @@ pub const OPERATIONS: &[(&str, &str, &str, u16, Body)] = &[
         200,
         Body::None,
     ),
+    (
+        "post",
+        "/api/v1/credential-sources",
+        "Create a credential source (values are write-only)",
+        201,
+        Body::Json,
+    ),
+    (
+        "get",
+        "/api/v1/credential-sources",
+        "List credential sources (metadata only)",
+        200,
+        Body::None,
+    ),
+    (
+        "get",
+        "/api/v1/credential-sources/{name}",
+        "Get a credential source's metadata",
+        200,
+        Body::None,
+    ),
+    (
+        "put",
+        "/api/v1/credential-sources/{name}",
+        "Replace a credential source's values",
+        200,
+        Body::Json,
+    ),
+    (
+        "delete",
+        "/api/v1/credential-sources/{name}",
+        "Delete a credential source",
+        200,
+        Body::None,
+    ),
 ];
 
 #[derive(Clone, Copy)]

@@ -1,6 +1,7 @@
 //! Metadata store: sandboxes and API keys, behind the [`Store`] trait so a
 //! PostgreSQL backend can sit beside the embedded SQLite one.
 
+pub mod secrets;
 mod sqlite;
 
 pub use sqlite::SqliteStore;
@@ -51,6 +52,18 @@ pub struct AuditRow {
     pub event: serde_json::Value,
 }
 
+/// A credential source: metadata in the clear, the values sealed.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CredentialRow {
+    pub name: String,
+    pub kind: String,
+    pub version: i64,
+    /// Sealed JSON of the source's values ([`secrets::Sealer`]).
+    pub sealed: Vec<u8>,
+    pub created_at: i64,
+    pub updated_at: i64,
+}
+
 /// A read-only snapshot of a sandbox's volume.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct SnapshotRow {
@@ -94,6 +107,17 @@ pub trait Store: Send + Sync {
     fn set_pending<'a>(&'a self, id: &'a str, op: Option<&'a str>) -> BoxFuture<'a, Result<()>>;
     fn insert_snapshot<'a>(&'a self, s: &'a SnapshotRow) -> BoxFuture<'a, Result<()>>;
     fn insert_audit<'a>(&'a self, rows: &'a [AuditRow]) -> BoxFuture<'a, Result<()>>;
+    /// Inserts a new source; `false` when the name is taken.
+    fn insert_credential<'a>(&'a self, c: &'a CredentialRow) -> BoxFuture<'a, Result<bool>>;
+    /// Replaces a source's sealed values, bumping its version.
+    fn update_credential<'a>(
+        &'a self,
+        name: &'a str,
+        sealed: &'a [u8],
+    ) -> BoxFuture<'a, Result<()>>;
+    fn get_credential<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<CredentialRow>>;
+    fn list_credentials(&self) -> BoxFuture<'_, Result<Vec<CredentialRow>>>;
+    fn delete_credential<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<()>>;
     /// Audit records of a sandbox after `after_seq`, oldest first, with
     /// their sequence numbers.
     fn list_audit<'a>(

@@ -1,6 +1,6 @@
 //! SQLite (WAL) backend.
 
-use crate::{AuditRow, Error, Result, SandboxRow, SnapshotRow, Store, token_hash};
+use crate::{AuditRow, CredentialRow, Error, Result, SandboxRow, SnapshotRow, Store, token_hash};
 use futures_util::future::BoxFuture;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{Row, SqlitePool};
@@ -42,6 +42,14 @@ const MIGRATIONS: &[&str] = &[
         denied INTEGER NOT NULL
     );
     CREATE INDEX audit_by_sandbox ON audit (sandbox_id, seq);",
+    "CREATE TABLE credential_sources (
+        name TEXT PRIMARY KEY,
+        kind TEXT NOT NULL,
+        version INTEGER NOT NULL,
+        sealed BLOB NOT NULL,
+        created_at INTEGER NOT NULL,
+        updated_at INTEGER NOT NULL
+    );",
 ];
 
 // Columns are named, never `*`: a cached statement's column list must not
@@ -50,6 +58,23 @@ macro_rules! sandbox_cols {
     () => {
         "id, template, status, config, slot, pid, generation, created_at, updated_at, pending_op"
     };
+}
+
+macro_rules! credential_cols {
+    () => {
+        "name, kind, version, sealed, created_at, updated_at"
+    };
+}
+
+fn row_to_credential(r: &sqlx::sqlite::SqliteRow) -> CredentialRow {
+    CredentialRow {
+        name: r.get("name"),
+        kind: r.get("kind"),
+        version: r.get("version"),
+        sealed: r.get("sealed"),
+        created_at: r.get("created_at"),
+        updated_at: r.get("updated_at"),
+    }
 }
 
 macro_rules! snapshot_cols {
@@ -336,6 +361,80 @@ impl Store for SqliteStore {
             }
             tx.commit().await?;
             Ok(())
+        })
+    }
+
+    fn insert_credential<'a>(&'a self, c: &'a CredentialRow) -> BoxFuture<'a, Result<bool>> {
+        Box::pin(async move {
+            let done = sqlx::query(
+                "INSERT INTO credential_sources (name, kind, version, sealed, created_at, updated_at)
+                 VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (name) DO NOTHING",
+            )
+            .bind(&c.name)
+            .bind(&c.kind)
+            .bind(c.version)
+            .bind(&c.sealed)
+            .bind(c.created_at)
+            .bind(c.updated_at)
+            .execute(&self.pool)
+            .await?;
+            Ok(done.rows_affected() == 1)
+        })
+    }
+
+    fn update_credential<'a>(
+        &'a self,
+        name: &'a str,
+        sealed: &'a [u8],
+    ) -> BoxFuture<'a, Result<()>> {
+        Box::pin(async move {
+            let done = sqlx::query(
+                "UPDATE credential_sources SET sealed = ?, version = version + 1, updated_at = ? WHERE name = ?",
+            )
+            .bind(sealed)
+            .bind(now_ms())
+            .bind(name)
+            .execute(&self.pool)
+            .await?;
+            found(done)
+        })
+    }
+
+    fn get_credential<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<CredentialRow>> {
+        Box::pin(async move {
+            let r = sqlx::query(concat!(
+                "SELECT ",
+                credential_cols!(),
+                " FROM credential_sources WHERE name = ?"
+            ))
+            .bind(name)
+            .fetch_optional(&self.pool)
+            .await?
+            .ok_or(Error::NotFound)?;
+            Ok(row_to_credential(&r))
+        })
+    }
+
+    fn list_credentials(&self) -> BoxFuture<'_, Result<Vec<CredentialRow>>> {
+        Box::pin(async move {
+            let rows = sqlx::query(concat!(
+                "SELECT ",
+                credential_cols!(),
+                " FROM credential_sources ORDER BY name"
+            ))
+            .fetch_all(&self.pool)
+            .await?;
+            Ok(rows.iter().map(row_to_credential).collect())
+        })
+    }
+
+    fn delete_credential<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<()>> {
+        Box::pin(async move {
+            let done = sqlx::query("DELETE FROM credential_sources WHERE name = ?")
+                .bind(name)
+                .execute(&self.pool)
+                .await?;
+            found(done)
         })
     }
 

@@ -122,6 +122,11 @@ enum Cmd {
         #[command(subcommand)]
         cmd: PolicyCmd,
     },
+    /// Credential sources (values are write-only).
+    Cred {
+        #[command(subcommand)]
+        cmd: CredCmd,
+    },
     /// A sandbox's egress audit records (connections, DNS answers, drops).
     Audit {
         id: String,
@@ -181,6 +186,25 @@ enum Cmd {
     Template {
         #[command(subcommand)]
         cmd: TemplateCmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum CredCmd {
+    /// Create (or with --replace, update) a static-headers source. Header
+    /// lines (`Name: value`) are read from standard input, so secrets stay
+    /// out of the command line and shell history.
+    Add {
+        name: String,
+        #[arg(long)]
+        replace: bool,
+    },
+    /// List sources (metadata only).
+    Ls,
+    /// Delete sources.
+    Rm {
+        #[arg(required = true)]
+        names: Vec<String>,
     },
 }
 
@@ -406,6 +430,7 @@ async fn run(cli: Cli) -> Result<()> {
         }
         Cmd::Snapshot { cmd } => snapshot_cmd(&cli, cmd).await,
         Cmd::Policy { cmd } => policy_cmd(&cli, cmd).await,
+        Cmd::Cred { cmd } => cred_cmd(&cli, cmd).await,
         Cmd::Audit { id, follow, denied } => audit(&cli, id, *follow, *denied).await,
         Cmd::Inspect { id } => print_json(&client(&cli)?.get(id).await?),
         Cmd::Exec {
@@ -506,6 +531,46 @@ async fn snapshot_cmd(cli: &Cli, cmd: &SnapshotCmd) -> Result<()> {
             for id in ids {
                 c.delete_snapshot(id).await?;
                 println!("{id}");
+            }
+            Ok(())
+        }
+    }
+}
+
+async fn cred_cmd(cli: &Cli, cmd: &CredCmd) -> Result<()> {
+    let c = client(cli)?;
+    match cmd {
+        CredCmd::Add { name, replace } => {
+            let mut input = String::new();
+            std::io::Read::read_to_string(&mut std::io::stdin(), &mut input)?;
+            let mut headers = std::collections::BTreeMap::new();
+            for line in input.lines().filter(|l| !l.trim().is_empty()) {
+                let (k, v) = line
+                    .split_once(':')
+                    .context("each line must be `Header-Name: value`")?;
+                headers.insert(k.trim().to_string(), v.trim().to_string());
+            }
+            let m = c.put_credential(name, &headers, !replace).await?;
+            println!("{} (version {})", m.name, m.current_version);
+            Ok(())
+        }
+        CredCmd::Ls => {
+            let all = c.credentials().await?;
+            if cli.json {
+                return print_json(&all);
+            }
+            for m in all {
+                println!(
+                    "{:<24} {:<16} v{:<4} {}",
+                    m.name, m.resolver_kind, m.current_version, m.updated_at
+                );
+            }
+            Ok(())
+        }
+        CredCmd::Rm { names } => {
+            for n in names {
+                c.delete_credential(n).await?;
+                println!("{n}");
             }
             Ok(())
         }

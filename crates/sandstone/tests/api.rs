@@ -454,7 +454,8 @@ async fn openapi_lists_only_routes_that_exist_and_metrics_count() {
             let url = path
                 .replace("{id}", "sb-nope")
                 .replace("{ctx}", "ctx-nope")
-                .replace("{snap}", "snap-nope");
+                .replace("{snap}", "snap-nope")
+                .replace("{name}", "cred-nope");
             let m = reqwest::Method::from_bytes(method.to_uppercase().as_bytes()).unwrap();
             let (s, v) = d.req(m, &format!("{url}?path=/x"), None).await;
             assert!(

@@ -1,4 +1,5 @@
 pub mod contexts;
+pub mod credentials;
 pub mod files;
 pub mod network;
 pub mod sandboxes;

@@ -43,6 +43,9 @@ pub struct Daemon {
     pub warm_pool: usize,
     /// Extra `sandstone serve` arguments for the next [`Daemon::spawn`].
     pub serve_args: Vec<String>,
+    /// `SANDSTONE_LOG` for the next [`Daemon::spawn`]; the daemon's log
+    /// goes to `<data>/daemon.log`.
+    pub log_level: String,
     pub child: Option<Child>,
     pub url: String,
     pub token: String,
@@ -107,6 +110,7 @@ impl Daemon {
             crash_at: String::new(),
             warm_pool: 0,
             serve_args: Vec::new(),
+            log_level: "warn".into(),
             child: None,
             url: format!("http://127.0.0.1:{port}"),
             token: String::new(),
@@ -131,7 +135,14 @@ impl Daemon {
             .env("SANDSTONE_WARM_POOL", self.warm_pool.to_string())
             .env_remove("SANDSTONE_EGRESS_POOL")
             .args(&self.serve_args)
-            .env("SANDSTONE_LOG", "warn")
+            .env("SANDSTONE_LOG", &self.log_level)
+            .stderr(Stdio::from(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(self.data.path().join("daemon.log"))
+                    .expect("daemon log"),
+            ))
             .spawn()
             .expect("start daemon");
         self.child = Some(child);
