@@ -293,6 +293,10 @@ pub struct ContextResponse {
     /// while this command ran.
     #[serde(default)]
     pub oom_killed: bool,
+    /// Sandstone extension: the output passed the 16 MiB a synchronous
+    /// run keeps; the rest was dropped.
+    #[serde(default)]
+    pub output_truncated: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -315,6 +319,9 @@ pub struct ExecResponse {
     pub stderr: String,
     pub exit_code: Option<i32>,
     pub state: String,
+    /// Sandstone extension: see [`ContextResponse::output_truncated`].
+    #[serde(default)]
+    pub output_truncated: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -158,7 +158,9 @@ pub async fn forward(upstream: SocketAddr, query: &[u8]) -> std::io::Result<Vec<
 
 /// The proxy's own resolution of a name (A records) through the upstream.
 pub async fn resolve(upstream: SocketAddr, name: &str) -> std::io::Result<Vec<Ipv4Addr>> {
-    let id = (now_ms() & 0xffff) as u16;
+    let mut id = [0u8; 2];
+    std::io::Read::read_exact(&mut std::fs::File::open("/dev/urandom")?, &mut id)?;
+    let id = u16::from_ne_bytes(id);
     Ok(a_records(&forward(upstream, &a_query(id, name)).await?))
 }
 

@@ -24,8 +24,14 @@ const DIAL_TIMEOUT: Duration = Duration::from_secs(10);
 
 pub async fn serve(listener: TcpListener, egress: Arc<Egress>) {
     loop {
-        let Ok((conn, peer)) = listener.accept().await else {
-            continue;
+        let (conn, peer) = match listener.accept().await {
+            Ok(c) => c,
+            Err(e) => {
+                // Out of descriptors: wait rather than spin.
+                tracing::warn!(error = %e, "egress proxy accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
         };
         let egress = egress.clone();
         tokio::spawn(async move { handle(conn, peer, egress).await });

@@ -314,19 +314,6 @@ impl Cgroup {
             .unwrap_or(0)
     }
 
-    /// Current memory use in bytes.
-    pub fn memory_usage(&self) -> u64 {
-        let file = if self.v2 {
-            "memory.current"
-        } else {
-            "memory.usage_in_bytes"
-        };
-        std::fs::read_to_string(self.memory_dir().join(file))
-            .ok()
-            .and_then(|s| s.trim().parse().ok())
-            .unwrap_or(0)
-    }
-
     /// Pids currently in the cgroup.
     pub fn pids(&self) -> Vec<i32> {
         std::fs::read_to_string(&self.procs_files()[0])

@@ -231,6 +231,7 @@ async fn ensure_admin_token(store: &dyn Store, data_dir: &std::path::Path) -> an
 /// Runs the daemon until SIGINT or SIGTERM. Sandboxes keep running after
 /// the daemon stops; the next start re-adopts them.
 pub async fn run(config: Config) -> anyhow::Result<()> {
+    raise_fd_limit();
     std::fs::create_dir_all(&config.data_dir)?;
     std::fs::set_permissions(
         &config.data_dir,
@@ -296,6 +297,21 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         .await?;
     lc.shutdown();
     Ok(())
+}
+
+/// Every sandbox connection through the proxy costs descriptors: use all
+/// the host allows (root here cannot go past the hard limit).
+fn raise_fd_limit() {
+    let mut l = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut l) == 0 && l.rlim_cur < l.rlim_max {
+            l.rlim_cur = l.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &l);
+        }
+    }
 }
 
 async fn shutdown_signal() {

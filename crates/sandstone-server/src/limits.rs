@@ -34,7 +34,7 @@ pub fn parse_memory(s: &str) -> Option<u64> {
 pub fn parse_cpu(s: &str) -> Option<u64> {
     let s = s.trim();
     if let Some(m) = s.strip_suffix('m') {
-        return m.parse().ok();
+        return m.parse().ok().filter(|m| *m <= 1_024_000);
     }
     let v: f64 = s.parse().ok()?;
     (v.is_finite() && v > 0.0 && v <= 1024.0).then(|| (v * 1000.0).round() as u64)
@@ -79,6 +79,38 @@ pub fn limits(res: Option<&Resources>) -> Result<Limits, ApiError> {
     Ok(l)
 }
 
+/// Environment variables: names without `=` or NUL, values without NUL.
+pub fn env_vars(
+    field: &str,
+    env: &std::collections::BTreeMap<String, String>,
+) -> Result<(), ApiError> {
+    for (k, v) in env {
+        if k.is_empty() || k.contains('=') || k.contains('\0') || v.contains('\0') {
+            return Err(ApiError::bad_request(format!(
+                "invalid field `{field}.{k}`: names need no '=' or NUL, values no NUL"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Longest `ttl`/`hard_ttl` accepted: ten years, in seconds.
+pub const MAX_TTL: u64 = 10 * 365 * 24 * 3600;
+
+/// Checks a claim configuration's `env_vars`, `ttl` and `hard_ttl` (seconds;
+/// 0 disables).
+pub fn check_config(config: &sandstone_api::SandboxConfig) -> Result<(), ApiError> {
+    env_vars("config.env_vars", &config.env_vars)?;
+    for (field, v) in [("ttl", config.ttl), ("hard_ttl", config.hard_ttl)] {
+        if v.is_some_and(|v| v > MAX_TTL) {
+            return Err(ApiError::bad_request(format!(
+                "invalid field `config.{field}`: at most {MAX_TTL} seconds"
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// The disk cap in bytes: the claim's `config.resources.disk`, else the
 /// template's default, else 10Gi.
 pub fn disk(
@@ -108,6 +140,7 @@ mod tests {
         assert_eq!(parse_cpu("500m"), Some(500));
         assert_eq!(parse_cpu("1.5"), Some(1500));
         assert_eq!(parse_cpu("-1"), None);
+        assert_eq!(parse_cpu("99999999999m"), None);
         let bad = Resources {
             memory: Some("lots".into()),
             ..Default::default()

@@ -13,6 +13,10 @@ pub const OPS: &[&str] = &[
     "context",
     "file_read",
     "file_write",
+    "pause",
+    "resume",
+    "snapshot",
+    "fork",
 ];
 
 #[derive(Default)]

@@ -73,6 +73,8 @@ pub struct SnapshotRow {
     pub description: String,
     pub created_at: i64,
     pub expires_at: Option<i64>,
+    /// The source sandbox's template: the layer is only valid on it.
+    pub template: String,
 }
 
 /// SHA-256 of an API token, hex: the only form a token is stored in.

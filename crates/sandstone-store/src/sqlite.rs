@@ -50,6 +50,7 @@ const MIGRATIONS: &[&str] = &[
         created_at INTEGER NOT NULL,
         updated_at INTEGER NOT NULL
     );",
+    "ALTER TABLE snapshots ADD COLUMN template TEXT NOT NULL DEFAULT '';",
 ];
 
 // Columns are named, never `*`: a cached statement's column list must not
@@ -79,7 +80,7 @@ fn row_to_credential(r: &sqlx::sqlite::SqliteRow) -> CredentialRow {
 
 macro_rules! snapshot_cols {
     () => {
-        "id, sandbox_id, name, description, created_at, expires_at"
+        "id, sandbox_id, name, description, created_at, expires_at, template"
     };
 }
 
@@ -158,6 +159,7 @@ fn row_to_snapshot(r: &sqlx::sqlite::SqliteRow) -> SnapshotRow {
         description: r.get("description"),
         created_at: r.get("created_at"),
         expires_at: r.get("expires_at"),
+        template: r.get("template"),
     }
 }
 
@@ -276,7 +278,7 @@ impl Store for SqliteStore {
     fn insert_snapshot<'a>(&'a self, s: &'a SnapshotRow) -> BoxFuture<'a, Result<()>> {
         Box::pin(async move {
             sqlx::query(
-                "INSERT INTO snapshots (id, sandbox_id, name, description, created_at, expires_at) VALUES (?, ?, ?, ?, ?, ?)",
+                "INSERT INTO snapshots (id, sandbox_id, name, description, created_at, expires_at, template) VALUES (?, ?, ?, ?, ?, ?, ?)",
             )
             .bind(&s.id)
             .bind(&s.sandbox_id)
@@ -284,6 +286,7 @@ impl Store for SqliteStore {
             .bind(&s.description)
             .bind(s.created_at)
             .bind(s.expires_at)
+            .bind(&s.template)
             .execute(&self.pool)
             .await?;
             Ok(())
@@ -615,6 +618,7 @@ mod tests {
             description: String::new(),
             created_at: 5,
             expires_at: None,
+            template: "host".into(),
         };
         store.insert_snapshot(&snap).await.unwrap();
         assert_eq!(

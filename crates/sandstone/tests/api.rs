@@ -101,7 +101,15 @@ async fn commands_files_and_delete() {
 #[tokio::test(flavor = "multi_thread")]
 async fn repl_contexts_keep_state() {
     let d = Daemon::start().await;
-    let id = d.create(json!({})).await;
+    let id = d
+        .create(json!({"env_vars": {"GREETING": "hi", "OVERRIDE": "sandbox"}}))
+        .await;
+    // The claim's env_vars reach every process; a context's own win.
+    let body = json!({"type": "cmd", "cmd": {"command": ["sh", "-c", "echo $GREETING $OVERRIDE"]}, "env_vars": {"OVERRIDE": "context"}, "wait_until_done": true});
+    let (_, v) = d
+        .post(&format!("/api/v1/sandboxes/{id}/contexts"), body)
+        .await;
+    assert_eq!(v["data"]["stdout"], "hi context\n", "{v}");
     let ctx = |lang: &str| json!({"type": "repl", "repl": {"alias": lang}});
     let (s, v) = d
         .post(&format!("/api/v1/sandboxes/{id}/contexts"), ctx("python"))
@@ -149,7 +157,7 @@ async fn repl_contexts_keep_state() {
     let (s, v) = d.get(&format!("/api/v1/sandboxes/{id}/contexts")).await;
     assert_eq!(
         (s, v["data"]["contexts"].as_array().unwrap().len()),
-        (200, 2)
+        (200, 3)
     );
     // A command that does not exist is a clear error, not a hung context.
     let (s, v) = d
@@ -302,6 +310,34 @@ async fn bad_input_gets_4xx_naming_the_field() {
     match sent {
         Ok(r) => assert_eq!(r.status(), 413),
         Err(e) => assert!(e.is_request(), "{e}"),
+    }
+    let (s, v) = d
+        .post(
+            "/api/v1/sandboxes",
+            json!({"template": "host", "config": {"ttl": 99_999_999_999u64}}),
+        )
+        .await;
+    assert!(
+        s == 400
+            && v["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("config.ttl"),
+        "{v}"
+    );
+    // A FIFO would hang a read; a directory is not a file.
+    d.sh(&id, "mkfifo /tmp/fifo").await;
+    for (path, want) in [
+        ("/tmp/fifo", "not a regular file"),
+        ("/tmp", "is a directory"),
+    ] {
+        let (s, v) = d
+            .get(&format!("/api/v1/sandboxes/{id}/files?path={path}"))
+            .await;
+        assert!(
+            s == 400 && v["error"]["message"].as_str().unwrap().contains(want),
+            "{path}: {v}"
+        );
     }
     // The daemon is still healthy after all of it.
     assert_eq!(d.sh(&id, "echo alive").await["stdout"], "alive\n");

@@ -17,7 +17,7 @@ impl Lifecycle {
         let ttl = ttl.filter(|t| *t > 0)?;
         let last = *self.activity.lock().unwrap().get(id)?;
         let idle = last.elapsed().as_millis() as i64;
-        Some(now_ms() - idle + ttl as i64 * 1000)
+        Some(now_ms() - idle + (ttl.min(crate::limits::MAX_TTL) as i64) * 1000)
     }
 
     /// One pass: pause idle sandboxes, delete those past their hard ttl.
@@ -29,7 +29,10 @@ impl Lifecycle {
         for row in rows {
             let config = config_of(&row);
             if let Some(hard) = config.hard_ttl.filter(|t| *t > 0)
-                && now >= row.created_at + hard as i64 * 1000
+                && now
+                    >= row
+                        .created_at
+                        .saturating_add((hard.min(crate::limits::MAX_TTL) as i64) * 1000)
             {
                 match self.delete(&row.id).await {
                     Ok(()) => tracing::info!(sandbox = %row.id, "deleted: hard_ttl reached"),

@@ -40,6 +40,8 @@ const MIN_FREE_BYTES: u64 = 512 << 20;
 pub struct Runtime {
     /// PID 1's host pid.
     pub pid: i32,
+    /// The claim's `env_vars`: the base environment of every process.
+    pub env: std::collections::BTreeMap<String, String>,
     pub socket: PathBuf,
     pub cgroup: Cgroup,
 }
@@ -144,6 +146,21 @@ impl Lifecycle {
                 tracing::warn!(error = %e, "firewall table left behind");
             }
         }
+    }
+
+    /// Changes `ttl`, `hard_ttl` and `auto_resume`, under the sandbox's
+    /// lock so a concurrent policy change is not lost.
+    pub async fn update_config(&self, id: &str, new: SandboxConfig) -> ApiResult<SandboxRow> {
+        limits::check_config(&new)?;
+        let _guard = self.lock(id).await;
+        let row = self.row(id).await?;
+        let mut config = config_of(&row);
+        config.ttl = new.ttl.or(config.ttl);
+        config.hard_ttl = new.hard_ttl.or(config.hard_ttl);
+        config.auto_resume = new.auto_resume.or(config.auto_resume);
+        let value = serde_json::to_value(&config).map_err(internal)?;
+        self.store.set_config(id, &value).await?;
+        self.row(id).await
     }
 
     /// Replaces a sandbox's network policy: stored with its configuration
@@ -289,6 +306,7 @@ impl Lifecycle {
         match started {
             Ok(pid) => Ok(Runtime {
                 pid,
+                env: config.env_vars.clone(),
                 socket: paths.socket,
                 cgroup,
             }),
@@ -364,15 +382,33 @@ impl Lifecycle {
         snapshot: Option<&str>,
     ) -> ApiResult<SandboxRow> {
         limits::limits(config.resources.as_ref())?;
-        policy_of(&self.template(template_id)?, &config)?;
-        let template = self.template(template_id)?;
+        limits::check_config(&config)?;
+        // A snapshot's layer only fits the template it was taken on.
+        let template_id = match snapshot {
+            Some(s) => {
+                let snap = self
+                    .store
+                    .get_snapshot(s)
+                    .await
+                    .map_err(|_| ApiError::not_found("snapshot", s))?;
+                match template_id {
+                    "default" | "" => snap.template.clone(),
+                    t if self.template(t)?.id == snap.template || snap.template.is_empty() => {
+                        t.to_string()
+                    }
+                    t => {
+                        return Err(ApiError::bad_request(format!(
+                            "invalid field `template`: snapshot {s} was taken on template {}, not {t}",
+                            snap.template
+                        )));
+                    }
+                }
+            }
+            None => template_id.to_string(),
+        };
+        let template = self.template(&template_id)?;
+        policy_of(&template, &config)?;
         let disk = limits::disk(config.resources.as_ref(), template.disk.as_deref())?;
-        if let Some(s) = snapshot {
-            self.store
-                .get_snapshot(s)
-                .await
-                .map_err(|_| ApiError::not_found("snapshot", s))?;
-        }
         if snapshot.is_none()
             && let Some(member) = self.take_warm(&template.id)
         {

@@ -43,6 +43,7 @@ impl Lifecycle {
             let _ = cgroup.set_frozen(false);
             let runtime = Runtime {
                 pid: row.pid.unwrap_or(0) as i32,
+                env: super::config_of(row).env_vars,
                 socket: self.storage.paths(id).socket,
                 cgroup,
             };

@@ -25,8 +25,12 @@ impl Lifecycle {
         let Some(rt) = self.runtime(id) else {
             return copy();
         };
-        rt.cgroup.set_frozen(true).map_err(internal)?;
-        let result = copy();
+        // A freeze that did not complete in time must not leave it frozen.
+        let result = rt
+            .cgroup
+            .set_frozen(true)
+            .map_err(internal)
+            .and_then(|()| copy());
         if let Err(e) = rt.cgroup.set_frozen(false) {
             tracing::error!(sandbox = %id, error = %e, "could not thaw after a snapshot");
         }
@@ -58,6 +62,7 @@ impl Lifecycle {
             description: description.unwrap_or_default(),
             created_at: now_ms(),
             expires_at: None,
+            template: row.template.clone(),
         };
         self.store.set_pending(id, Some("snapshot")).await?;
         let copied = tokio::task::block_in_place(|| {

@@ -53,17 +53,6 @@ fn context_response(p: &ProcInfo) -> api::ContextResponse {
     }
 }
 
-fn validate_env(env: &std::collections::BTreeMap<String, String>) -> ApiResult<()> {
-    for (k, v) in env {
-        if k.is_empty() || k.contains('=') || k.contains('\0') || v.contains('\0') {
-            return Err(ApiError::bad_request(format!(
-                "invalid field `env_vars.{k}`: names need no '=' or NUL, values no NUL"
-            )));
-        }
-    }
-    Ok(())
-}
-
 fn kind_of(req: &api::CreateContextRequest) -> ApiResult<ProcKind> {
     match req.kind.as_str() {
         "cmd" => {
@@ -106,16 +95,28 @@ fn kind_of(req: &api::CreateContextRequest) -> ApiResult<ProcKind> {
     }
 }
 
+/// Output kept for one synchronous run; the rest is dropped (and the
+/// response says so), so a chatty command cannot grow the daemon.
+const MAX_COLLECTED: usize = 16 << 20;
+
 /// Collected output of a run.
 #[derive(Default)]
 struct Collected {
     raw: Vec<u8>,
     stdout: Vec<u8>,
     stderr: Vec<u8>,
+    truncated: bool,
 }
 
 impl Collected {
     fn push(&mut self, stream: Stream, bytes: &[u8]) {
+        let room = MAX_COLLECTED.saturating_sub(self.raw.len());
+        let bytes = if bytes.len() > room {
+            self.truncated = true;
+            &bytes[..room]
+        } else {
+            bytes
+        };
         self.raw.extend_from_slice(bytes);
         match stream {
             Stream::Stderr => self.stderr.extend_from_slice(bytes),
@@ -148,7 +149,7 @@ pub async fn create(
     JsonBody(req): JsonBody<api::CreateContextRequest>,
 ) -> ApiResult<Response> {
     let kind = kind_of(&req)?;
-    validate_env(&req.env_vars)?;
+    crate::limits::env_vars("env_vars", &req.env_vars)?;
     let rt = running(&st, &id).await?;
     let ctx_id = format!("ctx-{}", random_hex(6));
     let started = std::time::Instant::now();
@@ -157,7 +158,13 @@ pub async fn create(
         id: ctx_id.clone(),
         kind,
         cwd: req.cwd.clone(),
-        env: req.env_vars.clone(),
+        // The sandbox's env_vars, overridden by the context's.
+        env: rt
+            .env
+            .iter()
+            .chain(&req.env_vars)
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect(),
         pty: req.pty_size.map(|s| PtySize {
             rows: s.rows,
             cols: s.cols,
@@ -190,6 +197,7 @@ pub async fn create(
     resp.exit_code = exit.exit_code;
     resp.signal = exit.signal;
     resp.oom_killed = oom_killed;
+    resp.output_truncated = out.truncated;
     resp.state = Some(
         if oom_killed {
             "oom_killed"
@@ -283,6 +291,7 @@ pub async fn exec(
             stderr: text(&out.stderr),
             exit_code,
             state: if timed_out { "timed_out" } else { "completed" }.into(),
+            output_truncated: out.truncated,
         },
     ))
 }

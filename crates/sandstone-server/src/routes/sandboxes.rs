@@ -22,10 +22,12 @@ pub fn to_sandbox(st: &AppState, row: &SandboxRow) -> api::Sandbox {
         .lifecycle
         .expires_at_ms(&row.id, config.ttl)
         .map(rfc3339_ms);
-    let hard_expires = config
-        .hard_ttl
-        .filter(|t| *t > 0)
-        .map(|t| rfc3339_ms(row.created_at + t as i64 * 1000));
+    let hard_expires = config.hard_ttl.filter(|t| *t > 0).map(|t| {
+        rfc3339_ms(
+            row.created_at
+                .saturating_add((t.min(crate::limits::MAX_TTL) as i64) * 1000),
+        )
+    });
     api::Sandbox {
         id: row.id.clone(),
         template_id: row.template.clone(),
@@ -182,22 +184,16 @@ pub async fn update(
     Path(id): Path<String>,
     JsonBody(req): JsonBody<api::UpdateSandboxRequest>,
 ) -> ApiResult<Response> {
-    let r = row(&st, &id).await?;
     let Some(new) = req.config else {
-        return Ok(ok(StatusCode::OK, to_sandbox(&st, &r)));
+        return Ok(ok(StatusCode::OK, to_sandbox(&st, &row(&st, &id).await?)));
     };
     if new.resources.is_some() {
         return Err(ApiError::bad_request(
             "invalid field `config.resources`: resources are fixed at claim time",
         ));
     }
-    let mut config = config_of(&r);
-    config.ttl = new.ttl.or(config.ttl);
-    config.hard_ttl = new.hard_ttl.or(config.hard_ttl);
-    config.auto_resume = new.auto_resume.or(config.auto_resume);
-    let value = serde_json::to_value(&config).map_err(|e| ApiError::internal(e.to_string()))?;
-    st.lifecycle.store.set_config(&id, &value).await?;
-    Ok(ok(StatusCode::OK, to_sandbox(&st, &row(&st, &id).await?)))
+    let r = st.lifecycle.update_config(&id, new).await?;
+    Ok(ok(StatusCode::OK, to_sandbox(&st, &r)))
 }
 
 pub async fn delete(State(st): State<AppState>, Path(id): Path<String>) -> ApiResult<Response> {
