@@ -184,6 +184,10 @@ async fn answer(sock: &UdpSocket, peer: SocketAddr, query: &[u8], egress: &Egres
     let Some((name, qtype, end)) = question(query) else {
         return;
     };
+    // Over the limit the question is dropped; the client retries.
+    let Ok(_slot) = sandbox.dns_in_flight.clone().try_acquire_owned() else {
+        return;
+    };
     let started = Instant::now();
     sandbox
         .counters

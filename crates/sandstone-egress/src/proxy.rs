@@ -165,6 +165,10 @@ async fn handle(mut conn: TcpStream, peer: SocketAddr, egress: Arc<Egress>) {
     let Some(sandbox) = egress.sandbox(peer.ip()) else {
         return;
     };
+    let Ok(_open) = sandbox.connections.clone().try_acquire_owned() else {
+        tracing::warn!(sandbox = %sandbox.id, "connection refused: too many open connections");
+        return reset(&conn);
+    };
     let Ok(dst) = original_dst(&conn) else { return };
     let started = Instant::now();
     let (head, sniffed) = first_bytes(&mut conn).await;

@@ -11,6 +11,11 @@ use std::sync::{Arc, Mutex, RwLock};
 
 /// Names remembered per sandbox, for matching opaque TCP to domains.
 const NAME_CACHE: usize = 4096;
+/// Connections one sandbox may hold open through the proxy at once: a
+/// sandbox must not be able to use up the daemon's descriptors.
+pub const MAX_CONNECTIONS: usize = 1024;
+/// DNS questions of one sandbox being forwarded at once.
+pub const MAX_DNS_IN_FLIGHT: usize = 128;
 
 /// Per-sandbox egress counters, for /metrics.
 #[derive(Default)]
@@ -25,6 +30,8 @@ pub struct Counters {
 pub struct SandboxNet {
     pub id: String,
     pub counters: Counters,
+    pub connections: Arc<tokio::sync::Semaphore>,
+    pub dns_in_flight: Arc<tokio::sync::Semaphore>,
     policy: RwLock<Arc<CompiledPolicy>>,
     names: Mutex<HashMap<IpAddr, String>>,
 }
@@ -77,6 +84,8 @@ impl Egress {
         let net = Arc::new(SandboxNet {
             id: id.to_string(),
             counters: Counters::default(),
+            connections: Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS)),
+            dns_in_flight: Arc::new(tokio::sync::Semaphore::new(MAX_DNS_IN_FLIGHT)),
             policy: RwLock::new(compiled),
             names: Mutex::new(HashMap::new()),
         });

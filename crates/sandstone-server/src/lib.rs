@@ -43,6 +43,8 @@ pub struct Config {
     /// Resolver the policy DNS forwards allowed questions to (default: the
     /// host's first nameserver).
     pub dns_upstream: Option<std::net::SocketAddr>,
+    /// How long egress audit records are kept.
+    pub audit_retention: std::time::Duration,
 }
 
 #[derive(Clone)]
@@ -282,7 +284,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     .await?;
     lc.adopt().await?;
     let lc = Arc::new(lc);
-    lc.spawn_expiry();
+    lc.spawn_expiry(config.audit_retention);
     lc.spawn_warm_pool();
     let sealer = sandstone_store::secrets::Sealer::load(&config.data_dir.join("secret.key"))?;
     let st = AppState {

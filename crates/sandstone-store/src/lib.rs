@@ -129,6 +129,8 @@ pub trait Store: Send + Sync {
         denied_only: bool,
         limit: i64,
     ) -> BoxFuture<'a, Result<Vec<(i64, serde_json::Value)>>>;
+    /// Drops a deleted sandbox's records.
+    fn delete_audit<'a>(&'a self, sandbox_id: &'a str) -> BoxFuture<'a, Result<()>>;
     /// Drops records older than `before_ms`; returns how many.
     fn prune_audit(&self, before_ms: i64) -> BoxFuture<'_, Result<u64>>;
     fn get_snapshot<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<SnapshotRow>>;

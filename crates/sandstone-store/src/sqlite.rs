@@ -470,6 +470,16 @@ impl Store for SqliteStore {
         })
     }
 
+    fn delete_audit<'a>(&'a self, sandbox_id: &'a str) -> BoxFuture<'a, Result<()>> {
+        Box::pin(async move {
+            sqlx::query("DELETE FROM audit WHERE sandbox_id = ?")
+                .bind(sandbox_id)
+                .execute(&self.pool)
+                .await?;
+            Ok(())
+        })
+    }
+
     fn prune_audit(&self, before_ms: i64) -> BoxFuture<'_, Result<u64>> {
         Box::pin(async move {
             let done = sqlx::query("DELETE FROM audit WHERE time < ?")

@@ -77,6 +77,9 @@ enum Cmd {
         /// (default: the host's first nameserver).
         #[arg(long, env = "SANDSTONE_DNS_UPSTREAM")]
         dns_upstream: Option<std::net::SocketAddr>,
+        /// Days egress audit records are kept.
+        #[arg(long, env = "SANDSTONE_AUDIT_RETENTION_DAYS", default_value_t = 7)]
+        audit_retention_days: u64,
     },
     /// Create a sandbox and print its id.
     Create {
@@ -332,6 +335,7 @@ async fn run(cli: Cli) -> Result<()> {
             warm_pool,
             egress_pool,
             dns_upstream,
+            audit_retention_days,
         } => {
             init_logging();
             let config = sandstone_server::Config {
@@ -345,6 +349,9 @@ async fn run(cli: Cli) -> Result<()> {
                 warm_pool: *warm_pool,
                 egress_pool: egress_pool.clone(),
                 dns_upstream: *dns_upstream,
+                audit_retention: std::time::Duration::from_secs(
+                    audit_retention_days.saturating_mul(86_400),
+                ),
             };
             sandstone_server::run(config).await
         }

@@ -62,14 +62,23 @@ impl Lifecycle {
         }
     }
 
-    /// Runs [`Lifecycle::expire`] every second until the daemon stops.
-    pub fn spawn_expiry(self: &Arc<Self>) {
+    /// Runs [`Lifecycle::expire`] every second, and drops audit records
+    /// older than `audit_retention` every minute, until the daemon stops.
+    pub fn spawn_expiry(self: &Arc<Self>, audit_retention: Duration) {
         let lc = self.clone();
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_secs(1));
-            loop {
+            for n in 0u64.. {
                 tick.tick().await;
                 lc.expire().await;
+                if n % 60 == 0 {
+                    let before = now_ms() - audit_retention.as_millis() as i64;
+                    match lc.store.prune_audit(before).await {
+                        Ok(0) => {}
+                        Ok(k) => tracing::info!(records = k, "pruned audit records past retention"),
+                        Err(e) => tracing::warn!(error = %e, "audit pruning failed"),
+                    }
+                }
             }
         });
     }

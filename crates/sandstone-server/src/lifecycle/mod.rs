@@ -419,10 +419,11 @@ impl Lifecycle {
         let id = format!("sb-{}", random_hex(8));
         let mut undo = Undo::new(self, &id, slot);
         let mut phases = Phases::start();
-        match snapshot {
+        // A copy with the dir driver can take a while: off the async workers.
+        tokio::task::block_in_place(|| match snapshot {
             Some(s) => self.storage.sandbox_from_snapshot(s, &id, disk),
             None => self.storage.create_sandbox(&id, disk),
-        }
+        })
         .map_err(internal)?;
         undo.volume = true;
         phases.mark("storage");
@@ -606,6 +607,7 @@ impl Lifecycle {
             return Err(internal(format!("delete {id}: {e}")));
         }
         self.store.delete_sandbox(id).await?;
+        self.store.delete_audit(id).await?;
         self.activity.lock().unwrap().remove(id);
         self.locks.lock().unwrap().remove(id);
         self.free_slot(row.slot);
