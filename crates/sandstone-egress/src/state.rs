@@ -111,42 +111,38 @@ impl Egress {
 
     /// Prometheus lines of every served sandbox's counters.
     pub fn render_metrics(&self) -> String {
+        type Read = fn(&Counters) -> &AtomicU64;
+        let series: [(&str, &str, Read); 5] = [
+            (
+                "sandstone_egress_connections_total",
+                ",decision=\"allow\"",
+                |c| &c.allowed,
+            ),
+            (
+                "sandstone_egress_connections_total",
+                ",decision=\"deny\"",
+                |c| &c.denied,
+            ),
+            ("sandstone_egress_bytes_total", ",direction=\"up\"", |c| {
+                &c.bytes_up
+            }),
+            ("sandstone_egress_bytes_total", ",direction=\"down\"", |c| {
+                &c.bytes_down
+            }),
+            ("sandstone_egress_dns_queries_total", "", |c| &c.dns),
+        ];
         let nets: Vec<_> = self.by_addr.read().unwrap().values().cloned().collect();
-        let mut s = String::from("# TYPE sandstone_egress_connections_total counter\n");
-        for n in &nets {
-            let c = &n.counters;
-            s += &format!(
-                "sandstone_egress_connections_total{{sandbox=\"{}\",decision=\"allow\"}} {}\n",
-                n.id,
-                c.allowed.load(Ordering::Relaxed)
-            );
-            s += &format!(
-                "sandstone_egress_connections_total{{sandbox=\"{}\",decision=\"deny\"}} {}\n",
-                n.id,
-                c.denied.load(Ordering::Relaxed)
-            );
-        }
-        s += "# TYPE sandstone_egress_bytes_total counter\n";
-        for n in &nets {
-            let c = &n.counters;
-            s += &format!(
-                "sandstone_egress_bytes_total{{sandbox=\"{}\",direction=\"up\"}} {}\n",
-                n.id,
-                c.bytes_up.load(Ordering::Relaxed)
-            );
-            s += &format!(
-                "sandstone_egress_bytes_total{{sandbox=\"{}\",direction=\"down\"}} {}\n",
-                n.id,
-                c.bytes_down.load(Ordering::Relaxed)
-            );
-        }
-        s += "# TYPE sandstone_egress_dns_queries_total counter\n";
-        for n in &nets {
-            s += &format!(
-                "sandstone_egress_dns_queries_total{{sandbox=\"{}\"}} {}\n",
-                n.id,
-                n.counters.dns.load(Ordering::Relaxed)
-            );
+        let mut s = String::new();
+        let mut last = "";
+        for (name, label, read) in series {
+            if name != last {
+                s += &format!("# TYPE {name} counter\n");
+                last = name;
+            }
+            for n in &nets {
+                let v = read(&n.counters).load(Ordering::Relaxed);
+                s += &format!("{name}{{sandbox=\"{}\"{label}}} {v}\n", n.id);
+            }
         }
         s
     }

@@ -220,6 +220,17 @@ impl Daemon {
         v["data"]["sandbox_id"].as_str().unwrap().to_string()
     }
 
+    /// POSTs `body` and asserts a 400 whose message contains `needle` (the
+    /// field it names).
+    pub async fn rejects(&self, path: &str, body: Value, needle: &str) {
+        let (s, v) = self.post(path, body).await;
+        let msg = v["error"]["message"].as_str().unwrap_or("");
+        assert!(
+            s == 400 && msg.contains(needle),
+            "{path}: expected a 400 naming {needle}: {s} {v}"
+        );
+    }
+
     /// Runs `argv` to completion and returns the context response's data.
     pub async fn run(&self, id: &str, argv: &[&str]) -> Value {
         let body = json!({"type": "cmd", "cmd": {"command": argv}, "wait_until_done": true, "timeout_sec": 60});
