@@ -18,4 +18,4 @@ fi
 id="$("$sandstone" create)"
 echo "created sandbox $id"
 "$sandstone" exec "$id" -- sh -c 'echo "hello from $(hostname): $(id -un) in $(pwd)"; uname -sr'
-echo "try: $sandstone exec $id -- python3 -c 'print(6*7)'   and   $sandstone rm $id"
+echo "try: $sandstone shell $id    $sandstone exec $id -- cat /etc/os-release    $sandstone rm $id"
