@@ -8,6 +8,7 @@
 
 pub mod addr;
 pub mod audit;
+pub mod ca;
 pub mod cidr;
 pub mod dns;
 pub mod drops;

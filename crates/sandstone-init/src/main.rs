@@ -51,6 +51,7 @@ fn sandbox_main(mut start: SandboxStart) -> ! {
     }
     // SIGCHLD is consumed by the reaper thread only; every thread inherits
     // the blocked mask, and spawned commands get a clean one from std.
+    procs::set_sandbox_env(start.spec.env.clone());
     procs::block_sigchld();
     let _ = start.status.write_all(b"ok");
     drop(start.status);

@@ -178,8 +178,18 @@ pub struct SpawnRequest {
 }
 
 /// Base environment of every process (a login-like PATH and HOME).
+/// Variables the daemon gives every process of this sandbox (e.g. where
+/// the CA bundle is), set once at start.
+static SANDBOX_ENV: std::sync::OnceLock<BTreeMap<String, String>> = std::sync::OnceLock::new();
+
+pub fn set_sandbox_env(env: BTreeMap<String, String>) {
+    let _ = SANDBOX_ENV.set(env);
+}
+
+/// Base environment of every process: a login-like PATH and HOME, then
+/// the sandbox's variables.
 fn base_env() -> BTreeMap<String, String> {
-    [
+    let mut env: BTreeMap<String, String> = [
         (
             "PATH",
             "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
@@ -190,7 +200,15 @@ fn base_env() -> BTreeMap<String, String> {
     ]
     .into_iter()
     .map(|(k, v)| (k.to_string(), v.to_string()))
-    .collect()
+    .collect();
+    env.extend(
+        SANDBOX_ENV
+            .get()
+            .into_iter()
+            .flatten()
+            .map(|(k, v)| (k.clone(), v.clone())),
+    );
+    env
 }
 
 /// Starts a context. The returned receiver is subscribed before the process

@@ -62,6 +62,9 @@ fn ensure_dir(p: &Path) -> Result<()> {
 }
 
 fn ensure_file(p: &Path) -> Result<()> {
+    if let Some(parent) = p.parent() {
+        ensure_dir(parent)?;
+    }
     std::fs::OpenOptions::new()
         .create(true)
         .truncate(false)
@@ -111,15 +114,19 @@ pub fn assemble_host_side(spec: &SpawnSpec) -> Result<()> {
     })?;
     crate::fault::check("rootfs.after_overlay")?;
     let workspace = inside(root, "workspace");
-    ensure_dir(&workspace)?;
+    // Mount points the template lacks are created in the sandbox's own
+    // layer, as its root (which the id map stores as uid 0).
+    as_sandbox_root(spec.id_base, || ensure_dir(&workspace))?;
     bind(&data.join("workspace"), &workspace, false)?;
     for b in &spec.binds {
         let dst = inside(root, &b.target);
-        if b.source.is_dir() {
-            ensure_dir(&dst)?;
-        } else {
-            ensure_file(&dst)?;
-        }
+        as_sandbox_root(spec.id_base, || {
+            if b.source.is_dir() {
+                ensure_dir(&dst)
+            } else {
+                ensure_file(&dst)
+            }
+        })?;
         if b.idmap {
             crate::idmap::bind(&b.source, &dst, &userns, b.read_only)?;
         } else {

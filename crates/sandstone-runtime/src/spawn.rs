@@ -35,6 +35,9 @@ pub struct SpawnSpec {
     /// The way out (a veth pair); `None` leaves only `lo`.
     #[serde(default)]
     pub net: Option<crate::net::NetSpec>,
+    /// Variables every process in the sandbox starts with.
+    #[serde(default)]
+    pub env: std::collections::BTreeMap<String, String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -269,7 +269,16 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                 .dns_upstream
                 .or_else(lifecycle::host_resolver)
                 .ok_or_else(|| anyhow::anyhow!("no DNS upstream: set --dns-upstream"))?;
-            Some(lifecycle::Network::start(pool, &group, store.clone(), upstream).await?)
+            Some(
+                lifecycle::Network::start(
+                    pool,
+                    &group,
+                    store.clone(),
+                    upstream,
+                    &config.data_dir.join("ca"),
+                )
+                .await?,
+            )
         }
         None => None,
     };
@@ -336,5 +345,7 @@ pub fn setup_storage(
     if let Some(size) = pool_size {
         sandstone_storage::Pool::create(data_dir, size)?;
     }
+    sandstone_egress::ca::InstallationCa::load_or_create(&data_dir.join("ca"))
+        .map_err(|e| anyhow::anyhow!(e))?;
     Ok(Storage::open(data_dir, None)?)
 }

@@ -93,6 +93,41 @@ except OSError:
         );
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
+    // The installation CA is trusted inside (bundle read-only, the usual
+    // variables set); its key never is in the sandbox.
+    let ca = std::fs::read_to_string(d.data.path().join("ca/ca.crt")).unwrap();
+    let r = d
+        .sh(
+            &id,
+            "echo $SSL_CERT_FILE $GIT_SSL_CAINFO; echo x >> $SSL_CERT_FILE; ls /etc/sandstone",
+        )
+        .await;
+    assert_eq!(
+        r["stdout"], "/etc/sandstone/ca-bundle.pem /etc/sandstone/ca-bundle.pem\nca-bundle.pem\n",
+        "{r}"
+    );
+    assert!(
+        r["stderr"]
+            .as_str()
+            .unwrap()
+            .contains("cannot create /etc/sandstone/ca-bundle.pem"),
+        "read-only: {r}"
+    );
+    let resp = d
+        .http
+        .get(format!(
+            "{}/api/v1/sandboxes/{id}/files?path=/etc/sandstone/ca-bundle.pem",
+            d.url
+        ))
+        .bearer_auth(&d.token)
+        .send()
+        .await
+        .unwrap();
+    let bundle = resp.text().await.unwrap();
+    assert!(
+        bundle.ends_with(&ca) && !bundle.contains("PRIVATE KEY"),
+        "the bundle ends with the installation CA"
+    );
     // Root in the sandbox cannot change its own routes or addresses.
     let r = d
         .sh(

@@ -333,7 +333,12 @@ impl Lifecycle {
             rootfs: paths.rootfs.clone(),
             lower: template.lower.clone(),
             data: paths.data.clone(),
-            binds: template.binds.clone(),
+            binds: template
+                .binds
+                .iter()
+                .cloned()
+                .chain(self.network.as_ref().map(|n| n.trust_bind()))
+                .collect(),
             id_base: ID_BASE + slot as u32 * ID_COUNT,
             id_count: ID_COUNT,
             cgroup_procs: cgroup.procs_files(),
@@ -343,6 +348,11 @@ impl Lifecycle {
                 Some(n) => Some(n.spec(slot)?),
                 None => None,
             },
+            env: self
+                .network
+                .as_ref()
+                .map(|n| n.trust_env())
+                .unwrap_or_default(),
         };
         let init_bin = self.init_bin.clone();
         let launched =

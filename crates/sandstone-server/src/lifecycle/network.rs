@@ -5,6 +5,7 @@
 use crate::error::{ApiError, ApiResult};
 use sandstone_egress::addr::SubnetPool;
 use sandstone_egress::audit::{AuditEvent, AuditSink};
+use sandstone_egress::ca::{InstallationCa, SANDBOX_BUNDLE, TRUST_ENV};
 use sandstone_egress::firewall::Firewall;
 use sandstone_egress::state::Egress;
 use sandstone_egress::{NetworkPolicy, OperatorRules};
@@ -18,6 +19,7 @@ pub struct Network {
     pool: SubnetPool,
     pub firewall: Firewall,
     pub egress: Arc<Egress>,
+    pub ca: InstallationCa,
 }
 
 /// The host's own addresses (the pool must not overlap them; sandboxes
@@ -132,7 +134,10 @@ impl Network {
         group: &str,
         store: Arc<dyn Store>,
         upstream_dns: SocketAddr,
+        ca_dir: &std::path::Path,
     ) -> anyhow::Result<Network> {
+        let ca = InstallationCa::load_or_create(ca_dir)
+            .map_err(|e| anyhow::anyhow!("installation CA: {e}"))?;
         let hash = group.trim_start_matches("sandstone-");
         let host = host_addresses();
         let pool = SubnetPool::new(pool, &host).map_err(|e| anyhow::anyhow!("egress pool: {e}"))?;
@@ -174,6 +179,7 @@ impl Network {
             pool,
             firewall,
             egress,
+            ca,
         })
     }
 
@@ -196,6 +202,25 @@ impl Network {
             address,
             prefix: 30,
         })
+    }
+
+    /// The CA bundle, read-only inside every sandbox.
+    pub fn trust_bind(&self) -> sandstone_runtime::BindMount {
+        sandstone_runtime::BindMount {
+            source: self.ca.bundle.clone(),
+            target: SANDBOX_BUNDLE.into(),
+            read_only: true,
+            idmap: false,
+        }
+    }
+
+    /// Variables pointing common tools (OpenSSL, curl, git, pip, Python
+    /// requests, Node) at the bundle.
+    pub fn trust_env(&self) -> std::collections::BTreeMap<String, String> {
+        TRUST_ENV
+            .iter()
+            .map(|k| (k.to_string(), SANDBOX_BUNDLE.to_string()))
+            .collect()
     }
 
     /// Starts enforcing `policy` for the sandbox in `slot`.
