@@ -272,6 +272,15 @@ impl Client {
             "type": "cmd", "cmd": {"command": argv}, "wait_until_done": true,
             "cwd": cwd, "timeout_sec": timeout_sec,
         });
+        self.create_context(id, body).await
+    }
+
+    /// `POST .../contexts`: every way of starting a context goes through it.
+    async fn create_context(
+        &self,
+        id: &str,
+        body: serde_json::Value,
+    ) -> Result<api::ContextResponse> {
         self.call(
             Method::POST,
             &format!("/api/v1/sandboxes/{id}/contexts"),
@@ -283,14 +292,7 @@ impl Client {
     /// Starts a REPL context (`python` or `bash`) and returns its id.
     pub async fn repl(&self, id: &str, language: &str) -> Result<String> {
         let body = json!({"type": "repl", "repl": {"alias": language}});
-        let ctx: api::ContextResponse = self
-            .call(
-                Method::POST,
-                &format!("/api/v1/sandboxes/{id}/contexts"),
-                Some(body),
-            )
-            .await?;
-        Ok(ctx.id)
+        Ok(self.create_context(id, body).await?.id)
     }
 
     /// Runs code in a REPL context.
@@ -369,14 +371,7 @@ impl Client {
             "type": "cmd", "cmd": {"command": argv}, "wait_until_done": false,
             "cwd": cwd, "pty_size": pty, "timeout_sec": timeout_sec,
         });
-        let ctx: api::ContextResponse = self
-            .call(
-                Method::POST,
-                &format!("/api/v1/sandboxes/{id}/contexts"),
-                Some(body),
-            )
-            .await?;
-        Ok(ctx.id)
+        Ok(self.create_context(id, body).await?.id)
     }
 
     /// Attaches to a context's output (replayed from its start) and input.

@@ -311,7 +311,7 @@ impl Lifecycle {
                 cgroup,
             }),
             Err(e) => {
-                self.stop_runtime(id, &cgroup);
+                tokio::task::block_in_place(|| self.stop_runtime(id, &cgroup));
                 Err(e)
             }
         }
@@ -591,7 +591,7 @@ impl Lifecycle {
             .set_running(id, runtime.pid as i64, row.generation + 1)
             .await
         {
-            self.stop_runtime(id, &runtime.cgroup);
+            tokio::task::block_in_place(|| self.stop_runtime(id, &runtime.cgroup));
             return Err(e.into());
         }
         self.runtimes
@@ -689,7 +689,7 @@ impl Drop for Undo<'_> {
             return;
         }
         if let Some(cg) = &self.cgroup {
-            self.lc.stop_runtime(&self.id, cg);
+            tokio::task::block_in_place(|| self.lc.stop_runtime(&self.id, cg));
         }
         if self.volume
             && let Err(e) = self.lc.storage.remove_sandbox(&self.id)
