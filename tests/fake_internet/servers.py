@@ -1,20 +1,33 @@
 """The fake internet's servers, run inside its network namespace by the
 egress tests: a DNS server (A records from a fixed table, NXDOMAIN for the
-rest) and plain HTTP servers that answer with the Host they were asked for.
+rest) and web servers on port 80 and, when FAKE_TLS_DIR is set, 443 (with a
+test CA of their own, written to $FAKE_TLS_DIR/ca.pem for the daemon to
+trust). Paths:
+  /                     "hello from <Host>"
+  .../auth              whether the request carried $FAKE_TOKEN (Bearer
+                        Authorization or X-Api-Key); never echoes the token
+  /redirect?to=URL      302 to URL
+  /bulk?mib=N           N MiB of zeros
+  git.test/repo.git/    a smart-HTTP git repository needing the token
 
 usage: servers.py <dns-ip> <http-ip> [<http-ip> ...]  (names map to argv[2])
 """
+import os
 import socket
-import socketserver
+import ssl
 import struct
+import subprocess
 import sys
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import parse_qs, urlsplit
 
 DNS_IP, WEB_IPS = sys.argv[1], sys.argv[2:]
 RECORDS = {
     "web.test": WEB_IPS[0],
     "other.test": WEB_IPS[0],
+    "api.test": WEB_IPS[0],
+    "git.test": WEB_IPS[0],
     "rebind.test": "127.0.0.1",
 }
 
@@ -44,6 +57,12 @@ def serve_dns():
             pass
 
 
+TOKEN = os.environ.get("FAKE_TOKEN", "")
+TLS_DIR = os.environ.get("FAKE_TLS_DIR")
+NAMES = ["web.test", "other.test", "api.test", "git.test"]
+CHUNK = bytes(1 << 20)
+
+
 class Hello(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"  # keep-alive, for the latency benchmark
 
@@ -53,20 +72,129 @@ class Hello(BaseHTTPRequestHandler):
         # and delayed ACKs add 40 ms to every keep-alive response.
         self.request.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
-    def do_GET(self):
-        body = ("hello from %s\n" % self.headers.get("Host", "?")).encode()
-        self.send_response(200)
+    def reply(self, status, body, headers=()):
+        self.send_response(status)
+        for k, v in headers:
+            self.send_header(k, v)
         self.send_header("content-length", str(len(body)))
         self.end_headers()
         self.wfile.write(body)
+
+    def authorized(self):
+        return TOKEN and (
+            self.headers.get("Authorization") == "Bearer " + TOKEN
+            or self.headers.get("X-Api-Key") == TOKEN
+        )
+
+    def do_GET(self):
+        url = urlsplit(self.path)
+        query = parse_qs(url.query)
+        host = self.headers.get("Host", "?")
+        if host.startswith("git.test") and url.path.startswith("/repo.git/"):
+            return self.git()
+        if url.path.endswith("/auth"):
+            if self.authorized():
+                return self.reply(200, b"authorized\n")
+            seen = "authorization=%r x-api-key=%r\n" % (
+                self.headers.get("Authorization"),
+                self.headers.get("X-Api-Key"),
+            )
+            return self.reply(401, ("unauthorized: " + seen).encode())
+        if url.path == "/redirect":
+            return self.reply(302, b"", [("location", query["to"][0])])
+        if url.path == "/bulk":
+            n = int(query.get("mib", ["1"])[0])
+            self.send_response(200)
+            self.send_header("content-length", str(n << 20))
+            self.end_headers()
+            for _ in range(n):
+                self.wfile.write(CHUNK)
+            return
+        self.reply(200, ("hello from %s\n" % host).encode())
+
+    def do_POST(self):
+        if self.path.startswith("/repo.git/"):
+            return self.git()
+        self.reply(404, b"")
+
+    def git(self):
+        """git http-backend as a CGI, behind a token check."""
+        if not self.authorized():
+            return self.reply(401, b"token required\n", [("www-authenticate", 'Basic realm="git"')])
+        url = urlsplit(self.path)
+        env = dict(
+            os.environ,
+            GIT_PROJECT_ROOT=os.path.join(TLS_DIR, "git"),
+            GIT_HTTP_EXPORT_ALL="1",
+            PATH_INFO=url.path,
+            QUERY_STRING=url.query,
+            REQUEST_METHOD=self.command,
+            CONTENT_TYPE=self.headers.get("Content-Type", ""),
+            HTTP_CONTENT_ENCODING=self.headers.get("Content-Encoding", ""),
+            HTTP_GIT_PROTOCOL=self.headers.get("Git-Protocol", ""),
+            REMOTE_ADDR=self.client_address[0],
+        )
+        body = self.rfile.read(int(self.headers.get("Content-Length", "0") or 0))
+        out = subprocess.run(
+            ["git", "http-backend"], input=body, env=env, capture_output=True
+        ).stdout
+        head, _, payload = out.partition(b"\r\n\r\n")
+        status, headers = 200, []
+        for line in head.decode().split("\r\n"):
+            k, _, v = line.partition(":")
+            if k.lower() == "status":
+                status = int(v.split()[0])
+            elif k:
+                headers.append((k, v.strip()))
+        self.reply(status, payload, headers)
 
     def log_message(self, *a):
         pass
 
 
+def make_tls(d):
+    """A test CA and one leaf for every fake name, made with openssl."""
+    run = lambda *a: subprocess.run(a, cwd=d, check=True, capture_output=True)
+    run("openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
+        "-nodes", "-keyout", "ca.key", "-out", "ca.pem", "-days", "2", "-subj", "/CN=fake internet CA")
+    run("openssl", "req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+        "-keyout", "leaf.key", "-out", "leaf.csr", "-subj", "/CN=web.test")
+    with open(os.path.join(d, "san.ext"), "w") as f:
+        f.write("subjectAltName=" + ",".join("DNS:" + n for n in NAMES) + "\n")
+    run("openssl", "x509", "-req", "-in", "leaf.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
+        "-CAcreateserial", "-out", "leaf.pem", "-days", "2", "-extfile", "san.ext")
+    repo = os.path.join(d, "git", "repo.git")
+    work = os.path.join(d, "work")
+    git = ["git", "-c", "user.name=fake", "-c", "user.email=fake@test", "-c", "init.defaultBranch=main"]
+    subprocess.run(git + ["init", "-q", work], check=True)
+    with open(os.path.join(work, "README"), "w") as f:
+        f.write("cloned through the egress proxy\n")
+    subprocess.run(git + ["-C", work, "add", "README"], check=True)
+    subprocess.run(git + ["-C", work, "commit", "-qm", "first"], check=True)
+    subprocess.run(git + ["clone", "-q", "--bare", work, repo], check=True)
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.load_cert_chain(os.path.join(d, "leaf.pem"), os.path.join(d, "leaf.key"))
+    return ctx
+
+
 threading.Thread(target=serve_dns, daemon=True).start()
+class TlsServer(ThreadingHTTPServer):
+    """Handshakes in the connection's thread, not the accepting one."""
+
+    def finish_request(self, request, client_address):
+        request = tls.wrap_socket(request, server_side=True)
+        super().finish_request(request, client_address)
+
+    def handle_error(self, request, client_address):
+        pass  # clients the tests make fail on purpose
+
+
+tls = make_tls(TLS_DIR) if TLS_DIR else None
 for ip in WEB_IPS:
     srv = ThreadingHTTPServer((ip, 80), Hello)
     threading.Thread(target=srv.serve_forever, daemon=True).start()
+    if tls:
+        srv = TlsServer((ip, 443), Hello)
+        threading.Thread(target=srv.serve_forever, daemon=True).start()
 print("ready", flush=True)
 threading.Event().wait()

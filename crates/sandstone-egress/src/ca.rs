@@ -11,9 +11,10 @@ pub struct InstallationCa {
     pub cert_pem: String,
     /// The host roots plus this CA: what sandboxes are given.
     pub bundle: PathBuf,
+    key_path: PathBuf,
 }
 
-const HOST_ROOTS: &str = "/etc/ssl/certs/ca-certificates.crt";
+pub(crate) const HOST_ROOTS: &str = "/etc/ssl/certs/ca-certificates.crt";
 
 fn write(path: &Path, data: &[u8], mode: u32) -> std::io::Result<()> {
     let tmp = path.with_extension("tmp");
@@ -28,12 +29,12 @@ fn write(path: &Path, data: &[u8], mode: u32) -> std::io::Result<()> {
     std::fs::rename(&tmp, path)
 }
 
-fn generate() -> Result<(String, String), String> {
+/// The CA's parameters. Leaves are signed by an issuer rebuilt from these
+/// and the key, so they must stay what the certificate was made with.
+fn ca_params() -> Result<rcgen::CertificateParams, String> {
     use rcgen::{
-        BasicConstraints, CertificateParams, DistinguishedName, DnType, IsCa, KeyPair,
-        KeyUsagePurpose,
+        BasicConstraints, CertificateParams, DistinguishedName, DnType, IsCa, KeyUsagePurpose,
     };
-    let key = KeyPair::generate().map_err(|e| e.to_string())?;
     let mut params = CertificateParams::new(Vec::<String>::new()).map_err(|e| e.to_string())?;
     params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
     let mut dn = DistinguishedName::new();
@@ -46,7 +47,12 @@ fn generate() -> Result<(String, String), String> {
         KeyUsagePurpose::DigitalSignature,
     ];
     params.not_after = rcgen::date_time_ymd(2045, 1, 1);
-    let cert = params.self_signed(&key).map_err(|e| e.to_string())?;
+    Ok(params)
+}
+
+fn generate() -> Result<(String, String), String> {
+    let key = rcgen::KeyPair::generate().map_err(|e| e.to_string())?;
+    let cert = ca_params()?.self_signed(&key).map_err(|e| e.to_string())?;
     Ok((cert.pem(), key.serialize_pem()))
 }
 
@@ -76,7 +82,16 @@ impl InstallationCa {
         Ok(InstallationCa {
             cert_pem,
             bundle: bundle_path,
+            key_path,
         })
+    }
+
+    /// What signs leaf certificates: the CA's key and its name.
+    pub fn issuer(&self) -> Result<rcgen::Issuer<'static, rcgen::KeyPair>, String> {
+        let pem =
+            std::fs::read_to_string(&self.key_path).map_err(|e| format!("read the CA key: {e}"))?;
+        let key = rcgen::KeyPair::from_pem(&pem).map_err(|e| format!("the CA key: {e}"))?;
+        Ok(rcgen::Issuer::new(ca_params()?, key))
     }
 }
 

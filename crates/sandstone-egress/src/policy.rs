@@ -3,6 +3,7 @@
 //! rules, which a sandbox's policy can never loosen.
 
 use crate::cidr::Cidr;
+use crate::credentials::{CredentialBinding, CredentialRule, Injection};
 use serde::{Deserialize, Serialize};
 use std::net::IpAddr;
 
@@ -73,6 +74,8 @@ pub struct TrafficRule {
 pub struct Egress {
     #[serde(default)]
     pub traffic_rules: Vec<TrafficRule>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub credential_rules: Vec<CredentialRule>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
@@ -82,6 +85,8 @@ pub struct NetworkPolicy {
     pub mode: Mode,
     #[serde(default)]
     pub egress: Egress,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub credential_bindings: Vec<CredentialBinding>,
 }
 
 /// One outbound connection (or DNS question) to decide on.
@@ -122,7 +127,7 @@ impl Decision {
     }
 }
 
-fn valid_domain(d: &str) -> bool {
+pub(crate) fn valid_domain(d: &str) -> bool {
     let name = d.strip_prefix("*.").unwrap_or(d);
     !name.is_empty()
         && name.len() <= 253
@@ -179,6 +184,7 @@ impl Compiled {
 pub struct CompiledPolicy {
     pub policy: NetworkPolicy,
     rules: Vec<Compiled>,
+    pub injection: Injection,
 }
 
 impl NetworkPolicy {
@@ -222,15 +228,20 @@ impl NetworkPolicy {
         if rules.len() > 1024 {
             return Err("egress.trafficRules: at most 1024 rules".into());
         }
+        crate::credentials::validate(&self.credential_bindings, &self.egress.credential_rules)?;
         Ok(CompiledPolicy {
             policy: self.clone(),
             rules,
+            injection: Injection {
+                bindings: self.credential_bindings.clone(),
+                rules: self.egress.credential_rules.clone(),
+            },
         })
     }
 
     /// The template's policy overridden by a claim's: the claim's mode wins
-    /// when it sets one, rules merge by name (the claim's replaces the
-    /// template's of the same name; new ones go after).
+    /// when it sets one; rules merge by name and bindings by ref (the
+    /// claim's replaces the template's of the same name; new ones go after).
     pub fn merged(
         template: &NetworkPolicy,
         claim: &NetworkPolicy,
@@ -240,18 +251,36 @@ impl NetworkPolicy {
         if claim_sets_mode {
             out.mode = claim.mode;
         }
-        for r in &claim.egress.traffic_rules {
-            match out
-                .egress
-                .traffic_rules
-                .iter_mut()
-                .find(|t| !r.name.is_empty() && t.name == r.name)
-            {
-                Some(slot) => *slot = r.clone(),
-                None => out.egress.traffic_rules.push(r.clone()),
-            }
-        }
+        merge_by(
+            &mut out.egress.traffic_rules,
+            &claim.egress.traffic_rules,
+            |r| &r.name,
+        );
+        merge_by(
+            &mut out.egress.credential_rules,
+            &claim.egress.credential_rules,
+            |r| &r.name,
+        );
+        merge_by(
+            &mut out.credential_bindings,
+            &claim.credential_bindings,
+            |b| &b.reference,
+        );
         out
+    }
+}
+
+/// Overlays `over` on `base`: an item replaces the one with the same
+/// (non-empty) key, others are appended in order.
+fn merge_by<T: Clone>(base: &mut Vec<T>, over: &[T], key: impl Fn(&T) -> &String) {
+    for item in over {
+        match base
+            .iter_mut()
+            .find(|t| !key(item).is_empty() && key(t) == key(item))
+        {
+            Some(slot) => *slot = item.clone(),
+            None => base.push(item.clone()),
+        }
     }
 }
 

@@ -96,25 +96,23 @@ fn sniff_or_other(buf: &[u8]) -> Sniffed {
     }
 }
 
-struct Flow {
-    sandbox: Arc<SandboxNet>,
-    dst: SocketAddr,
-    host: Option<String>,
-    app: AppProtocol,
+/// One connection from a sandbox, as the proxy saw it.
+pub(crate) struct Flow {
+    pub sandbox: Arc<SandboxNet>,
+    pub dst: SocketAddr,
+    pub host: Option<String>,
+    pub app: AppProtocol,
     started: Instant,
 }
 
 impl Flow {
-    fn audit(&self, egress: &Egress, d: &Decision, reason: String, up: u64, down: u64) {
-        use std::sync::atomic::Ordering::Relaxed;
-        let c = &self.sandbox.counters;
-        if d.allowed { &c.allowed } else { &c.denied }.fetch_add(1, Relaxed);
-        c.bytes_up.fetch_add(up, Relaxed);
-        c.bytes_down.fetch_add(down, Relaxed);
-        egress.audit.record(AuditEvent {
+    /// An audit record about this connection (`kind` `connection`, or
+    /// `request` for one HTTP request on an intercepted connection).
+    pub fn event(&self, kind: &str, d: &Decision, reason: String) -> AuditEvent {
+        AuditEvent {
             sandbox_id: self.sandbox.id.clone(),
             time: now_ms(),
-            kind: "connection".into(),
+            kind: kind.into(),
             dest_name: self.host.clone(),
             dest_ip: Some(self.dst.ip().to_string()),
             dest_port: self.dst.port(),
@@ -122,9 +120,22 @@ impl Flow {
             decision: if d.allowed { "allow" } else { "deny" }.into(),
             rule: d.rule.clone(),
             reason,
+            bytes_up: 0,
+            bytes_down: 0,
+            duration_ms: self.started.elapsed().as_millis() as u64,
+        }
+    }
+
+    fn audit(&self, egress: &Egress, d: &Decision, reason: String, up: u64, down: u64) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let c = &self.sandbox.counters;
+        if d.allowed { &c.allowed } else { &c.denied }.fetch_add(1, Relaxed);
+        c.bytes_up.fetch_add(up, Relaxed);
+        c.bytes_down.fetch_add(down, Relaxed);
+        egress.audit.record(AuditEvent {
             bytes_up: up,
             bytes_down: down,
-            duration_ms: self.started.elapsed().as_millis() as u64,
+            ..self.event("connection", d, reason)
         });
     }
 }
@@ -230,6 +241,18 @@ async fn handle(mut conn: TcpStream, peer: SocketAddr, egress: Arc<Egress>) {
     if !decision.allowed {
         flow.audit(&egress, &decision, reason.clone(), 0, 0);
         return refuse(conn, &flow, &reason).await;
+    }
+    let tls = app == AppProtocol::Tls;
+    if let (Some(interceptor), Some(host)) = (&egress.interceptor, &flow.host)
+        && matches!(app, AppProtocol::Tls | AppProtocol::Http)
+        && policy.injection.intercepts(host, dst.port(), tls)
+    {
+        let flow = Arc::new(flow);
+        let (up, down) = interceptor
+            .serve(egress.clone(), flow.clone(), conn, head, target)
+            .await;
+        let reason = format!("{reason}; terminated for credential rules");
+        return flow.audit(&egress, &decision, reason, up, down);
     }
     let upstream = match tokio::time::timeout(DIAL_TIMEOUT, TcpStream::connect(target)).await {
         Ok(Ok(s)) => s,

@@ -61,6 +61,9 @@ pub struct Egress {
     /// Where allowed DNS questions are forwarded.
     pub upstream_dns: SocketAddr,
     pub dns_cache: crate::dns::Cache,
+    /// Terminates TLS where credential rules apply (absent: no injection).
+    pub interceptor: Option<crate::intercept::Interceptor>,
+    pub credentials: Option<Arc<dyn crate::credentials::CredentialStore>>,
 }
 
 impl Egress {
@@ -75,6 +78,8 @@ impl Egress {
             audit,
             upstream_dns,
             dns_cache: crate::dns::Cache::default(),
+            interceptor: None,
+            credentials: None,
         }
     }
 

@@ -45,6 +45,8 @@ pub struct Config {
     pub dns_upstream: Option<std::net::SocketAddr>,
     /// How long egress audit records are kept.
     pub audit_retention: std::time::Duration,
+    /// The operator's egress rules file (see `lifecycle::OperatorConfig`).
+    pub egress_config: Option<PathBuf>,
 }
 
 #[derive(Clone)]
@@ -263,22 +265,27 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         "sandstone-{}",
         &sandstone_store::token_hash(&config.data_dir.display().to_string())[..8]
     );
+    let sealer = Arc::new(sandstone_store::secrets::Sealer::load(
+        &config.data_dir.join("secret.key"),
+    )?);
     let network = match &config.egress_pool {
         Some(pool) => {
-            let upstream = config
+            let upstream_dns = config
                 .dns_upstream
                 .or_else(lifecycle::host_resolver)
                 .ok_or_else(|| anyhow::anyhow!("no DNS upstream: set --dns-upstream"))?;
-            Some(
-                lifecycle::Network::start(
-                    pool,
-                    &group,
-                    store.clone(),
-                    upstream,
-                    &config.data_dir.join("ca"),
-                )
-                .await?,
-            )
+            let operator = match &config.egress_config {
+                Some(path) => lifecycle::OperatorConfig::load(path)?,
+                None => lifecycle::OperatorConfig::default(),
+            };
+            let options = lifecycle::NetworkOptions {
+                pool,
+                group: &group,
+                upstream_dns,
+                ca_dir: &config.data_dir.join("ca"),
+                operator,
+            };
+            Some(lifecycle::Network::start(options, store.clone(), sealer.clone()).await?)
         }
         None => None,
     };
@@ -295,11 +302,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let lc = Arc::new(lc);
     lc.spawn_expiry(config.audit_retention);
     lc.spawn_warm_pool();
-    let sealer = sandstone_store::secrets::Sealer::load(&config.data_dir.join("secret.key"))?;
     let st = AppState {
         lifecycle: lc.clone(),
         metrics: Arc::new(metrics::Metrics::default()),
-        sealer: Arc::new(sealer),
+        sealer,
     };
     let listener = tokio::net::TcpListener::bind(config.listen).await?;
     tracing::info!(listen = %config.listen, data_dir = %config.data_dir.display(), "sandstone daemon ready");

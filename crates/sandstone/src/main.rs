@@ -80,6 +80,10 @@ enum Cmd {
         /// Days egress audit records are kept.
         #[arg(long, env = "SANDSTONE_AUDIT_RETENTION_DAYS", default_value_t = 7)]
         audit_retention_days: u64,
+        /// Operator egress rules (JSON: allow, deny, denyDomains,
+        /// upstreamCaFiles), applied before any sandbox's policy.
+        #[arg(long, env = "SANDSTONE_EGRESS_CONFIG")]
+        egress_config: Option<PathBuf>,
     },
     /// Create a sandbox and print its id.
     Create {
@@ -336,6 +340,7 @@ async fn run(cli: Cli) -> Result<()> {
             egress_pool,
             dns_upstream,
             audit_retention_days,
+            egress_config,
         } => {
             init_logging();
             let config = sandstone_server::Config {
@@ -352,6 +357,7 @@ async fn run(cli: Cli) -> Result<()> {
                 audit_retention: std::time::Duration::from_secs(
                     audit_retention_days.saturating_mul(86_400),
                 ),
+                egress_config: egress_config.clone(),
             };
             sandstone_server::run(config).await
         }

@@ -3,26 +3,12 @@
 
 mod common;
 
-use common::{Daemon, cli, test_subnet_pool, text};
+use common::{cli, networked, text};
 use serde_json::json;
-
-/// A daemon with egress on, forwarding allowed DNS to `dns_upstream`.
-async fn networked(dns_upstream: &str) -> Daemon {
-    let mut d = Daemon::start().await;
-    d.kill();
-    d.serve_args = vec![
-        "--egress-pool".into(),
-        test_subnet_pool(),
-        "--dns-upstream".into(),
-        dns_upstream.into(),
-    ];
-    d.spawn().await;
-    d
-}
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_sandbox_gets_an_interface_and_nothing_gets_out() {
-    let d = networked("127.0.0.1:1").await;
+    let d = networked("127.0.0.1:1", &[]).await;
     let id = d.create(json!({})).await;
     let r = d
         .sh(
@@ -164,7 +150,7 @@ except OSError:
 async fn policy_decides_every_connection_and_dns_answer_and_audits_them() {
     use common::fake_internet::FakeInternet;
     let net = FakeInternet::start();
-    let d = networked(&format!("{}:53", net.server)).await;
+    let d = networked(&format!("{}:53", net.server), &[]).await;
     let policy = json!({"mode": "block-all", "egress": {"trafficRules": [
         {"name": "web", "action": "allow", "domains": ["web.test", "rebind.test"], "ports": [{"port": 80}]}
     ]}});

@@ -62,7 +62,9 @@ pub struct Lifecycle {
     network: Option<Network>,
 }
 
-pub use network::{Network, host_resolver, parse_policy, policy_of};
+pub use network::{
+    Network, NetworkOptions, OperatorConfig, host_resolver, parse_policy, policy_of,
+};
 
 pub fn random_hex(bytes: usize) -> String {
     let mut buf = vec![0u8; bytes];

@@ -3,15 +3,20 @@
 //! egress proxy and policy resolver the firewall sends sandbox traffic to.
 
 use crate::error::{ApiError, ApiResult};
+use futures_util::future::BoxFuture;
 use sandstone_egress::addr::SubnetPool;
 use sandstone_egress::audit::{AuditEvent, AuditSink};
 use sandstone_egress::ca::{InstallationCa, SANDBOX_BUNDLE, TRUST_ENV};
+use sandstone_egress::credentials::{CredentialStore, SourceValues};
 use sandstone_egress::firewall::Firewall;
+use sandstone_egress::intercept::Interceptor;
 use sandstone_egress::state::Egress;
 use sandstone_egress::{NetworkPolicy, OperatorRules};
 use sandstone_runtime::net::NetSpec;
+use sandstone_store::secrets::Sealer;
 use sandstone_store::{AuditRow, Store};
 use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use tokio::sync::mpsc;
 
@@ -126,21 +131,107 @@ pub fn parse_policy(v: serde_json::Value, field: &str) -> ApiResult<NetworkPolic
     Ok(p)
 }
 
+/// The operator's egress rules file (`sandstone serve --egress-config`):
+/// exceptions and additions to the built-in denials, and CAs trusted for
+/// upstreams the proxy re-originates TLS to. Sandboxes cannot change it.
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct OperatorConfig {
+    #[serde(default)]
+    pub allow: Vec<String>,
+    #[serde(default)]
+    pub deny: Vec<String>,
+    #[serde(default)]
+    pub deny_domains: Vec<String>,
+    #[serde(default)]
+    pub upstream_ca_files: Vec<PathBuf>,
+}
+
+impl OperatorConfig {
+    pub fn load(path: &Path) -> anyhow::Result<OperatorConfig> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| anyhow::anyhow!("egress config {}: {e}", path.display()))?;
+        serde_path_to_error::deserialize(&mut serde_json::Deserializer::from_str(&text)).map_err(
+            |e| {
+                anyhow::anyhow!(
+                    "egress config {}: {}: {}",
+                    path.display(),
+                    e.path(),
+                    e.inner()
+                )
+            },
+        )
+    }
+
+    /// The built-in rules with this file's added.
+    fn rules(&self) -> anyhow::Result<OperatorRules> {
+        let cidrs = |list: &[String], field: &str| {
+            list.iter()
+                .map(|c| {
+                    c.parse()
+                        .map_err(|e: String| anyhow::anyhow!("egress config {field}: {e}"))
+                })
+                .collect::<anyhow::Result<Vec<_>>>()
+        };
+        let mut rules = OperatorRules::default();
+        rules.allow = cidrs(&self.allow, "allow")?;
+        rules.deny.extend(cidrs(&self.deny, "deny")?);
+        rules.deny_domains = self.deny_domains.clone();
+        Ok(rules)
+    }
+}
+
+/// What `Network::start` needs from the daemon's configuration.
+pub struct NetworkOptions<'a> {
+    pub pool: &'a str,
+    pub group: &'a str,
+    pub upstream_dns: SocketAddr,
+    pub ca_dir: &'a Path,
+    pub operator: OperatorConfig,
+}
+
+/// Credential sources for the proxy: read from the store and unsealed on
+/// each use, so rotations and deletions apply to the next request.
+struct SealedSources {
+    store: Arc<dyn Store>,
+    sealer: Arc<Sealer>,
+}
+
+impl CredentialStore for SealedSources {
+    fn resolve<'a>(&'a self, source: &'a str) -> BoxFuture<'a, Result<SourceValues, String>> {
+        Box::pin(async move {
+            let row = self
+                .store
+                .get_credential(source)
+                .await
+                .map_err(|_| format!("credential source {source:?} does not exist"))?;
+            let plain = self
+                .sealer
+                .open(&row.sealed)
+                .ok_or_else(|| format!("credential source {source:?} cannot be unsealed"))?;
+            serde_json::from_slice(&plain)
+                .map(SourceValues)
+                .map_err(|_| format!("credential source {source:?} is malformed"))
+        })
+    }
+}
+
 impl Network {
     /// Validates the pool, starts the proxy and the resolver, and installs
     /// this daemon's firewall table (replacing one a crashed daemon left).
     pub async fn start(
-        pool: &str,
-        group: &str,
+        o: NetworkOptions<'_>,
         store: Arc<dyn Store>,
-        upstream_dns: SocketAddr,
-        ca_dir: &std::path::Path,
+        sealer: Arc<Sealer>,
     ) -> anyhow::Result<Network> {
-        let ca = InstallationCa::load_or_create(ca_dir)
+        let ca = InstallationCa::load_or_create(o.ca_dir)
             .map_err(|e| anyhow::anyhow!("installation CA: {e}"))?;
-        let hash = group.trim_start_matches("sandstone-");
+        let interceptor = Interceptor::new(&ca, &o.operator.upstream_ca_files)
+            .map_err(|e| anyhow::anyhow!("TLS interception: {e}"))?;
+        let hash = o.group.trim_start_matches("sandstone-");
         let host = host_addresses();
-        let pool = SubnetPool::new(pool, &host).map_err(|e| anyhow::anyhow!("egress pool: {e}"))?;
+        let pool =
+            SubnetPool::new(o.pool, &host).map_err(|e| anyhow::anyhow!("egress pool: {e}"))?;
         let proxy = tokio::net::TcpListener::bind("0.0.0.0:0").await?;
         let dns = tokio::net::UdpSocket::bind("0.0.0.0:0").await?;
         let firewall = Firewall {
@@ -150,7 +241,7 @@ impl Network {
             dns_port: dns.local_addr()?.port(),
         };
         firewall.install().map_err(|e| anyhow::anyhow!(e))?;
-        let mut operator = OperatorRules::default();
+        let mut operator = o.operator.rules()?;
         operator.deny.push(
             pool.cidr()
                 .parse()
@@ -163,11 +254,15 @@ impl Network {
                     .map_err(|e: String| anyhow::anyhow!(e))?,
             );
         }
-        let egress = Arc::new(Egress::new(
+        let mut egress = Egress::new(
             operator,
-            Arc::new(spawn_audit_writer(store)),
-            upstream_dns,
-        ));
+            Arc::new(spawn_audit_writer(store.clone())),
+            o.upstream_dns,
+        );
+        egress.interceptor = Some(interceptor);
+        egress.credentials = Some(Arc::new(SealedSources { store, sealer }));
+        let egress = Arc::new(egress);
+        let upstream_dns = o.upstream_dns;
         tokio::spawn(sandstone_egress::proxy::serve(proxy, egress.clone()));
         tokio::spawn(sandstone_egress::dns::serve(dns, egress.clone()));
         sandstone_egress::drops::spawn(egress.clone(), firewall.prefix.clone());

@@ -1,6 +1,7 @@
 //! A fake internet for egress tests: a network namespace this test makes
 //! (addresses from 10.99.0.0/16, nothing else), reached from the host over
-//! a veth, running a DNS server and HTTP servers.
+//! a veth, running a DNS server, HTTP and HTTPS servers (with a test CA of
+//! their own) and a git server that needs a token.
 
 use std::process::{Child, Command, Stdio};
 
@@ -11,6 +12,10 @@ pub struct FakeInternet {
     pub server: String,
     /// A second address in the same subnet with nothing listening.
     pub unused: String,
+    /// The token the servers' `/auth` paths and git repository accept.
+    pub token: String,
+    /// Holds the test CA (`ca.pem`) and the git repository.
+    pub dir: tempfile::TempDir,
 }
 
 fn ip(args: &[&str]) {
@@ -53,8 +58,12 @@ impl FakeInternet {
             env!("CARGO_MANIFEST_DIR"),
             "/../../tests/fake_internet/servers.py"
         );
+        let dir = tempfile::tempdir().unwrap();
+        let token = format!("sst-{}", random_hex());
         let mut servers = Command::new("ip")
             .args(["netns", "exec", &ns, "python3", script, &server, &server])
+            .env("FAKE_TLS_DIR", dir.path())
+            .env("FAKE_TOKEN", &token)
             .stdout(Stdio::piped())
             .spawn()
             .expect("start fake servers");
@@ -70,8 +79,21 @@ impl FakeInternet {
             servers,
             server,
             unused: format!("{net}.77"),
+            token,
+            dir,
         }
     }
+
+    pub fn ca_pem(&self) -> std::path::PathBuf {
+        self.dir.path().join("ca.pem")
+    }
+}
+
+/// 32 random hex digits.
+fn random_hex() -> String {
+    let mut b = [0u8; 16];
+    std::io::Read::read_exact(&mut std::fs::File::open("/dev/urandom").unwrap(), &mut b).unwrap();
+    b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
 impl Drop for FakeInternet {

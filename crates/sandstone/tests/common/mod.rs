@@ -332,6 +332,21 @@ impl Drop for Daemon {
     }
 }
 
+/// A daemon with egress on, forwarding allowed DNS to `dns_upstream`.
+pub async fn networked(dns_upstream: &str, extra: &[String]) -> Daemon {
+    let mut d = Daemon::start().await;
+    d.kill();
+    d.serve_args = vec![
+        "--egress-pool".into(),
+        test_subnet_pool(),
+        "--dns-upstream".into(),
+        dns_upstream.into(),
+    ];
+    d.serve_args.extend_from_slice(extra);
+    d.spawn().await;
+    d
+}
+
 /// Runs the `sandstone` CLI against `d` with `stdin`.
 pub fn cli(d: &Daemon, args: &[&str], stdin: &[u8]) -> Output {
     let mut child = Command::new(sandstone_bin())

@@ -1,0 +1,580 @@
+//! Credential injection rules, in Sandbox0's shape: a policy's
+//! `credentialBindings` say how a credential source is projected into a
+//! request (headers rendered from templates, or placeholders the sandbox
+//! holds replaced by the real value), and `egress.credentialRules` say for
+//! which destinations and requests. The proxy applies them after it has
+//! terminated TLS; the sandbox only ever sees the placeholder, if anything.
+
+use crate::policy::{PortRange, domain_matches, valid_domain};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum CredentialProtocol {
+    Http,
+    #[default]
+    Https,
+}
+
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum FailurePolicy {
+    /// The request is refused when the credential cannot be applied.
+    #[default]
+    FailClosed,
+    /// The request goes out without the credential.
+    FailOpen,
+}
+
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Rollout {
+    #[default]
+    Enabled,
+    Disabled,
+}
+
+/// Injection needs the plaintext request: only `terminate-reoriginate`.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum TlsMode {
+    #[default]
+    TerminateReoriginate,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct HttpMatch {
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub methods: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub paths: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub path_prefixes: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct CredentialRule {
+    #[serde(default)]
+    pub name: String,
+    pub credential_ref: String,
+    #[serde(default)]
+    pub protocol: CredentialProtocol,
+    pub domains: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ports: Vec<PortRange>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http_match: Option<HttpMatch>,
+    #[serde(default)]
+    pub tls_mode: TlsMode,
+    #[serde(default)]
+    pub failure_policy: FailurePolicy,
+    #[serde(default)]
+    pub rollout: Rollout,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct HeaderTemplate {
+    pub name: String,
+    /// `Bearer {{ .token }}`: `{{ .key }}` is the source's value `key`.
+    pub value_template: String,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct HttpHeaders {
+    /// Empty: every value of the source is sent as the header it names.
+    #[serde(default)]
+    pub headers: Vec<HeaderTemplate>,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Location {
+    Header,
+    Query,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Replacement {
+    pub placeholder: String,
+    pub value_template: String,
+    #[serde(default = "header_only")]
+    pub locations: Vec<Location>,
+}
+
+fn header_only() -> Vec<Location> {
+    vec![Location::Header]
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PlaceholderSubstitution {
+    pub replacements: Vec<Replacement>,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum ProjectionKind {
+    HttpHeaders,
+    PlaceholderSubstitution,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Projection {
+    #[serde(rename = "type")]
+    pub kind: ProjectionKind,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http_headers: Option<HttpHeaders>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub placeholder_substitution: Option<PlaceholderSubstitution>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct CachePolicy {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ttl: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct CredentialBinding {
+    #[serde(rename = "ref")]
+    pub reference: String,
+    pub source_ref: String,
+    pub projection: Projection,
+    /// Accepted for compatibility; sources are read on every connection,
+    /// so a rotation applies at once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache_policy: Option<CachePolicy>,
+}
+
+/// Placeholders shorter than this would be replaced inside ordinary text.
+const MIN_PLACEHOLDER: usize = 8;
+
+fn header_name_ok(n: &str) -> bool {
+    !n.is_empty()
+        && n.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+}
+
+/// Checks bindings and credential rules; the error names the field.
+pub fn validate(bindings: &[CredentialBinding], rules: &[CredentialRule]) -> Result<(), String> {
+    for (i, b) in bindings.iter().enumerate() {
+        let at = format!("credentialBindings[{i}]");
+        if b.reference.is_empty() || b.source_ref.is_empty() {
+            return Err(format!("{at}: ref and sourceRef are required"));
+        }
+        if bindings[..i].iter().any(|o| o.reference == b.reference) {
+            return Err(format!("{at}.ref: {:?} is bound twice", b.reference));
+        }
+        validate_projection(&b.projection, &format!("{at}.projection"))?;
+    }
+    for (i, r) in rules.iter().enumerate() {
+        let at = format!("egress.credentialRules[{i}]");
+        if !bindings.iter().any(|b| b.reference == r.credential_ref) {
+            return Err(format!(
+                "{at}.credentialRef: no credentialBinding has ref {:?}",
+                r.credential_ref
+            ));
+        }
+        // A credential must be aimed: no rule may send it everywhere.
+        if r.domains.is_empty() {
+            return Err(format!("{at}.domains: at least one domain"));
+        }
+        for (j, d) in r.domains.iter().enumerate() {
+            if !valid_domain(d) {
+                return Err(format!(
+                    "{at}.domains[{j}]: {d:?} is not a domain name or *.wildcard"
+                ));
+            }
+        }
+        for (j, m) in r.http_match.iter().flat_map(|m| &m.methods).enumerate() {
+            if !header_name_ok(m) {
+                return Err(format!(
+                    "{at}.httpMatch.methods[{j}]: {m:?} is not a method"
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn validate_projection(p: &Projection, at: &str) -> Result<(), String> {
+    match p.kind {
+        ProjectionKind::HttpHeaders => {
+            for (j, h) in p.http_headers.iter().flat_map(|h| &h.headers).enumerate() {
+                if !header_name_ok(&h.name) {
+                    return Err(format!(
+                        "{at}.httpHeaders.headers[{j}].name: {:?} is not a header name",
+                        h.name
+                    ));
+                }
+                parse_template(&h.value_template)
+                    .map_err(|e| format!("{at}.httpHeaders.headers[{j}].valueTemplate: {e}"))?;
+            }
+        }
+        ProjectionKind::PlaceholderSubstitution => {
+            let reps = &p
+                .placeholder_substitution
+                .as_ref()
+                .ok_or(format!("{at}.placeholderSubstitution: required"))?
+                .replacements;
+            if reps.is_empty() {
+                return Err(format!(
+                    "{at}.placeholderSubstitution.replacements: at least one"
+                ));
+            }
+            for (j, r) in reps.iter().enumerate() {
+                let at = format!("{at}.placeholderSubstitution.replacements[{j}]");
+                if r.placeholder.len() < MIN_PLACEHOLDER
+                    || !r.placeholder.bytes().all(|b| b.is_ascii_graphic())
+                {
+                    return Err(format!(
+                        "{at}.placeholder: at least {MIN_PLACEHOLDER} printable characters"
+                    ));
+                }
+                parse_template(&r.value_template)
+                    .map_err(|e| format!("{at}.valueTemplate: {e}"))?;
+            }
+        }
+    }
+    Ok(())
+}
+
+enum Piece<'a> {
+    Text(&'a str),
+    Value(&'a str),
+}
+
+/// Splits `Bearer {{ .token }}` into text and value references.
+fn parse_template(t: &str) -> Result<Vec<Piece<'_>>, String> {
+    let mut out = Vec::new();
+    let mut rest = t;
+    while let Some(open) = rest.find("{{") {
+        out.push(Piece::Text(&rest[..open]));
+        let close = rest[open..].find("}}").ok_or("an unclosed {{")? + open;
+        let key = rest[open + 2..close].trim();
+        let key = key
+            .strip_prefix('.')
+            .filter(|k| !k.is_empty())
+            .ok_or_else(|| format!("{{{{ {key} }}}} must be {{{{ .name }}}}"))?;
+        out.push(Piece::Value(key));
+        rest = &rest[close + 2..];
+    }
+    out.push(Piece::Text(rest));
+    Ok(out)
+}
+
+/// The plaintext values of a credential source. Never printed.
+pub struct SourceValues(pub BTreeMap<String, String>);
+
+impl std::fmt::Debug for SourceValues {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "SourceValues([redacted; {}])", self.0.len())
+    }
+}
+
+impl SourceValues {
+    fn render(&self, template: &str) -> Result<String, String> {
+        let mut s = String::new();
+        for piece in parse_template(template)? {
+            match piece {
+                Piece::Text(t) => s.push_str(t),
+                Piece::Value(k) => s.push_str(
+                    self.0
+                        .get(k)
+                        .ok_or_else(|| format!("the source has no value {k:?}"))?,
+                ),
+            }
+        }
+        Ok(s)
+    }
+}
+
+/// Where credential sources are read from (the daemon's sealed store).
+pub trait CredentialStore: Send + Sync {
+    fn resolve<'a>(
+        &'a self,
+        source: &'a str,
+    ) -> futures_util::future::BoxFuture<'a, Result<SourceValues, String>>;
+}
+
+/// The parts of a request a projection may change.
+pub struct RequestParts<'a> {
+    pub headers: &'a mut hyper::HeaderMap,
+    /// Path and query (`/a/b?x=1`).
+    pub path_and_query: &'a mut String,
+}
+
+/// Applies `binding` with the source's `values` to a request.
+pub fn project(
+    binding: &CredentialBinding,
+    values: &SourceValues,
+    req: RequestParts<'_>,
+) -> Result<(), String> {
+    use hyper::header::{HeaderName, HeaderValue};
+    let header = |name: &str, value: String| -> Result<(HeaderName, HeaderValue), String> {
+        let n = HeaderName::from_bytes(name.as_bytes())
+            .map_err(|_| format!("{name:?} is not a header name"))?;
+        let v = HeaderValue::from_str(&value)
+            .map_err(|_| format!("the value for header {name} is not a valid header value"))?;
+        Ok((n, v))
+    };
+    let p = &binding.projection;
+    match p.kind {
+        ProjectionKind::HttpHeaders => {
+            let templates = p
+                .http_headers
+                .as_ref()
+                .map(|h| &h.headers[..])
+                .unwrap_or(&[]);
+            let pairs: Vec<(String, String)> = if templates.is_empty() {
+                values
+                    .0
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect()
+            } else {
+                templates
+                    .iter()
+                    .map(|t| Ok((t.name.clone(), values.render(&t.value_template)?)))
+                    .collect::<Result<_, String>>()?
+            };
+            for (name, value) in pairs {
+                let (n, v) = header(&name, value)?;
+                // The credential replaces whatever the sandbox sent.
+                req.headers.insert(n, v);
+            }
+        }
+        ProjectionKind::PlaceholderSubstitution => {
+            let reps = p
+                .placeholder_substitution
+                .as_ref()
+                .map(|s| &s.replacements[..])
+                .unwrap_or(&[]);
+            for r in reps {
+                let value = values.render(&r.value_template)?;
+                if r.locations.contains(&Location::Header) {
+                    substitute_headers(req.headers, &r.placeholder, &value)?;
+                }
+                if r.locations.contains(&Location::Query)
+                    && let Some(q) = req.path_and_query.find('?')
+                {
+                    let (path, query) = req.path_and_query.split_at(q);
+                    let encoded = percent_encode(&value);
+                    *req.path_and_query =
+                        format!("{path}{}", query.replace(&r.placeholder, &encoded));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+fn substitute_headers(
+    h: &mut hyper::HeaderMap,
+    placeholder: &str,
+    value: &str,
+) -> Result<(), String> {
+    for v in h.values_mut() {
+        let Ok(s) = v.to_str() else { continue };
+        if s.contains(placeholder) {
+            *v = hyper::header::HeaderValue::from_str(&s.replace(placeholder, value))
+                .map_err(|_| "the substituted value is not a valid header value".to_string())?;
+        }
+    }
+    Ok(())
+}
+
+fn percent_encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
+}
+
+impl CredentialRule {
+    fn enabled_for(&self, host: &str, port: u16, tls: bool) -> bool {
+        self.rollout == Rollout::Enabled
+            && (self.protocol == CredentialProtocol::Https) == tls
+            && self.domains.iter().any(|d| domain_matches(d, host))
+            && (self.ports.is_empty()
+                || self
+                    .ports
+                    .iter()
+                    .any(|p| (p.port..=p.end_port.unwrap_or(p.port)).contains(&port)))
+    }
+
+    fn matches_request(&self, method: &str, path: &str) -> bool {
+        let Some(m) = &self.http_match else {
+            return true;
+        };
+        let path = path.split('?').next().unwrap_or(path);
+        (m.methods.is_empty() || m.methods.iter().any(|x| x.eq_ignore_ascii_case(method)))
+            && (m.paths.is_empty() && m.path_prefixes.is_empty()
+                || m.paths.iter().any(|p| p == path)
+                || m.path_prefixes.iter().any(|p| path.starts_with(p.as_str())))
+    }
+}
+
+/// The credential rules of a policy, ready to match.
+#[derive(Debug, Clone, Default)]
+pub struct Injection {
+    pub bindings: Vec<CredentialBinding>,
+    pub rules: Vec<CredentialRule>,
+}
+
+impl Injection {
+    /// Whether connections to `host:port` must be terminated (some rule
+    /// may inject into them).
+    pub fn intercepts(&self, host: &str, port: u16, tls: bool) -> bool {
+        self.rules.iter().any(|r| r.enabled_for(host, port, tls))
+    }
+
+    /// The first rule (declaration order) matching a request, with its
+    /// binding.
+    pub fn for_request(
+        &self,
+        host: &str,
+        port: u16,
+        tls: bool,
+        method: &str,
+        path: &str,
+    ) -> Option<(&CredentialRule, &CredentialBinding)> {
+        let rule = self
+            .rules
+            .iter()
+            .find(|r| r.enabled_for(host, port, tls) && r.matches_request(method, path))?;
+        let binding = self
+            .bindings
+            .iter()
+            .find(|b| b.reference == rule.credential_ref)?;
+        Some((rule, binding))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn injection(bindings: &str, rules: &str) -> Injection {
+        let bindings: Vec<CredentialBinding> = serde_json::from_str(bindings).unwrap();
+        let rules: Vec<CredentialRule> = serde_json::from_str(rules).unwrap();
+        validate(&bindings, &rules).unwrap();
+        Injection { bindings, rules }
+    }
+
+    fn values() -> SourceValues {
+        SourceValues(BTreeMap::from([(
+            "token".to_string(),
+            "s3cr3t".to_string(),
+        )]))
+    }
+
+    #[test]
+    fn headers_are_rendered_and_replace_the_sandboxs() {
+        let inj = injection(
+            r#"[{"ref":"gh","sourceRef":"github","projection":{"type":"http_headers",
+                "httpHeaders":{"headers":[{"name":"Authorization","valueTemplate":"Bearer {{ .token }}"}]}}}]"#,
+            r#"[{"name":"r","credentialRef":"gh","domains":["api.github.com"],
+                "httpMatch":{"methods":["GET"],"pathPrefixes":["/repos/"]}}]"#,
+        );
+        assert!(inj.intercepts("api.github.com", 443, true));
+        assert!(!inj.intercepts("api.github.com", 80, false), "https only");
+        assert!(!inj.intercepts("github.com", 443, true));
+        assert!(
+            inj.for_request("api.github.com", 443, true, "POST", "/repos/x")
+                .is_none()
+        );
+        assert!(
+            inj.for_request("api.github.com", 443, true, "GET", "/user")
+                .is_none()
+        );
+        let (_, b) = inj
+            .for_request("api.github.com", 443, true, "get", "/repos/x?page=2")
+            .unwrap();
+        let mut h = hyper::HeaderMap::new();
+        h.insert("authorization", "Bearer fake".parse().unwrap());
+        let mut pq = "/repos/x".to_string();
+        project(
+            b,
+            &values(),
+            RequestParts {
+                headers: &mut h,
+                path_and_query: &mut pq,
+            },
+        )
+        .unwrap();
+        assert_eq!(h["authorization"], "Bearer s3cr3t");
+        assert_eq!(h.len(), 1);
+    }
+
+    #[test]
+    fn placeholders_are_replaced_only_where_asked() {
+        let inj = injection(
+            r#"[{"ref":"k","sourceRef":"s","projection":{"type":"placeholder_substitution",
+                "placeholderSubstitution":{"replacements":[{"placeholder":"PLACEHOLDER_KEY",
+                "valueTemplate":"{{.token}}","locations":["header","query"]}]}}}]"#,
+            r#"[{"credentialRef":"k","domains":["*.example.com"]}]"#,
+        );
+        let (_, b) = inj
+            .for_request("a.example.com", 443, true, "GET", "/")
+            .unwrap();
+        let mut h = hyper::HeaderMap::new();
+        h.insert("x-api-key", "PLACEHOLDER_KEY".parse().unwrap());
+        h.insert("other", "none".parse().unwrap());
+        let mut pq = "/q?key=PLACEHOLDER_KEY&a=1".to_string();
+        project(
+            b,
+            &values(),
+            RequestParts {
+                headers: &mut h,
+                path_and_query: &mut pq,
+            },
+        )
+        .unwrap();
+        assert_eq!(h["x-api-key"], "s3cr3t");
+        assert_eq!(h["other"], "none");
+        assert_eq!(pq, "/q?key=s3cr3t&a=1");
+    }
+
+    #[test]
+    fn bad_rules_are_named_and_values_never_printed() {
+        let err = |b: &str, r: &str| {
+            validate(
+                &serde_json::from_str::<Vec<CredentialBinding>>(b).unwrap(),
+                &serde_json::from_str::<Vec<CredentialRule>>(r).unwrap(),
+            )
+            .unwrap_err()
+        };
+        let hb = r#"[{"ref":"a","sourceRef":"s","projection":{"type":"http_headers"}}]"#;
+        assert!(
+            err(hb, r#"[{"credentialRef":"b","domains":["x.com"]}]"#)
+                .starts_with("egress.credentialRules[0].credentialRef")
+        );
+        assert!(
+            err(hb, r#"[{"credentialRef":"a","domains":[]}]"#)
+                .starts_with("egress.credentialRules[0].domains")
+        );
+        let bad_tpl = r#"[{"ref":"a","sourceRef":"s","projection":{"type":"http_headers",
+            "httpHeaders":{"headers":[{"name":"A","valueTemplate":"{{ token }}"}]}}}]"#;
+        assert!(err(bad_tpl, "[]").contains("valueTemplate"));
+        let short = r#"[{"ref":"a","sourceRef":"s","projection":{"type":"placeholder_substitution",
+            "placeholderSubstitution":{"replacements":[{"placeholder":"x","valueTemplate":"{{.t}}"}]}}}]"#;
+        assert!(err(short, "[]").contains("placeholder"));
+        assert!(!format!("{:?}", values()).contains("s3cr3t"));
+        assert!(values().render("{{ .missing }}").is_err());
+    }
+}

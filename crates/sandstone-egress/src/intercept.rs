@@ -1,0 +1,575 @@
+//! TLS termination for credential injection. A connection whose
+//! destination some credential rule names is answered by the proxy itself:
+//! it presents a leaf certificate for the SNI minted from the installation
+//! CA (cached per host), speaks HTTP/1.1 or HTTP/2 to the sandbox as ALPN
+//! chose, and re-originates each request over TLS it verifies against the
+//! host's roots (plus the operator's extra CAs). Every request is checked:
+//! its Host must be the name the connection was opened for (otherwise
+//! `421`), the live policy must still allow it, and only a request matching
+//! a rule gets the credential. Other hosts — a redirect's target included —
+//! are other connections and never match this one's rules.
+
+use crate::credentials::{FailurePolicy, RequestParts, project};
+use crate::policy::{AppProtocol, Connection, Decision, Transport};
+use crate::proxy::Flow;
+use crate::state::Egress;
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, combinators::BoxBody};
+use hyper::body::Incoming;
+use hyper::client::conn::{http1 as client1, http2 as client2};
+use hyper::header::{HOST, HeaderMap, HeaderName};
+use hyper::{Request, Response, StatusCode, Version};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use rustls::{ClientConfig, RootCertStore, ServerConfig};
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+
+type Body = BoxBody<Bytes, hyper::Error>;
+
+/// Leaves are valid this long and reused for most of it.
+const LEAF_LIFETIME: Duration = Duration::from_secs(7 * 24 * 3600);
+const LEAF_REUSE: Duration = Duration::from_secs(6 * 24 * 3600);
+const MAX_LEAVES: usize = 4096;
+const DIAL_TIMEOUT: Duration = Duration::from_secs(10);
+/// Idle upstream HTTP/1.1 connections kept per intercepted connection.
+const MAX_IDLE_UPSTREAM: usize = 8;
+
+fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::aws_lc_rs::default_provider())
+}
+
+pub struct Interceptor {
+    issuer: rcgen::Issuer<'static, rcgen::KeyPair>,
+    ca_der: CertificateDer<'static>,
+    leaves: Mutex<HashMap<String, (Instant, Arc<ServerConfig>)>>,
+    upstream_tls: Arc<ClientConfig>,
+}
+
+impl Interceptor {
+    /// `extra_roots` are PEM files the operator trusts for upstreams in
+    /// addition to the host's roots (e.g. an internal CA).
+    pub fn new(ca: &crate::ca::InstallationCa, extra_roots: &[PathBuf]) -> Result<Self, String> {
+        let ca_der = CertificateDer::from_pem_slice(ca.cert_pem.as_bytes())
+            .map_err(|e| format!("the CA certificate: {e}"))?;
+        let mut roots = RootCertStore::empty();
+        let host = std::path::Path::new(crate::ca::HOST_ROOTS);
+        let files = host.exists().then(|| host.to_path_buf());
+        for file in files.iter().chain(extra_roots) {
+            let certs = CertificateDer::pem_file_iter(file)
+                .map_err(|e| format!("{}: {e}", file.display()))?;
+            for c in certs {
+                let c = c.map_err(|e| format!("{}: {e}", file.display()))?;
+                // A host bundle may hold certificates rustls cannot use.
+                let _ = roots.add(c);
+            }
+        }
+        let mut upstream = ClientConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()
+            .map_err(|e| e.to_string())?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        upstream.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        Ok(Interceptor {
+            issuer: ca.issuer()?,
+            ca_der,
+            leaves: Mutex::new(HashMap::new()),
+            upstream_tls: Arc::new(upstream),
+        })
+    }
+
+    /// The TLS server configuration presenting a leaf for `host`.
+    fn server_config(&self, host: &str) -> Result<Arc<ServerConfig>, String> {
+        if let Some((born, cfg)) = self.leaves.lock().unwrap().get(host)
+            && born.elapsed() < LEAF_REUSE
+        {
+            return Ok(cfg.clone());
+        }
+        let cfg = Arc::new(self.mint(host)?);
+        let mut leaves = self.leaves.lock().unwrap();
+        if leaves.len() >= MAX_LEAVES {
+            leaves.clear();
+        }
+        leaves.insert(host.to_string(), (Instant::now(), cfg.clone()));
+        Ok(cfg)
+    }
+
+    fn mint(&self, host: &str) -> Result<ServerConfig, String> {
+        use rcgen::{CertificateParams, DnType, ExtendedKeyUsagePurpose, KeyPair};
+        let e = |e: rcgen::Error| format!("minting a leaf for {host}: {e}");
+        let key = KeyPair::generate().map_err(e)?;
+        let mut params = CertificateParams::new(vec![host.to_string()]).map_err(e)?;
+        params.distinguished_name.push(DnType::CommonName, host);
+        let since_epoch = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        // An hour of slack for clocks that lag the host's.
+        let start = since_epoch.saturating_sub(Duration::from_secs(3600));
+        let epoch = rcgen::date_time_ymd(1970, 1, 1);
+        params.not_before = epoch + start;
+        params.not_after = epoch + start + LEAF_LIFETIME;
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        params.use_authority_key_identifier_extension = true;
+        let cert = params.signed_by(&key, &self.issuer).map_err(e)?;
+        let mut cfg = ServerConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()
+            .map_err(|e| e.to_string())?
+            .with_no_client_auth()
+            .with_single_cert(
+                vec![cert.der().clone(), self.ca_der.clone()],
+                PrivateKeyDer::Pkcs8(key.serialize_der().into()),
+            )
+            .map_err(|e| e.to_string())?;
+        cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        Ok(cfg)
+    }
+
+    /// Serves one sandbox connection to `target` until it closes; returns
+    /// the bytes it carried (from, to the sandbox).
+    pub(crate) async fn serve(
+        &self,
+        egress: Arc<Egress>,
+        flow: Arc<Flow>,
+        client: TcpStream,
+        head: Vec<u8>,
+        target: SocketAddr,
+    ) -> (u64, u64) {
+        let _ = client.set_nodelay(true);
+        let io = Counted::new(client, head);
+        let (up, down) = (io.up.clone(), io.down.clone());
+        let host = flow.host.clone().unwrap_or_default();
+        let tls = flow.app == AppProtocol::Tls;
+        let session = Arc::new(Session {
+            egress,
+            flow: flow.clone(),
+            host: host.clone(),
+            upstream: Upstream {
+                target,
+                host: host.clone(),
+                tls: tls.then(|| self.upstream_tls.clone()),
+                idle: Mutex::default(),
+            },
+        });
+        let outcome = if tls {
+            self.serve_tls(io, &host, session).await
+        } else {
+            serve_http(io, false, session).await
+        };
+        if let Err(e) = outcome {
+            tracing::debug!(sandbox = %flow.sandbox.id, host = %host, error = %e, "intercepted connection ended");
+        }
+        (up.load(Ordering::Relaxed), down.load(Ordering::Relaxed))
+    }
+
+    async fn serve_tls(
+        &self,
+        io: Counted,
+        host: &str,
+        session: Arc<Session>,
+    ) -> Result<(), String> {
+        let cfg = self.server_config(host)?;
+        let tls = tokio_rustls::TlsAcceptor::from(cfg)
+            .accept(io)
+            .await
+            .map_err(|e| format!("TLS from the sandbox: {e}"))?;
+        let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
+        serve_http(tls, h2, session).await
+    }
+}
+
+async fn serve_http<I>(io: I, h2: bool, session: Arc<Session>) -> Result<(), String>
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let svc = hyper::service::service_fn(move |req| {
+        let s = session.clone();
+        async move { Ok::<_, std::convert::Infallible>(s.forward(req).await) }
+    });
+    let io = TokioIo::new(io);
+    let r = if h2 {
+        hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+            .serve_connection(io, svc)
+            .await
+    } else {
+        hyper::server::conn::http1::Builder::new()
+            .serve_connection(io, svc)
+            .await
+    };
+    r.map_err(|e| e.to_string())
+}
+
+/// One intercepted connection: where it goes and how requests get there.
+struct Session {
+    egress: Arc<Egress>,
+    flow: Arc<Flow>,
+    host: String,
+    upstream: Upstream,
+}
+
+fn text(status: StatusCode, msg: String) -> Response<Body> {
+    let mut r = Response::new(
+        Full::new(Bytes::from(format!("sandstone egress: {msg}\n")))
+            .map_err(|never| match never {})
+            .boxed(),
+    );
+    *r.status_mut() = status;
+    r.headers_mut()
+        .insert("content-type", "text/plain".parse().expect("static value"));
+    r
+}
+
+/// Headers that describe one hop, not the request.
+fn strip_hop_by_hop(h: &mut HeaderMap) {
+    let named: Vec<HeaderName> = h
+        .get_all("connection")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+        .collect();
+    for n in named {
+        h.remove(n);
+    }
+    for n in [
+        "connection",
+        "proxy-connection",
+        "keep-alive",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+    ] {
+        h.remove(n);
+    }
+}
+
+fn without_port(authority: &str) -> &str {
+    match authority.rsplit_once(':') {
+        Some((h, p)) if p.bytes().all(|b| b.is_ascii_digit()) && !h.ends_with(']') => h,
+        _ => authority,
+    }
+}
+
+impl Session {
+    fn record(&self, allowed: bool, rule: Option<String>, reason: String) {
+        let d = Decision {
+            allowed,
+            layer: "rule",
+            rule,
+        };
+        self.egress
+            .audit
+            .record(self.flow.event("request", &d, reason));
+    }
+
+    async fn forward(&self, req: Request<Incoming>) -> Response<Body> {
+        let (mut parts, body) = req.into_parts();
+        let authority = parts
+            .uri
+            .authority()
+            .map(|a| a.host().to_string())
+            .or_else(|| {
+                let h = parts.headers.get(HOST)?.to_str().ok()?;
+                Some(without_port(h).to_string())
+            });
+        let port = self.flow.dst.port();
+        let tls = self.flow.app == AppProtocol::Tls;
+        let target = format!("{}:{port}", self.host);
+        if !authority
+            .as_deref()
+            .is_some_and(|a| a.trim_end_matches('.').eq_ignore_ascii_case(&self.host))
+        {
+            let reason = format!(
+                "a request for {:?} on a connection to {target} (Host must match the name connected to)",
+                authority.unwrap_or_default()
+            );
+            self.record(false, None, reason.clone());
+            return text(StatusCode::MISDIRECTED_REQUEST, reason);
+        }
+        // The policy may have changed since the connection opened.
+        let policy = self.flow.sandbox.policy();
+        let app = self.flow.app;
+        let decision = policy.decide(
+            &self.egress.operator,
+            &Connection {
+                ip: Some(self.upstream.target.ip()),
+                port,
+                transport: Transport::Tcp,
+                host: Some(&self.host),
+                app,
+            },
+        );
+        if !decision.allowed {
+            let reason = decision.reason(&target);
+            self.record(false, decision.rule, reason.clone());
+            return text(StatusCode::FORBIDDEN, reason);
+        }
+        let mut path = parts
+            .uri
+            .path_and_query()
+            .map(|p| p.as_str().to_string())
+            .unwrap_or_else(|| "/".into());
+        let method = parts.method.to_string();
+        if let Some((rule, binding)) = policy
+            .injection
+            .for_request(&self.host, port, tls, &method, &path)
+        {
+            // Logged without the query, which may carry a substituted value.
+            let shown = format!("{method} {target}{}", parts.uri.path());
+            let applied = match &self.egress.credentials {
+                Some(store) => store.resolve(&binding.source_ref).await.and_then(|values| {
+                    project(
+                        binding,
+                        &values,
+                        RequestParts {
+                            headers: &mut parts.headers,
+                            path_and_query: &mut path,
+                        },
+                    )
+                }),
+                None => Err("no credential store is configured".into()),
+            };
+            let rule_name = Some(rule.name.clone());
+            match applied {
+                Ok(()) => self.record(
+                    true,
+                    rule_name,
+                    format!("credential {:?} injected into {shown}", binding.reference),
+                ),
+                Err(e) if rule.failure_policy == FailurePolicy::FailClosed => {
+                    let reason = format!(
+                        "credential {:?} could not be applied to {shown}: {e}; refused (failurePolicy fail-closed)",
+                        binding.reference
+                    );
+                    self.record(false, rule_name, reason.clone());
+                    return text(StatusCode::BAD_GATEWAY, reason);
+                }
+                Err(e) => self.record(
+                    true,
+                    rule_name,
+                    format!(
+                        "credential {:?} not applied to {shown}: {e}; sent without it (failurePolicy fail-open)",
+                        binding.reference
+                    ),
+                ),
+            }
+        }
+        strip_hop_by_hop(&mut parts.headers);
+        let downstream = parts.version;
+        match self.upstream.send(parts, path, port, body).await {
+            Ok(mut resp) => {
+                strip_hop_by_hop(resp.headers_mut());
+                *resp.version_mut() = downstream;
+                resp.map(|b| b.boxed())
+            }
+            Err(e) => {
+                let reason = format!("upstream {target}: {e}");
+                self.record(false, None, reason.clone());
+                text(StatusCode::BAD_GATEWAY, reason)
+            }
+        }
+    }
+}
+
+enum Sender {
+    H1(client1::SendRequest<Incoming>),
+    H2(client2::SendRequest<Incoming>),
+}
+
+/// The connections to one upstream made for one intercepted connection:
+/// one multiplexed HTTP/2 connection, or a few HTTP/1.1 ones.
+struct Upstream {
+    target: SocketAddr,
+    host: String,
+    tls: Option<Arc<ClientConfig>>,
+    idle: Mutex<Vec<Sender>>,
+}
+
+impl Upstream {
+    async fn send(
+        &self,
+        mut parts: hyper::http::request::Parts,
+        path: String,
+        port: u16,
+        body: Incoming,
+    ) -> Result<Response<Incoming>, String> {
+        let sender = self.sender().await?;
+        let default_port = if self.tls.is_some() { 443 } else { 80 };
+        let authority = if port == default_port {
+            self.host.clone()
+        } else {
+            format!("{}:{port}", self.host)
+        };
+        let e = |e: hyper::Error| e.to_string();
+        match sender {
+            Sender::H2(mut s) => {
+                parts.headers.remove(HOST);
+                parts.version = Version::HTTP_2;
+                parts.uri = format!("https://{authority}{path}")
+                    .parse()
+                    .map_err(|_| "a request path that is not a URI".to_string())?;
+                let resp = s.send_request(Request::from_parts(parts, body)).await;
+                self.give_back(Sender::H2(s));
+                resp.map_err(e)
+            }
+            Sender::H1(mut s) => {
+                parts.version = Version::HTTP_11;
+                parts.uri = path
+                    .parse()
+                    .map_err(|_| "a request path that is not a URI".to_string())?;
+                parts.headers.insert(
+                    HOST,
+                    authority.parse().map_err(|_| "a bad Host".to_string())?,
+                );
+                let resp = s.send_request(Request::from_parts(parts, body)).await;
+                self.give_back(Sender::H1(s));
+                resp.map_err(e)
+            }
+        }
+    }
+
+    /// A connection that can take a request now, or a new one.
+    async fn sender(&self) -> Result<Sender, String> {
+        {
+            let mut idle = self.idle.lock().unwrap();
+            idle.retain(|s| match s {
+                Sender::H1(s) => !s.is_closed(),
+                Sender::H2(s) => !s.is_closed(),
+            });
+            let ready = idle.iter().position(|s| match s {
+                Sender::H1(s) => s.is_ready(),
+                Sender::H2(s) => s.is_ready(),
+            });
+            if let Some(i) = ready {
+                return Ok(match idle.swap_remove(i) {
+                    Sender::H2(s) => {
+                        // HTTP/2 is shared: leave a handle for others.
+                        idle.push(Sender::H2(s.clone()));
+                        Sender::H2(s)
+                    }
+                    h1 => h1,
+                });
+            }
+        }
+        self.dial().await
+    }
+
+    fn give_back(&self, s: Sender) {
+        if let Sender::H1(_) = s {
+            let mut idle = self.idle.lock().unwrap();
+            if idle.len() < MAX_IDLE_UPSTREAM {
+                idle.push(s);
+            }
+        }
+    }
+
+    async fn dial(&self) -> Result<Sender, String> {
+        let tcp = tokio::time::timeout(DIAL_TIMEOUT, TcpStream::connect(self.target))
+            .await
+            .map_err(|_| format!("connecting to {} timed out", self.target))?
+            .map_err(|e| format!("connecting to {}: {e}", self.target))?;
+        let _ = tcp.set_nodelay(true);
+        let Some(cfg) = &self.tls else {
+            return handshake1(TokioIo::new(tcp)).await;
+        };
+        let name = ServerName::try_from(self.host.clone())
+            .map_err(|_| format!("{:?} is not a server name", self.host))?;
+        let tls = tokio_rustls::TlsConnector::from(cfg.clone())
+            .connect(name, tcp)
+            .await
+            .map_err(|e| format!("TLS verification failed: {e}"))?;
+        if tls.get_ref().1.alpn_protocol() == Some(b"h2") {
+            let (s, conn) = client2::handshake(TokioExecutor::new(), TokioIo::new(tls))
+                .await
+                .map_err(|e| e.to_string())?;
+            tokio::spawn(conn);
+            Ok(Sender::H2(s))
+        } else {
+            handshake1(TokioIo::new(tls)).await
+        }
+    }
+}
+
+async fn handshake1<I>(io: TokioIo<I>) -> Result<Sender, String>
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let (s, conn) = client1::handshake(io).await.map_err(|e| e.to_string())?;
+    tokio::spawn(conn);
+    Ok(Sender::H1(s))
+}
+
+/// The sandbox's side of the connection: replays the bytes the proxy read
+/// while sniffing, then reads on; counts bytes both ways.
+struct Counted {
+    inner: TcpStream,
+    head: Vec<u8>,
+    at: usize,
+    up: Arc<AtomicU64>,
+    down: Arc<AtomicU64>,
+}
+
+impl Counted {
+    fn new(inner: TcpStream, head: Vec<u8>) -> Counted {
+        Counted {
+            inner,
+            head,
+            at: 0,
+            up: Arc::default(),
+            down: Arc::default(),
+        }
+    }
+}
+
+impl AsyncRead for Counted {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let this = &mut *self;
+        if this.at < this.head.len() {
+            let n = (this.head.len() - this.at).min(buf.remaining());
+            buf.put_slice(&this.head[this.at..this.at + n]);
+            this.at += n;
+            this.up.fetch_add(n as u64, Ordering::Relaxed);
+            return Poll::Ready(Ok(()));
+        }
+        let before = buf.filled().len();
+        let r = Pin::new(&mut this.inner).poll_read(cx, buf);
+        this.up
+            .fetch_add((buf.filled().len() - before) as u64, Ordering::Relaxed);
+        r
+    }
+}
+
+impl AsyncWrite for Counted {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let r = Pin::new(&mut self.inner).poll_write(cx, data);
+        if let Poll::Ready(Ok(n)) = &r {
+            self.down.fetch_add(*n as u64, Ordering::Relaxed);
+        }
+        r
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}

@@ -1,0 +1,262 @@
+//! Credentials injected at the boundary: the proxy terminates TLS for hosts
+//! a credential rule names, adds the token, and re-originates verified TLS,
+//! while the sandbox never holds the token. Real curl, Python and git
+//! against a fake internet with its own CA and a git server that needs the
+//! token.
+
+mod common;
+
+use common::fake_internet::FakeInternet;
+use common::{Daemon, networked};
+use serde_json::{Value, json};
+
+/// The fake internet and a daemon that trusts its CA for upstreams.
+async fn setup() -> (FakeInternet, Daemon) {
+    let net = FakeInternet::start();
+    let config = net.dir.path().join("egress.json");
+    std::fs::write(
+        &config,
+        json!({"upstreamCaFiles": [net.ca_pem()]}).to_string(),
+    )
+    .unwrap();
+    let mut d = networked(
+        &format!("{}:53", net.server),
+        &["--egress-config".into(), config.display().to_string()],
+    )
+    .await;
+    d.kill();
+    d.log_level = "debug".into();
+    d.spawn().await;
+    (net, d)
+}
+
+async fn add_source(d: &Daemon, name: &str, key: &str, value: &str) {
+    let (s, v) = d
+        .post(
+            "/api/v1/credential-sources",
+            json!({"name": name, "resolverKind": "static_headers",
+                   "spec": {"staticHeaders": {"values": {key: value}}}}),
+        )
+        .await;
+    assert_eq!(s, 201, "{v}");
+}
+
+const PLACEHOLDER: &str = "SANDSTONE_PLACEHOLDER_API_KEY";
+
+fn policy() -> Value {
+    json!({
+        "mode": "block-all",
+        "egress": {
+            "trafficRules": [{"name": "fake", "action": "allow",
+                "domains": ["web.test", "other.test", "api.test", "git.test"],
+                "ports": [{"port": 80}, {"port": 443}]}],
+            "credentialRules": [
+                {"name": "git", "credentialRef": "git", "domains": ["git.test"]},
+                {"name": "api", "credentialRef": "api", "domains": ["api.test"],
+                 "httpMatch": {"pathPrefixes": ["/v1/"]}},
+                {"name": "broken", "credentialRef": "missing", "domains": ["web.test"],
+                 "httpMatch": {"paths": ["/needs-missing/auth"]}}
+            ]
+        },
+        "credentialBindings": [
+            {"ref": "git", "sourceRef": "git-token", "projection": {"type": "http_headers",
+                "httpHeaders": {"headers": [{"name": "Authorization", "valueTemplate": "Bearer {{ .token }}"}]}}},
+            {"ref": "api", "sourceRef": "api-key", "projection": {"type": "placeholder_substitution",
+                "placeholderSubstitution": {"replacements": [
+                    {"placeholder": PLACEHOLDER, "valueTemplate": "{{ .key }}"}]}}},
+            {"ref": "missing", "sourceRef": "no-such-source", "projection": {"type": "http_headers"}}
+        ]
+    })
+}
+
+fn curl(args: &str) -> String {
+    format!("curl -sS -m 10 {args} 2>&1; echo \" rc=$?\"")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_sandbox_uses_a_token_it_never_holds() {
+    let (net, d) = setup().await;
+    add_source(&d, "git-token", "token", &net.token).await;
+    add_source(&d, "api-key", "key", &net.token).await;
+    let id = d
+        .create(json!({"network": policy(), "env_vars": {"API_KEY": PLACEHOLDER}}))
+        .await;
+    // The fake internet's CA, for the connections the proxy only splices
+    // (their certificates are the real servers').
+    let ca = std::fs::read_to_string(net.ca_pem()).unwrap();
+    let r = d
+        .sh(
+            &id,
+            &format!(
+                "cat > /tmp/fake-ca.pem <<'EOF'\n{ca}EOF\ncat $SSL_CERT_FILE /tmp/fake-ca.pem > /tmp/both.pem"
+            ),
+        )
+        .await;
+    assert_eq!(r["exit_code"], 0, "{r}");
+
+    // git clone with the token added by the proxy.
+    let r = d
+        .sh(
+            &id,
+            "git clone -q https://git.test/repo.git /tmp/repo 2>&1 && cat /tmp/repo/README",
+        )
+        .await;
+    assert_eq!(r["stdout"], "cloned through the egress proxy\n", "{r}");
+    // curl, over HTTP/2 to the sandbox (the upstream speaks HTTP/1.1).
+    let r = d
+        .sh(
+            &id,
+            &curl("--http2 -w ' %{http_version}' https://git.test/x/auth"),
+        )
+        .await;
+    assert_eq!(r["stdout"], "authorized\n 2 rc=0\n", "{r}");
+    // Python, with the placeholder it was given substituted on the way out.
+    let py = r#"
+import os, urllib.request
+req = urllib.request.Request('https://api.test/v1/auth', headers={'X-Api-Key': os.environ['API_KEY']})
+print(urllib.request.urlopen(req).read().decode().strip())
+"#;
+    let r = d.run(&id, &["python3", "-c", py]).await;
+    assert_eq!(r["stdout"], "authorized\n", "{r}");
+
+    // The placeholder outside its rule goes out unchanged: another path of
+    // the bound host, and a host with no binding (spliced, not terminated:
+    // only the fake internet's own CA is trusted for it).
+    for url in [
+        "https://api.test/other/auth",
+        "--cacert /tmp/fake-ca.pem https://other.test/v1/auth",
+    ] {
+        let r = d
+            .sh(&id, &curl(&format!("-H \"X-Api-Key: $API_KEY\" {url}")))
+            .await;
+        let out = r["stdout"].as_str().unwrap();
+        assert!(
+            out.starts_with("unauthorized") && out.contains(PLACEHOLDER),
+            "{url}: {r}"
+        );
+    }
+    // A redirect to another host never carries the credential.
+    let r = d
+        .sh(
+            &id,
+            &curl(
+                "-L --cacert /tmp/both.pem 'https://git.test/redirect?to=https://other.test/auth'",
+            ),
+        )
+        .await;
+    assert_eq!(
+        r["stdout"], "unauthorized: authorization=None x-api-key=None\n rc=0\n",
+        "{r}"
+    );
+    // A Host other than the name connected to is refused, not forwarded.
+    let r = d
+        .sh(&id, &curl("-i -H 'Host: other.test' https://git.test/auth"))
+        .await;
+    let out = r["stdout"].as_str().unwrap();
+    assert!(
+        out.contains("421") && out.contains("Host must match"),
+        "{r}"
+    );
+    // A credential that cannot be resolved fails closed, with a reason.
+    let r = d
+        .sh(&id, &curl("-i https://web.test/needs-missing/auth"))
+        .await;
+    let out = r["stdout"].as_str().unwrap();
+    assert!(out.contains("502") && out.contains("fail-closed"), "{r}");
+
+    // The token is nowhere in the sandbox: environment, command lines,
+    // files, nor the memory of a process that just used it.
+    let r = d
+        .sh(
+            &id,
+            "ls /etc/sandstone; grep -c 'PRIVATE KEY' $SSL_CERT_FILE",
+        )
+        .await;
+    assert_eq!(r["stdout"], "ca-bundle.pem\n0\n", "{r}");
+    let (head, tail) = net.token.split_at(8);
+    let scan = format!(
+        r#"
+import hashlib, os, re, urllib.request
+req = urllib.request.Request('https://api.test/v1/auth', headers={{'X-Api-Key': os.environ['API_KEY']}})
+assert urllib.request.urlopen(req).read() == b'authorized\n'
+# The token is recognised by its hash: this script must not contain it.
+want, n, found = '{hash}', {len}, []
+def look(where, data):
+    for m in re.finditer(re.escape(b'{head}'), data):
+        if hashlib.sha256(data[m.start():m.start() + n]).hexdigest() == want:
+            found.append(where)
+mem = open('/proc/self/mem', 'rb')
+for line in open('/proc/self/maps'):
+    addr, perms = line.split()[:2]
+    lo, hi = (int(x, 16) for x in addr.split('-'))
+    try:
+        mem.seek(lo); look('memory', mem.read(hi - lo))
+    except (OSError, OverflowError, ValueError):
+        pass
+paths = [f'/proc/{{p}}/{{f}}' for p in os.listdir('/proc') if p.isdigit() for f in ('environ', 'cmdline')]
+for top in ['/tmp', '/root', '/etc', '/home', '/run', '/workspace']:
+    for d, _, files in os.walk(top):
+        paths += [os.path.join(d, f) for f in files]
+for p in paths:
+    try:
+        look(p, open(p, 'rb').read())
+    except OSError:
+        pass
+print(found or 'absent', len(paths) > 100)
+"#,
+        hash = sha256_hex(net.token.as_bytes()),
+        len = net.token.len(),
+    );
+    assert!(!scan.contains(tail));
+    let r = d.run(&id, &["python3", "-c", &scan]).await;
+    assert_eq!(r["stdout"], "absent True\n", "{r}");
+
+    // Every injection and refusal is audited, without the token.
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let (_, v) = d
+        .get(&format!("/api/v1/sandboxes/{id}/observability/events"))
+        .await;
+    let events = v["data"]["events"].as_array().unwrap();
+    let find = |decision: &str, rule: &str, needle: &str| {
+        events.iter().any(|e| {
+            e["kind"] == "request"
+                && e["decision"] == decision
+                && e["rule"].as_str().unwrap_or("") == rule
+                && e["reason"].as_str().unwrap().contains(needle)
+        })
+    };
+    assert!(
+        find("allow", "git", "injected into GET git.test:443/repo.git/"),
+        "{v}"
+    );
+    assert!(
+        find("allow", "api", "injected into GET api.test:443/v1/auth"),
+        "{v}"
+    );
+    assert!(find("deny", "", "Host must match"), "{v}");
+    assert!(find("deny", "broken", "fail-closed"), "{v}");
+    assert!(!v.to_string().contains(&net.token));
+    // Nor in the daemon's log or database file.
+    for f in ["daemon.log", "sandstone.db"] {
+        let bytes = std::fs::read(d.data.path().join(f)).unwrap_or_default();
+        assert!(
+            !bytes
+                .windows(net.token.len())
+                .any(|w| w == net.token.as_bytes()),
+            "{f} holds the token"
+        );
+    }
+}
+
+fn sha256_hex(b: &[u8]) -> String {
+    let out = std::process::Command::new("sha256sum")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .and_then(|mut c| {
+            std::io::Write::write_all(c.stdin.as_mut().unwrap(), b)?;
+            c.wait_with_output()
+        })
+        .unwrap();
+    String::from_utf8(out.stdout).unwrap()[..64].to_string()
+}
