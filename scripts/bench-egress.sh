@@ -5,6 +5,9 @@
 #  - an HTTP/1.1 keep-alive request through the proxy vs direct;
 #  - a new connection + request through the proxy vs direct, with 1 and
 #    with 200 sandboxes (and their policies) loaded;
+#  - a new TLS connection + request: spliced, and terminated by the proxy
+#    for a credential rule (leaf cached) vs direct;
+#  - 100 MiB over one TLS connection: spliced and terminated vs direct;
 #  - a cached DNS answer from the policy resolver;
 #  - sandbox create with networking vs without.
 set -euo pipefail
@@ -20,19 +23,37 @@ cleanup() {
   ip netns del "$ns" 2>/dev/null || true
 }
 trap cleanup EXIT
-# The fake internet: 10.98.0.2 serves HTTP and DNS (web.test -> 10.98.0.2).
+# The fake internet: 10.98.0.2 serves HTTP, HTTPS (its own CA) and DNS
+# (web.test, api.test -> 10.98.0.2).
 ip netns add "$ns"
 ip link add "fibh$$" type veth peer name eth0 netns "$ns"
 ip addr add 10.98.0.1/24 dev "fibh$$"; ip link set "fibh$$" up
 ip -n "$ns" addr add 10.98.0.2/24 dev eth0; ip -n "$ns" link set eth0 up; ip -n "$ns" link set lo up
-ip netns exec "$ns" python3 tests/fake_internet/servers.py 10.98.0.2 10.98.0.2 >/dev/null &
+mkdir -p "$work/fake"
+FAKE_TLS_DIR="$work/fake" FAKE_TOKEN=bench-token \
+  ip netns exec "$ns" python3 tests/fake_internet/servers.py 10.98.0.2 10.98.0.2 >/dev/null &
 pids+=($!)
-for _ in $(seq 50); do curl -fsS -m 1 -H 'Host: web.test' http://10.98.0.2/ >/dev/null 2>&1 && break; sleep 0.1; done
+for _ in $(seq 50); do
+  curl -fsS -m 1 --cacert "$work/fake/ca.pem" --resolve web.test:443:10.98.0.2 https://web.test/ >/dev/null 2>&1 && break
+  sleep 0.2
+done
+echo "{\"upstreamCaFiles\": [\"$work/fake/ca.pem\"]}" > "$work/egress.json"
 port=$(( 20000 + RANDOM % 20000 ))
-start_daemon net "$port" --pool-gib 16 -- --warm-pool 0 --egress-pool 10.97.0.0/16 --dns-upstream 10.98.0.2:53
+start_daemon net "$port" --pool-gib 16 -- --warm-pool 0 --egress-pool 10.97.0.0/16 --dns-upstream 10.98.0.2:53 --egress-config "$work/egress.json"
 start_daemon plain "$((port + 1))" --pool-gib 16 -- --warm-pool 0
 id=$(on net create)
-on net policy set "$id" --allow web.test --allow 10.98.0.0/24 >/dev/null
+# api.test has a credential rule (so the proxy terminates its TLS); web.test
+# has none (spliced).
+printf 'Authorization: Bearer bench-token\n' | on net cred add bench >/dev/null
+cat > "$work/policy.json" <<'EOF'
+{"mode": "block-all",
+ "egress": {"trafficRules": [{"name": "fake", "action": "allow", "domains": ["web.test", "api.test"]},
+                             {"name": "lan", "action": "allow", "cidrs": ["10.98.0.0/24"]}],
+            "credentialRules": [{"name": "api", "credentialRef": "api", "domains": ["api.test"]}]},
+ "credentialBindings": [{"ref": "api", "sourceRef": "bench", "projection": {"type": "http_headers"}}]}
+EOF
+on net policy set "$id" --file "$work/policy.json" >/dev/null
+on net cp "$work/fake/ca.pem" "$id:/tmp/fake-ca.pem"
 py="$(cat tests/fake_internet/latency.py)"
 inside() { on net exec "$id" -- python3 -c "$py" "$@"; }
 direct() { python3 tests/fake_internet/latency.py "$@"; }
@@ -42,6 +63,15 @@ row "keep-alive request, direct" "$(direct keepalive web.test 10.98.0.2 1000)"
 row "keep-alive request, through the proxy" "$(inside keepalive web.test 10.98.0.2 1000)"
 row "new connection + request, direct" "$(direct connect web.test 10.98.0.2 300)"
 row "new connection + request, proxy (1 sandbox)" "$(inside connect web.test 10.98.0.2 300)"
+row "new TLS connection + request, direct" "$(direct tls web.test 10.98.0.2 300 "$work/fake/ca.pem")"
+row "new TLS connection + request, spliced" "$(inside tls web.test 10.98.0.2 300 /tmp/fake-ca.pem)"
+row "new TLS connection + request, terminated" "$(inside tls api.test 10.98.0.2 300 -)"
+rate() { printf '%-46s %8s MiB/s\n' "$1" "$2"; }
+for i in 1 2 3; do
+  rate "100 MiB over TLS, direct (run $i)" "$(direct bulk web.test 10.98.0.2 100 "$work/fake/ca.pem")"
+  rate "100 MiB over TLS, spliced (run $i)" "$(inside bulk web.test 10.98.0.2 100 /tmp/fake-ca.pem)"
+  rate "100 MiB over TLS, terminated (run $i)" "$(inside bulk api.test 10.98.0.2 100 -)"
+done
 row "DNS answer from the resolver (cached)" "$(inside dns web.test 1000)"
 for _ in $(seq 199); do
   other=$(on net create)

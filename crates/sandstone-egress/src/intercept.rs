@@ -41,6 +41,7 @@ const LEAF_LIFETIME: Duration = Duration::from_secs(7 * 24 * 3600);
 const LEAF_REUSE: Duration = Duration::from_secs(6 * 24 * 3600);
 const MAX_LEAVES: usize = 4096;
 const DIAL_TIMEOUT: Duration = Duration::from_secs(10);
+const UPSTREAM_READ_BUF: usize = 256 << 10;
 /// Idle upstream HTTP/1.1 connections kept per intercepted connection.
 const MAX_IDLE_UPSTREAM: usize = 8;
 
@@ -478,6 +479,9 @@ impl Upstream {
             .map_err(|_| format!("connecting to {} timed out", self.target))?
             .map_err(|e| format!("connecting to {}: {e}", self.target))?;
         let _ = tcp.set_nodelay(true);
+        // rustls reads a few KiB per call: buffering here turns a read
+        // syscall per TLS record into one per quarter MiB.
+        let tcp = tokio::io::BufReader::with_capacity(UPSTREAM_READ_BUF, tcp);
         let Some(cfg) = &self.tls else {
             return handshake1(TokioIo::new(tcp)).await;
         };

@@ -17,6 +17,7 @@ pub mod firewall;
 pub mod intercept;
 pub mod policy;
 pub mod proxy;
+pub mod relay;
 pub mod sniff;
 pub mod state;
 

@@ -310,15 +310,13 @@ async fn resolve_allowed(egress: &Egress, name: &str, port: u16) -> Result<Socke
         })
 }
 
-async fn splice(mut client: TcpStream, mut upstream: TcpStream, head: &[u8]) -> (u64, u64) {
+async fn splice(client: TcpStream, mut upstream: TcpStream, head: &[u8]) -> (u64, u64) {
     // A relay must not add Nagle delays of its own.
     let _ = client.set_nodelay(true);
     let _ = upstream.set_nodelay(true);
     if upstream.write_all(head).await.is_err() {
         return (0, 0);
     }
-    match tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
-        Ok((up, down)) => (up + head.len() as u64, down),
-        Err(_) => (head.len() as u64, 0),
-    }
+    let (up, down) = crate::relay::relay(&client, &upstream).await;
+    (up + head.len() as u64, down)
 }

@@ -166,13 +166,23 @@ print(urllib.request.urlopen(req).read().decode().strip())
 
     // The token is nowhere in the sandbox: environment, command lines,
     // files, nor the memory of a process that just used it.
+    // Nor the CA key: the sandbox gets the certificate only.
+    let key = d.data.path().join("ca/ca.key");
+    assert!(
+        std::fs::read_to_string(&key)
+            .unwrap()
+            .contains("PRIVATE KEY")
+    );
     let r = d
         .sh(
             &id,
-            "ls /etc/sandstone; grep -c 'PRIVATE KEY' $SSL_CERT_FILE",
+            &format!(
+                "ls /etc/sandstone; grep -c 'PRIVATE KEY' $SSL_CERT_FILE; cat {} 2>&1 | grep -c PRIVATE",
+                key.display()
+            ),
         )
         .await;
-    assert_eq!(r["stdout"], "ca-bundle.pem\n0\n", "{r}");
+    assert_eq!(r["stdout"], "ca-bundle.pem\n0\n0\n", "{r}");
     let (head, tail) = net.token.split_at(8);
     let scan = format!(
         r#"
