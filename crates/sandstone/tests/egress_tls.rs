@@ -98,7 +98,7 @@ async fn the_sandbox_uses_a_token_it_never_holds() {
     let r = d
         .sh(
             &id,
-            "git clone -q https://git.test/repo.git /tmp/repo 2>&1 && cat /tmp/repo/README",
+            "/usr/bin/git clone -q https://git.test/repo.git /tmp/repo 2>&1 && cat /tmp/repo/README",
         )
         .await;
     assert_eq!(r["stdout"], "cloned through the egress proxy\n", "{r}");
