@@ -246,6 +246,35 @@ print(found or 'absent', len(paths) > 100)
     assert!(find("deny", "", "Host must match"), "{v}");
     assert!(find("deny", "broken", "fail-closed"), "{v}");
     assert!(!v.to_string().contains(&net.token));
+    // A bound source cannot be deleted from under the sandbox.
+    let (s, v) = d.delete("/api/v1/credential-sources/git-token").await;
+    assert!(
+        s == 409 && v["error"]["message"].as_str().unwrap().contains(&id),
+        "{v}"
+    );
+    // A rotated source applies to the next request.
+    let (s, _) = d
+        .req(
+            reqwest::Method::PUT,
+            "/api/v1/credential-sources/api-key",
+            Some(json!({"name": "api-key", "resolverKind": "static_headers",
+                        "spec": {"staticHeaders": {"values": {"key": "rotated"}}}})),
+        )
+        .await;
+    assert_eq!(s, 200);
+    let r = d
+        .sh(
+            &id,
+            &curl("-H \"X-Api-Key: $API_KEY\" https://api.test/v1/auth"),
+        )
+        .await;
+    assert!(
+        r["stdout"]
+            .as_str()
+            .unwrap()
+            .contains("x-api-key='rotated'"),
+        "{r}"
+    );
     // Nor in the daemon's log or database file.
     for f in ["daemon.log", "sandstone.db"] {
         let bytes = std::fs::read(d.data.path().join(f)).unwrap_or_default();

@@ -165,6 +165,27 @@ impl Lifecycle {
         self.row(id).await
     }
 
+    /// The sandboxes whose effective policy binds credential `source`.
+    pub async fn credential_users(&self, source: &str) -> ApiResult<Vec<String>> {
+        let mut users = Vec::new();
+        for row in self.store.list_sandboxes().await? {
+            let Ok(template) = self.template(&row.template) else {
+                continue;
+            };
+            let Ok(policy) = policy_of(&template, &config_of(&row)) else {
+                continue;
+            };
+            if policy
+                .credential_bindings
+                .iter()
+                .any(|b| b.source_ref == source)
+            {
+                users.push(row.id);
+            }
+        }
+        Ok(users)
+    }
+
     /// Replaces a sandbox's network policy: stored with its configuration
     /// and, when it runs, enforced for its next connection at once.
     pub async fn set_network(&self, id: &str, policy: serde_json::Value) -> ApiResult<SandboxRow> {

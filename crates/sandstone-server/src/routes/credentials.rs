@@ -149,8 +149,17 @@ pub async fn update(
     Ok(ok(StatusCode::OK, meta(&existing(&st, &name).await?)))
 }
 
+/// Refused while a sandbox's policy binds the source: its requests would
+/// start failing closed.
 pub async fn delete(State(st): State<AppState>, Path(name): Path<String>) -> ApiResult<Response> {
     existing(&st, &name).await?;
+    let users = st.lifecycle.credential_users(&name).await?;
+    if !users.is_empty() {
+        return Err(ApiError::conflict(format!(
+            "credential source {name} is bound by sandboxes {}; remove the credentialBindings first",
+            users.join(", ")
+        )));
+    }
     st.lifecycle.store.delete_credential(&name).await?;
     tracing::info!(source = %name, "credential source deleted");
     Ok(ok(StatusCode::OK, json!({"deleted": true})))
