@@ -6,10 +6,12 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 cache="${SANDSTONE_CACHE:-/var/cache/sandstone}"
 venv="$cache/sdk-venv"
-if [ ! -x "$venv/bin/python" ] || ! "$venv/bin/python" -c 'import sandbox0' 2>/dev/null; then
+# The Sandbox0 SDK, and the official Anthropic SDK (client and
+# EnvironmentWorker) for the Managed Agents tests.
+if [ ! -x "$venv/bin/python" ] || ! "$venv/bin/python" -c 'import sandbox0, anthropic' 2>/dev/null; then
   mkdir -p "$cache"
   python3 -m venv "$venv"
-  "$venv/bin/pip" install --quiet --disable-pip-version-check 'sandbox0==0.10.4'
+  "$venv/bin/pip" install --quiet --disable-pip-version-check 'sandbox0==0.10.4' 'anthropic==2.14.0'
 fi
 out="$(scripts/build.sh debug)"
 export SANDSTONE_INIT="$out/sandstone-init"

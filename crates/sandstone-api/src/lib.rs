@@ -1,6 +1,16 @@
 //! Wire types of Sandstone's public REST API, following Sandbox0's API so its
 //! SDKs work unchanged. No I/O here.
 
+pub mod timefmt;
+
+/// `bytes` random bytes from the kernel, as hex.
+pub fn random_hex(bytes: usize) -> String {
+    let mut buf = vec![0u8; bytes];
+    let _ = std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut buf));
+    buf.iter().map(|b| format!("{b:02x}")).collect()
+}
+
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 

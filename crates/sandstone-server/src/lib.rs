@@ -9,7 +9,6 @@ mod limits;
 mod metrics;
 mod openapi;
 mod routes;
-mod timefmt;
 
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, Request, State};
@@ -47,6 +46,8 @@ pub struct Config {
     pub audit_retention: std::time::Duration,
     /// The operator's egress rules file (see `lifecycle::OperatorConfig`).
     pub egress_config: Option<PathBuf>,
+    /// The Managed Agents control plane under `/v1`.
+    pub agents: sandstone_agents::Config,
 }
 
 #[derive(Clone)]
@@ -247,8 +248,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             config.init_bin.display()
         );
     }
-    let store: Arc<dyn Store> =
-        Arc::new(SqliteStore::open(&config.data_dir.join("sandstone.db")).await?);
+    let sqlite = Arc::new(SqliteStore::open(&config.data_dir.join("sandstone.db")).await?);
+    let store: Arc<dyn Store> = sqlite.clone();
     ensure_admin_token(store.as_ref(), &config.data_dir).await?;
     let storage = Storage::open(&config.data_dir, config.pool)?;
     match storage.pool.driver {
@@ -307,9 +308,16 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         metrics: Arc::new(metrics::Metrics::default()),
         sealer,
     };
+    let keys = lc.store.clone();
+    let api_keys: sandstone_agents::ApiKeyCheck = Arc::new(move |token: String| {
+        let keys = keys.clone();
+        Box::pin(async move { matches!(keys.check_api_key(&token).await, Ok(Some(_))) })
+    });
+    let agents = sandstone_agents::Agents::start(sqlite, config.agents.clone(), api_keys).await?;
+    let app = router(st).nest("/v1", sandstone_agents::router(agents));
     let listener = tokio::net::TcpListener::bind(config.listen).await?;
     tracing::info!(listen = %config.listen, data_dir = %config.data_dir.display(), "sandstone daemon ready");
-    axum::serve(listener, router(st))
+    axum::serve(listener, app)
         .with_graceful_shutdown(shutdown_signal())
         .await?;
     lc.shutdown();

@@ -1,6 +1,7 @@
 //! Metadata store: sandboxes and API keys, behind the [`Store`] trait so a
 //! PostgreSQL backend can sit beside the embedded SQLite one.
 
+pub mod agents;
 pub mod secrets;
 mod sqlite;
 

@@ -51,6 +51,19 @@ const MIGRATIONS: &[&str] = &[
         updated_at INTEGER NOT NULL
     );",
     "ALTER TABLE snapshots ADD COLUMN template TEXT NOT NULL DEFAULT '';",
+    // Managed Agents: resources as JSON documents, events in order.
+    "CREATE TABLE ma_docs (
+        kind TEXT NOT NULL,
+        id TEXT NOT NULL,
+        doc TEXT NOT NULL,
+        PRIMARY KEY (kind, id)
+    );
+    CREATE TABLE ma_events (
+        session_id TEXT NOT NULL,
+        seq INTEGER NOT NULL,
+        doc TEXT NOT NULL,
+        PRIMARY KEY (session_id, seq)
+    );",
 ];
 
 // Columns are named, never `*`: a cached statement's column list must not
@@ -96,6 +109,10 @@ fn now_ms() -> i64 {
 }
 
 impl SqliteStore {
+    pub(crate) fn pool(&self) -> &SqlitePool {
+        &self.pool
+    }
+
     pub async fn open(path: &Path) -> Result<SqliteStore> {
         let opts = SqliteConnectOptions::new()
             .filename(path)

@@ -84,6 +84,20 @@ enum Cmd {
         /// upstreamCaFiles), applied before any sandbox's policy.
         #[arg(long, env = "SANDSTONE_EGRESS_CONFIG")]
         egress_config: Option<PathBuf>,
+        /// Messages API the Managed Agents loop calls (its key comes from
+        /// SANDSTONE_MODEL_API_KEY, never from the command line).
+        #[arg(
+            long,
+            env = "SANDSTONE_MODEL_BASE_URL",
+            default_value = "https://api.anthropic.com"
+        )]
+        model_base_url: String,
+        /// A file holding the Messages API key (instead of the variable).
+        #[arg(long, env = "SANDSTONE_MODEL_API_KEY_FILE")]
+        model_api_key_file: Option<PathBuf>,
+        /// Seconds a Managed Agents work item's lease lasts between heartbeats.
+        #[arg(long, env = "SANDSTONE_LEASE_TTL_SECONDS", default_value_t = 300)]
+        lease_ttl_seconds: u64,
     },
     /// Create a sandbox and print its id.
     Create {
@@ -341,7 +355,19 @@ async fn run(cli: Cli) -> Result<()> {
             dns_upstream,
             audit_retention_days,
             egress_config,
+            model_base_url,
+            model_api_key_file,
+            lease_ttl_seconds,
         } => {
+            let model_api_key = match model_api_key_file {
+                Some(f) => Some(
+                    std::fs::read_to_string(f)
+                        .with_context(|| format!("read {}", f.display()))?
+                        .trim()
+                        .to_string(),
+                ),
+                None => std::env::var("SANDSTONE_MODEL_API_KEY").ok(),
+            };
             init_logging();
             let config = sandstone_server::Config {
                 data_dir: cli.data_dir.clone(),
@@ -358,6 +384,12 @@ async fn run(cli: Cli) -> Result<()> {
                     audit_retention_days.saturating_mul(86_400),
                 ),
                 egress_config: egress_config.clone(),
+                agents: sandstone_agents::Config {
+                    model_base_url: model_base_url.clone(),
+                    model_api_key,
+                    lease_ttl: std::time::Duration::from_secs(*lease_ttl_seconds),
+                    max_tokens: 8192,
+                },
             };
             sandstone_server::run(config).await
         }

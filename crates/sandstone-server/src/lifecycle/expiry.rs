@@ -2,7 +2,7 @@
 //! (seconds since creation → delete), checked once a second.
 
 use super::{Lifecycle, config_of};
-use crate::timefmt::now_ms;
+use sandstone_api::timefmt::now_ms;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 

@@ -15,9 +15,9 @@ mod warm;
 use crate::error::{ApiError, ApiResult};
 use crate::initclient;
 use crate::limits;
-use crate::timefmt::now_ms;
 use axum::http::StatusCode;
 use sandstone_api::SandboxConfig;
+use sandstone_api::timefmt::now_ms;
 use sandstone_init::proto::{Request, Response};
 use sandstone_runtime::cgroup::{Cgroup, Driver, Limits};
 use sandstone_runtime::{SpawnSpec, fault};
@@ -66,12 +66,7 @@ pub use network::{
     Network, NetworkOptions, OperatorConfig, host_resolver, parse_policy, policy_of,
 };
 
-pub fn random_hex(bytes: usize) -> String {
-    let mut buf = vec![0u8; bytes];
-    let _ = std::fs::File::open("/dev/urandom")
-        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut buf));
-    hex::encode(buf)
-}
+pub use sandstone_api::random_hex;
 
 fn free_bytes(path: &std::path::Path) -> u64 {
     let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).unwrap_or_default();

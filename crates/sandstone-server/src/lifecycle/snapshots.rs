@@ -5,8 +5,8 @@
 use super::{Lifecycle, config_of, internal, random_hex};
 use crate::error::{ApiError, ApiResult};
 use crate::limits;
-use crate::timefmt::now_ms;
 use sandstone_api::SandboxConfig;
+use sandstone_api::timefmt::now_ms;
 use sandstone_runtime::fault;
 use sandstone_store::{SandboxRow, SnapshotRow};
 

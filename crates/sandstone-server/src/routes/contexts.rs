@@ -5,12 +5,12 @@ use crate::error::{ApiError, ApiResult, ok};
 use crate::extract::JsonBody;
 use crate::initclient::{self, InitConn, unreachable};
 use crate::lifecycle::{Runtime, random_hex};
-use crate::timefmt::rfc3339_ms;
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::Response;
 use sandstone_api as api;
+use sandstone_api::timefmt::rfc3339_ms;
 use sandstone_init::proto::{
     ExitInfo, ProcInfo, ProcKind, PtySize, Request, Response as Init, Stream,
 };

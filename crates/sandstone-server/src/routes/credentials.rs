@@ -4,11 +4,11 @@
 use crate::AppState;
 use crate::error::{ApiError, ApiResult, ok};
 use crate::extract::JsonBody;
-use crate::timefmt::{now_ms, rfc3339_ms};
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::Response;
 use sandstone_api as api;
+use sandstone_api::timefmt::{now_ms, rfc3339_ms};
 use sandstone_store::CredentialRow;
 use serde_json::json;
 

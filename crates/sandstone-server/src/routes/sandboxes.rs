@@ -4,11 +4,11 @@ use crate::AppState;
 use crate::error::{ApiError, ApiResult, ok};
 use crate::extract::JsonBody;
 use crate::lifecycle::config_of;
-use crate::timefmt::rfc3339_ms;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::Response;
 use sandstone_api as api;
+use sandstone_api::timefmt::rfc3339_ms;
 use sandstone_store::SandboxRow;
 use std::collections::HashMap;
 

@@ -2,16 +2,36 @@
 
 /// Formats Unix milliseconds as `YYYY-MM-DDTHH:MM:SS.mmmZ`.
 pub fn rfc3339_ms(ms: i64) -> String {
-    let secs = ms.div_euclid(1000);
+    let (date, frac) = rfc3339_parts(ms.div_euclid(1000));
+    format!("{date}.{:03}Z{frac}", ms.rem_euclid(1000))
+}
+
+/// With microseconds: distinct for events a few microseconds apart (a
+/// heartbeat's value is echoed back as a concurrency token).
+pub fn rfc3339_us(us: i64) -> String {
+    let (date, frac) = rfc3339_parts(us.div_euclid(1_000_000));
+    format!("{date}.{:06}Z{frac}", us.rem_euclid(1_000_000))
+}
+
+pub fn now_us() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_micros() as i64)
+        .unwrap_or(0)
+}
+
+/// `YYYY-MM-DDTHH:MM:SS` of a Unix second (and an empty suffix, so both
+/// formatters share one layout).
+fn rfc3339_parts(secs: i64) -> (String, &'static str) {
     let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
     let (y, m, d) = civil_from_days(days);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{:03}Z",
+    let date = format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}",
         rem / 3600,
         rem % 3600 / 60,
-        rem % 60,
-        ms.rem_euclid(1000)
-    )
+        rem % 60
+    );
+    (date, "")
 }
 
 /// Howard Hinnant's days-to-civil algorithm.
@@ -48,5 +68,6 @@ mod tests {
             super::rfc3339_ms(1_795_792_283_840),
             "2026-11-27T15:11:23.840Z"
         );
+        assert_eq!(super::rfc3339_us(1_000_001), "1970-01-01T00:00:01.000001Z");
     }
 }

@@ -1,0 +1,132 @@
+//! Who is calling: a server API key (`Authorization: Bearer` or
+//! `X-Api-Key`), an environment key (the worker's standing credential) or a
+//! work item's sessions token (one session's calls only). Keys are stored
+//! as hashes and checked on every request, so a revoked key stops at once.
+//! Also requires the Managed Agents beta header.
+
+use crate::Agents;
+use crate::error::{ApiError, ApiResult};
+use axum::extract::{Request, State};
+use axum::http::HeaderMap;
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use sandstone_store::token_hash;
+use std::sync::Arc;
+
+pub const BETA: &str = "managed-agents-2026-04-01";
+pub const ENV_KEY_PREFIX: &str = "sk-sst-env-";
+pub const SESSIONS_TOKEN_PREFIX: &str = "sk-sst-req-";
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Caller {
+    Api,
+    Environment(String),
+    /// A sessions token: the session and the work item it came with.
+    Session {
+        session: String,
+        work: String,
+    },
+}
+
+impl Caller {
+    pub fn require_api(&self) -> ApiResult<()> {
+        match self {
+            Caller::Api => Ok(()),
+            _ => Err(ApiError::forbidden(
+                "this endpoint needs a server API key, not an environment key or sessions token",
+            )),
+        }
+    }
+
+    /// API keys, the environment's own key, or (when `session_ok`) a
+    /// sessions token of one of its items.
+    pub fn require_environment(
+        &self,
+        agents: &Agents,
+        env: &str,
+        session_ok: bool,
+    ) -> ApiResult<()> {
+        match self {
+            Caller::Api => Ok(()),
+            Caller::Environment(e) if e == env => Ok(()),
+            Caller::Session { work, .. }
+                if session_ok && agents.work_environment(work).as_deref() == Some(env) =>
+            {
+                Ok(())
+            }
+            _ => Err(ApiError::forbidden(format!(
+                "this credential is not valid for environment {env}"
+            ))),
+        }
+    }
+
+    /// API keys, the key of the session's environment, or the session's
+    /// own sessions token.
+    pub fn require_session(&self, agents: &Agents, session: &str) -> ApiResult<()> {
+        match self {
+            Caller::Api => Ok(()),
+            Caller::Environment(e) if agents.session_environment(session).as_deref() == Some(e) => {
+                Ok(())
+            }
+            Caller::Session { session: s, .. } if s == session => Ok(()),
+            _ => Err(ApiError::forbidden(format!(
+                "this credential is not valid for session {session}"
+            ))),
+        }
+    }
+}
+
+fn has_beta(headers: &HeaderMap) -> bool {
+    headers
+        .get_all("anthropic-beta")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|b| b.trim() == BETA)
+}
+
+fn bearer(headers: &HeaderMap) -> Option<String> {
+    let auth = headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    let key = headers.get("x-api-key").and_then(|v| v.to_str().ok());
+    auth.or(key).map(|t| t.trim().to_string())
+}
+
+async fn identify(agents: &Agents, headers: &HeaderMap) -> ApiResult<Caller> {
+    let token = bearer(headers).ok_or_else(|| {
+        ApiError::unauthorized("missing credentials: send Authorization: Bearer <key> or X-Api-Key")
+    })?;
+    if token.starts_with(ENV_KEY_PREFIX) {
+        return agents
+            .environment_of_key(&token_hash(&token))
+            .map(Caller::Environment);
+    }
+    if token.starts_with(SESSIONS_TOKEN_PREFIX) {
+        let (session, work) = agents.session_of_token(&token_hash(&token))?;
+        return Ok(Caller::Session { session, work });
+    }
+    if (agents.api_keys)(token).await {
+        return Ok(Caller::Api);
+    }
+    Err(ApiError::unauthorized("invalid API key"))
+}
+
+pub async fn middleware(
+    State(agents): State<Arc<Agents>>,
+    mut req: Request,
+    next: Next,
+) -> Response {
+    if !has_beta(req.headers()) {
+        return ApiError::invalid(format!("missing beta header: send anthropic-beta: {BETA}"))
+            .into_response();
+    }
+    match identify(&agents, req.headers()).await {
+        Ok(caller) => {
+            req.extensions_mut().insert(caller);
+            next.run(req).await
+        }
+        Err(e) => e.into_response(),
+    }
+}

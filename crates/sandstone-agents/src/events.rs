@@ -1,0 +1,296 @@
+//! Session events: what clients and workers send (validated, 400 naming the
+//! field), what the server emits, the ordered list and the live SSE stream.
+//! Every event is persisted before anyone sees it.
+
+use crate::error::{ApiError, ApiResult};
+use crate::ids::{new_id, now};
+use crate::{Agents, str_of};
+use serde_json::{Value, json};
+use std::sync::Arc;
+
+const SENDABLE: [&str; 5] = [
+    "user.message",
+    "user.interrupt",
+    "user.tool_confirmation",
+    "user.custom_tool_result",
+    "user.tool_result",
+];
+
+fn content_blocks(v: &Value, at: &str, required: bool) -> ApiResult<()> {
+    let blocks = match v {
+        Value::Null if !required => return Ok(()),
+        Value::Array(b) if !(required && b.is_empty()) => b,
+        _ => {
+            return Err(ApiError::invalid(format!(
+                "{at}: an array of content blocks"
+            )));
+        }
+    };
+    for (i, b) in blocks.iter().enumerate() {
+        match b["type"].as_str() {
+            Some("text") if b["text"].is_string() => {}
+            Some("text") => {
+                return Err(ApiError::invalid(format!(
+                    "{at}[{i}].text: required, a string"
+                )));
+            }
+            Some("image" | "document" | "search_result")
+                if b["source"].is_object() || b["type"] == "search_result" => {}
+            Some("redacted") => {
+                return Err(ApiError::invalid(format!(
+                    "{at}[{i}]: redacted blocks cannot be sent"
+                )));
+            }
+            _ => {
+                return Err(ApiError::invalid(format!(
+                    "{at}[{i}].type: text, image or document"
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn id_field(e: &Value, name: &str, at: &str) -> ApiResult<()> {
+    match e[name].as_str() {
+        Some(s) if !s.is_empty() => Ok(()),
+        _ => Err(ApiError::invalid(format!(
+            "{at}.{name}: required, an event id"
+        ))),
+    }
+}
+
+/// Checks one sent event's fields.
+fn validate(e: &Value, at: &str) -> ApiResult<Value> {
+    let kind = e["type"].as_str().unwrap_or_default();
+    match kind {
+        "user.message" => content_blocks(&e["content"], &format!("{at}.content"), true)?,
+        "user.interrupt" => {}
+        "user.tool_confirmation" => {
+            id_field(e, "tool_use_id", at)?;
+            if !matches!(e["result"].as_str(), Some("allow" | "deny")) {
+                return Err(ApiError::invalid(format!("{at}.result: allow or deny")));
+            }
+            if !e["deny_message"].is_null() && e["result"] != "deny" {
+                return Err(ApiError::invalid(format!(
+                    "{at}.deny_message: only with result deny"
+                )));
+            }
+        }
+        "user.custom_tool_result" | "user.tool_result" => {
+            let key = if kind == "user.tool_result" {
+                "tool_use_id"
+            } else {
+                "custom_tool_use_id"
+            };
+            id_field(e, key, at)?;
+            content_blocks(&e["content"], &format!("{at}.content"), false)?;
+            if !e["is_error"].is_null() && !e["is_error"].is_boolean() {
+                return Err(ApiError::invalid(format!("{at}.is_error: a boolean")));
+            }
+        }
+        _ => {
+            return Err(ApiError::invalid(format!(
+                "{at}.type: one of {}",
+                SENDABLE.join(", ")
+            )));
+        }
+    }
+    let mut clean = e.clone();
+    if let Some(o) = clean.as_object_mut() {
+        o.remove("id");
+        o.remove("processed_at");
+    }
+    Ok(clean)
+}
+
+/// Validates a list of sent events (all or nothing).
+pub fn validate_all(v: &Value, field: &str, initial: bool) -> ApiResult<Vec<Value>> {
+    let list = match v {
+        Value::Null if initial => return Ok(Vec::new()),
+        Value::Array(l) if !l.is_empty() && l.len() <= 50 => l,
+        _ => {
+            return Err(ApiError::invalid(format!(
+                "{field}: an array of 1 to 50 events"
+            )));
+        }
+    };
+    list.iter()
+        .enumerate()
+        .map(|(i, e)| {
+            let at = format!("{field}[{i}]");
+            if initial && e["type"] != "user.message" {
+                return Err(ApiError::invalid(format!(
+                    "{at}.type: initial events are user.message"
+                )));
+            }
+            validate(e, &at)
+        })
+        .collect()
+}
+
+/// What a sent result or confirmation refers to, checked against the
+/// session's history: it must name a tool call that is still open.
+fn check_reference(events: &[Arc<Value>], e: &Value, at: &str) -> ApiResult<()> {
+    let (key, uses, answers): (&str, &[&str], &str) = match e["type"].as_str() {
+        Some("user.tool_result") => ("tool_use_id", &["agent.tool_use"], "user.tool_result"),
+        Some("user.custom_tool_result") => (
+            "custom_tool_use_id",
+            &["agent.custom_tool_use"],
+            "user.custom_tool_result",
+        ),
+        Some("user.tool_confirmation") => (
+            "tool_use_id",
+            &["agent.tool_use", "agent.mcp_tool_use"],
+            "user.tool_confirmation",
+        ),
+        _ => return Ok(()),
+    };
+    let id = e[key].as_str().unwrap_or_default();
+    let call = events
+        .iter()
+        .find(|x| x["id"] == id && uses.iter().any(|u| x["type"] == *u))
+        .ok_or_else(|| {
+            ApiError::invalid(format!(
+                "{at}.{key}: no {} event {id} in this session",
+                uses[0]
+            ))
+        })?;
+    if events.iter().any(|x| x["type"] == answers && x[key] == id) {
+        return Err(ApiError::conflict(format!(
+            "{at}.{key}: {id} already has a {answers}"
+        )));
+    }
+    if answers == "user.tool_confirmation" && call["evaluated_permission"] != "ask" {
+        return Err(ApiError::invalid(format!(
+            "{at}.tool_use_id: {id} does not wait for a confirmation"
+        )));
+    }
+    if answers == "user.tool_result" && crate::turn::denied(events, id) {
+        return Err(ApiError::conflict(format!(
+            "{at}.tool_use_id: {id} was denied"
+        )));
+    }
+    Ok(())
+}
+
+impl Agents {
+    /// Persists `ev` (with a new id and time) at the end of the session's
+    /// history and shows it to live streams.
+    pub(crate) async fn emit(&self, session: &str, mut ev: Value) -> ApiResult<Arc<Value>> {
+        ev["id"] = json!(new_id("sevt"));
+        ev["processed_at"] = json!(now());
+        self.append(session, ev).await
+    }
+
+    async fn append(&self, session: &str, ev: Value) -> ApiResult<Arc<Value>> {
+        let ev = Arc::new(ev);
+        // The position is taken under the lock, so concurrent appends to
+        // one session get distinct, ordered sequence numbers.
+        let (seq, live) = {
+            let mut st = self.state.lock().unwrap();
+            let s = st
+                .sessions
+                .get_mut(session)
+                .ok_or_else(|| ApiError::not_found("session", session))?;
+            s.events.push(ev.clone());
+            (s.events.len() as i64 - 1, s.live.clone())
+        };
+        self.store.append_event(session, seq, &ev).await?;
+        let _ = live.send(ev.clone());
+        Ok(ev)
+    }
+
+    /// Appends events a client or worker sent, after checking them
+    /// against the session's state; wakes the session's turn.
+    pub async fn append_user_events(
+        self: &Arc<Self>,
+        session: &str,
+        events: Vec<Value>,
+    ) -> ApiResult<Vec<Value>> {
+        {
+            let st = self.state.lock().unwrap();
+            let s = st
+                .sessions
+                .get(session)
+                .ok_or_else(|| ApiError::not_found("session", session))?;
+            if !s.doc["archived_at"].is_null() || s.doc["status"] == "terminated" {
+                return Err(ApiError::invalid(format!(
+                    "session {session} is terminated"
+                )));
+            }
+            let mut seen: Vec<Arc<Value>> = s.events.clone();
+            for (i, e) in events.iter().enumerate() {
+                check_reference(&seen, e, &format!("events[{i}]"))?;
+                let mut placed = e.clone();
+                placed["id"] = json!(format!("pending-{i}"));
+                seen.push(Arc::new(placed));
+            }
+        }
+        let mut out = Vec::new();
+        let mut message = false;
+        for e in events {
+            message |= e["type"] == "user.message";
+            if e["type"] == "user.interrupt" {
+                self.interrupt(session);
+            }
+            let ev = self.emit(session, e).await?;
+            out.push((*ev).clone());
+        }
+        if message {
+            let env = self.session_environment(session).unwrap_or_default();
+            self.queue_work_if_idle(&env, session).await?;
+        }
+        crate::turn::drive(self.clone(), session);
+        Ok(out)
+    }
+
+    /// A page of a session's events.
+    pub fn list_events(
+        &self,
+        session: &str,
+        types: &[String],
+        descending: bool,
+    ) -> ApiResult<Vec<Value>> {
+        let st = self.state.lock().unwrap();
+        let s = st
+            .sessions
+            .get(session)
+            .ok_or_else(|| ApiError::not_found("session", session))?;
+        let mut out: Vec<Value> = s
+            .events
+            .iter()
+            .filter(|e| types.is_empty() || types.iter().any(|t| e["type"] == *t))
+            .map(|e| (**e).clone())
+            .collect();
+        if descending {
+            out.reverse();
+        }
+        Ok(out)
+    }
+
+    pub(crate) fn subscribe(
+        &self,
+        session: &str,
+    ) -> ApiResult<tokio::sync::broadcast::Receiver<Arc<Value>>> {
+        let st = self.state.lock().unwrap();
+        let s = st
+            .sessions
+            .get(session)
+            .ok_or_else(|| ApiError::not_found("session", session))?;
+        Ok(s.live.subscribe())
+    }
+
+    pub(crate) fn session_events(&self, session: &str) -> Vec<Arc<Value>> {
+        let st = self.state.lock().unwrap();
+        st.sessions
+            .get(session)
+            .map(|s| s.events.clone())
+            .unwrap_or_default()
+    }
+
+    pub(crate) fn session_status(&self, session: &str) -> Option<String> {
+        let st = self.state.lock().unwrap();
+        st.sessions.get(session).map(|s| str_of(&s.doc, "status"))
+    }
+}

@@ -1,0 +1,530 @@
+//! The `/v1` routes. Conventions (cma-protocol §1.2, §5.1): `POST` creates
+//! and updates, `?beta=true` is ignored, query arrays use brackets
+//! (`types[]=a&types[]=b`), lists page with `limit`/`page` → `next_page`.
+
+use crate::Agents;
+use crate::auth::Caller;
+use crate::error::{ApiError, ApiResult};
+use crate::resources::{SessionFilter, paginate};
+use crate::work::Poll;
+use axum::body::Bytes;
+use axum::extract::{Path, RawQuery, State};
+use axum::http::HeaderMap;
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Extension, Json, Router};
+use serde_json::{Value, json};
+use std::sync::Arc;
+use std::time::Duration;
+
+type S = State<Arc<Agents>>;
+
+/// Query parameters, with `name[]` collected into lists.
+struct Query(Vec<(String, String)>);
+
+impl Query {
+    fn parse(raw: Option<String>) -> Query {
+        let raw = raw.unwrap_or_default();
+        let pairs = raw
+            .split('&')
+            .filter(|p| !p.is_empty())
+            .map(|p| {
+                let (k, v) = p.split_once('=').unwrap_or((p, ""));
+                (decode(k), decode(v))
+            })
+            .collect();
+        Query(pairs)
+    }
+
+    fn one(&self, name: &str) -> Option<&str> {
+        self.0
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    fn all(&self, name: &str) -> Vec<String> {
+        let bracket = format!("{name}[]");
+        self.0
+            .iter()
+            .filter(|(k, _)| *k == bracket || k == name)
+            .map(|(_, v)| v.clone())
+            .collect()
+    }
+
+    fn flag(&self, name: &str) -> bool {
+        self.one(name) == Some("true")
+    }
+
+    fn limit(&self) -> ApiResult<Option<usize>> {
+        self.one("limit")
+            .map(|l| {
+                l.parse()
+                    .map_err(|_| ApiError::invalid("limit: an integer"))
+            })
+            .transpose()
+    }
+}
+
+fn decode(s: &str) -> String {
+    let s = s.replace('+', " ");
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%'
+            && let Some(v) = s
+                .get(i + 1..i + 3)
+                .and_then(|h| u8::from_str_radix(h, 16).ok())
+        {
+            out.push(v);
+            i += 3;
+            continue;
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// A JSON body (an empty one is `{}`); malformed JSON is a 400.
+fn body(bytes: &Bytes) -> ApiResult<Value> {
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Ok(json!({}));
+    }
+    let v: Value = serde_json::from_slice(bytes)
+        .map_err(|e| ApiError::invalid(format!("request body is not JSON: {e}")))?;
+    if !v.is_object() {
+        return Err(ApiError::invalid("request body: a JSON object"));
+    }
+    Ok(v)
+}
+
+fn ok(v: Value) -> ApiResult<Response> {
+    Ok(Json(v).into_response())
+}
+
+fn page(items: Vec<Value>, q: &Query, max: usize) -> ApiResult<Response> {
+    ok(paginate(items, q.limit()?, q.one("page"), max)?)
+}
+
+async fn create_agent(
+    State(a): S,
+    Extension(c): Extension<Caller>,
+    b: Bytes,
+) -> ApiResult<Response> {
+    c.require_api()?;
+    ok(a.create_agent(&body(&b)?).await?)
+}
+
+async fn list_agents(
+    State(a): S,
+    Extension(c): Extension<Caller>,
+    RawQuery(q): RawQuery,
+) -> ApiResult<Response> {
+    c.require_api()?;
+    let q = Query::parse(q);
+    page(a.agents(q.flag("include_archived")), &q, 100)
+}
+
+async fn get_agent(
+    State(a): S,
+    Extension(c): Extension<Caller>,
+    Path(id): Path<String>,
+    RawQuery(q): RawQuery,
+) -> ApiResult<Response> {
+    c.require_api()?;
+    let q = Query::parse(q);
+    let version = q
+        .one("version")
+        .map(|v| {
+            v.parse::<i64>()
+                .map_err(|_| ApiError::invalid("version: an integer"))
+        })
+        .transpose()?;
+    ok(a.agent(&id, version)?)
+}
+
+async fn update_agent(
+    State(a): S,
+    Extension(c): Extension<Caller>,
+    Path(id): Path<String>,
+    b: Bytes,
+) -> ApiResult<Response> {
+    c.require_api()?;
+    ok(a.update_agent(&id, &body(&b)?).await?)
+}
+
+async fn archive_agent(
+    State(a): S,
+    Extension(c): Extension<Caller>,
+    Path(id): Path<String>,
+) -> ApiResult<Response> {
+    c.require_api()?;
+    ok(a.archive_agent(&id).await?)
+}
+
+async fn agent_versions(
+    State(a): S,
+    Extension(c): Extension<Caller>,
+    Path(id): Path<String>,
+    RawQuery(q): RawQuery,
+) -> ApiResult<Response> {
+    c.require_api()?;
+    page(a.agent_versions(&id)?, &Query::parse(q), 100)
+}
+
+async fn create_environment(
+    State(a): S,
+    Extension(c): Extension<Caller>,
+    b: Bytes,
+) -> ApiResult<Response> {
+    c.require_api()?;
+    ok(a.create_environment(&body(&b)?).await?)
+}
+
+async fn list_environments(
+    State(a): S,
+    Extension(c): Extension<Caller>,
+    RawQuery(q): RawQuery,
+) -> ApiResult<Response> {
+    c.require_api()?;
+    let q = Query::parse(q);
+    page(a.environments(q.flag("include_archived")), &q, 100)
+}
+
+async fn get_environment(
+    State(a): S,
+    Extension(c): Extension<Caller>,
+    Path(id): Path<String>,
+) -> ApiResult<Response> {
+    c.require_environment(&a, &id, false)?;
+    ok(a.environment(&id)?)
+}
+
+async fn update_environment(
+    State(a): S,
+    Extension(c): Extension<Caller>,
+    Path(id): Path<String>,
+    b: Bytes,
+) -> ApiResult<Response> {
+    c.require_api()?;
+    ok(a.update_environment(&id, &body(&b)?).await?)
+}
+
+async fn delete_environment(
+    State(a): S,
+    Extension(c): Extension<Caller>,
+    Path(id): Path<String>,
+) -> ApiResult<Response> {
+    c.require_api()?;
+    ok(a.delete_environment(&id).await?)
+}
+
+async fn archive_environment(
+    State(a): S,
+    Extension(c): Extension<Caller>,
+    Path(id): Path<String>,
+) -> ApiResult<Response> {
+    c.require_api()?;
+    ok(a.archive_environment(&id).await?)
+}
+
+async fn create_key(
+    State(a): S,
+    Extension(c): Extension<Caller>,
+    Path(id): Path<String>,
+) -> ApiResult<Response> {
+    c.require_api()?;
+    ok(a.create_key(&id).await?)
+}
+
+async fn list_keys(
+    State(a): S,
+    Extension(c): Extension<Caller>,
+    Path(id): Path<String>,
+    RawQuery(q): RawQuery,
+) -> ApiResult<Response> {
+    c.require_api()?;
+    page(a.keys(&id)?, &Query::parse(q), 100)
+}
+
+async fn revoke_key(
+    State(a): S,
+    Extension(c): Extension<Caller>,
+    Path((id, key)): Path<(String, String)>,
+) -> ApiResult<Response> {
+    c.require_api()?;
+    ok(a.revoke_key(&id, &key).await?)
+}
+
+async fn poll(
+    State(a): S,
+    Extension(c): Extension<Caller>,
+    Path(env): Path<String>,
+    RawQuery(q): RawQuery,
+    headers: HeaderMap,
+) -> ApiResult<Response> {
+    c.require_environment(&a, &env, false)?;
+    let q = Query::parse(q);
+    let worker = headers
+        .get("anthropic-worker-id")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    let p = Poll::parse(q.one("block_ms"), q.one("reclaim_older_than_ms"), worker)?;
+    ok(a.poll(&env, &p).await?)
+}
+
+async fn ack(
+    State(a): S,
+    Extension(c): Extension<Caller>,
+    Path((env, id)): Path<(String, String)>,
+) -> ApiResult<Response> {
+    c.require_environment(&a, &env, false)?;
+    ok(a.ack(&env, &id).await?)
+}
+
+async fn heartbeat(
+    State(a): S,
+    Extension(c): Extension<Caller>,
+    Path((env, id)): Path<(String, String)>,
+    RawQuery(q): RawQuery,
+) -> ApiResult<Response> {
+    c.require_environment(&a, &env, true)?;
+    let q = Query::parse(q);
+    let ttl = q
+        .one("desired_ttl_seconds")
+        .map(|v| {
+            v.parse::<u64>()
+                .map_err(|_| ApiError::invalid("desired_ttl_seconds: an integer"))
+        })
+        .transpose()?;
+    ok(
+        a.heartbeat(&env, &id, q.one("expected_last_heartbeat"), ttl)
+            .await?,
+    )
+}
+
+async fn stop(
+    State(a): S,
+    Extension(c): Extension<Caller>,
+    Path((env, id)): Path<(String, String)>,
+    b: Bytes,
+) -> ApiResult<Response> {
+    c.require_environment(&a, &env, true)?;
+    let force = match &body(&b)?["force"] {
+        Value::Null => false,
+        Value::Bool(f) => *f,
+        _ => return Err(ApiError::invalid("force: a boolean")),
+    };
+    ok(a.stop(&env, &id, force).await?)
+}
+
+async fn work_stats(
+    State(a): S,
+    Extension(c): Extension<Caller>,
+    Path(env): Path<String>,
+) -> ApiResult<Response> {
+    c.require_environment(&a, &env, false)?;
+    ok(a.stats(&env)?)
+}
+
+async fn work_list(
+    State(a): S,
+    Extension(c): Extension<Caller>,
+    Path(env): Path<String>,
+    RawQuery(q): RawQuery,
+) -> ApiResult<Response> {
+    if !matches!(&c, Caller::Environment(e) if *e == env) {
+        return Err(ApiError::forbidden(
+            "listing work needs the environment's key",
+        ));
+    }
+    page(a.work_list(&env)?, &Query::parse(q), 1000)
+}
+
+async fn work_get(
+    State(a): S,
+    Extension(c): Extension<Caller>,
+    Path((env, id)): Path<(String, String)>,
+) -> ApiResult<Response> {
+    c.require_api()?;
+    ok(a.work_item(&env, &id)?)
+}
+
+async fn work_update(
+    State(a): S,
+    Extension(c): Extension<Caller>,
+    Path((env, id)): Path<(String, String)>,
+    b: Bytes,
+) -> ApiResult<Response> {
+    c.require_api()?;
+    ok(a.update_work(&env, &id, &body(&b)?).await?)
+}
+
+async fn create_session(
+    State(a): S,
+    Extension(c): Extension<Caller>,
+    b: Bytes,
+) -> ApiResult<Response> {
+    c.require_api()?;
+    ok(a.create_session(&body(&b)?).await?)
+}
+
+async fn list_sessions(
+    State(a): S,
+    Extension(c): Extension<Caller>,
+    RawQuery(q): RawQuery,
+) -> ApiResult<Response> {
+    c.require_api()?;
+    let q = Query::parse(q);
+    let filter = SessionFilter {
+        include_archived: q.flag("include_archived"),
+        agent_id: q.one("agent_id").map(str::to_string),
+        statuses: q.all("statuses"),
+        ascending: q.one("order") == Some("asc"),
+    };
+    page(a.sessions(&filter), &q, 100)
+}
+
+async fn get_session(
+    State(a): S,
+    Extension(c): Extension<Caller>,
+    Path(id): Path<String>,
+) -> ApiResult<Response> {
+    c.require_session(&a, &id)?;
+    ok(a.session(&id)?)
+}
+
+async fn update_session(
+    State(a): S,
+    Extension(c): Extension<Caller>,
+    Path(id): Path<String>,
+    b: Bytes,
+) -> ApiResult<Response> {
+    c.require_api()?;
+    ok(a.update_session(&id, &body(&b)?).await?)
+}
+
+async fn archive_session(
+    State(a): S,
+    Extension(c): Extension<Caller>,
+    Path(id): Path<String>,
+) -> ApiResult<Response> {
+    c.require_api()?;
+    ok(a.archive_session(&id).await?)
+}
+
+async fn delete_session(
+    State(a): S,
+    Extension(c): Extension<Caller>,
+    Path(id): Path<String>,
+) -> ApiResult<Response> {
+    c.require_api()?;
+    ok(a.delete_session(&id).await?)
+}
+
+async fn send_events(
+    State(a): S,
+    Extension(c): Extension<Caller>,
+    Path(id): Path<String>,
+    b: Bytes,
+) -> ApiResult<Response> {
+    c.require_session(&a, &id)?;
+    let events = crate::events::validate_all(&body(&b)?["events"], "events", false)?;
+    ok(json!({"data": a.append_user_events(&id, events).await?}))
+}
+
+async fn list_events(
+    State(a): S,
+    Extension(c): Extension<Caller>,
+    Path(id): Path<String>,
+    RawQuery(q): RawQuery,
+) -> ApiResult<Response> {
+    c.require_session(&a, &id)?;
+    let q = Query::parse(q);
+    let events = a.list_events(&id, &q.all("types"), q.one("order") == Some("desc"))?;
+    page(events, &q, 1000)
+}
+
+/// Live events as SSE: `event: <type>` on every frame (the SDKs drop
+/// frames without it), pings to keep proxies from closing the stream. A
+/// reader that falls too far behind is disconnected; it reconnects and
+/// reconciles from the list, as the SDKs do.
+async fn stream_events(
+    State(a): S,
+    Extension(c): Extension<Caller>,
+    Path(id): Path<String>,
+) -> ApiResult<Response> {
+    c.require_session(&a, &id)?;
+    let rx = a.subscribe(&id)?;
+    let stream = futures_util::stream::unfold(Some(rx), |rx| async move {
+        let mut rx = rx?;
+        match rx.recv().await {
+            Ok(ev) => {
+                let last = ev["type"] == "session.deleted";
+                let frame = Event::default()
+                    .event(ev["type"].as_str().unwrap_or("message"))
+                    .data(ev.to_string());
+                Some((
+                    Ok::<_, std::convert::Infallible>(frame),
+                    (!last).then_some(rx),
+                ))
+            }
+            Err(_) => None,
+        }
+    });
+    let ping = Event::default().event("ping").data(r#"{"type":"ping"}"#);
+    Ok(Sse::new(stream)
+        .keep_alive(
+            KeepAlive::new()
+                .interval(Duration::from_secs(15))
+                .event(ping),
+        )
+        .into_response())
+}
+
+pub fn router(agents: Arc<Agents>) -> Router {
+    let env = "/environments/{env}";
+    let work = "/environments/{env}/work/{work}";
+    Router::new()
+        .route("/agents", post(create_agent).get(list_agents))
+        .route("/agents/{id}", get(get_agent).post(update_agent))
+        .route("/agents/{id}/archive", post(archive_agent))
+        .route("/agents/{id}/versions", get(agent_versions))
+        .route(
+            "/environments",
+            post(create_environment).get(list_environments),
+        )
+        .route(
+            env,
+            get(get_environment)
+                .post(update_environment)
+                .delete(delete_environment),
+        )
+        .route(&format!("{env}/archive"), post(archive_environment))
+        .route(&format!("{env}/keys"), post(create_key).get(list_keys))
+        .route(&format!("{env}/keys/{{key}}/revoke"), post(revoke_key))
+        .route(&format!("{env}/work"), get(work_list))
+        .route(&format!("{env}/work/poll"), get(poll))
+        .route(&format!("{env}/work/stats"), get(work_stats))
+        .route(work, get(work_get).post(work_update))
+        .route(&format!("{work}/ack"), post(ack))
+        .route(&format!("{work}/heartbeat"), post(heartbeat))
+        .route(&format!("{work}/stop"), post(stop))
+        .route("/sessions", post(create_session).get(list_sessions))
+        .route(
+            "/sessions/{id}",
+            get(get_session).post(update_session).delete(delete_session),
+        )
+        .route("/sessions/{id}/archive", post(archive_session))
+        .route("/sessions/{id}/events", post(send_events).get(list_events))
+        .route("/sessions/{id}/events/stream", get(stream_events))
+        .fallback(|| async { ApiError::not_found("route", "").into_response() })
+        .layer(axum::middleware::from_fn_with_state(
+            agents.clone(),
+            crate::auth::middleware,
+        ))
+        .with_state(agents)
+}

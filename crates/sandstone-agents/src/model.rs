@@ -1,0 +1,197 @@
+//! A streaming client for an Anthropic-compatible Messages API: sends one
+//! request, reads the SSE answer into complete content blocks. The key is
+//! sent only to the configured base URL and never appears in an error.
+
+use serde_json::{Value, json};
+
+pub struct Answer {
+    pub content: Vec<Value>,
+    pub stop_reason: String,
+    pub usage: Value,
+}
+
+#[derive(Debug)]
+pub struct ModelError {
+    pub status: Option<u16>,
+    pub message: String,
+}
+
+impl ModelError {
+    /// 429, 5xx, 529 and transport failures are worth retrying.
+    pub fn retryable(&self) -> bool {
+        self.status
+            .is_none_or(|s| s == 408 || s == 409 || s == 429 || s >= 500)
+    }
+
+    /// The `session.error` type this failure is reported as.
+    pub fn kind(&self) -> &'static str {
+        match self.status {
+            Some(529) => "model_overloaded_error",
+            Some(429) => "model_rate_limited_error",
+            _ => "model_request_failed_error",
+        }
+    }
+}
+
+fn failed(status: Option<u16>, message: impl Into<String>) -> ModelError {
+    ModelError {
+        status,
+        message: message.into(),
+    }
+}
+
+pub async fn call(
+    http: &reqwest::Client,
+    config: &crate::Config,
+    body: &Value,
+) -> Result<Answer, ModelError> {
+    let url = format!(
+        "{}/v1/messages",
+        config.model_base_url.trim_end_matches('/')
+    );
+    let mut req = http
+        .post(&url)
+        .header("anthropic-version", "2023-06-01")
+        .json(&body);
+    if let Some(k) = &config.model_api_key {
+        req = req.header("x-api-key", k);
+    }
+    let resp = req.send().await.map_err(|e| {
+        failed(
+            None,
+            format!("cannot reach the model API: {}", without_url(&e)),
+        )
+    })?;
+    let status = resp.status().as_u16();
+    if status != 200 {
+        let text = resp.text().await.unwrap_or_default();
+        let msg = serde_json::from_str::<Value>(&text)
+            .ok()
+            .and_then(|v| v["error"]["message"].as_str().map(str::to_string))
+            .unwrap_or_else(|| format!("HTTP {status}"));
+        return Err(failed(Some(status), msg));
+    }
+    read_stream(resp).await
+}
+
+/// reqwest's errors name the URL; the base URL is configuration, fine to
+/// show, but keep messages short.
+fn without_url(e: &reqwest::Error) -> String {
+    let mut s = e.to_string();
+    if let Some(u) = e.url() {
+        s = s.replace(u.as_str(), "");
+    }
+    s
+}
+
+/// Assembles the answer from the stream's events.
+async fn read_stream(resp: reqwest::Response) -> Result<Answer, ModelError> {
+    use futures_util::StreamExt;
+    let mut stream = resp.bytes_stream();
+    let mut buf: Vec<u8> = Vec::new();
+    let mut answer = Answer {
+        content: Vec::new(),
+        stop_reason: String::new(),
+        usage: json!({}),
+    };
+    // Tool inputs arrive as JSON text in pieces.
+    let mut partial: Vec<String> = Vec::new();
+    while let Some(chunk) = stream.next().await {
+        let chunk =
+            chunk.map_err(|e| failed(None, format!("model stream: {}", without_url(&e))))?;
+        buf.extend_from_slice(&chunk);
+        while let Some(end) = find_frame_end(&buf) {
+            let frame: Vec<u8> = buf.drain(..end).collect();
+            let text = String::from_utf8_lossy(&frame);
+            let data: String = text
+                .lines()
+                .filter_map(|l| l.strip_prefix("data:"))
+                .map(str::trim_start)
+                .collect::<Vec<_>>()
+                .join("\n");
+            if data.is_empty() {
+                continue;
+            }
+            let ev: Value = serde_json::from_str(&data)
+                .map_err(|e| failed(None, format!("model stream: bad event: {e}")))?;
+            if apply(&mut answer, &mut partial, &ev)? {
+                return Ok(answer);
+            }
+        }
+    }
+    Err(failed(None, "model stream ended before message_stop"))
+}
+
+/// The end of the first complete SSE frame (after its blank line).
+fn find_frame_end(buf: &[u8]) -> Option<usize> {
+    let lf = buf.windows(2).position(|w| w == b"\n\n").map(|p| p + 2);
+    let crlf = buf.windows(4).position(|w| w == b"\r\n\r\n").map(|p| p + 4);
+    match (lf, crlf) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
+/// Applies one stream event; `true` at `message_stop`.
+fn apply(a: &mut Answer, partial: &mut Vec<String>, ev: &Value) -> Result<bool, ModelError> {
+    match ev["type"].as_str() {
+        Some("message_start") => a.usage = ev["message"]["usage"].clone(),
+        Some("content_block_start") => {
+            a.content.push(ev["content_block"].clone());
+            partial.push(String::new());
+        }
+        Some("content_block_delta") => {
+            let i = ev["index"].as_u64().unwrap_or(0) as usize;
+            let (Some(block), Some(json_text)) = (a.content.get_mut(i), partial.get_mut(i)) else {
+                return Err(failed(None, "model stream: a delta for an unknown block"));
+            };
+            let d = &ev["delta"];
+            match d["type"].as_str() {
+                Some("text_delta") => {
+                    let t = format!(
+                        "{}{}",
+                        block["text"].as_str().unwrap_or(""),
+                        d["text"].as_str().unwrap_or("")
+                    );
+                    block["text"] = json!(t);
+                }
+                Some("input_json_delta") => {
+                    json_text.push_str(d["partial_json"].as_str().unwrap_or(""))
+                }
+                _ => {}
+            }
+        }
+        Some("content_block_stop") => {
+            let i = ev["index"].as_u64().unwrap_or(0) as usize;
+            if let (Some(block), Some(text)) = (a.content.get_mut(i), partial.get(i))
+                && block["type"] == "tool_use"
+                && !text.is_empty()
+            {
+                block["input"] = serde_json::from_str(text).map_err(|e| {
+                    failed(None, format!("model stream: tool input is not JSON: {e}"))
+                })?;
+            }
+        }
+        Some("message_delta") => {
+            if let Some(r) = ev["delta"]["stop_reason"].as_str() {
+                a.stop_reason = r.to_string();
+            }
+            if let Some(o) = ev["usage"].as_object() {
+                for (k, v) in o {
+                    a.usage[k] = v.clone();
+                }
+            }
+        }
+        Some("message_stop") => return Ok(true),
+        Some("error") => {
+            return Err(failed(
+                Some(529),
+                ev["error"]["message"]
+                    .as_str()
+                    .unwrap_or("model stream error"),
+            ));
+        }
+        _ => {}
+    }
+    Ok(false)
+}

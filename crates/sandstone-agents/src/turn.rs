@@ -1,0 +1,489 @@
+//! The agent loop. A session's next step is a function of its history:
+//! open tool calls → wait for their results (the session is idle with
+//! `requires_action`); new input since the last model request → call the
+//! model; otherwise idle. One driver task per session runs that loop, so a
+//! restart resumes a turn by looking at the events, nothing else.
+
+use crate::error::ApiResult;
+use crate::resources::{TOOLSET, TOOLSET_TOOLS};
+use crate::{Agents, model};
+use serde_json::{Value, json};
+use std::sync::Arc;
+use std::time::Duration;
+
+const MODEL_RETRIES: u32 = 3;
+
+enum Step {
+    CallModel,
+    Wait(Vec<String>),
+    Idle,
+}
+
+fn is_call(e: &Value) -> bool {
+    e["type"] == "agent.tool_use" || e["type"] == "agent.custom_tool_use"
+}
+
+/// Whether a confirmation denied tool call `id`.
+pub fn denied(events: &[Arc<Value>], id: &str) -> bool {
+    events.iter().any(|e| {
+        e["type"] == "user.tool_confirmation" && e["tool_use_id"] == id && e["result"] == "deny"
+    })
+}
+
+fn answered(events: &[Arc<Value>], call: &Value) -> bool {
+    let id = &call["id"];
+    events.iter().any(|e| {
+        (e["type"] == "user.tool_result" && e["tool_use_id"] == *id)
+            || (e["type"] == "user.custom_tool_result" && e["custom_tool_use_id"] == *id)
+    }) || denied(events, id.as_str().unwrap_or_default())
+}
+
+/// Tool calls still waiting for a result (an interrupt closes earlier ones).
+fn open_calls(events: &[Arc<Value>]) -> Vec<String> {
+    let since = events
+        .iter()
+        .rposition(|e| e["type"] == "user.interrupt")
+        .map_or(0, |i| i + 1);
+    events[since..]
+        .iter()
+        .filter(|e| is_call(e) && !answered(events, e))
+        .filter_map(|e| e["id"].as_str().map(str::to_string))
+        .collect()
+}
+
+fn next_step(events: &[Arc<Value>], consumed: usize) -> Step {
+    let open = open_calls(events);
+    if !open.is_empty() {
+        return Step::Wait(open);
+    }
+    let interrupted_at = events.iter().rposition(|e| e["type"] == "user.interrupt");
+    let new_input = events.iter().enumerate().skip(consumed).any(|(i, e)| {
+        interrupted_at.is_none_or(|at| i > at)
+            && matches!(
+                e["type"].as_str(),
+                Some("user.message" | "user.tool_result" | "user.custom_tool_result")
+            )
+            || (e["type"] == "user.tool_confirmation" && e["result"] == "deny")
+    });
+    if new_input {
+        Step::CallModel
+    } else {
+        Step::Idle
+    }
+}
+
+/// Starts the session's driver, or wakes the one that runs.
+pub fn drive(agents: Arc<Agents>, session: &str) {
+    let start = {
+        let mut st = agents.state.lock().unwrap();
+        let Some(s) = st.sessions.get_mut(session) else {
+            return;
+        };
+        if s.driving {
+            s.wake.notify_one();
+            false
+        } else {
+            s.driving = true;
+            true
+        }
+    };
+    if start {
+        let id = session.to_string();
+        tokio::spawn(async move { run(agents, id).await });
+    }
+}
+
+async fn run(agents: Arc<Agents>, session: String) {
+    let mut announced: Vec<String> = Vec::new();
+    loop {
+        // Decide under the lock, so an event appended meanwhile either is
+        // seen here or finds the driver still marked running.
+        let (step, wake) = {
+            let mut st = agents.state.lock().unwrap();
+            let Some(s) = st.sessions.get_mut(&session) else {
+                return;
+            };
+            let step = next_step(&s.events, s.consumed);
+            if let Step::Idle = step {
+                s.driving = false;
+            }
+            (step, s.wake.clone())
+        };
+        let outcome = match step {
+            Step::Idle => return,
+            Step::CallModel => agents.model_turn(&session).await,
+            Step::Wait(open) => {
+                if open != announced {
+                    announced = open.clone();
+                    let r = agents
+                        .set_idle(
+                            &session,
+                            json!({"type": "requires_action", "event_ids": open}),
+                        )
+                        .await;
+                    if r.is_err() {
+                        return agents.stop_driving(&session);
+                    }
+                }
+                wake.notified().await;
+                Ok(())
+            }
+        };
+        if let Err(e) = outcome {
+            tracing::error!(session = %session, error = %e.message, "agent loop stopped");
+            return agents.stop_driving(&session);
+        }
+    }
+}
+
+fn tool_schema(name: &str) -> Value {
+    let s = |props: Value, required: &[&str]| json!({"type": "object", "properties": props, "required": required});
+    match name {
+        "bash" => s(
+            json!({"command": {"type": "string"}, "restart": {"type": "boolean"}, "timeout_ms": {"type": "integer"}}),
+            &[],
+        ),
+        "read" => s(
+            json!({"file_path": {"type": "string"}, "view_range": {"type": "array", "items": {"type": "integer"}}}),
+            &["file_path"],
+        ),
+        "write" => s(
+            json!({"file_path": {"type": "string"}, "content": {"type": "string"}}),
+            &["file_path", "content"],
+        ),
+        "edit" => s(
+            json!({"file_path": {"type": "string"}, "old_string": {"type": "string"}, "new_string": {"type": "string"}, "replace_all": {"type": "boolean"}}),
+            &["file_path", "old_string", "new_string"],
+        ),
+        "glob" | "grep" => s(
+            json!({"pattern": {"type": "string"}, "path": {"type": "string"}}),
+            &["pattern"],
+        ),
+        _ => s(json!({}), &[]),
+    }
+}
+
+/// The Messages API `tools` of an agent: enabled sandbox tools (web tools
+/// run on the server and are not offered here) and custom tools.
+fn model_tools(agent: &Value) -> Vec<Value> {
+    let mut out = Vec::new();
+    for t in agent["tools"].as_array().into_iter().flatten() {
+        if t["type"] == TOOLSET {
+            for c in t["configs"].as_array().into_iter().flatten() {
+                let name = c["name"].as_str().unwrap_or_default();
+                if c["enabled"] == true && !name.starts_with("web_") {
+                    out.push(json!({"name": name, "description": format!("The {name} tool of the agent toolset."), "input_schema": tool_schema(name)}));
+                }
+            }
+        } else if t["type"] == "custom" {
+            out.push(json!({"name": t["name"], "description": t["description"], "input_schema": t["input_schema"]}));
+        }
+    }
+    out
+}
+
+fn result_block(tool_use_id: &Value, content: &Value, is_error: bool) -> Value {
+    let content = if content.is_array() {
+        content.clone()
+    } else {
+        json!([])
+    };
+    json!({"type": "tool_result", "tool_use_id": tool_use_id, "content": content, "is_error": is_error})
+}
+
+/// The conversation as Messages API messages, rebuilt from the events.
+fn messages(events: &[Arc<Value>]) -> Vec<Value> {
+    let mut out: Vec<(String, Vec<Value>)> = Vec::new();
+    let mut push = |role: &str, block: Value| match out.last_mut() {
+        Some((r, blocks)) if r == role => blocks.push(block),
+        _ => out.push((role.to_string(), vec![block])),
+    };
+    let mut open: Vec<Value> = Vec::new();
+    for e in events {
+        match e["type"].as_str().unwrap_or_default() {
+            "user.message" => {
+                for b in e["content"].as_array().into_iter().flatten() {
+                    push("user", b.clone());
+                }
+            }
+            "agent.message" => {
+                for b in e["content"].as_array().into_iter().flatten() {
+                    push("assistant", b.clone());
+                }
+            }
+            "agent.tool_use" | "agent.custom_tool_use" => {
+                open.push(e["id"].clone());
+                push(
+                    "assistant",
+                    json!({"type": "tool_use", "id": e["id"], "name": e["name"], "input": e["input"]}),
+                );
+            }
+            "user.tool_result" | "user.custom_tool_result" => {
+                let id = if e["type"] == "user.tool_result" {
+                    &e["tool_use_id"]
+                } else {
+                    &e["custom_tool_use_id"]
+                };
+                open.retain(|o| o != id);
+                push(
+                    "user",
+                    result_block(id, &e["content"], e["is_error"] == true),
+                );
+            }
+            "user.tool_confirmation" if e["result"] == "deny" => {
+                let id = &e["tool_use_id"];
+                open.retain(|o| o != id);
+                let msg = e["deny_message"]
+                    .as_str()
+                    .unwrap_or("The user denied this tool call.");
+                push(
+                    "user",
+                    result_block(id, &json!([{"type": "text", "text": msg}]), true),
+                );
+            }
+            "user.interrupt" => {
+                for id in std::mem::take(&mut open) {
+                    push(
+                        "user",
+                        result_block(
+                            &id,
+                            &json!([{"type": "text", "text": "Interrupted by the user."}]),
+                            true,
+                        ),
+                    );
+                }
+            }
+            _ => {}
+        }
+    }
+    out.into_iter()
+        .map(|(role, mut blocks)| {
+            // The API wants a user turn's tool results before its text.
+            blocks.sort_by_key(|b| b["type"] != "tool_result");
+            json!({"role": role, "content": blocks})
+        })
+        .collect()
+}
+
+/// The permission a tool call gets from the agent's toolset config.
+fn permission(agent: &Value, name: &str) -> (Value, Value) {
+    let policy = agent["tools"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|t| t["type"] == TOOLSET)
+        .flat_map(|t| t["configs"].as_array().cloned().unwrap_or_default())
+        .find(|c| c["name"] == name)
+        .map(|c| c["permission_policy"]["type"].clone())
+        .unwrap_or(json!("always_allow"));
+    match policy.as_str() {
+        Some("always_ask") => (json!("ask"), json!({"type": "always_ask"})),
+        Some("auto") => (json!("allow"), json!({"type": "auto"})),
+        _ => (json!("allow"), json!({"type": "always_allow"})),
+    }
+}
+
+pub fn parse_rfc3339_us(s: &str) -> Option<i64> {
+    // YYYY-MM-DDTHH:MM:SS.ffffffZ
+    let b = s.as_bytes();
+    if b.len() < 20 {
+        return None;
+    }
+    let n = |r: std::ops::Range<usize>| s.get(r)?.parse::<i64>().ok();
+    let (y, m, d) = (n(0..4)?, n(5..7)?, n(8..10)?);
+    let secs = n(11..13)? * 3600 + n(14..16)? * 60 + n(17..19)?;
+    let frac = s.get(20..s.len() - 1).unwrap_or("");
+    let us = format!("{frac:0<6}").get(..6)?.parse::<i64>().unwrap_or(0);
+    // Days from civil (Hinnant).
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (m + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    Some((days * 86_400 + secs) * 1_000_000 + us)
+}
+
+impl Agents {
+    fn stop_driving(&self, session: &str) {
+        if let Some(s) = self.state.lock().unwrap().sessions.get_mut(session) {
+            s.driving = false;
+        }
+    }
+
+    /// Cancels a running model request of the session.
+    pub(crate) fn interrupt(&self, session: &str) {
+        if let Some(s) = self.state.lock().unwrap().sessions.get(session) {
+            s.cancel.notify_waiters();
+        }
+    }
+
+    async fn set_status(&self, session: &str, status: &str) -> ApiResult<()> {
+        if self.session_status(session).as_deref() == Some(status) {
+            return Ok(());
+        }
+        self.update_session_doc(session, |d| {
+            d["status"] = json!(status);
+            Ok(())
+        })
+        .await?;
+        if status == "running" {
+            self.emit(session, json!({"type": "session.status_running"}))
+                .await?;
+        }
+        Ok(())
+    }
+
+    async fn set_idle(&self, session: &str, stop_reason: Value) -> ApiResult<()> {
+        self.update_session_doc(session, |d| {
+            d["status"] = json!("idle");
+            Ok(())
+        })
+        .await?;
+        self.emit(
+            session,
+            json!({"type": "session.status_idle", "stop_reason": stop_reason}),
+        )
+        .await
+        .map(|_| ())
+    }
+
+    /// Marks everything so far as part of a model request.
+    async fn consume(&self, session: &str, upto: usize) -> ApiResult<()> {
+        if let Some(s) = self.state.lock().unwrap().sessions.get_mut(session) {
+            s.consumed = upto;
+        }
+        self.update_session_doc(session, |_| Ok(()))
+            .await
+            .map(|_| ())
+    }
+
+    /// One model request and what it produces.
+    async fn model_turn(&self, session: &str) -> ApiResult<()> {
+        self.set_status(session, "running").await?;
+        let events = self.session_events(session);
+        let agent = self.session(session)?["agent"].clone();
+        let mut body = json!({
+            "model": agent["model"]["id"],
+            "max_tokens": self.config.max_tokens,
+            "messages": messages(&events),
+            "stream": true,
+        });
+        if let Some(system) = agent["system"].as_str() {
+            body["system"] = json!(system);
+        }
+        let tools = model_tools(&agent);
+        if !tools.is_empty() {
+            body["tools"] = json!(tools);
+        }
+        let start = self
+            .emit(session, json!({"type": "span.model_request_start"}))
+            .await?;
+        let cancel = self
+            .state
+            .lock()
+            .unwrap()
+            .sessions
+            .get(session)
+            .map(|s| s.cancel.clone());
+        let Some(cancel) = cancel else { return Ok(()) };
+        let mut attempt = 0;
+        let answer = loop {
+            let interrupted = cancel.notified();
+            let result = tokio::select! {
+                r = model::call(&self.http, &self.config, &body) => r,
+                _ = interrupted => {
+                    // An interrupt: the turn ends without an answer.
+                    self.consume(session, self.session_events(session).len()).await?;
+                    self.emit(session, json!({"type": "span.model_request_end", "model_request_start_id": start["id"], "is_error": true, "model_usage": {}})).await?;
+                    return self.set_idle(session, json!({"type": "end_turn"})).await;
+                }
+            };
+            match result {
+                Ok(a) => break a,
+                Err(e) if e.retryable() && attempt < MODEL_RETRIES => {
+                    attempt += 1;
+                    self.emit(session, json!({"type": "session.error", "error": {"type": e.kind(), "message": e.message, "retry_status": {"type": "retrying"}}})).await?;
+                    self.emit(session, json!({"type": "session.status_rescheduled"}))
+                        .await?;
+                    tokio::time::sleep(Duration::from_millis(250 << attempt)).await;
+                }
+                Err(e) => {
+                    self.consume(session, events.len()).await?;
+                    self.emit(session, json!({"type": "span.model_request_end", "model_request_start_id": start["id"], "is_error": true, "model_usage": {}})).await?;
+                    self.emit(session, json!({"type": "session.error", "error": {"type": e.kind(), "message": e.message, "retry_status": {"type": "exhausted"}}})).await?;
+                    return self
+                        .set_idle(session, json!({"type": "retries_exhausted"}))
+                        .await;
+                }
+            }
+        };
+        self.consume(session, events.len()).await?;
+        self.record_answer(session, &agent, &start, answer).await
+    }
+
+    async fn record_answer(
+        &self,
+        session: &str,
+        agent: &Value,
+        start: &Value,
+        a: model::Answer,
+    ) -> ApiResult<()> {
+        let usage = json!({
+            "input_tokens": a.usage["input_tokens"].as_u64().unwrap_or(0),
+            "output_tokens": a.usage["output_tokens"].as_u64().unwrap_or(0),
+            "cache_read_input_tokens": a.usage["cache_read_input_tokens"].as_u64().unwrap_or(0),
+            "cache_creation_input_tokens": a.usage["cache_creation_input_tokens"].as_u64().unwrap_or(0),
+        });
+        self.emit(session, json!({"type": "span.model_request_end", "model_request_start_id": start["id"], "is_error": false, "model_usage": usage})).await?;
+        self.update_session_doc(session, |d| {
+            for k in [
+                "input_tokens",
+                "output_tokens",
+                "cache_read_input_tokens",
+                "cache_creation_input_tokens",
+            ] {
+                d["usage"][k] =
+                    json!(d["usage"][k].as_u64().unwrap_or(0) + usage[k].as_u64().unwrap_or(0));
+            }
+            Ok(())
+        })
+        .await?;
+        let mut text: Vec<Value> = Vec::new();
+        let mut calls = 0;
+        for block in a.content {
+            if block["type"] == "text" {
+                text.push(json!({"type": "text", "text": block["text"]}));
+                continue;
+            }
+            if !text.is_empty() {
+                self.emit(
+                    session,
+                    json!({"type": "agent.message", "content": std::mem::take(&mut text)}),
+                )
+                .await?;
+            }
+            if block["type"] != "tool_use" {
+                continue;
+            }
+            calls += 1;
+            let name = block["name"].as_str().unwrap_or_default();
+            let ev = if TOOLSET_TOOLS.contains(&name) {
+                let (perm, evaluation) = permission(agent, name);
+                json!({"type": "agent.tool_use", "name": name, "input": block["input"], "evaluated_permission": perm, "evaluation": evaluation})
+            } else {
+                json!({"type": "agent.custom_tool_use", "name": name, "input": block["input"]})
+            };
+            self.emit(session, ev).await?;
+        }
+        if !text.is_empty() {
+            self.emit(session, json!({"type": "agent.message", "content": text}))
+                .await?;
+        }
+        if calls == 0 {
+            self.set_idle(session, json!({"type": "end_turn"})).await?;
+        }
+        Ok(())
+    }
+}

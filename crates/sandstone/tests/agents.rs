@@ -1,0 +1,554 @@
+//! The Managed Agents control plane under `/v1`: the official Anthropic
+//! Python SDK and its EnvironmentWorker against `sandstone serve`, with a
+//! scripted Messages API standing in for the model; and the work queue's
+//! protocol edge cases over plain HTTP.
+
+mod common;
+
+use common::Daemon;
+use reqwest::Method;
+use serde_json::{Value, json};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const BETA: &str = "managed-agents-2026-04-01";
+
+/// The scripted Messages API (tests/fake_model/server.py).
+struct FakeModel {
+    child: Child,
+    url: String,
+}
+
+impl FakeModel {
+    fn start() -> FakeModel {
+        let root = concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/fake_model");
+        let mut child = Command::new("python3")
+            .args([
+                &format!("{root}/server.py"),
+                "127.0.0.1",
+                "0",
+                &format!("{root}/scripts"),
+            ])
+            .env("FAKE_MODEL_KEY", MODEL_KEY)
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("start the fake model");
+        let mut line = String::new();
+        std::io::BufRead::read_line(
+            &mut std::io::BufReader::new(child.stdout.take().unwrap()),
+            &mut line,
+        )
+        .unwrap();
+        let port = line
+            .trim()
+            .strip_prefix("ready ")
+            .expect("ready line")
+            .to_string();
+        FakeModel {
+            child,
+            url: format!("http://127.0.0.1:{port}"),
+        }
+    }
+}
+
+impl Drop for FakeModel {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The key the fake model requires: the daemon must send it there and
+/// nowhere else.
+const MODEL_KEY: &str = "sk-fake-model-key-3c9e1d";
+
+/// A daemon whose agent loop calls the fake model, with short leases.
+async fn daemon(model: &FakeModel, lease_ttl: u64) -> Daemon {
+    let mut d = Daemon::start().await;
+    d.kill();
+    let key_file = d.data.path().join("model.key");
+    std::fs::write(&key_file, MODEL_KEY).unwrap();
+    d.serve_args = vec![
+        "--model-base-url".into(),
+        model.url.clone(),
+        "--model-api-key-file".into(),
+        key_file.display().to_string(),
+        "--lease-ttl-seconds".into(),
+        lease_ttl.to_string(),
+    ];
+    d.spawn().await;
+    d
+}
+
+/// A `/v1` call with `bearer` and the beta header.
+async fn v1(
+    d: &Daemon,
+    bearer: &str,
+    method: Method,
+    path: &str,
+    body: Option<Value>,
+) -> (u16, Value, reqwest::header::HeaderMap) {
+    let mut req = d
+        .http
+        .request(method, format!("{}/v1{path}", d.url))
+        .bearer_auth(bearer)
+        .header("anthropic-beta", format!("other-beta-2025-01-01,{BETA}"));
+    if let Some(b) = body {
+        req = req.json(&b);
+    }
+    let r = req.send().await.unwrap();
+    let (status, headers) = (r.status().as_u16(), r.headers().clone());
+    let text = r.text().await.unwrap();
+    (
+        status,
+        serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        headers,
+    )
+}
+
+async fn environment(d: &Daemon) -> (String, String) {
+    let (s, env, _) = v1(
+        d,
+        &d.token,
+        Method::POST,
+        "/environments",
+        Some(json!({"name": "test", "config": {"type": "self_hosted"}})),
+    )
+    .await;
+    assert_eq!(s, 200, "{env}");
+    let id = env["id"].as_str().unwrap().to_string();
+    let (s, key, _) = v1(
+        d,
+        &d.token,
+        Method::POST,
+        &format!("/environments/{id}/keys"),
+        None,
+    )
+    .await;
+    assert_eq!(s, 200, "{key}");
+    (id, key["key"].as_str().unwrap().to_string())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_official_sdk_and_worker_run_a_session_end_to_end() {
+    let Ok(python) = std::env::var("SANDSTONE_SDK_PYTHON") else {
+        eprintln!("skipped: SANDSTONE_SDK_PYTHON is not set (scripts/test.sh sets it up)");
+        return;
+    };
+    let model = FakeModel::start();
+    let d = daemon(&model, 30).await;
+    let (env, key) = environment(&d).await;
+    let workdir = tempfile::tempdir().unwrap();
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../tests/sdk/anthropic_ma_e2e.py"
+    );
+    let out = tokio::process::Command::new(python)
+        .arg(script)
+        .env("ANTHROPIC_BASE_URL", &d.url)
+        .env("ANTHROPIC_API_KEY", &d.token)
+        .env("SANDSTONE_ENV_ID", &env)
+        .env("SANDSTONE_ENV_KEY", &key)
+        .env("WORKDIR", workdir.path())
+        .output()
+        .await
+        .expect("run python");
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(out.status.success(), "SDK e2e failed:\n{stdout}\n{stderr}");
+    let summary: Value = serde_json::from_str(stdout.lines().last().unwrap_or("")).unwrap();
+    assert_eq!(summary["ok"], true, "{stdout}");
+    // The model saw the worker's results: its last request carried them.
+    let requests: Value = reqwest::get(format!("{}/requests", model.url))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let last = requests.as_array().unwrap().last().unwrap().to_string();
+    assert!(
+        last.contains("definition of sandstone") && last.contains("tool_result"),
+        "{last}"
+    );
+    // The model key went to the model only: not to the worker's files,
+    // not into the daemon's log.
+    let log = std::fs::read_to_string(d.data.path().join("daemon.log")).unwrap_or_default();
+    assert!(!log.contains(MODEL_KEY) && !stdout.contains(MODEL_KEY) && !stderr.contains(MODEL_KEY));
+}
+
+/// Polls until `f` holds (bounded).
+async fn eventually(mut f: impl AsyncFnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !f().await {
+        assert!(Instant::now() < deadline, "condition not reached in time");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn work_queue_protocol_edge_cases() {
+    let model = FakeModel::start();
+    let d = daemon(&model, 2).await;
+    let (env, key) = environment(&d).await;
+    let work = format!("/environments/{env}/work");
+
+    // Conventions: the beta header is required; bad keys are 401s in the
+    // Anthropic error shape, with a request id.
+    let r = d
+        .http
+        .get(format!("{}/v1/agents", d.url))
+        .bearer_auth(&d.token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    let (s, v, h) = v1(
+        &d,
+        "sk-sst-env-nope",
+        Method::GET,
+        &format!("{work}/poll"),
+        None,
+    )
+    .await;
+    assert_eq!(
+        (s, v["type"].as_str(), v["error"]["type"].as_str()),
+        (401, Some("error"), Some("authentication_error")),
+        "{v}"
+    );
+    assert!(h.get("request-id").is_some() && v["request_id"].as_str().unwrap().starts_with("req_"));
+
+    // Empty poll: 200 with JSON null, after blocking about block_ms.
+    let t = Instant::now();
+    let (s, v, _) = v1(
+        &d,
+        &key,
+        Method::GET,
+        &format!("{work}/poll?block_ms=300&beta=true"),
+        None,
+    )
+    .await;
+    assert_eq!((s, &v), (200, &Value::Null));
+    assert!(
+        t.elapsed() >= Duration::from_millis(280),
+        "{:?}",
+        t.elapsed()
+    );
+    let (s, v, _) = v1(
+        &d,
+        &key,
+        Method::GET,
+        &format!("{work}/poll?block_ms=0"),
+        None,
+    )
+    .await;
+    assert!(
+        s == 400 && v["error"]["message"].as_str().unwrap().contains("block_ms"),
+        "{v}"
+    );
+
+    // A session queues a work item; a poll claims it with a secret.
+    let (_, agent, _) = v1(
+        &d,
+        &d.token,
+        Method::POST,
+        "/agents",
+        Some(json!({"name": "a", "model": "scripted-e2e"})),
+    )
+    .await;
+    let (s, session, _) = v1(
+        &d,
+        &d.token,
+        Method::POST,
+        "/sessions",
+        Some(json!({"agent": agent["id"], "environment_id": env})),
+    )
+    .await;
+    assert_eq!(
+        (s, session["status"].as_str()),
+        (200, Some("idle")),
+        "{session}"
+    );
+    let sid = session["id"].as_str().unwrap();
+    let (_, stats, _) = v1(&d, &key, Method::GET, &format!("{work}/stats"), None).await;
+    assert_eq!(
+        (stats["depth"].as_i64(), stats["pending"].as_i64()),
+        (Some(1), Some(0)),
+        "{stats}"
+    );
+    let poll = |reclaim: u64| {
+        let (d, key, work) = (&d, key.clone(), work.clone());
+        async move {
+            let r = d
+                .http
+                .get(format!(
+                    "{}/v1{work}/poll?block_ms=500&reclaim_older_than_ms={reclaim}",
+                    d.url
+                ))
+                .bearer_auth(&key)
+                .header("anthropic-beta", BETA)
+                .header("anthropic-worker-id", "w1")
+                .send()
+                .await
+                .unwrap();
+            r.json::<Value>().await.unwrap()
+        }
+    };
+    let item = poll(5000).await;
+    assert_eq!(
+        (item["data"]["id"].as_str(), item["state"].as_str()),
+        (Some(sid), Some("queued")),
+        "{item}"
+    );
+    let wid = item["id"].as_str().unwrap().to_string();
+    // Un-acked, it is not handed out again before the reclaim age...
+    assert_eq!(poll(5000).await, Value::Null);
+    let (_, stats, _) = v1(&d, &key, Method::GET, &format!("{work}/stats"), None).await;
+    assert_eq!(
+        (stats["pending"].as_i64(), stats["workers_polling"].as_i64()),
+        (Some(1), Some(1)),
+        "{stats}"
+    );
+    // ...and is after it, with a new sessions token (the old one is void).
+    let again = poll(0).await;
+    assert_eq!(again["id"].as_str(), Some(wid.as_str()));
+    let token_of = |item: &Value| {
+        use base64::Engine;
+        let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(item["secret"].as_str().unwrap())
+            .unwrap();
+        serde_json::from_slice::<Value>(&raw).unwrap()["sessions_token"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    let (old, token) = (token_of(&item), token_of(&again));
+    let (s, _, _) = v1(&d, &old, Method::GET, &format!("/sessions/{sid}"), None).await;
+    assert_eq!(s, 401);
+    let (s, _, _) = v1(&d, &token, Method::GET, &format!("/sessions/{sid}"), None).await;
+    assert_eq!(s, 200);
+    // The secret appears only on poll.
+    let (_, got, _) = v1(&d, &d.token, Method::GET, &format!("{work}/{wid}"), None).await;
+    assert_eq!(got["secret"], Value::Null);
+
+    // ack, then heartbeats with the exact echo; a stale echo is a 412
+    // with the lease as the server holds it.
+    let (s, acked, _) = v1(&d, &key, Method::POST, &format!("{work}/{wid}/ack"), None).await;
+    assert_eq!((s, acked["state"].as_str()), (200, Some("starting")));
+    let hb = |expected: String| {
+        let (d, token, work, wid) = (&d, token.clone(), work.clone(), wid.clone());
+        async move {
+            v1(
+                d,
+                &token,
+                Method::POST,
+                &format!("{work}/{wid}/heartbeat?expected_last_heartbeat={expected}"),
+                None,
+            )
+            .await
+        }
+    };
+    let (s, beat, _) = hb("NO_HEARTBEAT".into()).await;
+    assert_eq!(
+        (s, beat["lease_extended"].as_bool(), beat["state"].as_str()),
+        (200, Some(true), Some("active")),
+        "{beat}"
+    );
+    let last = beat["last_heartbeat"].as_str().unwrap().to_string();
+    let (s, stale, _) = hb("NO_HEARTBEAT".into()).await;
+    assert_eq!(s, 412, "{stale}");
+    assert_eq!(
+        stale["error"]["details"]["error_code"],
+        "heartbeat_precondition_failed"
+    );
+    assert_eq!(
+        stale["error"]["details"]["current_state"]["last_heartbeat"].as_str(),
+        Some(last.as_str())
+    );
+    let (s, beat, _) = hb(last.clone()).await;
+    assert_eq!((s, beat["lease_extended"].as_bool()), (200, Some(true)));
+    let last = beat["last_heartbeat"].as_str().unwrap().to_string();
+
+    // A sessions token is good for its own session only.
+    let (_, other, _) = v1(
+        &d,
+        &d.token,
+        Method::POST,
+        "/sessions",
+        Some(json!({"agent": agent["id"], "environment_id": env})),
+    )
+    .await;
+    let (s, v, _) = v1(
+        &d,
+        &token,
+        Method::GET,
+        &format!("/sessions/{}/events", other["id"].as_str().unwrap()),
+        None,
+    )
+    .await;
+    assert_eq!(
+        (s, v["error"]["type"].as_str()),
+        (403, Some("permission_error")),
+        "{v}"
+    );
+    // Archived, it is terminated and its work item stops.
+    let (s, v, _) = v1(
+        &d,
+        &d.token,
+        Method::POST,
+        &format!("/sessions/{}/archive", other["id"].as_str().unwrap()),
+        None,
+    )
+    .await;
+    assert_eq!((s, v["status"].as_str()), (200, Some("terminated")), "{v}");
+
+    // Graceful stop is seen on the next heartbeat; a second stop is a 409
+    // the SDK must not retry.
+    let (s, v, _) = v1(
+        &d,
+        &d.token,
+        Method::POST,
+        &format!("{work}/{wid}/stop"),
+        Some(json!({})),
+    )
+    .await;
+    assert_eq!((s, v["state"].as_str()), (200, Some("stopping")), "{v}");
+    let (s, beat, _) = hb(last).await;
+    assert_eq!(
+        (s, beat["state"].as_str(), beat["lease_extended"].as_bool()),
+        (200, Some("stopping"), Some(false)),
+        "{beat}"
+    );
+    let (s, _, _) = v1(
+        &d,
+        &token,
+        Method::POST,
+        &format!("{work}/{wid}/stop"),
+        Some(json!({"force": true})),
+    )
+    .await;
+    assert_eq!(s, 200);
+    let (s, _, h) = v1(
+        &d,
+        &key,
+        Method::POST,
+        &format!("{work}/{wid}/stop"),
+        Some(json!({"force": true})),
+    )
+    .await;
+    assert_eq!(
+        (s, h.get("x-should-retry").map(|v| v.to_str().unwrap())),
+        (409, Some("false"))
+    );
+
+    // A message to a session whose item ended queues a new one; an acked
+    // item whose lease runs out (2 s here) is stopped and queued again.
+    let msg =
+        json!({"events": [{"type": "user.message", "content": [{"type": "text", "text": "hi"}]}]});
+    let (s, sent, _) = v1(
+        &d,
+        &d.token,
+        Method::POST,
+        &format!("/sessions/{sid}/events"),
+        Some(msg),
+    )
+    .await;
+    assert_eq!(
+        (s, sent["data"][0]["type"].as_str()),
+        (200, Some("user.message")),
+        "{sent}"
+    );
+    let next = poll(5000).await;
+    let next_id = next["id"].as_str().unwrap().to_string();
+    assert!(next_id != wid && next["data"]["id"] == sid, "{next}");
+    v1(
+        &d,
+        &key,
+        Method::POST,
+        &format!("{work}/{next_id}/ack"),
+        None,
+    )
+    .await;
+    eventually(async || {
+        let (_, w, _) = v1(
+            &d,
+            &d.token,
+            Method::GET,
+            &format!("{work}/{next_id}"),
+            None,
+        )
+        .await;
+        w["state"] == "stopped"
+    })
+    .await;
+    let requeued = poll(5000).await;
+    assert!(
+        requeued["data"]["id"] == sid && requeued["id"] != next_id.as_str(),
+        "{requeued}"
+    );
+
+    // Bad input names the field; unknown ids are 404s; a result for a
+    // call that is not open is refused.
+    let bad = json!({"events": [{"type": "user.message", "content": "not blocks"}]});
+    let (s, v, _) = v1(
+        &d,
+        &d.token,
+        Method::POST,
+        &format!("/sessions/{sid}/events"),
+        Some(bad),
+    )
+    .await;
+    assert!(
+        s == 400
+            && v["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("events[0].content"),
+        "{v}"
+    );
+    let (s, _, _) = v1(&d, &d.token, Method::GET, "/sessions/sesn_nope", None).await;
+    assert_eq!(s, 404);
+    let stray = json!({"events": [{"type": "user.tool_result", "tool_use_id": "sevt_nope", "content": []}]});
+    let (s, v, _) = v1(
+        &d,
+        &d.token,
+        Method::POST,
+        &format!("/sessions/{sid}/events"),
+        Some(stray),
+    )
+    .await;
+    assert!(
+        s == 400
+            && v["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("tool_use_id"),
+        "{v}"
+    );
+
+    // A revoked environment key stops working at once.
+    let (_, keys, _) = v1(
+        &d,
+        &d.token,
+        Method::GET,
+        &format!("/environments/{env}/keys"),
+        None,
+    )
+    .await;
+    let kid = keys["data"][0]["id"].as_str().unwrap();
+    assert!(keys["data"][0].get("key").is_none() && keys["data"][0].get("hash").is_none());
+    v1(
+        &d,
+        &d.token,
+        Method::POST,
+        &format!("/environments/{env}/keys/{kid}/revoke"),
+        None,
+    )
+    .await;
+    let (s, v, _) = v1(&d, &key, Method::GET, &format!("{work}/stats"), None).await;
+    assert!(
+        s == 401 && v["error"]["message"].as_str().unwrap().contains("revoked"),
+        "{v}"
+    );
+}
