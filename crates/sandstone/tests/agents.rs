@@ -552,3 +552,242 @@ async fn work_queue_protocol_edge_cases() {
         "{v}"
     );
 }
+
+/// Creates an agent on `script` (with `tools`) and a session; returns the
+/// session id.
+async fn session_on(d: &Daemon, env: &str, script: &str, tools: Value) -> String {
+    let (s, agent, _) = v1(
+        d,
+        &d.token,
+        Method::POST,
+        "/agents",
+        Some(json!({"name": script, "model": format!("scripted-{script}"), "tools": tools})),
+    )
+    .await;
+    assert_eq!(s, 200, "{agent}");
+    let (s, session, _) = v1(
+        d,
+        &d.token,
+        Method::POST,
+        "/sessions",
+        Some(json!({"agent": agent["id"], "environment_id": env})),
+    )
+    .await;
+    assert_eq!(s, 200, "{session}");
+    session["id"].as_str().unwrap().to_string()
+}
+
+async fn say(d: &Daemon, sid: &str, text: &str) {
+    let msg =
+        json!({"events": [{"type": "user.message", "content": [{"type": "text", "text": text}]}]});
+    let (s, v, _) = v1(
+        d,
+        &d.token,
+        Method::POST,
+        &format!("/sessions/{sid}/events"),
+        Some(msg),
+    )
+    .await;
+    assert_eq!(s, 200, "{v}");
+}
+
+async fn events(d: &Daemon, sid: &str) -> Vec<Value> {
+    let (_, v, _) = v1(
+        d,
+        &d.token,
+        Method::GET,
+        &format!("/sessions/{sid}/events?limit=1000"),
+        None,
+    )
+    .await;
+    v["data"].as_array().cloned().unwrap_or_default()
+}
+
+/// Waits for the session's last status event to be idle with `reason`.
+async fn idle_with(d: &Daemon, sid: &str, reason: &str) -> Vec<Value> {
+    let mut out = Vec::new();
+    eventually(async || {
+        out = events(d, sid).await;
+        out.iter()
+            .rev()
+            .find(|e| {
+                e["type"]
+                    .as_str()
+                    .is_some_and(|t| t.starts_with("session.status_"))
+            })
+            .is_some_and(|e| {
+                e["type"] == "session.status_idle" && e["stop_reason"]["type"] == reason
+            })
+    })
+    .await;
+    out
+}
+
+fn kinds(events: &[Value]) -> Vec<&str> {
+    events.iter().filter_map(|e| e["type"].as_str()).collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_agent_loop_asks_retries_stops_and_survives_a_restart() {
+    let model = FakeModel::start();
+    let mut d = daemon(&model, 30).await;
+    let (env, _) = environment(&d).await;
+
+    // An always_ask tool waits for a confirmation, then for its result.
+    let ask = json!([{"type": "agent_toolset_20260401", "default_config": {"permission_policy": {"type": "always_ask"}}}]);
+    let sid = session_on(&d, &env, "ask", ask).await;
+    // A live stream sees every event exactly once, in list order.
+    let stream = d
+        .http
+        .get(format!("{}/v1/sessions/{sid}/events/stream", d.url))
+        .bearer_auth(&d.token)
+        .header("anthropic-beta", BETA)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(stream.headers()["content-type"], "text/event-stream");
+    say(&d, &sid, "go").await;
+    let evs = idle_with(&d, &sid, "requires_action").await;
+    let call = evs
+        .iter()
+        .find(|e| e["type"] == "agent.tool_use")
+        .unwrap()
+        .clone();
+    assert_eq!(
+        (
+            call["evaluated_permission"].as_str(),
+            call["evaluation"]["type"].as_str()
+        ),
+        (Some("ask"), Some("always_ask")),
+        "{call}"
+    );
+    let idle = evs.last().unwrap();
+    assert_eq!(idle["stop_reason"]["event_ids"], json!([call["id"]]));
+    let confirm = json!({"events": [{"type": "user.tool_confirmation", "tool_use_id": call["id"], "result": "allow"}]});
+    let (s, _, _) = v1(
+        &d,
+        &d.token,
+        Method::POST,
+        &format!("/sessions/{sid}/events"),
+        Some(confirm.clone()),
+    )
+    .await;
+    assert_eq!(s, 200);
+    let (s, v, _) = v1(
+        &d,
+        &d.token,
+        Method::POST,
+        &format!("/sessions/{sid}/events"),
+        Some(confirm),
+    )
+    .await;
+    assert_eq!(s, 409, "a second confirmation: {v}");
+
+    // The daemon dies while the call is open; the turn resumes after.
+    d.kill();
+    d.spawn().await;
+    let before = events(&d, &sid).await;
+    assert_eq!(
+        before.len(),
+        evs.len() + 1,
+        "every event survived the restart"
+    );
+    let result = json!({"events": [{"type": "user.tool_result", "tool_use_id": call["id"], "content": [{"type": "text", "text": "asked\n"}]}]});
+    let (s, _, _) = v1(
+        &d,
+        &d.token,
+        Method::POST,
+        &format!("/sessions/{sid}/events"),
+        Some(result.clone()),
+    )
+    .await;
+    assert_eq!(s, 200);
+    let evs = idle_with(&d, &sid, "end_turn").await;
+    let last_text = evs
+        .iter()
+        .rev()
+        .find(|e| e["type"] == "agent.message")
+        .unwrap();
+    assert_eq!(last_text["content"][0]["text"], "after asked\n");
+    let (s, _, _) = v1(
+        &d,
+        &d.token,
+        Method::POST,
+        &format!("/sessions/{sid}/events"),
+        Some(result),
+    )
+    .await;
+    assert_eq!(s, 409, "a result for an answered call");
+    let ids: Vec<&str> = evs.iter().filter_map(|e| e["id"].as_str()).collect();
+    let unique: std::collections::HashSet<_> = ids.iter().collect();
+    assert_eq!(unique.len(), ids.len(), "no duplicated events");
+    // The stream opened before the restart saw the events up to it, in order.
+    // (The kill ended that stream; read what it delivered.)
+    let mut raw = Vec::new();
+    let mut chunks = futures_util::StreamExt::boxed(stream.bytes_stream());
+    while let Ok(Some(Ok(c))) = tokio::time::timeout(
+        Duration::from_secs(5),
+        futures_util::StreamExt::next(&mut chunks),
+    )
+    .await
+    {
+        raw.extend_from_slice(&c);
+    }
+    let streamed: Vec<String> = String::from_utf8_lossy(&raw)
+        .lines()
+        .filter_map(|l| l.strip_prefix("data: "))
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter_map(|e| e["id"].as_str().map(str::to_string))
+        .collect();
+    assert!(
+        !streamed.is_empty() && streamed.iter().zip(&ids).all(|(a, b)| a == b),
+        "{streamed:?} vs {ids:?}"
+    );
+
+    // A model that fails twice with 529 is retried, then answers.
+    let sid = session_on(&d, &env, "flaky", json!([])).await;
+    say(&d, &sid, "hello").await;
+    let evs = idle_with(&d, &sid, "end_turn").await;
+    let errors: Vec<&Value> = evs
+        .iter()
+        .filter(|e| e["type"] == "session.error")
+        .collect();
+    assert_eq!(errors.len(), 2, "{:?}", kinds(&evs));
+    assert!(
+        errors
+            .iter()
+            .all(|e| e["error"]["type"] == "model_overloaded_error"
+                && e["error"]["retry_status"]["type"] == "retrying")
+    );
+    assert!(kinds(&evs).contains(&"session.status_rescheduled"));
+    assert_eq!(
+        evs.iter()
+            .rev()
+            .find(|e| e["type"] == "agent.message")
+            .unwrap()["content"][0]["text"],
+        "recovered"
+    );
+    let (_, session, _) = v1(&d, &d.token, Method::GET, &format!("/sessions/{sid}"), None).await;
+    assert!(
+        session["usage"]["output_tokens"].as_u64() > Some(0),
+        "{session}"
+    );
+
+    // An interrupt ends a turn whose model request is still running.
+    let sid = session_on(&d, &env, "slow", json!([])).await;
+    say(&d, &sid, "take your time").await;
+    eventually(async || kinds(&events(&d, &sid).await).contains(&"span.model_request_start")).await;
+    let t = Instant::now();
+    let stop = json!({"events": [{"type": "user.interrupt"}]});
+    v1(
+        &d,
+        &d.token,
+        Method::POST,
+        &format!("/sessions/{sid}/events"),
+        Some(stop),
+    )
+    .await;
+    let evs = idle_with(&d, &sid, "end_turn").await;
+    assert!(t.elapsed() < Duration::from_secs(3), "{:?}", t.elapsed());
+    assert!(!kinds(&evs).contains(&"agent.message"), "{:?}", kinds(&evs));
+}
