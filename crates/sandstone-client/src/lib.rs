@@ -1,6 +1,7 @@
 //! Rust client of Sandstone's REST API (used by the CLI and tests).
 
-use reqwest::{Method, StatusCode};
+pub use reqwest::Method;
+use reqwest::StatusCode;
 use sandstone_api as api;
 use serde::de::DeserializeOwned;
 use serde_json::json;
@@ -61,8 +62,10 @@ impl Client {
         let body: serde_json::Value = resp.json().await.unwrap_or_default();
         Err(Error::Api {
             status: status.as_u16(),
+            // Sandbox0's shape names a `code`, Anthropic's a `type`.
             code: body["error"]["code"]
                 .as_str()
+                .or(body["error"]["type"].as_str())
                 .unwrap_or("error")
                 .to_string(),
             message: body["error"]["message"]
@@ -89,6 +92,41 @@ impl Client {
             .await
             .map_err(|e| Error::Decode(e.to_string()))?;
         env.data.ok_or_else(|| Error::Decode("missing data".into()))
+    }
+
+    /// A Managed Agents call under `/v1` (Anthropic's shapes, no envelope).
+    pub async fn v1(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<serde_json::Value>,
+    ) -> Result<serde_json::Value> {
+        self.send(self.v1_request(method, path, body))
+            .await?
+            .json()
+            .await
+            .map_err(|e| Error::Decode(e.to_string()))
+    }
+
+    /// A session's live event stream (SSE), as a response to read from.
+    pub async fn v1_stream(&self, path: &str) -> Result<reqwest::Response> {
+        self.send(self.v1_request(Method::GET, path, None)).await
+    }
+
+    fn v1_request(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<serde_json::Value>,
+    ) -> reqwest::RequestBuilder {
+        let mut req = self
+            .http
+            .request(method, self.url(&format!("/v1{path}")))
+            .header("anthropic-beta", "managed-agents-2026-04-01");
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        req
     }
 
     pub async fn claim(

@@ -1,6 +1,7 @@
 //! The `sandstone` command: the daemon (`serve`), host set-up (`setup`) and
 //! client commands against a running daemon.
 
+mod agents_cmd;
 mod bench;
 mod bench_durable;
 mod terminal;
@@ -142,6 +143,21 @@ enum Cmd {
     Policy {
         #[command(subcommand)]
         cmd: PolicyCmd,
+    },
+    /// Managed Agents environments and their keys.
+    Env {
+        #[command(subcommand)]
+        cmd: agents_cmd::EnvCmd,
+    },
+    /// Managed Agents agents.
+    Agent {
+        #[command(subcommand)]
+        cmd: agents_cmd::AgentCmd,
+    },
+    /// Managed Agents sessions: create, send, follow.
+    Session {
+        #[command(subcommand)]
+        cmd: agents_cmd::SessionCmd,
     },
     /// Credential sources (values are write-only).
     Cred {
@@ -476,6 +492,9 @@ async fn run(cli: Cli) -> Result<()> {
         Cmd::Snapshot { cmd } => snapshot_cmd(&cli, cmd).await,
         Cmd::Policy { cmd } => policy_cmd(&cli, cmd).await,
         Cmd::Cred { cmd } => cred_cmd(&cli, cmd).await,
+        Cmd::Env { cmd } => agents_cmd::env(&client(&cli)?, cmd).await,
+        Cmd::Agent { cmd } => agents_cmd::agent(&client(&cli)?, cmd).await,
+        Cmd::Session { cmd } => agents_cmd::session(&client(&cli)?, cmd).await,
         Cmd::Audit { id, follow, denied } => audit(&cli, id, *follow, *denied).await,
         Cmd::Inspect { id } => print_json(&client(&cli)?.get(id).await?),
         Cmd::Exec {

@@ -791,3 +791,81 @@ async fn the_agent_loop_asks_retries_stops_and_survives_a_restart() {
     assert!(t.elapsed() < Duration::from_secs(3), "{:?}", t.elapsed());
     assert!(!kinds(&evs).contains(&"agent.message"), "{:?}", kinds(&evs));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_cli_creates_an_environment_and_follows_a_session() {
+    use common::{cli, sandstone_bin, text};
+    let model = FakeModel::start();
+    let d = daemon(&model, 30).await;
+    let run = |args: &[&str]| {
+        let out = cli(&d, args, b"");
+        assert!(out.status.success(), "{args:?}: {}", text(&out.stderr));
+        text(&out.stdout)
+    };
+    let created = run(&["env", "create", "cli-env"]);
+    let var = |name: &str| {
+        created
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{name}=")))
+            .unwrap_or_else(|| panic!("{name} in {created}"))
+            .to_string()
+    };
+    let (env, key) = (
+        var("ANTHROPIC_ENVIRONMENT_ID"),
+        var("ANTHROPIC_ENVIRONMENT_KEY"),
+    );
+    assert!(key.starts_with("sk-sst-env-"), "{created}");
+    assert!(run(&["env", "ls"]).contains(&env));
+    let agent = run(&["agent", "create", "cli", "--model", "scripted-flaky"])
+        .trim()
+        .to_string();
+    assert!(run(&["agent", "ls"]).contains(&agent));
+    let sid = run(&["session", "create", "--agent", &agent, "--env", &env])
+        .trim()
+        .to_string();
+    run(&["session", "send", &sid, "hello"]);
+    idle_with(&d, &sid, "end_turn").await;
+    let tail = Command::new("timeout")
+        .args(["2", sandstone_bin(), "session", "tail", &sid])
+        .env("SANDSTONE_URL", &d.url)
+        .env("SANDSTONE_DATA_DIR", d.data.path())
+        .output()
+        .unwrap();
+    let shown = text(&tail.stdout);
+    assert!(
+        shown.contains("you      hello")
+            && shown.contains("agent    recovered")
+            && shown.contains("idle     end_turn"),
+        "{shown}"
+    );
+    assert!(run(&["session", "ls"]).contains(&sid));
+    // The key works until it is revoked.
+    let (_, keys, _) = v1(
+        &d,
+        &d.token,
+        Method::GET,
+        &format!("/environments/{env}/keys"),
+        None,
+    )
+    .await;
+    let kid = keys["data"][0]["id"].as_str().unwrap().to_string();
+    let (s, _, _) = v1(
+        &d,
+        &key,
+        Method::GET,
+        &format!("/environments/{env}/work/stats"),
+        None,
+    )
+    .await;
+    assert_eq!(s, 200);
+    assert!(run(&["env", "keys", &env, "--revoke", &kid]).contains("revoked"));
+    let (s, _, _) = v1(
+        &d,
+        &key,
+        Method::GET,
+        &format!("/environments/{env}/work/stats"),
+        None,
+    )
+    .await;
+    assert_eq!(s, 401);
+}
