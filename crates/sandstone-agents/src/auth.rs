@@ -14,6 +14,8 @@ use sandstone_store::token_hash;
 use std::sync::Arc;
 
 pub const BETA: &str = "managed-agents-2026-04-01";
+/// Memory store endpoints take their own beta instead.
+pub const MEMORY_BETA: &str = "agent-memory-2026-07-22";
 pub const ENV_KEY_PREFIX: &str = "sk-sst-env-";
 pub const SESSIONS_TOKEN_PREFIX: &str = "sk-sst-req-";
 
@@ -60,6 +62,18 @@ impl Caller {
         }
     }
 
+    /// API keys, or the sessions token of a session the store is attached
+    /// to (environment keys are refused here, as the API does).
+    pub fn require_store(&self, agents: &Agents, store: &str) -> ApiResult<()> {
+        match self {
+            Caller::Api => Ok(()),
+            Caller::Session { session, .. } if agents.session_has_store(session, store) => Ok(()),
+            _ => Err(ApiError::forbidden(format!(
+                "this credential is not valid for memory store {store}"
+            ))),
+        }
+    }
+
     /// API keys, the key of the session's environment, or the session's
     /// own sessions token.
     pub fn require_session(&self, agents: &Agents, session: &str) -> ApiResult<()> {
@@ -76,13 +90,13 @@ impl Caller {
     }
 }
 
-fn has_beta(headers: &HeaderMap) -> bool {
+fn has_beta(headers: &HeaderMap, beta: &str) -> bool {
     headers
         .get_all("anthropic-beta")
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
-        .any(|b| b.trim() == BETA)
+        .any(|b| b.trim() == beta)
 }
 
 fn bearer(headers: &HeaderMap) -> Option<String> {
@@ -118,8 +132,13 @@ pub async fn middleware(
     mut req: Request,
     next: Next,
 ) -> Response {
-    if !has_beta(req.headers()) {
-        return ApiError::invalid(format!("missing beta header: send anthropic-beta: {BETA}"))
+    let beta = if req.uri().path().contains("/memory_stores") {
+        MEMORY_BETA
+    } else {
+        BETA
+    };
+    if !has_beta(req.headers(), beta) {
+        return ApiError::invalid(format!("missing beta header: send anthropic-beta: {beta}"))
             .into_response();
     }
     match identify(&agents, req.headers()).await {

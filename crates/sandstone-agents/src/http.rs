@@ -485,6 +485,151 @@ async fn stream_events(
         .into_response())
 }
 
+async fn create_store(
+    State(a): S,
+    Extension(c): Extension<Caller>,
+    b: Bytes,
+) -> ApiResult<Response> {
+    c.require_api()?;
+    ok(a.create_store(&body(&b)?).await?)
+}
+
+async fn list_stores(
+    State(a): S,
+    Extension(c): Extension<Caller>,
+    RawQuery(q): RawQuery,
+) -> ApiResult<Response> {
+    c.require_api()?;
+    let q = Query::parse(q);
+    page(a.stores(q.flag("include_archived")), &q, 100)
+}
+
+async fn get_store(
+    State(a): S,
+    Extension(c): Extension<Caller>,
+    Path(id): Path<String>,
+) -> ApiResult<Response> {
+    c.require_store(&a, &id)?;
+    ok(a.store(&id)?)
+}
+
+async fn update_store(
+    State(a): S,
+    Extension(c): Extension<Caller>,
+    Path(id): Path<String>,
+    b: Bytes,
+) -> ApiResult<Response> {
+    c.require_api()?;
+    ok(a.update_store(&id, &body(&b)?).await?)
+}
+
+async fn delete_store(
+    State(a): S,
+    Extension(c): Extension<Caller>,
+    Path(id): Path<String>,
+) -> ApiResult<Response> {
+    c.require_api()?;
+    ok(a.delete_store(&id).await?)
+}
+
+async fn archive_store(
+    State(a): S,
+    Extension(c): Extension<Caller>,
+    Path(id): Path<String>,
+) -> ApiResult<Response> {
+    c.require_api()?;
+    ok(a.archive_store(&id).await?)
+}
+
+/// `view=full|basic`, with the endpoint's default.
+fn full_view(q: &Query, default_full: bool) -> ApiResult<bool> {
+    match q.one("view") {
+        None => Ok(default_full),
+        Some("full") => Ok(true),
+        Some("basic") => Ok(false),
+        Some(_) => Err(ApiError::invalid("view: basic or full")),
+    }
+}
+
+async fn create_memory(
+    State(a): S,
+    Extension(c): Extension<Caller>,
+    Path(store): Path<String>,
+    RawQuery(q): RawQuery,
+    b: Bytes,
+) -> ApiResult<Response> {
+    c.require_store(&a, &store)?;
+    let full = full_view(&Query::parse(q), false)?;
+    ok(crate::memory::view(
+        &a.create_memory(&store, &body(&b)?).await?,
+        full,
+    ))
+}
+
+async fn list_memories(
+    State(a): S,
+    Extension(c): Extension<Caller>,
+    Path(store): Path<String>,
+    RawQuery(q): RawQuery,
+) -> ApiResult<Response> {
+    c.require_store(&a, &store)?;
+    let q = Query::parse(q);
+    let depth = q
+        .one("depth")
+        .map(|d| {
+            d.parse::<usize>()
+                .map_err(|_| ApiError::invalid("depth: an integer"))
+        })
+        .transpose()?;
+    let full = full_view(&q, false)?;
+    let max = if full { 20 } else { 100 };
+    page(
+        a.memories(&store, q.one("path_prefix").unwrap_or("/"), depth, full)?,
+        &q,
+        max,
+    )
+}
+
+async fn get_memory(
+    State(a): S,
+    Extension(c): Extension<Caller>,
+    Path((store, id)): Path<(String, String)>,
+    RawQuery(q): RawQuery,
+) -> ApiResult<Response> {
+    c.require_store(&a, &store)?;
+    let full = full_view(&Query::parse(q), true)?;
+    ok(crate::memory::view(&a.memory(&store, &id)?, full))
+}
+
+async fn update_memory(
+    State(a): S,
+    Extension(c): Extension<Caller>,
+    Path((store, id)): Path<(String, String)>,
+    RawQuery(q): RawQuery,
+    b: Bytes,
+) -> ApiResult<Response> {
+    c.require_store(&a, &store)?;
+    let full = full_view(&Query::parse(q), false)?;
+    ok(crate::memory::view(
+        &a.update_memory(&store, &id, &body(&b)?).await?,
+        full,
+    ))
+}
+
+async fn delete_memory(
+    State(a): S,
+    Extension(c): Extension<Caller>,
+    Path((store, id)): Path<(String, String)>,
+    RawQuery(q): RawQuery,
+) -> ApiResult<Response> {
+    c.require_store(&a, &store)?;
+    let q = Query::parse(q);
+    ok(
+        a.delete_memory(&store, &id, q.one("expected_content_sha256"))
+            .await?,
+    )
+}
+
 pub fn router(agents: Arc<Agents>) -> Router {
     let env = "/environments/{env}";
     let work = "/environments/{env}/work/{work}";
@@ -521,6 +666,20 @@ pub fn router(agents: Arc<Agents>) -> Router {
         .route("/sessions/{id}/archive", post(archive_session))
         .route("/sessions/{id}/events", post(send_events).get(list_events))
         .route("/sessions/{id}/events/stream", get(stream_events))
+        .route("/memory_stores", post(create_store).get(list_stores))
+        .route(
+            "/memory_stores/{id}",
+            get(get_store).post(update_store).delete(delete_store),
+        )
+        .route("/memory_stores/{id}/archive", post(archive_store))
+        .route(
+            "/memory_stores/{id}/memories",
+            post(create_memory).get(list_memories),
+        )
+        .route(
+            "/memory_stores/{id}/memories/{mid}",
+            get(get_memory).post(update_memory).delete(delete_memory),
+        )
         .fallback(|| async { ApiError::not_found("route", "").into_response() })
         .layer(axum::middleware::from_fn_with_state(
             agents.clone(),

@@ -15,6 +15,7 @@ mod error;
 mod events;
 mod http;
 mod ids;
+mod memory;
 mod model;
 mod resources;
 mod turn;
@@ -89,6 +90,8 @@ struct State {
     keys: HashMap<String, Value>,
     sessions: BTreeMap<String, Session>,
     work: BTreeMap<String, Work>,
+    stores: BTreeMap<String, Value>,
+    memories: BTreeMap<String, Value>,
     /// Sessions tokens by hash: (session id, work id).
     tokens: HashMap<String, (String, String)>,
     /// Per environment: worker id → last poll.
@@ -129,6 +132,12 @@ impl Agents {
         }
         for e in store.load_docs(ENVIRONMENT).await? {
             st.environments.insert(str_of(&e, "id"), e);
+        }
+        for s in store.load_docs(memory::STORE).await? {
+            st.stores.insert(str_of(&s, "id"), s);
+        }
+        for m in store.load_docs(memory::MEMORY).await? {
+            st.memories.insert(str_of(&m, "id"), m);
         }
         for k in store.load_docs(KEY).await? {
             st.keys.insert(str_of(&k, "hash"), k);

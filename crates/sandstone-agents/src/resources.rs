@@ -559,19 +559,7 @@ impl Agents {
             )));
         }
         let agent = self.session_agent(&body["agent"])?;
-        let resources = match &body["resources"] {
-            Value::Null => json!([]),
-            Value::Array(list)
-                if list.iter().all(|r| r["type"] == "memory_store") && list.is_empty() =>
-            {
-                json!([])
-            }
-            _ => {
-                return Err(ApiError::invalid(
-                    "resources: this server does not attach resources yet (memory stores come later)",
-                ));
-            }
-        };
+        let resources = self.session_resources(&body["resources"])?;
         let t = now();
         let id = new_id("sesn");
         let doc = json!({

@@ -869,3 +869,256 @@ async fn the_cli_creates_an_environment_and_follows_a_session() {
     .await;
     assert_eq!(s, 401);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn memory_stores_keep_content_hashes_and_preconditions() {
+    let model = FakeModel::start();
+    let mut d = daemon(&model, 30).await;
+    let (env, key) = environment(&d).await;
+    let (s, store) = mem(
+        &d,
+        &d.token,
+        Method::POST,
+        "/memory_stores",
+        Some(json!({"name": "User Preferences", "description": "what the user likes"})),
+    )
+    .await;
+    assert_eq!(s, 200, "{store}");
+    let sid_store = store["id"].as_str().unwrap().to_string();
+    // The managed-agents beta is not the memory beta.
+    let (s, _, _) = v1(&d, &d.token, Method::GET, "/memory_stores", None).await;
+    assert_eq!(s, 400);
+
+    // Attached to a session, with its mount path derived from the name.
+    let (_, agent, _) = v1(
+        &d,
+        &d.token,
+        Method::POST,
+        "/agents",
+        Some(json!({"name": "m", "model": "scripted-e2e"})),
+    )
+    .await;
+    let (s, session, _) = v1(&d, &d.token, Method::POST, "/sessions", Some(json!({"agent": agent["id"], "environment_id": env,
+        "resources": [{"type": "memory_store", "memory_store_id": sid_store, "access": "read_write"}]}))).await;
+    assert_eq!(s, 200, "{session}");
+    assert_eq!(
+        session["resources"][0]["mount_path"],
+        "/mnt/memory/user-preferences"
+    );
+    let (s, v, _) = v1(
+        &d,
+        &d.token,
+        Method::POST,
+        "/sessions",
+        Some(json!({"agent": agent["id"], "environment_id": env,
+        "resources": [{"type": "file", "file_id": "file_x"}]})),
+    )
+    .await;
+    assert!(
+        s == 400
+            && v["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("resources[0].type"),
+        "{v}"
+    );
+
+    // The session's worker reaches the store with its sessions token; the
+    // environment key does not.
+    let (_, item, _) = v1(
+        &d,
+        &key,
+        Method::GET,
+        &format!("/environments/{env}/work/poll?block_ms=500"),
+        None,
+    )
+    .await;
+    let token = {
+        use base64::Engine;
+        let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(item["secret"].as_str().unwrap())
+            .unwrap();
+        serde_json::from_slice::<Value>(&raw).unwrap()["sessions_token"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    let memories = format!("/memory_stores/{sid_store}/memories");
+    let (s, _) = mem(&d, &key, Method::GET, &memories, None).await;
+    assert_eq!(s, 403);
+    let (s, created) = mem(
+        &d,
+        &token,
+        Method::POST,
+        &memories,
+        Some(json!({"path": "/prefs/editor.md", "content": "vim"})),
+    )
+    .await;
+    assert_eq!(s, 200, "{created}");
+    assert_eq!(
+        created["content"],
+        Value::Null,
+        "create answers with view=basic"
+    );
+    // sha256("vim"), as clients compute it locally.
+    assert_eq!(created["content_sha256"], sha256_of("vim"));
+    let mid = created["id"].as_str().unwrap().to_string();
+    let sha = created["content_sha256"].as_str().unwrap().to_string();
+    assert_eq!(
+        (sha.len(), created["content_size_bytes"].as_u64()),
+        (64, Some(3))
+    );
+    let (s, v) = mem(
+        &d,
+        &token,
+        Method::POST,
+        &memories,
+        Some(json!({"path": "/prefs/editor.md", "content": "emacs"})),
+    )
+    .await;
+    assert_eq!(
+        (s, v["error"]["type"].as_str()),
+        (409, Some("memory_path_conflict_error")),
+        "{v}"
+    );
+    mem(
+        &d,
+        &token,
+        Method::POST,
+        &memories,
+        Some(json!({"path": "/prefs/deep/theme.md", "content": "dark"})),
+    )
+    .await;
+    let (s, v) = mem(
+        &d,
+        &token,
+        Method::POST,
+        &memories,
+        Some(json!({"path": "/../etc", "content": ""})),
+    )
+    .await;
+    assert!(
+        s == 400 && v["error"]["message"].as_str().unwrap().contains("path"),
+        "{v}"
+    );
+
+    // Retrieve defaults to full; a stale precondition is a 409; a fresh one works.
+    let (_, got) = mem(&d, &token, Method::GET, &format!("{memories}/{mid}"), None).await;
+    assert_eq!(got["content"], "vim");
+    let stale = json!({"content": "nano", "precondition": {"type": "content_sha256", "content_sha256": "0".repeat(64)}});
+    let (s, v) = mem(
+        &d,
+        &token,
+        Method::POST,
+        &format!("{memories}/{mid}"),
+        Some(stale),
+    )
+    .await;
+    assert_eq!(
+        (s, v["error"]["type"].as_str()),
+        (409, Some("memory_precondition_failed_error")),
+        "{v}"
+    );
+    let fresh = json!({"content": "nano", "precondition": {"type": "content_sha256", "content_sha256": sha}});
+    let (s, v) = mem(
+        &d,
+        &token,
+        Method::POST,
+        &format!("{memories}/{mid}?view=full"),
+        Some(fresh),
+    )
+    .await;
+    assert!(
+        s == 200 && v["content"] == "nano" && v["content_sha256"] != sha.as_str(),
+        "{v}"
+    );
+
+    // Listing rolls deeper paths up into prefixes.
+    let (_, list) = mem(
+        &d,
+        &token,
+        Method::GET,
+        &format!("{memories}?path_prefix=/prefs/&depth=1"),
+        None,
+    )
+    .await;
+    let shown: Vec<(&str, &str)> = list["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| (m["type"].as_str().unwrap(), m["path"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        shown,
+        vec![
+            ("memory_prefix", "/prefs/deep/"),
+            ("memory", "/prefs/editor.md")
+        ]
+    );
+
+    // Delete with a stale expected hash is refused; the restart keeps it all.
+    let (s, _) = mem(
+        &d,
+        &token,
+        Method::DELETE,
+        &format!("{memories}/{mid}?expected_content_sha256={sha}"),
+        None,
+    )
+    .await;
+    assert_eq!(s, 409);
+    d.kill();
+    d.spawn().await;
+    let (s, got) = mem(
+        &d,
+        &d.token,
+        Method::GET,
+        &format!("{memories}/{mid}"),
+        None,
+    )
+    .await;
+    assert_eq!((s, got["content"].as_str()), (200, Some("nano")));
+    let (s, v) = mem(
+        &d,
+        &d.token,
+        Method::DELETE,
+        &format!("{memories}/{mid}"),
+        None,
+    )
+    .await;
+    assert_eq!((s, v["type"].as_str()), (200, Some("memory_deleted")));
+}
+
+fn sha256_of(s: &str) -> String {
+    let out = Command::new("sha256sum")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .and_then(|mut c| {
+            std::io::Write::write_all(c.stdin.as_mut().unwrap(), s.as_bytes())?;
+            c.wait_with_output()
+        });
+    String::from_utf8(out.unwrap().stdout).unwrap()[..64].to_string()
+}
+
+/// A memory store call, with the memory beta.
+async fn mem(
+    d: &Daemon,
+    bearer: &str,
+    method: Method,
+    path: &str,
+    body: Option<Value>,
+) -> (u16, Value) {
+    let mut req = d
+        .http
+        .request(method, format!("{}/v1{path}", d.url))
+        .bearer_auth(bearer)
+        .header("anthropic-beta", "agent-memory-2026-07-22");
+    if let Some(b) = body {
+        req = req.json(&b);
+    }
+    let r = req.send().await.unwrap();
+    (
+        r.status().as_u16(),
+        r.json::<Value>().await.unwrap_or_default(),
+    )
+}

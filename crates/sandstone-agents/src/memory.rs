@@ -1,0 +1,417 @@
+//! Memory stores and their memories (beta `agent-memory-2026-07-22`):
+//! text documents at paths, with a SHA-256 of their content that updates
+//! and deletes can require (`409` when it no longer matches), so a worker
+//! syncing a mounted copy never overwrites a change it has not seen.
+
+use crate::error::{ApiError, ApiResult};
+use crate::ids::{new_id, now};
+use crate::resources::merge_metadata;
+use crate::{Agents, str_of};
+use serde_json::{Value, json};
+
+pub const STORE: &str = "memory_store";
+pub const MEMORY: &str = "memory";
+const MAX_CONTENT: usize = 102_400;
+
+fn sha256_hex(s: &str) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(s.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+fn check_path(p: &str, field: &str) -> ApiResult<()> {
+    let segments: Vec<&str> = p.strip_prefix('/').unwrap_or("").split('/').collect();
+    let ok = p.starts_with('/')
+        && p.len() <= 1024
+        && (1..=20).contains(&segments.len())
+        && segments
+            .iter()
+            .all(|s| !s.is_empty() && *s != "." && *s != ".." && !s.chars().any(char::is_control));
+    if ok {
+        Ok(())
+    } else {
+        Err(ApiError::invalid(format!(
+            "{field}: a path like /a/b.md of 1 to 20 non-empty segments, without . or .."
+        )))
+    }
+}
+
+fn check_content(v: &Value) -> ApiResult<String> {
+    match v {
+        Value::String(s) if s.len() <= MAX_CONTENT => Ok(s.clone()),
+        Value::Null => Ok(String::new()),
+        _ => Err(ApiError::invalid(format!(
+            "content: a UTF-8 string of at most {MAX_CONTENT} bytes"
+        ))),
+    }
+}
+
+fn conflict(kind: &'static str, message: String) -> ApiError {
+    let mut e = ApiError::conflict(message);
+    e.kind = kind;
+    e
+}
+
+/// A memory as shown: `view=basic` leaves out the content.
+pub fn view(m: &Value, full: bool) -> Value {
+    let mut v = m.clone();
+    if !full {
+        v["content"] = Value::Null;
+    }
+    v
+}
+
+/// The directory a store is mounted at in a session.
+pub fn mount_path(name: &str) -> String {
+    let mut slug = String::new();
+    for c in name.trim().chars() {
+        if c.is_ascii_alphanumeric() {
+            slug.push(c.to_ascii_lowercase());
+        } else if !slug.ends_with('-') && !slug.is_empty() {
+            slug.push('-');
+        }
+    }
+    let slug = slug.trim_end_matches('-');
+    format!(
+        "/mnt/memory/{}",
+        if slug.is_empty() { "store" } else { slug }
+    )
+}
+
+impl Agents {
+    pub async fn create_store(&self, body: &Value) -> ApiResult<Value> {
+        let name = match body["name"].as_str() {
+            Some(n)
+                if (1..=255).contains(&n.chars().count()) && !n.chars().any(char::is_control) =>
+            {
+                n
+            }
+            _ => return Err(ApiError::invalid("name: required, 1 to 255 characters")),
+        };
+        let description = match &body["description"] {
+            Value::Null => "",
+            Value::String(d) if d.chars().count() <= 1024 => d,
+            _ => return Err(ApiError::invalid("description: at most 1024 characters")),
+        };
+        let t = now();
+        let doc = json!({
+            "type": "memory_store", "id": new_id("memstore"), "name": name, "description": description,
+            "metadata": merge_metadata(&json!({}), &body["metadata"], "metadata")?,
+            "created_at": t, "updated_at": t, "archived_at": null,
+        });
+        self.save_doc(STORE, &doc).await?;
+        Ok(doc)
+    }
+
+    async fn save_doc(&self, kind: &str, doc: &Value) -> ApiResult<()> {
+        let id = str_of(doc, "id");
+        self.persist(kind, &id, doc).await?;
+        let mut st = self.state.lock().unwrap();
+        let map = if kind == STORE {
+            &mut st.stores
+        } else {
+            &mut st.memories
+        };
+        map.insert(id, doc.clone());
+        Ok(())
+    }
+
+    pub fn store(&self, id: &str) -> ApiResult<Value> {
+        let st = self.state.lock().unwrap();
+        st.stores
+            .get(id)
+            .cloned()
+            .ok_or_else(|| ApiError::not_found("memory store", id))
+    }
+
+    pub fn stores(&self, include_archived: bool) -> Vec<Value> {
+        let st = self.state.lock().unwrap();
+        let mut out: Vec<Value> = st
+            .stores
+            .values()
+            .filter(|s| include_archived || s["archived_at"].is_null())
+            .cloned()
+            .collect();
+        out.sort_by(|a, b| b["created_at"].as_str().cmp(&a["created_at"].as_str()));
+        out
+    }
+
+    pub async fn update_store(&self, id: &str, body: &Value) -> ApiResult<Value> {
+        let mut doc = self.store(id)?;
+        if let Some(n) = body["name"].as_str() {
+            if !(1..=255).contains(&n.chars().count()) {
+                return Err(ApiError::invalid("name: 1 to 255 characters"));
+            }
+            doc["name"] = json!(n);
+        }
+        if let Some(d) = body["description"].as_str() {
+            doc["description"] = json!(d);
+        }
+        doc["metadata"] = merge_metadata(&doc["metadata"], &body["metadata"], "metadata")?;
+        doc["updated_at"] = json!(now());
+        self.save_doc(STORE, &doc).await?;
+        Ok(doc)
+    }
+
+    pub async fn archive_store(&self, id: &str) -> ApiResult<Value> {
+        let mut doc = self.store(id)?;
+        if doc["archived_at"].is_null() {
+            doc["archived_at"] = json!(now());
+            doc["updated_at"] = doc["archived_at"].clone();
+            self.save_doc(STORE, &doc).await?;
+        }
+        Ok(doc)
+    }
+
+    pub async fn delete_store(&self, id: &str) -> ApiResult<Value> {
+        self.store(id)?;
+        let gone: Vec<String> = {
+            let mut st = self.state.lock().unwrap();
+            st.stores.remove(id);
+            let ids: Vec<String> = st
+                .memories
+                .values()
+                .filter(|m| m["memory_store_id"] == id)
+                .map(|m| str_of(m, "id"))
+                .collect();
+            for m in &ids {
+                st.memories.remove(m);
+            }
+            ids
+        };
+        for m in gone {
+            self.store.delete_doc(MEMORY, &m).await?;
+        }
+        self.store.delete_doc(STORE, id).await?;
+        Ok(json!({"id": id, "type": "memory_store_deleted"}))
+    }
+
+    fn memory_at(&self, store: &str, path: &str) -> Option<Value> {
+        let st = self.state.lock().unwrap();
+        st.memories
+            .values()
+            .find(|m| m["memory_store_id"] == store && m["path"] == path)
+            .cloned()
+    }
+
+    pub fn memory(&self, store: &str, id: &str) -> ApiResult<Value> {
+        let st = self.state.lock().unwrap();
+        st.memories
+            .get(id)
+            .filter(|m| m["memory_store_id"] == store)
+            .cloned()
+            .ok_or_else(|| ApiError::not_found("memory", id))
+    }
+
+    pub async fn create_memory(&self, store: &str, body: &Value) -> ApiResult<Value> {
+        if !self.store(store)?["archived_at"].is_null() {
+            return Err(ApiError::invalid(format!(
+                "memory store {store} is archived"
+            )));
+        }
+        let path = body["path"].as_str().unwrap_or_default();
+        check_path(path, "path")?;
+        let content = check_content(&body["content"])?;
+        if self.memory_at(store, path).is_some() {
+            return Err(conflict(
+                "memory_path_conflict_error",
+                format!("path: {path} exists in {store}"),
+            ));
+        }
+        let t = now();
+        let doc = json!({
+            "type": "memory", "id": new_id("mem"), "memory_store_id": store, "path": path,
+            "content_sha256": sha256_hex(&content), "content_size_bytes": content.len(), "content": content,
+            "memory_version_id": new_id("memver"), "created_at": t, "updated_at": t,
+        });
+        self.save_doc(MEMORY, &doc).await?;
+        Ok(doc)
+    }
+
+    /// Content and/or path; a `content_sha256` precondition must match.
+    pub async fn update_memory(&self, store: &str, id: &str, body: &Value) -> ApiResult<Value> {
+        let mut doc = self.memory(store, id)?;
+        if let Some(pre) = body.get("precondition").filter(|p| !p.is_null()) {
+            if pre["type"] != "content_sha256" || !pre["content_sha256"].is_string() {
+                return Err(ApiError::invalid(
+                    "precondition: {\"type\": \"content_sha256\", \"content_sha256\": \"<hex>\"}",
+                ));
+            }
+            if pre["content_sha256"] != doc["content_sha256"] {
+                return Err(conflict(
+                    "memory_precondition_failed_error",
+                    format!(
+                        "precondition: memory {id} has changed (content_sha256 {})",
+                        doc["content_sha256"]
+                    ),
+                ));
+            }
+        }
+        if let Some(path) = body["path"].as_str() {
+            check_path(path, "path")?;
+            if path != doc["path"] && self.memory_at(store, path).is_some() {
+                return Err(conflict(
+                    "memory_path_conflict_error",
+                    format!("path: {path} exists in {store}"),
+                ));
+            }
+            doc["path"] = json!(path);
+        }
+        if body.get("content").is_some() {
+            let content = check_content(&body["content"])?;
+            doc["content_sha256"] = json!(sha256_hex(&content));
+            doc["content_size_bytes"] = json!(content.len());
+            doc["content"] = json!(content);
+        }
+        doc["memory_version_id"] = json!(new_id("memver"));
+        doc["updated_at"] = json!(now());
+        self.save_doc(MEMORY, &doc).await?;
+        Ok(doc)
+    }
+
+    pub async fn delete_memory(
+        &self,
+        store: &str,
+        id: &str,
+        expected: Option<&str>,
+    ) -> ApiResult<Value> {
+        let doc = self.memory(store, id)?;
+        if let Some(e) = expected
+            && doc["content_sha256"] != e
+        {
+            return Err(conflict(
+                "memory_precondition_failed_error",
+                format!("expected_content_sha256: memory {id} has changed"),
+            ));
+        }
+        self.state.lock().unwrap().memories.remove(id);
+        self.store.delete_doc(MEMORY, id).await?;
+        Ok(json!({"id": id, "type": "memory_deleted"}))
+    }
+
+    /// Memories under `prefix`, in path order; with `depth`, what lies
+    /// deeper is rolled up into `memory_prefix` entries.
+    pub fn memories(
+        &self,
+        store: &str,
+        prefix: &str,
+        depth: Option<usize>,
+        full: bool,
+    ) -> ApiResult<Vec<Value>> {
+        self.store(store)?;
+        let st = self.state.lock().unwrap();
+        let mut found: Vec<&Value> = st
+            .memories
+            .values()
+            .filter(|m| {
+                m["memory_store_id"] == store
+                    && m["path"].as_str().is_some_and(|p| p.starts_with(prefix))
+            })
+            .collect();
+        found.sort_by(|a, b| a["path"].as_str().cmp(&b["path"].as_str()));
+        let mut out: Vec<Value> = Vec::new();
+        let base = if prefix.ends_with('/') {
+            prefix.to_string()
+        } else {
+            format!("{prefix}/")
+        };
+        for m in found {
+            let path = m["path"].as_str().unwrap_or_default();
+            let rest: Vec<&str> = path
+                .strip_prefix(base.as_str())
+                .unwrap_or(path.trim_start_matches('/'))
+                .split('/')
+                .collect();
+            match depth {
+                Some(d) if rest.len() > d => {
+                    let rolled = format!("{base}{}/", rest[..d].join("/"));
+                    if !out
+                        .iter()
+                        .any(|o| o["type"] == "memory_prefix" && o["path"] == rolled)
+                    {
+                        out.push(json!({"type": "memory_prefix", "path": rolled}));
+                    }
+                }
+                _ => out.push(view(m, full)),
+            }
+        }
+        Ok(out)
+    }
+
+    /// Resolves a session's `resources` (memory stores only here).
+    pub(crate) fn session_resources(&self, v: &Value) -> ApiResult<Value> {
+        let list = match v {
+            Value::Null => return Ok(json!([])),
+            Value::Array(l) => l,
+            _ => return Err(ApiError::invalid("resources: an array")),
+        };
+        list.iter()
+            .enumerate()
+            .map(|(i, r)| {
+                let at = format!("resources[{i}]");
+                if r["type"] != "memory_store" {
+                    return Err(ApiError::invalid(format!(
+                        "{at}.type: self_hosted environments take memory_store resources only"
+                    )));
+                }
+                let id = r["memory_store_id"].as_str().unwrap_or_default();
+                let store = self.store(id).map_err(|_| {
+                    ApiError::invalid(format!("{at}.memory_store_id: {id} does not exist"))
+                })?;
+                if !store["archived_at"].is_null() {
+                    return Err(ApiError::invalid(format!(
+                        "{at}.memory_store_id: {id} is archived"
+                    )));
+                }
+                let access = r["access"].as_str().unwrap_or("read_write");
+                if !matches!(access, "read_write" | "read_only") {
+                    return Err(ApiError::invalid(format!(
+                        "{at}.access: read_write or read_only"
+                    )));
+                }
+                Ok(json!({
+                    "type": "memory_store", "memory_store_id": id, "access": access,
+                    "name": store["name"], "description": store["description"],
+                    "instructions": r["instructions"].as_str().unwrap_or(""),
+                    "mount_path": mount_path(store["name"].as_str().unwrap_or_default()),
+                }))
+            })
+            .collect::<ApiResult<Vec<_>>>()
+            .map(Value::Array)
+    }
+
+    /// Whether a sessions token may use memory store `store`: only one
+    /// attached to its session.
+    pub(crate) fn session_has_store(&self, session: &str, store: &str) -> bool {
+        let st = self.state.lock().unwrap();
+        st.sessions.get(session).is_some_and(|s| {
+            s.doc["resources"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|r| r["memory_store_id"] == store)
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn slugs_and_paths() {
+        assert_eq!(
+            super::mount_path("User Preferences"),
+            "/mnt/memory/user-preferences"
+        );
+        assert_eq!(super::mount_path("  --  "), "/mnt/memory/store");
+        assert!(super::check_path("/a/b.md", "path").is_ok());
+        for bad in ["a/b", "/a//b", "/a/../b", "/", ""] {
+            assert!(super::check_path(bad, "path").is_err(), "{bad}");
+        }
+        assert_eq!(
+            super::sha256_hex(""),
+            "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+        );
+    }
+}
