@@ -33,7 +33,8 @@ json.dump({"turns": [turn] * 2000}, open(sys.argv[1], "w"))' "$work/model/quick.
 model_key="sk-bench-model-$RANDOM$RANDOM"
 printf '%s' "$model_key" > "$work/model.key"
 FAKE_MODEL_KEY="$model_key" python3 tests/fake_model/server.py 127.0.0.1 0 "$work/model" > "$work/model.out" &
-pids+=($!)
+model_pid=$!
+pids+=("$model_pid")
 model_port=""
 for _ in $(seq 100); do
   model_port=$(sed -n 's/^ready //p' "$work/model.out")
@@ -50,4 +51,4 @@ daemon_pid=${pids[-1]}
 echo "== Managed Agents control plane (/v1), one daemon, same client; $(nproc) CPUs"
 timeout --kill-after=10 600 python3 tests/fake_model/bench_agents.py \
   --url "http://127.0.0.1:$port" --token-file "$work/agents/admin.token" \
-  --pid "$daemon_pid" --model scripted-quick
+  --pid "$daemon_pid" --model scripted-quick --model-pid "$model_pid" "$@"

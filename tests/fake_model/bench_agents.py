@@ -75,6 +75,32 @@ def fd_count(pid):
     return len(os.listdir(f"/proc/{pid}/fd"))
 
 
+def cpu_s(pid):
+    """User + system CPU seconds of a process so far."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+class Cpu:
+    """CPU seconds the daemon (and the fake model) spent in a section."""
+
+    def __init__(self, pid, model_pid):
+        self.pids = [p for p in (pid, model_pid) if p]
+        self.mark()
+
+    def mark(self):
+        self.start = [cpu_s(p) for p in self.pids]
+
+    def report(self):
+        used = [cpu_s(p) - s for p, s in zip(self.pids, self.start)]
+        text = f"daemon {used[0]:6.2f} s"
+        if len(used) > 1:
+            text += f"   fake model {used[1]:6.2f} s"
+        line("CPU used in this section", text)
+        self.mark()
+
+
 def mib(kib):
     return f"{kib / 1024:7.1f} MiB"
 
@@ -552,6 +578,7 @@ def main():
     ap.add_argument("--token-file", required=True)
     ap.add_argument("--pid", type=int, required=True)
     ap.add_argument("--model", required=True, help="the agent's model, scripted-<name>")
+    ap.add_argument("--model-pid", type=int, help="the fake model's pid (for its CPU time)")
     ap.add_argument("--sessions", type=int, default=300)
     ap.add_argument("--sends", type=int, default=300)
     ap.add_argument("--pollers", type=int, default=1000)
@@ -567,6 +594,7 @@ def main():
         sys.exit(f"pid {a.pid} is {comm!r}, not the daemon")
 
     api = Api(host, port)
+    cpu = Cpu(a.pid, a.model_pid)
     print("== baseline: the same client, one keep-alive connection")
     rss_start = rss_kib(a.pid)
     base_ns = baseline(api)
@@ -576,16 +604,20 @@ def main():
 
     agent = api.ok("POST", "/v1/agents", admin, {"name": "bench", "model": a.model})["id"]
 
+    cpu.mark()
     work_queue(api, admin, agent, a.sessions, base)
+    cpu.report()
 
     print(f"== 2. user.message sent -> its frame on an open SSE stream (one session, {a.sends} sends, 10 warm-up)")
     visible, posts, turns = event_latency(api, host, port, admin, agent, a.sends)
     row("send -> user.message frame on the stream", visible, base)
     row("  POST /events round trip (same sends)", posts, base)
     row("  send -> session.status_idle (whole turn)", turns, base)
+    cpu.report()
 
     print(f"== 3. {a.pollers} idle long-pollers (block_ms=999, keep-alive, re-polling) for {a.hold} s, empty queue")
     env, key = new_environment(api, admin, "bench-idle")
+    cpu.mark()
     before, samples, after1, after5, res, probe, ramp = asyncio.run(
         idle_pollers(host, port, env, key, a.pid, a.pollers, a.hold)
     )
@@ -608,6 +640,7 @@ def main():
         row("GET /healthz while pollers wait (asyncio client)", probe["healthz"], base)
     if res["bad"] or res["errors"] or total == 0:
         fail(f"idle polls: {res['bad']} bad answers, {res['errors']} connection errors")
+    cpu.report()
 
     print(f"== 4. {a.concurrent} sessions driven by the scripted model at once (one user.message each)")
     wall, per, errors = concurrent_sessions(api, host, port, admin, agent, a.concurrent)
@@ -617,6 +650,7 @@ def main():
         fail(f"session {sid}: {e}")
     if per:
         row("per-session send -> idle (end_turn)", per, base)
+    cpu.report()
 
     print("== daemon")
     line("RSS at end", mib(rss_kib(a.pid)))

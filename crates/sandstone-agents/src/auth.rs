@@ -132,12 +132,14 @@ pub async fn middleware(
     mut req: Request,
     next: Next,
 ) -> Response {
-    let beta = if req.uri().path().contains("/memory_stores") {
+    let path = req.uri().path();
+    let beta = if path.contains("/memory_stores") {
         MEMORY_BETA
     } else {
         BETA
     };
-    if !has_beta(req.headers(), beta) {
+    // The SDKs send skills requests without a beta header.
+    if !path.contains("/skills") && !has_beta(req.headers(), beta) {
         return ApiError::invalid(format!("missing beta header: send anthropic-beta: {beta}"))
             .into_response();
     }

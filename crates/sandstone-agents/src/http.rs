@@ -8,7 +8,7 @@ use crate::error::{ApiError, ApiResult};
 use crate::resources::{SessionFilter, paginate};
 use crate::work::Poll;
 use axum::body::Bytes;
-use axum::extract::{Path, RawQuery, State};
+use axum::extract::{Multipart, Path, RawQuery, State};
 use axum::http::HeaderMap;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
@@ -630,6 +630,110 @@ async fn delete_memory(
     )
 }
 
+/// A skill upload: `files[]` (or `files`) parts named by their paths, or
+/// one archive; `display_name` optional.
+async fn upload(mut form: Multipart) -> ApiResult<(Vec<crate::skills::File>, Option<String>)> {
+    let bad =
+        |e: axum::extract::multipart::MultipartError| ApiError::invalid(format!("files: {e}"));
+    let (mut files, mut display_name) = (Vec::new(), None);
+    while let Some(field) = form.next_field().await.map_err(bad)? {
+        match field.name().unwrap_or_default() {
+            "files[]" | "files" => {
+                let path = field.file_name().unwrap_or_default().to_string();
+                let data = field.bytes().await.map_err(bad)?.to_vec();
+                files.push(crate::skills::File {
+                    path,
+                    data,
+                    executable: false,
+                });
+            }
+            "display_name" => display_name = Some(field.text().await.map_err(bad)?),
+            other => {
+                return Err(ApiError::invalid(format!(
+                    "{other}: not a field of a skill upload"
+                )));
+            }
+        }
+    }
+    if let [one] = files.as_slice()
+        && crate::skills::is_archive(&one.data)
+    {
+        files = crate::skills::expand(&one.data)?;
+    }
+    Ok((files, display_name))
+}
+
+async fn create_skill(
+    State(a): S,
+    Extension(c): Extension<Caller>,
+    form: Multipart,
+) -> ApiResult<Response> {
+    c.require_api()?;
+    let (files, display_name) = upload(form).await?;
+    ok(a.create_skill(files, display_name).await?)
+}
+
+async fn list_skills(
+    State(a): S,
+    Extension(c): Extension<Caller>,
+    RawQuery(q): RawQuery,
+) -> ApiResult<Response> {
+    c.require_api()?;
+    page(a.skills(), &Query::parse(q), 100)
+}
+
+async fn get_skill(
+    State(a): S,
+    Extension(c): Extension<Caller>,
+    Path(id): Path<String>,
+) -> ApiResult<Response> {
+    c.require_api()?;
+    ok(a.skill(&id)?)
+}
+
+async fn delete_skill(
+    State(a): S,
+    Extension(c): Extension<Caller>,
+    Path(id): Path<String>,
+) -> ApiResult<Response> {
+    c.require_api()?;
+    ok(a.delete_skill(&id).await?)
+}
+
+async fn create_skill_version(
+    State(a): S,
+    Extension(c): Extension<Caller>,
+    Path(id): Path<String>,
+    form: Multipart,
+) -> ApiResult<Response> {
+    c.require_api()?;
+    let (files, _) = upload(form).await?;
+    ok(a.create_skill_version(&id, files).await?)
+}
+
+async fn list_skill_versions(
+    State(a): S,
+    Extension(c): Extension<Caller>,
+    Path(id): Path<String>,
+    RawQuery(q): RawQuery,
+) -> ApiResult<Response> {
+    c.require_api()?;
+    page(a.skill_versions(&id)?, &Query::parse(q), 100)
+}
+
+/// Workers read versions and archives with their own credentials.
+async fn get_skill_version(
+    State(a): S,
+    Path((id, v)): Path<(String, String)>,
+) -> ApiResult<Response> {
+    ok(a.skill_version(&id, &v)?.0)
+}
+
+async fn skill_content(State(a): S, Path((id, v)): Path<(String, String)>) -> ApiResult<Response> {
+    let (_, tar) = a.skill_version(&id, &v)?;
+    Ok(([("content-type", "application/x-tar")], tar).into_response())
+}
+
 pub fn router(agents: Arc<Agents>) -> Router {
     let env = "/environments/{env}";
     let work = "/environments/{env}/work/{work}";
@@ -666,6 +770,18 @@ pub fn router(agents: Arc<Agents>) -> Router {
         .route("/sessions/{id}/archive", post(archive_session))
         .route("/sessions/{id}/events", post(send_events).get(list_events))
         .route("/sessions/{id}/events/stream", get(stream_events))
+        .route("/skills", post(create_skill).get(list_skills))
+        .route("/skills/{id}", get(get_skill).delete(delete_skill))
+        .route(
+            "/skills/{id}/versions",
+            post(create_skill_version).get(list_skill_versions),
+        )
+        .route("/skills/{id}/versions/{version}", get(get_skill_version))
+        .route(
+            "/skills/{id}/versions/{version}/content",
+            get(skill_content),
+        )
+        .layer(axum::extract::DefaultBodyLimit::max(32 << 20))
         .route("/memory_stores", post(create_store).get(list_stores))
         .route(
             "/memory_stores/{id}",

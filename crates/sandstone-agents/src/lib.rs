@@ -18,6 +18,7 @@ mod ids;
 mod memory;
 mod model;
 mod resources;
+mod skills;
 mod turn;
 mod work;
 
@@ -92,6 +93,9 @@ struct State {
     work: BTreeMap<String, Work>,
     stores: BTreeMap<String, Value>,
     memories: BTreeMap<String, Value>,
+    skills: BTreeMap<String, Value>,
+    /// Skill versions by id, with their archives.
+    skill_versions: BTreeMap<String, (Value, Vec<u8>)>,
     /// Sessions tokens by hash: (session id, work id).
     tokens: HashMap<String, (String, String)>,
     /// Per environment: worker id → last poll.
@@ -138,6 +142,14 @@ impl Agents {
         }
         for m in store.load_docs(memory::MEMORY).await? {
             st.memories.insert(str_of(&m, "id"), m);
+        }
+        for s in store.load_docs(skills::SKILL).await? {
+            st.skills.insert(str_of(&s, "id"), s);
+        }
+        for v in store.load_docs(skills::VERSION).await? {
+            if let Some((id, version)) = skills::load_version(&v) {
+                st.skill_versions.insert(id, version);
+            }
         }
         for k in store.load_docs(KEY).await? {
             st.keys.insert(str_of(&k, "hash"), k);

@@ -273,6 +273,7 @@ impl Agents {
 
     pub async fn create_agent(&self, body: &Value) -> ApiResult<Value> {
         let mut doc = agent_config(body, None)?;
+        doc.insert("skills".into(), self.resolve_skills(&doc["skills"])?);
         let t = now();
         let id = new_id("agent");
         doc.insert("type".into(), json!("agent"));
@@ -348,7 +349,10 @@ impl Agents {
                 current["version"]
             )));
         }
-        let config = agent_config(body, Some(&current))?;
+        let mut config = agent_config(body, Some(&current))?;
+        if body.get("skills").is_some() {
+            config.insert("skills".into(), self.resolve_skills(&config["skills"])?);
+        }
         let changed = config.iter().any(|(k, v)| current[k] != *v);
         if !changed {
             return Ok(current);

@@ -1122,3 +1122,72 @@ async fn mem(
         r.json::<Value>().await.unwrap_or_default(),
     )
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn skills_upload_version_and_download_through_the_sdk() {
+    let Ok(python) = std::env::var("SANDSTONE_SDK_PYTHON") else {
+        eprintln!("skipped: SANDSTONE_SDK_PYTHON is not set (scripts/test.sh sets it up)");
+        return;
+    };
+    let model = FakeModel::start();
+    let d = daemon(&model, 30).await;
+    let (env, _) = environment(&d).await;
+    let workdir = tempfile::tempdir().unwrap();
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../tests/sdk/anthropic_skills.py"
+    );
+    let out = tokio::process::Command::new(python)
+        .arg(script)
+        .env("ANTHROPIC_BASE_URL", &d.url)
+        .env("ANTHROPIC_API_KEY", &d.token)
+        .env("SANDSTONE_ENV_ID", &env)
+        .env("WORKDIR", workdir.path())
+        .output()
+        .await
+        .unwrap();
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(
+        out.status.success() && stdout.contains("skills OK"),
+        "{stdout}\n{stderr}"
+    );
+    // Bad uploads are 400s naming the problem.
+    let form = |name: &str, data: &str| {
+        let dir = workdir.path().join("bad");
+        std::fs::create_dir_all(&dir).unwrap();
+        let f = dir.join("f");
+        std::fs::write(&f, data).unwrap();
+        Command::new("curl")
+            .args([
+                "-sS",
+                "-H",
+                &format!("x-api-key: {}", d.token),
+                "-F",
+                &format!("files[]=@{};filename={name}", f.display()),
+                &format!("{}/v1/skills", d.url),
+            ])
+            .output()
+            .unwrap()
+    };
+    let out = form("x/README.md", "no skill here");
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(
+        v["error"]["message"].as_str().unwrap().contains("SKILL.md"),
+        "{v}"
+    );
+    let out = form("../SKILL.md", "---\nname: x\n---\n");
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["error"]["type"], "invalid_request_error", "{v}");
+    let (s, v, _) = v1(&d, &d.token, Method::POST, "/agents", Some(json!({"name": "x", "model": "m", "skills": [{"type": "anthropic", "skill_id": "xlsx"}]}))).await;
+    assert!(
+        s == 400
+            && v["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("skills[0].type"),
+        "{v}"
+    );
+}

@@ -1,0 +1,378 @@
+//! Skills: uploaded as files (multipart `files[]`, as the SDKs send them)
+//! or as one zip or tar archive; each version is kept as a tar archive
+//! wrapped in a single `<name>/` directory, which workers download and
+//! extract. Uploads are checked the way workers extract: relative paths, no
+//! `..`, regular files only, one top-level directory with a SKILL.md whose
+//! frontmatter names the skill.
+
+use crate::error::{ApiError, ApiResult};
+use crate::ids::{new_id, now};
+use crate::{Agents, str_of};
+use base64::Engine;
+use serde_json::{Value, json};
+use std::io::Read;
+
+pub const SKILL: &str = "skill";
+pub const VERSION: &str = "skill_version";
+const MAX_UPLOAD: usize = 30 << 20;
+
+/// One uploaded file: path, content, whether it is executable.
+pub struct File {
+    pub path: String,
+    pub data: Vec<u8>,
+    pub executable: bool,
+}
+
+fn safe_path(p: &str) -> Option<String> {
+    let p = p.trim_start_matches("./");
+    let ok = !p.is_empty()
+        && !p.starts_with('/')
+        && p.split('/').all(|s| !s.is_empty() && s != "." && s != "..");
+    ok.then(|| p.to_string())
+}
+
+fn zip_files(bytes: &[u8]) -> ApiResult<Vec<File>> {
+    let bad =
+        |e: zip::result::ZipError| ApiError::invalid(format!("files: not a readable zip: {e}"));
+    let mut z = zip::ZipArchive::new(std::io::Cursor::new(bytes)).map_err(bad)?;
+    let mut out = Vec::new();
+    for i in 0..z.len() {
+        let mut f = z.by_index(i).map_err(bad)?;
+        let mode = f.unix_mode().unwrap_or(0o644);
+        // Directories, links and other special entries are skipped.
+        if f.is_dir() || (mode & 0o170000 != 0 && mode & 0o170000 != 0o100000) {
+            continue;
+        }
+        let path = safe_path(f.name()).ok_or_else(|| {
+            ApiError::invalid(format!("files: unsafe path {:?} in the archive", f.name()))
+        })?;
+        let mut data = Vec::new();
+        f.read_to_end(&mut data)
+            .map_err(|e| ApiError::invalid(format!("files: {e}")))?;
+        out.push(File {
+            path,
+            data,
+            executable: mode & 0o111 != 0,
+        });
+    }
+    Ok(out)
+}
+
+fn tar_files(reader: impl Read) -> ApiResult<Vec<File>> {
+    let bad = |e: std::io::Error| ApiError::invalid(format!("files: not a readable tar: {e}"));
+    let mut archive = tar::Archive::new(reader);
+    let mut out = Vec::new();
+    for entry in archive.entries().map_err(bad)? {
+        let mut e = entry.map_err(bad)?;
+        if !e.header().entry_type().is_file() {
+            continue;
+        }
+        let raw = e.path().map_err(bad)?.to_string_lossy().into_owned();
+        let path = safe_path(&raw).ok_or_else(|| {
+            ApiError::invalid(format!("files: unsafe path {raw:?} in the archive"))
+        })?;
+        let executable = e.header().mode().map_err(bad)? & 0o111 != 0;
+        let mut data = Vec::new();
+        e.read_to_end(&mut data).map_err(bad)?;
+        out.push(File {
+            path,
+            data,
+            executable,
+        });
+    }
+    Ok(out)
+}
+
+/// The files of an archive upload (zip, tar, or gzipped tar: by content).
+pub fn expand(bytes: &[u8]) -> ApiResult<Vec<File>> {
+    if bytes.starts_with(b"PK\x03\x04") {
+        zip_files(bytes)
+    } else if bytes.starts_with(&[0x1f, 0x8b]) {
+        tar_files(flate2::read::GzDecoder::new(bytes))
+    } else {
+        tar_files(bytes)
+    }
+}
+
+pub fn is_archive(bytes: &[u8]) -> bool {
+    bytes.starts_with(b"PK\x03\x04")
+        || bytes.starts_with(&[0x1f, 0x8b])
+        || bytes.get(257..262) == Some(b"ustar")
+}
+
+/// `name` and `description` from SKILL.md's frontmatter.
+fn frontmatter(text: &str) -> ApiResult<(String, String)> {
+    let body = text
+        .strip_prefix("---")
+        .and_then(|t| t.split_once("\n---"))
+        .map(|(fm, _)| fm)
+        .ok_or_else(|| {
+            ApiError::invalid("files: SKILL.md must start with a --- frontmatter block")
+        })?;
+    let field = |k: &str| {
+        body.lines()
+            .find_map(|l| l.strip_prefix(&format!("{k}:")))
+            .map(|v| v.trim().trim_matches('"').to_string())
+    };
+    let name = field("name").unwrap_or_default();
+    let slug = (1..=64).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+    if !slug {
+        return Err(ApiError::invalid(
+            "files: SKILL.md frontmatter needs name: 1-64 of a-z 0-9 -",
+        ));
+    }
+    Ok((name, field("description").unwrap_or_default()))
+}
+
+/// Checks an upload and returns (name, description, files relative to
+/// the skill's directory).
+fn validate(files: Vec<File>) -> ApiResult<(String, String, Vec<File>)> {
+    let total: usize = files.iter().map(|f| f.data.len()).sum();
+    if files.is_empty() || total > MAX_UPLOAD {
+        return Err(ApiError::invalid(format!(
+            "files: 1 or more files, at most {MAX_UPLOAD} bytes in all"
+        )));
+    }
+    if let Some(f) = files
+        .iter()
+        .find(|f| safe_path(&f.path).as_deref() != Some(f.path.as_str()))
+    {
+        return Err(ApiError::invalid(format!(
+            "files: unsafe path {:?}",
+            f.path
+        )));
+    }
+    let top = files[0]
+        .path
+        .split('/')
+        .next()
+        .unwrap_or_default()
+        .to_string();
+    let wrapped = files.iter().all(|f| f.path.starts_with(&format!("{top}/")));
+    let files: Vec<File> = files
+        .into_iter()
+        .map(|f| File {
+            path: if wrapped {
+                f.path[top.len() + 1..].to_string()
+            } else {
+                f.path
+            },
+            ..f
+        })
+        .collect();
+    let skill_md = files.iter().find(|f| f.path == "SKILL.md").ok_or_else(|| {
+        ApiError::invalid("files: a SKILL.md at the root of the skill's directory")
+    })?;
+    let (name, description) = frontmatter(&String::from_utf8_lossy(&skill_md.data))?;
+    Ok((name, description, files))
+}
+
+/// A tar archive of `files` under `<name>/`.
+fn archive(name: &str, files: &[File]) -> ApiResult<Vec<u8>> {
+    let mut b = tar::Builder::new(Vec::new());
+    for f in files {
+        let mut h = tar::Header::new_ustar();
+        h.set_size(f.data.len() as u64);
+        h.set_mode(if f.executable { 0o755 } else { 0o644 });
+        h.set_mtime(0);
+        b.append_data(&mut h, format!("{name}/{}", f.path), f.data.as_slice())
+            .map_err(|e| ApiError::invalid(format!("files: {}: {e}", f.path)))?;
+    }
+    b.into_inner()
+        .map_err(|e| ApiError::internal(e.to_string()))
+}
+
+impl Agents {
+    async fn put_version(&self, skill: &str, files: Vec<File>) -> ApiResult<Value> {
+        let (name, description, files) = validate(files)?;
+        let tar = archive(&name, &files)?;
+        let version = sandstone_api::timefmt::now_us().to_string();
+        let doc = json!({
+            "type": "skill_version", "id": new_id("skillver"), "skill_id": skill, "version": version,
+            "name": name, "description": description, "directory": name, "created_at": now(),
+        });
+        let stored =
+            json!({"doc": doc, "archive": base64::engine::general_purpose::STANDARD.encode(&tar)});
+        self.persist(VERSION, &str_of(&doc, "id"), &stored).await?;
+        self.state
+            .lock()
+            .unwrap()
+            .skill_versions
+            .insert(str_of(&doc, "id"), (doc.clone(), tar));
+        Ok(doc)
+    }
+
+    pub async fn create_skill(
+        &self,
+        files: Vec<File>,
+        display_name: Option<String>,
+    ) -> ApiResult<Value> {
+        let id = new_id("skill");
+        let version = self.put_version(&id, files).await?;
+        let t = now();
+        let doc = json!({
+            "type": "skill", "id": id,
+            "display_name": display_name.unwrap_or_else(|| str_of(&version, "name")),
+            "latest_version": version["version"], "latest_version_id": version["id"],
+            "source": {"type": "custom"}, "created_at": t, "updated_at": t,
+        });
+        self.persist(SKILL, &id, &doc).await?;
+        self.state.lock().unwrap().skills.insert(id, doc.clone());
+        Ok(doc)
+    }
+
+    pub async fn create_skill_version(&self, id: &str, files: Vec<File>) -> ApiResult<Value> {
+        let mut skill = self.skill(id)?;
+        let version = self.put_version(id, files).await?;
+        skill["latest_version"] = version["version"].clone();
+        skill["latest_version_id"] = version["id"].clone();
+        skill["updated_at"] = json!(now());
+        self.persist(SKILL, id, &skill).await?;
+        self.state
+            .lock()
+            .unwrap()
+            .skills
+            .insert(id.to_string(), skill);
+        Ok(version)
+    }
+
+    pub fn skill(&self, id: &str) -> ApiResult<Value> {
+        let st = self.state.lock().unwrap();
+        st.skills
+            .get(id)
+            .cloned()
+            .ok_or_else(|| ApiError::not_found("skill", id))
+    }
+
+    pub fn skills(&self) -> Vec<Value> {
+        let st = self.state.lock().unwrap();
+        let mut out: Vec<Value> = st.skills.values().cloned().collect();
+        out.sort_by(|a, b| b["created_at"].as_str().cmp(&a["created_at"].as_str()));
+        out
+    }
+
+    pub fn skill_versions(&self, id: &str) -> ApiResult<Vec<Value>> {
+        self.skill(id)?;
+        let st = self.state.lock().unwrap();
+        let mut out: Vec<Value> = st
+            .skill_versions
+            .values()
+            .filter(|(v, _)| v["skill_id"] == id)
+            .map(|(v, _)| v.clone())
+            .collect();
+        out.sort_by(|a, b| b["version"].as_str().cmp(&a["version"].as_str()));
+        Ok(out)
+    }
+
+    /// A version by id, by version string, or `latest`.
+    pub fn skill_version(&self, id: &str, version: &str) -> ApiResult<(Value, Vec<u8>)> {
+        let skill = self.skill(id)?;
+        let want = if version == "latest" {
+            str_of(&skill, "latest_version_id")
+        } else {
+            version.to_string()
+        };
+        let st = self.state.lock().unwrap();
+        st.skill_versions
+            .values()
+            .find(|(v, _)| v["skill_id"] == id && (v["id"] == want || v["version"] == want))
+            .cloned()
+            .ok_or_else(|| ApiError::not_found("skill version", &format!("{id}/{version}")))
+    }
+
+    pub async fn delete_skill(&self, id: &str) -> ApiResult<Value> {
+        let versions = self.skill_versions(id)?;
+        for v in &versions {
+            self.store.delete_doc(VERSION, &str_of(v, "id")).await?;
+        }
+        self.store.delete_doc(SKILL, id).await?;
+        let mut st = self.state.lock().unwrap();
+        st.skills.remove(id);
+        st.skill_versions.retain(|_, (v, _)| v["skill_id"] != id);
+        Ok(json!({"id": id, "type": "skill_deleted"}))
+    }
+
+    /// Resolves an agent's `skills` to concrete versions.
+    pub(crate) fn resolve_skills(&self, v: &Value) -> ApiResult<Value> {
+        v.as_array()
+            .into_iter()
+            .flatten()
+            .enumerate()
+            .map(|(i, s)| {
+                let at = format!("skills[{i}]");
+                if s["type"] != "custom" {
+                    return Err(ApiError::invalid(format!(
+                        "{at}.type: custom (Anthropic's prebuilt skills exist only on the hosted service; upload them as custom skills)"
+                    )));
+                }
+                let id = s["skill_id"].as_str().unwrap_or_default();
+                let want = s["version"].as_str().unwrap_or("latest");
+                let (version, _) = self
+                    .skill_version(id, want)
+                    .map_err(|_| ApiError::invalid(format!("{at}: skill {id} version {want} does not exist")))?;
+                Ok(json!({"type": "custom", "skill_id": id, "version": version["version"]}))
+            })
+            .collect::<ApiResult<Vec<_>>>()
+            .map(Value::Array)
+    }
+}
+
+/// Loads a stored version: its document and archive.
+pub fn load_version(stored: &Value) -> Option<(String, (Value, Vec<u8>))> {
+    let tar = base64::engine::general_purpose::STANDARD
+        .decode(stored["archive"].as_str()?)
+        .ok()?;
+    Some((str_of(&stored["doc"], "id"), (stored["doc"].clone(), tar)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn file(path: &str, data: &str) -> File {
+        File {
+            path: path.into(),
+            data: data.as_bytes().to_vec(),
+            executable: path.ends_with(".sh"),
+        }
+    }
+
+    #[test]
+    fn uploads_are_checked_and_rewrapped() {
+        let skill = "---\nname: hello-skill\ndescription: says hello\n---\nbody";
+        let (name, desc, files) = validate(vec![
+            file("x/SKILL.md", skill),
+            file("x/bin/run.sh", "echo"),
+        ])
+        .unwrap();
+        assert_eq!(
+            (name.as_str(), desc.as_str()),
+            ("hello-skill", "says hello")
+        );
+        let tar = archive(&name, &files).unwrap();
+        let back = expand(&tar).unwrap();
+        let paths: Vec<(&str, bool)> = back
+            .iter()
+            .map(|f| (f.path.as_str(), f.executable))
+            .collect();
+        assert_eq!(
+            paths,
+            vec![
+                ("hello-skill/SKILL.md", false),
+                ("hello-skill/bin/run.sh", true)
+            ]
+        );
+        assert!(is_archive(&tar));
+        assert!(
+            safe_path("../etc/passwd").is_none()
+                && safe_path("/abs").is_none()
+                && safe_path("a//b").is_none()
+        );
+        assert!(validate(vec![file("x/README", "no skill")]).is_err());
+        assert!(validate(vec![file("../SKILL.md", skill)]).is_err());
+        assert!(validate(vec![file("SKILL.md", "---\nname: Bad Name\n---\n")]).is_err());
+    }
+}

@@ -1,0 +1,70 @@
+"""Skills through the official Anthropic SDK against Sandstone: upload as
+files, add a version as a gzipped tar (an executable kept executable), attach
+to an agent, and download into a workdir the way the SDK's worker does.
+
+env: ANTHROPIC_BASE_URL, ANTHROPIC_API_KEY, SANDSTONE_ENV_ID, WORKDIR
+"""
+import asyncio
+import io
+import os
+import stat
+import sys
+import tarfile
+
+import anthropic
+from anthropic.lib.tools._skills import download_session_skills
+
+SKILL_MD = b"---\nname: hello-skill\ndescription: Says hello.\n---\nRun run.sh.\n"
+
+
+def fail(msg):
+    print("FAIL: " + msg, file=sys.stderr)
+    sys.exit(1)
+
+
+def targz():
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as t:
+        for name, data, mode in [("hello-skill/SKILL.md", SKILL_MD, 0o644),
+                                 ("hello-skill/run.sh", b"#!/bin/sh\necho hello v2\n", 0o755),
+                                 ("hello-skill/../escape", b"x", 0o644)]:
+            if ".." in name:
+                continue
+            info = tarfile.TarInfo(name)
+            info.size, info.mode = len(data), mode
+            t.addfile(info, io.BytesIO(data))
+    return buf.getvalue()
+
+
+async def main():
+    client = anthropic.Anthropic()
+    skill = client.beta.skills.create(files=[("hello-skill/SKILL.md", SKILL_MD),
+                                             ("hello-skill/run.sh", b"echo hello v1\n")])
+    if skill.display_name != "hello-skill" or not skill.id.startswith("skill_"):
+        fail(f"created skill: {skill}")
+    v2 = client.beta.skills.versions.create(skill.id, files=[("skill.tar.gz", targz())])
+    got = client.beta.skills.versions.retrieve("latest", skill_id=skill.id)
+    if got.id != v2.id or got.name != "hello-skill":
+        fail(f"latest version: {got} vs {v2}")
+    versions = list(client.beta.skills.versions.list(skill.id))
+    if len(versions) != 2:
+        fail(f"versions: {versions}")
+    agent = client.beta.agents.create(name="skilled", model="scripted-e2e",
+                                      skills=[{"type": "custom", "skill_id": skill.id}])
+    if agent.skills[0].version != v2.version:
+        fail(f"agent skill version not resolved: {agent.skills}")
+    session = client.beta.sessions.create(agent=agent.id, environment_id=os.environ["SANDSTONE_ENV_ID"])
+    aclient = anthropic.AsyncAnthropic()
+    dirs = await download_session_skills(aclient, workdir=os.environ["WORKDIR"], session=session)
+    root = os.path.join(os.environ["WORKDIR"], "skills", "hello-skill")
+    if [str(d) for d in dirs] != [os.path.realpath(root)]:
+        fail(f"downloaded: {dirs}")
+    run = os.path.join(root, "run.sh")
+    if open(run).read() != "#!/bin/sh\necho hello v2\n" or not os.stat(run).st_mode & stat.S_IXUSR:
+        fail("run.sh is not v2 or not executable")
+    if os.path.exists(os.path.join(os.environ["WORKDIR"], "skills", "escape")):
+        fail("a path escaped the skill directory")
+    print("skills OK")
+
+
+asyncio.run(main())
