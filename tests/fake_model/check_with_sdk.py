@@ -1,7 +1,7 @@
 """Checks the fake model (server.py) against the official `anthropic` SDK, so
 the fake stays faithful to what real clients parse.
 
-usage: /tmp/anth-venv/bin/python check_with_sdk.py
+usage: <python with anthropic installed> check_with_sdk.py  (scripts/test.sh: $SANDSTONE_SDK_PYTHON)
   (any Python with the `anthropic` package installed)
 
 Prints `fake model OK` and exits 0, or exits non-zero naming the mismatch.

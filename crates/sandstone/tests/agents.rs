@@ -1191,3 +1191,31 @@ async fn skills_upload_version_and_download_through_the_sdk() {
         "{v}"
     );
 }
+
+/// The scripted model is itself checked against the official SDK's
+/// `messages.create` and `messages.stream`, so the loop is tested against
+/// a faithful fake.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_fake_model_satisfies_the_official_sdk() {
+    let Ok(python) = std::env::var("SANDSTONE_SDK_PYTHON") else {
+        eprintln!("skipped: SANDSTONE_SDK_PYTHON is not set (scripts/test.sh sets it up)");
+        return;
+    };
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../tests/fake_model/check_with_sdk.py"
+    );
+    let out = tokio::process::Command::new(python)
+        .arg(script)
+        .output()
+        .await
+        .unwrap();
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(
+        out.status.success() && stdout.contains("fake model OK"),
+        "{stdout}\n{stderr}"
+    );
+}
