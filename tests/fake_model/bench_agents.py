@@ -56,11 +56,11 @@ def row(label, values_ns, base=None):
     """One latency line: p50/p99 in ms and, given a baseline p50, the ratio."""
     p50, p99 = ms(pct(values_ns, 50)), ms(pct(values_ns, 99))
     ratio = f"  ({p50 / base:5.1f}x baseline p50)" if base else ""
-    print(f"{label:<48} p50 {p50:8.3f} ms  p99 {p99:8.3f} ms  n={len(values_ns)}{ratio}", flush=True)
+    print(f"{label:<52} p50 {p50:8.3f} ms  p99 {p99:8.3f} ms  n={len(values_ns)}{ratio}", flush=True)
 
 
 def line(label, text):
-    print(f"{label:<48} {text}", flush=True)
+    print(f"{label:<52} {text}", flush=True)
 
 
 def rss_kib(pid):
@@ -612,7 +612,7 @@ def main():
     visible, posts, turns = event_latency(api, host, port, admin, agent, a.sends)
     row("send -> user.message frame on the stream", visible, base)
     row("  POST /events round trip (same sends)", posts, base)
-    row("  send -> session.status_idle (whole turn)", turns, base)
+    row("  send -> session.status_idle (whole turn)", turns)
     cpu.report()
 
     print(f"== 3. {a.pollers} idle long-pollers (block_ms=999, keep-alive, re-polling) for {a.hold} s, empty queue")
@@ -649,7 +649,7 @@ def main():
     for sid, e in errors[:5]:
         fail(f"session {sid}: {e}")
     if per:
-        row("per-session send -> idle (end_turn)", per, base)
+        row("per-session send -> idle (end_turn)", per)
     cpu.report()
 
     print("== daemon")

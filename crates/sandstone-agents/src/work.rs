@@ -116,7 +116,9 @@ impl Agents {
             },
         );
         self.save_work(&id).await?;
-        self.queue_wake(env).notify_waiters();
+        // One item, one poller: waking them all would only have the rest
+        // find nothing.
+        self.queue_wake(env).notify_one();
         Ok(doc)
     }
 
@@ -139,10 +141,10 @@ impl Agents {
         self.environment(env)?;
         if let Some(w) = &p.worker {
             let mut st = self.state.lock().unwrap();
-            st.pollers
-                .entry(env.to_string())
-                .or_default()
-                .insert(w.clone(), Instant::now());
+            let pollers = st.pollers.entry(env.to_string()).or_default();
+            // Workers that stopped polling are forgotten.
+            pollers.retain(|_, t| t.elapsed() < POLLING_WINDOW);
+            pollers.insert(w.clone(), Instant::now());
         }
         let deadline = Instant::now() + p.block.unwrap_or_default();
         let wake = self.queue_wake(env);
