@@ -42,18 +42,26 @@ const LEAF_REUSE: Duration = Duration::from_secs(6 * 24 * 3600);
 const MAX_LEAVES: usize = 4096;
 const DIAL_TIMEOUT: Duration = Duration::from_secs(10);
 const UPSTREAM_READ_BUF: usize = 256 << 10;
-/// Idle upstream HTTP/1.1 connections kept per intercepted connection.
+/// Idle upstream HTTP/1.1 connections kept per sandbox and origin, and for
+/// how long: a sandbox's next connection to the same origin (each `curl`
+/// or `git` command opens one) skips the upstream handshake.
 const MAX_IDLE_UPSTREAM: usize = 8;
+const UPSTREAM_IDLE: Duration = Duration::from_secs(30);
+const MAX_POOLS: usize = 4096;
 
 fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::aws_lc_rs::default_provider())
 }
+
+/// Upstream connections are shared only within one sandbox, never across.
+type PoolKey = (String, String, SocketAddr, bool);
 
 pub struct Interceptor {
     issuer: rcgen::Issuer<'static, rcgen::KeyPair>,
     ca_der: CertificateDer<'static>,
     leaves: Mutex<HashMap<String, (Instant, Arc<ServerConfig>)>>,
     upstream_tls: Arc<ClientConfig>,
+    pools: Mutex<HashMap<PoolKey, Pool>>,
 }
 
 impl Interceptor {
@@ -85,7 +93,16 @@ impl Interceptor {
             ca_der,
             leaves: Mutex::new(HashMap::new()),
             upstream_tls: Arc::new(upstream),
+            pools: Mutex::new(HashMap::new()),
         })
+    }
+
+    fn pool(&self, key: PoolKey) -> Pool {
+        let mut pools = self.pools.lock().unwrap();
+        if pools.len() >= MAX_POOLS {
+            pools.retain(|_, p| Arc::strong_count(p) > 1);
+        }
+        pools.entry(key).or_default().clone()
     }
 
     /// The TLS server configuration presenting a leaf for `host`.
@@ -157,7 +174,7 @@ impl Interceptor {
                 target,
                 host: host.clone(),
                 tls: tls.then(|| self.upstream_tls.clone()),
-                idle: Mutex::default(),
+                idle: self.pool((flow.sandbox.id.clone(), host.clone(), target, tls)),
             },
         });
         let outcome = if tls {
@@ -386,13 +403,21 @@ enum Sender {
     H2(client2::SendRequest<Incoming>),
 }
 
-/// The connections to one upstream made for one intercepted connection:
-/// one multiplexed HTTP/2 connection, or a few HTTP/1.1 ones.
+/// An idle upstream connection and when it was last used.
+struct Idle {
+    since: Instant,
+    sender: Sender,
+}
+
+type Pool = Arc<Mutex<Vec<Idle>>>;
+
+/// The connections to one origin for one sandbox: one multiplexed HTTP/2
+/// connection, or a few HTTP/1.1 ones.
 struct Upstream {
     target: SocketAddr,
     host: String,
     tls: Option<Arc<ClientConfig>>,
-    idle: Mutex<Vec<Sender>>,
+    idle: Pool,
 }
 
 impl Upstream {
@@ -442,19 +467,25 @@ impl Upstream {
     async fn sender(&self) -> Result<Sender, String> {
         {
             let mut idle = self.idle.lock().unwrap();
-            idle.retain(|s| match s {
-                Sender::H1(s) => !s.is_closed(),
-                Sender::H2(s) => !s.is_closed(),
+            idle.retain(|i| {
+                i.since.elapsed() < UPSTREAM_IDLE
+                    && match &i.sender {
+                        Sender::H1(s) => !s.is_closed(),
+                        Sender::H2(s) => !s.is_closed(),
+                    }
             });
-            let ready = idle.iter().position(|s| match s {
+            let ready = idle.iter().position(|i| match &i.sender {
                 Sender::H1(s) => s.is_ready(),
                 Sender::H2(s) => s.is_ready(),
             });
             if let Some(i) = ready {
-                return Ok(match idle.swap_remove(i) {
+                return Ok(match idle.swap_remove(i).sender {
                     Sender::H2(s) => {
                         // HTTP/2 is shared: leave a handle for others.
-                        idle.push(Sender::H2(s.clone()));
+                        idle.push(Idle {
+                            since: Instant::now(),
+                            sender: Sender::H2(s.clone()),
+                        });
                         Sender::H2(s)
                     }
                     h1 => h1,
@@ -465,11 +496,18 @@ impl Upstream {
     }
 
     fn give_back(&self, s: Sender) {
-        if let Sender::H1(_) = s {
-            let mut idle = self.idle.lock().unwrap();
-            if idle.len() < MAX_IDLE_UPSTREAM {
-                idle.push(s);
-            }
+        let mut idle = self.idle.lock().unwrap();
+        let h2_held = idle.iter().any(|i| matches!(i.sender, Sender::H2(_)));
+        let keep = match s {
+            Sender::H1(_) => idle.len() < MAX_IDLE_UPSTREAM,
+            // A new HTTP/2 connection is shared from now on.
+            Sender::H2(_) => !h2_held,
+        };
+        if keep {
+            idle.push(Idle {
+                since: Instant::now(),
+                sender: s,
+            });
         }
     }
 
