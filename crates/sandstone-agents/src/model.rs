@@ -135,10 +135,20 @@ fn find_frame_end(buf: &[u8]) -> Option<usize> {
 /// Applies one stream event; `true` at `message_stop`.
 fn apply(a: &mut Answer, partial: &mut Vec<String>, ev: &Value) -> Result<bool, ModelError> {
     match ev["type"].as_str() {
-        Some("message_start") => a.usage = ev["message"]["usage"].clone(),
-        Some("content_block_start") => {
+        // Shapes are checked before use: a malformed stream is an error
+        // for this turn, never a panic of the session's driver.
+        Some("message_start") if ev["message"]["usage"].is_object() => {
+            a.usage = ev["message"]["usage"].clone()
+        }
+        Some("content_block_start") if ev["content_block"].is_object() => {
             a.content.push(ev["content_block"].clone());
             partial.push(String::new());
+        }
+        Some("content_block_start") => {
+            return Err(failed(
+                None,
+                "model stream: a content block that is not an object",
+            ));
         }
         Some("content_block_delta") => {
             let i = ev["index"].as_u64().unwrap_or(0) as usize;
@@ -176,9 +186,9 @@ fn apply(a: &mut Answer, partial: &mut Vec<String>, ev: &Value) -> Result<bool, 
             if let Some(r) = ev["delta"]["stop_reason"].as_str() {
                 a.stop_reason = r.to_string();
             }
-            if let Some(o) = ev["usage"].as_object() {
+            if let (Some(o), Some(usage)) = (ev["usage"].as_object(), a.usage.as_object_mut()) {
                 for (k, v) in o {
-                    a.usage[k] = v.clone();
+                    usage.insert(k.clone(), v.clone());
                 }
             }
         }
@@ -194,4 +204,58 @@ fn apply(a: &mut Answer, partial: &mut Vec<String>, ev: &Value) -> Result<bool, 
         _ => {}
     }
     Ok(false)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(events: &[Value]) -> Result<Answer, ModelError> {
+        let mut a = Answer {
+            content: Vec::new(),
+            stop_reason: String::new(),
+            usage: json!({}),
+        };
+        let mut partial = Vec::new();
+        for ev in events {
+            if apply(&mut a, &mut partial, ev)? {
+                return Ok(a);
+            }
+        }
+        Err(failed(None, "no message_stop"))
+    }
+
+    #[test]
+    fn a_stream_is_assembled_and_malformed_ones_are_errors() {
+        let a = run(&[
+            json!({"type": "message_start", "message": {"usage": {"input_tokens": 5}}}),
+            json!({"type": "content_block_start", "index": 0, "content_block": {"type": "tool_use", "id": "t", "name": "bash", "input": {}}}),
+            json!({"type": "content_block_delta", "index": 0, "delta": {"type": "input_json_delta", "partial_json": "{\"comm"}}),
+            json!({"type": "content_block_delta", "index": 0, "delta": {"type": "input_json_delta", "partial_json": "and\": \"ls\"}"}}),
+            json!({"type": "content_block_stop", "index": 0}),
+            json!({"type": "message_delta", "delta": {"stop_reason": "tool_use"}, "usage": {"output_tokens": 7}}),
+            json!({"type": "message_stop"}),
+        ])
+        .unwrap();
+        assert_eq!(a.content[0]["input"], json!({"command": "ls"}));
+        assert_eq!(
+            (a.stop_reason.as_str(), &a.usage),
+            ("tool_use", &json!({"input_tokens": 5, "output_tokens": 7}))
+        );
+        for bad in [
+            vec![json!({"type": "content_block_start", "index": 0, "content_block": "text"})],
+            vec![
+                json!({"type": "content_block_delta", "index": 3, "delta": {"type": "text_delta", "text": "x"}}),
+            ],
+            vec![
+                json!({"type": "message_start", "message": {"usage": 3}}),
+                json!({"type": "message_delta", "delta": {}, "usage": {"output_tokens": 1}}),
+                json!({"type": "content_block_start", "index": 0, "content_block": {"type": "tool_use"}}),
+                json!({"type": "content_block_delta", "index": 0, "delta": {"type": "input_json_delta", "partial_json": "{"}}),
+                json!({"type": "content_block_stop", "index": 0}),
+            ],
+        ] {
+            assert!(run(&bad).is_err(), "{bad:?}");
+        }
+    }
 }

@@ -89,7 +89,15 @@ pub fn drive(agents: Arc<Agents>, session: &str) {
     };
     if start {
         let id = session.to_string();
-        tokio::spawn(async move { run(agents, id).await });
+        tokio::spawn(async move {
+            // A driver that dies must not leave the session marked driven
+            // forever: the next event starts a new one.
+            let driver = tokio::spawn(run(agents.clone(), id.clone()));
+            if driver.await.is_err() {
+                tracing::error!(session = %id, "agent loop failed");
+                agents.stop_driving(&id);
+            }
+        });
     }
 }
 
