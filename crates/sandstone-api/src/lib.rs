@@ -63,6 +63,11 @@ pub struct SandboxConfig {
     /// absent means `block-all`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub network: Option<serde_json::Value>,
+    /// Sandstone extension: labels for the caller's bookkeeping (say, the
+    /// agent session a sandbox serves), listed with the sandbox and
+    /// filterable (`GET /sandboxes?metadata.<key>=<value>`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub metadata: BTreeMap<String, String>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -111,6 +116,8 @@ pub struct SandboxSummary {
     pub status: String,
     pub paused: bool,
     pub runtime_generation: i64,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub metadata: BTreeMap<String, String>,
     /// Sandstone extension: bytes the sandbox's files occupy.
     #[serde(default)]
     pub disk_bytes: u64,

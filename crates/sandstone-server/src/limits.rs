@@ -101,10 +101,31 @@ pub const MAX_TTL: u64 = 10 * 365 * 24 * 3600;
 /// 0 disables).
 pub fn check_config(config: &sandstone_api::SandboxConfig) -> Result<(), ApiError> {
     env_vars("config.env_vars", &config.env_vars)?;
+    metadata(&config.metadata)?;
     for (field, v) in [("ttl", config.ttl), ("hard_ttl", config.hard_ttl)] {
         if v.is_some_and(|v| v > MAX_TTL) {
             return Err(ApiError::bad_request(format!(
                 "invalid field `config.{field}`: at most {MAX_TTL} seconds"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// At most 16 labels; keys 1-64 of `[A-Za-z0-9._/-]`, values up to 512 bytes.
+fn metadata(m: &std::collections::BTreeMap<String, String>) -> Result<(), ApiError> {
+    if m.len() > 16 {
+        return Err(ApiError::bad_request(
+            "invalid field `config.metadata`: at most 16 pairs",
+        ));
+    }
+    for (k, v) in m {
+        let key_ok = (1..=64).contains(&k.len())
+            && k.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"._/-".contains(&b));
+        if !key_ok || v.len() > 512 {
+            return Err(ApiError::bad_request(format!(
+                "invalid field `config.metadata.{k}`: keys are 1-64 of A-Z a-z 0-9 . _ / -, values at most 512 bytes"
             )));
         }
     }

@@ -529,3 +529,53 @@ async fn file_watch_streams_events_over_websocket() {
     }
     assert_eq!(seen[0], "/workspace/sub");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sandboxes_carry_metadata_that_lists_filter_on() {
+    let d = Daemon::start().await;
+    let id = d
+        .create(json!({"metadata": {"session": "sesn_1", "owner": "ci"}}))
+        .await;
+    let other = d.create(json!({"metadata": {"session": "sesn_2"}})).await;
+    let listed = |q: &'static str| {
+        let d = &d;
+        async move {
+            let (_, v) = d.get(&format!("/api/v1/sandboxes{q}")).await;
+            v["data"]["sandboxes"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|s| s["id"].as_str().unwrap().to_string())
+                .collect::<Vec<_>>()
+        }
+    };
+    assert_eq!(listed("?metadata.session=sesn_1").await, vec![id.clone()]);
+    assert_eq!(
+        listed("?metadata.session=sesn_1&metadata.owner=nobody").await,
+        Vec::<String>::new()
+    );
+    assert!(listed("").await.contains(&other));
+    let (_, v) = d.get(&format!("/api/v1/sandboxes/{id}")).await;
+    assert_eq!(v["data"]["config"]["metadata"]["owner"], "ci", "{v}");
+    // Updates merge; an empty value removes a key.
+    let (s, v) = d
+        .req(
+            reqwest::Method::PUT,
+            &format!("/api/v1/sandboxes/{id}"),
+            Some(json!({"config": {"metadata": {"owner": "", "stage": "2"}}})),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    let (_, v) = d.get(&format!("/api/v1/sandboxes/{id}")).await;
+    assert_eq!(
+        v["data"]["config"]["metadata"],
+        json!({"session": "sesn_1", "stage": "2"}),
+        "{v}"
+    );
+    d.rejects(
+        "/api/v1/sandboxes",
+        json!({"template": "host", "config": {"metadata": {"bad key": "x"}}}),
+        "config.metadata",
+    )
+    .await;
+}

@@ -145,7 +145,7 @@ impl Lifecycle {
         }
     }
 
-    /// Changes `ttl`, `hard_ttl` and `auto_resume`, under the sandbox's
+    /// Changes `ttl`, `hard_ttl`, `auto_resume` and `metadata`, under the sandbox's
     /// lock so a concurrent policy change is not lost.
     pub async fn update_config(&self, id: &str, new: SandboxConfig) -> ApiResult<SandboxRow> {
         limits::check_config(&new)?;
@@ -155,6 +155,15 @@ impl Lifecycle {
         config.ttl = new.ttl.or(config.ttl);
         config.hard_ttl = new.hard_ttl.or(config.hard_ttl);
         config.auto_resume = new.auto_resume.or(config.auto_resume);
+        // Labels merge: a key set replaces its value, an empty value drops it.
+        for (k, v) in new.metadata {
+            if v.is_empty() {
+                config.metadata.remove(&k);
+            } else {
+                config.metadata.insert(k, v);
+            }
+        }
+        limits::check_config(&config)?;
         let value = serde_json::to_value(&config).map_err(internal)?;
         self.store.set_config(id, &value).await?;
         self.row(id).await

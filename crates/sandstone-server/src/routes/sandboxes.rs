@@ -125,6 +125,12 @@ pub async fn list(
         .into_iter()
         .filter(|r| q.get("status").is_none_or(|s| *s == r.status))
         .filter(|r| q.get("template_id").is_none_or(|t| *t == r.template))
+        .filter(|r| {
+            let labels = crate::lifecycle::config_of(r).metadata;
+            q.iter()
+                .filter_map(|(k, v)| Some((k.strip_prefix("metadata.")?, v)))
+                .all(|(k, v)| labels.get(k) == Some(v))
+        })
         .collect();
     let total = rows.len();
     let page: Vec<_> = rows
@@ -137,6 +143,7 @@ pub async fn list(
             status: r.status.clone(),
             paused: r.status == "paused",
             runtime_generation: r.generation,
+            metadata: crate::lifecycle::config_of(r).metadata,
             disk_bytes: st.lifecycle.storage.disk_usage(&r.id),
             created_at: rfc3339_ms(r.created_at),
             updated_at: rfc3339_ms(r.updated_at),
