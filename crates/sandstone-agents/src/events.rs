@@ -208,6 +208,17 @@ impl Agents {
         session: &str,
         events: Vec<Value>,
     ) -> ApiResult<Vec<Value>> {
+        // One sender at a time per session: two results for one call must
+        // not both pass the check below.
+        let senders = {
+            let st = self.state.lock().unwrap();
+            let s = st
+                .sessions
+                .get(session)
+                .ok_or_else(|| ApiError::not_found("session", session))?;
+            s.senders.clone()
+        };
+        let _turn = senders.lock().await;
         {
             let st = self.state.lock().unwrap();
             let s = st

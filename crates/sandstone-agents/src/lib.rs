@@ -70,6 +70,8 @@ struct Session {
     wake: Arc<Notify>,
     /// Cancels its model request (`user.interrupt`).
     cancel: Arc<Notify>,
+    /// Serialises clients' and workers' sends to this session.
+    senders: Arc<tokio::sync::Mutex<()>>,
     driving: bool,
 }
 
@@ -218,6 +220,7 @@ impl Session {
             live: broadcast::channel(1024).0,
             wake: Arc::new(Notify::new()),
             cancel: Arc::new(Notify::new()),
+            senders: Arc::default(),
             driving: false,
         }
     }

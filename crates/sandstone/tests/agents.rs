@@ -693,15 +693,15 @@ async fn the_agent_loop_asks_retries_stops_and_survives_a_restart() {
         "every event survived the restart"
     );
     let result = json!({"events": [{"type": "user.tool_result", "tool_use_id": call["id"], "content": [{"type": "text", "text": "asked\n"}]}]});
-    let (s, _, _) = v1(
-        &d,
-        &d.token,
-        Method::POST,
-        &format!("/sessions/{sid}/events"),
-        Some(result.clone()),
-    )
-    .await;
-    assert_eq!(s, 200);
+    // The same result sent twice at once: one is taken, one refused.
+    let path = format!("/sessions/{sid}/events");
+    let (a, b) = tokio::join!(
+        v1(&d, &d.token, Method::POST, &path, Some(result.clone())),
+        v1(&d, &d.token, Method::POST, &path, Some(result.clone()))
+    );
+    let mut statuses = [a.0, b.0];
+    statuses.sort();
+    assert_eq!(statuses, [200, 409]);
     let evs = idle_with(&d, &sid, "end_turn").await;
     let last_text = evs
         .iter()
