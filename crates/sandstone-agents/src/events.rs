@@ -250,7 +250,7 @@ impl Agents {
         }
         if message {
             let env = self.session_environment(session).unwrap_or_default();
-            self.queue_work_if_idle(&env, session).await?;
+            self.queue_work(&env, session).await?;
         }
         crate::turn::drive(self.clone(), session);
         Ok(out)

@@ -96,8 +96,10 @@ impl Agents {
         self.persist(WORK, id, &saved).await
     }
 
-    /// Queues a new work item for `session`.
-    pub(crate) async fn queue_work(&self, env: &str, session: &str) -> ApiResult<Value> {
+    /// Queues a new work item for `session`, unless it has a live one
+    /// (checked and inserted under one lock: a session never gets two).
+    /// Returns the new item.
+    pub(crate) async fn queue_work(&self, env: &str, session: &str) -> ApiResult<Option<Value>> {
         let id = new_id("work");
         let doc = json!({
             "type": "work", "id": id, "environment_id": env,
@@ -106,35 +108,28 @@ impl Agents {
             "created_at": now(), "acknowledged_at": null, "started_at": null,
             "latest_heartbeat_at": null, "stop_requested_at": null, "stopped_at": null,
         });
-        self.state.lock().unwrap().work.insert(
-            id.clone(),
-            Work {
+        {
+            let mut st = self.state.lock().unwrap();
+            if st
+                .work
+                .values()
+                .any(|w| w.doc["data"]["id"] == session && is_live(w))
+            {
+                return Ok(None);
+            }
+            let work = Work {
                 doc: doc.clone(),
                 token_hash: None,
                 claimed_at: None,
                 lease_until: None,
-            },
-        );
+            };
+            st.work.insert(id.clone(), work);
+        }
         self.save_work(&id).await?;
         // One item, one poller: waking them all would only have the rest
         // find nothing.
         self.queue_wake(env).notify_one();
-        Ok(doc)
-    }
-
-    /// Queues work for a session that has no live item (a message to a
-    /// session whose item ended).
-    pub(crate) async fn queue_work_if_idle(&self, env: &str, session: &str) -> ApiResult<()> {
-        let has_live = {
-            let st = self.state.lock().unwrap();
-            st.work
-                .values()
-                .any(|w| w.doc["data"]["id"] == session && is_live(w))
-        };
-        if !has_live {
-            self.queue_work(env, session).await?;
-        }
-        Ok(())
+        Ok(Some(doc))
     }
 
     pub async fn poll(&self, env: &str, p: &Poll) -> ApiResult<Value> {
@@ -428,7 +423,7 @@ impl Agents {
                 .session_status(&session)
                 .is_some_and(|s| s != "terminated");
             if requeue && alive {
-                let _ = self.queue_work_if_idle(&env, &session).await;
+                let _ = self.queue_work(&env, &session).await;
             }
         }
     }
