@@ -207,9 +207,22 @@ async fn handle(mut conn: TcpStream, peer: SocketAddr, egress: Arc<Egress>) {
         app,
     };
     let mut decision = policy.decide(&egress.operator, &c);
+    let tls = app == AppProtocol::Tls;
+    // Credential rules name hosts: such connections are terminated here.
+    let intercept = decision.allowed
+        && egress.interceptor.is_some()
+        && matches!(app, AppProtocol::Tls | AppProtocol::Http)
+        && flow
+            .host
+            .as_deref()
+            .is_some_and(|h| policy.injection.intercepts(h, dst.port(), tls));
     // A Host or SNI naming an allowed domain does not make an address the
-    // sandbox chose allowed: the proxy dials what the name resolves to.
-    let target = if decision.allowed && policy.rule_names_domains(decision.rule.as_deref()) {
+    // sandbox chose allowed: the proxy dials what the name resolves to. A
+    // terminated connection always does, whatever rule allowed it: a
+    // credential must reach the named host, not an address the sandbox
+    // paired with its name.
+    let by_name = intercept || policy.rule_names_domains(decision.rule.as_deref());
+    let target = if decision.allowed && by_name {
         match resolve_allowed(
             &egress,
             flow.host.as_deref().unwrap_or_default(),
@@ -242,11 +255,7 @@ async fn handle(mut conn: TcpStream, peer: SocketAddr, egress: Arc<Egress>) {
         flow.audit(&egress, &decision, reason.clone(), 0, 0);
         return refuse(conn, &flow, &reason).await;
     }
-    let tls = app == AppProtocol::Tls;
-    if let (Some(interceptor), Some(host)) = (&egress.interceptor, &flow.host)
-        && matches!(app, AppProtocol::Tls | AppProtocol::Http)
-        && policy.injection.intercepts(host, dst.port(), tls)
-    {
+    if let Some(interceptor) = egress.interceptor.as_ref().filter(|_| intercept) {
         let flow = Arc::new(flow);
         let (up, down) = interceptor
             .serve(egress.clone(), flow.clone(), conn, head, target)

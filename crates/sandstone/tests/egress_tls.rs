@@ -221,6 +221,21 @@ print(found or 'absent', len(paths) > 100)
     let r = d.run(&id, &["python3", "-c", &scan]).await;
     assert_eq!(r["stdout"], "absent True\n", "{r}");
 
+    // A plain-HTTP credential rule under allow-all: the request goes where
+    // the bound name resolves, not to the address the sandbox paired with
+    // its Host (here one where nothing listens).
+    let open = json!({"mode": "allow-all",
+        "egress": {"credentialRules": [{"name": "plain", "credentialRef": "git", "protocol": "http", "domains": ["api.test"]}]},
+        "credentialBindings": policy()["credentialBindings"]});
+    let plain = d.create(json!({"network": open})).await;
+    let r = d
+        .sh(
+            &plain,
+            &curl(&format!("-H 'Host: api.test' http://{}/auth", net.unused)),
+        )
+        .await;
+    assert_eq!(r["stdout"], "authorized\n rc=0\n", "{r}");
+
     // Every injection and refusal is audited, without the token.
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;
     let (_, v) = d
