@@ -40,37 +40,64 @@ impl Caller {
         }
     }
 
-    /// API keys, the environment's own key, or (when `session_ok`) a
-    /// sessions token of one of its items.
-    pub fn require_environment(
-        &self,
-        agents: &Agents,
-        env: &str,
-        session_ok: bool,
-    ) -> ApiResult<()> {
+    /// API keys or the environment's own key.
+    pub fn require_environment(&self, env: &str) -> ApiResult<()> {
         match self {
             Caller::Api => Ok(()),
             Caller::Environment(e) if e == env => Ok(()),
-            Caller::Session { work, .. }
-                if session_ok && agents.work_environment(work).as_deref() == Some(env) =>
-            {
-                Ok(())
-            }
             _ => Err(ApiError::forbidden(format!(
                 "this credential is not valid for environment {env}"
             ))),
         }
     }
 
+    /// As `require_environment`, or the sessions token that came with
+    /// this very work item (a token never acts on another item).
+    pub fn require_work(&self, env: &str, work: &str) -> ApiResult<()> {
+        match self {
+            Caller::Session { work: w, .. } if w == work => Ok(()),
+            Caller::Session { .. } => Err(ApiError::forbidden(format!(
+                "this sessions token is not valid for work {work}"
+            ))),
+            _ => self.require_environment(env),
+        }
+    }
+
     /// API keys, or the sessions token of a session the store is attached
-    /// to (environment keys are refused here, as the API does).
-    pub fn require_store(&self, agents: &Agents, store: &str) -> ApiResult<()> {
+    /// to (environment keys are refused here, as the API does); writes
+    /// need a `read_write` attachment.
+    pub fn require_store(&self, agents: &Agents, store: &str, write: bool) -> ApiResult<()> {
         match self {
             Caller::Api => Ok(()),
-            Caller::Session { session, .. } if agents.session_has_store(session, store) => Ok(()),
+            Caller::Session { session, .. } => match agents.store_access(session, store) {
+                Some(access) if !write || access == "read_write" => Ok(()),
+                Some(_) => Err(ApiError::forbidden(format!(
+                    "memory store {store} is attached read_only to this session"
+                ))),
+                None => Err(ApiError::forbidden(format!(
+                    "this credential is not valid for memory store {store}"
+                ))),
+            },
             _ => Err(ApiError::forbidden(format!(
                 "this credential is not valid for memory store {store}"
             ))),
+        }
+    }
+
+    /// API keys, or a worker serving a session whose agent uses the skill.
+    pub fn require_skill(&self, agents: &Agents, skill: &str) -> ApiResult<()> {
+        let uses = |session: &str| agents.session_uses_skill(session, skill);
+        let ok = match self {
+            Caller::Api => true,
+            Caller::Session { session, .. } => uses(session),
+            Caller::Environment(env) => agents.environment_sessions(env).iter().any(|s| uses(s)),
+        };
+        if ok {
+            Ok(())
+        } else {
+            Err(ApiError::forbidden(format!(
+                "this credential is not valid for skill {skill}"
+            )))
         }
     }
 

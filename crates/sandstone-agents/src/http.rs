@@ -199,7 +199,7 @@ async fn get_environment(
     Extension(c): Extension<Caller>,
     Path(id): Path<String>,
 ) -> ApiResult<Response> {
-    c.require_environment(&a, &id, false)?;
+    c.require_environment(&id)?;
     ok(a.environment(&id)?)
 }
 
@@ -266,7 +266,7 @@ async fn poll(
     RawQuery(q): RawQuery,
     headers: HeaderMap,
 ) -> ApiResult<Response> {
-    c.require_environment(&a, &env, false)?;
+    c.require_environment(&env)?;
     let q = Query::parse(q);
     let worker = headers
         .get("anthropic-worker-id")
@@ -281,7 +281,7 @@ async fn ack(
     Extension(c): Extension<Caller>,
     Path((env, id)): Path<(String, String)>,
 ) -> ApiResult<Response> {
-    c.require_environment(&a, &env, false)?;
+    c.require_environment(&env)?;
     ok(a.ack(&env, &id).await?)
 }
 
@@ -291,7 +291,7 @@ async fn heartbeat(
     Path((env, id)): Path<(String, String)>,
     RawQuery(q): RawQuery,
 ) -> ApiResult<Response> {
-    c.require_environment(&a, &env, true)?;
+    c.require_work(&env, &id)?;
     let q = Query::parse(q);
     let ttl = q
         .one("desired_ttl_seconds")
@@ -312,7 +312,7 @@ async fn stop(
     Path((env, id)): Path<(String, String)>,
     b: Bytes,
 ) -> ApiResult<Response> {
-    c.require_environment(&a, &env, true)?;
+    c.require_work(&env, &id)?;
     let force = match &body(&b)?["force"] {
         Value::Null => false,
         Value::Bool(f) => *f,
@@ -326,7 +326,7 @@ async fn work_stats(
     Extension(c): Extension<Caller>,
     Path(env): Path<String>,
 ) -> ApiResult<Response> {
-    c.require_environment(&a, &env, false)?;
+    c.require_environment(&env)?;
     ok(a.stats(&env)?)
 }
 
@@ -509,7 +509,7 @@ async fn get_store(
     Extension(c): Extension<Caller>,
     Path(id): Path<String>,
 ) -> ApiResult<Response> {
-    c.require_store(&a, &id)?;
+    c.require_store(&a, &id, false)?;
     ok(a.store(&id)?)
 }
 
@@ -558,7 +558,7 @@ async fn create_memory(
     RawQuery(q): RawQuery,
     b: Bytes,
 ) -> ApiResult<Response> {
-    c.require_store(&a, &store)?;
+    c.require_store(&a, &store, true)?;
     let full = full_view(&Query::parse(q), false)?;
     ok(crate::memory::view(
         &a.create_memory(&store, &body(&b)?).await?,
@@ -572,7 +572,7 @@ async fn list_memories(
     Path(store): Path<String>,
     RawQuery(q): RawQuery,
 ) -> ApiResult<Response> {
-    c.require_store(&a, &store)?;
+    c.require_store(&a, &store, false)?;
     let q = Query::parse(q);
     let depth = q
         .one("depth")
@@ -596,7 +596,7 @@ async fn get_memory(
     Path((store, id)): Path<(String, String)>,
     RawQuery(q): RawQuery,
 ) -> ApiResult<Response> {
-    c.require_store(&a, &store)?;
+    c.require_store(&a, &store, false)?;
     let full = full_view(&Query::parse(q), true)?;
     ok(crate::memory::view(&a.memory(&store, &id)?, full))
 }
@@ -608,7 +608,7 @@ async fn update_memory(
     RawQuery(q): RawQuery,
     b: Bytes,
 ) -> ApiResult<Response> {
-    c.require_store(&a, &store)?;
+    c.require_store(&a, &store, true)?;
     let full = full_view(&Query::parse(q), false)?;
     ok(crate::memory::view(
         &a.update_memory(&store, &id, &body(&b)?).await?,
@@ -622,7 +622,7 @@ async fn delete_memory(
     Path((store, id)): Path<(String, String)>,
     RawQuery(q): RawQuery,
 ) -> ApiResult<Response> {
-    c.require_store(&a, &store)?;
+    c.require_store(&a, &store, true)?;
     let q = Query::parse(q);
     ok(
         a.delete_memory(&store, &id, q.one("expected_content_sha256"))
@@ -721,15 +721,22 @@ async fn list_skill_versions(
     page(a.skill_versions(&id)?, &Query::parse(q), 100)
 }
 
-/// Workers read versions and archives with their own credentials.
+/// Workers read the versions and archives of their sessions' skills.
 async fn get_skill_version(
     State(a): S,
+    Extension(c): Extension<Caller>,
     Path((id, v)): Path<(String, String)>,
 ) -> ApiResult<Response> {
+    c.require_skill(&a, &id)?;
     ok(a.skill_version(&id, &v)?.0)
 }
 
-async fn skill_content(State(a): S, Path((id, v)): Path<(String, String)>) -> ApiResult<Response> {
+async fn skill_content(
+    State(a): S,
+    Extension(c): Extension<Caller>,
+    Path((id, v)): Path<(String, String)>,
+) -> ApiResult<Response> {
+    c.require_skill(&a, &id)?;
     let (_, tar) = a.skill_version(&id, &v)?;
     Ok(([("content-type", "application/x-tar")], tar).into_response())
 }

@@ -382,17 +382,17 @@ impl Agents {
             .map(Value::Array)
     }
 
-    /// Whether a sessions token may use memory store `store`: only one
-    /// attached to its session.
-    pub(crate) fn session_has_store(&self, session: &str, store: &str) -> bool {
+    /// How `store` is attached to `session` (`read_write`, `read_only`),
+    /// if it is: a sessions token reaches only its session's stores.
+    pub(crate) fn store_access(&self, session: &str, store: &str) -> Option<String> {
         let st = self.state.lock().unwrap();
-        st.sessions.get(session).is_some_and(|s| {
-            s.doc["resources"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .any(|r| r["memory_store_id"] == store)
-        })
+        let s = st.sessions.get(session)?;
+        s.doc["resources"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|r| r["memory_store_id"] == store)
+            .map(|r| str_of(r, "access"))
     }
 }
 

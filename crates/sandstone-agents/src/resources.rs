@@ -666,6 +666,16 @@ impl Agents {
         Ok(session_view(&s.doc))
     }
 
+    /// The sessions of an environment.
+    pub(crate) fn environment_sessions(&self, env: &str) -> Vec<String> {
+        let st = self.state.lock().unwrap();
+        st.sessions
+            .iter()
+            .filter(|(_, s)| s.doc["environment_id"] == env)
+            .map(|(id, _)| id.clone())
+            .collect()
+    }
+
     pub(crate) fn session_environment(&self, id: &str) -> Option<String> {
         let st = self.state.lock().unwrap();
         st.sessions

@@ -295,6 +295,18 @@ impl Agents {
         Ok(json!({"id": id, "type": "skill_deleted"}))
     }
 
+    /// Whether the agent a session runs uses `skill`.
+    pub(crate) fn session_uses_skill(&self, session: &str, skill: &str) -> bool {
+        let st = self.state.lock().unwrap();
+        st.sessions.get(session).is_some_and(|s| {
+            s.doc["agent"]["skills"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|k| k["skill_id"] == skill)
+        })
+    }
+
     /// Resolves an agent's `skills` to concrete versions.
     pub(crate) fn resolve_skills(&self, v: &Value) -> ApiResult<Value> {
         v.as_array()

@@ -384,11 +384,6 @@ impl Agents {
         }
     }
 
-    pub(crate) fn work_environment(&self, work: &str) -> Option<String> {
-        let st = self.state.lock().unwrap();
-        st.work.get(work).map(|w| str_of(&w.doc, "environment_id"))
-    }
-
     /// Items whose lease ran out: stopped, and their sessions queued again
     /// (another worker picks them up).
     async fn expire_leases(&self) {

@@ -392,6 +392,35 @@ async fn work_queue_protocol_edge_cases() {
         (403, Some("permission_error")),
         "{v}"
     );
+    // Nor for another session's work item.
+    let (_, items, _) = v1(&d, &key, Method::GET, &work, None).await;
+    let others = items["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|w| w["data"]["id"] == other["id"])
+        .unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let (s, _, _) = v1(
+        &d,
+        &token,
+        Method::POST,
+        &format!("{work}/{others}/stop"),
+        Some(json!({"force": true})),
+    )
+    .await;
+    assert_eq!(s, 403);
+    let (s, _, _) = v1(
+        &d,
+        &token,
+        Method::POST,
+        &format!("{work}/{others}/heartbeat?expected_last_heartbeat=NO_HEARTBEAT"),
+        None,
+    )
+    .await;
+    assert_eq!(s, 403);
     // Archived, it is terminated and its work item stops.
     let (s, v, _) = v1(
         &d,
@@ -1032,6 +1061,73 @@ async fn memory_stores_keep_content_hashes_and_preconditions() {
         s == 200 && v["content"] == "nano" && v["content_sha256"] != sha.as_str(),
         "{v}"
     );
+
+    // A store attached read_only can be read but not written by the token.
+    let (_, ro_store) = mem(
+        &d,
+        &d.token,
+        Method::POST,
+        "/memory_stores",
+        Some(json!({"name": "shared"})),
+    )
+    .await;
+    let ro = ro_store["id"].as_str().unwrap().to_string();
+    mem(
+        &d,
+        &d.token,
+        Method::POST,
+        &format!("/memory_stores/{ro}/memories"),
+        Some(json!({"path": "/a.md", "content": "x"})),
+    )
+    .await;
+    let (s, ro_session, _) = v1(
+        &d,
+        &d.token,
+        Method::POST,
+        "/sessions",
+        Some(json!({"agent": agent["id"], "environment_id": env,
+        "resources": [{"type": "memory_store", "memory_store_id": ro, "access": "read_only"}]})),
+    )
+    .await;
+    assert_eq!(s, 200, "{ro_session}");
+    let (_, ro_item, _) = v1(
+        &d,
+        &key,
+        Method::GET,
+        &format!("/environments/{env}/work/poll?block_ms=500"),
+        None,
+    )
+    .await;
+    let ro_token = {
+        use base64::Engine;
+        let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(ro_item["secret"].as_str().unwrap())
+            .unwrap();
+        serde_json::from_slice::<Value>(&raw).unwrap()["sessions_token"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    let (s, _) = mem(
+        &d,
+        &ro_token,
+        Method::GET,
+        &format!("/memory_stores/{ro}/memories"),
+        None,
+    )
+    .await;
+    assert_eq!(s, 200);
+    let (s, _) = mem(
+        &d,
+        &ro_token,
+        Method::POST,
+        &format!("/memory_stores/{ro}/memories"),
+        Some(json!({"path": "/b.md", "content": "y"})),
+    )
+    .await;
+    assert_eq!(s, 403);
+    let (s, _) = mem(&d, &ro_token, Method::GET, &memories, None).await;
+    assert_eq!(s, 403, "another session's store");
 
     // Listing rolls deeper paths up into prefixes.
     let (_, list) = mem(
