@@ -201,7 +201,13 @@ impl Agents {
             state: Mutex::new(st),
             config,
             api_keys,
-            http: reqwest::Client::new(),
+            // No redirects: the model key must not follow one to another
+            // host (reqwest keeps custom headers across hosts).
+            http: reqwest::Client::builder()
+                .redirect(reqwest::redirect::Policy::none())
+                .connect_timeout(std::time::Duration::from_secs(10))
+                .read_timeout(std::time::Duration::from_secs(300))
+                .build()?,
         });
         work::spawn_lease_expiry(agents.clone());
         for id in running {

@@ -157,14 +157,10 @@ fn apply(a: &mut Answer, partial: &mut Vec<String>, ev: &Value) -> Result<bool, 
             };
             let d = &ev["delta"];
             match d["type"].as_str() {
-                Some("text_delta") => {
-                    let t = format!(
-                        "{}{}",
-                        block["text"].as_str().unwrap_or(""),
-                        d["text"].as_str().unwrap_or("")
-                    );
-                    block["text"] = json!(t);
-                }
+                Some("text_delta") => match block.get_mut("text") {
+                    Some(Value::String(t)) => t.push_str(d["text"].as_str().unwrap_or("")),
+                    _ => block["text"] = d["text"].clone(),
+                },
                 Some("input_json_delta") => {
                     json_text.push_str(d["partial_json"].as_str().unwrap_or(""))
                 }

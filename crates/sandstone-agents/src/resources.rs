@@ -42,7 +42,7 @@ pub fn paginate(
                 ApiError::invalid(format!("page: {p:?} is not a cursor from this server"))
             })?,
     };
-    let end = (start + limit).min(items.len());
+    let end = start.saturating_add(limit).min(items.len());
     let data: Vec<Value> = items.into_iter().skip(start).take(limit).collect();
     let next = (end > start && data.len() == limit).then(|| format!("page_{end}"));
     let prev = (start > 0).then(|| format!("page_{}", start.saturating_sub(limit)));
@@ -838,4 +838,29 @@ fn session_view(doc: &Value) -> Value {
         v["stats"]["duration_seconds"] = json!(((now - c).max(0) as f64) / 1e6);
     }
     v
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn cursors_are_checked_and_cannot_overflow() {
+        let items: Vec<serde_json::Value> = (0..5).map(|i| serde_json::json!(i)).collect();
+        let p = super::paginate(items.clone(), Some(2), None, 100).unwrap();
+        assert_eq!(
+            (p["data"].as_array().unwrap().len(), p["next_page"].as_str()),
+            (2, Some("page_2"))
+        );
+        let last = super::paginate(items.clone(), Some(2), Some("page_4"), 100).unwrap();
+        assert_eq!(last["next_page"], serde_json::Value::Null);
+        let far = super::paginate(
+            items.clone(),
+            Some(2),
+            Some(&format!("page_{}", usize::MAX)),
+            100,
+        )
+        .unwrap();
+        assert!(far["data"].as_array().unwrap().is_empty());
+        assert!(super::paginate(items.clone(), Some(0), None, 100).is_err());
+        assert!(super::paginate(items, None, Some("nope"), 100).is_err());
+    }
 }

@@ -15,6 +15,40 @@ use std::io::Read;
 pub const SKILL: &str = "skill";
 pub const VERSION: &str = "skill_version";
 const MAX_UPLOAD: usize = 30 << 20;
+const MAX_FILES: usize = 10_000;
+
+/// Counts what an archive expands to, so a small compressed upload cannot
+/// inflate past the limits.
+#[derive(Default)]
+struct Budget {
+    bytes: usize,
+    files: usize,
+}
+
+impl Budget {
+    /// Reads one entry, charging it to the budget.
+    fn read(&mut self, entry: impl Read, name: &str) -> ApiResult<Vec<u8>> {
+        self.files += 1;
+        if self.files > MAX_FILES {
+            return Err(ApiError::invalid(format!(
+                "files: more than {MAX_FILES} files"
+            )));
+        }
+        let room = MAX_UPLOAD - self.bytes;
+        let mut data = Vec::new();
+        entry
+            .take(room as u64 + 1)
+            .read_to_end(&mut data)
+            .map_err(|e| ApiError::invalid(format!("files: {name}: {e}")))?;
+        if data.len() > room {
+            return Err(ApiError::invalid(format!(
+                "files: the archive expands to more than {MAX_UPLOAD} bytes"
+            )));
+        }
+        self.bytes += data.len();
+        Ok(data)
+    }
+}
 
 /// One uploaded file: path, content, whether it is executable.
 pub struct File {
@@ -36,6 +70,7 @@ fn zip_files(bytes: &[u8]) -> ApiResult<Vec<File>> {
         |e: zip::result::ZipError| ApiError::invalid(format!("files: not a readable zip: {e}"));
     let mut z = zip::ZipArchive::new(std::io::Cursor::new(bytes)).map_err(bad)?;
     let mut out = Vec::new();
+    let mut budget = Budget::default();
     for i in 0..z.len() {
         let mut f = z.by_index(i).map_err(bad)?;
         let mode = f.unix_mode().unwrap_or(0o644);
@@ -46,9 +81,7 @@ fn zip_files(bytes: &[u8]) -> ApiResult<Vec<File>> {
         let path = safe_path(f.name()).ok_or_else(|| {
             ApiError::invalid(format!("files: unsafe path {:?} in the archive", f.name()))
         })?;
-        let mut data = Vec::new();
-        f.read_to_end(&mut data)
-            .map_err(|e| ApiError::invalid(format!("files: {e}")))?;
+        let data = budget.read(&mut f, &path)?;
         out.push(File {
             path,
             data,
@@ -62,6 +95,7 @@ fn tar_files(reader: impl Read) -> ApiResult<Vec<File>> {
     let bad = |e: std::io::Error| ApiError::invalid(format!("files: not a readable tar: {e}"));
     let mut archive = tar::Archive::new(reader);
     let mut out = Vec::new();
+    let mut budget = Budget::default();
     for entry in archive.entries().map_err(bad)? {
         let mut e = entry.map_err(bad)?;
         if !e.header().entry_type().is_file() {
@@ -72,8 +106,7 @@ fn tar_files(reader: impl Read) -> ApiResult<Vec<File>> {
             ApiError::invalid(format!("files: unsafe path {raw:?} in the archive"))
         })?;
         let executable = e.header().mode().map_err(bad)? & 0o111 != 0;
-        let mut data = Vec::new();
-        e.read_to_end(&mut data).map_err(bad)?;
+        let data = budget.read(&mut e, &path)?;
         out.push(File {
             path,
             data,
@@ -385,6 +418,26 @@ mod tests {
         );
         assert!(validate(vec![file("x/README", "no skill")]).is_err());
         assert!(validate(vec![file("../SKILL.md", skill)]).is_err());
+    }
+
+    #[test]
+    fn a_small_archive_cannot_expand_past_the_limit() {
+        let mut b = tar::Builder::new(Vec::new());
+        let big = vec![0u8; MAX_UPLOAD + 1];
+        let mut h = tar::Header::new_ustar();
+        h.set_size(big.len() as u64);
+        h.set_mode(0o644);
+        b.append_data(&mut h, "x/zeros", big.as_slice()).unwrap();
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+        std::io::Write::write_all(&mut gz, &b.into_inner().unwrap()).unwrap();
+        let bomb = gz.finish().unwrap();
+        assert!(bomb.len() < 100_000, "{}", bomb.len());
+        let err = expand(&bomb).err().expect("refused");
+        assert!(
+            err.message.contains("expands to more than"),
+            "{}",
+            err.message
+        );
         assert!(validate(vec![file("SKILL.md", "---\nname: Bad Name\n---\n")]).is_err());
     }
 }

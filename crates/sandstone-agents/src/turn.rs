@@ -58,12 +58,11 @@ fn next_step(events: &[Arc<Value>], consumed: usize) -> Step {
     }
     let interrupted_at = events.iter().rposition(|e| e["type"] == "user.interrupt");
     let new_input = events.iter().enumerate().skip(consumed).any(|(i, e)| {
-        interrupted_at.is_none_or(|at| i > at)
-            && matches!(
-                e["type"].as_str(),
-                Some("user.message" | "user.tool_result" | "user.custom_tool_result")
-            )
-            || (e["type"] == "user.tool_confirmation" && e["result"] == "deny")
+        let input = matches!(
+            e["type"].as_str(),
+            Some("user.message" | "user.tool_result" | "user.custom_tool_result")
+        ) || (e["type"] == "user.tool_confirmation" && e["result"] == "deny");
+        input && interrupted_at.is_none_or(|at| i > at)
     });
     if new_input {
         Step::CallModel

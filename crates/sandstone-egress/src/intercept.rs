@@ -270,9 +270,16 @@ fn strip_hop_by_hop(h: &mut HeaderMap) {
     }
 }
 
+/// `host:port` → `host`; `[v6]:port` → `[v6]`; a bare IPv6 is left whole.
 fn without_port(authority: &str) -> &str {
     match authority.rsplit_once(':') {
-        Some((h, p)) if p.bytes().all(|b| b.is_ascii_digit()) && !h.ends_with(']') => h,
+        Some((h, p))
+            if !p.is_empty()
+                && p.bytes().all(|b| b.is_ascii_digit())
+                && (h.ends_with(']') || !h.contains(':')) =>
+        {
+            h
+        }
         _ => authority,
     }
 }
@@ -613,5 +620,18 @@ impl AsyncWrite for Counted {
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn ports_come_off_names_and_bracketed_addresses_only() {
+        use super::without_port;
+        assert_eq!(without_port("git.test:443"), "git.test");
+        assert_eq!(without_port("git.test"), "git.test");
+        assert_eq!(without_port("[::1]:443"), "[::1]");
+        assert_eq!(without_port("::1"), "::1");
+        assert_eq!(without_port("host:"), "host:");
     }
 }
