@@ -365,12 +365,10 @@ pub fn project(
                     substitute_headers(req.headers, &r.placeholder, &value)?;
                 }
                 if r.locations.contains(&Location::Query)
-                    && let Some(q) = req.path_and_query.find('?')
+                    && let Some((path, query)) = req.path_and_query.split_once('?')
                 {
-                    let (path, query) = req.path_and_query.split_at(q);
-                    let encoded = percent_encode(&value);
                     *req.path_and_query =
-                        format!("{path}{}", query.replace(&r.placeholder, &encoded));
+                        format!("{path}?{}", substitute_query(query, &r.placeholder, &value));
                 }
             }
         }
@@ -378,6 +376,19 @@ pub fn project(
     Ok(())
 }
 
+/// Whether a request path has no dot segments and no encoded dots,
+/// slashes or backslashes.
+fn plain_path(path: &str) -> bool {
+    let lower = path.to_ascii_lowercase();
+    !path.split('/').any(|s| s == "." || s == "..")
+        && !["%2e", "%2f", "%5c", "\\"]
+            .iter()
+            .any(|bad| lower.contains(bad))
+}
+
+/// Replaces a header value that is exactly the placeholder, or an auth
+/// scheme and the placeholder (`Bearer PLACEHOLDER`): a placeholder
+/// embedded in free text (which a server might echo back) is left alone.
 fn substitute_headers(
     h: &mut hyper::HeaderMap,
     placeholder: &str,
@@ -385,12 +396,32 @@ fn substitute_headers(
 ) -> Result<(), String> {
     for v in h.values_mut() {
         let Ok(s) = v.to_str() else { continue };
-        if s.contains(placeholder) {
-            *v = hyper::header::HeaderValue::from_str(&s.replace(placeholder, value))
-                .map_err(|_| "the substituted value is not a valid header value".to_string())?;
-        }
+        let replaced = if s == placeholder {
+            value.to_string()
+        } else {
+            match s.split_once(' ') {
+                Some((scheme, rest)) if rest == placeholder && !scheme.is_empty() => {
+                    format!("{scheme} {value}")
+                }
+                _ => continue,
+            }
+        };
+        *v = hyper::header::HeaderValue::from_str(&replaced)
+            .map_err(|_| "the substituted value is not a valid header value".to_string())?;
     }
     Ok(())
+}
+
+/// Replaces query parameters whose whole value is the placeholder.
+fn substitute_query(query: &str, placeholder: &str, value: &str) -> String {
+    query
+        .split('&')
+        .map(|pair| match pair.split_once('=') {
+            Some((k, v)) if v == placeholder => format!("{k}={}", percent_encode(value)),
+            _ => pair.to_string(),
+        })
+        .collect::<Vec<_>>()
+        .join("&")
 }
 
 fn percent_encode(s: &str) -> String {
@@ -422,9 +453,15 @@ impl CredentialRule {
             return true;
         };
         let path = path.split('?').next().unwrap_or(path);
-        (m.methods.is_empty() || m.methods.iter().any(|x| x.eq_ignore_ascii_case(method)))
-            && (m.paths.is_empty() && m.path_prefixes.is_empty()
-                || m.paths.iter().any(|p| p == path)
+        let methods = m.methods.is_empty() || m.methods.iter().any(|x| x == method);
+        if m.paths.is_empty() && m.path_prefixes.is_empty() {
+            return methods;
+        }
+        // A path the upstream might normalise differently (`/v1/../admin`,
+        // `%2e%2e`, encoded slashes) never matches a path constraint.
+        methods
+            && plain_path(path)
+            && (m.paths.iter().any(|p| p == path)
                 || m.path_prefixes.iter().any(|p| path.starts_with(p.as_str())))
     }
 }
@@ -502,8 +539,26 @@ mod tests {
             inj.for_request("api.github.com", 443, true, "GET", "/user")
                 .is_none()
         );
+        // Methods are case-sensitive; paths an upstream would normalise
+        // into something else never match a path constraint.
+        assert!(
+            inj.for_request("api.github.com", 443, true, "get", "/repos/x")
+                .is_none()
+        );
+        for sneaky in [
+            "/repos/../user",
+            "/repos/%2e%2e/user",
+            "/repos/x%2F..%2Fuser",
+            "/repos/./x",
+        ] {
+            assert!(
+                inj.for_request("api.github.com", 443, true, "GET", sneaky)
+                    .is_none(),
+                "{sneaky}"
+            );
+        }
         let (_, b) = inj
-            .for_request("api.github.com", 443, true, "get", "/repos/x?page=2")
+            .for_request("api.github.com", 443, true, "GET", "/repos/x?page=2")
             .unwrap();
         let mut h = hyper::HeaderMap::new();
         h.insert("authorization", "Bearer fake".parse().unwrap());
@@ -535,7 +590,10 @@ mod tests {
         let mut h = hyper::HeaderMap::new();
         h.insert("x-api-key", "PLACEHOLDER_KEY".parse().unwrap());
         h.insert("other", "none".parse().unwrap());
-        let mut pq = "/q?key=PLACEHOLDER_KEY&a=1".to_string();
+        h.insert("authorization", "Bearer PLACEHOLDER_KEY".parse().unwrap());
+        // Embedded in free text (which a server might echo back): left alone.
+        h.insert("x-note", "my key is PLACEHOLDER_KEY".parse().unwrap());
+        let mut pq = "/q?key=PLACEHOLDER_KEY&a=1&q=say+PLACEHOLDER_KEY".to_string();
         project(
             b,
             &values(),
@@ -546,8 +604,10 @@ mod tests {
         )
         .unwrap();
         assert_eq!(h["x-api-key"], "s3cr3t");
+        assert_eq!(h["authorization"], "Bearer s3cr3t");
         assert_eq!(h["other"], "none");
-        assert_eq!(pq, "/q?key=s3cr3t&a=1");
+        assert_eq!(h["x-note"], "my key is PLACEHOLDER_KEY");
+        assert_eq!(pq, "/q?key=s3cr3t&a=1&q=say+PLACEHOLDER_KEY");
     }
 
     #[test]
