@@ -5,7 +5,7 @@
 //! restart resumes a turn by looking at the events, nothing else.
 
 use crate::error::ApiResult;
-use crate::resources::{TOOLSET, TOOLSET_TOOLS};
+use crate::resources::TOOLSET;
 use crate::{Agents, model};
 use serde_json::{Value, json};
 use std::sync::Arc;
@@ -33,7 +33,8 @@ pub fn denied(events: &[Arc<Value>], id: &str) -> bool {
 fn answered(events: &[Arc<Value>], call: &Value) -> bool {
     let id = &call["id"];
     events.iter().any(|e| {
-        (e["type"] == "user.tool_result" && e["tool_use_id"] == *id)
+        ((e["type"] == "user.tool_result" || e["type"] == "agent.tool_result")
+            && e["tool_use_id"] == *id)
             || (e["type"] == "user.custom_tool_result" && e["custom_tool_use_id"] == *id)
     }) || denied(events, id.as_str().unwrap_or_default())
 }
@@ -60,7 +61,12 @@ fn next_step(events: &[Arc<Value>], consumed: usize) -> Step {
     let new_input = events.iter().enumerate().skip(consumed).any(|(i, e)| {
         let input = matches!(
             e["type"].as_str(),
-            Some("user.message" | "user.tool_result" | "user.custom_tool_result")
+            Some(
+                "user.message"
+                    | "user.tool_result"
+                    | "user.custom_tool_result"
+                    | "agent.tool_result"
+            )
         ) || (e["type"] == "user.tool_confirmation" && e["result"] == "deny");
         input && interrupted_at.is_none_or(|at| i > at)
     });
@@ -225,11 +231,11 @@ fn messages(events: &[Arc<Value>]) -> Vec<Value> {
                     json!({"type": "tool_use", "id": e["id"], "name": e["name"], "input": e["input"]}),
                 );
             }
-            "user.tool_result" | "user.custom_tool_result" => {
-                let id = if e["type"] == "user.tool_result" {
-                    &e["tool_use_id"]
-                } else {
+            "user.tool_result" | "agent.tool_result" | "user.custom_tool_result" => {
+                let id = if e["type"] == "user.custom_tool_result" {
                     &e["custom_tool_use_id"]
+                } else {
+                    &e["tool_use_id"]
                 };
                 open.retain(|o| o != id);
                 push(
@@ -272,17 +278,43 @@ fn messages(events: &[Arc<Value>]) -> Vec<Value> {
         .collect()
 }
 
-/// The permission a tool call gets from the agent's toolset config.
-fn permission(agent: &Value, name: &str) -> (Value, Value) {
-    let policy = agent["tools"]
-        .as_array()
-        .into_iter()
-        .flatten()
+/// How a tool call the model made is handled.
+enum Call {
+    /// A sandbox tool the agent has enabled, with its permission.
+    Toolset(Value, Value),
+    /// A custom tool the agent declared.
+    Custom,
+    /// Anything else (a disabled or server-side tool, an unknown name):
+    /// refused here, never run by a worker.
+    Refused,
+}
+
+/// What the agent's configuration says about a call to `name`.
+fn classify(agent: &Value, name: &str) -> Call {
+    let tools = agent["tools"].as_array().cloned().unwrap_or_default();
+    let config = tools
+        .iter()
         .filter(|t| t["type"] == TOOLSET)
         .flat_map(|t| t["configs"].as_array().cloned().unwrap_or_default())
-        .find(|c| c["name"] == name)
-        .map(|c| c["permission_policy"]["type"].clone())
-        .unwrap_or(json!("always_allow"));
+        .find(|c| c["name"] == name);
+    match config {
+        Some(c) if c["enabled"] == true && !name.starts_with("web_") => {
+            let (perm, evaluation) = permission(&c["permission_policy"]["type"]);
+            Call::Toolset(perm, evaluation)
+        }
+        Some(_) => Call::Refused,
+        None if tools
+            .iter()
+            .any(|t| t["type"] == "custom" && t["name"] == name) =>
+        {
+            Call::Custom
+        }
+        None => Call::Refused,
+    }
+}
+
+/// The permission a toolset policy gives a call.
+fn permission(policy: &Value) -> (Value, Value) {
     match policy.as_str() {
         Some("always_ask") => (json!("ask"), json!({"type": "always_ask"})),
         Some("auto") => (json!("allow"), json!({"type": "auto"})),
@@ -476,13 +508,26 @@ impl Agents {
             }
             calls += 1;
             let name = block["name"].as_str().unwrap_or_default();
-            let ev = if TOOLSET_TOOLS.contains(&name) {
-                let (perm, evaluation) = permission(agent, name);
-                json!({"type": "agent.tool_use", "name": name, "input": block["input"], "evaluated_permission": perm, "evaluation": evaluation})
-            } else {
-                json!({"type": "agent.custom_tool_use", "name": name, "input": block["input"]})
-            };
-            self.emit(session, ev).await?;
+            let input = &block["input"];
+            match classify(agent, name) {
+                Call::Toolset(perm, evaluation) => {
+                    self.emit(session, json!({"type": "agent.tool_use", "name": name, "input": input, "evaluated_permission": perm, "evaluation": evaluation})).await?;
+                }
+                Call::Custom => {
+                    self.emit(
+                        session,
+                        json!({"type": "agent.custom_tool_use", "name": name, "input": input}),
+                    )
+                    .await?;
+                }
+                Call::Refused => {
+                    // Denied on the server: workers never run a call the
+                    // server denied, and the model learns why.
+                    let call = self.emit(session, json!({"type": "agent.tool_use", "name": name, "input": input, "evaluated_permission": "deny", "evaluation": {"type": "always_allow"}})).await?;
+                    let why = format!("tool {name} is not available to this agent");
+                    self.emit(session, json!({"type": "agent.tool_result", "tool_use_id": call["id"], "is_error": true, "content": [{"type": "text", "text": why}]})).await?;
+                }
+            }
         }
         if !text.is_empty() {
             self.emit(session, json!({"type": "agent.message", "content": text}))

@@ -802,6 +802,32 @@ async fn the_agent_loop_asks_retries_stops_and_survives_a_restart() {
         "{session}"
     );
 
+    // A call to a tool the agent cannot use is refused by the server (no
+    // worker runs it) and the model is told why.
+    let sid = session_on(
+        &d,
+        &env,
+        "refused",
+        json!([{"type": "agent_toolset_20260401"}]),
+    )
+    .await;
+    say(&d, &sid, "fetch").await;
+    let evs = idle_with(&d, &sid, "end_turn").await;
+    let call = evs.iter().find(|e| e["type"] == "agent.tool_use").unwrap();
+    assert_eq!(call["evaluated_permission"], "deny", "{call}");
+    assert!(evs.iter().any(|e| e["type"] == "agent.tool_result"
+        && e["tool_use_id"] == call["id"]
+        && e["is_error"] == true));
+    let last = evs
+        .iter()
+        .rev()
+        .find(|e| e["type"] == "agent.message")
+        .unwrap();
+    assert_eq!(
+        last["content"][0]["text"],
+        "after tool web_fetch is not available to this agent"
+    );
+
     // An interrupt ends a turn whose model request is still running.
     let sid = session_on(&d, &env, "slow", json!([])).await;
     say(&d, &sid, "take your time").await;
