@@ -428,16 +428,16 @@ impl Agents {
             .map(|s| s.cancel.clone());
         let Some(cancel) = cancel else { return Ok(()) };
         let mut attempt = 0;
+        // An interrupt ends the turn: noticed by the wake-up while waiting,
+        // or by the history (a wake-up can come before anyone waits).
         let answer = loop {
-            let interrupted = cancel.notified();
             let result = tokio::select! {
-                r = model::call(&self.http, &self.config, &body) => r,
-                _ = interrupted => {
-                    // An interrupt: the turn ends without an answer.
-                    self.consume(session, self.session_events(session).len()).await?;
-                    self.emit(session, json!({"type": "span.model_request_end", "model_request_start_id": start["id"], "is_error": true, "model_usage": {}})).await?;
-                    return self.set_idle(session, json!({"type": "end_turn"})).await;
-                }
+                r = model::call(&self.http, &self.config, &body) => Some(r),
+                _ = cancel.notified() => None,
+            };
+            let result = match result {
+                Some(r) if !self.interrupted_after(session, events.len()) => r,
+                _ => return self.end_interrupted(session, &start).await,
             };
             match result {
                 Ok(a) => break a,
@@ -446,7 +446,13 @@ impl Agents {
                     self.emit(session, json!({"type": "session.error", "error": {"type": e.kind(), "message": e.message, "retry_status": {"type": "retrying"}}})).await?;
                     self.emit(session, json!({"type": "session.status_rescheduled"}))
                         .await?;
-                    tokio::time::sleep(Duration::from_millis(250 << attempt)).await;
+                    let slept = tokio::select! {
+                        _ = tokio::time::sleep(Duration::from_millis(250 << attempt)) => true,
+                        _ = cancel.notified() => false,
+                    };
+                    if !slept || self.interrupted_after(session, events.len()) {
+                        return self.end_interrupted(session, &start).await;
+                    }
                 }
                 Err(e) => {
                     self.consume(session, events.len()).await?;
@@ -460,6 +466,22 @@ impl Agents {
         };
         self.consume(session, events.len()).await?;
         self.record_answer(session, &agent, &start, answer).await
+    }
+
+    /// Whether a `user.interrupt` arrived after the first `n` events.
+    fn interrupted_after(&self, session: &str, n: usize) -> bool {
+        self.session_events(session)
+            .iter()
+            .skip(n)
+            .any(|e| e["type"] == "user.interrupt")
+    }
+
+    /// Ends a turn the user interrupted: no answer is recorded.
+    async fn end_interrupted(&self, session: &str, start: &Value) -> ApiResult<()> {
+        self.consume(session, self.session_events(session).len())
+            .await?;
+        self.emit(session, json!({"type": "span.model_request_end", "model_request_start_id": start["id"], "is_error": true, "model_usage": {}})).await?;
+        self.set_idle(session, json!({"type": "end_turn"})).await
     }
 
     async fn record_answer(

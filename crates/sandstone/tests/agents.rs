@@ -802,6 +802,23 @@ async fn the_agent_loop_asks_retries_stops_and_survives_a_restart() {
         "{session}"
     );
 
+    // An interrupt during the backoff between retries ends the turn too.
+    let sid = session_on(&d, &env, "overloaded", json!([])).await;
+    say(&d, &sid, "try").await;
+    eventually(async || kinds(&events(&d, &sid).await).contains(&"session.status_rescheduled"))
+        .await;
+    let stop = json!({"events": [{"type": "user.interrupt"}]});
+    v1(
+        &d,
+        &d.token,
+        Method::POST,
+        &format!("/sessions/{sid}/events"),
+        Some(stop),
+    )
+    .await;
+    let evs = idle_with(&d, &sid, "end_turn").await;
+    assert!(!kinds(&evs).contains(&"agent.message"), "{:?}", kinds(&evs));
+
     // A call to a tool the agent cannot use is refused by the server (no
     // worker runs it) and the model is told why.
     let sid = session_on(
