@@ -185,19 +185,27 @@ impl Agents {
 
     async fn append(&self, session: &str, ev: Value) -> ApiResult<Arc<Value>> {
         let ev = Arc::new(ev);
-        // The position is taken under the lock, so concurrent appends to
-        // one session get distinct, ordered sequence numbers.
-        let (seq, live) = {
-            let mut st = self.state.lock().unwrap();
+        // One append at a time per session: the event is stored at the
+        // next position first, and only then listed and streamed, so
+        // readers never see an event the store lacks, nor one out of order.
+        let appends = {
+            let st = self.state.lock().unwrap();
             let s = st
                 .sessions
-                .get_mut(session)
+                .get(session)
                 .ok_or_else(|| ApiError::not_found("session", session))?;
-            s.events.push(ev.clone());
-            (s.events.len() as i64 - 1, s.live.clone())
+            s.appends.clone()
         };
+        let _one = appends.lock().await;
+        let seq = self.session_events(session).len() as i64;
         self.store.append_event(session, seq, &ev).await?;
-        let _ = live.send(ev.clone());
+        let mut st = self.state.lock().unwrap();
+        let s = st
+            .sessions
+            .get_mut(session)
+            .ok_or_else(|| ApiError::not_found("session", session))?;
+        s.events.push(ev.clone());
+        let _ = s.live.send(ev.clone());
         Ok(ev)
     }
 

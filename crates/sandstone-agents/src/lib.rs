@@ -72,6 +72,8 @@ struct Session {
     cancel: Arc<Notify>,
     /// Serialises clients' and workers' sends to this session.
     senders: Arc<tokio::sync::Mutex<()>>,
+    /// Serialises appends to its history (store, then memory and streams).
+    appends: Arc<tokio::sync::Mutex<()>>,
     driving: bool,
 }
 
@@ -111,6 +113,9 @@ pub struct Agents {
     config: Config,
     api_keys: ApiKeyCheck,
     http: reqwest::Client,
+    /// Memory writes one at a time: a `content_sha256` precondition is
+    /// checked and the write made with nothing in between.
+    memory_writes: tokio::sync::Mutex<()>,
 }
 
 /// Persisted kinds of documents.
@@ -208,6 +213,7 @@ impl Agents {
                 .connect_timeout(std::time::Duration::from_secs(10))
                 .read_timeout(std::time::Duration::from_secs(300))
                 .build()?,
+            memory_writes: tokio::sync::Mutex::new(()),
         });
         work::spawn_lease_expiry(agents.clone());
         for id in running {
@@ -227,6 +233,7 @@ impl Session {
             wake: Arc::new(Notify::new()),
             cancel: Arc::new(Notify::new()),
             senders: Arc::default(),
+            appends: Arc::default(),
             driving: false,
         }
     }

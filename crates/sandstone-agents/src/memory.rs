@@ -48,6 +48,24 @@ fn check_content(v: &Value) -> ApiResult<String> {
     }
 }
 
+fn store_name(v: &Value) -> ApiResult<String> {
+    match v.as_str() {
+        Some(n) if (1..=255).contains(&n.chars().count()) && !n.chars().any(char::is_control) => {
+            Ok(n.to_string())
+        }
+        _ => Err(ApiError::invalid(
+            "name: 1 to 255 characters, no control characters",
+        )),
+    }
+}
+
+fn store_description(v: &Value) -> ApiResult<String> {
+    match v.as_str() {
+        Some(d) if d.chars().count() <= 1024 => Ok(d.to_string()),
+        _ => Err(ApiError::invalid("description: at most 1024 characters")),
+    }
+}
+
 fn conflict(kind: &'static str, message: String) -> ApiError {
     let mut e = ApiError::conflict(message);
     e.kind = kind;
@@ -82,18 +100,10 @@ pub fn mount_path(name: &str) -> String {
 
 impl Agents {
     pub async fn create_store(&self, body: &Value) -> ApiResult<Value> {
-        let name = match body["name"].as_str() {
-            Some(n)
-                if (1..=255).contains(&n.chars().count()) && !n.chars().any(char::is_control) =>
-            {
-                n
-            }
-            _ => return Err(ApiError::invalid("name: required, 1 to 255 characters")),
-        };
+        let name = store_name(&body["name"])?;
         let description = match &body["description"] {
-            Value::Null => "",
-            Value::String(d) if d.chars().count() <= 1024 => d,
-            _ => return Err(ApiError::invalid("description: at most 1024 characters")),
+            Value::Null => String::new(),
+            d => store_description(d)?,
         };
         let t = now();
         let doc = json!({
@@ -140,14 +150,11 @@ impl Agents {
 
     pub async fn update_store(&self, id: &str, body: &Value) -> ApiResult<Value> {
         let mut doc = self.store(id)?;
-        if let Some(n) = body["name"].as_str() {
-            if !(1..=255).contains(&n.chars().count()) {
-                return Err(ApiError::invalid("name: 1 to 255 characters"));
-            }
-            doc["name"] = json!(n);
+        if body.get("name").is_some_and(|n| !n.is_null()) {
+            doc["name"] = json!(store_name(&body["name"])?);
         }
-        if let Some(d) = body["description"].as_str() {
-            doc["description"] = json!(d);
+        if body.get("description").is_some_and(|d| !d.is_null()) {
+            doc["description"] = json!(store_description(&body["description"])?);
         }
         doc["metadata"] = merge_metadata(&doc["metadata"], &body["metadata"], "metadata")?;
         doc["updated_at"] = json!(now());
@@ -206,6 +213,7 @@ impl Agents {
     }
 
     pub async fn create_memory(&self, store: &str, body: &Value) -> ApiResult<Value> {
+        let _write = self.memory_writes.lock().await;
         if !self.store(store)?["archived_at"].is_null() {
             return Err(ApiError::invalid(format!(
                 "memory store {store} is archived"
@@ -232,6 +240,7 @@ impl Agents {
 
     /// Content and/or path; a `content_sha256` precondition must match.
     pub async fn update_memory(&self, store: &str, id: &str, body: &Value) -> ApiResult<Value> {
+        let _write = self.memory_writes.lock().await;
         let mut doc = self.memory(store, id)?;
         if let Some(pre) = body.get("precondition").filter(|p| !p.is_null()) {
             if pre["type"] != "content_sha256" || !pre["content_sha256"].is_string() {
@@ -277,6 +286,7 @@ impl Agents {
         id: &str,
         expected: Option<&str>,
     ) -> ApiResult<Value> {
+        let _write = self.memory_writes.lock().await;
         let doc = self.memory(store, id)?;
         if let Some(e) = expected
             && doc["content_sha256"] != e

@@ -474,9 +474,12 @@ impl Agents {
         Ok(doc)
     }
 
+    /// Deletes an environment, revokes its keys and stops its work items
+    /// (their sessions are no longer queued anywhere).
     pub async fn delete_environment(&self, id: &str) -> ApiResult<Value> {
         self.environment(id)?;
         self.store.delete_doc(ENVIRONMENT, id).await?;
+        self.stop_environment_work(id).await?;
         let revoked: Vec<Value> = {
             let mut st = self.state.lock().unwrap();
             st.environments.remove(id);

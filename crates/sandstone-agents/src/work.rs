@@ -110,11 +110,11 @@ impl Agents {
         });
         {
             let mut st = self.state.lock().unwrap();
-            if st
+            let live = st
                 .work
                 .values()
-                .any(|w| w.doc["data"]["id"] == session && is_live(w))
-            {
+                .any(|w| w.doc["data"]["id"] == session && is_live(w));
+            if live || !st.environments.contains_key(env) {
                 return Ok(None);
             }
             let work = Work {
@@ -294,6 +294,25 @@ impl Agents {
         })?;
         self.save_work(id).await?;
         Ok(doc)
+    }
+
+    /// Stops an environment's live items (the environment is deleted).
+    pub(crate) async fn stop_environment_work(&self, env: &str) -> ApiResult<()> {
+        let ids: Vec<String> = {
+            let mut st = self.state.lock().unwrap();
+            st.work
+                .values_mut()
+                .filter(|w| w.doc["environment_id"] == env && is_live(w))
+                .map(|w| {
+                    stop_item(w, true);
+                    str_of(&w.doc, "id")
+                })
+                .collect()
+        };
+        for id in ids {
+            self.save_work(&id).await?;
+        }
+        Ok(())
     }
 
     /// Stops a session's live items (archive, delete).

@@ -62,6 +62,7 @@ pub struct Interceptor {
     leaves: Mutex<HashMap<String, (Instant, Arc<ServerConfig>)>>,
     upstream_tls: Arc<ClientConfig>,
     pools: Mutex<HashMap<PoolKey, Pool>>,
+    reaped: Mutex<Instant>,
 }
 
 impl Interceptor {
@@ -94,13 +95,23 @@ impl Interceptor {
             leaves: Mutex::new(HashMap::new()),
             upstream_tls: Arc::new(upstream),
             pools: Mutex::new(HashMap::new()),
+            reaped: Mutex::new(Instant::now()),
         })
     }
 
     fn pool(&self, key: PoolKey) -> Pool {
         let mut pools = self.pools.lock().unwrap();
-        if pools.len() >= MAX_POOLS {
-            pools.retain(|_, p| Arc::strong_count(p) > 1);
+        // Now and then, close what sat idle too long in any pool, and forget
+        // pools no connection uses.
+        let mut reaped = self.reaped.lock().unwrap();
+        if reaped.elapsed() >= UPSTREAM_IDLE || pools.len() >= MAX_POOLS {
+            *reaped = Instant::now();
+            for p in pools.values() {
+                p.lock()
+                    .unwrap()
+                    .retain(|i| i.since.elapsed() < UPSTREAM_IDLE);
+            }
+            pools.retain(|_, p| Arc::strong_count(p) > 1 || !p.lock().unwrap().is_empty());
         }
         pools.entry(key).or_default().clone()
     }
@@ -387,6 +398,11 @@ impl Session {
                     ),
                 ),
             }
+        }
+        // With both, the chunked framing is what hyper read: a stale
+        // Content-Length must not reach the upstream.
+        if parts.headers.contains_key(hyper::header::TRANSFER_ENCODING) {
+            parts.headers.remove(hyper::header::CONTENT_LENGTH);
         }
         strip_hop_by_hop(&mut parts.headers);
         let downstream = parts.version;
