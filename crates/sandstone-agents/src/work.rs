@@ -298,30 +298,22 @@ impl Agents {
 
     /// Stops an environment's live items (the environment is deleted).
     pub(crate) async fn stop_environment_work(&self, env: &str) -> ApiResult<()> {
-        let ids: Vec<String> = {
-            let mut st = self.state.lock().unwrap();
-            st.work
-                .values_mut()
-                .filter(|w| w.doc["environment_id"] == env && is_live(w))
-                .map(|w| {
-                    stop_item(w, true);
-                    str_of(&w.doc, "id")
-                })
-                .collect()
-        };
-        for id in ids {
-            self.save_work(&id).await?;
-        }
-        Ok(())
+        self.stop_live(|w| w.doc["environment_id"] == env, true)
+            .await
     }
 
     /// Stops a session's live items (archive, delete).
     pub(crate) async fn stop_session_work(&self, session: &str, force: bool) -> ApiResult<()> {
+        self.stop_live(|w| w.doc["data"]["id"] == session, force)
+            .await
+    }
+
+    async fn stop_live(&self, which: impl Fn(&Work) -> bool, force: bool) -> ApiResult<()> {
         let ids: Vec<String> = {
             let mut st = self.state.lock().unwrap();
             st.work
                 .values_mut()
-                .filter(|w| w.doc["data"]["id"] == session && is_live(w))
+                .filter(|w| which(w) && is_live(w))
                 .map(|w| {
                     stop_item(w, force);
                     str_of(&w.doc, "id")
