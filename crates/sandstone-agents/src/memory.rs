@@ -7,19 +7,12 @@ use crate::error::{ApiError, ApiResult};
 use crate::ids::{new_id, now};
 use crate::resources::merge_metadata;
 use crate::{Agents, str_of};
+use sandstone_store::sha256_hex;
 use serde_json::{Value, json};
 
 pub const STORE: &str = "memory_store";
 pub const MEMORY: &str = "memory";
 const MAX_CONTENT: usize = 102_400;
-
-fn sha256_hex(s: &str) -> String {
-    use sha2::Digest;
-    sha2::Sha256::digest(s.as_bytes())
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
-}
 
 fn check_path(p: &str, field: &str) -> ApiResult<()> {
     let segments: Vec<&str> = p.strip_prefix('/').unwrap_or("").split('/').collect();
@@ -231,7 +224,7 @@ impl Agents {
         let t = now();
         let doc = json!({
             "type": "memory", "id": new_id("mem"), "memory_store_id": store, "path": path,
-            "content_sha256": sha256_hex(&content), "content_size_bytes": content.len(), "content": content,
+            "content_sha256": sha256_hex(content.as_bytes()), "content_size_bytes": content.len(), "content": content,
             "memory_version_id": new_id("memver"), "created_at": t, "updated_at": t,
         });
         self.save_doc(MEMORY, &doc).await?;
@@ -270,7 +263,7 @@ impl Agents {
         }
         if body.get("content").is_some() {
             let content = check_content(&body["content"])?;
-            doc["content_sha256"] = json!(sha256_hex(&content));
+            doc["content_sha256"] = json!(sha256_hex(content.as_bytes()));
             doc["content_size_bytes"] = json!(content.len());
             doc["content"] = json!(content);
         }
@@ -420,7 +413,7 @@ mod tests {
             assert!(super::check_path(bad, "path").is_err(), "{bad}");
         }
         assert_eq!(
-            super::sha256_hex(""),
+            super::sha256_hex(b""),
             "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
         );
     }

@@ -835,7 +835,8 @@ fn key_view(k: &Value) -> Value {
 /// A session as the API shows it: with its duration brought up to date.
 fn session_view(doc: &Value) -> Value {
     let mut v = doc.clone();
-    let created = crate::turn::parse_rfc3339_us(doc["created_at"].as_str().unwrap_or_default());
+    let created =
+        sandstone_api::timefmt::parse_rfc3339_us(doc["created_at"].as_str().unwrap_or_default());
     let now = sandstone_api::timefmt::now_us();
     if let Some(c) = created {
         v["stats"]["duration_seconds"] = json!(((now - c).max(0) as f64) / 1e6);

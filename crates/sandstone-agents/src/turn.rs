@@ -322,28 +322,6 @@ fn permission(policy: &Value) -> (Value, Value) {
     }
 }
 
-pub fn parse_rfc3339_us(s: &str) -> Option<i64> {
-    // YYYY-MM-DDTHH:MM:SS.ffffffZ
-    let b = s.as_bytes();
-    if b.len() < 20 {
-        return None;
-    }
-    let n = |r: std::ops::Range<usize>| s.get(r)?.parse::<i64>().ok();
-    let (y, m, d) = (n(0..4)?, n(5..7)?, n(8..10)?);
-    let secs = n(11..13)? * 3600 + n(14..16)? * 60 + n(17..19)?;
-    let frac = s.get(20..s.len() - 1).unwrap_or("");
-    let us = format!("{frac:0<6}").get(..6)?.parse::<i64>().unwrap_or(0);
-    // Days from civil (Hinnant).
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let mp = (m + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    let days = era * 146_097 + doe - 719_468;
-    Some((days * 86_400 + secs) * 1_000_000 + us)
-}
-
 impl Agents {
     fn stop_driving(&self, session: &str) {
         if let Some(s) = self.state.lock().unwrap().sessions.get_mut(session) {

@@ -34,6 +34,31 @@ fn rfc3339_parts(secs: i64) -> (String, &'static str) {
     (date, "")
 }
 
+/// Microseconds since the epoch of an RFC 3339 UTC time as these
+/// formatters write it (`2026-11-27T15:11:23.840Z`, any fraction or none).
+pub fn parse_rfc3339_us(s: &str) -> Option<i64> {
+    let (date, time) = s.strip_suffix('Z')?.split_once('T')?;
+    let mut d = date.split('-').map(|x| x.parse::<i64>().ok());
+    let (y, m, day) = (d.next()??, d.next()??, d.next()??);
+    let (hms, frac) = time.split_once('.').unwrap_or((time, ""));
+    let mut t = hms.split(':').map(|x| x.parse::<i64>().ok());
+    let (h, mi, sec) = (t.next()??, t.next()??, t.next()??);
+    let us = format!("{frac:0<6}").get(..6)?.parse::<i64>().ok()?;
+    let secs = days_from_civil(y, m, day) * 86_400 + h * 3600 + mi * 60 + sec;
+    Some(secs * 1_000_000 + us)
+}
+
+/// Howard Hinnant's civil-to-days algorithm (the inverse of the one below).
+fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (m + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
 /// Howard Hinnant's days-to-civil algorithm.
 fn civil_from_days(z: i64) -> (i64, u32, u32) {
     let z = z + 719_468;
@@ -69,5 +94,13 @@ mod tests {
             "2026-11-27T15:11:23.840Z"
         );
         assert_eq!(super::rfc3339_us(1_000_001), "1970-01-01T00:00:01.000001Z");
+        for us in [0, 951_782_400_123_456, 1_795_792_283_840_001] {
+            assert_eq!(super::parse_rfc3339_us(&super::rfc3339_us(us)), Some(us));
+        }
+        assert_eq!(
+            super::parse_rfc3339_us("2026-11-27T15:11:23Z"),
+            Some(1_795_792_283_000_000)
+        );
+        assert_eq!(super::parse_rfc3339_us("2026-11-27 15:11:23"), None);
     }
 }

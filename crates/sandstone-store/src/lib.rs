@@ -80,8 +80,13 @@ pub struct SnapshotRow {
 
 /// SHA-256 of an API token, hex: the only form a token is stored in.
 pub fn token_hash(token: &str) -> String {
+    sha256_hex(token.as_bytes())
+}
+
+/// Lowercase hex SHA-256 (also the memory API's `content_sha256`).
+pub fn sha256_hex(data: &[u8]) -> String {
     use sha2::Digest;
-    hex::encode(sha2::Sha256::digest(token.as_bytes()))
+    hex::encode(sha2::Sha256::digest(data))
 }
 
 pub trait Store: Send + Sync {

@@ -736,26 +736,8 @@ fn human_bytes(b: u64) -> String {
 
 /// `2026-11-27T15:11:23.840Z` → how long ago, e.g. `3m`.
 fn age(rfc3339: &str) -> String {
-    let parse = || -> Option<i64> {
-        let (date, time) = rfc3339.split_once('T')?;
-        let mut d = date.split('-').map(|x| x.parse::<i64>().ok());
-        let (y, m, day) = (d.next()??, d.next()??, d.next()??);
-        let mut t = time.trim_end_matches('Z').split(':');
-        let (h, mi) = (
-            t.next()?.parse::<i64>().ok()?,
-            t.next()?.parse::<i64>().ok()?,
-        );
-        let s = t.next()?.parse::<f64>().ok()? as i64;
-        // days from civil (Howard Hinnant)
-        let y = if m <= 2 { y - 1 } else { y };
-        let era = y.div_euclid(400);
-        let yoe = y - era * 400;
-        let mp = (m + 9) % 12;
-        let doy = (153 * mp + 2) / 5 + day - 1;
-        let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-        Some((era * 146_097 + doe - 719_468) * 86_400 + h * 3600 + mi * 60 + s)
-    };
-    let Some(then) = parse() else {
+    let Some(then) = sandstone_api::timefmt::parse_rfc3339_us(rfc3339).map(|us| us / 1_000_000)
+    else {
         return "?".into();
     };
     let now = std::time::SystemTime::now()
