@@ -8,8 +8,9 @@ use crate::error::{ApiError, ApiResult};
 use crate::resources::{SessionFilter, paginate};
 use crate::work::Poll;
 use axum::body::Bytes;
-use axum::extract::{Multipart, Path, RawQuery, State};
+use axum::extract::{FromRequestParts, Multipart, Path, State};
 use axum::http::HeaderMap;
+use axum::http::request::Parts;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -24,19 +25,6 @@ type S = State<Arc<Agents>>;
 struct Query(Vec<(String, String)>);
 
 impl Query {
-    fn parse(raw: Option<String>) -> Query {
-        let raw = raw.unwrap_or_default();
-        let pairs = raw
-            .split('&')
-            .filter(|p| !p.is_empty())
-            .map(|p| {
-                let (k, v) = p.split_once('=').unwrap_or((p, ""));
-                (decode(k), decode(v))
-            })
-            .collect();
-        Query(pairs)
-    }
-
     fn one(&self, name: &str) -> Option<&str> {
         self.0
             .iter()
@@ -67,25 +55,34 @@ impl Query {
     }
 }
 
-fn decode(s: &str) -> String {
-    let s = s.replace('+', " ");
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'%'
-            && let Some(v) = s
-                .get(i + 1..i + 3)
-                .and_then(|h| u8::from_str_radix(h, 16).ok())
-        {
-            out.push(v);
-            i += 3;
-            continue;
-        }
-        out.push(b[i]);
-        i += 1;
+/// The query string as pairs (repeated and `name[]` keys kept).
+impl<St: Send + Sync> FromRequestParts<St> for Query {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &St) -> Result<Self, ApiError> {
+        let axum::extract::Query(pairs) =
+            axum::extract::Query::<Vec<(String, String)>>::from_request_parts(parts, state)
+                .await
+                .map_err(|e| ApiError::invalid(format!("query: {e}")))?;
+        Ok(Query(pairs))
     }
-    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// A handler argument that admits only server API keys: what environment
+/// keys and sessions tokens may not do is declared in the signature.
+struct Api;
+
+impl<St: Send + Sync> FromRequestParts<St> for Api {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &St) -> Result<Self, ApiError> {
+        parts
+            .extensions
+            .get::<Caller>()
+            .ok_or_else(|| ApiError::unauthorized("missing credentials"))?
+            .require_api()
+            .map(|_| Api)
+    }
 }
 
 /// A JSON body (an empty one is `{}`); malformed JSON is a 400.
@@ -109,33 +106,15 @@ fn page(items: Vec<Value>, q: &Query, max: usize) -> ApiResult<Response> {
     ok(paginate(items, q.limit()?, q.one("page"), max)?)
 }
 
-async fn create_agent(
-    State(a): S,
-    Extension(c): Extension<Caller>,
-    b: Bytes,
-) -> ApiResult<Response> {
-    c.require_api()?;
+async fn create_agent(State(a): S, _: Api, b: Bytes) -> ApiResult<Response> {
     ok(a.create_agent(&body(&b)?).await?)
 }
 
-async fn list_agents(
-    State(a): S,
-    Extension(c): Extension<Caller>,
-    RawQuery(q): RawQuery,
-) -> ApiResult<Response> {
-    c.require_api()?;
-    let q = Query::parse(q);
+async fn list_agents(State(a): S, _: Api, q: Query) -> ApiResult<Response> {
     page(a.agents(q.flag("include_archived")), &q, 100)
 }
 
-async fn get_agent(
-    State(a): S,
-    Extension(c): Extension<Caller>,
-    Path(id): Path<String>,
-    RawQuery(q): RawQuery,
-) -> ApiResult<Response> {
-    c.require_api()?;
-    let q = Query::parse(q);
+async fn get_agent(State(a): S, _: Api, Path(id): Path<String>, q: Query) -> ApiResult<Response> {
     let version = q
         .one("version")
         .map(|v| {
@@ -148,49 +127,31 @@ async fn get_agent(
 
 async fn update_agent(
     State(a): S,
-    Extension(c): Extension<Caller>,
+    _: Api,
     Path(id): Path<String>,
     b: Bytes,
 ) -> ApiResult<Response> {
-    c.require_api()?;
     ok(a.update_agent(&id, &body(&b)?).await?)
 }
 
-async fn archive_agent(
-    State(a): S,
-    Extension(c): Extension<Caller>,
-    Path(id): Path<String>,
-) -> ApiResult<Response> {
-    c.require_api()?;
+async fn archive_agent(State(a): S, _: Api, Path(id): Path<String>) -> ApiResult<Response> {
     ok(a.archive_agent(&id).await?)
 }
 
 async fn agent_versions(
     State(a): S,
-    Extension(c): Extension<Caller>,
+    _: Api,
     Path(id): Path<String>,
-    RawQuery(q): RawQuery,
+    q: Query,
 ) -> ApiResult<Response> {
-    c.require_api()?;
-    page(a.agent_versions(&id)?, &Query::parse(q), 100)
+    page(a.agent_versions(&id)?, &q, 100)
 }
 
-async fn create_environment(
-    State(a): S,
-    Extension(c): Extension<Caller>,
-    b: Bytes,
-) -> ApiResult<Response> {
-    c.require_api()?;
+async fn create_environment(State(a): S, _: Api, b: Bytes) -> ApiResult<Response> {
     ok(a.create_environment(&body(&b)?).await?)
 }
 
-async fn list_environments(
-    State(a): S,
-    Extension(c): Extension<Caller>,
-    RawQuery(q): RawQuery,
-) -> ApiResult<Response> {
-    c.require_api()?;
-    let q = Query::parse(q);
+async fn list_environments(State(a): S, _: Api, q: Query) -> ApiResult<Response> {
     page(a.environments(q.flag("include_archived")), &q, 100)
 }
 
@@ -205,57 +166,34 @@ async fn get_environment(
 
 async fn update_environment(
     State(a): S,
-    Extension(c): Extension<Caller>,
+    _: Api,
     Path(id): Path<String>,
     b: Bytes,
 ) -> ApiResult<Response> {
-    c.require_api()?;
     ok(a.update_environment(&id, &body(&b)?).await?)
 }
 
-async fn delete_environment(
-    State(a): S,
-    Extension(c): Extension<Caller>,
-    Path(id): Path<String>,
-) -> ApiResult<Response> {
-    c.require_api()?;
+async fn delete_environment(State(a): S, _: Api, Path(id): Path<String>) -> ApiResult<Response> {
     ok(a.delete_environment(&id).await?)
 }
 
-async fn archive_environment(
-    State(a): S,
-    Extension(c): Extension<Caller>,
-    Path(id): Path<String>,
-) -> ApiResult<Response> {
-    c.require_api()?;
+async fn archive_environment(State(a): S, _: Api, Path(id): Path<String>) -> ApiResult<Response> {
     ok(a.archive_environment(&id).await?)
 }
 
-async fn create_key(
-    State(a): S,
-    Extension(c): Extension<Caller>,
-    Path(id): Path<String>,
-) -> ApiResult<Response> {
-    c.require_api()?;
+async fn create_key(State(a): S, _: Api, Path(id): Path<String>) -> ApiResult<Response> {
     ok(a.create_key(&id).await?)
 }
 
-async fn list_keys(
-    State(a): S,
-    Extension(c): Extension<Caller>,
-    Path(id): Path<String>,
-    RawQuery(q): RawQuery,
-) -> ApiResult<Response> {
-    c.require_api()?;
-    page(a.keys(&id)?, &Query::parse(q), 100)
+async fn list_keys(State(a): S, _: Api, Path(id): Path<String>, q: Query) -> ApiResult<Response> {
+    page(a.keys(&id)?, &q, 100)
 }
 
 async fn revoke_key(
     State(a): S,
-    Extension(c): Extension<Caller>,
+    _: Api,
     Path((id, key)): Path<(String, String)>,
 ) -> ApiResult<Response> {
-    c.require_api()?;
     ok(a.revoke_key(&id, &key).await?)
 }
 
@@ -263,11 +201,10 @@ async fn poll(
     State(a): S,
     Extension(c): Extension<Caller>,
     Path(env): Path<String>,
-    RawQuery(q): RawQuery,
+    q: Query,
     headers: HeaderMap,
 ) -> ApiResult<Response> {
     c.require_environment(&env)?;
-    let q = Query::parse(q);
     let worker = headers
         .get("anthropic-worker-id")
         .and_then(|v| v.to_str().ok())
@@ -289,10 +226,9 @@ async fn heartbeat(
     State(a): S,
     Extension(c): Extension<Caller>,
     Path((env, id)): Path<(String, String)>,
-    RawQuery(q): RawQuery,
+    q: Query,
 ) -> ApiResult<Response> {
     c.require_work(&env, &id)?;
-    let q = Query::parse(q);
     let ttl = q
         .one("desired_ttl_seconds")
         .map(|v| {
@@ -334,51 +270,38 @@ async fn work_list(
     State(a): S,
     Extension(c): Extension<Caller>,
     Path(env): Path<String>,
-    RawQuery(q): RawQuery,
+    q: Query,
 ) -> ApiResult<Response> {
     if !matches!(&c, Caller::Environment(e) if *e == env) {
         return Err(ApiError::forbidden(
             "listing work needs the environment's key",
         ));
     }
-    page(a.work_list(&env)?, &Query::parse(q), 1000)
+    page(a.work_list(&env)?, &q, 1000)
 }
 
 async fn work_get(
     State(a): S,
-    Extension(c): Extension<Caller>,
+    _: Api,
     Path((env, id)): Path<(String, String)>,
 ) -> ApiResult<Response> {
-    c.require_api()?;
     ok(a.work_item(&env, &id)?)
 }
 
 async fn work_update(
     State(a): S,
-    Extension(c): Extension<Caller>,
+    _: Api,
     Path((env, id)): Path<(String, String)>,
     b: Bytes,
 ) -> ApiResult<Response> {
-    c.require_api()?;
     ok(a.update_work(&env, &id, &body(&b)?).await?)
 }
 
-async fn create_session(
-    State(a): S,
-    Extension(c): Extension<Caller>,
-    b: Bytes,
-) -> ApiResult<Response> {
-    c.require_api()?;
+async fn create_session(State(a): S, _: Api, b: Bytes) -> ApiResult<Response> {
     ok(a.create_session(&body(&b)?).await?)
 }
 
-async fn list_sessions(
-    State(a): S,
-    Extension(c): Extension<Caller>,
-    RawQuery(q): RawQuery,
-) -> ApiResult<Response> {
-    c.require_api()?;
-    let q = Query::parse(q);
+async fn list_sessions(State(a): S, _: Api, q: Query) -> ApiResult<Response> {
     let filter = SessionFilter {
         include_archived: q.flag("include_archived"),
         agent_id: q.one("agent_id").map(str::to_string),
@@ -399,29 +322,18 @@ async fn get_session(
 
 async fn update_session(
     State(a): S,
-    Extension(c): Extension<Caller>,
+    _: Api,
     Path(id): Path<String>,
     b: Bytes,
 ) -> ApiResult<Response> {
-    c.require_api()?;
     ok(a.update_session(&id, &body(&b)?).await?)
 }
 
-async fn archive_session(
-    State(a): S,
-    Extension(c): Extension<Caller>,
-    Path(id): Path<String>,
-) -> ApiResult<Response> {
-    c.require_api()?;
+async fn archive_session(State(a): S, _: Api, Path(id): Path<String>) -> ApiResult<Response> {
     ok(a.archive_session(&id).await?)
 }
 
-async fn delete_session(
-    State(a): S,
-    Extension(c): Extension<Caller>,
-    Path(id): Path<String>,
-) -> ApiResult<Response> {
-    c.require_api()?;
+async fn delete_session(State(a): S, _: Api, Path(id): Path<String>) -> ApiResult<Response> {
     ok(a.delete_session(&id).await?)
 }
 
@@ -440,10 +352,9 @@ async fn list_events(
     State(a): S,
     Extension(c): Extension<Caller>,
     Path(id): Path<String>,
-    RawQuery(q): RawQuery,
+    q: Query,
 ) -> ApiResult<Response> {
     c.require_session(&a, &id)?;
-    let q = Query::parse(q);
     let events = a.list_events(&id, &q.all("types"), q.one("order") == Some("desc"))?;
     page(events, &q, 1000)
 }
@@ -485,22 +396,11 @@ async fn stream_events(
         .into_response())
 }
 
-async fn create_store(
-    State(a): S,
-    Extension(c): Extension<Caller>,
-    b: Bytes,
-) -> ApiResult<Response> {
-    c.require_api()?;
+async fn create_store(State(a): S, _: Api, b: Bytes) -> ApiResult<Response> {
     ok(a.create_store(&body(&b)?).await?)
 }
 
-async fn list_stores(
-    State(a): S,
-    Extension(c): Extension<Caller>,
-    RawQuery(q): RawQuery,
-) -> ApiResult<Response> {
-    c.require_api()?;
-    let q = Query::parse(q);
+async fn list_stores(State(a): S, _: Api, q: Query) -> ApiResult<Response> {
     page(a.stores(q.flag("include_archived")), &q, 100)
 }
 
@@ -515,29 +415,18 @@ async fn get_store(
 
 async fn update_store(
     State(a): S,
-    Extension(c): Extension<Caller>,
+    _: Api,
     Path(id): Path<String>,
     b: Bytes,
 ) -> ApiResult<Response> {
-    c.require_api()?;
     ok(a.update_store(&id, &body(&b)?).await?)
 }
 
-async fn delete_store(
-    State(a): S,
-    Extension(c): Extension<Caller>,
-    Path(id): Path<String>,
-) -> ApiResult<Response> {
-    c.require_api()?;
+async fn delete_store(State(a): S, _: Api, Path(id): Path<String>) -> ApiResult<Response> {
     ok(a.delete_store(&id).await?)
 }
 
-async fn archive_store(
-    State(a): S,
-    Extension(c): Extension<Caller>,
-    Path(id): Path<String>,
-) -> ApiResult<Response> {
-    c.require_api()?;
+async fn archive_store(State(a): S, _: Api, Path(id): Path<String>) -> ApiResult<Response> {
     ok(a.archive_store(&id).await?)
 }
 
@@ -555,11 +444,11 @@ async fn create_memory(
     State(a): S,
     Extension(c): Extension<Caller>,
     Path(store): Path<String>,
-    RawQuery(q): RawQuery,
+    q: Query,
     b: Bytes,
 ) -> ApiResult<Response> {
     c.require_store(&a, &store, true)?;
-    let full = full_view(&Query::parse(q), false)?;
+    let full = full_view(&q, false)?;
     ok(crate::memory::view(
         &a.create_memory(&store, &body(&b)?).await?,
         full,
@@ -570,10 +459,9 @@ async fn list_memories(
     State(a): S,
     Extension(c): Extension<Caller>,
     Path(store): Path<String>,
-    RawQuery(q): RawQuery,
+    q: Query,
 ) -> ApiResult<Response> {
     c.require_store(&a, &store, false)?;
-    let q = Query::parse(q);
     let depth = q
         .one("depth")
         .map(|d| {
@@ -594,10 +482,10 @@ async fn get_memory(
     State(a): S,
     Extension(c): Extension<Caller>,
     Path((store, id)): Path<(String, String)>,
-    RawQuery(q): RawQuery,
+    q: Query,
 ) -> ApiResult<Response> {
     c.require_store(&a, &store, false)?;
-    let full = full_view(&Query::parse(q), true)?;
+    let full = full_view(&q, true)?;
     ok(crate::memory::view(&a.memory(&store, &id)?, full))
 }
 
@@ -605,11 +493,11 @@ async fn update_memory(
     State(a): S,
     Extension(c): Extension<Caller>,
     Path((store, id)): Path<(String, String)>,
-    RawQuery(q): RawQuery,
+    q: Query,
     b: Bytes,
 ) -> ApiResult<Response> {
     c.require_store(&a, &store, true)?;
-    let full = full_view(&Query::parse(q), false)?;
+    let full = full_view(&q, false)?;
     ok(crate::memory::view(
         &a.update_memory(&store, &id, &body(&b)?).await?,
         full,
@@ -620,10 +508,9 @@ async fn delete_memory(
     State(a): S,
     Extension(c): Extension<Caller>,
     Path((store, id)): Path<(String, String)>,
-    RawQuery(q): RawQuery,
+    q: Query,
 ) -> ApiResult<Response> {
     c.require_store(&a, &store, true)?;
-    let q = Query::parse(q);
     ok(
         a.delete_memory(&store, &id, q.one("expected_content_sha256"))
             .await?,
@@ -663,62 +550,40 @@ async fn upload(mut form: Multipart) -> ApiResult<(Vec<crate::skills::File>, Opt
     Ok((files, display_name))
 }
 
-async fn create_skill(
-    State(a): S,
-    Extension(c): Extension<Caller>,
-    form: Multipart,
-) -> ApiResult<Response> {
-    c.require_api()?;
+async fn create_skill(State(a): S, _: Api, form: Multipart) -> ApiResult<Response> {
     let (files, display_name) = upload(form).await?;
     ok(a.create_skill(files, display_name).await?)
 }
 
-async fn list_skills(
-    State(a): S,
-    Extension(c): Extension<Caller>,
-    RawQuery(q): RawQuery,
-) -> ApiResult<Response> {
-    c.require_api()?;
-    page(a.skills(), &Query::parse(q), 100)
+async fn list_skills(State(a): S, _: Api, q: Query) -> ApiResult<Response> {
+    page(a.skills(), &q, 100)
 }
 
-async fn get_skill(
-    State(a): S,
-    Extension(c): Extension<Caller>,
-    Path(id): Path<String>,
-) -> ApiResult<Response> {
-    c.require_api()?;
+async fn get_skill(State(a): S, _: Api, Path(id): Path<String>) -> ApiResult<Response> {
     ok(a.skill(&id)?)
 }
 
-async fn delete_skill(
-    State(a): S,
-    Extension(c): Extension<Caller>,
-    Path(id): Path<String>,
-) -> ApiResult<Response> {
-    c.require_api()?;
+async fn delete_skill(State(a): S, _: Api, Path(id): Path<String>) -> ApiResult<Response> {
     ok(a.delete_skill(&id).await?)
 }
 
 async fn create_skill_version(
     State(a): S,
-    Extension(c): Extension<Caller>,
+    _: Api,
     Path(id): Path<String>,
     form: Multipart,
 ) -> ApiResult<Response> {
-    c.require_api()?;
     let (files, _) = upload(form).await?;
     ok(a.create_skill_version(&id, files).await?)
 }
 
 async fn list_skill_versions(
     State(a): S,
-    Extension(c): Extension<Caller>,
+    _: Api,
     Path(id): Path<String>,
-    RawQuery(q): RawQuery,
+    q: Query,
 ) -> ApiResult<Response> {
-    c.require_api()?;
-    page(a.skill_versions(&id)?, &Query::parse(q), 100)
+    page(a.skill_versions(&id)?, &q, 100)
 }
 
 /// Workers read the versions and archives of their sessions' skills.

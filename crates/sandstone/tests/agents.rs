@@ -789,6 +789,22 @@ async fn the_agent_loop_asks_retries_stops_and_survives_a_restart() {
                 && e["error"]["retry_status"]["type"] == "retrying")
     );
     assert!(kinds(&evs).contains(&"session.status_rescheduled"));
+    // Bracketed query arrays (encoded or not) filter the list.
+    let (_, only, _) = v1(
+        &d,
+        &d.token,
+        Method::GET,
+        &format!("/sessions/{sid}/events?types[]=session.error&types%5B%5D=agent.message"),
+        None,
+    )
+    .await;
+    let only: Vec<&str> = only["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|e| e["type"].as_str())
+        .collect();
+    assert_eq!(only, ["session.error", "session.error", "agent.message"]);
     assert_eq!(
         evs.iter()
             .rev()
