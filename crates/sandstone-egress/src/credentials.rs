@@ -513,6 +513,15 @@ mod tests {
         Injection { bindings, rules }
     }
 
+    /// Projects the test values through `b` into a request.
+    fn apply(b: &CredentialBinding, h: &mut hyper::HeaderMap, pq: &mut String) {
+        let req = RequestParts {
+            headers: h,
+            path_and_query: pq,
+        };
+        project(b, &values(), req).unwrap();
+    }
+
     fn values() -> SourceValues {
         SourceValues(BTreeMap::from([(
             "token".to_string(),
@@ -563,15 +572,7 @@ mod tests {
         let mut h = hyper::HeaderMap::new();
         h.insert("authorization", "Bearer fake".parse().unwrap());
         let mut pq = "/repos/x".to_string();
-        project(
-            b,
-            &values(),
-            RequestParts {
-                headers: &mut h,
-                path_and_query: &mut pq,
-            },
-        )
-        .unwrap();
+        apply(b, &mut h, &mut pq);
         assert_eq!(h["authorization"], "Bearer s3cr3t");
         assert_eq!(h.len(), 1);
     }
@@ -594,15 +595,7 @@ mod tests {
         // Embedded in free text (which a server might echo back): left alone.
         h.insert("x-note", "my key is PLACEHOLDER_KEY".parse().unwrap());
         let mut pq = "/q?key=PLACEHOLDER_KEY&a=1&q=say+PLACEHOLDER_KEY".to_string();
-        project(
-            b,
-            &values(),
-            RequestParts {
-                headers: &mut h,
-                path_and_query: &mut pq,
-            },
-        )
-        .unwrap();
+        apply(b, &mut h, &mut pq);
         assert_eq!(h["x-api-key"], "s3cr3t");
         assert_eq!(h["authorization"], "Bearer s3cr3t");
         assert_eq!(h["other"], "none");

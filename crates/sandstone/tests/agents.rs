@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::Daemon;
+use common::{Daemon, assert_names, run_python, sdk_python, sha256sum};
 use reqwest::Method;
 use serde_json::{Value, json};
 use std::process::{Child, Command, Stdio};
@@ -131,33 +131,23 @@ async fn environment(d: &Daemon) -> (String, String) {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_official_sdk_and_worker_run_a_session_end_to_end() {
-    let Ok(python) = std::env::var("SANDSTONE_SDK_PYTHON") else {
-        eprintln!("skipped: SANDSTONE_SDK_PYTHON is not set (scripts/test.sh sets it up)");
-        return;
-    };
+    let Some(python) = sdk_python() else { return };
     let model = FakeModel::start();
     let d = daemon(&model, 30).await;
     let (env, key) = environment(&d).await;
     let workdir = tempfile::tempdir().unwrap();
-    let script = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../../tests/sdk/anthropic_ma_e2e.py"
-    );
-    let out = tokio::process::Command::new(python)
-        .arg(script)
-        .env("ANTHROPIC_BASE_URL", &d.url)
-        .env("ANTHROPIC_API_KEY", &d.token)
-        .env("SANDSTONE_ENV_ID", &env)
-        .env("SANDSTONE_ENV_KEY", &key)
-        .env("WORKDIR", workdir.path())
-        .output()
-        .await
-        .expect("run python");
-    let (stdout, stderr) = (
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr),
-    );
-    assert!(out.status.success(), "SDK e2e failed:\n{stdout}\n{stderr}");
+    let (stdout, stderr) = run_python(
+        &python,
+        "sdk/anthropic_ma_e2e.py",
+        &[
+            ("ANTHROPIC_BASE_URL", &d.url),
+            ("ANTHROPIC_API_KEY", &d.token),
+            ("SANDSTONE_ENV_ID", &env),
+            ("SANDSTONE_ENV_KEY", &key),
+            ("WORKDIR", &workdir.path().display().to_string()),
+        ],
+    )
+    .await;
     let summary: Value = serde_json::from_str(stdout.lines().last().unwrap_or("")).unwrap();
     assert_eq!(summary["ok"], true, "{stdout}");
     // The model saw the worker's results: its last request carried them.
@@ -176,6 +166,16 @@ async fn the_official_sdk_and_worker_run_a_session_end_to_end() {
     // not into the daemon's log.
     let log = std::fs::read_to_string(d.data.path().join("daemon.log")).unwrap_or_default();
     assert!(!log.contains(MODEL_KEY) && !stdout.contains(MODEL_KEY) && !stderr.contains(MODEL_KEY));
+}
+
+/// The sessions token in a polled work item's `secret` (base64url JSON).
+fn sessions_token(item: &Value) -> String {
+    use base64::Engine;
+    let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(item["secret"].as_str().expect("a secret"))
+        .unwrap();
+    let secret: Value = serde_json::from_slice(&raw).unwrap();
+    secret["sessions_token"].as_str().unwrap().to_string()
 }
 
 /// Polls until `f` holds (bounded).
@@ -243,10 +243,7 @@ async fn work_queue_protocol_edge_cases() {
         None,
     )
     .await;
-    assert!(
-        s == 400 && v["error"]["message"].as_str().unwrap().contains("block_ms"),
-        "{v}"
-    );
+    assert_names(s, &v, "block_ms");
 
     // A session queues a work item; a poll claims it with a secret.
     let (_, agent, _) = v1(
@@ -313,17 +310,7 @@ async fn work_queue_protocol_edge_cases() {
     // ...and is after it, with a new sessions token (the old one is void).
     let again = poll(0).await;
     assert_eq!(again["id"].as_str(), Some(wid.as_str()));
-    let token_of = |item: &Value| {
-        use base64::Engine;
-        let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD
-            .decode(item["secret"].as_str().unwrap())
-            .unwrap();
-        serde_json::from_slice::<Value>(&raw).unwrap()["sessions_token"]
-            .as_str()
-            .unwrap()
-            .to_string()
-    };
-    let (old, token) = (token_of(&item), token_of(&again));
+    let (old, token) = (sessions_token(&item), sessions_token(&again));
     let (s, _, _) = v1(&d, &old, Method::GET, &format!("/sessions/{sid}"), None).await;
     assert_eq!(s, 401);
     let (s, _, _) = v1(&d, &token, Method::GET, &format!("/sessions/{sid}"), None).await;
@@ -528,14 +515,7 @@ async fn work_queue_protocol_edge_cases() {
         Some(bad),
     )
     .await;
-    assert!(
-        s == 400
-            && v["error"]["message"]
-                .as_str()
-                .unwrap()
-                .contains("events[0].content"),
-        "{v}"
-    );
+    assert_names(s, &v, "events[0].content");
     let (s, _, _) = v1(&d, &d.token, Method::GET, "/sessions/sesn_nope", None).await;
     assert_eq!(s, 404);
     let stray = json!({"events": [{"type": "user.tool_result", "tool_use_id": "sevt_nope", "content": []}]});
@@ -547,14 +527,7 @@ async fn work_queue_protocol_edge_cases() {
         Some(stray),
     )
     .await;
-    assert!(
-        s == 400
-            && v["error"]["message"]
-                .as_str()
-                .unwrap()
-                .contains("tool_use_id"),
-        "{v}"
-    );
+    assert_names(s, &v, "tool_use_id");
 
     // A revoked environment key stops working at once.
     let (_, keys, _) = v1(
@@ -1002,14 +975,7 @@ async fn memory_stores_keep_content_hashes_and_preconditions() {
         "resources": [{"type": "file", "file_id": "file_x"}]})),
     )
     .await;
-    assert!(
-        s == 400
-            && v["error"]["message"]
-                .as_str()
-                .unwrap()
-                .contains("resources[0].type"),
-        "{v}"
-    );
+    assert_names(s, &v, "resources[0].type");
 
     // The session's worker reaches the store with its sessions token; the
     // environment key does not.
@@ -1021,16 +987,7 @@ async fn memory_stores_keep_content_hashes_and_preconditions() {
         None,
     )
     .await;
-    let token = {
-        use base64::Engine;
-        let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD
-            .decode(item["secret"].as_str().unwrap())
-            .unwrap();
-        serde_json::from_slice::<Value>(&raw).unwrap()["sessions_token"]
-            .as_str()
-            .unwrap()
-            .to_string()
-    };
+    let token = sessions_token(&item);
     let memories = format!("/memory_stores/{sid_store}/memories");
     let (s, _) = mem(&d, &key, Method::GET, &memories, None).await;
     assert_eq!(s, 403);
@@ -1049,7 +1006,7 @@ async fn memory_stores_keep_content_hashes_and_preconditions() {
         "create answers with view=basic"
     );
     // sha256("vim"), as clients compute it locally.
-    assert_eq!(created["content_sha256"], sha256_of("vim"));
+    assert_eq!(created["content_sha256"], sha256sum(b"vim"));
     let mid = created["id"].as_str().unwrap().to_string();
     let sha = created["content_sha256"].as_str().unwrap().to_string();
     assert_eq!(
@@ -1085,10 +1042,7 @@ async fn memory_stores_keep_content_hashes_and_preconditions() {
         Some(json!({"path": "/../etc", "content": ""})),
     )
     .await;
-    assert!(
-        s == 400 && v["error"]["message"].as_str().unwrap().contains("path"),
-        "{v}"
-    );
+    assert_names(s, &v, "path");
 
     // Retrieve defaults to full; a stale precondition is a 409; a fresh one works.
     let (_, got) = mem(&d, &token, Method::GET, &format!("{memories}/{mid}"), None).await;
@@ -1157,16 +1111,7 @@ async fn memory_stores_keep_content_hashes_and_preconditions() {
         None,
     )
     .await;
-    let ro_token = {
-        use base64::Engine;
-        let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD
-            .decode(ro_item["secret"].as_str().unwrap())
-            .unwrap();
-        serde_json::from_slice::<Value>(&raw).unwrap()["sessions_token"]
-            .as_str()
-            .unwrap()
-            .to_string()
-    };
+    let ro_token = sessions_token(&ro_item);
     let (s, _) = mem(
         &d,
         &ro_token,
@@ -1243,18 +1188,6 @@ async fn memory_stores_keep_content_hashes_and_preconditions() {
     assert_eq!((s, v["type"].as_str()), (200, Some("memory_deleted")));
 }
 
-fn sha256_of(s: &str) -> String {
-    let out = Command::new("sha256sum")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .and_then(|mut c| {
-            std::io::Write::write_all(c.stdin.as_mut().unwrap(), s.as_bytes())?;
-            c.wait_with_output()
-        });
-    String::from_utf8(out.unwrap().stdout).unwrap()[..64].to_string()
-}
-
 /// A memory store call, with the memory beta.
 async fn mem(
     d: &Daemon,
@@ -1280,35 +1213,23 @@ async fn mem(
 
 #[tokio::test(flavor = "multi_thread")]
 async fn skills_upload_version_and_download_through_the_sdk() {
-    let Ok(python) = std::env::var("SANDSTONE_SDK_PYTHON") else {
-        eprintln!("skipped: SANDSTONE_SDK_PYTHON is not set (scripts/test.sh sets it up)");
-        return;
-    };
+    let Some(python) = sdk_python() else { return };
     let model = FakeModel::start();
     let d = daemon(&model, 30).await;
     let (env, _) = environment(&d).await;
     let workdir = tempfile::tempdir().unwrap();
-    let script = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../../tests/sdk/anthropic_skills.py"
-    );
-    let out = tokio::process::Command::new(python)
-        .arg(script)
-        .env("ANTHROPIC_BASE_URL", &d.url)
-        .env("ANTHROPIC_API_KEY", &d.token)
-        .env("SANDSTONE_ENV_ID", &env)
-        .env("WORKDIR", workdir.path())
-        .output()
-        .await
-        .unwrap();
-    let (stdout, stderr) = (
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr),
-    );
-    assert!(
-        out.status.success() && stdout.contains("skills OK"),
-        "{stdout}\n{stderr}"
-    );
+    let (stdout, _) = run_python(
+        &python,
+        "sdk/anthropic_skills.py",
+        &[
+            ("ANTHROPIC_BASE_URL", &d.url),
+            ("ANTHROPIC_API_KEY", &d.token),
+            ("SANDSTONE_ENV_ID", &env),
+            ("WORKDIR", &workdir.path().display().to_string()),
+        ],
+    )
+    .await;
+    assert!(stdout.contains("skills OK"), "{stdout}");
     // Bad uploads are 400s naming the problem.
     let form = |name: &str, data: &str| {
         let dir = workdir.path().join("bad");
@@ -1337,14 +1258,7 @@ async fn skills_upload_version_and_download_through_the_sdk() {
     let v: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["error"]["type"], "invalid_request_error", "{v}");
     let (s, v, _) = v1(&d, &d.token, Method::POST, "/agents", Some(json!({"name": "x", "model": "m", "skills": [{"type": "anthropic", "skill_id": "xlsx"}]}))).await;
-    assert!(
-        s == 400
-            && v["error"]["message"]
-                .as_str()
-                .unwrap()
-                .contains("skills[0].type"),
-        "{v}"
-    );
+    assert_names(s, &v, "skills[0].type");
 }
 
 /// The scripted model is itself checked against the official SDK's
@@ -1352,25 +1266,7 @@ async fn skills_upload_version_and_download_through_the_sdk() {
 /// a faithful fake.
 #[tokio::test(flavor = "multi_thread")]
 async fn the_fake_model_satisfies_the_official_sdk() {
-    let Ok(python) = std::env::var("SANDSTONE_SDK_PYTHON") else {
-        eprintln!("skipped: SANDSTONE_SDK_PYTHON is not set (scripts/test.sh sets it up)");
-        return;
-    };
-    let script = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../../tests/fake_model/check_with_sdk.py"
-    );
-    let out = tokio::process::Command::new(python)
-        .arg(script)
-        .output()
-        .await
-        .unwrap();
-    let (stdout, stderr) = (
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr),
-    );
-    assert!(
-        out.status.success() && stdout.contains("fake model OK"),
-        "{stdout}\n{stderr}"
-    );
+    let Some(python) = sdk_python() else { return };
+    let (stdout, _) = run_python(&python, "fake_model/check_with_sdk.py", &[]).await;
+    assert!(stdout.contains("fake model OK"), "{stdout}");
 }

@@ -7,7 +7,7 @@
 mod common;
 
 use common::fake_internet::FakeInternet;
-use common::{Daemon, networked};
+use common::{Daemon, networked, sha256sum};
 use serde_json::{Value, json};
 
 /// The fake internet and a daemon that trusts its CA for upstreams.
@@ -214,7 +214,7 @@ for p in paths:
         pass
 print(found or 'absent', len(paths) > 100)
 "#,
-        hash = sha256_hex(net.token.as_bytes()),
+        hash = sha256sum(net.token.as_bytes()),
         len = net.token.len(),
     );
     assert!(!scan.contains(tail));
@@ -300,17 +300,4 @@ print(found or 'absent', len(paths) > 100)
             "{f} holds the token"
         );
     }
-}
-
-fn sha256_hex(b: &[u8]) -> String {
-    let out = std::process::Command::new("sha256sum")
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .and_then(|mut c| {
-            std::io::Write::write_all(c.stdin.as_mut().unwrap(), b)?;
-            c.wait_with_output()
-        })
-        .unwrap();
-    String::from_utf8(out.stdout).unwrap()[..64].to_string()
 }

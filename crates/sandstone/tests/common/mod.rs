@@ -224,11 +224,7 @@ impl Daemon {
     /// field it names).
     pub async fn rejects(&self, path: &str, body: Value, needle: &str) {
         let (s, v) = self.post(path, body).await;
-        let msg = v["error"]["message"].as_str().unwrap_or("");
-        assert!(
-            s == 400 && msg.contains(needle),
-            "{path}: expected a 400 naming {needle}: {s} {v}"
-        );
+        assert_names(s, &v, needle);
     }
 
     /// Runs `argv` to completion and returns the context response's data.
@@ -345,6 +341,57 @@ pub async fn networked(dns_upstream: &str, extra: &[String]) -> Daemon {
     d.serve_args.extend_from_slice(extra);
     d.spawn().await;
     d
+}
+
+/// Asserts a 400 whose error message contains `needle` (the field named);
+/// both error shapes (Sandbox0's and Anthropic's) keep it in
+/// `error.message`.
+pub fn assert_names(status: u16, v: &Value, needle: &str) {
+    let msg = v["error"]["message"].as_str().unwrap_or("");
+    assert!(
+        status == 400 && msg.contains(needle),
+        "expected a 400 naming {needle}: {status} {v}"
+    );
+}
+
+/// SHA-256 hex of `data` by coreutils' `sha256sum`: an implementation
+/// independent of the daemon's.
+pub fn sha256sum(data: &[u8]) -> String {
+    let out = Command::new("sha256sum")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .and_then(|mut c| {
+            c.stdin.take().unwrap().write_all(data)?;
+            c.wait_with_output()
+        })
+        .expect("run sha256sum");
+    text(&out.stdout)[..64].to_string()
+}
+
+/// The Python with the SDKs installed (`SANDSTONE_SDK_PYTHON`, which
+/// scripts/test.sh sets up); without it the calling test is skipped.
+pub fn sdk_python() -> Option<String> {
+    let python = std::env::var("SANDSTONE_SDK_PYTHON").ok();
+    if python.is_none() {
+        eprintln!("skipped: SANDSTONE_SDK_PYTHON is not set (scripts/test.sh sets it up)");
+    }
+    python
+}
+
+/// Runs `tests/<script>` with `python` and `envs`, asserts it succeeded,
+/// and returns what it printed (stdout, stderr).
+pub async fn run_python(python: &str, script: &str, envs: &[(&str, &str)]) -> (String, String) {
+    let path = format!("{}/../../tests/{script}", env!("CARGO_MANIFEST_DIR"));
+    let out = tokio::process::Command::new(python)
+        .arg(&path)
+        .envs(envs.iter().copied())
+        .output()
+        .await
+        .expect("run python");
+    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+    assert!(out.status.success(), "{script} failed:\n{stdout}\n{stderr}");
+    (stdout, stderr)
 }
 
 /// Runs the `sandstone` CLI against `d` with `stdin`.
