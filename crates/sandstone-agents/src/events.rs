@@ -197,7 +197,7 @@ impl Agents {
             s.appends.clone()
         };
         let _one = appends.lock().await;
-        let seq = self.session_events(session).len() as i64;
+        let seq = self.event_count(session) as i64;
         self.store.append_event(session, seq, &ev).await?;
         let mut st = self.state.lock().unwrap();
         let s = st
@@ -298,6 +298,12 @@ impl Agents {
             .get(session)
             .ok_or_else(|| ApiError::not_found("session", session))?;
         Ok(s.live.subscribe())
+    }
+
+    /// How many events a session has (without copying its history).
+    pub(crate) fn event_count(&self, session: &str) -> usize {
+        let st = self.state.lock().unwrap();
+        st.sessions.get(session).map_or(0, |s| s.events.len())
     }
 
     pub(crate) fn session_events(&self, session: &str) -> Vec<Arc<Value>> {

@@ -456,8 +456,7 @@ impl Agents {
 
     /// Ends a turn the user interrupted: no answer is recorded.
     async fn end_interrupted(&self, session: &str, start: &Value) -> ApiResult<()> {
-        self.consume(session, self.session_events(session).len())
-            .await?;
+        self.consume(session, self.event_count(session)).await?;
         self.emit(session, json!({"type": "span.model_request_end", "model_request_start_id": start["id"], "is_error": true, "model_usage": {}})).await?;
         self.set_idle(session, json!({"type": "end_turn"})).await
     }
