@@ -588,7 +588,12 @@ impl Agents {
             .unwrap()
             .sessions
             .insert(id.clone(), Session::new(doc, Vec::new(), 0));
-        self.queue_work(&env_id, &id).await?;
+        if let Err(e) = self.queue_work(&env_id, &id).await {
+            // A session nobody would ever serve is not left behind.
+            self.state.lock().unwrap().sessions.remove(&id);
+            let _ = self.store.delete_doc(SESSION, &id).await;
+            return Err(e);
+        }
         if !initial.is_empty() {
             self.append_user_events(&id, initial).await?;
         }
@@ -793,14 +798,16 @@ impl Agents {
     pub async fn delete_session(&self, id: &str) -> ApiResult<Value> {
         self.not_running(id, "deleting")?;
         self.stop_session_work(id, true).await?;
+        // Gone from the store first: if that fails the session is still
+        // whole, in memory and on disk.
+        self.store.delete_events(id).await?;
+        self.store.delete_doc(SESSION, id).await?;
         let gone = self.state.lock().unwrap().sessions.remove(id);
         if let Some(s) = gone {
             let _ = s.live.send(std::sync::Arc::new(
                 json!({"type": "session.deleted", "id": new_id("sevt"), "processed_at": now()}),
             ));
         }
-        self.store.delete_doc(SESSION, id).await?;
-        self.store.delete_events(id).await?;
         Ok(json!({"id": id, "type": "session_deleted"}))
     }
 }

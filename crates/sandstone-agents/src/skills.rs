@@ -252,7 +252,13 @@ impl Agents {
             "latest_version": version["version"], "latest_version_id": version["id"],
             "source": {"type": "custom"}, "created_at": t, "updated_at": t,
         });
-        self.persist(SKILL, &id, &doc).await?;
+        if let Err(e) = self.persist(SKILL, &id, &doc).await {
+            // No version without its skill.
+            let vid = str_of(&version, "id");
+            self.state.lock().unwrap().skill_versions.remove(&vid);
+            let _ = self.store.delete_doc(VERSION, &vid).await;
+            return Err(e);
+        }
         self.state.lock().unwrap().skills.insert(id, doc.clone());
         Ok(doc)
     }

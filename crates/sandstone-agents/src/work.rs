@@ -125,7 +125,10 @@ impl Agents {
             };
             st.work.insert(id.clone(), work);
         }
-        self.save_work(&id).await?;
+        if let Err(e) = self.save_work(&id).await {
+            self.state.lock().unwrap().work.remove(&id);
+            return Err(e);
+        }
         // One item, one poller: waking them all would only have the rest
         // find nothing.
         self.queue_wake(env).notify_one();
