@@ -177,26 +177,29 @@ fn check_reference(events: &[Arc<Value>], e: &Value, at: &str) -> ApiResult<()> 
 impl Agents {
     /// Persists `ev` (with a new id and time) at the end of the session's
     /// history and shows it to live streams.
-    pub(crate) async fn emit(&self, session: &str, mut ev: Value) -> ApiResult<Arc<Value>> {
-        ev["id"] = json!(new_id("sevt"));
-        ev["processed_at"] = json!(now());
-        self.append(session, ev).await
+    pub(crate) async fn emit(&self, session: &str, ev: Value) -> ApiResult<Arc<Value>> {
+        let appends = self.appends_of(session)?;
+        let _one = appends.lock().await;
+        self.emit_locked(session, ev).await
     }
 
-    async fn append(&self, session: &str, ev: Value) -> ApiResult<Arc<Value>> {
+    /// The lock that puts a session's appends in one order.
+    fn appends_of(&self, session: &str) -> ApiResult<Arc<tokio::sync::Mutex<()>>> {
+        let st = self.state.lock().unwrap();
+        let s = st
+            .sessions
+            .get(session)
+            .ok_or_else(|| ApiError::not_found("session", session))?;
+        Ok(s.appends.clone())
+    }
+
+    /// `emit` with the session's append lock held: the event is stored at
+    /// the next position first, and only then listed and streamed, so
+    /// readers never see an event the store lacks, nor one out of order.
+    async fn emit_locked(&self, session: &str, mut ev: Value) -> ApiResult<Arc<Value>> {
+        ev["id"] = json!(new_id("sevt"));
+        ev["processed_at"] = json!(now());
         let ev = Arc::new(ev);
-        // One append at a time per session: the event is stored at the
-        // next position first, and only then listed and streamed, so
-        // readers never see an event the store lacks, nor one out of order.
-        let appends = {
-            let st = self.state.lock().unwrap();
-            let s = st
-                .sessions
-                .get(session)
-                .ok_or_else(|| ApiError::not_found("session", session))?;
-            s.appends.clone()
-        };
-        let _one = appends.lock().await;
         let seq = self.event_count(session) as i64;
         self.store.append_event(session, seq, &ev).await?;
         let mut st = self.state.lock().unwrap();
@@ -210,23 +213,16 @@ impl Agents {
     }
 
     /// Appends events a client or worker sent, after checking them
-    /// against the session's state; wakes the session's turn.
+    /// against the session's state; wakes the session's turn. The check and
+    /// the appends hold the session's append lock: two results for one
+    /// call cannot both pass.
     pub async fn append_user_events(
         self: &Arc<Self>,
         session: &str,
         events: Vec<Value>,
     ) -> ApiResult<Vec<Value>> {
-        // One sender at a time per session: two results for one call must
-        // not both pass the check below.
-        let senders = {
-            let st = self.state.lock().unwrap();
-            let s = st
-                .sessions
-                .get(session)
-                .ok_or_else(|| ApiError::not_found("session", session))?;
-            s.senders.clone()
-        };
-        let _turn = senders.lock().await;
+        let appends = self.appends_of(session)?;
+        let held = appends.lock().await;
         {
             let st = self.state.lock().unwrap();
             let s = st
@@ -253,9 +249,10 @@ impl Agents {
             if e["type"] == "user.interrupt" {
                 self.interrupt(session);
             }
-            let ev = self.emit(session, e).await?;
+            let ev = self.emit_locked(session, e).await?;
             out.push((*ev).clone());
         }
+        drop(held);
         if message {
             let env = self.session_environment(session).unwrap_or_default();
             self.queue_work(&env, session).await?;

@@ -70,9 +70,8 @@ struct Session {
     wake: Arc<Notify>,
     /// Cancels its model request (`user.interrupt`).
     cancel: Arc<Notify>,
-    /// Serialises clients' and workers' sends to this session.
-    senders: Arc<tokio::sync::Mutex<()>>,
-    /// Serialises appends to its history (store, then memory and streams).
+    /// Serialises appends to its history (store, then memory and streams),
+    /// and a sender's check with its appends.
     appends: Arc<tokio::sync::Mutex<()>>,
     driving: bool,
 }
@@ -232,7 +231,6 @@ impl Session {
             live: broadcast::channel(1024).0,
             wake: Arc::new(Notify::new()),
             cancel: Arc::new(Notify::new()),
-            senders: Arc::default(),
             appends: Arc::default(),
             driving: false,
         }
