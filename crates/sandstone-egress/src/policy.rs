@@ -322,7 +322,8 @@ impl Default for OperatorRules {
 }
 
 impl OperatorRules {
-    fn decide(&self, c: &Connection) -> Option<Decision> {
+    /// The operator's verdict on `c`, if its rules say anything.
+    pub(crate) fn decide(&self, c: &Connection) -> Option<Decision> {
         if let Some(ip) = c.ip {
             if self.allow.iter().any(|n| n.contains(ip)) {
                 return None;

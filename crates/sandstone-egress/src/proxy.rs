@@ -297,15 +297,10 @@ async fn resolve_allowed(egress: &Egress, name: &str, port: u16) -> Result<Socke
         host: None,
         app: AppProtocol::Other,
     };
-    let denied = crate::policy::NetworkPolicy {
-        mode: crate::policy::Mode::AllowAll,
-        ..Default::default()
-    }
-    .compile()
-    .expect("empty policy compiles");
+    // Only the operator's rules judge the addresses a name resolves to.
     addrs
         .iter()
-        .find(|a| denied.decide(&egress.operator, &probe(a.ip())).allowed)
+        .find(|a| egress.operator.decide(&probe(a.ip())).is_none())
         .copied()
         .ok_or_else(|| {
             format!(
