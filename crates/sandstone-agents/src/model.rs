@@ -69,6 +69,12 @@ pub async fn call(
             .ok()
             .and_then(|v| v["error"]["message"].as_str().map(str::to_string))
             .unwrap_or_else(|| format!("HTTP {status}"));
+        // The message reaches session events: a provider that echoes the
+        // key it was sent must not publish it there.
+        let msg = match &config.model_api_key {
+            Some(k) if !k.is_empty() => msg.replace(k.as_str(), "[redacted]"),
+            _ => msg,
+        };
         return Err(failed(Some(status), msg));
     }
     read_stream(resp).await
