@@ -423,3 +423,32 @@ pub struct CredentialSourceMeta {
     pub created_at: String,
     pub updated_at: String,
 }
+
+/// `POST /api/v1/sandboxes/{id}/tools/{name}` (Sandstone extension): one
+/// call of the agent toolset (`bash`, `read`, `write`, `edit`, `glob`,
+/// `grep`) executed inside the sandbox, with the semantics and messages of
+/// Anthropic's `agent_toolset_20260401` reference implementation.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct ToolCallRequest {
+    /// The tool's input as the model wrote it (`agent.tool_use.input`).
+    #[serde(default)]
+    pub input: serde_json::Value,
+    /// Relative paths resolve here; file tools stay under it or under an
+    /// allowed root. Default `/workspace`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workdir: Option<String>,
+    /// Other roots the file tools may touch (skills, memory stores).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allowed_roots: Vec<String>,
+    /// Roots where `write` and `edit` are refused (read-only memory stores).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub read_only_roots: Vec<String>,
+}
+
+/// The outcome of one tool call, ready to become `user.tool_result`
+/// content: `text`, `image` or `document` blocks.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct ToolCallResult {
+    pub content: Vec<serde_json::Value>,
+    pub is_error: bool,
+}

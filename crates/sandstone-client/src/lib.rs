@@ -366,6 +366,104 @@ impl Client {
             .body(data);
         self.send(req).await.map(drop)
     }
+
+    /// Runs one agent toolset tool (`bash`, `read`, `write`, `edit`, `glob`,
+    /// `grep`) in the sandbox. A failure the model should see is a result
+    /// with `is_error`, not an `Err`.
+    pub async fn tool(
+        &self,
+        id: &str,
+        name: &str,
+        req: &api::ToolCallRequest,
+    ) -> Result<api::ToolCallResult> {
+        self.call(
+            Method::POST,
+            &format!("/api/v1/sandboxes/{id}/tools/{name}"),
+            Some(json!(req)),
+        )
+        .await
+    }
+
+    /// Writes a file with a mode (octal permission bits).
+    pub async fn write_file_mode(
+        &self,
+        id: &str,
+        path: &str,
+        data: Vec<u8>,
+        mode: u32,
+    ) -> Result<()> {
+        let req = self
+            .http
+            .post(self.url(&format!("/api/v1/sandboxes/{id}/files")))
+            .query(&[("path", path), ("mode", &format!("{mode:o}"))])
+            .header("content-type", "application/octet-stream")
+            .body(data);
+        self.send(req).await.map(drop)
+    }
+
+    /// `mkdir -p`.
+    pub async fn mkdir(&self, id: &str, path: &str) -> Result<()> {
+        let req = self
+            .http
+            .post(self.url(&format!("/api/v1/sandboxes/{id}/files")))
+            .query(&[("path", path), ("mkdir", "true"), ("recursive", "true")]);
+        self.send(req).await.map(drop)
+    }
+
+    pub async fn list_dir(&self, id: &str, path: &str) -> Result<Vec<api::FileInfo>> {
+        let path = urlencode(path);
+        let list: api::FileList = self
+            .call(
+                Method::GET,
+                &format!("/api/v1/sandboxes/{id}/files/list?path={path}"),
+                None,
+            )
+            .await?;
+        Ok(list.entries)
+    }
+
+    /// Removes a file or a whole directory tree.
+    pub async fn remove_path(&self, id: &str, path: &str) -> Result<()> {
+        let req = self
+            .http
+            .delete(self.url(&format!("/api/v1/sandboxes/{id}/files")))
+            .query(&[("path", path)]);
+        self.send(req).await.map(drop)
+    }
+
+    pub async fn move_path(&self, id: &str, from: &str, to: &str) -> Result<()> {
+        let body = json!({"source": from, "destination": to});
+        self.call::<serde_json::Value>(
+            Method::POST,
+            &format!("/api/v1/sandboxes/{id}/files/move"),
+            Some(body),
+        )
+        .await
+        .map(drop)
+    }
+
+    /// Sandboxes labelled `key=value` (see `SandboxConfig::metadata`).
+    pub async fn find_labeled(&self, key: &str, value: &str) -> Result<Vec<api::SandboxSummary>> {
+        let path = format!(
+            "/api/v1/sandboxes?limit=1000&metadata.{}={}",
+            urlencode(key),
+            urlencode(value)
+        );
+        let list: api::SandboxList = self.call(Method::GET, &path, None).await?;
+        Ok(list.sandboxes)
+    }
+}
+
+/// Percent-encodes a query value.
+fn urlencode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' | b'/' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
 }
 
 /// Whether an error is the API's "not found".

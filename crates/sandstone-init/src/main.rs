@@ -5,6 +5,7 @@ mod files;
 mod procs;
 mod repl;
 mod serve;
+mod toolset;
 mod watch;
 
 use sandstone_runtime::spawn::{SandboxStart, SpawnSpec, prepare_sandbox, spawn};

@@ -2,8 +2,9 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
 
-/// Largest header accepted (JSON).
-pub const MAX_HEADER: usize = 1 << 20;
+/// Largest header accepted (JSON). A tool result carries a base64 image or
+/// PDF (up to 20 MiB raw, about 27 MiB encoded) in its header.
+pub const MAX_HEADER: usize = 32 << 20;
 /// Largest payload accepted (file bodies, input).
 pub const MAX_PAYLOAD: usize = 256 << 20;
 
@@ -85,6 +86,16 @@ pub enum Request {
     Watch {
         path: String,
         recursive: bool,
+    },
+    /// Runs one file tool of the agent toolset (`read`, `write`, `edit`,
+    /// `glob`, `grep`); paths are confined to `workdir` and
+    /// `allowed_roots`, and `write`/`edit` refuse `read_only_roots`.
+    Tool {
+        name: String,
+        input: serde_json::Value,
+        workdir: String,
+        allowed_roots: Vec<String>,
+        read_only_roots: Vec<String>,
     },
 }
 
@@ -200,6 +211,12 @@ pub enum Response {
     Event {
         event: String,
         path: String,
+    },
+    /// The outcome of a tool: content blocks (`text`, `image`, `document`)
+    /// and whether they describe an error the model should see.
+    ToolResult {
+        content: Vec<serde_json::Value>,
+        is_error: bool,
     },
 }
 

@@ -1,7 +1,7 @@
 //! The daemon-facing server: one thread per connection, one request at a time.
 
 use crate::procs::{self, Event, Proc, SpawnRequest};
-use crate::{files, repl, watch};
+use crate::{files, repl, toolset, watch};
 use sandstone_init::proto::{
     ErrorCode, ExitInfo, ProcKind, Request, Response, read_frame, write_frame,
 };
@@ -164,6 +164,14 @@ fn dispatch(req: Request, payload: Vec<u8>, out: &mut Out) -> std::io::Result<()
             procs: procs::list().iter().map(|p| p.info()).collect(),
         },
         Request::Watch { path, recursive } => return watch::run(&path, recursive, out),
+        // Runs on this connection's thread: a long walk delays no one else.
+        Request::Tool {
+            name,
+            input,
+            workdir,
+            allowed_roots,
+            read_only_roots,
+        } => toolset::call(&name, &input, &workdir, &allowed_roots, &read_only_roots),
         other => {
             return {
                 let (r, body) = files::handle(other, &payload);

@@ -17,7 +17,7 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use error::ApiError;
-use routes::{contexts, credentials, files, network, sandboxes, snapshots};
+use routes::{contexts, credentials, files, network, sandboxes, snapshots, tools};
 use sandstone_storage::Storage;
 use sandstone_store::{SqliteStore, Store};
 use std::net::SocketAddr;
@@ -173,6 +173,7 @@ pub fn router(st: AppState) -> Router {
         .route(&format!("{sb}/files/list"), get(files::list))
         .route(&format!("{sb}/files/move"), post(files::rename))
         .route(&format!("{sb}/files/watch"), get(files::watch))
+        .route(&format!("{sb}/tools/{{name}}"), post(tools::call))
         .route("/api/v1/templates", get(sandboxes::templates))
         .route(
             "/api/v1/credential-sources",

@@ -17,6 +17,12 @@ pub const OPS: &[&str] = &[
     "resume",
     "snapshot",
     "fork",
+    "tool_bash",
+    "tool_read",
+    "tool_write",
+    "tool_edit",
+    "tool_glob",
+    "tool_grep",
 ];
 
 #[derive(Default)]

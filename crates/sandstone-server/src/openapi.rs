@@ -253,6 +253,13 @@ pub const OPERATIONS: &[(&str, &str, &str, u16, Body)] = &[
         Body::None,
     ),
     (
+        "post",
+        "/api/v1/sandboxes/{id}/tools/{name}",
+        "Run an agent toolset tool (bash, read, write, edit, glob, grep) in the sandbox",
+        200,
+        Body::Json,
+    ),
+    (
         "get",
         "/api/v1/templates",
         "List templates",

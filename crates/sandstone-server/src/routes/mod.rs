@@ -4,3 +4,4 @@ pub mod files;
 pub mod network;
 pub mod sandboxes;
 pub mod snapshots;
+pub mod tools;
