@@ -56,6 +56,14 @@ pub enum SessionCmd {
     Send { id: String, text: String },
     /// Follow a session's events, human-readable.
     Tail { id: String },
+    /// What the agent left in `/mnt/session/outputs` of the session's
+    /// sandbox: listed, or downloaded into a directory.
+    Outputs {
+        id: String,
+        /// Download every file here (relative paths kept).
+        #[arg(long)]
+        to: Option<std::path::PathBuf>,
+    },
 }
 
 fn row(cols: &[&str]) {
@@ -197,6 +205,45 @@ pub async fn session(c: &Client, cmd: &SessionCmd) -> Result<()> {
                 .await?;
         }
         SessionCmd::Tail { id } => tail(c, id).await?,
+        SessionCmd::Outputs { id, to } => outputs(c, id, to.as_deref()).await?,
+    }
+    Ok(())
+}
+
+/// Lists (and with `to`, downloads) a session's outputs. Only regular
+/// files are taken; a name is never joined unless it is a plain component.
+async fn outputs(c: &Client, session: &str, to: Option<&std::path::Path>) -> Result<()> {
+    use sandstone_worker::sandbox::{OUTPUTS_DIR, SESSION_LABEL};
+    let found = c.find_labeled(SESSION_LABEL, session).await?;
+    let Some(sandbox) = found.first() else {
+        anyhow::bail!("no sandbox serves session {session}: has a worker served it yet?");
+    };
+    let mut dirs = vec![(OUTPUTS_DIR.to_string(), std::path::PathBuf::new())];
+    while let Some((dir, rel)) = dirs.pop() {
+        for e in c.list_dir(&sandbox.id, &dir).await? {
+            let plain =
+                !e.name.is_empty() && e.name != "." && e.name != ".." && !e.name.contains('/');
+            if !plain {
+                continue;
+            }
+            let rel = rel.join(&e.name);
+            match e.kind.as_str() {
+                "dir" => dirs.push((e.path.clone(), rel)),
+                "file" => {
+                    println!("{}\t{}", e.size, rel.display());
+                    if let Some(to) = to {
+                        let dest = to.join(&rel);
+                        if let Some(parent) = dest.parent() {
+                            std::fs::create_dir_all(parent)?;
+                        }
+                        let bytes = c.read_file(&sandbox.id, &e.path).await?;
+                        std::fs::write(&dest, bytes)
+                            .with_context(|| format!("writing {}", dest.display()))?;
+                    }
+                }
+                _ => {}
+            }
+        }
     }
     Ok(())
 }

@@ -5,6 +5,7 @@ mod agents_cmd;
 mod bench;
 mod bench_durable;
 mod terminal;
+mod worker_cmd;
 
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
@@ -159,6 +160,12 @@ enum Cmd {
         #[command(subcommand)]
         cmd: agents_cmd::SessionCmd,
     },
+    /// The Managed Agents environment worker: serves a `self_hosted`
+    /// environment's sessions, each in its own durable sandbox.
+    Worker {
+        #[command(subcommand)]
+        cmd: worker_cmd::WorkerCmd,
+    },
     /// Credential sources (values are write-only).
     Cred {
         #[command(subcommand)]
@@ -310,10 +317,12 @@ fn main() {
     }
 }
 
-fn init_logging() {
+/// Logs go to stderr; JSON when asked for (`--log-format json` or
+/// `SANDSTONE_LOG_FORMAT=json`).
+fn init_logging(json: bool) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("SANDSTONE_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let json = std::env::var("SANDSTONE_LOG_FORMAT").is_ok_and(|f| f == "json");
+    let json = json || std::env::var("SANDSTONE_LOG_FORMAT").is_ok_and(|f| f == "json");
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
@@ -334,17 +343,21 @@ fn init_binary() -> Result<PathBuf> {
 }
 
 fn client(cli: &Cli) -> Result<Client> {
-    let token = match std::env::var("SANDSTONE_TOKEN") {
-        Ok(t) => t,
+    Ok(Client::new(&cli.url, &admin_token(cli)?))
+}
+
+/// `SANDSTONE_TOKEN`, else the daemon's admin token file.
+fn admin_token(cli: &Cli) -> Result<String> {
+    match std::env::var("SANDSTONE_TOKEN") {
+        Ok(t) => Ok(t),
         Err(_) => {
             let path = cli.data_dir.join(sandstone_server::ADMIN_TOKEN_FILE);
-            std::fs::read_to_string(&path)
+            Ok(std::fs::read_to_string(&path)
                 .with_context(|| format!("no SANDSTONE_TOKEN and cannot read {}", path.display()))?
                 .trim()
-                .to_string()
+                .to_string())
         }
-    };
-    Ok(Client::new(&cli.url, &token))
+    }
 }
 
 fn print_json<T: serde::Serialize>(v: &T) -> Result<()> {
@@ -384,7 +397,7 @@ async fn run(cli: Cli) -> Result<()> {
                 ),
                 None => std::env::var("SANDSTONE_MODEL_API_KEY").ok(),
             };
-            init_logging();
+            init_logging(false);
             let config = sandstone_server::Config {
                 data_dir: cli.data_dir.clone(),
                 listen: *listen,
@@ -495,6 +508,10 @@ async fn run(cli: Cli) -> Result<()> {
         Cmd::Env { cmd } => agents_cmd::env(&client(&cli)?, cmd).await,
         Cmd::Agent { cmd } => agents_cmd::agent(&client(&cli)?, cmd).await,
         Cmd::Session { cmd } => agents_cmd::session(&client(&cli)?, cmd).await,
+        Cmd::Worker { cmd } => {
+            init_logging(matches!(cmd.log_format(), worker_cmd::LogFormat::Json));
+            worker_cmd::run(cmd, &cli.url, || admin_token(&cli)).await
+        }
         Cmd::Audit { id, follow, denied } => audit(&cli, id, *follow, *denied).await,
         Cmd::Inspect { id } => print_json(&client(&cli)?.get(id).await?),
         Cmd::Exec {

@@ -5,129 +5,15 @@
 
 mod common;
 
+use common::agents::{
+    BETA, FakeModel, MODEL_KEY, daemon, environment, events, eventually, idle_with, kinds, say,
+    session_on, v1,
+};
 use common::{Daemon, assert_names, run_python, sdk_python, sha256sum};
 use reqwest::Method;
 use serde_json::{Value, json};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
-
-const BETA: &str = "managed-agents-2026-04-01";
-
-/// The scripted Messages API (tests/fake_model/server.py).
-struct FakeModel {
-    child: Child,
-    url: String,
-}
-
-impl FakeModel {
-    fn start() -> FakeModel {
-        let root = concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/fake_model");
-        let mut child = Command::new("python3")
-            .args([
-                &format!("{root}/server.py"),
-                "127.0.0.1",
-                "0",
-                &format!("{root}/scripts"),
-            ])
-            .env("FAKE_MODEL_KEY", MODEL_KEY)
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("start the fake model");
-        let mut line = String::new();
-        std::io::BufRead::read_line(
-            &mut std::io::BufReader::new(child.stdout.take().unwrap()),
-            &mut line,
-        )
-        .unwrap();
-        let port = line
-            .trim()
-            .strip_prefix("ready ")
-            .expect("ready line")
-            .to_string();
-        FakeModel {
-            child,
-            url: format!("http://127.0.0.1:{port}"),
-        }
-    }
-}
-
-impl Drop for FakeModel {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// The key the fake model requires: the daemon must send it there and
-/// nowhere else.
-const MODEL_KEY: &str = "sk-fake-model-key-3c9e1d";
-
-/// A daemon whose agent loop calls the fake model, with short leases.
-async fn daemon(model: &FakeModel, lease_ttl: u64) -> Daemon {
-    let mut d = Daemon::start().await;
-    d.kill();
-    let key_file = d.data.path().join("model.key");
-    std::fs::write(&key_file, MODEL_KEY).unwrap();
-    d.serve_args = vec![
-        "--model-base-url".into(),
-        model.url.clone(),
-        "--model-api-key-file".into(),
-        key_file.display().to_string(),
-        "--lease-ttl-seconds".into(),
-        lease_ttl.to_string(),
-    ];
-    d.spawn().await;
-    d
-}
-
-/// A `/v1` call with `bearer` and the beta header.
-async fn v1(
-    d: &Daemon,
-    bearer: &str,
-    method: Method,
-    path: &str,
-    body: Option<Value>,
-) -> (u16, Value, reqwest::header::HeaderMap) {
-    let mut req = d
-        .http
-        .request(method, format!("{}/v1{path}", d.url))
-        .bearer_auth(bearer)
-        .header("anthropic-beta", format!("other-beta-2025-01-01,{BETA}"));
-    if let Some(b) = body {
-        req = req.json(&b);
-    }
-    let r = req.send().await.unwrap();
-    let (status, headers) = (r.status().as_u16(), r.headers().clone());
-    let text = r.text().await.unwrap();
-    (
-        status,
-        serde_json::from_str(&text).unwrap_or(Value::String(text)),
-        headers,
-    )
-}
-
-async fn environment(d: &Daemon) -> (String, String) {
-    let (s, env, _) = v1(
-        d,
-        &d.token,
-        Method::POST,
-        "/environments",
-        Some(json!({"name": "test", "config": {"type": "self_hosted"}})),
-    )
-    .await;
-    assert_eq!(s, 200, "{env}");
-    let id = env["id"].as_str().unwrap().to_string();
-    let (s, key, _) = v1(
-        d,
-        &d.token,
-        Method::POST,
-        &format!("/environments/{id}/keys"),
-        None,
-    )
-    .await;
-    assert_eq!(s, 200, "{key}");
-    (id, key["key"].as_str().unwrap().to_string())
-}
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_official_sdk_and_worker_run_a_session_end_to_end() {
@@ -176,15 +62,6 @@ fn sessions_token(item: &Value) -> String {
         .unwrap();
     let secret: Value = serde_json::from_slice(&raw).unwrap();
     secret["sessions_token"].as_str().unwrap().to_string()
-}
-
-/// Polls until `f` holds (bounded).
-async fn eventually(mut f: impl AsyncFnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !f().await {
-        assert!(Instant::now() < deadline, "condition not reached in time");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -557,78 +434,6 @@ async fn work_queue_protocol_edge_cases() {
 
 /// Creates an agent on `script` (with `tools`) and a session; returns the
 /// session id.
-async fn session_on(d: &Daemon, env: &str, script: &str, tools: Value) -> String {
-    let (s, agent, _) = v1(
-        d,
-        &d.token,
-        Method::POST,
-        "/agents",
-        Some(json!({"name": script, "model": format!("scripted-{script}"), "tools": tools})),
-    )
-    .await;
-    assert_eq!(s, 200, "{agent}");
-    let (s, session, _) = v1(
-        d,
-        &d.token,
-        Method::POST,
-        "/sessions",
-        Some(json!({"agent": agent["id"], "environment_id": env})),
-    )
-    .await;
-    assert_eq!(s, 200, "{session}");
-    session["id"].as_str().unwrap().to_string()
-}
-
-async fn say(d: &Daemon, sid: &str, text: &str) {
-    let msg =
-        json!({"events": [{"type": "user.message", "content": [{"type": "text", "text": text}]}]});
-    let (s, v, _) = v1(
-        d,
-        &d.token,
-        Method::POST,
-        &format!("/sessions/{sid}/events"),
-        Some(msg),
-    )
-    .await;
-    assert_eq!(s, 200, "{v}");
-}
-
-async fn events(d: &Daemon, sid: &str) -> Vec<Value> {
-    let (_, v, _) = v1(
-        d,
-        &d.token,
-        Method::GET,
-        &format!("/sessions/{sid}/events?limit=1000"),
-        None,
-    )
-    .await;
-    v["data"].as_array().cloned().unwrap_or_default()
-}
-
-/// Waits for the session's last status event to be idle with `reason`.
-async fn idle_with(d: &Daemon, sid: &str, reason: &str) -> Vec<Value> {
-    let mut out = Vec::new();
-    eventually(async || {
-        out = events(d, sid).await;
-        out.iter()
-            .rev()
-            .find(|e| {
-                e["type"]
-                    .as_str()
-                    .is_some_and(|t| t.starts_with("session.status_"))
-            })
-            .is_some_and(|e| {
-                e["type"] == "session.status_idle" && e["stop_reason"]["type"] == reason
-            })
-    })
-    .await;
-    out
-}
-
-fn kinds(events: &[Value]) -> Vec<&str> {
-    events.iter().filter_map(|e| e["type"].as_str()).collect()
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn the_agent_loop_asks_retries_stops_and_survives_a_restart() {
     let model = FakeModel::start();

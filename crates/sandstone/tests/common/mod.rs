@@ -3,6 +3,9 @@
 
 #![allow(dead_code)]
 
+pub mod agents;
+pub mod fault_proxy;
+
 pub mod fake_internet;
 
 use serde_json::{Value, json};

@@ -1,0 +1,409 @@
+//! The Managed Agents control plane as the worker sees it: the work queue
+//! (poll, ack, heartbeat, stop), the session and its events, skills and
+//! memory stores. Every call is bearer-only (no `X-Api-Key`), as the
+//! official SDK's scoped client sends them.
+
+use crate::secret::Secret;
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+use std::time::Duration;
+
+const MANAGED_AGENTS_BETA: &str = "managed-agents-2026-04-01";
+const MEMORY_BETA: &str = "agent-memory-2026-07-22";
+
+/// What went wrong talking to the control plane.
+#[derive(Debug, thiserror::Error)]
+pub enum CmaError {
+    #[error("HTTP {status}: {message}")]
+    Status {
+        status: u16,
+        message: String,
+        body: Value,
+    },
+    #[error("transport error: {0}")]
+    Transport(String),
+}
+
+impl CmaError {
+    pub fn status(&self) -> Option<u16> {
+        match self {
+            CmaError::Status { status, .. } => Some(*status),
+            CmaError::Transport(_) => None,
+        }
+    }
+
+    /// A 4xx other than 408/409/429 will not get better by retrying.
+    pub fn is_fatal(&self) -> bool {
+        self.status()
+            .is_some_and(|s| (400..500).contains(&s) && ![408, 409, 429].contains(&s))
+    }
+
+    pub fn body(&self) -> Option<&Value> {
+        match self {
+            CmaError::Status { body, .. } => Some(body),
+            CmaError::Transport(_) => None,
+        }
+    }
+}
+
+pub type CmaResult<T> = Result<T, CmaError>;
+
+/// Which beta header a call carries.
+#[derive(Clone, Copy)]
+enum Beta {
+    ManagedAgents,
+    Memory,
+    None,
+}
+
+/// One control plane, shared by every item a worker serves.
+#[derive(Clone)]
+pub struct Cma {
+    base: String,
+    http: reqwest::Client,
+}
+
+struct Call<'a> {
+    method: Method,
+    path: String,
+    token: &'a Secret,
+    query: Vec<(&'static str, String)>,
+    body: Option<Value>,
+    beta: Beta,
+    timeout: Option<Duration>,
+    headers: Vec<(&'static str, String)>,
+}
+
+impl<'a> Call<'a> {
+    fn new(method: Method, path: String, token: &'a Secret) -> Self {
+        Call {
+            method,
+            path,
+            token,
+            query: Vec::new(),
+            body: None,
+            beta: Beta::ManagedAgents,
+            timeout: None,
+            headers: Vec::new(),
+        }
+    }
+}
+
+impl Cma {
+    pub fn new(base: &str) -> Cma {
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(5))
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .expect("a default HTTP client builds");
+        Cma {
+            base: base.trim_end_matches('/').to_string(),
+            http,
+        }
+    }
+
+    fn request(&self, c: &Call<'_>) -> reqwest::RequestBuilder {
+        let mut req = self
+            .http
+            .request(c.method.clone(), format!("{}{}", self.base, c.path))
+            .bearer_auth(c.token.expose())
+            .query(&c.query)
+            .timeout(c.timeout.unwrap_or(Duration::from_secs(600)));
+        match c.beta {
+            Beta::ManagedAgents => req = req.header("anthropic-beta", MANAGED_AGENTS_BETA),
+            Beta::Memory => req = req.header("anthropic-beta", MEMORY_BETA),
+            Beta::None => {}
+        }
+        for (k, v) in &c.headers {
+            req = req.header(*k, v);
+        }
+        if let Some(b) = &c.body {
+            req = req.json(b);
+        }
+        req
+    }
+
+    async fn send(&self, c: Call<'_>) -> CmaResult<reqwest::Response> {
+        let resp = self
+            .request(&c)
+            .send()
+            .await
+            .map_err(|e| CmaError::Transport(without_url(e)))?;
+        if resp.status().is_success() {
+            return Ok(resp);
+        }
+        let status = resp.status();
+        let body: Value = resp.json().await.unwrap_or(Value::Null);
+        Err(CmaError::Status {
+            status: status.as_u16(),
+            message: body["error"]["message"]
+                .as_str()
+                .unwrap_or(status.canonical_reason().unwrap_or("error"))
+                .to_string(),
+            body,
+        })
+    }
+
+    async fn json(&self, c: Call<'_>) -> CmaResult<Value> {
+        self.send(c)
+            .await?
+            .json()
+            .await
+            .map_err(|e| CmaError::Transport(without_url(e)))
+    }
+
+    fn work_path(env: &str, rest: &str) -> String {
+        format!("/v1/environments/{env}/work{rest}")
+    }
+
+    /// One long poll. `None` when the queue had nothing (a JSON `null`).
+    pub async fn poll(
+        &self,
+        env: &str,
+        key: &Secret,
+        worker_id: &str,
+        block_ms: u64,
+    ) -> CmaResult<Option<Value>> {
+        let mut c = Call::new(Method::GET, Self::work_path(env, "/poll"), key);
+        c.query.push(("block_ms", block_ms.to_string()));
+        c.headers
+            .push(("Anthropic-Worker-ID", worker_id.to_string()));
+        c.timeout = Some(Duration::from_millis(block_ms) + Duration::from_secs(30));
+        let v = self.json(c).await?;
+        Ok((!v.is_null()).then_some(v))
+    }
+
+    pub async fn ack(&self, env: &str, work: &str, key: &Secret) -> CmaResult<Value> {
+        let path = Self::work_path(env, &format!("/{work}/ack"));
+        self.json(Call::new(Method::POST, path, key)).await
+    }
+
+    /// One heartbeat; `expected` is `NO_HEARTBEAT` first, then the server's
+    /// last `last_heartbeat` echoed verbatim.
+    pub async fn heartbeat(
+        &self,
+        env: &str,
+        work: &str,
+        token: &Secret,
+        expected: &str,
+        timeout: Duration,
+    ) -> CmaResult<Value> {
+        let path = Self::work_path(env, &format!("/{work}/heartbeat"));
+        let mut c = Call::new(Method::POST, path, token);
+        c.query
+            .push(("expected_last_heartbeat", expected.to_string()));
+        c.timeout = Some(timeout);
+        self.json(c).await
+    }
+
+    /// Stops an item; an item already stopped (409) counts as done.
+    pub async fn stop(&self, env: &str, work: &str, token: &Secret, force: bool) -> CmaResult<()> {
+        let path = Self::work_path(env, &format!("/{work}/stop"));
+        let mut c = Call::new(Method::POST, path, token);
+        c.body = Some(if force {
+            json!({"force": true})
+        } else {
+            json!({})
+        });
+        c.timeout = Some(Duration::from_secs(30));
+        match self.send(c).await {
+            Ok(_) => Ok(()),
+            Err(e) if e.status() == Some(409) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    pub async fn session(&self, sid: &str, token: &Secret) -> CmaResult<Value> {
+        let c = Call::new(Method::GET, format!("/v1/sessions/{sid}"), token);
+        self.json(c).await
+    }
+
+    /// A session's whole history, oldest first.
+    pub async fn events(&self, sid: &str, token: &Secret) -> CmaResult<Vec<Value>> {
+        let path = format!("/v1/sessions/{sid}/events");
+        self.pages(
+            &path,
+            token,
+            Beta::ManagedAgents,
+            vec![("limit", "1000".into())],
+        )
+        .await
+    }
+
+    async fn pages(
+        &self,
+        path: &str,
+        token: &Secret,
+        beta: Beta,
+        query: Vec<(&'static str, String)>,
+    ) -> CmaResult<Vec<Value>> {
+        let mut out = Vec::new();
+        let mut page: Option<String> = None;
+        loop {
+            let mut c = Call::new(Method::GET, path.to_string(), token);
+            c.beta = beta;
+            c.query = query.clone();
+            if let Some(p) = &page {
+                c.query.push(("page", p.clone()));
+            }
+            let v = self.json(c).await?;
+            if let Some(items) = v["data"].as_array() {
+                out.extend(items.iter().cloned());
+            }
+            match v["next_page"].as_str() {
+                Some(p) if !p.is_empty() => page = Some(p.to_string()),
+                _ => return Ok(out),
+            }
+        }
+    }
+
+    /// The live stream (SSE); nothing is replayed, so open it before
+    /// listing history.
+    pub async fn stream(&self, sid: &str, token: &Secret) -> CmaResult<reqwest::Response> {
+        let mut c = Call::new(
+            Method::GET,
+            format!("/v1/sessions/{sid}/events/stream"),
+            token,
+        );
+        c.timeout = Some(Duration::from_secs(24 * 3600));
+        c.headers.push(("accept", "text/event-stream".into()));
+        self.send(c).await
+    }
+
+    pub async fn send_events(&self, sid: &str, token: &Secret, events: Value) -> CmaResult<Value> {
+        let mut c = Call::new(Method::POST, format!("/v1/sessions/{sid}/events"), token);
+        c.body = Some(json!({ "events": events }));
+        c.timeout = Some(Duration::from_secs(30));
+        self.json(c).await
+    }
+
+    pub async fn skill_version(
+        &self,
+        skill: &str,
+        version: &str,
+        token: &Secret,
+    ) -> CmaResult<Value> {
+        let mut c = Call::new(
+            Method::GET,
+            format!("/v1/skills/{skill}/versions/{version}"),
+            token,
+        );
+        c.beta = Beta::None;
+        self.json(c).await
+    }
+
+    pub async fn skill_content(
+        &self,
+        skill: &str,
+        version: &str,
+        token: &Secret,
+    ) -> CmaResult<bytes::Bytes> {
+        let mut c = Call::new(
+            Method::GET,
+            format!("/v1/skills/{skill}/versions/{version}/content"),
+            token,
+        );
+        c.beta = Beta::None;
+        c.headers.push(("accept", "application/binary".into()));
+        self.send(c)
+            .await?
+            .bytes()
+            .await
+            .map_err(|e| CmaError::Transport(without_url(e)))
+    }
+
+    /// Every memory of a store; `full` includes contents.
+    pub async fn memories(&self, store: &str, token: &Secret, full: bool) -> CmaResult<Vec<Value>> {
+        let (view, limit) = if full {
+            ("full", "20")
+        } else {
+            ("basic", "100")
+        };
+        let path = format!("/v1/memory_stores/{store}/memories");
+        let query = vec![("view", view.to_string()), ("limit", limit.to_string())];
+        self.pages(&path, token, Beta::Memory, query).await
+    }
+
+    pub async fn memory(&self, store: &str, id: &str, token: &Secret) -> CmaResult<Value> {
+        let mut c = Call::new(
+            Method::GET,
+            format!("/v1/memory_stores/{store}/memories/{id}"),
+            token,
+        );
+        c.beta = Beta::Memory;
+        c.query.push(("view", "full".into()));
+        self.json(c).await
+    }
+
+    pub async fn create_memory(
+        &self,
+        store: &str,
+        path: &str,
+        content: &str,
+        token: &Secret,
+    ) -> CmaResult<Value> {
+        let mut c = Call::new(
+            Method::POST,
+            format!("/v1/memory_stores/{store}/memories"),
+            token,
+        );
+        c.beta = Beta::Memory;
+        c.body = Some(json!({"path": path, "content": content}));
+        self.json(c).await
+    }
+
+    pub async fn update_memory(
+        &self,
+        store: &str,
+        id: &str,
+        content: &str,
+        precondition_sha: &str,
+        token: &Secret,
+    ) -> CmaResult<Value> {
+        let mut c = Call::new(
+            Method::POST,
+            format!("/v1/memory_stores/{store}/memories/{id}"),
+            token,
+        );
+        c.beta = Beta::Memory;
+        c.body = Some(json!({"content": content,
+            "precondition": {"type": "content_sha256", "content_sha256": precondition_sha}}));
+        self.json(c).await
+    }
+
+    pub async fn delete_memory(
+        &self,
+        store: &str,
+        id: &str,
+        expected_sha: &str,
+        token: &Secret,
+    ) -> CmaResult<()> {
+        let mut c = Call::new(
+            Method::DELETE,
+            format!("/v1/memory_stores/{store}/memories/{id}"),
+            token,
+        );
+        c.beta = Beta::Memory;
+        c.query
+            .push(("expected_content_sha256", expected_sha.to_string()));
+        self.send(c).await.map(|_| ())
+    }
+}
+
+/// reqwest errors name the URL; ours carry no secrets in URLs, but keep
+/// messages short and stable for logs.
+fn without_url(e: reqwest::Error) -> String {
+    let kind = if e.is_timeout() {
+        "timed out"
+    } else if e.is_connect() {
+        "connect failed"
+    } else if e.is_decode() || e.is_body() {
+        "bad response body"
+    } else {
+        "request failed"
+    };
+    match e.status() {
+        Some(s) if s != StatusCode::OK => format!("{kind} (HTTP {s})"),
+        _ => kind.to_string(),
+    }
+}

@@ -1,0 +1,216 @@
+//! One work item, start to end: lease first, then the session, its
+//! sandbox, skills and memory, the tool runner, teardown, and the final
+//! force-stop unless the lease went to someone else.
+
+use crate::Worker;
+use crate::lease::{Lease, Target};
+use crate::memory::Memory;
+use crate::runner::{RunEnd, Runner};
+use crate::sandbox::OUTPUTS_DIR;
+use crate::secret::{Secret, sessions_token};
+use crate::skill_install::Installer;
+use crate::tools::{Roots, ToolHost};
+use serde_json::Value;
+use std::time::Instant;
+
+/// How an item ended, for logs and metrics.
+#[derive(Debug)]
+pub enum Outcome {
+    Ran(RunEnd),
+    Healthcheck,
+    /// The session had already terminated.
+    Terminated,
+    Failed(String),
+}
+
+impl Outcome {
+    fn label(&self) -> &'static str {
+        match self {
+            Outcome::Ran(RunEnd::IdleTimeout) => "idle",
+            Outcome::Ran(RunEnd::Terminated) | Outcome::Terminated => "terminated",
+            Outcome::Ran(RunEnd::Lease(_)) => "lease_ended",
+            Outcome::Ran(RunEnd::Cancelled) => "cancelled",
+            Outcome::Ran(RunEnd::Fatal(_)) | Outcome::Failed(_) => "failed",
+            Outcome::Healthcheck => "healthcheck",
+        }
+    }
+}
+
+/// The fields of a claimed item the worker needs.
+pub struct Item {
+    pub id: String,
+    pub kind: String,
+    pub session: String,
+    pub secret: Option<String>,
+    /// When the poll returned it (for the poll→ready figure).
+    pub polled_at: Instant,
+}
+
+impl Item {
+    pub fn from_poll(v: &Value) -> Option<Item> {
+        Some(Item {
+            id: v["id"].as_str()?.to_string(),
+            kind: v["data"]["type"].as_str().unwrap_or("session").to_string(),
+            session: v["data"]["id"].as_str().unwrap_or_default().to_string(),
+            secret: v["secret"].as_str().map(str::to_string),
+            polled_at: Instant::now(),
+        })
+    }
+}
+
+impl Worker {
+    pub async fn handle(&self, item: Item) -> Outcome {
+        let token = item
+            .secret
+            .as_deref()
+            .and_then(sessions_token)
+            .map(|t| (t, true))
+            .or_else(|| self.config.environment_key.clone().map(|k| (k, false)));
+        let Some((token, has_sessions_token)) = token else {
+            tracing::error!(work = %item.id, "neither a work secret nor an environment key: cannot serve the item");
+            return Outcome::Failed("no credential".into());
+        };
+        self.metrics.item_started(&item.id, &item.session);
+        let lease = Lease::start(Target {
+            cma: self.cma.clone(),
+            env: self.config.environment_id.clone(),
+            work: item.id.clone(),
+            token: token.clone(),
+            metrics: self.metrics.clone(),
+        });
+        let outcome = if item.kind == "session" {
+            self.serve(&item, &token, has_sessions_token, &lease).await
+        } else {
+            self.healthcheck().await
+        };
+        let owns = lease.ended().is_none_or(|e| e.owns_item());
+        lease.stop();
+        if owns {
+            let env = &self.config.environment_id;
+            if let Err(e) = self.cma.stop(env, &item.id, &token, true).await {
+                tracing::warn!(work = %item.id, error = %e, "force-stop failed");
+            }
+        }
+        tracing::info!(work = %item.id, session = %item.session, outcome = ?outcome, "item done");
+        self.metrics.item_finished(&item.id, outcome.label());
+        outcome
+    }
+
+    /// Healthcheck items probe what serving a session needs: the daemon.
+    async fn healthcheck(&self) -> Outcome {
+        match self.sandboxes.client.templates().await {
+            Ok(_) => tracing::info!("healthcheck: sandstone daemon reachable"),
+            Err(e) => tracing::warn!(error = %e, "healthcheck: sandstone daemon unreachable"),
+        }
+        Outcome::Healthcheck
+    }
+
+    async fn serve(
+        &self,
+        item: &Item,
+        token: &Secret,
+        has_sessions_token: bool,
+        lease: &Lease,
+    ) -> Outcome {
+        let session = match self.cma.session(&item.session, token).await {
+            Ok(s) => s,
+            Err(e) => return Outcome::Failed(format!("session lookup: {e}")),
+        };
+        if session["status"] == "terminated" || !session["archived_at"].is_null() {
+            return Outcome::Terminated;
+        }
+        let wants_memory = has_memory(&session) && self.config.memory_sync_interval.is_some();
+        if wants_memory && !has_sessions_token {
+            tracing::error!(work = %item.id, "the session attaches memory stores but the work item carried no sessions token");
+            return Outcome::Failed("no sessions token for memory".into());
+        }
+        let sandbox = match self.sandboxes.acquire(&item.session).await {
+            Ok(s) => s,
+            Err(e) => return Outcome::Failed(format!("sandbox: {e}")),
+        };
+        self.metrics.item_sandbox(&item.id, &sandbox.id);
+        tracing::info!(work = %item.id, session = %item.session, sandbox = %sandbox.id,
+            resumed = sandbox.resumed, ms = item.polled_at.elapsed().as_millis() as u64, "sandbox ready");
+        let outcome = self
+            .run_session(item, token, &session, &sandbox.id, wants_memory, lease)
+            .await;
+        self.sandboxes.release(&sandbox.id).await;
+        outcome
+    }
+
+    async fn run_session(
+        &self,
+        item: &Item,
+        token: &Secret,
+        session: &Value,
+        sandbox: &str,
+        wants_memory: bool,
+        lease: &Lease,
+    ) -> Outcome {
+        let client = &self.sandboxes.client;
+        let installer = Installer {
+            cma: &self.cma,
+            token,
+            client,
+            sandbox,
+        };
+        let skill_dirs = installer.install_all(session).await;
+        let memory = if wants_memory {
+            match Memory::mount(
+                &self.cma,
+                token,
+                client,
+                sandbox,
+                session,
+                self.config.memory_sync_interval,
+            )
+            .await
+            {
+                Ok(m) => Some(m),
+                Err(e) => {
+                    installer.remove(&skill_dirs).await;
+                    return Outcome::Failed(format!("memory: {e}"));
+                }
+            }
+        } else {
+            None
+        };
+        let mut roots = Roots::default();
+        roots.allowed.push(OUTPUTS_DIR.to_string());
+        if let Some(m) = &memory {
+            m.add_roots(&mut roots);
+        }
+        let host = ToolHost {
+            client: client.clone(),
+            sandbox: sandbox.to_string(),
+            roots,
+            custom: self.config.custom_tools.clone(),
+            session: item.session.clone(),
+        };
+        let end = Runner {
+            cma: &self.cma,
+            session: &item.session,
+            token,
+            host: &host,
+            lease,
+            metrics: &self.metrics,
+            memory: memory.as_ref(),
+            max_idle: self.config.max_idle,
+            shutdown: self.shutdown.clone(),
+        }
+        .run()
+        .await;
+        installer.remove(&skill_dirs).await;
+        if let Some(m) = memory {
+            let clean = matches!(end, RunEnd::IdleTimeout | RunEnd::Terminated);
+            m.teardown(clean).await;
+        }
+        Outcome::Ran(end)
+    }
+}
+
+fn has_memory(session: &Value) -> bool {
+    session["resources"]
+        .as_array()
+        .is_some_and(|r| r.iter().any(|r| r["type"] == "memory_store"))
+}

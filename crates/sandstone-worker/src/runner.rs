@@ -1,0 +1,513 @@
+//! The session tool runner: watches a session's events and answers the tool
+//! calls this worker serves, one at a time, as the official SDK runner does.
+//!
+//! The live stream is opened before history is listed (it has no replay),
+//! history is reconciled for calls still unanswered, and every call is
+//! handled once, by event id, whether it came from history or the stream.
+
+use crate::cma::{Cma, CmaError};
+use crate::lease::{Lease, LeaseEnd};
+use crate::memory::Memory;
+use crate::metrics::Metrics;
+use crate::secret::Secret;
+use crate::sse::SseReader;
+use crate::tools::{ToolHost, ToolUse};
+use sandstone_api::ToolCallResult;
+use serde_json::{Value, json};
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::watch;
+
+/// Why a run ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RunEnd {
+    /// The session terminated or was deleted.
+    Terminated,
+    /// Idle (not waiting on anyone) for `max_idle`.
+    IdleTimeout,
+    Lease(LeaseEnd),
+    /// The control plane refused the stream or history (401, 403, 404…).
+    Fatal(String),
+    /// The worker is shutting down.
+    Cancelled,
+}
+
+pub struct Runner<'a> {
+    pub cma: &'a Cma,
+    pub session: &'a str,
+    pub token: &'a Secret,
+    pub host: &'a ToolHost,
+    pub lease: &'a Lease,
+    pub metrics: &'a Metrics,
+    pub memory: Option<&'a Memory>,
+    /// `None` never stops on idleness.
+    pub max_idle: Option<Duration>,
+    pub shutdown: watch::Receiver<bool>,
+}
+
+/// Bookkeeping over every event seen, from history or live.
+#[derive(Default)]
+struct Book {
+    /// Calls queued, held, resolved or left to another client.
+    seen: HashSet<String>,
+    answered: HashSet<String>,
+    /// Confirmation verdicts: `true` is allow.
+    verdicts: HashMap<String, bool>,
+    /// Calls waiting for a `user.tool_confirmation`.
+    held: HashMap<String, ToolUse>,
+    queue: VecDeque<ToolUse>,
+    /// Terminated threads take no results; shared with the in-flight post.
+    dead_threads: Arc<Mutex<HashSet<String>>>,
+    idle_since: Option<Instant>,
+}
+
+type InFlight<'f> = Pin<Box<dyn Future<Output = ()> + Send + 'f>>;
+
+impl Book {
+    /// Answers and verdicts first, so replaying history never re-runs a call
+    /// that was answered later in it.
+    fn learn(&mut self, history: &[Value]) {
+        for ev in history {
+            match ev["type"].as_str().unwrap_or_default() {
+                "user.tool_result" => self.answer(&ev["tool_use_id"]),
+                "user.custom_tool_result" => self.answer(&ev["custom_tool_use_id"]),
+                "user.tool_confirmation" => {
+                    if let Some(id) = ev["tool_use_id"].as_str() {
+                        self.verdicts.insert(id.into(), ev["result"] == "allow");
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+
+    fn answer(&mut self, id: &Value) {
+        if let Some(id) = id.as_str() {
+            self.answered.insert(id.to_string());
+            self.held.remove(id);
+            self.queue.retain(|c| c.id != id);
+        }
+    }
+
+    /// Takes in one event; `Some` when it ends the run.
+    fn observe(&mut self, ev: &Value, host: &ToolHost) -> Option<RunEnd> {
+        let kind = ev["type"].as_str().unwrap_or_default();
+        match kind {
+            "agent.tool_use" | "agent.custom_tool_use" => self.consider(ev, host),
+            "user.tool_result" => self.answer(&ev["tool_use_id"]),
+            "user.custom_tool_result" => self.answer(&ev["custom_tool_use_id"]),
+            "user.tool_confirmation" => self.confirm(ev),
+            "session.thread_status_terminated" => {
+                if let Some(t) = ev["session_thread_id"].as_str() {
+                    self.dead_threads.lock().unwrap().insert(t.to_string());
+                }
+            }
+            "session.status_terminated" | "session.deleted" => return Some(RunEnd::Terminated),
+            _ => {}
+        }
+        self.track_idle(kind, ev);
+        None
+    }
+
+    /// An idle that waits on nobody starts the countdown; any later event
+    /// except the neutral ones cancels it.
+    fn track_idle(&mut self, kind: &str, ev: &Value) {
+        match kind {
+            "session.status_idle" => {
+                self.idle_since =
+                    (ev["stop_reason"]["type"] != "requires_action").then(Instant::now);
+            }
+            "user.tool_confirmation" | "session.thread_status_terminated" => {}
+            _ => self.idle_since = None,
+        }
+    }
+
+    fn confirm(&mut self, ev: &Value) {
+        let Some(id) = ev["tool_use_id"].as_str() else {
+            return;
+        };
+        // Unknown verdicts count as deny.
+        let allow = ev["result"] == "allow";
+        self.verdicts.insert(id.to_string(), allow);
+        if let Some(call) = self.held.remove(id) {
+            if allow {
+                self.queue.push_back(call);
+            } else {
+                tracing::info!(tool_use_id = id, "call denied by the user; not run");
+            }
+        }
+    }
+
+    fn consider(&mut self, ev: &Value, host: &ToolHost) {
+        let Some(call) = tool_use(ev) else { return };
+        if !self.seen.insert(call.id.clone()) || self.answered.contains(&call.id) {
+            return;
+        }
+        if !host.serves(&call) {
+            tracing::info!(tool = %call.name, tool_use_id = %call.id, "not served by this worker; left pending for its owner");
+            return;
+        }
+        match ev["evaluated_permission"].as_str() {
+            None | Some("allow") => self.queue.push_back(call),
+            // The server resolves denials itself.
+            Some("deny") => {}
+            // `ask`, and anything unknown, waits for the user's verdict.
+            Some(_) => match self.verdicts.get(&call.id) {
+                Some(true) => self.queue.push_back(call),
+                Some(false) => {}
+                None => {
+                    self.held.insert(call.id.clone(), call);
+                }
+            },
+        }
+    }
+
+    fn idle_deadline(&self, max_idle: Option<Duration>, busy: bool) -> Option<Instant> {
+        if busy || !self.held.is_empty() || !self.queue.is_empty() {
+            return None;
+        }
+        Some(self.idle_since? + max_idle?)
+    }
+}
+
+fn tool_use(ev: &Value) -> Option<ToolUse> {
+    Some(ToolUse {
+        id: ev["id"].as_str()?.to_string(),
+        name: ev["name"].as_str()?.to_string(),
+        input: ev["input"].clone(),
+        custom: ev["type"] == "agent.custom_tool_use",
+        thread: ev["session_thread_id"].as_str().map(str::to_string),
+    })
+}
+
+/// What one connection of the stream ended with.
+enum Pump {
+    Reconnect,
+    End(RunEnd),
+}
+
+impl Runner<'_> {
+    pub async fn run(&self) -> RunEnd {
+        let mut book = Book::default();
+        let mut backoff = Duration::from_millis(500);
+        loop {
+            match self.connect(&mut book).await {
+                Ok(mut sse) => {
+                    backoff = Duration::from_millis(500);
+                    match self.pump(&mut book, &mut sse).await {
+                        Pump::End(end) => return end,
+                        Pump::Reconnect => {}
+                    }
+                }
+                Err(e) if e.is_fatal() => return RunEnd::Fatal(e.to_string()),
+                Err(e) => {
+                    tracing::debug!(session = self.session, error = %e, "stream failed; reconnecting")
+                }
+            }
+            if let Some(end) = self.pause(backoff).await {
+                return end;
+            }
+            backoff = (backoff * 2).min(Duration::from_secs(10));
+        }
+    }
+
+    /// Opens the stream, then lists and reconciles history.
+    async fn connect(&self, book: &mut Book) -> Result<SseReader, CmaError> {
+        let stream = self.cma.stream(self.session, self.token).await?;
+        let history = self.cma.events(self.session, self.token).await?;
+        book.learn(&history);
+        for ev in &history {
+            if ev["type"] == "session.status_terminated" || ev["type"] == "session.deleted" {
+                return Err(CmaError::Status {
+                    status: 410,
+                    message: "the session has terminated".into(),
+                    body: Value::Null,
+                });
+            }
+            book.observe(ev, self.host);
+        }
+        Ok(SseReader::new(stream))
+    }
+
+    /// Sleeps, unless the lease or a shutdown ends the run first.
+    async fn pause(&self, d: Duration) -> Option<RunEnd> {
+        let mut shutdown = self.shutdown.clone();
+        tokio::select! {
+            _ = tokio::time::sleep(d) => None,
+            end = self.lease.wait_end() => Some(RunEnd::Lease(end)),
+            _ = crate::shutting_down(&mut shutdown) => Some(RunEnd::Cancelled),
+        }
+    }
+
+    async fn pump(&self, book: &mut Book, sse: &mut SseReader) -> Pump {
+        let mut shutdown = self.shutdown.clone();
+        let mut running: Option<(ToolUse, InFlight<'_>)> = None;
+        loop {
+            if running.is_none()
+                && let Some(call) = book.queue.pop_front()
+            {
+                let fut = Box::pin(self.serve(call.clone(), book.dead_threads.clone()));
+                running = Some((call, fut));
+            }
+            let deadline = book.idle_deadline(self.max_idle, running.is_some());
+            tokio::select! {
+                ev = sse.next() => match ev {
+                    Some(ev) => {
+                        if let Some(end) = book.observe(&ev, self.host) {
+                            return Pump::End(end);
+                        }
+                    }
+                    None => return Pump::Reconnect,
+                },
+                _ = async { running.as_mut().expect("guarded").1.as_mut().await }, if running.is_some() => {
+                    let (call, _) = running.take().expect("guarded");
+                    book.answered.insert(call.id);
+                }
+                _ = sleep_until(deadline), if deadline.is_some() => {
+                    tracing::info!(session = self.session, "idle for max-idle; ending the run");
+                    return Pump::End(RunEnd::IdleTimeout);
+                }
+                end = self.lease.wait_end() => {
+                    if let Some((call, abandoned)) = running.take() {
+                        drop(abandoned);
+                        self.host.reset_shell_if(&call).await;
+                    }
+                    return Pump::End(RunEnd::Lease(end));
+                }
+                _ = crate::shutting_down(&mut shutdown) => {
+                    if let Some((call, abandoned)) = running.take() {
+                        drop(abandoned);
+                        self.cancelled(&call).await;
+                    }
+                    return Pump::End(RunEnd::Cancelled);
+                }
+            }
+        }
+    }
+
+    /// Runs one call and posts its result.
+    async fn serve(&self, call: ToolUse, dead: Arc<Mutex<HashSet<String>>>) {
+        let started = Instant::now();
+        tracing::info!(session = self.session, tool = %call.name, tool_use_id = %call.id, "tool call");
+        let result = self.host.run(&call).await;
+        let took = started.elapsed();
+        let outcome = if result.is_error { "error" } else { "ok" };
+        self.metrics.tool_call(&call.name, outcome, took);
+        tracing::info!(session = self.session, tool = %call.name, tool_use_id = %call.id,
+            outcome, ms = took.as_millis() as u64, "tool done");
+        let thread_dead = call
+            .thread
+            .as_ref()
+            .is_some_and(|t| dead.lock().unwrap().contains(t));
+        if thread_dead {
+            tracing::info!(tool_use_id = %call.id, "thread terminated meanwhile; result not posted");
+            return;
+        }
+        self.post(&call, result, self.lease.ttl()).await;
+        if let Some(m) = self.memory {
+            m.sync_if_due().await;
+        }
+    }
+
+    /// SIGTERM mid-call: stop the call and tell the session why.
+    async fn cancelled(&self, call: &ToolUse) {
+        self.host.reset_shell_if(call).await;
+        let r = crate::tools::error(format!(
+            "tool '{}' was cancelled: the worker is shutting down",
+            call.name
+        ));
+        self.post(call, r, Duration::from_secs(10)).await;
+    }
+
+    /// Posts a result, retrying transient failures with jittered backoff
+    /// for as long as `window` (the lease TTL) allows.
+    async fn post(&self, call: &ToolUse, result: ToolCallResult, window: Duration) {
+        let event = result_event(call, result);
+        let give_up = Instant::now() + window;
+        let mut delay = Duration::from_secs(1);
+        loop {
+            match self
+                .cma
+                .send_events(self.session, self.token, json!([event]))
+                .await
+            {
+                Ok(_) => return,
+                Err(e) if e.is_fatal() => {
+                    tracing::warn!(tool_use_id = %call.id, error = %e, "result refused");
+                    return;
+                }
+                Err(e) => {
+                    let wait = jitter(delay);
+                    if Instant::now() + wait > give_up {
+                        tracing::warn!(tool_use_id = %call.id, error = %e, "result not posted within the lease window");
+                        return;
+                    }
+                    tracing::debug!(tool_use_id = %call.id, error = %e, "posting result failed; retrying");
+                    tokio::time::sleep(wait).await;
+                    delay = (delay * 2).min(Duration::from_secs(30));
+                }
+            }
+        }
+    }
+}
+
+fn result_event(call: &ToolUse, r: ToolCallResult) -> Value {
+    if call.custom {
+        json!({"type": "user.custom_tool_result", "custom_tool_use_id": call.id,
+               "is_error": r.is_error, "content": r.content})
+    } else {
+        json!({"type": "user.tool_result", "tool_use_id": call.id,
+               "is_error": r.is_error, "content": r.content})
+    }
+}
+
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d.into()).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// A delay in `[d/2, d)`; clock nanoseconds are random enough to keep
+/// workers that failed together from retrying together.
+pub fn jitter(d: Duration) -> Duration {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|t| t.subsec_nanos())
+        .unwrap_or(0) as f64
+        / 1e9;
+    d / 2 + d.mul_f64(nanos / 2.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn host(custom: &[&str]) -> ToolHost {
+        ToolHost {
+            client: sandstone_client::Client::new("http://127.0.0.1:1", "t"),
+            sandbox: "sb".into(),
+            roots: Default::default(),
+            custom: Arc::new(
+                custom
+                    .iter()
+                    .map(|n| (n.to_string(), vec!["true".to_string()]))
+                    .collect(),
+            ),
+            session: "s".into(),
+        }
+    }
+
+    fn call(id: &str, name: &str, perm: Option<&str>) -> Value {
+        let mut v = json!({"type": "agent.tool_use", "id": id, "name": name, "input": {}});
+        if let Some(p) = perm {
+            v["evaluated_permission"] = json!(p);
+        }
+        v
+    }
+
+    fn queued(b: &Book) -> Vec<&str> {
+        b.queue.iter().map(|c| c.id.as_str()).collect()
+    }
+
+    #[test]
+    fn history_reconciles_to_the_calls_still_unanswered_once_each() {
+        let h = host(&[]);
+        let mut b = Book::default();
+        let history = vec![
+            call("e1", "bash", None),
+            json!({"type": "user.tool_result", "tool_use_id": "e1"}),
+            call("e2", "read", Some("allow")),
+        ];
+        b.learn(&history);
+        for ev in &history {
+            b.observe(ev, &h);
+        }
+        assert_eq!(queued(&b), ["e2"]);
+        // The same call again on the live stream is a duplicate.
+        b.observe(&call("e2", "read", Some("allow")), &h);
+        assert_eq!(queued(&b), ["e2"]);
+    }
+
+    #[test]
+    fn ask_waits_for_allow_deny_never_runs_and_unknown_tools_stay_pending() {
+        let h = host(&["lookup"]);
+        let mut b = Book::default();
+        b.observe(&call("a", "bash", Some("ask")), &h);
+        b.observe(&call("d", "bash", Some("deny")), &h);
+        b.observe(&call("u", "browser", None), &h);
+        b.observe(&call("w", "write", Some("weird")), &h);
+        b.observe(
+            &json!({"type": "agent.mcp_tool_use", "id": "m", "name": "x"}),
+            &h,
+        );
+        b.observe(
+            &json!({"type": "agent.custom_tool_use", "id": "c", "name": "lookup", "input": {}}),
+            &h,
+        );
+        b.observe(
+            &json!({"type": "agent.custom_tool_use", "id": "c2", "name": "other", "input": {}}),
+            &h,
+        );
+        assert_eq!(queued(&b), ["c"]);
+        b.observe(
+            &json!({"type": "user.tool_confirmation", "tool_use_id": "a", "result": "allow"}),
+            &h,
+        );
+        b.observe(
+            &json!({"type": "user.tool_confirmation", "tool_use_id": "w", "result": "maybe"}),
+            &h,
+        );
+        assert_eq!(queued(&b), ["c", "a"]);
+        assert!(b.held.is_empty());
+    }
+
+    #[test]
+    fn idle_counts_down_only_when_nobody_is_waited_on() {
+        let h = host(&[]);
+        let mut b = Book::default();
+        let max = Some(Duration::from_secs(60));
+        b.observe(
+            &json!({"type": "session.status_idle", "stop_reason": {"type": "requires_action"}}),
+            &h,
+        );
+        assert!(b.idle_deadline(max, false).is_none());
+        b.observe(
+            &json!({"type": "session.status_idle", "stop_reason": {"type": "end_turn"}}),
+            &h,
+        );
+        assert!(b.idle_deadline(max, false).is_some());
+        assert!(
+            b.idle_deadline(max, true).is_none(),
+            "a call in flight defers it"
+        );
+        assert!(
+            b.idle_deadline(None, false).is_none(),
+            "max-idle 0 disables it"
+        );
+        b.observe(
+            &json!({"type": "user.tool_confirmation", "tool_use_id": "zz", "result": "allow"}),
+            &h,
+        );
+        assert!(
+            b.idle_deadline(max, false).is_some(),
+            "confirmations are neutral"
+        );
+        b.observe(&json!({"type": "user.message"}), &h);
+        assert!(b.idle_deadline(max, false).is_none());
+        assert_eq!(
+            b.observe(&json!({"type": "session.status_terminated"}), &h),
+            Some(RunEnd::Terminated)
+        );
+    }
+
+    #[test]
+    fn jitter_stays_in_the_upper_half() {
+        let d = Duration::from_secs(4);
+        let j = jitter(d);
+        assert!(j >= d / 2 && j < d);
+    }
+}

@@ -1,0 +1,95 @@
+//! One durable sandbox per session. The session→sandbox mapping lives in
+//! the sandbox's own metadata, so any worker on any host finds it: the first
+//! item of a session claims a sandbox, later items resume the same one, and
+//! every item ends by pausing it (compute released, files kept).
+
+use sandstone_api::{SandboxConfig, SandboxSummary};
+use sandstone_client::Client;
+use serde_json::Value;
+use std::collections::BTreeMap;
+
+/// The metadata label naming the session a sandbox serves.
+pub const SESSION_LABEL: &str = "cma.session";
+const ENVIRONMENT_LABEL: &str = "cma.environment";
+
+/// Where the agent leaves deliverables; on the sandbox's durable layer.
+pub const OUTPUTS_DIR: &str = "/mnt/session/outputs";
+pub const WORKDIR: &str = "/workspace";
+/// Parent of memory-store mounts; must exist and be writable.
+pub const MEMORY_DIR: &str = "/mnt/memory";
+
+pub struct SessionSandboxes {
+    pub client: Client,
+    pub template: String,
+    /// Sandbox0's `SandboxNetworkPolicy`; `None` is the daemon's default
+    /// (`block-all`).
+    pub network: Option<Value>,
+    pub environment: String,
+}
+
+/// A session's sandbox, ready for tool calls.
+pub struct Acquired {
+    pub id: String,
+    /// `false` when this item created it.
+    pub resumed: bool,
+}
+
+impl SessionSandboxes {
+    /// The session's sandbox, running: found by label and resumed, or
+    /// claimed (from the warm pool when there is one) and prepared.
+    pub async fn acquire(&self, session: &str) -> Result<Acquired, sandstone_client::Error> {
+        if let Some(found) = self.find(session).await? {
+            if !found.paused {
+                // Only a worker that died mid-item leaves it running: end
+                // whatever its tools still run before serving again.
+                tracing::info!(sandbox = %found.id, "the session's sandbox was left running; restarting its processes");
+                self.client.pause(&found.id).await?;
+            }
+            self.client.resume(&found.id).await?;
+            return Ok(Acquired {
+                id: found.id,
+                resumed: true,
+            });
+        }
+        let claimed = self
+            .client
+            .claim(&self.template, Some(self.config(session)))
+            .await?;
+        let id = claimed.sandbox_id;
+        for dir in [WORKDIR, OUTPUTS_DIR, MEMORY_DIR] {
+            self.client.mkdir(&id, dir).await?;
+        }
+        Ok(Acquired { id, resumed: false })
+    }
+
+    pub async fn find(
+        &self,
+        session: &str,
+    ) -> Result<Option<SandboxSummary>, sandstone_client::Error> {
+        let found = self.client.find_labeled(SESSION_LABEL, session).await?;
+        Ok(found.into_iter().next())
+    }
+
+    fn config(&self, session: &str) -> SandboxConfig {
+        let metadata = BTreeMap::from([
+            (SESSION_LABEL.to_string(), session.to_string()),
+            (ENVIRONMENT_LABEL.to_string(), self.environment.clone()),
+        ]);
+        SandboxConfig {
+            network: self.network.clone(),
+            metadata,
+            // The worker pauses it when an item ends; no idle timer races it.
+            ttl: Some(0),
+            hard_ttl: Some(0),
+            auto_resume: Some(true),
+            ..Default::default()
+        }
+    }
+
+    /// Releases the compute; the files stay for the next item.
+    pub async fn release(&self, id: &str) {
+        if let Err(e) = self.client.pause(id).await {
+            tracing::warn!(sandbox = id, error = %e, "could not pause the session's sandbox");
+        }
+    }
+}

@@ -1,0 +1,99 @@
+//! Server-sent events as the official SDKs read them: frames separated by a
+//! blank line; `event:` names the type and `data:` lines carry JSON. A frame
+//! without an `event:` line is dropped, as the Python SDK drops it.
+
+use futures_util::StreamExt;
+use serde_json::Value;
+
+/// Reads frames from a streaming response.
+pub struct SseReader {
+    body: futures_util::stream::BoxStream<'static, reqwest::Result<bytes::Bytes>>,
+    buf: Vec<u8>,
+}
+
+/// Largest frame accepted; a peer sending more is broken or hostile.
+const MAX_FRAME: usize = 16 << 20;
+
+impl SseReader {
+    pub fn new(resp: reqwest::Response) -> SseReader {
+        SseReader {
+            body: resp.bytes_stream().boxed(),
+            buf: Vec::new(),
+        }
+    }
+
+    /// The next event's data; `None` when the stream ended or broke.
+    pub async fn next(&mut self) -> Option<Value> {
+        loop {
+            if let Some(frame) = take_frame(&mut self.buf) {
+                if let Some(v) = parse_frame(&frame) {
+                    return Some(v);
+                }
+                continue;
+            }
+            if self.buf.len() > MAX_FRAME {
+                return None;
+            }
+            match self.body.next().await {
+                Some(Ok(chunk)) => self.buf.extend_from_slice(&chunk),
+                _ => return None,
+            }
+        }
+    }
+}
+
+/// Cuts the first complete frame (up to a blank line) off `buf`. Works on
+/// bytes so a character split across chunks is never mangled.
+fn take_frame(buf: &mut Vec<u8>) -> Option<String> {
+    let find = |pat: &[u8]| buf.windows(pat.len()).position(|w| w == pat);
+    let (end, sep) = [(find(b"\n\n"), 2), (find(b"\r\n\r\n"), 4)]
+        .into_iter()
+        .filter_map(|(at, len)| at.map(|a| (a, len)))
+        .min()?;
+    let frame = String::from_utf8_lossy(&buf[..end]).replace('\r', "");
+    buf.drain(..end + sep);
+    Some(frame)
+}
+
+/// A frame's JSON data, if it names an event and carries an object.
+fn parse_frame(frame: &str) -> Option<Value> {
+    let mut event = None;
+    let mut data = String::new();
+    for line in frame.lines() {
+        if let Some(v) = line.strip_prefix("event:") {
+            event = Some(v.trim().to_string());
+        } else if let Some(v) = line.strip_prefix("data:") {
+            if !data.is_empty() {
+                data.push('\n');
+            }
+            data.push_str(v.strip_prefix(' ').unwrap_or(v));
+        }
+    }
+    let event = event?;
+    if event == "ping" || data.is_empty() {
+        return None;
+    }
+    serde_json::from_str::<Value>(&data)
+        .ok()
+        .filter(Value::is_object)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frames_split_on_blank_lines_and_need_an_event_line() {
+        let mut buf =
+            b"event: agent.tool_use\r\ndata: {\"id\":\"a\"}\r\n\r\ndata: {\"id\":\"b\"}\n\nevent: ping\ndata: {}\n\nevent: x\ndata: {\"id\""
+                .to_vec();
+        let f1 = take_frame(&mut buf).unwrap();
+        assert_eq!(parse_frame(&f1).unwrap()["id"], "a");
+        let f2 = take_frame(&mut buf).unwrap();
+        assert!(parse_frame(&f2).is_none(), "no event line: dropped");
+        let f3 = take_frame(&mut buf).unwrap();
+        assert!(parse_frame(&f3).is_none(), "pings carry no event");
+        assert!(take_frame(&mut buf).is_none(), "incomplete frame waits");
+        assert_eq!(buf, b"event: x\ndata: {\"id\"");
+    }
+}

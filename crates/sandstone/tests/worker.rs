@@ -1,0 +1,867 @@
+//! `sandstone worker` against `sandstone serve`'s Managed Agents API, with
+//! the scripted model behind the agent loop: sessions served end to end in
+//! their own sandboxes, the same tool results as the official SDK worker,
+//! the protocol's fault cases, a worker killed mid-tool, two workers on one
+//! queue, skills, memory, outputs, and no credential inside a sandbox.
+
+mod common;
+
+use common::agents::{
+    FakeModel, daemon, environment, events, idle_with, say, session_on, v1, within,
+};
+use common::fault_proxy::FaultProxy;
+use common::{Daemon, cli, run_python, sandstone_bin, sdk_python, text};
+use reqwest::Method;
+use serde_json::{Value, json};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+const TOOLSET: &str = "agent_toolset_20260401";
+
+/// A `sandstone worker poll` process; killed when dropped.
+struct WorkerProc {
+    child: Child,
+    log: PathBuf,
+}
+
+impl WorkerProc {
+    /// Polls `env` at `base_url` (the daemon, or a fault proxy before it),
+    /// with sandboxes from the `host` template and (unless `extra` says
+    /// otherwise) a 2 s max-idle.
+    fn start(d: &Daemon, base_url: &str, env: &str, key: &str, extra: &[&str]) -> WorkerProc {
+        let log = d
+            .data
+            .path()
+            .join(format!("worker-{}.log", sandstone_api::random_hex(4)));
+        let child = Command::new(sandstone_bin())
+            .args([
+                "worker",
+                "poll",
+                "--environment-id",
+                env,
+                "--base-url",
+                base_url,
+            ])
+            .args(["--sandstone-url", &d.url, "--template", "host"])
+            .args(["--status-listen", "off", "--log-format", "json"])
+            .args(if extra.contains(&"--max-idle") {
+                &[][..]
+            } else {
+                &["--max-idle", "2s"][..]
+            })
+            .args(extra)
+            .env("ANTHROPIC_ENVIRONMENT_KEY", key)
+            .env("SANDSTONE_TOKEN", &d.token)
+            .env("SANDSTONE_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(std::fs::File::create(&log).unwrap()))
+            .spawn()
+            .expect("start the worker");
+        WorkerProc { child, log }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// The worker's JSON log records whose message is `msg`.
+    fn records(&self, msg: &str) -> Vec<Value> {
+        self.log()
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .filter(|v| v["fields"]["message"] == msg)
+            .collect()
+    }
+
+    fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// SIGTERM, then the exit status.
+    fn terminate(&mut self) -> std::process::ExitStatus {
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        self.child.wait().unwrap()
+    }
+}
+
+impl Drop for WorkerProc {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("--- worker log {}:\n{}", self.log.display(), self.log());
+        }
+        self.kill9();
+    }
+}
+
+fn toolset() -> Value {
+    json!([{"type": TOOLSET}])
+}
+
+/// The `user.tool_result` events answering `agent.tool_use` `id`.
+fn results_for<'a>(events: &'a [Value], id: &str) -> Vec<&'a Value> {
+    events
+        .iter()
+        .filter(|e| e["type"] == "user.tool_result" && e["tool_use_id"] == id)
+        .collect()
+}
+
+/// (tool name, result text, is_error) of every answered toolset call.
+fn tool_results(events: &[Value]) -> Vec<(String, String, bool)> {
+    events
+        .iter()
+        .filter(|e| e["type"] == "agent.tool_use")
+        .filter_map(|u| {
+            let r = *results_for(events, u["id"].as_str()?).first()?;
+            Some((
+                u["name"].as_str()?.to_string(),
+                r["content"][0]["text"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string(),
+                r["is_error"] == true,
+            ))
+        })
+        .collect()
+}
+
+/// The sandboxes labelled as serving `sid`.
+async fn session_sandboxes(d: &Daemon, sid: &str) -> Vec<Value> {
+    let (s, v) = d
+        .get(&format!("/api/v1/sandboxes?metadata.cma.session={sid}"))
+        .await;
+    assert_eq!(s, 200, "{v}");
+    v["data"]["sandboxes"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+}
+
+async fn wait_paused(d: &Daemon, sid: &str) -> String {
+    let mut id = String::new();
+    within(Duration::from_secs(30), async || {
+        let sbs = session_sandboxes(d, sid).await;
+        match sbs.as_slice() {
+            [one] if one["paused"] == true => {
+                id = one["id"].as_str().unwrap().to_string();
+                true
+            }
+            _ => false,
+        }
+    })
+    .await;
+    id
+}
+
+/// The session's work items (environment key).
+async fn work_items(d: &Daemon, env: &str, key: &str) -> Vec<Value> {
+    let (s, v, _) = v1(
+        d,
+        key,
+        Method::GET,
+        &format!("/environments/{env}/work"),
+        None,
+    )
+    .await;
+    assert_eq!(s, 200, "{v}");
+    v["data"].as_array().cloned().unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn our_worker_gives_the_official_workers_tool_results() {
+    let Some(python) = sdk_python() else { return };
+    let model = FakeModel::start();
+    let d = daemon(&model, 30).await;
+    let (env, key) = environment(&d).await;
+    let workdir = tempfile::tempdir().unwrap();
+    let wd = workdir.path().display().to_string();
+    let run = async |worker: &str| -> Value {
+        let (stdout, _) = run_python(
+            &python,
+            "sdk/worker_session.py",
+            &[
+                ("ANTHROPIC_BASE_URL", &d.url),
+                ("ANTHROPIC_API_KEY", &d.token),
+                ("SANDSTONE_ENV_ID", &env),
+                ("SANDSTONE_ENV_KEY", &key),
+                ("SCRIPT", "conformance"),
+                ("WORKER", worker),
+                ("WORKDIR", &wd),
+            ],
+        )
+        .await;
+        let v: Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+        v["sessions"][0].clone()
+    };
+    let official = run("official").await;
+    let worker = WorkerProc::start(&d, &d.url, &env, &key, &[]);
+    let ours = run("external").await;
+    let (a, b) = (
+        official["calls"].as_array().unwrap(),
+        ours["calls"].as_array().unwrap(),
+    );
+    assert_eq!(a.len(), 19, "{official}");
+    assert_eq!(a.len(), b.len(), "{ours}\n{}", worker.log());
+    let mut differences = Vec::new();
+    for (x, y) in a.iter().zip(b) {
+        // The official worker's workdir is a temporary directory; ours is
+        // the sandbox's /workspace.
+        let x_content = x["content"].to_string().replace(&wd, "/workspace");
+        // The one intended difference: our file tools may also reach
+        // /mnt/session/outputs, so a path outside both says so.
+        let y_content = y["content"]
+            .to_string()
+            .replace(" and its other permitted directories", "");
+        if x["name"] != y["name"] || x["is_error"] != y["is_error"] || x_content != y_content {
+            differences.push(format!(
+                "{} {}\n  official: {} {x_content}\n  ours:     {} {}",
+                x["name"], x["input"], x["is_error"], y["is_error"], y_content
+            ));
+        }
+    }
+    assert!(
+        differences.is_empty(),
+        "tool results differ:\n{}",
+        differences.join("\n")
+    );
+    // The session's sandbox is paused once the worker let the item go.
+    wait_paused(&d, ours["session_id"].as_str().unwrap()).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_session_pauses_between_turns_and_comes_back_to_its_workspace() {
+    let model = FakeModel::start();
+    let d = daemon(&model, 30).await;
+    let (env, key) = environment(&d).await;
+    let worker = WorkerProc::start(&d, &d.url, &env, &key, &[]);
+    let sid = session_on(&d, &env, "worker_turn", toolset()).await;
+    say(&d, &sid, "first").await;
+    let evs = idle_with(&d, &sid, "end_turn").await;
+    assert_eq!(
+        tool_results(&evs),
+        [("bash".to_string(), "one".to_string(), false)],
+        "{}",
+        worker.log()
+    );
+    // max-idle after end_turn: the item is stopped, the sandbox paused.
+    let sandbox = wait_paused(&d, &sid).await;
+    within(Duration::from_secs(10), async || {
+        work_items(&d, &env, &key)
+            .await
+            .iter()
+            .all(|w| w["state"] == "stopped")
+    })
+    .await;
+    // Later: a new item, the same sandbox resumed with its files.
+    say(&d, &sid, "second").await;
+    within(Duration::from_secs(60), async || {
+        tool_results(&events(&d, &sid).await).len() == 2
+    })
+    .await;
+    let results = tool_results(&events(&d, &sid).await);
+    assert_eq!(results[1].1, "one\ntwo", "{}", worker.log());
+    assert_eq!(wait_paused(&d, &sid).await, sandbox);
+    assert_eq!(worker.records("sandbox ready").len(), 2);
+    let resumed: Vec<bool> = worker
+        .records("sandbox ready")
+        .iter()
+        .map(|r| r["fields"]["resumed"] == true)
+        .collect();
+    assert_eq!(resumed, [false, true]);
+}
+
+/// Waits for an `agent.tool_use` named `name` and returns its id.
+async fn tool_use_id(d: &Daemon, sid: &str, name: &str) -> String {
+    let mut id = String::new();
+    within(Duration::from_secs(30), async || {
+        let evs = events(d, sid).await;
+        match evs.iter().find(|e| {
+            e["type"].as_str().is_some_and(|t| t.ends_with("tool_use")) && e["name"] == name
+        }) {
+            Some(e) => {
+                id = e["id"].as_str().unwrap().to_string();
+                true
+            }
+            None => false,
+        }
+    })
+    .await;
+    id
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn calls_made_before_the_worker_came_are_answered_once_even_through_5xx() {
+    let model = FakeModel::start();
+    let d = daemon(&model, 30).await;
+    let (env, key) = environment(&d).await;
+    // The agent asks for a tool while no worker is attached: the worker
+    // finds the call in history, not on the stream.
+    let sid = session_on(&d, &env, "worker_turn", toolset()).await;
+    say(&d, &sid, "go").await;
+    let call = tool_use_id(&d, &sid, "bash").await;
+    idle_with(&d, &sid, "requires_action").await;
+    let proxy = FaultProxy::start(&d.url).await;
+    proxy.faults.lock().unwrap().fail_result_posts = 2;
+    let worker = WorkerProc::start(&d, &proxy.url, &env, &key, &[]);
+    let evs = idle_with(&d, &sid, "end_turn").await;
+    assert_eq!(results_for(&evs, &call).len(), 1, "{}", worker.log());
+    assert_eq!(tool_results(&evs)[0].1, "one");
+    // Two posts refused with 503, the third went through.
+    assert_eq!(proxy.seen(&format!("POST /v1/sessions/{sid}/events")), 3);
+    // The stream was opened before the history was listed.
+    let seen = proxy.faults.lock().unwrap().seen.clone();
+    let stream = seen
+        .iter()
+        .position(|s| s.contains("/events/stream"))
+        .unwrap();
+    let list = seen
+        .iter()
+        .position(|s| s.contains(&format!("GET /v1/sessions/{sid}/events?")))
+        .unwrap();
+    assert!(stream < list, "{seen:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn ask_waits_for_confirmation_and_unknown_tools_stay_pending() {
+    let model = FakeModel::start();
+    let d = daemon(&model, 30).await;
+    let (env, key) = environment(&d).await;
+    let _worker = WorkerProc::start(&d, &d.url, &env, &key, &["--max-idle", "0"]);
+    // always_ask: nothing runs until the user allows it.
+    let ask =
+        json!([{"type": TOOLSET, "default_config": {"permission_policy": {"type": "always_ask"}}}]);
+    let sid = session_on(&d, &env, "ask", ask).await;
+    say(&d, &sid, "go").await;
+    let call = tool_use_id(&d, &sid, "bash").await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(results_for(&events(&d, &sid).await, &call).is_empty());
+    let confirm = json!({"events": [{"type": "user.tool_confirmation", "tool_use_id": call, "result": "allow"}]});
+    let (s, v, _) = v1(
+        &d,
+        &d.token,
+        Method::POST,
+        &format!("/sessions/{sid}/events"),
+        Some(confirm),
+    )
+    .await;
+    assert_eq!(s, 200, "{v}");
+    let evs = idle_with(&d, &sid, "end_turn").await;
+    assert_eq!(tool_results(&evs), [("bash".into(), "asked".into(), false)]);
+
+    // A custom tool this worker does not serve is left to its owner.
+    let tools = json!([{"type": TOOLSET}, {"type": "custom", "name": "lookup", "description": "d",
+        "input_schema": {"type": "object", "properties": {}}}]);
+    let sid = session_on(&d, &env, "worker_custom", tools).await;
+    say(&d, &sid, "go").await;
+    let call = tool_use_id(&d, &sid, "lookup").await;
+    idle_with(&d, &sid, "requires_action").await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let evs = events(&d, &sid).await;
+    assert!(!evs.iter().any(|e| e["type"] == "user.custom_tool_result"));
+    let answer = json!({"events": [{"type": "user.custom_tool_result", "custom_tool_use_id": call,
+        "content": [{"type": "text", "text": "from the app"}]}]});
+    v1(
+        &d,
+        &d.token,
+        Method::POST,
+        &format!("/sessions/{sid}/events"),
+        Some(answer),
+    )
+    .await;
+    let evs = idle_with(&d, &sid, "end_turn").await;
+    let last = evs
+        .iter()
+        .rev()
+        .find(|e| e["type"] == "agent.message")
+        .unwrap();
+    assert!(last.to_string().contains("from the app"), "{last}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn stop_requests_lost_leases_and_terminated_sessions_end_the_item() {
+    let model = FakeModel::start();
+    // A 4 s lease: heartbeats every 2 s.
+    let d = daemon(&model, 4).await;
+    let (env, key) = environment(&d).await;
+    let proxy = FaultProxy::start(&d.url).await;
+    let worker = WorkerProc::start(&d, &proxy.url, &env, &key, &["--max-idle", "0"]);
+    let custom = json!([{"type": TOOLSET}, {"type": "custom", "name": "lookup", "description": "d",
+        "input_schema": {"type": "object", "properties": {}}}]);
+    let active = async |sid: &str| -> String {
+        let mut id = String::new();
+        within(Duration::from_secs(20), async || {
+            let items = work_items(&d, &env, &key).await;
+            match items
+                .iter()
+                .find(|w| w["data"]["id"] == sid && w["state"] == "active")
+            {
+                Some(w) => {
+                    id = w["id"].as_str().unwrap().to_string();
+                    true
+                }
+                None => false,
+            }
+        })
+        .await;
+        id
+    };
+    let state = async |work: &str| -> String {
+        let (_, w, _) = v1(
+            &d,
+            &d.token,
+            Method::GET,
+            &format!("/environments/{env}/work/{work}"),
+            None,
+        )
+        .await;
+        w["state"].as_str().unwrap_or_default().to_string()
+    };
+
+    // 1. A graceful stop: the next heartbeat says `stopping`, the worker
+    //    ends the run and confirms with a force stop.
+    let sid = session_on(&d, &env, "worker_custom", custom.clone()).await;
+    say(&d, &sid, "go").await;
+    let work = active(&sid).await;
+    let (s, v, _) = v1(
+        &d,
+        &d.token,
+        Method::POST,
+        &format!("/environments/{env}/work/{work}/stop"),
+        Some(json!({})),
+    )
+    .await;
+    assert_eq!(s, 200, "{v}");
+    within(Duration::from_secs(10), async || {
+        state(&work).await == "stopped"
+    })
+    .await;
+    wait_paused(&d, &sid).await;
+    assert!(proxy.seen(&format!("/work/{work}/stop")) >= 1);
+
+    // 2. A 412 on a heartbeat: the lease is someone else's; the worker
+    //    walks away without stopping the item.
+    let sid = session_on(&d, &env, "worker_custom", custom.clone()).await;
+    say(&d, &sid, "go").await;
+    let work = active(&sid).await;
+    proxy.faults.lock().unwrap().heartbeat_412 = true;
+    within(Duration::from_secs(10), async || {
+        worker.log().contains("the lease belongs to another worker")
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(
+        proxy.seen(&format!("/work/{work}/stop")),
+        0,
+        "{}",
+        worker.log()
+    );
+
+    // 3. The session archived while served: the run ends, the item stops.
+    let sid = session_on(&d, &env, "worker_custom", custom).await;
+    say(&d, &sid, "go").await;
+    let work = active(&sid).await;
+    idle_with(&d, &sid, "requires_action").await;
+    let (s, v, _) = v1(
+        &d,
+        &d.token,
+        Method::POST,
+        &format!("/sessions/{sid}/archive"),
+        None,
+    )
+    .await;
+    assert_eq!(s, 200, "{v}");
+    within(Duration::from_secs(10), async || {
+        state(&work).await == "stopped"
+    })
+    .await;
+    wait_paused(&d, &sid).await;
+    // Archiving also asks the item to stop; whichever the worker sees
+    // first (the stream's status_terminated or the `stopping` heartbeat)
+    // ends the run, and both end in the force stop checked above.
+    let done = worker.records("item done");
+    let outcome = done
+        .iter()
+        .find(|r| r["fields"]["work"] == work.as_str())
+        .map(|r| r["fields"]["outcome"].as_str().unwrap().to_string())
+        .unwrap_or_default();
+    assert!(
+        outcome.contains("Terminated") || outcome.contains("StopRequested"),
+        "{outcome}: {}",
+        worker.log()
+    );
+}
+
+/// Waits until the session's sandbox runs the long command of the
+/// `worker_kill` script, and returns the sandbox.
+async fn long_command_running(d: &Daemon, sid: &str) -> String {
+    tool_use_id(d, sid, "bash").await;
+    let mut id = String::new();
+    within(Duration::from_secs(20), async || {
+        let sbs = session_sandboxes(d, sid).await;
+        let Some(sb) = sbs.first() else { return false };
+        id = sb["id"].as_str().unwrap().to_string();
+        d.sh(&id, "test -f /workspace/.first-run").await["exit_code"] == 0
+    })
+    .await;
+    id
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_cancels_the_running_tool_reports_it_and_releases_the_item() {
+    let model = FakeModel::start();
+    let d = daemon(&model, 30).await;
+    let (env, key) = environment(&d).await;
+    let mut worker = WorkerProc::start(&d, &d.url, &env, &key, &[]);
+    let sid = session_on(&d, &env, "worker_kill", toolset()).await;
+    say(&d, &sid, "go").await;
+    long_command_running(&d, &sid).await;
+    let started = std::time::Instant::now();
+    assert!(worker.terminate().success(), "{}", worker.log());
+    assert!(started.elapsed() < Duration::from_secs(20));
+    let evs = events(&d, &sid).await;
+    let results = tool_results(&evs);
+    assert_eq!(
+        results[1],
+        (
+            "bash".into(),
+            "tool 'bash' was cancelled: the worker is shutting down".into(),
+            true
+        )
+    );
+    // Released: the item is stopped and the sandbox paused.
+    assert!(
+        work_items(&d, &env, &key)
+            .await
+            .iter()
+            .all(|w| w["state"] == "stopped")
+    );
+    wait_paused(&d, &sid).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_worker_killed_mid_tool_is_replaced_on_the_same_sandbox() {
+    let model = FakeModel::start();
+    let d = daemon(&model, 3).await;
+    let (env, key) = environment(&d).await;
+    let mut first = WorkerProc::start(&d, &d.url, &env, &key, &[]);
+    let sid = session_on(&d, &env, "worker_kill", toolset()).await;
+    say(&d, &sid, "go").await;
+    let sandbox = long_command_running(&d, &sid).await;
+    first.kill9();
+    let second = WorkerProc::start(&d, &d.url, &env, &key, &[]);
+    let evs = idle_with(&d, &sid, "end_turn").await;
+    let results = tool_results(&evs);
+    assert_eq!(results.len(), 3, "{}", second.log());
+    assert_eq!(results[1].1, "second run");
+    assert_eq!(results[2].1, "kept across workers\n");
+    let sbs = session_sandboxes(&d, &sid).await;
+    assert_eq!(sbs.len(), 1);
+    assert_eq!(sbs[0]["id"], sandbox.as_str());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn two_workers_on_one_queue_never_serve_one_session_at_once() {
+    let model = FakeModel::start();
+    let d = daemon(&model, 10).await;
+    let (env, key) = environment(&d).await;
+    let a = WorkerProc::start(&d, &d.url, &env, &key, &[]);
+    let b = WorkerProc::start(&d, &d.url, &env, &key, &[]);
+    let mut sessions = Vec::new();
+    for _ in 0..4 {
+        sessions.push(session_on(&d, &env, "worker_turn", toolset()).await);
+    }
+    for turn in ["first", "second"] {
+        for sid in &sessions {
+            say(&d, sid, turn).await;
+        }
+        for sid in &sessions {
+            within(Duration::from_secs(60), async || {
+                let n = events(&d, sid)
+                    .await
+                    .iter()
+                    .filter(|e| {
+                        e["type"] == "session.status_idle" && e["stop_reason"]["type"] == "end_turn"
+                    })
+                    .count();
+                n == if turn == "first" { 1 } else { 2 }
+            })
+            .await;
+            wait_paused(&d, sid).await;
+        }
+    }
+    for sid in &sessions {
+        let evs = events(&d, sid).await;
+        let results = tool_results(&evs);
+        assert_eq!(results.len(), 2, "{sid}");
+        assert_eq!(results[1].1, "one\ntwo");
+        assert_eq!(session_sandboxes(&d, sid).await.len(), 1);
+    }
+    // Per session, one item at a time: each item was served by one worker
+    // and an item started only after the previous one ended.
+    let mut spans: Vec<(String, String, String, String)> = Vec::new();
+    for w in [&a, &b] {
+        for r in w.records("sandbox ready") {
+            let work = r["fields"]["work"].as_str().unwrap().to_string();
+            let end = w
+                .records("item done")
+                .into_iter()
+                .find(|e| e["fields"]["work"] == work.as_str())
+                .expect("every item ends");
+            spans.push((
+                r["fields"]["session"].as_str().unwrap().into(),
+                work,
+                r["timestamp"].as_str().unwrap().into(),
+                end["timestamp"].as_str().unwrap().into(),
+            ));
+        }
+    }
+    assert_eq!(spans.len(), 8, "{}\n{}", a.log(), b.log());
+    for sid in &sessions {
+        let mut mine: Vec<_> = spans.iter().filter(|s| &s.0 == sid).collect();
+        mine.sort_by(|x, y| x.2.cmp(&y.2));
+        assert_eq!(mine.len(), 2);
+        assert!(
+            mine[0].3 <= mine[1].2,
+            "overlapping items for {sid}: {mine:?}"
+        );
+    }
+}
+
+/// A memory-store call (its own beta header).
+async fn memory_call(d: &Daemon, method: Method, path: &str, body: Option<Value>) -> Value {
+    let mut req = d
+        .http
+        .request(method, format!("{}/v1{path}", d.url))
+        .bearer_auth(&d.token)
+        .header("anthropic-beta", "agent-memory-2026-07-22");
+    if let Some(b) = body {
+        req = req.json(&b);
+    }
+    let r = req.send().await.unwrap();
+    let status = r.status();
+    let v: Value = r.json().await.unwrap();
+    assert!(status.is_success(), "{path}: {v}");
+    v
+}
+
+/// A skill uploaded as a gzipped tar: `greeter/SKILL.md` and an
+/// executable `greeter/run.sh`.
+fn upload_skill(d: &Daemon) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let skill = dir.path().join("greeter");
+    std::fs::create_dir(&skill).unwrap();
+    std::fs::write(
+        skill.join("SKILL.md"),
+        "---\nname: greeter\ndescription: greets\n---\nSay hello.\n",
+    )
+    .unwrap();
+    std::fs::write(skill.join("run.sh"), "#!/bin/sh\necho hello\n").unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(skill.join("run.sh"), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let archive = dir.path().join("greeter.tar.gz");
+    let ok = Command::new("tar")
+        .arg("czf")
+        .arg(&archive)
+        .arg("-C")
+        .arg(dir.path())
+        .arg("greeter")
+        .status()
+        .unwrap();
+    assert!(ok.success());
+    let out = Command::new("curl")
+        .args(["-sS", "-H", &format!("x-api-key: {}", d.token), "-F"])
+        .arg(format!(
+            "files[]=@{};filename=greeter.tar.gz",
+            archive.display()
+        ))
+        .arg(format!("{}/v1/skills", d.url))
+        .output()
+        .unwrap();
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    v["id"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{v}"))
+        .to_string()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_session_gets_skills_memory_outputs_and_an_api_token_it_never_holds() {
+    use common::fake_internet::FakeInternet;
+    let model = FakeModel::start();
+    let net = FakeInternet::start();
+    let egress = net.dir.path().join("egress.json");
+    std::fs::write(
+        &egress,
+        json!({"upstreamCaFiles": [net.ca_pem()]}).to_string(),
+    )
+    .unwrap();
+    let mut d = common::networked(
+        &format!("{}:53", net.server),
+        &["--egress-config".into(), egress.display().to_string()],
+    )
+    .await;
+    d.kill();
+    let model_args = common::agents::model_args(&d, &model, 30);
+    d.serve_args.extend(model_args);
+    d.spawn().await;
+    // The API token is a credential source; sandboxes get a policy that
+    // lets them reach api.test, where the proxy adds the token.
+    let (s, v) = d
+        .post(
+            "/api/v1/credential-sources",
+            json!({"name": "api-key", "resolverKind": "static_headers",
+            "spec": {"staticHeaders": {"values": {"token": net.token}}}}),
+        )
+        .await;
+    assert_eq!(s, 201, "{v}");
+    let policy = net.dir.path().join("policy.json");
+    std::fs::write(&policy, json!({
+        "mode": "block-all",
+        "egress": {
+            "trafficRules": [{"name": "api", "action": "allow", "domains": ["api.test"], "ports": [{"port": 443}]}],
+            "credentialRules": [{"name": "api", "credentialRef": "api", "domains": ["api.test"]}]
+        },
+        "credentialBindings": [{"ref": "api", "sourceRef": "api-key", "projection": {"type": "http_headers",
+            "httpHeaders": {"headers": [{"name": "Authorization", "valueTemplate": "Bearer {{ .token }}"}]}}}]
+    }).to_string()).unwrap();
+
+    let (env, key) = environment(&d).await;
+    let skill = upload_skill(&d);
+    let store = memory_call(
+        &d,
+        Method::POST,
+        "/memory_stores",
+        Some(json!({"name": "Team Notes"})),
+    )
+    .await;
+    let store = store["id"].as_str().unwrap().to_string();
+    memory_call(
+        &d,
+        Method::POST,
+        &format!("/memory_stores/{store}/memories"),
+        Some(json!({"path": "/conventions.md", "content": "use tabs\n"})),
+    )
+    .await;
+    let (s, agent, _) = v1(
+        &d,
+        &d.token,
+        Method::POST,
+        "/agents",
+        Some(json!({
+        "name": "e2e", "model": "scripted-worker_e2e", "tools": toolset(),
+        "skills": [{"type": "custom", "skill_id": skill, "version": "latest"}]})),
+    )
+    .await;
+    assert_eq!(s, 200, "{agent}");
+    let (s, session, _) = v1(&d, &d.token, Method::POST, "/sessions", Some(json!({
+        "agent": agent["id"], "environment_id": env,
+        "resources": [{"type": "memory_store", "memory_store_id": store, "access": "read_write"}]}))).await;
+    assert_eq!(s, 200, "{session}");
+    let sid = session["id"].as_str().unwrap().to_string();
+
+    let worker = WorkerProc::start(
+        &d,
+        &d.url,
+        &env,
+        &key,
+        &[
+            "--policy",
+            &policy.display().to_string(),
+            "--memory-sync-interval",
+            "5s",
+        ],
+    );
+    say(&d, &sid, "go").await;
+    let evs = idle_with(&d, &sid, "end_turn").await;
+    let results = tool_results(&evs);
+    let texts: Vec<&str> = results.iter().map(|r| r.1.as_str()).collect();
+    assert_eq!(results.len(), 9, "{results:?}\n{}", worker.log());
+    assert!(results.iter().all(|r| !r.2), "{results:?}");
+    assert_eq!(texts[0], "---\nname: greeter\n-rwxr-xr-x");
+    assert_eq!(
+        texts[1],
+        "wrote 11 bytes to /mnt/session/outputs/report.txt"
+    );
+    assert_eq!(texts[2], "use tabs\n");
+    assert_eq!(texts[6], "OK");
+    assert_eq!(texts[7], "0", "no ANTHROPIC_* variable in the shell");
+    assert_eq!(texts[8], "authorized", "the proxy added the token");
+
+    // The item ends (max-idle): memory synced back, the sandbox paused.
+    let sandbox = wait_paused(&d, &sid).await;
+    let mems = memory_call(
+        &d,
+        Method::GET,
+        &format!("/memory_stores/{store}/memories?view=full"),
+        None,
+    )
+    .await;
+    let learned = mems["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["path"] == "/learned.md");
+    assert_eq!(
+        learned.map(|m| m["content"].clone()),
+        Some(json!("tests live in test_calc.py\n")),
+        "{mems}"
+    );
+
+    // Outputs survive the pause and download with the CLI.
+    let to = tempfile::tempdir().unwrap();
+    let out = cli(
+        &d,
+        &[
+            "session",
+            "outputs",
+            &sid,
+            "--to",
+            &to.path().display().to_string(),
+        ],
+        b"",
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(
+        std::fs::read_to_string(to.path().join("report.txt")).unwrap(),
+        "the report\n"
+    );
+
+    // No credential of the worker's is anywhere in the sandbox: not the
+    // environment key, not a sessions token, not the API token. The
+    // patterns go in a file outside the searched trees, so the search's
+    // own command lines hold none of them.
+    let patterns = format!("sk-sst-\n{key}\n{}\nANTHROPIC_\n", net.token);
+    let r = d
+        .http
+        .post(format!(
+            "{}/api/v1/sandboxes/{sandbox}/files?path=/.scan-patterns",
+            d.url
+        ))
+        .bearer_auth(&d.token)
+        .body(patterns)
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success());
+    let scan = "grep -rIl -f /.scan-patterns /workspace /mnt /tmp /root /etc /var /run 2>/dev/null; \
+        cat /proc/[0-9]*/environ /proc/[0-9]*/cmdline 2>/dev/null | tr '\\0' '\\n' | grep -c -f /.scan-patterns; true";
+    // The scan finds a planted token (so it can fail)...
+    let planted = d
+        .sh(
+            &sandbox,
+            &format!("printf 'sk-ss%s-planted\\n' t > /tmp/planted && {scan}"),
+        )
+        .await;
+    assert_eq!(planted["stdout"], "/tmp/planted\n0\n", "{planted}");
+    d.sh(&sandbox, "rm /tmp/planted").await;
+    // ...and nothing else.
+    let r = d.sh(&sandbox, scan).await;
+    assert_eq!(r["stdout"], "0\n", "{r}");
+    // Skills and memory mirrors are the item's; they go when it ends.
+    let r = d
+        .sh(&sandbox, "ls /workspace/skills /mnt/memory 2>&1")
+        .await;
+    assert!(!r["stdout"].as_str().unwrap().contains("greeter"), "{r}");
+    assert!(!r["stdout"].as_str().unwrap().contains("team-notes"), "{r}");
+}
