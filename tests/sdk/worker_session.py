@@ -11,7 +11,9 @@ at the session's first `end_turn`.
 
 Environment: ANTHROPIC_BASE_URL, ANTHROPIC_API_KEY, SANDSTONE_ENV_ID,
 SANDSTONE_ENV_KEY, SCRIPT, WORKER, WORKDIR (official only), TIMEOUT (s, 120),
-SESSIONS (how many identical sessions to run at once, 1).
+SESSIONS (how many identical sessions to run at once, 1), TURNS (user
+messages per session, 1; each after the previous end_turn and PAUSE seconds,
+so the worker can let the item go and pause the sandbox in between).
 
 Output (one line): {"sessions": [{"session_id", "calls": [{"name", "input",
 "is_error", "content", "ms"}]}]} where `ms` is the time from the tool use
@@ -34,7 +36,16 @@ LOOKUP_TOOL = {
 }
 
 
-async def converse(client, session_id: str, timeout: float) -> list:
+async def converse(client, session_id: str, timeout: float, turns: int, pause: float) -> list:
+    out = []
+    for turn in range(turns):
+        if turn:
+            await asyncio.sleep(pause)
+        out.extend(await one_turn(client, session_id, timeout))
+    return out
+
+
+async def one_turn(client, session_id: str, timeout: float) -> list:
     calls = {}  # tool use id -> record
     order = []
     stream = await client.beta.sessions.events.stream(session_id)
@@ -94,6 +105,7 @@ async def main() -> None:
     script, mode = os.environ["SCRIPT"], os.environ.get("WORKER", "external")
     timeout = float(os.environ.get("TIMEOUT", "120"))
     n = int(os.environ.get("SESSIONS", "1"))
+    turns, pause = int(os.environ.get("TURNS", "1")), float(os.environ.get("PAUSE", "0"))
     client = anthropic.AsyncAnthropic(timeout=60.0)
     agent = await client.beta.agents.create(
         name=f"worker-{script}", model=f"scripted-{script}", system="test",
@@ -104,7 +116,7 @@ async def main() -> None:
         worker = asyncio.create_task(
             official_worker(client, env_id, env_key, os.environ["WORKDIR"], {s.id for s in sessions}))
     try:
-        results = await asyncio.gather(*(converse(client, s.id, timeout) for s in sessions))
+        results = await asyncio.gather(*(converse(client, s.id, timeout, turns, pause) for s in sessions))
     finally:
         if worker is not None:
             with contextlib.suppress(Exception):

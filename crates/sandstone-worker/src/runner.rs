@@ -180,6 +180,7 @@ fn tool_use(ev: &Value) -> Option<ToolUse> {
         input: ev["input"].clone(),
         custom: ev["type"] == "agent.custom_tool_use",
         thread: ev["session_thread_id"].as_str().map(str::to_string),
+        received: Instant::now(),
     })
 }
 
@@ -288,16 +289,15 @@ impl Runner<'_> {
         }
     }
 
-    /// Runs one call and posts its result.
+    /// Runs one call and posts its result. Logs how long the tool ran and
+    /// how long from the call reaching this worker to its result posted.
     async fn serve(&self, call: ToolUse, dead: Arc<Mutex<HashSet<String>>>) {
         let started = Instant::now();
-        tracing::info!(session = self.session, tool = %call.name, tool_use_id = %call.id, "tool call");
+        tracing::debug!(session = self.session, tool = %call.name, tool_use_id = %call.id, "tool call");
         let result = self.host.run(&call).await;
         let took = started.elapsed();
         let outcome = if result.is_error { "error" } else { "ok" };
         self.metrics.tool_call(&call.name, outcome, took);
-        tracing::info!(session = self.session, tool = %call.name, tool_use_id = %call.id,
-            outcome, ms = took.as_millis() as u64, "tool done");
         let thread_dead = call
             .thread
             .as_ref()
@@ -307,6 +307,9 @@ impl Runner<'_> {
             return;
         }
         self.post(&call, result, self.lease.ttl()).await;
+        tracing::info!(session = self.session, tool = %call.name, tool_use_id = %call.id, outcome,
+            run_us = took.as_micros() as u64, total_us = call.received.elapsed().as_micros() as u64,
+            "tool done");
         if let Some(m) = self.memory {
             m.sync_if_due().await;
         }

@@ -28,6 +28,8 @@ pub struct ToolUse {
     pub input: Value,
     pub custom: bool,
     pub thread: Option<String>,
+    /// When this worker saw the call (stream or history).
+    pub received: std::time::Instant,
 }
 
 /// Custom tool name → argv of the command that serves it.
@@ -80,7 +82,7 @@ impl ToolHost {
     async fn run_toolset(&self, call: &ToolUse) -> ToolCallResult {
         let req = ToolCallRequest {
             input: call.input.clone(),
-            workdir: Some("/workspace".into()),
+            workdir: Some(crate::sandbox::WORKDIR.into()),
             allowed_roots: self.roots.allowed.clone(),
             read_only_roots: self.roots.read_only.clone(),
         };
@@ -180,6 +182,7 @@ mod tests {
             input,
             custom: false,
             thread: None,
+            received: std::time::Instant::now(),
         };
         assert_eq!(outer_timeout(&call(json!({}))), OUTER_TIMEOUT);
         assert_eq!(
