@@ -27,31 +27,54 @@ struct WorkerProc {
 
 impl WorkerProc {
     /// Polls `env` at `base_url` (the daemon, or a fault proxy before it),
-    /// with sandboxes from the `host` template and (unless `extra` says
-    /// otherwise) a 2 s max-idle.
+    /// with sandboxes from the `host` template and, unless `extra` sets
+    /// them, a 2 s max-idle and no status endpoint.
     fn start(d: &Daemon, base_url: &str, env: &str, key: &str, extra: &[&str]) -> WorkerProc {
+        let mut cmd = Command::new(sandstone_bin());
+        cmd.args([
+            "worker",
+            "poll",
+            "--environment-id",
+            env,
+            "--base-url",
+            base_url,
+        ])
+        .env("ANTHROPIC_ENVIRONMENT_KEY", key);
+        Self::spawn(
+            d,
+            cmd,
+            &[("--max-idle", "2s"), ("--status-listen", "off")],
+            extra,
+        )
+    }
+
+    /// `cmd` against the daemon `d` with `extra`, and each default flag
+    /// `extra` does not set.
+    fn spawn(
+        d: &Daemon,
+        mut cmd: Command,
+        defaults: &[(&str, &str)],
+        extra: &[&str],
+    ) -> WorkerProc {
         let log = d
             .data
             .path()
             .join(format!("worker-{}.log", sandstone_api::random_hex(4)));
-        let child = Command::new(sandstone_bin())
+        for (flag, default) in defaults {
+            if !extra.contains(flag) {
+                cmd.args([flag, default]);
+            }
+        }
+        let child = cmd
             .args([
-                "worker",
-                "poll",
-                "--environment-id",
-                env,
-                "--base-url",
-                base_url,
+                "--sandstone-url",
+                &d.url,
+                "--template",
+                "host",
+                "--log-format",
+                "json",
             ])
-            .args(["--sandstone-url", &d.url, "--template", "host"])
-            .args(["--status-listen", "off", "--log-format", "json"])
-            .args(if extra.contains(&"--max-idle") {
-                &[][..]
-            } else {
-                &["--max-idle", "2s"][..]
-            })
             .args(extra)
-            .env("ANTHROPIC_ENVIRONMENT_KEY", key)
             .env("SANDSTONE_TOKEN", &d.token)
             .env("SANDSTONE_LOG", "info")
             .stdout(Stdio::null())
@@ -72,6 +95,22 @@ impl WorkerProc {
             .filter_map(|l| serde_json::from_str::<Value>(l).ok())
             .filter(|v| v["fields"]["message"] == msg)
             .collect()
+    }
+
+    /// Waits (bounded) for the process to exit on its own.
+    fn wait(&mut self, limit: Duration) -> std::process::ExitStatus {
+        let deadline = std::time::Instant::now() + limit;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the worker did not exit: {}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 
     fn kill9(&mut self) {
@@ -864,4 +903,99 @@ async fn a_session_gets_skills_memory_outputs_and_an_api_token_it_never_holds() 
         .await;
     assert!(!r["stdout"].as_str().unwrap().contains("greeter"), "{r}");
     assert!(!r["stdout"].as_str().unwrap().contains("team-notes"), "{r}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn worker_run_serves_one_claimed_item_on_its_secret_alone() {
+    let model = FakeModel::start();
+    let d = daemon(&model, 30).await;
+    let (env, key) = environment(&d).await;
+    let sid = session_on(&d, &env, "worker_turn", toolset()).await;
+    say(&d, &sid, "go").await;
+    // Claimed as a spawner would: poll and ack with the environment key,
+    // then hand the item to `sandstone worker run`.
+    let mut item = Value::Null;
+    within(Duration::from_secs(10), async || {
+        let path = format!("/environments/{env}/work/poll?block_ms=999");
+        item = v1(&d, &key, Method::GET, &path, None).await.1;
+        !item.is_null()
+    })
+    .await;
+    let work = item["id"].as_str().unwrap();
+    let (s, v, _) = v1(
+        &d,
+        &key,
+        Method::POST,
+        &format!("/environments/{env}/work/{work}/ack"),
+        None,
+    )
+    .await;
+    assert_eq!(s, 200, "{v}");
+    let secret = item["secret"].as_str().unwrap();
+    let mut cmd = Command::new(sandstone_bin());
+    cmd.args(["worker", "run", "--base-url", &d.url])
+        .env("ANTHROPIC_WORK_ID", work)
+        .env("ANTHROPIC_ENVIRONMENT_ID", &env)
+        .env("ANTHROPIC_SESSION_ID", &sid)
+        .env("ANTHROPIC_WORK_SECRET", secret)
+        .env_remove("ANTHROPIC_ENVIRONMENT_KEY");
+    let mut worker = WorkerProc::spawn(&d, cmd, &[("--max-idle", "1s")], &[]);
+    assert!(
+        worker.wait(Duration::from_secs(60)).success(),
+        "{}",
+        worker.log()
+    );
+    let evs = events(&d, &sid).await;
+    assert_eq!(tool_results(&evs), [("bash".into(), "one".into(), false)]);
+    let (_, w, _) = v1(
+        &d,
+        &d.token,
+        Method::GET,
+        &format!("/environments/{env}/work/{work}"),
+        None,
+    )
+    .await;
+    assert_eq!(w["state"], "stopped", "{w}");
+    wait_paused(&d, &sid).await;
+    // The work secret and what it carries never reach the log.
+    let log = worker.log();
+    assert!(!log.contains(secret) && !log.contains("sk-sst-"), "{log}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn worker_status_and_metrics_count_items_and_tool_calls() {
+    let model = FakeModel::start();
+    let d = daemon(&model, 30).await;
+    let (env, key) = environment(&d).await;
+    let addr = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().to_string()
+    };
+    let worker = WorkerProc::start(&d, &d.url, &env, &key, &["--status-listen", &addr]);
+    let sid = session_on(&d, &env, "worker_turn", toolset()).await;
+    say(&d, &sid, "go").await;
+    idle_with(&d, &sid, "end_turn").await;
+    wait_paused(&d, &sid).await;
+    let out = cli(&d, &["worker", "status", "--addr", &addr], b"");
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let status: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(status["items_claimed"], 1, "{status}");
+    assert_eq!(status["tool_calls"], 1, "{status}");
+    let metrics = reqwest::get(format!("http://{addr}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("sandstone_worker_tool_calls_total{tool=\"bash\",outcome=\"ok\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("sandstone_worker_items_finished_total{outcome=\"idle\"} 1"),
+        "{metrics}"
+    );
+    // Neither the environment key nor a sessions token is in the log.
+    let log = worker.log();
+    assert!(!log.contains(&key) && !log.contains("sk-sst-"), "{log}");
 }
