@@ -456,18 +456,21 @@ async fn run(cli: Cli) -> Result<()> {
                 return print_json(&list);
             }
             println!(
-                "{:<22} {:<8} {:<9} {:>4} {:>9}  AGE",
-                "ID", "TEMPLATE", "STATUS", "GEN", "DISK"
+                "{:<22} {:<8} {:<9} {:>4} {:>9}  {:<8} LABELS",
+                "ID", "TEMPLATE", "STATUS", "GEN", "DISK", "AGE"
             );
             for s in list.sandboxes {
+                let labels: Vec<String> =
+                    s.metadata.iter().map(|(k, v)| format!("{k}={v}")).collect();
                 println!(
-                    "{:<22} {:<8} {:<9} {:>4} {:>9}  {}",
+                    "{:<22} {:<8} {:<9} {:>4} {:>9}  {:<8} {}",
                     s.id,
                     s.template_id,
                     s.status,
                     s.runtime_generation,
                     human_bytes(s.disk_bytes),
-                    age(&s.created_at)
+                    age(&s.created_at),
+                    labels.join(",")
                 );
             }
             Ok(())

@@ -976,6 +976,11 @@ async fn worker_status_and_metrics_count_items_and_tool_calls() {
     say(&d, &sid, "go").await;
     idle_with(&d, &sid, "end_turn").await;
     wait_paused(&d, &sid).await;
+    let ls = text(&cli(&d, &["ls"], b"").stdout);
+    assert!(
+        ls.contains(&format!("cma.session={sid}")) && ls.contains("paused"),
+        "{ls}"
+    );
     let out = cli(&d, &["worker", "status", "--addr", &addr], b"");
     assert!(out.status.success(), "{}", text(&out.stderr));
     let status: Value = serde_json::from_slice(&out.stdout).unwrap();
