@@ -42,6 +42,25 @@ impl Client {
         }
     }
 
+    /// A client whose calls give up: connecting after `connect`, any call
+    /// after `total` (for a long-running service that must not hang).
+    pub fn with_timeouts(
+        base: &str,
+        token: &str,
+        connect: std::time::Duration,
+        total: std::time::Duration,
+    ) -> Client {
+        let http = reqwest::Client::builder()
+            .connect_timeout(connect)
+            .timeout(total)
+            .build()
+            .expect("a client with timeouts builds");
+        Client {
+            http,
+            ..Client::new(base, token)
+        }
+    }
+
     fn url(&self, path: &str) -> String {
         format!("{}{path}", self.base)
     }

@@ -72,11 +72,15 @@ struct Call<'a> {
     beta: Beta,
     timeout: Option<Duration>,
     headers: Vec<(&'static str, String)>,
+    /// Extra tries after a transient failure (as the SDK core's two).
+    retries: u32,
 }
 
 impl<'a> Call<'a> {
     fn new(method: Method, path: String, token: &'a Secret) -> Self {
         Call {
+            // Reads are safe to repeat; writes say so themselves.
+            retries: if method == Method::GET { 2 } else { 0 },
             method,
             path,
             token,
@@ -123,9 +127,27 @@ impl Cma {
         req
     }
 
+    /// Sends, retrying transient failures (transport, 408, 429, 5xx)
+    /// `c.retries` times after 0.5 s, then 1 s.
     async fn send(&self, c: Call<'_>) -> CmaResult<reqwest::Response> {
+        let mut delay = Duration::from_millis(500);
+        for _ in 0..c.retries {
+            match self.send_once(&c).await {
+                // A 409 here means "already done" (a stopped item): final.
+                Err(e) if !e.is_fatal() && e.status() != Some(409) => {
+                    tracing::debug!(path = %c.path, error = %e, "control plane call failed; retrying");
+                    tokio::time::sleep(delay).await;
+                    delay *= 2;
+                }
+                other => return other,
+            }
+        }
+        self.send_once(&c).await
+    }
+
+    async fn send_once(&self, c: &Call<'_>) -> CmaResult<reqwest::Response> {
         let resp = self
-            .request(&c)
+            .request(c)
             .send()
             .await
             .map_err(|e| CmaError::Transport(without_url(e)))?;
@@ -169,6 +191,8 @@ impl Cma {
         c.headers
             .push(("Anthropic-Worker-ID", worker_id.to_string()));
         c.timeout = Some(Duration::from_millis(block_ms) + Duration::from_secs(30));
+        // The poll loop has its own back-off.
+        c.retries = 0;
         let v = self.json(c).await?;
         Ok((!v.is_null()).then_some(v))
     }
@@ -206,6 +230,7 @@ impl Cma {
             json!({})
         });
         c.timeout = Some(Duration::from_secs(30));
+        c.retries = 2;
         match self.send(c).await {
             Ok(_) => Ok(()),
             Err(e) if e.status() == Some(409) => Ok(()),
@@ -251,7 +276,10 @@ impl Cma {
                 out.extend(items.iter().cloned());
             }
             match v["next_page"].as_str() {
-                Some(p) if !p.is_empty() => page = Some(p.to_string()),
+                // A cursor that does not move would loop forever.
+                Some(p) if !p.is_empty() && page.as_deref() != Some(p) => {
+                    page = Some(p.to_string())
+                }
                 _ => return Ok(out),
             }
         }

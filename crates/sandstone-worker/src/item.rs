@@ -36,6 +36,15 @@ impl Outcome {
     }
 }
 
+/// Ids go into URL paths: only the characters the API's ids use.
+pub fn plain_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 128
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
+
 /// The fields of a claimed item the worker needs.
 pub struct Item {
     pub id: String,
@@ -48,10 +57,16 @@ pub struct Item {
 
 impl Item {
     pub fn from_poll(v: &Value) -> Option<Item> {
+        let id = v["id"].as_str().filter(|i| plain_id(i))?;
+        let session = v["data"]["id"].as_str().unwrap_or_default();
+        let kind = v["data"]["type"].as_str().unwrap_or("session");
+        if kind == "session" && !plain_id(session) {
+            return None;
+        }
         Some(Item {
-            id: v["id"].as_str()?.to_string(),
-            kind: v["data"]["type"].as_str().unwrap_or("session").to_string(),
-            session: v["data"]["id"].as_str().unwrap_or_default().to_string(),
+            id: id.to_string(),
+            kind: kind.to_string(),
+            session: session.to_string(),
             secret: v["secret"].as_str().map(str::to_string),
             polled_at: Instant::now(),
         })
@@ -60,10 +75,11 @@ impl Item {
 
 impl Worker {
     pub async fn handle(&self, item: Item) -> Outcome {
-        let token = item
-            .secret
-            .as_deref()
-            .and_then(sessions_token)
+        let decoded = item.secret.as_deref().and_then(sessions_token);
+        if item.secret.is_some() && decoded.is_none() {
+            tracing::warn!(work = %item.id, "the work secret carries no readable sessions token; using the environment key");
+        }
+        let token = decoded
             .map(|t| (t, true))
             .or_else(|| self.config.environment_key.clone().map(|k| (k, false)));
         let Some((token, has_sessions_token)) = token else {
@@ -83,8 +99,8 @@ impl Worker {
         } else {
             self.healthcheck().await
         };
-        let owns = lease.ended().is_none_or(|e| e.owns_item());
-        lease.stop();
+        let owns = still_ours(&lease);
+        drop(lease);
         if owns {
             let env = &self.config.environment_id;
             if let Err(e) = self.cma.stop(env, &item.id, &token, true).await {
@@ -134,7 +150,9 @@ impl Worker {
         let outcome = self
             .run_session(item, token, &session, &sandbox.id, wants_memory, lease)
             .await;
-        self.sandboxes.release(&sandbox.id).await;
+        if still_ours(lease) {
+            self.sandboxes.release(&sandbox.id).await;
+        }
         outcome
     }
 
@@ -200,13 +218,24 @@ impl Worker {
         }
         .run()
         .await;
-        installer.remove(&skill_dirs).await;
-        if let Some(m) = memory {
-            let clean = matches!(end, RunEnd::IdleTimeout | RunEnd::Terminated);
-            m.teardown(clean).await;
+        // A lost lease means another worker serves the session now, in this
+        // same sandbox: its skills, mirrors and shell are not ours to touch.
+        if still_ours(lease) {
+            installer.remove(&skill_dirs).await;
+            if let Some(m) = memory {
+                // Nothing may write to the mirrors during their last sync.
+                host.reset_shell().await;
+                let clean = matches!(end, RunEnd::IdleTimeout | RunEnd::Terminated);
+                m.teardown(clean).await;
+            }
         }
         Outcome::Ran(end)
     }
+}
+
+/// Whether this worker still holds the item's lease.
+fn still_ours(lease: &Lease) -> bool {
+    lease.ended().is_none_or(|e| e.owns_item())
 }
 
 fn has_memory(session: &Value) -> bool {

@@ -81,8 +81,12 @@ impl Lease {
             }
         }
     }
+}
 
-    pub fn stop(self) {
+/// The heartbeat ends with the item, however the item ends (a panic
+/// included): the server then reclaims it when the lease runs out.
+impl Drop for Lease {
+    fn drop(&mut self) {
         self.task.abort();
     }
 }

@@ -63,8 +63,13 @@ pub struct Worker {
 
 impl Worker {
     pub fn new(config: Config, shutdown: watch::Receiver<bool>) -> Worker {
-        let client =
-            sandstone_client::Client::new(&config.sandstone_url, config.sandstone_token.expose());
+        // Any daemon call ends, the longest tool call included.
+        let client = sandstone_client::Client::with_timeouts(
+            &config.sandstone_url,
+            config.sandstone_token.expose(),
+            Duration::from_secs(5),
+            tools::MAX_TOOL_TIME + Duration::from_secs(60),
+        );
         Worker {
             cma: Cma::new(&config.base_url),
             sandboxes: SessionSandboxes {

@@ -13,7 +13,7 @@ use crate::secret::Secret;
 use crate::tools::Roots;
 use sandstone_client::Client;
 use serde_json::Value;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 use tokio::sync::Mutex;
 
@@ -50,6 +50,13 @@ pub struct Memory {
 
 /// A mirror file's contents, keyed by memory path (`/a/b.md`).
 type LocalFiles = BTreeMap<String, (Local, String)>;
+
+#[derive(Default)]
+struct Scan {
+    files: LocalFiles,
+    /// Present, but not something a memory can hold.
+    unsynced: BTreeSet<String>,
+}
 
 fn marker(store: &str) -> String {
     format!("version 1\n{store}")
@@ -116,13 +123,28 @@ impl Memory {
             last_sync: Mutex::new(Instant::now()),
             stores,
         };
-        for s in &m.stores {
-            m.claim_root(s).await?;
-            m.download(s)
-                .await
-                .map_err(|e| format!("memory store {}: {e}", s.id))?;
+        for (i, s) in m.stores.iter().enumerate() {
+            // What this mount made goes on failure; a path that was already
+            // there (claim refused) stays.
+            let made = match m.claim_root(s).await {
+                Ok(()) => i + 1,
+                Err(e) => {
+                    m.unmount(&m.stores[..i]).await;
+                    return Err(e);
+                }
+            };
+            if let Err(e) = m.download(s).await {
+                m.unmount(&m.stores[..made]).await;
+                return Err(format!("memory store {}: {e}", s.id));
+            }
         }
         Ok(m)
+    }
+
+    async fn unmount(&self, stores: &[Store]) {
+        for s in stores {
+            let _ = self.client.remove_path(&self.sandbox, &s.root).await;
+        }
     }
 
     pub fn add_roots(&self, roots: &mut Roots) {
@@ -214,16 +236,28 @@ impl Memory {
     /// Final sync (clean end), a push-only flush (always), then the mirrors
     /// go; each step bounded so teardown never hangs.
     pub async fn teardown(self, clean: bool) {
+        if clean {
+            self.sync_all("final sync", false).await;
+        }
+        self.sync_all("flush", true).await;
         for s in &self.stores {
-            if clean {
-                let r = tokio::time::timeout(FLUSH_TIMEOUT, self.sync(s, true, false)).await;
-                log_flush(&s.id, "final sync", r);
-            }
-            let r = tokio::time::timeout(FLUSH_TIMEOUT, self.sync(s, true, true)).await;
-            log_flush(&s.id, "flush", r);
             if self.marker_ok(s).await {
                 let _ = self.client.remove_path(&self.sandbox, &s.root).await;
             }
+        }
+    }
+
+    /// One teardown phase over every store, within one time budget.
+    async fn sync_all(&self, what: &str, push_only: bool) {
+        let all = async {
+            for s in &self.stores {
+                if let Err(e) = self.sync(s, true, push_only).await {
+                    tracing::warn!(store = %s.id, error = %e, "memory {what} failed");
+                }
+            }
+        };
+        if tokio::time::timeout(FLUSH_TIMEOUT, all).await.is_err() {
+            tracing::warn!("memory {what} timed out");
         }
     }
 
@@ -236,9 +270,10 @@ impl Memory {
     }
 
     async fn sync(&self, s: &Store, final_sync: bool, push_only: bool) -> Result<(), String> {
-        let local = self.scan(&s.root).await;
+        let scan = self.scan(&s.root).await?;
+        let local = scan.files;
         if !self.marker_ok(s).await {
-            if local.is_empty() {
+            if local.is_empty() && scan.unsynced.is_empty() {
                 tracing::warn!(store = %s.id, "mirror wiped; downloading it again");
                 let _ = self.client.remove_path(&self.sandbox, &s.root).await;
                 return self.download(s).await;
@@ -254,6 +289,11 @@ impl Memory {
         let remote: BTreeMap<String, Remote> = listed
             .iter()
             .filter(|m| m["type"] == "memory")
+            .filter(|m| {
+                !m["path"]
+                    .as_str()
+                    .is_some_and(|p| scan.unsynced.contains(p))
+            })
             .filter_map(|m| {
                 let r = Remote {
                     id: m["id"].as_str()?.to_string(),
@@ -270,9 +310,15 @@ impl Memory {
         st.missing_since.retain(|p, _| !locals.contains_key(p));
         st.refused
             .retain(|p, sha| locals.get(p).is_some_and(|l| &l.sha == sha));
+        let baseline: BTreeMap<String, Baseline> = st
+            .baseline
+            .iter()
+            .filter(|(p, _)| !scan.unsynced.contains(*p))
+            .map(|(p, b)| (p.clone(), b.clone()))
+            .collect();
         let actions = memory_plan::plan(&Inputs {
             remote: &remote,
-            baseline: &st.baseline,
+            baseline: &baseline,
             local: &locals,
             read_only: s.read_only,
             missing_since: &st.missing_since,
@@ -291,37 +337,49 @@ impl Memory {
         Ok(())
     }
 
-    /// Every regular UTF-8 file under the mirror, marker excluded.
-    async fn scan(&self, root: &str) -> LocalFiles {
-        let mut out = LocalFiles::new();
+    /// Every file under the mirror, marker excluded: regular UTF-8 files
+    /// with their contents, and the paths present but not syncable (links,
+    /// binary files), which must not read as deleted. A listing or read
+    /// that fails aborts the sync rather than making files look gone.
+    async fn scan(&self, root: &str) -> Result<Scan, String> {
+        let mut out = Scan::default();
         let mut dirs = vec![root.to_string()];
         while let Some(dir) = dirs.pop() {
-            let Ok(entries) = self.client.list_dir(&self.sandbox, &dir).await else {
-                continue;
+            let entries = match self.client.list_dir(&self.sandbox, &dir).await {
+                Ok(e) => e,
+                // The mirror itself gone: empty (the marker check decides).
+                Err(e) if dir == root && sandstone_client::is_not_found(&e) => continue,
+                Err(e) => return Err(format!("listing {dir}: {e}")),
             };
             for e in entries {
-                let rel = &e.path[root.len()..];
+                let rel = e.path[root.len()..].to_string();
                 match e.kind.as_str() {
                     "dir" => dirs.push(e.path.clone()),
-                    "file" if rel != format!("/{MARKER}") => {
-                        let Ok(bytes) = self.client.read_file(&self.sandbox, &e.path).await else {
-                            continue;
-                        };
+                    "file" if rel == format!("/{MARKER}") => {}
+                    "file" => {
+                        let bytes = self
+                            .client
+                            .read_file(&self.sandbox, &e.path)
+                            .await
+                            .map_err(|err| format!("reading {}: {err}", e.path))?;
                         let sha = sha256_hex(&bytes);
                         match String::from_utf8(bytes) {
                             Ok(text) => {
-                                out.insert(rel.to_string(), (Local { sha }, text));
+                                out.files.insert(rel, (Local { sha }, text));
                             }
                             Err(_) => {
-                                tracing::info!(path = %e.path, "memory file is not UTF-8; not synced")
+                                tracing::info!(path = %e.path, "memory file is not UTF-8; not synced");
+                                out.unsynced.insert(rel);
                             }
                         }
                     }
-                    _ => {}
+                    _ => {
+                        out.unsynced.insert(rel);
+                    }
                 }
             }
         }
-        out
+        Ok(out)
     }
 
     async fn apply(&self, s: &Store, st: &mut State, a: Action, local: &LocalFiles) {
@@ -356,11 +414,16 @@ impl Memory {
                 }
             }
             Action::DeleteLocal { path } => {
-                let _ = self
-                    .client
-                    .remove_path(&self.sandbox, &format!("{}{path}", s.root))
-                    .await;
-                forget(st, &path)
+                let file = format!("{}{path}", s.root);
+                match self.client.remove_path(&self.sandbox, &file).await {
+                    Ok(()) => forget(st, &path),
+                    Err(e) if sandstone_client::is_not_found(&e) => forget(st, &path),
+                    // Kept in the baseline: the next sync tries again.
+                    Err(e) => {
+                        tracing::warn!(path = %file, error = %e, "could not remove a memory deleted in the store");
+                        Ok(())
+                    }
+                }
             }
             Action::MarkMissing { path } => {
                 st.missing_since.insert(path, Instant::now());
@@ -462,14 +525,6 @@ fn forget(st: &mut State, path: &str) -> Result<(), CmaError> {
     st.baseline.remove(path);
     st.missing_since.remove(path);
     Ok(())
-}
-
-fn log_flush(store: &str, what: &str, r: Result<Result<(), String>, tokio::time::error::Elapsed>) {
-    match r {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => tracing::warn!(store, error = %e, "memory {what} failed"),
-        Err(_) => tracing::warn!(store, "memory {what} timed out"),
-    }
 }
 
 #[cfg(test)]

@@ -47,7 +47,8 @@ async fn poll_until_done(
             Ok(Some(v)) => {
                 failures = 0;
                 let Some(item) = Item::from_poll(&v) else {
-                    tracing::warn!("poll returned an item without an id");
+                    tracing::warn!("poll returned an item without a usable id; skipping it");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
                     continue;
                 };
                 match worker.cma.ack(&cfg.environment_id, &item.id, &key).await {
@@ -77,6 +78,7 @@ async fn poll_until_done(
             }
             // U[1 s, 3 s), as the SDK poller sleeps after an empty poll.
             Ok(None) => {
+                failures = 0;
                 Duration::from_secs(1) + jitter(Duration::from_secs(4)) - Duration::from_secs(2)
             }
             Err(e) if e.is_fatal() => {

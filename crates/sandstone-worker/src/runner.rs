@@ -17,6 +17,7 @@ use serde_json::{Value, json};
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
@@ -62,9 +63,10 @@ struct Book {
     /// Terminated threads take no results; shared with the in-flight post.
     dead_threads: Arc<Mutex<HashSet<String>>>,
     idle_since: Option<Instant>,
+    /// Every event id taken in: history replayed on a reconnect changes
+    /// nothing (in particular, an old idle does not restart the countdown).
+    events: HashSet<String>,
 }
-
-type InFlight<'f> = Pin<Box<dyn Future<Output = ()> + Send + 'f>>;
 
 impl Book {
     /// Answers and verdicts first, so replaying history never re-runs a call
@@ -79,9 +81,22 @@ impl Book {
                         self.verdicts.insert(id.into(), ev["result"] == "allow");
                     }
                 }
+                "session.thread_status_terminated" => self.thread_ended(ev),
                 _ => {}
             }
         }
+    }
+
+    fn thread_ended(&mut self, ev: &Value) {
+        if let Some(t) = ev["session_thread_id"].as_str() {
+            self.dead_threads.lock().unwrap().insert(t.to_string());
+        }
+    }
+
+    fn thread_dead(&self, call: &ToolUse) -> bool {
+        call.thread
+            .as_ref()
+            .is_some_and(|t| self.dead_threads.lock().unwrap().contains(t))
     }
 
     fn answer(&mut self, id: &Value) {
@@ -92,19 +107,20 @@ impl Book {
         }
     }
 
-    /// Takes in one event; `Some` when it ends the run.
+    /// Takes in one event (once); `Some` when it ends the run.
     fn observe(&mut self, ev: &Value, host: &ToolHost) -> Option<RunEnd> {
+        if let Some(id) = ev["id"].as_str()
+            && !self.events.insert(id.to_string())
+        {
+            return None;
+        }
         let kind = ev["type"].as_str().unwrap_or_default();
         match kind {
             "agent.tool_use" | "agent.custom_tool_use" => self.consider(ev, host),
             "user.tool_result" => self.answer(&ev["tool_use_id"]),
             "user.custom_tool_result" => self.answer(&ev["custom_tool_use_id"]),
             "user.tool_confirmation" => self.confirm(ev),
-            "session.thread_status_terminated" => {
-                if let Some(t) = ev["session_thread_id"].as_str() {
-                    self.dead_threads.lock().unwrap().insert(t.to_string());
-                }
-            }
+            "session.thread_status_terminated" => self.thread_ended(ev),
             "session.status_terminated" | "session.deleted" => return Some(RunEnd::Terminated),
             _ => {}
         }
@@ -143,7 +159,10 @@ impl Book {
 
     fn consider(&mut self, ev: &Value, host: &ToolHost) {
         let Some(call) = tool_use(ev) else { return };
-        if !self.seen.insert(call.id.clone()) || self.answered.contains(&call.id) {
+        if !self.seen.insert(call.id.clone())
+            || self.answered.contains(&call.id)
+            || self.thread_dead(&call)
+        {
             return;
         }
         if !host.serves(&call) {
@@ -184,145 +203,157 @@ fn tool_use(ev: &Value) -> Option<ToolUse> {
     })
 }
 
-/// What one connection of the stream ended with.
-enum Pump {
-    Reconnect,
-    End(RunEnd),
+/// How long a stream may stay silent (the daemon pings every 15 s) before
+/// it is taken for a half-open connection and replaced.
+const STREAM_SILENCE: Duration = Duration::from_secs(60);
+/// How long a result already being posted may take to finish when the
+/// run ends.
+const FINISH_POST: Duration = Duration::from_secs(10);
+
+/// The one call being served: it outlives stream reconnects.
+struct InFlight<'f> {
+    call: ToolUse,
+    /// Set once the tool has finished and its result is being posted.
+    posting: Arc<AtomicBool>,
+    fut: Pin<Box<dyn Future<Output = ()> + Send + 'f>>,
+}
+
+/// The live stream, or when to try opening it again.
+enum Stream {
+    Open(SseReader),
+    Closed { retry_at: Instant },
 }
 
 impl Runner<'_> {
     pub async fn run(&self) -> RunEnd {
         let mut book = Book::default();
+        let mut running: Option<InFlight<'_>> = None;
+        let mut stream = Stream::Closed {
+            retry_at: Instant::now(),
+        };
         let mut backoff = Duration::from_millis(500);
-        loop {
-            match self.connect(&mut book).await {
-                Ok(mut sse) => {
-                    backoff = Duration::from_millis(500);
-                    match self.pump(&mut book, &mut sse).await {
-                        Pump::End(end) => return end,
-                        Pump::Reconnect => {}
-                    }
-                }
-                Err(e) if e.is_fatal() => return RunEnd::Fatal(e.to_string()),
-                Err(e) => {
-                    tracing::debug!(session = self.session, error = %e, "stream failed; reconnecting")
-                }
-            }
-            if let Some(end) = self.pause(backoff).await {
-                return end;
-            }
-            backoff = (backoff * 2).min(Duration::from_secs(10));
-        }
-    }
-
-    /// Opens the stream, then lists and reconciles history.
-    async fn connect(&self, book: &mut Book) -> Result<SseReader, CmaError> {
-        let stream = self.cma.stream(self.session, self.token).await?;
-        let history = self.cma.events(self.session, self.token).await?;
-        book.learn(&history);
-        for ev in &history {
-            if ev["type"] == "session.status_terminated" || ev["type"] == "session.deleted" {
-                return Err(CmaError::Status {
-                    status: 410,
-                    message: "the session has terminated".into(),
-                    body: Value::Null,
-                });
-            }
-            book.observe(ev, self.host);
-        }
-        Ok(SseReader::new(stream))
-    }
-
-    /// Sleeps, unless the lease or a shutdown ends the run first.
-    async fn pause(&self, d: Duration) -> Option<RunEnd> {
         let mut shutdown = self.shutdown.clone();
-        tokio::select! {
-            _ = tokio::time::sleep(d) => None,
-            end = self.lease.wait_end() => Some(RunEnd::Lease(end)),
-            _ = crate::shutting_down(&mut shutdown) => Some(RunEnd::Cancelled),
-        }
-    }
-
-    async fn pump(&self, book: &mut Book, sse: &mut SseReader) -> Pump {
-        let mut shutdown = self.shutdown.clone();
-        let mut running: Option<(ToolUse, InFlight<'_>)> = None;
         loop {
             if running.is_none()
                 && let Some(call) = book.queue.pop_front()
+                && !book.thread_dead(&call)
             {
-                let fut = Box::pin(self.serve(call.clone(), book.dead_threads.clone()));
-                running = Some((call, fut));
+                running = Some(self.start(call));
             }
+            let retry_at = match &stream {
+                Stream::Open(_) => None,
+                Stream::Closed { retry_at } => Some(*retry_at),
+            };
             let deadline = book.idle_deadline(self.max_idle, running.is_some());
             tokio::select! {
-                ev = sse.next() => match ev {
-                    Some(ev) => {
-                        if let Some(end) = book.observe(&ev, self.host) {
-                            return Pump::End(end);
-                        }
-                    }
-                    None => return Pump::Reconnect,
-                },
-                _ = async { running.as_mut().expect("guarded").1.as_mut().await }, if running.is_some() => {
-                    let (call, _) = running.take().expect("guarded");
-                    book.answered.insert(call.id);
-                }
-                _ = sleep_until(deadline), if deadline.is_some() => {
-                    tracing::info!(session = self.session, "idle for max-idle; ending the run");
-                    return Pump::End(RunEnd::IdleTimeout);
+                biased;
+                _ = crate::shutting_down(&mut shutdown) => {
+                    self.abandon(running.take(), true).await;
+                    return RunEnd::Cancelled;
                 }
                 end = self.lease.wait_end() => {
-                    if let Some((call, abandoned)) = running.take() {
-                        drop(abandoned);
-                        self.host.reset_shell_if(&call).await;
+                    if end.owns_item() {
+                        self.abandon(running.take(), false).await;
                     }
-                    return Pump::End(RunEnd::Lease(end));
+                    return RunEnd::Lease(end);
                 }
-                _ = crate::shutting_down(&mut shutdown) => {
-                    if let Some((call, abandoned)) = running.take() {
-                        drop(abandoned);
-                        self.cancelled(&call).await;
+                _ = drive(&mut running) => {
+                    let done = running.take().expect("a call was running");
+                    book.answered.insert(done.call.id);
+                    if let Some(m) = self.memory {
+                        m.sync_if_due().await;
                     }
-                    return Pump::End(RunEnd::Cancelled);
+                }
+                ev = next_event(&mut stream) => match ev {
+                    Some(ev) => {
+                        backoff = Duration::from_millis(500);
+                        if let Some(end) = book.observe(&ev, self.host) {
+                            return end;
+                        }
+                    }
+                    None => {
+                        tracing::debug!(session = self.session, "stream ended; reconnecting");
+                        stream = Stream::Closed { retry_at: Instant::now() + backoff };
+                        backoff = (backoff * 2).min(Duration::from_secs(10));
+                    }
+                },
+                r = self.reconnect(retry_at), if retry_at.is_some() => match r {
+                    Ok((sse, history)) => {
+                        book.learn(&history);
+                        for ev in &history {
+                            if let Some(end) = book.observe(ev, self.host) {
+                                return end;
+                            }
+                        }
+                        stream = Stream::Open(sse);
+                    }
+                    Err(e) if e.is_fatal() => return RunEnd::Fatal(e.to_string()),
+                    Err(e) => {
+                        tracing::debug!(session = self.session, error = %e, "stream failed; reconnecting");
+                        stream = Stream::Closed { retry_at: Instant::now() + backoff };
+                        backoff = (backoff * 2).min(Duration::from_secs(10));
+                    }
+                },
+                _ = sleep_until(deadline), if deadline.is_some() && retry_at.is_none() => {
+                    tracing::info!(session = self.session, "idle for max-idle; ending the run");
+                    return RunEnd::IdleTimeout;
                 }
             }
+        }
+    }
+
+    /// Opens the stream (at its retry time), then lists history: the
+    /// stream has no replay, so this order loses nothing in between.
+    async fn reconnect(&self, at: Option<Instant>) -> Result<(SseReader, Vec<Value>), CmaError> {
+        sleep_until(at).await;
+        let sse = self.cma.stream(self.session, self.token).await?;
+        let history = self.cma.events(self.session, self.token).await?;
+        Ok((SseReader::new(sse), history))
+    }
+
+    fn start(&self, call: ToolUse) -> InFlight<'_> {
+        let posting = Arc::new(AtomicBool::new(false));
+        InFlight {
+            fut: Box::pin(self.serve(call.clone(), posting.clone())),
+            call,
+            posting,
+        }
+    }
+
+    /// The run ends with a call in flight. A result already being posted
+    /// gets a moment to land; a tool still running is stopped, and on
+    /// shutdown the session is told why.
+    async fn abandon(&self, running: Option<InFlight<'_>>, tell: bool) {
+        let Some(mut f) = running else { return };
+        if f.posting.load(Ordering::Acquire) {
+            let _ = tokio::time::timeout(FINISH_POST, f.fut.as_mut()).await;
+            return;
+        }
+        drop(f.fut);
+        self.host.reset_shell_if(&f.call).await;
+        if tell {
+            let r = crate::tools::error(format!(
+                "tool '{}' was cancelled: the worker is shutting down",
+                f.call.name
+            ));
+            let _ = tokio::time::timeout(FINISH_POST, self.post(&f.call, r, FINISH_POST)).await;
         }
     }
 
     /// Runs one call and posts its result. Logs how long the tool ran and
     /// how long from the call reaching this worker to its result posted.
-    async fn serve(&self, call: ToolUse, dead: Arc<Mutex<HashSet<String>>>) {
+    async fn serve(&self, call: ToolUse, posting: Arc<AtomicBool>) {
         let started = Instant::now();
         tracing::debug!(session = self.session, tool = %call.name, tool_use_id = %call.id, "tool call");
         let result = self.host.run(&call).await;
         let took = started.elapsed();
         let outcome = if result.is_error { "error" } else { "ok" };
         self.metrics.tool_call(&call.name, outcome, took);
-        let thread_dead = call
-            .thread
-            .as_ref()
-            .is_some_and(|t| dead.lock().unwrap().contains(t));
-        if thread_dead {
-            tracing::info!(tool_use_id = %call.id, "thread terminated meanwhile; result not posted");
-            return;
-        }
+        posting.store(true, Ordering::Release);
         self.post(&call, result, self.lease.ttl()).await;
         tracing::info!(session = self.session, tool = %call.name, tool_use_id = %call.id, outcome,
             run_us = took.as_micros() as u64, total_us = call.received.elapsed().as_micros() as u64,
             "tool done");
-        if let Some(m) = self.memory {
-            m.sync_if_due().await;
-        }
-    }
-
-    /// SIGTERM mid-call: stop the call and tell the session why.
-    async fn cancelled(&self, call: &ToolUse) {
-        self.host.reset_shell_if(call).await;
-        let r = crate::tools::error(format!(
-            "tool '{}' was cancelled: the worker is shutting down",
-            call.name
-        ));
-        self.post(call, r, Duration::from_secs(10)).await;
     }
 
     /// Posts a result, retrying transient failures with jittered backoff
@@ -338,6 +369,8 @@ impl Runner<'_> {
                 .await
             {
                 Ok(_) => return,
+                // Already answered (a retry whose first try landed).
+                Err(e) if e.status() == Some(409) => return,
                 Err(e) if e.is_fatal() => {
                     tracing::warn!(tool_use_id = %call.id, error = %e, "result refused");
                     return;
@@ -354,6 +387,25 @@ impl Runner<'_> {
                 }
             }
         }
+    }
+}
+
+/// The running call's completion; never, when none runs.
+async fn drive(running: &mut Option<InFlight<'_>>) {
+    match running {
+        Some(f) => f.fut.as_mut().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The stream's next event; `None` when it ended, broke or fell silent.
+async fn next_event(stream: &mut Stream) -> Option<Value> {
+    match stream {
+        Stream::Open(sse) => tokio::time::timeout(STREAM_SILENCE, sse.next())
+            .await
+            .ok()
+            .flatten(),
+        Stream::Closed { .. } => std::future::pending().await,
     }
 }
 

@@ -57,7 +57,11 @@ impl SessionSandboxes {
             .await?;
         let id = claimed.sandbox_id;
         for dir in [WORKDIR, OUTPUTS_DIR, MEMORY_DIR] {
-            self.client.mkdir(&id, dir).await?;
+            if let Err(e) = self.client.mkdir(&id, dir).await {
+                // Not labelled as the session's half-made: nothing in it yet.
+                let _ = self.client.delete(&id).await;
+                return Err(e);
+            }
         }
         Ok(Acquired { id, resumed: false })
     }

@@ -9,6 +9,9 @@ use serde_json::Value;
 pub struct SseReader {
     body: futures_util::stream::BoxStream<'static, reqwest::Result<bytes::Bytes>>,
     buf: Vec<u8>,
+    /// How much of `buf` is known to hold no frame end: a long frame
+    /// arriving in many chunks is scanned once, not once per chunk.
+    scanned: usize,
 }
 
 /// Largest frame accepted; a peer sending more is broken or hostile.
@@ -19,18 +22,21 @@ impl SseReader {
         SseReader {
             body: resp.bytes_stream().boxed(),
             buf: Vec::new(),
+            scanned: 0,
         }
     }
 
     /// The next event's data; `None` when the stream ended or broke.
     pub async fn next(&mut self) -> Option<Value> {
         loop {
-            if let Some(frame) = take_frame(&mut self.buf) {
+            if let Some(frame) = take_frame(&mut self.buf, self.scanned) {
+                self.scanned = 0;
                 if let Some(v) = parse_frame(&frame) {
                     return Some(v);
                 }
                 continue;
             }
+            self.scanned = self.buf.len();
             if self.buf.len() > MAX_FRAME {
                 return None;
             }
@@ -42,10 +48,17 @@ impl SseReader {
     }
 }
 
-/// Cuts the first complete frame (up to a blank line) off `buf`. Works on
-/// bytes so a character split across chunks is never mangled.
-fn take_frame(buf: &mut Vec<u8>) -> Option<String> {
-    let find = |pat: &[u8]| buf.windows(pat.len()).position(|w| w == pat);
+/// Cuts the first complete frame (up to a blank line) off `buf`, looking
+/// from just before `from` (a separator may straddle it). Works on bytes so
+/// a character split across chunks is never mangled.
+fn take_frame(buf: &mut Vec<u8>, from: usize) -> Option<String> {
+    let start = from.saturating_sub(3);
+    let find = |pat: &[u8]| {
+        buf[start..]
+            .windows(pat.len())
+            .position(|w| w == pat)
+            .map(|p| p + start)
+    };
     let (end, sep) = [(find(b"\n\n"), 2), (find(b"\r\n\r\n"), 4)]
         .into_iter()
         .filter_map(|(at, len)| at.map(|a| (a, len)))
@@ -87,13 +100,21 @@ mod tests {
         let mut buf =
             b"event: agent.tool_use\r\ndata: {\"id\":\"a\"}\r\n\r\ndata: {\"id\":\"b\"}\n\nevent: ping\ndata: {}\n\nevent: x\ndata: {\"id\""
                 .to_vec();
-        let f1 = take_frame(&mut buf).unwrap();
+        let f1 = take_frame(&mut buf, 0).unwrap();
         assert_eq!(parse_frame(&f1).unwrap()["id"], "a");
-        let f2 = take_frame(&mut buf).unwrap();
+        let f2 = take_frame(&mut buf, 0).unwrap();
         assert!(parse_frame(&f2).is_none(), "no event line: dropped");
-        let f3 = take_frame(&mut buf).unwrap();
+        let f3 = take_frame(&mut buf, 0).unwrap();
         assert!(parse_frame(&f3).is_none(), "pings carry no event");
-        assert!(take_frame(&mut buf).is_none(), "incomplete frame waits");
+        assert!(take_frame(&mut buf, 0).is_none(), "incomplete frame waits");
+        let mut split = b"event: a\ndata: {}\r\n\r".to_vec();
+        assert!(take_frame(&mut split, 0).is_none());
+        let scanned = split.len();
+        split.push(b'\n');
+        assert!(
+            take_frame(&mut split, scanned).is_some(),
+            "a separator across chunks"
+        );
         assert_eq!(buf, b"event: x\ndata: {\"id\"");
     }
 }

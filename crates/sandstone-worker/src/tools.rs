@@ -18,6 +18,11 @@ pub const TOOLSET: [&str; 6] = ["bash", "read", "write", "edit", "glob", "grep"]
 /// The official runner's outer timeout; bash's own default (120 s) is
 /// inside it, so a bash timeout is reported by bash.
 const OUTER_TIMEOUT: Duration = Duration::from_secs(150);
+/// The longest any one tool call may run.
+pub const MAX_TOOL_TIME: Duration = Duration::from_secs(600);
+
+/// The environment a custom tool command gets from the worker's.
+const PASSED_ENV: [&str; 6] = ["PATH", "HOME", "LANG", "LC_ALL", "TZ", "USER"];
 
 /// A tool call as the session announced it.
 #[derive(Debug, Clone)]
@@ -100,9 +105,9 @@ impl ToolHost {
         }
     }
 
-    /// Ends whatever the shell is running (a cancelled or timed-out call):
-    /// the next call gets a fresh shell.
-    async fn reset_shell(&self) {
+    /// Ends whatever the shell is running (a cancelled or timed-out call,
+    /// background jobs at teardown): the next call gets a fresh shell.
+    pub async fn reset_shell(&self) {
         let req = ToolCallRequest {
             input: json!({"restart": true}),
             ..Default::default()
@@ -113,8 +118,9 @@ impl ToolHost {
     }
 
     /// stdin: `{"name", "input", "session_id", "tool_use_id"}`; stdout is the
-    /// result text; a non-zero exit marks it an error. The command runs with
-    /// an environment holding no `ANTHROPIC_*` variable.
+    /// result text; a non-zero exit marks it an error. The model chooses the
+    /// input, so the command gets only a plain environment (`PASSED_ENV`),
+    /// never the worker's credentials.
     async fn run_custom(&self, call: &ToolUse) -> ToolCallResult {
         let Some(argv) = self.custom.get(&call.name) else {
             return error(format!("tool '{}' is not served here", call.name));
@@ -122,7 +128,7 @@ impl ToolHost {
         let mut cmd = tokio::process::Command::new(&argv[0]);
         cmd.args(&argv[1..])
             .env_clear()
-            .envs(std::env::vars().filter(|(k, _)| !k.starts_with("ANTHROPIC_")))
+            .envs(std::env::vars_os().filter(|(k, _)| PASSED_ENV.iter().any(|p| k == p)))
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -133,8 +139,12 @@ impl ToolHost {
         };
         let stdin = json!({"name": call.name, "input": call.input,
                            "session_id": self.session, "tool_use_id": call.id});
+        // Written beside the reads: a command that answers before reading
+        // all its input must not deadlock against a full pipe.
         if let Some(mut w) = child.stdin.take() {
-            let _ = w.write_all(stdin.to_string().as_bytes()).await;
+            tokio::spawn(async move {
+                let _ = w.write_all(stdin.to_string().as_bytes()).await;
+            });
         }
         match child.wait_with_output().await {
             Ok(out) if out.status.success() => {
@@ -150,10 +160,12 @@ impl ToolHost {
     }
 }
 
-/// bash calls with a longer timeout of their own get room for it.
+/// bash calls with a longer timeout of their own get room for it, up to
+/// `MAX_TOOL_TIME`: the model chooses that number.
 fn outer_timeout(call: &ToolUse) -> Duration {
     let own = call.input["timeout_ms"].as_u64().unwrap_or(0);
-    OUTER_TIMEOUT.max(Duration::from_millis(own) + Duration::from_secs(30))
+    let own = Duration::from_millis(own.min(MAX_TOOL_TIME.as_millis() as u64));
+    OUTER_TIMEOUT.max(own + Duration::from_secs(30))
 }
 
 fn text(s: String, is_error: bool) -> ToolCallResult {
@@ -187,6 +199,10 @@ mod tests {
         assert_eq!(outer_timeout(&call(json!({}))), OUTER_TIMEOUT);
         assert_eq!(
             outer_timeout(&call(json!({"timeout_ms": 600_000}))),
+            Duration::from_secs(630)
+        );
+        assert_eq!(
+            outer_timeout(&call(json!({"timeout_ms": u64::MAX}))),
             Duration::from_secs(630)
         );
     }

@@ -4,8 +4,9 @@
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand, ValueEnum};
+use sandstone_worker::item::{Item, plain_id};
 use sandstone_worker::secret::Secret;
-use sandstone_worker::{Config, Worker, item::Item, poll, status};
+use sandstone_worker::{Config, Worker, poll, status};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -107,7 +108,7 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
         "h" => n * 3600.0,
         _ => return Err(format!("invalid duration {s:?}: use ms, s, m or h")),
     };
-    Ok(Duration::from_secs_f64(secs))
+    Duration::try_from_secs_f64(secs).map_err(|_| format!("invalid duration {s:?}"))
 }
 
 impl Common {
@@ -231,12 +232,18 @@ pub async fn run(
                 bail!("--environment-key (or ANTHROPIC_ENVIRONMENT_KEY) is required to poll");
             }
             let worker = Arc::new(Worker::new(config, shutdown_signal()?));
+            // A second worker on the host serves without one rather than
+            // not at all.
             if status_listen != "off" {
-                let l = tokio::net::TcpListener::bind(status_listen)
-                    .await
-                    .with_context(|| format!("binding the status endpoint {status_listen}"))?;
-                tokio::spawn(status::serve(l, worker.metrics.clone()));
+                match tokio::net::TcpListener::bind(status_listen).await {
+                    Ok(l) => {
+                        tokio::spawn(status::serve(l, worker.metrics.clone()));
+                    }
+                    Err(e) => tracing::warn!(addr = %status_listen, error = %e,
+                        "status endpoint not served (is another worker using it?)"),
+                }
             }
+
             tracing::info!(worker_id = %worker.config.worker_id, environment = %worker.config.environment_id, "polling");
             poll::poll_loop(worker).await.map_err(anyhow::Error::msg)
         }
@@ -252,6 +259,11 @@ pub async fn run(
                 sandstone_worker::default_worker_id(),
                 1,
             )?;
+            if !plain_id(work_id) || !plain_id(session_id) {
+                bail!(
+                    "ANTHROPIC_WORK_ID and ANTHROPIC_SESSION_ID must be plain ids (letters, digits, _ and -)"
+                );
+            }
             if config.environment_key.is_none() && work_secret.is_none() {
                 bail!("one of --environment-key or ANTHROPIC_WORK_SECRET is required");
             }
@@ -296,5 +308,6 @@ mod tests {
         );
         assert_eq!(parse_duration("0").unwrap(), Duration::ZERO);
         assert!(parse_duration("5 parsecs").is_err());
+        assert!(parse_duration("1e300h").is_err());
     }
 }

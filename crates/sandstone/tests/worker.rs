@@ -420,8 +420,8 @@ async fn ask_waits_for_confirmation_and_unknown_tools_stay_pending() {
 #[tokio::test(flavor = "multi_thread")]
 async fn stop_requests_lost_leases_and_terminated_sessions_end_the_item() {
     let model = FakeModel::start();
-    // A 4 s lease: heartbeats every 2 s.
-    let d = daemon(&model, 4).await;
+    // An 8 s lease: heartbeats every 4 s.
+    let d = daemon(&model, 8).await;
     let (env, key) = environment(&d).await;
     let proxy = FaultProxy::start(&d.url).await;
     let worker = WorkerProc::start(&d, &proxy.url, &env, &key, &["--max-idle", "0"]);
@@ -471,7 +471,7 @@ async fn stop_requests_lost_leases_and_terminated_sessions_end_the_item() {
     )
     .await;
     assert_eq!(s, 200, "{v}");
-    within(Duration::from_secs(10), async || {
+    within(Duration::from_secs(20), async || {
         state(&work).await == "stopped"
     })
     .await;
@@ -484,7 +484,7 @@ async fn stop_requests_lost_leases_and_terminated_sessions_end_the_item() {
     say(&d, &sid, "go").await;
     let work = active(&sid).await;
     proxy.faults.lock().unwrap().heartbeat_412 = true;
-    within(Duration::from_secs(10), async || {
+    within(Duration::from_secs(15), async || {
         worker.log().contains("the lease belongs to another worker")
     })
     .await;
@@ -510,7 +510,7 @@ async fn stop_requests_lost_leases_and_terminated_sessions_end_the_item() {
     )
     .await;
     assert_eq!(s, 200, "{v}");
-    within(Duration::from_secs(10), async || {
+    within(Duration::from_secs(20), async || {
         state(&work).await == "stopped"
     })
     .await;
@@ -581,7 +581,8 @@ async fn sigterm_cancels_the_running_tool_reports_it_and_releases_the_item() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_worker_killed_mid_tool_is_replaced_on_the_same_sandbox() {
     let model = FakeModel::start();
-    let d = daemon(&model, 3).await;
+    // A 6 s lease: the killed worker's item is taken back within seconds.
+    let d = daemon(&model, 6).await;
     let (env, key) = environment(&d).await;
     let mut first = WorkerProc::start(&d, &d.url, &env, &key, &[]);
     let sid = session_on(&d, &env, "worker_kill", toolset()).await;
@@ -1003,4 +1004,26 @@ async fn worker_status_and_metrics_count_items_and_tool_calls() {
     // Neither the environment key nor a sessions token is in the log.
     let log = worker.log();
     assert!(!log.contains(&key) && !log.contains("sk-sst-"), "{log}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stream_cut_while_a_tool_runs_loses_no_result() {
+    let model = FakeModel::start();
+    let d = daemon(&model, 30).await;
+    let (env, key) = environment(&d).await;
+    let proxy = FaultProxy::start(&d.url).await;
+    let worker = WorkerProc::start(&d, &proxy.url, &env, &key, &[]);
+    let sid = session_on(&d, &env, "worker_cut", toolset()).await;
+    say(&d, &sid, "go").await;
+    let call = tool_use_id(&d, &sid, "bash").await;
+    // The two-second command is running when the stream goes.
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    proxy.cut_streams();
+    let evs = idle_with(&d, &sid, "end_turn").await;
+    assert_eq!(results_for(&evs, &call).len(), 1, "{}", worker.log());
+    assert_eq!(tool_results(&evs)[0].1, "survived");
+    assert!(
+        proxy.seen(&format!("GET /v1/sessions/{sid}/events/stream")) >= 2,
+        "the worker reconnected"
+    );
 }

@@ -34,6 +34,9 @@ const BASH_CONTEXT: &str = "agent-bash";
 /// Output kept per command: the last bytes, where errors usually are.
 const BASH_OUTPUT_LIMIT: usize = 100 * 1024;
 const BASH_DEFAULT_TIMEOUT_MS: u64 = 120_000;
+/// The caller (often a model) picks `timeout_ms`; no command holds a
+/// sandbox's shell longer than this.
+const BASH_MAX_TIMEOUT_MS: u64 = 600_000;
 /// How long past its own deadline init may take to report a timed-out
 /// command before the daemon gives up on it.
 const BASH_TIMEOUT_GRACE: Duration = Duration::from_secs(15);
@@ -210,7 +213,11 @@ async fn bash(
             Err(message) => tool_error(message),
         });
     }
-    let _turn = lock.lock().await;
+    let mut turn = Turn {
+        socket: rt.socket.clone(),
+        held: Some(lock.lock_owned().await),
+        running: false,
+    };
     let Some(command) = input.command.filter(|c| !c.is_empty()) else {
         return Ok(tool_error("bash: command is required"));
     };
@@ -223,8 +230,12 @@ async fn bash(
     let timeout_ms = input
         .timeout_ms
         .filter(|&ms| ms > 0)
-        .unwrap_or(BASH_DEFAULT_TIMEOUT_MS);
-    let run = match run_command(rt, &command, timeout_ms).await? {
+        .unwrap_or(BASH_DEFAULT_TIMEOUT_MS)
+        .min(BASH_MAX_TIMEOUT_MS);
+    turn.running = true;
+    let run = run_command(rt, &command, timeout_ms).await?;
+    turn.running = false;
+    let run = match run {
         Ok(run) => run,
         Err(message) => return Ok(tool_error(format!("bash: {message}"))),
     };
@@ -365,6 +376,33 @@ async fn run_command(
         exit_code,
         timed_out,
     }))
+}
+
+/// A sandbox's turn at its shell. Dropped while a command runs (the
+/// request's client went away), it removes the shell before letting the
+/// next call in: the command would keep running, and its late end would be
+/// read as the next command's.
+struct Turn {
+    socket: std::path::PathBuf,
+    held: Option<tokio::sync::OwnedMutexGuard<()>>,
+    running: bool,
+}
+
+impl Drop for Turn {
+    fn drop(&mut self) {
+        let Some(held) = self.held.take() else { return };
+        if !self.running {
+            return;
+        }
+        let socket = self.socket.clone();
+        tokio::spawn(async move {
+            let remove = Request::Remove {
+                id: BASH_CONTEXT.into(),
+            };
+            let _ = crate::initclient::call(&socket, &remove, &[]).await;
+            drop(held);
+        });
+    }
 }
 
 /// The last `cap` bytes of a stream, and whether earlier ones were dropped.

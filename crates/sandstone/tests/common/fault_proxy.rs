@@ -23,27 +23,36 @@ pub struct Faults {
 struct Proxy {
     upstream: String,
     faults: Arc<Mutex<Faults>>,
+    cuts: tokio::sync::watch::Receiver<u64>,
     http: reqwest::Client,
 }
 
 pub struct FaultProxy {
     pub url: String,
     pub faults: Arc<Mutex<Faults>>,
+    cut: tokio::sync::watch::Sender<u64>,
 }
 
 impl FaultProxy {
     pub async fn start(upstream: &str) -> FaultProxy {
         let faults = Arc::new(Mutex::new(Faults::default()));
+        let (cut, cuts) = tokio::sync::watch::channel(0);
         let state = Proxy {
             upstream: upstream.to_string(),
             faults: faults.clone(),
+            cuts,
             http: reqwest::Client::new(),
         };
         let app = axum::Router::new().fallback(forward).with_state(state);
         let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", l.local_addr().unwrap());
         tokio::spawn(async move { axum::serve(l, app).await.unwrap() });
-        FaultProxy { url, faults }
+        FaultProxy { url, faults, cut }
+    }
+
+    /// Ends every event stream open through the proxy now.
+    pub fn cut_streams(&self) {
+        self.cut.send_modify(|n| *n += 1);
     }
 
     pub fn seen(&self, needle: &str) -> usize {
@@ -118,7 +127,10 @@ async fn forward(State(p): State<Proxy>, req: Request) -> Response {
             builder = builder.header(k, v);
         }
     }
-    builder
-        .body(Body::from_stream(resp.bytes_stream()))
-        .unwrap()
+    let mut cuts = p.cuts.clone();
+    cuts.mark_unchanged();
+    let body = futures_util::StreamExt::take_until(resp.bytes_stream(), async move {
+        let _ = cuts.changed().await;
+    });
+    builder.body(Body::from_stream(body)).unwrap()
 }
