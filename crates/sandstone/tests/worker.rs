@@ -1027,3 +1027,35 @@ async fn a_stream_cut_while_a_tool_runs_loses_no_result() {
         "the worker reconnected"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_custom_tool_is_served_by_the_operators_command_without_credentials() {
+    let model = FakeModel::start();
+    let d = daemon(&model, 30).await;
+    let (env, key) = environment(&d).await;
+    let script = d.data.path().join("lookup.sh");
+    std::fs::write(
+        &script,
+        "#!/bin/sh\nread -r line\necho \"looked up $(echo \"$line\" | grep -o '\"word\":\"[a-z]*\"')\"\n\
+         env | grep -c -e SANDSTONE_TOKEN -e ANTHROPIC_ || true\n",
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let spec = format!("lookup={}", script.display());
+    let worker = WorkerProc::start(&d, &d.url, &env, &key, &["--custom-tool", &spec]);
+    let tools = json!([{"type": TOOLSET}, {"type": "custom", "name": "lookup", "description": "d",
+        "input_schema": {"type": "object", "properties": {}}}]);
+    let sid = session_on(&d, &env, "worker_custom", tools).await;
+    say(&d, &sid, "go").await;
+    let evs = idle_with(&d, &sid, "end_turn").await;
+    let result = evs
+        .iter()
+        .find(|e| e["type"] == "user.custom_tool_result")
+        .unwrap_or_else(|| panic!("no custom tool result: {}", worker.log()));
+    assert_eq!(result["is_error"], false, "{result}");
+    assert_eq!(
+        result["content"][0]["text"], "looked up \"word\":\"pending\"\n0",
+        "{result}"
+    );
+}
