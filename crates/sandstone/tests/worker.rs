@@ -330,24 +330,38 @@ async fn tool_use_id(d: &Daemon, sid: &str, name: &str) -> String {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn calls_made_before_the_worker_came_are_answered_once_even_through_5xx() {
+async fn calls_are_answered_once_through_late_attach_duplicates_and_5xx() {
     let model = FakeModel::start();
     let d = daemon(&model, 30).await;
     let (env, key) = environment(&d).await;
     // The agent asks for a tool while no worker is attached: the worker
-    // finds the call in history, not on the stream.
-    let sid = session_on(&d, &env, "worker_turn", toolset()).await;
+    // finds that call in history; the next one comes on the stream, twice.
+    let sid = session_on(&d, &env, "worker_twice", toolset()).await;
     say(&d, &sid, "go").await;
     let call = tool_use_id(&d, &sid, "bash").await;
     idle_with(&d, &sid, "requires_action").await;
     let proxy = FaultProxy::start(&d.url).await;
-    proxy.faults.lock().unwrap().fail_result_posts = 2;
+    {
+        let mut f = proxy.faults.lock().unwrap();
+        f.fail_result_posts = 2;
+        // Every call on the stream arrives twice as well.
+        f.duplicate_tool_uses = true;
+    }
     let worker = WorkerProc::start(&d, &proxy.url, &env, &key, &[]);
     let evs = idle_with(&d, &sid, "end_turn").await;
     assert_eq!(results_for(&evs, &call).len(), 1, "{}", worker.log());
-    assert_eq!(tool_results(&evs)[0].1, "one");
-    // Two posts refused with 503, the third went through.
-    assert_eq!(proxy.seen(&format!("POST /v1/sessions/{sid}/events")), 3);
+    let uses: Vec<&Value> = evs
+        .iter()
+        .filter(|e| e["type"] == "agent.tool_use")
+        .collect();
+    assert_eq!(uses.len(), 2);
+    for u in &uses {
+        assert_eq!(results_for(&evs, u["id"].as_str().unwrap()).len(), 1);
+    }
+    let texts: Vec<String> = tool_results(&evs).into_iter().map(|r| r.1).collect();
+    assert_eq!(texts, ["one", "two"]);
+    // Two posts refused with 503, then one per call.
+    assert_eq!(proxy.seen(&format!("POST /v1/sessions/{sid}/events")), 4);
     // The stream was opened before the history was listed.
     let seen = proxy.faults.lock().unwrap().seen.clone();
     let stream = seen
@@ -1058,4 +1072,29 @@ async fn a_custom_tool_is_served_by_the_operators_command_without_credentials() 
         result["content"][0]["text"], "looked up \"word\":\"pending\"\n0",
         "{result}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_healthcheck_item_is_acked_probed_and_stopped_without_a_sandbox() {
+    let model = FakeModel::start();
+    let d = daemon(&model, 30).await;
+    let (env, key) = environment(&d).await;
+    let proxy = FaultProxy::start(&d.url).await;
+    proxy.faults.lock().unwrap().healthcheck_next_poll = true;
+    let sid = session_on(&d, &env, "worker_turn", toolset()).await;
+    say(&d, &sid, "go").await;
+    let worker = WorkerProc::start(&d, &proxy.url, &env, &key, &[]);
+    within(Duration::from_secs(20), async || {
+        worker
+            .log()
+            .contains("healthcheck: sandstone daemon reachable")
+    })
+    .await;
+    let work = worker.records("item done")[0]["fields"]["work"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(proxy.seen(&format!("/work/{work}/ack")) == 1);
+    assert!(proxy.seen(&format!("/work/{work}/stop")) >= 1);
+    assert!(session_sandboxes(&d, &sid).await.is_empty());
 }

@@ -15,6 +15,10 @@ pub struct Faults {
     pub fail_result_posts: u32,
     /// Answer the next heartbeat with 412.
     pub heartbeat_412: bool,
+    /// Deliver every stream chunk naming an `agent.tool_use` twice.
+    pub duplicate_tool_uses: bool,
+    /// Turn the next polled work item into a healthcheck item.
+    pub healthcheck_next_poll: bool,
     /// `METHOD path?query` of every request, in order.
     pub seen: Vec<String>,
 }
@@ -127,9 +131,30 @@ async fn forward(State(p): State<Proxy>, req: Request) -> Response {
             builder = builder.header(k, v);
         }
     }
+    if path.contains("/work/poll") {
+        let mut item: serde_json::Value = resp.json().await.unwrap_or_default();
+        let mut f = p.faults.lock().unwrap();
+        if f.healthcheck_next_poll && item.is_object() {
+            f.healthcheck_next_poll = false;
+            item["data"]["type"] = json!("healthcheck");
+        }
+        return builder.body(Body::from(item.to_string())).unwrap();
+    }
+    let duplicate = path.contains("/events/stream") && p.faults.lock().unwrap().duplicate_tool_uses;
+    let chunks = futures_util::StreamExt::flat_map(resp.bytes_stream(), move |chunk| {
+        let twice = duplicate
+            && chunk
+                .as_ref()
+                .is_ok_and(|c| String::from_utf8_lossy(c).contains("\"agent.tool_use\""));
+        let copies = match &chunk {
+            Ok(c) if twice => vec![Ok(c.clone()), Ok(c.clone())],
+            _ => vec![chunk],
+        };
+        futures_util::stream::iter(copies)
+    });
     let mut cuts = p.cuts.clone();
     cuts.mark_unchanged();
-    let body = futures_util::StreamExt::take_until(resp.bytes_stream(), async move {
+    let body = futures_util::StreamExt::take_until(chunks, async move {
         let _ = cuts.changed().await;
     });
     builder.body(Body::from_stream(body)).unwrap()
