@@ -3,8 +3,9 @@
 # the scripted model behind its agent loop, one client
 # (tests/sdk/worker_session.py) playing tests/fake_model/scripts/bench_tools
 # (10 x write, read, bash `echo hi`), in one run:
-#  1. the official Python SDK worker serves one session (the baseline);
-#  2. `sandstone worker` serves the same session: per-tool dispatch overhead
+#  1. the official Python SDK worker serves five sessions, one after
+#     another (the baseline);
+#  2. `sandstone worker` serves five such sessions: per-tool dispatch overhead
 #     (tool use on the stream -> its result on the stream), ratio to 1;
 #  3. poll -> sandbox ready (claimed from the warm pool) and, for a second
 #     turn after the sandbox was paused, poll -> sandbox ready (resumed),
@@ -55,7 +56,7 @@ session() { # WORKER SESSIONS TURNS OUTFILE [SCRIPT]
 
 echo "== environment worker, one daemon, same client and script; $(nproc) CPUs"
 mkdir -p "$work/official"
-session official 1 1 "$work/official.json"
+for i in 1 2 3 4 5; do session official 1 1 "$work/official-$i.json"; done
 
 SANDSTONE_TOKEN="$token" SANDSTONE_LOG=info "$s" worker poll --environment-id "$env_id" \
   --environment-key "$env_key" --base-url "$url" --sandstone-url "$url" --max-idle 1s \
@@ -98,7 +99,7 @@ def pct(xs, p):
 def later(cs):
     return cs[1:]
 
-official = later(calls("official"))
+official = [c for i in range(1, 6) for c in later(calls(f"official-{i}"))]
 ours = [c for i in range(1, 6) for c in later(calls(f"ours-{i}"))]
 ours50 = [c for s in json.load(open(f"{work}/ours50.json"))["sessions"] for c in s["calls"][1:]]
 log = [json.loads(l) for l in open(f"{work}/worker.log") if l.startswith("{")]
