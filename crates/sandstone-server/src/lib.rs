@@ -16,6 +16,7 @@ use axum::http::{StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use axum::serve::ListenerExt;
 use error::ApiError;
 use routes::{contexts, credentials, files, network, sandboxes, snapshots, tools};
 use sandstone_storage::Storage;
@@ -316,7 +317,15 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     });
     let agents = sandstone_agents::Agents::start(sqlite, config.agents.clone(), api_keys).await?;
     let app = router(st).nest("/v1", sandstone_agents::router(agents));
-    let listener = tokio::net::TcpListener::bind(config.listen).await?;
+    // Event streams write small frames: without TCP_NODELAY one can wait
+    // for the peer's delayed ACK (40 ms) behind the frame before it.
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await?
+        .tap_io(|tcp| {
+            if let Err(e) = tcp.set_nodelay(true) {
+                tracing::debug!(error = %e, "TCP_NODELAY not set");
+            }
+        });
     tracing::info!(listen = %config.listen, data_dir = %config.data_dir.display(), "sandstone daemon ready");
     axum::serve(listener, app)
         .with_graceful_shutdown(shutdown_signal())
