@@ -97,8 +97,11 @@ pub fn a_records(msg: &[u8]) -> Vec<Ipv4Addr> {
 /// negative answers 5 s).
 #[derive(Default)]
 pub struct Cache {
-    entries: std::sync::Mutex<std::collections::HashMap<(String, u16), (Vec<u8>, Instant)>>,
+    entries: std::sync::Mutex<Answers>,
 }
+
+/// (name, type) → (the answer, when it expires).
+type Answers = std::collections::HashMap<(String, u16), (Vec<u8>, Instant)>;
 
 const CACHE_MAX: usize = 10_000;
 

@@ -366,6 +366,46 @@ impl CompiledPolicy {
             rule: None,
         }
     }
+
+    /// Whether a DNS name may be resolved: operator domain rules, then the
+    /// first rule naming a matching domain, then the mode. Ports and
+    /// protocols are not known yet at resolution time.
+    pub fn decide_name(&self, op: &OperatorRules, name: &str) -> Decision {
+        if let Some(d) = op.deny_domains.iter().find(|d| domain_matches(d, name)) {
+            return Decision {
+                allowed: false,
+                layer: "operator",
+                rule: Some(format!("deny {d}")),
+            };
+        }
+        let hit = self
+            .rules
+            .iter()
+            .find(|r| r.rule.domains.iter().any(|d| domain_matches(d, name)));
+        match hit {
+            Some(r) => Decision {
+                allowed: r.rule.action == Action::Allow,
+                layer: "rule",
+                rule: Some(r.rule.name.clone()),
+            },
+            None => Decision {
+                allowed: self.policy.mode == Mode::AllowAll,
+                layer: "mode",
+                rule: None,
+            },
+        }
+    }
+
+    /// Whether the rule that allowed a connection named domains: then the
+    /// proxy dials what the name resolves to, not the address the sandbox
+    /// chose.
+    pub fn rule_names_domains(&self, rule: Option<&str>) -> bool {
+        rule.is_some_and(|name| {
+            self.rules
+                .iter()
+                .any(|r| r.rule.name == name && !r.rule.domains.is_empty())
+        })
+    }
 }
 
 #[cfg(test)]
@@ -516,47 +556,5 @@ mod tests {
         );
         assert_eq!(m.mode, Mode::AllowAll);
         assert_eq!(NetworkPolicy::merged(&t, &c, false).mode, Mode::BlockAll);
-    }
-}
-
-impl CompiledPolicy {
-    /// Whether a DNS name may be resolved: operator domain rules, then the
-    /// first rule naming a matching domain, then the mode. Ports and
-    /// protocols are not known yet at resolution time.
-    pub fn decide_name(&self, op: &OperatorRules, name: &str) -> Decision {
-        if let Some(d) = op.deny_domains.iter().find(|d| domain_matches(d, name)) {
-            return Decision {
-                allowed: false,
-                layer: "operator",
-                rule: Some(format!("deny {d}")),
-            };
-        }
-        let hit = self
-            .rules
-            .iter()
-            .find(|r| r.rule.domains.iter().any(|d| domain_matches(d, name)));
-        match hit {
-            Some(r) => Decision {
-                allowed: r.rule.action == Action::Allow,
-                layer: "rule",
-                rule: Some(r.rule.name.clone()),
-            },
-            None => Decision {
-                allowed: self.policy.mode == Mode::AllowAll,
-                layer: "mode",
-                rule: None,
-            },
-        }
-    }
-
-    /// Whether the rule that allowed a connection named domains: then the
-    /// proxy dials what the name resolves to, not the address the sandbox
-    /// chose.
-    pub fn rule_names_domains(&self, rule: Option<&str>) -> bool {
-        rule.is_some_and(|name| {
-            self.rules
-                .iter()
-                .any(|r| r.rule.name == name && !r.rule.domains.is_empty())
-        })
     }
 }

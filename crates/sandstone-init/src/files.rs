@@ -46,31 +46,31 @@ fn list_dir(path: &Path) -> std::io::Result<Vec<FileInfo>> {
 
 /// Regular files only (a FIFO would hang, a device never end), and no
 /// larger than one frame carries.
-fn read_file(path: &Path) -> Result<Vec<u8>, Response> {
-    let meta = std::fs::metadata(path).map_err(|e| io_error(&e))?;
+fn read_file(path: &Path) -> Result<Vec<u8>, Box<Response>> {
+    let meta = std::fs::metadata(path).map_err(|e| Box::new(io_error(&e)))?;
     if meta.is_dir() {
-        return Err(Response::error(
+        return Err(Box::new(Response::error(
             ErrorCode::IsADirectory,
             format!("{} is a directory", path.display()),
-        ));
+        )));
     }
     if !meta.is_file() {
-        return Err(Response::error(
+        return Err(Box::new(Response::error(
             ErrorCode::InvalidArgument,
             format!("{} is not a regular file", path.display()),
-        ));
+        )));
     }
     if meta.len() > sandstone_init::proto::MAX_PAYLOAD as u64 {
-        return Err(Response::error(
+        return Err(Box::new(Response::error(
             ErrorCode::InvalidArgument,
             format!(
                 "{} is larger than {} MiB; read it in a command instead",
                 path.display(),
                 sandstone_init::proto::MAX_PAYLOAD >> 20
             ),
-        ));
+        )));
     }
-    std::fs::read(path).map_err(|e| io_error(&e))
+    std::fs::read(path).map_err(|e| Box::new(io_error(&e)))
 }
 
 fn write_file(path: &Path, mode: Option<u32>, data: &[u8]) -> std::io::Result<()> {
@@ -112,7 +112,7 @@ pub fn handle(req: Request, payload: &[u8]) -> (Response, Vec<u8>) {
     let resp = match req {
         Request::ReadFile { path } => match read_file(Path::new(&path)) {
             Ok(bytes) => return (Response::Data, bytes),
-            Err(r) => r,
+            Err(r) => *r,
         },
         Request::WriteFile { path, mode } => ok_or(write_file(Path::new(&path), mode, payload)),
         Request::Mkdir { path, recursive } => ok_or(mkdir(Path::new(&path), recursive)),

@@ -473,10 +473,10 @@ impl Proc {
                 if pollfds[i].revents == 0 || matches!(src, Source::Status) {
                     continue;
                 }
-                if let Source::Out(stream) = src {
-                    if !self.drain(slot, *stream, &mut buf) {
-                        *slot = None;
-                    }
+                if let Source::Out(stream) = src
+                    && !self.drain(slot, *stream, &mut buf)
+                {
+                    *slot = None;
                 }
             }
             for (i, (slot, src)) in fds.iter_mut().enumerate() {

@@ -173,10 +173,13 @@ impl OperatorConfig {
                 })
                 .collect::<anyhow::Result<Vec<_>>>()
         };
-        let mut rules = OperatorRules::default();
-        rules.allow = cidrs(&self.allow, "allow")?;
+        let mut rules = OperatorRules {
+            allow: cidrs(&self.allow, "allow")?,
+            deny_domains: self.deny_domains.clone(),
+            ..Default::default()
+        };
+        // Added to the built-in denials, never replacing them.
         rules.deny.extend(cidrs(&self.deny, "deny")?);
-        rules.deny_domains = self.deny_domains.clone();
         Ok(rules)
     }
 }

@@ -426,12 +426,11 @@ async fn pump_ws(mut socket: WebSocket, mut conn: InitConn, rt: Runtime, ctx: St
                         .map(|signal| (Request::Signal { id: ctx.clone(), signal }, vec![])),
                     _ => None,
                 };
-                if let Some((req, payload)) = req {
-                    if let Err(e) = initclient::call(&rt.socket, &req, &payload).await {
+                if let Some((req, payload)) = req
+                    && let Err(e) = initclient::call(&rt.socket, &req, &payload).await {
                         let err = json!({"type": "error", "error": e.message});
                         let _ = socket.send(Message::Text(err.to_string().into())).await;
                     }
-                }
             }
         }
     }
