@@ -271,7 +271,7 @@ async fn our_worker_gives_the_official_workers_tool_results() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_session_pauses_between_turns_and_comes_back_to_its_workspace() {
     let model = FakeModel::start();
-    let d = daemon(&model, 30).await;
+    let mut d = daemon(&model, 30).await;
     let (env, key) = environment(&d).await;
     let worker = WorkerProc::start(&d, &d.url, &env, &key, &[]);
     let sid = session_on(&d, &env, "worker_turn", toolset()).await;
@@ -292,6 +292,9 @@ async fn a_session_pauses_between_turns_and_comes_back_to_its_workspace() {
             .all(|w| w["state"] == "stopped")
     })
     .await;
+    // The daemon restarts meanwhile; the worker rides it out.
+    d.stop();
+    d.spawn().await;
     // Later: a new item, the same sandbox resumed with its files.
     say(&d, &sid, "second").await;
     within(Duration::from_secs(60), async || {
@@ -790,6 +793,14 @@ async fn a_session_gets_skills_memory_outputs_and_an_api_token_it_never_holds() 
     )
     .await;
     let store = store["id"].as_str().unwrap().to_string();
+    let policies = memory_call(
+        &d,
+        Method::POST,
+        "/memory_stores",
+        Some(json!({"name": "Policies"})),
+    )
+    .await;
+    let policies = policies["id"].as_str().unwrap().to_string();
     memory_call(
         &d,
         Method::POST,
@@ -810,7 +821,8 @@ async fn a_session_gets_skills_memory_outputs_and_an_api_token_it_never_holds() 
     assert_eq!(s, 200, "{agent}");
     let (s, session, _) = v1(&d, &d.token, Method::POST, "/sessions", Some(json!({
         "agent": agent["id"], "environment_id": env,
-        "resources": [{"type": "memory_store", "memory_store_id": store, "access": "read_write"}]}))).await;
+        "resources": [{"type": "memory_store", "memory_store_id": store, "access": "read_write"},
+                      {"type": "memory_store", "memory_store_id": policies, "access": "read_only"}]}))).await;
     assert_eq!(s, 200, "{session}");
     let sid = session["id"].as_str().unwrap().to_string();
 
@@ -830,8 +842,18 @@ async fn a_session_gets_skills_memory_outputs_and_an_api_token_it_never_holds() 
     let evs = idle_with(&d, &sid, "end_turn").await;
     let results = tool_results(&evs);
     let texts: Vec<&str> = results.iter().map(|r| r.1.as_str()).collect();
-    assert_eq!(results.len(), 9, "{results:?}\n{}", worker.log());
-    assert!(results.iter().all(|r| !r.2), "{results:?}");
+    assert_eq!(results.len(), 10, "{results:?}\n{}", worker.log());
+    assert!(results[..9].iter().all(|r| !r.2), "{results:?}");
+    // A read-only store takes no writes from the file tools.
+    assert_eq!(
+        results[9],
+        (
+            "write".into(),
+            "write: /mnt/memory/policies/new.md is inside read-only directory /mnt/memory/policies"
+                .into(),
+            true
+        )
+    );
     assert_eq!(texts[0], "---\nname: greeter\n-rwxr-xr-x");
     assert_eq!(
         texts[1],
@@ -918,6 +940,7 @@ async fn a_session_gets_skills_memory_outputs_and_an_api_token_it_never_holds() 
         .await;
     assert!(!r["stdout"].as_str().unwrap().contains("greeter"), "{r}");
     assert!(!r["stdout"].as_str().unwrap().contains("team-notes"), "{r}");
+    assert!(!r["stdout"].as_str().unwrap().contains("policies"), "{r}");
 }
 
 #[tokio::test(flavor = "multi_thread")]
