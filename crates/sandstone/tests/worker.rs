@@ -365,6 +365,21 @@ async fn calls_are_answered_once_through_late_attach_duplicates_and_5xx() {
     assert_eq!(texts, ["one", "two"]);
     // Two posts refused with 503, then one per call.
     assert_eq!(proxy.seen(&format!("POST /v1/sessions/{sid}/events")), 4);
+    // Long polls of 999 ms, with the worker's id (counted in the stats).
+    assert!(
+        proxy.seen(&format!(
+            "GET /v1/environments/{env}/work/poll?block_ms=999"
+        )) >= 1
+    );
+    let (_, stats, _) = v1(
+        &d,
+        &key,
+        Method::GET,
+        &format!("/environments/{env}/work/stats"),
+        None,
+    )
+    .await;
+    assert_eq!(stats["workers_polling"], 1, "{stats}");
     // The stream was opened before the history was listed.
     let seen = proxy.faults.lock().unwrap().seen.clone();
     let stream = seen
