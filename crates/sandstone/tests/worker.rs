@@ -1136,3 +1136,88 @@ async fn a_healthcheck_item_is_acked_probed_and_stopped_without_a_sandbox() {
     assert!(proxy.seen(&format!("/work/{work}/stop")) >= 1);
     assert!(session_sandboxes(&d, &sid).await.is_empty());
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn memory_syncs_both_ways_while_the_session_runs() {
+    let model = FakeModel::start();
+    let d = daemon(&model, 30).await;
+    let (env, key) = environment(&d).await;
+    let store = memory_call(
+        &d,
+        Method::POST,
+        "/memory_stores",
+        Some(json!({"name": "Notes"})),
+    )
+    .await;
+    let store = store["id"].as_str().unwrap().to_string();
+    let conventions = memory_call(
+        &d,
+        Method::POST,
+        &format!("/memory_stores/{store}/memories"),
+        Some(json!({"path": "/conventions.md", "content": "use tabs\n"})),
+    )
+    .await;
+    let (s, agent, _) = v1(
+        &d,
+        &d.token,
+        Method::POST,
+        "/agents",
+        Some(json!({"name": "m", "model": "scripted-worker_memory", "tools": toolset()})),
+    )
+    .await;
+    assert_eq!(s, 200, "{agent}");
+    let (s, session, _) = v1(&d, &d.token, Method::POST, "/sessions", Some(json!({
+        "agent": agent["id"], "environment_id": env,
+        "resources": [{"type": "memory_store", "memory_store_id": store, "access": "read_write"}]}))).await;
+    assert_eq!(s, 200, "{session}");
+    let sid = session["id"].as_str().unwrap().to_string();
+    // max-idle 0: the item never ends, so no teardown flush happens.
+    let worker = WorkerProc::start(
+        &d,
+        &d.url,
+        &env,
+        &key,
+        &["--memory-sync-interval", "5s", "--max-idle", "0"],
+    );
+    say(&d, &sid, "go").await;
+    // While the agent sleeps, someone edits a memory in the store.
+    tool_use_id(&d, &sid, "bash").await;
+    let path = format!(
+        "/memory_stores/{store}/memories/{}",
+        conventions["id"].as_str().unwrap()
+    );
+    memory_call(
+        &d,
+        Method::POST,
+        &path,
+        Some(json!({"content": "use spaces\n"})),
+    )
+    .await;
+    let evs = idle_with(&d, &sid, "end_turn").await;
+    // The sync after the sleep pulled the edit in...
+    assert_eq!(tool_results(&evs)[2].1, "use spaces\n", "{}", worker.log());
+    // ...and pushed the agent's new memory out, with the item still live.
+    let mems = memory_call(
+        &d,
+        Method::GET,
+        &format!("/memory_stores/{store}/memories?view=full"),
+        None,
+    )
+    .await;
+    let a = mems["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["path"] == "/a.md");
+    assert_eq!(
+        a.map(|m| m["content"].clone()),
+        Some(json!("written in the sandbox\n")),
+        "{mems}"
+    );
+    assert!(
+        work_items(&d, &env, &key)
+            .await
+            .iter()
+            .any(|w| w["state"] == "active")
+    );
+}
