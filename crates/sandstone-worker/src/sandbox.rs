@@ -17,6 +17,9 @@ pub const OUTPUTS_DIR: &str = "/mnt/session/outputs";
 pub const WORKDIR: &str = "/workspace";
 /// Parent of memory-store mounts; must exist and be writable.
 pub const MEMORY_DIR: &str = "/mnt/memory";
+/// Idle seconds (no API call touching it) before the daemon pauses a
+/// session's sandbox on its own.
+const ORPHAN_IDLE_SECONDS: u64 = 3600;
 
 pub struct SessionSandboxes {
     pub client: Client,
@@ -82,8 +85,10 @@ impl SessionSandboxes {
         SandboxConfig {
             network: self.network.clone(),
             metadata,
-            // The worker pauses it when an item ends; no idle timer races it.
-            ttl: Some(0),
+            // The worker pauses it when an item ends. The idle timer only
+            // catches a sandbox whose worker died and whose session never
+            // came back; a later item resumes it all the same.
+            ttl: Some(ORPHAN_IDLE_SECONDS),
             hard_ttl: Some(0),
             auto_resume: Some(true),
             ..Default::default()
