@@ -19,6 +19,7 @@ pub mod sandbox;
 pub mod secret;
 pub mod skill_install;
 pub mod skills;
+pub mod spawn;
 pub mod sse;
 pub mod status;
 pub mod tools;
@@ -49,6 +50,8 @@ pub struct Config {
     pub memory_sync_interval: Option<Duration>,
     /// Items served at once by one process.
     pub concurrency: usize,
+    /// `poll --on-work`: a program each session item is handed to instead.
+    pub on_work: Option<std::path::PathBuf>,
 }
 
 /// A worker process's shared state.

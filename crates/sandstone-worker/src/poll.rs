@@ -55,7 +55,10 @@ async fn poll_until_done(
                     Ok(_) => {
                         let w = worker.clone();
                         tasks.spawn(async move {
-                            w.handle(item).await;
+                            match &w.config.on_work {
+                                Some(program) => w.hand_off(item, v, program).await,
+                                None => drop(w.handle(item).await),
+                            }
                             drop(permit);
                         });
                         continue;

@@ -27,6 +27,13 @@ pub enum WorkerCmd {
         /// Serve `/metrics` and `/status` here (`off` to disable).
         #[arg(long, default_value = "127.0.0.1:7790")]
         status_listen: String,
+        /// Hand each session item to this program (run directly, no shell)
+        /// instead of serving it here: it gets ANTHROPIC_WORK_ID,
+        /// _ENVIRONMENT_ID, _SESSION_ID and _ENVIRONMENT_KEY, the item JSON
+        /// (secret included) on stdin, and must serve the item to its end,
+        /// e.g. with `sandstone worker run`. The item is stopped after.
+        #[arg(long, value_name = "PROGRAM")]
+        on_work: Option<PathBuf>,
     },
     /// Serve one already-claimed work item, then exit.
     Run {
@@ -139,6 +146,7 @@ impl Common {
             custom_tools: Arc::new(self.custom_tools()?),
             memory_sync_interval: self.memory_interval()?,
             concurrency,
+            on_work: None,
         })
     }
 
@@ -223,11 +231,14 @@ pub async fn run(
             worker_id,
             concurrency,
             status_listen,
+            on_work,
         } => {
             let id = worker_id
                 .clone()
                 .unwrap_or_else(sandstone_worker::default_worker_id);
-            let config = common.config(daemon_url, &sandstone_token()?, id, *concurrency)?;
+            let mut config = common.config(daemon_url, &sandstone_token()?, id, *concurrency)?;
+            // An unrunnable program is fatal now, not at the first item.
+            config.on_work = on_work.clone().map(runnable).transpose()?;
             if config.environment_key.is_none() {
                 bail!("--environment-key (or ANTHROPIC_ENVIRONMENT_KEY) is required to poll");
             }
@@ -281,6 +292,16 @@ pub async fn run(
             }
         }
     }
+}
+
+/// `path`, if it is an executable file.
+fn runnable(path: PathBuf) -> Result<PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    let meta = std::fs::metadata(&path).with_context(|| format!("--on-work {}", path.display()))?;
+    if !meta.is_file() || meta.permissions().mode() & 0o111 == 0 {
+        bail!("--on-work {}: not an executable file", path.display());
+    }
+    Ok(path)
 }
 
 async fn status_cmd(addr: &str) -> Result<()> {

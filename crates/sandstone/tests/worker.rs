@@ -1221,3 +1221,73 @@ async fn memory_syncs_both_ways_while_the_session_runs() {
             .any(|w| w["state"] == "active")
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn poll_on_work_hands_each_session_to_a_program_that_runs_worker_run() {
+    let model = FakeModel::start();
+    let d = daemon(&model, 30).await;
+    let (env, key) = environment(&d).await;
+    // The documented spawn script: forward the secret from stdin, then
+    // serve the item in the foreground.
+    let script = d.data.path().join("on-work.sh");
+    std::fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\n\
+             secret=$(python3 -c 'import json,sys; print(json.load(sys.stdin)[\"secret\"])')\n\
+             echo \"spawned for $ANTHROPIC_SESSION_ID\" >&2\n\
+             ANTHROPIC_WORK_SECRET=\"$secret\" exec {} worker run --base-url {} --sandstone-url {} \
+             --template host --max-idle 1s --log-format json\n",
+            sandstone_bin(),
+            d.url,
+            d.url
+        ),
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let worker = WorkerProc::start(
+        &d,
+        &d.url,
+        &env,
+        &key,
+        &["--on-work", &script.display().to_string()],
+    );
+    let sid = session_on(&d, &env, "worker_turn", toolset()).await;
+    say(&d, &sid, "go").await;
+    let evs = idle_with(&d, &sid, "end_turn").await;
+    assert_eq!(
+        tool_results(&evs),
+        [("bash".into(), "one".into(), false)],
+        "{}",
+        worker.log()
+    );
+    wait_paused(&d, &sid).await;
+    within(Duration::from_secs(20), async || {
+        worker.log().contains(&format!("spawned for {sid}"))
+            && work_items(&d, &env, &key)
+                .await
+                .iter()
+                .all(|w| w["state"] == "stopped")
+    })
+    .await;
+    // An unrunnable program is refused at start.
+    let out = cli(
+        &d,
+        &[
+            "worker",
+            "poll",
+            "--environment-id",
+            &env,
+            "--on-work",
+            "/nonexistent",
+        ],
+        b"",
+    );
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("--on-work /nonexistent"),
+        "{}",
+        text(&out.stderr)
+    );
+}
