@@ -107,6 +107,12 @@ impl Book {
         }
     }
 
+    /// Takes in a history listing; `Some` when it shows the session ended.
+    fn replay(&mut self, history: &[Value], host: &ToolHost) -> Option<RunEnd> {
+        self.learn(history);
+        history.iter().find_map(|ev| self.observe(ev, host))
+    }
+
     /// Takes in one event (once); `Some` when it ends the run.
     fn observe(&mut self, ev: &Value, host: &ToolHost) -> Option<RunEnd> {
         if let Some(id) = ev["id"].as_str()
@@ -224,6 +230,24 @@ enum Stream {
     Closed { retry_at: Instant },
 }
 
+/// Reconnect delays: 0.5 s doubling to 10 s, reset by any event.
+struct Backoff(Duration);
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Backoff(Duration::from_millis(500))
+    }
+}
+
+impl Backoff {
+    /// A closed stream to retry after the current delay, which then grows.
+    fn closed(&mut self) -> Stream {
+        let retry_at = Instant::now() + self.0;
+        self.0 = (self.0 * 2).min(Duration::from_secs(10));
+        Stream::Closed { retry_at }
+    }
+}
+
 impl Runner<'_> {
     pub async fn run(&self) -> RunEnd {
         let mut book = Book::default();
@@ -231,7 +255,7 @@ impl Runner<'_> {
         let mut stream = Stream::Closed {
             retry_at: Instant::now(),
         };
-        let mut backoff = Duration::from_millis(500);
+        let mut backoff = Backoff::default();
         let mut shutdown = self.shutdown.clone();
         loop {
             if running.is_none()
@@ -266,32 +290,27 @@ impl Runner<'_> {
                 }
                 ev = next_event(&mut stream) => match ev {
                     Some(ev) => {
-                        backoff = Duration::from_millis(500);
+                        backoff = Backoff::default();
                         if let Some(end) = book.observe(&ev, self.host) {
                             return end;
                         }
                     }
                     None => {
                         tracing::debug!(session = self.session, "stream ended; reconnecting");
-                        stream = Stream::Closed { retry_at: Instant::now() + backoff };
-                        backoff = (backoff * 2).min(Duration::from_secs(10));
+                        stream = backoff.closed();
                     }
                 },
                 r = self.reconnect(retry_at), if retry_at.is_some() => match r {
                     Ok((sse, history)) => {
-                        book.learn(&history);
-                        for ev in &history {
-                            if let Some(end) = book.observe(ev, self.host) {
-                                return end;
-                            }
+                        if let Some(end) = book.replay(&history, self.host) {
+                            return end;
                         }
                         stream = Stream::Open(sse);
                     }
                     Err(e) if e.is_fatal() => return RunEnd::Fatal(e.to_string()),
                     Err(e) => {
                         tracing::debug!(session = self.session, error = %e, "stream failed; reconnecting");
-                        stream = Stream::Closed { retry_at: Instant::now() + backoff };
-                        backoff = (backoff * 2).min(Duration::from_secs(10));
+                        stream = backoff.closed();
                     }
                 },
                 _ = sleep_until(deadline), if deadline.is_some() && retry_at.is_none() => {
