@@ -9,46 +9,13 @@ use crate::error::{ApiError, ApiResult};
 use crate::ids::{new_id, now};
 use crate::{Agents, str_of};
 use base64::Engine;
+use sandstone_api::skill_archive;
 use serde_json::{Value, json};
-use std::io::Read;
 
 pub const SKILL: &str = "skill";
 pub const VERSION: &str = "skill_version";
 const MAX_UPLOAD: usize = 30 << 20;
 const MAX_FILES: usize = 10_000;
-
-/// Counts what an archive expands to, so a small compressed upload cannot
-/// inflate past the limits.
-#[derive(Default)]
-struct Budget {
-    bytes: usize,
-    files: usize,
-}
-
-impl Budget {
-    /// Reads one entry, charging it to the budget.
-    fn read(&mut self, entry: impl Read, name: &str) -> ApiResult<Vec<u8>> {
-        self.files += 1;
-        if self.files > MAX_FILES {
-            return Err(ApiError::invalid(format!(
-                "files: more than {MAX_FILES} files"
-            )));
-        }
-        let room = MAX_UPLOAD - self.bytes;
-        let mut data = Vec::new();
-        entry
-            .take(room as u64 + 1)
-            .read_to_end(&mut data)
-            .map_err(|e| ApiError::invalid(format!("files: {name}: {e}")))?;
-        if data.len() > room {
-            return Err(ApiError::invalid(format!(
-                "files: the archive expands to more than {MAX_UPLOAD} bytes"
-            )));
-        }
-        self.bytes += data.len();
-        Ok(data)
-    }
-}
 
 /// One uploaded file: path, content, whether it is executable.
 pub struct File {
@@ -65,73 +32,28 @@ fn safe_path(p: &str) -> Option<String> {
     ok.then(|| p.to_string())
 }
 
-fn zip_files(bytes: &[u8]) -> ApiResult<Vec<File>> {
-    let bad =
-        |e: zip::result::ZipError| ApiError::invalid(format!("files: not a readable zip: {e}"));
-    let mut z = zip::ZipArchive::new(std::io::Cursor::new(bytes)).map_err(bad)?;
-    let mut out = Vec::new();
-    let mut budget = Budget::default();
-    for i in 0..z.len() {
-        let mut f = z.by_index(i).map_err(bad)?;
-        let mode = f.unix_mode().unwrap_or(0o644);
-        // Directories, links and other special entries are skipped.
-        if f.is_dir() || (mode & 0o170000 != 0 && mode & 0o170000 != 0o100000) {
-            continue;
-        }
-        let path = safe_path(f.name()).ok_or_else(|| {
-            ApiError::invalid(format!("files: unsafe path {:?} in the archive", f.name()))
-        })?;
-        let data = budget.read(&mut f, &path)?;
-        out.push(File {
-            path,
-            data,
-            executable: mode & 0o111 != 0,
-        });
-    }
-    Ok(out)
-}
-
-fn tar_files(reader: impl Read) -> ApiResult<Vec<File>> {
-    let bad = |e: std::io::Error| ApiError::invalid(format!("files: not a readable tar: {e}"));
-    let mut archive = tar::Archive::new(reader);
-    let mut out = Vec::new();
-    let mut budget = Budget::default();
-    for entry in archive.entries().map_err(bad)? {
-        let mut e = entry.map_err(bad)?;
-        if !e.header().entry_type().is_file() {
-            continue;
-        }
-        let raw = e.path().map_err(bad)?.to_string_lossy().into_owned();
-        let path = safe_path(&raw).ok_or_else(|| {
-            ApiError::invalid(format!("files: unsafe path {raw:?} in the archive"))
-        })?;
-        let executable = e.header().mode().map_err(bad)? & 0o111 != 0;
-        let data = budget.read(&mut e, &path)?;
-        out.push(File {
-            path,
-            data,
-            executable,
-        });
-    }
-    Ok(out)
-}
-
-/// The files of an archive upload (zip, tar, or gzipped tar: by content).
+/// The files of an archive upload (zip, tar, or gzipped tar: by content),
+/// read as workers read them, within the upload limits.
 pub fn expand(bytes: &[u8]) -> ApiResult<Vec<File>> {
-    if bytes.starts_with(b"PK\x03\x04") {
-        zip_files(bytes)
-    } else if bytes.starts_with(&[0x1f, 0x8b]) {
-        tar_files(flate2::read::GzDecoder::new(bytes))
-    } else {
-        tar_files(bytes)
-    }
+    let limits = skill_archive::Limits {
+        max_files: MAX_FILES,
+        max_total_bytes: MAX_UPLOAD as u64,
+        max_file_bytes: MAX_UPLOAD as u64,
+    };
+    let unpacked = skill_archive::files(bytes, &limits)
+        .map_err(|e| ApiError::invalid(format!("files: {e}")))?;
+    Ok(unpacked
+        .files
+        .into_iter()
+        .map(|f| File {
+            executable: f.mode & 0o111 != 0,
+            path: f.path,
+            data: f.data,
+        })
+        .collect())
 }
 
-pub fn is_archive(bytes: &[u8]) -> bool {
-    bytes.starts_with(b"PK\x03\x04")
-        || bytes.starts_with(&[0x1f, 0x8b])
-        || bytes.get(257..262) == Some(b"ustar")
-}
+pub use skill_archive::is_archive;
 
 /// `name` and `description` from SKILL.md's frontmatter.
 fn frontmatter(text: &str) -> ApiResult<(String, String)> {
@@ -440,7 +362,7 @@ mod tests {
         assert!(bomb.len() < 100_000, "{}", bomb.len());
         let err = expand(&bomb).err().expect("refused");
         assert!(
-            err.message.contains("expands to more than"),
+            err.message.contains("archive exceeds the"),
             "{}",
             err.message
         );

@@ -1,7 +1,11 @@
 //! Wire types of Sandstone's public REST API, following Sandbox0's API so its
 //! SDKs work unchanged. No I/O here.
 
+mod secret;
+pub mod skill_archive;
 pub mod timefmt;
+
+pub use secret::Secret;
 
 /// `bytes` random bytes from the kernel, as hex.
 pub fn random_hex(bytes: usize) -> String {

@@ -8,33 +8,7 @@ use chacha20poly1305::{Key, XChaCha20Poly1305, XNonce};
 use std::io::{Read, Write};
 use std::path::Path;
 
-/// A secret value: printing it shows `[redacted]`.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Secret(String);
-
-impl Secret {
-    pub fn new(v: impl Into<String>) -> Self {
-        Secret(v.into())
-    }
-
-    /// The value, for the one place that must use it (a request leaving
-    /// the proxy).
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl std::fmt::Debug for Secret {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("[redacted]")
-    }
-}
-
-impl std::fmt::Display for Secret {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("[redacted]")
-    }
-}
+pub use sandstone_api::Secret;
 
 /// Seals and opens secrets with the installation's key.
 pub struct Sealer {

@@ -18,7 +18,6 @@ pub mod runner;
 pub mod sandbox;
 pub mod secret;
 pub mod skill_install;
-pub mod skills;
 pub mod spawn;
 pub mod sse;
 pub mod status;

@@ -1,33 +1,10 @@
 //! Credentials the worker holds and never passes on: the environment key,
-//! the work secret and the sessions token derived from it.
+//! the work secret and the sessions token derived from it, each a
+//! [`Secret`].
 
 use base64::Engine;
 
-/// A credential whose `Debug` and `Display` print `[redacted]`.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Secret(String);
-
-impl Secret {
-    pub fn new(s: impl Into<String>) -> Secret {
-        Secret(s.into())
-    }
-
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl std::fmt::Debug for Secret {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("[redacted]")
-    }
-}
-
-impl std::fmt::Display for Secret {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("[redacted]")
-    }
-}
+pub use sandstone_api::Secret;
 
 /// The work secret is base64url(JSON) with optional padding; its
 /// `sessions_token` authorises the per-item calls.
@@ -60,11 +37,5 @@ mod tests {
         );
         assert!(sessions_token(&b64(r#"{"other":1}"#)).is_none());
         assert!(sessions_token("not base64!").is_none());
-    }
-
-    #[test]
-    fn secrets_never_print() {
-        let s = Secret::new("sk-very-secret");
-        assert_eq!(format!("{s} {s:?}"), "[redacted] [redacted]");
     }
 }

@@ -5,7 +5,7 @@
 
 use crate::cma::Cma;
 use crate::secret::Secret;
-use crate::skills;
+use sandstone_api::skill_archive as skills;
 use sandstone_client::Client;
 use serde_json::Value;
 

@@ -1,10 +1,10 @@
-//! Skill archives: unpacked safely before their files go into a sandbox.
+//! Skill archives, the form a skill version travels in (uploads to the
+//! skills API, downloads by workers): zip, tar.gz or tar, read in memory.
 //!
-//! A skill version arrives as an opaque archive (zip, tar.gz or tar). This
-//! module turns it into a flat list of relative files, and is deliberately
-//! pure: it never touches the filesystem, so the caller decides where (and in
-//! which sandbox) the files land. Everything an archive could use to escape
-//! or exhaust that destination is handled here:
+//! An archive becomes a flat list of relative files and nothing touches a
+//! filesystem, so the caller decides where (and in which sandbox) the files
+//! land. Everything an archive could use to escape or exhaust that
+//! destination is handled here:
 //!
 //! * absolute paths, `..` components and NUL bytes refuse the whole archive,
 //!   because a partially-installed skill is worse than none;
@@ -71,8 +71,7 @@ impl Default for Limits {
     }
 }
 
-/// Why an archive (or a skill directory name) was refused. Logged by the
-/// worker, never shown to the model.
+/// Why an archive (or a skill directory name) was refused.
 #[derive(Debug, thiserror::Error)]
 pub enum UnpackError {
     #[error("skill archive is empty")]
@@ -103,9 +102,10 @@ pub enum UnpackError {
     InvalidDirName { name: String, reason: &'static str },
 }
 
-/// Unpacks a skill archive held in memory, detecting its format from its
-/// contents (file names and content types are not trusted).
-pub fn unpack(archive: &[u8], limits: &Limits) -> Result<Unpacked, UnpackError> {
+/// The files of an archive held in memory, paths as archived, its format
+/// detected from its contents (file names and content types are not
+/// trusted).
+pub fn files(archive: &[u8], limits: &Limits) -> Result<Unpacked, UnpackError> {
     let mut collector = Collector::new(limits);
     match detect(archive)? {
         Format::Zip => read_zip(archive, &mut collector)?,
@@ -113,6 +113,19 @@ pub fn unpack(archive: &[u8], limits: &Limits) -> Result<Unpacked, UnpackError> 
         Format::Tar => read_tar(archive, &mut collector)?,
     }
     collector.finish()
+}
+
+/// The files of a skill archive as they belong in the skill's directory:
+/// [`files`] without the single wrapper directory archives usually have.
+pub fn unpack(archive: &[u8], limits: &Limits) -> Result<Unpacked, UnpackError> {
+    let mut unpacked = files(archive, limits)?;
+    strip_wrapper(&mut unpacked.files);
+    Ok(unpacked)
+}
+
+/// Whether `bytes` are an archive this module reads.
+pub fn is_archive(bytes: &[u8]) -> bool {
+    detect(bytes).is_ok()
 }
 
 /// The directory a skill version is installed under: the basename of its
@@ -176,7 +189,7 @@ fn detect(archive: &[u8]) -> Result<Format, UnpackError> {
         return Err(UnpackError::UnsupportedFormat { format });
     }
     Err(UnpackError::UnknownFormat {
-        magic: hex::encode(&archive[..archive.len().min(8)]),
+        magic: archive.iter().take(8).map(|b| format!("{b:02x}")).collect(),
     })
 }
 
@@ -431,8 +444,7 @@ impl<'l> Collector<'l> {
         }
     }
 
-    fn finish(mut self) -> Result<Unpacked, UnpackError> {
-        strip_wrapper(&mut self.files);
+    fn finish(self) -> Result<Unpacked, UnpackError> {
         check_file_dir_conflicts(&self.files)?;
         Ok(Unpacked {
             files: self.files,
