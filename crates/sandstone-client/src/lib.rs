@@ -104,6 +104,11 @@ impl Client {
         if let Some(b) = body {
             req = req.json(&b);
         }
+        self.data(req).await
+    }
+
+    /// Sends `req` and takes `data` out of the answer's envelope.
+    async fn data<T: DeserializeOwned>(&self, req: reqwest::RequestBuilder) -> Result<T> {
         let env: api::Envelope<T> = self
             .send(req)
             .await?
@@ -430,14 +435,11 @@ impl Client {
     }
 
     pub async fn list_dir(&self, id: &str, path: &str) -> Result<Vec<api::FileInfo>> {
-        let path = urlencode(path);
-        let list: api::FileList = self
-            .call(
-                Method::GET,
-                &format!("/api/v1/sandboxes/{id}/files/list?path={path}"),
-                None,
-            )
-            .await?;
+        let req = self
+            .http
+            .get(self.url(&format!("/api/v1/sandboxes/{id}/files/list")))
+            .query(&[("path", path)]);
+        let list: api::FileList = self.data(req).await?;
         Ok(list.entries)
     }
 
@@ -463,26 +465,13 @@ impl Client {
 
     /// Sandboxes labelled `key=value` (see `SandboxConfig::metadata`).
     pub async fn find_labeled(&self, key: &str, value: &str) -> Result<Vec<api::SandboxSummary>> {
-        let path = format!(
-            "/api/v1/sandboxes?limit=1000&metadata.{}={}",
-            urlencode(key),
-            urlencode(value)
-        );
-        let list: api::SandboxList = self.call(Method::GET, &path, None).await?;
+        let req = self
+            .http
+            .get(self.url("/api/v1/sandboxes"))
+            .query(&[("limit", "1000"), (&format!("metadata.{key}"), value)]);
+        let list: api::SandboxList = self.data(req).await?;
         Ok(list.sandboxes)
     }
-}
-
-/// Percent-encodes a query value.
-fn urlencode(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' | b'/' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
 }
 
 /// Whether an error is the API's "not found".

@@ -6,10 +6,10 @@
 mod common;
 
 use common::agents::{
-    BETA, FakeModel, MODEL_KEY, daemon, environment, events, eventually, idle_with, kinds, say,
-    session_on, v1,
+    BETA, FakeModel, MODEL_KEY, daemon, environment, events, eventually, idle_with, kinds, mem,
+    say, session_on, v1,
 };
-use common::{Daemon, assert_names, run_python, sdk_python, sha256sum};
+use common::{assert_names, run_python, sdk_python, sha256sum};
 use reqwest::Method;
 use serde_json::{Value, json};
 use std::process::Command;
@@ -994,28 +994,6 @@ async fn memory_stores_keep_content_hashes_and_preconditions() {
 }
 
 /// A memory store call, with the memory beta.
-async fn mem(
-    d: &Daemon,
-    bearer: &str,
-    method: Method,
-    path: &str,
-    body: Option<Value>,
-) -> (u16, Value) {
-    let mut req = d
-        .http
-        .request(method, format!("{}/v1{path}", d.url))
-        .bearer_auth(bearer)
-        .header("anthropic-beta", "agent-memory-2026-07-22");
-    if let Some(b) = body {
-        req = req.json(&b);
-    }
-    let r = req.send().await.unwrap();
-    (
-        r.status().as_u16(),
-        r.json::<Value>().await.unwrap_or_default(),
-    )
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn skills_upload_version_and_download_through_the_sdk() {
     let Some(python) = sdk_python() else { return };

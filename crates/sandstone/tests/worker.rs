@@ -7,7 +7,7 @@
 mod common;
 
 use common::agents::{
-    FakeModel, daemon, environment, events, idle_with, say, session_on, v1, within,
+    FakeModel, daemon, environment, events, idle_with, mem, say, session_on, v1, within,
 };
 use common::fault_proxy::FaultProxy;
 use common::{Daemon, cli, run_python, sandstone_bin, sdk_python, text};
@@ -136,6 +136,19 @@ impl Drop for WorkerProc {
 
 fn toolset() -> Value {
     json!([{"type": TOOLSET}])
+}
+
+/// The toolset and a custom tool `lookup`.
+fn with_lookup() -> Value {
+    json!([{"type": TOOLSET}, {"type": "custom", "name": "lookup", "description": "d",
+        "input_schema": {"type": "object", "properties": {}}}])
+}
+
+/// Writes an executable script.
+fn script(path: &std::path::Path, text: &str) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::write(path, text).unwrap();
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755)).unwrap();
 }
 
 /// The `user.tool_result` events answering `agent.tool_use` `id`.
@@ -421,8 +434,7 @@ async fn ask_waits_for_confirmation_and_unknown_tools_stay_pending() {
     assert_eq!(tool_results(&evs), [("bash".into(), "asked".into(), false)]);
 
     // A custom tool this worker does not serve is left to its owner.
-    let tools = json!([{"type": TOOLSET}, {"type": "custom", "name": "lookup", "description": "d",
-        "input_schema": {"type": "object", "properties": {}}}]);
+    let tools = with_lookup();
     let sid = session_on(&d, &env, "worker_custom", tools).await;
     say(&d, &sid, "go").await;
     let call = tool_use_id(&d, &sid, "lookup").await;
@@ -457,8 +469,7 @@ async fn stop_requests_lost_leases_and_terminated_sessions_end_the_item() {
     let (env, key) = environment(&d).await;
     let proxy = FaultProxy::start(&d.url).await;
     let worker = WorkerProc::start(&d, &proxy.url, &env, &key, &["--max-idle", "0"]);
-    let custom = json!([{"type": TOOLSET}, {"type": "custom", "name": "lookup", "description": "d",
-        "input_schema": {"type": "object", "properties": {}}}]);
+    let custom = with_lookup();
     let active = async |sid: &str| -> String {
         let mut id = String::new();
         within(Duration::from_secs(20), async || {
@@ -700,21 +711,56 @@ async fn two_workers_on_one_queue_never_serve_one_session_at_once() {
     }
 }
 
-/// A memory-store call (its own beta header).
+/// A memory-store call with the admin key, which must succeed.
 async fn memory_call(d: &Daemon, method: Method, path: &str, body: Option<Value>) -> Value {
-    let mut req = d
-        .http
-        .request(method, format!("{}/v1{path}", d.url))
-        .bearer_auth(&d.token)
-        .header("anthropic-beta", "agent-memory-2026-07-22");
-    if let Some(b) = body {
-        req = req.json(&b);
-    }
-    let r = req.send().await.unwrap();
-    let status = r.status();
-    let v: Value = r.json().await.unwrap();
-    assert!(status.is_success(), "{path}: {v}");
+    let (status, v) = mem(d, &d.token, method, path, body).await;
+    assert!((200..300).contains(&status), "{path}: {v}");
     v
+}
+
+/// A new memory store's id.
+async fn new_store(d: &Daemon, name: &str) -> String {
+    let store = memory_call(
+        d,
+        Method::POST,
+        "/memory_stores",
+        Some(json!({"name": name})),
+    )
+    .await;
+    store["id"].as_str().unwrap().to_string()
+}
+
+/// Adds a memory to `store` and returns it.
+async fn add_memory(d: &Daemon, store: &str, path: &str, content: &str) -> Value {
+    let body = json!({"path": path, "content": content});
+    memory_call(
+        d,
+        Method::POST,
+        &format!("/memory_stores/{store}/memories"),
+        Some(body),
+    )
+    .await
+}
+
+/// The content of `store`'s memory at `path`, if it has one.
+async fn memory_at(d: &Daemon, store: &str, path: &str) -> Option<Value> {
+    let all = format!("/memory_stores/{store}/memories?view=full");
+    let mems = memory_call(d, Method::GET, &all, None).await;
+    mems["data"]
+        .as_array()?
+        .iter()
+        .find(|m| m["path"] == path)
+        .map(|m| m["content"].clone())
+}
+
+/// A session of a new agent (`agent`: its fields) with `resources`.
+async fn session_of(d: &Daemon, env: &str, agent: Value, resources: Value) -> String {
+    let (s, agent, _) = v1(d, &d.token, Method::POST, "/agents", Some(agent)).await;
+    assert_eq!(s, 200, "{agent}");
+    let body = json!({"agent": agent["id"], "environment_id": env, "resources": resources});
+    let (s, session, _) = v1(d, &d.token, Method::POST, "/sessions", Some(body)).await;
+    assert_eq!(s, 200, "{session}");
+    session["id"].as_str().unwrap().to_string()
 }
 
 /// A skill uploaded as a gzipped tar: `greeter/SKILL.md` and an
@@ -728,9 +774,7 @@ fn upload_skill(d: &Daemon) -> String {
         "---\nname: greeter\ndescription: greets\n---\nSay hello.\n",
     )
     .unwrap();
-    std::fs::write(skill.join("run.sh"), "#!/bin/sh\necho hello\n").unwrap();
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(skill.join("run.sh"), std::fs::Permissions::from_mode(0o755)).unwrap();
+    script(&skill.join("run.sh"), "#!/bin/sh\necho hello\n");
     let archive = dir.path().join("greeter.tar.gz");
     let ok = Command::new("tar")
         .arg("czf")
@@ -800,46 +844,15 @@ async fn a_session_gets_skills_memory_outputs_and_an_api_token_it_never_holds() 
 
     let (env, key) = environment(&d).await;
     let skill = upload_skill(&d);
-    let store = memory_call(
-        &d,
-        Method::POST,
-        "/memory_stores",
-        Some(json!({"name": "Team Notes"})),
-    )
-    .await;
-    let store = store["id"].as_str().unwrap().to_string();
-    let policies = memory_call(
-        &d,
-        Method::POST,
-        "/memory_stores",
-        Some(json!({"name": "Policies"})),
-    )
-    .await;
-    let policies = policies["id"].as_str().unwrap().to_string();
-    memory_call(
-        &d,
-        Method::POST,
-        &format!("/memory_stores/{store}/memories"),
-        Some(json!({"path": "/conventions.md", "content": "use tabs\n"})),
-    )
-    .await;
-    let (s, agent, _) = v1(
-        &d,
-        &d.token,
-        Method::POST,
-        "/agents",
-        Some(json!({
-        "name": "e2e", "model": "scripted-worker_e2e", "tools": toolset(),
-        "skills": [{"type": "custom", "skill_id": skill, "version": "latest"}]})),
-    )
-    .await;
-    assert_eq!(s, 200, "{agent}");
-    let (s, session, _) = v1(&d, &d.token, Method::POST, "/sessions", Some(json!({
-        "agent": agent["id"], "environment_id": env,
-        "resources": [{"type": "memory_store", "memory_store_id": store, "access": "read_write"},
-                      {"type": "memory_store", "memory_store_id": policies, "access": "read_only"}]}))).await;
-    assert_eq!(s, 200, "{session}");
-    let sid = session["id"].as_str().unwrap().to_string();
+    let store = new_store(&d, "Team Notes").await;
+    let policies = new_store(&d, "Policies").await;
+    add_memory(&d, &store, "/conventions.md", "use tabs\n").await;
+    let agent = json!({"name": "e2e", "model": "scripted-worker_e2e", "tools": toolset(),
+        "skills": [{"type": "custom", "skill_id": skill, "version": "latest"}]});
+    let resources = json!([
+        {"type": "memory_store", "memory_store_id": store, "access": "read_write"},
+        {"type": "memory_store", "memory_store_id": policies, "access": "read_only"}]);
+    let sid = session_of(&d, &env, agent, resources).await;
 
     let worker = WorkerProc::start(
         &d,
@@ -881,22 +894,9 @@ async fn a_session_gets_skills_memory_outputs_and_an_api_token_it_never_holds() 
 
     // The item ends (max-idle): memory synced back, the sandbox paused.
     let sandbox = wait_paused(&d, &sid).await;
-    let mems = memory_call(
-        &d,
-        Method::GET,
-        &format!("/memory_stores/{store}/memories?view=full"),
-        None,
-    )
-    .await;
-    let learned = mems["data"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|m| m["path"] == "/learned.md");
     assert_eq!(
-        learned.map(|m| m["content"].clone()),
-        Some(json!("tests live in test_calc.py\n")),
-        "{mems}"
+        memory_at(&d, &store, "/learned.md").await,
+        Some(json!("tests live in test_calc.py\n"))
     );
 
     // Outputs survive the pause and download with the CLI.
@@ -1085,19 +1085,15 @@ async fn a_custom_tool_is_served_by_the_operators_command_without_credentials() 
     let model = FakeModel::start();
     let d = daemon(&model, 30).await;
     let (env, key) = environment(&d).await;
-    let script = d.data.path().join("lookup.sh");
-    std::fs::write(
-        &script,
+    let lookup = d.data.path().join("lookup.sh");
+    script(
+        &lookup,
         "#!/bin/sh\nread -r line\necho \"looked up $(echo \"$line\" | grep -o '\"word\":\"[a-z]*\"')\"\n\
          env | grep -c -e SANDSTONE_TOKEN -e ANTHROPIC_ || true\n",
-    )
-    .unwrap();
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
-    let spec = format!("lookup={}", script.display());
+    );
+    let spec = format!("lookup={}", lookup.display());
     let worker = WorkerProc::start(&d, &d.url, &env, &key, &["--custom-tool", &spec]);
-    let tools = json!([{"type": TOOLSET}, {"type": "custom", "name": "lookup", "description": "d",
-        "input_schema": {"type": "object", "properties": {}}}]);
+    let tools = with_lookup();
     let sid = session_on(&d, &env, "worker_custom", tools).await;
     say(&d, &sid, "go").await;
     let evs = idle_with(&d, &sid, "end_turn").await;
@@ -1142,35 +1138,12 @@ async fn memory_syncs_both_ways_while_the_session_runs() {
     let model = FakeModel::start();
     let d = daemon(&model, 30).await;
     let (env, key) = environment(&d).await;
-    let store = memory_call(
-        &d,
-        Method::POST,
-        "/memory_stores",
-        Some(json!({"name": "Notes"})),
-    )
-    .await;
-    let store = store["id"].as_str().unwrap().to_string();
-    let conventions = memory_call(
-        &d,
-        Method::POST,
-        &format!("/memory_stores/{store}/memories"),
-        Some(json!({"path": "/conventions.md", "content": "use tabs\n"})),
-    )
-    .await;
-    let (s, agent, _) = v1(
-        &d,
-        &d.token,
-        Method::POST,
-        "/agents",
-        Some(json!({"name": "m", "model": "scripted-worker_memory", "tools": toolset()})),
-    )
-    .await;
-    assert_eq!(s, 200, "{agent}");
-    let (s, session, _) = v1(&d, &d.token, Method::POST, "/sessions", Some(json!({
-        "agent": agent["id"], "environment_id": env,
-        "resources": [{"type": "memory_store", "memory_store_id": store, "access": "read_write"}]}))).await;
-    assert_eq!(s, 200, "{session}");
-    let sid = session["id"].as_str().unwrap().to_string();
+    let store = new_store(&d, "Notes").await;
+    let conventions = add_memory(&d, &store, "/conventions.md", "use tabs\n").await;
+    let agent = json!({"name": "m", "model": "scripted-worker_memory", "tools": toolset()});
+    let resources =
+        json!([{"type": "memory_store", "memory_store_id": store, "access": "read_write"}]);
+    let sid = session_of(&d, &env, agent, resources).await;
     // max-idle 0: the item never ends, so no teardown flush happens.
     let worker = WorkerProc::start(
         &d,
@@ -1197,22 +1170,9 @@ async fn memory_syncs_both_ways_while_the_session_runs() {
     // The sync after the sleep pulled the edit in...
     assert_eq!(tool_results(&evs)[2].1, "use spaces\n", "{}", worker.log());
     // ...and pushed the agent's new memory out, with the item still live.
-    let mems = memory_call(
-        &d,
-        Method::GET,
-        &format!("/memory_stores/{store}/memories?view=full"),
-        None,
-    )
-    .await;
-    let a = mems["data"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|m| m["path"] == "/a.md");
     assert_eq!(
-        a.map(|m| m["content"].clone()),
-        Some(json!("written in the sandbox\n")),
-        "{mems}"
+        memory_at(&d, &store, "/a.md").await,
+        Some(json!("written in the sandbox\n"))
     );
     assert!(
         work_items(&d, &env, &key)
@@ -1229,10 +1189,10 @@ async fn poll_on_work_hands_each_session_to_a_program_that_runs_worker_run() {
     let (env, key) = environment(&d).await;
     // The documented spawn script: forward the secret from stdin, then
     // serve the item in the foreground.
-    let script = d.data.path().join("on-work.sh");
-    std::fs::write(
-        &script,
-        format!(
+    let on_work = d.data.path().join("on-work.sh");
+    script(
+        &on_work,
+        &format!(
             "#!/bin/sh\n\
              secret=$(python3 -c 'import json,sys; print(json.load(sys.stdin)[\"secret\"])')\n\
              echo \"spawned for $ANTHROPIC_SESSION_ID\" >&2\n\
@@ -1242,16 +1202,13 @@ async fn poll_on_work_hands_each_session_to_a_program_that_runs_worker_run() {
             d.url,
             d.url
         ),
-    )
-    .unwrap();
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    );
     let worker = WorkerProc::start(
         &d,
         &d.url,
         &env,
         &key,
-        &["--on-work", &script.display().to_string()],
+        &["--on-work", &on_work.display().to_string()],
     );
     let sid = session_on(&d, &env, "worker_turn", toolset()).await;
     say(&d, &sid, "go").await;

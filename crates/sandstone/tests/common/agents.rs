@@ -81,10 +81,41 @@ pub fn model_args(d: &Daemon, model: &FakeModel, lease_ttl: u64) -> Vec<String> 
     ]
 }
 
-/// A `/v1` call with `bearer` and the beta header.
+/// A `/v1` call with `bearer` and the managed-agents beta header.
 pub async fn v1(
     d: &Daemon,
     bearer: &str,
+    method: Method,
+    path: &str,
+    body: Option<Value>,
+) -> (u16, Value, reqwest::header::HeaderMap) {
+    call(
+        d,
+        bearer,
+        &format!("other-beta-2025-01-01,{BETA}"),
+        method,
+        path,
+        body,
+    )
+    .await
+}
+
+/// A memory-store call: those take the agent-memory beta instead.
+pub async fn mem(
+    d: &Daemon,
+    bearer: &str,
+    method: Method,
+    path: &str,
+    body: Option<Value>,
+) -> (u16, Value) {
+    let (s, v, _) = call(d, bearer, "agent-memory-2026-07-22", method, path, body).await;
+    (s, v)
+}
+
+async fn call(
+    d: &Daemon,
+    bearer: &str,
+    beta: &str,
     method: Method,
     path: &str,
     body: Option<Value>,
@@ -93,7 +124,7 @@ pub async fn v1(
         .http
         .request(method, format!("{}/v1{path}", d.url))
         .bearer_auth(bearer)
-        .header("anthropic-beta", format!("other-beta-2025-01-01,{BETA}"));
+        .header("anthropic-beta", beta);
     if let Some(b) = body {
         req = req.json(&b);
     }
