@@ -30,18 +30,7 @@ python3 -c '
 import json, sys
 turn = {"content": [{"type": "text", "text": "pong"}], "stop_reason": "end_turn"}
 json.dump({"turns": [turn] * 2000}, open(sys.argv[1], "w"))' "$work/model/quick.json"
-model_key="sk-bench-model-$RANDOM$RANDOM"
-printf '%s' "$model_key" > "$work/model.key"
-FAKE_MODEL_KEY="$model_key" python3 tests/fake_model/server.py 127.0.0.1 0 "$work/model" > "$work/model.out" &
-model_pid=$!
-pids+=("$model_pid")
-model_port=""
-for _ in $(seq 100); do
-  model_port=$(sed -n 's/^ready //p' "$work/model.out")
-  [ -n "$model_port" ] && break
-  sleep 0.1
-done
-[ -n "$model_port" ] || { echo "the fake model did not start" >&2; exit 1; }
+start_fake_model "$work/model"
 
 port=$(( 20000 + RANDOM % 20000 ))
 start_daemon agents "$port" --pool-gib 16 -- --warm-pool 0 \

@@ -16,6 +16,25 @@ start_daemon() {
   exit 1
 }
 
+# start_fake_model SCRIPTS-DIR: the scripted Messages API
+# (tests/fake_model/server.py) on a free port, requiring the key it writes
+# to $work/model.key; sets model_port and model_pid.
+start_fake_model() {
+  local key="sk-bench-model-$RANDOM$RANDOM"
+  printf '%s' "$key" > "$work/model.key"
+  FAKE_MODEL_KEY="$key" python3 tests/fake_model/server.py 127.0.0.1 0 "$1" > "$work/model.out" &
+  model_pid=$!
+  pids+=("$model_pid")
+  model_port=""
+  for _ in $(seq 100); do
+    model_port=$(sed -n 's/^ready //p' "$work/model.out")
+    [ -n "$model_port" ] && return
+    sleep 0.1
+  done
+  echo "the fake model did not start" >&2
+  exit 1
+}
+
 # on NAME CLI-ARGS...: the CLI against daemon NAME.
 on() {
   local name=$1; shift

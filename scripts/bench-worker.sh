@@ -27,17 +27,7 @@ work="$(mktemp -d /var/tmp/sandstone-worker-bench-XXXXXX)"
 pids=()
 trap bench_cleanup EXIT
 
-model_key="sk-bench-model-$RANDOM$RANDOM"
-printf '%s' "$model_key" > "$work/model.key"
-FAKE_MODEL_KEY="$model_key" python3 tests/fake_model/server.py 127.0.0.1 0 tests/fake_model/scripts > "$work/model.out" &
-pids+=($!)
-model_port=""
-for _ in $(seq 100); do
-  model_port=$(sed -n 's/^ready //p' "$work/model.out")
-  [ -n "$model_port" ] && break
-  sleep 0.1
-done
-[ -n "$model_port" ] || { echo "the fake model did not start" >&2; exit 1; }
+start_fake_model tests/fake_model/scripts
 
 port=$(( 20000 + RANDOM % 20000 ))
 start_daemon worker "$port" --pool-gib 16 -- --warm-pool 8 \

@@ -77,6 +77,16 @@ struct Call<'a> {
 }
 
 impl<'a> Call<'a> {
+    /// A call on a store's memories (`rest` after `/memories`), which take
+    /// the memory beta.
+    fn memories(method: Method, store: &str, rest: &str, token: &'a Secret) -> Self {
+        let path = format!("/v1/memory_stores/{store}/memories{rest}");
+        Call {
+            beta: Beta::Memory,
+            ..Call::new(method, path, token)
+        }
+    }
+
     fn new(method: Method, path: String, token: &'a Secret) -> Self {
         Call {
             // Reads are safe to repeat; writes say so themselves.
@@ -353,12 +363,7 @@ impl Cma {
     }
 
     pub async fn memory(&self, store: &str, id: &str, token: &Secret) -> CmaResult<Value> {
-        let mut c = Call::new(
-            Method::GET,
-            format!("/v1/memory_stores/{store}/memories/{id}"),
-            token,
-        );
-        c.beta = Beta::Memory;
+        let mut c = Call::memories(Method::GET, store, &format!("/{id}"), token);
         c.query.push(("view", "full".into()));
         self.json(c).await
     }
@@ -370,12 +375,7 @@ impl Cma {
         content: &str,
         token: &Secret,
     ) -> CmaResult<Value> {
-        let mut c = Call::new(
-            Method::POST,
-            format!("/v1/memory_stores/{store}/memories"),
-            token,
-        );
-        c.beta = Beta::Memory;
+        let mut c = Call::memories(Method::POST, store, "", token);
         c.body = Some(json!({"path": path, "content": content}));
         self.json(c).await
     }
@@ -388,12 +388,7 @@ impl Cma {
         precondition_sha: &str,
         token: &Secret,
     ) -> CmaResult<Value> {
-        let mut c = Call::new(
-            Method::POST,
-            format!("/v1/memory_stores/{store}/memories/{id}"),
-            token,
-        );
-        c.beta = Beta::Memory;
+        let mut c = Call::memories(Method::POST, store, &format!("/{id}"), token);
         c.body = Some(json!({"content": content,
             "precondition": {"type": "content_sha256", "content_sha256": precondition_sha}}));
         self.json(c).await
@@ -406,12 +401,7 @@ impl Cma {
         expected_sha: &str,
         token: &Secret,
     ) -> CmaResult<()> {
-        let mut c = Call::new(
-            Method::DELETE,
-            format!("/v1/memory_stores/{store}/memories/{id}"),
-            token,
-        );
-        c.beta = Beta::Memory;
+        let mut c = Call::memories(Method::DELETE, store, &format!("/{id}"), token);
         c.query
             .push(("expected_content_sha256", expected_sha.to_string()));
         self.send(c).await.map(|_| ())

@@ -993,7 +993,6 @@ async fn memory_stores_keep_content_hashes_and_preconditions() {
     assert_eq!((s, v["type"].as_str()), (200, Some("memory_deleted")));
 }
 
-/// A memory store call, with the memory beta.
 #[tokio::test(flavor = "multi_thread")]
 async fn skills_upload_version_and_download_through_the_sdk() {
     let Some(python) = sdk_python() else { return };
