@@ -93,6 +93,13 @@ pub trait Store: Send + Sync {
     fn insert_sandbox<'a>(&'a self, row: &'a SandboxRow) -> BoxFuture<'a, Result<()>>;
     fn get_sandbox<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<SandboxRow>>;
     fn list_sandboxes(&self) -> BoxFuture<'_, Result<Vec<SandboxRow>>>;
+    /// The sandboxes whose `config.metadata` has `key` = `value`, found
+    /// through an index.
+    fn labeled_sandboxes<'a>(
+        &'a self,
+        key: &'a str,
+        value: &'a str,
+    ) -> BoxFuture<'a, Result<Vec<SandboxRow>>>;
     /// Records a state transition (after the operation succeeded).
     fn set_status<'a>(
         &'a self,

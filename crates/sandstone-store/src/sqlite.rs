@@ -64,6 +64,29 @@ const MIGRATIONS: &[&str] = &[
         doc TEXT NOT NULL,
         PRIMARY KEY (session_id, seq)
     );",
+    // Sandbox labels (config.metadata), kept by triggers in the same
+    // transaction as the config, so finding a session's sandbox is an index
+    // read instead of a scan of every sandbox's config.
+    "CREATE TABLE sandbox_labels (
+        key TEXT NOT NULL,
+        value TEXT NOT NULL,
+        sandbox_id TEXT NOT NULL,
+        PRIMARY KEY (key, value, sandbox_id)
+    );
+    CREATE TRIGGER sandbox_labels_insert AFTER INSERT ON sandboxes BEGIN
+        INSERT INTO sandbox_labels
+            SELECT key, value, NEW.id FROM json_each(NEW.config, '$.metadata');
+    END;
+    CREATE TRIGGER sandbox_labels_update AFTER UPDATE OF config ON sandboxes BEGIN
+        DELETE FROM sandbox_labels WHERE sandbox_id = OLD.id;
+        INSERT INTO sandbox_labels
+            SELECT key, value, NEW.id FROM json_each(NEW.config, '$.metadata');
+    END;
+    CREATE TRIGGER sandbox_labels_delete AFTER DELETE ON sandboxes BEGIN
+        DELETE FROM sandbox_labels WHERE sandbox_id = OLD.id;
+    END;
+    INSERT INTO sandbox_labels
+        SELECT j.key, j.value, s.id FROM sandboxes s, json_each(s.config, '$.metadata') j;",
 ];
 
 // Columns are named, never `*`: a cached statement's column list must not
@@ -223,6 +246,29 @@ impl Store for SqliteStore {
             .await?
             .ok_or(Error::NotFound)?;
             row_to_sandbox(&r)
+        })
+    }
+
+    fn labeled_sandboxes<'a>(
+        &'a self,
+        key: &'a str,
+        value: &'a str,
+    ) -> BoxFuture<'a, Result<Vec<SandboxRow>>> {
+        Box::pin(async move {
+            sqlx::query(concat!(
+                "SELECT ",
+                sandbox_cols!(),
+                " FROM sandboxes WHERE id IN
+                    (SELECT sandbox_id FROM sandbox_labels WHERE key = ? AND value = ?)
+                  ORDER BY created_at, id"
+            ))
+            .bind(key)
+            .bind(value)
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(row_to_sandbox)
+            .collect()
         })
     }
 
@@ -581,6 +627,41 @@ impl Store for SqliteStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn labels_follow_the_config_through_insert_update_and_delete() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("db.sqlite"))
+            .await
+            .unwrap();
+        let row = |id: &str, slot, session: &str| SandboxRow {
+            id: id.into(),
+            template: "host".into(),
+            status: "running".into(),
+            config: serde_json::json!({"metadata": {"cma.session": session, "team": "a"}}),
+            slot,
+            pid: None,
+            generation: 1,
+            created_at: slot,
+            updated_at: 1,
+            pending_op: None,
+        };
+        store.insert_sandbox(&row("sb-1", 1, "s1")).await.unwrap();
+        store.insert_sandbox(&row("sb-2", 2, "s2")).await.unwrap();
+        let ids = async |k: &str, v: &str| -> Vec<String> {
+            let found = store.labeled_sandboxes(k, v).await.unwrap();
+            found.into_iter().map(|r| r.id).collect()
+        };
+        assert_eq!(ids("cma.session", "s1").await, ["sb-1"]);
+        assert_eq!(ids("team", "a").await, ["sb-1", "sb-2"]);
+        let relabeled = serde_json::json!({"metadata": {"cma.session": "s3"}});
+        store.set_config("sb-1", &relabeled).await.unwrap();
+        assert!(ids("cma.session", "s1").await.is_empty());
+        assert_eq!(ids("cma.session", "s3").await, ["sb-1"]);
+        assert_eq!(ids("team", "a").await, ["sb-2"]);
+        store.delete_sandbox("sb-2").await.unwrap();
+        assert!(ids("team", "a").await.is_empty());
+    }
 
     #[tokio::test]
     async fn sandboxes_and_keys_round_trip_and_survive_reopen() {

@@ -572,6 +572,9 @@ async fn sandboxes_carry_metadata_that_lists_filter_on() {
         json!({"session": "sesn_1", "stage": "2"}),
         "{v}"
     );
+    // The label index follows the update.
+    assert_eq!(listed("?metadata.stage=2").await, vec![id.clone()]);
+    assert!(listed("?metadata.owner=ci").await.is_empty());
     d.rejects(
         "/api/v1/sandboxes",
         json!({"template": "host", "config": {"metadata": {"bad key": "x"}}}),

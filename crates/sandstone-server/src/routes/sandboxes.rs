@@ -117,19 +117,22 @@ pub async fn list(
 ) -> ApiResult<Response> {
     let limit = query_usize(&q, "limit", 50, 1000)?;
     let offset = query_usize(&q, "offset", 0, usize::MAX)?;
-    let rows: Vec<_> = st
-        .lifecycle
-        .store
-        .list_sandboxes()
-        .await?
+    let labels: Vec<(&str, &String)> = q
+        .iter()
+        .filter_map(|(k, v)| Some((k.strip_prefix("metadata.")?, v)))
+        .collect();
+    // A label narrows through the store's index; the rest filter here.
+    let candidates = match labels.first() {
+        Some((k, v)) => st.lifecycle.store.labeled_sandboxes(k, v).await?,
+        None => st.lifecycle.store.list_sandboxes().await?,
+    };
+    let rows: Vec<_> = candidates
         .into_iter()
         .filter(|r| q.get("status").is_none_or(|s| *s == r.status))
         .filter(|r| q.get("template_id").is_none_or(|t| *t == r.template))
         .filter(|r| {
-            let labels = crate::lifecycle::config_of(r).metadata;
-            q.iter()
-                .filter_map(|(k, v)| Some((k.strip_prefix("metadata.")?, v)))
-                .all(|(k, v)| labels.get(k) == Some(v))
+            let metadata = crate::lifecycle::config_of(r).metadata;
+            labels.iter().all(|(k, v)| metadata.get(*k) == Some(*v))
         })
         .collect();
     let total = rows.len();
