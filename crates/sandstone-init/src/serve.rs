@@ -280,11 +280,18 @@ fn exec(proc: &Proc, code: &str, timeout_ms: Option<u64>, out: &mut Out) -> std:
     }
     let deadline = timeout_ms.map(|ms| Instant::now() + Duration::from_millis(ms));
     let mut timed_out = false;
+    // The caller may go away mid-execution; the turn is still held until
+    // the code ends, or its end would be read as the next execution's.
+    let mut gone: Option<std::io::Error> = None;
+    let mut reply = |out: &mut Out, r: &Response, payload: &[u8]| match &gone {
+        Some(_) => {}
+        None => gone = send(out, r, payload).err(),
+    };
     loop {
         match recv(&rx, deadline) {
-            Ok(Event::Output(stream, bytes)) => send(out, &Response::Output { stream }, &bytes)?,
+            Ok(Event::Output(stream, bytes)) => reply(out, &Response::Output { stream }, &bytes),
             Ok(Event::ExecDone(exit_code)) => {
-                return send(
+                reply(
                     out,
                     &Response::ExecDone {
                         exit_code,
@@ -292,13 +299,15 @@ fn exec(proc: &Proc, code: &str, timeout_ms: Option<u64>, out: &mut Out) -> std:
                     },
                     &[],
                 );
+                return gone.map_or(Ok(()), Err);
             }
             Ok(Event::Exit(info)) => {
                 let r = Response::ExecDone {
                     exit_code: info.exit_code,
                     timed_out: timed_out || info.timed_out,
                 };
-                return send(out, &r, &[]);
+                reply(out, &r, &[]);
+                return gone.map_or(Ok(()), Err);
             }
             Err(RecvTimeoutError::Timeout) => {
                 timed_out = true;

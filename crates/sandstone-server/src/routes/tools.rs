@@ -380,8 +380,8 @@ async fn run_command(
 
 /// A sandbox's turn at its shell. Dropped while a command runs (the
 /// request's client went away), it removes the shell before letting the
-/// next call in: the command would keep running, and its late end would be
-/// read as the next command's.
+/// next call in: nobody waits for that command's result any more, and it
+/// would hold the shell until its timeout.
 struct Turn {
     socket: std::path::PathBuf,
     held: Option<tokio::sync::OwnedMutexGuard<()>>,
