@@ -9,7 +9,12 @@ start_daemon() {
   while [ "$1" != "--" ]; do setup+=("$1"); shift; done; shift
   "$s" setup --no-debian --data-dir "$work/$name" "${setup[@]}" >/dev/null 2>&1
   echo "$port" > "$work/$name/port"
-  SANDSTONE_LOG=warn "$s" serve --data-dir "$work/$name" --listen "127.0.0.1:$port" "$@" &
+  # Networking is on by default, on the pool setup recorded; daemons of one
+  # script would all record the same one, so only a daemon given its own
+  # --egress-pool is networked (bench-egress.sh measures the network).
+  local net=(--no-network)
+  case " $* " in *" --egress-pool "*) net=() ;; esac
+  SANDSTONE_LOG=warn "$s" serve --data-dir "$work/$name" --listen "127.0.0.1:$port" "${net[@]}" "$@" &
   pids+=($!)
   for _ in $(seq 100); do curl -fsS "http://127.0.0.1:$port/healthz" >/dev/null 2>&1 && return; sleep 0.1; done
   echo "daemon $name did not start" >&2

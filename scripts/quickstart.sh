@@ -15,7 +15,12 @@ if ! curl -fsS "$SANDSTONE_URL/healthz" >/dev/null 2>&1; then
   nohup "$sandstone" serve >"$SANDSTONE_DATA_DIR/daemon.log" 2>&1 &
   for _ in $(seq 100); do curl -fsS "$SANDSTONE_URL/healthz" >/dev/null 2>&1 && break; sleep 0.1; done
 fi
-id="$("$sandstone" create)"
-echo "created sandbox $id"
+# Networking is on and default-deny; the python preset opens PyPI only.
+id="$("$sandstone" create --allow python)"
+echo "created sandbox $id (egress: PyPI only)"
 "$sandstone" exec "$id" -- sh -c 'echo "hello from $(hostname): $(id -un) in $(pwd)"; uname -sr'
+"$sandstone" exec "$id" -- sh -c 'pip install --quiet --disable-pip-version-check six && python3 -c "import six; print(\"pip install works: six\", six.__version__)"' \
+  || echo "pip install failed: is PyPI reachable from this host? $sandstone audit $id --denied says what was denied"
+"$sandstone" exec "$id" -- curl -sS --max-time 5 https://example.com >/dev/null 2>&1 \
+  || echo "example.com is denied, as it should be: $sandstone audit $id --denied"
 echo "try: $sandstone shell $id    $sandstone exec $id -- cat /etc/os-release    $sandstone rm $id"

@@ -15,9 +15,11 @@ if [ ! -x "$venv/bin/python" ] || ! "$venv/bin/python" -c 'import sandbox0, anth
 fi
 out="$(scripts/build.sh debug)"
 export SANDSTONE_INIT="$out/sandstone-init"
-# The debian template (debootstrap, about 90 s) is built once and cached.
+# The default and debian templates (debootstrap, about 90 s each) are built
+# once and cached.
 "$out/sandstone" setup --no-pool --data-dir "$cache/setup" >&2
 export SANDSTONE_TEST_DEBIAN="$cache/setup/templates/debian"
+export SANDSTONE_TEST_DEFAULT="$cache/setup/templates/default"
 export SANDSTONE_SDK_PYTHON="$venv/bin/python"
 log="$(mktemp)"
 trap 'rm -f "$log"' EXIT

@@ -9,6 +9,8 @@ trust). Paths:
   /redirect?to=URL      302 to URL
   /bulk?mib=N           N MiB of zeros
   git.test/repo.git/    a smart-HTTP git repository needing the token
+  pypi.org/simple/sandstone-demo/ and files.pythonhosted.org/packages/...
+                        a package index serving one pure-Python wheel
 
 usage: servers.py <dns-ip> <http-ip> [<http-ip> ...]  (names map to argv[2])
 """
@@ -28,6 +30,8 @@ RECORDS = {
     "other.test": WEB_IPS[0],
     "api.test": WEB_IPS[0],
     "git.test": WEB_IPS[0],
+    "pypi.org": WEB_IPS[0],
+    "files.pythonhosted.org": WEB_IPS[0],
     "rebind.test": "127.0.0.1",
 }
 
@@ -59,7 +63,32 @@ def serve_dns():
 
 TOKEN = os.environ.get("FAKE_TOKEN", "")
 TLS_DIR = os.environ.get("FAKE_TLS_DIR")
-NAMES = ["web.test", "other.test", "api.test", "git.test"]
+NAMES = ["web.test", "other.test", "api.test", "git.test", "pypi.org", "files.pythonhosted.org"]
+
+
+def demo_wheel():
+    """sandstone_demo 1.0: a module whose answer() is 42, as a wheel."""
+    import base64, hashlib, io, zipfile
+    name = "sandstone_demo-1.0.dist-info"
+    files = {
+        "sandstone_demo.py": b"def answer():\n    return 42\n",
+        name + "/METADATA": b"Metadata-Version: 2.1\nName: sandstone-demo\nVersion: 1.0\n",
+        name + "/WHEEL": b"Wheel-Version: 1.0\nGenerator: fake\nRoot-Is-Purelib: true\nTag: py3-none-any\n",
+    }
+    record = "".join(
+        "%s,sha256=%s,%d\n" % (path, base64.urlsafe_b64encode(hashlib.sha256(body).digest()).rstrip(b"=").decode(), len(body))
+        for path, body in files.items()
+    ) + name + "/RECORD,,\n"
+    files[name + "/RECORD"] = record.encode()
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w") as z:
+        for path, body in files.items():
+            z.writestr(path, body)
+    return out.getvalue()
+
+
+WHEEL = demo_wheel()
+WHEEL_NAME = "sandstone_demo-1.0-py3-none-any.whl"
 CHUNK = bytes(1 << 20)
 
 
@@ -100,6 +129,13 @@ class Hello(BaseHTTPRequestHandler):
                 self.headers.get("X-Api-Key"),
             )
             return self.reply(401, ("unauthorized: " + seen).encode())
+        if host.startswith("pypi.org") and url.path in ("/simple/sandstone-demo/", "/simple/sandstone_demo/"):
+            import hashlib
+            link = '<a href="https://files.pythonhosted.org/packages/%s#sha256=%s">%s</a>' % (
+                WHEEL_NAME, hashlib.sha256(WHEEL).hexdigest(), WHEEL_NAME)
+            return self.reply(200, ("<html><body>%s</body></html>" % link).encode(), [("content-type", "text/html")])
+        if host.startswith("files.pythonhosted.org") and url.path == "/packages/" + WHEEL_NAME:
+            return self.reply(200, WHEEL, [("content-type", "application/octet-stream")])
         if url.path == "/redirect":
             return self.reply(302, b"", [("location", query["to"][0])])
         if url.path == "/bulk":

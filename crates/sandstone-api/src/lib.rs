@@ -67,6 +67,11 @@ pub struct SandboxConfig {
     /// absent means `block-all`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub network: Option<serde_json::Value>,
+    /// Sandstone extension: `false` gives the sandbox only loopback even
+    /// when the daemon networks sandboxes (the default); absent follows
+    /// the template (`"network_enabled"` in its `template.json`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network_enabled: Option<bool>,
     /// Sandstone extension: labels for the caller's bookkeeping (say, the
     /// agent session a sandbox serves), listed with the sandbox and
     /// filterable (`GET /sandboxes?metadata.<key>=<value>`).

@@ -10,6 +10,21 @@ pub struct Cidr {
 }
 
 impl Cidr {
+    /// The block of `prefix` bits around `net` (clamped to its family's
+    /// length).
+    pub fn new(net: IpAddr, prefix: u8) -> Cidr {
+        let max = if net.is_ipv4() { 32 } else { 128 };
+        Cidr {
+            net,
+            prefix: prefix.min(max),
+        }
+    }
+
+    /// Whether the two blocks share an address: one holds the other's base.
+    pub fn overlaps(&self, other: &Cidr) -> bool {
+        self.contains(other.net) || other.contains(self.net)
+    }
+
     pub fn contains(&self, ip: IpAddr) -> bool {
         let ip = match (self.net, ip) {
             // An IPv4-mapped IPv6 address is the IPv4 address it maps.

@@ -14,11 +14,14 @@ pub mod credentials;
 pub mod dns;
 pub mod drops;
 pub mod firewall;
+pub mod hint;
 pub mod intercept;
 pub mod policy;
+pub mod presets;
 pub mod proxy;
 pub mod relay;
 pub mod sniff;
 pub mod state;
 
 pub use policy::{AppProtocol, Connection, Decision, Mode, NetworkPolicy, OperatorRules};
+pub use presets::Preset;

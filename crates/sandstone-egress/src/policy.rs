@@ -4,6 +4,7 @@
 
 use crate::cidr::Cidr;
 use crate::credentials::{CredentialBinding, CredentialRule, Injection};
+use crate::presets::Preset;
 use serde::{Deserialize, Serialize};
 use std::net::IpAddr;
 
@@ -52,6 +53,17 @@ pub struct PortRange {
     pub protocol: Option<Transport>,
 }
 
+impl PortRange {
+    /// One TCP port.
+    pub fn tcp(port: u16) -> PortRange {
+        PortRange {
+            port,
+            end_port: None,
+            protocol: Some(Transport::Tcp),
+        }
+    }
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct TrafficRule {
@@ -67,6 +79,31 @@ pub struct TrafficRule {
     pub ports: Vec<PortRange>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub app_protocols: Vec<AppProtocol>,
+    /// Sandstone extension: a named list of domains and ports
+    /// ([`Preset`]) added to the rule's own; `policy get` shows the rule
+    /// expanded, with the preset's name kept.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub preset: Option<Preset>,
+}
+
+impl TrafficRule {
+    /// Adds the preset's domains (and its ports, when the rule names none)
+    /// to the rule. Idempotent, so an expanded policy read back and sent
+    /// again is unchanged.
+    fn expand_preset(&mut self) {
+        let Some(p) = self.preset else { return };
+        for d in p.domains() {
+            if !self.domains.iter().any(|have| have == d) {
+                self.domains.push((*d).to_string());
+            }
+        }
+        if self.ports.is_empty() {
+            self.ports = p.port_ranges();
+        }
+        if self.name.is_empty() {
+            self.name = p.name().to_string();
+        }
+    }
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
@@ -188,11 +225,22 @@ pub struct CompiledPolicy {
 }
 
 impl NetworkPolicy {
+    /// Replaces every rule's preset by what it stands for (see
+    /// [`TrafficRule::expand_preset`]).
+    pub fn expand_presets(&mut self) {
+        for r in &mut self.egress.traffic_rules {
+            r.expand_preset();
+        }
+    }
+
     /// Checks every field; the error names the first bad one
-    /// (`egress.trafficRules[2].cidrs[0]: …`).
+    /// (`egress.trafficRules[2].cidrs[0]: …`). Presets are expanded first:
+    /// a preset rule never matches "any destination".
     pub fn compile(&self) -> Result<CompiledPolicy, String> {
+        let mut expanded = self.clone();
+        expanded.expand_presets();
         let mut rules = Vec::new();
-        for (i, r) in self.egress.traffic_rules.iter().enumerate() {
+        for (i, r) in expanded.egress.traffic_rules.iter().enumerate() {
             let at = format!("egress.trafficRules[{i}]");
             if r.name.len() > 128 {
                 return Err(format!("{at}.name: at most 128 characters"));
@@ -230,7 +278,7 @@ impl NetworkPolicy {
         }
         crate::credentials::validate(&self.credential_bindings, &self.egress.credential_rules)?;
         Ok(CompiledPolicy {
-            policy: self.clone(),
+            policy: expanded,
             rules,
             injection: Injection {
                 bindings: self.credential_bindings.clone(),
@@ -473,6 +521,62 @@ mod tests {
         let d = p.decide(&op, &conn("10.99.0.7", 9000, None, AppProtocol::Other));
         assert_eq!((d.allowed, d.layer), (false, "mode"));
         assert!(d.reason("10.99.0.7:9000").contains("mode"));
+    }
+
+    #[test]
+    fn a_preset_allows_its_hosts_and_ports_only_and_composes_in_order() {
+        let p = policy(
+            r#"{"mode":"block-all","egress":{"trafficRules":[
+                {"name":"no-uploads","action":"deny","domains":["upload.pypi.org"]},
+                {"action":"allow","preset":"python"}
+            ]}}"#,
+        );
+        let op = OperatorRules::default();
+        let d = p.decide(
+            &op,
+            &conn(
+                "1.2.3.4",
+                443,
+                Some("files.pythonhosted.org"),
+                AppProtocol::Tls,
+            ),
+        );
+        assert_eq!((d.allowed, d.rule.as_deref()), (true, Some("python")));
+        assert!(p.decide_name(&op, "pypi.org").allowed);
+        // Its port list applies, other hosts stay denied by the mode, and
+        // an earlier rule still wins.
+        assert!(
+            !p.decide(
+                &op,
+                &conn("1.2.3.4", 80, Some("pypi.org"), AppProtocol::Http)
+            )
+            .allowed
+        );
+        assert!(
+            !p.decide(
+                &op,
+                &conn("1.2.3.4", 443, Some("example.com"), AppProtocol::Tls)
+            )
+            .allowed
+        );
+        let d = p.decide_name(&op, "upload.pypi.org");
+        assert_eq!((d.allowed, d.rule.as_deref()), (false, Some("no-uploads")));
+        // The compiled policy shows the expansion, and expanding it again
+        // changes nothing (a policy read back and sent again is the same).
+        let rule = &p.policy.egress.traffic_rules[1];
+        assert_eq!(rule.domains, ["pypi.org", "files.pythonhosted.org"]);
+        assert_eq!(rule.ports.len(), 1);
+        let again = p.policy.compile().unwrap();
+        assert_eq!(again.policy, p.policy);
+    }
+
+    #[test]
+    fn an_unknown_preset_is_refused_with_the_known_names() {
+        let v = serde_json::json!({"egress": {"trafficRules": [{"action": "allow", "preset": "pyhton"}]}});
+        let e = serde_json::from_value::<NetworkPolicy>(v)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("pyhton") && e.contains("python"), "{e}");
     }
 
     #[test]

@@ -7,6 +7,7 @@ mod initclient;
 mod lifecycle;
 mod limits;
 mod metrics;
+pub mod netpool;
 mod openapi;
 mod routes;
 

@@ -1,17 +1,71 @@
-//! The `debian` template: a bookworm minbase rootfs made by debootstrap,
-//! built in a temporary directory and renamed into place when complete.
+//! The debootstrapped templates: `debian`, a bookworm minbase rootfs, and
+//! `default`, the same with what agents reach for first. Each is built in a
+//! temporary directory and renamed into place when complete.
 
 use crate::{Error, Result, io};
 use std::io::BufRead;
 use std::path::Path;
 use std::process::{Command, Stdio};
 
-pub fn build(dir: &Path, mirror: Option<&str>, mut progress: impl FnMut(&str)) -> Result<()> {
+/// A template `sandstone setup` builds with debootstrap.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BuiltTemplate {
+    /// Python with pip, git, curl and CA certificates: a first sandbox
+    /// can fetch code and install packages (through an allowed preset).
+    Default,
+    /// bookworm minbase, nothing else.
+    Debian,
+}
+
+impl BuiltTemplate {
+    pub const ALL: [BuiltTemplate; 2] = [BuiltTemplate::Default, BuiltTemplate::Debian];
+
+    pub fn id(self) -> &'static str {
+        match self {
+            BuiltTemplate::Default => "default",
+            BuiltTemplate::Debian => "debian",
+        }
+    }
+
+    pub fn description(self) -> &'static str {
+        match self {
+            BuiltTemplate::Default => {
+                "Debian bookworm with python3, pip, git, curl and CA certificates"
+            }
+            BuiltTemplate::Debian => "Debian bookworm (debootstrap minbase)",
+        }
+    }
+
+    pub(crate) fn packages(self) -> &'static [&'static str] {
+        match self {
+            BuiltTemplate::Default => &[
+                "python3",
+                "python3-pip",
+                "python3-venv",
+                "git",
+                "curl",
+                "ca-certificates",
+            ],
+            BuiltTemplate::Debian => &[],
+        }
+    }
+}
+
+pub(crate) fn build(
+    dir: &Path,
+    packages: &[&str],
+    mirror: Option<&str>,
+    mut progress: impl FnMut(&str),
+) -> Result<()> {
     let tmp = dir.join(format!("rootfs.tmp-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&tmp);
     std::fs::create_dir_all(dir).map_err(io("create debian template dir"))?;
     let mut cmd = Command::new("debootstrap");
-    cmd.args(["--variant=minbase", "bookworm"]).arg(&tmp);
+    cmd.arg("--variant=minbase");
+    if !packages.is_empty() {
+        cmd.arg(format!("--include={}", packages.join(",")));
+    }
+    cmd.arg("bookworm").arg(&tmp);
     if let Some(m) = mirror {
         cmd.arg(m);
     }
@@ -43,8 +97,26 @@ pub fn build(dir: &Path, mirror: Option<&str>, mut progress: impl FnMut(&str)) -
             }
         }
     }
+    // The sandbox is the agent's own machine: `pip install` should work
+    // there as it does in a container, without --break-system-packages.
+    for marker in glob_externally_managed(&tmp) {
+        let _ = std::fs::remove_file(marker);
+    }
     std::fs::create_dir_all(tmp.join("workspace")).map_err(io("create /workspace"))?;
     let rootfs = dir.join("rootfs");
     let _ = std::fs::remove_dir_all(&rootfs);
     std::fs::rename(&tmp, &rootfs).map_err(io("install debian template"))
+}
+
+/// `usr/lib/python3.*/EXTERNALLY-MANAGED` (PEP 668) under `root`.
+fn glob_externally_managed(root: &Path) -> Vec<std::path::PathBuf> {
+    let Ok(entries) = std::fs::read_dir(root.join("usr/lib")) else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with("python3"))
+        .map(|e| e.path().join("EXTERNALLY-MANAGED"))
+        .filter(|p| p.exists())
+        .collect()
 }

@@ -59,16 +59,13 @@ pub fn ensure(dir: &Path) -> Result<Template> {
             });
         }
     }
-    Ok(Template {
-        id: "host".into(),
-        description: "read-only view of the host's system directories".into(),
-        lower: vec![rootfs],
+    Template::with_settings(
+        "host",
+        "read-only view of the host's system directories",
+        vec![rootfs],
         binds,
-        disk: crate::template_settings(dir)["disk"]
-            .as_str()
-            .map(str::to_string),
-        network: crate::template_settings(dir).get("network").cloned(),
-    })
+        dir,
+    )
 }
 
 /// Builds the skeleton in a temporary directory and renames it into place,

@@ -17,6 +17,7 @@ mod debian_template;
 mod host_template;
 pub mod pool;
 
+pub use debian_template::BuiltTemplate;
 pub use pool::{Driver, Pool};
 
 use sandstone_runtime::BindMount;
@@ -53,14 +54,52 @@ pub struct Template {
     /// network policy (`"network": {...}`) that claims merge over.
     pub disk: Option<String>,
     pub network: Option<serde_json::Value>,
+    /// `"network_enabled": false` in `template.json`: its sandboxes get
+    /// only loopback unless a claim asks otherwise.
+    pub network_enabled: bool,
 }
 
-/// A template's optional settings file.
-fn template_settings(dir: &Path) -> serde_json::Value {
-    std::fs::read_to_string(dir.join("template.json"))
-        .ok()
-        .and_then(|t| serde_json::from_str(&t).ok())
-        .unwrap_or_default()
+/// A template's optional settings file, `<templates>/<id>/template.json`.
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TemplateSettings {
+    #[serde(default)]
+    disk: Option<String>,
+    #[serde(default)]
+    network: Option<serde_json::Value>,
+    #[serde(default)]
+    network_enabled: Option<bool>,
+}
+
+impl Template {
+    /// A template whose defaults come from the settings file in `dir`; a
+    /// file that cannot be parsed is an error, never silently ignored.
+    fn with_settings(
+        id: &str,
+        description: &str,
+        lower: Vec<PathBuf>,
+        binds: Vec<BindMount>,
+        dir: &Path,
+    ) -> Result<Template> {
+        let file = dir.join("template.json");
+        let settings: TemplateSettings = match std::fs::read_to_string(&file) {
+            Ok(text) => serde_json::from_str(&text).map_err(|e| Error::Io {
+                what: format!("read {}", file.display()),
+                source: std::io::Error::new(std::io::ErrorKind::InvalidData, e),
+            })?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => TemplateSettings::default(),
+            Err(e) => return Err(io(format!("read {}", file.display()))(e)),
+        };
+        Ok(Template {
+            id: id.into(),
+            description: description.into(),
+            lower,
+            binds,
+            disk: settings.disk,
+            network: settings.network,
+            network_enabled: settings.network_enabled.unwrap_or(true),
+        })
+    }
 }
 
 /// Paths of one sandbox.
@@ -106,59 +145,68 @@ impl Storage {
         Ok(storage)
     }
 
-    fn debian_rootfs(&self) -> PathBuf {
-        self.root.join("templates/debian/rootfs")
+    fn built_rootfs(&self, t: BuiltTemplate) -> PathBuf {
+        self.root.join("templates").join(t.id()).join("rootfs")
     }
 
-    /// Whether the `debian` template has been built.
-    pub fn has_debian(&self) -> bool {
-        self.debian_rootfs().join("bin/bash").exists()
+    /// Whether a debootstrapped template has been built.
+    pub fn has_built(&self, t: BuiltTemplate) -> bool {
+        self.built_rootfs(t).join("bin/bash").exists()
     }
 
-    /// Builds the `debian` template with debootstrap (once; cached), calling
-    /// `progress` with each line debootstrap prints.
-    pub fn build_debian(&self, mirror: Option<&str>, progress: impl FnMut(&str)) -> Result<()> {
-        if self.has_debian() {
+    /// Builds a debootstrapped template (once; cached), calling `progress`
+    /// with each line debootstrap prints.
+    pub fn build_template(
+        &self,
+        t: BuiltTemplate,
+        mirror: Option<&str>,
+        progress: impl FnMut(&str),
+    ) -> Result<()> {
+        if self.has_built(t) {
             return Ok(());
         }
-        debian_template::build(&self.root.join("templates/debian"), mirror, progress)
+        debian_template::build(
+            &self.root.join("templates").join(t.id()),
+            t.packages(),
+            mirror,
+            progress,
+        )
     }
 
-    /// Templates available on this host (`host` always; `debian` once built).
+    /// Templates available on this host (`host` always; the debootstrapped
+    /// ones once built).
     pub fn templates(&self) -> Result<Vec<Template>> {
         let mut v = vec![host_template::ensure(&self.root.join("templates/host"))?];
-        if self.has_debian() {
-            v.push(Template {
-                id: "debian".into(),
-                description: "Debian bookworm (debootstrap minbase)".into(),
-                lower: vec![self.debian_rootfs()],
-                binds: vec![],
-                disk: template_settings(&self.root.join("templates/debian"))["disk"]
-                    .as_str()
-                    .map(str::to_string),
-                network: template_settings(&self.root.join("templates/debian"))
-                    .get("network")
-                    .cloned(),
-            });
+        for t in BuiltTemplate::ALL {
+            if self.has_built(t) {
+                v.push(Template::with_settings(
+                    t.id(),
+                    t.description(),
+                    vec![self.built_rootfs(t)],
+                    vec![],
+                    &self.root.join("templates").join(t.id()),
+                )?);
+            }
         }
         Ok(v)
     }
 
-    /// Resolves a template id; `default` is `debian` when built, else `host`.
+    /// Resolves a template id; `default` is the built `default` template,
+    /// else `debian` when built, else `host`.
     pub fn template(&self, id: &str) -> Result<Template> {
         let all = self.templates()?;
         let want = match id {
-            "default" | "" => {
-                if all.iter().any(|t| t.id == "debian") {
-                    "debian"
-                } else {
-                    "host"
-                }
-            }
+            "" => "default",
             other => other,
         };
+        let has = |id: &str| all.iter().any(|t| t.id == id);
+        let pick = match want {
+            "default" => ["default", "debian", "host"].into_iter().find(|f| has(f)),
+            other => has(other).then_some(other),
+        }
+        .map(str::to_string);
         all.into_iter()
-            .find(|t| t.id == want)
+            .find(|t| pick.as_deref() == Some(t.id.as_str()))
             .ok_or_else(|| Error::UnknownTemplate(id.to_string()))
     }
 

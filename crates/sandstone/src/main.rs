@@ -4,6 +4,7 @@
 mod agents_cmd;
 mod bench;
 mod bench_durable;
+mod policy_cmd;
 mod terminal;
 mod worker_cmd;
 
@@ -46,7 +47,8 @@ struct Cli {
 enum Cmd {
     /// Prepare the host: checks, data directory, `host` and `debian` templates.
     Setup {
-        /// Skip the `debian` template (debootstrap, about 90 s once).
+        /// Skip the `default` and `debian` templates (debootstrap, about
+        /// 90 s each, once).
         #[arg(long)]
         no_debian: bool,
         /// Debian mirror for debootstrap.
@@ -70,11 +72,14 @@ enum Cmd {
         /// Sandboxes kept ready per template, so a claim is a handoff.
         #[arg(long, env = "SANDSTONE_WARM_POOL", default_value_t = 2)]
         warm_pool: usize,
-        /// Give sandboxes a network interface behind the host firewall,
-        /// with subnets from this private IPv4 pool (e.g. 10.200.0.0/14).
-        /// Without it a sandbox has only loopback.
+        /// The private IPv4 pool sandboxes' subnets come from (e.g.
+        /// 10.200.0.0/14). Default: the one `sandstone setup` chose and
+        /// recorded in the data directory (chosen now if there is none).
         #[arg(long, env = "SANDSTONE_EGRESS_POOL")]
         egress_pool: Option<String>,
+        /// Give sandboxes only loopback (no interface, no egress proxy).
+        #[arg(long, env = "SANDSTONE_NO_NETWORK", conflicts_with = "egress_pool")]
+        no_network: bool,
         /// Resolver (ip:port) the policy DNS forwards allowed names to
         /// (default: the host's first nameserver).
         #[arg(long, env = "SANDSTONE_DNS_UPSTREAM")]
@@ -120,6 +125,17 @@ enum Cmd {
         /// Start from this snapshot's files.
         #[arg(long)]
         snapshot: Option<String>,
+        /// Let the sandbox reach a preset (python, node, rust, go, debian,
+        /// github, anthropic), a domain or a CIDR (optional `:port`); the
+        /// rest stays denied. Repeatable.
+        #[arg(long)]
+        allow: Vec<String>,
+        /// Deny a domain or CIDR (checked before the allows); repeatable.
+        #[arg(long)]
+        deny: Vec<String>,
+        /// Only loopback: no network interface at all.
+        #[arg(long, conflicts_with_all = ["allow", "deny"])]
+        no_network: bool,
     },
     /// Pause sandboxes (processes end, files stay).
     Pause {
@@ -143,7 +159,7 @@ enum Cmd {
     /// A sandbox's network policy.
     Policy {
         #[command(subcommand)]
-        cmd: PolicyCmd,
+        cmd: policy_cmd::PolicyCmd,
     },
     /// Managed Agents environments and their keys.
     Env {
@@ -249,28 +265,6 @@ enum CredCmd {
     Rm {
         #[arg(required = true)]
         names: Vec<String>,
-    },
-}
-
-#[derive(Subcommand)]
-enum PolicyCmd {
-    /// Print the policy (JSON).
-    Get { id: String },
-    /// Replace the policy: from a JSON file, or built from flags
-    /// (`--allow api.github.com --allow '*.pypi.org' --allow 10.0.0.0/8`).
-    Set {
-        id: String,
-        #[arg(long, conflicts_with_all = ["allow", "deny", "mode"])]
-        file: Option<PathBuf>,
-        /// allow-all or block-all (default block-all).
-        #[arg(long)]
-        mode: Option<String>,
-        /// A domain (`*.` wildcards) or CIDR to allow; repeatable.
-        #[arg(long)]
-        allow: Vec<String>,
-        /// A domain or CIDR to deny (checked before the allows); repeatable.
-        #[arg(long)]
-        deny: Vec<String>,
     },
 }
 
@@ -381,6 +375,7 @@ async fn run(cli: Cli) -> Result<()> {
             pool,
             warm_pool,
             egress_pool,
+            no_network,
             dns_upstream,
             audit_retention_days,
             egress_config,
@@ -407,7 +402,16 @@ async fn run(cli: Cli) -> Result<()> {
                     PoolArg::Dir => sandstone_storage::Driver::Dir,
                 }),
                 warm_pool: *warm_pool,
-                egress_pool: egress_pool.clone(),
+                egress_pool: match (no_network, egress_pool) {
+                    (true, _) => None,
+                    (false, Some(pool)) => Some(pool.clone()),
+                    (false, None) => {
+                        std::fs::create_dir_all(&cli.data_dir)?;
+                        Some(sandstone_server::netpool::recorded_or_choose(
+                            &cli.data_dir,
+                        )?)
+                    }
+                },
                 dns_upstream: *dns_upstream,
                 audit_retention: std::time::Duration::from_secs(
                     audit_retention_days.saturating_mul(86_400),
@@ -429,7 +433,13 @@ async fn run(cli: Cli) -> Result<()> {
             disk,
             ttl,
             snapshot,
+            allow,
+            deny,
+            no_network,
         } => {
+            let network = (!allow.is_empty() || !deny.is_empty())
+                .then(|| policy_cmd::policy_from_flags(None, allow, deny))
+                .transpose()?;
             let config = sandstone_api::SandboxConfig {
                 resources: Some(sandstone_api::Resources {
                     memory: memory.clone(),
@@ -438,6 +448,8 @@ async fn run(cli: Cli) -> Result<()> {
                     disk: disk.clone(),
                 }),
                 ttl: *ttl,
+                network,
+                network_enabled: no_network.then_some(false),
                 ..Default::default()
             };
             let c = client(&cli)?
@@ -506,7 +518,7 @@ async fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Cmd::Snapshot { cmd } => snapshot_cmd(&cli, cmd).await,
-        Cmd::Policy { cmd } => policy_cmd(&cli, cmd).await,
+        Cmd::Policy { cmd } => policy_cmd::run(&cli, cmd).await,
         Cmd::Cred { cmd } => cred_cmd(&cli, cmd).await,
         Cmd::Env { cmd } => agents_cmd::env(&client(&cli)?, cmd).await,
         Cmd::Agent { cmd } => agents_cmd::agent(&client(&cli)?, cmd).await,
@@ -515,7 +527,7 @@ async fn run(cli: Cli) -> Result<()> {
             init_logging(matches!(cmd.log_format(), worker_cmd::LogFormat::Json));
             worker_cmd::run(cmd, &cli.url, || admin_token(&cli)).await
         }
-        Cmd::Audit { id, follow, denied } => audit(&cli, id, *follow, *denied).await,
+        Cmd::Audit { id, follow, denied } => policy_cmd::audit(&cli, id, *follow, *denied).await,
         Cmd::Inspect { id } => print_json(&client(&cli)?.get(id).await?),
         Cmd::Exec {
             id,
@@ -661,84 +673,6 @@ async fn cred_cmd(cli: &Cli, cmd: &CredCmd) -> Result<()> {
     }
 }
 
-/// A traffic rule for one `--allow`/`--deny` value (CIDR or domain).
-fn flag_rule(action: &str, n: usize, target: &str) -> serde_json::Value {
-    let is_cidr = target
-        .split('/')
-        .next()
-        .is_some_and(|a| a.parse::<std::net::IpAddr>().is_ok());
-    let key = if is_cidr { "cidrs" } else { "domains" };
-    serde_json::json!({"name": format!("{action}-{n}"), "action": action, key: [target]})
-}
-
-async fn policy_cmd(cli: &Cli, cmd: &PolicyCmd) -> Result<()> {
-    let c = client(cli)?;
-    match cmd {
-        PolicyCmd::Get { id } => print_json(&c.network(id).await?),
-        PolicyCmd::Set {
-            id,
-            file,
-            mode,
-            allow,
-            deny,
-        } => {
-            let policy = match file {
-                Some(f) => serde_json::from_slice(
-                    &std::fs::read(f).with_context(|| format!("read {}", f.display()))?,
-                )
-                .with_context(|| format!("{} is not JSON", f.display()))?,
-                None => {
-                    let rules: Vec<_> = deny
-                        .iter()
-                        .enumerate()
-                        .map(|(i, t)| flag_rule("deny", i, t))
-                        .chain(
-                            allow
-                                .iter()
-                                .enumerate()
-                                .map(|(i, t)| flag_rule("allow", i, t)),
-                        )
-                        .collect();
-                    serde_json::json!({"mode": mode.as_deref().unwrap_or("block-all"), "egress": {"trafficRules": rules}})
-                }
-            };
-            print_json(&c.set_network(id, policy).await?)
-        }
-    }
-}
-
-async fn audit(cli: &Cli, id: &str, follow: bool, denied: bool) -> Result<()> {
-    let c = client(cli)?;
-    let mut after = 0;
-    loop {
-        let page = c.events(id, after, denied).await?;
-        for e in page["events"].as_array().into_iter().flatten() {
-            after = e["seq"].as_i64().unwrap_or(after);
-            if cli.json {
-                println!("{e}");
-                continue;
-            }
-            let dest = e["dest_name"]
-                .as_str()
-                .or(e["dest_ip"].as_str())
-                .unwrap_or("?");
-            println!(
-                "{:<6} {:<5} {:<10} {}:{}  {}",
-                e["decision"].as_str().unwrap_or(""),
-                e["protocol"].as_str().unwrap_or(""),
-                e["kind"].as_str().unwrap_or(""),
-                dest,
-                e["dest_port"],
-                e["reason"].as_str().unwrap_or("")
-            );
-        }
-        if !follow {
-            return Ok(());
-        }
-        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
-    }
-}
-
 fn human_bytes(b: u64) -> String {
     const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
     let mut v = b as f64;
@@ -795,7 +729,11 @@ async fn copy(c: &Client, from: &str, to: &str) -> Result<()> {
 }
 
 fn setup(data_dir: &Path, debian: bool, mirror: Option<&str>, pool: Option<u64>) -> Result<()> {
-    let total = if debian { 4 } else { 3 };
+    let total = if debian {
+        3 + sandstone_storage::BuiltTemplate::ALL.len()
+    } else {
+        3
+    };
     let step = |n: u32, what: &str| eprintln!("[{n}/{total}] {what}");
     step(1, "checking the kernel (user namespaces, overlay)");
     if !Path::new("/proc/self/ns/user").exists() {
@@ -819,24 +757,34 @@ fn setup(data_dir: &Path, debian: bool, mirror: Option<&str>, pool: Option<u64>)
         storage.pool.driver.name(),
         storage.pool.root.display()
     );
+    eprintln!(
+        "      sandbox networks: {} (default-deny egress; `serve --no-network` turns it off)",
+        sandstone_server::netpool::recorded_or_choose(data_dir)?
+    );
     step(3, "building the host template");
     storage.templates()?;
     if debian {
-        if storage.has_debian() {
-            step(4, "debian template: already built");
-        } else {
+        for (n, t) in (4..).zip(sandstone_storage::BuiltTemplate::ALL) {
+            if storage.has_built(t) {
+                step(n, &format!("{} template: already built", t.id()));
+                continue;
+            }
             step(
-                4,
-                "building the debian template (debootstrap bookworm minbase)",
+                n,
+                &format!(
+                    "building the {} template ({}; debootstrap, about 90 s)",
+                    t.id(),
+                    t.description()
+                ),
             );
             ensure_package("debootstrap", "debootstrap")?;
             let started = std::time::Instant::now();
-            let mut n = 0;
-            storage.build_debian(mirror, |line| {
-                n += 1;
+            let mut lines = 0;
+            storage.build_template(t, mirror, |line| {
+                lines += 1;
                 eprint!(
                     "\r      {:>4} steps, {:>3} s  {:<60.60}",
-                    n,
+                    lines,
                     started.elapsed().as_secs(),
                     line
                 );

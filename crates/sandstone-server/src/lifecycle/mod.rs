@@ -7,7 +7,7 @@
 //! the next start. A create that fails part-way undoes every step.
 
 mod expiry;
-mod network;
+pub(crate) mod network;
 mod recovery;
 mod snapshots;
 mod warm;
@@ -214,6 +214,11 @@ impl Lifecycle {
         policy_of(&self.template(&row.template)?, &config_of(row))
     }
 
+    /// The operator's egress rules (none without networking).
+    pub fn operator_rules(&self) -> Option<&sandstone_egress::OperatorRules> {
+        self.network.as_ref().map(|n| &n.egress.operator)
+    }
+
     /// Egress counters for /metrics (empty without networking).
     pub fn egress_metrics(&self) -> String {
         self.network
@@ -277,6 +282,13 @@ impl Lifecycle {
         Ok(slot)
     }
 
+    /// The daemon's networking, when this sandbox takes part: the claim's
+    /// `network_enabled` wins over the template's.
+    fn network_for(&self, template: &Template, config: &SandboxConfig) -> Option<&Network> {
+        let wanted = config.network_enabled.unwrap_or(template.network_enabled);
+        self.network.as_ref().filter(|_| wanted)
+    }
+
     /// Slots there are: uid ranges, and sandbox subnets when networked.
     fn max_slots(&self) -> i64 {
         match &self.network {
@@ -322,9 +334,12 @@ impl Lifecycle {
         let limits: Limits = limits::limits(config.resources.as_ref())?;
         let paths = self.storage.paths(id);
         let cgroup = self.cgroups.create(id, &limits).map_err(internal)?;
+        let network = self.network_for(template, config);
         let started = async {
-            let pid = self.spawn_init(id, template, &paths, &cgroup, slot).await?;
-            if let Some(n) = &self.network {
+            let pid = self
+                .spawn_init(id, template, &paths, &cgroup, slot, network)
+                .await?;
+            if let Some(n) = network {
                 n.register(slot, id, &policy_of(template, config)?)?;
             }
             Ok(pid)
@@ -351,6 +366,7 @@ impl Lifecycle {
         paths: &SandboxPaths,
         cgroup: &Cgroup,
         slot: i64,
+        network: Option<&Network>,
     ) -> ApiResult<i32> {
         fault::check("create.after_cgroup").map_err(internal)?;
         std::fs::create_dir_all(&paths.rootfs).map_err(internal)?;
@@ -364,22 +380,15 @@ impl Lifecycle {
                 .binds
                 .iter()
                 .cloned()
-                .chain(self.network.as_ref().map(|n| n.trust_bind()))
+                .chain(network.map(|n| n.trust_bind()))
                 .collect(),
             id_base: ID_BASE + slot as u32 * ID_COUNT,
             id_count: ID_COUNT,
             cgroup_procs: cgroup.procs_files(),
             socket: paths.socket.clone(),
             log: paths.log.clone(),
-            net: match &self.network {
-                Some(n) => Some(n.spec(slot)?),
-                None => None,
-            },
-            env: self
-                .network
-                .as_ref()
-                .map(|n| n.trust_env())
-                .unwrap_or_default(),
+            net: network.map(|n| n.spec(slot)).transpose()?,
+            env: network.map(|n| n.trust_env()).unwrap_or_default(),
         };
         let init_bin = self.init_bin.clone();
         let launched =
@@ -446,7 +455,12 @@ impl Lifecycle {
         let template = self.template(&template_id)?;
         policy_of(&template, &config)?;
         let disk = limits::disk(config.resources.as_ref(), template.disk.as_deref())?;
+        // Warm members are made with the template's settings: a claim that
+        // turns networking off (or on) against them takes the cold path.
         if snapshot.is_none()
+            && config
+                .network_enabled
+                .is_none_or(|on| on == template.network_enabled)
             && let Some(member) = self.take_warm(&template.id)
         {
             return self.hand_off(member, &template, config, disk).await;
@@ -523,7 +537,7 @@ impl Lifecycle {
         self.cgroups
             .apply(&m.runtime.cgroup, &limits)
             .map_err(internal)?;
-        if let Some(n) = &self.network {
+        if let Some(n) = self.network_for(template, &config) {
             n.register(m.slot, &m.id, &policy_of(template, &config)?)?;
         }
         self.storage.set_disk_limit(&m.id, disk).map_err(internal)?;

@@ -29,7 +29,7 @@ pub struct Network {
 
 /// The host's own addresses (the pool must not overlap them; sandboxes
 /// must not reach them).
-fn host_addresses() -> Vec<IpAddr> {
+pub(crate) fn host_addresses() -> Vec<IpAddr> {
     let mut out = Vec::new();
     let mut ifa: *mut libc::ifaddrs = std::ptr::null_mut();
     if unsafe { libc::getifaddrs(&mut ifa) } != 0 {
@@ -118,8 +118,10 @@ pub fn policy_of(
     ))
 }
 
+/// Parses and checks a policy; presets come back expanded, so what the API
+/// shows is what is enforced.
 pub fn parse_policy(v: serde_json::Value, field: &str) -> ApiResult<NetworkPolicy> {
-    let p: NetworkPolicy = serde_path_to_error::deserialize(v).map_err(|e| {
+    let mut p: NetworkPolicy = serde_path_to_error::deserialize(v).map_err(|e| {
         ApiError::bad_request(format!(
             "invalid field `{field}.{}`: {}",
             e.path(),
@@ -128,6 +130,7 @@ pub fn parse_policy(v: serde_json::Value, field: &str) -> ApiResult<NetworkPolic
     })?;
     p.compile()
         .map_err(|e| ApiError::bad_request(format!("invalid field `{field}.{e}")))?;
+    p.expand_presets();
     Ok(p)
 }
 

@@ -46,6 +46,10 @@ pub struct Daemon {
     pub warm_pool: usize,
     /// Extra `sandstone serve` arguments for the next [`Daemon::spawn`].
     pub serve_args: Vec<String>,
+    /// Whether sandboxes get the default networking (the pool recorded in
+    /// the data directory). Off unless a test asks: concurrent tests must
+    /// not share a pool, so networked tests name theirs.
+    pub default_network: bool,
     /// `SANDSTONE_LOG` for the next [`Daemon::spawn`]; the daemon's log
     /// goes to `<data>/daemon.log`.
     pub log_level: String,
@@ -113,6 +117,7 @@ impl Daemon {
             crash_at: String::new(),
             warm_pool: 0,
             serve_args: Vec::new(),
+            default_network: false,
             log_level: "warn".into(),
             child: None,
             url: format!("http://127.0.0.1:{port}"),
@@ -137,7 +142,12 @@ impl Daemon {
             .env("SANDSTONE_CRASH", &self.crash_at)
             .env("SANDSTONE_WARM_POOL", self.warm_pool.to_string())
             .env_remove("SANDSTONE_EGRESS_POOL")
+            .env_remove("SANDSTONE_NO_NETWORK")
             .args(&self.serve_args)
+            .args(
+                (!self.default_network && !self.serve_args.iter().any(|a| a == "--egress-pool"))
+                    .then_some("--no-network"),
+            )
             .env("SANDSTONE_LOG", &self.log_level)
             .stderr(Stdio::from(
                 std::fs::OpenOptions::new()
