@@ -86,12 +86,15 @@ pub struct Common {
     #[arg(long, default_value = "default")]
     template: String,
     /// A network policy file (Sandbox0's `SandboxNetworkPolicy` JSON) for new
-    /// session sandboxes. Default: `block-all` plus `--allow-domain`s.
+    /// session sandboxes (presets allowed). Default: `block-all` plus the
+    /// `--allow`s.
     #[arg(long)]
     policy: Option<PathBuf>,
-    /// A domain session sandboxes may reach (with the default policy).
-    #[arg(long = "allow-domain", value_name = "DOMAIN")]
-    allow_domains: Vec<String>,
+    /// A preset (python, node, rust, go, debian, github, anthropic), domain
+    /// or CIDR, optional `:port`, session sandboxes may reach (with the
+    /// default policy); repeatable.
+    #[arg(long = "allow", visible_alias = "allow-domain", value_name = "TARGET")]
+    allow: Vec<String>,
     /// Serve a custom tool with a command on this host: stdin gets
     /// `{"name","input","session_id","tool_use_id"}`, stdout is the result.
     #[arg(long = "custom-tool", value_name = "NAME=COMMAND")]
@@ -158,14 +161,10 @@ impl Common {
                 .with_context(|| format!("{} is not JSON", p.display()))?;
             return Ok(Some(v));
         }
-        if self.allow_domains.is_empty() {
+        if self.allow.is_empty() {
             return Ok(None);
         }
-        Ok(Some(
-            serde_json::json!({"mode": "block-all", "egress": {"trafficRules": [
-                {"name": "worker-allowlist", "action": "allow", "domains": self.allow_domains}
-            ]}}),
-        ))
+        crate::policy_cmd::policy_from_flags(None, &self.allow, &[]).map(Some)
     }
 
     fn custom_tools(&self) -> Result<BTreeMap<String, Vec<String>>> {
