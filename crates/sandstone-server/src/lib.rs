@@ -67,22 +67,17 @@ const MAX_JSON_BODY: usize = 4 << 20;
 pub const ADMIN_TOKEN_FILE: &str = "admin.token";
 
 async fn auth(State(st): State<AppState>, req: Request, next: Next) -> Response {
-    let token = req
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .or_else(|| req.headers().get("x-api-key").and_then(|v| v.to_str().ok()))
-        .map(str::trim)
-        .unwrap_or("");
-    if token.is_empty() {
+    let headers = req.headers();
+    let value = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    let Some(token) = sandstone_api::auth::api_key(value("authorization"), value("x-api-key"))
+    else {
         return ApiError::new(
             StatusCode::UNAUTHORIZED,
             "unauthorized",
             "missing bearer token",
         )
         .into_response();
-    }
+    };
     match st.lifecycle.store.check_api_key(token).await {
         Ok(Some(_)) => next.run(req).await,
         Ok(None) => ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", "invalid API key")

@@ -227,3 +227,36 @@ async fn sandboxes_cannot_see_or_signal_each_other() {
         "B killed A's process"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_bearer_scheme_is_accepted_in_any_case() {
+    let d = Daemon::start().await;
+    for scheme in ["bearer", "BEARER", "Bearer"] {
+        let auth = format!("{scheme} {}", d.token);
+        let r = d
+            .http
+            .get(format!("{}/api/v1/sandboxes", d.url))
+            .header("authorization", &auth)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "sandbox API with {scheme:?}");
+        let r = d
+            .http
+            .get(format!("{}/v1/agents", d.url))
+            .header("authorization", &auth)
+            .header("anthropic-beta", common::agents::BETA)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "agents API with {scheme:?}");
+    }
+    let r = d
+        .http
+        .get(format!("{}/api/v1/sandboxes", d.url))
+        .header("authorization", "bearer wrong")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+}
