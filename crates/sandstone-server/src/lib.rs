@@ -190,11 +190,12 @@ pub fn router(st: AppState) -> Router {
                 )
                 .layer(DefaultBodyLimit::max(MAX_FILE_BODY)),
         )
+        // Its egress counters are labelled with sandbox ids.
+        .route("/metrics", get(metrics_page))
         .route_layer(middleware::from_fn_with_state(st.clone(), auth));
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(|| async { "ready" }))
-        .route("/metrics", get(metrics_page))
         .route(
             "/openapi.json",
             get(|| async { axum::Json(openapi::document()) }),

@@ -229,6 +229,31 @@ async fn sandboxes_cannot_see_or_signal_each_other() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn metrics_need_the_api_key_and_open_routes_name_no_sandbox() {
+    let d = Daemon::start().await;
+    let id = d.create(json!({})).await;
+    let anonymous = |path: &str| {
+        let url = format!("{}{path}", d.url);
+        async move {
+            let r = reqwest::get(url).await.unwrap();
+            (r.status().as_u16(), r.text().await.unwrap())
+        }
+    };
+    let (s, body) = anonymous("/metrics").await;
+    assert_eq!(s, 401, "{body}");
+    assert!(!body.contains(&id));
+    for path in ["/healthz", "/readyz", "/openapi.json", "/nope"] {
+        let (_, body) = anonymous(path).await;
+        assert!(!body.contains(&id), "{path} names a sandbox: {body}");
+    }
+    let m = d.metrics().await;
+    assert!(
+        m.contains("sandstone_sandboxes{state=\"running\"} 1"),
+        "{m}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn the_bearer_scheme_is_accepted_in_any_case() {
     let d = Daemon::start().await;
     for scheme in ["bearer", "BEARER", "Bearer"] {

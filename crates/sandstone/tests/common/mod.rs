@@ -249,6 +249,7 @@ impl Daemon {
     pub async fn metrics(&self) -> String {
         self.http
             .get(format!("{}/metrics", self.url))
+            .bearer_auth(&self.token)
             .send()
             .await
             .unwrap()
