@@ -229,6 +229,38 @@ async fn sandboxes_cannot_see_or_signal_each_other() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn vsock_and_io_uring_are_refused() {
+    let d = Daemon::start().await;
+    let id = d.create(json!({})).await;
+    let code = r#"
+import ctypes, errno, os, socket
+try:
+    socket.socket(socket.AF_VSOCK, socket.SOCK_STREAM); print('vsock ok')
+except OSError as e: print('vsock', errno.errorcode[e.errno])
+libc = ctypes.CDLL(None, use_errno=True)
+params = ctypes.create_string_buffer(120)
+for nr, name in [(425, 'io_uring_setup'), (426, 'io_uring_enter'), (427, 'io_uring_register')]:
+    args = (8, params) if nr == 425 else (0, 0, 0, 0)
+    r = libc.syscall(nr, *args)
+    print(name, 'ok' if r >= 0 else errno.errorcode[ctypes.get_errno()])
+"#;
+    let r = py(&d, &id, code).await;
+    let out = r["stdout"].as_str().unwrap();
+    for line in [
+        "vsock EAFNOSUPPORT",
+        "io_uring_setup EPERM",
+        "io_uring_enter EPERM",
+        "io_uring_register EPERM",
+    ] {
+        assert!(
+            out.contains(line),
+            "missing {line:?} in:\n{out}\n{}",
+            r["stderr"]
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn metrics_need_the_api_key_and_open_routes_name_no_sandbox() {
     let d = Daemon::start().await;
     let id = d.create(json!({})).await;
