@@ -317,3 +317,81 @@ async fn the_bearer_scheme_is_accepted_in_any_case() {
         .unwrap();
     assert_eq!(r.status(), 401);
 }
+
+/// Mount options of the mount at `at` (the topmost one).
+fn mount_options(at: &std::path::Path) -> Option<String> {
+    let want = at.display().to_string();
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap()
+        .lines()
+        .rev()
+        .find_map(|l| {
+            let f: Vec<&str> = l.split(' ').collect();
+            (f.get(4) == Some(&want.as_str())).then(|| f[5].to_string())
+        })
+}
+
+fn assert_nosuid_nodev(at: &std::path::Path, when: &str) {
+    let opts =
+        mount_options(at).unwrap_or_else(|| panic!("{} is not mounted {when}", at.display()));
+    let opts: Vec<&str> = opts.split(',').collect();
+    assert!(
+        opts.contains(&"nosuid") && opts.contains(&"nodev"),
+        "pool mounted {opts:?} {when}"
+    );
+}
+
+/// A setuid file or device node made inside a sandbox is stored as host
+/// root's: the pool must never honour either.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_pool_is_mounted_nosuid_nodev() {
+    let mut d = Daemon::start().await;
+    let pool = d.data.path().join("pool");
+    assert_nosuid_nodev(&pool, "after setup and serve");
+    // Re-attached after a reboot (not mounted), and fixed when something
+    // else mounted it without the options.
+    d.kill();
+    assert!(
+        std::process::Command::new("umount")
+            .arg(&pool)
+            .status()
+            .unwrap()
+            .success()
+    );
+    d.spawn().await;
+    assert_nosuid_nodev(&pool, "after re-attaching");
+    d.kill();
+    assert!(
+        std::process::Command::new("umount")
+            .arg(&pool)
+            .status()
+            .unwrap()
+            .success()
+    );
+    let img = d.data.path().join("pool.img");
+    assert!(
+        std::process::Command::new("mount")
+            .args(["-o", "loop"])
+            .arg(&img)
+            .arg(&pool)
+            .status()
+            .unwrap()
+            .success()
+    );
+    d.spawn().await;
+    assert_nosuid_nodev(&pool, "after a plain mount by someone else");
+    let id = d.create(json!({})).await;
+    assert_eq!(
+        d.sh(&id, "echo ok > /workspace/x && cat /workspace/x")
+            .await["stdout"],
+        "ok\n"
+    );
+    // The plain-directory pool lives on the host's filesystem: its volume
+    // directories are bound onto themselves with the options.
+    let d = Daemon::start_dir().await;
+    for dir in ["sandboxes", "snapshots"] {
+        assert_nosuid_nodev(&d.data.path().join(dir), "with the dir pool");
+    }
+    let id = d.create(json!({})).await;
+    assert_eq!(d.sh(&id, "echo ok").await["stdout"], "ok\n");
+}

@@ -325,9 +325,16 @@ impl Drop for Daemon {
             }
         }
         self.stop();
-        let pool = self.data.path().join("pool");
-        if pool.exists() {
-            let _ = Command::new("umount").arg("-l").arg(&pool).status();
+        // The btrfs pool, or the dir pool's nosuid,nodev bind mounts.
+        for mount in ["sandboxes", "snapshots", "pool"] {
+            let at = self.data.path().join(mount);
+            if at.exists() {
+                let _ = Command::new("umount")
+                    .arg("-l")
+                    .arg(&at)
+                    .stderr(Stdio::null())
+                    .status();
+            }
         }
     }
 }
