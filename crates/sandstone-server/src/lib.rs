@@ -235,11 +235,10 @@ async fn ensure_admin_token(store: &dyn Store, data_dir: &std::path::Path) -> an
 /// the daemon stops; the next start re-adopts them.
 pub async fn run(config: Config) -> anyhow::Result<()> {
     raise_fd_limit();
-    std::fs::create_dir_all(&config.data_dir)?;
-    std::fs::set_permissions(
-        &config.data_dir,
-        std::os::unix::fs::PermissionsExt::from_mode(0o711),
-    )?;
+    for t in sandstone_storage::secure_data_dir(&config.data_dir)? {
+        tracing::warn!(path = %t.path.display(), from = format!("{:o}", t.from), to = format!("{:o}", t.to),
+            "tightened a mode in the data directory: other users could read it");
+    }
     if !config.init_bin.is_file() {
         anyhow::bail!(
             "sandstone-init not found at {} (set SANDSTONE_INIT)",

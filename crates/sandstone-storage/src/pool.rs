@@ -121,6 +121,12 @@ impl Pool {
                 }
                 // Mounted by hand or by an older version: fix its options.
                 nosuid_nodev(&mount, false)?;
+                // mkfs makes the root 0755; it is the data dir's, and as private.
+                std::fs::set_permissions(
+                    &mount,
+                    std::os::unix::fs::PermissionsExt::from_mode(0o700),
+                )
+                .map_err(io("chmod the pool"))?;
                 Pool {
                     driver: Driver::Btrfs,
                     root: mount,
@@ -158,7 +164,16 @@ impl Pool {
         let image = data_dir.join(IMAGE);
         if !image.exists() {
             let tmp = data_dir.join(format!("{IMAGE}.tmp"));
-            let f = std::fs::File::create(&tmp).map_err(io("create pool image"))?;
+            // Every sandbox's files are in it: host root's alone from the start.
+            let f = std::os::unix::fs::OpenOptionsExt::mode(
+                std::fs::OpenOptions::new()
+                    .write(true)
+                    .create(true)
+                    .truncate(true),
+                0o600,
+            )
+            .open(&tmp)
+            .map_err(io("create pool image"))?;
             f.set_len(size).map_err(io("size pool image"))?;
             drop(f);
             run(

@@ -228,6 +228,111 @@ async fn sandboxes_cannot_see_or_signal_each_other() {
     );
 }
 
+fn mode_of(p: &std::path::Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(p)
+        .unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+        .permissions()
+        .mode()
+        & 0o7777
+}
+
+fn chmod(p: &std::path::Path, mode: u32) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).unwrap();
+}
+
+/// The data dir holds the database (claims' `env_vars`, sessions, audit),
+/// the keys and the raw pool image: no other local user may read any of it.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_data_dir_is_private_and_loose_modes_are_fixed_at_start() {
+    let mut d = Daemon::start().await;
+    let dir = d.data.path().to_path_buf();
+    let id = d.create(json!({"env_vars": {"SECRET": "hunter2"}})).await;
+    assert_eq!(d.sh(&id, "echo $SECRET").await["stdout"], "hunter2\n");
+    let private = [
+        "sandstone.db",
+        "sandstone.db-wal",
+        "sandstone.db-shm",
+        "pool.img",
+        "admin.token",
+        "secret.key",
+    ];
+    assert_eq!(mode_of(&dir), 0o700, "data dir");
+    for f in private {
+        assert_eq!(mode_of(&dir.join(f)), 0o600, "{f}");
+    }
+    let log = std::fs::read_to_string(dir.join("daemon.log")).unwrap();
+    assert!(!log.contains("tightened"), "made loose, then fixed:\n{log}");
+    // Created that way by `setup` alone too, on a fresh directory.
+    let fresh = tempfile::tempdir_in("/var/tmp").unwrap();
+    let fresh_dir = fresh.path().join("data");
+    let out = std::process::Command::new(common::sandstone_bin())
+        .args(["setup", "--no-debian", "--no-pool", "--data-dir"])
+        .arg(&fresh_dir)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", common::text(&out.stderr));
+    assert_eq!(mode_of(&fresh_dir), 0o700);
+    assert!(
+        !common::text(&out.stderr).contains("tightened"),
+        "a fresh data dir needs no fixing: {}",
+        common::text(&out.stderr)
+    );
+
+    // Modes loosened behind the daemon's back are tightened at the next
+    // start of `setup` and of `serve`, each fix logged with its path.
+    d.kill();
+    let loosen = || {
+        chmod(&dir, 0o755);
+        for f in [
+            "sandstone.db",
+            "sandstone.db-wal",
+            "pool.img",
+            "admin.token",
+        ] {
+            chmod(&dir.join(f), 0o644);
+        }
+        std::fs::write(dir.join("notes.log"), "x").unwrap();
+        chmod(&dir.join("notes.log"), 0o664);
+    };
+    loosen();
+    let out = std::process::Command::new(common::sandstone_bin())
+        .args(["setup", "--no-debian", "--pool-gib", "4", "--data-dir"])
+        .arg(&dir)
+        .output()
+        .unwrap();
+    let said = common::text(&out.stderr);
+    assert!(out.status.success(), "{said}");
+    assert_eq!(mode_of(&dir), 0o700);
+    assert!(
+        said.contains(&dir.join("pool.img").display().to_string()),
+        "{said}"
+    );
+    loosen();
+    d.spawn().await;
+    assert_eq!(mode_of(&dir), 0o700, "data dir");
+    for f in [
+        "sandstone.db",
+        "sandstone.db-wal",
+        "sandstone.db-shm",
+        "pool.img",
+        "admin.token",
+        "notes.log",
+    ] {
+        assert_eq!(mode_of(&dir.join(f)), 0o600, "{f}");
+    }
+    let log = std::fs::read_to_string(dir.join("daemon.log")).unwrap();
+    for f in ["sandstone.db", "pool.img", "notes.log"] {
+        let path = dir.join(f).display().to_string();
+        assert!(
+            log.lines().any(|l| l.contains("WARN") && l.contains(&path)),
+            "no warning names {path}:\n{log}"
+        );
+    }
+    assert_eq!(d.sh(&id, "echo $SECRET").await["stdout"], "hunter2\n");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn vsock_and_io_uring_are_refused() {
     let d = Daemon::start().await;

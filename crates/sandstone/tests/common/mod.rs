@@ -140,11 +140,12 @@ impl Daemon {
             .args(&self.serve_args)
             .env("SANDSTONE_LOG", &self.log_level)
             .stderr(Stdio::from(
-                std::fs::OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .open(self.data.path().join("daemon.log"))
-                    .expect("daemon log"),
+                std::os::unix::fs::OpenOptionsExt::mode(
+                    std::fs::OpenOptions::new().create(true).append(true),
+                    0o600,
+                )
+                .open(self.data.path().join("daemon.log"))
+                .expect("daemon log"),
             ))
             .spawn()
             .expect("start daemon");
