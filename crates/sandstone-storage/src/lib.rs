@@ -17,7 +17,7 @@ mod debian_template;
 mod host_template;
 pub mod pool;
 
-pub use pool::{Driver, Pool};
+pub use pool::{Driver, Pool, Space};
 
 use sandstone_runtime::BindMount;
 use std::path::{Path, PathBuf};

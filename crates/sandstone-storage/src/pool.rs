@@ -86,6 +86,30 @@ fn nosuid_nodev(p: &Path, bind: bool) -> Result<()> {
     )
 }
 
+/// Size and free space of the filesystem holding the pool.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Space {
+    pub total: u64,
+    /// Bytes unprivileged writers can still use.
+    pub free: u64,
+}
+
+impl Space {
+    /// Kept free for btrfs's own metadata and for the other sandboxes:
+    /// below it new sandboxes, resumes and API writes are refused (507)
+    /// while writes still succeed.
+    pub fn reserve(&self) -> u64 {
+        (self.total / 32).max(256 << 20)
+    }
+
+    /// The largest disk cap: one sandbox filled to it leaves the others
+    /// more than the reserve (btrfs keeps up to a tenth of a small pool
+    /// for metadata).
+    pub fn max_cap(&self) -> u64 {
+        self.total / 4 * 3
+    }
+}
+
 fn is_mountpoint(p: &Path) -> bool {
     use std::os::unix::fs::MetadataExt;
     match (std::fs::metadata(p), p.parent().map(std::fs::metadata)) {
@@ -185,6 +209,15 @@ impl Pool {
         let pool = Pool::open(data_dir, Some(Driver::Btrfs))?;
         btrfs::enable_quota(&pool.root)?;
         Ok(pool)
+    }
+
+    /// Room on the pool's filesystem.
+    pub fn space(&self) -> Result<Space> {
+        let st = statvfs(&self.root)?;
+        Ok(Space {
+            total: st.f_blocks * st.f_frsize,
+            free: st.f_bavail * st.f_frsize,
+        })
     }
 
     pub fn sandbox_dir(&self, id: &str) -> PathBuf {

@@ -333,6 +333,106 @@ async fn the_data_dir_is_private_and_loose_modes_are_fixed_at_start() {
     assert_eq!(d.sh(&id, "echo $SECRET").await["stdout"], "hunter2\n");
 }
 
+/// Writes up to `mib` MiB of zeros to `id`'s /workspace (stopping at its
+/// cap) and returns how many bytes were written.
+async fn fill(d: &Daemon, id: &str, mib: u64) -> u64 {
+    let r = d
+        .sh(
+            id,
+            &format!("dd if=/dev/zero of=/workspace/fill bs=1M count={mib} 2>/dev/null; sync; stat -c %s /workspace/fill"),
+        )
+        .await;
+    r["stdout"]
+        .as_str()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or_else(|| panic!("fill: {r}"))
+}
+
+/// The pool is shared: no sandbox's cap may let it fill the pool, and the
+/// API refuses new work (507) while there is still room, not after.
+#[tokio::test(flavor = "multi_thread")]
+async fn disk_caps_fit_the_pool_and_a_full_sandbox_leaves_the_others_room() {
+    let d = Daemon::start_with(&["--pool-gib", "2"], "").await;
+    // An explicit cap larger than the pool is refused, naming the field.
+    d.rejects(
+        "/api/v1/sandboxes",
+        json!({"template": "host", "config": {"resources": {"disk": "10Gi"}}}),
+        "config.resources.disk",
+    )
+    .await;
+    // The default cap fits the pool: writing past it fails in this sandbox
+    // only, and the pool keeps room for the others.
+    let a = d.create(json!({})).await;
+    let b = d.create(json!({})).await;
+    let used = fill(&d, &a, 4096).await;
+    assert!(
+        used > 256 << 20 && used <= 1 << 30,
+        "the default cap did not stop the fill at a share of the 2 GiB pool: {used} bytes"
+    );
+    let r = d
+        .sh(
+            &b,
+            "head -c 100000000 /dev/zero > /workspace/b && sync && echo ok",
+        )
+        .await;
+    assert_eq!(r["stdout"], "ok\n", "another sandbox could not write: {r}");
+    let (s, v) = d
+        .req(
+            reqwest::Method::POST,
+            &format!("/api/v1/sandboxes/{b}/files?path=/workspace/c"),
+            None,
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    let c = d.create(json!({})).await;
+    assert_eq!(
+        d.sh(&c, "echo ok > /workspace/x && cat /workspace/x").await["stdout"],
+        "ok\n"
+    );
+
+    // Sandboxes that together fill the pool hit the reserve first: new
+    // sandboxes and API writes get 507 while the pool still has room.
+    let df = std::process::Command::new("df")
+        .args(["-B1M", "--output=avail"])
+        .arg(d.pool_root())
+        .output()
+        .unwrap();
+    let avail: u64 = common::text(&df.stdout)
+        .lines()
+        .last()
+        .and_then(|l| l.trim().parse().ok())
+        .unwrap();
+    let mib = avail - 128;
+    let e = d
+        .create(json!({"resources": {"disk": format!("{mib}Mi")}}))
+        .await;
+    fill(&d, &e, mib).await;
+    let (s, v) = d
+        .post("/api/v1/sandboxes", json!({"template": "host"}))
+        .await;
+    assert_eq!(s, 507, "{v}");
+    let (s, v) = d
+        .req(
+            reqwest::Method::POST,
+            &format!("/api/v1/sandboxes/{b}/files?path=/workspace/d"),
+            None,
+        )
+        .await;
+    assert_eq!(s, 507, "{v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("free"),
+        "{v}"
+    );
+    assert_eq!(
+        d.sh(&b, "echo ok > /workspace/small && cat /workspace/small")
+            .await["stdout"],
+        "ok\n"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn vsock_and_io_uring_are_refused() {
     let d = Daemon::start().await;

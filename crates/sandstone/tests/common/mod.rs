@@ -90,7 +90,8 @@ impl Daemon {
         Self::start_with(&["--pool-gib", "4"], faults).await
     }
 
-    async fn start_with(setup: &[&str], faults: &str) -> Daemon {
+    /// A daemon after `sandstone setup` with `setup`'s flags.
+    pub async fn start_with(setup: &[&str], faults: &str) -> Daemon {
         require_root();
         let data = tempfile::Builder::new()
             .prefix("sandstone-test-")
