@@ -233,12 +233,16 @@ async fn ensure_admin_token(store: &dyn Store, data_dir: &std::path::Path) -> an
 
 /// Runs the daemon until SIGINT or SIGTERM. Sandboxes keep running after
 /// the daemon stops; the next start re-adopts them.
-pub async fn run(config: Config) -> anyhow::Result<()> {
+pub async fn run(mut config: Config) -> anyhow::Result<()> {
     raise_fd_limit();
     for t in sandstone_storage::secure_data_dir(&config.data_dir)? {
         tracing::warn!(path = %t.path.display(), from = format!("{:o}", t.from), to = format!("{:o}", t.to),
             "tightened a mode in the data directory: other users could read it");
     }
+    // One spelling whatever the command line said (`dir/`, a relative path,
+    // a link): the cgroup group is named after it, and a restart must find
+    // the last run's sandboxes there to re-adopt or sweep them.
+    config.data_dir = std::fs::canonicalize(&config.data_dir)?;
     if !config.init_bin.is_file() {
         anyhow::bail!(
             "sandstone-init not found at {} (set SANDSTONE_INIT)",

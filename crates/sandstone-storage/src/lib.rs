@@ -360,6 +360,17 @@ impl Storage {
         self.pool.usage(&self.pool.sandbox_dir(id))
     }
 
+    /// Ids with a runtime directory (running, or left by a crash).
+    pub fn run_ids(&self) -> Vec<String> {
+        std::fs::read_dir(self.root.join("run"))
+            .map(|rd| {
+                rd.flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
     /// Ids of sandbox volumes and of snapshots on disk.
     pub fn volume_ids(&self, kind: &str) -> Vec<String> {
         self.pool.volumes(kind)

@@ -600,3 +600,114 @@ async fn the_pool_is_mounted_nosuid_nodev() {
     let id = d.create(json!({})).await;
     assert_eq!(d.sh(&id, "echo ok").await["stdout"], "ok\n");
 }
+
+/// Cgroup directories named `id` under the daemon's hierarchies.
+fn cgroups_named(id: &str) -> Vec<std::path::PathBuf> {
+    fn find(dir: &std::path::Path, name: &str, depth: u32, out: &mut Vec<std::path::PathBuf>) {
+        for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+            let p = e.path();
+            if !e.file_type().is_ok_and(|t| t.is_dir()) {
+                continue;
+            }
+            if e.file_name() == name {
+                out.push(p);
+            } else if depth > 0 {
+                find(&p, name, depth - 1, out);
+            }
+        }
+    }
+    let mut out = Vec::new();
+    find(std::path::Path::new("/sys/fs/cgroup"), id, 4, &mut out);
+    out
+}
+
+/// Host processes whose cgroup path names `id`.
+fn processes_of(id: &str) -> usize {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .bytes()
+                .all(|b| b.is_ascii_digit())
+        })
+        .filter(|e| {
+            std::fs::read_to_string(e.path().join("cgroup"))
+                .is_ok_and(|c| c.contains(&format!("/{id}\n")))
+        })
+        .count()
+}
+
+async fn warm_ready(d: &Daemon) -> u64 {
+    d.metrics()
+        .await
+        .lines()
+        .find_map(|l| l.strip_prefix("sandstone_warm_pool_ready "))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+async fn wait_warm(d: &Daemon, n: u64) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while warm_ready(d).await < n {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the warm pool never filled"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+/// A crash leaves the warm pool's members running with no row: the next
+/// start removes them (processes, cgroups, volumes) before refilling, even
+/// when it spells the data dir another way, and even a member whose volume
+/// is already gone (as an earlier restart that missed its cgroup left it).
+#[tokio::test(flavor = "multi_thread")]
+async fn warm_pool_members_left_by_a_crash_are_swept() {
+    let mut d = Daemon::start().await;
+    d.kill();
+    d.warm_pool = 2;
+    d.spawn().await;
+    wait_warm(&d, 2).await;
+    let claimed = d.create(json!({})).await;
+    wait_warm(&d, 2).await;
+    let old: Vec<String> = d.volumes().into_iter().filter(|v| *v != claimed).collect();
+    assert_eq!(old.len(), 2, "{old:?}");
+    d.kill();
+    let gone = d.pool_root().join("sandboxes").join(&old[0]);
+    let deleted = std::process::Command::new("btrfs")
+        .args(["-q", "subvolume", "delete"])
+        .arg(&gone)
+        .status()
+        .unwrap();
+    assert!(deleted.success());
+    d.data_dir_arg = Some(format!("{}/", d.data.path().display()).into());
+    d.spawn().await;
+    wait_warm(&d, 2).await;
+    // Settle: the refill must have stopped at two.
+    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    let now = d.volumes();
+    assert_eq!(
+        now.len(),
+        3,
+        "the claimed sandbox and two warm members: {now:?}"
+    );
+    assert!(now.contains(&claimed));
+    for id in &old {
+        assert!(!now.contains(id), "{id} kept its volume");
+        assert!(
+            cgroups_named(id).is_empty(),
+            "{id} kept cgroups {:?}",
+            cgroups_named(id)
+        );
+        assert_eq!(processes_of(id), 0, "{id} kept processes");
+        assert!(
+            !d.data.path().join("run").join(id).exists(),
+            "{id} kept its run dir"
+        );
+    }
+    let (_, v) = d.get("/api/v1/sandboxes").await;
+    assert_eq!(v["data"]["count"], 1, "{v}");
+    assert_eq!(d.sh(&claimed, "echo alive").await["stdout"], "alive\n");
+}

@@ -49,6 +49,9 @@ pub struct Daemon {
     /// `SANDSTONE_LOG` for the next [`Daemon::spawn`]; the daemon's log
     /// goes to `<data>/daemon.log`.
     pub log_level: String,
+    /// `--data-dir` as the next [`Daemon::spawn`] spells it (default: the
+    /// data dir's path).
+    pub data_dir_arg: Option<PathBuf>,
     pub child: Option<Child>,
     pub url: String,
     pub token: String,
@@ -115,6 +118,7 @@ impl Daemon {
             warm_pool: 0,
             serve_args: Vec::new(),
             log_level: "warn".into(),
+            data_dir_arg: None,
             child: None,
             url: format!("http://127.0.0.1:{port}"),
             token: String::new(),
@@ -132,7 +136,7 @@ impl Daemon {
         let child = Command::new(sandstone_bin())
             .args(["serve", "--listen", &format!("127.0.0.1:{}", self.port)])
             .arg("--data-dir")
-            .arg(self.data.path())
+            .arg(self.data_dir_arg.as_deref().unwrap_or(self.data.path()))
             .env("SANDSTONE_INIT", init_bin())
             .env("SANDSTONE_FAULTS", &self.faults)
             .env("SANDSTONE_CRASH", &self.crash_at)
