@@ -127,12 +127,8 @@ fn has_beta(headers: &HeaderMap, beta: &str) -> bool {
 }
 
 fn bearer(headers: &HeaderMap) -> Option<String> {
-    let auth = headers
-        .get("authorization")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
-    let key = headers.get("x-api-key").and_then(|v| v.to_str().ok());
-    auth.or(key).map(|t| t.trim().to_string())
+    let value = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    sandstone_api::auth::api_key(value("authorization"), value("x-api-key")).map(str::to_string)
 }
 
 async fn identify(agents: &Agents, headers: &HeaderMap) -> ApiResult<Caller> {

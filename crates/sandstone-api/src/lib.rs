@@ -1,6 +1,7 @@
 //! Wire types of Sandstone's public REST API, following Sandbox0's API so its
 //! SDKs work unchanged. No I/O here.
 
+pub mod auth;
 mod secret;
 pub mod skill_archive;
 pub mod timefmt;

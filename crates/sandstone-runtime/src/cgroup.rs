@@ -169,6 +169,23 @@ impl Driver {
         Ok(())
     }
 
+    /// Names of the cgroups under the parents (in any hierarchy).
+    pub fn children(&self) -> Vec<String> {
+        let parents: Vec<&PathBuf> = match self {
+            Driver::V1 { parents } => parents.iter().map(|(_, p)| p).collect(),
+            Driver::V2 { parent } => vec![parent],
+        };
+        let mut names: Vec<String> = parents
+            .into_iter()
+            .flat_map(|p| std::fs::read_dir(p).into_iter().flatten().flatten())
+            .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names.dedup();
+        names
+    }
+
     /// Removes the (empty) parent directories; a no-op while sandboxes
     /// remain in them.
     pub fn remove_parents(&self) {

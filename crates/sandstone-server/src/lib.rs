@@ -68,22 +68,17 @@ const MAX_JSON_BODY: usize = 4 << 20;
 pub const ADMIN_TOKEN_FILE: &str = "admin.token";
 
 async fn auth(State(st): State<AppState>, req: Request, next: Next) -> Response {
-    let token = req
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .or_else(|| req.headers().get("x-api-key").and_then(|v| v.to_str().ok()))
-        .map(str::trim)
-        .unwrap_or("");
-    if token.is_empty() {
+    let headers = req.headers();
+    let value = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    let Some(token) = sandstone_api::auth::api_key(value("authorization"), value("x-api-key"))
+    else {
         return ApiError::new(
             StatusCode::UNAUTHORIZED,
             "unauthorized",
             "missing bearer token",
         )
         .into_response();
-    }
+    };
     match st.lifecycle.store.check_api_key(token).await {
         Ok(Some(_)) => next.run(req).await,
         Ok(None) => ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", "invalid API key")
@@ -196,11 +191,12 @@ pub fn router(st: AppState) -> Router {
                 )
                 .layer(DefaultBodyLimit::max(MAX_FILE_BODY)),
         )
+        // Its egress counters are labelled with sandbox ids.
+        .route("/metrics", get(metrics_page))
         .route_layer(middleware::from_fn_with_state(st.clone(), auth));
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(|| async { "ready" }))
-        .route("/metrics", get(metrics_page))
         .route(
             "/openapi.json",
             get(|| async { axum::Json(openapi::document()) }),
@@ -238,13 +234,16 @@ async fn ensure_admin_token(store: &dyn Store, data_dir: &std::path::Path) -> an
 
 /// Runs the daemon until SIGINT or SIGTERM. Sandboxes keep running after
 /// the daemon stops; the next start re-adopts them.
-pub async fn run(config: Config) -> anyhow::Result<()> {
+pub async fn run(mut config: Config) -> anyhow::Result<()> {
     raise_fd_limit();
-    std::fs::create_dir_all(&config.data_dir)?;
-    std::fs::set_permissions(
-        &config.data_dir,
-        std::os::unix::fs::PermissionsExt::from_mode(0o711),
-    )?;
+    for t in sandstone_storage::secure_data_dir(&config.data_dir)? {
+        tracing::warn!(path = %t.path.display(), from = format!("{:o}", t.from), to = format!("{:o}", t.to),
+            "tightened a mode in the data directory: other users could read it");
+    }
+    // One spelling whatever the command line said (`dir/`, a relative path,
+    // a link): the cgroup group is named after it, and a restart must find
+    // the last run's sandboxes there to re-adopt or sweep them.
+    config.data_dir = std::fs::canonicalize(&config.data_dir)?;
     if !config.init_bin.is_file() {
         anyhow::bail!(
             "sandstone-init not found at {} (set SANDSTONE_INIT)",

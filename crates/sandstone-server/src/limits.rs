@@ -133,19 +133,33 @@ fn metadata(m: &std::collections::BTreeMap<String, String>) -> Result<(), ApiErr
 }
 
 /// The disk cap in bytes: the claim's `config.resources.disk`, else the
-/// template's default, else 10Gi.
+/// template's default, else 10Gi. With `max` (the pool's largest sane cap)
+/// the defaults are clamped to fit the pool (the built-in one to half of
+/// `max`, so one sandbox never takes it all) and a claim asking for more
+/// than `max` is refused.
 pub fn disk(
     res: Option<&Resources>,
     template_default: Option<&str>,
+    max: Option<u64>,
 ) -> Result<Option<u64>, ApiError> {
-    let Some(d) = res.and_then(|r| r.disk.as_deref()).or(template_default) else {
-        return Ok(Some(DEFAULT_DISK));
+    let max = max.map(|m| m.max(MIN_DISK));
+    let claimed = res.and_then(|r| r.disk.as_deref());
+    let Some(d) = claimed.or(template_default) else {
+        let default = max.map_or(DEFAULT_DISK, |m| DEFAULT_DISK.min(m / 2).max(MIN_DISK));
+        return Ok(Some(default));
     };
-    match parse_memory(d) {
-        Some(bytes) if bytes >= MIN_DISK => Ok(Some(bytes)),
-        _ => Err(ApiError::bad_request(format!(
+    let bytes = parse_memory(d).filter(|b| *b >= MIN_DISK).ok_or_else(|| {
+        ApiError::bad_request(format!(
             "invalid field `config.resources.disk`: {d:?} is not a size of at least 64Mi like 10Gi"
+        ))
+    })?;
+    match max {
+        Some(m) if bytes > m && claimed.is_some() => Err(ApiError::bad_request(format!(
+            "invalid field `config.resources.disk`: {d:?} is more than the storage pool allows one sandbox ({} MiB)",
+            m >> 20
         ))),
+        Some(m) => Ok(Some(bytes.min(m))),
+        None => Ok(Some(bytes)),
     }
 }
 
@@ -172,5 +186,34 @@ mod tests {
                 .message
                 .contains("config.resources.memory")
         );
+    }
+
+    #[test]
+    fn disk_caps_fit_the_pool() {
+        let claim = |d: &str| Resources {
+            disk: Some(d.into()),
+            ..Default::default()
+        };
+        let gib = 1u64 << 30;
+        // No pool limit (the dir driver): as asked, default 10Gi.
+        assert_eq!(disk(None, None, None).unwrap(), Some(DEFAULT_DISK));
+        assert_eq!(
+            disk(Some(&claim("20Gi")), None, None).unwrap(),
+            Some(20 * gib)
+        );
+        // A pool allowing 6Gi: the default is half of that.
+        let max = Some(6 * gib);
+        assert_eq!(disk(None, None, max).unwrap(), Some(3 * gib));
+        assert_eq!(
+            disk(None, None, Some(100 * gib)).unwrap(),
+            Some(DEFAULT_DISK)
+        );
+        assert_eq!(disk(Some(&claim("5Gi")), None, max).unwrap(), Some(5 * gib));
+        // An explicit overcommit is refused, a template's default clamped.
+        let e = disk(Some(&claim("10Gi")), None, max).unwrap_err();
+        assert!(e.message.contains("config.resources.disk"), "{}", e.message);
+        assert_eq!(disk(None, Some("20Gi"), max).unwrap(), Some(6 * gib));
+        // Never below the smallest cap, however small the pool.
+        assert_eq!(disk(None, None, Some(1)).unwrap(), Some(MIN_DISK));
     }
 }

@@ -18,7 +18,7 @@ mod host_template;
 pub mod pool;
 
 pub use debian_template::BuiltTemplate;
-pub use pool::{Driver, Pool};
+pub use pool::{Driver, Pool, Space};
 
 use sandstone_runtime::BindMount;
 use std::path::{Path, PathBuf};
@@ -40,6 +40,49 @@ pub type Result<T> = std::result::Result<T, Error>;
 pub(crate) fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> Error {
     let what = what.into();
     move |source| Error::Io { what, source }
+}
+
+/// A mode [`secure_data_dir`] tightened, for the caller to report.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tightened {
+    pub path: PathBuf,
+    pub from: u32,
+    pub to: u32,
+}
+
+/// Creates the data directory owner-only (0700) and takes group and other
+/// bits off it and off everything directly in it: the database and its
+/// WAL/SHM hold claims' environment variables, sessions and audit records,
+/// beside the keys, the admin token, logs and the raw pool image. Returns
+/// what was loose, so that each start reports (and fixes) a change made
+/// behind its back.
+pub fn secure_data_dir(dir: &Path) -> Result<Vec<Tightened>> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    if let Some(parent) = dir.parent() {
+        std::fs::create_dir_all(parent).map_err(io(format!("create {parent:?}")))?;
+    }
+    match std::fs::DirBuilder::new().mode(0o700).create(dir) {
+        Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => {
+            return Err(io(format!("create {dir:?}"))(e));
+        }
+        _ => {}
+    }
+    let entries = std::fs::read_dir(dir).map_err(io(format!("read {dir:?}")))?;
+    let mut fixed = Vec::new();
+    let paths = std::iter::once(Ok(dir.to_path_buf())).chain(entries.map(|e| e.map(|e| e.path())));
+    for path in paths {
+        let path = path.map_err(io(format!("read {dir:?}")))?;
+        let meta = std::fs::symlink_metadata(&path).map_err(io(format!("stat {path:?}")))?;
+        let from = meta.permissions().mode() & 0o7777;
+        if meta.file_type().is_symlink() || from & 0o077 == 0 {
+            continue;
+        }
+        let to = from & !0o077;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(to))
+            .map_err(io(format!("chmod {path:?}")))?;
+        fixed.push(Tightened { path, from, to });
+    }
+    Ok(fixed)
 }
 
 /// A template: what becomes the sandbox's read-only root.
@@ -365,8 +408,66 @@ impl Storage {
         self.pool.usage(&self.pool.sandbox_dir(id))
     }
 
+    /// Ids with a runtime directory (running, or left by a crash).
+    pub fn run_ids(&self) -> Vec<String> {
+        std::fs::read_dir(self.root.join("run"))
+            .map(|rd| {
+                rd.flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
     /// Ids of sandbox volumes and of snapshots on disk.
     pub fn volume_ids(&self, kind: &str) -> Vec<String> {
         self.pool.volumes(kind)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    fn mode(p: &Path) -> u32 {
+        std::fs::symlink_metadata(p).unwrap().permissions().mode() & 0o7777
+    }
+
+    #[test]
+    fn a_new_data_dir_is_owner_only_and_loose_modes_are_tightened() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("a/data");
+        assert_eq!(secure_data_dir(&dir).unwrap(), vec![]);
+        assert_eq!(mode(&dir), 0o700);
+
+        let db = dir.join("sandstone.db");
+        std::fs::write(&db, "x").unwrap();
+        std::fs::set_permissions(&db, std::fs::Permissions::from_mode(0o644)).unwrap();
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o711)).unwrap();
+        let key = dir.join("secret.key");
+        std::fs::write(&key, "k").unwrap();
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+        std::os::unix::fs::symlink("/etc/hostname", dir.join("link")).unwrap();
+        let mut fixed = secure_data_dir(&dir).unwrap();
+        fixed.sort_by(|a, b| a.path.cmp(&b.path));
+        assert_eq!(
+            fixed,
+            vec![
+                Tightened {
+                    path: dir.clone(),
+                    from: 0o711,
+                    to: 0o700
+                },
+                Tightened {
+                    path: db.clone(),
+                    from: 0o644,
+                    to: 0o600
+                },
+            ]
+        );
+        assert_eq!((mode(&dir), mode(&db), mode(&key)), (0o700, 0o600, 0o600));
+        // A link's target is not the data dir's to change.
+        assert_eq!(mode(Path::new("/etc/hostname")) & 0o044, 0o044);
     }
 }

@@ -6,8 +6,13 @@
 //! `sandstone setup` creates and the daemon re-attaches after a reboot.
 //! `dir`: plain directories and recursive copies (`cp -a`, which keeps the
 //! overlay's whiteouts and xattrs); no caps.
+//!
+//! Either way the volumes are mounted `nosuid,nodev`: layers are stored
+//! unshifted, so a setuid file or a device node made inside a sandbox is
+//! host root's on disk, and the host must never honour it.
 
 use crate::{Result, btrfs, io};
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -45,6 +50,66 @@ fn run(cmd: &mut Command, what: &str) -> Result<()> {
     Ok(())
 }
 
+fn statvfs(p: &Path) -> Result<libc::statvfs> {
+    let c = std::ffi::CString::new(p.as_os_str().as_bytes())
+        .map_err(|_| io(format!("statvfs {p:?}"))(std::io::Error::other("NUL in path")))?;
+    // SAFETY: statvfs is plain old data, for which all zeroes is a value.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `c` is a NUL-terminated path and `st` a writable statvfs that
+    // outlives the call.
+    if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
+        return Err(io(format!("statvfs {p:?}"))(std::io::Error::last_os_error()));
+    }
+    Ok(st)
+}
+
+/// Makes the mount at `p` refuse setuid bits and device nodes, binding `p`
+/// onto itself first when `bind` (a directory on the host's filesystem,
+/// not a mount of ours). Nothing to do when it already does, so a restart
+/// changes nothing and a reboot's lost mount is made again.
+fn nosuid_nodev(p: &Path, bind: bool) -> Result<()> {
+    let flags = statvfs(p)?.f_flag;
+    if flags & libc::ST_NOSUID != 0 && flags & libc::ST_NODEV != 0 {
+        return Ok(());
+    }
+    if bind {
+        run(
+            Command::new("mount").arg("--bind").arg(p).arg(p),
+            "bind the pool onto itself",
+        )?;
+    }
+    run(
+        Command::new("mount")
+            .args(["-o", "remount,bind,nosuid,nodev"])
+            .arg(p),
+        "remount the pool nosuid,nodev",
+    )
+}
+
+/// Size and free space of the filesystem holding the pool.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Space {
+    pub total: u64,
+    /// Bytes unprivileged writers can still use.
+    pub free: u64,
+}
+
+impl Space {
+    /// Kept free for btrfs's own metadata and for the other sandboxes:
+    /// below it new sandboxes, resumes and API writes are refused (507)
+    /// while writes still succeed.
+    pub fn reserve(&self) -> u64 {
+        (self.total / 32).max(256 << 20)
+    }
+
+    /// The largest disk cap: one sandbox filled to it leaves the others
+    /// more than the reserve (btrfs keeps up to a tenth of a small pool
+    /// for metadata).
+    pub fn max_cap(&self) -> u64 {
+        self.total / 4 * 3
+    }
+}
+
 fn is_mountpoint(p: &Path) -> bool {
     use std::os::unix::fs::MetadataExt;
     match (std::fs::metadata(p), p.parent().map(std::fs::metadata)) {
@@ -72,13 +137,20 @@ impl Pool {
                     std::fs::create_dir_all(&mount).map_err(io("create pool mount point"))?;
                     run(
                         Command::new("mount")
-                            .arg("-o")
-                            .arg("loop")
+                            .args(["-o", "loop,nosuid,nodev"])
                             .arg(&image)
                             .arg(&mount),
                         "mount pool image",
                     )?;
                 }
+                // Mounted by hand or by an older version: fix its options.
+                nosuid_nodev(&mount, false)?;
+                // mkfs makes the root 0755; it is the data dir's, and as private.
+                std::fs::set_permissions(
+                    &mount,
+                    std::os::unix::fs::PermissionsExt::from_mode(0o700),
+                )
+                .map_err(io("chmod the pool"))?;
                 Pool {
                     driver: Driver::Btrfs,
                     root: mount,
@@ -99,6 +171,9 @@ impl Pool {
             std::fs::create_dir_all(&dir).map_err(io(format!("create {d}")))?;
             std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o700))
                 .map_err(io(format!("chmod {d}")))?;
+            if pool.root == data_dir {
+                nosuid_nodev(&dir, true)?;
+            }
         }
         Ok(pool)
     }
@@ -113,7 +188,16 @@ impl Pool {
         let image = data_dir.join(IMAGE);
         if !image.exists() {
             let tmp = data_dir.join(format!("{IMAGE}.tmp"));
-            let f = std::fs::File::create(&tmp).map_err(io("create pool image"))?;
+            // Every sandbox's files are in it: host root's alone from the start.
+            let f = std::os::unix::fs::OpenOptionsExt::mode(
+                std::fs::OpenOptions::new()
+                    .write(true)
+                    .create(true)
+                    .truncate(true),
+                0o600,
+            )
+            .open(&tmp)
+            .map_err(io("create pool image"))?;
             f.set_len(size).map_err(io("size pool image"))?;
             drop(f);
             run(
@@ -125,6 +209,15 @@ impl Pool {
         let pool = Pool::open(data_dir, Some(Driver::Btrfs))?;
         btrfs::enable_quota(&pool.root)?;
         Ok(pool)
+    }
+
+    /// Room on the pool's filesystem.
+    pub fn space(&self) -> Result<Space> {
+        let st = statvfs(&self.root)?;
+        Ok(Space {
+            total: st.f_blocks * st.f_frsize,
+            free: st.f_bavail * st.f_frsize,
+        })
     }
 
     pub fn sandbox_dir(&self, id: &str) -> PathBuf {

@@ -137,6 +137,15 @@ impl SqliteStore {
     }
 
     pub async fn open(path: &Path) -> Result<SqliteStore> {
+        // It holds claims' environment variables, sessions and audit
+        // records: owner-only from the first byte. SQLite gives the WAL
+        // and shared-memory files the database file's mode.
+        std::os::unix::fs::OpenOptionsExt::mode(
+            std::fs::OpenOptions::new().append(true).create(true),
+            0o600,
+        )
+        .open(path)
+        .map_err(sqlx::Error::Io)?;
         let opts = SqliteConnectOptions::new()
             .filename(path)
             .create_if_missing(true)

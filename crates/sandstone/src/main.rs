@@ -747,7 +747,14 @@ fn setup(data_dir: &Path, debian: bool, mirror: Option<&str>, pool: Option<u64>)
         2,
         &format!("preparing {} and its storage pool", data_dir.display()),
     );
-    std::fs::create_dir_all(data_dir)?;
+    for t in sandstone_storage::secure_data_dir(data_dir)? {
+        eprintln!(
+            "      tightened {} from {:o} to {:o}: other users could read it",
+            t.path.display(),
+            t.from,
+            t.to
+        );
+    }
     if pool.is_some() {
         ensure_package("mkfs.btrfs", "btrfs-progs")?;
     }

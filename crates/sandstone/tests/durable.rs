@@ -261,13 +261,20 @@ async fn disk_cap_gives_edquot_and_the_sandbox_keeps_working() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_full_host_disk_refuses_new_sandboxes_cleanly() {
     let d = Daemon::start().await;
-    let id = d.create(json!({})).await;
-    // Fill the 4 GiB pool to under the daemon's 512 MiB reserve.
-    let fill = "mkdir /workspace/fill; i=0; while [ $(df -m --output=avail /workspace | tail -1) -gt 300 ]; \
-                do fallocate -l 100M /workspace/fill/$i || break; i=$((i+1)); done; sync; df -m --output=avail /workspace | tail -1";
-    let r = d.sh(&id, fill).await;
-    let avail: u64 = r["stdout"].as_str().unwrap().trim().parse().unwrap();
-    assert!(avail < 512, "pool still has {avail} MiB free");
+    // Fill the 4 GiB pool to under the daemon's 256 MiB reserve: no one
+    // sandbox's cap may take that much, so two share it.
+    let ids = [
+        d.create(json!({"resources": {"disk": "2Gi"}})).await,
+        d.create(json!({"resources": {"disk": "2Gi"}})).await,
+    ];
+    let fill = "mkdir -p /workspace/fill; i=0; while [ $(df -m --output=avail /workspace | tail -1) -gt 150 ]; \
+                do fallocate -l 50M /workspace/fill/$i || break; i=$((i+1)); done; sync; df -m --output=avail /workspace | tail -1";
+    let mut avail = u64::MAX;
+    for id in &ids {
+        let r = d.sh(id, fill).await;
+        avail = r["stdout"].as_str().unwrap().trim().parse().unwrap();
+    }
+    assert!(avail < 256, "pool still has {avail} MiB free");
     let before = d.volumes();
     let (s, v) = d
         .post("/api/v1/sandboxes", json!({"template": "host"}))
@@ -278,7 +285,9 @@ async fn a_full_host_disk_refuses_new_sandboxes_cleanly() {
         "{v}"
     );
     assert_eq!(d.volumes(), before, "nothing half-made");
-    d.sh(&id, "rm -r /workspace/fill").await;
+    for id in &ids {
+        d.sh(id, "rm -r /workspace/fill").await;
+    }
 }
 
 /// Kills the daemon in the middle of an operation (SIGKILL at a named

@@ -227,3 +227,487 @@ async fn sandboxes_cannot_see_or_signal_each_other() {
         "B killed A's process"
     );
 }
+
+fn mode_of(p: &std::path::Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(p)
+        .unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+        .permissions()
+        .mode()
+        & 0o7777
+}
+
+fn chmod(p: &std::path::Path, mode: u32) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).unwrap();
+}
+
+/// The data dir holds the database (claims' `env_vars`, sessions, audit),
+/// the keys and the raw pool image: no other local user may read any of it.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_data_dir_is_private_and_loose_modes_are_fixed_at_start() {
+    let mut d = Daemon::start().await;
+    let dir = d.data.path().to_path_buf();
+    let id = d.create(json!({"env_vars": {"SECRET": "hunter2"}})).await;
+    assert_eq!(d.sh(&id, "echo $SECRET").await["stdout"], "hunter2\n");
+    let private = [
+        "sandstone.db",
+        "sandstone.db-wal",
+        "sandstone.db-shm",
+        "pool.img",
+        "admin.token",
+        "secret.key",
+    ];
+    assert_eq!(mode_of(&dir), 0o700, "data dir");
+    for f in private {
+        assert_eq!(mode_of(&dir.join(f)), 0o600, "{f}");
+    }
+    let log = std::fs::read_to_string(dir.join("daemon.log")).unwrap();
+    assert!(!log.contains("tightened"), "made loose, then fixed:\n{log}");
+    // Created that way by `setup` alone too, on a fresh directory.
+    let fresh = tempfile::tempdir_in("/var/tmp").unwrap();
+    let fresh_dir = fresh.path().join("data");
+    let out = std::process::Command::new(common::sandstone_bin())
+        .args(["setup", "--no-debian", "--no-pool", "--data-dir"])
+        .arg(&fresh_dir)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", common::text(&out.stderr));
+    assert_eq!(mode_of(&fresh_dir), 0o700);
+    assert!(
+        !common::text(&out.stderr).contains("tightened"),
+        "a fresh data dir needs no fixing: {}",
+        common::text(&out.stderr)
+    );
+
+    // Modes loosened behind the daemon's back are tightened at the next
+    // start of `setup` and of `serve`, each fix logged with its path.
+    d.kill();
+    let loosen = || {
+        chmod(&dir, 0o755);
+        for f in [
+            "sandstone.db",
+            "sandstone.db-wal",
+            "pool.img",
+            "admin.token",
+        ] {
+            chmod(&dir.join(f), 0o644);
+        }
+        std::fs::write(dir.join("notes.log"), "x").unwrap();
+        chmod(&dir.join("notes.log"), 0o664);
+    };
+    loosen();
+    let out = std::process::Command::new(common::sandstone_bin())
+        .args(["setup", "--no-debian", "--pool-gib", "4", "--data-dir"])
+        .arg(&dir)
+        .output()
+        .unwrap();
+    let said = common::text(&out.stderr);
+    assert!(out.status.success(), "{said}");
+    assert_eq!(mode_of(&dir), 0o700);
+    assert!(
+        said.contains(&dir.join("pool.img").display().to_string()),
+        "{said}"
+    );
+    loosen();
+    d.spawn().await;
+    assert_eq!(mode_of(&dir), 0o700, "data dir");
+    for f in [
+        "sandstone.db",
+        "sandstone.db-wal",
+        "sandstone.db-shm",
+        "pool.img",
+        "admin.token",
+        "notes.log",
+    ] {
+        assert_eq!(mode_of(&dir.join(f)), 0o600, "{f}");
+    }
+    let log = std::fs::read_to_string(dir.join("daemon.log")).unwrap();
+    for f in ["sandstone.db", "pool.img", "notes.log"] {
+        let path = dir.join(f).display().to_string();
+        assert!(
+            log.lines().any(|l| l.contains("WARN") && l.contains(&path)),
+            "no warning names {path}:\n{log}"
+        );
+    }
+    assert_eq!(d.sh(&id, "echo $SECRET").await["stdout"], "hunter2\n");
+}
+
+/// Writes up to `mib` MiB of zeros to `id`'s /workspace (stopping at its
+/// cap) and returns how many bytes were written.
+async fn fill(d: &Daemon, id: &str, mib: u64) -> u64 {
+    let r = d
+        .sh(
+            id,
+            &format!("dd if=/dev/zero of=/workspace/fill bs=1M count={mib} 2>/dev/null; sync; stat -c %s /workspace/fill"),
+        )
+        .await;
+    r["stdout"]
+        .as_str()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or_else(|| panic!("fill: {r}"))
+}
+
+/// The pool is shared: no sandbox's cap may let it fill the pool, and the
+/// API refuses new work (507) while there is still room, not after.
+#[tokio::test(flavor = "multi_thread")]
+async fn disk_caps_fit_the_pool_and_a_full_sandbox_leaves_the_others_room() {
+    let d = Daemon::start_with(&["--pool-gib", "2"], "").await;
+    // An explicit cap larger than the pool is refused, naming the field.
+    d.rejects(
+        "/api/v1/sandboxes",
+        json!({"template": "host", "config": {"resources": {"disk": "10Gi"}}}),
+        "config.resources.disk",
+    )
+    .await;
+    // The default cap fits the pool: writing past it fails in this sandbox
+    // only, and the pool keeps room for the others.
+    let a = d.create(json!({})).await;
+    let b = d.create(json!({})).await;
+    let used = fill(&d, &a, 4096).await;
+    assert!(
+        used > 256 << 20 && used <= 1 << 30,
+        "the default cap did not stop the fill at a share of the 2 GiB pool: {used} bytes"
+    );
+    let r = d
+        .sh(
+            &b,
+            "head -c 100000000 /dev/zero > /workspace/b && sync && echo ok",
+        )
+        .await;
+    assert_eq!(r["stdout"], "ok\n", "another sandbox could not write: {r}");
+    let (s, v) = d
+        .req(
+            reqwest::Method::POST,
+            &format!("/api/v1/sandboxes/{b}/files?path=/workspace/c"),
+            None,
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    let c = d.create(json!({})).await;
+    assert_eq!(
+        d.sh(&c, "echo ok > /workspace/x && cat /workspace/x").await["stdout"],
+        "ok\n"
+    );
+
+    // Sandboxes that together fill the pool hit the reserve first: new
+    // sandboxes and API writes get 507 while the pool still has room.
+    let df = std::process::Command::new("df")
+        .args(["-B1M", "--output=avail"])
+        .arg(d.pool_root())
+        .output()
+        .unwrap();
+    let avail: u64 = common::text(&df.stdout)
+        .lines()
+        .last()
+        .and_then(|l| l.trim().parse().ok())
+        .unwrap();
+    let mib = avail - 128;
+    let e = d
+        .create(json!({"resources": {"disk": format!("{mib}Mi")}}))
+        .await;
+    fill(&d, &e, mib).await;
+    let (s, v) = d
+        .post("/api/v1/sandboxes", json!({"template": "host"}))
+        .await;
+    assert_eq!(s, 507, "{v}");
+    let (s, v) = d
+        .req(
+            reqwest::Method::POST,
+            &format!("/api/v1/sandboxes/{b}/files?path=/workspace/d"),
+            None,
+        )
+        .await;
+    assert_eq!(s, 507, "{v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("free"),
+        "{v}"
+    );
+    assert_eq!(
+        d.sh(&b, "echo ok > /workspace/small && cat /workspace/small")
+            .await["stdout"],
+        "ok\n"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn vsock_and_io_uring_are_refused() {
+    let d = Daemon::start().await;
+    let id = d.create(json!({})).await;
+    let code = r#"
+import ctypes, errno, os, socket
+try:
+    socket.socket(socket.AF_VSOCK, socket.SOCK_STREAM); print('vsock ok')
+except OSError as e: print('vsock', errno.errorcode[e.errno])
+libc = ctypes.CDLL(None, use_errno=True)
+params = ctypes.create_string_buffer(120)
+for nr, name in [(425, 'io_uring_setup'), (426, 'io_uring_enter'), (427, 'io_uring_register')]:
+    args = (8, params) if nr == 425 else (0, 0, 0, 0)
+    r = libc.syscall(nr, *args)
+    print(name, 'ok' if r >= 0 else errno.errorcode[ctypes.get_errno()])
+"#;
+    let r = py(&d, &id, code).await;
+    let out = r["stdout"].as_str().unwrap();
+    for line in [
+        "vsock EAFNOSUPPORT",
+        "io_uring_setup EPERM",
+        "io_uring_enter EPERM",
+        "io_uring_register EPERM",
+    ] {
+        assert!(
+            out.contains(line),
+            "missing {line:?} in:\n{out}\n{}",
+            r["stderr"]
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn metrics_need_the_api_key_and_open_routes_name_no_sandbox() {
+    let d = Daemon::start().await;
+    let id = d.create(json!({})).await;
+    let anonymous = |path: &str| {
+        let url = format!("{}{path}", d.url);
+        async move {
+            let r = reqwest::get(url).await.unwrap();
+            (r.status().as_u16(), r.text().await.unwrap())
+        }
+    };
+    let (s, body) = anonymous("/metrics").await;
+    assert_eq!(s, 401, "{body}");
+    assert!(!body.contains(&id));
+    for path in ["/healthz", "/readyz", "/openapi.json", "/nope"] {
+        let (_, body) = anonymous(path).await;
+        assert!(!body.contains(&id), "{path} names a sandbox: {body}");
+    }
+    let m = d.metrics().await;
+    assert!(
+        m.contains("sandstone_sandboxes{state=\"running\"} 1"),
+        "{m}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_bearer_scheme_is_accepted_in_any_case() {
+    let d = Daemon::start().await;
+    for scheme in ["bearer", "BEARER", "Bearer"] {
+        let auth = format!("{scheme} {}", d.token);
+        let r = d
+            .http
+            .get(format!("{}/api/v1/sandboxes", d.url))
+            .header("authorization", &auth)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "sandbox API with {scheme:?}");
+        let r = d
+            .http
+            .get(format!("{}/v1/agents", d.url))
+            .header("authorization", &auth)
+            .header("anthropic-beta", common::agents::BETA)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "agents API with {scheme:?}");
+    }
+    let r = d
+        .http
+        .get(format!("{}/api/v1/sandboxes", d.url))
+        .header("authorization", "bearer wrong")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+}
+
+/// Mount options of the mount at `at` (the topmost one).
+fn mount_options(at: &std::path::Path) -> Option<String> {
+    let want = at.display().to_string();
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap()
+        .lines()
+        .rev()
+        .find_map(|l| {
+            let f: Vec<&str> = l.split(' ').collect();
+            (f.get(4) == Some(&want.as_str())).then(|| f[5].to_string())
+        })
+}
+
+fn assert_nosuid_nodev(at: &std::path::Path, when: &str) {
+    let opts =
+        mount_options(at).unwrap_or_else(|| panic!("{} is not mounted {when}", at.display()));
+    let opts: Vec<&str> = opts.split(',').collect();
+    assert!(
+        opts.contains(&"nosuid") && opts.contains(&"nodev"),
+        "pool mounted {opts:?} {when}"
+    );
+}
+
+/// A setuid file or device node made inside a sandbox is stored as host
+/// root's: the pool must never honour either.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_pool_is_mounted_nosuid_nodev() {
+    let mut d = Daemon::start().await;
+    let pool = d.data.path().join("pool");
+    assert_nosuid_nodev(&pool, "after setup and serve");
+    // Re-attached after a reboot (not mounted), and fixed when something
+    // else mounted it without the options.
+    d.kill();
+    assert!(
+        std::process::Command::new("umount")
+            .arg(&pool)
+            .status()
+            .unwrap()
+            .success()
+    );
+    d.spawn().await;
+    assert_nosuid_nodev(&pool, "after re-attaching");
+    d.kill();
+    assert!(
+        std::process::Command::new("umount")
+            .arg(&pool)
+            .status()
+            .unwrap()
+            .success()
+    );
+    let img = d.data.path().join("pool.img");
+    assert!(
+        std::process::Command::new("mount")
+            .args(["-o", "loop"])
+            .arg(&img)
+            .arg(&pool)
+            .status()
+            .unwrap()
+            .success()
+    );
+    d.spawn().await;
+    assert_nosuid_nodev(&pool, "after a plain mount by someone else");
+    let id = d.create(json!({})).await;
+    assert_eq!(
+        d.sh(&id, "echo ok > /workspace/x && cat /workspace/x")
+            .await["stdout"],
+        "ok\n"
+    );
+    // The plain-directory pool lives on the host's filesystem: its volume
+    // directories are bound onto themselves with the options.
+    let d = Daemon::start_dir().await;
+    for dir in ["sandboxes", "snapshots"] {
+        assert_nosuid_nodev(&d.data.path().join(dir), "with the dir pool");
+    }
+    let id = d.create(json!({})).await;
+    assert_eq!(d.sh(&id, "echo ok").await["stdout"], "ok\n");
+}
+
+/// Cgroup directories named `id` under the daemon's hierarchies.
+fn cgroups_named(id: &str) -> Vec<std::path::PathBuf> {
+    fn find(dir: &std::path::Path, name: &str, depth: u32, out: &mut Vec<std::path::PathBuf>) {
+        for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+            let p = e.path();
+            if !e.file_type().is_ok_and(|t| t.is_dir()) {
+                continue;
+            }
+            if e.file_name() == name {
+                out.push(p);
+            } else if depth > 0 {
+                find(&p, name, depth - 1, out);
+            }
+        }
+    }
+    let mut out = Vec::new();
+    find(std::path::Path::new("/sys/fs/cgroup"), id, 4, &mut out);
+    out
+}
+
+/// Host processes whose cgroup path names `id`.
+fn processes_of(id: &str) -> usize {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .bytes()
+                .all(|b| b.is_ascii_digit())
+        })
+        .filter(|e| {
+            std::fs::read_to_string(e.path().join("cgroup"))
+                .is_ok_and(|c| c.contains(&format!("/{id}\n")))
+        })
+        .count()
+}
+
+async fn warm_ready(d: &Daemon) -> u64 {
+    d.metrics()
+        .await
+        .lines()
+        .find_map(|l| l.strip_prefix("sandstone_warm_pool_ready "))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+async fn wait_warm(d: &Daemon, n: u64) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while warm_ready(d).await < n {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the warm pool never filled"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+/// A crash leaves the warm pool's members running with no row: the next
+/// start removes them (processes, cgroups, volumes) before refilling, even
+/// when it spells the data dir another way, and even a member whose volume
+/// is already gone (as an earlier restart that missed its cgroup left it).
+#[tokio::test(flavor = "multi_thread")]
+async fn warm_pool_members_left_by_a_crash_are_swept() {
+    let mut d = Daemon::start().await;
+    d.kill();
+    d.warm_pool = 2;
+    d.spawn().await;
+    wait_warm(&d, 2).await;
+    let claimed = d.create(json!({})).await;
+    wait_warm(&d, 2).await;
+    let old: Vec<String> = d.volumes().into_iter().filter(|v| *v != claimed).collect();
+    assert_eq!(old.len(), 2, "{old:?}");
+    d.kill();
+    let gone = d.pool_root().join("sandboxes").join(&old[0]);
+    let deleted = std::process::Command::new("btrfs")
+        .args(["-q", "subvolume", "delete"])
+        .arg(&gone)
+        .status()
+        .unwrap();
+    assert!(deleted.success());
+    d.data_dir_arg = Some(format!("{}/", d.data.path().display()).into());
+    d.spawn().await;
+    wait_warm(&d, 2).await;
+    // Settle: the refill must have stopped at two.
+    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    let now = d.volumes();
+    assert_eq!(
+        now.len(),
+        3,
+        "the claimed sandbox and two warm members: {now:?}"
+    );
+    assert!(now.contains(&claimed));
+    for id in &old {
+        assert!(!now.contains(id), "{id} kept its volume");
+        assert!(
+            cgroups_named(id).is_empty(),
+            "{id} kept cgroups {:?}",
+            cgroups_named(id)
+        );
+        assert_eq!(processes_of(id), 0, "{id} kept processes");
+        assert!(
+            !d.data.path().join("run").join(id).exists(),
+            "{id} kept its run dir"
+        );
+    }
+    let (_, v) = d.get("/api/v1/sandboxes").await;
+    assert_eq!(v["data"]["count"], 1, "{v}");
+    assert_eq!(d.sh(&claimed, "echo alive").await["stdout"], "alive\n");
+}

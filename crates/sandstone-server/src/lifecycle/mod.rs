@@ -32,8 +32,6 @@ use std::time::Instant;
 const ID_BASE: u32 = 1_000_000;
 const ID_COUNT: u32 = 65_536;
 const MAX_SLOTS: i64 = 60_000;
-/// New sandboxes are refused below this much free space in the data dir.
-const MIN_FREE_BYTES: u64 = 512 << 20;
 
 /// A running sandbox's runtime handles.
 #[derive(Debug, Clone)]
@@ -67,15 +65,6 @@ pub use network::{
 };
 
 pub use sandstone_api::random_hex;
-
-fn free_bytes(path: &std::path::Path) -> u64 {
-    let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).unwrap_or_default();
-    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
-    if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
-        return u64::MAX;
-    }
-    st.f_bavail * st.f_frsize
-}
 
 fn internal(e: impl std::fmt::Display) -> ApiError {
     ApiError::internal(e.to_string())
@@ -308,19 +297,38 @@ impl Lifecycle {
         })
     }
 
-    fn check_free_space(&self) -> ApiResult<()> {
-        let free = free_bytes(&self.storage.pool.root);
-        if free < MIN_FREE_BYTES {
+    /// 507 once the pool is down to its reserve, while writes still
+    /// succeed: new sandboxes, resumes and API writes would take what the
+    /// running sandboxes (and btrfs's metadata) need.
+    pub(crate) fn check_free_space(&self) -> ApiResult<()> {
+        let space = self.storage.pool.space().map_err(internal)?;
+        if space.free < space.reserve() {
             return Err(ApiError::new(
                 StatusCode::INSUFFICIENT_STORAGE,
                 "no_space",
                 format!(
-                    "host disk almost full ({} MiB free): refusing new sandboxes",
-                    free >> 20
+                    "storage pool almost full ({} MiB free, {} MiB kept in reserve): free space by deleting sandboxes or snapshots",
+                    space.free >> 20,
+                    space.reserve() >> 20
                 ),
             ));
         }
         Ok(())
+    }
+
+    /// The disk cap of a new volume, fitted to the pool where caps hold.
+    fn disk_limit(
+        &self,
+        template: &Template,
+        res: Option<&sandstone_api::Resources>,
+    ) -> ApiResult<Option<u64>> {
+        let max = match self.storage.pool.driver {
+            sandstone_storage::Driver::Btrfs => {
+                Some(self.storage.pool.space().map_err(internal)?.max_cap())
+            }
+            sandstone_storage::Driver::Dir => None,
+        };
+        limits::disk(res, template.disk.as_deref(), max)
     }
 
     /// Starts a runtime generation on an existing volume.
@@ -454,7 +462,8 @@ impl Lifecycle {
         };
         let template = self.template(&template_id)?;
         policy_of(&template, &config)?;
-        let disk = limits::disk(config.resources.as_ref(), template.disk.as_deref())?;
+        let disk = self.disk_limit(&template, config.resources.as_ref())?;
+        self.check_free_space()?;
         // Warm members are made with the template's settings: a claim that
         // turns networking off (or on) against them takes the cold path.
         if snapshot.is_none()
@@ -465,7 +474,6 @@ impl Lifecycle {
         {
             return self.hand_off(member, &template, config, disk).await;
         }
-        self.check_free_space()?;
         let slot = self.take_slot()?;
         let id = format!("sb-{}", random_hex(8));
         let mut undo = Undo::new(self, &id, slot);
@@ -618,6 +626,7 @@ impl Lifecycle {
             }
         }
         let template = self.template(&row.template)?;
+        self.check_free_space()?;
         self.store.set_pending(id, Some("resume")).await?;
         let runtime = match self.launch(id, &template, &config_of(&row), row.slot).await {
             Ok(r) => r,

@@ -6,7 +6,7 @@ use super::{Lifecycle, Runtime};
 use crate::initclient;
 use sandstone_init::proto::{Request, Response};
 use sandstone_store::SandboxRow;
-use std::collections::HashSet;
+use std::collections::{BTreeSet, HashSet};
 
 impl Lifecycle {
     async fn alive(&self, id: &str) -> bool {
@@ -83,14 +83,25 @@ impl Lifecycle {
         Ok(())
     }
 
+    /// Removes every sandbox no row owns: an interrupted create, or a
+    /// warm-pool member of a run that crashed. Each is found by any trace
+    /// of it (volume, cgroup, runtime directory), so a runtime whose volume
+    /// is already gone is stopped too.
     async fn sweep_orphans(&self, rows: &[SandboxRow]) {
         let owned: HashSet<&str> = rows.iter().map(|r| r.id.as_str()).collect();
-        for id in self.storage.volume_ids("sandboxes") {
-            if !owned.contains(id.as_str()) && id.starts_with("sb-") && !id.contains('.') {
-                // An interrupted create, or a warm-pool member of the last run.
-                tracing::info!(volume = %id, "removing a sandbox volume no row owns");
-                self.stop_runtime(&id, &self.cgroups.existing(&id));
-                let _ = self.storage.remove_sandbox(&id);
+        let traces: BTreeSet<String> = self
+            .storage
+            .volume_ids("sandboxes")
+            .into_iter()
+            .chain(self.cgroups.children())
+            .chain(self.storage.run_ids())
+            .filter(|id| id.starts_with("sb-") && !id.contains('.'))
+            .collect();
+        for id in traces.iter().filter(|id| !owned.contains(id.as_str())) {
+            tracing::info!(sandbox = %id, "removing a sandbox no row owns");
+            self.stop_runtime(id, &self.cgroups.existing(id));
+            if let Err(e) = self.storage.remove_sandbox(id) {
+                tracing::warn!(sandbox = %id, error = %e, "files of an unowned sandbox left behind");
             }
         }
         let snaps: HashSet<String> = match self.store.list_snapshots(None).await {

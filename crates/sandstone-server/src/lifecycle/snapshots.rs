@@ -4,7 +4,6 @@
 
 use super::{Lifecycle, config_of, internal, random_hex};
 use crate::error::{ApiError, ApiResult};
-use crate::limits;
 use sandstone_api::SandboxConfig;
 use sandstone_api::timefmt::now_ms;
 use sandstone_runtime::fault;
@@ -17,7 +16,7 @@ impl Lifecycle {
         res: Option<&sandstone_api::Resources>,
     ) -> ApiResult<Option<u64>> {
         let t = self.template(template)?;
-        limits::disk(res, t.disk.as_deref())
+        self.disk_limit(&t, res)
     }
 
     /// Runs `copy` with the sandbox's processes frozen when it is running.

@@ -65,6 +65,7 @@ impl Lifecycle {
 
     /// Makes one pool member for `template`.
     async fn make_member(&self, template: &Template) -> ApiResult<Member> {
+        self.check_free_space()?;
         let slot = self.take_slot()?;
         let id = format!("sb-{}", random_hex(8));
         let made = async {

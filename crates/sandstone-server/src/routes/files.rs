@@ -93,6 +93,7 @@ pub async fn write(
     body: Bytes,
 ) -> ApiResult<Response> {
     let (path, rt) = target(&st, &id, &q).await?;
+    st.lifecycle.check_free_space()?;
     if flag(&q, "mkdir") {
         let req = Request::Mkdir {
             path,

@@ -53,6 +53,9 @@ pub struct Daemon {
     /// `SANDSTONE_LOG` for the next [`Daemon::spawn`]; the daemon's log
     /// goes to `<data>/daemon.log`.
     pub log_level: String,
+    /// `--data-dir` as the next [`Daemon::spawn`] spells it (default: the
+    /// data dir's path).
+    pub data_dir_arg: Option<PathBuf>,
     pub child: Option<Child>,
     pub url: String,
     pub token: String,
@@ -94,7 +97,8 @@ impl Daemon {
         Self::start_with(&["--pool-gib", "4"], faults).await
     }
 
-    async fn start_with(setup: &[&str], faults: &str) -> Daemon {
+    /// A daemon after `sandstone setup` with `setup`'s flags.
+    pub async fn start_with(setup: &[&str], faults: &str) -> Daemon {
         require_root();
         let data = tempfile::Builder::new()
             .prefix("sandstone-test-")
@@ -119,6 +123,7 @@ impl Daemon {
             serve_args: Vec::new(),
             default_network: false,
             log_level: "warn".into(),
+            data_dir_arg: None,
             child: None,
             url: format!("http://127.0.0.1:{port}"),
             token: String::new(),
@@ -136,7 +141,7 @@ impl Daemon {
         let child = Command::new(sandstone_bin())
             .args(["serve", "--listen", &format!("127.0.0.1:{}", self.port)])
             .arg("--data-dir")
-            .arg(self.data.path())
+            .arg(self.data_dir_arg.as_deref().unwrap_or(self.data.path()))
             .env("SANDSTONE_INIT", init_bin())
             .env("SANDSTONE_FAULTS", &self.faults)
             .env("SANDSTONE_CRASH", &self.crash_at)
@@ -150,11 +155,12 @@ impl Daemon {
             )
             .env("SANDSTONE_LOG", &self.log_level)
             .stderr(Stdio::from(
-                std::fs::OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .open(self.data.path().join("daemon.log"))
-                    .expect("daemon log"),
+                std::os::unix::fs::OpenOptionsExt::mode(
+                    std::fs::OpenOptions::new().create(true).append(true),
+                    0o600,
+                )
+                .open(self.data.path().join("daemon.log"))
+                .expect("daemon log"),
             ))
             .spawn()
             .expect("start daemon");
@@ -259,6 +265,7 @@ impl Daemon {
     pub async fn metrics(&self) -> String {
         self.http
             .get(format!("{}/metrics", self.url))
+            .bearer_auth(&self.token)
             .send()
             .await
             .unwrap()
@@ -334,9 +341,16 @@ impl Drop for Daemon {
             }
         }
         self.stop();
-        let pool = self.data.path().join("pool");
-        if pool.exists() {
-            let _ = Command::new("umount").arg("-l").arg(&pool).status();
+        // The btrfs pool, or the dir pool's nosuid,nodev bind mounts.
+        for mount in ["sandboxes", "snapshots", "pool"] {
+            let at = self.data.path().join(mount);
+            if at.exists() {
+                let _ = Command::new("umount")
+                    .arg("-l")
+                    .arg(&at)
+                    .stderr(Stdio::null())
+                    .status();
+            }
         }
     }
 }
