@@ -224,7 +224,7 @@ pub async fn run(
     sandstone_token: impl FnOnce() -> Result<String>,
 ) -> Result<()> {
     match cmd {
-        WorkerCmd::Status { addr } => status_cmd(addr).await,
+        WorkerCmd::Status { addr } => status_cmd(addr, &sandstone_token()?).await,
         WorkerCmd::Poll {
             common,
             worker_id,
@@ -235,7 +235,8 @@ pub async fn run(
             let id = worker_id
                 .clone()
                 .unwrap_or_else(sandstone_worker::default_worker_id);
-            let mut config = common.config(daemon_url, &sandstone_token()?, id, *concurrency)?;
+            let token = sandstone_token()?;
+            let mut config = common.config(daemon_url, &token, id, *concurrency)?;
             // An unrunnable program is fatal now, not at the first item.
             config.on_work = on_work.clone().map(runnable).transpose()?;
             if config.environment_key.is_none() {
@@ -247,7 +248,11 @@ pub async fn run(
             if status_listen != "off" {
                 match tokio::net::TcpListener::bind(status_listen).await {
                     Ok(l) => {
-                        tokio::spawn(status::serve(l, worker.metrics.clone()));
+                        tokio::spawn(status::serve(
+                            l,
+                            worker.metrics.clone(),
+                            sandstone_api::Secret::new(token),
+                        ));
                     }
                     Err(e) => tracing::warn!(addr = %status_listen, error = %e,
                         "status endpoint not served (is another worker using it?)"),
@@ -303,13 +308,21 @@ fn runnable(path: PathBuf) -> Result<PathBuf> {
     Ok(path)
 }
 
-async fn status_cmd(addr: &str) -> Result<()> {
+async fn status_cmd(addr: &str, token: &str) -> Result<()> {
     let url = format!("http://{addr}/status");
-    let v: serde_json::Value = reqwest::get(&url)
+    let resp = reqwest::Client::new()
+        .get(&url)
+        .bearer_auth(token)
+        .send()
         .await
-        .with_context(|| format!("no worker answering at {addr}"))?
-        .json()
-        .await?;
+        .with_context(|| format!("no worker answering at {addr}"))?;
+    if !resp.status().is_success() {
+        bail!(
+            "the worker at {addr} refused: {}",
+            resp.text().await.unwrap_or_default().trim()
+        );
+    }
+    let v: serde_json::Value = resp.json().await?;
     println!("{}", serde_json::to_string_pretty(&v)?);
     Ok(())
 }

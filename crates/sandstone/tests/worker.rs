@@ -1039,6 +1039,17 @@ async fn worker_status_and_metrics_count_items_and_tool_calls() {
     let status: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(status["items_claimed"], 1, "{status}");
     assert_eq!(status["tool_calls"], 1, "{status}");
+    // It names sessions and sandboxes: without the worker's key, or with
+    // another, nothing is shown.
+    for auth in [None, Some("Bearer s0_local_not_the_key")] {
+        let mut req = reqwest::Client::new().get(format!("http://{addr}/status"));
+        if let Some(a) = auth {
+            req = req.header("authorization", a);
+        }
+        let r = req.send().await.unwrap();
+        assert_eq!(r.status(), 401, "{auth:?}");
+        assert!(!r.text().await.unwrap().contains(&sid));
+    }
     let metrics = reqwest::get(format!("http://{addr}/metrics"))
         .await
         .unwrap()
