@@ -15,6 +15,7 @@ pub mod dns;
 pub mod drops;
 pub mod firewall;
 pub mod intercept;
+pub mod local;
 pub mod policy;
 pub mod proxy;
 pub mod relay;

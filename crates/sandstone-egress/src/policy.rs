@@ -284,6 +284,9 @@ fn merge_by<T: Clone>(base: &mut Vec<T>, over: &[T], key: impl Fn(&T) -> &String
     }
 }
 
+/// Whether an address is one of this host's own, asked when it is dialled.
+pub type LocalCheck = fn(IpAddr) -> std::io::Result<bool>;
+
 /// Rules of the host's operator: evaluated before any sandbox policy and
 /// not settable through the sandbox API.
 #[derive(Debug, Clone)]
@@ -292,12 +295,16 @@ pub struct OperatorRules {
     pub allow: Vec<Cidr>,
     pub deny: Vec<Cidr>,
     pub deny_domains: Vec<String>,
+    /// Denies the host's own addresses, judged per connection (by default,
+    /// the kernel's routing table: [`crate::local::is_local`]).
+    pub host_addresses: Option<LocalCheck>,
 }
 
 impl Default for OperatorRules {
     /// Loopback, "this network", link-local (with the cloud metadata
-    /// address), multicast and broadcast are denied even in `allow-all`; the
-    /// daemon adds the host's own addresses and the sandbox subnet pool.
+    /// address), multicast, broadcast and the host's own addresses (as
+    /// they are when dialled) are denied even in `allow-all`; the daemon
+    /// adds the sandbox subnet pool.
     fn default() -> Self {
         let deny = [
             "127.0.0.0/8",
@@ -317,6 +324,7 @@ impl Default for OperatorRules {
             allow: Vec::new(),
             deny,
             deny_domains: Vec::new(),
+            host_addresses: Some(crate::local::is_local),
         }
     }
 }
@@ -333,6 +341,21 @@ impl OperatorRules {
                     allowed: false,
                     layer: "operator",
                     rule: Some(format!("deny {n}")),
+                });
+            }
+            let local = match self.host_addresses.map(|check| check(ip)) {
+                None | Some(Ok(false)) => None,
+                Some(Ok(true)) => Some(format!("deny host address {ip}")),
+                // Unknown is treated as the host's own: the check fails closed.
+                Some(Err(e)) => Some(format!(
+                    "deny {ip}: cannot tell whether it is the host's ({e})"
+                )),
+            };
+            if let Some(rule) = local {
+                return Some(Decision {
+                    allowed: false,
+                    layer: "operator",
+                    rule: Some(rule),
                 });
             }
         }
@@ -556,5 +579,41 @@ mod tests {
         );
         assert_eq!(m.mode, Mode::AllowAll);
         assert_eq!(NetworkPolicy::merged(&t, &c, false).mode, Mode::BlockAll);
+    }
+
+    #[test]
+    fn host_addresses_are_judged_when_dialled() {
+        fn fake(ip: IpAddr) -> std::io::Result<bool> {
+            match ip.to_string().as_str() {
+                "10.5.0.1" => Ok(true),
+                "10.5.0.9" => Err(std::io::Error::other("netlink down")),
+                _ => Ok(false),
+            }
+        }
+        let p = policy(r#"{"mode":"allow-all"}"#);
+        let mut op = OperatorRules {
+            host_addresses: Some(fake),
+            ..OperatorRules::default()
+        };
+        let d = p.decide(&op, &conn("10.5.0.1", 80, None, AppProtocol::Http));
+        assert_eq!(
+            (d.allowed, d.layer, d.rule.as_deref()),
+            (false, "operator", Some("deny host address 10.5.0.1"))
+        );
+        // Unknown fails closed.
+        assert!(
+            !p.decide(&op, &conn("10.5.0.9", 80, None, AppProtocol::Http))
+                .allowed
+        );
+        assert!(
+            p.decide(&op, &conn("10.5.0.2", 80, None, AppProtocol::Http))
+                .allowed
+        );
+        // The operator's own exceptions still come first.
+        op.allow.push("10.5.0.1/32".parse().unwrap());
+        assert!(
+            p.decide(&op, &conn("10.5.0.1", 80, None, AppProtocol::Http))
+                .allowed
+        );
     }
 }

@@ -102,6 +102,8 @@ pub(crate) struct Flow {
     pub dst: SocketAddr,
     pub host: Option<String>,
     pub app: AppProtocol,
+    /// Where the proxy connected for it, once decided.
+    pub dialed: Option<SocketAddr>,
     started: Instant,
 }
 
@@ -116,6 +118,7 @@ impl Flow {
             dest_name: self.host.clone(),
             dest_ip: Some(self.dst.ip().to_string()),
             dest_port: self.dst.port(),
+            dialed: self.dialed.map(|a| a.to_string()),
             protocol: format!("{:?}", self.app).to_lowercase(),
             decision: if d.allowed { "allow" } else { "deny" }.into(),
             rule: d.rule.clone(),
@@ -191,11 +194,12 @@ async fn handle(mut conn: TcpStream, peer: SocketAddr, egress: Arc<Egress>) {
     };
     // A name the sandbox did not state comes from its own DNS answers.
     let host = host.or_else(|| sandbox.name_of(dst.ip()));
-    let flow = Flow {
+    let mut flow = Flow {
         sandbox: sandbox.clone(),
         dst,
         host,
         app,
+        dialed: None,
         started,
     };
     let policy = sandbox.policy();
@@ -255,6 +259,7 @@ async fn handle(mut conn: TcpStream, peer: SocketAddr, egress: Arc<Egress>) {
         flow.audit(&egress, &decision, reason.clone(), 0, 0);
         return refuse(conn, &flow, &reason).await;
     }
+    flow.dialed = Some(target);
     if let Some(interceptor) = egress.interceptor.as_ref().filter(|_| intercept) {
         let flow = Arc::new(flow);
         let (up, down) = interceptor

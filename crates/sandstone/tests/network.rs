@@ -422,3 +422,110 @@ print(sorted(os.listdir('/sys/class/net')))
     let r = d.run(&web, &["python3", "-c", &probe]).await;
     assert_eq!(r["stdout"], "closed\nclosed\n['lo']\n", "{r}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn host_addresses_added_after_start_are_judged_at_dial_time_and_audits_show_both_ends() {
+    use common::fake_internet::FakeInternet;
+    let net = FakeInternet::start();
+    let d = networked(&format!("{}:53", net.server), &[]).await;
+    let open = d.create(json!({"network": {"mode": "allow-all"}})).await;
+    let wild = d
+        .create(
+            json!({"network": {"mode": "block-all", "egress": {"trafficRules": [
+                {"name": "tests", "action": "allow", "domains": ["*.test"], "ports": [{"port": 80}]}
+            ]}}}),
+        )
+        .await;
+    // After the daemon started, the host gains an address with a server on it.
+    net.add_host_address();
+    let server = std::net::TcpListener::bind((net.late.as_str(), 80)).unwrap();
+    std::thread::spawn(move || {
+        for mut c in server.incoming().flatten() {
+            let _ = std::io::Read::read(&mut c, &mut [0u8; 4096]);
+            let _ = std::io::Write::write_all(
+                &mut c,
+                b"HTTP/1.1 200 OK\r\ncontent-length: 12\r\nconnection: close\r\n\r\nhost secret\n",
+            );
+        }
+    });
+    let curl = |url: &str| format!("curl -sS -m 5 -i {url} 2>&1; echo \" rc=$?\"");
+    // The fake internet stays reachable (the test is not vacuous) ...
+    let r = d.sh(&open, &curl(&format!("http://{}/", net.server))).await;
+    assert!(r["stdout"].as_str().unwrap().contains("hello from"), "{r}");
+    let r = d.sh(&wild, &curl("http://web.test/")).await;
+    assert!(
+        r["stdout"]
+            .as_str()
+            .unwrap()
+            .contains("hello from web.test"),
+        "{r}"
+    );
+    // ... the new host address is not, by address nor by an allowed name.
+    let r = d.sh(&open, &curl(&format!("http://{}/", net.late))).await;
+    let out = r["stdout"].as_str().unwrap();
+    assert!(!out.contains("host secret") && out.contains("403"), "{r}");
+    let r = d.sh(&wild, &curl("http://late.test/")).await;
+    let out = r["stdout"].as_str().unwrap();
+    assert!(
+        !out.contains("host secret") && out.contains("403") && out.contains("host address"),
+        "{r}"
+    );
+    // Nor when the sandbox sends the name to an address the proxy may
+    // dial: the proxy's own resolution of the name is judged too.
+    let r = d
+        .sh(
+            &wild,
+            &curl(&format!("-H 'Host: late.test' http://{}/", net.server)),
+        )
+        .await;
+    let out = r["stdout"].as_str().unwrap();
+    assert!(
+        !out.contains("host secret") && out.contains("403") && out.contains("denied address"),
+        "{r}"
+    );
+    let late = net.late.clone();
+    audited(&d, &open, |e| {
+        e["decision"] == "deny" && e["dest_ip"] == late.as_str() && e["dest_port"] == 80
+    })
+    .await;
+    audited(&d, &wild, |e| {
+        e["kind"] == "connection" && e["decision"] == "deny" && e["dest_name"] == "late.test"
+    })
+    .await;
+
+    // A Host naming an allowed domain, sent to an address the sandbox
+    // chose: the record keeps both the name and address the sandbox gave
+    // and where the proxy connected.
+    let r = d
+        .sh(
+            &wild,
+            &curl(&format!("-H 'Host: web.test' http://{}/", net.unused)),
+        )
+        .await;
+    assert!(
+        r["stdout"]
+            .as_str()
+            .unwrap()
+            .contains("hello from web.test"),
+        "{r}"
+    );
+    let (unused, dialled) = (net.unused.clone(), format!("{}:80", net.server));
+    let e = audited(&d, &wild, |e| {
+        e["kind"] == "connection" && e["decision"] == "allow" && e["dest_ip"] == unused.as_str()
+    })
+    .await;
+    assert_eq!(
+        (e["dest_name"].as_str(), e["dialed"].as_str()),
+        (Some("web.test"), Some(dialled.as_str())),
+        "{e}"
+    );
+    let out = cli(&d, &["audit", &wild], b"");
+    let trail = text(&out.stdout);
+    assert!(
+        trail
+            .lines()
+            .any(|l| l.contains(&format!("web.test ({}:80)", net.unused))
+                && l.contains(&format!("via {dialled}"))),
+        "{trail}"
+    );
+}

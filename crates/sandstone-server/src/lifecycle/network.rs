@@ -297,19 +297,14 @@ impl Network {
             dns_port: dns.local_addr()?.port(),
         };
         firewall.install().map_err(|e| anyhow::anyhow!(e))?;
+        // The host's own addresses are judged when dialled (the operator
+        // rules' default), so one added later is denied too.
         let mut operator = o.operator.rules()?;
         operator.deny.push(
             pool.cidr()
                 .parse()
                 .map_err(|e: String| anyhow::anyhow!(e))?,
         );
-        for ip in foreign {
-            operator.deny.push(
-                ip.to_string()
-                    .parse()
-                    .map_err(|e: String| anyhow::anyhow!(e))?,
-            );
-        }
         let mut egress = Egress::new(
             operator,
             Arc::new(spawn_audit_writer(store.clone())),
