@@ -341,7 +341,7 @@ async fn policies(d: &common::Daemon, ids: &[&str]) -> Vec<serde_json::Value> {
 }
 
 /// Each of the two sandboxes reaches its allowed name, and not the other's
-/// nor a raw address.
+/// nor a raw address; the first's requests to api.test get its credential.
 async fn readopted(
     d: &common::Daemon,
     net: &common::fake_internet::FakeInternet,
@@ -368,6 +368,13 @@ async fn readopted(
         let r = d.sh(id, &curl(&format!("-i http://{}/", net.server))).await;
         assert!(r["stdout"].as_str().unwrap().contains("403"), "{when}: {r}");
     }
+    let r = d.sh(web, &curl("http://api.test/auth")).await;
+    assert_eq!(r["stdout"], "authorized\n rc=0\n", "{when}: {r}");
+    let r = d.sh(other, &curl("http://api.test/auth")).await;
+    assert!(
+        r["stdout"].as_str().unwrap().contains("rc=6"),
+        "{when}: {r}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -380,8 +387,23 @@ async fn a_restarted_daemon_readopts_networked_sandboxes_with_their_policies() {
             {"name": name, "action": "allow", "domains": [name], "ports": [{"port": 80}]}
         ]}})
     };
-    // Two sandboxes whose policies differ, so each must get its own back.
-    let web = d.create(json!({"network": rule("web.test")})).await;
+    // Two sandboxes whose policies differ, so each must get its own back;
+    // one with a credential bound to a host.
+    let (s, v) = d
+        .post(
+            "/api/v1/credential-sources",
+            json!({"name": "api-key", "resolverKind": "static_headers",
+                   "spec": {"staticHeaders": {"values": {"X-Api-Key": net.token}}}}),
+        )
+        .await;
+    assert_eq!(s, 201, "{v}");
+    let mut with_credential = rule("web.test");
+    with_credential["egress"]["trafficRules"][0]["domains"] = json!(["web.test", "api.test"]);
+    with_credential["egress"]["credentialRules"] = json!([{"name": "api",
+        "credentialRef": "api", "protocol": "http", "domains": ["api.test"]}]);
+    with_credential["credentialBindings"] = json!([{"ref": "api", "sourceRef": "api-key",
+        "projection": {"type": "http_headers"}}]);
+    let web = d.create(json!({"network": with_credential})).await;
     let other = d.create(json!({"network": rule("other.test")})).await;
     let before = policies(&d, &[&web, &other]).await;
     readopted(&d, &net, &web, &other, "before any restart").await;
