@@ -233,10 +233,11 @@ async fn handle(mut conn: TcpStream, peer: SocketAddr, egress: Arc<Egress>) {
         && (for_credentials || policy.policy.egress.enforce_request_host);
     // A Host or SNI naming an allowed domain does not make an address the
     // sandbox chose allowed: the proxy dials what the name resolves to. A
-    // terminated connection always does, whatever rule allowed it: a
-    // credential must reach the named host, not an address the sandbox
-    // paired with its name.
-    let dial_name = match intercept {
+    // connection terminated for credentials always does, whatever rule
+    // allowed it: a credential must reach the named host, not an address
+    // the sandbox paired with its name. One a CIDR rule (or the mode)
+    // allowed goes to the address the sandbox chose, terminated or not.
+    let dial_name = match intercept && for_credentials {
         true => flow.host.as_deref(),
         false => policy.dial_name(&c),
     }
