@@ -5,9 +5,12 @@
 #  - an HTTP/1.1 keep-alive request through the proxy vs direct;
 #  - a new connection + request through the proxy vs direct, with 1 and
 #    with 200 sandboxes (and their policies) loaded;
-#  - a new TLS connection + request: spliced, and terminated by the proxy
-#    for a credential rule (leaf cached) vs direct;
-#  - 100 MiB over one TLS connection: spliced and terminated vs direct;
+#  - a new TLS connection + request: spliced, terminated by the proxy for a
+#    credential rule (leaf cached), and terminated under a policy with
+#    enforceRequestHost (every request's Host checked against the SNI) vs
+#    direct;
+#  - 100 MiB over one TLS connection: spliced, terminated for credentials
+#    and under enforceRequestHost vs direct;
 #  - a cached DNS answer from the policy resolver;
 #  - sandbox create with networking vs without.
 set -euo pipefail
@@ -54,10 +57,20 @@ cat > "$work/policy.json" <<'EOF'
 EOF
 on net policy set "$id" --file "$work/policy.json" >/dev/null
 on net cp "$work/fake/ca.pem" "$id:/tmp/fake-ca.pem"
+# web.test again, with no credential rule, under enforceRequestHost: the
+# proxy terminates it only to check each request's Host.
+strict=$(on net create)
+cat > "$work/strict.json" <<'EOF'
+{"mode": "block-all",
+ "egress": {"trafficRules": [{"name": "fake", "action": "allow", "domains": ["web.test"]}],
+            "enforceRequestHost": true}}
+EOF
+on net policy set "$strict" --file "$work/strict.json" >/dev/null
 py="$(cat tests/fake_internet/latency.py)"
 inside() { on net exec "$id" -- python3 -c "$py" "$@"; }
+in_strict() { on net exec "$strict" -- python3 -c "$py" "$@"; }
 direct() { python3 tests/fake_internet/latency.py "$@"; }
-row() { printf '%-46s p50 %8s ms  p99 %8s ms\n' "$1" $2; }
+row() { printf '%-52s p50 %8s ms  p99 %8s ms\n' "$1" $2; }
 echo "== egress (proxy) vs direct, same machine"
 row "keep-alive request, direct" "$(direct keepalive web.test 10.98.0.2 1000)"
 row "keep-alive request, through the proxy" "$(inside keepalive web.test 10.98.0.2 1000)"
@@ -66,11 +79,13 @@ row "new connection + request, proxy (1 sandbox)" "$(inside connect web.test 10.
 row "new TLS connection + request, direct" "$(direct tls web.test 10.98.0.2 300 "$work/fake/ca.pem")"
 row "new TLS connection + request, spliced" "$(inside tls web.test 10.98.0.2 300 /tmp/fake-ca.pem)"
 row "new TLS connection + request, terminated" "$(inside tls api.test 10.98.0.2 300 -)"
-rate() { printf '%-46s %8s MiB/s\n' "$1" "$2"; }
+row "new TLS connection + request, enforceRequestHost" "$(in_strict tls web.test 10.98.0.2 300 -)"
+rate() { printf '%-52s %8s MiB/s\n' "$1" "$2"; }
 for i in 1 2 3; do
   rate "100 MiB over TLS, direct (run $i)" "$(direct bulk web.test 10.98.0.2 100 "$work/fake/ca.pem")"
   rate "100 MiB over TLS, spliced (run $i)" "$(inside bulk web.test 10.98.0.2 100 /tmp/fake-ca.pem)"
   rate "100 MiB over TLS, terminated (run $i)" "$(inside bulk api.test 10.98.0.2 100 -)"
+  rate "100 MiB over TLS, enforceRequestHost (run $i)" "$(in_strict bulk web.test 10.98.0.2 100 -)"
 done
 row "DNS answer from the resolver (cached)" "$(inside dns web.test 1000)"
 for _ in $(seq 199); do

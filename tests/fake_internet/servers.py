@@ -33,6 +33,8 @@ RECORDS = {
     "pypi.org": WEB_IPS[0],
     "files.pythonhosted.org": WEB_IPS[0],
     "rebind.test": "127.0.0.1",
+    # .50 of the web server's /24: the tests give it to the host later.
+    "late.test": WEB_IPS[0].rsplit(".", 1)[0] + ".50",
 }
 
 

@@ -9,9 +9,18 @@ pub struct AuditEvent {
     pub time: i64,
     /// `connection` or `dns`.
     pub kind: String,
+    /// The name the sandbox gave (SNI, Host, DNS question), or for a
+    /// connection that gave none, the name its DNS answers had for the
+    /// address.
     pub dest_name: Option<String>,
+    /// The address and port the sandbox connected to.
     pub dest_ip: Option<String>,
     pub dest_port: u16,
+    /// Where the proxy connected on its behalf (`ip:port`): for a name a
+    /// rule allowed, where the name resolves, whatever address the sandbox
+    /// chose.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dialed: Option<String>,
     /// `http`, `tls`, `ssh`, `dns`, `other`.
     pub protocol: String,
     /// `allow` or `deny`.

@@ -244,6 +244,7 @@ fn record(
         dest_name: Some(name.to_string()),
         dest_ip: None,
         dest_port: 53,
+        dialed: None,
         protocol: "dns".into(),
         decision: if d.allowed { "allow" } else { "deny" }.into(),
         rule: d.rule.clone(),

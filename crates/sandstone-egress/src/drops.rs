@@ -50,6 +50,7 @@ pub fn spawn(egress: Arc<Egress>, prefix: String) {
                 dest_name: None,
                 dest_ip: Some(dst.to_string()),
                 dest_port: port,
+                dialed: None,
                 protocol: proto.clone(),
                 decision: "deny".into(),
                 rule: Some("firewall".into()),

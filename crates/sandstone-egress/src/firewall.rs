@@ -19,13 +19,18 @@ pub struct Firewall {
     pub dns_port: u16,
 }
 
-fn nft(script: &str) -> Result<(), String> {
-    let mut child = Command::new("nft")
+/// Runs an nft script; `Ok(None)`: nft is not installed.
+fn try_nft(script: &str) -> Result<Option<()>, String> {
+    let mut child = match Command::new("nft")
         .args(["-f", "-"])
         .stdin(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .map_err(|e| format!("run nft (apt-get install nftables): {e}"))?;
+    {
+        Ok(c) => c,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(format!("run nft: {e}")),
+    };
     child
         .stdin
         .take()
@@ -39,7 +44,11 @@ fn nft(script: &str) -> Result<(), String> {
             String::from_utf8_lossy(&out.stderr).trim()
         ));
     }
-    Ok(())
+    Ok(Some(()))
+}
+
+fn nft(script: &str) -> Result<(), String> {
+    try_nft(script)?.ok_or_else(|| "nft is not installed (apt-get install nftables)".into())
 }
 
 impl Firewall {
@@ -98,10 +107,12 @@ impl Firewall {
         nft(&self.ruleset())
     }
 
+    /// Deletes the table if there is one (without nft there is none).
     pub fn remove(&self) -> Result<(), String> {
-        nft(&format!(
+        try_nft(&format!(
             "table inet {t} {{}}\ndelete table inet {t}\n",
             t = self.table
         ))
+        .map(|_| ())
     }
 }

@@ -18,6 +18,10 @@ pub struct Denied<'a> {
     pub port: u16,
     /// A DNS question: only the name is known, not the port to come.
     pub dns: bool,
+    /// The connection stated `name` itself (TLS SNI, HTTP Host). Otherwise
+    /// the name came from the sandbox's DNS answers, which allow rules do
+    /// not match by default: the suggestion is then the address.
+    pub stated: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -37,6 +41,7 @@ fn blank_rule(name: String) -> TrafficRule {
         cidrs: Vec::new(),
         ports: Vec::new(),
         app_protocols: Vec::new(),
+        match_dns_answers: false,
         preset: None,
     }
 }
@@ -56,7 +61,8 @@ pub fn allow_hint(
                 ip: d.ip,
                 port: d.port,
                 transport: Transport::Tcp,
-                host: d.name,
+                host: d.name.filter(|_| d.stated),
+                resolved: d.name.filter(|_| !d.stated),
                 app: AppProtocol::Other,
             },
         )
@@ -84,7 +90,8 @@ pub fn allow_hint(
         _ => {}
     }
     let port = (!d.dns).then_some(d.port);
-    let (target, rule) = match (d.name, d.ip) {
+    let name = d.name.filter(|_| d.stated || d.dns);
+    let (target, rule) = match (name, d.ip) {
         (Some(name), _) => match Preset::covering(name, port) {
             Some(p) => {
                 let mut r = blank_rule(p.name().into());
@@ -143,6 +150,7 @@ mod tests {
             ip: Some(ip.parse().unwrap()),
             port,
             dns: false,
+            stated: true,
         }
     }
 
@@ -160,6 +168,7 @@ mod tests {
             port: 443,
             transport: Transport::Tcp,
             host: Some("pypi.org"),
+            resolved: None,
             app: AppProtocol::Tls,
         };
         assert!(fixed.compile().unwrap().decide(&op, &conn).allowed);
@@ -185,9 +194,17 @@ mod tests {
             ip: None,
             port: 53,
             dns: true,
+            stated: true,
         };
         let h = allow_hint("sb-1", &p, &op, &dns).unwrap();
         assert_eq!(h.message, "sandstone policy allow sb-1 node");
+        // Opaque TCP names only what DNS answered: the address is suggested.
+        let ssh = Denied {
+            stated: false,
+            ..denied(Some("git.example.com"), "203.0.113.7", 22)
+        };
+        let h = allow_hint("sb-1", &p, &op, &ssh).unwrap();
+        assert_eq!(h.message, "sandstone policy allow sb-1 203.0.113.7:22");
     }
 
     #[test]

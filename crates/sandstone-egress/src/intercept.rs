@@ -1,7 +1,9 @@
-//! TLS termination for credential injection. A connection whose
-//! destination some credential rule names is answered by the proxy itself:
-//! it presents a leaf certificate for the SNI minted from the installation
-//! CA (cached per host), speaks HTTP/1.1 or HTTP/2 to the sandbox as ALPN
+//! TLS termination for credential injection, and for policies that
+//! enforce request hosts (`enforceRequestHost`). A connection whose
+//! destination some credential rule names (or, under that setting, any
+//! allowed HTTP(S) connection that names its host) is answered by the
+//! proxy itself: it presents a leaf certificate for the SNI minted from the
+//! installation CA (cached per host), speaks HTTP/1.1 or HTTP/2 to the sandbox as ALPN
 //! chose, and re-originates each request over TLS it verifies against the
 //! host's roots (plus the operator's extra CAs). Every request is checked:
 //! its Host must be the name the connection was opened for (otherwise
@@ -341,6 +343,7 @@ impl Session {
                 port,
                 transport: Transport::Tcp,
                 host: Some(&self.host),
+                resolved: None,
                 app,
             },
         );

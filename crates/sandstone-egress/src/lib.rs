@@ -16,6 +16,7 @@ pub mod drops;
 pub mod firewall;
 pub mod hint;
 pub mod intercept;
+pub mod local;
 pub mod policy;
 pub mod presets;
 pub mod proxy;

@@ -79,6 +79,13 @@ pub struct TrafficRule {
     pub ports: Vec<PortRange>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub app_protocols: Vec<AppProtocol>,
+    /// A Sandstone extension: this rule's domains also match a connection
+    /// that names no host of its own (SSH, opaque TCP) to an address the
+    /// sandbox's DNS answer for the name gave. Off by default: one address
+    /// often serves many names, so this allows whatever else that address
+    /// serves. Never applies to TLS or HTTP, which state their own name.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub match_dns_answers: bool,
     /// Sandstone extension: a named list of domains and ports
     /// ([`Preset`]) added to the rule's own; `policy get` shows the rule
     /// expanded, with the preset's name kept.
@@ -113,6 +120,14 @@ pub struct Egress {
     pub traffic_rules: Vec<TrafficRule>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub credential_rules: Vec<CredentialRule>,
+    /// A Sandstone extension: the proxy terminates every allowed HTTP and
+    /// HTTPS connection that names its host (not only those a credential
+    /// rule names) and refuses, with a 421, any request whose Host is not
+    /// that name (the TLS SNI): the defence against domain fronting
+    /// through an allowed name's front end. Other protocols over TLS to
+    /// such hosts then fail.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub enforce_request_host: bool,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
@@ -132,9 +147,13 @@ pub struct Connection<'a> {
     pub ip: Option<IpAddr>,
     pub port: u16,
     pub transport: Transport,
-    /// The name the connection is for: TLS SNI, HTTP Host, the DNS question,
-    /// or the name the sandbox resolved to `ip`.
+    /// The name the connection states: TLS SNI, HTTP Host, the DNS
+    /// question.
     pub host: Option<&'a str>,
+    /// For a connection that states none, the name the sandbox's own DNS
+    /// answers gave for `ip`: deny rules match it; allow rules only where
+    /// they opt in (`matchDnsAnswers`), and never for TLS or HTTP.
+    pub resolved: Option<&'a str>,
     pub app: AppProtocol,
 }
 
@@ -198,12 +217,23 @@ struct Compiled {
 }
 
 impl Compiled {
+    /// The name of `c` one of this rule's domains matches: the one it
+    /// states, or the one its sandbox resolved where this rule may use it.
+    fn matched_name<'a>(&self, c: &Connection<'a>) -> Option<&'a str> {
+        let r = &self.rule;
+        let names_itself = matches!(c.app, AppProtocol::Tls | AppProtocol::Http);
+        let by_answer = r.action == Action::Deny || (r.match_dns_answers && !names_itself);
+        let resolved = c.resolved.filter(|_| c.host.is_none() && by_answer);
+        c.host
+            .or(resolved)
+            .filter(|h| r.domains.iter().any(|d| domain_matches(d, h)))
+    }
+
     fn matches(&self, c: &Connection) -> bool {
         let r = &self.rule;
         let any_dest = r.domains.is_empty() && self.cidrs.is_empty();
         let dest = any_dest
-            || c.host
-                .is_some_and(|h| r.domains.iter().any(|d| domain_matches(d, h)))
+            || self.matched_name(c).is_some()
             || c.ip
                 .is_some_and(|ip| self.cidrs.iter().any(|n| n.contains(ip)));
         let port = r.ports.is_empty()
@@ -289,7 +319,8 @@ impl NetworkPolicy {
 
     /// The template's policy overridden by a claim's: the claim's mode wins
     /// when it sets one; rules merge by name and bindings by ref (the
-    /// claim's replaces the template's of the same name; new ones go after).
+    /// claim's replaces the template's of the same name; new ones go after);
+    /// `enforceRequestHost` is on if either turns it on.
     pub fn merged(
         template: &NetworkPolicy,
         claim: &NetworkPolicy,
@@ -299,6 +330,7 @@ impl NetworkPolicy {
         if claim_sets_mode {
             out.mode = claim.mode;
         }
+        out.egress.enforce_request_host |= claim.egress.enforce_request_host;
         merge_by(
             &mut out.egress.traffic_rules,
             &claim.egress.traffic_rules,
@@ -332,6 +364,9 @@ fn merge_by<T: Clone>(base: &mut Vec<T>, over: &[T], key: impl Fn(&T) -> &String
     }
 }
 
+/// Whether an address is one of this host's own, asked when it is dialled.
+pub type LocalCheck = fn(IpAddr) -> std::io::Result<bool>;
+
 /// Rules of the host's operator: evaluated before any sandbox policy and
 /// not settable through the sandbox API.
 #[derive(Debug, Clone)]
@@ -340,12 +375,16 @@ pub struct OperatorRules {
     pub allow: Vec<Cidr>,
     pub deny: Vec<Cidr>,
     pub deny_domains: Vec<String>,
+    /// Denies the host's own addresses, judged per connection (by default,
+    /// the kernel's routing table: [`crate::local::is_local`]).
+    pub host_addresses: Option<LocalCheck>,
 }
 
 impl Default for OperatorRules {
     /// Loopback, "this network", link-local (with the cloud metadata
-    /// address), multicast and broadcast are denied even in `allow-all`; the
-    /// daemon adds the host's own addresses and the sandbox subnet pool.
+    /// address), multicast, broadcast and the host's own addresses (as
+    /// they are when dialled) are denied even in `allow-all`; the daemon
+    /// adds the sandbox subnet pool.
     fn default() -> Self {
         let deny = [
             "127.0.0.0/8",
@@ -365,6 +404,7 @@ impl Default for OperatorRules {
             allow: Vec::new(),
             deny,
             deny_domains: Vec::new(),
+            host_addresses: Some(crate::local::is_local),
         }
     }
 }
@@ -381,6 +421,21 @@ impl OperatorRules {
                     allowed: false,
                     layer: "operator",
                     rule: Some(format!("deny {n}")),
+                });
+            }
+            let local = match self.host_addresses.map(|check| check(ip)) {
+                None | Some(Ok(false)) => None,
+                Some(Ok(true)) => Some(format!("deny host address {ip}")),
+                // Unknown is treated as the host's own: the check fails closed.
+                Some(Err(e)) => Some(format!(
+                    "deny {ip}: cannot tell whether it is the host's ({e})"
+                )),
+            };
+            if let Some(rule) = local {
+                return Some(Decision {
+                    allowed: false,
+                    layer: "operator",
+                    rule: Some(rule),
                 });
             }
         }
@@ -444,15 +499,14 @@ impl CompiledPolicy {
         }
     }
 
-    /// Whether the rule that allowed a connection named domains: then the
-    /// proxy dials what the name resolves to, not the address the sandbox
-    /// chose.
-    pub fn rule_names_domains(&self, rule: Option<&str>) -> bool {
-        rule.is_some_and(|name| {
-            self.rules
-                .iter()
-                .any(|r| r.rule.name == name && !r.rule.domains.is_empty())
-        })
+    /// The name by which the first matching rule matched `c`, if it
+    /// matched by name: then the proxy dials what that name resolves to,
+    /// not the address the sandbox chose.
+    pub fn dial_name<'a>(&self, c: &Connection<'a>) -> Option<&'a str> {
+        self.rules
+            .iter()
+            .find(|r| r.matches(c))
+            .and_then(|r| r.matched_name(c))
     }
 }
 
@@ -466,6 +520,7 @@ mod tests {
             port,
             transport: Transport::Tcp,
             host,
+            resolved: None,
             app,
         }
     }
@@ -660,5 +715,145 @@ mod tests {
         );
         assert_eq!(m.mode, Mode::AllowAll);
         assert_eq!(NetworkPolicy::merged(&t, &c, false).mode, Mode::BlockAll);
+        assert!(!m.egress.enforce_request_host);
+        let strict: NetworkPolicy =
+            serde_json::from_str(r#"{"egress":{"enforceRequestHost":true}}"#).unwrap();
+        assert!(
+            NetworkPolicy::merged(&t, &strict, false)
+                .egress
+                .enforce_request_host
+        );
+        assert!(
+            NetworkPolicy::merged(&strict, &c, true)
+                .egress
+                .enforce_request_host
+        );
+    }
+
+    #[test]
+    fn tls_without_a_server_name_matches_cidr_rules_only() {
+        let p = policy(
+            r#"{"mode":"block-all","egress":{"trafficRules":[
+                {"name":"api","action":"allow","domains":["api.example.test"],"ports":[{"port":443}]}
+            ]}}"#,
+        );
+        let op = OperatorRules::default();
+        let resolved = |app| Connection {
+            resolved: Some("api.example.test"),
+            ..conn("93.184.216.34", 443, None, app)
+        };
+        // The sandbox's earlier DNS answer does not name a TLS flow, an
+        // HTTP flow without Host, nor opaque TCP to that address.
+        for app in [AppProtocol::Tls, AppProtocol::Http, AppProtocol::Other] {
+            let d = p.decide(&op, &resolved(app));
+            assert_eq!((d.allowed, d.layer), (false, "mode"), "{app:?}");
+            assert_eq!(p.dial_name(&resolved(app)), None);
+        }
+        // Its own SNI does, and the proxy dials that name.
+        let sni = conn(
+            "93.184.216.34",
+            443,
+            Some("api.example.test"),
+            AppProtocol::Tls,
+        );
+        assert!(p.decide(&op, &sni).allowed);
+        assert_eq!(p.dial_name(&sni), Some("api.example.test"));
+        // A CIDR rule allows it by address, to be dialled as addressed.
+        let p = policy(
+            r#"{"mode":"block-all","egress":{"trafficRules":[
+                {"name":"api","action":"allow","domains":["api.example.test"],"cidrs":["93.184.216.0/24"]}
+            ]}}"#,
+        );
+        assert!(p.decide(&op, &resolved(AppProtocol::Tls)).allowed);
+        assert_eq!(p.dial_name(&resolved(AppProtocol::Tls)), None);
+        // A Host the rule does not name, sent to an address it allows, is
+        // dialled as addressed, not where that other name resolves.
+        let other = conn("93.184.216.34", 80, Some("evil.test"), AppProtocol::Http);
+        assert!(p.decide(&op, &other).allowed);
+        assert_eq!(p.dial_name(&other), None);
+    }
+
+    #[test]
+    fn dns_answers_name_opaque_flows_only_where_a_rule_opts_in_and_always_for_deny() {
+        let p = policy(
+            r#"{"mode":"allow-all","egress":{"trafficRules":[
+                {"name":"no-evil","action":"deny","domains":["evil.test"]}
+            ]}}"#,
+        );
+        let op = OperatorRules::default();
+        let to = |name, app| Connection {
+            resolved: Some(name),
+            ..conn("93.184.216.34", 443, None, app)
+        };
+        // Deny rules match what the sandbox resolved, whatever the protocol.
+        for app in [AppProtocol::Tls, AppProtocol::Other] {
+            let d = p.decide(&op, &to("evil.test", app));
+            assert_eq!((d.allowed, d.rule.as_deref()), (false, Some("no-evil")));
+        }
+        let p = policy(
+            r#"{"mode":"block-all","egress":{"trafficRules":[
+                {"name":"git","action":"allow","domains":["git.test"],"ports":[{"port":22}],"matchDnsAnswers":true}
+            ]}}"#,
+        );
+        assert!(p.policy.egress.traffic_rules[0].match_dns_answers);
+        let ssh = Connection {
+            resolved: Some("git.test"),
+            ..conn("93.184.216.34", 22, None, AppProtocol::Ssh)
+        };
+        assert!(p.decide(&op, &ssh).allowed);
+        assert_eq!(p.dial_name(&ssh), Some("git.test"));
+        // Opting in does not extend to TLS.
+        let tls = Connection {
+            app: AppProtocol::Tls,
+            ..ssh.clone()
+        };
+        assert!(!p.decide(&op, &tls).allowed);
+        // The field round-trips and is absent when off.
+        let json = serde_json::to_string(&p.policy).unwrap();
+        assert!(json.contains(r#""matchDnsAnswers":true"#), "{json}");
+        let plain = serde_json::to_string(
+            &policy(r#"{"egress":{"trafficRules":[{"action":"allow"}]}}"#).policy,
+        )
+        .unwrap();
+        assert!(
+            !plain.contains("matchDnsAnswers") && !plain.contains("enforceRequestHost"),
+            "{plain}"
+        );
+    }
+
+    #[test]
+    fn host_addresses_are_judged_when_dialled() {
+        fn fake(ip: IpAddr) -> std::io::Result<bool> {
+            match ip.to_string().as_str() {
+                "10.5.0.1" => Ok(true),
+                "10.5.0.9" => Err(std::io::Error::other("netlink down")),
+                _ => Ok(false),
+            }
+        }
+        let p = policy(r#"{"mode":"allow-all"}"#);
+        let mut op = OperatorRules {
+            host_addresses: Some(fake),
+            ..OperatorRules::default()
+        };
+        let d = p.decide(&op, &conn("10.5.0.1", 80, None, AppProtocol::Http));
+        assert_eq!(
+            (d.allowed, d.layer, d.rule.as_deref()),
+            (false, "operator", Some("deny host address 10.5.0.1"))
+        );
+        // Unknown fails closed.
+        assert!(
+            !p.decide(&op, &conn("10.5.0.9", 80, None, AppProtocol::Http))
+                .allowed
+        );
+        assert!(
+            p.decide(&op, &conn("10.5.0.2", 80, None, AppProtocol::Http))
+                .allowed
+        );
+        // The operator's own exceptions still come first.
+        op.allow.push("10.5.0.1/32".parse().unwrap());
+        assert!(
+            p.decide(&op, &conn("10.5.0.1", 80, None, AppProtocol::Http))
+                .allowed
+        );
     }
 }

@@ -1,9 +1,11 @@
 //! The transparent egress proxy. Every TCP connection from a sandbox is
 //! redirected here by the firewall: its original destination comes from
-//! `SO_ORIGINAL_DST`, its name from the TLS SNI, the HTTP Host or the
-//! sandbox's own DNS answers; the policy decides; allowed connections are
-//! dialled by the proxy (to what the name resolves to, when a domain rule
-//! allowed it, never to an address the operator denies) and spliced.
+//! `SO_ORIGINAL_DST`, its name from the TLS SNI or the HTTP Host (for
+//! protocols that carry no name, from the sandbox's own DNS answers, which
+//! only deny rules and rules opting in match); the policy decides; allowed
+//! connections are dialled by the proxy (to what the name resolves to,
+//! when a domain rule allowed it by name, never to an address the operator
+//! denies) and spliced. TLS without a server name matches no domain rule.
 //! Denied HTTP gets a 403 saying why; anything else denied is reset.
 
 use crate::audit::{AuditEvent, now_ms};
@@ -100,8 +102,13 @@ fn sniff_or_other(buf: &[u8]) -> Sniffed {
 pub(crate) struct Flow {
     pub sandbox: Arc<SandboxNet>,
     pub dst: SocketAddr,
+    /// The name the connection stated (SNI, Host).
     pub host: Option<String>,
+    /// For one that stated none, the name the sandbox's DNS answers gave.
+    pub resolved: Option<String>,
     pub app: AppProtocol,
+    /// Where the proxy connected for it, once decided.
+    pub dialed: Option<SocketAddr>,
     started: Instant,
 }
 
@@ -113,9 +120,10 @@ impl Flow {
             sandbox_id: self.sandbox.id.clone(),
             time: now_ms(),
             kind: kind.into(),
-            dest_name: self.host.clone(),
+            dest_name: self.host.clone().or_else(|| self.resolved.clone()),
             dest_ip: Some(self.dst.ip().to_string()),
             dest_port: self.dst.port(),
+            dialed: self.dialed.map(|a| a.to_string()),
             protocol: format!("{:?}", self.app).to_lowercase(),
             decision: if d.allowed { "allow" } else { "deny" }.into(),
             rule: d.rule.clone(),
@@ -190,12 +198,14 @@ async fn handle(mut conn: TcpStream, peer: SocketAddr, egress: Arc<Egress>) {
         _ => (None, AppProtocol::Other),
     };
     // A name the sandbox did not state comes from its own DNS answers.
-    let host = host.or_else(|| sandbox.name_of(dst.ip()));
-    let flow = Flow {
+    let resolved = host.is_none().then(|| sandbox.name_of(dst.ip())).flatten();
+    let mut flow = Flow {
         sandbox: sandbox.clone(),
         dst,
         host,
+        resolved,
         app,
+        dialed: None,
         started,
     };
     let policy = sandbox.policy();
@@ -204,32 +214,37 @@ async fn handle(mut conn: TcpStream, peer: SocketAddr, egress: Arc<Egress>) {
         port: dst.port(),
         transport: Transport::Tcp,
         host: flow.host.as_deref(),
+        resolved: flow.resolved.as_deref(),
         app,
     };
     let mut decision = policy.decide(&egress.operator, &c);
     let tls = app == AppProtocol::Tls;
-    // Credential rules name hosts: such connections are terminated here.
+    // Credential rules name hosts: such connections are terminated here,
+    // and so is every HTTP(S) connection where the policy enforces that
+    // each request's Host is the name connected to.
+    let for_credentials = flow
+        .host
+        .as_deref()
+        .is_some_and(|h| policy.injection.intercepts(h, dst.port(), tls));
     let intercept = decision.allowed
         && egress.interceptor.is_some()
         && matches!(app, AppProtocol::Tls | AppProtocol::Http)
-        && flow
-            .host
-            .as_deref()
-            .is_some_and(|h| policy.injection.intercepts(h, dst.port(), tls));
+        && flow.host.is_some()
+        && (for_credentials || policy.policy.egress.enforce_request_host);
     // A Host or SNI naming an allowed domain does not make an address the
     // sandbox chose allowed: the proxy dials what the name resolves to. A
-    // terminated connection always does, whatever rule allowed it: a
-    // credential must reach the named host, not an address the sandbox
-    // paired with its name.
-    let by_name = intercept || policy.rule_names_domains(decision.rule.as_deref());
-    let target = if decision.allowed && by_name {
-        match resolve_allowed(
-            &egress,
-            flow.host.as_deref().unwrap_or_default(),
-            dst.port(),
-        )
-        .await
-        {
+    // connection terminated for credentials always does, whatever rule
+    // allowed it: a credential must reach the named host, not an address
+    // the sandbox paired with its name. One a CIDR rule (or the mode)
+    // allowed goes to the address the sandbox chose, terminated or not.
+    let dial_name = match intercept && for_credentials {
+        true => flow.host.as_deref(),
+        false => policy.dial_name(&c),
+    }
+    .filter(|_| decision.allowed)
+    .map(str::to_string);
+    let target = match &dial_name {
+        Some(name) => match resolve_allowed(&egress, name, dst.port()).await {
             Ok(addr) => addr,
             Err(why) => {
                 decision = Decision {
@@ -237,30 +252,39 @@ async fn handle(mut conn: TcpStream, peer: SocketAddr, egress: Arc<Egress>) {
                     layer: "operator",
                     rule: Some(why.clone()),
                 };
-                let target = flow.host.clone().unwrap_or_else(|| dst.to_string());
-                let reason = format!("{target} resolves to a denied address ({why})");
+                let reason = format!("{name} resolves to a denied address ({why})");
                 flow.audit(&egress, &decision, reason.clone(), 0, 0);
                 return refuse(conn, &flow, &reason).await;
             }
-        }
-    } else {
-        dst
+        },
+        None => dst,
     };
-    let shown = match &flow.host {
+    let shown = match flow.host.as_ref().or(flow.resolved.as_ref()) {
         Some(h) => format!("{h}:{}", dst.port()),
         None => dst.to_string(),
     };
-    let reason = decision.reason(&shown);
+    let mut reason = decision.reason(&shown);
     if !decision.allowed {
+        if tls && flow.host.is_none() && decision.layer != "operator" {
+            // Only CIDR rules (or allow-all) can allow it: an address
+            // serves many names, and an earlier DNS answer is not this
+            // connection's name.
+            reason = format!("TLS without a server name: {reason}");
+        }
         flow.audit(&egress, &decision, reason.clone(), 0, 0);
         return refuse(conn, &flow, &reason).await;
     }
+    flow.dialed = Some(target);
     if let Some(interceptor) = egress.interceptor.as_ref().filter(|_| intercept) {
         let flow = Arc::new(flow);
         let (up, down) = interceptor
             .serve(egress.clone(), flow.clone(), conn, head, target)
             .await;
-        let reason = format!("{reason}; terminated for credential rules");
+        let why = match for_credentials {
+            true => "credential rules",
+            false => "the policy's enforceRequestHost",
+        };
+        let reason = format!("{reason}; terminated for {why}");
         return flow.audit(&egress, &decision, reason, up, down);
     }
     let upstream = match tokio::time::timeout(DIAL_TIMEOUT, TcpStream::connect(target)).await {
@@ -295,6 +319,7 @@ async fn resolve_allowed(egress: &Egress, name: &str, port: u16) -> Result<Socke
         port,
         transport: Transport::Tcp,
         host: None,
+        resolved: None,
         app: AppProtocol::Other,
     };
     // Only the operator's rules judge the addresses a name resolves to.

@@ -255,6 +255,23 @@ fn delete_link(nl: &Netlink, name: &str) -> Result<()> {
     nl.request(&mut m, &format!("delete stale {name}"))
 }
 
+/// Deletes the host end `name` of a sandbox's veth, from the caller's (the
+/// host's) network namespace; the sandbox end goes with it, leaving the
+/// sandbox only loopback. `Ok(false)`: there was no such interface.
+pub fn remove_host_end(name: &str) -> Result<bool> {
+    let c = CString::new(name).map_err(|_| Error::Other("bad interface name".into()))?;
+    // SAFETY: `c` is a NUL-terminated string that outlives the call.
+    if unsafe { libc::if_nametoindex(c.as_ptr()) } == 0 {
+        return Ok(false);
+    }
+    match delete_link(&Netlink::open()?, name) {
+        Ok(()) => Ok(true),
+        // Gone meanwhile, with its namespace.
+        Err(Error::Sys { source, .. }) if source.raw_os_error() == Some(libc::ENODEV) => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
 fn write_sysctl(path: &str, value: &str) -> Result<()> {
     std::fs::write(path, value).map_err(|e| Error::sys(format!("write {path}"), e))
 }

@@ -103,7 +103,7 @@ fn host_networks() -> Vec<Cidr> {
             ));
         }
     }
-    for ip in crate::lifecycle::network::host_addresses() {
+    for (_, ip) in crate::lifecycle::network::host_addresses() {
         out.push(Cidr::new(ip, if ip.is_ipv4() { 32 } else { 128 }));
     }
     out

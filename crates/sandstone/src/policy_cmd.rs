@@ -56,6 +56,7 @@ pub fn flag_rule(action: Action, target: &str) -> Result<TrafficRule> {
         cidrs: Vec::new(),
         ports: Vec::new(),
         app_protocols: Vec::new(),
+        match_dns_answers: false,
         preset: None,
     };
     if let Some(p) = Preset::from_name(target) {
@@ -160,17 +161,12 @@ pub async fn audit(cli: &Cli, id: &str, follow: bool, denied: bool) -> Result<()
                 println!("{e}");
                 continue;
             }
-            let dest = e["dest_name"]
-                .as_str()
-                .or(e["dest_ip"].as_str())
-                .unwrap_or("?");
             println!(
-                "{:<6} {:<5} {:<10} {}:{}  {}",
+                "{:<6} {:<5} {:<10} {}  {}",
                 e["decision"].as_str().unwrap_or(""),
                 e["protocol"].as_str().unwrap_or(""),
                 e["kind"].as_str().unwrap_or(""),
-                dest,
-                e["dest_port"],
+                audit_destination(e),
                 e["reason"].as_str().unwrap_or("")
             );
             if let Some(hint) = e["allow_hint"]["message"].as_str() {
@@ -182,6 +178,24 @@ pub async fn audit(cli: &Cli, id: &str, follow: bool, denied: bool) -> Result<()
         }
         tokio::time::sleep(std::time::Duration::from_secs(1)).await;
     }
+}
+
+/// Where an audited connection went: the name the sandbox gave, the
+/// address it connected to, and where the proxy connected when that
+/// differs (`web.test (10.0.0.9:80) via 93.184.216.34:80`).
+fn audit_destination(e: &serde_json::Value) -> String {
+    let port = &e["dest_port"];
+    let addr = e["dest_ip"].as_str().map(|ip| format!("{ip}:{port}"));
+    let mut out = match (e["dest_name"].as_str(), &addr) {
+        (Some(name), Some(addr)) => format!("{name} ({addr})"),
+        (Some(name), None) => format!("{name}:{port}"),
+        (None, Some(addr)) => addr.clone(),
+        (None, None) => format!("?:{port}"),
+    };
+    if let Some(dialed) = e["dialed"].as_str().filter(|d| Some(*d) != addr.as_deref()) {
+        out += &format!(" via {dialed}");
+    }
+    out
 }
 
 #[cfg(test)]

@@ -301,3 +301,196 @@ print(found or 'absent', len(paths) > 100)
         );
     }
 }
+
+/// Waits until the audit holds an event of `id` that `pred` accepts.
+async fn audited(d: &Daemon, id: &str, pred: impl Fn(&Value) -> bool) -> Value {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let (_, v) = d
+            .get(&format!(
+                "/api/v1/sandboxes/{id}/observability/events?limit=1000"
+            ))
+            .await;
+        let events = v["data"]["events"].as_array().unwrap().clone();
+        if let Some(e) = events.iter().find(|e| pred(e)) {
+            return e.clone();
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no such audit record: {events:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
+
+/// Copies the fake internet's CA into the sandbox (for spliced TLS, whose
+/// certificates are the fake servers' own).
+async fn fake_ca_inside(d: &Daemon, net: &FakeInternet, id: &str) {
+    let ca = std::fs::read_to_string(net.ca_pem()).unwrap();
+    let r = d
+        .sh(id, &format!("cat > /tmp/fake-ca.pem <<'EOF'\n{ca}EOF"))
+        .await;
+    assert_eq!(r["exit_code"], 0, "{r}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn tls_without_a_server_name_does_not_ride_on_an_allowed_name() {
+    let (net, d) = setup().await;
+    let allow = |extra: Value| {
+        let mut rules = vec![json!({"name": "web", "action": "allow",
+            "domains": ["web.test"], "ports": [{"port": 80}, {"port": 443}]})];
+        rules.extend(extra.as_array().cloned().unwrap_or_default());
+        json!({"mode": "block-all", "egress": {"trafficRules": rules}})
+    };
+    let id = d.create(json!({"network": allow(json!([]))})).await;
+    fake_ca_inside(&d, &net, &id).await;
+    // The allowed name works, and teaches the sandbox its address.
+    let r = d
+        .sh(&id, &curl("--cacert /tmp/fake-ca.pem https://web.test/"))
+        .await;
+    assert_eq!(r["stdout"], "hello from web.test\n rc=0\n", "{r}");
+    // TLS to that address without a server name is not the allowed name.
+    let r = d
+        .sh(&id, &curl(&format!("-k https://{}/", net.server)))
+        .await;
+    let out = r["stdout"].as_str().unwrap();
+    assert!(!out.contains("hello") && !out.contains("rc=0"), "{r}");
+    let server = net.server.clone();
+    let e = audited(&d, &id, |e| {
+        e["kind"] == "connection"
+            && e["decision"] == "deny"
+            && e["dest_ip"] == server.as_str()
+            && e["protocol"] == "tls"
+    })
+    .await;
+    assert!(
+        e["reason"]
+            .as_str()
+            .unwrap()
+            .contains("TLS without a server name"),
+        "{e}"
+    );
+    // Nor is opaque TCP to it, unless a rule opts in to DNS answers.
+    let opaque = format!(
+        r#"
+import socket
+s = socket.create_connection(('{server}', 80), timeout=5)
+s.sendall(b'\x00\x01 not http\r\n\r\n')
+try:
+    print('answered' if s.recv(100) else 'closed')
+except OSError:
+    print('closed')
+"#,
+        server = net.server
+    );
+    let r = d.run(&id, &["python3", "-c", &opaque]).await;
+    assert_eq!(r["stdout"], "closed\n", "{r}");
+    let opted = allow(
+        json!([{"name": "web-opaque", "action": "allow", "domains": ["web.test"],
+        "ports": [{"port": 80}], "matchDnsAnswers": true}]),
+    );
+    let (s, v) = d
+        .req(
+            reqwest::Method::PUT,
+            &format!("/api/v1/sandboxes/{id}/network"),
+            Some(opted),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(
+        v["data"]["egress"]["trafficRules"][1]["matchDnsAnswers"],
+        true
+    );
+    let r = d.run(&id, &["python3", "-c", &opaque]).await;
+    assert_eq!(r["stdout"], "answered\n", "{r}");
+    // Opting in does not extend to TLS: it states its name or has none.
+    let r = d
+        .sh(&id, &curl(&format!("-k https://{}/", net.server)))
+        .await;
+    assert!(!r["stdout"].as_str().unwrap().contains("rc=0"), "{r}");
+    // A CIDR rule is what allows TLS to an address.
+    let cidr = allow(json!([{"name": "addr", "action": "allow",
+        "cidrs": [format!("{}/32", net.server)], "ports": [{"port": 443}]}]));
+    let (s, v) = d
+        .req(
+            reqwest::Method::PUT,
+            &format!("/api/v1/sandboxes/{id}/network"),
+            Some(cidr),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    let r = d
+        .sh(&id, &curl(&format!("-k https://{}/", net.server)))
+        .await;
+    assert!(
+        r["stdout"].as_str().unwrap().starts_with("hello from"),
+        "{r}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn enforcing_request_hosts_terminates_every_allowed_https_flow() {
+    let (net, d) = setup().await;
+    let rules = json!([{"name": "fake", "action": "allow",
+        "domains": ["web.test", "other.test"], "ports": [{"port": 443}]}]);
+    // By default a flow without credentials is spliced: the sandbox sees
+    // the fake server's own certificate, and a fronted Host goes through.
+    let spliced = d
+        .create(json!({"network": {"mode": "block-all", "egress": {"trafficRules": rules}}}))
+        .await;
+    fake_ca_inside(&d, &net, &spliced).await;
+    let r = d
+        .sh(
+            &spliced,
+            &curl("--cacert /tmp/fake-ca.pem https://web.test/"),
+        )
+        .await;
+    assert_eq!(r["stdout"], "hello from web.test\n rc=0\n", "{r}");
+    // With the setting, every allowed HTTPS flow is terminated: the
+    // sandbox's own trust (the installation CA) verifies it ...
+    let enforced = d
+        .create(json!({"network": {"mode": "block-all",
+            "egress": {"trafficRules": rules, "enforceRequestHost": true}}}))
+        .await;
+    let (_, v) = d
+        .get(&format!("/api/v1/sandboxes/{enforced}/network"))
+        .await;
+    assert_eq!(v["data"]["egress"]["enforceRequestHost"], true, "{v}");
+    for url in ["https://web.test/", "--http2 https://other.test/"] {
+        let r = d.sh(&enforced, &curl(url)).await;
+        let host = if url.contains("web") { "web" } else { "other" };
+        assert_eq!(
+            r["stdout"],
+            format!("hello from {host}.test\n rc=0\n"),
+            "{r}"
+        );
+    }
+    // ... and a request whose Host is not the SNI gets a 421, audited.
+    let r = d
+        .sh(
+            &enforced,
+            &curl("-i -H 'Host: other.test' https://web.test/"),
+        )
+        .await;
+    let out = r["stdout"].as_str().unwrap();
+    assert!(
+        out.contains("421") && out.contains("Host must match") && !out.contains("hello"),
+        "{r}"
+    );
+    let e = audited(&d, &enforced, |e| {
+        e["kind"] == "request"
+            && e["decision"] == "deny"
+            && e["reason"].as_str().unwrap().contains("Host must match")
+    })
+    .await;
+    assert_eq!(e["dest_name"], "web.test", "{e}");
+    // The same fronting on the default policy is spliced through: this is
+    // what the setting is for.
+    let r = d
+        .sh(
+            &spliced,
+            &curl("--cacert /tmp/fake-ca.pem -H 'Host: other.test' https://web.test/"),
+        )
+        .await;
+    assert_eq!(r["stdout"], "hello from other.test\n rc=0\n", "{r}");
+}

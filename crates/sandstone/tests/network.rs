@@ -290,3 +290,264 @@ async fn policy_decides_every_connection_and_dns_answer_and_audits_them() {
     let r = d.sh(&plain, &curl("http://web.test/")).await;
     assert!(r["stdout"].as_str().unwrap().contains("rc=6"), "{r}");
 }
+
+/// This daemon's nftables table (`nft list` output), if it has one.
+fn nft_table(d: &common::Daemon) -> Option<String> {
+    let hash = common::sha256sum(d.data.path().display().to_string().as_bytes());
+    let out = std::process::Command::new("nft")
+        .args([
+            "list",
+            "table",
+            "inet",
+            &format!("sandstone_{}", &hash[..8]),
+        ])
+        .output()
+        .unwrap();
+    out.status.success().then(|| text(&out.stdout))
+}
+
+/// Waits until the audit holds an event of `id` that `pred` accepts.
+async fn audited(
+    d: &common::Daemon,
+    id: &str,
+    pred: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let (_, v) = d
+            .get(&format!(
+                "/api/v1/sandboxes/{id}/observability/events?limit=1000"
+            ))
+            .await;
+        let events = v["data"]["events"].as_array().unwrap().clone();
+        if let Some(e) = events.iter().find(|e| pred(e)) {
+            return e.clone();
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no such audit record: {events:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
+
+/// The policies of `ids` as the API shows them.
+async fn policies(d: &common::Daemon, ids: &[&str]) -> Vec<serde_json::Value> {
+    let mut out = Vec::new();
+    for id in ids {
+        out.push(d.get(&format!("/api/v1/sandboxes/{id}/network")).await.1["data"].clone());
+    }
+    out
+}
+
+/// Each of the two sandboxes reaches its allowed name, and not the other's
+/// nor a raw address; the first's requests to api.test get its credential.
+async fn readopted(
+    d: &common::Daemon,
+    net: &common::fake_internet::FakeInternet,
+    web: &str,
+    other: &str,
+    when: &str,
+) {
+    let curl = |url: &str| format!("curl -sS -m 5 {url} 2>&1; echo \" rc=$?\"");
+    for (id, allowed, denied) in [
+        (web, "web.test", "other.test"),
+        (other, "other.test", "web.test"),
+    ] {
+        let r = d.sh(id, &curl(&format!("http://{allowed}/"))).await;
+        assert_eq!(
+            r["stdout"],
+            format!("hello from {allowed}\n rc=0\n"),
+            "{when}: {r}"
+        );
+        let r = d.sh(id, &curl(&format!("http://{denied}/"))).await;
+        assert!(
+            r["stdout"].as_str().unwrap().contains("rc=6"),
+            "{when}: {r}"
+        );
+        let r = d.sh(id, &curl(&format!("-i http://{}/", net.server))).await;
+        assert!(r["stdout"].as_str().unwrap().contains("403"), "{when}: {r}");
+    }
+    let r = d.sh(web, &curl("http://api.test/auth")).await;
+    assert_eq!(r["stdout"], "authorized\n rc=0\n", "{when}: {r}");
+    let r = d.sh(other, &curl("http://api.test/auth")).await;
+    assert!(
+        r["stdout"].as_str().unwrap().contains("rc=6"),
+        "{when}: {r}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_restarted_daemon_readopts_networked_sandboxes_with_their_policies() {
+    use common::fake_internet::FakeInternet;
+    let net = FakeInternet::start();
+    let mut d = networked(&format!("{}:53", net.server), &[]).await;
+    let rule = |name: &str| {
+        json!({"mode": "block-all", "egress": {"trafficRules": [
+            {"name": name, "action": "allow", "domains": [name], "ports": [{"port": 80}]}
+        ]}})
+    };
+    // Two sandboxes whose policies differ, so each must get its own back;
+    // one with a credential bound to a host.
+    let (s, v) = d
+        .post(
+            "/api/v1/credential-sources",
+            json!({"name": "api-key", "resolverKind": "static_headers",
+                   "spec": {"staticHeaders": {"values": {"X-Api-Key": net.token}}}}),
+        )
+        .await;
+    assert_eq!(s, 201, "{v}");
+    let mut with_credential = rule("web.test");
+    with_credential["egress"]["trafficRules"][0]["domains"] = json!(["web.test", "api.test"]);
+    with_credential["egress"]["credentialRules"] = json!([{"name": "api",
+        "credentialRef": "api", "protocol": "http", "domains": ["api.test"]}]);
+    with_credential["credentialBindings"] = json!([{"ref": "api", "sourceRef": "api-key",
+        "projection": {"type": "http_headers"}}]);
+    let web = d.create(json!({"network": with_credential})).await;
+    let other = d.create(json!({"network": rule("other.test")})).await;
+    let before = policies(&d, &[&web, &other]).await;
+    readopted(&d, &net, &web, &other, "before any restart").await;
+    d.kill();
+    d.spawn().await;
+    readopted(&d, &net, &web, &other, "after kill -9").await;
+    assert_eq!(policies(&d, &[&web, &other]).await, before);
+    d.stop();
+    d.spawn().await;
+    readopted(&d, &net, &web, &other, "after SIGTERM").await;
+    assert_eq!(policies(&d, &[&web, &other]).await, before);
+    // A denial after the restart is audited as before.
+    audited(&d, &web, |e| {
+        e["kind"] == "dns" && e["decision"] == "deny" && e["dest_name"] == "other.test"
+    })
+    .await;
+
+    // Restarted without networking: no table of this daemon is left, and
+    // the sandboxes it adopts reach nothing (their interface is gone).
+    assert!(nft_table(&d).is_some());
+    d.stop();
+    d.serve_args.clear();
+    d.spawn().await;
+    assert_eq!(nft_table(&d), None, "the old table stayed");
+    let probe = format!(
+        r#"
+import os, socket
+for a in [('{server}', 80), ('{server}', 443)]:
+    s = socket.socket(); s.settimeout(3)
+    try:
+        s.connect(a); print('OPEN', a)
+    except OSError as e:
+        print('closed')
+print(sorted(os.listdir('/sys/class/net')))
+"#,
+        server = net.server
+    );
+    let r = d.run(&web, &["python3", "-c", &probe]).await;
+    assert_eq!(r["stdout"], "closed\nclosed\n['lo']\n", "{r}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn host_addresses_added_after_start_are_judged_at_dial_time_and_audits_show_both_ends() {
+    use common::fake_internet::FakeInternet;
+    let net = FakeInternet::start();
+    let d = networked(&format!("{}:53", net.server), &[]).await;
+    let open = d.create(json!({"network": {"mode": "allow-all"}})).await;
+    let wild = d
+        .create(
+            json!({"network": {"mode": "block-all", "egress": {"trafficRules": [
+                {"name": "tests", "action": "allow", "domains": ["*.test"], "ports": [{"port": 80}]}
+            ]}}}),
+        )
+        .await;
+    // After the daemon started, the host gains an address with a server on it.
+    net.add_host_address();
+    let server = std::net::TcpListener::bind((net.late.as_str(), 80)).unwrap();
+    std::thread::spawn(move || {
+        for mut c in server.incoming().flatten() {
+            let _ = std::io::Read::read(&mut c, &mut [0u8; 4096]);
+            let _ = std::io::Write::write_all(
+                &mut c,
+                b"HTTP/1.1 200 OK\r\ncontent-length: 12\r\nconnection: close\r\n\r\nhost secret\n",
+            );
+        }
+    });
+    let curl = |url: &str| format!("curl -sS -m 5 -i {url} 2>&1; echo \" rc=$?\"");
+    // The fake internet stays reachable (the test is not vacuous) ...
+    let r = d.sh(&open, &curl(&format!("http://{}/", net.server))).await;
+    assert!(r["stdout"].as_str().unwrap().contains("hello from"), "{r}");
+    let r = d.sh(&wild, &curl("http://web.test/")).await;
+    assert!(
+        r["stdout"]
+            .as_str()
+            .unwrap()
+            .contains("hello from web.test"),
+        "{r}"
+    );
+    // ... the new host address is not, by address nor by an allowed name.
+    let r = d.sh(&open, &curl(&format!("http://{}/", net.late))).await;
+    let out = r["stdout"].as_str().unwrap();
+    assert!(!out.contains("host secret") && out.contains("403"), "{r}");
+    let r = d.sh(&wild, &curl("http://late.test/")).await;
+    let out = r["stdout"].as_str().unwrap();
+    assert!(
+        !out.contains("host secret") && out.contains("403") && out.contains("host address"),
+        "{r}"
+    );
+    // Nor when the sandbox sends the name to an address the proxy may
+    // dial: the proxy's own resolution of the name is judged too.
+    let r = d
+        .sh(
+            &wild,
+            &curl(&format!("-H 'Host: late.test' http://{}/", net.server)),
+        )
+        .await;
+    let out = r["stdout"].as_str().unwrap();
+    assert!(
+        !out.contains("host secret") && out.contains("403") && out.contains("denied address"),
+        "{r}"
+    );
+    let late = net.late.clone();
+    audited(&d, &open, |e| {
+        e["decision"] == "deny" && e["dest_ip"] == late.as_str() && e["dest_port"] == 80
+    })
+    .await;
+    audited(&d, &wild, |e| {
+        e["kind"] == "connection" && e["decision"] == "deny" && e["dest_name"] == "late.test"
+    })
+    .await;
+
+    // A Host naming an allowed domain, sent to an address the sandbox
+    // chose: the record keeps both the name and address the sandbox gave
+    // and where the proxy connected.
+    let r = d
+        .sh(
+            &wild,
+            &curl(&format!("-H 'Host: web.test' http://{}/", net.unused)),
+        )
+        .await;
+    assert!(
+        r["stdout"]
+            .as_str()
+            .unwrap()
+            .contains("hello from web.test"),
+        "{r}"
+    );
+    let (unused, dialled) = (net.unused.clone(), format!("{}:80", net.server));
+    let e = audited(&d, &wild, |e| {
+        e["kind"] == "connection" && e["decision"] == "allow" && e["dest_ip"] == unused.as_str()
+    })
+    .await;
+    assert_eq!(
+        (e["dest_name"].as_str(), e["dialed"].as_str()),
+        (Some("web.test"), Some(dialled.as_str())),
+        "{e}"
+    );
+    let out = cli(&d, &["audit", &wild], b"");
+    let trail = text(&out.stdout);
+    assert!(
+        trail
+            .lines()
+            .any(|l| l.contains(&format!("web.test ({}:80)", net.unused))
+                && l.contains(&format!("via {dialled}"))),
+        "{trail}"
+    );
+}

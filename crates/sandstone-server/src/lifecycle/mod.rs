@@ -95,6 +95,12 @@ impl Lifecycle {
             }
         }
         let slots: HashSet<i64> = store.used_slots().await?.into_iter().collect();
+        if network.is_none() {
+            // A networked run's table and sandbox interfaces must not
+            // outlive it unfiltered.
+            let recorded: Vec<i64> = slots.iter().copied().collect();
+            network::remove_leftovers(cgroup_group, &recorded)?;
+        }
         let slot_cursor = slots.iter().max().map_or(0, |m| (m + 1) % MAX_SLOTS);
         Ok(Lifecycle {
             store,

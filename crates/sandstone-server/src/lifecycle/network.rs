@@ -27,9 +27,10 @@ pub struct Network {
     pub ca: InstallationCa,
 }
 
-/// The host's own addresses (the pool must not overlap them; sandboxes
-/// must not reach them).
-pub(crate) fn host_addresses() -> Vec<IpAddr> {
+/// The host's own IPv4 addresses, with their interfaces' names (the pool
+/// must not overlap them, except where they are this daemon's own
+/// sandboxes' host ends).
+pub(crate) fn host_addresses() -> Vec<(String, IpAddr)> {
     let mut out = Vec::new();
     let mut ifa: *mut libc::ifaddrs = std::ptr::null_mut();
     if unsafe { libc::getifaddrs(&mut ifa) } != 0 {
@@ -40,7 +41,13 @@ pub(crate) fn host_addresses() -> Vec<IpAddr> {
         let a = unsafe { &*cur };
         if !a.ifa_addr.is_null() && unsafe { (*a.ifa_addr).sa_family } as i32 == libc::AF_INET {
             let sin = unsafe { &*(a.ifa_addr as *const libc::sockaddr_in) };
-            out.push(IpAddr::V4(u32::from_be(sin.sin_addr.s_addr).into()));
+            // SAFETY: getifaddrs gives every entry a NUL-terminated name,
+            // valid until freeifaddrs below.
+            let name = unsafe { std::ffi::CStr::from_ptr(a.ifa_name) };
+            out.push((
+                name.to_string_lossy().into_owned(),
+                IpAddr::V4(u32::from_be(sin.sin_addr.s_addr).into()),
+            ));
         }
         cur = a.ifa_next;
     }
@@ -222,6 +229,44 @@ impl CredentialStore for SealedSources {
     }
 }
 
+/// This daemon's nftables table and host interface prefix, from its group.
+fn names(group: &str) -> (String, String) {
+    let hash = group.trim_start_matches("sandstone-");
+    (
+        format!("sandstone_{hash}"),
+        format!("s{}x", &hash[..4.min(hash.len())]),
+    )
+}
+
+/// For a daemon started without networking: its sandboxes that a networked
+/// run left running lose their interfaces (deleting the host end of a veth
+/// deletes the pair), so they keep only loopback, like every sandbox of
+/// this run, rather than reach the host unfiltered; then the firewall
+/// table goes. `slots` are the slots this daemon's database records.
+pub fn remove_leftovers(group: &str, slots: &[i64]) -> anyhow::Result<()> {
+    let (table, prefix) = names(group);
+    for slot in slots {
+        let name = format!("{prefix}{slot}");
+        match sandstone_runtime::net::remove_host_end(&name) {
+            Ok(true) => tracing::warn!(
+                interface = %name,
+                "networking is off: a sandbox's interface was removed (it keeps loopback only until it is restarted by a networked daemon)"
+            ),
+            Ok(false) => {}
+            Err(e) => anyhow::bail!(
+                "networking is off but the sandbox interface {name} cannot be removed: {e}"
+            ),
+        }
+    }
+    let firewall = Firewall {
+        table,
+        prefix,
+        proxy_port: 0,
+        dns_port: 0,
+    };
+    firewall.remove().map_err(|e| anyhow::anyhow!(e))
+}
+
 impl Network {
     /// Validates the pool, starts the proxy and the resolver, and installs
     /// this daemon's firewall table (replacing one a crashed daemon left).
@@ -234,32 +279,35 @@ impl Network {
             .map_err(|e| anyhow::anyhow!("installation CA: {e}"))?;
         let interceptor = Interceptor::new(&ca, &o.operator.upstream_ca_files)
             .map_err(|e| anyhow::anyhow!("TLS interception: {e}"))?;
-        let hash = o.group.trim_start_matches("sandstone-");
-        let host = host_addresses();
-        let pool =
-            SubnetPool::new(o.pool, &host).map_err(|e| anyhow::anyhow!("egress pool: {e}"))?;
+        let (table, prefix) = names(o.group);
+        let pool = SubnetPool::parse(o.pool).map_err(|e| anyhow::anyhow!("egress pool: {e}"))?;
+        // The host ends of sandboxes this daemon left running are its own
+        // (named by its prefix, holding their slot's gateway): a restart
+        // re-adopts them on the same subnets.
+        let foreign: Vec<IpAddr> = host_addresses()
+            .into_iter()
+            .filter(|(ifname, ip)| !pool.is_host_end(&prefix, ifname, *ip))
+            .map(|(_, ip)| ip)
+            .collect();
+        pool.check_host(&foreign)
+            .map_err(|e| anyhow::anyhow!("egress pool: {e}"))?;
         let proxy = tokio::net::TcpListener::bind("0.0.0.0:0").await?;
         let dns = tokio::net::UdpSocket::bind("0.0.0.0:0").await?;
         let firewall = Firewall {
-            table: format!("sandstone_{hash}"),
-            prefix: format!("s{}x", &hash[..4.min(hash.len())]),
+            table,
+            prefix,
             proxy_port: proxy.local_addr()?.port(),
             dns_port: dns.local_addr()?.port(),
         };
         firewall.install().map_err(|e| anyhow::anyhow!(e))?;
+        // The host's own addresses are judged when dialled (the operator
+        // rules' default), so one added later is denied too.
         let mut operator = o.operator.rules()?;
         operator.deny.push(
             pool.cidr()
                 .parse()
                 .map_err(|e: String| anyhow::anyhow!(e))?,
         );
-        for ip in host {
-            operator.deny.push(
-                ip.to_string()
-                    .parse()
-                    .map_err(|e: String| anyhow::anyhow!(e))?,
-            );
-        }
         let mut egress = Egress::new(
             operator,
             Arc::new(spawn_audit_writer(store.clone())),

@@ -30,6 +30,7 @@ pub async fn put(
 #[derive(serde::Deserialize)]
 struct Recorded {
     kind: String,
+    protocol: String,
     decision: String,
     dest_name: Option<String>,
     dest_ip: Option<String>,
@@ -81,6 +82,7 @@ pub async fn events(
             ip: rec.dest_ip.as_deref().and_then(|ip| ip.parse().ok()),
             port: rec.dest_port,
             dns: rec.kind == "dns",
+            stated: matches!(rec.protocol.as_str(), "http" | "tls"),
         };
         allow_hint(&id, policy, op, &denied)
     };

@@ -7,11 +7,16 @@ use std::process::{Child, Command, Stdio};
 
 pub struct FakeInternet {
     ns: String,
+    /// The host's end of the veth to the namespace.
+    host_if: String,
     servers: Child,
     /// The DNS and web server address.
     pub server: String,
     /// A second address in the same subnet with nothing listening.
     pub unused: String,
+    /// What `late.test` resolves to: no one's address until
+    /// [`FakeInternet::add_host_address`] gives it to the host.
+    pub late: String,
     /// The token the servers' `/auth` paths and git repository accept.
     pub token: String,
     /// Holds the test CA (`ca.pem`) and the git repository.
@@ -76,12 +81,26 @@ impl FakeInternet {
         assert_eq!(line.trim(), "ready");
         FakeInternet {
             ns,
+            host_if,
             servers,
             server,
             unused: format!("{net}.77"),
+            late: format!("{net}.50"),
             token,
             dir,
         }
+    }
+
+    /// Makes [`FakeInternet::late`] an address of the host (on its end of
+    /// the veth), as an interface added after the daemon started would.
+    pub fn add_host_address(&self) {
+        ip(&[
+            "addr",
+            "add",
+            &format!("{}/32", self.late),
+            "dev",
+            &self.host_if,
+        ]);
     }
 
     pub fn ca_pem(&self) -> std::path::PathBuf {
