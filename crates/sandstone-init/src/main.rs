@@ -24,6 +24,12 @@ fn main() {
 }
 
 fn spawn_mode() {
+    // The daemon's descriptors are close-on-exec, but whoever ran us may
+    // have left others open: none of them may reach the sandbox.
+    if let Err(e) = sandstone_runtime::close_descriptors_from(3) {
+        eprintln!("{e}");
+        std::process::exit(1);
+    }
     let mut input = Vec::new();
     let spec: SpawnSpec = match std::io::stdin()
         .read_to_end(&mut input)
@@ -53,6 +59,14 @@ fn sandbox_main(mut start: SandboxStart) -> ! {
     // SIGCHLD is consumed by the reaper thread only; every thread inherits
     // the blocked mask, and spawned commands get a clean one from std.
     procs::set_sandbox_env(start.spec.env.clone());
+    if let Some(f) = start.oom_score_adj.take()
+        && let Err(e) = procs::set_oom_score_adj_file(f)
+    {
+        let _ = start
+            .status
+            .write_all(format!("read oom_score_adj: {e}").as_bytes());
+        unsafe { libc::_exit(1) };
+    }
     procs::block_sigchld();
     let _ = start.status.write_all(b"ok");
     drop(start.status);

@@ -211,6 +211,40 @@ fn base_env() -> BTreeMap<String, String> {
     env
 }
 
+/// Init's own `oom_score_adj`, opened while it could be (a non-dumpable
+/// process cannot open its own /proc files), and its value then.
+static OOM_SCORE_ADJ: std::sync::OnceLock<(File, Vec<u8>)> = std::sync::OnceLock::new();
+
+pub fn set_oom_score_adj_file(mut f: File) -> std::io::Result<()> {
+    let mut base = Vec::new();
+    f.read_to_end(&mut base)?;
+    let _ = OOM_SCORE_ADJ.set((f, base.trim_ascii().to_vec()));
+    Ok(())
+}
+
+/// Runs `fork` with init's `oom_score_adj` at 1000, so the child (and
+/// everything it starts) is what the OOM killer takes before init. Nothing
+/// in the sandbox may lower its own score (that needs CAP_SYS_RESOURCE),
+/// and a forked child cannot write its /proc files (it is non-dumpable
+/// until exec), so the score is inherited: init raises its own for the
+/// instant of the fork, then returns to the value it started with (never
+/// below it, which the kernel allows without the capability). Callers hold
+/// SPAWN_LOCK, so forks never overlap.
+fn as_oom_victim<T>(fork: impl FnOnce() -> T) -> T {
+    use std::os::unix::fs::FileExt;
+    let Some((f, base)) = OOM_SCORE_ADJ.get() else {
+        return fork();
+    };
+    if let Err(e) = f.write_all_at(b"1000", 0) {
+        eprintln!("sandstone-init: cannot raise oom_score_adj for a workload: {e}");
+    }
+    let out = fork();
+    if let Err(e) = f.write_all_at(base, 0) {
+        eprintln!("sandstone-init: cannot restore its own oom_score_adj: {e}");
+    }
+    out
+}
+
 /// Starts a context. The returned receiver is subscribed before the process
 /// runs, so a synchronous caller sees every byte.
 pub fn spawn(req: SpawnRequest) -> std::io::Result<(Arc<Proc>, Receiver<Event>)> {
@@ -251,6 +285,9 @@ pub fn spawn(req: SpawnRequest) -> std::io::Result<(Arc<Proc>, Receiver<Event>)>
         (out_r, Some(err_r), None, in_w)
     };
     let is_pty = pty_master.is_some();
+    // The workload keeps 0-2 (and a REPL's protocol pipes at 3 and 4);
+    // every other descriptor init holds is closed at exec.
+    let mut first_private = 3;
     let (code_w, status_r) = match &req.kind {
         ProcKind::Repl { .. } => {
             let (code_r, code_w) = pipe()?;
@@ -258,6 +295,7 @@ pub fn spawn(req: SpawnRequest) -> std::io::Result<(Arc<Proc>, Receiver<Event>)>
             let (cr, sw) = (code_r.as_raw_fd(), status_w.as_raw_fd());
             // Keep the pipe ends alive until spawn returns.
             let keep = (code_r, status_w);
+            first_private = 5;
             unsafe {
                 cmd.pre_exec(move || {
                     if libc::dup2(cr, 3) < 0 || libc::dup2(sw, 4) < 0 {
@@ -270,6 +308,8 @@ pub fn spawn(req: SpawnRequest) -> std::io::Result<(Arc<Proc>, Receiver<Event>)>
         }
         ProcKind::Cmd { .. } => (None, None),
     };
+    // SAFETY: only async-signal-safe calls (setsid, ioctl, close_range)
+    // between fork and exec.
     unsafe {
         cmd.pre_exec(move || {
             // Own session: signals and timeouts address the whole group.
@@ -277,12 +317,13 @@ pub fn spawn(req: SpawnRequest) -> std::io::Result<(Arc<Proc>, Receiver<Event>)>
             if is_pty {
                 libc::ioctl(0, libc::TIOCSCTTY, 0);
             }
+            sandstone_runtime::cloexec_descriptors_from(first_private)?;
             Ok(())
         });
     }
     let (proc, rx) = {
         let _guard = SPAWN_LOCK.lock().unwrap();
-        let child = cmd.spawn().map_err(|e| {
+        let child = as_oom_victim(|| cmd.spawn()).map_err(|e| {
             if e.kind() == std::io::ErrorKind::NotFound {
                 std::io::Error::new(e.kind(), format!("command not found: {program}"))
             } else {

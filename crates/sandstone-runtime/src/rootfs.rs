@@ -203,10 +203,25 @@ fn as_sandbox_root<T>(id: u32, f: impl FnOnce() -> Result<T>) -> Result<T> {
     result
 }
 
+/// `size=` and `nr_inodes=` of the sandbox's tmpfs mounts for a memory
+/// limit. Their pages are charged to the sandbox's memory and cannot be
+/// reclaimed (there is no swap), so a full /tmp must leave room for the
+/// processes: /tmp gets half the limit, /dev/shm a quarter (at most 64 MiB),
+/// and filling either is ENOSPC rather than an OOM kill of init.
+fn tmpfs_options(memory: Option<u64>) -> (String, String) {
+    const SHM_MAX: u64 = 64 << 20;
+    let sized = |bytes: u64| format!("size={bytes},nr_inodes={}", (bytes / 16384).max(1024));
+    match memory {
+        Some(m) => (sized(m / 2), sized((m / 4).min(SHM_MAX))),
+        None => (String::new(), sized(SHM_MAX)),
+    }
+}
+
 /// Sandbox-side assembly, in PID 1 as the sandbox's root, inside the root
 /// [`enter`] stepped into. Ends with the new root in place and the host's
 /// tree detached.
-pub fn finish_in_sandbox() -> Result<()> {
+pub fn finish_in_sandbox(memory: Option<u64>) -> Result<()> {
+    let (tmp_size, shm_size) = tmpfs_options(memory);
     let root = Path::new(".");
     let proc_dir = inside(root, "proc");
     ensure_dir(&proc_dir)?;
@@ -223,11 +238,17 @@ pub fn finish_in_sandbox() -> Result<()> {
         &inside(root, "dev/shm"),
         Some("tmpfs"),
         NOSUID | NODEV,
-        Some("mode=1777,size=65536k"),
+        Some(&format!("mode=1777,{shm_size}")),
     )?;
     let tmp = inside(root, "tmp");
     ensure_dir(&tmp)?;
-    mount(None, &tmp, Some("tmpfs"), NOSUID | NODEV, Some("mode=1777"))?;
+    mount(
+        None,
+        &tmp,
+        Some("tmpfs"),
+        NOSUID | NODEV,
+        Some(format!("mode=1777,{tmp_size}").trim_end_matches(',')),
+    )?;
     mask_paths(root)?;
     crate::fault::check("rootfs.before_pivot")?;
     pivot()

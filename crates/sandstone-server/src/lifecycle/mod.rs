@@ -323,7 +323,9 @@ impl Lifecycle {
         let paths = self.storage.paths(id);
         let cgroup = self.cgroups.create(id, &limits).map_err(internal)?;
         let started = async {
-            let pid = self.spawn_init(id, template, &paths, &cgroup, slot).await?;
+            let pid = self
+                .spawn_init(id, template, &paths, &cgroup, slot, limits.memory_bytes)
+                .await?;
             if let Some(n) = &self.network {
                 n.register(slot, id, &policy_of(template, config)?)?;
             }
@@ -351,6 +353,7 @@ impl Lifecycle {
         paths: &SandboxPaths,
         cgroup: &Cgroup,
         slot: i64,
+        memory_bytes: Option<u64>,
     ) -> ApiResult<i32> {
         fault::check("create.after_cgroup").map_err(internal)?;
         std::fs::create_dir_all(&paths.rootfs).map_err(internal)?;
@@ -380,6 +383,7 @@ impl Lifecycle {
                 .as_ref()
                 .map(|n| n.trust_env())
                 .unwrap_or_default(),
+            memory_bytes,
         };
         let init_bin = self.init_bin.clone();
         let launched =
@@ -446,7 +450,11 @@ impl Lifecycle {
         let template = self.template(&template_id)?;
         policy_of(&template, &config)?;
         let disk = limits::disk(config.resources.as_ref(), template.disk.as_deref())?;
+        // A member's tmpfs mounts were sized for the default memory limit
+        // when it started; a claim with another limit starts its own.
+        let default_memory = limits::limits(None)?.memory_bytes;
         if snapshot.is_none()
+            && limits::limits(config.resources.as_ref())?.memory_bytes == default_memory
             && let Some(member) = self.take_warm(&template.id)
         {
             return self.hand_off(member, &template, config, disk).await;

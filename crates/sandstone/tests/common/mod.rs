@@ -49,6 +49,9 @@ pub struct Daemon {
     /// `SANDSTONE_LOG` for the next [`Daemon::spawn`]; the daemon's log
     /// goes to `<data>/daemon.log`.
     pub log_level: String,
+    /// Descriptors the next [`Daemon::spawn`] starts with, as whatever
+    /// started it might leave open: (fd, path opened read-only).
+    pub inherited_fds: Vec<(i32, PathBuf)>,
     pub child: Option<Child>,
     pub url: String,
     pub token: String,
@@ -114,6 +117,7 @@ impl Daemon {
             warm_pool: 0,
             serve_args: Vec::new(),
             log_level: "warn".into(),
+            inherited_fds: Vec::new(),
             child: None,
             url: format!("http://127.0.0.1:{port}"),
             token: String::new(),
@@ -128,7 +132,38 @@ impl Daemon {
 
     /// (Re)starts the daemon process on the same data dir and port.
     pub async fn spawn(&mut self) {
-        let child = Command::new(sandstone_bin())
+        let mut cmd = Command::new(sandstone_bin());
+        let inherited: Vec<(i32, std::ffi::CString)> = self
+            .inherited_fds
+            .iter()
+            .map(|(fd, p)| {
+                let c = std::ffi::CString::new(p.as_os_str().as_encoded_bytes()).unwrap();
+                (*fd, c)
+            })
+            .collect();
+        if !inherited.is_empty() {
+            use std::os::unix::process::CommandExt;
+            // SAFETY: only async-signal-safe calls (open, dup2, close) on
+            // strings prepared before the fork.
+            unsafe {
+                cmd.pre_exec(move || {
+                    for (fd, path) in &inherited {
+                        let f = libc::open(path.as_ptr(), libc::O_RDONLY);
+                        if f < 0 {
+                            return Err(std::io::Error::last_os_error());
+                        }
+                        if f != *fd {
+                            if libc::dup2(f, *fd) < 0 {
+                                return Err(std::io::Error::last_os_error());
+                            }
+                            libc::close(f);
+                        }
+                    }
+                    Ok(())
+                });
+            }
+        }
+        let child = cmd
             .args(["serve", "--listen", &format!("127.0.0.1:{}", self.port)])
             .arg("--data-dir")
             .arg(self.data.path())
