@@ -315,7 +315,8 @@ pub struct ContextResponse {
     #[serde(default)]
     pub oom_killed: bool,
     /// Sandstone extension: the output passed the 16 MiB a synchronous
-    /// run keeps; the rest was dropped.
+    /// run's response may take (counted as rendered JSON); the rest was
+    /// dropped.
     #[serde(default)]
     pub output_truncated: bool,
 }
@@ -335,9 +336,8 @@ pub struct ExecRequest {
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct ExecResponse {
+    /// Both streams as they came (a REPL's output is not split).
     pub output_raw: String,
-    pub stdout: String,
-    pub stderr: String,
     pub exit_code: Option<i32>,
     pub state: String,
     /// Sandstone extension: see [`ContextResponse::output_truncated`].
