@@ -6,6 +6,7 @@ mod common;
 
 use common::Daemon;
 use serde_json::json;
+use std::time::{Duration, Instant};
 
 /// The host pid of sandbox `id`'s init: the process in its cgroup that is
 /// PID 1 of its pid namespace.
@@ -20,6 +21,22 @@ fn init_pid(id: &str) -> Option<i32> {
         let nspid = status.lines().find(|l| l.starts_with("NSpid:"))?;
         (nspid.split_whitespace().last() == Some("1")).then_some(pid)
     })
+}
+
+/// A `/proc/<pid>/status` field in KiB.
+fn status_kib(pid: i32, field: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix(field)?
+                .trim()
+                .strip_suffix("kB")?
+                .trim()
+                .parse()
+                .ok()
+        })
+        .unwrap_or(0)
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -73,10 +90,10 @@ async fn inherited_descriptors_never_reach_a_sandbox() {
     let (_, v) = d
         .post(
             &format!("/api/v1/sandboxes/{id}/contexts/{ctx}/exec"),
-            json!({"data": "ls /proc/$$/fd | sort -n | tr '\\n' ' '"}),
+            json!({"data": "ls /proc/$$/fd"}),
         )
         .await;
-    assert_eq!(v["data"]["output_raw"], "0 1 2 3 4 ", "{v}");
+    assert_eq!(v["data"]["output_raw"], "0\n1\n2\n3\n4\n", "{v}");
     // The spawn helper and init hold nothing of the daemon's either.
     let init = init_pid(&id).expect("init pid") as u32;
     assert_eq!(
@@ -84,6 +101,41 @@ async fn inherited_descriptors_never_reach_a_sandbox() {
         Vec::<std::path::PathBuf>::new(),
         "init holds them"
     );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_slow_reader_never_makes_init_buffer() {
+    let d = Daemon::start().await;
+    let id = d.create(json!({"resources": {"memory": "1Gi"}})).await;
+    let init = init_pid(&id).expect("init pid");
+    let before = status_kib(init, "VmRSS:");
+    let (s, v) = d
+        .post(
+            &format!("/api/v1/sandboxes/{id}/contexts"),
+            json!({"type": "cmd", "cmd": {"command": ["head", "-c", "4000000000", "/dev/zero"]}}),
+        )
+        .await;
+    assert_eq!(s, 201, "{v}");
+    let ctx = v["data"]["id"].as_str().unwrap().to_string();
+    // A reader that attaches and then reads nothing for 4 s.
+    let client = sandstone_client::Client::new(&d.url, &d.token);
+    let stalled = client.attach(&id, &ctx).await.unwrap();
+    let mut peak = 0;
+    for _ in 0..20 {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        peak = peak.max(status_kib(init, "VmRSS:"));
+    }
+    drop(stalled);
+    assert!(
+        peak < before + 64 * 1024,
+        "init grew from {before} KiB to {peak} KiB behind a stalled reader"
+    );
+    let (s, _) = d
+        .delete(&format!("/api/v1/sandboxes/{id}/contexts/{ctx}"))
+        .await;
+    assert_eq!(s, 200);
+    assert_eq!(d.sh(&id, "echo alive").await["stdout"], "alive\n");
+    assert_eq!(init_pid(&id), Some(init));
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -127,6 +179,83 @@ async fn a_memory_hog_dies_before_init() {
     assert_eq!(r["state"], "oom_killed", "{r}");
     assert_eq!(init_pid(&id), Some(init), "init was killed");
     assert_eq!(d.sh(&id, "echo alive").await["stdout"], "alive\n");
+}
+
+/// Runs `sandstone exec` for `id` and returns (exit code, stdout, stderr).
+async fn cli_exec(d: &Daemon, id: &str, script: &str) -> (i32, Vec<u8>, String) {
+    let out = tokio::time::timeout(
+        Duration::from_secs(120),
+        tokio::process::Command::new(common::sandstone_bin())
+            .args(["exec", id, "--", "sh", "-c", script])
+            .env("SANDSTONE_URL", &d.url)
+            .env("SANDSTONE_TOKEN", &d.token)
+            .output(),
+    )
+    .await
+    .expect("sandstone exec finished in time")
+    .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        out.stdout,
+        common::text(&out.stderr),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sandstone_exec_loses_no_output() {
+    let d = Daemon::start().await;
+    let id = d.create(json!({})).await;
+    let script = "head -c 10000000 /dev/zero | tr '\\0' a; echo END";
+    let runs = (0..20).map(|_| cli_exec(&d, &id, script));
+    for (code, out, err) in futures_util::future::join_all(runs).await {
+        assert_eq!(code, 0, "{err}");
+        let a = out.iter().take_while(|b| **b == b'a').count();
+        assert_eq!(
+            (a, &out[a..]),
+            (10_000_000, &b"END\n"[..]),
+            "output lost or garbled ({} bytes): {err}",
+            out.len()
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn output_nobody_read_in_time_is_reported_truncated() {
+    let d = Daemon::start().await;
+    let id = d.create(json!({})).await;
+    let (s, v) = d
+        .post(
+            &format!("/api/v1/sandboxes/{id}/contexts"),
+            json!({"type": "cmd", "cmd": {"command": ["sh", "-c", "head -c 3000000 /dev/zero | tr '\\0' a"]}}),
+        )
+        .await;
+    assert_eq!(s, 201, "{v}");
+    let ctx = v["data"]["id"].as_str().unwrap().to_string();
+    // Past the grace during which init keeps everything for a first reader.
+    tokio::time::sleep(Duration::from_secs(12)).await;
+    let client = sandstone_client::Client::new(&d.url, &d.token);
+    let mut att = client.attach(&id, &ctx).await.unwrap();
+    let (mut dropped, mut got) = (None, 0);
+    loop {
+        match att.next().await.expect("stream ends with done") {
+            sandstone_client::StreamEvent::Truncated { dropped_bytes } => {
+                assert_eq!(got, 0, "the note comes before the output");
+                dropped = Some(dropped_bytes);
+            }
+            sandstone_client::StreamEvent::Output { data, .. } => got += data.len() as u64,
+            sandstone_client::StreamEvent::Done { exit_code, .. } => {
+                assert_eq!(exit_code, Some(0));
+                break;
+            }
+            sandstone_client::StreamEvent::Error(e) => panic!("{e}"),
+        }
+    }
+    let dropped = dropped.expect("a truncated event");
+    assert_eq!(
+        dropped + got,
+        3_000_000,
+        "replayed {got}, dropped {dropped}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -194,6 +194,7 @@ async fn run_collect(
     loop {
         match conn.recv().await.map_err(unreachable)? {
             (Init::Output { stream }, bytes) => out.push(stream, &bytes),
+            (Init::Truncated { .. }, _) => out.truncated = true,
             (Init::Error { code, message }, _) => return Err(ApiError::from_init(code, message)),
             (terminal, _) => return Ok((terminal, out)),
         }
@@ -452,17 +453,68 @@ pub async fn ws(
     Ok(upgrade.on_upgrade(move |socket| pump_ws(socket, conn, rt, ctx)))
 }
 
+/// Bytes at the end of `b` that begin a UTF-8 character they do not
+/// finish.
+fn incomplete_tail(b: &[u8]) -> usize {
+    for back in 1..=b.len().min(3) {
+        let byte = b[b.len() - back];
+        if byte & 0xC0 != 0x80 {
+            let len = match byte {
+                0xC0..=0xDF => 2,
+                0xE0..=0xEF => 3,
+                0xF0..=0xF7 => 4,
+                _ => 1,
+            };
+            return if len > back { back } else { 0 };
+        }
+    }
+    0
+}
+
+/// A stream's output as text messages: a character split across two
+/// chunks waits for its end instead of becoming two U+FFFD.
+#[derive(Default)]
+struct Utf8Stream {
+    carry: Vec<u8>,
+}
+
+impl Utf8Stream {
+    fn decode(&mut self, bytes: &[u8]) -> String {
+        self.carry.extend_from_slice(bytes);
+        let rest = self
+            .carry
+            .split_off(self.carry.len() - incomplete_tail(&self.carry));
+        into_text(std::mem::replace(&mut self.carry, rest))
+    }
+}
+
+fn source_name(stream: Stream) -> &'static str {
+    match stream {
+        Stream::Stdout => "stdout",
+        Stream::Stderr => "stderr",
+        Stream::Pty => "pty",
+    }
+}
+
 async fn pump_ws(mut socket: WebSocket, mut conn: InitConn, rt: Runtime, ctx: String) {
+    let mut streams: [(Stream, Utf8Stream); 3] =
+        [Stream::Stdout, Stream::Stderr, Stream::Pty].map(|s| (s, Utf8Stream::default()));
     loop {
         tokio::select! {
             frame = conn.recv() => {
                 let msg = match frame {
-                    Ok((Init::Output { stream }, bytes)) => json!({
-                        "type": "output",
-                        "source": match stream { Stream::Stdout => "stdout", Stream::Stderr => "stderr", Stream::Pty => "pty" },
-                        "data": text(&bytes),
-                    }),
+                    Ok((Init::Output { stream }, bytes)) => {
+                        let Some((_, utf8)) = streams.iter_mut().find(|(s, _)| *s == stream) else { continue };
+                        json!({"type": "output", "source": source_name(stream), "data": utf8.decode(&bytes)})
+                    }
+                    Ok((Init::Truncated { dropped_bytes }, _)) => json!({"type": "truncated", "dropped_bytes": dropped_bytes}),
                     Ok((Init::Exit { info }, _)) => {
+                        for (stream, utf8) in &mut streams {
+                            if !utf8.carry.is_empty() {
+                                let rest = json!({"type": "output", "source": source_name(*stream), "data": text(&std::mem::take(&mut utf8.carry))});
+                                let _ = socket.send(Message::Text(rest.to_string().into())).await;
+                            }
+                        }
                         let done = json!({"type": "done", "exit_code": info.exit_code, "state": state_of(&info)});
                         let _ = socket.send(Message::Text(done.to_string().into())).await;
                         let _ = socket.send(Message::Close(None)).await;
