@@ -111,6 +111,9 @@ pub struct Sandbox {
     pub updated_at: String,
     pub expires_at: Option<String>,
     pub hard_expires_at: Option<String>,
+    /// Sandstone extension: why a `failed` sandbox failed (its init died).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status_reason: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

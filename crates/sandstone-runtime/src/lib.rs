@@ -45,6 +45,19 @@ impl Error {
 
 pub type Result<T> = std::result::Result<T, Error>;
 
+/// A pidfd for `pid` (readable once the process has ended): how the
+/// daemon learns that a sandbox's init died, though it is not its child.
+pub fn pidfd_open(pid: i32) -> std::io::Result<std::os::fd::OwnedFd> {
+    use std::os::fd::FromRawFd;
+    // SAFETY: pidfd_open returns a new descriptor (close-on-exec) or -1.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: the descriptor is new and owned by nothing else.
+    Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as i32) })
+}
+
 /// Closes every descriptor from `first` up: what a process inherited from
 /// whatever started it (a shell's redirection, a service manager's pipe)
 /// must never reach a sandbox. Call it before any thread exists.

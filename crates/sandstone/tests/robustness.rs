@@ -181,6 +181,64 @@ async fn a_memory_hog_dies_before_init() {
     assert_eq!(d.sh(&id, "echo alive").await["stdout"], "alive\n");
 }
 
+/// Kills sandbox `id`'s init with SIGKILL and waits for the daemon to
+/// report it `failed`; returns the sandbox.
+async fn kill_init(d: &Daemon, id: &str) -> serde_json::Value {
+    let init = init_pid(id).expect("init pid");
+    unsafe { libc::kill(init, libc::SIGKILL) };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_, v) = d.get(&format!("/api/v1/sandboxes/{id}")).await;
+        if v["data"]["status"] == "failed" {
+            return v["data"].clone();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "still {} 10 s after init died: {v}",
+            v["data"]["status"]
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn when_init_dies_the_sandbox_is_failed_and_comes_back_on_resume() {
+    let d = Daemon::start().await;
+    let id = d.create(json!({"auto_resume": false})).await;
+    d.sh(&id, "echo kept > /workspace/f").await;
+    let sb = kill_init(&d, &id).await;
+    let reason = sb["status_reason"].as_str().unwrap_or_default();
+    assert!(reason.contains("init"), "no readable reason: {sb}");
+    assert!(
+        !d.dir_entries("run").contains(&id),
+        "the runtime was not torn down"
+    );
+    // Without auto_resume a call says why, instead of `init unreachable`.
+    let body = json!({"type": "cmd", "cmd": {"command": ["true"]}, "wait_until_done": true});
+    let (s, v) = d
+        .post(&format!("/api/v1/sandboxes/{id}/contexts"), body)
+        .await;
+    assert_eq!(s, 409, "{v}");
+    assert!(
+        v["error"]["message"].as_str().unwrap().contains("failed"),
+        "{v}"
+    );
+    let (s, v) = d
+        .post(&format!("/api/v1/sandboxes/{id}/resume"), json!({}))
+        .await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(d.sh(&id, "cat /workspace/f").await["stdout"], "kept\n");
+    let (_, v) = d.get(&format!("/api/v1/sandboxes/{id}")).await;
+    assert_eq!(v["data"]["status"], "running");
+    assert!(v["data"]["status_reason"].is_null(), "{v}");
+
+    // With auto_resume (the default) the next call brings it back.
+    let id = d.create(json!({})).await;
+    d.sh(&id, "echo kept > /workspace/f").await;
+    kill_init(&d, &id).await;
+    assert_eq!(d.sh(&id, "cat /workspace/f").await["stdout"], "kept\n");
+}
+
 /// Runs `sandstone exec` for `id` and returns (exit code, stdout, stderr).
 async fn cli_exec(d: &Daemon, id: &str, script: &str) -> (i32, Vec<u8>, String) {
     let out = tokio::time::timeout(
