@@ -14,6 +14,7 @@ use std::io::{Read, Write};
 fn main() {
     match std::env::args().nth(1).as_deref() {
         Some("spawn") => spawn_mode(),
+        Some("tmpfs") => tmpfs_mode(),
         _ => {
             eprintln!(
                 "sandstone-init is started by the Sandstone daemon (usage: sandstone-init spawn < spec.json)"
@@ -48,6 +49,21 @@ fn spawn_mode() {
             eprintln!("{e}");
             std::process::exit(1);
         }
+    }
+}
+
+/// `tmpfs <pid> [memory bytes]`: re-sizes a running sandbox's tmpfs mounts.
+fn tmpfs_mode() {
+    let args: Vec<String> = std::env::args().skip(2).collect();
+    let pid = args.first().and_then(|p| p.parse().ok());
+    let memory = args.get(1).and_then(|m| m.parse().ok());
+    let Some(pid) = pid else {
+        eprintln!("usage: sandstone-init tmpfs <pid> [memory bytes]");
+        std::process::exit(2);
+    };
+    if let Err(e) = sandstone_runtime::rootfs::resize_tmpfs(pid, memory) {
+        eprintln!("{e}");
+        std::process::exit(1);
     }
 }
 

@@ -601,7 +601,8 @@ impl Proc {
                 events: libc::POLLIN,
                 revents: 0,
             });
-            let timeout = paused.map_or(-1, |d| d.as_millis().min(i32::MAX as u128) as i32 + 1);
+            // Rounded up, so a wait never ends just before the grace does.
+            let timeout = paused.map_or(-1, |d| d.as_millis().min(60_000) as i32 + 1);
             let n = unsafe { libc::poll(pollfds.as_mut_ptr(), pollfds.len() as _, timeout) };
             if n <= 0 {
                 continue;

@@ -217,6 +217,33 @@ fn tmpfs_options(memory: Option<u64>) -> (String, String) {
     }
 }
 
+/// Resizes the /tmp and /dev/shm of the sandbox whose init is `pid` for a
+/// new memory limit, from the host: this process (single-threaded, host
+/// root) enters the sandbox's mount namespace and remounts them.
+pub fn resize_tmpfs(pid: i32, memory: Option<u64>) -> Result<()> {
+    use std::os::fd::AsRawFd;
+    let path = format!("/proc/{pid}/ns/mnt");
+    let ns = std::fs::File::open(&path).map_err(|e| Error::sys(format!("open {path}"), e))?;
+    sys::check(
+        unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNS) } as libc::c_long,
+        || "enter the sandbox's mount namespace".into(),
+    )?;
+    let (tmp, shm) = tmpfs_options(memory);
+    for (at, opts) in [("/tmp", tmp), ("/dev/shm", shm)] {
+        if opts.is_empty() {
+            continue;
+        }
+        mount(
+            None,
+            Path::new(at),
+            None,
+            libc::MS_REMOUNT | NOSUID | NODEV,
+            Some(&format!("mode=1777,{opts}")),
+        )?;
+    }
+    Ok(())
+}
+
 /// Sandbox-side assembly, in PID 1 as the sandbox's root, inside the root
 /// [`enter`] stepped into. Ends with the new root in place and the host's
 /// tree detached.

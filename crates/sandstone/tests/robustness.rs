@@ -159,6 +159,32 @@ async fn filling_tmp_is_enospc_and_the_sandbox_survives() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_warm_sandbox_gets_the_claims_tmp_size() {
+    let mut d = Daemon::start().await;
+    d.kill();
+    d.warm_pool = 1;
+    d.spawn().await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while d.volumes().is_empty() {
+        assert!(Instant::now() < deadline, "the warm pool never filled");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let pooled = d.volumes();
+    let id = d.create(json!({"resources": {"memory": "256Mi"}})).await;
+    assert!(pooled.contains(&id), "the claim took a pre-made sandbox");
+    let r = d.sh(&id, "grep -E ' /(tmp|dev/shm) ' /proc/mounts").await;
+    let mounts = r["stdout"].as_str().unwrap();
+    assert!(
+        mounts.contains("/tmp tmpfs rw,nosuid,nodev,relatime,size=131072k"),
+        "{mounts}"
+    );
+    assert!(
+        mounts.contains("/dev/shm tmpfs rw,nosuid,nodev,relatime,size=65536k"),
+        "{mounts}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn a_memory_hog_dies_before_init() {
     let d = Daemon::start().await;
     let id = d.create(json!({"resources": {"memory": "128Mi"}})).await;

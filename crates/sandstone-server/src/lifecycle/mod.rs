@@ -464,11 +464,7 @@ impl Lifecycle {
         let template = self.template(&template_id)?;
         policy_of(&template, &config)?;
         let disk = limits::disk(config.resources.as_ref(), template.disk.as_deref())?;
-        // A member's tmpfs mounts were sized for the default memory limit
-        // when it started; a claim with another limit starts its own.
-        let default_memory = limits::limits(None)?.memory_bytes;
         if snapshot.is_none()
-            && limits::limits(config.resources.as_ref())?.memory_bytes == default_memory
             && let Some(member) = self.take_warm(&template.id)
         {
             return self.hand_off(member, &template, config, disk).await;
@@ -542,6 +538,14 @@ impl Lifecycle {
         self.cgroups
             .apply(&m.runtime.cgroup, &limits)
             .map_err(internal)?;
+        // Its tmpfs mounts were sized for the pool's default memory limit.
+        let (init_bin, pid, memory) = (self.init_bin.clone(), m.runtime.pid, limits.memory_bytes);
+        tokio::task::spawn_blocking(move || {
+            sandstone_runtime::launch::resize_tmpfs(&init_bin, pid, memory)
+        })
+        .await
+        .map_err(internal)?
+        .map_err(internal)?;
         if let Some(n) = &self.network {
             n.register(m.slot, &m.id, &policy_of(template, &config)?)?;
         }

@@ -550,3 +550,40 @@ async fn pump_ws(mut socket: WebSocket, mut conn: InitConn, rt: Runtime, ctx: St
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_cap_counts_what_json_renders() {
+        // NUL renders as \u0000, a quote as \", a valid é as itself, a
+        // stray continuation byte as U+FFFD.
+        assert_eq!(fitting(b"\0\0\0", 13), (2, 12));
+        assert_eq!(fitting(b"a\"b", 3), (2, 3));
+        assert_eq!(fitting("é".as_bytes(), 2), (2, 2));
+        assert_eq!(fitting(b"\x80x", 4), (2, 4));
+        let mut c = Collected::new(true);
+        c.room = 10;
+        c.push(Stream::Stdout, b"12345");
+        c.push(Stream::Stderr, b"\0");
+        c.push(Stream::Stdout, b"6");
+        assert!(c.truncated, "the NUL did not fit");
+        assert_eq!(
+            (c.stdout.as_slice(), c.stderr.as_slice()),
+            (&b"12345"[..], &b""[..])
+        );
+        let rendered = serde_json::to_string(&into_text(vec![0u8; 100])).unwrap();
+        assert_eq!(fitting(&[0u8; 100], usize::MAX).1 + 2, rendered.len());
+    }
+
+    #[test]
+    fn a_character_split_across_chunks_arrives_whole() {
+        let euro = "€".as_bytes();
+        let mut s = Utf8Stream::default();
+        assert_eq!(s.decode(&[b'a', euro[0]]), "a");
+        assert_eq!(s.decode(&euro[1..2]), "");
+        assert_eq!(s.decode(&[euro[2], b'b']), "€b");
+        assert_eq!(s.decode(b"\xffz"), "\u{fffd}z");
+    }
+}
