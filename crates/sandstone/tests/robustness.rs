@@ -165,7 +165,7 @@ async fn a_warm_sandbox_gets_the_claims_tmp_size() {
     d.warm_pool = 1;
     d.spawn().await;
     let deadline = Instant::now() + Duration::from_secs(20);
-    while d.volumes().is_empty() {
+    while d.warm_ready().await < 1 {
         assert!(Instant::now() < deadline, "the warm pool never filled");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }

@@ -292,6 +292,15 @@ impl Daemon {
             .unwrap()
     }
 
+    /// Warm-pool members ready to be claimed.
+    pub async fn warm_ready(&self) -> u64 {
+        let m = self.metrics().await;
+        m.lines()
+            .find_map(|l| l.strip_prefix("sandstone_warm_pool_ready "))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    }
+
     /// Where sandbox volumes and snapshots live: the btrfs pool, or the data
     /// dir with the `dir` driver.
     pub fn pool_root(&self) -> PathBuf {
