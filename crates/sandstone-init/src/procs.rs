@@ -464,7 +464,8 @@ impl Proc {
     /// Subscribes to live events. Returns what came before, when `replay`
     /// is set (a [`Event::Truncated`] first if output was dropped), ending
     /// with the exit if the process already ended (the receiver then stays
-    /// empty). A replaying reader releases output held for a first one.
+    /// empty). A reader (one that replays, or a REPL execution reading
+    /// live) releases output held for a first one.
     pub fn subscribe(&self, replay: bool) -> (Vec<Event>, Receiver<Event>) {
         let mut s = self.shared.lock().unwrap();
         let mut before = Vec::new();
@@ -473,10 +474,10 @@ impl Proc {
                 before.push(Event::Truncated(s.dropped));
             }
             before.extend(s.buffer.iter().map(|(st, b)| Event::Output(*st, b.clone())));
-            if s.hold_until.take().is_some() {
-                s.trim();
-                self.wake();
-            }
+        }
+        if s.hold_until.take().is_some() {
+            s.trim();
+            self.wake();
         }
         let rx = match &s.exit {
             Some(e) => {

@@ -304,6 +304,36 @@ async fn sandstone_exec_loses_no_output() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_repl_execution_reading_its_output_never_waits_for_the_grace() {
+    let d = Daemon::start().await;
+    let id = d.create(json!({})).await;
+    let (s, v) = d
+        .post(
+            &format!("/api/v1/sandboxes/{id}/contexts"),
+            json!({"type": "repl", "repl": {"alias": "bash"}}),
+        )
+        .await;
+    assert_eq!(s, 201, "{v}");
+    let ctx = v["data"]["id"].as_str().unwrap();
+    // More than init keeps for a first reader, at once: the execution
+    // reads it live, so nothing waits.
+    let started = Instant::now();
+    let (s, v) = d
+        .post(
+            &format!("/api/v1/sandboxes/{id}/contexts/{ctx}/exec"),
+            json!({"data": "head -c 3000000 /dev/zero | tr '\\0' a; echo"}),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["data"]["output_raw"].as_str().unwrap().len(), 3_000_001);
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "took {:?}",
+        started.elapsed()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn output_nobody_read_in_time_is_reported_truncated() {
     let d = Daemon::start().await;
     let id = d.create(json!({})).await;
