@@ -229,7 +229,7 @@ async fn kill_init(d: &Daemon, id: &str) -> serde_json::Value {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn when_init_dies_the_sandbox_is_failed_and_comes_back_on_resume() {
-    let d = Daemon::start().await;
+    let mut d = Daemon::start().await;
     let id = d.create(json!({"auto_resume": false})).await;
     d.sh(&id, "echo kept > /workspace/f").await;
     let sb = kill_init(&d, &id).await;
@@ -261,6 +261,11 @@ async fn when_init_dies_the_sandbox_is_failed_and_comes_back_on_resume() {
     // With auto_resume (the default) the next call brings it back.
     let id = d.create(json!({})).await;
     d.sh(&id, "echo kept > /workspace/f").await;
+    kill_init(&d, &id).await;
+    assert_eq!(d.sh(&id, "cat /workspace/f").await["stdout"], "kept\n");
+    // A sandbox re-adopted by a restarted daemon is watched as well.
+    d.kill();
+    d.spawn().await;
     kill_init(&d, &id).await;
     assert_eq!(d.sh(&id, "cat /workspace/f").await["stdout"], "kept\n");
 }
