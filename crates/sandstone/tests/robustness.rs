@@ -126,6 +126,7 @@ async fn a_slow_reader_never_makes_init_buffer() {
         peak = peak.max(status_kib(init, "VmRSS:"));
     }
     drop(stalled);
+    eprintln!("init RSS: {before} KiB before, {peak} KiB at most behind a stalled reader");
     assert!(
         peak < before + 64 * 1024,
         "init grew from {before} KiB to {peak} KiB behind a stalled reader"
