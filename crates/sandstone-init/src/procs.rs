@@ -538,6 +538,7 @@ impl Proc {
 
     fn wake(&self) {
         let one: u64 = 1;
+        // SAFETY: an 8-byte write from a live u64 to the eventfd we own.
         unsafe { libc::write(self.wake.as_raw_fd(), &one as *const u64 as *const _, 8) };
     }
 
@@ -640,6 +641,8 @@ impl Proc {
             }
             if pollfds.last().is_some_and(|p| p.revents != 0) {
                 let mut count = [0u8; 8];
+                // SAFETY: an 8-byte read into a local buffer from the
+                // eventfd we own (non-blocking), resetting its counter.
                 unsafe { libc::read(self.wake.as_raw_fd(), count.as_mut_ptr().cast(), 8) };
                 if self.pending_exit().is_none() {
                     continue; // a reader came for held output

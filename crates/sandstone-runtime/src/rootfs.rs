@@ -224,6 +224,10 @@ pub fn resize_tmpfs(pid: i32, memory: Option<u64>) -> Result<()> {
     use std::os::fd::AsRawFd;
     let path = format!("/proc/{pid}/ns/mnt");
     let ns = std::fs::File::open(&path).map_err(|e| Error::sys(format!("open {path}"), e))?;
+    // SAFETY: setns on a namespace descriptor we hold; this process is
+    // single-threaded, as entering a mount namespace requires. Only a
+    // warm-pool member no claim has used yet is resized, so no sandbox
+    // process has had a chance to prepare its /tmp for us.
     sys::check(
         unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNS) } as libc::c_long,
         || "enter the sandbox's mount namespace".into(),
