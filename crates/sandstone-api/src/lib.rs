@@ -117,6 +117,9 @@ pub struct Sandbox {
     pub updated_at: String,
     pub expires_at: Option<String>,
     pub hard_expires_at: Option<String>,
+    /// Sandstone extension: why a `failed` sandbox failed (its init died).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status_reason: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -321,7 +324,8 @@ pub struct ContextResponse {
     #[serde(default)]
     pub oom_killed: bool,
     /// Sandstone extension: the output passed the 16 MiB a synchronous
-    /// run keeps; the rest was dropped.
+    /// run's response may take (counted as rendered JSON); the rest was
+    /// dropped.
     #[serde(default)]
     pub output_truncated: bool,
 }
@@ -341,9 +345,8 @@ pub struct ExecRequest {
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct ExecResponse {
+    /// Both streams as they came (a REPL's output is not split).
     pub output_raw: String,
-    pub stdout: String,
-    pub stderr: String,
     pub exit_code: Option<i32>,
     pub state: String,
     /// Sandstone extension: see [`ContextResponse::output_truncated`].

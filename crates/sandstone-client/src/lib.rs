@@ -491,6 +491,11 @@ pub enum StreamEvent {
         state: String,
     },
     Error(String),
+    /// Output the sandbox could not keep (nobody read it in time) was
+    /// dropped before what follows.
+    Truncated {
+        dropped_bytes: u64,
+    },
 }
 
 type Ws =
@@ -573,6 +578,9 @@ impl Attached {
                     state: v["state"].as_str().unwrap_or("").to_string(),
                 },
                 Some("error") => StreamEvent::Error(v["error"].as_str().unwrap_or("").to_string()),
+                Some("truncated") => StreamEvent::Truncated {
+                    dropped_bytes: v["dropped_bytes"].as_u64().unwrap_or(0),
+                },
                 _ => StreamEvent::Output {
                     source: v["source"].as_str().unwrap_or("stdout").to_string(),
                     data: v["data"].as_str().unwrap_or("").to_string(),

@@ -14,6 +14,7 @@ use std::io::{Read, Write};
 fn main() {
     match std::env::args().nth(1).as_deref() {
         Some("spawn") => spawn_mode(),
+        Some("tmpfs") => tmpfs_mode(),
         _ => {
             eprintln!(
                 "sandstone-init is started by the Sandstone daemon (usage: sandstone-init spawn < spec.json)"
@@ -24,6 +25,12 @@ fn main() {
 }
 
 fn spawn_mode() {
+    // The daemon's descriptors are close-on-exec, but whoever ran us may
+    // have left others open: none of them may reach the sandbox.
+    if let Err(e) = sandstone_runtime::close_descriptors_from(3) {
+        eprintln!("{e}");
+        std::process::exit(1);
+    }
     let mut input = Vec::new();
     let spec: SpawnSpec = match std::io::stdin()
         .read_to_end(&mut input)
@@ -45,6 +52,21 @@ fn spawn_mode() {
     }
 }
 
+/// `tmpfs <pid> [memory bytes]`: re-sizes a running sandbox's tmpfs mounts.
+fn tmpfs_mode() {
+    let args: Vec<String> = std::env::args().skip(2).collect();
+    let pid = args.first().and_then(|p| p.parse().ok());
+    let memory = args.get(1).and_then(|m| m.parse().ok());
+    let Some(pid) = pid else {
+        eprintln!("usage: sandstone-init tmpfs <pid> [memory bytes]");
+        std::process::exit(2);
+    };
+    if let Err(e) = sandstone_runtime::rootfs::resize_tmpfs(pid, memory) {
+        eprintln!("{e}");
+        std::process::exit(1);
+    }
+}
+
 fn sandbox_main(mut start: SandboxStart) -> ! {
     if let Err(e) = prepare_sandbox(&mut start) {
         let _ = start.status.write_all(e.to_string().as_bytes());
@@ -53,6 +75,14 @@ fn sandbox_main(mut start: SandboxStart) -> ! {
     // SIGCHLD is consumed by the reaper thread only; every thread inherits
     // the blocked mask, and spawned commands get a clean one from std.
     procs::set_sandbox_env(start.spec.env.clone());
+    if let Some(f) = start.oom_score_adj.take()
+        && let Err(e) = procs::set_oom_score_adj_file(f)
+    {
+        let _ = start
+            .status
+            .write_all(format!("read oom_score_adj: {e}").as_bytes());
+        unsafe { libc::_exit(1) };
+    }
     procs::block_sigchld();
     let _ = start.status.write_all(b"ok");
     drop(start.status);

@@ -2,32 +2,75 @@
 
 use crate::repl;
 use sandstone_init::proto::{ExitInfo, ProcInfo, ProcKind, PtySize, Stream};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::fs::File;
 use std::io::{Read, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
-use std::sync::mpsc::{Receiver, Sender, channel};
+use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 use std::sync::{Arc, LazyLock, Mutex};
+use std::time::{Duration, Instant};
 
-/// Output kept per context for late attachers (the newest bytes win).
+/// Output kept per context for readers that attach later. Until a first
+/// reader has replayed it (or [`FIRST_READER_GRACE`] passed) nothing is
+/// dropped: when it is full, init stops reading the process's output and
+/// the process waits. After that the newest bytes win and the dropped ones
+/// are counted, so a replay says what it lacks.
 const BUFFER_CAP: usize = 1 << 20;
+/// How long output waits for its first reader before the oldest goes.
+const FIRST_READER_GRACE: Duration = Duration::from_secs(10);
+/// Events queued per subscriber (output chunks are up to 64 KiB): a
+/// subscriber that falls further behind makes the process wait.
+const QUEUE: usize = 16;
 
 #[derive(Debug, Clone)]
 pub enum Event {
     Output(Stream, Vec<u8>),
     ExecDone(Option<i32>),
     Exit(ExitInfo),
+    /// This many bytes of output were dropped before what follows.
+    Truncated(u64),
 }
 
 #[derive(Default)]
 struct Shared {
-    buffer: Vec<(Stream, Vec<u8>)>,
+    buffer: VecDeque<(Stream, Vec<u8>)>,
     buffered: usize,
-    subscribers: Vec<Sender<Event>>,
+    /// Output dropped from the front of `buffer`.
+    dropped: u64,
+    /// While set, output is kept whole for a first replaying reader.
+    hold_until: Option<Instant>,
+    subscribers: Vec<(u64, SyncSender<Event>)>,
+    next_subscriber: u64,
     exit: Option<ExitInfo>,
     timed_out: bool,
+}
+
+impl Shared {
+    /// Drops the oldest output past the cap, unless it is held for a first
+    /// reader (and even then past twice the cap, which only the last read
+    /// after an exit can reach).
+    fn trim(&mut self) {
+        let cap = if self.hold_until.is_some() {
+            2 * BUFFER_CAP
+        } else {
+            BUFFER_CAP
+        };
+        while self.buffered > cap && self.buffer.len() > 1 {
+            if let Some((_, old)) = self.buffer.pop_front() {
+                self.buffered -= old.len();
+                self.dropped += old.len() as u64;
+            }
+        }
+    }
+
+    fn add_subscriber(&mut self) -> Receiver<Event> {
+        let (tx, rx) = sync_channel(QUEUE);
+        self.next_subscriber += 1;
+        self.subscribers.push((self.next_subscriber, tx));
+        rx
+    }
 }
 
 pub struct Proc {
@@ -49,7 +92,8 @@ pub struct Proc {
     shared: Mutex<Shared>,
     /// The exit status, from the reaper to the pump thread.
     exit_slot: Mutex<Option<ExitInfo>>,
-    /// Woken by the reaper when the process exits.
+    /// Woken by the reaper when the process exits, and when a first reader
+    /// attaches to output that was held for it.
     wake: OwnedFd,
 }
 
@@ -175,6 +219,9 @@ pub struct SpawnRequest {
     pub cwd: Option<String>,
     pub env: BTreeMap<String, String>,
     pub pty: Option<PtySize>,
+    /// Whether the caller reads the returned receiver to the end (a
+    /// synchronous run); otherwise output is held for a first reader.
+    pub attached: bool,
 }
 
 /// Base environment of every process (a login-like PATH and HOME).
@@ -211,8 +258,43 @@ fn base_env() -> BTreeMap<String, String> {
     env
 }
 
+/// Init's own `oom_score_adj`, opened while it could be (a non-dumpable
+/// process cannot open its own /proc files), and its value then.
+static OOM_SCORE_ADJ: std::sync::OnceLock<(File, Vec<u8>)> = std::sync::OnceLock::new();
+
+pub fn set_oom_score_adj_file(mut f: File) -> std::io::Result<()> {
+    let mut base = Vec::new();
+    f.read_to_end(&mut base)?;
+    let _ = OOM_SCORE_ADJ.set((f, base.trim_ascii().to_vec()));
+    Ok(())
+}
+
+/// Runs `fork` with init's `oom_score_adj` at 1000, so the child (and
+/// everything it starts) is what the OOM killer takes before init. Nothing
+/// in the sandbox may lower its own score (that needs CAP_SYS_RESOURCE),
+/// and a forked child cannot write its /proc files (it is non-dumpable
+/// until exec), so the score is inherited: init raises its own for the
+/// instant of the fork, then returns to the value it started with (never
+/// below it, which the kernel allows without the capability). Callers hold
+/// SPAWN_LOCK, so forks never overlap.
+fn as_oom_victim<T>(fork: impl FnOnce() -> T) -> T {
+    use std::os::unix::fs::FileExt;
+    let Some((f, base)) = OOM_SCORE_ADJ.get() else {
+        return fork();
+    };
+    if let Err(e) = f.write_all_at(b"1000", 0) {
+        eprintln!("sandstone-init: cannot raise oom_score_adj for a workload: {e}");
+    }
+    let out = fork();
+    if let Err(e) = f.write_all_at(base, 0) {
+        eprintln!("sandstone-init: cannot restore its own oom_score_adj: {e}");
+    }
+    out
+}
+
 /// Starts a context. The returned receiver is subscribed before the process
-/// runs, so a synchronous caller sees every byte.
+/// runs, so a synchronous caller sees every byte; it must be read, or
+/// dropped (the process waits while it is full).
 pub fn spawn(req: SpawnRequest) -> std::io::Result<(Arc<Proc>, Receiver<Event>)> {
     if TABLE.lock().unwrap().by_id.contains_key(&req.id) {
         return Err(std::io::Error::new(
@@ -251,6 +333,9 @@ pub fn spawn(req: SpawnRequest) -> std::io::Result<(Arc<Proc>, Receiver<Event>)>
         (out_r, Some(err_r), None, in_w)
     };
     let is_pty = pty_master.is_some();
+    // The workload keeps 0-2 (and a REPL's protocol pipes at 3 and 4);
+    // every other descriptor init holds is closed at exec.
+    let mut first_private = 3;
     let (code_w, status_r) = match &req.kind {
         ProcKind::Repl { .. } => {
             let (code_r, code_w) = pipe()?;
@@ -258,6 +343,7 @@ pub fn spawn(req: SpawnRequest) -> std::io::Result<(Arc<Proc>, Receiver<Event>)>
             let (cr, sw) = (code_r.as_raw_fd(), status_w.as_raw_fd());
             // Keep the pipe ends alive until spawn returns.
             let keep = (code_r, status_w);
+            first_private = 5;
             unsafe {
                 cmd.pre_exec(move || {
                     if libc::dup2(cr, 3) < 0 || libc::dup2(sw, 4) < 0 {
@@ -270,6 +356,8 @@ pub fn spawn(req: SpawnRequest) -> std::io::Result<(Arc<Proc>, Receiver<Event>)>
         }
         ProcKind::Cmd { .. } => (None, None),
     };
+    // SAFETY: only async-signal-safe calls (setsid, ioctl, close_range)
+    // between fork and exec.
     unsafe {
         cmd.pre_exec(move || {
             // Own session: signals and timeouts address the whole group.
@@ -277,12 +365,13 @@ pub fn spawn(req: SpawnRequest) -> std::io::Result<(Arc<Proc>, Receiver<Event>)>
             if is_pty {
                 libc::ioctl(0, libc::TIOCSCTTY, 0);
             }
+            sandstone_runtime::cloexec_descriptors_from(first_private)?;
             Ok(())
         });
     }
     let (proc, rx) = {
         let _guard = SPAWN_LOCK.lock().unwrap();
-        let child = cmd.spawn().map_err(|e| {
+        let child = as_oom_victim(|| cmd.spawn()).map_err(|e| {
             if e.kind() == std::io::ErrorKind::NotFound {
                 std::io::Error::new(e.kind(), format!("command not found: {program}"))
             } else {
@@ -292,7 +381,11 @@ pub fn spawn(req: SpawnRequest) -> std::io::Result<(Arc<Proc>, Receiver<Event>)>
         let pid = child.id() as i32;
         // The reaper owns the exit status; std must never wait on this child.
         std::mem::forget(child);
-        let (tx, rx) = channel();
+        let mut shared = Shared {
+            hold_until: (!req.attached).then(|| Instant::now() + FIRST_READER_GRACE),
+            ..Default::default()
+        };
+        let rx = shared.add_subscriber();
         let proc = Arc::new(Proc {
             id: req.id.clone(),
             kind: req.kind.clone(),
@@ -305,10 +398,7 @@ pub fn spawn(req: SpawnRequest) -> std::io::Result<(Arc<Proc>, Receiver<Event>)>
             pty: pty_master,
             code: Mutex::new(code_w.map(|(w, _keep)| w)),
             exec_lock: Mutex::new(()),
-            shared: Mutex::new(Shared {
-                subscribers: vec![tx],
-                ..Default::default()
-            }),
+            shared: Mutex::new(shared),
             exit_slot: Mutex::new(None),
             wake: eventfd(),
         });
@@ -371,42 +461,85 @@ impl Proc {
         }
     }
 
-    /// Subscribes to live events, replaying the buffered output first when
-    /// `replay` is set. Returns the exit if the process already ended.
-    pub fn subscribe(&self, replay: bool) -> Receiver<Event> {
-        let (tx, rx) = channel();
+    /// Subscribes to live events. Returns what came before, when `replay`
+    /// is set (a [`Event::Truncated`] first if output was dropped), ending
+    /// with the exit if the process already ended (the receiver then stays
+    /// empty). A reader (one that replays, or a REPL execution reading
+    /// live) releases output held for a first one.
+    pub fn subscribe(&self, replay: bool) -> (Vec<Event>, Receiver<Event>) {
         let mut s = self.shared.lock().unwrap();
+        let mut before = Vec::new();
         if replay {
-            for (stream, bytes) in &s.buffer {
-                let _ = tx.send(Event::Output(*stream, bytes.clone()));
+            if s.dropped > 0 {
+                before.push(Event::Truncated(s.dropped));
             }
+            before.extend(s.buffer.iter().map(|(st, b)| Event::Output(*st, b.clone())));
         }
-        match &s.exit {
+        if s.hold_until.take().is_some() {
+            s.trim();
+            self.wake();
+        }
+        let rx = match &s.exit {
             Some(e) => {
-                let _ = tx.send(Event::Exit(e.clone()));
+                before.push(Event::Exit(e.clone()));
+                sync_channel(0).1
             }
-            None => s.subscribers.push(tx),
-        }
-        rx
+            None => s.add_subscriber(),
+        };
+        (before, rx)
     }
 
-    fn publish(&self, ev: Event) {
+    /// How long the pump must stop reading output: it is held for a first
+    /// reader and the buffer is full. `None` once it may read.
+    fn paused_for_reader(&self) -> Option<Duration> {
         let mut s = self.shared.lock().unwrap();
-        if let Event::Output(stream, bytes) = &ev {
-            s.buffered += bytes.len();
-            s.buffer.push((*stream, bytes.clone()));
-            while s.buffered > BUFFER_CAP && s.buffer.len() > 1 {
-                let (_, old) = s.buffer.remove(0);
-                s.buffered -= old.len();
+        let until = s.hold_until?;
+        let now = Instant::now();
+        if now >= until {
+            s.hold_until = None;
+            s.trim();
+            return None;
+        }
+        (s.buffered >= BUFFER_CAP).then(|| until - now)
+    }
+
+    /// Hands `ev` to every subscriber. The sends happen outside the lock:
+    /// a subscriber that is behind makes this (the pump, and so the
+    /// process writing) wait, and never a reader of the table; one that
+    /// went away is forgotten.
+    fn publish(&self, ev: Event) {
+        let subscribers = {
+            let mut s = self.shared.lock().unwrap();
+            if let Event::Output(stream, bytes) = &ev {
+                s.buffered += bytes.len();
+                s.buffer.push_back((*stream, bytes.clone()));
+                s.trim();
             }
+            if let Event::Exit(e) = &ev {
+                s.exit = Some(e.clone());
+                std::mem::take(&mut s.subscribers)
+            } else {
+                s.subscribers.clone()
+            }
+        };
+        let gone: Vec<u64> = subscribers
+            .into_iter()
+            .filter(|(_, tx)| tx.send(ev.clone()).is_err())
+            .map(|(id, _)| id)
+            .collect();
+        if !gone.is_empty() {
+            self.shared
+                .lock()
+                .unwrap()
+                .subscribers
+                .retain(|(id, _)| !gone.contains(id));
         }
-        if let Event::Exit(e) = &ev {
-            s.exit = Some(e.clone());
-        }
-        s.subscribers.retain(|tx| tx.send(ev.clone()).is_ok());
-        if matches!(ev, Event::Exit(_)) {
-            s.subscribers.clear();
-        }
+    }
+
+    fn wake(&self) {
+        let one: u64 = 1;
+        // SAFETY: an 8-byte write from a live u64 to the eventfd we own.
+        unsafe { libc::write(self.wake.as_raw_fd(), &one as *const u64 as *const _, 8) };
     }
 
     fn exited(&self, status: i32) {
@@ -426,8 +559,7 @@ impl Proc {
             }
         };
         *self.pending_exit() = Some(info);
-        let one: u64 = 1;
-        unsafe { libc::write(self.wake.as_raw_fd(), &one as *const u64 as *const _, 8) };
+        self.wake();
     }
 
     fn pending_exit(&self) -> std::sync::MutexGuard<'_, Option<ExitInfo>> {
@@ -450,10 +582,18 @@ impl Proc {
         let mut status_buf = Vec::new();
         let mut buf = vec![0u8; 64 * 1024];
         loop {
+            // Output held for a first reader fills the buffer: read nothing
+            // (the process waits on its pipe) until a reader comes or the
+            // grace ends. The REPL status waits too: it must follow the
+            // output written before it.
+            let paused = self.paused_for_reader();
             let mut pollfds: Vec<libc::pollfd> = fds
                 .iter()
                 .map(|(f, _)| libc::pollfd {
-                    fd: f.as_ref().map_or(-1, |f| f.as_raw_fd()),
+                    fd: match (f, paused) {
+                        (Some(f), None) => f.as_raw_fd(),
+                        _ => -1,
+                    },
                     events: libc::POLLIN,
                     revents: 0,
                 })
@@ -463,8 +603,10 @@ impl Proc {
                 events: libc::POLLIN,
                 revents: 0,
             });
-            let n = unsafe { libc::poll(pollfds.as_mut_ptr(), pollfds.len() as _, -1) };
-            if n < 0 {
+            // Rounded up, so a wait never ends just before the grace does.
+            let timeout = paused.map_or(-1, |d| d.as_millis().min(60_000) as i32 + 1);
+            let n = unsafe { libc::poll(pollfds.as_mut_ptr(), pollfds.len() as _, timeout) };
+            if n <= 0 {
                 continue;
             }
             // Output first: anything written before a status or exit must be
@@ -497,7 +639,14 @@ impl Proc {
                     Err(_) => *slot = None,
                 }
             }
-            if pollfds.last().unwrap().revents != 0 {
+            if pollfds.last().is_some_and(|p| p.revents != 0) {
+                let mut count = [0u8; 8];
+                // SAFETY: an 8-byte read into a local buffer from the
+                // eventfd we own (non-blocking), resetting its counter.
+                unsafe { libc::read(self.wake.as_raw_fd(), count.as_mut_ptr().cast(), 8) };
+                if self.pending_exit().is_none() {
+                    continue; // a reader came for held output
+                }
                 for (slot, src) in fds.iter_mut() {
                     if let Source::Out(stream) = src {
                         self.drain(slot, *stream, &mut buf);

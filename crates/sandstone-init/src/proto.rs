@@ -190,6 +190,11 @@ pub enum Response {
     Output {
         stream: Stream,
     },
+    /// This many bytes of the context's output were dropped (nobody read
+    /// them in time) before the output that follows.
+    Truncated {
+        dropped_bytes: u64,
+    },
     /// End of one REPL execution.
     ExecDone {
         exit_code: Option<i32>,
@@ -223,7 +228,10 @@ pub enum Response {
 impl Response {
     /// Whether this frame ends the answer to a request.
     pub fn is_terminal(&self) -> bool {
-        !matches!(self, Response::Output { .. } | Response::Event { .. })
+        !matches!(
+            self,
+            Response::Output { .. } | Response::Event { .. } | Response::Truncated { .. }
+        )
     }
 
     pub fn error(code: ErrorCode, message: impl Into<String>) -> Self {

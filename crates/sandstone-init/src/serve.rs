@@ -110,8 +110,11 @@ fn dispatch(req: Request, payload: Vec<u8>, out: &mut Out) -> std::io::Result<()
             cwd,
             env,
             pty,
+            attached: attach,
         }) {
-            Ok((proc, rx)) if attach => return stream_until_exit(&proc, rx, timeout_ms, out),
+            Ok((proc, rx)) if attach => {
+                return stream_until_exit(&proc, Vec::new(), rx, timeout_ms, out);
+            }
             Ok((proc, rx)) => {
                 if let Some(ms) = timeout_ms {
                     kill_at_deadline(proc.clone(), rx, ms);
@@ -130,8 +133,8 @@ fn dispatch(req: Request, payload: Vec<u8>, out: &mut Out) -> std::io::Result<()
         },
         Request::Attach { id } => match procs::get(&id) {
             Some(p) => {
-                let rx = p.subscribe(true);
-                return stream_until_exit(&p, rx, None, out);
+                let (replay, rx) = p.subscribe(true);
+                return stream_until_exit(&p, replay, rx, None, out);
             }
             None => not_found(&id),
         },
@@ -202,31 +205,44 @@ fn restart(id: &str) -> Response {
         return not_found(id);
     };
     // Wait (bounded) for the old process to go before reusing its id.
-    let rx = old.subscribe(false);
-    let _ = rx.recv_timeout(Duration::from_secs(5));
+    let (before, rx) = old.subscribe(false);
+    if before.is_empty() {
+        let _ = rx.recv_timeout(Duration::from_secs(5));
+    }
     match procs::spawn(SpawnRequest {
         id: old.id.clone(),
         kind: old.kind.clone(),
         cwd: old.cwd.clone(),
         env: old.env.clone(),
         pty: old.pty_size,
+        attached: false,
     }) {
         Ok((p, _)) => Response::Proc { info: p.info() },
         Err(e) => io_error(&e),
     }
 }
 
-/// Forwards output until the process exits; kills it at the deadline.
+/// Forwards `replay`, then live output until the process exits; kills it
+/// at the deadline.
 fn stream_until_exit(
     proc: &Proc,
+    replay: Vec<Event>,
     rx: Receiver<Event>,
     timeout_ms: Option<u64>,
     out: &mut Out,
 ) -> std::io::Result<()> {
     let deadline = timeout_ms.map(|ms| Instant::now() + Duration::from_millis(ms));
+    let mut replay = replay.into_iter();
     loop {
-        match recv(&rx, deadline) {
+        let next = match replay.next() {
+            Some(ev) => Ok(ev),
+            None => recv(&rx, deadline),
+        };
+        match next {
             Ok(Event::Output(stream, bytes)) => send(out, &Response::Output { stream }, &bytes)?,
+            Ok(Event::Truncated(dropped_bytes)) => {
+                send(out, &Response::Truncated { dropped_bytes }, &[])?
+            }
             Ok(Event::ExecDone(_)) => {}
             Ok(Event::Exit(info)) => return send(out, &Response::Exit { info }, &[]),
             Err(RecvTimeoutError::Timeout) => proc.time_out(),
@@ -267,7 +283,7 @@ fn exec(proc: &Proc, code: &str, timeout_ms: Option<u64>, out: &mut Out) -> std:
         );
     }
     let _turn = proc.exec_lock.lock().unwrap();
-    let rx = proc.subscribe(false);
+    let (_, rx) = proc.subscribe(false);
     let written = match proc.code.lock().unwrap().as_mut() {
         Some(w) => w.write_all(&repl::frame(proc, code)),
         None => Err(std::io::Error::new(
@@ -290,6 +306,8 @@ fn exec(proc: &Proc, code: &str, timeout_ms: Option<u64>, out: &mut Out) -> std:
     loop {
         match recv(&rx, deadline) {
             Ok(Event::Output(stream, bytes)) => reply(out, &Response::Output { stream }, &bytes),
+            // A live subscriber misses nothing.
+            Ok(Event::Truncated(_)) => {}
             Ok(Event::ExecDone(exit_code)) => {
                 reply(
                     out,

@@ -11,6 +11,26 @@ pub struct Launched {
     pub pid: i32,
 }
 
+/// Runs `<init_bin> tmpfs <pid> <memory>`: sizes the tmpfs mounts of the
+/// sandbox whose init is `pid` for a new memory limit (a warm-pool member
+/// handed to a claim). Blocking.
+pub fn resize_tmpfs(init_bin: &Path, pid: i32, memory: Option<u64>) -> Result<()> {
+    let out = Command::new(init_bin)
+        .args(["tmpfs", &pid.to_string()])
+        .args(memory.map(|m| m.to_string()))
+        .env_clear()
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| Error::sys(format!("run {init_bin:?}"), e))?;
+    if out.status.success() {
+        return Ok(());
+    }
+    Err(Error::Other(format!(
+        "resize the sandbox's tmpfs: {}",
+        String::from_utf8_lossy(&out.stderr).trim()
+    )))
+}
+
 /// Runs `<init_bin> spawn`, feeding it `spec`. Blocking: call it from a
 /// blocking thread.
 pub fn launch(init_bin: &Path, spec: &SpawnSpec) -> Result<Launched> {

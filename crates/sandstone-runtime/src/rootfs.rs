@@ -203,10 +203,56 @@ fn as_sandbox_root<T>(id: u32, f: impl FnOnce() -> Result<T>) -> Result<T> {
     result
 }
 
+/// `size=` and `nr_inodes=` of the sandbox's tmpfs mounts for a memory
+/// limit. Their pages are charged to the sandbox's memory and cannot be
+/// reclaimed (there is no swap), so a full /tmp must leave room for the
+/// processes: /tmp gets half the limit, /dev/shm a quarter (at most 64 MiB),
+/// and filling either is ENOSPC rather than an OOM kill of init.
+fn tmpfs_options(memory: Option<u64>) -> (String, String) {
+    const SHM_MAX: u64 = 64 << 20;
+    let sized = |bytes: u64| format!("size={bytes},nr_inodes={}", (bytes / 16384).max(1024));
+    match memory {
+        Some(m) => (sized(m / 2), sized((m / 4).min(SHM_MAX))),
+        None => (String::new(), sized(SHM_MAX)),
+    }
+}
+
+/// Resizes the /tmp and /dev/shm of the sandbox whose init is `pid` for a
+/// new memory limit, from the host: this process (single-threaded, host
+/// root) enters the sandbox's mount namespace and remounts them.
+pub fn resize_tmpfs(pid: i32, memory: Option<u64>) -> Result<()> {
+    use std::os::fd::AsRawFd;
+    let path = format!("/proc/{pid}/ns/mnt");
+    let ns = std::fs::File::open(&path).map_err(|e| Error::sys(format!("open {path}"), e))?;
+    // SAFETY: setns on a namespace descriptor we hold; this process is
+    // single-threaded, as entering a mount namespace requires. Only a
+    // warm-pool member no claim has used yet is resized, so no sandbox
+    // process has had a chance to prepare its /tmp for us.
+    sys::check(
+        unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNS) } as libc::c_long,
+        || "enter the sandbox's mount namespace".into(),
+    )?;
+    let (tmp, shm) = tmpfs_options(memory);
+    for (at, opts) in [("/tmp", tmp), ("/dev/shm", shm)] {
+        if opts.is_empty() {
+            continue;
+        }
+        mount(
+            None,
+            Path::new(at),
+            None,
+            libc::MS_REMOUNT | NOSUID | NODEV,
+            Some(&format!("mode=1777,{opts}")),
+        )?;
+    }
+    Ok(())
+}
+
 /// Sandbox-side assembly, in PID 1 as the sandbox's root, inside the root
 /// [`enter`] stepped into. Ends with the new root in place and the host's
 /// tree detached.
-pub fn finish_in_sandbox() -> Result<()> {
+pub fn finish_in_sandbox(memory: Option<u64>) -> Result<()> {
+    let (tmp_size, shm_size) = tmpfs_options(memory);
     let root = Path::new(".");
     let proc_dir = inside(root, "proc");
     ensure_dir(&proc_dir)?;
@@ -223,11 +269,17 @@ pub fn finish_in_sandbox() -> Result<()> {
         &inside(root, "dev/shm"),
         Some("tmpfs"),
         NOSUID | NODEV,
-        Some("mode=1777,size=65536k"),
+        Some(&format!("mode=1777,{shm_size}")),
     )?;
     let tmp = inside(root, "tmp");
     ensure_dir(&tmp)?;
-    mount(None, &tmp, Some("tmpfs"), NOSUID | NODEV, Some("mode=1777"))?;
+    mount(
+        None,
+        &tmp,
+        Some("tmpfs"),
+        NOSUID | NODEV,
+        Some(format!("mode=1777,{tmp_size}").trim_end_matches(',')),
+    )?;
     mask_paths(root)?;
     crate::fault::check("rootfs.before_pivot")?;
     pivot()

@@ -38,6 +38,10 @@ pub struct SpawnSpec {
     /// Variables every process in the sandbox starts with.
     #[serde(default)]
     pub env: std::collections::BTreeMap<String, String>,
+    /// The sandbox's memory limit: its tmpfs mounts (charged to it) are
+    /// sized below it.
+    #[serde(default)]
+    pub memory_bytes: Option<u64>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -57,6 +61,10 @@ pub struct SandboxStart {
     pub listener: UnixListener,
     /// Write "ok" (or an error) here once the sandbox is ready, then drop it.
     pub status: std::fs::File,
+    /// PID 1's own `/proc/self/oom_score_adj`, opened read-write by
+    /// [`prepare_sandbox`] before PID 1 becomes non-dumpable (after which
+    /// it could not open it).
+    pub oom_score_adj: Option<std::fs::File>,
 }
 
 fn pipe() -> Result<(OwnedFd, OwnedFd)> {
@@ -129,6 +137,7 @@ pub fn spawn(spec: &SpawnSpec, sandbox_main: fn(SandboxStart) -> !) -> Result<i3
             spec: spec.clone(),
             listener,
             status: std::fs::File::from(st_w),
+            oom_score_adj: None,
         });
     }
     drop(go_r);
@@ -165,6 +174,13 @@ pub fn spawn(spec: &SpawnSpec, sandbox_main: fn(SandboxStart) -> !) -> Result<i3
 /// finish the rootfs and harden. Errors are reported through `status`.
 pub fn prepare_sandbox(start: &mut SandboxStart) -> Result<()> {
     unsafe { libc::setsid() };
+    start.oom_score_adj = Some(
+        std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open("/proc/self/oom_score_adj")
+            .map_err(|e| Error::sys("open oom_score_adj", e))?,
+    );
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -189,7 +205,7 @@ pub fn prepare_sandbox(start: &mut SandboxStart) -> Result<()> {
         unsafe { libc::setgroups(0, std::ptr::null()) } as libc::c_long,
         || "setgroups".into(),
     )?;
-    crate::rootfs::finish_in_sandbox()?;
+    crate::rootfs::finish_in_sandbox(start.spec.memory_bytes)?;
     let host = &start.spec.hostname;
     check(
         unsafe { libc::sethostname(host.as_ptr() as *const libc::c_char, host.len()) }

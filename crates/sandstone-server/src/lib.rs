@@ -304,6 +304,7 @@ pub async fn run(mut config: Config) -> anyhow::Result<()> {
     lc.adopt().await?;
     let lc = Arc::new(lc);
     lc.spawn_expiry(config.audit_retention);
+    lc.spawn_init_watch();
     lc.spawn_warm_pool();
     let st = AppState {
         lifecycle: lc.clone(),

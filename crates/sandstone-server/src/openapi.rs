@@ -199,7 +199,7 @@ pub const OPERATIONS: &[(&str, &str, &str, u16, Body)] = &[
     (
         "get",
         "/api/v1/sandboxes/{id}/contexts/{ctx}/ws",
-        "WebSocket: output stream, input, resize, signal",
+        "WebSocket: output stream (output, truncated when earlier output was dropped, done), input, resize, signal",
         101,
         Body::None,
     ),

@@ -42,6 +42,8 @@ pub struct SandboxRow {
     /// `resume`, `snapshot`, `fork`, `restore`): after a crash, the daemon
     /// rolls it forward or back.
     pub pending_op: Option<String>,
+    /// Why the sandbox is `failed`, when it is.
+    pub status_reason: Option<String>,
 }
 
 /// One egress audit record (a connection or a DNS answer), as JSON.
@@ -120,6 +122,8 @@ pub trait Store: Send + Sync {
         generation: i64,
     ) -> BoxFuture<'a, Result<()>>;
     fn set_pending<'a>(&'a self, id: &'a str, op: Option<&'a str>) -> BoxFuture<'a, Result<()>>;
+    /// Records that the sandbox's runtime ended on its own, and why.
+    fn set_failed<'a>(&'a self, id: &'a str, reason: &'a str) -> BoxFuture<'a, Result<()>>;
     fn insert_snapshot<'a>(&'a self, s: &'a SnapshotRow) -> BoxFuture<'a, Result<()>>;
     fn insert_audit<'a>(&'a self, rows: &'a [AuditRow]) -> BoxFuture<'a, Result<()>>;
     /// Inserts a new source; `false` when the name is taken.

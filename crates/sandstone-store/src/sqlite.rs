@@ -87,13 +87,15 @@ const MIGRATIONS: &[&str] = &[
     END;
     INSERT INTO sandbox_labels
         SELECT j.key, j.value, s.id FROM sandboxes s, json_each(s.config, '$.metadata') j;",
+    // Why a sandbox is `failed` (its init died), shown with that status.
+    "ALTER TABLE sandboxes ADD COLUMN status_reason TEXT;",
 ];
 
 // Columns are named, never `*`: a cached statement's column list must not
 // change under it when a migration adds a column.
 macro_rules! sandbox_cols {
     () => {
-        "id, template, status, config, slot, pid, generation, created_at, updated_at, pending_op"
+        "id, template, status, config, slot, pid, generation, created_at, updated_at, pending_op, status_reason"
     };
 }
 
@@ -197,6 +199,7 @@ fn row_to_sandbox(r: &sqlx::sqlite::SqliteRow) -> Result<SandboxRow> {
         created_at: r.get("created_at"),
         updated_at: r.get("updated_at"),
         pending_op: r.get("pending_op"),
+        status_reason: r.get("status_reason"),
     })
 }
 
@@ -324,10 +327,24 @@ impl Store for SqliteStore {
     ) -> BoxFuture<'a, Result<()>> {
         Box::pin(async move {
             let done = sqlx::query(
-                "UPDATE sandboxes SET status = 'running', pid = ?, generation = ?, pending_op = NULL, updated_at = ? WHERE id = ?",
+                "UPDATE sandboxes SET status = 'running', pid = ?, generation = ?, pending_op = NULL, status_reason = NULL, updated_at = ? WHERE id = ?",
             )
             .bind(pid)
             .bind(generation)
+            .bind(now_ms())
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+            found(done)
+        })
+    }
+
+    fn set_failed<'a>(&'a self, id: &'a str, reason: &'a str) -> BoxFuture<'a, Result<()>> {
+        Box::pin(async move {
+            let done = sqlx::query(
+                "UPDATE sandboxes SET status = 'failed', pid = NULL, status_reason = ?, updated_at = ? WHERE id = ?",
+            )
+            .bind(reason)
             .bind(now_ms())
             .bind(id)
             .execute(&self.pool)
@@ -654,6 +671,7 @@ mod tests {
             created_at: slot,
             updated_at: 1,
             pending_op: None,
+            status_reason: None,
         };
         store.insert_sandbox(&row("sb-1", 1, "s1")).await.unwrap();
         store.insert_sandbox(&row("sb-2", 2, "s2")).await.unwrap();
@@ -688,6 +706,7 @@ mod tests {
             created_at: 1,
             updated_at: 1,
             pending_op: None,
+            status_reason: None,
         };
         store.insert_sandbox(&row).await.unwrap();
         store.set_status("sb-1", "failed", None).await.unwrap();

@@ -299,6 +299,15 @@ enum TemplateCmd {
 
 fn main() {
     let cli = Cli::parse();
+    // The daemon's descriptors reach every sandbox it starts unless they
+    // are close-on-exec; those it inherited are not, so they go before any
+    // thread exists.
+    if matches!(cli.cmd, Cmd::Serve { .. })
+        && let Err(e) = sandstone_runtime::close_descriptors_from(3)
+    {
+        eprintln!("sandstone: {e}");
+        std::process::exit(1);
+    }
     let result = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

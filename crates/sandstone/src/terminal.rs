@@ -26,9 +26,18 @@ pub async fn stream(att: &mut Attached) -> Result<i32> {
                 return Ok(exit_code.unwrap_or(1));
             }
             StreamEvent::Error(e) => anyhow::bail!("{e}"),
+            StreamEvent::Truncated { dropped_bytes } => truncated_note(dropped_bytes),
         }
     }
     anyhow::bail!("the stream ended before the command finished")
+}
+
+/// Output was dropped before this attach could see it: say so where a
+/// reader of stdout cannot miss it and the output itself stays intact.
+fn truncated_note(dropped_bytes: u64) {
+    eprintln!(
+        "sandstone: {dropped_bytes} bytes of earlier output were dropped (nobody read them in time); what follows is the rest"
+    );
 }
 
 fn window_size() -> (u16, u16) {
@@ -97,6 +106,7 @@ pub async fn interactive(c: &Client, id: &str, argv: &[String]) -> Result<i32> {
                 }
                 Some(StreamEvent::Done { exit_code, .. }) => return Ok(exit_code.unwrap_or(1)),
                 Some(StreamEvent::Error(e)) => anyhow::bail!("{e}"),
+                Some(StreamEvent::Truncated { dropped_bytes }) => truncated_note(dropped_bytes),
                 None => anyhow::bail!("the connection to the sandbox closed"),
             },
             n = stdin.read(&mut buf), if stdin_open => match n? {

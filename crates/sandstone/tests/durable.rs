@@ -388,14 +388,6 @@ fn memory_limit_of(id: &str) -> Option<String> {
         .map(|s| s.trim().to_string())
 }
 
-async fn warm_ready(d: &Daemon) -> u64 {
-    let m = d.metrics().await;
-    m.lines()
-        .find_map(|l| l.strip_prefix("sandstone_warm_pool_ready "))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0)
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn warm_pool_hands_off_with_the_claims_limits_and_refills() {
     let mut d = Daemon::start().await;
@@ -403,7 +395,7 @@ async fn warm_pool_hands_off_with_the_claims_limits_and_refills() {
     d.warm_pool = 2;
     d.spawn().await;
     let deadline = Instant::now() + Duration::from_secs(20);
-    while warm_ready(&d).await < 2 {
+    while d.warm_ready().await < 2 {
         assert!(Instant::now() < deadline, "the warm pool never filled");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -414,7 +406,7 @@ async fn warm_pool_hands_off_with_the_claims_limits_and_refills() {
     assert_eq!(memory_limit_of(&id).as_deref(), Some("268435456"));
     assert_eq!(d.sh(&id, "echo warm").await["stdout"], "warm\n");
     let deadline = Instant::now() + Duration::from_secs(20);
-    while warm_ready(&d).await < 2 {
+    while d.warm_ready().await < 2 {
         assert!(Instant::now() < deadline, "the warm pool never refilled");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }

@@ -42,7 +42,13 @@ pub struct Runtime {
     pub env: std::collections::BTreeMap<String, String>,
     pub socket: PathBuf,
     pub cgroup: Cgroup,
+    /// PID 1's pidfd, opened as soon as it started (so a reused pid is
+    /// never mistaken for it): readable when init dies.
+    pub init: Option<Arc<std::os::fd::OwnedFd>>,
 }
+
+/// A runtime whose init the daemon watches: (sandbox, init pid, pidfd).
+type InitWatch = (String, i32, Arc<std::os::fd::OwnedFd>);
 
 pub struct Lifecycle {
     pub store: Arc<dyn Store>,
@@ -58,6 +64,10 @@ pub struct Lifecycle {
     activity: Mutex<HashMap<String, Instant>>,
     warm: warm::WarmPool,
     network: Option<Network>,
+    /// Runtimes to watch for the death of their init; the watcher task
+    /// (started with the daemon) takes the receiver.
+    init_watch: tokio::sync::mpsc::UnboundedSender<InitWatch>,
+    init_watched: Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<InitWatch>>>,
 }
 
 pub use network::{
@@ -102,6 +112,7 @@ impl Lifecycle {
             network::remove_leftovers(cgroup_group, &recorded)?;
         }
         let slot_cursor = slots.iter().max().map_or(0, |m| (m + 1) % MAX_SLOTS);
+        let (init_watch, init_watched) = tokio::sync::mpsc::unbounded_channel();
         Ok(Lifecycle {
             store,
             storage,
@@ -114,6 +125,8 @@ impl Lifecycle {
             activity: Mutex::new(HashMap::new()),
             warm: warm::WarmPool::new(warm_pool),
             network,
+            init_watch,
+            init_watched: Mutex::new(Some(init_watched)),
         })
     }
 
@@ -351,7 +364,7 @@ impl Lifecycle {
         let network = self.network_for(template, config);
         let started = async {
             let pid = self
-                .spawn_init(id, template, &paths, &cgroup, slot, network)
+                .spawn_init(id, template, &paths, &cgroup, slot, network, limits.memory_bytes)
                 .await?;
             if let Some(n) = network {
                 n.register(slot, id, &policy_of(template, config)?)?;
@@ -365,6 +378,7 @@ impl Lifecycle {
                 env: config.env_vars.clone(),
                 socket: paths.socket,
                 cgroup,
+                init: open_pidfd(id, pid),
             }),
             Err(e) => {
                 tokio::task::block_in_place(|| self.stop_runtime(id, &cgroup));
@@ -381,6 +395,7 @@ impl Lifecycle {
         cgroup: &Cgroup,
         slot: i64,
         network: Option<&Network>,
+        memory_bytes: Option<u64>,
     ) -> ApiResult<i32> {
         fault::check("create.after_cgroup").map_err(internal)?;
         std::fs::create_dir_all(&paths.rootfs).map_err(internal)?;
@@ -403,6 +418,7 @@ impl Lifecycle {
             log: paths.log.clone(),
             net: network.map(|n| n.spec(slot)).transpose()?,
             env: network.map(|n| n.trust_env()).unwrap_or_default(),
+            memory_bytes,
         };
         let init_bin = self.init_bin.clone();
         let launched =
@@ -526,13 +542,10 @@ impl Lifecycle {
             created_at: now,
             updated_at: now,
             pending_op: None,
+            status_reason: None,
         };
         self.store.insert_sandbox(&row).await?;
-        self.runtimes
-            .write()
-            .unwrap()
-            .insert(id.to_string(), runtime);
-        self.touch(id);
+        self.adopt_runtime(id, runtime);
         Ok(row)
     }
 
@@ -551,6 +564,14 @@ impl Lifecycle {
         self.cgroups
             .apply(&m.runtime.cgroup, &limits)
             .map_err(internal)?;
+        // Its tmpfs mounts were sized for the pool's default memory limit.
+        let (init_bin, pid, memory) = (self.init_bin.clone(), m.runtime.pid, limits.memory_bytes);
+        tokio::task::spawn_blocking(move || {
+            sandstone_runtime::launch::resize_tmpfs(&init_bin, pid, memory)
+        })
+        .await
+        .map_err(internal)?
+        .map_err(internal)?;
         if let Some(n) = self.network_for(template, &config) {
             n.register(m.slot, &m.id, &policy_of(template, &config)?)?;
         }
@@ -571,16 +592,103 @@ impl Lifecycle {
         }
         let row = self.row(id).await?;
         let auto = config_of(&row).auto_resume.unwrap_or(true);
-        if row.status == "paused" && auto {
+        if matches!(row.status.as_str(), "paused" | "failed") && auto {
             self.resume(id).await?;
             return self
                 .runtime(id)
                 .ok_or_else(|| ApiError::conflict(format!("sandbox {id} stopped while resuming")));
         }
-        Err(ApiError::conflict(format!(
-            "sandbox {id} is {}",
-            row.status
-        )))
+        match (row.status.as_str(), &row.status_reason) {
+            ("failed", Some(reason)) => {
+                Err(ApiError::conflict(format!("sandbox {id} failed: {reason}")))
+            }
+            (status, _) => Err(ApiError::conflict(format!("sandbox {id} is {status}"))),
+        }
+    }
+
+    /// Registers a running runtime: requests reach it, its idle clock
+    /// starts, and the death of its init is watched.
+    fn adopt_runtime(&self, id: &str, runtime: Runtime) {
+        if let Some(fd) = &runtime.init {
+            let _ = self
+                .init_watch
+                .send((id.to_string(), runtime.pid, fd.clone()));
+        }
+        self.runtimes
+            .write()
+            .unwrap()
+            .insert(id.to_string(), runtime);
+        self.touch(id);
+    }
+
+    /// Watches every registered init until the daemon stops: when one
+    /// dies, its sandbox is marked failed ([`Lifecycle::init_died`]).
+    pub fn spawn_init_watch(self: &Arc<Self>) {
+        let Some(mut watched) = self.init_watched.lock().unwrap().take() else {
+            return;
+        };
+        let lc = self.clone();
+        tokio::spawn(async move {
+            while let Some((id, pid, fd)) = watched.recv().await {
+                let lc = lc.clone();
+                tokio::spawn(async move {
+                    // SAFETY: the AsyncFd owns a reference to the pidfd, which
+                    // stays open (and the same descriptor) until the last
+                    // reference is dropped.
+                    let registered = unsafe {
+                        tokio::io::unix::AsyncFd::register_with_interest(
+                            fd,
+                            tokio::io::Interest::READABLE,
+                        )
+                    };
+                    match registered {
+                        Ok(fd) => {
+                            let _ = fd.readable().await;
+                        }
+                        Err(e) => {
+                            tracing::warn!(sandbox = %id, error = %e, "cannot watch sandbox init");
+                            return;
+                        }
+                    }
+                    lc.init_died(&id, pid).await;
+                });
+            }
+        });
+    }
+
+    /// PID 1 of a running sandbox died (killed from the host, or by the
+    /// kernel): with it went every process in the sandbox. The runtime is
+    /// torn down as a pause does (cgroup, mounts, network) and the sandbox
+    /// is marked `failed` with the reason; its files are kept, and `resume`
+    /// (or the next call, with auto_resume) starts a new generation on them.
+    /// Failed rather than restarted at once: a restart would hide that
+    /// every process and REPL state was lost, and would loop if the cause
+    /// (say a memory limit init cannot live within) persists; a caller
+    /// learns what happened from the status, and still gets the sandbox
+    /// back on its next call.
+    async fn init_died(&self, id: &str, pid: i32) {
+        let _guard = self.lock(id).await;
+        // A generation that ended on purpose (pause, delete) or was
+        // replaced is not this death.
+        if self.runtime(id).is_none_or(|rt| rt.pid != pid) {
+            return;
+        }
+        let cgroup = self.take_cgroup(id);
+        let oom = cgroup.oom_kills() > 0;
+        tokio::task::block_in_place(|| self.stop_runtime(id, &cgroup));
+        self.activity.lock().unwrap().remove(id);
+        let reason = format!(
+            "its init (PID 1) died{}, ending every process in it; its files are kept: resume it to start it again",
+            if oom {
+                " after the sandbox reached its memory limit"
+            } else {
+                ""
+            }
+        );
+        tracing::warn!(sandbox = %id, pid, %reason, "sandbox failed");
+        if let Err(e) = self.store.set_failed(id, &reason).await {
+            tracing::error!(sandbox = %id, error = %e, "cannot record a failed sandbox");
+        }
     }
 
     /// Forgets a sandbox's runtime; its cgroup (found on disk when the
@@ -624,10 +732,10 @@ impl Lifecycle {
         let row = self.row(id).await?;
         match row.status.as_str() {
             "running" => return Ok(row),
-            "paused" => {}
+            "paused" | "failed" => {}
             other => {
                 return Err(ApiError::conflict(format!(
-                    "sandbox {id} is {other}; only a paused sandbox can be resumed"
+                    "sandbox {id} is {other}; only a paused or failed sandbox can be resumed"
                 )));
             }
         }
@@ -650,11 +758,7 @@ impl Lifecycle {
             tokio::task::block_in_place(|| self.stop_runtime(id, &runtime.cgroup));
             return Err(e.into());
         }
-        self.runtimes
-            .write()
-            .unwrap()
-            .insert(id.to_string(), runtime);
-        self.touch(id);
+        self.adopt_runtime(id, runtime);
         self.row(id).await
     }
 
@@ -678,6 +782,18 @@ impl Lifecycle {
         self.locks.lock().unwrap().remove(id);
         self.free_slot(row.slot);
         Ok(())
+    }
+}
+
+/// A pidfd for a sandbox's init; without one (an old kernel) its death is
+/// only noticed when a call fails.
+fn open_pidfd(id: &str, pid: i32) -> Option<Arc<std::os::fd::OwnedFd>> {
+    match sandstone_runtime::pidfd_open(pid) {
+        Ok(fd) => Some(Arc::new(fd)),
+        Err(e) => {
+            tracing::warn!(sandbox = %id, pid, error = %e, "cannot watch sandbox init");
+            None
+        }
     }
 }
 

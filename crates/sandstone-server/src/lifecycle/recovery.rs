@@ -46,6 +46,7 @@ impl Lifecycle {
                 env: super::config_of(row).env_vars,
                 socket: self.storage.paths(id).socket,
                 cgroup,
+                init: super::open_pidfd(id, row.pid.unwrap_or(0) as i32),
             };
             let generation = if row.status == "running" {
                 row.generation
@@ -60,11 +61,7 @@ impl Lifecycle {
                 n.register(row.slot, id, &policy)
                     .map_err(|e| anyhow::anyhow!(e.message))?;
             }
-            self.runtimes
-                .write()
-                .unwrap()
-                .insert(id.to_string(), runtime);
-            self.touch(id);
+            self.adopt_runtime(id, runtime);
             tracing::info!(sandbox = %id, "re-adopted running sandbox");
             return Ok(());
         }

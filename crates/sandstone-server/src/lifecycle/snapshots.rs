@@ -156,6 +156,7 @@ impl Lifecycle {
             created_at: now,
             updated_at: now,
             pending_op: None,
+            status_reason: None,
         };
         let recorded = match copied {
             Ok(_) => self

@@ -95,34 +95,88 @@ fn kind_of(req: &api::CreateContextRequest) -> ApiResult<ProcKind> {
     }
 }
 
-/// Output kept for one synchronous run; the rest is dropped (and the
-/// response says so), so a chatty command cannot grow the daemon.
-const MAX_COLLECTED: usize = 16 << 20;
+/// The most a synchronous run's output may take in the JSON response,
+/// counted as rendered (a NUL byte is six: `\u0000`); the rest is dropped
+/// and the response says so, so a chatty command cannot grow the daemon or
+/// its response.
+const MAX_RENDERED: usize = 16 << 20;
 
-/// Collected output of a run.
-#[derive(Default)]
+/// Collected output of a synchronous run, each byte kept once: the
+/// streams apart (`stdout`, `stderr`) for pipes, or as they came
+/// (`output_raw`) for a PTY and a REPL.
 struct Collected {
     raw: Vec<u8>,
     stdout: Vec<u8>,
     stderr: Vec<u8>,
+    split: bool,
+    /// Rendered bytes still allowed.
+    room: usize,
     truncated: bool,
 }
 
-impl Collected {
-    fn push(&mut self, stream: Stream, bytes: &[u8]) {
-        let room = MAX_COLLECTED.saturating_sub(self.raw.len());
-        let bytes = if bytes.len() > room {
-            self.truncated = true;
-            &bytes[..room]
-        } else {
-            bytes
-        };
-        self.raw.extend_from_slice(bytes);
-        match stream {
-            Stream::Stderr => self.stderr.extend_from_slice(bytes),
-            _ => self.stdout.extend_from_slice(bytes),
+/// How many leading bytes of `bytes` fit in `room` rendered bytes, and
+/// what they take. Counted as serde_json writes a string: `"`, `\` and
+/// the short escapes take 2, other control characters 6, and a byte that
+/// is not valid UTF-8 (as far as this chunk shows) 3, as U+FFFD.
+fn fitting(bytes: &[u8], room: usize) -> (usize, usize) {
+    let (mut n, mut used) = (0, 0);
+    for chunk in bytes.utf8_chunks() {
+        for c in chunk.valid().chars() {
+            let cost = match c {
+                '"' | '\\' | '\n' | '\r' | '\t' | '\u{8}' | '\u{c}' => 2,
+                '\0'..='\u{1f}' => 6,
+                c => c.len_utf8(),
+            };
+            if used + cost > room {
+                return (n, used);
+            }
+            used += cost;
+            n += c.len_utf8();
+        }
+        for _ in chunk.invalid() {
+            if used + 3 > room {
+                return (n, used);
+            }
+            used += 3;
+            n += 1;
         }
     }
+    (n, used)
+}
+
+impl Collected {
+    fn new(split: bool) -> Self {
+        Collected {
+            raw: Vec::new(),
+            stdout: Vec::new(),
+            stderr: Vec::new(),
+            split,
+            room: MAX_RENDERED,
+            truncated: false,
+        }
+    }
+
+    /// Keeps what fits; once something did not, nothing after it either,
+    /// so what is kept is always a prefix of the output.
+    fn push(&mut self, stream: Stream, bytes: &[u8]) {
+        if self.truncated {
+            return;
+        }
+        let (n, used) = fitting(bytes, self.room);
+        self.room -= used;
+        self.truncated = n < bytes.len();
+        let into = match (self.split, stream) {
+            (false, _) => &mut self.raw,
+            (true, Stream::Stderr) => &mut self.stderr,
+            (true, _) => &mut self.stdout,
+        };
+        into.extend_from_slice(&bytes[..n]);
+    }
+}
+
+/// The bytes as text, in place when they are valid UTF-8.
+fn into_text(b: Vec<u8>) -> String {
+    String::from_utf8(b).unwrap_or_else(|e| text(e.as_bytes()))
 }
 
 fn text(b: &[u8]) -> String {
@@ -130,13 +184,17 @@ fn text(b: &[u8]) -> String {
 }
 
 /// Sends `req` and gathers output frames until the terminal frame.
-async fn run_collect(rt: &Runtime, req: &Request) -> ApiResult<(Init, Collected)> {
+async fn run_collect(
+    rt: &Runtime,
+    req: &Request,
+    mut out: Collected,
+) -> ApiResult<(Init, Collected)> {
     let mut conn = InitConn::connect(&rt.socket).await.map_err(unreachable)?;
     conn.send(req, &[]).await.map_err(unreachable)?;
-    let mut out = Collected::default();
     loop {
         match conn.recv().await.map_err(unreachable)? {
             (Init::Output { stream }, bytes) => out.push(stream, &bytes),
+            (Init::Truncated { .. }, _) => out.truncated = true,
             (Init::Error { code, message }, _) => return Err(ApiError::from_init(code, message)),
             (terminal, _) => return Ok((terminal, out)),
         }
@@ -154,6 +212,7 @@ pub async fn create(
     let ctx_id = format!("ctx-{}", random_hex(6));
     let started = std::time::Instant::now();
     let attach = req.wait_until_done && matches!(kind, ProcKind::Cmd { .. });
+    let pty = req.pty_size.is_some();
     let spawn = Request::Spawn {
         id: ctx_id.clone(),
         kind,
@@ -182,7 +241,7 @@ pub async fn create(
         return Ok(ok(StatusCode::CREATED, context_response(&info)));
     }
     let oom_before = rt.cgroup.oom_kills();
-    let (terminal, out) = run_collect(&rt, &spawn).await?;
+    let (terminal, out) = run_collect(&rt, &spawn, Collected::new(!pty)).await?;
     let Init::Exit { info: exit } = terminal else {
         return Err(ApiError::internal("unexpected answer to a synchronous run"));
     };
@@ -191,9 +250,14 @@ pub async fn create(
         .observe("exec", started.elapsed().as_secs_f64() * 1000.0);
     let info = get_info(&rt, &ctx_id).await?;
     let mut resp = context_response(&info);
-    resp.output_raw = Some(text(&out.raw));
-    resp.stdout = Some(text(&out.stdout));
-    resp.stderr = Some(text(&out.stderr));
+    // Sandbox0's fields: `output_raw` is a PTY's output, `stdout` and
+    // `stderr` a pipe's; each byte is sent once.
+    if pty {
+        resp.output_raw = Some(into_text(out.raw));
+    } else {
+        resp.stdout = Some(into_text(out.stdout));
+        resp.stderr = Some(into_text(out.stderr));
+    }
     resp.exit_code = exit.exit_code;
     resp.signal = exit.signal;
     resp.oom_killed = oom_killed;
@@ -273,7 +337,9 @@ pub async fn exec(
         code: req.data,
         timeout_ms: req.timeout_sec.map(|s| s.saturating_mul(1000)),
     };
-    let (terminal, out) = run_collect(&rt, &exec).await?;
+    // A REPL's output is what its caller reads as `output_raw` (the
+    // Sandbox0 SDK's `run`), both streams as they came.
+    let (terminal, out) = run_collect(&rt, &exec, Collected::new(false)).await?;
     let Init::ExecDone {
         exit_code,
         timed_out,
@@ -286,9 +352,7 @@ pub async fn exec(
     Ok(ok(
         StatusCode::OK,
         api::ExecResponse {
-            output_raw: text(&out.raw),
-            stdout: text(&out.stdout),
-            stderr: text(&out.stderr),
+            output_raw: into_text(out.raw),
             exit_code,
             state: if timed_out { "timed_out" } else { "completed" }.into(),
             output_truncated: out.truncated,
@@ -389,17 +453,68 @@ pub async fn ws(
     Ok(upgrade.on_upgrade(move |socket| pump_ws(socket, conn, rt, ctx)))
 }
 
+/// Bytes at the end of `b` that begin a UTF-8 character they do not
+/// finish.
+fn incomplete_tail(b: &[u8]) -> usize {
+    for back in 1..=b.len().min(3) {
+        let byte = b[b.len() - back];
+        if byte & 0xC0 != 0x80 {
+            let len = match byte {
+                0xC0..=0xDF => 2,
+                0xE0..=0xEF => 3,
+                0xF0..=0xF7 => 4,
+                _ => 1,
+            };
+            return if len > back { back } else { 0 };
+        }
+    }
+    0
+}
+
+/// A stream's output as text messages: a character split across two
+/// chunks waits for its end instead of becoming two U+FFFD.
+#[derive(Default)]
+struct Utf8Stream {
+    carry: Vec<u8>,
+}
+
+impl Utf8Stream {
+    fn decode(&mut self, bytes: &[u8]) -> String {
+        self.carry.extend_from_slice(bytes);
+        let rest = self
+            .carry
+            .split_off(self.carry.len() - incomplete_tail(&self.carry));
+        into_text(std::mem::replace(&mut self.carry, rest))
+    }
+}
+
+fn source_name(stream: Stream) -> &'static str {
+    match stream {
+        Stream::Stdout => "stdout",
+        Stream::Stderr => "stderr",
+        Stream::Pty => "pty",
+    }
+}
+
 async fn pump_ws(mut socket: WebSocket, mut conn: InitConn, rt: Runtime, ctx: String) {
+    let mut streams: [(Stream, Utf8Stream); 3] =
+        [Stream::Stdout, Stream::Stderr, Stream::Pty].map(|s| (s, Utf8Stream::default()));
     loop {
         tokio::select! {
             frame = conn.recv() => {
                 let msg = match frame {
-                    Ok((Init::Output { stream }, bytes)) => json!({
-                        "type": "output",
-                        "source": match stream { Stream::Stdout => "stdout", Stream::Stderr => "stderr", Stream::Pty => "pty" },
-                        "data": text(&bytes),
-                    }),
+                    Ok((Init::Output { stream }, bytes)) => {
+                        let Some((_, utf8)) = streams.iter_mut().find(|(s, _)| *s == stream) else { continue };
+                        json!({"type": "output", "source": source_name(stream), "data": utf8.decode(&bytes)})
+                    }
+                    Ok((Init::Truncated { dropped_bytes }, _)) => json!({"type": "truncated", "dropped_bytes": dropped_bytes}),
                     Ok((Init::Exit { info }, _)) => {
+                        for (stream, utf8) in &mut streams {
+                            if !utf8.carry.is_empty() {
+                                let rest = json!({"type": "output", "source": source_name(*stream), "data": text(&std::mem::take(&mut utf8.carry))});
+                                let _ = socket.send(Message::Text(rest.to_string().into())).await;
+                            }
+                        }
                         let done = json!({"type": "done", "exit_code": info.exit_code, "state": state_of(&info)});
                         let _ = socket.send(Message::Text(done.to_string().into())).await;
                         let _ = socket.send(Message::Close(None)).await;
@@ -433,5 +548,42 @@ async fn pump_ws(mut socket: WebSocket, mut conn: InitConn, rt: Runtime, ctx: St
                     }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_cap_counts_what_json_renders() {
+        // NUL renders as \u0000, a quote as \", a valid é as itself, a
+        // stray continuation byte as U+FFFD.
+        assert_eq!(fitting(b"\0\0\0", 13), (2, 12));
+        assert_eq!(fitting(b"a\"b", 3), (2, 3));
+        assert_eq!(fitting("é".as_bytes(), 2), (2, 2));
+        assert_eq!(fitting(b"\x80x", 4), (2, 4));
+        let mut c = Collected::new(true);
+        c.room = 10;
+        c.push(Stream::Stdout, b"12345");
+        c.push(Stream::Stderr, b"\0");
+        c.push(Stream::Stdout, b"6");
+        assert!(c.truncated, "the NUL did not fit");
+        assert_eq!(
+            (c.stdout.as_slice(), c.stderr.as_slice()),
+            (&b"12345"[..], &b""[..])
+        );
+        let rendered = serde_json::to_string(&into_text(vec![0u8; 100])).unwrap();
+        assert_eq!(fitting(&[0u8; 100], usize::MAX).1 + 2, rendered.len());
+    }
+
+    #[test]
+    fn a_character_split_across_chunks_arrives_whole() {
+        let euro = "€".as_bytes();
+        let mut s = Utf8Stream::default();
+        assert_eq!(s.decode(&[b'a', euro[0]]), "a");
+        assert_eq!(s.decode(&euro[1..2]), "");
+        assert_eq!(s.decode(&[euro[2], b'b']), "€b");
+        assert_eq!(s.decode(b"\xffz"), "\u{fffd}z");
     }
 }

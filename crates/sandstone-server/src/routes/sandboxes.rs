@@ -44,6 +44,7 @@ pub fn to_sandbox(st: &AppState, row: &SandboxRow) -> api::Sandbox {
         updated_at: rfc3339_ms(row.updated_at),
         expires_at: expires,
         hard_expires_at: hard_expires,
+        status_reason: row.status_reason.clone().filter(|_| row.status == "failed"),
     }
 }
 

@@ -56,6 +56,9 @@ pub struct Daemon {
     /// `--data-dir` as the next [`Daemon::spawn`] spells it (default: the
     /// data dir's path).
     pub data_dir_arg: Option<PathBuf>,
+    /// Descriptors the next [`Daemon::spawn`] starts with, as whatever
+    /// started it might leave open: (fd, path opened read-only).
+    pub inherited_fds: Vec<(i32, PathBuf)>,
     pub child: Option<Child>,
     pub url: String,
     pub token: String,
@@ -124,6 +127,7 @@ impl Daemon {
             default_network: false,
             log_level: "warn".into(),
             data_dir_arg: None,
+            inherited_fds: Vec::new(),
             child: None,
             url: format!("http://127.0.0.1:{port}"),
             token: String::new(),
@@ -138,7 +142,38 @@ impl Daemon {
 
     /// (Re)starts the daemon process on the same data dir and port.
     pub async fn spawn(&mut self) {
-        let child = Command::new(sandstone_bin())
+        let mut cmd = Command::new(sandstone_bin());
+        let inherited: Vec<(i32, std::ffi::CString)> = self
+            .inherited_fds
+            .iter()
+            .map(|(fd, p)| {
+                let c = std::ffi::CString::new(p.as_os_str().as_encoded_bytes()).unwrap();
+                (*fd, c)
+            })
+            .collect();
+        if !inherited.is_empty() {
+            use std::os::unix::process::CommandExt;
+            // SAFETY: only async-signal-safe calls (open, dup2, close) on
+            // strings prepared before the fork.
+            unsafe {
+                cmd.pre_exec(move || {
+                    for (fd, path) in &inherited {
+                        let f = libc::open(path.as_ptr(), libc::O_RDONLY);
+                        if f < 0 {
+                            return Err(std::io::Error::last_os_error());
+                        }
+                        if f != *fd {
+                            if libc::dup2(f, *fd) < 0 {
+                                return Err(std::io::Error::last_os_error());
+                            }
+                            libc::close(f);
+                        }
+                    }
+                    Ok(())
+                });
+            }
+        }
+        let child = cmd
             .args(["serve", "--listen", &format!("127.0.0.1:{}", self.port)])
             .arg("--data-dir")
             .arg(self.data_dir_arg.as_deref().unwrap_or(self.data.path()))
@@ -272,6 +307,15 @@ impl Daemon {
             .text()
             .await
             .unwrap()
+    }
+
+    /// Warm-pool members ready to be claimed.
+    pub async fn warm_ready(&self) -> u64 {
+        let m = self.metrics().await;
+        m.lines()
+            .find_map(|l| l.strip_prefix("sandstone_warm_pool_ready "))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
     }
 
     /// Where sandbox volumes and snapshots live: the btrfs pool, or the data

@@ -1,0 +1,433 @@
+//! Robustness under hostile or careless use: descriptors the daemon
+//! inherited, output floods and slow readers, memory exhaustion inside a
+//! sandbox, and the death of a sandbox's init.
+
+mod common;
+
+use common::Daemon;
+use serde_json::json;
+use std::time::{Duration, Instant};
+
+/// The host pid of sandbox `id`'s init: the process in its cgroup that is
+/// PID 1 of its pid namespace.
+fn init_pid(id: &str) -> Option<i32> {
+    std::fs::read_dir("/proc").ok()?.flatten().find_map(|e| {
+        let pid: i32 = e.file_name().to_str()?.parse().ok()?;
+        let cgroup = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
+        if !cgroup.lines().any(|l| l.ends_with(&format!("/{id}"))) {
+            return None;
+        }
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+        let nspid = status.lines().find(|l| l.starts_with("NSpid:"))?;
+        (nspid.split_whitespace().last() == Some("1")).then_some(pid)
+    })
+}
+
+/// A `/proc/<pid>/status` field in KiB.
+fn status_kib(pid: i32, field: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix(field)?
+                .trim()
+                .strip_suffix("kB")?
+                .trim()
+                .parse()
+                .ok()
+        })
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn inherited_descriptors_never_reach_a_sandbox() {
+    let mut d = Daemon::start().await;
+    // A secret only the host's root directory leads to.
+    let secret = d.data.path().join("host-secret");
+    std::fs::write(&secret, "host secret\n").unwrap();
+    // A directory only the inherited descriptor refers to.
+    let probe = tempfile::tempdir().unwrap();
+    d.kill();
+    d.inherited_fds = vec![
+        (7, "/".into()),
+        (9, "/dev/null".into()),
+        (251, probe.path().to_path_buf()),
+    ];
+    d.spawn().await;
+    // Holds none of them (the numbers may be reused for its own files).
+    let held = |pid: u32| -> Vec<std::path::PathBuf> {
+        std::fs::read_dir(format!("/proc/{pid}/fd"))
+            .unwrap()
+            .flatten()
+            .filter_map(|e| std::fs::read_link(e.path()).ok())
+            .filter(|t| t == std::path::Path::new("/") || t == probe.path())
+            .collect()
+    };
+    let daemon = d.child.as_ref().unwrap().id();
+    assert_eq!(
+        held(daemon),
+        Vec::<std::path::PathBuf>::new(),
+        "the daemon kept them"
+    );
+    let id = d.create(json!({})).await;
+    // `ls` lists its own descriptors: 0-2 and the directory it reads.
+    let r = d.sh(&id, "ls /proc/self/fd").await;
+    let fds: Vec<&str> = r["stdout"].as_str().unwrap().lines().collect();
+    assert_eq!(fds, ["0", "1", "2", "3"], "{r}");
+    let via = format!("/proc/self/fd/7{}", secret.display());
+    let r = d.run(&id, &["cat", &via]).await;
+    assert_ne!(r["stdout"], "host secret\n", "host file read through fd 7");
+    assert_ne!(r["exit_code"], 0, "{r}");
+    // REPLs have fds 3 and 4 for their protocol, and nothing above.
+    let (s, v) = d
+        .post(
+            &format!("/api/v1/sandboxes/{id}/contexts"),
+            json!({"type": "repl", "repl": {"alias": "bash"}}),
+        )
+        .await;
+    assert_eq!(s, 201, "{v}");
+    let ctx = v["data"]["id"].as_str().unwrap();
+    let (_, v) = d
+        .post(
+            &format!("/api/v1/sandboxes/{id}/contexts/{ctx}/exec"),
+            json!({"data": "ls /proc/$$/fd"}),
+        )
+        .await;
+    assert_eq!(v["data"]["output_raw"], "0\n1\n2\n3\n4\n", "{v}");
+    // The spawn helper and init hold nothing of the daemon's either.
+    let init = init_pid(&id).expect("init pid") as u32;
+    assert_eq!(
+        held(init),
+        Vec::<std::path::PathBuf>::new(),
+        "init holds them"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_slow_reader_never_makes_init_buffer() {
+    let d = Daemon::start().await;
+    let id = d.create(json!({"resources": {"memory": "1Gi"}})).await;
+    let init = init_pid(&id).expect("init pid");
+    let before = status_kib(init, "VmRSS:");
+    let (s, v) = d
+        .post(
+            &format!("/api/v1/sandboxes/{id}/contexts"),
+            json!({"type": "cmd", "cmd": {"command": ["head", "-c", "4000000000", "/dev/zero"]}}),
+        )
+        .await;
+    assert_eq!(s, 201, "{v}");
+    let ctx = v["data"]["id"].as_str().unwrap().to_string();
+    // A reader that attaches and then reads nothing for 4 s.
+    let client = sandstone_client::Client::new(&d.url, &d.token);
+    let stalled = client.attach(&id, &ctx).await.unwrap();
+    let mut peak = 0;
+    for _ in 0..20 {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        peak = peak.max(status_kib(init, "VmRSS:"));
+    }
+    drop(stalled);
+    eprintln!("init RSS: {before} KiB before, {peak} KiB at most behind a stalled reader");
+    assert!(
+        peak < before + 64 * 1024,
+        "init grew from {before} KiB to {peak} KiB behind a stalled reader"
+    );
+    let (s, _) = d
+        .delete(&format!("/api/v1/sandboxes/{id}/contexts/{ctx}"))
+        .await;
+    assert_eq!(s, 200);
+    assert_eq!(d.sh(&id, "echo alive").await["stdout"], "alive\n");
+    assert_eq!(init_pid(&id), Some(init));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn filling_tmp_is_enospc_and_the_sandbox_survives() {
+    let d = Daemon::start().await;
+    let id = d.create(json!({"resources": {"memory": "256Mi"}})).await;
+    let init = init_pid(&id).expect("init pid");
+    let r = d
+        .sh(&id, "head -c 1000000000 /dev/zero > /tmp/fill; echo $?")
+        .await;
+    assert!(
+        r["stderr"].as_str().unwrap().contains("No space left"),
+        "{r}"
+    );
+    assert_eq!(r["stdout"], "1\n", "{r}");
+    assert_eq!(
+        d.sh(&id, "rm /tmp/fill; echo alive").await["stdout"],
+        "alive\n"
+    );
+    assert_eq!(init_pid(&id), Some(init), "init was replaced");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_warm_sandbox_gets_the_claims_tmp_size() {
+    let mut d = Daemon::start().await;
+    d.kill();
+    d.warm_pool = 1;
+    d.spawn().await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while d.warm_ready().await < 1 {
+        assert!(Instant::now() < deadline, "the warm pool never filled");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let pooled = d.volumes();
+    let id = d.create(json!({"resources": {"memory": "256Mi"}})).await;
+    assert!(pooled.contains(&id), "the claim took a pre-made sandbox");
+    let r = d.sh(&id, "grep -E ' /(tmp|dev/shm) ' /proc/mounts").await;
+    let mounts = r["stdout"].as_str().unwrap();
+    assert!(
+        mounts.contains("/tmp tmpfs rw,nosuid,nodev,relatime,size=131072k"),
+        "{mounts}"
+    );
+    assert!(
+        mounts.contains("/dev/shm tmpfs rw,nosuid,nodev,relatime,size=65536k"),
+        "{mounts}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_memory_hog_dies_before_init() {
+    let d = Daemon::start().await;
+    let id = d.create(json!({"resources": {"memory": "128Mi"}})).await;
+    let init = init_pid(&id).expect("init pid");
+    // Every workload is the OOM killer's first choice; init is not.
+    let r = d.sh(&id, "cat /proc/self/oom_score_adj").await;
+    assert_eq!(r["stdout"], "1000\n", "{r}");
+    let r = d
+        .run(
+            &id,
+            &[
+                "python3",
+                "-c",
+                "b = [bytearray(1 << 20) for _ in range(1024)]",
+            ],
+        )
+        .await;
+    assert_eq!(r["state"], "oom_killed", "{r}");
+    assert_eq!(init_pid(&id), Some(init), "init was killed");
+    assert_eq!(d.sh(&id, "echo alive").await["stdout"], "alive\n");
+}
+
+/// Kills sandbox `id`'s init with SIGKILL and waits for the daemon to
+/// report it `failed`; returns the sandbox.
+async fn kill_init(d: &Daemon, id: &str) -> serde_json::Value {
+    let init = init_pid(id).expect("init pid");
+    unsafe { libc::kill(init, libc::SIGKILL) };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_, v) = d.get(&format!("/api/v1/sandboxes/{id}")).await;
+        if v["data"]["status"] == "failed" {
+            return v["data"].clone();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "still {} 10 s after init died: {v}",
+            v["data"]["status"]
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn when_init_dies_the_sandbox_is_failed_and_comes_back_on_resume() {
+    let mut d = Daemon::start().await;
+    let id = d.create(json!({"auto_resume": false})).await;
+    d.sh(&id, "echo kept > /workspace/f").await;
+    let sb = kill_init(&d, &id).await;
+    let reason = sb["status_reason"].as_str().unwrap_or_default();
+    assert!(reason.contains("init"), "no readable reason: {sb}");
+    assert!(
+        !d.dir_entries("run").contains(&id),
+        "the runtime was not torn down"
+    );
+    // Without auto_resume a call says why, instead of `init unreachable`.
+    let body = json!({"type": "cmd", "cmd": {"command": ["true"]}, "wait_until_done": true});
+    let (s, v) = d
+        .post(&format!("/api/v1/sandboxes/{id}/contexts"), body)
+        .await;
+    assert_eq!(s, 409, "{v}");
+    assert!(
+        v["error"]["message"].as_str().unwrap().contains("failed"),
+        "{v}"
+    );
+    let (s, v) = d
+        .post(&format!("/api/v1/sandboxes/{id}/resume"), json!({}))
+        .await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(d.sh(&id, "cat /workspace/f").await["stdout"], "kept\n");
+    let (_, v) = d.get(&format!("/api/v1/sandboxes/{id}")).await;
+    assert_eq!(v["data"]["status"], "running");
+    assert!(v["data"]["status_reason"].is_null(), "{v}");
+
+    // With auto_resume (the default) the next call brings it back.
+    let id = d.create(json!({})).await;
+    d.sh(&id, "echo kept > /workspace/f").await;
+    kill_init(&d, &id).await;
+    assert_eq!(d.sh(&id, "cat /workspace/f").await["stdout"], "kept\n");
+    // A sandbox re-adopted by a restarted daemon is watched as well.
+    d.kill();
+    d.spawn().await;
+    kill_init(&d, &id).await;
+    assert_eq!(d.sh(&id, "cat /workspace/f").await["stdout"], "kept\n");
+}
+
+/// Runs `sandstone exec` for `id` and returns (exit code, stdout, stderr).
+async fn cli_exec(d: &Daemon, id: &str, script: &str) -> (i32, Vec<u8>, String) {
+    let out = tokio::time::timeout(
+        Duration::from_secs(120),
+        tokio::process::Command::new(common::sandstone_bin())
+            .args(["exec", id, "--", "sh", "-c", script])
+            .env("SANDSTONE_URL", &d.url)
+            .env("SANDSTONE_TOKEN", &d.token)
+            .output(),
+    )
+    .await
+    .expect("sandstone exec finished in time")
+    .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        out.stdout,
+        common::text(&out.stderr),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sandstone_exec_loses_no_output() {
+    let d = Daemon::start().await;
+    let id = d.create(json!({})).await;
+    let script = "head -c 10000000 /dev/zero | tr '\\0' a; echo END";
+    let runs = (0..20).map(|_| cli_exec(&d, &id, script));
+    for (code, out, err) in futures_util::future::join_all(runs).await {
+        assert_eq!(code, 0, "{err}");
+        let a = out.iter().take_while(|b| **b == b'a').count();
+        assert_eq!(
+            (a, &out[a..]),
+            (10_000_000, &b"END\n"[..]),
+            "output lost or garbled ({} bytes): {err}",
+            out.len()
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_repl_execution_reading_its_output_never_waits_for_the_grace() {
+    let d = Daemon::start().await;
+    let id = d.create(json!({})).await;
+    let (s, v) = d
+        .post(
+            &format!("/api/v1/sandboxes/{id}/contexts"),
+            json!({"type": "repl", "repl": {"alias": "bash"}}),
+        )
+        .await;
+    assert_eq!(s, 201, "{v}");
+    let ctx = v["data"]["id"].as_str().unwrap();
+    // More than init keeps for a first reader, at once: the execution
+    // reads it live, so nothing waits.
+    let started = Instant::now();
+    let (s, v) = d
+        .post(
+            &format!("/api/v1/sandboxes/{id}/contexts/{ctx}/exec"),
+            json!({"data": "head -c 3000000 /dev/zero | tr '\\0' a; echo"}),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["data"]["output_raw"].as_str().unwrap().len(), 3_000_001);
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "took {:?}",
+        started.elapsed()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn output_nobody_read_in_time_is_reported_truncated() {
+    let d = Daemon::start().await;
+    let id = d.create(json!({})).await;
+    let (s, v) = d
+        .post(
+            &format!("/api/v1/sandboxes/{id}/contexts"),
+            json!({"type": "cmd", "cmd": {"command": ["sh", "-c", "head -c 3000000 /dev/zero | tr '\\0' a"]}}),
+        )
+        .await;
+    assert_eq!(s, 201, "{v}");
+    let ctx = v["data"]["id"].as_str().unwrap().to_string();
+    // Past the grace during which init keeps everything for a first reader.
+    tokio::time::sleep(Duration::from_secs(12)).await;
+    let client = sandstone_client::Client::new(&d.url, &d.token);
+    let mut att = client.attach(&id, &ctx).await.unwrap();
+    let (mut dropped, mut got) = (None, 0);
+    loop {
+        match att.next().await.expect("stream ends with done") {
+            sandstone_client::StreamEvent::Truncated { dropped_bytes } => {
+                assert_eq!(got, 0, "the note comes before the output");
+                dropped = Some(dropped_bytes);
+            }
+            sandstone_client::StreamEvent::Output { data, .. } => got += data.len() as u64,
+            sandstone_client::StreamEvent::Done { exit_code, .. } => {
+                assert_eq!(exit_code, Some(0));
+                break;
+            }
+            sandstone_client::StreamEvent::Error(e) => panic!("{e}"),
+        }
+    }
+    let dropped = dropped.expect("a truncated event");
+    assert_eq!(
+        dropped + got,
+        3_000_000,
+        "replayed {got}, dropped {dropped}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn synchronous_output_is_capped_as_rendered_and_never_duplicated() {
+    let d = Daemon::start().await;
+    let id = d.create(json!({"resources": {"memory": "1Gi"}})).await;
+    let url = format!("{}/api/v1/sandboxes/{id}/contexts", d.url);
+    let run = |argv: serde_json::Value, pty: bool| {
+        let mut body = json!({"type": "cmd", "cmd": {"command": argv}, "wait_until_done": true, "timeout_sec": 120});
+        if pty {
+            body["pty_size"] = json!({"rows": 24, "cols": 80});
+        }
+        d.http.post(&url).bearer_auth(&d.token).json(&body).send()
+    };
+    // 100 MB of NUL: each renders as 6 bytes of JSON (\u0000).
+    let resp = run(json!(["head", "-c", "100000000", "/dev/zero"]), false)
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 201);
+    let body = resp.bytes().await.unwrap();
+    assert!(
+        body.len() <= (16 << 20) + 4096,
+        "response of {} bytes",
+        body.len()
+    );
+    let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(v["data"]["output_truncated"], true);
+    assert!(v["data"]["output_raw"].is_null(), "output sent twice");
+    assert!(v["data"]["stdout"].as_str().unwrap().len() > 1 << 20);
+    // Small outputs: pipes give stdout and stderr; a PTY gives output_raw.
+    let v: serde_json::Value = run(json!(["sh", "-c", "echo out; echo err >&2"]), false)
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        (
+            &v["data"]["stdout"],
+            &v["data"]["stderr"],
+            &v["data"]["output_raw"]
+        ),
+        (&json!("out\n"), &json!("err\n"), &serde_json::Value::Null),
+        "{v}"
+    );
+    assert_eq!(v["data"]["output_truncated"], false);
+    let v: serde_json::Value = run(json!(["echo", "tty"]), true)
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(v["data"]["output_raw"], "tty\r\n", "{v}");
+    assert!(v["data"]["stdout"].is_null(), "{v}");
+}
