@@ -21,7 +21,7 @@ use sandstone_api::timefmt::now_ms;
 use sandstone_init::proto::{Request, Response};
 use sandstone_runtime::cgroup::{Cgroup, Driver, Limits};
 use sandstone_runtime::{SpawnSpec, fault};
-use sandstone_storage::{SandboxPaths, Storage, Template};
+use sandstone_storage::{Storage, Template};
 use sandstone_store::{SandboxRow, Store};
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
@@ -363,9 +363,29 @@ impl Lifecycle {
         let cgroup = self.cgroups.create(id, &limits).map_err(internal)?;
         let network = self.network_for(template, config);
         let started = async {
-            let pid = self
-                .spawn_init(id, template, &paths, &cgroup, slot, network, limits.memory_bytes)
-                .await?;
+            fault::check("create.after_cgroup").map_err(internal)?;
+            let spec = SpawnSpec {
+                id: id.to_string(),
+                hostname: id.to_string(),
+                rootfs: paths.rootfs.clone(),
+                lower: template.lower.clone(),
+                data: paths.data.clone(),
+                binds: template
+                    .binds
+                    .iter()
+                    .cloned()
+                    .chain(network.map(|n| n.trust_bind()))
+                    .collect(),
+                id_base: ID_BASE + slot as u32 * ID_COUNT,
+                id_count: ID_COUNT,
+                cgroup_procs: cgroup.procs_files(),
+                socket: paths.socket.clone(),
+                log: paths.log.clone(),
+                net: network.map(|n| n.spec(slot)).transpose()?,
+                env: network.map(|n| n.trust_env()).unwrap_or_default(),
+                memory_bytes: limits.memory_bytes,
+            };
+            let pid = self.spawn_init(spec).await?;
             if let Some(n) = network {
                 n.register(slot, id, &policy_of(template, config)?)?;
             }
@@ -387,39 +407,10 @@ impl Lifecycle {
         }
     }
 
-    async fn spawn_init(
-        &self,
-        id: &str,
-        template: &Template,
-        paths: &SandboxPaths,
-        cgroup: &Cgroup,
-        slot: i64,
-        network: Option<&Network>,
-        memory_bytes: Option<u64>,
-    ) -> ApiResult<i32> {
-        fault::check("create.after_cgroup").map_err(internal)?;
-        std::fs::create_dir_all(&paths.rootfs).map_err(internal)?;
-        let spec = SpawnSpec {
-            id: id.to_string(),
-            hostname: id.to_string(),
-            rootfs: paths.rootfs.clone(),
-            lower: template.lower.clone(),
-            data: paths.data.clone(),
-            binds: template
-                .binds
-                .iter()
-                .cloned()
-                .chain(network.map(|n| n.trust_bind()))
-                .collect(),
-            id_base: ID_BASE + slot as u32 * ID_COUNT,
-            id_count: ID_COUNT,
-            cgroup_procs: cgroup.procs_files(),
-            socket: paths.socket.clone(),
-            log: paths.log.clone(),
-            net: network.map(|n| n.spec(slot)).transpose()?,
-            env: network.map(|n| n.trust_env()).unwrap_or_default(),
-            memory_bytes,
-        };
+    /// Runs the spawn helper for `spec` and waits until PID 1 answers.
+    async fn spawn_init(&self, spec: SpawnSpec) -> ApiResult<i32> {
+        std::fs::create_dir_all(&spec.rootfs).map_err(internal)?;
+        let socket = spec.socket.clone();
         let init_bin = self.init_bin.clone();
         let launched =
             tokio::task::spawn_blocking(move || sandstone_runtime::launch(&init_bin, &spec))
@@ -427,7 +418,7 @@ impl Lifecycle {
                 .map_err(internal)?
                 .map_err(internal)?;
         fault::check("create.after_launch").map_err(internal)?;
-        match initclient::call(&paths.socket, &Request::Ping, &[]).await? {
+        match initclient::call(&socket, &Request::Ping, &[]).await? {
             (Response::Pong { .. }, _) => Ok(launched.pid),
             _ => Err(ApiError::internal("sandbox init did not answer ping")),
         }
