@@ -58,6 +58,9 @@ bench_cleanup() {
     [ -n "$ids" ] && on "$name" rm $ids >/dev/null 2>&1 || true
   done
   for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; done
-  for d in "$work"/*/pool; do umount -l "$d" 2>/dev/null || true; done
+  # The pool image, or the dir driver's nosuid,nodev binds of its own dirs.
+  for d in "$work"/*/pool "$work"/*/sandboxes "$work"/*/snapshots; do
+    mountpoint -q "$d" && umount -l "$d" 2>/dev/null || true
+  done
   rm -rf "$work"
 }

@@ -555,14 +555,19 @@ impl Lifecycle {
         self.cgroups
             .apply(&m.runtime.cgroup, &limits)
             .map_err(internal)?;
-        // Its tmpfs mounts were sized for the pool's default memory limit.
-        let (init_bin, pid, memory) = (self.init_bin.clone(), m.runtime.pid, limits.memory_bytes);
-        tokio::task::spawn_blocking(move || {
-            sandstone_runtime::launch::resize_tmpfs(&init_bin, pid, memory)
-        })
-        .await
-        .map_err(internal)?
-        .map_err(internal)?;
+        // Its tmpfs mounts were sized for the default memory limit warm
+        // members are made with: only another limit needs a remount (a
+        // process spawn, so not on the common path).
+        if limits.memory_bytes != limits::limits(None)?.memory_bytes {
+            let (init_bin, pid, memory) =
+                (self.init_bin.clone(), m.runtime.pid, limits.memory_bytes);
+            tokio::task::spawn_blocking(move || {
+                sandstone_runtime::launch::resize_tmpfs(&init_bin, pid, memory)
+            })
+            .await
+            .map_err(internal)?
+            .map_err(internal)?;
+        }
         if let Some(n) = self.network_for(template, &config) {
             n.register(m.slot, &m.id, &policy_of(template, &config)?)?;
         }
