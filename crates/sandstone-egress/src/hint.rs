@@ -33,19 +33,6 @@ pub struct AllowHint {
     pub rule: Option<TrafficRule>,
 }
 
-fn blank_rule(name: String) -> TrafficRule {
-    TrafficRule {
-        name,
-        action: Action::Allow,
-        domains: Vec::new(),
-        cidrs: Vec::new(),
-        ports: Vec::new(),
-        app_protocols: Vec::new(),
-        match_dns_answers: false,
-        preset: None,
-    }
-}
-
 pub fn allow_hint(
     sandbox: &str,
     policy: &CompiledPolicy,
@@ -94,7 +81,7 @@ pub fn allow_hint(
     let (target, rule) = match (name, d.ip) {
         (Some(name), _) => match Preset::covering(name, port) {
             Some(p) => {
-                let mut r = blank_rule(p.name().into());
+                let mut r = TrafficRule::new(p.name(), Action::Allow);
                 r.preset = Some(p);
                 (p.name().to_string(), r)
             }
@@ -103,7 +90,7 @@ pub fn allow_hint(
                     Some(port) => format!("{name}:{port}"),
                     None => name.to_string(),
                 };
-                let mut r = blank_rule(format!("allow-{target}"));
+                let mut r = TrafficRule::new(format!("allow-{target}"), Action::Allow);
                 r.domains.push(name.to_string());
                 r.ports = port
                     .map(crate::policy::PortRange::tcp)
@@ -117,7 +104,7 @@ pub fn allow_hint(
                 IpAddr::V4(_) => format!("{ip}:{}", d.port),
                 IpAddr::V6(_) => ip.to_string(),
             };
-            let mut r = blank_rule(format!("allow-{target}"));
+            let mut r = TrafficRule::new(format!("allow-{target}"), Action::Allow);
             r.cidrs.push(ip.to_string());
             if ip.is_ipv4() {
                 r.ports.push(crate::policy::PortRange::tcp(d.port));

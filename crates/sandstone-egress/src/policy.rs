@@ -94,6 +94,21 @@ pub struct TrafficRule {
 }
 
 impl TrafficRule {
+    /// A rule named `name` that matches any destination until its
+    /// domains, CIDRs or preset are filled in.
+    pub fn new(name: impl Into<String>, action: Action) -> TrafficRule {
+        TrafficRule {
+            name: name.into(),
+            action,
+            domains: Vec::new(),
+            cidrs: Vec::new(),
+            ports: Vec::new(),
+            app_protocols: Vec::new(),
+            match_dns_answers: false,
+            preset: None,
+        }
+    }
+
     /// Adds the preset's domains (and its ports, when the rule names none)
     /// to the rule. Idempotent, so an expanded policy read back and sent
     /// again is unchanged.

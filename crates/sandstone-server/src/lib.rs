@@ -206,6 +206,22 @@ pub fn router(st: AppState) -> Router {
         .with_state(st)
 }
 
+/// Writes `bytes` to a new file only root may read (0600 from its
+/// creation, never briefly readable), synced, for the caller to rename into
+/// place.
+pub(crate) fn write_private(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)?;
+    f.write_all(bytes)?;
+    f.sync_all()
+}
+
 /// Creates the admin key on first start and writes it (0600) for the CLI.
 async fn ensure_admin_token(store: &dyn Store, data_dir: &std::path::Path) -> anyhow::Result<()> {
     let path = data_dir.join(ADMIN_TOKEN_FILE);
@@ -214,18 +230,7 @@ async fn ensure_admin_token(store: &dyn Store, data_dir: &std::path::Path) -> an
     }
     let token = format!("s0_local_{}", random_hex(24));
     let tmp = data_dir.join(".admin.token.tmp");
-    {
-        use std::io::Write;
-        use std::os::unix::fs::OpenOptionsExt;
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&tmp)?;
-        f.write_all(token.as_bytes())?;
-        f.sync_all()?;
-    }
+    write_private(&tmp, token.as_bytes())?;
     store.add_api_key("admin", &token).await?;
     std::fs::rename(&tmp, &path)?;
     tracing::info!(path = %path.display(), "created admin API key");

@@ -44,18 +44,7 @@ pub fn recorded_or_choose(data_dir: &Path) -> anyhow::Result<String> {
         egress_pool: pool.clone(),
     })?;
     let tmp = data_dir.join(format!(".{FILE}.tmp"));
-    {
-        use std::io::Write;
-        use std::os::unix::fs::OpenOptionsExt;
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&tmp)?;
-        f.write_all(&body)?;
-        f.sync_all()?;
-    }
+    crate::write_private(&tmp, &body)?;
     std::fs::rename(&tmp, data_dir.join(FILE))?;
     Ok(pool)
 }

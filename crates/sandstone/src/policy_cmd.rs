@@ -43,22 +43,11 @@ pub enum PolicyCmd {
 
 /// One traffic rule for a command-line target.
 pub fn flag_rule(action: Action, target: &str) -> Result<TrafficRule> {
-    let mut rule = TrafficRule {
-        name: format!(
-            "{}-{target}",
-            match action {
-                Action::Allow => "allow",
-                Action::Deny => "deny",
-            }
-        ),
-        action,
-        domains: Vec::new(),
-        cidrs: Vec::new(),
-        ports: Vec::new(),
-        app_protocols: Vec::new(),
-        match_dns_answers: false,
-        preset: None,
+    let verb = match action {
+        Action::Allow => "allow",
+        Action::Deny => "deny",
     };
+    let mut rule = TrafficRule::new(format!("{verb}-{target}"), action);
     if let Some(p) = Preset::from_name(target) {
         rule.name = p.name().into();
         rule.preset = Some(p);

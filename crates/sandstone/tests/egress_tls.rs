@@ -302,27 +302,6 @@ print(found or 'absent', len(paths) > 100)
     }
 }
 
-/// Waits until the audit holds an event of `id` that `pred` accepts.
-async fn audited(d: &Daemon, id: &str, pred: impl Fn(&Value) -> bool) -> Value {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-    loop {
-        let (_, v) = d
-            .get(&format!(
-                "/api/v1/sandboxes/{id}/observability/events?limit=1000"
-            ))
-            .await;
-        let events = v["data"]["events"].as_array().unwrap().clone();
-        if let Some(e) = events.iter().find(|e| pred(e)) {
-            return e.clone();
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "no such audit record: {events:?}"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
-}
-
 /// Copies the fake internet's CA into the sandbox (for spliced TLS, whose
 /// certificates are the fake servers' own).
 async fn fake_ca_inside(d: &Daemon, net: &FakeInternet, id: &str) {
@@ -356,13 +335,14 @@ async fn tls_without_a_server_name_does_not_ride_on_an_allowed_name() {
     let out = r["stdout"].as_str().unwrap();
     assert!(!out.contains("hello") && !out.contains("rc=0"), "{r}");
     let server = net.server.clone();
-    let e = audited(&d, &id, |e| {
-        e["kind"] == "connection"
-            && e["decision"] == "deny"
-            && e["dest_ip"] == server.as_str()
-            && e["protocol"] == "tls"
-    })
-    .await;
+    let e = d
+        .audited(&id, |e| {
+            e["kind"] == "connection"
+                && e["decision"] == "deny"
+                && e["dest_ip"] == server.as_str()
+                && e["protocol"] == "tls"
+        })
+        .await;
     assert!(
         e["reason"]
             .as_str()
@@ -477,12 +457,13 @@ async fn enforcing_request_hosts_terminates_every_allowed_https_flow() {
         out.contains("421") && out.contains("Host must match") && !out.contains("hello"),
         "{r}"
     );
-    let e = audited(&d, &enforced, |e| {
-        e["kind"] == "request"
-            && e["decision"] == "deny"
-            && e["reason"].as_str().unwrap().contains("Host must match")
-    })
-    .await;
+    let e = d
+        .audited(&enforced, |e| {
+            e["kind"] == "request"
+                && e["decision"] == "deny"
+                && e["reason"].as_str().unwrap().contains("Host must match")
+        })
+        .await;
     assert_eq!(e["dest_name"], "web.test", "{e}");
     // The same fronting on the default policy is spliced through: this is
     // what the setting is for.

@@ -306,31 +306,6 @@ fn nft_table(d: &common::Daemon) -> Option<String> {
     out.status.success().then(|| text(&out.stdout))
 }
 
-/// Waits until the audit holds an event of `id` that `pred` accepts.
-async fn audited(
-    d: &common::Daemon,
-    id: &str,
-    pred: impl Fn(&serde_json::Value) -> bool,
-) -> serde_json::Value {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-    loop {
-        let (_, v) = d
-            .get(&format!(
-                "/api/v1/sandboxes/{id}/observability/events?limit=1000"
-            ))
-            .await;
-        let events = v["data"]["events"].as_array().unwrap().clone();
-        if let Some(e) = events.iter().find(|e| pred(e)) {
-            return e.clone();
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "no such audit record: {events:?}"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
-}
-
 /// The policies of `ids` as the API shows them.
 async fn policies(d: &common::Daemon, ids: &[&str]) -> Vec<serde_json::Value> {
     let mut out = Vec::new();
@@ -416,7 +391,7 @@ async fn a_restarted_daemon_readopts_networked_sandboxes_with_their_policies() {
     readopted(&d, &net, &web, &other, "after SIGTERM").await;
     assert_eq!(policies(&d, &[&web, &other]).await, before);
     // A denial after the restart is audited as before.
-    audited(&d, &web, |e| {
+    d.audited(&web, |e| {
         e["kind"] == "dns" && e["decision"] == "deny" && e["dest_name"] == "other.test"
     })
     .await;
@@ -506,11 +481,11 @@ async fn host_addresses_added_after_start_are_judged_at_dial_time_and_audits_sho
         "{r}"
     );
     let late = net.late.clone();
-    audited(&d, &open, |e| {
+    d.audited(&open, |e| {
         e["decision"] == "deny" && e["dest_ip"] == late.as_str() && e["dest_port"] == 80
     })
     .await;
-    audited(&d, &wild, |e| {
+    d.audited(&wild, |e| {
         e["kind"] == "connection" && e["decision"] == "deny" && e["dest_name"] == "late.test"
     })
     .await;
@@ -532,10 +507,11 @@ async fn host_addresses_added_after_start_are_judged_at_dial_time_and_audits_sho
         "{r}"
     );
     let (unused, dialled) = (net.unused.clone(), format!("{}:80", net.server));
-    let e = audited(&d, &wild, |e| {
-        e["kind"] == "connection" && e["decision"] == "allow" && e["dest_ip"] == unused.as_str()
-    })
-    .await;
+    let e = d
+        .audited(&wild, |e| {
+            e["kind"] == "connection" && e["decision"] == "allow" && e["dest_ip"] == unused.as_str()
+        })
+        .await;
     assert_eq!(
         (e["dest_name"].as_str(), e["dialed"].as_str()),
         (Some("web.test"), Some(dialled.as_str())),

@@ -296,6 +296,28 @@ impl Daemon {
         self.run(id, &["sh", "-c", script]).await
     }
 
+    /// Waits (5 s at most) until the egress audit of `id` holds a record
+    /// `pred` accepts, and returns it.
+    pub async fn audited(&self, id: &str, pred: impl Fn(&Value) -> bool) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let (_, v) = self
+                .get(&format!(
+                    "/api/v1/sandboxes/{id}/observability/events?limit=1000"
+                ))
+                .await;
+            let events = v["data"]["events"].as_array().unwrap().clone();
+            if let Some(e) = events.iter().find(|e| pred(e)) {
+                return e.clone();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no such audit record: {events:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     /// The daemon's Prometheus page.
     pub async fn metrics(&self) -> String {
         self.http
