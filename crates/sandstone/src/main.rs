@@ -795,17 +795,28 @@ fn setup(data_dir: &Path, debian: bool, mirror: Option<&str>, pool: Option<u64>)
             );
             ensure_package("debootstrap", "debootstrap")?;
             let started = std::time::Instant::now();
+            // A live progress line on a terminal; a log (CI) gets the total.
+            let live = std::io::IsTerminal::is_terminal(&std::io::stderr());
             let mut lines = 0;
             storage.build_template(t, mirror, |line| {
                 lines += 1;
-                eprint!(
-                    "\r      {:>4} steps, {:>3} s  {:<60.60}",
-                    lines,
-                    started.elapsed().as_secs(),
-                    line
-                );
+                if live {
+                    eprint!(
+                        "\r      {:>4} steps, {:>3} s  {:<60.60}",
+                        lines,
+                        started.elapsed().as_secs(),
+                        line
+                    );
+                }
             })?;
-            eprintln!();
+            if live {
+                eprintln!();
+            }
+            eprintln!(
+                "      {} template built: {lines} steps in {} s",
+                t.id(),
+                started.elapsed().as_secs()
+            );
         }
     }
     for t in storage.templates()? {
