@@ -272,6 +272,7 @@ async fn the_data_dir_is_private_and_loose_modes_are_fixed_at_start() {
         .arg(&fresh_dir)
         .output()
         .unwrap();
+    common::unmount_pool(&fresh_dir);
     assert!(out.status.success(), "{}", common::text(&out.stderr));
     assert_eq!(mode_of(&fresh_dir), 0o700);
     assert!(

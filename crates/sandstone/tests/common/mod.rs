@@ -407,16 +407,21 @@ impl Drop for Daemon {
             }
         }
         self.stop();
-        // The btrfs pool, or the dir pool's nosuid,nodev bind mounts.
-        for mount in ["sandboxes", "snapshots", "pool"] {
-            let at = self.data.path().join(mount);
-            if at.exists() {
-                let _ = Command::new("umount")
-                    .arg("-l")
-                    .arg(&at)
-                    .stderr(Stdio::null())
-                    .status();
-            }
+        unmount_pool(self.data.path());
+    }
+}
+
+/// Unmounts what `setup` and `serve` mount in a data dir (the btrfs pool,
+/// or the dir pool's nosuid,nodev binds), so the directory can be removed.
+pub fn unmount_pool(data_dir: &Path) {
+    for mount in ["sandboxes", "snapshots", "pool"] {
+        let at = data_dir.join(mount);
+        if at.exists() {
+            let _ = Command::new("umount")
+                .arg("-l")
+                .arg(&at)
+                .stderr(Stdio::null())
+                .status();
         }
     }
 }
