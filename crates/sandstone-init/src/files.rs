@@ -44,10 +44,21 @@ fn list_dir(path: &Path) -> std::io::Result<Vec<FileInfo>> {
     Ok(entries)
 }
 
-/// Regular files only (a FIFO would hang, a device never end), and no
-/// larger than one frame carries.
-fn read_file(path: &Path) -> Result<Vec<u8>, Box<Response>> {
-    let meta = std::fs::metadata(path).map_err(|e| Box::new(io_error(&e)))?;
+/// The most of a file init holds at once while reading it out.
+pub const CHUNK: usize = 1 << 20;
+
+/// Regular files only (a FIFO would hang, a device never end).
+fn open_regular(path: &Path) -> Result<std::fs::File, Box<Response>> {
+    // O_NONBLOCK: opening a FIFO would otherwise wait for a writer; this
+    // way it opens at once and is refused below (and a regular file
+    // ignores the flag).
+    let f = std::os::unix::fs::OpenOptionsExt::custom_flags(
+        std::fs::OpenOptions::new().read(true),
+        libc::O_NONBLOCK,
+    )
+    .open(path)
+    .map_err(|e| Box::new(io_error(&e)))?;
+    let meta = f.metadata().map_err(|e| Box::new(io_error(&e)))?;
     if meta.is_dir() {
         return Err(Box::new(Response::error(
             ErrorCode::IsADirectory,
@@ -60,24 +71,44 @@ fn read_file(path: &Path) -> Result<Vec<u8>, Box<Response>> {
             format!("{} is not a regular file", path.display()),
         )));
     }
-    if meta.len() > sandstone_init::proto::MAX_PAYLOAD as u64 {
-        return Err(Box::new(Response::error(
-            ErrorCode::InvalidArgument,
-            format!(
-                "{} is larger than {} MiB; read it in a command instead",
-                path.display(),
-                sandstone_init::proto::MAX_PAYLOAD >> 20
-            ),
-        )));
-    }
-    std::fs::read(path).map_err(|e| Box::new(io_error(&e)))
+    Ok(f)
 }
 
-fn write_file(path: &Path, mode: Option<u32>, data: &[u8]) -> std::io::Result<()> {
+/// Sends a file as `Chunk` frames of at most [`CHUNK`] bytes and a final
+/// `Data`: however large the file (a hostile workload may leave one as big
+/// as its disk cap), init holds one chunk, and a slow reader makes the
+/// socket, not init's memory, wait.
+pub fn stream_file(
+    path: &Path,
+    mut send: impl FnMut(&Response, &[u8]) -> std::io::Result<()>,
+) -> std::io::Result<()> {
+    let mut f = match open_regular(path) {
+        Ok(f) => f,
+        Err(r) => return send(&r, &[]),
+    };
+    let mut buf = vec![0u8; CHUNK];
+    loop {
+        match std::io::Read::read(&mut f, &mut buf) {
+            Ok(0) => return send(&Response::Data, &[]),
+            Ok(n) => send(&Response::Chunk, &buf[..n])?,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            // The reader has what came before; this says the rest failed.
+            Err(e) => return send(&io_error(&e), &[]),
+        }
+    }
+}
+
+fn write_file(path: &Path, mode: Option<u32>, append: bool, data: &[u8]) -> std::io::Result<()> {
     if let Some(parent) = path.parent() {
         std::fs::create_dir_all(parent)?;
     }
-    std::fs::write(path, data)?;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .append(append)
+        .truncate(!append)
+        .open(path)?;
+    std::io::Write::write_all(&mut f, data)?;
     if let Some(m) = mode {
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(m & 0o7777))?;
     }
@@ -110,11 +141,9 @@ fn ok_or(r: std::io::Result<()>) -> Response {
 /// Answers one file request with its response frame and payload.
 pub fn handle(req: Request, payload: &[u8]) -> (Response, Vec<u8>) {
     let resp = match req {
-        Request::ReadFile { path } => match read_file(Path::new(&path)) {
-            Ok(bytes) => return (Response::Data, bytes),
-            Err(r) => *r,
-        },
-        Request::WriteFile { path, mode } => ok_or(write_file(Path::new(&path), mode, payload)),
+        Request::WriteFile { path, mode, append } => {
+            ok_or(write_file(Path::new(&path), mode, append, payload))
+        }
         Request::Mkdir { path, recursive } => ok_or(mkdir(Path::new(&path), recursive)),
         Request::RemovePath { path } => ok_or(remove(Path::new(&path))),
         Request::Move { from, to } => ok_or(std::fs::rename(&from, &to)),

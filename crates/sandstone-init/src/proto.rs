@@ -58,13 +58,19 @@ pub enum Request {
         id: String,
     },
     List,
+    /// Answered with `Chunk` frames and a final `Data`: a file of any size
+    /// passes through init a bounded piece at a time.
     ReadFile {
         path: String,
     },
-    /// Writes the payload to `path`, creating parent directories.
+    /// Writes the payload to `path`, creating parent directories; with
+    /// `append`, adds it to the end. Large files come as several requests,
+    /// so no single payload makes init hold a whole file.
     WriteFile {
         path: String,
         mode: Option<u32>,
+        #[serde(default)]
+        append: bool,
     },
     Mkdir {
         path: String,
@@ -204,7 +210,9 @@ pub enum Response {
     Exit {
         info: ExitInfo,
     },
-    /// File contents; the bytes are the payload.
+    /// A piece of a file being read; the bytes are the payload.
+    Chunk,
+    /// The end of a file read (or, from older inits, the whole file).
     Data,
     Stat {
         info: FileInfo,
@@ -230,7 +238,10 @@ impl Response {
     pub fn is_terminal(&self) -> bool {
         !matches!(
             self,
-            Response::Output { .. } | Response::Event { .. } | Response::Truncated { .. }
+            Response::Output { .. }
+                | Response::Event { .. }
+                | Response::Truncated { .. }
+                | Response::Chunk
         )
     }
 
@@ -302,6 +313,7 @@ mod tests {
     #[test]
     fn frames_round_trip_with_binary_payload() {
         let req = Request::WriteFile {
+            append: false,
             path: "/workspace/a".into(),
             mode: Some(0o600),
         };

@@ -167,6 +167,9 @@ fn dispatch(req: Request, payload: Vec<u8>, out: &mut Out) -> std::io::Result<()
             procs: procs::list().iter().map(|p| p.info()).collect(),
         },
         Request::Watch { path, recursive } => return watch::run(&path, recursive, out),
+        Request::ReadFile { path } => {
+            return files::stream_file(std::path::Path::new(&path), |r, bytes| send(out, r, bytes));
+        }
         // Runs on this connection's thread: a long walk delays no one else.
         Request::Tool {
             name,

@@ -280,9 +280,30 @@ pub fn finish_in_sandbox(memory: Option<u64>) -> Result<()> {
         NOSUID | NODEV,
         Some(format!("mode=1777,{tmp_size}").trim_end_matches(',')),
     )?;
+    limit_sysv_shm(&proc_dir, memory)?;
     mask_paths(root)?;
     crate::fault::check("rootfs.before_pivot")?;
     pivot()
+}
+
+/// SysV shared memory outlives the processes that made it and is charged
+/// to the sandbox's memory: without these, a workload could pin its whole
+/// limit and leave init no room. In the sandbox's own IPC namespace, a
+/// segment goes with its last attached process, and all of them together
+/// stay within a quarter of the memory limit.
+fn limit_sysv_shm(proc_dir: &Path, memory: Option<u64>) -> Result<()> {
+    let kernel = proc_dir.join("sys/kernel");
+    let write = |name: &str, value: String| {
+        std::fs::write(kernel.join(name), value)
+            .map_err(|e| Error::sys(format!("set kernel.{name}"), e))
+    };
+    write("shm_rmid_forced", "1".into())?;
+    if let Some(m) = memory {
+        let quarter = m / 4;
+        write("shmmax", quarter.to_string())?;
+        write("shmall", (quarter / 4096).to_string())?;
+    }
+    Ok(())
 }
 
 fn mask_paths(root: &Path) -> Result<()> {

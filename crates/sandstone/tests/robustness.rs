@@ -431,3 +431,72 @@ async fn synchronous_output_is_capped_as_rendered_and_never_duplicated() {
     assert_eq!(v["data"]["output_raw"], "tty\r\n", "{v}");
     assert!(v["data"]["stdout"].is_null(), "{v}");
 }
+
+/// A file larger than the sandbox's memory limit, left by the workload and
+/// read through the files API, or uploaded through it: init passes it a
+/// piece at a time, so neither kills init (and the sandbox with it).
+#[tokio::test(flavor = "multi_thread")]
+async fn files_larger_than_the_memory_limit_pass_through_init() {
+    let d = Daemon::start().await;
+    let id = d.create(json!({"resources": {"memory": "128Mi"}})).await;
+    let r = d
+        .sh(
+            &id,
+            "head -c 300000000 /dev/urandom > /workspace/big.bin && sha256sum /workspace/big.bin",
+        )
+        .await;
+    assert_eq!(r["exit_code"], 0, "{r}");
+    let inside = r["stdout"]
+        .as_str()
+        .unwrap()
+        .split(' ')
+        .next()
+        .unwrap()
+        .to_string();
+    // Two readers at once: each gets all of it.
+    let read = || async {
+        let resp = d
+            .http
+            .get(format!(
+                "{}/api/v1/sandboxes/{id}/files?path=/workspace/big.bin",
+                d.url
+            ))
+            .bearer_auth(&d.token)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        resp.bytes().await.unwrap()
+    };
+    let (a, b) = tokio::join!(read(), read());
+    for got in [a, b] {
+        assert_eq!(got.len(), 300_000_000);
+        assert_eq!(common::sha256sum(&got), inside);
+    }
+    // An upload of the same size lands whole.
+    let body = vec![b'z'; 200_000_000];
+    let resp = d
+        .http
+        .post(format!(
+            "{}/api/v1/sandboxes/{id}/files?path=/workspace/up.bin",
+            d.url
+        ))
+        .bearer_auth(&d.token)
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200, "{}", resp.text().await.unwrap());
+    let r = d
+        .sh(
+            &id,
+            "stat -c %s /workspace/up.bin; tr -d z < /workspace/up.bin | wc -c",
+        )
+        .await;
+    assert_eq!(r["stdout"], "200000000\n0\n", "{r}");
+    // Init lived through all of it: still running, never failed.
+    let (_, v) = d.get(&format!("/api/v1/sandboxes/{id}")).await;
+    assert_eq!(v["data"]["status"], "running", "{v}");
+    let r = d.sh(&id, "echo alive").await;
+    assert_eq!(r["stdout"], "alive\n", "{r}");
+}

@@ -712,3 +712,46 @@ async fn warm_pool_members_left_by_a_crash_are_swept() {
     assert_eq!(v["data"]["count"], 1, "{v}");
     assert_eq!(d.sh(&claimed, "echo alive").await["stdout"], "alive\n");
 }
+
+/// A sandbox's run dir (init's socket and log, its mount points) is root's
+/// alone however it was made: on create and on every resume.
+#[tokio::test(flavor = "multi_thread")]
+async fn run_dirs_stay_private_across_resumes() {
+    let d = Daemon::start().await;
+    let id = d.create(json!({})).await;
+    let run = d.data.path().join("run").join(&id);
+    assert_eq!(mode_of(&run), 0o700, "on create");
+    for op in ["pause", "resume"] {
+        let (s, v) = d
+            .post(&format!("/api/v1/sandboxes/{id}/{op}"), json!({}))
+            .await;
+        assert!(s < 300, "{op}: {v}");
+    }
+    assert_eq!(mode_of(&run), 0o700, "after a resume");
+    assert_eq!(mode_of(&run.join("rootfs")), 0o700, "after a resume");
+}
+
+/// SysV shared memory cannot pin the sandbox's memory past its processes,
+/// nor take more than a quarter of the limit.
+#[tokio::test(flavor = "multi_thread")]
+async fn sysv_shared_memory_is_bounded_and_dies_with_its_processes() {
+    let d = Daemon::start().await;
+    let id = d.create(json!({"resources": {"memory": "256Mi"}})).await;
+    let probe = r#"
+import ctypes, ctypes.util
+libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+IPC_PRIVATE, IPC_CREAT = 0, 0o1000
+big = libc.shmget(IPC_PRIVATE, ctypes.c_size_t(200 << 20), IPC_CREAT | 0o600)
+print("big", "refused" if big < 0 else "made")
+small = libc.shmget(IPC_PRIVATE, ctypes.c_size_t(8 << 20), IPC_CREAT | 0o600)
+print("small", "made" if small >= 0 else "refused")
+addr = libc.shmat(small, None, 0)
+"#;
+    let r = d.run(&id, &["python3", "-c", probe]).await;
+    assert_eq!(r["stdout"], "big refused\nsmall made\n", "{r}");
+    // The process that attached it is gone: so is the segment.
+    let r = d
+        .sh(&id, "cat /proc/sysvipc/shm | tail -n +2 | wc -l")
+        .await;
+    assert_eq!(r["stdout"], "0\n", "{r}");
+}

@@ -409,7 +409,11 @@ impl Lifecycle {
 
     /// Runs the spawn helper for `spec` and waits until PID 1 answers.
     async fn spawn_init(&self, spec: SpawnSpec) -> ApiResult<i32> {
-        std::fs::create_dir_all(&spec.rootfs).map_err(internal)?;
+        // The run dir (socket, log, mount points) is root's alone, from its
+        // creation on: on a resume too, not only when the volume is made.
+        std::os::unix::fs::DirBuilderExt::mode(std::fs::DirBuilder::new().recursive(true), 0o700)
+            .create(&spec.rootfs)
+            .map_err(internal)?;
         let socket = spec.socket.clone();
         let init_bin = self.init_bin.clone();
         let launched =

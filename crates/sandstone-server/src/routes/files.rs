@@ -80,17 +80,62 @@ pub async fn read(
 ) -> ApiResult<Response> {
     let (path, rt) = target(&st, &id, &q).await?;
     let started = std::time::Instant::now();
-    let (_, bytes) = initclient::call(&rt.socket, &Request::ReadFile { path }, &[]).await?;
+    let mut conn = InitConn::connect(&rt.socket).await.map_err(unreachable)?;
+    conn.send(&Request::ReadFile { path }, &[])
+        .await
+        .map_err(unreachable)?;
+    // The first frame decides the status (a missing file is a 404); the
+    // rest streams, a chunk at a time, so neither init nor the daemon holds
+    // the file.
+    let first = match conn.recv().await.map_err(unreachable)? {
+        (Init::Error { code, message }, _) => return Err(ApiError::from_init(code, message)),
+        (Init::Chunk, bytes) => Some(Bytes::from(bytes)),
+        (Init::Data, bytes) => {
+            st.metrics
+                .observe("file_read", started.elapsed().as_secs_f64() * 1000.0);
+            return Ok(
+                ([(header::CONTENT_TYPE, "application/octet-stream")], bytes).into_response(),
+            );
+        }
+        _ => return Err(ApiError::internal("unexpected answer to a file read")),
+    };
     st.metrics
         .observe("file_read", started.elapsed().as_secs_f64() * 1000.0);
-    Ok(([(header::CONTENT_TYPE, "application/octet-stream")], bytes).into_response())
+    let rest = futures_util::stream::unfold((conn, first), |(mut conn, pending)| async move {
+        if let Some(b) = pending {
+            return Some((Ok(b), (conn, None)));
+        }
+        match conn.recv().await {
+            Ok((Init::Chunk, bytes)) => Some((Ok(Bytes::from(bytes)), (conn, None))),
+            Ok((Init::Data, _)) => None,
+            // A failure after the status went out can only cut the body
+            // short: the client sees an incomplete transfer, never a
+            // silently shorter file.
+            Ok((Init::Error { message, .. }, _)) => {
+                Some((Err(std::io::Error::other(message)), (conn, None)))
+            }
+            Ok(_) => Some((
+                Err(std::io::Error::other("unexpected frame in a file read")),
+                (conn, None),
+            )),
+            Err(e) => Some((Err(e), (conn, None))),
+        }
+    });
+    Ok((
+        [(header::CONTENT_TYPE, "application/octet-stream")],
+        axum::body::Body::from_stream(rest),
+    )
+        .into_response())
 }
+
+/// The most of an upload the daemon gathers before passing it to init.
+const WRITE_CHUNK: usize = 4 << 20;
 
 pub async fn write(
     State(st): State<AppState>,
     Path(id): Path<String>,
     Query(q): Query<HashMap<String, String>>,
-    body: Bytes,
+    body: axum::body::Body,
 ) -> ApiResult<Response> {
     let (path, rt) = target(&st, &id, &q).await?;
     st.lifecycle.check_free_space()?;
@@ -116,10 +161,57 @@ pub async fn write(
         ),
     };
     let started = std::time::Instant::now();
-    initclient::call(&rt.socket, &Request::WriteFile { path, mode }, &body).await?;
+    write_in_chunks(&rt, path, mode, body).await?;
     st.metrics
         .observe("file_write", started.elapsed().as_secs_f64() * 1000.0);
     Ok(ok(StatusCode::OK, json!({"written": true})))
+}
+
+/// Passes an upload to init in pieces of at most [`WRITE_CHUNK`] bytes (the
+/// first creates or truncates the file, the others append), as it arrives:
+/// neither the daemon nor init holds the whole file.
+async fn write_in_chunks(
+    rt: &Runtime,
+    path: String,
+    mode: Option<u32>,
+    body: axum::body::Body,
+) -> ApiResult<()> {
+    use futures_util::StreamExt;
+    let mut conn = InitConn::connect(&rt.socket).await.map_err(unreachable)?;
+    let mut stream = body.into_data_stream();
+    let mut buf: Vec<u8> = Vec::with_capacity(WRITE_CHUNK.min(64 << 10));
+    let mut append = false;
+    loop {
+        let next = stream.next().await;
+        let end = next.is_none();
+        if let Some(piece) = next {
+            let piece = piece
+                .map_err(|e| ApiError::bad_request(format!("reading the request body: {e}")))?;
+            buf.extend_from_slice(&piece);
+        }
+        // Send a full chunk, and at the end what is left (an empty file too).
+        while buf.len() >= WRITE_CHUNK || (end && (!buf.is_empty() || !append)) {
+            let n = buf.len().min(WRITE_CHUNK);
+            let req = Request::WriteFile {
+                path: path.clone(),
+                mode,
+                append,
+            };
+            conn.send(&req, &buf[..n]).await.map_err(unreachable)?;
+            match conn.recv().await.map_err(unreachable)? {
+                (Init::Error { code, message }, _) => {
+                    return Err(ApiError::from_init(code, message));
+                }
+                (Init::Ok, _) => {}
+                _ => return Err(ApiError::internal("unexpected answer to a file write")),
+            }
+            buf.drain(..n);
+            append = true;
+        }
+        if end {
+            return Ok(());
+        }
+    }
 }
 
 pub async fn remove(
