@@ -60,8 +60,6 @@ pub struct AppState {
     sealer: Arc<sandstone_store::secrets::Sealer>,
 }
 
-/// Largest file accepted through the API.
-const MAX_FILE_BODY: usize = 256 << 20;
 /// Largest JSON body.
 const MAX_JSON_BODY: usize = 4 << 20;
 
@@ -183,14 +181,12 @@ pub fn router(st: AppState) -> Router {
                 .delete(credentials::delete),
         )
         .layer(json_limit)
-        .merge(
-            Router::new()
-                .route(
-                    &format!("{sb}/files"),
-                    get(files::read).post(files::write).delete(files::remove),
-                )
-                .layer(DefaultBodyLimit::max(MAX_FILE_BODY)),
-        )
+        // Outside the JSON body limit: an upload streams to init in pieces,
+        // bounded by the sandbox's disk cap, not by the daemon's memory.
+        .merge(Router::new().route(
+            &format!("{sb}/files"),
+            get(files::read).post(files::write).delete(files::remove),
+        ))
         // Its egress counters are labelled with sandbox ids.
         .route("/metrics", get(metrics_page))
         .route_layer(middleware::from_fn_with_state(st.clone(), auth));
