@@ -81,6 +81,8 @@ fn sandbox_main(mut start: SandboxStart) -> ! {
         let _ = start
             .status
             .write_all(format!("read oom_score_adj: {e}").as_bytes());
+        // SAFETY: _exit ends this process at once, running nothing of
+        // std's that another thread could be in the middle of.
         unsafe { libc::_exit(1) };
     }
     procs::block_sigchld();

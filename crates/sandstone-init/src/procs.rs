@@ -605,6 +605,8 @@ impl Proc {
             });
             // Rounded up, so a wait never ends just before the grace does.
             let timeout = paused.map_or(-1, |d| d.as_millis().min(60_000) as i32 + 1);
+            // SAFETY: `pollfds` is a live, exclusively borrowed array of
+            // `len` pollfd structs for the duration of the call.
             let n = unsafe { libc::poll(pollfds.as_mut_ptr(), pollfds.len() as _, timeout) };
             if n <= 0 {
                 continue;
