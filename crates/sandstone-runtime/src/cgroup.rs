@@ -250,12 +250,26 @@ impl Driver {
                     match ctrl {
                         Controller::Memory => {
                             if let Some(m) = l.memory_bytes {
-                                write(&dir.join("memory.limit_in_bytes"), &m.to_string())?;
                                 // Without swap accounting the limit is the whole story;
-                                // where it exists, forbid swapping past it too.
+                                // where it exists, forbid swapping past it too. The
+                                // kernel keeps memory <= memory+swap at every step, so
+                                // a raise sets memsw first and a cut sets it last.
+                                let mem = dir.join("memory.limit_in_bytes");
                                 let memsw = dir.join("memory.memsw.limit_in_bytes");
+                                let raising = std::fs::read_to_string(&mem)
+                                    .ok()
+                                    .and_then(|v| v.trim().parse::<u64>().ok())
+                                    .is_some_and(|now| m > now);
+                                let mut order = vec![&mem];
                                 if memsw.exists() {
-                                    write(&memsw, &m.to_string())?;
+                                    if raising {
+                                        order.insert(0, &memsw);
+                                    } else {
+                                        order.push(&memsw);
+                                    }
+                                }
+                                for f in order {
+                                    write(f, &m.to_string())?;
                                 }
                             }
                         }

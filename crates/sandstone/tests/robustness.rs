@@ -183,6 +183,18 @@ async fn a_warm_sandbox_gets_the_claims_tmp_size() {
         mounts.contains("/dev/shm tmpfs rw,nosuid,nodev,relatime,size=65536k"),
         "{mounts}"
     );
+    // A claim for more memory than the members were made with: the limit
+    // is raised (swap accounting's limit first, as the kernel requires).
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while d.warm_ready().await < 1 {
+        assert!(Instant::now() < deadline, "the warm pool never refilled");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let pooled = d.volumes();
+    let big = d.create(json!({"resources": {"memory": "2Gi"}})).await;
+    assert!(pooled.contains(&big), "the claim took a pre-made sandbox");
+    let r = d.sh(&big, "df -k /tmp | tail -1 | awk '{print $2}'").await;
+    assert_eq!(r["stdout"], "1048576\n", "{r}");
 }
 
 #[tokio::test(flavor = "multi_thread")]
