@@ -60,8 +60,8 @@ fn candidates() -> impl Iterator<Item = String> {
 /// The first candidate that overlaps none of `used`.
 fn choose(used: &[Cidr]) -> Option<String> {
     candidates().find(|c| {
-        let cand: Cidr = c.parse().expect("candidate pools are valid CIDRs");
-        !used.iter().any(|u| u.overlaps(&cand))
+        c.parse::<Cidr>()
+            .is_ok_and(|cand| !used.iter().any(|u| u.overlaps(&cand)))
     })
 }
 

@@ -130,15 +130,7 @@ async fn a_first_sandbox_is_networked_deny_by_default_and_allow_python_makes_pip
 #[tokio::test(flavor = "multi_thread")]
 async fn an_unknown_preset_is_a_400_naming_the_field() {
     let net = FakeInternet::start();
-    let mut d = Daemon::start().await;
-    d.kill();
-    d.serve_args = vec![
-        "--egress-pool".into(),
-        test_subnet_pool(),
-        "--dns-upstream".into(),
-        format!("{}:53", net.server),
-    ];
-    d.spawn().await;
+    let d = common::networked(&format!("{}:53", net.server), &[]).await;
     let (s, v) = d
         .post(
             "/api/v1/sandboxes",

@@ -394,22 +394,14 @@ async fn warm_pool_hands_off_with_the_claims_limits_and_refills() {
     d.kill();
     d.warm_pool = 2;
     d.spawn().await;
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while d.warm_ready().await < 2 {
-        assert!(Instant::now() < deadline, "the warm pool never filled");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    d.wait_warm(2).await;
     let pooled = d.volumes();
     assert_eq!(pooled.len(), 2);
     let id = d.create(json!({"resources": {"memory": "256Mi"}})).await;
     assert!(pooled.contains(&id), "the claim took a pre-made sandbox");
     assert_eq!(memory_limit_of(&id).as_deref(), Some("268435456"));
     assert_eq!(d.sh(&id, "echo warm").await["stdout"], "warm\n");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while d.warm_ready().await < 2 {
-        assert!(Instant::now() < deadline, "the warm pool never refilled");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    d.wait_warm(2).await;
     // Pool members are not sandboxes of anyone: not listed, and a restart
     // replaces them rather than leaking them.
     let (_, v) = d.get("/api/v1/sandboxes").await;

@@ -165,11 +165,7 @@ async fn a_warm_sandbox_gets_the_claims_tmp_size() {
     d.kill();
     d.warm_pool = 1;
     d.spawn().await;
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while d.warm_ready().await < 1 {
-        assert!(Instant::now() < deadline, "the warm pool never filled");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    d.wait_warm(1).await;
     let pooled = d.volumes();
     let id = d.create(json!({"resources": {"memory": "256Mi"}})).await;
     assert!(pooled.contains(&id), "the claim took a pre-made sandbox");
@@ -185,11 +181,7 @@ async fn a_warm_sandbox_gets_the_claims_tmp_size() {
     );
     // A claim for more memory than the members were made with: the limit
     // is raised (swap accounting's limit first, as the kernel requires).
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while d.warm_ready().await < 1 {
-        assert!(Instant::now() < deadline, "the warm pool never refilled");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    d.wait_warm(1).await;
     let pooled = d.volumes();
     let big = d.create(json!({"resources": {"memory": "2Gi"}})).await;
     assert!(pooled.contains(&big), "the claim took a pre-made sandbox");

@@ -640,26 +640,6 @@ fn processes_of(id: &str) -> usize {
         .count()
 }
 
-async fn warm_ready(d: &Daemon) -> u64 {
-    d.metrics()
-        .await
-        .lines()
-        .find_map(|l| l.strip_prefix("sandstone_warm_pool_ready "))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0)
-}
-
-async fn wait_warm(d: &Daemon, n: u64) {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    while warm_ready(d).await < n {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the warm pool never filled"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
-}
-
 /// A crash leaves the warm pool's members running with no row: the next
 /// start removes them (processes, cgroups, volumes) before refilling, even
 /// when it spells the data dir another way, and even a member whose volume
@@ -670,9 +650,9 @@ async fn warm_pool_members_left_by_a_crash_are_swept() {
     d.kill();
     d.warm_pool = 2;
     d.spawn().await;
-    wait_warm(&d, 2).await;
+    d.wait_warm(2).await;
     let claimed = d.create(json!({})).await;
-    wait_warm(&d, 2).await;
+    d.wait_warm(2).await;
     let old: Vec<String> = d.volumes().into_iter().filter(|v| *v != claimed).collect();
     assert_eq!(old.len(), 2, "{old:?}");
     d.kill();
@@ -685,7 +665,7 @@ async fn warm_pool_members_left_by_a_crash_are_swept() {
     assert!(deleted.success());
     d.data_dir_arg = Some(format!("{}/", d.data.path().display()).into());
     d.spawn().await;
-    wait_warm(&d, 2).await;
+    d.wait_warm(2).await;
     // Settle: the refill must have stopped at two.
     tokio::time::sleep(std::time::Duration::from_secs(1)).await;
     let now = d.volumes();

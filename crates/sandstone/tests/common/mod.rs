@@ -340,6 +340,18 @@ impl Daemon {
             .unwrap_or(0)
     }
 
+    /// Waits (30 s at most) until `n` warm-pool members are ready.
+    pub async fn wait_warm(&self, n: u64) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while self.warm_ready().await < n {
+            assert!(
+                Instant::now() < deadline,
+                "the warm pool never filled to {n}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// Where sandbox volumes and snapshots live: the btrfs pool, or the data
     /// dir with the `dir` driver.
     pub fn pool_root(&self) -> PathBuf {
