@@ -500,6 +500,35 @@ async fn files_larger_than_the_memory_limit_pass_through_init() {
         )
         .await;
     assert_eq!(r["stdout"], "200000000\n0\n", "{r}");
+    // An upload the client abandons half-way leaves the old file as it was
+    // and no temporary file behind.
+    {
+        use tokio::io::AsyncWriteExt;
+        let addr = d.url.trim_start_matches("http://").to_string();
+        let mut c = tokio::net::TcpStream::connect(&addr).await.unwrap();
+        let head = format!(
+            "POST /api/v1/sandboxes/{id}/files?path=/workspace/up.bin HTTP/1.1\r\nHost: {addr}\r\n\
+             Authorization: Bearer {}\r\nContent-Length: 50000000\r\n\r\n",
+            d.token
+        );
+        c.write_all(head.as_bytes()).await.unwrap();
+        c.write_all(&vec![b'y'; 12_000_000]).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let r = d
+            .sh(
+                &id,
+                "tr -d z < /workspace/up.bin | wc -c; ls -a /workspace | grep -c sandstone-upload",
+            )
+            .await;
+        if r["stdout"] == "0\n0\n" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "a half upload is left: {r}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     // Init lived through all of it: still running, never failed.
     let (_, v) = d.get(&format!("/api/v1/sandboxes/{id}")).await;
     assert_eq!(v["data"]["status"], "running", "{v}");

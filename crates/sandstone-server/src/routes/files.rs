@@ -6,7 +6,7 @@ use crate::AppState;
 use crate::error::{ApiError, ApiResult, ok};
 use crate::extract::JsonBody;
 use crate::initclient::{self, InitConn, unreachable};
-use crate::lifecycle::Runtime;
+use crate::lifecycle::{Runtime, random_hex};
 use crate::routes::contexts::running;
 use axum::body::Bytes;
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
@@ -167,49 +167,112 @@ pub async fn write(
     Ok(ok(StatusCode::OK, json!({"written": true})))
 }
 
-/// Passes an upload to init in pieces of at most [`WRITE_CHUNK`] bytes (the
-/// first creates or truncates the file, the others append), as it arrives:
-/// neither the daemon nor init holds the whole file.
+/// Passes an upload to init in pieces of at most [`WRITE_CHUNK`] bytes as it
+/// arrives, so neither the daemon nor init holds the whole file. One that
+/// fits in a piece is written in one request; a larger one goes to a
+/// temporary file beside the target, renamed over it only once complete, so
+/// a failed or abandoned upload leaves the old file as it was.
 async fn write_in_chunks(
     rt: &Runtime,
     path: String,
     mode: Option<u32>,
     body: axum::body::Body,
 ) -> ApiResult<()> {
-    use futures_util::StreamExt;
     let mut conn = InitConn::connect(&rt.socket).await.map_err(unreachable)?;
     let mut stream = body.into_data_stream();
-    let mut buf: Vec<u8> = Vec::with_capacity(WRITE_CHUNK.min(64 << 10));
+    let mut buf = Vec::new();
+    let mut end = fill(&mut stream, &mut buf).await?;
+    if end {
+        return write_piece(&mut conn, &path, mode, false, &buf).await;
+    }
+    let temp = TempUpload {
+        socket: rt.socket.clone(),
+        path: Some(format!("{path}.sandstone-upload-{}", random_hex(6))),
+    };
+    let tmp = temp.path.clone().unwrap_or_default();
     let mut append = false;
     loop {
-        let next = stream.next().await;
-        let end = next.is_none();
-        if let Some(piece) = next {
-            let piece = piece
-                .map_err(|e| ApiError::bad_request(format!("reading the request body: {e}")))?;
-            buf.extend_from_slice(&piece);
-        }
-        // Send a full chunk, and at the end what is left (an empty file too).
-        while buf.len() >= WRITE_CHUNK || (end && (!buf.is_empty() || !append)) {
+        while buf.len() >= WRITE_CHUNK || (end && !buf.is_empty()) {
             let n = buf.len().min(WRITE_CHUNK);
-            let req = Request::WriteFile {
-                path: path.clone(),
-                mode,
-                append,
-            };
-            conn.send(&req, &buf[..n]).await.map_err(unreachable)?;
-            match conn.recv().await.map_err(unreachable)? {
-                (Init::Error { code, message }, _) => {
-                    return Err(ApiError::from_init(code, message));
-                }
-                (Init::Ok, _) => {}
-                _ => return Err(ApiError::internal("unexpected answer to a file write")),
-            }
+            write_piece(&mut conn, &tmp, mode, append, &buf[..n]).await?;
             buf.drain(..n);
             append = true;
         }
         if end {
-            return Ok(());
+            break;
+        }
+        end = fill(&mut stream, &mut buf).await?;
+    }
+    let req = Request::Move {
+        from: tmp,
+        to: path,
+    };
+    conn.send(&req, &[]).await.map_err(unreachable)?;
+    expect_ok(&mut conn, "a file move").await?;
+    temp.keep();
+    Ok(())
+}
+
+/// Reads the body into `buf` until it holds a whole piece; true at its end.
+async fn fill(stream: &mut axum::body::BodyDataStream, buf: &mut Vec<u8>) -> ApiResult<bool> {
+    use futures_util::StreamExt;
+    while buf.len() < WRITE_CHUNK {
+        match stream.next().await {
+            None => return Ok(true),
+            Some(piece) => buf
+                .extend_from_slice(&piece.map_err(|e| {
+                    ApiError::bad_request(format!("reading the request body: {e}"))
+                })?),
+        }
+    }
+    Ok(false)
+}
+
+async fn write_piece(
+    conn: &mut InitConn,
+    path: &str,
+    mode: Option<u32>,
+    append: bool,
+    bytes: &[u8],
+) -> ApiResult<()> {
+    let req = Request::WriteFile {
+        path: path.to_string(),
+        mode,
+        append,
+    };
+    conn.send(&req, bytes).await.map_err(unreachable)?;
+    expect_ok(conn, "a file write").await
+}
+
+async fn expect_ok(conn: &mut InitConn, what: &str) -> ApiResult<()> {
+    match conn.recv().await.map_err(unreachable)? {
+        (Init::Ok, _) => Ok(()),
+        (Init::Error { code, message }, _) => Err(ApiError::from_init(code, message)),
+        _ => Err(ApiError::internal(format!("unexpected answer to {what}"))),
+    }
+}
+
+/// A temporary upload removed when dropped unless kept: the handler may end
+/// at any await (a client gone mid-body drops it), so the removal is
+/// spawned from `Drop` rather than awaited on the error paths.
+struct TempUpload {
+    socket: std::path::PathBuf,
+    path: Option<String>,
+}
+
+impl TempUpload {
+    fn keep(mut self) {
+        self.path = None;
+    }
+}
+
+impl Drop for TempUpload {
+    fn drop(&mut self) {
+        if let Some(path) = self.path.take() {
+            let socket = self.socket.clone();
+            tokio::spawn(async move {
+                let _ = initclient::call(&socket, &Request::RemovePath { path }, &[]).await;
+            });
         }
     }
 }
