@@ -10,7 +10,7 @@ use axum::extract::{Request, State};
 use axum::http::HeaderMap;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use sandstone_store::token_hash;
+use sandstone_db::token_hash;
 use std::sync::Arc;
 
 pub const BETA: &str = "managed-agents-2026-04-01";

@@ -24,7 +24,7 @@ mod work;
 
 pub use http::router;
 
-use sandstone_store::agents::AgentsStore;
+use sandstone_db::agents::AgentsStore;
 use serde_json::Value;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
@@ -242,8 +242,8 @@ fn str_of(v: &Value, field: &str) -> String {
     v[field].as_str().unwrap_or_default().to_string()
 }
 
-impl From<sandstone_store::Error> for error::ApiError {
-    fn from(e: sandstone_store::Error) -> Self {
+impl From<sandstone_db::Error> for error::ApiError {
+    fn from(e: sandstone_db::Error) -> Self {
         error::ApiError::internal(format!("store: {e}"))
     }
 }

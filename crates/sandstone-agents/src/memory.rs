@@ -7,7 +7,7 @@ use crate::error::{ApiError, ApiResult};
 use crate::ids::{new_id, now};
 use crate::resources::merge_metadata;
 use crate::{Agents, str_of};
-use sandstone_store::sha256_hex;
+use sandstone_db::sha256_hex;
 use serde_json::{Value, json};
 
 pub const STORE: &str = "memory_store";

@@ -501,7 +501,7 @@ impl Agents {
     pub async fn create_key(&self, env: &str) -> ApiResult<Value> {
         self.environment(env)?;
         let key = new_token(crate::auth::ENV_KEY_PREFIX);
-        let hash = sandstone_store::token_hash(&key);
+        let hash = sandstone_db::token_hash(&key);
         let doc = json!({
             "type": "environment_key", "id": new_id("envkey"), "environment_id": env,
             "created_at": now(), "revoked_at": null, "hash": hash,

@@ -9,7 +9,7 @@ use crate::error::{ApiError, ApiResult};
 use crate::ids::{new_id, now};
 use crate::{Agents, str_of};
 use base64::Engine;
-use sandstone_api::skill_archive;
+use sandstone_skill_archive as skill_archive;
 use serde_json::{Value, json};
 
 pub const SKILL: &str = "skill";

@@ -177,7 +177,7 @@ impl Agents {
             })
             .map(|w| str_of(&w.doc, "id"))?;
         let token = new_token(crate::auth::SESSIONS_TOKEN_PREFIX);
-        let hash = sandstone_store::token_hash(&token);
+        let hash = sandstone_db::token_hash(&token);
         let w = st.work.get_mut(&id)?;
         let old = w.token_hash.replace(hash.clone());
         w.claimed_at = Some(Instant::now());

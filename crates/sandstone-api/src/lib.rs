@@ -1,9 +1,9 @@
 //! Wire types of Sandstone's public REST API, following Sandbox0's API so its
-//! SDKs work unchanged. No I/O here.
+//! SDKs work unchanged, and the small helpers both ends of it share (bearer
+//! parsing, timestamps, [`Secret`]). No I/O beyond reading random bytes.
 
 pub mod auth;
 mod secret;
-pub mod skill_archive;
 pub mod timefmt;
 
 pub use secret::Secret;

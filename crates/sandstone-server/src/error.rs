@@ -86,10 +86,10 @@ impl IntoResponse for ApiError {
     }
 }
 
-impl From<sandstone_store::Error> for ApiError {
-    fn from(e: sandstone_store::Error) -> Self {
+impl From<sandstone_db::Error> for ApiError {
+    fn from(e: sandstone_db::Error) -> Self {
         match e {
-            sandstone_store::Error::NotFound => {
+            sandstone_db::Error::NotFound => {
                 Self::new(StatusCode::NOT_FOUND, "not_found", "not found")
             }
             other => Self::internal(other.to_string()),

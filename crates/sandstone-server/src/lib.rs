@@ -20,8 +20,8 @@ use axum::routing::{get, post};
 use axum::serve::ListenerExt;
 use error::ApiError;
 use routes::{contexts, credentials, files, network, sandboxes, snapshots, tools};
-use sandstone_storage::Storage;
-use sandstone_store::{SqliteStore, Store};
+use sandstone_db::{SqliteStore, Store};
+use sandstone_volumes::Storage;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -35,7 +35,7 @@ pub struct Config {
     /// The static `sandstone-init` binary.
     pub init_bin: PathBuf,
     /// Force a storage pool driver; `None` uses btrfs when a pool exists.
-    pub pool: Option<sandstone_storage::Driver>,
+    pub pool: Option<sandstone_volumes::Driver>,
     /// Pre-made sandboxes kept per template (0 disables the warm pool).
     pub warm_pool: usize,
     /// Private IPv4 pool for sandbox subnets (e.g. `10.200.0.0/14`): gives
@@ -57,7 +57,7 @@ pub struct AppState {
     lifecycle: Arc<lifecycle::Lifecycle>,
     metrics: Arc<metrics::Metrics>,
     /// Seals credential values with the key kept outside the database.
-    sealer: Arc<sandstone_store::secrets::Sealer>,
+    sealer: Arc<sandstone_db::secrets::Sealer>,
 }
 
 /// Largest JSON body.
@@ -237,7 +237,7 @@ async fn ensure_admin_token(store: &dyn Store, data_dir: &std::path::Path) -> an
 /// the daemon stops; the next start re-adopts them.
 pub async fn run(mut config: Config) -> anyhow::Result<()> {
     raise_fd_limit();
-    for t in sandstone_storage::secure_data_dir(&config.data_dir)? {
+    for t in sandstone_volumes::secure_data_dir(&config.data_dir)? {
         tracing::warn!(path = %t.path.display(), from = format!("{:o}", t.from), to = format!("{:o}", t.to),
             "tightened a mode in the data directory: other users could read it");
     }
@@ -256,10 +256,10 @@ pub async fn run(mut config: Config) -> anyhow::Result<()> {
     ensure_admin_token(store.as_ref(), &config.data_dir).await?;
     let storage = Storage::open(&config.data_dir, config.pool)?;
     match storage.pool.driver {
-        sandstone_storage::Driver::Btrfs => {
+        sandstone_volumes::Driver::Btrfs => {
             tracing::info!(pool = %storage.pool.root.display(), "storage pool: btrfs (O(1) snapshots, disk caps)")
         }
-        sandstone_storage::Driver::Dir => tracing::warn!(
+        sandstone_volumes::Driver::Dir => tracing::warn!(
             "storage pool: dir driver (snapshots and forks copy files, no disk caps); run `sandstone setup` for a btrfs pool"
         ),
     }
@@ -267,9 +267,9 @@ pub async fn run(mut config: Config) -> anyhow::Result<()> {
     storage.templates()?;
     let group = format!(
         "sandstone-{}",
-        &sandstone_store::token_hash(&config.data_dir.display().to_string())[..8]
+        &sandstone_db::token_hash(&config.data_dir.display().to_string())[..8]
     );
-    let sealer = Arc::new(sandstone_store::secrets::Sealer::load(
+    let sealer = Arc::new(sandstone_db::secrets::Sealer::load(
         &config.data_dir.join("secret.key"),
     )?);
     let network = match &config.egress_pool {
@@ -369,7 +369,7 @@ pub fn setup_storage(
     pool_size: Option<u64>,
 ) -> anyhow::Result<Storage> {
     if let Some(size) = pool_size {
-        sandstone_storage::Pool::create(data_dir, size)?;
+        sandstone_volumes::Pool::create(data_dir, size)?;
     }
     sandstone_egress::ca::InstallationCa::load_or_create(&data_dir.join("ca"))
         .map_err(|e| anyhow::anyhow!(e))?;

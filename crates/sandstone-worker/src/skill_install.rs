@@ -5,8 +5,8 @@
 
 use crate::cma::Cma;
 use crate::secret::Secret;
-use sandstone_api::skill_archive as skills;
 use sandstone_client::Client;
+use sandstone_skill_archive as skills;
 use serde_json::Value;
 
 const SKILLS_DIR: &str = "/workspace/skills";

@@ -407,8 +407,8 @@ async fn run(cli: Cli) -> Result<()> {
                 listen: *listen,
                 init_bin: init_binary()?,
                 pool: pool.map(|p| match p {
-                    PoolArg::Btrfs => sandstone_storage::Driver::Btrfs,
-                    PoolArg::Dir => sandstone_storage::Driver::Dir,
+                    PoolArg::Btrfs => sandstone_volumes::Driver::Btrfs,
+                    PoolArg::Dir => sandstone_volumes::Driver::Dir,
                 }),
                 warm_pool: *warm_pool,
                 egress_pool: match (no_network, egress_pool) {
@@ -739,7 +739,7 @@ async fn copy(c: &Client, from: &str, to: &str) -> Result<()> {
 
 fn setup(data_dir: &Path, debian: bool, mirror: Option<&str>, pool: Option<u64>) -> Result<()> {
     let total = if debian {
-        3 + sandstone_storage::BuiltTemplate::ALL.len()
+        3 + sandstone_volumes::BuiltTemplate::ALL.len()
     } else {
         3
     };
@@ -756,7 +756,7 @@ fn setup(data_dir: &Path, debian: bool, mirror: Option<&str>, pool: Option<u64>)
         2,
         &format!("preparing {} and its storage pool", data_dir.display()),
     );
-    for t in sandstone_storage::secure_data_dir(data_dir)? {
+    for t in sandstone_volumes::secure_data_dir(data_dir)? {
         eprintln!(
             "      tightened {} from {:o} to {:o}: other users could read it",
             t.path.display(),
@@ -780,7 +780,7 @@ fn setup(data_dir: &Path, debian: bool, mirror: Option<&str>, pool: Option<u64>)
     step(3, "building the host template");
     storage.templates()?;
     if debian {
-        for (n, t) in (4..).zip(sandstone_storage::BuiltTemplate::ALL) {
+        for (n, t) in (4..).zip(sandstone_volumes::BuiltTemplate::ALL) {
             if storage.has_built(t) {
                 step(n, &format!("{} template: already built", t.id()));
                 continue;

@@ -18,11 +18,11 @@ use crate::limits;
 use axum::http::StatusCode;
 use sandstone_api::SandboxConfig;
 use sandstone_api::timefmt::now_ms;
+use sandstone_db::{SandboxRow, Store};
 use sandstone_init::proto::{Request, Response};
 use sandstone_runtime::cgroup::{Cgroup, Driver, Limits};
 use sandstone_runtime::{SpawnSpec, fault};
-use sandstone_storage::{Storage, Template};
-use sandstone_store::{SandboxRow, Store};
+use sandstone_volumes::{Storage, Template};
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, RwLock};
@@ -311,7 +311,7 @@ impl Lifecycle {
 
     fn template(&self, id: &str) -> ApiResult<Template> {
         self.storage.template(id).map_err(|e| match e {
-            sandstone_storage::Error::UnknownTemplate(t) => ApiError::not_found("template", &t),
+            sandstone_volumes::Error::UnknownTemplate(t) => ApiError::not_found("template", &t),
             other => internal(other),
         })
     }
@@ -342,10 +342,10 @@ impl Lifecycle {
         res: Option<&sandstone_api::Resources>,
     ) -> ApiResult<Option<u64>> {
         let max = match self.storage.pool.driver {
-            sandstone_storage::Driver::Btrfs => {
+            sandstone_volumes::Driver::Btrfs => {
                 Some(self.storage.pool.space().map_err(internal)?.max_cap())
             }
-            sandstone_storage::Driver::Dir => None,
+            sandstone_volumes::Driver::Dir => None,
         };
         limits::disk(res, template.disk.as_deref(), max)
     }

@@ -4,6 +4,8 @@
 
 use crate::error::{ApiError, ApiResult};
 use futures_util::future::BoxFuture;
+use sandstone_db::secrets::Sealer;
+use sandstone_db::{AuditRow, Store};
 use sandstone_egress::addr::SubnetPool;
 use sandstone_egress::audit::{AuditEvent, AuditSink};
 use sandstone_egress::ca::{InstallationCa, SANDBOX_BUNDLE, TRUST_ENV};
@@ -13,8 +15,6 @@ use sandstone_egress::intercept::Interceptor;
 use sandstone_egress::state::Egress;
 use sandstone_egress::{NetworkPolicy, OperatorRules};
 use sandstone_runtime::net::NetSpec;
-use sandstone_store::secrets::Sealer;
-use sandstone_store::{AuditRow, Store};
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -107,7 +107,7 @@ fn spawn_audit_writer(store: Arc<dyn Store>) -> StoreSink {
 /// none) with the claim's merged over it (the claim's mode wins when it
 /// sets one; rules merge by name). Bad fields are a 400 naming them.
 pub fn policy_of(
-    template: &sandstone_storage::Template,
+    template: &sandstone_volumes::Template,
     config: &sandstone_api::SandboxConfig,
 ) -> ApiResult<NetworkPolicy> {
     let base = match &template.network {

@@ -4,8 +4,8 @@
 
 use super::{Lifecycle, Runtime};
 use crate::initclient;
+use sandstone_db::SandboxRow;
 use sandstone_init::proto::{Request, Response};
-use sandstone_store::SandboxRow;
 use std::collections::{BTreeSet, HashSet};
 
 impl Lifecycle {

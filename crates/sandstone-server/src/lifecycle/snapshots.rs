@@ -6,8 +6,8 @@ use super::{Lifecycle, config_of, internal, random_hex};
 use crate::error::{ApiError, ApiResult};
 use sandstone_api::SandboxConfig;
 use sandstone_api::timefmt::now_ms;
+use sandstone_db::{SandboxRow, SnapshotRow};
 use sandstone_runtime::fault;
-use sandstone_store::{SandboxRow, SnapshotRow};
 
 impl Lifecycle {
     fn disk_cap(

@@ -7,7 +7,7 @@
 use super::{Lifecycle, Runtime, internal, random_hex};
 use crate::error::ApiResult;
 use sandstone_api::SandboxConfig;
-use sandstone_storage::Template;
+use sandstone_volumes::Template;
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;

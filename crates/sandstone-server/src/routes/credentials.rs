@@ -9,7 +9,7 @@ use axum::http::StatusCode;
 use axum::response::Response;
 use sandstone_api as api;
 use sandstone_api::timefmt::{now_ms, rfc3339_ms};
-use sandstone_store::CredentialRow;
+use sandstone_db::CredentialRow;
 use serde_json::json;
 
 const MAX_VALUE: usize = 8192;

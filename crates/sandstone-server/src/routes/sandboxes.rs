@@ -9,7 +9,7 @@ use axum::http::StatusCode;
 use axum::response::Response;
 use sandstone_api as api;
 use sandstone_api::timefmt::rfc3339_ms;
-use sandstone_store::SandboxRow;
+use sandstone_db::SandboxRow;
 use std::collections::HashMap;
 
 fn runtime_id(row: &SandboxRow) -> String {

@@ -9,7 +9,7 @@ use axum::http::StatusCode;
 use axum::response::Response;
 use sandstone_api as api;
 use sandstone_api::timefmt::rfc3339_ms;
-use sandstone_store::SnapshotRow;
+use sandstone_db::SnapshotRow;
 use serde_json::json;
 
 fn to_api(s: &SnapshotRow) -> api::Snapshot {

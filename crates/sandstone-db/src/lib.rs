@@ -1,5 +1,12 @@
-//! Metadata store: sandboxes and API keys, behind the [`Store`] trait so a
-//! PostgreSQL backend can sit beside the embedded SQLite one.
+//! The metadata database: every durable record that is not file content.
+//!
+//! Sandboxes (with their pending operation), snapshots, credential sources
+//! (values sealed by [`secrets::Sealer`]), egress audit records and API keys
+//! sit behind the [`Store`] trait; the Managed Agents control plane's
+//! documents and session events behind [`agents::AgentsStore`]. Both traits
+//! exist so a PostgreSQL backend can sit beside the embedded SQLite one.
+//! File content (volumes, templates, snapshots' layers) lives on disk, in
+//! `sandstone-volumes`.
 
 pub mod agents;
 pub mod secrets;

@@ -1,4 +1,7 @@
-//! On-disk layout of templates, sandboxes and snapshots.
+//! Volumes and templates on disk: the layout of templates, sandboxes'
+//! volumes and snapshots, the btrfs (or plain directory) pool they live in,
+//! and the builders of the built-in templates. Metadata about them lives in
+//! `sandstone-db`.
 //!
 //! ```text
 //! <data>/templates/<id>/rootfs       template lower layer
