@@ -3,6 +3,9 @@
 //! scripted Messages API standing in for the model; and the work queue's
 //! protocol edge cases over plain HTTP.
 
+// Test code: an unexpected failure is the test failing, so unwrap is the point.
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use common::agents::{

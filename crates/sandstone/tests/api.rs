@@ -1,5 +1,8 @@
 //! End-to-end: the REST API against a real daemon and real sandboxes.
 
+// Test code: an unexpected failure is the test failing, so unwrap is the point.
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use common::Daemon;

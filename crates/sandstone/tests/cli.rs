@@ -1,6 +1,9 @@
 //! The `sandstone` CLI against a real daemon: create, streaming exec with
 //! exit codes and timeouts, an interactive shell over a PTY, cp, ls, rm.
 
+// Test code: an unexpected failure is the test failing, so unwrap is the point.
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use common::{Daemon, cli, text};

@@ -1,6 +1,9 @@
 //! Credential sources: write-only values, sealed at rest with a key outside
 //! the database, never in a response, an error or a log line.
 
+// Test code: an unexpected failure is the test failing, so unwrap is the point.
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use common::{Daemon, assert_names};

@@ -4,6 +4,9 @@
 //! built `default` template named by `SANDSTONE_TEST_DEFAULT`
 //! (scripts/test.sh builds and caches one).
 
+// Test code: an unexpected failure is the test failing, so unwrap is the point.
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use common::fake_internet::FakeInternet;

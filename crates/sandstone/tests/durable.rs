@@ -1,6 +1,9 @@
 //! Durable sandboxes: pause/resume, auto-resume, ttl, snapshots, fork,
 //! restore, disk caps, and crashes in the middle of each operation.
 
+// Test code: an unexpected failure is the test failing, so unwrap is the point.
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use common::Daemon;

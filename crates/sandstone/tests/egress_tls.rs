@@ -4,6 +4,9 @@
 //! against a fake internet with its own CA and a git server that needs the
 //! token.
 
+// Test code: an unexpected failure is the test failing, so unwrap is the point.
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use common::fake_internet::FakeInternet;

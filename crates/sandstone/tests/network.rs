@@ -1,6 +1,9 @@
 //! Sandbox networking: a veth behind the host firewall, the egress proxy
 //! and the policy resolver, against a fake internet this test builds.
 
+// Test code: an unexpected failure is the test failing, so unwrap is the point.
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use common::{assert_names, cli, networked, text};

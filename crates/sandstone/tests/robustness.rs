@@ -2,6 +2,9 @@
 //! inherited, output floods and slow readers, memory exhaustion inside a
 //! sandbox, and the death of a sandbox's init.
 
+// Test code: an unexpected failure is the test failing, so unwrap is the point.
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use common::Daemon;

@@ -2,6 +2,9 @@
 //! files, delete. Needs a Python with `sandbox0` installed, named by
 //! `SANDSTONE_SDK_PYTHON` (scripts/test.sh and CI provide one).
 
+// Test code: an unexpected failure is the test failing, so unwrap is the point.
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use common::{Daemon, run_python, sdk_python};

@@ -1,5 +1,8 @@
 //! Negative security tests: each attack from inside a sandbox must fail.
 
+// Test code: an unexpected failure is the test failing, so unwrap is the point.
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use common::Daemon;

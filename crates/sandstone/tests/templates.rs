@@ -2,6 +2,9 @@
 //! packages; `default` resolves to it once built. Needs a built template
 //! named by `SANDSTONE_TEST_DEBIAN` (scripts/test.sh builds and caches one).
 
+// Test code: an unexpected failure is the test failing, so unwrap is the point.
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use common::Daemon;

@@ -4,6 +4,9 @@
 //! the protocol's fault cases, a worker killed mid-tool, two workers on one
 //! queue, skills, memory, outputs, and no credential inside a sandbox.
 
+// Test code: an unexpected failure is the test failing, so unwrap is the point.
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use common::agents::{
