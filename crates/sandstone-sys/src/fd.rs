@@ -2,6 +2,7 @@
 //! inherited.
 
 use crate::{cvt, owned};
+use std::ffi::CStr;
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::time::Duration;
@@ -81,6 +82,20 @@ pub fn dup_to(from: RawFd, to: RawFd) -> io::Result<()> {
     // SAFETY: dup2 touches only the descriptor table; whatever `to` held is
     // replaced, which is what the caller asks for.
     cvt(unsafe { libc::dup2(from, to) })?;
+    Ok(())
+}
+
+/// Opens `path` read-only as descriptor number `fd`, inheritable (not
+/// close-on-exec). Async-signal-safe: for a child between fork and exec.
+pub fn open_read_only_as(path: &CStr, fd: RawFd) -> io::Result<()> {
+    // SAFETY: `path` is NUL-terminated and outlives the call.
+    let opened = cvt(unsafe { libc::open(path.as_ptr(), libc::O_RDONLY) })?;
+    if opened != fd {
+        dup_to(opened, fd)?;
+        // SAFETY: `opened` is the descriptor just made here, owned by
+        // nothing else; `fd` now holds its copy.
+        unsafe { libc::close(opened) };
+    }
     Ok(())
 }
 

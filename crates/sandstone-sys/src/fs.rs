@@ -15,15 +15,28 @@ pub fn filesystem_type(path: &CStr) -> io::Result<i64> {
     Ok(st.f_type as i64)
 }
 
-/// The mount flags (`f_flag`: `ST_NOSUID`, `ST_NODEV`, ...) of the mount
-/// `path` is on.
-pub fn mount_flags(path: &CStr) -> io::Result<libc::c_ulong> {
+/// What statvfs(2) says of a mounted filesystem.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FsStats {
+    /// Mount flags: `ST_NOSUID`, `ST_NODEV`, ...
+    pub flags: libc::c_ulong,
+    pub total_bytes: u64,
+    /// Free to an unprivileged user.
+    pub available_bytes: u64,
+}
+
+/// The filesystem `path` is on.
+pub fn statvfs(path: &CStr) -> io::Result<FsStats> {
     // SAFETY: statvfs is plain data for which all zeroes is a value.
     let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
     // SAFETY: `path` is NUL-terminated and `st` a live statvfs, both
     // outliving the call.
     cvt(unsafe { libc::statvfs(path.as_ptr(), &mut st) })?;
-    Ok(st.f_flag)
+    Ok(FsStats {
+        flags: st.f_flag,
+        total_bytes: st.f_blocks * st.f_frsize,
+        available_bytes: st.f_bavail * st.f_frsize,
+    })
 }
 
 /// An ioctl whose argument is a pointer to a `T` the kernel reads and
@@ -115,6 +128,7 @@ mod tests {
         std::fs::remove_dir_all(&dir).expect("clean up");
         // A cut-short buffer yields what is whole and stops.
         assert_eq!(inotify_events(&buf[..n - 1]).count(), events.len() - 1);
-        assert!(mount_flags(c"/").is_ok() && filesystem_type(c"/").is_ok());
+        assert!(statvfs(c"/").expect("statvfs").total_bytes > 0);
+        assert!(filesystem_type(c"/").is_ok());
     }
 }
