@@ -6,6 +6,11 @@
 //! ipc, uts and cgroup namespaces, writes the id maps and exits. PID 1 finishes
 //! the rootfs ([`rootfs`]), hardens itself ([`harden`], [`seccomp`]) and serves
 //! the init protocol. Resource limits live in [`cgroup`].
+//!
+//! System calls go through `sandstone_sys`. The only `unsafe` left here
+//! are its two forks into new namespaces (PID 1 in [`spawn`], the id-map
+//! holder in [`idmap`]), sound because the helper that makes them is
+//! single-threaded.
 
 pub mod cgroup;
 pub mod fault;

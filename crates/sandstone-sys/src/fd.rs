@@ -112,7 +112,9 @@ pub fn redirect_stdio(
 }
 
 /// One descriptor to wait on in [`poll`]: `struct pollfd`, laid out as the
-/// kernel reads it.
+/// kernel reads it. It holds the descriptor's number, not a borrow (a
+/// caller reads the descriptors it polled while the set is still in use);
+/// one closed meanwhile is reported ready (POLLNVAL), never misread.
 #[repr(transparent)]
 #[derive(Clone, Copy)]
 pub struct PollFd(libc::pollfd);
