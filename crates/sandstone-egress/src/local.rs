@@ -6,7 +6,7 @@
 
 use std::io::{Error, ErrorKind, Result};
 use std::net::IpAddr;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::AsFd;
 
 const RTM_NEWROUTE: u16 = 24;
 const RTM_GETROUTE: u16 = 26;
@@ -64,48 +64,16 @@ pub(crate) fn parse_reply(reply: &[u8]) -> Option<Result<bool>> {
 /// Whether `ip` is an address of this host (in the caller's network
 /// namespace), by the kernel's routing decision now.
 pub fn is_local(ip: IpAddr) -> Result<bool> {
-    // SAFETY: socket(2) with constant arguments; the result is checked and
-    // owned at once.
-    let fd = unsafe {
-        libc::socket(
-            libc::AF_NETLINK,
-            libc::SOCK_RAW | libc::SOCK_CLOEXEC,
-            libc::NETLINK_ROUTE,
-        )
-    };
-    if fd < 0 {
-        return Err(Error::last_os_error());
-    }
-    // SAFETY: `fd` is a descriptor just opened and owned by nothing else.
-    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-    let timeout = libc::timeval {
-        tv_sec: 1,
-        tv_usec: 0,
-    };
-    // SAFETY: `timeout` is a valid timeval for the length given.
-    unsafe {
-        libc::setsockopt(
-            fd.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_RCVTIMEO,
-            &timeout as *const libc::timeval as *const _,
-            std::mem::size_of::<libc::timeval>() as libc::socklen_t,
-        )
-    };
-    let msg = request(ip);
-    // SAFETY: the buffer is valid for its length; an unbound netlink socket
-    // sends to the kernel.
-    if unsafe { libc::send(fd.as_raw_fd(), msg.as_ptr() as *const _, msg.len(), 0) } < 0 {
-        return Err(Error::last_os_error());
-    }
+    use sandstone_sys::net;
+    let fd = net::netlink_route_socket()?;
+    // Without it a lost answer would hang the connection; setting it on a
+    // fresh socket cannot fail.
+    let _ = net::set_recv_timeout(fd.as_fd(), std::time::Duration::from_secs(1));
+    net::send(fd.as_fd(), &request(ip))?;
     let mut reply = [0u8; 4096];
     loop {
-        // SAFETY: `reply` is valid for writes of its length.
-        let n = unsafe { libc::recv(fd.as_raw_fd(), reply.as_mut_ptr() as *mut _, reply.len(), 0) };
-        if n < 0 {
-            return Err(Error::last_os_error());
-        }
-        if let Some(answer) = parse_reply(&reply[..n as usize]) {
+        let n = net::recv(fd.as_fd(), &mut reply)?;
+        if let Some(answer) = parse_reply(&reply[..n]) {
             return answer;
         }
         if n == 0 {

@@ -12,8 +12,8 @@ use crate::audit::{AuditEvent, now_ms};
 use crate::policy::{AppProtocol, Connection, Decision, Transport};
 use crate::sniff::{MAX_SNIFF, Sniffed, sniff};
 use crate::state::{Egress, SandboxNet};
-use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
-use std::os::fd::AsRawFd;
+use std::net::{IpAddr, SocketAddr};
+use std::os::fd::AsFd;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -41,26 +41,7 @@ pub async fn serve(listener: TcpListener, egress: Arc<Egress>) {
 }
 
 fn original_dst(s: &TcpStream) -> std::io::Result<SocketAddr> {
-    let mut addr: libc::sockaddr_in = unsafe { std::mem::zeroed() };
-    let mut len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
-    const SO_ORIGINAL_DST: libc::c_int = 80;
-    let r = unsafe {
-        libc::getsockopt(
-            s.as_raw_fd(),
-            libc::SOL_IP,
-            SO_ORIGINAL_DST,
-            &mut addr as *mut _ as *mut _,
-            &mut len,
-        )
-    };
-    if r < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    let ip = Ipv4Addr::from(u32::from_be(addr.sin_addr.s_addr));
-    Ok(SocketAddr::V4(SocketAddrV4::new(
-        ip,
-        u16::from_be(addr.sin_port),
-    )))
+    sandstone_sys::net::original_dst(s.as_fd()).map(SocketAddr::V4)
 }
 
 /// Reads until the protocol is known (or the client stays silent).
@@ -151,19 +132,9 @@ impl Flow {
 /// Makes the coming close a reset (SO_LINGER 0), so the client fails at
 /// once rather than waiting; a zero linger never blocks.
 fn reset(conn: &TcpStream) {
-    let l = libc::linger {
-        l_onoff: 1,
-        l_linger: 0,
-    };
-    unsafe {
-        libc::setsockopt(
-            conn.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_LINGER,
-            &l as *const libc::linger as *const _,
-            std::mem::size_of::<libc::linger>() as libc::socklen_t,
-        )
-    };
+    // On a connected TCP socket this cannot fail; at worst the close is
+    // an orderly one.
+    let _ = sandstone_sys::net::set_reset_on_close(conn.as_fd());
 }
 
 async fn refuse(mut conn: TcpStream, flow: &Flow, reason: &str) {

@@ -3,8 +3,9 @@
 //! nothing through user space (with two cores shared by sandbox, proxy and
 //! server, copies cost a third of the throughput).
 
-use std::io::{Error, ErrorKind, Result};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use sandstone_sys::fd::splice;
+use std::io::{ErrorKind, Result};
+use std::os::fd::{AsFd, OwnedFd};
 use std::sync::atomic::{AtomicU64, Ordering};
 use tokio::io::Interest;
 use tokio::net::TcpStream;
@@ -12,34 +13,11 @@ use tokio::net::TcpStream;
 const PIPE_SIZE: usize = 1 << 20;
 
 fn pipe() -> Result<(OwnedFd, OwnedFd)> {
-    let mut fds = [0; 2];
-    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_NONBLOCK | libc::O_CLOEXEC) } < 0 {
-        return Err(Error::last_os_error());
-    }
-    let (r, w) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    let (r, w) = sandstone_sys::fd::pipe(libc::O_NONBLOCK | libc::O_CLOEXEC)?;
     // Larger pipes mean fewer trips; the default (64 KiB) still works when
     // the limit for unprivileged pipes refuses this.
-    unsafe { libc::fcntl(w.as_raw_fd(), libc::F_SETPIPE_SZ, PIPE_SIZE as libc::c_int) };
+    let _ = sandstone_sys::fd::set_pipe_size(w.as_fd(), PIPE_SIZE as libc::c_int);
     Ok((r, w))
-}
-
-fn splice(from: i32, to: i32, len: usize) -> Result<usize> {
-    let flags = libc::SPLICE_F_MOVE | libc::SPLICE_F_NONBLOCK;
-    let n = unsafe {
-        libc::splice(
-            from,
-            std::ptr::null_mut(),
-            to,
-            std::ptr::null_mut(),
-            len,
-            flags,
-        )
-    };
-    if n < 0 {
-        Err(Error::last_os_error())
-    } else {
-        Ok(n as usize)
-    }
 }
 
 /// Waits until `s` is ready for `interest` and runs `op` once it does.
@@ -62,17 +40,18 @@ async fn pump(from: &TcpStream, to: &TcpStream, total: &AtomicU64) -> Result<()>
     let (r, w) = pipe()?;
     loop {
         let n = when_ready(from, Interest::READABLE, || {
-            splice(from.as_raw_fd(), w.as_raw_fd(), PIPE_SIZE)
+            splice(from.as_fd(), w.as_fd(), PIPE_SIZE)
         })
         .await?;
         if n == 0 {
-            unsafe { libc::shutdown(to.as_raw_fd(), libc::SHUT_WR) };
+            // A peer already gone has nothing left to tell.
+            let _ = sandstone_sys::net::shutdown_write(to.as_fd());
             return Ok(());
         }
         let mut left = n;
         while left > 0 {
             left -= when_ready(to, Interest::WRITABLE, || {
-                splice(r.as_raw_fd(), to.as_raw_fd(), left)
+                splice(r.as_fd(), to.as_fd(), left)
             })
             .await?;
         }

@@ -1,8 +1,8 @@
 //! File operations. They run in PID 1, after pivot_root: every path and
 //! symlink resolves inside the sandbox's own root, never on the host.
 
+use crate::proto::{ErrorCode, FileInfo, Request, Response};
 use crate::serve::io_error;
-use sandstone_init::proto::{ErrorCode, FileInfo, Request, Response};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
 

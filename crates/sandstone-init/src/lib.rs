@@ -1,8 +1,100 @@
-//! The protocol between the daemon and `sandstone-init` (PID 1 of a sandbox).
+//! `sandstone-init`: PID 1 of every sandbox, and (in `spawn` mode) the
+//! short-lived helper that creates it (see `sandstone_runtime::spawn`);
+//! the binary only calls [`run`].
 //!
-//! A frame is two big-endian u32 lengths (header, payload), a JSON header and
-//! raw payload bytes, so file contents and process output travel unencoded.
-//! One request is answered by one or more frames; streaming answers end with a
-//! terminal frame ([`Response::is_terminal`]).
+//! [`proto`] is the protocol between the daemon and PID 1: a frame is two
+//! big-endian u32 lengths (header, payload), a JSON header and raw payload
+//! bytes, so file contents and process output travel unencoded. One
+//! request is answered by one or more frames; streaming answers end with a
+//! terminal frame ([`proto::Response::is_terminal`]). The daemon links this
+//! library for [`proto`] alone.
 
+mod files;
+mod procs;
 pub mod proto;
+mod repl;
+mod serve;
+mod toolset;
+mod watch;
+
+use sandstone_runtime::spawn::{SandboxStart, SpawnSpec, prepare_sandbox, spawn};
+use std::io::{Read, Write};
+
+/// The binary's `main`: runs the mode its first argument names.
+pub fn run() {
+    match std::env::args().nth(1).as_deref() {
+        Some("spawn") => spawn_mode(),
+        Some("tmpfs") => tmpfs_mode(),
+        _ => {
+            eprintln!(
+                "sandstone-init is started by the Sandstone daemon (usage: sandstone-init spawn < spec.json)"
+            );
+            std::process::exit(2);
+        }
+    }
+}
+
+fn spawn_mode() {
+    // The daemon's descriptors are close-on-exec, but whoever ran us may
+    // have left others open: none of them may reach the sandbox.
+    if let Err(e) = sandstone_sys::fd::close_from(3) {
+        eprintln!("close descriptors from 3: {e}");
+        std::process::exit(1);
+    }
+    let mut input = Vec::new();
+    let spec: SpawnSpec = match std::io::stdin()
+        .read_to_end(&mut input)
+        .map_err(|e| e.to_string())
+        .and_then(|_| serde_json::from_slice(&input).map_err(|e| e.to_string()))
+    {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("bad spawn spec: {e}");
+            std::process::exit(2);
+        }
+    };
+    match spawn(&spec, sandbox_main) {
+        Ok(pid) => println!("pid {pid}"),
+        Err(e) => {
+            eprintln!("{e}");
+            std::process::exit(1);
+        }
+    }
+}
+
+/// `tmpfs <pid> [memory bytes]`: re-sizes a running sandbox's tmpfs mounts.
+fn tmpfs_mode() {
+    let args: Vec<String> = std::env::args().skip(2).collect();
+    let pid = args.first().and_then(|p| p.parse().ok());
+    let memory = args.get(1).and_then(|m| m.parse().ok());
+    let Some(pid) = pid else {
+        eprintln!("usage: sandstone-init tmpfs <pid> [memory bytes]");
+        std::process::exit(2);
+    };
+    if let Err(e) = sandstone_runtime::rootfs::resize_tmpfs(pid, memory) {
+        eprintln!("{e}");
+        std::process::exit(1);
+    }
+}
+
+fn sandbox_main(mut start: SandboxStart) -> ! {
+    if let Err(e) = prepare_sandbox(&mut start) {
+        let _ = start.status.write_all(e.to_string().as_bytes());
+        sandstone_sys::process::exit_immediately(1);
+    }
+    // SIGCHLD is consumed by the reaper thread only; every thread inherits
+    // the blocked mask, and spawned commands get a clean one from std.
+    procs::set_sandbox_env(start.spec.env.clone());
+    if let Some(f) = start.oom_score_adj.take()
+        && let Err(e) = procs::set_oom_score_adj_file(f)
+    {
+        let _ = start
+            .status
+            .write_all(format!("read oom_score_adj: {e}").as_bytes());
+        sandstone_sys::process::exit_immediately(1);
+    }
+    procs::block_sigchld();
+    let _ = start.status.write_all(b"ok");
+    drop(start.status);
+    serve::serve(start.listener);
+}

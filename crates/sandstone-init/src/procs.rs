@@ -1,11 +1,13 @@
 //! Process contexts: spawning, output capture and fan-out, the reaper.
 
+use crate::proto::{ExitInfo, ProcInfo, ProcKind, PtySize, Stream};
 use crate::repl;
-use sandstone_init::proto::{ExitInfo, ProcInfo, ProcKind, PtySize, Stream};
+use sandstone_sys::fd::PollFd;
+use sandstone_sys::process::{self, Exit, Pid};
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::fs::File;
 use std::io::{Read, Write};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
 use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
@@ -117,100 +119,49 @@ pub fn now_ms() -> u64 {
 }
 
 pub fn block_sigchld() {
-    unsafe {
-        let mut set: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut set);
-        libc::sigaddset(&mut set, libc::SIGCHLD);
-        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
-    }
+    // Cannot fail: SIGCHLD is a valid signal and SIG_BLOCK a valid how.
+    let _ = process::block_signal(libc::SIGCHLD);
     std::thread::Builder::new()
         .spawn(reaper)
         .expect("reaper thread at start");
 }
 
 fn reaper() {
-    let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
-    unsafe {
-        libc::sigemptyset(&mut set);
-        libc::sigaddset(&mut set, libc::SIGCHLD);
-    }
     loop {
-        unsafe { libc::sigwaitinfo(&set, std::ptr::null_mut()) };
-        loop {
-            let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
-            let r = unsafe {
-                libc::waitid(
-                    libc::P_ALL,
-                    0,
-                    &mut info,
-                    libc::WEXITED | libc::WNOHANG | libc::WNOWAIT,
-                )
-            };
-            let pid = unsafe { info.si_pid() };
-            if r < 0 || pid == 0 {
-                break;
-            }
+        // Cannot fail: SIGCHLD is blocked in every thread.
+        let _ = process::wait_for_signal(libc::SIGCHLD);
+        while let Ok(Some(pid)) = process::peek_ended_child() {
             let _guard = SPAWN_LOCK.lock().unwrap();
-            let mut status = 0;
-            if unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) } != pid {
+            let Ok(Some(exit)) = process::try_wait(pid) else {
                 continue;
-            }
-            let proc = TABLE.lock().unwrap().by_pid.remove(&pid);
+            };
+            let proc = TABLE.lock().unwrap().by_pid.remove(&pid.as_raw());
             if let Some(p) = proc {
-                p.exited(status);
+                p.exited(exit);
             }
         }
     }
 }
 
 fn eventfd() -> OwnedFd {
-    let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
-    assert!(fd >= 0, "eventfd");
-    unsafe { OwnedFd::from_raw_fd(fd) }
+    sandstone_sys::fd::eventfd().expect("eventfd")
 }
 
 fn pipe() -> std::io::Result<(File, File)> {
-    let mut fds = [0; 2];
-    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(unsafe { (File::from_raw_fd(fds[0]), File::from_raw_fd(fds[1])) })
+    let (r, w) = sandstone_sys::fd::pipe(libc::O_CLOEXEC)?;
+    Ok((File::from(r), File::from(w)))
 }
 
 fn open_pty(size: PtySize) -> std::io::Result<(File, File)> {
-    unsafe {
-        let master = libc::posix_openpt(libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC);
-        if master < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        let master = File::from_raw_fd(master);
-        if libc::grantpt(master.as_raw_fd()) < 0 || libc::unlockpt(master.as_raw_fd()) < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        let mut name = [0 as libc::c_char; 128];
-        if libc::ptsname_r(master.as_raw_fd(), name.as_mut_ptr(), name.len()) != 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        let slave = libc::open(
-            name.as_ptr(),
-            libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC,
-        );
-        if slave < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        set_winsize(&master, size);
-        Ok((master, File::from_raw_fd(slave)))
-    }
+    let (master, slave) = sandstone_sys::term::open_pty()?;
+    let master = File::from(master);
+    set_winsize(&master, size);
+    Ok((master, File::from(slave)))
 }
 
 fn set_winsize(f: &File, size: PtySize) {
-    let ws = libc::winsize {
-        ws_row: size.rows,
-        ws_col: size.cols,
-        ws_xpixel: 0,
-        ws_ypixel: 0,
-    };
-    unsafe { libc::ioctl(f.as_raw_fd(), libc::TIOCSWINSZ, &ws) };
+    // A PTY master always takes a size.
+    let _ = sandstone_sys::term::set_window_size(f.as_fd(), size.rows, size.cols);
 }
 
 pub struct SpawnRequest {
@@ -344,28 +295,32 @@ pub fn spawn(req: SpawnRequest) -> std::io::Result<(Arc<Proc>, Receiver<Event>)>
             // Keep the pipe ends alive until spawn returns.
             let keep = (code_r, status_w);
             first_private = 5;
+            // SAFETY: the hook runs between fork and exec and makes only
+            // async-signal-safe calls (dup2), on descriptors `keep` holds
+            // open until spawn returns.
             unsafe {
                 cmd.pre_exec(move || {
-                    if libc::dup2(cr, 3) < 0 || libc::dup2(sw, 4) < 0 {
-                        return Err(std::io::Error::last_os_error());
-                    }
-                    Ok(())
+                    sandstone_sys::fd::dup_to(cr, 3)?;
+                    sandstone_sys::fd::dup_to(sw, 4)
                 });
             }
             (Some((code_w, keep)), Some(status_r))
         }
         ProcKind::Cmd { .. } => (None, None),
     };
-    // SAFETY: only async-signal-safe calls (setsid, ioctl, close_range)
-    // between fork and exec.
+    // SAFETY: the hook runs between fork and exec and makes only
+    // async-signal-safe calls (setsid, ioctl, close_range), allocating
+    // nothing.
     unsafe {
         cmd.pre_exec(move || {
             // Own session: signals and timeouts address the whole group.
-            libc::setsid();
+            // (A forked child leads no group, so setsid cannot fail.)
+            let _ = process::setsid();
             if is_pty {
-                libc::ioctl(0, libc::TIOCSCTTY, 0);
+                // Best effort, as before: the PTY still carries the I/O.
+                let _ = sandstone_sys::term::take_controlling_terminal();
             }
-            sandstone_runtime::cloexec_descriptors_from(first_private)?;
+            sandstone_sys::fd::cloexec_from(first_private)?;
             Ok(())
         });
     }
@@ -439,10 +394,8 @@ pub fn remove(id: &str) -> Option<Arc<Proc>> {
 }
 
 fn set_nonblocking(f: &File) {
-    unsafe {
-        let fl = libc::fcntl(f.as_raw_fd(), libc::F_GETFL);
-        libc::fcntl(f.as_raw_fd(), libc::F_SETFL, fl | libc::O_NONBLOCK);
-    }
+    // A pipe or PTY we hold takes the flag.
+    let _ = sandstone_sys::fd::set_nonblocking(f.as_fd());
 }
 
 impl Proc {
@@ -537,26 +490,23 @@ impl Proc {
     }
 
     fn wake(&self) {
-        let one: u64 = 1;
-        // SAFETY: an 8-byte write from a live u64 to the eventfd we own.
-        unsafe { libc::write(self.wake.as_raw_fd(), &one as *const u64 as *const _, 8) };
+        // Only a counter at its maximum refuses, and one wake is enough.
+        let _ = sandstone_sys::fd::eventfd_signal(self.wake.as_fd());
     }
 
-    fn exited(&self, status: i32) {
+    fn exited(&self, exit: Exit) {
         let timed_out = self.shared.lock().unwrap().timed_out;
-        let info = if libc::WIFSIGNALED(status) {
-            let sig = libc::WTERMSIG(status);
-            ExitInfo {
+        let info = match exit {
+            Exit::Signal(sig) => ExitInfo {
                 exit_code: Some(128 + sig),
                 signal: Some(sig),
                 timed_out,
-            }
-        } else {
-            ExitInfo {
-                exit_code: Some(libc::WEXITSTATUS(status)),
+            },
+            Exit::Code(code) => ExitInfo {
+                exit_code: Some(code),
                 signal: None,
                 timed_out,
-            }
+            },
         };
         *self.pending_exit() = Some(info);
         self.wake();
@@ -587,34 +537,26 @@ impl Proc {
             // grace ends. The REPL status waits too: it must follow the
             // output written before it.
             let paused = self.paused_for_reader();
-            let mut pollfds: Vec<libc::pollfd> = fds
+            let mut pollfds: Vec<PollFd> = fds
                 .iter()
-                .map(|(f, _)| libc::pollfd {
-                    fd: match (f, paused) {
-                        (Some(f), None) => f.as_raw_fd(),
-                        _ => -1,
-                    },
-                    events: libc::POLLIN,
-                    revents: 0,
+                .map(|(f, _)| {
+                    PollFd::readable(match (f, paused) {
+                        (Some(f), None) => Some(f.as_fd()),
+                        _ => None,
+                    })
                 })
                 .collect();
-            pollfds.push(libc::pollfd {
-                fd: self.wake.as_raw_fd(),
-                events: libc::POLLIN,
-                revents: 0,
-            });
+            pollfds.push(PollFd::readable(Some(self.wake.as_fd())));
             // Rounded up, so a wait never ends just before the grace does.
-            let timeout = paused.map_or(-1, |d| d.as_millis().min(60_000) as i32 + 1);
-            // SAFETY: `pollfds` is a live, exclusively borrowed array of
-            // `len` pollfd structs for the duration of the call.
-            let n = unsafe { libc::poll(pollfds.as_mut_ptr(), pollfds.len() as _, timeout) };
-            if n <= 0 {
+            let timeout =
+                paused.map(|d| Duration::from_millis(d.as_millis().min(60_000) as u64 + 1));
+            if !matches!(sandstone_sys::fd::poll(&mut pollfds, timeout), Ok(1..)) {
                 continue;
             }
             // Output first: anything written before a status or exit must be
             // published before it.
             for (i, (slot, src)) in fds.iter_mut().enumerate() {
-                if pollfds[i].revents == 0 || matches!(src, Source::Status) {
+                if !pollfds[i].is_ready() || matches!(src, Source::Status) {
                     continue;
                 }
                 if let Source::Out(stream) = src
@@ -624,7 +566,7 @@ impl Proc {
                 }
             }
             for (i, (slot, src)) in fds.iter_mut().enumerate() {
-                if pollfds[i].revents == 0 || !matches!(src, Source::Status) {
+                if !pollfds[i].is_ready() || !matches!(src, Source::Status) {
                     continue;
                 }
                 match slot.as_mut().unwrap().read(&mut buf) {
@@ -641,11 +583,9 @@ impl Proc {
                     Err(_) => *slot = None,
                 }
             }
-            if pollfds.last().is_some_and(|p| p.revents != 0) {
-                let mut count = [0u8; 8];
-                // SAFETY: an 8-byte read into a local buffer from the
-                // eventfd we own (non-blocking), resetting its counter.
-                unsafe { libc::read(self.wake.as_raw_fd(), count.as_mut_ptr().cast(), 8) };
+            if pollfds.last().is_some_and(PollFd::is_ready) {
+                // Resets the counter; it was ready, so there is one to read.
+                let _ = sandstone_sys::fd::eventfd_clear(self.wake.as_fd());
                 if self.pending_exit().is_none() {
                     continue; // a reader came for held output
                 }
@@ -681,10 +621,8 @@ impl Proc {
     }
 
     pub fn signal(&self, sig: i32) -> std::io::Result<()> {
-        if unsafe { libc::kill(-self.pid, sig) } < 0 && unsafe { libc::kill(self.pid, sig) } < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        Ok(())
+        let pid = Pid::from_raw(self.pid);
+        process::kill_group(pid, sig).or_else(|_| process::kill(pid, sig))
     }
 
     pub fn kill(&self) {

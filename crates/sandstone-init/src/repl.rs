@@ -78,7 +78,7 @@ pub fn command(language: &str) -> std::io::Result<(String, Vec<String>)> {
 /// Frames `code` for the context's driver.
 pub fn frame(proc: &Proc, code: &str) -> Vec<u8> {
     match &proc.kind {
-        sandstone_init::proto::ProcKind::Repl { language } if language.starts_with("py") => {
+        crate::proto::ProcKind::Repl { language } if language.starts_with("py") => {
             let mut v = format!("{:08x}", code.len()).into_bytes();
             v.extend_from_slice(code.as_bytes());
             v

@@ -1,10 +1,8 @@
 //! The daemon-facing server: one thread per connection, one request at a time.
 
 use crate::procs::{self, Event, Proc, SpawnRequest};
+use crate::proto::{ErrorCode, ExitInfo, ProcKind, Request, Response, read_frame, write_frame};
 use crate::{files, repl, toolset, watch};
-use sandstone_init::proto::{
-    ErrorCode, ExitInfo, ProcKind, Request, Response, read_frame, write_frame,
-};
 use std::io::{BufWriter, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::sync::mpsc::{Receiver, RecvTimeoutError};

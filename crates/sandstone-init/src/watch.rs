@@ -1,11 +1,12 @@
 //! File watch through inotify, streamed until the daemon hangs up.
 
+use crate::proto::{Response, write_frame};
 use crate::serve::io_error;
-use sandstone_init::proto::{Response, write_frame};
+use sandstone_sys::fd::PollFd;
 use std::collections::HashMap;
 use std::ffi::CString;
-use std::io::Write;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::io::{Read, Write};
+use std::os::fd::AsFd;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
@@ -19,7 +20,8 @@ const MASK: u32 = libc::IN_CREATE
     | libc::IN_ATTRIB;
 
 struct Watcher {
-    fd: OwnedFd,
+    /// The inotify instance (a File, to read events from).
+    fd: std::fs::File,
     dirs: HashMap<i32, PathBuf>,
     recursive: bool,
 }
@@ -28,10 +30,7 @@ impl Watcher {
     fn add(&mut self, path: &Path) -> std::io::Result<()> {
         let c = CString::new(path.as_os_str().as_bytes())
             .map_err(|_| std::io::Error::new(std::io::ErrorKind::InvalidInput, "NUL in path"))?;
-        let wd = unsafe { libc::inotify_add_watch(self.fd.as_raw_fd(), c.as_ptr(), MASK) };
-        if wd < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
+        let wd = sandstone_sys::fs::inotify_add_watch(self.fd.as_fd(), &c, MASK)?;
         self.dirs.insert(wd, path.to_path_buf());
         if self.recursive && path.is_dir() {
             for e in std::fs::read_dir(path)?.flatten() {
@@ -79,12 +78,12 @@ pub fn run(
     recursive: bool,
     out: &mut std::io::BufWriter<UnixStream>,
 ) -> std::io::Result<()> {
-    let fd = unsafe { libc::inotify_init1(libc::IN_CLOEXEC) };
-    if fd < 0 {
-        return write_frame(out, &io_error(&std::io::Error::last_os_error()), &[]).and(out.flush());
-    }
+    let fd = match sandstone_sys::fs::inotify_init() {
+        Ok(fd) => fd,
+        Err(e) => return write_frame(out, &io_error(&e), &[]).and(out.flush()),
+    };
     let mut w = Watcher {
-        fd: unsafe { OwnedFd::from_raw_fd(fd) },
+        fd: fd.into(),
         dirs: HashMap::new(),
         recursive,
     };
@@ -94,38 +93,25 @@ pub fn run(
     // An Ok frame tells the daemon the watch is live.
     write_frame(out, &Response::Ok, &[])?;
     out.flush()?;
-    let sock = out.get_ref().as_raw_fd();
     let mut buf = vec![0u8; 64 * 1024];
     loop {
+        let sock = out.get_ref().as_fd();
         let mut fds = [
-            libc::pollfd {
-                fd: w.fd.as_raw_fd(),
-                events: libc::POLLIN,
-                revents: 0,
-            },
-            libc::pollfd {
-                fd: sock,
-                events: libc::POLLIN | libc::POLLRDHUP,
-                revents: 0,
-            },
+            PollFd::readable(Some(w.fd.as_fd())),
+            PollFd::readable_or_hangup(sock),
         ];
-        if unsafe { libc::poll(fds.as_mut_ptr(), 2, -1) } < 0 {
+        if sandstone_sys::fd::poll(&mut fds, None).is_err() {
             continue;
         }
-        if fds[1].revents != 0 {
+        if fds[1].is_ready() {
             return Ok(()); // the daemon hung up (or sent anything): stop watching
         }
-        let n = unsafe { libc::read(w.fd.as_raw_fd(), buf.as_mut_ptr() as *mut _, buf.len()) };
-        if n <= 0 {
-            continue;
-        }
-        let mut off = 0usize;
-        while off + std::mem::size_of::<libc::inotify_event>() <= n as usize {
-            let ev = unsafe { &*(buf.as_ptr().add(off) as *const libc::inotify_event) };
-            let name_start = off + std::mem::size_of::<libc::inotify_event>();
-            let name_bytes = &buf[name_start..name_start + ev.len as usize];
-            let name = name_bytes.split(|b| *b == 0).next().unwrap_or(&[]);
-            off = name_start + ev.len as usize;
+        let n = match (&w.fd).read(&mut buf) {
+            Ok(n) if n > 0 => n,
+            _ => continue,
+        };
+        for ev in sandstone_sys::fs::inotify_events(&buf[..n]) {
+            let name = ev.name;
             let Some(dir) = w.dirs.get(&ev.wd).cloned() else {
                 continue;
             };

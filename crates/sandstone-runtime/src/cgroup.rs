@@ -4,6 +4,7 @@
 //! each hierarchy, never at the root of somebody else's tree.
 
 use crate::{Error, Result};
+use sandstone_sys::Pid;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
@@ -362,7 +363,8 @@ impl Cgroup {
                 return;
             }
             for p in pids {
-                unsafe { libc::kill(p, libc::SIGKILL) };
+                // Gone already is as good as killed.
+                let _ = sandstone_sys::process::kill(Pid::from_raw(p), libc::SIGKILL);
             }
             // A frozen cgroup holds its SIGKILLed processes until thawed.
             let _ = self.set_frozen(false);
@@ -453,7 +455,11 @@ mod tests {
 
     #[test]
     fn v1_backend_applies_limits() {
-        assert_eq!(unsafe { libc::geteuid() }, 0, "cgroup tests need root");
+        assert_eq!(
+            sandstone_sys::process::geteuid(),
+            0,
+            "cgroup tests need root"
+        );
         let driver = Driver::v1("sandstone-unit-v1").unwrap();
         let limits = Limits {
             memory_bytes: Some(64 << 20),
@@ -485,7 +491,11 @@ mod tests {
 
     #[test]
     fn v2_backend_on_the_unified_hierarchy() {
-        assert_eq!(unsafe { libc::geteuid() }, 0, "cgroup tests need root");
+        assert_eq!(
+            sandstone_sys::process::geteuid(),
+            0,
+            "cgroup tests need root"
+        );
         // This host's unified hierarchy has no resource controllers (they are
         // bound to v1), so only membership, kill and removal run here; a
         // limit it cannot apply is a clear error, not a silent no-op.

@@ -1,8 +1,9 @@
 //! The last steps before PID 1 serves: capabilities reduced to a container
 //! default set, no_new_privs, seccomp, clamped rlimits, non-dumpable.
 
-use crate::sys::prctl;
-use crate::{Error, Result};
+use crate::Result;
+use crate::sys::Step;
+use sandstone_sys::security;
 
 /// The capabilities root inside a sandbox keeps: Docker's default set minus
 /// NET_RAW (no raw sockets).
@@ -29,39 +30,13 @@ fn last_cap() -> u32 {
         .unwrap_or(40)
 }
 
-#[repr(C)]
-struct CapHeader {
-    version: u32,
-    pid: i32,
-}
-
-#[repr(C)]
-#[derive(Clone, Copy, Default)]
-struct CapData {
-    effective: u32,
-    permitted: u32,
-    inheritable: u32,
-}
-
-const CAP_V3: u32 = 0x2008_0522;
-
 /// Makes every permitted capability effective again.
 pub fn raise_effective() -> Result<()> {
-    let header = CapHeader {
-        version: CAP_V3,
-        pid: 0,
-    };
-    let mut data = [CapData::default(); 2];
-    if unsafe { libc::syscall(libc::SYS_capget, &header, data.as_mut_ptr()) } < 0 {
-        return Err(Error::sys("capget", std::io::Error::last_os_error()));
+    let mut sets = security::capget().step(|| "capget".into())?;
+    for s in &mut sets {
+        s.effective = s.permitted;
     }
-    for d in &mut data {
-        d.effective = d.permitted;
-    }
-    if unsafe { libc::syscall(libc::SYS_capset, &header, data.as_ptr()) } < 0 {
-        return Err(Error::sys("capset", std::io::Error::last_os_error()));
-    }
-    Ok(())
+    security::capset(&sets).step(|| "capset".into())
 }
 
 /// Drops every capability outside [`KEEP`] from the bounding, ambient,
@@ -70,36 +45,20 @@ pub fn drop_capabilities() -> Result<()> {
     let last = last_cap();
     for cap in 0..=last {
         if !KEEP.contains(&cap) {
-            prctl(
-                libc::PR_CAPBSET_DROP,
-                cap as libc::c_ulong,
-                "drop bounding capability",
-            )?;
+            security::drop_bounding_capability(cap).step(|| "drop bounding capability".into())?;
         }
     }
-    prctl(
-        libc::PR_CAP_AMBIENT,
-        libc::PR_CAP_AMBIENT_CLEAR_ALL as libc::c_ulong,
-        "clear ambient capabilities",
-    )?;
+    security::clear_ambient_capabilities().step(|| "clear ambient capabilities".into())?;
     let mut mask = [0u32; 2];
     for cap in KEEP {
         mask[(cap / 32) as usize] |= 1 << (cap % 32);
     }
-    let header = CapHeader {
-        version: CAP_V3,
-        pid: 0,
-    };
-    let data = [0, 1].map(|i| CapData {
+    let sets = [0, 1].map(|i| security::CapSets {
         effective: mask[i],
         permitted: mask[i],
         inheritable: 0,
     });
-    let ret = unsafe { libc::syscall(libc::SYS_capset, &header, data.as_ptr()) };
-    if ret < 0 {
-        return Err(Error::sys("capset", std::io::Error::last_os_error()));
-    }
-    Ok(())
+    security::capset(&sets).step(|| "capset".into())
 }
 
 /// Sets soft limits to sane values without ever asking for more than the
@@ -108,23 +67,9 @@ pub fn clamp_rlimits() -> Result<()> {
     let wanted: &[(libc::__rlimit_resource_t, u64)] =
         &[(libc::RLIMIT_NOFILE, 1 << 20), (libc::RLIMIT_CORE, 0)];
     for &(res, want) in wanted {
-        let mut cur = libc::rlimit {
-            rlim_cur: 0,
-            rlim_max: 0,
-        };
-        unsafe { libc::getrlimit(res, &mut cur) };
-        let hard = cur.rlim_max;
-        let soft = want.min(hard);
-        let new = libc::rlimit {
-            rlim_cur: soft,
-            rlim_max: hard,
-        };
-        if unsafe { libc::setrlimit(res, &new) } < 0 {
-            return Err(Error::sys(
-                format!("setrlimit {res}"),
-                std::io::Error::last_os_error(),
-            ));
-        }
+        // Unreadable reads as a zero hard limit: ask for nothing.
+        let (_, hard) = security::getrlimit(res).unwrap_or((0, 0));
+        security::setrlimit(res, want.min(hard), hard).step(|| format!("setrlimit {res}"))?;
     }
     Ok(())
 }
@@ -133,10 +78,10 @@ pub fn clamp_rlimits() -> Result<()> {
 pub fn harden() -> Result<()> {
     clamp_rlimits()?;
     drop_capabilities()?;
-    prctl(libc::PR_SET_NO_NEW_PRIVS, 1, "set no_new_privs")?;
+    security::set_no_new_privs().step(|| "set no_new_privs".into())?;
     crate::seccomp::install()?;
     // Not dumpable: processes in the sandbox cannot ptrace PID 1 or open its
     // /proc files, even as root.
-    prctl(libc::PR_SET_DUMPABLE, 0, "set non-dumpable")?;
+    security::set_dumpable(false).step(|| "set non-dumpable".into())?;
     Ok(())
 }

@@ -6,6 +6,11 @@
 //! ipc, uts and cgroup namespaces, writes the id maps and exits. PID 1 finishes
 //! the rootfs ([`rootfs`]), hardens itself ([`harden`], [`seccomp`]) and serves
 //! the init protocol. Resource limits live in [`cgroup`].
+//!
+//! System calls go through `sandstone_sys`. The only `unsafe` left here
+//! are its two forks into new namespaces (PID 1 in [`spawn`], the id-map
+//! holder in [`idmap`]), sound because the helper that makes them is
+//! single-threaded.
 
 pub mod cgroup;
 pub mod fault;
@@ -44,39 +49,3 @@ impl Error {
 }
 
 pub type Result<T> = std::result::Result<T, Error>;
-
-/// A pidfd for `pid` (readable once the process has ended): how the
-/// daemon learns that a sandbox's init died, though it is not its child.
-pub fn pidfd_open(pid: i32) -> std::io::Result<std::os::fd::OwnedFd> {
-    use std::os::fd::FromRawFd;
-    // SAFETY: pidfd_open returns a new descriptor (close-on-exec) or -1.
-    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
-    if fd < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    // SAFETY: the descriptor is new and owned by nothing else.
-    Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as i32) })
-}
-
-/// Closes every descriptor from `first` up: what a process inherited from
-/// whatever started it (a shell's redirection, a service manager's pipe)
-/// must never reach a sandbox. Call it before any thread exists.
-pub fn close_descriptors_from(first: u32) -> Result<()> {
-    // SAFETY: close_range touches only this process's descriptor table;
-    // nothing else owns these descriptors yet.
-    let r = unsafe { libc::syscall(libc::SYS_close_range, first, u32::MAX, 0) };
-    sys::check(r, || format!("close descriptors from {first}"))?;
-    Ok(())
-}
-
-/// Marks every descriptor from `first` up close-on-exec. For a forked
-/// child about to exec (async-signal-safe): closing instead would also
-/// close the pipe std reports a failed exec through.
-pub fn cloexec_descriptors_from(first: u32) -> std::io::Result<()> {
-    let flags = libc::CLOSE_RANGE_CLOEXEC;
-    // SAFETY: a bare syscall on this process's descriptor table.
-    if unsafe { libc::syscall(libc::SYS_close_range, first, u32::MAX, flags) } < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(())
-}

@@ -4,11 +4,12 @@
 //! an address of a /30, and a default route through the host end. The host
 //! end disappears with the namespace.
 
+use crate::sys::Step;
 use crate::{Error, Result};
 use serde::{Deserialize, Serialize};
 use std::ffi::CString;
 use std::net::Ipv4Addr;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct NetSpec {
@@ -121,54 +122,20 @@ struct Netlink {
 
 impl Netlink {
     fn open() -> Result<Netlink> {
-        let fd = unsafe {
-            libc::socket(
-                libc::AF_NETLINK,
-                libc::SOCK_RAW | libc::SOCK_CLOEXEC,
-                libc::NETLINK_ROUTE,
-            )
-        };
-        if fd < 0 {
-            return Err(Error::sys(
-                "netlink socket",
-                std::io::Error::last_os_error(),
-            ));
-        }
-        Ok(Netlink {
-            fd: unsafe { OwnedFd::from_raw_fd(fd) },
-        })
+        let fd = sandstone_sys::net::netlink_route_socket().step(|| "netlink socket".into())?;
+        Ok(Netlink { fd })
     }
 
     /// Sends one request and waits for its acknowledgement.
     fn request(&self, msg: &mut Msg, what: &str) -> Result<()> {
-        let bytes = msg.finish();
-        if unsafe {
-            libc::send(
-                self.fd.as_raw_fd(),
-                bytes.as_ptr() as *const _,
-                bytes.len(),
-                0,
-            )
-        } < 0
-        {
-            return Err(Error::sys(
-                format!("netlink send ({what})"),
-                std::io::Error::last_os_error(),
-            ));
-        }
+        use sandstone_sys::net::{recv, send};
+        send(self.fd.as_fd(), msg.finish()).step(|| format!("netlink send ({what})"))?;
         let mut reply = [0u8; 4096];
-        let n = unsafe {
-            libc::recv(
-                self.fd.as_raw_fd(),
-                reply.as_mut_ptr() as *mut _,
-                reply.len(),
-                0,
-            )
-        };
+        let n = recv(self.fd.as_fd(), &mut reply).step(|| format!("netlink recv ({what})"))?;
         if n < 20 {
             return Err(Error::sys(
                 format!("netlink recv ({what})"),
-                std::io::Error::last_os_error(),
+                std::io::Error::from(std::io::ErrorKind::UnexpectedEof),
             ));
         }
         let kind = u16::from_ne_bytes([reply[4], reply[5]]);
@@ -185,13 +152,7 @@ impl Netlink {
 
 fn index_of(name: &str) -> Result<i32> {
     let c = CString::new(name).map_err(|_| Error::Other("bad interface name".into()))?;
-    let i = unsafe { libc::if_nametoindex(c.as_ptr()) };
-    if i == 0 {
-        return Err(Error::sys(
-            format!("find interface {name}"),
-            std::io::Error::last_os_error(),
-        ));
-    }
+    let i = sandstone_sys::net::interface_index(&c).step(|| format!("find interface {name}"))?;
     Ok(i as i32)
 }
 
@@ -260,8 +221,7 @@ fn delete_link(nl: &Netlink, name: &str) -> Result<()> {
 /// sandbox only loopback. `Ok(false)`: there was no such interface.
 pub fn remove_host_end(name: &str) -> Result<bool> {
     let c = CString::new(name).map_err(|_| Error::Other("bad interface name".into()))?;
-    // SAFETY: `c` is a NUL-terminated string that outlives the call.
-    if unsafe { libc::if_nametoindex(c.as_ptr()) } == 0 {
+    if sandstone_sys::net::interface_index(&c).is_err() {
         return Ok(false);
     }
     match delete_link(&Netlink::open()?, name) {
@@ -319,13 +279,8 @@ pub fn setup_in_sandbox_ns(spec: &NetSpec, host_ns: &OwnedFd, sandbox_ns: &Owned
 }
 
 fn enter(ns: &OwnedFd, which: &str) -> Result<()> {
-    if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } < 0 {
-        return Err(Error::sys(
-            format!("enter the {which} network namespace"),
-            std::io::Error::last_os_error(),
-        ));
-    }
-    Ok(())
+    sandstone_sys::process::setns(ns.as_fd(), libc::CLONE_NEWNET)
+        .step(|| format!("enter the {which} network namespace"))
 }
 
 /// An fd of the calling thread's network namespace.

@@ -4,7 +4,7 @@
 //! tmpfs, masks, pivot_root) runs in PID 1, which owns the new pid namespace.
 
 use crate::spawn::SpawnSpec;
-use crate::sys::{self, mount};
+use crate::sys::{self, Step, mount};
 use crate::{Error, Result};
 use std::path::{Path, PathBuf};
 
@@ -180,25 +180,15 @@ pub fn enter(rootfs: &Path) -> Result<()> {
         libc::MS_BIND | libc::MS_REC,
         None,
     )?;
-    let c = sys::cstr(rootfs)?;
-    sys::check(unsafe { libc::chdir(c.as_ptr()) } as libc::c_long, || {
-        "chdir rootfs".into()
-    })?;
-    Ok(())
+    sandstone_sys::process::chdir(&sys::cstr(rootfs)?).step(|| "chdir rootfs".into())
 }
 
 /// Runs `f` with fsuid/fsgid set to `id` and every permitted capability
 /// effective (changing fsuid from 0 clears file capabilities), then restores.
 fn as_sandbox_root<T>(id: u32, f: impl FnOnce() -> Result<T>) -> Result<T> {
-    unsafe {
-        libc::setfsgid(id);
-        libc::setfsuid(id);
-    }
+    sandstone_sys::process::set_fs_ids(id);
     let result = crate::harden::raise_effective().and_then(|()| f());
-    unsafe {
-        libc::setfsuid(0);
-        libc::setfsgid(0);
-    }
+    sandstone_sys::process::set_fs_ids(0);
     crate::harden::raise_effective()?;
     result
 }
@@ -221,17 +211,14 @@ fn tmpfs_options(memory: Option<u64>) -> (String, String) {
 /// new memory limit, from the host: this process (single-threaded, host
 /// root) enters the sandbox's mount namespace and remounts them.
 pub fn resize_tmpfs(pid: i32, memory: Option<u64>) -> Result<()> {
-    use std::os::fd::AsRawFd;
+    use std::os::fd::AsFd;
     let path = format!("/proc/{pid}/ns/mnt");
     let ns = std::fs::File::open(&path).map_err(|e| Error::sys(format!("open {path}"), e))?;
-    // SAFETY: setns on a namespace descriptor we hold; this process is
-    // single-threaded, as entering a mount namespace requires. Only a
-    // warm-pool member no claim has used yet is resized, so no sandbox
-    // process has had a chance to prepare its /tmp for us.
-    sys::check(
-        unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNS) } as libc::c_long,
-        || "enter the sandbox's mount namespace".into(),
-    )?;
+    // This process is single-threaded, as entering a mount namespace
+    // requires. Only a warm-pool member no claim has used yet is resized,
+    // so no sandbox process has had a chance to prepare its /tmp for us.
+    sandstone_sys::process::setns(ns.as_fd(), libc::CLONE_NEWNS)
+        .step(|| "enter the sandbox's mount namespace".into())?;
     let (tmp, shm) = tmpfs_options(memory);
     for (at, opts) in [("/tmp", tmp), ("/dev/shm", shm)] {
         if opts.is_empty() {
@@ -332,20 +319,9 @@ fn mask_paths(root: &Path) -> Result<()> {
 }
 
 fn pivot() -> Result<()> {
-    let dot = c".";
-    unsafe {
-        sys::check(
-            libc::syscall(libc::SYS_pivot_root, dot.as_ptr(), dot.as_ptr()),
-            || "pivot_root".into(),
-        )?;
-        // The old root is now stacked under "."; detach it and every host mount.
-        sys::check(
-            libc::umount2(dot.as_ptr(), libc::MNT_DETACH) as libc::c_long,
-            || "detach old root".into(),
-        )?;
-        sys::check(libc::chdir(c"/".as_ptr()) as libc::c_long, || {
-            "chdir /".into()
-        })?;
-    }
-    Ok(())
+    use sandstone_sys::mount;
+    mount::pivot_root(c".", c".").step(|| "pivot_root".into())?;
+    // The old root is now stacked under "."; detach it and every host mount.
+    mount::detach(c".").step(|| "detach old root".into())?;
+    sandstone_sys::process::chdir(c"/").step(|| "chdir /".into())
 }

@@ -129,26 +129,8 @@ pub fn program() -> Vec<libc::sock_filter> {
 /// Installs the filter on the calling thread (inherited by every child).
 /// Requires `no_new_privs` or CAP_SYS_ADMIN.
 pub fn install() -> Result<()> {
-    let prog = program();
-    let fprog = libc::sock_fprog {
-        len: prog.len() as u16,
-        filter: prog.as_ptr() as *mut libc::sock_filter,
-    };
-    let ret = unsafe {
-        libc::syscall(
-            libc::SYS_seccomp,
-            1, /* SECCOMP_SET_MODE_FILTER */
-            0,
-            &fprog as *const libc::sock_fprog,
-        )
-    };
-    if ret < 0 {
-        return Err(Error::sys(
-            "install seccomp filter",
-            std::io::Error::last_os_error(),
-        ));
-    }
-    Ok(())
+    sandstone_sys::security::seccomp_set_filter(&program())
+        .map_err(|e| Error::sys("install seccomp filter", e))
 }
 
 #[cfg(test)]

@@ -2,11 +2,12 @@
 //! (the static init binary in `spawn` mode), single-threaded, so it may fork
 //! freely: the daemon itself is multi-threaded and never forks into a sandbox.
 
-use crate::sys::check;
+use crate::sys::Step;
 use crate::{Error, Result};
+use sandstone_sys::process::{self, Cloned};
 use serde::{Deserialize, Serialize};
 use std::io::{Read, Write};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::net::UnixListener;
 use std::path::PathBuf;
 
@@ -68,15 +69,10 @@ pub struct SandboxStart {
 }
 
 fn pipe() -> Result<(OwnedFd, OwnedFd)> {
-    let mut fds = [0; 2];
-    check(
-        unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } as libc::c_long,
-        || "pipe2".into(),
-    )?;
-    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+    sandstone_sys::fd::pipe(libc::O_CLOEXEC).step(|| "pipe2".into())
 }
 
-fn write_id_maps(pid: i32, spec: &SpawnSpec) -> Result<()> {
+fn write_id_maps(pid: process::Pid, spec: &SpawnSpec) -> Result<()> {
     let map = format!("0 {} {}\n", spec.id_base, spec.id_count);
     for f in ["uid_map", "gid_map"] {
         let path = format!("/proc/{pid}/{f}");
@@ -90,9 +86,7 @@ fn write_id_maps(pid: i32, spec: &SpawnSpec) -> Result<()> {
 pub fn spawn(spec: &SpawnSpec, sandbox_main: fn(SandboxStart) -> !) -> Result<i32> {
     let host_ns = crate::net::current_ns()?;
     let flags = libc::CLONE_NEWNS | libc::CLONE_NEWNET;
-    check(unsafe { libc::unshare(flags) } as libc::c_long, || {
-        "unshare mount+net namespaces".into()
-    })?;
+    process::unshare(flags).step(|| "unshare mount+net namespaces".into())?;
     if let Some(net) = &spec.net {
         crate::net::setup_in_sandbox_ns(net, &host_ns, &crate::net::current_ns()?)?;
     }
@@ -121,25 +115,28 @@ pub fn spawn(spec: &SpawnSpec, sandbox_main: fn(SandboxStart) -> !) -> Result<i3
         | libc::CLONE_NEWIPC
         | libc::CLONE_NEWUTS
         | libc::CLONE_NEWCGROUP;
-    let pid = check(
-        unsafe { libc::syscall(libc::SYS_clone, clone_flags | libc::SIGCHLD, 0, 0, 0, 0) },
-        || "clone sandbox init".into(),
-    )? as i32;
-    if pid == 0 {
-        drop(go_w);
-        drop(st_r);
-        let mut byte = [0u8; 1];
-        let mut go = std::fs::File::from(go_r);
-        if go.read_exact(&mut byte).is_err() {
-            unsafe { libc::_exit(1) };
+    // SAFETY: this helper is single-threaded (module doc), so the child
+    // is a whole copy of it and may allocate, as PID 1 goes on to do.
+    let cloned =
+        unsafe { process::clone_process(clone_flags) }.step(|| "clone sandbox init".into())?;
+    let pid = match cloned {
+        Cloned::Child => {
+            drop(go_w);
+            drop(st_r);
+            let mut byte = [0u8; 1];
+            let mut go = std::fs::File::from(go_r);
+            if go.read_exact(&mut byte).is_err() {
+                process::exit_immediately(1);
+            }
+            sandbox_main(SandboxStart {
+                spec: spec.clone(),
+                listener,
+                status: std::fs::File::from(st_w),
+                oom_score_adj: None,
+            });
         }
-        sandbox_main(SandboxStart {
-            spec: spec.clone(),
-            listener,
-            status: std::fs::File::from(st_w),
-            oom_score_adj: None,
-        });
-    }
+        Cloned::Parent(pid) => pid,
+    };
     drop(go_r);
     drop(st_w);
     drop(listener);
@@ -162,18 +159,19 @@ pub fn spawn(spec: &SpawnSpec, sandbox_main: fn(SandboxStart) -> !) -> Result<i3
         }
     })();
     if let Err(e) = started {
-        unsafe { libc::kill(pid, libc::SIGKILL) };
-        let mut st = 0;
-        unsafe { libc::waitpid(pid, &mut st, 0) };
+        // Ours to kill and reap; neither can fail for a child not yet reaped.
+        let _ = process::kill(pid, libc::SIGKILL);
+        let _ = process::wait(pid);
         return Err(e);
     }
-    Ok(pid)
+    Ok(pid.as_raw())
 }
 
 /// The first steps of PID 1: detach from the helper's session and stdio,
 /// finish the rootfs and harden. Errors are reported through `status`.
 pub fn prepare_sandbox(start: &mut SandboxStart) -> Result<()> {
-    unsafe { libc::setsid() };
+    // Fails only for a group leader, which a freshly cloned PID 1 is not.
+    let _ = process::setsid();
     start.oom_score_adj = Some(
         std::fs::OpenOptions::new()
             .read(true)
@@ -187,31 +185,16 @@ pub fn prepare_sandbox(start: &mut SandboxStart) -> Result<()> {
         .open(&start.spec.log)
         .map_err(|e| Error::sys("open init log", e))?;
     let null = std::fs::File::open("/dev/null").map_err(|e| Error::sys("open /dev/null", e))?;
-    unsafe {
-        libc::dup2(null.as_raw_fd(), 0);
-        libc::dup2(log.as_raw_fd(), 1);
-        libc::dup2(log.as_raw_fd(), 2);
-    }
+    sandstone_sys::fd::redirect_stdio(null.as_fd(), log.as_fd(), log.as_fd())
+        .step(|| "redirect init's stdio".into())?;
     crate::rootfs::enter(&start.spec.rootfs)?;
     // Our credentials are still host root's until we switch to the mapped
     // root; only then is every file we create owned by the sandbox's range.
-    check(unsafe { libc::setresgid(0, 0, 0) } as libc::c_long, || {
-        "setresgid".into()
-    })?;
-    check(unsafe { libc::setresuid(0, 0, 0) } as libc::c_long, || {
-        "setresuid".into()
-    })?;
-    check(
-        unsafe { libc::setgroups(0, std::ptr::null()) } as libc::c_long,
-        || "setgroups".into(),
-    )?;
+    process::setresgid(0).step(|| "setresgid".into())?;
+    process::setresuid(0).step(|| "setresuid".into())?;
+    process::clear_groups().step(|| "setgroups".into())?;
     crate::rootfs::finish_in_sandbox(start.spec.memory_bytes)?;
-    let host = &start.spec.hostname;
-    check(
-        unsafe { libc::sethostname(host.as_ptr() as *const libc::c_char, host.len()) }
-            as libc::c_long,
-        || "sethostname".into(),
-    )?;
+    process::sethostname(&start.spec.hostname).step(|| "sethostname".into())?;
     crate::harden::harden()?;
     Ok(())
 }

@@ -1,4 +1,5 @@
-//! Thin wrappers over raw syscalls that name the step on failure.
+//! Paths made C strings, and failed system calls named by their step, over
+//! `sandstone_sys`'s wrappers.
 
 use crate::{Error, Result};
 use std::ffi::CString;
@@ -9,12 +10,18 @@ pub(crate) fn cstr(p: &Path) -> Result<CString> {
     CString::new(p.as_os_str().as_bytes()).map_err(|_| Error::Other(format!("path has NUL: {p:?}")))
 }
 
-/// Returns `Ok(ret)` or the errno wrapped with `step`.
-pub(crate) fn check(ret: libc::c_long, step: impl FnOnce() -> String) -> Result<libc::c_long> {
-    if ret < 0 {
-        Err(Error::sys(step(), std::io::Error::last_os_error()))
-    } else {
-        Ok(ret)
+fn cstring(s: &str) -> Result<CString> {
+    CString::new(s).map_err(|_| Error::Other(format!("mount argument has NUL: {s:?}")))
+}
+
+/// Names the step a failed system call was part of.
+pub(crate) trait Step<T> {
+    fn step(self, what: impl FnOnce() -> String) -> Result<T>;
+}
+
+impl<T> Step<T> for std::io::Result<T> {
+    fn step(self, what: impl FnOnce() -> String) -> Result<T> {
+        self.map_err(|e| Error::sys(what(), e))
     }
 }
 
@@ -27,32 +34,21 @@ pub(crate) fn mount(
 ) -> Result<()> {
     let src_c = src.map(cstr).transpose()?;
     let target_c = cstr(target)?;
-    let fstype_c = fstype.map(|s| CString::new(s).unwrap());
-    let data_c = data.map(|s| CString::new(s).unwrap());
-    let ret = unsafe {
-        libc::mount(
-            src_c.as_ref().map_or(std::ptr::null(), |c| c.as_ptr()),
-            target_c.as_ptr(),
-            fstype_c.as_ref().map_or(std::ptr::null(), |c| c.as_ptr()),
-            flags,
-            data_c
-                .as_ref()
-                .map_or(std::ptr::null(), |c| c.as_ptr() as *const libc::c_void),
-        )
-    };
-    check(ret as libc::c_long, || {
+    let fstype_c = fstype.map(cstring).transpose()?;
+    let data_c = data.map(cstring).transpose()?;
+    sandstone_sys::mount::mount(
+        src_c.as_deref(),
+        &target_c,
+        fstype_c.as_deref(),
+        flags,
+        data_c.as_deref(),
+    )
+    .step(|| {
         format!(
             "mount {:?} on {:?} ({})",
             src,
             target,
             fstype.unwrap_or("bind")
         )
-    })?;
-    Ok(())
-}
-
-pub(crate) fn prctl(option: libc::c_int, arg: libc::c_ulong, step: &str) -> Result<()> {
-    let ret = unsafe { libc::prctl(option, arg, 0, 0, 0) };
-    check(ret as libc::c_long, || step.to_string())?;
-    Ok(())
+    })
 }

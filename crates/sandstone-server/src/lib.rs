@@ -339,15 +339,12 @@ pub async fn run(mut config: Config) -> anyhow::Result<()> {
 /// Every sandbox connection through the proxy costs descriptors: use all
 /// the host allows (root here cannot go past the hard limit).
 fn raise_fd_limit() {
-    let mut l = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut l) == 0 && l.rlim_cur < l.rlim_max {
-            l.rlim_cur = l.rlim_max;
-            libc::setrlimit(libc::RLIMIT_NOFILE, &l);
-        }
+    use sandstone_sys::security::{getrlimit, setrlimit};
+    // Best effort: the daemon still serves at the lower limit.
+    if let Ok((soft, hard)) = getrlimit(libc::RLIMIT_NOFILE)
+        && soft < hard
+    {
+        let _ = setrlimit(libc::RLIMIT_NOFILE, hard, hard);
     }
 }
 

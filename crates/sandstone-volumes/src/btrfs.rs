@@ -4,7 +4,7 @@
 use crate::{Error, Result, io};
 use std::ffi::CString;
 use std::fs::File;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsFd, AsRawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
@@ -71,10 +71,14 @@ fn open_dir(p: &Path) -> Result<File> {
     File::open(p).map_err(io(format!("open {p:?}")))
 }
 
+/// `req` is one of the `IOC_*` requests above, and `T` the struct that
+/// request's size was built from.
 fn ioctl<T>(f: &File, req: u64, arg: &mut T, what: impl FnOnce() -> String) -> Result<()> {
-    if unsafe { libc::ioctl(f.as_raw_fd(), req as _, arg as *mut T) } < 0 {
-        return Err(io(what())(std::io::Error::last_os_error()));
-    }
+    // SAFETY: each call in this module passes an `IOC_*` request with the
+    // argument struct it was defined for (its size is encoded in it), and
+    // `f` is a directory of a btrfs filesystem, or the call fails.
+    unsafe { sandstone_sys::fs::ioctl_mut(f.as_fd(), req as libc::c_ulong, arg) }
+        .map_err(io(what()))?;
     Ok(())
 }
 
@@ -110,8 +114,7 @@ pub fn is_btrfs(p: &Path) -> bool {
     let Ok(c) = CString::new(p.as_os_str().as_bytes()) else {
         return false;
     };
-    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
-    unsafe { libc::statfs(c.as_ptr(), &mut st) == 0 && st.f_type as i64 == BTRFS_SUPER_MAGIC }
+    sandstone_sys::fs::filesystem_type(&c).is_ok_and(|t| t == BTRFS_SUPER_MAGIC)
 }
 
 pub fn create_subvolume(path: &Path) -> Result<()> {

@@ -50,17 +50,10 @@ fn run(cmd: &mut Command, what: &str) -> Result<()> {
     Ok(())
 }
 
-fn statvfs(p: &Path) -> Result<libc::statvfs> {
+fn statvfs(p: &Path) -> Result<sandstone_sys::fs::FsStats> {
     let c = std::ffi::CString::new(p.as_os_str().as_bytes())
         .map_err(|_| io(format!("statvfs {p:?}"))(std::io::Error::other("NUL in path")))?;
-    // SAFETY: statvfs is plain old data, for which all zeroes is a value.
-    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
-    // SAFETY: `c` is a NUL-terminated path and `st` a writable statvfs that
-    // outlives the call.
-    if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
-        return Err(io(format!("statvfs {p:?}"))(std::io::Error::last_os_error()));
-    }
-    Ok(st)
+    sandstone_sys::fs::statvfs(&c).map_err(io(format!("statvfs {p:?}")))
 }
 
 /// Makes the mount at `p` refuse setuid bits and device nodes, binding `p`
@@ -68,7 +61,7 @@ fn statvfs(p: &Path) -> Result<libc::statvfs> {
 /// not a mount of ours). Nothing to do when it already does, so a restart
 /// changes nothing and a reboot's lost mount is made again.
 fn nosuid_nodev(p: &Path, bind: bool) -> Result<()> {
-    let flags = statvfs(p)?.f_flag;
+    let flags = statvfs(p)?.flags;
     if flags & libc::ST_NOSUID != 0 && flags & libc::ST_NODEV != 0 {
         return Ok(());
     }
@@ -215,8 +208,8 @@ impl Pool {
     pub fn space(&self) -> Result<Space> {
         let st = statvfs(&self.root)?;
         Ok(Space {
-            total: st.f_blocks * st.f_frsize,
-            free: st.f_bavail * st.f_frsize,
+            total: st.total_bytes,
+            free: st.available_bytes,
         })
     }
 

@@ -81,8 +81,8 @@ impl Worker {
             status = child.wait() => status,
             _ = crate::shutting_down(&mut shutdown) => {
                 if let Some(pid) = child.id() {
-                    // SAFETY: signalling our own child by its pid.
-                    unsafe { libc::kill(pid as i32, libc::SIGTERM) };
+                    // Gone already is what we want anyway.
+                    let _ = sandstone_sys::process::kill(sandstone_sys::Pid::from_raw(pid as i32), libc::SIGTERM);
                 }
                 match tokio::time::timeout(WAIT_DELAY, child.wait()).await {
                     Ok(status) => status,

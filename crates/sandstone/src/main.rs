@@ -303,9 +303,9 @@ fn main() {
     // are close-on-exec; those it inherited are not, so they go before any
     // thread exists.
     if matches!(cli.cmd, Cmd::Serve { .. })
-        && let Err(e) = sandstone_runtime::close_descriptors_from(3)
+        && let Err(e) = sandstone_sys::fd::close_from(3)
     {
-        eprintln!("sandstone: {e}");
+        eprintln!("sandstone: close descriptors from 3: {e}");
         std::process::exit(1);
     }
     let result = tokio::runtime::Builder::new_multi_thread()

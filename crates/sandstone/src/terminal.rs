@@ -3,8 +3,9 @@
 
 use anyhow::Result;
 use sandstone_client::{Attached, Client, StreamEvent};
+use sandstone_sys::term::{self, TermSettings};
 use std::io::Write;
-use std::os::fd::AsRawFd;
+use std::os::fd::AsFd;
 
 /// Prints output as it arrives; returns the exit code.
 pub async fn stream(att: &mut Attached) -> Result<i32> {
@@ -41,31 +42,24 @@ fn truncated_note(dropped_bytes: u64) {
 }
 
 fn window_size() -> (u16, u16) {
-    let mut ws: libc::winsize = unsafe { std::mem::zeroed() };
-    if unsafe { libc::ioctl(std::io::stdout().as_raw_fd(), libc::TIOCGWINSZ, &mut ws) } == 0
-        && ws.ws_row > 0
-    {
-        (ws.ws_row, ws.ws_col)
-    } else {
-        (24, 80)
+    match sandstone_sys::term::window_size(std::io::stdout().as_fd()) {
+        Ok((rows, cols)) if rows > 0 => (rows, cols),
+        _ => (24, 80),
     }
 }
 
 /// Puts the terminal in raw mode until dropped.
-struct RawMode(Option<libc::termios>);
+struct RawMode(Option<TermSettings>);
 
 impl RawMode {
     fn enter() -> RawMode {
-        let fd = std::io::stdin().as_raw_fd();
-        let mut t: libc::termios = unsafe { std::mem::zeroed() };
-        if unsafe { libc::tcgetattr(fd, &mut t) } != 0 {
-            return RawMode(None); // not a terminal: pass bytes through as they are
-        }
-        let saved = t;
-        unsafe {
-            libc::cfmakeraw(&mut t);
-            libc::tcsetattr(fd, libc::TCSANOW, &t);
-        }
+        let stdin = std::io::stdin();
+        // Not a terminal: pass bytes through as they are.
+        let Ok(saved) = term::settings(stdin.as_fd()) else {
+            return RawMode(None);
+        };
+        // Best effort: a terminal that refuses raw mode still works, cooked.
+        let _ = term::apply(stdin.as_fd(), &saved.raw());
         RawMode(Some(saved))
     }
 }
@@ -73,7 +67,7 @@ impl RawMode {
 impl Drop for RawMode {
     fn drop(&mut self) {
         if let Some(t) = &self.0 {
-            unsafe { libc::tcsetattr(std::io::stdin().as_raw_fd(), libc::TCSANOW, t) };
+            let _ = term::apply(std::io::stdin().as_fd(), t);
         }
     }
 }

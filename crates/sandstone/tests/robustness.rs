@@ -219,9 +219,7 @@ async fn a_memory_hog_dies_before_init() {
 /// report it `failed`; returns the sandbox.
 async fn kill_init(d: &Daemon, id: &str) -> serde_json::Value {
     let init = init_pid(id).expect("init pid");
-    // SAFETY: kill(2) touches no memory of ours; `init` is the pid read
-    // from the sandbox's cgroup a moment ago.
-    unsafe { libc::kill(init, libc::SIGKILL) };
+    let _ = sandstone_sys::process::kill(sandstone_sys::Pid::from_raw(init), libc::SIGKILL);
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let (_, v) = d.get(&format!("/api/v1/sandboxes/{id}")).await;

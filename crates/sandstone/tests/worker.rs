@@ -123,7 +123,7 @@ impl WorkerProc {
 
     /// SIGTERM, then the exit status.
     fn terminate(&mut self) -> std::process::ExitStatus {
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let _ = sandstone_sys::process::kill(common::pid_of(&self.child), libc::SIGTERM);
         self.child.wait().unwrap()
     }
 }

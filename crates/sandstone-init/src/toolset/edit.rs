@@ -56,7 +56,7 @@ pub fn edit(policy: &Policy, input: &Input) -> Outcome {
 #[cfg(test)]
 mod tests {
     use super::super::call;
-    use sandstone_init::proto::Response;
+    use crate::proto::Response;
     use serde_json::{Value, json};
     use std::path::Path;
 

@@ -283,7 +283,7 @@ fn push_literal(re: &mut String, c: char) {
 #[cfg(test)]
 mod tests {
     use super::super::call;
-    use sandstone_init::proto::Response;
+    use crate::proto::Response;
     use serde_json::json;
     use std::path::Path;
     use std::time::{Duration, SystemTime};

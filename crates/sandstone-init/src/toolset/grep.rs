@@ -87,13 +87,13 @@ impl Hits {
             budget: OUTPUT_LIMIT,
             truncated: false,
             timed_out: false,
-            cpu_deadline: thread_cpu_time() + CPU_BUDGET,
+            cpu_deadline: sandstone_sys::process::thread_cpu_time() + CPU_BUDGET,
         }
     }
 
     /// Searches one file; `false` once a budget is spent.
     fn scan(&mut self, path: &Path) -> bool {
-        if thread_cpu_time() > self.cpu_deadline {
+        if sandstone_sys::process::thread_cpu_time() > self.cpu_deadline {
             self.timed_out = true;
             return false;
         }
@@ -112,7 +112,8 @@ impl Hits {
         let reader = BufReader::with_capacity(64 * 1024, std::io::Cursor::new(head).chain(file));
         let shown = path.display().to_string();
         let _ = for_each_line(reader, MAX_LINE_LENGTH, |n, raw| {
-            if n % CHECK_EVERY == 0 && thread_cpu_time() > self.cpu_deadline {
+            if n % CHECK_EVERY == 0 && sandstone_sys::process::thread_cpu_time() > self.cpu_deadline
+            {
                 self.timed_out = true;
                 return false;
             }
@@ -196,21 +197,11 @@ fn for_each_line(
     }
 }
 
-/// CPU time this thread has used.
-fn thread_cpu_time() -> Duration {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
-    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
-}
-
 #[cfg(test)]
 mod tests {
     use super::super::call;
     use super::*;
-    use sandstone_init::proto::Response;
+    use crate::proto::Response;
     use serde_json::json;
 
     fn grep(work: &Path, input: serde_json::Value) -> (String, bool) {

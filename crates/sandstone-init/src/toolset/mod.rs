@@ -14,8 +14,8 @@ mod paths;
 mod read;
 mod walk;
 
+use crate::proto::{ErrorCode, Response};
 use paths::Policy;
-use sandstone_init::proto::{ErrorCode, Response};
 use serde_json::{Map, Value, json};
 
 /// Content blocks, or the error text the model reads.

@@ -213,7 +213,7 @@ impl LineRange {
 mod tests {
     use super::super::call;
     use super::*;
-    use sandstone_init::proto::Response;
+    use crate::proto::Response;
     use std::os::unix::fs::symlink;
 
     fn work() -> tempfile::TempDir {
@@ -338,7 +338,7 @@ mod tests {
             "read: dir: not a regular file"
         );
         let fifo = std::ffi::CString::new(d.path().join("fifo").to_str().unwrap()).unwrap();
-        assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o600) }, 0);
+        sandstone_sys::fs::mkfifo(&fifo, 0o600).unwrap();
         assert_eq!(
             err_text(&d, json!({"file_path": "fifo"})),
             "read: fifo: not a regular file"

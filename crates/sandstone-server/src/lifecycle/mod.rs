@@ -788,7 +788,7 @@ impl Lifecycle {
 /// A pidfd for a sandbox's init; without one (an old kernel) its death is
 /// only noticed when a call fails.
 fn open_pidfd(id: &str, pid: i32) -> Option<Arc<std::os::fd::OwnedFd>> {
-    match sandstone_runtime::pidfd_open(pid) {
+    match sandstone_sys::process::pidfd_open(sandstone_sys::Pid::from_raw(pid)) {
         Ok(fd) => Some(Arc::new(fd)),
         Err(e) => {
             tracing::warn!(sandbox = %id, pid, error = %e, "cannot watch sandbox init");

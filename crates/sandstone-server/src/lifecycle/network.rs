@@ -31,28 +31,12 @@ pub struct Network {
 /// must not overlap them, except where they are this daemon's own
 /// sandboxes' host ends).
 pub(crate) fn host_addresses() -> Vec<(String, IpAddr)> {
-    let mut out = Vec::new();
-    let mut ifa: *mut libc::ifaddrs = std::ptr::null_mut();
-    if unsafe { libc::getifaddrs(&mut ifa) } != 0 {
-        return out;
-    }
-    let mut cur = ifa;
-    while !cur.is_null() {
-        let a = unsafe { &*cur };
-        if !a.ifa_addr.is_null() && unsafe { (*a.ifa_addr).sa_family } as i32 == libc::AF_INET {
-            let sin = unsafe { &*(a.ifa_addr as *const libc::sockaddr_in) };
-            // SAFETY: getifaddrs gives every entry a NUL-terminated name,
-            // valid until freeifaddrs below.
-            let name = unsafe { std::ffi::CStr::from_ptr(a.ifa_name) };
-            out.push((
-                name.to_string_lossy().into_owned(),
-                IpAddr::V4(u32::from_be(sin.sin_addr.s_addr).into()),
-            ));
-        }
-        cur = a.ifa_next;
-    }
-    unsafe { libc::freeifaddrs(ifa) };
-    out
+    // Unreadable: no addresses to keep clear of, as before.
+    sandstone_sys::net::ipv4_addresses()
+        .unwrap_or_default()
+        .into_iter()
+        .map(|(name, ip)| (name, IpAddr::V4(ip)))
+        .collect()
 }
 
 /// The host's resolver (first `nameserver` of /etc/resolv.conf).

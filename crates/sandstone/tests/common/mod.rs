@@ -30,9 +30,14 @@ pub fn init_bin() -> PathBuf {
     p
 }
 
+/// A child's pid, for signals std has no call for.
+pub fn pid_of(child: &std::process::Child) -> sandstone_sys::Pid {
+    sandstone_sys::Pid::from_raw(child.id() as i32)
+}
+
 pub fn require_root() {
     assert_eq!(
-        unsafe { libc::geteuid() },
+        sandstone_sys::process::geteuid(),
         0,
         "these end-to-end tests need root (namespaces, cgroups, overlay)"
     );
@@ -153,21 +158,13 @@ impl Daemon {
             .collect();
         if !inherited.is_empty() {
             use std::os::unix::process::CommandExt;
-            // SAFETY: only async-signal-safe calls (open, dup2, close) on
-            // strings prepared before the fork.
+            // SAFETY: the hook runs between fork and exec and makes only
+            // async-signal-safe calls (open, dup2, close) on strings
+            // prepared before the fork.
             unsafe {
                 cmd.pre_exec(move || {
                     for (fd, path) in &inherited {
-                        let f = libc::open(path.as_ptr(), libc::O_RDONLY);
-                        if f < 0 {
-                            return Err(std::io::Error::last_os_error());
-                        }
-                        if f != *fd {
-                            if libc::dup2(f, *fd) < 0 {
-                                return Err(std::io::Error::last_os_error());
-                            }
-                            libc::close(f);
-                        }
+                        sandstone_sys::fd::open_read_only_as(path, *fd)?;
                     }
                     Ok(())
                 });
@@ -216,7 +213,7 @@ impl Daemon {
     /// SIGTERM, as a service manager stops it; waits for the exit.
     pub fn stop(&mut self) {
         if let Some(mut c) = self.child.take() {
-            unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+            let _ = sandstone_sys::process::kill(pid_of(&c), libc::SIGTERM);
             let _ = c.wait();
         }
     }

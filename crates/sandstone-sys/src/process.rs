@@ -1,0 +1,290 @@
+//! Processes: pids, signals, waiting, cloning into namespaces, sessions
+//! and credentials.
+
+use crate::{cvt, owned};
+use std::ffi::CStr;
+use std::io;
+use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
+
+/// A process id (in the caller's pid namespace).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Pid(libc::pid_t);
+
+impl Pid {
+    pub const fn from_raw(pid: libc::pid_t) -> Pid {
+        Pid(pid)
+    }
+
+    pub const fn as_raw(self) -> libc::pid_t {
+        self.0
+    }
+
+    /// This process.
+    pub fn this() -> Pid {
+        // SAFETY: getpid cannot fail and touches no memory.
+        Pid(unsafe { libc::getpid() })
+    }
+}
+
+impl std::fmt::Display for Pid {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+/// Sends `signal` to the process `pid`. Async-signal-safe.
+pub fn kill(pid: Pid, signal: libc::c_int) -> io::Result<()> {
+    // SAFETY: kill touches no memory of ours.
+    cvt(unsafe { libc::kill(pid.0, signal) })?;
+    Ok(())
+}
+
+/// Sends `signal` to the process group led by `leader`.
+pub fn kill_group(leader: Pid, signal: libc::c_int) -> io::Result<()> {
+    // SAFETY: kill touches no memory of ours.
+    cvt(unsafe { libc::kill(-leader.0, signal) })?;
+    Ok(())
+}
+
+/// How a process ended, decoded from a wait status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exit {
+    Code(i32),
+    Signal(i32),
+}
+
+impl Exit {
+    /// Decodes the status waitpid(2) stores.
+    pub fn from_wait_status(status: libc::c_int) -> Exit {
+        if libc::WIFSIGNALED(status) {
+            Exit::Signal(libc::WTERMSIG(status))
+        } else {
+            Exit::Code(libc::WEXITSTATUS(status))
+        }
+    }
+}
+
+/// Waits for the child `pid` to end and reaps it.
+pub fn wait(pid: Pid) -> io::Result<Exit> {
+    let mut status = 0;
+    // SAFETY: `status` is a live int waitpid writes into.
+    cvt(unsafe { libc::waitpid(pid.0, &mut status, 0) })?;
+    Ok(Exit::from_wait_status(status))
+}
+
+/// Reaps the child `pid` if it has ended; `None` if it is still running
+/// (or is not a child to reap any more).
+pub fn try_wait(pid: Pid) -> io::Result<Option<Exit>> {
+    let mut status = 0;
+    // SAFETY: `status` is a live int waitpid writes into.
+    let got = cvt(unsafe { libc::waitpid(pid.0, &mut status, libc::WNOHANG) })?;
+    Ok((got == pid.0).then(|| Exit::from_wait_status(status)))
+}
+
+/// A child that has ended, left unreaped (waitid with `WNOWAIT`), so the
+/// caller can decide who reaps it; `None` when none has ended.
+pub fn peek_ended_child() -> io::Result<Option<Pid>> {
+    // SAFETY: siginfo_t is plain data for which all zeroes is a value.
+    let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+    let flags = libc::WEXITED | libc::WNOHANG | libc::WNOWAIT;
+    // SAFETY: `info` is a live siginfo_t waitid writes into.
+    cvt(unsafe { libc::waitid(libc::P_ALL, 0, &mut info, flags) })?;
+    // SAFETY: waitid filled (or, with WNOHANG and nothing ended, left
+    // zeroed) the child fields of `info`, which si_pid reads.
+    let pid = unsafe { info.si_pid() };
+    Ok((pid != 0).then_some(Pid(pid)))
+}
+
+/// Blocks `signal` in the calling thread; threads it starts afterwards
+/// inherit the mask.
+pub fn block_signal(signal: libc::c_int) -> io::Result<()> {
+    let set = signal_set(signal);
+    // SAFETY: `set` is an initialized sigset_t; the old mask is not asked for.
+    let r = unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };
+    if r != 0 {
+        return Err(io::Error::from_raw_os_error(r));
+    }
+    Ok(())
+}
+
+/// Waits until `signal` (blocked in every thread) is pending, and takes it.
+pub fn wait_for_signal(signal: libc::c_int) -> io::Result<()> {
+    let set = signal_set(signal);
+    // SAFETY: `set` is an initialized sigset_t; no siginfo is asked for.
+    cvt(unsafe { libc::sigwaitinfo(&set, std::ptr::null_mut()) })?;
+    Ok(())
+}
+
+fn signal_set(signal: libc::c_int) -> libc::sigset_t {
+    // SAFETY: sigset_t is plain data; sigemptyset initializes it below.
+    let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
+    // SAFETY: `set` is a live sigset_t; both calls only write into it (and
+    // fail only for an invalid signal number, which leaves the set empty).
+    unsafe {
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, signal);
+    }
+    set
+}
+
+/// Starts a new session with the caller as its leader. Async-signal-safe.
+pub fn setsid() -> io::Result<Pid> {
+    // SAFETY: setsid touches no memory.
+    Ok(Pid(cvt(unsafe { libc::setsid() })?))
+}
+
+/// Ends the process at once (_exit): no destructors, no atexit handlers,
+/// no buffered output flushed. Async-signal-safe.
+pub fn exit_immediately(code: libc::c_int) -> ! {
+    // SAFETY: _exit never returns and runs nothing of this process's that
+    // another thread could be in the middle of.
+    unsafe { libc::_exit(code) }
+}
+
+/// What [`clone_process`] returned on one side of the fork.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cloned {
+    /// In the new process.
+    Child,
+    /// In the caller, with the child's pid.
+    Parent(Pid),
+}
+
+/// Forks into new namespaces: clone(2) with `flags` (`CLONE_NEW*`) and
+/// `SIGCHLD` as the exit signal, like fork otherwise.
+///
+/// # Safety
+/// As for fork: the child gets a copy of only the calling thread. If the
+/// process has other threads, the child may call only async-signal-safe
+/// functions (no allocation, no locks) until it execs or exits; a
+/// single-threaded caller has no such limit.
+pub unsafe fn clone_process(flags: libc::c_int) -> io::Result<Cloned> {
+    let flags = (flags | libc::SIGCHLD) as libc::c_ulong;
+    // SAFETY: clone with no new stack and no pointer arguments behaves as
+    // fork; the caller keeps the child within fork's rules.
+    let pid = cvt(unsafe { libc::syscall(libc::SYS_clone, flags, 0, 0, 0, 0) })?;
+    Ok(match pid {
+        0 => Cloned::Child,
+        pid => Cloned::Parent(Pid(pid as libc::pid_t)),
+    })
+}
+
+/// A pidfd for `pid` (readable once the process has ended), close-on-exec:
+/// how a process learns of the end of one that is not its child.
+pub fn pidfd_open(pid: Pid) -> io::Result<OwnedFd> {
+    // SAFETY: pidfd_open takes no pointers and returns a new descriptor.
+    owned(unsafe { libc::syscall(libc::SYS_pidfd_open, pid.0, 0) })
+}
+
+/// Moves the calling thread out of namespaces it shares (unshare(2),
+/// `flags` of `CLONE_NEW*`).
+pub fn unshare(flags: libc::c_int) -> io::Result<()> {
+    // SAFETY: unshare takes no pointers.
+    cvt(unsafe { libc::unshare(flags) })?;
+    Ok(())
+}
+
+/// Moves the calling thread into the namespace `ns` refers to, which must
+/// be of type `nstype` (`CLONE_NEWNET`, `CLONE_NEWNS`, ...).
+pub fn setns(ns: BorrowedFd<'_>, nstype: libc::c_int) -> io::Result<()> {
+    // SAFETY: setns takes a descriptor we borrow for the call and no pointers.
+    cvt(unsafe { libc::setns(ns.as_raw_fd(), nstype) })?;
+    Ok(())
+}
+
+/// The effective user id.
+pub fn geteuid() -> u32 {
+    // SAFETY: geteuid cannot fail and touches no memory.
+    unsafe { libc::geteuid() }
+}
+
+/// Sets real, effective and saved user ids to `id`.
+pub fn setresuid(id: u32) -> io::Result<()> {
+    // SAFETY: setresuid takes no pointers.
+    cvt(unsafe { libc::setresuid(id, id, id) })?;
+    Ok(())
+}
+
+/// Sets real, effective and saved group ids to `id`.
+pub fn setresgid(id: u32) -> io::Result<()> {
+    // SAFETY: setresgid takes no pointers.
+    cvt(unsafe { libc::setresgid(id, id, id) })?;
+    Ok(())
+}
+
+/// Drops every supplementary group.
+pub fn clear_groups() -> io::Result<()> {
+    // SAFETY: a zero-length list; the null pointer is never read.
+    cvt(unsafe { libc::setgroups(0, std::ptr::null()) })?;
+    Ok(())
+}
+
+/// Sets the filesystem user and group ids (the ids file access is checked
+/// and files are created with) to `id`. These calls cannot report failure.
+pub fn set_fs_ids(id: u32) {
+    // SAFETY: setfsgid and setfsuid take no pointers.
+    unsafe {
+        libc::setfsgid(id);
+        libc::setfsuid(id);
+    }
+}
+
+/// Sets the UTS namespace's hostname.
+pub fn sethostname(name: &str) -> io::Result<()> {
+    // SAFETY: the pointer and length describe `name`'s live bytes, which
+    // the kernel copies (no NUL needed).
+    cvt(unsafe { libc::sethostname(name.as_ptr().cast(), name.len()) })?;
+    Ok(())
+}
+
+/// Changes the working directory (async-signal-safe, unlike std's, which
+/// may allocate).
+pub fn chdir(path: &CStr) -> io::Result<()> {
+    // SAFETY: `path` is NUL-terminated and outlives the call.
+    cvt(unsafe { libc::chdir(path.as_ptr()) })?;
+    Ok(())
+}
+
+/// CPU time the calling thread has used.
+pub fn thread_cpu_time() -> std::time::Duration {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a live timespec clock_gettime writes into; this clock
+    // always exists on Linux, so the call cannot fail.
+    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    std::time::Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    #[expect(clippy::zombie_processes, reason = "reaped by the wait under test")]
+    fn exit_statuses_decode() {
+        let mut child = std::process::Command::new("sh")
+            .args(["-c", "exit 7"])
+            .spawn()
+            .expect("sh");
+        let pid = Pid::from_raw(child.id() as i32);
+        assert_eq!(wait(pid).expect("wait"), Exit::Code(7));
+        // Reaped already: std's own wait has nothing left to see.
+        assert!(child.try_wait().is_err());
+        let sleeper = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .expect("sleep");
+        let pid = Pid::from_raw(sleeper.id() as i32);
+        assert_eq!(try_wait(pid).expect("running"), None);
+        kill(pid, libc::SIGKILL).expect("kill");
+        assert_eq!(wait(pid).expect("wait"), Exit::Signal(libc::SIGKILL));
+    }
+
+    #[test]
+    fn pidfd_of_this_process_opens() {
+        pidfd_open(Pid::this()).expect("pidfd");
+        assert!(thread_cpu_time() > std::time::Duration::ZERO);
+    }
+}
