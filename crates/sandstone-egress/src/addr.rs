@@ -3,6 +3,21 @@
 use crate::cidr::Cidr;
 use std::net::{IpAddr, Ipv4Addr};
 
+/// Why a subnet pool cannot be used; the CIDR is quoted.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PoolError {
+    #[error("{0:?} is not a CIDR")]
+    NotCidr(String),
+    #[error("{0:?} is not an IPv4 CIDR")]
+    NotIpv4(String),
+    #[error("prefix must be 8..29")]
+    Prefix,
+    #[error("the pool must not overlap 192.0.2.0/24")]
+    Uplink,
+    #[error("the pool overlaps the host address {0}")]
+    HostOverlap(IpAddr),
+}
+
 #[derive(Debug, Clone, Copy)]
 pub struct SubnetPool {
     base: u32,
@@ -12,33 +27,36 @@ pub struct SubnetPool {
 impl SubnetPool {
     /// A pool such as `10.200.0.0/14`. Refuses 192.0.2.0/24 (this
     /// workplace's uplink) and any range that overlaps `host` addresses.
-    pub fn new(cidr: &str, host: &[IpAddr]) -> Result<SubnetPool, String> {
+    pub fn new(cidr: &str, host: &[IpAddr]) -> Result<SubnetPool, PoolError> {
         let pool = Self::parse(cidr)?;
         pool.check_host(host)?;
         Ok(pool)
     }
 
     /// The pool `cidr` names, not yet checked against the host's addresses.
-    pub fn parse(cidr: &str) -> Result<SubnetPool, String> {
+    pub fn parse(cidr: &str) -> Result<SubnetPool, PoolError> {
         let (addr, prefix) = cidr
             .split_once('/')
-            .ok_or_else(|| format!("{cidr:?} is not a CIDR"))?;
+            .ok_or_else(|| PoolError::NotCidr(cidr.to_string()))?;
         let base: Ipv4Addr = addr
             .parse()
-            .map_err(|_| format!("{cidr:?} is not an IPv4 CIDR"))?;
+            .map_err(|_| PoolError::NotIpv4(cidr.to_string()))?;
         let prefix: u8 = prefix
             .parse()
             .ok()
             .filter(|p| (8..=29).contains(p))
-            .ok_or("prefix must be 8..29")?;
+            .ok_or(PoolError::Prefix)?;
         let pool = SubnetPool {
             base: u32::from(base) & (u32::MAX << (32 - prefix)),
             prefix,
         };
         let uplink: Cidr = "192.0.2.0/24".parse().expect("constant");
-        if pool.whole().contains("192.0.2.1".parse().unwrap()) || uplink.contains(IpAddr::V4(base))
+        if pool
+            .whole()
+            .contains(IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1)))
+            || uplink.contains(IpAddr::V4(base))
         {
-            return Err("the pool must not overlap 192.0.2.0/24".into());
+            return Err(PoolError::Uplink);
         }
         Ok(pool)
     }
@@ -46,9 +64,9 @@ impl SubnetPool {
     /// Refuses a pool that overlaps any of `host`'s addresses (leave out
     /// the host ends of the pool's own sandboxes: see
     /// [`SubnetPool::is_host_end`]).
-    pub fn check_host(&self, host: &[IpAddr]) -> Result<(), String> {
+    pub fn check_host(&self, host: &[IpAddr]) -> Result<(), PoolError> {
         match host.iter().find(|ip| self.whole().contains(**ip)) {
-            Some(ip) => Err(format!("the pool overlaps the host address {ip}")),
+            Some(ip) => Err(PoolError::HostOverlap(*ip)),
             None => Ok(()),
         }
     }

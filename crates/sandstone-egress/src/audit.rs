@@ -2,13 +2,57 @@
 
 use serde::{Deserialize, Serialize};
 
+/// What an audit record is about.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum EventKind {
+    /// A connection through the proxy.
+    Connection,
+    /// One HTTP request on a connection the proxy terminated.
+    Request,
+    /// A DNS question to the policy resolver.
+    Dns,
+    /// A packet the firewall dropped (not TCP, not DNS).
+    Drop,
+}
+
+/// The verdict an audit record states.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Verdict {
+    Allow,
+    Deny,
+}
+
+impl Verdict {
+    pub fn of(allowed: bool) -> Verdict {
+        if allowed {
+            Verdict::Allow
+        } else {
+            Verdict::Deny
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Verdict::Allow => "allow",
+            Verdict::Deny => "deny",
+        }
+    }
+}
+
+impl std::fmt::Display for Verdict {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct AuditEvent {
     pub sandbox_id: String,
     /// Unix milliseconds.
     pub time: i64,
-    /// `connection` or `dns`.
-    pub kind: String,
+    pub kind: EventKind,
     /// The name the sandbox gave (SNI, Host, DNS question), or for a
     /// connection that gave none, the name its DNS answers had for the
     /// address.
@@ -21,10 +65,10 @@ pub struct AuditEvent {
     /// chose.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dialed: Option<String>,
-    /// `http`, `tls`, `ssh`, `dns`, `other`.
+    /// `http`, `tls`, `ssh`, `dns`, `other`; for a dropped packet, its
+    /// IP protocol as the kernel logged it (`udp`, `icmp`, ...).
     pub protocol: String,
-    /// `allow` or `deny`.
-    pub decision: String,
+    pub decision: Verdict,
     pub rule: Option<String>,
     pub reason: String,
     pub bytes_up: u64,

@@ -14,6 +14,27 @@ pub struct InstallationCa {
     key_path: PathBuf,
 }
 
+/// Why the installation CA could not be loaded, created or used.
+#[derive(Debug, thiserror::Error)]
+pub enum CaError {
+    /// Making the CA directory or reading the certificate.
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+    /// `what`: the CA key, certificate or bundle.
+    #[error("write {what}: {error}")]
+    Write {
+        what: &'static str,
+        error: std::io::Error,
+    },
+    #[error("read the CA key: {0}")]
+    ReadKey(std::io::Error),
+    #[error("the CA key: {0}")]
+    Key(rcgen::Error),
+    /// Building the CA certificate.
+    #[error(transparent)]
+    Certificate(#[from] rcgen::Error),
+}
+
 pub(crate) const HOST_ROOTS: &str = "/etc/ssl/certs/ca-certificates.crt";
 
 fn write(path: &Path, data: &[u8], mode: u32) -> std::io::Result<()> {
@@ -31,11 +52,11 @@ fn write(path: &Path, data: &[u8], mode: u32) -> std::io::Result<()> {
 
 /// The CA's parameters. Leaves are signed by an issuer rebuilt from these
 /// and the key, so they must stay what the certificate was made with.
-fn ca_params() -> Result<rcgen::CertificateParams, String> {
+fn ca_params() -> Result<rcgen::CertificateParams, CaError> {
     use rcgen::{
         BasicConstraints, CertificateParams, DistinguishedName, DnType, IsCa, KeyUsagePurpose,
     };
-    let mut params = CertificateParams::new(Vec::<String>::new()).map_err(|e| e.to_string())?;
+    let mut params = CertificateParams::new(Vec::<String>::new())?;
     params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
     let mut dn = DistinguishedName::new();
     dn.push(DnType::CommonName, "Sandstone installation CA");
@@ -50,35 +71,33 @@ fn ca_params() -> Result<rcgen::CertificateParams, String> {
     Ok(params)
 }
 
-fn generate() -> Result<(String, String), String> {
-    let key = rcgen::KeyPair::generate().map_err(|e| e.to_string())?;
-    let cert = ca_params()?.self_signed(&key).map_err(|e| e.to_string())?;
+fn generate() -> Result<(String, String), CaError> {
+    let key = rcgen::KeyPair::generate()?;
+    let cert = ca_params()?.self_signed(&key)?;
     Ok((cert.pem(), key.serialize_pem()))
 }
 
 impl InstallationCa {
     /// Loads the CA from `dir`, creating it (key 0600) the first time, and
     /// (re)writes the bundle sandboxes are given.
-    pub fn load_or_create(dir: &Path) -> Result<InstallationCa, String> {
-        std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
-        std::fs::set_permissions(dir, std::os::unix::fs::PermissionsExt::from_mode(0o700))
-            .map_err(|e| e.to_string())?;
+    pub fn load_or_create(dir: &Path) -> Result<InstallationCa, CaError> {
+        let written = |what| move |error| CaError::Write { what, error };
+        std::fs::create_dir_all(dir)?;
+        std::fs::set_permissions(dir, std::os::unix::fs::PermissionsExt::from_mode(0o700))?;
         let (cert_path, key_path) = (dir.join("ca.crt"), dir.join("ca.key"));
         if !cert_path.exists() || !key_path.exists() {
             let (cert, key) = generate()?;
-            write(&key_path, key.as_bytes(), 0o600).map_err(|e| format!("write CA key: {e}"))?;
-            write(&cert_path, cert.as_bytes(), 0o644)
-                .map_err(|e| format!("write CA certificate: {e}"))?;
+            write(&key_path, key.as_bytes(), 0o600).map_err(written("CA key"))?;
+            write(&cert_path, cert.as_bytes(), 0o644).map_err(written("CA certificate"))?;
         }
-        let cert_pem = std::fs::read_to_string(&cert_path).map_err(|e| e.to_string())?;
+        let cert_pem = std::fs::read_to_string(&cert_path)?;
         let mut bundle = std::fs::read_to_string(HOST_ROOTS).unwrap_or_default();
         if !bundle.is_empty() && !bundle.ends_with('\n') {
             bundle.push('\n');
         }
         bundle.push_str(&cert_pem);
         let bundle_path = dir.join("ca-bundle.pem");
-        write(&bundle_path, bundle.as_bytes(), 0o644)
-            .map_err(|e| format!("write CA bundle: {e}"))?;
+        write(&bundle_path, bundle.as_bytes(), 0o644).map_err(written("CA bundle"))?;
         Ok(InstallationCa {
             cert_pem,
             bundle: bundle_path,
@@ -87,10 +106,9 @@ impl InstallationCa {
     }
 
     /// What signs leaf certificates: the CA's key and its name.
-    pub fn issuer(&self) -> Result<rcgen::Issuer<'static, rcgen::KeyPair>, String> {
-        let pem =
-            std::fs::read_to_string(&self.key_path).map_err(|e| format!("read the CA key: {e}"))?;
-        let key = rcgen::KeyPair::from_pem(&pem).map_err(|e| format!("the CA key: {e}"))?;
+    pub fn issuer(&self) -> Result<rcgen::Issuer<'static, rcgen::KeyPair>, CaError> {
+        let pem = std::fs::read_to_string(&self.key_path).map_err(CaError::ReadKey)?;
+        let key = rcgen::KeyPair::from_pem(&pem).map_err(CaError::Key)?;
         Ok(rcgen::Issuer::new(ca_params()?, key))
     }
 }

@@ -48,25 +48,34 @@ impl Cidr {
     }
 }
 
+/// Why a string is not a [`Cidr`]; the string is quoted.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CidrError {
+    #[error("{0:?} is not an IP address or CIDR")]
+    Address(String),
+    #[error("{0:?} has a bad prefix length")]
+    Prefix(String),
+}
+
 impl FromStr for Cidr {
-    type Err = String;
+    type Err = CidrError;
 
     /// `10.0.0.0/8`, `::1/128`, or a bare address (a single host).
-    fn from_str(s: &str) -> Result<Self, String> {
+    fn from_str(s: &str) -> Result<Self, CidrError> {
         let (addr, prefix) = match s.split_once('/') {
             Some((a, p)) => (a, Some(p)),
             None => (s, None),
         };
         let net: IpAddr = addr
             .parse()
-            .map_err(|_| format!("{s:?} is not an IP address or CIDR"))?;
+            .map_err(|_| CidrError::Address(s.to_string()))?;
         let max = if net.is_ipv4() { 32 } else { 128 };
         let prefix = match prefix {
             Some(p) => p
                 .parse::<u8>()
                 .ok()
                 .filter(|p| *p <= max)
-                .ok_or_else(|| format!("{s:?} has a bad prefix length"))?,
+                .ok_or_else(|| CidrError::Prefix(s.to_string()))?,
             None => max,
         };
         Ok(Cidr { net, prefix })

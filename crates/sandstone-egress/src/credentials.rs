@@ -5,7 +5,7 @@
 //! which destinations and requests. The proxy applies them after it has
 //! terminated TLS; the sandbox only ever sees the placeholder, if anything.
 
-use crate::policy::{PortRange, domain_matches, valid_domain};
+use crate::policy::{PolicyError, PortRange, Problem, domain_matches, valid_domain};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
@@ -156,7 +156,48 @@ pub struct CredentialBinding {
 }
 
 /// Placeholders shorter than this would be replaced inside ordinary text.
-const MIN_PLACEHOLDER: usize = 8;
+pub(crate) const MIN_PLACEHOLDER: usize = 8;
+
+/// A value template that is not `text {{ .name }} text`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TemplateError {
+    #[error("an unclosed {{{{")]
+    Unclosed,
+    #[error("{{{{ {0} }}}} must be {{{{ .name }}}}")]
+    Key(String),
+}
+
+/// Why a credential source could not be read (the daemon's store says).
+/// Names the source, never a value.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SourceError {
+    #[error("credential source {0:?} does not exist")]
+    Missing(String),
+    #[error("credential source {0:?} cannot be unsealed")]
+    Sealed(String),
+    #[error("credential source {0:?} is malformed")]
+    Malformed(String),
+}
+
+/// Why a credential could not be applied to a request: shown to the
+/// sandbox in the 502 of a fail-closed rule, so it never holds a value.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ProjectionError {
+    #[error("no credential store is configured")]
+    NoStore,
+    #[error(transparent)]
+    Source(#[from] SourceError),
+    #[error(transparent)]
+    Template(#[from] TemplateError),
+    #[error("the source has no value {0:?}")]
+    MissingValue(String),
+    #[error("{0:?} is not a header name")]
+    HeaderName(String),
+    #[error("the value for header {0} is not a valid header value")]
+    HeaderValue(String),
+    #[error("the substituted value is not a valid header value")]
+    SubstitutedValue,
+}
 
 fn header_name_ok(n: &str) -> bool {
     !n.is_empty()
@@ -165,40 +206,50 @@ fn header_name_ok(n: &str) -> bool {
 }
 
 /// Checks bindings and credential rules; the error names the field.
-pub fn validate(bindings: &[CredentialBinding], rules: &[CredentialRule]) -> Result<(), String> {
+pub fn validate(
+    bindings: &[CredentialBinding],
+    rules: &[CredentialRule],
+) -> Result<(), PolicyError> {
     for (i, b) in bindings.iter().enumerate() {
         let at = format!("credentialBindings[{i}]");
         if b.reference.is_empty() || b.source_ref.is_empty() {
-            return Err(format!("{at}: ref and sourceRef are required"));
+            return Err(PolicyError::new(at, Problem::RefRequired));
         }
         if bindings[..i].iter().any(|o| o.reference == b.reference) {
-            return Err(format!("{at}.ref: {:?} is bound twice", b.reference));
+            return Err(PolicyError::new(
+                format!("{at}.ref"),
+                Problem::BoundTwice(b.reference.clone()),
+            ));
         }
         validate_projection(&b.projection, &format!("{at}.projection"))?;
     }
     for (i, r) in rules.iter().enumerate() {
         let at = format!("egress.credentialRules[{i}]");
         if !bindings.iter().any(|b| b.reference == r.credential_ref) {
-            return Err(format!(
-                "{at}.credentialRef: no credentialBinding has ref {:?}",
-                r.credential_ref
+            return Err(PolicyError::new(
+                format!("{at}.credentialRef"),
+                Problem::UnknownCredentialRef(r.credential_ref.clone()),
             ));
         }
-        // A credential must be aimed: no rule may send it everywhere.
         if r.domains.is_empty() {
-            return Err(format!("{at}.domains: at least one domain"));
+            return Err(PolicyError::new(
+                format!("{at}.domains"),
+                Problem::NoDomains,
+            ));
         }
         for (j, d) in r.domains.iter().enumerate() {
             if !valid_domain(d) {
-                return Err(format!(
-                    "{at}.domains[{j}]: {d:?} is not a domain name or *.wildcard"
+                return Err(PolicyError::new(
+                    format!("{at}.domains[{j}]"),
+                    Problem::Domain(d.clone()),
                 ));
             }
         }
         for (j, m) in r.http_match.iter().flat_map(|m| &m.methods).enumerate() {
             if !header_name_ok(m) {
-                return Err(format!(
-                    "{at}.httpMatch.methods[{j}]: {m:?} is not a method"
+                return Err(PolicyError::new(
+                    format!("{at}.httpMatch.methods[{j}]"),
+                    Problem::Method(m.clone()),
                 ));
             }
         }
@@ -206,29 +257,33 @@ pub fn validate(bindings: &[CredentialBinding], rules: &[CredentialRule]) -> Res
     Ok(())
 }
 
-fn validate_projection(p: &Projection, at: &str) -> Result<(), String> {
+fn validate_projection(p: &Projection, at: &str) -> Result<(), PolicyError> {
     match p.kind {
         ProjectionKind::HttpHeaders => {
             for (j, h) in p.http_headers.iter().flat_map(|h| &h.headers).enumerate() {
+                let at = format!("{at}.httpHeaders.headers[{j}]");
                 if !header_name_ok(&h.name) {
-                    return Err(format!(
-                        "{at}.httpHeaders.headers[{j}].name: {:?} is not a header name",
-                        h.name
+                    return Err(PolicyError::new(
+                        format!("{at}.name"),
+                        Problem::HeaderName(h.name.clone()),
                     ));
                 }
                 parse_template(&h.value_template)
-                    .map_err(|e| format!("{at}.httpHeaders.headers[{j}].valueTemplate: {e}"))?;
+                    .map_err(|e| PolicyError::new(format!("{at}.valueTemplate"), e.into()))?;
             }
         }
         ProjectionKind::PlaceholderSubstitution => {
             let reps = &p
                 .placeholder_substitution
                 .as_ref()
-                .ok_or(format!("{at}.placeholderSubstitution: required"))?
+                .ok_or_else(|| {
+                    PolicyError::new(format!("{at}.placeholderSubstitution"), Problem::Required)
+                })?
                 .replacements;
             if reps.is_empty() {
-                return Err(format!(
-                    "{at}.placeholderSubstitution.replacements: at least one"
+                return Err(PolicyError::new(
+                    format!("{at}.placeholderSubstitution.replacements"),
+                    Problem::Empty,
                 ));
             }
             for (j, r) in reps.iter().enumerate() {
@@ -236,12 +291,13 @@ fn validate_projection(p: &Projection, at: &str) -> Result<(), String> {
                 if r.placeholder.len() < MIN_PLACEHOLDER
                     || !r.placeholder.bytes().all(|b| b.is_ascii_graphic())
                 {
-                    return Err(format!(
-                        "{at}.placeholder: at least {MIN_PLACEHOLDER} printable characters"
+                    return Err(PolicyError::new(
+                        format!("{at}.placeholder"),
+                        Problem::Placeholder,
                     ));
                 }
                 parse_template(&r.value_template)
-                    .map_err(|e| format!("{at}.valueTemplate: {e}"))?;
+                    .map_err(|e| PolicyError::new(format!("{at}.valueTemplate"), e.into()))?;
             }
         }
     }
@@ -254,17 +310,17 @@ enum Piece<'a> {
 }
 
 /// Splits `Bearer {{ .token }}` into text and value references.
-fn parse_template(t: &str) -> Result<Vec<Piece<'_>>, String> {
+fn parse_template(t: &str) -> Result<Vec<Piece<'_>>, TemplateError> {
     let mut out = Vec::new();
     let mut rest = t;
     while let Some(open) = rest.find("{{") {
         out.push(Piece::Text(&rest[..open]));
-        let close = rest[open..].find("}}").ok_or("an unclosed {{")? + open;
+        let close = rest[open..].find("}}").ok_or(TemplateError::Unclosed)? + open;
         let key = rest[open + 2..close].trim();
         let key = key
             .strip_prefix('.')
             .filter(|k| !k.is_empty())
-            .ok_or_else(|| format!("{{{{ {key} }}}} must be {{{{ .name }}}}"))?;
+            .ok_or_else(|| TemplateError::Key(key.to_string()))?;
         out.push(Piece::Value(key));
         rest = &rest[close + 2..];
     }
@@ -282,7 +338,7 @@ impl std::fmt::Debug for SourceValues {
 }
 
 impl SourceValues {
-    fn render(&self, template: &str) -> Result<String, String> {
+    fn render(&self, template: &str) -> Result<String, ProjectionError> {
         let mut s = String::new();
         for piece in parse_template(template)? {
             match piece {
@@ -290,7 +346,7 @@ impl SourceValues {
                 Piece::Value(k) => s.push_str(
                     self.0
                         .get(k)
-                        .ok_or_else(|| format!("the source has no value {k:?}"))?,
+                        .ok_or_else(|| ProjectionError::MissingValue(k.to_string()))?,
                 ),
             }
         }
@@ -303,7 +359,7 @@ pub trait CredentialStore: Send + Sync {
     fn resolve<'a>(
         &'a self,
         source: &'a str,
-    ) -> futures_util::future::BoxFuture<'a, Result<SourceValues, String>>;
+    ) -> futures_util::future::BoxFuture<'a, Result<SourceValues, SourceError>>;
 }
 
 /// The parts of a request a projection may change.
@@ -318,15 +374,16 @@ pub fn project(
     binding: &CredentialBinding,
     values: &SourceValues,
     req: RequestParts<'_>,
-) -> Result<(), String> {
+) -> Result<(), ProjectionError> {
     use hyper::header::{HeaderName, HeaderValue};
-    let header = |name: &str, value: String| -> Result<(HeaderName, HeaderValue), String> {
-        let n = HeaderName::from_bytes(name.as_bytes())
-            .map_err(|_| format!("{name:?} is not a header name"))?;
-        let v = HeaderValue::from_str(&value)
-            .map_err(|_| format!("the value for header {name} is not a valid header value"))?;
-        Ok((n, v))
-    };
+    let header =
+        |name: &str, value: String| -> Result<(HeaderName, HeaderValue), ProjectionError> {
+            let n = HeaderName::from_bytes(name.as_bytes())
+                .map_err(|_| ProjectionError::HeaderName(name.to_string()))?;
+            let v = HeaderValue::from_str(&value)
+                .map_err(|_| ProjectionError::HeaderValue(name.to_string()))?;
+            Ok((n, v))
+        };
     let p = &binding.projection;
     match p.kind {
         ProjectionKind::HttpHeaders => {
@@ -345,7 +402,7 @@ pub fn project(
                 templates
                     .iter()
                     .map(|t| Ok((t.name.clone(), values.render(&t.value_template)?)))
-                    .collect::<Result<_, String>>()?
+                    .collect::<Result<_, ProjectionError>>()?
             };
             for (name, value) in pairs {
                 let (n, v) = header(&name, value)?;
@@ -393,7 +450,7 @@ fn substitute_headers(
     h: &mut hyper::HeaderMap,
     placeholder: &str,
     value: &str,
-) -> Result<(), String> {
+) -> Result<(), ProjectionError> {
     for v in h.values_mut() {
         let Ok(s) = v.to_str() else { continue };
         let replaced = if s == placeholder {
@@ -407,7 +464,7 @@ fn substitute_headers(
             }
         };
         *v = hyper::header::HeaderValue::from_str(&replaced)
-            .map_err(|_| "the substituted value is not a valid header value".to_string())?;
+            .map_err(|_| ProjectionError::SubstitutedValue)?;
     }
     Ok(())
 }
@@ -611,6 +668,7 @@ mod tests {
                 &serde_json::from_str::<Vec<CredentialRule>>(r).unwrap(),
             )
             .unwrap_err()
+            .to_string()
         };
         let hb = r#"[{"ref":"a","sourceRef":"s","projection":{"type":"http_headers"}}]"#;
         assert!(
@@ -623,7 +681,10 @@ mod tests {
         );
         let bad_tpl = r#"[{"ref":"a","sourceRef":"s","projection":{"type":"http_headers",
             "httpHeaders":{"headers":[{"name":"A","valueTemplate":"{{ token }}"}]}}}]"#;
-        assert!(err(bad_tpl, "[]").contains("valueTemplate"));
+        assert_eq!(
+            err(bad_tpl, "[]"),
+            "credentialBindings[0].projection.httpHeaders.headers[0].valueTemplate: {{ token }} must be {{ .name }}"
+        );
         let short = r#"[{"ref":"a","sourceRef":"s","projection":{"type":"placeholder_substitution",
             "placeholderSubstitution":{"replacements":[{"placeholder":"x","valueTemplate":"{{.t}}"}]}}}]"#;
         assert!(err(short, "[]").contains("placeholder"));

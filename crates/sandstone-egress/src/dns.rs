@@ -3,7 +3,7 @@
 //! upstream resolver — and NXDOMAIN for the rest; both are audited. The A
 //! records it passes on teach the proxy which name an address stands for.
 
-use crate::audit::{AuditEvent, now_ms};
+use crate::audit::{AuditEvent, EventKind, Verdict, now_ms};
 use crate::state::Egress;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
@@ -108,7 +108,7 @@ const CACHE_MAX: usize = 10_000;
 impl Cache {
     /// A cached answer re-addressed to `query`'s id.
     pub fn get(&self, name: &str, qtype: u16, query: &[u8]) -> Option<Vec<u8>> {
-        let entries = self.entries.lock().unwrap();
+        let entries = self.entries.lock().expect("lock poisoned");
         let (answer, until) = entries.get(&(name.to_string(), qtype))?;
         if Instant::now() >= *until {
             return None;
@@ -120,7 +120,7 @@ impl Cache {
 
     pub fn put(&self, name: &str, qtype: u16, answer: &[u8]) {
         let ttl = answer_records(answer).1.unwrap_or(5).clamp(5, 300);
-        let mut entries = self.entries.lock().unwrap();
+        let mut entries = self.entries.lock().expect("lock poisoned");
         if entries.len() >= CACHE_MAX {
             let now = Instant::now();
             entries.retain(|_, (_, until)| *until > now);
@@ -240,13 +240,13 @@ fn record(
     egress.audit.record(AuditEvent {
         sandbox_id: id.to_string(),
         time: now_ms(),
-        kind: "dns".into(),
+        kind: EventKind::Dns,
         dest_name: Some(name.to_string()),
         dest_ip: None,
         dest_port: 53,
         dialed: None,
         protocol: "dns".into(),
-        decision: if d.allowed { "allow" } else { "deny" }.into(),
+        decision: Verdict::of(d.allowed),
         rule: d.rule.clone(),
         reason,
         bytes_up: 0,

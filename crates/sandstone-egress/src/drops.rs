@@ -2,7 +2,7 @@
 //! anything not TCP): the drop rule logs them with the daemon's prefix to
 //! the kernel log, which this reads from `/dev/kmsg`.
 
-use crate::audit::{AuditEvent, now_ms};
+use crate::audit::{AuditEvent, EventKind, Verdict, now_ms};
 use crate::state::Egress;
 use std::io::{BufRead, Seek, SeekFrom};
 use std::net::IpAddr;
@@ -46,13 +46,13 @@ pub fn spawn(egress: Arc<Egress>, prefix: String) {
             egress.audit.record(AuditEvent {
                 sandbox_id: sandbox.id.clone(),
                 time: now_ms(),
-                kind: "drop".into(),
+                kind: EventKind::Drop,
                 dest_name: None,
                 dest_ip: Some(dst.to_string()),
                 dest_port: port,
                 dialed: None,
                 protocol: proto.clone(),
-                decision: "deny".into(),
+                decision: Verdict::Deny,
                 rule: Some("firewall".into()),
                 reason: format!("{proto} to {dst}:{port} dropped: sandboxes may only use TCP (through the proxy) and DNS"),
                 bytes_up: 0,

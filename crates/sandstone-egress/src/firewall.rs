@@ -19,8 +19,22 @@ pub struct Firewall {
     pub dns_port: u16,
 }
 
+/// Why the firewall table could not be installed or removed.
+#[derive(Debug, thiserror::Error)]
+pub enum FirewallError {
+    #[error("run nft: {0}")]
+    Run(std::io::Error),
+    /// Feeding nft its script or reading its answer.
+    #[error("{0}")]
+    Pipe(std::io::Error),
+    #[error("nft: {0}")]
+    Refused(String),
+    #[error("nft is not installed (apt-get install nftables)")]
+    NotInstalled,
+}
+
 /// Runs an nft script; `Ok(None)`: nft is not installed.
-fn try_nft(script: &str) -> Result<Option<()>, String> {
+fn try_nft(script: &str) -> Result<Option<()>, FirewallError> {
     let mut child = match Command::new("nft")
         .args(["-f", "-"])
         .stdin(Stdio::piped())
@@ -29,26 +43,25 @@ fn try_nft(script: &str) -> Result<Option<()>, String> {
     {
         Ok(c) => c,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(format!("run nft: {e}")),
+        Err(e) => return Err(FirewallError::Run(e)),
     };
     child
         .stdin
         .take()
         .expect("piped")
         .write_all(script.as_bytes())
-        .map_err(|e| e.to_string())?;
-    let out = child.wait_with_output().map_err(|e| e.to_string())?;
+        .map_err(FirewallError::Pipe)?;
+    let out = child.wait_with_output().map_err(FirewallError::Pipe)?;
     if !out.status.success() {
-        return Err(format!(
-            "nft: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
+        return Err(FirewallError::Refused(
+            String::from_utf8_lossy(&out.stderr).trim().to_string(),
         ));
     }
     Ok(Some(()))
 }
 
-fn nft(script: &str) -> Result<(), String> {
-    try_nft(script)?.ok_or_else(|| "nft is not installed (apt-get install nftables)".into())
+fn nft(script: &str) -> Result<(), FirewallError> {
+    try_nft(script)?.ok_or(FirewallError::NotInstalled)
 }
 
 impl Firewall {
@@ -103,12 +116,12 @@ impl Firewall {
         lines.join("\n") + "\n"
     }
 
-    pub fn install(&self) -> Result<(), String> {
+    pub fn install(&self) -> Result<(), FirewallError> {
         nft(&self.ruleset())
     }
 
     /// Deletes the table if there is one (without nft there is none).
-    pub fn remove(&self) -> Result<(), String> {
+    pub fn remove(&self) -> Result<(), FirewallError> {
         try_nft(&format!(
             "table inet {t} {{}}\ndelete table inet {t}\n",
             t = self.table

@@ -5,7 +5,9 @@
 //! comes first).
 
 use crate::AppProtocol;
-use crate::policy::{Action, CompiledPolicy, Connection, OperatorRules, TrafficRule, Transport};
+use crate::policy::{
+    Action, CompiledPolicy, Connection, Layer, OperatorRules, TrafficRule, Transport,
+};
 use crate::presets::Preset;
 use serde::Serialize;
 use std::net::IpAddr;
@@ -62,13 +64,13 @@ pub fn allow_hint(
     };
     match (decision.allowed, decision.layer) {
         (true, _) => return none("the current policy allows it (it changed since)".into()),
-        (false, "operator") => {
+        (false, Layer::Operator) => {
             return none(format!(
                 "the operator's rules deny it ({}); no sandbox policy can allow it",
                 decision.rule.unwrap_or_default()
             ));
         }
-        (false, "rule") => {
+        (false, Layer::Rule) => {
             return none(format!(
                 "rule {:?} denies it and comes first: remove or change that rule (sandstone policy get/set {sandbox})",
                 decision.rule.unwrap_or_default()

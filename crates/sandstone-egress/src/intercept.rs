@@ -11,8 +11,9 @@
 //! a rule gets the credential. Other hosts — a redirect's target included —
 //! are other connections and never match this one's rules.
 
-use crate::credentials::{FailurePolicy, RequestParts, project};
-use crate::policy::{AppProtocol, Connection, Decision, Transport};
+use crate::audit::EventKind;
+use crate::credentials::{FailurePolicy, ProjectionError, RequestParts, project};
+use crate::policy::{AppProtocol, Connection, Decision, Layer, Transport};
 use crate::proxy::Flow;
 use crate::state::Egress;
 use bytes::Bytes;
@@ -55,6 +56,53 @@ fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::aws_lc_rs::default_provider())
 }
 
+/// Why TLS interception could not be set up, or an intercepted connection
+/// from a sandbox ended in error (logged, never shown to the sandbox).
+#[derive(Debug, thiserror::Error)]
+pub enum InterceptError {
+    #[error("the CA certificate: {0}")]
+    CaCertificate(rustls::pki_types::pem::Error),
+    /// An upstream root bundle (the host's or an operator's) is unreadable.
+    #[error("{}: {error}", file.display())]
+    Roots {
+        file: PathBuf,
+        error: rustls::pki_types::pem::Error,
+    },
+    #[error(transparent)]
+    Ca(#[from] crate::ca::CaError),
+    #[error(transparent)]
+    Tls(#[from] rustls::Error),
+    #[error("minting a leaf for {host}: {error}")]
+    Mint { host: String, error: rcgen::Error },
+    #[error("TLS from the sandbox: {0}")]
+    Accept(std::io::Error),
+    #[error(transparent)]
+    Http(#[from] hyper::Error),
+}
+
+/// Why a request could not be sent upstream: the sandbox sees it in a 502
+/// (`upstream host:port: …`).
+#[derive(Debug, thiserror::Error)]
+enum UpstreamError {
+    #[error("connecting to {0} timed out")]
+    Timeout(SocketAddr),
+    #[error("connecting to {addr}: {error}")]
+    Connect {
+        addr: SocketAddr,
+        error: std::io::Error,
+    },
+    #[error("{0:?} is not a server name")]
+    ServerName(String),
+    #[error("TLS verification failed: {0}")]
+    Verify(std::io::Error),
+    #[error("a request path that is not a URI")]
+    Path,
+    #[error("a bad Host")]
+    Host,
+    #[error(transparent)]
+    Http(#[from] hyper::Error),
+}
+
 /// Upstream connections are shared only within one sandbox, never across.
 type PoolKey = (String, String, SocketAddr, bool);
 
@@ -70,24 +118,28 @@ pub struct Interceptor {
 impl Interceptor {
     /// `extra_roots` are PEM files the operator trusts for upstreams in
     /// addition to the host's roots (e.g. an internal CA).
-    pub fn new(ca: &crate::ca::InstallationCa, extra_roots: &[PathBuf]) -> Result<Self, String> {
+    pub fn new(
+        ca: &crate::ca::InstallationCa,
+        extra_roots: &[PathBuf],
+    ) -> Result<Self, InterceptError> {
         let ca_der = CertificateDer::from_pem_slice(ca.cert_pem.as_bytes())
-            .map_err(|e| format!("the CA certificate: {e}"))?;
+            .map_err(InterceptError::CaCertificate)?;
         let mut roots = RootCertStore::empty();
         let host = std::path::Path::new(crate::ca::HOST_ROOTS);
         let files = host.exists().then(|| host.to_path_buf());
         for file in files.iter().chain(extra_roots) {
-            let certs = CertificateDer::pem_file_iter(file)
-                .map_err(|e| format!("{}: {e}", file.display()))?;
-            for c in certs {
-                let c = c.map_err(|e| format!("{}: {e}", file.display()))?;
+            let unreadable = |error| InterceptError::Roots {
+                file: file.clone(),
+                error,
+            };
+            for c in CertificateDer::pem_file_iter(file).map_err(unreadable)? {
+                let c = c.map_err(unreadable)?;
                 // A host bundle may hold certificates rustls cannot use.
                 let _ = roots.add(c);
             }
         }
         let mut upstream = ClientConfig::builder_with_provider(provider())
-            .with_safe_default_protocol_versions()
-            .map_err(|e| e.to_string())?
+            .with_safe_default_protocol_versions()?
             .with_root_certificates(roots)
             .with_no_client_auth();
         upstream.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
@@ -102,31 +154,33 @@ impl Interceptor {
     }
 
     fn pool(&self, key: PoolKey) -> Pool {
-        let mut pools = self.pools.lock().unwrap();
+        let mut pools = self.pools.lock().expect("lock poisoned");
         // Now and then, close what sat idle too long in any pool, and forget
         // pools no connection uses.
-        let mut reaped = self.reaped.lock().unwrap();
+        let mut reaped = self.reaped.lock().expect("lock poisoned");
         if reaped.elapsed() >= UPSTREAM_IDLE || pools.len() >= MAX_POOLS {
             *reaped = Instant::now();
             for p in pools.values() {
                 p.lock()
-                    .unwrap()
+                    .expect("lock poisoned")
                     .retain(|i| i.since.elapsed() < UPSTREAM_IDLE);
             }
-            pools.retain(|_, p| Arc::strong_count(p) > 1 || !p.lock().unwrap().is_empty());
+            pools.retain(|_, p| {
+                Arc::strong_count(p) > 1 || !p.lock().expect("lock poisoned").is_empty()
+            });
         }
         pools.entry(key).or_default().clone()
     }
 
     /// The TLS server configuration presenting a leaf for `host`.
-    fn server_config(&self, host: &str) -> Result<Arc<ServerConfig>, String> {
-        if let Some((born, cfg)) = self.leaves.lock().unwrap().get(host)
+    fn server_config(&self, host: &str) -> Result<Arc<ServerConfig>, InterceptError> {
+        if let Some((born, cfg)) = self.leaves.lock().expect("lock poisoned").get(host)
             && born.elapsed() < LEAF_REUSE
         {
             return Ok(cfg.clone());
         }
         let cfg = Arc::new(self.mint(host)?);
-        let mut leaves = self.leaves.lock().unwrap();
+        let mut leaves = self.leaves.lock().expect("lock poisoned");
         if leaves.len() >= MAX_LEAVES {
             leaves.clear();
         }
@@ -134,9 +188,12 @@ impl Interceptor {
         Ok(cfg)
     }
 
-    fn mint(&self, host: &str) -> Result<ServerConfig, String> {
+    fn mint(&self, host: &str) -> Result<ServerConfig, InterceptError> {
         use rcgen::{CertificateParams, DnType, ExtendedKeyUsagePurpose, KeyPair};
-        let e = |e: rcgen::Error| format!("minting a leaf for {host}: {e}");
+        let e = |error| InterceptError::Mint {
+            host: host.to_string(),
+            error,
+        };
         let key = KeyPair::generate().map_err(e)?;
         let mut params = CertificateParams::new(vec![host.to_string()]).map_err(e)?;
         params.distinguished_name.push(DnType::CommonName, host);
@@ -152,14 +209,12 @@ impl Interceptor {
         params.use_authority_key_identifier_extension = true;
         let cert = params.signed_by(&key, &self.issuer).map_err(e)?;
         let mut cfg = ServerConfig::builder_with_provider(provider())
-            .with_safe_default_protocol_versions()
-            .map_err(|e| e.to_string())?
+            .with_safe_default_protocol_versions()?
             .with_no_client_auth()
             .with_single_cert(
                 vec![cert.der().clone(), self.ca_der.clone()],
                 PrivateKeyDer::Pkcs8(key.serialize_der().into()),
-            )
-            .map_err(|e| e.to_string())?;
+            )?;
         cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
         Ok(cfg)
     }
@@ -206,18 +261,18 @@ impl Interceptor {
         io: Counted,
         host: &str,
         session: Arc<Session>,
-    ) -> Result<(), String> {
+    ) -> Result<(), InterceptError> {
         let cfg = self.server_config(host)?;
         let tls = tokio_rustls::TlsAcceptor::from(cfg)
             .accept(io)
             .await
-            .map_err(|e| format!("TLS from the sandbox: {e}"))?;
+            .map_err(InterceptError::Accept)?;
         let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
         serve_http(tls, h2, session).await
     }
 }
 
-async fn serve_http<I>(io: I, h2: bool, session: Arc<Session>) -> Result<(), String>
+async fn serve_http<I>(io: I, h2: bool, session: Arc<Session>) -> Result<(), InterceptError>
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -235,7 +290,7 @@ where
             .serve_connection(io, svc)
             .await
     };
-    r.map_err(|e| e.to_string())
+    Ok(r?)
 }
 
 /// One intercepted connection: where it goes and how requests get there.
@@ -301,12 +356,12 @@ impl Session {
     fn record(&self, allowed: bool, rule: Option<String>, reason: String) {
         let d = Decision {
             allowed,
-            layer: "rule",
+            layer: Layer::Rule,
             rule,
         };
         self.egress
             .audit
-            .record(self.flow.event("request", &d, reason));
+            .record(self.flow.event(EventKind::Request, &d, reason));
     }
 
     async fn forward(&self, req: Request<Incoming>) -> Response<Body> {
@@ -365,17 +420,18 @@ impl Session {
             // Logged without the query, which may carry a substituted value.
             let shown = format!("{method} {target}{}", parts.uri.path());
             let applied = match &self.egress.credentials {
-                Some(store) => store.resolve(&binding.source_ref).await.and_then(|values| {
-                    project(
+                Some(store) => match store.resolve(&binding.source_ref).await {
+                    Ok(values) => project(
                         binding,
                         &values,
                         RequestParts {
                             headers: &mut parts.headers,
                             path_and_query: &mut path,
                         },
-                    )
-                }),
-                None => Err("no credential store is configured".into()),
+                    ),
+                    Err(e) => Err(e.into()),
+                },
+                None => Err(ProjectionError::NoStore),
             };
             let rule_name = Some(rule.name.clone());
             match applied {
@@ -453,7 +509,7 @@ impl Upstream {
         path: String,
         port: u16,
         body: Incoming,
-    ) -> Result<Response<Incoming>, String> {
+    ) -> Result<Response<Incoming>, UpstreamError> {
         let sender = self.sender().await?;
         let default_port = if self.tls.is_some() { 443 } else { 80 };
         let authority = if port == default_port {
@@ -461,38 +517,34 @@ impl Upstream {
         } else {
             format!("{}:{port}", self.host)
         };
-        let e = |e: hyper::Error| e.to_string();
         match sender {
             Sender::H2(mut s) => {
                 parts.headers.remove(HOST);
                 parts.version = Version::HTTP_2;
                 parts.uri = format!("https://{authority}{path}")
                     .parse()
-                    .map_err(|_| "a request path that is not a URI".to_string())?;
+                    .map_err(|_| UpstreamError::Path)?;
                 let resp = s.send_request(Request::from_parts(parts, body)).await;
                 self.give_back(Sender::H2(s));
-                resp.map_err(e)
+                Ok(resp?)
             }
             Sender::H1(mut s) => {
                 parts.version = Version::HTTP_11;
-                parts.uri = path
-                    .parse()
-                    .map_err(|_| "a request path that is not a URI".to_string())?;
-                parts.headers.insert(
-                    HOST,
-                    authority.parse().map_err(|_| "a bad Host".to_string())?,
-                );
+                parts.uri = path.parse().map_err(|_| UpstreamError::Path)?;
+                parts
+                    .headers
+                    .insert(HOST, authority.parse().map_err(|_| UpstreamError::Host)?);
                 let resp = s.send_request(Request::from_parts(parts, body)).await;
                 self.give_back(Sender::H1(s));
-                resp.map_err(e)
+                Ok(resp?)
             }
         }
     }
 
     /// A connection that can take a request now, or a new one.
-    async fn sender(&self) -> Result<Sender, String> {
+    async fn sender(&self) -> Result<Sender, UpstreamError> {
         {
-            let mut idle = self.idle.lock().unwrap();
+            let mut idle = self.idle.lock().expect("lock poisoned");
             idle.retain(|i| {
                 i.since.elapsed() < UPSTREAM_IDLE
                     && match &i.sender {
@@ -522,7 +574,7 @@ impl Upstream {
     }
 
     fn give_back(&self, s: Sender) {
-        let mut idle = self.idle.lock().unwrap();
+        let mut idle = self.idle.lock().expect("lock poisoned");
         let h2_held = idle.iter().any(|i| matches!(i.sender, Sender::H2(_)));
         let keep = match s {
             Sender::H1(_) => idle.len() < MAX_IDLE_UPSTREAM,
@@ -537,11 +589,14 @@ impl Upstream {
         }
     }
 
-    async fn dial(&self) -> Result<Sender, String> {
+    async fn dial(&self) -> Result<Sender, UpstreamError> {
         let tcp = tokio::time::timeout(DIAL_TIMEOUT, TcpStream::connect(self.target))
             .await
-            .map_err(|_| format!("connecting to {} timed out", self.target))?
-            .map_err(|e| format!("connecting to {}: {e}", self.target))?;
+            .map_err(|_| UpstreamError::Timeout(self.target))?
+            .map_err(|error| UpstreamError::Connect {
+                addr: self.target,
+                error,
+            })?;
         let _ = tcp.set_nodelay(true);
         // rustls reads a few KiB per call: buffering here turns a read
         // syscall per TLS record into one per quarter MiB.
@@ -550,15 +605,13 @@ impl Upstream {
             return handshake1(TokioIo::new(tcp)).await;
         };
         let name = ServerName::try_from(self.host.clone())
-            .map_err(|_| format!("{:?} is not a server name", self.host))?;
+            .map_err(|_| UpstreamError::ServerName(self.host.clone()))?;
         let tls = tokio_rustls::TlsConnector::from(cfg.clone())
             .connect(name, tcp)
             .await
-            .map_err(|e| format!("TLS verification failed: {e}"))?;
+            .map_err(UpstreamError::Verify)?;
         if tls.get_ref().1.alpn_protocol() == Some(b"h2") {
-            let (s, conn) = client2::handshake(TokioExecutor::new(), TokioIo::new(tls))
-                .await
-                .map_err(|e| e.to_string())?;
+            let (s, conn) = client2::handshake(TokioExecutor::new(), TokioIo::new(tls)).await?;
             tokio::spawn(conn);
             Ok(Sender::H2(s))
         } else {
@@ -567,11 +620,11 @@ impl Upstream {
     }
 }
 
-async fn handshake1<I>(io: TokioIo<I>) -> Result<Sender, String>
+async fn handshake1<I>(io: TokioIo<I>) -> Result<Sender, UpstreamError>
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let (s, conn) = client1::handshake(io).await.map_err(|e| e.to_string())?;
+    let (s, conn) = client1::handshake(io).await?;
     tokio::spawn(conn);
     Ok(Sender::H1(s))
 }

@@ -5,6 +5,12 @@
 //! ([`sniff`]) are pure, so they can be tested and fuzzed without sockets;
 //! [`addr`] hands out sandbox subnets and [`firewall`] installs the host's
 //! nftables table. Nothing here is configurable from inside a sandbox.
+//!
+//! Each module that can fail has its own error enum, whose text is the
+//! message users have always seen: [`policy::PolicyError`] names the bad
+//! field (the daemon's 400 quotes it), and an audit record's kind and
+//! verdict are enums ([`audit::EventKind`], [`audit::Verdict`]), as is the
+//! layer that decided a connection ([`policy::Layer`]).
 
 pub mod addr;
 pub mod audit;

@@ -172,11 +172,22 @@ pub struct Connection<'a> {
     pub app: AppProtocol,
 }
 
+/// Which layer of rules decided a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Layer {
+    /// The operator's rules, which no sandbox policy can loosen.
+    Operator,
+    /// One of the sandbox policy's traffic rules.
+    Rule,
+    /// No rule matched: the sandbox policy's mode.
+    Mode,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Decision {
     pub allowed: bool,
-    /// `operator`, `rule` or `mode`.
-    pub layer: &'static str,
+    pub layer: Layer,
     /// The matching rule's name (`rule`), or the operator rule.
     pub rule: Option<String>,
 }
@@ -186,17 +197,79 @@ impl Decision {
     pub fn reason(&self, target: &str) -> String {
         let verdict = if self.allowed { "allowed" } else { "denied" };
         match (self.layer, &self.rule) {
-            ("operator", Some(r)) => {
+            (Layer::Operator, Some(r)) => {
                 format!("{target} {verdict} by the operator's network rules ({r})")
             }
-            ("rule", Some(r)) if !r.is_empty() => {
+            (Layer::Rule, Some(r)) if !r.is_empty() => {
                 format!("{target} {verdict} by sandbox policy rule {r:?}")
             }
-            ("rule", _) => format!("{target} {verdict} by an unnamed sandbox policy rule"),
+            (Layer::Rule, _) => format!("{target} {verdict} by an unnamed sandbox policy rule"),
             _ => format!("{target} {verdict} by the sandbox policy's mode"),
         }
     }
 }
+
+/// A policy field that fails validation, shown as `field: problem`
+/// (`egress.trafficRules[2].cidrs[0]: "10.0.0.0/40" has a bad prefix
+/// length`): the API's 400 names the field from it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {problem}")]
+pub struct PolicyError {
+    /// The field's path in the policy's JSON shape.
+    pub field: String,
+    pub problem: Problem,
+}
+
+impl PolicyError {
+    pub(crate) fn new(field: impl Into<String>, problem: Problem) -> PolicyError {
+        PolicyError {
+            field: field.into(),
+            problem,
+        }
+    }
+}
+
+/// What is wrong with a policy field.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Problem {
+    #[error("at most 128 characters")]
+    NameTooLong,
+    #[error("{0:?} is not a domain name or *.wildcard")]
+    Domain(String),
+    #[error(transparent)]
+    Cidr(#[from] crate::cidr::CidrError),
+    #[error("ports are 1-65535 and endPort >= port")]
+    Ports,
+    #[error("at most {} rules", MAX_RULES)]
+    TooManyRules,
+    #[error("ref and sourceRef are required")]
+    RefRequired,
+    #[error("{0:?} is bound twice")]
+    BoundTwice(String),
+    #[error("no credentialBinding has ref {0:?}")]
+    UnknownCredentialRef(String),
+    /// A credential must be aimed: no rule may send it everywhere.
+    #[error("at least one domain")]
+    NoDomains,
+    #[error("{0:?} is not a method")]
+    Method(String),
+    #[error("{0:?} is not a header name")]
+    HeaderName(String),
+    #[error(transparent)]
+    Template(#[from] crate::credentials::TemplateError),
+    #[error("required")]
+    Required,
+    #[error("at least one")]
+    Empty,
+    #[error(
+        "at least {} printable characters",
+        crate::credentials::MIN_PLACEHOLDER
+    )]
+    Placeholder,
+}
+
+/// Traffic rules one policy may hold.
+const MAX_RULES: usize = 1024;
 
 pub(crate) fn valid_domain(d: &str) -> bool {
     let name = d.strip_prefix("*.").unwrap_or(d);
@@ -281,19 +354,20 @@ impl NetworkPolicy {
     /// Checks every field; the error names the first bad one
     /// (`egress.trafficRules[2].cidrs[0]: …`). Presets are expanded first:
     /// a preset rule never matches "any destination".
-    pub fn compile(&self) -> Result<CompiledPolicy, String> {
+    pub fn compile(&self) -> Result<CompiledPolicy, PolicyError> {
         let mut expanded = self.clone();
         expanded.expand_presets();
         let mut rules = Vec::new();
         for (i, r) in expanded.egress.traffic_rules.iter().enumerate() {
             let at = format!("egress.trafficRules[{i}]");
             if r.name.len() > 128 {
-                return Err(format!("{at}.name: at most 128 characters"));
+                return Err(PolicyError::new(format!("{at}.name"), Problem::NameTooLong));
             }
             for (j, d) in r.domains.iter().enumerate() {
                 if !valid_domain(d) {
-                    return Err(format!(
-                        "{at}.domains[{j}]: {d:?} is not a domain name or *.wildcard"
+                    return Err(PolicyError::new(
+                        format!("{at}.domains[{j}]"),
+                        Problem::Domain(d.clone()),
                     ));
                 }
             }
@@ -303,14 +377,12 @@ impl NetworkPolicy {
                 .enumerate()
                 .map(|(j, c)| {
                     c.parse::<Cidr>()
-                        .map_err(|e| format!("{at}.cidrs[{j}]: {e}"))
+                        .map_err(|e| PolicyError::new(format!("{at}.cidrs[{j}]"), e.into()))
                 })
                 .collect::<Result<Vec<_>, _>>()?;
             for (j, p) in r.ports.iter().enumerate() {
                 if p.port == 0 || p.end_port.is_some_and(|e| e < p.port) {
-                    return Err(format!(
-                        "{at}.ports[{j}]: ports are 1-65535 and endPort >= port"
-                    ));
+                    return Err(PolicyError::new(format!("{at}.ports[{j}]"), Problem::Ports));
                 }
             }
             rules.push(Compiled {
@@ -318,8 +390,11 @@ impl NetworkPolicy {
                 cidrs,
             });
         }
-        if rules.len() > 1024 {
-            return Err("egress.trafficRules: at most 1024 rules".into());
+        if rules.len() > MAX_RULES {
+            return Err(PolicyError::new(
+                "egress.trafficRules",
+                Problem::TooManyRules,
+            ));
         }
         crate::credentials::validate(&self.credential_bindings, &self.egress.credential_rules)?;
         Ok(CompiledPolicy {
@@ -434,7 +509,7 @@ impl OperatorRules {
             if let Some(n) = self.deny.iter().find(|n| n.contains(ip)) {
                 return Some(Decision {
                     allowed: false,
-                    layer: "operator",
+                    layer: Layer::Operator,
                     rule: Some(format!("deny {n}")),
                 });
             }
@@ -449,7 +524,7 @@ impl OperatorRules {
             if let Some(rule) = local {
                 return Some(Decision {
                     allowed: false,
-                    layer: "operator",
+                    layer: Layer::Operator,
                     rule: Some(rule),
                 });
             }
@@ -458,7 +533,7 @@ impl OperatorRules {
         let d = self.deny_domains.iter().find(|d| domain_matches(d, host))?;
         Some(Decision {
             allowed: false,
-            layer: "operator",
+            layer: Layer::Operator,
             rule: Some(format!("deny {d}")),
         })
     }
@@ -474,13 +549,13 @@ impl CompiledPolicy {
         if let Some(r) = self.rules.iter().find(|r| r.matches(c)) {
             return Decision {
                 allowed: r.rule.action == Action::Allow,
-                layer: "rule",
+                layer: Layer::Rule,
                 rule: Some(r.rule.name.clone()),
             };
         }
         Decision {
             allowed: self.policy.mode == Mode::AllowAll,
-            layer: "mode",
+            layer: Layer::Mode,
             rule: None,
         }
     }
@@ -492,7 +567,7 @@ impl CompiledPolicy {
         if let Some(d) = op.deny_domains.iter().find(|d| domain_matches(d, name)) {
             return Decision {
                 allowed: false,
-                layer: "operator",
+                layer: Layer::Operator,
                 rule: Some(format!("deny {d}")),
             };
         }
@@ -503,12 +578,12 @@ impl CompiledPolicy {
         match hit {
             Some(r) => Decision {
                 allowed: r.rule.action == Action::Allow,
-                layer: "rule",
+                layer: Layer::Rule,
                 rule: Some(r.rule.name.clone()),
             },
             None => Decision {
                 allowed: self.policy.mode == Mode::AllowAll,
-                layer: "mode",
+                layer: Layer::Mode,
                 rule: None,
             },
         }
@@ -589,7 +664,7 @@ mod tests {
                 .allowed
         );
         let d = p.decide(&op, &conn("10.99.0.7", 9000, None, AppProtocol::Other));
-        assert_eq!((d.allowed, d.layer), (false, "mode"));
+        assert_eq!((d.allowed, d.layer), (false, Layer::Mode));
         assert!(d.reason("10.99.0.7:9000").contains("mode"));
     }
 
@@ -661,7 +736,7 @@ mod tests {
             "::ffff:127.0.0.1",
         ] {
             let d = p.decide(&op, &conn(ip, 80, None, AppProtocol::Http));
-            assert_eq!((d.allowed, d.layer), (false, "operator"), "{ip}");
+            assert_eq!((d.allowed, d.layer), (false, Layer::Operator), "{ip}");
         }
         assert!(
             p.decide(&op, &conn("93.184.216.34", 80, None, AppProtocol::Http))
@@ -689,6 +764,7 @@ mod tests {
                 .unwrap()
                 .compile()
                 .unwrap_err()
+                .to_string()
         };
         assert!(
             bad(r#"{"egress":{"trafficRules":[{"action":"allow","cidrs":["10.0.0.0/40"]}]}}"#)
@@ -701,6 +777,19 @@ mod tests {
         assert!(bad(r#"{"egress":{"trafficRules":[{"action":"allow","ports":[{"port":90,"endPort":80}]}]}}"#)
             .starts_with("egress.trafficRules[0].ports[0]"));
         assert!(serde_json::from_str::<NetworkPolicy>(r#"{"mode":"open"}"#).is_err());
+        // The field is typed too, and the text is what the API has always
+        // sent after `invalid field `.
+        let e = serde_json::from_str::<NetworkPolicy>(
+            r#"{"egress":{"trafficRules":[{"action":"allow","cidrs":["10.0.0.0/40"]}]}}"#,
+        )
+        .unwrap()
+        .compile()
+        .unwrap_err();
+        assert_eq!(e.field, "egress.trafficRules[0].cidrs[0]");
+        assert_eq!(
+            e.to_string(),
+            r#"egress.trafficRules[0].cidrs[0]: "10.0.0.0/40" has a bad prefix length"#
+        );
     }
 
     #[test]
@@ -761,7 +850,7 @@ mod tests {
         // HTTP flow without Host, nor opaque TCP to that address.
         for app in [AppProtocol::Tls, AppProtocol::Http, AppProtocol::Other] {
             let d = p.decide(&op, &resolved(app));
-            assert_eq!((d.allowed, d.layer), (false, "mode"), "{app:?}");
+            assert_eq!((d.allowed, d.layer), (false, Layer::Mode), "{app:?}");
             assert_eq!(p.dial_name(&resolved(app)), None);
         }
         // Its own SNI does, and the proxy dials that name.
@@ -853,7 +942,7 @@ mod tests {
         let d = p.decide(&op, &conn("10.5.0.1", 80, None, AppProtocol::Http));
         assert_eq!(
             (d.allowed, d.layer, d.rule.as_deref()),
-            (false, "operator", Some("deny host address 10.5.0.1"))
+            (false, Layer::Operator, Some("deny host address 10.5.0.1"))
         );
         // Unknown fails closed.
         assert!(

@@ -8,8 +8,8 @@
 //! denies) and spliced. TLS without a server name matches no domain rule.
 //! Denied HTTP gets a 403 saying why; anything else denied is reset.
 
-use crate::audit::{AuditEvent, now_ms};
-use crate::policy::{AppProtocol, Connection, Decision, Transport};
+use crate::audit::{AuditEvent, EventKind, Verdict, now_ms};
+use crate::policy::{AppProtocol, Connection, Decision, Layer, Transport};
 use crate::sniff::{MAX_SNIFF, Sniffed, sniff};
 use crate::state::{Egress, SandboxNet};
 use std::net::{IpAddr, SocketAddr};
@@ -96,17 +96,17 @@ pub(crate) struct Flow {
 impl Flow {
     /// An audit record about this connection (`kind` `connection`, or
     /// `request` for one HTTP request on an intercepted connection).
-    pub fn event(&self, kind: &str, d: &Decision, reason: String) -> AuditEvent {
+    pub fn event(&self, kind: EventKind, d: &Decision, reason: String) -> AuditEvent {
         AuditEvent {
             sandbox_id: self.sandbox.id.clone(),
             time: now_ms(),
-            kind: kind.into(),
+            kind,
             dest_name: self.host.clone().or_else(|| self.resolved.clone()),
             dest_ip: Some(self.dst.ip().to_string()),
             dest_port: self.dst.port(),
             dialed: self.dialed.map(|a| a.to_string()),
             protocol: format!("{:?}", self.app).to_lowercase(),
-            decision: if d.allowed { "allow" } else { "deny" }.into(),
+            decision: Verdict::of(d.allowed),
             rule: d.rule.clone(),
             reason,
             bytes_up: 0,
@@ -124,7 +124,7 @@ impl Flow {
         egress.audit.record(AuditEvent {
             bytes_up: up,
             bytes_down: down,
-            ..self.event("connection", d, reason)
+            ..self.event(EventKind::Connection, d, reason)
         });
     }
 }
@@ -218,9 +218,10 @@ async fn handle(mut conn: TcpStream, peer: SocketAddr, egress: Arc<Egress>) {
         Some(name) => match resolve_allowed(&egress, name, dst.port()).await {
             Ok(addr) => addr,
             Err(why) => {
+                let why = why.to_string();
                 decision = Decision {
                     allowed: false,
-                    layer: "operator",
+                    layer: Layer::Operator,
                     rule: Some(why.clone()),
                 };
                 let reason = format!("{name} resolves to a denied address ({why})");
@@ -236,7 +237,7 @@ async fn handle(mut conn: TcpStream, peer: SocketAddr, egress: Arc<Egress>) {
     };
     let mut reason = decision.reason(&shown);
     if !decision.allowed {
-        if tls && flow.host.is_none() && decision.layer != "operator" {
+        if tls && flow.host.is_none() && decision.layer != Layer::Operator {
             // Only CIDR rules (or allow-all) can allow it: an address
             // serves many names, and an earlier DNS answer is not this
             // connection's name.
@@ -278,10 +279,17 @@ async fn handle(mut conn: TcpStream, peer: SocketAddr, egress: Arc<Egress>) {
 
 /// Resolves `name` on the host and returns the first address the operator
 /// allows (DNS rebinding to a private or local address is refused).
-async fn resolve_allowed(egress: &Egress, name: &str, port: u16) -> Result<SocketAddr, String> {
+async fn resolve_allowed(
+    egress: &Egress,
+    name: &str,
+    port: u16,
+) -> Result<SocketAddr, Unreachable> {
     let addrs: Vec<SocketAddr> = crate::dns::resolve(egress.upstream_dns, name)
         .await
-        .map_err(|e| format!("cannot resolve {name}: {e}"))?
+        .map_err(|error| Unreachable::Resolve {
+            name: name.to_string(),
+            error,
+        })?
         .into_iter()
         .map(|ip| SocketAddr::new(IpAddr::V4(ip), port))
         .collect();
@@ -298,16 +306,24 @@ async fn resolve_allowed(egress: &Egress, name: &str, port: u16) -> Result<Socke
         .iter()
         .find(|a| egress.operator.decide(&probe(a.ip())).is_none())
         .copied()
-        .ok_or_else(|| {
-            format!(
-                "{name} -> {}",
-                addrs
-                    .iter()
-                    .map(|a| a.ip().to_string())
-                    .collect::<Vec<_>>()
-                    .join(",")
-            )
+        .ok_or_else(|| Unreachable::Denied {
+            name: name.to_string(),
+            addrs,
         })
+}
+
+/// Why a name a rule allowed gives no address to dial: the operator rule
+/// the proxy's decision names.
+#[derive(Debug, thiserror::Error)]
+enum Unreachable {
+    #[error("cannot resolve {name}: {error}")]
+    Resolve { name: String, error: std::io::Error },
+    /// Every address the name resolves to is one the operator denies.
+    #[error("{name} -> {}", addrs.iter().map(|a| a.ip().to_string()).collect::<Vec<_>>().join(","))]
+    Denied {
+        name: String,
+        addrs: Vec<SocketAddr>,
+    },
 }
 
 async fn splice(client: TcpStream, mut upstream: TcpStream, head: &[u8]) -> (u64, u64) {

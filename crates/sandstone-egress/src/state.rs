@@ -3,7 +3,7 @@
 //! connections see a change at once), and the names its DNS answers gave.
 
 use crate::audit::AuditSink;
-use crate::policy::{CompiledPolicy, NetworkPolicy, OperatorRules};
+use crate::policy::{CompiledPolicy, NetworkPolicy, OperatorRules, PolicyError};
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -38,11 +38,11 @@ pub struct SandboxNet {
 
 impl SandboxNet {
     pub fn policy(&self) -> Arc<CompiledPolicy> {
-        self.policy.read().unwrap().clone()
+        self.policy.read().expect("lock poisoned").clone()
     }
 
     pub fn remember(&self, ip: IpAddr, name: &str) {
-        let mut n = self.names.lock().unwrap();
+        let mut n = self.names.lock().expect("lock poisoned");
         if n.len() >= NAME_CACHE {
             n.clear();
         }
@@ -50,7 +50,7 @@ impl SandboxNet {
     }
 
     pub fn name_of(&self, ip: IpAddr) -> Option<String> {
-        self.names.lock().unwrap().get(&ip).cloned()
+        self.names.lock().expect("lock poisoned").get(&ip).cloned()
     }
 }
 
@@ -84,7 +84,12 @@ impl Egress {
     }
 
     /// Starts enforcing `policy` for the sandbox at `addr`.
-    pub fn register(&self, addr: Ipv4Addr, id: &str, policy: &NetworkPolicy) -> Result<(), String> {
+    pub fn register(
+        &self,
+        addr: Ipv4Addr,
+        id: &str,
+        policy: &NetworkPolicy,
+    ) -> Result<(), PolicyError> {
         let compiled = Arc::new(policy.compile()?);
         let net = Arc::new(SandboxNet {
             id: id.to_string(),
@@ -94,21 +99,27 @@ impl Egress {
             policy: RwLock::new(compiled),
             names: Mutex::new(HashMap::new()),
         });
-        self.by_addr.write().unwrap().insert(addr, net);
+        self.by_addr
+            .write()
+            .expect("lock poisoned")
+            .insert(addr, net);
         Ok(())
     }
 
     /// Stops serving sandbox `id` (its runtime ended).
     pub fn unregister(&self, id: &str) {
-        self.by_addr.write().unwrap().retain(|_, net| net.id != id);
+        self.by_addr
+            .write()
+            .expect("lock poisoned")
+            .retain(|_, net| net.id != id);
     }
 
     /// Replaces a sandbox's policy; connections opened afterwards use it.
-    pub fn set_policy(&self, id: &str, policy: &NetworkPolicy) -> Result<(), String> {
+    pub fn set_policy(&self, id: &str, policy: &NetworkPolicy) -> Result<(), PolicyError> {
         let compiled = Arc::new(policy.compile()?);
-        for net in self.by_addr.read().unwrap().values() {
+        for net in self.by_addr.read().expect("lock poisoned").values() {
             if net.id == id {
-                *net.policy.write().unwrap() = compiled.clone();
+                *net.policy.write().expect("lock poisoned") = compiled.clone();
             }
         }
         Ok(())
@@ -136,7 +147,13 @@ impl Egress {
             }),
             ("sandstone_egress_dns_queries_total", "", |c| &c.dns),
         ];
-        let nets: Vec<_> = self.by_addr.read().unwrap().values().cloned().collect();
+        let nets: Vec<_> = self
+            .by_addr
+            .read()
+            .expect("lock poisoned")
+            .values()
+            .cloned()
+            .collect();
         let mut s = String::new();
         let mut last = "";
         for (name, label, read) in series {
@@ -154,6 +171,10 @@ impl Egress {
 
     pub fn sandbox(&self, addr: IpAddr) -> Option<Arc<SandboxNet>> {
         let IpAddr::V4(v4) = addr else { return None };
-        self.by_addr.read().unwrap().get(&v4).cloned()
+        self.by_addr
+            .read()
+            .expect("lock poisoned")
+            .get(&v4)
+            .cloned()
     }
 }

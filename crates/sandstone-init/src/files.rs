@@ -4,7 +4,7 @@
 use crate::proto::{ErrorCode, FileInfo, Request, Response};
 use crate::serve::io_error;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 fn info(path: &Path) -> std::io::Result<FileInfo> {
     let meta = std::fs::symlink_metadata(path)?;
@@ -47,8 +47,31 @@ fn list_dir(path: &Path) -> std::io::Result<Vec<FileInfo>> {
 /// The most of a file init holds at once while reading it out.
 pub const CHUNK: usize = 1 << 20;
 
+/// Why a file cannot be read out.
+#[derive(Debug, thiserror::Error)]
+enum OpenError {
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+    #[error("{} is a directory", .0.display())]
+    Directory(PathBuf),
+    /// A FIFO would hang, a device never end.
+    #[error("{} is not a regular file", .0.display())]
+    NotRegular(PathBuf),
+}
+
+impl OpenError {
+    fn response(&self) -> Response {
+        let code = match self {
+            OpenError::Io(e) => e.kind().into(),
+            OpenError::Directory(_) => ErrorCode::IsADirectory,
+            OpenError::NotRegular(_) => ErrorCode::InvalidArgument,
+        };
+        Response::error(code, self.to_string())
+    }
+}
+
 /// Regular files only (a FIFO would hang, a device never end).
-fn open_regular(path: &Path) -> Result<std::fs::File, Box<Response>> {
+fn open_regular(path: &Path) -> Result<std::fs::File, OpenError> {
     // O_NONBLOCK: opening a FIFO would otherwise wait for a writer; this
     // way it opens at once and is refused below (and a regular file
     // ignores the flag).
@@ -56,20 +79,13 @@ fn open_regular(path: &Path) -> Result<std::fs::File, Box<Response>> {
         std::fs::OpenOptions::new().read(true),
         libc::O_NONBLOCK,
     )
-    .open(path)
-    .map_err(|e| Box::new(io_error(&e)))?;
-    let meta = f.metadata().map_err(|e| Box::new(io_error(&e)))?;
+    .open(path)?;
+    let meta = f.metadata()?;
     if meta.is_dir() {
-        return Err(Box::new(Response::error(
-            ErrorCode::IsADirectory,
-            format!("{} is a directory", path.display()),
-        )));
+        return Err(OpenError::Directory(path.to_path_buf()));
     }
     if !meta.is_file() {
-        return Err(Box::new(Response::error(
-            ErrorCode::InvalidArgument,
-            format!("{} is not a regular file", path.display()),
-        )));
+        return Err(OpenError::NotRegular(path.to_path_buf()));
     }
     Ok(f)
 }
@@ -84,7 +100,7 @@ pub fn stream_file(
 ) -> std::io::Result<()> {
     let mut f = match open_regular(path) {
         Ok(f) => f,
-        Err(r) => return send(&r, &[]),
+        Err(e) => return send(&e.response(), &[]),
     };
     let mut buf = vec![0u8; CHUNK];
     loop {

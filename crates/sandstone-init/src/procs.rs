@@ -1,6 +1,6 @@
 //! Process contexts: spawning, output capture and fan-out, the reaper.
 
-use crate::proto::{ExitInfo, ProcInfo, ProcKind, PtySize, Stream};
+use crate::proto::{ErrorCode, ExitInfo, ProcInfo, ProcKind, PtySize, Stream};
 use crate::repl;
 use sandstone_sys::fd::PollFd;
 use sandstone_sys::process::{self, Exit, Pid};
@@ -131,11 +131,15 @@ fn reaper() {
         // Cannot fail: SIGCHLD is blocked in every thread.
         let _ = process::wait_for_signal(libc::SIGCHLD);
         while let Ok(Some(pid)) = process::peek_ended_child() {
-            let _guard = SPAWN_LOCK.lock().unwrap();
+            let _guard = SPAWN_LOCK.lock().expect("lock poisoned");
             let Ok(Some(exit)) = process::try_wait(pid) else {
                 continue;
             };
-            let proc = TABLE.lock().unwrap().by_pid.remove(&pid.as_raw());
+            let proc = TABLE
+                .lock()
+                .expect("lock poisoned")
+                .by_pid
+                .remove(&pid.as_raw());
             if let Some(p) = proc {
                 p.exited(exit);
             }
@@ -243,21 +247,60 @@ fn as_oom_victim<T>(fork: impl FnOnce() -> T) -> T {
     out
 }
 
+/// Why a context could not be started.
+#[derive(Debug, thiserror::Error)]
+pub enum SpawnError {
+    #[error("context {0} exists")]
+    Exists(String),
+    #[error("command is empty")]
+    EmptyCommand,
+    #[error(transparent)]
+    Language(#[from] repl::UnsupportedLanguage),
+    #[error("command not found: {0}")]
+    CommandNotFound(String),
+    /// The program exists but could not be started.
+    #[error("{program}: {error}")]
+    Exec {
+        program: String,
+        error: std::io::Error,
+    },
+    /// No thread could be made to read its output (the pids limit).
+    #[error("cannot watch the process: {0}")]
+    Watch(std::io::Error),
+    /// Making its pipes or PTY.
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+}
+
+impl SpawnError {
+    /// The code the daemon maps to an API status.
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            SpawnError::Exists(_) => ErrorCode::AlreadyExists,
+            SpawnError::EmptyCommand | SpawnError::Language(_) => ErrorCode::InvalidArgument,
+            SpawnError::CommandNotFound(_) => ErrorCode::NotFound,
+            SpawnError::Exec { error: e, .. } | SpawnError::Watch(e) | SpawnError::Io(e) => {
+                e.kind().into()
+            }
+        }
+    }
+}
+
 /// Starts a context. The returned receiver is subscribed before the process
 /// runs, so a synchronous caller sees every byte; it must be read, or
 /// dropped (the process waits while it is full).
-pub fn spawn(req: SpawnRequest) -> std::io::Result<(Arc<Proc>, Receiver<Event>)> {
-    if TABLE.lock().unwrap().by_id.contains_key(&req.id) {
-        return Err(std::io::Error::new(
-            std::io::ErrorKind::AlreadyExists,
-            format!("context {} exists", req.id),
-        ));
+pub fn spawn(req: SpawnRequest) -> Result<(Arc<Proc>, Receiver<Event>), SpawnError> {
+    if TABLE
+        .lock()
+        .expect("lock poisoned")
+        .by_id
+        .contains_key(&req.id)
+    {
+        return Err(SpawnError::Exists(req.id));
     }
     let (program, args) = match &req.kind {
         ProcKind::Cmd { argv } => {
-            let (first, rest) = argv.split_first().ok_or_else(|| {
-                std::io::Error::new(std::io::ErrorKind::InvalidInput, "command is empty")
-            })?;
+            let (first, rest) = argv.split_first().ok_or(SpawnError::EmptyCommand)?;
             (first.clone(), rest.to_vec())
         }
         ProcKind::Repl { language } => repl::command(language)?,
@@ -325,12 +368,15 @@ pub fn spawn(req: SpawnRequest) -> std::io::Result<(Arc<Proc>, Receiver<Event>)>
         });
     }
     let (proc, rx) = {
-        let _guard = SPAWN_LOCK.lock().unwrap();
-        let child = as_oom_victim(|| cmd.spawn()).map_err(|e| {
-            if e.kind() == std::io::ErrorKind::NotFound {
-                std::io::Error::new(e.kind(), format!("command not found: {program}"))
+        let _guard = SPAWN_LOCK.lock().expect("lock poisoned");
+        let child = as_oom_victim(|| cmd.spawn()).map_err(|error| {
+            if error.kind() == std::io::ErrorKind::NotFound {
+                SpawnError::CommandNotFound(program.clone())
             } else {
-                std::io::Error::new(e.kind(), format!("{program}: {e}"))
+                SpawnError::Exec {
+                    program: program.clone(),
+                    error,
+                }
             }
         })?;
         let pid = child.id() as i32;
@@ -357,7 +403,7 @@ pub fn spawn(req: SpawnRequest) -> std::io::Result<(Arc<Proc>, Receiver<Event>)>
             exit_slot: Mutex::new(None),
             wake: eventfd(),
         });
-        let mut t = TABLE.lock().unwrap();
+        let mut t = TABLE.lock().expect("lock poisoned");
         t.by_id.insert(req.id.clone(), proc.clone());
         t.by_pid.insert(pid, proc.clone());
         (proc, rx)
@@ -368,27 +414,30 @@ pub fn spawn(req: SpawnRequest) -> std::io::Result<(Arc<Proc>, Receiver<Event>)>
         std::thread::Builder::new().spawn(move || p.pump(out_r, out_stream, err_r, status_r))
     {
         remove(&req.id);
-        return Err(std::io::Error::new(
-            e.kind(),
-            format!("cannot watch the process: {e}"),
-        ));
+        return Err(SpawnError::Watch(e));
     }
     Ok((proc, rx))
 }
 
 pub fn get(id: &str) -> Option<Arc<Proc>> {
-    TABLE.lock().unwrap().by_id.get(id).cloned()
+    TABLE.lock().expect("lock poisoned").by_id.get(id).cloned()
 }
 
 pub fn list() -> Vec<Arc<Proc>> {
-    let mut v: Vec<_> = TABLE.lock().unwrap().by_id.values().cloned().collect();
+    let mut v: Vec<_> = TABLE
+        .lock()
+        .expect("lock poisoned")
+        .by_id
+        .values()
+        .cloned()
+        .collect();
     v.sort_by_key(|p| p.created_at);
     v
 }
 
 /// Kills a context's process group and forgets it.
 pub fn remove(id: &str) -> Option<Arc<Proc>> {
-    let p = TABLE.lock().unwrap().by_id.remove(id)?;
+    let p = TABLE.lock().expect("lock poisoned").by_id.remove(id)?;
     p.kill();
     Some(p)
 }
@@ -400,7 +449,7 @@ fn set_nonblocking(f: &File) {
 
 impl Proc {
     pub fn info(&self) -> ProcInfo {
-        let s = self.shared.lock().unwrap();
+        let s = self.shared.lock().expect("lock poisoned");
         ProcInfo {
             id: self.id.clone(),
             kind: self.kind.clone(),
@@ -420,7 +469,7 @@ impl Proc {
     /// empty). A reader (one that replays, or a REPL execution reading
     /// live) releases output held for a first one.
     pub fn subscribe(&self, replay: bool) -> (Vec<Event>, Receiver<Event>) {
-        let mut s = self.shared.lock().unwrap();
+        let mut s = self.shared.lock().expect("lock poisoned");
         let mut before = Vec::new();
         if replay {
             if s.dropped > 0 {
@@ -445,7 +494,7 @@ impl Proc {
     /// How long the pump must stop reading output: it is held for a first
     /// reader and the buffer is full. `None` once it may read.
     fn paused_for_reader(&self) -> Option<Duration> {
-        let mut s = self.shared.lock().unwrap();
+        let mut s = self.shared.lock().expect("lock poisoned");
         let until = s.hold_until?;
         let now = Instant::now();
         if now >= until {
@@ -462,7 +511,7 @@ impl Proc {
     /// went away is forgotten.
     fn publish(&self, ev: Event) {
         let subscribers = {
-            let mut s = self.shared.lock().unwrap();
+            let mut s = self.shared.lock().expect("lock poisoned");
             if let Event::Output(stream, bytes) = &ev {
                 s.buffered += bytes.len();
                 s.buffer.push_back((*stream, bytes.clone()));
@@ -483,7 +532,7 @@ impl Proc {
         if !gone.is_empty() {
             self.shared
                 .lock()
-                .unwrap()
+                .expect("lock poisoned")
                 .subscribers
                 .retain(|(id, _)| !gone.contains(id));
         }
@@ -495,7 +544,7 @@ impl Proc {
     }
 
     fn exited(&self, exit: Exit) {
-        let timed_out = self.shared.lock().unwrap().timed_out;
+        let timed_out = self.shared.lock().expect("lock poisoned").timed_out;
         let info = match exit {
             Exit::Signal(sig) => ExitInfo {
                 exit_code: Some(128 + sig),
@@ -513,7 +562,7 @@ impl Proc {
     }
 
     fn pending_exit(&self) -> std::sync::MutexGuard<'_, Option<ExitInfo>> {
-        self.exit_slot.lock().unwrap()
+        self.exit_slot.lock().expect("lock poisoned")
     }
 
     /// Reads the process's output (and REPL status) until it exits, then
@@ -526,8 +575,8 @@ impl Proc {
         if let Some(s) = status {
             fds.push((Some(s), Source::Status));
         }
-        for (f, _) in &fds {
-            set_nonblocking(f.as_ref().unwrap());
+        for f in fds.iter().filter_map(|(f, _)| f.as_ref()) {
+            set_nonblocking(f);
         }
         let mut status_buf = Vec::new();
         let mut buf = vec![0u8; 64 * 1024];
@@ -566,10 +615,12 @@ impl Proc {
                 }
             }
             for (i, (slot, src)) in fds.iter_mut().enumerate() {
+                // Polled only while open: an event means the slot holds it.
+                let Some(f) = slot.as_mut() else { continue };
                 if !pollfds[i].is_ready() || !matches!(src, Source::Status) {
                     continue;
                 }
-                match slot.as_mut().unwrap().read(&mut buf) {
+                match f.read(&mut buf) {
                     Ok(0) => *slot = None,
                     Ok(n) => {
                         status_buf.extend_from_slice(&buf[..n]);
@@ -598,8 +649,8 @@ impl Proc {
                     .pending_exit()
                     .take()
                     .expect("exit recorded before wake");
-                self.input.lock().unwrap().take();
-                self.code.lock().unwrap().take();
+                self.input.lock().expect("lock poisoned").take();
+                self.code.lock().expect("lock poisoned").take();
                 self.publish(Event::Exit(info));
                 return;
             }
@@ -631,12 +682,12 @@ impl Proc {
 
     /// Kills the process group after a timeout and marks the exit as such.
     pub fn time_out(&self) {
-        self.shared.lock().unwrap().timed_out = true;
+        self.shared.lock().expect("lock poisoned").timed_out = true;
         self.kill();
     }
 
     pub fn write_input(&self, data: &[u8]) -> std::io::Result<()> {
-        match self.input.lock().unwrap().as_mut() {
+        match self.input.lock().expect("lock poisoned").as_mut() {
             Some(f) => f.write_all(data),
             None => Err(std::io::Error::new(
                 std::io::ErrorKind::BrokenPipe,
@@ -647,7 +698,7 @@ impl Proc {
 
     pub fn close_input(&self) {
         if self.pty.is_none() {
-            self.input.lock().unwrap().take();
+            self.input.lock().expect("lock poisoned").take();
         }
     }
 
@@ -665,4 +716,46 @@ impl Proc {
 enum Source {
     Out(Stream),
     Status,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn spawn_errors_keep_the_codes_and_texts_the_daemon_maps() {
+        let cases = [
+            (
+                SpawnError::Exists("a".into()),
+                ErrorCode::AlreadyExists,
+                "context a exists",
+            ),
+            (
+                SpawnError::EmptyCommand,
+                ErrorCode::InvalidArgument,
+                "command is empty",
+            ),
+            (
+                repl::UnsupportedLanguage("ruby".into()).into(),
+                ErrorCode::InvalidArgument,
+                "unsupported REPL language: ruby (use bash or python)",
+            ),
+            (
+                SpawnError::CommandNotFound("nope".into()),
+                ErrorCode::NotFound,
+                "command not found: nope",
+            ),
+            (
+                SpawnError::Exec {
+                    program: "x".into(),
+                    error: std::io::Error::from(std::io::ErrorKind::PermissionDenied),
+                },
+                ErrorCode::PermissionDenied,
+                "x: permission denied",
+            ),
+        ];
+        for (e, code, text) in cases {
+            assert_eq!((e.code(), e.to_string()), (code, text.to_string()));
+        }
+    }
 }

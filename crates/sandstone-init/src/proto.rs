@@ -175,6 +175,23 @@ pub enum ErrorCode {
     Io,
 }
 
+impl From<std::io::ErrorKind> for ErrorCode {
+    /// The code an I/O failure is reported with; kinds without one of
+    /// their own are `io`.
+    fn from(kind: std::io::ErrorKind) -> ErrorCode {
+        use std::io::ErrorKind as K;
+        match kind {
+            K::NotFound => ErrorCode::NotFound,
+            K::AlreadyExists => ErrorCode::AlreadyExists,
+            K::InvalidInput => ErrorCode::InvalidArgument,
+            K::PermissionDenied => ErrorCode::PermissionDenied,
+            K::IsADirectory => ErrorCode::IsADirectory,
+            K::NotADirectory => ErrorCode::NotADirectory,
+            _ => ErrorCode::Io,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Response {
@@ -264,16 +281,39 @@ pub fn encode<T: Serialize>(header: &T, payload: &[u8]) -> Vec<u8> {
     out
 }
 
+/// Why a frame could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum FrameError {
+    /// A length in the prefix is past [`MAX_HEADER`] or [`MAX_PAYLOAD`].
+    #[error("frame too large")]
+    TooLarge,
+    /// The header is not the JSON of the expected message.
+    #[error(transparent)]
+    Header(#[from] serde_json::Error),
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+}
+
+impl From<FrameError> for std::io::Error {
+    /// For readers that report every failure of the connection as I/O: a
+    /// bad frame is `InvalidData`.
+    fn from(e: FrameError) -> std::io::Error {
+        match e {
+            FrameError::Io(e) => e,
+            FrameError::TooLarge => std::io::Error::new(std::io::ErrorKind::InvalidData, e),
+            FrameError::Header(e) => std::io::Error::new(std::io::ErrorKind::InvalidData, e),
+        }
+    }
+}
+
 /// Splits the 8-byte prefix into (header length, payload length), refusing
 /// sizes past the limits.
-pub fn lengths(prefix: [u8; 8]) -> std::io::Result<(usize, usize)> {
-    let h = u32::from_be_bytes(prefix[..4].try_into().unwrap()) as usize;
-    let p = u32::from_be_bytes(prefix[4..].try_into().unwrap()) as usize;
+pub fn lengths(prefix: [u8; 8]) -> Result<(usize, usize), FrameError> {
+    let [h0, h1, h2, h3, p0, p1, p2, p3] = prefix;
+    let h = u32::from_be_bytes([h0, h1, h2, h3]) as usize;
+    let p = u32::from_be_bytes([p0, p1, p2, p3]) as usize;
     if h > MAX_HEADER || p > MAX_PAYLOAD {
-        return Err(std::io::Error::new(
-            std::io::ErrorKind::InvalidData,
-            "frame too large",
-        ));
+        return Err(FrameError::TooLarge);
     }
     Ok((h, p))
 }
@@ -290,19 +330,18 @@ pub fn write_frame<W: Write, T: Serialize>(
 /// Reads one frame from a blocking reader; `None` on a clean EOF.
 pub fn read_frame<R: Read, T: serde::de::DeserializeOwned>(
     r: &mut R,
-) -> std::io::Result<Option<(T, Vec<u8>)>> {
+) -> Result<Option<(T, Vec<u8>)>, FrameError> {
     let mut prefix = [0u8; 8];
     match r.read_exact(&mut prefix) {
         Ok(()) => {}
         Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
-        Err(e) => return Err(e),
+        Err(e) => return Err(e.into()),
     }
     let (hl, pl) = lengths(prefix)?;
     let mut buf = vec![0u8; hl + pl];
     r.read_exact(&mut buf)?;
     let payload = buf.split_off(hl);
-    let header = serde_json::from_slice(&buf)
-        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?;
+    let header = serde_json::from_slice(&buf)?;
     Ok(Some((header, payload)))
 }
 
@@ -328,6 +367,11 @@ mod tests {
     fn oversized_frames_are_refused() {
         let mut prefix = [0u8; 8];
         prefix[..4].copy_from_slice(&((MAX_HEADER as u32) + 1).to_be_bytes());
-        assert!(lengths(prefix).is_err());
+        assert!(matches!(lengths(prefix), Err(FrameError::TooLarge)));
+        let e: std::io::Error = FrameError::TooLarge.into();
+        assert_eq!(
+            (e.kind(), e.to_string()),
+            (std::io::ErrorKind::InvalidData, "frame too large".into())
+        );
     }
 }

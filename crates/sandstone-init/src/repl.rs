@@ -52,8 +52,13 @@ def __sandstone_loop():
 __sandstone_loop()
 "#;
 
+/// A REPL language no driver exists for.
+#[derive(Debug, thiserror::Error)]
+#[error("unsupported REPL language: {0} (use bash or python)")]
+pub struct UnsupportedLanguage(pub String);
+
 /// The interpreter command for `language`.
-pub fn command(language: &str) -> std::io::Result<(String, Vec<String>)> {
+pub fn command(language: &str) -> Result<(String, Vec<String>), UnsupportedLanguage> {
     match language {
         "bash" | "shell" | "sh" => Ok((
             "bash".into(),
@@ -68,10 +73,7 @@ pub fn command(language: &str) -> std::io::Result<(String, Vec<String>)> {
             "python3".into(),
             vec!["-u".into(), "-c".into(), PYTHON_DRIVER.into()],
         )),
-        other => Err(std::io::Error::new(
-            std::io::ErrorKind::InvalidInput,
-            format!("unsupported REPL language: {other} (use bash or python)"),
-        )),
+        other => Err(UnsupportedLanguage(other.to_string())),
     }
 }
 

@@ -16,12 +16,12 @@ pub fn serve(listener: UnixListener) -> ! {
         let slot = std::sync::Arc::new(std::sync::Mutex::new(Some(c)));
         let theirs = slot.clone();
         let spawned = std::thread::Builder::new().spawn(move || {
-            if let Some(c) = theirs.lock().unwrap().take() {
+            if let Some(c) = theirs.lock().expect("lock poisoned").take() {
                 handle(c)
             }
         });
         if spawned.is_err()
-            && let Some(c) = slot.lock().unwrap().take()
+            && let Some(c) = slot.lock().expect("lock poisoned").take()
         {
             handle(c);
         }
@@ -65,17 +65,7 @@ fn handle(conn: UnixStream) {
 }
 
 pub fn io_error(e: &std::io::Error) -> Response {
-    use std::io::ErrorKind as K;
-    let code = match e.kind() {
-        K::NotFound => ErrorCode::NotFound,
-        K::AlreadyExists => ErrorCode::AlreadyExists,
-        K::InvalidInput => ErrorCode::InvalidArgument,
-        K::PermissionDenied => ErrorCode::PermissionDenied,
-        K::IsADirectory => ErrorCode::IsADirectory,
-        K::NotADirectory => ErrorCode::NotADirectory,
-        _ => ErrorCode::Io,
-    };
-    Response::error(code, e.to_string())
+    Response::error(e.kind().into(), e.to_string())
 }
 
 fn not_found(id: &str) -> Response {
@@ -119,7 +109,7 @@ fn dispatch(req: Request, payload: Vec<u8>, out: &mut Out) -> std::io::Result<()
                 }
                 Response::Proc { info: proc.info() }
             }
-            Err(e) => io_error(&e),
+            Err(e) => Response::error(e.code(), e.to_string()),
         },
         Request::Exec {
             id,
@@ -219,7 +209,7 @@ fn restart(id: &str) -> Response {
         attached: false,
     }) {
         Ok((p, _)) => Response::Proc { info: p.info() },
-        Err(e) => io_error(&e),
+        Err(e) => Response::error(e.code(), e.to_string()),
     }
 }
 
@@ -283,9 +273,9 @@ fn exec(proc: &Proc, code: &str, timeout_ms: Option<u64>, out: &mut Out) -> std:
             &[],
         );
     }
-    let _turn = proc.exec_lock.lock().unwrap();
+    let _turn = proc.exec_lock.lock().expect("lock poisoned");
     let (_, rx) = proc.subscribe(false);
-    let written = match proc.code.lock().unwrap().as_mut() {
+    let written = match proc.code.lock().expect("lock poisoned").as_mut() {
         Some(w) => w.write_all(&repl::frame(proc, code)),
         None => Err(std::io::Error::new(
             std::io::ErrorKind::BrokenPipe,

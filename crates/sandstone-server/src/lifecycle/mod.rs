@@ -212,7 +212,7 @@ impl Lifecycle {
         if let Some(n) = &self.network {
             n.egress
                 .set_policy(id, &parsed)
-                .map_err(ApiError::bad_request)?;
+                .map_err(|e| ApiError::bad_request(e.to_string()))?;
         }
         self.row(id).await
     }

@@ -7,9 +7,10 @@ use futures_util::future::BoxFuture;
 use sandstone_db::secrets::Sealer;
 use sandstone_db::{AuditRow, Store};
 use sandstone_egress::addr::SubnetPool;
-use sandstone_egress::audit::{AuditEvent, AuditSink};
+use sandstone_egress::audit::{AuditEvent, AuditSink, Verdict};
 use sandstone_egress::ca::{InstallationCa, SANDBOX_BUNDLE, TRUST_ENV};
-use sandstone_egress::credentials::{CredentialStore, SourceValues};
+use sandstone_egress::cidr::CidrError;
+use sandstone_egress::credentials::{CredentialStore, SourceError, SourceValues};
 use sandstone_egress::firewall::Firewall;
 use sandstone_egress::intercept::Interceptor;
 use sandstone_egress::state::Egress;
@@ -75,7 +76,7 @@ fn spawn_audit_writer(store: Arc<dyn Store>) -> StoreSink {
                 .map(|e| AuditRow {
                     sandbox_id: e.sandbox_id.clone(),
                     time: e.time,
-                    denied: e.decision == "deny",
+                    denied: e.decision == Verdict::Deny,
                     event: serde_json::to_value(&e).unwrap_or_default(),
                 })
                 .collect();
@@ -163,7 +164,7 @@ impl OperatorConfig {
             list.iter()
                 .map(|c| {
                     c.parse()
-                        .map_err(|e: String| anyhow::anyhow!("egress config {field}: {e}"))
+                        .map_err(|e: CidrError| anyhow::anyhow!("egress config {field}: {e}"))
                 })
                 .collect::<anyhow::Result<Vec<_>>>()
         };
@@ -195,20 +196,20 @@ struct SealedSources {
 }
 
 impl CredentialStore for SealedSources {
-    fn resolve<'a>(&'a self, source: &'a str) -> BoxFuture<'a, Result<SourceValues, String>> {
+    fn resolve<'a>(&'a self, source: &'a str) -> BoxFuture<'a, Result<SourceValues, SourceError>> {
         Box::pin(async move {
             let row = self
                 .store
                 .get_credential(source)
                 .await
-                .map_err(|_| format!("credential source {source:?} does not exist"))?;
+                .map_err(|_| SourceError::Missing(source.to_string()))?;
             let plain = self
                 .sealer
                 .open(&row.sealed)
-                .ok_or_else(|| format!("credential source {source:?} cannot be unsealed"))?;
+                .ok_or_else(|| SourceError::Sealed(source.to_string()))?;
             serde_json::from_slice(&plain)
                 .map(SourceValues)
-                .map_err(|_| format!("credential source {source:?} is malformed"))
+                .map_err(|_| SourceError::Malformed(source.to_string()))
         })
     }
 }
@@ -290,7 +291,7 @@ impl Network {
         operator.deny.push(
             pool.cidr()
                 .parse()
-                .map_err(|e: String| anyhow::anyhow!(e))?,
+                .map_err(|e: CidrError| anyhow::anyhow!(e))?,
         );
         let mut egress = Egress::new(
             operator,
@@ -361,6 +362,6 @@ impl Network {
         let spec = self.spec(slot)?;
         self.egress
             .register(spec.address, id, policy)
-            .map_err(ApiError::bad_request)
+            .map_err(|e| ApiError::bad_request(e.to_string()))
     }
 }
