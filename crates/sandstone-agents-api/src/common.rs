@@ -266,6 +266,15 @@ macro_rules! open_enum {
             }
         }
 
+        impl From<&str> for $name {
+            fn from(s: &str) -> $name {
+                match s {
+                    $($value => $name::$variant,)+
+                    _ => $name::Other(s.to_string()),
+                }
+            }
+        }
+
         impl serde::Serialize for $name {
             fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
                 s.serialize_str(self.as_str())
@@ -275,10 +284,7 @@ macro_rules! open_enum {
         impl<'de> serde::Deserialize<'de> for $name {
             fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
                 let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
-                Ok(match &*s {
-                    $($value => $name::$variant,)+
-                    _ => $name::Other(s.into_owned()),
-                })
+                Ok($name::from(&*s))
             }
         }
     };
