@@ -5,7 +5,8 @@
 //! names the field.
 
 use crate::agent::PermissionPolicy;
-use crate::common::{Extra, Nested, closed_enum, open_enum, parse_fields};
+use crate::common::{Extra, Metadata, Nested, closed_enum, nullable, open_enum, parse_fields};
+use crate::session::SessionAgent;
 use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::{Map, Value};
 
@@ -156,8 +157,7 @@ known_events!(
         SessionStatusRescheduled(NoFields) = "session.status_rescheduled",
         SessionStatusTerminated(NoFields) = "session.status_terminated",
         SessionThreadStatusTerminated(ThreadTerminated) = "session.thread_status_terminated",
-        /// What changed (`title`, `metadata`, `agent`), in `extra`.
-        SessionUpdated(NoFields) = "session.updated",
+        SessionUpdated(SessionUpdated) = "session.updated",
         SessionDeleted(NoFields) = "session.deleted",
         SessionError(SessionErrorEvent) = "session.error",
         SpanModelRequestStart(NoFields) = "span.model_request_start",
@@ -179,6 +179,19 @@ impl EventType {
 /// An event with no fields of its own (any it has pass through).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct NoFields {
+    #[serde(flatten)]
+    pub extra: Extra,
+}
+
+/// What a session update changed (only what it changed is present).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct SessionUpdated {
+    #[serde(default, skip_serializing_if = "Option::is_none", with = "nullable")]
+    pub title: Option<Option<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metadata: Option<Metadata>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent: Option<Box<SessionAgent>>,
     #[serde(flatten)]
     pub extra: Extra,
 }

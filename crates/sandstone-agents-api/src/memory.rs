@@ -8,6 +8,14 @@ tag!(
     /// `"type": "memory_store"`.
     MemoryStoreTag = "memory_store"
 );
+tag!(
+    /// `"type": "memory"`.
+    MemoryTag = "memory"
+);
+tag!(
+    /// `"type": "memory_prefix"`.
+    MemoryPrefixTag = "memory_prefix"
+);
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct MemoryStore {
@@ -40,16 +48,16 @@ pub struct MemoryStoreParams {
 /// A memory, or (in a listing with `depth`) a prefix deeper paths roll up
 /// into.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "type")]
+#[serde(untagged)]
 pub enum MemoryEntry {
-    #[serde(rename = "memory")]
     Memory(Memory),
-    #[serde(rename = "memory_prefix")]
     Prefix(MemoryPrefix),
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Memory {
+    #[serde(rename = "type")]
+    pub tag: MemoryTag,
     pub id: String,
     pub memory_store_id: String,
     pub path: String,
@@ -66,6 +74,8 @@ pub struct Memory {
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct MemoryPrefix {
+    #[serde(rename = "type")]
+    pub tag: MemoryPrefixTag,
     pub path: String,
     #[serde(flatten)]
     pub extra: Extra,
