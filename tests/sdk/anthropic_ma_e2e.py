@@ -51,6 +51,8 @@ import traceback
 
 import anthropic
 
+import _record  # noqa: F401  (records the exchanges when SANDSTONE_RECORD_DIR is set)
+
 # ---------------------------------------------------------------- constants --
 
 AGENT_NAME = "e2e"

@@ -12,6 +12,8 @@ import sys
 import tarfile
 
 import anthropic
+
+import _record  # noqa: F401  (records the exchanges when SANDSTONE_RECORD_DIR is set)
 from anthropic.lib.tools._skills import download_session_skills
 
 SKILL_MD = b"---\nname: hello-skill\ndescription: Says hello.\n---\nRun run.sh.\n"

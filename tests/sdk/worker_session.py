@@ -28,6 +28,8 @@ import time
 
 import anthropic
 
+import _record  # noqa: F401  (records the exchanges when SANDSTONE_RECORD_DIR is set)
+
 LOOKUP_TOOL = {
     "type": "custom",
     "name": "lookup",

@@ -5,7 +5,12 @@
 
 use crate::secret::Secret;
 use reqwest::{Method, StatusCode};
-use serde_json::{Value, json};
+use sandstone_agents_api::{
+    ErrorBody, FieldError, Memory, MemoryEntry, MemoryParams, Page, Precondition, SendEvents,
+    SentEvents, Session, SessionEvent, SkillVersion, WorkHeartbeat, WorkItem, WorkStop,
+};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
 use std::time::Duration;
 
 const MANAGED_AGENTS_BETA: &str = "managed-agents-2026-04-01";
@@ -15,20 +20,19 @@ const MEMORY_BETA: &str = "agent-memory-2026-07-22";
 #[derive(Debug, thiserror::Error)]
 pub enum CmaError {
     #[error("HTTP {status}: {message}")]
-    Status {
-        status: u16,
-        message: String,
-        body: Value,
-    },
+    Status { status: u16, message: String },
     #[error("transport error: {0}")]
     Transport(String),
+    /// A success whose body does not fit the protocol (names the field).
+    #[error("unexpected response body: {0}")]
+    Body(#[from] FieldError),
 }
 
 impl CmaError {
     pub fn status(&self) -> Option<u16> {
         match self {
             CmaError::Status { status, .. } => Some(*status),
-            CmaError::Transport(_) => None,
+            CmaError::Transport(_) | CmaError::Body(_) => None,
         }
     }
 
@@ -36,13 +40,6 @@ impl CmaError {
     pub fn is_fatal(&self) -> bool {
         self.status()
             .is_some_and(|s| (400..500).contains(&s) && ![408, 409, 429].contains(&s))
-    }
-
-    pub fn body(&self) -> Option<&Value> {
-        match self {
-            CmaError::Status { body, .. } => Some(body),
-            CmaError::Transport(_) => None,
-        }
     }
 }
 
@@ -68,7 +65,9 @@ struct Call<'a> {
     path: String,
     token: &'a Secret,
     query: Vec<(&'static str, String)>,
-    body: Option<Value>,
+    /// The JSON body, serialised once when the call is built (a retry
+    /// sends the same bytes).
+    body: Option<bytes::Bytes>,
     beta: Beta,
     timeout: Option<Duration>,
     headers: Vec<(&'static str, String)>,
@@ -101,6 +100,11 @@ impl<'a> Call<'a> {
             headers: Vec::new(),
         }
     }
+
+    fn json(&mut self, body: &impl Serialize) {
+        let bytes = serde_json::to_vec(body).expect("the wire model always serialises");
+        self.body = Some(bytes.into());
+    }
 }
 
 impl Cma {
@@ -132,7 +136,9 @@ impl Cma {
             req = req.header(*k, v);
         }
         if let Some(b) = &c.body {
-            req = req.json(b);
+            req = req
+                .header(reqwest::header::CONTENT_TYPE, "application/json")
+                .body(b.clone());
         }
         req
     }
@@ -165,23 +171,25 @@ impl Cma {
             return Ok(resp);
         }
         let status = resp.status();
-        let body: Value = resp.json().await.unwrap_or(Value::Null);
+        let body = resp.bytes().await.unwrap_or_default();
+        let message = match sandstone_agents_api::parse::<ErrorBody>(&body) {
+            Ok(b) => b.error.message,
+            Err(_) => status.canonical_reason().unwrap_or("error").to_string(),
+        };
         Err(CmaError::Status {
             status: status.as_u16(),
-            message: body["error"]["message"]
-                .as_str()
-                .unwrap_or(status.canonical_reason().unwrap_or("error"))
-                .to_string(),
-            body,
+            message,
         })
     }
 
-    async fn json(&self, c: Call<'_>) -> CmaResult<Value> {
-        self.send(c)
+    async fn json<T: DeserializeOwned>(&self, c: Call<'_>) -> CmaResult<T> {
+        let body = self
+            .send(c)
             .await?
-            .json()
+            .bytes()
             .await
-            .map_err(|e| CmaError::Transport(without_url(e)))
+            .map_err(|e| CmaError::Transport(without_url(e)))?;
+        Ok(sandstone_agents_api::parse(&body)?)
     }
 
     fn work_path(env: &str, rest: &str) -> String {
@@ -195,7 +203,7 @@ impl Cma {
         key: &Secret,
         worker_id: &str,
         block_ms: u64,
-    ) -> CmaResult<Option<Value>> {
+    ) -> CmaResult<Option<WorkItem>> {
         let mut c = Call::new(Method::GET, Self::work_path(env, "/poll"), key);
         c.query.push(("block_ms", block_ms.to_string()));
         c.headers
@@ -203,11 +211,10 @@ impl Cma {
         c.timeout = Some(Duration::from_millis(block_ms) + Duration::from_secs(30));
         // The poll loop has its own back-off.
         c.retries = 0;
-        let v = self.json(c).await?;
-        Ok((!v.is_null()).then_some(v))
+        self.json(c).await
     }
 
-    pub async fn ack(&self, env: &str, work: &str, key: &Secret) -> CmaResult<Value> {
+    pub async fn ack(&self, env: &str, work: &str, key: &Secret) -> CmaResult<WorkItem> {
         let path = Self::work_path(env, &format!("/{work}/ack"));
         self.json(Call::new(Method::POST, path, key)).await
     }
@@ -221,7 +228,7 @@ impl Cma {
         token: &Secret,
         expected: &str,
         timeout: Duration,
-    ) -> CmaResult<Value> {
+    ) -> CmaResult<WorkHeartbeat> {
         let path = Self::work_path(env, &format!("/{work}/heartbeat"));
         let mut c = Call::new(Method::POST, path, token);
         c.query
@@ -234,10 +241,9 @@ impl Cma {
     pub async fn stop(&self, env: &str, work: &str, token: &Secret, force: bool) -> CmaResult<()> {
         let path = Self::work_path(env, &format!("/{work}/stop"));
         let mut c = Call::new(Method::POST, path, token);
-        c.body = Some(if force {
-            json!({"force": true})
-        } else {
-            json!({})
+        c.json(&WorkStop {
+            force: force.then_some(true),
+            ..WorkStop::default()
         });
         c.timeout = Some(Duration::from_secs(30));
         c.retries = 2;
@@ -248,13 +254,13 @@ impl Cma {
         }
     }
 
-    pub async fn session(&self, sid: &str, token: &Secret) -> CmaResult<Value> {
+    pub async fn session(&self, sid: &str, token: &Secret) -> CmaResult<Session> {
         let c = Call::new(Method::GET, format!("/v1/sessions/{sid}"), token);
         self.json(c).await
     }
 
     /// A session's whole history, oldest first.
-    pub async fn events(&self, sid: &str, token: &Secret) -> CmaResult<Vec<Value>> {
+    pub async fn events(&self, sid: &str, token: &Secret) -> CmaResult<Vec<SessionEvent>> {
         let path = format!("/v1/sessions/{sid}/events");
         self.pages(
             &path,
@@ -265,13 +271,13 @@ impl Cma {
         .await
     }
 
-    async fn pages(
+    async fn pages<T: DeserializeOwned>(
         &self,
         path: &str,
         token: &Secret,
         beta: Beta,
         query: Vec<(&'static str, String)>,
-    ) -> CmaResult<Vec<Value>> {
+    ) -> CmaResult<Vec<T>> {
         let mut out = Vec::new();
         let mut page: Option<String> = None;
         loop {
@@ -281,14 +287,12 @@ impl Cma {
             if let Some(p) = &page {
                 c.query.push(("page", p.clone()));
             }
-            let v = self.json(c).await?;
-            if let Some(items) = v["data"].as_array() {
-                out.extend(items.iter().cloned());
-            }
-            match v["next_page"].as_str() {
+            let p: Page<T> = self.json(c).await?;
+            out.extend(p.data);
+            match p.next_page {
                 // A cursor that does not move would loop forever.
-                Some(p) if !p.is_empty() && page.as_deref() != Some(p) => {
-                    page = Some(p.to_string())
+                Some(next) if !next.is_empty() && page.as_deref() != Some(next.as_str()) => {
+                    page = Some(next)
                 }
                 _ => return Ok(out),
             }
@@ -308,9 +312,14 @@ impl Cma {
         self.send(c).await
     }
 
-    pub async fn send_events(&self, sid: &str, token: &Secret, events: Value) -> CmaResult<Value> {
+    pub async fn send_events(
+        &self,
+        sid: &str,
+        token: &Secret,
+        events: &SendEvents,
+    ) -> CmaResult<SentEvents> {
         let mut c = Call::new(Method::POST, format!("/v1/sessions/{sid}/events"), token);
-        c.body = Some(json!({ "events": events }));
+        c.json(events);
         c.timeout = Some(Duration::from_secs(30));
         self.json(c).await
     }
@@ -320,7 +329,7 @@ impl Cma {
         skill: &str,
         version: &str,
         token: &Secret,
-    ) -> CmaResult<Value> {
+    ) -> CmaResult<SkillVersion> {
         let mut c = Call::new(
             Method::GET,
             format!("/v1/skills/{skill}/versions/{version}"),
@@ -351,7 +360,12 @@ impl Cma {
     }
 
     /// Every memory of a store; `full` includes contents.
-    pub async fn memories(&self, store: &str, token: &Secret, full: bool) -> CmaResult<Vec<Value>> {
+    pub async fn memories(
+        &self,
+        store: &str,
+        token: &Secret,
+        full: bool,
+    ) -> CmaResult<Vec<MemoryEntry>> {
         let (view, limit) = if full {
             ("full", "20")
         } else {
@@ -362,7 +376,7 @@ impl Cma {
         self.pages(&path, token, Beta::Memory, query).await
     }
 
-    pub async fn memory(&self, store: &str, id: &str, token: &Secret) -> CmaResult<Value> {
+    pub async fn memory(&self, store: &str, id: &str, token: &Secret) -> CmaResult<Memory> {
         let mut c = Call::memories(Method::GET, store, &format!("/{id}"), token);
         c.query.push(("view", "full".into()));
         self.json(c).await
@@ -374,9 +388,13 @@ impl Cma {
         path: &str,
         content: &str,
         token: &Secret,
-    ) -> CmaResult<Value> {
+    ) -> CmaResult<Memory> {
         let mut c = Call::memories(Method::POST, store, "", token);
-        c.body = Some(json!({"path": path, "content": content}));
+        c.json(&MemoryParams {
+            path: Some(Some(path.to_string())),
+            content: Some(Some(content.to_string())),
+            ..MemoryParams::default()
+        });
         self.json(c).await
     }
 
@@ -387,10 +405,15 @@ impl Cma {
         content: &str,
         precondition_sha: &str,
         token: &Secret,
-    ) -> CmaResult<Value> {
+    ) -> CmaResult<Memory> {
         let mut c = Call::memories(Method::POST, store, &format!("/{id}"), token);
-        c.body = Some(json!({"content": content,
-            "precondition": {"type": "content_sha256", "content_sha256": precondition_sha}}));
+        c.json(&MemoryParams {
+            content: Some(Some(content.to_string())),
+            precondition: Some(Some(Precondition::ContentSha256 {
+                content_sha256: precondition_sha.to_string(),
+            })),
+            ..MemoryParams::default()
+        });
         self.json(c).await
     }
 

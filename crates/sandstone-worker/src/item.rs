@@ -3,14 +3,15 @@
 //! force-stop unless the lease went to someone else.
 
 use crate::Worker;
+use crate::cma::CmaError;
 use crate::lease::{Lease, Target};
-use crate::memory::Memory;
+use crate::memory::{Memory, MemoryError};
 use crate::runner::{RunEnd, Runner};
 use crate::sandbox::OUTPUTS_DIR;
 use crate::secret::{Secret, sessions_token};
 use crate::skill_install::Installer;
 use crate::tools::{Roots, ToolHost};
-use serde_json::Value;
+use sandstone_agents_api::{Session, WorkItem, WorkKind};
 use std::time::Instant;
 
 /// How an item ended, for logs and metrics.
@@ -20,7 +21,22 @@ pub enum Outcome {
     Healthcheck,
     /// The session had already terminated.
     Terminated,
-    Failed(String),
+    Failed(ItemError),
+}
+
+/// Why an item could not be served.
+#[derive(Debug, thiserror::Error)]
+pub enum ItemError {
+    #[error("no credential: neither a work secret nor an environment key")]
+    NoCredential,
+    #[error("the session attaches memory stores but the work item carried no sessions token")]
+    NoSessionsToken,
+    #[error("session lookup: {0}")]
+    Session(#[source] CmaError),
+    #[error("sandbox: {0}")]
+    Sandbox(#[source] sandstone_client::Error),
+    #[error("memory: {0}")]
+    Memory(#[source] MemoryError),
 }
 
 impl Outcome {
@@ -48,7 +64,7 @@ pub fn plain_id(id: &str) -> bool {
 /// The fields of a claimed item the worker needs.
 pub struct Item {
     pub id: String,
-    pub kind: String,
+    pub kind: WorkKind,
     pub session: String,
     pub secret: Option<String>,
     /// When the poll returned it (for the poll→ready figure).
@@ -56,18 +72,15 @@ pub struct Item {
 }
 
 impl Item {
-    pub fn from_poll(v: &Value) -> Option<Item> {
-        let id = v["id"].as_str().filter(|i| plain_id(i))?;
-        let session = v["data"]["id"].as_str().unwrap_or_default();
-        let kind = v["data"]["type"].as_str().unwrap_or("session");
-        if kind == "session" && !plain_id(session) {
+    pub fn from_poll(w: &WorkItem) -> Option<Item> {
+        if !plain_id(&w.id) || (w.data.kind == WorkKind::Session && !plain_id(&w.data.id)) {
             return None;
         }
         Some(Item {
-            id: id.to_string(),
-            kind: kind.to_string(),
-            session: session.to_string(),
-            secret: v["secret"].as_str().map(str::to_string),
+            id: w.id.clone(),
+            kind: w.data.kind.clone(),
+            session: w.data.id.clone(),
+            secret: w.secret.clone(),
             polled_at: Instant::now(),
         })
     }
@@ -84,7 +97,7 @@ impl Worker {
             .or_else(|| self.config.environment_key.clone().map(|k| (k, false)));
         let Some((token, has_sessions_token)) = token else {
             tracing::error!(work = %item.id, "neither a work secret nor an environment key: cannot serve the item");
-            return Outcome::Failed("no credential".into());
+            return Outcome::Failed(ItemError::NoCredential);
         };
         self.metrics.item_started(&item.id, &item.session);
         let lease = Lease::start(Target {
@@ -94,7 +107,7 @@ impl Worker {
             token: token.clone(),
             metrics: self.metrics.clone(),
         });
-        let outcome = if item.kind == "session" {
+        let outcome = if item.kind == WorkKind::Session {
             self.serve(&item, &token, has_sessions_token, &lease).await
         } else {
             self.healthcheck().await
@@ -130,19 +143,19 @@ impl Worker {
     ) -> Outcome {
         let session = match self.cma.session(&item.session, token).await {
             Ok(s) => s,
-            Err(e) => return Outcome::Failed(format!("session lookup: {e}")),
+            Err(e) => return Outcome::Failed(ItemError::Session(e)),
         };
-        if session["status"] == "terminated" || !session["archived_at"].is_null() {
+        if session.is_over() {
             return Outcome::Terminated;
         }
-        let wants_memory = has_memory(&session) && self.config.memory_sync_interval.is_some();
+        let wants_memory = session.has_memory() && self.config.memory_sync_interval.is_some();
         if wants_memory && !has_sessions_token {
             tracing::error!(work = %item.id, "the session attaches memory stores but the work item carried no sessions token");
-            return Outcome::Failed("no sessions token for memory".into());
+            return Outcome::Failed(ItemError::NoSessionsToken);
         }
         let sandbox = match self.sandboxes.acquire(&item.session).await {
             Ok(s) => s,
-            Err(e) => return Outcome::Failed(format!("sandbox: {e}")),
+            Err(e) => return Outcome::Failed(ItemError::Sandbox(e)),
         };
         self.metrics.item_sandbox(&item.id, &sandbox.id);
         tracing::info!(work = %item.id, session = %item.session, sandbox = %sandbox.id,
@@ -160,7 +173,7 @@ impl Worker {
         &self,
         item: &Item,
         token: &Secret,
-        session: &Value,
+        session: &Session,
         sandbox: &str,
         wants_memory: bool,
         lease: &Lease,
@@ -187,7 +200,7 @@ impl Worker {
                 Ok(m) => Some(m),
                 Err(e) => {
                     installer.remove(&skill_dirs).await;
-                    return Outcome::Failed(format!("memory: {e}"));
+                    return Outcome::Failed(ItemError::Memory(e));
                 }
             }
         } else {
@@ -236,10 +249,4 @@ impl Worker {
 /// Whether this worker still holds the item's lease.
 fn still_ours(lease: &Lease) -> bool {
     lease.ended().is_none_or(|e| e.owns_item())
-}
-
-fn has_memory(session: &Value) -> bool {
-    session["resources"]
-        .as_array()
-        .is_some_and(|r| r.iter().any(|r| r["type"] == "memory_store"))
 }

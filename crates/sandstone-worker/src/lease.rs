@@ -5,6 +5,7 @@
 use crate::cma::Cma;
 use crate::metrics::Metrics;
 use crate::secret::Secret;
+use sandstone_agents_api::NO_HEARTBEAT;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -97,7 +98,7 @@ fn interval(ttl: u64) -> Duration {
 }
 
 async fn beat(t: Target, ttl: Arc<AtomicU64>, tx: watch::Sender<Option<LeaseEnd>>) {
-    let mut expected = "NO_HEARTBEAT".to_string();
+    let mut expected = NO_HEARTBEAT.to_string();
     let mut last_ok = Instant::now();
     loop {
         let every = interval(ttl.load(Ordering::Relaxed));
@@ -106,18 +107,17 @@ async fn beat(t: Target, ttl: Arc<AtomicU64>, tx: watch::Sender<Option<LeaseEnd>
             .heartbeat(&t.env, &t.work, &t.token, &expected, every)
             .await
         {
-            Ok(v) => {
+            Ok(beat) => {
                 last_ok = Instant::now();
-                if let Some(n) = v["ttl_seconds"].as_u64().filter(|n| *n > 0) {
-                    ttl.store(n, Ordering::Relaxed);
+                if beat.ttl_seconds > 0 {
+                    ttl.store(beat.ttl_seconds, Ordering::Relaxed);
                 }
-                expected = v["last_heartbeat"].as_str().unwrap_or_default().to_string();
-                let state = v["state"].as_str().unwrap_or_default();
-                if state == "stopping" || state == "stopped" {
+                expected = beat.last_heartbeat;
+                if beat.state.stop_requested() {
                     let _ = tx.send(Some(LeaseEnd::StopRequested));
                     return;
                 }
-                if v["lease_extended"] == false {
+                if !beat.lease_extended {
                     let _ = tx.send(Some(LeaseEnd::NotExtended));
                     return;
                 }

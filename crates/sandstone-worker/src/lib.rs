@@ -5,7 +5,10 @@
 //! The control plane keeps the agent loop; this crate speaks its worker
 //! protocol exactly as the official SDK worker does (`poll`, `lease`,
 //! `runner`), and executes tools through the Sandstone daemon (`tools`,
-//! `sandbox`), so no Anthropic credential ever enters a sandbox.
+//! `sandbox`), so no Anthropic credential ever enters a sandbox. What goes
+//! over the wire is the typed model of `sandstone-agents-api`, the one the
+//! control plane serves (`cma` parses every answer into it, naming the
+//! field a body got wrong); failures are `thiserror` enums per module.
 
 pub mod cma;
 pub mod item;

@@ -11,8 +11,8 @@ use crate::memory_plan::{self, Action, Baseline, DeleteMode, Inputs, Local, Remo
 use crate::sandbox::WORKDIR;
 use crate::secret::Secret;
 use crate::tools::Roots;
+use sandstone_agents_api::{Access, MemoryEntry, Session, SessionResource};
 use sandstone_client::Client;
-use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 use tokio::sync::Mutex;
@@ -23,6 +23,37 @@ const MAX_STORES: usize = 8;
 const MAX_DELETES: usize = 8;
 /// Teardown syncs are bounded, as the SDK's `MEMORY_FLUSH_TIMEOUT`.
 const FLUSH_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Why a store could not be mounted or synced.
+#[derive(Debug, thiserror::Error)]
+pub enum MemoryError {
+    #[error("memory store mount_path {0:?} is not a clean absolute path")]
+    MountPath(String),
+    #[error("{0} already exists in the sandbox")]
+    Exists(String),
+    #[error("memory store {store}: {source}")]
+    Store {
+        store: String,
+        #[source]
+        source: Box<MemoryError>,
+    },
+    #[error("listing {dir}: {source}")]
+    Listing {
+        dir: String,
+        #[source]
+        source: sandstone_client::Error,
+    },
+    #[error("reading {path}: {source}")]
+    Reading {
+        path: String,
+        #[source]
+        source: sandstone_client::Error,
+    },
+    #[error(transparent)]
+    Sandbox(#[from] sandstone_client::Error),
+    #[error(transparent)]
+    Cma(#[from] CmaError),
+}
 
 #[derive(Default)]
 struct State {
@@ -64,8 +95,8 @@ fn marker(store: &str) -> String {
 
 /// `mount_path` must be a clean absolute path; without one the store goes
 /// under the workdir.
-fn mount_root(resource: &Value) -> Result<String, String> {
-    match resource["mount_path"].as_str() {
+fn mount_root(resource: &SessionResource) -> Result<String, MemoryError> {
+    match resource.mount_path.as_deref() {
         Some(p) => {
             let clean = p.starts_with('/')
                 && p.len() > 1
@@ -73,14 +104,15 @@ fn mount_root(resource: &Value) -> Result<String, String> {
                 && p[1..]
                     .split('/')
                     .all(|c| !c.is_empty() && c != "." && c != "..");
-            clean.then(|| p.to_string()).ok_or_else(|| {
-                format!("memory store mount_path {p:?} is not a clean absolute path")
-            })
+            clean
+                .then(|| p.to_string())
+                .ok_or_else(|| MemoryError::MountPath(p.to_string()))
         }
         None => {
-            let name = resource["name"]
-                .as_str()
-                .or(resource["memory_store_id"].as_str())
+            let name = resource
+                .name
+                .as_deref()
+                .or(resource.memory_store_id.as_deref())
                 .unwrap_or("store");
             Ok(format!("{WORKDIR}/memory/{}", name.replace('/', "_")))
         }
@@ -95,21 +127,18 @@ impl Memory {
         token: &Secret,
         client: &Client,
         sandbox: &str,
-        session: &Value,
+        session: &Session,
         interval: Option<Duration>,
-    ) -> Result<Memory, String> {
+    ) -> Result<Memory, MemoryError> {
         let mut stores = Vec::new();
-        for r in session["resources"].as_array().into_iter().flatten() {
-            if r["type"] != "memory_store" || stores.len() == MAX_STORES {
+        for r in &session.resources {
+            if !r.is_memory_store() || stores.len() == MAX_STORES {
                 continue;
             }
-            let id = r["memory_store_id"]
-                .as_str()
-                .unwrap_or_default()
-                .to_string();
+            let id = r.memory_store_id.clone().unwrap_or_default();
             stores.push(Store {
                 root: mount_root(r)?,
-                read_only: r["access"] == "read_only",
+                read_only: r.access == Some(Access::ReadOnly),
                 id,
                 state: Mutex::default(),
             });
@@ -135,7 +164,10 @@ impl Memory {
             };
             if let Err(e) = m.download(s).await {
                 m.unmount(&m.stores[..made]).await;
-                return Err(format!("memory store {}: {e}", s.id));
+                return Err(MemoryError::Store {
+                    store: s.id.clone(),
+                    source: Box::new(e),
+                });
             }
         }
         Ok(m)
@@ -158,7 +190,7 @@ impl Memory {
 
     /// A previous worker killed mid-item leaves its mirror in the durable
     /// sandbox: ours (intact marker) is replaced; anything else is refused.
-    async fn claim_root(&self, s: &Store) -> Result<(), String> {
+    async fn claim_root(&self, s: &Store) -> Result<(), MemoryError> {
         if self.client.list_dir(&self.sandbox, &s.root).await.is_err() {
             return Ok(());
         }
@@ -168,52 +200,33 @@ impl Memory {
             .await
             .ok();
         if found.as_deref() != Some(marker(&s.id).as_bytes()) {
-            return Err(format!("{} already exists in the sandbox", s.root));
+            return Err(MemoryError::Exists(s.root.clone()));
         }
         tracing::info!(store = %s.id, root = %s.root, "replacing a mirror a previous worker left");
-        self.client
-            .remove_path(&self.sandbox, &s.root)
-            .await
-            .map_err(|e| e.to_string())
+        Ok(self.client.remove_path(&self.sandbox, &s.root).await?)
     }
 
-    async fn download(&self, s: &Store) -> Result<(), String> {
+    async fn download(&self, s: &Store) -> Result<(), MemoryError> {
         let (c, sb) = (&self.client, self.sandbox.as_str());
-        let err = |e: sandstone_client::Error| e.to_string();
-        c.mkdir(sb, &s.root).await.map_err(err)?;
+        c.mkdir(sb, &s.root).await?;
         c.write_file(
             sb,
             &format!("{}/{MARKER}", s.root),
             marker(&s.id).into_bytes(),
         )
-        .await
-        .map_err(err)?;
-        let all = self
-            .cma
-            .memories(&s.id, &self.token, true)
-            .await
-            .map_err(|e| e.to_string())?;
+        .await?;
+        let all = self.cma.memories(&s.id, &self.token, true).await?;
         let mut st = s.state.lock().await;
         *st = State::default();
-        for mem in all.iter().filter(|m| m["type"] == "memory") {
-            let (Some(path), Some(id)) = (mem["path"].as_str(), mem["id"].as_str()) else {
+        for entry in all {
+            let MemoryEntry::Memory(mem) = entry else {
                 continue;
             };
-            let content = mem["content"].as_str().unwrap_or_default();
-            c.write_file(
-                sb,
-                &format!("{}{path}", s.root),
-                content.as_bytes().to_vec(),
-            )
-            .await
-            .map_err(err)?;
-            st.baseline.insert(
-                path.to_string(),
-                Baseline {
-                    id: id.to_string(),
-                    sha: sha256_hex(content.as_bytes()),
-                },
-            );
+            let content = mem.content.unwrap_or_default();
+            let sha = sha256_hex(content.as_bytes());
+            c.write_file(sb, &format!("{}{}", s.root, mem.path), content.into_bytes())
+                .await?;
+            st.baseline.insert(mem.path, Baseline { id: mem.id, sha });
         }
         tracing::info!(store = %s.id, root = %s.root, memories = st.baseline.len(), "memory store mounted");
         Ok(())
@@ -269,7 +282,7 @@ impl Memory {
             .is_ok_and(|b| b == marker(&s.id).as_bytes())
     }
 
-    async fn sync(&self, s: &Store, final_sync: bool, push_only: bool) -> Result<(), String> {
+    async fn sync(&self, s: &Store, final_sync: bool, push_only: bool) -> Result<(), MemoryError> {
         let scan = self.scan(&s.root).await?;
         let local = scan.files;
         if !self.marker_ok(s).await {
@@ -281,25 +294,18 @@ impl Memory {
             tracing::warn!(store = %s.id, "mirror marker missing or wrong; not syncing it");
             return Ok(());
         }
-        let listed = self
-            .cma
-            .memories(&s.id, &self.token, false)
-            .await
-            .map_err(|e| e.to_string())?;
+        let listed = self.cma.memories(&s.id, &self.token, false).await?;
         let remote: BTreeMap<String, Remote> = listed
-            .iter()
-            .filter(|m| m["type"] == "memory")
-            .filter(|m| {
-                !m["path"]
-                    .as_str()
-                    .is_some_and(|p| scan.unsynced.contains(p))
-            })
-            .filter_map(|m| {
-                let r = Remote {
-                    id: m["id"].as_str()?.to_string(),
-                    sha: m["content_sha256"].as_str()?.to_string(),
-                };
-                Some((m["path"].as_str()?.to_string(), r))
+            .into_iter()
+            .filter_map(|entry| match entry {
+                MemoryEntry::Memory(m) if !scan.unsynced.contains(&m.path) => Some((
+                    m.path,
+                    Remote {
+                        id: m.id,
+                        sha: m.content_sha256,
+                    },
+                )),
+                _ => None,
             })
             .collect();
         let mut st = s.state.lock().await;
@@ -341,7 +347,7 @@ impl Memory {
     /// with their contents, and the paths present but not syncable (links,
     /// binary files), which must not read as deleted. A listing or read
     /// that fails aborts the sync rather than making files look gone.
-    async fn scan(&self, root: &str) -> Result<Scan, String> {
+    async fn scan(&self, root: &str) -> Result<Scan, MemoryError> {
         let mut out = Scan::default();
         let mut dirs = vec![root.to_string()];
         while let Some(dir) = dirs.pop() {
@@ -349,7 +355,7 @@ impl Memory {
                 Ok(e) => e,
                 // The mirror itself gone: empty (the marker check decides).
                 Err(e) if dir == root && sandstone_client::is_not_found(&e) => continue,
-                Err(e) => return Err(format!("listing {dir}: {e}")),
+                Err(source) => return Err(MemoryError::Listing { dir, source }),
             };
             for e in entries {
                 let rel = e.path[root.len()..].to_string();
@@ -361,7 +367,10 @@ impl Memory {
                             .client
                             .read_file(&self.sandbox, &e.path)
                             .await
-                            .map_err(|err| format!("reading {}: {err}", e.path))?;
+                            .map_err(|source| MemoryError::Reading {
+                                path: e.path.clone(),
+                                source,
+                            })?;
                         let sha = sha256_hex(&bytes);
                         match String::from_utf8(bytes) {
                             Ok(text) => {
@@ -446,7 +455,7 @@ impl Memory {
 
     async fn pull(&self, s: &Store, st: &mut State, path: &str, id: &str) -> Result<(), CmaError> {
         let mem = self.cma.memory(&s.id, id, &self.token).await?;
-        let content = mem["content"].as_str().unwrap_or_default();
+        let content = mem.content.unwrap_or_default();
         let file = format!("{}{path}", s.root);
         if let Err(e) = self
             .client
@@ -493,16 +502,11 @@ impl Memory {
             other => other,
         };
         match sent {
-            Ok(v) => {
-                let id = v["id"]
-                    .as_str()
-                    .map(str::to_string)
-                    .or(id)
-                    .unwrap_or_default();
+            Ok(m) => {
                 st.baseline.insert(
                     path.to_string(),
                     Baseline {
-                        id,
+                        id: m.id,
                         sha: local.sha.clone(),
                     },
                 );
@@ -532,15 +536,20 @@ mod tests {
     use super::*;
     use serde_json::json;
 
+    fn root(mut v: serde_json::Value) -> Result<String, MemoryError> {
+        v["type"] = json!("memory_store");
+        mount_root(&serde_json::from_value(v).unwrap())
+    }
+
     #[test]
     fn mount_paths_must_be_clean_and_absolute() {
-        let ok = mount_root(&json!({"mount_path": "/mnt/memory/user-preferences"}));
+        let ok = root(json!({"mount_path": "/mnt/memory/user-preferences"}));
         assert_eq!(ok.unwrap(), "/mnt/memory/user-preferences");
         for bad in ["relative", "/mnt/../etc", "/mnt//x", "/", "/mnt/memory/"] {
-            assert!(mount_root(&json!({"mount_path": bad})).is_err(), "{bad}");
+            assert!(root(json!({"mount_path": bad})).is_err(), "{bad}");
         }
         assert_eq!(
-            mount_root(&json!({"name": "a/b"})).unwrap(),
+            root(json!({"name": "a/b"})).unwrap(),
             "/workspace/memory/a_b"
         );
     }

@@ -3,6 +3,7 @@
 //! poller: a fatal 4xx ends the loop, anything else backs off and retries.
 
 use crate::Worker;
+use crate::cma::CmaError;
 use crate::item::Item;
 use crate::runner::jitter;
 use std::sync::Arc;
@@ -12,9 +13,18 @@ use tokio::sync::Semaphore;
 /// The API caps `block_ms` at 999; client-side jitter spaces empty polls.
 const POLL_BLOCK_MS: u64 = 999;
 
+/// Why polling stopped before shutdown.
+#[derive(Debug, thiserror::Error)]
+pub enum PollError {
+    #[error("polling needs the environment key")]
+    NoEnvironmentKey,
+    #[error("poll refused: {0}")]
+    Refused(#[source] CmaError),
+}
+
 /// Polls until shutdown or a fatal error, then waits for in-flight items
 /// (each finishes its teardown and stop).
-pub async fn poll_loop(worker: Arc<Worker>) -> Result<(), String> {
+pub async fn poll_loop(worker: Arc<Worker>) -> Result<(), PollError> {
     let permits = Arc::new(Semaphore::new(worker.config.concurrency.max(1)));
     let mut tasks = tokio::task::JoinSet::new();
     let result = poll_until_done(&worker, &permits, &mut tasks).await;
@@ -26,10 +36,10 @@ async fn poll_until_done(
     worker: &Arc<Worker>,
     permits: &Arc<Semaphore>,
     tasks: &mut tokio::task::JoinSet<()>,
-) -> Result<(), String> {
+) -> Result<(), PollError> {
     let cfg = &worker.config;
     let Some(key) = cfg.environment_key.clone() else {
-        return Err("polling needs the environment key".into());
+        return Err(PollError::NoEnvironmentKey);
     };
     let mut shutdown = worker.shutdown.clone();
     let mut failures: u32 = 0;
@@ -86,7 +96,7 @@ async fn poll_until_done(
             }
             Err(e) if e.is_fatal() => {
                 tracing::error!(error = %e, "poll refused; stopping");
-                return Err(format!("poll refused: {e}"));
+                return Err(PollError::Refused(e));
             }
             Err(e) => {
                 worker.metrics.poll_failed();

@@ -12,8 +12,13 @@ use crate::metrics::Metrics;
 use crate::secret::Secret;
 use crate::sse::SseReader;
 use crate::tools::{ToolHost, ToolUse};
+use sandstone_agents_api::{
+    ContentBlock, CustomToolResult, EvaluatedPermission, KnownEvent, SendEvents, SessionEvent,
+    StopReasonKind, ThreadTerminated, ToolConfirmation, ToolResult, ToolUse as ToolUseEvent,
+    Verdict,
+};
 use sandstone_api::ToolCallResult;
-use serde_json::{Value, json};
+use serde_json::Value;
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::future::Future;
 use std::pin::Pin;
@@ -23,7 +28,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::watch;
 
 /// Why a run ended.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug)]
 pub enum RunEnd {
     /// The session terminated or was deleted.
     Terminated,
@@ -31,7 +36,7 @@ pub enum RunEnd {
     IdleTimeout,
     Lease(LeaseEnd),
     /// The control plane refused the stream or history (401, 403, 404…).
-    Fatal(String),
+    Fatal(CmaError),
     /// The worker is shutting down.
     Cancelled,
 }
@@ -71,100 +76,107 @@ struct Book {
 impl Book {
     /// Answers and verdicts first, so replaying history never re-runs a call
     /// that was answered later in it.
-    fn learn(&mut self, history: &[Value]) {
+    fn learn(&mut self, history: &[SessionEvent]) {
         for ev in history {
-            match ev["type"].as_str().unwrap_or_default() {
-                "user.tool_result" => self.answer(&ev["tool_use_id"]),
-                "user.custom_tool_result" => self.answer(&ev["custom_tool_use_id"]),
-                "user.tool_confirmation" => {
-                    if let Some(id) = ev["tool_use_id"].as_str() {
-                        self.verdicts.insert(id.into(), ev["result"] == "allow");
-                    }
+            match ev.known() {
+                Some(KnownEvent::UserToolResult(r)) => self.answer(&r.tool_use_id),
+                Some(KnownEvent::UserCustomToolResult(r)) => self.answer(&r.custom_tool_use_id),
+                Some(KnownEvent::UserToolConfirmation(c)) => {
+                    self.verdicts
+                        .insert(c.tool_use_id.clone(), c.result == Verdict::Allow);
                 }
-                "session.thread_status_terminated" => self.thread_ended(ev),
+                Some(KnownEvent::SessionThreadStatusTerminated(t)) => self.thread_ended(t),
                 _ => {}
             }
         }
     }
 
-    fn thread_ended(&mut self, ev: &Value) {
-        if let Some(t) = ev["session_thread_id"].as_str() {
-            self.dead_threads.lock().unwrap().insert(t.to_string());
+    fn thread_ended(&mut self, t: &ThreadTerminated) {
+        if let Some(thread) = &t.session_thread_id {
+            self.dead_threads
+                .lock()
+                .expect("the dead-thread set's lock is never poisoned")
+                .insert(thread.clone());
         }
     }
 
     fn thread_dead(&self, call: &ToolUse) -> bool {
-        call.thread
-            .as_ref()
-            .is_some_and(|t| self.dead_threads.lock().unwrap().contains(t))
+        call.thread.as_ref().is_some_and(|t| {
+            self.dead_threads
+                .lock()
+                .expect("the dead-thread set's lock is never poisoned")
+                .contains(t)
+        })
     }
 
-    fn answer(&mut self, id: &Value) {
-        if let Some(id) = id.as_str() {
-            self.answered.insert(id.to_string());
-            self.held.remove(id);
-            self.queue.retain(|c| c.id != id);
-        }
+    fn answer(&mut self, id: &str) {
+        self.answered.insert(id.to_string());
+        self.held.remove(id);
+        self.queue.retain(|c| c.id != id);
     }
 
     /// Takes in a history listing; `Some` when it shows the session ended.
-    fn replay(&mut self, history: &[Value], host: &ToolHost) -> Option<RunEnd> {
+    fn replay(&mut self, history: &[SessionEvent], host: &ToolHost) -> Option<RunEnd> {
         self.learn(history);
         history.iter().find_map(|ev| self.observe(ev, host))
     }
 
     /// Takes in one event (once); `Some` when it ends the run.
-    fn observe(&mut self, ev: &Value, host: &ToolHost) -> Option<RunEnd> {
-        if let Some(id) = ev["id"].as_str()
-            && !self.events.insert(id.to_string())
+    fn observe(&mut self, ev: &SessionEvent, host: &ToolHost) -> Option<RunEnd> {
+        if let Some(id) = &ev.id
+            && !self.events.insert(id.clone())
         {
             return None;
         }
-        let kind = ev["type"].as_str().unwrap_or_default();
-        match kind {
-            "agent.tool_use" | "agent.custom_tool_use" => self.consider(ev, host),
-            "user.tool_result" => self.answer(&ev["tool_use_id"]),
-            "user.custom_tool_result" => self.answer(&ev["custom_tool_use_id"]),
-            "user.tool_confirmation" => self.confirm(ev),
-            "session.thread_status_terminated" => self.thread_ended(ev),
-            "session.status_terminated" | "session.deleted" => return Some(RunEnd::Terminated),
+        match ev.known() {
+            Some(KnownEvent::AgentToolUse(u)) => self.consider(ev, u, false, host),
+            Some(KnownEvent::AgentCustomToolUse(u)) => self.consider(ev, u, true, host),
+            Some(KnownEvent::UserToolResult(r)) => self.answer(&r.tool_use_id),
+            Some(KnownEvent::UserCustomToolResult(r)) => self.answer(&r.custom_tool_use_id),
+            Some(KnownEvent::UserToolConfirmation(c)) => self.confirm(c),
+            Some(KnownEvent::SessionThreadStatusTerminated(t)) => self.thread_ended(t),
+            Some(KnownEvent::SessionStatusTerminated(_) | KnownEvent::SessionDeleted(_)) => {
+                return Some(RunEnd::Terminated);
+            }
             _ => {}
         }
-        self.track_idle(kind, ev);
+        self.track_idle(ev);
         None
     }
 
     /// An idle that waits on nobody starts the countdown; any later event
     /// except the neutral ones cancels it.
-    fn track_idle(&mut self, kind: &str, ev: &Value) {
-        match kind {
-            "session.status_idle" => {
+    fn track_idle(&mut self, ev: &SessionEvent) {
+        match ev.known() {
+            Some(KnownEvent::SessionStatusIdle(idle)) => {
                 self.idle_since =
-                    (ev["stop_reason"]["type"] != "requires_action").then(Instant::now);
+                    (idle.stop_reason.kind != StopReasonKind::RequiresAction).then(Instant::now);
             }
-            "user.tool_confirmation" | "session.thread_status_terminated" => {}
+            Some(
+                KnownEvent::UserToolConfirmation(_) | KnownEvent::SessionThreadStatusTerminated(_),
+            ) => {}
             _ => self.idle_since = None,
         }
     }
 
-    fn confirm(&mut self, ev: &Value) {
-        let Some(id) = ev["tool_use_id"].as_str() else {
-            return;
-        };
+    fn confirm(&mut self, c: &ToolConfirmation) {
+        let id = &c.tool_use_id;
         // Unknown verdicts count as deny.
-        let allow = ev["result"] == "allow";
-        self.verdicts.insert(id.to_string(), allow);
+        let allow = c.result == Verdict::Allow;
+        self.verdicts.insert(id.clone(), allow);
         if let Some(call) = self.held.remove(id) {
             if allow {
                 self.queue.push_back(call);
             } else {
-                tracing::info!(tool_use_id = id, "call denied by the user; not run");
+                tracing::info!(tool_use_id = %id, "call denied by the user; not run");
             }
         }
     }
 
-    fn consider(&mut self, ev: &Value, host: &ToolHost) {
-        let Some(call) = tool_use(ev) else { return };
+    fn consider(&mut self, ev: &SessionEvent, u: &ToolUseEvent, custom: bool, host: &ToolHost) {
+        let Some(call) = tool_use(ev, u, custom) else {
+            return;
+        };
         if !self.seen.insert(call.id.clone())
             || self.answered.contains(&call.id)
             || self.thread_dead(&call)
@@ -175,10 +187,10 @@ impl Book {
             tracing::info!(tool = %call.name, tool_use_id = %call.id, "not served by this worker; left pending for its owner");
             return;
         }
-        match ev["evaluated_permission"].as_str() {
-            None | Some("allow") => self.queue.push_back(call),
+        match &u.evaluated_permission {
+            None | Some(EvaluatedPermission::Allow) => self.queue.push_back(call),
             // The server resolves denials itself.
-            Some("deny") => {}
+            Some(EvaluatedPermission::Deny) => {}
             // `ask`, and anything unknown, waits for the user's verdict.
             Some(_) => match self.verdicts.get(&call.id) {
                 Some(true) => self.queue.push_back(call),
@@ -198,13 +210,15 @@ impl Book {
     }
 }
 
-fn tool_use(ev: &Value) -> Option<ToolUse> {
+/// The call an `agent.tool_use` / `agent.custom_tool_use` event announces;
+/// `None` for one without an id (never served, since it cannot be answered).
+fn tool_use(ev: &SessionEvent, u: &ToolUseEvent, custom: bool) -> Option<ToolUse> {
     Some(ToolUse {
-        id: ev["id"].as_str()?.to_string(),
-        name: ev["name"].as_str()?.to_string(),
-        input: ev["input"].clone(),
-        custom: ev["type"] == "agent.custom_tool_use",
-        thread: ev["session_thread_id"].as_str().map(str::to_string),
+        id: ev.id.clone()?,
+        name: u.name.clone(),
+        input: u.input.clone().unwrap_or(Value::Null),
+        custom,
+        thread: u.session_thread_id.clone(),
         received: Instant::now(),
     })
 }
@@ -307,7 +321,7 @@ impl Runner<'_> {
                         }
                         stream = Stream::Open(sse);
                     }
-                    Err(e) if e.is_fatal() => return RunEnd::Fatal(e.to_string()),
+                    Err(e) if e.is_fatal() => return RunEnd::Fatal(e),
                     Err(e) => {
                         tracing::debug!(session = self.session, error = %e, "stream failed; reconnecting");
                         stream = backoff.closed();
@@ -323,7 +337,10 @@ impl Runner<'_> {
 
     /// Opens the stream (at its retry time), then lists history: the
     /// stream has no replay, so this order loses nothing in between.
-    async fn reconnect(&self, at: Option<Instant>) -> Result<(SseReader, Vec<Value>), CmaError> {
+    async fn reconnect(
+        &self,
+        at: Option<Instant>,
+    ) -> Result<(SseReader, Vec<SessionEvent>), CmaError> {
         sleep_until(at).await;
         let sse = self.cma.stream(self.session, self.token).await?;
         let history = self.cma.events(self.session, self.token).await?;
@@ -378,13 +395,16 @@ impl Runner<'_> {
     /// Posts a result, retrying transient failures with jittered backoff
     /// for as long as `window` (the lease TTL) allows.
     async fn post(&self, call: &ToolUse, result: ToolCallResult, window: Duration) {
-        let event = result_event(call, result);
+        let events = SendEvents {
+            events: vec![result_event(call, result)],
+            extra: Default::default(),
+        };
         let give_up = Instant::now() + window;
         let mut delay = Duration::from_secs(1);
         loop {
             match self
                 .cma
-                .send_events(self.session, self.token, json!([event]))
+                .send_events(self.session, self.token, &events)
                 .await
             {
                 Ok(_) => return,
@@ -418,7 +438,7 @@ async fn drive(running: &mut Option<InFlight<'_>>) {
 }
 
 /// The stream's next event; `None` when it ended, broke or fell silent.
-async fn next_event(stream: &mut Stream) -> Option<Value> {
+async fn next_event(stream: &mut Stream) -> Option<SessionEvent> {
     match stream {
         Stream::Open(sse) => tokio::time::timeout(STREAM_SILENCE, sse.next())
             .await
@@ -428,14 +448,31 @@ async fn next_event(stream: &mut Stream) -> Option<Value> {
     }
 }
 
-fn result_event(call: &ToolUse, r: ToolCallResult) -> Value {
-    if call.custom {
-        json!({"type": "user.custom_tool_result", "custom_tool_use_id": call.id,
-               "is_error": r.is_error, "content": r.content})
+fn result_event(call: &ToolUse, r: ToolCallResult) -> SessionEvent {
+    let content = Some(r.content.into_iter().map(block).collect());
+    let is_error = Some(r.is_error);
+    SessionEvent::new(if call.custom {
+        KnownEvent::UserCustomToolResult(CustomToolResult {
+            custom_tool_use_id: call.id.clone(),
+            content,
+            is_error,
+            extra: Default::default(),
+        })
     } else {
-        json!({"type": "user.tool_result", "tool_use_id": call.id,
-               "is_error": r.is_error, "content": r.content})
-    }
+        KnownEvent::UserToolResult(ToolResult {
+            tool_use_id: call.id.clone(),
+            content,
+            is_error,
+            extra: Default::default(),
+        })
+    })
+}
+
+/// A tool result's content block (a type the model does not know passes
+/// through); one that is not a block at all is reported in its place.
+fn block(v: Value) -> ContentBlock {
+    serde_json::from_value(v)
+        .unwrap_or_else(|e| ContentBlock::text(format!("(a malformed content block: {e})")))
 }
 
 async fn sleep_until(deadline: Option<Instant>) {
@@ -459,6 +496,11 @@ pub fn jitter(d: Duration) -> Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
+
+    fn ev(v: Value) -> SessionEvent {
+        serde_json::from_value(v).unwrap()
+    }
 
     fn host(custom: &[&str]) -> ToolHost {
         ToolHost {
@@ -475,12 +517,12 @@ mod tests {
         }
     }
 
-    fn call(id: &str, name: &str, perm: Option<&str>) -> Value {
+    fn call(id: &str, name: &str, perm: Option<&str>) -> SessionEvent {
         let mut v = json!({"type": "agent.tool_use", "id": id, "name": name, "input": {}});
         if let Some(p) = perm {
             v["evaluated_permission"] = json!(p);
         }
-        v
+        ev(v)
     }
 
     fn queued(b: &Book) -> Vec<&str> {
@@ -493,7 +535,7 @@ mod tests {
         let mut b = Book::default();
         let history = vec![
             call("e1", "bash", None),
-            json!({"type": "user.tool_result", "tool_use_id": "e1"}),
+            ev(json!({"type": "user.tool_result", "tool_use_id": "e1"})),
             call("e2", "read", Some("allow")),
         ];
         b.learn(&history);
@@ -515,24 +557,24 @@ mod tests {
         b.observe(&call("u", "browser", None), &h);
         b.observe(&call("w", "write", Some("weird")), &h);
         b.observe(
-            &json!({"type": "agent.mcp_tool_use", "id": "m", "name": "x"}),
+            &ev(json!({"type": "agent.mcp_tool_use", "id": "m", "name": "x"})),
             &h,
         );
         b.observe(
-            &json!({"type": "agent.custom_tool_use", "id": "c", "name": "lookup", "input": {}}),
+            &ev(json!({"type": "agent.custom_tool_use", "id": "c", "name": "lookup", "input": {}})),
             &h,
         );
         b.observe(
-            &json!({"type": "agent.custom_tool_use", "id": "c2", "name": "other", "input": {}}),
+            &ev(json!({"type": "agent.custom_tool_use", "id": "c2", "name": "other", "input": {}})),
             &h,
         );
         assert_eq!(queued(&b), ["c"]);
         b.observe(
-            &json!({"type": "user.tool_confirmation", "tool_use_id": "a", "result": "allow"}),
+            &ev(json!({"type": "user.tool_confirmation", "tool_use_id": "a", "result": "allow"})),
             &h,
         );
         b.observe(
-            &json!({"type": "user.tool_confirmation", "tool_use_id": "w", "result": "maybe"}),
+            &ev(json!({"type": "user.tool_confirmation", "tool_use_id": "w", "result": "maybe"})),
             &h,
         );
         assert_eq!(queued(&b), ["c", "a"]);
@@ -545,12 +587,12 @@ mod tests {
         let mut b = Book::default();
         let max = Some(Duration::from_secs(60));
         b.observe(
-            &json!({"type": "session.status_idle", "stop_reason": {"type": "requires_action"}}),
+            &ev(json!({"type": "session.status_idle", "stop_reason": {"type": "requires_action"}})),
             &h,
         );
         assert!(b.idle_deadline(max, false).is_none());
         b.observe(
-            &json!({"type": "session.status_idle", "stop_reason": {"type": "end_turn"}}),
+            &ev(json!({"type": "session.status_idle", "stop_reason": {"type": "end_turn"}})),
             &h,
         );
         assert!(b.idle_deadline(max, false).is_some());
@@ -563,19 +605,19 @@ mod tests {
             "max-idle 0 disables it"
         );
         b.observe(
-            &json!({"type": "user.tool_confirmation", "tool_use_id": "zz", "result": "allow"}),
+            &ev(json!({"type": "user.tool_confirmation", "tool_use_id": "zz", "result": "allow"})),
             &h,
         );
         assert!(
             b.idle_deadline(max, false).is_some(),
             "confirmations are neutral"
         );
-        b.observe(&json!({"type": "user.message"}), &h);
+        b.observe(&ev(json!({"type": "user.message", "content": []})), &h);
         assert!(b.idle_deadline(max, false).is_none());
-        assert_eq!(
-            b.observe(&json!({"type": "session.status_terminated"}), &h),
+        assert!(matches!(
+            b.observe(&ev(json!({"type": "session.status_terminated"})), &h),
             Some(RunEnd::Terminated)
-        );
+        ));
     }
 
     #[test]

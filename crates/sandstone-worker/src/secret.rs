@@ -3,6 +3,7 @@
 //! [`Secret`].
 
 use base64::Engine;
+use sandstone_agents_api::WorkSecret;
 
 pub use sandstone_api::Secret;
 
@@ -13,9 +14,8 @@ pub fn sessions_token(secret: &str) -> Option<Secret> {
     let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD
         .decode(trimmed)
         .ok()?;
-    let v: serde_json::Value = serde_json::from_slice(&raw).ok()?;
-    v["sessions_token"]
-        .as_str()
+    let secret: WorkSecret = serde_json::from_slice(&raw).ok()?;
+    Some(secret.sessions_token)
         .filter(|t| !t.is_empty())
         .map(Secret::new)
 }

@@ -3,13 +3,24 @@
 //! safely here (never inside the sandbox), staged beside the destination
 //! and moved over it, so a failure leaves the old copy or nothing.
 
-use crate::cma::Cma;
+use crate::cma::{Cma, CmaError};
 use crate::secret::Secret;
+use sandstone_agents_api::Session;
 use sandstone_client::Client;
 use sandstone_skill_archive as skills;
-use serde_json::Value;
 
 const SKILLS_DIR: &str = "/workspace/skills";
+
+/// Why one skill was not installed (the others still are).
+#[derive(Debug, thiserror::Error)]
+pub enum SkillError {
+    #[error("control plane: {0}")]
+    Cma(#[from] CmaError),
+    #[error(transparent)]
+    Archive(#[from] skills::UnpackError),
+    #[error("sandbox: {0}")]
+    Sandbox(#[from] sandstone_client::Error),
+}
 
 pub struct Installer<'a> {
     pub cma: &'a Cma,
@@ -21,11 +32,11 @@ pub struct Installer<'a> {
 impl Installer<'_> {
     /// Installs every skill it can; one skill's failure is logged and the
     /// others continue. Returns the directories it created.
-    pub async fn install_all(&self, session: &Value) -> Vec<String> {
+    pub async fn install_all(&self, session: &Session) -> Vec<String> {
         let mut created = Vec::new();
-        for s in session["agent"]["skills"].as_array().into_iter().flatten() {
-            let skill = s["skill_id"].as_str().unwrap_or_default();
-            let version = s["version"].as_str().unwrap_or("latest");
+        for s in &session.agent.skills {
+            let skill = s.skill_id.as_str();
+            let version = s.version.as_deref().unwrap_or("latest");
             match self.install(skill, version).await {
                 Ok(dir) => created.push(dir),
                 Err(e) => tracing::warn!(skill, error = %e, "skill not installed"),
@@ -34,22 +45,11 @@ impl Installer<'_> {
         created
     }
 
-    async fn install(&self, skill: &str, version: &str) -> Result<String, String> {
-        let v = self
-            .cma
-            .skill_version(skill, version, self.token)
-            .await
-            .map_err(|e| e.to_string())?;
-        let name = skills::dir_name(v["name"].as_str().unwrap_or_default(), skill)
-            .map_err(|e| e.to_string())?;
-        let version_id = v["id"].as_str().unwrap_or(version);
-        let archive = self
-            .cma
-            .skill_content(skill, version_id, self.token)
-            .await
-            .map_err(|e| e.to_string())?;
-        let unpacked =
-            skills::unpack(&archive, &skills::Limits::default()).map_err(|e| e.to_string())?;
+    async fn install(&self, skill: &str, version: &str) -> Result<String, SkillError> {
+        let v = self.cma.skill_version(skill, version, self.token).await?;
+        let name = skills::dir_name(&v.name, skill)?;
+        let archive = self.cma.skill_content(skill, &v.id, self.token).await?;
+        let unpacked = skills::unpack(&archive, &skills::Limits::default())?;
         for s in &unpacked.skipped {
             tracing::info!(skill, entry = %s, "archive entry skipped");
         }
@@ -59,7 +59,7 @@ impl Installer<'_> {
         if placed.is_err() {
             let _ = self.client.remove_path(self.sandbox, &stage).await;
         }
-        placed.map_err(|e| e.to_string())?;
+        placed?;
         tracing::info!(skill, dir = %dest, files = unpacked.files.len(), "skill installed");
         Ok(dest)
     }

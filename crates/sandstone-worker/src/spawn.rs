@@ -9,7 +9,7 @@
 
 use crate::Worker;
 use crate::item::Item;
-use serde_json::Value;
+use sandstone_agents_api::{WorkItem, WorkKind};
 use std::os::fd::AsFd;
 use std::process::Stdio;
 use std::time::Duration;
@@ -21,12 +21,12 @@ const WAIT_DELAY: Duration = Duration::from_secs(30);
 impl Worker {
     /// Hands `item` (`raw`: as polled) to `program`; healthcheck items are
     /// never passed on, only stopped.
-    pub async fn hand_off(&self, item: Item, raw: Value, program: &std::path::Path) {
+    pub async fn hand_off(&self, item: Item, raw: WorkItem, program: &std::path::Path) {
         let cfg = &self.config;
         let Some(key) = cfg.environment_key.as_ref() else {
             return;
         };
-        if item.kind == "session" {
+        if item.kind == WorkKind::Session {
             self.metrics.item_started(&item.id, &item.session);
             let outcome = match self.run_program(&item, raw, program, key.expose()).await {
                 Ok(status) if status.success() => "handed_off",
@@ -53,7 +53,7 @@ impl Worker {
     async fn run_program(
         &self,
         item: &Item,
-        raw: Value,
+        raw: WorkItem,
         program: &std::path::Path,
         key: &str,
     ) -> std::io::Result<std::process::ExitStatus> {
@@ -71,8 +71,10 @@ impl Worker {
             .kill_on_drop(true)
             .spawn()?;
         if let Some(mut stdin) = child.stdin.take() {
+            // As polled: unknown fields pass through the model unchanged.
+            let bytes = serde_json::to_vec(&raw).expect("the wire model always serialises");
             tokio::spawn(async move {
-                let _ = stdin.write_all(raw.to_string().as_bytes()).await;
+                let _ = stdin.write_all(&bytes).await;
             });
         }
         tracing::info!(work = %item.id, session = %item.session, pid = child.id(), "handed to the on-work program");

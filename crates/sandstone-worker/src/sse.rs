@@ -3,7 +3,7 @@
 //! without an `event:` line is dropped, as the Python SDK drops it.
 
 use futures_util::StreamExt;
-use serde_json::Value;
+use sandstone_agents_api::SessionEvent;
 
 /// Reads frames from a streaming response.
 pub struct SseReader {
@@ -26,8 +26,8 @@ impl SseReader {
         }
     }
 
-    /// The next event's data; `None` when the stream ended or broke.
-    pub async fn next(&mut self) -> Option<Value> {
+    /// The next event; `None` when the stream ended or broke.
+    pub async fn next(&mut self) -> Option<SessionEvent> {
         loop {
             if let Some(frame) = take_frame(&mut self.buf, self.scanned) {
                 self.scanned = 0;
@@ -68,8 +68,9 @@ fn take_frame(buf: &mut Vec<u8>, from: usize) -> Option<String> {
     Some(frame)
 }
 
-/// A frame's JSON data, if it names an event and carries an object.
-fn parse_frame(frame: &str) -> Option<Value> {
+/// A frame's event, if it names one and carries an event object (one that
+/// does not parse is dropped, as a frame without data is).
+fn parse_frame(frame: &str) -> Option<SessionEvent> {
     let mut event = None;
     let mut data = String::new();
     for line in frame.lines() {
@@ -86,9 +87,13 @@ fn parse_frame(frame: &str) -> Option<Value> {
     if event == "ping" || data.is_empty() {
         return None;
     }
-    serde_json::from_str::<Value>(&data)
-        .ok()
-        .filter(Value::is_object)
+    match serde_json::from_str::<SessionEvent>(&data) {
+        Ok(ev) => Some(ev),
+        Err(e) => {
+            tracing::debug!(event, error = %e, "stream event not understood; dropped");
+            None
+        }
+    }
 }
 
 #[cfg(test)]
@@ -98,10 +103,10 @@ mod tests {
     #[test]
     fn frames_split_on_blank_lines_and_need_an_event_line() {
         let mut buf =
-            b"event: agent.tool_use\r\ndata: {\"id\":\"a\"}\r\n\r\ndata: {\"id\":\"b\"}\n\nevent: ping\ndata: {}\n\nevent: x\ndata: {\"id\""
+            b"event: agent.tool_use\r\ndata: {\"type\":\"x\",\"id\":\"a\"}\r\n\r\ndata: {\"type\":\"x\",\"id\":\"b\"}\n\nevent: ping\ndata: {}\n\nevent: x\ndata: {\"id\""
                 .to_vec();
         let f1 = take_frame(&mut buf, 0).unwrap();
-        assert_eq!(parse_frame(&f1).unwrap()["id"], "a");
+        assert_eq!(parse_frame(&f1).unwrap().id.as_deref(), Some("a"));
         let f2 = take_frame(&mut buf, 0).unwrap();
         assert!(parse_frame(&f2).is_none(), "no event line: dropped");
         let f3 = take_frame(&mut buf, 0).unwrap();

@@ -1046,6 +1046,29 @@ async fn skills_upload_version_and_download_through_the_sdk() {
     assert_names(s, &v, "skills[0].type");
 }
 
+/// The official SDK over environments, agent versions, memory stores,
+/// session updates, work items and error bodies: every call answers as the
+/// SDK expects (its exchanges are the wire model's `sdk-resources` fixture).
+#[tokio::test(flavor = "multi_thread")]
+async fn the_sdk_manages_environments_memory_and_work_items() {
+    let Some(python) = sdk_python() else { return };
+    let model = FakeModel::start();
+    let d = daemon(&model, 30).await;
+    let (env, key) = environment(&d).await;
+    let (stdout, _) = run_python(
+        &python,
+        "sdk/anthropic_resources.py",
+        &[
+            ("ANTHROPIC_BASE_URL", &d.url),
+            ("ANTHROPIC_API_KEY", &d.token),
+            ("SANDSTONE_ENV_ID", &env),
+            ("SANDSTONE_ENV_KEY", &key),
+        ],
+    )
+    .await;
+    assert!(stdout.contains(r#"{"ok": true}"#), "{stdout}");
+}
+
 /// The scripted model is itself checked against the official SDK's
 /// `messages.create` and `messages.stream`, so the loop is tested against
 /// a faithful fake.

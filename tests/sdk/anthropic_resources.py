@@ -1,0 +1,86 @@
+"""The official SDK over the resources the session tests do not reach:
+environments, agent versions, memory stores and memories (with content
+hash preconditions), session updates, work items as an operator and a
+worker see them, and the API's error bodies (404, 409, 400).
+
+Its exchanges, recorded (SANDSTONE_RECORD_DIR, see _record.py), are the
+fixture crates/sandstone-agents-api/tests/fixtures/sdk-resources.json.
+
+Environment: ANTHROPIC_BASE_URL, ANTHROPIC_API_KEY, SANDSTONE_ENV_ID,
+SANDSTONE_ENV_KEY. Prints {"ok": true} when every call did what it should.
+"""
+import os
+
+import anthropic
+
+import _record  # noqa: F401  (records the exchanges when SANDSTONE_RECORD_DIR is set)
+
+c = anthropic.Anthropic(max_retries=0)
+env_id = os.environ["SANDSTONE_ENV_ID"]
+wc = anthropic.Anthropic(max_retries=0, api_key=None, auth_token=os.environ["SANDSTONE_ENV_KEY"])
+
+
+def expect_error(status, f):
+    try:
+        f()
+    except anthropic.APIStatusError as e:
+        if e.status_code != status:
+            raise SystemExit(f"expected HTTP {status}, got {e.status_code}: {e}")
+        return
+    raise SystemExit(f"expected HTTP {status}")
+
+
+e = c.beta.environments.create(name="rec", description="recorded", metadata={"a": "1", "b": "2"})
+c.beta.environments.retrieve(e.id)
+c.beta.environments.update(e.id, metadata={"a": None, "c": "3"}, description="changed")
+c.beta.environments.list()
+c.beta.environments.archive(e.id)
+gone = c.beta.environments.create(name="gone")
+c.beta.environments.delete(gone.id)
+expect_error(404, lambda: c.beta.environments.retrieve("env_missing"))
+
+agent = c.beta.agents.create(name="rec", model="scripted-e2e",
+    tools=[{"type": "agent_toolset_20260401", "default_config": {"permission_policy": {"type": "always_ask"}},
+            "configs": [{"name": "bash", "enabled": True, "permission_policy": {"type": "always_allow"}}]},
+           {"type": "custom", "name": "lookup", "description": "d", "input_schema": {"type": "object"}}],
+    metadata={"k": "v"})
+a2 = c.beta.agents.update(agent.id, version=agent.version, system="be brief", metadata={"k": None})
+c.beta.agents.versions.list(agent.id)
+expect_error(409, lambda: c.beta.agents.update(agent.id, version=1, system="stale"))
+
+store = c.beta.memory_stores.create(name="Rec Store", description="d", metadata={"x": "y"})
+c.beta.memory_stores.retrieve(store.id)
+c.beta.memory_stores.update(store.id, description="d2", metadata={"x": None})
+c.beta.memory_stores.list()
+m1 = c.beta.memory_stores.memories.create(store.id, path="/a/b.md", content="hello")
+c.beta.memory_stores.memories.create(store.id, path="/c.md", content="")
+c.beta.memory_stores.memories.list(store.id)
+c.beta.memory_stores.memories.list(store.id, view="full", depth=1)
+c.beta.memory_stores.memories.retrieve(m1.id, memory_store_id=store.id)
+m1b = c.beta.memory_stores.memories.update(m1.id, memory_store_id=store.id, content="hello again",
+    precondition={"type": "content_sha256", "content_sha256": m1.content_sha256})
+expect_error(409, lambda: c.beta.memory_stores.memories.update(m1.id, memory_store_id=store.id, content="x",
+    precondition={"type": "content_sha256", "content_sha256": m1.content_sha256}))
+c.beta.memory_stores.memories.delete(m1.id, memory_store_id=store.id, expected_content_sha256=m1b.content_sha256)
+
+s = c.beta.sessions.create(agent={"type": "agent", "id": agent.id, "version": 1}, environment_id=env_id,
+    title="rec", metadata={"m": "1"},
+    resources=[{"type": "memory_store", "memory_store_id": store.id, "access": "read_only", "instructions": "i"}])
+c.beta.sessions.update(s.id, title="renamed", metadata={"m": None, "n": "2"})
+c.beta.sessions.list(agent_id=agent.id)
+c.beta.sessions.events.list(s.id)
+expect_error(400, lambda: c.beta.sessions.events.send(s.id, events=[{"type": "user.tool_result", "tool_use_id": "sevt_missing", "content": []}]))
+work = wc.beta.environments.work.list(env_id)
+wc.beta.environments.work.stats(env_id)
+w = work.data[0]
+c.beta.environments.work.retrieve(w.id, environment_id=env_id)
+c.beta.environments.work.update(w.id, environment_id=env_id, metadata={"who": "rec"})
+wc.beta.environments.work.stop(w.id, environment_id=env_id, force=True)
+expect_error(409, lambda: wc.beta.environments.work.stop(w.id, environment_id=env_id, force=True))
+c.beta.sessions.archive(s.id)
+s2 = c.beta.sessions.create(agent=agent.id, environment_id=env_id)
+c.beta.sessions.delete(s2.id)
+c.beta.agents.archive(agent.id)
+c.beta.memory_stores.archive(store.id)
+c.beta.memory_stores.delete(store.id)
+print('{"ok": true}')
