@@ -3,6 +3,7 @@
 
 use super::{Lifecycle, config_of};
 use sandstone_api::timefmt::now_ms;
+use sandstone_db::SandboxStatus;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -51,7 +52,9 @@ impl Lifecycle {
                 .unwrap()
                 .get(&row.id)
                 .map(Instant::elapsed);
-            if row.status == "running" && idle.is_some_and(|i| i >= Duration::from_secs(ttl)) {
+            if row.status == SandboxStatus::Running
+                && idle.is_some_and(|i| i >= Duration::from_secs(ttl))
+            {
                 match self.pause(&row.id).await {
                     Ok(_) => tracing::info!(sandbox = %row.id, "paused: idle for its ttl"),
                     Err(e) => {

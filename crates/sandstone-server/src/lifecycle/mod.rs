@@ -18,7 +18,7 @@ use crate::limits;
 use axum::http::StatusCode;
 use sandstone_api::SandboxConfig;
 use sandstone_api::timefmt::now_ms;
-use sandstone_db::{SandboxRow, Store};
+use sandstone_db::{PendingOp, SandboxRow, SandboxStatus, Store};
 use sandstone_init::proto::{Request, Response};
 use sandstone_runtime::cgroup::{Cgroup, Driver, Limits};
 use sandstone_runtime::{SpawnSpec, fault};
@@ -529,7 +529,7 @@ impl Lifecycle {
         let row = SandboxRow {
             id: id.to_string(),
             template: template.id.clone(),
-            status: "running".into(),
+            status: SandboxStatus::Running,
             config: serde_json::to_value(config).map_err(internal)?,
             slot,
             pid: Some(runtime.pid as i64),
@@ -592,14 +592,14 @@ impl Lifecycle {
         }
         let row = self.row(id).await?;
         let auto = config_of(&row).auto_resume.unwrap_or(true);
-        if matches!(row.status.as_str(), "paused" | "failed") && auto {
+        if row.status.can_resume() && auto {
             self.resume(id).await?;
             return self
                 .runtime(id)
                 .ok_or_else(|| ApiError::conflict(format!("sandbox {id} stopped while resuming")));
         }
-        match (row.status.as_str(), &row.status_reason) {
-            ("failed", Some(reason)) => {
+        match (row.status, &row.status_reason) {
+            (SandboxStatus::Failed, Some(reason)) => {
                 Err(ApiError::conflict(format!("sandbox {id} failed: {reason}")))
             }
             (status, _) => Err(ApiError::conflict(format!("sandbox {id} is {status}"))),
@@ -704,16 +704,16 @@ impl Lifecycle {
     pub async fn pause(&self, id: &str) -> ApiResult<SandboxRow> {
         let _guard = self.lock(id).await;
         let row = self.row(id).await?;
-        match row.status.as_str() {
-            "paused" => return Ok(row),
-            "running" => {}
-            other => {
-                return Err(ApiError::conflict(format!(
-                    "sandbox {id} is {other}; only a running sandbox can be paused"
-                )));
-            }
+        if row.status == SandboxStatus::Paused {
+            return Ok(row);
         }
-        self.store.set_pending(id, Some("pause")).await?;
+        if !row.status.can_pause() {
+            return Err(ApiError::conflict(format!(
+                "sandbox {id} is {}; only a running sandbox can be paused",
+                row.status
+            )));
+        }
+        self.store.set_pending(id, Some(PendingOp::Pause)).await?;
         let cgroup = self.take_cgroup(id);
         tokio::task::block_in_place(|| {
             cgroup.kill_all();
@@ -721,7 +721,9 @@ impl Lifecycle {
             self.stop_runtime(id, &cgroup);
         });
         self.activity.lock().unwrap().remove(id);
-        self.store.set_status(id, "paused", None).await?;
+        self.store
+            .set_status(id, SandboxStatus::Paused, None)
+            .await?;
         self.store.set_pending(id, None).await?;
         self.row(id).await
     }
@@ -730,18 +732,18 @@ impl Lifecycle {
     pub async fn resume(&self, id: &str) -> ApiResult<SandboxRow> {
         let _guard = self.lock(id).await;
         let row = self.row(id).await?;
-        match row.status.as_str() {
-            "running" => return Ok(row),
-            "paused" | "failed" => {}
-            other => {
-                return Err(ApiError::conflict(format!(
-                    "sandbox {id} is {other}; only a paused or failed sandbox can be resumed"
-                )));
-            }
+        if row.status == SandboxStatus::Running {
+            return Ok(row);
+        }
+        if !row.status.can_resume() {
+            return Err(ApiError::conflict(format!(
+                "sandbox {id} is {}; only a paused or failed sandbox can be resumed",
+                row.status
+            )));
         }
         let template = self.template(&row.template)?;
         self.check_free_space()?;
-        self.store.set_pending(id, Some("resume")).await?;
+        self.store.set_pending(id, Some(PendingOp::Resume)).await?;
         let runtime = match self.launch(id, &template, &config_of(&row), row.slot).await {
             Ok(r) => r,
             Err(e) => {
@@ -766,14 +768,18 @@ impl Lifecycle {
     pub async fn delete(&self, id: &str) -> ApiResult<()> {
         let _guard = self.lock(id).await;
         let row = self.row(id).await?;
-        self.store.set_status(id, "terminating", None).await?;
+        self.store
+            .set_status(id, SandboxStatus::Terminating, None)
+            .await?;
         let cgroup = self.take_cgroup(id);
         let removed = tokio::task::block_in_place(|| {
             self.stop_runtime(id, &cgroup);
             self.storage.remove_sandbox(id)
         });
         if let Err(e) = removed {
-            self.store.set_status(id, "failed", None).await?;
+            self.store
+                .set_status(id, SandboxStatus::Failed, None)
+                .await?;
             return Err(internal(format!("delete {id}: {e}")));
         }
         self.store.delete_sandbox(id).await?;

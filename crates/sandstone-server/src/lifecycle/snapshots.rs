@@ -6,7 +6,7 @@ use super::{Lifecycle, config_of, internal, random_hex};
 use crate::error::{ApiError, ApiResult};
 use sandstone_api::SandboxConfig;
 use sandstone_api::timefmt::now_ms;
-use sandstone_db::{SandboxRow, SnapshotRow};
+use sandstone_db::{PendingOp, SandboxRow, SandboxStatus, SnapshotRow};
 use sandstone_runtime::fault;
 
 impl Lifecycle {
@@ -36,13 +36,13 @@ impl Lifecycle {
         result
     }
 
-    fn source(status: &str, id: &str) -> ApiResult<()> {
-        match status {
-            "running" | "paused" => Ok(()),
-            other => Err(ApiError::conflict(format!(
-                "sandbox {id} is {other}; snapshots need a running or paused sandbox"
-            ))),
+    fn source(status: SandboxStatus, id: &str) -> ApiResult<()> {
+        if status.can_snapshot() {
+            return Ok(());
         }
+        Err(ApiError::conflict(format!(
+            "sandbox {id} is {status}; snapshots need a running or paused sandbox"
+        )))
     }
 
     pub async fn snapshot(
@@ -53,7 +53,7 @@ impl Lifecycle {
     ) -> ApiResult<SnapshotRow> {
         let _guard = self.lock(id).await;
         let row = self.row(id).await?;
-        Self::source(&row.status, id)?;
+        Self::source(row.status, id)?;
         let snap = SnapshotRow {
             id: format!("snap-{}", random_hex(8)),
             sandbox_id: id.to_string(),
@@ -63,7 +63,9 @@ impl Lifecycle {
             expires_at: None,
             template: row.template.clone(),
         };
-        self.store.set_pending(id, Some("snapshot")).await?;
+        self.store
+            .set_pending(id, Some(PendingOp::Snapshot))
+            .await?;
         let copied = tokio::task::block_in_place(|| {
             self.frozen(id, || {
                 self.storage
@@ -104,14 +106,14 @@ impl Lifecycle {
             .get_snapshot(snap)
             .await
             .map_err(|_| ApiError::not_found("snapshot", snap))?;
-        if row.status != "paused" {
+        if !row.status.can_restore() {
             return Err(ApiError::conflict(format!(
                 "sandbox {id} is {}: pause it before restoring a snapshot onto it",
                 row.status
             )));
         }
         let disk = self.disk_cap(&row.template, config_of(&row).resources.as_ref())?;
-        self.store.set_pending(id, Some("restore")).await?;
+        self.store.set_pending(id, Some(PendingOp::Restore)).await?;
         let restored = tokio::task::block_in_place(|| self.storage.restore_sandbox(id, snap, disk));
         self.store.set_pending(id, None).await?;
         restored.map_err(internal)?;
@@ -128,14 +130,14 @@ impl Lifecycle {
     ) -> ApiResult<SandboxRow> {
         let _guard = self.lock(id).await;
         let src = self.row(id).await?;
-        Self::source(&src.status, id)?;
+        Self::source(src.status, id)?;
         let mut config: SandboxConfig = config_of(&src);
         config.ttl = ttl.or(config.ttl);
         config.hard_ttl = hard_ttl.or(config.hard_ttl);
         let disk = self.disk_cap(&src.template, config.resources.as_ref())?;
         let slot = self.take_slot()?;
         let new_id = format!("sb-{}", random_hex(8));
-        self.store.set_pending(id, Some("fork")).await?;
+        self.store.set_pending(id, Some(PendingOp::Fork)).await?;
         let copied = tokio::task::block_in_place(|| {
             self.frozen(id, || {
                 self.storage
@@ -148,7 +150,7 @@ impl Lifecycle {
         let row = SandboxRow {
             id: new_id.clone(),
             template: src.template.clone(),
-            status: "paused".into(),
+            status: SandboxStatus::Paused,
             config: serde_json::to_value(&config).map_err(internal)?,
             slot,
             pid: None,
