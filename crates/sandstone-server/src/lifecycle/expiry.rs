@@ -16,7 +16,11 @@ impl Lifecycle {
     /// Unix ms when a running sandbox pauses for idleness, if it has a ttl.
     pub fn expires_at_ms(&self, id: &str, ttl: Option<u64>) -> Option<i64> {
         let ttl = ttl.filter(|t| *t > 0)?;
-        let last = *self.activity.lock().unwrap().get(id)?;
+        let last = *self
+            .activity
+            .lock()
+            .expect("lock poisoned: a holder panicked")
+            .get(id)?;
         let idle = last.elapsed().as_millis() as i64;
         Some(now_ms() - idle + (ttl.min(crate::limits::MAX_TTL) as i64) * 1000)
     }
@@ -49,7 +53,7 @@ impl Lifecycle {
             let idle = self
                 .activity
                 .lock()
-                .unwrap()
+                .expect("lock poisoned: a holder panicked")
                 .get(&row.id)
                 .map(Instant::elapsed);
             if row.status == SandboxStatus::Running

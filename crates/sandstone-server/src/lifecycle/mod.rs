@@ -131,11 +131,18 @@ impl Lifecycle {
     }
 
     pub fn runtime(&self, id: &str) -> Option<Runtime> {
-        self.runtimes.read().unwrap().get(id).cloned()
+        self.runtimes
+            .read()
+            .expect("lock poisoned: a holder panicked")
+            .get(id)
+            .cloned()
     }
 
     pub fn running_count(&self) -> usize {
-        self.runtimes.read().unwrap().len()
+        self.runtimes
+            .read()
+            .expect("lock poisoned: a holder panicked")
+            .len()
     }
 
     /// A graceful stop: claimed sandboxes keep running (the next start
@@ -245,7 +252,7 @@ impl Lifecycle {
         let m = self
             .locks
             .lock()
-            .unwrap()
+            .expect("lock poisoned: a holder panicked")
             .entry(id.to_string())
             .or_default()
             .clone();
@@ -256,7 +263,7 @@ impl Lifecycle {
     pub fn touch(&self, id: &str) {
         self.activity
             .lock()
-            .unwrap()
+            .expect("lock poisoned: a holder panicked")
             .insert(id.to_string(), Instant::now());
     }
 
@@ -271,7 +278,7 @@ impl Lifecycle {
     /// so what its previous sandbox left behind asynchronously (the host
     /// end of a veth) is long gone.
     fn take_slot(&self) -> ApiResult<i64> {
-        let mut slots = self.slots.lock().unwrap();
+        let mut slots = self.slots.lock().expect("lock poisoned: a holder panicked");
         let start = self.slot_cursor.load(std::sync::atomic::Ordering::Relaxed);
         let max = self.max_slots();
         let slot = (0..max)
@@ -306,7 +313,10 @@ impl Lifecycle {
     }
 
     fn free_slot(&self, slot: i64) {
-        self.slots.lock().unwrap().remove(&slot);
+        self.slots
+            .lock()
+            .expect("lock poisoned: a holder panicked")
+            .remove(&slot);
     }
 
     fn template(&self, id: &str) -> ApiResult<Template> {
@@ -616,7 +626,7 @@ impl Lifecycle {
         }
         self.runtimes
             .write()
-            .unwrap()
+            .expect("lock poisoned: a holder panicked")
             .insert(id.to_string(), runtime);
         self.touch(id);
     }
@@ -624,7 +634,12 @@ impl Lifecycle {
     /// Watches every registered init until the daemon stops: when one
     /// dies, its sandbox is marked failed ([`Lifecycle::init_died`]).
     pub fn spawn_init_watch(self: &Arc<Self>) {
-        let Some(mut watched) = self.init_watched.lock().unwrap().take() else {
+        let Some(mut watched) = self
+            .init_watched
+            .lock()
+            .expect("lock poisoned: a holder panicked")
+            .take()
+        else {
             return;
         };
         let lc = self.clone();
@@ -676,7 +691,10 @@ impl Lifecycle {
         let cgroup = self.take_cgroup(id);
         let oom = cgroup.oom_kills() > 0;
         tokio::task::block_in_place(|| self.stop_runtime(id, &cgroup));
-        self.activity.lock().unwrap().remove(id);
+        self.activity
+            .lock()
+            .expect("lock poisoned: a holder panicked")
+            .remove(id);
         let reason = format!(
             "its init (PID 1) died{}, ending every process in it; its files are kept: resume it to start it again",
             if oom {
@@ -694,7 +712,11 @@ impl Lifecycle {
     /// Forgets a sandbox's runtime; its cgroup (found on disk when the
     /// runtime is not known, e.g. after a crash) is for the caller to stop.
     fn take_cgroup(&self, id: &str) -> Cgroup {
-        let known = self.runtimes.write().unwrap().remove(id);
+        let known = self
+            .runtimes
+            .write()
+            .expect("lock poisoned: a holder panicked")
+            .remove(id);
         known
             .map(|r| r.cgroup)
             .unwrap_or_else(|| self.cgroups.existing(id))
@@ -720,7 +742,10 @@ impl Lifecycle {
             fault::crash("pause.after_kill");
             self.stop_runtime(id, &cgroup);
         });
-        self.activity.lock().unwrap().remove(id);
+        self.activity
+            .lock()
+            .expect("lock poisoned: a holder panicked")
+            .remove(id);
         self.store
             .set_status(id, SandboxStatus::Paused, None)
             .await?;
@@ -784,8 +809,14 @@ impl Lifecycle {
         }
         self.store.delete_sandbox(id).await?;
         self.store.delete_audit(id).await?;
-        self.activity.lock().unwrap().remove(id);
-        self.locks.lock().unwrap().remove(id);
+        self.activity
+            .lock()
+            .expect("lock poisoned: a holder panicked")
+            .remove(id);
+        self.locks
+            .lock()
+            .expect("lock poisoned: a holder panicked")
+            .remove(id);
         self.free_slot(row.slot);
         Ok(())
     }

@@ -34,7 +34,12 @@ impl WarmPool {
     }
 
     fn take(&self, template: &str) -> Option<Member> {
-        let m = self.members.lock().unwrap().get_mut(template)?.pop_front();
+        let m = self
+            .members
+            .lock()
+            .expect("lock poisoned: a holder panicked")
+            .get_mut(template)?
+            .pop_front();
         self.wake.notify_one();
         m
     }
@@ -42,7 +47,7 @@ impl WarmPool {
     fn count(&self, template: &str) -> usize {
         self.members
             .lock()
-            .unwrap()
+            .expect("lock poisoned: a holder panicked")
             .get(template)
             .map_or(0, VecDeque::len)
     }
@@ -50,7 +55,7 @@ impl WarmPool {
     pub fn ready(&self) -> usize {
         self.members
             .lock()
-            .unwrap()
+            .expect("lock poisoned: a holder panicked")
             .values()
             .map(VecDeque::len)
             .sum()
@@ -98,7 +103,7 @@ impl Lifecycle {
                     .warm
                     .members
                     .lock()
-                    .unwrap()
+                    .expect("lock poisoned: a holder panicked")
                     .entry(t.id.clone())
                     .or_default()
                     .push_back(m),
@@ -118,7 +123,7 @@ impl Lifecycle {
             .warm
             .members
             .lock()
-            .unwrap()
+            .expect("lock poisoned: a holder panicked")
             .drain()
             .flat_map(|(_, q)| q)
             .collect();
