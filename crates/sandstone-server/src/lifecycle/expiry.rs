@@ -42,7 +42,7 @@ impl Lifecycle {
                 match self.delete(&row.id).await {
                     Ok(()) => tracing::info!(sandbox = %row.id, "deleted: hard_ttl reached"),
                     Err(e) => {
-                        tracing::warn!(sandbox = %row.id, error = %e.message, "hard_ttl delete failed")
+                        tracing::warn!(sandbox = %row.id, error = %e, "hard_ttl delete failed")
                     }
                 }
                 continue;
@@ -62,7 +62,7 @@ impl Lifecycle {
                 match self.pause(&row.id).await {
                     Ok(_) => tracing::info!(sandbox = %row.id, "paused: idle for its ttl"),
                     Err(e) => {
-                        tracing::warn!(sandbox = %row.id, error = %e.message, "ttl pause failed")
+                        tracing::warn!(sandbox = %row.id, error = %e, "ttl pause failed")
                     }
                 }
             }

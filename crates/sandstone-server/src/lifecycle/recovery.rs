@@ -3,18 +3,14 @@
 //! volumes and snapshots that no row owns (an interrupted create or copy).
 
 use super::{Lifecycle, Runtime};
-use crate::initclient;
 use sandstone_db::{PendingOp, SandboxRow, SandboxStatus};
-use sandstone_init::proto::{Request, Response};
 use std::collections::{BTreeSet, HashSet};
 
 impl Lifecycle {
     async fn alive(&self, id: &str) -> bool {
-        let socket = self.storage.paths(id).socket;
-        matches!(
-            initclient::call(&socket, &Request::Ping, &[]).await,
-            Ok((Response::Pong { .. }, _))
-        )
+        super::ping(&self.storage.paths(id).socket)
+            .await
+            .unwrap_or(false)
     }
 
     pub async fn adopt(&self) -> anyhow::Result<()> {
@@ -31,10 +27,7 @@ impl Lifecycle {
         let pending = row.pending_op;
         if row.status == SandboxStatus::Terminating {
             tracing::info!(sandbox = %id, "finishing an interrupted delete");
-            return self
-                .delete(id)
-                .await
-                .map_err(|e| anyhow::anyhow!(e.message));
+            return self.delete(id).await.map_err(anyhow::Error::from);
         }
         let running = row.status == SandboxStatus::Running;
         // Per operation a crash interrupted: whether a runtime may still be
@@ -72,7 +65,7 @@ impl Lifecycle {
             if let Some(n) = &self.network {
                 let policy = self.effective_policy(row).unwrap_or_default();
                 n.register(row.slot, id, &policy)
-                    .map_err(|e| anyhow::anyhow!(e.message))?;
+                    .map_err(anyhow::Error::from)?;
             }
             self.adopt_runtime(id, runtime);
             tracing::info!(sandbox = %id, "re-adopted running sandbox");

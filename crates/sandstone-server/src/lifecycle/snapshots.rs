@@ -2,8 +2,8 @@
 //! btrfs pool. A running source is frozen for the instant of the copy so the
 //! copy is consistent; `/tmp` (a tmpfs) is never part of it.
 
+use super::{Error, Result};
 use super::{Lifecycle, config_of, internal, random_hex};
-use crate::error::{ApiError, ApiResult};
 use sandstone_api::SandboxConfig;
 use sandstone_api::timefmt::now_ms;
 use sandstone_db::{PendingOp, SandboxRow, SandboxStatus, SnapshotRow};
@@ -14,13 +14,13 @@ impl Lifecycle {
         &self,
         template: &str,
         res: Option<&sandstone_api::Resources>,
-    ) -> ApiResult<Option<u64>> {
+    ) -> Result<Option<u64>> {
         let t = self.template(template)?;
         self.disk_limit(&t, res)
     }
 
     /// Runs `copy` with the sandbox's processes frozen when it is running.
-    fn frozen<T>(&self, id: &str, copy: impl FnOnce() -> ApiResult<T>) -> ApiResult<T> {
+    fn frozen<T>(&self, id: &str, copy: impl FnOnce() -> Result<T>) -> Result<T> {
         let Some(rt) = self.runtime(id) else {
             return copy();
         };
@@ -36,11 +36,11 @@ impl Lifecycle {
         result
     }
 
-    fn source(status: SandboxStatus, id: &str) -> ApiResult<()> {
+    fn source(status: SandboxStatus, id: &str) -> Result<()> {
         if status.can_snapshot() {
             return Ok(());
         }
-        Err(ApiError::conflict(format!(
+        Err(Error::Conflict(format!(
             "sandbox {id} is {status}; snapshots need a running or paused sandbox"
         )))
     }
@@ -50,7 +50,7 @@ impl Lifecycle {
         id: &str,
         name: Option<String>,
         description: Option<String>,
-    ) -> ApiResult<SnapshotRow> {
+    ) -> Result<SnapshotRow> {
         let _guard = self.lock(id).await;
         let row = self.row(id).await?;
         Self::source(row.status, id)?;
@@ -75,11 +75,7 @@ impl Lifecycle {
         });
         fault::crash("snapshot.after_copy");
         let recorded = match copied {
-            Ok(()) => self
-                .store
-                .insert_snapshot(&snap)
-                .await
-                .map_err(ApiError::from),
+            Ok(()) => self.store.insert_snapshot(&snap).await.map_err(Error::from),
             Err(e) => Err(e),
         };
         if recorded.is_err() {
@@ -89,25 +85,25 @@ impl Lifecycle {
         recorded.map(|()| snap)
     }
 
-    pub async fn delete_snapshot(&self, snap: &str) -> ApiResult<()> {
+    pub async fn delete_snapshot(&self, snap: &str) -> Result<()> {
         self.store
             .get_snapshot(snap)
             .await
-            .map_err(|_| ApiError::not_found("snapshot", snap))?;
+            .map_err(|_| Error::not_found("snapshot", snap))?;
         self.store.delete_snapshot(snap).await?;
         self.storage.remove_snapshot(snap).map_err(internal)
     }
 
     /// Replaces a paused sandbox's files with a snapshot's.
-    pub async fn restore(&self, id: &str, snap: &str) -> ApiResult<SandboxRow> {
+    pub async fn restore(&self, id: &str, snap: &str) -> Result<SandboxRow> {
         let _guard = self.lock(id).await;
         let row = self.row(id).await?;
         self.store
             .get_snapshot(snap)
             .await
-            .map_err(|_| ApiError::not_found("snapshot", snap))?;
+            .map_err(|_| Error::not_found("snapshot", snap))?;
         if !row.status.can_restore() {
-            return Err(ApiError::conflict(format!(
+            return Err(Error::Conflict(format!(
                 "sandbox {id} is {}: pause it before restoring a snapshot onto it",
                 row.status
             )));
@@ -127,7 +123,7 @@ impl Lifecycle {
         id: &str,
         ttl: Option<u64>,
         hard_ttl: Option<u64>,
-    ) -> ApiResult<SandboxRow> {
+    ) -> Result<SandboxRow> {
         let _guard = self.lock(id).await;
         let src = self.row(id).await?;
         Self::source(src.status, id)?;
@@ -161,11 +157,7 @@ impl Lifecycle {
             status_reason: None,
         };
         let recorded = match copied {
-            Ok(_) => self
-                .store
-                .insert_sandbox(&row)
-                .await
-                .map_err(ApiError::from),
+            Ok(_) => self.store.insert_sandbox(&row).await.map_err(Error::from),
             Err(e) => Err(e),
         };
         self.store.set_pending(id, None).await?;

@@ -4,8 +4,8 @@
 //! refilling never holds up claims; a claim that finds the pool empty
 //! creates a sandbox the ordinary way.
 
+use super::Result;
 use super::{Lifecycle, Runtime, internal, random_hex};
-use crate::error::ApiResult;
 use sandstone_api::SandboxConfig;
 use sandstone_volumes::Template;
 use std::collections::{HashMap, VecDeque};
@@ -69,7 +69,7 @@ impl Lifecycle {
     }
 
     /// Makes one pool member for `template`.
-    async fn make_member(&self, template: &Template) -> ApiResult<Member> {
+    async fn make_member(&self, template: &Template) -> Result<Member> {
         self.check_free_space()?;
         let slot = self.take_slot()?;
         let id = format!("sb-{}", random_hex(8));
@@ -108,7 +108,7 @@ impl Lifecycle {
                     .or_default()
                     .push_back(m),
                 Err(e) => {
-                    tracing::warn!(template = %t.id, error = %e.message, "warm pool refill failed");
+                    tracing::warn!(template = %t.id, error = %e, "warm pool refill failed");
                     return false;
                 }
             }

@@ -73,7 +73,7 @@ pub async fn claim(
             st.metrics
                 .sandbox_create_failures
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            return Err(e);
+            return Err(e.into());
         }
     };
     st.metrics

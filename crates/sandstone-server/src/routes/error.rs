@@ -1,6 +1,9 @@
 //! API errors: a stable code, a message naming what was wrong, a fitting
 //! status, in Sandbox0's `{success:false, error:{code,message}}` envelope.
+//! The one place the core's errors ([`lifecycle::Error`], the database's)
+//! become HTTP.
 
+use crate::lifecycle;
 use axum::Json;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -94,6 +97,24 @@ impl From<sandstone_db::Error> for ApiError {
             }
             other => Self::internal(other.to_string()),
         }
+    }
+}
+
+impl From<lifecycle::Error> for ApiError {
+    fn from(e: lifecycle::Error) -> Self {
+        use lifecycle::Error as E;
+        let message = e.to_string();
+        let (status, code) = match e {
+            E::Db(db) => return db.into(),
+            E::Invalid(_) => (StatusCode::BAD_REQUEST, "invalid_request"),
+            E::NotFound { .. } => (StatusCode::NOT_FOUND, "not_found"),
+            E::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
+            E::NoSlot => (StatusCode::TOO_MANY_REQUESTS, "capacity"),
+            E::NoSpace(_) => (StatusCode::INSUFFICIENT_STORAGE, "no_space"),
+            E::InitUnreachable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+            E::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+        };
+        Self::new(status, code, message)
     }
 }
 
