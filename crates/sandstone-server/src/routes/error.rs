@@ -127,3 +127,54 @@ pub fn ok<T: serde::Serialize>(status: StatusCode, data: T) -> Response {
     };
     (status, Json(body)).into_response()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lifecycle_errors_keep_their_status_code_and_message() {
+        use lifecycle::Error as E;
+        let cases = [
+            (
+                E::Invalid("invalid field `x`".into()),
+                400,
+                "invalid_request",
+            ),
+            (E::not_found("sandbox", "sb-1"), 404, "not_found"),
+            (
+                E::Conflict("sandbox sb-1 is paused".into()),
+                409,
+                "conflict",
+            ),
+            (E::NoSlot, 429, "capacity"),
+            (
+                E::NoSpace("storage pool almost full".into()),
+                507,
+                "no_space",
+            ),
+            (
+                E::InitUnreachable(std::io::ErrorKind::ConnectionRefused.into()),
+                503,
+                "unavailable",
+            ),
+            (E::Db(sandstone_db::Error::NotFound), 404, "not_found"),
+            (
+                E::Db(sandstone_db::Error::Corrupt("x".into())),
+                500,
+                "internal",
+            ),
+            (E::internal("mkdir failed"), 500, "internal"),
+        ];
+        for (e, status, code) in cases {
+            let message = e.to_string();
+            let api = ApiError::from(e);
+            assert_eq!((api.status.as_u16(), api.code), (status, code), "{message}");
+            assert_eq!(api.message, message);
+        }
+        assert_eq!(
+            ApiError::from(E::not_found("snapshot", "snap-1")).message,
+            "snapshot snap-1 not found"
+        );
+    }
+}
