@@ -1,6 +1,6 @@
 //! The metadata database: every durable record that is not file content.
 //!
-//! Sandboxes (with their pending operation), snapshots, credential sources
+//! Sandboxes (with their status and pending operation, typed in [`state`]), snapshots, credential sources
 //! (values sealed by [`secrets::Sealer`]), egress audit records and API keys
 //! sit behind the [`Store`] trait; the Managed Agents control plane's
 //! documents and session events behind [`agents::AgentsStore`]. Both traits
@@ -11,8 +11,10 @@
 pub mod agents;
 pub mod secrets;
 mod sqlite;
+pub mod state;
 
 pub use sqlite::SqliteStore;
+pub use state::{PendingOp, SandboxStatus};
 
 use futures_util::future::BoxFuture;
 use serde::{Deserialize, Serialize};
@@ -34,7 +36,7 @@ pub type Result<T> = std::result::Result<T, Error>;
 pub struct SandboxRow {
     pub id: String,
     pub template: String,
-    pub status: String,
+    pub status: SandboxStatus,
     /// The claim's configuration, as sent (JSON).
     pub config: serde_json::Value,
     /// Index of the host uid/gid range the sandbox maps root to.
@@ -45,10 +47,9 @@ pub struct SandboxRow {
     /// Unix milliseconds.
     pub created_at: i64,
     pub updated_at: i64,
-    /// A lifecycle operation that started and has not finished (`pause`,
-    /// `resume`, `snapshot`, `fork`, `restore`): after a crash, the daemon
-    /// rolls it forward or back.
-    pub pending_op: Option<String>,
+    /// A lifecycle operation that started and has not finished: after a
+    /// crash, the daemon rolls it forward or back.
+    pub pending_op: Option<PendingOp>,
     /// Why the sandbox is `failed`, when it is.
     pub status_reason: Option<String>,
 }
@@ -113,7 +114,7 @@ pub trait Store: Send + Sync {
     fn set_status<'a>(
         &'a self,
         id: &'a str,
-        status: &'a str,
+        status: SandboxStatus,
         pid: Option<i64>,
     ) -> BoxFuture<'a, Result<()>>;
     fn set_config<'a>(
@@ -128,7 +129,7 @@ pub trait Store: Send + Sync {
         pid: i64,
         generation: i64,
     ) -> BoxFuture<'a, Result<()>>;
-    fn set_pending<'a>(&'a self, id: &'a str, op: Option<&'a str>) -> BoxFuture<'a, Result<()>>;
+    fn set_pending<'a>(&'a self, id: &'a str, op: Option<PendingOp>) -> BoxFuture<'a, Result<()>>;
     /// Records that the sandbox's runtime ended on its own, and why.
     fn set_failed<'a>(&'a self, id: &'a str, reason: &'a str) -> BoxFuture<'a, Result<()>>;
     fn insert_snapshot<'a>(&'a self, s: &'a SnapshotRow) -> BoxFuture<'a, Result<()>>;

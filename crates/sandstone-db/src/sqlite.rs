@@ -1,6 +1,9 @@
 //! SQLite (WAL) backend.
 
-use crate::{AuditRow, CredentialRow, Error, Result, SandboxRow, SnapshotRow, Store, token_hash};
+use crate::{
+    AuditRow, CredentialRow, Error, PendingOp, Result, SandboxRow, SandboxStatus, SnapshotRow,
+    Store, token_hash,
+};
 use futures_util::future::BoxFuture;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{Row, SqlitePool};
@@ -191,14 +194,17 @@ fn row_to_sandbox(r: &sqlx::sqlite::SqliteRow) -> Result<SandboxRow> {
     Ok(SandboxRow {
         id: r.get("id"),
         template: r.get("template"),
-        status: r.get("status"),
+        status: r.get::<&str, _>("status").parse()?,
         config: serde_json::from_str(&config).map_err(|e| Error::Corrupt(e.to_string()))?,
         slot: r.get("slot"),
         pid: r.get("pid"),
         generation: r.get("generation"),
         created_at: r.get("created_at"),
         updated_at: r.get("updated_at"),
-        pending_op: r.get("pending_op"),
+        pending_op: r
+            .get::<Option<&str>, _>("pending_op")
+            .map(str::parse)
+            .transpose()?,
         status_reason: r.get("status_reason"),
     })
 }
@@ -232,14 +238,14 @@ impl Store for SqliteStore {
             )
             .bind(&row.id)
             .bind(&row.template)
-            .bind(&row.status)
+            .bind(row.status.as_str())
             .bind(row.config.to_string())
             .bind(row.slot)
             .bind(row.pid)
             .bind(row.generation)
             .bind(row.created_at)
             .bind(row.updated_at)
-            .bind(&row.pending_op)
+            .bind(row.pending_op.map(PendingOp::as_str))
             .execute(&self.pool)
             .await?;
             Ok(())
@@ -302,14 +308,14 @@ impl Store for SqliteStore {
     fn set_status<'a>(
         &'a self,
         id: &'a str,
-        status: &'a str,
+        status: SandboxStatus,
         pid: Option<i64>,
     ) -> BoxFuture<'a, Result<()>> {
         Box::pin(async move {
             let done = sqlx::query(
                 "UPDATE sandboxes SET status = ?, pid = ?, updated_at = ? WHERE id = ?",
             )
-            .bind(status)
+            .bind(status.as_str())
             .bind(pid)
             .bind(now_ms())
             .bind(id)
@@ -327,8 +333,9 @@ impl Store for SqliteStore {
     ) -> BoxFuture<'a, Result<()>> {
         Box::pin(async move {
             let done = sqlx::query(
-                "UPDATE sandboxes SET status = 'running', pid = ?, generation = ?, pending_op = NULL, status_reason = NULL, updated_at = ? WHERE id = ?",
+                "UPDATE sandboxes SET status = ?, pid = ?, generation = ?, pending_op = NULL, status_reason = NULL, updated_at = ? WHERE id = ?",
             )
+            .bind(SandboxStatus::Running.as_str())
             .bind(pid)
             .bind(generation)
             .bind(now_ms())
@@ -342,8 +349,9 @@ impl Store for SqliteStore {
     fn set_failed<'a>(&'a self, id: &'a str, reason: &'a str) -> BoxFuture<'a, Result<()>> {
         Box::pin(async move {
             let done = sqlx::query(
-                "UPDATE sandboxes SET status = 'failed', pid = NULL, status_reason = ?, updated_at = ? WHERE id = ?",
+                "UPDATE sandboxes SET status = ?, pid = NULL, status_reason = ?, updated_at = ? WHERE id = ?",
             )
+            .bind(SandboxStatus::Failed.as_str())
             .bind(reason)
             .bind(now_ms())
             .bind(id)
@@ -353,10 +361,10 @@ impl Store for SqliteStore {
         })
     }
 
-    fn set_pending<'a>(&'a self, id: &'a str, op: Option<&'a str>) -> BoxFuture<'a, Result<()>> {
+    fn set_pending<'a>(&'a self, id: &'a str, op: Option<PendingOp>) -> BoxFuture<'a, Result<()>> {
         Box::pin(async move {
             let done = sqlx::query("UPDATE sandboxes SET pending_op = ? WHERE id = ?")
-                .bind(op)
+                .bind(op.map(PendingOp::as_str))
                 .bind(id)
                 .execute(&self.pool)
                 .await?;
@@ -663,7 +671,7 @@ mod tests {
         let row = |id: &str, slot, session: &str| SandboxRow {
             id: id.into(),
             template: "host".into(),
-            status: "running".into(),
+            status: SandboxStatus::Running,
             config: serde_json::json!({"metadata": {"cma.session": session, "team": "a"}}),
             slot,
             pid: None,
@@ -691,6 +699,37 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn an_unknown_status_or_pending_operation_is_corrupt_not_defaulted() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("db.sqlite"))
+            .await
+            .unwrap();
+        for (status, pending) in [("creating", None), ("paused", Some("stop"))] {
+            sqlx::query("DELETE FROM sandboxes")
+                .execute(store.pool())
+                .await
+                .unwrap();
+            sqlx::query(
+                "INSERT INTO sandboxes (id, template, status, config, slot, generation, created_at, updated_at, pending_op)
+                 VALUES ('sb-1', 'host', ?, '{}', 1, 1, 1, 1, ?)",
+            )
+            .bind(status)
+            .bind(pending)
+            .execute(store.pool())
+            .await
+            .unwrap();
+            let bad = pending.unwrap_or(status);
+            assert!(
+                matches!(store.get_sandbox("sb-1").await, Err(Error::Corrupt(m)) if m.contains(bad))
+            );
+            assert!(matches!(
+                store.list_sandboxes().await,
+                Err(Error::Corrupt(_))
+            ));
+        }
+    }
+
+    #[tokio::test]
     async fn sandboxes_and_keys_round_trip_and_survive_reopen() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("db.sqlite");
@@ -698,7 +737,7 @@ mod tests {
         let row = SandboxRow {
             id: "sb-1".into(),
             template: "host".into(),
-            status: "running".into(),
+            status: SandboxStatus::Running,
             config: serde_json::json!({"ttl": 5}),
             slot: 3,
             pid: Some(42),
@@ -709,16 +748,19 @@ mod tests {
             status_reason: None,
         };
         store.insert_sandbox(&row).await.unwrap();
-        store.set_status("sb-1", "failed", None).await.unwrap();
+        store
+            .set_status("sb-1", SandboxStatus::Failed, None)
+            .await
+            .unwrap();
         assert!(matches!(
-            store.set_status("nope", "x", None).await,
+            store.set_status("nope", SandboxStatus::Paused, None).await,
             Err(Error::NotFound)
         ));
         store.add_api_key("admin", "secret-token").await.unwrap();
         drop(store);
         let store = SqliteStore::open(&path).await.unwrap();
         let back = store.get_sandbox("sb-1").await.unwrap();
-        assert_eq!(back.status, "failed");
+        assert_eq!(back.status, SandboxStatus::Failed);
         assert_eq!(back.pid, None);
         assert_eq!(back.config["ttl"], 5);
         assert_eq!(store.used_slots().await.unwrap(), vec![3]);
@@ -731,21 +773,19 @@ mod tests {
             Some("admin")
         );
         assert_eq!(store.check_api_key("wrong").await.unwrap(), None);
-        store.set_pending("sb-1", Some("pause")).await.unwrap();
+        store
+            .set_pending("sb-1", Some(PendingOp::Pause))
+            .await
+            .unwrap();
         assert_eq!(
-            store
-                .get_sandbox("sb-1")
-                .await
-                .unwrap()
-                .pending_op
-                .as_deref(),
-            Some("pause")
+            store.get_sandbox("sb-1").await.unwrap().pending_op,
+            Some(PendingOp::Pause)
         );
         store.set_running("sb-1", 7, 2).await.unwrap();
         let r = store.get_sandbox("sb-1").await.unwrap();
         assert_eq!(
-            (r.status.as_str(), r.pid, r.generation, r.pending_op),
-            ("running", Some(7), 2, None)
+            (r.status, r.pid, r.generation, r.pending_op),
+            (SandboxStatus::Running, Some(7), 2, None)
         );
         let snap = crate::SnapshotRow {
             id: "snap-1".into(),

@@ -1,7 +1,7 @@
-//! `sandstone serve`: the daemon. Composes the store, storage and runtime
-//! behind the REST API (Sandbox0-compatible, under `/api/v1`).
+//! `sandstone serve`: the daemon. Composes the metadata database, the
+//! volumes and the runtime in [`lifecycle`] (which speaks no HTTP) behind
+//! the REST API in `routes` (Sandbox0-compatible, under `/api/v1`).
 
-mod error;
 mod extract;
 mod initclient;
 mod lifecycle;
@@ -18,7 +18,7 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::serve::ListenerExt;
-use error::ApiError;
+use routes::error::{self, ApiError};
 use routes::{contexts, credentials, files, network, sandboxes, snapshots, tools};
 use sandstone_db::{SqliteStore, Store};
 use sandstone_volumes::Storage;

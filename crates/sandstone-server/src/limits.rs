@@ -1,6 +1,6 @@
 //! Parsing of Kubernetes-style resource quantities into cgroup limits.
 
-use crate::error::ApiError;
+use crate::lifecycle::Error;
 use sandstone_api::Resources;
 use sandstone_runtime::cgroup::Limits;
 
@@ -40,7 +40,7 @@ pub fn parse_cpu(s: &str) -> Option<u64> {
     (v.is_finite() && v > 0.0 && v <= 1024.0).then(|| (v * 1000.0).round() as u64)
 }
 
-pub fn limits(res: Option<&Resources>) -> Result<Limits, ApiError> {
+pub fn limits(res: Option<&Resources>) -> Result<Limits, Error> {
     let mut l = Limits {
         memory_bytes: Some(DEFAULT_MEMORY),
         cpu_millis: None,
@@ -49,20 +49,20 @@ pub fn limits(res: Option<&Resources>) -> Result<Limits, ApiError> {
     let Some(r) = res else { return Ok(l) };
     if let Some(m) = &r.memory {
         let bytes = parse_memory(m).ok_or_else(|| {
-            ApiError::bad_request(format!(
+            Error::Invalid(format!(
                 "invalid field `config.resources.memory`: {m:?} is not a quantity like 512Mi"
             ))
         })?;
         if bytes < MIN_MEMORY {
-            return Err(ApiError::bad_request(
-                "invalid field `config.resources.memory`: at least 16Mi",
+            return Err(Error::Invalid(
+                "invalid field `config.resources.memory`: at least 16Mi".into(),
             ));
         }
         l.memory_bytes = Some(bytes);
     }
     if let Some(c) = &r.cpu {
         let millis = parse_cpu(c).filter(|m| *m >= 10).ok_or_else(|| {
-            ApiError::bad_request(format!(
+            Error::Invalid(format!(
                 "invalid field `config.resources.cpu`: {c:?} is not a CPU amount like 0.5 or 500m"
             ))
         })?;
@@ -70,8 +70,8 @@ pub fn limits(res: Option<&Resources>) -> Result<Limits, ApiError> {
     }
     if let Some(p) = r.pids {
         if !(8..=1 << 22).contains(&p) {
-            return Err(ApiError::bad_request(
-                "invalid field `config.resources.pids`: between 8 and 4194304",
+            return Err(Error::Invalid(
+                "invalid field `config.resources.pids`: between 8 and 4194304".into(),
             ));
         }
         l.pids = Some(p);
@@ -83,10 +83,10 @@ pub fn limits(res: Option<&Resources>) -> Result<Limits, ApiError> {
 pub fn env_vars(
     field: &str,
     env: &std::collections::BTreeMap<String, String>,
-) -> Result<(), ApiError> {
+) -> Result<(), Error> {
     for (k, v) in env {
         if k.is_empty() || k.contains('=') || k.contains('\0') || v.contains('\0') {
-            return Err(ApiError::bad_request(format!(
+            return Err(Error::Invalid(format!(
                 "invalid field `{field}.{k}`: names need no '=' or NUL, values no NUL"
             )));
         }
@@ -99,12 +99,12 @@ pub const MAX_TTL: u64 = 10 * 365 * 24 * 3600;
 
 /// Checks a claim configuration's `env_vars`, `ttl` and `hard_ttl` (seconds;
 /// 0 disables).
-pub fn check_config(config: &sandstone_api::SandboxConfig) -> Result<(), ApiError> {
+pub fn check_config(config: &sandstone_api::SandboxConfig) -> Result<(), Error> {
     env_vars("config.env_vars", &config.env_vars)?;
     metadata(&config.metadata)?;
     for (field, v) in [("ttl", config.ttl), ("hard_ttl", config.hard_ttl)] {
         if v.is_some_and(|v| v > MAX_TTL) {
-            return Err(ApiError::bad_request(format!(
+            return Err(Error::Invalid(format!(
                 "invalid field `config.{field}`: at most {MAX_TTL} seconds"
             )));
         }
@@ -113,10 +113,10 @@ pub fn check_config(config: &sandstone_api::SandboxConfig) -> Result<(), ApiErro
 }
 
 /// At most 16 labels; keys 1-64 of `[A-Za-z0-9._/-]`, values up to 512 bytes.
-fn metadata(m: &std::collections::BTreeMap<String, String>) -> Result<(), ApiError> {
+fn metadata(m: &std::collections::BTreeMap<String, String>) -> Result<(), Error> {
     if m.len() > 16 {
-        return Err(ApiError::bad_request(
-            "invalid field `config.metadata`: at most 16 pairs",
+        return Err(Error::Invalid(
+            "invalid field `config.metadata`: at most 16 pairs".into(),
         ));
     }
     for (k, v) in m {
@@ -124,7 +124,7 @@ fn metadata(m: &std::collections::BTreeMap<String, String>) -> Result<(), ApiErr
             && k.bytes()
                 .all(|b| b.is_ascii_alphanumeric() || b"._/-".contains(&b));
         if !key_ok || v.len() > 512 {
-            return Err(ApiError::bad_request(format!(
+            return Err(Error::Invalid(format!(
                 "invalid field `config.metadata.{k}`: keys are 1-64 of A-Z a-z 0-9 . _ / -, values at most 512 bytes"
             )));
         }
@@ -141,7 +141,7 @@ pub fn disk(
     res: Option<&Resources>,
     template_default: Option<&str>,
     max: Option<u64>,
-) -> Result<Option<u64>, ApiError> {
+) -> Result<Option<u64>, Error> {
     let max = max.map(|m| m.max(MIN_DISK));
     let claimed = res.and_then(|r| r.disk.as_deref());
     let Some(d) = claimed.or(template_default) else {
@@ -149,12 +149,12 @@ pub fn disk(
         return Ok(Some(default));
     };
     let bytes = parse_memory(d).filter(|b| *b >= MIN_DISK).ok_or_else(|| {
-        ApiError::bad_request(format!(
+        Error::Invalid(format!(
             "invalid field `config.resources.disk`: {d:?} is not a size of at least 64Mi like 10Gi"
         ))
     })?;
     match max {
-        Some(m) if bytes > m && claimed.is_some() => Err(ApiError::bad_request(format!(
+        Some(m) if bytes > m && claimed.is_some() => Err(Error::Invalid(format!(
             "invalid field `config.resources.disk`: {d:?} is more than the storage pool allows one sandbox ({} MiB)",
             m >> 20
         ))),
@@ -183,7 +183,7 @@ mod tests {
         assert!(
             limits(Some(&bad))
                 .unwrap_err()
-                .message
+                .to_string()
                 .contains("config.resources.memory")
         );
     }
@@ -211,7 +211,7 @@ mod tests {
         assert_eq!(disk(Some(&claim("5Gi")), None, max).unwrap(), Some(5 * gib));
         // An explicit overcommit is refused, a template's default clamped.
         let e = disk(Some(&claim("10Gi")), None, max).unwrap_err();
-        assert!(e.message.contains("config.resources.disk"), "{}", e.message);
+        assert!(e.to_string().contains("config.resources.disk"), "{e}");
         assert_eq!(disk(None, Some("20Gi"), max).unwrap(), Some(6 * gib));
         // Never below the smallest cap, however small the pool.
         assert_eq!(disk(None, None, Some(1)).unwrap(), Some(MIN_DISK));

@@ -44,7 +44,7 @@ impl Metrics {
         let Some(i) = OPS.iter().position(|o| *o == op) else {
             return;
         };
-        let mut h = self.hist.lock().unwrap();
+        let mut h = self.hist.lock().expect("lock poisoned: a holder panicked");
         if h.is_empty() {
             h.resize_with(OPS.len(), Default::default);
         }
@@ -79,7 +79,7 @@ impl Metrics {
             self.sandbox_create_failures.load(Ordering::Relaxed)
         );
         s += "# TYPE sandstone_operation_duration_seconds histogram\n";
-        let h = self.hist.lock().unwrap();
+        let h = self.hist.lock().expect("lock poisoned: a holder panicked");
         for (op, e) in OPS.iter().zip(h.iter()) {
             for (b, c) in BUCKETS_MS.iter().zip(&e.counts) {
                 s += &format!(

@@ -3,6 +3,7 @@
 
 use super::{Lifecycle, config_of};
 use sandstone_api::timefmt::now_ms;
+use sandstone_db::SandboxStatus;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -15,7 +16,11 @@ impl Lifecycle {
     /// Unix ms when a running sandbox pauses for idleness, if it has a ttl.
     pub fn expires_at_ms(&self, id: &str, ttl: Option<u64>) -> Option<i64> {
         let ttl = ttl.filter(|t| *t > 0)?;
-        let last = *self.activity.lock().unwrap().get(id)?;
+        let last = *self
+            .activity
+            .lock()
+            .expect("lock poisoned: a holder panicked")
+            .get(id)?;
         let idle = last.elapsed().as_millis() as i64;
         Some(now_ms() - idle + (ttl.min(crate::limits::MAX_TTL) as i64) * 1000)
     }
@@ -37,7 +42,7 @@ impl Lifecycle {
                 match self.delete(&row.id).await {
                     Ok(()) => tracing::info!(sandbox = %row.id, "deleted: hard_ttl reached"),
                     Err(e) => {
-                        tracing::warn!(sandbox = %row.id, error = %e.message, "hard_ttl delete failed")
+                        tracing::warn!(sandbox = %row.id, error = %e, "hard_ttl delete failed")
                     }
                 }
                 continue;
@@ -48,14 +53,16 @@ impl Lifecycle {
             let idle = self
                 .activity
                 .lock()
-                .unwrap()
+                .expect("lock poisoned: a holder panicked")
                 .get(&row.id)
                 .map(Instant::elapsed);
-            if row.status == "running" && idle.is_some_and(|i| i >= Duration::from_secs(ttl)) {
+            if row.status == SandboxStatus::Running
+                && idle.is_some_and(|i| i >= Duration::from_secs(ttl))
+            {
                 match self.pause(&row.id).await {
                     Ok(_) => tracing::info!(sandbox = %row.id, "paused: idle for its ttl"),
                     Err(e) => {
-                        tracing::warn!(sandbox = %row.id, error = %e.message, "ttl pause failed")
+                        tracing::warn!(sandbox = %row.id, error = %e, "ttl pause failed")
                     }
                 }
             }

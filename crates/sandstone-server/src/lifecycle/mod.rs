@@ -5,20 +5,22 @@
 //! state only after it succeeded. Operations that a crash could interrupt
 //! record a pending marker first; [`recovery`] rolls them forward or back at
 //! the next start. A create that fails part-way undoes every step.
+//!
+//! It speaks no HTTP: operations fail with [`Error`], which `routes/`
+//! turns into status codes and the API's error envelope.
 
+mod error;
 mod expiry;
 pub(crate) mod network;
 mod recovery;
 mod snapshots;
 mod warm;
 
-use crate::error::{ApiError, ApiResult};
 use crate::initclient;
 use crate::limits;
-use axum::http::StatusCode;
 use sandstone_api::SandboxConfig;
 use sandstone_api::timefmt::now_ms;
-use sandstone_db::{SandboxRow, Store};
+use sandstone_db::{PendingOp, SandboxRow, SandboxStatus, Store};
 use sandstone_init::proto::{Request, Response};
 use sandstone_runtime::cgroup::{Cgroup, Driver, Limits};
 use sandstone_runtime::{SpawnSpec, fault};
@@ -76,8 +78,10 @@ pub use network::{
 
 pub use sandstone_api::random_hex;
 
-fn internal(e: impl std::fmt::Display) -> ApiError {
-    ApiError::internal(e.to_string())
+pub use error::{Error, Result};
+
+fn internal(e: impl std::fmt::Display) -> Error {
+    Error::internal(e)
 }
 
 /// The claim configuration stored with a sandbox.
@@ -131,11 +135,18 @@ impl Lifecycle {
     }
 
     pub fn runtime(&self, id: &str) -> Option<Runtime> {
-        self.runtimes.read().unwrap().get(id).cloned()
+        self.runtimes
+            .read()
+            .expect("lock poisoned: a holder panicked")
+            .get(id)
+            .cloned()
     }
 
     pub fn running_count(&self) -> usize {
-        self.runtimes.read().unwrap().len()
+        self.runtimes
+            .read()
+            .expect("lock poisoned: a holder panicked")
+            .len()
     }
 
     /// A graceful stop: claimed sandboxes keep running (the next start
@@ -155,7 +166,7 @@ impl Lifecycle {
 
     /// Changes `ttl`, `hard_ttl`, `auto_resume` and `metadata`, under the sandbox's
     /// lock so a concurrent policy change is not lost.
-    pub async fn update_config(&self, id: &str, new: SandboxConfig) -> ApiResult<SandboxRow> {
+    pub async fn update_config(&self, id: &str, new: SandboxConfig) -> Result<SandboxRow> {
         limits::check_config(&new)?;
         let _guard = self.lock(id).await;
         let row = self.row(id).await?;
@@ -178,7 +189,7 @@ impl Lifecycle {
     }
 
     /// The sandboxes whose effective policy binds credential `source`.
-    pub async fn credential_users(&self, source: &str) -> ApiResult<Vec<String>> {
+    pub async fn credential_users(&self, source: &str) -> Result<Vec<String>> {
         let mut users = Vec::new();
         for row in self.store.list_sandboxes().await? {
             let Ok(template) = self.template(&row.template) else {
@@ -200,7 +211,7 @@ impl Lifecycle {
 
     /// Replaces a sandbox's network policy: stored with its configuration
     /// and, when it runs, enforced for its next connection at once.
-    pub async fn set_network(&self, id: &str, policy: serde_json::Value) -> ApiResult<SandboxRow> {
+    pub async fn set_network(&self, id: &str, policy: serde_json::Value) -> Result<SandboxRow> {
         let _guard = self.lock(id).await;
         let row = self.row(id).await?;
         parse_policy(policy.clone(), "network")?;
@@ -212,13 +223,13 @@ impl Lifecycle {
         if let Some(n) = &self.network {
             n.egress
                 .set_policy(id, &parsed)
-                .map_err(|e| ApiError::bad_request(e.to_string()))?;
+                .map_err(|e| Error::Invalid(e.to_string()))?;
         }
         self.row(id).await
     }
 
     /// The policy a sandbox's connections are decided by.
-    pub fn effective_policy(&self, row: &SandboxRow) -> ApiResult<sandstone_egress::NetworkPolicy> {
+    pub fn effective_policy(&self, row: &SandboxRow) -> Result<sandstone_egress::NetworkPolicy> {
         policy_of(&self.template(&row.template)?, &config_of(row))
     }
 
@@ -245,7 +256,7 @@ impl Lifecycle {
         let m = self
             .locks
             .lock()
-            .unwrap()
+            .expect("lock poisoned: a holder panicked")
             .entry(id.to_string())
             .or_default()
             .clone();
@@ -256,34 +267,28 @@ impl Lifecycle {
     pub fn touch(&self, id: &str) {
         self.activity
             .lock()
-            .unwrap()
+            .expect("lock poisoned: a holder panicked")
             .insert(id.to_string(), Instant::now());
     }
 
-    async fn row(&self, id: &str) -> ApiResult<SandboxRow> {
+    async fn row(&self, id: &str) -> Result<SandboxRow> {
         self.store
             .get_sandbox(id)
             .await
-            .map_err(|_| ApiError::not_found("sandbox", id))
+            .map_err(|_| Error::not_found("sandbox", id))
     }
 
     /// A free slot, taken round-robin: a slot just freed is reused last,
     /// so what its previous sandbox left behind asynchronously (the host
     /// end of a veth) is long gone.
-    fn take_slot(&self) -> ApiResult<i64> {
-        let mut slots = self.slots.lock().unwrap();
+    fn take_slot(&self) -> Result<i64> {
+        let mut slots = self.slots.lock().expect("lock poisoned: a holder panicked");
         let start = self.slot_cursor.load(std::sync::atomic::Ordering::Relaxed);
         let max = self.max_slots();
         let slot = (0..max)
             .map(|i| (start + i) % max)
             .find(|s| !slots.contains(s))
-            .ok_or_else(|| {
-                ApiError::new(
-                    StatusCode::TOO_MANY_REQUESTS,
-                    "capacity",
-                    "no free sandbox slot",
-                )
-            })?;
+            .ok_or(Error::NoSlot)?;
         slots.insert(slot);
         self.slot_cursor
             .store((slot + 1) % max, std::sync::atomic::Ordering::Relaxed);
@@ -306,12 +311,15 @@ impl Lifecycle {
     }
 
     fn free_slot(&self, slot: i64) {
-        self.slots.lock().unwrap().remove(&slot);
+        self.slots
+            .lock()
+            .expect("lock poisoned: a holder panicked")
+            .remove(&slot);
     }
 
-    fn template(&self, id: &str) -> ApiResult<Template> {
+    fn template(&self, id: &str) -> Result<Template> {
         self.storage.template(id).map_err(|e| match e {
-            sandstone_volumes::Error::UnknownTemplate(t) => ApiError::not_found("template", &t),
+            sandstone_volumes::Error::UnknownTemplate(t) => Error::not_found("template", &t),
             other => internal(other),
         })
     }
@@ -319,18 +327,14 @@ impl Lifecycle {
     /// 507 once the pool is down to its reserve, while writes still
     /// succeed: new sandboxes, resumes and API writes would take what the
     /// running sandboxes (and btrfs's metadata) need.
-    pub(crate) fn check_free_space(&self) -> ApiResult<()> {
+    pub(crate) fn check_free_space(&self) -> Result<()> {
         let space = self.storage.pool.space().map_err(internal)?;
         if space.free < space.reserve() {
-            return Err(ApiError::new(
-                StatusCode::INSUFFICIENT_STORAGE,
-                "no_space",
-                format!(
-                    "storage pool almost full ({} MiB free, {} MiB kept in reserve): free space by deleting sandboxes or snapshots",
-                    space.free >> 20,
-                    space.reserve() >> 20
-                ),
-            ));
+            return Err(Error::NoSpace(format!(
+                "storage pool almost full ({} MiB free, {} MiB kept in reserve): free space by deleting sandboxes or snapshots",
+                space.free >> 20,
+                space.reserve() >> 20
+            )));
         }
         Ok(())
     }
@@ -340,7 +344,7 @@ impl Lifecycle {
         &self,
         template: &Template,
         res: Option<&sandstone_api::Resources>,
-    ) -> ApiResult<Option<u64>> {
+    ) -> Result<Option<u64>> {
         let max = match self.storage.pool.driver {
             sandstone_volumes::Driver::Btrfs => {
                 Some(self.storage.pool.space().map_err(internal)?.max_cap())
@@ -357,7 +361,7 @@ impl Lifecycle {
         template: &Template,
         config: &SandboxConfig,
         slot: i64,
-    ) -> ApiResult<Runtime> {
+    ) -> Result<Runtime> {
         let limits: Limits = limits::limits(config.resources.as_ref())?;
         let paths = self.storage.paths(id);
         let cgroup = self.cgroups.create(id, &limits).map_err(internal)?;
@@ -408,7 +412,7 @@ impl Lifecycle {
     }
 
     /// Runs the spawn helper for `spec` and waits until PID 1 answers.
-    async fn spawn_init(&self, spec: SpawnSpec) -> ApiResult<i32> {
+    async fn spawn_init(&self, spec: SpawnSpec) -> Result<i32> {
         // The run dir (socket, log, mount points) is root's alone, from its
         // creation on: on a resume too, not only when the volume is made.
         std::os::unix::fs::DirBuilderExt::mode(std::fs::DirBuilder::new().recursive(true), 0o700)
@@ -422,9 +426,10 @@ impl Lifecycle {
                 .map_err(internal)?
                 .map_err(internal)?;
         fault::check("create.after_launch").map_err(internal)?;
-        match initclient::call(&socket, &Request::Ping, &[]).await? {
-            (Response::Pong { .. }, _) => Ok(launched.pid),
-            _ => Err(ApiError::internal("sandbox init did not answer ping")),
+        match ping(&socket).await {
+            Ok(true) => Ok(launched.pid),
+            Ok(false) => Err(Error::internal("sandbox init did not answer ping")),
+            Err(e) => Err(Error::InitUnreachable(e)),
         }
     }
 
@@ -451,7 +456,7 @@ impl Lifecycle {
         template_id: &str,
         config: SandboxConfig,
         snapshot: Option<&str>,
-    ) -> ApiResult<SandboxRow> {
+    ) -> Result<SandboxRow> {
         limits::limits(config.resources.as_ref())?;
         limits::check_config(&config)?;
         // A snapshot's layer only fits the template it was taken on.
@@ -461,14 +466,14 @@ impl Lifecycle {
                     .store
                     .get_snapshot(s)
                     .await
-                    .map_err(|_| ApiError::not_found("snapshot", s))?;
+                    .map_err(|_| Error::not_found("snapshot", s))?;
                 match template_id {
                     "default" | "" => snap.template.clone(),
                     t if self.template(t)?.id == snap.template || snap.template.is_empty() => {
                         t.to_string()
                     }
                     t => {
-                        return Err(ApiError::bad_request(format!(
+                        return Err(Error::Invalid(format!(
                             "invalid field `template`: snapshot {s} was taken on template {}, not {t}",
                             snap.template
                         )));
@@ -524,12 +529,12 @@ impl Lifecycle {
         config: &SandboxConfig,
         slot: i64,
         runtime: Runtime,
-    ) -> ApiResult<SandboxRow> {
+    ) -> Result<SandboxRow> {
         let now = now_ms();
         let row = SandboxRow {
             id: id.to_string(),
             template: template.id.clone(),
-            status: "running".into(),
+            status: SandboxStatus::Running,
             config: serde_json::to_value(config).map_err(internal)?,
             slot,
             pid: Some(runtime.pid as i64),
@@ -551,7 +556,7 @@ impl Lifecycle {
         template: &Template,
         config: SandboxConfig,
         disk: Option<u64>,
-    ) -> ApiResult<SandboxRow> {
+    ) -> Result<SandboxRow> {
         let mut undo = Undo::new(self, &m.id, m.slot);
         undo.volume = true;
         undo.cgroup = Some(m.runtime.cgroup.clone());
@@ -585,24 +590,24 @@ impl Lifecycle {
 
     /// The runtime of a sandbox about to serve a request: a paused sandbox
     /// with `auto_resume` is resumed first.
-    pub async fn ensure_running(&self, id: &str) -> ApiResult<Runtime> {
+    pub async fn ensure_running(&self, id: &str) -> Result<Runtime> {
         if let Some(rt) = self.runtime(id) {
             self.touch(id);
             return Ok(rt);
         }
         let row = self.row(id).await?;
         let auto = config_of(&row).auto_resume.unwrap_or(true);
-        if matches!(row.status.as_str(), "paused" | "failed") && auto {
+        if row.status.can_resume() && auto {
             self.resume(id).await?;
             return self
                 .runtime(id)
-                .ok_or_else(|| ApiError::conflict(format!("sandbox {id} stopped while resuming")));
+                .ok_or_else(|| Error::Conflict(format!("sandbox {id} stopped while resuming")));
         }
-        match (row.status.as_str(), &row.status_reason) {
-            ("failed", Some(reason)) => {
-                Err(ApiError::conflict(format!("sandbox {id} failed: {reason}")))
+        match (row.status, &row.status_reason) {
+            (SandboxStatus::Failed, Some(reason)) => {
+                Err(Error::Conflict(format!("sandbox {id} failed: {reason}")))
             }
-            (status, _) => Err(ApiError::conflict(format!("sandbox {id} is {status}"))),
+            (status, _) => Err(Error::Conflict(format!("sandbox {id} is {status}"))),
         }
     }
 
@@ -616,7 +621,7 @@ impl Lifecycle {
         }
         self.runtimes
             .write()
-            .unwrap()
+            .expect("lock poisoned: a holder panicked")
             .insert(id.to_string(), runtime);
         self.touch(id);
     }
@@ -624,7 +629,12 @@ impl Lifecycle {
     /// Watches every registered init until the daemon stops: when one
     /// dies, its sandbox is marked failed ([`Lifecycle::init_died`]).
     pub fn spawn_init_watch(self: &Arc<Self>) {
-        let Some(mut watched) = self.init_watched.lock().unwrap().take() else {
+        let Some(mut watched) = self
+            .init_watched
+            .lock()
+            .expect("lock poisoned: a holder panicked")
+            .take()
+        else {
             return;
         };
         let lc = self.clone();
@@ -676,7 +686,10 @@ impl Lifecycle {
         let cgroup = self.take_cgroup(id);
         let oom = cgroup.oom_kills() > 0;
         tokio::task::block_in_place(|| self.stop_runtime(id, &cgroup));
-        self.activity.lock().unwrap().remove(id);
+        self.activity
+            .lock()
+            .expect("lock poisoned: a holder panicked")
+            .remove(id);
         let reason = format!(
             "its init (PID 1) died{}, ending every process in it; its files are kept: resume it to start it again",
             if oom {
@@ -694,54 +707,63 @@ impl Lifecycle {
     /// Forgets a sandbox's runtime; its cgroup (found on disk when the
     /// runtime is not known, e.g. after a crash) is for the caller to stop.
     fn take_cgroup(&self, id: &str) -> Cgroup {
-        let known = self.runtimes.write().unwrap().remove(id);
+        let known = self
+            .runtimes
+            .write()
+            .expect("lock poisoned: a holder panicked")
+            .remove(id);
         known
             .map(|r| r.cgroup)
             .unwrap_or_else(|| self.cgroups.existing(id))
     }
 
     /// Pauses: ends the runtime generation, keeps identity and files.
-    pub async fn pause(&self, id: &str) -> ApiResult<SandboxRow> {
+    pub async fn pause(&self, id: &str) -> Result<SandboxRow> {
         let _guard = self.lock(id).await;
         let row = self.row(id).await?;
-        match row.status.as_str() {
-            "paused" => return Ok(row),
-            "running" => {}
-            other => {
-                return Err(ApiError::conflict(format!(
-                    "sandbox {id} is {other}; only a running sandbox can be paused"
-                )));
-            }
+        if row.status == SandboxStatus::Paused {
+            return Ok(row);
         }
-        self.store.set_pending(id, Some("pause")).await?;
+        if !row.status.can_pause() {
+            return Err(Error::Conflict(format!(
+                "sandbox {id} is {}; only a running sandbox can be paused",
+                row.status
+            )));
+        }
+        self.store.set_pending(id, Some(PendingOp::Pause)).await?;
         let cgroup = self.take_cgroup(id);
         tokio::task::block_in_place(|| {
             cgroup.kill_all();
             fault::crash("pause.after_kill");
             self.stop_runtime(id, &cgroup);
         });
-        self.activity.lock().unwrap().remove(id);
-        self.store.set_status(id, "paused", None).await?;
+        self.activity
+            .lock()
+            .expect("lock poisoned: a holder panicked")
+            .remove(id);
+        self.store
+            .set_status(id, SandboxStatus::Paused, None)
+            .await?;
         self.store.set_pending(id, None).await?;
         self.row(id).await
     }
 
     /// Resumes: a new runtime generation on the same volume.
-    pub async fn resume(&self, id: &str) -> ApiResult<SandboxRow> {
+    pub async fn resume(&self, id: &str) -> Result<SandboxRow> {
         let _guard = self.lock(id).await;
         let row = self.row(id).await?;
-        match row.status.as_str() {
-            "running" => return Ok(row),
-            "paused" | "failed" => {}
-            other => {
-                return Err(ApiError::conflict(format!(
-                    "sandbox {id} is {other}; only a paused or failed sandbox can be resumed"
-                )));
-            }
+        if row.status == SandboxStatus::Running {
+            return Ok(row);
+        }
+        if !row.status.can_resume() {
+            return Err(Error::Conflict(format!(
+                "sandbox {id} is {}; only a paused or failed sandbox can be resumed",
+                row.status
+            )));
         }
         let template = self.template(&row.template)?;
         self.check_free_space()?;
-        self.store.set_pending(id, Some("resume")).await?;
+        self.store.set_pending(id, Some(PendingOp::Resume)).await?;
         let runtime = match self.launch(id, &template, &config_of(&row), row.slot).await {
             Ok(r) => r,
             Err(e) => {
@@ -763,25 +785,49 @@ impl Lifecycle {
     }
 
     /// Deletes a sandbox and its volume (snapshots stay); 404 when unknown.
-    pub async fn delete(&self, id: &str) -> ApiResult<()> {
+    pub async fn delete(&self, id: &str) -> Result<()> {
         let _guard = self.lock(id).await;
         let row = self.row(id).await?;
-        self.store.set_status(id, "terminating", None).await?;
+        self.store
+            .set_status(id, SandboxStatus::Terminating, None)
+            .await?;
         let cgroup = self.take_cgroup(id);
         let removed = tokio::task::block_in_place(|| {
             self.stop_runtime(id, &cgroup);
             self.storage.remove_sandbox(id)
         });
         if let Err(e) = removed {
-            self.store.set_status(id, "failed", None).await?;
+            self.store
+                .set_status(id, SandboxStatus::Failed, None)
+                .await?;
             return Err(internal(format!("delete {id}: {e}")));
         }
         self.store.delete_sandbox(id).await?;
         self.store.delete_audit(id).await?;
-        self.activity.lock().unwrap().remove(id);
-        self.locks.lock().unwrap().remove(id);
+        self.activity
+            .lock()
+            .expect("lock poisoned: a holder panicked")
+            .remove(id);
+        self.locks
+            .lock()
+            .expect("lock poisoned: a holder panicked")
+            .remove(id);
         self.free_slot(row.slot);
         Ok(())
+    }
+}
+
+/// Whether the init listening on `socket` answers a ping (`false`: it
+/// answered something else).
+async fn ping(socket: &std::path::Path) -> std::io::Result<bool> {
+    let mut conn = initclient::InitConn::connect(socket).await?;
+    conn.send(&Request::Ping, &[]).await?;
+    loop {
+        match conn.recv().await?.0 {
+            Response::Pong { .. } => return Ok(true),
+            r if r.is_terminal() => return Ok(false),
+            _ => continue,
+        }
     }
 }
 

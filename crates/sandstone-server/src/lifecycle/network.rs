@@ -2,7 +2,7 @@
 //! sandbox (made by the spawn helper), this daemon's host firewall, and the
 //! egress proxy and policy resolver the firewall sends sandbox traffic to.
 
-use crate::error::{ApiError, ApiResult};
+use super::{Error, Result};
 use futures_util::future::BoxFuture;
 use sandstone_db::secrets::Sealer;
 use sandstone_db::{AuditRow, Store};
@@ -94,7 +94,7 @@ fn spawn_audit_writer(store: Arc<dyn Store>) -> StoreSink {
 pub fn policy_of(
     template: &sandstone_volumes::Template,
     config: &sandstone_api::SandboxConfig,
-) -> ApiResult<NetworkPolicy> {
+) -> Result<NetworkPolicy> {
     let base = match &template.network {
         Some(v) => parse_policy(v.clone(), "template.network")?,
         None => NetworkPolicy::default(),
@@ -112,16 +112,16 @@ pub fn policy_of(
 
 /// Parses and checks a policy; presets come back expanded, so what the API
 /// shows is what is enforced.
-pub fn parse_policy(v: serde_json::Value, field: &str) -> ApiResult<NetworkPolicy> {
+pub fn parse_policy(v: serde_json::Value, field: &str) -> Result<NetworkPolicy> {
     let mut p: NetworkPolicy = serde_path_to_error::deserialize(v).map_err(|e| {
-        ApiError::bad_request(format!(
+        Error::Invalid(format!(
             "invalid field `{field}.{}`: {}",
             e.path(),
             e.inner()
         ))
     })?;
     p.compile()
-        .map_err(|e| ApiError::bad_request(format!("invalid field `{field}.{e}")))?;
+        .map_err(|e| Error::Invalid(format!("invalid field `{field}.{e}")))?;
     p.expand_presets();
     Ok(p)
 }
@@ -196,7 +196,10 @@ struct SealedSources {
 }
 
 impl CredentialStore for SealedSources {
-    fn resolve<'a>(&'a self, source: &'a str) -> BoxFuture<'a, Result<SourceValues, SourceError>> {
+    fn resolve<'a>(
+        &'a self,
+        source: &'a str,
+    ) -> BoxFuture<'a, std::result::Result<SourceValues, SourceError>> {
         Box::pin(async move {
             let row = self
                 .store
@@ -323,9 +326,9 @@ impl Network {
     }
 
     /// The interface and addresses of `slot`.
-    pub fn spec(&self, slot: i64) -> ApiResult<NetSpec> {
+    pub fn spec(&self, slot: i64) -> Result<NetSpec> {
         let (gateway, address) = self.pool.pair(slot as u32).ok_or_else(|| {
-            ApiError::internal(format!(
+            Error::Internal(format!(
                 "egress pool {} has no room for slot {slot}",
                 self.pool.cidr()
             ))
@@ -358,10 +361,10 @@ impl Network {
     }
 
     /// Starts enforcing `policy` for the sandbox in `slot`.
-    pub fn register(&self, slot: i64, id: &str, policy: &NetworkPolicy) -> ApiResult<()> {
+    pub fn register(&self, slot: i64, id: &str, policy: &NetworkPolicy) -> Result<()> {
         let spec = self.spec(slot)?;
         self.egress
             .register(spec.address, id, policy)
-            .map_err(|e| ApiError::bad_request(e.to_string()))
+            .map_err(|e| Error::Invalid(e.to_string()))
     }
 }

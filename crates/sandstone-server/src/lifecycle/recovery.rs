@@ -3,18 +3,14 @@
 //! volumes and snapshots that no row owns (an interrupted create or copy).
 
 use super::{Lifecycle, Runtime};
-use crate::initclient;
-use sandstone_db::SandboxRow;
-use sandstone_init::proto::{Request, Response};
+use sandstone_db::{PendingOp, SandboxRow, SandboxStatus};
 use std::collections::{BTreeSet, HashSet};
 
 impl Lifecycle {
     async fn alive(&self, id: &str) -> bool {
-        let socket = self.storage.paths(id).socket;
-        matches!(
-            initclient::call(&socket, &Request::Ping, &[]).await,
-            Ok((Response::Pong { .. }, _))
-        )
+        super::ping(&self.storage.paths(id).socket)
+            .await
+            .unwrap_or(false)
     }
 
     pub async fn adopt(&self) -> anyhow::Result<()> {
@@ -28,17 +24,27 @@ impl Lifecycle {
 
     async fn recover(&self, row: &SandboxRow) -> anyhow::Result<()> {
         let id = row.id.as_str();
-        let pending = row.pending_op.as_deref();
-        if row.status == "terminating" {
+        let pending = row.pending_op;
+        if row.status == SandboxStatus::Terminating {
             tracing::info!(sandbox = %id, "finishing an interrupted delete");
-            return self
-                .delete(id)
-                .await
-                .map_err(|e| anyhow::anyhow!(e.message));
+            return self.delete(id).await.map_err(anyhow::Error::from);
         }
+        let running = row.status == SandboxStatus::Running;
+        // Per operation a crash interrupted: whether a runtime may still be
+        // there, and whether a live one is kept (re-adopted) or stopped. No
+        // `_` arm: a new operation must decide here.
+        let (was_running, keep_alive) = match pending {
+            None => (running, true),
+            // It may have launched the new generation before the crash.
+            Some(PendingOp::Resume) => (true, true),
+            // The generation was being ended: finish ending it.
+            Some(PendingOp::Pause) => (running, false),
+            // Copies leave the source as it was (a running one perhaps
+            // still frozen, thawed below); restore only runs on a paused one.
+            Some(PendingOp::Snapshot | PendingOp::Fork | PendingOp::Restore) => (running, true),
+        };
         let cgroup = self.cgroups.existing(id);
-        let was_running = row.status == "running" || pending == Some("resume");
-        if was_running && pending != Some("pause") && self.alive(id).await {
+        if was_running && keep_alive && self.alive(id).await {
             // An interrupted snapshot or fork may have left it frozen.
             let _ = cgroup.set_frozen(false);
             let runtime = Runtime {
@@ -48,7 +54,7 @@ impl Lifecycle {
                 cgroup,
                 init: super::open_pidfd(id, row.pid.unwrap_or(0) as i32),
             };
-            let generation = if row.status == "running" {
+            let generation = if running {
                 row.generation
             } else {
                 row.generation + 1
@@ -59,7 +65,7 @@ impl Lifecycle {
             if let Some(n) = &self.network {
                 let policy = self.effective_policy(row).unwrap_or_default();
                 n.register(row.slot, id, &policy)
-                    .map_err(|e| anyhow::anyhow!(e.message))?;
+                    .map_err(anyhow::Error::from)?;
             }
             self.adopt_runtime(id, runtime);
             tracing::info!(sandbox = %id, "re-adopted running sandbox");
@@ -69,10 +75,12 @@ impl Lifecycle {
             // Its runtime is gone (or was being stopped): the files are the
             // sandbox, so it is paused, not lost.
             self.stop_runtime(id, &cgroup);
-            if row.status != "paused" {
+            if row.status != SandboxStatus::Paused {
                 tracing::warn!(sandbox = %id, pending = ?pending, "runtime gone after restart; sandbox paused");
             }
-            self.store.set_status(id, "paused", None).await?;
+            self.store
+                .set_status(id, SandboxStatus::Paused, None)
+                .await?;
         }
         if pending.is_some() {
             self.store.set_pending(id, None).await?;

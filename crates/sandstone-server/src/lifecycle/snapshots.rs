@@ -2,11 +2,11 @@
 //! btrfs pool. A running source is frozen for the instant of the copy so the
 //! copy is consistent; `/tmp` (a tmpfs) is never part of it.
 
+use super::{Error, Result};
 use super::{Lifecycle, config_of, internal, random_hex};
-use crate::error::{ApiError, ApiResult};
 use sandstone_api::SandboxConfig;
 use sandstone_api::timefmt::now_ms;
-use sandstone_db::{SandboxRow, SnapshotRow};
+use sandstone_db::{PendingOp, SandboxRow, SandboxStatus, SnapshotRow};
 use sandstone_runtime::fault;
 
 impl Lifecycle {
@@ -14,13 +14,13 @@ impl Lifecycle {
         &self,
         template: &str,
         res: Option<&sandstone_api::Resources>,
-    ) -> ApiResult<Option<u64>> {
+    ) -> Result<Option<u64>> {
         let t = self.template(template)?;
         self.disk_limit(&t, res)
     }
 
     /// Runs `copy` with the sandbox's processes frozen when it is running.
-    fn frozen<T>(&self, id: &str, copy: impl FnOnce() -> ApiResult<T>) -> ApiResult<T> {
+    fn frozen<T>(&self, id: &str, copy: impl FnOnce() -> Result<T>) -> Result<T> {
         let Some(rt) = self.runtime(id) else {
             return copy();
         };
@@ -36,13 +36,13 @@ impl Lifecycle {
         result
     }
 
-    fn source(status: &str, id: &str) -> ApiResult<()> {
-        match status {
-            "running" | "paused" => Ok(()),
-            other => Err(ApiError::conflict(format!(
-                "sandbox {id} is {other}; snapshots need a running or paused sandbox"
-            ))),
+    fn source(status: SandboxStatus, id: &str) -> Result<()> {
+        if status.can_snapshot() {
+            return Ok(());
         }
+        Err(Error::Conflict(format!(
+            "sandbox {id} is {status}; snapshots need a running or paused sandbox"
+        )))
     }
 
     pub async fn snapshot(
@@ -50,10 +50,10 @@ impl Lifecycle {
         id: &str,
         name: Option<String>,
         description: Option<String>,
-    ) -> ApiResult<SnapshotRow> {
+    ) -> Result<SnapshotRow> {
         let _guard = self.lock(id).await;
         let row = self.row(id).await?;
-        Self::source(&row.status, id)?;
+        Self::source(row.status, id)?;
         let snap = SnapshotRow {
             id: format!("snap-{}", random_hex(8)),
             sandbox_id: id.to_string(),
@@ -63,7 +63,9 @@ impl Lifecycle {
             expires_at: None,
             template: row.template.clone(),
         };
-        self.store.set_pending(id, Some("snapshot")).await?;
+        self.store
+            .set_pending(id, Some(PendingOp::Snapshot))
+            .await?;
         let copied = tokio::task::block_in_place(|| {
             self.frozen(id, || {
                 self.storage
@@ -73,11 +75,7 @@ impl Lifecycle {
         });
         fault::crash("snapshot.after_copy");
         let recorded = match copied {
-            Ok(()) => self
-                .store
-                .insert_snapshot(&snap)
-                .await
-                .map_err(ApiError::from),
+            Ok(()) => self.store.insert_snapshot(&snap).await.map_err(Error::from),
             Err(e) => Err(e),
         };
         if recorded.is_err() {
@@ -87,31 +85,31 @@ impl Lifecycle {
         recorded.map(|()| snap)
     }
 
-    pub async fn delete_snapshot(&self, snap: &str) -> ApiResult<()> {
+    pub async fn delete_snapshot(&self, snap: &str) -> Result<()> {
         self.store
             .get_snapshot(snap)
             .await
-            .map_err(|_| ApiError::not_found("snapshot", snap))?;
+            .map_err(|_| Error::not_found("snapshot", snap))?;
         self.store.delete_snapshot(snap).await?;
         self.storage.remove_snapshot(snap).map_err(internal)
     }
 
     /// Replaces a paused sandbox's files with a snapshot's.
-    pub async fn restore(&self, id: &str, snap: &str) -> ApiResult<SandboxRow> {
+    pub async fn restore(&self, id: &str, snap: &str) -> Result<SandboxRow> {
         let _guard = self.lock(id).await;
         let row = self.row(id).await?;
         self.store
             .get_snapshot(snap)
             .await
-            .map_err(|_| ApiError::not_found("snapshot", snap))?;
-        if row.status != "paused" {
-            return Err(ApiError::conflict(format!(
+            .map_err(|_| Error::not_found("snapshot", snap))?;
+        if !row.status.can_restore() {
+            return Err(Error::Conflict(format!(
                 "sandbox {id} is {}: pause it before restoring a snapshot onto it",
                 row.status
             )));
         }
         let disk = self.disk_cap(&row.template, config_of(&row).resources.as_ref())?;
-        self.store.set_pending(id, Some("restore")).await?;
+        self.store.set_pending(id, Some(PendingOp::Restore)).await?;
         let restored = tokio::task::block_in_place(|| self.storage.restore_sandbox(id, snap, disk));
         self.store.set_pending(id, None).await?;
         restored.map_err(internal)?;
@@ -125,17 +123,17 @@ impl Lifecycle {
         id: &str,
         ttl: Option<u64>,
         hard_ttl: Option<u64>,
-    ) -> ApiResult<SandboxRow> {
+    ) -> Result<SandboxRow> {
         let _guard = self.lock(id).await;
         let src = self.row(id).await?;
-        Self::source(&src.status, id)?;
+        Self::source(src.status, id)?;
         let mut config: SandboxConfig = config_of(&src);
         config.ttl = ttl.or(config.ttl);
         config.hard_ttl = hard_ttl.or(config.hard_ttl);
         let disk = self.disk_cap(&src.template, config.resources.as_ref())?;
         let slot = self.take_slot()?;
         let new_id = format!("sb-{}", random_hex(8));
-        self.store.set_pending(id, Some("fork")).await?;
+        self.store.set_pending(id, Some(PendingOp::Fork)).await?;
         let copied = tokio::task::block_in_place(|| {
             self.frozen(id, || {
                 self.storage
@@ -148,7 +146,7 @@ impl Lifecycle {
         let row = SandboxRow {
             id: new_id.clone(),
             template: src.template.clone(),
-            status: "paused".into(),
+            status: SandboxStatus::Paused,
             config: serde_json::to_value(&config).map_err(internal)?,
             slot,
             pid: None,
@@ -159,11 +157,7 @@ impl Lifecycle {
             status_reason: None,
         };
         let recorded = match copied {
-            Ok(_) => self
-                .store
-                .insert_sandbox(&row)
-                .await
-                .map_err(ApiError::from),
+            Ok(_) => self.store.insert_sandbox(&row).await.map_err(Error::from),
             Err(e) => Err(e),
         };
         self.store.set_pending(id, None).await?;

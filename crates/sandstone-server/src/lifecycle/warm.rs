@@ -4,8 +4,8 @@
 //! refilling never holds up claims; a claim that finds the pool empty
 //! creates a sandbox the ordinary way.
 
+use super::Result;
 use super::{Lifecycle, Runtime, internal, random_hex};
-use crate::error::ApiResult;
 use sandstone_api::SandboxConfig;
 use sandstone_volumes::Template;
 use std::collections::{HashMap, VecDeque};
@@ -34,7 +34,12 @@ impl WarmPool {
     }
 
     fn take(&self, template: &str) -> Option<Member> {
-        let m = self.members.lock().unwrap().get_mut(template)?.pop_front();
+        let m = self
+            .members
+            .lock()
+            .expect("lock poisoned: a holder panicked")
+            .get_mut(template)?
+            .pop_front();
         self.wake.notify_one();
         m
     }
@@ -42,7 +47,7 @@ impl WarmPool {
     fn count(&self, template: &str) -> usize {
         self.members
             .lock()
-            .unwrap()
+            .expect("lock poisoned: a holder panicked")
             .get(template)
             .map_or(0, VecDeque::len)
     }
@@ -50,7 +55,7 @@ impl WarmPool {
     pub fn ready(&self) -> usize {
         self.members
             .lock()
-            .unwrap()
+            .expect("lock poisoned: a holder panicked")
             .values()
             .map(VecDeque::len)
             .sum()
@@ -64,7 +69,7 @@ impl Lifecycle {
     }
 
     /// Makes one pool member for `template`.
-    async fn make_member(&self, template: &Template) -> ApiResult<Member> {
+    async fn make_member(&self, template: &Template) -> Result<Member> {
         self.check_free_space()?;
         let slot = self.take_slot()?;
         let id = format!("sb-{}", random_hex(8));
@@ -98,12 +103,12 @@ impl Lifecycle {
                     .warm
                     .members
                     .lock()
-                    .unwrap()
+                    .expect("lock poisoned: a holder panicked")
                     .entry(t.id.clone())
                     .or_default()
                     .push_back(m),
                 Err(e) => {
-                    tracing::warn!(template = %t.id, error = %e.message, "warm pool refill failed");
+                    tracing::warn!(template = %t.id, error = %e, "warm pool refill failed");
                     return false;
                 }
             }
@@ -118,7 +123,7 @@ impl Lifecycle {
             .warm
             .members
             .lock()
-            .unwrap()
+            .expect("lock poisoned: a holder panicked")
             .drain()
             .flat_map(|(_, q)| q)
             .collect();

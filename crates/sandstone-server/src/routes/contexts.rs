@@ -19,7 +19,7 @@ use serde_json::json;
 /// The runtime of the sandbox (resumed first when paused with
 /// auto_resume), or a clear 404/409.
 pub async fn running(st: &AppState, id: &str) -> ApiResult<Runtime> {
-    st.lifecycle.ensure_running(id).await
+    Ok(st.lifecycle.ensure_running(id).await?)
 }
 
 fn state_of(exit: &ExitInfo) -> &'static str {

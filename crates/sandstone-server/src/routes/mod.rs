@@ -1,5 +1,6 @@
 pub mod contexts;
 pub mod credentials;
+pub mod error;
 pub mod files;
 pub mod network;
 pub mod sandboxes;

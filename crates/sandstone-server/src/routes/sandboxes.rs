@@ -9,7 +9,7 @@ use axum::http::StatusCode;
 use axum::response::Response;
 use sandstone_api as api;
 use sandstone_api::timefmt::rfc3339_ms;
-use sandstone_db::SandboxRow;
+use sandstone_db::{SandboxRow, SandboxStatus};
 use std::collections::HashMap;
 
 fn runtime_id(row: &SandboxRow) -> String {
@@ -32,8 +32,8 @@ pub fn to_sandbox(st: &AppState, row: &SandboxRow) -> api::Sandbox {
         id: row.id.clone(),
         template_id: row.template.clone(),
         team_id: "default".into(),
-        status: row.status.clone(),
-        paused: row.status == "paused",
+        status: row.status.as_str().into(),
+        paused: row.status == SandboxStatus::Paused,
         auto_resume: config.auto_resume.unwrap_or(true),
         runtime_id: runtime_id(row),
         pod_name: runtime_id(row),
@@ -44,7 +44,10 @@ pub fn to_sandbox(st: &AppState, row: &SandboxRow) -> api::Sandbox {
         updated_at: rfc3339_ms(row.updated_at),
         expires_at: expires,
         hard_expires_at: hard_expires,
-        status_reason: row.status_reason.clone().filter(|_| row.status == "failed"),
+        status_reason: row
+            .status_reason
+            .clone()
+            .filter(|_| row.status == SandboxStatus::Failed),
     }
 }
 
@@ -70,7 +73,7 @@ pub async fn claim(
             st.metrics
                 .sandbox_create_failures
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            return Err(e);
+            return Err(e.into());
         }
     };
     st.metrics
@@ -83,7 +86,7 @@ pub async fn claim(
         StatusCode::CREATED,
         api::ClaimResponse {
             sandbox_id: row.id.clone(),
-            status: row.status.clone(),
+            status: row.status.as_str().into(),
             template: row.template.clone(),
             runtime_id: runtime_id(&row),
             pod_name: runtime_id(&row),
@@ -129,7 +132,7 @@ pub async fn list(
     };
     let rows: Vec<_> = candidates
         .into_iter()
-        .filter(|r| q.get("status").is_none_or(|s| *s == r.status))
+        .filter(|r| q.get("status").is_none_or(|s| s == r.status.as_str()))
         .filter(|r| q.get("template_id").is_none_or(|t| *t == r.template))
         .filter(|r| {
             let metadata = crate::lifecycle::config_of(r).metadata;
@@ -144,8 +147,8 @@ pub async fn list(
         .map(|r| api::SandboxSummary {
             id: r.id.clone(),
             template_id: r.template.clone(),
-            status: r.status.clone(),
-            paused: r.status == "paused",
+            status: r.status.as_str().into(),
+            paused: r.status == SandboxStatus::Paused,
             runtime_generation: r.generation,
             metadata: crate::lifecycle::config_of(r).metadata,
             disk_bytes: st.lifecycle.storage.disk_usage(&r.id),
@@ -184,7 +187,7 @@ pub async fn status(State(st): State<AppState>, Path(id): Path<String>) -> ApiRe
             sandbox_id: r.id.clone(),
             template_id: r.template.clone(),
             runtime_id: runtime_id(&r),
-            status: r.status.clone(),
+            status: r.status.as_str().into(),
             created_at: rfc3339_ms(r.created_at),
         },
     ))
@@ -231,7 +234,7 @@ pub async fn pause(State(st): State<AppState>, Path(id): Path<String>) -> ApiRes
         api::PauseResponse {
             sandbox_id: r.id,
             paused: true,
-            status: r.status,
+            status: r.status.as_str().into(),
         },
     ))
 }
@@ -246,7 +249,7 @@ pub async fn resume(State(st): State<AppState>, Path(id): Path<String>) -> ApiRe
         api::ResumeResponse {
             sandbox_id: r.id,
             resumed: true,
-            status: r.status,
+            status: r.status.as_str().into(),
             runtime_generation: r.generation,
         },
     ))

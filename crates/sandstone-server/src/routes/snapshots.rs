@@ -99,7 +99,7 @@ pub async fn restore(
         api::RestoreResponse {
             sandbox_id: r.id,
             snapshot_id: req.snapshot_id,
-            status: r.status,
+            status: r.status.as_str().into(),
         },
     ))
 }

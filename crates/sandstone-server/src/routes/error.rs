@@ -1,6 +1,9 @@
 //! API errors: a stable code, a message naming what was wrong, a fitting
 //! status, in Sandbox0's `{success:false, error:{code,message}}` envelope.
+//! The one place the core's errors ([`lifecycle::Error`], the database's)
+//! become HTTP.
 
+use crate::lifecycle;
 use axum::Json;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -97,6 +100,24 @@ impl From<sandstone_db::Error> for ApiError {
     }
 }
 
+impl From<lifecycle::Error> for ApiError {
+    fn from(e: lifecycle::Error) -> Self {
+        use lifecycle::Error as E;
+        let message = e.to_string();
+        let (status, code) = match e {
+            E::Db(db) => return db.into(),
+            E::Invalid(_) => (StatusCode::BAD_REQUEST, "invalid_request"),
+            E::NotFound { .. } => (StatusCode::NOT_FOUND, "not_found"),
+            E::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
+            E::NoSlot => (StatusCode::TOO_MANY_REQUESTS, "capacity"),
+            E::NoSpace(_) => (StatusCode::INSUFFICIENT_STORAGE, "no_space"),
+            E::InitUnreachable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+            E::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+        };
+        Self::new(status, code, message)
+    }
+}
+
 /// `{success: true, data}` with a status.
 pub fn ok<T: serde::Serialize>(status: StatusCode, data: T) -> Response {
     let body = Envelope {
@@ -105,4 +126,55 @@ pub fn ok<T: serde::Serialize>(status: StatusCode, data: T) -> Response {
         error: None,
     };
     (status, Json(body)).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lifecycle_errors_keep_their_status_code_and_message() {
+        use lifecycle::Error as E;
+        let cases = [
+            (
+                E::Invalid("invalid field `x`".into()),
+                400,
+                "invalid_request",
+            ),
+            (E::not_found("sandbox", "sb-1"), 404, "not_found"),
+            (
+                E::Conflict("sandbox sb-1 is paused".into()),
+                409,
+                "conflict",
+            ),
+            (E::NoSlot, 429, "capacity"),
+            (
+                E::NoSpace("storage pool almost full".into()),
+                507,
+                "no_space",
+            ),
+            (
+                E::InitUnreachable(std::io::ErrorKind::ConnectionRefused.into()),
+                503,
+                "unavailable",
+            ),
+            (E::Db(sandstone_db::Error::NotFound), 404, "not_found"),
+            (
+                E::Db(sandstone_db::Error::Corrupt("x".into())),
+                500,
+                "internal",
+            ),
+            (E::internal("mkdir failed"), 500, "internal"),
+        ];
+        for (e, status, code) in cases {
+            let message = e.to_string();
+            let api = ApiError::from(e);
+            assert_eq!((api.status.as_u16(), api.code), (status, code), "{message}");
+            assert_eq!(api.message, message);
+        }
+        assert_eq!(
+            ApiError::from(E::not_found("snapshot", "snap-1")).message,
+            "snapshot snap-1 not found"
+        );
+    }
 }
