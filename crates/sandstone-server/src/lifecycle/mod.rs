@@ -6,6 +6,7 @@
 //! record a pending marker first; [`recovery`] rolls them forward or back at
 //! the next start. A create that fails part-way undoes every step.
 
+pub(crate) mod bash;
 mod expiry;
 pub(crate) mod network;
 mod recovery;
@@ -45,6 +46,9 @@ pub struct Runtime {
     /// PID 1's pidfd, opened as soon as it started (so a reused pid is
     /// never mistaken for it): readable when init dies.
     pub init: Option<Arc<std::os::fd::OwnedFd>>,
+    /// Turns at the agent's shell ([`bash`]); shared by every clone of
+    /// this runtime, and gone with it.
+    pub shell: Arc<tokio::sync::Mutex<()>>,
 }
 
 /// A runtime whose init the daemon watches: (sandbox, init pid, pidfd).
@@ -399,6 +403,7 @@ impl Lifecycle {
                 socket: paths.socket,
                 cgroup,
                 init: open_pidfd(id, pid),
+                shell: Arc::default(),
             }),
             Err(e) => {
                 tokio::task::block_in_place(|| self.stop_runtime(id, &cgroup));

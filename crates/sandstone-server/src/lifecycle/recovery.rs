@@ -47,6 +47,7 @@ impl Lifecycle {
                 socket: self.storage.paths(id).socket,
                 cgroup,
                 init: super::open_pidfd(id, row.pid.unwrap_or(0) as i32),
+                shell: Default::default(),
             };
             let generation = if row.status == "running" {
                 row.generation
