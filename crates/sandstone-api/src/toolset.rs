@@ -63,15 +63,6 @@ impl Tool {
         !matches!(self, Tool::WebFetch | Tool::WebSearch)
     }
 
-    /// Whether init runs it on a file path of the sandbox (`bash` runs on
-    /// a shell the daemon keeps instead).
-    pub const fn is_file_tool(self) -> bool {
-        matches!(
-            self,
-            Tool::Read | Tool::Write | Tool::Edit | Tool::Glob | Tool::Grep
-        )
-    }
-
     /// The tools that run in the sandbox, in the API's order.
     pub fn sandbox_tools() -> impl Iterator<Item = Tool> {
         Tool::ALL.into_iter().filter(|t| t.runs_in_sandbox())
@@ -147,7 +138,6 @@ mod tests {
     fn the_sandbox_runs_six_tools() {
         let names: Vec<_> = Tool::sandbox_tools().map(Tool::name).collect();
         assert_eq!(names, ["bash", "edit", "read", "write", "glob", "grep"]);
-        assert!(Tool::sandbox_tools().all(|t| t == Tool::Bash || t.is_file_tool()));
     }
 
     #[test]
