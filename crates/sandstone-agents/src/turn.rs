@@ -5,8 +5,8 @@
 //! restart resumes a turn by looking at the events, nothing else.
 
 use crate::error::ApiResult;
-use crate::resources::TOOLSET;
 use crate::{Agents, model};
+use sandstone_api::toolset::{TOOLSET_TYPE as TOOLSET, Tool};
 use serde_json::{Value, json};
 use std::sync::Arc;
 use std::time::Duration;
@@ -149,33 +149,6 @@ async fn run(agents: Arc<Agents>, session: String) {
     }
 }
 
-fn tool_schema(name: &str) -> Value {
-    let s = |props: Value, required: &[&str]| json!({"type": "object", "properties": props, "required": required});
-    match name {
-        "bash" => s(
-            json!({"command": {"type": "string"}, "restart": {"type": "boolean"}, "timeout_ms": {"type": "integer"}}),
-            &[],
-        ),
-        "read" => s(
-            json!({"file_path": {"type": "string"}, "view_range": {"type": "array", "items": {"type": "integer"}}}),
-            &["file_path"],
-        ),
-        "write" => s(
-            json!({"file_path": {"type": "string"}, "content": {"type": "string"}}),
-            &["file_path", "content"],
-        ),
-        "edit" => s(
-            json!({"file_path": {"type": "string"}, "old_string": {"type": "string"}, "new_string": {"type": "string"}, "replace_all": {"type": "boolean"}}),
-            &["file_path", "old_string", "new_string"],
-        ),
-        "glob" | "grep" => s(
-            json!({"pattern": {"type": "string"}, "path": {"type": "string"}}),
-            &["pattern"],
-        ),
-        _ => s(json!({}), &[]),
-    }
-}
-
 /// The Messages API `tools` of an agent: enabled sandbox tools (web tools
 /// run on the server and are not offered here) and custom tools.
 fn model_tools(agent: &Value) -> Vec<Value> {
@@ -183,9 +156,9 @@ fn model_tools(agent: &Value) -> Vec<Value> {
     for t in agent["tools"].as_array().into_iter().flatten() {
         if t["type"] == TOOLSET {
             for c in t["configs"].as_array().into_iter().flatten() {
-                let name = c["name"].as_str().unwrap_or_default();
-                if c["enabled"] == true && !name.starts_with("web_") {
-                    out.push(json!({"name": name, "description": format!("The {name} tool of the agent toolset."), "input_schema": tool_schema(name)}));
+                let tool = c["name"].as_str().and_then(Tool::from_name);
+                if let Some(tool) = tool.filter(|t| c["enabled"] == true && t.runs_in_sandbox()) {
+                    out.push(json!({"name": tool.name(), "description": tool.description(), "input_schema": tool.input_schema()}));
                 }
             }
         } else if t["type"] == "custom" {
@@ -298,7 +271,9 @@ fn classify(agent: &Value, name: &str) -> Call {
         .flat_map(|t| t["configs"].as_array().cloned().unwrap_or_default())
         .find(|c| c["name"] == name);
     match config {
-        Some(c) if c["enabled"] == true && !name.starts_with("web_") => {
+        Some(c)
+            if c["enabled"] == true && Tool::from_name(name).is_some_and(Tool::runs_in_sandbox) =>
+        {
             let (perm, evaluation) = permission(&c["permission_policy"]["type"]);
             Call::Toolset(perm, evaluation)
         }

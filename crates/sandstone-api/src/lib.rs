@@ -1,10 +1,13 @@
 //! Wire types of Sandstone's public REST API, following Sandbox0's API so its
-//! SDKs work unchanged, and the small helpers both ends of it share (bearer
-//! parsing, timestamps, [`Secret`]). No I/O beyond reading random bytes.
+//! SDKs work unchanged, the agent [`toolset`] every end that runs or offers
+//! its tools shares, and the small helpers both ends of the API share
+//! (bearer parsing, timestamps, [`Secret`]). No I/O beyond reading random
+//! bytes.
 
 pub mod auth;
 mod secret;
 pub mod timefmt;
+pub mod toolset;
 
 pub use secret::Secret;
 

@@ -16,10 +16,10 @@ use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::http::{StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::get;
 use axum::serve::ListenerExt;
+use openapi::Body;
 use routes::error::{self, ApiError};
-use routes::{contexts, credentials, files, network, sandboxes, snapshots, tools};
 use sandstone_db::{SqliteStore, Store};
 use sandstone_volumes::Storage;
 use std::net::SocketAddr;
@@ -106,97 +106,28 @@ async fn not_found() -> ApiError {
 }
 
 pub fn router(st: AppState) -> Router {
-    let sb = "/api/v1/sandboxes/{id}";
+    let ops = openapi::operations();
+    // Built once: the operations do not change while the daemon runs.
+    let document = axum::Json(openapi::document(&ops));
     let json_limit = DefaultBodyLimit::max(MAX_JSON_BODY);
-    let api = Router::new()
-        .route(
-            "/api/v1/sandboxes",
-            post(sandboxes::claim).get(sandboxes::list),
-        )
-        .route(
-            sb,
-            get(sandboxes::get)
-                .put(sandboxes::update)
-                .delete(sandboxes::delete),
-        )
-        .route(&format!("{sb}/status"), get(sandboxes::status))
-        .route(&format!("{sb}/pause"), post(sandboxes::pause))
-        .route(&format!("{sb}/resume"), post(sandboxes::resume))
-        .route(&format!("{sb}/refresh"), post(sandboxes::refresh))
-        .route(
-            &format!("{sb}/snapshots"),
-            post(snapshots::create).get(snapshots::list),
-        )
-        .route(&format!("{sb}/rootfs/restore"), post(snapshots::restore))
-        .route(&format!("{sb}/fork"), post(snapshots::fork))
-        .route(
-            &format!("{sb}/network"),
-            get(network::get).put(network::put),
-        )
-        .route(&format!("{sb}/observability/events"), get(network::events))
-        .route(
-            "/api/v1/sandbox-rootfs-snapshots/{snap}",
-            get(snapshots::get).delete(snapshots::delete),
-        )
-        .route(
-            &format!("{sb}/contexts"),
-            post(contexts::create).get(contexts::list),
-        )
-        .route(
-            &format!("{sb}/contexts/{{ctx}}"),
-            get(contexts::get).delete(contexts::delete),
-        )
-        .route(&format!("{sb}/contexts/{{ctx}}/exec"), post(contexts::exec))
-        .route(
-            &format!("{sb}/contexts/{{ctx}}/input"),
-            post(contexts::input),
-        )
-        .route(
-            &format!("{sb}/contexts/{{ctx}}/signal"),
-            post(contexts::signal),
-        )
-        .route(
-            &format!("{sb}/contexts/{{ctx}}/resize"),
-            post(contexts::resize),
-        )
-        .route(
-            &format!("{sb}/contexts/{{ctx}}/restart"),
-            post(contexts::restart),
-        )
-        .route(&format!("{sb}/contexts/{{ctx}}/ws"), get(contexts::ws))
-        .route(&format!("{sb}/files/stat"), get(files::stat))
-        .route(&format!("{sb}/files/list"), get(files::list))
-        .route(&format!("{sb}/files/move"), post(files::rename))
-        .route(&format!("{sb}/files/watch"), get(files::watch))
-        .route(&format!("{sb}/tools/{{name}}"), post(tools::call))
-        .route("/api/v1/templates", get(sandboxes::templates))
-        .route(
-            "/api/v1/credential-sources",
-            post(credentials::create).get(credentials::list),
-        )
-        .route(
-            "/api/v1/credential-sources/{name}",
-            get(credentials::get)
-                .put(credentials::update)
-                .delete(credentials::delete),
-        )
-        .layer(json_limit)
-        // Outside the JSON body limit: an upload streams to init in pieces,
-        // bounded by the sandbox's disk cap, not by the daemon's memory.
-        .merge(Router::new().route(
-            &format!("{sb}/files"),
-            get(files::read).post(files::write).delete(files::remove),
-        ))
+    let mut api = Router::new();
+    for op in ops {
+        let route = match op.body {
+            // An upload streams to init in pieces, bounded by the
+            // sandbox's disk cap, not by the daemon's memory.
+            Body::Bytes => op.route,
+            Body::Json | Body::None => op.route.layer(json_limit),
+        };
+        api = api.route(op.path, route);
+    }
+    let api = api
         // Its egress counters are labelled with sandbox ids.
         .route("/metrics", get(metrics_page))
         .route_layer(middleware::from_fn_with_state(st.clone(), auth));
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(|| async { "ready" }))
-        .route(
-            "/openapi.json",
-            get(|| async { axum::Json(openapi::document()) }),
-        )
+        .route("/openapi.json", get(|| async move { document }))
         .merge(api)
         .fallback(not_found)
         .with_state(st)

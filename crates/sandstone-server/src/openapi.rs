@@ -1,312 +1,95 @@
-//! The OpenAPI document the daemon serves at `/openapi.json`.
-//!
-//! One table lists every operation and the document is derived from it; an
-//! end-to-end test calls every listed operation to prove the route exists.
+//! The API's operations, declared once: [`operations`] gives each one's
+//! route and its entry in the OpenAPI document the daemon serves at
+//! `/openapi.json`, so no route can be missing from the document. An
+//! end-to-end test calls every listed operation.
 
+use crate::AppState;
+use crate::routes::{contexts, credentials, files, network, sandboxes, snapshots, tools};
+use axum::routing::MethodRouter;
 use serde_json::{Map, Value, json};
 
-/// (method, path, summary, success status, request body kind).
-pub const OPERATIONS: &[(&str, &str, &str, u16, Body)] = &[
-    (
-        "post",
-        "/api/v1/sandboxes",
-        "Claim (create) a sandbox",
-        201,
-        Body::Json,
-    ),
-    (
-        "get",
-        "/api/v1/sandboxes",
-        "List sandboxes (limit, offset, status, template_id)",
-        200,
-        Body::None,
-    ),
-    (
-        "get",
-        "/api/v1/sandboxes/{id}",
-        "Get a sandbox",
-        200,
-        Body::None,
-    ),
-    (
-        "put",
-        "/api/v1/sandboxes/{id}",
-        "Update a sandbox's ttl, hard_ttl, auto_resume",
-        200,
-        Body::Json,
-    ),
-    (
-        "delete",
-        "/api/v1/sandboxes/{id}",
-        "Delete a sandbox",
-        202,
-        Body::None,
-    ),
-    (
-        "get",
-        "/api/v1/sandboxes/{id}/status",
-        "Sandbox status",
-        200,
-        Body::None,
-    ),
-    (
-        "post",
-        "/api/v1/sandboxes/{id}/pause",
-        "Pause: end the processes, keep identity and files",
-        200,
-        Body::Json,
-    ),
-    (
-        "post",
-        "/api/v1/sandboxes/{id}/resume",
-        "Resume: a new runtime generation on the same files",
-        200,
-        Body::Json,
-    ),
-    (
-        "post",
-        "/api/v1/sandboxes/{id}/refresh",
-        "Restart the idle (ttl) clock",
-        200,
-        Body::Json,
-    ),
-    (
-        "post",
-        "/api/v1/sandboxes/{id}/snapshots",
-        "Snapshot the sandbox's files (running or paused)",
-        201,
-        Body::Json,
-    ),
-    (
-        "get",
-        "/api/v1/sandboxes/{id}/snapshots",
-        "List the sandbox's snapshots",
-        200,
-        Body::None,
-    ),
-    (
-        "post",
-        "/api/v1/sandboxes/{id}/rootfs/restore",
-        "Replace a paused sandbox's files with a snapshot",
-        200,
-        Body::Json,
-    ),
-    (
-        "post",
-        "/api/v1/sandboxes/{id}/fork",
-        "Fork into a new paused sandbox sharing files copy-on-write",
-        201,
-        Body::Json,
-    ),
-    (
-        "get",
-        "/api/v1/sandbox-rootfs-snapshots/{snap}",
-        "Get a snapshot",
-        200,
-        Body::None,
-    ),
-    (
-        "delete",
-        "/api/v1/sandbox-rootfs-snapshots/{snap}",
-        "Delete a snapshot",
-        200,
-        Body::None,
-    ),
-    (
-        "get",
-        "/api/v1/sandboxes/{id}/network",
-        "The sandbox's network policy",
-        200,
-        Body::None,
-    ),
-    (
-        "put",
-        "/api/v1/sandboxes/{id}/network",
-        "Replace the network policy (new connections see it at once)",
-        200,
-        Body::Json,
-    ),
-    (
-        "get",
-        "/api/v1/sandboxes/{id}/observability/events",
-        "Egress audit records (after, limit, denied)",
-        200,
-        Body::None,
-    ),
-    (
-        "post",
-        "/api/v1/sandboxes/{id}/contexts",
-        "Create a context (cmd or repl); wait_until_done runs it to completion",
-        201,
-        Body::Json,
-    ),
-    (
-        "get",
-        "/api/v1/sandboxes/{id}/contexts",
-        "List contexts",
-        200,
-        Body::None,
-    ),
-    (
-        "get",
-        "/api/v1/sandboxes/{id}/contexts/{ctx}",
-        "Get a context",
-        200,
-        Body::None,
-    ),
-    (
-        "delete",
-        "/api/v1/sandboxes/{id}/contexts/{ctx}",
-        "Kill and remove a context",
-        200,
-        Body::None,
-    ),
-    (
-        "post",
-        "/api/v1/sandboxes/{id}/contexts/{ctx}/exec",
-        "Run code in a REPL context",
-        200,
-        Body::Json,
-    ),
-    (
-        "post",
-        "/api/v1/sandboxes/{id}/contexts/{ctx}/input",
-        "Write to a context's stdin",
-        200,
-        Body::Json,
-    ),
-    (
-        "post",
-        "/api/v1/sandboxes/{id}/contexts/{ctx}/signal",
-        "Signal a context's process group",
-        200,
-        Body::Json,
-    ),
-    (
-        "post",
-        "/api/v1/sandboxes/{id}/contexts/{ctx}/resize",
-        "Resize a context's PTY",
-        200,
-        Body::Json,
-    ),
-    (
-        "post",
-        "/api/v1/sandboxes/{id}/contexts/{ctx}/restart",
-        "Restart a context",
-        200,
-        Body::None,
-    ),
-    (
-        "get",
-        "/api/v1/sandboxes/{id}/contexts/{ctx}/ws",
-        "WebSocket: output stream (output, truncated when earlier output was dropped, done), input, resize, signal",
-        101,
-        Body::None,
-    ),
-    (
-        "get",
-        "/api/v1/sandboxes/{id}/files",
-        "Read a file (raw bytes; query: path)",
-        200,
-        Body::None,
-    ),
-    (
-        "post",
-        "/api/v1/sandboxes/{id}/files",
-        "Write a file (raw body), or mkdir=true[&recursive=true]",
-        200,
-        Body::Bytes,
-    ),
-    (
-        "delete",
-        "/api/v1/sandboxes/{id}/files",
-        "Remove a file or directory tree",
-        200,
-        Body::None,
-    ),
-    (
-        "get",
-        "/api/v1/sandboxes/{id}/files/stat",
-        "Stat a path",
-        200,
-        Body::None,
-    ),
-    (
-        "get",
-        "/api/v1/sandboxes/{id}/files/list",
-        "List a directory",
-        200,
-        Body::None,
-    ),
-    (
-        "post",
-        "/api/v1/sandboxes/{id}/files/move",
-        "Move a path",
-        200,
-        Body::Json,
-    ),
-    (
-        "get",
-        "/api/v1/sandboxes/{id}/files/watch",
-        "WebSocket: subscribe to file events",
-        101,
-        Body::None,
-    ),
-    (
-        "post",
-        "/api/v1/sandboxes/{id}/tools/{name}",
-        "Run an agent toolset tool (bash, read, write, edit, glob, grep) in the sandbox",
-        200,
-        Body::Json,
-    ),
-    (
-        "get",
-        "/api/v1/templates",
-        "List templates",
-        200,
-        Body::None,
-    ),
-    (
-        "post",
-        "/api/v1/credential-sources",
-        "Create a credential source (values are write-only)",
-        201,
-        Body::Json,
-    ),
-    (
-        "get",
-        "/api/v1/credential-sources",
-        "List credential sources (metadata only)",
-        200,
-        Body::None,
-    ),
-    (
-        "get",
-        "/api/v1/credential-sources/{name}",
-        "Get a credential source's metadata",
-        200,
-        Body::None,
-    ),
-    (
-        "put",
-        "/api/v1/credential-sources/{name}",
-        "Replace a credential source's values",
-        200,
-        Body::Json,
-    ),
-    (
-        "delete",
-        "/api/v1/credential-sources/{name}",
-        "Delete a credential source",
-        200,
-        Body::None,
-    ),
-];
+/// One operation: its route and what the document says of it.
+pub struct Operation {
+    /// Lower case, as OpenAPI spells it.
+    pub method: &'static str,
+    pub path: &'static str,
+    pub summary: &'static str,
+    /// The success status.
+    pub status: u16,
+    pub body: Body,
+    pub route: MethodRouter<AppState>,
+}
 
-#[derive(Clone, Copy)]
+/// `method "path" handler => status body "summary",` per operation.
+macro_rules! operations {
+    ($($method:ident $path:literal $handler:path => $status:literal $body:ident $summary:literal,)*) => {
+        vec![$(Operation {
+            method: stringify!($method),
+            path: $path,
+            summary: $summary,
+            status: $status,
+            body: Body::$body,
+            route: axum::routing::$method($handler),
+        }),*]
+    };
+}
+
+/// Every operation of the API under authentication, in the document's
+/// order.
+pub fn operations() -> Vec<Operation> {
+    operations![
+        post "/api/v1/sandboxes" sandboxes::claim => 201 Json "Claim (create) a sandbox",
+        get "/api/v1/sandboxes" sandboxes::list => 200 None "List sandboxes (limit, offset, status, template_id)",
+        get "/api/v1/sandboxes/{id}" sandboxes::get => 200 None "Get a sandbox",
+        put "/api/v1/sandboxes/{id}" sandboxes::update => 200 Json "Update a sandbox's ttl, hard_ttl, auto_resume",
+        delete "/api/v1/sandboxes/{id}" sandboxes::delete => 202 None "Delete a sandbox",
+        get "/api/v1/sandboxes/{id}/status" sandboxes::status => 200 None "Sandbox status",
+        post "/api/v1/sandboxes/{id}/pause" sandboxes::pause => 200 Json "Pause: end the processes, keep identity and files",
+        post "/api/v1/sandboxes/{id}/resume" sandboxes::resume => 200 Json "Resume: a new runtime generation on the same files",
+        post "/api/v1/sandboxes/{id}/refresh" sandboxes::refresh => 200 Json "Restart the idle (ttl) clock",
+        post "/api/v1/sandboxes/{id}/snapshots" snapshots::create => 201 Json "Snapshot the sandbox's files (running or paused)",
+        get "/api/v1/sandboxes/{id}/snapshots" snapshots::list => 200 None "List the sandbox's snapshots",
+        post "/api/v1/sandboxes/{id}/rootfs/restore" snapshots::restore => 200 Json "Replace a paused sandbox's files with a snapshot",
+        post "/api/v1/sandboxes/{id}/fork" snapshots::fork => 201 Json "Fork into a new paused sandbox sharing files copy-on-write",
+        get "/api/v1/sandbox-rootfs-snapshots/{snap}" snapshots::get => 200 None "Get a snapshot",
+        delete "/api/v1/sandbox-rootfs-snapshots/{snap}" snapshots::delete => 200 None "Delete a snapshot",
+        get "/api/v1/sandboxes/{id}/network" network::get => 200 None "The sandbox's network policy",
+        put "/api/v1/sandboxes/{id}/network" network::put => 200 Json "Replace the network policy (new connections see it at once)",
+        get "/api/v1/sandboxes/{id}/observability/events" network::events => 200 None "Egress audit records (after, limit, denied)",
+        post "/api/v1/sandboxes/{id}/contexts" contexts::create => 201 Json "Create a context (cmd or repl); wait_until_done runs it to completion",
+        get "/api/v1/sandboxes/{id}/contexts" contexts::list => 200 None "List contexts",
+        get "/api/v1/sandboxes/{id}/contexts/{ctx}" contexts::get => 200 None "Get a context",
+        delete "/api/v1/sandboxes/{id}/contexts/{ctx}" contexts::delete => 200 None "Kill and remove a context",
+        post "/api/v1/sandboxes/{id}/contexts/{ctx}/exec" contexts::exec => 200 Json "Run code in a REPL context",
+        post "/api/v1/sandboxes/{id}/contexts/{ctx}/input" contexts::input => 200 Json "Write to a context's stdin",
+        post "/api/v1/sandboxes/{id}/contexts/{ctx}/signal" contexts::signal => 200 Json "Signal a context's process group",
+        post "/api/v1/sandboxes/{id}/contexts/{ctx}/resize" contexts::resize => 200 Json "Resize a context's PTY",
+        post "/api/v1/sandboxes/{id}/contexts/{ctx}/restart" contexts::restart => 200 None "Restart a context",
+        get "/api/v1/sandboxes/{id}/contexts/{ctx}/ws" contexts::ws => 101 None "WebSocket: output stream (output, truncated when earlier output was dropped, done), input, resize, signal",
+        get "/api/v1/sandboxes/{id}/files" files::read => 200 None "Read a file (raw bytes; query: path)",
+        post "/api/v1/sandboxes/{id}/files" files::write => 200 Bytes "Write a file (raw body), or mkdir=true[&recursive=true]",
+        delete "/api/v1/sandboxes/{id}/files" files::remove => 200 None "Remove a file or directory tree",
+        get "/api/v1/sandboxes/{id}/files/stat" files::stat => 200 None "Stat a path",
+        get "/api/v1/sandboxes/{id}/files/list" files::list => 200 None "List a directory",
+        post "/api/v1/sandboxes/{id}/files/move" files::rename => 200 Json "Move a path",
+        get "/api/v1/sandboxes/{id}/files/watch" files::watch => 101 None "WebSocket: subscribe to file events",
+        post "/api/v1/sandboxes/{id}/tools/{name}" tools::call => 200 Json "Run an agent toolset tool (bash, read, write, edit, glob, grep) in the sandbox",
+        get "/api/v1/templates" sandboxes::templates => 200 None "List templates",
+        post "/api/v1/credential-sources" credentials::create => 201 Json "Create a credential source (values are write-only)",
+        get "/api/v1/credential-sources" credentials::list => 200 None "List credential sources (metadata only)",
+        get "/api/v1/credential-sources/{name}" credentials::get => 200 None "Get a credential source's metadata",
+        put "/api/v1/credential-sources/{name}" credentials::update => 200 Json "Replace a credential source's values",
+        delete "/api/v1/credential-sources/{name}" credentials::delete => 200 None "Delete a credential source",
+    ]
+}
+
+/// The request body an operation takes.
+#[derive(Clone, Copy, PartialEq, Eq)]
 pub enum Body {
     None,
+    /// A JSON object, under the daemon's JSON body limit.
     Json,
+    /// A raw upload, streamed to init and bounded by the sandbox's disk cap.
     Bytes,
 }
 
@@ -324,10 +107,19 @@ fn params(path: &str) -> Vec<Value> {
     v
 }
 
-pub fn document() -> Value {
+/// The OpenAPI document of `ops`.
+pub fn document(ops: &[Operation]) -> Value {
     let error = json!({"description": "error", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}});
     let mut paths = Map::new();
-    for (method, path, summary, status, body) in OPERATIONS {
+    for Operation {
+        method,
+        path,
+        summary,
+        status,
+        body,
+        ..
+    } in ops
+    {
         let mut op = json!({
             "summary": summary,
             "parameters": params(path),
@@ -347,7 +139,7 @@ pub fn document() -> Value {
             Body::None => {}
         }
         let entry = paths.entry(path.to_string()).or_insert_with(|| json!({}));
-        entry[method] = op;
+        entry[*method] = op;
     }
     json!({
         "openapi": "3.1.0",
@@ -365,4 +157,35 @@ pub fn document() -> Value {
             },
         },
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_operation_is_routed_and_documented_once() {
+        let ops = operations();
+        let doc = document(&ops);
+        let mut seen = std::collections::HashSet::new();
+        let mut router = axum::Router::<AppState>::new();
+        for op in ops {
+            assert!(
+                seen.insert((op.method, op.path)),
+                "{} {}",
+                op.method,
+                op.path
+            );
+            let entry = &doc["paths"][op.path][op.method];
+            assert_eq!(entry["summary"], op.summary);
+            assert!(entry["responses"][op.status.to_string()].is_object());
+            // Panics on a path axum cannot route or a method declared twice.
+            router = router.route(op.path, op.route);
+        }
+        let documented: usize = doc["paths"]
+            .as_object()
+            .map(|p| p.values().filter_map(Value::as_object).map(Map::len).sum())
+            .unwrap_or_default();
+        assert_eq!(documented, seen.len());
+    }
 }

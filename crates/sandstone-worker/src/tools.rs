@@ -3,6 +3,7 @@
 //! the sandbox's init and `bash` in a persistent shell there), custom tools
 //! through a command the operator configured on the worker host.
 
+use sandstone_api::toolset::Tool;
 use sandstone_api::{ToolCallRequest, ToolCallResult};
 use sandstone_client::Client;
 use serde_json::{Value, json};
@@ -11,9 +12,6 @@ use std::process::Stdio;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::AsyncWriteExt;
-
-/// `agent_toolset_20260401`'s sandbox-routed tools.
-pub const TOOLSET: [&str; 6] = ["bash", "read", "write", "edit", "glob", "grep"];
 
 /// The official runner's outer timeout; bash's own default (120 s) is
 /// inside it, so a bash timeout is reported by bash.
@@ -62,7 +60,7 @@ impl ToolHost {
         if call.custom {
             self.custom.contains_key(&call.name)
         } else {
-            TOOLSET.contains(&call.name.as_str())
+            Tool::from_name(&call.name).is_some_and(Tool::runs_in_sandbox)
         }
     }
 

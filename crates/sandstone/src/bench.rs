@@ -6,6 +6,34 @@ use anyhow::{Result, ensure};
 use sandstone_client::Client;
 use std::time::{Duration, Instant};
 
+#[derive(clap::Args)]
+pub struct BenchArgs {
+    #[arg(long, default_value = "host")]
+    pub template: String,
+    #[arg(long, short, default_value_t = 50)]
+    pub iterations: usize,
+    /// How many sandboxes to hold at once for the scale figures.
+    #[arg(long, default_value_t = 200)]
+    pub scale: usize,
+    /// Measure the durable operations instead (pause, resume, snapshot,
+    /// fork, warm-pool claims, paused sandboxes' memory).
+    #[arg(long)]
+    pub durable: bool,
+    /// With --durable: how many sandboxes to hold paused.
+    #[arg(long, default_value_t = 1000)]
+    pub paused: usize,
+}
+
+/// Runs `sandstone bench`.
+pub async fn command(c: &Client, args: &BenchArgs) -> Result<()> {
+    let n = args.iterations.max(2);
+    if args.durable {
+        crate::bench_durable::run(c, &args.template, n, args.paused).await
+    } else {
+        run(c, &args.template, n, args.scale).await
+    }
+}
+
 fn pct(sorted: &[Duration], p: f64) -> f64 {
     let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
     sorted[i].as_secs_f64() * 1000.0

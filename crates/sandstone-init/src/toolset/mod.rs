@@ -16,6 +16,7 @@ mod walk;
 
 use crate::proto::{ErrorCode, Response};
 use paths::Policy;
+use sandstone_api::toolset::Tool;
 use serde_json::{Map, Value, json};
 
 /// Content blocks, or the error text the model reads.
@@ -29,16 +30,16 @@ pub fn call(
     allowed_roots: &[String],
     read_only_roots: &[String],
 ) -> Response {
-    let run: fn(&Policy, &Input) -> Outcome = match name {
-        "read" => read::read,
-        "write" => edit::write,
-        "edit" => edit::edit,
-        "glob" => glob::glob,
-        "grep" => grep::grep,
-        other => {
+    let run: fn(&Policy, &Input) -> Outcome = match Tool::from_name(name) {
+        Some(Tool::Read) => read::read,
+        Some(Tool::Write) => edit::write,
+        Some(Tool::Edit) => edit::edit,
+        Some(Tool::Glob) => glob::glob,
+        Some(Tool::Grep) => grep::grep,
+        Some(Tool::Bash | Tool::WebFetch | Tool::WebSearch) | None => {
             return Response::error(
                 ErrorCode::InvalidArgument,
-                format!("unknown file tool {other:?}"),
+                format!("unknown file tool {name:?}"),
             );
         }
     };

@@ -9,6 +9,7 @@
 //! It speaks no HTTP: operations fail with [`Error`], which `routes/`
 //! turns into status codes and the API's error envelope.
 
+pub(crate) mod bash;
 mod error;
 mod expiry;
 pub(crate) mod network;
@@ -47,6 +48,9 @@ pub struct Runtime {
     /// PID 1's pidfd, opened as soon as it started (so a reused pid is
     /// never mistaken for it): readable when init dies.
     pub init: Option<Arc<std::os::fd::OwnedFd>>,
+    /// Turns at the agent's shell ([`bash`]); shared by every clone of
+    /// this runtime, and gone with it.
+    pub shell: Arc<tokio::sync::Mutex<()>>,
 }
 
 /// A runtime whose init the daemon watches: (sandbox, init pid, pidfd).
@@ -403,6 +407,7 @@ impl Lifecycle {
                 socket: paths.socket,
                 cgroup,
                 init: open_pidfd(id, pid),
+                shell: Arc::default(),
             }),
             Err(e) => {
                 tokio::task::block_in_place(|| self.stop_runtime(id, &cgroup));

@@ -53,6 +53,7 @@ impl Lifecycle {
                 socket: self.storage.paths(id).socket,
                 cgroup,
                 init: super::open_pidfd(id, row.pid.unwrap_or(0) as i32),
+                shell: Default::default(),
             };
             let generation = if running {
                 row.generation

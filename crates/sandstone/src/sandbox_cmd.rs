@@ -1,0 +1,177 @@
+//! Sandbox commands: `create`, `ls`, `inspect`, `pause`, `resume`, `fork`,
+//! `rm` and `template ls`.
+
+use crate::{Cli, client, policy_cmd, print_json};
+use anyhow::Result;
+
+#[derive(clap::Args)]
+pub struct CreateArgs {
+    #[arg(long, short, default_value = "default")]
+    pub template: String,
+    /// Memory limit, e.g. 512Mi.
+    #[arg(long)]
+    pub memory: Option<String>,
+    /// CPU limit in cores, e.g. 0.5.
+    #[arg(long)]
+    pub cpu: Option<String>,
+    /// Disk cap, e.g. 5Gi (btrfs pool).
+    #[arg(long)]
+    pub disk: Option<String>,
+    /// Pause after this many idle seconds.
+    #[arg(long)]
+    pub ttl: Option<u64>,
+    /// Start from this snapshot's files.
+    #[arg(long)]
+    pub snapshot: Option<String>,
+    /// Let the sandbox reach a preset (python, node, rust, go, debian,
+    /// github, anthropic), a domain or a CIDR (optional `:port`); the
+    /// rest stays denied. Repeatable.
+    #[arg(long)]
+    pub allow: Vec<String>,
+    /// Deny a domain or CIDR (checked before the allows); repeatable.
+    #[arg(long)]
+    pub deny: Vec<String>,
+    /// Only loopback: no network interface at all.
+    #[arg(long, conflicts_with_all = ["allow", "deny"])]
+    pub no_network: bool,
+}
+
+pub async fn create(cli: &Cli, args: &CreateArgs) -> Result<()> {
+    let network = (!args.allow.is_empty() || !args.deny.is_empty())
+        .then(|| policy_cmd::policy_from_flags(None, &args.allow, &args.deny))
+        .transpose()?;
+    let config = sandstone_api::SandboxConfig {
+        resources: Some(sandstone_api::Resources {
+            memory: args.memory.clone(),
+            cpu: args.cpu.clone(),
+            pids: None,
+            disk: args.disk.clone(),
+        }),
+        ttl: args.ttl,
+        network,
+        network_enabled: args.no_network.then_some(false),
+        ..Default::default()
+    };
+    let c = client(cli)?
+        .claim_from(&args.template, Some(config), args.snapshot.as_deref())
+        .await?;
+    if cli.json {
+        print_json(&c)
+    } else {
+        println!("{}", c.sandbox_id);
+        Ok(())
+    }
+}
+
+pub async fn ls(cli: &Cli) -> Result<()> {
+    let list = client(cli)?.list().await?;
+    if cli.json {
+        return print_json(&list);
+    }
+    println!(
+        "{:<22} {:<8} {:<9} {:>4} {:>9}  {:<8} LABELS",
+        "ID", "TEMPLATE", "STATUS", "GEN", "DISK", "AGE"
+    );
+    for s in list.sandboxes {
+        let labels: Vec<String> = s.metadata.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        println!(
+            "{:<22} {:<8} {:<9} {:>4} {:>9}  {:<8} {}",
+            s.id,
+            s.template_id,
+            s.status,
+            s.runtime_generation,
+            human_bytes(s.disk_bytes),
+            age(&s.created_at),
+            labels.join(",")
+        );
+    }
+    Ok(())
+}
+
+pub async fn inspect(cli: &Cli, id: &str) -> Result<()> {
+    print_json(&client(cli)?.get(id).await?)
+}
+
+pub async fn pause(cli: &Cli, ids: &[String]) -> Result<()> {
+    let c = client(cli)?;
+    for id in ids {
+        c.pause(id).await?;
+        println!("{id} paused");
+    }
+    Ok(())
+}
+
+pub async fn resume(cli: &Cli, ids: &[String]) -> Result<()> {
+    let c = client(cli)?;
+    for id in ids {
+        let r = c.resume(id).await?;
+        println!("{id} running (generation {})", r.runtime_generation);
+    }
+    Ok(())
+}
+
+pub async fn fork(cli: &Cli, id: &str) -> Result<()> {
+    let f = client(cli)?.fork(id).await?;
+    if cli.json {
+        print_json(&f)
+    } else {
+        println!("{}", f.sandbox.id);
+        Ok(())
+    }
+}
+
+pub async fn rm(cli: &Cli, ids: &[String]) -> Result<()> {
+    let c = client(cli)?;
+    for id in ids {
+        c.delete(id).await?;
+        if !cli.json {
+            println!("{id}");
+        }
+    }
+    Ok(())
+}
+
+pub async fn templates(cli: &Cli) -> Result<()> {
+    let t = client(cli)?.templates().await?;
+    if cli.json {
+        return print_json(&t);
+    }
+    for t in t.templates {
+        println!("{:<10} {}", t.id, t.description);
+    }
+    Ok(())
+}
+
+fn human_bytes(b: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = b as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u < UNITS.len() - 1 {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{b} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
+}
+
+/// `2026-11-27T15:11:23.840Z` → how long ago, e.g. `3m`.
+fn age(rfc3339: &str) -> String {
+    let Some(then) = sandstone_api::timefmt::parse_rfc3339_us(rfc3339).map(|us| us / 1_000_000)
+    else {
+        return "?".into();
+    };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0);
+    let secs = (now - then).max(0);
+    match secs {
+        s if s < 120 => format!("{s}s"),
+        s if s < 7200 => format!("{}m", s / 60),
+        s if s < 172_800 => format!("{}h", s / 3600),
+        s => format!("{}d", s / 86_400),
+    }
+}

@@ -1,0 +1,261 @@
+//! `sandstone setup` (prepare the host) and `sandstone serve` (run the
+//! daemon).
+
+use anyhow::{Context, Result, bail};
+use std::path::{Path, PathBuf};
+
+#[derive(clap::Args)]
+pub struct SetupArgs {
+    /// Skip the `default` and `debian` templates (debootstrap, about
+    /// 90 s each, once).
+    #[arg(long)]
+    pub no_debian: bool,
+    /// Debian mirror for debootstrap.
+    #[arg(long, env = "SANDSTONE_DEBIAN_MIRROR")]
+    pub mirror: Option<String>,
+    /// Size of the btrfs pool image (sparse; only used when the data
+    /// directory is not on btrfs already), in GiB.
+    #[arg(long, default_value_t = 64)]
+    pub pool_gib: u64,
+    /// Keep the plain-directory pool (no btrfs).
+    #[arg(long)]
+    pub no_pool: bool,
+}
+
+#[derive(clap::Args)]
+pub struct ServeArgs {
+    #[arg(long, env = "SANDSTONE_LISTEN", default_value = "127.0.0.1:7700")]
+    pub listen: std::net::SocketAddr,
+    /// Storage pool driver: btrfs or dir (default: btrfs when set up).
+    #[arg(long, env = "SANDSTONE_POOL")]
+    pub pool: Option<PoolArg>,
+    /// Sandboxes kept ready per template, so a claim is a handoff.
+    #[arg(long, env = "SANDSTONE_WARM_POOL", default_value_t = 2)]
+    pub warm_pool: usize,
+    /// The private IPv4 pool sandboxes' subnets come from (e.g.
+    /// 10.200.0.0/14). Default: the one `sandstone setup` chose and
+    /// recorded in the data directory (chosen now if there is none).
+    #[arg(long, env = "SANDSTONE_EGRESS_POOL")]
+    pub egress_pool: Option<String>,
+    /// Give sandboxes only loopback (no interface, no egress proxy).
+    #[arg(long, env = "SANDSTONE_NO_NETWORK", conflicts_with = "egress_pool")]
+    pub no_network: bool,
+    /// Resolver (ip:port) the policy DNS forwards allowed names to
+    /// (default: the host's first nameserver).
+    #[arg(long, env = "SANDSTONE_DNS_UPSTREAM")]
+    pub dns_upstream: Option<std::net::SocketAddr>,
+    /// Days egress audit records are kept.
+    #[arg(long, env = "SANDSTONE_AUDIT_RETENTION_DAYS", default_value_t = 7)]
+    pub audit_retention_days: u64,
+    /// Operator egress rules (JSON: allow, deny, denyDomains,
+    /// upstreamCaFiles), applied before any sandbox's policy.
+    #[arg(long, env = "SANDSTONE_EGRESS_CONFIG")]
+    pub egress_config: Option<PathBuf>,
+    /// Messages API the Managed Agents loop calls (its key comes from
+    /// SANDSTONE_MODEL_API_KEY, never from the command line).
+    #[arg(
+        long,
+        env = "SANDSTONE_MODEL_BASE_URL",
+        default_value = "https://api.anthropic.com"
+    )]
+    pub model_base_url: String,
+    /// A file holding the Messages API key (instead of the variable).
+    #[arg(long, env = "SANDSTONE_MODEL_API_KEY_FILE")]
+    pub model_api_key_file: Option<PathBuf>,
+    /// Seconds a Managed Agents work item's lease lasts between heartbeats.
+    #[arg(long, env = "SANDSTONE_LEASE_TTL_SECONDS", default_value_t = 300)]
+    pub lease_ttl_seconds: u64,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+pub enum PoolArg {
+    Btrfs,
+    Dir,
+}
+
+/// Runs `sandstone setup`.
+pub fn setup_cmd(data_dir: &Path, args: &SetupArgs) -> Result<()> {
+    let pool = (!args.no_pool).then_some(args.pool_gib << 30);
+    setup(data_dir, !args.no_debian, args.mirror.as_deref(), pool)
+}
+
+/// Runs the daemon until it is told to stop.
+pub async fn serve(data_dir: &Path, args: &ServeArgs) -> Result<()> {
+    let model_api_key = match &args.model_api_key_file {
+        Some(f) => Some(
+            std::fs::read_to_string(f)
+                .with_context(|| format!("read {}", f.display()))?
+                .trim()
+                .to_string(),
+        ),
+        None => std::env::var("SANDSTONE_MODEL_API_KEY").ok(),
+    };
+    init_logging(false);
+    let config = sandstone_server::Config {
+        data_dir: data_dir.to_path_buf(),
+        listen: args.listen,
+        init_bin: init_binary()?,
+        pool: args.pool.map(|p| match p {
+            PoolArg::Btrfs => sandstone_volumes::Driver::Btrfs,
+            PoolArg::Dir => sandstone_volumes::Driver::Dir,
+        }),
+        warm_pool: args.warm_pool,
+        egress_pool: match (args.no_network, &args.egress_pool) {
+            (true, _) => None,
+            (false, Some(pool)) => Some(pool.clone()),
+            (false, None) => {
+                std::fs::create_dir_all(data_dir)?;
+                Some(sandstone_server::netpool::recorded_or_choose(data_dir)?)
+            }
+        },
+        dns_upstream: args.dns_upstream,
+        audit_retention: std::time::Duration::from_secs(
+            args.audit_retention_days.saturating_mul(86_400),
+        ),
+        egress_config: args.egress_config.clone(),
+        agents: sandstone_agents::Config {
+            model_base_url: args.model_base_url.clone(),
+            model_api_key,
+            lease_ttl: std::time::Duration::from_secs(args.lease_ttl_seconds),
+            max_tokens: 8192,
+        },
+    };
+    sandstone_server::run(config).await
+}
+
+/// Logs go to stderr; JSON when asked for (`--log-format json` or
+/// `SANDSTONE_LOG_FORMAT=json`).
+pub fn init_logging(json: bool) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("SANDSTONE_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let json = json || std::env::var("SANDSTONE_LOG_FORMAT").is_ok_and(|f| f == "json");
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+/// `SANDSTONE_INIT`, else `sandstone-init` beside this executable.
+fn init_binary() -> Result<PathBuf> {
+    if let Ok(p) = std::env::var("SANDSTONE_INIT") {
+        return Ok(PathBuf::from(p));
+    }
+    let exe = std::env::current_exe()?;
+    Ok(exe.with_file_name("sandstone-init"))
+}
+
+fn setup(data_dir: &Path, debian: bool, mirror: Option<&str>, pool: Option<u64>) -> Result<()> {
+    let total = if debian {
+        3 + sandstone_volumes::BuiltTemplate::ALL.len()
+    } else {
+        3
+    };
+    let step = |n: u32, what: &str| eprintln!("[{n}/{total}] {what}");
+    step(1, "checking the kernel (user namespaces, overlay)");
+    if !Path::new("/proc/self/ns/user").exists() {
+        bail!("this kernel has no user namespaces");
+    }
+    let filesystems = std::fs::read_to_string("/proc/filesystems").unwrap_or_default();
+    if !filesystems.contains("overlay") {
+        bail!("this kernel has no overlayfs");
+    }
+    step(
+        2,
+        &format!("preparing {} and its storage pool", data_dir.display()),
+    );
+    for t in sandstone_volumes::secure_data_dir(data_dir)? {
+        eprintln!(
+            "      tightened {} from {:o} to {:o}: other users could read it",
+            t.path.display(),
+            t.from,
+            t.to
+        );
+    }
+    if pool.is_some() {
+        ensure_package("mkfs.btrfs", "btrfs-progs")?;
+    }
+    let storage = sandstone_server::setup_storage(data_dir, pool)?;
+    eprintln!(
+        "      pool: {} at {}",
+        storage.pool.driver.name(),
+        storage.pool.root.display()
+    );
+    eprintln!(
+        "      sandbox networks: {} (default-deny egress; `serve --no-network` turns it off)",
+        sandstone_server::netpool::recorded_or_choose(data_dir)?
+    );
+    step(3, "building the host template");
+    storage.templates()?;
+    if debian {
+        for (n, t) in (4..).zip(sandstone_volumes::BuiltTemplate::ALL) {
+            if storage.has_built(t) {
+                step(n, &format!("{} template: already built", t.id()));
+                continue;
+            }
+            step(
+                n,
+                &format!(
+                    "building the {} template ({}; debootstrap, about 90 s)",
+                    t.id(),
+                    t.description()
+                ),
+            );
+            ensure_package("debootstrap", "debootstrap")?;
+            let started = std::time::Instant::now();
+            // A live progress line on a terminal; a log (CI) gets the total.
+            let live = std::io::IsTerminal::is_terminal(&std::io::stderr());
+            let mut lines = 0;
+            storage.build_template(t, mirror, |line| {
+                lines += 1;
+                if live {
+                    eprint!(
+                        "\r      {:>4} steps, {:>3} s  {:<60.60}",
+                        lines,
+                        started.elapsed().as_secs(),
+                        line
+                    );
+                }
+            })?;
+            if live {
+                eprintln!();
+            }
+            eprintln!(
+                "      {} template built: {lines} steps in {} s",
+                t.id(),
+                started.elapsed().as_secs()
+            );
+        }
+    }
+    for t in storage.templates()? {
+        eprintln!("      template {:<8} ready", t.id);
+    }
+    eprintln!(
+        "done: start the daemon with `sandstone serve --data-dir {}`",
+        data_dir.display()
+    );
+    Ok(())
+}
+
+fn ensure_package(command: &str, package: &str) -> Result<()> {
+    let found = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!("command -v {command}"))
+        .output()?;
+    if found.status.success() {
+        return Ok(());
+    }
+    eprintln!("      installing {package} (apt-get)");
+    let ok = std::process::Command::new("apt-get")
+        .args(["install", "-y", "-qq", package])
+        .env("DEBIAN_FRONTEND", "noninteractive")
+        .status()?
+        .success();
+    if !ok {
+        bail!("could not install {package}; install it and run setup again");
+    }
+    Ok(())
+}
