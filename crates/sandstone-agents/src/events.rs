@@ -1,10 +1,10 @@
-//! Session events: what clients and workers send (validated, 400 naming the
-//! field), what the server emits, the ordered list and the live SSE stream.
-//! Every event is persisted before anyone sees it.
+//! Session events that clients and workers send: validated (a 400 naming
+//! the field), checked against the session's history, appended in order,
+//! and the session's turn woken. Emitting, listing and streaming events is
+//! the sessions component's.
 
+use crate::Agents;
 use crate::error::{ApiError, ApiResult};
-use crate::ids::{new_id, now};
-use crate::{Agents, str_of};
 use serde_json::{Value, json};
 use std::sync::Arc;
 
@@ -175,61 +175,20 @@ fn check_reference(events: &[Arc<Value>], e: &Value, at: &str) -> ApiResult<()> 
 }
 
 impl Agents {
-    /// Persists `ev` (with a new id and time) at the end of the session's
-    /// history and shows it to live streams.
-    pub(crate) async fn emit(&self, session: &str, ev: Value) -> ApiResult<Arc<Value>> {
-        let appends = self.appends_of(session)?;
-        let _one = appends.lock().await;
-        self.emit_locked(session, ev).await
-    }
-
-    /// The lock that puts a session's appends in one order.
-    fn appends_of(&self, session: &str) -> ApiResult<Arc<tokio::sync::Mutex<()>>> {
-        let st = self.state.lock().unwrap();
-        let s = st
-            .sessions
-            .get(session)
-            .ok_or_else(|| ApiError::not_found("session", session))?;
-        Ok(s.appends.clone())
-    }
-
-    /// `emit` with the session's append lock held: the event is stored at
-    /// the next position first, and only then listed and streamed, so
-    /// readers never see an event the store lacks, nor one out of order.
-    async fn emit_locked(&self, session: &str, mut ev: Value) -> ApiResult<Arc<Value>> {
-        ev["id"] = json!(new_id("sevt"));
-        ev["processed_at"] = json!(now());
-        let ev = Arc::new(ev);
-        let seq = self.event_count(session) as i64;
-        self.store.append_event(session, seq, &ev).await?;
-        let mut st = self.state.lock().unwrap();
-        let s = st
-            .sessions
-            .get_mut(session)
-            .ok_or_else(|| ApiError::not_found("session", session))?;
-        s.events.push(ev.clone());
-        let _ = s.live.send(ev.clone());
-        Ok(ev)
-    }
-
     /// Appends events a client or worker sent, after checking them
     /// against the session's state; wakes the session's turn. The check and
     /// the appends hold the session's append lock: two results for one
     /// call cannot both pass.
-    pub async fn append_user_events(
+    pub(crate) async fn append_user_events(
         self: &Arc<Self>,
         session: &str,
         events: Vec<Value>,
     ) -> ApiResult<Vec<Value>> {
-        let appends = self.appends_of(session)?;
+        let sessions = &self.sessions;
+        let appends = sessions.appends_of(session)?;
         let held = appends.lock().await;
-        {
-            let st = self.state.lock().unwrap();
-            let s = st
-                .sessions
-                .get(session)
-                .ok_or_else(|| ApiError::not_found("session", session))?;
-            if !s.doc["archived_at"].is_null() || s.doc["status"] == "terminated" {
+        sessions.with(session, |s| {
+            if !s.doc["archived_at"].is_null() || !s.status().accepts_events() {
                 return Err(ApiError::invalid(format!(
                     "session {session} is terminated"
                 )));
@@ -241,78 +200,24 @@ impl Agents {
                 placed["id"] = json!(format!("pending-{i}"));
                 seen.push(Arc::new(placed));
             }
-        }
+            Ok(())
+        })??;
         let mut out = Vec::new();
         let mut message = false;
         for e in events {
             message |= e["type"] == "user.message";
             if e["type"] == "user.interrupt" {
-                self.interrupt(session);
+                sessions.interrupt(session);
             }
-            let ev = self.emit_locked(session, e).await?;
+            let ev = sessions.emit_locked(session, e).await?;
             out.push((*ev).clone());
         }
         drop(held);
         if message {
-            let env = self.session_environment(session).unwrap_or_default();
+            let env = sessions.environment(session).unwrap_or_default();
             self.queue_work(&env, session).await?;
         }
         crate::turn::drive(self.clone(), session);
         Ok(out)
-    }
-
-    /// A page of a session's events.
-    pub fn list_events(
-        &self,
-        session: &str,
-        types: &[String],
-        descending: bool,
-    ) -> ApiResult<Vec<Value>> {
-        let st = self.state.lock().unwrap();
-        let s = st
-            .sessions
-            .get(session)
-            .ok_or_else(|| ApiError::not_found("session", session))?;
-        let mut out: Vec<Value> = s
-            .events
-            .iter()
-            .filter(|e| types.is_empty() || types.iter().any(|t| e["type"] == *t))
-            .map(|e| (**e).clone())
-            .collect();
-        if descending {
-            out.reverse();
-        }
-        Ok(out)
-    }
-
-    pub(crate) fn subscribe(
-        &self,
-        session: &str,
-    ) -> ApiResult<tokio::sync::broadcast::Receiver<Arc<Value>>> {
-        let st = self.state.lock().unwrap();
-        let s = st
-            .sessions
-            .get(session)
-            .ok_or_else(|| ApiError::not_found("session", session))?;
-        Ok(s.live.subscribe())
-    }
-
-    /// How many events a session has (without copying its history).
-    pub(crate) fn event_count(&self, session: &str) -> usize {
-        let st = self.state.lock().unwrap();
-        st.sessions.get(session).map_or(0, |s| s.events.len())
-    }
-
-    pub(crate) fn session_events(&self, session: &str) -> Vec<Arc<Value>> {
-        let st = self.state.lock().unwrap();
-        st.sessions
-            .get(session)
-            .map(|s| s.events.clone())
-            .unwrap_or_default()
-    }
-
-    pub(crate) fn session_status(&self, session: &str) -> Option<String> {
-        let st = self.state.lock().unwrap();
-        st.sessions.get(session).map(|s| str_of(&s.doc, "status"))
     }
 }

@@ -5,10 +5,14 @@
 
 use crate::error::{ApiError, ApiResult};
 use crate::ids::{new_id, now};
-use crate::resources::merge_metadata;
-use crate::{Agents, str_of};
+use crate::registry::id_of;
+use crate::validate::merge_metadata;
+use crate::{StartError, lock};
+use sandstone_db::agents::AgentsStore;
 use sandstone_db::sha256_hex;
 use serde_json::{Value, json};
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, MutexGuard};
 
 pub const STORE: &str = "memory_store";
 pub const MEMORY: &str = "memory";
@@ -59,10 +63,19 @@ fn store_description(v: &Value) -> ApiResult<String> {
     }
 }
 
-fn conflict(kind: &'static str, message: String) -> ApiError {
-    let mut e = ApiError::conflict(message);
-    e.kind = kind;
-    e
+#[derive(Default)]
+struct MemoryState {
+    stores: BTreeMap<String, Value>,
+    memories: BTreeMap<String, Value>,
+}
+
+/// Memory stores and their memories.
+pub(crate) struct Memory {
+    store: Arc<dyn AgentsStore>,
+    state: Mutex<MemoryState>,
+    /// Memory writes one at a time: a `content_sha256` precondition is
+    /// checked and the write made with nothing in between.
+    writes: tokio::sync::Mutex<()>,
 }
 
 /// A memory as shown: `view=basic` leaves out the content.
@@ -91,8 +104,27 @@ pub fn mount_path(name: &str) -> String {
     )
 }
 
-impl Agents {
-    pub async fn create_store(&self, body: &Value) -> ApiResult<Value> {
+impl Memory {
+    pub(crate) async fn load(store: Arc<dyn AgentsStore>) -> Result<Memory, StartError> {
+        let mut st = MemoryState::default();
+        for s in store.load_docs(STORE).await? {
+            st.stores.insert(id_of(STORE, &s)?, s);
+        }
+        for m in store.load_docs(MEMORY).await? {
+            st.memories.insert(id_of(MEMORY, &m)?, m);
+        }
+        Ok(Memory {
+            store,
+            state: Mutex::new(st),
+            writes: tokio::sync::Mutex::new(()),
+        })
+    }
+
+    fn state(&self) -> MutexGuard<'_, MemoryState> {
+        lock(&self.state)
+    }
+
+    pub(crate) async fn create_store(&self, body: &Value) -> ApiResult<Value> {
         let name = store_name(&body["name"])?;
         let description = match &body["description"] {
             Value::Null => String::new(),
@@ -109,9 +141,9 @@ impl Agents {
     }
 
     async fn save_doc(&self, kind: &str, doc: &Value) -> ApiResult<()> {
-        let id = str_of(doc, "id");
-        self.persist(kind, &id, doc).await?;
-        let mut st = self.state.lock().unwrap();
+        let id = doc["id"].as_str().unwrap_or_default().to_string();
+        self.store.put_doc(kind, &id, doc).await?;
+        let mut st = self.state();
         let map = if kind == STORE {
             &mut st.stores
         } else {
@@ -121,16 +153,16 @@ impl Agents {
         Ok(())
     }
 
-    pub fn store(&self, id: &str) -> ApiResult<Value> {
-        let st = self.state.lock().unwrap();
+    pub(crate) fn store(&self, id: &str) -> ApiResult<Value> {
+        let st = self.state();
         st.stores
             .get(id)
             .cloned()
             .ok_or_else(|| ApiError::not_found("memory store", id))
     }
 
-    pub fn stores(&self, include_archived: bool) -> Vec<Value> {
-        let st = self.state.lock().unwrap();
+    pub(crate) fn stores(&self, include_archived: bool) -> Vec<Value> {
+        let st = self.state();
         let mut out: Vec<Value> = st
             .stores
             .values()
@@ -141,7 +173,7 @@ impl Agents {
         out
     }
 
-    pub async fn update_store(&self, id: &str, body: &Value) -> ApiResult<Value> {
+    pub(crate) async fn update_store(&self, id: &str, body: &Value) -> ApiResult<Value> {
         let mut doc = self.store(id)?;
         if body.get("name").is_some_and(|n| !n.is_null()) {
             doc["name"] = json!(store_name(&body["name"])?);
@@ -155,7 +187,7 @@ impl Agents {
         Ok(doc)
     }
 
-    pub async fn archive_store(&self, id: &str) -> ApiResult<Value> {
+    pub(crate) async fn archive_store(&self, id: &str) -> ApiResult<Value> {
         let mut doc = self.store(id)?;
         if doc["archived_at"].is_null() {
             doc["archived_at"] = json!(now());
@@ -165,16 +197,16 @@ impl Agents {
         Ok(doc)
     }
 
-    pub async fn delete_store(&self, id: &str) -> ApiResult<Value> {
+    pub(crate) async fn delete_store(&self, id: &str) -> ApiResult<Value> {
         self.store(id)?;
         let gone: Vec<String> = {
-            let mut st = self.state.lock().unwrap();
+            let mut st = self.state();
             st.stores.remove(id);
             let ids: Vec<String> = st
                 .memories
                 .values()
                 .filter(|m| m["memory_store_id"] == id)
-                .map(|m| str_of(m, "id"))
+                .filter_map(|m| m["id"].as_str().map(str::to_string))
                 .collect();
             for m in &ids {
                 st.memories.remove(m);
@@ -189,15 +221,15 @@ impl Agents {
     }
 
     fn memory_at(&self, store: &str, path: &str) -> Option<Value> {
-        let st = self.state.lock().unwrap();
+        let st = self.state();
         st.memories
             .values()
             .find(|m| m["memory_store_id"] == store && m["path"] == path)
             .cloned()
     }
 
-    pub fn memory(&self, store: &str, id: &str) -> ApiResult<Value> {
-        let st = self.state.lock().unwrap();
+    pub(crate) fn memory(&self, store: &str, id: &str) -> ApiResult<Value> {
+        let st = self.state();
         st.memories
             .get(id)
             .filter(|m| m["memory_store_id"] == store)
@@ -205,8 +237,8 @@ impl Agents {
             .ok_or_else(|| ApiError::not_found("memory", id))
     }
 
-    pub async fn create_memory(&self, store: &str, body: &Value) -> ApiResult<Value> {
-        let _write = self.memory_writes.lock().await;
+    pub(crate) async fn create_memory(&self, store: &str, body: &Value) -> ApiResult<Value> {
+        let _write = self.writes.lock().await;
         if !self.store(store)?["archived_at"].is_null() {
             return Err(ApiError::invalid(format!(
                 "memory store {store} is archived"
@@ -216,10 +248,9 @@ impl Agents {
         check_path(path, "path")?;
         let content = check_content(&body["content"])?;
         if self.memory_at(store, path).is_some() {
-            return Err(conflict(
-                "memory_path_conflict_error",
-                format!("path: {path} exists in {store}"),
-            ));
+            return Err(ApiError::MemoryPathConflict(format!(
+                "path: {path} exists in {store}"
+            )));
         }
         let t = now();
         let doc = json!({
@@ -232,8 +263,13 @@ impl Agents {
     }
 
     /// Content and/or path; a `content_sha256` precondition must match.
-    pub async fn update_memory(&self, store: &str, id: &str, body: &Value) -> ApiResult<Value> {
-        let _write = self.memory_writes.lock().await;
+    pub(crate) async fn update_memory(
+        &self,
+        store: &str,
+        id: &str,
+        body: &Value,
+    ) -> ApiResult<Value> {
+        let _write = self.writes.lock().await;
         let mut doc = self.memory(store, id)?;
         if let Some(pre) = body.get("precondition").filter(|p| !p.is_null()) {
             if pre["type"] != "content_sha256" || !pre["content_sha256"].is_string() {
@@ -242,22 +278,18 @@ impl Agents {
                 ));
             }
             if pre["content_sha256"] != doc["content_sha256"] {
-                return Err(conflict(
-                    "memory_precondition_failed_error",
-                    format!(
-                        "precondition: memory {id} has changed (content_sha256 {})",
-                        doc["content_sha256"]
-                    ),
-                ));
+                return Err(ApiError::MemoryPreconditionFailed(format!(
+                    "precondition: memory {id} has changed (content_sha256 {})",
+                    doc["content_sha256"]
+                )));
             }
         }
         if let Some(path) = body["path"].as_str() {
             check_path(path, "path")?;
             if path != doc["path"] && self.memory_at(store, path).is_some() {
-                return Err(conflict(
-                    "memory_path_conflict_error",
-                    format!("path: {path} exists in {store}"),
-                ));
+                return Err(ApiError::MemoryPathConflict(format!(
+                    "path: {path} exists in {store}"
+                )));
             }
             doc["path"] = json!(path);
         }
@@ -273,30 +305,29 @@ impl Agents {
         Ok(doc)
     }
 
-    pub async fn delete_memory(
+    pub(crate) async fn delete_memory(
         &self,
         store: &str,
         id: &str,
         expected: Option<&str>,
     ) -> ApiResult<Value> {
-        let _write = self.memory_writes.lock().await;
+        let _write = self.writes.lock().await;
         let doc = self.memory(store, id)?;
         if let Some(e) = expected
             && doc["content_sha256"] != e
         {
-            return Err(conflict(
-                "memory_precondition_failed_error",
-                format!("expected_content_sha256: memory {id} has changed"),
-            ));
+            return Err(ApiError::MemoryPreconditionFailed(format!(
+                "expected_content_sha256: memory {id} has changed"
+            )));
         }
-        self.state.lock().unwrap().memories.remove(id);
+        self.state().memories.remove(id);
         self.store.delete_doc(MEMORY, id).await?;
         Ok(json!({"id": id, "type": "memory_deleted"}))
     }
 
     /// Memories under `prefix`, in path order; with `depth`, what lies
     /// deeper is rolled up into `memory_prefix` entries.
-    pub fn memories(
+    pub(crate) fn memories(
         &self,
         store: &str,
         prefix: &str,
@@ -304,7 +335,7 @@ impl Agents {
         full: bool,
     ) -> ApiResult<Vec<Value>> {
         self.store(store)?;
-        let st = self.state.lock().unwrap();
+        let st = self.state();
         let mut found: Vec<&Value> = st
             .memories
             .values()
@@ -383,19 +414,6 @@ impl Agents {
             })
             .collect::<ApiResult<Vec<_>>>()
             .map(Value::Array)
-    }
-
-    /// How `store` is attached to `session` (`read_write`, `read_only`),
-    /// if it is: a sessions token reaches only its session's stores.
-    pub(crate) fn store_access(&self, session: &str, store: &str) -> Option<String> {
-        let st = self.state.lock().unwrap();
-        let s = st.sessions.get(session)?;
-        s.doc["resources"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .find(|r| r["memory_store_id"] == store)
-            .map(|r| str_of(r, "access"))
     }
 }
 

@@ -7,10 +7,14 @@
 
 use crate::error::{ApiError, ApiResult};
 use crate::ids::{new_id, now};
-use crate::{Agents, str_of};
+use crate::registry::id_of;
+use crate::{StartError, lock};
 use base64::Engine;
+use sandstone_db::agents::AgentsStore;
 use sandstone_skill_archive as skill_archive;
 use serde_json::{Value, json};
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, MutexGuard};
 
 pub const SKILL: &str = "skill";
 pub const VERSION: &str = "skill_version";
@@ -140,7 +144,48 @@ fn archive(name: &str, files: &[File]) -> ApiResult<Vec<u8>> {
         .map_err(|e| ApiError::internal(e.to_string()))
 }
 
-impl Agents {
+#[derive(Default)]
+struct SkillsState {
+    skills: BTreeMap<String, Value>,
+    /// Versions by id, with their archives.
+    versions: BTreeMap<String, (Value, Vec<u8>)>,
+}
+
+/// Skills and their versions.
+pub(crate) struct Skills {
+    store: Arc<dyn AgentsStore>,
+    state: Mutex<SkillsState>,
+}
+
+/// A string field of a document ("" when absent).
+fn str_of(v: &Value, field: &str) -> String {
+    v[field].as_str().unwrap_or_default().to_string()
+}
+
+impl Skills {
+    pub(crate) async fn load(store: Arc<dyn AgentsStore>) -> Result<Skills, StartError> {
+        let mut st = SkillsState::default();
+        for s in store.load_docs(SKILL).await? {
+            st.skills.insert(id_of(SKILL, &s)?, s);
+        }
+        for v in store.load_docs(VERSION).await? {
+            let (id, version) = load_version(&v).ok_or_else(|| StartError::Corrupt {
+                kind: VERSION,
+                id: str_of(&v["doc"], "id"),
+                message: "not a version with its archive".into(),
+            })?;
+            st.versions.insert(id, version);
+        }
+        Ok(Skills {
+            store,
+            state: Mutex::new(st),
+        })
+    }
+
+    fn state(&self) -> MutexGuard<'_, SkillsState> {
+        lock(&self.state)
+    }
+
     async fn put_version(&self, skill: &str, files: Vec<File>) -> ApiResult<Value> {
         let (name, description, files) = validate(files)?;
         let tar = archive(&name, &files)?;
@@ -151,16 +196,16 @@ impl Agents {
         });
         let stored =
             json!({"doc": doc, "archive": base64::engine::general_purpose::STANDARD.encode(&tar)});
-        self.persist(VERSION, &str_of(&doc, "id"), &stored).await?;
-        self.state
-            .lock()
-            .unwrap()
-            .skill_versions
+        self.store
+            .put_doc(VERSION, &str_of(&doc, "id"), &stored)
+            .await?;
+        self.state()
+            .versions
             .insert(str_of(&doc, "id"), (doc.clone(), tar));
         Ok(doc)
     }
 
-    pub async fn create_skill(
+    pub(crate) async fn create_skill(
         &self,
         files: Vec<File>,
         display_name: Option<String>,
@@ -174,52 +219,52 @@ impl Agents {
             "latest_version": version["version"], "latest_version_id": version["id"],
             "source": {"type": "custom"}, "created_at": t, "updated_at": t,
         });
-        if let Err(e) = self.persist(SKILL, &id, &doc).await {
+        if let Err(e) = self.store.put_doc(SKILL, &id, &doc).await {
             // No version without its skill.
             let vid = str_of(&version, "id");
-            self.state.lock().unwrap().skill_versions.remove(&vid);
+            self.state().versions.remove(&vid);
             let _ = self.store.delete_doc(VERSION, &vid).await;
-            return Err(e);
+            return Err(e.into());
         }
-        self.state.lock().unwrap().skills.insert(id, doc.clone());
+        self.state().skills.insert(id, doc.clone());
         Ok(doc)
     }
 
-    pub async fn create_skill_version(&self, id: &str, files: Vec<File>) -> ApiResult<Value> {
+    pub(crate) async fn create_skill_version(
+        &self,
+        id: &str,
+        files: Vec<File>,
+    ) -> ApiResult<Value> {
         let mut skill = self.skill(id)?;
         let version = self.put_version(id, files).await?;
         skill["latest_version"] = version["version"].clone();
         skill["latest_version_id"] = version["id"].clone();
         skill["updated_at"] = json!(now());
-        self.persist(SKILL, id, &skill).await?;
-        self.state
-            .lock()
-            .unwrap()
-            .skills
-            .insert(id.to_string(), skill);
+        self.store.put_doc(SKILL, id, &skill).await?;
+        self.state().skills.insert(id.to_string(), skill);
         Ok(version)
     }
 
-    pub fn skill(&self, id: &str) -> ApiResult<Value> {
-        let st = self.state.lock().unwrap();
+    pub(crate) fn skill(&self, id: &str) -> ApiResult<Value> {
+        let st = self.state();
         st.skills
             .get(id)
             .cloned()
             .ok_or_else(|| ApiError::not_found("skill", id))
     }
 
-    pub fn skills(&self) -> Vec<Value> {
-        let st = self.state.lock().unwrap();
+    pub(crate) fn skills(&self) -> Vec<Value> {
+        let st = self.state();
         let mut out: Vec<Value> = st.skills.values().cloned().collect();
         out.sort_by(|a, b| b["created_at"].as_str().cmp(&a["created_at"].as_str()));
         out
     }
 
-    pub fn skill_versions(&self, id: &str) -> ApiResult<Vec<Value>> {
+    pub(crate) fn skill_versions(&self, id: &str) -> ApiResult<Vec<Value>> {
         self.skill(id)?;
-        let st = self.state.lock().unwrap();
+        let st = self.state();
         let mut out: Vec<Value> = st
-            .skill_versions
+            .versions
             .values()
             .filter(|(v, _)| v["skill_id"] == id)
             .map(|(v, _)| v.clone())
@@ -229,47 +274,35 @@ impl Agents {
     }
 
     /// A version by id, by version string, or `latest`.
-    pub fn skill_version(&self, id: &str, version: &str) -> ApiResult<(Value, Vec<u8>)> {
+    pub(crate) fn skill_version(&self, id: &str, version: &str) -> ApiResult<(Value, Vec<u8>)> {
         let skill = self.skill(id)?;
         let want = if version == "latest" {
             str_of(&skill, "latest_version_id")
         } else {
             version.to_string()
         };
-        let st = self.state.lock().unwrap();
-        st.skill_versions
+        let st = self.state();
+        st.versions
             .values()
             .find(|(v, _)| v["skill_id"] == id && (v["id"] == want || v["version"] == want))
             .cloned()
             .ok_or_else(|| ApiError::not_found("skill version", &format!("{id}/{version}")))
     }
 
-    pub async fn delete_skill(&self, id: &str) -> ApiResult<Value> {
+    pub(crate) async fn delete_skill(&self, id: &str) -> ApiResult<Value> {
         let versions = self.skill_versions(id)?;
         for v in &versions {
             self.store.delete_doc(VERSION, &str_of(v, "id")).await?;
         }
         self.store.delete_doc(SKILL, id).await?;
-        let mut st = self.state.lock().unwrap();
+        let mut st = self.state();
         st.skills.remove(id);
-        st.skill_versions.retain(|_, (v, _)| v["skill_id"] != id);
+        st.versions.retain(|_, (v, _)| v["skill_id"] != id);
         Ok(json!({"id": id, "type": "skill_deleted"}))
     }
 
-    /// Whether the agent a session runs uses `skill`.
-    pub(crate) fn session_uses_skill(&self, session: &str, skill: &str) -> bool {
-        let st = self.state.lock().unwrap();
-        st.sessions.get(session).is_some_and(|s| {
-            s.doc["agent"]["skills"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .any(|k| k["skill_id"] == skill)
-        })
-    }
-
     /// Resolves an agent's `skills` to concrete versions.
-    pub(crate) fn resolve_skills(&self, v: &Value) -> ApiResult<Value> {
+    pub(crate) fn resolve(&self, v: &Value) -> ApiResult<Value> {
         v.as_array()
             .into_iter()
             .flatten()
@@ -294,11 +327,12 @@ impl Agents {
 }
 
 /// Loads a stored version: its document and archive.
-pub fn load_version(stored: &Value) -> Option<(String, (Value, Vec<u8>))> {
+fn load_version(stored: &Value) -> Option<(String, (Value, Vec<u8>))> {
     let tar = base64::engine::general_purpose::STANDARD
         .decode(stored["archive"].as_str()?)
         .ok()?;
-    Some((str_of(&stored["doc"], "id"), (stored["doc"].clone(), tar)))
+    let id = stored["doc"]["id"].as_str()?.to_string();
+    Some((id, (stored["doc"].clone(), tar)))
 }
 
 #[cfg(test)]
@@ -361,11 +395,7 @@ mod tests {
         let bomb = gz.finish().unwrap();
         assert!(bomb.len() < 100_000, "{}", bomb.len());
         let err = expand(&bomb).err().expect("refused");
-        assert!(
-            err.message.contains("archive exceeds the"),
-            "{}",
-            err.message
-        );
+        assert!(err.to_string().contains("archive exceeds the"), "{err}");
         assert!(validate(vec![file("SKILL.md", "---\nname: Bad Name\n---\n")]).is_err());
     }
 }

@@ -4,9 +4,11 @@
 //! model; otherwise idle. One driver task per session runs that loop, so a
 //! restart resumes a turn by looking at the events, nothing else.
 
+use crate::agents::TOOLSET;
 use crate::error::ApiResult;
-use crate::resources::TOOLSET;
 use crate::{Agents, model};
+use sandstone_agents_api::SessionStatus;
+use serde::Deserialize;
 use serde_json::{Value, json};
 use std::sync::Arc;
 use std::time::Duration;
@@ -79,11 +81,7 @@ fn next_step(events: &[Arc<Value>], consumed: usize) -> Step {
 
 /// Starts the session's driver, or wakes the one that runs.
 pub fn drive(agents: Arc<Agents>, session: &str) {
-    let start = {
-        let mut st = agents.state.lock().unwrap();
-        let Some(s) = st.sessions.get_mut(session) else {
-            return;
-        };
+    let start = agents.sessions.with(session, |s| {
         if s.driving {
             s.wake.notify_one();
             false
@@ -91,8 +89,8 @@ pub fn drive(agents: Arc<Agents>, session: &str) {
             s.driving = true;
             true
         }
-    };
-    if start {
+    });
+    if start.unwrap_or(false) {
         let id = session.to_string();
         tokio::spawn(async move {
             // A driver that dies must not leave the session marked driven
@@ -111,16 +109,15 @@ async fn run(agents: Arc<Agents>, session: String) {
     loop {
         // Decide under the lock, so an event appended meanwhile either is
         // seen here or finds the driver still marked running.
-        let (step, wake) = {
-            let mut st = agents.state.lock().unwrap();
-            let Some(s) = st.sessions.get_mut(&session) else {
-                return;
-            };
+        let decided = agents.sessions.with(&session, |s| {
             let step = next_step(&s.events, s.consumed);
             if let Step::Idle = step {
                 s.driving = false;
             }
             (step, s.wake.clone())
+        });
+        let Ok((step, wake)) = decided else {
+            return;
         };
         let outcome = match step {
             Step::Idle => return,
@@ -143,7 +140,7 @@ async fn run(agents: Arc<Agents>, session: String) {
             }
         };
         if let Err(e) = outcome {
-            tracing::error!(session = %session, error = %e.message, "agent loop stopped");
+            tracing::error!(session = %session, error = %e, "agent loop stopped");
             return agents.stop_driving(&session);
         }
     }
@@ -324,28 +321,19 @@ fn permission(policy: &Value) -> (Value, Value) {
 
 impl Agents {
     fn stop_driving(&self, session: &str) {
-        if let Some(s) = self.state.lock().unwrap().sessions.get_mut(session) {
-            s.driving = false;
-        }
+        let _ = self.sessions.with(session, |s| s.driving = false);
     }
 
-    /// Cancels a running model request of the session.
-    pub(crate) fn interrupt(&self, session: &str) {
-        if let Some(s) = self.state.lock().unwrap().sessions.get(session) {
-            s.cancel.notify_waiters();
-        }
-    }
-
-    async fn set_status(&self, session: &str, status: &str) -> ApiResult<()> {
-        if self.session_status(session).as_deref() == Some(status) {
+    /// A turn starts: the session is running (announced once).
+    async fn begin_turn(&self, session: &str) -> ApiResult<()> {
+        let status = self
+            .sessions
+            .status(session)
+            .ok_or_else(|| crate::error::ApiError::not_found("session", session))?;
+        let Some(running) = status.begin_turn() else {
             return Ok(());
-        }
-        self.update_session_doc(session, |d| {
-            d["status"] = json!(status);
-            Ok(())
-        })
-        .await?;
-        if status == "running" {
+        };
+        if self.sessions.set_status(session, running).await? {
             self.emit(session, json!({"type": "session.status_running"}))
                 .await?;
         }
@@ -353,11 +341,14 @@ impl Agents {
     }
 
     async fn set_idle(&self, session: &str, stop_reason: Value) -> ApiResult<()> {
-        self.update_session_doc(session, |d| {
-            d["status"] = json!("idle");
-            Ok(())
-        })
-        .await?;
+        self.sessions
+            .update_doc(session, |d| {
+                let status =
+                    SessionStatus::deserialize(&d["status"]).unwrap_or(SessionStatus::Idle);
+                d["status"] = json!(status.end_turn());
+                Ok(())
+            })
+            .await?;
         self.emit(
             session,
             json!({"type": "session.status_idle", "stop_reason": stop_reason}),
@@ -366,21 +357,21 @@ impl Agents {
         .map(|_| ())
     }
 
+    /// Persists `ev` at the end of the session's history.
+    async fn emit(&self, session: &str, ev: Value) -> ApiResult<Arc<Value>> {
+        self.sessions.emit(session, ev).await
+    }
+
     /// Marks everything so far as part of a model request.
     async fn consume(&self, session: &str, upto: usize) -> ApiResult<()> {
-        if let Some(s) = self.state.lock().unwrap().sessions.get_mut(session) {
-            s.consumed = upto;
-        }
-        self.update_session_doc(session, |_| Ok(()))
-            .await
-            .map(|_| ())
+        self.sessions.consume(session, upto).await
     }
 
     /// One model request and what it produces.
     async fn model_turn(&self, session: &str) -> ApiResult<()> {
-        self.set_status(session, "running").await?;
-        let events = self.session_events(session);
-        let agent = self.session(session)?["agent"].clone();
+        self.begin_turn(session).await?;
+        let events = self.sessions.events(session);
+        let agent = self.sessions.session(session)?["agent"].clone();
         let mut body = json!({
             "model": agent["model"]["id"],
             "max_tokens": self.config.max_tokens,
@@ -397,14 +388,9 @@ impl Agents {
         let start = self
             .emit(session, json!({"type": "span.model_request_start"}))
             .await?;
-        let cancel = self
-            .state
-            .lock()
-            .unwrap()
-            .sessions
-            .get(session)
-            .map(|s| s.cancel.clone());
-        let Some(cancel) = cancel else { return Ok(()) };
+        let Ok(cancel) = self.sessions.with(session, |s| s.cancel.clone()) else {
+            return Ok(());
+        };
         let mut attempt = 0;
         // An interrupt ends the turn: noticed by the wake-up while waiting,
         // or by the history (a wake-up can come before anyone waits).
@@ -448,7 +434,8 @@ impl Agents {
 
     /// Whether a `user.interrupt` arrived after the first `n` events.
     fn interrupted_after(&self, session: &str, n: usize) -> bool {
-        self.session_events(session)
+        self.sessions
+            .events(session)
             .iter()
             .skip(n)
             .any(|e| e["type"] == "user.interrupt")
@@ -456,7 +443,8 @@ impl Agents {
 
     /// Ends a turn the user interrupted: no answer is recorded.
     async fn end_interrupted(&self, session: &str, start: &Value) -> ApiResult<()> {
-        self.consume(session, self.event_count(session)).await?;
+        self.consume(session, self.sessions.event_count(session))
+            .await?;
         self.emit(session, json!({"type": "span.model_request_end", "model_request_start_id": start["id"], "is_error": true, "model_usage": {}})).await?;
         self.set_idle(session, json!({"type": "end_turn"})).await
     }
@@ -475,19 +463,20 @@ impl Agents {
             "cache_creation_input_tokens": a.usage["cache_creation_input_tokens"].as_u64().unwrap_or(0),
         });
         self.emit(session, json!({"type": "span.model_request_end", "model_request_start_id": start["id"], "is_error": false, "model_usage": usage})).await?;
-        self.update_session_doc(session, |d| {
-            for k in [
-                "input_tokens",
-                "output_tokens",
-                "cache_read_input_tokens",
-                "cache_creation_input_tokens",
-            ] {
-                d["usage"][k] =
-                    json!(d["usage"][k].as_u64().unwrap_or(0) + usage[k].as_u64().unwrap_or(0));
-            }
-            Ok(())
-        })
-        .await?;
+        self.sessions
+            .update_doc(session, |d| {
+                for k in [
+                    "input_tokens",
+                    "output_tokens",
+                    "cache_read_input_tokens",
+                    "cache_creation_input_tokens",
+                ] {
+                    d["usage"][k] =
+                        json!(d["usage"][k].as_u64().unwrap_or(0) + usage[k].as_u64().unwrap_or(0));
+                }
+                Ok(())
+            })
+            .await?;
         let mut text: Vec<Value> = Vec::new();
         let mut calls = 0;
         for block in a.content {

@@ -1,0 +1,75 @@
+//! The registry: agents with every version, environments, and environment
+//! keys (by hash). What sessions run and where is looked up here; the
+//! operations themselves are in `agents.rs` and `environments.rs`.
+
+use crate::{StartError, lock};
+use sandstone_db::agents::AgentsStore;
+use serde_json::Value;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+/// Persisted kinds of documents.
+pub(crate) const AGENT: &str = "agent";
+pub(crate) const ENVIRONMENT: &str = "environment";
+pub(crate) const KEY: &str = "environment_key";
+
+#[derive(Default)]
+pub(crate) struct RegistryState {
+    /// Every version of every agent, oldest first.
+    pub agents: BTreeMap<String, Vec<Value>>,
+    pub environments: BTreeMap<String, Value>,
+    /// Environment keys by hash.
+    pub keys: HashMap<String, Value>,
+}
+
+pub(crate) struct Registry {
+    pub(crate) store: Arc<dyn AgentsStore>,
+    state: Mutex<RegistryState>,
+}
+
+/// The `id` of a stored document; one without is corrupt.
+pub(crate) fn id_of(kind: &'static str, doc: &Value) -> Result<String, StartError> {
+    doc["id"]
+        .as_str()
+        .map(str::to_string)
+        .ok_or_else(|| StartError::Corrupt {
+            kind,
+            id: "(no id)".into(),
+            message: "id: missing".into(),
+        })
+}
+
+impl Registry {
+    pub(crate) async fn load(store: Arc<dyn AgentsStore>) -> Result<Registry, StartError> {
+        let mut st = RegistryState::default();
+        for a in store.load_docs(AGENT).await? {
+            st.agents.entry(id_of(AGENT, &a)?).or_default().push(a);
+        }
+        for versions in st.agents.values_mut() {
+            versions.sort_by_key(|v| v["version"].as_i64());
+        }
+        for e in store.load_docs(ENVIRONMENT).await? {
+            st.environments.insert(id_of(ENVIRONMENT, &e)?, e);
+        }
+        for k in store.load_docs(KEY).await? {
+            let hash =
+                k["hash"]
+                    .as_str()
+                    .map(str::to_string)
+                    .ok_or_else(|| StartError::Corrupt {
+                        kind: KEY,
+                        id: id_of(KEY, &k).unwrap_or_default(),
+                        message: "hash: missing".into(),
+                    })?;
+            st.keys.insert(hash, k);
+        }
+        Ok(Registry {
+            store,
+            state: Mutex::new(st),
+        })
+    }
+
+    pub(crate) fn state(&self) -> MutexGuard<'_, RegistryState> {
+        lock(&self.state)
+    }
+}
