@@ -455,7 +455,7 @@ async fn create_memory(
     c.require_store(&a, &store, true)?;
     let full = full_view(&q, false)?;
     ok(crate::memory::view(
-        &a.memory.create_memory(&store, &body(&b)?).await?,
+        a.memory.create_memory(&store, &body(&b)?).await?,
         full,
     ))
 }
@@ -492,7 +492,7 @@ async fn get_memory(
 ) -> ApiResult<Response> {
     c.require_store(&a, &store, false)?;
     let full = full_view(&q, true)?;
-    ok(crate::memory::view(&a.memory.memory(&store, &id)?, full))
+    ok(crate::memory::view(a.memory.memory(&store, &id)?, full))
 }
 
 async fn update_memory(
@@ -505,7 +505,7 @@ async fn update_memory(
     c.require_store(&a, &store, true)?;
     let full = full_view(&q, false)?;
     ok(crate::memory::view(
-        &a.memory.update_memory(&store, &id, &body(&b)?).await?,
+        a.memory.update_memory(&store, &id, &body(&b)?).await?,
         full,
     ))
 }

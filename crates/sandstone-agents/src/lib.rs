@@ -75,7 +75,7 @@ pub struct Agents {
     registry: registry::Registry,
     sessions: sessions::Sessions,
     queue: work::WorkQueue,
-    memory: memory::Memory,
+    memory: memory::Memories,
     skills: skills::Skills,
     config: Config,
     api_keys: ApiKeyCheck,
@@ -111,7 +111,7 @@ impl Agents {
         let registry = registry::Registry::load(store.clone()).await?;
         let sessions = sessions::Sessions::load(store.clone()).await?;
         let queue = work::WorkQueue::load(store.clone(), config.lease_ttl).await?;
-        let memory = memory::Memory::load(store.clone()).await?;
+        let memory = memory::Memories::load(store.clone()).await?;
         let skills = skills::Skills::load(store).await?;
         let running = sessions.running();
         let agents = Arc::new(Agents {

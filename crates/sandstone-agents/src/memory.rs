@@ -5,9 +5,12 @@
 
 use crate::error::{ApiError, ApiResult};
 use crate::ids::{new_id, now};
-use crate::registry::id_of;
-use crate::validate::merge_metadata;
-use crate::{StartError, lock};
+use crate::validate;
+use crate::{StartError, lock, parse_stored};
+use sandstone_agents_api::{
+    Deleted, Extra, Memory, MemoryEntry, MemoryParams, MemoryPrefix, MemoryStore,
+    MemoryStoreParams, MemoryStoreTag, Metadata, Precondition,
+};
 use sandstone_db::agents::AgentsStore;
 use sandstone_db::sha256_hex;
 use serde_json::{Value, json};
@@ -35,20 +38,19 @@ fn check_path(p: &str, field: &str) -> ApiResult<()> {
     }
 }
 
-fn check_content(v: &Value) -> ApiResult<String> {
+fn check_content(v: Option<String>) -> ApiResult<String> {
     match v {
-        Value::String(s) if s.len() <= MAX_CONTENT => Ok(s.clone()),
-        Value::Null => Ok(String::new()),
-        _ => Err(ApiError::invalid(format!(
+        Some(s) if s.len() > MAX_CONTENT => Err(ApiError::invalid(format!(
             "content: a UTF-8 string of at most {MAX_CONTENT} bytes"
         ))),
+        v => Ok(v.unwrap_or_default()),
     }
 }
 
-fn store_name(v: &Value) -> ApiResult<String> {
-    match v.as_str() {
+fn store_name(v: Option<String>) -> ApiResult<String> {
+    match v {
         Some(n) if (1..=255).contains(&n.chars().count()) && !n.chars().any(char::is_control) => {
-            Ok(n.to_string())
+            Ok(n)
         }
         _ => Err(ApiError::invalid(
             "name: 1 to 255 characters, no control characters",
@@ -56,21 +58,22 @@ fn store_name(v: &Value) -> ApiResult<String> {
     }
 }
 
-fn store_description(v: &Value) -> ApiResult<String> {
-    match v.as_str() {
-        Some(d) if d.chars().count() <= 1024 => Ok(d.to_string()),
-        _ => Err(ApiError::invalid("description: at most 1024 characters")),
+fn store_description(d: String) -> ApiResult<String> {
+    if d.chars().count() <= 1024 {
+        Ok(d)
+    } else {
+        Err(ApiError::invalid("description: at most 1024 characters"))
     }
 }
 
 #[derive(Default)]
 struct MemoryState {
-    stores: BTreeMap<String, Value>,
-    memories: BTreeMap<String, Value>,
+    stores: BTreeMap<String, MemoryStore>,
+    memories: BTreeMap<String, Memory>,
 }
 
 /// Memory stores and their memories.
-pub(crate) struct Memory {
+pub(crate) struct Memories {
     store: Arc<dyn AgentsStore>,
     state: Mutex<MemoryState>,
     /// Memory writes one at a time: a `content_sha256` precondition is
@@ -79,12 +82,11 @@ pub(crate) struct Memory {
 }
 
 /// A memory as shown: `view=basic` leaves out the content.
-pub fn view(m: &Value, full: bool) -> Value {
-    let mut v = m.clone();
+pub fn view(mut m: Memory, full: bool) -> MemoryEntry {
     if !full {
-        v["content"] = Value::Null;
+        m.content = None;
     }
-    v
+    MemoryEntry::Memory(m)
 }
 
 /// The directory a store is mounted at in a session.
@@ -104,16 +106,20 @@ pub fn mount_path(name: &str) -> String {
     )
 }
 
-impl Memory {
-    pub(crate) async fn load(store: Arc<dyn AgentsStore>) -> Result<Memory, StartError> {
+impl Memories {
+    pub(crate) async fn load(store: Arc<dyn AgentsStore>) -> Result<Memories, StartError> {
         let mut st = MemoryState::default();
         for s in store.load_docs(STORE).await? {
-            st.stores.insert(id_of(STORE, &s)?, s);
+            let s: MemoryStore = parse_stored(STORE, s)?;
+            st.stores.insert(s.id.clone(), s);
         }
         for m in store.load_docs(MEMORY).await? {
-            st.memories.insert(id_of(MEMORY, &m)?, m);
+            let MemoryEntry::Memory(m) = parse_stored(MEMORY, m)? else {
+                continue;
+            };
+            st.memories.insert(m.id.clone(), m);
         }
-        Ok(Memory {
+        Ok(Memories {
             store,
             state: Mutex::new(st),
             writes: tokio::sync::Mutex::new(()),
@@ -124,80 +130,89 @@ impl Memory {
         lock(&self.state)
     }
 
-    pub(crate) async fn create_store(&self, body: &Value) -> ApiResult<Value> {
-        let name = store_name(&body["name"])?;
-        let description = match &body["description"] {
-            Value::Null => String::new(),
-            d => store_description(d)?,
-        };
+    pub(crate) async fn create_store(&self, body: &Value) -> ApiResult<MemoryStore> {
+        let p: MemoryStoreParams = validate::body(body)?;
         let t = now();
-        let doc = json!({
-            "type": "memory_store", "id": new_id("memstore"), "name": name, "description": description,
-            "metadata": merge_metadata(&json!({}), &body["metadata"], "metadata")?,
-            "created_at": t, "updated_at": t, "archived_at": null,
-        });
-        self.save_doc(STORE, &doc).await?;
+        let doc = MemoryStore {
+            tag: MemoryStoreTag,
+            id: new_id("memstore"),
+            name: store_name(p.name.flatten())?,
+            description: p
+                .description
+                .flatten()
+                .map(store_description)
+                .transpose()?
+                .unwrap_or_default(),
+            metadata: validate::metadata(&Metadata::new(), p.metadata.flatten().as_ref())?,
+            created_at: t.clone(),
+            updated_at: t,
+            archived_at: None,
+            extra: Extra::new(),
+        };
+        self.save_store(&doc).await?;
         Ok(doc)
     }
 
-    async fn save_doc(&self, kind: &str, doc: &Value) -> ApiResult<()> {
-        let id = doc["id"].as_str().unwrap_or_default().to_string();
-        self.store.put_doc(kind, &id, doc).await?;
-        let mut st = self.state();
-        let map = if kind == STORE {
-            &mut st.stores
-        } else {
-            &mut st.memories
-        };
-        map.insert(id, doc.clone());
+    async fn save_store(&self, doc: &MemoryStore) -> ApiResult<()> {
+        self.store.put_doc(STORE, &doc.id, &json!(doc)).await?;
+        self.state().stores.insert(doc.id.clone(), doc.clone());
         Ok(())
     }
 
-    pub(crate) fn store(&self, id: &str) -> ApiResult<Value> {
-        let st = self.state();
-        st.stores
+    async fn save_memory(&self, doc: &Memory) -> ApiResult<()> {
+        let stored = json!(MemoryEntry::Memory(doc.clone()));
+        self.store.put_doc(MEMORY, &doc.id, &stored).await?;
+        self.state().memories.insert(doc.id.clone(), doc.clone());
+        Ok(())
+    }
+
+    pub(crate) fn store(&self, id: &str) -> ApiResult<MemoryStore> {
+        self.state()
+            .stores
             .get(id)
             .cloned()
             .ok_or_else(|| ApiError::not_found("memory store", id))
     }
 
-    pub(crate) fn stores(&self, include_archived: bool) -> Vec<Value> {
+    pub(crate) fn stores(&self, include_archived: bool) -> Vec<MemoryStore> {
         let st = self.state();
-        let mut out: Vec<Value> = st
+        let mut out: Vec<MemoryStore> = st
             .stores
             .values()
-            .filter(|s| include_archived || s["archived_at"].is_null())
+            .filter(|s| include_archived || s.archived_at.is_none())
             .cloned()
             .collect();
-        out.sort_by(|a, b| b["created_at"].as_str().cmp(&a["created_at"].as_str()));
+        out.sort_by(|a, b| b.created_at.cmp(&a.created_at));
         out
     }
 
-    pub(crate) async fn update_store(&self, id: &str, body: &Value) -> ApiResult<Value> {
+    pub(crate) async fn update_store(&self, id: &str, body: &Value) -> ApiResult<MemoryStore> {
+        let p: MemoryStoreParams = validate::body(body)?;
         let mut doc = self.store(id)?;
-        if body.get("name").is_some_and(|n| !n.is_null()) {
-            doc["name"] = json!(store_name(&body["name"])?);
+        if let Some(name) = p.name.flatten() {
+            doc.name = store_name(Some(name))?;
         }
-        if body.get("description").is_some_and(|d| !d.is_null()) {
-            doc["description"] = json!(store_description(&body["description"])?);
+        if let Some(d) = p.description.flatten() {
+            doc.description = store_description(d)?;
         }
-        doc["metadata"] = merge_metadata(&doc["metadata"], &body["metadata"], "metadata")?;
-        doc["updated_at"] = json!(now());
-        self.save_doc(STORE, &doc).await?;
+        doc.metadata = validate::metadata(&doc.metadata, p.metadata.flatten().as_ref())?;
+        doc.updated_at = now();
+        self.save_store(&doc).await?;
         Ok(doc)
     }
 
-    pub(crate) async fn archive_store(&self, id: &str) -> ApiResult<Value> {
+    pub(crate) async fn archive_store(&self, id: &str) -> ApiResult<MemoryStore> {
         let mut doc = self.store(id)?;
-        if doc["archived_at"].is_null() {
-            doc["archived_at"] = json!(now());
-            doc["updated_at"] = doc["archived_at"].clone();
-            self.save_doc(STORE, &doc).await?;
+        if doc.archived_at.is_none() {
+            let t = now();
+            doc.archived_at = Some(t.clone());
+            doc.updated_at = t;
+            self.save_store(&doc).await?;
         }
         Ok(doc)
     }
 
-    pub(crate) async fn delete_store(&self, id: &str) -> ApiResult<Value> {
+    pub(crate) async fn delete_store(&self, id: &str) -> ApiResult<Deleted> {
         self.store(id)?;
         let gone: Vec<String> = {
             let mut st = self.state();
@@ -205,8 +220,8 @@ impl Memory {
             let ids: Vec<String> = st
                 .memories
                 .values()
-                .filter(|m| m["memory_store_id"] == id)
-                .filter_map(|m| m["id"].as_str().map(str::to_string))
+                .filter(|m| m.memory_store_id == id)
+                .map(|m| m.id.clone())
                 .collect();
             for m in &ids {
                 st.memories.remove(m);
@@ -217,48 +232,58 @@ impl Memory {
             self.store.delete_doc(MEMORY, &m).await?;
         }
         self.store.delete_doc(STORE, id).await?;
-        Ok(json!({"id": id, "type": "memory_store_deleted"}))
+        Ok(Deleted {
+            id: id.to_string(),
+            kind: "memory_store_deleted".into(),
+        })
     }
 
-    fn memory_at(&self, store: &str, path: &str) -> Option<Value> {
-        let st = self.state();
-        st.memories
+    fn memory_at(&self, store: &str, path: &str) -> bool {
+        self.state()
+            .memories
             .values()
-            .find(|m| m["memory_store_id"] == store && m["path"] == path)
-            .cloned()
+            .any(|m| m.memory_store_id == store && m.path == path)
     }
 
-    pub(crate) fn memory(&self, store: &str, id: &str) -> ApiResult<Value> {
-        let st = self.state();
-        st.memories
+    pub(crate) fn memory(&self, store: &str, id: &str) -> ApiResult<Memory> {
+        self.state()
+            .memories
             .get(id)
-            .filter(|m| m["memory_store_id"] == store)
+            .filter(|m| m.memory_store_id == store)
             .cloned()
             .ok_or_else(|| ApiError::not_found("memory", id))
     }
 
-    pub(crate) async fn create_memory(&self, store: &str, body: &Value) -> ApiResult<Value> {
+    pub(crate) async fn create_memory(&self, store: &str, body: &Value) -> ApiResult<Memory> {
+        let p: MemoryParams = validate::body(body)?;
         let _write = self.writes.lock().await;
-        if !self.store(store)?["archived_at"].is_null() {
+        if self.store(store)?.archived_at.is_some() {
             return Err(ApiError::invalid(format!(
                 "memory store {store} is archived"
             )));
         }
-        let path = body["path"].as_str().unwrap_or_default();
-        check_path(path, "path")?;
-        let content = check_content(&body["content"])?;
-        if self.memory_at(store, path).is_some() {
+        let path = p.path.flatten().unwrap_or_default();
+        check_path(&path, "path")?;
+        let content = check_content(p.content.flatten())?;
+        if self.memory_at(store, &path) {
             return Err(ApiError::MemoryPathConflict(format!(
                 "path: {path} exists in {store}"
             )));
         }
         let t = now();
-        let doc = json!({
-            "type": "memory", "id": new_id("mem"), "memory_store_id": store, "path": path,
-            "content_sha256": sha256_hex(content.as_bytes()), "content_size_bytes": content.len(), "content": content,
-            "memory_version_id": new_id("memver"), "created_at": t, "updated_at": t,
-        });
-        self.save_doc(MEMORY, &doc).await?;
+        let doc = Memory {
+            id: new_id("mem"),
+            memory_store_id: store.to_string(),
+            path,
+            content_sha256: sha256_hex(content.as_bytes()),
+            content_size_bytes: content.len() as u64,
+            content: Some(content),
+            memory_version_id: new_id("memver"),
+            created_at: t.clone(),
+            updated_at: t,
+            extra: Extra::new(),
+        };
+        self.save_memory(&doc).await?;
         Ok(doc)
     }
 
@@ -268,40 +293,36 @@ impl Memory {
         store: &str,
         id: &str,
         body: &Value,
-    ) -> ApiResult<Value> {
+    ) -> ApiResult<Memory> {
+        let p: MemoryParams = validate::body(body)?;
         let _write = self.writes.lock().await;
         let mut doc = self.memory(store, id)?;
-        if let Some(pre) = body.get("precondition").filter(|p| !p.is_null()) {
-            if pre["type"] != "content_sha256" || !pre["content_sha256"].is_string() {
-                return Err(ApiError::invalid(
-                    "precondition: {\"type\": \"content_sha256\", \"content_sha256\": \"<hex>\"}",
-                ));
-            }
-            if pre["content_sha256"] != doc["content_sha256"] {
-                return Err(ApiError::MemoryPreconditionFailed(format!(
-                    "precondition: memory {id} has changed (content_sha256 {})",
-                    doc["content_sha256"]
-                )));
-            }
+        if let Some(Precondition::ContentSha256 { content_sha256 }) = p.precondition.flatten()
+            && content_sha256 != doc.content_sha256
+        {
+            return Err(ApiError::MemoryPreconditionFailed(format!(
+                "precondition: memory {id} has changed (content_sha256 {:?})",
+                doc.content_sha256
+            )));
         }
-        if let Some(path) = body["path"].as_str() {
-            check_path(path, "path")?;
-            if path != doc["path"] && self.memory_at(store, path).is_some() {
+        if let Some(path) = p.path.flatten() {
+            check_path(&path, "path")?;
+            if path != doc.path && self.memory_at(store, &path) {
                 return Err(ApiError::MemoryPathConflict(format!(
                     "path: {path} exists in {store}"
                 )));
             }
-            doc["path"] = json!(path);
+            doc.path = path;
         }
-        if body.get("content").is_some() {
-            let content = check_content(&body["content"])?;
-            doc["content_sha256"] = json!(sha256_hex(content.as_bytes()));
-            doc["content_size_bytes"] = json!(content.len());
-            doc["content"] = json!(content);
+        if let Some(content) = p.content {
+            let content = check_content(content)?;
+            doc.content_sha256 = sha256_hex(content.as_bytes());
+            doc.content_size_bytes = content.len() as u64;
+            doc.content = Some(content);
         }
-        doc["memory_version_id"] = json!(new_id("memver"));
-        doc["updated_at"] = json!(now());
-        self.save_doc(MEMORY, &doc).await?;
+        doc.memory_version_id = new_id("memver");
+        doc.updated_at = now();
+        self.save_memory(&doc).await?;
         Ok(doc)
     }
 
@@ -310,19 +331,20 @@ impl Memory {
         store: &str,
         id: &str,
         expected: Option<&str>,
-    ) -> ApiResult<Value> {
+    ) -> ApiResult<Deleted> {
         let _write = self.writes.lock().await;
         let doc = self.memory(store, id)?;
-        if let Some(e) = expected
-            && doc["content_sha256"] != e
-        {
+        if expected.is_some_and(|e| e != doc.content_sha256) {
             return Err(ApiError::MemoryPreconditionFailed(format!(
                 "expected_content_sha256: memory {id} has changed"
             )));
         }
         self.state().memories.remove(id);
         self.store.delete_doc(MEMORY, id).await?;
-        Ok(json!({"id": id, "type": "memory_deleted"}))
+        Ok(Deleted {
+            id: id.to_string(),
+            kind: "memory_deleted".into(),
+        })
     }
 
     /// Memories under `prefix`, in path order; with `depth`, what lies
@@ -333,42 +355,42 @@ impl Memory {
         prefix: &str,
         depth: Option<usize>,
         full: bool,
-    ) -> ApiResult<Vec<Value>> {
+    ) -> ApiResult<Vec<MemoryEntry>> {
         self.store(store)?;
         let st = self.state();
-        let mut found: Vec<&Value> = st
+        let mut found: Vec<&Memory> = st
             .memories
             .values()
-            .filter(|m| {
-                m["memory_store_id"] == store
-                    && m["path"].as_str().is_some_and(|p| p.starts_with(prefix))
-            })
+            .filter(|m| m.memory_store_id == store && m.path.starts_with(prefix))
             .collect();
-        found.sort_by(|a, b| a["path"].as_str().cmp(&b["path"].as_str()));
-        let mut out: Vec<Value> = Vec::new();
+        found.sort_by(|a, b| a.path.cmp(&b.path));
+        let mut out: Vec<MemoryEntry> = Vec::new();
         let base = if prefix.ends_with('/') {
             prefix.to_string()
         } else {
             format!("{prefix}/")
         };
         for m in found {
-            let path = m["path"].as_str().unwrap_or_default();
-            let rest: Vec<&str> = path
+            let rest: Vec<&str> = m
+                .path
                 .strip_prefix(base.as_str())
-                .unwrap_or(path.trim_start_matches('/'))
+                .unwrap_or(m.path.trim_start_matches('/'))
                 .split('/')
                 .collect();
             match depth {
                 Some(d) if rest.len() > d => {
                     let rolled = format!("{base}{}/", rest[..d].join("/"));
-                    if !out
+                    let seen = out
                         .iter()
-                        .any(|o| o["type"] == "memory_prefix" && o["path"] == rolled)
-                    {
-                        out.push(json!({"type": "memory_prefix", "path": rolled}));
+                        .any(|o| matches!(o, MemoryEntry::Prefix(p) if p.path == rolled));
+                    if !seen {
+                        out.push(MemoryEntry::Prefix(MemoryPrefix {
+                            path: rolled,
+                            extra: Extra::new(),
+                        }));
                     }
                 }
-                _ => out.push(view(m, full)),
+                _ => out.push(view(m.clone(), full)),
             }
         }
         Ok(out)
@@ -394,7 +416,7 @@ impl Memory {
                 let store = self.store(id).map_err(|_| {
                     ApiError::invalid(format!("{at}.memory_store_id: {id} does not exist"))
                 })?;
-                if !store["archived_at"].is_null() {
+                if store.archived_at.is_some() {
                     return Err(ApiError::invalid(format!(
                         "{at}.memory_store_id: {id} is archived"
                     )));
@@ -407,9 +429,9 @@ impl Memory {
                 }
                 Ok(json!({
                     "type": "memory_store", "memory_store_id": id, "access": access,
-                    "name": store["name"], "description": store["description"],
+                    "name": store.name, "description": store.description,
                     "instructions": r["instructions"].as_str().unwrap_or(""),
-                    "mount_path": mount_path(store["name"].as_str().unwrap_or_default()),
+                    "mount_path": mount_path(&store.name),
                 }))
             })
             .collect::<ApiResult<Vec<_>>>()

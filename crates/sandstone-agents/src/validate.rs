@@ -2,6 +2,7 @@
 //! them (a 400 naming the field), and list pages.
 
 use crate::error::{ApiError, ApiResult};
+use sandstone_agents_api::{Metadata, MetadataPatch};
 use serde_json::{Value, json};
 
 const MAX_METADATA: usize = 16;
@@ -91,6 +92,17 @@ pub fn merge_metadata(base: &Value, patch: &Value, field: &str) -> ApiResult<Val
         )));
     }
     Ok(Value::Object(out))
+}
+
+/// [`merge_metadata`] on typed metadata (`null` patch: unchanged).
+pub(crate) fn metadata(base: &Metadata, patch: Option<&MetadataPatch>) -> ApiResult<Metadata> {
+    let merged = merge_metadata(&json!(base), &json!(patch), "metadata")?;
+    serde_json::from_value(merged).map_err(|e| ApiError::invalid(format!("metadata: {e}")))
+}
+
+/// A typed request body; a field that does not fit is a 400 naming it.
+pub(crate) fn body<T: serde::de::DeserializeOwned>(v: &Value) -> ApiResult<T> {
+    sandstone_agents_api::from_value(v.clone()).map_err(|e| ApiError::invalid(e.to_string()))
 }
 
 pub(crate) fn list_field(body: &Value, name: &str) -> ApiResult<Value> {
