@@ -2,7 +2,9 @@
 //! keys (by hash). What sessions run and where is looked up here; the
 //! operations themselves are in `agents.rs` and `environments.rs`.
 
-use crate::{StartError, lock};
+use crate::environments::StoredKey;
+use crate::{StartError, lock, parse_stored};
+use sandstone_agents_api::Environment;
 use sandstone_db::agents::AgentsStore;
 use serde_json::Value;
 use std::collections::{BTreeMap, HashMap};
@@ -17,9 +19,9 @@ pub(crate) const KEY: &str = "environment_key";
 pub(crate) struct RegistryState {
     /// Every version of every agent, oldest first.
     pub agents: BTreeMap<String, Vec<Value>>,
-    pub environments: BTreeMap<String, Value>,
+    pub environments: BTreeMap<String, Environment>,
     /// Environment keys by hash.
-    pub keys: HashMap<String, Value>,
+    pub keys: HashMap<String, StoredKey>,
 }
 
 pub(crate) struct Registry {
@@ -49,19 +51,12 @@ impl Registry {
             versions.sort_by_key(|v| v["version"].as_i64());
         }
         for e in store.load_docs(ENVIRONMENT).await? {
-            st.environments.insert(id_of(ENVIRONMENT, &e)?, e);
+            let e: Environment = parse_stored(ENVIRONMENT, e)?;
+            st.environments.insert(e.id.clone(), e);
         }
         for k in store.load_docs(KEY).await? {
-            let hash =
-                k["hash"]
-                    .as_str()
-                    .map(str::to_string)
-                    .ok_or_else(|| StartError::Corrupt {
-                        kind: KEY,
-                        id: id_of(KEY, &k).unwrap_or_default(),
-                        message: "hash: missing".into(),
-                    })?;
-            st.keys.insert(hash, k);
+            let k: StoredKey = parse_stored(KEY, k)?;
+            st.keys.insert(k.hash.clone(), k);
         }
         Ok(Registry {
             store,

@@ -317,7 +317,7 @@ impl Agents {
     pub(crate) async fn create_session(self: &Arc<Self>, body: &Value) -> ApiResult<Value> {
         let env_id = required_string(body, "environment_id", 128)?;
         let env = self.registry.environment(&env_id)?;
-        if !env["archived_at"].is_null() {
+        if env.archived_at.is_some() {
             return Err(ApiError::invalid(format!(
                 "environment_id: {env_id} is archived"
             )));

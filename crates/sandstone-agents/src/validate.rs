@@ -34,27 +34,40 @@ pub fn paginate<T: serde::Serialize>(
     Ok(json!({"data": data, "next_page": next, "prev_page": prev}))
 }
 
-fn field<'a>(body: &'a Value, name: &str) -> &'a Value {
-    &body[name]
+/// An optional string field of at most `max` characters.
+pub(crate) fn optional(v: Option<String>, name: &str, max: usize) -> ApiResult<Option<String>> {
+    match v {
+        Some(s) if s.chars().count() > max => Err(ApiError::invalid(format!(
+            "{name}: a string of at most {max} characters"
+        ))),
+        v => Ok(v),
+    }
 }
 
+/// A required string field of 1 to `max` characters.
+pub(crate) fn required(v: Option<String>, name: &str, max: usize) -> ApiResult<String> {
+    match v {
+        Some(s) if !s.is_empty() && s.chars().count() <= max => Ok(s),
+        _ => Err(ApiError::invalid(format!(
+            "{name}: required, a string of 1 to {max} characters"
+        ))),
+    }
+}
+
+/// [`optional`] of field `name` of an untyped body (a string or null).
 pub(crate) fn opt_string(body: &Value, name: &str, max: usize) -> ApiResult<Value> {
-    match field(body, name) {
+    match &body[name] {
         Value::Null => Ok(Value::Null),
-        Value::String(s) if s.chars().count() <= max => Ok(Value::String(s.clone())),
+        Value::String(s) => Ok(json!(optional(Some(s.clone()), name, max)?)),
         _ => Err(ApiError::invalid(format!(
             "{name}: a string of at most {max} characters"
         ))),
     }
 }
 
+/// [`required`] of field `name` of an untyped body.
 pub(crate) fn required_string(body: &Value, name: &str, max: usize) -> ApiResult<String> {
-    match field(body, name) {
-        Value::String(s) if !s.is_empty() && s.chars().count() <= max => Ok(s.clone()),
-        _ => Err(ApiError::invalid(format!(
-            "{name}: required, a string of 1 to {max} characters"
-        ))),
-    }
+    required(body[name].as_str().map(str::to_string), name, max)
 }
 
 /// Validates metadata and applies it as a merge patch over `base`.
