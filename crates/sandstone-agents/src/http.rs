@@ -598,7 +598,7 @@ async fn get_skill_version(
     Path((id, v)): Path<(String, String)>,
 ) -> ApiResult<Response> {
     c.require_skill(&a, &id)?;
-    ok(a.skills.skill_version(&id, &v)?.0)
+    ok(a.skills.skill_version(&id, &v)?.doc)
 }
 
 async fn skill_content(
@@ -607,7 +607,7 @@ async fn skill_content(
     Path((id, v)): Path<(String, String)>,
 ) -> ApiResult<Response> {
     c.require_skill(&a, &id)?;
-    let (_, tar) = a.skills.skill_version(&id, &v)?;
+    let tar = a.skills.skill_version(&id, &v)?.archive;
     Ok(([("content-type", "application/x-tar")], tar).into_response())
 }
 

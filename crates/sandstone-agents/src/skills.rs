@@ -7,11 +7,14 @@
 
 use crate::error::{ApiError, ApiResult};
 use crate::ids::{new_id, now};
-use crate::registry::id_of;
-use crate::{StartError, lock};
+use crate::{StartError, lock, parse_stored};
 use base64::Engine;
+use sandstone_agents_api::{
+    Deleted, Extra, Skill, SkillSource, SkillTag, SkillVersion, SkillVersionTag,
+};
 use sandstone_db::agents::AgentsStore;
 use sandstone_skill_archive as skill_archive;
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -146,9 +149,23 @@ fn archive(name: &str, files: &[File]) -> ApiResult<Vec<u8>> {
 
 #[derive(Default)]
 struct SkillsState {
-    skills: BTreeMap<String, Value>,
+    skills: BTreeMap<String, Skill>,
     /// Versions by id, with their archives.
-    versions: BTreeMap<String, (Value, Vec<u8>)>,
+    versions: BTreeMap<String, Version>,
+}
+
+/// A version with its archive.
+#[derive(Clone)]
+pub(crate) struct Version {
+    pub doc: SkillVersion,
+    pub archive: Vec<u8>,
+}
+
+/// How a version is stored: its document and its archive in base64.
+#[derive(Serialize, Deserialize)]
+struct Stored {
+    doc: SkillVersion,
+    archive: String,
 }
 
 /// Skills and their versions.
@@ -157,24 +174,23 @@ pub(crate) struct Skills {
     state: Mutex<SkillsState>,
 }
 
-/// A string field of a document ("" when absent).
-fn str_of(v: &Value, field: &str) -> String {
-    v[field].as_str().unwrap_or_default().to_string()
-}
-
 impl Skills {
     pub(crate) async fn load(store: Arc<dyn AgentsStore>) -> Result<Skills, StartError> {
         let mut st = SkillsState::default();
         for s in store.load_docs(SKILL).await? {
-            st.skills.insert(id_of(SKILL, &s)?, s);
+            let s: Skill = parse_stored(SKILL, s)?;
+            st.skills.insert(s.id.clone(), s);
         }
         for v in store.load_docs(VERSION).await? {
-            let (id, version) = load_version(&v).ok_or_else(|| StartError::Corrupt {
-                kind: VERSION,
-                id: str_of(&v["doc"], "id"),
-                message: "not a version with its archive".into(),
-            })?;
-            st.versions.insert(id, version);
+            let Stored { doc, archive } = parse_stored(VERSION, v)?;
+            let archive = base64::engine::general_purpose::STANDARD
+                .decode(&archive)
+                .map_err(|e| StartError::Corrupt {
+                    kind: VERSION,
+                    id: doc.id.clone(),
+                    message: format!("archive: {e}"),
+                })?;
+            st.versions.insert(doc.id.clone(), Version { doc, archive });
         }
         Ok(Skills {
             store,
@@ -186,22 +202,33 @@ impl Skills {
         lock(&self.state)
     }
 
-    async fn put_version(&self, skill: &str, files: Vec<File>) -> ApiResult<Value> {
+    async fn put_version(&self, skill: &str, files: Vec<File>) -> ApiResult<SkillVersion> {
         let (name, description, files) = validate(files)?;
         let tar = archive(&name, &files)?;
-        let version = sandstone_api::timefmt::now_us().to_string();
-        let doc = json!({
-            "type": "skill_version", "id": new_id("skillver"), "skill_id": skill, "version": version,
-            "name": name, "description": description, "directory": name, "created_at": now(),
-        });
-        let stored =
-            json!({"doc": doc, "archive": base64::engine::general_purpose::STANDARD.encode(&tar)});
+        let doc = SkillVersion {
+            tag: SkillVersionTag,
+            id: new_id("skillver"),
+            skill_id: skill.to_string(),
+            version: sandstone_api::timefmt::now_us().to_string(),
+            directory: name.clone(),
+            name,
+            description,
+            created_at: now(),
+            extra: Extra::new(),
+        };
+        let stored = Stored {
+            doc,
+            archive: base64::engine::general_purpose::STANDARD.encode(&tar),
+        };
         self.store
-            .put_doc(VERSION, &str_of(&doc, "id"), &stored)
+            .put_doc(VERSION, &stored.doc.id, &json!(stored))
             .await?;
-        self.state()
-            .versions
-            .insert(str_of(&doc, "id"), (doc.clone(), tar));
+        let doc = stored.doc;
+        let version = Version {
+            doc: doc.clone(),
+            archive: tar,
+        };
+        self.state().versions.insert(doc.id.clone(), version);
         Ok(doc)
     }
 
@@ -209,21 +236,28 @@ impl Skills {
         &self,
         files: Vec<File>,
         display_name: Option<String>,
-    ) -> ApiResult<Value> {
+    ) -> ApiResult<Skill> {
         let id = new_id("skill");
         let version = self.put_version(&id, files).await?;
         let t = now();
-        let doc = json!({
-            "type": "skill", "id": id,
-            "display_name": display_name.unwrap_or_else(|| str_of(&version, "name")),
-            "latest_version": version["version"], "latest_version_id": version["id"],
-            "source": {"type": "custom"}, "created_at": t, "updated_at": t,
-        });
-        if let Err(e) = self.store.put_doc(SKILL, &id, &doc).await {
+        let doc = Skill {
+            tag: SkillTag,
+            id: id.clone(),
+            display_name: display_name.unwrap_or_else(|| version.name.clone()),
+            latest_version: version.version,
+            latest_version_id: version.id.clone(),
+            source: SkillSource {
+                kind: "custom".into(),
+                extra: Extra::new(),
+            },
+            created_at: t.clone(),
+            updated_at: t,
+            extra: Extra::new(),
+        };
+        if let Err(e) = self.store.put_doc(SKILL, &id, &json!(doc)).await {
             // No version without its skill.
-            let vid = str_of(&version, "id");
-            self.state().versions.remove(&vid);
-            let _ = self.store.delete_doc(VERSION, &vid).await;
+            self.state().versions.remove(&version.id);
+            let _ = self.store.delete_doc(VERSION, &version.id).await;
             return Err(e.into());
         }
         self.state().skills.insert(id, doc.clone());
@@ -234,71 +268,73 @@ impl Skills {
         &self,
         id: &str,
         files: Vec<File>,
-    ) -> ApiResult<Value> {
+    ) -> ApiResult<SkillVersion> {
         let mut skill = self.skill(id)?;
         let version = self.put_version(id, files).await?;
-        skill["latest_version"] = version["version"].clone();
-        skill["latest_version_id"] = version["id"].clone();
-        skill["updated_at"] = json!(now());
-        self.store.put_doc(SKILL, id, &skill).await?;
+        skill.latest_version = version.version.clone();
+        skill.latest_version_id = version.id.clone();
+        skill.updated_at = now();
+        self.store.put_doc(SKILL, id, &json!(skill)).await?;
         self.state().skills.insert(id.to_string(), skill);
         Ok(version)
     }
 
-    pub(crate) fn skill(&self, id: &str) -> ApiResult<Value> {
-        let st = self.state();
-        st.skills
+    pub(crate) fn skill(&self, id: &str) -> ApiResult<Skill> {
+        self.state()
+            .skills
             .get(id)
             .cloned()
             .ok_or_else(|| ApiError::not_found("skill", id))
     }
 
-    pub(crate) fn skills(&self) -> Vec<Value> {
-        let st = self.state();
-        let mut out: Vec<Value> = st.skills.values().cloned().collect();
-        out.sort_by(|a, b| b["created_at"].as_str().cmp(&a["created_at"].as_str()));
+    pub(crate) fn skills(&self) -> Vec<Skill> {
+        let mut out: Vec<Skill> = self.state().skills.values().cloned().collect();
+        out.sort_by(|a, b| b.created_at.cmp(&a.created_at));
         out
     }
 
-    pub(crate) fn skill_versions(&self, id: &str) -> ApiResult<Vec<Value>> {
+    pub(crate) fn skill_versions(&self, id: &str) -> ApiResult<Vec<SkillVersion>> {
         self.skill(id)?;
         let st = self.state();
-        let mut out: Vec<Value> = st
+        let mut out: Vec<SkillVersion> = st
             .versions
             .values()
-            .filter(|(v, _)| v["skill_id"] == id)
-            .map(|(v, _)| v.clone())
+            .filter(|v| v.doc.skill_id == id)
+            .map(|v| v.doc.clone())
             .collect();
-        out.sort_by(|a, b| b["version"].as_str().cmp(&a["version"].as_str()));
+        out.sort_by(|a, b| b.version.cmp(&a.version));
         Ok(out)
     }
 
     /// A version by id, by version string, or `latest`.
-    pub(crate) fn skill_version(&self, id: &str, version: &str) -> ApiResult<(Value, Vec<u8>)> {
+    pub(crate) fn skill_version(&self, id: &str, version: &str) -> ApiResult<Version> {
         let skill = self.skill(id)?;
         let want = if version == "latest" {
-            str_of(&skill, "latest_version_id")
+            skill.latest_version_id.as_str()
         } else {
-            version.to_string()
+            version
         };
         let st = self.state();
         st.versions
             .values()
-            .find(|(v, _)| v["skill_id"] == id && (v["id"] == want || v["version"] == want))
+            .find(|v| v.doc.skill_id == id && (v.doc.id == want || v.doc.version == want))
             .cloned()
             .ok_or_else(|| ApiError::not_found("skill version", &format!("{id}/{version}")))
     }
 
-    pub(crate) async fn delete_skill(&self, id: &str) -> ApiResult<Value> {
+    pub(crate) async fn delete_skill(&self, id: &str) -> ApiResult<Deleted> {
         let versions = self.skill_versions(id)?;
         for v in &versions {
-            self.store.delete_doc(VERSION, &str_of(v, "id")).await?;
+            self.store.delete_doc(VERSION, &v.id).await?;
         }
         self.store.delete_doc(SKILL, id).await?;
         let mut st = self.state();
         st.skills.remove(id);
-        st.versions.retain(|_, (v, _)| v["skill_id"] != id);
-        Ok(json!({"id": id, "type": "skill_deleted"}))
+        st.versions.retain(|_, v| v.doc.skill_id != id);
+        Ok(Deleted {
+            id: id.to_string(),
+            kind: "skill_deleted".into(),
+        })
     }
 
     /// Resolves an agent's `skills` to concrete versions.
@@ -316,23 +352,14 @@ impl Skills {
                 }
                 let id = s["skill_id"].as_str().unwrap_or_default();
                 let want = s["version"].as_str().unwrap_or("latest");
-                let (version, _) = self
+                let version = self
                     .skill_version(id, want)
                     .map_err(|_| ApiError::invalid(format!("{at}: skill {id} version {want} does not exist")))?;
-                Ok(json!({"type": "custom", "skill_id": id, "version": version["version"]}))
+                Ok(json!({"type": "custom", "skill_id": id, "version": version.doc.version}))
             })
             .collect::<ApiResult<Vec<_>>>()
             .map(Value::Array)
     }
-}
-
-/// Loads a stored version: its document and archive.
-fn load_version(stored: &Value) -> Option<(String, (Value, Vec<u8>))> {
-    let tar = base64::engine::general_purpose::STANDARD
-        .decode(stored["archive"].as_str()?)
-        .ok()?;
-    let id = stored["doc"]["id"].as_str()?.to_string();
-    Some((id, (stored["doc"].clone(), tar)))
 }
 
 #[cfg(test)]
