@@ -6,7 +6,8 @@ use crate::Agents;
 use crate::error::{ApiError, ApiResult};
 use crate::ids::{new_id, now};
 use crate::registry::{AGENT, Registry};
-use crate::validate::{list_field, merge_metadata, opt_string, required_string};
+use crate::validate::{list_field, merge_metadata, opt_string, required_string, typed};
+use sandstone_agents_api::{Agent, AgentTag};
 use serde_json::{Map, Value, json};
 
 /// Resolves an agent's `skills` to concrete versions (the skills
@@ -175,12 +176,12 @@ fn agent_config(body: &Value, base: Option<&Value>) -> ApiResult<Map<String, Val
 }
 
 impl Registry {
-    pub(crate) async fn create_agent(&self, body: &Value, skills: Resolve<'_>) -> ApiResult<Value> {
+    pub(crate) async fn create_agent(&self, body: &Value, skills: Resolve<'_>) -> ApiResult<Agent> {
         let mut doc = agent_config(body, None)?;
         doc.insert("skills".into(), skills(&doc["skills"])?);
         let t = now();
         let id = new_id("agent");
-        doc.insert("type".into(), json!("agent"));
+        doc.insert("type".into(), json!(AgentTag));
         doc.insert("id".into(), json!(id));
         doc.insert("version".into(), json!(1));
         doc.insert("multiagent".into(), Value::Null);
@@ -191,29 +192,32 @@ impl Registry {
         doc.insert("created_at".into(), json!(t));
         doc.insert("updated_at".into(), json!(t));
         doc.insert("archived_at".into(), Value::Null);
-        let doc = Value::Object(doc);
-        self.store.put_doc(AGENT, &format!("{id}@1"), &doc).await?;
+        let doc: Agent = typed(Value::Object(doc))?;
+        self.store
+            .put_doc(AGENT, &format!("{id}@1"), &json!(doc))
+            .await?;
         self.state().agents.insert(id, vec![doc.clone()]);
         Ok(doc)
     }
 
-    pub(crate) fn agent(&self, id: &str, version: Option<i64>) -> ApiResult<Value> {
+    /// An agent's `version`, or its latest.
+    pub(crate) fn agent(&self, id: &str, version: Option<i64>) -> ApiResult<Agent> {
         let st = self.state();
         let versions = st
             .agents
             .get(id)
             .ok_or_else(|| ApiError::not_found("agent", id))?;
-        match version {
-            None => Ok(versions.last().cloned().unwrap_or_default()),
-            Some(v) => versions
-                .iter()
-                .find(|a| a["version"] == v)
-                .cloned()
-                .ok_or_else(|| ApiError::not_found("agent version", &format!("{id}@{v}"))),
-        }
+        let found = match version {
+            None => versions.last(),
+            Some(v) => versions.iter().find(|a| i64::try_from(a.version) == Ok(v)),
+        };
+        found.cloned().ok_or_else(|| match version {
+            Some(v) => ApiError::not_found("agent version", &format!("{id}@{v}")),
+            None => ApiError::not_found("agent", id),
+        })
     }
 
-    pub(crate) fn agent_versions(&self, id: &str) -> ApiResult<Vec<Value>> {
+    pub(crate) fn agent_versions(&self, id: &str) -> ApiResult<Vec<Agent>> {
         let st = self.state();
         let v = st
             .agents
@@ -222,15 +226,15 @@ impl Registry {
         Ok(v.iter().rev().cloned().collect())
     }
 
-    pub(crate) fn agents(&self, include_archived: bool) -> Vec<Value> {
+    pub(crate) fn agents(&self, include_archived: bool) -> Vec<Agent> {
         let st = self.state();
-        let mut all: Vec<Value> = st
+        let mut all: Vec<Agent> = st
             .agents
             .values()
             .filter_map(|v| v.last().cloned())
-            .filter(|a| include_archived || a["archived_at"].is_null())
+            .filter(|a| include_archived || a.archived_at.is_none())
             .collect();
-        all.sort_by(|a, b| b["created_at"].as_str().cmp(&a["created_at"].as_str()));
+        all.sort_by(|a, b| b.created_at.cmp(&a.created_at));
         all
     }
 
@@ -241,34 +245,34 @@ impl Registry {
         id: &str,
         body: &Value,
         skills: Resolve<'_>,
-    ) -> ApiResult<Value> {
+    ) -> ApiResult<Agent> {
         let current = self.agent(id, None)?;
-        if !current["archived_at"].is_null() {
+        if current.archived_at.is_some() {
             return Err(ApiError::invalid(format!("agent {id} is archived")));
         }
         if let Some(v) = body.get("version").filter(|v| !v.is_null())
-            && *v != current["version"]
+            && v.as_u64() != Some(current.version)
         {
             return Err(ApiError::conflict(format!(
                 "version: agent {id} is at version {}, not {v}",
-                current["version"]
+                current.version
             )));
         }
-        let mut config = agent_config(body, Some(&current))?;
+        let base = json!(current);
+        let mut config = agent_config(body, Some(&base))?;
         if body.get("skills").is_some() {
             config.insert("skills".into(), skills(&config["skills"])?);
         }
-        let changed = config.iter().any(|(k, v)| current[k] != *v);
+        let changed = config.iter().any(|(k, v)| base[k] != *v);
         if !changed {
             return Ok(current);
         }
-        let mut doc = config;
-        let version = current["version"].as_i64().unwrap_or(1) + 1;
-        doc.insert("version".into(), json!(version));
-        doc.insert("updated_at".into(), json!(now()));
-        let doc = Value::Object(doc);
+        let version = current.version + 1;
+        config.insert("version".into(), json!(version));
+        config.insert("updated_at".into(), json!(now()));
+        let doc: Agent = typed(Value::Object(config))?;
         self.store
-            .put_doc(AGENT, &format!("{id}@{version}"), &doc)
+            .put_doc(AGENT, &format!("{id}@{version}"), &json!(doc))
             .await?;
         self.state()
             .agents
@@ -278,16 +282,15 @@ impl Registry {
         Ok(doc)
     }
 
-    pub(crate) async fn archive_agent(&self, id: &str) -> ApiResult<Value> {
+    pub(crate) async fn archive_agent(&self, id: &str) -> ApiResult<Agent> {
         let mut doc = self.agent(id, None)?;
-        if doc["archived_at"].is_null() {
-            doc["archived_at"] = json!(now());
-            doc["updated_at"] = doc["archived_at"].clone();
-            let key = format!("{id}@{}", doc["version"]);
-            self.store.put_doc(AGENT, &key, &doc).await?;
-            if let Some(v) = self.state().agents.get_mut(id)
-                && let Some(last) = v.last_mut()
-            {
+        if doc.archived_at.is_none() {
+            let t = now();
+            doc.archived_at = Some(t.clone());
+            doc.updated_at = t;
+            let key = format!("{id}@{}", doc.version);
+            self.store.put_doc(AGENT, &key, &json!(doc)).await?;
+            if let Some(last) = self.state().agents.get_mut(id).and_then(|v| v.last_mut()) {
                 *last = doc.clone();
             }
         }
@@ -296,12 +299,12 @@ impl Registry {
 }
 
 impl Agents {
-    pub(crate) async fn create_agent(&self, body: &Value) -> ApiResult<Value> {
+    pub(crate) async fn create_agent(&self, body: &Value) -> ApiResult<Agent> {
         let skills = |v: &Value| self.skills.resolve(v);
         self.registry.create_agent(body, &skills).await
     }
 
-    pub(crate) async fn update_agent(&self, id: &str, body: &Value) -> ApiResult<Value> {
+    pub(crate) async fn update_agent(&self, id: &str, body: &Value) -> ApiResult<Agent> {
         let skills = |v: &Value| self.skills.resolve(v);
         self.registry.update_agent(id, body, &skills).await
     }

@@ -10,6 +10,7 @@ use axum::extract::{Request, State};
 use axum::http::HeaderMap;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
+use sandstone_agents_api::Access;
 use sandstone_db::token_hash;
 use std::sync::Arc;
 
@@ -70,7 +71,7 @@ impl Caller {
         match self {
             Caller::Api => Ok(()),
             Caller::Session { session, .. } => match agents.sessions.store_access(session, store) {
-                Some(access) if !write || access == "read_write" => Ok(()),
+                Some(access) if !write || access == Access::ReadWrite => Ok(()),
                 Some(_) => Err(ApiError::forbidden(format!(
                     "memory store {store} is attached read_only to this session"
                 ))),

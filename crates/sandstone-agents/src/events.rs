@@ -188,7 +188,7 @@ impl Agents {
         let appends = sessions.appends_of(session)?;
         let held = appends.lock().await;
         sessions.with(session, |s| {
-            if !s.doc["archived_at"].is_null() || !s.status().accepts_events() {
+            if s.doc.is_over() {
                 return Err(ApiError::invalid(format!(
                     "session {session} is terminated"
                 )));

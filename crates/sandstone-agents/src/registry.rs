@@ -4,9 +4,8 @@
 
 use crate::environments::StoredKey;
 use crate::{StartError, lock, parse_stored};
-use sandstone_agents_api::Environment;
+use sandstone_agents_api::{Agent, Environment};
 use sandstone_db::agents::AgentsStore;
-use serde_json::Value;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -18,7 +17,7 @@ pub(crate) const KEY: &str = "environment_key";
 #[derive(Default)]
 pub(crate) struct RegistryState {
     /// Every version of every agent, oldest first.
-    pub agents: BTreeMap<String, Vec<Value>>,
+    pub agents: BTreeMap<String, Vec<Agent>>,
     pub environments: BTreeMap<String, Environment>,
     /// Environment keys by hash.
     pub keys: HashMap<String, StoredKey>,
@@ -29,26 +28,15 @@ pub(crate) struct Registry {
     state: Mutex<RegistryState>,
 }
 
-/// The `id` of a stored document; one without is corrupt.
-pub(crate) fn id_of(kind: &'static str, doc: &Value) -> Result<String, StartError> {
-    doc["id"]
-        .as_str()
-        .map(str::to_string)
-        .ok_or_else(|| StartError::Corrupt {
-            kind,
-            id: "(no id)".into(),
-            message: "id: missing".into(),
-        })
-}
-
 impl Registry {
     pub(crate) async fn load(store: Arc<dyn AgentsStore>) -> Result<Registry, StartError> {
         let mut st = RegistryState::default();
         for a in store.load_docs(AGENT).await? {
-            st.agents.entry(id_of(AGENT, &a)?).or_default().push(a);
+            let a: Agent = parse_stored(AGENT, a)?;
+            st.agents.entry(a.id.clone()).or_default().push(a);
         }
         for versions in st.agents.values_mut() {
-            versions.sort_by_key(|v| v["version"].as_i64());
+            versions.sort_by_key(|v| v.version);
         }
         for e in store.load_docs(ENVIRONMENT).await? {
             let e: Environment = parse_stored(ENVIRONMENT, e)?;

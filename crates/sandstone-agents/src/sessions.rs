@@ -7,11 +7,13 @@
 use crate::agents::{model_config, tools};
 use crate::error::{ApiError, ApiResult};
 use crate::ids::{new_id, now};
+use crate::validate::typed;
 use crate::validate::{list_field, merge_metadata, opt_string, required_string};
 use crate::{Agents, StartError, lock, parse_stored};
-use sandstone_agents_api::SessionStatus;
+use sandstone_agents_api::{
+    Access, AgentTag, Deleted, Extra, Session as SessionDoc, SessionAgent, SessionStatus,
+};
 use sandstone_db::agents::AgentsStore;
-use serde::Deserialize;
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -21,7 +23,7 @@ pub(crate) const SESSION: &str = "session";
 
 /// A session with its events and the channels that wake its readers.
 pub(crate) struct Session {
-    pub doc: Value,
+    pub doc: SessionDoc,
     pub events: Vec<Arc<Value>>,
     /// Events already part of a model request: what comes after is new.
     pub consumed: usize,
@@ -37,7 +39,7 @@ pub(crate) struct Session {
 }
 
 impl Session {
-    fn new(doc: Value, events: Vec<Arc<Value>>, consumed: usize) -> Session {
+    fn new(doc: SessionDoc, events: Vec<Arc<Value>>, consumed: usize) -> Session {
         Session {
             doc,
             events,
@@ -50,16 +52,15 @@ impl Session {
         }
     }
 
-    /// Its status; every stored session was checked to have one at start.
     pub fn status(&self) -> SessionStatus {
-        SessionStatus::deserialize(&self.doc["status"]).unwrap_or(SessionStatus::Idle)
+        self.doc.status
     }
 }
 
 /// How a session is stored: its document and how far the model has read.
 #[derive(serde::Deserialize)]
 struct Stored {
-    doc: Value,
+    doc: SessionDoc,
     #[serde(default)]
     consumed: usize,
 }
@@ -82,12 +83,7 @@ impl Sessions {
         let mut all = BTreeMap::new();
         for s in store.load_docs(SESSION).await? {
             let s: Stored = parse_stored(SESSION, s)?;
-            let id = crate::registry::id_of(SESSION, &s.doc)?;
-            SessionStatus::deserialize(&s.doc["status"]).map_err(|e| StartError::Corrupt {
-                kind: SESSION,
-                id: id.clone(),
-                message: format!("status: {e}"),
-            })?;
+            let id = s.doc.id.clone();
             let events = store.load_events(&id).await?;
             let events = events.into_iter().map(Arc::new).collect();
             all.insert(id, Session::new(s.doc, events, s.consumed));
@@ -120,7 +116,7 @@ impl Sessions {
         Ok(f(s))
     }
 
-    async fn insert(&self, id: &str, doc: Value) -> ApiResult<()> {
+    async fn insert(&self, id: &str, doc: SessionDoc) -> ApiResult<()> {
         self.store
             .put_doc(SESSION, id, &json!({"doc": doc, "consumed": 0}))
             .await?;
@@ -129,7 +125,7 @@ impl Sessions {
         Ok(())
     }
 
-    pub(crate) fn session(&self, id: &str) -> ApiResult<Value> {
+    pub(crate) fn session(&self, id: &str) -> ApiResult<SessionDoc> {
         self.with(id, |s| session_view(&s.doc))
     }
 
@@ -141,28 +137,26 @@ impl Sessions {
     pub(crate) fn of_environment(&self, env: &str) -> Vec<String> {
         self.state()
             .iter()
-            .filter(|(_, s)| s.doc["environment_id"] == env)
+            .filter(|(_, s)| s.doc.environment_id == env)
             .map(|(id, _)| id.clone())
             .collect()
     }
 
     pub(crate) fn environment(&self, id: &str) -> Option<String> {
-        self.state()
-            .get(id)
-            .and_then(|s| s.doc["environment_id"].as_str().map(str::to_string))
+        self.state().get(id).map(|s| s.doc.environment_id.clone())
     }
 
-    pub(crate) fn list(&self, q: &SessionFilter) -> Vec<Value> {
+    pub(crate) fn list(&self, q: &SessionFilter) -> Vec<SessionDoc> {
         let st = self.state();
-        let mut all: Vec<Value> = st
+        let mut all: Vec<SessionDoc> = st
             .values()
             .map(|s| &s.doc)
-            .filter(|d| q.include_archived || d["archived_at"].is_null())
-            .filter(|d| q.agent_id.as_ref().is_none_or(|a| d["agent"]["id"] == *a))
-            .filter(|d| q.statuses.is_empty() || q.statuses.iter().any(|s| d["status"] == *s))
+            .filter(|d| q.include_archived || d.archived_at.is_none())
+            .filter(|d| q.agent_id.as_ref().is_none_or(|a| d.agent.id == *a))
+            .filter(|d| q.statuses.is_empty() || q.statuses.iter().any(|s| d.status.as_str() == s))
             .map(session_view)
             .collect();
-        all.sort_by(|a, b| a["created_at"].as_str().cmp(&b["created_at"].as_str()));
+        all.sort_by(|a, b| a.created_at.cmp(&b.created_at));
         if !q.ascending {
             all.reverse();
         }
@@ -173,15 +167,16 @@ impl Sessions {
     pub(crate) async fn update_doc(
         &self,
         id: &str,
-        f: impl FnOnce(&mut Value) -> ApiResult<()>,
-    ) -> ApiResult<Value> {
-        let saved = self.with(id, |s| {
+        f: impl FnOnce(&mut SessionDoc) -> ApiResult<()>,
+    ) -> ApiResult<SessionDoc> {
+        let (saved, doc) = self.with(id, |s| {
             f(&mut s.doc)?;
-            s.doc["updated_at"] = json!(now());
-            Ok::<_, ApiError>(json!({"doc": s.doc, "consumed": s.consumed}))
+            s.doc.updated_at = now();
+            let saved = json!({"doc": s.doc, "consumed": s.consumed});
+            Ok::<_, ApiError>((saved, session_view(&s.doc)))
         })??;
         self.store.put_doc(SESSION, id, &saved).await?;
-        Ok(session_view(&saved["doc"]))
+        Ok(doc)
     }
 
     /// Moves the session to `status`; whether it changed.
@@ -190,7 +185,7 @@ impl Sessions {
             return Ok(false);
         }
         self.update_doc(id, |d| {
-            d["status"] = json!(status);
+            d.status = status;
             Ok(())
         })
         .await?;
@@ -218,26 +213,23 @@ impl Sessions {
 
     /// Whether the agent session `id` runs uses `skill`.
     pub(crate) fn uses_skill(&self, id: &str, skill: &str) -> bool {
-        self.state().get(id).is_some_and(|s| {
-            s.doc["agent"]["skills"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .any(|k| k["skill_id"] == skill)
-        })
+        self.state()
+            .get(id)
+            .is_some_and(|s| s.doc.agent.skills.iter().any(|k| k.skill_id == skill))
     }
 
     /// How `store` is attached to session `id` (`read_write`,
     /// `read_only`), if it is: a sessions token reaches only its session's
     /// stores.
-    pub(crate) fn store_access(&self, id: &str, store: &str) -> Option<String> {
+    pub(crate) fn store_access(&self, id: &str, store: &str) -> Option<Access> {
         let st = self.state();
-        st.get(id)?.doc["resources"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .find(|r| r["memory_store_id"] == store)
-            .and_then(|r| r["access"].as_str().map(str::to_string))
+        let r = st
+            .get(id)?
+            .doc
+            .resources
+            .iter()
+            .find(|r| r.is_memory_store() && r.memory_store_id.as_deref() == Some(store))?;
+        Some(r.access.unwrap_or(Access::ReadWrite))
     }
 
     /// Cancels a running model request of the session.
@@ -314,7 +306,7 @@ impl Sessions {
 }
 
 impl Agents {
-    pub(crate) async fn create_session(self: &Arc<Self>, body: &Value) -> ApiResult<Value> {
+    pub(crate) async fn create_session(self: &Arc<Self>, body: &Value) -> ApiResult<SessionDoc> {
         let env_id = required_string(body, "environment_id", 128)?;
         let env = self.registry.environment(&env_id)?;
         if env.archived_at.is_some() {
@@ -337,6 +329,7 @@ impl Agents {
             "outcome_evaluations": [], "budget": null, "deployment_id": null,
             "created_at": t, "updated_at": t, "archived_at": null,
         });
+        let doc: SessionDoc = typed(doc)?;
         let initial = crate::events::validate_all(&body["initial_events"], "initial_events", true)?;
         self.sessions.insert(&id, doc).await?;
         if let Err(e) = self.queue_work(&env_id, &id).await {
@@ -353,7 +346,7 @@ impl Agents {
 
     /// The agent a session runs: a snapshot of the named version, with a
     /// session's overrides applied.
-    fn session_agent(&self, spec: &Value) -> ApiResult<Value> {
+    fn session_agent(&self, spec: &Value) -> ApiResult<SessionAgent> {
         let (id, version, overrides) = match spec {
             Value::String(id) => (id.clone(), None, None),
             Value::Object(o) => {
@@ -384,64 +377,64 @@ impl Agents {
             .registry
             .agent(&id, version)
             .map_err(|_| ApiError::invalid(format!("agent: {id} does not exist")))?;
-        if !agent["archived_at"].is_null() {
+        if agent.archived_at.is_some() {
             return Err(ApiError::invalid(format!("agent: {id} is archived")));
         }
-        let mut snap = json!({"type": "agent"});
-        for k in [
-            "id",
-            "version",
-            "name",
-            "description",
-            "model",
-            "system",
-            "tools",
-            "mcp_servers",
-            "skills",
-            "multiagent",
-            "execution_identity",
-        ] {
-            snap[k] = agent[k].clone();
-        }
+        let mut snap = SessionAgent {
+            tag: AgentTag,
+            id: agent.id,
+            version: agent.version,
+            name: agent.name,
+            description: agent.description,
+            model: agent.model,
+            system: agent.system,
+            tools: agent.tools,
+            mcp_servers: agent.mcp_servers,
+            skills: agent.skills,
+            multiagent: agent.multiagent,
+            execution_identity: agent.execution_identity,
+            extra: Extra::new(),
+        };
         if let Some(o) = overrides {
             if o.get("model").is_some() {
-                snap["model"] = model_config(&o["model"])?;
+                snap.model = typed(model_config(&o["model"])?)?;
             }
             if o.get("system").is_some() {
-                snap["system"] = opt_string(o, "system", 100_000)?;
+                snap.system = typed(opt_string(o, "system", 100_000)?)?;
             }
             if o.get("tools").is_some() {
-                snap["tools"] = tools(&o["tools"])?;
+                snap.tools = typed(tools(&o["tools"])?)?;
             }
         }
         Ok(snap)
     }
 
-    pub(crate) async fn update_session(&self, id: &str, body: &Value) -> ApiResult<Value> {
+    pub(crate) async fn update_session(&self, id: &str, body: &Value) -> ApiResult<SessionDoc> {
         if body.get("vault_ids").is_some() {
             return Err(ApiError::invalid(
                 "vault_ids: cannot be changed after creation",
             ));
         }
         let mut changed = json!({});
-        let title = body
+        let title: Option<Option<String>> = body
             .get("title")
-            .map(|_| opt_string(body, "title", 512))
+            .map(|_| typed(opt_string(body, "title", 512)?))
             .transpose()?;
         let doc = self
             .sessions
             .update_doc(id, |d| {
                 if let Some(t) = title {
-                    d["title"] = t.clone();
-                    changed["title"] = t;
+                    changed["title"] = json!(t);
+                    d.title = t;
                 }
                 if !body["metadata"].is_null() {
-                    d["metadata"] = merge_metadata(&d["metadata"], &body["metadata"], "metadata")?;
-                    changed["metadata"] = d["metadata"].clone();
+                    let merged = merge_metadata(&json!(d.metadata), &body["metadata"], "metadata")?;
+                    d.metadata = typed(merged.clone())?;
+                    changed["metadata"] = merged;
                 }
                 if body["agent"].is_object() && body["agent"].get("tools").is_some() {
-                    d["agent"]["tools"] = tools(&body["agent"]["tools"])?;
-                    changed["agent"] = d["agent"].clone();
+                    d.agent.tools = typed(tools(&body["agent"]["tools"])?)?;
+                    changed["agent"] = json!(d.agent);
                 }
                 Ok(())
             })
@@ -456,17 +449,17 @@ impl Agents {
         Ok(doc)
     }
 
-    pub(crate) async fn archive_session(&self, id: &str) -> ApiResult<Value> {
+    pub(crate) async fn archive_session(&self, id: &str) -> ApiResult<SessionDoc> {
         self.sessions.not_running(id, "archiving")?;
         let was = self.sessions.session(id)?;
-        if !was["archived_at"].is_null() {
+        if was.archived_at.is_some() {
             return Ok(was);
         }
         let doc = self
             .sessions
             .update_doc(id, |d| {
-                d["archived_at"] = json!(now());
-                d["status"] = json!(SessionStatus::Terminated);
+                d.archived_at = Some(now());
+                d.status = SessionStatus::Terminated;
                 Ok(())
             })
             .await?;
@@ -477,7 +470,7 @@ impl Agents {
         Ok(doc)
     }
 
-    pub(crate) async fn delete_session(&self, id: &str) -> ApiResult<Value> {
+    pub(crate) async fn delete_session(&self, id: &str) -> ApiResult<Deleted> {
         self.sessions.not_running(id, "deleting")?;
         self.queue.stop_session(id, true).await?;
         // Gone from the store first: if that fails the session is still
@@ -490,18 +483,19 @@ impl Agents {
                 json!({"type": "session.deleted", "id": new_id("sevt"), "processed_at": now()}),
             ));
         }
-        Ok(json!({"id": id, "type": "session_deleted"}))
+        Ok(Deleted {
+            id: id.to_string(),
+            kind: "session_deleted".into(),
+        })
     }
 }
 
 /// A session as the API shows it: with its duration brought up to date.
-fn session_view(doc: &Value) -> Value {
+fn session_view(doc: &SessionDoc) -> SessionDoc {
     let mut v = doc.clone();
-    let created =
-        sandstone_api::timefmt::parse_rfc3339_us(doc["created_at"].as_str().unwrap_or_default());
-    let now = sandstone_api::timefmt::now_us();
-    if let Some(c) = created {
-        v["stats"]["duration_seconds"] = json!(((now - c).max(0) as f64) / 1e6);
+    if let Some(c) = sandstone_api::timefmt::parse_rfc3339_us(&doc.created_at) {
+        let now = sandstone_api::timefmt::now_us();
+        v.stats.duration_seconds = ((now - c).max(0) as f64) / 1e6;
     }
     v
 }

@@ -4,11 +4,9 @@
 //! model; otherwise idle. One driver task per session runs that loop, so a
 //! restart resumes a turn by looking at the events, nothing else.
 
-use crate::agents::TOOLSET;
 use crate::error::ApiResult;
 use crate::{Agents, model};
-use sandstone_agents_api::SessionStatus;
-use serde::Deserialize;
+use sandstone_agents_api::{AgentTool, PermissionKind, SessionAgent, SessionUsage, ToolConfig};
 use serde_json::{Value, json};
 use std::sync::Arc;
 use std::time::Duration;
@@ -173,20 +171,40 @@ fn tool_schema(name: &str) -> Value {
     }
 }
 
-/// The Messages API `tools` of an agent: enabled sandbox tools (web tools
-/// run on the server and are not offered here) and custom tools.
-fn model_tools(agent: &Value) -> Vec<Value> {
+/// The toolset tools an agent has enabled that a worker runs (web tools
+/// run on the server and are not offered here), with their permissions.
+fn sandbox_tools(agent: &SessionAgent) -> impl Iterator<Item = &ToolConfig> {
+    agent
+        .tools
+        .iter()
+        .filter_map(|t| match t {
+            AgentTool::Toolset(t) => t.configs.as_deref(),
+            AgentTool::Custom(_) => None,
+        })
+        .flatten()
+}
+
+/// The Messages API `tools` of an agent: enabled sandbox tools and custom
+/// tools.
+fn model_tools(agent: &SessionAgent) -> Vec<Value> {
     let mut out = Vec::new();
-    for t in agent["tools"].as_array().into_iter().flatten() {
-        if t["type"] == TOOLSET {
-            for c in t["configs"].as_array().into_iter().flatten() {
-                let name = c["name"].as_str().unwrap_or_default();
-                if c["enabled"] == true && !name.starts_with("web_") {
-                    out.push(json!({"name": name, "description": format!("The {name} tool of the agent toolset."), "input_schema": tool_schema(name)}));
-                }
+    for t in &agent.tools {
+        match t {
+            AgentTool::Toolset(_) => {}
+            AgentTool::Custom(c) => {
+                out.push(json!({"name": c.name, "description": c.description, "input_schema": c.input_schema}));
+                continue;
             }
-        } else if t["type"] == "custom" {
-            out.push(json!({"name": t["name"], "description": t["description"], "input_schema": t["input_schema"]}));
+        }
+        let configs = match t {
+            AgentTool::Toolset(t) => t.configs.as_deref().unwrap_or_default(),
+            AgentTool::Custom(_) => &[],
+        };
+        for c in configs {
+            let name = c.name.as_str();
+            if c.enabled == Some(true) && !name.starts_with("web_") {
+                out.push(json!({"name": name, "description": format!("The {name} tool of the agent toolset."), "input_schema": tool_schema(name)}));
+            }
         }
     }
     out
@@ -287,22 +305,17 @@ enum Call {
 }
 
 /// What the agent's configuration says about a call to `name`.
-fn classify(agent: &Value, name: &str) -> Call {
-    let tools = agent["tools"].as_array().cloned().unwrap_or_default();
-    let config = tools
-        .iter()
-        .filter(|t| t["type"] == TOOLSET)
-        .flat_map(|t| t["configs"].as_array().cloned().unwrap_or_default())
-        .find(|c| c["name"] == name);
-    match config {
-        Some(c) if c["enabled"] == true && !name.starts_with("web_") => {
-            let (perm, evaluation) = permission(&c["permission_policy"]["type"]);
+fn classify(agent: &SessionAgent, name: &str) -> Call {
+    match sandbox_tools(agent).find(|c| c.name == name) {
+        Some(c) if c.enabled == Some(true) && !name.starts_with("web_") => {
+            let (perm, evaluation) = permission(c.permission_policy.map(|p| p.kind));
             Call::Toolset(perm, evaluation)
         }
         Some(_) => Call::Refused,
-        None if tools
+        None if agent
+            .tools
             .iter()
-            .any(|t| t["type"] == "custom" && t["name"] == name) =>
+            .any(|t| matches!(t, AgentTool::Custom(c) if c.name == name)) =>
         {
             Call::Custom
         }
@@ -311,10 +324,10 @@ fn classify(agent: &Value, name: &str) -> Call {
 }
 
 /// The permission a toolset policy gives a call.
-fn permission(policy: &Value) -> (Value, Value) {
-    match policy.as_str() {
-        Some("always_ask") => (json!("ask"), json!({"type": "always_ask"})),
-        Some("auto") => (json!("allow"), json!({"type": "auto"})),
+fn permission(policy: Option<PermissionKind>) -> (Value, Value) {
+    match policy {
+        Some(PermissionKind::AlwaysAsk) => (json!("ask"), json!({"type": "always_ask"})),
+        Some(PermissionKind::Auto) => (json!("allow"), json!({"type": "auto"})),
         _ => (json!("allow"), json!({"type": "always_allow"})),
     }
 }
@@ -343,9 +356,7 @@ impl Agents {
     async fn set_idle(&self, session: &str, stop_reason: Value) -> ApiResult<()> {
         self.sessions
             .update_doc(session, |d| {
-                let status =
-                    SessionStatus::deserialize(&d["status"]).unwrap_or(SessionStatus::Idle);
-                d["status"] = json!(status.end_turn());
+                d.status = d.status.end_turn();
                 Ok(())
             })
             .await?;
@@ -371,14 +382,14 @@ impl Agents {
     async fn model_turn(&self, session: &str) -> ApiResult<()> {
         self.begin_turn(session).await?;
         let events = self.sessions.events(session);
-        let agent = self.sessions.session(session)?["agent"].clone();
+        let agent = self.sessions.session(session)?.agent;
         let mut body = json!({
-            "model": agent["model"]["id"],
+            "model": agent.model.id,
             "max_tokens": self.config.max_tokens,
             "messages": messages(&events),
             "stream": true,
         });
-        if let Some(system) = agent["system"].as_str() {
+        if let Some(system) = &agent.system {
             body["system"] = json!(system);
         }
         let tools = model_tools(&agent);
@@ -452,28 +463,26 @@ impl Agents {
     async fn record_answer(
         &self,
         session: &str,
-        agent: &Value,
+        agent: &SessionAgent,
         start: &Value,
         a: model::Answer,
     ) -> ApiResult<()> {
-        let usage = json!({
-            "input_tokens": a.usage["input_tokens"].as_u64().unwrap_or(0),
-            "output_tokens": a.usage["output_tokens"].as_u64().unwrap_or(0),
-            "cache_read_input_tokens": a.usage["cache_read_input_tokens"].as_u64().unwrap_or(0),
-            "cache_creation_input_tokens": a.usage["cache_creation_input_tokens"].as_u64().unwrap_or(0),
-        });
+        let tokens = |k: &str| a.usage.get(k).and_then(Value::as_u64).unwrap_or(0);
+        let usage = SessionUsage {
+            input_tokens: tokens("input_tokens"),
+            output_tokens: tokens("output_tokens"),
+            cache_read_input_tokens: tokens("cache_read_input_tokens"),
+            cache_creation_input_tokens: tokens("cache_creation_input_tokens"),
+            ..SessionUsage::default()
+        };
         self.emit(session, json!({"type": "span.model_request_end", "model_request_start_id": start["id"], "is_error": false, "model_usage": usage})).await?;
         self.sessions
             .update_doc(session, |d| {
-                for k in [
-                    "input_tokens",
-                    "output_tokens",
-                    "cache_read_input_tokens",
-                    "cache_creation_input_tokens",
-                ] {
-                    d["usage"][k] =
-                        json!(d["usage"][k].as_u64().unwrap_or(0) + usage[k].as_u64().unwrap_or(0));
-                }
+                let total = &mut d.usage;
+                total.input_tokens += usage.input_tokens;
+                total.output_tokens += usage.output_tokens;
+                total.cache_read_input_tokens += usage.cache_read_input_tokens;
+                total.cache_creation_input_tokens += usage.cache_creation_input_tokens;
                 Ok(())
             })
             .await?;

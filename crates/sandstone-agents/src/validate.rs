@@ -118,6 +118,12 @@ pub(crate) fn body<T: serde::de::DeserializeOwned>(v: &Value) -> ApiResult<T> {
     sandstone_agents_api::from_value(v.clone()).map_err(|e| ApiError::invalid(e.to_string()))
 }
 
+/// A document this server built as JSON, as its type: failing is a bug
+/// here, not a bad request.
+pub(crate) fn typed<T: serde::de::DeserializeOwned>(v: Value) -> ApiResult<T> {
+    sandstone_agents_api::from_value(v).map_err(|e| ApiError::internal(e.to_string()))
+}
+
 pub(crate) fn list_field(body: &Value, name: &str) -> ApiResult<Value> {
     match &body[name] {
         Value::Null => Ok(json!([])),
