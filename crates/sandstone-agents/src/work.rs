@@ -528,3 +528,95 @@ impl WorkQueue {
         out
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn queue(ttl: Duration) -> (WorkQueue, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        let db = sandstone_db::SqliteStore::open(&dir.path().join("db"))
+            .await
+            .unwrap();
+        (WorkQueue::load(Arc::new(db), ttl).await.unwrap(), dir)
+    }
+
+    fn now_poll() -> Poll {
+        Poll {
+            block: None,
+            reclaim: DEFAULT_RECLAIM,
+            worker: Some("w1".into()),
+        }
+    }
+
+    #[tokio::test]
+    async fn an_item_goes_from_queued_to_stopped_through_its_transitions() {
+        let (q, _dir) = queue(Duration::from_secs(30)).await;
+        let item = q.enqueue("env", "sesn").await.unwrap().unwrap();
+        // One live item per session.
+        assert!(q.enqueue("env", "sesn").await.unwrap().is_none());
+        assert_eq!(q.stats("env").depth, 1);
+        let claimed = q.poll("env", &now_poll()).await.unwrap().unwrap();
+        assert_eq!(claimed.id, item.id);
+        assert!(claimed.secret.is_some());
+        assert!(q.poll("env", &now_poll()).await.unwrap().is_none());
+        assert_eq!(
+            (q.stats("env").pending, q.stats("env").workers_polling),
+            (1, Some(1))
+        );
+        // A heartbeat before the ack is refused; the ack starts the item.
+        assert!(
+            q.heartbeat("env", &item.id, Some(NO_HEARTBEAT), None)
+                .await
+                .is_err()
+        );
+        assert_eq!(
+            q.ack("env", &item.id).await.unwrap().state,
+            WorkState::Starting
+        );
+        // A wrong expectation is the 412; the right one extends the lease.
+        let stale = q.heartbeat("env", &item.id, Some("then"), None).await;
+        assert!(matches!(stale, Err(ApiError::HeartbeatPrecondition { .. })));
+        let hb = q
+            .heartbeat("env", &item.id, Some(NO_HEARTBEAT), Some(5))
+            .await
+            .unwrap();
+        assert_eq!(
+            (hb.state, hb.lease_extended, hb.ttl_seconds),
+            (WorkState::Active, true, 5)
+        );
+        // A graceful stop is seen on the next heartbeat, whatever it expects.
+        let stopping = q.stop("env", &item.id, false).await.unwrap();
+        assert_eq!(stopping.state, WorkState::Stopping);
+        let hb = q.heartbeat("env", &item.id, Some("x"), None).await.unwrap();
+        assert_eq!((hb.state, hb.lease_extended), (WorkState::Stopping, false));
+        assert_eq!(
+            q.stop("env", &item.id, true).await.unwrap().state,
+            WorkState::Stopped
+        );
+        assert!(matches!(
+            q.stop("env", &item.id, true).await,
+            Err(ApiError::AlreadyStopped(_))
+        ));
+        // Stopped, the session may be queued again.
+        assert!(q.enqueue("env", "sesn").await.unwrap().is_some());
+    }
+
+    #[tokio::test]
+    async fn a_lease_that_runs_out_stops_the_item_and_asks_for_a_requeue() {
+        let (q, _dir) = queue(Duration::from_millis(1)).await;
+        let item = q.enqueue("env", "sesn").await.unwrap().unwrap();
+        q.poll("env", &now_poll()).await.unwrap();
+        q.ack("env", &item.id).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        let expired = q.expire().await;
+        assert_eq!(expired.len(), 1);
+        assert!(expired[0].requeue && expired[0].session == "sesn");
+        assert_eq!(q.item("env", &item.id).unwrap().state, WorkState::Stopped);
+        let token = q.state().tokens.keys().next().cloned().unwrap();
+        assert!(
+            q.session_of_token(&token).is_err(),
+            "a stopped item's token"
+        );
+    }
+}

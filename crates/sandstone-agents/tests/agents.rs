@@ -889,3 +889,34 @@ async fn memory_stores_keep_content_hashes_and_preconditions() {
     .await;
     assert_eq!((s, v["type"].as_str()), (200, Some("memory_deleted")));
 }
+
+#[tokio::test]
+async fn a_stored_document_that_does_not_fit_stops_the_start() {
+    use sandstone_agents::{Agents, ApiKeyCheck, Config};
+    use sandstone_db::agents::AgentsStore;
+    use std::sync::Arc;
+    let dir = tempfile::tempdir().unwrap();
+    let db = sandstone_db::SqliteStore::open(&dir.path().join("db"))
+        .await
+        .unwrap();
+    db.put_doc(
+        "environment",
+        "env_bad",
+        &json!({"id": "env_bad", "name": 5}),
+    )
+    .await
+    .unwrap();
+    let config = Config {
+        model_base_url: "http://127.0.0.1:9".into(),
+        model_api_key: None,
+        lease_ttl: Duration::from_secs(30),
+        max_tokens: 16,
+    };
+    let keys: ApiKeyCheck = Arc::new(|_| Box::pin(async { false }));
+    let err = Agents::start(Arc::new(db), config, keys)
+        .await
+        .err()
+        .expect("the start is refused")
+        .to_string();
+    assert!(err.contains("environment env_bad is corrupt"), "{err}");
+}
