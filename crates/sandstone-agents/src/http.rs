@@ -16,6 +16,7 @@ use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Extension, Json, Router};
+use sandstone_agents_api::KnownEvent;
 use serde_json::{Value, json};
 use std::sync::Arc;
 use std::time::Duration;
@@ -379,10 +380,14 @@ async fn stream_events(
         let mut rx = rx?;
         match rx.recv().await {
             Ok(ev) => {
-                let last = ev["type"] == "session.deleted";
+                let last = matches!(ev.known(), Some(KnownEvent::SessionDeleted(_)));
+                let kind = match ev.type_name() {
+                    "" => "message",
+                    t => t,
+                };
                 let frame = Event::default()
-                    .event(ev["type"].as_str().unwrap_or("message"))
-                    .data(ev.to_string());
+                    .event(kind)
+                    .data(serde_json::to_string(&*ev).unwrap_or_default());
                 Some((
                     Ok::<_, std::convert::Infallible>(frame),
                     (!last).then_some(rx),

@@ -11,7 +11,8 @@ use crate::validate::typed;
 use crate::validate::{list_field, merge_metadata, opt_string, required_string};
 use crate::{Agents, StartError, lock, parse_stored};
 use sandstone_agents_api::{
-    Access, AgentTag, Deleted, Extra, Session as SessionDoc, SessionAgent, SessionStatus,
+    Access, AgentTag, Deleted, Extra, KnownEvent, NoFields, Session as SessionDoc, SessionAgent,
+    SessionEvent, SessionStatus,
 };
 use sandstone_db::agents::AgentsStore;
 use serde_json::{Value, json};
@@ -20,14 +21,16 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use tokio::sync::{Notify, broadcast};
 
 pub(crate) const SESSION: &str = "session";
+/// Events are stored apart from documents; this names them in errors.
+const EVENT: &str = "session event";
 
 /// A session with its events and the channels that wake its readers.
 pub(crate) struct Session {
     pub doc: SessionDoc,
-    pub events: Vec<Arc<Value>>,
+    pub events: Vec<Arc<SessionEvent>>,
     /// Events already part of a model request: what comes after is new.
     pub consumed: usize,
-    pub live: broadcast::Sender<Arc<Value>>,
+    pub live: broadcast::Sender<Arc<SessionEvent>>,
     /// Wakes the session's turn driver.
     pub wake: Arc<Notify>,
     /// Cancels its model request (`user.interrupt`).
@@ -39,7 +42,7 @@ pub(crate) struct Session {
 }
 
 impl Session {
-    fn new(doc: SessionDoc, events: Vec<Arc<Value>>, consumed: usize) -> Session {
+    fn new(doc: SessionDoc, events: Vec<Arc<SessionEvent>>, consumed: usize) -> Session {
         Session {
             doc,
             events,
@@ -84,8 +87,12 @@ impl Sessions {
         for s in store.load_docs(SESSION).await? {
             let s: Stored = parse_stored(SESSION, s)?;
             let id = s.doc.id.clone();
-            let events = store.load_events(&id).await?;
-            let events = events.into_iter().map(Arc::new).collect();
+            let events = store
+                .load_events(&id)
+                .await?
+                .into_iter()
+                .map(|e| parse_stored::<SessionEvent>(EVENT, e).map(Arc::new))
+                .collect::<Result<_, _>>()?;
             all.insert(id, Session::new(s.doc, events, s.consumed));
         }
         Ok(Sessions {
@@ -240,8 +247,10 @@ impl Sessions {
     }
 
     /// Persists `ev` (with a new id and time) at the end of the session's
-    /// history and shows it to live streams.
-    pub(crate) async fn emit(&self, session: &str, ev: Value) -> ApiResult<Arc<Value>> {
+    /// history and shows it to live streams. The server's own events are
+    /// built as JSON and checked against the model here.
+    pub(crate) async fn emit(&self, session: &str, ev: Value) -> ApiResult<Arc<SessionEvent>> {
+        let ev: SessionEvent = typed(ev)?;
         let appends = self.appends_of(session)?;
         let _one = appends.lock().await;
         self.emit_locked(session, ev).await
@@ -255,12 +264,16 @@ impl Sessions {
     /// `emit` with the session's append lock held: the event is stored at
     /// the next position first, and only then listed and streamed, so
     /// readers never see an event the store lacks, nor one out of order.
-    pub(crate) async fn emit_locked(&self, session: &str, mut ev: Value) -> ApiResult<Arc<Value>> {
-        ev["id"] = json!(new_id("sevt"));
-        ev["processed_at"] = json!(now());
+    pub(crate) async fn emit_locked(
+        &self,
+        session: &str,
+        mut ev: SessionEvent,
+    ) -> ApiResult<Arc<SessionEvent>> {
+        ev.id = Some(new_id("sevt"));
+        ev.processed_at = Some(now());
         let ev = Arc::new(ev);
         let seq = self.event_count(session) as i64;
-        self.store.append_event(session, seq, &ev).await?;
+        self.store.append_event(session, seq, &json!(*ev)).await?;
         self.with(session, |s| {
             s.events.push(ev.clone());
             let _ = s.live.send(ev.clone());
@@ -274,11 +287,11 @@ impl Sessions {
         session: &str,
         types: &[String],
         descending: bool,
-    ) -> ApiResult<Vec<Value>> {
-        let mut out: Vec<Value> = self.with(session, |s| {
+    ) -> ApiResult<Vec<SessionEvent>> {
+        let mut out: Vec<SessionEvent> = self.with(session, |s| {
             s.events
                 .iter()
-                .filter(|e| types.is_empty() || types.iter().any(|t| e["type"] == *t))
+                .filter(|e| types.is_empty() || types.iter().any(|t| e.type_name() == t))
                 .map(|e| (**e).clone())
                 .collect()
         })?;
@@ -288,7 +301,10 @@ impl Sessions {
         Ok(out)
     }
 
-    pub(crate) fn subscribe(&self, session: &str) -> ApiResult<broadcast::Receiver<Arc<Value>>> {
+    pub(crate) fn subscribe(
+        &self,
+        session: &str,
+    ) -> ApiResult<broadcast::Receiver<Arc<SessionEvent>>> {
         self.with(session, |s| s.live.subscribe())
     }
 
@@ -297,7 +313,7 @@ impl Sessions {
         self.state().get(session).map_or(0, |s| s.events.len())
     }
 
-    pub(crate) fn events(&self, session: &str) -> Vec<Arc<Value>> {
+    pub(crate) fn events(&self, session: &str) -> Vec<Arc<SessionEvent>> {
         self.state()
             .get(session)
             .map(|s| s.events.clone())
@@ -479,9 +495,10 @@ impl Agents {
         self.sessions.store.delete_doc(SESSION, id).await?;
         let gone = self.sessions.state().remove(id);
         if let Some(s) = gone {
-            let _ = s.live.send(Arc::new(
-                json!({"type": "session.deleted", "id": new_id("sevt"), "processed_at": now()}),
-            ));
+            let mut ev = SessionEvent::new(KnownEvent::SessionDeleted(NoFields::default()));
+            ev.id = Some(new_id("sevt"));
+            ev.processed_at = Some(now());
+            let _ = s.live.send(Arc::new(ev));
         }
         Ok(Deleted {
             id: id.to_string(),

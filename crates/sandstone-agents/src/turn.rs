@@ -6,7 +6,10 @@
 
 use crate::error::ApiResult;
 use crate::{Agents, model};
-use sandstone_agents_api::{AgentTool, PermissionKind, SessionAgent, SessionUsage, ToolConfig};
+use sandstone_agents_api::{
+    AgentTool, ContentBlock, KnownEvent, PermissionKind, SessionAgent, SessionEvent, SessionUsage,
+    ToolConfig, Verdict,
+};
 use serde_json::{Value, json};
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,55 +22,76 @@ enum Step {
     Idle,
 }
 
-fn is_call(e: &Value) -> bool {
-    e["type"] == "agent.tool_use" || e["type"] == "agent.custom_tool_use"
+type Events = [Arc<SessionEvent>];
+
+fn is_call(e: &SessionEvent) -> bool {
+    matches!(
+        e.known(),
+        Some(KnownEvent::AgentToolUse(_) | KnownEvent::AgentCustomToolUse(_))
+    )
+}
+
+fn is_interrupt(e: &SessionEvent) -> bool {
+    matches!(e.known(), Some(KnownEvent::UserInterrupt(_)))
 }
 
 /// Whether a confirmation denied tool call `id`.
-pub fn denied(events: &[Arc<Value>], id: &str) -> bool {
+pub fn denied(events: &Events, id: &str) -> bool {
     events.iter().any(|e| {
-        e["type"] == "user.tool_confirmation" && e["tool_use_id"] == id && e["result"] == "deny"
+        matches!(e.known(), Some(KnownEvent::UserToolConfirmation(c))
+            if c.tool_use_id == id && c.result == Verdict::Deny)
     })
 }
 
-fn answered(events: &[Arc<Value>], call: &Value) -> bool {
-    let id = &call["id"];
+/// The call an answer (a result or confirmation) refers to.
+pub fn answer_to(e: &KnownEvent) -> Option<&str> {
+    match e {
+        KnownEvent::UserToolResult(r) | KnownEvent::AgentToolResult(r) => Some(&r.tool_use_id),
+        KnownEvent::UserCustomToolResult(r) => Some(&r.custom_tool_use_id),
+        KnownEvent::UserToolConfirmation(c) => Some(&c.tool_use_id),
+        _ => None,
+    }
+}
+
+fn answered(events: &Events, id: &str) -> bool {
     events.iter().any(|e| {
-        ((e["type"] == "user.tool_result" || e["type"] == "agent.tool_result")
-            && e["tool_use_id"] == *id)
-            || (e["type"] == "user.custom_tool_result" && e["custom_tool_use_id"] == *id)
-    }) || denied(events, id.as_str().unwrap_or_default())
+        e.known().is_some_and(|k| {
+            !matches!(k, KnownEvent::UserToolConfirmation(_)) && answer_to(k) == Some(id)
+        })
+    }) || denied(events, id)
 }
 
 /// Tool calls still waiting for a result (an interrupt closes earlier ones).
-fn open_calls(events: &[Arc<Value>]) -> Vec<String> {
+fn open_calls(events: &Events) -> Vec<String> {
     let since = events
         .iter()
-        .rposition(|e| e["type"] == "user.interrupt")
+        .rposition(|e| is_interrupt(e))
         .map_or(0, |i| i + 1);
     events[since..]
         .iter()
-        .filter(|e| is_call(e) && !answered(events, e))
-        .filter_map(|e| e["id"].as_str().map(str::to_string))
+        .filter(|e| is_call(e))
+        .filter_map(|e| e.id.clone())
+        .filter(|id| !answered(events, id))
         .collect()
 }
 
-fn next_step(events: &[Arc<Value>], consumed: usize) -> Step {
+fn next_step(events: &Events, consumed: usize) -> Step {
     let open = open_calls(events);
     if !open.is_empty() {
         return Step::Wait(open);
     }
-    let interrupted_at = events.iter().rposition(|e| e["type"] == "user.interrupt");
+    let interrupted_at = events.iter().rposition(|e| is_interrupt(e));
     let new_input = events.iter().enumerate().skip(consumed).any(|(i, e)| {
-        let input = matches!(
-            e["type"].as_str(),
+        let input = match e.known() {
             Some(
-                "user.message"
-                    | "user.tool_result"
-                    | "user.custom_tool_result"
-                    | "agent.tool_result"
-            )
-        ) || (e["type"] == "user.tool_confirmation" && e["result"] == "deny");
+                KnownEvent::UserMessage(_)
+                | KnownEvent::UserToolResult(_)
+                | KnownEvent::UserCustomToolResult(_)
+                | KnownEvent::AgentToolResult(_),
+            ) => true,
+            Some(KnownEvent::UserToolConfirmation(c)) => c.result == Verdict::Deny,
+            _ => false,
+        };
         input && interrupted_at.is_none_or(|at| i > at)
     });
     if new_input {
@@ -210,75 +234,70 @@ fn model_tools(agent: &SessionAgent) -> Vec<Value> {
     out
 }
 
-fn result_block(tool_use_id: &Value, content: &Value, is_error: bool) -> Value {
-    let content = if content.is_array() {
-        content.clone()
-    } else {
-        json!([])
-    };
-    json!({"type": "tool_result", "tool_use_id": tool_use_id, "content": content, "is_error": is_error})
+fn result_block(tool_use_id: &str, content: Option<&Vec<ContentBlock>>, is_error: bool) -> Value {
+    json!({"type": "tool_result", "tool_use_id": tool_use_id, "content": content.map_or(&[][..], |c| c.as_slice()), "is_error": is_error})
 }
 
 /// The conversation as Messages API messages, rebuilt from the events.
-fn messages(events: &[Arc<Value>]) -> Vec<Value> {
-    let mut out: Vec<(String, Vec<Value>)> = Vec::new();
-    let mut push = |role: &str, block: Value| match out.last_mut() {
-        Some((r, blocks)) if r == role => blocks.push(block),
-        _ => out.push((role.to_string(), vec![block])),
+fn messages(events: &Events) -> Vec<Value> {
+    let mut out: Vec<(&str, Vec<Value>)> = Vec::new();
+    let mut push = |role: &'static str, block: Value| match out.last_mut() {
+        Some((r, blocks)) if *r == role => blocks.push(block),
+        _ => out.push((role, vec![block])),
     };
-    let mut open: Vec<Value> = Vec::new();
+    let text = |t: &str| vec![ContentBlock::text(t)];
+    let mut open: Vec<&str> = Vec::new();
     for e in events {
-        match e["type"].as_str().unwrap_or_default() {
-            "user.message" => {
-                for b in e["content"].as_array().into_iter().flatten() {
-                    push("user", b.clone());
+        let Some(known) = e.known() else { continue };
+        match known {
+            KnownEvent::UserMessage(m) => {
+                for b in &m.content {
+                    push("user", json!(b));
                 }
             }
-            "agent.message" => {
-                for b in e["content"].as_array().into_iter().flatten() {
-                    push("assistant", b.clone());
+            KnownEvent::AgentMessage(m) => {
+                for b in &m.content {
+                    push("assistant", json!(b));
                 }
             }
-            "agent.tool_use" | "agent.custom_tool_use" => {
-                open.push(e["id"].clone());
+            KnownEvent::AgentToolUse(t) | KnownEvent::AgentCustomToolUse(t) => {
+                let id = e.id.as_deref().unwrap_or_default();
+                open.push(id);
                 push(
                     "assistant",
-                    json!({"type": "tool_use", "id": e["id"], "name": e["name"], "input": e["input"]}),
+                    json!({"type": "tool_use", "id": id, "name": t.name, "input": t.input}),
                 );
             }
-            "user.tool_result" | "agent.tool_result" | "user.custom_tool_result" => {
-                let id = if e["type"] == "user.custom_tool_result" {
-                    &e["custom_tool_use_id"]
-                } else {
-                    &e["tool_use_id"]
+            KnownEvent::UserToolResult(_)
+            | KnownEvent::AgentToolResult(_)
+            | KnownEvent::UserCustomToolResult(_) => {
+                let (id, content, is_error) = match known {
+                    KnownEvent::UserCustomToolResult(r) => {
+                        (&r.custom_tool_use_id, &r.content, r.is_error)
+                    }
+                    KnownEvent::UserToolResult(r) | KnownEvent::AgentToolResult(r) => {
+                        (&r.tool_use_id, &r.content, r.is_error)
+                    }
+                    _ => continue,
                 };
                 open.retain(|o| o != id);
                 push(
                     "user",
-                    result_block(id, &e["content"], e["is_error"] == true),
+                    result_block(id, content.as_ref(), is_error == Some(true)),
                 );
             }
-            "user.tool_confirmation" if e["result"] == "deny" => {
-                let id = &e["tool_use_id"];
-                open.retain(|o| o != id);
-                let msg = e["deny_message"]
-                    .as_str()
+            KnownEvent::UserToolConfirmation(c) if c.result == Verdict::Deny => {
+                open.retain(|o| *o != c.tool_use_id);
+                let msg = c
+                    .deny_message
+                    .as_deref()
                     .unwrap_or("The user denied this tool call.");
-                push(
-                    "user",
-                    result_block(id, &json!([{"type": "text", "text": msg}]), true),
-                );
+                push("user", result_block(&c.tool_use_id, Some(&text(msg)), true));
             }
-            "user.interrupt" => {
+            KnownEvent::UserInterrupt(_) => {
+                let interrupted = text("Interrupted by the user.");
                 for id in std::mem::take(&mut open) {
-                    push(
-                        "user",
-                        result_block(
-                            &id,
-                            &json!([{"type": "text", "text": "Interrupted by the user."}]),
-                            true,
-                        ),
-                    );
+                    push("user", result_block(id, Some(&interrupted), true));
                 }
             }
             _ => {}
@@ -369,7 +388,7 @@ impl Agents {
     }
 
     /// Persists `ev` at the end of the session's history.
-    async fn emit(&self, session: &str, ev: Value) -> ApiResult<Arc<Value>> {
+    async fn emit(&self, session: &str, ev: Value) -> ApiResult<Arc<SessionEvent>> {
         self.sessions.emit(session, ev).await
     }
 
@@ -431,7 +450,7 @@ impl Agents {
                 }
                 Err(e) => {
                     self.consume(session, events.len()).await?;
-                    self.emit(session, json!({"type": "span.model_request_end", "model_request_start_id": start["id"], "is_error": true, "model_usage": {}})).await?;
+                    self.emit(session, json!({"type": "span.model_request_end", "model_request_start_id": start.id, "is_error": true, "model_usage": {}})).await?;
                     self.emit(session, json!({"type": "session.error", "error": {"type": e.kind(), "message": e.message, "retry_status": {"type": "exhausted"}}})).await?;
                     return self
                         .set_idle(session, json!({"type": "retries_exhausted"}))
@@ -449,14 +468,14 @@ impl Agents {
             .events(session)
             .iter()
             .skip(n)
-            .any(|e| e["type"] == "user.interrupt")
+            .any(|e| is_interrupt(e))
     }
 
     /// Ends a turn the user interrupted: no answer is recorded.
-    async fn end_interrupted(&self, session: &str, start: &Value) -> ApiResult<()> {
+    async fn end_interrupted(&self, session: &str, start: &SessionEvent) -> ApiResult<()> {
         self.consume(session, self.sessions.event_count(session))
             .await?;
-        self.emit(session, json!({"type": "span.model_request_end", "model_request_start_id": start["id"], "is_error": true, "model_usage": {}})).await?;
+        self.emit(session, json!({"type": "span.model_request_end", "model_request_start_id": start.id, "is_error": true, "model_usage": {}})).await?;
         self.set_idle(session, json!({"type": "end_turn"})).await
     }
 
@@ -464,7 +483,7 @@ impl Agents {
         &self,
         session: &str,
         agent: &SessionAgent,
-        start: &Value,
+        start: &SessionEvent,
         a: model::Answer,
     ) -> ApiResult<()> {
         let tokens = |k: &str| a.usage.get(k).and_then(Value::as_u64).unwrap_or(0);
@@ -475,7 +494,7 @@ impl Agents {
             cache_creation_input_tokens: tokens("cache_creation_input_tokens"),
             ..SessionUsage::default()
         };
-        self.emit(session, json!({"type": "span.model_request_end", "model_request_start_id": start["id"], "is_error": false, "model_usage": usage})).await?;
+        self.emit(session, json!({"type": "span.model_request_end", "model_request_start_id": start.id, "is_error": false, "model_usage": usage})).await?;
         self.sessions
             .update_doc(session, |d| {
                 let total = &mut d.usage;
@@ -522,7 +541,7 @@ impl Agents {
                     // server denied, and the model learns why.
                     let call = self.emit(session, json!({"type": "agent.tool_use", "name": name, "input": input, "evaluated_permission": "deny", "evaluation": {"type": "always_allow"}})).await?;
                     let why = format!("tool {name} is not available to this agent");
-                    self.emit(session, json!({"type": "agent.tool_result", "tool_use_id": call["id"], "is_error": true, "content": [{"type": "text", "text": why}]})).await?;
+                    self.emit(session, json!({"type": "agent.tool_result", "tool_use_id": call.id, "is_error": true, "content": [{"type": "text", "text": why}]})).await?;
                 }
             }
         }
