@@ -508,8 +508,8 @@ impl Agents {
         let mut text: Vec<Value> = Vec::new();
         let mut calls = 0;
         for block in a.content {
-            if block["type"] == "text" {
-                text.push(json!({"type": "text", "text": block["text"]}));
+            if let model::Block::Text(t) = &block {
+                text.push(json!({"type": "text", "text": t}));
                 continue;
             }
             if !text.is_empty() {
@@ -519,12 +519,11 @@ impl Agents {
                 )
                 .await?;
             }
-            if block["type"] != "tool_use" {
+            let model::Block::ToolUse { name, input } = &block else {
                 continue;
-            }
+            };
             calls += 1;
-            let name = block["name"].as_str().unwrap_or_default();
-            let input = &block["input"];
+            let name = name.as_str();
             match classify(agent, name) {
                 Call::Toolset(perm, evaluation) => {
                     self.emit(session, json!({"type": "agent.tool_use", "name": name, "input": input, "evaluated_permission": perm, "evaluation": evaluation})).await?;
