@@ -7,94 +7,84 @@ use crate::error::{ApiError, ApiResult};
 use crate::ids::{new_id, now};
 use crate::registry::{AGENT, Registry};
 use crate::validate::{list_field, merge_metadata, opt_string, required_string, typed};
-use sandstone_agents_api::{Agent, AgentTag};
+use sandstone_agents_api::{
+    Agent, AgentTag, AgentTool, CustomTool, Extra, ModelConfig, ModelSpec, PermissionKind,
+    PermissionPolicy, ToolConfig, ToolDefaults, Toolset,
+};
 use serde_json::{Map, Value, json};
 
 /// Resolves an agent's `skills` to concrete versions (the skills
 /// component does).
 pub(crate) type Resolve<'a> = &'a (dyn Fn(&Value) -> ApiResult<Value> + Sync);
 
-pub const TOOLSET: &str = "agent_toolset_20260401";
-/// The toolset's tools, in the order the API lists them.
-pub const TOOLSET_TOOLS: [&str; 8] = [
-    "bash",
-    "edit",
-    "read",
-    "write",
-    "glob",
-    "grep",
-    "web_fetch",
-    "web_search",
-];
-pub(crate) fn model_config(v: &Value) -> ApiResult<Value> {
-    match v {
-        Value::String(s) if !s.is_empty() => Ok(json!({"id": s, "speed": "standard"})),
-        Value::Object(m)
-            if m.get("id")
-                .and_then(Value::as_str)
-                .is_some_and(|s| !s.is_empty()) =>
-        {
-            let mut out = m.clone();
-            out.entry("speed").or_insert(json!("standard"));
-            Ok(Value::Object(out))
-        }
-        _ => Err(ApiError::invalid(
-            "model: required, a model id or {\"id\": ...}",
-        )),
+use crate::turn::TOOLSET_TOOLS;
+use sandstone_agents_api::TOOLSET;
+/// A request's `model` (an id, or `{"id", ...}`) as the API shows it.
+pub(crate) fn model_config(v: &Value) -> ApiResult<ModelConfig> {
+    let bad = || ApiError::invalid("model: required, a model id or {\"id\": ...}");
+    let mut m = match sandstone_agents_api::from_value(v.clone()).map_err(|_| bad())? {
+        ModelSpec::Id(id) => ModelConfig {
+            id,
+            speed: None,
+            extra: Extra::new(),
+        },
+        ModelSpec::Config(c) => c,
+    };
+    if m.id.is_empty() {
+        return Err(bad());
     }
+    m.speed.get_or_insert_with(|| "standard".into());
+    Ok(m)
 }
 
-fn permission_policy(v: &Value, at: &str) -> ApiResult<Value> {
-    match v["type"].as_str() {
-        None if v.is_null() => Ok(json!({"type": "always_allow"})),
-        Some("always_allow" | "always_ask" | "auto") => Ok(json!({"type": v["type"]})),
-        _ => Err(ApiError::invalid(format!(
-            "{at}.permission_policy.type: always_allow, always_ask or auto"
-        ))),
-    }
-}
-
-fn toolset(t: &Value, at: &str) -> ApiResult<Value> {
-    let default_enabled = t["default_config"]["enabled"].as_bool().unwrap_or(true);
-    let default_policy = permission_policy(
-        &t["default_config"]["permission_policy"],
-        &format!("{at}.default_config"),
-    )?;
-    let given = t["configs"].as_array().cloned().unwrap_or_default();
-    for (i, c) in given.iter().enumerate() {
-        let name = c["name"].as_str().unwrap_or_default();
-        if !TOOLSET_TOOLS.contains(&name) {
-            return Err(ApiError::invalid(format!(
-                "{at}.configs[{i}].name: one of {}",
-                TOOLSET_TOOLS.join(", ")
-            )));
-        }
+/// The toolset with every tool listed, each with a concrete `enabled` and
+/// `permission_policy` (a tool's own, or the defaults).
+fn toolset(t: Toolset, at: &str) -> ApiResult<Toolset> {
+    let defaults = t.default_config.unwrap_or_default();
+    let default_enabled = defaults.enabled.unwrap_or(true);
+    let default_policy = defaults.permission_policy.unwrap_or(PermissionPolicy {
+        kind: PermissionKind::AlwaysAllow,
+    });
+    let given = t.configs.unwrap_or_default();
+    if let Some(i) = given
+        .iter()
+        .position(|c| !TOOLSET_TOOLS.contains(&c.name.as_str()))
+    {
+        return Err(ApiError::invalid(format!(
+            "{at}.configs[{i}].name: one of {}",
+            TOOLSET_TOOLS.join(", ")
+        )));
     }
     let configs = TOOLSET_TOOLS
         .iter()
         .map(|name| {
-            let c = given.iter().find(|c| c["name"] == *name);
-            let enabled = c
-                .and_then(|c| c["enabled"].as_bool())
-                .unwrap_or(default_enabled);
-            let policy = match c.map(|c| &c["permission_policy"]) {
-                Some(p) if !p.is_null() => permission_policy(p, &format!("{at}.configs.{name}"))?,
-                _ => default_policy.clone(),
-            };
-            Ok(json!({"type": name, "name": name, "enabled": enabled, "permission_policy": policy}))
+            let c = given.iter().find(|c| c.name == *name);
+            ToolConfig {
+                kind: Some(name.to_string()),
+                name: name.to_string(),
+                enabled: Some(c.and_then(|c| c.enabled).unwrap_or(default_enabled)),
+                permission_policy: Some(
+                    c.and_then(|c| c.permission_policy)
+                        .unwrap_or(default_policy),
+                ),
+                extra: Extra::new(),
+            }
         })
-        .collect::<ApiResult<Vec<_>>>()?;
-    Ok(json!({
-        "type": TOOLSET,
-        "configs": configs,
-        "default_config": {"enabled": default_enabled, "permission_policy": default_policy},
-    }))
+        .collect();
+    Ok(Toolset {
+        configs: Some(configs),
+        default_config: Some(ToolDefaults {
+            enabled: Some(default_enabled),
+            permission_policy: Some(default_policy),
+            extra: Extra::new(),
+        }),
+        extra: Extra::new(),
+    })
 }
 
-fn custom_tool(t: &Value, at: &str) -> ApiResult<Value> {
-    let name = t["name"].as_str().unwrap_or_default();
-    let ok = (1..=128).contains(&name.len())
-        && name
+fn custom_tool(t: CustomTool, at: &str) -> ApiResult<CustomTool> {
+    let ok = (1..=128).contains(&t.name.len())
+        && t.name
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
     if !ok {
@@ -102,22 +92,23 @@ fn custom_tool(t: &Value, at: &str) -> ApiResult<Value> {
             "{at}.name: 1-128 of [A-Za-z0-9_-]"
         )));
     }
-    if !t["input_schema"].is_object() {
+    if !t.input_schema.as_ref().is_some_and(Value::is_object) {
         return Err(ApiError::invalid(format!(
             "{at}.input_schema: a JSON schema object"
         )));
     }
-    Ok(json!({
-        "type": "custom",
-        "name": name,
-        "description": t["description"].as_str().unwrap_or_default(),
-        "input_schema": t["input_schema"],
-    }))
+    Ok(CustomTool {
+        name: t.name,
+        description: Some(t.description.unwrap_or_default()),
+        input_schema: t.input_schema,
+        extra: Extra::new(),
+    })
 }
 
-pub(crate) fn tools(v: &Value) -> ApiResult<Value> {
+/// A request's `tools`, checked and resolved.
+pub(crate) fn tools(v: &Value) -> ApiResult<Vec<AgentTool>> {
     let list = match v {
-        Value::Null => return Ok(json!([])),
+        Value::Null => return Ok(Vec::new()),
         Value::Array(a) if a.len() <= 256 => a,
         _ => return Err(ApiError::invalid("tools: an array of at most 256 tools")),
     };
@@ -126,21 +117,30 @@ pub(crate) fn tools(v: &Value) -> ApiResult<Value> {
         .enumerate()
         .map(|(i, t)| {
             let at = format!("tools[{i}]");
-            let out = match t["type"].as_str() {
-                Some(TOOLSET) => toolset(t, &at)?,
-                Some("custom") => custom_tool(t, &at)?,
+            // Parsed by its tag, so that an error names the field inside.
+            let field =
+                |e: sandstone_agents_api::FieldError| ApiError::invalid(format!("{at}.{e}"));
+            let (out, key) = match t.get("type").and_then(Value::as_str) {
+                Some(TOOLSET) => {
+                    let t = sandstone_agents_api::from_value(t.clone()).map_err(field)?;
+                    (AgentTool::Toolset(toolset(t, &at)?), TOOLSET.to_string())
+                }
+                Some("custom") => {
+                    let c = sandstone_agents_api::from_value(t.clone()).map_err(field)?;
+                    let c = custom_tool(c, &at)?;
+                    let key = c.name.clone();
+                    (AgentTool::Custom(c), key)
+                }
                 _ => {
                     return Err(ApiError::invalid(format!("{at}.type: {TOOLSET} or custom")));
                 }
             };
-            let key = out["name"].as_str().unwrap_or(TOOLSET).to_string();
             if !names.insert(key.clone()) {
                 return Err(ApiError::invalid(format!("{at}: {key} is declared twice")));
             }
             Ok(out)
         })
-        .collect::<ApiResult<Vec<_>>>()
-        .map(Value::Array)
+        .collect()
 }
 
 /// The agent's configuration fields, resolved from a create or update body
@@ -152,7 +152,7 @@ fn agent_config(body: &Value, base: Option<&Value>) -> ApiResult<Map<String, Val
         out.insert("name".into(), json!(required_string(body, "name", 256)?));
     }
     if base.is_none() || has("model") {
-        out.insert("model".into(), model_config(&body["model"])?);
+        out.insert("model".into(), json!(model_config(&body["model"])?));
     }
     for (k, max) in [("system", 100_000), ("description", 2048)] {
         if base.is_none() || has(k) {
@@ -160,7 +160,7 @@ fn agent_config(body: &Value, base: Option<&Value>) -> ApiResult<Map<String, Val
         }
     }
     if base.is_none() || has("tools") {
-        out.insert("tools".into(), tools(&body["tools"])?);
+        out.insert("tools".into(), json!(tools(&body["tools"])?));
     }
     for k in ["mcp_servers", "skills"] {
         if base.is_none() || has(k) {
@@ -307,5 +307,58 @@ impl Agents {
     pub(crate) async fn update_agent(&self, id: &str, body: &Value) -> ApiResult<Agent> {
         let skills = |v: &Value| self.skills.resolve(v);
         self.registry.update_agent(id, body, &skills).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn message(r: ApiResult<impl std::fmt::Debug>) -> String {
+        r.expect_err("refused").to_string()
+    }
+
+    #[test]
+    fn tools_are_resolved_and_bad_ones_named() {
+        let t = tools(&json!([
+            {"type": TOOLSET, "default_config": {"permission_policy": {"type": "always_ask"}},
+             "configs": [{"name": "bash", "enabled": false}]},
+            {"type": "custom", "name": "lookup", "input_schema": {"type": "object"}},
+        ]))
+        .unwrap();
+        let shown = json!(t);
+        assert_eq!(shown[0]["configs"].as_array().unwrap().len(), 8);
+        assert_eq!(
+            shown[0]["configs"][0],
+            json!({"type": "bash", "name": "bash", "enabled": false, "permission_policy": {"type": "always_ask"}})
+        );
+        assert_eq!(shown[1]["description"], "");
+        assert!(message(tools(&json!([{"type": "mcp"}]))).starts_with("tools[0].type: "));
+        assert!(
+            message(tools(
+                &json!([{"type": TOOLSET, "configs": [{"name": "rm"}]}])
+            ))
+            .starts_with("tools[0].configs[0].name: one of bash")
+        );
+        let policy =
+            json!([{"type": TOOLSET, "default_config": {"permission_policy": {"type": "never"}}}]);
+        let m = message(tools(&policy));
+        assert!(
+            m.starts_with("tools[0].default_config.permission_policy.type: "),
+            "{m}"
+        );
+        assert!(
+            message(tools(&json!([{"type": TOOLSET}, {"type": TOOLSET}])))
+                .contains("declared twice")
+        );
+        assert!(
+            message(tools(&json!([{"type": "custom", "name": "a b"}])))
+                .starts_with("tools[0].name")
+        );
+        assert_eq!(
+            model_config(&json!("m")).unwrap().speed.as_deref(),
+            Some("standard")
+        );
+        assert!(model_config(&json!({"id": ""})).is_err());
     }
 }

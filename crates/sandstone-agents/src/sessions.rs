@@ -413,13 +413,13 @@ impl Agents {
         };
         if let Some(o) = overrides {
             if o.get("model").is_some() {
-                snap.model = typed(model_config(&o["model"])?)?;
+                snap.model = model_config(&o["model"])?;
             }
             if o.get("system").is_some() {
                 snap.system = typed(opt_string(o, "system", 100_000)?)?;
             }
             if o.get("tools").is_some() {
-                snap.tools = typed(tools(&o["tools"])?)?;
+                snap.tools = tools(&o["tools"])?;
             }
         }
         Ok(snap)
@@ -449,7 +449,7 @@ impl Agents {
                     changed["metadata"] = merged;
                 }
                 if body["agent"].is_object() && body["agent"].get("tools").is_some() {
-                    d.agent.tools = typed(tools(&body["agent"]["tools"])?)?;
+                    d.agent.tools = tools(&body["agent"]["tools"])?;
                     changed["agent"] = json!(d.agent);
                 }
                 Ok(())

@@ -168,6 +168,23 @@ async fn run(agents: Arc<Agents>, session: String) {
     }
 }
 
+// The agent toolset: its tools' names and input schemas. One definition
+// shared with the server route, init and the worker is to replace this
+// block (`sandstone_api::toolset`).
+
+/// The toolset's tools, in the order the API lists them.
+pub const TOOLSET_TOOLS: [&str; 8] = [
+    "bash",
+    "edit",
+    "read",
+    "write",
+    "glob",
+    "grep",
+    "web_fetch",
+    "web_search",
+];
+
+/// The input schema the model is offered for toolset tool `name`.
 fn tool_schema(name: &str) -> Value {
     let s = |props: Value, required: &[&str]| json!({"type": "object", "properties": props, "required": required});
     match name {
