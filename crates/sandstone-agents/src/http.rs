@@ -16,7 +16,7 @@ use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Extension, Json, Router};
-use sandstone_agents_api::KnownEvent;
+use sandstone_agents_api::{KnownEvent, WorkStop};
 use serde_json::{Value, json};
 use std::sync::Arc;
 use std::time::Duration;
@@ -251,12 +251,8 @@ async fn stop(
     b: Bytes,
 ) -> ApiResult<Response> {
     c.require_work(&env, &id)?;
-    let force = match &body(&b)?["force"] {
-        Value::Null => false,
-        Value::Bool(f) => *f,
-        _ => return Err(ApiError::invalid("force: a boolean")),
-    };
-    ok(a.queue.stop(&env, &id, force).await?)
+    let stop: WorkStop = crate::validate::body(&body(&b)?)?;
+    ok(a.queue.stop(&env, &id, stop.force.unwrap_or(false)).await?)
 }
 
 async fn work_stats(

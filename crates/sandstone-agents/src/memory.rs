@@ -8,8 +8,8 @@ use crate::ids::{new_id, now};
 use crate::validate;
 use crate::{StartError, lock, parse_stored};
 use sandstone_agents_api::{
-    Deleted, Extra, Memory, MemoryEntry, MemoryParams, MemoryPrefix, MemoryStore,
-    MemoryStoreParams, MemoryStoreTag, Metadata, Precondition,
+    Access, Deleted, Extra, Memory, MemoryEntry, MemoryParams, MemoryPrefix, MemoryStore,
+    MemoryStoreParams, MemoryStoreTag, Metadata, Precondition, SessionResource,
 };
 use sandstone_db::agents::AgentsStore;
 use sandstone_db::sha256_hex;
@@ -403,17 +403,20 @@ impl Memories {
             Value::Array(l) => l,
             _ => return Err(ApiError::invalid("resources: an array")),
         };
-        list.iter()
+        let resolved = list
+            .iter()
             .enumerate()
             .map(|(i, r)| {
                 let at = format!("resources[{i}]");
-                if r["type"] != "memory_store" {
+                let r: SessionResource = sandstone_agents_api::from_value(r.clone())
+                    .map_err(|e| ApiError::invalid(format!("{at}.{e}")))?;
+                if !r.is_memory_store() {
                     return Err(ApiError::invalid(format!(
                         "{at}.type: self_hosted environments take memory_store resources only"
                     )));
                 }
-                let id = r["memory_store_id"].as_str().unwrap_or_default();
-                let store = self.store(id).map_err(|_| {
+                let id = r.memory_store_id.unwrap_or_default();
+                let store = self.store(&id).map_err(|_| {
                     ApiError::invalid(format!("{at}.memory_store_id: {id} does not exist"))
                 })?;
                 if store.archived_at.is_some() {
@@ -421,21 +424,19 @@ impl Memories {
                         "{at}.memory_store_id: {id} is archived"
                     )));
                 }
-                let access = r["access"].as_str().unwrap_or("read_write");
-                if !matches!(access, "read_write" | "read_only") {
-                    return Err(ApiError::invalid(format!(
-                        "{at}.access: read_write or read_only"
-                    )));
-                }
-                Ok(json!({
-                    "type": "memory_store", "memory_store_id": id, "access": access,
-                    "name": store.name, "description": store.description,
-                    "instructions": r["instructions"].as_str().unwrap_or(""),
-                    "mount_path": mount_path(&store.name),
-                }))
+                Ok(SessionResource {
+                    kind: r.kind,
+                    memory_store_id: Some(id),
+                    access: Some(r.access.unwrap_or(Access::ReadWrite)),
+                    mount_path: Some(mount_path(&store.name)),
+                    name: Some(store.name),
+                    description: Some(store.description),
+                    instructions: Some(r.instructions.unwrap_or_default()),
+                    extra: Extra::new(),
+                })
             })
-            .collect::<ApiResult<Vec<_>>>()
-            .map(Value::Array)
+            .collect::<ApiResult<Vec<_>>>()?;
+        Ok(json!(resolved))
     }
 }
 

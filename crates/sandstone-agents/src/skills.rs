@@ -10,7 +10,7 @@ use crate::ids::{new_id, now};
 use crate::{StartError, lock, parse_stored};
 use base64::Engine;
 use sandstone_agents_api::{
-    Deleted, Extra, Skill, SkillSource, SkillTag, SkillVersion, SkillVersionTag,
+    Deleted, Extra, Skill, SkillRef, SkillSource, SkillTag, SkillVersion, SkillVersionTag,
 };
 use sandstone_db::agents::AgentsStore;
 use sandstone_skill_archive as skill_archive;
@@ -339,26 +339,36 @@ impl Skills {
 
     /// Resolves an agent's `skills` to concrete versions.
     pub(crate) fn resolve(&self, v: &Value) -> ApiResult<Value> {
-        v.as_array()
+        let resolved = v
+            .as_array()
             .into_iter()
             .flatten()
             .enumerate()
             .map(|(i, s)| {
                 let at = format!("skills[{i}]");
-                if s["type"] != "custom" {
+                let s: SkillRef = sandstone_agents_api::from_value(s.clone())
+                    .map_err(|e| ApiError::invalid(format!("{at}.{e}")))?;
+                if s.kind != "custom" {
                     return Err(ApiError::invalid(format!(
                         "{at}.type: custom (Anthropic's prebuilt skills exist only on the hosted service; upload them as custom skills)"
                     )));
                 }
-                let id = s["skill_id"].as_str().unwrap_or_default();
-                let want = s["version"].as_str().unwrap_or("latest");
-                let version = self
-                    .skill_version(id, want)
-                    .map_err(|_| ApiError::invalid(format!("{at}: skill {id} version {want} does not exist")))?;
-                Ok(json!({"type": "custom", "skill_id": id, "version": version.doc.version}))
+                let want = s.version.as_deref().unwrap_or("latest");
+                let version = self.skill_version(&s.skill_id, want).map_err(|_| {
+                    ApiError::invalid(format!(
+                        "{at}: skill {} version {want} does not exist",
+                        s.skill_id
+                    ))
+                })?;
+                Ok(SkillRef {
+                    kind: s.kind,
+                    skill_id: s.skill_id,
+                    version: Some(version.doc.version),
+                    extra: Extra::new(),
+                })
             })
-            .collect::<ApiResult<Vec<_>>>()
-            .map(Value::Array)
+            .collect::<ApiResult<Vec<_>>>()?;
+        Ok(json!(resolved))
     }
 }
 
