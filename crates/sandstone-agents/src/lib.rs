@@ -13,8 +13,10 @@
 //!   API ([`model`]).
 //!
 //! What spans components (a session queues work, an environment's delete
-//! stops it) is done here and in `events.rs`; [`http`] is the only module
-//! that speaks HTTP, and maps [`error::ApiError`] to Anthropic's error body.
+//! stops it) are [`Agents`] methods beside the resource they belong to.
+//! HTTP is spoken only by [`http`] (the routes, and the one mapping of
+//! [`error::ApiError`] to a status and Anthropic's error body) and [`auth`]
+//! (the middleware that identifies the caller).
 //! Every change is written through to the store before it is answered, so
 //! a restart loses nothing: sessions are reloaded with their events and a
 //! turn that was running is driven again from its history. A stored
