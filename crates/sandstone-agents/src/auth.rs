@@ -10,6 +10,7 @@ use axum::extract::{Request, State};
 use axum::http::HeaderMap;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
+use sandstone_agents_api::Access;
 use sandstone_db::token_hash;
 use std::sync::Arc;
 
@@ -69,8 +70,8 @@ impl Caller {
     pub fn require_store(&self, agents: &Agents, store: &str, write: bool) -> ApiResult<()> {
         match self {
             Caller::Api => Ok(()),
-            Caller::Session { session, .. } => match agents.store_access(session, store) {
-                Some(access) if !write || access == "read_write" => Ok(()),
+            Caller::Session { session, .. } => match agents.sessions.store_access(session, store) {
+                Some(access) if !write || access == Access::ReadWrite => Ok(()),
                 Some(_) => Err(ApiError::forbidden(format!(
                     "memory store {store} is attached read_only to this session"
                 ))),
@@ -86,11 +87,11 @@ impl Caller {
 
     /// API keys, or a worker serving a session whose agent uses the skill.
     pub fn require_skill(&self, agents: &Agents, skill: &str) -> ApiResult<()> {
-        let uses = |session: &str| agents.session_uses_skill(session, skill);
+        let uses = |session: &str| agents.sessions.uses_skill(session, skill);
         let ok = match self {
             Caller::Api => true,
             Caller::Session { session, .. } => uses(session),
-            Caller::Environment(env) => agents.environment_sessions(env).iter().any(|s| uses(s)),
+            Caller::Environment(env) => agents.sessions.of_environment(env).iter().any(|s| uses(s)),
         };
         if ok {
             Ok(())
@@ -106,7 +107,9 @@ impl Caller {
     pub fn require_session(&self, agents: &Agents, session: &str) -> ApiResult<()> {
         match self {
             Caller::Api => Ok(()),
-            Caller::Environment(e) if agents.session_environment(session).as_deref() == Some(e) => {
+            Caller::Environment(e)
+                if agents.sessions.environment(session).as_deref() == Some(e) =>
+            {
                 Ok(())
             }
             Caller::Session { session: s, .. } if s == session => Ok(()),
@@ -137,11 +140,12 @@ async fn identify(agents: &Agents, headers: &HeaderMap) -> ApiResult<Caller> {
     })?;
     if token.starts_with(ENV_KEY_PREFIX) {
         return agents
+            .registry
             .environment_of_key(&token_hash(&token))
             .map(Caller::Environment);
     }
     if token.starts_with(SESSIONS_TOKEN_PREFIX) {
-        let (session, work) = agents.session_of_token(&token_hash(&token))?;
+        let (session, work) = agents.queue.session_of_token(&token_hash(&token))?;
         return Ok(Caller::Session { session, work });
     }
     if (agents.api_keys)(token).await {

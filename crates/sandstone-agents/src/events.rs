@@ -1,11 +1,13 @@
-//! Session events: what clients and workers send (validated, 400 naming the
-//! field), what the server emits, the ordered list and the live SSE stream.
-//! Every event is persisted before anyone sees it.
+//! Session events that clients and workers send: validated (a 400 naming
+//! the field), checked against the session's history, appended in order,
+//! and the session's turn woken. Emitting, listing and streaming events is
+//! the sessions component's.
 
+use crate::Agents;
 use crate::error::{ApiError, ApiResult};
-use crate::ids::{new_id, now};
-use crate::{Agents, str_of};
-use serde_json::{Value, json};
+use crate::turn::{answer_to, denied};
+use sandstone_agents_api::{EvaluatedPermission, EventType, KnownEvent, SessionEvent};
+use serde_json::Value;
 use std::sync::Arc;
 
 const SENDABLE: [&str; 5] = [
@@ -61,7 +63,7 @@ fn id_field(e: &Value, name: &str, at: &str) -> ApiResult<()> {
 }
 
 /// Checks one sent event's fields.
-fn validate(e: &Value, at: &str) -> ApiResult<Value> {
+fn validate(e: &Value, at: &str) -> ApiResult<SessionEvent> {
     let kind = e["type"].as_str().unwrap_or_default();
     match kind {
         "user.message" => content_blocks(&e["content"], &format!("{at}.content"), true)?,
@@ -96,16 +98,15 @@ fn validate(e: &Value, at: &str) -> ApiResult<Value> {
             )));
         }
     }
-    let mut clean = e.clone();
-    if let Some(o) = clean.as_object_mut() {
-        o.remove("id");
-        o.remove("processed_at");
-    }
+    let mut clean: SessionEvent =
+        crate::validate::body(e).map_err(|err| ApiError::invalid(format!("{at}.{err}")))?;
+    clean.id = None;
+    clean.processed_at = None;
     Ok(clean)
 }
 
 /// Validates a list of sent events (all or nothing).
-pub fn validate_all(v: &Value, field: &str, initial: bool) -> ApiResult<Vec<Value>> {
+pub fn validate_all(v: &Value, field: &str, initial: bool) -> ApiResult<Vec<SessionEvent>> {
     let list = match v {
         Value::Null if initial => return Ok(Vec::new()),
         Value::Array(l) if !l.is_empty() && l.len() <= 50 => l,
@@ -131,42 +132,48 @@ pub fn validate_all(v: &Value, field: &str, initial: bool) -> ApiResult<Vec<Valu
 
 /// What a sent result or confirmation refers to, checked against the
 /// session's history: it must name a tool call that is still open.
-fn check_reference(events: &[Arc<Value>], e: &Value, at: &str) -> ApiResult<()> {
-    let (key, uses, answers): (&str, &[&str], &str) = match e["type"].as_str() {
-        Some("user.tool_result") => ("tool_use_id", &["agent.tool_use"], "user.tool_result"),
-        Some("user.custom_tool_result") => (
-            "custom_tool_use_id",
-            &["agent.custom_tool_use"],
-            "user.custom_tool_result",
-        ),
-        Some("user.tool_confirmation") => (
+fn check_reference(events: &[Arc<SessionEvent>], e: &SessionEvent, at: &str) -> ApiResult<()> {
+    let Some(sent) = e.known() else {
+        return Ok(());
+    };
+    let answers = sent.event_type();
+    let (key, uses): (&str, &[EventType]) = match answers {
+        EventType::UserToolResult => ("tool_use_id", &[EventType::AgentToolUse]),
+        EventType::UserCustomToolResult => ("custom_tool_use_id", &[EventType::AgentCustomToolUse]),
+        EventType::UserToolConfirmation => (
             "tool_use_id",
-            &["agent.tool_use", "agent.mcp_tool_use"],
-            "user.tool_confirmation",
+            &[EventType::AgentToolUse, EventType::AgentMcpToolUse],
         ),
         _ => return Ok(()),
     };
-    let id = e[key].as_str().unwrap_or_default();
+    let id = answer_to(sent).unwrap_or_default();
     let call = events
         .iter()
-        .find(|x| x["id"] == id && uses.iter().any(|u| x["type"] == *u))
+        .filter(|x| x.id.as_deref() == Some(id))
+        .find_map(|x| x.known().filter(|k| uses.contains(&k.event_type())))
         .ok_or_else(|| {
             ApiError::invalid(format!(
                 "{at}.{key}: no {} event {id} in this session",
                 uses[0]
             ))
         })?;
-    if events.iter().any(|x| x["type"] == answers && x[key] == id) {
+    let answered = events
+        .iter()
+        .filter_map(|x| x.known())
+        .any(|k| k.event_type() == answers && answer_to(k) == Some(id));
+    if answered {
         return Err(ApiError::conflict(format!(
             "{at}.{key}: {id} already has a {answers}"
         )));
     }
-    if answers == "user.tool_confirmation" && call["evaluated_permission"] != "ask" {
+    let asks = matches!(call, KnownEvent::AgentToolUse(t) | KnownEvent::AgentMcpToolUse(t)
+        if t.evaluated_permission == Some(EvaluatedPermission::Ask));
+    if answers == EventType::UserToolConfirmation && !asks {
         return Err(ApiError::invalid(format!(
             "{at}.tool_use_id: {id} does not wait for a confirmation"
         )));
     }
-    if answers == "user.tool_result" && crate::turn::denied(events, id) {
+    if answers == EventType::UserToolResult && denied(events, id) {
         return Err(ApiError::conflict(format!(
             "{at}.tool_use_id: {id} was denied"
         )));
@@ -175,144 +182,50 @@ fn check_reference(events: &[Arc<Value>], e: &Value, at: &str) -> ApiResult<()> 
 }
 
 impl Agents {
-    /// Persists `ev` (with a new id and time) at the end of the session's
-    /// history and shows it to live streams.
-    pub(crate) async fn emit(&self, session: &str, ev: Value) -> ApiResult<Arc<Value>> {
-        let appends = self.appends_of(session)?;
-        let _one = appends.lock().await;
-        self.emit_locked(session, ev).await
-    }
-
-    /// The lock that puts a session's appends in one order.
-    fn appends_of(&self, session: &str) -> ApiResult<Arc<tokio::sync::Mutex<()>>> {
-        let st = self.state.lock().unwrap();
-        let s = st
-            .sessions
-            .get(session)
-            .ok_or_else(|| ApiError::not_found("session", session))?;
-        Ok(s.appends.clone())
-    }
-
-    /// `emit` with the session's append lock held: the event is stored at
-    /// the next position first, and only then listed and streamed, so
-    /// readers never see an event the store lacks, nor one out of order.
-    async fn emit_locked(&self, session: &str, mut ev: Value) -> ApiResult<Arc<Value>> {
-        ev["id"] = json!(new_id("sevt"));
-        ev["processed_at"] = json!(now());
-        let ev = Arc::new(ev);
-        let seq = self.event_count(session) as i64;
-        self.store.append_event(session, seq, &ev).await?;
-        let mut st = self.state.lock().unwrap();
-        let s = st
-            .sessions
-            .get_mut(session)
-            .ok_or_else(|| ApiError::not_found("session", session))?;
-        s.events.push(ev.clone());
-        let _ = s.live.send(ev.clone());
-        Ok(ev)
-    }
-
     /// Appends events a client or worker sent, after checking them
     /// against the session's state; wakes the session's turn. The check and
     /// the appends hold the session's append lock: two results for one
     /// call cannot both pass.
-    pub async fn append_user_events(
+    pub(crate) async fn append_user_events(
         self: &Arc<Self>,
         session: &str,
-        events: Vec<Value>,
-    ) -> ApiResult<Vec<Value>> {
-        let appends = self.appends_of(session)?;
+        events: Vec<SessionEvent>,
+    ) -> ApiResult<Vec<SessionEvent>> {
+        let sessions = &self.sessions;
+        let appends = sessions.appends_of(session)?;
         let held = appends.lock().await;
-        {
-            let st = self.state.lock().unwrap();
-            let s = st
-                .sessions
-                .get(session)
-                .ok_or_else(|| ApiError::not_found("session", session))?;
-            if !s.doc["archived_at"].is_null() || s.doc["status"] == "terminated" {
+        sessions.with(session, |s| {
+            if s.doc.is_over() {
                 return Err(ApiError::invalid(format!(
                     "session {session} is terminated"
                 )));
             }
-            let mut seen: Vec<Arc<Value>> = s.events.clone();
+            let mut seen: Vec<Arc<SessionEvent>> = s.events.clone();
             for (i, e) in events.iter().enumerate() {
                 check_reference(&seen, e, &format!("events[{i}]"))?;
                 let mut placed = e.clone();
-                placed["id"] = json!(format!("pending-{i}"));
+                placed.id = Some(format!("pending-{i}"));
                 seen.push(Arc::new(placed));
             }
-        }
+            Ok(())
+        })??;
         let mut out = Vec::new();
         let mut message = false;
         for e in events {
-            message |= e["type"] == "user.message";
-            if e["type"] == "user.interrupt" {
-                self.interrupt(session);
+            match e.known() {
+                Some(KnownEvent::UserMessage(_)) => message = true,
+                Some(KnownEvent::UserInterrupt(_)) => sessions.interrupt(session),
+                _ => {}
             }
-            let ev = self.emit_locked(session, e).await?;
+            let ev = sessions.emit_locked(session, e).await?;
             out.push((*ev).clone());
         }
         drop(held);
         if message {
-            let env = self.session_environment(session).unwrap_or_default();
+            let env = sessions.environment(session).unwrap_or_default();
             self.queue_work(&env, session).await?;
         }
         crate::turn::drive(self.clone(), session);
         Ok(out)
-    }
-
-    /// A page of a session's events.
-    pub fn list_events(
-        &self,
-        session: &str,
-        types: &[String],
-        descending: bool,
-    ) -> ApiResult<Vec<Value>> {
-        let st = self.state.lock().unwrap();
-        let s = st
-            .sessions
-            .get(session)
-            .ok_or_else(|| ApiError::not_found("session", session))?;
-        let mut out: Vec<Value> = s
-            .events
-            .iter()
-            .filter(|e| types.is_empty() || types.iter().any(|t| e["type"] == *t))
-            .map(|e| (**e).clone())
-            .collect();
-        if descending {
-            out.reverse();
-        }
-        Ok(out)
-    }
-
-    pub(crate) fn subscribe(
-        &self,
-        session: &str,
-    ) -> ApiResult<tokio::sync::broadcast::Receiver<Arc<Value>>> {
-        let st = self.state.lock().unwrap();
-        let s = st
-            .sessions
-            .get(session)
-            .ok_or_else(|| ApiError::not_found("session", session))?;
-        Ok(s.live.subscribe())
-    }
-
-    /// How many events a session has (without copying its history).
-    pub(crate) fn event_count(&self, session: &str) -> usize {
-        let st = self.state.lock().unwrap();
-        st.sessions.get(session).map_or(0, |s| s.events.len())
-    }
-
-    pub(crate) fn session_events(&self, session: &str) -> Vec<Arc<Value>> {
-        let st = self.state.lock().unwrap();
-        st.sessions
-            .get(session)
-            .map(|s| s.events.clone())
-            .unwrap_or_default()
-    }
-
-    pub(crate) fn session_status(&self, session: &str) -> Option<String> {
-        let st = self.state.lock().unwrap();
-        st.sessions.get(session).map(|s| str_of(&s.doc, "status"))
     }
 }

@@ -5,16 +5,18 @@
 use crate::Agents;
 use crate::auth::Caller;
 use crate::error::{ApiError, ApiResult};
-use crate::resources::{SessionFilter, paginate};
+use crate::sessions::SessionFilter;
+use crate::validate::paginate;
 use crate::work::Poll;
 use axum::body::Bytes;
 use axum::extract::{FromRequestParts, Multipart, Path, State};
-use axum::http::HeaderMap;
 use axum::http::request::Parts;
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Extension, Json, Router};
+use sandstone_agents_api::{KnownEvent, WorkStop};
 use serde_json::{Value, json};
 use std::sync::Arc;
 use std::time::Duration;
@@ -98,11 +100,11 @@ fn body(bytes: &Bytes) -> ApiResult<Value> {
     Ok(v)
 }
 
-fn ok(v: Value) -> ApiResult<Response> {
+fn ok(v: impl serde::Serialize) -> ApiResult<Response> {
     Ok(Json(v).into_response())
 }
 
-fn page(items: Vec<Value>, q: &Query, max: usize) -> ApiResult<Response> {
+fn page(items: Vec<impl serde::Serialize>, q: &Query, max: usize) -> ApiResult<Response> {
     ok(paginate(items, q.limit()?, q.one("page"), max)?)
 }
 
@@ -111,7 +113,7 @@ async fn create_agent(State(a): S, _: Api, b: Bytes) -> ApiResult<Response> {
 }
 
 async fn list_agents(State(a): S, _: Api, q: Query) -> ApiResult<Response> {
-    page(a.agents(q.flag("include_archived")), &q, 100)
+    page(a.registry.agents(q.flag("include_archived")), &q, 100)
 }
 
 async fn get_agent(State(a): S, _: Api, Path(id): Path<String>, q: Query) -> ApiResult<Response> {
@@ -122,7 +124,7 @@ async fn get_agent(State(a): S, _: Api, Path(id): Path<String>, q: Query) -> Api
                 .map_err(|_| ApiError::invalid("version: an integer"))
         })
         .transpose()?;
-    ok(a.agent(&id, version)?)
+    ok(a.registry.agent(&id, version)?)
 }
 
 async fn update_agent(
@@ -135,7 +137,7 @@ async fn update_agent(
 }
 
 async fn archive_agent(State(a): S, _: Api, Path(id): Path<String>) -> ApiResult<Response> {
-    ok(a.archive_agent(&id).await?)
+    ok(a.registry.archive_agent(&id).await?)
 }
 
 async fn agent_versions(
@@ -144,15 +146,15 @@ async fn agent_versions(
     Path(id): Path<String>,
     q: Query,
 ) -> ApiResult<Response> {
-    page(a.agent_versions(&id)?, &q, 100)
+    page(a.registry.agent_versions(&id)?, &q, 100)
 }
 
 async fn create_environment(State(a): S, _: Api, b: Bytes) -> ApiResult<Response> {
-    ok(a.create_environment(&body(&b)?).await?)
+    ok(a.registry.create_environment(&body(&b)?).await?)
 }
 
 async fn list_environments(State(a): S, _: Api, q: Query) -> ApiResult<Response> {
-    page(a.environments(q.flag("include_archived")), &q, 100)
+    page(a.registry.environments(q.flag("include_archived")), &q, 100)
 }
 
 async fn get_environment(
@@ -161,7 +163,7 @@ async fn get_environment(
     Path(id): Path<String>,
 ) -> ApiResult<Response> {
     c.require_environment(&id)?;
-    ok(a.environment(&id)?)
+    ok(a.registry.environment(&id)?)
 }
 
 async fn update_environment(
@@ -170,7 +172,7 @@ async fn update_environment(
     Path(id): Path<String>,
     b: Bytes,
 ) -> ApiResult<Response> {
-    ok(a.update_environment(&id, &body(&b)?).await?)
+    ok(a.registry.update_environment(&id, &body(&b)?).await?)
 }
 
 async fn delete_environment(State(a): S, _: Api, Path(id): Path<String>) -> ApiResult<Response> {
@@ -178,15 +180,15 @@ async fn delete_environment(State(a): S, _: Api, Path(id): Path<String>) -> ApiR
 }
 
 async fn archive_environment(State(a): S, _: Api, Path(id): Path<String>) -> ApiResult<Response> {
-    ok(a.archive_environment(&id).await?)
+    ok(a.registry.archive_environment(&id).await?)
 }
 
 async fn create_key(State(a): S, _: Api, Path(id): Path<String>) -> ApiResult<Response> {
-    ok(a.create_key(&id).await?)
+    ok(a.registry.create_key(&id).await?)
 }
 
 async fn list_keys(State(a): S, _: Api, Path(id): Path<String>, q: Query) -> ApiResult<Response> {
-    page(a.keys(&id)?, &q, 100)
+    page(a.registry.keys(&id)?, &q, 100)
 }
 
 async fn revoke_key(
@@ -194,7 +196,7 @@ async fn revoke_key(
     _: Api,
     Path((id, key)): Path<(String, String)>,
 ) -> ApiResult<Response> {
-    ok(a.revoke_key(&id, &key).await?)
+    ok(a.registry.revoke_key(&id, &key).await?)
 }
 
 async fn poll(
@@ -210,7 +212,8 @@ async fn poll(
         .and_then(|v| v.to_str().ok())
         .map(str::to_string);
     let p = Poll::parse(q.one("block_ms"), q.one("reclaim_older_than_ms"), worker)?;
-    ok(a.poll(&env, &p).await?)
+    a.registry.environment(&env)?;
+    ok(a.queue.poll(&env, &p).await?)
 }
 
 async fn ack(
@@ -219,7 +222,7 @@ async fn ack(
     Path((env, id)): Path<(String, String)>,
 ) -> ApiResult<Response> {
     c.require_environment(&env)?;
-    ok(a.ack(&env, &id).await?)
+    ok(a.queue.ack(&env, &id).await?)
 }
 
 async fn heartbeat(
@@ -236,10 +239,9 @@ async fn heartbeat(
                 .map_err(|_| ApiError::invalid("desired_ttl_seconds: an integer"))
         })
         .transpose()?;
-    ok(
-        a.heartbeat(&env, &id, q.one("expected_last_heartbeat"), ttl)
-            .await?,
-    )
+    ok(a.queue
+        .heartbeat(&env, &id, q.one("expected_last_heartbeat"), ttl)
+        .await?)
 }
 
 async fn stop(
@@ -249,12 +251,8 @@ async fn stop(
     b: Bytes,
 ) -> ApiResult<Response> {
     c.require_work(&env, &id)?;
-    let force = match &body(&b)?["force"] {
-        Value::Null => false,
-        Value::Bool(f) => *f,
-        _ => return Err(ApiError::invalid("force: a boolean")),
-    };
-    ok(a.stop(&env, &id, force).await?)
+    let stop: WorkStop = crate::validate::body(&body(&b)?)?;
+    ok(a.queue.stop(&env, &id, stop.force.unwrap_or(false)).await?)
 }
 
 async fn work_stats(
@@ -263,7 +261,8 @@ async fn work_stats(
     Path(env): Path<String>,
 ) -> ApiResult<Response> {
     c.require_environment(&env)?;
-    ok(a.stats(&env)?)
+    a.registry.environment(&env)?;
+    ok(a.queue.stats(&env))
 }
 
 async fn work_list(
@@ -277,7 +276,8 @@ async fn work_list(
             "listing work needs the environment's key",
         ));
     }
-    page(a.work_list(&env)?, &q, 1000)
+    a.registry.environment(&env)?;
+    page(a.queue.list(&env), &q, 1000)
 }
 
 async fn work_get(
@@ -285,7 +285,7 @@ async fn work_get(
     _: Api,
     Path((env, id)): Path<(String, String)>,
 ) -> ApiResult<Response> {
-    ok(a.work_item(&env, &id)?)
+    ok(a.queue.item(&env, &id)?)
 }
 
 async fn work_update(
@@ -294,7 +294,7 @@ async fn work_update(
     Path((env, id)): Path<(String, String)>,
     b: Bytes,
 ) -> ApiResult<Response> {
-    ok(a.update_work(&env, &id, &body(&b)?).await?)
+    ok(a.queue.update(&env, &id, &body(&b)?).await?)
 }
 
 async fn create_session(State(a): S, _: Api, b: Bytes) -> ApiResult<Response> {
@@ -308,7 +308,7 @@ async fn list_sessions(State(a): S, _: Api, q: Query) -> ApiResult<Response> {
         statuses: q.all("statuses"),
         ascending: q.one("order") == Some("asc"),
     };
-    page(a.sessions(&filter), &q, 100)
+    page(a.sessions.list(&filter), &q, 100)
 }
 
 async fn get_session(
@@ -317,7 +317,7 @@ async fn get_session(
     Path(id): Path<String>,
 ) -> ApiResult<Response> {
     c.require_session(&a, &id)?;
-    ok(a.session(&id)?)
+    ok(a.sessions.session(&id)?)
 }
 
 async fn update_session(
@@ -355,7 +355,9 @@ async fn list_events(
     q: Query,
 ) -> ApiResult<Response> {
     c.require_session(&a, &id)?;
-    let events = a.list_events(&id, &q.all("types"), q.one("order") == Some("desc"))?;
+    let events = a
+        .sessions
+        .list_events(&id, &q.all("types"), q.one("order") == Some("desc"))?;
     page(events, &q, 1000)
 }
 
@@ -369,15 +371,19 @@ async fn stream_events(
     Path(id): Path<String>,
 ) -> ApiResult<Response> {
     c.require_session(&a, &id)?;
-    let rx = a.subscribe(&id)?;
+    let rx = a.sessions.subscribe(&id)?;
     let stream = futures_util::stream::unfold(Some(rx), |rx| async move {
         let mut rx = rx?;
         match rx.recv().await {
             Ok(ev) => {
-                let last = ev["type"] == "session.deleted";
+                let last = matches!(ev.known(), Some(KnownEvent::SessionDeleted(_)));
+                let kind = match ev.type_name() {
+                    "" => "message",
+                    t => t,
+                };
                 let frame = Event::default()
-                    .event(ev["type"].as_str().unwrap_or("message"))
-                    .data(ev.to_string());
+                    .event(kind)
+                    .data(serde_json::to_string(&*ev).unwrap_or_default());
                 Some((
                     Ok::<_, std::convert::Infallible>(frame),
                     (!last).then_some(rx),
@@ -397,11 +403,11 @@ async fn stream_events(
 }
 
 async fn create_store(State(a): S, _: Api, b: Bytes) -> ApiResult<Response> {
-    ok(a.create_store(&body(&b)?).await?)
+    ok(a.memory.create_store(&body(&b)?).await?)
 }
 
 async fn list_stores(State(a): S, _: Api, q: Query) -> ApiResult<Response> {
-    page(a.stores(q.flag("include_archived")), &q, 100)
+    page(a.memory.stores(q.flag("include_archived")), &q, 100)
 }
 
 async fn get_store(
@@ -410,7 +416,7 @@ async fn get_store(
     Path(id): Path<String>,
 ) -> ApiResult<Response> {
     c.require_store(&a, &id, false)?;
-    ok(a.store(&id)?)
+    ok(a.memory.store(&id)?)
 }
 
 async fn update_store(
@@ -419,15 +425,15 @@ async fn update_store(
     Path(id): Path<String>,
     b: Bytes,
 ) -> ApiResult<Response> {
-    ok(a.update_store(&id, &body(&b)?).await?)
+    ok(a.memory.update_store(&id, &body(&b)?).await?)
 }
 
 async fn delete_store(State(a): S, _: Api, Path(id): Path<String>) -> ApiResult<Response> {
-    ok(a.delete_store(&id).await?)
+    ok(a.memory.delete_store(&id).await?)
 }
 
 async fn archive_store(State(a): S, _: Api, Path(id): Path<String>) -> ApiResult<Response> {
-    ok(a.archive_store(&id).await?)
+    ok(a.memory.archive_store(&id).await?)
 }
 
 /// `view=full|basic`, with the endpoint's default.
@@ -450,7 +456,7 @@ async fn create_memory(
     c.require_store(&a, &store, true)?;
     let full = full_view(&q, false)?;
     ok(crate::memory::view(
-        &a.create_memory(&store, &body(&b)?).await?,
+        a.memory.create_memory(&store, &body(&b)?).await?,
         full,
     ))
 }
@@ -472,7 +478,8 @@ async fn list_memories(
     let full = full_view(&q, false)?;
     let max = if full { 20 } else { 100 };
     page(
-        a.memories(&store, q.one("path_prefix").unwrap_or("/"), depth, full)?,
+        a.memory
+            .memories(&store, q.one("path_prefix").unwrap_or("/"), depth, full)?,
         &q,
         max,
     )
@@ -486,7 +493,7 @@ async fn get_memory(
 ) -> ApiResult<Response> {
     c.require_store(&a, &store, false)?;
     let full = full_view(&q, true)?;
-    ok(crate::memory::view(&a.memory(&store, &id)?, full))
+    ok(crate::memory::view(a.memory.memory(&store, &id)?, full))
 }
 
 async fn update_memory(
@@ -499,7 +506,7 @@ async fn update_memory(
     c.require_store(&a, &store, true)?;
     let full = full_view(&q, false)?;
     ok(crate::memory::view(
-        &a.update_memory(&store, &id, &body(&b)?).await?,
+        a.memory.update_memory(&store, &id, &body(&b)?).await?,
         full,
     ))
 }
@@ -511,10 +518,9 @@ async fn delete_memory(
     q: Query,
 ) -> ApiResult<Response> {
     c.require_store(&a, &store, true)?;
-    ok(
-        a.delete_memory(&store, &id, q.one("expected_content_sha256"))
-            .await?,
-    )
+    ok(a.memory
+        .delete_memory(&store, &id, q.one("expected_content_sha256"))
+        .await?)
 }
 
 /// A skill upload: `files[]` (or `files`) parts named by their paths, or
@@ -552,19 +558,19 @@ async fn upload(mut form: Multipart) -> ApiResult<(Vec<crate::skills::File>, Opt
 
 async fn create_skill(State(a): S, _: Api, form: Multipart) -> ApiResult<Response> {
     let (files, display_name) = upload(form).await?;
-    ok(a.create_skill(files, display_name).await?)
+    ok(a.skills.create_skill(files, display_name).await?)
 }
 
 async fn list_skills(State(a): S, _: Api, q: Query) -> ApiResult<Response> {
-    page(a.skills(), &q, 100)
+    page(a.skills.skills(), &q, 100)
 }
 
 async fn get_skill(State(a): S, _: Api, Path(id): Path<String>) -> ApiResult<Response> {
-    ok(a.skill(&id)?)
+    ok(a.skills.skill(&id)?)
 }
 
 async fn delete_skill(State(a): S, _: Api, Path(id): Path<String>) -> ApiResult<Response> {
-    ok(a.delete_skill(&id).await?)
+    ok(a.skills.delete_skill(&id).await?)
 }
 
 async fn create_skill_version(
@@ -574,7 +580,7 @@ async fn create_skill_version(
     form: Multipart,
 ) -> ApiResult<Response> {
     let (files, _) = upload(form).await?;
-    ok(a.create_skill_version(&id, files).await?)
+    ok(a.skills.create_skill_version(&id, files).await?)
 }
 
 async fn list_skill_versions(
@@ -583,7 +589,7 @@ async fn list_skill_versions(
     Path(id): Path<String>,
     q: Query,
 ) -> ApiResult<Response> {
-    page(a.skill_versions(&id)?, &q, 100)
+    page(a.skills.skill_versions(&id)?, &q, 100)
 }
 
 /// Workers read the versions and archives of their sessions' skills.
@@ -593,7 +599,7 @@ async fn get_skill_version(
     Path((id, v)): Path<(String, String)>,
 ) -> ApiResult<Response> {
     c.require_skill(&a, &id)?;
-    ok(a.skill_version(&id, &v)?.0)
+    ok(a.skills.skill_version(&id, &v)?.doc)
 }
 
 async fn skill_content(
@@ -602,7 +608,7 @@ async fn skill_content(
     Path((id, v)): Path<(String, String)>,
 ) -> ApiResult<Response> {
     c.require_skill(&a, &id)?;
-    let (_, tar) = a.skill_version(&id, &v)?;
+    let tar = a.skills.skill_version(&id, &v)?.archive;
     Ok(([("content-type", "application/x-tar")], tar).into_response())
 }
 
@@ -674,4 +680,62 @@ pub fn router(agents: Arc<Agents>) -> Router {
             crate::auth::middleware,
         ))
         .with_state(agents)
+}
+
+/// The one place errors become HTTP: a status and Anthropic's error shape,
+/// `{"type":"error","error":{"type","message","details"?},"request_id"}`,
+/// with the id also in a `request-id` header.
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, kind) = match &self {
+            ApiError::Invalid(_) => (StatusCode::BAD_REQUEST, "invalid_request_error"),
+            ApiError::Unauthorized(_) => (StatusCode::UNAUTHORIZED, "authentication_error"),
+            ApiError::Forbidden(_) => (StatusCode::FORBIDDEN, "permission_error"),
+            ApiError::NotFound { .. } | ApiError::EnvironmentNotFound(_) => {
+                (StatusCode::NOT_FOUND, "not_found_error")
+            }
+            ApiError::Conflict(_) | ApiError::AlreadyStopped(_) => {
+                (StatusCode::CONFLICT, "conflict_error")
+            }
+            ApiError::HeartbeatPrecondition { .. } => {
+                (StatusCode::PRECONDITION_FAILED, "invalid_request_error")
+            }
+            ApiError::MemoryPathConflict(_) => (StatusCode::CONFLICT, "memory_path_conflict_error"),
+            ApiError::MemoryPreconditionFailed(_) => {
+                (StatusCode::CONFLICT, "memory_precondition_failed_error")
+            }
+            ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "api_error"),
+        };
+        let details = match &self {
+            ApiError::EnvironmentNotFound(_) => {
+                Some(json!({"error_code": "environment_not_found"}))
+            }
+            ApiError::HeartbeatPrecondition { current, .. } => Some(json!({
+                "error_code": "heartbeat_precondition_failed",
+                "current_state": current,
+            })),
+            _ => None,
+        };
+        // A retry cannot fix these conflicts: `x-should-retry: false`.
+        let no_retry = matches!(self, ApiError::AlreadyStopped(_));
+        let message = self.to_string();
+        if status.is_server_error() {
+            tracing::error!(status = %status, message = %message, "managed agents error");
+        }
+        let request_id = crate::ids::new_id("req");
+        let mut error = json!({"type": kind, "message": message});
+        if let Some(d) = details {
+            error["details"] = d;
+        }
+        let body = json!({"type": "error", "error": error, "request_id": request_id});
+        let mut r = (status, Json(body)).into_response();
+        if let Ok(v) = HeaderValue::from_str(&request_id) {
+            r.headers_mut().insert("request-id", v);
+        }
+        if no_retry {
+            r.headers_mut()
+                .insert("x-should-retry", HeaderValue::from_static("false"));
+        }
+        r
+    }
 }

@@ -5,10 +5,17 @@
 
 use crate::error::{ApiError, ApiResult};
 use crate::ids::{new_id, now};
-use crate::resources::merge_metadata;
-use crate::{Agents, str_of};
+use crate::validate;
+use crate::{StartError, lock, parse_stored};
+use sandstone_agents_api::{
+    Access, Deleted, Extra, Memory, MemoryEntry, MemoryParams, MemoryPrefix, MemoryStore,
+    MemoryStoreParams, MemoryStoreTag, Metadata, Precondition, SessionResource,
+};
+use sandstone_db::agents::AgentsStore;
 use sandstone_db::sha256_hex;
 use serde_json::{Value, json};
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, MutexGuard};
 
 pub const STORE: &str = "memory_store";
 pub const MEMORY: &str = "memory";
@@ -31,20 +38,19 @@ fn check_path(p: &str, field: &str) -> ApiResult<()> {
     }
 }
 
-fn check_content(v: &Value) -> ApiResult<String> {
+fn check_content(v: Option<String>) -> ApiResult<String> {
     match v {
-        Value::String(s) if s.len() <= MAX_CONTENT => Ok(s.clone()),
-        Value::Null => Ok(String::new()),
-        _ => Err(ApiError::invalid(format!(
+        Some(s) if s.len() > MAX_CONTENT => Err(ApiError::invalid(format!(
             "content: a UTF-8 string of at most {MAX_CONTENT} bytes"
         ))),
+        v => Ok(v.unwrap_or_default()),
     }
 }
 
-fn store_name(v: &Value) -> ApiResult<String> {
-    match v.as_str() {
+fn store_name(v: Option<String>) -> ApiResult<String> {
+    match v {
         Some(n) if (1..=255).contains(&n.chars().count()) && !n.chars().any(char::is_control) => {
-            Ok(n.to_string())
+            Ok(n)
         }
         _ => Err(ApiError::invalid(
             "name: 1 to 255 characters, no control characters",
@@ -52,26 +58,35 @@ fn store_name(v: &Value) -> ApiResult<String> {
     }
 }
 
-fn store_description(v: &Value) -> ApiResult<String> {
-    match v.as_str() {
-        Some(d) if d.chars().count() <= 1024 => Ok(d.to_string()),
-        _ => Err(ApiError::invalid("description: at most 1024 characters")),
+fn store_description(d: String) -> ApiResult<String> {
+    if d.chars().count() <= 1024 {
+        Ok(d)
+    } else {
+        Err(ApiError::invalid("description: at most 1024 characters"))
     }
 }
 
-fn conflict(kind: &'static str, message: String) -> ApiError {
-    let mut e = ApiError::conflict(message);
-    e.kind = kind;
-    e
+#[derive(Default)]
+struct MemoryState {
+    stores: BTreeMap<String, MemoryStore>,
+    memories: BTreeMap<String, Memory>,
+}
+
+/// Memory stores and their memories.
+pub(crate) struct Memories {
+    store: Arc<dyn AgentsStore>,
+    state: Mutex<MemoryState>,
+    /// Memory writes one at a time: a `content_sha256` precondition is
+    /// checked and the write made with nothing in between.
+    writes: tokio::sync::Mutex<()>,
 }
 
 /// A memory as shown: `view=basic` leaves out the content.
-pub fn view(m: &Value, full: bool) -> Value {
-    let mut v = m.clone();
+pub fn view(mut m: Memory, full: bool) -> MemoryEntry {
     if !full {
-        v["content"] = Value::Null;
+        m.content = None;
     }
-    v
+    MemoryEntry::Memory(m)
 }
 
 /// The directory a store is mounted at in a session.
@@ -91,90 +106,122 @@ pub fn mount_path(name: &str) -> String {
     )
 }
 
-impl Agents {
-    pub async fn create_store(&self, body: &Value) -> ApiResult<Value> {
-        let name = store_name(&body["name"])?;
-        let description = match &body["description"] {
-            Value::Null => String::new(),
-            d => store_description(d)?,
-        };
+impl Memories {
+    pub(crate) async fn load(store: Arc<dyn AgentsStore>) -> Result<Memories, StartError> {
+        let mut st = MemoryState::default();
+        for s in store.load_docs(STORE).await? {
+            let s: MemoryStore = parse_stored(STORE, s)?;
+            st.stores.insert(s.id.clone(), s);
+        }
+        for m in store.load_docs(MEMORY).await? {
+            let MemoryEntry::Memory(m) = parse_stored(MEMORY, m)? else {
+                continue;
+            };
+            st.memories.insert(m.id.clone(), m);
+        }
+        Ok(Memories {
+            store,
+            state: Mutex::new(st),
+            writes: tokio::sync::Mutex::new(()),
+        })
+    }
+
+    fn state(&self) -> MutexGuard<'_, MemoryState> {
+        lock(&self.state)
+    }
+
+    pub(crate) async fn create_store(&self, body: &Value) -> ApiResult<MemoryStore> {
+        let p: MemoryStoreParams = validate::body(body)?;
         let t = now();
-        let doc = json!({
-            "type": "memory_store", "id": new_id("memstore"), "name": name, "description": description,
-            "metadata": merge_metadata(&json!({}), &body["metadata"], "metadata")?,
-            "created_at": t, "updated_at": t, "archived_at": null,
-        });
-        self.save_doc(STORE, &doc).await?;
+        let doc = MemoryStore {
+            tag: MemoryStoreTag,
+            id: new_id("memstore"),
+            name: store_name(p.name.flatten())?,
+            description: p
+                .description
+                .flatten()
+                .map(store_description)
+                .transpose()?
+                .unwrap_or_default(),
+            metadata: validate::metadata(&Metadata::new(), p.metadata.flatten().as_ref())?,
+            created_at: t.clone(),
+            updated_at: t,
+            archived_at: None,
+            extra: Extra::new(),
+        };
+        self.save_store(&doc).await?;
         Ok(doc)
     }
 
-    async fn save_doc(&self, kind: &str, doc: &Value) -> ApiResult<()> {
-        let id = str_of(doc, "id");
-        self.persist(kind, &id, doc).await?;
-        let mut st = self.state.lock().unwrap();
-        let map = if kind == STORE {
-            &mut st.stores
-        } else {
-            &mut st.memories
-        };
-        map.insert(id, doc.clone());
+    async fn save_store(&self, doc: &MemoryStore) -> ApiResult<()> {
+        self.store.put_doc(STORE, &doc.id, &json!(doc)).await?;
+        self.state().stores.insert(doc.id.clone(), doc.clone());
         Ok(())
     }
 
-    pub fn store(&self, id: &str) -> ApiResult<Value> {
-        let st = self.state.lock().unwrap();
-        st.stores
+    async fn save_memory(&self, doc: &Memory) -> ApiResult<()> {
+        let stored = json!(MemoryEntry::Memory(doc.clone()));
+        self.store.put_doc(MEMORY, &doc.id, &stored).await?;
+        self.state().memories.insert(doc.id.clone(), doc.clone());
+        Ok(())
+    }
+
+    pub(crate) fn store(&self, id: &str) -> ApiResult<MemoryStore> {
+        self.state()
+            .stores
             .get(id)
             .cloned()
             .ok_or_else(|| ApiError::not_found("memory store", id))
     }
 
-    pub fn stores(&self, include_archived: bool) -> Vec<Value> {
-        let st = self.state.lock().unwrap();
-        let mut out: Vec<Value> = st
+    pub(crate) fn stores(&self, include_archived: bool) -> Vec<MemoryStore> {
+        let st = self.state();
+        let mut out: Vec<MemoryStore> = st
             .stores
             .values()
-            .filter(|s| include_archived || s["archived_at"].is_null())
+            .filter(|s| include_archived || s.archived_at.is_none())
             .cloned()
             .collect();
-        out.sort_by(|a, b| b["created_at"].as_str().cmp(&a["created_at"].as_str()));
+        out.sort_by(|a, b| b.created_at.cmp(&a.created_at));
         out
     }
 
-    pub async fn update_store(&self, id: &str, body: &Value) -> ApiResult<Value> {
+    pub(crate) async fn update_store(&self, id: &str, body: &Value) -> ApiResult<MemoryStore> {
+        let p: MemoryStoreParams = validate::body(body)?;
         let mut doc = self.store(id)?;
-        if body.get("name").is_some_and(|n| !n.is_null()) {
-            doc["name"] = json!(store_name(&body["name"])?);
+        if let Some(name) = p.name.flatten() {
+            doc.name = store_name(Some(name))?;
         }
-        if body.get("description").is_some_and(|d| !d.is_null()) {
-            doc["description"] = json!(store_description(&body["description"])?);
+        if let Some(d) = p.description.flatten() {
+            doc.description = store_description(d)?;
         }
-        doc["metadata"] = merge_metadata(&doc["metadata"], &body["metadata"], "metadata")?;
-        doc["updated_at"] = json!(now());
-        self.save_doc(STORE, &doc).await?;
+        doc.metadata = validate::metadata(&doc.metadata, p.metadata.flatten().as_ref())?;
+        doc.updated_at = now();
+        self.save_store(&doc).await?;
         Ok(doc)
     }
 
-    pub async fn archive_store(&self, id: &str) -> ApiResult<Value> {
+    pub(crate) async fn archive_store(&self, id: &str) -> ApiResult<MemoryStore> {
         let mut doc = self.store(id)?;
-        if doc["archived_at"].is_null() {
-            doc["archived_at"] = json!(now());
-            doc["updated_at"] = doc["archived_at"].clone();
-            self.save_doc(STORE, &doc).await?;
+        if doc.archived_at.is_none() {
+            let t = now();
+            doc.archived_at = Some(t.clone());
+            doc.updated_at = t;
+            self.save_store(&doc).await?;
         }
         Ok(doc)
     }
 
-    pub async fn delete_store(&self, id: &str) -> ApiResult<Value> {
+    pub(crate) async fn delete_store(&self, id: &str) -> ApiResult<Deleted> {
         self.store(id)?;
         let gone: Vec<String> = {
-            let mut st = self.state.lock().unwrap();
+            let mut st = self.state();
             st.stores.remove(id);
             let ids: Vec<String> = st
                 .memories
                 .values()
-                .filter(|m| m["memory_store_id"] == id)
-                .map(|m| str_of(m, "id"))
+                .filter(|m| m.memory_store_id == id)
+                .map(|m| m.id.clone())
                 .collect();
             for m in &ids {
                 st.memories.remove(m);
@@ -185,159 +232,167 @@ impl Agents {
             self.store.delete_doc(MEMORY, &m).await?;
         }
         self.store.delete_doc(STORE, id).await?;
-        Ok(json!({"id": id, "type": "memory_store_deleted"}))
+        Ok(Deleted {
+            id: id.to_string(),
+            kind: "memory_store_deleted".into(),
+        })
     }
 
-    fn memory_at(&self, store: &str, path: &str) -> Option<Value> {
-        let st = self.state.lock().unwrap();
-        st.memories
+    fn memory_at(&self, store: &str, path: &str) -> bool {
+        self.state()
+            .memories
             .values()
-            .find(|m| m["memory_store_id"] == store && m["path"] == path)
-            .cloned()
+            .any(|m| m.memory_store_id == store && m.path == path)
     }
 
-    pub fn memory(&self, store: &str, id: &str) -> ApiResult<Value> {
-        let st = self.state.lock().unwrap();
-        st.memories
+    pub(crate) fn memory(&self, store: &str, id: &str) -> ApiResult<Memory> {
+        self.state()
+            .memories
             .get(id)
-            .filter(|m| m["memory_store_id"] == store)
+            .filter(|m| m.memory_store_id == store)
             .cloned()
             .ok_or_else(|| ApiError::not_found("memory", id))
     }
 
-    pub async fn create_memory(&self, store: &str, body: &Value) -> ApiResult<Value> {
-        let _write = self.memory_writes.lock().await;
-        if !self.store(store)?["archived_at"].is_null() {
+    pub(crate) async fn create_memory(&self, store: &str, body: &Value) -> ApiResult<Memory> {
+        let p: MemoryParams = validate::body(body)?;
+        let _write = self.writes.lock().await;
+        if self.store(store)?.archived_at.is_some() {
             return Err(ApiError::invalid(format!(
                 "memory store {store} is archived"
             )));
         }
-        let path = body["path"].as_str().unwrap_or_default();
-        check_path(path, "path")?;
-        let content = check_content(&body["content"])?;
-        if self.memory_at(store, path).is_some() {
-            return Err(conflict(
-                "memory_path_conflict_error",
-                format!("path: {path} exists in {store}"),
-            ));
+        let path = p.path.flatten().unwrap_or_default();
+        check_path(&path, "path")?;
+        let content = check_content(p.content.flatten())?;
+        if self.memory_at(store, &path) {
+            return Err(ApiError::MemoryPathConflict(format!(
+                "path: {path} exists in {store}"
+            )));
         }
         let t = now();
-        let doc = json!({
-            "type": "memory", "id": new_id("mem"), "memory_store_id": store, "path": path,
-            "content_sha256": sha256_hex(content.as_bytes()), "content_size_bytes": content.len(), "content": content,
-            "memory_version_id": new_id("memver"), "created_at": t, "updated_at": t,
-        });
-        self.save_doc(MEMORY, &doc).await?;
+        let doc = Memory {
+            tag: Default::default(),
+            id: new_id("mem"),
+            memory_store_id: store.to_string(),
+            path,
+            content_sha256: sha256_hex(content.as_bytes()),
+            content_size_bytes: content.len() as u64,
+            content: Some(content),
+            memory_version_id: new_id("memver"),
+            created_at: t.clone(),
+            updated_at: t,
+            extra: Extra::new(),
+        };
+        self.save_memory(&doc).await?;
         Ok(doc)
     }
 
     /// Content and/or path; a `content_sha256` precondition must match.
-    pub async fn update_memory(&self, store: &str, id: &str, body: &Value) -> ApiResult<Value> {
-        let _write = self.memory_writes.lock().await;
+    pub(crate) async fn update_memory(
+        &self,
+        store: &str,
+        id: &str,
+        body: &Value,
+    ) -> ApiResult<Memory> {
+        let p: MemoryParams = validate::body(body)?;
+        let _write = self.writes.lock().await;
         let mut doc = self.memory(store, id)?;
-        if let Some(pre) = body.get("precondition").filter(|p| !p.is_null()) {
-            if pre["type"] != "content_sha256" || !pre["content_sha256"].is_string() {
-                return Err(ApiError::invalid(
-                    "precondition: {\"type\": \"content_sha256\", \"content_sha256\": \"<hex>\"}",
-                ));
-            }
-            if pre["content_sha256"] != doc["content_sha256"] {
-                return Err(conflict(
-                    "memory_precondition_failed_error",
-                    format!(
-                        "precondition: memory {id} has changed (content_sha256 {})",
-                        doc["content_sha256"]
-                    ),
-                ));
-            }
+        if let Some(Precondition::ContentSha256 { content_sha256 }) = p.precondition.flatten()
+            && content_sha256 != doc.content_sha256
+        {
+            return Err(ApiError::MemoryPreconditionFailed(format!(
+                "precondition: memory {id} has changed (content_sha256 {:?})",
+                doc.content_sha256
+            )));
         }
-        if let Some(path) = body["path"].as_str() {
-            check_path(path, "path")?;
-            if path != doc["path"] && self.memory_at(store, path).is_some() {
-                return Err(conflict(
-                    "memory_path_conflict_error",
-                    format!("path: {path} exists in {store}"),
-                ));
+        if let Some(path) = p.path.flatten() {
+            check_path(&path, "path")?;
+            if path != doc.path && self.memory_at(store, &path) {
+                return Err(ApiError::MemoryPathConflict(format!(
+                    "path: {path} exists in {store}"
+                )));
             }
-            doc["path"] = json!(path);
+            doc.path = path;
         }
-        if body.get("content").is_some() {
-            let content = check_content(&body["content"])?;
-            doc["content_sha256"] = json!(sha256_hex(content.as_bytes()));
-            doc["content_size_bytes"] = json!(content.len());
-            doc["content"] = json!(content);
+        if let Some(content) = p.content {
+            let content = check_content(content)?;
+            doc.content_sha256 = sha256_hex(content.as_bytes());
+            doc.content_size_bytes = content.len() as u64;
+            doc.content = Some(content);
         }
-        doc["memory_version_id"] = json!(new_id("memver"));
-        doc["updated_at"] = json!(now());
-        self.save_doc(MEMORY, &doc).await?;
+        doc.memory_version_id = new_id("memver");
+        doc.updated_at = now();
+        self.save_memory(&doc).await?;
         Ok(doc)
     }
 
-    pub async fn delete_memory(
+    pub(crate) async fn delete_memory(
         &self,
         store: &str,
         id: &str,
         expected: Option<&str>,
-    ) -> ApiResult<Value> {
-        let _write = self.memory_writes.lock().await;
+    ) -> ApiResult<Deleted> {
+        let _write = self.writes.lock().await;
         let doc = self.memory(store, id)?;
-        if let Some(e) = expected
-            && doc["content_sha256"] != e
-        {
-            return Err(conflict(
-                "memory_precondition_failed_error",
-                format!("expected_content_sha256: memory {id} has changed"),
-            ));
+        if expected.is_some_and(|e| e != doc.content_sha256) {
+            return Err(ApiError::MemoryPreconditionFailed(format!(
+                "expected_content_sha256: memory {id} has changed"
+            )));
         }
-        self.state.lock().unwrap().memories.remove(id);
+        self.state().memories.remove(id);
         self.store.delete_doc(MEMORY, id).await?;
-        Ok(json!({"id": id, "type": "memory_deleted"}))
+        Ok(Deleted {
+            id: id.to_string(),
+            kind: "memory_deleted".into(),
+        })
     }
 
     /// Memories under `prefix`, in path order; with `depth`, what lies
     /// deeper is rolled up into `memory_prefix` entries.
-    pub fn memories(
+    pub(crate) fn memories(
         &self,
         store: &str,
         prefix: &str,
         depth: Option<usize>,
         full: bool,
-    ) -> ApiResult<Vec<Value>> {
+    ) -> ApiResult<Vec<MemoryEntry>> {
         self.store(store)?;
-        let st = self.state.lock().unwrap();
-        let mut found: Vec<&Value> = st
+        let st = self.state();
+        let mut found: Vec<&Memory> = st
             .memories
             .values()
-            .filter(|m| {
-                m["memory_store_id"] == store
-                    && m["path"].as_str().is_some_and(|p| p.starts_with(prefix))
-            })
+            .filter(|m| m.memory_store_id == store && m.path.starts_with(prefix))
             .collect();
-        found.sort_by(|a, b| a["path"].as_str().cmp(&b["path"].as_str()));
-        let mut out: Vec<Value> = Vec::new();
+        found.sort_by(|a, b| a.path.cmp(&b.path));
+        let mut out: Vec<MemoryEntry> = Vec::new();
         let base = if prefix.ends_with('/') {
             prefix.to_string()
         } else {
             format!("{prefix}/")
         };
         for m in found {
-            let path = m["path"].as_str().unwrap_or_default();
-            let rest: Vec<&str> = path
+            let rest: Vec<&str> = m
+                .path
                 .strip_prefix(base.as_str())
-                .unwrap_or(path.trim_start_matches('/'))
+                .unwrap_or(m.path.trim_start_matches('/'))
                 .split('/')
                 .collect();
             match depth {
                 Some(d) if rest.len() > d => {
                     let rolled = format!("{base}{}/", rest[..d].join("/"));
-                    if !out
+                    let seen = out
                         .iter()
-                        .any(|o| o["type"] == "memory_prefix" && o["path"] == rolled)
-                    {
-                        out.push(json!({"type": "memory_prefix", "path": rolled}));
+                        .any(|o| matches!(o, MemoryEntry::Prefix(p) if p.path == rolled));
+                    if !seen {
+                        out.push(MemoryEntry::Prefix(MemoryPrefix {
+                            tag: Default::default(),
+                            path: rolled,
+                            extra: Extra::new(),
+                        }));
                     }
                 }
-                _ => out.push(view(m, full)),
+                _ => out.push(view(m.clone(), full)),
             }
         }
         Ok(out)
@@ -350,52 +405,40 @@ impl Agents {
             Value::Array(l) => l,
             _ => return Err(ApiError::invalid("resources: an array")),
         };
-        list.iter()
+        let resolved = list
+            .iter()
             .enumerate()
             .map(|(i, r)| {
                 let at = format!("resources[{i}]");
-                if r["type"] != "memory_store" {
+                let r: SessionResource = sandstone_agents_api::from_value(r.clone())
+                    .map_err(|e| ApiError::invalid(format!("{at}.{e}")))?;
+                if !r.is_memory_store() {
                     return Err(ApiError::invalid(format!(
                         "{at}.type: self_hosted environments take memory_store resources only"
                     )));
                 }
-                let id = r["memory_store_id"].as_str().unwrap_or_default();
-                let store = self.store(id).map_err(|_| {
+                let id = r.memory_store_id.unwrap_or_default();
+                let store = self.store(&id).map_err(|_| {
                     ApiError::invalid(format!("{at}.memory_store_id: {id} does not exist"))
                 })?;
-                if !store["archived_at"].is_null() {
+                if store.archived_at.is_some() {
                     return Err(ApiError::invalid(format!(
                         "{at}.memory_store_id: {id} is archived"
                     )));
                 }
-                let access = r["access"].as_str().unwrap_or("read_write");
-                if !matches!(access, "read_write" | "read_only") {
-                    return Err(ApiError::invalid(format!(
-                        "{at}.access: read_write or read_only"
-                    )));
-                }
-                Ok(json!({
-                    "type": "memory_store", "memory_store_id": id, "access": access,
-                    "name": store["name"], "description": store["description"],
-                    "instructions": r["instructions"].as_str().unwrap_or(""),
-                    "mount_path": mount_path(store["name"].as_str().unwrap_or_default()),
-                }))
+                Ok(SessionResource {
+                    kind: r.kind,
+                    memory_store_id: Some(id),
+                    access: Some(r.access.unwrap_or(Access::ReadWrite)),
+                    mount_path: Some(mount_path(&store.name)),
+                    name: Some(store.name),
+                    description: Some(store.description),
+                    instructions: Some(r.instructions.unwrap_or_default()),
+                    extra: Extra::new(),
+                })
             })
-            .collect::<ApiResult<Vec<_>>>()
-            .map(Value::Array)
-    }
-
-    /// How `store` is attached to `session` (`read_write`, `read_only`),
-    /// if it is: a sessions token reaches only its session's stores.
-    pub(crate) fn store_access(&self, session: &str, store: &str) -> Option<String> {
-        let st = self.state.lock().unwrap();
-        let s = st.sessions.get(session)?;
-        s.doc["resources"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .find(|r| r["memory_store_id"] == store)
-            .map(|r| str_of(r, "access"))
+            .collect::<ApiResult<Vec<_>>>()?;
+        Ok(json!(resolved))
     }
 }
 

@@ -2,12 +2,126 @@
 //! request, reads the SSE answer into complete content blocks. The key is
 //! sent only to the configured base URL and never appears in an error.
 
-use serde_json::{Value, json};
+use serde::Deserialize;
+use serde_json::{Map, Value};
 
+/// A model's answer: its content blocks, why it stopped, and its `usage`
+/// object as the API reported it.
 pub struct Answer {
-    pub content: Vec<Value>,
+    pub content: Vec<Block>,
     pub stop_reason: String,
-    pub usage: Value,
+    pub usage: Map<String, Value>,
+}
+
+/// A content block of an answer: what the agent loop acts on.
+#[derive(Debug, PartialEq)]
+pub enum Block {
+    Text(String),
+    ToolUse {
+        name: String,
+        input: Value,
+    },
+    /// Anything else (thinking, server tools): not acted on.
+    Other,
+}
+
+/// A block as `content_block_start` opens it; text and tool input arrive
+/// in deltas.
+#[derive(Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+enum StartBlock {
+    Text {
+        #[serde(default)]
+        text: String,
+    },
+    ToolUse {
+        #[serde(default)]
+        name: String,
+        #[serde(default)]
+        input: Value,
+    },
+    #[serde(other)]
+    Other,
+}
+
+/// One event of the Messages API stream; its shape is checked before use:
+/// a malformed stream is an error for this turn, never a panic of the
+/// session's driver.
+#[derive(Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+enum StreamEvent {
+    MessageStart {
+        #[serde(default)]
+        message: StartedMessage,
+    },
+    ContentBlockStart {
+        content_block: Value,
+    },
+    ContentBlockDelta {
+        #[serde(default)]
+        index: usize,
+        #[serde(default)]
+        delta: Delta,
+    },
+    ContentBlockStop {
+        #[serde(default)]
+        index: usize,
+    },
+    MessageDelta {
+        #[serde(default)]
+        delta: MessageDelta,
+        #[serde(default)]
+        usage: Option<Value>,
+    },
+    MessageStop,
+    Error {
+        #[serde(default)]
+        error: ErrorObject,
+    },
+    #[serde(other)]
+    Other,
+}
+
+#[derive(Default, Deserialize)]
+struct StartedMessage {
+    #[serde(default)]
+    usage: Value,
+}
+
+#[derive(Default, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+enum Delta {
+    #[serde(rename = "text_delta")]
+    Text {
+        #[serde(default)]
+        text: String,
+    },
+    #[serde(rename = "input_json_delta")]
+    InputJson {
+        #[serde(default)]
+        partial_json: String,
+    },
+    #[default]
+    #[serde(other)]
+    Other,
+}
+
+#[derive(Default, Deserialize)]
+struct MessageDelta {
+    #[serde(default)]
+    stop_reason: Option<String>,
+}
+
+/// The `error` of an error event or an error response.
+#[derive(Default, Deserialize)]
+struct ErrorObject {
+    #[serde(default)]
+    message: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct ErrorBody {
+    error: ErrorObject,
 }
 
 #[derive(Debug)]
@@ -65,9 +179,9 @@ pub async fn call(
     let status = resp.status().as_u16();
     if status != 200 {
         let text = resp.text().await.unwrap_or_default();
-        let msg = serde_json::from_str::<Value>(&text)
+        let msg = serde_json::from_str::<ErrorBody>(&text)
             .ok()
-            .and_then(|v| v["error"]["message"].as_str().map(str::to_string))
+            .and_then(|b| b.error.message)
             .unwrap_or_else(|| format!("HTTP {status}"));
         // The message reaches session events: a provider that echoes the
         // key it was sent must not publish it there.
@@ -98,7 +212,7 @@ async fn read_stream(resp: reqwest::Response) -> Result<Answer, ModelError> {
     let mut answer = Answer {
         content: Vec::new(),
         stop_reason: String::new(),
-        usage: json!({}),
+        usage: Map::new(),
     };
     // Tool inputs arrive as JSON text in pieces.
     let mut partial: Vec<String> = Vec::new();
@@ -118,9 +232,9 @@ async fn read_stream(resp: reqwest::Response) -> Result<Answer, ModelError> {
             if data.is_empty() {
                 continue;
             }
-            let ev: Value = serde_json::from_str(&data)
+            let ev: StreamEvent = serde_json::from_str(&data)
                 .map_err(|e| failed(None, format!("model stream: bad event: {e}")))?;
-            if apply(&mut answer, &mut partial, &ev)? {
+            if apply(&mut answer, &mut partial, ev)? {
                 return Ok(answer);
             }
         }
@@ -139,71 +253,68 @@ fn find_frame_end(buf: &[u8]) -> Option<usize> {
 }
 
 /// Applies one stream event; `true` at `message_stop`.
-fn apply(a: &mut Answer, partial: &mut Vec<String>, ev: &Value) -> Result<bool, ModelError> {
-    match ev["type"].as_str() {
-        // Shapes are checked before use: a malformed stream is an error
-        // for this turn, never a panic of the session's driver.
-        Some("message_start") if ev["message"]["usage"].is_object() => {
-            a.usage = ev["message"]["usage"].clone()
+fn apply(a: &mut Answer, partial: &mut Vec<String>, ev: StreamEvent) -> Result<bool, ModelError> {
+    match ev {
+        StreamEvent::MessageStart { message } => {
+            if let Value::Object(usage) = message.usage {
+                a.usage = usage;
+            }
         }
-        Some("content_block_start") if ev["content_block"].is_object() => {
-            a.content.push(ev["content_block"].clone());
+        StreamEvent::ContentBlockStart { content_block } => {
+            if !content_block.is_object() {
+                return Err(failed(
+                    None,
+                    "model stream: a content block that is not an object",
+                ));
+            }
+            let block = match serde_json::from_value(content_block) {
+                Ok(StartBlock::Text { text }) => Block::Text(text),
+                Ok(StartBlock::ToolUse { name, input }) => Block::ToolUse { name, input },
+                Ok(StartBlock::Other) => Block::Other,
+                Err(e) => return Err(failed(None, format!("model stream: bad block: {e}"))),
+            };
+            a.content.push(block);
             partial.push(String::new());
         }
-        Some("content_block_start") => {
-            return Err(failed(
-                None,
-                "model stream: a content block that is not an object",
-            ));
-        }
-        Some("content_block_delta") => {
-            let i = ev["index"].as_u64().unwrap_or(0) as usize;
-            let (Some(block), Some(json_text)) = (a.content.get_mut(i), partial.get_mut(i)) else {
+        StreamEvent::ContentBlockDelta { index, delta } => {
+            let (Some(block), Some(json_text)) = (a.content.get_mut(index), partial.get_mut(index))
+            else {
                 return Err(failed(None, "model stream: a delta for an unknown block"));
             };
-            let d = &ev["delta"];
-            match d["type"].as_str() {
-                Some("text_delta") => match block.get_mut("text") {
-                    Some(Value::String(t)) => t.push_str(d["text"].as_str().unwrap_or("")),
-                    _ => block["text"] = d["text"].clone(),
-                },
-                Some("input_json_delta") => {
-                    json_text.push_str(d["partial_json"].as_str().unwrap_or(""))
-                }
+            match (delta, block) {
+                (Delta::Text { text }, Block::Text(t)) => t.push_str(&text),
+                (Delta::InputJson { partial_json }, _) => json_text.push_str(&partial_json),
                 _ => {}
             }
         }
-        Some("content_block_stop") => {
-            let i = ev["index"].as_u64().unwrap_or(0) as usize;
-            if let (Some(block), Some(text)) = (a.content.get_mut(i), partial.get(i))
-                && block["type"] == "tool_use"
+        StreamEvent::ContentBlockStop { index } => {
+            if let (Some(Block::ToolUse { input, .. }), Some(text)) =
+                (a.content.get_mut(index), partial.get(index))
                 && !text.is_empty()
             {
-                block["input"] = serde_json::from_str(text).map_err(|e| {
+                *input = serde_json::from_str(text).map_err(|e| {
                     failed(None, format!("model stream: tool input is not JSON: {e}"))
                 })?;
             }
         }
-        Some("message_delta") => {
-            if let Some(r) = ev["delta"]["stop_reason"].as_str() {
-                a.stop_reason = r.to_string();
+        StreamEvent::MessageDelta { delta, usage } => {
+            if let Some(r) = delta.stop_reason {
+                a.stop_reason = r;
             }
-            if let (Some(o), Some(usage)) = (ev["usage"].as_object(), a.usage.as_object_mut()) {
-                for (k, v) in o {
-                    usage.insert(k.clone(), v.clone());
-                }
+            if let Some(Value::Object(o)) = usage {
+                a.usage.extend(o);
             }
         }
-        Some("message_stop") => return Ok(true),
-        Some("error") => {
+        StreamEvent::MessageStop => return Ok(true),
+        StreamEvent::Error { error } => {
             return Err(failed(
                 Some(529),
-                ev["error"]["message"]
-                    .as_str()
-                    .unwrap_or("model stream error"),
+                error
+                    .message
+                    .unwrap_or_else(|| "model stream error".to_string()),
             ));
         }
-        _ => {}
+        StreamEvent::Other => {}
     }
     Ok(false)
 }
@@ -211,15 +322,18 @@ fn apply(a: &mut Answer, partial: &mut Vec<String>, ev: &Value) -> Result<bool, 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     fn run(events: &[Value]) -> Result<Answer, ModelError> {
         let mut a = Answer {
             content: Vec::new(),
             stop_reason: String::new(),
-            usage: json!({}),
+            usage: Map::new(),
         };
         let mut partial = Vec::new();
         for ev in events {
+            let ev = serde_json::from_value(ev.clone())
+                .map_err(|e| failed(None, format!("model stream: bad event: {e}")))?;
             if apply(&mut a, &mut partial, ev)? {
                 return Ok(a);
             }
@@ -239,10 +353,16 @@ mod tests {
             json!({"type": "message_stop"}),
         ])
         .unwrap();
-        assert_eq!(a.content[0]["input"], json!({"command": "ls"}));
         assert_eq!(
-            (a.stop_reason.as_str(), &a.usage),
-            ("tool_use", &json!({"input_tokens": 5, "output_tokens": 7}))
+            a.content[0],
+            Block::ToolUse {
+                name: "bash".into(),
+                input: json!({"command": "ls"})
+            }
+        );
+        assert_eq!(
+            (a.stop_reason.as_str(), Value::Object(a.usage)),
+            ("tool_use", json!({"input_tokens": 5, "output_tokens": 7}))
         );
         for bad in [
             vec![json!({"type": "content_block_start", "index": 0, "content_block": "text"})],

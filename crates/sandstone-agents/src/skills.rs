@@ -7,10 +7,17 @@
 
 use crate::error::{ApiError, ApiResult};
 use crate::ids::{new_id, now};
-use crate::{Agents, str_of};
+use crate::{StartError, lock, parse_stored};
 use base64::Engine;
+use sandstone_agents_api::{
+    Deleted, Extra, Skill, SkillRef, SkillSource, SkillTag, SkillVersion, SkillVersionTag,
+};
+use sandstone_db::agents::AgentsStore;
 use sandstone_skill_archive as skill_archive;
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, MutexGuard};
 
 pub const SKILL: &str = "skill";
 pub const VERSION: &str = "skill_version";
@@ -140,165 +147,229 @@ fn archive(name: &str, files: &[File]) -> ApiResult<Vec<u8>> {
         .map_err(|e| ApiError::internal(e.to_string()))
 }
 
-impl Agents {
-    async fn put_version(&self, skill: &str, files: Vec<File>) -> ApiResult<Value> {
+#[derive(Default)]
+struct SkillsState {
+    skills: BTreeMap<String, Skill>,
+    /// Versions by id, with their archives.
+    versions: BTreeMap<String, Version>,
+}
+
+/// A version with its archive.
+#[derive(Clone)]
+pub(crate) struct Version {
+    pub doc: SkillVersion,
+    pub archive: Vec<u8>,
+}
+
+/// How a version is stored: its document and its archive in base64.
+#[derive(Serialize, Deserialize)]
+struct Stored {
+    doc: SkillVersion,
+    archive: String,
+}
+
+/// Skills and their versions.
+pub(crate) struct Skills {
+    store: Arc<dyn AgentsStore>,
+    state: Mutex<SkillsState>,
+}
+
+impl Skills {
+    pub(crate) async fn load(store: Arc<dyn AgentsStore>) -> Result<Skills, StartError> {
+        let mut st = SkillsState::default();
+        for s in store.load_docs(SKILL).await? {
+            let s: Skill = parse_stored(SKILL, s)?;
+            st.skills.insert(s.id.clone(), s);
+        }
+        for v in store.load_docs(VERSION).await? {
+            let Stored { doc, archive } = parse_stored(VERSION, v)?;
+            let archive = base64::engine::general_purpose::STANDARD
+                .decode(&archive)
+                .map_err(|e| StartError::Corrupt {
+                    kind: VERSION,
+                    id: doc.id.clone(),
+                    message: format!("archive: {e}"),
+                })?;
+            st.versions.insert(doc.id.clone(), Version { doc, archive });
+        }
+        Ok(Skills {
+            store,
+            state: Mutex::new(st),
+        })
+    }
+
+    fn state(&self) -> MutexGuard<'_, SkillsState> {
+        lock(&self.state)
+    }
+
+    async fn put_version(&self, skill: &str, files: Vec<File>) -> ApiResult<SkillVersion> {
         let (name, description, files) = validate(files)?;
         let tar = archive(&name, &files)?;
-        let version = sandstone_api::timefmt::now_us().to_string();
-        let doc = json!({
-            "type": "skill_version", "id": new_id("skillver"), "skill_id": skill, "version": version,
-            "name": name, "description": description, "directory": name, "created_at": now(),
-        });
-        let stored =
-            json!({"doc": doc, "archive": base64::engine::general_purpose::STANDARD.encode(&tar)});
-        self.persist(VERSION, &str_of(&doc, "id"), &stored).await?;
-        self.state
-            .lock()
-            .unwrap()
-            .skill_versions
-            .insert(str_of(&doc, "id"), (doc.clone(), tar));
+        let doc = SkillVersion {
+            tag: SkillVersionTag,
+            id: new_id("skillver"),
+            skill_id: skill.to_string(),
+            version: sandstone_api::timefmt::now_us().to_string(),
+            directory: name.clone(),
+            name,
+            description,
+            created_at: now(),
+            extra: Extra::new(),
+        };
+        let stored = Stored {
+            doc,
+            archive: base64::engine::general_purpose::STANDARD.encode(&tar),
+        };
+        self.store
+            .put_doc(VERSION, &stored.doc.id, &json!(stored))
+            .await?;
+        let doc = stored.doc;
+        let version = Version {
+            doc: doc.clone(),
+            archive: tar,
+        };
+        self.state().versions.insert(doc.id.clone(), version);
         Ok(doc)
     }
 
-    pub async fn create_skill(
+    pub(crate) async fn create_skill(
         &self,
         files: Vec<File>,
         display_name: Option<String>,
-    ) -> ApiResult<Value> {
+    ) -> ApiResult<Skill> {
         let id = new_id("skill");
         let version = self.put_version(&id, files).await?;
         let t = now();
-        let doc = json!({
-            "type": "skill", "id": id,
-            "display_name": display_name.unwrap_or_else(|| str_of(&version, "name")),
-            "latest_version": version["version"], "latest_version_id": version["id"],
-            "source": {"type": "custom"}, "created_at": t, "updated_at": t,
-        });
-        if let Err(e) = self.persist(SKILL, &id, &doc).await {
+        let doc = Skill {
+            tag: SkillTag,
+            id: id.clone(),
+            display_name: display_name.unwrap_or_else(|| version.name.clone()),
+            latest_version: version.version,
+            latest_version_id: version.id.clone(),
+            source: SkillSource {
+                kind: "custom".into(),
+                extra: Extra::new(),
+            },
+            created_at: t.clone(),
+            updated_at: t,
+            extra: Extra::new(),
+        };
+        if let Err(e) = self.store.put_doc(SKILL, &id, &json!(doc)).await {
             // No version without its skill.
-            let vid = str_of(&version, "id");
-            self.state.lock().unwrap().skill_versions.remove(&vid);
-            let _ = self.store.delete_doc(VERSION, &vid).await;
-            return Err(e);
+            self.state().versions.remove(&version.id);
+            let _ = self.store.delete_doc(VERSION, &version.id).await;
+            return Err(e.into());
         }
-        self.state.lock().unwrap().skills.insert(id, doc.clone());
+        self.state().skills.insert(id, doc.clone());
         Ok(doc)
     }
 
-    pub async fn create_skill_version(&self, id: &str, files: Vec<File>) -> ApiResult<Value> {
+    pub(crate) async fn create_skill_version(
+        &self,
+        id: &str,
+        files: Vec<File>,
+    ) -> ApiResult<SkillVersion> {
         let mut skill = self.skill(id)?;
         let version = self.put_version(id, files).await?;
-        skill["latest_version"] = version["version"].clone();
-        skill["latest_version_id"] = version["id"].clone();
-        skill["updated_at"] = json!(now());
-        self.persist(SKILL, id, &skill).await?;
-        self.state
-            .lock()
-            .unwrap()
-            .skills
-            .insert(id.to_string(), skill);
+        skill.latest_version = version.version.clone();
+        skill.latest_version_id = version.id.clone();
+        skill.updated_at = now();
+        self.store.put_doc(SKILL, id, &json!(skill)).await?;
+        self.state().skills.insert(id.to_string(), skill);
         Ok(version)
     }
 
-    pub fn skill(&self, id: &str) -> ApiResult<Value> {
-        let st = self.state.lock().unwrap();
-        st.skills
+    pub(crate) fn skill(&self, id: &str) -> ApiResult<Skill> {
+        self.state()
+            .skills
             .get(id)
             .cloned()
             .ok_or_else(|| ApiError::not_found("skill", id))
     }
 
-    pub fn skills(&self) -> Vec<Value> {
-        let st = self.state.lock().unwrap();
-        let mut out: Vec<Value> = st.skills.values().cloned().collect();
-        out.sort_by(|a, b| b["created_at"].as_str().cmp(&a["created_at"].as_str()));
+    pub(crate) fn skills(&self) -> Vec<Skill> {
+        let mut out: Vec<Skill> = self.state().skills.values().cloned().collect();
+        out.sort_by(|a, b| b.created_at.cmp(&a.created_at));
         out
     }
 
-    pub fn skill_versions(&self, id: &str) -> ApiResult<Vec<Value>> {
+    pub(crate) fn skill_versions(&self, id: &str) -> ApiResult<Vec<SkillVersion>> {
         self.skill(id)?;
-        let st = self.state.lock().unwrap();
-        let mut out: Vec<Value> = st
-            .skill_versions
+        let st = self.state();
+        let mut out: Vec<SkillVersion> = st
+            .versions
             .values()
-            .filter(|(v, _)| v["skill_id"] == id)
-            .map(|(v, _)| v.clone())
+            .filter(|v| v.doc.skill_id == id)
+            .map(|v| v.doc.clone())
             .collect();
-        out.sort_by(|a, b| b["version"].as_str().cmp(&a["version"].as_str()));
+        out.sort_by(|a, b| b.version.cmp(&a.version));
         Ok(out)
     }
 
     /// A version by id, by version string, or `latest`.
-    pub fn skill_version(&self, id: &str, version: &str) -> ApiResult<(Value, Vec<u8>)> {
+    pub(crate) fn skill_version(&self, id: &str, version: &str) -> ApiResult<Version> {
         let skill = self.skill(id)?;
         let want = if version == "latest" {
-            str_of(&skill, "latest_version_id")
+            skill.latest_version_id.as_str()
         } else {
-            version.to_string()
+            version
         };
-        let st = self.state.lock().unwrap();
-        st.skill_versions
+        let st = self.state();
+        st.versions
             .values()
-            .find(|(v, _)| v["skill_id"] == id && (v["id"] == want || v["version"] == want))
+            .find(|v| v.doc.skill_id == id && (v.doc.id == want || v.doc.version == want))
             .cloned()
             .ok_or_else(|| ApiError::not_found("skill version", &format!("{id}/{version}")))
     }
 
-    pub async fn delete_skill(&self, id: &str) -> ApiResult<Value> {
+    pub(crate) async fn delete_skill(&self, id: &str) -> ApiResult<Deleted> {
         let versions = self.skill_versions(id)?;
         for v in &versions {
-            self.store.delete_doc(VERSION, &str_of(v, "id")).await?;
+            self.store.delete_doc(VERSION, &v.id).await?;
         }
         self.store.delete_doc(SKILL, id).await?;
-        let mut st = self.state.lock().unwrap();
+        let mut st = self.state();
         st.skills.remove(id);
-        st.skill_versions.retain(|_, (v, _)| v["skill_id"] != id);
-        Ok(json!({"id": id, "type": "skill_deleted"}))
-    }
-
-    /// Whether the agent a session runs uses `skill`.
-    pub(crate) fn session_uses_skill(&self, session: &str, skill: &str) -> bool {
-        let st = self.state.lock().unwrap();
-        st.sessions.get(session).is_some_and(|s| {
-            s.doc["agent"]["skills"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .any(|k| k["skill_id"] == skill)
+        st.versions.retain(|_, v| v.doc.skill_id != id);
+        Ok(Deleted {
+            id: id.to_string(),
+            kind: "skill_deleted".into(),
         })
     }
 
     /// Resolves an agent's `skills` to concrete versions.
-    pub(crate) fn resolve_skills(&self, v: &Value) -> ApiResult<Value> {
-        v.as_array()
+    pub(crate) fn resolve(&self, v: &Value) -> ApiResult<Value> {
+        let resolved = v
+            .as_array()
             .into_iter()
             .flatten()
             .enumerate()
             .map(|(i, s)| {
                 let at = format!("skills[{i}]");
-                if s["type"] != "custom" {
+                let s: SkillRef = sandstone_agents_api::from_value(s.clone())
+                    .map_err(|e| ApiError::invalid(format!("{at}.{e}")))?;
+                if s.kind != "custom" {
                     return Err(ApiError::invalid(format!(
                         "{at}.type: custom (Anthropic's prebuilt skills exist only on the hosted service; upload them as custom skills)"
                     )));
                 }
-                let id = s["skill_id"].as_str().unwrap_or_default();
-                let want = s["version"].as_str().unwrap_or("latest");
-                let (version, _) = self
-                    .skill_version(id, want)
-                    .map_err(|_| ApiError::invalid(format!("{at}: skill {id} version {want} does not exist")))?;
-                Ok(json!({"type": "custom", "skill_id": id, "version": version["version"]}))
+                let want = s.version.as_deref().unwrap_or("latest");
+                let version = self.skill_version(&s.skill_id, want).map_err(|_| {
+                    ApiError::invalid(format!(
+                        "{at}: skill {} version {want} does not exist",
+                        s.skill_id
+                    ))
+                })?;
+                Ok(SkillRef {
+                    kind: s.kind,
+                    skill_id: s.skill_id,
+                    version: Some(version.doc.version),
+                    extra: Extra::new(),
+                })
             })
-            .collect::<ApiResult<Vec<_>>>()
-            .map(Value::Array)
+            .collect::<ApiResult<Vec<_>>>()?;
+        Ok(json!(resolved))
     }
-}
-
-/// Loads a stored version: its document and archive.
-pub fn load_version(stored: &Value) -> Option<(String, (Value, Vec<u8>))> {
-    let tar = base64::engine::general_purpose::STANDARD
-        .decode(stored["archive"].as_str()?)
-        .ok()?;
-    Some((str_of(&stored["doc"], "id"), (stored["doc"].clone(), tar)))
 }
 
 #[cfg(test)]
@@ -361,11 +432,7 @@ mod tests {
         let bomb = gz.finish().unwrap();
         assert!(bomb.len() < 100_000, "{}", bomb.len());
         let err = expand(&bomb).err().expect("refused");
-        assert!(
-            err.message.contains("archive exceeds the"),
-            "{}",
-            err.message
-        );
+        assert!(err.to_string().contains("archive exceeds the"), "{err}");
         assert!(validate(vec![file("SKILL.md", "---\nname: Bad Name\n---\n")]).is_err());
     }
 }

@@ -6,7 +6,11 @@
 
 use crate::error::ApiResult;
 use crate::{Agents, model};
-use sandstone_api::toolset::{TOOLSET_TYPE as TOOLSET, Tool};
+use sandstone_agents_api::{
+    AgentTool, ContentBlock, KnownEvent, PermissionKind, SessionAgent, SessionEvent, SessionUsage,
+    ToolConfig, Verdict,
+};
+use sandstone_api::toolset::Tool;
 use serde_json::{Value, json};
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,55 +23,76 @@ enum Step {
     Idle,
 }
 
-fn is_call(e: &Value) -> bool {
-    e["type"] == "agent.tool_use" || e["type"] == "agent.custom_tool_use"
+type Events = [Arc<SessionEvent>];
+
+fn is_call(e: &SessionEvent) -> bool {
+    matches!(
+        e.known(),
+        Some(KnownEvent::AgentToolUse(_) | KnownEvent::AgentCustomToolUse(_))
+    )
+}
+
+fn is_interrupt(e: &SessionEvent) -> bool {
+    matches!(e.known(), Some(KnownEvent::UserInterrupt(_)))
 }
 
 /// Whether a confirmation denied tool call `id`.
-pub fn denied(events: &[Arc<Value>], id: &str) -> bool {
+pub fn denied(events: &Events, id: &str) -> bool {
     events.iter().any(|e| {
-        e["type"] == "user.tool_confirmation" && e["tool_use_id"] == id && e["result"] == "deny"
+        matches!(e.known(), Some(KnownEvent::UserToolConfirmation(c))
+            if c.tool_use_id == id && c.result == Verdict::Deny)
     })
 }
 
-fn answered(events: &[Arc<Value>], call: &Value) -> bool {
-    let id = &call["id"];
+/// The call an answer (a result or confirmation) refers to.
+pub fn answer_to(e: &KnownEvent) -> Option<&str> {
+    match e {
+        KnownEvent::UserToolResult(r) | KnownEvent::AgentToolResult(r) => Some(&r.tool_use_id),
+        KnownEvent::UserCustomToolResult(r) => Some(&r.custom_tool_use_id),
+        KnownEvent::UserToolConfirmation(c) => Some(&c.tool_use_id),
+        _ => None,
+    }
+}
+
+fn answered(events: &Events, id: &str) -> bool {
     events.iter().any(|e| {
-        ((e["type"] == "user.tool_result" || e["type"] == "agent.tool_result")
-            && e["tool_use_id"] == *id)
-            || (e["type"] == "user.custom_tool_result" && e["custom_tool_use_id"] == *id)
-    }) || denied(events, id.as_str().unwrap_or_default())
+        e.known().is_some_and(|k| {
+            !matches!(k, KnownEvent::UserToolConfirmation(_)) && answer_to(k) == Some(id)
+        })
+    }) || denied(events, id)
 }
 
 /// Tool calls still waiting for a result (an interrupt closes earlier ones).
-fn open_calls(events: &[Arc<Value>]) -> Vec<String> {
+fn open_calls(events: &Events) -> Vec<String> {
     let since = events
         .iter()
-        .rposition(|e| e["type"] == "user.interrupt")
+        .rposition(|e| is_interrupt(e))
         .map_or(0, |i| i + 1);
     events[since..]
         .iter()
-        .filter(|e| is_call(e) && !answered(events, e))
-        .filter_map(|e| e["id"].as_str().map(str::to_string))
+        .filter(|e| is_call(e))
+        .filter_map(|e| e.id.clone())
+        .filter(|id| !answered(events, id))
         .collect()
 }
 
-fn next_step(events: &[Arc<Value>], consumed: usize) -> Step {
+fn next_step(events: &Events, consumed: usize) -> Step {
     let open = open_calls(events);
     if !open.is_empty() {
         return Step::Wait(open);
     }
-    let interrupted_at = events.iter().rposition(|e| e["type"] == "user.interrupt");
+    let interrupted_at = events.iter().rposition(|e| is_interrupt(e));
     let new_input = events.iter().enumerate().skip(consumed).any(|(i, e)| {
-        let input = matches!(
-            e["type"].as_str(),
+        let input = match e.known() {
             Some(
-                "user.message"
-                    | "user.tool_result"
-                    | "user.custom_tool_result"
-                    | "agent.tool_result"
-            )
-        ) || (e["type"] == "user.tool_confirmation" && e["result"] == "deny");
+                KnownEvent::UserMessage(_)
+                | KnownEvent::UserToolResult(_)
+                | KnownEvent::UserCustomToolResult(_)
+                | KnownEvent::AgentToolResult(_),
+            ) => true,
+            Some(KnownEvent::UserToolConfirmation(c)) => c.result == Verdict::Deny,
+            _ => false,
+        };
         input && interrupted_at.is_none_or(|at| i > at)
     });
     if new_input {
@@ -79,11 +104,7 @@ fn next_step(events: &[Arc<Value>], consumed: usize) -> Step {
 
 /// Starts the session's driver, or wakes the one that runs.
 pub fn drive(agents: Arc<Agents>, session: &str) {
-    let start = {
-        let mut st = agents.state.lock().unwrap();
-        let Some(s) = st.sessions.get_mut(session) else {
-            return;
-        };
+    let start = agents.sessions.with(session, |s| {
         if s.driving {
             s.wake.notify_one();
             false
@@ -91,8 +112,8 @@ pub fn drive(agents: Arc<Agents>, session: &str) {
             s.driving = true;
             true
         }
-    };
-    if start {
+    });
+    if start.unwrap_or(false) {
         let id = session.to_string();
         tokio::spawn(async move {
             // A driver that dies must not leave the session marked driven
@@ -111,16 +132,15 @@ async fn run(agents: Arc<Agents>, session: String) {
     loop {
         // Decide under the lock, so an event appended meanwhile either is
         // seen here or finds the driver still marked running.
-        let (step, wake) = {
-            let mut st = agents.state.lock().unwrap();
-            let Some(s) = st.sessions.get_mut(&session) else {
-                return;
-            };
+        let decided = agents.sessions.with(&session, |s| {
             let step = next_step(&s.events, s.consumed);
             if let Step::Idle = step {
                 s.driving = false;
             }
             (step, s.wake.clone())
+        });
+        let Ok((step, wake)) = decided else {
+            return;
         };
         let outcome = match step {
             Step::Idle => return,
@@ -143,100 +163,114 @@ async fn run(agents: Arc<Agents>, session: String) {
             }
         };
         if let Err(e) = outcome {
-            tracing::error!(session = %session, error = %e.message, "agent loop stopped");
+            tracing::error!(session = %session, error = %e, "agent loop stopped");
             return agents.stop_driving(&session);
         }
     }
 }
 
+/// The toolset tools an agent has configured, with their permissions.
+fn sandbox_tools(agent: &SessionAgent) -> impl Iterator<Item = &ToolConfig> {
+    agent
+        .tools
+        .iter()
+        .filter_map(|t| match t {
+            AgentTool::Toolset(t) => t.configs.as_deref(),
+            AgentTool::Custom(_) => None,
+        })
+        .flatten()
+}
+
 /// The Messages API `tools` of an agent: enabled sandbox tools (web tools
 /// run on the server and are not offered here) and custom tools.
-fn model_tools(agent: &Value) -> Vec<Value> {
+fn model_tools(agent: &SessionAgent) -> Vec<Value> {
     let mut out = Vec::new();
-    for t in agent["tools"].as_array().into_iter().flatten() {
-        if t["type"] == TOOLSET {
-            for c in t["configs"].as_array().into_iter().flatten() {
-                let tool = c["name"].as_str().and_then(Tool::from_name);
-                if let Some(tool) = tool.filter(|t| c["enabled"] == true && t.runs_in_sandbox()) {
-                    out.push(json!({"name": tool.name(), "description": tool.description(), "input_schema": tool.input_schema()}));
-                }
+    for t in &agent.tools {
+        match t {
+            AgentTool::Toolset(_) => {}
+            AgentTool::Custom(c) => {
+                out.push(json!({"name": c.name, "description": c.description, "input_schema": c.input_schema}));
+                continue;
             }
-        } else if t["type"] == "custom" {
-            out.push(json!({"name": t["name"], "description": t["description"], "input_schema": t["input_schema"]}));
+        }
+        let configs = match t {
+            AgentTool::Toolset(t) => t.configs.as_deref().unwrap_or_default(),
+            AgentTool::Custom(_) => &[],
+        };
+        for c in configs {
+            let tool = Tool::from_name(&c.name);
+            if let Some(tool) = tool.filter(|t| c.enabled == Some(true) && t.runs_in_sandbox()) {
+                out.push(json!({"name": tool.name(), "description": tool.description(), "input_schema": tool.input_schema()}));
+            }
         }
     }
     out
 }
 
-fn result_block(tool_use_id: &Value, content: &Value, is_error: bool) -> Value {
-    let content = if content.is_array() {
-        content.clone()
-    } else {
-        json!([])
-    };
-    json!({"type": "tool_result", "tool_use_id": tool_use_id, "content": content, "is_error": is_error})
+fn result_block(tool_use_id: &str, content: Option<&Vec<ContentBlock>>, is_error: bool) -> Value {
+    json!({"type": "tool_result", "tool_use_id": tool_use_id, "content": content.map_or(&[][..], |c| c.as_slice()), "is_error": is_error})
 }
 
 /// The conversation as Messages API messages, rebuilt from the events.
-fn messages(events: &[Arc<Value>]) -> Vec<Value> {
-    let mut out: Vec<(String, Vec<Value>)> = Vec::new();
-    let mut push = |role: &str, block: Value| match out.last_mut() {
-        Some((r, blocks)) if r == role => blocks.push(block),
-        _ => out.push((role.to_string(), vec![block])),
+fn messages(events: &Events) -> Vec<Value> {
+    let mut out: Vec<(&str, Vec<Value>)> = Vec::new();
+    let mut push = |role: &'static str, block: Value| match out.last_mut() {
+        Some((r, blocks)) if *r == role => blocks.push(block),
+        _ => out.push((role, vec![block])),
     };
-    let mut open: Vec<Value> = Vec::new();
+    let text = |t: &str| vec![ContentBlock::text(t)];
+    let mut open: Vec<&str> = Vec::new();
     for e in events {
-        match e["type"].as_str().unwrap_or_default() {
-            "user.message" => {
-                for b in e["content"].as_array().into_iter().flatten() {
-                    push("user", b.clone());
+        let Some(known) = e.known() else { continue };
+        match known {
+            KnownEvent::UserMessage(m) => {
+                for b in &m.content {
+                    push("user", json!(b));
                 }
             }
-            "agent.message" => {
-                for b in e["content"].as_array().into_iter().flatten() {
-                    push("assistant", b.clone());
+            KnownEvent::AgentMessage(m) => {
+                for b in &m.content {
+                    push("assistant", json!(b));
                 }
             }
-            "agent.tool_use" | "agent.custom_tool_use" => {
-                open.push(e["id"].clone());
+            KnownEvent::AgentToolUse(t) | KnownEvent::AgentCustomToolUse(t) => {
+                let id = e.id.as_deref().unwrap_or_default();
+                open.push(id);
                 push(
                     "assistant",
-                    json!({"type": "tool_use", "id": e["id"], "name": e["name"], "input": e["input"]}),
+                    json!({"type": "tool_use", "id": id, "name": t.name, "input": t.input}),
                 );
             }
-            "user.tool_result" | "agent.tool_result" | "user.custom_tool_result" => {
-                let id = if e["type"] == "user.custom_tool_result" {
-                    &e["custom_tool_use_id"]
-                } else {
-                    &e["tool_use_id"]
+            KnownEvent::UserToolResult(_)
+            | KnownEvent::AgentToolResult(_)
+            | KnownEvent::UserCustomToolResult(_) => {
+                let (id, content, is_error) = match known {
+                    KnownEvent::UserCustomToolResult(r) => {
+                        (&r.custom_tool_use_id, &r.content, r.is_error)
+                    }
+                    KnownEvent::UserToolResult(r) | KnownEvent::AgentToolResult(r) => {
+                        (&r.tool_use_id, &r.content, r.is_error)
+                    }
+                    _ => continue,
                 };
                 open.retain(|o| o != id);
                 push(
                     "user",
-                    result_block(id, &e["content"], e["is_error"] == true),
+                    result_block(id, content.as_ref(), is_error == Some(true)),
                 );
             }
-            "user.tool_confirmation" if e["result"] == "deny" => {
-                let id = &e["tool_use_id"];
-                open.retain(|o| o != id);
-                let msg = e["deny_message"]
-                    .as_str()
+            KnownEvent::UserToolConfirmation(c) if c.result == Verdict::Deny => {
+                open.retain(|o| *o != c.tool_use_id);
+                let msg = c
+                    .deny_message
+                    .as_deref()
                     .unwrap_or("The user denied this tool call.");
-                push(
-                    "user",
-                    result_block(id, &json!([{"type": "text", "text": msg}]), true),
-                );
+                push("user", result_block(&c.tool_use_id, Some(&text(msg)), true));
             }
-            "user.interrupt" => {
+            KnownEvent::UserInterrupt(_) => {
+                let interrupted = text("Interrupted by the user.");
                 for id in std::mem::take(&mut open) {
-                    push(
-                        "user",
-                        result_block(
-                            &id,
-                            &json!([{"type": "text", "text": "Interrupted by the user."}]),
-                            true,
-                        ),
-                    );
+                    push("user", result_block(id, Some(&interrupted), true));
                 }
             }
             _ => {}
@@ -263,24 +297,20 @@ enum Call {
 }
 
 /// What the agent's configuration says about a call to `name`.
-fn classify(agent: &Value, name: &str) -> Call {
-    let tools = agent["tools"].as_array().cloned().unwrap_or_default();
-    let config = tools
-        .iter()
-        .filter(|t| t["type"] == TOOLSET)
-        .flat_map(|t| t["configs"].as_array().cloned().unwrap_or_default())
-        .find(|c| c["name"] == name);
-    match config {
+fn classify(agent: &SessionAgent, name: &str) -> Call {
+    match sandbox_tools(agent).find(|c| c.name == name) {
         Some(c)
-            if c["enabled"] == true && Tool::from_name(name).is_some_and(Tool::runs_in_sandbox) =>
+            if c.enabled == Some(true)
+                && Tool::from_name(name).is_some_and(Tool::runs_in_sandbox) =>
         {
-            let (perm, evaluation) = permission(&c["permission_policy"]["type"]);
+            let (perm, evaluation) = permission(c.permission_policy.map(|p| p.kind));
             Call::Toolset(perm, evaluation)
         }
         Some(_) => Call::Refused,
-        None if tools
+        None if agent
+            .tools
             .iter()
-            .any(|t| t["type"] == "custom" && t["name"] == name) =>
+            .any(|t| matches!(t, AgentTool::Custom(c) if c.name == name)) =>
         {
             Call::Custom
         }
@@ -289,38 +319,29 @@ fn classify(agent: &Value, name: &str) -> Call {
 }
 
 /// The permission a toolset policy gives a call.
-fn permission(policy: &Value) -> (Value, Value) {
-    match policy.as_str() {
-        Some("always_ask") => (json!("ask"), json!({"type": "always_ask"})),
-        Some("auto") => (json!("allow"), json!({"type": "auto"})),
+fn permission(policy: Option<PermissionKind>) -> (Value, Value) {
+    match policy {
+        Some(PermissionKind::AlwaysAsk) => (json!("ask"), json!({"type": "always_ask"})),
+        Some(PermissionKind::Auto) => (json!("allow"), json!({"type": "auto"})),
         _ => (json!("allow"), json!({"type": "always_allow"})),
     }
 }
 
 impl Agents {
     fn stop_driving(&self, session: &str) {
-        if let Some(s) = self.state.lock().unwrap().sessions.get_mut(session) {
-            s.driving = false;
-        }
+        let _ = self.sessions.with(session, |s| s.driving = false);
     }
 
-    /// Cancels a running model request of the session.
-    pub(crate) fn interrupt(&self, session: &str) {
-        if let Some(s) = self.state.lock().unwrap().sessions.get(session) {
-            s.cancel.notify_waiters();
-        }
-    }
-
-    async fn set_status(&self, session: &str, status: &str) -> ApiResult<()> {
-        if self.session_status(session).as_deref() == Some(status) {
+    /// A turn starts: the session is running (announced once).
+    async fn begin_turn(&self, session: &str) -> ApiResult<()> {
+        let status = self
+            .sessions
+            .status(session)
+            .ok_or_else(|| crate::error::ApiError::not_found("session", session))?;
+        let Some(running) = status.begin_turn() else {
             return Ok(());
-        }
-        self.update_session_doc(session, |d| {
-            d["status"] = json!(status);
-            Ok(())
-        })
-        .await?;
-        if status == "running" {
+        };
+        if self.sessions.set_status(session, running).await? {
             self.emit(session, json!({"type": "session.status_running"}))
                 .await?;
         }
@@ -328,11 +349,12 @@ impl Agents {
     }
 
     async fn set_idle(&self, session: &str, stop_reason: Value) -> ApiResult<()> {
-        self.update_session_doc(session, |d| {
-            d["status"] = json!("idle");
-            Ok(())
-        })
-        .await?;
+        self.sessions
+            .update_doc(session, |d| {
+                d.status = d.status.end_turn();
+                Ok(())
+            })
+            .await?;
         self.emit(
             session,
             json!({"type": "session.status_idle", "stop_reason": stop_reason}),
@@ -341,28 +363,28 @@ impl Agents {
         .map(|_| ())
     }
 
+    /// Persists `ev` at the end of the session's history.
+    async fn emit(&self, session: &str, ev: Value) -> ApiResult<Arc<SessionEvent>> {
+        self.sessions.emit(session, ev).await
+    }
+
     /// Marks everything so far as part of a model request.
     async fn consume(&self, session: &str, upto: usize) -> ApiResult<()> {
-        if let Some(s) = self.state.lock().unwrap().sessions.get_mut(session) {
-            s.consumed = upto;
-        }
-        self.update_session_doc(session, |_| Ok(()))
-            .await
-            .map(|_| ())
+        self.sessions.consume(session, upto).await
     }
 
     /// One model request and what it produces.
     async fn model_turn(&self, session: &str) -> ApiResult<()> {
-        self.set_status(session, "running").await?;
-        let events = self.session_events(session);
-        let agent = self.session(session)?["agent"].clone();
+        self.begin_turn(session).await?;
+        let events = self.sessions.events(session);
+        let agent = self.sessions.session(session)?.agent;
         let mut body = json!({
-            "model": agent["model"]["id"],
+            "model": agent.model.id,
             "max_tokens": self.config.max_tokens,
             "messages": messages(&events),
             "stream": true,
         });
-        if let Some(system) = agent["system"].as_str() {
+        if let Some(system) = &agent.system {
             body["system"] = json!(system);
         }
         let tools = model_tools(&agent);
@@ -372,14 +394,9 @@ impl Agents {
         let start = self
             .emit(session, json!({"type": "span.model_request_start"}))
             .await?;
-        let cancel = self
-            .state
-            .lock()
-            .unwrap()
-            .sessions
-            .get(session)
-            .map(|s| s.cancel.clone());
-        let Some(cancel) = cancel else { return Ok(()) };
+        let Ok(cancel) = self.sessions.with(session, |s| s.cancel.clone()) else {
+            return Ok(());
+        };
         let mut attempt = 0;
         // An interrupt ends the turn: noticed by the wake-up while waiting,
         // or by the history (a wake-up can come before anyone waits).
@@ -409,7 +426,7 @@ impl Agents {
                 }
                 Err(e) => {
                     self.consume(session, events.len()).await?;
-                    self.emit(session, json!({"type": "span.model_request_end", "model_request_start_id": start["id"], "is_error": true, "model_usage": {}})).await?;
+                    self.emit(session, json!({"type": "span.model_request_end", "model_request_start_id": start.id, "is_error": true, "model_usage": {}})).await?;
                     self.emit(session, json!({"type": "session.error", "error": {"type": e.kind(), "message": e.message, "retry_status": {"type": "exhausted"}}})).await?;
                     return self
                         .set_idle(session, json!({"type": "retries_exhausted"}))
@@ -423,51 +440,52 @@ impl Agents {
 
     /// Whether a `user.interrupt` arrived after the first `n` events.
     fn interrupted_after(&self, session: &str, n: usize) -> bool {
-        self.session_events(session)
+        self.sessions
+            .events(session)
             .iter()
             .skip(n)
-            .any(|e| e["type"] == "user.interrupt")
+            .any(|e| is_interrupt(e))
     }
 
     /// Ends a turn the user interrupted: no answer is recorded.
-    async fn end_interrupted(&self, session: &str, start: &Value) -> ApiResult<()> {
-        self.consume(session, self.event_count(session)).await?;
-        self.emit(session, json!({"type": "span.model_request_end", "model_request_start_id": start["id"], "is_error": true, "model_usage": {}})).await?;
+    async fn end_interrupted(&self, session: &str, start: &SessionEvent) -> ApiResult<()> {
+        self.consume(session, self.sessions.event_count(session))
+            .await?;
+        self.emit(session, json!({"type": "span.model_request_end", "model_request_start_id": start.id, "is_error": true, "model_usage": {}})).await?;
         self.set_idle(session, json!({"type": "end_turn"})).await
     }
 
     async fn record_answer(
         &self,
         session: &str,
-        agent: &Value,
-        start: &Value,
+        agent: &SessionAgent,
+        start: &SessionEvent,
         a: model::Answer,
     ) -> ApiResult<()> {
-        let usage = json!({
-            "input_tokens": a.usage["input_tokens"].as_u64().unwrap_or(0),
-            "output_tokens": a.usage["output_tokens"].as_u64().unwrap_or(0),
-            "cache_read_input_tokens": a.usage["cache_read_input_tokens"].as_u64().unwrap_or(0),
-            "cache_creation_input_tokens": a.usage["cache_creation_input_tokens"].as_u64().unwrap_or(0),
-        });
-        self.emit(session, json!({"type": "span.model_request_end", "model_request_start_id": start["id"], "is_error": false, "model_usage": usage})).await?;
-        self.update_session_doc(session, |d| {
-            for k in [
-                "input_tokens",
-                "output_tokens",
-                "cache_read_input_tokens",
-                "cache_creation_input_tokens",
-            ] {
-                d["usage"][k] =
-                    json!(d["usage"][k].as_u64().unwrap_or(0) + usage[k].as_u64().unwrap_or(0));
-            }
-            Ok(())
-        })
-        .await?;
+        let tokens = |k: &str| a.usage.get(k).and_then(Value::as_u64).unwrap_or(0);
+        let usage = SessionUsage {
+            input_tokens: tokens("input_tokens"),
+            output_tokens: tokens("output_tokens"),
+            cache_read_input_tokens: tokens("cache_read_input_tokens"),
+            cache_creation_input_tokens: tokens("cache_creation_input_tokens"),
+            ..SessionUsage::default()
+        };
+        self.emit(session, json!({"type": "span.model_request_end", "model_request_start_id": start.id, "is_error": false, "model_usage": usage})).await?;
+        self.sessions
+            .update_doc(session, |d| {
+                let total = &mut d.usage;
+                total.input_tokens += usage.input_tokens;
+                total.output_tokens += usage.output_tokens;
+                total.cache_read_input_tokens += usage.cache_read_input_tokens;
+                total.cache_creation_input_tokens += usage.cache_creation_input_tokens;
+                Ok(())
+            })
+            .await?;
         let mut text: Vec<Value> = Vec::new();
         let mut calls = 0;
         for block in a.content {
-            if block["type"] == "text" {
-                text.push(json!({"type": "text", "text": block["text"]}));
+            if let model::Block::Text(t) = &block {
+                text.push(json!({"type": "text", "text": t}));
                 continue;
             }
             if !text.is_empty() {
@@ -477,12 +495,11 @@ impl Agents {
                 )
                 .await?;
             }
-            if block["type"] != "tool_use" {
+            let model::Block::ToolUse { name, input } = &block else {
                 continue;
-            }
+            };
             calls += 1;
-            let name = block["name"].as_str().unwrap_or_default();
-            let input = &block["input"];
+            let name = name.as_str();
             match classify(agent, name) {
                 Call::Toolset(perm, evaluation) => {
                     self.emit(session, json!({"type": "agent.tool_use", "name": name, "input": input, "evaluated_permission": perm, "evaluation": evaluation})).await?;
@@ -499,7 +516,7 @@ impl Agents {
                     // server denied, and the model learns why.
                     let call = self.emit(session, json!({"type": "agent.tool_use", "name": name, "input": input, "evaluated_permission": "deny", "evaluation": {"type": "always_allow"}})).await?;
                     let why = format!("tool {name} is not available to this agent");
-                    self.emit(session, json!({"type": "agent.tool_result", "tool_use_id": call["id"], "is_error": true, "content": [{"type": "text", "text": why}]})).await?;
+                    self.emit(session, json!({"type": "agent.tool_result", "tool_use_id": call.id, "is_error": true, "content": [{"type": "text", "text": why}]})).await?;
                 }
             }
         }
