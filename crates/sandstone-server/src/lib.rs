@@ -107,8 +107,10 @@ async fn not_found() -> ApiError {
 
 pub fn router(st: AppState) -> Router {
     let ops = openapi::operations();
-    // Built once: the operations do not change while the daemon runs.
-    let document = axum::Json(openapi::document(&ops));
+    // Built and serialised once: the operations do not change while the
+    // daemon runs. As `Bytes` a request (and every copy of the router a
+    // connection holds) shares it instead of cloning the whole document.
+    let document = axum::body::Bytes::from(openapi::document(&ops).to_string());
     let json_limit = DefaultBodyLimit::max(MAX_JSON_BODY);
     let mut api = Router::new();
     for op in ops {
@@ -127,7 +129,10 @@ pub fn router(st: AppState) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(|| async { "ready" }))
-        .route("/openapi.json", get(|| async move { document }))
+        .route(
+            "/openapi.json",
+            get(|| async move { ([(header::CONTENT_TYPE, "application/json")], document) }),
+        )
         .merge(api)
         .fallback(not_found)
         .with_state(st)
