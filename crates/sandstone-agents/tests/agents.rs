@@ -9,20 +9,12 @@
 mod common;
 
 use common::{
-    BETA, FakeModel, daemon, environment, events, eventually, idle_with, kinds, mem, say,
-    session_on, v1,
+    BETA, FakeModel, assert_names, daemon, environment, events, eventually, idle_with, kinds, mem,
+    say, session_on, v1,
 };
 use reqwest::Method;
 use serde_json::{Value, json};
 use std::time::{Duration, Instant};
-
-fn assert_names(status: u16, v: &Value, needle: &str) {
-    let msg = v["error"]["message"].as_str().unwrap_or("");
-    assert!(
-        status == 400 && msg.contains(needle),
-        "expected a 400 naming {needle}: {status} {v}"
-    );
-}
 
 /// SHA-256 hex of `data`.
 fn sha256sum(data: &[u8]) -> String {
@@ -919,4 +911,119 @@ async fn a_stored_document_that_does_not_fit_stops_the_start() {
         .expect("the start is refused")
         .to_string();
     assert!(err.contains("environment env_bad is corrupt"), "{err}");
+}
+
+/// A 400 whose message starts with the field's path (`tools[0].name: …`).
+fn assert_field_first(status: u16, v: &Value, field: &str) {
+    let msg = v["error"]["message"].as_str().unwrap_or("");
+    assert!(
+        status == 400 && msg.starts_with(&format!("{field}: ")),
+        "expected a 400 naming {field} first: {status} {v}"
+    );
+}
+
+/// Every request body the `/v1` API takes: a wrong-typed field, at the
+/// top or deep inside a tagged union, is a 400 naming its path.
+#[tokio::test(flavor = "multi_thread")]
+async fn every_request_body_error_names_its_field() {
+    let model = FakeModel::start();
+    let d = daemon(&model, 30).await;
+    let (env, key) = environment(&d).await;
+    let sid = session_on(&d, &env, "e2e", json!([])).await;
+    let (_, session, _) = v1(&d, &d.token, Method::GET, &format!("/sessions/{sid}"), None).await;
+    let agent = session["agent"]["id"].as_str().unwrap().to_string();
+    let (s, store) = mem(
+        &d,
+        &d.token,
+        Method::POST,
+        "/memory_stores",
+        Some(json!({"name": "notes"})),
+    )
+    .await;
+    assert_eq!(s, 200, "{store}");
+    let store = store["id"].as_str().unwrap().to_string();
+    let (s, memory) = mem(
+        &d,
+        &d.token,
+        Method::POST,
+        &format!("/memory_stores/{store}/memories"),
+        Some(json!({"path": "/a.md", "content": "x"})),
+    )
+    .await;
+    assert_eq!(s, 200, "{memory}");
+    let memory = memory["id"].as_str().unwrap().to_string();
+    let (_, item, _) = v1(
+        &d,
+        &key,
+        Method::GET,
+        &format!("/environments/{env}/work/poll?block_ms=999"),
+        None,
+    )
+    .await;
+    let work = format!(
+        "/environments/{env}/work/{}",
+        item["id"]
+            .as_str()
+            .unwrap_or_else(|| panic!("a work item: {item}"))
+    );
+
+    let toolset = json!([{"type": "agent_toolset_20260401", "configs": [{"name": 7}]}]);
+    let text_5 = json!([{"type": "user.message", "content": [{"type": "text", "text": 5}]}]);
+    let cases: Vec<(String, Value, &str)> = vec![
+        ("/agents".into(), json!({"name": 5, "model": "m"}), "name"),
+        (
+            "/agents".into(),
+            json!({"name": "a", "model": "m", "tools": toolset}),
+            "tools[0].configs[0].name",
+        ),
+        (format!("/agents/{agent}"), json!({"system": 5}), "system"),
+        (
+            "/environments".into(),
+            json!({"name": "e", "config": {"type": "self_hosted"}, "metadata": 5}),
+            "metadata",
+        ),
+        (
+            format!("/environments/{env}"),
+            json!({"description": 5}),
+            "description",
+        ),
+        (
+            "/sessions".into(),
+            json!({"agent": agent, "environment_id": 5}),
+            "environment_id",
+        ),
+        (format!("/sessions/{sid}"), json!({"title": 5}), "title"),
+        (
+            format!("/sessions/{sid}/events"),
+            json!({"events": text_5}),
+            "events[0].content[0].text",
+        ),
+        (format!("{work}/stop"), json!({"force": "yes"}), "force"),
+    ];
+    for (path, body, field) in cases {
+        let (s, v, _) = v1(&d, &d.token, Method::POST, &path, Some(body)).await;
+        assert_field_first(s, &v, field);
+    }
+    let memory_cases: Vec<(String, Value, &str)> = vec![
+        ("/memory_stores".into(), json!({"name": 5}), "name"),
+        (
+            format!("/memory_stores/{store}"),
+            json!({"description": 5}),
+            "description",
+        ),
+        (
+            format!("/memory_stores/{store}/memories"),
+            json!({"path": 5, "content": "x"}),
+            "path",
+        ),
+        (
+            format!("/memory_stores/{store}/memories/{memory}"),
+            json!({"content": 5}),
+            "content",
+        ),
+    ];
+    for (path, body, field) in memory_cases {
+        let (s, v) = mem(&d, &d.token, Method::POST, &path, Some(body)).await;
+        assert_field_first(s, &v, field);
+    }
 }

@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod agents;
+pub use agents::assert_names;
 pub mod fault_proxy;
 
 pub mod fake_internet;
@@ -453,14 +454,6 @@ pub async fn networked(dns_upstream: &str, extra: &[String]) -> Daemon {
 /// Asserts a 400 whose error message contains `needle` (the field named);
 /// both error shapes (Sandbox0's and Anthropic's) keep it in
 /// `error.message`.
-pub fn assert_names(status: u16, v: &Value, needle: &str) {
-    let msg = v["error"]["message"].as_str().unwrap_or("");
-    assert!(
-        status == 400 && msg.contains(needle),
-        "expected a 400 naming {needle}: {status} {v}"
-    );
-}
-
 /// SHA-256 hex of `data` by coreutils' `sha256sum`: an implementation
 /// independent of the daemon's.
 pub fn sha256sum(data: &[u8]) -> String {
