@@ -367,12 +367,23 @@ pub struct SignalRequest {
     pub signal: String,
 }
 
+/// What a path in a sandbox is, as the files API and init's `stat` name it.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum FileKind {
+    File,
+    Dir,
+    Symlink,
+    /// A device, socket or FIFO.
+    Other,
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct FileInfo {
     pub name: String,
     pub path: String,
     #[serde(rename = "type")]
-    pub kind: String,
+    pub kind: FileKind,
     pub size: u64,
     pub mode: String,
     pub mod_time: String,

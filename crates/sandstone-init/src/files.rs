@@ -3,6 +3,7 @@
 
 use crate::proto::{ErrorCode, FileInfo, Request, Response};
 use crate::serve::io_error;
+use sandstone_api::FileKind;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
@@ -13,13 +14,13 @@ fn info(path: &Path) -> std::io::Result<FileInfo> {
         let target = std::fs::read_link(path)
             .ok()
             .map(|t| t.display().to_string());
-        ("symlink", target)
+        (FileKind::Symlink, target)
     } else if ft.is_dir() {
-        ("dir", None)
+        (FileKind::Dir, None)
     } else if ft.is_file() {
-        ("file", None)
+        (FileKind::File, None)
     } else {
-        ("other", None)
+        (FileKind::Other, None)
     };
     Ok(FileInfo {
         name: path
@@ -27,7 +28,7 @@ fn info(path: &Path) -> std::io::Result<FileInfo> {
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_else(|| "/".into()),
         path: path.display().to_string(),
-        kind: kind.into(),
+        kind,
         size: meta.len(),
         mode: meta.mode() & 0o7777,
         modified: meta.mtime(),

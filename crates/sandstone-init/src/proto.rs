@@ -153,8 +153,7 @@ pub struct ProcInfo {
 pub struct FileInfo {
     pub name: String,
     pub path: String,
-    /// `file`, `dir`, `symlink` or `other`.
-    pub kind: String,
+    pub kind: sandstone_api::FileKind,
     pub size: u64,
     pub mode: u32,
     /// Unix seconds.

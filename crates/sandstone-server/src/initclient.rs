@@ -1,7 +1,6 @@
 //! Async client of a sandbox's init socket.
 
-use crate::error::ApiError;
-use sandstone_init::proto::{Request, Response, encode, lengths};
+use sandstone_init::proto::{ErrorCode, Request, Response, encode, lengths};
 use std::path::Path;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixStream;
@@ -35,23 +34,29 @@ impl InitConn {
     }
 }
 
-/// Lost contact with a sandbox's init.
-pub fn unreachable(e: std::io::Error) -> ApiError {
-    ApiError::unavailable(format!("sandbox init unreachable: {e}"))
+/// Why a request to a sandbox's init got no answer.
+#[derive(Debug, thiserror::Error)]
+pub enum InitError {
+    /// Lost contact with init (it died, or the sandbox is being torn down).
+    #[error("sandbox init unreachable: {0}")]
+    Unreachable(#[from] std::io::Error),
+    /// Init answered with an error: a missing path, a busy process...
+    #[error("{message}")]
+    Refused { code: ErrorCode, message: String },
 }
 
-/// One request, one terminal answer; init errors become API errors.
+/// One request, one terminal answer.
 pub async fn call(
     socket: &Path,
     req: &Request,
     payload: &[u8],
-) -> Result<(Response, Vec<u8>), ApiError> {
-    let mut c = InitConn::connect(socket).await.map_err(unreachable)?;
-    c.send(req, payload).await.map_err(unreachable)?;
+) -> Result<(Response, Vec<u8>), InitError> {
+    let mut c = InitConn::connect(socket).await?;
+    c.send(req, payload).await?;
     loop {
-        let (resp, body) = c.recv().await.map_err(unreachable)?;
+        let (resp, body) = c.recv().await?;
         match resp {
-            Response::Error { code, message } => return Err(ApiError::from_init(code, message)),
+            Response::Error { code, message } => return Err(InitError::Refused { code, message }),
             r if r.is_terminal() => return Ok((r, body)),
             _ => continue,
         }

@@ -12,6 +12,7 @@ use crate::sandbox::WORKDIR;
 use crate::secret::Secret;
 use crate::tools::Roots;
 use sandstone_agents_api::{Access, MemoryEntry, Session, SessionResource};
+use sandstone_api::FileKind;
 use sandstone_client::Client;
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
@@ -359,10 +360,10 @@ impl Memory {
             };
             for e in entries {
                 let rel = e.path[root.len()..].to_string();
-                match e.kind.as_str() {
-                    "dir" => dirs.push(e.path.clone()),
-                    "file" if rel == format!("/{MARKER}") => {}
-                    "file" => {
+                match e.kind {
+                    FileKind::Dir => dirs.push(e.path.clone()),
+                    FileKind::File if rel == format!("/{MARKER}") => {}
+                    FileKind::File => {
                         let bytes = self
                             .client
                             .read_file(&self.sandbox, &e.path)

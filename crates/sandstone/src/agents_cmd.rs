@@ -3,6 +3,7 @@
 
 use anyhow::{Context, Result};
 use clap::Subcommand;
+use sandstone_api::FileKind;
 use sandstone_client::{Client, Method};
 use serde_json::{Value, json};
 
@@ -227,9 +228,9 @@ async fn outputs(c: &Client, session: &str, to: Option<&std::path::Path>) -> Res
                 continue;
             }
             let rel = rel.join(&e.name);
-            match e.kind.as_str() {
-                "dir" => dirs.push((e.path.clone(), rel)),
-                "file" => {
+            match e.kind {
+                FileKind::Dir => dirs.push((e.path.clone(), rel)),
+                FileKind::File => {
                     println!("{}\t{}", e.size, rel.display());
                     if let Some(to) = to {
                         let dest = to.join(&rel);

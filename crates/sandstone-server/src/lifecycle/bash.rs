@@ -10,7 +10,7 @@
 
 use super::Runtime;
 use crate::initclient::InitConn;
-use sandstone_api::ToolCallResult;
+use sandstone_api::{FileKind, ToolCallResult};
 use sandstone_init::proto::{ErrorCode, ProcKind, Request, Response as Init};
 use serde_json::{Value, json};
 use std::collections::VecDeque;
@@ -223,9 +223,9 @@ async fn check_workdir(
         path: workdir.into(),
     };
     Ok(match ask(&rt.socket, &stat).await? {
-        Ok(Init::Stat { info }) if info.kind == "dir" => Ok(()),
+        Ok(Init::Stat { info }) if info.kind == FileKind::Dir => Ok(()),
         // A symlink to a directory is as good as one.
-        Ok(Init::Stat { info }) if info.kind == "symlink" => Ok(()),
+        Ok(Init::Stat { info }) if info.kind == FileKind::Symlink => Ok(()),
         Ok(_) | Err((ErrorCode::NotADirectory, _)) => Err("not a directory"),
         Err((ErrorCode::NotFound, _)) => Err("no such file or directory"),
         Err((ErrorCode::PermissionDenied, _)) => Err("permission denied"),

@@ -120,8 +120,12 @@ pub fn parse_policy(v: serde_json::Value, field: &str) -> Result<NetworkPolicy> 
             e.inner()
         ))
     })?;
-    p.compile()
-        .map_err(|e| Error::Invalid(format!("invalid field `{field}.{e}")))?;
+    p.compile().map_err(|e| {
+        Error::Invalid(format!(
+            "invalid field `{field}.{}`: {}",
+            e.field, e.problem
+        ))
+    })?;
     p.expand_presets();
     Ok(p)
 }

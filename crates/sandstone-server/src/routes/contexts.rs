@@ -3,7 +3,7 @@
 use crate::AppState;
 use crate::error::{ApiError, ApiResult, ok};
 use crate::extract::JsonBody;
-use crate::initclient::{self, InitConn, unreachable};
+use crate::initclient::{self, InitConn, InitError};
 use crate::lifecycle::{Runtime, random_hex};
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{Path, State};
@@ -189,13 +189,17 @@ async fn run_collect(
     req: &Request,
     mut out: Collected,
 ) -> ApiResult<(Init, Collected)> {
-    let mut conn = InitConn::connect(&rt.socket).await.map_err(unreachable)?;
-    conn.send(req, &[]).await.map_err(unreachable)?;
+    let mut conn = InitConn::connect(&rt.socket)
+        .await
+        .map_err(InitError::Unreachable)?;
+    conn.send(req, &[]).await.map_err(InitError::Unreachable)?;
     loop {
-        match conn.recv().await.map_err(unreachable)? {
+        match conn.recv().await.map_err(InitError::Unreachable)? {
             (Init::Output { stream }, bytes) => out.push(stream, &bytes),
             (Init::Truncated { .. }, _) => out.truncated = true,
-            (Init::Error { code, message }, _) => return Err(ApiError::from_init(code, message)),
+            (Init::Error { code, message }, _) => {
+                return Err(InitError::Refused { code, message }.into());
+            }
             (terminal, _) => return Ok((terminal, out)),
         }
     }
@@ -446,10 +450,12 @@ pub async fn ws(
     upgrade: WebSocketUpgrade,
 ) -> ApiResult<Response> {
     let rt = running(&st, &id).await?;
-    let mut conn = InitConn::connect(&rt.socket).await.map_err(unreachable)?;
+    let mut conn = InitConn::connect(&rt.socket)
+        .await
+        .map_err(InitError::Unreachable)?;
     conn.send(&Request::Attach { id: ctx.clone() }, &[])
         .await
-        .map_err(unreachable)?;
+        .map_err(InitError::Unreachable)?;
     Ok(upgrade.on_upgrade(move |socket| pump_ws(socket, conn, rt, ctx)))
 }
 
@@ -543,7 +549,7 @@ async fn pump_ws(mut socket: WebSocket, mut conn: InitConn, rt: Runtime, ctx: St
                 };
                 if let Some((req, payload)) = req
                     && let Err(e) = initclient::call(&rt.socket, &req, &payload).await {
-                        let err = json!({"type": "error", "error": e.message});
+                        let err = json!({"type": "error", "error": e.to_string()});
                         let _ = socket.send(Message::Text(err.to_string().into())).await;
                     }
             }

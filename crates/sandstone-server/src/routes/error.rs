@@ -3,6 +3,7 @@
 //! The one place the core's errors ([`lifecycle::Error`], the database's)
 //! become HTTP.
 
+use crate::initclient::InitError;
 use crate::lifecycle;
 use axum::Json;
 use axum::http::StatusCode;
@@ -53,7 +54,7 @@ impl ApiError {
     }
 
     /// Maps an error answered by a sandbox's init.
-    pub fn from_init(code: ErrorCode, message: String) -> Self {
+    fn from_init(code: ErrorCode, message: String) -> Self {
         use ErrorCode as C;
         let (status, code) = match code {
             C::NotFound => (StatusCode::NOT_FOUND, "not_found"),
@@ -96,6 +97,15 @@ impl From<sandstone_db::Error> for ApiError {
                 Self::new(StatusCode::NOT_FOUND, "not_found", "not found")
             }
             other => Self::internal(other.to_string()),
+        }
+    }
+}
+
+impl From<InitError> for ApiError {
+    fn from(e: InitError) -> Self {
+        match e {
+            InitError::Unreachable(_) => Self::unavailable(e.to_string()),
+            InitError::Refused { code, message } => Self::from_init(code, message),
         }
     }
 }

@@ -5,7 +5,7 @@
 use crate::AppState;
 use crate::error::{ApiError, ApiResult, ok};
 use crate::extract::JsonBody;
-use crate::initclient::{self, InitConn, unreachable};
+use crate::initclient::{self, InitConn, InitError};
 use crate::lifecycle::{Runtime, random_hex};
 use crate::routes::contexts::running;
 use axum::body::Bytes;
@@ -64,11 +64,11 @@ fn to_api(f: &FileInfo) -> api::FileInfo {
     api::FileInfo {
         name: f.name.clone(),
         path: f.path.clone(),
-        kind: f.kind.clone(),
+        kind: f.kind,
         size: f.size,
         mode: format!("{:04o}", f.mode),
         mod_time: rfc3339_ms(f.modified * 1000),
-        is_link: f.kind == "symlink",
+        is_link: f.kind == api::FileKind::Symlink,
         link_target: f.link_target.clone(),
     }
 }
@@ -80,15 +80,19 @@ pub async fn read(
 ) -> ApiResult<Response> {
     let (path, rt) = target(&st, &id, &q).await?;
     let started = std::time::Instant::now();
-    let mut conn = InitConn::connect(&rt.socket).await.map_err(unreachable)?;
+    let mut conn = InitConn::connect(&rt.socket)
+        .await
+        .map_err(InitError::Unreachable)?;
     conn.send(&Request::ReadFile { path }, &[])
         .await
-        .map_err(unreachable)?;
+        .map_err(InitError::Unreachable)?;
     // The first frame decides the status (a missing file is a 404); the
     // rest streams, a chunk at a time, so neither init nor the daemon holds
     // the file.
-    let first = match conn.recv().await.map_err(unreachable)? {
-        (Init::Error { code, message }, _) => return Err(ApiError::from_init(code, message)),
+    let first = match conn.recv().await.map_err(InitError::Unreachable)? {
+        (Init::Error { code, message }, _) => {
+            return Err(InitError::Refused { code, message }.into());
+        }
         (Init::Chunk, bytes) => Some(Bytes::from(bytes)),
         (Init::Data, bytes) => {
             st.metrics
@@ -178,7 +182,9 @@ async fn write_in_chunks(
     mode: Option<u32>,
     body: axum::body::Body,
 ) -> ApiResult<()> {
-    let mut conn = InitConn::connect(&rt.socket).await.map_err(unreachable)?;
+    let mut conn = InitConn::connect(&rt.socket)
+        .await
+        .map_err(InitError::Unreachable)?;
     let mut stream = body.into_data_stream();
     let mut buf = Vec::new();
     let mut end = fill(&mut stream, &mut buf).await?;
@@ -207,7 +213,7 @@ async fn write_in_chunks(
         from: tmp,
         to: path,
     };
-    conn.send(&req, &[]).await.map_err(unreachable)?;
+    conn.send(&req, &[]).await.map_err(InitError::Unreachable)?;
     expect_ok(&mut conn, "a file move").await?;
     temp.keep();
     Ok(())
@@ -240,14 +246,16 @@ async fn write_piece(
         mode,
         append,
     };
-    conn.send(&req, bytes).await.map_err(unreachable)?;
+    conn.send(&req, bytes)
+        .await
+        .map_err(InitError::Unreachable)?;
     expect_ok(conn, "a file write").await
 }
 
 async fn expect_ok(conn: &mut InitConn, what: &str) -> ApiResult<()> {
-    match conn.recv().await.map_err(unreachable)? {
+    match conn.recv().await.map_err(InitError::Unreachable)? {
         (Init::Ok, _) => Ok(()),
-        (Init::Error { code, message }, _) => Err(ApiError::from_init(code, message)),
+        (Init::Error { code, message }, _) => Err(InitError::Refused { code, message }.into()),
         _ => Err(ApiError::internal(format!("unexpected answer to {what}"))),
     }
 }
@@ -360,7 +368,13 @@ async fn watch_ws(mut socket: WebSocket, init_socket: std::path::PathBuf) {
     let watch_id = format!("w-{}", crate::lifecycle::random_hex(4));
     let mut conn = match InitConn::connect(&init_socket).await {
         Ok(c) => c,
-        Err(e) => return drop(socket.send(reply_err(unreachable(e).message)).await),
+        Err(e) => {
+            return drop(
+                socket
+                    .send(reply_err(InitError::Unreachable(e).to_string()))
+                    .await,
+            );
+        }
     };
     let req = Request::Watch {
         path,

@@ -11,7 +11,7 @@
 use crate::AppState;
 use crate::error::{ApiError, ApiResult, ok};
 use crate::extract::JsonBody;
-use crate::initclient::unreachable;
+use crate::initclient::InitError;
 use crate::lifecycle::Runtime;
 use crate::lifecycle::bash::{self, ShellError};
 use crate::routes::contexts::running;
@@ -109,7 +109,7 @@ async fn file_tool(
 
 fn shell_error(e: ShellError) -> ApiError {
     match e {
-        ShellError::Unreachable(e) => unreachable(e),
+        ShellError::Unreachable(e) => InitError::Unreachable(e).into(),
         ShellError::Unexpected(_) => ApiError::internal(e.to_string()),
     }
 }
