@@ -107,10 +107,11 @@ async fn not_found() -> ApiError {
 
 pub fn router(st: AppState) -> Router {
     let ops = openapi::operations();
-    // Built and serialised once: the operations do not change while the
-    // daemon runs. As `Bytes` a request (and every copy of the router a
-    // connection holds) shares it instead of cloning the whole document.
-    let document = axum::body::Bytes::from(openapi::document(&ops).to_string());
+    // Built and serialised on the first request, then shared: the
+    // operations do not change while the daemon runs, and as `Bytes` every
+    // request (and every copy of the router a connection holds) shares one
+    // copy instead of cloning the whole document.
+    let document = Arc::new(std::sync::OnceLock::new());
     let json_limit = DefaultBodyLimit::max(MAX_JSON_BODY);
     let mut api = Router::new();
     for op in ops {
@@ -131,7 +132,15 @@ pub fn router(st: AppState) -> Router {
         .route("/readyz", get(|| async { "ready" }))
         .route(
             "/openapi.json",
-            get(|| async move { ([(header::CONTENT_TYPE, "application/json")], document) }),
+            get(move || async move {
+                let document = document.get_or_init(|| {
+                    axum::body::Bytes::from(openapi::document(&openapi::operations()).to_string())
+                });
+                (
+                    [(header::CONTENT_TYPE, "application/json")],
+                    document.clone(),
+                )
+            }),
         )
         .merge(api)
         .fallback(not_found)

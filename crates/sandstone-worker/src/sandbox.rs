@@ -59,12 +59,15 @@ impl SessionSandboxes {
             .claim(&self.template, Some(self.config(session)))
             .await?;
         let id = claimed.sandbox_id;
-        for dir in [WORKDIR, OUTPUTS_DIR, MEMORY_DIR] {
-            if let Err(e) = self.client.mkdir(&id, dir).await {
-                // Not labelled as the session's half-made: nothing in it yet.
-                let _ = self.client.delete(&id).await;
-                return Err(e);
-            }
+        // Independent directories: made at once, one round trip of latency.
+        let made = futures_util::future::join_all(
+            [WORKDIR, OUTPUTS_DIR, MEMORY_DIR].map(|dir| self.client.mkdir(&id, dir)),
+        )
+        .await;
+        if let Some(e) = made.into_iter().find_map(Result::err) {
+            // Not labelled as the session's half-made: nothing in it yet.
+            let _ = self.client.delete(&id).await;
+            return Err(e);
         }
         Ok(Acquired { id, resumed: false })
     }
