@@ -60,14 +60,24 @@ pub struct FieldError {
     pub message: String,
 }
 
+// Tracking the path costs on every field, and almost every body is valid:
+// each parse below runs plain serde first and tracks the path only to
+// explain a failure (the second pass fails the same way, at the same place).
+
 /// Parses `body` as `T`; an error names the field it is about.
 pub fn parse<T: DeserializeOwned>(body: &[u8]) -> Result<T, FieldError> {
+    if let Ok(t) = serde_json::from_slice(body) {
+        return Ok(t);
+    }
     let mut de = serde_json::Deserializer::from_slice(body);
     serde_path_to_error::deserialize(&mut de).map_err(field_error)
 }
 
 /// [`parse`] from an already parsed JSON value.
 pub fn from_value<T: DeserializeOwned>(v: serde_json::Value) -> Result<T, FieldError> {
+    if let Ok(t) = T::deserialize(&v) {
+        return Ok(t);
+    }
     serde_path_to_error::deserialize(v).map_err(field_error)
 }
 
@@ -144,7 +154,11 @@ impl Nested {
 pub(crate) fn parse_fields<T: DeserializeOwned>(
     fields: serde_json::Map<String, serde_json::Value>,
 ) -> Result<T, Nested> {
-    serde_path_to_error::deserialize(serde_json::Value::Object(fields)).map_err(|e| {
+    let v = serde_json::Value::Object(fields);
+    if let Ok(t) = T::deserialize(&v) {
+        return Ok(t);
+    }
+    serde_path_to_error::deserialize(v).map_err(|e| {
         let path = e.path().to_string();
         Nested::new(&path, e.into_inner().to_string())
     })
