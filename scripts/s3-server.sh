@@ -12,7 +12,7 @@
 # $SANDSTONE_MOTO_VENV/bin/moto_server (default /opt/sandstone-moto).
 set -euo pipefail
 venv="${SANDSTONE_MOTO_VENV:-/opt/sandstone-moto}"
-version="5.1.18"
+version="5.2.5"
 bin="$venv/bin/moto_server"
 
 install() {

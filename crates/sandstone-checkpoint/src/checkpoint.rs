@@ -303,20 +303,19 @@ impl Walker {
     fn file(&mut self, path: &OsBytes, abs: &Path, meta: &Metadata) -> Result<FileContent> {
         let ctime = Timestamp::from_stat(meta.ctime(), meta.ctime_nsec());
         let mtime = Timestamp::from_stat(meta.mtime(), meta.mtime_nsec());
-        if let Some((prev_mtime, prev)) = self.previous.get(&path.0) {
-            if prev.ino == meta.ino()
-                && prev.size == meta.size()
-                && prev.ctime == ctime
-                && *prev_mtime == mtime
-            {
-                self.stats.files_unchanged += 1;
-                self.stats.chunks_reused += prev
-                    .extents
-                    .iter()
-                    .map(|x| x.chunks.len() as u64)
-                    .sum::<u64>();
-                return Ok(prev.clone());
-            }
+        if let Some((prev_mtime, prev)) = self.previous.get(&path.0)
+            && prev.ino == meta.ino()
+            && prev.size == meta.size()
+            && prev.ctime == ctime
+            && *prev_mtime == mtime
+        {
+            self.stats.files_unchanged += 1;
+            self.stats.chunks_reused += prev
+                .extents
+                .iter()
+                .map(|x| x.chunks.len() as u64)
+                .sum::<u64>();
+            return Ok(prev.clone());
         }
         let changed = |what| Error::Changed {
             path: abs.to_path_buf(),

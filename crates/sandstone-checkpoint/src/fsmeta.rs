@@ -168,7 +168,7 @@ mod tests {
             value: vec![0, 1, 2, 255],
         };
         set_xattr(&p, &x).unwrap();
-        assert_eq!(xattrs(&p).unwrap(), [x.clone()]);
+        assert_eq!(xattrs(&p).unwrap(), std::slice::from_ref(&x));
         // Larger than the first buffer: read whole after growing it.
         let big = Xattr {
             name: OsBytes(b"user.big".to_vec()),

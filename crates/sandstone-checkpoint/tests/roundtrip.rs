@@ -1,6 +1,9 @@
 //! Checkpoint and restore through a directory store, on real files (as
 //! root: owners, device nodes and trusted.* xattrs need it).
 
+// Test code: an unexpected failure is the test failing, so unwrap is the point.
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use common::*;

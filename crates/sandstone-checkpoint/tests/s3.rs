@@ -2,6 +2,9 @@
 //! here with authentication on (install it with `scripts/s3-server.sh
 //! install`; without it these tests say so and pass).
 
+// Test code: an unexpected failure is the test failing, so unwrap is the point.
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use common::*;
@@ -230,16 +233,18 @@ async fn checkpoints_through_a_real_s3_server() {
         secret_access_key: Secret::new("wrong-secret-wrong-secret"),
         ..creds.clone()
     };
-    for c in [
-        wrong,
-        Credentials {
-            access_key_id: "AKIANOBODYKNOWSTHIS".into(),
-            ..creds.clone()
-        },
+    let unknown = Credentials {
+        access_key_id: "AKIANOBODYKNOWSTHIS".into(),
+        ..creds.clone()
+    };
+    for (c, code) in [
+        (wrong, "SignatureDoesNotMatch"),
+        (unknown, "InvalidAccessKeyId"),
     ] {
         let s3 = S3Blobs::new("ckpt", "install-1", options(&moto.endpoint, c)).unwrap();
         let e = s3.probe().await.unwrap_err();
         assert!(matches!(e, StoreError::AccessDenied { .. }), "{e}");
+        assert!(e.to_string().contains(code), "{e}");
         let text = format!("{e} {e:?}");
         assert!(!text.contains("wrong-secret") && !text.contains(creds.secret_access_key.expose()));
         let e = s3.get("x/a").await.unwrap_err();

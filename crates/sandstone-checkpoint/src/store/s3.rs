@@ -93,7 +93,10 @@ pub struct S3Blobs {
 impl S3Blobs {
     pub fn new(bucket: &str, prefix: &str, options: S3Options) -> StoreResult<S3Blobs> {
         let prefix = prefix.trim_matches('/');
-        let name = format!("s3://{bucket}/{prefix}");
+        let name = match prefix {
+            "" => format!("s3://{bucket}"),
+            p => format!("s3://{bucket}/{p}"),
+        };
         let bucket_ok = !bucket.is_empty()
             && bucket
                 .bytes()

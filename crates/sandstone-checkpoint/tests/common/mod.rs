@@ -87,7 +87,7 @@ pub fn build_tree(root: &Path, big_mib: usize) {
     // An overlay whiteout (char 0/0) and a FIFO.
     rustix::fs::mknodat(
         rustix::fs::CWD,
-        &p("a/whiteout"),
+        p("a/whiteout"),
         rustix::fs::FileType::CharacterDevice,
         rustix::fs::Mode::from_raw_mode(0o000),
         0,
@@ -95,7 +95,7 @@ pub fn build_tree(root: &Path, big_mib: usize) {
     .unwrap();
     rustix::fs::mknodat(
         rustix::fs::CWD,
-        &p("fifo"),
+        p("fifo"),
         rustix::fs::FileType::Fifo,
         rustix::fs::Mode::from_raw_mode(0o640),
         0,
