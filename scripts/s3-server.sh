@@ -35,7 +35,7 @@ case "${1:-}" in
     nohup "$bin" -H 127.0.0.1 -p "$port" >"$log" 2>&1 &
     pid=$!
     for _ in $(seq 100); do
-      if curl -fsS -o /dev/null "http://127.0.0.1:$port/moto-api/"; then
+      if curl -fsS -o /dev/null "http://127.0.0.1:$port/moto-api/" 2>/dev/null; then
         echo "$pid"
         exit 0
       fi

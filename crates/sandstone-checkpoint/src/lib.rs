@@ -83,10 +83,13 @@
 //! # Dependencies
 //!
 //! The S3 client is the workspace's `reqwest` with a hand-written SigV4
-//! signer ([`store`] says why, not `object_store`); the file-system calls
-//! std lacks go through `rustix`, already in the tree. New crates: `blake3`,
-//! `fastcdc` (pure Rust, no dependencies) and `zstd` (the C library, built
-//! from the crate's vendored source).
+//! signer ([`store`]'s S3 backend says why not `object_store`); enabling
+//! reqwest's `rustls` for HTTPS adds hyper-rustls, rustls-platform-verifier,
+//! rustls-native-certs and openssl-probe. The file-system calls std lacks
+//! (xattrs, mknod, SEEK_DATA, times of symlinks) go through `rustix`, already
+//! in the tree, rather than `sandstone-sys`. New crates: `blake3`, `fastcdc`
+//! (pure Rust) and `zstd` (the C library, built from the crate's vendored
+//! source by `cc`; nothing is downloaded at build time).
 
 mod checkpoint;
 mod fsmeta;

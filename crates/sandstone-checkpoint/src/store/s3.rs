@@ -1,12 +1,16 @@
 //! `s3://bucket/prefix`: S3 or any S3-compatible server, over the
 //! workspace's `reqwest` with a hand-written SigV4 signer.
 //!
-//! Why not `object_store` (or the AWS SDK): either brings its own HTTP
-//! stack and dozens of crates, when the five calls used here (PUT, GET,
-//! HEAD, DELETE of an object and ListObjectsV2) are one signed request
-//! each. Path-style addressing (`endpoint/bucket/key`) is used for custom
-//! endpoints, which is what MinIO, Ceph, moto and most S3-compatible
-//! servers expect; AWS's own endpoint gets virtual-hosted addressing.
+//! Why not `object_store`: its 0.14 shares the workspace's reqwest 0.13,
+//! but `cargo tree` shows it adding some twenty crates (chrono, quick-xml,
+//! nix, walkdir, itertools, md-5, crc-fast, humantime, async-trait, ...)
+//! for the five calls used here — PUT, GET, HEAD and DELETE of an object
+//! and ListObjectsV2 — which are one signed request each. The AWS SDK is
+//! larger still. Path-style addressing (`endpoint/bucket/key`) is used for
+//! custom endpoints, which is what MinIO, Ceph, moto and most
+//! S3-compatible servers expect; AWS's own endpoint gets virtual-hosted
+//! addressing. HTTPS is reqwest's rustls with aws-lc-rs (both already in
+//! the workspace) and the platform verifier (the host's roots).
 //! Transient failures (connection errors, HTTP 5xx) are retried twice with
 //! a short backoff; every request is idempotent (chunks are
 //! content-addressed, manifests are never rewritten).
