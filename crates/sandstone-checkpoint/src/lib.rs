@@ -295,6 +295,13 @@ impl Checkpoints {
         Ok(self.list(sandbox).await?.pop())
     }
 
+    /// Deletes a checkpoint's manifest (its chunks stay: others may share
+    /// them, and there is no garbage collector yet). Deleting one that is
+    /// not there is not an error.
+    pub async fn delete(&self, id: &CheckpointId) -> Result<()> {
+        Ok(self.inner.blobs.delete(&id.key()).await?)
+    }
+
     /// A checkpoint's manifest, fetched and opened.
     pub async fn manifest(&self, id: &CheckpointId) -> Result<Manifest> {
         let key = id.key();

@@ -58,7 +58,9 @@ enum Source {
 impl Checkpoints {
     /// Restores checkpoint `id` at `dest`, which must not exist or be an
     /// empty directory, on the same file system as its parent (the
-    /// temporary tree is made there and renamed over it).
+    /// temporary tree is made there and renamed over it). A failed restore
+    /// removes its temporary tree; a crash leaves `.<name>.restore-<hex>`
+    /// beside the destination, for the caller's recovery to remove.
     pub async fn restore(&self, id: &CheckpointId, dest: &Path) -> Result<Restored> {
         let manifest = Arc::new(self.manifest(id).await?);
         validate(&manifest).map_err(|reason| Error::InvalidManifest {

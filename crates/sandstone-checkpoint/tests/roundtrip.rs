@@ -276,6 +276,9 @@ async fn fencing_generations_and_destinations() {
     let sandbox = SandboxId::new("sb-test").unwrap();
     assert_eq!(a.list(&sandbox).await.unwrap(), [id(2, 1), id(3, 1)]);
     assert_eq!(a.latest(&sandbox).await.unwrap(), Some(id(3, 1)));
+    a.delete(&id(2, 1)).await.unwrap();
+    a.delete(&id(2, 1)).await.unwrap();
+    assert_eq!(a.list(&sandbox).await.unwrap(), [id(3, 1)]);
     let none = SandboxId::new("nobody").unwrap();
     assert_eq!(a.latest(&none).await.unwrap(), None);
     let e = a.restore(&id(9, 9), &w.path("x")).await.unwrap_err();
