@@ -122,7 +122,8 @@ impl S3Blobs {
             .map(|e| ("endpoint", e))
             .or_else(|| env("AWS_ENDPOINT_URL_S3").map(|e| ("AWS_ENDPOINT_URL_S3", e)))
             .or_else(|| env("AWS_ENDPOINT_URL").map(|e| ("AWS_ENDPOINT_URL", e)));
-        let path_style = options.path_style.unwrap_or(custom.is_some());
+        let is_custom = custom.is_some();
+        let path_style = options.path_style.unwrap_or(is_custom);
         let (field, endpoint) =
             custom.unwrap_or(("region", format!("https://s3.{region}.amazonaws.com")));
         let url = reqwest::Url::parse(&endpoint).map_err(|e| StoreError::Config {
@@ -156,7 +157,6 @@ impl S3Blobs {
             client,
             base: format!("{}://{host}", url.scheme()),
             host,
-            endpoint,
             bucket: bucket.into(),
             prefix: if prefix.is_empty() {
                 String::new()
@@ -166,7 +166,15 @@ impl S3Blobs {
             region,
             credentials: credentials(options.credentials)?,
             path_style,
-            name,
+            // A custom endpoint is part of the store's identity (and of
+            // the local index's name): the same bucket name on two
+            // servers is two stores.
+            name: if is_custom {
+                format!("{name} at {endpoint}")
+            } else {
+                name
+            },
+            endpoint,
         })
     }
 
@@ -587,6 +595,8 @@ mod tests {
         assert_eq!(aws.base, "https://bkt.s3.eu-west-3.amazonaws.com");
         assert_eq!(aws.object_path("k"), "/k");
         assert!(!format!("{:?}", aws.credentials).contains("very-secret"));
+        assert_eq!(aws.describe(), "s3://bkt");
+        assert_eq!(s.describe(), "s3://bkt/a/b at http://127.0.0.1:9");
         for (bucket, endpoint, field) in [
             ("", None, "bucket"),
             ("a/b", None, "bucket"),
