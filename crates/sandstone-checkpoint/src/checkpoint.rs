@@ -1,0 +1,387 @@
+//! Writing a checkpoint: walk the tree and chunk what changed on one
+//! blocking thread, seal and upload new chunks concurrently, upload the
+//! manifest last.
+
+use crate::manifest::{
+    self, CheckpointId, ChunkId, ChunkRef, Entry, Extent, FileContent, HardLink, Kind, Manifest,
+    OsBytes, Timestamp,
+};
+use crate::{Checkpoints, Error, Inner, Result, blocking, fsmeta, io, object};
+use bytes::Bytes;
+use futures_util::{StreamExt, TryStreamExt};
+use std::collections::{HashMap, HashSet, hash_map};
+use std::fs::Metadata;
+use std::io::{Read, Seek};
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
+use std::path::Path;
+use std::sync::Arc;
+use tokio::sync::mpsc;
+
+/// FastCDC's bounds: a 64 KiB average keeps a 1 GiB tree at ~16k chunks
+/// (a manifest of about a megabyte) while a small edit re-uploads little.
+const MIN_CHUNK: usize = 16 << 10;
+const AVG_CHUNK: usize = 64 << 10;
+const MAX_CHUNK: usize = 256 << 10;
+
+/// What a checkpoint did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct CheckpointStats {
+    /// Inodes in the manifest (hard links not counted).
+    pub entries: u64,
+    pub files: u64,
+    /// Regular files whose chunk list was taken from the previous
+    /// manifest without reading them.
+    pub files_unchanged: u64,
+    pub bytes_read: u64,
+    pub chunks_uploaded: u64,
+    /// Sealed bytes sent: new chunks and the manifest.
+    pub bytes_uploaded: u64,
+    /// Chunk references that needed no upload (already stored, or a repeat
+    /// within this checkpoint).
+    pub chunks_reused: u64,
+}
+
+/// A checkpoint written: its manifest (pass it as `previous` next time)
+/// and what it took.
+#[derive(Clone, Debug)]
+pub struct Checkpointed {
+    pub manifest: Manifest,
+    pub stats: CheckpointStats,
+}
+
+/// A chunk the store may not have yet.
+struct NewChunk {
+    id: ChunkId,
+    data: Vec<u8>,
+}
+
+/// A chunk the uploader dealt with: its sealed size if it was uploaded,
+/// `None` if the store had it.
+type Uploaded = (ChunkId, Option<u64>);
+
+impl Checkpoints {
+    /// Checkpoints the tree at `tree` as `id`. With `previous` (this
+    /// sandbox's last manifest, or the baseline of its restore on this
+    /// node) unchanged files are not read again.
+    pub async fn checkpoint(
+        &self,
+        tree: &Path,
+        id: &CheckpointId,
+        previous: Option<&Manifest>,
+    ) -> Result<Checkpointed> {
+        // Refuse early, before any work, and again before the manifest.
+        self.check_fence(id).await?;
+        let (tx, mut rx) = mpsc::channel(self.inner.concurrency * 2);
+        let walker = Walker::new(self.inner.clone(), tx, previous);
+        let root = tree.to_path_buf();
+        let walked = tokio::task::spawn_blocking(move || walker.run(&root));
+        let uploads = futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx))
+            .map(|chunk| self.upload(chunk))
+            .buffer_unordered(self.inner.concurrency)
+            .try_collect::<Vec<Uploaded>>()
+            .await;
+        // An upload failure stops the walker (its channel closes); report
+        // the cause, not the walker's "stopped".
+        let walked = walked
+            .await
+            .map_err(|e| io("the tree walk")(std::io::Error::other(e.to_string())));
+        let uploads = uploads?;
+        let (entries, hard_links, mut stats) = walked??;
+
+        let mut confirmed = Vec::with_capacity(uploads.len());
+        for (id, sent) in uploads {
+            match sent {
+                Some(bytes) => {
+                    stats.chunks_uploaded += 1;
+                    stats.bytes_uploaded += bytes;
+                }
+                None => stats.chunks_reused += 1,
+            }
+            confirmed.push(id);
+        }
+        let inner = self.inner.clone();
+        blocking(move || {
+            inner
+                .known
+                .add(confirmed)
+                .map_err(io("record stored chunks in the local index"))
+        })
+        .await?;
+
+        let manifest = Manifest {
+            format: manifest::FORMAT,
+            id: id.clone(),
+            created_unix_ms: sandstone_api::timefmt::now_ms() as u64,
+            entries,
+            hard_links,
+        };
+        self.check_fence(id).await?;
+        let inner = self.inner.clone();
+        let (sealed, manifest) = blocking(move || {
+            let sealed = object::seal_manifest(&inner.keys, &manifest).map_err(Error::Seal)?;
+            Ok((sealed, manifest))
+        })
+        .await?;
+        stats.bytes_uploaded += sealed.len() as u64;
+        self.inner.blobs.put(&id.key(), Bytes::from(sealed)).await?;
+        tracing::info!(
+            checkpoint = %id,
+            files = stats.files,
+            unchanged = stats.files_unchanged,
+            read = stats.bytes_read,
+            uploaded = stats.bytes_uploaded,
+            chunks_uploaded = stats.chunks_uploaded,
+            chunks_reused = stats.chunks_reused,
+            "checkpoint written"
+        );
+        Ok(Checkpointed { manifest, stats })
+    }
+
+    /// Refuses `id` when the store holds a checkpoint of a newer epoch
+    /// (this node lost the sandbox) or `id` itself.
+    async fn check_fence(&self, id: &CheckpointId) -> Result<()> {
+        let ids = self.list(&id.sandbox).await?;
+        if let Some(newer) = ids.last().filter(|newest| newest.epoch > id.epoch) {
+            return Err(Error::Fenced {
+                ours: id.clone(),
+                newer: newer.clone(),
+            });
+        }
+        if ids.contains(id) {
+            return Err(Error::AlreadyExists(id.clone()));
+        }
+        Ok(())
+    }
+
+    /// Stores a chunk unless the store has it.
+    async fn upload(&self, chunk: NewChunk) -> Result<Uploaded> {
+        let key = chunk.id.key();
+        if self.inner.blobs.exists(&key).await? {
+            return Ok((chunk.id, None));
+        }
+        let inner = self.inner.clone();
+        let id = chunk.id;
+        let sealed = blocking(move || {
+            object::seal_chunk(&inner.keys, &chunk.id, &chunk.data).map_err(Error::Seal)
+        })
+        .await?;
+        let size = sealed.len() as u64;
+        self.inner.blobs.put(&key, Bytes::from(sealed)).await?;
+        Ok((id, Some(size)))
+    }
+}
+
+/// The blocking half of a checkpoint.
+struct Walker {
+    inner: Arc<Inner>,
+    tx: mpsc::Sender<NewChunk>,
+    /// The previous manifest's regular files by path: mtime and content.
+    previous: HashMap<Vec<u8>, (Timestamp, FileContent)>,
+    /// Chunks the previous manifest names: stored already.
+    previous_chunks: HashSet<ChunkId>,
+    /// Chunks already handed to the uploader in this checkpoint.
+    sent: HashSet<ChunkId>,
+    /// The first path of each inode with several links.
+    first_paths: HashMap<(u64, u64), OsBytes>,
+    entries: Vec<Entry>,
+    hard_links: Vec<HardLink>,
+    stats: CheckpointStats,
+}
+
+fn join(parent: &[u8], name: &[u8]) -> Vec<u8> {
+    if parent.is_empty() {
+        name.to_vec()
+    } else {
+        [parent, b"/", name].concat()
+    }
+}
+
+impl Walker {
+    fn new(inner: Arc<Inner>, tx: mpsc::Sender<NewChunk>, previous: Option<&Manifest>) -> Walker {
+        let mut files = HashMap::new();
+        let mut previous_chunks = HashSet::new();
+        for e in previous.iter().flat_map(|m| &m.entries) {
+            if let Kind::File(f) = &e.kind {
+                previous_chunks.extend(f.extents.iter().flat_map(|x| &x.chunks).map(|c| c.id));
+                files.insert(e.path.0.clone(), (e.mtime, f.clone()));
+            }
+        }
+        Walker {
+            inner,
+            tx,
+            previous: files,
+            previous_chunks,
+            sent: HashSet::new(),
+            first_paths: HashMap::new(),
+            entries: Vec::new(),
+            hard_links: Vec::new(),
+            stats: CheckpointStats::default(),
+        }
+    }
+
+    /// Walks depth first, names sorted, each directory before its
+    /// contents.
+    fn run(mut self, root: &Path) -> Result<(Vec<Entry>, Vec<HardLink>, CheckpointStats)> {
+        let mut stack = vec![Vec::new()];
+        while let Some(rel) = stack.pop() {
+            let abs = if rel.is_empty() {
+                root.to_path_buf()
+            } else {
+                root.join(std::ffi::OsStr::from_bytes(&rel))
+            };
+            let meta = std::fs::symlink_metadata(&abs).map_err(io(format!("stat {abs:?}")))?;
+            if rel.is_empty() && !meta.is_dir() {
+                return Err(io(format!("checkpoint {root:?}"))(std::io::Error::from(
+                    std::io::ErrorKind::NotADirectory,
+                )));
+            }
+            if meta.is_dir() {
+                let mut names = Vec::new();
+                for e in std::fs::read_dir(&abs).map_err(io(format!("list {abs:?}")))? {
+                    let e = e.map_err(io(format!("list {abs:?}")))?;
+                    names.push(e.file_name().into_vec());
+                }
+                names.sort();
+                stack.extend(names.iter().rev().map(|n| join(&rel, n)));
+            }
+            self.visit(OsBytes(rel), &abs, &meta)?;
+        }
+        Ok((self.entries, self.hard_links, self.stats))
+    }
+
+    fn visit(&mut self, path: OsBytes, abs: &Path, meta: &Metadata) -> Result<()> {
+        let ft = meta.file_type();
+        if !ft.is_dir() && meta.nlink() > 1 {
+            match self.first_paths.entry((meta.dev(), meta.ino())) {
+                hash_map::Entry::Occupied(first) => {
+                    let target = first.get().clone();
+                    self.hard_links.push(HardLink { path, target });
+                    return Ok(());
+                }
+                hash_map::Entry::Vacant(v) => {
+                    v.insert(path.clone());
+                }
+            }
+        }
+        let kind = if ft.is_dir() {
+            Kind::Dir
+        } else if ft.is_file() {
+            self.stats.files += 1;
+            Kind::File(self.file(&path, abs, meta)?)
+        } else if ft.is_symlink() {
+            let target = std::fs::read_link(abs).map_err(io(format!("readlink {abs:?}")))?;
+            Kind::Symlink {
+                target: OsBytes(target.into_os_string().into_vec()),
+            }
+        } else if ft.is_char_device() {
+            Kind::CharDevice { rdev: meta.rdev() }
+        } else if ft.is_block_device() {
+            Kind::BlockDevice { rdev: meta.rdev() }
+        } else if ft.is_fifo() {
+            Kind::Fifo
+        } else {
+            Kind::Socket
+        };
+        let xattrs = fsmeta::xattrs(abs).map_err(io(format!("read xattrs of {abs:?}")))?;
+        self.stats.entries += 1;
+        self.entries.push(Entry {
+            path,
+            kind,
+            mode: meta.mode() & 0o7777,
+            uid: meta.uid(),
+            gid: meta.gid(),
+            atime: Timestamp::from_stat(meta.atime(), meta.atime_nsec()),
+            mtime: Timestamp::from_stat(meta.mtime(), meta.mtime_nsec()),
+            xattrs,
+        });
+        Ok(())
+    }
+
+    /// A regular file's content: the previous chunk list if the file is
+    /// unchanged, else its data extents chunked.
+    fn file(&mut self, path: &OsBytes, abs: &Path, meta: &Metadata) -> Result<FileContent> {
+        let ctime = Timestamp::from_stat(meta.ctime(), meta.ctime_nsec());
+        let mtime = Timestamp::from_stat(meta.mtime(), meta.mtime_nsec());
+        if let Some((prev_mtime, prev)) = self.previous.get(&path.0)
+            && prev.ino == meta.ino()
+            && prev.size == meta.size()
+            && prev.ctime == ctime
+            && *prev_mtime == mtime
+        {
+            self.stats.files_unchanged += 1;
+            self.stats.chunks_reused += prev
+                .extents
+                .iter()
+                .map(|x| x.chunks.len() as u64)
+                .sum::<u64>();
+            return Ok(prev.clone());
+        }
+        let changed = |what| Error::Changed {
+            path: abs.to_path_buf(),
+            what,
+        };
+        // O_NOATIME: a checkpoint does not count as a read.
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_NOATIME)
+            .open(abs)
+            .map_err(io(format!("open {abs:?}")))?;
+        let size = meta.size();
+        let mut extents = Vec::new();
+        for (offset, len) in
+            fsmeta::data_extents(&file, size).map_err(io(format!("find data in {abs:?}")))?
+        {
+            (&file)
+                .seek(std::io::SeekFrom::Start(offset))
+                .map_err(io(format!("seek in {abs:?}")))?;
+            let mut chunks = Vec::new();
+            let mut read = 0u64;
+            let cdc =
+                fastcdc::v2020::StreamCDC::new((&file).take(len), MIN_CHUNK, AVG_CHUNK, MAX_CHUNK);
+            for chunk in cdc {
+                let chunk = chunk.map_err(|e| io(format!("read {abs:?}"))(e.into()))?;
+                read += chunk.length as u64;
+                let id = self.inner.keys.chunk_id(&chunk.data);
+                chunks.push(ChunkRef {
+                    id,
+                    len: chunk.length as u32,
+                });
+                self.offer(id, chunk.data)?;
+            }
+            if read != len {
+                return Err(changed("it shrank"));
+            }
+            self.stats.bytes_read += read;
+            extents.push(Extent { offset, chunks });
+        }
+        let after = file.metadata().map_err(io(format!("stat {abs:?}")))?;
+        if after.ino() != meta.ino()
+            || after.size() != size
+            || Timestamp::from_stat(after.ctime(), after.ctime_nsec()) != ctime
+        {
+            return Err(changed("it was written to"));
+        }
+        Ok(FileContent {
+            size,
+            ino: meta.ino(),
+            ctime,
+            extents,
+        })
+    }
+
+    /// Hands a chunk to the uploader unless it is known to be stored or
+    /// was handed over already.
+    fn offer(&mut self, id: ChunkId, data: Vec<u8>) -> Result<()> {
+        if self.previous_chunks.contains(&id)
+            || self.inner.known.contains(&id)
+            || !self.sent.insert(id)
+        {
+            self.stats.chunks_reused += 1;
+            return Ok(());
+        }
+        self.tx
+            .blocking_send(NewChunk { id, data })
+            .map_err(|_| io("chunk upload")(std::io::Error::other("stopped")))
+    }
+}

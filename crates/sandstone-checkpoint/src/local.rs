@@ -1,0 +1,260 @@
+//! What a node keeps on its own disk: a size-capped LRU cache of sealed
+//! chunks (so a restore on a node that has seen the template or an older
+//! generation fetches little or nothing), and the index of chunks known
+//! to be in the store (so a checkpoint need not ask the store about every
+//! chunk it has already uploaded).
+//!
+//! Both are only hints. Cached chunks are opened and verified against
+//! their id like downloaded ones (a bad one is dropped and fetched again);
+//! the index is trusted, which is sound as long as nothing deletes chunks
+//! from the store behind this node's back (there is no garbage collector
+//! yet; one must also clear these indexes).
+
+use crate::manifest::ChunkId;
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+/// Sealed chunks as `<dir>/<first two hex digits>/<id>`, evicted least
+/// recently used first once their total passes the cap. Use order is kept
+/// in memory; after a restart it starts from the files' modification
+/// times (when they were cached).
+pub(crate) struct ChunkCache {
+    dir: PathBuf,
+    cap: u64,
+    lru: Mutex<Lru>,
+}
+
+#[derive(Default)]
+struct Lru {
+    /// id → (last use, size).
+    entries: HashMap<ChunkId, (u64, u64)>,
+    by_use: BTreeMap<u64, ChunkId>,
+    clock: u64,
+    total: u64,
+}
+
+impl Lru {
+    fn touch(&mut self, id: ChunkId, size: u64) {
+        self.clock += 1;
+        if let Some((used, old)) = self.entries.insert(id, (self.clock, size)) {
+            self.by_use.remove(&used);
+            self.total -= old;
+        }
+        self.by_use.insert(self.clock, id);
+        self.total += size;
+    }
+
+    fn forget(&mut self, id: &ChunkId) {
+        if let Some((used, size)) = self.entries.remove(id) {
+            self.by_use.remove(&used);
+            self.total -= size;
+        }
+    }
+}
+
+impl ChunkCache {
+    pub(crate) fn open(dir: PathBuf, cap: u64) -> std::io::Result<ChunkCache> {
+        std::fs::create_dir_all(&dir)?;
+        let mut found = Vec::new();
+        for sub in std::fs::read_dir(&dir)? {
+            let sub = sub?;
+            if !sub.file_type()?.is_dir() {
+                continue;
+            }
+            for f in std::fs::read_dir(sub.path())? {
+                let f = f?;
+                let name = f.file_name();
+                let id = name.to_str().and_then(|n| n.parse::<ChunkId>().ok());
+                let meta = f.metadata()?;
+                match id {
+                    Some(id) => found.push((meta.modified()?, id, meta.len())),
+                    // A temporary file a crash left behind.
+                    None => std::fs::remove_file(f.path())?,
+                }
+            }
+        }
+        found.sort();
+        let mut lru = Lru::default();
+        for (_, id, size) in found {
+            lru.touch(id, size);
+        }
+        let cache = ChunkCache {
+            dir,
+            cap,
+            lru: Mutex::new(lru),
+        };
+        cache.evict()?;
+        Ok(cache)
+    }
+
+    fn path(&self, id: &ChunkId) -> PathBuf {
+        let hex = id.to_string();
+        self.dir.join(&hex[..2]).join(hex)
+    }
+
+    /// The sealed chunk, if cached.
+    pub(crate) fn get(&self, id: &ChunkId) -> Option<Vec<u8>> {
+        let size = self.lru.lock().expect("lock poisoned").entries.get(id)?.1;
+        match std::fs::read(self.path(id)) {
+            Ok(data) => {
+                self.lru.lock().expect("lock poisoned").touch(*id, size);
+                Some(data)
+            }
+            Err(_) => {
+                self.lru.lock().expect("lock poisoned").forget(id);
+                None
+            }
+        }
+    }
+
+    /// Caches a sealed chunk (written whole, then renamed into place).
+    pub(crate) fn put(&self, id: &ChunkId, sealed: &[u8]) -> std::io::Result<()> {
+        let size = sealed.len() as u64;
+        if size > self.cap {
+            return Ok(());
+        }
+        let path = self.path(id);
+        let dir = path.parent().unwrap_or(&self.dir);
+        std::fs::create_dir_all(dir)?;
+        let mut tmp = tempfile::Builder::new().prefix(".tmp-").tempfile_in(dir)?;
+        tmp.write_all(sealed)?;
+        tmp.persist(&path).map_err(|e| e.error)?;
+        self.lru.lock().expect("lock poisoned").touch(*id, size);
+        self.evict()
+    }
+
+    /// Drops a chunk that failed verification.
+    pub(crate) fn remove(&self, id: &ChunkId) {
+        self.lru.lock().expect("lock poisoned").forget(id);
+        let _ = std::fs::remove_file(self.path(id));
+    }
+
+    fn evict(&self) -> std::io::Result<()> {
+        loop {
+            let victim = {
+                let mut lru = self.lru.lock().expect("lock poisoned");
+                if lru.total <= self.cap {
+                    return Ok(());
+                }
+                let Some((_, id)) = lru.by_use.pop_first() else {
+                    return Ok(());
+                };
+                lru.forget(&id);
+                id
+            };
+            match std::fs::remove_file(self.path(&victim)) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+                _ => {}
+            }
+        }
+    }
+
+    #[cfg(test)]
+    fn total(&self) -> u64 {
+        self.lru.lock().expect("lock poisoned").total
+    }
+}
+
+/// Ids of chunks known to be in the store: a set in memory, and an
+/// append-only file of 32-byte ids (a torn last record is cut off).
+pub(crate) struct KnownChunks {
+    set: Mutex<HashSet<ChunkId>>,
+    file: Mutex<std::fs::File>,
+}
+
+impl KnownChunks {
+    pub(crate) fn open(path: &Path) -> std::io::Result<KnownChunks> {
+        let mut file = std::fs::OpenOptions::new()
+            .read(true)
+            .append(true)
+            .create(true)
+            .open(path)?;
+        let mut data = Vec::new();
+        file.read_to_end(&mut data)?;
+        // Cut a torn record off, so that appends stay aligned.
+        let whole = data.len() - data.len() % 32;
+        if whole != data.len() {
+            file.set_len(whole as u64)?;
+        }
+        let set = data
+            .chunks_exact(32)
+            .filter_map(|c| c.try_into().ok().map(ChunkId))
+            .collect();
+        Ok(KnownChunks {
+            set: Mutex::new(set),
+            file: Mutex::new(file),
+        })
+    }
+
+    pub(crate) fn contains(&self, id: &ChunkId) -> bool {
+        self.set.lock().expect("lock poisoned").contains(id)
+    }
+
+    /// Records chunks now known to be stored, in one write.
+    pub(crate) fn add(&self, ids: impl IntoIterator<Item = ChunkId>) -> std::io::Result<()> {
+        let mut set = self.set.lock().expect("lock poisoned");
+        let new: Vec<u8> = ids
+            .into_iter()
+            .filter(|id| set.insert(*id))
+            .flat_map(|id| id.0)
+            .collect();
+        drop(set);
+        if new.is_empty() {
+            return Ok(());
+        }
+        self.file.lock().expect("lock poisoned").write_all(&new)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cache_evicts_least_recently_used_and_survives_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = ChunkCache::open(dir.path().join("c"), 250).unwrap();
+        let (a, b, c) = (ChunkId([1; 32]), ChunkId([2; 32]), ChunkId([3; 32]));
+        cache.put(&a, &[1; 100]).unwrap();
+        cache.put(&b, &[2; 100]).unwrap();
+        assert_eq!(cache.get(&a).unwrap(), vec![1; 100]); // a is now newer than b
+        cache.put(&c, &[3; 100]).unwrap();
+        assert!(cache.get(&b).is_none(), "b was least recently used");
+        assert!(cache.get(&a).is_some() && cache.get(&c).is_some());
+        assert_eq!(cache.total(), 200);
+        cache.put(&b, &[0; 300]).unwrap(); // larger than the cap: not cached
+        assert!(cache.get(&b).is_none());
+        cache.remove(&c);
+        assert!(cache.get(&c).is_none());
+        let reopened = ChunkCache::open(dir.path().join("c"), 100).unwrap();
+        assert_eq!(reopened.total(), 100);
+        assert!(reopened.get(&a).is_some());
+    }
+
+    #[test]
+    fn known_chunks_persist() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("known");
+        let k = KnownChunks::open(&path).unwrap();
+        k.add([ChunkId([1; 32]), ChunkId([2; 32]), ChunkId([1; 32])])
+            .unwrap();
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), 64);
+        // A torn record from a crash is ignored.
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .unwrap()
+            .write_all(&[9; 5])
+            .unwrap();
+        let k = KnownChunks::open(&path).unwrap();
+        assert!(k.contains(&ChunkId([2; 32])) && !k.contains(&ChunkId([9; 32])));
+        k.add([ChunkId([3; 32])]).unwrap();
+        assert!(
+            KnownChunks::open(&path)
+                .unwrap()
+                .contains(&ChunkId([3; 32]))
+        );
+    }
+}

@@ -1,0 +1,341 @@
+//! Checkpoint and restore through a directory store, on real files (as
+//! root: owners, device nodes and trusted.* xattrs need it).
+
+// Test code: an unexpected failure is the test failing, so unwrap is the point.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use common::*;
+use sandstone_checkpoint::store::{Blobs, FileBlobs};
+use sandstone_checkpoint::{CheckpointId, Error, MasterKey, SandboxId};
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+use std::sync::Arc;
+
+struct World {
+    dir: tempfile::TempDir,
+    blobs: Arc<dyn Blobs>,
+    key: MasterKey,
+}
+
+impl World {
+    fn new() -> World {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("store")).unwrap();
+        let blobs: Arc<dyn Blobs> = Arc::new(FileBlobs::new(dir.path().join("store")));
+        World {
+            dir,
+            blobs,
+            key: MasterKey::generate().unwrap(),
+        }
+    }
+
+    fn path(&self, rel: &str) -> std::path::PathBuf {
+        self.dir.path().join(rel)
+    }
+
+    /// A node with its own cache and index.
+    async fn node(&self, name: &str) -> sandstone_checkpoint::Checkpoints {
+        node(self.blobs.clone(), &self.key, &self.path(name)).await
+    }
+
+    fn chunk_path(&self, id: &sandstone_checkpoint::ChunkId) -> std::path::PathBuf {
+        let hex = id.to_string();
+        self.path("store/chunks").join(&hex[..2]).join(hex)
+    }
+}
+
+fn id(epoch: u64, generation: u64) -> CheckpointId {
+    CheckpointId::new(SandboxId::new("sb-test").unwrap(), epoch, generation)
+}
+
+fn assert_same_tree(a: &Path, b: &Path) {
+    let (da, db) = (describe(a), describe(b));
+    assert_eq!(da.len(), db.len());
+    for (path, d) in &da {
+        assert_eq!(Some(d), db.get(path), "{}", String::from_utf8_lossy(path));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn round_trip_keeps_every_entry_and_its_metadata() {
+    let w = World::new();
+    let tree = w.path("tree");
+    build_tree(&tree, 50);
+    let a = w.node("node-a").await;
+    let written = a.checkpoint(&tree, &id(1, 1), None).await.unwrap();
+    let s = &written.stats;
+    assert_eq!(s.files, 7, "{s:?}"); // big, text (3 names), empty, inside, small, café, sparse
+    assert_eq!(
+        s.bytes_read,
+        50 * MIB + 2000 * 55 + 21 + 1 + 13 + 8192,
+        "{s:?}"
+    );
+    assert!(s.chunks_uploaded > 50 * MIB / (256 << 10), "{s:?}");
+    assert_eq!(written.manifest.hard_links.len(), 2);
+
+    // Another node, cold cache: everything comes from the store.
+    let b = w.node("node-b").await;
+    let dest = w.path("restored");
+    let restored = b.restore(&id(1, 1), &dest).await.unwrap();
+    assert!(restored.stats.chunks_fetched > 0 && restored.stats.chunks_cached == 0);
+    // atime as the source had it before it was read (checked first: the
+    // comparison below reads the files).
+    let big = std::fs::metadata(dest.join("a/big")).unwrap();
+    assert_eq!(big.atime(), 1_600_000_000 - 1000);
+    assert_same_tree(&tree, &dest);
+    // Holes stay holes: 8 KiB of data in a 100 MiB file.
+    let sparse = std::fs::metadata(dest.join("sparse")).unwrap();
+    assert_eq!(sparse.len(), 100 * MIB);
+    assert!(
+        sparse.blocks() * 512 <= 64 * 1024,
+        "{} blocks",
+        sparse.blocks()
+    );
+    let whiteout = std::fs::symlink_metadata(dest.join("a/whiteout")).unwrap();
+    assert_eq!((whiteout.mode() & 0o170000, whiteout.rdev()), (0o020000, 0));
+
+    // The same node again, warm cache: no chunk from the store.
+    let again = b.restore(&id(1, 1), &w.path("restored-2")).await.unwrap();
+    assert_eq!(again.stats.chunks_fetched, 0, "{:?}", again.stats);
+    assert_same_tree(&tree, &w.path("restored-2"));
+
+    // The restore's baseline makes the next checkpoint on that node read
+    // nothing and upload only the manifest.
+    let next = b
+        .checkpoint(&dest, &id(1, 2), Some(&restored.baseline))
+        .await
+        .unwrap();
+    assert_eq!(next.stats.files_unchanged, next.stats.files);
+    assert_eq!((next.stats.bytes_read, next.stats.chunks_uploaded), (0, 0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unchanged_trees_upload_nothing_and_small_changes_little() {
+    let w = World::new();
+    let tree = w.path("tree");
+    build_tree(&tree, 50);
+    let a = w.node("node-a").await;
+    let first = a.checkpoint(&tree, &id(1, 1), None).await.unwrap();
+
+    // Same node, previous manifest: nothing read, nothing uploaded.
+    let second = a
+        .checkpoint(&tree, &id(1, 2), Some(&first.manifest))
+        .await
+        .unwrap();
+    assert_eq!(
+        (second.stats.bytes_read, second.stats.chunks_uploaded),
+        (0, 0)
+    );
+    assert_eq!(second.stats.files_unchanged, second.stats.files);
+
+    // A node that knows nothing reads everything but finds every chunk
+    // stored already.
+    let c = w.node("node-c").await;
+    let third = c.checkpoint(&tree, &id(1, 3), None).await.unwrap();
+    assert_eq!(third.stats.chunks_uploaded, 0, "{:?}", third.stats);
+    assert!(third.stats.bytes_read >= 50 * MIB);
+
+    // 1 MiB rewritten in the middle of the 50 MiB file.
+    let big = std::fs::OpenOptions::new()
+        .write(true)
+        .open(tree.join("a/big"))
+        .unwrap();
+    std::os::unix::fs::FileExt::write_all_at(&big, &noise(99, MIB as usize), 25 * MIB).unwrap();
+    drop(big);
+    let fourth = a
+        .checkpoint(&tree, &id(1, 4), Some(&second.manifest))
+        .await
+        .unwrap();
+    let s = &fourth.stats;
+    assert_eq!(s.files_unchanged, s.files - 1, "{s:?}");
+    assert_eq!(s.bytes_read, 50 * MIB, "{s:?}");
+    assert!(s.chunks_uploaded > 0 && s.bytes_uploaded < 2 * MIB, "{s:?}");
+
+    let restored = w.node("node-d").await;
+    restored.restore(&id(1, 4), &w.path("r")).await.unwrap();
+    assert_same_tree(&tree, &w.path("r"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_store_holds_no_plaintext() {
+    let w = World::new();
+    let tree = w.path("tree");
+    build_tree(&tree, 1);
+    w.node("a")
+        .await
+        .checkpoint(&tree, &id(1, 1), None)
+        .await
+        .unwrap();
+    let objects = objects(&w.path("store"));
+    assert!(objects.len() > 4);
+    for o in objects {
+        let data = std::fs::read(&o).unwrap();
+        for needle in [
+            KNOWN_LINE.as_bytes(),
+            b"inside an opaque dir",
+            b"text.txt",
+            b"overlay",
+        ] {
+            assert!(
+                !data.windows(needle.len()).any(|w| w == needle),
+                "{o:?} holds {:?}",
+                String::from_utf8_lossy(needle)
+            );
+        }
+    }
+}
+
+/// Restoring into `dest` (an existing empty directory) fails with an error
+/// naming `chunk`, and leaves `dest` as it was, with nothing beside it.
+async fn refused_untouched(w: &World, chunk: &sandstone_checkpoint::ChunkId, want_missing: bool) {
+    let dest = w.path("dest");
+    std::fs::create_dir_all(&dest).unwrap();
+    let before = std::fs::metadata(&dest).unwrap();
+    let node = w.node(&format!("fresh-{}", rand_suffix())).await;
+    let err = node.restore(&id(1, 1), &dest).await.unwrap_err();
+    assert!(err.to_string().contains(&chunk.to_string()), "{err}");
+    match (&err, want_missing) {
+        (Error::MissingChunk { chunk: c, .. }, true)
+        | (Error::CorruptChunk { chunk: c, .. }, false) => {
+            assert_eq!(c, chunk)
+        }
+        _ => panic!("unexpected error {err:?}"),
+    }
+    assert_eq!(std::fs::read_dir(&dest).unwrap().count(), 0);
+    let after = std::fs::metadata(&dest).unwrap();
+    assert_eq!(
+        (before.ino(), before.mtime_nsec()),
+        (after.ino(), after.mtime_nsec())
+    );
+    let beside: Vec<_> = std::fs::read_dir(w.dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .filter(|n| n.to_string_lossy().contains("restore"))
+        .collect();
+    assert!(beside.is_empty(), "left behind: {beside:?}");
+}
+
+fn rand_suffix() -> String {
+    format!("{:?}", std::time::Instant::now()).replace(|c: char| !c.is_ascii_alphanumeric(), "")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_corrupted_or_swapped_chunk_is_refused_and_nothing_is_written() {
+    let w = World::new();
+    let tree = w.path("tree");
+    build_tree(&tree, 1);
+    let written = w
+        .node("a")
+        .await
+        .checkpoint(&tree, &id(1, 1), None)
+        .await
+        .unwrap();
+    let mut chunks = written.manifest.chunks().map(|c| c.id).collect::<Vec<_>>();
+    chunks.sort();
+    chunks.dedup();
+    let (victim, other) = (chunks[0], chunks[1]);
+    let path = w.chunk_path(&victim);
+    let good = std::fs::read(&path).unwrap();
+
+    let mut bad = good.clone();
+    let mid = bad.len() / 2;
+    bad[mid] ^= 0x40;
+    std::fs::write(&path, &bad).unwrap();
+    refused_untouched(&w, &victim, false).await;
+
+    // Another chunk's (valid) object under this id.
+    std::fs::copy(w.chunk_path(&other), &path).unwrap();
+    refused_untouched(&w, &victim, false).await;
+
+    // Missing: the checkpoint is incomplete and is not used.
+    std::fs::remove_file(&path).unwrap();
+    refused_untouched(&w, &victim, true).await;
+
+    // Put back, it restores.
+    std::fs::write(&path, &good).unwrap();
+    let node = w.node("ok").await;
+    node.restore(&id(1, 1), &w.path("dest")).await.unwrap();
+    assert_same_tree(&tree, &w.path("dest"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fencing_generations_and_destinations() {
+    let w = World::new();
+    let tree = w.path("tree");
+    build_tree(&tree, 1);
+    let a = w.node("a").await;
+    a.checkpoint(&tree, &id(2, 1), None).await.unwrap();
+    // An owner with an older lease may not write any more.
+    let e = a.checkpoint(&tree, &id(1, 9), None).await.unwrap_err();
+    assert!(matches!(e, Error::Fenced { .. }), "{e}");
+    let e = a.checkpoint(&tree, &id(2, 1), None).await.unwrap_err();
+    assert!(matches!(e, Error::AlreadyExists(_)), "{e}");
+    a.checkpoint(&tree, &id(3, 1), None).await.unwrap();
+    let sandbox = SandboxId::new("sb-test").unwrap();
+    assert_eq!(a.list(&sandbox).await.unwrap(), [id(2, 1), id(3, 1)]);
+    assert_eq!(a.latest(&sandbox).await.unwrap(), Some(id(3, 1)));
+    a.delete(&id(2, 1)).await.unwrap();
+    a.delete(&id(2, 1)).await.unwrap();
+    assert_eq!(a.list(&sandbox).await.unwrap(), [id(3, 1)]);
+    let none = SandboxId::new("nobody").unwrap();
+    assert_eq!(a.latest(&none).await.unwrap(), None);
+    let e = a.restore(&id(9, 9), &w.path("x")).await.unwrap_err();
+    assert!(matches!(e, Error::NoSuchCheckpoint { .. }), "{e}");
+
+    // A destination in use is refused and left alone.
+    std::fs::create_dir(w.path("busy")).unwrap();
+    std::fs::write(w.path("busy/keep"), b"mine").unwrap();
+    let e = a.restore(&id(3, 1), &w.path("busy")).await.unwrap_err();
+    assert!(matches!(e, Error::DestinationInUse(_)), "{e}");
+    assert_eq!(std::fs::read(w.path("busy/keep")).unwrap(), b"mine");
+
+    // Another installation's key opens nothing.
+    let stranger = node(
+        w.blobs.clone(),
+        &MasterKey::generate().unwrap(),
+        &w.path("s"),
+    )
+    .await;
+    let e = stranger.restore(&id(3, 1), &w.path("y")).await.unwrap_err();
+    assert!(matches!(e, Error::CorruptManifest { .. }), "{e}");
+    assert!(!w.path("y").exists());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_changing_under_the_checkpoint_fails_it() {
+    let w = World::new();
+    let tree = w.path("tree");
+    std::fs::create_dir(&tree).unwrap();
+    std::fs::write(tree.join("f"), noise(5, 8 << 20)).unwrap();
+    let a = w.node("a").await;
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = {
+        let (f, stop) = (tree.join("f"), stop.clone());
+        std::thread::spawn(move || {
+            let mut i = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                i += 1;
+                std::fs::write(&f, noise(i, (8 << 20) - (i as usize % 7) * 4096)).unwrap();
+            }
+        })
+    };
+    let mut failed = false;
+    for g in 1..50 {
+        match a.checkpoint(&tree, &id(1, g), None).await {
+            Err(Error::Changed { .. }) => {
+                failed = true;
+                break;
+            }
+            Err(e) => panic!("{e}"),
+            Ok(_) => {}
+        }
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    writer.join().unwrap();
+    assert!(
+        failed,
+        "a file rewritten throughout was never caught changing"
+    );
+}
