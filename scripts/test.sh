@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs every test: unit, end-to-end (real daemon and sandboxes; needs root),
 # security, CLI, the debian template, and the Sandbox0 Python SDK against the
-# daemon.
+# daemon; then again with the metadata in PostgreSQL (scripts/postgres.sh
+# installs and starts it).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cache="${SANDSTONE_CACHE:-/var/cache/sandstone}"
@@ -24,7 +25,27 @@ export SANDSTONE_SDK_PYTHON="$venv/bin/python"
 log="$(mktemp)"
 trap 'rm -f "$log"' EXIT
 status=0
-cargo test --workspace "$@" 2>&1 | tee "$log" || status=$?
-# One closing line for the whole run (cargo prints one per test binary).
-awk '/^test result:/ { p += $4; f += $6; s += $8 } END { printf "tests: %d passed, %d failed, %d skipped\n", p, f, s }' "$log"
+# One closing line per pass (cargo prints one per test binary).
+summary() {
+  awk -v pass="$1" '/^test result:/ { p += $4; f += $6; s += $8 }
+    END { printf "tests (%s): %d passed, %d failed, %d skipped\n", pass, p, f, s }' "$log"
+}
+start=$(date +%s)
+# Pass 1: every store is SQLite in a data dir (one machine, no flags).
+env -u SANDSTONE_TEST_DATABASE_URL cargo test --workspace "$@" 2>&1 | tee "$log" || status=$?
+summary sqlite
+echo "test.sh: the SQLite pass took $(( $(date +%s) - start )) s"
+# Pass 2: the same tests with every store in PostgreSQL (each test daemon,
+# plane and store on a fresh database of its own), for the packages whose
+# tests store anything: the database crate (both backends), the agents
+# control plane and the daemon end to end. The other crates' tests open no
+# database. SANDSTONE_TEST_POSTGRES=0 skips the pass.
+if [ "${SANDSTONE_TEST_POSTGRES:-1}" != 0 ]; then
+  start=$(date +%s)
+  SANDSTONE_TEST_DATABASE_URL="$(scripts/postgres.sh)"
+  export SANDSTONE_TEST_DATABASE_URL
+  cargo test -p sandstone-db -p sandstone-agents -p sandstone "$@" 2>&1 | tee "$log" || status=$?
+  summary postgres
+  echo "test.sh: the PostgreSQL pass took $(( $(date +%s) - start )) s"
+fi
 exit "$status"
