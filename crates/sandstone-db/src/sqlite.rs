@@ -150,3 +150,60 @@ impl Scratch {
             .unwrap()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{SandboxStatus, Store};
+
+    /// A data dir made before the last migration (with the schema table
+    /// as the first release made it) opens, is migrated forward and keeps
+    /// its rows.
+    #[tokio::test]
+    async fn an_older_database_is_migrated_forward_with_its_rows() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db.sqlite");
+        let opts = SqliteConnectOptions::new()
+            .filename(&path)
+            .create_if_missing(true);
+        let old = SqlitePoolOptions::new().connect_with(opts).await.unwrap();
+        sqlx::raw_sql("CREATE TABLE schema_migrations (version INTEGER PRIMARY KEY)")
+            .execute(&old)
+            .await
+            .unwrap();
+        let before_last = MIGRATIONS.len() - 1;
+        for (i, sql) in MIGRATIONS[..before_last].iter().enumerate() {
+            sqlx::raw_sql(*sql).execute(&old).await.unwrap();
+            sqlx::query("INSERT INTO schema_migrations (version) VALUES (?)")
+                .bind(i as i64 + 1)
+                .execute(&old)
+                .await
+                .unwrap();
+        }
+        sqlx::raw_sql(
+            "INSERT INTO sandboxes (id, template, status, config, slot, generation, created_at, updated_at)
+             VALUES ('sb-old', 'host', 'paused', '{\"metadata\": {\"team\": \"a\"}}', 1, 1, 1, 1)",
+        )
+        .execute(&old)
+        .await
+        .unwrap();
+        old.close().await;
+
+        let store = SqliteStore::open(&path).await.unwrap();
+        let row = store.get_sandbox("sb-old").await.unwrap();
+        assert_eq!(
+            (row.status, row.status_reason.clone()),
+            (SandboxStatus::Paused, None)
+        );
+        assert_eq!(store.labeled_sandboxes("team", "a").await.unwrap(), [row]);
+        // The last migration's column is there.
+        store.set_failed("sb-old", "init died").await.unwrap();
+        let row = store.get_sandbox("sb-old").await.unwrap();
+        assert_eq!(row.status_reason.as_deref(), Some("init died"));
+        let version: i64 = sqlx::query_scalar("SELECT MAX(version) FROM schema_migrations")
+            .fetch_one(&store.pool)
+            .await
+            .unwrap();
+        assert_eq!(version, MIGRATIONS.len() as i64);
+    }
+}
