@@ -330,6 +330,31 @@ mod tests {
         assert!(!err.contains("not-the-password"), "{err}");
     }
 
+    /// Debian's cluster (scripts/postgres.sh) has TLS on, with its own
+    /// certificate: `require` encrypts without checking it.
+    #[tokio::test]
+    async fn sslmode_require_connects_over_tls() {
+        let Some(Scratch(db)) = Scratch::new().await else {
+            return;
+        };
+        let url = format!("{}?sslmode=require", db.url_string());
+        let store = PgStore::open(&url.parse().unwrap()).await.unwrap();
+        let ssl: bool =
+            sqlx::query_scalar("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()")
+                .fetch_one(&store.pool)
+                .await
+                .unwrap();
+        assert!(ssl);
+        // `verify-full` checks it: a self-signed certificate is refused.
+        let url = format!("{}?sslmode=verify-full", db.url_string());
+        let err = PgStore::open(&url.parse().unwrap()).await.err().unwrap();
+        let err = err.to_string();
+        assert!(
+            err.contains("cannot connect") && err.contains("certificate"),
+            "{err}"
+        );
+    }
+
     #[tokio::test]
     async fn stores_migrating_one_database_at_once_all_succeed() {
         let Some(Scratch(db)) = Scratch::new().await else {
