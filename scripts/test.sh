@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Runs every test: unit, end-to-end (real daemon and sandboxes; needs root),
 # security, CLI, the debian template, and the Sandbox0 Python SDK against the
-# daemon.
+# daemon, the checkpoint store against an S3 server (scripts/s3-server.sh);
+# then again with the metadata in PostgreSQL (scripts/postgres.sh installs
+# and starts it).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cache="${SANDSTONE_CACHE:-/var/cache/sandstone}"
@@ -13,6 +15,9 @@ if [ ! -x "$venv/bin/python" ] || ! "$venv/bin/python" -c 'import sandbox0, anth
   python3 -m venv "$venv"
   "$venv/bin/pip" install --quiet --disable-pip-version-check 'sandbox0==0.10.4' 'anthropic==2.14.0'
 fi
+# An S3-compatible server (moto, from PyPI) for the checkpoint store's
+# tests; they start their own from this binary.
+export SANDSTONE_MOTO_SERVER="$(scripts/s3-server.sh install)"
 out="$(scripts/build.sh debug)"
 export SANDSTONE_INIT="$out/sandstone-init"
 # The default and debian templates (debootstrap, about 90 s each) are built
@@ -24,7 +29,27 @@ export SANDSTONE_SDK_PYTHON="$venv/bin/python"
 log="$(mktemp)"
 trap 'rm -f "$log"' EXIT
 status=0
-cargo test --workspace "$@" 2>&1 | tee "$log" || status=$?
-# One closing line for the whole run (cargo prints one per test binary).
-awk '/^test result:/ { p += $4; f += $6; s += $8 } END { printf "tests: %d passed, %d failed, %d skipped\n", p, f, s }' "$log"
+# One closing line per pass (cargo prints one per test binary).
+summary() {
+  awk -v pass="$1" '/^test result:/ { p += $4; f += $6; s += $8 }
+    END { printf "tests (%s): %d passed, %d failed, %d skipped\n", pass, p, f, s }' "$log"
+}
+start=$(date +%s)
+# Pass 1: every store is SQLite in a data dir (one machine, no flags).
+env -u SANDSTONE_TEST_DATABASE_URL cargo test --workspace "$@" 2>&1 | tee "$log" || status=$?
+summary sqlite
+echo "test.sh: the SQLite pass took $(( $(date +%s) - start )) s"
+# Pass 2: the same tests with every store in PostgreSQL (each test daemon,
+# plane and store on a fresh database of its own), for the packages whose
+# tests store anything: the database crate (both backends), the agents
+# control plane and the daemon end to end. The other crates' tests open no
+# database. SANDSTONE_TEST_POSTGRES=0 skips the pass.
+if [ "${SANDSTONE_TEST_POSTGRES:-1}" != 0 ]; then
+  start=$(date +%s)
+  SANDSTONE_TEST_DATABASE_URL="$(scripts/postgres.sh)"
+  export SANDSTONE_TEST_DATABASE_URL
+  cargo test -p sandstone-db -p sandstone-agents -p sandstone "$@" 2>&1 | tee "$log" || status=$?
+  summary postgres
+  echo "test.sh: the PostgreSQL pass took $(( $(date +%s) - start )) s"
+fi
 exit "$status"

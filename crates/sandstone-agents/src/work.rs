@@ -533,12 +533,14 @@ impl WorkQueue {
 mod tests {
     use super::*;
 
-    async fn queue(ttl: Duration) -> (WorkQueue, tempfile::TempDir) {
-        let dir = tempfile::tempdir().unwrap();
-        let db = sandstone_db::SqliteStore::open(&dir.path().join("db"))
-            .await
-            .unwrap();
-        (WorkQueue::load(Arc::new(db), ttl).await.unwrap(), dir)
+    /// A queue on a scratch database (PostgreSQL when the tests run on
+    /// it), kept as long as the queue.
+    async fn queue(ttl: Duration) -> (WorkQueue, sandstone_db::testing::Scratch) {
+        let scratch = sandstone_db::testing::Scratch::new().await;
+        (
+            WorkQueue::load(scratch.open().await, ttl).await.unwrap(),
+            scratch,
+        )
     }
 
     fn now_poll() -> Poll {
@@ -551,7 +553,7 @@ mod tests {
 
     #[tokio::test]
     async fn an_item_goes_from_queued_to_stopped_through_its_transitions() {
-        let (q, _dir) = queue(Duration::from_secs(30)).await;
+        let (q, _db) = queue(Duration::from_secs(30)).await;
         let item = q.enqueue("env", "sesn").await.unwrap().unwrap();
         // One live item per session.
         assert!(q.enqueue("env", "sesn").await.unwrap().is_none());
@@ -604,7 +606,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_lease_that_runs_out_stops_the_item_and_asks_for_a_requeue() {
-        let (q, _dir) = queue(Duration::from_millis(1)).await;
+        let (q, _db) = queue(Duration::from_millis(1)).await;
         let item = q.enqueue("env", "sesn").await.unwrap().unwrap();
         q.poll("env", &now_poll()).await.unwrap();
         q.ack("env", &item.id).await.unwrap();

@@ -885,12 +885,9 @@ async fn memory_stores_keep_content_hashes_and_preconditions() {
 #[tokio::test]
 async fn a_stored_document_that_does_not_fit_stops_the_start() {
     use sandstone_agents::{Agents, ApiKeyCheck, Config};
-    use sandstone_db::agents::AgentsStore;
     use std::sync::Arc;
-    let dir = tempfile::tempdir().unwrap();
-    let db = sandstone_db::SqliteStore::open(&dir.path().join("db"))
-        .await
-        .unwrap();
+    let scratch = sandstone_db::testing::Scratch::new().await;
+    let db = scratch.open().await;
     db.put_doc(
         "environment",
         "env_bad",
@@ -905,7 +902,7 @@ async fn a_stored_document_that_does_not_fit_stops_the_start() {
         max_tokens: 16,
     };
     let keys: ApiKeyCheck = Arc::new(|_| Box::pin(async { false }));
-    let err = Agents::start(Arc::new(db), config, keys)
+    let err = Agents::start(db, config, keys)
         .await
         .err()
         .expect("the start is refused")

@@ -48,8 +48,17 @@ fn free_port() -> u16 {
 }
 
 /// Starts moto with authentication on after the setup actions, or `None`
-/// (with the reason printed) when it is not installed.
+/// (with the reason printed) when it is not installed. A binary named by
+/// `SANDSTONE_MOTO_SERVER` (as `scripts/test.sh` does) must exist: there,
+/// a missing server is a failure, not a skip.
 fn start_moto() -> Option<Moto> {
+    if let Some(named) = std::env::var_os("SANDSTONE_MOTO_SERVER") {
+        assert!(
+            PathBuf::from(&named).is_file(),
+            "SANDSTONE_MOTO_SERVER={} does not exist",
+            PathBuf::from(&named).display()
+        );
+    }
     let Some(bin) = moto_binary() else {
         println!(
             "SKIPPED: moto_server not found (set SANDSTONE_MOTO_SERVER, or run \

@@ -15,7 +15,7 @@ pub struct Sealer {
     cipher: XChaCha20Poly1305,
 }
 
-fn random<const N: usize>() -> std::io::Result<[u8; N]> {
+pub(crate) fn random<const N: usize>() -> std::io::Result<[u8; N]> {
     let mut b = [0u8; N];
     std::fs::File::open("/dev/urandom")?.read_exact(&mut b)?;
     Ok(b)

@@ -20,7 +20,7 @@ use axum::routing::get;
 use axum::serve::ListenerExt;
 use openapi::Body;
 use routes::error::{self, ApiError};
-use sandstone_db::{SqliteStore, Store};
+use sandstone_db::{Location, Store};
 use sandstone_volumes::Storage;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -31,6 +31,9 @@ pub use lifecycle::random_hex;
 #[derive(Debug, Clone)]
 pub struct Config {
     pub data_dir: PathBuf,
+    /// The metadata database when it is PostgreSQL (shown without its
+    /// password); `None`: SQLite in the data directory.
+    pub database_url: Option<sandstone_db::PgUrl>,
     pub listen: SocketAddr,
     /// The static `sandstone-init` binary.
     pub init_bin: PathBuf,
@@ -196,8 +199,13 @@ pub async fn run(mut config: Config) -> anyhow::Result<()> {
             config.init_bin.display()
         );
     }
-    let sqlite = Arc::new(SqliteStore::open(&config.data_dir.join("sandstone.db")).await?);
-    let store: Arc<dyn Store> = sqlite.clone();
+    let location = match &config.database_url {
+        Some(url) => Location::Postgres(url.clone()),
+        None => Location::Sqlite(config.data_dir.join("sandstone.db")),
+    };
+    let db = location.open().await?;
+    tracing::info!(database = %location, "metadata database open");
+    let store: Arc<dyn Store> = db.clone();
     ensure_admin_token(store.as_ref(), &config.data_dir).await?;
     let storage = Storage::open(&config.data_dir, config.pool)?;
     match storage.pool.driver {
@@ -262,7 +270,7 @@ pub async fn run(mut config: Config) -> anyhow::Result<()> {
         let keys = keys.clone();
         Box::pin(async move { matches!(keys.check_api_key(&token).await, Ok(Some(_))) })
     });
-    let agents = sandstone_agents::Agents::start(sqlite, config.agents.clone(), api_keys).await?;
+    let agents = sandstone_agents::Agents::start(db, config.agents.clone(), api_keys).await?;
     let app = router(st).nest("/v1", sandstone_agents::router(agents));
     // Event streams write small frames: without TCP_NODELAY one can wait
     // for the peer's delayed ACK (40 ms) behind the frame before it.

@@ -26,6 +26,14 @@ pub struct SetupArgs {
 pub struct ServeArgs {
     #[arg(long, env = "SANDSTONE_LISTEN", default_value = "127.0.0.1:7700")]
     pub listen: std::net::SocketAddr,
+    /// Keep the metadata (sandboxes, snapshots, credentials, audit, API
+    /// keys, Managed Agents) in PostgreSQL: postgres://user:password@host:port/db.
+    /// Default: SQLite in the data directory. Prefer the variable (or
+    /// PGPASSWORD) to the flag: a command line is visible to every local user.
+    // Parsed in `serve`, not by clap: clap's errors and `--help` would show
+    // the value, password included.
+    #[arg(long, env = "SANDSTONE_DATABASE_URL", hide_env_values = true)]
+    pub database_url: Option<String>,
     /// Storage pool driver: btrfs or dir (default: btrfs when set up).
     #[arg(long, env = "SANDSTONE_POOL")]
     pub pool: Option<PoolArg>,
@@ -90,9 +98,17 @@ pub async fn serve(data_dir: &Path, args: &ServeArgs) -> Result<()> {
         ),
         None => std::env::var("SANDSTONE_MODEL_API_KEY").ok(),
     };
+    let database_url = match &args.database_url {
+        Some(url) => Some(
+            url.parse::<sandstone_db::PgUrl>()
+                .context("--database-url (SANDSTONE_DATABASE_URL)")?,
+        ),
+        None => None,
+    };
     init_logging(false);
     let config = sandstone_server::Config {
         data_dir: data_dir.to_path_buf(),
+        database_url,
         listen: args.listen,
         init_bin: init_binary()?,
         pool: args.pool.map(|p| match p {

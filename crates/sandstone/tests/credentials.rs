@@ -99,16 +99,14 @@ async fn credential_values_are_write_only_and_sealed() {
         "a response showed the secret"
     );
     // Not in the database (sealed), not in the log, and the key is 0600.
-    let on_disk = |name: &str| std::fs::read(d.data.path().join(name)).unwrap_or_default();
-    for f in ["sandstone.db", "sandstone.db-wal", "daemon.log"] {
+    let log = std::fs::read(d.data.path().join("daemon.log")).unwrap_or_default();
+    for (what, bytes) in [("the database", d.database_bytes()), ("daemon.log", log)] {
+        assert!(!bytes.is_empty(), "{what} is empty");
         assert!(
-            !on_disk(f)
-                .windows(SECRET.len())
-                .any(|w| w == SECRET.as_bytes()),
-            "{f} holds the secret"
+            !bytes.windows(SECRET.len()).any(|w| w == SECRET.as_bytes()),
+            "{what} holds the secret"
         );
     }
-    assert!(!on_disk("daemon.log").is_empty(), "debug logging was on");
     use std::os::unix::fs::PermissionsExt;
     let mode = std::fs::metadata(d.data.path().join("secret.key"))
         .unwrap()

@@ -293,14 +293,14 @@ print(found or 'absent', len(paths) > 100)
             .contains("x-api-key='rotated'"),
         "{r}"
     );
-    // Nor in the daemon's log or database file.
-    for f in ["daemon.log", "sandstone.db"] {
-        let bytes = std::fs::read(d.data.path().join(f)).unwrap_or_default();
+    // Nor in the daemon's log or database.
+    let log = std::fs::read(d.data.path().join("daemon.log")).unwrap_or_default();
+    for (what, bytes) in [("daemon.log", log), ("the database", d.database_bytes())] {
         assert!(
             !bytes
                 .windows(net.token.len())
                 .any(|w| w == net.token.as_bytes()),
-            "{f} holds the token"
+            "{what} holds the token"
         );
     }
 }

@@ -1,13 +1,15 @@
 //! The control plane in-process for tests that need no root: the `/v1`
-//! router over a SQLite store in a temporary directory, on a loopback port,
-//! with the scripted model (tests/fake_model/server.py). `kill` drops the
+//! router over a scratch store (SQLite in a temporary directory, or a fresh
+//! PostgreSQL database when `SANDSTONE_TEST_DATABASE_URL` is set), on a
+//! loopback port, with the scripted model (tests/fake_model/server.py). `kill` drops the
 //! plane's runtime with every task on it, as a killed daemon would stop;
 //! `spawn` starts it again from the same store.
 
 #![allow(dead_code)]
 
 use sandstone_agents::{Agents, ApiKeyCheck, Config};
-use sandstone_db::SqliteStore;
+use sandstone_db::Location;
+use sandstone_db::testing::Scratch;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -21,7 +23,8 @@ pub struct Plane {
     pub url: String,
     pub token: String,
     pub http: reqwest::Client,
-    pub data: tempfile::TempDir,
+    /// Where the plane keeps its state, across `kill` and `spawn`.
+    pub db: Scratch,
     config: Config,
     port: u16,
     running: Option<(
@@ -38,7 +41,7 @@ impl Plane {
             url: String::new(),
             token: "sk-sst-test-api-key".into(),
             http: reqwest::Client::new(),
-            data: tempfile::tempdir().unwrap(),
+            db: Scratch::new().await,
             config: Config {
                 model_base_url: model.url.clone(),
                 model_api_key: Some(MODEL_KEY.into()),
@@ -56,7 +59,7 @@ impl Plane {
     /// as before (a new one the first time).
     pub async fn spawn(&mut self) {
         assert!(self.running.is_none(), "already running");
-        let db = self.data.path().join("sandstone.db");
+        let location: Location = self.db.location();
         let (config, token, port) = (self.config.clone(), self.token.clone(), self.port);
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let (ready, bound) = std::sync::mpsc::channel();
@@ -67,14 +70,12 @@ impl Plane {
                 .build()
                 .unwrap();
             rt.block_on(async move {
-                let store = SqliteStore::open(&db).await.unwrap();
+                let store = location.open().await.unwrap();
                 let api_keys: ApiKeyCheck = Arc::new(move |t: String| {
                     let ok = t == token;
                     Box::pin(async move { ok })
                 });
-                let agents = Agents::start(Arc::new(store), config, api_keys)
-                    .await
-                    .unwrap();
+                let agents = Agents::start(store, config, api_keys).await.unwrap();
                 let app = axum::Router::new().nest("/v1", sandstone_agents::router(agents));
                 let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
                     .await

@@ -69,6 +69,10 @@ pub struct Daemon {
     pub url: String,
     pub token: String,
     pub data: tempfile::TempDir,
+    /// Its own PostgreSQL database when `SANDSTONE_TEST_DATABASE_URL` is
+    /// set (every spawn, restarts included, uses it); `None`: SQLite in
+    /// the data dir.
+    pub db: Option<sandstone_db::testing::TestDatabase>,
     port: u16,
     faults: String,
     pub http: reqwest::Client,
@@ -138,6 +142,7 @@ impl Daemon {
             url: format!("http://127.0.0.1:{port}"),
             token: String::new(),
             data,
+            db: sandstone_db::testing::TestDatabase::create().await,
             port,
             faults: faults.into(),
             http: reqwest::Client::new(),
@@ -182,6 +187,12 @@ impl Daemon {
             .env_remove("SANDSTONE_EGRESS_POOL")
             .env_remove("SANDSTONE_NO_NETWORK")
             .args(&self.serve_args)
+            .args(
+                self.db
+                    .iter()
+                    .flat_map(|db| ["--database-url", db.url_string()]),
+            )
+            .env_remove("SANDSTONE_DATABASE_URL")
             .args(
                 (!self.default_network && !self.serve_args.iter().any(|a| a == "--egress-pool"))
                     .then_some("--no-network"),
@@ -347,6 +358,30 @@ impl Daemon {
                 "the warm pool never filled to {n}"
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Whether the metadata is in PostgreSQL rather than the data dir.
+    pub fn on_postgres(&self) -> bool {
+        self.db.is_some()
+    }
+
+    /// Everything the metadata database holds, as bytes to search: the
+    /// SQLite files, or a `pg_dump` of its PostgreSQL database.
+    pub fn database_bytes(&self) -> Vec<u8> {
+        match &self.db {
+            None => ["sandstone.db", "sandstone.db-wal"]
+                .iter()
+                .flat_map(|f| std::fs::read(self.data.path().join(f)).unwrap_or_default())
+                .collect(),
+            Some(db) => {
+                let out = Command::new("pg_dump")
+                    .args(["--data-only", "--dbname", db.url_string()])
+                    .output()
+                    .expect("run pg_dump");
+                assert!(out.status.success(), "pg_dump: {}", text(&out.stderr));
+                out.stdout
+            }
         }
     }
 

@@ -1,0 +1,375 @@
+//! PostgreSQL backend: `--database-url postgres://…`, a database several
+//! nodes may share. Its queries are `queries.rs`, shared with SQLite (see
+//! the crate docs); what is its own is here: the URL (whose password
+//! never shows), connecting with a clear reason when it fails, and the
+//! schema in PostgreSQL's types.
+
+use crate::{Error, Result};
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::{Connection, PgConnection, PgPool};
+use std::time::Duration;
+
+/// The driver `queries.rs` is compiled against here.
+type Db = sqlx::Postgres;
+/// The store `queries.rs` implements the traits for here.
+type Backend = PgStore;
+
+// The same file is `postgres::queries` / `sqlite::queries` too, on purpose:
+// one text, compiled against each driver (see the crate docs).
+#[allow(clippy::duplicate_mod)]
+#[path = "queries.rs"]
+mod queries;
+
+/// The schema SQLite reached in its eight migrations, as one: every integer
+/// BIGINT (so both backends decode `i64`), BYTEA, BOOLEAN, BIGSERIAL for the
+/// audit sequence, and the label triggers as one plpgsql function. The
+/// list only grows at the end, like SQLite's.
+const MIGRATIONS: &[&str] = &["CREATE TABLE sandboxes (
+        id TEXT PRIMARY KEY,
+        template TEXT NOT NULL,
+        status TEXT NOT NULL,
+        config TEXT NOT NULL,
+        slot BIGINT NOT NULL UNIQUE,
+        pid BIGINT,
+        generation BIGINT NOT NULL,
+        created_at BIGINT NOT NULL,
+        updated_at BIGINT NOT NULL,
+        pending_op TEXT,
+        status_reason TEXT
+    );
+    CREATE TABLE api_keys (
+        token_hash TEXT PRIMARY KEY,
+        name TEXT NOT NULL,
+        created_at BIGINT NOT NULL
+    );
+    CREATE TABLE snapshots (
+        id TEXT PRIMARY KEY,
+        sandbox_id TEXT NOT NULL,
+        name TEXT NOT NULL,
+        description TEXT NOT NULL,
+        created_at BIGINT NOT NULL,
+        expires_at BIGINT,
+        template TEXT NOT NULL DEFAULT ''
+    );
+    CREATE INDEX snapshots_by_sandbox ON snapshots (sandbox_id, created_at);
+    CREATE TABLE audit (
+        seq BIGSERIAL PRIMARY KEY,
+        sandbox_id TEXT NOT NULL,
+        time BIGINT NOT NULL,
+        event TEXT NOT NULL,
+        denied BOOLEAN NOT NULL
+    );
+    CREATE INDEX audit_by_sandbox ON audit (sandbox_id, seq);
+    CREATE TABLE credential_sources (
+        name TEXT PRIMARY KEY,
+        kind TEXT NOT NULL,
+        version BIGINT NOT NULL,
+        sealed BYTEA NOT NULL,
+        created_at BIGINT NOT NULL,
+        updated_at BIGINT NOT NULL
+    );
+    CREATE TABLE ma_docs (
+        kind TEXT NOT NULL,
+        id TEXT NOT NULL,
+        doc TEXT NOT NULL,
+        PRIMARY KEY (kind, id)
+    );
+    CREATE TABLE ma_events (
+        session_id TEXT NOT NULL,
+        seq BIGINT NOT NULL,
+        doc TEXT NOT NULL,
+        PRIMARY KEY (session_id, seq)
+    );
+    CREATE TABLE sandbox_labels (
+        key TEXT NOT NULL,
+        value TEXT NOT NULL,
+        sandbox_id TEXT NOT NULL,
+        PRIMARY KEY (key, value, sandbox_id)
+    );
+    -- Labels (config.metadata) kept in the same transaction as the config,
+    -- as SQLite's three triggers do.
+    CREATE FUNCTION sandbox_labels_sync() RETURNS trigger LANGUAGE plpgsql AS $$
+    BEGIN
+        IF TG_OP <> 'INSERT' THEN
+            DELETE FROM sandbox_labels WHERE sandbox_id = OLD.id;
+        END IF;
+        IF TG_OP <> 'DELETE' AND jsonb_typeof(NEW.config::jsonb -> 'metadata') = 'object' THEN
+            INSERT INTO sandbox_labels (key, value, sandbox_id)
+                SELECT key, value, NEW.id FROM jsonb_each_text(NEW.config::jsonb -> 'metadata');
+        END IF;
+        RETURN NULL;
+    END
+    $$;
+    CREATE TRIGGER sandbox_labels_sync AFTER INSERT OR DELETE OR UPDATE OF config ON sandboxes
+        FOR EACH ROW EXECUTE FUNCTION sandbox_labels_sync();"];
+
+/// Nodes starting together on one database: the first to take this lock
+/// migrates, the others wait for its commit and find nothing left to do.
+/// The key is any constant of ours ("sandston" as a big-endian i64).
+const MIGRATION_LOCK: &str = "SELECT pg_advisory_xact_lock(8314047764815441774)";
+
+/// How long the first connection may take before the start fails.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Connections per daemon; PostgreSQL's default limit is 100 for all
+/// nodes together.
+const MAX_CONNECTIONS: u32 = 10;
+
+/// A `postgres://` (or `postgresql://`) URL. It shows itself — in `Debug`,
+/// `Display` and every error — as `postgres://user@host:port/database`,
+/// never with its password.
+#[derive(Clone)]
+pub struct PgUrl {
+    /// Boxed: it is large, and a `PgUrl` is carried around in config.
+    pub(crate) options: Box<PgConnectOptions>,
+    shown: String,
+    /// The password as written and decoded, scrubbed from the driver's
+    /// messages.
+    secrets: Vec<String>,
+}
+
+impl std::str::FromStr for PgUrl {
+    type Err = Error;
+
+    /// A malformed URL is an error that does not repeat it.
+    fn from_str(s: &str) -> Result<PgUrl> {
+        if !(s.starts_with("postgres://") || s.starts_with("postgresql://")) {
+            return Err(Error::BadUrl(
+                "must start with postgres:// or postgresql://".into(),
+            ));
+        }
+        let url = url::Url::parse(s).map_err(|e| Error::BadUrl(format!("not a URL: {e}")))?;
+        let written = url.password().into_iter().map(str::to_string).chain(
+            url.query_pairs()
+                .filter(|(k, _)| k == "password")
+                .map(|(_, v)| v.into_owned()),
+        );
+        let mut secrets = Vec::new();
+        for s in written.filter(|s| !s.is_empty()) {
+            secrets.push(percent_decoded(&s));
+            secrets.push(s);
+        }
+        let options = s
+            .parse::<PgConnectOptions>()
+            .map_err(|e| Error::BadUrl(scrub(&secrets, e.to_string())))?
+            // Names the daemon in pg_stat_activity.
+            .application_name("sandstone");
+        let host = match options.get_socket() {
+            Some(socket) => socket.display().to_string(),
+            None => options.get_host().to_string(),
+        };
+        let user = options.get_username();
+        let shown = format!(
+            "postgres://{user}@{host}:{}/{}",
+            options.get_port(),
+            options.get_database().unwrap_or(user)
+        );
+        Ok(PgUrl {
+            options: Box::new(options),
+            shown,
+            secrets,
+        })
+    }
+}
+
+impl PgUrl {
+    /// `message` without the password.
+    pub(crate) fn scrub(&self, message: String) -> String {
+        scrub(&self.secrets, message)
+    }
+}
+
+fn scrub(secrets: &[String], message: String) -> String {
+    secrets
+        .iter()
+        .fold(message, |m, s| m.replace(s.as_str(), "***"))
+}
+
+/// `%XX` escapes decoded (an invalid escape is kept as written).
+fn percent_decoded(s: &str) -> String {
+    let mut out = Vec::with_capacity(s.len());
+    let mut bytes = s.as_bytes();
+    while let Some((&b, rest)) = bytes.split_first() {
+        if b == b'%'
+            && let Some(byte) = rest.get(..2).and_then(|h| hex::decode(h).ok())
+        {
+            out.extend(byte);
+            bytes = &rest[2..];
+        } else {
+            out.push(b);
+            bytes = rest;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+impl std::fmt::Display for PgUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.shown)
+    }
+}
+
+impl std::fmt::Debug for PgUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("PgUrl").field(&self.shown).finish()
+    }
+}
+
+pub struct PgStore {
+    pool: PgPool,
+}
+
+impl PgStore {
+    /// Connects and migrates. Any failure is an [`Error::Open`] naming the
+    /// database (without the password) and why.
+    pub async fn open(url: &PgUrl) -> Result<PgStore> {
+        let fail = |what: &str, e: &dyn std::fmt::Display| Error::Open {
+            target: url.shown.clone(),
+            reason: url.scrub(format!("{what}: {e}")),
+        };
+        // One connection first, on its own: a pool retries a refused
+        // connection until its timeout and then says only that it timed
+        // out, where this says why.
+        let mut conn =
+            tokio::time::timeout(CONNECT_TIMEOUT, PgConnection::connect_with(&url.options))
+                .await
+                .map_err(|_| {
+                    let waited = format!("no answer in {} s", CONNECT_TIMEOUT.as_secs());
+                    fail("cannot connect", &waited)
+                })?
+                .map_err(|e| fail("cannot connect", &e))?;
+        queries::migrate(&mut conn, MIGRATIONS, Some(MIGRATION_LOCK))
+            .await
+            .map_err(|e| fail("cannot migrate", &e))?;
+        conn.close().await.map_err(|e| fail("closing", &e))?;
+        let pool = PgPoolOptions::new()
+            .max_connections(MAX_CONNECTIONS)
+            .connect_lazy_with(PgConnectOptions::clone(&url.options));
+        Ok(PgStore { pool })
+    }
+}
+
+/// A fresh database on the server `SANDSTONE_TEST_DATABASE_URL` names,
+/// opened as often as a test likes; `None` (with a printed line) without it.
+#[cfg(test)]
+struct Scratch(crate::testing::TestDatabase);
+
+#[cfg(test)]
+impl Scratch {
+    async fn new() -> Option<Scratch> {
+        let db = crate::testing::TestDatabase::create().await;
+        if db.is_none() {
+            let env = crate::testing::ENV;
+            eprintln!("skipped on PostgreSQL: {env} is not set (CI sets it)");
+        }
+        db.map(Scratch)
+    }
+
+    async fn open(&self) -> PgStore {
+        PgStore::open(self.0.url()).await.unwrap()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_url_never_shows_its_password() {
+        let url: PgUrl = "postgres://sandstone:pa%2Fss@db.internal:6543/meta?sslmode=disable"
+            .parse()
+            .unwrap();
+        assert_eq!(
+            url.to_string(),
+            "postgres://sandstone@db.internal:6543/meta"
+        );
+        assert_eq!(
+            format!("{url:?}"),
+            "PgUrl(\"postgres://sandstone@db.internal:6543/meta\")"
+        );
+        assert_eq!(url.scrub("pa/ss and pa%2Fss".into()), "*** and ***");
+        // Given as a parameter: scrubbed too; no database: the user's.
+        let url: PgUrl = "postgresql://u@h?password=hunter22".parse().unwrap();
+        assert_eq!(url.to_string(), "postgres://u@h:5432/u");
+        assert_eq!(url.scrub("x hunter22".into()), "x ***");
+        for (bad, says) in [
+            ("mysql://u:hunter22@h/db", "must start with postgres://"),
+            ("postgres://u:hunter22@h:99999/db", "not a URL"),
+            (
+                "postgres://u:hunter22@h/db?sslmode=hunter22",
+                "database URL",
+            ),
+        ] {
+            let err = bad.parse::<PgUrl>().unwrap_err().to_string();
+            assert!(err.contains(says), "{bad}: {err}");
+            assert!(!err.contains("hunter22"), "{bad}: {err}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_refused_connection_or_a_wrong_password_is_a_clear_error() {
+        // Nothing listens on port 1 here.
+        let url: PgUrl = "postgres://sandstone:hunter22@127.0.0.1:1/meta"
+            .parse()
+            .unwrap();
+        let err = PgStore::open(&url).await.err().unwrap().to_string();
+        assert!(
+            err.starts_with("database postgres://sandstone@127.0.0.1:1/meta: cannot connect:"),
+            "{err}"
+        );
+        assert!(!err.contains("hunter22"), "{err}");
+        let Some(Scratch(db)) = Scratch::new().await else {
+            return;
+        };
+        let mut wrong = url::Url::parse(db.url_string()).unwrap();
+        wrong.set_password(Some("not-the-password")).unwrap();
+        let wrong: PgUrl = wrong.as_str().parse().unwrap();
+        let err = PgStore::open(&wrong).await.err().unwrap().to_string();
+        assert!(err.contains("password authentication failed"), "{err}");
+        assert!(err.contains(&db.url().to_string()), "{err}");
+        assert!(!err.contains("not-the-password"), "{err}");
+    }
+
+    /// Debian's cluster (scripts/postgres.sh) has TLS on, with its own
+    /// certificate: `require` encrypts without checking it.
+    #[tokio::test]
+    async fn sslmode_require_connects_over_tls() {
+        let Some(Scratch(db)) = Scratch::new().await else {
+            return;
+        };
+        let url = format!("{}?sslmode=require", db.url_string());
+        let store = PgStore::open(&url.parse().unwrap()).await.unwrap();
+        let ssl: bool =
+            sqlx::query_scalar("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()")
+                .fetch_one(&store.pool)
+                .await
+                .unwrap();
+        assert!(ssl);
+        // `verify-full` checks it: a self-signed certificate is refused.
+        let url = format!("{}?sslmode=verify-full", db.url_string());
+        let err = PgStore::open(&url.parse().unwrap()).await.err().unwrap();
+        let err = err.to_string();
+        assert!(
+            err.contains("cannot connect") && err.contains("certificate"),
+            "{err}"
+        );
+    }
+
+    #[tokio::test]
+    async fn stores_migrating_one_database_at_once_all_succeed() {
+        let Some(Scratch(db)) = Scratch::new().await else {
+            return;
+        };
+        let opens = (0..4).map(|_| PgStore::open(db.url()));
+        let stores = futures_util::future::join_all(opens).await;
+        for s in &stores {
+            assert!(s.is_ok(), "{:?}", s.as_ref().err());
+        }
+        let store = stores.into_iter().next().unwrap().unwrap();
+        let versions: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM schema_migrations")
+            .fetch_one(&store.pool)
+            .await
+            .unwrap();
+        assert_eq!(versions, MIGRATIONS.len() as i64);
+    }
+}

@@ -1,0 +1,931 @@
+//! Every query, written once in the SQL both engines accept (see the crate
+//! docs). This file is a child module of `sqlite` and of `postgres`: each
+//! compiles it against its own `Db` (the sqlx driver) and `Backend` (its
+//! store, which holds a `pool`), so neither pays for the other.
+
+use super::{Backend, Db};
+use crate::agents::{AgentsStore, parse};
+use crate::{
+    AuditRow, CredentialRow, Error, PendingOp, Result, SandboxRow, SandboxStatus, SnapshotRow,
+    Store, now_ms, token_hash,
+};
+use futures_util::future::BoxFuture;
+use serde_json::Value;
+use sqlx::Row as _;
+
+type Row = <Db as sqlx::Database>::Row;
+type Connection = <Db as sqlx::Database>::Connection;
+
+/// Applies the migrations `list` has beyond those recorded, in order, in
+/// one transaction; `lock` (a statement) first keeps concurrent starts on a
+/// shared database from migrating twice.
+pub(super) async fn migrate(
+    conn: &mut Connection,
+    list: &[&'static str],
+    lock: Option<&'static str>,
+) -> Result<()> {
+    use sqlx::Connection as _;
+    let mut tx = conn.begin().await?;
+    if let Some(lock) = lock {
+        sqlx::raw_sql(lock).execute(&mut *tx).await?;
+    }
+    sqlx::raw_sql("CREATE TABLE IF NOT EXISTS schema_migrations (version BIGINT PRIMARY KEY)")
+        .execute(&mut *tx)
+        .await?;
+    let done: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM schema_migrations")
+        .fetch_one(&mut *tx)
+        .await?;
+    for (i, sql) in list.iter().enumerate().skip(done as usize) {
+        sqlx::raw_sql(*sql).execute(&mut *tx).await?;
+        sqlx::query("INSERT INTO schema_migrations (version) VALUES ($1)")
+            .bind(i as i64 + 1)
+            .execute(&mut *tx)
+            .await?;
+    }
+    tx.commit().await?;
+    Ok(())
+}
+
+// Columns are named, never `*`: a cached statement's column list must not
+// change under it when a migration adds a column.
+macro_rules! sandbox_cols {
+    () => {
+        "id, template, status, config, slot, pid, generation, created_at, updated_at, pending_op, status_reason"
+    };
+}
+
+macro_rules! credential_cols {
+    () => {
+        "name, kind, version, sealed, created_at, updated_at"
+    };
+}
+
+macro_rules! snapshot_cols {
+    () => {
+        "id, sandbox_id, name, description, created_at, expires_at, template"
+    };
+}
+
+fn row_to_sandbox(r: &Row) -> Result<SandboxRow> {
+    let config: String = r.get("config");
+    Ok(SandboxRow {
+        id: r.get("id"),
+        template: r.get("template"),
+        status: r.get::<&str, _>("status").parse()?,
+        config: serde_json::from_str(&config).map_err(|e| Error::Corrupt(e.to_string()))?,
+        slot: r.get("slot"),
+        pid: r.get("pid"),
+        generation: r.get("generation"),
+        created_at: r.get("created_at"),
+        updated_at: r.get("updated_at"),
+        pending_op: r
+            .get::<Option<&str>, _>("pending_op")
+            .map(str::parse)
+            .transpose()?,
+        status_reason: r.get("status_reason"),
+    })
+}
+
+fn row_to_snapshot(r: &Row) -> SnapshotRow {
+    SnapshotRow {
+        id: r.get("id"),
+        sandbox_id: r.get("sandbox_id"),
+        name: r.get("name"),
+        description: r.get("description"),
+        created_at: r.get("created_at"),
+        expires_at: r.get("expires_at"),
+        template: r.get("template"),
+    }
+}
+
+fn row_to_credential(r: &Row) -> CredentialRow {
+    CredentialRow {
+        name: r.get("name"),
+        kind: r.get("kind"),
+        version: r.get("version"),
+        sealed: r.get("sealed"),
+        created_at: r.get("created_at"),
+        updated_at: r.get("updated_at"),
+    }
+}
+
+/// An UPDATE that touched no row names an unknown record.
+fn found(done: <Db as sqlx::Database>::QueryResult) -> Result<()> {
+    if done.rows_affected() == 0 {
+        return Err(Error::NotFound);
+    }
+    Ok(())
+}
+
+impl Store for Backend {
+    fn insert_sandbox<'a>(&'a self, row: &'a SandboxRow) -> BoxFuture<'a, Result<()>> {
+        Box::pin(async move {
+            sqlx::query(
+                "INSERT INTO sandboxes (id, template, status, config, slot, pid, generation, created_at, updated_at, pending_op)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+            )
+            .bind(&row.id)
+            .bind(&row.template)
+            .bind(row.status.as_str())
+            .bind(row.config.to_string())
+            .bind(row.slot)
+            .bind(row.pid)
+            .bind(row.generation)
+            .bind(row.created_at)
+            .bind(row.updated_at)
+            .bind(row.pending_op.map(PendingOp::as_str))
+            .execute(&self.pool)
+            .await?;
+            Ok(())
+        })
+    }
+
+    fn get_sandbox<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<SandboxRow>> {
+        Box::pin(async move {
+            let r = sqlx::query(concat!(
+                "SELECT ",
+                sandbox_cols!(),
+                " FROM sandboxes WHERE id = $1"
+            ))
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?
+            .ok_or(Error::NotFound)?;
+            row_to_sandbox(&r)
+        })
+    }
+
+    fn labeled_sandboxes<'a>(
+        &'a self,
+        key: &'a str,
+        value: &'a str,
+    ) -> BoxFuture<'a, Result<Vec<SandboxRow>>> {
+        Box::pin(async move {
+            sqlx::query(concat!(
+                "SELECT ",
+                sandbox_cols!(),
+                " FROM sandboxes WHERE id IN
+                    (SELECT sandbox_id FROM sandbox_labels WHERE key = $1 AND value = $2)
+                  ORDER BY created_at, id"
+            ))
+            .bind(key)
+            .bind(value)
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(row_to_sandbox)
+            .collect()
+        })
+    }
+
+    fn list_sandboxes(&self) -> BoxFuture<'_, Result<Vec<SandboxRow>>> {
+        Box::pin(async move {
+            sqlx::query(concat!(
+                "SELECT ",
+                sandbox_cols!(),
+                " FROM sandboxes ORDER BY created_at, id"
+            ))
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(row_to_sandbox)
+            .collect()
+        })
+    }
+
+    fn set_status<'a>(
+        &'a self,
+        id: &'a str,
+        status: SandboxStatus,
+        pid: Option<i64>,
+    ) -> BoxFuture<'a, Result<()>> {
+        Box::pin(async move {
+            let done = sqlx::query(
+                "UPDATE sandboxes SET status = $1, pid = $2, updated_at = $3 WHERE id = $4",
+            )
+            .bind(status.as_str())
+            .bind(pid)
+            .bind(now_ms())
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+            found(done)
+        })
+    }
+
+    fn set_running<'a>(
+        &'a self,
+        id: &'a str,
+        pid: i64,
+        generation: i64,
+    ) -> BoxFuture<'a, Result<()>> {
+        Box::pin(async move {
+            let done = sqlx::query(
+                "UPDATE sandboxes SET status = $1, pid = $2, generation = $3, pending_op = NULL, status_reason = NULL, updated_at = $4 WHERE id = $5",
+            )
+            .bind(SandboxStatus::Running.as_str())
+            .bind(pid)
+            .bind(generation)
+            .bind(now_ms())
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+            found(done)
+        })
+    }
+
+    fn set_failed<'a>(&'a self, id: &'a str, reason: &'a str) -> BoxFuture<'a, Result<()>> {
+        Box::pin(async move {
+            let done = sqlx::query(
+                "UPDATE sandboxes SET status = $1, pid = NULL, status_reason = $2, updated_at = $3 WHERE id = $4",
+            )
+            .bind(SandboxStatus::Failed.as_str())
+            .bind(reason)
+            .bind(now_ms())
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+            found(done)
+        })
+    }
+
+    fn set_pending<'a>(&'a self, id: &'a str, op: Option<PendingOp>) -> BoxFuture<'a, Result<()>> {
+        Box::pin(async move {
+            let done = sqlx::query("UPDATE sandboxes SET pending_op = $1 WHERE id = $2")
+                .bind(op.map(PendingOp::as_str))
+                .bind(id)
+                .execute(&self.pool)
+                .await?;
+            found(done)
+        })
+    }
+
+    fn insert_snapshot<'a>(&'a self, s: &'a SnapshotRow) -> BoxFuture<'a, Result<()>> {
+        Box::pin(async move {
+            sqlx::query(
+                "INSERT INTO snapshots (id, sandbox_id, name, description, created_at, expires_at, template) VALUES ($1, $2, $3, $4, $5, $6, $7)",
+            )
+            .bind(&s.id)
+            .bind(&s.sandbox_id)
+            .bind(&s.name)
+            .bind(&s.description)
+            .bind(s.created_at)
+            .bind(s.expires_at)
+            .bind(&s.template)
+            .execute(&self.pool)
+            .await?;
+            Ok(())
+        })
+    }
+
+    fn get_snapshot<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<SnapshotRow>> {
+        Box::pin(async move {
+            let r = sqlx::query(concat!(
+                "SELECT ",
+                snapshot_cols!(),
+                " FROM snapshots WHERE id = $1"
+            ))
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?
+            .ok_or(Error::NotFound)?;
+            Ok(row_to_snapshot(&r))
+        })
+    }
+
+    fn list_snapshots<'a>(
+        &'a self,
+        sandbox_id: Option<&'a str>,
+    ) -> BoxFuture<'a, Result<Vec<SnapshotRow>>> {
+        Box::pin(async move {
+            let rows = match sandbox_id {
+                Some(id) => {
+                    sqlx::query(concat!(
+                        "SELECT ",
+                        snapshot_cols!(),
+                        " FROM snapshots WHERE sandbox_id = $1 ORDER BY created_at, id"
+                    ))
+                    .bind(id)
+                    .fetch_all(&self.pool)
+                    .await?
+                }
+                None => {
+                    sqlx::query(concat!(
+                        "SELECT ",
+                        snapshot_cols!(),
+                        " FROM snapshots ORDER BY created_at, id"
+                    ))
+                    .fetch_all(&self.pool)
+                    .await?
+                }
+            };
+            Ok(rows.iter().map(row_to_snapshot).collect())
+        })
+    }
+
+    fn delete_snapshot<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<()>> {
+        Box::pin(async move {
+            sqlx::query("DELETE FROM snapshots WHERE id = $1")
+                .bind(id)
+                .execute(&self.pool)
+                .await?;
+            Ok(())
+        })
+    }
+
+    fn insert_audit<'a>(&'a self, rows: &'a [AuditRow]) -> BoxFuture<'a, Result<()>> {
+        Box::pin(async move {
+            let mut tx = self.pool.begin().await?;
+            for r in rows {
+                sqlx::query(
+                    "INSERT INTO audit (sandbox_id, time, event, denied) VALUES ($1, $2, $3, $4)",
+                )
+                .bind(&r.sandbox_id)
+                .bind(r.time)
+                .bind(r.event.to_string())
+                .bind(r.denied)
+                .execute(&mut *tx)
+                .await?;
+            }
+            tx.commit().await?;
+            Ok(())
+        })
+    }
+
+    fn insert_credential<'a>(&'a self, c: &'a CredentialRow) -> BoxFuture<'a, Result<bool>> {
+        Box::pin(async move {
+            let done = sqlx::query(
+                "INSERT INTO credential_sources (name, kind, version, sealed, created_at, updated_at)
+                 VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (name) DO NOTHING",
+            )
+            .bind(&c.name)
+            .bind(&c.kind)
+            .bind(c.version)
+            .bind(&c.sealed)
+            .bind(c.created_at)
+            .bind(c.updated_at)
+            .execute(&self.pool)
+            .await?;
+            Ok(done.rows_affected() == 1)
+        })
+    }
+
+    fn update_credential<'a>(
+        &'a self,
+        name: &'a str,
+        sealed: &'a [u8],
+    ) -> BoxFuture<'a, Result<()>> {
+        Box::pin(async move {
+            let done = sqlx::query(
+                "UPDATE credential_sources SET sealed = $1, version = version + 1, updated_at = $2 WHERE name = $3",
+            )
+            .bind(sealed)
+            .bind(now_ms())
+            .bind(name)
+            .execute(&self.pool)
+            .await?;
+            found(done)
+        })
+    }
+
+    fn get_credential<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<CredentialRow>> {
+        Box::pin(async move {
+            let r = sqlx::query(concat!(
+                "SELECT ",
+                credential_cols!(),
+                " FROM credential_sources WHERE name = $1"
+            ))
+            .bind(name)
+            .fetch_optional(&self.pool)
+            .await?
+            .ok_or(Error::NotFound)?;
+            Ok(row_to_credential(&r))
+        })
+    }
+
+    fn list_credentials(&self) -> BoxFuture<'_, Result<Vec<CredentialRow>>> {
+        Box::pin(async move {
+            let rows = sqlx::query(concat!(
+                "SELECT ",
+                credential_cols!(),
+                " FROM credential_sources ORDER BY name"
+            ))
+            .fetch_all(&self.pool)
+            .await?;
+            Ok(rows.iter().map(row_to_credential).collect())
+        })
+    }
+
+    fn delete_credential<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<()>> {
+        Box::pin(async move {
+            let done = sqlx::query("DELETE FROM credential_sources WHERE name = $1")
+                .bind(name)
+                .execute(&self.pool)
+                .await?;
+            found(done)
+        })
+    }
+
+    fn list_audit<'a>(
+        &'a self,
+        sandbox_id: &'a str,
+        after_seq: i64,
+        denied_only: bool,
+        limit: i64,
+    ) -> BoxFuture<'a, Result<Vec<(i64, Value)>>> {
+        Box::pin(async move {
+            let rows = sqlx::query(
+                "SELECT seq, event FROM audit WHERE sandbox_id = $1 AND seq > $2 AND (denied OR NOT $3)
+                 ORDER BY seq LIMIT $4",
+            )
+            .bind(sandbox_id)
+            .bind(after_seq)
+            .bind(denied_only)
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await?;
+            rows.iter()
+                .map(|r| {
+                    let text: String = r.get("event");
+                    let v =
+                        serde_json::from_str(&text).map_err(|e| Error::Corrupt(e.to_string()))?;
+                    Ok((r.get::<i64, _>("seq"), v))
+                })
+                .collect()
+        })
+    }
+
+    fn delete_audit<'a>(&'a self, sandbox_id: &'a str) -> BoxFuture<'a, Result<()>> {
+        Box::pin(async move {
+            sqlx::query("DELETE FROM audit WHERE sandbox_id = $1")
+                .bind(sandbox_id)
+                .execute(&self.pool)
+                .await?;
+            Ok(())
+        })
+    }
+
+    fn prune_audit(&self, before_ms: i64) -> BoxFuture<'_, Result<u64>> {
+        Box::pin(async move {
+            let done = sqlx::query("DELETE FROM audit WHERE time < $1")
+                .bind(before_ms)
+                .execute(&self.pool)
+                .await?;
+            Ok(done.rows_affected())
+        })
+    }
+
+    fn set_config<'a>(&'a self, id: &'a str, config: &'a Value) -> BoxFuture<'a, Result<()>> {
+        Box::pin(async move {
+            let done =
+                sqlx::query("UPDATE sandboxes SET config = $1, updated_at = $2 WHERE id = $3")
+                    .bind(config.to_string())
+                    .bind(now_ms())
+                    .bind(id)
+                    .execute(&self.pool)
+                    .await?;
+            found(done)
+        })
+    }
+
+    fn delete_sandbox<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<()>> {
+        Box::pin(async move {
+            sqlx::query("DELETE FROM sandboxes WHERE id = $1")
+                .bind(id)
+                .execute(&self.pool)
+                .await?;
+            Ok(())
+        })
+    }
+
+    fn used_slots(&self) -> BoxFuture<'_, Result<Vec<i64>>> {
+        Box::pin(async move {
+            Ok(
+                sqlx::query_scalar("SELECT slot FROM sandboxes ORDER BY slot")
+                    .fetch_all(&self.pool)
+                    .await?,
+            )
+        })
+    }
+
+    fn add_api_key<'a>(&'a self, name: &'a str, token: &'a str) -> BoxFuture<'a, Result<()>> {
+        Box::pin(async move {
+            sqlx::query("INSERT INTO api_keys (token_hash, name, created_at) VALUES ($1, $2, $3)")
+                .bind(token_hash(token))
+                .bind(name)
+                .bind(now_ms())
+                .execute(&self.pool)
+                .await?;
+            Ok(())
+        })
+    }
+
+    fn check_api_key<'a>(&'a self, token: &'a str) -> BoxFuture<'a, Result<Option<String>>> {
+        Box::pin(async move {
+            Ok(
+                sqlx::query_scalar("SELECT name FROM api_keys WHERE token_hash = $1")
+                    .bind(token_hash(token))
+                    .fetch_optional(&self.pool)
+                    .await?,
+            )
+        })
+    }
+
+    fn count_api_keys(&self) -> BoxFuture<'_, Result<i64>> {
+        Box::pin(async move {
+            Ok(sqlx::query_scalar("SELECT COUNT(*) FROM api_keys")
+                .fetch_one(&self.pool)
+                .await?)
+        })
+    }
+}
+
+impl AgentsStore for Backend {
+    fn put_doc<'a>(
+        &'a self,
+        kind: &'a str,
+        id: &'a str,
+        doc: &'a Value,
+    ) -> BoxFuture<'a, Result<()>> {
+        Box::pin(async move {
+            sqlx::query(
+                "INSERT INTO ma_docs (kind, id, doc) VALUES ($1, $2, $3)
+                 ON CONFLICT (kind, id) DO UPDATE SET doc = excluded.doc",
+            )
+            .bind(kind)
+            .bind(id)
+            .bind(doc.to_string())
+            .execute(&self.pool)
+            .await?;
+            Ok(())
+        })
+    }
+
+    fn delete_doc<'a>(&'a self, kind: &'a str, id: &'a str) -> BoxFuture<'a, Result<()>> {
+        Box::pin(async move {
+            sqlx::query("DELETE FROM ma_docs WHERE kind = $1 AND id = $2")
+                .bind(kind)
+                .bind(id)
+                .execute(&self.pool)
+                .await?;
+            Ok(())
+        })
+    }
+
+    fn load_docs<'a>(&'a self, kind: &'a str) -> BoxFuture<'a, Result<Vec<Value>>> {
+        Box::pin(async move {
+            let rows: Vec<(String, String)> =
+                sqlx::query_as("SELECT id, doc FROM ma_docs WHERE kind = $1 ORDER BY id")
+                    .bind(kind)
+                    .fetch_all(&self.pool)
+                    .await?;
+            parse(rows, |id| format!("managed agents {kind} {id}"))
+        })
+    }
+
+    fn append_event<'a>(
+        &'a self,
+        session_id: &'a str,
+        seq: i64,
+        doc: &'a Value,
+    ) -> BoxFuture<'a, Result<()>> {
+        Box::pin(async move {
+            sqlx::query("INSERT INTO ma_events (session_id, seq, doc) VALUES ($1, $2, $3)")
+                .bind(session_id)
+                .bind(seq)
+                .bind(doc.to_string())
+                .execute(&self.pool)
+                .await?;
+            Ok(())
+        })
+    }
+
+    fn load_events<'a>(&'a self, session_id: &'a str) -> BoxFuture<'a, Result<Vec<Value>>> {
+        Box::pin(async move {
+            let rows: Vec<(i64, String)> =
+                sqlx::query_as("SELECT seq, doc FROM ma_events WHERE session_id = $1 ORDER BY seq")
+                    .bind(session_id)
+                    .fetch_all(&self.pool)
+                    .await?;
+            let rows = rows
+                .into_iter()
+                .map(|(seq, d)| (seq.to_string(), d))
+                .collect();
+            parse(rows, |seq| format!("event {seq} of session {session_id}"))
+        })
+    }
+
+    fn delete_events<'a>(&'a self, session_id: &'a str) -> BoxFuture<'a, Result<()>> {
+        Box::pin(async move {
+            sqlx::query("DELETE FROM ma_events WHERE session_id = $1")
+                .bind(session_id)
+                .execute(&self.pool)
+                .await?;
+            Ok(())
+        })
+    }
+}
+
+/// Compiled once per backend too: every test runs on SQLite, and on
+/// PostgreSQL when `SANDSTONE_TEST_DATABASE_URL` is set (skipped with a
+/// printed line when it is not).
+#[cfg(test)]
+mod tests {
+    use super::super::Scratch;
+    use super::*;
+
+    fn sandbox(id: &str, slot: i64, config: Value) -> SandboxRow {
+        SandboxRow {
+            id: id.into(),
+            template: "host".into(),
+            status: SandboxStatus::Running,
+            config,
+            slot,
+            pid: None,
+            generation: 1,
+            created_at: slot,
+            updated_at: 1,
+            pending_op: None,
+            status_reason: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn labels_follow_the_config_through_insert_update_and_delete() {
+        let Some(scratch) = Scratch::new().await else {
+            return;
+        };
+        let store = scratch.open().await;
+        let labeled = |id, slot, session: &str| {
+            let config = serde_json::json!({"metadata": {"cma.session": session, "team": "a"}});
+            sandbox(id, slot, config)
+        };
+        store
+            .insert_sandbox(&labeled("sb-1", 1, "s1"))
+            .await
+            .unwrap();
+        store
+            .insert_sandbox(&labeled("sb-2", 2, "s2"))
+            .await
+            .unwrap();
+        // No metadata: no labels.
+        let bare = sandbox("sb-3", 3, serde_json::json!({"ttl": 5}));
+        store.insert_sandbox(&bare).await.unwrap();
+        let ids = async |k: &str, v: &str| -> Vec<String> {
+            let found = store.labeled_sandboxes(k, v).await.unwrap();
+            found.into_iter().map(|r| r.id).collect()
+        };
+        assert_eq!(ids("cma.session", "s1").await, ["sb-1"]);
+        assert_eq!(ids("team", "a").await, ["sb-1", "sb-2"]);
+        let relabeled = serde_json::json!({"metadata": {"cma.session": "s3"}});
+        store.set_config("sb-1", &relabeled).await.unwrap();
+        assert!(ids("cma.session", "s1").await.is_empty());
+        assert_eq!(ids("cma.session", "s3").await, ["sb-1"]);
+        assert_eq!(ids("team", "a").await, ["sb-2"]);
+        store.delete_sandbox("sb-2").await.unwrap();
+        assert!(ids("team", "a").await.is_empty());
+        // The labels live in their own table, found by the index.
+        let rows: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM sandbox_labels")
+            .fetch_one(&store.pool)
+            .await
+            .unwrap();
+        assert_eq!(rows, 1);
+    }
+
+    #[tokio::test]
+    async fn an_unknown_status_or_pending_operation_is_corrupt_not_defaulted() {
+        let Some(scratch) = Scratch::new().await else {
+            return;
+        };
+        let store = scratch.open().await;
+        for (status, pending) in [("creating", None), ("paused", Some("stop"))] {
+            sqlx::query("DELETE FROM sandboxes")
+                .execute(&store.pool)
+                .await
+                .unwrap();
+            sqlx::query(
+                "INSERT INTO sandboxes (id, template, status, config, slot, generation, created_at, updated_at, pending_op)
+                 VALUES ('sb-1', 'host', $1, '{}', 1, 1, 1, 1, $2)",
+            )
+            .bind(status)
+            .bind(pending)
+            .execute(&store.pool)
+            .await
+            .unwrap();
+            let bad = pending.unwrap_or(status);
+            assert!(
+                matches!(store.get_sandbox("sb-1").await, Err(Error::Corrupt(m)) if m.contains(bad))
+            );
+            assert!(matches!(
+                store.list_sandboxes().await,
+                Err(Error::Corrupt(_))
+            ));
+        }
+    }
+
+    #[tokio::test]
+    async fn sandboxes_and_keys_round_trip_and_survive_reopen() {
+        let Some(scratch) = Scratch::new().await else {
+            return;
+        };
+        let store = scratch.open().await;
+        let mut row = sandbox("sb-1", 3, serde_json::json!({"ttl": 5}));
+        row.pid = Some(42);
+        store.insert_sandbox(&row).await.unwrap();
+        assert_eq!(store.get_sandbox("sb-1").await.unwrap(), row);
+        store
+            .set_status("sb-1", SandboxStatus::Failed, None)
+            .await
+            .unwrap();
+        assert!(matches!(
+            store.set_status("nope", SandboxStatus::Paused, None).await,
+            Err(Error::NotFound)
+        ));
+        assert!(matches!(
+            store.get_sandbox("nope").await,
+            Err(Error::NotFound)
+        ));
+        store.add_api_key("admin", "secret-token").await.unwrap();
+        drop(store);
+        let store = scratch.open().await;
+        let back = store.get_sandbox("sb-1").await.unwrap();
+        assert_eq!(back.status, SandboxStatus::Failed);
+        assert_eq!(back.pid, None);
+        assert_eq!(back.config["ttl"], 5);
+        assert_eq!(store.used_slots().await.unwrap(), vec![3]);
+        assert_eq!(store.count_api_keys().await.unwrap(), 1);
+        assert_eq!(
+            store
+                .check_api_key("secret-token")
+                .await
+                .unwrap()
+                .as_deref(),
+            Some("admin")
+        );
+        assert_eq!(store.check_api_key("wrong").await.unwrap(), None);
+        store
+            .set_pending("sb-1", Some(PendingOp::Pause))
+            .await
+            .unwrap();
+        assert_eq!(
+            store.get_sandbox("sb-1").await.unwrap().pending_op,
+            Some(PendingOp::Pause)
+        );
+        store.set_failed("sb-1", "init died").await.unwrap();
+        let r = store.get_sandbox("sb-1").await.unwrap();
+        assert_eq!(
+            (r.status, r.status_reason.as_deref()),
+            (SandboxStatus::Failed, Some("init died"))
+        );
+        store.set_running("sb-1", 7, 2).await.unwrap();
+        let r = store.get_sandbox("sb-1").await.unwrap();
+        assert_eq!(
+            (r.status, r.pid, r.generation, r.pending_op, r.status_reason),
+            (SandboxStatus::Running, Some(7), 2, None, None)
+        );
+        let snap = SnapshotRow {
+            id: "snap-1".into(),
+            sandbox_id: "sb-1".into(),
+            name: "n".into(),
+            description: String::new(),
+            created_at: 5,
+            expires_at: Some(9),
+            template: "host".into(),
+        };
+        store.insert_snapshot(&snap).await.unwrap();
+        assert_eq!(
+            store.list_snapshots(Some("sb-1")).await.unwrap(),
+            vec![snap.clone()]
+        );
+        assert!(store.list_snapshots(Some("sb-2")).await.unwrap().is_empty());
+        assert_eq!(store.get_snapshot("snap-1").await.unwrap(), snap);
+        store.delete_snapshot("snap-1").await.unwrap();
+        assert!(store.list_snapshots(None).await.unwrap().is_empty());
+        store.delete_sandbox("sb-1").await.unwrap();
+        assert!(store.list_sandboxes().await.unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn credentials_keep_their_sealed_bytes_and_versions() {
+        let Some(scratch) = Scratch::new().await else {
+            return;
+        };
+        let store = scratch.open().await;
+        let c = CredentialRow {
+            name: "github".into(),
+            kind: "static_headers".into(),
+            version: 1,
+            // Every byte value, as sealed data has.
+            sealed: (0..=255).collect(),
+            created_at: 1,
+            updated_at: 1,
+        };
+        assert!(store.insert_credential(&c).await.unwrap());
+        assert!(!store.insert_credential(&c).await.unwrap(), "name taken");
+        assert_eq!(store.get_credential("github").await.unwrap(), c);
+        store.update_credential("github", b"\0new").await.unwrap();
+        let back = store.get_credential("github").await.unwrap();
+        assert_eq!((back.version, &back.sealed[..]), (2, &b"\0new"[..]));
+        assert!(matches!(
+            store.update_credential("gitlab", b"x").await,
+            Err(Error::NotFound)
+        ));
+        assert_eq!(store.list_credentials().await.unwrap(), vec![back]);
+        store.delete_credential("github").await.unwrap();
+        assert!(matches!(
+            store.delete_credential("github").await,
+            Err(Error::NotFound)
+        ));
+        assert!(store.list_credentials().await.unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn audit_records_page_in_order_filter_denied_and_prune() {
+        let Some(scratch) = Scratch::new().await else {
+            return;
+        };
+        let store = scratch.open().await;
+        let rec = |sandbox: &str, time, denied| AuditRow {
+            sandbox_id: sandbox.into(),
+            time,
+            denied,
+            event: serde_json::json!({"time": time, "denied": denied}),
+        };
+        let rows = [
+            rec("sb-1", 10, false),
+            rec("sb-1", 20, true),
+            rec("sb-2", 30, true),
+            rec("sb-1", 40, false),
+        ];
+        store.insert_audit(&rows).await.unwrap();
+        let times = |v: Vec<(i64, Value)>| -> Vec<i64> {
+            v.iter().map(|(_, e)| e["time"].as_i64().unwrap()).collect()
+        };
+        let all = store.list_audit("sb-1", 0, false, 100).await.unwrap();
+        assert_eq!(times(all.clone()), [10, 20, 40]);
+        let after_first = store.list_audit("sb-1", all[0].0, false, 1).await.unwrap();
+        assert_eq!(times(after_first), [20]);
+        let denied = store.list_audit("sb-1", 0, true, 100).await.unwrap();
+        assert_eq!(times(denied), [20]);
+        assert_eq!(store.prune_audit(25).await.unwrap(), 2);
+        assert_eq!(
+            times(store.list_audit("sb-1", 0, false, 100).await.unwrap()),
+            [40]
+        );
+        store.delete_audit("sb-2").await.unwrap();
+        assert!(
+            store
+                .list_audit("sb-2", 0, false, 100)
+                .await
+                .unwrap()
+                .is_empty()
+        );
+    }
+
+    #[tokio::test]
+    async fn documents_are_replaced_in_place_and_events_kept_in_order() {
+        let Some(scratch) = Scratch::new().await else {
+            return;
+        };
+        let store = scratch.open().await;
+        let doc = |v: i64| serde_json::json!({"id": "agent_1", "version": v});
+        store.put_doc("agent", "agent_1", &doc(1)).await.unwrap();
+        store.put_doc("agent", "agent_0", &doc(0)).await.unwrap();
+        store.put_doc("agent", "agent_1", &doc(2)).await.unwrap();
+        store.put_doc("session", "s", &doc(3)).await.unwrap();
+        assert_eq!(store.load_docs("agent").await.unwrap(), [doc(0), doc(2)]);
+        store.delete_doc("agent", "agent_0").await.unwrap();
+        assert_eq!(store.load_docs("agent").await.unwrap(), [doc(2)]);
+        for seq in [1, 2, 10] {
+            store.append_event("s", seq, &doc(seq)).await.unwrap();
+        }
+        assert!(
+            store.append_event("s", 2, &doc(2)).await.is_err(),
+            "seq reused"
+        );
+        assert_eq!(
+            store.load_events("s").await.unwrap(),
+            [doc(1), doc(2), doc(10)]
+        );
+        store.delete_events("s").await.unwrap();
+        assert!(store.load_events("s").await.unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_document_that_is_not_json_is_an_error_naming_it() {
+        let Some(scratch) = Scratch::new().await else {
+            return;
+        };
+        let db = scratch.open().await;
+        db.put_doc("agent", "agent_1@1", &serde_json::json!({"id": "agent_1"}))
+            .await
+            .unwrap();
+        assert_eq!(db.load_docs("agent").await.unwrap().len(), 1);
+        sqlx::query("INSERT INTO ma_docs (kind, id, doc) VALUES ('agent', 'agent_2@1', '{cut')")
+            .execute(&db.pool)
+            .await
+            .unwrap();
+        let err = db.load_docs("agent").await.unwrap_err().to_string();
+        assert!(err.contains("managed agents agent agent_2@1"), "{err}");
+    }
+}
