@@ -79,7 +79,21 @@ async fn round_trip_keeps_every_entry_and_its_metadata() {
     let b = w.node("node-b").await;
     let dest = w.path("restored");
     let restored = b.restore(&id(1, 1), &dest).await.unwrap();
-    assert!(restored.stats.chunks_fetched > 0 && restored.stats.chunks_cached == 0);
+    // Every distinct chunk comes from the store; a repeat of one (identical
+    // small files) may find it cached already, depending on how the
+    // concurrent fetches land.
+    let distinct: std::collections::HashSet<_> = written
+        .manifest
+        .chunks()
+        .map(|c| c.id.to_string())
+        .collect();
+    let st = &restored.stats;
+    assert!(st.chunks_fetched >= distinct.len() as u64, "{st:?}");
+    assert_eq!(
+        st.chunks_fetched + st.chunks_cached,
+        written.manifest.chunks().count() as u64,
+        "{st:?}"
+    );
     // atime as the source had it before it was read (checked first: the
     // comparison below reads the files).
     let big = std::fs::metadata(dest.join("a/big")).unwrap();
