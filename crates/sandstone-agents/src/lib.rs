@@ -81,7 +81,7 @@ pub struct Agents {
     skills: skills::Skills,
     config: Config,
     api_keys: ApiKeyCheck,
-    http: reqwest::Client,
+    http: model::Http,
 }
 
 /// Why the control plane did not start.
@@ -97,8 +97,6 @@ pub enum StartError {
         id: String,
         message: String,
     },
-    #[error("model API client: {0}")]
-    Http(#[from] reqwest::Error),
 }
 
 impl Agents {
@@ -124,13 +122,7 @@ impl Agents {
             skills,
             config,
             api_keys,
-            // No redirects: the model key must not follow one to another
-            // host (reqwest keeps custom headers across hosts).
-            http: reqwest::Client::builder()
-                .redirect(reqwest::redirect::Policy::none())
-                .connect_timeout(Duration::from_secs(10))
-                .read_timeout(Duration::from_secs(300))
-                .build()?,
+            http: model::Http::default(),
         });
         spawn_lease_expiry(agents.clone());
         for id in running {

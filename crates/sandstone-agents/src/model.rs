@@ -154,11 +154,32 @@ fn failed(status: Option<u16>, message: impl Into<String>) -> ModelError {
     }
 }
 
-pub async fn call(
-    http: &reqwest::Client,
-    config: &crate::Config,
-    body: &Value,
-) -> Result<Answer, ModelError> {
+/// The Messages API's HTTP client, built on the first model call: building
+/// it loads the host's trust store for HTTPS (about 1 MiB resident), which
+/// a daemon whose agent loop never runs need not hold.
+#[derive(Default)]
+pub struct Http(std::sync::OnceLock<reqwest::Client>);
+
+impl Http {
+    fn get(&self) -> Result<&reqwest::Client, ModelError> {
+        if let Some(c) = self.0.get() {
+            return Ok(c);
+        }
+        // No redirects: the model key must not follow one to another host
+        // (reqwest keeps custom headers across hosts).
+        let c = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .connect_timeout(std::time::Duration::from_secs(10))
+            .read_timeout(std::time::Duration::from_secs(300))
+            .build()
+            .map_err(|e| failed(None, format!("HTTP client: {e}")))?;
+        // Two first calls at once may both build one; the first stored wins.
+        Ok(self.0.get_or_init(|| c))
+    }
+}
+
+pub async fn call(http: &Http, config: &crate::Config, body: &Value) -> Result<Answer, ModelError> {
+    let http = http.get()?;
     let url = format!(
         "{}/v1/messages",
         config.model_base_url.trim_end_matches('/')
