@@ -108,6 +108,43 @@ pub struct SandboxRow {
     pub pending_op: Option<PendingOp>,
     /// Why the sandbox is `failed`, when it is.
     pub status_reason: Option<String>,
+    /// The node that runs it (and alone may change it). `None` only on rows
+    /// from before nodes existed, until a node adopts them at start.
+    pub node_id: Option<String>,
+}
+
+/// A node (`sandstone serve`) as it last announced itself in the database
+/// it shares with the others.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct NodeRecord {
+    pub id: String,
+    /// Where the other nodes reach its API (`--advertise-url`).
+    pub url: String,
+    /// How many sandboxes it will run at once.
+    pub capacity: i64,
+    /// How many it runs (as of its last renewal).
+    pub running: i64,
+    /// The templates it can start.
+    pub templates: Vec<String>,
+    /// Set by `sandstone node drain`: no new sandboxes are placed on it.
+    pub draining: bool,
+    /// Unix milliseconds until which its lease holds: a node that stops
+    /// renewing it is dead to the others once this has passed.
+    pub lease_expires_at: i64,
+    pub started_at: i64,
+}
+
+impl NodeRecord {
+    /// Whether its lease still holds at `now_ms` (by the reader's clock:
+    /// nodes' clocks are assumed NTP-synchronised, well inside a TTL).
+    pub fn live_at(&self, now_ms: i64) -> bool {
+        self.lease_expires_at > now_ms
+    }
+
+    /// Running sandboxes per unit of capacity: placement picks the least.
+    pub fn load(&self) -> f64 {
+        self.running as f64 / self.capacity.max(1) as f64
+    }
 }
 
 /// One egress audit record (a connection or a DNS answer), as JSON.
@@ -159,6 +196,20 @@ pub trait Store: Send + Sync {
     fn insert_sandbox<'a>(&'a self, row: &'a SandboxRow) -> BoxFuture<'a, Result<()>>;
     fn get_sandbox<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<SandboxRow>>;
     fn list_sandboxes(&self) -> BoxFuture<'_, Result<Vec<SandboxRow>>>;
+    /// The sandboxes `node` runs, oldest first.
+    fn node_sandboxes<'a>(&'a self, node: &'a str) -> BoxFuture<'a, Result<Vec<SandboxRow>>>;
+    /// The node a sandbox belongs to: `Err(NotFound)` for no such sandbox.
+    fn sandbox_node<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<Option<String>>>;
+    /// Gives every sandbox without a node to `node` (rows from before
+    /// nodes existed); returns how many.
+    fn adopt_unowned<'a>(&'a self, node: &'a str) -> BoxFuture<'a, Result<u64>>;
+    /// Records a node's announcement: its address, load and templates and
+    /// a lease until `lease_expires_at`. Never changes `draining`.
+    fn announce_node<'a>(&'a self, node: &'a NodeRecord) -> BoxFuture<'a, Result<()>>;
+    /// Every node that ever announced itself, by id.
+    fn list_nodes(&self) -> BoxFuture<'_, Result<Vec<NodeRecord>>>;
+    /// Sets or clears a node's `draining` flag: `Err(NotFound)` for no such node.
+    fn set_draining<'a>(&'a self, node: &'a str, draining: bool) -> BoxFuture<'a, Result<()>>;
     /// The sandboxes whose `config.metadata` has `key` = `value`, found
     /// through an index.
     fn labeled_sandboxes<'a>(
@@ -221,8 +272,9 @@ pub trait Store: Send + Sync {
     ) -> BoxFuture<'a, Result<Vec<SnapshotRow>>>;
     fn delete_snapshot<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<()>>;
     fn delete_sandbox<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<()>>;
-    /// Slots in use, for allocating id ranges.
-    fn used_slots(&self) -> BoxFuture<'_, Result<Vec<i64>>>;
+    /// Slots `node`'s sandboxes hold (those without a node count too:
+    /// they are adopted by the first node to start).
+    fn used_slots<'a>(&'a self, node: &'a str) -> BoxFuture<'a, Result<Vec<i64>>>;
     fn add_api_key<'a>(&'a self, name: &'a str, token: &'a str) -> BoxFuture<'a, Result<()>>;
     /// The key's name when `token` is a valid API key.
     fn check_api_key<'a>(&'a self, token: &'a str) -> BoxFuture<'a, Result<Option<String>>>;

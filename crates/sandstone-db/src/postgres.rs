@@ -101,7 +101,24 @@ const MIGRATIONS: &[&str] = &["CREATE TABLE sandboxes (
     END
     $$;
     CREATE TRIGGER sandbox_labels_sync AFTER INSERT OR DELETE OR UPDATE OF config ON sandboxes
-        FOR EACH ROW EXECUTE FUNCTION sandbox_labels_sync();"];
+        FOR EACH ROW EXECUTE FUNCTION sandbox_labels_sync();",
+    // #13: nodes sharing this database. A sandbox belongs to the node that
+    // runs it; slots (host uid ranges, subnets in that node's own pool) are
+    // per node, so the uniqueness moves from `slot` to `(node_id, slot)`.
+    "CREATE TABLE nodes (
+        id TEXT PRIMARY KEY,
+        url TEXT NOT NULL,
+        capacity BIGINT NOT NULL,
+        running BIGINT NOT NULL,
+        templates TEXT NOT NULL,
+        draining BOOLEAN NOT NULL DEFAULT false,
+        lease_expires_at BIGINT NOT NULL,
+        started_at BIGINT NOT NULL
+    );
+    ALTER TABLE sandboxes ADD COLUMN node_id TEXT;
+    ALTER TABLE sandboxes DROP CONSTRAINT sandboxes_slot_key;
+    ALTER TABLE sandboxes ADD CONSTRAINT sandboxes_node_slot UNIQUE (node_id, slot);
+    CREATE INDEX sandboxes_node ON sandboxes (node_id);"];
 
 /// Nodes starting together on one database: the first to take this lock
 /// migrates, the others wait for its commit and find nothing left to do.

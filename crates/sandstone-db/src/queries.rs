@@ -6,8 +6,8 @@
 use super::{Backend, Db};
 use crate::agents::{AgentsStore, parse};
 use crate::{
-    AuditRow, CredentialRow, Error, PendingOp, Result, SandboxRow, SandboxStatus, SnapshotRow,
-    Store, now_ms, token_hash,
+    AuditRow, CredentialRow, Error, NodeRecord, PendingOp, Result, SandboxRow, SandboxStatus,
+    SnapshotRow, Store, now_ms, token_hash,
 };
 use futures_util::future::BoxFuture;
 use serde_json::Value;
@@ -50,7 +50,7 @@ pub(super) async fn migrate(
 // change under it when a migration adds a column.
 macro_rules! sandbox_cols {
     () => {
-        "id, template, status, config, slot, pid, generation, created_at, updated_at, pending_op, status_reason"
+        "id, template, status, config, slot, pid, generation, created_at, updated_at, pending_op, status_reason, node_id"
     };
 }
 
@@ -83,6 +83,21 @@ fn row_to_sandbox(r: &Row) -> Result<SandboxRow> {
             .map(str::parse)
             .transpose()?,
         status_reason: r.get("status_reason"),
+        node_id: r.get("node_id"),
+    })
+}
+
+fn row_to_node(r: &Row) -> Result<NodeRecord> {
+    let templates: String = r.get("templates");
+    Ok(NodeRecord {
+        id: r.get("id"),
+        url: r.get("url"),
+        capacity: r.get("capacity"),
+        running: r.get("running"),
+        templates: serde_json::from_str(&templates).map_err(|e| Error::Corrupt(e.to_string()))?,
+        draining: r.get("draining"),
+        lease_expires_at: r.get("lease_expires_at"),
+        started_at: r.get("started_at"),
     })
 }
 
@@ -121,8 +136,8 @@ impl Store for Backend {
     fn insert_sandbox<'a>(&'a self, row: &'a SandboxRow) -> BoxFuture<'a, Result<()>> {
         Box::pin(async move {
             sqlx::query(
-                "INSERT INTO sandboxes (id, template, status, config, slot, pid, generation, created_at, updated_at, pending_op)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+                "INSERT INTO sandboxes (id, template, status, config, slot, pid, generation, created_at, updated_at, pending_op, node_id)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
             )
             .bind(&row.id)
             .bind(&row.template)
@@ -134,6 +149,7 @@ impl Store for Backend {
             .bind(row.created_at)
             .bind(row.updated_at)
             .bind(row.pending_op.map(PendingOp::as_str))
+            .bind(&row.node_id)
             .execute(&self.pool)
             .await?;
             Ok(())
@@ -190,6 +206,92 @@ impl Store for Backend {
             .iter()
             .map(row_to_sandbox)
             .collect()
+        })
+    }
+
+    fn node_sandboxes<'a>(&'a self, node: &'a str) -> BoxFuture<'a, Result<Vec<SandboxRow>>> {
+        Box::pin(async move {
+            sqlx::query(concat!(
+                "SELECT ",
+                sandbox_cols!(),
+                " FROM sandboxes WHERE node_id = $1 ORDER BY created_at, id"
+            ))
+            .bind(node)
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(row_to_sandbox)
+            .collect()
+        })
+    }
+
+    fn sandbox_node<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<Option<String>>> {
+        Box::pin(async move {
+            sqlx::query_scalar("SELECT node_id FROM sandboxes WHERE id = $1")
+                .bind(id)
+                .fetch_optional(&self.pool)
+                .await?
+                .ok_or(Error::NotFound)
+        })
+    }
+
+    fn adopt_unowned<'a>(&'a self, node: &'a str) -> BoxFuture<'a, Result<u64>> {
+        Box::pin(async move {
+            let done = sqlx::query("UPDATE sandboxes SET node_id = $1 WHERE node_id IS NULL")
+                .bind(node)
+                .execute(&self.pool)
+                .await?;
+            Ok(done.rows_affected())
+        })
+    }
+
+    fn announce_node<'a>(&'a self, n: &'a NodeRecord) -> BoxFuture<'a, Result<()>> {
+        Box::pin(async move {
+            let templates =
+                serde_json::to_string(&n.templates).map_err(|e| Error::Corrupt(e.to_string()))?;
+            sqlx::query(
+                "INSERT INTO nodes (id, url, capacity, running, templates, draining, lease_expires_at, started_at)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+                 ON CONFLICT (id) DO UPDATE SET url = $2, capacity = $3, running = $4,
+                     templates = $5, lease_expires_at = $7, started_at = $8",
+            )
+            .bind(&n.id)
+            .bind(&n.url)
+            .bind(n.capacity)
+            .bind(n.running)
+            .bind(templates)
+            .bind(n.draining)
+            .bind(n.lease_expires_at)
+            .bind(n.started_at)
+            .execute(&self.pool)
+            .await?;
+            Ok(())
+        })
+    }
+
+    fn list_nodes(&self) -> BoxFuture<'_, Result<Vec<NodeRecord>>> {
+        Box::pin(async move {
+            sqlx::query(
+                "SELECT id, url, capacity, running, templates, draining, lease_expires_at, started_at
+                 FROM nodes ORDER BY id",
+            )
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(row_to_node)
+            .collect()
+        })
+    }
+
+    fn set_draining<'a>(&'a self, node: &'a str, draining: bool) -> BoxFuture<'a, Result<()>> {
+        Box::pin(async move {
+            found(
+                sqlx::query("UPDATE nodes SET draining = $1 WHERE id = $2")
+                    .bind(draining)
+                    .bind(node)
+                    .execute(&self.pool)
+                    .await?,
+            )
         })
     }
 
@@ -498,13 +600,14 @@ impl Store for Backend {
         })
     }
 
-    fn used_slots(&self) -> BoxFuture<'_, Result<Vec<i64>>> {
+    fn used_slots<'a>(&'a self, node: &'a str) -> BoxFuture<'a, Result<Vec<i64>>> {
         Box::pin(async move {
-            Ok(
-                sqlx::query_scalar("SELECT slot FROM sandboxes ORDER BY slot")
-                    .fetch_all(&self.pool)
-                    .await?,
+            Ok(sqlx::query_scalar(
+                "SELECT slot FROM sandboxes WHERE node_id = $1 OR node_id IS NULL ORDER BY slot",
             )
+            .bind(node)
+            .fetch_all(&self.pool)
+            .await?)
         })
     }
 
@@ -647,6 +750,7 @@ mod tests {
             updated_at: 1,
             pending_op: None,
             status_reason: None,
+            node_id: Some("node-a".into()),
         }
     }
 
@@ -723,6 +827,67 @@ mod tests {
         }
     }
 
+    /// Nodes announce themselves; a re-announcement renews the lease and
+    /// load but keeps `draining`; sandboxes belong to nodes, and rows from
+    /// before nodes go to the first node that adopts them.
+    #[tokio::test]
+    async fn nodes_announce_drain_and_own_sandboxes() {
+        let Some(scratch) = Scratch::new().await else {
+            return;
+        };
+        let store = scratch.open().await;
+        let mut a = NodeRecord {
+            id: "node-a".into(),
+            url: "http://127.0.0.1:1".into(),
+            capacity: 10,
+            running: 1,
+            templates: vec!["host".into(), "default".into()],
+            draining: false,
+            lease_expires_at: 5_000,
+            started_at: 1_000,
+        };
+        store.announce_node(&a).await.unwrap();
+        store.set_draining("node-a", true).await.unwrap();
+        a.running = 4;
+        a.lease_expires_at = 9_000;
+        store.announce_node(&a).await.unwrap();
+        let nodes = store.list_nodes().await.unwrap();
+        assert_eq!(nodes.len(), 1);
+        assert_eq!(nodes[0].running, 4);
+        assert_eq!(nodes[0].templates, ["host", "default"]);
+        assert!(nodes[0].draining, "a renewal must not undo a drain");
+        assert!(nodes[0].live_at(8_999) && !nodes[0].live_at(9_000));
+        assert!(matches!(
+            store.set_draining("node-z", true).await,
+            Err(Error::NotFound)
+        ));
+
+        let mine = sandbox("sb-a", 1, serde_json::json!({}));
+        let mut theirs = sandbox("sb-b", 5, serde_json::json!({}));
+        theirs.node_id = Some("node-b".into());
+        let mut old = sandbox("sb-old", 2, serde_json::json!({}));
+        old.node_id = None;
+        for row in [&mine, &theirs, &old] {
+            store.insert_sandbox(row).await.unwrap();
+        }
+        assert_eq!(
+            store.sandbox_node("sb-b").await.unwrap().as_deref(),
+            Some("node-b")
+        );
+        assert!(matches!(
+            store.sandbox_node("sb-none").await,
+            Err(Error::NotFound)
+        ));
+        assert_eq!(store.used_slots("node-b").await.unwrap(), vec![2, 5]);
+        assert_eq!(store.adopt_unowned("node-a").await.unwrap(), 1);
+        let ids = |rows: Vec<SandboxRow>| rows.into_iter().map(|r| r.id).collect::<Vec<_>>();
+        assert_eq!(
+            ids(store.node_sandboxes("node-a").await.unwrap()),
+            ["sb-a", "sb-old"]
+        );
+        assert_eq!(ids(store.node_sandboxes("node-b").await.unwrap()), ["sb-b"]);
+    }
+
     #[tokio::test]
     async fn sandboxes_and_keys_round_trip_and_survive_reopen() {
         let Some(scratch) = Scratch::new().await else {
@@ -752,7 +917,8 @@ mod tests {
         assert_eq!(back.status, SandboxStatus::Failed);
         assert_eq!(back.pid, None);
         assert_eq!(back.config["ttl"], 5);
-        assert_eq!(store.used_slots().await.unwrap(), vec![3]);
+        assert_eq!(store.used_slots("node-a").await.unwrap(), vec![3]);
+        assert!(store.used_slots("node-b").await.unwrap().is_empty());
         assert_eq!(store.count_api_keys().await.unwrap(), 1);
         assert_eq!(
             store

@@ -100,6 +100,21 @@ const MIGRATIONS: &[&str] = &[
         SELECT j.key, j.value, s.id FROM sandboxes s, json_each(s.config, '$.metadata') j;",
     // Why a sandbox is `failed` (its init died), shown with that status.
     "ALTER TABLE sandboxes ADD COLUMN status_reason TEXT;",
+    // #13: the node registry and each sandbox's node. SQLite is one node's
+    // own file, so `slot` stays UNIQUE on its own (PostgreSQL makes it
+    // unique per node).
+    "CREATE TABLE nodes (
+        id TEXT PRIMARY KEY,
+        url TEXT NOT NULL,
+        capacity INTEGER NOT NULL,
+        running INTEGER NOT NULL,
+        templates TEXT NOT NULL,
+        draining INTEGER NOT NULL DEFAULT 0,
+        lease_expires_at INTEGER NOT NULL,
+        started_at INTEGER NOT NULL
+    );
+    ALTER TABLE sandboxes ADD COLUMN node_id TEXT;
+    CREATE INDEX sandboxes_node ON sandboxes (node_id);",
 ];
 
 pub struct SqliteStore {
