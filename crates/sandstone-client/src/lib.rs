@@ -173,6 +173,18 @@ impl Client {
             .await
     }
 
+    /// The nodes sharing the daemon's database (`{"nodes": [...]}`).
+    pub async fn nodes(&self) -> Result<serde_json::Value> {
+        self.call(Method::GET, "/api/v1/nodes", None).await
+    }
+
+    /// Drains node `id` (no new sandboxes there), or undoes it.
+    pub async fn set_draining(&self, id: &str, draining: bool) -> Result<serde_json::Value> {
+        let verb = if draining { "drain" } else { "undrain" };
+        self.call(Method::POST, &format!("/api/v1/nodes/{id}/{verb}"), None)
+            .await
+    }
+
     pub async fn network(&self, id: &str) -> Result<serde_json::Value> {
         self.call(
             Method::GET,

@@ -24,7 +24,8 @@ mod queries;
 /// BIGINT (so both backends decode `i64`), BYTEA, BOOLEAN, BIGSERIAL for the
 /// audit sequence, and the label triggers as one plpgsql function. The
 /// list only grows at the end, like SQLite's.
-const MIGRATIONS: &[&str] = &["CREATE TABLE sandboxes (
+const MIGRATIONS: &[&str] = &[
+    "CREATE TABLE sandboxes (
         id TEXT PRIMARY KEY,
         template TEXT NOT NULL,
         status TEXT NOT NULL,
@@ -118,7 +119,8 @@ const MIGRATIONS: &[&str] = &["CREATE TABLE sandboxes (
     ALTER TABLE sandboxes ADD COLUMN node_id TEXT;
     ALTER TABLE sandboxes DROP CONSTRAINT sandboxes_slot_key;
     ALTER TABLE sandboxes ADD CONSTRAINT sandboxes_node_slot UNIQUE (node_id, slot);
-    CREATE INDEX sandboxes_node ON sandboxes (node_id);"];
+    CREATE INDEX sandboxes_node ON sandboxes (node_id);",
+];
 
 /// Nodes starting together on one database: the first to take this lock
 /// migrates, the others wait for its commit and find nothing left to do.

@@ -13,6 +13,9 @@ pub use sandstone_api::Secret;
 /// Seals and opens secrets with the installation's key.
 pub struct Sealer {
     cipher: XChaCha20Poly1305,
+    /// Kept to derive the installation's other keys from (`derive`); never
+    /// shown, never written anywhere but the key file it came from.
+    key: [u8; 32],
 }
 
 pub(crate) fn random<const N: usize>() -> std::io::Result<[u8; N]> {
@@ -53,7 +56,17 @@ impl Sealer {
         };
         Ok(Sealer {
             cipher: XChaCha20Poly1305::new(&Key::from(key)),
+            key,
         })
+    }
+
+    /// A key for one other purpose (`context` names it, e.g. `"sandstone
+    /// node-to-node auth v1"`), derived from the sealing key with BLAKE3's
+    /// key derivation: every node sharing the sealing key (as nodes on one
+    /// database must) derives the same one, and none of them reveals the
+    /// sealing key or another context's key.
+    pub fn derive(&self, context: &'static str) -> [u8; 32] {
+        blake3::derive_key(context, &self.key)
     }
 
     /// Nonce (24 bytes) followed by the ciphertext.

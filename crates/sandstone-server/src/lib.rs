@@ -2,7 +2,9 @@
 //! volumes and the runtime in [`lifecycle`] (which speaks no HTTP) behind
 //! the REST API in `routes` (Sandbox0-compatible, under `/api/v1`).
 
+mod cluster;
 mod extract;
+mod forward;
 mod initclient;
 mod lifecycle;
 mod limits;
@@ -53,6 +55,16 @@ pub struct Config {
     pub egress_config: Option<PathBuf>,
     /// The Managed Agents control plane under `/v1`.
     pub agents: sandstone_agents::Config,
+    /// This node's id; `None`: the one recorded in the data directory
+    /// (`node.id`, made once).
+    pub node_id: Option<String>,
+    /// Where other nodes reach this one; `None`: `http://<listen>`.
+    pub advertise_url: Option<String>,
+    /// How long this node's announcement holds (renewed every third).
+    pub node_lease_ttl: std::time::Duration,
+    /// Sandboxes this node runs at once, for placement; `None`: one per
+    /// 256 MiB of memory.
+    pub capacity: Option<i64>,
 }
 
 #[derive(Clone)]
@@ -61,15 +73,22 @@ pub struct AppState {
     metrics: Arc<metrics::Metrics>,
     /// Seals credential values with the key kept outside the database.
     sealer: Arc<sandstone_db::secrets::Sealer>,
+    /// This node among the others sharing its database.
+    cluster: Arc<cluster::Cluster>,
 }
 
 /// Largest JSON body.
-const MAX_JSON_BODY: usize = 4 << 20;
+pub(crate) const MAX_JSON_BODY: usize = 4 << 20;
 
 pub const ADMIN_TOKEN_FILE: &str = "admin.token";
 
 async fn auth(State(st): State<AppState>, req: Request, next: Next) -> Response {
     let headers = req.headers();
+    // Another node forwarding a call it authenticated (the caller's key
+    // stayed there).
+    if st.cluster.forwarder.is_node(headers) {
+        return next.run(req).await;
+    }
     let value = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
     let Some(token) = sandstone_api::auth::api_key(value("authorization"), value("x-api-key"))
     else {
@@ -129,6 +148,12 @@ pub fn router(st: AppState) -> Router {
     let api = api
         // Its egress counters are labelled with sandbox ids.
         .route("/metrics", get(metrics_page))
+        // Layers run outermost last-added: authentication, then the
+        // hand-off to the node that serves the call.
+        .route_layer(middleware::from_fn_with_state(
+            st.clone(),
+            routes::cluster::to_owner,
+        ))
         .route_layer(middleware::from_fn_with_state(st.clone(), auth));
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
@@ -164,6 +189,24 @@ pub(crate) fn write_private(path: &std::path::Path, bytes: &[u8]) -> std::io::Re
         .open(path)?;
     f.write_all(bytes)?;
     f.sync_all()
+}
+
+/// This data directory's node id: read from `node.id`, made once as
+/// `node-<12 hex>` (so a restart is the same node and re-adopts its
+/// sandboxes).
+fn node_id(data_dir: &std::path::Path) -> anyhow::Result<String> {
+    let path = data_dir.join("node.id");
+    match std::fs::read_to_string(&path) {
+        Ok(id) if !id.trim().is_empty() => return Ok(id.trim().to_string()),
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(anyhow::anyhow!("read {}: {e}", path.display())),
+    }
+    let id = format!("node-{}", random_hex(6));
+    let tmp = data_dir.join(".node.id.tmp");
+    write_private(&tmp, id.as_bytes())?;
+    std::fs::rename(&tmp, &path)?;
+    Ok(id)
 }
 
 /// Creates the admin key on first start and writes it (0600) for the CLI.
@@ -246,7 +289,20 @@ pub async fn run(mut config: Config) -> anyhow::Result<()> {
         }
         None => None,
     };
+    let node = cluster::NodeConfig {
+        id: match &config.node_id {
+            Some(id) => id.clone(),
+            None => node_id(&config.data_dir)?,
+        },
+        advertise_url: config
+            .advertise_url
+            .clone()
+            .unwrap_or_else(|| format!("http://{}", config.listen)),
+        lease_ttl: config.node_lease_ttl,
+        capacity: config.capacity.unwrap_or_else(cluster::default_capacity),
+    };
     let lc = lifecycle::Lifecycle::new(
+        node.id.clone(),
         store,
         storage,
         config.init_bin.clone(),
@@ -257,6 +313,14 @@ pub async fn run(mut config: Config) -> anyhow::Result<()> {
     .await?;
     lc.adopt().await?;
     let lc = Arc::new(lc);
+    let cluster = Arc::new(cluster::Cluster::new(
+        node,
+        lc.store.clone(),
+        &sealer.derive(forward::NODE_KEY_CONTEXT),
+    ));
+    cluster.announce(&lc).await?;
+    tracing::info!(node = %cluster.me.id, url = %cluster.me.advertise_url, "node announced");
+    cluster.spawn_announcer(lc.clone());
     lc.spawn_expiry(config.audit_retention);
     lc.spawn_init_watch();
     lc.spawn_warm_pool();
@@ -264,6 +328,7 @@ pub async fn run(mut config: Config) -> anyhow::Result<()> {
         lifecycle: lc.clone(),
         metrics: Arc::new(metrics::Metrics::default()),
         sealer,
+        cluster,
     };
     let keys = lc.store.clone();
     let api_keys: sandstone_agents::ApiKeyCheck = Arc::new(move |token: String| {

@@ -4,7 +4,7 @@
 //! end-to-end test calls every listed operation.
 
 use crate::AppState;
-use crate::routes::{contexts, credentials, files, network, sandboxes, snapshots, tools};
+use crate::routes::{cluster, contexts, credentials, files, network, sandboxes, snapshots, tools};
 use axum::routing::MethodRouter;
 use serde_json::{Map, Value, json};
 
@@ -75,6 +75,9 @@ pub fn operations() -> Vec<Operation> {
         get "/api/v1/sandboxes/{id}/files/watch" files::watch => 101 None "WebSocket: subscribe to file events",
         post "/api/v1/sandboxes/{id}/tools/{name}" tools::call => 200 Json "Run an agent toolset tool (bash, read, write, edit, glob, grep) in the sandbox",
         get "/api/v1/templates" sandboxes::templates => 200 None "List templates",
+        get "/api/v1/nodes" cluster::list => 200 None "List the nodes sharing this database (load, templates, lease, draining)",
+        post "/api/v1/nodes/{id}/drain" cluster::drain => 200 None "Drain a node: no new sandboxes are placed on it",
+        post "/api/v1/nodes/{id}/undrain" cluster::undrain => 200 None "Undo a drain",
         post "/api/v1/credential-sources" credentials::create => 201 Json "Create a credential source (values are write-only)",
         get "/api/v1/credential-sources" credentials::list => 200 None "List credential sources (metadata only)",
         get "/api/v1/credential-sources/{name}" credentials::get => 200 None "Get a credential source's metadata",

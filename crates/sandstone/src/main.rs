@@ -6,6 +6,7 @@ mod bench;
 mod bench_durable;
 mod cred_cmd;
 mod exec_cmd;
+mod node_cmd;
 mod policy_cmd;
 mod sandbox_cmd;
 mod serve_cmd;
@@ -100,6 +101,11 @@ enum Cmd {
     Worker {
         #[command(subcommand)]
         cmd: worker_cmd::WorkerCmd,
+    },
+    /// The nodes sharing this daemon's database.
+    Node {
+        #[command(subcommand)]
+        cmd: node_cmd::NodeCmd,
     },
     /// Credential sources (values are write-only).
     Cred {
@@ -224,6 +230,7 @@ async fn run(cli: Cli) -> Result<()> {
         Cmd::Policy { cmd } => policy_cmd::run(&cli, cmd).await,
         Cmd::Audit { id, follow, denied } => policy_cmd::audit(&cli, id, *follow, *denied).await,
         Cmd::Cred { cmd } => cred_cmd::run(&cli, cmd).await,
+        Cmd::Node { cmd } => node_cmd::run(&cli, cmd).await,
         Cmd::Env { cmd } => agents_cmd::env(&client(&cli)?, cmd).await,
         Cmd::Agent { cmd } => agents_cmd::agent(&client(&cli)?, cmd).await,
         Cmd::Session { cmd } => agents_cmd::session(&client(&cli)?, cmd).await,

@@ -73,6 +73,43 @@ pub struct ServeArgs {
     /// Seconds a Managed Agents work item's lease lasts between heartbeats.
     #[arg(long, env = "SANDSTONE_LEASE_TTL_SECONDS", default_value_t = 300)]
     pub lease_ttl_seconds: u64,
+    /// This node's id among the nodes sharing the database (default: the
+    /// one recorded in the data directory, made once).
+    #[arg(long, env = "SANDSTONE_NODE_ID", value_parser = parse_node_id)]
+    pub node_id: Option<String>,
+    /// The URL other nodes reach this node's API at (default:
+    /// http://<listen>; set it when listening on 0.0.0.0).
+    #[arg(long, env = "SANDSTONE_ADVERTISE_URL", value_parser = parse_advertise_url)]
+    pub advertise_url: Option<String>,
+    /// Seconds this node's lease lasts (renewed every third): after it
+    /// lapses the other nodes treat the node as gone.
+    #[arg(long, env = "SANDSTONE_NODE_LEASE_TTL", default_value_t = 15, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub node_lease_ttl: u64,
+    /// Sandboxes this node runs at once, for placement (default: one per
+    /// 256 MiB of memory).
+    #[arg(long, env = "SANDSTONE_CAPACITY", value_parser = clap::value_parser!(i64).range(1..))]
+    pub capacity: Option<i64>,
+}
+
+/// 1 to 64 of `[A-Za-z0-9._-]`: it goes into a header and the logs.
+fn parse_node_id(s: &str) -> Result<String, String> {
+    let ok = (1..=64).contains(&s.len())
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
+    ok.then(|| s.to_string())
+        .ok_or_else(|| "1 to 64 letters, digits, '.', '_' or '-'".into())
+}
+
+/// An `http://host:port` base (no path, query or credentials).
+fn parse_advertise_url(s: &str) -> Result<String, String> {
+    let rest = s
+        .strip_prefix("http://")
+        .ok_or("must start with http:// (put TLS in front of the whole cluster)")?;
+    let rest = rest.trim_end_matches('/');
+    if rest.is_empty() || rest.contains(['/', '?', '#', '@']) {
+        return Err("must be http://host:port with no path, query or user".into());
+    }
+    Ok(format!("http://{rest}"))
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -98,6 +135,7 @@ pub async fn serve(data_dir: &Path, args: &ServeArgs) -> Result<()> {
         ),
         None => std::env::var("SANDSTONE_MODEL_API_KEY").ok(),
     };
+    let database_url_set = args.database_url.is_some();
     let database_url = match &args.database_url {
         Some(url) => Some(
             url.parse::<sandstone_db::PgUrl>()
@@ -135,6 +173,19 @@ pub async fn serve(data_dir: &Path, args: &ServeArgs) -> Result<()> {
             lease_ttl: std::time::Duration::from_secs(args.lease_ttl_seconds),
             max_tokens: 8192,
         },
+        node_id: args.node_id.clone(),
+        advertise_url: match &args.advertise_url {
+            Some(url) => Some(url.clone()),
+            None if args.listen.ip().is_unspecified() && database_url_set => {
+                bail!(
+                    "--advertise-url is required when listening on {} with a shared database: other nodes must know where to reach this one",
+                    args.listen
+                )
+            }
+            None => None,
+        },
+        node_lease_ttl: std::time::Duration::from_secs(args.node_lease_ttl),
+        capacity: args.capacity,
     };
     sandstone_server::run(config).await
 }

@@ -27,7 +27,7 @@ impl Lifecycle {
 
     /// One pass: pause idle sandboxes, delete those past their hard ttl.
     pub async fn expire(&self) {
-        let Ok(rows) = self.store.list_sandboxes().await else {
+        let Ok(rows) = self.store.node_sandboxes(&self.node).await else {
             return;
         };
         let now = now_ms();

@@ -57,6 +57,9 @@ pub struct Runtime {
 type InitWatch = (String, i32, Arc<std::os::fd::OwnedFd>);
 
 pub struct Lifecycle {
+    /// This node's id: the sandboxes whose row names it are the ones this
+    /// lifecycle runs, recovers, expires and allocates slots among.
+    pub node: String,
     pub store: Arc<dyn Store>,
     pub storage: Storage,
     cgroups: Driver,
@@ -95,6 +98,7 @@ pub fn config_of(row: &SandboxRow) -> SandboxConfig {
 
 impl Lifecycle {
     pub async fn new(
+        node: String,
         store: Arc<dyn Store>,
         storage: Storage,
         init_bin: PathBuf,
@@ -112,7 +116,7 @@ impl Lifecycle {
                 tracing::warn!(error = %e, "could not enable favordynmods; sandbox creation may have latency spikes")
             }
         }
-        let slots: HashSet<i64> = store.used_slots().await?.into_iter().collect();
+        let slots: HashSet<i64> = store.used_slots(&node).await?.into_iter().collect();
         if network.is_none() {
             // A networked run's table and sandbox interfaces must not
             // outlive it unfiltered.
@@ -122,6 +126,7 @@ impl Lifecycle {
         let slot_cursor = slots.iter().max().map_or(0, |m| (m + 1) % MAX_SLOTS);
         let (init_watch, init_watched) = tokio::sync::mpsc::unbounded_channel();
         Ok(Lifecycle {
+            node,
             store,
             storage,
             cgroups,
@@ -192,7 +197,8 @@ impl Lifecycle {
         self.row(id).await
     }
 
-    /// The sandboxes whose effective policy binds credential `source`.
+    /// The sandboxes whose effective policy binds credential `source`, on
+    /// every node (a credential source is the whole installation's).
     pub async fn credential_users(&self, source: &str) -> Result<Vec<String>> {
         let mut users = Vec::new();
         for row in self.store.list_sandboxes().await? {
@@ -548,6 +554,7 @@ impl Lifecycle {
             updated_at: now,
             pending_op: None,
             status_reason: None,
+            node_id: Some(self.node.clone()),
         };
         self.store.insert_sandbox(&row).await?;
         self.adopt_runtime(id, runtime);

@@ -14,7 +14,15 @@ impl Lifecycle {
     }
 
     pub async fn adopt(&self) -> anyhow::Result<()> {
-        let rows = self.store.list_sandboxes().await?;
+        // Rows from before nodes existed are this data directory's own.
+        let adopted = self.store.adopt_unowned(&self.node).await?;
+        if adopted > 0 {
+            tracing::info!(count = adopted, node = %self.node, "sandboxes from before nodes now belong to this node");
+        }
+        // Only this node's rows: the others' sandboxes run elsewhere, and
+        // volumes here that no row of this node names (a sandbox that
+        // moved away) are orphans.
+        let rows = self.store.node_sandboxes(&self.node).await?;
         for row in &rows {
             self.recover(row).await?;
         }

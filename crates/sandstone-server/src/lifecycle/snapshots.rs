@@ -155,6 +155,7 @@ impl Lifecycle {
             updated_at: now,
             pending_op: None,
             status_reason: None,
+            node_id: Some(self.node.clone()),
         };
         let recorded = match copied {
             Ok(_) => self.store.insert_sandbox(&row).await.map_err(Error::from),

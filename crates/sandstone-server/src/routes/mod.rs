@@ -1,3 +1,4 @@
+pub mod cluster;
 pub mod contexts;
 pub mod credentials;
 pub mod error;

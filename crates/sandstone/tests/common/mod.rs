@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod agents;
+pub mod cluster;
 pub use agents::assert_names;
 pub mod fault_proxy;
 
@@ -76,6 +77,8 @@ pub struct Daemon {
     port: u16,
     faults: String,
     pub http: reqwest::Client,
+    /// Extra environment of the next [`Daemon::spawn`].
+    pub env: Vec<(String, String)>,
 }
 
 /// A /24 for one test daemon's sandbox subnets, unique in this machine's
@@ -112,6 +115,14 @@ impl Daemon {
 
     /// A daemon after `sandstone setup` with `setup`'s flags.
     pub async fn start_with(setup: &[&str], faults: &str) -> Daemon {
+        let mut d = Self::set_up(setup, faults).await;
+        d.spawn().await;
+        d
+    }
+
+    /// `sandstone setup` with `setup`'s flags, its own database when the
+    /// PostgreSQL pass runs, and no daemon yet: [`Daemon::spawn`] starts it.
+    pub async fn set_up(setup: &[&str], faults: &str) -> Daemon {
         require_root();
         let data = tempfile::Builder::new()
             .prefix("sandstone-test-")
@@ -130,7 +141,7 @@ impl Daemon {
             String::from_utf8_lossy(&out.stderr)
         );
         let port = free_port();
-        let mut d = Daemon {
+        Daemon {
             crash_at: String::new(),
             warm_pool: 0,
             serve_args: Vec::new(),
@@ -146,9 +157,8 @@ impl Daemon {
             port,
             faults: faults.into(),
             http: reqwest::Client::new(),
-        };
-        d.spawn().await;
-        d
+            env: Vec::new(),
+        }
     }
 
     /// (Re)starts the daemon process on the same data dir and port.
@@ -198,6 +208,7 @@ impl Daemon {
                     .then_some("--no-network"),
             )
             .env("SANDSTONE_LOG", &self.log_level)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stderr(Stdio::from(
                 std::os::unix::fs::OpenOptionsExt::mode(
                     std::fs::OpenOptions::new().create(true).append(true),

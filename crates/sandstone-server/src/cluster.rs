@@ -1,0 +1,222 @@
+//! Nodes: every `sandstone serve` is one, and several share one PostgreSQL
+//! database. A node announces itself (id, advertised URL, capacity, load,
+//! templates) with a lease it renews every third of its TTL; the others see
+//! it as live until the lease runs out. One machine with no flags is a
+//! cluster of one, and none of this costs it anything on the hot path.
+//!
+//! Any node answers any call. A call for a sandbox another live node runs is
+//! forwarded there ([`crate::forward`]); a create is placed on the
+//! least-loaded live node that is not draining and has the template. Lists
+//! and the Managed Agents API read the shared database directly.
+//!
+//! What is not here yet (issue #13 continues): fencing numbers and taking
+//! over the sandboxes of a node whose lease ran out; until then a call for
+//! such a sandbox is a 503 naming the node, and nothing else touches it.
+
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use sandstone_db::{NodeRecord, Store};
+
+use crate::forward::Forwarder;
+use crate::lifecycle::Lifecycle;
+
+/// Who this node is to the others (`serve --node-id`, `--advertise-url`, …).
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    pub id: String,
+    /// Where the other nodes send calls for this node's sandboxes.
+    pub advertise_url: String,
+    /// How long an announcement holds; renewed every third of it.
+    pub lease_ttl: Duration,
+    /// Sandboxes it runs at once, for placement.
+    pub capacity: i64,
+}
+
+/// Where a call for a sandbox is served.
+#[derive(Debug, PartialEq)]
+pub enum Route {
+    /// Here: this node runs it, or no node does (and the call says so).
+    Local,
+    /// On its live owner, at this URL.
+    Remote { node: String, url: String },
+    /// Its owner's lease has run out.
+    OwnerDown { node: String },
+}
+
+pub struct Cluster {
+    pub me: NodeConfig,
+    store: Arc<dyn Store>,
+    pub forwarder: Forwarder,
+    /// Every node as of the last announcement round, this one included:
+    /// placement reads it without a query.
+    view: RwLock<Arc<Vec<NodeRecord>>>,
+    started_at: i64,
+}
+
+impl Cluster {
+    pub fn new(me: NodeConfig, store: Arc<dyn Store>, node_key: &[u8; 32]) -> Cluster {
+        Cluster {
+            forwarder: Forwarder::new(&me.id, node_key),
+            me,
+            store,
+            view: RwLock::new(Arc::new(Vec::new())),
+            started_at: now_ms(),
+        }
+    }
+
+    /// Announces this node (renewing its lease) and refreshes the view of
+    /// the others.
+    pub async fn announce(&self, lc: &Lifecycle) -> sandstone_db::Result<()> {
+        let mut templates: Vec<String> = match lc.storage.templates() {
+            Ok(all) => all.into_iter().map(|t| t.id).collect(),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot list this node's templates");
+                Vec::new()
+            }
+        };
+        templates.sort();
+        let record = NodeRecord {
+            id: self.me.id.clone(),
+            url: self.me.advertise_url.clone(),
+            capacity: self.me.capacity,
+            running: lc.running_count() as i64,
+            templates,
+            draining: false,
+            lease_expires_at: now_ms() + self.me.lease_ttl.as_millis() as i64,
+            started_at: self.started_at,
+        };
+        self.store.announce_node(&record).await?;
+        self.refresh().await
+    }
+
+    async fn refresh(&self) -> sandstone_db::Result<()> {
+        let nodes = self.store.list_nodes().await?;
+        *self.view.write().expect("lock poisoned: a holder panicked") = Arc::new(nodes);
+        Ok(())
+    }
+
+    fn view(&self) -> Arc<Vec<NodeRecord>> {
+        self.view
+            .read()
+            .expect("lock poisoned: a holder panicked")
+            .clone()
+    }
+
+    /// Every node as last seen, with whether it is live.
+    pub async fn nodes(&self) -> sandstone_db::Result<Vec<NodeRecord>> {
+        self.refresh().await?;
+        Ok(self.view().as_ref().clone())
+    }
+
+    /// Renews the lease every third of its TTL until the daemon stops. A
+    /// failed renewal is logged and retried at the next tick.
+    pub fn spawn_announcer(self: &Arc<Self>, lc: Arc<Lifecycle>) {
+        let me = self.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(me.me.lease_ttl / 3);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                if let Err(e) = me.announce(&lc).await {
+                    tracing::warn!(error = %e, "could not renew this node's lease");
+                }
+            }
+        });
+    }
+
+    /// Where a call for sandbox `id` is served. A sandbox this node runs
+    /// needs no query (the hot path: exec, files, contexts); any other id
+    /// costs one indexed lookup of its node.
+    pub async fn route(&self, lc: &Lifecycle, id: &str) -> sandstone_db::Result<Route> {
+        if lc.runtime(id).is_some() {
+            return Ok(Route::Local);
+        }
+        let owner = match self.store.sandbox_node(id).await {
+            Ok(Some(owner)) if owner != self.me.id => owner,
+            // Ours, from before nodes, or no such sandbox (the route says).
+            Ok(_) | Err(sandstone_db::Error::NotFound) => return Ok(Route::Local),
+            Err(e) => return Err(e),
+        };
+        let mut node = self.find(&owner);
+        if node.is_none() {
+            // A node that joined since the last round.
+            self.refresh().await?;
+            node = self.find(&owner);
+        }
+        Ok(match node {
+            Some(n) if n.live_at(now_ms()) => Route::Remote {
+                node: n.id,
+                url: n.url,
+            },
+            _ => Route::OwnerDown { node: owner },
+        })
+    }
+
+    /// Whether another node was live at the last round: if not, a create
+    /// is placed here without reading its body.
+    pub fn has_peers(&self) -> bool {
+        let now = now_ms();
+        self.view()
+            .iter()
+            .any(|n| n.id != self.me.id && n.live_at(now))
+    }
+
+    fn find(&self, id: &str) -> Option<NodeRecord> {
+        self.view().iter().find(|n| n.id == id).cloned()
+    }
+
+    /// The node a new sandbox of `template` goes to: the live node, not
+    /// draining, that has the template, with the fewest running sandboxes
+    /// per unit of capacity (ties by id, so concurrent callers agree). This
+    /// node counts with its own running sandboxes as of now. `None`: here
+    /// (a cluster of one, or no node has the template: the create says so).
+    /// `default` (or none) resolves on every node, so any node will do.
+    pub fn place(&self, lc: &Lifecycle, template: Option<&str>) -> Option<NodeRecord> {
+        let template = template.filter(|t| !t.is_empty() && *t != "default");
+        let view = self.view();
+        let now = now_ms();
+        let candidates = view.iter().filter_map(|n| {
+            let has_template = template.is_none_or(|t| n.templates.iter().any(|x| x == t));
+            if n.id == self.me.id {
+                let mut me = n.clone();
+                me.running = lc.running_count() as i64;
+                return (has_template && !n.draining).then_some(me);
+            }
+            (n.live_at(now) && !n.draining && has_template).then(|| n.clone())
+        });
+        let best = candidates.min_by(|a, b| {
+            a.load()
+                .partial_cmp(&b.load())
+                .unwrap_or(std::cmp::Ordering::Equal)
+                .then_with(|| a.id.cmp(&b.id))
+        })?;
+        (best.id != self.me.id).then_some(best)
+    }
+
+    /// Sets or clears `draining` on node `id`.
+    pub async fn set_draining(&self, id: &str, draining: bool) -> sandstone_db::Result<()> {
+        self.store.set_draining(id, draining).await?;
+        self.refresh().await
+    }
+}
+
+pub(crate) fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// The default `--capacity`: one running sandbox per 256 MiB of memory.
+pub fn default_capacity() -> i64 {
+    let mem = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            m.lines()
+                .find_map(|l| l.strip_prefix("MemTotal:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<i64>().ok())
+        })
+        .unwrap_or(4 << 20);
+    (mem / (256 << 10)).max(1)
+}

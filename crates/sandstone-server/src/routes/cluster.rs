@@ -1,0 +1,197 @@
+//! `/api/v1/nodes`, and the layer that sends each call to the node that
+//! serves it: a sandbox's calls to its owner, a create to the node placement
+//! picks ([`crate::cluster`] decides; this file only speaks HTTP).
+
+use crate::AppState;
+use crate::cluster::{Route, now_ms};
+use crate::error::{ApiError, ApiResult, ok};
+use crate::forward::FORWARDED_BY;
+use axum::body::{Body, Bytes};
+use axum::extract::{Path, Request, State};
+use axum::http::{Method, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use sandstone_db::NodeRecord;
+use serde::Serialize;
+
+/// A node as the API shows it.
+#[derive(Serialize)]
+struct NodeView {
+    id: String,
+    url: String,
+    capacity: i64,
+    running: i64,
+    templates: Vec<String>,
+    draining: bool,
+    /// Whether its lease holds now.
+    live: bool,
+    lease_expires_at: String,
+    started_at: String,
+    /// Whether it is the node that answered.
+    this_node: bool,
+}
+
+fn view(n: NodeRecord, me: &str) -> NodeView {
+    NodeView {
+        live: n.live_at(now_ms()),
+        this_node: n.id == me,
+        lease_expires_at: sandstone_api::timefmt::rfc3339_ms(n.lease_expires_at),
+        started_at: sandstone_api::timefmt::rfc3339_ms(n.started_at),
+        id: n.id,
+        url: n.url,
+        capacity: n.capacity,
+        running: n.running,
+        templates: n.templates,
+        draining: n.draining,
+    }
+}
+
+pub async fn list(State(st): State<AppState>) -> ApiResult<Response> {
+    let me = st.cluster.me.id.clone();
+    let nodes: Vec<NodeView> = st
+        .cluster
+        .nodes()
+        .await?
+        .into_iter()
+        .map(|n| view(n, &me))
+        .collect();
+    Ok(ok(StatusCode::OK, serde_json::json!({ "nodes": nodes })))
+}
+
+pub async fn drain(State(st): State<AppState>, Path(id): Path<String>) -> ApiResult<Response> {
+    set_draining(st, id, true).await
+}
+
+pub async fn undrain(State(st): State<AppState>, Path(id): Path<String>) -> ApiResult<Response> {
+    set_draining(st, id, false).await
+}
+
+async fn set_draining(st: AppState, id: String, draining: bool) -> ApiResult<Response> {
+    match st.cluster.set_draining(&id, draining).await {
+        Err(sandstone_db::Error::NotFound) => return Err(ApiError::not_found("node", &id)),
+        other => other?,
+    }
+    tracing::info!(node = %id, draining, "node drain changed");
+    let me = st.cluster.me.id.clone();
+    let node = st
+        .cluster
+        .nodes()
+        .await?
+        .into_iter()
+        .find(|n| n.id == id)
+        .ok_or_else(|| ApiError::not_found("node", &id))?;
+    Ok(ok(StatusCode::OK, view(node, &me)))
+}
+
+/// The calls this layer routes: a sandbox's own (`/api/v1/sandboxes/{id}…`),
+/// a snapshot's delete (its volume is on its sandbox's node) and a create
+/// (`POST /api/v1/sandboxes`).
+enum Target {
+    Sandbox(String),
+    Snapshot(String),
+    Create,
+    Here,
+}
+
+fn target(req: &Request) -> Target {
+    let path = req.uri().path();
+    if req.method() == Method::DELETE
+        && let Some(snap) = path.strip_prefix("/api/v1/sandbox-rootfs-snapshots/")
+        && !snap.is_empty()
+        && !snap.contains('/')
+    {
+        return Target::Snapshot(snap.to_string());
+    }
+    match path.strip_prefix("/api/v1/sandboxes") {
+        Some("" | "/") if req.method() == Method::POST => Target::Create,
+        Some(rest) => match rest.strip_prefix('/').and_then(|r| r.split('/').next()) {
+            Some(id) if !id.is_empty() => Target::Sandbox(id.to_string()),
+            _ => Target::Here,
+        },
+        None => Target::Here,
+    }
+}
+
+/// Sends a call to the node that serves it, or lets it through here.
+pub async fn to_owner(State(st): State<AppState>, req: Request, next: Next) -> Response {
+    let forwarded = req.headers().contains_key(FORWARDED_BY);
+    let id = match target(&req) {
+        Target::Here => return next.run(req).await,
+        Target::Create if forwarded => return next.run(req).await,
+        Target::Create => return place(st, req, next).await,
+        Target::Sandbox(id) => id,
+        Target::Snapshot(snap) => match st.lifecycle.store.get_snapshot(&snap).await {
+            Ok(s) => s.sandbox_id,
+            // No such snapshot: the route says so.
+            Err(_) => return next.run(req).await,
+        },
+    };
+    to_sandbox_owner(&st, &id, forwarded, req, next).await
+}
+
+async fn to_sandbox_owner(
+    st: &AppState,
+    id: &str,
+    forwarded: bool,
+    req: Request,
+    next: Next,
+) -> Response {
+    match st.cluster.route(&st.lifecycle, id).await {
+        Ok(Route::Local) => next.run(req).await,
+        // A forwarded call is served here or refused, never sent on: the
+        // two nodes disagree about the owner, and asking again is the
+        // caller's decision.
+        Ok(Route::Remote { node, .. }) if forwarded => not_owner(id, &node),
+        Ok(Route::Remote { node, url }) => st.cluster.forwarder.forward(&node, &url, req).await,
+        Ok(Route::OwnerDown { node }) => ApiError::unavailable(format!(
+            "sandbox {id} belongs to node {node}, whose lease has expired; \
+             it is unavailable until that node returns"
+        ))
+        .into_response(),
+        Err(e) => ApiError::from(e).into_response(),
+    }
+}
+
+fn not_owner(id: &str, owner: &str) -> Response {
+    ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "not_owner",
+        format!("sandbox {id} is served by node {owner}, not this one"),
+    )
+    .into_response()
+}
+
+/// Reads the claim's template (the body is small JSON, under the same limit
+/// the create route applies) and hands the create to the node placement
+/// picks. A cluster of one never reads the body here.
+async fn place(st: AppState, req: Request, next: Next) -> Response {
+    if !st.cluster.has_peers() {
+        return next.run(req).await;
+    }
+    let (parts, body) = req.into_parts();
+    let bytes: Bytes = match axum::body::to_bytes(body, crate::MAX_JSON_BODY).await {
+        Ok(b) => b,
+        Err(e) => {
+            return ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "body_too_large",
+                format!("request body rejected: {e}"),
+            )
+            .into_response();
+        }
+    };
+    // A body that does not parse is the create route's to reject, here.
+    let claim = serde_json::from_slice::<sandstone_api::ClaimRequest>(&bytes).ok();
+    let req = Request::from_parts(parts, Body::from(bytes));
+    // From a snapshot: where the snapshot's volume is.
+    if let Some(snap) = claim.as_ref().and_then(|c| c.snapshot_id.as_deref())
+        && let Ok(s) = st.lifecycle.store.get_snapshot(snap).await
+    {
+        return to_sandbox_owner(&st, &s.sandbox_id, false, req, next).await;
+    }
+    let template = claim.and_then(|c| c.template);
+    match st.cluster.place(&st.lifecycle, template.as_deref()) {
+        Some(node) => st.cluster.forwarder.forward(&node.id, &node.url, req).await,
+        None => next.run(req).await,
+    }
+}

@@ -1,0 +1,253 @@
+//! Several nodes on one PostgreSQL database (#13): any node answers any
+//! call, placement picks the least-loaded node, a dead owner is a clear
+//! error, nodes authenticate each other by the node key. Run in the
+//! PostgreSQL pass of `scripts/test.sh`; skipped (with a line saying so)
+//! without `SANDSTONE_TEST_DATABASE_URL`.
+
+mod common;
+
+use common::cluster::Cluster;
+use serde_json::json;
+use std::time::Duration;
+
+const TTL: Duration = Duration::from_secs(2);
+
+/// Three nodes see each other; a create through node 2 is placed on the
+/// least-loaded node; exec, a streamed upload and download, a WebSocket and
+/// a delete through the other nodes reach the sandbox where it runs.
+#[tokio::test]
+async fn any_node_serves_any_sandbox_and_creates_go_to_the_least_loaded() {
+    let Some(c) = Cluster::start(3, TTL).await else {
+        return;
+    };
+    let [n1, n2, n3] = [&c.nodes[0], &c.nodes[1], &c.nodes[2]];
+    let mut live = c.live_nodes(2).await;
+    live.sort();
+    assert_eq!(live, ["node-1", "node-2", "node-3"]);
+
+    // All empty: the tie goes to the lowest id, whichever node is asked.
+    let a = n2.create(json!({})).await;
+    assert_eq!(c.holder(&a), Some(0), "first sandbox on node-1");
+    // Once node-1's announcement shows its sandbox, node-2 is least loaded.
+    tokio::time::sleep(TTL).await;
+    let b = n3.create(json!({})).await;
+    assert_eq!(c.holder(&b), Some(1), "second sandbox on node-2");
+
+    // Exec through node 3 on node 1's sandbox.
+    let r = n3
+        .sh(
+            &a,
+            "echo $((6*7)) > /workspace/answer; cat /workspace/answer",
+        )
+        .await;
+    assert_eq!(r["stdout"], "42\n", "{r}");
+    // A 3 MiB upload through node 3, read back through node 2.
+    let body: Vec<u8> = (0..=255u8).cycle().take(3 << 20).collect();
+    let path = format!("/api/v1/sandboxes/{a}/files?path=/workspace/big.bin");
+    let resp = n3
+        .http
+        .post(format!("{}{path}", n3.url))
+        .bearer_auth(&n3.token)
+        .body(body.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let got = n2
+        .http
+        .get(format!("{}{path}", n2.url))
+        .bearer_auth(&n2.token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(got.status(), 200);
+    assert!(got.bytes().await.unwrap() == body, "download differs");
+    let on_disk = n1.sh(&a, "sha256sum < /workspace/big.bin").await;
+    assert!(
+        on_disk["stdout"]
+            .as_str()
+            .unwrap()
+            .starts_with(&common::sha256sum(&body)),
+        "{on_disk}"
+    );
+
+    // A WebSocket through node 3: file events from node 1's sandbox.
+    {
+        use futures_util::{SinkExt, StreamExt};
+        use tokio_tungstenite::tungstenite::{Message, client::IntoClientRequest};
+        let url = format!("{}/api/v1/sandboxes/{a}/files/watch", n3.url).replacen("http", "ws", 1);
+        let mut req = url.into_client_request().unwrap();
+        req.headers_mut().insert(
+            "authorization",
+            format!("Bearer {}", n3.token).parse().unwrap(),
+        );
+        let (mut ws, _) = tokio_tungstenite::connect_async(req).await.unwrap();
+        let sub = json!({"action": "subscribe", "path": "/workspace", "recursive": true});
+        ws.send(Message::Text(sub.to_string().into()))
+            .await
+            .unwrap();
+        let mut seen = Vec::new();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+        let mut wrote = false;
+        while !seen.iter().any(|t: &String| t.contains("through-node-3")) {
+            let m = tokio::time::timeout_at(deadline, ws.next())
+                .await
+                .expect("file events through node 3 in time");
+            let Some(Ok(Message::Text(t))) = m else {
+                panic!("{m:?}")
+            };
+            if !wrote && t.contains("subscribed") {
+                n2.sh(&a, "echo x > /workspace/through-node-3").await;
+                wrote = true;
+            }
+            seen.push(t.to_string());
+        }
+    }
+
+    // Lists read the shared database: every node lists both sandboxes.
+    for n in [n1, n2, n3] {
+        let (s, v) = n.get("/api/v1/sandboxes").await;
+        assert_eq!(s, 200);
+        let ids: Vec<&str> = v["data"]["sandboxes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s["id"].as_str().unwrap())
+            .collect();
+        assert!(
+            ids.contains(&a.as_str()) && ids.contains(&b.as_str()),
+            "{v}"
+        );
+    }
+
+    // A snapshot through node 3, a sandbox from it through node 2 (placed
+    // where the snapshot's volume is), the snapshot deleted through node 2.
+    let (st, v) = n3
+        .post(&format!("/api/v1/sandboxes/{a}/snapshots"), json!({}))
+        .await;
+    assert_eq!(st, 201, "{v}");
+    let snap = v["data"]["id"].as_str().unwrap().to_string();
+    let (st, v) = n2
+        .post("/api/v1/sandboxes", json!({"snapshot_id": snap}))
+        .await;
+    assert_eq!(st, 201, "{v}");
+    let from_snap = v["data"]["sandbox_id"].as_str().unwrap().to_string();
+    assert_eq!(c.holder(&from_snap), Some(0), "created beside its snapshot");
+    let r = n2.sh(&from_snap, "cat /workspace/answer").await;
+    assert_eq!(r["stdout"], "42\n", "{r}");
+    let (st, v) = n2
+        .delete(&format!("/api/v1/sandbox-rootfs-snapshots/{snap}"))
+        .await;
+    assert_eq!(st, 200, "{v}");
+    assert!(n1.snapshot_volumes().is_empty(), "node 1 kept the snapshot");
+
+    // A delete through node 3 removes node 1's volume.
+    let (s, v) = n3.delete(&format!("/api/v1/sandboxes/{a}")).await;
+    assert!(s < 300, "{v}");
+    assert_eq!(c.holder(&a), None);
+    let (s, _) = n2.get(&format!("/api/v1/sandboxes/{a}")).await;
+    assert_eq!(s, 404);
+}
+
+/// Nodes accept each other's calls by the node key alone; a forged key is
+/// refused; a forwarded call that reaches a node that is not the owner is
+/// refused, never forwarded again.
+#[tokio::test]
+async fn node_key_authenticates_and_forwarded_calls_are_not_forwarded_again() {
+    let Some(c) = Cluster::start(2, TTL).await else {
+        return;
+    };
+    let [n1, n2] = [&c.nodes[0], &c.nodes[1]];
+    let a = n1.create(json!({})).await;
+    assert_eq!(c.holder(&a), Some(0));
+    let call = |token: &str, forwarded: bool| {
+        let mut r = n2
+            .http
+            .get(format!("{}/api/v1/sandboxes/{a}/status", n2.url))
+            .header("x-sandstone-node-token", token);
+        if forwarded {
+            r = r.header("x-sandstone-forwarded-by", "node-9");
+        }
+        r.send()
+    };
+    let token = c.node_token();
+    // The node key alone authenticates (and node 2 forwards to node 1).
+    let r = call(&token, false).await.unwrap();
+    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+    // A forged key is not a node.
+    let r = call(&"0".repeat(64), false).await.unwrap();
+    assert_eq!(r.status(), 401);
+    // Already forwarded once: node 2 does not own it, so it refuses.
+    let r = call(&token, true).await.unwrap();
+    assert_eq!(r.status(), 503);
+    let v: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(v["error"]["code"], "not_owner", "{v}");
+}
+
+/// A dead owner is a clear error, at once (its address refuses: 502 naming
+/// it) and after its lease runs out (503 naming it); a drained node gets no
+/// new sandboxes, and undraining it brings it back.
+#[tokio::test]
+async fn a_dead_owner_is_a_clear_error_and_a_drained_node_gets_no_creates() {
+    let Some(mut c) = Cluster::start(2, TTL).await else {
+        return;
+    };
+    // Drain node 1 through node 2's API and the CLI.
+    let out = std::process::Command::new(common::sandstone_bin())
+        .args(["node", "drain", "node-1"])
+        .env("SANDSTONE_URL", &c.nodes[1].url)
+        .env("SANDSTONE_TOKEN", &c.nodes[1].token)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Every node sees a drain at its next announcement round.
+    tokio::time::sleep(TTL).await;
+    let (_, v) = c.nodes[0].get("/api/v1/nodes").await;
+    let node1 = &v["data"]["nodes"][0];
+    assert_eq!(
+        (node1["id"].as_str(), node1["draining"].as_bool()),
+        (Some("node-1"), Some(true))
+    );
+    for _ in 0..2 {
+        let id = c.nodes[0].create(json!({})).await;
+        assert_eq!(c.holder(&id), Some(1), "a drained node got a new sandbox");
+    }
+    let (s, _) = c.nodes[0]
+        .post("/api/v1/nodes/node-1/undrain", json!({}))
+        .await;
+    assert_eq!(s, 200);
+    let (s, v) = c.nodes[0]
+        .post("/api/v1/nodes/node-7/drain", json!({}))
+        .await;
+    assert_eq!(s, 404, "{v}");
+    tokio::time::sleep(TTL).await;
+
+    let a = c.nodes[0].create(json!({})).await;
+    assert_eq!(c.holder(&a), Some(0), "undrained node-1 is least loaded");
+    c.nodes[0].kill();
+    let path = format!("/api/v1/sandboxes/{a}/files/list?path=/workspace");
+    let (s, v) = c.nodes[1].get(&path).await;
+    assert_eq!(s, 502, "{v}");
+    assert!(
+        v["error"]["message"].as_str().unwrap().contains("node-1"),
+        "{v}"
+    );
+    tokio::time::sleep(TTL + Duration::from_millis(500)).await;
+    let (s, v) = c.nodes[1].get(&path).await;
+    assert_eq!(s, 503, "{v}");
+    let msg = v["error"]["message"].as_str().unwrap();
+    assert!(msg.contains("node-1") && msg.contains("lease"), "{v}");
+    // With node 1 gone, creates go to node 2 without waiting on it.
+    let b = c.nodes[1].create(json!({})).await;
+    assert_eq!(c.holder(&b), Some(1));
+    // Node 1 back: its sandbox is served again (files kept; the runtime
+    // it had was stopped with it, so it comes back paused or running).
+    c.nodes[0].spawn().await;
+    c.wait_live(2).await;
+    let (s, v) = c.nodes[1].get(&path).await;
+    assert_eq!(s, 200, "{v}");
+}

@@ -1,0 +1,106 @@
+//! Several nodes on this machine sharing one PostgreSQL database: each its
+//! own data dir, port and pool, all with the same sealing key (as nodes of
+//! one installation must have). Only in the PostgreSQL pass.
+
+use super::Daemon;
+use sandstone_db::testing::TestDatabase;
+use std::time::Duration;
+
+/// Node `i` (0-based) is `node-<i+1>`, so placement's tie-break by id is
+/// predictable.
+pub struct Cluster {
+    /// Declared before `db`, so the nodes stop before their database goes.
+    pub nodes: Vec<Daemon>,
+    pub db: TestDatabase,
+    /// The sealing key every node was given (hex), for deriving the node key.
+    pub secret_key: String,
+    pub ttl: Duration,
+}
+
+impl Cluster {
+    /// `n` nodes with a lease TTL of `ttl`, all up; `None` (with a printed
+    /// reason) outside the PostgreSQL pass.
+    pub async fn start(n: usize, ttl: Duration) -> Option<Cluster> {
+        super::require_root();
+        let Some(db) = TestDatabase::create().await else {
+            eprintln!(
+                "skipped: several nodes need a shared PostgreSQL database ({} unset)",
+                sandstone_db::testing::ENV
+            );
+            return None;
+        };
+        let secret_key = sandstone_api::random_hex(32);
+        let mut nodes = Vec::new();
+        for i in 0..n {
+            let mut d = Daemon::set_up(&["--no-pool"], "").await;
+            // The shared database instead of one of its own.
+            d.db = None;
+            d.serve_args = vec![
+                "--database-url".into(),
+                db.url_string().into(),
+                "--node-id".into(),
+                format!("node-{}", i + 1),
+                "--node-lease-ttl".into(),
+                ttl.as_secs().to_string(),
+            ];
+            d.env = vec![("SANDSTONE_SECRET_KEY".into(), secret_key.clone())];
+            d.spawn().await;
+            nodes.push(d);
+        }
+        let c = Cluster {
+            nodes,
+            db,
+            secret_key,
+            ttl,
+        };
+        c.wait_live(n).await;
+        Some(c)
+    }
+
+    /// Waits until node 1 sees `n` live nodes (each announces at start,
+    /// then every third of the TTL).
+    pub async fn wait_live(&self, n: usize) {
+        let deadline = std::time::Instant::now() + self.ttl * 3;
+        loop {
+            let live = self.live_nodes(0).await;
+            if live.len() == n {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{} of {n} nodes live: {live:?}",
+                live.len()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// The ids of the nodes node `via` lists as live.
+    pub async fn live_nodes(&self, via: usize) -> Vec<String> {
+        let (status, v) = self.nodes[via].get("/api/v1/nodes").await;
+        assert_eq!(status, 200, "{v}");
+        v["data"]["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|n| n["live"] == true)
+            .map(|n| n["id"].as_str().unwrap().to_string())
+            .collect()
+    }
+
+    /// The node (0-based) whose data dir holds sandbox `id`'s volume.
+    pub fn holder(&self, id: &str) -> Option<usize> {
+        self.nodes
+            .iter()
+            .position(|d| d.volumes().iter().any(|v| v == id))
+    }
+
+    /// The node-to-node token, as every node derives it.
+    pub fn node_token(&self) -> String {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("key");
+        std::fs::write(&path, hex::decode(&self.secret_key).unwrap()).unwrap();
+        let sealer = sandstone_db::secrets::Sealer::load(&path).unwrap();
+        hex::encode(sealer.derive("sandstone node-to-node auth v1"))
+    }
+}
