@@ -200,6 +200,16 @@ pub trait Store: Send + Sync {
     fn node_sandboxes<'a>(&'a self, node: &'a str) -> BoxFuture<'a, Result<Vec<SandboxRow>>>;
     /// The node a sandbox belongs to: `Err(NotFound)` for no such sandbox.
     fn sandbox_node<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<Option<String>>>;
+    /// Moves sandbox `id` from node `from` to node `to` with slot `slot`
+    /// (slots are per node), if `from` still owns it: `false` when another
+    /// node moved it first.
+    fn move_sandbox<'a>(
+        &'a self,
+        id: &'a str,
+        from: &'a str,
+        to: &'a str,
+        slot: i64,
+    ) -> BoxFuture<'a, Result<bool>>;
     /// Gives every sandbox without a node to `node` (rows from before
     /// nodes existed); returns how many.
     fn adopt_unowned<'a>(&'a self, node: &'a str) -> BoxFuture<'a, Result<u64>>;

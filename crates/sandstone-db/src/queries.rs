@@ -235,6 +235,29 @@ impl Store for Backend {
         })
     }
 
+    fn move_sandbox<'a>(
+        &'a self,
+        id: &'a str,
+        from: &'a str,
+        to: &'a str,
+        slot: i64,
+    ) -> BoxFuture<'a, Result<bool>> {
+        Box::pin(async move {
+            let done = sqlx::query(
+                "UPDATE sandboxes SET node_id = $1, slot = $2, pid = NULL, updated_at = $3
+                 WHERE id = $4 AND node_id = $5",
+            )
+            .bind(to)
+            .bind(slot)
+            .bind(now_ms())
+            .bind(id)
+            .bind(from)
+            .execute(&self.pool)
+            .await?;
+            Ok(done.rows_affected() == 1)
+        })
+    }
+
     fn adopt_unowned<'a>(&'a self, node: &'a str) -> BoxFuture<'a, Result<u64>> {
         Box::pin(async move {
             let done = sqlx::query("UPDATE sandboxes SET node_id = $1 WHERE node_id IS NULL")
@@ -886,6 +909,21 @@ mod tests {
             ["sb-a", "sb-old"]
         );
         assert_eq!(ids(store.node_sandboxes("node-b").await.unwrap()), ["sb-b"]);
+        // A move is a compare-and-set on the owner: the second one loses.
+        assert!(
+            store
+                .move_sandbox("sb-b", "node-b", "node-a", 9)
+                .await
+                .unwrap()
+        );
+        assert!(
+            !store
+                .move_sandbox("sb-b", "node-b", "node-c", 10)
+                .await
+                .unwrap()
+        );
+        let moved = store.get_sandbox("sb-b").await.unwrap();
+        assert_eq!((moved.node_id.as_deref(), moved.slot), (Some("node-a"), 9));
     }
 
     #[tokio::test]

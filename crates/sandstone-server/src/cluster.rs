@@ -138,9 +138,10 @@ impl Cluster {
             Ok(_) | Err(sandstone_db::Error::NotFound) => return Ok(Route::Local),
             Err(e) => return Err(e),
         };
-        let mut node = self.find(&owner);
+        let mut node = self.find(&owner).filter(|n| n.live_at(now_ms()));
         if node.is_none() {
-            // A node that joined since the last round.
+            // Unknown or dead as of the last round: it may have joined or
+            // come back since. The rare path pays for a fresh look.
             self.refresh().await?;
             node = self.find(&owner);
         }

@@ -65,6 +65,10 @@ pub struct Config {
     /// Sandboxes this node runs at once, for placement; `None`: one per
     /// 256 MiB of memory.
     pub capacity: Option<i64>,
+    /// Where volumes are checkpointed (`s3://bucket/prefix`, with the
+    /// endpoint, region and credentials from the AWS variables, or
+    /// `file:///path`); `None`: no checkpoints.
+    pub object_store: Option<String>,
 }
 
 #[derive(Clone)]
@@ -191,6 +195,27 @@ pub(crate) fn write_private(path: &std::path::Path, bytes: &[u8]) -> std::io::Re
     f.sync_all()
 }
 
+/// The object store at `url`, checked now (a wrong bucket, endpoint or
+/// credentials stop the start with the reason), with the checkpoint key
+/// derived from the sealing key: every node sharing that key reads every
+/// checkpoint, and the key is in neither the database nor the bucket.
+async fn open_checkpoints(
+    url: &str,
+    sealer: &sandstone_db::secrets::Sealer,
+    data_dir: &std::path::Path,
+) -> anyhow::Result<sandstone_checkpoint::Checkpoints> {
+    use sandstone_checkpoint as ckpt;
+    let blobs = ckpt::store::open(url, ckpt::store::S3Options::default())
+        .map_err(|e| anyhow::anyhow!("--object-store: {e}"))?;
+    let key = ckpt::MasterKey::from_bytes(sealer.derive("sandstone checkpoint master key v1"));
+    let options = ckpt::Options::new(data_dir.join("checkpoints"));
+    let store = ckpt::Checkpoints::open(blobs, &key, options)
+        .await
+        .map_err(|e| anyhow::anyhow!("--object-store: {e}"))?;
+    tracing::info!(store = %url, "object store open: volumes are checkpointed on pause");
+    Ok(store)
+}
+
 /// This data directory's node id: read from `node.id`, made once as
 /// `node-<12 hex>` (so a restart is the same node and re-adopts its
 /// sandboxes).
@@ -301,6 +326,10 @@ pub async fn run(mut config: Config) -> anyhow::Result<()> {
         lease_ttl: config.node_lease_ttl,
         capacity: config.capacity.unwrap_or_else(cluster::default_capacity),
     };
+    let checkpoints = match &config.object_store {
+        Some(url) => Some(open_checkpoints(url, &sealer, &config.data_dir).await?),
+        None => None,
+    };
     let lc = lifecycle::Lifecycle::new(
         node.id.clone(),
         store,
@@ -309,6 +338,7 @@ pub async fn run(mut config: Config) -> anyhow::Result<()> {
         &group,
         config.warm_pool,
         network,
+        checkpoints,
     )
     .await?;
     lc.adopt().await?;

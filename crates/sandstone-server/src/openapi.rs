@@ -46,6 +46,7 @@ pub fn operations() -> Vec<Operation> {
         get "/api/v1/sandboxes/{id}/status" sandboxes::status => 200 None "Sandbox status",
         post "/api/v1/sandboxes/{id}/pause" sandboxes::pause => 200 Json "Pause: end the processes, keep identity and files",
         post "/api/v1/sandboxes/{id}/resume" sandboxes::resume => 200 Json "Resume: a new runtime generation on the same files",
+        post "/api/v1/sandboxes/{id}/checkpoint" sandboxes::checkpoint => 200 None "Checkpoint the sandbox's files to the object store (running: frozen only for an O(1) snapshot)",
         post "/api/v1/sandboxes/{id}/refresh" sandboxes::refresh => 200 Json "Restart the idle (ttl) clock",
         post "/api/v1/sandboxes/{id}/snapshots" snapshots::create => 201 Json "Snapshot the sandbox's files (running or paused)",
         get "/api/v1/sandboxes/{id}/snapshots" snapshots::list => 200 None "List the sandbox's snapshots",

@@ -89,6 +89,12 @@ pub struct ServeArgs {
     /// 256 MiB of memory).
     #[arg(long, env = "SANDSTONE_CAPACITY", value_parser = clap::value_parser!(i64).range(1..))]
     pub capacity: Option<i64>,
+    /// Checkpoint volumes to this object store when sandboxes pause (and on
+    /// POST …/checkpoint), so any node can resume them: s3://bucket/prefix
+    /// (endpoint, region and credentials from AWS_ENDPOINT_URL, AWS_REGION,
+    /// AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY) or file:///path.
+    #[arg(long, env = "SANDSTONE_OBJECT_STORE")]
+    pub object_store: Option<String>,
 }
 
 /// 1 to 64 of `[A-Za-z0-9._-]`: it goes into a header and the logs.
@@ -186,6 +192,7 @@ pub async fn serve(data_dir: &Path, args: &ServeArgs) -> Result<()> {
         },
         node_lease_ttl: std::time::Duration::from_secs(args.node_lease_ttl),
         capacity: args.capacity,
+        object_store: args.object_store.clone(),
     };
     sandstone_server::run(config).await
 }

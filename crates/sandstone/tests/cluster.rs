@@ -251,3 +251,57 @@ async fn a_dead_owner_is_a_clear_error_and_a_drained_node_gets_no_creates() {
     let (s, v) = c.nodes[1].get(&path).await;
     assert_eq!(s, 200, "{v}");
 }
+
+/// With an object store: a sandbox paused on node 1 has a complete
+/// checkpoint; node 1 is killed (`kill -9`); a resume through node 2 takes
+/// the sandbox over and brings back the same files on node 2; node 1, back,
+/// removes its stale copy and forwards calls to the new owner.
+#[tokio::test]
+async fn a_paused_sandbox_resumes_on_another_node_after_its_node_dies() {
+    let Some(mut c) = Cluster::start_with(2, TTL, true).await else {
+        return;
+    };
+    let a = c.nodes[0].create(json!({})).await;
+    assert_eq!(c.holder(&a), Some(0));
+    let script = "set -e; mkdir -p /workspace/d /srv/app; \
+        echo 'the plaintext line of a workspace file' > /workspace/d/notes.txt; \
+        ln /workspace/d/notes.txt /workspace/d/hard; ln -s d/notes.txt /workspace/link; \
+        head -c 5000000 /dev/urandom > /workspace/blob; chmod 0751 /workspace/d; \
+        echo rootfs > /srv/app/conf; sha256sum /workspace/blob";
+    let before = c.nodes[0].sh(&a, script).await;
+    assert_eq!(before["exit_code"], 0, "{before}");
+    // Paused through node 2: forwarded to node 1, which checkpoints it.
+    let (s, v) = c.nodes[1]
+        .post(&format!("/api/v1/sandboxes/{a}/pause"), json!({}))
+        .await;
+    assert_eq!(s, 200, "{v}");
+    c.nodes[0].kill();
+    tokio::time::sleep(TTL + Duration::from_millis(500)).await;
+
+    let (s, v) = c.nodes[1]
+        .post(&format!("/api/v1/sandboxes/{a}/resume"), json!({}))
+        .await;
+    assert_eq!(s, 200, "{v}");
+    assert!(
+        c.nodes[1].volumes().contains(&a),
+        "the sandbox now lives on node 2"
+    );
+    let check = "sha256sum /workspace/blob; cat /workspace/link; stat -c '%h %a' /workspace/d/hard /workspace/d; cat /srv/app/conf";
+    let after = c.nodes[1].sh(&a, check).await;
+    let want = format!(
+        "{}the plaintext line of a workspace file\n2 644\n2 751\nrootfs\n",
+        before["stdout"].as_str().unwrap()
+    );
+    assert_eq!(after["stdout"], want.as_str(), "{after}");
+
+    // Node 1 comes back: its copy is no longer its own and goes; calls
+    // through it reach node 2.
+    c.nodes[0].spawn().await;
+    c.wait_live(2).await;
+    assert!(
+        !c.nodes[0].volumes().contains(&a),
+        "node 1 kept a stale copy"
+    );
+    let r = c.nodes[0].sh(&a, "cat /srv/app/conf").await;
+    assert_eq!(r["stdout"], "rootfs\n", "{r}");
+}

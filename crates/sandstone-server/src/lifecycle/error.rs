@@ -19,6 +19,10 @@ pub enum Error {
     /// The storage pool is down to its reserve.
     #[error("{0}")]
     NoSpace(String),
+    /// A service the operation needs (the object store) failed; the text
+    /// says which and why. Nothing was changed on its account.
+    #[error("{0}")]
+    Unavailable(String),
     #[error("sandbox init unreachable: {0}")]
     InitUnreachable(std::io::Error),
     #[error(transparent)]

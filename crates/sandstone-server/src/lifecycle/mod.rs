@@ -10,6 +10,7 @@
 //! turns into status codes and the API's error envelope.
 
 pub(crate) mod bash;
+mod checkpoint;
 mod error;
 mod expiry;
 pub(crate) mod network;
@@ -77,6 +78,8 @@ pub struct Lifecycle {
     /// (started with the daemon) takes the receiver.
     init_watch: tokio::sync::mpsc::UnboundedSender<InitWatch>,
     init_watched: Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<InitWatch>>>,
+    /// The object store volumes are checkpointed to (`--object-store`).
+    checkpoints: Option<checkpoint::Checkpointer>,
 }
 
 pub use network::{
@@ -105,6 +108,7 @@ impl Lifecycle {
         cgroup_group: &str,
         warm_pool: usize,
         network: Option<Network>,
+        checkpoints: Option<sandstone_checkpoint::Checkpoints>,
     ) -> anyhow::Result<Lifecycle> {
         let cgroups = Driver::detect(cgroup_group)?;
         match sandstone_runtime::cgroup::favor_dynamic_modifications() {
@@ -140,6 +144,7 @@ impl Lifecycle {
             network,
             init_watch,
             init_watched: Mutex::new(Some(init_watched)),
+            checkpoints: checkpoints.map(checkpoint::Checkpointer::new),
         })
     }
 
@@ -753,10 +758,15 @@ impl Lifecycle {
             .lock()
             .expect("lock poisoned: a holder panicked")
             .remove(id);
+        // Before the row says paused: a paused sandbox has a complete
+        // checkpoint, so its node's death loses nothing. A failed upload
+        // leaves it paused on this node's disk, and says so.
+        let checkpointed = self.checkpoint_paused(id).await;
         self.store
             .set_status(id, SandboxStatus::Paused, None)
             .await?;
         self.store.set_pending(id, None).await?;
+        checkpointed?;
         self.row(id).await
     }
 
@@ -775,6 +785,10 @@ impl Lifecycle {
         }
         let template = self.template(&row.template)?;
         self.check_free_space()?;
+        // Last paused (or made) on another node: its files come from the
+        // object store.
+        let disk = self.disk_limit(&template, config_of(&row).resources.as_ref())?;
+        self.materialise(id, disk).await?;
         self.store.set_pending(id, Some(PendingOp::Resume)).await?;
         let runtime = match self.launch(id, &template, &config_of(&row), row.slot).await {
             Ok(r) => r,
@@ -816,6 +830,7 @@ impl Lifecycle {
         }
         self.store.delete_sandbox(id).await?;
         self.store.delete_audit(id).await?;
+        self.forget_checkpoints(id).await;
         self.activity
             .lock()
             .expect("lock poisoned: a holder panicked")

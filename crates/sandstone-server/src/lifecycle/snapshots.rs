@@ -10,7 +10,7 @@ use sandstone_db::{PendingOp, SandboxRow, SandboxStatus, SnapshotRow};
 use sandstone_runtime::fault;
 
 impl Lifecycle {
-    fn disk_cap(
+    pub(super) fn disk_cap(
         &self,
         template: &str,
         res: Option<&sandstone_api::Resources>,
@@ -20,7 +20,7 @@ impl Lifecycle {
     }
 
     /// Runs `copy` with the sandbox's processes frozen when it is running.
-    fn frozen<T>(&self, id: &str, copy: impl FnOnce() -> Result<T>) -> Result<T> {
+    pub(super) fn frozen<T>(&self, id: &str, copy: impl FnOnce() -> Result<T>) -> Result<T> {
         let Some(rt) = self.runtime(id) else {
             return copy();
         };

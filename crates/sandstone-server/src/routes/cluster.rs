@@ -143,11 +143,18 @@ async fn to_sandbox_owner(
         // caller's decision.
         Ok(Route::Remote { node, .. }) if forwarded => not_owner(id, &node),
         Ok(Route::Remote { node, url }) => st.cluster.forwarder.forward(&node, &url, req).await,
-        Ok(Route::OwnerDown { node }) => ApiError::unavailable(format!(
-            "sandbox {id} belongs to node {node}, whose lease has expired; \
-             it is unavailable until that node returns"
-        ))
-        .into_response(),
+        // A paused sandbox of a node that is gone moves here (its files
+        // come from its last checkpoint); anything else waits for its node.
+        Ok(Route::OwnerDown { node }) => match st.lifecycle.take_over(id, &node).await {
+            Ok(true) => next.run(req).await,
+            Ok(false) => ApiError::unavailable(format!(
+                "sandbox {id} belongs to node {node}, whose lease has expired; \
+                 it is unavailable until that node returns (only a paused sandbox \
+                 with a checkpoint moves to another node)"
+            ))
+            .into_response(),
+            Err(e) => ApiError::from(e).into_response(),
+        },
         Err(e) => ApiError::from(e).into_response(),
     }
 }

@@ -121,7 +121,9 @@ impl From<lifecycle::Error> for ApiError {
             E::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
             E::NoSlot => (StatusCode::TOO_MANY_REQUESTS, "capacity"),
             E::NoSpace(_) => (StatusCode::INSUFFICIENT_STORAGE, "no_space"),
-            E::InitUnreachable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+            E::InitUnreachable(_) | E::Unavailable(_) => {
+                (StatusCode::SERVICE_UNAVAILABLE, "unavailable")
+            }
             E::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         };
         Self::new(status, code, message)

@@ -285,3 +285,17 @@ pub async fn templates(State(st): State<AppState>) -> ApiResult<Response> {
         .collect();
     Ok(ok(StatusCode::OK, api::TemplateList { templates: list }))
 }
+
+/// `POST /api/v1/sandboxes/{id}/checkpoint`.
+pub async fn checkpoint(State(st): State<AppState>, Path(id): Path<String>) -> ApiResult<Response> {
+    let taken = st.lifecycle.checkpoint(&id).await?;
+    Ok(ok(
+        StatusCode::OK,
+        serde_json::json!({
+            "sandbox_id": taken.sandbox_id,
+            "generation": taken.generation,
+            "created_at": rfc3339_ms(taken.created_at),
+            "stats": taken.stats,
+        }),
+    ))
+}

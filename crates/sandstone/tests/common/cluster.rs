@@ -9,18 +9,102 @@ use std::time::Duration;
 /// Node `i` (0-based) is `node-<i+1>`, so placement's tie-break by id is
 /// predictable.
 pub struct Cluster {
-    /// Declared before `db`, so the nodes stop before their database goes.
+    /// Declared before `db` and `s3`, so the nodes stop before the
+    /// services they use.
     pub nodes: Vec<Daemon>,
     pub db: TestDatabase,
     /// The sealing key every node was given (hex), for deriving the node key.
     pub secret_key: String,
     pub ttl: Duration,
+    /// The S3 server the nodes checkpoint to, when asked for.
+    pub s3: Option<Moto>,
+}
+
+/// moto's S3 server (from `scripts/s3-server.sh install`), with
+/// authentication off and one bucket.
+pub struct Moto {
+    child: std::process::Child,
+    pub endpoint: String,
+}
+
+impl Drop for Moto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Moto {
+    pub const BUCKET: &str = "sandstone-test";
+
+    /// Starts it, or panics: `scripts/test.sh` installs it and names it in
+    /// `SANDSTONE_MOTO_SERVER` (else `/opt/sandstone-moto`).
+    pub async fn start() -> Moto {
+        let bin = std::env::var("SANDSTONE_MOTO_SERVER")
+            .unwrap_or_else(|_| "/opt/sandstone-moto/bin/moto_server".into());
+        assert!(
+            std::path::Path::new(&bin).is_file(),
+            "no moto_server at {bin}: run scripts/s3-server.sh install"
+        );
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let child = std::process::Command::new(bin)
+            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let m = Moto {
+            child,
+            endpoint: format!("http://127.0.0.1:{port}"),
+        };
+        let http = reqwest::Client::new();
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Ok(r) = http
+                .put(format!("{}/{}", m.endpoint, Self::BUCKET))
+                .send()
+                .await
+                && r.status().is_success()
+            {
+                return m;
+            }
+            assert!(std::time::Instant::now() < deadline, "moto did not start");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// The settings a node needs to checkpoint here.
+    pub fn env(&self) -> Vec<(String, String)> {
+        [
+            (
+                "SANDSTONE_OBJECT_STORE",
+                format!("s3://{}/nodes", Self::BUCKET),
+            ),
+            ("AWS_ENDPOINT_URL", self.endpoint.clone()),
+            ("AWS_REGION", "us-east-1".into()),
+            ("AWS_ACCESS_KEY_ID", "test".into()),
+            ("AWS_SECRET_ACCESS_KEY", "test-secret".into()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect()
+    }
 }
 
 impl Cluster {
     /// `n` nodes with a lease TTL of `ttl`, all up; `None` (with a printed
     /// reason) outside the PostgreSQL pass.
     pub async fn start(n: usize, ttl: Duration) -> Option<Cluster> {
+        Self::start_with(n, ttl, false).await
+    }
+
+    /// As [`Cluster::start`], checkpointing to a moto S3 server when
+    /// `object_store`.
+    pub async fn start_with(n: usize, ttl: Duration, object_store: bool) -> Option<Cluster> {
         super::require_root();
         let Some(db) = TestDatabase::create().await else {
             eprintln!(
@@ -30,6 +114,11 @@ impl Cluster {
             return None;
         };
         let secret_key = sandstone_api::random_hex(32);
+        let s3 = if object_store {
+            Some(Moto::start().await)
+        } else {
+            None
+        };
         let mut nodes = Vec::new();
         for i in 0..n {
             let mut d = Daemon::set_up(&["--no-pool"], "").await;
@@ -44,6 +133,7 @@ impl Cluster {
                 ttl.as_secs().to_string(),
             ];
             d.env = vec![("SANDSTONE_SECRET_KEY".into(), secret_key.clone())];
+            d.env.extend(s3.iter().flat_map(Moto::env));
             d.spawn().await;
             nodes.push(d);
         }
@@ -52,6 +142,7 @@ impl Cluster {
             db,
             secret_key,
             ttl,
+            s3,
         };
         c.wait_live(n).await;
         Some(c)

@@ -1,0 +1,300 @@
+//! Workspaces in object storage (`serve --object-store`): a sandbox's
+//! volume (its overlay upper dir and `/workspace`) is checkpointed with
+//! `sandstone-checkpoint` when it pauses — before the row says `paused`,
+//! so a paused sandbox always has a complete checkpoint and losing its node
+//! loses nothing — and on demand while it runs (frozen for an O(1)
+//! snapshot, uploaded from the snapshot). A node that has no volume for a
+//! sandbox it now owns materialises the latest checkpoint before starting
+//! it; a paused sandbox of a node whose lease ran out is taken over by the
+//! node a call reaches.
+//!
+//! Checkpoint ids: epoch 0 (fencing numbers are not built yet), generation
+//! the time in milliseconds, so the newest checkpoint sorts last.
+
+use super::{Error, Lifecycle, Result, internal};
+use sandstone_checkpoint::{
+    CheckpointId, CheckpointStats, Checkpoints, Manifest, RestoreStats, SandboxId,
+};
+use sandstone_db::SandboxStatus;
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+/// The object store, and each sandbox's last manifest on this node (so the
+/// next checkpoint reads only files that changed).
+pub struct Checkpointer {
+    store: Checkpoints,
+    previous: Mutex<HashMap<String, Manifest>>,
+}
+
+impl Checkpointer {
+    pub fn new(store: Checkpoints) -> Checkpointer {
+        Checkpointer {
+            store,
+            previous: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn previous(&self, id: &str) -> Option<Manifest> {
+        self.previous
+            .lock()
+            .expect("lock poisoned: a holder panicked")
+            .get(id)
+            .cloned()
+    }
+
+    fn remember(&self, id: &str, manifest: Manifest) {
+        self.previous
+            .lock()
+            .expect("lock poisoned: a holder panicked")
+            .insert(id.to_string(), manifest);
+    }
+}
+
+/// A checkpoint taken.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Taken {
+    pub sandbox_id: String,
+    pub generation: u64,
+    /// Unix milliseconds.
+    pub created_at: i64,
+    pub stats: Stats,
+}
+
+/// What a checkpoint read and sent.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Stats {
+    pub files: u64,
+    /// Files whose contents were not read again (unchanged since the last
+    /// checkpoint on this node).
+    pub files_unchanged: u64,
+    pub bytes_read: u64,
+    pub chunks_uploaded: u64,
+    pub bytes_uploaded: u64,
+    /// Chunks the store already had.
+    pub chunks_reused: u64,
+}
+
+impl From<&CheckpointStats> for Stats {
+    fn from(s: &CheckpointStats) -> Stats {
+        Stats {
+            files: s.files,
+            files_unchanged: s.files_unchanged,
+            bytes_read: s.bytes_read,
+            chunks_uploaded: s.chunks_uploaded,
+            bytes_uploaded: s.bytes_uploaded,
+            chunks_reused: s.chunks_reused,
+        }
+    }
+}
+
+fn unavailable(what: &str, e: impl std::fmt::Display) -> Error {
+    Error::Unavailable(format!("{what}: {e}"))
+}
+
+fn sandbox_id(id: &str) -> Result<SandboxId> {
+    SandboxId::new(id).map_err(|e| Error::Invalid(e.to_string()))
+}
+
+impl Lifecycle {
+    fn checkpointer(&self) -> Result<&Checkpointer> {
+        self.checkpoints.as_ref().ok_or_else(|| {
+            Error::Conflict("this node has no object store (serve --object-store)".into())
+        })
+    }
+
+    /// Checkpoints the tree at `tree` (sandbox `id`'s volume, or a snapshot
+    /// of it).
+    async fn checkpoint_tree(&self, id: &str, tree: &std::path::Path) -> Result<Taken> {
+        let c = self.checkpointer()?;
+        let created_at = super::now_ms();
+        let ckpt = CheckpointId::new(sandbox_id(id)?, 0, created_at as u64);
+        let previous = c.previous(id);
+        let done = c
+            .store
+            .checkpoint(tree, &ckpt, previous.as_ref())
+            .await
+            .map_err(|e| unavailable(&format!("checkpoint of sandbox {id}"), e))?;
+        let stats = Stats::from(&done.stats);
+        c.remember(id, done.manifest);
+        tracing::info!(sandbox = %id, uploaded = done.stats.bytes_uploaded, read = done.stats.bytes_read, "checkpointed");
+        Ok(Taken {
+            sandbox_id: id.to_string(),
+            generation: created_at as u64,
+            created_at,
+            stats,
+        })
+    }
+
+    /// After a pause stopped the runtime: the volume as it is now. A node
+    /// without an object store has nothing to do.
+    pub(super) async fn checkpoint_paused(&self, id: &str) -> Result<()> {
+        if self.checkpoints.is_none() {
+            return Ok(());
+        }
+        let tree = self.storage.paths(id).data;
+        self.checkpoint_tree(id, &tree).await.map(drop)
+    }
+
+    /// `POST …/checkpoint`: a paused sandbox's volume as it is; a running
+    /// one frozen just long enough for an O(1) snapshot (a copy on the dir
+    /// pool), uploaded from the snapshot while it runs on.
+    pub async fn checkpoint(&self, id: &str) -> Result<Taken> {
+        self.checkpointer()?;
+        let _guard = self.lock(id).await;
+        let row = self.row(id).await?;
+        match row.status {
+            SandboxStatus::Paused => {
+                let tree = self.storage.paths(id).data;
+                self.checkpoint_tree(id, &tree).await
+            }
+            SandboxStatus::Running => {
+                let snap = format!("ckpt-{id}-{}", super::random_hex(4));
+                tokio::task::block_in_place(|| {
+                    self.frozen(id, || {
+                        self.storage.snapshot_sandbox(id, &snap).map_err(internal)
+                    })
+                })?;
+                let tree = self.storage.pool.snapshot_dir(&snap);
+                let taken = self.checkpoint_tree(id, &tree).await;
+                if let Err(e) = self.storage.remove_snapshot(&snap) {
+                    tracing::warn!(snapshot = %snap, error = %e, "checkpoint's snapshot left behind");
+                }
+                taken
+            }
+            other => Err(Error::Conflict(format!(
+                "sandbox {id} is {other}; only a running or paused sandbox can be checkpointed"
+            ))),
+        }
+    }
+
+    /// Makes sandbox `id`'s volume from its latest checkpoint when this
+    /// node has none (it was made or last ran on another node). Nothing is
+    /// left behind when it fails: a missing or corrupt chunk is found
+    /// before the files are moved into the new volume, which is then
+    /// removed.
+    pub(super) async fn materialise(&self, id: &str, disk: Option<u64>) -> Result<()> {
+        let paths = self.storage.paths(id);
+        if paths.data.exists() {
+            return Ok(());
+        }
+        let c = self.checkpointer().map_err(|_| {
+            Error::Conflict(format!(
+                "sandbox {id} has no volume on this node and there is no object store to fetch it from"
+            ))
+        })?;
+        let sandbox = sandbox_id(id)?;
+        let latest = c
+            .store
+            .latest(&sandbox)
+            .await
+            .map_err(|e| unavailable(&format!("list the checkpoints of sandbox {id}"), e))?
+            .ok_or_else(|| {
+                Error::Conflict(format!("sandbox {id} has no checkpoint to resume from"))
+            })?;
+        let made = tokio::task::block_in_place(|| self.storage.create_sandbox(id, disk))
+            .map_err(internal)?;
+        let staging = made.data.join(".restore");
+        let restored = async {
+            let restored = c.store.restore(&latest, &staging).await.map_err(|e| {
+                unavailable(&format!("restore sandbox {id} from its checkpoint"), e)
+            })?;
+            tokio::task::block_in_place(|| move_into_volume(&staging, &made.data))?;
+            Ok::<_, Error>(restored)
+        }
+        .await;
+        match restored {
+            Ok(r) => {
+                log_restore(id, &r.stats);
+                c.remember(id, r.baseline);
+                Ok(())
+            }
+            Err(e) => {
+                let _ = self.storage.remove_sandbox(id);
+                Err(e)
+            }
+        }
+    }
+
+    /// Takes sandbox `id` over from node `from`, whose lease has run out:
+    /// only a paused sandbox with a checkpoint (a running one may still
+    /// run on a node that is merely unreachable, and it has no complete
+    /// checkpoint), by compare-and-set on its node, with a slot of this
+    /// node's. `false`: not taken (running, no checkpoint, or another node
+    /// won).
+    pub async fn take_over(&self, id: &str, from: &str) -> Result<bool> {
+        let Some(c) = &self.checkpoints else {
+            return Ok(false);
+        };
+        let _guard = self.lock(id).await;
+        let row = self.row(id).await?;
+        if row.node_id.as_deref() != Some(from) || row.status != SandboxStatus::Paused {
+            return Ok(false);
+        }
+        let has_checkpoint = c
+            .store
+            .latest(&sandbox_id(id)?)
+            .await
+            .map_err(|e| unavailable(&format!("list the checkpoints of sandbox {id}"), e))?
+            .is_some();
+        if !has_checkpoint {
+            return Ok(false);
+        }
+        let slot = self.take_slot()?;
+        let taken = self.store.move_sandbox(id, from, &self.node, slot).await;
+        if !matches!(taken, Ok(true)) {
+            self.free_slot(slot);
+        }
+        let taken = taken?;
+        if taken {
+            tracing::info!(sandbox = %id, from = %from, "took over a paused sandbox of a node whose lease ran out");
+        }
+        Ok(taken)
+    }
+
+    /// Removes sandbox `id`'s checkpoints (after a delete). Best effort:
+    /// what stays costs storage, never correctness.
+    pub(super) async fn forget_checkpoints(&self, id: &str) {
+        let Some(c) = &self.checkpoints else {
+            return;
+        };
+        c.previous
+            .lock()
+            .expect("lock poisoned: a holder panicked")
+            .remove(id);
+        let Ok(sandbox) = SandboxId::new(id) else {
+            return;
+        };
+        match c.store.list(&sandbox).await {
+            Ok(all) => {
+                for ckpt in all {
+                    if let Err(e) = c.store.delete(&ckpt).await {
+                        tracing::warn!(sandbox = %id, error = %e, "checkpoint left in the object store");
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::warn!(sandbox = %id, error = %e, "checkpoints left in the object store")
+            }
+        }
+    }
+}
+
+fn log_restore(id: &str, s: &RestoreStats) {
+    tracing::info!(sandbox = %id, stats = ?s, "materialised from its checkpoint");
+}
+
+/// Moves the restored tree's entries (`upper`, `work`, `workspace`) into
+/// the new volume, replacing the empty ones it was made with. Renames
+/// within one file system: the tree was verified whole before this.
+fn move_into_volume(staging: &std::path::Path, volume: &std::path::Path) -> Result<()> {
+    let entries = std::fs::read_dir(staging).map_err(internal)?;
+    for entry in entries {
+        let entry = entry.map_err(internal)?;
+        let to = volume.join(entry.file_name());
+        if to.is_dir() {
+            std::fs::remove_dir(&to).map_err(internal)?;
+        }
+        std::fs::rename(entry.path(), &to).map_err(internal)?;
+    }
+    std::fs::remove_dir(staging).map_err(internal)
+}
