@@ -1,12 +1,14 @@
-//! Writing a checkpoint: walk the tree and chunk what changed on one
-//! blocking thread, seal and upload new chunks concurrently, upload the
-//! manifest last.
+//! Writing a checkpoint: learn the packs other nodes wrote, walk the tree
+//! and chunk what changed on one blocking thread, seal new chunks
+//! concurrently and append them into packs, upload the packs (each with
+//! its index) several at once, upload the manifest last.
 
 use crate::manifest::{
     self, CheckpointId, ChunkId, ChunkRef, Entry, Extent, FileContent, HardLink, Kind, Manifest,
     OsBytes, Timestamp,
 };
-use crate::{Checkpoints, Error, Inner, Result, blocking, fsmeta, io, object};
+use crate::pack::{PackBuilder, PackId, PackTable};
+use crate::{Checkpoints, Error, Inner, Result, StoreError, blocking, fsmeta, io, object};
 use bytes::Bytes;
 use futures_util::{StreamExt, TryStreamExt};
 use std::collections::{HashMap, HashSet, hash_map};
@@ -34,8 +36,9 @@ pub struct CheckpointStats {
     /// manifest without reading them.
     pub files_unchanged: u64,
     pub bytes_read: u64,
+    /// New chunks, uploaded in packs.
     pub chunks_uploaded: u64,
-    /// Sealed bytes sent: new chunks and the manifest.
+    /// Bytes sent: packs, their indexes and the manifest.
     pub bytes_uploaded: u64,
     /// Chunk references that needed no upload (already stored, or a repeat
     /// within this checkpoint).
@@ -56,9 +59,12 @@ struct NewChunk {
     data: Vec<u8>,
 }
 
-/// A chunk the uploader dealt with: its sealed size if it was uploaded,
-/// `None` if the store had it.
-type Uploaded = (ChunkId, Option<u64>);
+/// What the packer uploaded.
+#[derive(Default)]
+struct Uploaded {
+    chunks: u64,
+    bytes: u64,
+}
 
 impl Checkpoints {
     /// Checkpoints the tree at `tree` as `id`. With `previous` (this
@@ -72,42 +78,21 @@ impl Checkpoints {
     ) -> Result<Checkpointed> {
         // Refuse early, before any work, and again before the manifest.
         self.check_fence(id).await?;
-        let (tx, mut rx) = mpsc::channel(self.inner.concurrency * 2);
+        self.sync_index().await?;
+        let (tx, rx) = mpsc::channel(self.inner.concurrency * 2);
         let walker = Walker::new(self.inner.clone(), tx, previous);
         let root = tree.to_path_buf();
         let walked = tokio::task::spawn_blocking(move || walker.run(&root));
-        let uploads = futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx))
-            .map(|chunk| self.upload(chunk))
-            .buffer_unordered(self.inner.concurrency)
-            .try_collect::<Vec<Uploaded>>()
-            .await;
+        let uploaded = self.pack_and_upload(rx).await;
         // An upload failure stops the walker (its channel closes); report
         // the cause, not the walker's "stopped".
         let walked = walked
             .await
             .map_err(|e| io("the tree walk")(std::io::Error::other(e.to_string())));
-        let uploads = uploads?;
+        let uploaded = uploaded?;
         let (entries, hard_links, mut stats) = walked??;
-
-        let mut confirmed = Vec::with_capacity(uploads.len());
-        for (id, sent) in uploads {
-            match sent {
-                Some(bytes) => {
-                    stats.chunks_uploaded += 1;
-                    stats.bytes_uploaded += bytes;
-                }
-                None => stats.chunks_reused += 1,
-            }
-            confirmed.push(id);
-        }
-        let inner = self.inner.clone();
-        blocking(move || {
-            inner
-                .known
-                .add(confirmed)
-                .map_err(io("record stored chunks in the local index"))
-        })
-        .await?;
+        stats.chunks_uploaded += uploaded.chunks;
+        stats.bytes_uploaded += uploaded.bytes;
 
         let manifest = Manifest {
             format: manifest::FORMAT,
@@ -118,8 +103,19 @@ impl Checkpoints {
         };
         self.check_fence(id).await?;
         let inner = self.inner.clone();
+        let checkpoint = id.clone();
         let (sealed, manifest) = blocking(move || {
-            let sealed = object::seal_manifest(&inner.keys, &manifest).map_err(Error::Seal)?;
+            // Every chunk is in the index by now: stored before, or in a
+            // pack uploaded above.
+            let table = PackTable::build(&manifest, |c| inner.index.get(c)).map_err(|chunk| {
+                Error::MissingChunk {
+                    chunk,
+                    checkpoint,
+                    store: inner.blobs.describe().into(),
+                }
+            })?;
+            let sealed =
+                object::seal_manifest(&inner.keys, &manifest, &table).map_err(Error::Seal)?;
             Ok((sealed, manifest))
         })
         .await?;
@@ -154,21 +150,116 @@ impl Checkpoints {
         Ok(())
     }
 
-    /// Stores a chunk unless the store has it.
-    async fn upload(&self, chunk: NewChunk) -> Result<Uploaded> {
-        let key = chunk.id.key();
-        if self.inner.blobs.exists(&key).await? {
-            return Ok((chunk.id, None));
-        }
+    /// Reads the indexes of packs this node has not seen (written by
+    /// other nodes), so that chunks they stored are not uploaded again. An
+    /// index that does not open is skipped with a warning: it costs only
+    /// deduplication.
+    async fn sync_index(&self) -> Result<()> {
+        let keys = self.inner.blobs.list(crate::pack::INDEX_FOLDER).await?;
+        let unseen: Vec<PackId> = keys
+            .iter()
+            .filter_map(|k| PackId::from_index_key(k))
+            .filter(|p| !self.inner.index.knows_pack(p))
+            .collect();
+        futures_util::stream::iter(unseen)
+            .map(|pack| async move {
+                let sealed = match self.inner.blobs.get(&pack.index_key()).await {
+                    Err(StoreError::NotFound { .. }) => return Ok(()),
+                    r => r?,
+                };
+                let inner = self.inner.clone();
+                blocking(move || {
+                    match object::open_pack_index(&inner.keys, &pack, &sealed) {
+                        Ok(chunks) => inner
+                            .index
+                            .add(chunks)
+                            .map_err(io("record stored chunks in the local index"))?,
+                        Err(e) => tracing::warn!("index of pack {pack} is unreadable ({e})"),
+                    }
+                    Ok(())
+                })
+                .await
+            })
+            .buffer_unordered(self.inner.concurrency)
+            .try_collect::<()>()
+            .await
+    }
+
+    /// Seals the walker's new chunks (several at once, kept in order so a
+    /// file's chunks sit together in a pack), appends them into packs, and
+    /// uploads each full pack and then its index, several at once. A
+    /// chunk enters the local index only once its pack is stored.
+    async fn pack_and_upload(&self, rx: mpsc::Receiver<NewChunk>) -> Result<Uploaded> {
+        let mut rx = rx;
+        let sealed = futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx))
+            .map(|chunk| {
+                let inner = self.inner.clone();
+                blocking(move || {
+                    let sealed = object::seal_chunk(&inner.keys, &chunk.id, &chunk.data)
+                        .map_err(Error::Seal)?;
+                    Ok((chunk.id, sealed))
+                })
+            })
+            .buffered(self.inner.concurrency);
+        let (full, mut packs) = mpsc::channel::<PackBuilder>(1);
+        let packing = async move {
+            let mut sealed = std::pin::pin!(sealed);
+            let mut pack = PackBuilder::new()?;
+            while let Some(next) = sealed.next().await {
+                let (id, bytes) = next?;
+                pack.push(id, &bytes);
+                if pack.is_full() {
+                    let done = std::mem::replace(&mut pack, PackBuilder::new()?);
+                    if full.send(done).await.is_err() {
+                        return Ok(()); // the uploader failed; its error is reported
+                    }
+                }
+            }
+            if !pack.is_empty() {
+                let _ = full.send(pack).await;
+            }
+            Ok::<_, Error>(())
+        };
+        let uploading = futures_util::stream::poll_fn(move |cx| packs.poll_recv(cx))
+            .map(|pack| self.upload_pack(pack))
+            .buffer_unordered(self.inner.concurrency)
+            .try_fold(
+                Uploaded::default(),
+                |mut total, (chunks, bytes)| async move {
+                    total.chunks += chunks;
+                    total.bytes += bytes;
+                    Ok(total)
+                },
+            );
+        let (packed, uploaded) = futures_util::future::join(packing, uploading).await;
+        let uploaded = uploaded?;
+        packed?;
+        Ok(uploaded)
+    }
+
+    /// Seals a pack's index, stores the pack and then its index, and
+    /// records its chunks; how many chunks and bytes it sent.
+    async fn upload_pack(&self, pack: PackBuilder) -> Result<(u64, u64)> {
         let inner = self.inner.clone();
-        let id = chunk.id;
-        let sealed = blocking(move || {
-            object::seal_chunk(&inner.keys, &chunk.id, &chunk.data).map_err(Error::Seal)
+        let sealed = blocking(move || pack.seal(&inner.keys).map_err(Error::Seal)).await?;
+        let bytes = (sealed.data.len() + sealed.index.len()) as u64;
+        let chunks = sealed.chunks.len() as u64;
+        let blobs = &self.inner.blobs;
+        blobs
+            .put(&sealed.id.key(), Bytes::from(sealed.data))
+            .await?;
+        blobs
+            .put(&sealed.id.index_key(), Bytes::from(sealed.index))
+            .await?;
+        let inner = self.inner.clone();
+        blocking(move || {
+            inner
+                .index
+                .add(sealed.chunks)
+                .map_err(io("record stored chunks in the local index"))
         })
         .await?;
-        let size = sealed.len() as u64;
-        self.inner.blobs.put(&key, Bytes::from(sealed)).await?;
-        Ok((id, Some(size)))
+        Ok((chunks, bytes))
     }
 }
 
@@ -178,8 +269,6 @@ struct Walker {
     tx: mpsc::Sender<NewChunk>,
     /// The previous manifest's regular files by path: mtime and content.
     previous: HashMap<Vec<u8>, (Timestamp, FileContent)>,
-    /// Chunks the previous manifest names: stored already.
-    previous_chunks: HashSet<ChunkId>,
     /// Chunks already handed to the uploader in this checkpoint.
     sent: HashSet<ChunkId>,
     /// The first path of each inode with several links.
@@ -200,10 +289,8 @@ fn join(parent: &[u8], name: &[u8]) -> Vec<u8> {
 impl Walker {
     fn new(inner: Arc<Inner>, tx: mpsc::Sender<NewChunk>, previous: Option<&Manifest>) -> Walker {
         let mut files = HashMap::new();
-        let mut previous_chunks = HashSet::new();
         for e in previous.iter().flat_map(|m| &m.entries) {
             if let Kind::File(f) = &e.kind {
-                previous_chunks.extend(f.extents.iter().flat_map(|x| &x.chunks).map(|c| c.id));
                 files.insert(e.path.0.clone(), (e.mtime, f.clone()));
             }
         }
@@ -211,7 +298,6 @@ impl Walker {
             inner,
             tx,
             previous: files,
-            previous_chunks,
             sent: HashSet::new(),
             first_paths: HashMap::new(),
             entries: Vec::new(),
@@ -299,7 +385,8 @@ impl Walker {
     }
 
     /// A regular file's content: the previous chunk list if the file is
-    /// unchanged, else its data extents chunked.
+    /// unchanged and this node knows where each of those chunks is stored,
+    /// else its data extents chunked.
     fn file(&mut self, path: &OsBytes, abs: &Path, meta: &Metadata) -> Result<FileContent> {
         let ctime = Timestamp::from_stat(meta.ctime(), meta.ctime_nsec());
         let mtime = Timestamp::from_stat(meta.mtime(), meta.mtime_nsec());
@@ -308,6 +395,11 @@ impl Walker {
             && prev.size == meta.size()
             && prev.ctime == ctime
             && *prev_mtime == mtime
+            && prev
+                .extents
+                .iter()
+                .flat_map(|x| &x.chunks)
+                .all(|c| self.inner.index.contains(&c.id))
         {
             self.stats.files_unchanged += 1;
             self.stats.chunks_reused += prev
@@ -370,13 +462,10 @@ impl Walker {
         })
     }
 
-    /// Hands a chunk to the uploader unless it is known to be stored or
+    /// Hands a chunk to the packer unless it is known to be stored or
     /// was handed over already.
     fn offer(&mut self, id: ChunkId, data: Vec<u8>) -> Result<()> {
-        if self.previous_chunks.contains(&id)
-            || self.inner.known.contains(&id)
-            || !self.sent.insert(id)
-        {
+        if self.inner.index.contains(&id) || !self.sent.insert(id) {
             self.stats.chunks_reused += 1;
             return Ok(());
         }

@@ -97,6 +97,7 @@ pub mod key;
 mod local;
 pub mod manifest;
 pub mod object;
+mod pack;
 mod restore;
 pub mod store;
 
@@ -110,8 +111,9 @@ pub use restore::{RestoreStats, Restored};
 pub use store::{Blobs, StoreError};
 
 use key::Keys;
-use local::{ChunkCache, KnownChunks};
+use local::{ChunkCache, ChunkIndex};
 use object::ObjectError;
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -231,7 +233,7 @@ pub(crate) struct Inner {
     blobs: Arc<dyn Blobs>,
     keys: Keys,
     cache: ChunkCache,
-    known: KnownChunks,
+    index: ChunkIndex,
     concurrency: usize,
 }
 
@@ -248,20 +250,20 @@ impl Checkpoints {
         // One index per store and key: chunks known in one are not in
         // another.
         let index = format!(
-            "known-{}-{}",
+            "packed-{}-{}",
             &blake3::hash(blobs.describe().as_bytes()).to_hex()[..16],
             keys.tag()
         );
         let dir = options.state_dir;
-        let (cache, known) = blocking(move || {
+        let (cache, index) = blocking(move || {
             std::fs::create_dir_all(&dir).map_err(io(format!("create {dir:?}")))?;
             let cache_dir = dir.join("chunk-cache");
             let cache = ChunkCache::open(cache_dir.clone(), options.cache_bytes)
                 .map_err(io(format!("open the chunk cache {cache_dir:?}")))?;
-            let index = dir.join(index);
-            let known =
-                KnownChunks::open(&index).map_err(io(format!("open the chunk index {index:?}")))?;
-            Ok((cache, known))
+            let path = dir.join(index);
+            let index =
+                ChunkIndex::open(&path).map_err(io(format!("open the chunk index {path:?}")))?;
+            Ok((cache, index))
         })
         .await?;
         Ok(Checkpoints {
@@ -269,7 +271,7 @@ impl Checkpoints {
                 blobs,
                 keys,
                 cache,
-                known,
+                index,
                 concurrency: options.concurrency.max(1),
             }),
         })
@@ -302,8 +304,19 @@ impl Checkpoints {
         Ok(self.inner.blobs.delete(&id.key()).await?)
     }
 
-    /// A checkpoint's manifest, fetched and opened.
+    /// A checkpoint's manifest, fetched and opened. Where its chunks lie
+    /// is recorded in this node's index, so that a checkpoint given it as
+    /// `previous` need not read unchanged files.
     pub async fn manifest(&self, id: &CheckpointId) -> Result<Manifest> {
+        Ok(self.load(id).await?.0)
+    }
+
+    /// A manifest and where each of its chunks lies (also recorded in the
+    /// index: a manifest in the store names complete packs only).
+    pub(crate) async fn load(
+        &self,
+        id: &CheckpointId,
+    ) -> Result<(Manifest, HashMap<ChunkId, pack::Location>)> {
         let key = id.key();
         let sealed = match self.inner.blobs.get(&key).await {
             Err(StoreError::NotFound { store, .. }) => {
@@ -317,22 +330,29 @@ impl Checkpoints {
         let inner = self.inner.clone();
         let checkpoint = id.clone();
         blocking(move || {
-            let manifest = object::open_manifest(&inner.keys, &key, &sealed).map_err(|reason| {
-                Error::CorruptManifest {
-                    checkpoint: checkpoint.clone(),
-                    reason,
-                }
-            })?;
+            let (manifest, table) =
+                object::open_manifest(&inner.keys, &key, &sealed).map_err(|reason| {
+                    Error::CorruptManifest {
+                        checkpoint: checkpoint.clone(),
+                        reason,
+                    }
+                })?;
+            let invalid = |reason| Error::InvalidManifest {
+                checkpoint: checkpoint.clone(),
+                reason,
+            };
             if manifest.format != manifest::FORMAT || manifest.id != checkpoint {
-                return Err(Error::InvalidManifest {
-                    checkpoint,
-                    reason: format!(
-                        "it says it is format {} of {}",
-                        manifest.format, manifest.id
-                    ),
-                });
+                return Err(invalid(format!(
+                    "it says it is format {} of {}",
+                    manifest.format, manifest.id
+                )));
             }
-            Ok(manifest)
+            let located = table.resolve(&manifest).map_err(invalid)?;
+            inner
+                .index
+                .add(located.iter().map(|(id, at)| (*id, *at)))
+                .map_err(io("record located chunks in the local index"))?;
+            Ok((manifest, located))
         })
         .await
     }

@@ -40,9 +40,11 @@ impl World {
         node(self.blobs.clone(), &self.key, &self.path(name)).await
     }
 
-    fn chunk_path(&self, id: &sandstone_checkpoint::ChunkId) -> std::path::PathBuf {
-        let hex = id.to_string();
-        self.path("store/chunks").join(&hex[..2]).join(hex)
+    /// The pack objects in the store, oldest first.
+    fn packs(&self) -> Vec<std::path::PathBuf> {
+        let mut packs = objects(&self.path("store/packs"));
+        packs.sort();
+        packs
     }
 }
 
@@ -246,29 +248,44 @@ async fn a_corrupted_or_swapped_chunk_is_refused_and_nothing_is_written() {
         .checkpoint(&tree, &id(1, 1), None)
         .await
         .unwrap();
-    let mut chunks = written.manifest.chunks().map(|c| c.id).collect::<Vec<_>>();
-    chunks.sort();
-    chunks.dedup();
-    let (victim, other) = (chunks[0], chunks[1]);
-    let path = w.chunk_path(&victim);
-    let good = std::fs::read(&path).unwrap();
+    // One pack, holding the new chunks in the order the walk met them:
+    // it begins with the first chunk the manifest names.
+    let [pack] = &w.packs()[..] else {
+        panic!("{:?}", w.packs())
+    };
+    let victim = written.manifest.chunks().next().unwrap().id;
+    let good = std::fs::read(pack).unwrap();
 
+    // A bit flipped inside the first chunk's ciphertext.
     let mut bad = good.clone();
-    let mid = bad.len() / 2;
-    bad[mid] ^= 0x40;
-    std::fs::write(&path, &bad).unwrap();
+    bad[40] ^= 0x40;
+    std::fs::write(pack, &bad).unwrap();
     refused_untouched(&w, &victim, false).await;
 
-    // Another chunk's (valid) object under this id.
-    std::fs::copy(w.chunk_path(&other), &path).unwrap();
+    // Another (valid) pack of the same installation under this name.
+    let other_tree = w.path("other");
+    std::fs::create_dir(&other_tree).unwrap();
+    std::fs::write(other_tree.join("f"), noise(77, 300 << 10)).unwrap();
+    w.node("b")
+        .await
+        .checkpoint(&other_tree, &id(7, 1), None)
+        .await
+        .unwrap();
+    let other = w.packs().into_iter().find(|p| p != pack).unwrap();
+    std::fs::copy(&other, pack).unwrap();
     refused_untouched(&w, &victim, false).await;
+
+    // Cut short: the chunk past its end is refused, not read as a hole.
+    std::fs::write(pack, &good[..good.len() - 10]).unwrap();
+    let last = written.manifest.chunks().last().unwrap().id;
+    refused_untouched(&w, &last, false).await;
 
     // Missing: the checkpoint is incomplete and is not used.
-    std::fs::remove_file(&path).unwrap();
+    std::fs::remove_file(pack).unwrap();
     refused_untouched(&w, &victim, true).await;
 
     // Put back, it restores.
-    std::fs::write(&path, &good).unwrap();
+    std::fs::write(pack, &good).unwrap();
     let node = w.node("ok").await;
     node.restore(&id(1, 1), &w.path("dest")).await.unwrap();
     assert_same_tree(&tree, &w.path("dest"));

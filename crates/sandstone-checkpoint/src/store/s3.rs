@@ -193,7 +193,7 @@ impl S3Blobs {
         };
         let what = format!("create bucket {}", self.bucket);
         let (status, answer) = self
-            .send(Method::PUT, &self.bucket_path(), &[], body, &what)
+            .send(Method::PUT, &self.bucket_path(), &[], None, body, &what)
             .await?;
         let owned = xml_values(&String::from_utf8_lossy(&answer), "Code")
             .any(|c| c == "BucketAlreadyOwnedByYou");
@@ -230,6 +230,7 @@ impl S3Blobs {
         method: Method,
         path: &str,
         query: &[(&str, &str)],
+        extra: Option<(&'static str, String)>,
         body: Bytes,
         what: &str,
     ) -> StoreResult<(StatusCode, Bytes)> {
@@ -261,6 +262,7 @@ impl S3Blobs {
             if let Some(token) = &self.credentials.session_token {
                 headers.push(("x-amz-security-token", token.expose().to_string()));
             }
+            headers.extend(extra.clone());
             let authorization = sigv4::authorization(
                 &self.credentials,
                 &self.region,
@@ -379,6 +381,7 @@ impl S3Blobs {
                 Method::GET,
                 &self.bucket_path(),
                 &query,
+                None,
                 Bytes::new(),
                 &what,
             )
@@ -457,7 +460,7 @@ impl Blobs for S3Blobs {
             check_key(&self.name, key)?;
             let what = format!("put {key}");
             let (status, body) = self
-                .send(Method::PUT, &self.object_path(key), &[], data, &what)
+                .send(Method::PUT, &self.object_path(key), &[], None, data, &what)
                 .await?;
             if status.is_success() {
                 Ok(())
@@ -476,6 +479,7 @@ impl Blobs for S3Blobs {
                     Method::GET,
                     &self.object_path(key),
                     &[],
+                    None,
                     Bytes::new(),
                     &what,
                 )
@@ -484,6 +488,43 @@ impl Blobs for S3Blobs {
                 Ok(body)
             } else {
                 Err(self.refusal(status, &body, &what, key))
+            }
+        })
+    }
+
+    fn get_range<'a>(
+        &'a self,
+        key: &'a str,
+        range: std::ops::Range<u64>,
+    ) -> BoxFuture<'a, StoreResult<Bytes>> {
+        Box::pin(async move {
+            check_key(&self.name, key)?;
+            if range.is_empty() {
+                return Ok(Bytes::new());
+            }
+            let what = format!("get {key} bytes {}..{}", range.start, range.end);
+            let header = format!("bytes={}-{}", range.start, range.end - 1);
+            let (status, body) = self
+                .send(
+                    Method::GET,
+                    &self.object_path(key),
+                    &[],
+                    Some(("range", header)),
+                    Bytes::new(),
+                    &what,
+                )
+                .await?;
+            let len = (range.end - range.start) as usize;
+            match status {
+                StatusCode::PARTIAL_CONTENT => Ok(body.slice(..body.len().min(len))),
+                // A server that ignores Range sends the whole object.
+                StatusCode::OK => {
+                    let start = (range.start as usize).min(body.len());
+                    Ok(body.slice(start..body.len().min(start + len)))
+                }
+                // The range starts past the object's end.
+                StatusCode::RANGE_NOT_SATISFIABLE => Ok(Bytes::new()),
+                s => Err(self.refusal(s, &body, &what, key)),
             }
         })
     }
@@ -497,6 +538,7 @@ impl Blobs for S3Blobs {
                     Method::HEAD,
                     &self.object_path(key),
                     &[],
+                    None,
                     Bytes::new(),
                     &what,
                 )
@@ -537,6 +579,7 @@ impl Blobs for S3Blobs {
                     Method::DELETE,
                     &self.object_path(key),
                     &[],
+                    None,
                     Bytes::new(),
                     &what,
                 )
