@@ -12,7 +12,8 @@
 //! and checkpointed again; restored on a node with a cold cache, and again
 //! with a warm one. The baselines: one PUT of 10 MiB, and a download of as
 //! many bytes as the tree holds in 16 MiB objects, as many at once as a
-//! restore uses.
+//! restore uses (and again writing each to a file, which any restore must
+//! do too). A last restore runs with no chunk cache, to show its cost.
 
 // A benchmark: a failure ends it with its message.
 #![allow(clippy::unwrap_used)]
@@ -122,6 +123,27 @@ async fn main() {
         ms(t)
     );
 
+    // The same, each object written to a file as it arrives: what any
+    // restore must at least do.
+    let plain_dir = work.path().join("plain");
+    std::fs::create_dir(&plain_dir).unwrap();
+    let t = Instant::now();
+    futures_util::stream::iter(0..parts)
+        .map(|i| {
+            let (blobs, path) = (blobs.clone(), plain_dir.join(format!("{i}")));
+            async move {
+                let data = blobs.get(&format!("plain/part-{i:04}")).await.unwrap();
+                tokio::task::spawn_blocking(move || std::fs::write(path, data).unwrap())
+                    .await
+                    .unwrap();
+            }
+        })
+        .buffer_unordered(8)
+        .collect::<Vec<()>>()
+        .await;
+    println!("plain GET into files: {:.0} ms", ms(t));
+    std::fs::remove_dir_all(&plain_dir).unwrap();
+
     let key = MasterKey::generate().unwrap();
     let sandbox = SandboxId::new(format!("bench-{}", std::process::id())).unwrap();
     let a = node(&blobs, &key, &work.path().join("node-a")).await;
@@ -150,30 +172,38 @@ async fn main() {
         mib(same.stats.bytes_uploaded)
     );
 
-    // 10 MiB rewritten: files 0 and 1 whole, the first half of file 2.
-    for (i, len) in [(0, FILE), (1, FILE), (2, 2 * MIB)] {
-        let path = tree.join(format!("d{:02}/f{i:04}", i % 16));
-        let f = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
-        std::os::unix::fs::FileExt::write_all_at(&f, &noise(1000 + i as u64, len), 0).unwrap();
+    // Three rounds of: 10 MiB rewritten (two files whole, the first half
+    // of a third), a checkpoint, and a plain PUT of 10 MiB beside it.
+    let mut previous = same.manifest;
+    let mut id = CheckpointId::new(sandbox.clone(), 1, 2);
+    for round in 0..3u64 {
+        let base = round as usize * 3;
+        for (i, len) in [(base, FILE), (base + 1, FILE), (base + 2, 2 * MIB)] {
+            let path = tree.join(format!("d{:02}/f{i:04}", i % 16));
+            let f = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+            let data = noise(1000 + i as u64, len);
+            std::os::unix::fs::FileExt::write_all_at(&f, &data, 0).unwrap();
+        }
+        id = CheckpointId::new(sandbox.clone(), 1, 3 + round);
+        let t = Instant::now();
+        let next = a.checkpoint(&tree, &id, Some(&previous)).await.unwrap();
+        let took = ms(t);
+        let t = Instant::now();
+        blobs
+            .put(&format!("plain/again-{round}"), ten.clone())
+            .await
+            .unwrap();
+        println!(
+            "checkpoint after 10 MiB changed: {took:.0} ms (plain PUT of 10 MiB just after: \
+             {:.0} ms), {:.2} MiB uploaded ({} chunks), {:.1} MiB read",
+            ms(t),
+            mib(next.stats.bytes_uploaded),
+            next.stats.chunks_uploaded,
+            mib(next.stats.bytes_read)
+        );
+        previous = next.manifest;
     }
-    let t = Instant::now();
-    let next = a
-        .checkpoint(
-            &tree,
-            &CheckpointId::new(sandbox.clone(), 1, 3),
-            Some(&same.manifest),
-        )
-        .await
-        .unwrap();
-    println!(
-        "checkpoint after 10 MiB changed: {:.0} ms, {:.2} MiB uploaded ({} chunks), {:.1} MiB read",
-        ms(t),
-        mib(next.stats.bytes_uploaded),
-        next.stats.chunks_uploaded,
-        mib(next.stats.bytes_read)
-    );
 
-    let id = CheckpointId::new(sandbox.clone(), 1, 3);
     let b = node(&blobs, &key, &work.path().join("node-b")).await;
     let t = Instant::now();
     let cold = b.restore(&id, &work.path().join("cold")).await.unwrap();
@@ -191,6 +221,14 @@ async fn main() {
         warm.stats.chunks_fetched,
         mib(warm.stats.bytes_written)
     );
+    let mut uncached = Options::new(work.path().join("node-c"));
+    uncached.cache_bytes = 0;
+    let c = Checkpoints::open(blobs.clone(), &key, uncached)
+        .await
+        .unwrap();
+    let t = Instant::now();
+    c.restore(&id, &work.path().join("uncached")).await.unwrap();
+    println!("cold restore, no chunk cache: {:.0} ms", ms(t));
     let t = Instant::now();
     b.manifest(&id).await.unwrap();
     println!("manifest fetch and open alone: {:.0} ms", ms(t));

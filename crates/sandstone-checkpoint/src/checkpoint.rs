@@ -59,11 +59,16 @@ struct NewChunk {
     data: Vec<u8>,
 }
 
-/// What the packer uploaded.
+/// What the packer uploaded, and the sealed indexes of its packs (stored
+/// after all the packs, beside the manifest's last steps: only other
+/// nodes read them).
 #[derive(Default)]
 struct Uploaded {
     chunks: u64,
     bytes: u64,
+    /// Chunks the walker offered that turned out to be stored already.
+    known: u64,
+    indexes: Vec<(PackId, Vec<u8>)>,
 }
 
 impl Checkpoints {
@@ -76,13 +81,20 @@ impl Checkpoints {
         id: &CheckpointId,
         previous: Option<&Manifest>,
     ) -> Result<Checkpointed> {
-        // Refuse early, before any work, and again before the manifest.
-        self.check_fence(id).await?;
-        self.sync_index().await?;
         let (tx, rx) = mpsc::channel(self.inner.concurrency * 2);
         let walker = Walker::new(self.inner.clone(), tx, previous);
         let root = tree.to_path_buf();
+        // The walk starts at once; its chunks wait in the channel until
+        // the checks below pass (a refusal drops the channel, which stops
+        // the walk). The packer looks each chunk up again, so those the
+        // sync finds stored are not uploaded.
         let walked = tokio::task::spawn_blocking(move || walker.run(&root));
+        // Refuse early, before uploading anything, and again before the
+        // manifest.
+        let (fence, synced) =
+            futures_util::future::join(self.check_fence(id), self.sync_index()).await;
+        fence?;
+        synced?;
         let uploaded = self.pack_and_upload(rx).await;
         // An upload failure stops the walker (its channel closes); report
         // the cause, not the walker's "stopped".
@@ -93,6 +105,7 @@ impl Checkpoints {
         let (entries, hard_links, mut stats) = walked??;
         stats.chunks_uploaded += uploaded.chunks;
         stats.bytes_uploaded += uploaded.bytes;
+        stats.chunks_reused += uploaded.known;
 
         let manifest = Manifest {
             format: manifest::FORMAT,
@@ -101,10 +114,9 @@ impl Checkpoints {
             entries,
             hard_links,
         };
-        self.check_fence(id).await?;
         let inner = self.inner.clone();
         let checkpoint = id.clone();
-        let (sealed, manifest) = blocking(move || {
+        let sealing = blocking(move || {
             // Every chunk is in the index by now: stored before, or in a
             // pack uploaded above.
             let table = PackTable::build(&manifest, |c| inner.index.get(c)).map_err(|chunk| {
@@ -117,8 +129,19 @@ impl Checkpoints {
             let sealed =
                 object::seal_manifest(&inner.keys, &manifest, &table).map_err(Error::Seal)?;
             Ok((sealed, manifest))
-        })
-        .await?;
+        });
+        let indexes = futures_util::stream::iter(uploaded.indexes)
+            .map(|(pack, index)| async move {
+                let key = pack.index_key();
+                self.inner.blobs.put(&key, Bytes::from(index)).await
+            })
+            .buffer_unordered(self.inner.concurrency)
+            .try_collect::<()>();
+        let (fence, sealed, indexed) =
+            futures_util::future::join3(self.check_fence(id), sealing, indexes).await;
+        fence?;
+        indexed?;
+        let (sealed, manifest) = sealed?;
         stats.bytes_uploaded += sealed.len() as u64;
         self.inner.blobs.put(&id.key(), Bytes::from(sealed)).await?;
         tracing::info!(
@@ -187,59 +210,69 @@ impl Checkpoints {
 
     /// Seals the walker's new chunks (several at once, kept in order so a
     /// file's chunks sit together in a pack), appends them into packs, and
-    /// uploads each full pack and then its index, several at once. A
-    /// chunk enters the local index only once its pack is stored.
+    /// uploads each full pack, several at once. A chunk enters the local
+    /// index only once its pack is stored; a pack's index is stored only
+    /// after the pack, so an index in the store names a complete pack.
     async fn pack_and_upload(&self, rx: mpsc::Receiver<NewChunk>) -> Result<Uploaded> {
         let mut rx = rx;
         let sealed = futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx))
             .map(|chunk| {
                 let inner = self.inner.clone();
                 blocking(move || {
+                    if inner.index.contains(&chunk.id) {
+                        return Ok(None);
+                    }
                     let sealed = object::seal_chunk(&inner.keys, &chunk.id, &chunk.data)
                         .map_err(Error::Seal)?;
-                    Ok((chunk.id, sealed))
+                    Ok(Some((chunk.id, sealed)))
                 })
             })
             .buffered(self.inner.concurrency);
         let (full, mut packs) = mpsc::channel::<PackBuilder>(1);
         let packing = async move {
             let mut sealed = std::pin::pin!(sealed);
-            let mut pack = PackBuilder::new()?;
+            let mut pack = PackBuilder::new(0)?;
+            let mut known = 0;
             while let Some(next) = sealed.next().await {
-                let (id, bytes) = next?;
+                let Some((id, bytes)) = next? else {
+                    known += 1;
+                    continue;
+                };
                 pack.push(id, &bytes);
                 if pack.is_full() {
-                    let done = std::mem::replace(&mut pack, PackBuilder::new()?);
+                    let next = PackBuilder::new(pack.number() + 1)?;
+                    let done = std::mem::replace(&mut pack, next);
                     if full.send(done).await.is_err() {
-                        return Ok(()); // the uploader failed; its error is reported
+                        return Ok(known); // the uploader failed; its error is reported
                     }
                 }
             }
             if !pack.is_empty() {
                 let _ = full.send(pack).await;
             }
-            Ok::<_, Error>(())
+            Ok::<_, Error>(known)
         };
         let uploading = futures_util::stream::poll_fn(move |cx| packs.poll_recv(cx))
             .map(|pack| self.upload_pack(pack))
             .buffer_unordered(self.inner.concurrency)
             .try_fold(
                 Uploaded::default(),
-                |mut total, (chunks, bytes)| async move {
+                |mut total, (chunks, bytes, index)| async move {
                     total.chunks += chunks;
                     total.bytes += bytes;
+                    total.indexes.push(index);
                     Ok(total)
                 },
             );
         let (packed, uploaded) = futures_util::future::join(packing, uploading).await;
-        let uploaded = uploaded?;
-        packed?;
+        let mut uploaded = uploaded?;
+        uploaded.known = packed?;
         Ok(uploaded)
     }
 
-    /// Seals a pack's index, stores the pack and then its index, and
-    /// records its chunks; how many chunks and bytes it sent.
-    async fn upload_pack(&self, pack: PackBuilder) -> Result<(u64, u64)> {
+    /// Stores a pack and records its chunks; how many chunks and bytes it
+    /// holds (with its index's), and its sealed index.
+    async fn upload_pack(&self, pack: PackBuilder) -> Result<(u64, u64, (PackId, Vec<u8>))> {
         let inner = self.inner.clone();
         let sealed = blocking(move || pack.seal(&inner.keys).map_err(Error::Seal)).await?;
         let bytes = (sealed.data.len() + sealed.index.len()) as u64;
@@ -248,18 +281,16 @@ impl Checkpoints {
         blobs
             .put(&sealed.id.key(), Bytes::from(sealed.data))
             .await?;
-        blobs
-            .put(&sealed.id.index_key(), Bytes::from(sealed.index))
-            .await?;
         let inner = self.inner.clone();
+        let located = sealed.chunks;
         blocking(move || {
             inner
                 .index
-                .add(sealed.chunks)
+                .add(located)
                 .map_err(io("record stored chunks in the local index"))
         })
         .await?;
-        Ok((chunks, bytes))
+        Ok((chunks, bytes, (sealed.id, sealed.index)))
     }
 }
 

@@ -90,7 +90,9 @@ fn seal(
     Ok(out)
 }
 
-/// The codec and body of a sealed object.
+/// The codec and body of a sealed object: the body is `plain[1..]` (the
+/// codec byte is left in place rather than moved out of a chunk's worth
+/// of bytes).
 fn open(
     keys: &Keys,
     magic: &[u8; 4],
@@ -112,8 +114,7 @@ fn open(
     keys.cipher
         .decrypt_in_place_detached(&XNonce::from(nonce), aad, &mut plain, &Tag::from(tag))
         .map_err(|_| ObjectError::Altered)?;
-    let codec = plain.remove(0);
-    Ok((codec, plain))
+    Ok((plain[0], plain))
 }
 
 /// Seals a chunk whose id is `id` (the caller hashed `plain`).
@@ -127,6 +128,19 @@ pub(crate) fn seal_chunk(keys: &Keys, id: &ChunkId, plain: &[u8]) -> Result<Vec<
     }
 }
 
+/// A chunk's plaintext: `body[start..]`.
+pub(crate) struct Plain {
+    body: Vec<u8>,
+    start: usize,
+}
+
+impl std::ops::Deref for Plain {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        &self.body[self.start..]
+    }
+}
+
 /// The plaintext of the chunk `id`, `len` bytes long, checked against its
 /// id.
 pub(crate) fn open_chunk(
@@ -134,12 +148,15 @@ pub(crate) fn open_chunk(
     id: &ChunkId,
     len: u32,
     object: &[u8],
-) -> Result<Vec<u8>, ObjectError> {
+) -> Result<Plain, ObjectError> {
     let (codec, body) = open(keys, CHUNK_MAGIC, "chunk", &chunk_aad(id), object)?;
     let plain = match codec {
-        c if c == Codec::Raw as u8 => body,
-        c if c == Codec::Zstd as u8 => zstd::bulk::decompress(&body, len as usize)
-            .map_err(|e| ObjectError::Undecodable(format!("zstd: {e}")))?,
+        c if c == Codec::Raw as u8 => Plain { body, start: 1 },
+        c if c == Codec::Zstd as u8 => Plain {
+            body: zstd::bulk::decompress(&body[1..], len as usize)
+                .map_err(|e| ObjectError::Undecodable(format!("zstd: {e}")))?,
+            start: 0,
+        },
         c => return Err(ObjectError::Undecodable(format!("unknown codec {c}"))),
     };
     if plain.len() != len as usize || keys.chunk_id(&plain) != *id {
@@ -183,7 +200,7 @@ pub(crate) fn open_manifest(
     if codec != Codec::Zstd as u8 {
         return Err(ObjectError::Undecodable(format!("unknown codec {codec}")));
     }
-    let json = zstd::stream::decode_all(body.as_slice())
+    let json = zstd::stream::decode_all(&body[1..])
         .map_err(|e| ObjectError::Undecodable(format!("zstd: {e}")))?;
     let stored: Stored =
         serde_json::from_slice(&json).map_err(|e| ObjectError::Undecodable(e.to_string()))?;
@@ -224,6 +241,7 @@ pub(crate) fn open_pack_index(
         &pack_index_aad(pack),
         object,
     )?;
+    let body = &body[1..];
     if codec != Codec::Raw as u8 || body.len() % INDEX_RECORD != 0 {
         return Err(ObjectError::Undecodable(format!(
             "codec {codec}, {} bytes: not a pack index",
@@ -266,8 +284,8 @@ mod tests {
         assert!(sealed.len() < text.len(), "compressible text shrinks");
         assert!(!sealed.windows(22).any(|w| w == b"a known plaintext line"));
         assert_eq!(
-            open_chunk(&k, &id, text.len() as u32, &sealed).unwrap(),
-            text
+            &*open_chunk(&k, &id, text.len() as u32, &sealed).unwrap(),
+            &text[..]
         );
         // Random bytes are stored raw and still round-trip.
         let noise: Vec<u8> = (0..5000u32)
@@ -275,7 +293,7 @@ mod tests {
             .collect();
         let nid = k.chunk_id(&noise);
         let s = seal_chunk(&k, &nid, &noise).unwrap();
-        assert_eq!(open_chunk(&k, &nid, 5000, &s).unwrap(), noise);
+        assert_eq!(&*open_chunk(&k, &nid, 5000, &s).unwrap(), &noise[..]);
 
         let mut bad = sealed.clone();
         bad[HEADER + 3] ^= 1;

@@ -21,10 +21,14 @@ use std::collections::{HashMap, HashSet};
 use std::fmt;
 
 /// A pack is closed and uploaded once it holds this much: large enough
-/// that per-request costs vanish beside transfer time, small enough that a
-/// checkpoint of a few megabytes is still one or two requests and that
+/// that per-request costs vanish beside transfer time, small enough that
 /// `concurrency` packs in flight stay within tens of megabytes.
 pub(crate) const PACK_TARGET: usize = 8 << 20;
+/// A checkpoint's first pack closes at this size, and each next one at
+/// twice the last up to [`PACK_TARGET`] (1, 2, 4, 8, 8, ... MiB): the first
+/// upload starts after a megabyte is sealed rather than eight, which is
+/// most of a small checkpoint's time.
+const FIRST_PACK: usize = 1 << 20;
 
 /// The folder of pack indexes.
 pub(crate) const INDEX_FOLDER: &str = "pack-index/";
@@ -131,9 +135,11 @@ impl Location {
     }
 }
 
-/// A pack being filled.
+/// A pack being filled: the `number`-th of its checkpoint.
 pub(crate) struct PackBuilder {
     id: PackId,
+    number: u32,
+    target: usize,
     data: Vec<u8>,
     chunks: Vec<(ChunkId, Location)>,
 }
@@ -148,12 +154,20 @@ pub(crate) struct Sealed {
 }
 
 impl PackBuilder {
-    pub(crate) fn new() -> Result<PackBuilder, KeyError> {
+    pub(crate) fn new(number: u32) -> Result<PackBuilder, KeyError> {
+        // (Capped before shifting: past a few doublings it is the target.)
+        let target = (FIRST_PACK << number.min(8)).min(PACK_TARGET);
         Ok(PackBuilder {
             id: PackId::new()?,
-            data: Vec::with_capacity(PACK_TARGET + (512 << 10)),
+            number,
+            target,
+            data: Vec::with_capacity(target + (512 << 10)),
             chunks: Vec::new(),
         })
+    }
+
+    pub(crate) fn number(&self) -> u32 {
+        self.number
     }
 
     /// Appends a sealed chunk.
@@ -168,7 +182,7 @@ impl PackBuilder {
     }
 
     pub(crate) fn is_full(&self) -> bool {
-        self.data.len() >= PACK_TARGET
+        self.data.len() >= self.target
     }
 
     pub(crate) fn is_empty(&self) -> bool {
@@ -255,6 +269,15 @@ impl PackTable {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn packs_grow_from_one_mib_to_the_target() {
+        let targets: Vec<usize> = (0..6)
+            .map(|n| PackBuilder::new(n).unwrap().target >> 20)
+            .collect();
+        assert_eq!(targets, [1, 2, 4, 8, 8, 8]);
+        assert_eq!(PackBuilder::new(70).unwrap().target, PACK_TARGET);
+    }
 
     #[test]
     fn pack_names_round_trip_and_sort_by_age() {
