@@ -12,12 +12,12 @@
 //! be swapped for another sealed object without detection. A chunk's body
 //! is zstd (or the raw bytes when zstd would not shrink them); after
 //! opening, the plaintext's keyed hash must equal the id it was asked for.
-//! Chunks are stored inside packs ([`crate::pack`]), each still sealed on
+//! Chunks are stored inside packs (see the crate docs), each still sealed on
 //! its own, so one can be fetched with a ranged read and checked alone. A
 //! pack index's body is raw records of chunk id (32 bytes), offset and
 //! length (4 bytes each, little-endian), bound to its pack's name. A
 //! manifest's body is zstd of the JSON `{"manifest": ..., "packs": ...}`:
-//! the [`Manifest`] and its [`PackTable`].
+//! the [`Manifest`] and its pack table (where each chunk lies).
 
 use crate::key::Keys;
 use crate::manifest::{ChunkId, Manifest};
