@@ -7,7 +7,9 @@
 mod common;
 
 use common::*;
-use sandstone_checkpoint::store::{Blobs, FileBlobs};
+use futures_util::future::BoxFuture;
+use sandstone_checkpoint::StoreError;
+use sandstone_checkpoint::store::{Blobs, FileBlobs, StoreResult};
 use sandstone_checkpoint::{CheckpointId, Error, MasterKey, SandboxId};
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
@@ -172,6 +174,120 @@ async fn unchanged_trees_upload_nothing_and_small_changes_little() {
     let restored = w.node("node-d").await;
     restored.restore(&id(1, 4), &w.path("r")).await.unwrap();
     assert_same_tree(&tree, &w.path("r"));
+
+    // A manifest fetched on a node that never saw its packs tells it where
+    // its chunks lie: given as `previous`, nothing is read again.
+    let e = w.node("node-e").await;
+    let fourth = e.manifest(&id(1, 4)).await.unwrap();
+    let fifth = e.checkpoint(&tree, &id(1, 5), Some(&fourth)).await.unwrap();
+    assert_eq!(
+        (fifth.stats.bytes_read, fifth.stats.chunks_uploaded),
+        (0, 0),
+        "{:?}",
+        fifth.stats
+    );
+}
+
+/// A store whose pack uploads fail from the `fail_from`-th on.
+struct FailingPacks {
+    inner: Arc<dyn Blobs>,
+    packs: std::sync::atomic::AtomicUsize,
+    fail_from: usize,
+}
+
+impl Blobs for FailingPacks {
+    fn describe(&self) -> &str {
+        self.inner.describe()
+    }
+    fn put<'a>(&'a self, key: &'a str, data: bytes::Bytes) -> BoxFuture<'a, StoreResult<()>> {
+        use std::sync::atomic::Ordering;
+        if key.starts_with("packs/") && self.packs.fetch_add(1, Ordering::SeqCst) >= self.fail_from
+        {
+            return Box::pin(async move {
+                Err(StoreError::Other {
+                    store: "failing".into(),
+                    what: format!("put {key}"),
+                    detail: "injected failure".into(),
+                })
+            });
+        }
+        self.inner.put(key, data)
+    }
+    fn get<'a>(&'a self, key: &'a str) -> BoxFuture<'a, StoreResult<bytes::Bytes>> {
+        self.inner.get(key)
+    }
+    fn exists<'a>(&'a self, key: &'a str) -> BoxFuture<'a, StoreResult<bool>> {
+        self.inner.exists(key)
+    }
+    fn list<'a>(&'a self, prefix: &'a str) -> BoxFuture<'a, StoreResult<Vec<String>>> {
+        self.inner.list(prefix)
+    }
+    fn delete<'a>(&'a self, key: &'a str) -> BoxFuture<'a, StoreResult<()>> {
+        self.inner.delete(key)
+    }
+    fn probe(&self) -> BoxFuture<'_, StoreResult<()>> {
+        self.inner.probe()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_chunk_counts_as_stored_only_once_its_pack_is() {
+    let w = World::new();
+    let tree = w.path("tree");
+    build_tree(&tree, 30);
+    // Packs of 1, 2, 4, 8 MiB, ...: the fourth and later uploads fail.
+    let failing: Arc<dyn Blobs> = Arc::new(FailingPacks {
+        inner: w.blobs.clone(),
+        packs: Default::default(),
+        fail_from: 3,
+    });
+    let state = w.path("node-a");
+    let a = node(failing, &w.key, &state).await;
+    let e = a.checkpoint(&tree, &id(1, 1), None).await.unwrap_err();
+    assert!(e.to_string().contains("injected failure"), "{e}");
+    assert!(w.blobs.list("manifests/").await.unwrap().is_empty());
+    drop(a);
+
+    // The same node (its index kept) against the working store: the packs
+    // that were stored are reused, the chunks of those that were not are
+    // uploaded, and the checkpoint restores whole elsewhere.
+    let a = node(w.blobs.clone(), &w.key, &state).await;
+    let retry = a.checkpoint(&tree, &id(1, 1), None).await.unwrap();
+    let s = &retry.stats;
+    assert!(s.chunks_reused > 0 && s.chunks_uploaded > 0, "{s:?}");
+    assert!(s.bytes_uploaded < 30 * MIB, "{s:?}");
+    w.node("node-b")
+        .await
+        .restore(&id(1, 1), &w.path("r"))
+        .await
+        .unwrap();
+    assert_same_tree(&tree, &w.path("r"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bad_cached_chunk_is_fetched_again() {
+    let w = World::new();
+    let tree = w.path("tree");
+    build_tree(&tree, 2);
+    w.node("a")
+        .await
+        .checkpoint(&tree, &id(1, 1), None)
+        .await
+        .unwrap();
+    let b = w.node("b").await;
+    b.restore(&id(1, 1), &w.path("r1")).await.unwrap();
+    let cached = objects(&w.path("b/chunk-cache"));
+    assert!(cached.len() > 5, "{cached:?}");
+    for victim in &cached[..3] {
+        let mut data = std::fs::read(victim).unwrap();
+        let mid = data.len() / 2;
+        data[mid] ^= 1;
+        std::fs::write(victim, data).unwrap();
+    }
+    let again = b.restore(&id(1, 1), &w.path("r2")).await.unwrap();
+    let s = &again.stats;
+    assert!(s.chunks_fetched >= 3 && s.chunks_cached > 0, "{s:?}");
+    assert_same_tree(&tree, &w.path("r2"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
