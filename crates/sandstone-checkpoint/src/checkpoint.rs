@@ -7,7 +7,7 @@ use crate::manifest::{
     self, CheckpointId, ChunkId, ChunkRef, Entry, Extent, FileContent, HardLink, Kind, Manifest,
     OsBytes, Timestamp,
 };
-use crate::pack::{PackBuilder, PackId, PackTable};
+use crate::pack::{INDEX_FOLDER, PackBuilder, PackId, PackTable};
 use crate::{Checkpoints, Error, Inner, Result, StoreError, blocking, fsmeta, io, object};
 use bytes::Bytes;
 use futures_util::{StreamExt, TryStreamExt};
@@ -18,7 +18,12 @@ use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
 use std::path::Path;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use tokio::sync::mpsc;
+
+/// How far behind the newest pack index it has seen a node lists again:
+/// indexes are named by their writer's clock, and nodes' clocks differ.
+const CLOCK_MARGIN_MS: u64 = 10 * 60 * 1000;
 
 /// FastCDC's bounds: a 64 KiB average keeps a 1 GiB tree at ~16k chunks
 /// (a manifest of about a megabyte) while a small edit re-uploads little.
@@ -132,7 +137,7 @@ impl Checkpoints {
         });
         let indexes = futures_util::stream::iter(uploaded.indexes)
             .map(|(pack, index)| async move {
-                let key = pack.index_key();
+                let key = pack.index_key(sandstone_api::timefmt::now_ms() as u64);
                 self.inner.blobs.put(&key, Bytes::from(index)).await
             })
             .buffer_unordered(self.inner.concurrency)
@@ -174,19 +179,34 @@ impl Checkpoints {
     }
 
     /// Reads the indexes of packs this node has not seen (written by
-    /// other nodes), so that chunks they stored are not uploaded again. An
-    /// index that does not open is skipped with a warning: it costs only
-    /// deduplication.
+    /// other nodes), so that chunks they stored are not uploaded again:
+    /// after its first sync, a process lists only indexes stored since the
+    /// newest it saw, less [`CLOCK_MARGIN_MS`]. An index that does not open
+    /// is skipped with a warning, and one stored with a clock further
+    /// behind is missed: either costs only deduplication.
     async fn sync_index(&self) -> Result<()> {
-        let keys = self.inner.blobs.list(crate::pack::INDEX_FOLDER).await?;
-        let unseen: Vec<PackId> = keys
-            .iter()
-            .filter_map(|k| PackId::from_index_key(k))
-            .filter(|p| !self.inner.index.knows_pack(p))
-            .collect();
+        let blobs = &self.inner.blobs;
+        let seen = self.inner.synced_ms.load(Ordering::Relaxed);
+        let keys = match seen {
+            0 => blobs.list(INDEX_FOLDER).await?,
+            ms => {
+                let from = PackId::indexes_from(ms.saturating_sub(CLOCK_MARGIN_MS));
+                blobs.list_after(INDEX_FOLDER, &from).await?
+            }
+        };
+        let mut newest = seen;
+        let mut unseen = Vec::new();
+        for key in keys {
+            if let Some((stored, pack)) = PackId::from_index_key(&key) {
+                newest = newest.max(stored);
+                if !self.inner.index.knows_pack(&pack) {
+                    unseen.push((key, pack));
+                }
+            }
+        }
         futures_util::stream::iter(unseen)
-            .map(|pack| async move {
-                let sealed = match self.inner.blobs.get(&pack.index_key()).await {
+            .map(|(key, pack)| async move {
+                let sealed = match self.inner.blobs.get(&key).await {
                     Err(StoreError::NotFound { .. }) => return Ok(()),
                     r => r?,
                 };
@@ -205,7 +225,9 @@ impl Checkpoints {
             })
             .buffer_unordered(self.inner.concurrency)
             .try_collect::<()>()
-            .await
+            .await?;
+        self.inner.synced_ms.fetch_max(newest, Ordering::Relaxed);
+        Ok(())
     }
 
     /// Seals the walker's new chunks (several at once, kept in order so a

@@ -70,8 +70,9 @@
 //!   node's local index (no request per chunk): it learns a chunk once
 //!   the pack holding it is uploaded, from every manifest it opens (a
 //!   restore's or [`Checkpoints::manifest`]'s), and, at the start of each
-//!   checkpoint, from the indexes of packs other nodes wrote (one listing
-//!   of `pack-index/` and a read of each index not seen before), so
+//!   checkpoint, from the indexes of packs other nodes wrote (a listing of
+//!   `pack-index/` from the newest index seen, less ten minutes for
+//!   clocks, and a read of each index not seen before), so
 //!   identical chunks across nodes are stored once too. A file whose
 //!   chunks this node cannot locate is read again, so a `previous` from
 //!   anywhere is safe. A restore returns a *baseline* manifest with the
@@ -277,6 +278,9 @@ pub(crate) struct Inner {
     keys: Keys,
     cache: ChunkCache,
     index: ChunkIndex,
+    /// When the newest pack index this process has read was stored (by
+    /// its writer's clock); 0 before the first sync.
+    synced_ms: std::sync::atomic::AtomicU64,
     concurrency: usize,
 }
 
@@ -315,6 +319,7 @@ impl Checkpoints {
                 keys,
                 cache,
                 index,
+                synced_ms: Default::default(),
                 concurrency: options.concurrency.max(1),
             }),
         })

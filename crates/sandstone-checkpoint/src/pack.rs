@@ -7,9 +7,11 @@
 //! - `packs/<pack>`: the sealed chunks back to back. A pack's name is the
 //!   time it was made (milliseconds, zero-padded) and 8 random bytes, so
 //!   names never collide across nodes and sort by age.
-//! - `pack-index/<pack>`: which chunk lies where in that pack, sealed;
-//!   written after the pack, so an index names a complete pack. Nodes read
-//!   the indexes they have not seen to find chunks stored by others.
+//! - `pack-index/<stored-ms>-<pack>`: which chunk lies where in that pack,
+//!   sealed; written after the pack, so an index names a complete pack.
+//!   Nodes read the indexes they have not seen to find chunks stored by
+//!   others; named by when they were stored, so that a node lists only
+//!   those stored since it last looked (less a margin for clocks).
 //! - Each manifest carries a [`PackTable`]: where every chunk it names
 //!   lies. A restore needs nothing but the manifest to find its chunks.
 
@@ -52,12 +54,23 @@ impl PackId {
         format!("packs/{self}")
     }
 
-    pub(crate) fn index_key(&self) -> String {
-        format!("{INDEX_FOLDER}{self}")
+    /// Its index's key, when stored at `stored_ms`.
+    pub(crate) fn index_key(&self, stored_ms: u64) -> String {
+        format!("{INDEX_FOLDER}{stored_ms:016}-{self}")
     }
 
-    pub(crate) fn from_index_key(key: &str) -> Option<PackId> {
-        key.strip_prefix(INDEX_FOLDER)?.parse().ok()
+    /// When an index was stored and which pack it describes.
+    pub(crate) fn from_index_key(key: &str) -> Option<(u64, PackId)> {
+        let (ms, pack) = key.strip_prefix(INDEX_FOLDER)?.split_once('-')?;
+        if ms.len() != 16 || !ms.bytes().all(|b| b.is_ascii_digit()) {
+            return None;
+        }
+        Some((ms.parse().ok()?, pack.parse().ok()?))
+    }
+
+    /// A key that every index stored at `ms` or later sorts after.
+    pub(crate) fn indexes_from(ms: u64) -> String {
+        format!("{INDEX_FOLDER}{ms:016}")
     }
 
     pub(crate) fn to_bytes(self) -> [u8; 16] {
@@ -290,8 +303,12 @@ mod tests {
             random: [0; 8],
         };
         assert_eq!(a.to_string(), "0001700000000000-ffffffffffffffff");
-        assert!(a.index_key() < b.index_key());
-        assert_eq!(PackId::from_index_key(&a.index_key()), Some(a));
+        assert!(a.key() < b.key());
+        // Indexes sort by when they were stored, not by pack.
+        assert!(b.index_key(5) < a.index_key(6));
+        assert!(PackId::indexes_from(6) < a.index_key(6));
+        assert!(PackId::indexes_from(7) > a.index_key(6));
+        assert_eq!(PackId::from_index_key(&a.index_key(6)), Some((6, a)));
         assert_eq!(PackId::from_bytes(a.to_bytes()), a);
         assert_eq!(PackId::from_index_key("pack-index/123-ab"), None);
         assert_eq!(PackId::from_index_key(&a.key()), None);

@@ -171,6 +171,15 @@ async fn unchanged_trees_upload_nothing_and_small_changes_little() {
     assert_eq!(s.bytes_read, 50 * MIB, "{s:?}");
     assert!(s.chunks_uploaded > 0 && s.bytes_uploaded < 2 * MIB, "{s:?}");
 
+    // Node c, which synced before, learns of a's new pack from the indexes
+    // stored since: its own checkpoint of the change uploads no chunk.
+    let c_again = c
+        .checkpoint(&tree, &id(1, 5), Some(&third.manifest))
+        .await
+        .unwrap();
+    let s = &c_again.stats;
+    assert_eq!((s.bytes_read, s.chunks_uploaded), (50 * MIB, 0), "{s:?}");
+
     let restored = w.node("node-d").await;
     restored.restore(&id(1, 4), &w.path("r")).await.unwrap();
     assert_same_tree(&tree, &w.path("r"));
@@ -179,7 +188,7 @@ async fn unchanged_trees_upload_nothing_and_small_changes_little() {
     // its chunks lie: given as `previous`, nothing is read again.
     let e = w.node("node-e").await;
     let fourth = e.manifest(&id(1, 4)).await.unwrap();
-    let fifth = e.checkpoint(&tree, &id(1, 5), Some(&fourth)).await.unwrap();
+    let fifth = e.checkpoint(&tree, &id(1, 6), Some(&fourth)).await.unwrap();
     assert_eq!(
         (fifth.stats.bytes_read, fifth.stats.chunks_uploaded),
         (0, 0),

@@ -209,6 +209,14 @@ async fn checkpoints_through_a_real_s3_server() {
         .unwrap();
     let listed = blobs.list("page/").await.unwrap();
     assert_eq!(listed.len(), 1100);
+    // start-after, across pages.
+    let after = blobs.list_after("page/", "page/00010").await.unwrap();
+    assert_eq!(after.len(), 1089);
+    assert_eq!(after[0], "page/00011");
+    assert_eq!(
+        blobs.list_after("page/", "page/01098").await.unwrap(),
+        ["page/01099"]
+    );
     assert_eq!(
         (listed[0].as_str(), listed[1099].as_str()),
         ("page/00000", "page/01099")

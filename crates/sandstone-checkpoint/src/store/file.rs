@@ -232,6 +232,7 @@ mod tests {
         assert_eq!(store.list("a/b/").await.unwrap(), ["a/b/c"]);
         assert_eq!(store.list("").await.unwrap(), ["a/b/c", "a/bd", "z"]);
         assert_eq!(store.list("q/").await.unwrap(), Vec::<String>::new());
+        assert_eq!(store.list_after("a/", "a/b/c").await.unwrap(), ["a/bd"]);
         store.delete("a/b/c").await.unwrap();
         store.delete("a/b/c").await.unwrap();
         let e = store.get("a/b/c").await.unwrap_err();

@@ -77,6 +77,20 @@ pub trait Blobs: Send + Sync {
     fn exists<'a>(&'a self, key: &'a str) -> BoxFuture<'a, StoreResult<bool>>;
     /// Every key starting with `prefix`, sorted.
     fn list<'a>(&'a self, prefix: &'a str) -> BoxFuture<'a, StoreResult<Vec<String>>>;
+    /// Every key starting with `prefix` that sorts after `after`, sorted
+    /// (S3's `start-after`: the store skips the rest). The default lists
+    /// all and filters.
+    fn list_after<'a>(
+        &'a self,
+        prefix: &'a str,
+        after: &'a str,
+    ) -> BoxFuture<'a, StoreResult<Vec<String>>> {
+        Box::pin(async move {
+            let mut keys = self.list(prefix).await?;
+            keys.retain(|k| k.as_str() > after);
+            Ok(keys)
+        })
+    }
     /// Removes `key`; removing what is not there is not an error.
     fn delete<'a>(&'a self, key: &'a str) -> BoxFuture<'a, StoreResult<()>>;
     /// Checks that the store exists and these credentials may use it, so a

@@ -369,10 +369,12 @@ impl S3Blobs {
     async fn list_page(
         &self,
         prefix: &str,
+        start_after: Option<&str>,
         token: Option<&str>,
         max_keys: Option<&str>,
     ) -> StoreResult<(Vec<String>, Option<String>)> {
         let mut query = vec![("list-type", "2"), ("prefix", prefix)];
+        query.extend(start_after.map(|s| ("start-after", s)));
         query.extend(token.map(|t| ("continuation-token", t)));
         query.extend(max_keys.map(|m| ("max-keys", m)));
         let what = format!("list {prefix}");
@@ -552,13 +554,31 @@ impl Blobs for S3Blobs {
     }
 
     fn list<'a>(&'a self, prefix: &'a str) -> BoxFuture<'a, StoreResult<Vec<String>>> {
+        self.list_after(prefix, "")
+    }
+
+    fn list_after<'a>(
+        &'a self,
+        prefix: &'a str,
+        after: &'a str,
+    ) -> BoxFuture<'a, StoreResult<Vec<String>>> {
         Box::pin(async move {
             check_prefix(&self.name, prefix)?;
             let full = format!("{}{prefix}", self.prefix);
+            let start = match after {
+                "" => None,
+                a => {
+                    check_prefix(&self.name, a)?;
+                    Some(format!("{}{a}", self.prefix))
+                }
+            };
             let mut keys = Vec::new();
             let mut token = None;
             loop {
-                let (page, next) = self.list_page(&full, token.as_deref(), None).await?;
+                // A continuation token carries on from where start-after
+                // began.
+                let from = start.as_deref().filter(|_| token.is_none());
+                let (page, next) = self.list_page(&full, from, token.as_deref(), None).await?;
                 keys.extend(page);
                 match next {
                     Some(t) => token = Some(t),
@@ -594,7 +614,7 @@ impl Blobs for S3Blobs {
 
     fn probe(&self) -> BoxFuture<'_, StoreResult<()>> {
         Box::pin(async move {
-            self.list_page(&self.prefix, None, Some("1")).await?;
+            self.list_page(&self.prefix, None, None, Some("1")).await?;
             Ok(())
         })
     }
