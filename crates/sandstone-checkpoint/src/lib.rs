@@ -106,15 +106,18 @@
 //!   gigabyte cannot take 50 ms, and the way to resume fast on a node is
 //!   to keep the volume there (a checkpoint does not remove it).
 //! - **Garbage.** Nothing deletes packs yet. Packs no manifest names (a
-//!   failed checkpoint's, or all of a deleted checkpoint's once no other
-//!   manifest shares them) stay in the store. A collector must: list
-//!   every manifest and take the union of their pack tables; delete the
-//!   index of each other pack older than a grace period longer than any
-//!   checkpoint takes, then, a grace period later, the pack; and nodes
-//!   must drop a pack from their local index when its index disappears
-//!   from the `pack-index/` listing (today they never forget one, and
-//!   would name a deleted pack in a new manifest). Packs that are mostly
-//!   garbage would be rewritten (repacked) the same way.
+//!   failed checkpoint's, or a deleted checkpoint's once no other manifest
+//!   shares them) stay in the store, and so does a pack's dead part when
+//!   only some of its chunks are still named. A collector must not delete
+//!   a pack a node may still name in a new manifest (nodes trust their
+//!   local index, and list only recent pack indexes). A safe one: list
+//!   every manifest and take the union of their pack tables; write a
+//!   marker (`gc/<ms>`) naming the unnamed packs older than a grace period
+//!   (longer than any checkpoint takes); nodes read new markers when they
+//!   sync and forget those packs (a later checkpoint uploads such chunks
+//!   again); a grace period later, the collector lists the manifests again
+//!   and deletes the marked packs still unnamed, with their indexes, then
+//!   the marker. Mostly dead packs would be rewritten the same way.
 //! - **Key.** A 32-byte master key in a 0600 file ([`MasterKey`]); the
 //!   chunk-id key and the encryption key are derived from it with BLAKE3's
 //!   `derive_key`. It is never in a manifest, the store, an error or a log.

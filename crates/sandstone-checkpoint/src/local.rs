@@ -9,7 +9,8 @@
 //! their id like downloaded ones (a bad one is dropped and fetched again).
 //! The index is trusted, which is sound as long as nothing deletes packs
 //! from the store behind this node's back (there is no garbage collector
-//! yet; one must also make nodes forget the packs it deletes).
+//! yet; the crate docs say how one must make nodes forget the packs it
+//! deletes).
 
 use crate::manifest::ChunkId;
 use crate::pack::{Location, PackId};
