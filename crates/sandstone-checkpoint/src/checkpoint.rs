@@ -1,7 +1,8 @@
-//! Writing a checkpoint: learn the packs other nodes wrote, walk the tree
-//! and chunk what changed on one blocking thread, seal new chunks
-//! concurrently and append them into packs, upload the packs (each with
-//! its index) several at once, upload the manifest last.
+//! Writing a checkpoint: walk the tree and chunk what changed on one
+//! blocking thread while the fence is checked and other nodes' new packs
+//! are learnt, seal new chunks concurrently and append them into packs,
+//! upload the packs several at once, then their indexes beside the last
+//! fence check, and the manifest last.
 
 use crate::manifest::{
     self, CheckpointId, ChunkId, ChunkRef, Entry, Extent, FileContent, HardLink, Kind, Manifest,
