@@ -95,16 +95,20 @@
 //!   ([`Options::concurrency`], 8 by default); files are read and written
 //!   chunk by chunk, never whole; memory in flight is about
 //!   `concurrency` × 8 MiB. Measured with `examples/bench.rs` (1 GiB of
-//!   incompressible data in 4 MiB files, 2 shared cores, moto on
-//!   loopback): a checkpoint after 10 MiB changed uploads ~10.8 MiB in
-//!   ~120–140 ms beside a plain 10 MiB PUT of 75–170 ms; a cold restore
-//!   takes ~3.3 s beside 1.0 s for a plain download of the same bytes into
-//!   memory and 1.5 s for one written into files; a warm one ~1.6 s. The
-//!   restore is bound by local work (decrypting, hashing and writing a
-//!   gigabyte on two cores shared with the S3 server), not by requests.
-//!   A restore always writes every byte of the tree: a warm restore of a
-//!   gigabyte cannot take 50 ms, and the way to resume fast on a node is
-//!   to keep the volume there (a checkpoint does not remove it).
+//!   incompressible data in 4 MiB files, moto on loopback, 2 cores shared
+//!   with other builds, so figures vary run to run): a checkpoint after
+//!   10 MiB changed uploads 10.7–11.1 MiB in 106–157 ms, beside plain
+//!   10 MiB PUTs of 61–167 ms in the same runs (one object per chunk took
+//!   750–880 ms); a cold restore takes 3.2 s (6.8 s at load 9) beside
+//!   1.0–1.3 s for a plain download of the same bytes into memory and
+//!   1.5–4.3 s for one written into files (one object per chunk: 35–48 s);
+//!   a warm one 1.5–3.3 s. A restore is bound by local work (decrypting
+//!   with XChaCha20, hashing and writing a gigabyte on two cores shared
+//!   with the S3 server), not by requests. It always writes every byte of
+//!   the tree, so a warm restore of a gigabyte cannot take 50 ms: its
+//!   floor is the manifest's fetch (18–55 ms) plus writing the files; the
+//!   way to resume within 50 ms is to keep the volume on the node (a
+//!   checkpoint does not remove it) and restore only on another node.
 //! - **Garbage.** Nothing deletes packs yet. Packs no manifest names (a
 //!   failed checkpoint's, or a deleted checkpoint's once no other manifest
 //!   shares them) stay in the store, and so does a pack's dead part when
