@@ -1,12 +1,15 @@
 //! Writing a checkpoint: walk the tree and chunk what changed on one
-//! blocking thread, seal and upload new chunks concurrently, upload the
-//! manifest last.
+//! blocking thread while the fence is checked and other nodes' new packs
+//! are learnt, seal new chunks concurrently and append them into packs,
+//! upload the packs several at once, then their indexes beside the last
+//! fence check, and the manifest last.
 
 use crate::manifest::{
     self, CheckpointId, ChunkId, ChunkRef, Entry, Extent, FileContent, HardLink, Kind, Manifest,
     OsBytes, Timestamp,
 };
-use crate::{Checkpoints, Error, Inner, Result, blocking, fsmeta, io, object};
+use crate::pack::{INDEX_FOLDER, PackBuilder, PackId, PackTable};
+use crate::{Checkpoints, Error, Inner, Result, StoreError, blocking, fsmeta, io, object};
 use bytes::Bytes;
 use futures_util::{StreamExt, TryStreamExt};
 use std::collections::{HashMap, HashSet, hash_map};
@@ -16,7 +19,12 @@ use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
 use std::path::Path;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use tokio::sync::mpsc;
+
+/// How far behind the newest pack index it has seen a node lists again:
+/// indexes are named by their writer's clock, and nodes' clocks differ.
+const CLOCK_MARGIN_MS: u64 = 10 * 60 * 1000;
 
 /// FastCDC's bounds: a 64 KiB average keeps a 1 GiB tree at ~16k chunks
 /// (a manifest of about a megabyte) while a small edit re-uploads little.
@@ -34,8 +42,9 @@ pub struct CheckpointStats {
     /// manifest without reading them.
     pub files_unchanged: u64,
     pub bytes_read: u64,
+    /// New chunks, uploaded in packs.
     pub chunks_uploaded: u64,
-    /// Sealed bytes sent: new chunks and the manifest.
+    /// Bytes sent: packs, their indexes and the manifest.
     pub bytes_uploaded: u64,
     /// Chunk references that needed no upload (already stored, or a repeat
     /// within this checkpoint).
@@ -56,9 +65,17 @@ struct NewChunk {
     data: Vec<u8>,
 }
 
-/// A chunk the uploader dealt with: its sealed size if it was uploaded,
-/// `None` if the store had it.
-type Uploaded = (ChunkId, Option<u64>);
+/// What the packer uploaded, and the sealed indexes of its packs (stored
+/// after all the packs, beside the manifest's last steps: only other
+/// nodes read them).
+#[derive(Default)]
+struct Uploaded {
+    chunks: u64,
+    bytes: u64,
+    /// Chunks the walker offered that turned out to be stored already.
+    known: u64,
+    indexes: Vec<(PackId, Vec<u8>)>,
+}
 
 impl Checkpoints {
     /// Checkpoints the tree at `tree` as `id`. With `previous` (this
@@ -70,44 +87,31 @@ impl Checkpoints {
         id: &CheckpointId,
         previous: Option<&Manifest>,
     ) -> Result<Checkpointed> {
-        // Refuse early, before any work, and again before the manifest.
-        self.check_fence(id).await?;
-        let (tx, mut rx) = mpsc::channel(self.inner.concurrency * 2);
+        let (tx, rx) = mpsc::channel(self.inner.concurrency * 2);
         let walker = Walker::new(self.inner.clone(), tx, previous);
         let root = tree.to_path_buf();
+        // The walk starts at once; its chunks wait in the channel until
+        // the checks below pass (a refusal drops the channel, which stops
+        // the walk). The packer looks each chunk up again, so those the
+        // sync finds stored are not uploaded.
         let walked = tokio::task::spawn_blocking(move || walker.run(&root));
-        let uploads = futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx))
-            .map(|chunk| self.upload(chunk))
-            .buffer_unordered(self.inner.concurrency)
-            .try_collect::<Vec<Uploaded>>()
-            .await;
+        // Refuse early, before uploading anything, and again before the
+        // manifest.
+        let (fence, synced) =
+            futures_util::future::join(self.check_fence(id), self.sync_index()).await;
+        fence?;
+        synced?;
+        let uploaded = self.pack_and_upload(rx).await;
         // An upload failure stops the walker (its channel closes); report
         // the cause, not the walker's "stopped".
         let walked = walked
             .await
             .map_err(|e| io("the tree walk")(std::io::Error::other(e.to_string())));
-        let uploads = uploads?;
+        let uploaded = uploaded?;
         let (entries, hard_links, mut stats) = walked??;
-
-        let mut confirmed = Vec::with_capacity(uploads.len());
-        for (id, sent) in uploads {
-            match sent {
-                Some(bytes) => {
-                    stats.chunks_uploaded += 1;
-                    stats.bytes_uploaded += bytes;
-                }
-                None => stats.chunks_reused += 1,
-            }
-            confirmed.push(id);
-        }
-        let inner = self.inner.clone();
-        blocking(move || {
-            inner
-                .known
-                .add(confirmed)
-                .map_err(io("record stored chunks in the local index"))
-        })
-        .await?;
+        stats.chunks_uploaded += uploaded.chunks;
+        stats.bytes_uploaded += uploaded.bytes;
+        stats.chunks_reused += uploaded.known;
 
         let manifest = Manifest {
             format: manifest::FORMAT,
@@ -116,13 +120,34 @@ impl Checkpoints {
             entries,
             hard_links,
         };
-        self.check_fence(id).await?;
         let inner = self.inner.clone();
-        let (sealed, manifest) = blocking(move || {
-            let sealed = object::seal_manifest(&inner.keys, &manifest).map_err(Error::Seal)?;
+        let checkpoint = id.clone();
+        let sealing = blocking(move || {
+            // Every chunk is in the index by now: stored before, or in a
+            // pack uploaded above.
+            let table = PackTable::build(&manifest, |c| inner.index.get(c)).map_err(|chunk| {
+                Error::MissingChunk {
+                    chunk,
+                    checkpoint,
+                    store: inner.blobs.describe().into(),
+                }
+            })?;
+            let sealed =
+                object::seal_manifest(&inner.keys, &manifest, &table).map_err(Error::Seal)?;
             Ok((sealed, manifest))
-        })
-        .await?;
+        });
+        let indexes = futures_util::stream::iter(uploaded.indexes)
+            .map(|(pack, index)| async move {
+                let key = pack.index_key(sandstone_api::timefmt::now_ms() as u64);
+                self.inner.blobs.put(&key, Bytes::from(index)).await
+            })
+            .buffer_unordered(self.inner.concurrency)
+            .try_collect::<()>();
+        let (fence, sealed, indexed) =
+            futures_util::future::join3(self.check_fence(id), sealing, indexes).await;
+        fence?;
+        indexed?;
+        let (sealed, manifest) = sealed?;
         stats.bytes_uploaded += sealed.len() as u64;
         self.inner.blobs.put(&id.key(), Bytes::from(sealed)).await?;
         tracing::info!(
@@ -154,21 +179,141 @@ impl Checkpoints {
         Ok(())
     }
 
-    /// Stores a chunk unless the store has it.
-    async fn upload(&self, chunk: NewChunk) -> Result<Uploaded> {
-        let key = chunk.id.key();
-        if self.inner.blobs.exists(&key).await? {
-            return Ok((chunk.id, None));
+    /// Reads the indexes of packs this node has not seen (written by
+    /// other nodes), so that chunks they stored are not uploaded again:
+    /// after its first sync, a process lists only indexes stored since the
+    /// newest it saw, less [`CLOCK_MARGIN_MS`]. An index that does not open
+    /// is skipped with a warning, and one stored with a clock further
+    /// behind is missed: either costs only deduplication.
+    async fn sync_index(&self) -> Result<()> {
+        let blobs = &self.inner.blobs;
+        let seen = self.inner.synced_ms.load(Ordering::Relaxed);
+        let keys = match seen {
+            0 => blobs.list(INDEX_FOLDER).await?,
+            ms => {
+                let from = PackId::indexes_from(ms.saturating_sub(CLOCK_MARGIN_MS));
+                blobs.list_after(INDEX_FOLDER, &from).await?
+            }
+        };
+        let mut newest = seen;
+        let mut unseen = Vec::new();
+        for key in keys {
+            if let Some((stored, pack)) = PackId::from_index_key(&key) {
+                newest = newest.max(stored);
+                if !self.inner.index.knows_pack(&pack) {
+                    unseen.push((key, pack));
+                }
+            }
         }
+        futures_util::stream::iter(unseen)
+            .map(|(key, pack)| async move {
+                let sealed = match self.inner.blobs.get(&key).await {
+                    Err(StoreError::NotFound { .. }) => return Ok(()),
+                    r => r?,
+                };
+                let inner = self.inner.clone();
+                blocking(move || {
+                    match object::open_pack_index(&inner.keys, &pack, &sealed) {
+                        Ok(chunks) => inner
+                            .index
+                            .add(chunks)
+                            .map_err(io("record stored chunks in the local index"))?,
+                        Err(e) => tracing::warn!("index of pack {pack} is unreadable ({e})"),
+                    }
+                    Ok(())
+                })
+                .await
+            })
+            .buffer_unordered(self.inner.concurrency)
+            .try_collect::<()>()
+            .await?;
+        self.inner.synced_ms.fetch_max(newest, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Seals the walker's new chunks (several at once, kept in order so a
+    /// file's chunks sit together in a pack), appends them into packs, and
+    /// uploads each full pack, several at once. A chunk enters the local
+    /// index only once its pack is stored; a pack's index is stored only
+    /// after the pack, so an index in the store names a complete pack.
+    async fn pack_and_upload(&self, rx: mpsc::Receiver<NewChunk>) -> Result<Uploaded> {
+        let mut rx = rx;
+        let sealed = futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx))
+            .map(|chunk| {
+                let inner = self.inner.clone();
+                blocking(move || {
+                    if inner.index.contains(&chunk.id) {
+                        return Ok(None);
+                    }
+                    let sealed = object::seal_chunk(&inner.keys, &chunk.id, &chunk.data)
+                        .map_err(Error::Seal)?;
+                    Ok(Some((chunk.id, sealed)))
+                })
+            })
+            .buffered(self.inner.concurrency);
+        let (full, mut packs) = mpsc::channel::<PackBuilder>(1);
+        let packing = async move {
+            let mut sealed = std::pin::pin!(sealed);
+            let mut pack = PackBuilder::new(0)?;
+            let mut known = 0;
+            while let Some(next) = sealed.next().await {
+                let Some((id, bytes)) = next? else {
+                    known += 1;
+                    continue;
+                };
+                pack.push(id, &bytes);
+                if pack.is_full() {
+                    let next = PackBuilder::new(pack.number() + 1)?;
+                    let done = std::mem::replace(&mut pack, next);
+                    if full.send(done).await.is_err() {
+                        return Ok(known); // the uploader failed; its error is reported
+                    }
+                }
+            }
+            if !pack.is_empty() {
+                let _ = full.send(pack).await;
+            }
+            Ok::<_, Error>(known)
+        };
+        let uploading = futures_util::stream::poll_fn(move |cx| packs.poll_recv(cx))
+            .map(|pack| self.upload_pack(pack))
+            .buffer_unordered(self.inner.concurrency)
+            .try_fold(
+                Uploaded::default(),
+                |mut total, (chunks, bytes, index)| async move {
+                    total.chunks += chunks;
+                    total.bytes += bytes;
+                    total.indexes.push(index);
+                    Ok(total)
+                },
+            );
+        let (packed, uploaded) = futures_util::future::join(packing, uploading).await;
+        let mut uploaded = uploaded?;
+        uploaded.known = packed?;
+        Ok(uploaded)
+    }
+
+    /// Stores a pack and records its chunks; how many chunks and bytes it
+    /// holds (with its index's), and its sealed index.
+    async fn upload_pack(&self, pack: PackBuilder) -> Result<(u64, u64, (PackId, Vec<u8>))> {
         let inner = self.inner.clone();
-        let id = chunk.id;
-        let sealed = blocking(move || {
-            object::seal_chunk(&inner.keys, &chunk.id, &chunk.data).map_err(Error::Seal)
+        let sealed = blocking(move || pack.seal(&inner.keys).map_err(Error::Seal)).await?;
+        let bytes = (sealed.data.len() + sealed.index.len()) as u64;
+        let chunks = sealed.chunks.len() as u64;
+        let blobs = &self.inner.blobs;
+        blobs
+            .put(&sealed.id.key(), Bytes::from(sealed.data))
+            .await?;
+        let inner = self.inner.clone();
+        let located = sealed.chunks;
+        blocking(move || {
+            inner
+                .index
+                .add(located)
+                .map_err(io("record stored chunks in the local index"))
         })
         .await?;
-        let size = sealed.len() as u64;
-        self.inner.blobs.put(&key, Bytes::from(sealed)).await?;
-        Ok((id, Some(size)))
+        Ok((chunks, bytes, (sealed.id, sealed.index)))
     }
 }
 
@@ -178,8 +323,6 @@ struct Walker {
     tx: mpsc::Sender<NewChunk>,
     /// The previous manifest's regular files by path: mtime and content.
     previous: HashMap<Vec<u8>, (Timestamp, FileContent)>,
-    /// Chunks the previous manifest names: stored already.
-    previous_chunks: HashSet<ChunkId>,
     /// Chunks already handed to the uploader in this checkpoint.
     sent: HashSet<ChunkId>,
     /// The first path of each inode with several links.
@@ -200,10 +343,8 @@ fn join(parent: &[u8], name: &[u8]) -> Vec<u8> {
 impl Walker {
     fn new(inner: Arc<Inner>, tx: mpsc::Sender<NewChunk>, previous: Option<&Manifest>) -> Walker {
         let mut files = HashMap::new();
-        let mut previous_chunks = HashSet::new();
         for e in previous.iter().flat_map(|m| &m.entries) {
             if let Kind::File(f) = &e.kind {
-                previous_chunks.extend(f.extents.iter().flat_map(|x| &x.chunks).map(|c| c.id));
                 files.insert(e.path.0.clone(), (e.mtime, f.clone()));
             }
         }
@@ -211,7 +352,6 @@ impl Walker {
             inner,
             tx,
             previous: files,
-            previous_chunks,
             sent: HashSet::new(),
             first_paths: HashMap::new(),
             entries: Vec::new(),
@@ -299,7 +439,8 @@ impl Walker {
     }
 
     /// A regular file's content: the previous chunk list if the file is
-    /// unchanged, else its data extents chunked.
+    /// unchanged and this node knows where each of those chunks is stored,
+    /// else its data extents chunked.
     fn file(&mut self, path: &OsBytes, abs: &Path, meta: &Metadata) -> Result<FileContent> {
         let ctime = Timestamp::from_stat(meta.ctime(), meta.ctime_nsec());
         let mtime = Timestamp::from_stat(meta.mtime(), meta.mtime_nsec());
@@ -308,6 +449,11 @@ impl Walker {
             && prev.size == meta.size()
             && prev.ctime == ctime
             && *prev_mtime == mtime
+            && prev
+                .extents
+                .iter()
+                .flat_map(|x| &x.chunks)
+                .all(|c| self.inner.index.contains(&c.id))
         {
             self.stats.files_unchanged += 1;
             self.stats.chunks_reused += prev
@@ -370,13 +516,10 @@ impl Walker {
         })
     }
 
-    /// Hands a chunk to the uploader unless it is known to be stored or
+    /// Hands a chunk to the packer unless it is known to be stored or
     /// was handed over already.
     fn offer(&mut self, id: ChunkId, data: Vec<u8>) -> Result<()> {
-        if self.previous_chunks.contains(&id)
-            || self.inner.known.contains(&id)
-            || !self.sent.insert(id)
-        {
+        if self.inner.index.contains(&id) || !self.sent.insert(id) {
             self.stats.chunks_reused += 1;
             return Ok(());
         }

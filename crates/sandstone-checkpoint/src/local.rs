@@ -1,16 +1,19 @@
 //! What a node keeps on its own disk: a size-capped LRU cache of sealed
 //! chunks (so a restore on a node that has seen the template or an older
 //! generation fetches little or nothing), and the index of chunks known
-//! to be in the store (so a checkpoint need not ask the store about every
-//! chunk it has already uploaded).
+//! to be in the store and the pack each lies in (so a checkpoint uploads
+//! only chunks the store lacks without asking it about each, and names
+//! where every chunk lies in its manifest).
 //!
-//! Both are only hints. Cached chunks are opened and verified against
-//! their id like downloaded ones (a bad one is dropped and fetched again);
-//! the index is trusted, which is sound as long as nothing deletes chunks
+//! Cached chunks are only hints: they are opened and verified against
+//! their id like downloaded ones (a bad one is dropped and fetched again).
+//! The index is trusted, which is sound as long as nothing deletes packs
 //! from the store behind this node's back (there is no garbage collector
-//! yet; one must also clear these indexes).
+//! yet; the crate docs say how one must make nodes forget the packs it
+//! deletes).
 
 use crate::manifest::ChunkId;
+use crate::pack::{Location, PackId};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
@@ -94,6 +97,14 @@ impl ChunkCache {
         self.dir.join(&hex[..2]).join(hex)
     }
 
+    pub(crate) fn contains(&self, id: &ChunkId) -> bool {
+        self.lru
+            .lock()
+            .expect("lock poisoned")
+            .entries
+            .contains_key(id)
+    }
+
     /// The sealed chunk, if cached.
     pub(crate) fn get(&self, id: &ChunkId) -> Option<Vec<u8>> {
         let size = self.lru.lock().expect("lock poisoned").entries.get(id)?.1;
@@ -157,15 +168,38 @@ impl ChunkCache {
     }
 }
 
-/// Ids of chunks known to be in the store: a set in memory, and an
-/// append-only file of 32-byte ids (a torn last record is cut off).
-pub(crate) struct KnownChunks {
-    set: Mutex<HashSet<ChunkId>>,
+/// Chunks known to be in the store, and where: a map in memory, and an
+/// append-only file of records (chunk id, pack, offset, length; a torn
+/// last record is cut off). A chunk is added only once the pack holding
+/// it is uploaded whole (or a manifest or pack index names it).
+pub(crate) struct ChunkIndex {
+    known: Mutex<Known>,
     file: Mutex<std::fs::File>,
 }
 
-impl KnownChunks {
-    pub(crate) fn open(path: &Path) -> std::io::Result<KnownChunks> {
+#[derive(Default)]
+struct Known {
+    chunks: HashMap<ChunkId, Location>,
+    packs: HashSet<PackId>,
+}
+
+const RECORD: usize = 32 + 16 + 4 + 4;
+
+impl Known {
+    fn insert(&mut self, id: ChunkId, at: Location) -> bool {
+        match self.chunks.entry(id) {
+            std::collections::hash_map::Entry::Occupied(_) => false,
+            std::collections::hash_map::Entry::Vacant(v) => {
+                v.insert(at);
+                self.packs.insert(at.pack);
+                true
+            }
+        }
+    }
+}
+
+impl ChunkIndex {
+    pub(crate) fn open(path: &Path) -> std::io::Result<ChunkIndex> {
         let mut file = std::fs::OpenOptions::new()
             .read(true)
             .append(true)
@@ -174,33 +208,72 @@ impl KnownChunks {
         let mut data = Vec::new();
         file.read_to_end(&mut data)?;
         // Cut a torn record off, so that appends stay aligned.
-        let whole = data.len() - data.len() % 32;
+        let whole = data.len() - data.len() % RECORD;
         if whole != data.len() {
             file.set_len(whole as u64)?;
         }
-        let set = data
-            .chunks_exact(32)
-            .filter_map(|c| c.try_into().ok().map(ChunkId))
-            .collect();
-        Ok(KnownChunks {
-            set: Mutex::new(set),
+        let mut known = Known::default();
+        for r in data.chunks_exact(RECORD) {
+            let (id, rest) = r.split_at(32);
+            let (pack, rest) = rest.split_at(16);
+            let (offset, len) = rest.split_at(4);
+            let word = |b: &[u8]| u32::from_le_bytes(b.try_into().unwrap_or_default());
+            known.insert(
+                ChunkId(id.try_into().unwrap_or_default()),
+                Location {
+                    pack: PackId::from_bytes(pack.try_into().unwrap_or_default()),
+                    offset: word(offset),
+                    len: word(len),
+                },
+            );
+        }
+        Ok(ChunkIndex {
+            known: Mutex::new(known),
             file: Mutex::new(file),
         })
     }
 
     pub(crate) fn contains(&self, id: &ChunkId) -> bool {
-        self.set.lock().expect("lock poisoned").contains(id)
+        self.get(id).is_some()
     }
 
-    /// Records chunks now known to be stored, in one write.
-    pub(crate) fn add(&self, ids: impl IntoIterator<Item = ChunkId>) -> std::io::Result<()> {
-        let mut set = self.set.lock().expect("lock poisoned");
-        let new: Vec<u8> = ids
-            .into_iter()
-            .filter(|id| set.insert(*id))
-            .flat_map(|id| id.0)
-            .collect();
-        drop(set);
+    pub(crate) fn get(&self, id: &ChunkId) -> Option<Location> {
+        self.known
+            .lock()
+            .expect("lock poisoned")
+            .chunks
+            .get(id)
+            .copied()
+    }
+
+    /// Whether a chunk is known to lie in `pack` (its index was read, or
+    /// it was written here). A pack holding only chunks known elsewhere
+    /// stays unknown, and its index is read again at the next sync.
+    pub(crate) fn knows_pack(&self, pack: &PackId) -> bool {
+        self.known
+            .lock()
+            .expect("lock poisoned")
+            .packs
+            .contains(pack)
+    }
+
+    /// Records chunks now known to be stored, in one write; a chunk known
+    /// already keeps its first location.
+    pub(crate) fn add(
+        &self,
+        chunks: impl IntoIterator<Item = (ChunkId, Location)>,
+    ) -> std::io::Result<()> {
+        let mut known = self.known.lock().expect("lock poisoned");
+        let mut new = Vec::new();
+        for (id, at) in chunks {
+            if known.insert(id, at) {
+                new.extend_from_slice(&id.0);
+                new.extend_from_slice(&at.pack.to_bytes());
+                new.extend_from_slice(&at.offset.to_le_bytes());
+                new.extend_from_slice(&at.len.to_le_bytes());
+            }
+        }
+        drop(known);
         if new.is_empty() {
             return Ok(());
         }
@@ -234,13 +307,26 @@ mod tests {
     }
 
     #[test]
-    fn known_chunks_persist() {
+    fn chunk_index_persists() {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("known");
-        let k = KnownChunks::open(&path).unwrap();
-        k.add([ChunkId([1; 32]), ChunkId([2; 32]), ChunkId([1; 32])])
-            .unwrap();
-        assert_eq!(std::fs::metadata(&path).unwrap().len(), 64);
+        let path = dir.path().join("index");
+        let k = ChunkIndex::open(&path).unwrap();
+        let (p, q) = (PackId::new().unwrap(), PackId::new().unwrap());
+        let at = |pack, offset| Location {
+            pack,
+            offset,
+            len: 10,
+        };
+        k.add([
+            (ChunkId([1; 32]), at(p, 0)),
+            (ChunkId([2; 32]), at(p, 10)),
+            (ChunkId([1; 32]), at(q, 0)),
+        ])
+        .unwrap();
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), 2 * RECORD as u64);
+        // The first location stays.
+        assert_eq!(k.get(&ChunkId([1; 32])), Some(at(p, 0)));
+        assert!(k.knows_pack(&p) && !k.knows_pack(&q));
         // A torn record from a crash is ignored.
         std::fs::OpenOptions::new()
             .append(true)
@@ -248,13 +334,12 @@ mod tests {
             .unwrap()
             .write_all(&[9; 5])
             .unwrap();
-        let k = KnownChunks::open(&path).unwrap();
-        assert!(k.contains(&ChunkId([2; 32])) && !k.contains(&ChunkId([9; 32])));
-        k.add([ChunkId([3; 32])]).unwrap();
-        assert!(
-            KnownChunks::open(&path)
-                .unwrap()
-                .contains(&ChunkId([3; 32]))
-        );
+        let k = ChunkIndex::open(&path).unwrap();
+        assert_eq!(k.get(&ChunkId([2; 32])), Some(at(p, 10)));
+        assert!(!k.contains(&ChunkId([9; 32])));
+        assert!(k.knows_pack(&p) && !k.knows_pack(&q));
+        k.add([(ChunkId([3; 32]), at(q, 20))]).unwrap();
+        let k = ChunkIndex::open(&path).unwrap();
+        assert_eq!(k.get(&ChunkId([3; 32])), Some(at(q, 20)));
     }
 }

@@ -1,21 +1,35 @@
 //! Restoring a checkpoint: validate the manifest, build the tree in a
-//! temporary directory beside the destination, fill files with verified
-//! chunks (cache first, then the store, several at once), set metadata
-//! children first, and rename the whole into place. Until that rename
-//! nothing is written at the destination; on any failure the temporary
-//! tree is removed.
+//! temporary directory beside the destination, and fill its files with
+//! verified chunks: those in this node's cache first, then the rest read
+//! out of their packs in byte ranges that merge neighbouring chunks (a
+//! pack holds a file's chunks in order, so a cold restore reads packs
+//! nearly whole), several ranges at once, each opened, verified and
+//! written into its files as it arrives. Then metadata is set, children
+//! first, and the whole renamed into place. Until that rename nothing is
+//! written at the destination; on any failure the temporary tree is
+//! removed.
 
 use crate::fsmeta::{self, Node};
-use crate::manifest::{CheckpointId, ChunkRef, Kind, Manifest, OsBytes, Timestamp};
+use crate::manifest::{CheckpointId, ChunkId, Kind, Manifest, OsBytes, Timestamp};
+use crate::pack::{Location, PackId};
 use crate::{Checkpoints, Error, Result, StoreError, blocking, io, object};
-use futures_util::StreamExt;
-use std::collections::HashSet;
+use futures_util::{StreamExt, TryStreamExt};
+use std::collections::{HashMap, HashSet};
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{DirBuilderExt, FileExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use tokio::sync::mpsc;
+
+/// Two wanted chunks of a pack are read in one request when at most this
+/// many bytes lie between them: reading a little unwanted data costs
+/// less than another request.
+const MAX_GAP: u64 = 1 << 20;
+/// One read covers at most this much, so that `concurrency` reads in
+/// flight hold tens of megabytes, not the whole checkpoint.
+const MAX_RANGE: u64 = 8 << 20;
+/// Cached chunks are opened and written this many per blocking task.
+const CACHED_BATCH: usize = 64;
 
 /// What a restore did.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -24,10 +38,12 @@ pub struct RestoreStats {
     pub files: u64,
     /// File data written (holes excluded).
     pub bytes_written: u64,
-    /// Chunks downloaded from the store, and their sealed size.
+    /// Chunk references filled from the store (a chunk named twice is
+    /// fetched once and counted twice), and the bytes read from the store
+    /// (sealed chunks, and any gaps between them read in the same range).
     pub chunks_fetched: u64,
     pub bytes_fetched: u64,
-    /// Chunks found in this node's cache.
+    /// Chunk references filled from this node's cache.
     pub chunks_cached: u64,
 }
 
@@ -41,18 +57,99 @@ pub struct Restored {
     pub stats: RestoreStats,
 }
 
-/// One chunk to write: which file (index into the file list), where.
-struct Job {
-    file: usize,
-    offset: u64,
-    chunk: ChunkRef,
+/// A distinct chunk of the manifest and every place it goes: (index into
+/// the file list, offset).
+struct Wanted {
+    id: ChunkId,
+    len: u32,
+    targets: Vec<(usize, u64)>,
 }
 
-/// Where a chunk came from.
-enum Source {
-    Cache,
-    /// The store, this many sealed bytes.
-    Store(u64),
+/// A byte range of one pack, and the wanted chunks in it.
+struct Span {
+    pack: PackId,
+    start: u64,
+    end: u64,
+    chunks: Vec<(Wanted, Location)>,
+}
+
+/// What part of a restore wrote: bytes written, chunk references filled,
+/// bytes read from the store.
+#[derive(Default)]
+struct Filled {
+    written: u64,
+    refs: u64,
+    fetched: u64,
+}
+
+/// The restored files, written chunk by chunk; the last few stay open.
+struct Files<'a> {
+    paths: &'a [PathBuf],
+    open: Vec<(usize, std::fs::File)>,
+}
+
+impl Files<'_> {
+    fn new(paths: &[PathBuf]) -> Files<'_> {
+        Files {
+            paths,
+            open: Vec::new(),
+        }
+    }
+
+    /// Writes a chunk's plaintext everywhere it goes; the bytes written.
+    fn write(&mut self, wanted: &Wanted, data: &[u8]) -> Result<u64> {
+        for &(index, offset) in &wanted.targets {
+            let path = &self.paths[index];
+            let at = match self.open.iter().position(|(i, _)| *i == index) {
+                Some(at) => at,
+                None => {
+                    if self.open.len() == 8 {
+                        self.open.remove(0);
+                    }
+                    let f = std::fs::OpenOptions::new()
+                        .write(true)
+                        .open(path)
+                        .map_err(io(format!("open {path:?}")))?;
+                    self.open.push((index, f));
+                    self.open.len() - 1
+                }
+            };
+            self.open[at]
+                .1
+                .write_all_at(data, offset)
+                .map_err(io(format!("write {path:?}")))?;
+        }
+        Ok(data.len() as u64 * wanted.targets.len() as u64)
+    }
+}
+
+/// Groups chunks to fetch into ranges of their packs: sorted by pack and
+/// offset, neighbours merged while the gap and the range stay small.
+fn spans(chunks: Vec<(Wanted, Location)>) -> Vec<Span> {
+    let mut chunks = chunks;
+    chunks.sort_by_key(|(_, at)| (at.pack, at.offset));
+    let mut out: Vec<Span> = Vec::new();
+    for (wanted, at) in chunks {
+        let start = u64::from(at.offset);
+        match out.last_mut() {
+            Some(span)
+                if span.pack == at.pack
+                    && start >= span.end
+                    && start - span.end <= MAX_GAP
+                    && at.end() - span.start <= MAX_RANGE =>
+            {
+                span.end = at.end();
+                span.chunks.push((wanted, at));
+            }
+            _ => out.push(Span {
+                pack: at.pack,
+                start,
+                end: at.end(),
+                chunks: vec![(wanted, at)],
+            }),
+        }
+    }
+    out
 }
 
 impl Checkpoints {
@@ -62,7 +159,8 @@ impl Checkpoints {
     /// removes its temporary tree; a crash leaves `.<name>.restore-<hex>`
     /// beside the destination, for the caller's recovery to remove.
     pub async fn restore(&self, id: &CheckpointId, dest: &Path) -> Result<Restored> {
-        let manifest = Arc::new(self.manifest(id).await?);
+        let (manifest, located) = self.load(id).await?;
+        let manifest = Arc::new(manifest);
         validate(&manifest).map_err(|reason| Error::InvalidManifest {
             checkpoint: id.clone(),
             reason,
@@ -72,7 +170,7 @@ impl Checkpoints {
             move || temporary_beside(&dest)
         })
         .await?;
-        let outcome = self.materialise(id, manifest, &tmp, dest).await;
+        let outcome = self.materialise(id, manifest, located, &tmp, dest).await;
         if outcome.is_err() {
             let tmp = tmp.clone();
             let removed = blocking(move || {
@@ -90,10 +188,11 @@ impl Checkpoints {
         &self,
         id: &CheckpointId,
         manifest: Arc<Manifest>,
+        located: HashMap<ChunkId, Location>,
         tmp: &Path,
         dest: &Path,
     ) -> Result<Restored> {
-        let (files, jobs) = blocking({
+        let (files, wanted) = blocking({
             let (manifest, tmp) = (manifest.clone(), tmp.to_path_buf());
             move || skeleton(&manifest, &tmp)
         })
@@ -103,61 +202,78 @@ impl Checkpoints {
             files: files.len() as u64,
             ..RestoreStats::default()
         };
+        let files = Arc::new(files);
+        let concurrency = self.inner.concurrency;
 
-        // Chunks arrive in order (`buffered`), so the writer has one file
-        // open at a time.
-        let (tx, mut rx) = mpsc::channel::<(usize, u64, Vec<u8>)>(self.inner.concurrency * 2);
-        let writer = tokio::task::spawn_blocking(move || {
-            let mut open: Option<(usize, std::fs::File)> = None;
-            let mut written = 0u64;
-            while let Some((index, offset, data)) = rx.blocking_recv() {
-                let path = &files[index];
-                let file = match &mut open {
-                    Some((i, f)) if *i == index => f,
-                    slot => {
-                        let f = std::fs::OpenOptions::new()
-                            .write(true)
-                            .open(path)
-                            .map_err(io(format!("open {path:?}")))?;
-                        &mut slot.insert((index, f)).1
-                    }
-                };
-                file.write_all_at(&data, offset)
-                    .map_err(io(format!("write {path:?}")))?;
-                written += data.len() as u64;
-            }
-            Ok::<_, Error>(written)
-        });
-        let fetched = async {
-            let fetches = futures_util::stream::iter(jobs)
-                .map(|job| async move {
-                    let (data, source) = self.fetch(id, job.chunk).await?;
-                    Ok::<_, Error>((job, data, source))
-                })
-                .buffered(self.inner.concurrency);
-            let mut fetches = std::pin::pin!(fetches);
-            while let Some(next) = fetches.next().await {
-                let (job, data, source) = next?;
-                match source {
-                    Source::Cache => stats.chunks_cached += 1,
-                    Source::Store(bytes) => {
-                        stats.chunks_fetched += 1;
-                        stats.bytes_fetched += bytes;
-                    }
-                }
-                if tx.send((job.file, job.offset, data)).await.is_err() {
-                    break; // the writer failed; its error is reported below
-                }
-            }
-            drop(tx);
-            Ok::<_, Error>(())
+        // From the cache; a cached chunk that fails to open is fetched.
+        let (cached, mut missing): (Vec<Wanted>, Vec<Wanted>) = wanted
+            .into_iter()
+            .partition(|w| self.inner.cache.contains(&w.id));
+        let mut batches = Vec::new();
+        let mut cached = cached.into_iter().peekable();
+        while cached.peek().is_some() {
+            batches.push(cached.by_ref().take(CACHED_BATCH).collect::<Vec<_>>());
         }
-        .await;
-        let written = writer
-            .await
-            .map_err(|e| io("the file writer")(std::io::Error::other(e.to_string())))?;
-        stats.bytes_written = written?;
-        fetched?;
+        let from_cache = futures_util::stream::iter(batches)
+            .map(|batch| {
+                let (inner, files) = (self.inner.clone(), files.clone());
+                blocking(move || {
+                    let mut out = Files::new(&files);
+                    let (mut filled, mut refetch) = (Filled::default(), Vec::new());
+                    for w in batch {
+                        let plain = inner.cache.get(&w.id).and_then(|sealed| {
+                            object::open_chunk(&inner.keys, &w.id, w.len, &sealed)
+                                .inspect_err(|e| {
+                                    tracing::warn!(
+                                        "cached chunk {} is bad ({e}); fetching it again",
+                                        w.id
+                                    );
+                                    inner.cache.remove(&w.id);
+                                })
+                                .ok()
+                        });
+                        match plain {
+                            Some(plain) => {
+                                filled.written += out.write(&w, &plain)?;
+                                filled.refs += w.targets.len() as u64;
+                            }
+                            None => refetch.push(w),
+                        }
+                    }
+                    Ok((filled, refetch))
+                })
+            })
+            .buffer_unordered(concurrency)
+            .try_collect::<Vec<_>>()
+            .await?;
+        for (filled, refetch) in from_cache {
+            stats.bytes_written += filled.written;
+            stats.chunks_cached += filled.refs;
+            missing.extend(refetch);
+        }
+
+        // From the store.
+        let mut to_fetch = Vec::with_capacity(missing.len());
+        for w in missing {
+            let at = *located.get(&w.id).ok_or_else(|| Error::InvalidManifest {
+                checkpoint: id.clone(),
+                reason: format!("chunk {} is not located", w.id),
+            })?;
+            to_fetch.push((w, at));
+        }
+        let fetched = futures_util::stream::iter(spans(to_fetch))
+            .map(|span| self.fetch(id, span, files.clone()))
+            .buffer_unordered(concurrency)
+            .try_fold(Filled::default(), |mut total, f| async move {
+                total.written += f.written;
+                total.refs += f.refs;
+                total.fetched += f.fetched;
+                Ok(total)
+            })
+            .await?;
+        stats.bytes_written += fetched.written;
+        stats.chunks_fetched += fetched.refs;
+        stats.bytes_fetched += fetched.fetched;
 
         let baseline = blocking({
             let (manifest, tmp, dest) = (manifest.clone(), tmp.to_path_buf(), dest.to_path_buf());
@@ -179,55 +295,60 @@ impl Checkpoints {
         Ok(Restored { baseline, stats })
     }
 
-    /// A chunk's plaintext: from the cache if it is there and sound, else
-    /// from the store (then cached).
-    async fn fetch(&self, checkpoint: &CheckpointId, chunk: ChunkRef) -> Result<(Vec<u8>, Source)> {
-        let inner = self.inner.clone();
-        let cached = blocking(move || {
-            let sealed = inner.cache.get(&chunk.id);
-            Ok(sealed.and_then(|sealed| {
-                match object::open_chunk(&inner.keys, &chunk.id, chunk.len, &sealed) {
-                    Ok(plain) => Some(plain),
-                    Err(e) => {
-                        tracing::warn!("cached chunk {} is bad ({e}); fetching it again", chunk.id);
-                        inner.cache.remove(&chunk.id);
-                        None
-                    }
-                }
-            }))
-        })
-        .await?;
-        if let Some(plain) = cached {
-            return Ok((plain, Source::Cache));
-        }
-        let sealed = match self.inner.blobs.get(&chunk.id.key()).await {
+    /// Reads a span of a pack, then opens and verifies each chunk in it,
+    /// caches it and writes it into its files.
+    async fn fetch(
+        &self,
+        checkpoint: &CheckpointId,
+        span: Span,
+        files: Arc<Vec<PathBuf>>,
+    ) -> Result<Filled> {
+        let first = span.chunks[0].0.id;
+        let data = match self
+            .inner
+            .blobs
+            .get_range(&span.pack.key(), span.start..span.end)
+            .await
+        {
             Err(StoreError::NotFound { store, .. }) => {
                 return Err(Error::MissingChunk {
-                    chunk: chunk.id,
+                    chunk: first,
                     checkpoint: checkpoint.clone(),
                     store,
                 });
             }
             r => r?,
         };
-        let size = sealed.len() as u64;
         let inner = self.inner.clone();
         let checkpoint = checkpoint.clone();
-        let plain = blocking(move || {
-            let plain = object::open_chunk(&inner.keys, &chunk.id, chunk.len, &sealed).map_err(
-                |reason| Error::CorruptChunk {
-                    chunk: chunk.id,
-                    checkpoint,
+        blocking(move || {
+            let mut out = Files::new(&files);
+            let mut filled = Filled {
+                fetched: data.len() as u64,
+                ..Filled::default()
+            };
+            for (w, at) in &span.chunks {
+                let from = (u64::from(at.offset) - span.start) as usize;
+                let corrupt = |reason| Error::CorruptChunk {
+                    chunk: w.id,
+                    checkpoint: checkpoint.clone(),
                     reason,
-                },
-            )?;
-            if let Err(e) = inner.cache.put(&chunk.id, &sealed) {
-                tracing::warn!("could not cache chunk {}: {e}", chunk.id);
+                };
+                // A pack cut short leaves its last chunks truncated.
+                let sealed = data
+                    .get(from..from + at.len as usize)
+                    .ok_or_else(|| corrupt(object::ObjectError::NotSealed("chunk")))?;
+                let plain =
+                    object::open_chunk(&inner.keys, &w.id, w.len, sealed).map_err(corrupt)?;
+                if let Err(e) = inner.cache.put(&w.id, sealed) {
+                    tracing::warn!("could not cache chunk {}: {e}", w.id);
+                }
+                filled.written += out.write(w, &plain)?;
+                filled.refs += w.targets.len() as u64;
             }
-            Ok(plain)
+            Ok(filled)
         })
-        .await?;
-        Ok((plain, Source::Store(size)))
+        .await
     }
 }
 
@@ -334,10 +455,12 @@ fn temporary_beside(dest: &Path) -> Result<PathBuf> {
 }
 
 /// Creates every entry (files at their full size, all holes) under
-/// `root`, which exists; the files' paths and the chunks to write.
-fn skeleton(m: &Manifest, root: &Path) -> Result<(Vec<PathBuf>, Vec<Job>)> {
+/// `root`, which exists; the files' paths and the distinct chunks to
+/// write, each with where it goes.
+fn skeleton(m: &Manifest, root: &Path) -> Result<(Vec<PathBuf>, Vec<Wanted>)> {
     let mut files = Vec::new();
-    let mut jobs = Vec::new();
+    let mut wanted: Vec<Wanted> = Vec::new();
+    let mut seen: HashMap<ChunkId, usize> = HashMap::new();
     for e in &m.entries[1..] {
         let path = under(root, &e.path);
         let made = match &e.kind {
@@ -352,11 +475,15 @@ fn skeleton(m: &Manifest, root: &Path) -> Result<(Vec<PathBuf>, Vec<Job>)> {
                     for x in &f.extents {
                         let mut offset = x.offset;
                         for chunk in &x.chunks {
-                            jobs.push(Job {
-                                file: files.len(),
-                                offset,
-                                chunk: *chunk,
+                            let at = *seen.entry(chunk.id).or_insert_with(|| {
+                                wanted.push(Wanted {
+                                    id: chunk.id,
+                                    len: chunk.len,
+                                    targets: Vec::new(),
+                                });
+                                wanted.len() - 1
                             });
+                            wanted[at].targets.push((files.len(), offset));
                             offset += u64::from(chunk.len);
                         }
                     }
@@ -376,7 +503,7 @@ fn skeleton(m: &Manifest, root: &Path) -> Result<(Vec<PathBuf>, Vec<Job>)> {
         let (path, target) = (under(root, &link.path), under(root, &link.target));
         std::fs::hard_link(&target, &path).map_err(io(format!("link {path:?} to {target:?}")))?;
     }
-    Ok((files, jobs))
+    Ok((files, wanted))
 }
 
 /// Sets owners, modes, xattrs and times, children before their directory

@@ -7,7 +7,9 @@
 mod common;
 
 use common::*;
-use sandstone_checkpoint::store::{Blobs, FileBlobs};
+use futures_util::future::BoxFuture;
+use sandstone_checkpoint::StoreError;
+use sandstone_checkpoint::store::{Blobs, FileBlobs, StoreResult};
 use sandstone_checkpoint::{CheckpointId, Error, MasterKey, SandboxId};
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
@@ -40,9 +42,11 @@ impl World {
         node(self.blobs.clone(), &self.key, &self.path(name)).await
     }
 
-    fn chunk_path(&self, id: &sandstone_checkpoint::ChunkId) -> std::path::PathBuf {
-        let hex = id.to_string();
-        self.path("store/chunks").join(&hex[..2]).join(hex)
+    /// The pack objects in the store, oldest first.
+    fn packs(&self) -> Vec<std::path::PathBuf> {
+        let mut packs = objects(&self.path("store/packs"));
+        packs.sort();
+        packs
     }
 }
 
@@ -167,9 +171,132 @@ async fn unchanged_trees_upload_nothing_and_small_changes_little() {
     assert_eq!(s.bytes_read, 50 * MIB, "{s:?}");
     assert!(s.chunks_uploaded > 0 && s.bytes_uploaded < 2 * MIB, "{s:?}");
 
+    // Node c, which synced before, learns of a's new pack from the indexes
+    // stored since: its own checkpoint of the change uploads no chunk.
+    let c_again = c
+        .checkpoint(&tree, &id(1, 5), Some(&third.manifest))
+        .await
+        .unwrap();
+    let s = &c_again.stats;
+    assert_eq!((s.bytes_read, s.chunks_uploaded), (50 * MIB, 0), "{s:?}");
+
     let restored = w.node("node-d").await;
     restored.restore(&id(1, 4), &w.path("r")).await.unwrap();
     assert_same_tree(&tree, &w.path("r"));
+
+    // A manifest fetched on a node that never saw its packs tells it where
+    // its chunks lie: given as `previous`, nothing is read again.
+    let e = w.node("node-e").await;
+    let fourth = e.manifest(&id(1, 4)).await.unwrap();
+    let fifth = e.checkpoint(&tree, &id(1, 6), Some(&fourth)).await.unwrap();
+    assert_eq!(
+        (fifth.stats.bytes_read, fifth.stats.chunks_uploaded),
+        (0, 0),
+        "{:?}",
+        fifth.stats
+    );
+}
+
+/// A store whose pack uploads fail from the `fail_from`-th on.
+struct FailingPacks {
+    inner: Arc<dyn Blobs>,
+    packs: std::sync::atomic::AtomicUsize,
+    fail_from: usize,
+}
+
+impl Blobs for FailingPacks {
+    fn describe(&self) -> &str {
+        self.inner.describe()
+    }
+    fn put<'a>(&'a self, key: &'a str, data: bytes::Bytes) -> BoxFuture<'a, StoreResult<()>> {
+        use std::sync::atomic::Ordering;
+        if key.starts_with("packs/") && self.packs.fetch_add(1, Ordering::SeqCst) >= self.fail_from
+        {
+            return Box::pin(async move {
+                Err(StoreError::Other {
+                    store: "failing".into(),
+                    what: format!("put {key}"),
+                    detail: "injected failure".into(),
+                })
+            });
+        }
+        self.inner.put(key, data)
+    }
+    fn get<'a>(&'a self, key: &'a str) -> BoxFuture<'a, StoreResult<bytes::Bytes>> {
+        self.inner.get(key)
+    }
+    fn exists<'a>(&'a self, key: &'a str) -> BoxFuture<'a, StoreResult<bool>> {
+        self.inner.exists(key)
+    }
+    fn list<'a>(&'a self, prefix: &'a str) -> BoxFuture<'a, StoreResult<Vec<String>>> {
+        self.inner.list(prefix)
+    }
+    fn delete<'a>(&'a self, key: &'a str) -> BoxFuture<'a, StoreResult<()>> {
+        self.inner.delete(key)
+    }
+    fn probe(&self) -> BoxFuture<'_, StoreResult<()>> {
+        self.inner.probe()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_chunk_counts_as_stored_only_once_its_pack_is() {
+    let w = World::new();
+    let tree = w.path("tree");
+    build_tree(&tree, 30);
+    // Packs of 1, 2, 4, 8 MiB, ...: the fourth and later uploads fail.
+    let failing: Arc<dyn Blobs> = Arc::new(FailingPacks {
+        inner: w.blobs.clone(),
+        packs: Default::default(),
+        fail_from: 3,
+    });
+    let state = w.path("node-a");
+    let a = node(failing, &w.key, &state).await;
+    let e = a.checkpoint(&tree, &id(1, 1), None).await.unwrap_err();
+    assert!(e.to_string().contains("injected failure"), "{e}");
+    assert!(w.blobs.list("manifests/").await.unwrap().is_empty());
+    drop(a);
+
+    // The same node (its index kept) against the working store: the packs
+    // that were stored are reused, the chunks of those that were not are
+    // uploaded, and the checkpoint restores whole elsewhere.
+    let a = node(w.blobs.clone(), &w.key, &state).await;
+    let retry = a.checkpoint(&tree, &id(1, 1), None).await.unwrap();
+    let s = &retry.stats;
+    assert!(s.chunks_reused > 0 && s.chunks_uploaded > 0, "{s:?}");
+    assert!(s.bytes_uploaded < 30 * MIB, "{s:?}");
+    w.node("node-b")
+        .await
+        .restore(&id(1, 1), &w.path("r"))
+        .await
+        .unwrap();
+    assert_same_tree(&tree, &w.path("r"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bad_cached_chunk_is_fetched_again() {
+    let w = World::new();
+    let tree = w.path("tree");
+    build_tree(&tree, 2);
+    w.node("a")
+        .await
+        .checkpoint(&tree, &id(1, 1), None)
+        .await
+        .unwrap();
+    let b = w.node("b").await;
+    b.restore(&id(1, 1), &w.path("r1")).await.unwrap();
+    let cached = objects(&w.path("b/chunk-cache"));
+    assert!(cached.len() > 5, "{cached:?}");
+    for victim in &cached[..3] {
+        let mut data = std::fs::read(victim).unwrap();
+        let mid = data.len() / 2;
+        data[mid] ^= 1;
+        std::fs::write(victim, data).unwrap();
+    }
+    let again = b.restore(&id(1, 1), &w.path("r2")).await.unwrap();
+    let s = &again.stats;
+    assert!(s.chunks_fetched >= 3 && s.chunks_cached > 0, "{s:?}");
+    assert_same_tree(&tree, &w.path("r2"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -182,8 +309,20 @@ async fn the_store_holds_no_plaintext() {
         .checkpoint(&tree, &id(1, 1), None)
         .await
         .unwrap();
+    // A pack, its index and the manifest.
     let objects = objects(&w.path("store"));
-    assert!(objects.len() > 4);
+    let kinds: std::collections::BTreeSet<_> = objects
+        .iter()
+        .map(|o| {
+            o.strip_prefix(w.path("store"))
+                .unwrap()
+                .iter()
+                .next()
+                .unwrap()
+                .to_owned()
+        })
+        .collect();
+    assert_eq!(kinds.len(), 3, "{objects:?}");
     for o in objects {
         let data = std::fs::read(&o).unwrap();
         for needle in [
@@ -246,29 +385,56 @@ async fn a_corrupted_or_swapped_chunk_is_refused_and_nothing_is_written() {
         .checkpoint(&tree, &id(1, 1), None)
         .await
         .unwrap();
-    let mut chunks = written.manifest.chunks().map(|c| c.id).collect::<Vec<_>>();
-    chunks.sort();
-    chunks.dedup();
-    let (victim, other) = (chunks[0], chunks[1]);
-    let path = w.chunk_path(&victim);
-    let good = std::fs::read(&path).unwrap();
+    // Packs hold the new chunks in the order the walk met them; the first
+    // pack (1 MiB, the largest here) begins with the first chunk the
+    // manifest names, that of a/big, and ends with a/big's last.
+    let packs = w.packs();
+    let pack = &packs
+        .iter()
+        .max_by_key(|p| std::fs::metadata(p).unwrap().len())
+        .unwrap()
+        .clone();
+    let victim = written.manifest.chunks().next().unwrap().id;
+    let big = written
+        .manifest
+        .entries
+        .iter()
+        .find(|e| e.path.0 == b"a/big");
+    let Some(sandstone_checkpoint::Kind::File(big)) = big.map(|e| &e.kind) else {
+        panic!("no a/big in the manifest")
+    };
+    let last = big.extents.last().unwrap().chunks.last().unwrap().id;
+    let good = std::fs::read(pack).unwrap();
 
+    // A bit flipped inside the first chunk's ciphertext.
     let mut bad = good.clone();
-    let mid = bad.len() / 2;
-    bad[mid] ^= 0x40;
-    std::fs::write(&path, &bad).unwrap();
+    bad[40] ^= 0x40;
+    std::fs::write(pack, &bad).unwrap();
     refused_untouched(&w, &victim, false).await;
 
-    // Another chunk's (valid) object under this id.
-    std::fs::copy(w.chunk_path(&other), &path).unwrap();
+    // Another (valid) pack of the same installation under this name.
+    let other_tree = w.path("other");
+    std::fs::create_dir(&other_tree).unwrap();
+    std::fs::write(other_tree.join("f"), noise(77, 300 << 10)).unwrap();
+    w.node("b")
+        .await
+        .checkpoint(&other_tree, &id(7, 1), None)
+        .await
+        .unwrap();
+    let other = w.packs().into_iter().find(|p| !packs.contains(p)).unwrap();
+    std::fs::copy(&other, pack).unwrap();
     refused_untouched(&w, &victim, false).await;
+
+    // Cut short: the chunk past its end is refused, not read as a hole.
+    std::fs::write(pack, &good[..good.len() - 10]).unwrap();
+    refused_untouched(&w, &last, false).await;
 
     // Missing: the checkpoint is incomplete and is not used.
-    std::fs::remove_file(&path).unwrap();
+    std::fs::remove_file(pack).unwrap();
     refused_untouched(&w, &victim, true).await;
 
     // Put back, it restores.
-    std::fs::write(&path, &good).unwrap();
+    std::fs::write(pack, &good).unwrap();
     let node = w.node("ok").await;
     node.restore(&id(1, 1), &w.path("dest")).await.unwrap();
     assert_same_tree(&tree, &w.path("dest"));

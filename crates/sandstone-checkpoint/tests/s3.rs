@@ -185,6 +185,12 @@ async fn checkpoints_through_a_real_s3_server() {
         .await
         .unwrap();
     assert_eq!(&blobs.get("x/a").await.unwrap()[..], b"one");
+    // Ranges, as a restore reads chunks out of packs.
+    assert_eq!(&blobs.get_range("x/a", 1..3).await.unwrap()[..], b"ne");
+    assert_eq!(&blobs.get_range("x/a", 2..10).await.unwrap()[..], b"e");
+    assert_eq!(&blobs.get_range("x/a", 5..10).await.unwrap()[..], b"");
+    let e = blobs.get_range("x/b", 0..1).await.unwrap_err();
+    assert!(matches!(e, StoreError::NotFound { .. }), "{e}");
     assert!(blobs.exists("x/a").await.unwrap());
     assert!(!blobs.exists("x/b").await.unwrap());
     let e = blobs.get("x/b").await.unwrap_err();
@@ -203,6 +209,14 @@ async fn checkpoints_through_a_real_s3_server() {
         .unwrap();
     let listed = blobs.list("page/").await.unwrap();
     assert_eq!(listed.len(), 1100);
+    // start-after, across pages.
+    let after = blobs.list_after("page/", "page/00010").await.unwrap();
+    assert_eq!(after.len(), 1089);
+    assert_eq!(after[0], "page/00011");
+    assert_eq!(
+        blobs.list_after("page/", "page/01098").await.unwrap(),
+        ["page/01099"]
+    );
     assert_eq!(
         (listed[0].as_str(), listed[1099].as_str()),
         ("page/00000", "page/01099")
@@ -220,6 +234,14 @@ async fn checkpoints_through_a_real_s3_server() {
     let a = node(blobs.clone(), &key, &dir.path().join("a")).await;
     let written = a.checkpoint(&tree, &id, None).await.unwrap();
     assert!(written.stats.chunks_uploaded > 0);
+    // A few packs (1, 2, ... MiB) and their indexes, not an object per chunk.
+    let packs = blobs.list("packs/").await.unwrap();
+    assert!(
+        packs.len() <= 3 && written.stats.chunks_uploaded > 20,
+        "{packs:?} {:?}",
+        written.stats
+    );
+    assert_eq!(blobs.list("pack-index/").await.unwrap().len(), packs.len());
     let b = node(blobs.clone(), &key, &dir.path().join("b")).await;
     assert_eq!(b.latest(&id.sandbox).await.unwrap(), Some(id.clone()));
     b.restore(&id, &dir.path().join("restored")).await.unwrap();

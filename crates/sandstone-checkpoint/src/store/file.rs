@@ -106,6 +106,46 @@ impl Blobs for FileBlobs {
         })
     }
 
+    fn get_range<'a>(
+        &'a self,
+        key: &'a str,
+        range: std::ops::Range<u64>,
+    ) -> BoxFuture<'a, StoreResult<Bytes>> {
+        Box::pin(async move {
+            check_key(&self.name, key)?;
+            let path = self.root.join(key);
+            let read = self
+                .blocking(
+                    move || {
+                        let file = match std::fs::File::open(&path) {
+                            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+                            r => r?,
+                        };
+                        let mut data = vec![0; range.end.saturating_sub(range.start) as usize];
+                        let mut got = 0;
+                        while got < data.len() {
+                            match std::os::unix::fs::FileExt::read_at(
+                                &file,
+                                &mut data[got..],
+                                range.start + got as u64,
+                            )? {
+                                0 => break,
+                                n => got += n,
+                            }
+                        }
+                        data.truncate(got);
+                        Ok(Some(data))
+                    },
+                    format!("read {key}"),
+                )
+                .await?;
+            read.map(Bytes::from).ok_or_else(|| StoreError::NotFound {
+                store: self.name.clone(),
+                key: key.into(),
+            })
+        })
+    }
+
     fn exists<'a>(&'a self, key: &'a str) -> BoxFuture<'a, StoreResult<bool>> {
         Box::pin(async move {
             check_key(&self.name, key)?;
@@ -182,12 +222,17 @@ mod tests {
         store.put("a/bd", Bytes::from_static(b"x")).await.unwrap();
         store.put("z", Bytes::from_static(b"y")).await.unwrap();
         assert_eq!(&store.get("a/b/c").await.unwrap()[..], b"two");
+        assert_eq!(&store.get_range("a/b/c", 1..3).await.unwrap()[..], b"wo");
+        assert_eq!(&store.get_range("a/b/c", 2..9).await.unwrap()[..], b"o");
+        let e = store.get_range("a/nope", 0..1).await.unwrap_err();
+        assert!(matches!(e, StoreError::NotFound { .. }), "{e}");
         assert!(store.exists("a/bd").await.unwrap());
         assert!(!store.exists("a/nope").await.unwrap());
         assert_eq!(store.list("a/b").await.unwrap(), ["a/b/c", "a/bd"]);
         assert_eq!(store.list("a/b/").await.unwrap(), ["a/b/c"]);
         assert_eq!(store.list("").await.unwrap(), ["a/b/c", "a/bd", "z"]);
         assert_eq!(store.list("q/").await.unwrap(), Vec::<String>::new());
+        assert_eq!(store.list_after("a/", "a/b/c").await.unwrap(), ["a/bd"]);
         store.delete("a/b/c").await.unwrap();
         store.delete("a/b/c").await.unwrap();
         let e = store.get("a/b/c").await.unwrap_err();

@@ -3,9 +3,10 @@
 //! `file:///path`) and S3 or any S3-compatible server ([`S3Blobs`],
 //! `s3://bucket/prefix`).
 //!
-//! Every object this crate writes is small (a chunk is at most 256 KiB
-//! before compression; a manifest a few MiB), so objects move as whole
-//! [`Bytes`] and a put is one request: no multipart uploads.
+//! Every object this crate writes is at most a few MiB (a pack about
+//! 8 MiB, a manifest a few MiB), so objects move as whole [`Bytes`] and a
+//! put is one request: no multipart uploads. Reads may take a byte range
+//! of an object (a restore reads the chunks it lacks out of packs).
 
 mod file;
 mod s3;
@@ -58,9 +59,38 @@ pub trait Blobs: Send + Sync {
     fn put<'a>(&'a self, key: &'a str, data: Bytes) -> BoxFuture<'a, StoreResult<()>>;
     /// The object `key`; [`StoreError::NotFound`] when there is none.
     fn get<'a>(&'a self, key: &'a str) -> BoxFuture<'a, StoreResult<Bytes>>;
+    /// Bytes `range` of the object `key` (fewer if the object ends
+    /// first); [`StoreError::NotFound`] when there is none. The default
+    /// reads the whole object.
+    fn get_range<'a>(
+        &'a self,
+        key: &'a str,
+        range: std::ops::Range<u64>,
+    ) -> BoxFuture<'a, StoreResult<Bytes>> {
+        Box::pin(async move {
+            let all = self.get(key).await?;
+            let end = (range.end.min(all.len() as u64)) as usize;
+            let start = (range.start as usize).min(end);
+            Ok(all.slice(start..end))
+        })
+    }
     fn exists<'a>(&'a self, key: &'a str) -> BoxFuture<'a, StoreResult<bool>>;
     /// Every key starting with `prefix`, sorted.
     fn list<'a>(&'a self, prefix: &'a str) -> BoxFuture<'a, StoreResult<Vec<String>>>;
+    /// Every key starting with `prefix` that sorts after `after`, sorted
+    /// (S3's `start-after`: the store skips the rest). The default lists
+    /// all and filters.
+    fn list_after<'a>(
+        &'a self,
+        prefix: &'a str,
+        after: &'a str,
+    ) -> BoxFuture<'a, StoreResult<Vec<String>>> {
+        Box::pin(async move {
+            let mut keys = self.list(prefix).await?;
+            keys.retain(|k| k.as_str() > after);
+            Ok(keys)
+        })
+    }
     /// Removes `key`; removing what is not there is not an error.
     fn delete<'a>(&'a self, key: &'a str) -> BoxFuture<'a, StoreResult<()>>;
     /// Checks that the store exists and these credentials may use it, so a

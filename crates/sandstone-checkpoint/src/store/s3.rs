@@ -193,7 +193,7 @@ impl S3Blobs {
         };
         let what = format!("create bucket {}", self.bucket);
         let (status, answer) = self
-            .send(Method::PUT, &self.bucket_path(), &[], body, &what)
+            .send(Method::PUT, &self.bucket_path(), &[], None, body, &what)
             .await?;
         let owned = xml_values(&String::from_utf8_lossy(&answer), "Code")
             .any(|c| c == "BucketAlreadyOwnedByYou");
@@ -230,6 +230,7 @@ impl S3Blobs {
         method: Method,
         path: &str,
         query: &[(&str, &str)],
+        extra: Option<(&'static str, String)>,
         body: Bytes,
         what: &str,
     ) -> StoreResult<(StatusCode, Bytes)> {
@@ -261,6 +262,7 @@ impl S3Blobs {
             if let Some(token) = &self.credentials.session_token {
                 headers.push(("x-amz-security-token", token.expose().to_string()));
             }
+            headers.extend(extra.clone());
             let authorization = sigv4::authorization(
                 &self.credentials,
                 &self.region,
@@ -367,10 +369,12 @@ impl S3Blobs {
     async fn list_page(
         &self,
         prefix: &str,
+        start_after: Option<&str>,
         token: Option<&str>,
         max_keys: Option<&str>,
     ) -> StoreResult<(Vec<String>, Option<String>)> {
         let mut query = vec![("list-type", "2"), ("prefix", prefix)];
+        query.extend(start_after.map(|s| ("start-after", s)));
         query.extend(token.map(|t| ("continuation-token", t)));
         query.extend(max_keys.map(|m| ("max-keys", m)));
         let what = format!("list {prefix}");
@@ -379,6 +383,7 @@ impl S3Blobs {
                 Method::GET,
                 &self.bucket_path(),
                 &query,
+                None,
                 Bytes::new(),
                 &what,
             )
@@ -457,7 +462,7 @@ impl Blobs for S3Blobs {
             check_key(&self.name, key)?;
             let what = format!("put {key}");
             let (status, body) = self
-                .send(Method::PUT, &self.object_path(key), &[], data, &what)
+                .send(Method::PUT, &self.object_path(key), &[], None, data, &what)
                 .await?;
             if status.is_success() {
                 Ok(())
@@ -476,6 +481,7 @@ impl Blobs for S3Blobs {
                     Method::GET,
                     &self.object_path(key),
                     &[],
+                    None,
                     Bytes::new(),
                     &what,
                 )
@@ -484,6 +490,43 @@ impl Blobs for S3Blobs {
                 Ok(body)
             } else {
                 Err(self.refusal(status, &body, &what, key))
+            }
+        })
+    }
+
+    fn get_range<'a>(
+        &'a self,
+        key: &'a str,
+        range: std::ops::Range<u64>,
+    ) -> BoxFuture<'a, StoreResult<Bytes>> {
+        Box::pin(async move {
+            check_key(&self.name, key)?;
+            if range.is_empty() {
+                return Ok(Bytes::new());
+            }
+            let what = format!("get {key} bytes {}..{}", range.start, range.end);
+            let header = format!("bytes={}-{}", range.start, range.end - 1);
+            let (status, body) = self
+                .send(
+                    Method::GET,
+                    &self.object_path(key),
+                    &[],
+                    Some(("range", header)),
+                    Bytes::new(),
+                    &what,
+                )
+                .await?;
+            let len = (range.end - range.start) as usize;
+            match status {
+                StatusCode::PARTIAL_CONTENT => Ok(body.slice(..body.len().min(len))),
+                // A server that ignores Range sends the whole object.
+                StatusCode::OK => {
+                    let start = (range.start as usize).min(body.len());
+                    Ok(body.slice(start..body.len().min(start + len)))
+                }
+                // The range starts past the object's end.
+                StatusCode::RANGE_NOT_SATISFIABLE => Ok(Bytes::new()),
+                s => Err(self.refusal(s, &body, &what, key)),
             }
         })
     }
@@ -497,6 +540,7 @@ impl Blobs for S3Blobs {
                     Method::HEAD,
                     &self.object_path(key),
                     &[],
+                    None,
                     Bytes::new(),
                     &what,
                 )
@@ -510,13 +554,31 @@ impl Blobs for S3Blobs {
     }
 
     fn list<'a>(&'a self, prefix: &'a str) -> BoxFuture<'a, StoreResult<Vec<String>>> {
+        self.list_after(prefix, "")
+    }
+
+    fn list_after<'a>(
+        &'a self,
+        prefix: &'a str,
+        after: &'a str,
+    ) -> BoxFuture<'a, StoreResult<Vec<String>>> {
         Box::pin(async move {
             check_prefix(&self.name, prefix)?;
             let full = format!("{}{prefix}", self.prefix);
+            let start = match after {
+                "" => None,
+                a => {
+                    check_prefix(&self.name, a)?;
+                    Some(format!("{}{a}", self.prefix))
+                }
+            };
             let mut keys = Vec::new();
             let mut token = None;
             loop {
-                let (page, next) = self.list_page(&full, token.as_deref(), None).await?;
+                // A continuation token carries on from where start-after
+                // began.
+                let from = start.as_deref().filter(|_| token.is_none());
+                let (page, next) = self.list_page(&full, from, token.as_deref(), None).await?;
                 keys.extend(page);
                 match next {
                     Some(t) => token = Some(t),
@@ -537,6 +599,7 @@ impl Blobs for S3Blobs {
                     Method::DELETE,
                     &self.object_path(key),
                     &[],
+                    None,
                     Bytes::new(),
                     &what,
                 )
@@ -551,7 +614,7 @@ impl Blobs for S3Blobs {
 
     fn probe(&self) -> BoxFuture<'_, StoreResult<()>> {
         Box::pin(async move {
-            self.list_page(&self.prefix, None, Some("1")).await?;
+            self.list_page(&self.prefix, None, None, Some("1")).await?;
             Ok(())
         })
     }
