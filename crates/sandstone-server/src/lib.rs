@@ -330,17 +330,13 @@ pub async fn run(mut config: Config) -> anyhow::Result<()> {
         Some(url) => Some(open_checkpoints(url, &sealer, &config.data_dir).await?),
         None => None,
     };
-    let lc = lifecycle::Lifecycle::new(
-        node.id.clone(),
-        store,
-        storage,
-        config.init_bin.clone(),
-        &group,
-        config.warm_pool,
-        network,
-        checkpoints,
-    )
-    .await?;
+    let runner = lifecycle::Runner {
+        node: node.id.clone(),
+        init_bin: config.init_bin.clone(),
+        cgroup_group: &group,
+        warm_pool: config.warm_pool,
+    };
+    let lc = lifecycle::Lifecycle::new(runner, store, storage, network, checkpoints).await?;
     lc.adopt().await?;
     let lc = Arc::new(lc);
     let cluster = Arc::new(cluster::Cluster::new(

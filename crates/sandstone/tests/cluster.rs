@@ -4,6 +4,9 @@
 //! PostgreSQL pass of `scripts/test.sh`; skipped (with a line saying so)
 //! without `SANDSTONE_TEST_DATABASE_URL`.
 
+// Test helpers fail loudly: an unwrap is the assertion.
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use common::cluster::Cluster;

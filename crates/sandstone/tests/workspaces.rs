@@ -3,6 +3,9 @@
 //! last checkpoint, a corrupted store refused with nothing left behind, and
 //! a store that cannot be opened stopping the start with the reason.
 
+// Test helpers fail loudly: an unwrap is the assertion.
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use common::Daemon;

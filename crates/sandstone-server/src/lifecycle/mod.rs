@@ -99,17 +99,33 @@ pub fn config_of(row: &SandboxRow) -> SandboxConfig {
     serde_json::from_value(row.config.clone()).unwrap_or_default()
 }
 
+/// How this node runs sandboxes: what [`Lifecycle::new`] takes besides
+/// the store, the storage and the services.
+pub struct Runner<'a> {
+    /// This node's id ([`Lifecycle::node`]).
+    pub node: String,
+    /// The static `sandstone-init`.
+    pub init_bin: PathBuf,
+    /// The cgroup group sandboxes go under (one per data directory).
+    pub cgroup_group: &'a str,
+    /// Ready sandboxes kept per template.
+    pub warm_pool: usize,
+}
+
 impl Lifecycle {
     pub async fn new(
-        node: String,
+        runner: Runner<'_>,
         store: Arc<dyn Store>,
         storage: Storage,
-        init_bin: PathBuf,
-        cgroup_group: &str,
-        warm_pool: usize,
         network: Option<Network>,
         checkpoints: Option<sandstone_checkpoint::Checkpoints>,
     ) -> anyhow::Result<Lifecycle> {
+        let Runner {
+            node,
+            init_bin,
+            cgroup_group,
+            warm_pool,
+        } = runner;
         let cgroups = Driver::detect(cgroup_group)?;
         match sandstone_runtime::cgroup::favor_dynamic_modifications() {
             Ok(true) => tracing::info!(
