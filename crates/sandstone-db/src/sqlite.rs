@@ -100,7 +100,54 @@ const MIGRATIONS: &[&str] = &[
         SELECT j.key, j.value, s.id FROM sandboxes s, json_each(s.config, '$.metadata') j;",
     // Why a sandbox is `failed` (its init died), shown with that status.
     "ALTER TABLE sandboxes ADD COLUMN status_reason TEXT;",
+    // The work queue in a table of its own, and the claim on driving a
+    // session's turn, so that several nodes on one database (PostgreSQL)
+    // claim, lease and expire with single conditional statements; items
+    // kept as documents move over (a held lease gets a minute from now).
+    "CREATE TABLE ma_work (
+        id TEXT PRIMARY KEY,
+        environment_id TEXT NOT NULL,
+        session_id TEXT NOT NULL,
+        state TEXT NOT NULL,
+        created_at TEXT NOT NULL,
+        token_hash TEXT,
+        claimed_ms BIGINT,
+        lease_expires_ms BIGINT,
+        version BIGINT NOT NULL,
+        doc TEXT NOT NULL
+    );
+    CREATE UNIQUE INDEX ma_work_live_session ON ma_work (session_id) WHERE state <> 'stopped';
+    CREATE INDEX ma_work_queued ON ma_work (environment_id, created_at) WHERE state = 'queued';
+    CREATE INDEX ma_work_by_environment ON ma_work (environment_id, created_at);
+    CREATE INDEX ma_work_leases ON ma_work (lease_expires_ms) WHERE lease_expires_ms IS NOT NULL;
+    CREATE UNIQUE INDEX ma_work_token ON ma_work (token_hash);
+    CREATE TABLE ma_drivers (
+        session_id TEXT PRIMARY KEY,
+        owner TEXT NOT NULL,
+        expires_ms BIGINT NOT NULL
+    );
+    INSERT INTO ma_work
+        SELECT id, json_extract(doc, '$.doc.environment_id'), json_extract(doc, '$.doc.data.id'),
+            json_extract(doc, '$.doc.state'), json_extract(doc, '$.doc.created_at'),
+            json_extract(doc, '$.token_hash'), NULL,
+            CASE WHEN json_extract(doc, '$.doc.state') IN ('starting', 'active', 'stopping')
+                THEN CAST(strftime('%s', 'now') AS INTEGER) * 1000 + 60000 END,
+            0, json_extract(doc, '$.doc')
+        FROM ma_docs WHERE kind = 'work';
+    DELETE FROM ma_docs WHERE kind = 'work';",
 ];
+
+/// SQLite has one writer at a time: a claim needs no row lock.
+const SKIP_LOCKED: &str = "";
+
+/// One node: nobody to wake.
+async fn notify(_: &SqliteStore, _: &str) -> Result<()> {
+    Ok(())
+}
+
+async fn listen(_: &SqliteStore) -> Result<Option<crate::agents::Notifications>> {
+    Ok(None)
+}
 
 pub struct SqliteStore {
     pool: SqlitePool,
