@@ -174,6 +174,8 @@ impl Agents {
             }
         };
         for e in expired {
+            // The session may have been made on another node.
+            let _ = self.sessions.ensure(&e.session).await;
             let alive = self
                 .sessions
                 .status(&e.session)

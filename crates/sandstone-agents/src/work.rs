@@ -236,10 +236,12 @@ impl WorkQueue {
                 return Ok(Some(item));
             }
             let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
+            // Work queued anywhere wakes a poller here (see `queued`): one
+            // that waited out its time without a wake has nothing to
+            // claim, and looking again would only load the database.
+            if left.is_zero() || tokio::time::timeout(left, notified).await.is_err() {
                 return Ok(None);
             }
-            let _ = tokio::time::timeout(left, notified).await;
         }
     }
 

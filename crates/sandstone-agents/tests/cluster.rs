@@ -322,3 +322,193 @@ async fn one_event_from_one_node_reaches_a_stream_on_another_within_milliseconds
     );
     assert!(lat[lat.len() / 2] < Duration::from_millis(100), "{lat:?}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_turn_is_driven_once_whichever_node_its_input_arrives_on() {
+    let model = FakeModel::start();
+    let Some((a, b)) = two_planes(&model, 30).await else {
+        return;
+    };
+    let (env, _) = environment(&a).await;
+    // An always_ask tool: the turn stops twice for the client, whose
+    // answers go to the other node than the one driving.
+    let ask = json!([{"type": "agent_toolset_20260401", "default_config": {"permission_policy": {"type": "always_ask"}}}]);
+    let sid = session_on(&a, &env, "ask", ask).await;
+    common::say(&b, &sid, "go").await;
+    let evs = common::idle_with(&a, &sid, "requires_action").await;
+    let call = evs.iter().find(|e| e["type"] == "agent.tool_use").unwrap();
+    let post = async |p: &Plane, ev: Value| {
+        let path = format!("/sessions/{sid}/events");
+        v1(
+            p,
+            &p.token,
+            Method::POST,
+            &path,
+            Some(json!({"events": [ev]})),
+        )
+        .await
+    };
+    let (s, v, _) = post(
+        &a,
+        json!({"type": "user.tool_confirmation", "tool_use_id": call["id"], "result": "allow"}),
+    )
+    .await;
+    assert_eq!(s, 200, "{v}");
+    let (s, v, _) = post(
+        &a,
+        json!({"type": "user.tool_result", "tool_use_id": call["id"], "content": [{"type": "text", "text": "asked\n"}]}),
+    )
+    .await;
+    assert_eq!(s, 200, "{v}");
+    let evs = common::idle_with(&b, &sid, "end_turn").await;
+    // One model call per step: one tool call, one answer, one run of
+    // status events per turn, no event twice.
+    let count = |t: &str| evs.iter().filter(|e| e["type"] == t).count();
+    assert_eq!(
+        (count("agent.tool_use"), count("agent.message")),
+        (1, 1),
+        "{:?}",
+        common::kinds(&evs)
+    );
+    let last = evs
+        .iter()
+        .rev()
+        .find(|e| e["type"] == "agent.message")
+        .unwrap();
+    assert_eq!(last["content"][0]["text"], "after asked\n");
+    let ids: BTreeSet<&str> = evs.iter().filter_map(|e| e["id"].as_str()).collect();
+    assert_eq!(ids.len(), evs.len(), "no event twice");
+    // Both nodes list the same history.
+    assert_eq!(common::events(&a, &sid).await, evs);
+}
+
+/// This process's resident memory, MiB.
+fn rss_mib() -> f64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let kb: f64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap();
+    kb / 1024.0
+}
+
+fn p50(mut v: Vec<Duration>) -> Duration {
+    v.sort();
+    v[v.len() / 2]
+}
+
+/// The figures for the notes (run by hand: `cargo test -p sandstone-agents
+/// --test cluster -- --ignored --nocapture`): poll, ack and heartbeat
+/// round trips through three nodes on PostgreSQL, each step of an item on
+/// another node than the last; then 1,000 idle long-pollers spread over
+/// the three, with this process's memory before, during and after.
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "a measurement, run by hand"]
+async fn measure_work_queue_round_trips_and_idle_pollers() {
+    let model = FakeModel::start();
+    let Some((a, b)) = two_planes(&model, 30).await else {
+        return;
+    };
+    let c = a.beside().await;
+    let planes = [&a, &b, &c];
+    let (env, key) = environment(&a).await;
+    let work = format!("/environments/{env}/work");
+    let n = 200;
+    for i in 0..n {
+        session_on(planes[i % 3], &env, "e2e", json!([])).await;
+    }
+    let (mut polls, mut acks, mut beats) = (Vec::new(), Vec::new(), Vec::new());
+    for i in 0..n {
+        let t = Instant::now();
+        let item = poll(planes[i % 3], &env, &key, 1).await;
+        polls.push(t.elapsed());
+        let wid = item["id"].as_str().unwrap();
+        let t = Instant::now();
+        let (s, _, _) = v1(
+            planes[(i + 1) % 3],
+            &key,
+            Method::POST,
+            &format!("{work}/{wid}/ack"),
+            None,
+        )
+        .await;
+        acks.push(t.elapsed());
+        assert_eq!(s, 200);
+        let path = format!("{work}/{wid}/heartbeat?expected_last_heartbeat=NO_HEARTBEAT");
+        let t = Instant::now();
+        let (s, _, _) = v1(
+            planes[(i + 2) % 3],
+            &sessions_token(&item),
+            Method::POST,
+            &path,
+            None,
+        )
+        .await;
+        beats.push(t.elapsed());
+        assert_eq!(s, 200);
+    }
+    // The same client's cheapest authenticated call, as the baseline.
+    let mut base = Vec::new();
+    for i in 0..n {
+        let t = Instant::now();
+        let (s, _, _) = v1(
+            planes[i % 3],
+            &key,
+            Method::GET,
+            &format!("/environments/{env}/work/stats"),
+            None,
+        )
+        .await;
+        base.push(t.elapsed());
+        assert_eq!(s, 200);
+    }
+    eprintln!(
+        "PostgreSQL, 3 nodes, {n} items: poll p50 {:?}, ack p50 {:?}, heartbeat p50 {:?} (work/stats p50 {:?})",
+        p50(polls),
+        p50(acks),
+        p50(beats),
+        p50(base)
+    );
+
+    let before = rss_mib();
+    let stop = Instant::now() + Duration::from_secs(10);
+    let mut pollers = Vec::new();
+    for i in 0..1000 {
+        let (p, env, key) = (planes[i % 3], env.clone(), key.clone());
+        let url = p.url.clone();
+        pollers.push(tokio::spawn(async move {
+            let http = reqwest::Client::new();
+            let mut answers = 0;
+            while Instant::now() < stop {
+                let r = http
+                    .get(format!(
+                        "{url}/v1/environments/{env}/work/poll?block_ms=999"
+                    ))
+                    .bearer_auth(&key)
+                    .header("anthropic-beta", BETA)
+                    .send()
+                    .await
+                    .unwrap();
+                assert_eq!(r.status(), 200);
+                assert_eq!(r.text().await.unwrap(), "null");
+                answers += 1;
+            }
+            answers
+        }));
+    }
+    let mut during = Vec::new();
+    for _ in 0..4 {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        during.push(rss_mib());
+    }
+    let mut answered = 0;
+    for p in pollers {
+        answered += p.await.unwrap();
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    eprintln!(
+        "1,000 idle pollers over 3 nodes for 10 s: {answered} polls answered null; RSS (3 nodes + 1,000 clients, one process) before {before:.1} MiB, during {during:.1?} MiB, after {:.1} MiB",
+        rss_mib()
+    );
+}

@@ -155,6 +155,10 @@ const MIGRATIONS: &[&str] = &[
 /// Concurrent polls lock different items rather than wait for one.
 const SKIP_LOCKED: &str = "FOR UPDATE SKIP LOCKED";
 
+/// An UPDATE that matches nothing locks nothing here: no need to look
+/// first.
+const CLAIM_LOOKS_FIRST: bool = false;
+
 async fn notify(store: &PgStore, payload: &str) -> Result<()> {
     sqlx::query("SELECT pg_notify($1, $2)")
         .bind(crate::agents::CHANNEL)

@@ -734,6 +734,19 @@ impl AgentsStore for Backend {
         token_hash: &'a str,
     ) -> BoxFuture<'a, Result<Option<WorkRow>>> {
         Box::pin(async move {
+            if super::CLAIM_LOOKS_FIRST {
+                let any: Option<i64> = sqlx::query_scalar(
+                    "SELECT 1 FROM ma_work WHERE environment_id = $1 AND state = 'queued'
+                       AND (claimed_ms IS NULL OR claimed_ms <= $2) LIMIT 1",
+                )
+                .bind(environment)
+                .bind(reclaim_before_ms)
+                .fetch_optional(&self.pool)
+                .await?;
+                if any.is_none() {
+                    return Ok(None);
+                }
+            }
             let row = sqlx::query(claim_sql())
                 .bind(environment)
                 .bind(now_ms)

@@ -140,6 +140,11 @@ const MIGRATIONS: &[&str] = &[
 /// SQLite has one writer at a time: a claim needs no row lock.
 const SKIP_LOCKED: &str = "";
 
+/// An UPDATE takes the database's one write lock even when it matches
+/// nothing; idle long-pollers would queue on it. A read (which WAL never
+/// blocks) looks for a claimable item first.
+const CLAIM_LOOKS_FIRST: bool = true;
+
 /// One node: nobody to wake.
 async fn notify(_: &SqliteStore, _: &str) -> Result<()> {
     Ok(())
