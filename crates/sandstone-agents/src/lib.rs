@@ -274,6 +274,14 @@ pub(crate) fn parse_stored<T: serde::de::DeserializeOwned>(
     })
 }
 
+/// A stored document that does not parse, met while serving (a cache
+/// reading again): the request fails, naming it.
+impl From<StartError> for ApiError {
+    fn from(e: StartError) -> Self {
+        ApiError::internal(e.to_string())
+    }
+}
+
 impl From<sandstone_db::Error> for ApiError {
     fn from(e: sandstone_db::Error) -> Self {
         ApiError::internal(format!("store: {e}"))

@@ -111,12 +111,6 @@ async fn read(
     Ok(Some((s, events)))
 }
 
-impl From<StartError> for ApiError {
-    fn from(e: StartError) -> Self {
-        ApiError::internal(e.to_string())
-    }
-}
-
 impl Sessions {
     /// Caches every stored session at start (one that does not parse
     /// stops it).

@@ -239,6 +239,19 @@ mod tests {
         .execute(&old)
         .await
         .unwrap();
+        // A work item the queue kept as a document, with a lease held.
+        let item = serde_json::json!({
+            "type": "work", "id": "work_1", "environment_id": "env_1",
+            "data": {"type": "session", "id": "sesn_1"}, "state": "active",
+            "metadata": {}, "created_at": "2026-01-01T00:00:00.000000Z",
+            "acknowledged_at": null, "started_at": null, "latest_heartbeat_at": null,
+            "stop_requested_at": null, "stopped_at": null,
+        });
+        sqlx::query("INSERT INTO ma_docs (kind, id, doc) VALUES ('work', 'work_1', $1)")
+            .bind(serde_json::json!({"doc": item, "token_hash": "abc"}).to_string())
+            .execute(&old)
+            .await
+            .unwrap();
         old.close().await;
 
         let store = SqliteStore::open(&path).await.unwrap();
@@ -248,10 +261,20 @@ mod tests {
             (SandboxStatus::Paused, None)
         );
         assert_eq!(store.labeled_sandboxes("team", "a").await.unwrap(), [row]);
-        // The last migration's column is there.
-        store.set_failed("sb-old", "init died").await.unwrap();
-        let row = store.get_sandbox("sb-old").await.unwrap();
-        assert_eq!(row.status_reason.as_deref(), Some("init died"));
+        // The work item moved to its table, keyed by its token, with a
+        // lease from now (the old one ran on the old process's clock).
+        use crate::agents::AgentsStore;
+        let w = store.work_by_token("abc").await.unwrap().unwrap();
+        assert_eq!(
+            (
+                w.item.id.as_str(),
+                w.item.state.as_str(),
+                w.item.data.id.as_str()
+            ),
+            ("work_1", "active", "sesn_1")
+        );
+        assert!(w.lease_expires_ms.unwrap() > crate::now_ms());
+        assert!(store.load_docs("work").await.unwrap().is_empty());
         let version: i64 = sqlx::query_scalar("SELECT MAX(version) FROM schema_migrations")
             .fetch_one(&store.pool)
             .await
