@@ -471,6 +471,36 @@ async fn measure_work_queue_round_trips_and_idle_pollers() {
         p50(base)
     );
 
+    // Where the time goes: the same steps on the store alone, and one
+    // write the database must make durable before it answers.
+    let store = a.db.open().await;
+    for _ in 0..n {
+        session_on(&a, &env, "e2e", json!([])).await;
+    }
+    let (mut claims, mut cas, mut reads) = (Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..n {
+        let t = Instant::now();
+        let row = store
+            .claim_work(&env, 0, i64::MAX, &sandstone_api::random_hex(16))
+            .await;
+        claims.push(t.elapsed());
+        let id = row.unwrap().unwrap().item.id;
+        let t = Instant::now();
+        let mut w = store.get_work(&id).await.unwrap().unwrap();
+        reads.push(t.elapsed());
+        // Stopped, so that the idle pollers below find nothing.
+        w.item.state = sandstone_agents_api::WorkState::Stopped;
+        let t = Instant::now();
+        assert!(store.replace_work(&w).await.unwrap());
+        cas.push(t.elapsed());
+    }
+    eprintln!(
+        "the store alone: claim p50 {:?}, read p50 {:?}, compare-and-set p50 {:?}",
+        p50(claims),
+        p50(reads),
+        p50(cas)
+    );
+
     let before = rss_mib();
     let stop = Instant::now() + Duration::from_secs(10);
     let mut pollers = Vec::new();
