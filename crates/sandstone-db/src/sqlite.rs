@@ -177,6 +177,10 @@ impl SqliteStore {
             .busy_timeout(std::time::Duration::from_secs(5));
         let pool = SqlitePoolOptions::new()
             .max_connections(4)
+            // A file on this machine does not drop a connection: pinging
+            // each one before use (a round trip to its worker thread) would
+            // only add to every statement.
+            .test_before_acquire(false)
             .connect_with(opts)
             .await?;
         // One daemon owns the file: nothing to lock against.
