@@ -6,6 +6,7 @@
 
 use crate::Agents;
 use crate::error::{ApiError, ApiResult};
+use crate::registry::KEY;
 use axum::extract::{Request, State};
 use axum::http::HeaderMap;
 use axum::middleware::Next;
@@ -139,13 +140,16 @@ async fn identify(agents: &Agents, headers: &HeaderMap) -> ApiResult<Caller> {
         ApiError::unauthorized("missing credentials: send Authorization: Bearer <key> or X-Api-Key")
     })?;
     if token.starts_with(ENV_KEY_PREFIX) {
+        let hash = token_hash(&token);
         return agents
             .registry
-            .environment_of_key(&token_hash(&token))
+            .fresh(KEY, &hash, |r| r.environment_of_key(&hash))
+            .await
             .map(Caller::Environment);
     }
     if token.starts_with(SESSIONS_TOKEN_PREFIX) {
-        let (session, work) = agents.queue.session_of_token(&token_hash(&token))?;
+        let (session, work) = agents.queue.session_of_token(&token_hash(&token)).await?;
+        agents.sessions.ensure(&session).await?;
         return Ok(Caller::Session { session, work });
     }
     if (agents.api_keys)(token).await {

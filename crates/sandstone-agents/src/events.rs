@@ -217,7 +217,7 @@ impl Agents {
                 Some(KnownEvent::UserInterrupt(_)) => sessions.interrupt(session),
                 _ => {}
             }
-            let ev = sessions.emit_locked(session, e).await?;
+            let ev = sessions.emit_locked(session, e, true).await?;
             out.push((*ev).clone());
         }
         drop(held);

@@ -5,6 +5,7 @@
 use crate::Agents;
 use crate::auth::Caller;
 use crate::error::{ApiError, ApiResult};
+use crate::registry::AGENT;
 use crate::sessions::SessionFilter;
 use crate::validate::paginate;
 use crate::work::Poll;
@@ -124,7 +125,9 @@ async fn get_agent(State(a): S, _: Api, Path(id): Path<String>, q: Query) -> Api
                 .map_err(|_| ApiError::invalid("version: an integer"))
         })
         .transpose()?;
-    ok(a.registry.agent(&id, version)?)
+    ok(a.registry
+        .fresh(AGENT, &format!("{id}@1"), |r| r.agent(&id, version))
+        .await?)
 }
 
 async fn update_agent(
@@ -163,7 +166,7 @@ async fn get_environment(
     Path(id): Path<String>,
 ) -> ApiResult<Response> {
     c.require_environment(&id)?;
-    ok(a.registry.environment(&id)?)
+    ok(a.registry.fresh_environment(&id).await?)
 }
 
 async fn update_environment(
@@ -212,7 +215,7 @@ async fn poll(
         .and_then(|v| v.to_str().ok())
         .map(str::to_string);
     let p = Poll::parse(q.one("block_ms"), q.one("reclaim_older_than_ms"), worker)?;
-    a.registry.environment(&env)?;
+    a.registry.fresh_environment(&env).await?;
     ok(a.queue.poll(&env, &p).await?)
 }
 
@@ -261,8 +264,8 @@ async fn work_stats(
     Path(env): Path<String>,
 ) -> ApiResult<Response> {
     c.require_environment(&env)?;
-    a.registry.environment(&env)?;
-    ok(a.queue.stats(&env))
+    a.registry.fresh_environment(&env).await?;
+    ok(a.queue.stats(&env).await?)
 }
 
 async fn work_list(
@@ -276,8 +279,8 @@ async fn work_list(
             "listing work needs the environment's key",
         ));
     }
-    a.registry.environment(&env)?;
-    page(a.queue.list(&env), &q, 1000)
+    a.registry.fresh_environment(&env).await?;
+    page(a.queue.list(&env).await?, &q, 1000)
 }
 
 async fn work_get(
@@ -285,7 +288,7 @@ async fn work_get(
     _: Api,
     Path((env, id)): Path<(String, String)>,
 ) -> ApiResult<Response> {
-    ok(a.queue.item(&env, &id)?)
+    ok(a.queue.item(&env, &id).await?)
 }
 
 async fn work_update(
@@ -308,7 +311,7 @@ async fn list_sessions(State(a): S, _: Api, q: Query) -> ApiResult<Response> {
         statuses: q.all("statuses"),
         ascending: q.one("order") == Some("asc"),
     };
-    page(a.sessions.list(&filter), &q, 100)
+    page(a.sessions.list(&filter).await?, &q, 100)
 }
 
 async fn get_session(
@@ -316,6 +319,7 @@ async fn get_session(
     Extension(c): Extension<Caller>,
     Path(id): Path<String>,
 ) -> ApiResult<Response> {
+    a.sessions.ensure(&id).await?;
     c.require_session(&a, &id)?;
     ok(a.sessions.session(&id)?)
 }
@@ -326,14 +330,17 @@ async fn update_session(
     Path(id): Path<String>,
     b: Bytes,
 ) -> ApiResult<Response> {
+    a.sessions.ensure(&id).await?;
     ok(a.update_session(&id, &body(&b)?).await?)
 }
 
 async fn archive_session(State(a): S, _: Api, Path(id): Path<String>) -> ApiResult<Response> {
+    a.sessions.ensure(&id).await?;
     ok(a.archive_session(&id).await?)
 }
 
 async fn delete_session(State(a): S, _: Api, Path(id): Path<String>) -> ApiResult<Response> {
+    a.sessions.ensure(&id).await?;
     ok(a.delete_session(&id).await?)
 }
 
@@ -343,6 +350,7 @@ async fn send_events(
     Path(id): Path<String>,
     b: Bytes,
 ) -> ApiResult<Response> {
+    a.sessions.ensure(&id).await?;
     c.require_session(&a, &id)?;
     let events = crate::events::validate_all(&body(&b)?["events"], "events", false)?;
     ok(json!({"data": a.append_user_events(&id, events).await?}))
@@ -354,6 +362,7 @@ async fn list_events(
     Path(id): Path<String>,
     q: Query,
 ) -> ApiResult<Response> {
+    a.sessions.ensure(&id).await?;
     c.require_session(&a, &id)?;
     let events = a
         .sessions
@@ -370,6 +379,7 @@ async fn stream_events(
     Extension(c): Extension<Caller>,
     Path(id): Path<String>,
 ) -> ApiResult<Response> {
+    a.sessions.ensure(&id).await?;
     c.require_session(&a, &id)?;
     let rx = a.sessions.subscribe(&id)?;
     let stream = futures_util::stream::unfold(Some(rx), |rx| async move {

@@ -21,6 +21,17 @@
 //! a restart loses nothing: sessions are reloaded with their events and a
 //! turn that was running is driven again from its history. A stored
 //! document that does not parse stops the start with an error naming it.
+//!
+//! # Several nodes on one database
+//!
+//! The database is the source of truth, so any node answers any `/v1`
+//! call: the work queue lives only there ([`work`]); events are numbered
+//! by the store and cached histories catch up ([`sessions`]); the
+//! registry, memory and skills are caches re-read when a document of
+//! theirs is written on any node; [`notify`] carries the wake-ups
+//! (PostgreSQL `LISTEN/NOTIFY`) to [`Agents::apply`]; and a session's turn
+//! is driven by one node at a time, the one holding its claim in the
+//! database ([`turn`]).
 
 mod agents;
 mod auth;
@@ -31,6 +42,7 @@ mod http;
 mod ids;
 mod memory;
 mod model;
+mod notify;
 mod registry;
 mod sessions;
 mod skills;
@@ -58,6 +70,11 @@ pub struct Config {
     /// How long a work item's lease lasts without a heartbeat.
     pub lease_ttl: Duration,
     pub max_tokens: u32,
+    /// This node's name among the nodes sharing the database: it owns its
+    /// claims on driving session turns under it. The same across restarts
+    /// (a restarted node takes its turns back at once), unique among the
+    /// nodes running at one time, without spaces.
+    pub node: String,
 }
 
 impl std::fmt::Debug for Config {
@@ -69,11 +86,13 @@ impl std::fmt::Debug for Config {
                 &self.model_api_key.as_ref().map(|_| "[redacted]"),
             )
             .field("lease_ttl", &self.lease_ttl)
+            .field("node", &self.node)
             .finish()
     }
 }
 
 pub struct Agents {
+    notifier: Arc<notify::Notifier>,
     registry: registry::Registry,
     sessions: sessions::Sessions,
     queue: work::WorkQueue,
@@ -108,13 +127,15 @@ impl Agents {
         config: Config,
         api_keys: ApiKeyCheck,
     ) -> Result<Arc<Agents>, StartError> {
+        let notifier = Arc::new(notify::Notifier::new(store.clone(), &config.node));
         let registry = registry::Registry::load(store.clone()).await?;
-        let sessions = sessions::Sessions::load(store.clone()).await?;
-        let queue = work::WorkQueue::load(store.clone(), config.lease_ttl).await?;
+        let sessions = sessions::Sessions::load(store.clone(), notifier.clone()).await?;
+        let queue = work::WorkQueue::new(store.clone(), notifier.clone(), config.lease_ttl);
         let memory = memory::Memories::load(store.clone()).await?;
         let skills = skills::Skills::load(store).await?;
         let running = sessions.running();
         let agents = Arc::new(Agents {
+            notifier,
             registry,
             sessions,
             queue,
@@ -124,6 +145,7 @@ impl Agents {
             api_keys,
             http: model::Http::default(),
         });
+        agents.notifier.spawn_listener(Arc::downgrade(&agents));
         spawn_lease_expiry(agents.clone());
         for id in running {
             turn::drive(agents.clone(), &id);
@@ -144,7 +166,16 @@ impl Agents {
     /// stopped anyway, their sessions queued again (another worker picks
     /// them up).
     async fn expire_leases(&self) {
-        for e in self.queue.expire().await {
+        let expired = match self.queue.expire().await {
+            Ok(e) => e,
+            Err(e) => {
+                tracing::warn!(error = %e, "work lease expiry");
+                return;
+            }
+        };
+        for e in expired {
+            // The session may have been made on another node.
+            let _ = self.sessions.ensure(&e.session).await;
             let alive = self
                 .sessions
                 .status(&e.session)
@@ -153,6 +184,58 @@ impl Agents {
                 let _ = self.queue_work(&e.environment, &e.session).await;
             }
         }
+    }
+}
+
+impl Agents {
+    /// Acts on what another node changed (see [`notify`]).
+    pub(crate) async fn apply(self: &Arc<Self>, signal: notify::Signal) {
+        use notify::Signal;
+        let done = match signal {
+            Signal::Work { environment } => {
+                self.queue.queued(&environment);
+                Ok(())
+            }
+            Signal::Event { session, input, .. } => {
+                let caught = self.sessions.catch_up(&session).await;
+                if input && caught.is_ok() && self.sessions.status(&session).is_some() {
+                    turn::drive(self.clone(), &session);
+                }
+                caught
+            }
+            Signal::Doc { kind, id } => self.reread(&kind, &id).await,
+            Signal::Resync => {
+                self.queue.wake_all();
+                let mut r = self.reread_all().await;
+                for id in self.sessions.cached() {
+                    r = r.and(self.sessions.refresh(&id).await);
+                    r = r.and(self.sessions.catch_up(&id).await);
+                }
+                r
+            }
+        };
+        if let Err(e) = done {
+            tracing::warn!(error = %e, "applying another node's change");
+        }
+    }
+
+    /// Re-reads the cache a document of `kind` belongs to.
+    async fn reread(&self, kind: &str, id: &str) -> ApiResult<()> {
+        match kind {
+            sessions::SESSION => self.sessions.refresh(id).await,
+            registry::AGENT | registry::ENVIRONMENT | registry::KEY => {
+                Ok(self.registry.reload().await?)
+            }
+            memory::STORE | memory::MEMORY => Ok(self.memory.reload().await?),
+            skills::SKILL | skills::VERSION => Ok(self.skills.reload().await?),
+            _ => Ok(()),
+        }
+    }
+
+    async fn reread_all(&self) -> ApiResult<()> {
+        self.registry.reload().await?;
+        self.memory.reload().await?;
+        Ok(self.skills.reload().await?)
     }
 }
 
@@ -189,6 +272,14 @@ pub(crate) fn parse_stored<T: serde::de::DeserializeOwned>(
         id,
         message: e.to_string(),
     })
+}
+
+/// A stored document that does not parse, met while serving (a cache
+/// reading again): the request fails, naming it.
+impl From<StartError> for ApiError {
+    fn from(e: StartError) -> Self {
+        ApiError::internal(e.to_string())
+    }
 }
 
 impl From<sandstone_db::Error> for ApiError {

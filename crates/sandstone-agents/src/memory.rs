@@ -108,6 +108,22 @@ pub fn mount_path(name: &str) -> String {
 
 impl Memories {
     pub(crate) async fn load(store: Arc<dyn AgentsStore>) -> Result<Memories, StartError> {
+        let st = Memories::read(&*store).await?;
+        Ok(Memories {
+            store,
+            state: Mutex::new(st),
+            writes: tokio::sync::Mutex::new(()),
+        })
+    }
+
+    /// Reads everything again (another node changed something).
+    pub(crate) async fn reload(&self) -> Result<(), StartError> {
+        let st = Memories::read(&*self.store).await?;
+        *self.state() = st;
+        Ok(())
+    }
+
+    async fn read(store: &dyn AgentsStore) -> Result<MemoryState, StartError> {
         let mut st = MemoryState::default();
         for s in store.load_docs(STORE).await? {
             let s: MemoryStore = parse_stored(STORE, s)?;
@@ -119,11 +135,7 @@ impl Memories {
             };
             st.memories.insert(m.id.clone(), m);
         }
-        Ok(Memories {
-            store,
-            state: Mutex::new(st),
-            writes: tokio::sync::Mutex::new(()),
-        })
+        Ok(st)
     }
 
     fn state(&self) -> MutexGuard<'_, MemoryState> {

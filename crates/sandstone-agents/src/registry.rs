@@ -3,6 +3,7 @@
 //! operations themselves are in `agents.rs` and `environments.rs`.
 
 use crate::environments::StoredKey;
+use crate::error::ApiResult;
 use crate::{StartError, lock, parse_stored};
 use sandstone_agents_api::{Agent, Environment};
 use sandstone_db::agents::AgentsStore;
@@ -30,6 +31,54 @@ pub(crate) struct Registry {
 
 impl Registry {
     pub(crate) async fn load(store: Arc<dyn AgentsStore>) -> Result<Registry, StartError> {
+        let st = read(&*store).await?;
+        Ok(Registry {
+            store,
+            state: Mutex::new(st),
+        })
+    }
+
+    /// Reads everything again (another node changed something).
+    pub(crate) async fn reload(&self) -> Result<(), StartError> {
+        let st = read(&*self.store).await?;
+        *self.state() = st;
+        Ok(())
+    }
+
+    /// `f` on the registry; when it fails and the document (`kind`, `id`)
+    /// exists — made on another node, whose signal has not arrived yet —
+    /// reads everything again and tries once more. A miss for something
+    /// that does not exist costs one indexed read.
+    pub(crate) async fn fresh<T>(
+        &self,
+        kind: &'static str,
+        id: &str,
+        f: impl Fn(&Registry) -> ApiResult<T>,
+    ) -> ApiResult<T> {
+        match f(self) {
+            Ok(v) => Ok(v),
+            Err(e) => {
+                if self.store.get_doc(kind, id).await?.is_none() {
+                    return Err(e);
+                }
+                self.reload().await?;
+                f(self)
+            }
+        }
+    }
+
+    /// An environment, also one made on another node a moment ago.
+    pub(crate) async fn fresh_environment(&self, id: &str) -> ApiResult<Environment> {
+        self.fresh(ENVIRONMENT, id, |r| r.environment(id)).await
+    }
+
+    pub(crate) fn state(&self) -> MutexGuard<'_, RegistryState> {
+        lock(&self.state)
+    }
+}
+
+async fn read(store: &dyn AgentsStore) -> Result<RegistryState, StartError> {
+    {
         let mut st = RegistryState::default();
         for a in store.load_docs(AGENT).await? {
             let a: Agent = parse_stored(AGENT, a)?;
@@ -46,13 +95,6 @@ impl Registry {
             let k: StoredKey = parse_stored(KEY, k)?;
             st.keys.insert(k.hash.clone(), k);
         }
-        Ok(Registry {
-            store,
-            state: Mutex::new(st),
-        })
-    }
-
-    pub(crate) fn state(&self) -> MutexGuard<'_, RegistryState> {
-        lock(&self.state)
+        Ok(st)
     }
 }

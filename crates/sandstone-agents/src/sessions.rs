@@ -3,10 +3,21 @@
 //! wake its readers and its turn driver. Every event is persisted before
 //! anyone sees it. Creating, archiving and deleting a session also touch
 //! the registry and the work queue, so those are [`Agents`] methods.
+//!
+//! The database is the source of truth; this component caches the
+//! sessions this node has served. Events are immutable and numbered by the
+//! store (0, 1, 2… with no gap, whichever node appends), so a cached
+//! history is always a prefix of the stored one: a node catches up by
+//! reading what follows its last event, in order, when another node says
+//! it appended one (see [`crate::notify`]), and before it places one of its
+//! own. A session's document is re-read when another node says it changed;
+//! one this node has not seen is loaded on first use.
 
 use crate::agents::{model_config, tools};
 use crate::error::{ApiError, ApiResult};
 use crate::ids::{new_id, now};
+use crate::notify::Signal;
+use crate::registry::AGENT;
 use crate::validate::typed;
 use crate::validate::{list_field, merge_metadata, opt_string, required_string};
 use crate::{Agents, StartError, lock, parse_stored};
@@ -77,26 +88,47 @@ pub struct SessionFilter {
 }
 
 pub(crate) struct Sessions {
-    store: Arc<dyn AgentsStore>,
+    pub(crate) store: Arc<dyn AgentsStore>,
+    notifier: Arc<crate::notify::Notifier>,
     state: Mutex<BTreeMap<String, Session>>,
 }
 
+/// A session's document and events as stored.
+async fn read(
+    store: &dyn AgentsStore,
+    id: &str,
+) -> Result<Option<(Stored, Vec<Arc<SessionEvent>>)>, StartError> {
+    let Some(doc) = store.get_doc(SESSION, id).await? else {
+        return Ok(None);
+    };
+    let s: Stored = parse_stored(SESSION, doc)?;
+    let events = store
+        .load_events(id, -1)
+        .await?
+        .into_iter()
+        .map(|(_, e)| parse_stored::<SessionEvent>(EVENT, e).map(Arc::new))
+        .collect::<Result<_, _>>()?;
+    Ok(Some((s, events)))
+}
+
 impl Sessions {
-    pub(crate) async fn load(store: Arc<dyn AgentsStore>) -> Result<Sessions, StartError> {
+    /// Caches every stored session at start (one that does not parse
+    /// stops it).
+    pub(crate) async fn load(
+        store: Arc<dyn AgentsStore>,
+        notifier: Arc<crate::notify::Notifier>,
+    ) -> Result<Sessions, StartError> {
         let mut all = BTreeMap::new();
         for s in store.load_docs(SESSION).await? {
             let s: Stored = parse_stored(SESSION, s)?;
             let id = s.doc.id.clone();
-            let events = store
-                .load_events(&id)
-                .await?
-                .into_iter()
-                .map(|e| parse_stored::<SessionEvent>(EVENT, e).map(Arc::new))
-                .collect::<Result<_, _>>()?;
-            all.insert(id, Session::new(s.doc, events, s.consumed));
+            if let Some((s, events)) = read(&*store, &id).await? {
+                all.insert(id, Session::new(s.doc, events, s.consumed));
+            }
         }
         Ok(Sessions {
             store,
+            notifier,
             state: Mutex::new(all),
         })
     }
@@ -108,6 +140,80 @@ impl Sessions {
             .filter(|(_, s)| s.status() == SessionStatus::Running)
             .map(|(id, _)| id.clone())
             .collect()
+    }
+
+    /// Caches session `id` if this node has not seen it (another node
+    /// made it); not found when it does not exist.
+    pub(crate) async fn ensure(&self, id: &str) -> ApiResult<()> {
+        if self.state().contains_key(id) {
+            return Ok(());
+        }
+        let (s, events) = read(&*self.store, id)
+            .await?
+            .ok_or_else(|| ApiError::not_found("session", id))?;
+        self.state()
+            .entry(id.to_string())
+            .or_insert_with(|| Session::new(s.doc, events, s.consumed));
+        Ok(())
+    }
+
+    /// Session `id`'s document was written (maybe by another node):
+    /// re-read it (a deleted session leaves the cache, its streams told
+    /// so).
+    pub(crate) async fn refresh(&self, id: &str) -> ApiResult<()> {
+        if !self.state().contains_key(id) {
+            return Ok(());
+        }
+        match self.store.get_doc(SESSION, id).await? {
+            Some(doc) => {
+                let s: Stored = parse_stored(SESSION, doc)?;
+                let _ = self.with(id, |c| {
+                    c.doc = s.doc;
+                    c.consumed = s.consumed;
+                });
+            }
+            None => {
+                if let Some(s) = self.state().remove(id) {
+                    let _ = s.live.send(deleted_event());
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Sessions this node caches.
+    pub(crate) fn cached(&self) -> Vec<String> {
+        self.state().keys().cloned().collect()
+    }
+
+    /// Another node appended to session `id`: read what follows the
+    /// cached history, in order, and show it to this node's streams.
+    pub(crate) async fn catch_up(&self, id: &str) -> ApiResult<()> {
+        let Ok(appends) = self.appends_of(id) else {
+            return Ok(());
+        };
+        let _one = appends.lock().await;
+        self.catch_up_locked(id).await
+    }
+
+    /// `catch_up` with the session's append lock held.
+    async fn catch_up_locked(&self, id: &str) -> ApiResult<()> {
+        let have = self.event_count(id) as i64;
+        let more = self.store.load_events(id, have - 1).await?;
+        let more: Vec<(i64, Arc<SessionEvent>)> = more
+            .into_iter()
+            .map(|(seq, e)| Ok((seq, Arc::new(parse_stored::<SessionEvent>(EVENT, e)?))))
+            .collect::<Result<_, StartError>>()?;
+        self.with(id, |s| {
+            for (seq, ev) in more {
+                // Only the next one fits: a concurrent catch-up may have
+                // placed some already.
+                if seq == s.events.len() as i64 {
+                    s.events.push(ev.clone());
+                    let _ = s.live.send(ev);
+                }
+            }
+        })
     }
 
     pub(crate) fn state(&self) -> MutexGuard<'_, BTreeMap<String, Session>> {
@@ -153,11 +259,15 @@ impl Sessions {
         self.state().get(id).map(|s| s.doc.environment_id.clone())
     }
 
-    pub(crate) fn list(&self, q: &SessionFilter) -> Vec<SessionDoc> {
-        let st = self.state();
-        let mut all: Vec<SessionDoc> = st
-            .values()
-            .map(|s| &s.doc)
+    /// Sessions from the store (every node's).
+    pub(crate) async fn list(&self, q: &SessionFilter) -> ApiResult<Vec<SessionDoc>> {
+        let stored = self.store.load_docs(SESSION).await?;
+        let docs: Vec<SessionDoc> = stored
+            .into_iter()
+            .map(|d| parse_stored::<Stored>(SESSION, d).map(|s| s.doc))
+            .collect::<Result<_, _>>()?;
+        let mut all: Vec<SessionDoc> = docs
+            .iter()
             .filter(|d| q.include_archived || d.archived_at.is_none())
             .filter(|d| q.agent_id.as_ref().is_none_or(|a| d.agent.id == *a))
             .filter(|d| q.statuses.is_empty() || q.statuses.iter().any(|s| d.status.as_str() == s))
@@ -167,7 +277,7 @@ impl Sessions {
         if !q.ascending {
             all.reverse();
         }
-        all
+        Ok(all)
     }
 
     /// Applies `f` to a session's document and writes it through.
@@ -253,7 +363,7 @@ impl Sessions {
         let ev: SessionEvent = typed(ev)?;
         let appends = self.appends_of(session)?;
         let _one = appends.lock().await;
-        self.emit_locked(session, ev).await
+        self.emit_locked(session, ev, false).await
     }
 
     /// The lock that puts a session's appends in one order.
@@ -264,20 +374,34 @@ impl Sessions {
     /// `emit` with the session's append lock held: the event is stored at
     /// the next position first, and only then listed and streamed, so
     /// readers never see an event the store lacks, nor one out of order.
+    /// The store numbers it; events other nodes appended before it are
+    /// read and shown first. `input` tells the other nodes it may start a
+    /// turn.
     pub(crate) async fn emit_locked(
         &self,
         session: &str,
         mut ev: SessionEvent,
+        input: bool,
     ) -> ApiResult<Arc<SessionEvent>> {
         ev.id = Some(new_id("sevt"));
         ev.processed_at = Some(now());
         let ev = Arc::new(ev);
-        let seq = self.event_count(session) as i64;
-        self.store.append_event(session, seq, &json!(*ev)).await?;
-        self.with(session, |s| {
-            s.events.push(ev.clone());
-            let _ = s.live.send(ev.clone());
-        })?;
+        let seq = self.store.append_event(session, &json!(*ev)).await?;
+        if seq != self.event_count(session) as i64 {
+            self.catch_up_locked(session).await?;
+        } else {
+            self.with(session, |s| {
+                s.events.push(ev.clone());
+                let _ = s.live.send(ev.clone());
+            })?;
+        }
+        self.notifier
+            .publish(Signal::Event {
+                session: session.to_string(),
+                seq,
+                input,
+            })
+            .await;
         Ok(ev)
     }
 
@@ -324,12 +448,22 @@ impl Sessions {
 impl Agents {
     pub(crate) async fn create_session(self: &Arc<Self>, body: &Value) -> ApiResult<SessionDoc> {
         let env_id = required_string(body, "environment_id", 128)?;
-        let env = self.registry.environment(&env_id)?;
+        let env = self.registry.fresh_environment(&env_id).await?;
         if env.archived_at.is_some() {
             return Err(ApiError::invalid(format!(
                 "environment_id: {env_id} is archived"
             )));
         }
+        let agent_id = body["agent"]
+            .as_str()
+            .or(body["agent"]["id"].as_str())
+            .unwrap_or_default();
+        // An agent made on another node a moment ago is read in first (a
+        // missing one is the error `session_agent` gives).
+        let _ = self
+            .registry
+            .fresh(AGENT, &format!("{agent_id}@1"), |r| r.agent(agent_id, None))
+            .await;
         let agent = self.session_agent(&body["agent"])?;
         let resources = self.memory.session_resources(&body["resources"])?;
         let t = now();
@@ -495,16 +629,21 @@ impl Agents {
         self.sessions.store.delete_doc(SESSION, id).await?;
         let gone = self.sessions.state().remove(id);
         if let Some(s) = gone {
-            let mut ev = SessionEvent::new(KnownEvent::SessionDeleted(NoFields::default()));
-            ev.id = Some(new_id("sevt"));
-            ev.processed_at = Some(now());
-            let _ = s.live.send(Arc::new(ev));
+            let _ = s.live.send(deleted_event());
         }
         Ok(Deleted {
             id: id.to_string(),
             kind: "session_deleted".into(),
         })
     }
+}
+
+/// What a stream is last shown when its session is deleted.
+fn deleted_event() -> Arc<SessionEvent> {
+    let mut ev = SessionEvent::new(KnownEvent::SessionDeleted(NoFields::default()));
+    ev.id = Some(new_id("sevt"));
+    ev.processed_at = Some(now());
+    Arc::new(ev)
 }
 
 /// A session as the API shows it: with its duration brought up to date.

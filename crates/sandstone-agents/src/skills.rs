@@ -176,6 +176,21 @@ pub(crate) struct Skills {
 
 impl Skills {
     pub(crate) async fn load(store: Arc<dyn AgentsStore>) -> Result<Skills, StartError> {
+        let st = Skills::read(&*store).await?;
+        Ok(Skills {
+            store,
+            state: Mutex::new(st),
+        })
+    }
+
+    /// Reads everything again (another node changed something).
+    pub(crate) async fn reload(&self) -> Result<(), StartError> {
+        let st = Skills::read(&*self.store).await?;
+        *self.state() = st;
+        Ok(())
+    }
+
+    async fn read(store: &dyn AgentsStore) -> Result<SkillsState, StartError> {
         let mut st = SkillsState::default();
         for s in store.load_docs(SKILL).await? {
             let s: Skill = parse_stored(SKILL, s)?;
@@ -192,10 +207,7 @@ impl Skills {
                 })?;
             st.versions.insert(doc.id.clone(), Version { doc, archive });
         }
-        Ok(Skills {
-            store,
-            state: Mutex::new(st),
-        })
+        Ok(st)
     }
 
     fn state(&self) -> MutexGuard<'_, SkillsState> {

@@ -3,6 +3,13 @@
 //! `requires_action`); new input since the last model request → call the
 //! model; otherwise idle. One driver task per session runs that loop, so a
 //! restart resumes a turn by looking at the events, nothing else.
+//!
+//! Across nodes, one driver runs per session: a node starts one only
+//! with the session's claim in the database (renewed while it runs, let go
+//! when the session is idle). A node that appends input while another
+//! holds the claim leaves it to that one, which the append's signal wakes;
+//! a driver that lets go looks at the history once more, so input that
+//! arrived meanwhile is never left waiting.
 
 use crate::error::ApiResult;
 use crate::{Agents, model};
@@ -16,6 +23,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 const MODEL_RETRIES: u32 = 3;
+/// How long a driver's claim on a session lasts unless renewed (a node
+/// that died lets another drive after this).
+const CLAIM_TTL: Duration = Duration::from_secs(30);
 
 enum Step {
     CallModel,
@@ -116,12 +126,51 @@ pub fn drive(agents: Arc<Agents>, session: &str) {
     if start.unwrap_or(false) {
         let id = session.to_string();
         tokio::spawn(async move {
-            // A driver that dies must not leave the session marked driven
-            // forever: the next event starts a new one.
-            let driver = tokio::spawn(run(agents.clone(), id.clone()));
-            if driver.await.is_err() {
-                tracing::error!(session = %id, "agent loop failed");
-                agents.stop_driving(&id);
+            loop {
+                if !agents.claim_turn(&id).await {
+                    // Another node drives it (its signal reaches that one).
+                    agents.stop_driving(&id);
+                    return;
+                }
+                // A driver that dies must not leave the session marked
+                // driven forever: the next event starts a new one.
+                let mut driver = tokio::spawn(run(agents.clone(), id.clone()));
+                let mut renew = tokio::time::interval(CLAIM_TTL / 3);
+                renew.tick().await;
+                let ended = loop {
+                    tokio::select! {
+                        r = &mut driver => break r,
+                        _ = renew.tick() => {
+                            if !agents.claim_turn(&id).await {
+                                tracing::error!(session = %id, "lost the claim on driving this session");
+                                driver.abort();
+                            }
+                        }
+                    }
+                };
+                if ended.is_err() {
+                    tracing::error!(session = %id, "agent loop failed");
+                    agents.stop_driving(&id);
+                }
+                let origin = agents.notifier.origin().to_string();
+                if let Err(e) = agents.sessions.store.release_driver(&id, &origin).await {
+                    tracing::warn!(session = %id, error = %e, "releasing the claim on driving");
+                }
+                // Input another node appended while this one held the
+                // claim: its signal may have come before the driver went
+                // idle, or not at all.
+                let _ = agents.sessions.catch_up(&id).await;
+                let again = agents.sessions.with(&id, |s| {
+                    let pending = !matches!(next_step(&s.events, s.consumed), Step::Idle);
+                    if pending && !s.driving {
+                        s.driving = true;
+                        return true;
+                    }
+                    false
+                });
+                if ended.is_err() || !again.unwrap_or(false) {
+                    return;
+                }
             }
         });
     }
@@ -328,6 +377,21 @@ fn permission(policy: Option<PermissionKind>) -> (Value, Value) {
 }
 
 impl Agents {
+    /// Takes or renews this node's claim on driving `session`.
+    async fn claim_turn(&self, session: &str) -> bool {
+        let now = sandstone_api::timefmt::now_us() / 1000;
+        let ttl = CLAIM_TTL.as_millis() as i64;
+        let claimed = self
+            .sessions
+            .store
+            .claim_driver(session, self.notifier.origin(), now, now + ttl)
+            .await;
+        claimed.unwrap_or_else(|e| {
+            tracing::warn!(session = %session, error = %e, "claiming the session's turn");
+            false
+        })
+    }
+
     fn stop_driving(&self, session: &str) {
         let _ = self.sessions.with(session, |s| s.driving = false);
     }

@@ -5,28 +5,38 @@
 //! lease with an exact-echo precondition (412 otherwise); a lease that
 //! runs out stops the item and queues the session again; `stop` is
 //! graceful (`stopping`, seen on the next heartbeat) or forced.
+//!
+//! The items live in the database only (`ma_work`), so a worker may talk
+//! to any node: a claim is one conditional statement (PostgreSQL skips
+//! rows another poll holds), every other change a compare-and-set on the
+//! row's version, retried on the newer row — so of two nodes expiring one
+//! lease, one stops the item and queues its session again, the other finds
+//! it stopped. Leases are wall-clock deadlines (Unix ms) every node can
+//! compare. What stays in memory is per node: who polled lately (for
+//! `workers_polling`) and the long-pollers' wake-ups.
 
 use crate::error::{ApiError, ApiResult};
 use crate::ids::{new_id, new_token, now};
+use crate::lock;
+use crate::notify::{Notifier, Signal};
 use crate::validate::merge_metadata;
-use crate::{StartError, lock, parse_stored};
 use base64::Engine;
 use sandstone_agents_api::{
     Extra, NO_HEARTBEAT, WorkData, WorkHeartbeat, WorkHeartbeatTag, WorkItem, WorkKind,
     WorkLeaseState, WorkQueueStats, WorkQueueStatsTag, WorkState, WorkTag,
 };
-use sandstone_db::agents::AgentsStore;
-use serde::{Deserialize, Serialize};
+use sandstone_db::agents::{AgentsStore, WorkOf, WorkRow};
 use serde_json::{Value, json};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 use tokio::sync::Notify;
 
-const WORK: &str = "work";
 /// Workers that polled this recently count in `workers_polling`.
 const POLLING_WINDOW: Duration = Duration::from_secs(30);
 const DEFAULT_RECLAIM: Duration = Duration::from_millis(5000);
+/// A change that keeps losing its compare-and-set is a bug, not load.
+const CAS_TRIES: usize = 100;
 
 pub struct Poll {
     pub block: Option<Duration>,
@@ -68,52 +78,42 @@ fn secret_for(token: &str) -> String {
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(payload)
 }
 
-/// A work item: its public document and what only the server knows.
-struct Work {
-    item: WorkItem,
-    /// Hash of the sessions token handed out with the last claim.
-    token_hash: Option<String>,
-    claimed_at: Option<Instant>,
-    lease_until: Option<Instant>,
+fn now_ms() -> i64 {
+    sandstone_api::timefmt::now_us() / 1000
 }
 
-impl Work {
-    fn lease_state(&self, ttl: Duration) -> WorkLeaseState {
-        WorkLeaseState {
-            state: self.item.state,
-            ttl_seconds: ttl.as_secs(),
-            last_heartbeat: self.item.latest_heartbeat_at.clone(),
-            lease_extended: false,
-            extra: Extra::new(),
-        }
-    }
+fn ms(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
 
-    /// Applies a stop (see [`WorkState::stop`]); `false` if it was
-    /// already stopped.
-    fn stop(&mut self, force: bool) -> bool {
-        let Some(next) = self.item.state.stop(force) else {
-            return false;
-        };
-        let t = now();
-        if next == WorkState::Stopped {
-            self.item.stopped_at = Some(t);
-            self.lease_until = None;
-        } else if self.item.state != WorkState::Stopping {
-            self.item.stop_requested_at = Some(t);
-        }
-        self.item.state = next;
-        true
+fn lease_state(w: &WorkRow, ttl: Duration) -> WorkLeaseState {
+    WorkLeaseState {
+        state: w.item.state,
+        ttl_seconds: ttl.as_secs(),
+        last_heartbeat: w.item.latest_heartbeat_at.clone(),
+        lease_extended: false,
+        extra: Extra::new(),
     }
 }
 
-/// How a work item is stored.
-#[derive(Serialize, Deserialize)]
-struct Stored {
-    doc: WorkItem,
-    token_hash: Option<String>,
+/// Applies a stop (see [`WorkState::stop`]); `false` if it was already
+/// stopped.
+fn stop_row(w: &mut WorkRow, force: bool) -> bool {
+    let Some(next) = w.item.state.stop(force) else {
+        return false;
+    };
+    let t = now();
+    if next == WorkState::Stopped {
+        w.item.stopped_at = Some(t);
+        w.lease_expires_ms = None;
+    } else if w.item.state != WorkState::Stopping {
+        w.item.stop_requested_at = Some(t);
+    }
+    w.item.state = next;
+    true
 }
 
-/// An item whose lease ran out (it has been stopped).
+/// An item whose lease ran out (this node stopped it).
 pub(crate) struct Expired {
     pub environment: String,
     pub session: String,
@@ -123,49 +123,30 @@ pub(crate) struct Expired {
 
 #[derive(Default)]
 struct QueueState {
-    work: BTreeMap<String, Work>,
-    /// Sessions tokens by hash: (session id, work id).
-    tokens: HashMap<String, (String, String)>,
-    /// Per environment: worker id → last poll.
+    /// Per environment: worker id → last poll (on this node).
     pollers: HashMap<String, HashMap<String, Instant>>,
     wake: HashMap<String, Arc<Notify>>,
 }
 
 pub(crate) struct WorkQueue {
     store: Arc<dyn AgentsStore>,
+    notifier: Arc<Notifier>,
     lease_ttl: Duration,
     state: Mutex<QueueState>,
 }
 
 impl WorkQueue {
-    pub(crate) async fn load(
+    pub(crate) fn new(
         store: Arc<dyn AgentsStore>,
+        notifier: Arc<Notifier>,
         lease_ttl: Duration,
-    ) -> Result<WorkQueue, StartError> {
-        let mut st = QueueState::default();
-        for w in store.load_docs(WORK).await? {
-            let Stored { doc, token_hash } = parse_stored(WORK, w)?;
-            if let Some(h) = &token_hash {
-                st.tokens
-                    .insert(h.clone(), (doc.data.id.clone(), doc.id.clone()));
-            }
-            // Leases run on this process's clock: a restart grants a
-            // fresh one rather than expiring every item at once.
-            let lease_until = matches!(doc.state, WorkState::Starting | WorkState::Active)
-                .then(|| Instant::now() + lease_ttl);
-            let work = Work {
-                item: doc,
-                token_hash,
-                claimed_at: None,
-                lease_until,
-            };
-            st.work.insert(work.item.id.clone(), work);
-        }
-        Ok(WorkQueue {
+    ) -> WorkQueue {
+        WorkQueue {
             store,
+            notifier,
             lease_ttl,
-            state: Mutex::new(st),
-        })
+            state: Mutex::default(),
+        }
     }
 
     fn state(&self) -> MutexGuard<'_, QueueState> {
@@ -180,25 +161,26 @@ impl WorkQueue {
             .clone()
     }
 
-    async fn save(&self, id: &str) -> ApiResult<()> {
-        let saved = {
-            let st = self.state();
-            let w = st
-                .work
-                .get(id)
-                .ok_or_else(|| ApiError::not_found("work", id))?;
-            json!({"doc": w.item, "token_hash": w.token_hash})
-        };
-        Ok(self.store.put_doc(WORK, id, &saved).await?)
+    /// Work was queued in `env` (here or on another node): one poller
+    /// here looks. One item, one poller: waking them all would only have
+    /// the rest find nothing.
+    pub(crate) fn queued(&self, env: &str) {
+        self.wake(env).notify_one();
+    }
+
+    /// Every poller here looks again (signals may have been missed).
+    pub(crate) fn wake_all(&self) {
+        for w in self.state().wake.values() {
+            w.notify_waiters();
+        }
     }
 
     /// Queues a new work item for `session`, unless it has a live one
-    /// (checked and inserted under one lock: a session never gets two).
+    /// (the database's unique index on live items decides, across nodes).
     pub(crate) async fn enqueue(&self, env: &str, session: &str) -> ApiResult<Option<WorkItem>> {
-        let id = new_id("work");
         let item = WorkItem {
             tag: WorkTag,
-            id: id.clone(),
+            id: new_id("work"),
             environment_id: env.to_string(),
             data: WorkData {
                 kind: WorkKind::Session,
@@ -216,30 +198,22 @@ impl WorkQueue {
             stopped_at: None,
             extra: Extra::new(),
         };
-        {
-            let mut st = self.state();
-            let live = st
-                .work
-                .values()
-                .any(|w| w.item.data.id == session && w.item.state.is_live());
-            if live {
-                return Ok(None);
-            }
-            let work = Work {
-                item: item.clone(),
-                token_hash: None,
-                claimed_at: None,
-                lease_until: None,
-            };
-            st.work.insert(id.clone(), work);
+        let row = WorkRow {
+            item: item.clone(),
+            token_hash: None,
+            claimed_ms: None,
+            lease_expires_ms: None,
+            version: 0,
+        };
+        if !self.store.insert_work(&row).await? {
+            return Ok(None);
         }
-        if let Err(e) = self.save(&id).await {
-            self.state().work.remove(&id);
-            return Err(e);
-        }
-        // One item, one poller: waking them all would only have the rest
-        // find nothing.
-        self.wake(env).notify_one();
+        self.queued(env);
+        self.notifier
+            .publish(Signal::Work {
+                environment: env.to_string(),
+            })
+            .await;
         Ok(Some(item))
     }
 
@@ -258,74 +232,78 @@ impl WorkQueue {
             let notified = wake.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            if let Some(item) = self.claim(env, p.reclaim) {
-                self.save(&item.id).await?;
+            if let Some(item) = self.claim(env, p.reclaim).await? {
                 return Ok(Some(item));
             }
             let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
+            // Work queued anywhere wakes a poller here (see `queued`): one
+            // that waited out its time without a wake has nothing to
+            // claim, and looking again would only load the database.
+            if left.is_zero() || tokio::time::timeout(left, notified).await.is_err() {
                 return Ok(None);
             }
-            let _ = tokio::time::timeout(left, notified).await;
         }
     }
 
     /// Claims the oldest claimable item: a fresh sessions token each time.
-    fn claim(&self, env: &str, reclaim: Duration) -> Option<WorkItem> {
-        let mut st = self.state();
-        let id = st
-            .work
-            .values()
-            .filter(|w| w.item.environment_id == env && w.item.state.is_claimable())
-            .filter(|w| w.claimed_at.is_none_or(|c| c.elapsed() >= reclaim))
-            .min_by(|a, b| a.item.created_at.cmp(&b.item.created_at))
-            .map(|w| w.item.id.clone())?;
+    async fn claim(&self, env: &str, reclaim: Duration) -> ApiResult<Option<WorkItem>> {
         let token = new_token(crate::auth::SESSIONS_TOKEN_PREFIX);
         let hash = sandstone_db::token_hash(&token);
-        let w = st.work.get_mut(&id)?;
-        let old = w.token_hash.replace(hash.clone());
-        w.claimed_at = Some(Instant::now());
-        let session = w.item.data.id.clone();
-        let mut item = w.item.clone();
-        item.secret = Some(secret_for(&token));
-        if let Some(old) = old {
-            st.tokens.remove(&old);
-        }
-        st.tokens.insert(hash, (session, id));
-        Some(item)
+        let t = now_ms();
+        let row = self
+            .store
+            .claim_work(env, t, t.saturating_sub(ms(reclaim)), &hash)
+            .await?;
+        Ok(row.map(|r| {
+            let mut item = r.item;
+            item.secret = Some(secret_for(&token));
+            item
+        }))
     }
 
-    fn with<T>(
+    async fn row(&self, env: &str, id: &str) -> ApiResult<WorkRow> {
+        self.store
+            .get_work(id)
+            .await?
+            .filter(|w| w.item.environment_id == env)
+            .ok_or_else(|| ApiError::not_found("work", id))
+    }
+
+    /// Applies `f` to the item and writes it if it changed, retrying on
+    /// the newer row when another node changed it first. `f` answers what
+    /// to return and whether to write.
+    async fn change<T>(
         &self,
         env: &str,
         id: &str,
-        f: impl FnOnce(&mut Work) -> ApiResult<T>,
+        f: impl Fn(&mut WorkRow) -> ApiResult<(T, bool)>,
     ) -> ApiResult<T> {
-        let mut st = self.state();
-        let w = st
-            .work
-            .get_mut(id)
-            .filter(|w| w.item.environment_id == env)
-            .ok_or_else(|| ApiError::not_found("work", id))?;
-        f(w)
+        for _ in 0..CAS_TRIES {
+            let mut w = self.row(env, id).await?;
+            let (out, write) = f(&mut w)?;
+            if !write || self.store.replace_work(&w).await? {
+                return Ok(out);
+            }
+        }
+        Err(ApiError::internal(format!("work {id} keeps changing")))
     }
 
     pub(crate) async fn ack(&self, env: &str, id: &str) -> ApiResult<WorkItem> {
-        let ttl = self.lease_ttl;
-        let item = self.with(env, id, |w| {
+        let ttl = ms(self.lease_ttl);
+        self.change(env, id, |w| {
             let state = w.item.state;
             let next = state
                 .ack()
                 .ok_or_else(|| ApiError::conflict(format!("work {id} is {state}")))?;
-            if next != state {
+            let changed = next != state;
+            if changed {
                 w.item.state = next;
                 w.item.acknowledged_at = Some(now());
-                w.lease_until = Some(Instant::now() + ttl);
+                w.lease_expires_ms = Some(now_ms() + ttl);
             }
-            Ok(w.item.clone())
-        })?;
-        self.save(id).await?;
-        Ok(item)
+            Ok((w.item.clone(), changed))
+        })
+        .await
     }
 
     pub(crate) async fn heartbeat(
@@ -338,19 +316,20 @@ impl WorkQueue {
         let ttl = desired_ttl
             .map(|s| Duration::from_secs(s.clamp(1, 3600)))
             .unwrap_or(self.lease_ttl);
-        let out = self.with(env, id, |w| {
+        self.change(env, id, |w| {
             let state = w.item.state;
             // A stopping or stopped item is not compared: the worker must
             // learn it should stop.
             if state.stop_requested() {
-                return Ok(WorkHeartbeat {
+                let hb = WorkHeartbeat {
                     tag: WorkHeartbeatTag,
                     last_heartbeat: w.item.latest_heartbeat_at.clone().unwrap_or_default(),
                     lease_extended: false,
                     state,
                     ttl_seconds: ttl.as_secs(),
                     extra: Extra::new(),
-                });
+                };
+                return Ok((hb, false));
             }
             if !state.can_heartbeat() {
                 return Err(ApiError::conflict(format!(
@@ -365,7 +344,7 @@ impl WorkQueue {
             if expected != Some(stored) {
                 return Err(ApiError::HeartbeatPrecondition {
                     work: id.to_string(),
-                    current: Box::new(w.lease_state(ttl)),
+                    current: Box::new(lease_state(w, ttl)),
                 });
             }
             let t = now();
@@ -374,158 +353,134 @@ impl WorkQueue {
                 w.item.started_at = Some(t.clone());
             }
             w.item.state = WorkState::Active;
-            w.lease_until = Some(Instant::now() + ttl);
-            Ok(WorkHeartbeat {
+            w.lease_expires_ms = Some(now_ms() + ms(ttl));
+            let hb = WorkHeartbeat {
                 tag: WorkHeartbeatTag,
                 last_heartbeat: t,
                 lease_extended: true,
                 state: WorkState::Active,
                 ttl_seconds: ttl.as_secs(),
                 extra: Extra::new(),
-            })
-        })?;
-        if out.lease_extended {
-            self.save(id).await?;
-        }
-        Ok(out)
+            };
+            Ok((hb, true))
+        })
+        .await
     }
 
     pub(crate) async fn stop(&self, env: &str, id: &str, force: bool) -> ApiResult<WorkItem> {
-        let item = self.with(env, id, |w| {
-            if !w.stop(force) {
+        self.change(env, id, |w| {
+            if !stop_row(w, force) {
                 return Err(ApiError::AlreadyStopped(id.to_string()));
             }
-            Ok(w.item.clone())
-        })?;
-        self.save(id).await?;
-        Ok(item)
+            Ok((w.item.clone(), true))
+        })
+        .await
     }
 
     /// Stops an environment's live items (the environment is deleted).
     pub(crate) async fn stop_environment(&self, env: &str) -> ApiResult<()> {
-        self.stop_live(|w| w.item.environment_id == env, true).await
+        self.stop_live(WorkOf::Environment(env), true).await
     }
 
     /// Stops a session's live items (archive, delete).
     pub(crate) async fn stop_session(&self, session: &str, force: bool) -> ApiResult<()> {
-        self.stop_live(|w| w.item.data.id == session, force).await
+        self.stop_live(WorkOf::LiveOfSession(session), force).await
     }
 
-    async fn stop_live(&self, which: impl Fn(&Work) -> bool, force: bool) -> ApiResult<()> {
-        let ids: Vec<String> = self
-            .state()
-            .work
-            .values_mut()
-            .filter(|w| which(w) && w.item.state.is_live())
-            .map(|w| {
-                w.stop(force);
-                w.item.id.clone()
-            })
-            .collect();
-        for id in ids {
-            self.save(&id).await?;
+    async fn stop_live(&self, of: WorkOf<'_>, force: bool) -> ApiResult<()> {
+        for w in self.store.list_work(of).await? {
+            if w.item.state.is_live() {
+                let env = w.item.environment_id.clone();
+                // Stopped meanwhile (by another node) is as good.
+                self.change(&env, &w.item.id, |w| Ok(((), stop_row(w, force))))
+                    .await?;
+            }
         }
         Ok(())
     }
 
     /// An environment's items, newest first.
-    pub(crate) fn list(&self, env: &str) -> Vec<WorkItem> {
-        let st = self.state();
-        let mut out: Vec<WorkItem> = st
-            .work
-            .values()
-            .filter(|w| w.item.environment_id == env)
-            .map(|w| w.item.clone())
-            .collect();
-        out.sort_by(|a, b| b.created_at.cmp(&a.created_at));
-        out
+    pub(crate) async fn list(&self, env: &str) -> ApiResult<Vec<WorkItem>> {
+        let rows = self.store.list_work(WorkOf::Environment(env)).await?;
+        Ok(rows.into_iter().map(|w| w.item).collect())
     }
 
-    pub(crate) fn item(&self, env: &str, id: &str) -> ApiResult<WorkItem> {
-        self.with(env, id, |w| Ok(w.item.clone()))
+    pub(crate) async fn item(&self, env: &str, id: &str) -> ApiResult<WorkItem> {
+        Ok(self.row(env, id).await?.item)
     }
 
     pub(crate) async fn update(&self, env: &str, id: &str, body: &Value) -> ApiResult<WorkItem> {
-        let item = self.with(env, id, |w| {
+        self.change(env, id, |w| {
             let current = json!(w.item.metadata);
             let merged = merge_metadata(&current, &body["metadata"], "metadata")?;
             w.item.metadata = serde_json::from_value(merged)
                 .map_err(|e| ApiError::invalid(format!("metadata: {e}")))?;
-            Ok(w.item.clone())
-        })?;
-        self.save(id).await?;
-        Ok(item)
+            Ok((w.item.clone(), true))
+        })
+        .await
     }
 
-    pub(crate) fn stats(&self, env: &str) -> WorkQueueStats {
-        let st = self.state();
-        let queued: Vec<&Work> = st
-            .work
-            .values()
-            .filter(|w| w.item.environment_id == env && w.item.state.is_claimable())
+    /// The queue's statistics; `workers_polling` counts the workers that
+    /// polled this node.
+    pub(crate) async fn stats(&self, env: &str) -> ApiResult<WorkQueueStats> {
+        let rows = self.store.list_work(WorkOf::Environment(env)).await?;
+        let queued: Vec<&WorkRow> = rows
+            .iter()
+            .filter(|w| w.item.state.is_claimable())
             .collect();
-        let pending = queued.iter().filter(|w| w.claimed_at.is_some()).count();
+        let pending = queued.iter().filter(|w| w.claimed_ms.is_some()).count();
         let oldest = queued.iter().map(|w| &w.item.created_at).min().cloned();
-        let polling = st
+        let polling = self
+            .state()
             .pollers
             .get(env)
             .map(|p| p.values().filter(|t| t.elapsed() < POLLING_WINDOW).count())
             .unwrap_or(0);
-        WorkQueueStats {
+        Ok(WorkQueueStats {
             tag: WorkQueueStatsTag,
             depth: (queued.len() - pending) as u64,
             pending: pending as u64,
             oldest_queued_at: oldest,
             workers_polling: Some(polling as u64),
             extra: Extra::new(),
-        }
+        })
     }
 
     /// The session and work item a sessions token (by hash) was issued
     /// with, while that item is live.
-    pub(crate) fn session_of_token(&self, hash: &str) -> ApiResult<(String, String)> {
-        let st = self.state();
-        let (session, work) = st
-            .tokens
-            .get(hash)
-            .cloned()
+    pub(crate) async fn session_of_token(&self, hash: &str) -> ApiResult<(String, String)> {
+        let w = self
+            .store
+            .work_by_token(hash)
+            .await?
             .ok_or_else(|| ApiError::unauthorized("invalid sessions token"))?;
-        match st.work.get(&work) {
-            Some(w) if w.item.state.is_live() => Ok((session, work)),
-            _ => Err(ApiError::unauthorized(
+        if !w.item.state.is_live() {
+            return Err(ApiError::unauthorized(
                 "this sessions token's work item has stopped",
-            )),
+            ));
         }
+        Ok((w.item.data.id, w.item.id))
     }
 
-    /// Stops the items whose lease ran out.
-    pub(crate) async fn expire(&self) -> Vec<Expired> {
-        let expired: Vec<(String, Expired)> = {
-            let mut st = self.state();
-            let now_i = Instant::now();
-            st.work
-                .values_mut()
-                .filter(|w| w.item.state.holds_lease())
-                .filter(|w| w.lease_until.is_some_and(|t| t <= now_i))
-                .map(|w| {
-                    let requeue = w.item.state.requeue_on_expiry();
-                    w.stop(true);
-                    let e = Expired {
-                        environment: w.item.environment_id.clone(),
-                        session: w.item.data.id.clone(),
-                        requeue,
-                    };
-                    (w.item.id.clone(), e)
-                })
-                .collect()
-        };
+    /// Stops the items whose lease ran out. Several nodes may look at
+    /// once: each item is stopped (and reported) by the one whose
+    /// compare-and-set wins.
+    pub(crate) async fn expire(&self) -> ApiResult<Vec<Expired>> {
         let mut out = Vec::new();
-        for (id, e) in expired {
-            tracing::warn!(work = %id, session = %e.session, requeue = e.requeue, "work lease expired");
-            let _ = self.save(&id).await;
-            out.push(e);
+        for mut w in self.store.expired_work(now_ms()).await? {
+            let requeue = w.item.state.requeue_on_expiry();
+            stop_row(&mut w, true);
+            if !self.store.replace_work(&w).await? {
+                continue;
+            }
+            tracing::warn!(work = %w.item.id, session = %w.item.data.id, requeue, "work lease expired");
+            out.push(Expired {
+                environment: w.item.environment_id,
+                session: w.item.data.id,
+                requeue,
+            });
         }
-        out
+        Ok(out)
     }
 }
 
@@ -537,10 +492,9 @@ mod tests {
     /// it), kept as long as the queue.
     async fn queue(ttl: Duration) -> (WorkQueue, sandstone_db::testing::Scratch) {
         let scratch = sandstone_db::testing::Scratch::new().await;
-        (
-            WorkQueue::load(scratch.open().await, ttl).await.unwrap(),
-            scratch,
-        )
+        let store = scratch.open().await;
+        let notifier = Arc::new(Notifier::new(store.clone(), "node-test"));
+        (WorkQueue::new(store, notifier, ttl), scratch)
     }
 
     fn now_poll() -> Poll {
@@ -557,13 +511,16 @@ mod tests {
         let item = q.enqueue("env", "sesn").await.unwrap().unwrap();
         // One live item per session.
         assert!(q.enqueue("env", "sesn").await.unwrap().is_none());
-        assert_eq!(q.stats("env").depth, 1);
+        assert_eq!(q.stats("env").await.unwrap().depth, 1);
         let claimed = q.poll("env", &now_poll()).await.unwrap().unwrap();
         assert_eq!(claimed.id, item.id);
         assert!(claimed.secret.is_some());
         assert!(q.poll("env", &now_poll()).await.unwrap().is_none());
         assert_eq!(
-            (q.stats("env").pending, q.stats("env").workers_polling),
+            {
+                let s = q.stats("env").await.unwrap();
+                (s.pending, s.workers_polling)
+            },
             (1, Some(1))
         );
         // A heartbeat before the ack is refused; the ack starts the item.
@@ -611,13 +568,23 @@ mod tests {
         q.poll("env", &now_poll()).await.unwrap();
         q.ack("env", &item.id).await.unwrap();
         tokio::time::sleep(Duration::from_millis(5)).await;
-        let expired = q.expire().await;
+        let expired = q.expire().await.unwrap();
+        assert!(q.expire().await.unwrap().is_empty(), "expired once");
         assert_eq!(expired.len(), 1);
         assert!(expired[0].requeue && expired[0].session == "sesn");
-        assert_eq!(q.item("env", &item.id).unwrap().state, WorkState::Stopped);
-        let token = q.state().tokens.keys().next().cloned().unwrap();
+        assert_eq!(
+            q.item("env", &item.id).await.unwrap().state,
+            WorkState::Stopped
+        );
+        let token = q
+            .store
+            .get_work(&item.id)
+            .await
+            .unwrap()
+            .unwrap()
+            .token_hash;
         assert!(
-            q.session_of_token(&token).is_err(),
+            q.session_of_token(&token.unwrap()).await.is_err(),
             "a stopped item's token"
         );
     }

@@ -120,7 +120,86 @@ const MIGRATIONS: &[&str] = &[
     ALTER TABLE sandboxes DROP CONSTRAINT sandboxes_slot_key;
     ALTER TABLE sandboxes ADD CONSTRAINT sandboxes_node_slot UNIQUE (node_id, slot);
     CREATE INDEX sandboxes_node ON sandboxes (node_id);",
+    // The work queue in a table of its own, and the claim on driving a
+    // session's turn, so that several nodes on one database (PostgreSQL)
+    // claim, lease and expire with single conditional statements; items
+    // kept as documents move over (a held lease gets a minute from now).
+    "CREATE TABLE ma_work (
+        id TEXT PRIMARY KEY,
+        environment_id TEXT NOT NULL,
+        session_id TEXT NOT NULL,
+        state TEXT NOT NULL,
+        created_at TEXT NOT NULL,
+        token_hash TEXT,
+        claimed_ms BIGINT,
+        lease_expires_ms BIGINT,
+        version BIGINT NOT NULL,
+        doc TEXT NOT NULL
+    );
+    CREATE UNIQUE INDEX ma_work_live_session ON ma_work (session_id) WHERE state <> 'stopped';
+    CREATE INDEX ma_work_queued ON ma_work (environment_id, created_at) WHERE state = 'queued';
+    CREATE INDEX ma_work_by_environment ON ma_work (environment_id, created_at);
+    CREATE INDEX ma_work_leases ON ma_work (lease_expires_ms) WHERE lease_expires_ms IS NOT NULL;
+    CREATE UNIQUE INDEX ma_work_token ON ma_work (token_hash);
+    CREATE TABLE ma_drivers (
+        session_id TEXT PRIMARY KEY,
+        owner TEXT NOT NULL,
+        expires_ms BIGINT NOT NULL
+    );
+    INSERT INTO ma_work
+        SELECT id, doc::jsonb #>> '{doc,environment_id}', doc::jsonb #>> '{doc,data,id}',
+            doc::jsonb #>> '{doc,state}', doc::jsonb #>> '{doc,created_at}',
+            doc::jsonb ->> 'token_hash', NULL,
+            CASE WHEN doc::jsonb #>> '{doc,state}' IN ('starting', 'active', 'stopping')
+                THEN (extract(epoch FROM now()) * 1000)::bigint + 60000 END,
+            0, (doc::jsonb -> 'doc')::text
+        FROM ma_docs WHERE kind = 'work';
+    DELETE FROM ma_docs WHERE kind = 'work';
+    -- Every node learns of a document written on any node, in the writing
+    -- transaction (delivered at its commit); the origin '-' is nobody's.
+    CREATE FUNCTION ma_docs_notify() RETURNS trigger LANGUAGE plpgsql AS $$
+    DECLARE r RECORD;
+    BEGIN
+        IF TG_OP = 'DELETE' THEN r := OLD; ELSE r := NEW; END IF;
+        PERFORM pg_notify('sandstone_agents', '- d ' || r.kind || ' ' || r.id);
+        RETURN NULL;
+    END
+    $$;
+    CREATE TRIGGER ma_docs_notify AFTER INSERT OR UPDATE OR DELETE ON ma_docs
+        FOR EACH ROW EXECUTE FUNCTION ma_docs_notify();",
 ];
+
+/// Concurrent polls lock different items rather than wait for one.
+const SKIP_LOCKED: &str = "FOR UPDATE SKIP LOCKED";
+
+/// An UPDATE that matches nothing locks nothing here: no need to look
+/// first.
+const CLAIM_LOOKS_FIRST: bool = false;
+
+async fn notify(store: &PgStore, payload: &str) -> Result<()> {
+    sqlx::query("SELECT pg_notify($1, $2)")
+        .bind(crate::agents::CHANNEL)
+        .bind(payload)
+        .execute(&store.pool)
+        .await?;
+    Ok(())
+}
+
+/// A connection of its own (outside the pool's count) that `LISTEN`s;
+/// sqlx re-makes it when it drops, and `try_recv` then answers `None`.
+async fn listen(store: &PgStore) -> Result<Option<crate::agents::Notifications>> {
+    let mut listener = sqlx::postgres::PgListener::connect_with(&store.pool).await?;
+    listener.listen(crate::agents::CHANNEL).await?;
+    let stream = futures_util::stream::unfold(listener, |mut l| async move {
+        let next = l
+            .try_recv()
+            .await
+            .map(|n| n.map(|n| n.payload().to_string()))
+            .map_err(Error::from);
+        Some((next, l))
+    });
+    Ok(Some(Box::pin(stream)))
+}
 
 /// Nodes starting together on one database: the first to take this lock
 /// migrates, the others wait for its commit and find nothing left to do.

@@ -4,7 +4,7 @@
 //! store, which holds a `pool`), so neither pays for the other.
 
 use super::{Backend, Db};
-use crate::agents::{AgentsStore, parse};
+use crate::agents::{AgentsStore, Notifications, WorkOf, WorkRow, parse};
 use crate::{
     AuditRow, CredentialRow, Error, NodeRecord, PendingOp, Result, SandboxRow, SandboxStatus,
     SnapshotRow, Store, now_ms, token_hash,
@@ -125,6 +125,45 @@ fn row_to_credential(r: &Row) -> CredentialRow {
 }
 
 /// An UPDATE that touched no row names an unknown record.
+macro_rules! work_cols {
+    () => {
+        "token_hash, claimed_ms, lease_expires_ms, version, doc"
+    };
+}
+
+fn row_to_work(r: &Row) -> Result<WorkRow> {
+    let doc: String = r.get("doc");
+    let item = serde_json::from_str(&doc)
+        .map_err(|e| Error::Corrupt(format!("work item: not a work item: {e}")))?;
+    Ok(WorkRow {
+        item,
+        token_hash: r.get("token_hash"),
+        claimed_ms: r.get("claimed_ms"),
+        lease_expires_ms: r.get("lease_expires_ms"),
+        version: r.get("version"),
+    })
+}
+
+/// The claim: the oldest claimable item, locked (on PostgreSQL, skipping
+/// rows another poller has locked this instant, so that concurrent polls
+/// take different items instead of queueing on one), then marked claimed
+/// in the same statement.
+fn claim_sql() -> &'static str {
+    static SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+        format!(
+            "UPDATE ma_work SET claimed_ms = $2, token_hash = $4, version = version + 1
+             WHERE id = (SELECT id FROM ma_work
+                 WHERE environment_id = $1 AND state = 'queued'
+                   AND (claimed_ms IS NULL OR claimed_ms <= $3)
+                 ORDER BY created_at, id LIMIT 1 {})
+             RETURNING {}",
+            super::SKIP_LOCKED,
+            work_cols!()
+        )
+    });
+    &SQL
+}
+
 fn found(done: <Db as sqlx::Database>::QueryResult) -> Result<()> {
     if done.rows_affected() == 0 {
         return Err(Error::NotFound);
@@ -709,35 +748,73 @@ impl AgentsStore for Backend {
         })
     }
 
-    fn append_event<'a>(
-        &'a self,
-        session_id: &'a str,
-        seq: i64,
-        doc: &'a Value,
-    ) -> BoxFuture<'a, Result<()>> {
+    fn get_doc<'a>(&'a self, kind: &'a str, id: &'a str) -> BoxFuture<'a, Result<Option<Value>>> {
         Box::pin(async move {
-            sqlx::query("INSERT INTO ma_events (session_id, seq, doc) VALUES ($1, $2, $3)")
-                .bind(session_id)
-                .bind(seq)
-                .bind(doc.to_string())
-                .execute(&self.pool)
-                .await?;
-            Ok(())
+            let row: Option<(String, String)> =
+                sqlx::query_as("SELECT id, doc FROM ma_docs WHERE kind = $1 AND id = $2")
+                    .bind(kind)
+                    .bind(id)
+                    .fetch_optional(&self.pool)
+                    .await?;
+            Ok(parse(row.into_iter().collect(), |id| {
+                format!("managed agents {kind} {id}")
+            })?
+            .pop())
         })
     }
 
-    fn load_events<'a>(&'a self, session_id: &'a str) -> BoxFuture<'a, Result<Vec<Value>>> {
+    fn append_event<'a>(
+        &'a self,
+        session_id: &'a str,
+        doc: &'a Value,
+    ) -> BoxFuture<'a, Result<i64>> {
         Box::pin(async move {
-            let rows: Vec<(i64, String)> =
-                sqlx::query_as("SELECT seq, doc FROM ma_events WHERE session_id = $1 ORDER BY seq")
-                    .bind(session_id)
-                    .fetch_all(&self.pool)
-                    .await?;
-            let rows = rows
-                .into_iter()
-                .map(|(seq, d)| (seq.to_string(), d))
-                .collect();
-            parse(rows, |seq| format!("event {seq} of session {session_id}"))
+            let doc = doc.to_string();
+            // Nodes appending at once compute the same next number; the
+            // primary key lets one through and the others take the next.
+            let mut tries = 0;
+            loop {
+                let r = sqlx::query_scalar(
+                    "INSERT INTO ma_events (session_id, seq, doc)
+                     SELECT $1, COALESCE(MAX(seq) + 1, 0), $2 FROM ma_events WHERE session_id = $1
+                     RETURNING seq",
+                )
+                .bind(session_id)
+                .bind(&doc)
+                .fetch_one(&self.pool)
+                .await;
+                match r {
+                    Err(sqlx::Error::Database(e)) if e.is_unique_violation() && tries < 100 => {
+                        tries += 1;
+                    }
+                    r => return Ok(r?),
+                }
+            }
+        })
+    }
+
+    fn load_events<'a>(
+        &'a self,
+        session_id: &'a str,
+        after_seq: i64,
+    ) -> BoxFuture<'a, Result<Vec<(i64, Value)>>> {
+        Box::pin(async move {
+            let rows: Vec<(i64, String)> = sqlx::query_as(
+                "SELECT seq, doc FROM ma_events WHERE session_id = $1 AND seq > $2 ORDER BY seq",
+            )
+            .bind(session_id)
+            .bind(after_seq)
+            .fetch_all(&self.pool)
+            .await?;
+            rows.into_iter()
+                .map(|(seq, doc)| {
+                    serde_json::from_str(&doc).map(|d| (seq, d)).map_err(|e| {
+                        Error::Corrupt(format!(
+                            "event {seq} of session {session_id}: not JSON: {e}"
+                        ))
+                    })
+                })
+                .collect()
         })
     }
 
@@ -750,6 +827,199 @@ impl AgentsStore for Backend {
             Ok(())
         })
     }
+
+    fn insert_work<'a>(&'a self, row: &'a WorkRow) -> BoxFuture<'a, Result<bool>> {
+        Box::pin(async move {
+            let done = sqlx::query(
+                "INSERT INTO ma_work (id, environment_id, session_id, state, created_at,
+                     token_hash, claimed_ms, lease_expires_ms, version, doc)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
+                 ON CONFLICT DO NOTHING",
+            )
+            .bind(&row.item.id)
+            .bind(&row.item.environment_id)
+            .bind(&row.item.data.id)
+            .bind(row.item.state.as_str())
+            .bind(&row.item.created_at)
+            .bind(&row.token_hash)
+            .bind(row.claimed_ms)
+            .bind(row.lease_expires_ms)
+            .bind(row.version)
+            .bind(json_of(&row.item)?)
+            .execute(&self.pool)
+            .await?;
+            Ok(done.rows_affected() == 1)
+        })
+    }
+
+    fn claim_work<'a>(
+        &'a self,
+        environment: &'a str,
+        now_ms: i64,
+        reclaim_before_ms: i64,
+        token_hash: &'a str,
+    ) -> BoxFuture<'a, Result<Option<WorkRow>>> {
+        Box::pin(async move {
+            if super::CLAIM_LOOKS_FIRST {
+                let any: Option<i64> = sqlx::query_scalar(
+                    "SELECT 1 FROM ma_work WHERE environment_id = $1 AND state = 'queued'
+                       AND (claimed_ms IS NULL OR claimed_ms <= $2) LIMIT 1",
+                )
+                .bind(environment)
+                .bind(reclaim_before_ms)
+                .fetch_optional(&self.pool)
+                .await?;
+                if any.is_none() {
+                    return Ok(None);
+                }
+            }
+            let row = sqlx::query(claim_sql())
+                .bind(environment)
+                .bind(now_ms)
+                .bind(reclaim_before_ms)
+                .bind(token_hash)
+                .fetch_optional(&self.pool)
+                .await?;
+            row.as_ref().map(row_to_work).transpose()
+        })
+    }
+
+    fn get_work<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<Option<WorkRow>>> {
+        Box::pin(async move {
+            let row = sqlx::query(concat!(
+                "SELECT ",
+                work_cols!(),
+                " FROM ma_work WHERE id = $1"
+            ))
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
+            row.as_ref().map(row_to_work).transpose()
+        })
+    }
+
+    fn work_by_token<'a>(&'a self, token_hash: &'a str) -> BoxFuture<'a, Result<Option<WorkRow>>> {
+        Box::pin(async move {
+            let row = sqlx::query(concat!(
+                "SELECT ",
+                work_cols!(),
+                " FROM ma_work WHERE token_hash = $1"
+            ))
+            .bind(token_hash)
+            .fetch_optional(&self.pool)
+            .await?;
+            row.as_ref().map(row_to_work).transpose()
+        })
+    }
+
+    fn list_work<'a>(&'a self, of: WorkOf<'a>) -> BoxFuture<'a, Result<Vec<WorkRow>>> {
+        Box::pin(async move {
+            let q = match of {
+                WorkOf::Environment(env) => sqlx::query(concat!(
+                    "SELECT ",
+                    work_cols!(),
+                    " FROM ma_work WHERE environment_id = $1 ORDER BY created_at DESC, id DESC"
+                ))
+                .bind(env),
+                WorkOf::LiveOfSession(session) => sqlx::query(concat!(
+                    "SELECT ",
+                    work_cols!(),
+                    " FROM ma_work WHERE session_id = $1 AND state <> 'stopped'
+                     ORDER BY created_at DESC, id DESC"
+                ))
+                .bind(session),
+            };
+            q.fetch_all(&self.pool)
+                .await?
+                .iter()
+                .map(row_to_work)
+                .collect()
+        })
+    }
+
+    fn expired_work(&self, now_ms: i64) -> BoxFuture<'_, Result<Vec<WorkRow>>> {
+        Box::pin(async move {
+            sqlx::query(concat!(
+                "SELECT ",
+                work_cols!(),
+                " FROM ma_work WHERE lease_expires_ms <= $1
+                   AND state IN ('starting', 'active', 'stopping')"
+            ))
+            .bind(now_ms)
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(row_to_work)
+            .collect()
+        })
+    }
+
+    fn replace_work<'a>(&'a self, row: &'a WorkRow) -> BoxFuture<'a, Result<bool>> {
+        Box::pin(async move {
+            let done = sqlx::query(
+                "UPDATE ma_work SET state = $2, token_hash = $3, claimed_ms = $4,
+                     lease_expires_ms = $5, doc = $6, version = version + 1
+                 WHERE id = $1 AND version = $7",
+            )
+            .bind(&row.item.id)
+            .bind(row.item.state.as_str())
+            .bind(&row.token_hash)
+            .bind(row.claimed_ms)
+            .bind(row.lease_expires_ms)
+            .bind(json_of(&row.item)?)
+            .bind(row.version)
+            .execute(&self.pool)
+            .await?;
+            Ok(done.rows_affected() == 1)
+        })
+    }
+
+    fn claim_driver<'a>(
+        &'a self,
+        session: &'a str,
+        owner: &'a str,
+        now_ms: i64,
+        expires_ms: i64,
+    ) -> BoxFuture<'a, Result<bool>> {
+        Box::pin(async move {
+            let done = sqlx::query(
+                "INSERT INTO ma_drivers (session_id, owner, expires_ms) VALUES ($1, $2, $4)
+                 ON CONFLICT (session_id) DO UPDATE
+                 SET owner = excluded.owner, expires_ms = excluded.expires_ms
+                 WHERE ma_drivers.owner = excluded.owner OR ma_drivers.expires_ms <= $3",
+            )
+            .bind(session)
+            .bind(owner)
+            .bind(now_ms)
+            .bind(expires_ms)
+            .execute(&self.pool)
+            .await?;
+            Ok(done.rows_affected() == 1)
+        })
+    }
+
+    fn release_driver<'a>(&'a self, session: &'a str, owner: &'a str) -> BoxFuture<'a, Result<()>> {
+        Box::pin(async move {
+            sqlx::query("DELETE FROM ma_drivers WHERE session_id = $1 AND owner = $2")
+                .bind(session)
+                .bind(owner)
+                .execute(&self.pool)
+                .await?;
+            Ok(())
+        })
+    }
+
+    fn notify<'a>(&'a self, payload: &'a str) -> BoxFuture<'a, Result<()>> {
+        Box::pin(super::notify(self, payload))
+    }
+
+    fn listen(&self) -> BoxFuture<'_, Result<Option<Notifications>>> {
+        Box::pin(super::listen(self))
+    }
+}
+
+fn json_of(item: &sandstone_agents_api::WorkItem) -> Result<String> {
+    serde_json::to_string(item).map_err(|e| Error::Corrupt(format!("work item {}: {e}", item.id)))
 }
 
 /// Compiled once per backend too: every test runs on SQLite, and on
@@ -1100,19 +1370,23 @@ mod tests {
         assert_eq!(store.load_docs("agent").await.unwrap(), [doc(0), doc(2)]);
         store.delete_doc("agent", "agent_0").await.unwrap();
         assert_eq!(store.load_docs("agent").await.unwrap(), [doc(2)]);
-        for seq in [1, 2, 10] {
-            store.append_event("s", seq, &doc(seq)).await.unwrap();
-        }
-        assert!(
-            store.append_event("s", 2, &doc(2)).await.is_err(),
-            "seq reused"
-        );
         assert_eq!(
-            store.load_events("s").await.unwrap(),
-            [doc(1), doc(2), doc(10)]
+            store.get_doc("agent", "agent_1").await.unwrap(),
+            Some(doc(2))
         );
+        assert_eq!(store.get_doc("agent", "agent_0").await.unwrap(), None);
+        // Sequence numbers are the store's: 0, 1, 2… per session, also
+        // when appends race (as two nodes would).
+        let docs: Vec<Value> = (0..20).map(doc).collect();
+        let appends = docs.iter().map(|d| store.append_event("s", d));
+        let mut seqs = futures_util::future::try_join_all(appends).await.unwrap();
+        seqs.sort();
+        assert_eq!(seqs, (0..20).collect::<Vec<i64>>());
+        assert_eq!(store.append_event("t", &doc(0)).await.unwrap(), 0);
+        let after = store.load_events("s", 16).await.unwrap();
+        assert_eq!(after.iter().map(|e| e.0).collect::<Vec<_>>(), [17, 18, 19]);
         store.delete_events("s").await.unwrap();
-        assert!(store.load_events("s").await.unwrap().is_empty());
+        assert!(store.load_events("s", -1).await.unwrap().is_empty());
     }
 
     #[tokio::test]

@@ -115,7 +115,59 @@ const MIGRATIONS: &[&str] = &[
     );
     ALTER TABLE sandboxes ADD COLUMN node_id TEXT;
     CREATE INDEX sandboxes_node ON sandboxes (node_id);",
+    // The work queue in a table of its own, and the claim on driving a
+    // session's turn, so that several nodes on one database (PostgreSQL)
+    // claim, lease and expire with single conditional statements; items
+    // kept as documents move over (a held lease gets a minute from now).
+    "CREATE TABLE ma_work (
+        id TEXT PRIMARY KEY,
+        environment_id TEXT NOT NULL,
+        session_id TEXT NOT NULL,
+        state TEXT NOT NULL,
+        created_at TEXT NOT NULL,
+        token_hash TEXT,
+        claimed_ms BIGINT,
+        lease_expires_ms BIGINT,
+        version BIGINT NOT NULL,
+        doc TEXT NOT NULL
+    );
+    CREATE UNIQUE INDEX ma_work_live_session ON ma_work (session_id) WHERE state <> 'stopped';
+    CREATE INDEX ma_work_queued ON ma_work (environment_id, created_at) WHERE state = 'queued';
+    CREATE INDEX ma_work_by_environment ON ma_work (environment_id, created_at);
+    CREATE INDEX ma_work_leases ON ma_work (lease_expires_ms) WHERE lease_expires_ms IS NOT NULL;
+    CREATE UNIQUE INDEX ma_work_token ON ma_work (token_hash);
+    CREATE TABLE ma_drivers (
+        session_id TEXT PRIMARY KEY,
+        owner TEXT NOT NULL,
+        expires_ms BIGINT NOT NULL
+    );
+    INSERT INTO ma_work
+        SELECT id, json_extract(doc, '$.doc.environment_id'), json_extract(doc, '$.doc.data.id'),
+            json_extract(doc, '$.doc.state'), json_extract(doc, '$.doc.created_at'),
+            json_extract(doc, '$.token_hash'), NULL,
+            CASE WHEN json_extract(doc, '$.doc.state') IN ('starting', 'active', 'stopping')
+                THEN CAST(strftime('%s', 'now') AS INTEGER) * 1000 + 60000 END,
+            0, json_extract(doc, '$.doc')
+        FROM ma_docs WHERE kind = 'work';
+    DELETE FROM ma_docs WHERE kind = 'work';",
 ];
+
+/// SQLite has one writer at a time: a claim needs no row lock.
+const SKIP_LOCKED: &str = "";
+
+/// An UPDATE takes the database's one write lock even when it matches
+/// nothing; idle long-pollers would queue on it. A read (which WAL never
+/// blocks) looks for a claimable item first.
+const CLAIM_LOOKS_FIRST: bool = true;
+
+/// One node: nobody to wake.
+async fn notify(_: &SqliteStore, _: &str) -> Result<()> {
+    Ok(())
+}
+
+async fn listen(_: &SqliteStore) -> Result<Option<crate::agents::Notifications>> {
+    Ok(None)
+}
 
 pub struct SqliteStore {
     pool: SqlitePool,
@@ -140,6 +192,10 @@ impl SqliteStore {
             .busy_timeout(std::time::Duration::from_secs(5));
         let pool = SqlitePoolOptions::new()
             .max_connections(4)
+            // A file on this machine does not drop a connection: pinging
+            // each one before use (a round trip to its worker thread) would
+            // only add to every statement.
+            .test_before_acquire(false)
             .connect_with(opts)
             .await?;
         // One daemon owns the file: nothing to lock against.
@@ -202,6 +258,19 @@ mod tests {
         .execute(&old)
         .await
         .unwrap();
+        // A work item the queue kept as a document, with a lease held.
+        let item = serde_json::json!({
+            "type": "work", "id": "work_1", "environment_id": "env_1",
+            "data": {"type": "session", "id": "sesn_1"}, "state": "active",
+            "metadata": {}, "created_at": "2026-01-01T00:00:00.000000Z",
+            "acknowledged_at": null, "started_at": null, "latest_heartbeat_at": null,
+            "stop_requested_at": null, "stopped_at": null,
+        });
+        sqlx::query("INSERT INTO ma_docs (kind, id, doc) VALUES ('work', 'work_1', $1)")
+            .bind(serde_json::json!({"doc": item, "token_hash": "abc"}).to_string())
+            .execute(&old)
+            .await
+            .unwrap();
         old.close().await;
 
         let store = SqliteStore::open(&path).await.unwrap();
@@ -211,10 +280,20 @@ mod tests {
             (SandboxStatus::Paused, None)
         );
         assert_eq!(store.labeled_sandboxes("team", "a").await.unwrap(), [row]);
-        // The last migration's column is there.
-        store.set_failed("sb-old", "init died").await.unwrap();
-        let row = store.get_sandbox("sb-old").await.unwrap();
-        assert_eq!(row.status_reason.as_deref(), Some("init died"));
+        // The work item moved to its table, keyed by its token, with a
+        // lease from now (the old one ran on the old process's clock).
+        use crate::agents::AgentsStore;
+        let w = store.work_by_token("abc").await.unwrap().unwrap();
+        assert_eq!(
+            (
+                w.item.id.as_str(),
+                w.item.state.as_str(),
+                w.item.data.id.as_str()
+            ),
+            ("work_1", "active", "sesn_1")
+        );
+        assert!(w.lease_expires_ms.unwrap() > crate::now_ms());
+        assert!(store.load_docs("work").await.unwrap().is_empty());
         let version: i64 = sqlx::query_scalar("SELECT MAX(version) FROM schema_migrations")
             .fetch_one(&store.pool)
             .await

@@ -23,8 +23,9 @@ pub struct Plane {
     pub url: String,
     pub token: String,
     pub http: reqwest::Client,
-    /// Where the plane keeps its state, across `kill` and `spawn`.
-    pub db: Scratch,
+    /// Where the plane keeps its state, across `kill` and `spawn` (shared
+    /// by the planes made `beside` it).
+    pub db: Arc<Scratch>,
     config: Config,
     port: u16,
     running: Option<(
@@ -41,13 +42,32 @@ impl Plane {
             url: String::new(),
             token: "sk-sst-test-api-key".into(),
             http: reqwest::Client::new(),
-            db: Scratch::new().await,
+            db: Arc::new(Scratch::new().await),
             config: Config {
                 model_base_url: model.url.clone(),
                 model_api_key: Some(MODEL_KEY.into()),
                 lease_ttl: Duration::from_secs(lease_ttl),
                 max_tokens: 8192,
+                node: format!("plane-{}", sandstone_api::random_hex(6)),
             },
+            port: 0,
+            running: None,
+        };
+        p.spawn().await;
+        p
+    }
+
+    /// Another node on the same database: its own runtime, port and node
+    /// name.
+    pub async fn beside(&self) -> Plane {
+        let mut config = self.config.clone();
+        config.node = format!("plane-{}", sandstone_api::random_hex(6));
+        let mut p = Plane {
+            url: String::new(),
+            token: self.token.clone(),
+            http: reqwest::Client::new(),
+            db: self.db.clone(),
+            config,
             port: 0,
             running: None,
         };
