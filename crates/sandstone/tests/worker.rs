@@ -1138,6 +1138,11 @@ async fn a_healthcheck_item_is_acked_probed_and_stopped_without_a_sandbox() {
             .contains("healthcheck: sandstone daemon reachable")
     })
     .await;
+    // The item is done after its stop, which follows the probe's line.
+    within(Duration::from_secs(20), async || {
+        !worker.records("item done").is_empty()
+    })
+    .await;
     let work = worker.records("item done")[0]["fields"]["work"]
         .as_str()
         .unwrap()
