@@ -79,6 +79,11 @@ pub(crate) struct Memories {
     /// Memory writes one at a time: a `content_sha256` precondition is
     /// checked and the write made with nothing in between.
     writes: tokio::sync::Mutex<()>,
+    /// Held (shared) by each change across its store write and cache
+    /// update, and alone by a reload across its read and swap: a reload
+    /// that read the store before a change committed must not put its
+    /// older copy over the change.
+    gate: tokio::sync::RwLock<()>,
 }
 
 /// A memory as shown: `view=basic` leaves out the content.
@@ -113,11 +118,13 @@ impl Memories {
             store,
             state: Mutex::new(st),
             writes: tokio::sync::Mutex::new(()),
+            gate: tokio::sync::RwLock::new(()),
         })
     }
 
     /// Reads everything again (another node changed something).
     pub(crate) async fn reload(&self) -> Result<(), StartError> {
+        let _gate = self.gate.write().await;
         let st = Memories::read(&*self.store).await?;
         *self.state() = st;
         Ok(())
@@ -143,6 +150,7 @@ impl Memories {
     }
 
     pub(crate) async fn create_store(&self, body: &Value) -> ApiResult<MemoryStore> {
+        let _gate = self.gate.read().await;
         let p: MemoryStoreParams = validate::body(body)?;
         let t = now();
         let doc = MemoryStore {
@@ -199,6 +207,7 @@ impl Memories {
     }
 
     pub(crate) async fn update_store(&self, id: &str, body: &Value) -> ApiResult<MemoryStore> {
+        let _gate = self.gate.read().await;
         let p: MemoryStoreParams = validate::body(body)?;
         let mut doc = self.store(id)?;
         if let Some(name) = p.name.flatten() {
@@ -214,6 +223,7 @@ impl Memories {
     }
 
     pub(crate) async fn archive_store(&self, id: &str) -> ApiResult<MemoryStore> {
+        let _gate = self.gate.read().await;
         let mut doc = self.store(id)?;
         if doc.archived_at.is_none() {
             let t = now();
@@ -225,6 +235,7 @@ impl Memories {
     }
 
     pub(crate) async fn delete_store(&self, id: &str) -> ApiResult<Deleted> {
+        let _gate = self.gate.read().await;
         self.store(id)?;
         let gone: Vec<String> = {
             let mut st = self.state();
@@ -267,6 +278,7 @@ impl Memories {
     }
 
     pub(crate) async fn create_memory(&self, store: &str, body: &Value) -> ApiResult<Memory> {
+        let _gate = self.gate.read().await;
         let p: MemoryParams = validate::body(body)?;
         let _write = self.writes.lock().await;
         if self.store(store)?.archived_at.is_some() {
@@ -307,6 +319,7 @@ impl Memories {
         id: &str,
         body: &Value,
     ) -> ApiResult<Memory> {
+        let _gate = self.gate.read().await;
         let p: MemoryParams = validate::body(body)?;
         let _write = self.writes.lock().await;
         let mut doc = self.memory(store, id)?;
@@ -345,6 +358,7 @@ impl Memories {
         id: &str,
         expected: Option<&str>,
     ) -> ApiResult<Deleted> {
+        let _gate = self.gate.read().await;
         let _write = self.writes.lock().await;
         let doc = self.memory(store, id)?;
         if expected.is_some_and(|e| e != doc.content_sha256) {

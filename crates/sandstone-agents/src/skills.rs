@@ -172,6 +172,11 @@ struct Stored {
 pub(crate) struct Skills {
     store: Arc<dyn AgentsStore>,
     state: Mutex<SkillsState>,
+    /// Held (shared) by each change across its store write and cache
+    /// update, and alone by a reload across its read and swap: a reload
+    /// that read the store before a change committed must not put its
+    /// older copy over the change.
+    gate: tokio::sync::RwLock<()>,
 }
 
 impl Skills {
@@ -180,11 +185,13 @@ impl Skills {
         Ok(Skills {
             store,
             state: Mutex::new(st),
+            gate: tokio::sync::RwLock::new(()),
         })
     }
 
     /// Reads everything again (another node changed something).
     pub(crate) async fn reload(&self) -> Result<(), StartError> {
+        let _gate = self.gate.write().await;
         let st = Skills::read(&*self.store).await?;
         *self.state() = st;
         Ok(())
@@ -249,6 +256,7 @@ impl Skills {
         files: Vec<File>,
         display_name: Option<String>,
     ) -> ApiResult<Skill> {
+        let _gate = self.gate.read().await;
         let id = new_id("skill");
         let version = self.put_version(&id, files).await?;
         let t = now();
@@ -281,6 +289,7 @@ impl Skills {
         id: &str,
         files: Vec<File>,
     ) -> ApiResult<SkillVersion> {
+        let _gate = self.gate.read().await;
         let mut skill = self.skill(id)?;
         let version = self.put_version(id, files).await?;
         skill.latest_version = version.version.clone();
@@ -335,6 +344,7 @@ impl Skills {
     }
 
     pub(crate) async fn delete_skill(&self, id: &str) -> ApiResult<Deleted> {
+        let _gate = self.gate.read().await;
         let versions = self.skill_versions(id)?;
         for v in &versions {
             self.store.delete_doc(VERSION, &v.id).await?;

@@ -129,7 +129,7 @@ impl Cluster {
     /// needs no query (the hot path: exec, files, contexts); any other id
     /// costs one indexed lookup of its node.
     pub async fn route(&self, lc: &Lifecycle, id: &str) -> sandstone_db::Result<Route> {
-        if lc.runtime(id).is_some() {
+        if lc.runs(id) {
             return Ok(Route::Local);
         }
         let owner = match self.store.sandbox_node(id).await {

@@ -361,7 +361,10 @@ pub async fn run(mut config: Config) -> anyhow::Result<()> {
         let keys = keys.clone();
         Box::pin(async move { matches!(keys.check_api_key(&token).await, Ok(Some(_))) })
     });
-    let agents = sandstone_agents::Agents::start(db, config.agents.clone(), api_keys).await?;
+    let mut agents_config = config.agents.clone();
+    // Claims on driving a session's turn are this node's.
+    agents_config.node = st.cluster.me.id.clone();
+    let agents = sandstone_agents::Agents::start(db, agents_config, api_keys).await?;
     let app = router(st).nest("/v1", sandstone_agents::router(agents));
     // Event streams write small frames: without TCP_NODELAY one can wait
     // for the peer's delayed ACK (40 ms) behind the frame before it.

@@ -178,7 +178,9 @@ pub async fn serve(data_dir: &Path, args: &ServeArgs) -> Result<()> {
             model_api_key,
             lease_ttl: std::time::Duration::from_secs(args.lease_ttl_seconds),
             max_tokens: 8192,
-            node: agents_node_name(data_dir),
+            // The node's id, which `sandstone_server::run` settles (the
+            // flag, else the one recorded in the data directory).
+            node: String::new(),
         },
         node_id: args.node_id.clone(),
         advertise_url: match &args.advertise_url {
@@ -196,15 +198,6 @@ pub async fn serve(data_dir: &Path, args: &ServeArgs) -> Result<()> {
         object_store: args.object_store.clone(),
     };
     sandstone_server::run(config).await
-}
-
-/// This node's name for the Managed Agents plane's claims: the host and
-/// the data directory, stable across restarts and distinct for nodes that
-/// share a host. (With node identities, `serve --node-id`, it is that.)
-fn agents_node_name(data_dir: &Path) -> String {
-    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
-    let dir = std::fs::canonicalize(data_dir).unwrap_or_else(|_| data_dir.to_path_buf());
-    format!("{}:{}", host.trim(), dir.display()).replace(char::is_whitespace, "_")
 }
 
 /// Logs go to stderr; JSON when asked for (`--log-format json` or

@@ -172,6 +172,14 @@ impl Lifecycle {
             .cloned()
     }
 
+    /// Whether this node runs sandbox `id` now (no copy of its runtime).
+    pub fn runs(&self, id: &str) -> bool {
+        self.runtimes
+            .read()
+            .expect("lock poisoned: a holder panicked")
+            .contains_key(id)
+    }
+
     pub fn running_count(&self) -> usize {
         self.runtimes
             .read()
