@@ -16,6 +16,7 @@
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
+use sandstone_api::timefmt::now_ms;
 use sandstone_db::{NodeRecord, Store};
 
 use crate::forward::Forwarder;
@@ -200,13 +201,6 @@ impl Cluster {
         self.store.set_draining(id, draining).await?;
         self.refresh().await
     }
-}
-
-pub(crate) fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
 }
 
 /// The default `--capacity`: one running sandbox per 256 MiB of memory.

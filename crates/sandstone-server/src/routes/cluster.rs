@@ -3,7 +3,7 @@
 //! picks ([`crate::cluster`] decides; this file only speaks HTTP).
 
 use crate::AppState;
-use crate::cluster::{Route, now_ms};
+use crate::cluster::Route;
 use crate::error::{ApiError, ApiResult, ok};
 use crate::forward::FORWARDED_BY;
 use axum::body::{Body, Bytes};
@@ -11,6 +11,7 @@ use axum::extract::{Path, Request, State};
 use axum::http::{Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
+use sandstone_api::timefmt::now_ms;
 use sandstone_db::NodeRecord;
 use serde::Serialize;
 
