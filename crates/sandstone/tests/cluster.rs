@@ -185,6 +185,17 @@ async fn node_key_authenticates_and_forwarded_calls_are_not_forwarded_again() {
     assert_eq!(r.status(), 503);
     let v: serde_json::Value = r.json().await.unwrap();
     assert_eq!(v["error"]["code"], "not_owner", "{v}");
+    // The same header from an ordinary caller is not a node's word: the
+    // call is forwarded to the owner as any other.
+    let r = n2
+        .http
+        .get(format!("{}/api/v1/sandboxes/{a}/status", n2.url))
+        .bearer_auth(&n2.token)
+        .header("x-sandstone-forwarded-by", "node-9")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
 }
 
 /// A dead owner is a clear error, at once (its address refuses: 502 naming

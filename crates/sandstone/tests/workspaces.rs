@@ -92,6 +92,23 @@ async fn checkpoints_bring_back_a_lost_volume_and_refuse_a_corrupted_one() {
         format!("secret plaintext line\n{sum}")
     );
 
+    // A restore a crash interrupted (its staging dir still there, the
+    // files half moved in) is done again, not taken for the volume.
+    let (s, _) = d
+        .post(&format!("/api/v1/sandboxes/{id}/pause"), json!({}))
+        .await;
+    assert_eq!(s, 200);
+    std::fs::remove_dir_all(volume.join("workspace")).unwrap();
+    std::fs::create_dir(volume.join("workspace")).unwrap();
+    std::fs::create_dir(volume.join(".restore")).unwrap();
+    let (s, v) = d
+        .post(&format!("/api/v1/sandboxes/{id}/resume"), json!({}))
+        .await;
+    assert_eq!(s, 200, "{v}");
+    let r = d.sh(&id, "cat /workspace/a.txt").await;
+    assert_eq!(r["stdout"], "secret plaintext line\n", "{r}");
+    assert!(!volume.join(".restore").exists());
+
     // Every stored chunk altered, the volume lost again: the resume is refused,
     // naming a chunk, and leaves no volume behind.
     let (s, _) = d

@@ -175,7 +175,12 @@ impl Lifecycle {
     pub(super) async fn materialise(&self, id: &str, disk: Option<u64>) -> Result<()> {
         let paths = self.storage.paths(id);
         if paths.data.exists() {
-            return Ok(());
+            if !paths.data.join(STAGING).exists() {
+                return Ok(());
+            }
+            // A restore a crash interrupted (its staging dir goes last):
+            // what was moved in may be partial, so start again.
+            tokio::task::block_in_place(|| self.storage.remove_sandbox(id)).map_err(internal)?;
         }
         let c = self.checkpointer().map_err(|_| {
             Error::Conflict(format!(
@@ -193,7 +198,7 @@ impl Lifecycle {
             })?;
         let made = tokio::task::block_in_place(|| self.storage.create_sandbox(id, disk))
             .map_err(internal)?;
-        let staging = made.data.join(".restore");
+        let staging = made.data.join(STAGING);
         let restored = async {
             let restored = c.store.restore(&latest, &staging).await.map_err(|e| {
                 unavailable(&format!("restore sandbox {id} from its checkpoint"), e)
@@ -278,6 +283,11 @@ impl Lifecycle {
         }
     }
 }
+
+/// Where a restore lands inside the new volume before its entries are
+/// moved into place; removed last, so while it exists the volume is not
+/// whole.
+const STAGING: &str = ".restore";
 
 fn log_restore(id: &str, s: &RestoreStats) {
     tracing::info!(sandbox = %id, stats = ?s, "materialised from its checkpoint");

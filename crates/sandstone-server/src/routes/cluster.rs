@@ -115,7 +115,9 @@ fn target(req: &Request) -> Target {
 
 /// Sends a call to the node that serves it, or lets it through here.
 pub async fn to_owner(State(st): State<AppState>, req: Request, next: Next) -> Response {
-    let forwarded = req.headers().contains_key(FORWARDED_BY);
+    // Only another node's word counts: a caller's own header changes nothing.
+    let forwarded =
+        req.headers().contains_key(FORWARDED_BY) && st.cluster.forwarder.is_node(req.headers());
     let id = match target(&req) {
         Target::Here => return next.run(req).await,
         Target::Create if forwarded => return next.run(req).await,
