@@ -120,9 +120,20 @@ pub struct Sandbox {
     pub updated_at: String,
     pub expires_at: Option<String>,
     pub hard_expires_at: Option<String>,
-    /// Sandstone extension: why a `failed` sandbox failed (its init died).
+    /// Sandstone extension: why a `failed` sandbox failed (its init died,
+    /// or it was lost with its node).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub status_reason: Option<String>,
+    /// Sandstone extension: the sandbox was running on a node whose lease
+    /// ran out. Its status shows `failed` (the statuses Sandbox0's API
+    /// lists); `resume` starts it from `last_checkpoint_at`, and what ran
+    /// after that is gone.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub lost: bool,
+    /// Sandstone extension: when its files were last checkpointed to the
+    /// object store (`serve --object-store`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_checkpoint_at: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

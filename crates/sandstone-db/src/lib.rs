@@ -83,6 +83,17 @@ pub enum Error {
     /// the URL without its password.
     #[error("database {target}: {reason}")]
     Open { target: String, reason: String },
+    /// A write under an ownership epoch that has moved on: the sandbox was
+    /// taken over by another node, or marked lost, since the writer read it.
+    #[error(
+        "sandbox {sandbox} is no longer this node's to change (it now belongs to node {} under epoch {epoch})",
+        node.as_deref().unwrap_or("none")
+    )]
+    Fenced {
+        sandbox: String,
+        node: Option<String>,
+        epoch: i64,
+    },
 }
 
 pub type Result<T> = std::result::Result<T, Error>;
@@ -111,6 +122,34 @@ pub struct SandboxRow {
     /// The node that runs it (and alone may change it). `None` only on rows
     /// from before nodes existed, until a node adopts them at start.
     pub node_id: Option<String>,
+    /// The fencing number of its ownership: raised each time the sandbox
+    /// changes hands (taken over, or marked lost), so a write of a node that
+    /// read an older epoch changes nothing ([`Fence`]).
+    pub epoch: i64,
+    /// When its volume was last checkpointed to the object store (Unix
+    /// milliseconds): what a lost sandbox resumes from.
+    pub checkpointed_at: Option<i64>,
+}
+
+impl SandboxRow {
+    /// The right to change this row as read: its owner under its epoch.
+    pub fn fence(&self) -> Fence {
+        Fence {
+            sandbox: self.id.clone(),
+            node: self.node_id.clone(),
+            epoch: self.epoch,
+        }
+    }
+}
+
+/// Who may write a sandbox's row: the node that owned it under the epoch it
+/// read. Every write of a sandbox's owner carries one; a write under a fence
+/// that no longer holds changes nothing and is [`Error::Fenced`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct Fence {
+    pub sandbox: String,
+    pub node: Option<String>,
+    pub epoch: i64,
 }
 
 /// A node (`sandstone serve`) as it last announced itself in the database
@@ -200,16 +239,23 @@ pub trait Store: Send + Sync {
     fn node_sandboxes<'a>(&'a self, node: &'a str) -> BoxFuture<'a, Result<Vec<SandboxRow>>>;
     /// The node a sandbox belongs to: `Err(NotFound)` for no such sandbox.
     fn sandbox_node<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<Option<String>>>;
-    /// Moves sandbox `id` from node `from` to node `to` with slot `slot`
-    /// (slots are per node), if `from` still owns it: `false` when another
+    /// Moves a sandbox to node `to` with slot `slot` (slots are per node)
+    /// and raises its epoch, if `from` still holds: `false` when another
     /// node moved it first.
     fn move_sandbox<'a>(
         &'a self,
-        id: &'a str,
-        from: &'a str,
+        from: &'a Fence,
         to: &'a str,
         slot: i64,
     ) -> BoxFuture<'a, Result<bool>>;
+    /// Marks `lost` (raising their epochs, so nothing the node writes later
+    /// under the old ones counts) the running and failed sandboxes of
+    /// `node`, whose lease ran out: their files are on that node only. The
+    /// pid stays: if the node returns before anyone takes one over, it
+    /// re-adopts what still runs. Returns how many.
+    fn mark_lost<'a>(&'a self, node: &'a str, reason: &'a str) -> BoxFuture<'a, Result<u64>>;
+    /// Records a completed checkpoint of the sandbox's volume.
+    fn set_checkpointed<'a>(&'a self, f: &'a Fence, at: i64) -> BoxFuture<'a, Result<()>>;
     /// Gives every sandbox without a node to `node` (rows from before
     /// nodes existed); returns how many.
     fn adopt_unowned<'a>(&'a self, node: &'a str) -> BoxFuture<'a, Result<u64>>;
@@ -227,28 +273,30 @@ pub trait Store: Send + Sync {
         key: &'a str,
         value: &'a str,
     ) -> BoxFuture<'a, Result<Vec<SandboxRow>>>;
+    // The writes of a sandbox's owner: each under the [`Fence`] of the row
+    // it read, [`Error::Fenced`] when that no longer holds.
     /// Records a state transition (after the operation succeeded).
     fn set_status<'a>(
         &'a self,
-        id: &'a str,
+        f: &'a Fence,
         status: SandboxStatus,
         pid: Option<i64>,
     ) -> BoxFuture<'a, Result<()>>;
     fn set_config<'a>(
         &'a self,
-        id: &'a str,
+        f: &'a Fence,
         config: &'a serde_json::Value,
     ) -> BoxFuture<'a, Result<()>>;
     /// Records a new running generation and clears the pending operation.
     fn set_running<'a>(
         &'a self,
-        id: &'a str,
+        f: &'a Fence,
         pid: i64,
         generation: i64,
     ) -> BoxFuture<'a, Result<()>>;
-    fn set_pending<'a>(&'a self, id: &'a str, op: Option<PendingOp>) -> BoxFuture<'a, Result<()>>;
+    fn set_pending<'a>(&'a self, f: &'a Fence, op: Option<PendingOp>) -> BoxFuture<'a, Result<()>>;
     /// Records that the sandbox's runtime ended on its own, and why.
-    fn set_failed<'a>(&'a self, id: &'a str, reason: &'a str) -> BoxFuture<'a, Result<()>>;
+    fn set_failed<'a>(&'a self, f: &'a Fence, reason: &'a str) -> BoxFuture<'a, Result<()>>;
     fn insert_snapshot<'a>(&'a self, s: &'a SnapshotRow) -> BoxFuture<'a, Result<()>>;
     fn insert_audit<'a>(&'a self, rows: &'a [AuditRow]) -> BoxFuture<'a, Result<()>>;
     /// Inserts a new source; `false` when the name is taken.
@@ -281,7 +329,8 @@ pub trait Store: Send + Sync {
         sandbox_id: Option<&'a str>,
     ) -> BoxFuture<'a, Result<Vec<SnapshotRow>>>;
     fn delete_snapshot<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<()>>;
-    fn delete_sandbox<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<()>>;
+    /// Deletes the row (done when it is already gone).
+    fn delete_sandbox<'a>(&'a self, f: &'a Fence) -> BoxFuture<'a, Result<()>>;
     /// Slots `node`'s sandboxes hold (those without a node count too:
     /// they are adopted by the first node to start).
     fn used_slots<'a>(&'a self, node: &'a str) -> BoxFuture<'a, Result<Vec<i64>>>;

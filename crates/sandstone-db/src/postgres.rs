@@ -167,6 +167,11 @@ const MIGRATIONS: &[&str] = &[
     $$;
     CREATE TRIGGER ma_docs_notify AFTER INSERT OR UPDATE OR DELETE ON ma_docs
         FOR EACH ROW EXECUTE FUNCTION ma_docs_notify();",
+    // #13: fencing. `epoch` rises each time a sandbox changes hands, and
+    // every write of its owner is conditional on the epoch it read;
+    // `checkpointed_at` is what a lost sandbox can go back to.
+    "ALTER TABLE sandboxes ADD COLUMN epoch BIGINT NOT NULL DEFAULT 0;
+    ALTER TABLE sandboxes ADD COLUMN checkpointed_at BIGINT;",
 ];
 
 /// Concurrent polls lock different items rather than wait for one.

@@ -6,8 +6,8 @@
 use super::{Backend, Db};
 use crate::agents::{AgentsStore, Notifications, WorkOf, WorkRow, parse};
 use crate::{
-    AuditRow, CredentialRow, Error, NodeRecord, PendingOp, Result, SandboxRow, SandboxStatus,
-    SnapshotRow, Store, now_ms, token_hash,
+    AuditRow, CredentialRow, Error, Fence, NodeRecord, PendingOp, Result, SandboxRow,
+    SandboxStatus, SnapshotRow, Store, now_ms, token_hash,
 };
 use futures_util::future::BoxFuture;
 use serde_json::Value;
@@ -50,7 +50,7 @@ pub(super) async fn migrate(
 // change under it when a migration adds a column.
 macro_rules! sandbox_cols {
     () => {
-        "id, template, status, config, slot, pid, generation, created_at, updated_at, pending_op, status_reason, node_id"
+        "id, template, status, config, slot, pid, generation, created_at, updated_at, pending_op, status_reason, node_id, epoch, checkpointed_at"
     };
 }
 
@@ -84,6 +84,8 @@ fn row_to_sandbox(r: &Row) -> Result<SandboxRow> {
             .transpose()?,
         status_reason: r.get("status_reason"),
         node_id: r.get("node_id"),
+        epoch: r.get("epoch"),
+        checkpointed_at: r.get("checkpointed_at"),
     })
 }
 
@@ -169,6 +171,43 @@ fn found(done: <Db as sqlx::Database>::QueryResult) -> Result<()> {
         return Err(Error::NotFound);
     }
     Ok(())
+}
+
+/// The condition every write of a sandbox's owner carries: the row is still
+/// the node's under the epoch it read (binds `$N` and `$N+1`).
+macro_rules! owned_by {
+    ($n:literal, $m:literal) => {
+        concat!(
+            " AND node_id IS NOT DISTINCT FROM $",
+            $n,
+            " AND epoch = $",
+            $m
+        )
+    };
+}
+
+impl Backend {
+    /// After a fenced write changed nothing: [`Error::Fenced`] when the row
+    /// is still there (another node took it, or it was marked lost),
+    /// [`Error::NotFound`] when it is gone.
+    async fn owned(&self, done: <Db as sqlx::Database>::QueryResult, f: &Fence) -> Result<()> {
+        if done.rows_affected() > 0 {
+            return Ok(());
+        }
+        let row: Option<(Option<String>, i64)> =
+            sqlx::query_as("SELECT node_id, epoch FROM sandboxes WHERE id = $1")
+                .bind(&f.sandbox)
+                .fetch_optional(&self.pool)
+                .await?;
+        match row {
+            None => Err(Error::NotFound),
+            Some((node, epoch)) => Err(Error::Fenced {
+                sandbox: f.sandbox.clone(),
+                node,
+                epoch,
+            }),
+        }
+    }
 }
 
 impl Store for Backend {
@@ -276,21 +315,22 @@ impl Store for Backend {
 
     fn move_sandbox<'a>(
         &'a self,
-        id: &'a str,
-        from: &'a str,
+        from: &'a Fence,
         to: &'a str,
         slot: i64,
     ) -> BoxFuture<'a, Result<bool>> {
         Box::pin(async move {
-            let done = sqlx::query(
-                "UPDATE sandboxes SET node_id = $1, slot = $2, pid = NULL, updated_at = $3
-                 WHERE id = $4 AND node_id = $5",
-            )
+            let done = sqlx::query(concat!(
+                "UPDATE sandboxes SET node_id = $1, slot = $2, pid = NULL, epoch = epoch + 1, updated_at = $3
+                 WHERE id = $4",
+                owned_by!(5, 6)
+            ))
             .bind(to)
             .bind(slot)
             .bind(now_ms())
-            .bind(id)
-            .bind(from)
+            .bind(&from.sandbox)
+            .bind(&from.node)
+            .bind(from.epoch)
             .execute(&self.pool)
             .await?;
             Ok(done.rows_affected() == 1)
@@ -359,68 +399,117 @@ impl Store for Backend {
 
     fn set_status<'a>(
         &'a self,
-        id: &'a str,
+        f: &'a Fence,
         status: SandboxStatus,
         pid: Option<i64>,
     ) -> BoxFuture<'a, Result<()>> {
         Box::pin(async move {
-            let done = sqlx::query(
+            let done = sqlx::query(concat!(
                 "UPDATE sandboxes SET status = $1, pid = $2, updated_at = $3 WHERE id = $4",
-            )
+                owned_by!(5, 6)
+            ))
             .bind(status.as_str())
             .bind(pid)
             .bind(now_ms())
-            .bind(id)
+            .bind(&f.sandbox)
+            .bind(&f.node)
+            .bind(f.epoch)
             .execute(&self.pool)
             .await?;
-            found(done)
+            self.owned(done, f).await
         })
     }
 
     fn set_running<'a>(
         &'a self,
-        id: &'a str,
+        f: &'a Fence,
         pid: i64,
         generation: i64,
     ) -> BoxFuture<'a, Result<()>> {
         Box::pin(async move {
-            let done = sqlx::query(
+            let done = sqlx::query(concat!(
                 "UPDATE sandboxes SET status = $1, pid = $2, generation = $3, pending_op = NULL, status_reason = NULL, updated_at = $4 WHERE id = $5",
-            )
+                owned_by!(6, 7)
+            ))
             .bind(SandboxStatus::Running.as_str())
             .bind(pid)
             .bind(generation)
             .bind(now_ms())
-            .bind(id)
+            .bind(&f.sandbox)
+            .bind(&f.node)
+            .bind(f.epoch)
             .execute(&self.pool)
             .await?;
-            found(done)
+            self.owned(done, f).await
         })
     }
 
-    fn set_failed<'a>(&'a self, id: &'a str, reason: &'a str) -> BoxFuture<'a, Result<()>> {
+    fn set_failed<'a>(&'a self, f: &'a Fence, reason: &'a str) -> BoxFuture<'a, Result<()>> {
         Box::pin(async move {
-            let done = sqlx::query(
+            let done = sqlx::query(concat!(
                 "UPDATE sandboxes SET status = $1, pid = NULL, status_reason = $2, updated_at = $3 WHERE id = $4",
-            )
+                owned_by!(5, 6)
+            ))
             .bind(SandboxStatus::Failed.as_str())
             .bind(reason)
             .bind(now_ms())
-            .bind(id)
+            .bind(&f.sandbox)
+            .bind(&f.node)
+            .bind(f.epoch)
             .execute(&self.pool)
             .await?;
-            found(done)
+            self.owned(done, f).await
         })
     }
 
-    fn set_pending<'a>(&'a self, id: &'a str, op: Option<PendingOp>) -> BoxFuture<'a, Result<()>> {
+    fn set_pending<'a>(&'a self, f: &'a Fence, op: Option<PendingOp>) -> BoxFuture<'a, Result<()>> {
         Box::pin(async move {
-            let done = sqlx::query("UPDATE sandboxes SET pending_op = $1 WHERE id = $2")
-                .bind(op.map(PendingOp::as_str))
-                .bind(id)
-                .execute(&self.pool)
-                .await?;
-            found(done)
+            let done = sqlx::query(concat!(
+                "UPDATE sandboxes SET pending_op = $1 WHERE id = $2",
+                owned_by!(3, 4)
+            ))
+            .bind(op.map(PendingOp::as_str))
+            .bind(&f.sandbox)
+            .bind(&f.node)
+            .bind(f.epoch)
+            .execute(&self.pool)
+            .await?;
+            self.owned(done, f).await
+        })
+    }
+
+    fn set_checkpointed<'a>(&'a self, f: &'a Fence, at: i64) -> BoxFuture<'a, Result<()>> {
+        Box::pin(async move {
+            let done = sqlx::query(concat!(
+                "UPDATE sandboxes SET checkpointed_at = $1 WHERE id = $2",
+                owned_by!(3, 4)
+            ))
+            .bind(at)
+            .bind(&f.sandbox)
+            .bind(&f.node)
+            .bind(f.epoch)
+            .execute(&self.pool)
+            .await?;
+            self.owned(done, f).await
+        })
+    }
+
+    fn mark_lost<'a>(&'a self, node: &'a str, reason: &'a str) -> BoxFuture<'a, Result<u64>> {
+        Box::pin(async move {
+            let done = sqlx::query(
+                "UPDATE sandboxes SET status = $1, status_reason = $2,
+                     pending_op = NULL, epoch = epoch + 1, updated_at = $3
+                 WHERE node_id = $4 AND status IN ($5, $6)",
+            )
+            .bind(SandboxStatus::Lost.as_str())
+            .bind(reason)
+            .bind(now_ms())
+            .bind(node)
+            .bind(SandboxStatus::Running.as_str())
+            .bind(SandboxStatus::Failed.as_str())
+            .execute(&self.pool)
+            .await?;
+            Ok(done.rows_affected())
         })
     }
 
@@ -639,26 +728,39 @@ impl Store for Backend {
         })
     }
 
-    fn set_config<'a>(&'a self, id: &'a str, config: &'a Value) -> BoxFuture<'a, Result<()>> {
+    fn set_config<'a>(&'a self, f: &'a Fence, config: &'a Value) -> BoxFuture<'a, Result<()>> {
         Box::pin(async move {
-            let done =
-                sqlx::query("UPDATE sandboxes SET config = $1, updated_at = $2 WHERE id = $3")
-                    .bind(config.to_string())
-                    .bind(now_ms())
-                    .bind(id)
-                    .execute(&self.pool)
-                    .await?;
-            found(done)
+            let done = sqlx::query(concat!(
+                "UPDATE sandboxes SET config = $1, updated_at = $2 WHERE id = $3",
+                owned_by!(4, 5)
+            ))
+            .bind(config.to_string())
+            .bind(now_ms())
+            .bind(&f.sandbox)
+            .bind(&f.node)
+            .bind(f.epoch)
+            .execute(&self.pool)
+            .await?;
+            self.owned(done, f).await
         })
     }
 
-    fn delete_sandbox<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<()>> {
+    fn delete_sandbox<'a>(&'a self, f: &'a Fence) -> BoxFuture<'a, Result<()>> {
         Box::pin(async move {
-            sqlx::query("DELETE FROM sandboxes WHERE id = $1")
-                .bind(id)
-                .execute(&self.pool)
-                .await?;
-            Ok(())
+            let done = sqlx::query(concat!(
+                "DELETE FROM sandboxes WHERE id = $1",
+                owned_by!(2, 3)
+            ))
+            .bind(&f.sandbox)
+            .bind(&f.node)
+            .bind(f.epoch)
+            .execute(&self.pool)
+            .await?;
+            match self.owned(done, f).await {
+                // Deleting what is already gone is done.
+                Err(Error::NotFound) => Ok(()),
+                other => other,
+            }
         })
     }
 
@@ -1044,7 +1146,14 @@ mod tests {
             pending_op: None,
             status_reason: None,
             node_id: Some("node-a".into()),
+            epoch: 0,
+            checkpointed_at: None,
         }
+    }
+
+    /// The fence of a row as stored now.
+    async fn fence(store: &Backend, id: &str) -> Fence {
+        store.get_sandbox(id).await.unwrap().fence()
     }
 
     #[tokio::test]
@@ -1075,11 +1184,17 @@ mod tests {
         assert_eq!(ids("cma.session", "s1").await, ["sb-1"]);
         assert_eq!(ids("team", "a").await, ["sb-1", "sb-2"]);
         let relabeled = serde_json::json!({"metadata": {"cma.session": "s3"}});
-        store.set_config("sb-1", &relabeled).await.unwrap();
+        store
+            .set_config(&fence(&store, "sb-1").await, &relabeled)
+            .await
+            .unwrap();
         assert!(ids("cma.session", "s1").await.is_empty());
         assert_eq!(ids("cma.session", "s3").await, ["sb-1"]);
         assert_eq!(ids("team", "a").await, ["sb-2"]);
-        store.delete_sandbox("sb-2").await.unwrap();
+        store
+            .delete_sandbox(&fence(&store, "sb-2").await)
+            .await
+            .unwrap();
         assert!(ids("team", "a").await.is_empty());
         // The labels live in their own table, found by the index.
         let rows: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM sandbox_labels")
@@ -1179,21 +1294,101 @@ mod tests {
             ["sb-a", "sb-old"]
         );
         assert_eq!(ids(store.node_sandboxes("node-b").await.unwrap()), ["sb-b"]);
-        // A move is a compare-and-set on the owner: the second one loses.
+        // A move is a compare-and-set on the owner and its epoch: the
+        // second one, under the fence both read, loses.
+        let read = fence(&store, "sb-b").await;
+        assert!(store.move_sandbox(&read, "node-a", 9).await.unwrap());
+        assert!(!store.move_sandbox(&read, "node-c", 10).await.unwrap());
+        let moved = store.get_sandbox("sb-b").await.unwrap();
+        assert_eq!(
+            (moved.node_id.as_deref(), moved.slot, moved.epoch),
+            (Some("node-a"), 9, read.epoch + 1)
+        );
+    }
+
+    /// Fencing: once a sandbox changed hands (moved, or marked lost), no
+    /// write under the fence its old owner read changes it, and each says
+    /// why; the new owner's writes go through.
+    #[tokio::test]
+    async fn writes_under_an_old_epoch_change_nothing() {
+        let Some(scratch) = Scratch::new().await else {
+            return;
+        };
+        let store = scratch.open().await;
+        for (id, slot) in [("sb-run", 1), ("sb-paused", 2), ("sb-failed", 3)] {
+            store
+                .insert_sandbox(&sandbox(id, slot, serde_json::json!({})))
+                .await
+                .unwrap();
+        }
+        let old = fence(&store, "sb-paused").await;
+        store
+            .set_status(&old, SandboxStatus::Paused, None)
+            .await
+            .unwrap();
+        let failed = fence(&store, "sb-failed").await;
+        store.set_failed(&failed, "init died").await.unwrap();
+        let stale = fence(&store, "sb-run").await;
+        // node-a's lease ran out: its running and failed sandboxes are lost,
+        // its paused one is not (it has a complete checkpoint).
+        assert_eq!(
+            store.mark_lost("node-a", "node-a is gone").await.unwrap(),
+            2
+        );
+        let lost = store.get_sandbox("sb-run").await.unwrap();
+        assert_eq!(
+            (lost.status, lost.epoch, lost.status_reason.as_deref()),
+            (SandboxStatus::Lost, 1, Some("node-a is gone"))
+        );
+        assert_eq!(
+            store.get_sandbox("sb-failed").await.unwrap().status,
+            SandboxStatus::Lost
+        );
+        assert_eq!(
+            store.get_sandbox("sb-paused").await.unwrap().status,
+            SandboxStatus::Paused
+        );
+        // Every write of the old owner under its old epoch is refused.
+        let fenced = |r: Result<()>| matches!(r, Err(Error::Fenced { epoch: 1, .. }));
+        assert!(fenced(
+            store.set_status(&stale, SandboxStatus::Paused, None).await
+        ));
+        assert!(fenced(store.set_running(&stale, 9, 5).await));
+        assert!(fenced(store.set_failed(&stale, "x").await));
+        assert!(fenced(
+            store.set_pending(&stale, Some(PendingOp::Pause)).await
+        ));
+        assert!(fenced(store.set_checkpointed(&stale, 5).await));
+        assert!(fenced(
+            store
+                .set_config(&stale, &serde_json::json!({"ttl": 1}))
+                .await
+        ));
+        assert!(fenced(store.delete_sandbox(&stale).await));
+        assert!(!store.move_sandbox(&stale, "node-b", 1).await.unwrap());
+        assert_eq!(store.get_sandbox("sb-run").await.unwrap(), lost);
+        // The node that takes it over writes under the new epoch.
         assert!(
             store
-                .move_sandbox("sb-b", "node-b", "node-a", 9)
+                .move_sandbox(&lost.fence(), "node-b", 1)
                 .await
                 .unwrap()
         );
-        assert!(
-            !store
-                .move_sandbox("sb-b", "node-b", "node-c", 10)
-                .await
-                .unwrap()
+        let taken = fence(&store, "sb-run").await;
+        assert_eq!((taken.node.as_deref(), taken.epoch), (Some("node-b"), 2));
+        store.set_checkpointed(&taken, 77).await.unwrap();
+        store.set_running(&taken, 9, 5).await.unwrap();
+        let now = store.get_sandbox("sb-run").await.unwrap();
+        assert_eq!(
+            (now.status, now.checkpointed_at, now.generation),
+            (SandboxStatus::Running, Some(77), 5)
         );
-        let moved = store.get_sandbox("sb-b").await.unwrap();
-        assert_eq!((moved.node_id.as_deref(), moved.slot), (Some("node-a"), 9));
+        // A write for a sandbox that is gone is not found, not fenced.
+        store.delete_sandbox(&taken).await.unwrap();
+        assert!(matches!(
+            store.set_status(&taken, SandboxStatus::Paused, None).await,
+            Err(Error::NotFound)
+        ));
     }
 
     #[tokio::test]
@@ -1207,11 +1402,15 @@ mod tests {
         store.insert_sandbox(&row).await.unwrap();
         assert_eq!(store.get_sandbox("sb-1").await.unwrap(), row);
         store
-            .set_status("sb-1", SandboxStatus::Failed, None)
+            .set_status(&row.fence(), SandboxStatus::Failed, None)
             .await
             .unwrap();
+        let nope = Fence {
+            sandbox: "nope".into(),
+            ..row.fence()
+        };
         assert!(matches!(
-            store.set_status("nope", SandboxStatus::Paused, None).await,
+            store.set_status(&nope, SandboxStatus::Paused, None).await,
             Err(Error::NotFound)
         ));
         assert!(matches!(
@@ -1237,21 +1436,19 @@ mod tests {
             Some("admin")
         );
         assert_eq!(store.check_api_key("wrong").await.unwrap(), None);
-        store
-            .set_pending("sb-1", Some(PendingOp::Pause))
-            .await
-            .unwrap();
+        let f = row.fence();
+        store.set_pending(&f, Some(PendingOp::Pause)).await.unwrap();
         assert_eq!(
             store.get_sandbox("sb-1").await.unwrap().pending_op,
             Some(PendingOp::Pause)
         );
-        store.set_failed("sb-1", "init died").await.unwrap();
+        store.set_failed(&f, "init died").await.unwrap();
         let r = store.get_sandbox("sb-1").await.unwrap();
         assert_eq!(
             (r.status, r.status_reason.as_deref()),
             (SandboxStatus::Failed, Some("init died"))
         );
-        store.set_running("sb-1", 7, 2).await.unwrap();
+        store.set_running(&f, 7, 2).await.unwrap();
         let r = store.get_sandbox("sb-1").await.unwrap();
         assert_eq!(
             (r.status, r.pid, r.generation, r.pending_op, r.status_reason),
@@ -1275,7 +1472,7 @@ mod tests {
         assert_eq!(store.get_snapshot("snap-1").await.unwrap(), snap);
         store.delete_snapshot("snap-1").await.unwrap();
         assert!(store.list_snapshots(None).await.unwrap().is_empty());
-        store.delete_sandbox("sb-1").await.unwrap();
+        store.delete_sandbox(&f).await.unwrap();
         assert!(store.list_sandboxes().await.unwrap().is_empty());
     }
 

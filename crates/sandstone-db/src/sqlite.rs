@@ -150,6 +150,11 @@ const MIGRATIONS: &[&str] = &[
             0, json_extract(doc, '$.doc')
         FROM ma_docs WHERE kind = 'work';
     DELETE FROM ma_docs WHERE kind = 'work';",
+    // #13: fencing. `epoch` rises each time a sandbox changes hands, and
+    // every write of its owner is conditional on the epoch it read;
+    // `checkpointed_at` is what a lost sandbox can go back to.
+    "ALTER TABLE sandboxes ADD COLUMN epoch INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE sandboxes ADD COLUMN checkpointed_at INTEGER;",
 ];
 
 /// SQLite has one writer at a time: a claim needs no row lock.
@@ -227,7 +232,7 @@ mod tests {
     use super::*;
     use crate::{SandboxStatus, Store};
 
-    /// A data dir made before the last migration (with the schema table
+    /// A data dir made before the work queue's migration (with the schema table
     /// as the first release made it) opens, is migrated forward and keeps
     /// its rows.
     #[tokio::test]
@@ -242,8 +247,13 @@ mod tests {
             .execute(&old)
             .await
             .unwrap();
-        let before_last = MIGRATIONS.len() - 1;
-        for (i, sql) in MIGRATIONS[..before_last].iter().enumerate() {
+        // As it was before the work queue got its table (the migration
+        // with the most to carry forward); every later one runs too.
+        let before = MIGRATIONS
+            .iter()
+            .position(|m| m.contains("CREATE TABLE ma_work"))
+            .unwrap();
+        for (i, sql) in MIGRATIONS[..before].iter().enumerate() {
             sqlx::raw_sql(*sql).execute(&old).await.unwrap();
             sqlx::query("INSERT INTO schema_migrations (version) VALUES (?)")
                 .bind(i as i64 + 1)

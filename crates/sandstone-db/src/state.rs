@@ -19,6 +19,11 @@ pub enum SandboxStatus {
     Failed,
     /// A delete started: recovery finishes it.
     Terminating,
+    /// Its node's lease ran out while it ran (or had failed): what ran there
+    /// is gone with the node. `resume` starts it from its last checkpoint
+    /// (on the node that asks), or from its own files if its node returns
+    /// first. Never resumed on its own: a caller must accept what is lost.
+    Lost,
 }
 
 impl SandboxStatus {
@@ -28,6 +33,7 @@ impl SandboxStatus {
             SandboxStatus::Paused => "paused",
             SandboxStatus::Failed => "failed",
             SandboxStatus::Terminating => "terminating",
+            SandboxStatus::Lost => "lost",
         }
     }
 
@@ -39,6 +45,15 @@ impl SandboxStatus {
     /// A paused or failed sandbox has files and no runtime: a new
     /// generation can start on them (also what auto-resume does).
     pub fn can_resume(self) -> bool {
+        matches!(
+            self,
+            SandboxStatus::Paused | SandboxStatus::Failed | SandboxStatus::Lost
+        )
+    }
+
+    /// Whether the next call may resume it without being asked: not a lost
+    /// one, whose caller must first accept going back to its checkpoint.
+    pub fn can_auto_resume(self) -> bool {
         matches!(self, SandboxStatus::Paused | SandboxStatus::Failed)
     }
 
@@ -69,6 +84,7 @@ impl std::str::FromStr for SandboxStatus {
             "paused" => SandboxStatus::Paused,
             "failed" => SandboxStatus::Failed,
             "terminating" => SandboxStatus::Terminating,
+            "lost" => SandboxStatus::Lost,
             other => return Err(Error::Corrupt(format!("unknown sandbox status {other:?}"))),
         })
     }
@@ -135,6 +151,7 @@ mod tests {
             SandboxStatus::Paused,
             SandboxStatus::Failed,
             SandboxStatus::Terminating,
+            SandboxStatus::Lost,
         ] {
             assert_eq!(s.as_str().parse::<SandboxStatus>().unwrap(), s);
             assert_eq!(serde_json::to_value(s).unwrap(), s.as_str());
@@ -165,5 +182,7 @@ mod tests {
         assert!(!Terminating.can_resume() && !Terminating.can_snapshot());
         assert!(Running.can_snapshot() && Paused.can_snapshot() && !Failed.can_snapshot());
         assert!(Paused.can_restore() && !Running.can_restore());
+        assert!(Lost.can_resume() && !Lost.can_auto_resume() && !Lost.can_snapshot());
+        assert!(Paused.can_auto_resume() && !Lost.can_restore());
     }
 }

@@ -9,12 +9,14 @@
 //! least-loaded live node that is not draining and has the template. Lists
 //! and the Managed Agents API read the shared database directly.
 //!
-//! What is not here yet (issue #13 continues): fencing numbers and taking
-//! over the sandboxes of a node whose lease ran out; until then a call for
-//! such a sandbox is a 503 naming the node, and nothing else touches it.
+//! A node whose lease ran out has lost its sandboxes: each live node marks
+//! the dead one's running (and failed) sandboxes `lost`, raising their
+//! epochs, at its next round; a paused or lost one moves to the node a call
+//! for it reaches, if it has a checkpoint. The node itself stopped acting
+//! for them half a TTL earlier ([`crate::lease`]).
 
 use std::sync::{Arc, RwLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use sandstone_api::timefmt::now_ms;
 use sandstone_db::{NodeRecord, Store};
@@ -66,9 +68,51 @@ impl Cluster {
         }
     }
 
-    /// Announces this node (renewing its lease) and refreshes the view of
-    /// the others.
+    /// Announces this node (renewing its lease), refreshes the view of the
+    /// others and marks the sandboxes of dead ones lost. After a lapse of
+    /// this node's own hold, it first keeps only the sandboxes still its
+    /// own ([`Lifecycle::reconcile`]).
     pub async fn announce(&self, lc: &Lifecycle) -> sandstone_db::Result<()> {
+        let started = Instant::now();
+        self.renew(lc).await?;
+        if lc.lease.renewed(started) {
+            lc.reconcile().await?;
+            tracing::info!(node = %self.me.id, "lease held again; this node's sandboxes checked");
+        }
+        self.refresh().await?;
+        if lc.lease.holds() && lc.lease.is_shared() {
+            self.mark_lost().await;
+        }
+        Ok(())
+    }
+
+    /// Marks lost the running sandboxes of every node whose lease has run
+    /// out (their epochs rise, so nothing such a node writes counts).
+    async fn mark_lost(&self) {
+        let now = now_ms();
+        for n in self
+            .view()
+            .iter()
+            .filter(|n| n.id != self.me.id && !n.live_at(now))
+        {
+            let reason = format!(
+                "it was running on node {}, whose lease ran out at {}",
+                n.id,
+                sandstone_api::timefmt::rfc3339_ms(n.lease_expires_at)
+            );
+            match self.store.mark_lost(&n.id, &reason).await {
+                Ok(0) => {}
+                Ok(k) => {
+                    tracing::warn!(node = %n.id, sandboxes = k, "marked the running sandboxes of a dead node lost")
+                }
+                Err(e) => {
+                    tracing::warn!(node = %n.id, error = %e, "cannot mark a dead node's sandboxes lost")
+                }
+            }
+        }
+    }
+
+    async fn renew(&self, lc: &Lifecycle) -> sandstone_db::Result<()> {
         let mut templates: Vec<String> = match lc.storage.templates() {
             Ok(all) => all.into_iter().map(|t| t.id).collect(),
             Err(e) => {
@@ -87,8 +131,7 @@ impl Cluster {
             lease_expires_at: now_ms() + self.me.lease_ttl.as_millis() as i64,
             started_at: self.started_at,
         };
-        self.store.announce_node(&record).await?;
-        self.refresh().await
+        self.store.announce_node(&record).await
     }
 
     async fn refresh(&self) -> sandstone_db::Result<()> {
@@ -111,8 +154,21 @@ impl Cluster {
     }
 
     /// Renews the lease every third of its TTL until the daemon stops. A
-    /// failed renewal is logged and retried at the next tick.
+    /// failed renewal is logged and retried at the next tick. On a shared
+    /// database, a watcher freezes this node's sandboxes as soon as its
+    /// hold lapses (checked ten times per TTL).
     pub fn spawn_announcer(self: &Arc<Self>, lc: Arc<Lifecycle>) {
+        if lc.lease.is_shared() {
+            let lc = lc.clone();
+            let every = (self.me.lease_ttl / 10).max(Duration::from_millis(50));
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(every);
+                loop {
+                    tick.tick().await;
+                    lc.fence_check().await;
+                }
+            });
+        }
         let me = self.clone();
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(me.me.lease_ttl / 3);

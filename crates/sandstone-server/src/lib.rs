@@ -6,6 +6,7 @@ mod cluster;
 mod extract;
 mod forward;
 mod initclient;
+mod lease;
 mod lifecycle;
 mod limits;
 mod metrics;
@@ -69,6 +70,9 @@ pub struct Config {
     /// endpoint, region and credentials from the AWS variables, or
     /// `file:///path`); `None`: no checkpoints.
     pub object_store: Option<String>,
+    /// How often running sandboxes are checkpointed too (`None`: only on
+    /// pause and on request).
+    pub checkpoint_interval: Option<std::time::Duration>,
 }
 
 #[derive(Clone)]
@@ -330,11 +334,18 @@ pub async fn run(mut config: Config) -> anyhow::Result<()> {
         Some(url) => Some(open_checkpoints(url, &sealer, &config.data_dir).await?),
         None => None,
     };
+    // Only a shared database has other nodes that may take this one's
+    // sandboxes: then its hold on them is a lease it must keep renewing.
+    let lease = match location {
+        Location::Postgres(_) => lease::Lease::shared(node.lease_ttl),
+        Location::Sqlite(_) => lease::Lease::sole(),
+    };
     let runner = lifecycle::Runner {
         node: node.id.clone(),
         init_bin: config.init_bin.clone(),
         cgroup_group: &group,
         warm_pool: config.warm_pool,
+        lease: Arc::new(lease),
     };
     let lc = lifecycle::Lifecycle::new(runner, store, storage, network, checkpoints).await?;
     lc.adopt().await?;
@@ -348,6 +359,9 @@ pub async fn run(mut config: Config) -> anyhow::Result<()> {
     tracing::info!(node = %cluster.me.id, url = %cluster.me.advertise_url, "node announced");
     cluster.spawn_announcer(lc.clone());
     lc.spawn_expiry(config.audit_retention);
+    if let Some(every) = config.checkpoint_interval {
+        lc.spawn_checkpointer(every);
+    }
     lc.spawn_init_watch();
     lc.spawn_warm_pool();
     let st = AppState {

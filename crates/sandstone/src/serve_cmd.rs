@@ -95,6 +95,12 @@ pub struct ServeArgs {
     /// AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY) or file:///path.
     #[arg(long, env = "SANDSTONE_OBJECT_STORE")]
     pub object_store: Option<String>,
+    /// Also checkpoint every running sandbox this often (seconds; needs
+    /// --object-store): what a sandbox lost with its node resumes from.
+    /// Unchanged files are not read again. Default: only on pause and on
+    /// request.
+    #[arg(long, env = "SANDSTONE_CHECKPOINT_INTERVAL", requires = "object_store", value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    pub checkpoint_interval: Option<u64>,
 }
 
 /// 1 to 64 of `[A-Za-z0-9._-]`: it goes into a header and the logs.
@@ -196,6 +202,7 @@ pub async fn serve(data_dir: &Path, args: &ServeArgs) -> Result<()> {
         node_lease_ttl: std::time::Duration::from_secs(args.node_lease_ttl),
         capacity: args.capacity,
         object_store: args.object_store.clone(),
+        checkpoint_interval: args.checkpoint_interval.map(std::time::Duration::from_secs),
     };
     sandstone_server::run(config).await
 }

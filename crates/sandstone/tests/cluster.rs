@@ -319,3 +319,221 @@ async fn a_paused_sandbox_resumes_on_another_node_after_its_node_dies() {
     let r = c.nodes[0].sh(&a, "cat /srv/app/conf").await;
     assert_eq!(r["stdout"], "rootfs\n", "{r}");
 }
+
+/// The manifests of sandbox `id` in the test bucket, as (epoch,
+/// generation), oldest first (moto answers unauthenticated lists).
+async fn manifests(c: &Cluster, id: &str) -> Vec<(u64, u64)> {
+    let s3 = c.s3.as_ref().unwrap();
+    let url = format!(
+        "{}/{}?list-type=2&prefix=nodes/manifests/{id}/",
+        s3.endpoint,
+        common::cluster::Moto::BUCKET
+    );
+    let xml = reqwest::get(url).await.unwrap().text().await.unwrap();
+    let mut out: Vec<(u64, u64)> = xml
+        .split("<Key>")
+        .skip(1)
+        .filter_map(|k| {
+            let name = k.split("</Key>").next()?.rsplit('/').next()?;
+            let (e, g) = name.split_once('-')?;
+            Some((e.parse().ok()?, g.parse().ok()?))
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+/// How many host processes have `marker` in their command line.
+fn processes_with(marker: &str) -> usize {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| std::fs::read(e.ok()?.path().join("cmdline")).ok())
+        .filter(|cmd| String::from_utf8_lossy(cmd).contains(marker))
+        .count()
+}
+
+/// Waits (`limit` at most) until `f` holds.
+async fn eventually(limit: Duration, what: &str, mut f: impl AsyncFnMut() -> bool) {
+    let deadline = std::time::Instant::now() + limit;
+    while !f().await {
+        assert!(std::time::Instant::now() < deadline, "timed out: {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A node that dies while its sandbox runs: once its lease has run out the
+/// sandbox is marked lost (shown as failed, `lost`, with the time of its
+/// last checkpoint); calls that need it running say so and do not move it;
+/// an explicit resume through another node starts it there from its last
+/// checkpoint (a file written after it is gone, as documented); and the
+/// old node, back, stops what still ran of it and removes its copy.
+#[tokio::test]
+async fn a_running_sandbox_of_a_dead_node_is_lost_and_resumes_from_its_checkpoint() {
+    let Some(mut c) = Cluster::start_with(2, TTL, true).await else {
+        return;
+    };
+    let a = c.nodes[0].create(json!({})).await;
+    assert_eq!(c.holder(&a), Some(0));
+    let marker = format!("lost-marker-{a}");
+    let r = c.nodes[0]
+        .sh(&a, &format!("echo checkpointed > /workspace/v1; sh -c 'sleep 600; true' {marker} >/dev/null 2>&1 &"))
+        .await;
+    assert_eq!(r["exit_code"], 0, "{r}");
+    let (s, v) = c.nodes[1]
+        .post(&format!("/api/v1/sandboxes/{a}/checkpoint"), json!({}))
+        .await;
+    assert_eq!(s, 200, "{v}");
+    let r = c.nodes[0].sh(&a, "echo after > /workspace/v2").await;
+    assert_eq!(r["exit_code"], 0, "{r}");
+    assert_eq!(processes_with(&marker), 1);
+
+    c.nodes[0].kill();
+    let view = format!("/api/v1/sandboxes/{a}");
+    eventually(TTL * 4, "the sandbox is marked lost", async || {
+        let (_, v) = c.nodes[1].get(&view).await;
+        v["data"]["lost"] == true
+    })
+    .await;
+    let (s, v) = c.nodes[1].get(&view).await;
+    assert_eq!(s, 200, "{v}");
+    let d = &v["data"];
+    assert_eq!(d["status"], "failed", "{v}");
+    assert!(d["last_checkpoint_at"].is_string(), "{v}");
+    assert!(
+        d["status_reason"].as_str().unwrap().contains("node-1"),
+        "{v}"
+    );
+    // A call that needs it running is told what happened, and moves nothing.
+    let (s, v) = c.nodes[1]
+        .get(&format!("/api/v1/sandboxes/{a}/files/list?path=/workspace"))
+        .await;
+    assert_eq!(s, 409, "{v}");
+    let msg = v["error"]["message"].as_str().unwrap();
+    assert!(msg.contains("lost") && msg.contains("resume"), "{v}");
+    assert!(!c.nodes[1].volumes().contains(&a));
+
+    let (s, v) = c.nodes[1]
+        .post(&format!("/api/v1/sandboxes/{a}/resume"), json!({}))
+        .await;
+    assert_eq!(s, 200, "{v}");
+    assert!(c.nodes[1].volumes().contains(&a), "resumed on node 2");
+    let r = c.nodes[1]
+        .sh(&a, "cat /workspace/v1; ls /workspace/v2 2>&1 || true")
+        .await;
+    let out = r["stdout"].as_str().unwrap();
+    assert!(
+        out.starts_with("checkpointed\n") && out.contains("No such file"),
+        "{r}"
+    );
+    let (_, v) = c.nodes[1].get(&view).await;
+    assert_eq!(
+        (v["data"]["status"].as_str(), v["data"]["lost"].as_bool()),
+        (Some("running"), None),
+        "{v}"
+    );
+
+    // Node 1 back: the runtime that outlived its daemon is stopped and its
+    // copy removed (another node runs the sandbox now).
+    c.nodes[0].spawn().await;
+    c.wait_live(2).await;
+    eventually(TTL * 4, "node 1 stops its stale copy", async || {
+        processes_with(&marker) == 0 && !c.nodes[0].volumes().contains(&a)
+    })
+    .await;
+    let r = c.nodes[0].sh(&a, "cat /workspace/v1").await;
+    assert_eq!(r["stdout"], "checkpointed\n", "{r}");
+}
+
+/// Fencing under a frozen node: node 1's daemon is stopped (SIGSTOP) past
+/// its lease while its sandbox runs and node 1 checkpoints every second;
+/// node 2 marks the sandbox lost and a resume takes it over from its
+/// checkpoint. Thawed, node 1 serves nothing until it has renewed and
+/// checked its sandboxes, then stops its copy (processes and files), and
+/// never writes the sandbox's row or a checkpoint of it again.
+#[tokio::test]
+async fn a_node_frozen_past_its_lease_stops_the_sandbox_another_took() {
+    let Some(mut c) = Cluster::start_with(2, TTL, true).await else {
+        return;
+    };
+    // Node 1 checkpoints its running sandboxes every second: after the
+    // thaw, only fencing keeps it from writing the old epoch again.
+    c.nodes[0].stop();
+    c.nodes[0]
+        .env
+        .push(("SANDSTONE_CHECKPOINT_INTERVAL".into(), "1".into()));
+    c.nodes[0].spawn().await;
+    c.wait_live(2).await;
+    let a = c.nodes[0].create(json!({})).await;
+    assert_eq!(c.holder(&a), Some(0));
+    let marker = format!("frozen-marker-{a}");
+    let r = c.nodes[0]
+        .sh(&a, &format!("echo before > /workspace/f; sh -c 'while :; do date +%s%N >> /workspace/ticks; sleep 0.1; done' {marker} >/dev/null 2>&1 &"))
+        .await;
+    assert_eq!(r["exit_code"], 0, "{r}");
+    eventually(
+        Duration::from_secs(10),
+        "an interval checkpoint",
+        async || !manifests(&c, &a).await.is_empty(),
+    )
+    .await;
+
+    let pid = common::pid_of(c.nodes[0].child.as_ref().unwrap());
+    sandstone_sys::process::kill(pid, libc::SIGSTOP).unwrap();
+    let thaw = Thaw(pid);
+    // Until its lease has run out, node 2 still forwards to node 1, where
+    // a call would wait for the thaw.
+    tokio::time::sleep(TTL + Duration::from_secs(1)).await;
+    let view = format!("/api/v1/sandboxes/{a}");
+    eventually(TTL * 4, "node 2 marks the sandbox lost", async || {
+        let (_, v) = c.nodes[1].get(&view).await;
+        v["data"]["lost"] == true
+    })
+    .await;
+    let (s, v) = c.nodes[1]
+        .post(&format!("/api/v1/sandboxes/{a}/resume"), json!({}))
+        .await;
+    assert_eq!(s, 200, "{v}");
+    assert!(c.nodes[1].volumes().contains(&a));
+    let taken_at = sandstone_api::timefmt::now_ms() as u64;
+    let epoch = manifests(&c, &a).await.last().unwrap().0;
+    assert!(epoch >= 1, "the new owner republished under its epoch");
+    let r = c.nodes[1].sh(&a, "cat /workspace/f").await;
+    assert_eq!(r["stdout"], "before\n", "{r}");
+    // Still frozen, node 1's copy runs on (its daemon cannot act).
+    assert_eq!(processes_with(&marker), 1);
+
+    drop(thaw);
+    // Thawed: its copy is stopped and removed once it has renewed.
+    eventually(TTL * 4, "node 1 stops its copy", async || {
+        processes_with(&marker) == 0 && !c.nodes[0].volumes().contains(&a)
+    })
+    .await;
+    // Some checkpoint rounds later, nothing it wrote counts: no manifest of
+    // an older epoch after the takeover, and the row is node 2's.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let late: Vec<_> = manifests(&c, &a)
+        .await
+        .into_iter()
+        .filter(|(e, g)| *e < epoch && *g > taken_at)
+        .collect();
+    assert!(
+        late.is_empty(),
+        "node 1 wrote after losing the sandbox: {late:?}"
+    );
+    let (s, v) = c.nodes[0].get(&view).await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["data"]["status"], "running", "{v}");
+    let r = c.nodes[0].sh(&a, "cat /workspace/f").await;
+    assert_eq!(r["stdout"], "before\n", "served by node 2: {r}");
+    assert_eq!(c.holder(&a), Some(1));
+}
+
+/// Sends SIGCONT to `pid` when dropped, so a failed assertion never leaves
+/// a daemon stopped.
+struct Thaw(sandstone_sys::Pid);
+
+impl Drop for Thaw {
+    fn drop(&mut self) {
+        let _ = sandstone_sys::process::kill(self.0, libc::SIGCONT);
+    }
+}

@@ -8,14 +8,19 @@
 //! it; a paused sandbox of a node whose lease ran out is taken over by the
 //! node a call reaches.
 //!
-//! Checkpoint ids: epoch 0 (fencing numbers are not built yet), generation
-//! the time in milliseconds, so the newest checkpoint sorts last.
+//! Checkpoint ids: the sandbox's ownership epoch (its fencing number, see
+//! [`crate::lease`]), then the time in milliseconds, so the newest
+//! checkpoint sorts last and nothing an old owner writes after losing the
+//! sandbox is ever taken for the latest. A node that starts a sandbox from
+//! a checkpoint of an older epoch publishes it again under its own epoch
+//! (only a manifest: every chunk is there), so the old owner's late writes
+//! are refused by the store too.
 
 use super::{Error, Lifecycle, Result, internal};
 use sandstone_checkpoint::{
     CheckpointId, CheckpointStats, Checkpoints, Manifest, RestoreStats, SandboxId,
 };
-use sandstone_db::SandboxStatus;
+use sandstone_db::{SandboxRow, SandboxStatus};
 use std::collections::HashMap;
 use std::sync::Mutex;
 
@@ -48,6 +53,19 @@ impl Checkpointer {
             .expect("lock poisoned: a holder panicked")
             .insert(id.to_string(), manifest);
     }
+}
+
+/// What [`Lifecycle::take_over`] did.
+#[derive(Debug, PartialEq)]
+pub enum Takeover {
+    /// The sandbox is this node's now.
+    Taken,
+    /// Not taken: it is lost, and only a resume moves it. Its row can be
+    /// read here; anything that needs it running says it is lost.
+    Lost,
+    /// Not taken: it still runs on its node as far as anyone knows, has no
+    /// checkpoint, or another node won.
+    No,
 }
 
 /// A checkpoint taken.
@@ -102,12 +120,18 @@ impl Lifecycle {
         })
     }
 
-    /// Checkpoints the tree at `tree` (sandbox `id`'s volume, or a snapshot
-    /// of it).
-    async fn checkpoint_tree(&self, id: &str, tree: &std::path::Path) -> Result<Taken> {
+    /// Checkpoints the tree at `tree` (the volume of sandbox `row`, or a
+    /// snapshot of it) under the sandbox's epoch, and records when.
+    async fn checkpoint_tree(&self, row: &SandboxRow, tree: &std::path::Path) -> Result<Taken> {
         let c = self.checkpointer()?;
+        let id = row.id.as_str();
+        if !self.lease.holds() {
+            return Err(Error::Unavailable(format!(
+                "sandbox {id} is not checkpointed: this node's lease has lapsed"
+            )));
+        }
         let created_at = super::now_ms();
-        let ckpt = CheckpointId::new(sandbox_id(id)?, 0, created_at as u64);
+        let ckpt = CheckpointId::new(sandbox_id(id)?, row.epoch as u64, created_at as u64);
         let previous = c.previous(id);
         let done = c
             .store
@@ -117,6 +141,9 @@ impl Lifecycle {
         let stats = Stats::from(&done.stats);
         c.remember(id, done.manifest);
         tracing::info!(sandbox = %id, uploaded = done.stats.bytes_uploaded, read = done.stats.bytes_read, "checkpointed");
+        self.store
+            .set_checkpointed(&row.fence(), created_at)
+            .await?;
         Ok(Taken {
             sandbox_id: id.to_string(),
             generation: created_at as u64,
@@ -127,12 +154,12 @@ impl Lifecycle {
 
     /// After a pause stopped the runtime: the volume as it is now. A node
     /// without an object store has nothing to do.
-    pub(super) async fn checkpoint_paused(&self, id: &str) -> Result<()> {
+    pub(super) async fn checkpoint_paused(&self, row: &SandboxRow) -> Result<()> {
         if self.checkpoints.is_none() {
             return Ok(());
         }
-        let tree = self.storage.paths(id).data;
-        self.checkpoint_tree(id, &tree).await.map(drop)
+        let tree = self.storage.paths(&row.id).data;
+        self.checkpoint_tree(row, &tree).await.map(drop)
     }
 
     /// `POST …/checkpoint`: a paused sandbox's volume as it is; a running
@@ -145,7 +172,7 @@ impl Lifecycle {
         match row.status {
             SandboxStatus::Paused => {
                 let tree = self.storage.paths(id).data;
-                self.checkpoint_tree(id, &tree).await
+                self.checkpoint_tree(&row, &tree).await
             }
             SandboxStatus::Running => {
                 let snap = format!("ckpt-{id}-{}", super::random_hex(4));
@@ -155,7 +182,7 @@ impl Lifecycle {
                     })
                 })?;
                 let tree = self.storage.pool.snapshot_dir(&snap);
-                let taken = self.checkpoint_tree(id, &tree).await;
+                let taken = self.checkpoint_tree(&row, &tree).await;
                 if let Err(e) = self.storage.remove_snapshot(&snap) {
                     tracing::warn!(snapshot = %snap, error = %e, "checkpoint's snapshot left behind");
                 }
@@ -167,12 +194,50 @@ impl Lifecycle {
         }
     }
 
+    /// Checkpoints every sandbox this node runs, every `every`, until the
+    /// daemon stops (`serve --checkpoint-interval`): one at a time, so the
+    /// uploads never take more than one core and one connection's worth.
+    pub fn spawn_checkpointer(self: &std::sync::Arc<Self>, every: std::time::Duration) {
+        let lc = self.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                let ids: Vec<String> = lc
+                    .runtimes
+                    .read()
+                    .expect("lock poisoned: a holder panicked")
+                    .keys()
+                    .cloned()
+                    .collect();
+                for id in ids {
+                    if !lc.lease.holds() {
+                        break;
+                    }
+                    match lc.checkpoint(&id).await {
+                        Ok(t) => {
+                            tracing::debug!(sandbox = %id, uploaded = t.stats.bytes_uploaded, "interval checkpoint")
+                        }
+                        // Paused or deleted since the list was taken.
+                        Err(Error::Conflict(_) | Error::NotFound { .. }) => {}
+                        Err(e) => {
+                            tracing::warn!(sandbox = %id, error = %e, "interval checkpoint failed")
+                        }
+                    }
+                }
+            }
+        });
+    }
+
     /// Makes sandbox `id`'s volume from its latest checkpoint when this
     /// node has none (it was made or last ran on another node). Nothing is
     /// left behind when it fails: a missing or corrupt chunk is found
     /// before the files are moved into the new volume, which is then
     /// removed.
-    pub(super) async fn materialise(&self, id: &str, disk: Option<u64>) -> Result<()> {
+    pub(super) async fn materialise(&self, row: &SandboxRow, disk: Option<u64>) -> Result<()> {
+        let id = row.id.as_str();
         let paths = self.storage.paths(id);
         if paths.data.exists() {
             if !paths.data.join(STAGING).exists() {
@@ -211,29 +276,40 @@ impl Lifecycle {
             Ok(r) => {
                 log_restore(id, &r.stats);
                 c.remember(id, r.baseline);
-                Ok(())
             }
             Err(e) => {
                 let _ = self.storage.remove_sandbox(id);
-                Err(e)
+                return Err(e);
             }
         }
+        if latest.epoch < row.epoch as u64 {
+            // Published again under this owner's epoch (the baseline just
+            // remembered makes it a manifest, no file is read again): from
+            // now on the store refuses what the old owner may still write.
+            self.checkpoint_tree(row, &made.data).await?;
+        }
+        Ok(())
     }
 
-    /// Takes sandbox `id` over from node `from`, whose lease has run out:
-    /// only a paused sandbox with a checkpoint (a running one may still
-    /// run on a node that is merely unreachable, and it has no complete
-    /// checkpoint), by compare-and-set on its node, with a slot of this
-    /// node's. `false`: not taken (running, no checkpoint, or another node
-    /// won).
-    pub async fn take_over(&self, id: &str, from: &str) -> Result<bool> {
+    /// Takes sandbox `id` over from node `from`, whose lease has run out,
+    /// by compare-and-set on its node and epoch, with a slot of this
+    /// node's: a paused one on any call; a lost one only when the call is
+    /// to `resume` (or delete) it, since its own node, if it returns first,
+    /// still has everything it ran. Either needs a checkpoint.
+    pub async fn take_over(&self, id: &str, from: &str, resume: bool) -> Result<Takeover> {
         let Some(c) = &self.checkpoints else {
-            return Ok(false);
+            return Ok(Takeover::No);
         };
         let _guard = self.lock(id).await;
         let row = self.row(id).await?;
-        if row.node_id.as_deref() != Some(from) || row.status != SandboxStatus::Paused {
-            return Ok(false);
+        if row.node_id.as_deref() != Some(from) {
+            return Ok(Takeover::No);
+        }
+        match row.status {
+            SandboxStatus::Paused => {}
+            SandboxStatus::Lost if resume => {}
+            SandboxStatus::Lost => return Ok(Takeover::Lost),
+            _ => return Ok(Takeover::No),
         }
         let has_checkpoint = c
             .store
@@ -242,18 +318,21 @@ impl Lifecycle {
             .map_err(|e| unavailable(&format!("list the checkpoints of sandbox {id}"), e))?
             .is_some();
         if !has_checkpoint {
-            return Ok(false);
+            return Ok(Takeover::No);
         }
         let slot = self.take_slot()?;
-        let taken = self.store.move_sandbox(id, from, &self.node, slot).await;
+        let taken = self
+            .store
+            .move_sandbox(&row.fence(), &self.node, slot)
+            .await;
         if !matches!(taken, Ok(true)) {
             self.free_slot(slot);
         }
-        let taken = taken?;
-        if taken {
-            tracing::info!(sandbox = %id, from = %from, "took over a paused sandbox of a node whose lease ran out");
+        if !taken? {
+            return Ok(Takeover::No);
         }
-        Ok(taken)
+        tracing::info!(sandbox = %id, from = %from, status = %row.status, "took over a sandbox of a node whose lease ran out");
+        Ok(Takeover::Taken)
     }
 
     /// Removes sandbox `id`'s checkpoints (after a delete). Best effort:

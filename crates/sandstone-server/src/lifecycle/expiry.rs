@@ -27,6 +27,10 @@ impl Lifecycle {
 
     /// One pass: pause idle sandboxes, delete those past their hard ttl.
     pub async fn expire(&self) {
+        // Without its lease the node may no longer own these sandboxes.
+        if !self.lease.holds() {
+            return;
+        }
         let Ok(rows) = self.store.node_sandboxes(&self.node).await else {
             return;
         };

@@ -13,6 +13,7 @@ pub(crate) mod bash;
 mod checkpoint;
 mod error;
 mod expiry;
+mod fencing;
 pub(crate) mod network;
 mod recovery;
 mod snapshots;
@@ -80,6 +81,13 @@ pub struct Lifecycle {
     init_watched: Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<InitWatch>>>,
     /// The object store volumes are checkpointed to (`--object-store`).
     checkpoints: Option<checkpoint::Checkpointer>,
+    /// This node's hold on its sandboxes: nothing is started, checkpointed
+    /// or expired for them while it has lapsed.
+    pub lease: Arc<crate::lease::Lease>,
+    /// Whether [`Lifecycle::fence_check`] froze the sandboxes after a
+    /// lapse; held while freezing and while reconciling, so one cannot
+    /// undo the other halfway.
+    fenced: tokio::sync::Mutex<bool>,
 }
 
 pub use network::{
@@ -88,6 +96,7 @@ pub use network::{
 
 pub use sandstone_api::random_hex;
 
+pub use checkpoint::Takeover;
 pub use error::{Error, Result};
 
 fn internal(e: impl std::fmt::Display) -> Error {
@@ -110,6 +119,8 @@ pub struct Runner<'a> {
     pub cgroup_group: &'a str,
     /// Ready sandboxes kept per template.
     pub warm_pool: usize,
+    /// This node's hold on its sandboxes ([`crate::lease`]).
+    pub lease: Arc<crate::lease::Lease>,
 }
 
 impl Lifecycle {
@@ -125,6 +136,7 @@ impl Lifecycle {
             init_bin,
             cgroup_group,
             warm_pool,
+            lease,
         } = runner;
         let cgroups = Driver::detect(cgroup_group)?;
         match sandstone_runtime::cgroup::favor_dynamic_modifications() {
@@ -161,6 +173,8 @@ impl Lifecycle {
             init_watch,
             init_watched: Mutex::new(Some(init_watched)),
             checkpoints: checkpoints.map(checkpoint::Checkpointer::new),
+            lease,
+            fenced: tokio::sync::Mutex::new(false),
         })
     }
 
@@ -222,7 +236,7 @@ impl Lifecycle {
         }
         limits::check_config(&config)?;
         let value = serde_json::to_value(&config).map_err(internal)?;
-        self.store.set_config(id, &value).await?;
+        self.store.set_config(&row.fence(), &value).await?;
         self.row(id).await
     }
 
@@ -258,7 +272,7 @@ impl Lifecycle {
         config.network = Some(policy);
         let parsed = policy_of(&self.template(&row.template)?, &config)?;
         let value = serde_json::to_value(&config).map_err(internal)?;
-        self.store.set_config(id, &value).await?;
+        self.store.set_config(&row.fence(), &value).await?;
         if let Some(n) = &self.network {
             n.egress
                 .set_policy(id, &parsed)
@@ -584,6 +598,8 @@ impl Lifecycle {
             pending_op: None,
             status_reason: None,
             node_id: Some(self.node.clone()),
+            epoch: 0,
+            checkpointed_at: None,
         };
         self.store.insert_sandbox(&row).await?;
         self.adopt_runtime(id, runtime);
@@ -638,7 +654,7 @@ impl Lifecycle {
         }
         let row = self.row(id).await?;
         let auto = config_of(&row).auto_resume.unwrap_or(true);
-        if row.status.can_resume() && auto {
+        if row.status.can_auto_resume() && auto {
             self.resume(id).await?;
             return self
                 .runtime(id)
@@ -648,6 +664,7 @@ impl Lifecycle {
             (SandboxStatus::Failed, Some(reason)) => {
                 Err(Error::Conflict(format!("sandbox {id} failed: {reason}")))
             }
+            (SandboxStatus::Lost, _) => Err(Error::Conflict(lost_message(&row))),
             (status, _) => Err(Error::Conflict(format!("sandbox {id} is {status}"))),
         }
     }
@@ -740,7 +757,11 @@ impl Lifecycle {
             }
         );
         tracing::warn!(sandbox = %id, pid, %reason, "sandbox failed");
-        if let Err(e) = self.store.set_failed(id, &reason).await {
+        let recorded = match self.row(id).await {
+            Ok(row) => self.store.set_failed(&row.fence(), &reason).await,
+            Err(_) => Err(sandstone_db::Error::NotFound),
+        };
+        if let Err(e) = recorded {
             tracing::error!(sandbox = %id, error = %e, "cannot record a failed sandbox");
         }
     }
@@ -771,7 +792,10 @@ impl Lifecycle {
                 row.status
             )));
         }
-        self.store.set_pending(id, Some(PendingOp::Pause)).await?;
+        let fence = row.fence();
+        self.store
+            .set_pending(&fence, Some(PendingOp::Pause))
+            .await?;
         let cgroup = self.take_cgroup(id);
         tokio::task::block_in_place(|| {
             cgroup.kill_all();
@@ -785,11 +809,11 @@ impl Lifecycle {
         // Before the row says paused: a paused sandbox has a complete
         // checkpoint, so its node's death loses nothing. A failed upload
         // leaves it paused on this node's disk, and says so.
-        let checkpointed = self.checkpoint_paused(id).await;
+        let checkpointed = self.checkpoint_paused(&row).await;
         self.store
-            .set_status(id, SandboxStatus::Paused, None)
+            .set_status(&fence, SandboxStatus::Paused, None)
             .await?;
-        self.store.set_pending(id, None).await?;
+        self.store.set_pending(&fence, None).await?;
         checkpointed?;
         self.row(id).await
     }
@@ -812,19 +836,22 @@ impl Lifecycle {
         // Last paused (or made) on another node: its files come from the
         // object store.
         let disk = self.disk_limit(&template, config_of(&row).resources.as_ref())?;
-        self.materialise(id, disk).await?;
-        self.store.set_pending(id, Some(PendingOp::Resume)).await?;
+        self.materialise(&row, disk).await?;
+        let fence = row.fence();
+        self.store
+            .set_pending(&fence, Some(PendingOp::Resume))
+            .await?;
         let runtime = match self.launch(id, &template, &config_of(&row), row.slot).await {
             Ok(r) => r,
             Err(e) => {
-                self.store.set_pending(id, None).await?;
+                self.store.set_pending(&fence, None).await?;
                 return Err(e);
             }
         };
         fault::crash("resume.after_launch");
         if let Err(e) = self
             .store
-            .set_running(id, runtime.pid as i64, row.generation + 1)
+            .set_running(&fence, runtime.pid as i64, row.generation + 1)
             .await
         {
             tokio::task::block_in_place(|| self.stop_runtime(id, &runtime.cgroup));
@@ -838,8 +865,9 @@ impl Lifecycle {
     pub async fn delete(&self, id: &str) -> Result<()> {
         let _guard = self.lock(id).await;
         let row = self.row(id).await?;
+        let fence = row.fence();
         self.store
-            .set_status(id, SandboxStatus::Terminating, None)
+            .set_status(&fence, SandboxStatus::Terminating, None)
             .await?;
         let cgroup = self.take_cgroup(id);
         let removed = tokio::task::block_in_place(|| {
@@ -848,11 +876,11 @@ impl Lifecycle {
         });
         if let Err(e) = removed {
             self.store
-                .set_status(id, SandboxStatus::Failed, None)
+                .set_status(&fence, SandboxStatus::Failed, None)
                 .await?;
             return Err(internal(format!("delete {id}: {e}")));
         }
-        self.store.delete_sandbox(id).await?;
+        self.store.delete_sandbox(&fence).await?;
         self.store.delete_audit(id).await?;
         self.forget_checkpoints(id).await;
         self.activity
@@ -866,6 +894,26 @@ impl Lifecycle {
         self.free_slot(row.slot);
         Ok(())
     }
+}
+
+/// What a call to a lost sandbox is told: what happened, and what resuming
+/// it costs.
+fn lost_message(row: &SandboxRow) -> String {
+    let from = match row.checkpointed_at {
+        Some(at) => format!(
+            "its last checkpoint, taken at {}; what it did after that is gone",
+            sandstone_api::timefmt::rfc3339_ms(at)
+        ),
+        None => "its files, if its node returns (it has no checkpoint)".into(),
+    };
+    format!(
+        "sandbox {} was lost: {}. POST /api/v1/sandboxes/{}/resume starts it from {from}",
+        row.id,
+        row.status_reason
+            .as_deref()
+            .unwrap_or("its node's lease ran out"),
+        row.id
+    )
 }
 
 /// Whether the init listening on `socket` answers a ping (`false`: it

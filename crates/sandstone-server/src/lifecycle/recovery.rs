@@ -24,7 +24,20 @@ impl Lifecycle {
         // moved away) are orphans.
         let rows = self.store.node_sandboxes(&self.node).await?;
         for row in &rows {
-            self.recover(row).await?;
+            match self.recover(row).await {
+                // Marked lost (or taken) by another node while this one was
+                // out, between the read and the write: not ours to run.
+                Err(e)
+                    if matches!(
+                        e.downcast_ref::<sandstone_db::Error>(),
+                        Some(sandstone_db::Error::Fenced { .. })
+                    ) =>
+                {
+                    tracing::warn!(sandbox = %row.id, error = %e, "not re-adopted");
+                    self.stop_runtime(&row.id, &self.cgroups.existing(&row.id));
+                }
+                other => other?,
+            }
         }
         self.sweep_orphans(&rows).await;
         Ok(())
@@ -37,7 +50,10 @@ impl Lifecycle {
             tracing::info!(sandbox = %id, "finishing an interrupted delete");
             return self.delete(id).await.map_err(anyhow::Error::from);
         }
-        let running = row.status == SandboxStatus::Running;
+        // Lost: this node was gone long enough for the others to give it
+        // up, and none has taken it since. It is still this node's (under
+        // the new epoch): what still runs is re-adopted, as if running.
+        let running = matches!(row.status, SandboxStatus::Running | SandboxStatus::Lost);
         // Per operation a crash interrupted: whether a runtime may still be
         // there, and whether a live one is kept (re-adopted) or stopped. No
         // `_` arm: a new operation must decide here.
@@ -69,7 +85,7 @@ impl Lifecycle {
                 row.generation + 1
             };
             self.store
-                .set_running(id, runtime.pid as i64, generation)
+                .set_running(&row.fence(), runtime.pid as i64, generation)
                 .await?;
             if let Some(n) = &self.network {
                 let policy = self.effective_policy(row).unwrap_or_default();
@@ -88,11 +104,11 @@ impl Lifecycle {
                 tracing::warn!(sandbox = %id, pending = ?pending, "runtime gone after restart; sandbox paused");
             }
             self.store
-                .set_status(id, SandboxStatus::Paused, None)
+                .set_status(&row.fence(), SandboxStatus::Paused, None)
                 .await?;
         }
         if pending.is_some() {
-            self.store.set_pending(id, None).await?;
+            self.store.set_pending(&row.fence(), None).await?;
         }
         Ok(())
     }
@@ -101,7 +117,7 @@ impl Lifecycle {
     /// warm-pool member of a run that crashed. Each is found by any trace
     /// of it (volume, cgroup, runtime directory), so a runtime whose volume
     /// is already gone is stopped too.
-    async fn sweep_orphans(&self, rows: &[SandboxRow]) {
+    pub(super) async fn sweep_orphans(&self, rows: &[SandboxRow]) {
         let owned: HashSet<&str> = rows.iter().map(|r| r.id.as_str()).collect();
         let traces: BTreeSet<String> = self
             .storage

@@ -63,8 +63,9 @@ impl Lifecycle {
             expires_at: None,
             template: row.template.clone(),
         };
+        let fence = row.fence();
         self.store
-            .set_pending(id, Some(PendingOp::Snapshot))
+            .set_pending(&fence, Some(PendingOp::Snapshot))
             .await?;
         let copied = tokio::task::block_in_place(|| {
             self.frozen(id, || {
@@ -81,7 +82,7 @@ impl Lifecycle {
         if recorded.is_err() {
             let _ = self.storage.remove_snapshot(&snap.id);
         }
-        self.store.set_pending(id, None).await?;
+        self.store.set_pending(&fence, None).await?;
         recorded.map(|()| snap)
     }
 
@@ -109,9 +110,12 @@ impl Lifecycle {
             )));
         }
         let disk = self.disk_cap(&row.template, config_of(&row).resources.as_ref())?;
-        self.store.set_pending(id, Some(PendingOp::Restore)).await?;
+        let fence = row.fence();
+        self.store
+            .set_pending(&fence, Some(PendingOp::Restore))
+            .await?;
         let restored = tokio::task::block_in_place(|| self.storage.restore_sandbox(id, snap, disk));
-        self.store.set_pending(id, None).await?;
+        self.store.set_pending(&fence, None).await?;
         restored.map_err(internal)?;
         self.row(id).await
     }
@@ -133,7 +137,10 @@ impl Lifecycle {
         let disk = self.disk_cap(&src.template, config.resources.as_ref())?;
         let slot = self.take_slot()?;
         let new_id = format!("sb-{}", random_hex(8));
-        self.store.set_pending(id, Some(PendingOp::Fork)).await?;
+        let fence = src.fence();
+        self.store
+            .set_pending(&fence, Some(PendingOp::Fork))
+            .await?;
         let copied = tokio::task::block_in_place(|| {
             self.frozen(id, || {
                 self.storage
@@ -156,12 +163,14 @@ impl Lifecycle {
             pending_op: None,
             status_reason: None,
             node_id: Some(self.node.clone()),
+            epoch: 0,
+            checkpointed_at: None,
         };
         let recorded = match copied {
             Ok(_) => self.store.insert_sandbox(&row).await.map_err(Error::from),
             Err(e) => Err(e),
         };
-        self.store.set_pending(id, None).await?;
+        self.store.set_pending(&fence, None).await?;
         if let Err(e) = recorded {
             let _ = self.storage.remove_sandbox(&new_id);
             self.free_slot(slot);

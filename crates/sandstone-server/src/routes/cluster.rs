@@ -6,6 +6,7 @@ use crate::AppState;
 use crate::cluster::Route;
 use crate::error::{ApiError, ApiResult, ok};
 use crate::forward::FORWARDED_BY;
+use crate::lifecycle::Takeover;
 use axum::body::{Body, Bytes};
 use axum::extract::{Path, Request, State};
 use axum::http::{Method, StatusCode};
@@ -118,7 +119,22 @@ pub async fn to_owner(State(st): State<AppState>, req: Request, next: Next) -> R
     // Only another node's word counts: a caller's own header changes nothing.
     let forwarded =
         req.headers().contains_key(FORWARDED_BY) && st.cluster.forwarder.is_node(req.headers());
-    let id = match target(&req) {
+    let target = target(&req);
+    if !matches!(target, Target::Here)
+        && let Some(lapsed) = st.lifecycle.lease.lapsed_for()
+    {
+        return ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "lease_lapsed",
+            format!(
+                "node {} could not renew its lease ({} ms past its hold): it serves no sandbox until it has, and has checked which are still its own; try another node",
+                st.cluster.me.id,
+                lapsed.as_millis()
+            ),
+        )
+        .into_response();
+    }
+    let id = match target {
         Target::Here => return next.run(req).await,
         Target::Create if forwarded => return next.run(req).await,
         Target::Create => return place(st, req, next).await,
@@ -146,20 +162,32 @@ async fn to_sandbox_owner(
         // caller's decision.
         Ok(Route::Remote { node, .. }) if forwarded => not_owner(id, &node),
         Ok(Route::Remote { node, url }) => st.cluster.forwarder.forward(&node, &url, req).await,
-        // A paused sandbox of a node that is gone moves here (its files
-        // come from its last checkpoint); anything else waits for its node.
-        Ok(Route::OwnerDown { node }) => match st.lifecycle.take_over(id, &node).await {
-            Ok(true) => next.run(req).await,
-            Ok(false) => ApiError::unavailable(format!(
-                "sandbox {id} belongs to node {node}, whose lease has expired; \
-                 it is unavailable until that node returns (only a paused sandbox \
-                 with a checkpoint moves to another node)"
-            ))
-            .into_response(),
-            Err(e) => ApiError::from(e).into_response(),
-        },
+        // A paused or lost sandbox of a node that is gone moves here (its
+        // files come from its last checkpoint); anything else waits for
+        // its node.
+        Ok(Route::OwnerDown { node }) => {
+            match st.lifecycle.take_over(id, &node, resumes(&req)).await {
+                Ok(Takeover::Taken | Takeover::Lost) => next.run(req).await,
+                Ok(Takeover::No) => ApiError::unavailable(format!(
+                    "sandbox {id} belongs to node {node}, whose lease has expired; \
+                 it is unavailable until that node returns (a paused or lost \
+                 sandbox with a checkpoint moves to another node; a running one \
+                 is marked lost first)"
+                ))
+                .into_response(),
+                Err(e) => ApiError::from(e).into_response(),
+            }
+        }
         Err(e) => ApiError::from(e).into_response(),
     }
+}
+
+/// Whether the call resumes (or deletes) its sandbox: what moves a lost
+/// sandbox to the node it reaches.
+fn resumes(req: &Request) -> bool {
+    let path = req.uri().path();
+    (req.method() == Method::POST && path.ends_with("/resume"))
+        || (req.method() == Method::DELETE && path.matches('/').count() == 4)
 }
 
 fn not_owner(id: &str, owner: &str) -> Response {

@@ -96,6 +96,11 @@ impl From<sandstone_db::Error> for ApiError {
             sandstone_db::Error::NotFound => {
                 Self::new(StatusCode::NOT_FOUND, "not_found", "not found")
             }
+            // Another node took the sandbox while this one worked on it:
+            // asking again reaches the new owner.
+            e @ sandstone_db::Error::Fenced { .. } => {
+                Self::new(StatusCode::CONFLICT, "fenced", e.to_string())
+            }
             other => Self::internal(other.to_string()),
         }
     }
@@ -171,6 +176,15 @@ mod tests {
                 "unavailable",
             ),
             (E::Db(sandstone_db::Error::NotFound), 404, "not_found"),
+            (
+                E::Db(sandstone_db::Error::Fenced {
+                    sandbox: "sb-1".into(),
+                    node: Some("n2".into()),
+                    epoch: 3,
+                }),
+                409,
+                "fenced",
+            ),
             (
                 E::Db(sandstone_db::Error::Corrupt("x".into())),
                 500,

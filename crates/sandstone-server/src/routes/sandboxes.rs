@@ -16,6 +16,15 @@ fn runtime_id(row: &SandboxRow) -> String {
     format!("{}-g{}", row.id, row.generation)
 }
 
+/// The status the API shows: Sandbox0's statuses have no `lost`, so a lost
+/// sandbox shows as failed, with `lost` and the reason beside it.
+fn api_status(s: SandboxStatus) -> &'static str {
+    match s {
+        SandboxStatus::Lost => SandboxStatus::Failed.as_str(),
+        s => s.as_str(),
+    }
+}
+
 pub fn to_sandbox(st: &AppState, row: &SandboxRow) -> api::Sandbox {
     let config = config_of(row);
     let expires = st
@@ -32,7 +41,7 @@ pub fn to_sandbox(st: &AppState, row: &SandboxRow) -> api::Sandbox {
         id: row.id.clone(),
         template_id: row.template.clone(),
         team_id: "default".into(),
-        status: row.status.as_str().into(),
+        status: api_status(row.status).into(),
         paused: row.status == SandboxStatus::Paused,
         auto_resume: config.auto_resume.unwrap_or(true),
         runtime_id: runtime_id(row),
@@ -47,7 +56,9 @@ pub fn to_sandbox(st: &AppState, row: &SandboxRow) -> api::Sandbox {
         status_reason: row
             .status_reason
             .clone()
-            .filter(|_| row.status == SandboxStatus::Failed),
+            .filter(|_| matches!(row.status, SandboxStatus::Failed | SandboxStatus::Lost)),
+        lost: row.status == SandboxStatus::Lost,
+        last_checkpoint_at: row.checkpointed_at.map(rfc3339_ms),
     }
 }
 
@@ -86,7 +97,7 @@ pub async fn claim(
         StatusCode::CREATED,
         api::ClaimResponse {
             sandbox_id: row.id.clone(),
-            status: row.status.as_str().into(),
+            status: api_status(row.status).into(),
             template: row.template.clone(),
             runtime_id: runtime_id(&row),
             pod_name: runtime_id(&row),
@@ -132,7 +143,7 @@ pub async fn list(
     };
     let rows: Vec<_> = candidates
         .into_iter()
-        .filter(|r| q.get("status").is_none_or(|s| s == r.status.as_str()))
+        .filter(|r| q.get("status").is_none_or(|s| s == api_status(r.status)))
         .filter(|r| q.get("template_id").is_none_or(|t| *t == r.template))
         .filter(|r| {
             let metadata = crate::lifecycle::config_of(r).metadata;

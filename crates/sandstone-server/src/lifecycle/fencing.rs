@@ -1,0 +1,123 @@
+//! What a node does about its sandboxes when its lease lapses and after
+//! ([`crate::lease`] explains the lease): it freezes every sandbox it runs
+//! the moment the hold runs out, and once a renewal succeeds it keeps only
+//! what is still its own, stopping (and, for what moved away, removing) the
+//! rest before it serves anything again.
+
+use super::Lifecycle;
+use sandstone_db::SandboxStatus;
+use std::collections::HashMap;
+
+impl Lifecycle {
+    /// Freezes every sandbox this node runs once its lease has lapsed
+    /// (another node may soon start any of them from a checkpoint). Frozen,
+    /// not killed: when the renewal comes back and they are still this
+    /// node's, [`Lifecycle::reconcile`] thaws them.
+    pub async fn fence_check(&self) {
+        let mut frozen = self.fenced.lock().await;
+        if !*frozen && self.lease.lapse() {
+            tracing::error!(
+                "this node's lease has lapsed: its sandboxes are frozen and their calls refused until it is renewed"
+            );
+            tokio::task::block_in_place(|| self.freeze_all());
+            *frozen = true;
+        }
+    }
+
+    fn freeze_all(&self) {
+        let runtimes: Vec<(String, super::Runtime)> = self
+            .runtimes
+            .read()
+            .expect("lock poisoned: a holder panicked")
+            .iter()
+            .map(|(id, rt)| (id.clone(), rt.clone()))
+            .collect();
+        for (id, rt) in runtimes {
+            if let Err(e) = rt.cgroup.set_frozen(true) {
+                // Killing is the safe fallback: two copies must never run.
+                tracing::error!(sandbox = %id, error = %e, "cannot freeze a sandbox after a lease lapse; stopping it");
+                let cgroup = self.take_cgroup(&id);
+                self.stop_runtime(&id, &cgroup);
+            }
+        }
+    }
+
+    /// After a lapse, with the lease renewed: keeps (and thaws) each
+    /// runtime whose row still says this node runs it, or was marked lost
+    /// and taken by nobody since; stops the others, removing the files of
+    /// those another node took. Then it removes what else moved away while
+    /// it was out (the start-up sweep).
+    pub async fn reconcile(&self) -> sandstone_db::Result<()> {
+        // Not while the watcher freezes: what it froze is thawed here.
+        let mut frozen = self.fenced.lock().await;
+        let rows = self.store.node_sandboxes(&self.node).await?;
+        let mine: HashMap<&str, &sandstone_db::SandboxRow> =
+            rows.iter().map(|r| (r.id.as_str(), r)).collect();
+        let running: Vec<String> = self
+            .runtimes
+            .read()
+            .expect("lock poisoned: a holder panicked")
+            .keys()
+            .cloned()
+            .collect();
+        for id in running {
+            let _guard = self.lock(&id).await;
+            let row = mine.get(id.as_str());
+            if let Some(r) = row
+                && self.still_runs(r).await
+            {
+                if let Some(rt) = self.runtime(&id)
+                    && let Err(e) = rt.cgroup.set_frozen(false)
+                {
+                    tracing::error!(sandbox = %id, error = %e, "cannot thaw a sandbox after a lease lapse");
+                }
+                continue;
+            }
+            let cgroup = self.take_cgroup(&id);
+            tokio::task::block_in_place(|| self.stop_runtime(&id, &cgroup));
+            self.activity
+                .lock()
+                .expect("lock poisoned: a holder panicked")
+                .remove(&id);
+            if row.is_none() {
+                tracing::warn!(sandbox = %id, "stopped: another node took it while this node's lease had lapsed");
+                if let Err(e) = self.storage.remove_sandbox(&id) {
+                    tracing::warn!(sandbox = %id, error = %e, "files of a sandbox that moved away left behind");
+                }
+            }
+        }
+        self.sweep_orphans(&rows).await;
+        *frozen = false;
+        self.lease.checked();
+        Ok(())
+    }
+
+    /// Whether this node's runtime of `row` (a row of this node's) may go
+    /// on: it still says running, or it was marked lost and nobody took it
+    /// since, so this node takes it back under the new epoch.
+    async fn still_runs(&self, row: &sandstone_db::SandboxRow) -> bool {
+        match row.status {
+            SandboxStatus::Running => true,
+            SandboxStatus::Lost => {
+                let Some(rt) = self.runtime(&row.id) else {
+                    return false;
+                };
+                match self
+                    .store
+                    .set_running(&row.fence(), rt.pid as i64, row.generation)
+                    .await
+                {
+                    Ok(()) => {
+                        tracing::warn!(sandbox = %row.id, "marked lost while this node's lease had lapsed; nobody took it, so it runs on here");
+                        true
+                    }
+                    Err(e) => {
+                        tracing::warn!(sandbox = %row.id, error = %e, "marked lost while this node's lease had lapsed; stopped");
+                        false
+                    }
+                }
+            }
+            _ => false,
+        }
+    }
+}
