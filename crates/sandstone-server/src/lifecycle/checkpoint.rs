@@ -13,7 +13,7 @@
 
 use super::{Error, Lifecycle, Result, internal};
 use sandstone_checkpoint::{
-    CheckpointId, CheckpointStats, Checkpoints, Manifest, RestoreStats, SandboxId,
+    CheckpointId, CheckpointStats, Checkpoints, Manifest, RestoreStats, Restored, SandboxId,
 };
 use sandstone_db::SandboxStatus;
 use std::collections::HashMap;
@@ -22,7 +22,7 @@ use std::sync::Mutex;
 /// The object store, and each sandbox's last manifest on this node (so the
 /// next checkpoint reads only files that changed).
 pub struct Checkpointer {
-    store: Checkpoints,
+    pub(super) store: Checkpoints,
     previous: Mutex<HashMap<String, Manifest>>,
 }
 
@@ -34,7 +34,7 @@ impl Checkpointer {
         }
     }
 
-    fn previous(&self, id: &str) -> Option<Manifest> {
+    pub(super) fn previous(&self, id: &str) -> Option<Manifest> {
         self.previous
             .lock()
             .expect("lock poisoned: a holder panicked")
@@ -42,7 +42,7 @@ impl Checkpointer {
             .cloned()
     }
 
-    fn remember(&self, id: &str, manifest: Manifest) {
+    pub(super) fn remember(&self, id: &str, manifest: Manifest) {
         self.previous
             .lock()
             .expect("lock poisoned: a holder panicked")
@@ -87,16 +87,16 @@ impl From<&CheckpointStats> for Stats {
     }
 }
 
-fn unavailable(what: &str, e: impl std::fmt::Display) -> Error {
+pub(super) fn unavailable(what: &str, e: impl std::fmt::Display) -> Error {
     Error::Unavailable(format!("{what}: {e}"))
 }
 
-fn sandbox_id(id: &str) -> Result<SandboxId> {
+pub(super) fn sandbox_id(id: &str) -> Result<SandboxId> {
     SandboxId::new(id).map_err(|e| Error::Invalid(e.to_string()))
 }
 
 impl Lifecycle {
-    fn checkpointer(&self) -> Result<&Checkpointer> {
+    pub(super) fn checkpointer(&self) -> Result<&Checkpointer> {
         self.checkpoints.as_ref().ok_or_else(|| {
             Error::Conflict("this node has no object store (serve --object-store)".into())
         })
@@ -196,20 +196,22 @@ impl Lifecycle {
             .ok_or_else(|| {
                 Error::Conflict(format!("sandbox {id} has no checkpoint to resume from"))
             })?;
+        self.volume_from_checkpoint(id, &latest, disk).await
+    }
+
+    /// Makes sandbox `id`'s volume (there is none) from checkpoint `ckpt`
+    /// (its own, or a snapshot's); removed again if that fails.
+    pub(super) async fn volume_from_checkpoint(
+        &self,
+        id: &str,
+        ckpt: &CheckpointId,
+        disk: Option<u64>,
+    ) -> Result<()> {
+        let c = self.checkpointer()?;
         let made = tokio::task::block_in_place(|| self.storage.create_sandbox(id, disk))
             .map_err(internal)?;
-        let staging = made.data.join(STAGING);
-        let restored = async {
-            let restored = c.store.restore(&latest, &staging).await.map_err(|e| {
-                unavailable(&format!("restore sandbox {id} from its checkpoint"), e)
-            })?;
-            tokio::task::block_in_place(|| move_into_volume(&staging, &made.data))?;
-            Ok::<_, Error>(restored)
-        }
-        .await;
-        match restored {
+        match self.fill_volume(id, ckpt, &made.data).await {
             Ok(r) => {
-                log_restore(id, &r.stats);
                 c.remember(id, r.baseline);
                 Ok(())
             }
@@ -218,6 +220,28 @@ impl Lifecycle {
                 Err(e)
             }
         }
+    }
+
+    /// Restores checkpoint `ckpt` into `volume`, a new, empty volume for
+    /// sandbox `id`, through a staging dir inside it: every chunk is
+    /// verified before anything is moved into place. On failure the caller
+    /// removes the volume.
+    pub(super) async fn fill_volume(
+        &self,
+        id: &str,
+        ckpt: &CheckpointId,
+        volume: &std::path::Path,
+    ) -> Result<Restored> {
+        let c = self.checkpointer()?;
+        let staging = volume.join(STAGING);
+        let restored = c
+            .store
+            .restore(ckpt, &staging)
+            .await
+            .map_err(|e| unavailable(&format!("restore sandbox {id} from {ckpt}"), e))?;
+        tokio::task::block_in_place(|| move_into_volume(&staging, volume))?;
+        log_restore(id, &restored.stats);
+        Ok(restored)
     }
 
     /// Takes sandbox `id` over from node `from`, whose lease has run out:
