@@ -195,7 +195,9 @@ async fn place(st: AppState, req: Request, next: Next) -> Response {
     let req = Request::from_parts(parts, Body::from(bytes));
     // From a snapshot: where the snapshot's volume is (its sandbox's
     // node). With an object store any node can fetch it, so a dead or
-    // unknown owner is no reason to wait: placement picks as for any create.
+    // unknown owner is no reason to wait: placement picks a node with the
+    // snapshot's template, as for any create.
+    let mut snapshot_template = None;
     if let Some(snap) = claim.as_ref().and_then(|c| c.snapshot_id.as_deref())
         && let Ok(s) = st.lifecycle.store.get_snapshot(snap).await
     {
@@ -209,8 +211,12 @@ async fn place(st: AppState, req: Request, next: Next) -> Response {
             }
             Ok(Route::OwnerDown { .. }) | Err(_) => {}
         }
+        snapshot_template = Some(s.template);
     }
-    let template = claim.and_then(|c| c.template);
+    let template = claim
+        .and_then(|c| c.template)
+        .filter(|t| !t.is_empty() && t != "default")
+        .or(snapshot_template);
     match st.cluster.place(&st.lifecycle, template.as_deref()) {
         Some(node) => st.cluster.forwarder.forward(&node.id, &node.url, req).await,
         None => next.run(req).await,
