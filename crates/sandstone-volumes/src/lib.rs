@@ -352,16 +352,51 @@ impl Storage {
     /// after the new one is in place; [`Storage::open`] completes or undoes
     /// a swap a crash interrupted.
     pub fn restore_sandbox(&self, id: &str, snap: &str, limit: Option<u64>) -> Result<()> {
-        let live = self.pool.sandbox_dir(id);
-        let staged = live.with_file_name(format!("{id}{RESTORING}"));
-        let replaced = live.with_file_name(format!("{id}{REPLACED}"));
+        let staged = self.restore_staging(id);
         self.pool.remove_volume(&staged)?;
         self.pool
             .copy_volume(&self.pool.snapshot_dir(snap), &staged, false, limit)?;
-        std::fs::rename(&live, &replaced).map_err(io("swap out old volume"))?;
+        self.swap_in_restore(id)
+    }
+
+    /// Where a restore of sandbox `id` is made before it replaces the
+    /// volume ([`Storage::stage_restore`], [`Storage::swap_in_restore`]).
+    pub fn restore_staging(&self, id: &str) -> PathBuf {
+        self.pool.sandbox_dir(&format!("{id}{RESTORING}"))
+    }
+
+    /// A new, empty volume at [`Storage::restore_staging`] for a restore
+    /// filled by the caller (from an object store) and then swapped in;
+    /// [`Storage::discard_restore`] removes it if the fill fails.
+    pub fn stage_restore(&self, id: &str, limit: Option<u64>) -> Result<PathBuf> {
+        let staged = self.restore_staging(id);
+        self.pool.remove_volume(&staged)?;
+        self.pool.create_volume(&staged, limit)?;
+        Ok(staged)
+    }
+
+    pub fn discard_restore(&self, id: &str) -> Result<()> {
+        self.pool.remove_volume(&self.restore_staging(id))
+    }
+
+    /// Puts the staged restore of `id` in place of its volume; the old one
+    /// is swapped out by rename and removed only after the new one is in
+    /// place. A node that has no volume for `id` (it was made elsewhere)
+    /// just renames the staged one in.
+    pub fn swap_in_restore(&self, id: &str) -> Result<()> {
+        let live = self.pool.sandbox_dir(id);
+        let staged = self.restore_staging(id);
+        let replaced = live.with_file_name(format!("{id}{REPLACED}"));
+        let had_volume = live.exists();
+        if had_volume {
+            std::fs::rename(&live, &replaced).map_err(io("swap out old volume"))?;
+        }
         sandstone_runtime::fault::crash("restore.mid_swap");
         std::fs::rename(&staged, &live).map_err(io("swap in restored volume"))?;
-        self.pool.remove_volume(&replaced)
+        if had_volume {
+            self.pool.remove_volume(&replaced)?;
+        }
+        Ok(())
     }
 
     /// Finishes or rolls back restores interrupted by a crash.
@@ -378,12 +413,13 @@ impl Storage {
                     continue;
                 }
                 let _ = self.pool.remove_volume(&path);
-            } else if name.ends_with(RESTORING)
-                && self
-                    .pool
-                    .sandbox_dir(name.trim_end_matches(RESTORING))
-                    .exists()
+            } else if let Some(id) = name.strip_suffix(RESTORING)
+                && (self.pool.sandbox_dir(id).exists()
+                    || !self.pool.sandbox_dir(&format!("{id}{REPLACED}")).exists())
             {
+                // Not swapped in: the live volume is still the old one, or
+                // there was none (a restore from an object store that did
+                // not finish), so the call failed and nothing is kept.
                 let _ = self.pool.remove_volume(&path);
             }
         }

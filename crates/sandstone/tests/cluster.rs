@@ -537,3 +537,203 @@ impl Drop for Thaw {
         let _ = sandstone_sys::process::kill(self.0, libc::SIGCONT);
     }
 }
+
+/// With an object store, a snapshot and a fork outlive their node: taken
+/// on node 1 (a fork of a running sandbox, a snapshot before later
+/// writes), node 1 killed (`kill -9`), then through node 2 a sandbox
+/// created from the snapshot, the source restored to the snapshot (the
+/// snapshot's files, not the later ones), the fork forked again and both
+/// resumed (the files it was forked with); deleting the snapshot deletes
+/// its checkpoints.
+#[tokio::test]
+async fn a_snapshot_and_a_fork_are_restored_on_another_node_after_their_node_dies() {
+    let Some(mut c) = Cluster::start_with(2, TTL, true).await else {
+        return;
+    };
+    let a = c.nodes[0].create(json!({})).await;
+    assert_eq!(c.holder(&a), Some(0));
+    let v1 = c.nodes[0]
+        .sh(
+            &a,
+            "set -e; mkdir -p /srv/app; echo v1 > /workspace/f; echo v1 > /srv/app/conf; \
+             head -c 3000000 /dev/urandom > /workspace/blob; sha256sum /workspace/blob",
+        )
+        .await;
+    assert_eq!(v1["exit_code"], 0, "{v1}");
+    let (s, v) = c.nodes[0]
+        .post(&format!("/api/v1/sandboxes/{a}/snapshots"), json!({}))
+        .await;
+    assert_eq!(s, 201, "{v}");
+    let snap = v["data"]["id"].as_str().unwrap().to_string();
+    let s3 = c.s3.as_ref().unwrap().blobs();
+    assert_eq!(
+        s3.list(&format!("manifests/{snap}/")).await.unwrap().len(),
+        1,
+        "the snapshot was checkpointed before the call returned"
+    );
+    let (s, v) = c.nodes[0]
+        .post(&format!("/api/v1/sandboxes/{a}/fork"), json!({}))
+        .await;
+    assert_eq!(s, 201, "{v}");
+    let fork = v["data"]["sandbox"]["id"].as_str().unwrap().to_string();
+    assert_eq!(c.holder(&fork), Some(0));
+    let later = c.nodes[0]
+        .sh(
+            &a,
+            "set -e; echo v2 > /workspace/f; echo v2 > /srv/app/conf; echo later > /workspace/new; \
+             rm /workspace/blob",
+        )
+        .await;
+    assert_eq!(later["exit_code"], 0, "{later}");
+    let (s, v) = c.nodes[0]
+        .post(&format!("/api/v1/sandboxes/{a}/pause"), json!({}))
+        .await;
+    assert_eq!(s, 200, "{v}");
+    c.nodes[0].kill();
+    tokio::time::sleep(TTL + Duration::from_millis(500)).await;
+
+    let check =
+        "cat /workspace/f /srv/app/conf; sha256sum /workspace/blob; ls /workspace/new 2>&1 | wc -l";
+    let want = format!("v1\nv1\n{}1\n", v1["stdout"].as_str().unwrap());
+    // A create from the snapshot, through node 2: its node is dead, so it
+    // is placed on a live one, which fetches the snapshot.
+    let (s, v) = c.nodes[1]
+        .post("/api/v1/sandboxes", json!({"snapshot_id": snap}))
+        .await;
+    assert_eq!(s, 201, "{v}");
+    let b = v["data"]["sandbox_id"].as_str().unwrap().to_string();
+    assert_eq!(c.holder(&b), Some(1));
+    let r = c.nodes[1].sh(&b, check).await;
+    assert_eq!(r["stdout"], want.as_str(), "{r}");
+
+    // The source (paused, so taken over) restored to the snapshot.
+    let (s, v) = c.nodes[1]
+        .post(
+            &format!("/api/v1/sandboxes/{a}/rootfs/restore"),
+            json!({"snapshot_id": snap}),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    let (s, v) = c.nodes[1]
+        .post(&format!("/api/v1/sandboxes/{a}/resume"), json!({}))
+        .await;
+    assert_eq!(s, 200, "{v}");
+    assert!(c.nodes[1].volumes().contains(&a));
+    let r = c.nodes[1].sh(&a, check).await;
+    assert_eq!(r["stdout"], want.as_str(), "{r}");
+
+    // The fork, forked again through node 2 (taken over, its files
+    // fetched first), and both resumed there from their checkpoints.
+    let (s, v) = c.nodes[1]
+        .post(&format!("/api/v1/sandboxes/{fork}/fork"), json!({}))
+        .await;
+    assert_eq!(s, 201, "{v}");
+    let fork2 = v["data"]["sandbox"]["id"].as_str().unwrap().to_string();
+    for f in [&fork, &fork2] {
+        let (s, v) = c.nodes[1]
+            .post(&format!("/api/v1/sandboxes/{f}/resume"), json!({}))
+            .await;
+        assert_eq!(s, 200, "{v}");
+        assert!(c.nodes[1].volumes().contains(f));
+        let r = c.nodes[1].sh(f, check).await;
+        assert_eq!(r["stdout"], want.as_str(), "{r}");
+    }
+
+    let (s, v) = c.nodes[1]
+        .delete(&format!("/api/v1/sandbox-rootfs-snapshots/{snap}"))
+        .await;
+    assert_eq!(s, 200, "{v}");
+    assert!(
+        s3.list(&format!("manifests/{snap}/"))
+            .await
+            .unwrap()
+            .is_empty(),
+        "the snapshot's checkpoints outlived it"
+    );
+}
+
+/// A snapshot whose checkpoint is corrupt, then missing, cannot be
+/// restored on a node without its copy: a clear 503, then 409, naming the
+/// snapshot, and the sandbox keeps the files it had. With the object store
+/// down, a snapshot or fork is a 503 and is not made.
+#[tokio::test]
+async fn a_snapshot_with_a_bad_checkpoint_is_refused_and_changes_nothing() {
+    let Some(mut c) = Cluster::start_with(2, TTL, true).await else {
+        return;
+    };
+    let a = c.nodes[0].create(json!({})).await;
+    let r = c.nodes[0].sh(&a, "echo v1 > /workspace/f").await;
+    assert_eq!(r["exit_code"], 0, "{r}");
+    let (s, v) = c.nodes[0]
+        .post(&format!("/api/v1/sandboxes/{a}/snapshots"), json!({}))
+        .await;
+    assert_eq!(s, 201, "{v}");
+    let snap = v["data"]["id"].as_str().unwrap().to_string();
+    let r = c.nodes[0].sh(&a, "echo v2 > /workspace/f").await;
+    assert_eq!(r["exit_code"], 0, "{r}");
+    let (s, v) = c.nodes[0]
+        .post(&format!("/api/v1/sandboxes/{a}/pause"), json!({}))
+        .await;
+    assert_eq!(s, 200, "{v}");
+    c.nodes[0].kill();
+    tokio::time::sleep(TTL + Duration::from_millis(500)).await;
+
+    let s3 = c.s3.as_ref().unwrap().blobs();
+    let manifests = s3.list(&format!("manifests/{snap}/")).await.unwrap();
+    assert_eq!(manifests.len(), 1, "{manifests:?}");
+    let restore = format!("/api/v1/sandboxes/{a}/rootfs/restore");
+    s3.put(&manifests[0], "not a sealed manifest".into())
+        .await
+        .unwrap();
+    let (s, v) = c.nodes[1]
+        .post(&restore, json!({"snapshot_id": snap}))
+        .await;
+    assert_eq!(s, 503, "{v}");
+    let msg = v["error"]["message"].as_str().unwrap();
+    assert!(msg.contains(&snap), "{v}");
+    s3.delete(&manifests[0]).await.unwrap();
+    let (s, v) = c.nodes[1]
+        .post(&restore, json!({"snapshot_id": snap}))
+        .await;
+    assert_eq!(s, 409, "{v}");
+    let msg = v["error"]["message"].as_str().unwrap();
+    assert!(msg.contains(&snap) && msg.contains("no checkpoint"), "{v}");
+    // Nothing was left half-done: the sandbox resumes with its own files.
+    assert!(
+        !c.nodes[1].volumes().iter().any(|v| v.starts_with(&a)),
+        "a failed restore left a volume: {:?}",
+        c.nodes[1].volumes()
+    );
+    let (s, v) = c.nodes[1]
+        .post(&format!("/api/v1/sandboxes/{a}/resume"), json!({}))
+        .await;
+    assert_eq!(s, 200, "{v}");
+    let r = c.nodes[1].sh(&a, "cat /workspace/f").await;
+    assert_eq!(r["stdout"], "v2\n", "{r}");
+    let (s, v) = c.nodes[1]
+        .post("/api/v1/sandboxes", json!({"snapshot_id": snap}))
+        .await;
+    assert_eq!(s, 409, "{v}");
+    assert!(
+        c.nodes[1].volumes().iter().all(|v| v == &a),
+        "a failed create left a volume: {:?}",
+        c.nodes[1].volumes()
+    );
+
+    // The object store gone: a snapshot or fork that cannot be uploaded
+    // is a 503 and is not made.
+    drop(c.s3.take());
+    let snapshots = format!("/api/v1/sandboxes/{a}/snapshots");
+    for op in ["snapshots", "fork"] {
+        let (s, v) = c.nodes[1]
+            .post(&format!("/api/v1/sandboxes/{a}/{op}"), json!({}))
+            .await;
+        assert_eq!(s, 503, "{op}: {v}");
+    }
+    let (_, v) = c.nodes[1].get(&snapshots).await;
+    assert_eq!(v["data"]["count"], 1, "{v}");
+    assert!(c.nodes[1].snapshot_volumes().is_empty());
+    assert_eq!(c.nodes[1].volumes(), vec![a.clone()]);
+    let (_, v) = c.nodes[1].get("/api/v1/sandboxes").await;
+    assert_eq!(v["data"]["sandboxes"].as_array().unwrap().len(), 1, "{v}");
+}

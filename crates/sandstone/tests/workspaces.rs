@@ -143,6 +143,81 @@ async fn checkpoints_bring_back_a_lost_volume_and_refuse_a_corrupted_one() {
     assert_eq!(v["data"]["status"], "paused", "{v}");
 }
 
+/// With a store, snapshots and forks are checkpointed: a restore from the
+/// node's own copy, and one from the store when that copy is gone, leave
+/// the snapshot's files, checkpointed (the volume lost after a restore
+/// comes back restored); a fork's volume lost comes back from its
+/// checkpoint; deleting the snapshot deletes its manifests.
+#[tokio::test(flavor = "multi_thread")]
+async fn snapshots_and_forks_are_checkpointed_and_restored_from_the_store() {
+    let (d, store) = with_store().await;
+    let id = d.create(json!({})).await;
+    let v1 = d
+        .sh(
+            &id,
+            "set -e; echo v1 > /workspace/f; head -c 2000000 /dev/urandom > /workspace/blob; \
+             sha256sum /workspace/blob",
+        )
+        .await;
+    assert_eq!(v1["exit_code"], 0, "{v1}");
+    let want = format!("v1\n{}", v1["stdout"].as_str().unwrap());
+    let check = "cat /workspace/f; sha256sum /workspace/blob";
+    let (s, v) = d
+        .post(&format!("/api/v1/sandboxes/{id}/snapshots"), json!({}))
+        .await;
+    assert_eq!(s, 201, "{v}");
+    let snap = v["data"]["id"].as_str().unwrap().to_string();
+    let manifests = store.path().join("manifests").join(&snap);
+    assert_eq!(std::fs::read_dir(&manifests).unwrap().count(), 1);
+    let (s, v) = d
+        .post(&format!("/api/v1/sandboxes/{id}/fork"), json!({}))
+        .await;
+    assert_eq!(s, 201, "{v}");
+    let fork = v["data"]["sandbox"]["id"].as_str().unwrap().to_string();
+
+    let volume = d.pool_root().join("sandboxes").join(&id);
+    let restore = format!("/api/v1/sandboxes/{id}/rootfs/restore");
+    // From this node's copy, and from the store once the copy is gone.
+    for local in [true, false] {
+        let r = d
+            .sh(&id, "set -e; echo later > /workspace/f; rm /workspace/blob")
+            .await;
+        assert_eq!(r["exit_code"], 0, "{r}");
+        let (s, v) = d
+            .post(&format!("/api/v1/sandboxes/{id}/pause"), json!({}))
+            .await;
+        assert_eq!(s, 200, "{v}");
+        if !local {
+            std::fs::remove_dir_all(d.pool_root().join("snapshots").join(&snap)).unwrap();
+        }
+        let (s, v) = d.post(&restore, json!({"snapshot_id": snap})).await;
+        assert_eq!(s, 200, "{v}");
+        // The restore was checkpointed: its volume lost, it comes back.
+        std::fs::remove_dir_all(&volume).unwrap();
+        let (s, v) = d
+            .post(&format!("/api/v1/sandboxes/{id}/resume"), json!({}))
+            .await;
+        assert_eq!(s, 200, "{v}");
+        let r = d.sh(&id, check).await;
+        assert_eq!(r["stdout"], want.as_str(), "local copy: {local}: {r}");
+    }
+
+    std::fs::remove_dir_all(d.pool_root().join("sandboxes").join(&fork)).unwrap();
+    let (s, v) = d
+        .post(&format!("/api/v1/sandboxes/{fork}/resume"), json!({}))
+        .await;
+    assert_eq!(s, 200, "{v}");
+    let r = d.sh(&fork, check).await;
+    assert_eq!(r["stdout"], want.as_str(), "{r}");
+
+    let (s, v) = d
+        .delete(&format!("/api/v1/sandbox-rootfs-snapshots/{snap}"))
+        .await;
+    assert_eq!(s, 200, "{v}");
+    let left = std::fs::read_dir(&manifests).map_or(0, |r| r.count());
+    assert_eq!(left, 0, "the snapshot's manifests outlived it");
+}
+
 /// A store that cannot be used stops the start, saying why.
 #[tokio::test(flavor = "multi_thread")]
 async fn an_unusable_object_store_stops_the_start() {

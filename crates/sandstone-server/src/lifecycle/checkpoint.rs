@@ -18,7 +18,7 @@
 
 use super::{Error, Lifecycle, Result, internal};
 use sandstone_checkpoint::{
-    CheckpointId, CheckpointStats, Checkpoints, Manifest, RestoreStats, SandboxId,
+    CheckpointId, CheckpointStats, Checkpoints, Manifest, RestoreStats, Restored, SandboxId,
 };
 use sandstone_db::{SandboxRow, SandboxStatus};
 use std::collections::HashMap;
@@ -27,7 +27,7 @@ use std::sync::Mutex;
 /// The object store, and each sandbox's last manifest on this node (so the
 /// next checkpoint reads only files that changed).
 pub struct Checkpointer {
-    store: Checkpoints,
+    pub(super) store: Checkpoints,
     previous: Mutex<HashMap<String, Manifest>>,
 }
 
@@ -39,7 +39,7 @@ impl Checkpointer {
         }
     }
 
-    fn previous(&self, id: &str) -> Option<Manifest> {
+    pub(super) fn previous(&self, id: &str) -> Option<Manifest> {
         self.previous
             .lock()
             .expect("lock poisoned: a holder panicked")
@@ -47,7 +47,7 @@ impl Checkpointer {
             .cloned()
     }
 
-    fn remember(&self, id: &str, manifest: Manifest) {
+    pub(super) fn remember(&self, id: &str, manifest: Manifest) {
         self.previous
             .lock()
             .expect("lock poisoned: a holder panicked")
@@ -105,16 +105,16 @@ impl From<&CheckpointStats> for Stats {
     }
 }
 
-fn unavailable(what: &str, e: impl std::fmt::Display) -> Error {
+pub(super) fn unavailable(what: &str, e: impl std::fmt::Display) -> Error {
     Error::Unavailable(format!("{what}: {e}"))
 }
 
-fn sandbox_id(id: &str) -> Result<SandboxId> {
+pub(super) fn sandbox_id(id: &str) -> Result<SandboxId> {
     SandboxId::new(id).map_err(|e| Error::Invalid(e.to_string()))
 }
 
 impl Lifecycle {
-    fn checkpointer(&self) -> Result<&Checkpointer> {
+    pub(super) fn checkpointer(&self) -> Result<&Checkpointer> {
         self.checkpoints.as_ref().ok_or_else(|| {
             Error::Conflict("this node has no object store (serve --object-store)".into())
         })
@@ -261,34 +261,59 @@ impl Lifecycle {
             .ok_or_else(|| {
                 Error::Conflict(format!("sandbox {id} has no checkpoint to resume from"))
             })?;
-        let made = tokio::task::block_in_place(|| self.storage.create_sandbox(id, disk))
-            .map_err(internal)?;
-        let staging = made.data.join(STAGING);
-        let restored = async {
-            let restored = c.store.restore(&latest, &staging).await.map_err(|e| {
-                unavailable(&format!("restore sandbox {id} from its checkpoint"), e)
-            })?;
-            tokio::task::block_in_place(|| move_into_volume(&staging, &made.data))?;
-            Ok::<_, Error>(restored)
-        }
-        .await;
-        match restored {
-            Ok(r) => {
-                log_restore(id, &r.stats);
-                c.remember(id, r.baseline);
-            }
-            Err(e) => {
-                let _ = self.storage.remove_sandbox(id);
-                return Err(e);
-            }
-        }
+        self.volume_from_checkpoint(id, &latest, disk).await?;
         if latest.epoch < row.epoch as u64 {
             // Published again under this owner's epoch (the baseline just
             // remembered makes it a manifest, no file is read again): from
             // now on the store refuses what the old owner may still write.
-            self.checkpoint_tree(row, &made.data).await?;
+            self.checkpoint_tree(row, &paths.data).await?;
         }
         Ok(())
+    }
+
+    /// Makes sandbox `id`'s volume (there is none) from checkpoint `ckpt`
+    /// (its own, or a snapshot's); removed again if that fails.
+    pub(super) async fn volume_from_checkpoint(
+        &self,
+        id: &str,
+        ckpt: &CheckpointId,
+        disk: Option<u64>,
+    ) -> Result<()> {
+        let c = self.checkpointer()?;
+        let made = tokio::task::block_in_place(|| self.storage.create_sandbox(id, disk))
+            .map_err(internal)?;
+        match self.fill_volume(id, ckpt, &made.data).await {
+            Ok(r) => {
+                c.remember(id, r.baseline);
+                Ok(())
+            }
+            Err(e) => {
+                let _ = self.storage.remove_sandbox(id);
+                Err(e)
+            }
+        }
+    }
+
+    /// Restores checkpoint `ckpt` into `volume`, a new, empty volume for
+    /// sandbox `id`, through a staging dir inside it: every chunk is
+    /// verified before anything is moved into place. On failure the caller
+    /// removes the volume.
+    pub(super) async fn fill_volume(
+        &self,
+        id: &str,
+        ckpt: &CheckpointId,
+        volume: &std::path::Path,
+    ) -> Result<Restored> {
+        let c = self.checkpointer()?;
+        let staging = volume.join(STAGING);
+        let restored = c
+            .store
+            .restore(ckpt, &staging)
+            .await
+            .map_err(|e| unavailable(&format!("restore sandbox {id} from {ckpt}"), e))?;
+        tokio::task::block_in_place(|| move_into_volume(&staging, volume))?;
+        log_restore(id, &restored.stats);
+        Ok(restored)
     }
 
     /// Takes sandbox `id` over from node `from`, whose lease has run out,

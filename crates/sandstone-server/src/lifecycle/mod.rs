@@ -194,6 +194,12 @@ impl Lifecycle {
             .contains_key(id)
     }
 
+    /// Whether this node checkpoints to an object store (then every node
+    /// of the cluster can fetch any sandbox's or snapshot's files).
+    pub fn has_object_store(&self) -> bool {
+        self.checkpoints.is_some()
+    }
+
     pub fn running_count(&self) -> usize {
         self.runtimes
             .read()
@@ -554,12 +560,12 @@ impl Lifecycle {
         let id = format!("sb-{}", random_hex(8));
         let mut undo = Undo::new(self, &id, slot);
         let mut phases = Phases::start();
-        // A copy with the dir driver can take a while: off the async workers.
-        tokio::task::block_in_place(|| match snapshot {
-            Some(s) => self.storage.sandbox_from_snapshot(s, &id, disk),
-            None => self.storage.create_sandbox(&id, disk),
-        })
-        .map_err(internal)?;
+        match snapshot {
+            Some(s) => self.volume_from_snapshot(s, &id, disk).await?,
+            None => tokio::task::block_in_place(|| self.storage.create_sandbox(&id, disk))
+                .map(drop)
+                .map_err(internal)?,
+        }
         undo.volume = true;
         phases.mark("storage");
         fault::check("create.after_storage").map_err(internal)?;

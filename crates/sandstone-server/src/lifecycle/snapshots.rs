@@ -1,11 +1,26 @@
 //! Snapshots, restore and fork: O(1) copies of a sandbox's volume on the
 //! btrfs pool. A running source is frozen for the instant of the copy so the
 //! copy is consistent; `/tmp` (a tmpfs) is never part of it.
+//!
+//! With an object store (`serve --object-store`) they outlive their node:
+//! a snapshot is also checkpointed, under its own id (`snap-…`, epoch 0: a
+//! snapshot is written once, by one node, so there is nothing to fence),
+//! before the call returns — a snapshot the caller was told about survives
+//! the node — with the source's last manifest as the baseline, so files
+//! unchanged since the source's last checkpoint on this node are not read
+//! again (a btrfs snapshot keeps inode numbers, sizes and times). A node
+//! without the snapshot's copy restores from, or creates from, its
+//! checkpoint, verified whole before it replaces anything. A fork, a new
+//! paused sandbox, is checkpointed before the call returns, like a pause,
+//! so a node that dies takes nothing with it. One machine with no object
+//! store does none of this.
 
+use super::checkpoint::{sandbox_id, unavailable};
 use super::{Error, Result};
 use super::{Lifecycle, config_of, internal, random_hex};
 use sandstone_api::SandboxConfig;
 use sandstone_api::timefmt::now_ms;
+use sandstone_checkpoint::{CheckpointId, Manifest};
 use sandstone_db::{PendingOp, SandboxRow, SandboxStatus, SnapshotRow};
 use sandstone_runtime::fault;
 
@@ -36,6 +51,17 @@ impl Lifecycle {
         result
     }
 
+    /// A paused source taken over from a dead node and not resumed since
+    /// has no volume here yet: its checkpoint is fetched first (nothing to
+    /// do when the volume is here, or without an object store).
+    async fn source_volume(&self, row: &SandboxRow) -> Result<()> {
+        if self.checkpoints.is_none() {
+            return Ok(());
+        }
+        let disk = self.disk_cap(&row.template, config_of(row).resources.as_ref())?;
+        self.materialise(row, disk).await
+    }
+
     fn source(status: SandboxStatus, id: &str) -> Result<()> {
         if status.can_snapshot() {
             return Ok(());
@@ -54,6 +80,7 @@ impl Lifecycle {
         let _guard = self.lock(id).await;
         let row = self.row(id).await?;
         Self::source(row.status, id)?;
+        self.source_volume(&row).await?;
         let snap = SnapshotRow {
             id: format!("snap-{}", random_hex(8)),
             sandbox_id: id.to_string(),
@@ -75,15 +102,78 @@ impl Lifecycle {
             })
         });
         fault::crash("snapshot.after_copy");
-        let recorded = match copied {
-            Ok(()) => self.store.insert_snapshot(&snap).await.map_err(Error::from),
-            Err(e) => Err(e),
-        };
+        let recorded = async {
+            copied?;
+            self.checkpoint_snapshot(id, &snap.id).await?;
+            self.store.insert_snapshot(&snap).await.map_err(Error::from)
+        }
+        .await;
         if recorded.is_err() {
             let _ = self.storage.remove_snapshot(&snap.id);
+            self.forget_checkpoints(&snap.id).await;
         }
         self.store.set_pending(&fence, None).await?;
         recorded.map(|()| snap)
+    }
+
+    /// Uploads snapshot `snap` of sandbox `source` (nothing to do without
+    /// an object store).
+    async fn checkpoint_snapshot(&self, source: &str, snap: &str) -> Result<()> {
+        let Some(c) = &self.checkpoints else {
+            return Ok(());
+        };
+        let tree = self.storage.pool.snapshot_dir(snap);
+        let ckpt = CheckpointId::new(sandbox_id(snap)?, 0, super::now_ms() as u64);
+        let done = c
+            .store
+            .checkpoint(&tree, &ckpt, c.previous(source).as_ref())
+            .await
+            .map_err(|e| unavailable(&format!("snapshot of sandbox {source} not taken"), e))?;
+        tracing::info!(sandbox = %source, snapshot = %snap, uploaded = done.stats.bytes_uploaded, read = done.stats.bytes_read, "snapshot checkpointed");
+        Ok(())
+    }
+
+    /// The checkpoint of snapshot `snap`, for a node that does not hold
+    /// its copy.
+    async fn snapshot_checkpoint(&self, snap: &str) -> Result<CheckpointId> {
+        let c = self.checkpointer()?;
+        c.store
+            .latest(&sandbox_id(snap)?)
+            .await
+            .map_err(|e| unavailable(&format!("list the checkpoints of snapshot {snap}"), e))?
+            .ok_or_else(|| {
+                Error::Conflict(format!(
+                    "snapshot {snap} is not on this node and has no checkpoint in the object \
+                     store (it was taken before there was one, or its node has not uploaded it)"
+                ))
+            })
+    }
+
+    /// Whether this node must fetch snapshot `snap` from the object store:
+    /// it has one and no copy of the snapshot. Without an object store the
+    /// local copy is used as ever (and its absence is the copy's error).
+    fn snapshot_elsewhere(&self, snap: &str) -> bool {
+        self.checkpoints.is_some() && !self.storage.pool.snapshot_dir(snap).exists()
+    }
+
+    /// A new volume for sandbox `id` from snapshot `snap`: a copy of the
+    /// local snapshot, or its checkpoint restored.
+    pub(super) async fn volume_from_snapshot(
+        &self,
+        snap: &str,
+        id: &str,
+        disk: Option<u64>,
+    ) -> Result<()> {
+        if !self.snapshot_elsewhere(snap) {
+            // A copy with the dir driver can take a while: off the async workers.
+            return tokio::task::block_in_place(|| {
+                self.storage.sandbox_from_snapshot(snap, id, disk)
+            })
+            .map(drop)
+            .map_err(internal);
+        }
+        let ckpt = self.snapshot_checkpoint(snap).await?;
+        self.volume_from_checkpoint(id, &ckpt, disk).await
     }
 
     pub async fn delete_snapshot(&self, snap: &str) -> Result<()> {
@@ -92,6 +182,7 @@ impl Lifecycle {
             .await
             .map_err(|_| Error::not_found("snapshot", snap))?;
         self.store.delete_snapshot(snap).await?;
+        self.forget_checkpoints(snap).await;
         self.storage.remove_snapshot(snap).map_err(internal)
     }
 
@@ -110,14 +201,88 @@ impl Lifecycle {
             )));
         }
         let disk = self.disk_cap(&row.template, config_of(&row).resources.as_ref())?;
+        // Fetched before anything changes: a snapshot missing from the
+        // store is refused with the sandbox as it was.
+        let remote = match self.snapshot_elsewhere(snap) {
+            true => Some(self.snapshot_checkpoint(snap).await?),
+            false => None,
+        };
         let fence = row.fence();
         self.store
             .set_pending(&fence, Some(PendingOp::Restore))
             .await?;
-        let restored = tokio::task::block_in_place(|| self.storage.restore_sandbox(id, snap, disk));
+        let restored = match &remote {
+            Some(ckpt) => self.restore_from_checkpoint(id, ckpt, disk).await,
+            None => tokio::task::block_in_place(|| self.storage.restore_sandbox(id, snap, disk))
+                .map_err(internal)
+                .map(|()| None),
+        };
         self.store.set_pending(&fence, None).await?;
-        restored.map_err(internal)?;
+        let baseline = restored?;
+        self.checkpoint_restored(&row, snap, baseline).await?;
         self.row(id).await
+    }
+
+    /// Replaces sandbox `id`'s volume (if this node has one) with
+    /// checkpoint `ckpt`, restored into a staged volume and verified
+    /// before the swap; on failure the old volume is untouched. Returns
+    /// the restore's baseline manifest.
+    async fn restore_from_checkpoint(
+        &self,
+        id: &str,
+        ckpt: &CheckpointId,
+        disk: Option<u64>,
+    ) -> Result<Option<Manifest>> {
+        let staged = tokio::task::block_in_place(|| self.storage.stage_restore(id, disk))
+            .map_err(internal)?;
+        let filled = self.fill_volume(id, ckpt, &staged).await;
+        let swapped = filled.and_then(|r| {
+            tokio::task::block_in_place(|| self.storage.swap_in_restore(id))
+                .map_err(internal)
+                .map(|()| r)
+        });
+        match swapped {
+            Ok(r) => Ok(Some(r.baseline)),
+            Err(e) => {
+                if let Err(e) = self.storage.discard_restore(id) {
+                    tracing::warn!(sandbox = %id, error = %e, "a failed restore's staged volume left behind");
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// After a restore: a paused sandbox has a checkpoint of its files as
+    /// they are, so the restored ones are uploaded (only what the store
+    /// lacks: the snapshot's chunks are there). The baseline is the
+    /// restore's manifest, or the snapshot's (a btrfs copy of it keeps its
+    /// inode numbers and times), so unchanged files are not read again.
+    async fn checkpoint_restored(
+        &self,
+        row: &SandboxRow,
+        snap: &str,
+        baseline: Option<Manifest>,
+    ) -> Result<()> {
+        let id = row.id.as_str();
+        let Some(c) = &self.checkpoints else {
+            return Ok(());
+        };
+        let baseline = match baseline {
+            Some(m) => Some(m),
+            None => match c.store.latest(&sandbox_id(snap)?).await {
+                Ok(Some(ckpt)) => c.store.manifest(&ckpt).await.ok(),
+                _ => None,
+            },
+        };
+        if let Some(m) = baseline {
+            c.remember(id, m);
+        }
+        self.checkpoint_paused(row).await.map_err(|e| {
+            Error::Unavailable(format!(
+                "sandbox {id} was restored from snapshot {snap} on this node, but its checkpoint failed \
+                 (losing this node would lose the restore): {e}"
+            ))
+        })
     }
 
     /// A new paused sandbox sharing the source's files copy-on-write. It
@@ -131,6 +296,7 @@ impl Lifecycle {
         let _guard = self.lock(id).await;
         let src = self.row(id).await?;
         Self::source(src.status, id)?;
+        self.source_volume(&src).await?;
         let mut config: SandboxConfig = config_of(&src);
         config.ttl = ttl.or(config.ttl);
         config.hard_ttl = hard_ttl.or(config.hard_ttl);
@@ -176,6 +342,28 @@ impl Lifecycle {
             self.free_slot(slot);
             return Err(e);
         }
+        if let Err(e) = self.checkpoint_fork(id, &row).await {
+            // A fork that could not be made durable is not made: a paused
+            // sandbox always has its checkpoint.
+            let _ = self.store.delete_sandbox(&row.fence()).await;
+            let _ = self.storage.remove_sandbox(&new_id);
+            self.forget_checkpoints(&new_id).await;
+            self.free_slot(slot);
+            return Err(e);
+        }
         Ok(row)
+    }
+
+    /// Checkpoints `fork` of `src` (nothing to do without an object
+    /// store), with the source's last manifest as its baseline: a btrfs
+    /// copy keeps inode numbers and times, so unchanged files are not read.
+    async fn checkpoint_fork(&self, src: &str, fork: &SandboxRow) -> Result<()> {
+        let Some(c) = &self.checkpoints else {
+            return Ok(());
+        };
+        if let Some(m) = c.previous(src) {
+            c.remember(&fork.id, m);
+        }
+        self.checkpoint_paused(fork).await
     }
 }

@@ -221,13 +221,30 @@ async fn place(st: AppState, req: Request, next: Next) -> Response {
     // A body that does not parse is the create route's to reject, here.
     let claim = serde_json::from_slice::<sandstone_api::ClaimRequest>(&bytes).ok();
     let req = Request::from_parts(parts, Body::from(bytes));
-    // From a snapshot: where the snapshot's volume is.
+    // From a snapshot: where the snapshot's volume is (its sandbox's
+    // node). With an object store any node can fetch it, so a dead or
+    // unknown owner is no reason to wait: placement picks a node with the
+    // snapshot's template, as for any create.
+    let mut snapshot_template = None;
     if let Some(snap) = claim.as_ref().and_then(|c| c.snapshot_id.as_deref())
         && let Ok(s) = st.lifecycle.store.get_snapshot(snap).await
     {
-        return to_sandbox_owner(&st, &s.sandbox_id, false, req, next).await;
+        if !st.lifecycle.has_object_store() {
+            return to_sandbox_owner(&st, &s.sandbox_id, false, req, next).await;
+        }
+        match st.cluster.route(&st.lifecycle, &s.sandbox_id).await {
+            Ok(Route::Local) => return next.run(req).await,
+            Ok(Route::Remote { node, url }) => {
+                return st.cluster.forwarder.forward(&node, &url, req).await;
+            }
+            Ok(Route::OwnerDown { .. }) | Err(_) => {}
+        }
+        snapshot_template = Some(s.template);
     }
-    let template = claim.and_then(|c| c.template);
+    let template = claim
+        .and_then(|c| c.template)
+        .filter(|t| !t.is_empty() && t != "default")
+        .or(snapshot_template);
     match st.cluster.place(&st.lifecycle, template.as_deref()) {
         Some(node) => st.cluster.forwarder.forward(&node.id, &node.url, req).await,
         None => next.run(req).await,

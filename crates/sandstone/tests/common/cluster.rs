@@ -77,6 +77,22 @@ impl Moto {
         }
     }
 
+    /// The nodes' objects, through the checkpoint crate's S3 client (moto
+    /// signs nothing itself, but takes only signed writes).
+    pub fn blobs(&self) -> std::sync::Arc<dyn sandstone_checkpoint::Blobs> {
+        let options = sandstone_checkpoint::store::S3Options {
+            endpoint: Some(self.endpoint.clone()),
+            region: Some("us-east-1".into()),
+            credentials: Some(sandstone_checkpoint::store::Credentials {
+                access_key_id: "test".into(),
+                secret_access_key: sandstone_api::Secret::new("test-secret"),
+                session_token: None,
+            }),
+            path_style: None,
+        };
+        sandstone_checkpoint::store::open(&format!("s3://{}/nodes", Self::BUCKET), options).unwrap()
+    }
+
     /// The settings a node needs to checkpoint here.
     pub fn env(&self) -> Vec<(String, String)> {
         [
