@@ -254,8 +254,10 @@ pub trait Store: Send + Sync {
     /// pid stays: if the node returns before anyone takes one over, it
     /// re-adopts what still runs. Returns how many.
     fn mark_lost<'a>(&'a self, node: &'a str, reason: &'a str) -> BoxFuture<'a, Result<u64>>;
-    /// Records a completed checkpoint of the sandbox's volume.
-    fn set_checkpointed<'a>(&'a self, f: &'a Fence, at: i64) -> BoxFuture<'a, Result<()>>;
+    /// Records a completed checkpoint of the sandbox's volume (`None`: its
+    /// files have changed since the last one and an upload failed, so a
+    /// paused sandbox has no checkpoint of them).
+    fn set_checkpointed<'a>(&'a self, f: &'a Fence, at: Option<i64>) -> BoxFuture<'a, Result<()>>;
     /// Gives every sandbox without a node to `node` (rows from before
     /// nodes existed); returns how many.
     fn adopt_unowned<'a>(&'a self, node: &'a str) -> BoxFuture<'a, Result<u64>>;

@@ -478,7 +478,7 @@ impl Store for Backend {
         })
     }
 
-    fn set_checkpointed<'a>(&'a self, f: &'a Fence, at: i64) -> BoxFuture<'a, Result<()>> {
+    fn set_checkpointed<'a>(&'a self, f: &'a Fence, at: Option<i64>) -> BoxFuture<'a, Result<()>> {
         Box::pin(async move {
             let done = sqlx::query(concat!(
                 "UPDATE sandboxes SET checkpointed_at = $1 WHERE id = $2",
@@ -1358,7 +1358,7 @@ mod tests {
         assert!(fenced(
             store.set_pending(&stale, Some(PendingOp::Pause)).await
         ));
-        assert!(fenced(store.set_checkpointed(&stale, 5).await));
+        assert!(fenced(store.set_checkpointed(&stale, Some(5)).await));
         assert!(fenced(
             store
                 .set_config(&stale, &serde_json::json!({"ttl": 1}))
@@ -1376,7 +1376,7 @@ mod tests {
         );
         let taken = fence(&store, "sb-run").await;
         assert_eq!((taken.node.as_deref(), taken.epoch), (Some("node-b"), 2));
-        store.set_checkpointed(&taken, 77).await.unwrap();
+        store.set_checkpointed(&taken, Some(77)).await.unwrap();
         store.set_running(&taken, 9, 5).await.unwrap();
         let now = store.get_sandbox("sb-run").await.unwrap();
         assert_eq!(

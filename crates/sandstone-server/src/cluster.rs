@@ -82,6 +82,58 @@ impl Cluster {
         self.refresh().await?;
         if lc.lease.holds() && lc.lease.is_shared() {
             self.mark_lost().await;
+            self.drain_step(lc).await?;
+        }
+        Ok(())
+    }
+
+    /// Moves paused sandboxes off draining nodes, a few per round: a node
+    /// that is not draining takes over (compare-and-set on node and epoch)
+    /// those with a checkpoint of their files, which it materialises when
+    /// they are next resumed; a draining node removes its copies of what
+    /// moved. Running sandboxes stay until they pause or are deleted.
+    async fn drain_step(&self, lc: &Lifecycle) -> sandstone_db::Result<()> {
+        const PER_ROUND: usize = 8;
+        let now = now_ms();
+        let view = self.view();
+        if view.iter().any(|n| n.id == self.me.id && n.draining) {
+            let mine = self.store.node_sandboxes(&self.me.id).await?;
+            lc.remove_moved(&mine).await;
+            return Ok(());
+        }
+        let Some(me) = view.iter().find(|n| n.id == self.me.id) else {
+            return Ok(());
+        };
+        let mut moved = 0;
+        for n in view
+            .iter()
+            .filter(|n| n.draining && n.id != self.me.id && n.live_at(now))
+        {
+            for row in self.store.node_sandboxes(&n.id).await? {
+                if moved == PER_ROUND {
+                    return Ok(());
+                }
+                let movable = row.status == sandstone_db::SandboxStatus::Paused
+                    && row.pending_op.is_none()
+                    && row.checkpointed_at.is_some()
+                    && (row.template == "default" || me.templates.contains(&row.template))
+                    // The node placement picks for it (ties by id): one
+                    // taker per sandbox, spread by load.
+                    && self.place(lc, Some(&row.template)).is_none();
+                if !movable {
+                    continue;
+                }
+                match lc.take_over(&row.id, &n.id, false).await {
+                    Ok(crate::lifecycle::Takeover::Taken) => {
+                        moved += 1;
+                        tracing::info!(sandbox = %row.id, from = %n.id, "moved a paused sandbox off a draining node");
+                    }
+                    Ok(_) => {}
+                    Err(e) => {
+                        tracing::warn!(sandbox = %row.id, from = %n.id, error = %e, "could not move a paused sandbox off a draining node")
+                    }
+                }
+            }
         }
         Ok(())
     }

@@ -12,7 +12,8 @@ pub enum NodeCmd {
         json: bool,
     },
     /// Stop placing new sandboxes on a node (default: this data
-    /// directory's node). Its sandboxes keep running there.
+    /// directory's node) and, with an object store, move its paused
+    /// sandboxes to other nodes. Its running sandboxes keep running there.
     Drain { id: Option<String> },
     /// Place new sandboxes on a drained node again.
     Undrain { id: Option<String> },

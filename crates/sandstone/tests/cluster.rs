@@ -737,3 +737,52 @@ async fn a_snapshot_with_a_bad_checkpoint_is_refused_and_changes_nothing() {
     let (_, v) = c.nodes[1].get("/api/v1/sandboxes").await;
     assert_eq!(v["data"]["sandboxes"].as_array().unwrap().len(), 1, "{v}");
 }
+
+/// `sandstone node drain` moves a node's paused sandboxes away (each taken
+/// by the node placement picks, materialised there from its checkpoint at
+/// its next resume; the drained node drops its copy) and leaves its running
+/// ones where they run.
+#[tokio::test]
+async fn draining_a_node_moves_its_paused_sandboxes_away() {
+    let Some(c) = Cluster::start_with(2, TTL, true).await else {
+        return;
+    };
+    let paused = c.nodes[0].create(json!({})).await;
+    let r = c.nodes[0]
+        .sh(&paused, "echo moved-with-me > /workspace/f")
+        .await;
+    assert_eq!(r["exit_code"], 0, "{r}");
+    let (s, v) = c.nodes[0]
+        .post(&format!("/api/v1/sandboxes/{paused}/pause"), json!({}))
+        .await;
+    assert_eq!(s, 200, "{v}");
+    // Both nodes run nothing now: placement's tie goes to node 1.
+    let running = c.nodes[0].create(json!({})).await;
+    assert_eq!((c.holder(&paused), c.holder(&running)), (Some(0), Some(0)));
+    let (s, v) = c.nodes[1]
+        .post("/api/v1/nodes/node-1/drain", json!({}))
+        .await;
+    assert_eq!(s, 200, "{v}");
+    eventually(
+        TTL * 4,
+        "node 1 hands its paused sandbox over",
+        async || !c.nodes[0].volumes().contains(&paused),
+    )
+    .await;
+    assert!(
+        c.nodes[0].volumes().contains(&running),
+        "a running sandbox stays"
+    );
+    // Resumed through the drained node: forwarded to its new owner, which
+    // brings its files from the checkpoint.
+    let (s, v) = c.nodes[0]
+        .post(&format!("/api/v1/sandboxes/{paused}/resume"), json!({}))
+        .await;
+    assert_eq!(s, 200, "{v}");
+    assert!(c.nodes[1].volumes().contains(&paused));
+    let r = c.nodes[0].sh(&paused, "cat /workspace/f").await;
+    assert_eq!(r["stdout"], "moved-with-me\n", "{r}");
+    let r = c.nodes[1].sh(&running, "echo still-here").await;
+    assert_eq!(r["stdout"], "still-here\n", "{r}");
+    assert_eq!(c.holder(&running), Some(0));
+}

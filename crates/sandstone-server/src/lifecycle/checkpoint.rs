@@ -142,7 +142,7 @@ impl Lifecycle {
         c.remember(id, done.manifest);
         tracing::info!(sandbox = %id, uploaded = done.stats.bytes_uploaded, read = done.stats.bytes_read, "checkpointed");
         self.store
-            .set_checkpointed(&row.fence(), created_at)
+            .set_checkpointed(&row.fence(), Some(created_at))
             .await?;
         Ok(Taken {
             sandbox_id: id.to_string(),
@@ -331,7 +331,8 @@ impl Lifecycle {
             return Ok(Takeover::No);
         }
         match row.status {
-            SandboxStatus::Paused => {}
+            // Only with a checkpoint of its files as they are (its pause's).
+            SandboxStatus::Paused if row.checkpointed_at.is_some() => {}
             SandboxStatus::Lost if resume => {}
             SandboxStatus::Lost => return Ok(Takeover::Lost),
             _ => return Ok(Takeover::No),

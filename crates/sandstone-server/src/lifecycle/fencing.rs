@@ -45,8 +45,8 @@ impl Lifecycle {
     /// After a lapse, with the lease renewed: keeps (and thaws) each
     /// runtime whose row still says this node runs it, or was marked lost
     /// and taken by nobody since; stops the others, removing the files of
-    /// those another node took. Then it removes what else moved away while
-    /// it was out (the start-up sweep).
+    /// those another node took. Then it removes the volumes of the paused
+    /// ones that moved away while it was out.
     pub async fn reconcile(&self) -> sandstone_db::Result<()> {
         // Not while the watcher freezes: what it froze is thawed here.
         let mut frozen = self.fenced.lock().await;
@@ -86,7 +86,7 @@ impl Lifecycle {
                 }
             }
         }
-        self.sweep_orphans(&rows).await;
+        self.remove_moved(&rows).await;
         *frozen = false;
         self.lease.checked();
         Ok(())
@@ -119,5 +119,34 @@ impl Lifecycle {
             }
             _ => false,
         }
+    }
+
+    /// Removes this node's volumes of sandboxes that now belong to another
+    /// node (taken over, or moved away by a drain), given this node's rows.
+    /// Only those: a volume with no row at all may be a create in flight
+    /// or a warm-pool member (the start-up sweep handles the rest).
+    pub async fn remove_moved(&self, mine: &[sandstone_db::SandboxRow]) -> usize {
+        let mine: std::collections::HashSet<&str> = mine.iter().map(|r| r.id.as_str()).collect();
+        let mut removed = 0;
+        for id in self.storage.volume_ids("sandboxes") {
+            if mine.contains(id.as_str()) || self.runs(&id) {
+                continue;
+            }
+            match self.store.sandbox_node(&id).await {
+                Ok(Some(owner)) if owner != self.node => {}
+                _ => continue,
+            }
+            let _guard = self.lock(&id).await;
+            match tokio::task::block_in_place(|| self.storage.remove_sandbox(&id)) {
+                Ok(()) => {
+                    removed += 1;
+                    tracing::info!(sandbox = %id, "removed this node's copy of a sandbox another node owns now");
+                }
+                Err(e) => {
+                    tracing::warn!(sandbox = %id, error = %e, "copy of a sandbox that moved away left behind")
+                }
+            }
+        }
+        removed
     }
 }

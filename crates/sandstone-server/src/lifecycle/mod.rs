@@ -816,6 +816,11 @@ impl Lifecycle {
         // checkpoint, so its node's death loses nothing. A failed upload
         // leaves it paused on this node's disk, and says so.
         let checkpointed = self.checkpoint_paused(&row).await;
+        if checkpointed.is_err() {
+            // Its files are newer than any checkpoint: it must not move to
+            // another node (drain, takeover) with an older one.
+            self.store.set_checkpointed(&fence, None).await?;
+        }
         self.store
             .set_status(&fence, SandboxStatus::Paused, None)
             .await?;
