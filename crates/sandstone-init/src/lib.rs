@@ -10,6 +10,7 @@
 //! library for [`proto`] alone.
 
 mod files;
+mod lease;
 mod procs;
 pub mod proto;
 mod repl;
@@ -94,6 +95,9 @@ fn sandbox_main(mut start: SandboxStart) -> ! {
         sandstone_sys::process::exit_immediately(1);
     }
     procs::block_sigchld();
+    if let (Some(file), Some(w)) = (start.lease.take(), &start.spec.lease) {
+        lease::watch(file, std::time::Duration::from_millis(w.every_ms));
+    }
     let _ = start.status.write_all(b"ok");
     drop(start.status);
     serve::serve(start.listener);

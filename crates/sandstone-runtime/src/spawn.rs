@@ -43,6 +43,22 @@ pub struct SpawnSpec {
     /// sized below it.
     #[serde(default)]
     pub memory_bytes: Option<u64>,
+    /// The node's lease watch, on a database several nodes share: PID 1
+    /// stops every process of the sandbox once the deadline in this file
+    /// has passed (its daemon stopped renewing: another node may soon run
+    /// the sandbox), and lets them go on when it moves forward again.
+    #[serde(default)]
+    pub lease: Option<LeaseWatch>,
+}
+
+/// See [`SpawnSpec::lease`].
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LeaseWatch {
+    /// A host file holding the deadline: `CLOCK_MONOTONIC` nanoseconds,
+    /// 8 bytes little-endian, rewritten in place by the daemon.
+    pub file: PathBuf,
+    /// How often PID 1 reads it.
+    pub every_ms: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -66,6 +82,9 @@ pub struct SandboxStart {
     /// [`prepare_sandbox`] before PID 1 becomes non-dumpable (after which
     /// it could not open it).
     pub oom_score_adj: Option<std::fs::File>,
+    /// The lease deadline file ([`SpawnSpec::lease`]), opened read-only
+    /// while host paths are still reachable.
+    pub lease: Option<std::fs::File>,
 }
 
 fn pipe() -> Result<(OwnedFd, OwnedFd)> {
@@ -133,6 +152,7 @@ pub fn spawn(spec: &SpawnSpec, sandbox_main: fn(SandboxStart) -> !) -> Result<i3
                 listener,
                 status: std::fs::File::from(st_w),
                 oom_score_adj: None,
+                lease: None,
             });
         }
         Cloned::Parent(pid) => pid,
@@ -179,6 +199,10 @@ pub fn prepare_sandbox(start: &mut SandboxStart) -> Result<()> {
             .open("/proc/self/oom_score_adj")
             .map_err(|e| Error::sys("open oom_score_adj", e))?,
     );
+    if let Some(w) = &start.spec.lease {
+        start.lease =
+            Some(std::fs::File::open(&w.file).map_err(|e| Error::sys("open the lease file", e))?);
+    }
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)

@@ -337,7 +337,9 @@ pub async fn run(mut config: Config) -> anyhow::Result<()> {
     // Only a shared database has other nodes that may take this one's
     // sandboxes: then its hold on them is a lease it must keep renewing.
     let lease = match location {
-        Location::Postgres(_) => lease::Lease::shared(node.lease_ttl),
+        Location::Postgres(_) => {
+            lease::Lease::shared(node.lease_ttl, config.data_dir.join("lease"))?
+        }
         Location::Sqlite(_) => lease::Lease::sole(),
     };
     let runner = lifecycle::Runner {

@@ -245,6 +245,20 @@ pub fn chdir(path: &CStr) -> io::Result<()> {
     Ok(())
 }
 
+/// Time since boot on `CLOCK_MONOTONIC`, the clock `std::time::Instant`
+/// reads on Linux, and the same for every process on the host: what a
+/// daemon and its sandboxes' inits compare deadlines on.
+pub fn monotonic() -> std::time::Duration {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a live timespec clock_gettime writes into; this clock
+    // always exists on Linux, so the call cannot fail.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    std::time::Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
+}
+
 /// CPU time the calling thread has used.
 pub fn thread_cpu_time() -> std::time::Duration {
     let mut ts = libc::timespec {

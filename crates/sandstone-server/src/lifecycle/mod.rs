@@ -447,6 +447,7 @@ impl Lifecycle {
                 net: network.map(|n| n.spec(slot)).transpose()?,
                 env: network.map(|n| n.trust_env()).unwrap_or_default(),
                 memory_bytes: limits.memory_bytes,
+                lease: self.lease.watch(),
             };
             let pid = self.spawn_init(spec).await?;
             if let Some(n) = network {
