@@ -205,6 +205,43 @@ impl Cluster {
         Ok(self.view().as_ref().clone())
     }
 
+    /// With an object store, every TTL: publishes this node's templates the
+    /// store lacks, and fetches those other live nodes announce and this
+    /// one lacks (its next announcement shows them to placement).
+    pub fn spawn_template_sync(self: &Arc<Self>, lc: Arc<Lifecycle>) {
+        if !lc.has_object_store() {
+            return;
+        }
+        let me = self.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(me.me.lease_ttl);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                // A template built after the start is published too (one
+                // listing per template per round when there is nothing new).
+                if let Err(e) = lc.publish_templates().await {
+                    tracing::warn!(error = %e, "could not publish this node's templates");
+                }
+                let now = now_ms();
+                let wanted: std::collections::BTreeSet<String> = me
+                    .view()
+                    .iter()
+                    .filter(|n| n.id != me.me.id && n.live_at(now))
+                    .flat_map(|n| n.templates.iter().cloned())
+                    .collect();
+                for t in wanted
+                    .iter()
+                    .filter_map(|id| sandstone_volumes::BuiltTemplate::from_id(id))
+                {
+                    if let Err(e) = lc.fetch_template(t).await {
+                        tracing::warn!(template = t.id(), error = %e, "could not fetch a template");
+                    }
+                }
+            }
+        });
+    }
+
     /// Renews the lease every third of its TTL until the daemon stops. A
     /// failed renewal is logged and retried at the next tick. On a shared
     /// database, a watcher freezes this node's sandboxes as soon as its

@@ -360,6 +360,7 @@ pub async fn run(mut config: Config) -> anyhow::Result<()> {
     cluster.announce(&lc).await?;
     tracing::info!(node = %cluster.me.id, url = %cluster.me.advertise_url, "node announced");
     cluster.spawn_announcer(lc.clone());
+    cluster.spawn_template_sync(lc.clone());
     lc.spawn_expiry(config.audit_retention);
     if let Some(every) = config.checkpoint_interval {
         lc.spawn_checkpointer(every);

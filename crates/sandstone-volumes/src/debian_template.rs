@@ -20,6 +20,11 @@ pub enum BuiltTemplate {
 impl BuiltTemplate {
     pub const ALL: [BuiltTemplate; 2] = [BuiltTemplate::Default, BuiltTemplate::Debian];
 
+    /// The built template named `id`, if it is one.
+    pub fn from_id(id: &str) -> Option<BuiltTemplate> {
+        Self::ALL.into_iter().find(|t| t.id() == id)
+    }
+
     pub fn id(self) -> &'static str {
         match self {
             BuiltTemplate::Default => "default",

@@ -195,6 +195,51 @@ impl Storage {
         self.root.join("templates").join(t.id()).join("rootfs")
     }
 
+    /// The directory of built template `t` (its `rootfs/` and optional
+    /// `template.json`), links resolved; `None` when it is not built here.
+    pub fn built_dir(&self, t: BuiltTemplate) -> Option<PathBuf> {
+        if !self.has_built(t) {
+            return None;
+        }
+        std::fs::canonicalize(self.root.join("templates").join(t.id())).ok()
+    }
+
+    /// Where a template fetched from elsewhere is assembled before
+    /// [`Storage::install_template`] puts it in place: beside the templates,
+    /// on their file system, emptied of any earlier try.
+    pub fn template_staging(&self, t: BuiltTemplate) -> Result<PathBuf> {
+        let dir = self
+            .root
+            .join("templates")
+            .join(format!(".fetch-{}", t.id()));
+        if dir.exists() {
+            std::fs::remove_dir_all(&dir).map_err(io(format!("remove {}", dir.display())))?;
+        }
+        Ok(dir)
+    }
+
+    /// Puts a fetched template (assembled in `staged`) in place as `t`, in
+    /// one rename, unless a template `t` was built meanwhile: `false` then,
+    /// and `staged` is removed.
+    pub fn install_template(&self, t: BuiltTemplate, staged: &Path) -> Result<bool> {
+        let dest = self.root.join("templates").join(t.id());
+        if self.has_built(t) {
+            std::fs::remove_dir_all(staged).map_err(io(format!("remove {}", staged.display())))?;
+            return Ok(false);
+        }
+        if dest.exists() {
+            // A build that never finished (no rootfs/bin/bash): the fetched
+            // copy replaces it.
+            std::fs::remove_dir_all(&dest).map_err(io(format!("remove {}", dest.display())))?;
+        }
+        std::fs::rename(staged, &dest).map_err(io(format!(
+            "rename {} to {}",
+            staged.display(),
+            dest.display()
+        )))?;
+        Ok(true)
+    }
+
     /// Whether a debootstrapped template has been built.
     pub fn has_built(&self, t: BuiltTemplate) -> bool {
         self.built_rootfs(t).join("bin/bash").exists()

@@ -801,3 +801,49 @@ async fn draining_a_node_moves_its_paused_sandboxes_away() {
     assert_eq!(r["stdout"], "still-here\n", "{r}");
     assert_eq!(c.holder(&running), Some(0));
 }
+
+/// Templates travel through the object store: `debian`, built on node 1
+/// only, is published there, node 2 fetches it and announces it, and a
+/// claim of it placed on node 2 runs Debian. Needs the template
+/// `scripts/test.sh` builds (`SANDSTONE_TEST_DEBIAN`).
+#[tokio::test]
+async fn a_template_built_on_one_node_runs_on_another() {
+    let Ok(debian) = std::env::var("SANDSTONE_TEST_DEBIAN") else {
+        eprintln!("skipped: SANDSTONE_TEST_DEBIAN is not set (scripts/test.sh builds it)");
+        return;
+    };
+    let Some(c) = Cluster::start_with(2, TTL, true).await else {
+        return;
+    };
+    std::os::unix::fs::symlink(&debian, c.nodes[0].data.path().join("templates/debian")).unwrap();
+    let has_debian = async |node: usize| {
+        let (_, v) = c.nodes[0].get("/api/v1/nodes").await;
+        v["data"]["nodes"][node]["templates"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|t| t == "debian")
+    };
+    eventually(
+        Duration::from_secs(120),
+        "node 2 fetches the debian template",
+        async || has_debian(1).await,
+    )
+    .await;
+    let fetched = c.nodes[1].data.path().join("templates/debian");
+    assert!(fetched.join("rootfs/bin/bash").exists());
+    assert!(!fetched.is_symlink(), "a copy of its own");
+    let (s, v) = c.nodes[1]
+        .post("/api/v1/nodes/node-1/drain", json!({}))
+        .await;
+    assert_eq!(s, 200, "{v}");
+    tokio::time::sleep(TTL).await;
+    let (s, v) = c.nodes[0]
+        .post("/api/v1/sandboxes", json!({"template": "debian"}))
+        .await;
+    assert_eq!(s, 201, "{v}");
+    let id = v["data"]["sandbox_id"].as_str().unwrap().to_string();
+    assert_eq!(c.holder(&id), Some(1), "placed on node 2");
+    let r = c.nodes[0].sh(&id, "cat /etc/debian_version").await;
+    assert!(r["stdout"].as_str().unwrap().starts_with("12."), "{r}");
+}

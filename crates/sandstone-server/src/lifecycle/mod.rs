@@ -17,6 +17,7 @@ mod fencing;
 pub(crate) mod network;
 mod recovery;
 mod snapshots;
+mod templates;
 mod warm;
 
 use crate::initclient;
