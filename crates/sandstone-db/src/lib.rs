@@ -98,6 +98,24 @@ pub enum Error {
 
 pub type Result<T> = std::result::Result<T, Error>;
 
+impl Error {
+    /// Whether the database could not be reached (down, restarting, cut
+    /// off, out of connections): the operation may succeed later, and
+    /// nothing was written.
+    pub fn is_unavailable(&self) -> bool {
+        matches!(
+            self,
+            Error::Db(
+                sqlx::Error::Io(_)
+                    | sqlx::Error::Tls(_)
+                    | sqlx::Error::PoolTimedOut
+                    | sqlx::Error::PoolClosed
+                    | sqlx::Error::WorkerCrashed
+            )
+        )
+    }
+}
+
 /// The durable identity of a sandbox.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct SandboxRow {

@@ -101,6 +101,8 @@ impl From<sandstone_db::Error> for ApiError {
             e @ sandstone_db::Error::Fenced { .. } => {
                 Self::new(StatusCode::CONFLICT, "fenced", e.to_string())
             }
+            // "database: <why>": the store is down or cut off, not broken.
+            e if e.is_unavailable() => Self::unavailable(e.to_string()),
             other => Self::internal(other.to_string()),
         }
     }
@@ -176,6 +178,7 @@ mod tests {
                 "unavailable",
             ),
             (E::Db(sandstone_db::Error::NotFound), 404, "not_found"),
+            (E::Db(sqlx::Error::PoolTimedOut.into()), 503, "unavailable"),
             (
                 E::Db(sandstone_db::Error::Fenced {
                     sandbox: "sb-1".into(),
