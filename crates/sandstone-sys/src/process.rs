@@ -249,25 +249,23 @@ pub fn chdir(path: &CStr) -> io::Result<()> {
 /// reads on Linux, and the same for every process on the host: what a
 /// daemon and its sandboxes' inits compare deadlines on.
 pub fn monotonic() -> std::time::Duration {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: `ts` is a live timespec clock_gettime writes into; this clock
-    // always exists on Linux, so the call cannot fail.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    std::time::Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
+    clock(libc::CLOCK_MONOTONIC)
 }
 
 /// CPU time the calling thread has used.
 pub fn thread_cpu_time() -> std::time::Duration {
+    clock(libc::CLOCK_THREAD_CPUTIME_ID)
+}
+
+/// Reads clock `id`, one that always exists on Linux.
+fn clock(id: libc::clockid_t) -> std::time::Duration {
     let mut ts = libc::timespec {
         tv_sec: 0,
         tv_nsec: 0,
     };
-    // SAFETY: `ts` is a live timespec clock_gettime writes into; this clock
-    // always exists on Linux, so the call cannot fail.
-    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    // SAFETY: `ts` is a live timespec clock_gettime writes into; both
+    // callers pass a clock that always exists on Linux, so it cannot fail.
+    unsafe { libc::clock_gettime(id, &mut ts) };
     std::time::Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
 }
 

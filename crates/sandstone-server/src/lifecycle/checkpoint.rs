@@ -205,14 +205,7 @@ impl Lifecycle {
             tick.tick().await;
             loop {
                 tick.tick().await;
-                let ids: Vec<String> = lc
-                    .runtimes
-                    .read()
-                    .expect("lock poisoned: a holder panicked")
-                    .keys()
-                    .cloned()
-                    .collect();
-                for id in ids {
+                for id in lc.running_ids() {
                     if !lc.lease.holds() {
                         break;
                     }

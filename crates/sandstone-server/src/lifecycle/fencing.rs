@@ -53,14 +53,7 @@ impl Lifecycle {
         let rows = self.store.node_sandboxes(&self.node).await?;
         let mine: HashMap<&str, &sandstone_db::SandboxRow> =
             rows.iter().map(|r| (r.id.as_str(), r)).collect();
-        let running: Vec<String> = self
-            .runtimes
-            .read()
-            .expect("lock poisoned: a holder panicked")
-            .keys()
-            .cloned()
-            .collect();
-        for id in running {
+        for id in self.running_ids() {
             let _guard = self.lock(&id).await;
             let row = mine.get(id.as_str());
             if let Some(r) = row

@@ -187,6 +187,16 @@ impl Lifecycle {
             .cloned()
     }
 
+    /// The sandboxes this node runs now.
+    fn running_ids(&self) -> Vec<String> {
+        self.runtimes
+            .read()
+            .expect("lock poisoned: a holder panicked")
+            .keys()
+            .cloned()
+            .collect()
+    }
+
     /// Whether this node runs sandbox `id` now (no copy of its runtime).
     pub fn runs(&self, id: &str) -> bool {
         self.runtimes
