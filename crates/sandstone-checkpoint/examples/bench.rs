@@ -10,7 +10,9 @@
 //! The tree is `MiB` (default 1024) of incompressible data in 4 MiB files.
 //! Then 10 MiB of it is rewritten (two whole files and half of a third)
 //! and checkpointed again; restored on a node with a cold cache, and again
-//! with a warm one. The baselines: one PUT of 10 MiB, and a download of as
+//! with a warm one; and restored over the copy of the first checkpoint
+//! another node kept (as a node keeps a sandbox's volume when the sandbox
+//! moves away), with that node's cache warm and with no cache. The baselines: one PUT of 10 MiB, and a download of as
 //! many bytes as the tree holds in 16 MiB objects, as many at once as a
 //! restore uses (and again writing each to a file, which any restore must
 //! do too). A last restore runs with no chunk cache, to show its cost.
@@ -172,6 +174,21 @@ async fn main() {
         mib(same.stats.bytes_uploaded)
     );
 
+    // Nodes b and c had the sandbox at its first checkpoint and kept a
+    // copy each (made through c, which caches nothing: b's cache stays
+    // cold for the cold restore below).
+    let b = node(&blobs, &key, &work.path().join("node-b")).await;
+    let mut uncached = Options::new(work.path().join("node-c"));
+    uncached.cache_bytes = 0;
+    let c = Checkpoints::open(blobs.clone(), &key, uncached)
+        .await
+        .unwrap();
+    let first_id = CheckpointId::new(sandbox.clone(), 1, 1);
+    let b_copy = work.path().join("b-copy");
+    let b_had = c.restore(&first_id, &b_copy).await.unwrap().baseline;
+    let c_copy = work.path().join("c-copy");
+    let c_had = c.restore(&first_id, &c_copy).await.unwrap().baseline;
+
     // Three rounds of: 10 MiB rewritten (two files whole, the first half
     // of a third), a checkpoint, and a plain PUT of 10 MiB beside it.
     let mut previous = same.manifest;
@@ -204,7 +221,6 @@ async fn main() {
         previous = next.manifest;
     }
 
-    let b = node(&blobs, &key, &work.path().join("node-b")).await;
     let t = Instant::now();
     let cold = b.restore(&id, &work.path().join("cold")).await.unwrap();
     println!(
@@ -221,11 +237,22 @@ async fn main() {
         warm.stats.chunks_fetched,
         mib(warm.stats.bytes_written)
     );
-    let mut uncached = Options::new(work.path().join("node-c"));
-    uncached.cache_bytes = 0;
-    let c = Checkpoints::open(blobs.clone(), &key, uncached)
-        .await
-        .unwrap();
+    let t = Instant::now();
+    let over = b.restore_over(&id, &b_copy, Some(&b_had)).await.unwrap();
+    println!(
+        "warm restore over an old copy (30 MiB changed since): {:.0} ms, {} chunks fetched, \
+         {:.1} MiB written",
+        ms(t),
+        over.stats.chunks_fetched,
+        mib(over.stats.bytes_written)
+    );
+    let t = Instant::now();
+    let over = c.restore_over(&id, &c_copy, Some(&c_had)).await.unwrap();
+    println!(
+        "restore over an old copy, no chunk cache: {:.0} ms, {:.1} MiB fetched",
+        ms(t),
+        mib(over.stats.bytes_fetched)
+    );
     let t = Instant::now();
     c.restore(&id, &work.path().join("uncached")).await.unwrap();
     println!("cold restore, no chunk cache: {:.0} ms", ms(t));

@@ -163,6 +163,22 @@ impl Checkpoints {
         Ok(Checkpointed { manifest, stats })
     }
 
+    /// The entries of the tree at `tree` as they are, storing nothing:
+    /// what a checkpoint would record, for a restore to compare with the
+    /// checkpoint it brings the tree to. With `hint` (a manifest of this
+    /// tree from this node), files whose inode, size, ctime and mtime
+    /// match are not read.
+    pub(crate) async fn describe(
+        &self,
+        tree: &Path,
+        hint: Option<&Manifest>,
+    ) -> Result<(Vec<Entry>, Vec<HardLink>)> {
+        let walker = Walker::describing(self.inner.clone(), hint);
+        let root = tree.to_path_buf();
+        let (entries, hard_links, _) = blocking(move || walker.run(&root)).await?;
+        Ok((entries, hard_links))
+    }
+
     /// Refuses `id` when the store holds a checkpoint of a newer epoch
     /// (this node lost the sandbox) or `id` itself.
     async fn check_fence(&self, id: &CheckpointId) -> Result<()> {
@@ -320,7 +336,8 @@ impl Checkpoints {
 /// The blocking half of a checkpoint.
 struct Walker {
     inner: Arc<Inner>,
-    tx: mpsc::Sender<NewChunk>,
+    /// Where new chunks go; `None` when only describing the tree.
+    tx: Option<mpsc::Sender<NewChunk>>,
     /// The previous manifest's regular files by path: mtime and content.
     previous: HashMap<Vec<u8>, (Timestamp, FileContent)>,
     /// Chunks already handed to the uploader in this checkpoint.
@@ -342,6 +359,13 @@ fn join(parent: &[u8], name: &[u8]) -> Vec<u8> {
 
 impl Walker {
     fn new(inner: Arc<Inner>, tx: mpsc::Sender<NewChunk>, previous: Option<&Manifest>) -> Walker {
+        Walker {
+            tx: Some(tx),
+            ..Walker::describing(inner, previous)
+        }
+    }
+
+    fn describing(inner: Arc<Inner>, previous: Option<&Manifest>) -> Walker {
         let mut files = HashMap::new();
         for e in previous.iter().flat_map(|m| &m.entries) {
             if let Kind::File(f) = &e.kind {
@@ -350,7 +374,7 @@ impl Walker {
         }
         Walker {
             inner,
-            tx,
+            tx: None,
             previous: files,
             sent: HashSet::new(),
             first_paths: HashMap::new(),
@@ -439,8 +463,8 @@ impl Walker {
     }
 
     /// A regular file's content: the previous chunk list if the file is
-    /// unchanged and this node knows where each of those chunks is stored,
-    /// else its data extents chunked.
+    /// unchanged and (when storing) this node knows where each of those
+    /// chunks is stored, else its data extents chunked.
     fn file(&mut self, path: &OsBytes, abs: &Path, meta: &Metadata) -> Result<FileContent> {
         let ctime = Timestamp::from_stat(meta.ctime(), meta.ctime_nsec());
         let mtime = Timestamp::from_stat(meta.mtime(), meta.mtime_nsec());
@@ -449,11 +473,12 @@ impl Walker {
             && prev.size == meta.size()
             && prev.ctime == ctime
             && *prev_mtime == mtime
-            && prev
-                .extents
-                .iter()
-                .flat_map(|x| &x.chunks)
-                .all(|c| self.inner.index.contains(&c.id))
+            && (self.tx.is_none()
+                || prev
+                    .extents
+                    .iter()
+                    .flat_map(|x| &x.chunks)
+                    .all(|c| self.inner.index.contains(&c.id)))
         {
             self.stats.files_unchanged += 1;
             self.stats.chunks_reused += prev
@@ -519,12 +544,14 @@ impl Walker {
     /// Hands a chunk to the packer unless it is known to be stored or
     /// was handed over already.
     fn offer(&mut self, id: ChunkId, data: Vec<u8>) -> Result<()> {
+        let Some(tx) = &self.tx else {
+            return Ok(());
+        };
         if self.inner.index.contains(&id) || !self.sent.insert(id) {
             self.stats.chunks_reused += 1;
             return Ok(());
         }
-        self.tx
-            .blocking_send(NewChunk { id, data })
+        tx.blocking_send(NewChunk { id, data })
             .map_err(|_| io("chunk upload")(std::io::Error::other("stopped")))
     }
 }

@@ -81,6 +81,36 @@ pub(crate) fn set_xattr(path: &Path, xattr: &Xattr) -> io::Result<()> {
     Ok(())
 }
 
+pub(crate) fn remove_xattr(path: &Path, name: &OsBytes) -> io::Result<()> {
+    rustix::fs::lremovexattr(path, std::ffi::OsStr::from_bytes(&name.0))?;
+    Ok(())
+}
+
+/// Makes `len` bytes at `offset` of `file` a hole (its size unchanged);
+/// where the file system cannot punch holes, writes zeros there instead:
+/// the same contents, only not sparse.
+pub(crate) fn punch_hole(file: &std::fs::File, offset: u64, len: u64) -> io::Result<()> {
+    use rustix::fs::FallocateFlags;
+    match rustix::fs::fallocate(
+        file,
+        FallocateFlags::PUNCH_HOLE | FallocateFlags::KEEP_SIZE,
+        offset,
+        len,
+    ) {
+        Err(rustix::io::Errno::OPNOTSUPP) => {
+            let zeros = vec![0u8; len.min(1 << 20) as usize];
+            let mut at = offset;
+            while at < offset + len {
+                let n = (offset + len - at).min(zeros.len() as u64) as usize;
+                std::os::unix::fs::FileExt::write_all_at(file, &zeros[..n], at)?;
+                at += n as u64;
+            }
+            Ok(())
+        }
+        r => Ok(r?),
+    }
+}
+
 /// The kinds of inode `mknod` makes here.
 #[derive(Clone, Copy, Debug)]
 pub(crate) enum Node {

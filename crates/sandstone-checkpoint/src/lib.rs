@@ -150,6 +150,7 @@ pub mod object;
 mod pack;
 mod restore;
 pub mod store;
+mod update;
 
 pub use checkpoint::{CheckpointStats, Checkpointed};
 pub use key::{KeyError, MasterKey};

@@ -10,7 +10,9 @@
 //! removed.
 
 use crate::fsmeta::{self, Node};
-use crate::manifest::{CheckpointId, ChunkId, Kind, Manifest, OsBytes, Timestamp};
+use crate::manifest::{
+    CheckpointId, ChunkId, ChunkRef, Entry, FileContent, Kind, Manifest, OsBytes, Timestamp,
+};
 use crate::pack::{Location, PackId};
 use crate::{Checkpoints, Error, Result, StoreError, blocking, io, object};
 use futures_util::{StreamExt, TryStreamExt};
@@ -55,6 +57,54 @@ pub struct Restored {
     /// that unchanged files are not read.
     pub baseline: Manifest,
     pub stats: RestoreStats,
+}
+
+/// The files a restore writes into, and the distinct chunks that go in
+/// them.
+#[derive(Default)]
+pub(crate) struct Plan {
+    files: Vec<PathBuf>,
+    wanted: Vec<Wanted>,
+    seen: HashMap<ChunkId, usize>,
+}
+
+impl Plan {
+    /// Adds the file at `path` and the chunks to write into it, each at
+    /// its offset.
+    pub(crate) fn file(
+        &mut self,
+        path: PathBuf,
+        chunks: impl IntoIterator<Item = (u64, ChunkRef)>,
+    ) {
+        let index = self.files.len();
+        for (offset, chunk) in chunks {
+            let at = *self.seen.entry(chunk.id).or_insert_with(|| {
+                self.wanted.push(Wanted {
+                    id: chunk.id,
+                    len: chunk.len,
+                    targets: Vec::new(),
+                });
+                self.wanted.len() - 1
+            });
+            self.wanted[at].targets.push((index, offset));
+        }
+        self.files.push(path);
+    }
+
+    pub(crate) fn files(&self) -> u64 {
+        self.files.len() as u64
+    }
+}
+
+/// Each chunk of a file with its offset.
+pub(crate) fn chunks_at(f: &FileContent) -> impl Iterator<Item = (u64, ChunkRef)> + '_ {
+    f.extents.iter().flat_map(|x| {
+        x.chunks.iter().scan(x.offset, |offset, c| {
+            let at = *offset;
+            *offset += u64::from(c.len);
+            Some((at, *c))
+        })
+    })
 }
 
 /// A distinct chunk of the manifest and every place it goes: (index into
@@ -192,20 +242,47 @@ impl Checkpoints {
         tmp: &Path,
         dest: &Path,
     ) -> Result<Restored> {
-        let (files, wanted) = blocking({
+        let plan = blocking({
             let (manifest, tmp) = (manifest.clone(), tmp.to_path_buf());
             move || skeleton(&manifest, &tmp)
         })
         .await?;
         let mut stats = RestoreStats {
             entries: manifest.entries.len() as u64,
-            files: files.len() as u64,
+            files: plan.files(),
             ..RestoreStats::default()
         };
+        self.fill(id, &located, plan, &mut stats).await?;
+        let baseline = blocking({
+            let (manifest, tmp, dest) = (manifest.clone(), tmp.to_path_buf(), dest.to_path_buf());
+            move || {
+                for e in manifest.entries.iter().rev() {
+                    set_metadata(&tmp, e, &[])?;
+                }
+                let baseline = baseline(&manifest, &tmp)?;
+                std::fs::rename(&tmp, &dest).map_err(io(format!("rename {tmp:?} to {dest:?}")))?;
+                Ok(baseline)
+            }
+        })
+        .await?;
+        log_restored(id, &stats);
+        Ok(Restored { baseline, stats })
+    }
+
+    /// Writes every chunk of `plan` into its files: those in this node's
+    /// cache first (a cached chunk that fails to open is fetched), then
+    /// the rest from the store.
+    pub(crate) async fn fill(
+        &self,
+        id: &CheckpointId,
+        located: &HashMap<ChunkId, Location>,
+        plan: Plan,
+        stats: &mut RestoreStats,
+    ) -> Result<()> {
+        let Plan { files, wanted, .. } = plan;
         let files = Arc::new(files);
         let concurrency = self.inner.concurrency;
 
-        // From the cache; a cached chunk that fails to open is fetched.
         let (cached, mut missing): (Vec<Wanted>, Vec<Wanted>) = wanted
             .into_iter()
             .partition(|w| self.inner.cache.contains(&w.id));
@@ -252,7 +329,6 @@ impl Checkpoints {
             missing.extend(refetch);
         }
 
-        // From the store.
         let mut to_fetch = Vec::with_capacity(missing.len());
         for w in missing {
             let at = *located.get(&w.id).ok_or_else(|| Error::InvalidManifest {
@@ -274,25 +350,7 @@ impl Checkpoints {
         stats.bytes_written += fetched.written;
         stats.chunks_fetched += fetched.refs;
         stats.bytes_fetched += fetched.fetched;
-
-        let baseline = blocking({
-            let (manifest, tmp, dest) = (manifest.clone(), tmp.to_path_buf(), dest.to_path_buf());
-            move || {
-                let baseline = finish(&manifest, &tmp)?;
-                std::fs::rename(&tmp, &dest).map_err(io(format!("rename {tmp:?} to {dest:?}")))?;
-                Ok(baseline)
-            }
-        })
-        .await?;
-        tracing::info!(
-            checkpoint = %id,
-            files = stats.files,
-            written = stats.bytes_written,
-            fetched = stats.bytes_fetched,
-            cached = stats.chunks_cached,
-            "checkpoint restored"
-        );
-        Ok(Restored { baseline, stats })
+        Ok(())
     }
 
     /// Reads a span of a pack, then opens and verifies each chunk in it,
@@ -353,7 +411,7 @@ impl Checkpoints {
 }
 
 /// A manifest path as a path under `root`.
-fn under(root: &Path, path: &OsBytes) -> PathBuf {
+pub(crate) fn under(root: &Path, path: &OsBytes) -> PathBuf {
     if path.0.is_empty() {
         root.to_path_buf()
     } else {
@@ -367,7 +425,7 @@ fn under(root: &Path, path: &OsBytes) -> PathBuf {
 /// their file. (A manifest is authenticated, so this guards against bugs
 /// more than attackers; a symlink followed while restoring would write
 /// outside the tree.)
-fn validate(m: &Manifest) -> std::result::Result<(), String> {
+pub(crate) fn validate(m: &Manifest) -> std::result::Result<(), String> {
     let mut dirs: HashSet<&[u8]> = HashSet::new();
     let mut others: HashSet<&[u8]> = HashSet::new();
     let placed = |path: &OsBytes, dirs: &HashSet<&[u8]>, others: &HashSet<&[u8]>| {
@@ -455,76 +513,67 @@ fn temporary_beside(dest: &Path) -> Result<PathBuf> {
 }
 
 /// Creates every entry (files at their full size, all holes) under
-/// `root`, which exists; the files' paths and the distinct chunks to
-/// write, each with where it goes.
-fn skeleton(m: &Manifest, root: &Path) -> Result<(Vec<PathBuf>, Vec<Wanted>)> {
-    let mut files = Vec::new();
-    let mut wanted: Vec<Wanted> = Vec::new();
-    let mut seen: HashMap<ChunkId, usize> = HashMap::new();
+/// `root`, which exists; the files to fill.
+fn skeleton(m: &Manifest, root: &Path) -> Result<Plan> {
+    let mut plan = Plan::default();
     for e in &m.entries[1..] {
         let path = under(root, &e.path);
-        let made = match &e.kind {
-            Kind::Dir => std::fs::DirBuilder::new().mode(0o700).create(&path),
-            Kind::File(f) => std::fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(0o600)
-                .open(&path)
-                .and_then(|file| file.set_len(f.size))
-                .map(|()| {
-                    for x in &f.extents {
-                        let mut offset = x.offset;
-                        for chunk in &x.chunks {
-                            let at = *seen.entry(chunk.id).or_insert_with(|| {
-                                wanted.push(Wanted {
-                                    id: chunk.id,
-                                    len: chunk.len,
-                                    targets: Vec::new(),
-                                });
-                                wanted.len() - 1
-                            });
-                            wanted[at].targets.push((files.len(), offset));
-                            offset += u64::from(chunk.len);
-                        }
-                    }
-                    files.push(path.clone());
-                }),
-            Kind::Symlink { target } => {
-                std::os::unix::fs::symlink(OsStr::from_bytes(&target.0), &path)
-            }
-            Kind::CharDevice { rdev } => fsmeta::mknod(&path, Node::Char, 0o600, *rdev),
-            Kind::BlockDevice { rdev } => fsmeta::mknod(&path, Node::Block, 0o600, *rdev),
-            Kind::Fifo => fsmeta::mknod(&path, Node::Fifo, 0o600, 0),
-            Kind::Socket => fsmeta::mknod(&path, Node::Socket, 0o600, 0),
-        };
-        made.map_err(io(format!("create {path:?}")))?;
+        create(e, &path).map_err(io(format!("create {path:?}")))?;
+        if let Kind::File(f) = &e.kind {
+            plan.file(path, chunks_at(f));
+        }
     }
     for link in &m.hard_links {
         let (path, target) = (under(root, &link.path), under(root, &link.target));
         std::fs::hard_link(&target, &path).map_err(io(format!("link {path:?} to {target:?}")))?;
     }
-    Ok((files, wanted))
+    Ok(plan)
 }
 
-/// Sets owners, modes, xattrs and times, children before their directory
-/// (so a directory's times are set after its last change), then reads
-/// back each file's new inode number and ctime for the baseline.
-fn finish(m: &Manifest, root: &Path) -> Result<Manifest> {
-    for e in m.entries.iter().rev() {
-        let path = under(root, &e.path);
-        let what = |op: &str| format!("{op} {path:?}");
-        // Owner first: chown clears setuid/setgid and file capabilities.
-        std::os::unix::fs::lchown(&path, Some(e.uid), Some(e.gid)).map_err(io(what("chown")))?;
-        if !matches!(e.kind, Kind::Symlink { .. }) {
-            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(e.mode))
-                .map_err(io(what("chmod")))?;
-        }
-        for x in &e.xattrs {
-            fsmeta::set_xattr(&path, x)
-                .map_err(io(format!("set xattr {:?} on {path:?}", x.name)))?;
-        }
-        fsmeta::set_times(&path, e.atime, e.mtime).map_err(io(what("set times of")))?;
+/// Makes entry `e` at `path`, owner-only until [`set_metadata`]: a file
+/// at its full size, all hole.
+pub(crate) fn create(e: &Entry, path: &Path) -> std::io::Result<()> {
+    match &e.kind {
+        Kind::Dir => std::fs::DirBuilder::new().mode(0o700).create(path),
+        Kind::File(f) => std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(path)
+            .and_then(|file| file.set_len(f.size)),
+        Kind::Symlink { target } => std::os::unix::fs::symlink(OsStr::from_bytes(&target.0), path),
+        Kind::CharDevice { rdev } => fsmeta::mknod(path, Node::Char, 0o600, *rdev),
+        Kind::BlockDevice { rdev } => fsmeta::mknod(path, Node::Block, 0o600, *rdev),
+        Kind::Fifo => fsmeta::mknod(path, Node::Fifo, 0o600, 0),
+        Kind::Socket => fsmeta::mknod(path, Node::Socket, 0o600, 0),
     }
+}
+
+/// Sets entry `e`'s owner, mode, xattrs (removing those named in
+/// `stale`) and times. Called children before their directory, so that a
+/// directory's times are set after its last change.
+pub(crate) fn set_metadata(root: &Path, e: &Entry, stale: &[&OsBytes]) -> Result<()> {
+    let path = under(root, &e.path);
+    let what = |op: &str| format!("{op} {path:?}");
+    // Owner first: chown clears setuid/setgid and file capabilities.
+    std::os::unix::fs::lchown(&path, Some(e.uid), Some(e.gid)).map_err(io(what("chown")))?;
+    if !matches!(e.kind, Kind::Symlink { .. }) {
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(e.mode))
+            .map_err(io(what("chmod")))?;
+    }
+    for name in stale {
+        fsmeta::remove_xattr(&path, name)
+            .map_err(io(format!("remove xattr {name:?} from {path:?}")))?;
+    }
+    for x in &e.xattrs {
+        fsmeta::set_xattr(&path, x).map_err(io(format!("set xattr {:?} on {path:?}", x.name)))?;
+    }
+    fsmeta::set_times(&path, e.atime, e.mtime).map_err(io(what("set times of")))
+}
+
+/// `m` with each file's inode number and ctime as restored under `root`:
+/// what lets the next checkpoint on this node skip unchanged files.
+pub(crate) fn baseline(m: &Manifest, root: &Path) -> Result<Manifest> {
     let mut baseline = m.clone();
     for e in &mut baseline.entries {
         if let Kind::File(f) = &mut e.kind {
@@ -535,4 +584,15 @@ fn finish(m: &Manifest, root: &Path) -> Result<Manifest> {
         }
     }
     Ok(baseline)
+}
+
+pub(crate) fn log_restored(id: &CheckpointId, stats: &RestoreStats) {
+    tracing::info!(
+        checkpoint = %id,
+        files = stats.files,
+        written = stats.bytes_written,
+        fetched = stats.bytes_fetched,
+        cached = stats.chunks_cached,
+        "checkpoint restored"
+    );
 }

@@ -11,7 +11,7 @@ use futures_util::future::BoxFuture;
 use sandstone_checkpoint::StoreError;
 use sandstone_checkpoint::store::{Blobs, FileBlobs, StoreResult};
 use sandstone_checkpoint::{CheckpointId, Error, MasterKey, SandboxId};
-use std::os::unix::fs::MetadataExt;
+use std::os::unix::fs::{FileExt, MetadataExt, PermissionsExt};
 use std::path::Path;
 use std::sync::Arc;
 
@@ -127,6 +127,115 @@ async fn round_trip_keeps_every_entry_and_its_metadata() {
         .unwrap();
     assert_eq!(next.stats.files_unchanged, next.stats.files);
     assert_eq!((next.stats.bytes_read, next.stats.chunks_uploaded), (0, 0));
+}
+
+/// Every kind of change between two checkpoints, made to `root`.
+fn change_everything(root: &Path) {
+    let p = |rel: &str| root.join(rel);
+    // 1 MiB rewritten in the middle of the big file, which also grows.
+    let big = std::fs::OpenOptions::new()
+        .write(true)
+        .open(p("a/big"))
+        .unwrap();
+    big.write_all_at(&noise(9, 1 << 20), 2 << 20).unwrap();
+    big.write_all_at(b"tail", 5 << 20).unwrap();
+    drop(big);
+    // The sparse file loses one island and gains another.
+    let sparse = std::fs::OpenOptions::new()
+        .write(true)
+        .open(p("sparse"))
+        .unwrap();
+    rustix::fs::fallocate(
+        &sparse,
+        rustix::fs::FallocateFlags::PUNCH_HOLE | rustix::fs::FallocateFlags::KEEP_SIZE,
+        10 * MIB,
+        4096,
+    )
+    .unwrap();
+    sparse.write_all_at(&noise(4, 4096), 30 * MIB).unwrap();
+    drop(sparse);
+    // A hard-linked file changes through one name and loses another.
+    std::fs::write(p("hard-link"), b"new contents of three names\n").unwrap();
+    std::fs::remove_file(p("a/deep/another")).unwrap();
+    // Removed, added, replaced by another kind, retargeted.
+    std::fs::remove_file(p("empty-setuid")).unwrap();
+    std::fs::write(p("a/new"), noise(5, 300_000)).unwrap();
+    std::fs::remove_dir_all(p("opaque")).unwrap();
+    std::fs::write(p("opaque"), b"a file where a directory was\n").unwrap();
+    std::fs::remove_file(p("link")).unwrap();
+    std::os::unix::fs::symlink("a/new", p("link")).unwrap();
+    std::fs::create_dir(p("a/deep/more")).unwrap();
+    std::fs::hard_link(p("a/new"), p("a/deep/more/same-as-new")).unwrap();
+    // Metadata only.
+    std::fs::set_permissions(p("a/deep/small"), std::fs::Permissions::from_mode(0o600)).unwrap();
+    std::os::unix::fs::lchown(p("fifo"), Some(100_007), Some(100_007)).unwrap();
+    rustix::fs::lremovexattr(p("a/big"), "trusted.overlay.origin").unwrap();
+    rustix::fs::lsetxattr(
+        p("a/big"),
+        "user.changed",
+        b"1",
+        rustix::fs::XattrFlags::empty(),
+    )
+    .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restore_over_an_old_copy_changes_only_what_differs() {
+    let w = World::new();
+    let tree = w.path("tree");
+    build_tree(&tree, 8);
+    let a = w.node("node-a").await;
+    let first = a.checkpoint(&tree, &id(1, 1), None).await.unwrap();
+    change_everything(&tree);
+    let second = a
+        .checkpoint(&tree, &id(1, 2), Some(&first.manifest))
+        .await
+        .unwrap();
+
+    // Node b had the sandbox at the first checkpoint, and its copy changed
+    // after that checkpoint (as a running sandbox's does before it is lost).
+    let b = w.node("node-b").await;
+    let old = w.path("old");
+    let was = b.restore(&id(1, 1), &old).await.unwrap();
+    std::fs::write(old.join("stray"), b"written after the checkpoint").unwrap();
+    std::fs::write(old.join("a/text.txt"), b"changed after the checkpoint").unwrap();
+    std::fs::create_dir(old.join("a/deep/more")).unwrap(); // the checkpoint makes it too
+
+    let over = b
+        .restore_over(&id(1, 2), &old, Some(&was.baseline))
+        .await
+        .unwrap();
+    assert_same_tree(&tree, &old);
+    // Only the changed files were written: far less than the tree.
+    let s = &over.stats;
+    assert!(s.bytes_written < 3 * MIB, "{s:?}");
+    assert!(s.files <= 5, "{s:?}"); // big, sparse, text (3 names), a/new, opaque
+    // Its baseline lets the next checkpoint read nothing.
+    let next = b
+        .checkpoint(&old, &id(1, 3), Some(&over.baseline))
+        .await
+        .unwrap();
+    assert_eq!(next.stats.bytes_read, 0, "{:?}", next.stats);
+    assert_eq!(next.stats.chunks_uploaded, 0, "{:?}", next.stats);
+
+    // Without a hint every file is read, and the result is the same; and
+    // back to the first checkpoint over the second.
+    let c = w.node("node-c").await;
+    let other = w.path("other");
+    c.restore(&id(1, 1), &other).await.unwrap();
+    c.restore_over(&id(1, 2), &other, None).await.unwrap();
+    assert_same_tree(&tree, &other);
+    c.restore_over(&id(1, 1), &other, None).await.unwrap();
+    let fresh = w.path("fresh");
+    c.restore(&id(1, 1), &fresh).await.unwrap();
+    assert_same_tree(&fresh, &other);
+    let sparse = std::fs::metadata(other.join("sparse")).unwrap();
+    assert!(
+        sparse.blocks() * 512 <= 64 * 1024,
+        "{} blocks",
+        sparse.blocks()
+    );
+    drop(second);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -83,6 +83,7 @@ impl Cluster {
         if lc.lease.holds() && lc.lease.is_shared() {
             self.mark_lost().await;
             self.drain_step(lc).await?;
+            lc.prune_retained().await;
         }
         Ok(())
     }

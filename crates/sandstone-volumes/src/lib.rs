@@ -9,6 +9,8 @@
 //! <pool>/sandboxes/<id>/work         overlay work dir
 //! <pool>/sandboxes/<id>/workspace    /workspace (durable)
 //! <pool>/snapshots/<snapshot id>/    read-only copy of a sandbox's volume
+//! <pool>/sandboxes/<id>.retained/   a volume kept after its sandbox moved
+//!                                    to another node (see `retain_sandbox`)
 //! <data>/run/<id>/                   runtime only: mount points, socket, log
 //! ```
 //!
@@ -169,6 +171,9 @@ pub struct Storage {
 
 const RESTORING: &str = ".restoring";
 const REPLACED: &str = ".replaced";
+/// Suffix of a volume set aside ([`Storage::retain_sandbox`]); beside the
+/// live volumes, so that taking it back is a rename.
+const RETAINED: &str = ".retained";
 
 impl Storage {
     /// Opens the data directory. `driver` forces a pool driver; `None`
@@ -470,6 +475,62 @@ impl Storage {
         }
     }
 
+    /// Keeps sandbox `id`'s volume, which another node owns now, aside
+    /// (`<pool>/sandboxes/<id>.retained`, replacing an older copy): should the
+    /// sandbox come back, a restore over it writes only what changed
+    /// meanwhile. Nothing runs on a retained copy.
+    pub fn retain_sandbox(&self, id: &str) -> Result<()> {
+        self.remove_run_dir(id)?;
+        let kept = self.retained_dir(id);
+        self.pool.remove_volume(&kept)?;
+        std::fs::rename(self.pool.sandbox_dir(id), &kept).map_err(io("retain a volume"))
+    }
+
+    /// Moves the retained copy of `id`, if there is one, to where a
+    /// restore is staged ([`Storage::restore_staging`]), capped at
+    /// `limit`: the caller restores over it, then swaps it in or discards
+    /// it. Its path.
+    pub fn stage_retained(&self, id: &str, limit: Option<u64>) -> Result<Option<PathBuf>> {
+        let kept = self.retained_dir(id);
+        if !kept.exists() {
+            return Ok(None);
+        }
+        let staged = self.restore_staging(id);
+        self.pool.remove_volume(&staged)?;
+        std::fs::rename(&kept, &staged).map_err(io("stage a retained volume"))?;
+        if let Err(e) = self.pool.set_limit(&staged, limit) {
+            let _ = self.pool.remove_volume(&staged);
+            return Err(e);
+        }
+        Ok(Some(staged))
+    }
+
+    pub fn remove_retained(&self, id: &str) -> Result<()> {
+        self.pool.remove_volume(&self.retained_dir(id))
+    }
+
+    pub fn retained_dir(&self, id: &str) -> PathBuf {
+        self.pool.sandbox_dir(&format!("{id}{RETAINED}"))
+    }
+
+    /// Ids of the retained copies, the most recently retained first.
+    pub fn retained_ids(&self) -> Vec<String> {
+        use std::os::unix::fs::MetadataExt;
+        let mut kept: Vec<(i64, String)> = self
+            .pool
+            .volumes("sandboxes")
+            .into_iter()
+            .filter_map(|name| {
+                let id = name.strip_suffix(RETAINED)?.to_string();
+                // A rename sets the moved directory's ctime: when it was retained.
+                let at = std::fs::symlink_metadata(self.retained_dir(&id)).map_or(0, |m| m.ctime());
+                Some((at, id))
+            })
+            .collect();
+        kept.sort_by(|a, b| b.cmp(a));
+        kept.into_iter().map(|(_, id)| id).collect()
+    }
+
     /// Removes everything a sandbox owns on disk. Idempotent.
     pub fn remove_sandbox(&self, id: &str) -> Result<()> {
         let p = self.paths(id);
@@ -503,7 +564,9 @@ impl Storage {
             .unwrap_or_default()
     }
 
-    /// Ids of sandbox volumes and of snapshots on disk.
+    /// Ids of sandbox volumes and of snapshots on disk (with sandboxes,
+    /// also the names of volumes being restored or set aside: an id with a
+    /// suffix).
     pub fn volume_ids(&self, kind: &str) -> Vec<String> {
         self.pool.volumes(kind)
     }

@@ -308,16 +308,55 @@ async fn a_paused_sandbox_resumes_on_another_node_after_its_node_dies() {
     );
     assert_eq!(after["stdout"], want.as_str(), "{after}");
 
-    // Node 1 comes back: its copy is no longer its own and goes; calls
-    // through it reach node 2.
+    // Node 1 comes back: its copy is no longer its own and is set aside;
+    // calls through it reach node 2.
     c.nodes[0].spawn().await;
     c.wait_live(2).await;
     assert!(
         !c.nodes[0].volumes().contains(&a),
-        "node 1 kept a stale copy"
+        "node 1 kept a stale copy in use"
     );
+    let kept = c.nodes[0]
+        .pool_root()
+        .join("sandboxes")
+        .join(format!("{a}.retained"));
+    let ino =
+        |p: std::path::PathBuf| std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(p).unwrap());
+    let blob_ino = ino(kept.join("workspace/blob"));
     let r = c.nodes[0].sh(&a, "cat /srv/app/conf").await;
     assert_eq!(r["stdout"], "rootfs\n", "{r}");
+
+    // It changes on node 2, pauses there, and node 2 dies: the resume
+    // through node 1 brings node 1's retained copy up to date. The 5 MB
+    // blob, unchanged, keeps its inode: it was not written again.
+    let r = c.nodes[1]
+        .sh(&a, "echo changed on node 2 > /workspace/d/notes.txt; rm /workspace/link; echo new > /workspace/new")
+        .await;
+    assert_eq!(r["exit_code"], 0, "{r}");
+    let (s, v) = c.nodes[1]
+        .post(&format!("/api/v1/sandboxes/{a}/pause"), json!({}))
+        .await;
+    assert_eq!(s, 200, "{v}");
+    c.nodes[1].kill();
+    tokio::time::sleep(TTL + Duration::from_millis(500)).await;
+    let (s, v) = c.nodes[0]
+        .post(&format!("/api/v1/sandboxes/{a}/resume"), json!({}))
+        .await;
+    assert_eq!(s, 200, "{v}");
+    assert!(c.nodes[0].volumes().contains(&a) && !kept.exists());
+    let volume = c.nodes[0].pool_root().join("sandboxes").join(&a);
+    assert_eq!(
+        ino(volume.join("workspace/blob")),
+        blob_ino,
+        "the blob was rewritten"
+    );
+    let check = "sha256sum /workspace/blob; cat /workspace/d/hard /workspace/new; test ! -e /workspace/link && echo no link";
+    let r = c.nodes[0].sh(&a, check).await;
+    let want = format!(
+        "{}changed on node 2\nnew\nno link\n",
+        before["stdout"].as_str().unwrap()
+    );
+    assert_eq!(r["stdout"], want.as_str(), "{r}");
 }
 
 /// The manifests of sandbox `id` in the test bucket, as (epoch,

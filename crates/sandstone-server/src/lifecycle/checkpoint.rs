@@ -254,7 +254,9 @@ impl Lifecycle {
             .ok_or_else(|| {
                 Error::Conflict(format!("sandbox {id} has no checkpoint to resume from"))
             })?;
-        self.volume_from_checkpoint(id, &latest, disk).await?;
+        if !self.restore_over_retained(id, &latest, disk).await {
+            self.volume_from_checkpoint(id, &latest, disk).await?;
+        }
         if latest.epoch < row.epoch as u64 {
             // Published again under this owner's epoch (the baseline just
             // remembered makes it a manifest, no file is read again): from
@@ -262,6 +264,50 @@ impl Lifecycle {
             self.checkpoint_tree(row, &paths.data).await?;
         }
         Ok(())
+    }
+
+    /// Makes sandbox `id`'s volume from checkpoint `ckpt` by bringing the
+    /// copy this node retained when the sandbox moved away up to date (only
+    /// what differs is written), then swapping it in. Whether it did: if
+    /// there is no copy, or anything fails, the copy is dropped and the
+    /// caller restores in full.
+    async fn restore_over_retained(
+        &self,
+        id: &str,
+        ckpt: &CheckpointId,
+        disk: Option<u64>,
+    ) -> bool {
+        let Some(c) = &self.checkpoints else {
+            return false;
+        };
+        let staged = match tokio::task::block_in_place(|| self.storage.stage_retained(id, disk)) {
+            Ok(Some(staged)) => staged,
+            Ok(None) => return false,
+            Err(e) => {
+                tracing::warn!(sandbox = %id, error = %e, "retained copy not used");
+                let _ = self.storage.discard_restore(id);
+                return false;
+            }
+        };
+        let hint = c.previous(id);
+        let done = match c.store.restore_over(ckpt, &staged, hint.as_ref()).await {
+            Ok(r) => tokio::task::block_in_place(|| self.storage.swap_in_restore(id))
+                .map(|()| r)
+                .map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
+        };
+        match done {
+            Ok(r) => {
+                log_restore(id, &r.stats);
+                c.remember(id, r.baseline);
+                true
+            }
+            Err(e) => {
+                tracing::warn!(sandbox = %id, error = %e, "restore over the retained copy failed; restoring in full");
+                let _ = self.storage.discard_restore(id);
+                false
+            }
+        }
     }
 
     /// Makes sandbox `id`'s volume (there is none) from checkpoint `ckpt`

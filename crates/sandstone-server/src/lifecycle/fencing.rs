@@ -1,12 +1,16 @@
 //! What a node does about its sandboxes when its lease lapses and after
 //! ([`crate::lease`] explains the lease): it freezes every sandbox it runs
 //! the moment the hold runs out, and once a renewal succeeds it keeps only
-//! what is still its own, stopping (and, for what moved away, removing) the
-//! rest before it serves anything again.
+//! what is still its own, stopping (and, for what moved away, setting
+//! aside) the rest before it serves anything again.
 
 use super::Lifecycle;
 use sandstone_db::SandboxStatus;
 use std::collections::HashMap;
+
+/// Retained copies a node keeps (see [`Lifecycle::set_aside`]): each is a
+/// whole volume on the pool, so few; the most recently set aside win.
+const MAX_RETAINED: usize = 8;
 
 impl Lifecycle {
     /// Freezes every sandbox this node runs once its lease has lapsed
@@ -74,9 +78,7 @@ impl Lifecycle {
                 .remove(&id);
             if row.is_none() {
                 tracing::warn!(sandbox = %id, "stopped: another node took it while this node's lease had lapsed");
-                if let Err(e) = self.storage.remove_sandbox(&id) {
-                    tracing::warn!(sandbox = %id, error = %e, "files of a sandbox that moved away left behind");
-                }
+                self.set_aside(&id);
             }
         }
         self.remove_moved(&rows).await;
@@ -114,15 +116,16 @@ impl Lifecycle {
         }
     }
 
-    /// Removes this node's volumes of sandboxes that now belong to another
-    /// node (taken over, or moved away by a drain), given this node's rows.
+    /// Sets aside this node's volumes of sandboxes that now belong to
+    /// another node (taken over, or moved away by a drain), given this
+    /// node's rows.
     /// Only those: a volume with no row at all may be a create in flight
     /// or a warm-pool member (the start-up sweep handles the rest).
     pub async fn remove_moved(&self, mine: &[sandstone_db::SandboxRow]) -> usize {
         let mine: std::collections::HashSet<&str> = mine.iter().map(|r| r.id.as_str()).collect();
         let mut removed = 0;
         for id in self.storage.volume_ids("sandboxes") {
-            if mine.contains(id.as_str()) || self.runs(&id) {
+            if id.contains('.') || mine.contains(id.as_str()) || self.runs(&id) {
                 continue;
             }
             match self.store.sandbox_node(&id).await {
@@ -130,16 +133,52 @@ impl Lifecycle {
                 _ => continue,
             }
             let _guard = self.lock(&id).await;
-            match tokio::task::block_in_place(|| self.storage.remove_sandbox(&id)) {
-                Ok(()) => {
-                    removed += 1;
-                    tracing::info!(sandbox = %id, "removed this node's copy of a sandbox another node owns now");
-                }
-                Err(e) => {
-                    tracing::warn!(sandbox = %id, error = %e, "copy of a sandbox that moved away left behind")
-                }
+            if self.set_aside(&id) {
+                removed += 1;
             }
         }
         removed
+    }
+
+    /// Takes the volume of sandbox `id`, which is not this node's any
+    /// more, out of use: kept aside as a retained copy when there is an
+    /// object store to bring it up to date from, else removed. Whether it
+    /// went.
+    pub(super) fn set_aside(&self, id: &str) -> bool {
+        let gone = tokio::task::block_in_place(|| match self.checkpoints {
+            Some(_) => self.storage.retain_sandbox(id),
+            None => self.storage.remove_sandbox(id),
+        });
+        match gone {
+            Ok(()) => {
+                tracing::info!(sandbox = %id, retained = self.checkpoints.is_some(), "set aside this node's copy of a sandbox another node owns now");
+                true
+            }
+            Err(e) => {
+                tracing::warn!(sandbox = %id, error = %e, "copy of a sandbox that moved away left behind");
+                false
+            }
+        }
+    }
+
+    /// Keeps the [`MAX_RETAINED`] most recent retained copies of sandboxes
+    /// other nodes own, and removes the rest: older ones, and copies of
+    /// sandboxes deleted since or back on this node. A copy whose owner
+    /// cannot be read now is kept for the next round.
+    pub async fn prune_retained(&self) {
+        for (n, id) in self.storage.retained_ids().into_iter().enumerate() {
+            let keep = match self.store.sandbox_node(&id).await {
+                Ok(Some(owner)) => owner != self.node && n < MAX_RETAINED,
+                Ok(None) => false,
+                Err(_) => continue,
+            };
+            if keep {
+                continue;
+            }
+            match tokio::task::block_in_place(|| self.storage.remove_retained(&id)) {
+                Ok(()) => tracing::debug!(sandbox = %id, "retained copy removed"),
+                Err(e) => tracing::warn!(sandbox = %id, error = %e, "retained copy left behind"),
+            }
+        }
     }
 }

@@ -113,8 +113,9 @@ impl Lifecycle {
         Ok(())
     }
 
-    /// Removes every sandbox no row owns: an interrupted create, or a
-    /// warm-pool member of a run that crashed. Each is found by any trace
+    /// Removes every sandbox no row of this node owns: an interrupted
+    /// create, or a warm-pool member of a run that crashed; the volume of
+    /// one that moved to another node is set aside instead. Each is found by any trace
     /// of it (volume, cgroup, runtime directory), so a runtime whose volume
     /// is already gone is stopped too.
     pub(super) async fn sweep_orphans(&self, rows: &[SandboxRow]) {
@@ -128,8 +129,16 @@ impl Lifecycle {
             .filter(|id| id.starts_with("sb-") && !id.contains('.'))
             .collect();
         for id in traces.iter().filter(|id| !owned.contains(id.as_str())) {
-            tracing::info!(sandbox = %id, "removing a sandbox no row owns");
             self.stop_runtime(id, &self.cgroups.existing(id));
+            // A sandbox that moved to another node while this one was out.
+            if self.checkpoints.is_some()
+                && matches!(self.store.sandbox_node(id).await, Ok(Some(owner)) if owner != self.node)
+                && self.storage.paths(id).data.exists()
+                && self.set_aside(id)
+            {
+                continue;
+            }
+            tracing::info!(sandbox = %id, "removing a sandbox no row owns");
             if let Err(e) = self.storage.remove_sandbox(id) {
                 tracing::warn!(sandbox = %id, error = %e, "files of an unowned sandbox left behind");
             }
