@@ -45,6 +45,12 @@ fn noise(seed: u64, len: usize) -> Vec<u8> {
     out
 }
 
+/// Waits for the writes so far to reach the disk, so that their
+/// write-back does not slow the next timed step.
+fn settle() {
+    std::process::Command::new("sync").status().unwrap();
+}
+
 fn ms(since: Instant) -> f64 {
     since.elapsed().as_secs_f64() * 1000.0
 }
@@ -129,6 +135,7 @@ async fn main() {
     // restore must at least do.
     let plain_dir = work.path().join("plain");
     std::fs::create_dir(&plain_dir).unwrap();
+    settle();
     let t = Instant::now();
     futures_util::stream::iter(0..parts)
         .map(|i| {
@@ -221,6 +228,7 @@ async fn main() {
         previous = next.manifest;
     }
 
+    settle();
     let t = Instant::now();
     let cold = b.restore(&id, &work.path().join("cold")).await.unwrap();
     println!(
@@ -229,6 +237,7 @@ async fn main() {
         mib(cold.stats.bytes_fetched),
         mib(cold.stats.bytes_written)
     );
+    settle();
     let t = Instant::now();
     let warm = b.restore(&id, &work.path().join("warm")).await.unwrap();
     println!(
@@ -237,6 +246,7 @@ async fn main() {
         warm.stats.chunks_fetched,
         mib(warm.stats.bytes_written)
     );
+    settle();
     let t = Instant::now();
     let over = b.restore_over(&id, &b_copy, Some(&b_had)).await.unwrap();
     println!(
@@ -246,6 +256,7 @@ async fn main() {
         over.stats.chunks_fetched,
         mib(over.stats.bytes_written)
     );
+    settle();
     let t = Instant::now();
     let over = c.restore_over(&id, &c_copy, Some(&c_had)).await.unwrap();
     println!(
@@ -253,6 +264,7 @@ async fn main() {
         ms(t),
         mib(over.stats.bytes_fetched)
     );
+    settle();
     let t = Instant::now();
     c.restore(&id, &work.path().join("uncached")).await.unwrap();
     println!("cold restore, no chunk cache: {:.0} ms", ms(t));

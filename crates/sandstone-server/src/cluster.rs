@@ -22,7 +22,7 @@ use sandstone_api::timefmt::now_ms;
 use sandstone_db::{NodeRecord, Store};
 
 use crate::forward::Forwarder;
-use crate::lifecycle::Lifecycle;
+use crate::lifecycle::{Intent, Lifecycle};
 
 /// Who this node is to the others (`serve --node-id`, `--advertise-url`, …).
 #[derive(Debug, Clone)]
@@ -124,7 +124,7 @@ impl Cluster {
                 if !movable {
                     continue;
                 }
-                match lc.take_over(&row.id, &n.id, false).await {
+                match lc.take_over(&row.id, &n.id, Intent::Serve).await {
                     Ok(crate::lifecycle::Takeover::Taken) => {
                         moved += 1;
                         tracing::info!(sandbox = %row.id, from = %n.id, "moved a paused sandbox off a draining node");

@@ -418,7 +418,7 @@ async fn eventually(limit: Duration, what: &str, mut f: impl AsyncFnMut() -> boo
 /// last checkpoint); calls that need it running say so and do not move it;
 /// an explicit resume through another node starts it there from its last
 /// checkpoint (a file written after it is gone, as documented); and the
-/// old node, back, stops what still ran of it and removes its copy.
+/// old node, back, stops what still ran of it and sets its copy aside.
 #[tokio::test]
 async fn a_running_sandbox_of_a_dead_node_is_lost_and_resumes_from_its_checkpoint() {
     let Some(mut c) = Cluster::start_with(2, TTL, true).await else {
@@ -485,15 +485,55 @@ async fn a_running_sandbox_of_a_dead_node_is_lost_and_resumes_from_its_checkpoin
     );
 
     // Node 1 back: the runtime that outlived its daemon is stopped and its
-    // copy removed (another node runs the sandbox now).
+    // copy set aside (another node runs the sandbox now).
     c.nodes[0].spawn().await;
     c.wait_live(2).await;
     eventually(TTL * 4, "node 1 stops its stale copy", async || {
-        processes_with(&marker) == 0 && !c.nodes[0].volumes().contains(&a)
+        let volumes = c.nodes[0].volumes();
+        processes_with(&marker) == 0 && volumes == [format!("{a}.retained")]
     })
     .await;
     let r = c.nodes[0].sh(&a, "cat /workspace/v1").await;
     assert_eq!(r["stdout"], "checkpointed\n", "{r}");
+}
+
+/// A running sandbox that was never checkpointed, lost with its node,
+/// cannot resume elsewhere (a 409 saying why) but can be deleted through
+/// another node; its node, back, removes its files.
+#[tokio::test]
+async fn a_lost_sandbox_without_a_checkpoint_can_be_deleted() {
+    let Some(mut c) = Cluster::start_with(2, TTL, true).await else {
+        return;
+    };
+    let b = c.nodes[0].create(json!({})).await;
+    assert_eq!(c.holder(&b), Some(0));
+    c.nodes[0].kill();
+    let view = format!("/api/v1/sandboxes/{b}");
+    eventually(TTL * 4, "the sandbox is marked lost", async || {
+        let (_, v) = c.nodes[1].get(&view).await;
+        v["data"]["lost"] == true
+    })
+    .await;
+    let (s, v) = c.nodes[1]
+        .post(&format!("/api/v1/sandboxes/{b}/resume"), json!({}))
+        .await;
+    assert_eq!(s, 409, "{v}");
+    let msg = v["error"]["message"].as_str().unwrap();
+    assert!(
+        msg.contains("no checkpoint") && msg.contains("node-1"),
+        "{v}"
+    );
+    let (s, v) = c.nodes[1].delete(&format!("/api/v1/sandboxes/{b}")).await;
+    assert_eq!(s, 202, "{v}");
+    let (s, v) = c.nodes[1].get(&format!("/api/v1/sandboxes/{b}")).await;
+    assert_eq!(s, 404, "{v}");
+
+    c.nodes[0].spawn().await;
+    c.wait_live(2).await;
+    eventually(TTL * 4, "node 1 removes the deleted sandbox", async || {
+        c.nodes[0].volumes().is_empty()
+    })
+    .await;
 }
 
 /// Fencing under a frozen node: node 1's daemon is stopped (SIGSTOP) past

@@ -68,6 +68,19 @@ pub enum Takeover {
     No,
 }
 
+/// Why a call would take a sandbox over from a node whose lease ran out.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Intent {
+    /// Any call but the two below: a paused sandbox with a checkpoint
+    /// moves; nothing else does.
+    Serve,
+    /// `resume`: a lost sandbox moves too, to start from its checkpoint.
+    Resume,
+    /// `DELETE`: anything moves, checkpoint or not: the caller gives up
+    /// whatever only the dead node has.
+    Delete,
+}
+
 /// A checkpoint taken.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct Taken {
@@ -357,10 +370,11 @@ impl Lifecycle {
 
     /// Takes sandbox `id` over from node `from`, whose lease has run out,
     /// by compare-and-set on its node and epoch, with a slot of this
-    /// node's: a paused one on any call; a lost one only when the call is
-    /// to `resume` (or delete) it, since its own node, if it returns first,
-    /// still has everything it ran. Either needs a checkpoint.
-    pub async fn take_over(&self, id: &str, from: &str, resume: bool) -> Result<Takeover> {
+    /// node's, as `intent` allows: a paused one with a checkpoint on any
+    /// call; a lost one only to resume it (from a checkpoint: one without
+    /// is a 409, since its own node, if it returns, still has everything it
+    /// ran); anything to delete it.
+    pub async fn take_over(&self, id: &str, from: &str, intent: Intent) -> Result<Takeover> {
         let Some(c) = &self.checkpoints else {
             return Ok(Takeover::No);
         };
@@ -369,21 +383,31 @@ impl Lifecycle {
         if row.node_id.as_deref() != Some(from) {
             return Ok(Takeover::No);
         }
-        match row.status {
+        let needs_checkpoint = match (row.status, intent) {
+            (_, Intent::Delete) => false,
             // Only with a checkpoint of its files as they are (its pause's).
-            SandboxStatus::Paused if row.checkpointed_at.is_some() => {}
-            SandboxStatus::Lost if resume => {}
-            SandboxStatus::Lost => return Ok(Takeover::Lost),
+            (SandboxStatus::Paused, _) if row.checkpointed_at.is_some() => true,
+            (SandboxStatus::Lost, Intent::Resume) => true,
+            (SandboxStatus::Lost, Intent::Serve) => return Ok(Takeover::Lost),
             _ => return Ok(Takeover::No),
-        }
-        let has_checkpoint = c
-            .store
-            .latest(&sandbox_id(id)?)
-            .await
-            .map_err(|e| unavailable(&format!("list the checkpoints of sandbox {id}"), e))?
-            .is_some();
-        if !has_checkpoint {
-            return Ok(Takeover::No);
+        };
+        if needs_checkpoint {
+            let has_checkpoint = c
+                .store
+                .latest(&sandbox_id(id)?)
+                .await
+                .map_err(|e| unavailable(&format!("list the checkpoints of sandbox {id}"), e))?
+                .is_some();
+            match (has_checkpoint, row.status) {
+                (true, _) => {}
+                (false, SandboxStatus::Lost) => {
+                    return Err(Error::Conflict(format!(
+                        "sandbox {id} was lost with node {from} and has no checkpoint: its files \
+                         exist only there. Bring that node back to resume it, or delete it"
+                    )));
+                }
+                (false, _) => return Ok(Takeover::No),
+            }
         }
         let slot = self.take_slot()?;
         let taken = self

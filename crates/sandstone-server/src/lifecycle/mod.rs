@@ -97,7 +97,7 @@ pub use network::{
 
 pub use sandstone_api::random_hex;
 
-pub use checkpoint::Takeover;
+pub use checkpoint::{Intent, Takeover};
 pub use error::{Error, Result};
 
 fn internal(e: impl std::fmt::Display) -> Error {

@@ -6,7 +6,7 @@ use crate::AppState;
 use crate::cluster::Route;
 use crate::error::{ApiError, ApiResult, ok};
 use crate::forward::FORWARDED_BY;
-use crate::lifecycle::Takeover;
+use crate::lifecycle::{Intent, Takeover};
 use axum::body::{Body, Bytes};
 use axum::extract::{Path, Request, State};
 use axum::http::{Method, StatusCode};
@@ -163,10 +163,10 @@ async fn to_sandbox_owner(
         Ok(Route::Remote { node, .. }) if forwarded => not_owner(id, &node),
         Ok(Route::Remote { node, url }) => st.cluster.forwarder.forward(&node, &url, req).await,
         // A paused or lost sandbox of a node that is gone moves here (its
-        // files come from its last checkpoint); anything else waits for
-        // its node.
+        // files come from its last checkpoint), and anything to be deleted;
+        // the rest waits for its node.
         Ok(Route::OwnerDown { node }) => {
-            match st.lifecycle.take_over(id, &node, resumes(&req)).await {
+            match st.lifecycle.take_over(id, &node, intent(&req)).await {
                 Ok(Takeover::Taken | Takeover::Lost) => next.run(req).await,
                 Ok(Takeover::No) => ApiError::unavailable(format!(
                     "sandbox {id} belongs to node {node}, whose lease has expired; \
@@ -184,10 +184,15 @@ async fn to_sandbox_owner(
 
 /// Whether the call resumes (or deletes) its sandbox: what moves a lost
 /// sandbox to the node it reaches.
-fn resumes(req: &Request) -> bool {
+fn intent(req: &Request) -> Intent {
     let path = req.uri().path();
-    (req.method() == Method::POST && path.ends_with("/resume"))
-        || (req.method() == Method::DELETE && path.matches('/').count() == 4)
+    if req.method() == Method::POST && path.ends_with("/resume") {
+        Intent::Resume
+    } else if req.method() == Method::DELETE && path.matches('/').count() == 4 {
+        Intent::Delete
+    } else {
+        Intent::Serve
+    }
 }
 
 fn not_owner(id: &str, owner: &str) -> Response {
