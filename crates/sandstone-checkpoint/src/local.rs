@@ -73,7 +73,7 @@ impl ChunkCache {
                 let meta = f.metadata()?;
                 match id {
                     Some(id) => found.push((meta.modified()?, id, meta.len())),
-                    // A temporary file a crash left behind.
+                    // A temporary file an older version left behind.
                     None => std::fs::remove_file(f.path())?,
                 }
             }
@@ -120,18 +120,24 @@ impl ChunkCache {
         }
     }
 
-    /// Caches a sealed chunk (written whole, then renamed into place).
+    /// Caches a sealed chunk, written in place: no temporary file and
+    /// rename per chunk (a cold restore caches thousands), since a torn
+    /// write (a crash, or a reader racing a writer of the same chunk) fails
+    /// verification when read, like any bad cached chunk, and is fetched
+    /// again.
     pub(crate) fn put(&self, id: &ChunkId, sealed: &[u8]) -> std::io::Result<()> {
         let size = sealed.len() as u64;
         if size > self.cap {
             return Ok(());
         }
         let path = self.path(id);
-        let dir = path.parent().unwrap_or(&self.dir);
-        std::fs::create_dir_all(dir)?;
-        let mut tmp = tempfile::Builder::new().prefix(".tmp-").tempfile_in(dir)?;
-        tmp.write_all(sealed)?;
-        tmp.persist(&path).map_err(|e| e.error)?;
+        match std::fs::write(&path, sealed) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                std::fs::create_dir_all(path.parent().unwrap_or(&self.dir))?;
+                std::fs::write(&path, sealed)?;
+            }
+            r => r?,
+        }
         self.lru.lock().expect("lock poisoned").touch(*id, size);
         self.evict()
     }
