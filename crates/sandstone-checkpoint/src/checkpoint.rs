@@ -1,4 +1,5 @@
-//! Writing a checkpoint: walk the tree and chunk what changed on one
+//! Writing a checkpoint: forget the packs the collector marked, walk the
+//! tree and chunk what changed on one
 //! blocking thread while the fence is checked and other nodes' new packs
 //! are learnt, seal new chunks concurrently and append them into packs,
 //! upload the packs several at once, then their indexes beside the last
@@ -87,6 +88,9 @@ impl Checkpoints {
         id: &CheckpointId,
         previous: Option<&Manifest>,
     ) -> Result<Checkpointed> {
+        // Before the walk, which skips chunks the index knows: forgetting
+        // a pack under it would leave a chunk neither stored nor sent.
+        self.forget_collected().await?;
         let (tx, rx) = mpsc::channel(self.inner.concurrency * 2);
         let walker = Walker::new(self.inner.clone(), tx, previous);
         let root = tree.to_path_buf();
@@ -134,7 +138,7 @@ impl Checkpoints {
             })?;
             let sealed =
                 object::seal_manifest(&inner.keys, &manifest, &table).map_err(Error::Seal)?;
-            Ok((sealed, manifest))
+            Ok((sealed, manifest, table.packs().to_vec()))
         });
         let indexes = futures_util::stream::iter(uploaded.indexes)
             .map(|(pack, index)| async move {
@@ -147,7 +151,16 @@ impl Checkpoints {
             futures_util::future::join3(self.check_fence(id), sealing, indexes).await;
         fence?;
         indexed?;
-        let (sealed, manifest) = sealed?;
+        let (sealed, manifest, packs) = sealed?;
+        // A marker the collector wrote since this checkpoint began may
+        // list a pack its manifest names.
+        self.forget_collected().await?;
+        if let Some(pack) = packs.iter().find(|p| self.is_collected(p)) {
+            return Err(Error::Collected {
+                checkpoint: id.clone(),
+                pack: pack.to_string(),
+            });
+        }
         stats.bytes_uploaded += sealed.len() as u64;
         self.inner.blobs.put(&id.key(), Bytes::from(sealed)).await?;
         tracing::info!(
@@ -216,7 +229,7 @@ impl Checkpoints {
         for key in keys {
             if let Some((stored, pack)) = PackId::from_index_key(&key) {
                 newest = newest.max(stored);
-                if !self.inner.index.knows_pack(&pack) {
+                if !self.inner.index.knows_pack(&pack) && !self.is_collected(&pack) {
                     unseen.push((key, pack));
                 }
             }

@@ -104,24 +104,17 @@
 //!   1.5–4.3 s for one written into files (one object per chunk: 35–48 s);
 //!   a warm one 1.5–3.3 s. A restore is bound by local work (decrypting
 //!   with XChaCha20, hashing and writing a gigabyte on two cores shared
-//!   with the S3 server), not by requests. It always writes every byte of
-//!   the tree, so a warm restore of a gigabyte cannot take 50 ms: its
-//!   floor is the manifest's fetch (18–55 ms) plus writing the files; the
-//!   way to resume within 50 ms is to keep the volume on the node (a
-//!   checkpoint does not remove it) and restore only on another node.
-//! - **Garbage.** Nothing deletes packs yet. Packs no manifest names (a
-//!   failed checkpoint's, or a deleted checkpoint's once no other manifest
-//!   shares them) stay in the store, and so does a pack's dead part when
-//!   only some of its chunks are still named. A collector must not delete
-//!   a pack a node may still name in a new manifest (nodes trust their
-//!   local index, and list only recent pack indexes). A safe one: list
-//!   every manifest and take the union of their pack tables; write a
-//!   marker (`gc/<ms>`) naming the unnamed packs older than a grace period
-//!   (longer than any checkpoint takes); nodes read new markers when they
-//!   sync and forget those packs (a later checkpoint uploads such chunks
-//!   again); a grace period later, the collector lists the manifests again
-//!   and deletes the marked packs still unnamed, with their indexes, then
-//!   the marker. Mostly dead packs would be rewritten the same way.
+//!   with the S3 server), not by requests. A full restore writes every
+//!   byte of the tree, so a warm one of a gigabyte cannot take 50 ms;
+//!   [`Checkpoints::restore_over`] can: over a copy the node kept (an old
+//!   volume), it writes only what differs (30 MiB changed in a 1 GiB tree:
+//!   41–50 ms, of which the manifest's fetch is about 20).
+//! - **Garbage** (`gc`). [`Checkpoints::prune`] drops a sandbox's older
+//!   manifests; [`Checkpoints::collect_garbage`] then deletes the packs no
+//!   manifest names, in two rounds a grace period apart (mark, then sweep
+//!   what is still unnamed), while every node forgets marked packs before
+//!   it decides which chunks are stored; the `gc` module says why that is
+//!   safe. A pack's dead part stays while some of its chunks are named.
 //! - **Key.** A 32-byte master key in a 0600 file ([`MasterKey`]); the
 //!   chunk-id key and the encryption key are derived from it with BLAKE3's
 //!   `derive_key`. It is never in a manifest, the store, an error or a log.
@@ -143,6 +136,7 @@
 
 mod checkpoint;
 mod fsmeta;
+mod gc;
 pub mod key;
 mod local;
 pub mod manifest;
@@ -153,6 +147,7 @@ pub mod store;
 mod update;
 
 pub use checkpoint::{CheckpointStats, Checkpointed};
+pub use gc::GcStats;
 pub use key::{KeyError, MasterKey};
 pub use manifest::{
     CheckpointId, ChunkId, ChunkRef, Entry, Extent, FileContent, HardLink, Kind, Manifest, OsBytes,
@@ -229,6 +224,14 @@ pub enum Error {
          sandbox or a snapshot"
     )]
     Changed { path: PathBuf, what: &'static str },
+    #[error(
+        "{checkpoint} refused: it would name pack {pack}, which the collector is deleting; \
+         checkpoint again (its chunks are uploaded anew)"
+    )]
+    Collected {
+        checkpoint: CheckpointId,
+        pack: String,
+    },
     #[error("restore destination {0:?} exists and is not an empty directory")]
     DestinationInUse(PathBuf),
 }
@@ -261,15 +264,19 @@ pub struct Options {
     /// Chunks sealed, packs uploaded, or pack ranges fetched and opened,
     /// at once.
     pub concurrency: usize,
+    /// The collector's grace period (see [`Checkpoints::collect_garbage`]):
+    /// longer than any checkpoint takes, and the same on every node.
+    pub gc_grace: std::time::Duration,
 }
 
 impl Options {
-    /// A 4 GiB cache and 8 transfers at once.
+    /// A 4 GiB cache, 8 transfers at once, and an hour's grace.
     pub fn new(state_dir: PathBuf) -> Options {
         Options {
             state_dir,
             cache_bytes: 4 << 30,
             concurrency: 8,
+            gc_grace: std::time::Duration::from_secs(3600),
         }
     }
 }
@@ -290,6 +297,12 @@ pub(crate) struct Inner {
     /// its writer's clock); 0 before the first sync.
     synced_ms: std::sync::atomic::AtomicU64,
     concurrency: usize,
+    gc_grace_ms: u64,
+    /// When this process last synced (its clock); 0 before the first.
+    last_sync_ms: std::sync::atomic::AtomicU64,
+    /// The collector's markers read, and the packs they listed.
+    markers_read: std::sync::Mutex<std::collections::HashSet<String>>,
+    forgotten: std::sync::Mutex<std::collections::HashSet<pack::PackId>>,
 }
 
 impl Checkpoints {
@@ -329,6 +342,10 @@ impl Checkpoints {
                 index,
                 synced_ms: Default::default(),
                 concurrency: options.concurrency.max(1),
+                gc_grace_ms: options.gc_grace.as_millis() as u64,
+                last_sync_ms: Default::default(),
+                markers_read: Default::default(),
+                forgotten: Default::default(),
             }),
         })
     }
@@ -348,14 +365,25 @@ impl Checkpoints {
         Ok(ids)
     }
 
+    /// Deletes all but the newest `keep` checkpoints of a sandbox (at
+    /// least one stays); how many went.
+    pub async fn prune(&self, sandbox: &SandboxId, keep: usize) -> Result<usize> {
+        let ids = self.list(sandbox).await?;
+        let old = ids.len().saturating_sub(keep.max(1));
+        for id in &ids[..old] {
+            self.delete(id).await?;
+        }
+        Ok(old)
+    }
+
     /// The newest checkpoint: highest epoch, then highest generation.
     pub async fn latest(&self, sandbox: &SandboxId) -> Result<Option<CheckpointId>> {
         Ok(self.list(sandbox).await?.pop())
     }
 
-    /// Deletes a checkpoint's manifest (its packs stay: others may share
-    /// them, and there is no garbage collector yet). Deleting one that is
-    /// not there is not an error.
+    /// Deletes a checkpoint's manifest (its packs stay until the collector
+    /// finds no other manifest names them). Deleting one that is not there
+    /// is not an error.
     pub async fn delete(&self, id: &CheckpointId) -> Result<()> {
         Ok(self.inner.blobs.delete(&id.key()).await?)
     }

@@ -7,10 +7,8 @@
 //!
 //! Cached chunks are only hints: they are opened and verified against
 //! their id like downloaded ones (a bad one is dropped and fetched again).
-//! The index is trusted, which is sound as long as nothing deletes packs
-//! from the store behind this node's back (there is no garbage collector
-//! yet; the crate docs say how one must make nodes forget the packs it
-//! deletes).
+//! The index is trusted, which is sound because the collector deletes a
+//! pack only after every node has had the time to forget it (see `gc`).
 
 use crate::manifest::ChunkId;
 use crate::pack::{Location, PackId};
@@ -180,6 +178,7 @@ impl ChunkCache {
 /// it is uploaded whole (or a manifest or pack index names it).
 pub(crate) struct ChunkIndex {
     known: Mutex<Known>,
+    path: PathBuf,
     file: Mutex<std::fs::File>,
 }
 
@@ -235,8 +234,40 @@ impl ChunkIndex {
         }
         Ok(ChunkIndex {
             known: Mutex::new(known),
+            path: path.to_path_buf(),
             file: Mutex::new(file),
         })
+    }
+
+    /// The packs it knows chunks in.
+    pub(crate) fn packs(&self) -> HashSet<PackId> {
+        self.known.lock().expect("lock poisoned").packs.clone()
+    }
+
+    /// Forgets every chunk located in one of `packs` (the collector is
+    /// deleting them), in memory and on disk: the file is rewritten
+    /// without their records and renamed over the old one.
+    pub(crate) fn forget_packs(&self, packs: &HashSet<PackId>) -> std::io::Result<()> {
+        let mut known = self.known.lock().expect("lock poisoned");
+        if !known.packs.iter().any(|p| packs.contains(p)) {
+            return Ok(());
+        }
+        known.chunks.retain(|_, at| !packs.contains(&at.pack));
+        known.packs.retain(|p| !packs.contains(p));
+        let mut data = Vec::with_capacity(known.chunks.len() * RECORD);
+        for (id, at) in &known.chunks {
+            record(&mut data, id, at);
+        }
+        let mut file = self.file.lock().expect("lock poisoned");
+        let dir = self.path.parent().unwrap_or(Path::new("."));
+        let mut tmp = tempfile::Builder::new()
+            .prefix(".index-")
+            .tempfile_in(dir)?;
+        tmp.write_all(&data)?;
+        tmp.as_file().sync_all()?;
+        tmp.persist(&self.path).map_err(|e| e.error)?;
+        *file = std::fs::OpenOptions::new().append(true).open(&self.path)?;
+        Ok(())
     }
 
     pub(crate) fn contains(&self, id: &ChunkId) -> bool {
@@ -273,10 +304,7 @@ impl ChunkIndex {
         let mut new = Vec::new();
         for (id, at) in chunks {
             if known.insert(id, at) {
-                new.extend_from_slice(&id.0);
-                new.extend_from_slice(&at.pack.to_bytes());
-                new.extend_from_slice(&at.offset.to_le_bytes());
-                new.extend_from_slice(&at.len.to_le_bytes());
+                record(&mut new, &id, &at);
             }
         }
         drop(known);
@@ -285,6 +313,14 @@ impl ChunkIndex {
         }
         self.file.lock().expect("lock poisoned").write_all(&new)
     }
+}
+
+/// Appends chunk `id`'s index record to `out`.
+fn record(out: &mut Vec<u8>, id: &ChunkId, at: &Location) {
+    out.extend_from_slice(&id.0);
+    out.extend_from_slice(&at.pack.to_bytes());
+    out.extend_from_slice(&at.offset.to_le_bytes());
+    out.extend_from_slice(&at.len.to_le_bytes());
 }
 
 #[cfg(test)]
@@ -347,5 +383,14 @@ mod tests {
         k.add([(ChunkId([3; 32]), at(q, 20))]).unwrap();
         let k = ChunkIndex::open(&path).unwrap();
         assert_eq!(k.get(&ChunkId([3; 32])), Some(at(q, 20)));
+        // Forgetting a pack forgets its chunks, also after a reopen, and
+        // appends go on after it.
+        k.forget_packs(&HashSet::from([p])).unwrap();
+        assert!(!k.contains(&ChunkId([1; 32])) && !k.knows_pack(&p));
+        k.add([(ChunkId([4; 32]), at(q, 30))]).unwrap();
+        let k = ChunkIndex::open(&path).unwrap();
+        assert!(!k.contains(&ChunkId([2; 32])) && !k.knows_pack(&p));
+        assert_eq!(k.get(&ChunkId([3; 32])), Some(at(q, 20)));
+        assert_eq!(k.get(&ChunkId([4; 32])), Some(at(q, 30)));
     }
 }

@@ -137,6 +137,14 @@ impl CheckpointId {
         )
     }
 
+    /// The id any manifest key names.
+    pub(crate) fn from_any_key(key: &str) -> Option<CheckpointId> {
+        let rest = key.strip_prefix("manifests/")?;
+        let (sandbox, _) = rest.split_once('/')?;
+        let sandbox = SandboxId::new(sandbox).ok()?;
+        CheckpointId::from_key(&sandbox, key)
+    }
+
     /// The id a manifest key names, if it is one of `sandbox`'s.
     pub(crate) fn from_key(sandbox: &SandboxId, key: &str) -> Option<CheckpointId> {
         let name = key.strip_prefix(&Self::folder(sandbox))?;

@@ -54,6 +54,11 @@ impl PackId {
         format!("packs/{self}")
     }
 
+    /// When it was made (its writer's clock).
+    pub(crate) fn made_ms(&self) -> u64 {
+        self.made_ms
+    }
+
     /// Its index's key, when stored at `stored_ms`.
     pub(crate) fn index_key(&self, stored_ms: u64) -> String {
         format!("{INDEX_FOLDER}{stored_ms:016}-{self}")
@@ -250,6 +255,11 @@ impl PackTable {
             table.chunks.push((number, at.offset, at.len));
         }
         Ok(table)
+    }
+
+    /// The packs it names.
+    pub(crate) fn packs(&self) -> &[PackId] {
+        &self.packs
     }
 
     /// Where each chunk of `manifest` lies; refuses a table that does not

@@ -239,6 +239,81 @@ async fn a_restore_over_an_old_copy_changes_only_what_differs() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_collector_deletes_only_packs_no_manifest_names() {
+    let w = World::new();
+    let grace = std::time::Duration::from_millis(1500);
+    let node = async |name: &str| {
+        let options = sandstone_checkpoint::Options {
+            gc_grace: grace,
+            ..sandstone_checkpoint::Options::new(w.path(name))
+        };
+        sandstone_checkpoint::Checkpoints::open(w.blobs.clone(), &w.key, options)
+            .await
+            .unwrap()
+    };
+    let (a, b) = (node("node-a").await, node("node-b").await);
+    let tree = w.path("tree");
+    build_tree(&tree, 4);
+    let first = a.checkpoint(&tree, &id(1, 1), None).await.unwrap();
+    // The big file's old chunks are named by the first checkpoint only.
+    std::fs::write(tree.join("a/big"), noise(7, 4 << 20)).unwrap();
+    a.checkpoint(&tree, &id(1, 2), Some(&first.manifest))
+        .await
+        .unwrap();
+    // Node b learns every pack (a checkpoint syncs its index first).
+    let other = w.path("other");
+    std::fs::create_dir(&other).unwrap();
+    std::fs::write(other.join("f"), b"another sandbox").unwrap();
+    let other_id = |g| CheckpointId::new(SandboxId::new("sb-other").unwrap(), 1, g);
+    b.checkpoint(&other, &other_id(1), None).await.unwrap();
+
+    assert_eq!(
+        a.prune(&SandboxId::new("sb-test").unwrap(), 1)
+            .await
+            .unwrap(),
+        1
+    );
+    let before = w.packs().len();
+    tokio::time::sleep(grace).await;
+    let marked = a.collect_garbage().await.unwrap();
+    assert!(marked.marked >= 1 && marked.deleted == 0, "{marked:?}");
+    assert_eq!(w.packs().len(), before, "marking deletes nothing");
+    // A second round within the grace period marks nothing more.
+    let again = a.collect_garbage().await.unwrap();
+    assert_eq!((again.marked, again.deleted), (0, 0), "{again:?}");
+
+    // Node b forgets the marked packs at its next sync: the old big file's
+    // contents, checkpointed there, are uploaded anew rather than named
+    // in a pack about to go.
+    std::fs::write(other.join("old-big"), noise(1, 4 << 20)).unwrap();
+    let reused = b.checkpoint(&other, &other_id(2), None).await.unwrap();
+    assert!(
+        reused.stats.chunks_uploaded >= (4 << 20) / (256 << 10),
+        "{:?}",
+        reused.stats
+    );
+
+    let before = w.packs().len() as u64;
+    tokio::time::sleep(grace).await;
+    let swept = a.collect_garbage().await.unwrap();
+    assert_eq!(swept.deleted, marked.marked, "{swept:?}");
+    assert_eq!(w.packs().len() as u64, before - swept.deleted);
+    assert!(
+        objects(&w.path("store/gc")).is_empty(),
+        "the marker is gone"
+    );
+
+    // Everything still named restores on a fresh node.
+    let c = node("node-c").await;
+    c.restore(&id(1, 2), &w.path("restored")).await.unwrap();
+    assert_same_tree(&tree, &w.path("restored"));
+    c.restore(&other_id(2), &w.path("restored-other"))
+        .await
+        .unwrap();
+    assert_same_tree(&other, &w.path("restored-other"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unchanged_trees_upload_nothing_and_small_changes_little() {
     let w = World::new();
     let tree = w.path("tree");

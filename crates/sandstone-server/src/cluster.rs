@@ -209,6 +209,33 @@ impl Cluster {
     /// With an object store, every TTL: publishes this node's templates the
     /// store lacks, and fetches those other live nodes announce and this
     /// one lacks (its next announcement shows them to placement).
+    /// Runs a round of the object store's collector every `every` (its
+    /// grace period) while this node is the first live one by id, so one
+    /// node collects at a time (two at once would be safe, only wasteful).
+    pub fn spawn_collector(self: &Arc<Self>, lc: Arc<Lifecycle>, every: std::time::Duration) {
+        if !lc.has_object_store() {
+            return;
+        }
+        let me = self.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                let now = now_ms();
+                let first = me
+                    .view()
+                    .iter()
+                    .filter(|n| n.id == me.me.id || n.live_at(now))
+                    .map(|n| n.id.clone())
+                    .min();
+                if first.as_deref() == Some(me.me.id.as_str()) && lc.lease.holds() {
+                    lc.collect_garbage().await;
+                }
+            }
+        });
+    }
+
     pub fn spawn_template_sync(self: &Arc<Self>, lc: Arc<Lifecycle>) {
         if !lc.has_object_store() {
             return;

@@ -73,6 +73,8 @@ pub struct Config {
     /// How often running sandboxes are checkpointed too (`None`: only on
     /// pause and on request).
     pub checkpoint_interval: Option<std::time::Duration>,
+    /// The object store collector's grace period (and round interval).
+    pub gc_grace: std::time::Duration,
 }
 
 #[derive(Clone)]
@@ -207,12 +209,16 @@ async fn open_checkpoints(
     url: &str,
     sealer: &sandstone_db::secrets::Sealer,
     data_dir: &std::path::Path,
+    gc_grace: std::time::Duration,
 ) -> anyhow::Result<sandstone_checkpoint::Checkpoints> {
     use sandstone_checkpoint as ckpt;
     let blobs = ckpt::store::open(url, ckpt::store::S3Options::default())
         .map_err(|e| anyhow::anyhow!("--object-store: {e}"))?;
     let key = ckpt::MasterKey::from_bytes(sealer.derive("sandstone checkpoint master key v1"));
-    let options = ckpt::Options::new(data_dir.join("checkpoints"));
+    let options = ckpt::Options {
+        gc_grace,
+        ..ckpt::Options::new(data_dir.join("checkpoints"))
+    };
     let store = ckpt::Checkpoints::open(blobs, &key, options)
         .await
         .map_err(|e| anyhow::anyhow!("--object-store: {e}"))?;
@@ -331,7 +337,7 @@ pub async fn run(mut config: Config) -> anyhow::Result<()> {
         capacity: config.capacity.unwrap_or_else(cluster::default_capacity),
     };
     let checkpoints = match &config.object_store {
-        Some(url) => Some(open_checkpoints(url, &sealer, &config.data_dir).await?),
+        Some(url) => Some(open_checkpoints(url, &sealer, &config.data_dir, config.gc_grace).await?),
         None => None,
     };
     // Only a shared database has other nodes that may take this one's
@@ -361,6 +367,7 @@ pub async fn run(mut config: Config) -> anyhow::Result<()> {
     tracing::info!(node = %cluster.me.id, url = %cluster.me.advertise_url, "node announced");
     cluster.spawn_announcer(lc.clone());
     cluster.spawn_template_sync(lc.clone());
+    cluster.spawn_collector(lc.clone(), config.gc_grace);
     lc.spawn_expiry(config.audit_retention);
     if let Some(every) = config.checkpoint_interval {
         lc.spawn_checkpointer(every);

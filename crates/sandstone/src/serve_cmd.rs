@@ -101,6 +101,12 @@ pub struct ServeArgs {
     /// request.
     #[arg(long, env = "SANDSTONE_CHECKPOINT_INTERVAL", requires = "object_store", value_parser = clap::value_parser!(u64).range(1..=86_400))]
     pub checkpoint_interval: Option<u64>,
+    /// The object store's garbage collector: a pack no checkpoint names is
+    /// marked, and deleted this many seconds later if still unnamed; the
+    /// first live node by id runs a round this often. Longer than any
+    /// checkpoint takes, and the same on every node.
+    #[arg(long, env = "SANDSTONE_GC_GRACE", default_value_t = 3600, requires = "object_store", value_parser = clap::value_parser!(u64).range(1..=604_800))]
+    pub gc_grace: u64,
 }
 
 /// 1 to 64 of `[A-Za-z0-9._-]`: it goes into a header and the logs.
@@ -203,6 +209,7 @@ pub async fn serve(data_dir: &Path, args: &ServeArgs) -> Result<()> {
         capacity: args.capacity,
         object_store: args.object_store.clone(),
         checkpoint_interval: args.checkpoint_interval.map(std::time::Duration::from_secs),
+        gc_grace: std::time::Duration::from_secs(args.gc_grace),
     };
     sandstone_server::run(config).await
 }

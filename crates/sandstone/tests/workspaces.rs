@@ -12,14 +12,67 @@ use common::Daemon;
 use serde_json::json;
 
 async fn with_store() -> (Daemon, tempfile::TempDir) {
+    with_store_args(&[]).await
+}
+
+async fn with_store_args(extra: &[&str]) -> (Daemon, tempfile::TempDir) {
     let store = tempfile::tempdir().unwrap();
     let mut d = Daemon::set_up(&["--no-pool"], "").await;
     d.serve_args = vec![
         "--object-store".into(),
         format!("file://{}", store.path().display()),
     ];
+    d.serve_args.extend(extra.iter().map(|a| a.to_string()));
     d.spawn().await;
     (d, store)
+}
+
+/// The daemon collects the store's garbage: a file overwritten twice
+/// leaves packs only the pruned first checkpoint named; a round marks
+/// them, a later one deletes them, and the sandbox still comes back from
+/// its latest checkpoint.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_daemon_collects_packs_no_checkpoint_names() {
+    let (d, store) = with_store_args(&["--gc-grace", "1"]).await;
+    let id = d.create(json!({})).await;
+    let packs = || objects(&store.path().join("packs")).len();
+    let mut most = 0;
+    for round in 0..3 {
+        let r = d
+            .sh(
+                &id,
+                &format!(
+                    "head -c 3000000 /dev/urandom > /workspace/big; echo {round} > /workspace/round"
+                ),
+            )
+            .await;
+        assert_eq!(r["exit_code"], 0, "{r}");
+        let (s, v) = d
+            .post(&format!("/api/v1/sandboxes/{id}/checkpoint"), json!({}))
+            .await;
+        assert_eq!(s, 200, "{v}");
+        most = most.max(packs());
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while packs() >= most {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no pack was collected"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    let (s, v) = d
+        .post(&format!("/api/v1/sandboxes/{id}/pause"), json!({}))
+        .await;
+    assert_eq!(s, 200, "{v}");
+    std::fs::remove_dir_all(d.pool_root().join("sandboxes").join(&id)).unwrap();
+    std::fs::remove_dir_all(d.data.path().join("checkpoints")).unwrap();
+    let (s, v) = d
+        .post(&format!("/api/v1/sandboxes/{id}/resume"), json!({}))
+        .await;
+    assert_eq!(s, 200, "{v}");
+    let r = d.sh(&id, "cat /workspace/round").await;
+    assert_eq!(r["stdout"], "2\n", "{r}");
 }
 
 /// Every object of a `file://` store.
@@ -62,6 +115,14 @@ async fn checkpoints_bring_back_a_lost_volume_and_refuse_a_corrupted_one() {
         .await;
     assert_eq!(s, 200, "{v}");
     assert_eq!(v["data"]["stats"]["chunks_uploaded"], 0, "{v}");
+    // A third: only the two newest are kept (older ones would only keep
+    // packs from the collector).
+    let (s, v) = d
+        .post(&format!("/api/v1/sandboxes/{id}/checkpoint"), json!({}))
+        .await;
+    assert_eq!(s, 200, "{v}");
+    let kept = std::fs::read_dir(store.path().join("manifests").join(&id)).unwrap();
+    assert_eq!(kept.count(), 2);
     // Nothing in the store holds the plaintext.
     let all = objects(store.path());
     assert!(!all.is_empty());

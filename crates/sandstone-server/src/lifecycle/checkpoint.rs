@@ -55,6 +55,9 @@ impl Checkpointer {
     }
 }
 
+/// Checkpoints kept per sandbox: the newest, and the one before it.
+const KEEP_GENERATIONS: usize = 2;
+
 /// What [`Lifecycle::take_over`] did.
 #[derive(Debug, PartialEq)]
 pub enum Takeover {
@@ -153,6 +156,11 @@ impl Lifecycle {
             .map_err(|e| unavailable(&format!("checkpoint of sandbox {id}"), e))?;
         let stats = Stats::from(&done.stats);
         c.remember(id, done.manifest);
+        // Older generations only keep packs from the collector; the one
+        // before stays for a restore that read it just now.
+        if let Err(e) = c.store.prune(&ckpt.sandbox, KEEP_GENERATIONS).await {
+            tracing::warn!(sandbox = %id, error = %e, "older checkpoints left in the object store");
+        }
         tracing::info!(sandbox = %id, uploaded = done.stats.bytes_uploaded, read = done.stats.bytes_read, "checkpointed");
         self.store
             .set_checkpointed(&row.fence(), Some(created_at))
@@ -422,6 +430,25 @@ impl Lifecycle {
         }
         tracing::info!(sandbox = %id, from = %from, status = %row.status, "took over a sandbox of a node whose lease ran out");
         Ok(Takeover::Taken)
+    }
+
+    /// One round of the object store's collector (see
+    /// `sandstone_checkpoint::gc`); a failure is logged and the next round
+    /// tries again.
+    pub async fn collect_garbage(&self) {
+        let Some(c) = &self.checkpoints else {
+            return;
+        };
+        match c.store.collect_garbage().await {
+            Ok(s) => tracing::info!(
+                manifests = s.manifests,
+                packs = s.packs,
+                marked = s.marked,
+                deleted = s.deleted,
+                "object store collected"
+            ),
+            Err(e) => tracing::warn!(error = %e, "object store collection failed"),
+        }
     }
 
     /// Removes sandbox `id`'s checkpoints (after a delete). Best effort:
