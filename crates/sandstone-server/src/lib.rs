@@ -366,6 +366,7 @@ pub async fn run(mut config: Config) -> anyhow::Result<()> {
     cluster.announce(&lc).await?;
     tracing::info!(node = %cluster.me.id, url = %cluster.me.advertise_url, "node announced");
     cluster.spawn_announcer(lc.clone());
+    lc.checkpoint_unsaved();
     cluster.spawn_template_sync(lc.clone());
     cluster.spawn_collector(lc.clone(), config.gc_grace);
     lc.spawn_expiry(config.audit_retention);

@@ -7,24 +7,9 @@
 
 mod common;
 
-use common::Daemon;
+use common::{Daemon, init_pid};
 use serde_json::json;
 use std::time::{Duration, Instant};
-
-/// The host pid of sandbox `id`'s init: the process in its cgroup that is
-/// PID 1 of its pid namespace.
-fn init_pid(id: &str) -> Option<i32> {
-    std::fs::read_dir("/proc").ok()?.flatten().find_map(|e| {
-        let pid: i32 = e.file_name().to_str()?.parse().ok()?;
-        let cgroup = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
-        if !cgroup.lines().any(|l| l.ends_with(&format!("/{id}"))) {
-            return None;
-        }
-        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-        let nspid = status.lines().find(|l| l.starts_with("NSpid:"))?;
-        (nspid.split_whitespace().last() == Some("1")).then_some(pid)
-    })
-}
 
 /// A `/proc/<pid>/status` field in KiB.
 fn status_kib(pid: i32, field: &str) -> u64 {

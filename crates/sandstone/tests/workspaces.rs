@@ -8,7 +8,7 @@
 
 mod common;
 
-use common::Daemon;
+use common::{Daemon, init_pid};
 use serde_json::json;
 
 async fn with_store() -> (Daemon, tempfile::TempDir) {
@@ -25,6 +25,65 @@ async fn with_store_args(extra: &[&str]) -> (Daemon, tempfile::TempDir) {
     d.serve_args.extend(extra.iter().map(|a| a.to_string()));
     d.spawn().await;
     (d, store)
+}
+
+/// A sandbox whose runtime died with its daemon is paused at the restart.
+/// Its files may be newer than its last checkpoint, so that checkpoint
+/// stops counting (no other node would take it over from it) until a new
+/// one, taken in the background, holds them.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_sandbox_paused_by_recovery_is_checkpointed_again() {
+    let (mut d, _store) = with_store().await;
+    let id = d.create(json!({})).await;
+    let r = d.sh(&id, "echo one > /workspace/one").await;
+    assert_eq!(r["exit_code"], 0, "{r}");
+    let (s, v) = d
+        .post(&format!("/api/v1/sandboxes/{id}/checkpoint"), json!({}))
+        .await;
+    assert_eq!(s, 200, "{v}");
+    let view = format!("/api/v1/sandboxes/{id}");
+    let (_, v) = d.get(&view).await;
+    let first = v["data"]["last_checkpoint_at"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let r = d.sh(&id, "echo two > /workspace/two").await;
+    assert_eq!(r["exit_code"], 0, "{r}");
+
+    d.kill();
+    let init = init_pid(&id).expect("init pid");
+    let _ = sandstone_sys::process::kill(sandstone_sys::Pid::from_raw(init), libc::SIGKILL);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while init_pid(&id).is_some() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "init outlived SIGKILL"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    d.spawn().await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let (_, v) = d.get(&view).await;
+        assert_eq!(v["data"]["status"], "paused", "{v}");
+        if v["data"]["last_checkpoint_at"]
+            .as_str()
+            .is_some_and(|at| at > first.as_str())
+        {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not checkpointed again: {v}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    // The new checkpoint holds the file written after the old one.
+    std::fs::remove_dir_all(d.pool_root().join("sandboxes").join(&id)).unwrap();
+    let (s, v) = d.post(&format!("{view}/resume"), json!({})).await;
+    assert_eq!(s, 200, "{v}");
+    let r = d.sh(&id, "cat /workspace/one /workspace/two").await;
+    assert_eq!(r["stdout"], "one\ntwo\n", "{r}");
 }
 
 /// The daemon collects the store's garbage: a file overwritten twice

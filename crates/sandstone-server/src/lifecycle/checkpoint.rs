@@ -245,6 +245,35 @@ impl Lifecycle {
         });
     }
 
+    /// Checkpoints, in the background, the sandboxes start-up recovery
+    /// paused because their runtime was gone (see `recover`): until then
+    /// they stay on this node, since their files may be newer than their
+    /// last checkpoint.
+    pub fn checkpoint_unsaved(self: &std::sync::Arc<Self>) {
+        let ids = std::mem::take(
+            &mut *self
+                .unsaved
+                .lock()
+                .expect("lock poisoned: a holder panicked"),
+        );
+        if ids.is_empty() {
+            return;
+        }
+        let lc = self.clone();
+        tokio::spawn(async move {
+            for id in ids {
+                match lc.checkpoint(&id).await {
+                    Ok(t) => {
+                        tracing::info!(sandbox = %id, uploaded = t.stats.bytes_uploaded, "checkpointed after recovery")
+                    }
+                    Err(e) => {
+                        tracing::warn!(sandbox = %id, error = %e, "not checkpointed after recovery; it stays on this node until its next pause")
+                    }
+                }
+            }
+        });
+    }
+
     /// Makes sandbox `id`'s volume from its latest checkpoint when this
     /// node has none (it was made or last ran on another node). Nothing is
     /// left behind when it fails: a missing or corrupt chunk is found

@@ -69,6 +69,9 @@ pub struct Lifecycle {
     init_bin: PathBuf,
     runtimes: RwLock<HashMap<String, Runtime>>,
     slots: Mutex<HashSet<i64>>,
+    /// Sandboxes start-up recovery paused with files newer than their last
+    /// checkpoint, for [`Lifecycle::checkpoint_unsaved`].
+    unsaved: Mutex<Vec<String>>,
     /// Where the round-robin search for a free slot starts.
     slot_cursor: std::sync::atomic::AtomicI64,
     locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
@@ -166,6 +169,7 @@ impl Lifecycle {
             init_bin,
             runtimes: RwLock::new(HashMap::new()),
             slots: Mutex::new(slots),
+            unsaved: Mutex::new(Vec::new()),
             slot_cursor: slot_cursor.into(),
             locks: Mutex::new(HashMap::new()),
             activity: Mutex::new(HashMap::new()),

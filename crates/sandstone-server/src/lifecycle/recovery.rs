@@ -102,6 +102,17 @@ impl Lifecycle {
             self.stop_runtime(id, &cgroup);
             if row.status != SandboxStatus::Paused {
                 tracing::warn!(sandbox = %id, pending = ?pending, "runtime gone after restart; sandbox paused");
+                if self.checkpoints.is_some() {
+                    // Its files may be newer than its last checkpoint: no
+                    // other node may take it over from that one. It is
+                    // checkpointed again once the node serves
+                    // (`checkpoint_unsaved`).
+                    self.store.set_checkpointed(&row.fence(), None).await?;
+                    self.unsaved
+                        .lock()
+                        .expect("lock poisoned: a holder panicked")
+                        .push(id.to_string());
+                }
             }
             self.store
                 .set_status(&row.fence(), SandboxStatus::Paused, None)

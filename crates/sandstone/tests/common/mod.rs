@@ -502,6 +502,21 @@ pub async fn networked(dns_upstream: &str, extra: &[String]) -> Daemon {
 /// `error.message`.
 /// SHA-256 hex of `data` by coreutils' `sha256sum`: an implementation
 /// independent of the daemon's.
+/// The host pid of sandbox `id`'s init: the process in its cgroup that is
+/// PID 1 of its pid namespace.
+pub fn init_pid(id: &str) -> Option<i32> {
+    std::fs::read_dir("/proc").ok()?.flatten().find_map(|e| {
+        let pid: i32 = e.file_name().to_str()?.parse().ok()?;
+        let cgroup = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
+        if !cgroup.lines().any(|l| l.ends_with(&format!("/{id}"))) {
+            return None;
+        }
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+        let nspid = status.lines().find(|l| l.starts_with("NSpid:"))?;
+        (nspid.split_whitespace().last() == Some("1")).then_some(pid)
+    })
+}
+
 pub fn sha256sum(data: &[u8]) -> String {
     let out = Command::new("sha256sum")
         .stdin(Stdio::piped())
