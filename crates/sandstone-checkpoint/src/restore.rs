@@ -90,10 +90,6 @@ impl Plan {
         }
         self.files.push(path);
     }
-
-    pub(crate) fn files(&self) -> u64 {
-        self.files.len() as u64
-    }
 }
 
 /// Each chunk of a file with its offset.
@@ -247,12 +243,7 @@ impl Checkpoints {
             move || skeleton(&manifest, &tmp)
         })
         .await?;
-        let mut stats = RestoreStats {
-            entries: manifest.entries.len() as u64,
-            files: plan.files(),
-            ..RestoreStats::default()
-        };
-        self.fill(id, &located, plan, &mut stats).await?;
+        let stats = self.fill(id, &located, &manifest, plan).await?;
         let baseline = blocking({
             let (manifest, tmp, dest) = (manifest.clone(), tmp.to_path_buf(), dest.to_path_buf());
             move || {
@@ -271,14 +262,19 @@ impl Checkpoints {
 
     /// Writes every chunk of `plan` into its files: those in this node's
     /// cache first (a cached chunk that fails to open is fetched), then
-    /// the rest from the store.
+    /// the rest from the store. What it did, for a restore of `manifest`.
     pub(crate) async fn fill(
         &self,
         id: &CheckpointId,
         located: &HashMap<ChunkId, Location>,
+        manifest: &Manifest,
         plan: Plan,
-        stats: &mut RestoreStats,
-    ) -> Result<()> {
+    ) -> Result<RestoreStats> {
+        let mut stats = RestoreStats {
+            entries: manifest.entries.len() as u64,
+            files: plan.files.len() as u64,
+            ..RestoreStats::default()
+        };
         let Plan { files, wanted, .. } = plan;
         let files = Arc::new(files);
         let concurrency = self.inner.concurrency;
@@ -350,7 +346,7 @@ impl Checkpoints {
         stats.bytes_written += fetched.written;
         stats.chunks_fetched += fetched.refs;
         stats.bytes_fetched += fetched.fetched;
-        Ok(())
+        Ok(stats)
     }
 
     /// Reads a span of a pack, then opens and verifies each chunk in it,

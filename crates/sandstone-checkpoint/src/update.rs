@@ -13,7 +13,7 @@
 use crate::fsmeta;
 use crate::manifest::{CheckpointId, Entry, FileContent, HardLink, Kind, Manifest, OsBytes};
 use crate::restore::{self, Plan, chunks_at, under};
-use crate::{Checkpoints, Error, RestoreStats, Restored, Result, blocking, io};
+use crate::{Checkpoints, Error, Restored, Result, blocking, io};
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::sync::Arc;
@@ -44,12 +44,7 @@ impl Checkpoints {
             move || apply(&current, &manifest, &tree)
         })
         .await?;
-        let mut stats = RestoreStats {
-            entries: manifest.entries.len() as u64,
-            files: plan.files(),
-            ..RestoreStats::default()
-        };
-        self.fill(id, &located, plan, &mut stats).await?;
+        let stats = self.fill(id, &located, &manifest, plan).await?;
         let baseline = blocking({
             let (manifest, tree) = (manifest.clone(), tree.to_path_buf());
             move || {
