@@ -6,7 +6,9 @@
 //! stopped (SIGSTOP to all but PID 1) so that two copies never run at once,
 //! even while the daemon itself cannot act. When the deadline moves forward
 //! again (the daemon renewed and found the sandbox still its own) they go
-//! on (SIGCONT); when another node took it, the daemon kills it instead.
+//! on (SIGCONT) — all but those that were stopped already (by their user:
+//! job control, SIGSTOP), which stay stopped; when another node took it,
+//! the daemon kills it instead.
 
 use std::os::unix::fs::FileExt;
 use std::time::Duration;
@@ -17,6 +19,8 @@ pub fn watch(file: std::fs::File, every: Duration) {
         .name("lease-watch".into())
         .spawn(move || {
             let mut stopped = false;
+            // Stopped before the watch stopped everything.
+            let mut held: Vec<i32> = Vec::new();
             loop {
                 std::thread::sleep(every);
                 let Some(deadline) = read_deadline(&file) else {
@@ -24,10 +28,19 @@ pub fn watch(file: std::fs::File, every: Duration) {
                 };
                 let past = sandstone_sys::process::monotonic() > deadline;
                 if past != stopped {
-                    let signal = if past { libc::SIGSTOP } else { libc::SIGCONT };
-                    // -1: every process of this PID namespace but PID 1.
-                    // ESRCH (none left) is not a failure.
-                    let _ = sandstone_sys::process::kill(sandstone_sys::Pid::from_raw(-1), signal);
+                    if past {
+                        held = processes()
+                            .into_iter()
+                            .filter(|(_, state)| matches!(state, 'T' | 't'))
+                            .map(|(pid, _)| pid)
+                            .collect();
+                        // -1: every process of this PID namespace but PID 1
+                        // (no /proc needed, so nothing inside can hide from
+                        // it). ESRCH (none left) is not a failure.
+                        signal(-1, libc::SIGSTOP);
+                    } else {
+                        continue_all_but(&held);
+                    }
                     eprintln!(
                         "lease watch: the node's lease deadline {}; processes {}",
                         if past { "passed" } else { "moved on" },
@@ -40,6 +53,43 @@ pub fn watch(file: std::fs::File, every: Duration) {
     if let Err(e) = spawned {
         eprintln!("lease watch: cannot start: {e}");
     }
+}
+
+fn signal(pid: i32, signal: i32) {
+    let _ = sandstone_sys::process::kill(sandstone_sys::Pid::from_raw(pid), signal);
+}
+
+/// Continues every process but those in `held`: each by its pid, read
+/// from /proc; when /proc lists none (unreadable, or hidden by a mount
+/// inside), every process, so that none stays stopped for good.
+fn continue_all_but(held: &[i32]) {
+    let listed = processes();
+    if held.is_empty() || listed.is_empty() {
+        signal(-1, libc::SIGCONT);
+        return;
+    }
+    for (pid, _) in listed {
+        if pid != 1 && !held.contains(&pid) {
+            signal(pid, libc::SIGCONT);
+        }
+    }
+}
+
+/// The processes of this PID namespace and their states (the letter of
+/// `/proc/<pid>/stat`); none when /proc cannot be read.
+fn processes() -> Vec<(i32, char)> {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.flatten()
+        .filter_map(|e| {
+            let pid: i32 = e.file_name().to_str()?.parse().ok()?;
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+            // The command may hold ") ": the state follows the last one.
+            let state = stat.rsplit_once(") ")?.1.chars().next()?;
+            Some((pid, state))
+        })
+        .collect()
 }
 
 /// The deadline, read until two reads agree (the daemon rewrites the

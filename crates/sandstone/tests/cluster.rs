@@ -624,6 +624,53 @@ async fn a_node_frozen_past_its_lease_stops_the_sandbox_another_took() {
 
 /// Sends SIGCONT to `pid` when dropped, so a failed assertion never leaves
 /// a daemon stopped.
+/// A node frozen (SIGSTOP) just past its hold: the sandbox's init stops
+/// its processes; thawed before anyone took the sandbox, the node keeps
+/// it, and the init lets its processes go on — but not one its user had
+/// stopped before.
+#[tokio::test]
+async fn a_node_thawed_in_time_runs_its_sandbox_on_and_keeps_what_was_stopped() {
+    let Some(c) = Cluster::start_with(2, TTL, true).await else {
+        return;
+    };
+    let a = c.nodes[0].create(json!({})).await;
+    assert_eq!(c.holder(&a), Some(0));
+    let (run, held) = (format!("run-marker-{a}"), format!("held-marker-{a}"));
+    let r = c.nodes[0]
+        .sh(&a, &format!("sh -c 'sleep 600; true' {run} >/dev/null 2>&1 & setsid sh -c 'kill -STOP $$; sleep 600; true' {held} >/dev/null 2>&1 &"))
+        .await;
+    assert_eq!(r["exit_code"], 0, "{r}");
+    // (In a session of its own: a stopped process whose group is orphaned
+    // when the command's shell exits gets SIGHUP and SIGCONT.)
+    eventually(
+        Duration::from_secs(5),
+        "the held process is stopped",
+        async || states_of(&held) == ['T'] && states_of(&run) == ['S'],
+    )
+    .await;
+
+    let pid = common::pid_of(c.nodes[0].child.as_ref().unwrap());
+    sandstone_sys::process::kill(pid, libc::SIGSTOP).unwrap();
+    let thaw = Thaw(pid);
+    eventually(TTL * 2, "the init stops the sandbox", async || {
+        states_of(&run) == ['T']
+    })
+    .await;
+    drop(thaw);
+    eventually(TTL * 4, "the sandbox goes on", async || {
+        states_of(&run) == ['S']
+    })
+    .await;
+    assert_eq!(
+        states_of(&held),
+        ['T'],
+        "what its user stopped was continued"
+    );
+    let r = c.nodes[1].sh(&a, "echo on").await;
+    assert_eq!(r["stdout"], "on\n", "{r}");
+    assert_eq!(c.holder(&a), Some(0));
+}
+
 struct Thaw(sandstone_sys::Pid);
 
 impl Drop for Thaw {
