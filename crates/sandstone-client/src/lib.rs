@@ -380,6 +380,22 @@ impl Client {
         .await
     }
 
+    /// Imports an image archive (a tar of an OCI layout or of `docker
+    /// save`'s output, plain or gzipped) as template `name`, streamed.
+    pub async fn import_template(
+        &self,
+        name: &str,
+        archive: tokio::fs::File,
+    ) -> Result<serde_json::Value> {
+        let req = self
+            .http
+            .post(self.url("/api/v1/templates/import"))
+            .query(&[("name", name)])
+            .header("content-type", "application/x-tar")
+            .body(reqwest::Body::from(archive));
+        self.data(req).await
+    }
+
     pub async fn read_file(&self, id: &str, path: &str) -> Result<Vec<u8>> {
         let req = self
             .http

@@ -13,9 +13,11 @@
 //! root when followed there.
 
 mod digest;
+pub mod image;
 mod layer;
 
 pub use digest::Digest;
+pub use image::{Image, ImageConfig, Layer};
 pub use layer::{Compression, Expected, Unpacked, unpack};
 
 #[derive(Debug, thiserror::Error)]
@@ -32,6 +34,10 @@ pub enum Error {
         expected: Digest,
         actual: Digest,
     },
+    #[error("not an image: {0}")]
+    NotAnImage(String),
+    #[error("the image is for {have}, not {want}")]
+    WrongArchitecture { want: String, have: String },
     #[error("layer entry {path:?} {reason}")]
     Unsafe { path: String, reason: &'static str },
     #[error("layer entry {path:?} is a {kind}, which a layer may not hold")]

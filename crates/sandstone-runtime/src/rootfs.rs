@@ -134,7 +134,7 @@ pub fn assemble_host_side(spec: &SpawnSpec) -> Result<()> {
         }
     }
     let dev = inside(root, "dev");
-    ensure_dir(&dev)?;
+    as_sandbox_root(spec.id_base, || ensure_dir(&dev))?;
     mount(None, &dev, Some("tmpfs"), NOSUID, Some("mode=755,size=64k"))?;
     for d in DEVICES {
         let node = dev.join(d);
@@ -156,7 +156,7 @@ pub fn assemble_host_side(spec: &SpawnSpec) -> Result<()> {
     }
     // sysfs of the sandbox's own network namespace (which we are in), read-only.
     let sys_dir = inside(root, "sys");
-    ensure_dir(&sys_dir)?;
+    as_sandbox_root(spec.id_base, || ensure_dir(&sys_dir))?;
     mount(
         None,
         &sys_dir,

@@ -5,6 +5,8 @@
 //!
 //! ```text
 //! <data>/templates/<id>/rootfs       template lower layer
+//! <data>/templates/<id>/image.json   or: a template made from an image
+//! <data>/layers/<diff id>/           one image layer, shared by templates
 //! <pool>/sandboxes/<id>/upper        writable rootfs layer (durable)
 //! <pool>/sandboxes/<id>/work         overlay work dir
 //! <pool>/sandboxes/<id>/workspace    /workspace (durable)
@@ -20,9 +22,11 @@
 mod btrfs;
 mod debian_template;
 mod host_template;
+mod image_template;
 pub mod pool;
 
 pub use debian_template::BuiltTemplate;
+pub use image_template::{ImageTemplate, Imported, check_id};
 pub use pool::{Driver, Pool, Space};
 
 use sandstone_runtime::BindMount;
@@ -38,6 +42,15 @@ pub enum Error {
     },
     #[error("template {0} not found")]
     UnknownTemplate(String),
+    #[error(
+        "invalid template id {0:?}: expected 1 to 64 of a-z, 0-9, '.', '_' and '-', starting \
+         with a letter or digit"
+    )]
+    InvalidTemplateId(String),
+    #[error("template {0} exists already")]
+    TemplateExists(String),
+    #[error(transparent)]
+    Image(#[from] sandstone_oci::Error),
 }
 
 pub type Result<T> = std::result::Result<T, Error>;
@@ -181,7 +194,7 @@ impl Storage {
     pub fn open(data_dir: &Path, driver: Option<Driver>) -> Result<Storage> {
         // Layers are stored unshifted: a setuid file a sandbox creates is
         // owned by host root on disk. Only host root may traverse to them.
-        for d in ["templates", "run"] {
+        for d in ["templates", "layers", "run"] {
             let dir = data_dir.join(d);
             std::fs::create_dir_all(&dir).map_err(io(format!("create {d} dir")))?;
             std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o700))
@@ -270,7 +283,7 @@ impl Storage {
     }
 
     /// Templates available on this host (`host` always; the debootstrapped
-    /// ones once built).
+    /// ones once built; those imported from images).
     pub fn templates(&self) -> Result<Vec<Template>> {
         let mut v = vec![host_template::ensure(&self.root.join("templates/host"))?];
         for t in BuiltTemplate::ALL {
@@ -284,6 +297,7 @@ impl Storage {
                 )?);
             }
         }
+        v.extend(self.image_templates()?);
         Ok(v)
     }
 

@@ -163,6 +163,13 @@ enum Cmd {
 enum TemplateCmd {
     /// List templates.
     Ls,
+    /// Import an OCI image archive as a template: a tar (plain or gzipped)
+    /// of an OCI image layout, or what `docker save` writes.
+    Import {
+        /// The new template's id.
+        name: String,
+        file: std::path::PathBuf,
+    },
 }
 
 fn main() {
@@ -225,6 +232,9 @@ async fn run(cli: Cli) -> Result<()> {
         Cmd::Template {
             cmd: TemplateCmd::Ls,
         } => sandbox_cmd::templates(&cli).await,
+        Cmd::Template {
+            cmd: TemplateCmd::Import { name, file },
+        } => sandbox_cmd::import_template(&cli, name, file).await,
         Cmd::Restore { id, snapshot } => snapshot_cmd::restore(&cli, id, snapshot).await,
         Cmd::Snapshot { cmd } => snapshot_cmd::run(&cli, cmd).await,
         Cmd::Policy { cmd } => policy_cmd::run(&cli, cmd).await,

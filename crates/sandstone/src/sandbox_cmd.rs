@@ -2,7 +2,7 @@
 //! `rm` and `template ls`.
 
 use crate::{Cli, client, policy_cmd, print_json};
-use anyhow::Result;
+use anyhow::{Context, Result};
 
 #[derive(clap::Args)]
 pub struct CreateArgs {
@@ -139,6 +139,23 @@ pub async fn templates(cli: &Cli) -> Result<()> {
     for t in t.templates {
         println!("{:<10} {}", t.id, t.description);
     }
+    Ok(())
+}
+
+pub async fn import_template(cli: &Cli, name: &str, file: &std::path::Path) -> Result<()> {
+    let archive = tokio::fs::File::open(file)
+        .await
+        .with_context(|| format!("open {}", file.display()))?;
+    let done = client(cli)?.import_template(name, archive).await?;
+    if cli.json {
+        return print_json(&done);
+    }
+    println!(
+        "template {name}: {} layers ({} already here), {} unpacked",
+        done["layers"],
+        done["layers_reused"],
+        human_bytes(done["bytes"].as_u64().unwrap_or(0))
+    );
     Ok(())
 }
 

@@ -14,6 +14,7 @@ mod checkpoint;
 mod error;
 mod expiry;
 mod fencing;
+mod images;
 pub(crate) mod network;
 mod recovery;
 mod snapshots;

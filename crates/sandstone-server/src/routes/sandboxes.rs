@@ -297,6 +297,45 @@ pub async fn templates(State(st): State<AppState>) -> ApiResult<Response> {
     Ok(ok(StatusCode::OK, api::TemplateList { templates: list }))
 }
 
+/// `POST /api/v1/templates/import?name=NAME`: the body is an image archive
+/// (a tar, plain or gzipped, of an OCI layout or of `docker save`'s
+/// output), written to a private file as it arrives, then imported.
+pub async fn import_template(
+    State(st): State<AppState>,
+    Query(q): Query<HashMap<String, String>>,
+    body: axum::body::Body,
+) -> ApiResult<Response> {
+    use futures_util::StreamExt;
+    use std::io::Write;
+    let name = q.get("name").ok_or_else(|| {
+        ApiError::bad_request("missing query parameter `name`: the template's id")
+    })?;
+    sandstone_volumes::check_id(name)
+        .map_err(|e| ApiError::bad_request(format!("invalid query parameter `name`: {e}")))?;
+    st.lifecycle.check_free_space()?;
+    let mut file = tempfile::Builder::new()
+        .prefix(".upload-")
+        .tempfile_in(st.lifecycle.import_scratch())
+        .map_err(|e| ApiError::internal(format!("a file for the upload: {e}")))?;
+    let mut stream = body.into_data_stream();
+    while let Some(piece) = stream.next().await {
+        let piece =
+            piece.map_err(|e| ApiError::bad_request(format!("reading the request body: {e}")))?;
+        file.write_all(&piece)
+            .map_err(|e| ApiError::internal(format!("writing the upload: {e}")))?;
+    }
+    let done = st.lifecycle.import_template(name, file.path()).await?;
+    Ok(ok(
+        StatusCode::CREATED,
+        serde_json::json!({
+            "template_id": name,
+            "layers": done.layers,
+            "layers_reused": done.layers_reused,
+            "bytes": done.bytes,
+        }),
+    ))
+}
+
 /// `POST /api/v1/sandboxes/{id}/checkpoint`.
 pub async fn checkpoint(State(st): State<AppState>, Path(id): Path<String>) -> ApiResult<Response> {
     let taken = st.lifecycle.checkpoint(&id).await?;

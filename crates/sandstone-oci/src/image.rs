@@ -1,0 +1,340 @@
+//! Reading an image out of a directory laid out the way OCI tools write
+//! one (`oci-layout`, `index.json`, `blobs/sha256/…`) or the way `docker
+//! save` does (`manifest.json` naming a config and layer files): its
+//! config and its layers, bottom first, for this machine's architecture.
+//! An archive of either is unpacked into a directory first ([`unpack_archive`]).
+
+use crate::{Digest, Error, Result, io};
+use serde::Deserialize;
+use std::path::{Path, PathBuf};
+
+const INDEX: &str = "application/vnd.oci.image.index.v1+json";
+const DOCKER_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
+
+/// An image ready to unpack.
+#[derive(Debug, Clone)]
+pub struct Image {
+    pub config: ImageConfig,
+    /// Bottom layer first.
+    pub layers: Vec<Layer>,
+}
+
+/// One layer: where its blob is, and what it must be.
+#[derive(Debug, Clone)]
+pub struct Layer {
+    pub blob: PathBuf,
+    pub media_type: String,
+    pub digest: Digest,
+    /// From the config's `rootfs.diff_ids`.
+    pub diff_id: Digest,
+}
+
+/// The parts of an image's config that apply to a sandbox.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ImageConfig {
+    pub architecture: String,
+    pub env: Vec<String>,
+    pub working_dir: Option<String>,
+    pub user: Option<String>,
+    pub entrypoint: Vec<String>,
+    pub cmd: Vec<String>,
+}
+
+#[derive(Deserialize)]
+struct Descriptor {
+    #[serde(rename = "mediaType", default)]
+    media_type: String,
+    digest: String,
+    #[serde(default)]
+    platform: Option<Platform>,
+}
+
+#[derive(Deserialize)]
+struct Platform {
+    architecture: String,
+    os: String,
+}
+
+#[derive(Deserialize)]
+struct IndexDoc {
+    manifests: Vec<Descriptor>,
+}
+
+#[derive(Deserialize)]
+struct ManifestDoc {
+    config: Descriptor,
+    layers: Vec<Descriptor>,
+}
+
+#[derive(Deserialize)]
+struct ConfigDoc {
+    #[serde(default)]
+    architecture: String,
+    #[serde(default)]
+    config: Option<RunConfig>,
+    rootfs: RootFs,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "PascalCase")]
+struct RunConfig {
+    #[serde(default)]
+    env: Option<Vec<String>>,
+    #[serde(default)]
+    working_dir: Option<String>,
+    #[serde(default)]
+    user: Option<String>,
+    #[serde(default)]
+    entrypoint: Option<Vec<String>>,
+    #[serde(default)]
+    cmd: Option<Vec<String>>,
+}
+
+#[derive(Deserialize)]
+struct RootFs {
+    diff_ids: Vec<String>,
+}
+
+/// `docker save`'s `manifest.json`: one entry per image.
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct SavedImage {
+    config: String,
+    layers: Vec<String>,
+}
+
+/// The architecture images name for this machine.
+pub fn this_architecture() -> &'static str {
+    match std::env::consts::ARCH {
+        "x86_64" => "amd64",
+        "aarch64" => "arm64",
+        other => other,
+    }
+}
+
+/// Reads the image in `dir` (an OCI layout, or what `docker save` wrote).
+pub fn read(dir: &Path) -> Result<Image> {
+    if dir.join("index.json").exists() {
+        read_layout(dir)
+    } else if dir.join("manifest.json").exists() {
+        read_saved(dir)
+    } else {
+        Err(Error::NotAnImage(
+            "neither index.json (an OCI layout) nor manifest.json (docker save) is there".into(),
+        ))
+    }
+}
+
+fn json<T: serde::de::DeserializeOwned>(path: &Path, what: &str) -> Result<T> {
+    let data = std::fs::read(path).map_err(io(format!("read {what}")))?;
+    serde_json::from_slice(&data).map_err(|e| Error::NotAnImage(format!("{what}: {e}")))
+}
+
+/// A blob of the layout, by digest: it must be a plain file inside.
+fn blob(dir: &Path, digest: &str) -> Result<(PathBuf, Digest)> {
+    let d: Digest = digest.parse()?;
+    let path = dir
+        .join("blobs/sha256")
+        .join(d.to_string().trim_start_matches("sha256:"));
+    match std::fs::symlink_metadata(&path) {
+        Ok(m) if m.is_file() => Ok((path, d)),
+        _ => Err(Error::NotAnImage(format!("blob {d} is missing"))),
+    }
+}
+
+/// Reads a blob the image names by digest, checked against it.
+fn checked_json<T: serde::de::DeserializeOwned>(dir: &Path, digest: &str, what: &str) -> Result<T> {
+    let (path, want) = blob(dir, digest)?;
+    let data = std::fs::read(&path).map_err(io(format!("read {what}")))?;
+    let got = Digest::of(&data);
+    if got != want {
+        return Err(Error::DigestMismatch {
+            what: "a manifest or config blob's digest",
+            expected: want,
+            actual: got,
+        });
+    }
+    serde_json::from_slice(&data).map_err(|e| Error::NotAnImage(format!("{what}: {e}")))
+}
+
+fn read_layout(dir: &Path) -> Result<Image> {
+    let mut index: IndexDoc = json(&dir.join("index.json"), "index.json")?;
+    // Indexes may nest (an image index inside the layout's index).
+    for _ in 0..4 {
+        let arch = this_architecture();
+        let chosen = index
+            .manifests
+            .iter()
+            .find(|m| {
+                m.platform
+                    .as_ref()
+                    .is_none_or(|p| p.os == "linux" && p.architecture == arch)
+            })
+            .ok_or_else(|| {
+                let others: Vec<String> = index
+                    .manifests
+                    .iter()
+                    .filter_map(|m| m.platform.as_ref())
+                    .map(|p| format!("{}/{}", p.os, p.architecture))
+                    .collect();
+                Error::WrongArchitecture {
+                    want: format!("linux/{arch}"),
+                    have: others.join(", "),
+                }
+            })?;
+        if chosen.media_type == INDEX || chosen.media_type == DOCKER_LIST {
+            index = checked_json(dir, &chosen.digest, "a nested index")?;
+            continue;
+        }
+        let manifest: ManifestDoc = checked_json(dir, &chosen.digest, "the image manifest")?;
+        let config: ConfigDoc = checked_json(dir, &manifest.config.digest, "the image config")?;
+        let layers = manifest
+            .layers
+            .iter()
+            .map(|l| Ok((blob(dir, &l.digest)?, l.media_type.clone())))
+            .collect::<Result<Vec<_>>>()?;
+        return assemble(config, layers);
+    }
+    Err(Error::NotAnImage("indexes nest too deep".into()))
+}
+
+fn read_saved(dir: &Path) -> Result<Image> {
+    let saved: Vec<SavedImage> = json(&dir.join("manifest.json"), "manifest.json")?;
+    let [image] = <[SavedImage; 1]>::try_from(saved).map_err(|v| {
+        Error::NotAnImage(format!("manifest.json lists {} images, not one", v.len()))
+    })?;
+    let inside = |name: &str| -> Result<PathBuf> {
+        let rel = Path::new(name);
+        if rel.is_absolute()
+            || rel
+                .components()
+                .any(|c| c == std::path::Component::ParentDir)
+        {
+            return Err(Error::NotAnImage(format!(
+                "{name:?} is outside the archive"
+            )));
+        }
+        Ok(dir.join(rel))
+    };
+    let config: ConfigDoc = json(&inside(&image.config)?, "the image config")?;
+    let layers = image
+        .layers
+        .iter()
+        .map(|name| {
+            let path = inside(name)?;
+            let data = std::fs::File::open(&path).map_err(io(format!("open layer {name}")))?;
+            let digest = crate::digest::Hashing::new(data)
+                .finish()
+                .map_err(io(format!("read layer {name}")))?;
+            // Saved layers are plain tars, whatever their name says.
+            Ok((
+                (path, digest),
+                "application/vnd.oci.image.layer.v1.tar".to_string(),
+            ))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    assemble(config, layers)
+}
+
+/// Pairs each layer with its `diff_id` and picks out the config's run
+/// settings; an image for another architecture is refused.
+fn assemble(config: ConfigDoc, layers: Vec<((PathBuf, Digest), String)>) -> Result<Image> {
+    let arch = this_architecture();
+    if !config.architecture.is_empty() && config.architecture != arch {
+        return Err(Error::WrongArchitecture {
+            want: format!("linux/{arch}"),
+            have: format!("linux/{}", config.architecture),
+        });
+    }
+    if config.rootfs.diff_ids.len() != layers.len() {
+        return Err(Error::NotAnImage(format!(
+            "{} layers but {} diff_ids",
+            layers.len(),
+            config.rootfs.diff_ids.len()
+        )));
+    }
+    let layers = layers
+        .into_iter()
+        .zip(&config.rootfs.diff_ids)
+        .map(|(((blob, digest), media_type), diff_id)| {
+            Ok(Layer {
+                blob,
+                media_type,
+                digest,
+                diff_id: diff_id.parse()?,
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let run = config.config.unwrap_or_default();
+    Ok(Image {
+        config: ImageConfig {
+            architecture: config.architecture,
+            env: run.env.unwrap_or_default(),
+            working_dir: run.working_dir.filter(|w| !w.is_empty()),
+            user: run.user.filter(|u| !u.is_empty()),
+            entrypoint: run.entrypoint.unwrap_or_default(),
+            cmd: run.cmd.unwrap_or_default(),
+        },
+        layers,
+    })
+}
+
+/// Unpacks an image archive (a tar of an OCI layout, or of what `docker
+/// save` wrote; gzip-compressed or not) into `dest`, an empty directory:
+/// only plain files and directories, every name inside.
+pub fn unpack_archive(file: &Path, dest: &Path) -> Result<()> {
+    let mut f = std::fs::File::open(file).map_err(io(format!("open {file:?}")))?;
+    let mut magic = [0u8; 2];
+    let gz = std::io::Read::read(&mut f, &mut magic).map_err(io(format!("read {file:?}")))? == 2
+        && magic == [0x1f, 0x8b];
+    let f = std::fs::File::open(file).map_err(io(format!("open {file:?}")))?;
+    let reader: Box<dyn std::io::Read> = if gz {
+        Box::new(flate2::read::MultiGzDecoder::new(f))
+    } else {
+        Box::new(f)
+    };
+    let mut archive = tar::Archive::new(reader);
+    let mut files = 0u64;
+    let not_tar = |e: std::io::Error| {
+        Error::NotAnImage(format!("the archive is not a tar (plain or gzipped): {e}"))
+    };
+    for entry in archive.entries().map_err(not_tar)? {
+        let mut e = entry.map_err(not_tar)?;
+        let name = String::from_utf8_lossy(&e.path_bytes()).into_owned();
+        let rel = Path::new(name.trim_start_matches("./"));
+        if rel.is_absolute()
+            || rel
+                .components()
+                .any(|c| !matches!(c, std::path::Component::Normal(_)))
+        {
+            if rel.as_os_str().is_empty() || name == "./" {
+                continue;
+            }
+            return Err(Error::NotAnImage(format!(
+                "{name:?} is outside the archive"
+            )));
+        }
+        let path = dest.join(rel);
+        match e.header().entry_type() {
+            tar::EntryType::Directory => {
+                std::fs::create_dir_all(&path).map_err(io(format!("unpack {name:?}")))?;
+            }
+            tar::EntryType::Regular | tar::EntryType::Continuous => {
+                if let Some(parent) = path.parent() {
+                    std::fs::create_dir_all(parent).map_err(io(format!("unpack {name:?}")))?;
+                }
+                let mut out =
+                    std::fs::File::create(&path).map_err(io(format!("unpack {name:?}")))?;
+                std::io::copy(&mut e, &mut out).map_err(io(format!("unpack {name:?}")))?;
+                files += 1;
+            }
+            // Symlinks (old docker saves link repeated layers) and the
+            // rest are not followed.
+            _ => {}
+        }
+    }
+    if files == 0 {
+        return Err(Error::NotAnImage("the archive holds no files".into()));
+    }
+    Ok(())
+}

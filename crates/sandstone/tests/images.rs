@@ -1,0 +1,366 @@
+//! Templates imported from OCI images (`sandstone template import`,
+//! `POST /api/v1/templates/import`): archives built here the way OCI tools
+//! and `docker save` lay them out, on top of a static busybox (Debian's
+//! `busybox-static`, which `.ci/run` installs), imported, then run.
+
+// Test code: an unexpected failure is the test failing, so unwrap is the point.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use common::Daemon;
+use sandstone_oci::Digest;
+use serde_json::{Value, json};
+use std::io::Write;
+
+/// One tar entry of a layer.
+enum Ent<'a> {
+    Dir(&'a str),
+    File(&'a str, &'a [u8], u32),
+    Symlink(&'a str, &'a str),
+}
+
+/// Names go into the header as they are (a builder would refuse `..`,
+/// which a hostile image has).
+fn tar_of(entries: &[Ent]) -> Vec<u8> {
+    let mut b = tar::Builder::new(Vec::new());
+    for e in entries {
+        let mut h = tar::Header::new_ustar();
+        h.set_uid(0);
+        h.set_gid(0);
+        h.set_mtime(1_700_000_000);
+        let (name, data): (&str, &[u8]) = match e {
+            Ent::Dir(p) => {
+                h.set_entry_type(tar::EntryType::Directory);
+                h.set_mode(0o755);
+                (p, b"")
+            }
+            Ent::File(p, data, mode) => {
+                h.set_entry_type(tar::EntryType::Regular);
+                h.set_mode(*mode);
+                (p, data)
+            }
+            Ent::Symlink(p, to) => {
+                h.set_entry_type(tar::EntryType::Symlink);
+                h.set_mode(0o777);
+                h.as_old_mut().linkname[..to.len()].copy_from_slice(to.as_bytes());
+                (p, b"")
+            }
+        };
+        h.as_old_mut().name[..name.len()].copy_from_slice(name.as_bytes());
+        h.set_size(data.len() as u64);
+        h.set_cksum();
+        b.append(&h, data).unwrap();
+    }
+    b.into_inner().unwrap()
+}
+
+fn gzip(data: &[u8]) -> Vec<u8> {
+    let mut z = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    z.write_all(data).unwrap();
+    z.finish().unwrap()
+}
+
+/// The bottom layer: a static busybox and the commands the tests run.
+fn busybox_layer() -> Vec<u8> {
+    let busybox = std::fs::read("/bin/busybox")
+        .expect("/bin/busybox (apt-get install busybox-static; .ci/run does)");
+    let mut entries = vec![Ent::Dir("bin"), Ent::File("bin/busybox", &busybox, 0o755)];
+    for tool in ["sh", "cat", "ls", "echo"] {
+        entries.push(Ent::Symlink(
+            Box::leak(format!("bin/{tool}").into_boxed_str()),
+            "busybox",
+        ));
+    }
+    tar_of(&entries)
+}
+
+/// The image's own layers: files, an app, and a second layer that
+/// replaces a file, deletes one (whiteout) and empties a directory
+/// (opaque) before adding to it.
+fn app_layers() -> (Vec<u8>, Vec<u8>) {
+    let first = tar_of(&[
+        Ent::Dir("etc"),
+        Ent::File("etc/greeting", b"hello from layer 1\n", 0o644),
+        Ent::Dir("opt"),
+        Ent::File("opt/old", b"old\n", 0o644),
+        Ent::Dir("opt/app"),
+        Ent::File("opt/app/run.sh", b"#!/bin/sh\necho the app runs\n", 0o755),
+        Ent::Dir("opt/dir"),
+        Ent::File("opt/dir/a", b"a\n", 0o644),
+    ]);
+    let second = tar_of(&[
+        Ent::File("etc/greeting", b"hello from layer 2\n", 0o644),
+        Ent::File("opt/.wh.old", b"", 0o644),
+        Ent::Dir("opt/dir"),
+        Ent::File("opt/dir/.wh..wh..opq", b"", 0o644),
+        Ent::File("opt/dir/b", b"b\n", 0o644),
+    ]);
+    (first, second)
+}
+
+/// An OCI image layout as a tar: `blobs` are (media type, uncompressed
+/// tar, stored bytes), bottom first; `arch` names the image's platform.
+/// Its index points at a nested index with an arm64 manifest first.
+fn oci_archive(layers: &[(&str, &[u8], Vec<u8>)], arch: &str) -> Vec<u8> {
+    let mut blobs: Vec<Vec<u8>> = Vec::new();
+    let mut add = |data: Vec<u8>| -> (String, usize) {
+        let d = Digest::of(&data).to_string();
+        let n = data.len();
+        blobs.push(data);
+        (d, n)
+    };
+    let config = json!({
+        "architecture": arch,
+        "os": "linux",
+        "config": {"Env": ["PATH=/bin", "GREETING=from the image"], "WorkingDir": "/opt/app", "Cmd": ["/opt/app/run.sh"]},
+        "rootfs": {"type": "layers", "diff_ids": layers.iter().map(|(_, tar, _)| Digest::of(tar).to_string()).collect::<Vec<_>>()},
+    });
+    let (config_digest, config_size) = add(serde_json::to_vec(&config).unwrap());
+    let layer_descs: Vec<Value> = layers
+        .iter()
+        .map(|(media, _, stored)| {
+            let (d, n) = add(stored.clone());
+            json!({"mediaType": media, "digest": d, "size": n})
+        })
+        .collect();
+    let manifest = json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": config_digest, "size": config_size},
+        "layers": layer_descs,
+    });
+    let (manifest_digest, manifest_size) = add(serde_json::to_vec(&manifest).unwrap());
+    let nested = json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.index.v1+json",
+        "manifests": [
+            {"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": "sha256:0000000000000000000000000000000000000000000000000000000000000000", "size": 1, "platform": {"architecture": "arm64", "os": "linux"}},
+            {"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": manifest_digest, "size": manifest_size, "platform": {"architecture": arch, "os": "linux"}},
+        ],
+    });
+    let (nested_digest, nested_size) = add(serde_json::to_vec(&nested).unwrap());
+    let index = json!({
+        "schemaVersion": 2,
+        "manifests": [{"mediaType": "application/vnd.oci.image.index.v1+json", "digest": nested_digest, "size": nested_size}],
+    });
+    let mut b = tar::Builder::new(Vec::new());
+    let mut put = |path: &str, data: &[u8]| {
+        let mut h = tar::Header::new_gnu();
+        h.set_mode(0o644);
+        h.set_size(data.len() as u64);
+        b.append_data(&mut h, path, data).unwrap();
+    };
+    put("oci-layout", br#"{"imageLayoutVersion":"1.0.0"}"#);
+    put("index.json", &serde_json::to_vec(&index).unwrap());
+    for blob in &blobs {
+        let d = Digest::of(blob).to_string();
+        put(&format!("blobs/sha256/{}", &d[7..]), blob);
+    }
+    b.into_inner().unwrap()
+}
+
+/// What `docker save` writes: `manifest.json`, the config and plain tar
+/// layers under their own names.
+fn saved_archive(layers: &[&[u8]]) -> Vec<u8> {
+    let config = json!({
+        "architecture": "amd64",
+        "os": "linux",
+        "rootfs": {"type": "layers", "diff_ids": layers.iter().map(|l| Digest::of(l).to_string()).collect::<Vec<_>>()},
+    });
+    let config = serde_json::to_vec(&config).unwrap();
+    let config_name = format!("{}.json", &Digest::of(&config).to_string()[7..]);
+    let names: Vec<String> = (0..layers.len())
+        .map(|i| format!("layer{i}/layer.tar"))
+        .collect();
+    let manifest = json!([{"Config": config_name, "RepoTags": ["saved:latest"], "Layers": names}]);
+    let mut b = tar::Builder::new(Vec::new());
+    let mut put = |path: &str, data: &[u8]| {
+        let mut h = tar::Header::new_gnu();
+        h.set_mode(0o644);
+        h.set_size(data.len() as u64);
+        b.append_data(&mut h, path, data).unwrap();
+    };
+    put("manifest.json", &serde_json::to_vec(&manifest).unwrap());
+    put(&config_name, &config);
+    for (name, layer) in names.iter().zip(layers) {
+        put(name, layer);
+    }
+    b.into_inner().unwrap()
+}
+
+async fn import(d: &Daemon, name: &str, archive: Vec<u8>) -> (u16, Value) {
+    let resp = reqwest::Client::new()
+        .post(format!("{}/api/v1/templates/import?name={name}", d.url))
+        .bearer_auth(&d.token)
+        .body(archive)
+        .send()
+        .await
+        .unwrap();
+    let status = resp.status().as_u16();
+    (status, resp.json().await.unwrap_or_default())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_oci_image_becomes_a_template_sandboxes_run_from() {
+    let d = Daemon::start().await;
+    let base = busybox_layer();
+    let (first, second) = app_layers();
+    let archive = oci_archive(
+        &[
+            (
+                "application/vnd.oci.image.layer.v1.tar+gzip",
+                &base,
+                gzip(&base),
+            ),
+            (
+                "application/vnd.oci.image.layer.v1.tar+gzip",
+                &first,
+                gzip(&first),
+            ),
+            (
+                "application/vnd.oci.image.layer.v1.tar+zstd",
+                &second,
+                zstd::encode_all(&second[..], 3).unwrap(),
+            ),
+        ],
+        sandstone_oci::image::this_architecture(),
+    );
+    // Through the CLI, from a gzipped archive file.
+    let file = d.data.path().join("image.tar.gz");
+    std::fs::write(&file, gzip(&archive)).unwrap();
+    let out = common::cli(
+        &d,
+        &["template", "import", "app", file.to_str().unwrap()],
+        b"",
+    );
+    assert!(out.status.success(), "{}", common::text(&out.stderr));
+    assert!(
+        common::text(&out.stdout).contains("3 layers (0 already here)"),
+        "{}",
+        common::text(&out.stdout)
+    );
+    let (_, v) = d.get("/api/v1/templates").await;
+    assert!(
+        v["data"]["templates"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|t| t["id"] == "app"),
+        "{v}"
+    );
+
+    let (s, v) = d
+        .post("/api/v1/sandboxes", json!({"template": "app"}))
+        .await;
+    assert_eq!(s, 201, "{v}");
+    let id = v["data"]["sandbox_id"].as_str().unwrap().to_string();
+    let r = d
+        .sh(&id, "cat /etc/greeting; ls /opt; ls /opt/dir; /opt/app/run.sh; echo changed > /etc/greeting; cat /etc/greeting")
+        .await;
+    assert_eq!(
+        r["stdout"], "hello from layer 2\napp\ndir\nb\nthe app runs\nchanged\n",
+        "{r}"
+    );
+
+    // A second template sharing the layers unpacks nothing again; the
+    // first sandbox's change is its own.
+    let (s, v) = import(&d, "app2", archive.clone()).await;
+    assert_eq!(s, 201, "{v}");
+    assert_eq!(
+        (
+            v["data"]["layers"].as_u64(),
+            v["data"]["layers_reused"].as_u64()
+        ),
+        (Some(3), Some(3)),
+        "{v}"
+    );
+    let (_, v) = d
+        .post("/api/v1/sandboxes", json!({"template": "app2"}))
+        .await;
+    let other = v["data"]["sandbox_id"].as_str().unwrap().to_string();
+    let r = d.sh(&other, "cat /etc/greeting").await;
+    assert_eq!(r["stdout"], "hello from layer 2\n", "{r}");
+
+    // The same name again is a conflict.
+    let (s, v) = import(&d, "app", archive).await;
+    assert_eq!(s, 409, "{v}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_docker_save_archive_imports_too() {
+    let d = Daemon::start().await;
+    let base = busybox_layer();
+    let app = tar_of(&[
+        Ent::Dir("srv"),
+        Ent::File("srv/saved", b"from docker save\n", 0o644),
+    ]);
+    let (s, v) = import(&d, "saved", saved_archive(&[&base, &app])).await;
+    assert_eq!(s, 201, "{v}");
+    let (_, v) = d
+        .post("/api/v1/sandboxes", json!({"template": "saved"}))
+        .await;
+    let id = v["data"]["sandbox_id"].as_str().unwrap().to_string();
+    let r = d.sh(&id, "cat /srv/saved").await;
+    assert_eq!(r["stdout"], "from docker save\n", "{r}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bad_images_are_refused_and_leave_nothing() {
+    let d = Daemon::start().await;
+    let base = busybox_layer();
+    let arch = sandstone_oci::image::this_architecture();
+    let layer = |tar: &[u8]| {
+        (
+            "application/vnd.oci.image.layer.v1.tar",
+            tar.to_vec(),
+            tar.to_vec(),
+        )
+    };
+    let escape = tar_of(&[Ent::File("../escape", b"x", 0o644)]);
+    let mut tampered = layer(&base);
+    let at = tampered.2.len() / 2;
+    tampered.2[at] ^= 0xff;
+    let mut cases: Vec<(Vec<u8>, &str, &str)> = Vec::new();
+    for (layers, arch, says) in [
+        (vec![tampered], arch, "tampered"),
+        (vec![layer(&base), layer(&escape)], arch, "(..)"),
+        (vec![layer(&base)], "arm64", "linux/arm64"),
+    ] {
+        let refs: Vec<(&str, &[u8], Vec<u8>)> = layers
+            .iter()
+            .map(|(m, t, s)| (*m, &t[..], s.clone()))
+            .collect();
+        cases.push((oci_archive(&refs, arch), says, "a"));
+    }
+    cases.push((b"not a tar at all".to_vec(), "not an image", "b"));
+    for (archive, says, _) in cases {
+        let (s, v) = import(&d, "bad", archive).await;
+        assert_eq!(s, 400, "{v}");
+        let msg = v["error"]["message"].as_str().unwrap();
+        assert!(msg.contains(says), "{says}: {v}");
+    }
+    let (s, v) = import(&d, "Bad/Name", saved_archive(&[&base])).await;
+    assert_eq!(s, 400, "{v}");
+    assert!(
+        v["error"]["message"].as_str().unwrap().contains("`name`"),
+        "{v}"
+    );
+    // Nothing half-made: no template, no staging dir, no partial layer.
+    let (_, v) = d.get("/api/v1/templates").await;
+    assert!(
+        !v["data"]["templates"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|t| t["id"] == "bad"),
+        "{v}"
+    );
+    let leftovers: Vec<_> = ["templates", "layers"]
+        .iter()
+        .flat_map(|d2| std::fs::read_dir(d.data.path().join(d2)).unwrap().flatten())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with('.'))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+}
