@@ -195,13 +195,14 @@ impl Storage {
             // Topmost first, as overlay stacks them.
             let lower = doc.layers.iter().rev().map(|d| self.layer_dir(d)).collect();
             let description = format!("image: {} layers", doc.layers.len());
-            out.push(Template::with_settings(
-                &id,
-                &description,
-                lower,
-                vec![],
-                &dir,
-            )?);
+            let mut t = Template::with_settings(&id, &description, lower, vec![], &dir)?;
+            t.env = doc
+                .env
+                .iter()
+                .filter_map(|kv| kv.split_once('='))
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect();
+            out.push(t);
         }
         out.sort_by(|a, b| a.id.cmp(&b.id));
         Ok(out)

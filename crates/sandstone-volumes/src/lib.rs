@@ -118,6 +118,9 @@ pub struct Template {
     /// `"network_enabled": false` in `template.json`: its sandboxes get
     /// only loopback unless a claim asks otherwise.
     pub network_enabled: bool,
+    /// The base environment of its sandboxes' processes (an image's
+    /// `Env`); the claim's `env_vars` go over it.
+    pub env: std::collections::BTreeMap<String, String>,
 }
 
 /// A template's optional settings file, `<templates>/<id>/template.json`.
@@ -159,6 +162,7 @@ impl Template {
             disk: settings.disk,
             network: settings.network,
             network_enabled: settings.network_enabled.unwrap_or(true),
+            env: Default::default(),
         })
     }
 }

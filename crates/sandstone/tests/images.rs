@@ -256,10 +256,10 @@ async fn an_oci_image_becomes_a_template_sandboxes_run_from() {
     assert_eq!(s, 201, "{v}");
     let id = v["data"]["sandbox_id"].as_str().unwrap().to_string();
     let r = d
-        .sh(&id, "cat /etc/greeting; ls /opt; ls /opt/dir; /opt/app/run.sh; echo changed > /etc/greeting; cat /etc/greeting")
+        .sh(&id, "cat /etc/greeting; ls /opt; ls /opt/dir; /opt/app/run.sh; echo changed > /etc/greeting; cat /etc/greeting; echo $GREETING")
         .await;
     assert_eq!(
-        r["stdout"], "hello from layer 2\napp\ndir\nb\nthe app runs\nchanged\n",
+        r["stdout"], "hello from layer 2\napp\ndir\nb\nthe app runs\nchanged\nfrom the image\n",
         "{r}"
     );
 

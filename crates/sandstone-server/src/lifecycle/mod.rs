@@ -461,7 +461,13 @@ impl Lifecycle {
                 socket: paths.socket.clone(),
                 log: paths.log.clone(),
                 net: network.map(|n| n.spec(slot)).transpose()?,
-                env: network.map(|n| n.trust_env()).unwrap_or_default(),
+                // The image's environment, under the CA bundle's variables.
+                env: template
+                    .env
+                    .clone()
+                    .into_iter()
+                    .chain(network.map(|n| n.trust_env()).unwrap_or_default())
+                    .collect(),
                 memory_bytes: limits.memory_bytes,
                 lease: self.lease.watch(),
             };
