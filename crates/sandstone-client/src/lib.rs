@@ -392,7 +392,7 @@ impl Client {
             .post(self.url("/api/v1/templates/import"))
             .query(&[("name", name)])
             .header("content-type", "application/x-tar")
-            .body(reqwest::Body::from(archive));
+            .body(reqwest::Body::wrap_stream(chunks(archive)));
         self.data(req).await
     }
 
@@ -635,4 +635,21 @@ impl Attached {
         self.send(json!({"type": "resize", "rows": rows, "cols": cols}))
             .await
     }
+}
+
+/// A file as a stream of 1 MiB pieces: each read of a tokio file is a
+/// blocking task, so small pieces (reqwest's own file body reads 8 KiB)
+/// would make an upload of a large archive slow.
+fn chunks(
+    file: tokio::fs::File,
+) -> impl futures_util::Stream<Item = std::io::Result<Vec<u8>>> + Send + 'static {
+    futures_util::stream::unfold(file, |mut file| async move {
+        use tokio::io::AsyncReadExt;
+        let mut buf = Vec::with_capacity(1 << 20);
+        match (&mut file).take(1 << 20).read_to_end(&mut buf).await {
+            Ok(0) => None,
+            Ok(_) => Some((Ok(buf), file)),
+            Err(e) => Some((Err(e), file)),
+        }
+    })
 }

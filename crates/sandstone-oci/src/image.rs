@@ -2,27 +2,88 @@
 //! one (`oci-layout`, `index.json`, `blobs/sha256/…`) or the way `docker
 //! save` does (`manifest.json` naming a config and layer files): its
 //! config and its layers, bottom first, for this machine's architecture.
-//! An archive of either is unpacked into a directory first ([`unpack_archive`]).
+//! An archive of either ([`open_archive`]) is read in place when it is a
+//! plain tar (its entries indexed, each blob read from its offset), and
+//! unpacked into a scratch directory first when it is gzipped.
 
 use crate::{Digest, Error, Result, io};
 use serde::Deserialize;
+use std::collections::HashMap;
+use std::io::{Read, Seek};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 const INDEX: &str = "application/vnd.oci.image.index.v1+json";
 const DOCKER_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
 
 /// An image ready to unpack.
-#[derive(Debug, Clone)]
 pub struct Image {
     pub config: ImageConfig,
     /// Bottom layer first.
     pub layers: Vec<Layer>,
+    source: Arc<Source>,
 }
 
-/// One layer: where its blob is, and what it must be.
+impl Image {
+    /// A reader of `layer`'s blob.
+    pub fn open_layer(&self, layer: &Layer) -> Result<Box<dyn Read + Send>> {
+        self.source.open(&layer.blob)
+    }
+}
+
+/// Where an image's files are: a directory, or a plain tar whose regular
+/// files were indexed (name, offset, size). A scratch directory an
+/// archive was unpacked into goes with it.
+enum Source {
+    Dir {
+        path: PathBuf,
+        /// Kept for its drop, which removes it.
+        _scratch: Option<tempfile::TempDir>,
+    },
+    Tar(PathBuf, HashMap<String, (u64, u64)>),
+}
+
+impl Source {
+    fn is_file(&self, name: &str) -> bool {
+        match self {
+            Source::Dir { path, .. } => {
+                std::fs::symlink_metadata(path.join(name)).is_ok_and(|m| m.is_file())
+            }
+            Source::Tar(_, entries) => entries.contains_key(name),
+        }
+    }
+
+    fn open(&self, name: &str) -> Result<Box<dyn Read + Send>> {
+        let what = || format!("open {name} in the image");
+        match self {
+            Source::Dir { path, .. } => Ok(Box::new(
+                std::fs::File::open(path.join(name)).map_err(io(what()))?,
+            )),
+            Source::Tar(file, entries) => {
+                let &(offset, size) = entries
+                    .get(name)
+                    .ok_or_else(|| Error::NotAnImage(format!("{name} is missing")))?;
+                let mut f = std::fs::File::open(file).map_err(io(what()))?;
+                f.seek(std::io::SeekFrom::Start(offset))
+                    .map_err(io(what()))?;
+                Ok(Box::new(std::io::BufReader::new(f.take(size))))
+            }
+        }
+    }
+
+    fn read(&self, name: &str) -> Result<Vec<u8>> {
+        let mut data = Vec::new();
+        self.open(name)?
+            .read_to_end(&mut data)
+            .map_err(io(format!("read {name} in the image")))?;
+        Ok(data)
+    }
+}
+
+/// One layer: where its blob is (a name in the image), and what it must be.
 #[derive(Debug, Clone)]
 pub struct Layer {
-    pub blob: PathBuf,
+    pub blob: String,
     pub media_type: String,
     pub digest: Digest,
     /// From the config's `rootfs.diff_ids`.
@@ -114,38 +175,95 @@ pub fn this_architecture() -> &'static str {
 
 /// Reads the image in `dir` (an OCI layout, or what `docker save` wrote).
 pub fn read(dir: &Path) -> Result<Image> {
-    if dir.join("index.json").exists() {
-        read_layout(dir)
-    } else if dir.join("manifest.json").exists() {
-        read_saved(dir)
-    } else {
-        Err(Error::NotAnImage(
-            "neither index.json (an OCI layout) nor manifest.json (docker save) is there".into(),
-        ))
-    }
+    read_source(Source::Dir {
+        path: dir.to_path_buf(),
+        _scratch: None,
+    })
 }
 
-fn json<T: serde::de::DeserializeOwned>(path: &Path, what: &str) -> Result<T> {
-    let data = std::fs::read(path).map_err(io(format!("read {what}")))?;
+/// Opens an image archive: a tar (plain or gzipped) of an OCI layout or of
+/// what `docker save` wrote. A plain one is read where it is; a gzipped
+/// one is unpacked into a directory made in `scratch` (removed with the
+/// image).
+pub fn open_archive(file: &Path, scratch: &Path) -> Result<Image> {
+    let mut f = std::fs::File::open(file).map_err(io(format!("open {file:?}")))?;
+    let mut magic = [0u8; 2];
+    let gz =
+        f.read(&mut magic).map_err(io(format!("read {file:?}")))? == 2 && magic == [0x1f, 0x8b];
+    if gz {
+        let dir = tempfile::Builder::new()
+            .prefix(".archive-")
+            .tempdir_in(scratch)
+            .map_err(io("make a dir for the archive"))?;
+        unpack_archive(file, dir.path())?;
+        return read_source(Source::Dir {
+            path: dir.path().to_path_buf(),
+            _scratch: Some(dir),
+        });
+    }
+    f.rewind().map_err(io(format!("read {file:?}")))?;
+    let mut archive = tar::Archive::new(f);
+    let mut entries = HashMap::new();
+    // Seeking past each file's data: only the headers are read.
+    for e in archive.entries_with_seek().map_err(not_tar)? {
+        let e = e.map_err(not_tar)?;
+        if matches!(
+            e.header().entry_type(),
+            tar::EntryType::Regular | tar::EntryType::Continuous
+        ) {
+            let name = String::from_utf8_lossy(&e.path_bytes())
+                .trim_start_matches("./")
+                .to_string();
+            entries.insert(name, (e.raw_file_position(), e.size()));
+        }
+    }
+    read_source(Source::Tar(file.to_path_buf(), entries))
+}
+
+fn not_tar(e: std::io::Error) -> Error {
+    Error::NotAnImage(format!("the archive is not a tar (plain or gzipped): {e}"))
+}
+
+fn read_source(source: Source) -> Result<Image> {
+    let source = Arc::new(source);
+    let (config, layers) = if source.is_file("index.json") {
+        read_layout(&source)?
+    } else if source.is_file("manifest.json") {
+        read_saved(&source)?
+    } else {
+        return Err(Error::NotAnImage(
+            "neither index.json (an OCI layout) nor manifest.json (docker save) is there".into(),
+        ));
+    };
+    assemble(config, layers, source)
+}
+
+fn json<T: serde::de::DeserializeOwned>(source: &Source, name: &str, what: &str) -> Result<T> {
+    let data = source.read(name)?;
     serde_json::from_slice(&data).map_err(|e| Error::NotAnImage(format!("{what}: {e}")))
 }
 
-/// A blob of the layout, by digest: it must be a plain file inside.
-fn blob(dir: &Path, digest: &str) -> Result<(PathBuf, Digest)> {
+/// A blob of the layout, by digest: its name in the image.
+fn blob(source: &Source, digest: &str) -> Result<(String, Digest)> {
     let d: Digest = digest.parse()?;
-    let path = dir
-        .join("blobs/sha256")
-        .join(d.to_string().trim_start_matches("sha256:"));
-    match std::fs::symlink_metadata(&path) {
-        Ok(m) if m.is_file() => Ok((path, d)),
-        _ => Err(Error::NotAnImage(format!("blob {d} is missing"))),
+    let name = format!(
+        "blobs/sha256/{}",
+        d.to_string().trim_start_matches("sha256:")
+    );
+    if !source.is_file(&name) {
+        return Err(Error::NotAnImage(format!("blob {d} is missing")));
     }
+    Ok((name, d))
 }
 
 /// Reads a blob the image names by digest, checked against it.
-fn checked_json<T: serde::de::DeserializeOwned>(dir: &Path, digest: &str, what: &str) -> Result<T> {
-    let (path, want) = blob(dir, digest)?;
-    let data = std::fs::read(&path).map_err(io(format!("read {what}")))?;
+fn checked_json<T: serde::de::DeserializeOwned>(
+    source: &Source,
+    digest: &str,
+    what: &str,
+) -> Result<T> {
+    let (name, want) = blob(source, digest)?;
+    let data = source.read(&name)?;
     let got = Digest::of(&data);
     if got != want {
         return Err(Error::DigestMismatch {
@@ -157,8 +275,11 @@ fn checked_json<T: serde::de::DeserializeOwned>(dir: &Path, digest: &str, what: 
     serde_json::from_slice(&data).map_err(|e| Error::NotAnImage(format!("{what}: {e}")))
 }
 
-fn read_layout(dir: &Path) -> Result<Image> {
-    let mut index: IndexDoc = json(&dir.join("index.json"), "index.json")?;
+/// A layer found: (blob name, blob digest), media type.
+type Found = ((String, Digest), String);
+
+fn read_layout(source: &Source) -> Result<(ConfigDoc, Vec<Found>)> {
+    let mut index: IndexDoc = json(source, "index.json", "index.json")?;
     // Indexes may nest (an image index inside the layout's index).
     for _ in 0..4 {
         let arch = this_architecture();
@@ -183,27 +304,27 @@ fn read_layout(dir: &Path) -> Result<Image> {
                 }
             })?;
         if chosen.media_type == INDEX || chosen.media_type == DOCKER_LIST {
-            index = checked_json(dir, &chosen.digest, "a nested index")?;
+            index = checked_json(source, &chosen.digest, "a nested index")?;
             continue;
         }
-        let manifest: ManifestDoc = checked_json(dir, &chosen.digest, "the image manifest")?;
-        let config: ConfigDoc = checked_json(dir, &manifest.config.digest, "the image config")?;
+        let manifest: ManifestDoc = checked_json(source, &chosen.digest, "the image manifest")?;
+        let config: ConfigDoc = checked_json(source, &manifest.config.digest, "the image config")?;
         let layers = manifest
             .layers
             .iter()
-            .map(|l| Ok((blob(dir, &l.digest)?, l.media_type.clone())))
+            .map(|l| Ok((blob(source, &l.digest)?, l.media_type.clone())))
             .collect::<Result<Vec<_>>>()?;
-        return assemble(config, layers);
+        return Ok((config, layers));
     }
     Err(Error::NotAnImage("indexes nest too deep".into()))
 }
 
-fn read_saved(dir: &Path) -> Result<Image> {
-    let saved: Vec<SavedImage> = json(&dir.join("manifest.json"), "manifest.json")?;
+fn read_saved(source: &Source) -> Result<(ConfigDoc, Vec<Found>)> {
+    let saved: Vec<SavedImage> = json(source, "manifest.json", "manifest.json")?;
     let [image] = <[SavedImage; 1]>::try_from(saved).map_err(|v| {
         Error::NotAnImage(format!("manifest.json lists {} images, not one", v.len()))
     })?;
-    let inside = |name: &str| -> Result<PathBuf> {
+    let inside = |name: &str| -> Result<String> {
         let rel = Path::new(name);
         if rel.is_absolute()
             || rel
@@ -214,31 +335,30 @@ fn read_saved(dir: &Path) -> Result<Image> {
                 "{name:?} is outside the archive"
             )));
         }
-        Ok(dir.join(rel))
+        Ok(name.trim_start_matches("./").to_string())
     };
-    let config: ConfigDoc = json(&inside(&image.config)?, "the image config")?;
+    let config: ConfigDoc = json(source, &inside(&image.config)?, "the image config")?;
     let layers = image
         .layers
         .iter()
         .map(|name| {
-            let path = inside(name)?;
-            let data = std::fs::File::open(&path).map_err(io(format!("open layer {name}")))?;
-            let digest = crate::digest::Hashing::new(data)
+            let name = inside(name)?;
+            let digest = crate::digest::Hashing::new(source.open(&name)?)
                 .finish()
                 .map_err(io(format!("read layer {name}")))?;
             // Saved layers are plain tars, whatever their name says.
             Ok((
-                (path, digest),
+                (name, digest),
                 "application/vnd.oci.image.layer.v1.tar".to_string(),
             ))
         })
         .collect::<Result<Vec<_>>>()?;
-    assemble(config, layers)
+    Ok((config, layers))
 }
 
 /// Pairs each layer with its `diff_id` and picks out the config's run
 /// settings; an image for another architecture is refused.
-fn assemble(config: ConfigDoc, layers: Vec<((PathBuf, Digest), String)>) -> Result<Image> {
+fn assemble(config: ConfigDoc, layers: Vec<Found>, source: Arc<Source>) -> Result<Image> {
     let arch = this_architecture();
     if !config.architecture.is_empty() && config.architecture != arch {
         return Err(Error::WrongArchitecture {
@@ -276,13 +396,14 @@ fn assemble(config: ConfigDoc, layers: Vec<((PathBuf, Digest), String)>) -> Resu
             cmd: run.cmd.unwrap_or_default(),
         },
         layers,
+        source,
     })
 }
 
 /// Unpacks an image archive (a tar of an OCI layout, or of what `docker
 /// save` wrote; gzip-compressed or not) into `dest`, an empty directory:
 /// only plain files and directories, every name inside.
-pub fn unpack_archive(file: &Path, dest: &Path) -> Result<()> {
+fn unpack_archive(file: &Path, dest: &Path) -> Result<()> {
     let mut f = std::fs::File::open(file).map_err(io(format!("open {file:?}")))?;
     let mut magic = [0u8; 2];
     let gz = std::io::Read::read(&mut f, &mut magic).map_err(io(format!("read {file:?}")))? == 2
@@ -295,9 +416,6 @@ pub fn unpack_archive(file: &Path, dest: &Path) -> Result<()> {
     };
     let mut archive = tar::Archive::new(reader);
     let mut files = 0u64;
-    let not_tar = |e: std::io::Error| {
-        Error::NotAnImage(format!("the archive is not a tar (plain or gzipped): {e}"))
-    };
     for entry in archive.entries().map_err(not_tar)? {
         let mut e = entry.map_err(not_tar)?;
         let name = String::from_utf8_lossy(&e.path_bytes()).into_owned();

@@ -6,7 +6,7 @@
 //! through the same idmapped mount as any template.
 
 use crate::{Error, Result, Storage, Template, io};
-use sandstone_oci::{Compression, Expected, ImageConfig};
+use sandstone_oci::{Compression, Expected, Image, ImageConfig, Layer};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
@@ -77,74 +77,71 @@ impl Storage {
     /// OCI layout or of what `docker save` wrote) as template `id`.
     pub fn import_archive(&self, id: &str, archive: &Path) -> Result<Imported> {
         check_id(id)?;
-        let unpacked = tempfile::Builder::new()
-            .prefix(".archive-")
-            .tempdir_in(self.scratch_dir())
-            .map_err(io("make a dir for the archive"))?;
-        sandstone_oci::image::unpack_archive(archive, unpacked.path())?;
-        self.import_image(id, unpacked.path())
+        let image = sandstone_oci::image::open_archive(archive, &self.scratch_dir())?;
+        self.import(id, &image)
     }
 
     /// Imports the image in `dir` (an OCI layout, or what `docker save`
-    /// wrote, unpacked) as template `id`, which must not exist yet.
-    /// Layers this host has are not unpacked again; the others are
-    /// unpacked beside the layer store and renamed in whole, so a failure
-    /// leaves neither a half layer nor the template.
+    /// wrote, unpacked) as template `id`.
     pub fn import_image(&self, id: &str, dir: &Path) -> Result<Imported> {
         check_id(id)?;
+        self.import(id, &sandstone_oci::image::read(dir)?)
+    }
+
+    /// Imports `image` as template `id`, which must not exist yet. Layers
+    /// this host has are not unpacked again; the others are unpacked (as
+    /// many at once as there are cores) beside the layer store and renamed
+    /// in whole, so a failure leaves neither a half layer nor the template.
+    fn import(&self, id: &str, image: &Image) -> Result<Imported> {
         let tdir = self.root.join("templates").join(id);
         if tdir.exists() {
             return Err(Error::TemplateExists(id.to_string()));
         }
-        let image = sandstone_oci::image::read(dir)?;
         if image.layers.is_empty() {
             return Err(sandstone_oci::Error::NotAnImage("it has no layers".into()).into());
         }
         let layers_dir = self.root.join("layers");
         std::fs::create_dir_all(&layers_dir).map_err(io("create the layer store"))?;
+        let missing: Vec<&Layer> = image
+            .layers
+            .iter()
+            .filter(|l| !self.layer_dir(&l.diff_id.to_string()).exists())
+            .collect();
         let mut done = Imported {
             layers: image.layers.len(),
+            layers_reused: image.layers.len() - missing.len(),
             ..Imported::default()
         };
-        for layer in &image.layers {
-            let diff_id = layer.diff_id.to_string();
-            let dest = self.layer_dir(&diff_id);
-            if dest.exists() {
-                done.layers_reused += 1;
-                continue;
-            }
-            let staged = layers_dir.join(format!(
-                ".unpack-{}",
-                dest.file_name()
-                    .map_or_else(String::new, |n| n.to_string_lossy().into_owned())
-            ));
-            if staged.exists() {
-                std::fs::remove_dir_all(&staged).map_err(io("remove an earlier unpack"))?;
-            }
-            std::fs::create_dir(&staged).map_err(io("make a layer's staging dir"))?;
-            let unpacked = std::fs::File::open(&layer.blob)
-                .map_err(io(format!("open layer {}", layer.digest)))
-                .and_then(|blob| {
-                    let compression = Compression::from_media_type(&layer.media_type)?;
-                    let expected = Expected {
-                        digest: layer.digest,
-                        diff_id: Some(layer.diff_id),
-                    };
-                    Ok(sandstone_oci::unpack(
-                        std::io::BufReader::new(blob),
-                        compression,
-                        &expected,
-                        &staged,
-                    )?)
-                });
-            match unpacked {
-                Ok(u) => done.bytes += u.bytes,
-                Err(e) => {
-                    let _ = std::fs::remove_dir_all(&staged);
-                    return Err(e);
-                }
-            }
-            std::fs::rename(&staged, &dest).map_err(io("put a layer in place"))?;
+        let workers = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let next = std::sync::atomic::AtomicUsize::new(0);
+        let results: Vec<Result<u64>> = std::thread::scope(|scope| {
+            let handles: Vec<_> = (0..workers.min(missing.len()))
+                .map(|_| {
+                    scope.spawn(|| {
+                        let mut out = Vec::new();
+                        loop {
+                            let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                            let Some(layer) = missing.get(i) else {
+                                return out;
+                            };
+                            out.push(self.unpack_layer(image, layer, &layers_dir));
+                        }
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .flat_map(|h| {
+                    h.join().unwrap_or_else(|_| {
+                        vec![Err(io("unpack a layer")(std::io::Error::other(
+                            "a worker panicked",
+                        )))]
+                    })
+                })
+                .collect()
+        });
+        for r in results {
+            done.bytes += r?;
         }
         let ImageConfig {
             env,
@@ -153,7 +150,7 @@ impl Storage {
             entrypoint,
             cmd,
             ..
-        } = image.config;
+        } = image.config.clone();
         let doc = ImageTemplate {
             layers: image.layers.iter().map(|l| l.diff_id.to_string()).collect(),
             env,
@@ -171,6 +168,35 @@ impl Storage {
         std::fs::write(staged.join(IMAGE_FILE), text).map_err(io("write image.json"))?;
         std::fs::rename(&staged, &tdir).map_err(io("put the template in place"))?;
         Ok(done)
+    }
+
+    /// Unpacks one layer into a staging dir beside the store and renames
+    /// it in; the bytes of file data it holds.
+    fn unpack_layer(&self, image: &Image, layer: &Layer, layers_dir: &Path) -> Result<u64> {
+        let dest = self.layer_dir(&layer.diff_id.to_string());
+        let hex = layer
+            .diff_id
+            .to_string()
+            .trim_start_matches("sha256:")
+            .to_string();
+        let staged = tempfile::Builder::new()
+            .prefix(&format!(".unpack-{hex}-"))
+            .tempdir_in(layers_dir)
+            .map_err(io("make a layer's staging dir"))?;
+        let compression = Compression::from_media_type(&layer.media_type)?;
+        let expected = Expected {
+            digest: layer.digest,
+            diff_id: Some(layer.diff_id),
+        };
+        let blob = image.open_layer(layer)?;
+        let unpacked = sandstone_oci::unpack(blob, compression, &expected, staged.path())?;
+        match std::fs::rename(staged.path(), &dest) {
+            Ok(()) => {}
+            // Another import put the same layer in place meanwhile.
+            Err(_) if dest.exists() => {}
+            Err(e) => return Err(io("put a layer in place")(e)),
+        }
+        Ok(unpacked.bytes)
     }
 
     /// The templates imported from images.

@@ -1,0 +1,129 @@
+#!/usr/bin/env bash
+# Templates from images (issue #14), against baselines in the same run
+# (run as root):
+#  - import of a ~200 MiB image (busybox + 3 gzipped layers of files) vs
+#    `tar -xzf` of the same layers into a fresh directory;
+#  - the same image imported again under another name (every layer here);
+#  - creates from the image template vs from `host` (cold: no warm pool;
+#    20 each, interleaved).
+# Bounded: a few minutes; everything it started is removed on exit.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+[ "$(id -u)" = 0 ] || { echo "run as root" >&2; exit 1; }
+[ -x /bin/busybox ] || { echo "needs /bin/busybox (apt-get install busybox-static)" >&2; exit 1; }
+source scripts/bench-lib.sh
+out="$(scripts/build.sh release)"
+s="$out/sandstone"
+work="$(mktemp -d /var/tmp/sandstone-templates-bench-XXXXXX)"
+pids=()
+trap bench_cleanup EXIT
+MIB="${BENCH_IMAGE_MIB:-200}"
+
+# The image: an OCI layout archive built with Python's tarfile.
+python3 - "$work/image" "$MIB" <<'PY'
+import gzip, hashlib, io, json, os, sys, tarfile
+dest, mib = sys.argv[1], int(sys.argv[2])
+os.makedirs(f"{dest}/layers")
+def tar_of(entries):
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.GNU_FORMAT) as t:
+        for name, data, mode, kind in entries:
+            ti = tarfile.TarInfo(name); ti.mode = mode; ti.mtime = 1700000000
+            if kind == "dir":
+                ti.type = tarfile.DIRTYPE; t.addfile(ti)
+            elif kind == "link":
+                ti.type = tarfile.SYMTYPE; ti.linkname = data; t.addfile(ti)
+            else:
+                ti.size = len(data); t.addfile(ti, io.BytesIO(data))
+    return buf.getvalue()
+busybox = open("/bin/busybox", "rb").read()
+layers = [tar_of([("bin", b"", 0o755, "dir"), ("bin/busybox", busybox, 0o755, "file")]
+                 + [(f"bin/{t}", "busybox", 0o777, "link") for t in ("sh", "cat", "ls", "true")])]
+# Three layers of 64 KiB-to-1 MiB files; half random, half text (compressible).
+rnd = 0
+for l in range(3):
+    entries = [(f"data{l}", b"", 0o755, "dir")]
+    size, i = 0, 0
+    while size < mib * (1 << 20) // 3:
+        n = (64 << 10) << (i % 5)
+        data = os.urandom(n // 2) + (b"line of text %d\n" % i) * (n // 32)
+        entries.append((f"data{l}/f{i:05}", data, 0o644, "file"))
+        size += len(data); i += 1
+    layers.append(tar_of(entries))
+blobs = {}
+def add(data):
+    d = hashlib.sha256(data).hexdigest(); blobs[d] = data; return f"sha256:{d}", len(data)
+descs = []
+for i, t in enumerate(layers):
+    gz = gzip.compress(t, compresslevel=1)
+    open(f"{dest}/layers/{i}.tar.gz", "wb").write(gz)
+    d, n = add(gz)
+    descs.append({"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", "digest": d, "size": n})
+arch = {"x86_64": "amd64", "aarch64": "arm64"}.get(os.uname().machine, os.uname().machine)
+config = {"architecture": arch, "os": "linux", "config": {"Env": ["PATH=/bin"]},
+          "rootfs": {"type": "layers", "diff_ids": [f"sha256:{hashlib.sha256(t).hexdigest()}" for t in layers]}}
+cd, cn = add(json.dumps(config).encode())
+manifest = {"schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": cd, "size": cn},
+            "layers": descs}
+md, mn = add(json.dumps(manifest).encode())
+index = {"schemaVersion": 2, "manifests": [{"mediaType": "application/vnd.oci.image.manifest.v1+json",
+         "digest": md, "size": mn, "platform": {"architecture": arch, "os": "linux"}}]}
+with tarfile.open(f"{dest}/image.tar", "w") as t:
+    for name, data in [("oci-layout", b'{"imageLayoutVersion":"1.0.0"}'), ("index.json", json.dumps(index).encode())] + \
+            [(f"blobs/sha256/{d}", b) for d, b in blobs.items()]:
+        ti = tarfile.TarInfo(name); ti.size = len(data); t.addfile(ti, io.BytesIO(data))
+print(f"image: {sum(len(t) for t in layers) >> 20} MiB in {len(layers)} layers, "
+      f"{os.path.getsize(dest + '/image.tar') >> 20} MiB archive")
+PY
+
+port=$((20000 + RANDOM % 20000))
+start_daemon img "$port" --no-pool -- --warm-pool 0
+ms() { python3 -c 'import sys,time; print(f"{(time.time()-float(sys.argv[1]))*1000:.0f}")' "$1"; }
+now() { python3 -c 'import time; print(time.time())'; }
+drop() { sync; }
+
+echo "| run | tar -xzf of the layers (ms) | import (ms) | ratio |"
+echo "|---|---|---|---|"
+for run in 1 2 3; do
+  rm -rf "$work/x"; mkdir "$work/x"; drop
+  t=$(now); for l in "$work"/image/layers/*.tar.gz; do tar -xzf "$l" -C "$work/x"; done; tar_ms=$(ms "$t")
+  drop
+  t=$(now); on img template import "app$run" "$work/image/image.tar" >/dev/null; imp_ms=$(ms "$t")
+  # Each run after the first finds every layer here: remove them so the
+  # three runs measure the same work.
+  [ "$run" = 3 ] || rm -rf "$work/img/layers"/* "$work/img/templates/app$run"
+  echo "| $run | $tar_ms | $imp_ms | $(python3 -c "print(f'{$imp_ms/$tar_ms:.2f}')") |"
+done
+echo
+for run in 1 2 3; do
+  t=$(now); on img template import "again$run" "$work/image/image.tar" >/dev/null; echo "import again (every layer here), run $run: $(ms "$t") ms"
+done
+
+python3 - "$port" "$(cat "$work/img/admin.token")" <<'PY'
+import http.client, json, sys, time
+port, token = int(sys.argv[1]), sys.argv[2]
+c = http.client.HTTPConnection("127.0.0.1", port)
+def call(method, path, body=None):
+    c.request(method, path, body=json.dumps(body) if body is not None else None,
+              headers={"authorization": f"Bearer {token}", "content-type": "application/json"})
+    r = c.getresponse(); data = r.read()
+    assert r.status < 300, (r.status, data)
+    return json.loads(data)
+times = {"host": [], "app3": []}
+made = []
+for _ in range(20):
+    for t in times:
+        s = time.perf_counter()
+        sid = call("POST", "/api/v1/sandboxes", {"template": t})["data"]["sandbox_id"]
+        times[t].append((time.perf_counter() - s) * 1000)
+        made.append(sid)
+for sid in made:
+    call("DELETE", f"/api/v1/sandboxes/{sid}")
+p50 = lambda xs: sorted(xs)[len(xs) // 2]
+print()
+print("| create, cold (20 each) | p50 ms |")
+print("|---|---|")
+for t, xs in times.items():
+    print(f"| from {t} | {p50(xs):.1f} |")
+PY
