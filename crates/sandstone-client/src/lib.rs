@@ -396,6 +396,11 @@ impl Client {
         self.data(req).await
     }
 
+    pub async fn delete_template(&self, name: &str) -> Result<serde_json::Value> {
+        self.call(Method::DELETE, &format!("/api/v1/templates/{name}"), None)
+            .await
+    }
+
     pub async fn read_file(&self, id: &str, path: &str) -> Result<Vec<u8>> {
         let req = self
             .http

@@ -93,6 +93,9 @@ impl Storage {
     /// many at once as there are cores) beside the layer store and renamed
     /// in whole, so a failure leaves neither a half layer nor the template.
     fn import(&self, id: &str, image: &Image) -> Result<Imported> {
+        // Not beside a removal, which could take a layer this import
+        // found present.
+        let _one_at_a_time = self.images.lock().unwrap_or_else(|e| e.into_inner());
         let tdir = self.root.join("templates").join(id);
         if tdir.exists() {
             return Err(Error::TemplateExists(id.to_string()));
@@ -197,6 +200,45 @@ impl Storage {
             Err(e) => return Err(io("put a layer in place")(e)),
         }
         Ok(unpacked.bytes)
+    }
+
+    /// Removes image template `id` (the caller made sure nothing uses it)
+    /// and every layer no other image template names; how many layers
+    /// went. Built-in templates are refused.
+    pub fn remove_image_template(&self, id: &str) -> Result<usize> {
+        let _one_at_a_time = self.images.lock().unwrap_or_else(|e| e.into_inner());
+        let dir = self.root.join("templates").join(id);
+        if !dir.join(IMAGE_FILE).exists() {
+            return Err(if dir.exists() || RESERVED.contains(&id) {
+                Error::NotAnImageTemplate(id.to_string())
+            } else {
+                Error::UnknownTemplate(id.to_string())
+            });
+        }
+        // Renamed away first: it is gone at once, whatever the removal
+        // below leaves after a crash is a dot-name the listing skips.
+        let doomed = self.root.join("templates").join(format!(".delete-{id}"));
+        std::fs::rename(&dir, &doomed).map_err(io("remove the template"))?;
+        std::fs::remove_dir_all(&doomed).map_err(io("remove the template"))?;
+        let named: std::collections::HashSet<String> = self
+            .image_templates()?
+            .iter()
+            .flat_map(|t| t.lower.iter())
+            .filter_map(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+            .collect();
+        let mut removed = 0;
+        for e in std::fs::read_dir(self.root.join("layers"))
+            .map_err(io("list layers"))?
+            .flatten()
+        {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if name.starts_with('.') || named.contains(&name) {
+                continue;
+            }
+            std::fs::remove_dir_all(e.path()).map_err(io(format!("remove layer {name}")))?;
+            removed += 1;
+        }
+        Ok(removed)
     }
 
     /// The templates imported from images.

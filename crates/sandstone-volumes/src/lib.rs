@@ -49,6 +49,8 @@ pub enum Error {
     InvalidTemplateId(String),
     #[error("template {0} exists already")]
     TemplateExists(String),
+    #[error("template {0} is built in, not imported from an image: it cannot be deleted")]
+    NotAnImageTemplate(String),
     #[error(transparent)]
     Image(#[from] sandstone_oci::Error),
 }
@@ -184,6 +186,8 @@ pub struct SandboxPaths {
 pub struct Storage {
     root: PathBuf,
     pub pool: Pool,
+    /// Held by image imports and removals: one at a time.
+    images: std::sync::Arc<std::sync::Mutex<()>>,
 }
 
 const RESTORING: &str = ".restoring";
@@ -208,6 +212,7 @@ impl Storage {
         let storage = Storage {
             root: data_dir.to_path_buf(),
             pool,
+            images: Default::default(),
         };
         storage.finish_restores();
         Ok(storage)

@@ -170,6 +170,9 @@ enum TemplateCmd {
         name: String,
         file: std::path::PathBuf,
     },
+    /// Delete an imported template and the layers only it used (refused
+    /// while sandboxes or snapshots use it).
+    Rm { name: String },
 }
 
 fn main() {
@@ -235,6 +238,9 @@ async fn run(cli: Cli) -> Result<()> {
         Cmd::Template {
             cmd: TemplateCmd::Import { name, file },
         } => sandbox_cmd::import_template(&cli, name, file).await,
+        Cmd::Template {
+            cmd: TemplateCmd::Rm { name },
+        } => sandbox_cmd::delete_template(&cli, name).await,
         Cmd::Restore { id, snapshot } => snapshot_cmd::restore(&cli, id, snapshot).await,
         Cmd::Snapshot { cmd } => snapshot_cmd::run(&cli, cmd).await,
         Cmd::Policy { cmd } => policy_cmd::run(&cli, cmd).await,

@@ -159,6 +159,18 @@ pub async fn import_template(cli: &Cli, name: &str, file: &std::path::Path) -> R
     Ok(())
 }
 
+pub async fn delete_template(cli: &Cli, name: &str) -> Result<()> {
+    let done = client(cli)?.delete_template(name).await?;
+    if cli.json {
+        return print_json(&done);
+    }
+    println!(
+        "template {name} deleted ({} layers removed)",
+        done["layers_removed"]
+    );
+    Ok(())
+}
+
 fn human_bytes(b: u64) -> String {
     const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
     let mut v = b as f64;

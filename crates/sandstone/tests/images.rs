@@ -287,6 +287,77 @@ async fn an_oci_image_becomes_a_template_sandboxes_run_from() {
     assert_eq!(s, 409, "{v}");
 }
 
+/// A template in use is not deleted (409 naming its users); unused, it
+/// goes with the layers only it used, and the shared ones stay.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_unused_image_template_is_deleted_with_its_own_layers() {
+    let d = Daemon::start().await;
+    let base = busybox_layer();
+    let mine = tar_of(&[Ent::File("mine", b"only in one\n", 0o644)]);
+    let plain = |tar: &[u8]| {
+        (
+            "application/vnd.oci.image.layer.v1.tar",
+            tar.to_vec(),
+            tar.to_vec(),
+        )
+    };
+    let archive = |layers: &[(&str, Vec<u8>, Vec<u8>)]| {
+        let refs: Vec<(&str, &[u8], Vec<u8>)> = layers
+            .iter()
+            .map(|(m, t, s)| (*m, &t[..], s.clone()))
+            .collect();
+        oci_archive(&refs, sandstone_oci::image::this_architecture())
+    };
+    let (s, v) = import(&d, "shared", archive(&[plain(&base)])).await;
+    assert_eq!(s, 201, "{v}");
+    let (s, v) = import(&d, "own", archive(&[plain(&base), plain(&mine)])).await;
+    assert_eq!(s, 201, "{v}");
+    let layers = || {
+        std::fs::read_dir(d.data.path().join("layers"))
+            .unwrap()
+            .count()
+    };
+    assert_eq!(layers(), 2);
+    let (_, v) = d
+        .post("/api/v1/sandboxes", json!({"template": "own"}))
+        .await;
+    let id = v["data"]["sandbox_id"].as_str().unwrap().to_string();
+
+    let (s, v) = d.delete("/api/v1/templates/own").await;
+    assert_eq!(s, 409, "{v}");
+    assert!(v["error"]["message"].as_str().unwrap().contains(&id), "{v}");
+    let (s, v) = d.delete("/api/v1/templates/host").await;
+    assert_eq!(s, 409, "{v}");
+    let (s, v) = d.delete("/api/v1/templates/nothing").await;
+    assert_eq!(s, 404, "{v}");
+
+    let (s, v) = d.delete(&format!("/api/v1/sandboxes/{id}")).await;
+    assert!(s < 300, "{v}");
+    let out = common::cli(&d, &["template", "rm", "own"], b"");
+    assert!(out.status.success(), "{}", common::text(&out.stderr));
+    assert!(
+        common::text(&out.stdout).contains("1 layers removed"),
+        "{}",
+        common::text(&out.stdout)
+    );
+    assert_eq!(layers(), 1, "the shared layer stays");
+    let (_, v) = d.get("/api/v1/templates").await;
+    let ids: Vec<&str> = v["data"]["templates"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["id"].as_str().unwrap())
+        .collect();
+    assert!(ids.contains(&"shared") && !ids.contains(&"own"), "{ids:?}");
+    // The one left still runs.
+    let (_, v) = d
+        .post("/api/v1/sandboxes", json!({"template": "shared"}))
+        .await;
+    let id = v["data"]["sandbox_id"].as_str().unwrap().to_string();
+    let r = d.sh(&id, "echo still here").await;
+    assert_eq!(r["stdout"], "still here\n", "{r}");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_docker_save_archive_imports_too() {
     let d = Daemon::start().await;

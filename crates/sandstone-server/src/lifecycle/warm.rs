@@ -127,6 +127,22 @@ impl Lifecycle {
             .drain()
             .flat_map(|(_, q)| q)
             .collect();
+        self.destroy_members(members);
+    }
+
+    /// Destroys the unclaimed members of `template` (it is being deleted).
+    pub(super) fn drain_warm_template(&self, template: &str) {
+        let members = self
+            .warm
+            .members
+            .lock()
+            .expect("lock poisoned: a holder panicked")
+            .remove(template)
+            .unwrap_or_default();
+        self.destroy_members(members.into());
+    }
+
+    fn destroy_members(&self, members: Vec<Member>) {
         for m in members {
             self.stop_runtime(&m.id, &m.runtime.cgroup);
             let _ = self.storage.remove_sandbox(&m.id);

@@ -336,6 +336,19 @@ pub async fn import_template(
     ))
 }
 
+/// `DELETE /api/v1/templates/{id}`: an imported template, and the layers
+/// only it used.
+pub async fn delete_template(
+    State(st): State<AppState>,
+    Path(id): Path<String>,
+) -> ApiResult<Response> {
+    let removed = st.lifecycle.delete_template(&id).await?;
+    Ok(ok(
+        StatusCode::OK,
+        serde_json::json!({"template_id": id, "layers_removed": removed}),
+    ))
+}
+
 /// `POST /api/v1/sandboxes/{id}/checkpoint`.
 pub async fn checkpoint(State(st): State<AppState>, Path(id): Path<String>) -> ApiResult<Response> {
     let taken = st.lifecycle.checkpoint(&id).await?;
