@@ -32,8 +32,20 @@ turn = {"content": [{"type": "text", "text": "pong"}], "stop_reason": "end_turn"
 json.dump({"turns": [turn] * 2000}, open(sys.argv[1], "w"))' "$work/model/quick.json"
 start_fake_model "$work/model"
 
+# BENCH_PG=1: the daemon keeps its state in PostgreSQL (a database of its
+# own, dropped at the end) instead of SQLite.
+db=()
+if [ "${BENCH_PG:-}" = 1 ]; then
+  admin_url="$(scripts/postgres.sh)"
+  pg_db="bench_agents_$$"
+  psql -q "$admin_url" -c "CREATE DATABASE $pg_db"
+  db=(--database-url "${admin_url%/*}/$pg_db")
+  drop_db() { bench_cleanup; psql -q "$admin_url" -c "DROP DATABASE IF EXISTS $pg_db WITH (FORCE)" || true; }
+  trap drop_db EXIT
+fi
+
 port=$(( 20000 + RANDOM % 20000 ))
-start_daemon agents "$port" --pool-gib 16 -- --warm-pool 0 \
+start_daemon agents "$port" --pool-gib 16 -- --warm-pool 0 "${db[@]}" \
   --model-base-url "http://127.0.0.1:$model_port" --model-api-key-file "$work/model.key"
 daemon_pid=${pids[-1]}
 

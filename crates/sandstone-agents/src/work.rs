@@ -126,7 +126,18 @@ struct QueueState {
     /// Per environment: worker id → last poll (on this node).
     pollers: HashMap<String, HashMap<String, Instant>>,
     wake: HashMap<String, Arc<Notify>>,
+    /// Wakes so far (work queued anywhere, or everyone told to look).
+    wakes: u64,
+    /// Per environment: when a claim last found nothing, and `wakes` then.
+    found_empty: HashMap<String, (u64, Instant)>,
 }
+
+/// How long a queue that a claim found empty, with no wake since, is taken
+/// to be empty still: a thousand idle pollers re-polling each second then
+/// cost the database a few reads a second, not a thousand. What only time
+/// makes claimable (a claim older than `reclaim_older_than_ms`) waits at
+/// most this much longer.
+const EMPTY_FOR: Duration = Duration::from_millis(200);
 
 pub(crate) struct WorkQueue {
     store: Arc<dyn AgentsStore>,
@@ -165,14 +176,36 @@ impl WorkQueue {
     /// here looks. One item, one poller: waking them all would only have
     /// the rest find nothing.
     pub(crate) fn queued(&self, env: &str) {
-        self.wake(env).notify_one();
+        let wake = {
+            let mut st = self.state();
+            st.wakes += 1;
+            st.wake.entry(env.to_string()).or_default().clone()
+        };
+        wake.notify_one();
     }
 
     /// Every poller here looks again (signals may have been missed).
     pub(crate) fn wake_all(&self) {
-        for w in self.state().wake.values() {
+        let mut st = self.state();
+        st.wakes += 1;
+        for w in st.wake.values() {
             w.notify_waiters();
         }
+    }
+
+    /// Whether a claim in `env` would find nothing: one did just now, and
+    /// nothing was queued since.
+    fn known_empty(&self, env: &str) -> bool {
+        let st = self.state();
+        st.found_empty
+            .get(env)
+            .is_some_and(|(wakes, at)| *wakes == st.wakes && at.elapsed() < EMPTY_FOR)
+    }
+
+    fn found_empty(&self, env: &str, wakes: u64) {
+        self.state()
+            .found_empty
+            .insert(env.to_string(), (wakes, Instant::now()));
     }
 
     /// Queues a new work item for `session`, unless it has a live one
@@ -232,8 +265,12 @@ impl WorkQueue {
             let notified = wake.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            if let Some(item) = self.claim(env, p.reclaim).await? {
-                return Ok(Some(item));
+            if !self.known_empty(env) {
+                let wakes = self.state().wakes;
+                match self.claim(env, p.reclaim).await? {
+                    Some(item) => return Ok(Some(item)),
+                    None => self.found_empty(env, wakes),
+                }
             }
             let left = deadline.saturating_duration_since(Instant::now());
             // Work queued anywhere wakes a poller here (see `queued`): one
