@@ -201,6 +201,28 @@ async fn import(d: &Daemon, name: &str, archive: Vec<u8>) -> (u16, Value) {
     (status, resp.json().await.unwrap_or_default())
 }
 
+/// The ids `GET /api/v1/templates` lists.
+async fn template_ids(d: &Daemon) -> Vec<String> {
+    let (_, v) = d.get("/api/v1/templates").await;
+    v["data"]["templates"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["id"].as_str().unwrap().to_string())
+        .collect()
+}
+
+/// Creates a sandbox from `template` and runs `script` in it: its stdout.
+async fn run_in(d: &Daemon, template: &str, script: &str) -> String {
+    let (s, v) = d
+        .post("/api/v1/sandboxes", json!({"template": template}))
+        .await;
+    assert_eq!(s, 201, "{v}");
+    let id = v["data"]["sandbox_id"].as_str().unwrap().to_string();
+    let r = d.sh(&id, script).await;
+    r["stdout"].as_str().unwrap().to_string()
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn an_oci_image_becomes_a_template_sandboxes_run_from() {
     let d = Daemon::start().await;
@@ -240,27 +262,13 @@ async fn an_oci_image_becomes_a_template_sandboxes_run_from() {
         "{}",
         common::text(&out.stdout)
     );
-    let (_, v) = d.get("/api/v1/templates").await;
-    assert!(
-        v["data"]["templates"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|t| t["id"] == "app"),
-        "{v}"
-    );
+    assert!(template_ids(&d).await.iter().any(|t| t == "app"));
 
-    let (s, v) = d
-        .post("/api/v1/sandboxes", json!({"template": "app"}))
-        .await;
-    assert_eq!(s, 201, "{v}");
-    let id = v["data"]["sandbox_id"].as_str().unwrap().to_string();
-    let r = d
-        .sh(&id, "cat /etc/greeting; ls /opt; ls /opt/dir; /opt/app/run.sh; echo changed > /etc/greeting; cat /etc/greeting; echo $GREETING")
-        .await;
+    let script = "cat /etc/greeting; ls /opt; ls /opt/dir; /opt/app/run.sh; \
+        echo changed > /etc/greeting; cat /etc/greeting; echo $GREETING";
     assert_eq!(
-        r["stdout"], "hello from layer 2\napp\ndir\nb\nthe app runs\nchanged\nfrom the image\n",
-        "{r}"
+        run_in(&d, "app", script).await,
+        "hello from layer 2\napp\ndir\nb\nthe app runs\nchanged\nfrom the image\n"
     );
 
     // A second template sharing the layers unpacks nothing again; the
@@ -275,12 +283,10 @@ async fn an_oci_image_becomes_a_template_sandboxes_run_from() {
         (Some(3), Some(3)),
         "{v}"
     );
-    let (_, v) = d
-        .post("/api/v1/sandboxes", json!({"template": "app2"}))
-        .await;
-    let other = v["data"]["sandbox_id"].as_str().unwrap().to_string();
-    let r = d.sh(&other, "cat /etc/greeting").await;
-    assert_eq!(r["stdout"], "hello from layer 2\n", "{r}");
+    assert_eq!(
+        run_in(&d, "app2", "cat /etc/greeting").await,
+        "hello from layer 2\n"
+    );
 
     // The same name again is a conflict.
     let (s, v) = import(&d, "app", archive).await;
@@ -341,21 +347,16 @@ async fn an_unused_image_template_is_deleted_with_its_own_layers() {
         common::text(&out.stdout)
     );
     assert_eq!(layers(), 1, "the shared layer stays");
-    let (_, v) = d.get("/api/v1/templates").await;
-    let ids: Vec<&str> = v["data"]["templates"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|t| t["id"].as_str().unwrap())
-        .collect();
-    assert!(ids.contains(&"shared") && !ids.contains(&"own"), "{ids:?}");
+    let ids = template_ids(&d).await;
+    assert!(
+        ids.iter().any(|t| t == "shared") && !ids.iter().any(|t| t == "own"),
+        "{ids:?}"
+    );
     // The one left still runs.
-    let (_, v) = d
-        .post("/api/v1/sandboxes", json!({"template": "shared"}))
-        .await;
-    let id = v["data"]["sandbox_id"].as_str().unwrap().to_string();
-    let r = d.sh(&id, "echo still here").await;
-    assert_eq!(r["stdout"], "still here\n", "{r}");
+    assert_eq!(
+        run_in(&d, "shared", "echo still here").await,
+        "still here\n"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -368,12 +369,10 @@ async fn a_docker_save_archive_imports_too() {
     ]);
     let (s, v) = import(&d, "saved", saved_archive(&[&base, &app])).await;
     assert_eq!(s, 201, "{v}");
-    let (_, v) = d
-        .post("/api/v1/sandboxes", json!({"template": "saved"}))
-        .await;
-    let id = v["data"]["sandbox_id"].as_str().unwrap().to_string();
-    let r = d.sh(&id, "cat /srv/saved").await;
-    assert_eq!(r["stdout"], "from docker save\n", "{r}");
+    assert_eq!(
+        run_in(&d, "saved", "cat /srv/saved").await,
+        "from docker save\n"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -418,15 +417,7 @@ async fn bad_images_are_refused_and_leave_nothing() {
         "{v}"
     );
     // Nothing half-made: no template, no staging dir, no partial layer.
-    let (_, v) = d.get("/api/v1/templates").await;
-    assert!(
-        !v["data"]["templates"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|t| t["id"] == "bad"),
-        "{v}"
-    );
+    assert!(!template_ids(&d).await.iter().any(|t| t == "bad"));
     let leftovers: Vec<_> = ["templates", "layers"]
         .iter()
         .flat_map(|d2| std::fs::read_dir(d.data.path().join(d2)).unwrap().flatten())
