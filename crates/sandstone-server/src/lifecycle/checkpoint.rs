@@ -47,6 +47,14 @@ impl Checkpointer {
             .cloned()
     }
 
+    /// Drops sandbox `id`'s manifest: it is deleted, or its copy here is.
+    pub(super) fn forget(&self, id: &str) {
+        self.previous
+            .lock()
+            .expect("lock poisoned: a holder panicked")
+            .remove(id);
+    }
+
     pub(super) fn remember(&self, id: &str, manifest: Manifest) {
         self.previous
             .lock()
@@ -486,10 +494,7 @@ impl Lifecycle {
         let Some(c) = &self.checkpoints else {
             return;
         };
-        c.previous
-            .lock()
-            .expect("lock poisoned: a holder panicked")
-            .remove(id);
+        c.forget(id);
         let Ok(sandbox) = SandboxId::new(id) else {
             return;
         };

@@ -167,13 +167,18 @@ impl Lifecycle {
     /// cannot be read now is kept for the next round.
     pub async fn prune_retained(&self) {
         for (n, id) in self.storage.retained_ids().into_iter().enumerate() {
-            let keep = match self.store.sandbox_node(&id).await {
-                Ok(Some(owner)) => owner != self.node && n < MAX_RETAINED,
-                Ok(None) => false,
+            let (keep, ours) = match self.store.sandbox_node(&id).await {
+                Ok(Some(owner)) => (owner != self.node && n < MAX_RETAINED, owner == self.node),
+                Ok(None) => (false, false),
                 Err(_) => continue,
             };
             if keep {
                 continue;
+            }
+            // Its manifest here described the copy (the hint of a restore
+            // over it); a sandbox this node runs again keeps its own.
+            if let (Some(c), false) = (&self.checkpoints, ours) {
+                c.forget(&id);
             }
             match tokio::task::block_in_place(|| self.storage.remove_retained(&id)) {
                 Ok(()) => tracing::debug!(sandbox = %id, "retained copy removed"),
