@@ -17,9 +17,11 @@
 //! 2. **Sweep**, a grace period later: list the manifests again and delete
 //!    the marked packs still unnamed, with their indexes, then the marker.
 //!
-//! A node that did not sync during a whole grace period (it was down, or
-//! idle) may have missed a marker that is gone now; at its next sync it
-//! forgets every pack the store no longer has. Packs still partly named
+//! A node that did not sync for half a grace period or more (it was down,
+//! or idle) may have missed a marker that is gone by now (the sweep judges
+//! a marker's age by the collector's clock, which may run ahead of this
+//! node's); at its next sync it forgets every pack the store no longer
+//! has. So clocks may differ by up to half the grace period. Packs still partly named
 //! stay whole. Rounds are idempotent: two nodes collecting at once only
 //! write two markers.
 
@@ -158,8 +160,8 @@ impl Checkpoints {
     }
 
     /// A node's half: forgets the packs of markers it has not read yet;
-    /// and when its last sync is a grace period old or more (or this is
-    /// its first), every pack it knows that the store no longer has. The
+    /// and when its last sync is half a grace period old or more (or this
+    /// is its first), every pack it knows that the store no longer has. The
     /// packs forgotten stay forgotten (their indexes are not read again).
     pub(crate) async fn forget_collected(&self) -> Result<()> {
         let inner = &self.inner;
@@ -182,7 +184,9 @@ impl Checkpoints {
                 .expect("lock poisoned")
                 .insert(key);
         }
-        if last == 0 || now.saturating_sub(last) >= inner.gc_grace_ms {
+        // Half the grace, not all of it: the sweep judges a marker's age by
+        // the collector's clock, which may run ahead of this node's.
+        if last == 0 || now.saturating_sub(last) >= inner.gc_grace_ms / 2 {
             let stored: HashSet<PackId> = inner
                 .blobs
                 .list(PACK_FOLDER)
