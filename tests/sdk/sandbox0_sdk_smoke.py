@@ -29,6 +29,13 @@ names = [f.name for f in sandbox.list_files("/workspace")]
 assert "a.txt" in names, names
 assert sandbox.stat_file("/workspace/a.txt").size == 9
 
+snap = client.sandboxes.create_rootfs_snapshot(sandbox.id)
+assert snap.sandbox_id == sandbox.id, snap
+assert [s.id for s in client.sandboxes.list_rootfs_snapshots(sandbox.id)] == [snap.id]
+assert client.sandboxes.get_rootfs_snapshot(snap.id).id == snap.id
+client.sandboxes.delete_rootfs_snapshot(snap.id)
+assert client.sandboxes.list_rootfs_snapshots(sandbox.id) == []
+
 client.sandboxes.delete(sandbox.id)
 try:
     sandbox.cmd("true")

@@ -215,6 +215,9 @@ pub struct Snapshot {
     pub name: String,
     pub description: String,
     pub created_at: String,
+    /// Omitted when unset: the spec's field is not nullable, and the SDK
+    /// parses any value present as a date.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expires_at: Option<String>,
 }
 
