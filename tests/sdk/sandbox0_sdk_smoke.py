@@ -7,6 +7,7 @@ import os
 import sys
 
 from sandbox0 import Client
+from sandbox0.apispec.models.fork_sandbox_request import ForkSandboxRequest
 
 client = Client(token=os.environ["SANDBOX0_TOKEN"], base_url=os.environ["SANDBOX0_BASE_URL"])
 
@@ -35,6 +36,16 @@ assert [s.id for s in client.sandboxes.list_rootfs_snapshots(sandbox.id)] == [sn
 assert client.sandboxes.get_rootfs_snapshot(snap.id).id == snap.id
 client.sandboxes.delete_rootfs_snapshot(snap.id)
 assert client.sandboxes.list_rootfs_snapshots(sandbox.id) == []
+
+child = client.sandboxes.fork(sandbox.id)
+assert child.source_sandbox_id == sandbox.id, child
+client.sandboxes.delete(child.sandbox.id)
+try:
+    client.sandboxes.fork(sandbox.id, ForkSandboxRequest(memory=True), idempotency_key="k1")
+except Exception as e:
+    assert "memory" in str(e), e
+else:
+    sys.exit("a memory fork was accepted although only files are forked")
 
 client.sandboxes.delete(sandbox.id)
 try:

@@ -254,6 +254,10 @@ pub struct ForkConfig {
 pub struct ForkRequest {
     #[serde(default)]
     pub config: Option<ForkConfig>,
+    /// Sent by the Sandbox0 SDK (`false` unless asked): a fork that keeps
+    /// the source's memory. Files only here, so `true` is refused.
+    #[serde(default)]
+    pub memory: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

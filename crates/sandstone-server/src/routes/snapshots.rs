@@ -109,6 +109,11 @@ pub async fn fork(
     Path(id): Path<String>,
     JsonBody(req): JsonBody<api::ForkRequest>,
 ) -> ApiResult<Response> {
+    if req.memory {
+        return Err(ApiError::bad_request(
+            "invalid field `memory`: forks copy files only; a fork that keeps memory is not supported",
+        ));
+    }
     let config = req.config.unwrap_or_default();
     let started = std::time::Instant::now();
     let child = st.lifecycle.fork(&id, config.ttl, config.hard_ttl).await?;
