@@ -289,8 +289,27 @@ async fn snapshots_and_forks_are_checkpointed_and_restored_from_the_store() {
     let snap = v["data"]["id"].as_str().unwrap().to_string();
     let manifests = store.path().join("manifests").join(&snap);
     assert_eq!(std::fs::read_dir(&manifests).unwrap().count(), 1);
+    // A fork that would keep memory is refused, naming the field, and
+    // makes no sandbox.
+    let (_, before) = d.get("/api/v1/sandboxes").await;
     let (s, v) = d
-        .post(&format!("/api/v1/sandboxes/{id}/fork"), json!({}))
+        .post(
+            &format!("/api/v1/sandboxes/{id}/fork"),
+            json!({"memory": true}),
+        )
+        .await;
+    assert_eq!(s, 400, "{v}");
+    assert!(
+        v["error"]["message"].as_str().unwrap().contains("`memory`"),
+        "{v}"
+    );
+    let (_, after) = d.get("/api/v1/sandboxes").await;
+    assert_eq!(before["data"]["count"], after["data"]["count"]);
+    let (s, v) = d
+        .post(
+            &format!("/api/v1/sandboxes/{id}/fork"),
+            json!({"memory": false}),
+        )
         .await;
     assert_eq!(s, 201, "{v}");
     let fork = v["data"]["sandbox"]["id"].as_str().unwrap().to_string();
