@@ -5,7 +5,7 @@ use crate::proto::{ErrorCode, ExitInfo, ProcKind, Request, Response, read_frame,
 use crate::{files, repl, toolset, watch};
 use std::io::{BufWriter, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
-use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, TryRecvError};
 use std::time::{Duration, Instant};
 
 pub fn serve(listener: UnixListener) -> ! {
@@ -225,9 +225,19 @@ fn stream_until_exit(
     let deadline = timeout_ms.map(|ms| Instant::now() + Duration::from_millis(ms));
     let mut replay = replay.into_iter();
     loop {
+        // A burst of output goes out in one write; before waiting for
+        // more, what is buffered is flushed, so a long-running process's
+        // output reaches its watcher as it is made, not at exit.
         let next = match replay.next() {
             Some(ev) => Ok(ev),
-            None => recv(&rx, deadline),
+            None => match rx.try_recv() {
+                Ok(ev) => Ok(ev),
+                Err(TryRecvError::Disconnected) => Err(RecvTimeoutError::Disconnected),
+                Err(TryRecvError::Empty) => {
+                    out.flush()?;
+                    recv(&rx, deadline)
+                }
+            },
         };
         match next {
             Ok(Event::Output(stream, bytes)) => send(out, &Response::Output { stream }, &bytes)?,

@@ -7,12 +7,16 @@ use tokio::net::UnixStream;
 
 pub struct InitConn {
     stream: UnixStream,
+    /// Bytes read but not yet returned as a frame: what makes `recv`
+    /// cancel-safe, so a `select!` that drops it mid-frame loses nothing.
+    buf: Vec<u8>,
 }
 
 impl InitConn {
     pub async fn connect(socket: &Path) -> std::io::Result<InitConn> {
         Ok(InitConn {
             stream: UnixStream::connect(socket).await?,
+            buf: Vec::new(),
         })
     }
 
@@ -20,17 +24,28 @@ impl InitConn {
         self.stream.write_all(&encode(req, payload)).await
     }
 
-    /// The next frame of the answer.
+    /// The next frame of the answer. Cancel-safe.
     pub async fn recv(&mut self) -> std::io::Result<(Response, Vec<u8>)> {
-        let mut prefix = [0u8; 8];
-        self.stream.read_exact(&mut prefix).await?;
-        let (hl, pl) = lengths(prefix)?;
-        let mut buf = vec![0u8; hl + pl];
-        self.stream.read_exact(&mut buf).await?;
-        let payload = buf.split_off(hl);
-        let header = serde_json::from_slice(&buf)
-            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?;
-        Ok((header, payload))
+        loop {
+            if let Some(prefix) = self.buf.first_chunk::<8>() {
+                let (hl, pl) = lengths(*prefix)?;
+                let end = 8 + hl + pl;
+                if self.buf.len() >= end {
+                    // The frame keeps the buffer's allocation; only bytes of a
+                    // following frame, if any, are copied out.
+                    let rest = self.buf.split_off(end);
+                    let mut frame = std::mem::replace(&mut self.buf, rest);
+                    let payload = frame.split_off(8 + hl);
+                    let header = serde_json::from_slice(&frame[8..])
+                        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?;
+                    return Ok((header, payload));
+                }
+                self.buf.reserve(end - self.buf.len());
+            }
+            if self.stream.read_buf(&mut self.buf).await? == 0 {
+                return Err(std::io::ErrorKind::UnexpectedEof.into());
+            }
+        }
     }
 }
 

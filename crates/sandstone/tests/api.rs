@@ -537,6 +537,41 @@ async fn file_watch_streams_events_over_websocket() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn an_attached_context_streams_output_while_it_runs() {
+    use sandstone_client::StreamEvent;
+    let d = Daemon::start().await;
+    let id = d.create(json!({})).await;
+    let client = sandstone_client::Client::new(&d.url, &d.token);
+    let argv = ["sh", "-c", "echo start; read x; echo got $x"].map(String::from);
+    let ctx = client.start(&id, &argv, None, None, None).await.unwrap();
+    let mut att = client.attach(&id, &ctx).await.unwrap();
+    let next = async |att: &mut sandstone_client::Attached| {
+        tokio::time::timeout(std::time::Duration::from_secs(10), att.next())
+            .await
+            .expect("output while the process still runs")
+            .expect("an event")
+    };
+    // The process is blocked on its stdin: what it printed so far must
+    // arrive now, not when it exits.
+    let StreamEvent::Output { data, .. } = next(&mut att).await else {
+        panic!("output first")
+    };
+    assert_eq!(data, "start\n");
+    att.input("abc\n").await.unwrap();
+    let StreamEvent::Output { data, .. } = next(&mut att).await else {
+        panic!("the echo of the input")
+    };
+    assert_eq!(data, "got abc\n");
+    assert!(matches!(
+        next(&mut att).await,
+        StreamEvent::Done {
+            exit_code: Some(0),
+            ..
+        }
+    ));
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn sandboxes_carry_metadata_that_lists_filter_on() {
     let d = Daemon::start().await;
     let id = d
