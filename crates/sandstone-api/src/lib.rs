@@ -421,17 +421,83 @@ pub struct MoveRequest {
     pub destination: String,
 }
 
+/// `/healthz` and `/readyz`: Sandbox0's health data.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Health {
+    pub status: String,
+    /// Unix seconds.
+    pub timestamp: u64,
+}
+
+/// Sandbox0's `Template`, with Sandstone's `id` and `description` beside
+/// `template_id` and `spec.description`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Template {
     pub id: String,
     pub template_id: String,
     pub description: String,
+    /// `public` for every template: the daemon has no teams yet.
     pub scope: String,
+    pub spec: TemplateSpec,
+    pub created_at: String,
+    pub updated_at: String,
+}
+
+/// Sandbox0's `SandboxTemplateSpec`: the fields that describe a Sandstone
+/// template.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TemplateSpec {
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub description: String,
+    pub main_container: ContainerSpec,
+    /// The base environment of the template's processes.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub env_vars: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ContainerSpec {
+    /// The image the template was made from, or the built template's name.
+    pub image: String,
+    pub resources: ResourceQuota,
+}
+
+/// A sandbox's default limits (a claim's `config.resources` overrides).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ResourceQuota {
+    pub memory: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ephemeral_storage: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct TemplateList {
     pub templates: Vec<Template>,
+}
+
+/// A field of Sandbox0's API that Sandstone does not act on yet. It parses
+/// whatever the spec allows there, so a client that sends the whole model
+/// (empty lists, absent objects) works; the daemon refuses a present value
+/// with a 400 naming the field, rather than ignore what the caller counts
+/// on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Unsupported;
+
+impl<'de> Deserialize<'de> for Unsupported {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        serde::de::IgnoredAny::deserialize(d)?;
+        Ok(Unsupported)
+    }
+}
+
+/// Never sent in practice: a value of this type is refused, not stored.
+impl Serialize for Unsupported {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_unit()
+    }
 }
 
 /// `static_headers` values: header name → value (write-only).
@@ -446,6 +512,21 @@ pub struct StaticHeaders {
 pub struct CredentialSpec {
     #[serde(default)]
     pub static_headers: Option<StaticHeaders>,
+    /// Sandbox0's other source kinds: not supported yet.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        rename = "staticTLSClientCertificate"
+    )]
+    pub static_tls_client_certificate: Option<Unsupported>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub static_username_password: Option<Unsupported>,
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        rename = "staticSSHPrivateKey"
+    )]
+    pub static_ssh_private_key: Option<Unsupported>,
 }
 
 /// Sandbox0's `CredentialSourceWriteRequest`.

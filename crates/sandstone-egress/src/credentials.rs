@@ -5,7 +5,7 @@
 //! which destinations and requests. The proxy applies them after it has
 //! terminated TLS; the sandbox only ever sees the placeholder, if anything.
 
-use crate::policy::{PolicyError, PortRange, Problem, domain_matches, valid_domain};
+use crate::policy::{PolicyError, PortRange, Problem, Unsupported, domain_matches, valid_domain};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
@@ -52,6 +52,11 @@ pub struct HttpMatch {
     pub paths: Vec<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub path_prefixes: Vec<String>,
+    /// Sandbox0's query-parameter and header matchers: not supported yet.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub query: Vec<Unsupported>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub headers: Vec<Unsupported>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -133,6 +138,14 @@ pub struct Projection {
     pub http_headers: Option<HttpHeaders>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub placeholder_substitution: Option<PlaceholderSubstitution>,
+    /// Sandbox0's TLS client certificate, username/password and SSH
+    /// projections: not supported yet.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_client_certificate: Option<Unsupported>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub username_password: Option<Unsupported>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ssh_proxy: Option<Unsupported>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
@@ -245,6 +258,16 @@ pub fn validate(
                 ));
             }
         }
+        if let Some(m) = &r.http_match {
+            for (field, set) in [("query", &m.query), ("headers", &m.headers)] {
+                if !set.is_empty() {
+                    return Err(PolicyError::new(
+                        format!("{at}.httpMatch.{field}"),
+                        Problem::Unsupported,
+                    ));
+                }
+            }
+        }
         for (j, m) in r.http_match.iter().flat_map(|m| &m.methods).enumerate() {
             if !header_name_ok(m) {
                 return Err(PolicyError::new(
@@ -258,6 +281,17 @@ pub fn validate(
 }
 
 fn validate_projection(p: &Projection, at: &str) -> Result<(), PolicyError> {
+    let unsupported = [
+        ("tlsClientCertificate", p.tls_client_certificate.is_some()),
+        ("usernamePassword", p.username_password.is_some()),
+        ("sshProxy", p.ssh_proxy.is_some()),
+    ];
+    if let Some((field, _)) = unsupported.iter().find(|(_, set)| *set) {
+        return Err(PolicyError::new(
+            format!("{at}.{field}"),
+            Problem::Unsupported,
+        ));
+    }
     match p.kind {
         ProjectionKind::HttpHeaders => {
             for (j, h) in p.http_headers.iter().flat_map(|h| &h.headers).enumerate() {
@@ -688,6 +722,18 @@ mod tests {
         let short = r#"[{"ref":"a","sourceRef":"s","projection":{"type":"placeholder_substitution",
             "placeholderSubstitution":{"replacements":[{"placeholder":"x","valueTemplate":"{{.t}}"}]}}}]"#;
         assert!(err(short, "[]").contains("placeholder"));
+        let mtls = r#"[{"ref":"a","sourceRef":"s","projection":{"type":"http_headers",
+            "tlsClientCertificate":{}}}]"#;
+        assert_eq!(
+            err(mtls, "[]"),
+            "credentialBindings[0].projection.tlsClientCertificate: not supported by Sandstone yet"
+        );
+        let by_query = r#"[{"credentialRef":"a","domains":["x.com"],
+            "httpMatch":{"query":[{"name":"k"}],"headers":[]}}]"#;
+        assert_eq!(
+            err(hb, by_query),
+            "egress.credentialRules[0].httpMatch.query: not supported by Sandstone yet"
+        );
         assert!(!format!("{:?}", values()).contains("s3cr3t"));
         assert!(values().render("{{ .missing }}").is_err());
     }

@@ -5,6 +5,7 @@
 use crate::cidr::Cidr;
 use crate::credentials::{CredentialBinding, CredentialRule, Injection};
 use crate::presets::Preset;
+pub use sandstone_api::Unsupported;
 use serde::{Deserialize, Serialize};
 use std::net::IpAddr;
 
@@ -38,8 +39,11 @@ pub enum AppProtocol {
 #[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum Transport {
+    /// Sandbox0's spec leaves the spelling open; Kubernetes writes `TCP`.
     #[default]
+    #[serde(alias = "TCP")]
     Tcp,
+    #[serde(alias = "UDP")]
     Udp,
 }
 
@@ -133,6 +137,30 @@ impl TrafficRule {
 pub struct Egress {
     #[serde(default)]
     pub traffic_rules: Vec<TrafficRule>,
+    /// Sandbox0's legacy lists (deprecated there for `trafficRules`, and
+    /// not to be combined with them): the allowed lists count in
+    /// `block-all` only, the denied lists in `allow-all` only, and
+    /// [`NetworkPolicy::expand`] turns the ones that count into traffic
+    /// rules.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allowed_domains: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allowed_cidrs: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allowed_ports: Vec<PortRange>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub denied_domains: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub denied_cidrs: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub denied_ports: Vec<PortRange>,
+    /// Sandbox0's HTTP and MCP operation controls: not enforced yet.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub protocol_rules: Vec<Unsupported>,
+    /// Sandbox0's customer SOCKS5 proxy for allowed traffic: not supported
+    /// yet.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub proxy: Option<Unsupported>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub credential_rules: Vec<CredentialRule>,
     /// A Sandstone extension: the proxy terminates every allowed HTTP and
@@ -266,6 +294,10 @@ pub enum Problem {
         crate::credentials::MIN_PLACEHOLDER
     )]
     Placeholder,
+    #[error("not supported by Sandstone yet")]
+    Unsupported,
+    #[error("cannot be combined with trafficRules")]
+    LegacyWithTrafficRules,
 }
 
 /// Traffic rules one policy may hold.
@@ -342,49 +374,156 @@ pub struct CompiledPolicy {
     pub injection: Injection,
 }
 
+/// Checks a rule's domain list (`field` names it: `egress.allowedDomains`).
+fn check_domains(list: &[String], field: &str) -> Result<(), PolicyError> {
+    match list.iter().enumerate().find(|(_, d)| !valid_domain(d)) {
+        Some((j, d)) => Err(PolicyError::new(
+            format!("{field}[{j}]"),
+            Problem::Domain(d.clone()),
+        )),
+        None => Ok(()),
+    }
+}
+
+fn parse_cidrs(list: &[String], field: &str) -> Result<Vec<Cidr>, PolicyError> {
+    list.iter()
+        .enumerate()
+        .map(|(j, c)| {
+            c.parse::<Cidr>()
+                .map_err(|e| PolicyError::new(format!("{field}[{j}]"), e.into()))
+        })
+        .collect()
+}
+
+fn check_ports(list: &[PortRange], field: &str) -> Result<(), PolicyError> {
+    match list
+        .iter()
+        .position(|p| p.port == 0 || p.end_port.is_some_and(|e| e < p.port))
+    {
+        Some(j) => Err(PolicyError::new(format!("{field}[{j}]"), Problem::Ports)),
+        None => Ok(()),
+    }
+}
+
+impl Egress {
+    /// Whether any legacy allow or deny list is set.
+    fn has_legacy(&self) -> bool {
+        !(self.allowed_domains.is_empty()
+            && self.allowed_cidrs.is_empty()
+            && self.allowed_ports.is_empty()
+            && self.denied_domains.is_empty()
+            && self.denied_cidrs.is_empty()
+            && self.denied_ports.is_empty())
+    }
+
+    /// Checks the legacy lists and the fields Sandstone does not enforce,
+    /// naming the field as the caller wrote it.
+    fn check_compat(&self) -> Result<(), PolicyError> {
+        if !self.protocol_rules.is_empty() {
+            return Err(PolicyError::new(
+                "egress.protocolRules",
+                Problem::Unsupported,
+            ));
+        }
+        if self.proxy.is_some() {
+            return Err(PolicyError::new("egress.proxy", Problem::Unsupported));
+        }
+        if self.has_legacy() && !self.traffic_rules.is_empty() {
+            return Err(PolicyError::new(
+                "egress.trafficRules",
+                Problem::LegacyWithTrafficRules,
+            ));
+        }
+        check_domains(&self.allowed_domains, "egress.allowedDomains")?;
+        check_domains(&self.denied_domains, "egress.deniedDomains")?;
+        parse_cidrs(&self.allowed_cidrs, "egress.allowedCidrs")?;
+        parse_cidrs(&self.denied_cidrs, "egress.deniedCidrs")?;
+        check_ports(&self.allowed_ports, "egress.allowedPorts")?;
+        check_ports(&self.denied_ports, "egress.deniedPorts")
+    }
+}
+
 impl NetworkPolicy {
-    /// Replaces every rule's preset by what it stands for (see
-    /// [`TrafficRule::expand_preset`]).
-    pub fn expand_presets(&mut self) {
-        for r in &mut self.egress.traffic_rules {
+    /// Rewrites the policy into the rules it stands for: the legacy lists
+    /// that count in its mode become traffic rules (in `block-all` one
+    /// allow rule — the allowed domains and CIDRs on the allowed ports; in
+    /// `allow-all` one deny rule per denied list, each denying what it
+    /// lists on any destination or port), the lists that do not count are
+    /// dropped, and every preset is expanded. Idempotent, so a policy read
+    /// back and sent again is unchanged.
+    pub fn expand(&mut self) {
+        let e = &mut self.egress;
+        use std::mem::take;
+        let (domains, cidrs, ports) = (
+            take(&mut e.allowed_domains),
+            take(&mut e.allowed_cidrs),
+            take(&mut e.allowed_ports),
+        );
+        if self.mode == Mode::BlockAll
+            && !(domains.is_empty() && cidrs.is_empty() && ports.is_empty())
+        {
+            e.traffic_rules.push(TrafficRule {
+                domains,
+                cidrs,
+                ports,
+                ..TrafficRule::new("allowed", Action::Allow)
+            });
+        }
+        let denied = [
+            (
+                "denied-domains",
+                TrafficRule {
+                    domains: take(&mut e.denied_domains),
+                    ..TrafficRule::new("", Action::Deny)
+                },
+            ),
+            (
+                "denied-cidrs",
+                TrafficRule {
+                    cidrs: take(&mut e.denied_cidrs),
+                    ..TrafficRule::new("", Action::Deny)
+                },
+            ),
+            (
+                "denied-ports",
+                TrafficRule {
+                    ports: take(&mut e.denied_ports),
+                    ..TrafficRule::new("", Action::Deny)
+                },
+            ),
+        ];
+        if self.mode == Mode::AllowAll {
+            for (name, rule) in denied {
+                if !(rule.domains.is_empty() && rule.cidrs.is_empty() && rule.ports.is_empty()) {
+                    e.traffic_rules.push(TrafficRule {
+                        name: name.into(),
+                        ..rule
+                    });
+                }
+            }
+        }
+        for r in &mut e.traffic_rules {
             r.expand_preset();
         }
     }
 
     /// Checks every field; the error names the first bad one
-    /// (`egress.trafficRules[2].cidrs[0]: …`). Presets are expanded first:
-    /// a preset rule never matches "any destination".
+    /// (`egress.trafficRules[2].cidrs[0]: …`). The policy is expanded
+    /// first ([`NetworkPolicy::expand`]): a preset rule never matches "any
+    /// destination".
     pub fn compile(&self) -> Result<CompiledPolicy, PolicyError> {
+        self.egress.check_compat()?;
         let mut expanded = self.clone();
-        expanded.expand_presets();
+        expanded.expand();
         let mut rules = Vec::new();
         for (i, r) in expanded.egress.traffic_rules.iter().enumerate() {
             let at = format!("egress.trafficRules[{i}]");
             if r.name.len() > 128 {
                 return Err(PolicyError::new(format!("{at}.name"), Problem::NameTooLong));
             }
-            for (j, d) in r.domains.iter().enumerate() {
-                if !valid_domain(d) {
-                    return Err(PolicyError::new(
-                        format!("{at}.domains[{j}]"),
-                        Problem::Domain(d.clone()),
-                    ));
-                }
-            }
-            let cidrs = r
-                .cidrs
-                .iter()
-                .enumerate()
-                .map(|(j, c)| {
-                    c.parse::<Cidr>()
-                        .map_err(|e| PolicyError::new(format!("{at}.cidrs[{j}]"), e.into()))
-                })
-                .collect::<Result<Vec<_>, _>>()?;
-            for (j, p) in r.ports.iter().enumerate() {
-                if p.port == 0 || p.end_port.is_some_and(|e| e < p.port) {
-                    return Err(PolicyError::new(format!("{at}.ports[{j}]"), Problem::Ports));
-                }
-            }
+            check_domains(&r.domains, &format!("{at}.domains"))?;
+            let cidrs = parse_cidrs(&r.cidrs, &format!("{at}.cidrs"))?;
+            check_ports(&r.ports, &format!("{at}.ports"))?;
             rules.push(Compiled {
                 rule: r.clone(),
                 cidrs,
@@ -666,6 +805,74 @@ mod tests {
         let d = p.decide(&op, &conn("10.99.0.7", 9000, None, AppProtocol::Other));
         assert_eq!((d.allowed, d.layer), (false, Layer::Mode));
         assert!(d.reason("10.99.0.7:9000").contains("mode"));
+    }
+
+    #[test]
+    fn legacy_lists_count_in_their_mode_and_become_rules() {
+        let op = OperatorRules::default();
+        let p = policy(
+            r#"{"mode":"block-all","egress":{"allowedDomains":["*.example.com"],
+                "allowedCidrs":["10.99.0.0/24"],"allowedPorts":[{"port":443}],
+                "deniedDomains":["ignored.test"],"deniedPorts":[],"protocolRules":[]},
+                "credentialBindings":[]}"#,
+        );
+        let tls = |ip, host| conn(ip, 443, host, AppProtocol::Tls);
+        let d = p.decide(&op, &tls("1.2.3.4", Some("www.example.com")));
+        assert_eq!((d.allowed, d.rule.as_deref()), (true, Some("allowed")));
+        assert!(p.decide(&op, &tls("10.99.0.7", None)).allowed);
+        assert!(
+            !p.decide(&op, &conn("10.99.0.7", 80, None, AppProtocol::Other))
+                .allowed
+        );
+        assert!(!p.decide(&op, &tls("1.2.3.4", Some("other.test"))).allowed);
+        let p = policy(
+            r#"{"mode":"allow-all","egress":{"deniedDomains":["bad.test"],
+                "deniedCidrs":["10.98.0.0/16"],"deniedPorts":[{"port":25}],
+                "allowedDomains":["ignored.test"]}}"#,
+        );
+        let d = p.decide(&op, &tls("1.2.3.4", Some("bad.test")));
+        assert_eq!(
+            (d.allowed, d.rule.as_deref()),
+            (false, Some("denied-domains"))
+        );
+        let d = p.decide(&op, &tls("10.98.1.1", None));
+        assert_eq!(
+            (d.allowed, d.rule.as_deref()),
+            (false, Some("denied-cidrs"))
+        );
+        let d = p.decide(&op, &conn("1.2.3.4", 25, None, AppProtocol::Other));
+        assert_eq!(
+            (d.allowed, d.rule.as_deref()),
+            (false, Some("denied-ports"))
+        );
+        assert!(p.decide(&op, &tls("1.2.3.4", Some("good.test"))).allowed);
+    }
+
+    #[test]
+    fn what_sandstone_does_not_enforce_is_refused_by_name_when_asked_for() {
+        let err = |json: &str| {
+            serde_json::from_str::<NetworkPolicy>(json)
+                .unwrap()
+                .compile()
+                .unwrap_err()
+                .to_string()
+        };
+        let e = err(r#"{"mode":"block-all","egress":{"protocolRules":[{"protocol":"http"}]}}"#);
+        assert!(e.starts_with("egress.protocolRules: not supported"), "{e}");
+        let e = err(r#"{"mode":"block-all","egress":{"proxy":{"type":"socks5"}}}"#);
+        assert!(e.starts_with("egress.proxy: not supported"), "{e}");
+        let e = err(
+            r#"{"mode":"block-all","egress":{"allowedDomains":["a.test"],
+                "trafficRules":[{"action":"allow","domains":["b.test"]}]}}"#,
+        );
+        assert!(
+            e.starts_with("egress.trafficRules: cannot be combined"),
+            "{e}"
+        );
+        let e = err(r#"{"mode":"block-all","egress":{"allowedCidrs":["10.0.0.0/99"]}}"#);
+        assert!(e.starts_with("egress.allowedCidrs[0]"), "{e}");
+        // Empty and absent are never an error.
+        policy(r#"{"mode":"block-all","egress":{"protocolRules":[],"proxy":null}}"#);
     }
 
     #[test]

@@ -31,12 +31,29 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
             .map(JsonBody)
             .map_err(|e| {
                 let path = e.path().to_string();
-                let inner = e.into_inner();
+                let inner = decode_problem(e.inner());
                 if path == "." || path.is_empty() {
                     ApiError::bad_request(format!("invalid JSON body: {inner}"))
                 } else {
                     ApiError::bad_request(format!("invalid field `{path}`: {inner}"))
                 }
             })
+    }
+}
+
+/// A JSON decoding problem as the API reports it. An enum value the daemon
+/// does not know is "not supported": Sandbox0's spec may well define it,
+/// and the caller should learn that Sandstone does not act on it, not that
+/// it is malformed.
+pub(crate) fn decode_problem(e: &serde_json::Error) -> String {
+    let msg = e.to_string();
+    match msg
+        .strip_prefix("unknown variant ")
+        .and_then(|rest| rest.split_once(", expected "))
+    {
+        Some((value, expected)) => {
+            format!("{value} is not supported by Sandstone (expected {expected})")
+        }
+        None => msg,
     }
 }

@@ -137,6 +137,20 @@ async fn not_found() -> ApiError {
     ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route")
 }
 
+/// A probe's answer, in Sandbox0's `SuccessHealthResponse` shape.
+async fn probe(status: &'static str) -> Response {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    error::ok(
+        StatusCode::OK,
+        sandstone_api::Health {
+            status: status.into(),
+            timestamp: now,
+        },
+    )
+}
+
 pub fn router(st: AppState) -> Router {
     let ops = openapi::operations();
     // Built and serialised on the first request, then shared: the
@@ -166,8 +180,8 @@ pub fn router(st: AppState) -> Router {
         ))
         .route_layer(middleware::from_fn_with_state(st.clone(), auth));
     Router::new()
-        .route("/healthz", get(|| async { "ok" }))
-        .route("/readyz", get(|| async { "ready" }))
+        .route("/healthz", get(|| probe("ok")))
+        .route("/readyz", get(|| probe("ready")))
         .route(
             "/openapi.json",
             get(move || async move {

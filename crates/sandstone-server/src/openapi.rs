@@ -147,6 +147,25 @@ pub fn document(ops: &[Operation]) -> Value {
         let entry = paths.entry(path.to_string()).or_insert_with(|| json!({}));
         entry[*method] = op;
     }
+    // Served beside the operations: the probes (no token needed) and the
+    // metrics page (in Prometheus' text format).
+    let probe = |summary: &str| {
+        json!({"get": {"summary": summary, "security": [], "responses": {
+            "200": {"description": "success", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Envelope"}}}},
+        }}})
+    };
+    paths.insert("/healthz".into(), probe("Liveness: the daemon answers"));
+    paths.insert(
+        "/readyz".into(),
+        probe("Readiness: the daemon serves the API"),
+    );
+    paths.insert(
+        "/metrics".into(),
+        json!({"get": {"summary": "Metrics in Prometheus' text format", "responses": {
+            "200": {"description": "success", "content": {"text/plain": {"schema": {"type": "string"}}}},
+            "401": error,
+        }}}),
+    );
     json!({
         "openapi": "3.1.0",
         "info": {"title": "Sandstone API (Sandbox0-compatible)", "version": env!("CARGO_PKG_VERSION")},
@@ -192,6 +211,7 @@ mod tests {
             .as_object()
             .map(|p| p.values().filter_map(Value::as_object).map(Map::len).sum())
             .unwrap_or_default();
-        assert_eq!(documented, seen.len());
+        // With /healthz, /readyz and /metrics.
+        assert_eq!(documented, seen.len() + 3);
     }
 }

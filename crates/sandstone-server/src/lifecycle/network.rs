@@ -117,7 +117,7 @@ pub fn parse_policy(v: serde_json::Value, field: &str) -> Result<NetworkPolicy> 
         Error::Invalid(format!(
             "invalid field `{field}.{}`: {}",
             e.path(),
-            e.inner()
+            crate::extract::decode_problem(e.inner())
         ))
     })?;
     p.compile().map_err(|e| {
@@ -126,7 +126,7 @@ pub fn parse_policy(v: serde_json::Value, field: &str) -> Result<NetworkPolicy> 
             e.field, e.problem
         ))
     })?;
-    p.expand_presets();
+    p.expand();
     Ok(p)
 }
 

@@ -39,6 +39,23 @@ fn sealable(w: &api::CredentialSourceWrite) -> ApiResult<Vec<u8>> {
             "invalid field `name`: 1-64 of a-z A-Z 0-9 - _ .",
         ));
     }
+    let spec = &w.spec;
+    let unsupported = [
+        (
+            "staticTLSClientCertificate",
+            spec.static_tls_client_certificate.is_some(),
+        ),
+        (
+            "staticUsernamePassword",
+            spec.static_username_password.is_some(),
+        ),
+        ("staticSSHPrivateKey", spec.static_ssh_private_key.is_some()),
+    ];
+    if let Some((field, _)) = unsupported.iter().find(|(_, set)| *set) {
+        return Err(ApiError::bad_request(format!(
+            "invalid field `spec.{field}`: not supported by Sandstone yet (static_headers)"
+        )));
+    }
     if w.resolver_kind != "static_headers" {
         return Err(ApiError::bad_request(format!(
             "invalid field `resolverKind`: {:?} is not supported (static_headers)",

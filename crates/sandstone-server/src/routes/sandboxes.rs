@@ -8,7 +8,7 @@ use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::Response;
 use sandstone_api as api;
-use sandstone_api::timefmt::rfc3339_ms;
+use sandstone_api::timefmt::{now_ms, rfc3339_ms};
 use sandstone_db::{SandboxRow, SandboxStatus};
 use std::collections::HashMap;
 
@@ -287,11 +287,34 @@ pub async fn templates(State(st): State<AppState>) -> ApiResult<Response> {
         .templates()
         .map_err(|e| ApiError::internal(e.to_string()))?
         .into_iter()
-        .map(|t| api::Template {
-            id: t.id.clone(),
-            template_id: t.id,
-            description: t.description,
-            scope: "public".into(),
+        .map(|t| {
+            // A template's files are written once, when it is made.
+            let made = t
+                .lower
+                .first()
+                .and_then(|p| std::fs::metadata(p).ok()?.modified().ok())
+                .and_then(|m| m.duration_since(std::time::UNIX_EPOCH).ok())
+                .map_or_else(now_ms, |d| d.as_millis() as i64);
+            let made = rfc3339_ms(made);
+            api::Template {
+                id: t.id.clone(),
+                template_id: t.id.clone(),
+                description: t.description.clone(),
+                scope: "public".into(),
+                spec: api::TemplateSpec {
+                    description: t.description,
+                    main_container: api::ContainerSpec {
+                        image: t.id,
+                        resources: api::ResourceQuota {
+                            memory: format!("{}Mi", crate::limits::DEFAULT_MEMORY >> 20),
+                            ephemeral_storage: t.disk,
+                        },
+                    },
+                    env_vars: t.env,
+                },
+                created_at: made.clone(),
+                updated_at: made,
+            }
         })
         .collect();
     Ok(ok(StatusCode::OK, api::TemplateList { templates: list }))
