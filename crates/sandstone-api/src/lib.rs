@@ -5,6 +5,7 @@
 //! bytes.
 
 pub mod auth;
+pub mod observability;
 mod secret;
 pub mod timefmt;
 pub mod toolset;

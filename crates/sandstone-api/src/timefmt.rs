@@ -34,17 +34,29 @@ fn rfc3339_parts(secs: i64) -> (String, &'static str) {
     (date, "")
 }
 
-/// Microseconds since the epoch of an RFC 3339 UTC time as these
-/// formatters write it (`2026-11-27T15:11:23.840Z`, any fraction or none).
+/// Microseconds since the epoch of an RFC 3339 time: UTC as these
+/// formatters write it (`2026-11-27T15:11:23.840Z`, any fraction or none)
+/// or with a numeric offset (`2026-11-27T16:11:23+01:00`), as clients send.
 pub fn parse_rfc3339_us(s: &str) -> Option<i64> {
-    let (date, time) = s.strip_suffix('Z')?.split_once('T')?;
+    let (date, time) = s.split_once(['T', 't'])?;
+    let (time, offset_secs) = match time.strip_suffix(['Z', 'z']) {
+        Some(t) => (t, 0),
+        None => {
+            let at = time.rfind(['+', '-'])?;
+            let (t, off) = time.split_at(at);
+            let (oh, om) = off[1..].split_once(':')?;
+            let (oh, om) = (oh.parse::<i64>().ok()?, om.parse::<i64>().ok()?);
+            let secs = oh * 3600 + om * 60;
+            (t, if off.starts_with('-') { -secs } else { secs })
+        }
+    };
     let mut d = date.split('-').map(|x| x.parse::<i64>().ok());
     let (y, m, day) = (d.next()??, d.next()??, d.next()??);
     let (hms, frac) = time.split_once('.').unwrap_or((time, ""));
     let mut t = hms.split(':').map(|x| x.parse::<i64>().ok());
     let (h, mi, sec) = (t.next()??, t.next()??, t.next()??);
     let us = format!("{frac:0<6}").get(..6)?.parse::<i64>().ok()?;
-    let secs = days_from_civil(y, m, day) * 86_400 + h * 3600 + mi * 60 + sec;
+    let secs = days_from_civil(y, m, day) * 86_400 + h * 3600 + mi * 60 + sec - offset_secs;
     Some(secs * 1_000_000 + us)
 }
 
@@ -101,6 +113,15 @@ mod tests {
             super::parse_rfc3339_us("2026-11-27T15:11:23Z"),
             Some(1_795_792_283_000_000)
         );
+        assert_eq!(
+            super::parse_rfc3339_us("2026-11-27T16:41:23+01:30"),
+            Some(1_795_792_283_000_000)
+        );
+        assert_eq!(
+            super::parse_rfc3339_us("2026-11-27t14:11:23.5-01:00"),
+            Some(1_795_792_283_500_000)
+        );
         assert_eq!(super::parse_rfc3339_us("2026-11-27 15:11:23"), None);
+        assert_eq!(super::parse_rfc3339_us("2026-11-27T15:11:23"), None);
     }
 }

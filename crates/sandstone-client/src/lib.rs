@@ -207,10 +207,17 @@ impl Client {
         .await
     }
 
-    /// Egress audit records after sequence number `after`.
-    pub async fn events(&self, id: &str, after: i64, denied: bool) -> Result<serde_json::Value> {
+    /// Egress audit events after `cursor` (a record's sequence number;
+    /// 0 for the first), denials only when `denied`.
+    pub async fn events(
+        &self,
+        id: &str,
+        cursor: i64,
+        denied: bool,
+    ) -> Result<sandstone_api::observability::EventsPage> {
+        let outcome = if denied { "&outcome=denied" } else { "" };
         let path = format!(
-            "/api/v1/sandboxes/{id}/observability/events?after={after}&limit=1000&denied={denied}"
+            "/api/v1/sandboxes/{id}/observability/events?cursor={cursor}&limit=1000{outcome}"
         );
         self.call(Method::GET, &path, None).await
     }

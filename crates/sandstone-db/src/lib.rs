@@ -213,6 +213,32 @@ pub struct AuditRow {
     pub event: serde_json::Value,
 }
 
+/// Which of a sandbox's audit records to list: those after `after_seq`,
+/// oldest first, at most `limit`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AuditQuery {
+    pub after_seq: i64,
+    /// `Some(true)`: denials only; `Some(false)`: what was allowed.
+    pub denied: Option<bool>,
+    /// Unix milliseconds, both ends included.
+    pub since_ms: i64,
+    pub until_ms: i64,
+    pub limit: i64,
+}
+
+impl AuditQuery {
+    /// Everything after `after_seq`, a page of `limit`.
+    pub fn after(after_seq: i64, limit: i64) -> AuditQuery {
+        AuditQuery {
+            after_seq,
+            denied: None,
+            since_ms: i64::MIN,
+            until_ms: i64::MAX,
+            limit,
+        }
+    }
+}
+
 /// A credential source: metadata in the clear, the values sealed.
 #[derive(Debug, Clone, PartialEq)]
 pub struct CredentialRow {
@@ -330,14 +356,12 @@ pub trait Store: Send + Sync {
     fn get_credential<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<CredentialRow>>;
     fn list_credentials(&self) -> BoxFuture<'_, Result<Vec<CredentialRow>>>;
     fn delete_credential<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<()>>;
-    /// Audit records of a sandbox after `after_seq`, oldest first, with
+    /// Audit records of a sandbox that `q` selects, oldest first, with
     /// their sequence numbers.
     fn list_audit<'a>(
         &'a self,
         sandbox_id: &'a str,
-        after_seq: i64,
-        denied_only: bool,
-        limit: i64,
+        q: &'a AuditQuery,
     ) -> BoxFuture<'a, Result<Vec<(i64, serde_json::Value)>>>;
     /// Drops a deleted sandbox's records.
     fn delete_audit<'a>(&'a self, sandbox_id: &'a str) -> BoxFuture<'a, Result<()>>;

@@ -6,7 +6,7 @@
 use super::{Backend, Db};
 use crate::agents::{AgentsStore, Notifications, WorkOf, WorkRow, parse};
 use crate::{
-    AuditRow, CredentialRow, Error, Fence, NodeRecord, PendingOp, Result, SandboxRow,
+    AuditQuery, AuditRow, CredentialRow, Error, Fence, NodeRecord, PendingOp, Result, SandboxRow,
     SandboxStatus, SnapshotRow, Store, now_ms, token_hash,
 };
 use futures_util::future::BoxFuture;
@@ -682,19 +682,21 @@ impl Store for Backend {
     fn list_audit<'a>(
         &'a self,
         sandbox_id: &'a str,
-        after_seq: i64,
-        denied_only: bool,
-        limit: i64,
+        q: &'a AuditQuery,
     ) -> BoxFuture<'a, Result<Vec<(i64, Value)>>> {
         Box::pin(async move {
             let rows = sqlx::query(
-                "SELECT seq, event FROM audit WHERE sandbox_id = $1 AND seq > $2 AND (denied OR NOT $3)
-                 ORDER BY seq LIMIT $4",
+                "SELECT seq, event FROM audit WHERE sandbox_id = $1 AND seq > $2
+                 AND (NOT $3 OR denied = $4) AND time >= $5 AND time <= $6
+                 ORDER BY seq LIMIT $7",
             )
             .bind(sandbox_id)
-            .bind(after_seq)
-            .bind(denied_only)
-            .bind(limit)
+            .bind(q.after_seq)
+            .bind(q.denied.is_some())
+            .bind(q.denied.unwrap_or(false))
+            .bind(q.since_ms)
+            .bind(q.until_ms)
+            .bind(q.limit)
             .fetch_all(&self.pool)
             .await?;
             rows.iter()
@@ -1532,21 +1534,51 @@ mod tests {
         let times = |v: Vec<(i64, Value)>| -> Vec<i64> {
             v.iter().map(|(_, e)| e["time"].as_i64().unwrap()).collect()
         };
-        let all = store.list_audit("sb-1", 0, false, 100).await.unwrap();
+        let all = store
+            .list_audit("sb-1", &AuditQuery::after(0, 100))
+            .await
+            .unwrap();
         assert_eq!(times(all.clone()), [10, 20, 40]);
-        let after_first = store.list_audit("sb-1", all[0].0, false, 1).await.unwrap();
+        let after_first = store
+            .list_audit("sb-1", &AuditQuery::after(all[0].0, 1))
+            .await
+            .unwrap();
         assert_eq!(times(after_first), [20]);
-        let denied = store.list_audit("sb-1", 0, true, 100).await.unwrap();
-        assert_eq!(times(denied), [20]);
+        let only = |denied| AuditQuery {
+            denied: Some(denied),
+            ..AuditQuery::after(0, 100)
+        };
+        assert_eq!(
+            times(store.list_audit("sb-1", &only(true)).await.unwrap()),
+            [20]
+        );
+        assert_eq!(
+            times(store.list_audit("sb-1", &only(false)).await.unwrap()),
+            [10, 40]
+        );
+        let window = AuditQuery {
+            since_ms: 15,
+            until_ms: 40,
+            ..AuditQuery::after(0, 100)
+        };
+        assert_eq!(
+            times(store.list_audit("sb-1", &window).await.unwrap()),
+            [20, 40]
+        );
         assert_eq!(store.prune_audit(25).await.unwrap(), 2);
         assert_eq!(
-            times(store.list_audit("sb-1", 0, false, 100).await.unwrap()),
+            times(
+                store
+                    .list_audit("sb-1", &AuditQuery::after(0, 100))
+                    .await
+                    .unwrap()
+            ),
             [40]
         );
         store.delete_audit("sb-2").await.unwrap();
         assert!(
             store
-                .list_audit("sb-2", 0, false, 100)
+                .list_audit("sb-2", &AuditQuery::after(0, 100))
                 .await
                 .unwrap()
                 .is_empty()

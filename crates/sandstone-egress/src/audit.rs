@@ -16,6 +16,18 @@ pub enum EventKind {
     Drop,
 }
 
+impl EventKind {
+    /// The record's `action` as an observability event.
+    pub fn action(self) -> &'static str {
+        match self {
+            EventKind::Connection => "egress.connection",
+            EventKind::Request => "egress.request",
+            EventKind::Dns => "egress.dns",
+            EventKind::Drop => "egress.drop",
+        }
+    }
+}
+
 /// The verdict an audit record states.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]

@@ -4,7 +4,9 @@
 //! end-to-end test calls every listed operation.
 
 use crate::AppState;
-use crate::routes::{cluster, contexts, credentials, files, network, sandboxes, snapshots, tools};
+use crate::routes::{
+    cluster, contexts, credentials, files, network, observability, sandboxes, snapshots, tools,
+};
 use axum::routing::MethodRouter;
 use serde_json::{Map, Value, json};
 
@@ -56,7 +58,7 @@ pub fn operations() -> Vec<Operation> {
         delete "/api/v1/sandbox-rootfs-snapshots/{snap}" snapshots::delete => 200 None "Delete a snapshot",
         get "/api/v1/sandboxes/{id}/network" network::get => 200 None "The sandbox's network policy",
         put "/api/v1/sandboxes/{id}/network" network::put => 200 Json "Replace the network policy (new connections see it at once)",
-        get "/api/v1/sandboxes/{id}/observability/events" network::events => 200 None "Egress audit records (after, limit, denied)",
+        get "/api/v1/sandboxes/{id}/observability/events" observability::events => 200 None "Egress audit records as network_audit events (cursor, limit, start_time, end_time, outcome and the other filters; watch=true streams NDJSON)",
         post "/api/v1/sandboxes/{id}/contexts" contexts::create => 201 Json "Create a context (cmd or repl); wait_until_done runs it to completion",
         get "/api/v1/sandboxes/{id}/contexts" contexts::list => 200 None "List contexts",
         get "/api/v1/sandboxes/{id}/contexts/{ctx}" contexts::get => 200 None "Get a context",

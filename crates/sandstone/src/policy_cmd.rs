@@ -144,12 +144,13 @@ pub async fn audit(cli: &Cli, id: &str, follow: bool, denied: bool) -> Result<()
     let mut after = 0;
     loop {
         let page = c.events(id, after, denied).await?;
-        for e in page["events"].as_array().into_iter().flatten() {
-            after = e["seq"].as_i64().unwrap_or(after);
+        for event in page.events {
+            after = event.producer.sequence.unwrap_or(after);
             if cli.json {
-                println!("{e}");
+                println!("{}", serde_json::to_string(&event)?);
                 continue;
             }
+            let e = &event.attributes;
             println!(
                 "{:<6} {:<5} {:<10} {}  {}",
                 e["decision"].as_str().unwrap_or(""),

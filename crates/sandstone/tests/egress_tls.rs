@@ -241,10 +241,7 @@ print(found or 'absent', len(paths) > 100)
 
     // Every injection and refusal is audited, without the token.
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;
-    let (_, v) = d
-        .get(&format!("/api/v1/sandboxes/{id}/observability/events"))
-        .await;
-    let events = v["data"]["events"].as_array().unwrap();
+    let events = d.audit(&id, "").await;
     let find = |decision: &str, rule: &str, needle: &str| {
         events.iter().any(|e| {
             e["kind"] == "request"
@@ -255,15 +252,18 @@ print(found or 'absent', len(paths) > 100)
     };
     assert!(
         find("allow", "git", "injected into GET git.test:443/repo.git/"),
-        "{v}"
+        "{events:?}"
     );
     assert!(
         find("allow", "api", "injected into GET api.test:443/v1/auth"),
-        "{v}"
+        "{events:?}"
     );
-    assert!(find("deny", "", "Host must match"), "{v}");
-    assert!(find("deny", "broken", "fail-closed"), "{v}");
-    assert!(!v.to_string().contains(&net.token));
+    assert!(find("deny", "", "Host must match"), "{events:?}");
+    assert!(find("deny", "broken", "fail-closed"), "{events:?}");
+    let (_, raw) = d
+        .get(&format!("/api/v1/sandboxes/{id}/observability/events"))
+        .await;
+    assert!(!raw.to_string().contains(&net.token));
     // A bound source cannot be deleted from under the sandbox.
     let (s, v) = d.delete("/api/v1/credential-sources/git-token").await;
     assert!(

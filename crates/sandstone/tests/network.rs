@@ -59,12 +59,7 @@ except OSError:
     // The dropped UDP datagram is audited, with the reason.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
     loop {
-        let (_, v) = d
-            .get(&format!(
-                "/api/v1/sandboxes/{id}/observability/events?denied=true"
-            ))
-            .await;
-        let events = v["data"]["events"].as_array().unwrap().clone();
+        let events = d.audit(&id, "outcome=denied").await;
         if let Some(e) = events
             .iter()
             .find(|e| e["kind"] == "drop" && e["dest_port"] == 9999)
@@ -220,12 +215,7 @@ async fn policy_decides_every_connection_and_dns_answer_and_audits_them() {
 
     // Every decision is audited; the denials carry their reasons.
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;
-    let (_, v) = d
-        .get(&format!(
-            "/api/v1/sandboxes/{id}/observability/events?denied=true"
-        ))
-        .await;
-    let events = v["data"]["events"].as_array().unwrap().clone();
+    let events = d.audit(&id, "outcome=denied").await;
     let has = |kind: &str, name: &str| {
         events.iter().any(|e| {
             e["kind"] == kind
@@ -239,13 +229,31 @@ async fn policy_decides_every_connection_and_dns_answer_and_audits_them() {
     assert!(has("connection", &net.server), "{events:?}");
     assert!(has("connection", "rebind.test"), "{events:?}");
     assert!(events.iter().all(|e| e["decision"] == "deny"));
-    let (_, v) = d
-        .get(&format!("/api/v1/sandboxes/{id}/observability/events"))
-        .await;
-    let all = v["data"]["events"].as_array().unwrap();
+    let all = d.audit(&id, "").await;
     assert!(all.iter().any(|e| e["decision"] == "allow"
         && e["kind"] == "connection"
         && e["bytes_down"].as_u64() > Some(0)));
+    // As Sandbox0 events: pages follow the cursor, an event id finds its
+    // record, and filters for what Sandstone does not record find nothing.
+    let events = format!("/api/v1/sandboxes/{id}/observability/events");
+    let (_, v) = d.get(&format!("{events}?limit=1")).await;
+    let first = &v["data"]["events"][0];
+    assert_eq!(
+        (first["event_type"].as_str(), first["source"].as_str()),
+        (Some("network_audit"), Some("ctld")),
+        "{v}"
+    );
+    let cursor = v["data"]["next_cursor"].as_str().unwrap();
+    let (_, next) = d.get(&format!("{events}?limit=1&cursor={cursor}")).await;
+    assert_ne!(next["data"]["events"][0]["event_id"], first["event_id"]);
+    let event_id = first["event_id"].as_str().unwrap();
+    let (_, exact) = d.get(&format!("{events}?event_id={event_id}")).await;
+    assert_eq!(exact["data"]["events"].as_array().unwrap().len(), 1);
+    assert_eq!(exact["data"]["events"][0]["event_id"], first["event_id"]);
+    let (_, other) = d.get(&format!("{events}?source=procd")).await;
+    assert_eq!(other["data"]["events"], json!([]));
+    let (s, bad) = d.get(&format!("{events}?outcome=maybe")).await;
+    assert_names(s, &bad, "`outcome`");
 
     // The CLI sets a policy from flags and shows the audit trail.
     let out = cli(

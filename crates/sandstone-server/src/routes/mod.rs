@@ -4,6 +4,7 @@ pub mod credentials;
 pub mod error;
 pub mod files;
 pub mod network;
+pub mod observability;
 pub mod sandboxes;
 pub mod snapshots;
 pub mod tools;

@@ -316,17 +316,25 @@ impl Daemon {
         self.run(id, &["sh", "-c", script]).await
     }
 
+    /// The egress audit records of `id` (each event's `attributes`), with
+    /// `query` added to the request (`outcome=denied`, say).
+    pub async fn audit(&self, id: &str, query: &str) -> Vec<Value> {
+        let (s, v) = self
+            .get(&format!(
+                "/api/v1/sandboxes/{id}/observability/events?limit=1000&{query}"
+            ))
+            .await;
+        assert_eq!(s, 200, "{v}");
+        let events = v["data"]["events"].as_array().unwrap();
+        events.iter().map(|e| e["attributes"].clone()).collect()
+    }
+
     /// Waits (5 s at most) until the egress audit of `id` holds a record
     /// `pred` accepts, and returns it.
     pub async fn audited(&self, id: &str, pred: impl Fn(&Value) -> bool) -> Value {
         let deadline = Instant::now() + Duration::from_secs(5);
         loop {
-            let (_, v) = self
-                .get(&format!(
-                    "/api/v1/sandboxes/{id}/observability/events?limit=1000"
-                ))
-                .await;
-            let events = v["data"]["events"].as_array().unwrap().clone();
+            let events = self.audit(id, "").await;
             if let Some(e) = events.iter().find(|e| pred(e)) {
                 return e.clone();
             }

@@ -1,0 +1,420 @@
+//! A sandbox's egress audit as Sandbox0 observability events
+//! (`GET .../observability/events`): a page at a time, or with
+//! `watch=true` as an NDJSON stream that follows new records.
+
+use crate::AppState;
+use crate::routes::error::{ApiError, ApiResult, ok};
+use crate::routes::sandboxes::row;
+use axum::body::Body;
+use axum::extract::{Path, Query, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use sandstone_api::observability::{
+    self as obs, Actor, ActorKind, Event, EventSource, EventType, EventsPage, Integrity, Outcome,
+    Phase, Producer, Resource, SignatureStatus, WatchLine,
+};
+use sandstone_api::timefmt::{now_ms, parse_rfc3339_us, rfc3339_ms};
+use sandstone_db::AuditQuery;
+use sandstone_egress::audit::{AuditEvent, Verdict};
+use sandstone_egress::hint::{Denied, allow_hint};
+use sha2::{Digest, Sha256};
+use std::collections::HashMap;
+use std::time::Duration;
+
+/// The spec's page size bounds: larger values are capped, not refused.
+const DEFAULT_LIMIT: i64 = 100;
+const MAX_LIMIT: i64 = 1000;
+/// How often a watch looks for new records, and how long it stays quiet
+/// before it says it is still there.
+const WATCH_POLL: Duration = Duration::from_millis(500);
+const WATCH_HEARTBEAT: Duration = Duration::from_secs(15);
+
+/// What the query asks for. `None` in `query` means the filters exclude
+/// every event Sandstone records (another source or event type, say), so
+/// the answer is empty without a lookup.
+struct Filter {
+    query: Option<AuditQuery>,
+    /// Filters the store cannot apply, checked on each event.
+    action: Option<String>,
+    operation_id: Option<String>,
+    /// `event_id=`: the one record it names.
+    exact: Option<i64>,
+    watch: bool,
+    /// Neither `cursor` nor `start_time` given: a watch starts now.
+    from_now: bool,
+}
+
+fn bad(key: &str, why: &str) -> ApiError {
+    ApiError::bad_request(format!("invalid query parameter `{key}`: {why}"))
+}
+
+/// A query parameter that must be one of a spec enum's values.
+fn enum_param<T: serde::de::DeserializeOwned>(
+    q: &HashMap<String, String>,
+    key: &str,
+) -> ApiResult<Option<T>> {
+    q.get(key)
+        .map(|v| {
+            serde_json::from_value(serde_json::Value::String(v.clone()))
+                .map_err(|_| bad(key, &format!("{v:?} is not one of the spec's values")))
+        })
+        .transpose()
+}
+
+fn time_param(q: &HashMap<String, String>, key: &str) -> ApiResult<Option<i64>> {
+    q.get(key)
+        .map(|v| {
+            parse_rfc3339_us(v)
+                .map(|us| us.div_euclid(1000))
+                .ok_or_else(|| bad(key, "an RFC 3339 date-time"))
+        })
+        .transpose()
+}
+
+impl Filter {
+    fn parse(q: &HashMap<String, String>, sandbox: &str) -> ApiResult<Filter> {
+        let limit = match q.get("limit") {
+            None => DEFAULT_LIMIT,
+            Some(v) => match v.parse::<i64>() {
+                Ok(n) if n >= 1 => n.min(MAX_LIMIT),
+                _ => return Err(bad("limit", "a positive integer")),
+            },
+        };
+        let cursor = q
+            .get("cursor")
+            .map(|v| {
+                v.parse::<i64>()
+                    .ok()
+                    .filter(|n| *n >= 0)
+                    .ok_or_else(|| bad("cursor", "not a cursor this server returned"))
+            })
+            .transpose()?;
+        let watch = match q.get("watch").map(String::as_str) {
+            None | Some("false") => false,
+            Some("true") => true,
+            Some(_) => return Err(bad("watch", "true or false")),
+        };
+        let (since, until) = (time_param(q, "start_time")?, time_param(q, "end_time")?);
+        if watch && until.is_some() {
+            return Err(bad("end_time", "not supported with watch=true"));
+        }
+        let source: Option<EventSource> = enum_param(q, "source")?;
+        let event_type: Option<EventType> = enum_param(q, "event_type")?;
+        let outcome: Option<Outcome> = enum_param(q, "outcome")?;
+        let actor_kind: Option<ActorKind> = enum_param(q, "actor_kind")?;
+        // Any UUID is a fair question; one Sandstone never issued names no
+        // record.
+        let exact = q.get("event_id").map(|id| obs::event_seq(id).unwrap_or(-1));
+        let denied = match outcome {
+            None => None,
+            Some(Outcome::Denied) => Some(true),
+            Some(Outcome::Completed) => Some(false),
+            Some(_) => return Ok(Filter::nothing(watch)),
+        };
+        let ours = source.is_none_or(|s| s == EventSource::Ctld)
+            && event_type.is_none_or(|t| t == EventType::NetworkAudit)
+            && actor_kind.is_none_or(|k| k == ActorKind::SandboxWorkload)
+            && q.get("actor_id").is_none_or(|a| a == sandbox)
+            && q.get("resource_type").is_none_or(|r| r == RESOURCE_TYPE);
+        if !ours {
+            return Ok(Filter::nothing(watch));
+        }
+        Ok(Filter {
+            query: Some(AuditQuery {
+                after_seq: cursor.unwrap_or(0),
+                denied,
+                since_ms: since.unwrap_or(i64::MIN),
+                until_ms: until.unwrap_or(i64::MAX),
+                limit,
+            }),
+            action: q.get("action").cloned(),
+            operation_id: q.get("operation_id").cloned(),
+            exact,
+            watch,
+            from_now: cursor.is_none() && since.is_none(),
+        })
+    }
+
+    fn nothing(watch: bool) -> Filter {
+        Filter {
+            query: None,
+            action: None,
+            operation_id: None,
+            exact: None,
+            watch,
+            from_now: true,
+        }
+    }
+
+    fn admits(&self, e: &Event) -> bool {
+        self.action.as_ref().is_none_or(|a| *a == e.action)
+            && self
+                .operation_id
+                .as_ref()
+                .is_none_or(|o| *o == e.operation_id)
+    }
+}
+
+const RESOURCE_TYPE: &str = "sandbox";
+
+/// Turns stored records into events, adding to each denial the change
+/// that would allow it (computed against the current policy).
+struct Renderer {
+    sandbox: String,
+    node: String,
+    policy: Option<sandstone_egress::policy::CompiledPolicy>,
+    operator: Option<sandstone_egress::OperatorRules>,
+}
+
+impl Renderer {
+    fn new(st: &AppState, r: &sandstone_db::SandboxRow) -> Renderer {
+        Renderer {
+            sandbox: r.id.clone(),
+            node: st.lifecycle.node.clone(),
+            policy: st
+                .lifecycle
+                .effective_policy(r)
+                .ok()
+                .and_then(|p| p.compile().ok()),
+            operator: st.lifecycle.operator_rules().cloned(),
+        }
+    }
+
+    fn event(&self, seq: i64, mut record: serde_json::Value) -> Event {
+        let payload_hash = hex::encode(Sha256::digest(record.to_string()));
+        let audit = serde_json::from_value::<AuditEvent>(record.clone()).ok();
+        let hint = audit.as_ref().and_then(|a| self.hint(a));
+        if let Some(h) = hint {
+            record["allow_hint"] = serde_json::json!(h);
+        }
+        record["seq"] = serde_json::json!(seq);
+        let time = audit.as_ref().map_or(0, |a| a.time);
+        let denied = audit.as_ref().is_some_and(|a| a.decision == Verdict::Deny);
+        let action = audit
+            .as_ref()
+            .map_or("egress", |a| a.kind.action())
+            .to_string();
+        Event {
+            event_id: obs::event_id(seq),
+            schema_version: obs::SCHEMA_VERSION,
+            team_id: "default".into(),
+            sandbox_id: self.sandbox.clone(),
+            region_id: "local".into(),
+            cluster_id: self.node.clone(),
+            occurred_at: rfc3339_ms(time),
+            ingested_at: rfc3339_ms(time),
+            source: EventSource::Ctld,
+            event_type: EventType::NetworkAudit,
+            phase: Phase::Result,
+            outcome: if denied {
+                Outcome::Denied
+            } else {
+                Outcome::Completed
+            },
+            actor: Actor {
+                kind: ActorKind::SandboxWorkload,
+                id: Some(self.sandbox.clone()),
+            },
+            action,
+            resource: Resource {
+                kind: RESOURCE_TYPE.into(),
+                id: self.sandbox.clone(),
+                subresource: Some("network".into()),
+            },
+            operation_id: format!("audit-{seq}"),
+            producer: Producer {
+                service: "sandstone-egress".into(),
+                instance: Some(self.node.clone()),
+                sequence: Some(seq),
+            },
+            integrity: Integrity {
+                algorithm: "ed25519-sha256-v1".into(),
+                payload_hash,
+                signature: String::new(),
+                signing_key_id: "0".repeat(64),
+                signature_status: SignatureStatus::Unavailable,
+            },
+            attributes: record,
+        }
+    }
+
+    fn hint(&self, a: &AuditEvent) -> Option<sandstone_egress::hint::AllowHint> {
+        if a.decision != Verdict::Deny {
+            return None;
+        }
+        let denied = Denied {
+            name: a.dest_name.as_deref(),
+            ip: a.dest_ip.as_deref().and_then(|ip| ip.parse().ok()),
+            port: a.dest_port,
+            dns: a.kind == sandstone_egress::audit::EventKind::Dns,
+            stated: matches!(a.protocol.as_str(), "http" | "tls"),
+        };
+        allow_hint(
+            &self.sandbox,
+            self.policy.as_ref()?,
+            self.operator.as_ref()?,
+            &denied,
+        )
+    }
+}
+
+pub async fn events(
+    State(st): State<AppState>,
+    Path(id): Path<String>,
+    Query(q): Query<HashMap<String, String>>,
+) -> ApiResult<Response> {
+    let r = row(&st, &id).await?;
+    let filter = Filter::parse(&q, &id)?;
+    let render = Renderer::new(&st, &r);
+    if filter.watch {
+        return Ok(watch(st, id, filter, render));
+    }
+    let Some(mut query) = filter.query.clone() else {
+        return Ok(ok(
+            StatusCode::OK,
+            EventsPage {
+                events: vec![],
+                next_cursor: None,
+            },
+        ));
+    };
+    if let Some(seq) = filter.exact {
+        query = AuditQuery {
+            after_seq: seq - 1,
+            ..AuditQuery::after(0, 1)
+        };
+    }
+    let rows = st.lifecycle.store.list_audit(&id, &query).await?;
+    // A full page may have more behind it; filters applied here can make a
+    // page short without its being the last.
+    let next_cursor = (filter.exact.is_none() && rows.len() as i64 == query.limit)
+        .then(|| rows.last().map(|(seq, _)| seq.to_string()))
+        .flatten();
+    let events = rows
+        .into_iter()
+        .filter(|(seq, _)| filter.exact.is_none_or(|s| s == *seq))
+        .map(|(seq, record)| render.event(seq, record))
+        .filter(|e| filter.admits(e))
+        .collect();
+    Ok(ok(
+        StatusCode::OK,
+        EventsPage {
+            events,
+            next_cursor,
+        },
+    ))
+}
+
+/// `watch=true`: NDJSON lines, each batch of events followed by a
+/// watermark to resume from, a heartbeat when quiet, and an error line
+/// (then the end) once the sandbox is gone. Runs until the client leaves.
+fn watch(st: AppState, id: String, filter: Filter, render: Renderer) -> Response {
+    struct Watch {
+        st: AppState,
+        id: String,
+        filter: Filter,
+        render: Renderer,
+        after: i64,
+        since: i64,
+        quiet_since: tokio::time::Instant,
+        done: bool,
+    }
+    let since = match &filter.query {
+        Some(q) if !filter.from_now => q.since_ms,
+        _ => now_ms(),
+    };
+    let after = filter.query.as_ref().map_or(0, |q| q.after_seq);
+    let state = Watch {
+        st,
+        id,
+        filter,
+        render,
+        after,
+        since,
+        quiet_since: tokio::time::Instant::now(),
+        done: false,
+    };
+    let lines = futures_util::stream::unfold(state, |mut w| async move {
+        if w.done {
+            return None;
+        }
+        loop {
+            let batch = match &w.filter.query {
+                Some(q) => {
+                    let q = AuditQuery {
+                        after_seq: w.after,
+                        since_ms: w.since,
+                        ..q.clone()
+                    };
+                    w.st.lifecycle.store.list_audit(&w.id, &q).await
+                }
+                None => Ok(Vec::new()),
+            };
+            let mut out = String::new();
+            match batch {
+                Ok(rows) if !rows.is_empty() => {
+                    for (seq, record) in rows {
+                        w.after = seq;
+                        let e = w.render.event(seq, record);
+                        if w.filter.admits(&e) {
+                            push_line(&mut out, &WatchLine::Event { data: Box::new(e) });
+                        }
+                    }
+                    let cursor = w.after.to_string();
+                    push_line(
+                        &mut out,
+                        &WatchLine::Watermark {
+                            watermark: cursor.clone(),
+                            cursor,
+                        },
+                    );
+                }
+                Ok(_) if w.quiet_since.elapsed() >= WATCH_HEARTBEAT => {
+                    if w.st.lifecycle.store.get_sandbox(&w.id).await.is_err() {
+                        w.done = true;
+                        push_line(
+                            &mut out,
+                            &WatchLine::Error {
+                                error: format!("sandbox {} was deleted", w.id),
+                            },
+                        );
+                    } else {
+                        push_line(
+                            &mut out,
+                            &WatchLine::Heartbeat {
+                                time: rfc3339_ms(now_ms()),
+                            },
+                        );
+                    }
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    w.done = true;
+                    push_line(
+                        &mut out,
+                        &WatchLine::Error {
+                            error: format!("reading the audit failed: {e}"),
+                        },
+                    );
+                }
+            }
+            if !out.is_empty() {
+                w.quiet_since = tokio::time::Instant::now();
+                return Some((Ok::<_, std::convert::Infallible>(out), w));
+            }
+            tokio::time::sleep(WATCH_POLL).await;
+        }
+    });
+    (
+        [(header::CONTENT_TYPE, "application/x-ndjson")],
+        Body::from_stream(lines),
+    )
+        .into_response()
+}
+
+fn push_line(out: &mut String, line: &WatchLine) {
+    if let Ok(text) = serde_json::to_string(line) {
+        out.push_str(&text);
+        out.push('\n');
+    }
+}
