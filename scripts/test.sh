@@ -8,12 +8,13 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 cache="${SANDSTONE_CACHE:-/var/cache/sandstone}"
 venv="$cache/sdk-venv"
-# The Sandbox0 SDK, and the official Anthropic SDK (client and
-# EnvironmentWorker) for the Managed Agents tests.
-if [ ! -x "$venv/bin/python" ] || ! "$venv/bin/python" -c 'import sandbox0, anthropic' 2>/dev/null; then
+# The Sandbox0 SDK, the official Anthropic SDK (client and
+# EnvironmentWorker) for the Managed Agents tests, and Schemathesis for the
+# contract test against Sandbox0's OpenAPI spec.
+if [ ! -x "$venv/bin/python" ] || ! "$venv/bin/python" -c 'import sandbox0, anthropic, schemathesis' 2>/dev/null; then
   mkdir -p "$cache"
   python3 -m venv "$venv"
-  "$venv/bin/pip" install --quiet --disable-pip-version-check 'sandbox0==0.10.4' 'anthropic==2.14.0'
+  "$venv/bin/pip" install --quiet --disable-pip-version-check 'sandbox0==0.10.4' 'anthropic==2.14.0' 'schemathesis==4.32.5'
 fi
 # An S3-compatible server (moto, from PyPI) for the checkpoint store's
 # tests; they start their own from this binary.

@@ -7,7 +7,18 @@ import os
 import sys
 
 from sandbox0 import Client
+from sandbox0.sandbox_observability import SandboxObservabilityEventOptions
+from sandbox0.apispec.models.create_context_request import CreateContextRequest
+from sandbox0.apispec.models.create_cmd_context_request import CreateCMDContextRequest
+from sandbox0.apispec.models.credential_source_write_request import CredentialSourceWriteRequest
 from sandbox0.apispec.models.fork_sandbox_request import ForkSandboxRequest
+from sandbox0.apispec.models.process_type import ProcessType
+from sandbox0.apispec.models.pty_size import PTYSize
+from sandbox0.apispec.models.restore_sandbox_root_fs_request import RestoreSandboxRootFSRequest
+from sandbox0.apispec.models.sandbox_network_policy import SandboxNetworkPolicy
+from sandbox0.apispec.models.sandbox_observability_event_type import SandboxObservabilityEventType
+from sandbox0.apispec.models.sandbox_observability_outcome import SandboxObservabilityOutcome
+from sandbox0.apispec.models.sandbox_update_request import SandboxUpdateRequest
 
 client = Client(token=os.environ["SANDBOX0_TOKEN"], base_url=os.environ["SANDBOX0_BASE_URL"])
 
@@ -24,11 +35,110 @@ sandbox.run("python", "x = 20")
 r = sandbox.run("python", "print(x + 22)")
 assert r.output_raw == "42\n", repr(r.output_raw)
 
+# Lifecycle calls on the sandbox.
+assert client.sandboxes.get(sandbox.id).id == sandbox.id
+assert sandbox.id in [s.id for s in client.sandboxes.list()]
+assert str(client.sandboxes.status(sandbox.id).status) in ("running", "SandboxLifecycleStatus.RUNNING"), client.sandboxes.status(sandbox.id)
+updated = client.sandboxes.update(sandbox.id, SandboxUpdateRequest.from_dict({"config": {"ttl": 3600}}))
+assert updated.id == sandbox.id
+client.sandboxes.refresh(sandbox.id)
+
+# Files: write, read, list, stat, mkdir, move, delete, and a watch that
+# sees a write.
+watch = sandbox.watch_files("/workspace", recursive=True)
 sandbox.write_file("/workspace/a.txt", b"hello sdk")
 assert sandbox.read_file("/workspace/a.txt") == b"hello sdk"
 names = [f.name for f in sandbox.list_files("/workspace")]
 assert "a.txt" in names, names
 assert sandbox.stat_file("/workspace/a.txt").size == 9
+event = next(iter(watch.iter_events()))
+assert "a.txt" in str(event.path), event
+watch.close()
+sandbox.mkdir("/workspace/d/e", recursive=True)
+sandbox.move_file("/workspace/a.txt", "/workspace/d/e/b.txt")
+assert sandbox.read_file("/workspace/d/e/b.txt") == b"hello sdk"
+sandbox.delete_file("/workspace/d")
+assert [f.name for f in sandbox.list_files("/workspace")] == [], sandbox.list_files("/workspace")
+sandbox.write_file("/workspace/a.txt", b"hello sdk")
+
+# Contexts: create, list, get, input, resize, signal, restart, delete; a
+# streamed command and a WebSocket connection to a running context.
+ctx = sandbox.create_context(CreateContextRequest(
+    type_=ProcessType.CMD, cmd=CreateCMDContextRequest(command=["cat"]), pty_size=PTYSize(rows=24, cols=80)))
+assert ctx.id in [c.id for c in sandbox.list_contexts()]
+assert sandbox.get_context(ctx.id).id == ctx.id
+stream = sandbox.connect_ws_context(ctx.id)
+sandbox.context_input(ctx.id, "echoed\n")
+seen = ""
+for out in stream.iter_outputs():
+    seen += out.data
+    if "echoed" in seen:
+        break
+assert "echoed" in seen, seen
+stream.close()
+sandbox.context_resize(ctx.id, 30, 100)
+sandbox.context_signal(ctx.id, "SIGTERM")
+sandbox.restart_context(ctx.id)
+sandbox.delete_context(ctx.id)
+assert ctx.id not in [c.id for c in sandbox.list_contexts()]
+stream = sandbox.cmd_stream("sh -c 'echo streamed; exit 3'")
+out = "".join(o.data for o in stream.iter_outputs())
+done = stream.wait()
+assert "streamed" in out and done.exit_code == 3, (out, done)
+
+# Network: read the policy, send the whole model back (empty legacy
+# lists and all), then a block-all policy in the legacy shape.
+policy = sandbox.get_network_policy()
+sandbox.update_network_policy(policy)
+legacy = SandboxNetworkPolicy.from_dict({
+    "mode": "block-all",
+    "egress": {"allowedDomains": ["example.com"], "allowedCidrs": [], "allowedPorts": [{"port": 443}],
+               "deniedPorts": [], "protocolRules": []},
+    "credentialBindings": [],
+})
+got = sandbox.update_network_policy(legacy)
+assert str(got.mode) in ("block-all", "SandboxNetworkPolicyMode.BLOCK_ALL"), got
+rules = got.egress.traffic_rules
+assert [r.domains for r in rules] == [["example.com"]] and rules[0].ports[0].port == 443, got.to_dict()
+try:
+    sandbox.update_network_policy(SandboxNetworkPolicy.from_dict(
+        {"mode": "block-all", "egress": {"protocolRules": [{"protocol": "http"}]}}))
+except Exception as e:
+    assert "protocolRules" in str(e) and "not supported" in str(e), e
+else:
+    sys.exit("a protocol rule was accepted although Sandstone does not enforce it")
+
+# Observability: a lookup the policy denies is a network_audit event, seen
+# by a watch as it happens, then listed, filtered and found by its id.
+watch = sandbox.watch_observability_events()
+sandbox.cmd("getent hosts denied.test")
+line = next(l for l in watch.iter_lines() if str(l.type_) in ("event", "SandboxObservabilityWatchLineType.EVENT"))
+watch.close()
+seen = line.data
+assert seen.action == "egress.dns" and seen.sandbox_id == sandbox.id, seen.to_dict()
+assert seen.attributes["dest_name"] == "denied.test", seen.to_dict()
+denied = sandbox.list_observability_events(SandboxObservabilityEventOptions(
+    outcome=SandboxObservabilityOutcome.DENIED, event_type=SandboxObservabilityEventType.NETWORK_AUDIT)).events
+assert seen.event_id in [e.event_id for e in denied], [e.to_dict() for e in denied]
+assert all(str(e.outcome) in ("denied", "SandboxObservabilityOutcome.DENIED") for e in denied)
+exact = sandbox.list_observability_events(SandboxObservabilityEventOptions(event_id=seen.event_id)).events
+assert [e.event_id for e in exact] == [seen.event_id], exact
+assert sandbox.list_observability_events(SandboxObservabilityEventOptions(
+    event_type=SandboxObservabilityEventType.LIFECYCLE)).events == []
+
+# Credential sources: create, list, get, update, delete; values never
+# come back.
+src = client.create_credential_source(CredentialSourceWriteRequest.from_dict(
+    {"name": "sdk-src", "resolverKind": "static_headers", "spec": {"staticHeaders": {"values": {"x-api-key": "s3cret-sdk"}}}}))
+assert src.name == "sdk-src" and src.current_version == 1, src
+assert "sdk-src" in [c.name for c in client.list_credential_sources()]
+assert client.get_credential_source("sdk-src").name == "sdk-src"
+again = client.update_credential_source("sdk-src", CredentialSourceWriteRequest.from_dict(
+    {"name": "sdk-src", "resolverKind": "static_headers", "spec": {"staticHeaders": {"values": {"x-api-key": "rotated"}}}}))
+assert again.current_version == 2, again
+assert "s3cret" not in str(client.get_credential_source("sdk-src").to_dict())
+client.delete_credential_source("sdk-src")
+assert "sdk-src" not in [c.name for c in client.list_credential_sources()]
 
 snap = client.sandboxes.create_rootfs_snapshot(sandbox.id)
 assert snap.sandbox_id == sandbox.id, snap
@@ -36,6 +146,17 @@ assert [s.id for s in client.sandboxes.list_rootfs_snapshots(sandbox.id)] == [sn
 assert client.sandboxes.get_rootfs_snapshot(snap.id).id == snap.id
 client.sandboxes.delete_rootfs_snapshot(snap.id)
 assert client.sandboxes.list_rootfs_snapshots(sandbox.id) == []
+
+# Pause, restore a snapshot into the paused sandbox, resume: the files are
+# the snapshot's again.
+snap = client.sandboxes.create_rootfs_snapshot(sandbox.id)
+sandbox.write_file("/workspace/a.txt", b"changed")
+assert client.sandboxes.pause_and_wait(sandbox.id, timeout_sec=30).paused
+client.sandboxes.restore_rootfs(sandbox.id, RestoreSandboxRootFSRequest(snapshot_id=snap.id))
+resumed = client.sandboxes.resume_and_wait(sandbox.id, timeout_sec=30)
+assert not resumed.paused, resumed
+assert sandbox.read_file("/workspace/a.txt") == b"hello sdk"
+client.sandboxes.delete_rootfs_snapshot(snap.id)
 
 child = client.sandboxes.fork(sandbox.id)
 assert child.source_sandbox_id == sandbox.id, child
