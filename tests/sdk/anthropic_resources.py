@@ -1,7 +1,8 @@
 """The official SDK over the resources the session tests do not reach:
 environments, agent versions, memory stores and memories (with content
 hash preconditions), session updates, work items as an operator and a
-worker see them, and the API's error bodies (404, 409, 400).
+worker see them (list, stats, poll, ack, heartbeat, retrieve, update, stop),
+and the API's error bodies (404, 409, 400).
 
 Its exchanges, recorded (SANDSTONE_RECORD_DIR, see _record.py), are the
 fixture crates/sandstone-agents-api/tests/fixtures/sdk-resources.json.
@@ -73,6 +74,15 @@ expect_error(400, lambda: c.beta.sessions.events.send(s.id, events=[{"type": "us
 work = wc.beta.environments.work.list(env_id)
 wc.beta.environments.work.stats(env_id)
 w = work.data[0]
+# The worker's own calls, one by one: poll, ack, heartbeat.
+polled = wc.beta.environments.work.poll(env_id, block_ms=500)
+if polled is None or polled.id != w.id:
+    raise SystemExit(f"poll: {polled}")
+wc.beta.environments.work.ack(w.id, environment_id=env_id)
+beat = wc.beta.environments.work.heartbeat(w.id, environment_id=env_id, desired_ttl_seconds=30,
+                                            expected_last_heartbeat="NO_HEARTBEAT")
+if not beat.lease_extended or not beat.last_heartbeat:
+    raise SystemExit(f"heartbeat: {beat}")
 c.beta.environments.work.retrieve(w.id, environment_id=env_id)
 c.beta.environments.work.update(w.id, environment_id=env_id, metadata={"who": "rec"})
 wc.beta.environments.work.stop(w.id, environment_id=env_id, force=True)

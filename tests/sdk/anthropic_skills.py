@@ -51,6 +51,36 @@ async def main():
     versions = list(client.beta.skills.versions.list(skill.id))
     if len(versions) != 2:
         fail(f"versions: {versions}")
+    if client.beta.skills.retrieve(skill.id).latest_version_id != v2.id:
+        fail("retrieve: latest is not v2")
+    if skill.id not in [s.id for s in client.beta.skills.list()]:
+        fail("list: the skill is missing")
+    archive = client.beta.skills.versions.download(v2.version, skill_id=skill.id).read()
+    with tarfile.open(fileobj=io.BytesIO(archive)) as t:
+        if "hello-skill/run.sh" not in t.getnames():
+            fail(f"download: {t.getnames()}")
+    # Versions go one at a time, the newest left becoming latest; the last
+    # goes with the skill.
+    bye_md = SKILL_MD.replace(b"hello-skill", b"bye-skill")
+    bye = client.beta.skills.create(files=[("bye-skill/SKILL.md", bye_md)])
+    b2 = client.beta.skills.versions.create(bye.id, files=[("bye-skill/SKILL.md", bye_md + b"v2\n")])
+    gone = client.beta.skills.versions.delete(b2.version, skill_id=bye.id)
+    if gone.type != "skill_version_deleted" or gone.id != b2.id:
+        fail(f"version delete: {gone}")
+    if client.beta.skills.retrieve(bye.id).latest_version_id != bye.latest_version_id:
+        fail("latest did not fall back to the remaining version")
+    try:
+        client.beta.skills.versions.delete(bye.latest_version, skill_id=bye.id)
+        fail("the last version was deleted without its skill")
+    except anthropic.ConflictError:
+        pass
+    if client.beta.skills.delete(bye.id).type != "skill_deleted":
+        fail("skill delete")
+    try:
+        client.beta.skills.retrieve(bye.id)
+        fail("a deleted skill is still there")
+    except anthropic.NotFoundError:
+        pass
     agent = client.beta.agents.create(name="skilled", model="scripted-e2e",
                                       skills=[{"type": "custom", "skill_id": skill.id}])
     if agent.skills[0].version != v2.version:

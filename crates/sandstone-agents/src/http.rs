@@ -583,6 +583,14 @@ async fn delete_skill(State(a): S, _: Api, Path(id): Path<String>) -> ApiResult<
     ok(a.skills.delete_skill(&id).await?)
 }
 
+async fn delete_skill_version(
+    State(a): S,
+    _: Api,
+    Path((id, version)): Path<(String, String)>,
+) -> ApiResult<Response> {
+    ok(a.skills.delete_skill_version(&id, &version).await?)
+}
+
 async fn create_skill_version(
     State(a): S,
     _: Api,
@@ -664,7 +672,10 @@ pub fn router(agents: Arc<Agents>) -> Router {
             "/skills/{id}/versions",
             post(create_skill_version).get(list_skill_versions),
         )
-        .route("/skills/{id}/versions/{version}", get(get_skill_version))
+        .route(
+            "/skills/{id}/versions/{version}",
+            get(get_skill_version).delete(delete_skill_version),
+        )
         .route(
             "/skills/{id}/versions/{version}/content",
             get(skill_content),

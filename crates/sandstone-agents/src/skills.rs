@@ -359,6 +359,40 @@ impl Skills {
         })
     }
 
+    /// Deletes one version (by id, version string or `latest`). A skill
+    /// always holds one: its last version goes with the skill. The skill
+    /// is repointed first, so a failure part-way leaves `latest` on a
+    /// version that exists.
+    pub(crate) async fn delete_skill_version(&self, id: &str, version: &str) -> ApiResult<Deleted> {
+        let _gate = self.gate.read().await;
+        let doomed = self.skill_version(id, version)?.doc;
+        let rest: Vec<SkillVersion> = self
+            .skill_versions(id)?
+            .into_iter()
+            .filter(|v| v.id != doomed.id)
+            .collect();
+        let Some(newest) = rest.first() else {
+            return Err(ApiError::Conflict(format!(
+                "version {} is skill {id}'s last: delete the skill instead",
+                doomed.version
+            )));
+        };
+        let mut skill = self.skill(id)?;
+        if skill.latest_version_id == doomed.id {
+            skill.latest_version = newest.version.clone();
+            skill.latest_version_id = newest.id.clone();
+            skill.updated_at = now();
+            self.store.put_doc(SKILL, id, &json!(skill)).await?;
+            self.state().skills.insert(id.to_string(), skill);
+        }
+        self.store.delete_doc(VERSION, &doomed.id).await?;
+        self.state().versions.retain(|_, v| v.doc.id != doomed.id);
+        Ok(Deleted {
+            id: doomed.id,
+            kind: "skill_version_deleted".into(),
+        })
+    }
+
     /// Resolves an agent's `skills` to concrete versions.
     pub(crate) fn resolve(&self, v: &Value) -> ApiResult<Value> {
         let resolved = v
