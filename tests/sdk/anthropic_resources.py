@@ -16,9 +16,11 @@ import anthropic
 
 import _record  # noqa: F401  (records the exchanges when SANDSTONE_RECORD_DIR is set)
 
-c = anthropic.Anthropic(max_retries=0)
+# Strict: a response that does not parse into the SDK's model is an error.
+c = anthropic.Anthropic(max_retries=0, _strict_response_validation=True)
 env_id = os.environ["SANDSTONE_ENV_ID"]
-wc = anthropic.Anthropic(max_retries=0, api_key=None, auth_token=os.environ["SANDSTONE_ENV_KEY"])
+wc = anthropic.Anthropic(max_retries=0, api_key=None, auth_token=os.environ["SANDSTONE_ENV_KEY"],
+                         _strict_response_validation=True)
 
 
 def expect_error(status, f):

@@ -39,7 +39,7 @@ def targz():
 
 
 async def main():
-    client = anthropic.Anthropic()
+    client = anthropic.Anthropic(_strict_response_validation=True)
     skill = client.beta.skills.create(files=[("hello-skill/SKILL.md", SKILL_MD),
                                              ("hello-skill/run.sh", b"echo hello v1\n")])
     if skill.display_name != "hello-skill" or not skill.id.startswith("skill_"):
@@ -86,7 +86,7 @@ async def main():
     if agent.skills[0].version != v2.version:
         fail(f"agent skill version not resolved: {agent.skills}")
     session = client.beta.sessions.create(agent=agent.id, environment_id=os.environ["SANDSTONE_ENV_ID"])
-    aclient = anthropic.AsyncAnthropic()
+    aclient = anthropic.AsyncAnthropic(_strict_response_validation=True)
     dirs = await download_session_skills(aclient, workdir=os.environ["WORKDIR"], session=session)
     root = os.path.join(os.environ["WORKDIR"], "skills", "hello-skill")
     if [str(d) for d in dirs] != [os.path.realpath(root)]:
