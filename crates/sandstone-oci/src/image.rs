@@ -244,12 +244,18 @@ fn json<T: serde::de::DeserializeOwned>(source: &Source, name: &str, what: &str)
 }
 
 /// A blob of the layout, by digest: its name in the image.
-fn blob(source: &Source, digest: &str) -> Result<(String, Digest)> {
+fn blob_name(digest: &str) -> Result<(String, Digest)> {
     let d: Digest = digest.parse()?;
     let name = format!(
         "blobs/sha256/{}",
         d.to_string().trim_start_matches("sha256:")
     );
+    Ok((name, d))
+}
+
+/// A blob the layout must hold.
+fn blob(source: &Source, digest: &str) -> Result<(String, Digest)> {
+    let (name, d) = blob_name(digest)?;
     if !source.is_file(&name) {
         return Err(Error::NotAnImage(format!("blob {d} is missing")));
     }
@@ -309,10 +315,12 @@ fn read_layout(source: &Source) -> Result<(ConfigDoc, Vec<Found>)> {
         }
         let manifest: ManifestDoc = checked_json(source, &chosen.digest, "the image manifest")?;
         let config: ConfigDoc = checked_json(source, &manifest.config.digest, "the image config")?;
+        // A layer's blob may be absent: a pull leaves out the layers the
+        // host has unpacked already. Reading one that is missing fails.
         let layers = manifest
             .layers
             .iter()
-            .map(|l| Ok((blob(source, &l.digest)?, l.media_type.clone())))
+            .map(|l| Ok((blob_name(&l.digest)?, l.media_type.clone())))
             .collect::<Result<Vec<_>>>()?;
         return Ok((config, layers));
     }
