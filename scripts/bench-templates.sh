@@ -3,7 +3,8 @@
 # (run as root):
 #  - import of a ~200 MiB image (busybox + 3 gzipped layers of files) vs
 #    `tar -xzf` of the same layers into a fresh directory;
-#  - the same image imported again under another name (every layer here);
+#  - the same image imported again under another name (every layer here),
+#    and pulled again from a registry (tests/registry/server.py);
 #  - creates from the image template vs from `host` (cold: no warm pool;
 #    20 each, interleaved).
 # Bounded: a few minutes; everything it started is removed on exit.
@@ -99,6 +100,36 @@ echo
 for run in 1 2 3; do
   t=$(now); on img template import "again$run" "$work/image/image.tar" >/dev/null; echo "import again (every layer here), run $run: $(ms "$t") ms"
 done
+
+# The same image pulled from a registry (tests/registry/server.py) while
+# every layer is here: the manifest and config only, then the template.
+mkdir -p "$work/registry/bench/app"
+tar -xf "$work/image/image.tar" -C "$work/registry/bench/app"
+python3 - "$work/registry/bench/app/index.json" <<'PY'
+import json, sys
+index = json.load(open(sys.argv[1]))
+index["manifests"][0]["annotations"] = {"org.opencontainers.image.ref.name": "v1"}
+json.dump(index, open(sys.argv[1], "w"))
+PY
+python3 tests/registry/server.py --root "$work/registry" > "$work/registry.out" &
+pids+=($!)
+for _ in $(seq 50); do grep -q listening "$work/registry.out" 2>/dev/null && break; sleep 0.1; done
+reg_port=$(awk '/listening/ {print $2}' "$work/registry.out")
+python3 - "$port" "$(cat "$work/img/admin.token")" "$reg_port" <<'PY'
+import http.client, json, sys, time
+port, token, reg = int(sys.argv[1]), sys.argv[2], sys.argv[3]
+c = http.client.HTTPConnection("127.0.0.1", port)
+print()
+for run in (1, 2, 3):
+    body = {"template_id": f"pulled{run}", "spec": {"mainContainer": {
+        "image": f"127.0.0.1:{reg}/bench/app:v1", "resources": {"memory": "1Gi"}}}}
+    s = time.perf_counter()
+    c.request("POST", "/api/v1/templates", body=json.dumps(body),
+              headers={"authorization": f"Bearer {token}", "content-type": "application/json"})
+    r = c.getresponse(); data = r.read()
+    assert r.status == 201, (r.status, data)
+    print(f"pull again (every layer here), run {run}: {(time.perf_counter() - s) * 1000:.0f} ms")
+PY
 
 python3 - "$port" "$(cat "$work/img/admin.token")" <<'PY'
 import http.client, json, sys, time

@@ -440,8 +440,123 @@ pub struct Template {
     /// `public` for every template: the daemon has no teams yet.
     pub scope: String,
     pub spec: TemplateSpec,
+    /// Present while the template is being made.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<TemplateStatus>,
     pub created_at: String,
     pub updated_at: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TemplateStatus {
+    pub creation: CreationStatus,
+}
+
+/// Sandbox0's `TemplateCreationStatus`: its stages name Sandbox0's
+/// pipeline, so a pull reports `reconciling` and says in `message` what
+/// it is doing (pulling, unpacking).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CreationStatus {
+    pub state: CreationState,
+    pub stage: CreationStage,
+    pub started_at: String,
+    pub message: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CreationState {
+    Creating,
+    Ready,
+    Failed,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CreationStage {
+    Capturing,
+    Publishing,
+    Reconciling,
+}
+
+/// `POST /api/v1/templates`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TemplateCreateRequest {
+    pub template_id: String,
+    pub spec: TemplateSpecRequest,
+}
+
+/// `SandboxTemplateSpec` as a request: the fields Sandstone acts on, and
+/// the rest parsed and refused by name when set.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct TemplateSpecRequest {
+    #[serde(default)]
+    pub description: Option<String>,
+    pub main_container: ContainerRequest,
+    /// Over the image's `Env` and `mainContainer.env`.
+    #[serde(default)]
+    pub env_vars: BTreeMap<String, String>,
+    /// The default network policy its sandboxes start with.
+    #[serde(default)]
+    pub network: Option<serde_json::Value>,
+    #[serde(default)]
+    pub display_name: Option<Unsupported>,
+    #[serde(default)]
+    pub tags: Vec<Unsupported>,
+    #[serde(default)]
+    pub pod: Option<Unsupported>,
+    #[serde(default)]
+    pub pool: Option<Unsupported>,
+    #[serde(default)]
+    pub cluster_id: Option<Unsupported>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ContainerRequest {
+    /// An image reference (`registry/repository:tag` or `@sha256:…`).
+    pub image: String,
+    #[serde(default)]
+    pub env: Vec<EnvVar>,
+    pub resources: ResourceQuota,
+    #[serde(default)]
+    pub image_pull_policy: Option<Unsupported>,
+    #[serde(default)]
+    pub security_context: Option<Unsupported>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EnvVar {
+    pub name: String,
+    pub value: String,
+}
+
+impl TemplateSpecRequest {
+    /// The first field set that Sandstone does not act on yet.
+    pub fn unsupported(&self) -> Option<&'static str> {
+        let c = &self.main_container;
+        [
+            ("spec.displayName", self.display_name.is_some()),
+            ("spec.tags", !self.tags.is_empty()),
+            ("spec.pod", self.pod.is_some()),
+            ("spec.pool", self.pool.is_some()),
+            ("spec.clusterId", self.cluster_id.is_some()),
+            (
+                "spec.mainContainer.imagePullPolicy",
+                c.image_pull_policy.is_some(),
+            ),
+            (
+                "spec.mainContainer.securityContext",
+                c.security_context.is_some(),
+            ),
+        ]
+        .into_iter()
+        .find_map(|(field, set)| set.then_some(field))
+    }
 }
 
 /// Sandbox0's `SandboxTemplateSpec`: the fields that describe a Sandstone

@@ -54,6 +54,8 @@ pub struct Config {
     pub audit_retention: std::time::Duration,
     /// The operator's egress rules file (see `lifecycle::OperatorConfig`).
     pub egress_config: Option<PathBuf>,
+    /// Logins for the registries templates are pulled from.
+    pub registry_auths: sandstone_registry::Auths,
     /// The Managed Agents control plane under `/v1`.
     pub agents: sandstone_agents::Config,
     /// This node's id; `None`: the one recorded in the data directory
@@ -368,6 +370,7 @@ pub async fn run(mut config: Config) -> anyhow::Result<()> {
         cgroup_group: &group,
         warm_pool: config.warm_pool,
         lease: Arc::new(lease),
+        registry_auths: config.registry_auths.clone(),
     };
     let lc = lifecycle::Lifecycle::new(runner, store, storage, network, checkpoints).await?;
     lc.adopt().await?;

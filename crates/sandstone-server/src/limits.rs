@@ -40,9 +40,16 @@ pub fn parse_cpu(s: &str) -> Option<u64> {
     (v.is_finite() && v > 0.0 && v <= 1024.0).then(|| (v * 1000.0).round() as u64)
 }
 
-pub fn limits(res: Option<&Resources>) -> Result<Limits, Error> {
+/// A sandbox's cgroup limits: the claim's `config.resources`, over its
+/// template's memory default (checked when the template was made), over
+/// the daemon's defaults.
+pub fn limits(res: Option<&Resources>, template_memory: Option<&str>) -> Result<Limits, Error> {
     let mut l = Limits {
-        memory_bytes: Some(DEFAULT_MEMORY),
+        memory_bytes: Some(
+            template_memory
+                .and_then(parse_memory)
+                .unwrap_or(DEFAULT_MEMORY),
+        ),
         cpu_millis: None,
         pids: Some(DEFAULT_PIDS),
     };
@@ -181,7 +188,7 @@ mod tests {
             ..Default::default()
         };
         assert!(
-            limits(Some(&bad))
+            limits(Some(&bad), None)
                 .unwrap_err()
                 .to_string()
                 .contains("config.resources.memory")

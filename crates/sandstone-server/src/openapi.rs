@@ -5,7 +5,8 @@
 
 use crate::AppState;
 use crate::routes::{
-    cluster, contexts, credentials, files, network, observability, sandboxes, snapshots, tools,
+    cluster, contexts, credentials, files, network, observability, sandboxes, snapshots, templates,
+    tools,
 };
 use axum::routing::MethodRouter;
 use serde_json::{Map, Value, json};
@@ -77,9 +78,11 @@ pub fn operations() -> Vec<Operation> {
         post "/api/v1/sandboxes/{id}/files/move" files::rename => 200 Json "Move a path",
         get "/api/v1/sandboxes/{id}/files/watch" files::watch => 101 None "WebSocket: subscribe to file events",
         post "/api/v1/sandboxes/{id}/tools/{name}" tools::call => 200 Json "Run an agent toolset tool (bash, read, write, edit, glob, grep) in the sandbox",
-        get "/api/v1/templates" sandboxes::templates => 200 None "List templates",
-        delete "/api/v1/templates/{id}" sandboxes::delete_template => 200 None "Delete an imported template and the layers only it used (409 while sandboxes or snapshots use it)",
-        post "/api/v1/templates/import" sandboxes::import_template => 201 Bytes "Import an OCI image archive (OCI layout or docker save; query: name) as a template",
+        get "/api/v1/templates" templates::list => 200 None "List templates",
+        post "/api/v1/templates" templates::create => 201 Json "Pull spec.mainContainer.image from its registry as a template (answers once it is ready)",
+        get "/api/v1/templates/{id}" templates::get => 200 None "A template, or one being pulled with its creation status",
+        delete "/api/v1/templates/{id}" templates::delete => 200 None "Delete an image template and the layers only it used (409 while sandboxes or snapshots use it)",
+        post "/api/v1/templates/import" templates::import => 201 Bytes "Import an OCI image archive (OCI layout or docker save; query: name) as a template",
         get "/api/v1/nodes" cluster::list => 200 None "List the nodes sharing this database (load, templates, lease, draining)",
         post "/api/v1/nodes/{id}/drain" cluster::drain => 200 None "Drain a node: no new sandboxes are placed on it",
         post "/api/v1/nodes/{id}/undrain" cluster::undrain => 200 None "Undo a drain",

@@ -14,6 +14,11 @@ use std::path::{Path, PathBuf};
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct ImageTemplate {
+    /// The reference it was pulled by; none for an imported archive.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
     /// `sha256:<hex>` diff ids, bottom layer first.
     pub layers: Vec<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -27,6 +32,16 @@ pub struct ImageTemplate {
     pub entrypoint: Vec<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub cmd: Vec<String>,
+}
+
+/// What a template made from a pulled image adds to the image.
+#[derive(Debug, Clone, Default)]
+pub struct Pulled {
+    pub reference: String,
+    pub description: Option<String>,
+    /// `KEY=VALUE`, after the image's own.
+    pub env: Vec<String>,
+    pub settings: crate::TemplateSettings,
 }
 
 /// What an import did.
@@ -78,21 +93,36 @@ impl Storage {
     pub fn import_archive(&self, id: &str, archive: &Path) -> Result<Imported> {
         check_id(id)?;
         let image = sandstone_oci::image::open_archive(archive, &self.scratch_dir())?;
-        self.import(id, &image)
+        self.import(id, &image, None)
     }
 
-    /// Imports the image in `dir` (an OCI layout, or what `docker save`
-    /// wrote, unpacked) as template `id`.
-    pub fn import_image(&self, id: &str, dir: &Path) -> Result<Imported> {
+    /// Imports the image pulled by `reference` into `dir` (an OCI layout
+    /// that may leave out the layers [`Storage::has_layer`] accepts) as
+    /// template `id`, with the caller's settings and environment (over
+    /// the image's `Env`).
+    pub fn import_pulled(&self, id: &str, dir: &Path, pulled: &Pulled) -> Result<Imported> {
         check_id(id)?;
-        self.import(id, &sandstone_oci::image::read(dir)?)
+        self.import(id, &sandstone_oci::image::read(dir)?, Some(pulled))
+    }
+
+    /// Whether the layer with uncompressed digest `diff_id` is unpacked
+    /// on this host already.
+    pub fn has_layer(&self, diff_id: &sandstone_oci::Digest) -> bool {
+        self.layer_dir(&diff_id.to_string()).is_dir()
+    }
+
+    /// Where a pull of template `id` keeps its blobs: on the templates'
+    /// file system, a dot-name the listing skips, kept after a failed
+    /// pull so the next one resumes.
+    pub fn pull_dir(&self, id: &str) -> PathBuf {
+        self.root.join("templates").join(format!(".pull-{id}"))
     }
 
     /// Imports `image` as template `id`, which must not exist yet. Layers
     /// this host has are not unpacked again; the others are unpacked (as
     /// many at once as there are cores) beside the layer store and renamed
     /// in whole, so a failure leaves neither a half layer nor the template.
-    fn import(&self, id: &str, image: &Image) -> Result<Imported> {
+    fn import(&self, id: &str, image: &Image, pulled: Option<&Pulled>) -> Result<Imported> {
         // Not beside a removal, which could take a layer this import
         // found present.
         let _one_at_a_time = self.images.lock().unwrap_or_else(|e| e.into_inner());
@@ -154,7 +184,11 @@ impl Storage {
             cmd,
             ..
         } = image.config.clone();
+        let mut env = env;
+        env.extend(pulled.iter().flat_map(|p| p.env.iter().cloned()));
         let doc = ImageTemplate {
+            image: pulled.map(|p| p.reference.clone()),
+            description: pulled.and_then(|p| p.description.clone()),
             layers: image.layers.iter().map(|l| l.diff_id.to_string()).collect(),
             env,
             working_dir,
@@ -169,6 +203,12 @@ impl Storage {
         std::fs::create_dir(&staged).map_err(io("make the template's dir"))?;
         let text = serde_json::to_vec_pretty(&doc).map_err(|e| io("write image.json")(e.into()))?;
         std::fs::write(staged.join(IMAGE_FILE), text).map_err(io("write image.json"))?;
+        if let Some(p) = pulled {
+            let text = serde_json::to_vec_pretty(&p.settings)
+                .map_err(|e| io("write template.json")(e.into()))?;
+            std::fs::write(staged.join("template.json"), text)
+                .map_err(io("write template.json"))?;
+        }
         std::fs::rename(&staged, &tdir).map_err(io("put the template in place"))?;
         Ok(done)
     }
@@ -262,8 +302,13 @@ impl Storage {
             })?;
             // Topmost first, as overlay stacks them.
             let lower = doc.layers.iter().rev().map(|d| self.layer_dir(d)).collect();
-            let description = format!("image: {} layers", doc.layers.len());
+            let description = match (&doc.description, &doc.image) {
+                (Some(d), _) => d.clone(),
+                (None, Some(r)) => format!("image {r}: {} layers", doc.layers.len()),
+                (None, None) => format!("image: {} layers", doc.layers.len()),
+            };
             let mut t = Template::with_settings(&id, &description, lower, vec![], &dir)?;
+            t.image = doc.image;
             t.env = doc
                 .env
                 .iter()

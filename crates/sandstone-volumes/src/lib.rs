@@ -26,7 +26,7 @@ mod image_template;
 pub mod pool;
 
 pub use debian_template::BuiltTemplate;
-pub use image_template::{ImageTemplate, Imported, check_id};
+pub use image_template::{ImageTemplate, Imported, Pulled, check_id};
 pub use pool::{Driver, Pool, Space};
 
 use sandstone_runtime::BindMount;
@@ -116,6 +116,9 @@ pub struct Template {
     /// `<templates>/<id>/template.json`: a disk cap (`"disk": "20Gi"`) and a
     /// network policy (`"network": {...}`) that claims merge over.
     pub disk: Option<String>,
+    /// Its sandboxes' memory limit when a claim sets none (`"memory":
+    /// "4Gi"`).
+    pub memory: Option<String>,
     pub network: Option<serde_json::Value>,
     /// `"network_enabled": false` in `template.json`: its sandboxes get
     /// only loopback unless a claim asks otherwise.
@@ -123,18 +126,23 @@ pub struct Template {
     /// The base environment of its sandboxes' processes (an image's
     /// `Env`); the claim's `env_vars` go over it.
     pub env: std::collections::BTreeMap<String, String>,
+    /// The image reference it was pulled by.
+    pub image: Option<String>,
 }
 
 /// A template's optional settings file, `<templates>/<id>/template.json`.
-#[derive(Debug, Default, serde::Deserialize)]
+#[derive(Debug, Default, Clone, serde::Serialize, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
-struct TemplateSettings {
-    #[serde(default)]
-    disk: Option<String>,
-    #[serde(default)]
-    network: Option<serde_json::Value>,
-    #[serde(default)]
-    network_enabled: Option<bool>,
+pub struct TemplateSettings {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disk: Option<String>,
+    /// The memory limit of its sandboxes when a claim sets none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network: Option<serde_json::Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network_enabled: Option<bool>,
 }
 
 impl Template {
@@ -162,9 +170,11 @@ impl Template {
             lower,
             binds,
             disk: settings.disk,
+            memory: settings.memory,
             network: settings.network,
             network_enabled: settings.network_enabled.unwrap_or(true),
             env: Default::default(),
+            image: None,
         })
     }
 }

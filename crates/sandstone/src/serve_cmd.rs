@@ -59,6 +59,10 @@ pub struct ServeArgs {
     /// upstreamCaFiles), applied before any sandbox's policy.
     #[arg(long, env = "SANDSTONE_EGRESS_CONFIG")]
     pub egress_config: Option<PathBuf>,
+    /// Logins for the registries templates are pulled from: a Docker
+    /// `config.json` (its `auths`).
+    #[arg(long, env = "SANDSTONE_REGISTRY_AUTH")]
+    pub registry_auth: Option<PathBuf>,
     /// Messages API the Managed Agents loop calls (its key comes from
     /// SANDSTONE_MODEL_API_KEY, never from the command line).
     #[arg(
@@ -185,6 +189,10 @@ pub async fn serve(data_dir: &Path, args: &ServeArgs) -> Result<()> {
             args.audit_retention_days.saturating_mul(86_400),
         ),
         egress_config: args.egress_config.clone(),
+        registry_auths: match &args.registry_auth {
+            Some(path) => sandstone_registry::Auths::load(path)?,
+            None => sandstone_registry::Auths::default(),
+        },
         agents: sandstone_agents::Config {
             model_base_url: args.model_base_url.clone(),
             model_api_key,

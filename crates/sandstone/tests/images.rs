@@ -1,7 +1,9 @@
-//! Templates imported from OCI images (`sandstone template import`,
-//! `POST /api/v1/templates/import`): archives built here the way OCI tools
-//! and `docker save` lay them out, on top of a static busybox (Debian's
-//! `busybox-static`, which `.ci/run` installs), imported, then run.
+//! Templates made from OCI images: imported (`sandstone template import`,
+//! `POST /api/v1/templates/import`) from archives built here the way OCI
+//! tools and `docker save` lay them out, or pulled (`POST
+//! /api/v1/templates`) from the test registry (`tests/registry/server.py`,
+//! the OCI distribution protocol with token auth), on top of a static
+//! busybox (Debian's `busybox-static`, which `.ci/run` installs), then run.
 
 // Test code: an unexpected failure is the test failing, so unwrap is the point.
 #![allow(clippy::unwrap_used)]
@@ -425,4 +427,343 @@ async fn bad_images_are_refused_and_leave_nothing() {
         .filter(|n| n.starts_with('.'))
         .collect();
     assert!(leftovers.is_empty(), "{leftovers:?}");
+}
+
+/// The test registry (`tests/registry/server.py`, the OCI distribution
+/// protocol with token auth) serving the layouts under its root; killed
+/// when dropped.
+struct Registry {
+    child: std::process::Child,
+    root: tempfile::TempDir,
+    port: u16,
+}
+
+impl Registry {
+    fn start(login: Option<(&str, &str)>) -> Registry {
+        use std::io::BufRead;
+        let root = tempfile::tempdir().unwrap();
+        let script = format!(
+            "{}/../../tests/registry/server.py",
+            env!("CARGO_MANIFEST_DIR")
+        );
+        let mut cmd = std::process::Command::new("python3");
+        cmd.arg(&script).arg("--root").arg(root.path());
+        if let Some((user, password)) = login {
+            cmd.args(["--user", user, "--password", password]);
+        }
+        let mut child = cmd
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("python3 tests/registry/server.py");
+        let mut line = String::new();
+        std::io::BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let port = line
+            .trim()
+            .strip_prefix("listening ")
+            .and_then(|p| p.parse().ok())
+            .unwrap_or_else(|| panic!("the registry said {line:?}"));
+        Registry { child, root, port }
+    }
+
+    /// Serves `archive` (an OCI layout as a tar) as `name:tag`.
+    fn push(&self, name: &str, tag: &str, archive: &[u8]) -> std::path::PathBuf {
+        let dir = self.root.path().join(name);
+        std::fs::create_dir_all(&dir).unwrap();
+        tar::Archive::new(archive).unpack(&dir).unwrap();
+        let index_file = dir.join("index.json");
+        let mut index: Value =
+            serde_json::from_slice(&std::fs::read(&index_file).unwrap()).unwrap();
+        index["manifests"][0]["annotations"] = json!({"org.opencontainers.image.ref.name": tag});
+        std::fs::write(&index_file, index.to_string()).unwrap();
+        dir
+    }
+
+    fn image(&self, name: &str, tag: &str) -> String {
+        format!("127.0.0.1:{}/{name}:{tag}", self.port)
+    }
+
+    /// How many times each blob was downloaded.
+    async fn blob_gets(&self) -> Value {
+        let url = format!("http://127.0.0.1:{}/_stats", self.port);
+        let v: Value = reqwest::get(url).await.unwrap().json().await.unwrap();
+        v["blob_gets"].clone()
+    }
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A daemon whose registry logins (a Docker `config.json`) name `registry`.
+async fn daemon_logged_in(registry: &Registry, user: &str, password: &str) -> Daemon {
+    let mut d = Daemon::start().await;
+    d.kill();
+    let auth = base64_of(&format!("{user}:{password}"));
+    let file = d.data.path().join("docker-config.json");
+    let config = json!({"auths": {format!("127.0.0.1:{}", registry.port): {"auth": auth}}});
+    std::fs::write(&file, config.to_string()).unwrap();
+    d.serve_args = vec!["--registry-auth".into(), file.to_str().unwrap().into()];
+    // Everything logged, to check the login is in none of it.
+    d.log_level = "debug".into();
+    d.spawn().await;
+    d
+}
+
+fn base64_of(s: &str) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.encode(s)
+}
+
+async fn create_template(d: &Daemon, id: &str, image: &str, extra: Value) -> (u16, Value) {
+    let mut spec = json!({"mainContainer": {"image": image, "resources": {"memory": "512Mi"}}});
+    if let (Some(spec), Some(extra)) = (spec.as_object_mut(), extra.as_object()) {
+        spec.extend(extra.clone());
+    }
+    d.post(
+        "/api/v1/templates",
+        json!({"template_id": id, "spec": spec}),
+    )
+    .await
+}
+
+/// The image's layers, bottom first, as the tests push them.
+fn app_image(arch: &str) -> Vec<u8> {
+    let base = busybox_layer();
+    let (first, second) = app_layers();
+    oci_archive(
+        &[
+            (
+                "application/vnd.oci.image.layer.v1.tar+gzip",
+                &base,
+                gzip(&base),
+            ),
+            (
+                "application/vnd.oci.image.layer.v1.tar+gzip",
+                &first,
+                gzip(&first),
+            ),
+            (
+                "application/vnd.oci.image.layer.v1.tar+zstd",
+                &second,
+                zstd::encode_all(&second[..], 3).unwrap(),
+            ),
+        ],
+        arch,
+    )
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_image_pulled_from_a_registry_with_a_login_becomes_a_template() {
+    let registry = Registry::start(Some(("puller", "s3cret-pw")));
+    let d = daemon_logged_in(&registry, "puller", "s3cret-pw").await;
+    registry.push(
+        "team/app",
+        "v1",
+        &app_image(sandstone_oci::image::this_architecture()),
+    );
+    let image = registry.image("team/app", "v1");
+    let (s, v) = create_template(
+        &d,
+        "pulled",
+        &image,
+        json!({"envVars": {"EXTRA": "from the template"}, "description": "the app"}),
+    )
+    .await;
+    assert_eq!(s, 201, "{v}");
+    assert_eq!(
+        v["data"]["spec"]["mainContainer"]["image"],
+        image.as_str(),
+        "{v}"
+    );
+    assert_eq!(
+        v["data"]["spec"]["mainContainer"]["resources"]["memory"],
+        "512Mi"
+    );
+    let (_, got) = d.get("/api/v1/templates/pulled").await;
+    assert_eq!(got["data"]["template_id"], "pulled", "{got}");
+    assert_eq!(got["data"]["description"], "the app", "{got}");
+    assert_eq!(
+        run_in(
+            &d,
+            "pulled",
+            "cat /etc/greeting; ls /opt/dir; /opt/app/run.sh; echo $GREETING; echo $EXTRA"
+        )
+        .await,
+        "hello from layer 2\nb\nthe app runs\nfrom the image\nfrom the template\n"
+    );
+    // Another template from the same image downloads no layer again (the
+    // host has them all unpacked): only the config, which names them.
+    let before = registry.blob_gets().await;
+    let (s, v) = create_template(&d, "pulled-again", &image, json!({})).await;
+    assert_eq!(s, 201, "{v}");
+    let after = registry.blob_gets().await;
+    let again: Vec<&String> = after
+        .as_object()
+        .unwrap()
+        .iter()
+        .filter(|(digest, n)| before[digest.as_str()] != **n)
+        .map(|(digest, _)| digest)
+        .collect();
+    let config = registry.root.path().join("team/app/blobs/sha256");
+    assert_eq!(again.len(), 1, "fetched again: {again:?}");
+    let size = std::fs::metadata(config.join(&again[0][7..]))
+        .unwrap()
+        .len();
+    assert!(size < 1024, "a layer was fetched again: {again:?}");
+    assert_eq!(
+        run_in(&d, "pulled-again", "cat /etc/greeting").await,
+        "hello from layer 2\n"
+    );
+    // The name is taken now; a digest-pinned reference pulls the same.
+    let (s, v) = create_template(&d, "pulled", &image, json!({})).await;
+    assert_eq!(s, 409, "{v}");
+    // The login never shows: not in an answer, not in the daemon's log.
+    let (_, listed) = d.get("/api/v1/templates").await;
+    assert!(!listed.to_string().contains("s3cret-pw"));
+    let log = std::fs::read_to_string(d.data.path().join("daemon.log")).unwrap();
+    assert!(log.contains("pulled") && !log.contains("s3cret-pw"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bad_pulls_are_clear_errors_and_leave_no_template() {
+    let registry = Registry::start(Some(("puller", "right")));
+    let d = daemon_logged_in(&registry, "puller", "right").await;
+    let arch = sandstone_oci::image::this_architecture();
+    // A blob the registry serves corrupted.
+    let odd = tar_of(&[Ent::Dir("srv"), Ent::File("srv/odd", b"odd\n", 0o644)]);
+    let base = busybox_layer();
+    let tampered = oci_archive(
+        &[
+            (
+                "application/vnd.oci.image.layer.v1.tar+gzip",
+                &base,
+                gzip(&base),
+            ),
+            ("application/vnd.oci.image.layer.v1.tar", &odd, odd.clone()),
+        ],
+        arch,
+    );
+    let dir = registry.push("team/tampered", "v1", &tampered);
+    let blob = dir
+        .join("blobs/sha256")
+        .join(&Digest::of(&odd).to_string()[7..]);
+    let mut bytes = std::fs::read(&blob).unwrap();
+    bytes[600] ^= 0xff;
+    std::fs::write(&blob, bytes).unwrap();
+    registry.push("team/arm", "v1", &app_image("arm64"));
+    let wrong_login = Registry::start(Some(("someone", "else")));
+    wrong_login.push("team/app", "v1", &app_image(arch));
+    for (id, image, status, says) in [
+        (
+            "tampered",
+            registry.image("team/tampered", "v1"),
+            503,
+            "tampered",
+        ),
+        (
+            "arm",
+            registry.image("team/arm", "v1"),
+            400,
+            &format!("linux/{arch}") as &str,
+        ),
+        (
+            "missing",
+            registry.image("team/none", "v1"),
+            400,
+            "is not in registry",
+        ),
+        (
+            "nologin",
+            wrong_login.image("team/app", "v1"),
+            400,
+            "refused the credentials",
+        ),
+        (
+            "badref",
+            "Not A Reference".to_string(),
+            400,
+            "spec.mainContainer.image",
+        ),
+    ] {
+        let (s, v) = create_template(&d, id, &image, json!({})).await;
+        let msg = v["error"]["message"].as_str().unwrap_or_default();
+        assert!(s == status && msg.contains(says), "{id}: {s} {v}");
+        let (s, _) = d.get(&format!("/api/v1/templates/{id}")).await;
+        assert_eq!(s, 404, "{id} was left behind");
+    }
+    // Fields Sandstone does not act on yet are refused by name.
+    let (s, v) = create_template(
+        &d,
+        "pooled",
+        &registry.image("team/arm", "v1"),
+        json!({"pool": {"minIdle": 1, "maxIdle": 2}}),
+    )
+    .await;
+    assert!(
+        s == 400
+            && v["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("spec.pool"),
+        "{v}"
+    );
+    // Nothing half-made: no template dir, no unpacked layer of the
+    // tampered image (its good base layer may stay for the next pull).
+    let odd_layer = d
+        .data
+        .path()
+        .join("layers")
+        .join(&Digest::of(&odd).to_string()[7..]);
+    assert!(!odd_layer.exists());
+    let templates: Vec<String> = std::fs::read_dir(d.data.path().join("templates"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(
+        !templates.iter().any(|t| t.starts_with('.')
+            || ["tampered", "arm", "missing", "nologin"].contains(&t.as_str())),
+        "{templates:?}"
+    );
+}
+
+/// A pull resumes the blobs an interrupted one left (`.partial`, fetched
+/// from where it stopped) and checks the whole: a corrupt prefix is caught
+/// and dropped, and the next pull succeeds.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_interrupted_pull_resumes_what_it_fetched() {
+    let registry = Registry::start(None);
+    let d = Daemon::start().await;
+    let app = app_image(sandstone_oci::image::this_architecture());
+    registry.push("team/app", "v1", &app);
+    let base = gzip(&busybox_layer());
+    let hex = Digest::of(&base).to_string()[7..].to_string();
+    let blobs = d.data.path().join("templates/.pull-resumed/blobs/sha256");
+    std::fs::create_dir_all(&blobs).unwrap();
+    // Half of the base layer, one byte of it wrong: only a resumed
+    // download keeps it, and only a check of the whole blob catches it.
+    let mut prefix = base[..base.len() / 2].to_vec();
+    prefix[10] ^= 0xff;
+    std::fs::write(blobs.join(format!("{hex}.partial")), &prefix).unwrap();
+    let image = registry.image("team/app", "v1");
+    let (s, v) = create_template(&d, "resumed", &image, json!({})).await;
+    assert!(s == 503 && v.to_string().contains("tampered"), "{s} {v}");
+    // The right prefix resumes to the right blob.
+    std::fs::create_dir_all(&blobs).unwrap();
+    std::fs::write(
+        blobs.join(format!("{hex}.partial")),
+        &base[..base.len() / 2],
+    )
+    .unwrap();
+    let (s, v) = create_template(&d, "resumed", &image, json!({})).await;
+    assert_eq!(s, 201, "{v}");
+    assert_eq!(
+        run_in(&d, "resumed", "cat /etc/greeting").await,
+        "hello from layer 2\n"
+    );
 }

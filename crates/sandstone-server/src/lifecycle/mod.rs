@@ -14,7 +14,7 @@ mod checkpoint;
 mod error;
 mod expiry;
 mod fencing;
-mod images;
+pub mod images;
 pub(crate) mod network;
 mod recovery;
 mod snapshots;
@@ -93,6 +93,10 @@ pub struct Lifecycle {
     /// lapse; held while freezing and while reconciling, so one cannot
     /// undo the other halfway.
     fenced: tokio::sync::Mutex<bool>,
+    /// Pulls images for templates made from a registry's.
+    puller: sandstone_registry::Puller,
+    /// Templates being pulled now, for `GET /templates/{id}`.
+    creating: Mutex<HashMap<String, images::Creating>>,
 }
 
 pub use network::{
@@ -126,6 +130,8 @@ pub struct Runner<'a> {
     pub warm_pool: usize,
     /// This node's hold on its sandboxes ([`crate::lease`]).
     pub lease: Arc<crate::lease::Lease>,
+    /// Logins for the registries templates are pulled from.
+    pub registry_auths: sandstone_registry::Auths,
 }
 
 impl Lifecycle {
@@ -142,6 +148,7 @@ impl Lifecycle {
             cgroup_group,
             warm_pool,
             lease,
+            registry_auths,
         } = runner;
         let cgroups = Driver::detect(cgroup_group)?;
         match sandstone_runtime::cgroup::favor_dynamic_modifications() {
@@ -181,6 +188,8 @@ impl Lifecycle {
             checkpoints: checkpoints.map(checkpoint::Checkpointer::new),
             lease,
             fenced: tokio::sync::Mutex::new(false),
+            puller: sandstone_registry::Puller::new(registry_auths),
+            creating: Mutex::new(HashMap::new()),
         })
     }
 
@@ -437,7 +446,7 @@ impl Lifecycle {
         config: &SandboxConfig,
         slot: i64,
     ) -> Result<Runtime> {
-        let limits: Limits = limits::limits(config.resources.as_ref())?;
+        let limits: Limits = limits::limits(config.resources.as_ref(), template.memory.as_deref())?;
         let paths = self.storage.paths(id);
         let cgroup = self.cgroups.create(id, &limits).map_err(internal)?;
         let network = self.network_for(template, config);
@@ -540,7 +549,7 @@ impl Lifecycle {
         config: SandboxConfig,
         snapshot: Option<&str>,
     ) -> Result<SandboxRow> {
-        limits::limits(config.resources.as_ref())?;
+        limits::limits(config.resources.as_ref(), None)?;
         limits::check_config(&config)?;
         // A snapshot's layer only fits the template it was taken on.
         let template_id = match snapshot {
@@ -646,14 +655,14 @@ impl Lifecycle {
         let mut undo = Undo::new(self, &m.id, m.slot);
         undo.volume = true;
         undo.cgroup = Some(m.runtime.cgroup.clone());
-        let limits = limits::limits(config.resources.as_ref())?;
+        let limits = limits::limits(config.resources.as_ref(), template.memory.as_deref())?;
         self.cgroups
             .apply(&m.runtime.cgroup, &limits)
             .map_err(internal)?;
         // Its tmpfs mounts were sized for the default memory limit warm
         // members are made with: only another limit needs a remount (a
         // process spawn, so not on the common path).
-        if limits.memory_bytes != limits::limits(None)?.memory_bytes {
+        if limits.memory_bytes != limits::limits(None, template.memory.as_deref())?.memory_bytes {
             let (init_bin, pid, memory) =
                 (self.init_bin.clone(), m.runtime.pid, limits.memory_bytes);
             tokio::task::spawn_blocking(move || {

@@ -7,4 +7,5 @@ pub mod network;
 pub mod observability;
 pub mod sandboxes;
 pub mod snapshots;
+pub mod templates;
 pub mod tools;

@@ -8,7 +8,7 @@ use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::Response;
 use sandstone_api as api;
-use sandstone_api::timefmt::{now_ms, rfc3339_ms};
+use sandstone_api::timefmt::rfc3339_ms;
 use sandstone_db::{SandboxRow, SandboxStatus};
 use std::collections::HashMap;
 
@@ -277,98 +277,6 @@ pub async fn refresh(State(st): State<AppState>, Path(id): Path<String>) -> ApiR
             expires_at: sb.expires_at,
             hard_expires_at: sb.hard_expires_at,
         },
-    ))
-}
-
-pub async fn templates(State(st): State<AppState>) -> ApiResult<Response> {
-    let list = st
-        .lifecycle
-        .storage
-        .templates()
-        .map_err(|e| ApiError::internal(e.to_string()))?
-        .into_iter()
-        .map(|t| {
-            // A template's files are written once, when it is made.
-            let made = t
-                .lower
-                .first()
-                .and_then(|p| std::fs::metadata(p).ok()?.modified().ok())
-                .and_then(|m| m.duration_since(std::time::UNIX_EPOCH).ok())
-                .map_or_else(now_ms, |d| d.as_millis() as i64);
-            let made = rfc3339_ms(made);
-            api::Template {
-                id: t.id.clone(),
-                template_id: t.id.clone(),
-                description: t.description.clone(),
-                scope: "public".into(),
-                spec: api::TemplateSpec {
-                    description: t.description,
-                    main_container: api::ContainerSpec {
-                        image: t.id,
-                        resources: api::ResourceQuota {
-                            memory: format!("{}Mi", crate::limits::DEFAULT_MEMORY >> 20),
-                            ephemeral_storage: t.disk,
-                        },
-                    },
-                    env_vars: t.env,
-                },
-                created_at: made.clone(),
-                updated_at: made,
-            }
-        })
-        .collect();
-    Ok(ok(StatusCode::OK, api::TemplateList { templates: list }))
-}
-
-/// `POST /api/v1/templates/import?name=NAME`: the body is an image archive
-/// (a tar, plain or gzipped, of an OCI layout or of `docker save`'s
-/// output), written to a private file as it arrives, then imported.
-pub async fn import_template(
-    State(st): State<AppState>,
-    Query(q): Query<HashMap<String, String>>,
-    body: axum::body::Body,
-) -> ApiResult<Response> {
-    use futures_util::StreamExt;
-    use std::io::Write;
-    let name = q.get("name").ok_or_else(|| {
-        ApiError::bad_request("missing query parameter `name`: the template's id")
-    })?;
-    sandstone_volumes::check_id(name)
-        .map_err(|e| ApiError::bad_request(format!("invalid query parameter `name`: {e}")))?;
-    st.lifecycle.check_free_space()?;
-    let mut file = tempfile::Builder::new()
-        .prefix(".upload-")
-        .tempfile_in(st.lifecycle.import_scratch())
-        .map_err(|e| ApiError::internal(format!("a file for the upload: {e}")))?;
-    let mut stream = body.into_data_stream();
-    while let Some(piece) = stream.next().await {
-        let piece =
-            piece.map_err(|e| ApiError::bad_request(format!("reading the request body: {e}")))?;
-        file.write_all(&piece)
-            .map_err(|e| ApiError::internal(format!("writing the upload: {e}")))?;
-    }
-    let done = st.lifecycle.import_template(name, file.path()).await?;
-    Ok(ok(
-        StatusCode::CREATED,
-        serde_json::json!({
-            "template_id": name,
-            "layers": done.layers,
-            "layers_reused": done.layers_reused,
-            "bytes": done.bytes,
-        }),
-    ))
-}
-
-/// `DELETE /api/v1/templates/{id}`: an imported template, and the layers
-/// only it used.
-pub async fn delete_template(
-    State(st): State<AppState>,
-    Path(id): Path<String>,
-) -> ApiResult<Response> {
-    let removed = st.lifecycle.delete_template(&id).await?;
-    Ok(ok(
-        StatusCode::OK,
-        serde_json::json!({"template_id": id, "layers_removed": removed}),
     ))
 }
 

@@ -1,0 +1,246 @@
+//! Templates (`/api/v1/templates`): the built-in ones, those imported from
+//! an image archive, and those pulled from a registry (`POST` with
+//! `spec.mainContainer.image`), in Sandbox0's `Template` shape.
+
+use crate::AppState;
+use crate::error::{ApiError, ApiResult, ok};
+use crate::extract::JsonBody;
+use crate::lifecycle::images::{Creating, Stage};
+use crate::limits;
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::Response;
+use sandstone_api as api;
+use sandstone_api::timefmt::{now_ms, rfc3339_ms};
+use std::collections::HashMap;
+
+fn to_api(t: sandstone_volumes::Template) -> api::Template {
+    // A template's files are written once, when it is made.
+    let made = t
+        .lower
+        .first()
+        .and_then(|p| std::fs::metadata(p).ok()?.modified().ok())
+        .and_then(|m| m.duration_since(std::time::UNIX_EPOCH).ok())
+        .map_or_else(now_ms, |d| d.as_millis() as i64);
+    let made = rfc3339_ms(made);
+    api::Template {
+        id: t.id.clone(),
+        template_id: t.id.clone(),
+        description: t.description.clone(),
+        scope: "public".into(),
+        spec: api::TemplateSpec {
+            description: t.description,
+            main_container: api::ContainerSpec {
+                image: t.image.unwrap_or(t.id),
+                resources: api::ResourceQuota {
+                    memory: t
+                        .memory
+                        .unwrap_or_else(|| format!("{}Mi", limits::DEFAULT_MEMORY >> 20)),
+                    ephemeral_storage: t.disk,
+                },
+            },
+            env_vars: t.env,
+        },
+        status: None,
+        created_at: made.clone(),
+        updated_at: made,
+    }
+}
+
+/// A template being pulled: what there is to show of it yet.
+fn creating(id: &str, c: Creating) -> api::Template {
+    let started = rfc3339_ms(c.started_at);
+    let message = match c.stage {
+        Stage::Pulling => format!("pulling {}", c.image),
+        Stage::Unpacking => format!("unpacking the layers of {}", c.image),
+    };
+    api::Template {
+        id: id.to_string(),
+        template_id: id.to_string(),
+        description: String::new(),
+        scope: "public".into(),
+        spec: api::TemplateSpec {
+            description: String::new(),
+            main_container: api::ContainerSpec {
+                image: c.image,
+                resources: api::ResourceQuota {
+                    memory: format!("{}Mi", limits::DEFAULT_MEMORY >> 20),
+                    ephemeral_storage: None,
+                },
+            },
+            env_vars: Default::default(),
+        },
+        status: Some(api::TemplateStatus {
+            creation: api::CreationStatus {
+                state: api::CreationState::Creating,
+                stage: api::CreationStage::Reconciling,
+                started_at: started.clone(),
+                message,
+            },
+        }),
+        created_at: started.clone(),
+        updated_at: started,
+    }
+}
+
+fn storage_error(e: impl std::fmt::Display) -> ApiError {
+    ApiError::internal(e.to_string())
+}
+
+pub async fn list(State(st): State<AppState>) -> ApiResult<Response> {
+    let list = st
+        .lifecycle
+        .storage
+        .templates()
+        .map_err(storage_error)?
+        .into_iter()
+        .map(to_api)
+        .collect();
+    Ok(ok(StatusCode::OK, api::TemplateList { templates: list }))
+}
+
+/// `GET /api/v1/templates/{id}`: a template, or one being pulled (with
+/// its creation status).
+pub async fn get(State(st): State<AppState>, Path(id): Path<String>) -> ApiResult<Response> {
+    if let Some(c) = st.lifecycle.creating(&id) {
+        return Ok(ok(StatusCode::OK, creating(&id, c)));
+    }
+    let t = st
+        .lifecycle
+        .storage
+        .templates()
+        .map_err(storage_error)?
+        .into_iter()
+        .find(|t| t.id == id)
+        .ok_or_else(|| ApiError::not_found("template", &id))?;
+    Ok(ok(StatusCode::OK, to_api(t)))
+}
+
+/// A size field of the request: a quantity of at least `min` bytes.
+fn quantity(v: &str, field: &str, min: u64) -> ApiResult<()> {
+    match limits::parse_memory(v) {
+        Some(n) if n >= min => Ok(()),
+        _ => Err(ApiError::bad_request(format!(
+            "invalid field `{field}`: {v:?} is not a size of at least {}Mi like 4Gi",
+            min >> 20
+        ))),
+    }
+}
+
+/// `POST /api/v1/templates`: pulls `spec.mainContainer.image` and makes
+/// it a template, answering once its sandboxes can be claimed (as
+/// Sandbox0's image templates are ready on creation).
+pub async fn create(
+    State(st): State<AppState>,
+    JsonBody(req): JsonBody<api::TemplateCreateRequest>,
+) -> ApiResult<Response> {
+    let spec = req.spec;
+    if let Some(field) = spec.unsupported() {
+        return Err(ApiError::bad_request(format!(
+            "invalid field `{field}`: not supported by Sandstone yet"
+        )));
+    }
+    let c = spec.main_container;
+    quantity(
+        &c.resources.memory,
+        "spec.mainContainer.resources.memory",
+        16 << 20,
+    )?;
+    if let Some(disk) = &c.resources.ephemeral_storage {
+        quantity(
+            disk,
+            "spec.mainContainer.resources.ephemeralStorage",
+            64 << 20,
+        )?;
+    }
+    let network = match spec.network {
+        Some(v) => {
+            let policy = crate::lifecycle::parse_policy(v, "spec.network")?;
+            Some(serde_json::to_value(policy).map_err(storage_error)?)
+        }
+        None => None,
+    };
+    let mut env = Vec::new();
+    let named = c.env.iter().map(|e| (e.name.as_str(), e.value.as_str()));
+    for (i, (name, value)) in named
+        .chain(spec.env_vars.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .enumerate()
+    {
+        if name.is_empty() || name.contains(['=', '\0']) || value.contains('\0') {
+            return Err(ApiError::bad_request(format!(
+                "invalid field `spec.mainContainer.env[{i}]`/`spec.envVars`: {name:?} is not a variable name"
+            )));
+        }
+        env.push(format!("{name}={value}"));
+    }
+    let pulled = sandstone_volumes::Pulled {
+        reference: c.image,
+        description: spec.description,
+        env,
+        settings: sandstone_volumes::TemplateSettings {
+            disk: c.resources.ephemeral_storage,
+            memory: Some(c.resources.memory),
+            network,
+            network_enabled: None,
+        },
+    };
+    st.lifecycle.pull_template(&req.template_id, pulled).await?;
+    let t = st
+        .lifecycle
+        .storage
+        .templates()
+        .map_err(storage_error)?
+        .into_iter()
+        .find(|t| t.id == req.template_id)
+        .ok_or_else(|| ApiError::internal("the pulled template vanished"))?;
+    Ok(ok(StatusCode::CREATED, to_api(t)))
+}
+
+/// `POST /api/v1/templates/import?name=NAME`: the body is an image archive
+/// (a tar, plain or gzipped, of an OCI layout or of `docker save`'s
+/// output), written to a private file as it arrives, then imported.
+pub async fn import(
+    State(st): State<AppState>,
+    Query(q): Query<HashMap<String, String>>,
+    body: axum::body::Body,
+) -> ApiResult<Response> {
+    use futures_util::StreamExt;
+    use std::io::Write;
+    let name = q.get("name").ok_or_else(|| {
+        ApiError::bad_request("missing query parameter `name`: the template's id")
+    })?;
+    sandstone_volumes::check_id(name)
+        .map_err(|e| ApiError::bad_request(format!("invalid query parameter `name`: {e}")))?;
+    st.lifecycle.check_free_space()?;
+    let mut file = tempfile::Builder::new()
+        .prefix(".upload-")
+        .tempfile_in(st.lifecycle.import_scratch())
+        .map_err(|e| ApiError::internal(format!("a file for the upload: {e}")))?;
+    let mut stream = body.into_data_stream();
+    while let Some(piece) = stream.next().await {
+        let piece =
+            piece.map_err(|e| ApiError::bad_request(format!("reading the request body: {e}")))?;
+        file.write_all(&piece)
+            .map_err(|e| ApiError::internal(format!("writing the upload: {e}")))?;
+    }
+    let done = st.lifecycle.import_template(name, file.path()).await?;
+    Ok(ok(
+        StatusCode::CREATED,
+        serde_json::json!({
+            "template_id": name,
+            "layers": done.layers,
+            "layers_reused": done.layers_reused,
+            "bytes": done.bytes,
+        }),
+    ))
+}
+
+/// `DELETE /api/v1/templates/{id}`: an imported template, and the layers
+/// only it used.
+pub async fn delete(State(st): State<AppState>, Path(id): Path<String>) -> ApiResult<Response> {
+    let removed = st.lifecycle.delete_template(&id).await?;
+    Ok(ok(
+        StatusCode::OK,
+        serde_json::json!({"template_id": id, "layers_removed": removed}),
+    ))
+}
