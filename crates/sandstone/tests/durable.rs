@@ -368,29 +368,6 @@ async fn crashes_mid_operation_leave_consistent_state() {
     }
 }
 
-fn memory_limit_of(id: &str) -> Option<String> {
-    fn find(dir: &std::path::Path, id: &str, depth: u32) -> Option<std::path::PathBuf> {
-        for e in std::fs::read_dir(dir).ok()?.flatten() {
-            if !e.file_type().ok()?.is_dir() {
-                continue;
-            }
-            if e.file_name() == id {
-                return Some(e.path());
-            }
-            if depth > 0
-                && let Some(p) = find(&e.path(), id, depth - 1)
-            {
-                return Some(p);
-            }
-        }
-        None
-    }
-    let dir = find(std::path::Path::new("/sys/fs/cgroup/memory"), id, 4)?;
-    std::fs::read_to_string(dir.join("memory.limit_in_bytes"))
-        .ok()
-        .map(|s| s.trim().to_string())
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn warm_pool_hands_off_with_the_claims_limits_and_refills() {
     let mut d = Daemon::start().await;
@@ -402,7 +379,7 @@ async fn warm_pool_hands_off_with_the_claims_limits_and_refills() {
     assert_eq!(pooled.len(), 2);
     let id = d.create(json!({"resources": {"memory": "256Mi"}})).await;
     assert!(pooled.contains(&id), "the claim took a pre-made sandbox");
-    assert_eq!(memory_limit_of(&id).as_deref(), Some("268435456"));
+    assert_eq!(common::memory_limit_of(&id).as_deref(), Some("268435456"));
     assert_eq!(d.sh(&id, "echo warm").await["stdout"], "warm\n");
     d.wait_warm(2).await;
     // Pool members are not sandboxes of anyone: not listed, and a restart

@@ -596,6 +596,13 @@ async fn an_image_pulled_from_a_registry_with_a_login_becomes_a_template() {
         .await,
         "hello from layer 2\nb\nthe app runs\nfrom the image\nfrom the template\n"
     );
+    // The template's memory is its sandboxes' default limit.
+    let (s, v) = d
+        .post("/api/v1/sandboxes", json!({"template": "pulled"}))
+        .await;
+    assert_eq!(s, 201, "{v}");
+    let sid = v["data"]["sandbox_id"].as_str().unwrap();
+    assert_eq!(common::memory_limit_of(sid).as_deref(), Some("536870912"));
     // Another template from the same image downloads no layer again (the
     // host has them all unpacked): only the config, which names them.
     let before = registry.blob_gets().await;

@@ -582,3 +582,28 @@ pub fn cli(d: &Daemon, args: &[&str], stdin: &[u8]) -> Output {
 pub fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
 }
+
+/// Sandbox `id`'s memory limit in bytes, as its cgroup (v1's memory
+/// controller) holds it.
+pub fn memory_limit_of(id: &str) -> Option<String> {
+    fn find(dir: &std::path::Path, id: &str, depth: u32) -> Option<std::path::PathBuf> {
+        for e in std::fs::read_dir(dir).ok()?.flatten() {
+            if !e.file_type().ok()?.is_dir() {
+                continue;
+            }
+            if e.file_name() == id {
+                return Some(e.path());
+            }
+            if depth > 0
+                && let Some(p) = find(&e.path(), id, depth - 1)
+            {
+                return Some(p);
+            }
+        }
+        None
+    }
+    let dir = find(std::path::Path::new("/sys/fs/cgroup/memory"), id, 4)?;
+    std::fs::read_to_string(dir.join("memory.limit_in_bytes"))
+        .ok()
+        .map(|s| s.trim().to_string())
+}
