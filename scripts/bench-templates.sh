@@ -5,6 +5,8 @@
 #    `tar -xzf` of the same layers into a fresh directory;
 #  - the same image imported again under another name (every layer here),
 #    and pulled again from a registry (tests/registry/server.py);
+#  - templates captured from a running sandbox with a 1 GiB workspace vs an
+#    empty one (btrfs pool);
 #  - creates from the image template vs from `host` (cold: no warm pool;
 #    20 each, interleaved).
 # Bounded: a few minutes; everything it started is removed on exit.
@@ -129,6 +131,41 @@ for run in (1, 2, 3):
     r = c.getresponse(); data = r.read()
     assert r.status == 201, (r.status, data)
     print(f"pull again (every layer here), run {run}: {(time.perf_counter() - s) * 1000:.0f} ms")
+PY
+
+# Templates captured from a running sandbox, on a btrfs pool: with a 1 GiB
+# workspace against an empty one (the capture should not grow with size).
+cap_port=$((port + 1))
+start_daemon cap "$cap_port" --pool-gib 8 -- --warm-pool 0
+python3 - "$cap_port" "$(cat "$work/cap/admin.token")" <<'PY'
+import http.client, json, sys, time
+port, token = int(sys.argv[1]), sys.argv[2]
+c = http.client.HTTPConnection("127.0.0.1", port)
+def call(method, path, body=None, want=300):
+    c.request(method, path, body=json.dumps(body) if body is not None else None,
+              headers={"authorization": f"Bearer {token}", "content-type": "application/json"})
+    r = c.getresponse(); data = r.read()
+    assert r.status < want, (r.status, data)
+    return json.loads(data)
+def sandbox(script):
+    sid = call("POST", "/api/v1/sandboxes", {"template": "host"})["data"]["sandbox_id"]
+    call("POST", f"/api/v1/sandboxes/{sid}/contexts", {"type": "cmd", "wait_until_done": True,
+         "cmd": {"command": ["sh", "-c", script]}})
+    return sid
+empty = sandbox("true")
+big = sandbox("dd if=/dev/zero of=/workspace/big bs=1M count=1024 status=none; sync")
+print()
+print("| run | capture, empty workspace (ms) | capture, 1 GiB workspace (ms) |")
+print("|---|---|---|")
+for run in (1, 2, 3):
+    times = []
+    for name, sid in (("empty", empty), ("big", big)):
+        s = time.perf_counter()
+        call("POST", "/api/v1/templates/from-sandbox", {"template_id": f"{name}{run}", "sandbox_id": sid})
+        times.append((time.perf_counter() - s) * 1000)
+    print(f"| {run} | {times[0]:.1f} | {times[1]:.1f} |")
+for sid in (empty, big):
+    call("DELETE", f"/api/v1/sandboxes/{sid}")
 PY
 
 python3 - "$port" "$(cat "$work/img/admin.token")" <<'PY'

@@ -488,6 +488,17 @@ pub struct TemplateCreateRequest {
     pub spec: TemplateSpecRequest,
 }
 
+/// `POST /api/v1/templates/from-sandbox`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TemplateFromSandboxRequest {
+    pub template_id: String,
+    pub sandbox_id: String,
+    /// Sandbox0's changes to the captured spec: not supported yet.
+    #[serde(default)]
+    pub spec_overrides: Option<Unsupported>,
+}
+
 /// `SandboxTemplateSpec` as a request: the fields Sandstone acts on, and
 /// the rest parsed and refused by name when set.
 #[derive(Debug, Clone, Deserialize)]

@@ -24,10 +24,12 @@ mod debian_template;
 mod host_template;
 mod image_template;
 pub mod pool;
+mod sandbox_template;
 
 pub use debian_template::BuiltTemplate;
 pub use image_template::{ImageTemplate, Imported, Pulled, check_id};
 pub use pool::{Driver, Pool, Space};
+pub use sandbox_template::SandboxTemplate;
 
 use sandstone_runtime::BindMount;
 use std::path::{Path, PathBuf};
@@ -128,6 +130,8 @@ pub struct Template {
     pub env: std::collections::BTreeMap<String, String>,
     /// The image reference it was pulled by.
     pub image: Option<String>,
+    /// For a template captured from a sandbox, the template below it.
+    pub parent: Option<String>,
 }
 
 /// A template's optional settings file, `<templates>/<id>/template.json`.
@@ -175,6 +179,7 @@ impl Template {
             network_enabled: settings.network_enabled.unwrap_or(true),
             env: Default::default(),
             image: None,
+            parent: None,
         })
     }
 }
@@ -317,6 +322,8 @@ impl Storage {
             }
         }
         v.extend(self.image_templates()?);
+        let captured = self.sandbox_templates(&v)?;
+        v.extend(captured);
         Ok(v)
     }
 

@@ -159,7 +159,7 @@ impl Pool {
                 root: data_dir.to_path_buf(),
             },
         };
-        for d in ["sandboxes", "snapshots"] {
+        for d in ["sandboxes", "snapshots", "captures"] {
             let dir = pool.root.join(d);
             std::fs::create_dir_all(&dir).map_err(io(format!("create {d}")))?;
             std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o700))
@@ -219,6 +219,11 @@ impl Pool {
 
     pub fn snapshot_dir(&self, id: &str) -> PathBuf {
         self.root.join("snapshots").join(id)
+    }
+
+    /// The read-only volume a template made from a sandbox keeps.
+    pub fn capture_dir(&self, id: &str) -> PathBuf {
+        self.root.join("captures").join(id)
     }
 
     /// A new, empty volume at `path` (capped at `limit` bytes where possible).

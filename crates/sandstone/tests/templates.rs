@@ -1,6 +1,8 @@
-//! The `debian` template: root inside owns the rootfs and can install
-//! packages; `default` resolves to it once built. Needs a built template
-//! named by `SANDSTONE_TEST_DEBIAN` (scripts/test.sh builds and caches one).
+//! Templates on the host: the `debian` template (root inside owns the
+//! rootfs and can install packages; `default` resolves to it once built;
+//! needs a built template named by `SANDSTONE_TEST_DEBIAN`, which
+//! scripts/test.sh builds and caches), and templates captured from a
+//! sandbox (`POST /api/v1/templates/from-sandbox`).
 
 // Test code: an unexpected failure is the test failing, so unwrap is the point.
 #![allow(clippy::unwrap_used)]
@@ -79,4 +81,116 @@ sandstone-hello"#;
             .join("rootfs/usr/local/bin/sandstone-hello")
             .exists()
     );
+}
+
+/// A template captured from a running sandbox while a process writes
+/// files: consistent (every file the capture holds is whole, none is
+/// missing before it), in sandboxes made from it, while the source runs
+/// on; in use it is not deleted; a paused sandbox captures too.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_template_from_a_running_sandbox_holds_its_files_consistently() {
+    let d = Daemon::start().await;
+    let src = d.create(json!({})).await;
+    // Each file is written under a temporary name and renamed whole.
+    let writer = "mkdir -p /srv/data && echo base > /srv/marker && \
+        (i=0; while true; do echo $i > /srv/data/t && mv /srv/data/t /srv/data/f$i; i=$((i+1)); done) \
+        >/dev/null 2>&1 &";
+    d.sh(&src, writer).await;
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let capture = json!({"template_id": "captured", "sandbox_id": src});
+    let (s, v) = d
+        .post("/api/v1/templates/from-sandbox", capture.clone())
+        .await;
+    assert_eq!(s, 202, "{v}");
+    assert_eq!(v["data"]["status"]["creation"]["state"], "ready", "{v}");
+    let (s, v) = d
+        .post("/api/v1/sandboxes", json!({"template": "captured"}))
+        .await;
+    assert_eq!(s, 201, "{v}");
+    let child = v["data"]["sandbox_id"].as_str().unwrap().to_string();
+    let check = "cat /srv/marker; cd /srv/data; n=$(ls | grep -c '^f'); ok=yes; \
+        i=0; while [ $i -lt $n ]; do [ \"$(cat f$i)\" = $i ] || ok=no; i=$((i+1)); done; echo $n $ok";
+    let r = d.sh(&child, check).await;
+    let out = r["stdout"].as_str().unwrap().to_string();
+    let mut lines = out.lines();
+    assert_eq!(lines.next(), Some("base"), "{r}");
+    let (n, ok) = lines.next().unwrap().split_once(' ').unwrap();
+    let n: u64 = n.parse().unwrap();
+    assert!(n > 0 && ok == "yes", "{out}");
+    // The source runs on: its writer has written more since.
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    let r = d.sh(&src, "ls /srv/data | grep -c '^f'").await;
+    let later: u64 = r["stdout"].as_str().unwrap().trim().parse().unwrap();
+    assert!(later > n, "{later} <= {n}");
+    // What the child writes is its own.
+    d.sh(&child, "echo mine > /srv/marker").await;
+    let (s, v) = d
+        .post("/api/v1/sandboxes", json!({"template": "captured"}))
+        .await;
+    assert_eq!(s, 201, "{v}");
+    let other = v["data"]["sandbox_id"].as_str().unwrap().to_string();
+    assert_eq!(d.sh(&other, "cat /srv/marker").await["stdout"], "base\n");
+
+    // Bad input: each a clear error, nothing made.
+    for (body, status, says) in [
+        (capture.clone(), 409, "captured"),
+        (
+            json!({"template_id": "x", "sandbox_id": "sb-none"}),
+            404,
+            "sb-none",
+        ),
+        (
+            json!({"template_id": "Bad/Id", "sandbox_id": src}),
+            400,
+            "template_id",
+        ),
+        (
+            json!({"template_id": "y", "sandbox_id": src, "spec_overrides": {"pool": {}}}),
+            400,
+            "spec_overrides",
+        ),
+    ] {
+        let (s, v) = d.post("/api/v1/templates/from-sandbox", body).await;
+        let msg = v["error"]["message"].as_str().unwrap_or_default();
+        assert!(s == status && msg.contains(says), "{s} {v}");
+    }
+    // In use, it stays; unused, it goes with its volume.
+    let (s, v) = d.delete("/api/v1/templates/captured").await;
+    assert!(s == 409 && v.to_string().contains(&child), "{s} {v}");
+    for sb in [&child, &other] {
+        let (s, v) = d.delete(&format!("/api/v1/sandboxes/{sb}")).await;
+        assert!(s == 200 || s == 202, "{s} {v}");
+    }
+    // A deletion may finish after it answers: the template goes once its
+    // users have.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let (s, v) = d.delete("/api/v1/templates/captured").await;
+        if s == 200 {
+            break;
+        }
+        assert!(s == 409 && std::time::Instant::now() < deadline, "{s} {v}");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(!d.data.path().join("captures/captured").exists());
+    assert_eq!(d.get("/api/v1/templates/captured").await.0, 404);
+
+    // A paused sandbox is captured as it stands.
+    let (s, v) = d
+        .post(&format!("/api/v1/sandboxes/{src}/pause"), json!({}))
+        .await;
+    assert_eq!(s, 200, "{v}");
+    let (s, v) = d
+        .post(
+            "/api/v1/templates/from-sandbox",
+            json!({"template_id": "from-paused", "sandbox_id": src}),
+        )
+        .await;
+    assert_eq!(s, 202, "{v}");
+    let (s, v) = d
+        .post("/api/v1/sandboxes", json!({"template": "from-paused"}))
+        .await;
+    assert_eq!(s, 201, "{v}");
+    let id = v["data"]["sandbox_id"].as_str().unwrap().to_string();
+    assert_eq!(d.sh(&id, "cat /srv/marker").await["stdout"], "base\n");
 }

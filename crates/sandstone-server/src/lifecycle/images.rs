@@ -171,11 +171,20 @@ impl Lifecycle {
                     .filter(|s| s.template == id)
                     .map(|s| s.id),
             )
+            .chain(
+                // Templates captured from its sandboxes stack on its layers.
+                self.storage
+                    .templates()
+                    .map_err(super::internal)?
+                    .into_iter()
+                    .filter(|t| t.parent.as_deref() == Some(id))
+                    .map(|t| t.id),
+            )
             .collect();
         if !users.is_empty() {
             let shown: Vec<&str> = users.iter().take(5).map(String::as_str).collect();
             return Err(Error::Conflict(format!(
-                "template {id} is used by {} sandbox(es) and snapshot(s): {}{}; delete them first",
+                "template {id} is used by {} sandbox(es), snapshot(s) and template(s): {}{}; delete them first",
                 users.len(),
                 shown.join(", "),
                 if users.len() > 5 { ", …" } else { "" }
@@ -183,9 +192,18 @@ impl Lifecycle {
         }
         self.drain_warm_template(id);
         let (storage, name) = (self.storage.clone(), id.to_string());
-        let removed = tokio::task::spawn_blocking(move || storage.remove_image_template(&name))
-            .await
-            .map_err(super::internal)?;
+        let removed = tokio::task::spawn_blocking(move || {
+            let captured = storage
+                .template(&name)
+                .is_ok_and(|t| t.id == name && t.parent.is_some());
+            if captured {
+                storage.remove_sandbox_template(&name).map(|()| 0)
+            } else {
+                storage.remove_image_template(&name)
+            }
+        })
+        .await
+        .map_err(super::internal)?;
         // A member the refill made meanwhile has lost its layers.
         self.drain_warm_template(id);
         removed.map_err(|e| match e {

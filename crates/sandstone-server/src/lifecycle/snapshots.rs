@@ -51,6 +51,39 @@ impl Lifecycle {
         result
     }
 
+    /// Captures sandbox `id`'s files (running: frozen for the moment it
+    /// takes, as a snapshot is; or paused) as template `template`, whose
+    /// sandboxes start with them over the sandbox's own template. O(1) on
+    /// the btrfs pool.
+    pub async fn capture_template(
+        &self,
+        id: &str,
+        template: &str,
+    ) -> Result<sandstone_volumes::Template> {
+        sandstone_volumes::check_id(template)
+            .map_err(|e| Error::Invalid(format!("invalid field `template_id`: {e}")))?;
+        let _guard = self.lock(id).await;
+        let row = self.row(id).await?;
+        Self::source(row.status, id)?;
+        self.source_volume(&row).await?;
+        tokio::task::block_in_place(|| {
+            self.frozen(id, || {
+                self.storage
+                    .capture_template(id, template, &row.template)
+                    .map_err(|e| match e {
+                        sandstone_volumes::Error::TemplateExists(_) => {
+                            Error::Conflict(e.to_string())
+                        }
+                        sandstone_volumes::Error::InvalidTemplateId(_) => {
+                            Error::Invalid(format!("invalid field `template_id`: {e}"))
+                        }
+                        other => internal(other),
+                    })
+            })
+        })?;
+        self.storage.template(template).map_err(internal)
+    }
+
     /// A paused source taken over from a dead node and not resumed since
     /// has no volume here yet: its checkpoint is fetched first (nothing to
     /// do when the volume is here, or without an object store).

@@ -1,6 +1,7 @@
 //! Templates (`/api/v1/templates`): the built-in ones, those imported from
-//! an image archive, and those pulled from a registry (`POST` with
-//! `spec.mainContainer.image`), in Sandbox0's `Template` shape.
+//! an image archive, those pulled from a registry (`POST` with
+//! `spec.mainContainer.image`) and those captured from a sandbox
+//! (`POST .../from-sandbox`), in Sandbox0's `Template` shape.
 
 use crate::AppState;
 use crate::error::{ApiError, ApiResult, ok};
@@ -194,6 +195,35 @@ pub async fn create(
         .find(|t| t.id == req.template_id)
         .ok_or_else(|| ApiError::internal("the pulled template vanished"))?;
     Ok(ok(StatusCode::CREATED, to_api(t)))
+}
+
+/// `POST /api/v1/templates/from-sandbox`: the sandbox's files, captured
+/// at once (O(1) on the btrfs pool), are the template; it is ready when
+/// this answers.
+pub async fn from_sandbox(
+    State(st): State<AppState>,
+    JsonBody(req): JsonBody<api::TemplateFromSandboxRequest>,
+) -> ApiResult<Response> {
+    if req.spec_overrides.is_some() {
+        return Err(ApiError::bad_request(
+            "invalid field `spec_overrides`: not supported by Sandstone yet",
+        ));
+    }
+    let started = rfc3339_ms(now_ms());
+    let t = st
+        .lifecycle
+        .capture_template(&req.sandbox_id, &req.template_id)
+        .await?;
+    let mut out = to_api(t);
+    out.status = Some(api::TemplateStatus {
+        creation: api::CreationStatus {
+            state: api::CreationState::Ready,
+            stage: api::CreationStage::Capturing,
+            started_at: started,
+            message: format!("captured from sandbox {}", req.sandbox_id),
+        },
+    });
+    Ok(ok(StatusCode::ACCEPTED, out))
 }
 
 /// `POST /api/v1/templates/import?name=NAME`: the body is an image archive

@@ -478,7 +478,7 @@ impl Drop for Daemon {
 /// Unmounts what `setup` and `serve` mount in a data dir (the btrfs pool,
 /// or the dir pool's nosuid,nodev binds), so the directory can be removed.
 pub fn unmount_pool(data_dir: &Path) {
-    for mount in ["sandboxes", "snapshots", "pool"] {
+    for mount in ["sandboxes", "snapshots", "captures", "pool"] {
         let at = data_dir.join(mount);
         if at.exists() {
             let _ = Command::new("umount")
