@@ -194,6 +194,7 @@ impl Registry {
         doc.insert("updated_at".into(), json!(t));
         doc.insert("archived_at".into(), Value::Null);
         let doc: Agent = typed(Value::Object(doc))?;
+        let _gate = self.changing().await;
         self.store
             .put_doc(AGENT, &format!("{id}@1"), &json!(doc))
             .await?;
@@ -247,6 +248,7 @@ impl Registry {
         body: &Value,
         skills: Resolve<'_>,
     ) -> ApiResult<Agent> {
+        let _gate = self.changing().await;
         let current = self.agent(id, None)?;
         if current.archived_at.is_some() {
             return Err(ApiError::invalid(format!("agent {id} is archived")));
@@ -284,6 +286,7 @@ impl Registry {
     }
 
     pub(crate) async fn archive_agent(&self, id: &str) -> ApiResult<Agent> {
+        let _gate = self.changing().await;
         let mut doc = self.agent(id, None)?;
         if doc.archived_at.is_none() {
             let t = now();

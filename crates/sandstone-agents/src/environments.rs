@@ -85,6 +85,7 @@ impl Registry {
     }
 
     async fn save_environment(&self, doc: &Environment) -> ApiResult<()> {
+        let _gate = self.changing().await;
         self.store
             .put_doc(ENVIRONMENT, &doc.id, &json!(doc))
             .await?;
@@ -121,6 +122,7 @@ impl Registry {
             },
             hash: sandstone_db::token_hash(&secret),
         };
+        let _gate = self.changing().await;
         self.store
             .put_doc(KEY, &stored.hash, &json!(stored))
             .await?;
@@ -144,6 +146,7 @@ impl Registry {
     }
 
     pub(crate) async fn revoke_key(&self, env: &str, key_id: &str) -> ApiResult<EnvironmentKey> {
+        let _gate = self.changing().await;
         let stored = {
             let mut st = self.state();
             let k = st
@@ -186,6 +189,7 @@ impl Agents {
     /// (their sessions are no longer queued anywhere).
     pub(crate) async fn delete_environment(&self, id: &str) -> ApiResult<Deleted> {
         let registry = &self.registry;
+        let _gate = registry.changing().await;
         registry.environment(id)?;
         registry.store.delete_doc(ENVIRONMENT, id).await?;
         self.queue.stop_environment(id).await?;

@@ -27,6 +27,11 @@ pub(crate) struct RegistryState {
 pub(crate) struct Registry {
     pub(crate) store: Arc<dyn AgentsStore>,
     state: Mutex<RegistryState>,
+    /// Held (shared) by each change across its store write and cache
+    /// update, and alone by a reload across its read and swap: a reload
+    /// that read the store before a change committed must not put its
+    /// older copy over the change.
+    gate: tokio::sync::RwLock<()>,
 }
 
 impl Registry {
@@ -35,11 +40,13 @@ impl Registry {
         Ok(Registry {
             store,
             state: Mutex::new(st),
+            gate: tokio::sync::RwLock::new(()),
         })
     }
 
     /// Reads everything again (another node changed something).
     pub(crate) async fn reload(&self) -> Result<(), StartError> {
+        let _gate = self.gate.write().await;
         let st = read(&*self.store).await?;
         *self.state() = st;
         Ok(())
@@ -70,6 +77,11 @@ impl Registry {
     /// An environment, also one made on another node a moment ago.
     pub(crate) async fn fresh_environment(&self, id: &str) -> ApiResult<Environment> {
         self.fresh(ENVIRONMENT, id, |r| r.environment(id)).await
+    }
+
+    /// Held by a change across its store write and cache update.
+    pub(crate) async fn changing(&self) -> tokio::sync::RwLockReadGuard<'_, ()> {
+        self.gate.read().await
     }
 
     pub(crate) fn state(&self) -> MutexGuard<'_, RegistryState> {
