@@ -403,6 +403,26 @@ impl Client {
         self.data(req).await
     }
 
+    /// Pulls `image` as template `name` (answers once it is ready).
+    pub async fn pull_template(
+        &self,
+        name: &str,
+        image: &str,
+        memory: &str,
+    ) -> Result<api::Template> {
+        let body = json!({"template_id": name, "spec": {"mainContainer": {
+            "image": image, "resources": {"memory": memory}}}});
+        self.call(Method::POST, "/api/v1/templates", Some(body))
+            .await
+    }
+
+    /// Captures sandbox `id`'s files as template `name`.
+    pub async fn capture_template(&self, id: &str, name: &str) -> Result<api::Template> {
+        let body = json!({"template_id": name, "sandbox_id": id});
+        self.call(Method::POST, "/api/v1/templates/from-sandbox", Some(body))
+            .await
+    }
+
     pub async fn delete_template(&self, name: &str) -> Result<serde_json::Value> {
         self.call(Method::DELETE, &format!("/api/v1/templates/{name}"), None)
             .await

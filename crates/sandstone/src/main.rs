@@ -170,8 +170,25 @@ enum TemplateCmd {
         name: String,
         file: std::path::PathBuf,
     },
-    /// Delete an imported template and the layers only it used (refused
-    /// while sandboxes or snapshots use it).
+    /// Pull an image from its registry as a template (logins: `serve
+    /// --registry-auth`).
+    Pull {
+        /// The new template's id.
+        name: String,
+        /// The image: `registry/repository:tag` or `…@sha256:…`.
+        image: String,
+        /// Its sandboxes' memory limit when a claim sets none.
+        #[arg(long, default_value = "2Gi")]
+        memory: String,
+    },
+    /// Capture a running or paused sandbox's files as a template.
+    From {
+        sandbox: String,
+        /// The new template's id.
+        name: String,
+    },
+    /// Delete an image or captured template and what only it used
+    /// (refused while sandboxes, snapshots or templates use it).
     Rm { name: String },
 }
 
@@ -238,6 +255,17 @@ async fn run(cli: Cli) -> Result<()> {
         Cmd::Template {
             cmd: TemplateCmd::Import { name, file },
         } => sandbox_cmd::import_template(&cli, name, file).await,
+        Cmd::Template {
+            cmd:
+                TemplateCmd::Pull {
+                    name,
+                    image,
+                    memory,
+                },
+        } => sandbox_cmd::pull_template(&cli, name, image, memory).await,
+        Cmd::Template {
+            cmd: TemplateCmd::From { sandbox, name },
+        } => sandbox_cmd::capture_template(&cli, sandbox, name).await,
         Cmd::Template {
             cmd: TemplateCmd::Rm { name },
         } => sandbox_cmd::delete_template(&cli, name).await,

@@ -159,6 +159,24 @@ pub async fn import_template(cli: &Cli, name: &str, file: &std::path::Path) -> R
     Ok(())
 }
 
+pub async fn pull_template(cli: &Cli, name: &str, image: &str, memory: &str) -> Result<()> {
+    let t = client(cli)?.pull_template(name, image, memory).await?;
+    if cli.json {
+        return print_json(&t);
+    }
+    println!("template {name}: {}", t.description);
+    Ok(())
+}
+
+pub async fn capture_template(cli: &Cli, sandbox: &str, name: &str) -> Result<()> {
+    let t = client(cli)?.capture_template(sandbox, name).await?;
+    if cli.json {
+        return print_json(&t);
+    }
+    println!("template {name}: {}", t.description);
+    Ok(())
+}
+
 pub async fn delete_template(cli: &Cli, name: &str) -> Result<()> {
     let done = client(cli)?.delete_template(name).await?;
     if cli.json {

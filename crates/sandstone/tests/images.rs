@@ -606,8 +606,14 @@ async fn an_image_pulled_from_a_registry_with_a_login_becomes_a_template() {
     // Another template from the same image downloads no layer again (the
     // host has them all unpacked): only the config, which names them.
     let before = registry.blob_gets().await;
-    let (s, v) = create_template(&d, "pulled-again", &image, json!({})).await;
-    assert_eq!(s, 201, "{v}");
+    // Through the CLI.
+    let out = common::cli(&d, &["template", "pull", "pulled-again", &image], b"");
+    assert!(out.status.success(), "{}", common::text(&out.stderr));
+    assert!(
+        common::text(&out.stdout).contains(&image),
+        "{}",
+        common::text(&out.stdout)
+    );
     let after = registry.blob_gets().await;
     let again: Vec<&String> = after
         .as_object()

@@ -180,13 +180,14 @@ async fn a_template_from_a_running_sandbox_holds_its_files_consistently() {
         .post(&format!("/api/v1/sandboxes/{src}/pause"), json!({}))
         .await;
     assert_eq!(s, 200, "{v}");
-    let (s, v) = d
-        .post(
-            "/api/v1/templates/from-sandbox",
-            json!({"template_id": "from-paused", "sandbox_id": src}),
-        )
-        .await;
-    assert_eq!(s, 202, "{v}");
+    // Through the CLI.
+    let out = common::cli(&d, &["template", "from", &src, "from-paused"], b"");
+    assert!(out.status.success(), "{}", common::text(&out.stderr));
+    assert!(
+        common::text(&out.stdout).contains(&format!("from sandbox {src}")),
+        "{}",
+        common::text(&out.stdout)
+    );
     let (s, v) = d
         .post("/api/v1/sandboxes", json!({"template": "from-paused"}))
         .await;
