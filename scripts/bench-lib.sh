@@ -59,7 +59,7 @@ bench_cleanup() {
   done
   for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; done
   # The pool image, or the dir driver's nosuid,nodev binds of its own dirs.
-  for d in "$work"/*/pool "$work"/*/sandboxes "$work"/*/snapshots; do
+  for d in "$work"/*/pool "$work"/*/sandboxes "$work"/*/snapshots "$work"/*/captures; do
     mountpoint -q "$d" && umount -l "$d" 2>/dev/null || true
   done
   rm -rf "$work"

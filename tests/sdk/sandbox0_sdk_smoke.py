@@ -3,10 +3,20 @@
 Run by crates/sandstone/tests/sdk.rs with SANDBOX0_BASE_URL and SANDBOX0_TOKEN.
 Every step asserts what the SDK hands back to its user.
 """
+import atexit
+import gzip
+import hashlib
+import io
+import json
 import os
+import subprocess
 import sys
+import tarfile
+import tempfile
+import time
 
 from sandbox0 import Client
+from sandbox0.client_templates import CreateTemplateFromSandboxOptions
 from sandbox0.sandbox_observability import SandboxObservabilityEventOptions
 from sandbox0.apispec.models.create_context_request import CreateContextRequest
 from sandbox0.apispec.models.create_cmd_context_request import CreateCMDContextRequest
@@ -19,6 +29,57 @@ from sandbox0.apispec.models.sandbox_network_policy import SandboxNetworkPolicy
 from sandbox0.apispec.models.sandbox_observability_event_type import SandboxObservabilityEventType
 from sandbox0.apispec.models.sandbox_observability_outcome import SandboxObservabilityOutcome
 from sandbox0.apispec.models.sandbox_update_request import SandboxUpdateRequest
+from sandbox0.apispec.models.template_create_request import TemplateCreateRequest
+from sandbox0.apispec.models.template_from_sandbox_create_request import TemplateFromSandboxCreateRequest
+
+def registry_image():
+    """An image (a static busybox and /etc/from-registry) served by
+    tests/registry/server.py: its reference and the server process."""
+    def tar_of(entries):
+        buf = io.BytesIO()
+        with tarfile.open(fileobj=buf, mode="w", format=tarfile.GNU_FORMAT) as t:
+            for name, data, mode, link in entries:
+                info = tarfile.TarInfo(name)
+                info.mode, info.mtime = mode, 1700000000
+                if link:
+                    info.type, info.linkname = tarfile.SYMTYPE, link
+                    t.addfile(info)
+                elif data is None:
+                    info.type = tarfile.DIRTYPE
+                    t.addfile(info)
+                else:
+                    info.size = len(data)
+                    t.addfile(info, io.BytesIO(data))
+        return buf.getvalue()
+    layer = tar_of([("bin", None, 0o755, None), ("bin/busybox", open("/bin/busybox", "rb").read(), 0o755, None),
+                    ("bin/sh", None, 0o777, "busybox"), ("bin/cat", None, 0o777, "busybox"),
+                    ("etc", None, 0o755, None), ("etc/from-registry", b"pulled\n", 0o644, None)])
+    root = tempfile.mkdtemp()
+    repo = os.path.join(root, "sdk/app")
+    os.makedirs(os.path.join(repo, "blobs/sha256"))
+    def blob(data):
+        digest = hashlib.sha256(data).hexdigest()
+        with open(os.path.join(repo, "blobs/sha256", digest), "wb") as f:
+            f.write(data)
+        return {"digest": f"sha256:{digest}", "size": len(data)}
+    arch = {"x86_64": "amd64", "aarch64": "arm64"}.get(os.uname().machine, os.uname().machine)
+    config = blob(json.dumps({"architecture": arch, "os": "linux", "config": {"Env": ["PATH=/bin"]},
+                              "rootfs": {"type": "layers", "diff_ids": [f"sha256:{hashlib.sha256(layer).hexdigest()}"]}}).encode())
+    manifest = blob(json.dumps({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
+                                "config": {"mediaType": "application/vnd.oci.image.config.v1+json", **config},
+                                "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
+                                            **blob(gzip.compress(layer))}]}).encode())
+    with open(os.path.join(repo, "index.json"), "w") as f:
+        json.dump({"schemaVersion": 2, "manifests": [{"mediaType": "application/vnd.oci.image.manifest.v1+json", **manifest,
+                   "annotations": {"org.opencontainers.image.ref.name": "v1"}}]}, f)
+    server = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "registry", "server.py")
+    # Its stderr is not ours: the test reads ours to its end.
+    proc = subprocess.Popen([sys.executable, server, "--root", root], stdout=subprocess.PIPE,
+                            stderr=subprocess.DEVNULL, text=True)
+    atexit.register(proc.kill)
+    port = proc.stdout.readline().split()[1]
+    return f"127.0.0.1:{port}/sdk/app:v1", proc
+
 
 client = Client(token=os.environ["SANDBOX0_TOKEN"], base_url=os.environ["SANDBOX0_BASE_URL"])
 
@@ -139,6 +200,41 @@ assert again.current_version == 2, again
 assert "s3cret" not in str(client.get_credential_source("sdk-src").to_dict())
 client.delete_credential_source("sdk-src")
 assert "sdk-src" not in [c.name for c in client.list_credential_sources()]
+
+# Templates: one pulled from a registry (the test registry serving an
+# image built here), one captured from the sandbox; claimed, listed, read
+# and deleted through the SDK.
+image, registry = registry_image()
+pulled = client.create_template(TemplateCreateRequest.from_dict({"template_id": "sdk-pulled", "spec": {
+    "mainContainer": {"image": image, "resources": {"memory": "256Mi"}}}}))
+assert pulled.template_id == "sdk-pulled", pulled
+assert client.get_template("sdk-pulled").spec.main_container.image == image
+from_image = client.sandboxes.claim("sdk-pulled")
+assert from_image.cmd("cat /etc/from-registry").stdout == "pulled\n"
+client.sandboxes.delete(from_image.id)
+sandbox.cmd("sh -c 'echo kept > /etc/sdk-marker'")
+captured = client.create_template_from_sandbox(
+    TemplateFromSandboxCreateRequest(template_id="sdk-captured", sandbox_id=sandbox.id),
+    CreateTemplateFromSandboxOptions(wait=True, timeout_sec=30))
+assert captured.template_id == "sdk-captured", captured
+assert {"sdk-pulled", "sdk-captured"} <= {t.template_id for t in client.list_templates()}
+from_sandbox = client.sandboxes.claim("sdk-captured")
+assert from_sandbox.cmd("cat /etc/sdk-marker").stdout == "kept\n"
+client.sandboxes.delete(from_sandbox.id)
+for name in ("sdk-captured", "sdk-pulled"):
+    # A sandbox's deletion may end after it answers; the template goes
+    # once nothing uses it.
+    for _ in range(100):
+        try:
+            client.delete_template(name)
+            break
+        except Exception as e:
+            assert "409" in str(e) or "used by" in str(e), e
+            time.sleep(0.1)
+    else:
+        sys.exit(f"template {name} was never deleted")
+assert not {"sdk-pulled", "sdk-captured"} & {t.template_id for t in client.list_templates()}
+registry.kill()
 
 snap = client.sandboxes.create_rootfs_snapshot(sandbox.id)
 assert snap.sandbox_id == sandbox.id, snap

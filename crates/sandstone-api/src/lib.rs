@@ -523,6 +523,10 @@ pub struct TemplateSpecRequest {
     pub pool: Option<Unsupported>,
     #[serde(default)]
     pub cluster_id: Option<Unsupported>,
+    /// Claim-lifetime tmpfs mounts: in the Sandbox0 SDK's model (0.10.4)
+    /// though not in the spec, which it sends as an empty list.
+    #[serde(default)]
+    pub ephemeral_mounts: Vec<Unsupported>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -556,6 +560,7 @@ impl TemplateSpecRequest {
             ("spec.pod", self.pod.is_some()),
             ("spec.pool", self.pool.is_some()),
             ("spec.clusterId", self.cluster_id.is_some()),
+            ("spec.ephemeralMounts", !self.ephemeral_mounts.is_empty()),
             (
                 "spec.mainContainer.imagePullPolicy",
                 c.image_pull_policy.is_some(),
