@@ -101,19 +101,46 @@ pub struct ImageConfig {
     pub cmd: Vec<String>,
 }
 
-#[derive(Deserialize)]
-struct Descriptor {
+/// An OCI content descriptor: what an index or a manifest points at.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Descriptor {
     #[serde(rename = "mediaType", default)]
-    media_type: String,
-    digest: String,
+    pub media_type: String,
+    pub digest: String,
     #[serde(default)]
-    platform: Option<Platform>,
+    pub size: u64,
+    #[serde(default)]
+    pub platform: Option<Platform>,
 }
 
-#[derive(Deserialize)]
-struct Platform {
-    architecture: String,
-    os: String,
+#[derive(Debug, Clone, Deserialize)]
+pub struct Platform {
+    pub architecture: String,
+    pub os: String,
+}
+
+/// The entry of an index for linux on this machine's architecture (an
+/// entry naming no platform fits any).
+pub fn choose_platform(manifests: &[Descriptor]) -> Result<&Descriptor> {
+    let arch = this_architecture();
+    manifests
+        .iter()
+        .find(|m| {
+            m.platform
+                .as_ref()
+                .is_none_or(|p| p.os == "linux" && p.architecture == arch)
+        })
+        .ok_or_else(|| {
+            let others: Vec<String> = manifests
+                .iter()
+                .filter_map(|m| m.platform.as_ref())
+                .map(|p| format!("{}/{}", p.os, p.architecture))
+                .collect();
+            Error::WrongArchitecture {
+                want: format!("linux/{arch}"),
+                have: others.join(", "),
+            }
+        })
 }
 
 #[derive(Deserialize)]
@@ -288,27 +315,7 @@ fn read_layout(source: &Source) -> Result<(ConfigDoc, Vec<Found>)> {
     let mut index: IndexDoc = json(source, "index.json", "index.json")?;
     // Indexes may nest (an image index inside the layout's index).
     for _ in 0..4 {
-        let arch = this_architecture();
-        let chosen = index
-            .manifests
-            .iter()
-            .find(|m| {
-                m.platform
-                    .as_ref()
-                    .is_none_or(|p| p.os == "linux" && p.architecture == arch)
-            })
-            .ok_or_else(|| {
-                let others: Vec<String> = index
-                    .manifests
-                    .iter()
-                    .filter_map(|m| m.platform.as_ref())
-                    .map(|p| format!("{}/{}", p.os, p.architecture))
-                    .collect();
-                Error::WrongArchitecture {
-                    want: format!("linux/{arch}"),
-                    have: others.join(", "),
-                }
-            })?;
+        let chosen = choose_platform(&index.manifests)?;
         if chosen.media_type == INDEX || chosen.media_type == DOCKER_LIST {
             index = checked_json(source, &chosen.digest, "a nested index")?;
             continue;

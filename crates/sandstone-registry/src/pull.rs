@@ -12,6 +12,7 @@ use reqwest::header::{
     ACCEPT, AUTHORIZATION, CONTENT_RANGE, CONTENT_TYPE, RANGE, WWW_AUTHENTICATE,
 };
 use sandstone_oci::Digest;
+use sandstone_oci::image::Descriptor;
 use serde::Deserialize;
 use sha2::{Digest as _, Sha256};
 use std::path::{Path, PathBuf};
@@ -39,21 +40,6 @@ pub struct Pulled {
     /// Layers not fetched because the host already has them unpacked.
     pub layers_present: usize,
     pub bytes_fetched: u64,
-}
-
-#[derive(Deserialize)]
-struct Descriptor {
-    digest: String,
-    #[serde(default)]
-    size: u64,
-    #[serde(default)]
-    platform: Option<Platform>,
-}
-
-#[derive(Deserialize)]
-struct Platform {
-    architecture: String,
-    os: String,
 }
 
 #[derive(Deserialize)]
@@ -333,26 +319,10 @@ impl Session<'_> {
                 return Ok((media_type, body, digest));
             }
             let index: Manifest = parse(&body, "an image index")?;
-            let arch = sandstone_oci::image::this_architecture();
             let entries = index.manifests.unwrap_or_default();
-            let chosen = entries.iter().find(|m| {
-                m.platform
-                    .as_ref()
-                    .is_some_and(|p| p.os == "linux" && p.architecture == arch)
-            });
-            let Some(chosen) = chosen else {
-                let have: Vec<String> = entries
-                    .iter()
-                    .filter_map(|m| m.platform.as_ref())
-                    .map(|p| format!("{}/{}", p.os, p.architecture))
-                    .collect();
-                return Err(sandstone_oci::Error::WrongArchitecture {
-                    want: format!("linux/{arch}"),
-                    have: have.join(", "),
-                }
-                .into());
-            };
-            reference = chosen.digest.clone();
+            reference = sandstone_oci::image::choose_platform(&entries)?
+                .digest
+                .clone();
         }
         Err(not_an_image("indexes nest too deep"))
     }

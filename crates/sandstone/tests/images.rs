@@ -228,28 +228,7 @@ async fn run_in(d: &Daemon, template: &str, script: &str) -> String {
 #[tokio::test(flavor = "multi_thread")]
 async fn an_oci_image_becomes_a_template_sandboxes_run_from() {
     let d = Daemon::start().await;
-    let base = busybox_layer();
-    let (first, second) = app_layers();
-    let archive = oci_archive(
-        &[
-            (
-                "application/vnd.oci.image.layer.v1.tar+gzip",
-                &base,
-                gzip(&base),
-            ),
-            (
-                "application/vnd.oci.image.layer.v1.tar+gzip",
-                &first,
-                gzip(&first),
-            ),
-            (
-                "application/vnd.oci.image.layer.v1.tar+zstd",
-                &second,
-                zstd::encode_all(&second[..], 3).unwrap(),
-            ),
-        ],
-        sandstone_oci::image::this_architecture(),
-    );
+    let archive = app_image(sandstone_oci::image::this_architecture());
     // Through the CLI, from a gzipped archive file.
     let file = d.data.path().join("image.tar.gz");
     std::fs::write(&file, gzip(&archive)).unwrap();
@@ -531,7 +510,8 @@ async fn create_template(d: &Daemon, id: &str, image: &str, extra: Value) -> (u1
     .await
 }
 
-/// The image's layers, bottom first, as the tests push them.
+/// The test image as an OCI layout archive: busybox, then the app's two
+/// layers (gzip, gzip, zstd).
 fn app_image(arch: &str) -> Vec<u8> {
     let base = busybox_layer();
     let (first, second) = app_layers();

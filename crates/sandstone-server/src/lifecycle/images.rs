@@ -72,7 +72,11 @@ impl Lifecycle {
     /// exists once this returns. Layers this node has are not fetched
     /// again; a failure leaves no template, and the blobs fetched so far
     /// for the next try.
-    pub async fn pull_template(&self, id: &str, pulled: Pulled) -> Result<Imported> {
+    pub async fn pull_template(
+        &self,
+        id: &str,
+        pulled: Pulled,
+    ) -> Result<sandstone_volumes::Template> {
         let image = pulled.reference.as_str();
         sandstone_volumes::check_id(id)
             .map_err(|e| Error::Invalid(format!("invalid field `template_id`: {e}")))?;
@@ -145,7 +149,8 @@ impl Lifecycle {
             }
             sandstone_volumes::Error::TemplateExists(_) => Error::Conflict(e.to_string()),
             other => super::internal(other),
-        })
+        })?;
+        self.storage.template(id).map_err(super::internal)
     }
 
     /// Where an upload to import is written first.

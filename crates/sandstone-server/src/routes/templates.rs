@@ -185,15 +185,7 @@ pub async fn create(
             network_enabled: None,
         },
     };
-    st.lifecycle.pull_template(&req.template_id, pulled).await?;
-    let t = st
-        .lifecycle
-        .storage
-        .templates()
-        .map_err(storage_error)?
-        .into_iter()
-        .find(|t| t.id == req.template_id)
-        .ok_or_else(|| ApiError::internal("the pulled template vanished"))?;
+    let t = st.lifecycle.pull_template(&req.template_id, pulled).await?;
     Ok(ok(StatusCode::CREATED, to_api(t)))
 }
 
