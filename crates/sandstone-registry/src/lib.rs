@@ -41,6 +41,14 @@ pub enum Error {
         what: String,
         status: u16,
     },
+    /// More bytes than the manifest states (or than a small answer may
+    /// hold): cut off, nothing kept.
+    #[error("registry {registry} sent more than the {size} bytes {what} may hold")]
+    Oversized {
+        registry: String,
+        what: String,
+        size: u64,
+    },
     #[error("registry auth file {path}: {reason}")]
     AuthFile { path: String, reason: String },
     #[error(transparent)]

@@ -24,6 +24,8 @@ const DOCKER_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+
 const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
 /// A manifest is a small JSON document; a bigger answer is not one.
 const MAX_MANIFEST: usize = 4 << 20;
+/// A token service's answer: a token and a few fields.
+const MAX_TOKEN: usize = 64 << 10;
 
 /// Pulls images; one per daemon, its connections pooled.
 pub struct Puller {
@@ -100,7 +102,18 @@ impl Puller {
         let config = manifest
             .config
             .ok_or_else(|| not_an_image("the manifest names no config"))?;
-        let mut fetched = s.blob(&blobs, &config.digest, None).await?;
+        if let Some(d) = manifest
+            .layers
+            .iter()
+            .chain([&config])
+            .find(|d| d.size == 0)
+        {
+            return Err(not_an_image(&format!(
+                "the manifest gives blob {} no size",
+                d.digest
+            )));
+        }
+        let mut fetched = s.blob(&blobs, &config.digest, config.size).await?;
         let config_doc: Config = parse(
             &tokio::fs::read(blob_path(&blobs, &config.digest)?)
                 .await
@@ -118,7 +131,7 @@ impl Puller {
                 present += 1;
                 continue;
             }
-            fetched += s.blob(&blobs, &layer.digest, Some(layer.size)).await?;
+            fetched += s.blob(&blobs, &layer.digest, layer.size).await?;
         }
         write(&blobs.join(hex_of(&digest)), &body).await?;
         let index = serde_json::json!({
@@ -256,7 +269,9 @@ impl Session<'_> {
                     #[serde(default)]
                     access_token: Option<String>,
                 }
-                let t: Token = resp.json().await.map_err(|e| self.http_error(e))?;
+                let answer = self.body(resp, MAX_TOKEN, "its token answer").await?;
+                let t: Token = serde_json::from_slice(&answer)
+                    .map_err(|_| self.refused("its token service sent no token".into()))?;
                 let token = t
                     .token
                     .or(t.access_token)
@@ -285,10 +300,7 @@ impl Session<'_> {
             .get("docker-content-digest")
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<Digest>().ok());
-        let body = resp.bytes().await.map_err(|e| self.http_error(e))?;
-        if body.len() > MAX_MANIFEST {
-            return Err(not_an_image("a manifest larger than 4 MiB"));
-        }
+        let body = self.body(resp, MAX_MANIFEST, "a manifest").await?;
         let got = Digest::of(&body);
         let want = reference.parse::<Digest>().ok().or(stated);
         if let Some(want) = want
@@ -306,7 +318,7 @@ impl Session<'_> {
             .media_type
             .or(content_type)
             .unwrap_or_else(|| OCI_MANIFEST.to_string());
-        Ok((media_type, body.to_vec(), got))
+        Ok((media_type, body, got))
     }
 
     /// The image manifest for linux on this architecture, through as many
@@ -327,9 +339,28 @@ impl Session<'_> {
         Err(not_an_image("indexes nest too deep"))
     }
 
-    /// Fetches blob `digest` into `blobs` unless it is there; resumes a
-    /// `.partial` left by an interrupted pull. Returns the bytes fetched.
-    async fn blob(&mut self, blobs: &Path, digest: &str, size: Option<u64>) -> Result<u64> {
+    /// A small answer read whole, refused past `max` bytes: a registry
+    /// cannot make the daemon hold more than that in memory.
+    async fn body(&self, mut resp: reqwest::Response, max: usize, what: &str) -> Result<Vec<u8>> {
+        let mut out = Vec::new();
+        while let Some(chunk) = resp.chunk().await.map_err(|e| self.http_error(e))? {
+            if out.len() + chunk.len() > max {
+                return Err(Error::Oversized {
+                    registry: self.image.registry.clone(),
+                    what: what.to_string(),
+                    size: max as u64,
+                });
+            }
+            out.extend_from_slice(&chunk);
+        }
+        Ok(out)
+    }
+
+    /// Fetches blob `digest` (of `size` bytes, as its descriptor states)
+    /// into `blobs` unless it is there; resumes a `.partial` left by an
+    /// interrupted pull. A registry that sends more is cut off, so it
+    /// cannot fill the disk. Returns the bytes fetched.
+    async fn blob(&mut self, blobs: &Path, digest: &str, size: u64) -> Result<u64> {
         let want: Digest = digest.parse()?;
         let path = blob_path(blobs, digest)?;
         if tokio::fs::try_exists(&path).await.unwrap_or(false) {
@@ -338,11 +369,7 @@ impl Session<'_> {
         let partial = path.with_extension("partial");
         let have = tokio::fs::metadata(&partial).await.map_or(0, |m| m.len());
         // A partial at or past the stated size is not worth resuming.
-        let from = if size.is_some_and(|s| have >= s) {
-            0
-        } else {
-            have
-        };
+        let from = if have >= size { 0 } else { have };
         let mut resp = self.get(&format!("blobs/{digest}"), None, from).await?;
         let resumed = from > 0
             && resp.status().as_u16() == 206
@@ -376,7 +403,17 @@ impl Session<'_> {
                 .map_err(io("create a blob file"))?
         };
         let mut fetched = 0u64;
+        let already = if resumed { from } else { 0 };
         while let Some(chunk) = resp.chunk().await.map_err(|e| self.http_error(e))? {
+            if already + fetched + chunk.len() as u64 > size {
+                drop(file);
+                let _ = tokio::fs::remove_file(&partial).await;
+                return Err(Error::Oversized {
+                    registry: self.image.registry.clone(),
+                    what: format!("blob {digest}"),
+                    size,
+                });
+            }
             hash.update(&chunk);
             file.write_all(&chunk).await.map_err(io("write a blob"))?;
             fetched += chunk.len() as u64;

@@ -648,6 +648,14 @@ async fn bad_pulls_are_clear_errors_and_leave_no_template() {
     let mut bytes = std::fs::read(&blob).unwrap();
     bytes[600] ^= 0xff;
     std::fs::write(&blob, bytes).unwrap();
+    // A blob longer than its descriptor says: cut off, not stored.
+    let dir = registry.push("team/long", "v1", &tampered);
+    let blob = dir
+        .join("blobs/sha256")
+        .join(&Digest::of(&odd).to_string()[7..]);
+    let mut bytes = odd.clone();
+    bytes.extend_from_slice(&[0u8; 4096]);
+    std::fs::write(&blob, bytes).unwrap();
     registry.push("team/arm", "v1", &app_image("arm64"));
     let wrong_login = Registry::start(Some(("someone", "else")));
     wrong_login.push("team/app", "v1", &app_image(arch));
@@ -657,6 +665,12 @@ async fn bad_pulls_are_clear_errors_and_leave_no_template() {
             registry.image("team/tampered", "v1"),
             503,
             "tampered",
+        ),
+        (
+            "long",
+            registry.image("team/long", "v1"),
+            503,
+            "sent more than",
         ),
         (
             "arm",
@@ -720,7 +734,7 @@ async fn bad_pulls_are_clear_errors_and_leave_no_template() {
         .collect();
     assert!(
         !templates.iter().any(|t| t.starts_with('.')
-            || ["tampered", "arm", "missing", "nologin"].contains(&t.as_str())),
+            || ["tampered", "long", "arm", "missing", "nologin"].contains(&t.as_str())),
         "{templates:?}"
     );
 }

@@ -49,7 +49,9 @@ fn pull_error(e: sandstone_registry::Error) -> Error {
         }
         R::Image(sandstone_oci::Error::DigestMismatch { .. }) => Error::Unavailable(e.to_string()),
         R::Image(_) => Error::Invalid(format!("invalid field `spec.mainContainer.image`: {e}")),
-        R::Http { .. } | R::Status { .. } => Error::Unavailable(e.to_string()),
+        R::Http { .. } | R::Status { .. } | R::Oversized { .. } => {
+            Error::Unavailable(e.to_string())
+        }
         R::AuthFile { .. } | R::Io { .. } => super::internal(e),
     }
 }
