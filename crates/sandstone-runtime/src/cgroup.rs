@@ -394,15 +394,30 @@ impl Cgroup {
             (false, true) => ("freezer.state", "FROZEN", "freezer.state", "FROZEN"),
             (false, false) => ("freezer.state", "THAWED", "freezer.state", "THAWED"),
         };
+        // A task in the middle of I/O (writeback throttling, a btrfs
+        // transaction) freezes only once it gets out, which under load can
+        // take far longer than the usual microseconds; v1 also wants FROZEN
+        // written again while it reports FREEZING. Poll fast first, then back
+        // off, rewriting the request now and then, up to a generous bound.
+        let start = std::time::Instant::now();
+        let mut pause = std::time::Duration::from_micros(100);
+        let mut rewritten = start;
         write(&dir.join(file), value)?;
-        for _ in 0..2000 {
+        while start.elapsed() < FREEZE_TIMEOUT {
             let state = std::fs::read_to_string(dir.join(check_file)).unwrap_or_default();
             if state.lines().any(|l| l.trim() == done) {
                 return Ok(());
             }
-            std::thread::sleep(std::time::Duration::from_micros(250));
+            std::thread::sleep(pause);
+            pause = (pause * 2).min(std::time::Duration::from_millis(10));
+            if rewritten.elapsed() > std::time::Duration::from_millis(100) {
+                write(&dir.join(file), value)?;
+                rewritten = std::time::Instant::now();
+            }
         }
-        Err(Error::Other(format!("cgroup did not reach {done}")))
+        Err(Error::Other(format!(
+            "cgroup did not reach {done} within {FREEZE_TIMEOUT:?}"
+        )))
     }
 
     /// Removes the cgroup directories (the cgroup must be empty).
@@ -418,6 +433,9 @@ impl Cgroup {
         first_err.map_or(Ok(()), Err)
     }
 }
+
+/// How long a freeze or thaw may take before it is an error.
+const FREEZE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
 fn mkdir(p: &Path) -> Result<()> {
     match std::fs::create_dir_all(p) {
