@@ -31,6 +31,7 @@ from sandbox0.apispec.models.sandbox_observability_outcome import SandboxObserva
 from sandbox0.apispec.models.sandbox_update_request import SandboxUpdateRequest
 from sandbox0.apispec.models.template_create_request import TemplateCreateRequest
 from sandbox0.apispec.models.template_from_sandbox_create_request import TemplateFromSandboxCreateRequest
+from sandbox0.apispec.models.template_update_request import TemplateUpdateRequest
 
 def registry_image():
     """An image (a static busybox and /etc/from-registry) served by
@@ -211,7 +212,15 @@ assert pulled.template_id == "sdk-pulled", pulled
 assert client.get_template("sdk-pulled").spec.main_container.image == image
 from_image = client.sandboxes.claim("sdk-pulled")
 assert from_image.cmd("cat /etc/from-registry").stdout == "pulled\n"
-client.sandboxes.delete(from_image.id)
+# An update is a new version for new sandboxes; the one made keeps its own.
+updated = client.update_template("sdk-pulled", TemplateUpdateRequest.from_dict({"spec": {
+    "mainContainer": {"image": image, "resources": {"memory": "256Mi"}}, "envVars": {"GREETING": "v2"}}}))
+assert updated.spec.env_vars.to_dict().get("GREETING") == "v2", updated
+newer = client.sandboxes.claim("sdk-pulled")
+assert newer.cmd("sh -c 'echo $GREETING'").stdout == "v2\n"
+assert from_image.cmd("sh -c 'echo ${GREETING:-none}'").stdout == "none\n"
+for s in (from_image, newer):
+    client.sandboxes.delete(s.id)
 sandbox.cmd("sh -c 'echo kept > /etc/sdk-marker'")
 captured = client.create_template_from_sandbox(
     TemplateFromSandboxCreateRequest(template_id="sdk-captured", sandbox_id=sandbox.id),

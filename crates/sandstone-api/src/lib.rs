@@ -488,6 +488,13 @@ pub struct TemplateCreateRequest {
     pub spec: TemplateSpecRequest,
 }
 
+/// `PUT /api/v1/templates/{id}`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TemplateUpdateRequest {
+    pub spec: TemplateSpecRequest,
+}
+
 /// `POST /api/v1/templates/from-sandbox`.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]

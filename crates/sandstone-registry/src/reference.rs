@@ -45,6 +45,18 @@ impl Reference {
     }
 }
 
+impl std::fmt::Display for Reference {
+    /// The full reference, registry and all: `host/repo:tag` or
+    /// `host/repo@sha256:…`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.registry, self.repository)?;
+        match &self.digest {
+            Some(d) => write!(f, "@{d}"),
+            None => write!(f, ":{}", self.tag),
+        }
+    }
+}
+
 impl std::str::FromStr for Reference {
     type Err = Error;
 

@@ -117,7 +117,7 @@ impl Cluster {
                 let movable = row.status == sandstone_db::SandboxStatus::Paused
                     && row.pending_op.is_none()
                     && row.checkpointed_at.is_some()
-                    && (row.template == "default" || me.templates.contains(&row.template))
+                    && (row.template == "default" || me.templates.iter().any(|t| t == sandstone_volumes::template_base(&row.template)))
                     // The node placement picks for it (ties by id): one
                     // taker per sandbox, spread by load.
                     && self.place(lc, Some(&row.template)).is_none();
@@ -348,7 +348,10 @@ impl Cluster {
     /// (a cluster of one, or no node has the template: the create says so).
     /// `default` (or none) resolves on every node, so any node will do.
     pub fn place(&self, lc: &Lifecycle, template: Option<&str>) -> Option<NodeRecord> {
-        let template = template.filter(|t| !t.is_empty() && *t != "default");
+        // Nodes announce templates by id; a sandbox names its version.
+        let template = template
+            .map(sandstone_volumes::template_base)
+            .filter(|t| !t.is_empty() && *t != "default");
         let view = self.view();
         let now = now_ms();
         let candidates = view.iter().filter_map(|n| {

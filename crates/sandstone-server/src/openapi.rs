@@ -82,6 +82,7 @@ pub fn operations() -> Vec<Operation> {
         post "/api/v1/templates" templates::create => 201 Json "Pull spec.mainContainer.image from its registry as a template (answers once it is ready)",
         post "/api/v1/templates/from-sandbox" templates::from_sandbox => 202 Json "Capture a running or paused sandbox's files as a template (O(1) on the btrfs pool; ready on return)",
         get "/api/v1/templates/{id}" templates::get => 200 None "A template, or one being pulled with its creation status",
+        put "/api/v1/templates/{id}" templates::update => 200 Json "Update a template made from an image: a new version (pulled, or the same layers with new settings) for new sandboxes; existing sandboxes, their snapshots and forks keep theirs",
         delete "/api/v1/templates/{id}" templates::delete => 200 None "Delete an image or captured template and what only it used (409 while sandboxes, snapshots or captured templates use it)",
         post "/api/v1/templates/import" templates::import => 201 Bytes "Import an OCI image archive (OCI layout or docker save; query: name) as a template",
         get "/api/v1/nodes" cluster::list => 200 None "List the nodes sharing this database (load, templates, lease, draining)",

@@ -19,10 +19,18 @@ pub struct ImageTemplate {
     pub image: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub description: Option<String>,
+    /// 1 when made, one more with each update.
+    #[serde(default = "first_version")]
+    pub version: u32,
     /// `sha256:<hex>` diff ids, bottom layer first.
     pub layers: Vec<String>,
+    /// The image's `Env` (before version 2 of this file: with the
+    /// template's own after it).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub env: Vec<String>,
+    /// The template's own variables (`KEY=VALUE`), over the image's.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub template_env: Vec<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub working_dir: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -32,6 +40,10 @@ pub struct ImageTemplate {
     pub entrypoint: Vec<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub cmd: Vec<String>,
+}
+
+fn first_version() -> u32 {
+    1
 }
 
 /// What a template made from a pulled image adds to the image.
@@ -51,6 +63,15 @@ pub struct Imported {
     /// Layers already on this host (shared with another template).
     pub layers_reused: usize,
     pub bytes: u64,
+}
+
+/// The image a new version of a template is made from.
+#[derive(Debug, Clone, Copy)]
+pub enum Source<'a> {
+    /// An image pulled into this OCI layout (see [`Storage::pull_dir`]).
+    Pulled(&'a Path),
+    /// The current version's image: only the settings change.
+    Current,
 }
 
 const IMAGE_FILE: &str = "image.json";
@@ -118,18 +139,93 @@ impl Storage {
         self.root.join("templates").join(format!(".pull-{id}"))
     }
 
-    /// Imports `image` as template `id`, which must not exist yet. Layers
-    /// this host has are not unpacked again; the others are unpacked (as
-    /// many at once as there are cores) beside the layer store and renamed
-    /// in whole, so a failure leaves neither a half layer nor the template.
+    /// Imports `image` as template `id`, which must not exist yet.
     fn import(&self, id: &str, image: &Image, pulled: Option<&Pulled>) -> Result<Imported> {
         // Not beside a removal, which could take a layer this import
         // found present.
         let _one_at_a_time = self.images.lock().unwrap_or_else(|e| e.into_inner());
-        let tdir = self.root.join("templates").join(id);
-        if tdir.exists() {
+        if self.root.join("templates").join(id).exists() {
             return Err(Error::TemplateExists(id.to_string()));
         }
+        let (doc, done) = self.unpack_image(image, pulled, 1)?;
+        self.place(id, &doc, pulled.map(|p| &p.settings))?;
+        Ok(done)
+    }
+
+    /// Makes a new version of image template `id` from `source`, with
+    /// `pulled`'s settings: new sandboxes get it, while those made from
+    /// the version before keep theirs, which stays (as `<id>@<version>`)
+    /// until [`Storage::prune_template_versions`] finds it unused. The
+    /// new version's number.
+    pub fn update_image_template(
+        &self,
+        id: &str,
+        source: Source<'_>,
+        pulled: &Pulled,
+    ) -> Result<(u32, Imported)> {
+        let _one_at_a_time = self.images.lock().unwrap_or_else(|e| e.into_inner());
+        let current = self.read_image_doc(id)?;
+        let version = current.version + 1;
+        let (doc, done) = match source {
+            Source::Pulled(dir) => {
+                self.unpack_image(&sandstone_oci::image::read(dir)?, Some(pulled), version)?
+            }
+            Source::Current => {
+                let doc = ImageTemplate {
+                    version,
+                    description: pulled.description.clone(),
+                    template_env: pulled.env.clone(),
+                    ..current.clone()
+                };
+                let kept = Imported {
+                    layers: doc.layers.len(),
+                    layers_reused: doc.layers.len(),
+                    bytes: 0,
+                };
+                (doc, kept)
+            }
+        };
+        let templates = self.root.join("templates");
+        let kept = templates.join(format!("{id}@{}", current.version));
+        std::fs::rename(templates.join(id), &kept).map_err(io("keep the earlier version"))?;
+        if let Err(e) = self.place(id, &doc, Some(&pulled.settings)) {
+            // The earlier version stays the current one.
+            let _ = std::fs::rename(&kept, templates.join(id));
+            return Err(e);
+        }
+        Ok((version, done))
+    }
+
+    /// `image.json` of the current version of image template `id`.
+    fn read_image_doc(&self, id: &str) -> Result<ImageTemplate> {
+        let dir = self.root.join("templates").join(id);
+        let file = dir.join(IMAGE_FILE);
+        let text = match std::fs::read_to_string(&file) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(if dir.exists() || RESERVED.contains(&id) {
+                    Error::NotAnImageTemplate(id.to_string())
+                } else {
+                    Error::UnknownTemplate(id.to_string())
+                });
+            }
+            Err(e) => return Err(io(format!("read {}", file.display()))(e)),
+        };
+        serde_json::from_str(&text).map_err(|e| Error::Io {
+            what: format!("read {}", file.display()),
+            source: std::io::Error::new(std::io::ErrorKind::InvalidData, e),
+        })
+    }
+
+    /// Unpacks the layers of `image` this host lacks (as many at once as
+    /// there are cores) beside the layer store, each renamed in whole, so
+    /// a failure leaves no half layer; the template document of `version`.
+    fn unpack_image(
+        &self,
+        image: &Image,
+        pulled: Option<&Pulled>,
+        version: u32,
+    ) -> Result<(ImageTemplate, Imported)> {
         if image.layers.is_empty() {
             return Err(sandstone_oci::Error::NotAnImage("it has no layers".into()).into());
         }
@@ -184,33 +280,51 @@ impl Storage {
             cmd,
             ..
         } = image.config.clone();
-        let mut env = env;
-        env.extend(pulled.iter().flat_map(|p| p.env.iter().cloned()));
         let doc = ImageTemplate {
             image: pulled.map(|p| p.reference.clone()),
             description: pulled.and_then(|p| p.description.clone()),
+            version,
             layers: image.layers.iter().map(|l| l.diff_id.to_string()).collect(),
             env,
+            template_env: pulled.map(|p| p.env.clone()).unwrap_or_default(),
             working_dir,
             user,
             entrypoint,
             cmd,
         };
-        let staged = self.root.join("templates").join(format!(".import-{id}"));
+        Ok((doc, done))
+    }
+
+    /// Writes template `id` (`image.json`, and `template.json` when there
+    /// are settings) beside the templates and renames it in whole.
+    fn place(
+        &self,
+        id: &str,
+        doc: &ImageTemplate,
+        settings: Option<&crate::TemplateSettings>,
+    ) -> Result<()> {
+        let templates = self.root.join("templates");
+        let staged = templates.join(format!(".import-{id}"));
         if staged.exists() {
             std::fs::remove_dir_all(&staged).map_err(io("remove an earlier import"))?;
         }
-        std::fs::create_dir(&staged).map_err(io("make the template's dir"))?;
-        let text = serde_json::to_vec_pretty(&doc).map_err(|e| io("write image.json")(e.into()))?;
-        std::fs::write(staged.join(IMAGE_FILE), text).map_err(io("write image.json"))?;
-        if let Some(p) = pulled {
-            let text = serde_json::to_vec_pretty(&p.settings)
-                .map_err(|e| io("write template.json")(e.into()))?;
-            std::fs::write(staged.join("template.json"), text)
-                .map_err(io("write template.json"))?;
+        let written = (|| {
+            std::fs::create_dir(&staged).map_err(io("make the template's dir"))?;
+            let text =
+                serde_json::to_vec_pretty(doc).map_err(|e| io("write image.json")(e.into()))?;
+            std::fs::write(staged.join(IMAGE_FILE), text).map_err(io("write image.json"))?;
+            if let Some(settings) = settings {
+                let text = serde_json::to_vec_pretty(settings)
+                    .map_err(|e| io("write template.json")(e.into()))?;
+                std::fs::write(staged.join("template.json"), text)
+                    .map_err(io("write template.json"))?;
+            }
+            std::fs::rename(&staged, templates.join(id)).map_err(io("put the template in place"))
+        })();
+        if written.is_err() {
+            let _ = std::fs::remove_dir_all(&staged);
         }
-        std::fs::rename(&staged, &tdir).map_err(io("put the template in place"))?;
-        Ok(done)
+        written
     }
 
     /// Unpacks one layer into a staging dir beside the store and renames
@@ -242,9 +356,9 @@ impl Storage {
         Ok(unpacked.bytes)
     }
 
-    /// Removes image template `id` (the caller made sure nothing uses it)
-    /// and every layer no other image template names; how many layers
-    /// went. Built-in templates are refused.
+    /// Removes image template `id` (the caller made sure nothing uses it),
+    /// every earlier version kept, and every layer no other template
+    /// names; how many layers went. Built-in templates are refused.
     pub fn remove_image_template(&self, id: &str) -> Result<usize> {
         let _one_at_a_time = self.images.lock().unwrap_or_else(|e| e.into_inner());
         let dir = self.root.join("templates").join(id);
@@ -255,11 +369,56 @@ impl Storage {
                 Error::UnknownTemplate(id.to_string())
             });
         }
-        // Renamed away first: it is gone at once, whatever the removal
-        // below leaves after a crash is a dot-name the listing skips.
-        let doomed = self.root.join("templates").join(format!(".delete-{id}"));
-        std::fs::rename(&dir, &doomed).map_err(io("remove the template"))?;
-        std::fs::remove_dir_all(&doomed).map_err(io("remove the template"))?;
+        self.remove_template_dir(id)?;
+        for kept in self.kept_versions(id)? {
+            self.remove_template_dir(&kept)?;
+        }
+        self.collect_layers()
+    }
+
+    /// Removes the earlier versions of template `id` that `used` (pinned
+    /// ids) does not name, and the layers only they had; how many layers
+    /// went.
+    pub fn prune_template_versions(
+        &self,
+        id: &str,
+        used: &std::collections::HashSet<String>,
+    ) -> Result<usize> {
+        let _one_at_a_time = self.images.lock().unwrap_or_else(|e| e.into_inner());
+        let mut pruned = false;
+        for kept in self.kept_versions(id)? {
+            if !used.contains(&kept) {
+                self.remove_template_dir(&kept)?;
+                pruned = true;
+            }
+        }
+        if pruned { self.collect_layers() } else { Ok(0) }
+    }
+
+    /// The directory names (`<id>@<version>`) of the kept earlier
+    /// versions of template `id`.
+    fn kept_versions(&self, id: &str) -> Result<Vec<String>> {
+        let prefix = format!("{id}@");
+        Ok(std::fs::read_dir(self.root.join("templates"))
+            .map_err(io("list templates"))?
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with(&prefix))
+            .collect())
+    }
+
+    /// Renamed away first: gone at once; whatever the removal leaves
+    /// after a crash is a dot-name the listing skips.
+    fn remove_template_dir(&self, name: &str) -> Result<()> {
+        let templates = self.root.join("templates");
+        let doomed = templates.join(format!(".delete-{name}"));
+        std::fs::rename(templates.join(name), &doomed).map_err(io("remove the template"))?;
+        std::fs::remove_dir_all(&doomed).map_err(io("remove the template"))
+    }
+
+    /// Removes the layers no template version names (the caller holds
+    /// the images lock); how many went.
+    fn collect_layers(&self) -> Result<usize> {
         let named: std::collections::HashSet<String> = self
             .image_templates()?
             .iter()
@@ -292,10 +451,15 @@ impl Storage {
             let Ok(text) = std::fs::read_to_string(&file) else {
                 continue;
             };
-            let id = entry.file_name().to_string_lossy().into_owned();
-            if id.starts_with('.') {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if name.starts_with('.') {
                 continue;
             }
+            // `<id>@<version>`: an earlier version kept for its users.
+            let (id, retained) = match name.split_once('@') {
+                Some((id, _)) => (id.to_string(), true),
+                None => (name, false),
+            };
             let doc: ImageTemplate = serde_json::from_str(&text).map_err(|e| Error::Io {
                 what: format!("read {}", file.display()),
                 source: std::io::Error::new(std::io::ErrorKind::InvalidData, e),
@@ -309,9 +473,12 @@ impl Storage {
             };
             let mut t = Template::with_settings(&id, &description, lower, vec![], &dir)?;
             t.image = doc.image;
+            t.version = Some(doc.version);
+            t.retained = retained;
             t.env = doc
                 .env
                 .iter()
+                .chain(&doc.template_env)
                 .filter_map(|kv| kv.split_once('='))
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect();

@@ -6,6 +6,8 @@
 //! ```text
 //! <data>/templates/<id>/rootfs       template lower layer
 //! <data>/templates/<id>/image.json   or: a template made from an image
+//! <data>/templates/<id>@<n>/         its version n, kept after an update
+//!                                    while sandboxes made from it live
 //! <data>/layers/<diff id>/           one image layer, shared by templates
 //! <pool>/sandboxes/<id>/upper        writable rootfs layer (durable)
 //! <pool>/sandboxes/<id>/work         overlay work dir
@@ -27,7 +29,7 @@ pub mod pool;
 mod sandbox_template;
 
 pub use debian_template::BuiltTemplate;
-pub use image_template::{ImageTemplate, Imported, Pulled, check_id};
+pub use image_template::{ImageTemplate, Imported, Pulled, Source, check_id};
 pub use pool::{Driver, Pool, Space};
 pub use sandbox_template::SandboxTemplate;
 
@@ -130,8 +132,15 @@ pub struct Template {
     pub env: std::collections::BTreeMap<String, String>,
     /// The image reference it was pulled by.
     pub image: Option<String>,
-    /// For a template captured from a sandbox, the template below it.
+    /// For a template captured from a sandbox, the template below it
+    /// (pinned: see [`Template::pinned`]).
     pub parent: Option<String>,
+    /// The version of a template made from an image: 1 when made, one more
+    /// with each update. Built-in and captured templates have none.
+    pub version: Option<u32>,
+    /// An earlier version, kept while sandboxes, snapshots or captured
+    /// templates made from it use it; not listed.
+    pub retained: bool,
 }
 
 /// A template's optional settings file, `<templates>/<id>/template.json`.
@@ -180,8 +189,26 @@ impl Template {
             env: Default::default(),
             image: None,
             parent: None,
+            version: None,
+            retained: false,
         })
     }
+
+    /// The id that names this very version (`<id>@<version>`; the plain
+    /// id for a template without versions): what a sandbox records, so
+    /// that it, its snapshots and forks keep their files when the
+    /// template is updated.
+    pub fn pinned(&self) -> String {
+        match self.version {
+            Some(v) => format!("{}@{v}", self.id),
+            None => self.id.clone(),
+        }
+    }
+}
+
+/// The template id of a pinned id (`"py@2"` is a version of `"py"`).
+pub fn template_base(pinned: &str) -> &str {
+    pinned.split_once('@').map_or(pinned, |(base, _)| base)
 }
 
 /// Paths of one sandbox.
@@ -307,8 +334,16 @@ impl Storage {
     }
 
     /// Templates available on this host (`host` always; the debootstrapped
-    /// ones once built; those imported from images).
+    /// ones once built; those imported from images; those captured from
+    /// sandboxes), current versions only.
     pub fn templates(&self) -> Result<Vec<Template>> {
+        let mut v = self.all_templates()?;
+        v.retain(|t| !t.retained);
+        Ok(v)
+    }
+
+    /// Every template, earlier versions still kept included.
+    fn all_templates(&self) -> Result<Vec<Template>> {
         let mut v = vec![host_template::ensure(&self.root.join("templates/host"))?];
         for t in BuiltTemplate::ALL {
             if self.has_built(t) {
@@ -327,22 +362,32 @@ impl Storage {
         Ok(v)
     }
 
-    /// Resolves a template id; `default` is the built `default` template,
-    /// else `debian` when built, else `host`.
+    /// Resolves a template id: a pinned id (`py@2`) is that version, kept
+    /// or current; a plain one the current version. `default` is the
+    /// built `default` template, else `debian` when built, else `host`.
     pub fn template(&self, id: &str) -> Result<Template> {
-        let all = self.templates()?;
+        let all = self.all_templates()?;
+        if id.contains('@') {
+            return all
+                .into_iter()
+                .find(|t| t.pinned() == id)
+                .ok_or_else(|| Error::UnknownTemplate(id.to_string()));
+        }
         let want = match id {
             "" => "default",
             other => other,
         };
-        let has = |id: &str| all.iter().any(|t| t.id == id);
+        let current = |t: &&Template| !t.retained;
+        let has = |id: &str| all.iter().filter(current).any(|t| t.id == id);
         let pick = match want {
             "default" => ["default", "debian", "host"].into_iter().find(|f| has(f)),
             other => has(other).then_some(other),
         }
         .map(str::to_string);
-        all.into_iter()
+        all.iter()
+            .filter(current)
             .find(|t| pick.as_deref() == Some(t.id.as_str()))
+            .cloned()
             .ok_or_else(|| Error::UnknownTemplate(id.to_string()))
     }
 

@@ -88,10 +88,13 @@ impl Storage {
             let before = pending.len();
             let mut rest = Vec::new();
             for (id, doc) in pending {
+                // Pinned to a version (`py@2`), or a plain id (captures of
+                // templates without versions, and those made before
+                // versions were recorded: the current one).
                 let parent = others
                     .iter()
                     .chain(&out)
-                    .find(|t| t.id == doc.parent)
+                    .find(|t| t.pinned() == doc.parent || (t.id == doc.parent && !t.retained))
                     .cloned();
                 let Some(parent) = parent else {
                     rest.push((id, doc));

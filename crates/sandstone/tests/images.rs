@@ -774,3 +774,170 @@ async fn an_interrupted_pull_resumes_what_it_fetched() {
         "hello from layer 2\n"
     );
 }
+
+/// An image whose `/etc/version` says `n`: busybox and one small layer.
+fn versioned_image(n: &str) -> Vec<u8> {
+    let base = busybox_layer();
+    let content = format!("{n}\n");
+    let top = tar_of(&[
+        Ent::Dir("etc"),
+        Ent::File("etc/version", content.as_bytes(), 0o644),
+    ]);
+    oci_archive(
+        &[
+            (
+                "application/vnd.oci.image.layer.v1.tar+gzip",
+                &base,
+                gzip(&base),
+            ),
+            ("application/vnd.oci.image.layer.v1.tar", &top, top.clone()),
+        ],
+        sandstone_oci::image::this_architecture(),
+    )
+}
+
+/// An update makes a new version for new sandboxes; a sandbox made
+/// before keeps its files through a pause, and so do its snapshot and
+/// fork; the template cannot be deleted while they live, and the earlier
+/// version and its own layer go once nothing uses them.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_updated_template_leaves_its_earlier_sandboxes_their_version() {
+    let registry = Registry::start(None);
+    let d = Daemon::start().await;
+    registry.push("team/tool", "latest", &versioned_image("one"));
+    let image = registry.image("team/tool", "latest");
+    let (s, v) = create_template(&d, "tool", &image, json!({"envVars": {"STAGE": "first"}})).await;
+    assert_eq!(s, 201, "{v}");
+    let (s, v) = d
+        .post("/api/v1/sandboxes", json!({"template": "tool"}))
+        .await;
+    assert_eq!(s, 201, "{v}");
+    let old = v["data"]["sandbox_id"].as_str().unwrap().to_string();
+    let (s, v) = d
+        .post(&format!("/api/v1/sandboxes/{old}/snapshots"), json!({}))
+        .await;
+    assert_eq!(s, 201, "{v}");
+    let snap = v["data"]["id"].as_str().unwrap().to_string();
+    let layers_before = d.dir_entries("layers").len();
+
+    // The same tag now names another image.
+    std::fs::remove_dir_all(registry.root.path().join("team/tool")).unwrap();
+    registry.push("team/tool", "latest", &versioned_image("two"));
+    let put = |spec: Value| {
+        d.req(
+            reqwest::Method::PUT,
+            "/api/v1/templates/tool",
+            Some(json!({"spec": spec})),
+        )
+    };
+    let (s, v) = put(
+        json!({"mainContainer": {"image": image, "resources": {"memory": "256Mi"}},
+        "envVars": {"STAGE": "second"}}),
+    )
+    .await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["data"]["spec"]["envVars"]["STAGE"], "second", "{v}");
+    let probe = "cat /etc/version; echo $STAGE";
+    assert_eq!(run_in(&d, "tool", probe).await, "two\nsecond\n");
+    let kept = |id: String| {
+        let d = &d;
+        async move {
+            let r = d.sh(&id, probe).await;
+            r["stdout"].as_str().unwrap().to_string()
+        }
+    };
+    assert_eq!(kept(old.clone()).await, "one\nfirst\n");
+    // Across a pause the sandbox keeps its version.
+    for op in ["pause", "resume"] {
+        let (s, v) = d
+            .post(&format!("/api/v1/sandboxes/{old}/{op}"), json!({}))
+            .await;
+        assert_eq!(s, 200, "{op}: {v}");
+    }
+    assert_eq!(kept(old.clone()).await, "one\nfirst\n");
+    let (_, v) = d.get(&format!("/api/v1/sandboxes/{old}")).await;
+    assert_eq!(v["data"]["template_id"], "tool", "{v}");
+    // So do its fork and its snapshot.
+    let (s, v) = d
+        .post(&format!("/api/v1/sandboxes/{old}/fork"), json!({}))
+        .await;
+    assert_eq!(s, 201, "{v}");
+    let fork = v["data"]["sandbox"]["id"].as_str().unwrap().to_string();
+    assert_eq!(kept(fork.clone()).await, "one\nfirst\n");
+    let (s, v) = d
+        .post(
+            "/api/v1/sandboxes",
+            json!({"template": "tool", "snapshot_id": snap}),
+        )
+        .await;
+    assert_eq!(s, 201, "{v}");
+    let restored = v["data"]["sandbox_id"].as_str().unwrap().to_string();
+    assert_eq!(kept(restored.clone()).await, "one\nfirst\n");
+    // The earlier version's own layer is kept meanwhile.
+    assert_eq!(d.dir_entries("layers").len(), layers_before + 1);
+
+    // In use, it is not deleted: the answer names a user.
+    let (s, v) = d.delete("/api/v1/templates/tool").await;
+    assert_eq!(s, 409, "{v}");
+    assert!(v.to_string().contains(&old), "{v}");
+    // Only an image template has versions; bad specs name their field.
+    let (s, v) = d
+        .req(
+            reqwest::Method::PUT,
+            "/api/v1/templates/host",
+            Some(json!({"spec": {"mainContainer": {"image": "host", "resources": {"memory": "256Mi"}}}})),
+        )
+        .await;
+    assert_eq!(s, 409, "{v}");
+    let (s, v) =
+        put(json!({"mainContainer": {"image": image, "resources": {"memory": "lots"}}})).await;
+    assert_eq!(s, 400, "{v}");
+    assert!(
+        v.to_string()
+            .contains("spec.mainContainer.resources.memory"),
+        "{v}"
+    );
+    let (s, v) = d
+        .req(
+            reqwest::Method::PUT,
+            "/api/v1/templates/nothing-here",
+            Some(json!({"spec": {"mainContainer": {"image": image, "resources": {"memory": "256Mi"}}}})),
+        )
+        .await;
+    assert_eq!(s, 404, "{v}");
+
+    // Once its users are gone, the next update prunes the earlier
+    // version and the layer only it had.
+    for id in [&old, &fork, &restored] {
+        let (s, v) = d.delete(&format!("/api/v1/sandboxes/{id}")).await;
+        assert!(s == 200 || s == 202, "{v}");
+    }
+    let (s, v) = d
+        .delete(&format!("/api/v1/sandbox-rootfs-snapshots/{snap}"))
+        .await;
+    assert!(s == 200 || s == 204, "{v}");
+    let (s, v) = put(
+        json!({"mainContainer": {"image": image, "resources": {"memory": "256Mi"}},
+        "envVars": {"STAGE": "third"}}),
+    )
+    .await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(run_in(&d, "tool", probe).await, "two\nthird\n");
+    let mut tries = 0;
+    while d.dir_entries("layers").len() != layers_before {
+        tries += 1;
+        assert!(tries < 50, "layers: {:?}", d.dir_entries("layers"));
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        put(
+            json!({"mainContainer": {"image": image, "resources": {"memory": "256Mi"}},
+            "envVars": {"STAGE": "third"}}),
+        )
+        .await;
+    }
+    let versions: Vec<String> = d
+        .dir_entries("templates")
+        .into_iter()
+        .filter(|n| n.starts_with("tool@"))
+        .collect();
+    assert!(versions.len() <= 1, "{versions:?}");
+}

@@ -56,6 +56,30 @@ fn pull_error(e: sandstone_registry::Error) -> Error {
     }
 }
 
+/// A user of a template version.
+struct User {
+    /// The sandbox, snapshot or template.
+    name: String,
+    /// The version it uses (pinned id).
+    version: String,
+}
+
+/// An unpack's failure, as the API reports it.
+fn unpack_error(e: sandstone_volumes::Error) -> Error {
+    match e {
+        sandstone_volumes::Error::Image(sandstone_oci::Error::DigestMismatch { .. }) => {
+            Error::Unavailable(e.to_string())
+        }
+        sandstone_volumes::Error::Image(_) => {
+            Error::Invalid(format!("invalid field `spec.mainContainer.image`: {e}"))
+        }
+        sandstone_volumes::Error::TemplateExists(_) => Error::Conflict(e.to_string()),
+        sandstone_volumes::Error::UnknownTemplate(t) => Error::not_found("template", &t),
+        sandstone_volumes::Error::NotAnImageTemplate(_) => Error::Conflict(e.to_string()),
+        other => super::internal(other),
+    }
+}
+
 impl Lifecycle {
     fn creating_list(
         &self,
@@ -101,11 +125,27 @@ impl Lifecycle {
             );
         }
         let _listed = Listed(self, id.to_string());
+        let dir = self.fetch(id, &reference).await?;
+        let (storage, name) = (self.storage.clone(), id.to_string());
+        let imported = tokio::task::spawn_blocking(move || {
+            let done = storage.import_pulled(&name, &dir, &pulled);
+            let _ = std::fs::remove_dir_all(&dir);
+            done
+        })
+        .await
+        .map_err(super::internal)?;
+        imported.map_err(unpack_error)?;
+        self.storage.template(id).map_err(super::internal)
+    }
+
+    /// Fetches the blobs of `reference` this node lacks into template
+    /// `id`'s pull directory, which it returns.
+    async fn fetch(&self, id: &str, reference: &Reference) -> Result<PathBuf> {
         self.check_free_space()?;
         let dir = self.storage.pull_dir(id);
         let fetched = match self
             .puller
-            .pull(&reference, &dir, |d| self.storage.has_layer(d))
+            .pull(reference, &dir, |d| self.storage.has_layer(d))
             .await
         {
             Ok(f) => f,
@@ -125,7 +165,7 @@ impl Lifecycle {
         };
         tracing::info!(
             template = id,
-            image,
+            image = %reference,
             layers = fetched.layers,
             present = fetched.layers_present,
             bytes = fetched.bytes_fetched,
@@ -134,25 +174,134 @@ impl Lifecycle {
         if let Some(c) = self.creating_list().get_mut(id) {
             c.stage = Stage::Unpacking;
         }
+        Ok(dir)
+    }
+
+    /// Makes a new version of image template `id`: pulled from `pulled`'s
+    /// image, or, when that is the image it has (an imported template's
+    /// own id, or the digest it was pulled by), the same layers with the
+    /// new settings. New sandboxes get it; those already made, their
+    /// snapshots and forks keep the version they were made from, which
+    /// is removed (with the layers only it had) once nothing uses it.
+    pub async fn update_template(
+        &self,
+        id: &str,
+        pulled: Pulled,
+    ) -> Result<sandstone_volumes::Template> {
+        let current = self.template(id)?;
+        if current.version.is_none() || current.id != id {
+            return Err(Error::Conflict(format!(
+                "template {id} is {}: it has no image to update",
+                if current.parent.is_some() {
+                    "captured from a sandbox (capture it again under a new name)"
+                } else {
+                    "built in"
+                }
+            )));
+        }
+        let same_image = match &current.image {
+            None => pulled.reference == id,
+            Some(r) => *r == pulled.reference && r.contains("@sha256:"),
+        };
+        {
+            let mut list = self.creating_list();
+            if list.contains_key(id) {
+                return Err(Error::Conflict(format!("template {id} is being made")));
+            }
+            list.insert(
+                id.to_string(),
+                Creating {
+                    image: pulled.reference.clone(),
+                    stage: Stage::Pulling,
+                    started_at: now_ms(),
+                },
+            );
+        }
+        let _listed = Listed(self, id.to_string());
+        let dir = if same_image {
+            None
+        } else {
+            let reference: Reference = pulled.reference.parse().map_err(pull_error)?;
+            Some(self.fetch(id, &reference).await?)
+        };
         let (storage, name) = (self.storage.clone(), id.to_string());
-        let imported = tokio::task::spawn_blocking(move || {
-            let done = storage.import_pulled(&name, &dir, &pulled);
-            let _ = std::fs::remove_dir_all(&dir);
+        let updated = tokio::task::spawn_blocking(move || {
+            let source = match &dir {
+                Some(d) => sandstone_volumes::Source::Pulled(d),
+                None => sandstone_volumes::Source::Current,
+            };
+            let done = storage.update_image_template(&name, source, &pulled);
+            if let Some(d) = &dir {
+                let _ = std::fs::remove_dir_all(d);
+            }
             done
         })
         .await
         .map_err(super::internal)?;
-        imported.map_err(|e| match e {
-            sandstone_volumes::Error::Image(sandstone_oci::Error::DigestMismatch { .. }) => {
-                Error::Unavailable(e.to_string())
-            }
-            sandstone_volumes::Error::Image(_) => {
-                Error::Invalid(format!("invalid field `spec.mainContainer.image`: {e}"))
-            }
-            sandstone_volumes::Error::TemplateExists(_) => Error::Conflict(e.to_string()),
-            other => super::internal(other),
-        })?;
-        self.storage.template(id).map_err(super::internal)
+        let (version, _) = updated.map_err(unpack_error)?;
+        tracing::info!(template = id, version, "template updated");
+        // Warm members hold the version before.
+        self.drain_warm_template(id);
+        self.prune_template_versions(id).await?;
+        self.template(id)
+    }
+
+    /// Removes the earlier versions of template `id` that no sandbox,
+    /// snapshot or captured template uses any more, and their layers.
+    pub async fn prune_template_versions(&self, id: &str) -> Result<usize> {
+        let used: std::collections::HashSet<String> = self
+            .template_users(id)
+            .await?
+            .into_iter()
+            .map(|u| u.version)
+            .collect();
+        let (storage, name) = (self.storage.clone(), id.to_string());
+        tokio::task::spawn_blocking(move || storage.prune_template_versions(&name, &used))
+            .await
+            .map_err(super::internal)?
+            .map_err(super::internal)
+    }
+
+    /// What uses a version of template `id`: sandboxes, snapshots and
+    /// templates captured over it.
+    async fn template_users(&self, id: &str) -> Result<Vec<User>> {
+        let of_it = |pinned: &str| sandstone_volumes::template_base(pinned) == id;
+        let mut users: Vec<User> = self
+            .store
+            .list_sandboxes()
+            .await?
+            .into_iter()
+            .filter(|r| of_it(&r.template))
+            .map(|r| User {
+                name: r.id,
+                version: r.template,
+            })
+            .collect();
+        users.extend(
+            self.store
+                .list_snapshots(None)
+                .await?
+                .into_iter()
+                .filter(|s| of_it(&s.template))
+                .map(|s| User {
+                    name: s.id,
+                    version: s.template,
+                }),
+        );
+        users.extend(
+            self.storage
+                .templates()
+                .map_err(super::internal)?
+                .into_iter()
+                .filter_map(|t| {
+                    let parent = t.parent.filter(|p| of_it(p))?;
+                    Some(User {
+                        name: t.id,
+                        version: parent,
+                    })
+                }),
+        );
+        Ok(users)
     }
 
     /// Where an upload to import is written first.
@@ -164,29 +313,10 @@ impl Lifecycle {
     /// (naming them) while sandboxes or snapshots use it.
     pub async fn delete_template(&self, id: &str) -> Result<usize> {
         let users: Vec<String> = self
-            .store
-            .list_sandboxes()
+            .template_users(id)
             .await?
             .into_iter()
-            .filter(|r| r.template == id)
-            .map(|r| r.id)
-            .chain(
-                self.store
-                    .list_snapshots(None)
-                    .await?
-                    .into_iter()
-                    .filter(|s| s.template == id)
-                    .map(|s| s.id),
-            )
-            .chain(
-                // Templates captured from its sandboxes stack on its layers.
-                self.storage
-                    .templates()
-                    .map_err(super::internal)?
-                    .into_iter()
-                    .filter(|t| t.parent.as_deref() == Some(id))
-                    .map(|t| t.id),
-            )
+            .map(|u| u.name)
             .collect();
         if !users.is_empty() {
             let shown: Vec<&str> = users.iter().take(5).map(String::as_str).collect();

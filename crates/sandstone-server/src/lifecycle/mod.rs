@@ -561,9 +561,13 @@ impl Lifecycle {
                     .map_err(|_| Error::not_found("snapshot", s))?;
                 match template_id {
                     "default" | "" => snap.template.clone(),
-                    t if self.template(t)?.id == snap.template || snap.template.is_empty() => {
-                        t.to_string()
+                    // The snapshot's version of the template it names.
+                    t if self.template(t)?.id
+                        == sandstone_volumes::template_base(&snap.template) =>
+                    {
+                        snap.template.clone()
                     }
+                    t if snap.template.is_empty() => t.to_string(),
                     t => {
                         return Err(Error::Invalid(format!(
                             "invalid field `template`: snapshot {s} was taken on template {}, not {t}",
@@ -584,7 +588,7 @@ impl Lifecycle {
             && config
                 .network_enabled
                 .is_none_or(|on| on == template.network_enabled)
-            && let Some(member) = self.take_warm(&template.id)
+            && let Some(member) = self.take_warm(&template.pinned())
         {
             return self.hand_off(member, &template, config, disk).await;
         }
@@ -625,7 +629,9 @@ impl Lifecycle {
         let now = now_ms();
         let row = SandboxRow {
             id: id.to_string(),
-            template: template.id.clone(),
+            // Its version: an update of the template leaves it, its
+            // snapshots and forks on the files they started with.
+            template: template.pinned(),
             status: SandboxStatus::Running,
             config: serde_json::to_value(config).map_err(internal)?,
             slot,

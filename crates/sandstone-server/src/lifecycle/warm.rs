@@ -95,7 +95,7 @@ impl Lifecycle {
             return false;
         };
         for t in templates {
-            if self.warm.count(&t.id) >= self.warm.size {
+            if self.warm.count(&t.pinned()) >= self.warm.size {
                 continue;
             }
             match self.make_member(&t).await {
@@ -104,7 +104,7 @@ impl Lifecycle {
                     .members
                     .lock()
                     .expect("lock poisoned: a holder panicked")
-                    .entry(t.id.clone())
+                    .entry(t.pinned())
                     .or_default()
                     .push_back(m),
                 Err(e) => {
@@ -130,16 +130,25 @@ impl Lifecycle {
         self.destroy_members(members);
     }
 
-    /// Destroys the unclaimed members of `template` (it is being deleted).
+    /// Destroys the unclaimed members of every version of `template` (it
+    /// is being deleted, or updated: new claims get the new version).
     pub(super) fn drain_warm_template(&self, template: &str) {
-        let members = self
-            .warm
-            .members
-            .lock()
-            .expect("lock poisoned: a holder panicked")
-            .remove(template)
-            .unwrap_or_default();
-        self.destroy_members(members.into());
+        let members: Vec<Member> = {
+            let mut all = self
+                .warm
+                .members
+                .lock()
+                .expect("lock poisoned: a holder panicked");
+            let keys: Vec<String> = all
+                .keys()
+                .filter(|k| sandstone_volumes::template_base(k) == template)
+                .cloned()
+                .collect();
+            keys.iter()
+                .flat_map(|k| all.remove(k).unwrap_or_default())
+                .collect()
+        };
+        self.destroy_members(members);
     }
 
     fn destroy_members(&self, members: Vec<Member>) {

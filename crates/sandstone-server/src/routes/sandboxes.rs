@@ -10,6 +10,7 @@ use axum::response::Response;
 use sandstone_api as api;
 use sandstone_api::timefmt::rfc3339_ms;
 use sandstone_db::{SandboxRow, SandboxStatus};
+use sandstone_volumes::template_base;
 use std::collections::HashMap;
 
 fn runtime_id(row: &SandboxRow) -> String {
@@ -39,7 +40,7 @@ pub fn to_sandbox(st: &AppState, row: &SandboxRow) -> api::Sandbox {
     });
     api::Sandbox {
         id: row.id.clone(),
-        template_id: row.template.clone(),
+        template_id: template_base(&row.template).to_string(),
         team_id: "default".into(),
         status: api_status(row.status).into(),
         paused: row.status == SandboxStatus::Paused,
@@ -144,7 +145,10 @@ pub async fn list(
     let rows: Vec<_> = candidates
         .into_iter()
         .filter(|r| q.get("status").is_none_or(|s| s == api_status(r.status)))
-        .filter(|r| q.get("template_id").is_none_or(|t| *t == r.template))
+        .filter(|r| {
+            q.get("template_id")
+                .is_none_or(|t| t == template_base(&r.template))
+        })
         .filter(|r| {
             let metadata = crate::lifecycle::config_of(r).metadata;
             labels.iter().all(|(k, v)| metadata.get(*k) == Some(*v))
@@ -157,7 +161,7 @@ pub async fn list(
         .take(limit)
         .map(|r| api::SandboxSummary {
             id: r.id.clone(),
-            template_id: r.template.clone(),
+            template_id: template_base(&r.template).to_string(),
             status: r.status.as_str().into(),
             paused: r.status == SandboxStatus::Paused,
             runtime_generation: r.generation,
@@ -196,7 +200,7 @@ pub async fn status(State(st): State<AppState>, Path(id): Path<String>) -> ApiRe
         StatusCode::OK,
         api::SandboxStatus {
             sandbox_id: r.id.clone(),
-            template_id: r.template.clone(),
+            template_id: template_base(&r.template).to_string(),
             runtime_id: runtime_id(&r),
             status: r.status.as_str().into(),
             created_at: rfc3339_ms(r.created_at),

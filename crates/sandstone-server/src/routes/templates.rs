@@ -128,14 +128,8 @@ fn quantity(v: &str, field: &str, min: u64) -> ApiResult<()> {
     }
 }
 
-/// `POST /api/v1/templates`: pulls `spec.mainContainer.image` and makes
-/// it a template, answering once its sandboxes can be claimed (as
-/// Sandbox0's image templates are ready on creation).
-pub async fn create(
-    State(st): State<AppState>,
-    JsonBody(req): JsonBody<api::TemplateCreateRequest>,
-) -> ApiResult<Response> {
-    let spec = req.spec;
+/// What a template spec asks for, checked field by field.
+fn pulled_from(spec: api::TemplateSpecRequest) -> ApiResult<sandstone_volumes::Pulled> {
     if let Some(field) = spec.unsupported() {
         return Err(ApiError::bad_request(format!(
             "invalid field `{field}`: not supported by Sandstone yet"
@@ -174,7 +168,7 @@ pub async fn create(
         }
         env.push(format!("{name}={value}"));
     }
-    let pulled = sandstone_volumes::Pulled {
+    Ok(sandstone_volumes::Pulled {
         reference: c.image,
         description: spec.description,
         env,
@@ -184,9 +178,31 @@ pub async fn create(
             network,
             network_enabled: None,
         },
-    };
+    })
+}
+
+/// `POST /api/v1/templates`: pulls `spec.mainContainer.image` and makes
+/// it a template, answering once its sandboxes can be claimed (as
+/// Sandbox0's image templates are ready on creation).
+pub async fn create(
+    State(st): State<AppState>,
+    JsonBody(req): JsonBody<api::TemplateCreateRequest>,
+) -> ApiResult<Response> {
+    let pulled = pulled_from(req.spec)?;
     let t = st.lifecycle.pull_template(&req.template_id, pulled).await?;
     Ok(ok(StatusCode::CREATED, to_api(t)))
+}
+
+/// `PUT /api/v1/templates/{id}`: a new version of a template made from an
+/// image, ready when this answers. Its sandboxes so far keep theirs.
+pub async fn update(
+    State(st): State<AppState>,
+    Path(id): Path<String>,
+    JsonBody(req): JsonBody<api::TemplateUpdateRequest>,
+) -> ApiResult<Response> {
+    let pulled = pulled_from(req.spec)?;
+    let t = st.lifecycle.update_template(&id, pulled).await?;
+    Ok(ok(StatusCode::OK, to_api(t)))
 }
 
 /// `POST /api/v1/templates/from-sandbox`: the sandbox's files, captured
