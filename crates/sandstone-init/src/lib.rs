@@ -78,6 +78,44 @@ fn tmpfs_mode() {
     }
 }
 
+/// The sandbox's process defaults: its image's user is resolved and its
+/// working directory made (owned by that user when it was missing, as a
+/// container runtime does).
+fn defaults(spec: &SpawnSpec) -> Result<procs::Defaults, String> {
+    use std::os::unix::fs::MetadataExt;
+    let account = match &spec.user {
+        Some(u) => Some(sandstone_runtime::account::resolve(
+            std::path::Path::new("/"),
+            u,
+        )?),
+        None => None,
+    };
+    if let Some(dir) = &spec.workdir
+        && !std::path::Path::new(dir).exists()
+    {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| format!("make the image's WorkingDir {dir}: {e}"))?;
+        if let Some(a) = &account {
+            std::os::unix::fs::chown(dir, Some(a.uid), Some(a.gid))
+                .map_err(|e| format!("chown the image's WorkingDir {dir}: {e}"))?;
+        }
+    }
+    // A fresh volume's /workspace is root's: the image's user gets it.
+    if let Some(a) = &account
+        && a.uid != 0
+        && std::fs::read_dir("/workspace").is_ok_and(|mut d| d.next().is_none())
+        && std::fs::metadata("/workspace").is_ok_and(|m| m.uid() == 0)
+    {
+        std::os::unix::fs::chown("/workspace", Some(a.uid), Some(a.gid))
+            .map_err(|e| format!("chown /workspace: {e}"))?;
+    }
+    Ok(procs::Defaults {
+        env: spec.env.clone(),
+        cwd: spec.workdir.clone(),
+        account,
+    })
+}
+
 fn sandbox_main(mut start: SandboxStart) -> ! {
     if let Err(e) = prepare_sandbox(&mut start) {
         let _ = start.status.write_all(e.to_string().as_bytes());
@@ -85,7 +123,13 @@ fn sandbox_main(mut start: SandboxStart) -> ! {
     }
     // SIGCHLD is consumed by the reaper thread only; every thread inherits
     // the blocked mask, and spawned commands get a clean one from std.
-    procs::set_sandbox_env(start.spec.env.clone());
+    match defaults(&start.spec) {
+        Ok(d) => procs::set_defaults(d),
+        Err(e) => {
+            let _ = start.status.write_all(e.as_bytes());
+            sandstone_sys::process::exit_immediately(1);
+        }
+    }
     if let Some(f) = start.oom_score_adj.take()
         && let Err(e) = procs::set_oom_score_adj_file(f)
     {

@@ -179,37 +179,47 @@ pub struct SpawnRequest {
     pub attached: bool,
 }
 
-/// Base environment of every process (a login-like PATH and HOME).
-/// Variables the daemon gives every process of this sandbox (e.g. where
-/// the CA bundle is), set once at start.
-static SANDBOX_ENV: std::sync::OnceLock<BTreeMap<String, String>> = std::sync::OnceLock::new();
-
-pub fn set_sandbox_env(env: BTreeMap<String, String>) {
-    let _ = SANDBOX_ENV.set(env);
+/// What every process of this sandbox starts with unless its request
+/// says otherwise, set once at start.
+#[derive(Debug, Default)]
+pub struct Defaults {
+    /// Variables the daemon gives every process (an image's `Env`, where
+    /// the CA bundle is).
+    pub env: BTreeMap<String, String>,
+    /// The working directory (an image's `WorkingDir`).
+    pub cwd: Option<String>,
+    /// The user (an image's `User`).
+    pub account: Option<sandstone_runtime::account::Account>,
 }
 
-/// Base environment of every process: a login-like PATH and HOME, then
-/// the sandbox's variables.
+static DEFAULTS: std::sync::OnceLock<Defaults> = std::sync::OnceLock::new();
+
+pub fn set_defaults(d: Defaults) {
+    let _ = DEFAULTS.set(d);
+}
+
+fn defaults() -> &'static Defaults {
+    DEFAULTS.get_or_init(Defaults::default)
+}
+
+/// Base environment of every process: a login-like PATH and HOME (the
+/// user's), then the sandbox's variables.
 fn base_env() -> BTreeMap<String, String> {
+    let d = defaults();
+    let home = d.account.as_ref().map_or("/root", |a| a.home.as_str());
     let mut env: BTreeMap<String, String> = [
         (
             "PATH",
             "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
         ),
-        ("HOME", "/root"),
+        ("HOME", home),
         ("LANG", "C.UTF-8"),
         ("TERM", "xterm-256color"),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_string(), v.to_string()))
     .collect();
-    env.extend(
-        SANDBOX_ENV
-            .get()
-            .into_iter()
-            .flatten()
-            .map(|(k, v)| (k.clone(), v.clone())),
-    );
+    env.extend(d.env.iter().map(|(k, v)| (k.clone(), v.clone())));
     env
 }
 
@@ -307,8 +317,18 @@ pub fn spawn(req: SpawnRequest) -> Result<(Arc<Proc>, Receiver<Event>), SpawnErr
     };
     let mut cmd = Command::new(&program);
     cmd.args(&args).env_clear().envs(base_env()).envs(&req.env);
-    let cwd = req.cwd.clone().unwrap_or_else(|| "/workspace".into());
+    let d = defaults();
+    let cwd = req
+        .cwd
+        .clone()
+        .or_else(|| d.cwd.clone())
+        .unwrap_or_else(|| "/workspace".into());
     cmd.current_dir(&cwd);
+    if let Some(a) = &d.account {
+        // std also drops the supplementary groups when it changes the uid.
+        std::os::unix::process::CommandExt::uid(&mut cmd, a.uid);
+        std::os::unix::process::CommandExt::gid(&mut cmd, a.gid);
+    }
 
     let (out_r, err_r, pty_master, input) = if let Some(size) = req.pty {
         let (master, slave) = open_pty(size)?;

@@ -12,6 +12,7 @@
 //! holder in [`idmap`]), sound because the helper that makes them is
 //! single-threaded.
 
+pub mod account;
 pub mod cgroup;
 pub mod fault;
 pub mod harden;

@@ -39,6 +39,14 @@ pub struct SpawnSpec {
     /// Variables every process in the sandbox starts with.
     #[serde(default)]
     pub env: std::collections::BTreeMap<String, String>,
+    /// Where processes start when a request names no directory (an
+    /// image's `WorkingDir`; `/workspace` without one). Made if missing.
+    #[serde(default)]
+    pub workdir: Option<String>,
+    /// Whom processes run as (an image's `User`: `name`, `uid`, with
+    /// `:group` or `:gid`), resolved in the sandbox's `/etc/passwd`.
+    #[serde(default)]
+    pub user: Option<String>,
     /// The sandbox's memory limit: its tmpfs mounts (charged to it) are
     /// sized below it.
     #[serde(default)]

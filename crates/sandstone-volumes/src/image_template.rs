@@ -147,7 +147,11 @@ impl Storage {
         if self.root.join("templates").join(id).exists() {
             return Err(Error::TemplateExists(id.to_string()));
         }
-        let (doc, done) = self.unpack_image(image, pulled, 1)?;
+        let (doc, done) = self.unpack_image(image, pulled, 1).inspect_err(|_| {
+            // The layers it unpacked before it failed, unless another
+            // template has them.
+            let _ = self.collect_layers();
+        })?;
         self.place(id, &doc, pulled.map(|p| &p.settings))?;
         Ok(done)
     }
@@ -167,9 +171,11 @@ impl Storage {
         let current = self.read_image_doc(id)?;
         let version = current.version + 1;
         let (doc, done) = match source {
-            Source::Pulled(dir) => {
-                self.unpack_image(&sandstone_oci::image::read(dir)?, Some(pulled), version)?
-            }
+            Source::Pulled(dir) => self
+                .unpack_image(&sandstone_oci::image::read(dir)?, Some(pulled), version)
+                .inspect_err(|_| {
+                    let _ = self.collect_layers();
+                })?,
             Source::Current => {
                 let doc = ImageTemplate {
                     version,
@@ -280,6 +286,12 @@ impl Storage {
             cmd,
             ..
         } = image.config.clone();
+        if let Some(u) = user.as_deref().filter(|u| !u.is_empty()) {
+            // Refused now rather than on each claim.
+            let file = |name: &str| self.image_file(image, name);
+            sandstone_runtime::account::resolve_in(&file("etc/passwd"), &file("etc/group"), u)
+                .map_err(Error::UnknownUser)?;
+        }
         let doc = ImageTemplate {
             image: pulled.map(|p| p.reference.clone()),
             description: pulled.and_then(|p| p.description.clone()),
@@ -293,6 +305,21 @@ impl Storage {
             cmd,
         };
         Ok((doc, done))
+    }
+
+    /// The text of file `path` as `image`'s layers (unpacked) stack it:
+    /// the topmost layer's copy; empty when none has it, or the topmost
+    /// mention is a whiteout or not a file.
+    fn image_file(&self, image: &Image, path: &str) -> String {
+        for layer in image.layers.iter().rev() {
+            let p = self.layer_dir(&layer.diff_id.to_string()).join(path);
+            match std::fs::symlink_metadata(&p) {
+                Ok(m) if m.is_file() => return std::fs::read_to_string(&p).unwrap_or_default(),
+                Ok(_) => return String::new(),
+                Err(_) => continue,
+            }
+        }
+        String::new()
     }
 
     /// Writes template `id` (`image.json`, and `template.json` when there
@@ -473,6 +500,8 @@ impl Storage {
             };
             let mut t = Template::with_settings(&id, &description, lower, vec![], &dir)?;
             t.image = doc.image;
+            t.working_dir = doc.working_dir.filter(|d| !d.is_empty());
+            t.user = doc.user.filter(|u| !u.is_empty());
             t.version = Some(doc.version);
             t.retained = retained;
             t.env = doc

@@ -57,6 +57,9 @@ pub enum Error {
     NotAnImageTemplate(String),
     #[error(transparent)]
     Image(#[from] sandstone_oci::Error),
+    /// The image's `User` names no one its files know.
+    #[error("{0}")]
+    UnknownUser(String),
 }
 
 pub type Result<T> = std::result::Result<T, Error>;
@@ -132,6 +135,10 @@ pub struct Template {
     pub env: std::collections::BTreeMap<String, String>,
     /// The image reference it was pulled by.
     pub image: Option<String>,
+    /// Where its processes start (an image's `WorkingDir`).
+    pub working_dir: Option<String>,
+    /// Whom its processes run as (an image's `User`).
+    pub user: Option<String>,
     /// For a template captured from a sandbox, the template below it
     /// (pinned: see [`Template::pinned`]).
     pub parent: Option<String>,
@@ -188,6 +195,8 @@ impl Template {
             network_enabled: settings.network_enabled.unwrap_or(true),
             env: Default::default(),
             image: None,
+            working_dir: None,
+            user: None,
             parent: None,
             version: None,
             retained: false,

@@ -111,6 +111,8 @@ impl Storage {
                     &dir.join(&id),
                 )?;
                 t.env = parent.env.clone();
+                t.working_dir = parent.working_dir.clone();
+                t.user = parent.user.clone();
                 t.parent = Some(doc.parent);
                 out.push(t);
             }

@@ -105,6 +105,12 @@ fn app_layers() -> (Vec<u8>, Vec<u8>) {
 /// tar, stored bytes), bottom first; `arch` names the image's platform.
 /// Its index points at a nested index with an arm64 manifest first.
 fn oci_archive(layers: &[(&str, &[u8], Vec<u8>)], arch: &str) -> Vec<u8> {
+    let run = json!({"Env": ["PATH=/bin", "GREETING=from the image"], "WorkingDir": "/opt/app", "Cmd": ["/opt/app/run.sh"]});
+    oci_archive_with(layers, arch, run)
+}
+
+/// [`oci_archive`] with the image config's `config` (its run settings).
+fn oci_archive_with(layers: &[(&str, &[u8], Vec<u8>)], arch: &str, run: Value) -> Vec<u8> {
     let mut blobs: Vec<Vec<u8>> = Vec::new();
     let mut add = |data: Vec<u8>| -> (String, usize) {
         let d = Digest::of(&data).to_string();
@@ -115,7 +121,7 @@ fn oci_archive(layers: &[(&str, &[u8], Vec<u8>)], arch: &str) -> Vec<u8> {
     let config = json!({
         "architecture": arch,
         "os": "linux",
-        "config": {"Env": ["PATH=/bin", "GREETING=from the image"], "WorkingDir": "/opt/app", "Cmd": ["/opt/app/run.sh"]},
+        "config": run,
         "rootfs": {"type": "layers", "diff_ids": layers.iter().map(|(_, tar, _)| Digest::of(tar).to_string()).collect::<Vec<_>>()},
     });
     let (config_digest, config_size) = add(serde_json::to_vec(&config).unwrap());
@@ -940,4 +946,61 @@ async fn an_updated_template_leaves_its_earlier_sandboxes_their_version() {
         .filter(|n| n.starts_with("tool@"))
         .collect();
     assert!(versions.len() <= 1, "{versions:?}");
+}
+
+/// An image's `User` and `WorkingDir` hold for every process: it runs as
+/// that user (resolved in the image's `/etc/passwd`), in that directory
+/// (made, and the user's, when the image lacks it); a user the image does
+/// not know is a clear error on the claim.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_images_user_and_working_dir_hold_for_its_processes() {
+    let d = Daemon::start().await;
+    let base = busybox_layer();
+    let accounts = tar_of(&[
+        Ent::Dir("etc"),
+        Ent::File(
+            "etc/passwd",
+            b"root:x:0:0:root:/root:/bin/sh\napp:x:1000:1000::/home/app:/bin/sh\n",
+            0o644,
+        ),
+        Ent::File("etc/group", b"root:x:0:\napp:x:1000:\n", 0o644),
+        Ent::Symlink("bin/id", "busybox"),
+        Ent::Symlink("bin/pwd", "busybox"),
+        Ent::Symlink("bin/touch", "busybox"),
+        Ent::Symlink("bin/stat", "busybox"),
+    ]);
+    let layers = |user: &str| {
+        oci_archive_with(
+            &[
+                (
+                    "application/vnd.oci.image.layer.v1.tar",
+                    &base,
+                    base.clone(),
+                ),
+                (
+                    "application/vnd.oci.image.layer.v1.tar",
+                    &accounts,
+                    accounts.clone(),
+                ),
+            ],
+            sandstone_oci::image::this_architecture(),
+            json!({"Env": ["PATH=/bin"], "User": user, "WorkingDir": "/home/app/src"}),
+        )
+    };
+    let (s, v) = import(&d, "as-app", layers("app")).await;
+    assert_eq!(s, 201, "{v}");
+    assert_eq!(
+        run_in(
+            &d,
+            "as-app",
+            "id -u; id -g; pwd; echo $HOME; touch made && stat -c %u made; \
+             touch /workspace/mine && echo workspace ok"
+        )
+        .await,
+        "1000\n1000\n/home/app/src\n/home/app\n1000\nworkspace ok\n"
+    );
+    let (s, v) = import(&d, "as-ghost", layers("ghost")).await;
+    assert_eq!(s, 400, "{v}");
+    assert!(v.to_string().contains("\\\"ghost\\\" is not in"), "{v}");
+    assert!(!template_ids(&d).await.contains(&"as-ghost".to_string()));
 }

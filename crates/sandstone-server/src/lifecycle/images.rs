@@ -73,6 +73,9 @@ fn unpack_error(e: sandstone_volumes::Error) -> Error {
         sandstone_volumes::Error::Image(_) => {
             Error::Invalid(format!("invalid field `spec.mainContainer.image`: {e}"))
         }
+        sandstone_volumes::Error::UnknownUser(_) => {
+            Error::Invalid(format!("invalid field `spec.mainContainer.image`: {e}"))
+        }
         sandstone_volumes::Error::TemplateExists(_) => Error::Conflict(e.to_string()),
         sandstone_volumes::Error::UnknownTemplate(t) => Error::not_found("template", &t),
         sandstone_volumes::Error::NotAnImageTemplate(_) => Error::Conflict(e.to_string()),
@@ -357,9 +360,9 @@ impl Lifecycle {
             .await
             .map_err(super::internal)?;
         imported.map_err(|e| match e {
-            sandstone_volumes::Error::InvalidTemplateId(_) | sandstone_volumes::Error::Image(_) => {
-                Error::Invalid(e.to_string())
-            }
+            sandstone_volumes::Error::InvalidTemplateId(_)
+            | sandstone_volumes::Error::Image(_)
+            | sandstone_volumes::Error::UnknownUser(_) => Error::Invalid(e.to_string()),
             sandstone_volumes::Error::TemplateExists(_) => Error::Conflict(e.to_string()),
             other => super::internal(other),
         })

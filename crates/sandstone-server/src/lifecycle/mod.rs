@@ -477,6 +477,8 @@ impl Lifecycle {
                     .into_iter()
                     .chain(network.map(|n| n.trust_env()).unwrap_or_default())
                     .collect(),
+                workdir: template.working_dir.clone(),
+                user: template.user.clone(),
                 memory_bytes: limits.memory_bytes,
                 lease: self.lease.watch(),
             };
