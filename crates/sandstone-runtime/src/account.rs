@@ -33,7 +33,7 @@ pub fn resolve_in(passwd: &str, group_file: &str, spec: &str) -> Result<Account,
         Some((u, g)) => (u, Some(g)),
         None => (spec, None),
     };
-    let known = entries(&passwd)
+    let known = entries(passwd)
         .find(|e| e.len() >= 6 && (e[0] == user || (user.parse::<u32>().is_ok() && e[2] == user)));
     let (uid, mut gid, home) = match (known, user.parse::<u32>()) {
         (Some(e), _) => (
