@@ -717,3 +717,43 @@ pub struct ToolCallResult {
     pub content: Vec<serde_json::Value>,
     pub is_error: bool,
 }
+
+/// One line of `POST /api/v1/templates/build`'s answer, a stream of JSON
+/// lines (`application/x-ndjson`) that ends with `done` or `failed`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum BuildEvent {
+    /// Step `index` of `total` (1-based, `FROM` first) begins; `cached`
+    /// when its result was found in the build cache.
+    Step {
+        index: usize,
+        total: usize,
+        line: usize,
+        instruction: String,
+        cached: bool,
+    },
+    /// Output of the running step's command.
+    Output { stream: BuildStream, text: String },
+    /// The template is ready.
+    Done {
+        template_id: String,
+        version: u32,
+        /// Steps that made files: run now, and taken from the cache.
+        steps_run: usize,
+        steps_cached: usize,
+        duration_ms: u64,
+    },
+    /// The build stopped; nothing was made of it.
+    Failed {
+        message: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        line: Option<usize>,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BuildStream {
+    Stdout,
+    Stderr,
+}

@@ -403,6 +403,38 @@ impl Client {
         self.data(req).await
     }
 
+    /// Builds template `name` from `context` (a tar of the build context
+    /// with its `Sandstonefile`), calling `progress` with each event as the
+    /// daemon sends it; the last (`done` or `failed`).
+    pub async fn build_template(
+        &self,
+        name: &str,
+        context: Vec<u8>,
+        mut progress: impl FnMut(&api::BuildEvent),
+    ) -> Result<api::BuildEvent> {
+        use futures_util::StreamExt;
+        let req = self
+            .http
+            .post(self.url("/api/v1/templates/build"))
+            .query(&[("name", name)])
+            .header("content-type", "application/x-tar")
+            .body(context);
+        let mut body = self.send(req).await?.bytes_stream();
+        let mut buf = Vec::new();
+        let mut last = None;
+        while let Some(piece) = body.next().await {
+            buf.extend_from_slice(&piece.map_err(|e| Error::Decode(e.to_string()))?);
+            while let Some(end) = buf.iter().position(|b| *b == b'\n') {
+                let line: Vec<u8> = buf.drain(..=end).collect();
+                let event: api::BuildEvent =
+                    serde_json::from_slice(&line).map_err(|e| Error::Decode(e.to_string()))?;
+                progress(&event);
+                last = Some(event);
+            }
+        }
+        last.ok_or_else(|| Error::Decode("the build's answer ended before it did".into()))
+    }
+
     /// Pulls `image` as template `name` (answers once it is ready).
     pub async fn pull_template(
         &self,

@@ -416,9 +416,10 @@ fn assemble(config: ConfigDoc, layers: Vec<Found>, source: Arc<Source>) -> Resul
 }
 
 /// Unpacks an image archive (a tar of an OCI layout, or of what `docker
-/// save` wrote; gzip-compressed or not) into `dest`, an empty directory:
-/// only plain files and directories, every name inside.
-fn unpack_archive(file: &Path, dest: &Path) -> Result<()> {
+/// save` wrote; gzip-compressed or not), or any such tar (a build's
+/// context), into `dest`, an empty directory: only plain files and
+/// directories, every name inside.
+pub fn unpack_archive(file: &Path, dest: &Path) -> Result<()> {
     let mut f = std::fs::File::open(file).map_err(io(format!("open {file:?}")))?;
     let mut magic = [0u8; 2];
     let gz = std::io::Read::read(&mut f, &mut magic).map_err(io(format!("read {file:?}")))? == 2

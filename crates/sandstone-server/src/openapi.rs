@@ -84,6 +84,7 @@ pub fn operations() -> Vec<Operation> {
         get "/api/v1/templates/{id}" templates::get => 200 None "A template, or one being pulled with its creation status",
         put "/api/v1/templates/{id}" templates::update => 200 Json "Update a template made from an image: a new version (pulled, or the same layers with new settings) for new sandboxes; existing sandboxes, their snapshots and forks keep theirs",
         delete "/api/v1/templates/{id}" templates::delete => 200 None "Delete an image or captured template and what only it used (409 while sandboxes, snapshots or captured templates use it)",
+        post "/api/v1/templates/build" templates::build => 200 Bytes "Build a template from a Sandstonefile (query: name; body: a tar of the build context holding `Sandstonefile`); answers with the build's progress as JSON lines, ending in `done` or `failed`",
         post "/api/v1/templates/import" templates::import => 201 Bytes "Import an OCI image archive (OCI layout or docker save; query: name) as a template",
         get "/api/v1/nodes" cluster::list => 200 None "List the nodes sharing this database (load, templates, lease, draining)",
         post "/api/v1/nodes/{id}/drain" cluster::drain => 200 None "Drain a node: no new sandboxes are placed on it",

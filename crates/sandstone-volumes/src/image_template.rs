@@ -5,7 +5,7 @@
 //! settings. Its sandboxes see the layers as overlay lower dirs, each
 //! through the same idmapped mount as any template.
 
-use crate::{Error, Result, Storage, Template, io};
+use crate::{Error, Result, Storage, Template, TemplateKind, io};
 use sandstone_oci::{Compression, Expected, Image, ImageConfig, Layer};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
@@ -78,9 +78,19 @@ const IMAGE_FILE: &str = "image.json";
 /// Names the built-in templates use, which an import may not take.
 const RESERVED: [&str; 4] = ["host", "debian", "default", "ubuntu"];
 
-/// A template id an import may take: 1 to 64 of `[a-z0-9._-]`, starting
-/// with a letter or digit, not a built-in's.
+/// A template id a user may take: 1 to 64 of `[a-z0-9._-]`, starting
+/// with a letter or digit, not a built-in's, nor the build cache's.
 pub fn check_id(id: &str) -> Result<()> {
+    check_name(id)?;
+    if RESERVED.contains(&id) || id.starts_with(crate::BUILD_CACHE_PREFIX) {
+        return Err(Error::TemplateExists(id.to_string()));
+    }
+    Ok(())
+}
+
+/// A template directory name: 1 to 64 of `[a-z0-9._-]`, starting with a
+/// letter or digit.
+pub(crate) fn check_name(id: &str) -> Result<()> {
     let ok = !id.is_empty()
         && id.len() <= 64
         && id.as_bytes()[0].is_ascii_alphanumeric()
@@ -89,9 +99,6 @@ pub fn check_id(id: &str) -> Result<()> {
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b));
     if !ok {
         return Err(Error::InvalidTemplateId(id.to_string()));
-    }
-    if RESERVED.contains(&id) {
-        return Err(Error::TemplateExists(id.to_string()));
     }
     Ok(())
 }
@@ -122,7 +129,8 @@ impl Storage {
     /// template `id`, with the caller's settings and environment (over
     /// the image's `Env`).
     pub fn import_pulled(&self, id: &str, dir: &Path, pulled: &Pulled) -> Result<Imported> {
-        check_id(id)?;
+        // The caller checked a user's id; the build cache pulls as its own.
+        check_name(id)?;
         self.import(id, &sandstone_oci::image::read(dir)?, Some(pulled))
     }
 
@@ -424,7 +432,7 @@ impl Storage {
 
     /// The directory names (`<id>@<version>`) of the kept earlier
     /// versions of template `id`.
-    fn kept_versions(&self, id: &str) -> Result<Vec<String>> {
+    pub(crate) fn kept_versions(&self, id: &str) -> Result<Vec<String>> {
         let prefix = format!("{id}@");
         Ok(std::fs::read_dir(self.root.join("templates"))
             .map_err(io("list templates"))?
@@ -436,7 +444,7 @@ impl Storage {
 
     /// Renamed away first: gone at once; whatever the removal leaves
     /// after a crash is a dot-name the listing skips.
-    fn remove_template_dir(&self, name: &str) -> Result<()> {
+    pub(crate) fn remove_template_dir(&self, name: &str) -> Result<()> {
         let templates = self.root.join("templates");
         let doomed = templates.join(format!(".delete-{name}"));
         std::fs::rename(templates.join(name), &doomed).map_err(io("remove the template"))?;
@@ -499,6 +507,11 @@ impl Storage {
                 (None, None) => format!("image: {} layers", doc.layers.len()),
             };
             let mut t = Template::with_settings(&id, &description, lower, vec![], &dir)?;
+            t.kind = if id.starts_with(crate::BUILD_CACHE_PREFIX) {
+                TemplateKind::BuildCache
+            } else {
+                TemplateKind::Image
+            };
             t.image = doc.image;
             t.working_dir = doc.working_dir.filter(|d| !d.is_empty());
             t.user = doc.user.filter(|u| !u.is_empty());

@@ -9,6 +9,10 @@
 //! <data>/templates/<id>@<n>/         its version n, kept after an update
 //!                                    while sandboxes made from it live
 //! <data>/layers/<diff id>/           one image layer, shared by templates
+//! <data>/templates/<id>/sandbox.json or: captured from a sandbox
+//! <data>/templates/<id>/build.json   or: built from a Sandstonefile
+//! <data>/templates/cache-<key>/      a build step's result (captured)
+//! <pool>/captures/<id>/              a captured template's volume
 //! <pool>/sandboxes/<id>/upper        writable rootfs layer (durable)
 //! <pool>/sandboxes/<id>/work         overlay work dir
 //! <pool>/sandboxes/<id>/workspace    /workspace (durable)
@@ -23,12 +27,14 @@
 
 mod btrfs;
 mod debian_template;
+mod file_template;
 mod host_template;
 mod image_template;
 pub mod pool;
 mod sandbox_template;
 
 pub use debian_template::BuiltTemplate;
+pub use file_template::FileTemplate;
 pub use image_template::{ImageTemplate, Imported, Pulled, Source, check_id};
 pub use pool::{Driver, Pool, Space};
 pub use sandbox_template::SandboxTemplate;
@@ -112,10 +118,38 @@ pub fn secure_data_dir(dir: &Path) -> Result<Vec<Tightened>> {
     Ok(fixed)
 }
 
+/// Where a template comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TemplateKind {
+    /// `host`, or one `sandstone setup` debootstraps.
+    BuiltIn,
+    /// Made from an OCI image (imported or pulled); has versions.
+    Image,
+    /// Captured from a sandbox.
+    Captured,
+    /// Built from a Sandstonefile; has versions.
+    Built,
+    /// One step of a build, kept so an unchanged step is not run again;
+    /// not listed.
+    BuildCache,
+}
+
+impl TemplateKind {
+    /// Whether updates make new versions of it (kept while pinned).
+    pub fn versioned(self) -> bool {
+        matches!(self, TemplateKind::Image | TemplateKind::Built)
+    }
+}
+
+/// The id prefix of [`TemplateKind::BuildCache`] templates, which user
+/// ids may not take ([`check_id`]).
+pub const BUILD_CACHE_PREFIX: &str = "cache-";
+
 /// A template: what becomes the sandbox's read-only root.
 #[derive(Debug, Clone)]
 pub struct Template {
     pub id: String,
+    pub kind: TemplateKind,
     pub description: String,
     pub lower: Vec<PathBuf>,
     pub binds: Vec<BindMount>,
@@ -186,6 +220,7 @@ impl Template {
         };
         Ok(Template {
             id: id.into(),
+            kind: TemplateKind::BuiltIn,
             description: description.into(),
             lower,
             binds,
@@ -347,7 +382,7 @@ impl Storage {
     /// sandboxes), current versions only.
     pub fn templates(&self) -> Result<Vec<Template>> {
         let mut v = self.all_templates()?;
-        v.retain(|t| !t.retained);
+        v.retain(|t| !t.retained && t.kind != TemplateKind::BuildCache);
         Ok(v)
     }
 

@@ -6,7 +6,8 @@
 //! layers, so it is shown through the same idmapped mount. A template is
 //! `<data>/templates/<id>/sandbox.json`, naming its parent and source.
 
-use crate::{Error, Result, Storage, Template, check_id, io};
+use crate::image_template::check_name;
+use crate::{Error, FileTemplate, Result, Storage, Template, TemplateKind, io};
 use serde::{Deserialize, Serialize};
 
 /// `sandbox.json`.
@@ -21,12 +22,35 @@ pub struct SandboxTemplate {
 
 const SANDBOX_FILE: &str = "sandbox.json";
 
+/// A template stacked on another.
+enum Stacked {
+    Captured(SandboxTemplate),
+    Built(FileTemplate),
+}
+
+impl Stacked {
+    fn parent(&self) -> &str {
+        match self {
+            Stacked::Captured(c) => &c.parent,
+            Stacked::Built(b) => &b.parent,
+        }
+    }
+}
+
+fn parse<T: serde::de::DeserializeOwned>(file: &std::path::Path, text: &str) -> Result<T> {
+    serde_json::from_str(text).map_err(|e| Error::Io {
+        what: format!("read {}", file.display()),
+        source: std::io::Error::new(std::io::ErrorKind::InvalidData, e),
+    })
+}
+
 impl Storage {
     /// Captures sandbox `sandbox` (made from template `parent`) as template
     /// `id`. The caller keeps the sandbox still meanwhile (frozen or
     /// paused). On failure nothing is left.
     pub fn capture_template(&self, sandbox: &str, id: &str, parent: &str) -> Result<()> {
-        check_id(id)?;
+        // The caller checked a user's id; the build cache captures as its own.
+        check_name(id)?;
         let templates = self.root.join("templates");
         let tdir = templates.join(id);
         if tdir.exists() {
@@ -59,8 +83,10 @@ impl Storage {
         placed
     }
 
-    /// The templates captured from sandboxes, given the others: each over
-    /// its parent's layers (a parent may itself be captured).
+    /// The templates stacked on others, given those: captured from
+    /// sandboxes (each its own layer over its parent's) and built from
+    /// Sandstonefiles (their last step's layers, with the settings the
+    /// file gave). A parent may itself be stacked.
     pub(crate) fn sandbox_templates(&self, others: &[Template]) -> Result<Vec<Template>> {
         let dir = self.root.join("templates");
         let mut pending = Vec::new();
@@ -68,53 +94,43 @@ impl Storage {
             .map_err(io("list templates"))?
             .flatten()
         {
-            let id = entry.file_name().to_string_lossy().into_owned();
-            let file = entry.path().join(SANDBOX_FILE);
-            let Ok(text) = std::fs::read_to_string(&file) else {
-                continue;
-            };
-            if id.starts_with('.') {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if name.starts_with('.') {
                 continue;
             }
-            let doc: SandboxTemplate = serde_json::from_str(&text).map_err(|e| Error::Io {
-                what: format!("read {}", file.display()),
-                source: std::io::Error::new(std::io::ErrorKind::InvalidData, e),
-            })?;
-            pending.push((id, doc));
+            let read = |file: &str| std::fs::read_to_string(entry.path().join(file)).ok();
+            let doc = if let Some(text) = read(SANDBOX_FILE) {
+                Stacked::Captured(parse(&entry.path().join(SANDBOX_FILE), &text)?)
+            } else if let Some(text) = read(crate::file_template::BUILD_FILE) {
+                Stacked::Built(parse(
+                    &entry.path().join(crate::file_template::BUILD_FILE),
+                    &text,
+                )?)
+            } else {
+                continue;
+            };
+            pending.push((name, doc));
         }
         let mut out: Vec<Template> = Vec::new();
-        // Parents first: as many passes as captures nest.
+        // Parents first: as many passes as templates stack.
         while !pending.is_empty() {
             let before = pending.len();
             let mut rest = Vec::new();
-            for (id, doc) in pending {
-                // Pinned to a version (`py@2`), or a plain id (captures of
-                // templates without versions, and those made before
-                // versions were recorded: the current one).
+            for (name, doc) in pending {
+                let wanted = doc.parent();
+                // Pinned to a version (`py@2`), or a plain id (templates
+                // without versions, and captures made before versions
+                // were recorded: the current one).
                 let parent = others
                     .iter()
                     .chain(&out)
-                    .find(|t| t.pinned() == doc.parent || (t.id == doc.parent && !t.retained))
+                    .find(|t| t.pinned() == wanted || (t.id == wanted && !t.retained))
                     .cloned();
                 let Some(parent) = parent else {
-                    rest.push((id, doc));
+                    rest.push((name, doc));
                     continue;
                 };
-                let mut lower = vec![self.pool.capture_dir(&id).join("upper")];
-                lower.extend(parent.lower.iter().cloned());
-                let description = format!("from sandbox {} (over {})", doc.sandbox, doc.parent);
-                let mut t = Template::with_settings(
-                    &id,
-                    &description,
-                    lower,
-                    parent.binds.clone(),
-                    &dir.join(&id),
-                )?;
-                t.env = parent.env.clone();
-                t.working_dir = parent.working_dir.clone();
-                t.user = parent.user.clone();
-                t.parent = Some(doc.parent);
-                out.push(t);
+                out.push(self.stacked(&dir, &name, doc, parent)?);
             }
             if rest.len() == before {
                 // A parent that is gone: those templates cannot be used.
@@ -126,18 +142,93 @@ impl Storage {
         Ok(out)
     }
 
-    /// Removes template `id` captured from a sandbox (the caller made sure
-    /// nothing uses it) and its volume.
+    /// Template `name` stacked over `parent` as `doc` says.
+    fn stacked(
+        &self,
+        dir: &std::path::Path,
+        name: &str,
+        doc: Stacked,
+        parent: Template,
+    ) -> Result<Template> {
+        let (id, retained) = match name.split_once('@') {
+            Some((id, _)) => (id, true),
+            None => (name, false),
+        };
+        let mut t = match &doc {
+            Stacked::Captured(c) => {
+                let mut lower = vec![self.pool.capture_dir(id).join("upper")];
+                lower.extend(parent.lower.iter().cloned());
+                let description = format!("from sandbox {} (over {})", c.sandbox, c.parent);
+                Template::with_settings(
+                    id,
+                    &description,
+                    lower,
+                    parent.binds.clone(),
+                    &dir.join(name),
+                )?
+            }
+            Stacked::Built(b) => {
+                let description = b
+                    .description
+                    .clone()
+                    .unwrap_or_else(|| format!("built from a Sandstonefile over {}", b.from));
+                Template::with_settings(
+                    id,
+                    &description,
+                    parent.lower.clone(),
+                    parent.binds.clone(),
+                    &dir.join(name),
+                )?
+            }
+        };
+        t.env = parent.env.clone();
+        t.working_dir = parent.working_dir.clone();
+        t.user = parent.user.clone();
+        t.retained = retained;
+        match doc {
+            Stacked::Captured(c) => {
+                t.kind = if id.starts_with(crate::BUILD_CACHE_PREFIX) {
+                    TemplateKind::BuildCache
+                } else {
+                    TemplateKind::Captured
+                };
+                t.parent = Some(c.parent);
+            }
+            Stacked::Built(b) => {
+                t.kind = TemplateKind::Built;
+                t.version = Some(b.version);
+                t.env.extend(b.env.iter().filter_map(|kv| {
+                    let (k, v) = kv.split_once('=')?;
+                    Some((k.to_string(), v.to_string()))
+                }));
+                if b.working_dir.is_some() {
+                    t.working_dir = b.working_dir;
+                }
+                if b.user.is_some() {
+                    t.user = b.user;
+                }
+                t.parent = Some(b.parent);
+            }
+        }
+        Ok(t)
+    }
+
+    /// Removes template `id` captured from a sandbox (and its volume) or
+    /// built from a Sandstonefile (and its kept versions); the caller made
+    /// sure nothing uses it.
     pub fn remove_sandbox_template(&self, id: &str) -> Result<()> {
         let dir = self.root.join("templates").join(id);
+        if dir.join(crate::file_template::BUILD_FILE).exists() {
+            self.remove_template_dir(id)?;
+            for kept in self.kept_versions(id)? {
+                self.remove_template_dir(&kept)?;
+            }
+            return Ok(());
+        }
         if !dir.join(SANDBOX_FILE).exists() {
             return Err(Error::UnknownTemplate(id.to_string()));
         }
-        // Renamed away first: gone at once; a crash leaves a dot-name the
-        // listing skips.
-        let doomed = self.root.join("templates").join(format!(".delete-{id}"));
-        std::fs::rename(&dir, &doomed).map_err(io("remove the template"))?;
-        std::fs::remove_dir_all(&doomed).map_err(io("remove the template"))?;
+        self.remove_template_dir(id)?;
         self.pool.remove_volume(&self.pool.capture_dir(id))
     }
 }

@@ -181,6 +181,18 @@ enum TemplateCmd {
         #[arg(long, default_value = "2Gi")]
         memory: String,
     },
+    /// Build a template from a Sandstonefile (FROM, RUN, COPY, ENV,
+    /// WORKDIR, USER, ALLOW); unchanged steps come from the build cache.
+    Build {
+        /// The template's id (built again: its next version).
+        name: String,
+        /// The build file.
+        #[arg(short = 'f', long = "file", default_value = "Sandstonefile")]
+        file: std::path::PathBuf,
+        /// Where COPY takes files from (default: the build file's
+        /// directory).
+        context: Option<std::path::PathBuf>,
+    },
     /// Capture a running or paused sandbox's files as a template.
     From {
         sandbox: String,
@@ -263,6 +275,14 @@ async fn run(cli: Cli) -> Result<()> {
                     memory,
                 },
         } => sandbox_cmd::pull_template(&cli, name, image, memory).await,
+        Cmd::Template {
+            cmd:
+                TemplateCmd::Build {
+                    name,
+                    file,
+                    context,
+                },
+        } => sandbox_cmd::build_template(&cli, name, file, context.as_deref()).await,
         Cmd::Template {
             cmd: TemplateCmd::From { sandbox, name },
         } => sandbox_cmd::capture_template(&cli, sandbox, name).await,

@@ -168,6 +168,99 @@ pub async fn pull_template(cli: &Cli, name: &str, image: &str, memory: &str) -> 
     Ok(())
 }
 
+/// Sends the build context (the directory, with the build file as its
+/// `Sandstonefile`) and prints the build's progress as it comes.
+pub async fn build_template(
+    cli: &Cli,
+    name: &str,
+    file: &std::path::Path,
+    context: Option<&std::path::Path>,
+) -> Result<()> {
+    use sandstone_api::BuildEvent;
+    let text = std::fs::read(file).with_context(|| format!("read {}", file.display()))?;
+    let dir = match context {
+        Some(d) => d.to_path_buf(),
+        None => file
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .map_or_else(|| std::path::PathBuf::from("."), |p| p.to_path_buf()),
+    };
+    let tar = context_tar(&dir, &text)?;
+    let json = cli.json;
+    let last = client(cli)?
+        .build_template(name, tar, |e| {
+            if json {
+                println!("{}", serde_json::to_string(e).unwrap_or_default());
+                return;
+            }
+            match e {
+                BuildEvent::Step {
+                    index,
+                    total,
+                    instruction,
+                    cached,
+                    ..
+                } => println!(
+                    "Step {index}/{total}: {instruction}{}",
+                    if *cached { "  (cached)" } else { "" }
+                ),
+                BuildEvent::Output { text, .. } => print!("{text}"),
+                BuildEvent::Done {
+                    template_id,
+                    version,
+                    steps_run,
+                    steps_cached,
+                    duration_ms,
+                } => println!(
+                    "Built template {template_id} (version {version}) in {:.1} s: {steps_run} step(s) run, {steps_cached} cached",
+                    *duration_ms as f64 / 1000.0
+                ),
+                BuildEvent::Failed { .. } => {}
+            }
+        })
+        .await?;
+    match last {
+        BuildEvent::Failed { message, .. } => anyhow::bail!("build failed: {message}"),
+        _ => Ok(()),
+    }
+}
+
+/// A tar of `dir` (files and directories; what else is there is left
+/// out) with `sandstonefile` as its `Sandstonefile`.
+fn context_tar(dir: &std::path::Path, sandstonefile: &[u8]) -> Result<Vec<u8>> {
+    let mut b = tar::Builder::new(Vec::new());
+    b.follow_symlinks(false);
+    add_dir(&mut b, dir, std::path::Path::new(""))?;
+    let mut h = tar::Header::new_gnu();
+    h.set_mode(0o644);
+    h.set_size(sandstonefile.len() as u64);
+    b.append_data(&mut h, "Sandstonefile", sandstonefile)?;
+    Ok(b.into_inner()?)
+}
+
+fn add_dir(
+    b: &mut tar::Builder<Vec<u8>>,
+    dir: &std::path::Path,
+    rel: &std::path::Path,
+) -> Result<()> {
+    let entries = std::fs::read_dir(dir).with_context(|| format!("read {}", dir.display()))?;
+    for e in entries.flatten() {
+        let name = rel.join(e.file_name());
+        let kind = e.file_type()?;
+        // The build file goes in as `Sandstonefile`, whatever its name.
+        if rel.as_os_str().is_empty() && e.file_name() == "Sandstonefile" {
+            continue;
+        }
+        if kind.is_dir() {
+            b.append_dir(&name, e.path())?;
+            add_dir(b, &e.path(), &name)?;
+        } else if kind.is_file() {
+            b.append_path_with_name(e.path(), &name)?;
+        }
+    }
+    Ok(())
+}
+
 pub async fn capture_template(cli: &Cli, sandbox: &str, name: &str) -> Result<()> {
     let t = client(cli)?.capture_template(sandbox, name).await?;
     if cli.json {

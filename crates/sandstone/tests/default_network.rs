@@ -9,27 +9,9 @@
 
 mod common;
 
-use common::fake_internet::FakeInternet;
-use common::{Daemon, cli, test_subnet_pool, text};
+use common::fake_internet::{FakeInternet, default_daemon};
+use common::{cli, text};
 use serde_json::json;
-
-/// A daemon as `setup` leaves it (with this test's own pool, since tests
-/// run side by side), started with no network flag but the resolver of the
-/// fake internet.
-async fn default_daemon(net: &FakeInternet, template: &str) -> Daemon {
-    let mut d = Daemon::start().await;
-    d.kill();
-    std::fs::write(
-        d.data.path().join("network.json"),
-        json!({"egress_pool": test_subnet_pool()}).to_string(),
-    )
-    .unwrap();
-    std::os::unix::fs::symlink(template, d.data.path().join("templates/default")).unwrap();
-    d.default_network = true;
-    d.serve_args = vec!["--dns-upstream".into(), format!("{}:53", net.server)];
-    d.spawn().await;
-    d
-}
 
 fn ok(out: std::process::Output) -> String {
     assert!(

@@ -8,7 +8,7 @@
 use super::{Error, Lifecycle, Result};
 use sandstone_api::timefmt::now_ms;
 use sandstone_registry::Reference;
-use sandstone_volumes::{Imported, Pulled};
+use sandstone_volumes::{Imported, Pulled, TemplateKind};
 use std::path::{Path, PathBuf};
 
 /// Where a template being pulled is.
@@ -18,6 +18,8 @@ pub enum Stage {
     Pulling,
     /// Unpacking the fetched layers.
     Unpacking,
+    /// Running the steps of a Sandstonefile.
+    Building,
 }
 
 /// A template being pulled, as `GET /api/v1/templates/{id}` shows it.
@@ -29,8 +31,8 @@ pub struct Creating {
     pub started_at: i64,
 }
 
-/// Takes a template off the being-pulled list however the pull ends.
-struct Listed<'a>(&'a Lifecycle, String);
+/// Takes a template off the being-made list however its making ends.
+pub(super) struct Listed<'a>(&'a Lifecycle, String);
 
 impl Drop for Listed<'_> {
     fn drop(&mut self) {
@@ -92,6 +94,17 @@ impl Lifecycle {
             .expect("lock poisoned: a holder panicked")
     }
 
+    /// Lists template `id` as being made until the guard goes; refused
+    /// while it is being made already.
+    pub(super) fn list_creating(&self, id: &str, c: Creating) -> Result<Listed<'_>> {
+        let mut list = self.creating_list();
+        if list.contains_key(id) {
+            return Err(Error::Conflict(format!("template {id} is being made")));
+        }
+        list.insert(id.to_string(), c);
+        Ok(Listed(self, id.to_string()))
+    }
+
     /// Template `id` if it is being pulled now.
     pub fn creating(&self, id: &str) -> Option<Creating> {
         self.creating_list().get(id).cloned()
@@ -106,28 +119,31 @@ impl Lifecycle {
         id: &str,
         pulled: Pulled,
     ) -> Result<sandstone_volumes::Template> {
-        let image = pulled.reference.as_str();
         sandstone_volumes::check_id(id)
             .map_err(|e| Error::Invalid(format!("invalid field `template_id`: {e}")))?;
+        self.pull_as(id, pulled).await
+    }
+
+    /// [`Lifecycle::pull_template`] under an id the caller chose (the
+    /// build cache's own, which users may not take).
+    pub(super) async fn pull_as(
+        &self,
+        id: &str,
+        pulled: Pulled,
+    ) -> Result<sandstone_volumes::Template> {
+        let image = pulled.reference.as_str();
         let reference: Reference = image.parse().map_err(pull_error)?;
         if self.storage.template(id).is_ok_and(|t| t.id == id) {
             return Err(Error::Conflict(format!("template {id} exists")));
         }
-        {
-            let mut list = self.creating_list();
-            if list.contains_key(id) {
-                return Err(Error::Conflict(format!("template {id} is being pulled")));
-            }
-            list.insert(
-                id.to_string(),
-                Creating {
-                    image: image.to_string(),
-                    stage: Stage::Pulling,
-                    started_at: now_ms(),
-                },
-            );
-        }
-        let _listed = Listed(self, id.to_string());
+        let _listed = self.list_creating(
+            id,
+            Creating {
+                image: image.to_string(),
+                stage: Stage::Pulling,
+                started_at: now_ms(),
+            },
+        )?;
         let dir = self.fetch(id, &reference).await?;
         let (storage, name) = (self.storage.clone(), id.to_string());
         let imported = tokio::task::spawn_blocking(move || {
@@ -192,35 +208,32 @@ impl Lifecycle {
         pulled: Pulled,
     ) -> Result<sandstone_volumes::Template> {
         let current = self.template(id)?;
-        if current.version.is_none() || current.id != id {
+        let not_an_image = match current.kind {
+            _ if current.id != id => Some("built in"),
+            TemplateKind::Image => None,
+            TemplateKind::BuiltIn | TemplateKind::BuildCache => Some("built in"),
+            TemplateKind::Captured => {
+                Some("captured from a sandbox (capture it again under a new name)")
+            }
+            TemplateKind::Built => Some("built from a Sandstonefile (build it again)"),
+        };
+        if let Some(what) = not_an_image {
             return Err(Error::Conflict(format!(
-                "template {id} is {}: it has no image to update",
-                if current.parent.is_some() {
-                    "captured from a sandbox (capture it again under a new name)"
-                } else {
-                    "built in"
-                }
+                "template {id} is {what}: it has no image to update"
             )));
         }
         let same_image = match &current.image {
             None => pulled.reference == id,
             Some(r) => *r == pulled.reference && r.contains("@sha256:"),
         };
-        {
-            let mut list = self.creating_list();
-            if list.contains_key(id) {
-                return Err(Error::Conflict(format!("template {id} is being made")));
-            }
-            list.insert(
-                id.to_string(),
-                Creating {
-                    image: pulled.reference.clone(),
-                    stage: Stage::Pulling,
-                    started_at: now_ms(),
-                },
-            );
-        }
-        let _listed = Listed(self, id.to_string());
+        let _listed = self.list_creating(
+            id,
+            Creating {
+                image: pulled.reference.clone(),
+                stage: Stage::Pulling,
+                started_at: now_ms(),
+            },
+        )?;
         let dir = if same_image {
             None
         } else {
@@ -333,9 +346,9 @@ impl Lifecycle {
         self.drain_warm_template(id);
         let (storage, name) = (self.storage.clone(), id.to_string());
         let removed = tokio::task::spawn_blocking(move || {
-            let captured = storage
-                .template(&name)
-                .is_ok_and(|t| t.id == name && t.parent.is_some());
+            let captured = storage.template(&name).is_ok_and(|t| {
+                t.id == name && matches!(t.kind, TemplateKind::Captured | TemplateKind::Built)
+            });
             if captured {
                 storage.remove_sandbox_template(&name).map(|()| 0)
             } else {

@@ -10,6 +10,7 @@
 //! turns into status codes and the API's error envelope.
 
 pub(crate) mod bash;
+mod build;
 mod checkpoint;
 mod error;
 mod expiry;
@@ -105,6 +106,7 @@ pub use network::{
 
 pub use sandstone_api::random_hex;
 
+pub use build::BuildSpec;
 pub use checkpoint::{Intent, Takeover};
 pub use error::{Error, Result};
 
@@ -581,12 +583,26 @@ impl Lifecycle {
             None => template_id.to_string(),
         };
         let template = self.template(&template_id)?;
+        self.create_from(template, config, snapshot, true).await
+    }
+
+    /// Creates a sandbox of `template` (as resolved, or with a build's
+    /// settings over it) and starts it; `warm` lets it take a warm member
+    /// (made with the template's own settings).
+    pub(super) async fn create_from(
+        &self,
+        template: Template,
+        config: SandboxConfig,
+        snapshot: Option<&str>,
+        warm: bool,
+    ) -> Result<SandboxRow> {
         policy_of(&template, &config)?;
         let disk = self.disk_limit(&template, config.resources.as_ref())?;
         self.check_free_space()?;
         // Warm members are made with the template's settings: a claim that
         // turns networking off (or on) against them takes the cold path.
         if snapshot.is_none()
+            && warm
             && config
                 .network_enabled
                 .is_none_or(|on| on == template.network_enabled)

@@ -62,6 +62,16 @@ impl Lifecycle {
     ) -> Result<sandstone_volumes::Template> {
         sandstone_volumes::check_id(template)
             .map_err(|e| Error::Invalid(format!("invalid field `template_id`: {e}")))?;
+        self.capture_as(id, template).await
+    }
+
+    /// [`Lifecycle::capture_template`] under an id the caller chose (the
+    /// build cache's own, which users may not take).
+    pub(super) async fn capture_as(
+        &self,
+        id: &str,
+        template: &str,
+    ) -> Result<sandstone_volumes::Template> {
         let _guard = self.lock(id).await;
         let row = self.row(id).await?;
         Self::source(row.status, id)?;

@@ -54,6 +54,7 @@ fn creating(id: &str, c: Creating) -> api::Template {
     let message = match c.stage {
         Stage::Pulling => format!("pulling {}", c.image),
         Stage::Unpacking => format!("unpacking the layers of {}", c.image),
+        Stage::Building => format!("building from a Sandstonefile over {}", c.image),
     };
     api::Template {
         id: id.to_string(),
@@ -234,21 +235,21 @@ pub async fn from_sandbox(
     Ok(ok(StatusCode::ACCEPTED, out))
 }
 
-/// `POST /api/v1/templates/import?name=NAME`: the body is an image archive
-/// (a tar, plain or gzipped, of an OCI layout or of `docker save`'s
-/// output), written to a private file as it arrives, then imported.
-pub async fn import(
-    State(st): State<AppState>,
-    Query(q): Query<HashMap<String, String>>,
-    body: axum::body::Body,
-) -> ApiResult<Response> {
-    use futures_util::StreamExt;
-    use std::io::Write;
+/// The query's `name`: a template id a user may take.
+fn name_of(q: &HashMap<String, String>) -> ApiResult<String> {
     let name = q.get("name").ok_or_else(|| {
         ApiError::bad_request("missing query parameter `name`: the template's id")
     })?;
     sandstone_volumes::check_id(name)
         .map_err(|e| ApiError::bad_request(format!("invalid query parameter `name`: {e}")))?;
+    Ok(name.clone())
+}
+
+/// Writes the request body to a private file beside the templates as it
+/// arrives.
+async fn save_body(st: &AppState, body: axum::body::Body) -> ApiResult<tempfile::NamedTempFile> {
+    use futures_util::StreamExt;
+    use std::io::Write;
     st.lifecycle.check_free_space()?;
     let mut file = tempfile::Builder::new()
         .prefix(".upload-")
@@ -261,7 +262,20 @@ pub async fn import(
         file.write_all(&piece)
             .map_err(|e| ApiError::internal(format!("writing the upload: {e}")))?;
     }
-    let done = st.lifecycle.import_template(name, file.path()).await?;
+    Ok(file)
+}
+
+/// `POST /api/v1/templates/import?name=NAME`: the body is an image archive
+/// (a tar, plain or gzipped, of an OCI layout or of `docker save`'s
+/// output), written to a private file as it arrives, then imported.
+pub async fn import(
+    State(st): State<AppState>,
+    Query(q): Query<HashMap<String, String>>,
+    body: axum::body::Body,
+) -> ApiResult<Response> {
+    let name = name_of(&q)?;
+    let file = save_body(&st, body).await?;
+    let done = st.lifecycle.import_template(&name, file.path()).await?;
     Ok(ok(
         StatusCode::CREATED,
         serde_json::json!({
@@ -271,6 +285,64 @@ pub async fn import(
             "bytes": done.bytes,
         }),
     ))
+}
+
+/// The file in a build context that says what to build.
+const SANDSTONEFILE: &str = "Sandstonefile";
+
+/// `POST /api/v1/templates/build?name=NAME`: the body is a tar (plain or
+/// gzipped) of the build context, with the `Sandstonefile` at its top. A
+/// context or file that cannot be built is a 400 before anything runs;
+/// then the answer streams the build's progress as JSON lines
+/// (`BuildEvent`), ending in `done` or `failed`.
+pub async fn build(
+    State(st): State<AppState>,
+    Query(q): Query<HashMap<String, String>>,
+    body: axum::body::Body,
+) -> ApiResult<Response> {
+    let name = name_of(&q)?;
+    let file = save_body(&st, body).await?;
+    let context = tempfile::Builder::new()
+        .prefix(".build-context-")
+        .tempdir_in(st.lifecycle.import_scratch())
+        .map_err(|e| ApiError::internal(format!("a dir for the build context: {e}")))?;
+    let dest = context.path().to_path_buf();
+    tokio::task::spawn_blocking(move || sandstone_oci::image::unpack_archive(file.path(), &dest))
+        .await
+        .map_err(|e| ApiError::internal(e.to_string()))?
+        .map_err(|e| {
+            ApiError::bad_request(format!("invalid request body (the build context): {e}"))
+        })?;
+    let text = std::fs::read_to_string(context.path().join(SANDSTONEFILE)).map_err(|_| {
+        ApiError::bad_request(format!(
+            "invalid request body: the build context has no {SANDSTONEFILE} at its top"
+        ))
+    })?;
+    let steps = sandstone_build::parse(&text)
+        .map_err(|e| ApiError::bad_request(format!("invalid {SANDSTONEFILE}: {e}")))?;
+    let (tx, rx) = tokio::sync::mpsc::channel::<api::BuildEvent>(256);
+    let lifecycle = st.lifecycle.clone();
+    tokio::spawn(async move {
+        let spec = crate::lifecycle::BuildSpec {
+            name,
+            steps,
+            context: context.path().to_path_buf(),
+        };
+        lifecycle.build_template(spec, &tx).await;
+        // The context goes once the build is over.
+        drop(context);
+    });
+    let lines = futures_util::stream::unfold(rx, |mut rx| async move {
+        let event = rx.recv().await?;
+        let mut line = serde_json::to_vec(&event).unwrap_or_default();
+        line.push(b'\n');
+        Some((Ok::<_, std::convert::Infallible>(line), rx))
+    });
+    Response::builder()
+        .status(StatusCode::OK)
+        .header(axum::http::header::CONTENT_TYPE, "application/x-ndjson")
+        .body(axum::body::Body::from_stream(lines))
+        .map_err(|e| ApiError::internal(e.to_string()))
 }
 
 /// `DELETE /api/v1/templates/{id}`: an imported template, and the layers

@@ -3,6 +3,8 @@
 //! a veth, running a DNS server, HTTP and HTTPS servers (with a test CA of
 //! their own) and a git server that needs a token.
 
+use super::{Daemon, test_subnet_pool};
+use serde_json::json;
 use std::process::{Child, Command, Stdio};
 
 pub struct FakeInternet {
@@ -121,4 +123,22 @@ impl Drop for FakeInternet {
         let _ = self.servers.wait();
         let _ = Command::new("ip").args(["netns", "del", &self.ns]).output();
     }
+}
+
+/// A daemon as `setup` leaves it (with this test's own pool, since tests
+/// run side by side) and `template` as its `default`, started with no
+/// network flag but the resolver of the fake internet.
+pub async fn default_daemon(net: &FakeInternet, template: &str) -> Daemon {
+    let mut d = Daemon::start().await;
+    d.kill();
+    std::fs::write(
+        d.data.path().join("network.json"),
+        json!({"egress_pool": test_subnet_pool()}).to_string(),
+    )
+    .unwrap();
+    std::os::unix::fs::symlink(template, d.data.path().join("templates/default")).unwrap();
+    d.default_network = true;
+    d.serve_args = vec!["--dns-upstream".into(), format!("{}:53", net.server)];
+    d.spawn().await;
+    d
 }
