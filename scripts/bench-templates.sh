@@ -8,7 +8,9 @@
 #  - templates captured from a running sandbox with a 1 GiB workspace vs an
 #    empty one (btrfs pool);
 #  - creates from the image template vs from `host` (cold: no warm pool;
-#    20 each, interleaved).
+#    20 each, interleaved), and warm (a warm pool of one per template);
+#  - a Sandstonefile (three RUN, one COPY) built from scratch vs built
+#    again with every step cached.
 # Bounded: a few minutes; everything it started is removed on exit.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -195,3 +197,68 @@ print("|---|---|")
 for t, xs in times.items():
     print(f"| from {t} | {p50(xs):.1f} |")
 PY
+
+# Warm claims: a pool of one member per template, refilled between claims.
+warm_port=$((port + 2))
+start_daemon warm "$warm_port" --no-pool -- --warm-pool 1
+on warm template import app "$work/image/image.tar" >/dev/null
+python3 - "$warm_port" "$(cat "$work/warm/admin.token")" <<'PY'
+import http.client, json, re, sys, time
+port, token = int(sys.argv[1]), sys.argv[2]
+c = http.client.HTTPConnection("127.0.0.1", port)
+def call(method, path, body=None):
+    c.request(method, path, body=json.dumps(body) if body is not None else None,
+              headers={"authorization": f"Bearer {token}", "content-type": "application/json"})
+    r = c.getresponse(); data = r.read()
+    assert r.status < 300, (r.status, data)
+    return data
+def ready():
+    m = re.search(rb"sandstone_warm_pool_ready (\d+)", call("GET", "/metrics"))
+    return int(m.group(1)) if m else 0
+def wait_full():
+    for _ in range(200):
+        if ready() >= 2:
+            return
+        time.sleep(0.05)
+    raise SystemExit("the warm pool did not refill")
+times = {"host": [], "app": []}
+made = []
+for _ in range(20):
+    for t in times:
+        wait_full()
+        s = time.perf_counter()
+        sid = json.loads(call("POST", "/api/v1/sandboxes", {"template": t}))["data"]["sandbox_id"]
+        times[t].append((time.perf_counter() - s) * 1000)
+        made.append(sid)
+for sid in made:
+    call("DELETE", f"/api/v1/sandboxes/{sid}")
+p50 = lambda xs: sorted(xs)[len(xs) // 2]
+print()
+print("| create, warm (20 each) | p50 ms |")
+print("|---|---|")
+for t, xs in times.items():
+    print(f"| from {t} | {p50(xs):.1f} |")
+PY
+
+# Builds, on the btrfs daemon: the same Sandstonefile from scratch (its
+# first step changed each run, so nothing below it is cached) and then
+# again with every step cached.
+mkdir -p "$work/ctx"
+head -c 1048576 /dev/urandom > "$work/ctx/data.bin"
+echo
+echo "| run | build, nothing cached (ms) | build again, all cached (ms) | ratio |"
+echo "|---|---|---|---|"
+for run in 1 2 3; do
+  cat > "$work/ctx/Sandstonefile" <<FILE
+FROM host
+RUN mkdir -p /srv/app && echo $run > /srv/app/run
+ENV MODE=bench
+RUN seq 1 1000 > /srv/app/numbers
+WORKDIR /srv/app
+COPY data.bin .
+RUN sha256sum data.bin > sum
+FILE
+  t=$(now); on cap template build "built$run" -f "$work/ctx/Sandstonefile" >/dev/null; full_ms=$(ms "$t")
+  t=$(now); on cap template build "built$run" -f "$work/ctx/Sandstonefile" >/dev/null; cached_ms=$(ms "$t")
+  echo "| $run | $full_ms | $cached_ms | $(python3 -c "print(f'{$cached_ms/$full_ms:.2f}')") |"
+done
