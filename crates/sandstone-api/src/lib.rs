@@ -521,13 +521,15 @@ pub struct TemplateSpecRequest {
     #[serde(default)]
     pub network: Option<serde_json::Value>,
     #[serde(default)]
-    pub display_name: Option<Unsupported>,
+    pub display_name: Option<String>,
     #[serde(default)]
-    pub tags: Vec<Unsupported>,
+    pub tags: Vec<String>,
     #[serde(default)]
     pub pod: Option<Unsupported>,
+    /// How many warm sandboxes to keep for it (instead of the daemon's
+    /// `--warm-pool`).
     #[serde(default)]
-    pub pool: Option<Unsupported>,
+    pub pool: Option<PoolStrategy>,
     #[serde(default)]
     pub cluster_id: Option<Unsupported>,
     /// Claim-lifetime tmpfs mounts: in the Sandbox0 SDK's model (0.10.4)
@@ -562,10 +564,7 @@ impl TemplateSpecRequest {
     pub fn unsupported(&self) -> Option<&'static str> {
         let c = &self.main_container;
         [
-            ("spec.displayName", self.display_name.is_some()),
-            ("spec.tags", !self.tags.is_empty()),
             ("spec.pod", self.pod.is_some()),
-            ("spec.pool", self.pool.is_some()),
             ("spec.clusterId", self.cluster_id.is_some()),
             ("spec.ephemeralMounts", !self.ephemeral_mounts.is_empty()),
             (
@@ -589,10 +588,26 @@ impl TemplateSpecRequest {
 pub struct TemplateSpec {
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub description: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub display_name: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tags: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pool: Option<PoolStrategy>,
     pub main_container: ContainerSpec,
     /// The base environment of the template's processes.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub env_vars: BTreeMap<String, String>,
+}
+
+/// Sandbox0's `PoolStrategy`: the warm sandboxes kept for a template.
+/// Sandstone keeps `minIdle` made ahead (it refills one at a time, so
+/// never more than `maxIdle`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PoolStrategy {
+    pub min_idle: u32,
+    pub max_idle: u32,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -164,6 +164,11 @@ pub struct Template {
     /// `"network_enabled": false` in `template.json`: its sandboxes get
     /// only loopback unless a claim asks otherwise.
     pub network_enabled: bool,
+    pub display_name: Option<String>,
+    pub tags: Vec<String>,
+    /// Warm sandboxes kept for it; `None`: the daemon's default.
+    pub warm: Option<u32>,
+    pub warm_max: Option<u32>,
     /// The base environment of its sandboxes' processes (an image's
     /// `Env`); the claim's `env_vars` go over it.
     pub env: std::collections::BTreeMap<String, String>,
@@ -197,6 +202,17 @@ pub struct TemplateSettings {
     pub network: Option<serde_json::Value>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub network_enabled: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub display_name: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tags: Vec<String>,
+    /// Warm sandboxes kept for it, instead of the daemon's default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub warm: Option<u32>,
+    /// The most it may keep (Sandbox0's `maxIdle`; shown, since one
+    /// refill at a time never overshoots `warm`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub warm_max: Option<u32>,
 }
 
 impl Template {
@@ -228,6 +244,10 @@ impl Template {
             memory: settings.memory,
             network: settings.network,
             network_enabled: settings.network_enabled.unwrap_or(true),
+            display_name: settings.display_name,
+            tags: settings.tags,
+            warm: settings.warm,
+            warm_max: settings.warm_max,
             env: Default::default(),
             image: None,
             working_dir: None,

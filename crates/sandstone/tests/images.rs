@@ -557,10 +557,21 @@ async fn an_image_pulled_from_a_registry_with_a_login_becomes_a_template() {
         &d,
         "pulled",
         &image,
-        json!({"envVars": {"EXTRA": "from the template"}, "description": "the app"}),
+        json!({"envVars": {"EXTRA": "from the template"}, "description": "the app",
+            "displayName": "The App", "tags": ["team", "app"], "pool": {"minIdle": 1, "maxIdle": 2}}),
     )
     .await;
     assert_eq!(s, 201, "{v}");
+    assert_eq!(v["data"]["spec"]["displayName"], "The App", "{v}");
+    assert_eq!(v["data"]["spec"]["tags"], json!(["team", "app"]), "{v}");
+    assert_eq!(
+        v["data"]["spec"]["pool"],
+        json!({"minIdle": 1, "maxIdle": 2}),
+        "{v}"
+    );
+    // Its pool keeps a sandbox made ahead, though the daemon's default
+    // is none.
+    d.wait_warm(1).await;
     assert_eq!(
         v["data"]["spec"]["mainContainer"]["image"],
         image.as_str(),
@@ -709,22 +720,18 @@ async fn bad_pulls_are_clear_errors_and_leave_no_template() {
         let (s, _) = d.get(&format!("/api/v1/templates/{id}")).await;
         assert_eq!(s, 404, "{id} was left behind");
     }
-    // Fields Sandstone does not act on yet are refused by name.
-    let (s, v) = create_template(
-        &d,
-        "pooled",
-        &registry.image("team/arm", "v1"),
-        json!({"pool": {"minIdle": 1, "maxIdle": 2}}),
-    )
-    .await;
-    assert!(
-        s == 400
-            && v["error"]["message"]
-                .as_str()
-                .unwrap()
-                .contains("spec.pool"),
-        "{v}"
-    );
+    // A pool that cannot be, and fields Sandstone does not act on, are
+    // refused by name.
+    for (extra, field) in [
+        (json!({"pool": {"minIdle": 3, "maxIdle": 2}}), "spec.pool"),
+        (json!({"pool": {"minIdle": 1, "maxIdle": 500}}), "spec.pool"),
+        (json!({"tags": [""]}), "spec.tags[0]"),
+        (json!({"pod": {"nodeSelector": {}}}), "spec.pod"),
+    ] {
+        let (s, v) = create_template(&d, "odd", &registry.image("team/arm", "v1"), extra).await;
+        let msg = v["error"]["message"].as_str().unwrap_or_default();
+        assert!(s == 400 && msg.contains(field), "{field}: {v}");
+    }
     // Nothing half-made: no template dir, no unpacked layer of the
     // tampered image (its good base layer may stay for the next pull).
     let odd_layer = d

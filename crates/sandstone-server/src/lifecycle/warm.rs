@@ -95,7 +95,9 @@ impl Lifecycle {
             return false;
         };
         for t in templates {
-            if self.warm.count(&t.pinned()) >= self.warm.size {
+            // The template's own pool size (`spec.pool`), else the daemon's.
+            let size = t.warm.map_or(self.warm.size, |n| n as usize);
+            if self.warm.count(&t.pinned()) >= size {
                 continue;
             }
             match self.make_member(&t).await {
@@ -159,11 +161,9 @@ impl Lifecycle {
         }
     }
 
-    /// Keeps the pool full until the daemon stops.
+    /// Keeps the pool full until the daemon stops. Runs with a default
+    /// size of 0 too: a template may ask for its own (`spec.pool`).
     pub fn spawn_warm_pool(self: &Arc<Self>) {
-        if self.warm.size == 0 {
-            return;
-        }
         let lc = self.clone();
         tokio::spawn(async move {
             loop {

@@ -31,6 +31,12 @@ fn to_api(t: sandstone_volumes::Template) -> api::Template {
         scope: "public".into(),
         spec: api::TemplateSpec {
             description: t.description,
+            display_name: t.display_name,
+            tags: t.tags,
+            pool: t.warm.map(|min_idle| api::PoolStrategy {
+                min_idle,
+                max_idle: t.warm_max.unwrap_or(min_idle),
+            }),
             main_container: api::ContainerSpec {
                 image: t.image.unwrap_or(t.id),
                 resources: api::ResourceQuota {
@@ -63,6 +69,9 @@ fn creating(id: &str, c: Creating) -> api::Template {
         scope: "public".into(),
         spec: api::TemplateSpec {
             description: String::new(),
+            display_name: None,
+            tags: Vec::new(),
+            pool: None,
             main_container: api::ContainerSpec {
                 image: c.image,
                 resources: api::ResourceQuota {
@@ -129,11 +138,33 @@ fn quantity(v: &str, field: &str, min: u64) -> ApiResult<()> {
     }
 }
 
+/// The most warm sandboxes a template may ask for (`spec.pool.maxIdle`):
+/// each holds a uid range and a subnet while it waits.
+const MAX_WARM: u32 = 16;
+
 /// What a template spec asks for, checked field by field.
 fn pulled_from(spec: api::TemplateSpecRequest) -> ApiResult<sandstone_volumes::Pulled> {
     if let Some(field) = spec.unsupported() {
         return Err(ApiError::bad_request(format!(
             "invalid field `{field}`: not supported by Sandstone yet"
+        )));
+    }
+    if let Some(p) = spec.pool
+        && (p.min_idle > p.max_idle || p.max_idle > MAX_WARM)
+    {
+        return Err(ApiError::bad_request(format!(
+            "invalid field `spec.pool`: minIdle {} and maxIdle {} must be 0 ≤ minIdle ≤ maxIdle ≤ {MAX_WARM}",
+            p.min_idle, p.max_idle
+        )));
+    }
+    if let Some((i, _)) = spec
+        .tags
+        .iter()
+        .enumerate()
+        .find(|(_, t)| t.is_empty() || t.len() > 63)
+    {
+        return Err(ApiError::bad_request(format!(
+            "invalid field `spec.tags[{i}]`: a tag is 1 to 63 characters"
         )));
     }
     let c = spec.main_container;
@@ -178,6 +209,10 @@ fn pulled_from(spec: api::TemplateSpecRequest) -> ApiResult<sandstone_volumes::P
             memory: Some(c.resources.memory),
             network,
             network_enabled: None,
+            display_name: spec.display_name,
+            tags: spec.tags,
+            warm: spec.pool.map(|p| p.min_idle),
+            warm_max: spec.pool.map(|p| p.max_idle),
         },
     })
 }
