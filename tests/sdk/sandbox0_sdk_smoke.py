@@ -32,6 +32,8 @@ from sandbox0.apispec.models.sandbox_update_request import SandboxUpdateRequest
 from sandbox0.apispec.models.template_create_request import TemplateCreateRequest
 from sandbox0.apispec.models.template_from_sandbox_create_request import TemplateFromSandboxCreateRequest
 from sandbox0.apispec.models.template_update_request import TemplateUpdateRequest
+from sandbox0.apispec.api.registry import post_api_v1_registry_credentials
+from sandbox0.apispec.models.registry_credentials_request import RegistryCredentialsRequest
 
 def registry_image():
     """An image (a static busybox and /etc/from-registry) served by
@@ -244,6 +246,12 @@ for name in ("sdk-captured", "sdk-pulled"):
         sys.exit(f"template {name} was never deleted")
 assert not {"sdk-pulled", "sdk-captured"} & {t.template_id for t in client.list_templates()}
 registry.kill()
+# A push login for the daemon's own registry, through the SDK's generated
+# call (the SDK has no wrapper for it).
+creds = post_api_v1_registry_credentials.sync(
+    client=client._api, body=RegistryCredentialsRequest(target_image="sdk/app:v1"))
+assert creds.success and creds.data.push_image.endswith("/sdk/app:v1"), creds
+assert creds.data.username and creds.data.password and creds.data.expires_at, creds
 
 snap = client.sandboxes.create_rootfs_snapshot(sandbox.id)
 assert snap.sandbox_id == sandbox.id, snap

@@ -772,3 +772,29 @@ pub enum BuildStream {
     Stdout,
     Stderr,
 }
+
+/// `POST /api/v1/registry/credentials`'s optional body.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RegistryCredentialsRequest {
+    /// `repository[:tag]` to push, without a registry.
+    #[serde(default)]
+    pub target_image: Option<String>,
+}
+
+/// Sandbox0's `RegistryCredentials`: where to push, and a short-lived
+/// login for it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RegistryCredentials {
+    pub provider: String,
+    pub push_registry: String,
+    pub pull_registry: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub push_image: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pull_image: Option<String>,
+    pub username: String,
+    pub password: String,
+    pub expires_at: String,
+}

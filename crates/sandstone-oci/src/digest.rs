@@ -14,6 +14,11 @@ impl Digest {
     pub fn of(data: &[u8]) -> Digest {
         Digest(Sha256::digest(data).into())
     }
+
+    /// The hex part (how blobs are named on disk).
+    pub fn hex(&self) -> String {
+        hex::encode(self.0)
+    }
 }
 
 impl std::str::FromStr for Digest {

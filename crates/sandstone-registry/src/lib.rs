@@ -9,10 +9,12 @@
 mod auth;
 mod pull;
 mod reference;
+pub mod store;
 
 pub use auth::Auths;
 pub use pull::{Pulled, Puller};
 pub use reference::Reference;
+pub use store::Store;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {

@@ -19,7 +19,7 @@ use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::http::{StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{any, get};
 use axum::serve::ListenerExt;
 use openapi::Body;
 use routes::error::{self, ApiError};
@@ -196,9 +196,45 @@ pub fn router(st: AppState) -> Router {
                 )
             }),
         )
+        // The registry's own logins (basic auth), not the API's.
+        .route("/v2", any(routes::registry::v2))
+        .route("/v2/", any(routes::registry::v2))
+        .route("/v2/{*rest}", any(routes::registry::v2))
         .merge(api)
         .fallback(not_found)
         .with_state(st)
+}
+
+/// The names the daemon's own registry answers to: the advertised URL's
+/// `host:port` first (what pushers are told), then the listen address and,
+/// on loopback or all addresses, `localhost` and `127.0.0.1` with its port.
+fn registry_hosts(advertise_url: &str, listen: SocketAddr) -> Vec<String> {
+    let mut hosts = Vec::new();
+    let (default_port, rest) = match advertise_url.split_once("://") {
+        Some(("https", rest)) => (443, rest),
+        Some((_, rest)) => (80, rest),
+        None => (listen.port(), advertise_url),
+    };
+    let authority = rest.split('/').next().unwrap_or_default();
+    if !authority.is_empty() {
+        // `[v6]:port`, `host:port`, or a host with the scheme's port.
+        let has_port = authority
+            .rsplit_once(':')
+            .is_some_and(|(h, p)| !h.ends_with(':') && p.parse::<u16>().is_ok());
+        hosts.push(if has_port {
+            authority.to_string()
+        } else {
+            format!("{authority}:{default_port}")
+        });
+    }
+    let port = listen.port();
+    hosts.push(listen.to_string());
+    if listen.ip().is_loopback() || listen.ip().is_unspecified() {
+        hosts.push(format!("localhost:{port}"));
+        hosts.push(format!("127.0.0.1:{port}"));
+    }
+    hosts.dedup();
+    hosts
 }
 
 /// Writes `bytes` to a new file only root may read (0600 from its
@@ -371,6 +407,7 @@ pub async fn run(mut config: Config) -> anyhow::Result<()> {
         warm_pool: config.warm_pool,
         lease: Arc::new(lease),
         registry_auths: config.registry_auths.clone(),
+        registry_hosts: registry_hosts(&node.advertise_url, config.listen),
     };
     let lc = lifecycle::Lifecycle::new(runner, store, storage, network, checkpoints).await?;
     lc.adopt().await?;

@@ -308,7 +308,7 @@ impl Storage {
     pub fn open(data_dir: &Path, driver: Option<Driver>) -> Result<Storage> {
         // Layers are stored unshifted: a setuid file a sandbox creates is
         // owned by host root on disk. Only host root may traverse to them.
-        for d in ["templates", "layers", "run"] {
+        for d in ["templates", "layers", "run", "registry"] {
             let dir = data_dir.join(d);
             std::fs::create_dir_all(&dir).map_err(io(format!("create {d} dir")))?;
             std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o700))
@@ -322,6 +322,11 @@ impl Storage {
         };
         storage.finish_restores();
         Ok(storage)
+    }
+
+    /// Where the daemon's own registry keeps what is pushed to it.
+    pub fn registry_dir(&self) -> PathBuf {
+        self.root.join("registry")
     }
 
     fn built_rootfs(&self, t: BuiltTemplate) -> PathBuf {

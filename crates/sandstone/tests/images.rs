@@ -1011,3 +1011,91 @@ async fn an_images_user_and_working_dir_hold_for_its_processes() {
     assert!(v.to_string().contains("\\\"ghost\\\" is not in"), "{v}");
     assert!(!template_ids(&d).await.contains(&"as-ghost".to_string()));
 }
+
+/// An image pushed by a real client (skopeo) to the daemon's own registry,
+/// with the login `POST /api/v1/registry/credentials` hands out, becomes a
+/// template; a wrong login is refused, and a template may name only what
+/// was pushed.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_image_pushed_to_the_daemons_registry_becomes_a_template() {
+    let d = Daemon::start().await;
+    let (s, v) = d
+        .post(
+            "/api/v1/registry/credentials",
+            json!({"targetImage": "team/app:v1"}),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    let c = &v["data"];
+    let push = c["pushImage"].as_str().unwrap().to_string();
+    assert_eq!(
+        push,
+        format!("{}/team/app:v1", c["pushRegistry"].as_str().unwrap())
+    );
+    let login = format!(
+        "{}:{}",
+        c["username"].as_str().unwrap(),
+        c["password"].as_str().unwrap()
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let archive = dir.path().join("app.tar");
+    std::fs::write(
+        &archive,
+        app_image(sandstone_oci::image::this_architecture()),
+    )
+    .unwrap();
+    let skopeo = |creds: &str, dest: &str| {
+        std::process::Command::new("skopeo")
+            .args([
+                "--insecure-policy",
+                "copy",
+                "--dest-tls-verify=false",
+                "--dest-creds",
+                creds,
+            ])
+            .arg(format!("oci-archive:{}", archive.display()))
+            .arg(format!("docker://{dest}"))
+            .output()
+            .expect("skopeo (apt-get install skopeo; .ci/run does)")
+    };
+    // A login not handed out is refused.
+    let out = skopeo("sandstone:srp_guessed", &push);
+    assert!(!out.status.success());
+    assert!(
+        common::text(&out.stderr)
+            .to_lowercase()
+            .contains("unauthorized"),
+        "{}",
+        common::text(&out.stderr)
+    );
+    let out = skopeo(&login, &push);
+    assert!(out.status.success(), "{}", common::text(&out.stderr));
+    // Pushed again: every blob is there already.
+    let out = skopeo(&login, &push);
+    assert!(out.status.success(), "{}", common::text(&out.stderr));
+
+    let (s, v) = create_template(&d, "pushed", c["pullImage"].as_str().unwrap(), json!({})).await;
+    assert_eq!(s, 201, "{v}");
+    assert_eq!(
+        run_in(&d, "pushed", "cat /etc/greeting; ls /opt/dir").await,
+        "hello from layer 2\nb\n"
+    );
+    // Only what was pushed.
+    let missing = push.replace(":v1", ":v2");
+    let (s, v) = create_template(&d, "not-pushed", &missing, json!({})).await;
+    assert_eq!(s, 400, "{v}");
+    assert!(v.to_string().contains("was not pushed"), "{v}");
+    // The registry needs a login to read too.
+    let url = format!("{}/v2/team/app/manifests/v1", d.url);
+    let r = reqwest::get(&url).await.unwrap();
+    assert_eq!(r.status().as_u16(), 401);
+    assert!(r.headers().contains_key("www-authenticate"));
+    let (s, v) = d
+        .post(
+            "/api/v1/registry/credentials",
+            json!({"targetImage": "Bad Name"}),
+        )
+        .await;
+    assert_eq!(s, 400, "{v}");
+    assert!(v.to_string().contains("targetImage"), "{v}");
+}

@@ -162,6 +162,9 @@ impl Lifecycle {
     async fn fetch(&self, id: &str, reference: &Reference) -> Result<PathBuf> {
         self.check_free_space()?;
         let dir = self.storage.pull_dir(id);
+        if self.registry.is_own(&reference.registry) {
+            return self.fetch_own(reference, dir).await;
+        }
         let fetched = match self
             .puller
             .pull(reference, &dir, |d| self.storage.has_layer(d))
@@ -192,6 +195,31 @@ impl Lifecycle {
         );
         if let Some(c) = self.creating_list().get_mut(id) {
             c.stage = Stage::Unpacking;
+        }
+        Ok(dir)
+    }
+
+    /// An image pushed to this daemon's own registry, laid out in `dir`
+    /// from its store (blobs linked, nothing sent over the network).
+    async fn fetch_own(&self, reference: &Reference, dir: PathBuf) -> Result<PathBuf> {
+        let store = self.registry.store.clone();
+        let (name, wanted, to) = (
+            reference.repository.clone(),
+            reference.manifest(),
+            dir.clone(),
+        );
+        let found = tokio::task::spawn_blocking(move || {
+            let _ = std::fs::remove_dir_all(&to);
+            store.export(&name, &wanted, &to)
+        })
+        .await
+        .map_err(super::internal)?
+        .map_err(super::internal)?;
+        if found.is_none() {
+            let _ = tokio::fs::remove_dir_all(&dir).await;
+            return Err(Error::Invalid(format!(
+                "invalid field `spec.mainContainer.image`: {reference} was not pushed to this daemon's registry"
+            )));
         }
         Ok(dir)
     }

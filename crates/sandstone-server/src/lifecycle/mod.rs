@@ -18,6 +18,7 @@ mod fencing;
 pub mod images;
 pub(crate) mod network;
 mod recovery;
+pub mod registry;
 mod snapshots;
 mod templates;
 mod warm;
@@ -95,6 +96,8 @@ pub struct Lifecycle {
     /// undo the other halfway.
     fenced: tokio::sync::Mutex<bool>,
     /// Pulls images for templates made from a registry's.
+    /// Images pushed to this daemon (`/v2/`).
+    pub registry: registry::OwnRegistry,
     puller: sandstone_registry::Puller,
     /// Templates being pulled now, for `GET /templates/{id}`.
     creating: Mutex<HashMap<String, images::Creating>>,
@@ -134,6 +137,9 @@ pub struct Runner<'a> {
     pub lease: Arc<crate::lease::Lease>,
     /// Logins for the registries templates are pulled from.
     pub registry_auths: sandstone_registry::Auths,
+    /// The names this daemon's own registry answers to (the first is the
+    /// one pushers are told).
+    pub registry_hosts: Vec<String>,
 }
 
 impl Lifecycle {
@@ -151,6 +157,7 @@ impl Lifecycle {
             warm_pool,
             lease,
             registry_auths,
+            registry_hosts,
         } = runner;
         let cgroups = Driver::detect(cgroup_group)?;
         match sandstone_runtime::cgroup::favor_dynamic_modifications() {
@@ -171,6 +178,10 @@ impl Lifecycle {
         }
         let slot_cursor = slots.iter().max().map_or(0, |m| (m + 1) % MAX_SLOTS);
         let (init_watch, init_watched) = tokio::sync::mpsc::unbounded_channel();
+        let registry = registry::OwnRegistry::new(
+            sandstone_registry::Store::open(&storage.registry_dir())?,
+            registry_hosts,
+        );
         Ok(Lifecycle {
             node,
             store,
@@ -191,6 +202,7 @@ impl Lifecycle {
             lease,
             fenced: tokio::sync::Mutex::new(false),
             puller: sandstone_registry::Puller::new(registry_auths),
+            registry,
             creating: Mutex::new(HashMap::new()),
         })
     }

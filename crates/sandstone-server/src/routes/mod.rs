@@ -5,6 +5,7 @@ pub mod error;
 pub mod files;
 pub mod network;
 pub mod observability;
+pub mod registry;
 pub mod sandboxes;
 pub mod snapshots;
 pub mod templates;
