@@ -89,6 +89,7 @@ async fn a_sandstonefile_builds_a_template_and_a_rebuild_runs_only_what_changed(
             --no-cache-dir --index-url https://pypi.org/simple sandstone-demo\n\
         WORKDIR /srv/app\n\
         COPY app/ .\n\
+        COPY fake-ca.pem .\n\
         RUN python3 main.py > ran.txt && echo the app ran\n";
     std::fs::write(ctx.path().join("Sandstonefile"), file).unwrap();
 
@@ -96,7 +97,7 @@ async fn a_sandstonefile_builds_a_template_and_a_rebuild_runs_only_what_changed(
     assert!(ok, "{events:?}");
     assert_eq!(last(&events)["type"], "done", "{events:?}");
     assert_eq!(last(&events)["version"], 1);
-    assert_eq!(last(&events)["steps_run"], 4);
+    assert_eq!(last(&events)["steps_run"], 5);
     assert!(
         output(&events).contains("sandstone-demo") && output(&events).contains("the app ran"),
         "the steps' output is streamed: {}",
@@ -112,10 +113,13 @@ async fn a_sandstonefile_builds_a_template_and_a_rebuild_runs_only_what_changed(
         .sh(
             &sb,
             "python3 -c 'import sandstone_demo; print(sandstone_demo.answer())'; \
-             pwd; cat ran.txt; echo $GREETING",
+             pwd; cat ran.txt; echo $GREETING; ls /srv/app",
         )
         .await;
-    assert_eq!(r["stdout"], "42\n/srv/app\napp v1\nbuilt\n", "{r}");
+    assert_eq!(
+        r["stdout"], "42\n/srv/app\napp v1\nbuilt\nfake-ca.pem\nmain.py\nran.txt\n",
+        "{r}"
+    );
     // Its build sandboxes are gone; the cache is not listed.
     let (_, v) = d.get("/api/v1/sandboxes").await;
     assert_eq!(v["data"]["sandboxes"].as_array().unwrap().len(), 1, "{v}");
@@ -129,7 +133,7 @@ async fn a_sandstonefile_builds_a_template_and_a_rebuild_runs_only_what_changed(
     assert!(ok, "{events:?}");
     assert_eq!(
         cached(&events).iter().map(|(_, c)| *c).collect::<Vec<_>>(),
-        vec![true, true, false, false],
+        vec![true, true, false, false, false],
         "{:?}",
         cached(&events)
     );
@@ -155,7 +159,7 @@ async fn a_sandstonefile_builds_a_template_and_a_rebuild_runs_only_what_changed(
     assert!(!ok, "{events:?}");
     let failed = last(&events);
     assert_eq!(failed["type"], "failed", "{events:?}");
-    assert_eq!(failed["line"], 9, "{failed}");
+    assert_eq!(failed["line"], 10, "{failed}");
     assert!(
         failed["message"]
             .as_str()

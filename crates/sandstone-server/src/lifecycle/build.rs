@@ -455,7 +455,19 @@ fn walk(
 /// `workdir`), through init, as root.
 async fn copy_in(rt: &super::Runtime, copied: &Copied, dest: &str, workdir: &str) -> Result<()> {
     let base = Path::new(workdir).join(dest);
-    let (dir, single) = if copied.into_dir || dest.ends_with('/') {
+    // As Docker does: into a directory when the destination says so
+    // (`dir/`, `.`) or is one already.
+    let names_a_dir = dest.ends_with('/') || dest == "." || dest.ends_with("/.");
+    let is_dir = || async {
+        let stat = Request::Stat {
+            path: base.to_string_lossy().into_owned(),
+        };
+        matches!(
+            crate::initclient::call(&rt.socket, &stat, &[]).await,
+            Ok((Response::Stat { info }, _)) if info.kind == sandstone_api::FileKind::Dir
+        )
+    };
+    let (dir, single) = if copied.into_dir || names_a_dir || is_dir().await {
         (base.clone(), None)
     } else {
         let parent = base.parent().unwrap_or(Path::new("/")).to_path_buf();
