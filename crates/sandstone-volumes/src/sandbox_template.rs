@@ -18,6 +18,10 @@ pub struct SandboxTemplate {
     pub parent: String,
     /// The sandbox captured.
     pub sandbox: String,
+    /// The `Idempotency-Key` of the request that captured it: a retry
+    /// with the same key gets this template instead of a conflict.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idempotency_key: Option<String>,
 }
 
 const SANDBOX_FILE: &str = "sandbox.json";
@@ -48,7 +52,13 @@ impl Storage {
     /// Captures sandbox `sandbox` (made from template `parent`) as template
     /// `id`. The caller keeps the sandbox still meanwhile (frozen or
     /// paused). On failure nothing is left.
-    pub fn capture_template(&self, sandbox: &str, id: &str, parent: &str) -> Result<()> {
+    pub fn capture_template(
+        &self,
+        sandbox: &str,
+        id: &str,
+        parent: &str,
+        idempotency_key: Option<&str>,
+    ) -> Result<()> {
         // The caller checked a user's id; the build cache captures as its own.
         check_name(id)?;
         let templates = self.root.join("templates");
@@ -64,6 +74,7 @@ impl Storage {
         let doc = SandboxTemplate {
             parent: parent.to_string(),
             sandbox: sandbox.to_string(),
+            idempotency_key: idempotency_key.map(str::to_string),
         };
         let staged = templates.join(format!(".capture-{id}"));
         let placed = (|| {
@@ -211,6 +222,12 @@ impl Storage {
             }
         }
         Ok(t)
+    }
+
+    /// What template `id` was captured from, if it was.
+    pub fn captured_from(&self, id: &str) -> Option<SandboxTemplate> {
+        let file = self.root.join("templates").join(id).join(SANDBOX_FILE);
+        serde_json::from_str(&std::fs::read_to_string(file).ok()?).ok()
     }
 
     /// Removes template `id` captured from a sandbox (and its volume) or

@@ -194,4 +194,28 @@ async fn a_template_from_a_running_sandbox_holds_its_files_consistently() {
     assert_eq!(s, 201, "{v}");
     let id = v["data"]["sandbox_id"].as_str().unwrap().to_string();
     assert_eq!(d.sh(&id, "cat /srv/marker").await["stdout"], "base\n");
+
+    // A retry with the same Idempotency-Key gets the template it made; the
+    // key is no way to take another sandbox's capture.
+    let keyed = |sandbox: &str| {
+        reqwest::Client::new()
+            .post(format!("{}/api/v1/templates/from-sandbox", d.url))
+            .bearer_auth(&d.token)
+            .header("idempotency-key", "capture-1")
+            .json(&json!({"template_id": "keyed", "sandbox_id": sandbox}))
+            .send()
+    };
+    for _ in 0..2 {
+        let r = keyed(&src).await.unwrap();
+        assert_eq!(r.status().as_u16(), 202);
+        assert_eq!(r.headers()["location"], "/api/v1/templates/keyed");
+    }
+    assert_eq!(keyed(&id).await.unwrap().status().as_u16(), 409);
+    let (s, _) = d
+        .post(
+            "/api/v1/templates/from-sandbox",
+            json!({"template_id": "keyed", "sandbox_id": src}),
+        )
+        .await;
+    assert_eq!(s, 409, "without the key it is a conflict");
 }

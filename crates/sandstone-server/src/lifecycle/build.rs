@@ -297,7 +297,7 @@ impl Lifecycle {
                 (Kind::Copy { dest, .. }, Some(c)) => copy_in(&rt, c, dest, &workdir).await?,
                 _ => return Err(super::internal("a step that makes no files")),
             }
-            self.capture_as(&row.id, id).await.map(drop)
+            self.capture_as(&row.id, id, None).await.map(drop)
         }
         .await;
         if let Err(e) = self.delete(&row.id).await {

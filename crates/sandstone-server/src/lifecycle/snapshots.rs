@@ -54,15 +54,29 @@ impl Lifecycle {
     /// Captures sandbox `id`'s files (running: frozen for the moment it
     /// takes, as a snapshot is; or paused) as template `template`, whose
     /// sandboxes start with them over the sandbox's own template. O(1) on
-    /// the btrfs pool.
+    /// the btrfs pool. A retry with the `idempotency_key` of the capture
+    /// that made `template` from `id` gets that template again.
     pub async fn capture_template(
         &self,
         id: &str,
         template: &str,
+        idempotency_key: Option<&str>,
     ) -> Result<sandstone_volumes::Template> {
         sandstone_volumes::check_id(template)
             .map_err(|e| Error::Invalid(format!("invalid field `template_id`: {e}")))?;
-        self.capture_as(id, template).await
+        if let Some(key) = idempotency_key
+            && let Some(done) = self.storage.captured_from(template)
+            && done.idempotency_key.as_deref() == Some(key)
+        {
+            if done.sandbox != id {
+                return Err(Error::Conflict(format!(
+                    "Idempotency-Key {key:?} made template {template} from sandbox {}, not {id}",
+                    done.sandbox
+                )));
+            }
+            return self.storage.template(template).map_err(internal);
+        }
+        self.capture_as(id, template, idempotency_key).await
     }
 
     /// [`Lifecycle::capture_template`] under an id the caller chose (the
@@ -71,6 +85,7 @@ impl Lifecycle {
         &self,
         id: &str,
         template: &str,
+        idempotency_key: Option<&str>,
     ) -> Result<sandstone_volumes::Template> {
         let _guard = self.lock(id).await;
         let row = self.row(id).await?;
@@ -79,7 +94,7 @@ impl Lifecycle {
         tokio::task::block_in_place(|| {
             self.frozen(id, || {
                 self.storage
-                    .capture_template(id, template, &row.template)
+                    .capture_template(id, template, &row.template, idempotency_key)
                     .map_err(|e| match e {
                         sandstone_volumes::Error::TemplateExists(_) => {
                             Error::Conflict(e.to_string())

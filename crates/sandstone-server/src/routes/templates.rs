@@ -246,8 +246,20 @@ pub async fn update(
 /// this answers.
 pub async fn from_sandbox(
     State(st): State<AppState>,
+    headers: axum::http::HeaderMap,
     JsonBody(req): JsonBody<api::TemplateFromSandboxRequest>,
 ) -> ApiResult<Response> {
+    let key = match headers.get("idempotency-key") {
+        Some(v) => match v.to_str() {
+            Ok(k) if !k.is_empty() && k.len() <= 255 => Some(k.to_string()),
+            _ => {
+                return Err(ApiError::bad_request(
+                    "invalid header `Idempotency-Key`: 1 to 255 visible characters",
+                ));
+            }
+        },
+        None => None,
+    };
     if req.spec_overrides.is_some() {
         return Err(ApiError::bad_request(
             "invalid field `spec_overrides`: not supported by Sandstone yet",
@@ -256,7 +268,7 @@ pub async fn from_sandbox(
     let started = rfc3339_ms(now_ms());
     let t = st
         .lifecycle
-        .capture_template(&req.sandbox_id, &req.template_id)
+        .capture_template(&req.sandbox_id, &req.template_id, key.as_deref())
         .await?;
     let mut out = to_api(t);
     out.status = Some(api::TemplateStatus {
@@ -267,7 +279,11 @@ pub async fn from_sandbox(
             message: format!("captured from sandbox {}", req.sandbox_id),
         },
     });
-    Ok(ok(StatusCode::ACCEPTED, out))
+    let mut resp = ok(StatusCode::ACCEPTED, out);
+    if let Ok(v) = format!("/api/v1/templates/{}", req.template_id).parse() {
+        resp.headers_mut().insert(axum::http::header::LOCATION, v);
+    }
+    Ok(resp)
 }
 
 /// The query's `name`: a template id a user may take.
