@@ -435,6 +435,12 @@ impl Client {
         last.ok_or_else(|| Error::Decode("the build's answer ended before it did".into()))
     }
 
+    /// Removes the build cache and layers nothing uses.
+    pub async fn prune_templates(&self) -> Result<serde_json::Value> {
+        self.call(Method::POST, "/api/v1/templates/prune", None)
+            .await
+    }
+
     /// Pulls `image` as template `name` (answers once it is ready).
     pub async fn pull_template(
         &self,

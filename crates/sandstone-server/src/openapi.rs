@@ -86,6 +86,7 @@ pub fn operations() -> Vec<Operation> {
         delete "/api/v1/templates/{id}" templates::delete => 200 None "Delete an image or captured template and what only it used (409 while sandboxes, snapshots or captured templates use it)",
         post "/api/v1/templates/build" templates::build => 200 Bytes "Build a template from a Sandstonefile (query: name; body: a tar of the build context holding `Sandstonefile`); answers with the build's progress as JSON lines, ending in `done` or `failed`",
         post "/api/v1/templates/import" templates::import => 201 Bytes "Import an OCI image archive (OCI layout or docker save; query: name) as a template",
+        post "/api/v1/templates/prune" templates::prune => 200 None "Remove build-cache entries and image layers nothing uses (waits for running builds)",
         post "/api/v1/registry/credentials" registry::credentials => 200 Json "A push login for this daemon's registry (`/v2/`), good for an hour; images pushed there are named in a template's spec.mainContainer.image",
         get "/api/v1/nodes" cluster::list => 200 None "List the nodes sharing this database (load, templates, lease, draining)",
         post "/api/v1/nodes/{id}/drain" cluster::drain => 200 None "Drain a node: no new sandboxes are placed on it",

@@ -451,8 +451,14 @@ impl Storage {
         std::fs::remove_dir_all(&doomed).map_err(io("remove the template"))
     }
 
-    /// Removes the layers no template version names (the caller holds
-    /// the images lock); how many went.
+    /// Removes the layers no template version names; how many went.
+    pub fn collect_unused_layers(&self) -> Result<usize> {
+        let _one_at_a_time = self.images.lock().unwrap_or_else(|e| e.into_inner());
+        self.collect_layers()
+    }
+
+    /// [`Storage::collect_unused_layers`] for a caller that holds the
+    /// images lock.
     fn collect_layers(&self) -> Result<usize> {
         let named: std::collections::HashSet<String> = self
             .image_templates()?

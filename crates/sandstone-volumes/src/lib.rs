@@ -411,8 +411,9 @@ impl Storage {
         Ok(v)
     }
 
-    /// Every template, earlier versions still kept included.
-    fn all_templates(&self) -> Result<Vec<Template>> {
+    /// Every template, earlier versions still kept and the build cache
+    /// included.
+    pub fn all_templates(&self) -> Result<Vec<Template>> {
         let mut v = vec![host_template::ensure(&self.root.join("templates/host"))?];
         for t in BuiltTemplate::ALL {
             if self.has_built(t) {

@@ -224,6 +224,25 @@ impl Storage {
         Ok(t)
     }
 
+    /// Removes build-cache entry `id` (the caller made sure nothing
+    /// stands on it).
+    pub fn remove_build_cache_entry(&self, id: &str) -> Result<()> {
+        if !id.starts_with(crate::BUILD_CACHE_PREFIX) {
+            return Err(Error::UnknownTemplate(id.to_string()));
+        }
+        if self
+            .root
+            .join("templates")
+            .join(id)
+            .join(SANDBOX_FILE)
+            .exists()
+        {
+            return self.remove_sandbox_template(id);
+        }
+        // A base image `FROM` pulled.
+        self.remove_template_dir(id)
+    }
+
     /// What template `id` was captured from, if it was.
     pub fn captured_from(&self, id: &str) -> Option<SandboxTemplate> {
         let file = self.root.join("templates").join(id).join(SANDBOX_FILE);

@@ -193,6 +193,8 @@ enum TemplateCmd {
         /// directory).
         context: Option<std::path::PathBuf>,
     },
+    /// Remove build-cache entries and image layers nothing uses.
+    Prune,
     /// Capture a running or paused sandbox's files as a template.
     From {
         sandbox: String,
@@ -283,6 +285,9 @@ async fn run(cli: Cli) -> Result<()> {
                     context,
                 },
         } => sandbox_cmd::build_template(&cli, name, file, context.as_deref()).await,
+        Cmd::Template {
+            cmd: TemplateCmd::Prune,
+        } => sandbox_cmd::prune_templates(&cli).await,
         Cmd::Template {
             cmd: TemplateCmd::From { sandbox, name },
         } => sandbox_cmd::capture_template(&cli, sandbox, name).await,

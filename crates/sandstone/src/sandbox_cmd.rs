@@ -261,6 +261,18 @@ fn add_dir(
     Ok(())
 }
 
+pub async fn prune_templates(cli: &Cli) -> Result<()> {
+    let done = client(cli)?.prune_templates().await?;
+    if cli.json {
+        return print_json(&done);
+    }
+    println!(
+        "removed {} build-cache entries and {} layers",
+        done["cache_entries_removed"], done["layers_removed"]
+    );
+    Ok(())
+}
+
 pub async fn capture_template(cli: &Cli, sandbox: &str, name: &str) -> Result<()> {
     let t = client(cli)?.capture_template(sandbox, name).await?;
     if cli.json {

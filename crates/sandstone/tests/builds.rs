@@ -188,6 +188,33 @@ async fn a_sandstonefile_builds_a_template_and_a_rebuild_runs_only_what_changed(
     assert!(!ok && !output(&events).contains("reached"), "{events:?}");
     let (s, _) = d.get("/api/v1/templates/reach").await;
     assert_eq!(s, 404);
+
+    // Pruning keeps what anything stands on: the sandbox of version 1
+    // holds its steps.
+    let prune = || {
+        let out = cli(&d, &["--json", "template", "prune"], b"");
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        serde_json::from_slice::<Value>(&out.stdout).unwrap()["cache_entries_removed"].clone()
+    };
+    assert_eq!(prune(), 0);
+    // Once it is gone (and version 1 with it, at the next build), the
+    // steps only version 1 had go: its app's COPY, the COPY after it and
+    // the RUN after that.
+    std::fs::write(ctx.path().join("Sandstonefile"), file).unwrap();
+    let (s, v) = d.delete(&format!("/api/v1/sandboxes/{sb}")).await;
+    assert!(s == 200 || s == 202, "{v}");
+    // A deletion may end after it answers.
+    for _ in 0..100 {
+        if d.get(&format!("/api/v1/sandboxes/{sb}")).await.0 == 404 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let (ok, events) = build(&d, "py-app", ctx.path());
+    assert!(ok && cached(&events).iter().all(|(_, c)| *c), "{events:?}");
+    assert_eq!(prune(), 3);
+    let (ok, events) = build(&d, "py-app", ctx.path());
+    assert!(ok && cached(&events).iter().all(|(_, c)| *c), "{events:?}");
 }
 
 /// A Sandstonefile or context that cannot be built is refused before

@@ -14,8 +14,9 @@ use crate::initclient::InitConn;
 use sandstone_api::{BuildEvent, BuildStream, SandboxConfig};
 use sandstone_build::{Instruction, Kind};
 use sandstone_init::proto::{ProcKind, Request, Response, Stream};
+use sandstone_volumes::TemplateKind;
 use sandstone_volumes::{BUILD_CACHE_PREFIX, FileTemplate, Template};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Component, Path, PathBuf};
 use tokio::sync::mpsc::Sender;
 
@@ -94,6 +95,7 @@ impl Lifecycle {
     /// `failed` and leaves no template (the steps that succeeded stay
     /// cached for the next try).
     pub async fn build_template(&self, spec: BuildSpec, events: &Sender<BuildEvent>) {
+        let _building = self.builds.read().await;
         let last = match self.build(&spec, events).await {
             Ok(done) => done,
             Err((e, line)) => BuildEvent::Failed {
@@ -304,6 +306,73 @@ impl Lifecycle {
             tracing::warn!(sandbox = %row.id, error = %e, "build sandbox left behind");
         }
         ran
+    }
+}
+
+/// What [`Lifecycle::prune_templates`] removed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Pruned {
+    pub cache_entries: usize,
+    pub layers: usize,
+}
+
+impl Lifecycle {
+    /// Removes the build-cache entries no template (any kept version),
+    /// sandbox or snapshot stands on, and the image layers no template
+    /// names. Waits for running builds to end.
+    pub async fn prune_templates(&self) -> Result<Pruned> {
+        let _alone = self.builds.write().await;
+        let all = self.storage.all_templates().map_err(super::internal)?;
+        let by_pin: HashMap<String, &Template> = all.iter().map(|t| (t.pinned(), t)).collect();
+        let mut pending: Vec<String> = all
+            .iter()
+            .filter(|t| t.kind != TemplateKind::BuildCache)
+            .filter_map(|t| t.parent.clone())
+            .collect();
+        pending.extend(
+            self.store
+                .list_sandboxes()
+                .await?
+                .into_iter()
+                .map(|r| r.template),
+        );
+        pending.extend(
+            self.store
+                .list_snapshots(None)
+                .await?
+                .into_iter()
+                .map(|s| s.template),
+        );
+        let mut keep = HashSet::new();
+        while let Some(id) = pending.pop() {
+            if !keep.insert(id.clone()) {
+                continue;
+            }
+            if let Some(parent) = by_pin.get(&id).and_then(|t| t.parent.clone()) {
+                pending.push(parent);
+            }
+        }
+        let doomed: Vec<String> = all
+            .iter()
+            .filter(|t| t.kind == TemplateKind::BuildCache && !keep.contains(&t.pinned()))
+            .map(|t| t.id.clone())
+            .collect();
+        let storage = self.storage.clone();
+        tokio::task::spawn_blocking(move || {
+            for id in &doomed {
+                if id.starts_with(BUILD_CACHE_PREFIX) {
+                    storage.remove_build_cache_entry(id)?;
+                }
+            }
+            let layers = storage.collect_unused_layers()?;
+            Ok::<_, sandstone_volumes::Error>(Pruned {
+                cache_entries: doomed.len(),
+                layers,
+            })
+        })
+        .await
+        .map_err(super::internal)?
+        .map_err(super::internal)
     }
 }
 

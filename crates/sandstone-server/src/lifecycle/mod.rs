@@ -101,6 +101,9 @@ pub struct Lifecycle {
     puller: sandstone_registry::Puller,
     /// Templates being pulled now, for `GET /templates/{id}`.
     creating: Mutex<HashMap<String, images::Creating>>,
+    /// Held shared by each build, alone by a prune of the build cache
+    /// (which must not take a step a build is standing on).
+    builds: tokio::sync::RwLock<()>,
 }
 
 pub use network::{
@@ -204,6 +207,7 @@ impl Lifecycle {
             puller: sandstone_registry::Puller::new(registry_auths),
             registry,
             creating: Mutex::new(HashMap::new()),
+            builds: tokio::sync::RwLock::new(()),
         })
     }
 

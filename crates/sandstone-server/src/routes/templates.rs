@@ -396,6 +396,19 @@ pub async fn build(
         .map_err(|e| ApiError::internal(e.to_string()))
 }
 
+/// `POST /api/v1/templates/prune`: the build cache and layers nothing
+/// uses, removed.
+pub async fn prune(State(st): State<AppState>) -> ApiResult<Response> {
+    let done = st.lifecycle.prune_templates().await?;
+    Ok(ok(
+        StatusCode::OK,
+        serde_json::json!({
+            "cache_entries_removed": done.cache_entries,
+            "layers_removed": done.layers,
+        }),
+    ))
+}
+
 /// `DELETE /api/v1/templates/{id}`: an imported template, and the layers
 /// only it used.
 pub async fn delete(State(st): State<AppState>, Path(id): Path<String>) -> ApiResult<Response> {
