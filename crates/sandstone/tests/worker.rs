@@ -46,7 +46,11 @@ impl WorkerProc {
         Self::spawn(
             d,
             cmd,
-            &[("--max-idle", "2s"), ("--status-listen", "off")],
+            &[
+                ("--max-idle", "2s"),
+                ("--status-listen", "off"),
+                ("--template", "host"),
+            ],
             extra,
         )
     }
@@ -69,14 +73,7 @@ impl WorkerProc {
             }
         }
         let child = cmd
-            .args([
-                "--sandstone-url",
-                &d.url,
-                "--template",
-                "host",
-                "--log-format",
-                "json",
-            ])
+            .args(["--sandstone-url", &d.url, "--log-format", "json"])
             .args(extra)
             .env("SANDSTONE_TOKEN", &d.token)
             .env("SANDSTONE_LOG", "info")
@@ -327,6 +324,60 @@ async fn a_session_pauses_between_turns_and_comes_back_to_its_workspace() {
         .map(|r| r["fields"]["resumed"] == true)
         .collect();
     assert_eq!(resumed, [false, true]);
+}
+
+/// Builds template `name` whose `/etc/toolchain` says `version`.
+fn build_toolchain(d: &Daemon, name: &str, version: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("Sandstonefile");
+    std::fs::write(
+        &file,
+        format!("FROM host\nRUN echo {version} > /etc/toolchain\n"),
+    )
+    .unwrap();
+    let out = cli(
+        d,
+        &["template", "build", name, "-f", file.to_str().unwrap()],
+        b"",
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+}
+
+/// The worker's `--template` takes a template users made (here one built
+/// from a Sandstonefile); a session's sandbox keeps the version it was
+/// made from across a pause while the template is rebuilt, and a new
+/// session gets the new one.
+#[tokio::test(flavor = "multi_thread")]
+async fn sessions_run_on_a_users_template_and_keep_its_version() {
+    let model = FakeModel::start();
+    let d = daemon(&model, 30).await;
+    build_toolchain(&d, "toolchain", "v1");
+    let (env, key) = environment(&d).await;
+    let worker = WorkerProc::start(&d, &d.url, &env, &key, &["--template", "toolchain"]);
+    let sid = session_on(&d, &env, "worker_template", toolset()).await;
+    say(&d, &sid, "first").await;
+    idle_with(&d, &sid, "end_turn").await;
+    let sandbox = wait_paused(&d, &sid).await;
+    let (_, v) = d.get(&format!("/api/v1/sandboxes/{sandbox}")).await;
+    assert_eq!(v["data"]["template_id"], "toolchain", "{v}");
+    build_toolchain(&d, "toolchain", "v2");
+    say(&d, &sid, "second").await;
+    within(Duration::from_secs(60), async || {
+        tool_results(&events(&d, &sid).await).len() == 2
+    })
+    .await;
+    let results = tool_results(&events(&d, &sid).await);
+    assert_eq!(
+        [results[0].1.as_str(), results[1].1.as_str()],
+        ["v1", "v1"],
+        "{}",
+        worker.log()
+    );
+    assert_eq!(wait_paused(&d, &sid).await, sandbox);
+    let other = session_on(&d, &env, "worker_template", toolset()).await;
+    say(&d, &other, "first").await;
+    idle_with(&d, &other, "end_turn").await;
+    assert_eq!(tool_results(&events(&d, &other).await)[0].1, "v2");
 }
 
 /// Waits for an `agent.tool_use` named `name` and returns its id.
