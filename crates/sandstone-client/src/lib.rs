@@ -461,9 +461,10 @@ impl Client {
             .await
     }
 
-    pub async fn delete_template(&self, name: &str) -> Result<serde_json::Value> {
-        self.call(Method::DELETE, &format!("/api/v1/templates/{name}"), None)
-            .await
+    /// Deletes template `name`; `force` retires one in use (see the API).
+    pub async fn delete_template(&self, name: &str, force: bool) -> Result<serde_json::Value> {
+        let path = format!("/api/v1/templates/{name}?force={force}");
+        self.call(Method::DELETE, &path, None).await
     }
 
     pub async fn read_file(&self, id: &str, path: &str) -> Result<Vec<u8>> {

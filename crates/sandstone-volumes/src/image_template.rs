@@ -411,6 +411,36 @@ impl Storage {
         self.collect_layers()
     }
 
+    /// Takes template `id` (made from an image, or built) out of the
+    /// listing while what stands on it lives: its current version becomes
+    /// a kept one (`<id>@<n>`), which [`Storage::prune_template_versions`]
+    /// removes once unused.
+    pub fn retire_template(&self, id: &str) -> Result<()> {
+        let _one_at_a_time = self.images.lock().unwrap_or_else(|e| e.into_inner());
+        let t = self.template(id)?;
+        let version = match t.version {
+            Some(v) if t.id == id && t.kind.versioned() => v,
+            _ => return Err(Error::NotAnImageTemplate(id.to_string())),
+        };
+        let templates = self.root.join("templates");
+        std::fs::rename(
+            templates.join(id),
+            templates.join(format!("{id}@{version}")),
+        )
+        .map_err(io("retire the template"))
+    }
+
+    /// Removes the kept version `pinned` (`<id>@<n>`, unused), and the
+    /// layers no template names any more; how many layers went.
+    pub fn remove_kept_version(&self, pinned: &str) -> Result<usize> {
+        let _one_at_a_time = self.images.lock().unwrap_or_else(|e| e.into_inner());
+        if !pinned.contains('@') {
+            return Err(Error::UnknownTemplate(pinned.to_string()));
+        }
+        self.remove_template_dir(pinned)?;
+        self.collect_layers()
+    }
+
     /// Removes the earlier versions of template `id` that `used` (pinned
     /// ids) does not name, and the layers only they had; how many layers
     /// went.

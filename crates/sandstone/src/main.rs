@@ -201,9 +201,14 @@ enum TemplateCmd {
         /// The new template's id.
         name: String,
     },
-    /// Delete an image or captured template and what only it used
-    /// (refused while sandboxes, snapshots or templates use it).
-    Rm { name: String },
+    /// Delete a template and what only it used (refused while sandboxes,
+    /// snapshots or templates use it, unless --force: then a template with
+    /// versions is retired, its versions in use kept for their users).
+    Rm {
+        name: String,
+        #[arg(long)]
+        force: bool,
+    },
 }
 
 fn main() {
@@ -292,8 +297,8 @@ async fn run(cli: Cli) -> Result<()> {
             cmd: TemplateCmd::From { sandbox, name },
         } => sandbox_cmd::capture_template(&cli, sandbox, name).await,
         Cmd::Template {
-            cmd: TemplateCmd::Rm { name },
-        } => sandbox_cmd::delete_template(&cli, name).await,
+            cmd: TemplateCmd::Rm { name, force },
+        } => sandbox_cmd::delete_template(&cli, name, *force).await,
         Cmd::Restore { id, snapshot } => snapshot_cmd::restore(&cli, id, snapshot).await,
         Cmd::Snapshot { cmd } => snapshot_cmd::run(&cli, cmd).await,
         Cmd::Policy { cmd } => policy_cmd::run(&cli, cmd).await,

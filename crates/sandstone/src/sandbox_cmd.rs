@@ -267,8 +267,8 @@ pub async fn prune_templates(cli: &Cli) -> Result<()> {
         return print_json(&done);
     }
     println!(
-        "removed {} build-cache entries and {} layers",
-        done["cache_entries_removed"], done["layers_removed"]
+        "removed {} build-cache entries, {} unused template versions and {} layers",
+        done["cache_entries_removed"], done["versions_removed"], done["layers_removed"]
     );
     Ok(())
 }
@@ -282,8 +282,8 @@ pub async fn capture_template(cli: &Cli, sandbox: &str, name: &str) -> Result<()
     Ok(())
 }
 
-pub async fn delete_template(cli: &Cli, name: &str) -> Result<()> {
-    let done = client(cli)?.delete_template(name).await?;
+pub async fn delete_template(cli: &Cli, name: &str, force: bool) -> Result<()> {
+    let done = client(cli)?.delete_template(name, force).await?;
     if cli.json {
         return print_json(&done);
     }

@@ -953,6 +953,63 @@ async fn an_updated_template_leaves_its_earlier_sandboxes_their_version() {
         .filter(|n| n.starts_with("tool@"))
         .collect();
     assert!(versions.len() <= 1, "{versions:?}");
+
+    // The operator may force a template in use away: no new sandbox gets
+    // it, while the one that has it keeps running and resuming on it;
+    // once that is gone, a prune removes what it stood on.
+    let (s, v) = d
+        .post("/api/v1/sandboxes", json!({"template": "tool"}))
+        .await;
+    assert_eq!(s, 201, "{v}");
+    let last = v["data"]["sandbox_id"].as_str().unwrap().to_string();
+    let (s, v) = d.delete("/api/v1/templates/tool?force=maybe").await;
+    assert_eq!(s, 400, "{v}");
+    let (s, v) = d.delete("/api/v1/templates/tool?force=true").await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(d.get("/api/v1/templates/tool").await.0, 404);
+    assert!(!template_ids(&d).await.contains(&"tool".to_string()));
+    let (s, _) = d
+        .post("/api/v1/sandboxes", json!({"template": "tool"}))
+        .await;
+    assert_eq!(s, 404);
+    for op in ["pause", "resume"] {
+        let (s, v) = d
+            .post(&format!("/api/v1/sandboxes/{last}/{op}"), json!({}))
+            .await;
+        assert_eq!(s, 200, "{op}: {v}");
+    }
+    assert_eq!(kept(last.clone()).await, "two\nthird\n");
+    // Every sandbox goes (those `run_in` made of versions 2 and 3 too).
+    let (_, v) = d.get("/api/v1/sandboxes").await;
+    for sb in v["data"]["sandboxes"].as_array().unwrap() {
+        let (s, v) = d
+            .delete(&format!("/api/v1/sandboxes/{}", sb["id"].as_str().unwrap()))
+            .await;
+        assert!(s == 200 || s == 202, "{v}");
+    }
+    let mut removed = 0;
+    for _ in 0..50 {
+        let (s, v) = d.post("/api/v1/templates/prune", json!({})).await;
+        assert_eq!(s, 200, "{v}");
+        removed += v["data"]["versions_removed"].as_u64().unwrap();
+        if removed == 2 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(removed, 2, "{:?}", d.dir_entries("templates"));
+    assert!(
+        d.dir_entries("templates")
+            .iter()
+            .all(|n| !n.starts_with("tool")),
+        "{:?}",
+        d.dir_entries("templates")
+    );
+    assert!(
+        d.dir_entries("layers").is_empty(),
+        "{:?}",
+        d.dir_entries("layers")
+    );
 }
 
 /// An image's `User` and `WorkingDir` hold for every process: it runs as

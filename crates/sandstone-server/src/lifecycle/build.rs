@@ -313,21 +313,25 @@ impl Lifecycle {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Pruned {
     pub cache_entries: usize,
+    /// Earlier versions kept for users that are gone.
+    pub versions: usize,
     pub layers: usize,
 }
 
 impl Lifecycle {
-    /// Removes the build-cache entries no template (any kept version),
-    /// sandbox or snapshot stands on, and the image layers no template
-    /// names. Waits for running builds to end.
+    /// Removes the build-cache entries and kept template versions that no
+    /// current template, sandbox or snapshot stands on, and the image
+    /// layers no template names. Waits for running builds to end.
     pub async fn prune_templates(&self) -> Result<Pruned> {
         let _alone = self.builds.write().await;
         let all = self.storage.all_templates().map_err(super::internal)?;
         let by_pin: HashMap<String, &Template> = all.iter().map(|t| (t.pinned(), t)).collect();
+        // What stands: every current template, and what sandboxes and
+        // snapshots were made from; then all they stand on.
         let mut pending: Vec<String> = all
             .iter()
-            .filter(|t| t.kind != TemplateKind::BuildCache)
-            .filter_map(|t| t.parent.clone())
+            .filter(|t| t.kind != TemplateKind::BuildCache && !t.retained)
+            .map(Template::pinned)
             .collect();
         pending.extend(
             self.store
@@ -352,21 +356,31 @@ impl Lifecycle {
                 pending.push(parent);
             }
         }
+        let unused = |t: &&Template| !keep.contains(&t.pinned());
         let doomed: Vec<String> = all
             .iter()
-            .filter(|t| t.kind == TemplateKind::BuildCache && !keep.contains(&t.pinned()))
+            .filter(|t| t.kind == TemplateKind::BuildCache)
+            .filter(unused)
             .map(|t| t.id.clone())
+            .collect();
+        let kept_versions: Vec<String> = all
+            .iter()
+            .filter(|t| t.retained)
+            .filter(unused)
+            .map(Template::pinned)
             .collect();
         let storage = self.storage.clone();
         tokio::task::spawn_blocking(move || {
             for id in &doomed {
-                if id.starts_with(BUILD_CACHE_PREFIX) {
-                    storage.remove_build_cache_entry(id)?;
-                }
+                storage.remove_build_cache_entry(id)?;
+            }
+            for pinned in &kept_versions {
+                storage.remove_kept_version(pinned)?;
             }
             let layers = storage.collect_unused_layers()?;
             Ok::<_, sandstone_volumes::Error>(Pruned {
                 cache_entries: doomed.len(),
+                versions: kept_versions.len(),
                 layers,
             })
         })

@@ -353,15 +353,41 @@ impl Lifecycle {
         self.storage.scratch_dir()
     }
 
-    /// Deletes image template `id` and the layers only it used; refused
-    /// (naming them) while sandboxes or snapshots use it.
-    pub async fn delete_template(&self, id: &str) -> Result<usize> {
+    /// Deletes template `id` and the layers only it used; refused (naming
+    /// them) while sandboxes, snapshots or captured templates use it,
+    /// unless `force`d: then a template with versions is retired (no new
+    /// sandbox gets it, and no listing shows it) while the versions in use
+    /// stay for their users, until a prune finds them unused.
+    pub async fn delete_template(&self, id: &str, force: bool) -> Result<usize> {
         let users: Vec<String> = self
             .template_users(id)
             .await?
             .into_iter()
             .map(|u| u.name)
             .collect();
+        if !users.is_empty() && force {
+            let storage = self.storage.clone();
+            let name = id.to_string();
+            tokio::task::spawn_blocking(move || storage.retire_template(&name))
+                .await
+                .map_err(super::internal)?
+                .map_err(|e| match e {
+                    sandstone_volumes::Error::UnknownTemplate(t) => {
+                        Error::not_found("template", &t)
+                    }
+                    sandstone_volumes::Error::NotAnImageTemplate(_) => Error::Conflict(format!(
+                        "template {id} has no versions to keep for its users: delete them first"
+                    )),
+                    other => super::internal(other),
+                })?;
+            tracing::warn!(
+                template = id,
+                users = users.len(),
+                "template retired while in use"
+            );
+            self.drain_warm_template(id);
+            return self.prune_template_versions(id).await;
+        }
         if !users.is_empty() {
             let shown: Vec<&str> = users.iter().take(5).map(String::as_str).collect();
             return Err(Error::Conflict(format!(

@@ -404,6 +404,7 @@ pub async fn prune(State(st): State<AppState>) -> ApiResult<Response> {
         StatusCode::OK,
         serde_json::json!({
             "cache_entries_removed": done.cache_entries,
+            "versions_removed": done.versions,
             "layers_removed": done.layers,
         }),
     ))
@@ -411,8 +412,21 @@ pub async fn prune(State(st): State<AppState>) -> ApiResult<Response> {
 
 /// `DELETE /api/v1/templates/{id}`: an imported template, and the layers
 /// only it used.
-pub async fn delete(State(st): State<AppState>, Path(id): Path<String>) -> ApiResult<Response> {
-    let removed = st.lifecycle.delete_template(&id).await?;
+pub async fn delete(
+    State(st): State<AppState>,
+    Path(id): Path<String>,
+    Query(q): Query<HashMap<String, String>>,
+) -> ApiResult<Response> {
+    let force = match q.get("force").map(String::as_str) {
+        None | Some("false") => false,
+        Some("true") => true,
+        Some(other) => {
+            return Err(ApiError::bad_request(format!(
+                "invalid query parameter `force`: {other:?} is not true or false"
+            )));
+        }
+    };
+    let removed = st.lifecycle.delete_template(&id, force).await?;
     Ok(ok(
         StatusCode::OK,
         serde_json::json!({"template_id": id, "layers_removed": removed}),
