@@ -537,10 +537,23 @@ impl Storage {
             })?;
             // Topmost first, as overlay stacks them.
             let lower = doc.layers.iter().rev().map(|d| self.layer_dir(d)).collect();
+            // The image's command is shown, never run: a sandbox runs what
+            // it is asked to.
+            let command: Vec<&str> = doc
+                .entrypoint
+                .iter()
+                .chain(&doc.cmd)
+                .map(String::as_str)
+                .collect();
+            let command = if command.is_empty() {
+                String::new()
+            } else {
+                format!("; its command: {}", command.join(" "))
+            };
             let description = match (&doc.description, &doc.image) {
                 (Some(d), _) => d.clone(),
-                (None, Some(r)) => format!("image {r}: {} layers", doc.layers.len()),
-                (None, None) => format!("image: {} layers", doc.layers.len()),
+                (None, Some(r)) => format!("image {r}: {} layers{command}", doc.layers.len()),
+                (None, None) => format!("image: {} layers{command}", doc.layers.len()),
             };
             let mut t = Template::with_settings(&id, &description, lower, vec![], &dir)?;
             t.kind = if id.starts_with(crate::BUILD_CACHE_PREFIX) {

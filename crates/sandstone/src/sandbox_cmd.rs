@@ -142,8 +142,27 @@ pub async fn templates(cli: &Cli) -> Result<()> {
     Ok(())
 }
 
+/// Imports an image archive, or an OCI layout directory (sent as a tar
+/// written to a temporary file first, its blobs streamed from there).
 pub async fn import_template(cli: &Cli, name: &str, file: &std::path::Path) -> Result<()> {
-    let archive = tokio::fs::File::open(file)
+    let packed;
+    let path = if file.is_dir() {
+        let dir = file.to_path_buf();
+        packed = tokio::task::spawn_blocking(move || -> Result<tempfile::NamedTempFile> {
+            let out = tempfile::NamedTempFile::new()?;
+            let mut b = tar::Builder::new(out.reopen()?);
+            b.follow_symlinks(false);
+            b.append_dir_all(".", &dir)
+                .with_context(|| format!("pack {}", dir.display()))?;
+            b.finish()?;
+            Ok(out)
+        })
+        .await??;
+        packed.path().to_path_buf()
+    } else {
+        file.to_path_buf()
+    };
+    let archive = tokio::fs::File::open(&path)
         .await
         .with_context(|| format!("open {}", file.display()))?;
     let done = client(cli)?.import_template(name, archive).await?;

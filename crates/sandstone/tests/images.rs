@@ -275,6 +275,29 @@ async fn an_oci_image_becomes_a_template_sandboxes_run_from() {
         "hello from layer 2\n"
     );
 
+    // An OCI layout directory imports too (the CLI packs it).
+    let layout = d.data.path().join("layout");
+    tar::Archive::new(&archive[..]).unpack(&layout).unwrap();
+    let out = common::cli(
+        &d,
+        &["template", "import", "from-dir", layout.to_str().unwrap()],
+        b"",
+    );
+    assert!(out.status.success(), "{}", common::text(&out.stderr));
+    assert_eq!(
+        run_in(&d, "from-dir", "cat /etc/greeting").await,
+        "hello from layer 2\n"
+    );
+    // Its command is shown, not run.
+    let (_, v) = d.get("/api/v1/templates/from-dir").await;
+    assert!(
+        v["data"]["description"]
+            .as_str()
+            .unwrap()
+            .contains("its command: /opt/app/run.sh"),
+        "{v}"
+    );
+
     // The same name again is a conflict.
     let (s, v) = import(&d, "app", archive).await;
     assert_eq!(s, 409, "{v}");
