@@ -295,6 +295,9 @@ pub async fn v2(
     }
 }
 
+/// How often (in bytes) a growing upload checks the pool's free space.
+const SPACE_CHECK_EVERY: u64 = 64 << 20;
+
 /// `POST …/blobs/uploads/`: a cross-repository mount of a blob the store
 /// has (blobs are shared), a whole blob (`?digest=`), or a new upload.
 async fn start_upload(
@@ -333,16 +336,25 @@ async fn start_upload(
 async fn stream_into(st: &AppState, id: &str, body: Body) -> Result<(), UploadError> {
     use futures_util::StreamExt;
     let store = &st.lifecycle.registry.store;
-    store.upload_size(id)?;
+    let mut size = store.upload_size(id)?;
+    let mut checked = 0;
     let mut stream = body.into_data_stream();
+    let failed = |what: &str, e: String| {
+        UploadError::Store(sandstone_registry::Error::Io {
+            what: what.into(),
+            source: std::io::Error::other(e),
+        })
+    };
     while let Some(piece) = stream.next().await {
-        let piece = piece.map_err(|e| {
-            UploadError::Store(sandstone_registry::Error::Io {
-                what: "read the upload".into(),
-                source: std::io::Error::other(e.to_string()),
-            })
-        })?;
-        store.append(id, &piece)?;
+        let piece = piece.map_err(|e| failed("read the upload", e.to_string()))?;
+        // However large the push, the pool keeps its reserve.
+        if size >= checked + SPACE_CHECK_EVERY {
+            st.lifecycle
+                .check_free_space()
+                .map_err(|e| failed("store the upload", e.to_string()))?;
+            checked = size;
+        }
+        size = store.append(id, &piece)?;
     }
     Ok(())
 }
