@@ -12,7 +12,10 @@
 #     from the worker's log, beside the daemon's own claim and resume
 #     latency measured directly in the same run;
 #  4. one worker process serving 50 sessions at once (each model turn
-#     paced at 400 ms): the same percentiles, and the worker's CPU time.
+#     paced at 400 ms): the same percentiles, and the worker's CPU time;
+#  5. a second turn's message, 4 s after the first ended (the worker let
+#     the item go and polls idle) -> its first tool running (it prints
+#     the clock), the official SDK worker vs ours.
 # Bounded: each client run is killed after 10 minutes; everything started is
 # removed on exit.
 set -euo pipefail
@@ -40,13 +43,18 @@ unset ANTHROPIC_ENVIRONMENT_ID ANTHROPIC_ENVIRONMENT_KEY
 
 session() { # WORKER SESSIONS TURNS OUTFILE [SCRIPT]
   SANDSTONE_ENV_ID="$env_id" SANDSTONE_ENV_KEY="$env_key" ANTHROPIC_BASE_URL="$url" \
-  ANTHROPIC_API_KEY="$token" SCRIPT="${5:-bench_tools}" WORKER="$1" SESSIONS="$2" TURNS="$3" PAUSE=3 \
+  ANTHROPIC_API_KEY="$token" SCRIPT="${5:-bench_tools}" WORKER="$1" SESSIONS="$2" TURNS="$3" PAUSE="${PAUSE:-3}" \
   WORKDIR="$work/official" TIMEOUT=300 timeout --kill-after=10 600 "$py" tests/sdk/worker_session.py > "$4"
 }
 
 echo "== environment worker, one daemon, same client and script; $(nproc) CPUs"
 mkdir -p "$work/official"
 for i in 1 2 3 4 5; do session official 1 1 "$work/official-$i.json"; done
+# A user message to a worker that let the session go and has been polling
+# idle since (the second turn, 4 s after the first ended; both workers
+# let an item go after 2 s at most): message sent -> the first tool
+# running (it prints the clock).
+for i in $(seq 10); do PAUSE=4 session official 1 2 "$work/official-first-$i.json" first_tool; done
 
 SANDSTONE_TOKEN="$token" SANDSTONE_LOG=info "$s" worker poll --environment-id "$env_id" \
   --environment-key "$env_key" --base-url "$url" --sandstone-url "$url" --max-idle 1s \
@@ -56,6 +64,7 @@ pids+=($worker_pid)
 # Five sessions one after another, two turns each: five claims from the
 # warm pool, five resumes of a paused sandbox, 150 tool calls.
 for i in 1 2 3 4 5; do session external 1 2 "$work/ours-$i.json"; done
+for i in $(seq 10); do PAUSE=4 session external 1 2 "$work/ours-first-$i.json" first_tool; done
 # 50 sessions at once, each model turn taking 400 ms (about 120 tool calls
 # a second in all): does one worker keep a session's latency flat?
 mark=$(wc -l < "$work/worker.log")
@@ -114,6 +123,19 @@ for tool in ("write", "read", "bash"):
     print(f"{tool:6} {pct(a,50):14.2f} {pct(a,95):7.2f} {pct(ar,50):8.2f} {pct(b,50):16.2f} {pct(b,95):7.2f} {pct(br,50):8.2f}   n={len(a)}/{len(b)}")
 errors = [c for c in official + ours + ours50 if c.get("is_error") or "ms" not in c]
 print(f"calls with an error or no result: {len(errors)} of {len(official) + len(ours) + len(ours50)}")
+
+# Message sent -> first tool running, the worker idle-polling before it.
+def first_tool(name):
+    out = []
+    for i in range(1, 11):
+        c = calls(f"{name}-first-{i}")[1]
+        started = int(c["content"][0]["text"].strip())
+        out.append((started - c["turn_sent_ns"]) / 1e6)
+    return out
+o, m = first_tool("official"), first_tool("ours")
+print("user message -> first tool running, the worker idle-polling since it let the session go (ms, n=10 each)")
+print(f"  official SDK worker (sleeps 1-3 s after an empty poll): p50 {pct(o,50):.1f} p99 {pct(o,99):.1f}")
+print(f"  sandstone worker (Sandstone's long poll):              p50 {pct(m,50):.1f} p99 {pct(m,99):.1f}")
 
 ready = [r["fields"] for r in log if r["fields"].get("message") == "sandbox ready"]
 claimed = [r["ms"] for r in ready[:10] if not r["resumed"]]

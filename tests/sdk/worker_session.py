@@ -16,8 +16,9 @@ messages per session, 1; each after the previous end_turn and PAUSE seconds,
 so the worker can let the item go and pause the sandbox in between).
 
 Output (one line): {"sessions": [{"session_id", "calls": [{"name", "input",
-"is_error", "content", "ms"}]}]} where `ms` is the time from the tool use
-appearing on the event stream to its result appearing there.
+"is_error", "content", "ms", "turn_sent_ns"}]}]} where `ms` is the time
+from the tool use appearing on the event stream to its result appearing
+there, and `turn_sent_ns` the wall clock when its turn's message was sent.
 """
 import asyncio
 import contextlib
@@ -52,6 +53,7 @@ async def one_turn(client, session_id: str, timeout: float) -> list:
     order = []
     stream = await client.beta.sessions.events.stream(session_id)
     async with stream:
+        sent_ns = time.time_ns()
         await client.beta.sessions.events.send(
             session_id, events=[{"type": "user.message", "content": [{"type": "text", "text": "go"}]}]
         )
@@ -61,7 +63,7 @@ async def one_turn(client, session_id: str, timeout: float) -> list:
                 raise SystemExit(f"session {session_id}: no end_turn within {timeout}s")
             now = time.monotonic()
             if ev.type in ("agent.tool_use", "agent.custom_tool_use"):
-                calls[ev.id] = {"name": ev.name, "input": ev.input, "seen": now}
+                calls[ev.id] = {"name": ev.name, "input": ev.input, "seen": now, "turn_sent_ns": sent_ns}
                 order.append(ev.id)
                 if ev.type == "agent.custom_tool_use" and ev.name == "lookup":
                     await client.beta.sessions.events.send(session_id, events=[{
@@ -86,20 +88,23 @@ async def one_turn(client, session_id: str, timeout: float) -> list:
     return out
 
 
-async def official_worker(client, env_id: str, env_key: str, workdir: str, want: set):
+async def official_worker(client, env_id: str, env_key: str, workdir: str):
+    """Serves every item until cancelled (after the conversations end), as a
+    worker process would: a later turn is a new item, polled for again."""
     worker = client.beta.environments.work.worker(
         environment_id=env_id, environment_key=env_key, workdir=workdir, max_idle=2.0)
     items = client.beta.environments.work.poller(environment_id=env_id, environment_key=env_key, auto_stop=False)
     tasks = []
-    async with contextlib.aclosing(items):
-        async for item in items:
-            tasks.append(asyncio.create_task(worker.handle_item(
-                work_id=item.id, environment_id=item.environment_id, session_id=item.data.id,
-                work_secret=item.secret)))
-            want.discard(item.data.id)
-            if not want:
-                break
-    await asyncio.gather(*tasks)
+    try:
+        async with contextlib.aclosing(items):
+            async for item in items:
+                tasks.append(asyncio.create_task(worker.handle_item(
+                    work_id=item.id, environment_id=item.environment_id, session_id=item.data.id,
+                    work_secret=item.secret)))
+    finally:
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
 
 async def main() -> None:
@@ -116,12 +121,13 @@ async def main() -> None:
     worker = None
     if mode == "official":
         worker = asyncio.create_task(
-            official_worker(client, env_id, env_key, os.environ["WORKDIR"], {s.id for s in sessions}))
+            official_worker(client, env_id, env_key, os.environ["WORKDIR"]))
     try:
         results = await asyncio.gather(*(converse(client, s.id, timeout, turns, pause) for s in sessions))
     finally:
         if worker is not None:
-            with contextlib.suppress(Exception):
+            worker.cancel()
+            with contextlib.suppress(BaseException):
                 await asyncio.wait_for(worker, timeout=30.0)
     print(json.dumps({"sessions": [{"session_id": s.id, "calls": r} for s, r in zip(sessions, results)]}))
 

@@ -21,6 +21,12 @@ tag!(
 /// What `expected_last_heartbeat` is before the first heartbeat.
 pub const NO_HEARTBEAT: &str = "NO_HEARTBEAT";
 
+/// A Sandstone extension on poll answers (`true`): the server held the
+/// poll open until work arrived or `block_ms` passed, so after an empty
+/// answer a worker polls again at once. Anthropic's API does not send it,
+/// and against it a worker sleeps between empty polls as the SDK does.
+pub const LONG_POLL_HEADER: &str = "sandstone-long-poll";
+
 closed_enum!(
     /// A work item's state: `queued` (claimable), `starting` (acked, no
     /// heartbeat yet), `active` (heartbeating), `stopping` (a graceful

@@ -216,7 +216,15 @@ async fn poll(
         .map(str::to_string);
     let p = Poll::parse(q.one("block_ms"), q.one("reclaim_older_than_ms"), worker)?;
     a.registry.fresh_environment(&env).await?;
-    ok(a.queue.poll(&env, &p).await?)
+    let mut resp = ok(a.queue.poll(&env, &p).await?)?;
+    // This poll waited for work (and wakes the moment it arrives): a
+    // worker may poll again at once after an empty answer instead of
+    // sleeping as it must against a server that does not say so.
+    resp.headers_mut().insert(
+        sandstone_agents_api::LONG_POLL_HEADER,
+        axum::http::HeaderValue::from_static("true"),
+    );
+    Ok(resp)
 }
 
 async fn ack(

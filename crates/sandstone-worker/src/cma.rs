@@ -5,6 +5,7 @@
 
 use crate::secret::Secret;
 use reqwest::{Method, StatusCode};
+use sandstone_agents_api::LONG_POLL_HEADER;
 use sandstone_agents_api::{
     ErrorBody, FieldError, Memory, MemoryEntry, MemoryParams, Page, Precondition, SendEvents,
     SentEvents, Session, SessionEvent, SkillVersion, WorkHeartbeat, WorkItem, WorkStop,
@@ -107,6 +108,15 @@ impl<'a> Call<'a> {
     }
 }
 
+/// What one poll got.
+#[derive(Debug)]
+pub struct Polled {
+    pub item: Option<WorkItem>,
+    /// The server held the poll open until work came (Sandstone's control
+    /// plane): poll again at once after an empty answer.
+    pub server_waits: bool,
+}
+
 impl Cma {
     pub fn new(base: &str) -> Cma {
         let http = reqwest::Client::builder()
@@ -196,14 +206,16 @@ impl Cma {
         format!("/v1/environments/{env}/work{rest}")
     }
 
-    /// One long poll. `None` when the queue had nothing (a JSON `null`).
+    /// One long poll: the item (`None` when the queue had nothing, a JSON
+    /// `null`), and whether the server held the poll open waiting for one
+    /// ([`LONG_POLL_HEADER`]).
     pub async fn poll(
         &self,
         env: &str,
         key: &Secret,
         worker_id: &str,
         block_ms: u64,
-    ) -> CmaResult<Option<WorkItem>> {
+    ) -> CmaResult<Polled> {
         let mut c = Call::new(Method::GET, Self::work_path(env, "/poll"), key);
         c.query.push(("block_ms", block_ms.to_string()));
         c.headers
@@ -211,7 +223,19 @@ impl Cma {
         c.timeout = Some(Duration::from_millis(block_ms) + Duration::from_secs(30));
         // The poll loop has its own back-off.
         c.retries = 0;
-        self.json(c).await
+        let resp = self.send(c).await?;
+        let server_waits = resp
+            .headers()
+            .get(LONG_POLL_HEADER)
+            .is_some_and(|v| v.as_bytes() == b"true");
+        let body = resp
+            .bytes()
+            .await
+            .map_err(|e| CmaError::Transport(without_url(e)))?;
+        Ok(Polled {
+            item: sandstone_agents_api::parse(&body)?,
+            server_waits,
+        })
     }
 
     pub async fn ack(&self, env: &str, work: &str, key: &Secret) -> CmaResult<WorkItem> {

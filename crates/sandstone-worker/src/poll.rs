@@ -3,7 +3,7 @@
 //! poller: a fatal 4xx ends the loop, anything else backs off and retries.
 
 use crate::Worker;
-use crate::cma::CmaError;
+use crate::cma::{CmaError, Polled};
 use crate::item::Item;
 use crate::runner::jitter;
 use std::sync::Arc;
@@ -54,7 +54,7 @@ async fn poll_until_done(
             _ = crate::shutting_down(&mut shutdown) => return Ok(()),
         };
         let wait = match polled {
-            Ok(Some(v)) => {
+            Ok(Polled { item: Some(v), .. }) => {
                 failures = 0;
                 let Some(item) = Item::from_poll(&v) else {
                     tracing::warn!("poll returned an item without a usable id; skipping it");
@@ -89,8 +89,21 @@ async fn poll_until_done(
                     }
                 }
             }
-            // U[1 s, 3 s), as the SDK poller sleeps after an empty poll.
-            Ok(None) => {
+            // Sandstone's control plane waited for work already: again at
+            // once, so a message reaches a tool without a sleep between.
+            Ok(Polled {
+                item: None,
+                server_waits: true,
+            }) => {
+                failures = 0;
+                Duration::ZERO
+            }
+            // U[1 s, 3 s), as the SDK poller sleeps after an empty poll
+            // (Anthropic's API asks for that spacing).
+            Ok(Polled {
+                item: None,
+                server_waits: false,
+            }) => {
                 failures = 0;
                 Duration::from_secs(1) + jitter(Duration::from_secs(4)) - Duration::from_secs(2)
             }

@@ -1024,7 +1024,11 @@ async fn worker_run_serves_one_claimed_item_on_its_secret_alone() {
     let mut item = Value::Null;
     within(Duration::from_secs(10), async || {
         let path = format!("/environments/{env}/work/poll?block_ms=999");
-        item = v1(&d, &key, Method::GET, &path, None).await.1;
+        let (_, v, headers) = v1(&d, &key, Method::GET, &path, None).await;
+        // The poll was held open for work: a worker need not sleep after
+        // an empty one.
+        assert_eq!(headers["sandstone-long-poll"], "true");
+        item = v;
         !item.is_null()
     })
     .await;
