@@ -232,23 +232,7 @@ impl Store {
         };
         let doc: serde_json::Value = serde_json::from_slice(bytes)
             .map_err(|e| PushError::ManifestInvalid(format!("not JSON: {e}")))?;
-        let named = doc["config"]
-            .as_object()
-            .into_iter()
-            .chain(
-                doc["layers"]
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .filter_map(|l| l.as_object()),
-            )
-            .chain(
-                doc["manifests"]
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .filter_map(|l| l.as_object()),
-            );
+        let named = descriptors(&doc);
         let mut count = 0;
         for desc in named {
             count += 1;
@@ -330,24 +314,7 @@ impl Store {
             let Ok(doc) = serde_json::from_slice::<serde_json::Value>(&bytes) else {
                 continue;
             };
-            for desc in doc["config"]
-                .as_object()
-                .into_iter()
-                .chain(
-                    doc["layers"]
-                        .as_array()
-                        .into_iter()
-                        .flatten()
-                        .filter_map(|l| l.as_object()),
-                )
-                .chain(
-                    doc["manifests"]
-                        .as_array()
-                        .into_iter()
-                        .flatten()
-                        .filter_map(|l| l.as_object()),
-                )
-            {
+            for desc in descriptors(&doc) {
                 if let Some(d) = desc
                     .get("digest")
                     .and_then(|d| d.as_str())
@@ -377,6 +344,25 @@ pub enum UploadError {
     Push(#[from] PushError),
     #[error(transparent)]
     Store(#[from] Error),
+}
+
+/// The descriptors a manifest (its config and layers) or an index (its
+/// manifests) names.
+fn descriptors(
+    doc: &serde_json::Value,
+) -> impl Iterator<Item = &serde_json::Map<String, serde_json::Value>> {
+    let list = |key: &'static str| {
+        doc[key]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|l| l.as_object())
+    };
+    doc["config"]
+        .as_object()
+        .into_iter()
+        .chain(list("layers"))
+        .chain(list("manifests"))
 }
 
 fn write_whole(path: &Path, bytes: &[u8]) -> Result<()> {
