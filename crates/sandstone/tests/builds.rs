@@ -263,10 +263,30 @@ async fn a_bad_sandstonefile_is_refused_naming_its_line() {
     }
     let (s, _) = d.get("/api/v1/templates/bad").await;
     assert_eq!(s, 404);
-    // A build may not take a built-in's name, nor the cache's.
+    // A build may not take a built-in's name, nor the cache's, nor a
+    // template of another kind (refused before anything streams).
     std::fs::write(ctx.path().join("Sandstonefile"), "FROM host\n").unwrap();
-    for name in ["host", "cache-x"] {
-        let (ok, _) = build(&d, name, ctx.path());
-        assert!(!ok, "{name}");
+    let sb = d.create(json!({})).await;
+    let (s, v) = d
+        .post(
+            "/api/v1/templates/from-sandbox",
+            json!({"template_id": "captured", "sandbox_id": sb}),
+        )
+        .await;
+    assert_eq!(s, 202, "{v}");
+    for (name, says) in [
+        ("host", "exists"),
+        ("cache-x", "exists"),
+        ("captured", "not built from a Sandstonefile"),
+    ] {
+        let file = ctx.path().join("Sandstonefile");
+        let out = cli(
+            &d,
+            &["template", "build", name, "-f", file.to_str().unwrap()],
+            b"",
+        );
+        let err = text(&out.stderr);
+        assert!(!out.status.success() && err.contains(says), "{name}: {err}");
+        assert!(!err.contains("Step"), "{name}: nothing ran: {err}");
     }
 }

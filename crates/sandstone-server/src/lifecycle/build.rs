@@ -106,6 +106,19 @@ impl Lifecycle {
         let _ = events.send(last).await;
     }
 
+    /// Whether `name` may be built: a user's id, and free or built before
+    /// (a rebuild makes its next version).
+    pub fn check_build_name(&self, name: &str) -> Result<()> {
+        sandstone_volumes::check_id(name)
+            .map_err(|e| Error::Invalid(format!("invalid query parameter `name`: {e}")))?;
+        match self.storage.template(name) {
+            Ok(t) if t.id == name && t.kind != TemplateKind::Built => Err(Error::Conflict(
+                format!("template {name} exists and was not built from a Sandstonefile"),
+            )),
+            _ => Ok(()),
+        }
+    }
+
     async fn build(
         &self,
         spec: &BuildSpec,
@@ -114,19 +127,7 @@ impl Lifecycle {
         let started = std::time::Instant::now();
         let name = spec.name.as_str();
         let whole = |e: Error| (e, None);
-        sandstone_volumes::check_id(name).map_err(|e| {
-            whole(Error::Invalid(format!(
-                "invalid query parameter `name`: {e}"
-            )))
-        })?;
-        if let Ok(t) = self.storage.template(name)
-            && t.id == name
-            && t.kind != sandstone_volumes::TemplateKind::Built
-        {
-            return Err(whole(Error::Conflict(format!(
-                "template {name} exists and was not built from a Sandstonefile"
-            ))));
-        }
+        self.check_build_name(name).map_err(whole)?;
         let Some((first, rest)) = spec.steps.split_first() else {
             return Err(whole(Error::Invalid("an empty Sandstonefile".into())));
         };

@@ -352,6 +352,8 @@ pub async fn build(
     body: axum::body::Body,
 ) -> ApiResult<Response> {
     let name = name_of(&q)?;
+    // Refused before the context is read and before the answer streams.
+    st.lifecycle.check_build_name(&name)?;
     let file = save_body(&st, body).await?;
     let context = tempfile::Builder::new()
         .prefix(".build-context-")
