@@ -26,6 +26,15 @@ mod session;
 mod skill;
 mod work;
 
+/// The sandbox layout a session's tools see: the worker makes it, the
+/// agent loop tells the model of it.
+pub mod layout {
+    /// Where tools start.
+    pub const WORKDIR: &str = "/workspace";
+    /// Where the agent leaves deliverables; on the sandbox's durable layer.
+    pub const OUTPUTS_DIR: &str = "/mnt/session/outputs";
+}
+
 pub use agent::*;
 pub use common::*;
 pub use environment::*;

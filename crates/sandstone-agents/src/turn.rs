@@ -13,6 +13,7 @@
 
 use crate::error::ApiResult;
 use crate::{Agents, model};
+use sandstone_agents_api::layout::{OUTPUTS_DIR, WORKDIR};
 use sandstone_agents_api::{
     AgentTool, ContentBlock, KnownEvent, PermissionKind, SessionAgent, SessionEvent, SessionUsage,
     ToolConfig, Verdict,
@@ -437,20 +438,85 @@ impl Agents {
         self.sessions.consume(session, upto).await
     }
 
+    /// What the model is told of where its tools run: the working
+    /// directory, the outputs directory, each skill (name, description,
+    /// where its files are) and each memory store (where it is mounted,
+    /// whether it is writable, what it holds).
+    fn surroundings(&self, doc: &sandstone_agents_api::Session) -> String {
+        let mut out = format!(
+            "<environment>\nYour tools run in a sandbox of your own. The working directory is \
+             {WORKDIR}; what you write there stays for the next turn. Put deliverables for \
+             the user in {OUTPUTS_DIR}.\n"
+        );
+        let skills: Vec<String> = doc
+            .agent
+            .skills
+            .iter()
+            .filter_map(|r| {
+                let v = self
+                    .skills
+                    .skill_version(&r.skill_id, r.version.as_deref().unwrap_or("latest"))
+                    .ok()?;
+                Some(format!(
+                    "- {} ({WORKDIR}/skills/{}/SKILL.md): {}",
+                    v.doc.name, v.doc.directory, v.doc.description
+                ))
+            })
+            .collect();
+        if !skills.is_empty() {
+            out += "Skills (read a skill's SKILL.md before you use it):\n";
+            out += &skills.join("\n");
+            out += "\n";
+        }
+        let stores: Vec<String> = doc
+            .resources
+            .iter()
+            .filter(|r| r.is_memory_store())
+            .map(|r| {
+                let access = match r.access {
+                    Some(sandstone_agents_api::Access::ReadOnly) => "read-only",
+                    _ => "read-write",
+                };
+                let mut line = format!(
+                    "- {} ({access}): {}",
+                    r.mount_path.as_deref().unwrap_or_default(),
+                    r.name.as_deref().unwrap_or_default()
+                );
+                for more in [&r.description, &r.instructions].into_iter().flatten() {
+                    if !more.is_empty() {
+                        line += &format!(". {more}");
+                    }
+                }
+                line
+            })
+            .collect();
+        if !stores.is_empty() {
+            out += "Memory stores, mounted as directories of files:\n";
+            out += &stores.join("\n");
+            out += "\n";
+        }
+        out + "</environment>"
+    }
+
     /// One model request and what it produces.
     async fn model_turn(&self, session: &str) -> ApiResult<()> {
         self.begin_turn(session).await?;
         let events = self.sessions.events(session);
-        let agent = self.sessions.session(session)?.agent;
+        let doc = self.sessions.session(session)?;
+        let surroundings = self.surroundings(&doc);
+        let agent = doc.agent;
         let mut body = json!({
             "model": agent.model.id,
             "max_tokens": self.config.max_tokens,
             "messages": messages(&events),
             "stream": true,
+            // The agent's own prompt, then where it runs, as the official
+            // harness tells the model.
+            "system": match &agent.system {
+                Some(system) => format!("{system}\n\n{surroundings}"),
+                None => surroundings,
+            },
         });
-        if let Some(system) = &agent.system {
-            body["system"] = json!(system);
-        }
         let tools = model_tools(&agent);
         if !tools.is_empty() {
             body["tools"] = json!(tools);

@@ -12,9 +12,7 @@ use std::collections::BTreeMap;
 pub const SESSION_LABEL: &str = "cma.session";
 const ENVIRONMENT_LABEL: &str = "cma.environment";
 
-/// Where the agent leaves deliverables; on the sandbox's durable layer.
-pub const OUTPUTS_DIR: &str = "/mnt/session/outputs";
-pub const WORKDIR: &str = "/workspace";
+pub use sandstone_agents_api::layout::{OUTPUTS_DIR, WORKDIR};
 /// Parent of memory-store mounts; must exist and be writable.
 pub const MEMORY_DIR: &str = "/mnt/memory";
 /// Idle seconds (no API call touching it) before the daemon pauses a

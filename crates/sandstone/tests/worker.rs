@@ -945,6 +945,27 @@ async fn a_session_gets_skills_memory_outputs_and_an_api_token_it_never_holds() 
     assert_eq!(texts[6], "OK");
     assert_eq!(texts[7], "0", "no ANTHROPIC_* variable in the shell");
     assert_eq!(texts[8], "authorized", "the proxy added the token");
+    // The model was told where it runs: the working and outputs
+    // directories, the skill's files and the stores' mounts.
+    let requests: Value = reqwest::get(format!("{}/requests", model.url))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let system = requests.as_array().unwrap()[0]["system"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    for told in [
+        "The working directory is /workspace",
+        "/mnt/session/outputs",
+        "- greeter (/workspace/skills/greeter/SKILL.md): ",
+        "- /mnt/memory/team-notes (read-write): Team Notes",
+        "- /mnt/memory/policies (read-only): Policies",
+    ] {
+        assert!(system.contains(told), "{told:?} not in {system}");
+    }
 
     // The item ends (max-idle): memory synced back, the sandbox paused.
     let sandbox = wait_paused(&d, &sid).await;
