@@ -30,6 +30,16 @@ pub struct FakeModel {
 }
 
 impl FakeModel {
+    /// The request bodies the model took (its last 1000), oldest first.
+    pub async fn requests(&self) -> Vec<Value> {
+        reqwest::get(format!("{}/requests", self.url))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+
     pub fn start() -> FakeModel {
         let root = concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/fake_model");
         let mut child = Command::new("python3")

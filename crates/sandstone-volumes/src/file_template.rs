@@ -23,8 +23,6 @@ pub struct FileTemplate {
     /// What the file's `FROM` named.
     pub from: String,
     pub version: u32,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub description: Option<String>,
     /// `KEY=VALUE`, over the parent's.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub env: Vec<String>,

@@ -179,10 +179,7 @@ impl Storage {
                 )?
             }
             Stacked::Built(b) => {
-                let description = b
-                    .description
-                    .clone()
-                    .unwrap_or_else(|| format!("built from a Sandstonefile over {}", b.from));
+                let description = format!("built from a Sandstonefile over {}", b.from);
                 Template::with_settings(
                     id,
                     &description,

@@ -37,13 +37,7 @@ async fn the_official_sdk_and_worker_run_a_session_end_to_end() {
     let summary: Value = serde_json::from_str(stdout.lines().last().unwrap_or("")).unwrap();
     assert_eq!(summary["ok"], true, "{stdout}");
     // The model saw the worker's results: its last request carried them.
-    let requests: Value = reqwest::get(format!("{}/requests", model.url))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let last = requests.as_array().unwrap().last().unwrap().to_string();
+    let last = model.requests().await.last().unwrap().to_string();
     assert!(
         last.contains("definition of sandstone") && last.contains("tool_result"),
         "{last}"

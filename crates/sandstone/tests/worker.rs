@@ -947,13 +947,7 @@ async fn a_session_gets_skills_memory_outputs_and_an_api_token_it_never_holds() 
     assert_eq!(texts[8], "authorized", "the proxy added the token");
     // The model was told where it runs: the working and outputs
     // directories, the skill's files and the stores' mounts.
-    let requests: Value = reqwest::get(format!("{}/requests", model.url))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let system = requests.as_array().unwrap()[0]["system"]
+    let system = model.requests().await[0]["system"]
         .as_str()
         .unwrap_or_default()
         .to_string();

@@ -205,7 +205,6 @@ impl Lifecycle {
             parent,
             from: from.clone(),
             version: 0,
-            description: None,
             env: settings
                 .env
                 .iter()
@@ -447,11 +446,19 @@ async fn run_command(
     }
 }
 
+/// One file or directory a `COPY` takes.
+struct Entry {
+    /// Its path in the context.
+    from: PathBuf,
+    /// Its path relative to the destination.
+    to: PathBuf,
+    mode: u32,
+    dir: bool,
+}
+
 /// What a `COPY` takes from the context.
 struct Copied {
-    /// (path in the context, path relative to the destination, mode);
-    /// directories have no file.
-    entries: Vec<(PathBuf, PathBuf, u32, bool)>,
+    entries: Vec<Entry>,
     /// Whether the destination is a directory the sources go into.
     into_dir: bool,
     /// Of every name, mode and byte: part of the step's key.
@@ -482,18 +489,24 @@ fn copy_sources(context: &Path, sources: &[String]) -> std::result::Result<Copie
             walk(&path, Path::new(""), &mut entries)?;
         } else if meta.is_file() {
             let name = rel.file_name().map(PathBuf::from).unwrap_or_default();
-            entries.push((path, name, meta.permissions().mode() & 0o7777, false));
+            entries.push(Entry {
+                from: path,
+                to: name,
+                mode: meta.permissions().mode() & 0o7777,
+                dir: false,
+            });
         } else {
             return Err(format!("{src}: only files and directories are copied"));
         }
     }
     let mut h = sha2::Sha256::new();
-    for (from, to, mode, dir) in &entries {
-        h.update(to.as_os_str().as_encoded_bytes());
+    for e in &entries {
+        h.update(e.to.as_os_str().as_encoded_bytes());
         h.update([0]);
-        h.update(mode.to_le_bytes());
-        if !dir {
-            let data = std::fs::read(from).map_err(|e| format!("read {}: {e}", to.display()))?;
+        h.update(e.mode.to_le_bytes());
+        if !e.dir {
+            let data =
+                std::fs::read(&e.from).map_err(|err| format!("read {}: {err}", e.to.display()))?;
             h.update((data.len() as u64).to_le_bytes());
             h.update(&data);
         }
@@ -505,11 +518,7 @@ fn copy_sources(context: &Path, sources: &[String]) -> std::result::Result<Copie
     })
 }
 
-fn walk(
-    dir: &Path,
-    rel: &Path,
-    out: &mut Vec<(PathBuf, PathBuf, u32, bool)>,
-) -> std::result::Result<(), String> {
+fn walk(dir: &Path, rel: &Path, out: &mut Vec<Entry>) -> std::result::Result<(), String> {
     use std::os::unix::fs::PermissionsExt;
     let mut names: Vec<_> = std::fs::read_dir(dir)
         .map_err(|e| format!("read {}: {e}", dir.display()))?
@@ -521,10 +530,20 @@ fn walk(
         let to = rel.join(e.file_name());
         let mode = meta.permissions().mode() & 0o7777;
         if meta.is_dir() {
-            out.push((e.path(), to.clone(), mode, true));
+            out.push(Entry {
+                from: e.path(),
+                to: to.clone(),
+                mode,
+                dir: true,
+            });
             walk(&e.path(), &to, out)?;
         } else if meta.is_file() {
-            out.push((e.path(), to, mode, false));
+            out.push(Entry {
+                from: e.path(),
+                to,
+                mode,
+                dir: false,
+            });
         } else {
             return Err(format!(
                 "{}: only files and directories are copied",
@@ -566,13 +585,13 @@ async fn copy_in(rt: &super::Runtime, copied: &Copied, dest: &str, workdir: &str
         &[],
     )
     .await?;
-    for (from, to, mode, is_dir) in &copied.entries {
+    for e in &copied.entries {
         let target = match &single {
             Some(file) => file.clone(),
-            None => dir.join(to),
+            None => dir.join(&e.to),
         };
         let path = target.to_string_lossy().into_owned();
-        if *is_dir {
+        if e.dir {
             ask(
                 rt,
                 &Request::Mkdir {
@@ -584,14 +603,14 @@ async fn copy_in(rt: &super::Runtime, copied: &Copied, dest: &str, workdir: &str
             .await?;
             continue;
         }
-        let data = tokio::fs::read(from)
+        let data = tokio::fs::read(&e.from)
             .await
-            .map_err(|e| super::internal(format!("read {}: {e}", from.display())))?;
+            .map_err(|err| super::internal(format!("read {}: {err}", e.from.display())))?;
         let mut pieces = data.chunks(COPY_CHUNK);
         let first = pieces.next().unwrap_or(&[]);
         let write = |append| Request::WriteFile {
             path: path.clone(),
-            mode: Some(*mode),
+            mode: Some(e.mode),
             append,
         };
         ask(rt, &write(false), first).await?;

@@ -211,8 +211,8 @@ pub async fn v2(
         }
         (Method::POST, Target::Upload(name, "")) => start_upload(&st, name, &q, body).await,
         (Method::PATCH, Target::Upload(name, id)) => {
-            if let Err(e) = stream_into(&st, id, body).await {
-                return upload_error(e);
+            if let Err(r) = stream_into(&st, id, body).await {
+                return r;
             }
             upload_state(store, name, id, StatusCode::ACCEPTED)
         }
@@ -225,8 +225,8 @@ pub async fn v2(
                     "the digest query parameter is missing".into(),
                 ));
             };
-            if let Err(e) = stream_into(&st, id, body).await {
-                return upload_error(e);
+            if let Err(r) = stream_into(&st, id, body).await {
+                return r;
             }
             match store.finish(id, digest) {
                 Ok(d) => blob_created(name, &d),
@@ -320,9 +320,9 @@ async fn start_upload(
         return oci_error(StatusCode::INTERNAL_SERVER_ERROR, "UNKNOWN", e);
     }
     if let Some(digest) = q.get("digest") {
-        if let Err(e) = stream_into(st, &id, body).await {
+        if let Err(r) = stream_into(st, &id, body).await {
             let _ = store.cancel(&id);
-            return upload_error(e);
+            return r;
         }
         return match store.finish(&id, digest) {
             Ok(d) => blob_created(name, &d),
@@ -332,29 +332,30 @@ async fn start_upload(
     upload_state(store, name, &id, StatusCode::ACCEPTED)
 }
 
-/// Appends the request body to upload `id` as it arrives.
-async fn stream_into(st: &AppState, id: &str, body: Body) -> Result<(), UploadError> {
+/// Appends the request body to upload `id` as it arrives; the answer to
+/// give when it cannot.
+async fn stream_into(st: &AppState, id: &str, body: Body) -> Result<(), Response> {
     use futures_util::StreamExt;
     let store = &st.lifecycle.registry.store;
-    let mut size = store.upload_size(id)?;
+    let mut size = store.upload_size(id).map_err(push_error)?;
     let mut checked = 0;
     let mut stream = body.into_data_stream();
-    let failed = |what: &str, e: String| {
-        UploadError::Store(sandstone_registry::Error::Io {
-            what: what.into(),
-            source: std::io::Error::other(e),
-        })
-    };
     while let Some(piece) = stream.next().await {
-        let piece = piece.map_err(|e| failed("read the upload", e.to_string()))?;
+        let piece = piece.map_err(|e| {
+            oci_error(
+                StatusCode::BAD_REQUEST,
+                "BLOB_UPLOAD_INVALID",
+                format!("the body: {e}"),
+            )
+        })?;
         // However large the push, the pool keeps its reserve.
         if size >= checked + SPACE_CHECK_EVERY {
             st.lifecycle
                 .check_free_space()
-                .map_err(|e| failed("store the upload", e.to_string()))?;
+                .map_err(|e| oci_error(StatusCode::INSUFFICIENT_STORAGE, "DENIED", e))?;
             checked = size;
         }
-        size = store.append(id, &piece)?;
+        size = store.append(id, &piece).map_err(upload_error)?;
     }
     Ok(())
 }
