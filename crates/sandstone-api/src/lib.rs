@@ -57,6 +57,7 @@ pub struct Resources {
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct SandboxConfig {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resources: Option<Resources>,
@@ -82,6 +83,25 @@ pub struct SandboxConfig {
     /// filterable (`GET /sandboxes?metadata.<key>=<value>`).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub metadata: BTreeMap<String, String>,
+    /// Sandbox0's webhook: not supported yet (refused when set).
+    #[serde(default, skip_serializing)]
+    pub webhook: Option<Unsupported>,
+    /// Sandbox0's app services: not supported yet (refused unless empty).
+    #[serde(default, skip_serializing)]
+    pub services: Vec<Unsupported>,
+}
+
+impl SandboxConfig {
+    /// The first field set that Sandstone does not act on.
+    pub fn unsupported(&self) -> Option<&'static str> {
+        if self.webhook.is_some() {
+            Some("webhook")
+        } else if !self.services.is_empty() {
+            Some("services")
+        } else {
+            None
+        }
+    }
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -173,7 +193,35 @@ pub struct SandboxStatus {
 #[serde(deny_unknown_fields)]
 pub struct UpdateSandboxRequest {
     #[serde(default)]
-    pub config: Option<SandboxConfig>,
+    pub config: Option<SandboxUpdateConfig>,
+}
+
+/// What `PUT /sandboxes/{id}` may change while the sandbox runs; a field
+/// left out keeps its value.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SandboxUpdateConfig {
+    #[serde(default)]
+    pub ttl: Option<u64>,
+    #[serde(default)]
+    pub hard_ttl: Option<u64>,
+    #[serde(default)]
+    pub auto_resume: Option<bool>,
+    /// The defaults of processes started from now on; `{}` clears them.
+    #[serde(default)]
+    pub env_vars: Option<BTreeMap<String, String>>,
+    /// The whole policy, as `PUT /sandboxes/{id}/network` sets it.
+    #[serde(default)]
+    pub network: Option<serde_json::Value>,
+    /// Fixed at claim time: refused when set.
+    #[serde(default)]
+    pub resources: Option<Unsupported>,
+    /// Not supported yet: refused unless empty.
+    #[serde(default)]
+    pub services: Vec<Unsupported>,
+    /// Sandstone extension: labels merged in (an empty value drops one).
+    #[serde(default)]
+    pub metadata: BTreeMap<String, String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -189,6 +237,28 @@ pub struct ResumeResponse {
     pub resumed: bool,
     pub status: String,
     pub runtime_generation: i64,
+}
+
+/// A file read with `Accept: application/json`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct FileContent {
+    pub content: String,
+    pub encoding: FileEncoding,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FileEncoding {
+    Base64,
+}
+
+/// `POST /sandboxes/{id}/refresh`'s optional body.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct RefreshRequest {
+    /// Seconds the sandbox may now stay idle before it pauses (default: its
+    /// `ttl`).
+    #[serde(default)]
+    pub duration: Option<u64>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -287,6 +357,11 @@ pub struct CmdSpec {
 pub struct ReplSpec {
     #[serde(default)]
     pub alias: Option<String>,
+    /// Not supported yet (only the built-in drivers run): refused when set.
+    #[serde(default)]
+    pub input: Option<Unsupported>,
+    #[serde(default)]
+    pub repl_config: Option<Unsupported>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -309,8 +384,11 @@ pub struct CreateContextRequest {
     /// Sandstone extension: kill the command after this many seconds.
     #[serde(default)]
     pub timeout_sec: Option<u64>,
+    /// Not supported: refused when set above 0.
     #[serde(default)]
     pub idle_timeout_sec: Option<u64>,
+    /// The context's lifetime: it is killed after this many seconds (as
+    /// `timeout_sec`, which wins when both are given).
     #[serde(default)]
     pub ttl_sec: Option<u64>,
 }

@@ -107,6 +107,11 @@ pub const MAX_TTL: u64 = 10 * 365 * 24 * 3600;
 /// Checks a claim configuration's `env_vars`, `ttl` and `hard_ttl` (seconds;
 /// 0 disables).
 pub fn check_config(config: &sandstone_api::SandboxConfig) -> Result<(), Error> {
+    if let Some(field) = config.unsupported() {
+        return Err(Error::Invalid(format!(
+            "invalid field `config.{field}`: not supported by Sandstone yet"
+        )));
+    }
     env_vars("config.env_vars", &config.env_vars)?;
     metadata(&config.metadata)?;
     for (field, v) in [("ttl", config.ttl), ("hard_ttl", config.hard_ttl)] {

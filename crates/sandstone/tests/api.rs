@@ -623,3 +623,169 @@ async fn sandboxes_carry_metadata_that_lists_filter_on() {
     )
     .await;
 }
+
+/// Sandbox0's fields are honoured or, when they ask for what Sandstone does
+/// not do, refused by name: never dropped with a 2xx (#18).
+#[tokio::test(flavor = "multi_thread")]
+async fn spec_fields_are_honoured_or_refused_by_name() {
+    let d = Daemon::start().await;
+    // Claim: webhook and services are refused when set, an empty list is
+    // not; a field the spec does not have is refused by name.
+    d.rejects(
+        "/api/v1/sandboxes",
+        json!({"config": {"ttl_seconds": 5}}),
+        "ttl_seconds",
+    )
+    .await;
+    d.rejects(
+        "/api/v1/sandboxes",
+        json!({"config": {"webhook": {"url": "http://x.test"}}}),
+        "config.webhook",
+    )
+    .await;
+    d.rejects(
+        "/api/v1/sandboxes",
+        json!({"config": {"services": [{"id": "web", "port": 8080}]}}),
+        "config.services",
+    )
+    .await;
+    let id = d
+        .create(json!({"services": [], "ttl": 600, "env_vars": {"A": "one"}}))
+        .await;
+    let path = format!("/api/v1/sandboxes/{id}");
+    let update = |body| d.req(Method::PUT, &path, Some(body));
+
+    // PUT: env_vars are the next processes' defaults; network is applied.
+    let (s, v) =
+        update(json!({"config": {"env_vars": {"B": "two"}, "network": {"mode": "block-all"}}}))
+            .await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(
+        d.sh(&id, "echo ${A:-unset} $B").await["stdout"],
+        "unset two\n"
+    );
+    let (_, v) = d.get(&format!("/api/v1/sandboxes/{id}/network")).await;
+    assert_eq!(v["data"]["mode"], "block-all", "{v}");
+    let (s, v) = update(json!({"config": {"network": {"mode": "sideways"}}})).await;
+    assert!(
+        s == 400 && v.to_string().contains("config.network"),
+        "{s} {v}"
+    );
+    let (s, v) = update(json!({"config": {"services": [{"id": "web"}]}})).await;
+    assert!(
+        s == 400 && v.to_string().contains("config.services"),
+        "{s} {v}"
+    );
+    let (s, v) = update(json!({"config": {"env_vars": {}}})).await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(d.sh(&id, "echo ${B:-cleared}").await["stdout"], "cleared\n");
+
+    // Refresh for a duration: the idle deadline is that far, not the ttl.
+    let (s, v) = d
+        .post(
+            &format!("/api/v1/sandboxes/{id}/refresh"),
+            json!({"duration": 60}),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    let expires = v["data"]["expires_at"].as_str().unwrap();
+    let left = sandstone_api::timefmt::parse_rfc3339_us(expires).unwrap() / 1000
+        - sandstone_api::timefmt::now_ms();
+    assert!((50_000..=61_000).contains(&left), "{left} ms left, {v}");
+
+    // Contexts: ttl_sec ends one; idle timeouts and custom REPLs are refused.
+    let (s, v) = d
+        .post(
+            &format!("/api/v1/sandboxes/{id}/contexts"),
+            json!({"type": "cmd", "cmd": {"command": ["sleep", "60"]}, "ttl_sec": 1}),
+        )
+        .await;
+    assert_eq!(s, 201, "{v}");
+    let ctx = v["data"]["id"].as_str().unwrap().to_string();
+    let mut running = true;
+    for _ in 0..50 {
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        let (_, v) = d
+            .get(&format!("/api/v1/sandboxes/{id}/contexts/{ctx}"))
+            .await;
+        running = v["data"]["running"].as_bool().unwrap();
+        if !running {
+            break;
+        }
+    }
+    assert!(!running, "ttl_sec did not end the context");
+    for (body, field) in [
+        (
+            json!({"type": "cmd", "cmd": {"command": ["true"]}, "idle_timeout_sec": 5}),
+            "idle_timeout_sec",
+        ),
+        (
+            json!({"type": "repl", "repl": {"alias": "python", "input": "1+1"}}),
+            "repl.input",
+        ),
+        (
+            json!({"type": "repl", "repl": {"alias": "python", "repl_config": {"name": "x", "candidates": []}}}),
+            "repl.repl_config",
+        ),
+        (
+            json!({"type": "repl", "wait_until_done": true}),
+            "wait_until_done",
+        ),
+    ] {
+        d.rejects(&format!("/api/v1/sandboxes/{id}/contexts"), body, field)
+            .await;
+    }
+
+    // A file read as JSON is base64; a snapshot with an unset expiry is made.
+    d.sh(&id, "printf 'hi\\0there' > /workspace/f").await;
+    let v: serde_json::Value = d
+        .http
+        .get(format!(
+            "{}/api/v1/sandboxes/{id}/files?path=/workspace/f",
+            d.url
+        ))
+        .bearer_auth(&d.token)
+        .header("accept", "application/json")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        v["data"],
+        json!({"content": "aGkAdGhlcmU=", "encoding": "base64"})
+    );
+    let (s, v) = d
+        .post(
+            &format!("/api/v1/sandboxes/{id}/snapshots"),
+            json!({"expires_at": ""}),
+        )
+        .await;
+    assert_eq!(s, 201, "{v}");
+
+    // The paused filter.
+    let other = d.create(json!({})).await;
+    let (s, _) = d
+        .post(&format!("/api/v1/sandboxes/{other}/pause"), json!({}))
+        .await;
+    assert_eq!(s, 200);
+    let ids = |v: serde_json::Value| -> Vec<String> {
+        v["data"]["sandboxes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s["id"].as_str().unwrap().to_string())
+            .collect()
+    };
+    assert_eq!(
+        ids(d.get("/api/v1/sandboxes?paused=true").await.1),
+        std::slice::from_ref(&other)
+    );
+    assert_eq!(
+        ids(d.get("/api/v1/sandboxes?paused=false").await.1),
+        std::slice::from_ref(&id)
+    );
+    let (s, v) = d.get("/api/v1/sandboxes?paused=maybe").await;
+    assert!(s == 400 && v.to_string().contains("paused"), "{s} {v}");
+}

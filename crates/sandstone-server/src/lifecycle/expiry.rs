@@ -8,9 +8,25 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 impl Lifecycle {
-    /// Restarts a sandbox's idle clock (`POST .../refresh`).
-    pub fn refresh(&self, id: &str) {
-        self.touch(id);
+    /// Restarts a sandbox's idle clock (`POST .../refresh`): it may now
+    /// stay idle `duration` seconds (default: its `ttl`). The clock is set
+    /// that far from its end, into the future when `duration` is longer;
+    /// any later activity restarts it at the full `ttl`.
+    pub fn refresh(&self, id: &str, ttl: Option<u64>, duration: Option<u64>) {
+        let (Some(ttl), Some(duration)) = (ttl.filter(|t| *t > 0), duration) else {
+            return self.touch(id);
+        };
+        let ttl = Duration::from_secs(ttl.min(crate::limits::MAX_TTL));
+        let duration = Duration::from_secs(duration.min(crate::limits::MAX_TTL));
+        let now = Instant::now();
+        let at = match duration.checked_sub(ttl) {
+            Some(ahead) => now + ahead,
+            None => now.checked_sub(ttl - duration).unwrap_or(now),
+        };
+        self.activity
+            .lock()
+            .expect("lock poisoned: a holder panicked")
+            .insert(id.to_string(), at);
     }
 
     /// Unix ms when a running sandbox pauses for idleness, if it has a ttl.
@@ -21,7 +37,12 @@ impl Lifecycle {
             .lock()
             .expect("lock poisoned: a holder panicked")
             .get(id)?;
-        let idle = last.elapsed().as_millis() as i64;
+        // A refresh may have set the clock ahead: negative idleness.
+        let now = Instant::now();
+        let idle = match now.checked_duration_since(last) {
+            Some(d) => d.as_millis() as i64,
+            None => -((last - now).as_millis() as i64),
+        };
         Some(now_ms() - idle + (ttl.min(crate::limits::MAX_TTL) as i64) * 1000)
     }
 

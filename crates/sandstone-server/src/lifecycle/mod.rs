@@ -25,8 +25,8 @@ mod warm;
 
 use crate::initclient;
 use crate::limits;
-use sandstone_api::SandboxConfig;
 use sandstone_api::timefmt::now_ms;
+use sandstone_api::{SandboxConfig, SandboxUpdateConfig};
 use sandstone_db::{PendingOp, SandboxRow, SandboxStatus, Store};
 use sandstone_init::proto::{Request, Response};
 use sandstone_runtime::cgroup::{Cgroup, Driver, Limits};
@@ -267,14 +267,32 @@ impl Lifecycle {
 
     /// Changes `ttl`, `hard_ttl`, `auto_resume` and `metadata`, under the sandbox's
     /// lock so a concurrent policy change is not lost.
-    pub async fn update_config(&self, id: &str, new: SandboxConfig) -> Result<SandboxRow> {
-        limits::check_config(&new)?;
+    /// `PUT /sandboxes/{id}`: what the update sets, the rest kept.
+    pub async fn update_config(&self, id: &str, new: SandboxUpdateConfig) -> Result<SandboxRow> {
+        self.change_config(id, new, "config.network").await
+    }
+
+    async fn change_config(
+        &self,
+        id: &str,
+        new: SandboxUpdateConfig,
+        network_field: &str,
+    ) -> Result<SandboxRow> {
+        if let Some(env) = &new.env_vars {
+            limits::env_vars("config.env_vars", env)?;
+        }
+        if let Some(policy) = &new.network {
+            parse_policy(policy.clone(), network_field)?;
+        }
         let _guard = self.lock(id).await;
         let row = self.row(id).await?;
         let mut config = config_of(&row);
         config.ttl = new.ttl.or(config.ttl);
         config.hard_ttl = new.hard_ttl.or(config.hard_ttl);
         config.auto_resume = new.auto_resume.or(config.auto_resume);
+        if let Some(env) = &new.env_vars {
+            config.env_vars = env.clone();
+        }
         // Labels merge: a key set replaces its value, an empty value drops it.
         for (k, v) in new.metadata {
             if v.is_empty() {
@@ -284,8 +302,30 @@ impl Lifecycle {
             }
         }
         limits::check_config(&config)?;
+        let policy = match new.network {
+            Some(p) => {
+                config.network = Some(p);
+                Some(policy_of(&self.template(&row.template)?, &config)?)
+            }
+            None => None,
+        };
         let value = serde_json::to_value(&config).map_err(internal)?;
         self.store.set_config(&row.fence(), &value).await?;
+        if let (Some(policy), Some(n)) = (policy, &self.network) {
+            n.egress
+                .set_policy(id, &policy)
+                .map_err(|e| Error::Invalid(e.to_string()))?;
+        }
+        // Processes started from now on (contexts) take the new defaults.
+        if let Some(env) = new.env_vars
+            && let Some(rt) = self
+                .runtimes
+                .write()
+                .expect("lock poisoned: a holder panicked")
+                .get_mut(id)
+        {
+            rt.env = env;
+        }
         self.row(id).await
     }
 
@@ -314,20 +354,11 @@ impl Lifecycle {
     /// Replaces a sandbox's network policy: stored with its configuration
     /// and, when it runs, enforced for its next connection at once.
     pub async fn set_network(&self, id: &str, policy: serde_json::Value) -> Result<SandboxRow> {
-        let _guard = self.lock(id).await;
-        let row = self.row(id).await?;
-        parse_policy(policy.clone(), "network")?;
-        let mut config = config_of(&row);
-        config.network = Some(policy);
-        let parsed = policy_of(&self.template(&row.template)?, &config)?;
-        let value = serde_json::to_value(&config).map_err(internal)?;
-        self.store.set_config(&row.fence(), &value).await?;
-        if let Some(n) = &self.network {
-            n.egress
-                .set_policy(id, &parsed)
-                .map_err(|e| Error::Invalid(e.to_string()))?;
-        }
-        self.row(id).await
+        let new = SandboxUpdateConfig {
+            network: Some(policy),
+            ..Default::default()
+        };
+        self.change_config(id, new, "network").await
     }
 
     /// The policy a sandbox's connections are decided by.

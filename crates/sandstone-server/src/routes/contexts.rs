@@ -74,6 +74,23 @@ fn kind_of(req: &api::CreateContextRequest) -> ApiResult<ProcKind> {
             Ok(ProcKind::Cmd { argv })
         }
         "repl" => {
+            let spec = req.repl.as_ref();
+            if let Some(field) = [
+                ("input", spec.is_some_and(|r| r.input.is_some())),
+                ("repl_config", spec.is_some_and(|r| r.repl_config.is_some())),
+            ]
+            .into_iter()
+            .find_map(|(f, set)| set.then_some(f))
+            {
+                return Err(ApiError::bad_request(format!(
+                    "invalid field `repl.{field}`: not supported by Sandstone yet (the built-in python and bash REPLs)"
+                )));
+            }
+            if req.wait_until_done {
+                return Err(ApiError::bad_request(
+                    "invalid field `wait_until_done`: a REPL context runs until deleted; send it input through the context's WebSocket or input call",
+                ));
+            }
             let language = req
                 .repl
                 .as_ref()
@@ -212,6 +229,11 @@ pub async fn create(
 ) -> ApiResult<Response> {
     let kind = kind_of(&req)?;
     crate::limits::env_vars("env_vars", &req.env_vars)?;
+    if req.idle_timeout_sec.is_some_and(|s| s > 0) {
+        return Err(ApiError::bad_request(
+            "invalid field `idle_timeout_sec`: not supported by Sandstone yet (ttl_sec bounds a context's life)",
+        ));
+    }
     let rt = running(&st, &id).await?;
     let ctx_id = format!("ctx-{}", random_hex(6));
     let started = std::time::Instant::now();
@@ -233,7 +255,10 @@ pub async fn create(
             cols: s.cols,
         }),
         attach,
-        timeout_ms: req.timeout_sec.map(|s| s.saturating_mul(1000)),
+        timeout_ms: req
+            .timeout_sec
+            .or(req.ttl_sec.filter(|s| *s > 0))
+            .map(|s| s.saturating_mul(1000)),
     };
     if !attach {
         let (resp, _) = initclient::call(&rt.socket, &spawn, &[]).await?;

@@ -73,12 +73,40 @@ fn to_api(f: &FileInfo) -> api::FileInfo {
     }
 }
 
+/// The most a file read answered as base64 JSON may be: the reply is held
+/// whole (4/3 of it), where a binary read streams.
+const MAX_JSON_READ: usize = 32 << 20;
+
+/// Whether the caller asked for the base64 JSON reply (the spec: `Accept`
+/// or `Content-Type` is `application/json`).
+fn wants_json(headers: &axum::http::HeaderMap) -> bool {
+    [header::ACCEPT, header::CONTENT_TYPE].iter().any(|h| {
+        headers
+            .get(h)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.contains("application/json"))
+    })
+}
+
+fn json_content(bytes: &[u8]) -> Response {
+    use base64::Engine as _;
+    ok(
+        StatusCode::OK,
+        api::FileContent {
+            content: base64::engine::general_purpose::STANDARD.encode(bytes),
+            encoding: api::FileEncoding::Base64,
+        },
+    )
+}
+
 pub async fn read(
     State(st): State<AppState>,
     Path(id): Path<String>,
     Query(q): Query<HashMap<String, String>>,
+    headers: axum::http::HeaderMap,
 ) -> ApiResult<Response> {
     let (path, rt) = target(&st, &id, &q).await?;
+    let json = wants_json(&headers);
     let started = std::time::Instant::now();
     let mut conn = InitConn::connect(&rt.socket)
         .await
@@ -97,6 +125,9 @@ pub async fn read(
         (Init::Data, bytes) => {
             st.metrics
                 .observe("file_read", started.elapsed().as_secs_f64() * 1000.0);
+            if json {
+                return Ok(json_content(&bytes));
+            }
             return Ok(
                 ([(header::CONTENT_TYPE, "application/octet-stream")], bytes).into_response(),
             );
@@ -105,6 +136,29 @@ pub async fn read(
     };
     st.metrics
         .observe("file_read", started.elapsed().as_secs_f64() * 1000.0);
+    if json {
+        let mut all = first.map(Vec::from).unwrap_or_default();
+        loop {
+            match conn.recv().await.map_err(InitError::Unreachable)? {
+                (Init::Chunk, bytes) => all.extend_from_slice(&bytes),
+                (Init::Data, _) => return Ok(json_content(&all)),
+                (Init::Error { code, message }, _) => {
+                    return Err(InitError::Refused { code, message }.into());
+                }
+                _ => return Err(ApiError::internal("unexpected frame in a file read")),
+            }
+            if all.len() > MAX_JSON_READ {
+                return Err(ApiError::new(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "file_too_large",
+                    format!(
+                        "the file is over {} MiB: read it as application/octet-stream",
+                        MAX_JSON_READ >> 20
+                    ),
+                ));
+            }
+        }
+    }
     let rest = futures_util::stream::unfold((conn, first), |(mut conn, pending)| async move {
         if let Some(b) = pending {
             return Some((Ok(b), (conn, None)));

@@ -133,6 +133,16 @@ pub async fn list(
 ) -> ApiResult<Response> {
     let limit = query_usize(&q, "limit", 50, 1000)?;
     let offset = query_usize(&q, "offset", 0, usize::MAX)?;
+    let paused = match q.get("paused").map(String::as_str) {
+        None => None,
+        Some("true") => Some(true),
+        Some("false") => Some(false),
+        Some(_) => {
+            return Err(ApiError::bad_request(
+                "invalid query parameter `paused`: true or false",
+            ));
+        }
+    };
     let labels: Vec<(&str, &String)> = q
         .iter()
         .filter_map(|(k, v)| Some((k.strip_prefix("metadata.")?, v)))
@@ -145,6 +155,7 @@ pub async fn list(
     let rows: Vec<_> = candidates
         .into_iter()
         .filter(|r| q.get("status").is_none_or(|s| s == api_status(r.status)))
+        .filter(|r| paused.is_none_or(|p| p == (r.status == SandboxStatus::Paused)))
         .filter(|r| {
             q.get("template_id")
                 .is_none_or(|t| t == template_base(&r.template))
@@ -162,7 +173,7 @@ pub async fn list(
         .map(|r| api::SandboxSummary {
             id: r.id.clone(),
             template_id: template_base(&r.template).to_string(),
-            status: r.status.as_str().into(),
+            status: api_status(r.status).into(),
             paused: r.status == SandboxStatus::Paused,
             runtime_generation: r.generation,
             metadata: crate::lifecycle::config_of(r).metadata,
@@ -202,7 +213,7 @@ pub async fn status(State(st): State<AppState>, Path(id): Path<String>) -> ApiRe
             sandbox_id: r.id.clone(),
             template_id: template_base(&r.template).to_string(),
             runtime_id: runtime_id(&r),
-            status: r.status.as_str().into(),
+            status: api_status(r.status).into(),
             created_at: rfc3339_ms(r.created_at),
         },
     ))
@@ -219,6 +230,11 @@ pub async fn update(
     if new.resources.is_some() {
         return Err(ApiError::bad_request(
             "invalid field `config.resources`: resources are fixed at claim time",
+        ));
+    }
+    if !new.services.is_empty() {
+        return Err(ApiError::bad_request(
+            "invalid field `config.services`: not supported by Sandstone yet",
         ));
     }
     let r = st.lifecycle.update_config(&id, new).await?;
@@ -270,9 +286,20 @@ pub async fn resume(State(st): State<AppState>, Path(id): Path<String>) -> ApiRe
     ))
 }
 
-pub async fn refresh(State(st): State<AppState>, Path(id): Path<String>) -> ApiResult<Response> {
+pub async fn refresh(
+    State(st): State<AppState>,
+    Path(id): Path<String>,
+    JsonBody(req): JsonBody<api::RefreshRequest>,
+) -> ApiResult<Response> {
     let r = row(&st, &id).await?;
-    st.lifecycle.refresh(&id);
+    if req.duration.is_some_and(|d| d > crate::limits::MAX_TTL) {
+        return Err(ApiError::bad_request(format!(
+            "invalid field `duration`: at most {} seconds",
+            crate::limits::MAX_TTL
+        )));
+    }
+    let ttl = crate::lifecycle::config_of(&r).ttl;
+    st.lifecycle.refresh(&id, ttl, req.duration);
     let sb = to_sandbox(&st, &r);
     Ok(ok(
         StatusCode::OK,

@@ -39,7 +39,9 @@ pub async fn create(
 ) -> ApiResult<Response> {
     text_field("name", &req.name, 256)?;
     text_field("description", &req.description, 4096)?;
-    if req.expires_at.is_some() {
+    // The spec reads an empty string or the zero time as "not set".
+    let unset = |t: &str| t.is_empty() || t.starts_with("0001-01-01T00:00:00");
+    if req.expires_at.as_deref().is_some_and(|t| !unset(t)) {
         return Err(ApiError::bad_request(
             "invalid field `expires_at`: snapshot expiry is not supported yet",
         ));
