@@ -1,5 +1,6 @@
-//! Environments (only `self_hosted` ones exist here) and their keys, the
-//! credential a worker polls with: stored as a hash, shown once.
+//! Environments (`self_hosted`, whose workers poll with the environment's
+//! keys, stored as hashes and shown once; and `cloud`, served by the
+//! daemon's executor, see [`crate::cloud`]) and their keys.
 
 use crate::Agents;
 use crate::error::{ApiError, ApiResult};
@@ -7,8 +8,9 @@ use crate::ids::{new_id, new_token, now};
 use crate::registry::{ENVIRONMENT, KEY, Registry};
 use crate::validate::{self, optional, required};
 use sandstone_agents_api::{
-    Deleted, Environment, EnvironmentConfig, EnvironmentKey, EnvironmentKeyTag, EnvironmentParams,
-    EnvironmentTag, Extra, Metadata,
+    CloudConfig, CloudConfigParams, Deleted, Environment, EnvironmentConfig,
+    EnvironmentConfigParams, EnvironmentKey, EnvironmentKeyTag, EnvironmentParams, EnvironmentTag,
+    Extra, LimitedNetwork, Metadata, Networking, NetworkingParams, Packages, PackagesBuild,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -32,10 +34,11 @@ impl Registry {
             description: optional(p.description.flatten(), "description", 2048)?,
             metadata: validate::metadata(&Metadata::new(), p.metadata.flatten().as_ref())?,
             scope: p.scope.flatten().unwrap_or_else(|| "organization".into()),
-            config: environment_config(p.config.flatten())?,
+            config: environment_config(None, p.config.flatten())?,
             created_at: t.clone(),
             updated_at: t,
             archived_at: None,
+            packages_build: None,
             extra: Extra::new(),
         };
         self.save_environment(&doc).await?;
@@ -62,11 +65,12 @@ impl Registry {
         all
     }
 
+    /// The environment updated, and whether its config changed.
     pub(crate) async fn update_environment(
         &self,
         id: &str,
         body: &Value,
-    ) -> ApiResult<Environment> {
+    ) -> ApiResult<(Environment, bool)> {
         let p: EnvironmentParams = validate::body(body)?;
         let mut doc = self.environment(id)?;
         if let Some(name) = p.name {
@@ -75,13 +79,36 @@ impl Registry {
         if let Some(d) = p.description {
             doc.description = optional(d, "description", 2048)?;
         }
+        let mut changed = false;
         if let Some(Some(c)) = p.config {
-            doc.config = environment_config(Some(c))?;
+            let config = environment_config(Some(&doc.config), Some(c))?;
+            changed = config != doc.config;
+            if changed {
+                // Built for packages it no longer has.
+                doc.packages_build = None;
+            }
+            doc.config = config;
         }
         doc.metadata = validate::metadata(&doc.metadata, p.metadata.flatten().as_ref())?;
         doc.updated_at = now();
         self.save_environment(&doc).await?;
-        Ok(doc)
+        Ok((doc, changed))
+    }
+
+    /// Records how the environment's packages build went (the executor
+    /// reports it), unless its config changed since.
+    pub(crate) async fn packages_built(
+        &self,
+        id: &str,
+        packages: &Packages,
+        build: PackagesBuild,
+    ) -> ApiResult<()> {
+        let mut doc = self.environment(id)?;
+        if doc.config.cloud().map(|c| &c.packages) != Some(packages) {
+            return Ok(());
+        }
+        doc.packages_build = Some(build);
+        self.save_environment(&doc).await
     }
 
     async fn save_environment(&self, doc: &Environment) -> ApiResult<()> {
@@ -217,15 +244,221 @@ impl Agents {
     }
 }
 
-fn environment_config(c: Option<EnvironmentConfig>) -> ApiResult<EnvironmentConfig> {
-    match c.as_ref().map(|c| c.kind.as_str()) {
-        None | Some("self_hosted") => Ok(EnvironmentConfig {
-            kind: "self_hosted".into(),
-            extra: Extra::new(),
-        }),
-        Some("cloud") => Err(ApiError::invalid(
-            "config.type: only self_hosted environments exist on this server",
-        )),
-        _ => Err(ApiError::invalid("config.type: self_hosted")),
+/// The config a create (`current` is `None`) or an update asks for,
+/// checked. An update of a `cloud` config keeps the fields it leaves out.
+fn environment_config(
+    current: Option<&EnvironmentConfig>,
+    p: Option<EnvironmentConfigParams>,
+) -> ApiResult<EnvironmentConfig> {
+    let config = match p {
+        None => current.cloned().unwrap_or(EnvironmentConfig::SelfHosted),
+        Some(EnvironmentConfigParams::SelfHosted) => EnvironmentConfig::SelfHosted,
+        Some(EnvironmentConfigParams::Cloud(c)) => {
+            let base = current.and_then(EnvironmentConfig::cloud).cloned();
+            EnvironmentConfig::Cloud(merge_cloud(base, c))
+        }
+    };
+    if let EnvironmentConfig::Cloud(c) = &config {
+        check_cloud(c)?;
+    }
+    Ok(config)
+}
+
+fn merge_cloud(base: Option<CloudConfig>, p: CloudConfigParams) -> CloudConfig {
+    let CloudConfig {
+        networking,
+        mut packages,
+    } = base.unwrap_or(CloudConfig {
+        networking: Networking::Unrestricted,
+        packages: Packages::default(),
+    });
+    let networking = match p.networking.flatten() {
+        None => networking,
+        Some(NetworkingParams::Unrestricted) => Networking::Unrestricted,
+        Some(NetworkingParams::Limited(l)) => {
+            let mut n = match networking {
+                Networking::Limited(n) => n,
+                Networking::Unrestricted => LimitedNetwork::default(),
+            };
+            if let Some(v) = l.allow_mcp_servers.flatten() {
+                n.allow_mcp_servers = v;
+            }
+            if let Some(v) = l.allow_package_managers.flatten() {
+                n.allow_package_managers = v;
+            }
+            if let Some(v) = l.allowed_hosts.flatten() {
+                n.allowed_hosts = v;
+            }
+            Networking::Limited(n)
+        }
+    };
+    if let Some(p) = p.packages.flatten() {
+        for (have, new) in [
+            (&mut packages.apt, p.apt),
+            (&mut packages.cargo, p.cargo),
+            (&mut packages.gem, p.gem),
+            (&mut packages.go, p.go),
+            (&mut packages.npm, p.npm),
+            (&mut packages.pip, p.pip),
+        ] {
+            if let Some(v) = new.flatten() {
+                *have = v;
+            }
+        }
+    }
+    CloudConfig {
+        networking,
+        packages,
+    }
+}
+
+const MAX_HOSTS: usize = 256;
+const MAX_PACKAGES: usize = 100;
+
+fn check_cloud(c: &CloudConfig) -> ApiResult<()> {
+    if let Networking::Limited(n) = &c.networking {
+        if n.allowed_hosts.len() > MAX_HOSTS {
+            return Err(ApiError::invalid(format!(
+                "config.networking.allowed_hosts: at most {MAX_HOSTS} hosts"
+            )));
+        }
+        for (i, h) in n.allowed_hosts.iter().enumerate() {
+            if !valid_host(h) {
+                return Err(ApiError::invalid(format!(
+                    "config.networking.allowed_hosts[{i}]: {h:?} is not a host name (a name like api.example.com, or *.example.com for its subdomains)"
+                )));
+            }
+        }
+        if !n.allow_package_managers && !c.packages.is_empty() {
+            return Err(ApiError::invalid(
+                "config.packages: installing packages under limited networking needs networking.allow_package_managers: true",
+            ));
+        }
+    }
+    for (manager, names) in c.packages.by_manager() {
+        if names.len() > MAX_PACKAGES {
+            return Err(ApiError::invalid(format!(
+                "config.packages.{manager}: at most {MAX_PACKAGES} packages"
+            )));
+        }
+        for (i, name) in names.iter().enumerate() {
+            if !valid_package(name) {
+                return Err(ApiError::invalid(format!(
+                    "config.packages.{manager}[{i}]: {name:?} is not a package name (with an optional version), as its installer takes one"
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A DNS name, or `*.` and one: what the egress policy's domains take.
+fn valid_host(h: &str) -> bool {
+    let name = h.strip_prefix("*.").unwrap_or(h);
+    !name.is_empty()
+        && name.len() <= 253
+        && name.split('.').all(|l| {
+            !l.is_empty()
+                && l.len() <= 63
+                && !l.starts_with('-')
+                && !l.ends_with('-')
+                && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        })
+}
+
+/// A package and its version as installers take them (`requests==2.32`,
+/// `left-pad@1.3.0`, `libssl-dev=3.0*`, `github.com/x/y@latest`): never
+/// an option (a leading `-`), whitespace or a shell metacharacter, since
+/// the build runs the installer with it.
+fn valid_package(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 214
+        && !name.starts_with('-')
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._+-=<>!~@/:[],*^".contains(&b))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sandstone_agents_api::{LimitedNetworkParams, PackagesParams};
+
+    fn cloud(v: serde_json::Value) -> ApiResult<EnvironmentConfig> {
+        let p: EnvironmentConfigParams = serde_json::from_value(v).unwrap();
+        environment_config(None, Some(p))
+    }
+
+    #[test]
+    fn a_cloud_config_defaults_to_unrestricted_without_packages() {
+        let c = cloud(json!({"type": "cloud"})).unwrap();
+        assert_eq!(
+            c,
+            EnvironmentConfig::Cloud(CloudConfig {
+                networking: Networking::Unrestricted,
+                packages: Packages::default()
+            })
+        );
+        assert_eq!(
+            json!(c),
+            json!({"type": "cloud", "networking": {"type": "unrestricted"},
+                   "packages": {"type": "packages", "apt": [], "cargo": [], "gem": [], "go": [], "npm": [], "pip": []}})
+        );
+    }
+
+    #[test]
+    fn an_update_keeps_what_it_leaves_out() {
+        let c = cloud(json!({"type": "cloud",
+            "networking": {"type": "limited", "allowed_hosts": ["api.example.com"], "allow_package_managers": true},
+            "packages": {"pip": ["requests==2.32.3"], "apt": ["jq"]}}))
+        .unwrap();
+        let p = EnvironmentConfigParams::Cloud(CloudConfigParams {
+            networking: Some(Some(NetworkingParams::Limited(LimitedNetworkParams {
+                allow_mcp_servers: Some(Some(true)),
+                ..Default::default()
+            }))),
+            packages: Some(Some(PackagesParams {
+                pip: Some(Some(vec![])),
+                ..Default::default()
+            })),
+        });
+        let Ok(EnvironmentConfig::Cloud(u)) = environment_config(Some(&c), Some(p)) else {
+            panic!("not cloud");
+        };
+        let Networking::Limited(n) = &u.networking else {
+            panic!("not limited");
+        };
+        assert_eq!(n.allowed_hosts, ["api.example.com"]);
+        assert!(n.allow_mcp_servers && n.allow_package_managers);
+        assert_eq!((u.packages.pip.len(), u.packages.apt.len()), (0, 1));
+        // Omitting config keeps it; another type replaces it.
+        assert_eq!(environment_config(Some(&c), None).unwrap(), c);
+        let s = environment_config(Some(&c), Some(EnvironmentConfigParams::SelfHosted));
+        assert_eq!(s.unwrap(), EnvironmentConfig::SelfHosted);
+    }
+
+    #[test]
+    fn bad_hosts_and_packages_are_refused_by_field() {
+        let err = |v| cloud(v).unwrap_err().to_string();
+        let e = err(
+            json!({"type": "cloud", "networking": {"type": "limited", "allowed_hosts": ["ok.test", "no host"]}}),
+        );
+        assert!(e.contains("config.networking.allowed_hosts[1]"), "{e}");
+        let e = err(json!({"type": "cloud", "packages": {"pip": ["ok", "x; rm -rf /"]}}));
+        assert!(e.contains("config.packages.pip[1]"), "{e}");
+        let e = err(json!({"type": "cloud", "packages": {"npm": ["--registry=http://evil"]}}));
+        assert!(e.contains("config.packages.npm[0]"), "{e}");
+        let e = err(
+            json!({"type": "cloud", "networking": {"type": "limited"}, "packages": {"pip": ["x"]}}),
+        );
+        assert!(e.contains("allow_package_managers"), "{e}");
+        for ok in [
+            "requests[socks]>=2.31,<3",
+            "left-pad@1.3.0",
+            "golang.org/x/tools/cmd/stringer@latest",
+            "libssl-dev=3.0*",
+        ] {
+            assert!(valid_package(ok), "{ok}");
+        }
     }
 }

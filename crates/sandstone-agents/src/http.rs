@@ -153,7 +153,9 @@ async fn agent_versions(
 }
 
 async fn create_environment(State(a): S, _: Api, b: Bytes) -> ApiResult<Response> {
-    ok(a.registry.create_environment(&body(&b)?).await?)
+    let env = a.registry.create_environment(&body(&b)?).await?;
+    a.prepare_cloud(&env);
+    ok(env)
 }
 
 async fn list_environments(State(a): S, _: Api, q: Query) -> ApiResult<Response> {
@@ -175,7 +177,12 @@ async fn update_environment(
     Path(id): Path<String>,
     b: Bytes,
 ) -> ApiResult<Response> {
-    ok(a.registry.update_environment(&id, &body(&b)?).await?)
+    let (env, changed) = a.registry.update_environment(&id, &body(&b)?).await?;
+    if changed {
+        a.prepare_cloud(&env);
+        a.dispatch(&env.id).await;
+    }
+    ok(env)
 }
 
 async fn delete_environment(State(a): S, _: Api, Path(id): Path<String>) -> ApiResult<Response> {

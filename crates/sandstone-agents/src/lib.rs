@@ -7,7 +7,9 @@
 //! state behind its own lock (never held across an await):
 //! - [`registry`]: agents and their versions, environments and their keys;
 //! - [`sessions`]: sessions, their ordered events and live streams;
-//! - [`work`]: the `self_hosted` work queue environment workers poll;
+//! - [`work`]: the work queue `self_hosted` environments' workers poll;
+//! - [`cloud`]: `cloud` environments' work, claimed at once and served by
+//!   the daemon's [`Executor`];
 //! - [`memory`]: memory stores and memories; [`skills`]: skills and versions;
 //! - [`turn`]: the agent loop that calls an Anthropic-compatible Messages
 //!   API ([`model`]).
@@ -35,6 +37,7 @@
 
 mod agents;
 mod auth;
+mod cloud;
 mod environments;
 mod error;
 mod events;
@@ -50,6 +53,7 @@ mod turn;
 mod validate;
 mod work;
 
+pub use cloud::{Executor, Unservable};
 pub use http::router;
 
 use error::{ApiError, ApiResult};
@@ -101,6 +105,8 @@ pub struct Agents {
     config: Config,
     api_keys: ApiKeyCheck,
     http: model::Http,
+    /// Serves `cloud` environments; unset, their work waits queued.
+    executor: std::sync::OnceLock<Arc<dyn Executor>>,
 }
 
 /// Why the control plane did not start.
@@ -144,6 +150,7 @@ impl Agents {
             config,
             api_keys,
             http: model::Http::default(),
+            executor: std::sync::OnceLock::new(),
         });
         agents.notifier.spawn_listener(Arc::downgrade(&agents));
         spawn_lease_expiry(agents.clone());
@@ -154,10 +161,10 @@ impl Agents {
     }
 
     /// Queues work for `session` in `env` unless it has a live item or the
-    /// environment is gone.
-    pub(crate) async fn queue_work(&self, env: &str, session: &str) -> ApiResult<()> {
-        if self.registry.has_environment(env) {
-            self.queue.enqueue(env, session).await?;
+    /// environment is gone; a `cloud` environment's is served at once.
+    pub(crate) async fn queue_work(self: &Arc<Self>, env: &str, session: &str) -> ApiResult<()> {
+        if self.registry.has_environment(env) && self.queue.enqueue(env, session).await?.is_some() {
+            self.dispatch(env).await;
         }
         Ok(())
     }
@@ -165,7 +172,7 @@ impl Agents {
     /// Items whose lease ran out are stopped and, unless they were being
     /// stopped anyway, their sessions queued again (another worker picks
     /// them up).
-    async fn expire_leases(&self) {
+    async fn expire_leases(self: &Arc<Self>) {
         let expired = match self.queue.expire().await {
             Ok(e) => e,
             Err(e) => {

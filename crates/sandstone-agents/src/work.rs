@@ -34,7 +34,7 @@ use tokio::sync::Notify;
 
 /// Workers that polled this recently count in `workers_polling`.
 const POLLING_WINDOW: Duration = Duration::from_secs(30);
-const DEFAULT_RECLAIM: Duration = Duration::from_millis(5000);
+pub(crate) const DEFAULT_RECLAIM: Duration = Duration::from_millis(5000);
 /// A change that keeps losing its compare-and-set is a bug, not load.
 const CAS_TRIES: usize = 100;
 

@@ -1,0 +1,120 @@
+//! `cloud` environments: the daemon runs their sessions itself. Work queued
+//! for one is claimed by this node at once and handed to the [`Executor`]
+//! the daemon registered, which serves it in-process exactly as a
+//! `sandstone worker` serves a self-hosted item (the same code), so nothing
+//! polls between the control plane and the sandboxes.
+//!
+//! The item stays a work item like any other: leased, heartbeated, listed,
+//! stopped when its session ends, and requeued (and claimed again by
+//! whichever node's lease expiry finds it) when its node dies.
+
+use crate::Agents;
+use crate::work::{DEFAULT_RECLAIM, Poll};
+use futures_util::future::BoxFuture;
+use sandstone_agents_api::{Environment, Packages, PackagesBuild, WorkItem};
+use serde_json::json;
+use std::sync::Arc;
+
+/// Why the executor could not serve an item: shown to the session's user
+/// as a terminal `session.error`.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{message}")]
+pub struct Unservable {
+    pub message: String,
+}
+
+/// What serves `cloud` environments' sessions (the daemon's sandboxes).
+pub trait Executor: Send + Sync {
+    /// The environment was created, changed, or found at start: the time to
+    /// build what its sessions will need (its packages).
+    fn prepare(&self, env: &Environment);
+    /// Serves a claimed and acknowledged item until it ends.
+    fn serve(&self, env: Environment, item: WorkItem)
+    -> BoxFuture<'static, Result<(), Unservable>>;
+}
+
+impl Agents {
+    /// Registers the executor, prepares the `cloud` environments there are
+    /// and takes the work they have queued.
+    pub async fn serve_cloud(self: &Arc<Self>, executor: Arc<dyn Executor>) {
+        if self.executor.set(executor).is_err() {
+            tracing::warn!("a cloud executor is registered already");
+            return;
+        }
+        for env in self.registry.environments(false) {
+            if env.config.cloud().is_some() {
+                self.prepare_cloud(&env);
+                self.dispatch(&env.id).await;
+            }
+        }
+    }
+
+    /// Records how a `cloud` environment's packages build went (shown on
+    /// the environment), unless its packages changed since.
+    pub async fn packages_built(&self, env: &str, packages: &Packages, build: PackagesBuild) {
+        if let Err(e) = self.registry.packages_built(env, packages, build).await {
+            tracing::warn!(environment = env, error = %e, "recording a packages build");
+        }
+    }
+
+    pub(crate) fn prepare_cloud(&self, env: &Environment) {
+        if let (Some(x), Some(_)) = (self.executor.get(), env.config.cloud()) {
+            x.prepare(env);
+        }
+    }
+
+    /// Claims every item queued for `env`, if it is a `cloud` environment
+    /// this node serves, and hands each to the executor.
+    pub(crate) async fn dispatch(self: &Arc<Self>, env: &str) {
+        let Some(executor) = self.executor.get() else {
+            return;
+        };
+        let Ok(environment) = self.registry.environment(env) else {
+            return;
+        };
+        if environment.config.cloud().is_none() {
+            return;
+        }
+        let poll = Poll {
+            block: None,
+            reclaim: DEFAULT_RECLAIM,
+            worker: None,
+        };
+        loop {
+            let item = match self.queue.poll(env, &poll).await {
+                Ok(Some(item)) => item,
+                Ok(None) => return,
+                Err(e) => {
+                    tracing::warn!(environment = env, error = %e, "claiming cloud work");
+                    return;
+                }
+            };
+            if let Err(e) = self.queue.ack(env, &item.id).await {
+                tracing::warn!(work = %item.id, error = %e, "acknowledging cloud work");
+                continue;
+            }
+            let agents = self.clone();
+            let served = executor.serve(environment.clone(), item.clone());
+            tokio::spawn(async move {
+                if let Err(e) = served.await {
+                    agents.unservable(&item, e).await;
+                }
+            });
+        }
+    }
+
+    /// Tells the session why it cannot be served and lets its item go (the
+    /// next message queues another, which tries again).
+    async fn unservable(&self, item: &WorkItem, e: Unservable) {
+        let session = &item.data.id;
+        tracing::warn!(work = %item.id, session = %session, error = %e, "cloud session not served");
+        let error = json!({"type": "session.error", "error": {
+            "type": "unknown_error", "message": e.message, "retry_status": {"type": "terminal"}}});
+        if let Err(e) = self.sessions.emit(session, error).await {
+            tracing::warn!(session = %session, error = %e, "reporting a cloud session's failure");
+        }
+        if let Err(e) = self.queue.stop(&item.environment_id, &item.id, true).await {
+            tracing::warn!(work = %item.id, error = %e, "stopping unserved cloud work");
+        }
+    }
+}
