@@ -41,6 +41,17 @@ c.beta.environments.archive(e.id)
 gone = c.beta.environments.create(name="gone")
 c.beta.environments.delete(gone.id)
 expect_error(404, lambda: c.beta.environments.retrieve("env_missing"))
+# A cloud environment, in the SDK's own models both ways.
+cloud = c.beta.environments.create(name="cloud", config={
+    "type": "cloud", "networking": {"type": "limited", "allowed_hosts": ["api.example.com"]},
+    "packages": {"type": "packages", "pip": []}})
+assert cloud.config.type == "cloud" and cloud.config.networking.allowed_hosts == ["api.example.com"], cloud
+assert cloud.config.networking.allow_package_managers is False, cloud
+cloud = c.beta.environments.update(cloud.id, config={"type": "cloud", "networking": {"type": "unrestricted"}})
+assert cloud.config.networking.type == "unrestricted" and cloud.config.packages.pip == [], cloud
+expect_error(400, lambda: c.beta.environments.create(
+    name="bad", config={"type": "cloud", "packages": {"pip": ["x; rm -rf /"]}}))
+c.beta.environments.delete(cloud.id)
 
 agent = c.beta.agents.create(name="rec", model="scripted-e2e",
     tools=[{"type": "agent_toolset_20260401", "default_config": {"permission_policy": {"type": "always_ask"}},

@@ -21,6 +21,8 @@ pub enum Preset {
     Rust,
     /// Go's module proxy and checksum database.
     Go,
+    /// RubyGems: `gem install`, `bundle`.
+    Ruby,
     /// Debian's archive: `apt-get` (HTTP and HTTPS).
     Debian,
     /// GitHub: the site, the API, raw content and release downloads, git
@@ -31,11 +33,12 @@ pub enum Preset {
 }
 
 impl Preset {
-    pub const ALL: [Preset; 7] = [
+    pub const ALL: [Preset; 8] = [
         Preset::Python,
         Preset::Node,
         Preset::Rust,
         Preset::Go,
+        Preset::Ruby,
         Preset::Debian,
         Preset::Github,
         Preset::Anthropic,
@@ -47,6 +50,7 @@ impl Preset {
             Preset::Node => "node",
             Preset::Rust => "rust",
             Preset::Go => "go",
+            Preset::Ruby => "ruby",
             Preset::Debian => "debian",
             Preset::Github => "github",
             Preset::Anthropic => "anthropic",
@@ -72,6 +76,7 @@ impl Preset {
                 "sum.golang.org",
                 "storage.googleapis.com",
             ],
+            Preset::Ruby => &["rubygems.org", "index.rubygems.org"],
             Preset::Debian => &["deb.debian.org", "security.debian.org"],
             Preset::Github => &[
                 "github.com",

@@ -2,6 +2,7 @@
 //! volumes and the runtime in [`lifecycle`] (which speaks no HTTP) behind
 //! the REST API in `routes` (Sandbox0-compatible, under `/api/v1`).
 
+mod cloud;
 mod cluster;
 mod extract;
 mod forward;
@@ -58,6 +59,8 @@ pub struct Config {
     pub registry_auths: sandstone_registry::Auths,
     /// The Managed Agents control plane under `/v1`.
     pub agents: sandstone_agents::Config,
+    /// The template `cloud` environments' sessions start from.
+    pub cloud_template: String,
     /// This node's id; `None`: the one recorded in the data directory
     /// (`node.id`, made once).
     pub node_id: Option<String>,
@@ -87,6 +90,9 @@ pub struct AppState {
     sealer: Arc<sandstone_db::secrets::Sealer>,
     /// This node among the others sharing its database.
     cluster: Arc<cluster::Cluster>,
+    /// The hash of this process's own API key, which the in-process
+    /// `cloud` workers call it with (made at start, never stored).
+    own_key: Arc<String>,
 }
 
 /// Largest JSON body.
@@ -111,6 +117,9 @@ async fn auth(State(st): State<AppState>, req: Request, next: Next) -> Response 
         )
         .into_response();
     };
+    if sandstone_db::token_hash(token) == *st.own_key {
+        return next.run(req).await;
+    }
     match st.lifecycle.store.check_api_key(token).await {
         Ok(Some(_)) => next.run(req).await,
         Ok(None) => ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", "invalid API key")
@@ -429,11 +438,13 @@ pub async fn run(mut config: Config) -> anyhow::Result<()> {
     }
     lc.spawn_init_watch();
     lc.spawn_warm_pool();
+    let own_key = sandstone_api::Secret::new(format!("sst-own-{}", random_hex(32)));
     let st = AppState {
         lifecycle: lc.clone(),
         metrics: Arc::new(metrics::Metrics::default()),
         sealer,
         cluster,
+        own_key: Arc::new(sandstone_db::token_hash(own_key.expose())),
     };
     let keys = lc.store.clone();
     let api_keys: sandstone_agents::ApiKeyCheck = Arc::new(move |token: String| {
@@ -444,7 +455,8 @@ pub async fn run(mut config: Config) -> anyhow::Result<()> {
     // Claims on driving a session's turn are this node's.
     agents_config.node = st.cluster.me.id.clone();
     let agents = sandstone_agents::Agents::start(db, agents_config, api_keys).await?;
-    let app = router(st).nest("/v1", sandstone_agents::router(agents));
+    let node_id = st.cluster.me.id.clone();
+    let app = router(st).nest("/v1", sandstone_agents::router(agents.clone()));
     // Event streams write small frames: without TCP_NODELAY one can wait
     // for the peer's delayed ACK (40 ms) behind the frame before it.
     let listener = tokio::net::TcpListener::bind(config.listen)
@@ -454,9 +466,29 @@ pub async fn run(mut config: Config) -> anyhow::Result<()> {
                 tracing::debug!(error = %e, "TCP_NODELAY not set");
             }
         });
+    // `cloud` sessions are served in-process, through this listener.
+    let mut own = axum::serve::Listener::local_addr(&listener)?;
+    if own.ip().is_unspecified() {
+        own.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+    }
+    let executor = cloud::Cloud::new(
+        lc.clone(),
+        &agents,
+        cloud::CloudSettings {
+            self_url: format!("http://{own}"),
+            key: own_key,
+            base: config.cloud_template.clone(),
+            node: node_id,
+        },
+    );
+    let cloud = executor.clone();
+    tokio::spawn(async move { agents.serve_cloud(executor).await });
     tracing::info!(listen = %config.listen, data_dir = %config.data_dir.display(), "sandstone daemon ready");
     axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown_signal())
+        .with_graceful_shutdown(async move {
+            shutdown_signal().await;
+            cloud.shut_down();
+        })
         .await?;
     lc.shutdown();
     Ok(())

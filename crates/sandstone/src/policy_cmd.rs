@@ -22,7 +22,7 @@ pub enum PolicyCmd {
         /// allow-all or block-all (default block-all).
         #[arg(long)]
         mode: Option<String>,
-        /// A preset (python, node, rust, go, debian, github, anthropic), a
+        /// A preset (python, node, rust, go, ruby, debian, github, anthropic), a
         /// domain (`*.` wildcards) or a CIDR, with an optional `:port`;
         /// repeatable.
         #[arg(long)]

@@ -23,7 +23,7 @@ pub struct CreateArgs {
     /// Start from this snapshot's files.
     #[arg(long)]
     pub snapshot: Option<String>,
-    /// Let the sandbox reach a preset (python, node, rust, go, debian,
+    /// Let the sandbox reach a preset (python, node, rust, go, ruby, debian,
     /// github, anthropic), a domain or a CIDR (optional `:port`); the
     /// rest stays denied. Repeatable.
     #[arg(long)]

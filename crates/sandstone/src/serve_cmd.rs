@@ -37,6 +37,10 @@ pub struct ServeArgs {
     /// Storage pool driver: btrfs or dir (default: btrfs when set up).
     #[arg(long, env = "SANDSTONE_POOL")]
     pub pool: Option<PoolArg>,
+    /// The template `cloud` environments' sessions start from, and their
+    /// package sets are built on.
+    #[arg(long, env = "SANDSTONE_CLOUD_TEMPLATE", default_value = "default")]
+    pub cloud_template: String,
     /// Sandboxes kept ready per template, so a claim is a handoff.
     #[arg(long, env = "SANDSTONE_WARM_POOL", default_value_t = 2)]
     pub warm_pool: usize,
@@ -176,6 +180,7 @@ pub async fn serve(data_dir: &Path, args: &ServeArgs) -> Result<()> {
             PoolArg::Dir => sandstone_volumes::Driver::Dir,
         }),
         warm_pool: args.warm_pool,
+        cloud_template: args.cloud_template.clone(),
         egress_pool: match (args.no_network, &args.egress_pool) {
             (true, _) => None,
             (false, Some(pool)) => Some(pool.clone()),

@@ -90,7 +90,7 @@ pub struct Common {
     /// `--allow`s.
     #[arg(long)]
     policy: Option<PathBuf>,
-    /// A preset (python, node, rust, go, debian, github, anthropic), domain
+    /// A preset (python, node, rust, go, ruby, debian, github, anthropic), domain
     /// or CIDR, optional `:port`, session sandboxes may reach (with the
     /// default policy); repeatable.
     #[arg(long = "allow", visible_alias = "allow-domain", value_name = "TARGET")]

@@ -290,3 +290,142 @@ async fn a_bad_sandstonefile_is_refused_naming_its_line() {
         assert!(!err.contains("Step"), "{name}: nothing ran: {err}");
     }
 }
+
+/// A `cloud` environment's `packages` are built into a template once (here
+/// `pip` from the fake internet's index), its sessions run on it with no
+/// worker under its `limited` network (one host allowed, another denied and
+/// audited), and a package that does not exist fails the build with pip's
+/// words, on the environment and as the session's error.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_cloud_environment_installs_its_packages_and_limits_its_network() {
+    use common::agents::{FakeModel, idle_with, say, session_on, v1, within};
+    use reqwest::Method;
+    use std::time::Duration;
+    let Ok(template) = std::env::var("SANDSTONE_TEST_DEFAULT") else {
+        eprintln!("skipped: SANDSTONE_TEST_DEFAULT is not set (scripts/test.sh builds it)");
+        return;
+    };
+    let net = FakeInternet::start();
+    let model = FakeModel::start();
+    let mut d = default_daemon(&net, &template).await;
+    d.kill();
+    d.serve_args
+        .extend(common::agents::model_args(&d, &model, 30));
+    d.serve_args
+        .extend(["--cloud-template".into(), "cloud-base".into()]);
+    d.spawn().await;
+    // The base's pip trusts the fake internet's CA, as real images' pip
+    // trusts PyPI's (the sandbox's own CA variables name the daemon's
+    // bundle, so the wrapper sets pip's for it).
+    let ctx = tempfile::tempdir().unwrap();
+    std::fs::copy(net.ca_pem(), ctx.path().join("fake-ca.pem")).unwrap();
+    std::fs::write(
+        ctx.path().join("Sandstonefile"),
+        "FROM default\nCOPY fake-ca.pem /etc/fake-ca.pem\n\
+         RUN p=$(command -v pip) && mv $p $p.real && \\\n\
+         printf '#!/bin/sh\\nexport PIP_CERT=/etc/fake-ca.pem REQUESTS_CA_BUNDLE=/etc/fake-ca.pem\\nexec %s.real \"$@\"\\n' $p > $p && chmod +x $p\n",
+    )
+    .unwrap();
+    let (ok, events) = build(&d, "cloud-base", ctx.path());
+    assert!(ok, "{events:?}");
+
+    let make = |name: &str, pip: &str| {
+        json!({"name": name, "config": {"type": "cloud",
+            "networking": {"type": "limited", "allowed_hosts": ["web.test"], "allow_package_managers": true},
+            "packages": {"pip": [pip]}}})
+    };
+    let built = async |env: &str| -> Value {
+        let mut last = Value::Null;
+        within(Duration::from_secs(180), async || {
+            let (_, v, _) = v1(
+                &d,
+                &d.token,
+                Method::GET,
+                &format!("/environments/{env}"),
+                None,
+            )
+            .await;
+            last = v["packages_build"].clone();
+            last["status"] == "ready" || last["status"] == "failed"
+        })
+        .await;
+        last
+    };
+    let (s, env, _) = v1(
+        &d,
+        &d.token,
+        Method::POST,
+        "/environments",
+        Some(make("py", "sandstone-demo")),
+    )
+    .await;
+    assert_eq!(s, 200, "{env}");
+    let env = env["id"].as_str().unwrap().to_string();
+    let b = built(&env).await;
+    assert_eq!(b["status"], "ready", "{b}");
+    let sid = session_on(
+        &d,
+        &env,
+        "cloud_packages",
+        json!([{"type": "agent_toolset_20260401"}]),
+    )
+    .await;
+    say(&d, &sid, "go").await;
+    let evs = idle_with(&d, &sid, "end_turn").await;
+    let result = evs
+        .iter()
+        .find(|e| e["type"] == "user.tool_result")
+        .map(|e| e["content"].to_string())
+        .unwrap_or_default();
+    assert!(result.contains("42"), "the package is installed: {result}");
+    assert!(
+        result.contains("hello from web.test"),
+        "the allowed host: {result}"
+    );
+    assert!(result.contains("other-denied"), "the other host: {result}");
+    let (_, v) = d
+        .get(&format!("/api/v1/sandboxes?metadata.cma.session={sid}"))
+        .await;
+    let sb = v["data"]["sandboxes"][0]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    d.audited(&sb, |e| e.to_string().contains("other.test"))
+        .await;
+
+    // A package that does not exist: the build fails with pip's words.
+    let (s, bad, _) = v1(
+        &d,
+        &d.token,
+        Method::POST,
+        "/environments",
+        Some(make("bad", "no-such-package-zz")),
+    )
+    .await;
+    assert_eq!(s, 200, "{bad}");
+    let bad = bad["id"].as_str().unwrap().to_string();
+    let b = built(&bad).await;
+    assert_eq!(b["status"], "failed", "{b}");
+    assert!(
+        b["error"].as_str().unwrap().contains("no-such-package-zz"),
+        "{b}"
+    );
+    let sid = session_on(
+        &d,
+        &bad,
+        "cloud_packages",
+        json!([{"type": "agent_toolset_20260401"}]),
+    )
+    .await;
+    let mut error = Value::Null;
+    within(Duration::from_secs(30), async || {
+        let evs = common::agents::events(&d, &sid).await;
+        error = evs
+            .into_iter()
+            .find(|e| e["type"] == "session.error")
+            .unwrap_or_default();
+        !error.is_null()
+    })
+    .await;
+    assert!(error.to_string().contains("no-such-package-zz"), "{error}");
+}

@@ -1337,3 +1337,58 @@ async fn poll_on_work_hands_each_session_to_a_program_that_runs_worker_run() {
         text(&out.stderr)
     );
 }
+
+/// A `cloud` environment: the daemon serves its sessions itself, with no
+/// worker process, in sandboxes under the environment's network policy.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_cloud_session_runs_in_the_daemon_with_no_worker() {
+    let model = FakeModel::start();
+    let mut d = Daemon::start().await;
+    d.kill();
+    d.serve_args = common::agents::model_args(&d, &model, 30);
+    d.serve_args
+        .extend(["--cloud-template".to_string(), "host".to_string()]);
+    d.spawn().await;
+    // Bad input is refused by field.
+    let (s, v, _) = v1(
+        &d,
+        &d.token,
+        Method::POST,
+        "/environments",
+        Some(json!({"name": "bad", "config": {"type": "cloud", "packages": {"pip": ["ok", "x; rm -rf /"]}}})),
+    )
+    .await;
+    assert!(
+        s == 400 && v.to_string().contains("config.packages.pip[1]"),
+        "{s} {v}"
+    );
+    let (s, env, _) = v1(
+        &d,
+        &d.token,
+        Method::POST,
+        "/environments",
+        Some(json!({"name": "cloud", "config": {"type": "cloud",
+            "networking": {"type": "limited", "allowed_hosts": ["api.example.com"]}}})),
+    )
+    .await;
+    assert_eq!(s, 200, "{env}");
+    assert_eq!(
+        env["config"]["networking"]["allow_package_managers"], false,
+        "{env}"
+    );
+    let env = env["id"].as_str().unwrap().to_string();
+    let sid = session_on(&d, &env, "worker_turn", toolset()).await;
+    say(&d, &sid, "first").await;
+    let evs = idle_with(&d, &sid, "end_turn").await;
+    assert_eq!(
+        tool_results(&evs),
+        [("bash".to_string(), "one".to_string(), false)]
+    );
+    // Its sandbox carries the environment's policy.
+    let sandboxes = session_sandboxes(&d, &sid).await;
+    assert_eq!(sandboxes.len(), 1, "{sandboxes:?}");
+    let sb = sandboxes[0]["id"].as_str().unwrap();
+    let (_, v) = d.get(&format!("/api/v1/sandboxes/{sb}/network")).await;
+    assert_eq!(v["data"]["mode"], "block-all", "{v}");
+    assert!(v.to_string().contains("api.example.com"), "{v}");
+}

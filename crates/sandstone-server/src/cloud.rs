@@ -1,0 +1,360 @@
+//! The daemon's executor for `cloud` environments
+//! ([`sandstone_agents::Executor`]): each session's work item is served
+//! in-process by the very code `sandstone worker` runs
+//! ([`sandstone_worker::Worker`]), talking to this daemon over loopback, so
+//! a `cloud` session behaves exactly as a self-hosted one (its durable
+//! sandbox, skills, memory stores, confirmations) with no poll in between.
+//!
+//! What the environment's config asks for becomes the worker's settings:
+//! - `packages` are built once per distinct set (and base) into a template
+//!   by the template build ([`crate::lifecycle::BuildSpec`]), each package
+//!   manager a cached step; sessions start from it;
+//! - `networking` becomes the sessions' egress policy: `allow-all`, or
+//!   `block-all` with the allowed hosts and, when asked, the package
+//!   registries (the egress presets), every denial audited.
+
+use crate::lifecycle::{BuildSpec, Lifecycle};
+use sandstone_agents::{Agents, Executor, Unservable};
+use sandstone_agents_api::{
+    BuildStatus, CloudConfig, Environment, Networking, Packages, PackagesBuild, WorkItem,
+};
+use sandstone_api::{BuildEvent, Secret};
+use sandstone_worker::Worker;
+use sandstone_worker::item::Item;
+use sha2::Digest;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+use tokio::sync::{OnceCell, watch};
+
+/// The registries `allow_package_managers` opens (egress presets; the
+/// README's "Presets" lists their hosts).
+pub const PACKAGE_MANAGERS: [&str; 6] = ["python", "node", "rust", "go", "debian", "ruby"];
+
+/// How long a session's item stays with its sandbox running while the
+/// session is idle, as `sandstone worker`'s default.
+const MAX_IDLE: Duration = Duration::from_secs(60);
+
+/// How much of a failed install's output its error keeps (the end, where
+/// installers say what went wrong).
+const ERROR_TAIL: usize = 2048;
+
+/// How often a session's memory stores sync back (`sandstone worker`'s
+/// default).
+const MEMORY_SYNC: Duration = Duration::from_secs(15);
+
+/// What the executor is told at start.
+pub struct CloudSettings {
+    /// This daemon's own address, as its in-process workers reach it.
+    pub self_url: String,
+    /// The API key those workers use (never stored; this process's own).
+    pub key: Secret,
+    /// The template package sets are built on (and sessions without
+    /// packages start from).
+    pub base: String,
+    /// This node's name (the workers' id).
+    pub node: String,
+}
+
+type BuildCell = Arc<OnceCell<Result<(), String>>>;
+
+pub struct Cloud {
+    me: Weak<Cloud>,
+    lc: Arc<Lifecycle>,
+    agents: Weak<Agents>,
+    settings: CloudSettings,
+    /// A worker per environment, made for its config at the time.
+    workers: Mutex<HashMap<String, (CloudConfig, Arc<Worker>)>>,
+    /// Builds by template name: every session of a package set waits on
+    /// the one build. A failed one is forgotten when an environment is
+    /// prepared again (created, changed, or at the next start).
+    builds: Mutex<HashMap<String, BuildCell>>,
+    /// Set when the daemon stops: the in-process workers end their items
+    /// (as `sandstone worker` does on SIGTERM), so no stream of theirs
+    /// holds the daemon's graceful shutdown open.
+    stopping: watch::Sender<bool>,
+    shutdown: watch::Receiver<bool>,
+}
+
+impl Cloud {
+    pub fn new(lc: Arc<Lifecycle>, agents: &Arc<Agents>, settings: CloudSettings) -> Arc<Cloud> {
+        let (tx, rx) = watch::channel(false);
+        Arc::new_cyclic(|me| Cloud {
+            me: me.clone(),
+            lc,
+            agents: Arc::downgrade(agents),
+            settings,
+            workers: Mutex::new(HashMap::new()),
+            builds: Mutex::new(HashMap::new()),
+            stopping: tx,
+            shutdown: rx,
+        })
+    }
+
+    /// Ends every item the in-process workers serve.
+    pub fn shut_down(&self) {
+        self.stopping.send_replace(true);
+    }
+
+    /// The template a package set is built into: named by what it holds,
+    /// so environments with the same packages share it.
+    fn template_for(&self, packages: &Packages) -> String {
+        if packages.is_empty() {
+            return self.settings.base.clone();
+        }
+        let key = serde_json::json!([self.settings.base, packages]).to_string();
+        let digest = hex::encode(sha2::Sha256::digest(key.as_bytes()));
+        format!("cloud-{}", &digest[..16])
+    }
+
+    fn build_cell(&self, name: &str) -> BuildCell {
+        lock(&self.builds)
+            .entry(name.to_string())
+            .or_default()
+            .clone()
+    }
+
+    /// The template for `packages`, built if it is not there yet.
+    async fn packages_template(&self, packages: &Packages) -> Result<String, String> {
+        let name = self.template_for(packages);
+        if packages.is_empty() {
+            return Ok(name);
+        }
+        let cell = self.build_cell(&name);
+        cell.get_or_init(|| self.build(&name, packages))
+            .await
+            .clone()
+            .map(|()| name)
+    }
+
+    async fn build(&self, name: &str, packages: &Packages) -> Result<(), String> {
+        if self.lc.storage.template(name).is_ok() {
+            return Ok(());
+        }
+        let text = sandstonefile(&self.settings.base, packages);
+        let steps = sandstone_build::parse(&text).map_err(|e| e.to_string())?;
+        let (tx, mut rx) = tokio::sync::mpsc::channel(256);
+        let spec = BuildSpec {
+            name: name.to_string(),
+            steps,
+            // Nothing is copied in.
+            context: std::env::temp_dir(),
+        };
+        let lc = self.lc.clone();
+        tokio::spawn(async move { lc.build_template(spec, &tx).await });
+        let mut tail = String::new();
+        while let Some(event) = rx.recv().await {
+            match event {
+                BuildEvent::Output { text, .. } => {
+                    tail.push_str(&text);
+                    if tail.len() > 4 * ERROR_TAIL {
+                        keep_tail(&mut tail, ERROR_TAIL);
+                    }
+                }
+                BuildEvent::Done { .. } => return Ok(()),
+                BuildEvent::Failed { message, .. } => {
+                    keep_tail(&mut tail, ERROR_TAIL);
+                    let said = tail.trim();
+                    return Err(if said.is_empty() {
+                        message
+                    } else {
+                        format!("{message}: {said}")
+                    });
+                }
+                BuildEvent::Step { .. } => {}
+            }
+        }
+        Err("the package build ended without a result".into())
+    }
+
+    /// Builds `env`'s packages and records how it went on the environment.
+    async fn prepare_packages(self: Arc<Self>, env: Environment) {
+        let Some(cloud) = env.config.cloud() else {
+            return;
+        };
+        let packages = &cloud.packages;
+        if packages.is_empty() {
+            return;
+        }
+        let report = |status, error| PackagesBuild {
+            status,
+            error,
+            updated_at: sandstone_api::timefmt::rfc3339_ms(sandstone_api::timefmt::now_ms()),
+        };
+        let agents = self.agents.upgrade();
+        if let Some(a) = &agents {
+            a.packages_built(&env.id, packages, report(BuildStatus::Building, None))
+                .await;
+        }
+        let result = self.packages_template(packages).await;
+        if let Some(a) = &agents {
+            let build = match result {
+                Ok(_) => report(BuildStatus::Ready, None),
+                Err(e) => report(BuildStatus::Failed, Some(e)),
+            };
+            a.packages_built(&env.id, packages, build).await;
+        }
+    }
+
+    /// The worker for `env`'s current config.
+    async fn worker(&self, env: &Environment) -> Result<Arc<Worker>, Unservable> {
+        let Some(cloud) = env.config.cloud() else {
+            return Err(unservable(format!(
+                "environment {} is not a cloud environment",
+                env.id
+            )));
+        };
+        if let Some((config, w)) = lock(&self.workers).get(&env.id)
+            && config == cloud
+        {
+            return Ok(w.clone());
+        }
+        let template = self.packages_template(&cloud.packages).await.map_err(|e| {
+            unservable(format!(
+                "environment {}: its packages could not be installed: {e}",
+                env.id
+            ))
+        })?;
+        let config = sandstone_worker::Config {
+            environment_id: env.id.clone(),
+            // Each item brings its own sessions token.
+            environment_key: None,
+            base_url: self.settings.self_url.clone(),
+            worker_id: format!("{}-cloud", self.settings.node),
+            max_idle: Some(MAX_IDLE),
+            sandstone_url: self.settings.self_url.clone(),
+            sandstone_token: self.settings.key.clone(),
+            template,
+            network: Some(policy(&cloud.networking)),
+            custom_tools: Default::default(),
+            memory_sync_interval: Some(MEMORY_SYNC),
+            concurrency: 1,
+            on_work: None,
+        };
+        let worker = Arc::new(Worker::new(config, self.shutdown.clone()));
+        lock(&self.workers).insert(env.id.clone(), (cloud.clone(), worker.clone()));
+        Ok(worker)
+    }
+}
+
+fn unservable(message: String) -> Unservable {
+    Unservable { message }
+}
+
+/// Keeps the last `n` bytes of `s` (from a character boundary).
+fn keep_tail(s: &mut String, n: usize) {
+    let mut cut = s.len().saturating_sub(n);
+    while !s.is_char_boundary(cut) {
+        cut += 1;
+    }
+    s.drain(..cut);
+}
+
+/// The maps here change by single inserts and removes: a panic while one
+/// was held cannot have left it half-changed.
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().expect("a cloud executor lock is never poisoned")
+}
+
+impl Executor for Cloud {
+    fn prepare(&self, env: &Environment) {
+        let Some(cloud) = env.config.cloud() else {
+            return;
+        };
+        // A failed build of these packages is tried again.
+        let name = self.template_for(&cloud.packages);
+        let mut builds = lock(&self.builds);
+        if builds
+            .get(&name)
+            .and_then(|c| c.get())
+            .is_some_and(Result::is_err)
+        {
+            builds.remove(&name);
+        }
+        drop(builds);
+        if let Some(me) = self.me.upgrade() {
+            tokio::spawn(me.prepare_packages(env.clone()));
+        }
+    }
+
+    fn serve(
+        &self,
+        env: Environment,
+        item: WorkItem,
+    ) -> futures_util::future::BoxFuture<'static, Result<(), Unservable>> {
+        let me = self.me.upgrade();
+        Box::pin(async move {
+            let me = me.ok_or_else(|| unservable("the daemon is stopping".into()))?;
+            let worker = me.worker(&env).await?;
+            let item = Item::from_poll(&item)
+                .ok_or_else(|| unservable(format!("work {} has no usable id", item.id)))?;
+            match worker.handle(item).await {
+                sandstone_worker::item::Outcome::Failed(e) => Err(unservable(e.to_string())),
+                _ => Ok(()),
+            }
+        })
+    }
+}
+
+/// A package set's Sandstonefile: each manager one cached step, the
+/// system's packages first. Names were checked when the environment was
+/// saved (no options, spaces or shell characters); quoting is belt and
+/// braces.
+fn sandstonefile(base: &str, packages: &Packages) -> String {
+    let mut text = format!("FROM {base}\n");
+    for (manager, names) in packages.by_manager() {
+        if names.is_empty() {
+            continue;
+        }
+        let quoted = |f: &dyn Fn(&str) -> String| {
+            names
+                .iter()
+                .map(|n| format!("'{}'", f(n)))
+                .collect::<Vec<_>>()
+                .join(" ")
+        };
+        let same = |n: &str| n.to_string();
+        let command = match manager {
+            "apt" => format!(
+                "apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends {}",
+                quoted(&same)
+            ),
+            // Debian's Python refuses system-wide installs unless told.
+            "pip" => format!(
+                "PIP_BREAK_SYSTEM_PACKAGES=1 pip install --no-cache-dir --disable-pip-version-check {}",
+                quoted(&same)
+            ),
+            "npm" => format!("npm install -g --no-fund --no-audit {}", quoted(&same)),
+            "cargo" => format!("cargo install {}", quoted(&same)),
+            "gem" => format!("gem install --no-document {}", quoted(&same)),
+            // `go install` wants a version: the newest unless one is given.
+            _ => format!(
+                "go install {}",
+                quoted(&|n: &str| if n.contains('@') {
+                    n.to_string()
+                } else {
+                    format!("{n}@latest")
+                })
+            ),
+        };
+        text.push_str(&format!("RUN {command}\n"));
+    }
+    text
+}
+
+/// `networking` as Sandbox0's `SandboxNetworkPolicy`.
+pub fn policy(n: &Networking) -> serde_json::Value {
+    let Networking::Limited(l) = n else {
+        return serde_json::json!({"mode": "allow-all"});
+    };
+    let mut rules = Vec::new();
+    if !l.allowed_hosts.is_empty() {
+        rules.push(serde_json::json!({"name": "allowed-hosts", "action": "allow", "domains": l.allowed_hosts}));
+    }
+    if l.allow_package_managers {
+        rules.extend(PACKAGE_MANAGERS.iter().map(
+            |p| serde_json::json!({"name": format!("packages-{p}"), "action": "allow", "preset": p}),
+        ));
+    }
+    serde_json::json!({"mode": "block-all", "egress": {"trafficRules": rules}})
+}
