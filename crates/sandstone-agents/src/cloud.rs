@@ -28,6 +28,8 @@ pub trait Executor: Send + Sync {
     /// The environment was created, changed, or found at start: the time to
     /// build what its sessions will need (its packages).
     fn prepare(&self, env: &Environment);
+    /// The environment was deleted (its items are stopped already).
+    fn forget(&self, env: &str);
     /// Serves a claimed and acknowledged item until it ends.
     fn serve(&self, env: Environment, item: WorkItem)
     -> BoxFuture<'static, Result<(), Unservable>>;
@@ -54,6 +56,12 @@ impl Agents {
     pub async fn packages_built(&self, env: &str, packages: &Packages, build: PackagesBuild) {
         if let Err(e) = self.registry.packages_built(env, packages, build).await {
             tracing::warn!(environment = env, error = %e, "recording a packages build");
+        }
+    }
+
+    pub(crate) fn forget_cloud(&self, env: &str) {
+        if let Some(x) = self.executor.get() {
+            x.forget(env);
         }
     }
 
@@ -113,8 +121,10 @@ impl Agents {
         if let Err(e) = self.sessions.emit(session, error).await {
             tracing::warn!(session = %session, error = %e, "reporting a cloud session's failure");
         }
-        if let Err(e) = self.queue.stop(&item.environment_id, &item.id, true).await {
-            tracing::warn!(work = %item.id, error = %e, "stopping unserved cloud work");
+        // The worker stops an item it failed on itself: already stopped is done.
+        match self.queue.stop(&item.environment_id, &item.id, true).await {
+            Ok(_) | Err(crate::error::ApiError::AlreadyStopped(_)) => {}
+            Err(e) => tracing::warn!(work = %item.id, error = %e, "stopping unserved cloud work"),
         }
     }
 }

@@ -237,6 +237,7 @@ impl Agents {
         for hash in revoked {
             registry.store.delete_doc(KEY, &hash).await?;
         }
+        self.forget_cloud(id);
         Ok(Deleted {
             id: id.to_string(),
             kind: "environment_deleted".into(),

@@ -277,6 +277,10 @@ impl Executor for Cloud {
         }
     }
 
+    fn forget(&self, env: &str) {
+        lock(&self.workers).remove(env);
+    }
+
     fn serve(
         &self,
         env: Environment,
