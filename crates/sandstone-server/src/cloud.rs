@@ -102,7 +102,15 @@ impl Cloud {
         if packages.is_empty() {
             return self.settings.base.clone();
         }
-        let key = serde_json::json!([self.settings.base, packages]).to_string();
+        // The base's current version is part of the name: packages built
+        // on a base that was rebuilt since are built again on the new one.
+        let base = self
+            .lc
+            .storage
+            .template(&self.settings.base)
+            .map(|t| t.pinned())
+            .unwrap_or_else(|_| self.settings.base.clone());
+        let key = serde_json::json!([base, packages]).to_string();
         let digest = hex::encode(sha2::Sha256::digest(key.as_bytes()));
         format!("cloud-{}", &digest[..16])
     }
@@ -204,17 +212,18 @@ impl Cloud {
                 env.id
             )));
         };
-        if let Some((config, w)) = lock(&self.workers).get(&env.id)
-            && config == cloud
-        {
-            return Ok(w.clone());
-        }
         let template = self.packages_template(&cloud.packages).await.map_err(|e| {
             unservable(format!(
                 "environment {}: its packages could not be installed: {e}",
                 env.id
             ))
         })?;
+        if let Some((config, w)) = lock(&self.workers).get(&env.id)
+            && config == cloud
+            && w.config.template == template
+        {
+            return Ok(w.clone());
+        }
         let config = sandstone_worker::Config {
             environment_id: env.id.clone(),
             // Each item brings its own sessions token.
