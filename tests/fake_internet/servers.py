@@ -5,7 +5,8 @@ test CA of their own, written to $FAKE_TLS_DIR/ca.pem for the daemon to
 trust). Paths:
   /                     "hello from <Host>"
   .../auth              whether the request carried $FAKE_TOKEN (Bearer
-                        Authorization or X-Api-Key); never echoes the token
+                        Authorization or X-Api-Key; a POST, in its body too);
+                        never echoes the token
   /redirect?to=URL      302 to URL
   /bulk?mib=N           N MiB of zeros
   git.test/repo.git/    a smart-HTTP git repository needing the token
@@ -153,6 +154,11 @@ class Hello(BaseHTTPRequestHandler):
     def do_POST(self):
         if self.path.startswith("/repo.git/"):
             return self.git()
+        if urlsplit(self.path).path.endswith("/auth"):
+            body = self.rfile.read(int(self.headers.get("content-length") or 0))
+            if self.authorized() or (TOKEN and TOKEN.encode() in body):
+                return self.reply(200, b"authorized\n")
+            return self.reply(401, b"unauthorized: body=" + body[:200] + b"\n")
         self.reply(404, b"")
 
     def git(self):

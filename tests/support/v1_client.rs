@@ -180,6 +180,18 @@ pub async fn within(limit: Duration, mut f: impl AsyncFnMut() -> bool) {
 }
 
 pub async fn session_on(d: &impl Endpoint, env: &str, script: &str, tools: Value) -> String {
+    session_with(d, env, script, tools, json!({})).await
+}
+
+/// [`session_on`], with `fields` (`vault_ids`, `resources`) added to the
+/// session's body.
+pub async fn session_with(
+    d: &impl Endpoint,
+    env: &str,
+    script: &str,
+    tools: Value,
+    fields: Value,
+) -> String {
     let (s, agent, _) = v1(
         d,
         d.token(),
@@ -194,7 +206,13 @@ pub async fn session_on(d: &impl Endpoint, env: &str, script: &str, tools: Value
         d.token(),
         Method::POST,
         "/sessions",
-        Some(json!({"agent": agent["id"], "environment_id": env})),
+        Some({
+            let mut body = json!({"agent": agent["id"], "environment_id": env});
+            if let (Some(b), Some(f)) = (body.as_object_mut(), fields.as_object()) {
+                b.extend(f.clone());
+            }
+            body
+        }),
     )
     .await;
     assert_eq!(s, 200, "{session}");

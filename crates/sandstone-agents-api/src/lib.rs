@@ -3,7 +3,8 @@
 //! environment worker (`sandstone-worker`) that calls it. Agents and their
 //! versions, environments and their keys, sessions and every session event,
 //! the `self_hosted` work queue's items and their states, memory stores and
-//! memories, skills and their versions, list pages and the error body.
+//! memories, skills and their versions, vaults and their credentials, list
+//! pages and the error body.
 //!
 //! Shapes follow Anthropic's API (the official SDK's `types/beta`), checked
 //! by round-tripping bodies the SDK sent and received (`tests/fixtures`).
@@ -24,6 +25,7 @@ mod event;
 mod memory;
 mod session;
 mod skill;
+mod vault;
 mod work;
 
 /// The sandbox layout a session's tools see: the worker makes it, the
@@ -43,6 +45,7 @@ pub use event::*;
 pub use memory::*;
 pub use session::*;
 pub use skill::*;
+pub use vault::*;
 pub use work::*;
 
 #[cfg(test)]

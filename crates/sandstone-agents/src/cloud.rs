@@ -9,6 +9,7 @@
 //! whichever node's lease expiry finds it) when its node dies.
 
 use crate::Agents;
+use crate::vaults::SandboxSecret;
 use crate::work::{DEFAULT_RECLAIM, Poll};
 use futures_util::future::BoxFuture;
 use sandstone_agents_api::{Environment, Packages, PackagesBuild, WorkItem};
@@ -30,9 +31,15 @@ pub trait Executor: Send + Sync {
     fn prepare(&self, env: &Environment);
     /// The environment was deleted (its items are stopped already).
     fn forget(&self, env: &str);
-    /// Serves a claimed and acknowledged item until it ends.
-    fn serve(&self, env: Environment, item: WorkItem)
-    -> BoxFuture<'static, Result<(), Unservable>>;
+    /// Serves a claimed and acknowledged item until it ends; `secrets`
+    /// are the `environment_variable` credentials of the session's vaults,
+    /// for its sandbox.
+    fn serve(
+        &self,
+        env: Environment,
+        item: WorkItem,
+        secrets: Vec<SandboxSecret>,
+    ) -> BoxFuture<'static, Result<(), Unservable>>;
 }
 
 impl Agents {
@@ -101,14 +108,26 @@ impl Agents {
                 tracing::warn!(work = %item.id, error = %e, "acknowledging cloud work");
                 continue;
             }
-            let agents = self.clone();
-            let served = executor.serve(environment.clone(), item.clone());
+            let (agents, executor, environment) =
+                (self.clone(), executor.clone(), environment.clone());
             tokio::spawn(async move {
-                if let Err(e) = served.await {
+                let served = match agents.session_secrets(&item.data.id).await {
+                    Ok(secrets) => executor.serve(environment, item.clone(), secrets).await,
+                    Err(e) => Err(Unservable {
+                        message: e.to_string(),
+                    }),
+                };
+                if let Err(e) = served {
                     agents.unservable(&item, e).await;
                 }
             });
         }
+    }
+
+    async fn session_secrets(&self, session: &str) -> crate::error::ApiResult<Vec<SandboxSecret>> {
+        self.sessions.ensure(session).await?;
+        let vaults = self.sessions.session(session)?.vault_ids;
+        self.vaults.sandbox_secrets(&vaults).await
     }
 
     /// Tells the session why it cannot be served and lets its item go (the

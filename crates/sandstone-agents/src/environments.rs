@@ -354,7 +354,7 @@ fn check_cloud(c: &CloudConfig) -> ApiResult<()> {
 }
 
 /// A DNS name, or `*.` and one: what the egress policy's domains take.
-fn valid_host(h: &str) -> bool {
+pub(crate) fn valid_host(h: &str) -> bool {
     let name = h.strip_prefix("*.").unwrap_or(h);
     !name.is_empty()
         && name.len() <= 253

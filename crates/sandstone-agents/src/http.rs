@@ -461,6 +461,90 @@ async fn archive_store(State(a): S, _: Api, Path(id): Path<String>) -> ApiResult
     ok(a.memory.archive_store(&id).await?)
 }
 
+async fn create_vault(State(a): S, _: Api, b: Bytes) -> ApiResult<Response> {
+    ok(a.vaults.create_vault(&body(&b)?).await?)
+}
+
+async fn list_vaults(State(a): S, _: Api, q: Query) -> ApiResult<Response> {
+    page(a.vaults.vaults(q.flag("include_archived")).await?, &q, 100)
+}
+
+async fn get_vault(State(a): S, _: Api, Path(id): Path<String>) -> ApiResult<Response> {
+    ok(a.vaults.vault(&id).await?)
+}
+
+async fn update_vault(
+    State(a): S,
+    _: Api,
+    Path(id): Path<String>,
+    b: Bytes,
+) -> ApiResult<Response> {
+    ok(a.vaults.update_vault(&id, &body(&b)?).await?)
+}
+
+async fn delete_vault(State(a): S, _: Api, Path(id): Path<String>) -> ApiResult<Response> {
+    ok(a.vaults.delete_vault(&id).await?)
+}
+
+async fn archive_vault(State(a): S, _: Api, Path(id): Path<String>) -> ApiResult<Response> {
+    ok(a.vaults.archive_vault(&id).await?)
+}
+
+async fn create_credential(
+    State(a): S,
+    _: Api,
+    Path(vault): Path<String>,
+    b: Bytes,
+) -> ApiResult<Response> {
+    ok(a.vaults.create_credential(&vault, &body(&b)?).await?)
+}
+
+async fn list_credentials(
+    State(a): S,
+    _: Api,
+    Path(vault): Path<String>,
+    q: Query,
+) -> ApiResult<Response> {
+    let all = a
+        .vaults
+        .credentials(&vault, q.flag("include_archived"))
+        .await?;
+    page(all, &q, 100)
+}
+
+async fn get_credential(
+    State(a): S,
+    _: Api,
+    Path((vault, id)): Path<(String, String)>,
+) -> ApiResult<Response> {
+    ok(a.vaults.credential(&vault, &id).await?)
+}
+
+async fn update_credential(
+    State(a): S,
+    _: Api,
+    Path((vault, id)): Path<(String, String)>,
+    b: Bytes,
+) -> ApiResult<Response> {
+    ok(a.vaults.update_credential(&vault, &id, &body(&b)?).await?)
+}
+
+async fn delete_credential(
+    State(a): S,
+    _: Api,
+    Path((vault, id)): Path<(String, String)>,
+) -> ApiResult<Response> {
+    ok(a.vaults.delete_credential(&vault, &id).await?)
+}
+
+async fn archive_credential(
+    State(a): S,
+    _: Api,
+    Path((vault, id)): Path<(String, String)>,
+) -> ApiResult<Response> {
+    ok(a.vaults.archive_credential(&vault, &id).await?)
+}
+
 /// `view=full|basic`, with the endpoint's default.
 fn full_view(q: &Query, default_full: bool) -> ApiResult<bool> {
     match q.one("view") {
@@ -709,6 +793,26 @@ pub fn router(agents: Arc<Agents>) -> Router {
         .route(
             "/memory_stores/{id}/memories/{mid}",
             get(get_memory).post(update_memory).delete(delete_memory),
+        )
+        .route("/vaults", post(create_vault).get(list_vaults))
+        .route(
+            "/vaults/{id}",
+            get(get_vault).post(update_vault).delete(delete_vault),
+        )
+        .route("/vaults/{id}/archive", post(archive_vault))
+        .route(
+            "/vaults/{id}/credentials",
+            post(create_credential).get(list_credentials),
+        )
+        .route(
+            "/vaults/{id}/credentials/{cid}",
+            get(get_credential)
+                .post(update_credential)
+                .delete(delete_credential),
+        )
+        .route(
+            "/vaults/{id}/credentials/{cid}/archive",
+            post(archive_credential),
         )
         .fallback(|| async { ApiError::not_found("route", "").into_response() })
         .layer(axum::middleware::from_fn_with_state(

@@ -11,6 +11,8 @@
 //! - [`cloud`]: `cloud` environments' work, claimed at once and served by
 //!   the daemon's [`Executor`];
 //! - [`memory`]: memory stores and memories; [`skills`]: skills and versions;
+//! - [`vaults`]: vaults and their sealed credentials, read from the store
+//!   on every use;
 //! - [`turn`]: the agent loop that calls an Anthropic-compatible Messages
 //!   API ([`model`]).
 //!
@@ -51,6 +53,7 @@ mod sessions;
 mod skills;
 mod turn;
 mod validate;
+pub mod vaults;
 mod work;
 
 pub use cloud::{Executor, Unservable};
@@ -102,6 +105,7 @@ pub struct Agents {
     queue: work::WorkQueue,
     memory: memory::Memories,
     skills: skills::Skills,
+    vaults: vaults::Vaults,
     config: Config,
     api_keys: ApiKeyCheck,
     http: model::Http,
@@ -132,13 +136,15 @@ impl Agents {
         store: Arc<dyn AgentsStore>,
         config: Config,
         api_keys: ApiKeyCheck,
+        sealer: Arc<sandstone_db::secrets::Sealer>,
     ) -> Result<Arc<Agents>, StartError> {
         let notifier = Arc::new(notify::Notifier::new(store.clone(), &config.node));
         let registry = registry::Registry::load(store.clone()).await?;
         let sessions = sessions::Sessions::load(store.clone(), notifier.clone()).await?;
         let queue = work::WorkQueue::new(store.clone(), notifier.clone(), config.lease_ttl);
         let memory = memory::Memories::load(store.clone()).await?;
-        let skills = skills::Skills::load(store).await?;
+        let skills = skills::Skills::load(store.clone()).await?;
+        let vaults = vaults::Vaults::new(store, sealer);
         let running = sessions.running();
         let agents = Arc::new(Agents {
             notifier,
@@ -147,6 +153,7 @@ impl Agents {
             queue,
             memory,
             skills,
+            vaults,
             config,
             api_keys,
             http: model::Http::default(),

@@ -466,12 +466,16 @@ impl Agents {
             .await;
         let agent = self.session_agent(&body["agent"])?;
         let resources = self.memory.session_resources(&body["resources"])?;
+        let vault_ids = list_field(body, "vault_ids")?;
+        let vault_ids: Vec<String> = serde_json::from_value(vault_ids)
+            .map_err(|_| ApiError::invalid("vault_ids: an array of vault ids"))?;
+        self.vaults.check_session_vaults(&vault_ids).await?;
         let t = now();
         let id = new_id("sesn");
         let doc = json!({
             "type": "session", "id": id, "status": SessionStatus::Idle, "agent": agent,
             "environment_id": env_id, "resources": resources,
-            "vault_ids": list_field(body, "vault_ids")?,
+            "vault_ids": vault_ids,
             "metadata": merge_metadata(&json!({}), &body["metadata"], "metadata")?,
             "title": opt_string(body, "title", 512)?,
             "stats": {"active_seconds": 0.0, "duration_seconds": 0.0},

@@ -903,7 +903,8 @@ async fn a_stored_document_that_does_not_fit_stops_the_start() {
         node: "node-corrupt".into(),
     };
     let keys: ApiKeyCheck = Arc::new(|_| Box::pin(async { false }));
-    let err = Agents::start(db, config, keys)
+    let sealer = Arc::new(sandstone_db::secrets::Sealer::from_key([7; 32]));
+    let err = Agents::start(db, config, keys, sealer)
         .await
         .err()
         .expect("the start is refused")
@@ -1024,4 +1025,208 @@ async fn every_request_body_error_names_its_field() {
         let (s, v) = mem(&d, &d.token, Method::POST, &path, Some(body)).await;
         assert_field_first(s, &v, field);
     }
+}
+
+/// Vaults and credentials: every kind stored, no secret in any answer or
+/// in the store in plaintext, updates keep what they do not change and
+/// refuse what cannot change, and archived or deleted ones are gone from
+/// lists and sessions.
+#[tokio::test(flavor = "multi_thread")]
+async fn vault_credentials_are_sealed_and_never_returned() {
+    let model = FakeModel::start();
+    let d = daemon(&model, 30).await;
+    const SECRETS: [&str; 5] = [
+        "bearer-s3cret-1",
+        "oauth-access-s3cret-2",
+        "oauth-refresh-s3cret-3",
+        "client-s3cret-4",
+        "variable-s3cret-5",
+    ];
+    let call = async |method: Method, path: &str, body: Option<Value>| {
+        let (s, v, _) = v1(&d, &d.token, method, path, body).await;
+        for secret in SECRETS {
+            assert!(!v.to_string().contains(secret), "{path} answered {v}");
+        }
+        (s, v)
+    };
+    let (s, v) = call(Method::POST, "/vaults", Some(json!({"display_name": ""}))).await;
+    assert!(s == 400 && v.to_string().contains("display_name"), "{v}");
+    let (s, vault) = call(
+        Method::POST,
+        "/vaults",
+        Some(json!({"display_name": "alice", "metadata": {"user": "alice"}})),
+    )
+    .await;
+    assert_eq!((s, vault["type"].as_str()), (200, Some("vault")), "{vault}");
+    let vid = vault["id"].as_str().unwrap().to_string();
+    assert!(vid.starts_with("vlt_"), "{vid}");
+    let creds = format!("/vaults/{vid}/credentials");
+    let bearer = json!({"display_name": "linear", "auth": {"type": "static_bearer",
+        "mcp_server_url": "https://mcp.example.com/mcp", "token": SECRETS[0]}});
+    let (s, b) = call(Method::POST, &creds, Some(bearer.clone())).await;
+    assert_eq!(s, 200, "{b}");
+    assert_eq!(
+        b["auth"],
+        json!({"type": "static_bearer", "mcp_server_url": "https://mcp.example.com/mcp"})
+    );
+    // One credential per server in a vault.
+    let (s, v) = call(Method::POST, &creds, Some(bearer)).await;
+    assert!(
+        s == 400 && v.to_string().contains("auth.mcp_server_url"),
+        "{v}"
+    );
+    let (s, o) = call(
+        Method::POST,
+        &creds,
+        Some(json!({"auth": {"type": "mcp_oauth", "mcp_server_url": "https://other.example.com/mcp",
+            "access_token": SECRETS[1], "expires_at": "2099-01-01T00:00:00Z",
+            "refresh": {"client_id": "cid", "refresh_token": SECRETS[2],
+                "token_endpoint": "https://auth.example.com/token",
+                "token_endpoint_auth": {"type": "client_secret_post", "client_secret": SECRETS[3]}}}})),
+    )
+    .await;
+    assert_eq!(s, 200, "{o}");
+    assert_eq!(
+        o["auth"]["refresh"]["token_endpoint_auth"],
+        json!({"type": "client_secret_post"})
+    );
+    let (s, e) = call(
+        Method::POST,
+        &creds,
+        Some(
+            json!({"auth": {"type": "environment_variable", "secret_name": "API_KEY",
+            "secret_value": SECRETS[4], "injection_location": {"body": false},
+            "networking": {"type": "unrestricted"}}}),
+        ),
+    )
+    .await;
+    assert_eq!(s, 200, "{e}");
+    assert_eq!(
+        e["auth"]["injection_location"],
+        json!({"body": false, "header": true})
+    );
+    // Bad input, by field.
+    for (body, field) in [
+        (
+            json!({"auth": {"type": "static_bearer", "mcp_server_url": "ftp://x", "token": "t"}}),
+            "auth.mcp_server_url",
+        ),
+        (
+            json!({"auth": {"type": "static_bearer", "mcp_server_url": "https://x.example"}}),
+            "auth.token",
+        ),
+        (
+            json!({"auth": {"type": "mcp_oauth", "mcp_server_url": "https://y.example", "access_token": "a",
+            "expires_at": "2001-01-01T00:00:00Z"}}),
+            "auth.expires_at",
+        ),
+        (
+            json!({"auth": {"type": "environment_variable", "secret_name": "B", "secret_value": "v",
+            "networking": {"type": "limited", "allowed_hosts": ["bad host"]}}}),
+            "auth.networking.allowed_hosts[0]",
+        ),
+        (
+            json!({"auth": {"type": "environment_variable", "secret_name": "C", "secret_value": "v",
+            "injection_location": {"body": false, "header": false}, "networking": {"type": "unrestricted"}}}),
+            "auth.injection_location",
+        ),
+        (json!({"auth": {"type": "magic"}}), "auth"),
+    ] {
+        let (s, v) = call(Method::POST, &creds, Some(body)).await;
+        assert!(
+            s == 400 && v.to_string().contains(field),
+            "{field}: {s} {v}"
+        );
+    }
+    // Updates: the kind and the server are fixed; a secret is replaced.
+    let cid = b["id"].as_str().unwrap();
+    let (s, v) = call(
+        Method::POST,
+        &format!("{creds}/{cid}"),
+        Some(json!({"auth": {"type": "environment_variable", "secret_value": "x"}})),
+    )
+    .await;
+    assert!(s == 400 && v.to_string().contains("auth.type"), "{v}");
+    let (s, v) = call(
+        Method::POST,
+        &format!("{creds}/{cid}"),
+        Some(json!({"auth": {"type": "static_bearer", "mcp_server_url": "https://z.example"}})),
+    )
+    .await;
+    assert!(
+        s == 400 && v.to_string().contains("auth.mcp_server_url"),
+        "{v}"
+    );
+    let (s, v) = call(
+        Method::POST,
+        &format!("{creds}/{cid}"),
+        Some(json!({"auth": {"type": "static_bearer", "token": "rotated-token"}, "metadata": {"k": "v"}})),
+    )
+    .await;
+    assert_eq!((s, &v["metadata"]["k"]), (200, &json!("v")), "{v}");
+    assert!(!v.to_string().contains("rotated-token"), "{v}");
+    // Nothing sealed is readable in the store.
+    let stored = json!(
+        d.db.open()
+            .await
+            .load_docs("vault_credential")
+            .await
+            .unwrap()
+    )
+    .to_string();
+    assert!(
+        stored.contains("rotated") || stored.contains("sealed"),
+        "{stored}"
+    );
+    for secret in SECRETS.iter().chain(&["rotated-token"]) {
+        assert!(
+            !stored.contains(secret),
+            "{secret} is in the store in plaintext"
+        );
+    }
+    // Lists, archive and delete.
+    let (_, list) = call(Method::GET, &creds, None).await;
+    assert_eq!(list["data"].as_array().unwrap().len(), 3, "{list}");
+    let eid = e["id"].as_str().unwrap();
+    let (s, a) = call(Method::POST, &format!("{creds}/{eid}/archive"), None).await;
+    assert!(s == 200 && a["archived_at"].is_string(), "{a}");
+    let (_, list) = call(Method::GET, &creds, None).await;
+    assert_eq!(list["data"].as_array().unwrap().len(), 2, "{list}");
+    let (_, list) = call(Method::GET, &format!("{creds}?include_archived=true"), None).await;
+    assert_eq!(list["data"].as_array().unwrap().len(), 3, "{list}");
+    let (s, v) = call(Method::DELETE, &format!("{creds}/{cid}"), None).await;
+    assert_eq!(
+        (s, v["type"].as_str()),
+        (200, Some("vault_credential_deleted")),
+        "{v}"
+    );
+    let (s, _) = call(Method::GET, &format!("{creds}/{cid}"), None).await;
+    assert_eq!(s, 404);
+    let (s, v) = call(
+        Method::POST,
+        &format!("/vaults/{vid}"),
+        Some(json!({"display_name": "alice2", "metadata": {"user": null}})),
+    )
+    .await;
+    assert_eq!(
+        (s, &v["display_name"], &v["metadata"]),
+        (200, &json!("alice2"), &json!({})),
+        "{v}"
+    );
+    let (s, v) = call(Method::POST, &format!("/vaults/{vid}/archive"), None).await;
+    assert!(s == 200 && v["archived_at"].is_string(), "{v}");
+    let (_, list) = call(Method::GET, "/vaults", None).await;
+    assert!(list["data"].as_array().unwrap().is_empty(), "{list}");
+    let (s, v) = call(
+        Method::POST,
+        &creds,
+        Some(json!({"auth": {"type": "static_bearer",
+        "mcp_server_url": "https://n.example", "token": "t"}})),
+    )
+    .await;
+    assert!(s == 400 && v.to_string().contains("archived"), "{v}");
+    let (s, v) = call(Method::DELETE, &format!("/vaults/{vid}"), None).await;
+    assert_eq!((s, v["type"].as_str()), (200, Some("vault_deleted")), "{v}");
+    let (s, _) = call(Method::GET, &format!("{creds}/{eid}"), None).await;
+    assert_eq!(s, 404, "a deleted vault's credentials go with it");
 }

@@ -54,10 +54,15 @@ impl Sealer {
                 Err(e) => return Err(e),
             },
         };
-        Ok(Sealer {
+        Ok(Sealer::from_key(key))
+    }
+
+    /// A sealer over `key`, however it was obtained.
+    pub fn from_key(key: [u8; 32]) -> Sealer {
+        Sealer {
             cipher: XChaCha20Poly1305::new(&Key::from(key)),
             key,
-        })
+        }
     }
 
     /// A key for one other purpose (`context` names it, e.g. `"sandstone

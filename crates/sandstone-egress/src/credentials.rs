@@ -101,7 +101,19 @@ pub struct HttpHeaders {
 pub enum Location {
     Header,
     Query,
+    /// The request body, buffered (up to [`MAX_SUBSTITUTED_BODY`]) to
+    /// replace it.
+    Body,
 }
+
+/// The largest request body a placeholder is replaced in.
+pub const MAX_SUBSTITUTED_BODY: usize = 8 << 20;
+
+/// The domain of a credential rule that matches every host: allowed only
+/// for placeholder substitution, which changes nothing unless the sandbox
+/// itself put the placeholder in the request. (A header projection must
+/// be aimed.)
+pub const ANY_HOST: &str = "*";
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -250,8 +262,12 @@ pub fn validate(
                 Problem::NoDomains,
             ));
         }
+        let placeholder = bindings
+            .iter()
+            .find(|b| b.reference == r.credential_ref)
+            .is_some_and(|b| b.projection.kind == ProjectionKind::PlaceholderSubstitution);
         for (j, d) in r.domains.iter().enumerate() {
-            if !valid_domain(d) {
+            if !(valid_domain(d) || placeholder && d == ANY_HOST) {
                 return Err(PolicyError::new(
                     format!("{at}.domains[{j}]"),
                     Problem::Domain(d.clone()),
@@ -401,6 +417,9 @@ pub struct RequestParts<'a> {
     pub headers: &'a mut hyper::HeaderMap,
     /// Path and query (`/a/b?x=1`).
     pub path_and_query: &'a mut String,
+    /// Placeholders to replace in the body, with their values: the caller
+    /// streams the body, so it makes these replacements itself.
+    pub body: &'a mut Vec<(String, String)>,
 }
 
 /// Applies `binding` with the source's `values` to a request.
@@ -460,6 +479,9 @@ pub fn project(
                 {
                     *req.path_and_query =
                         format!("{path}?{}", substitute_query(query, &r.placeholder, &value));
+                }
+                if r.locations.contains(&Location::Body) {
+                    req.body.push((r.placeholder.clone(), value));
                 }
             }
         }
@@ -531,7 +553,10 @@ impl CredentialRule {
     fn enabled_for(&self, host: &str, port: u16, tls: bool) -> bool {
         self.rollout == Rollout::Enabled
             && (self.protocol == CredentialProtocol::Https) == tls
-            && self.domains.iter().any(|d| domain_matches(d, host))
+            && self
+                .domains
+                .iter()
+                .any(|d| d == ANY_HOST || domain_matches(d, host))
             && (self.ports.is_empty()
                 || self
                     .ports
@@ -571,8 +596,9 @@ impl Injection {
         self.rules.iter().any(|r| r.enabled_for(host, port, tls))
     }
 
-    /// The first rule (declaration order) matching a request, with its
-    /// binding.
+    /// The rules matching a request, with their bindings: in declaration
+    /// order, the first rule of each credential (a request may carry
+    /// several credentials' placeholders; one is never applied twice).
     pub fn for_request(
         &self,
         host: &str,
@@ -580,16 +606,28 @@ impl Injection {
         tls: bool,
         method: &str,
         path: &str,
-    ) -> Option<(&CredentialRule, &CredentialBinding)> {
-        let rule = self
+    ) -> Vec<(&CredentialRule, &CredentialBinding)> {
+        let mut out: Vec<(&CredentialRule, &CredentialBinding)> = Vec::new();
+        for rule in self
             .rules
             .iter()
-            .find(|r| r.enabled_for(host, port, tls) && r.matches_request(method, path))?;
-        let binding = self
-            .bindings
-            .iter()
-            .find(|b| b.reference == rule.credential_ref)?;
-        Some((rule, binding))
+            .filter(|r| r.enabled_for(host, port, tls) && r.matches_request(method, path))
+        {
+            if out
+                .iter()
+                .any(|(r, _)| r.credential_ref == rule.credential_ref)
+            {
+                continue;
+            }
+            if let Some(b) = self
+                .bindings
+                .iter()
+                .find(|b| b.reference == rule.credential_ref)
+            {
+                out.push((rule, b));
+            }
+        }
+        out
     }
 }
 
@@ -606,11 +644,14 @@ mod tests {
 
     /// Projects the test values through `b` into a request.
     fn apply(b: &CredentialBinding, h: &mut hyper::HeaderMap, pq: &mut String) {
+        let mut body = Vec::new();
         let req = RequestParts {
             headers: h,
             path_and_query: pq,
+            body: &mut body,
         };
         project(b, &values(), req).unwrap();
+        assert!(body.is_empty(), "no body location was asked for");
     }
 
     fn values() -> SourceValues {
@@ -633,17 +674,17 @@ mod tests {
         assert!(!inj.intercepts("github.com", 443, true));
         assert!(
             inj.for_request("api.github.com", 443, true, "POST", "/repos/x")
-                .is_none()
+                .is_empty()
         );
         assert!(
             inj.for_request("api.github.com", 443, true, "GET", "/user")
-                .is_none()
+                .is_empty()
         );
         // Methods are case-sensitive; paths an upstream would normalise
         // into something else never match a path constraint.
         assert!(
             inj.for_request("api.github.com", 443, true, "get", "/repos/x")
-                .is_none()
+                .is_empty()
         );
         for sneaky in [
             "/repos/../user",
@@ -653,13 +694,11 @@ mod tests {
         ] {
             assert!(
                 inj.for_request("api.github.com", 443, true, "GET", sneaky)
-                    .is_none(),
+                    .is_empty(),
                 "{sneaky}"
             );
         }
-        let (_, b) = inj
-            .for_request("api.github.com", 443, true, "GET", "/repos/x?page=2")
-            .unwrap();
+        let (_, b) = inj.for_request("api.github.com", 443, true, "GET", "/repos/x?page=2")[0];
         let mut h = hyper::HeaderMap::new();
         h.insert("authorization", "Bearer fake".parse().unwrap());
         let mut pq = "/repos/x".to_string();
@@ -676,9 +715,7 @@ mod tests {
                 "valueTemplate":"{{.token}}","locations":["header","query"]}]}}}]"#,
             r#"[{"credentialRef":"k","domains":["*.example.com"]}]"#,
         );
-        let (_, b) = inj
-            .for_request("a.example.com", 443, true, "GET", "/")
-            .unwrap();
+        let (_, b) = inj.for_request("a.example.com", 443, true, "GET", "/")[0];
         let mut h = hyper::HeaderMap::new();
         h.insert("x-api-key", "PLACEHOLDER_KEY".parse().unwrap());
         h.insert("other", "none".parse().unwrap());
@@ -736,5 +773,51 @@ mod tests {
         );
         assert!(!format!("{:?}", values()).contains("s3cr3t"));
         assert!(values().render("{{ .missing }}").is_err());
+    }
+
+    #[test]
+    fn every_host_is_only_for_placeholders_and_each_credential_applies_once() {
+        let placeholders = r#"[
+            {"ref":"a","sourceRef":"s","projection":{"type":"placeholder_substitution",
+             "placeholderSubstitution":{"replacements":[{"placeholder":"PLACEHOLDER_A",
+             "valueTemplate":"{{.token}}","locations":["header","body"]}]}}},
+            {"ref":"b","sourceRef":"s","projection":{"type":"placeholder_substitution",
+             "placeholderSubstitution":{"replacements":[{"placeholder":"PLACEHOLDER_B",
+             "valueTemplate":"{{.token}}"}]}}}]"#;
+        let inj = injection(
+            placeholders,
+            r#"[{"credentialRef":"a","domains":["*"]},{"credentialRef":"a","domains":["x.com"]},
+                {"credentialRef":"b","domains":["x.com"]}]"#,
+        );
+        assert!(inj.intercepts("anything.example", 443, true));
+        let both = inj.for_request("x.com", 443, true, "POST", "/");
+        let refs: Vec<&str> = both.iter().map(|(_, b)| b.reference.as_str()).collect();
+        assert_eq!(refs, ["a", "b"]);
+        let only_a = inj.for_request("y.org", 443, true, "POST", "/");
+        assert_eq!(only_a.len(), 1);
+        let (mut h, mut pq, mut body) = (hyper::HeaderMap::new(), String::from("/"), Vec::new());
+        h.insert("authorization", "Bearer PLACEHOLDER_A".parse().unwrap());
+        let req = RequestParts {
+            headers: &mut h,
+            path_and_query: &mut pq,
+            body: &mut body,
+        };
+        project(only_a[0].1, &values(), req).unwrap();
+        assert_eq!(h["authorization"], "Bearer s3cr3t");
+        assert_eq!(body, [("PLACEHOLDER_A".to_string(), "s3cr3t".to_string())]);
+        // A header credential sent to every host is refused.
+        let header = r#"[{"ref":"h","sourceRef":"s","projection":{"type":"http_headers"}}]"#;
+        let rules: Vec<CredentialRule> =
+            serde_json::from_str(r#"[{"credentialRef":"h","domains":["*"]}]"#).unwrap();
+        let e = validate(
+            &serde_json::from_str::<Vec<CredentialBinding>>(header).unwrap(),
+            &rules,
+        )
+        .unwrap_err();
+        assert!(
+            e.to_string()
+                .starts_with("egress.credentialRules[0].domains[0]"),
+            "{e}"
+        );
     }
 }

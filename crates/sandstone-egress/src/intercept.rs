@@ -413,7 +413,8 @@ impl Session {
             .map(|p| p.as_str().to_string())
             .unwrap_or_else(|| "/".into());
         let method = parts.method.to_string();
-        if let Some((rule, binding)) = policy
+        let mut body_substitutions = Vec::new();
+        for (rule, binding) in policy
             .injection
             .for_request(&self.host, port, tls, &method, &path)
         {
@@ -427,6 +428,7 @@ impl Session {
                         RequestParts {
                             headers: &mut parts.headers,
                             path_and_query: &mut path,
+                            body: &mut body_substitutions,
                         },
                     ),
                     Err(e) => Err(e.into()),
@@ -458,6 +460,23 @@ impl Session {
                 ),
             }
         }
+        let body = if body_substitutions.is_empty() {
+            body.boxed()
+        } else {
+            match substitute_body(body, &body_substitutions).await {
+                Ok(b) => {
+                    parts.headers.remove(hyper::header::TRANSFER_ENCODING);
+                    parts
+                        .headers
+                        .insert(hyper::header::CONTENT_LENGTH, b.len().into());
+                    Full::new(b).map_err(|never| match never {}).boxed()
+                }
+                Err(reason) => {
+                    self.record(false, None, reason.clone());
+                    return text(StatusCode::PAYLOAD_TOO_LARGE, reason);
+                }
+            }
+        };
         // With both, the chunked framing is what hyper read: a stale
         // Content-Length must not reach the upstream.
         if parts.headers.contains_key(hyper::header::TRANSFER_ENCODING) {
@@ -481,8 +500,8 @@ impl Session {
 }
 
 enum Sender {
-    H1(client1::SendRequest<Incoming>),
-    H2(client2::SendRequest<Incoming>),
+    H1(client1::SendRequest<Body>),
+    H2(client2::SendRequest<Body>),
 }
 
 /// An idle upstream connection and when it was last used.
@@ -508,7 +527,7 @@ impl Upstream {
         mut parts: hyper::http::request::Parts,
         path: String,
         port: u16,
-        body: Incoming,
+        body: Body,
     ) -> Result<Response<Incoming>, UpstreamError> {
         let sender = self.sender().await?;
         let default_port = if self.tls.is_some() { 443 } else { 80 };
@@ -693,6 +712,37 @@ impl AsyncWrite for Counted {
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         Pin::new(&mut self.inner).poll_shutdown(cx)
     }
+}
+
+/// The body with each placeholder replaced by its value; a body too large
+/// to hold is refused rather than sent with the placeholder.
+async fn substitute_body(body: Incoming, subs: &[(String, String)]) -> Result<Bytes, String> {
+    let limit = crate::credentials::MAX_SUBSTITUTED_BODY;
+    let whole = http_body_util::Limited::new(body, limit)
+        .collect()
+        .await
+        .map_err(|e| {
+            format!("a request body carrying a credential placeholder could not be read whole (at most {limit} bytes): {e}")
+        })?
+        .to_bytes();
+    let mut out = whole.to_vec();
+    for (placeholder, value) in subs {
+        out = replace_all(&out, placeholder.as_bytes(), value.as_bytes());
+    }
+    Ok(Bytes::from(out))
+}
+
+/// Placeholders are at least 8 bytes long (checked with the policy).
+fn replace_all(haystack: &[u8], from: &[u8], to: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(haystack.len());
+    let mut rest = haystack;
+    while let Some(i) = rest.windows(from.len()).position(|w| w == from) {
+        out.extend_from_slice(&rest[..i]);
+        out.extend_from_slice(to);
+        rest = &rest[i + from.len()..];
+    }
+    out.extend_from_slice(rest);
+    out
 }
 
 #[cfg(test)]

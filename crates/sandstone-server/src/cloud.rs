@@ -14,13 +14,17 @@
 //!   registries (the egress presets), every denial audited.
 
 use crate::lifecycle::{BuildSpec, Lifecycle};
+use sandstone_agents::vaults::{self, SandboxSecret};
 use sandstone_agents::{Agents, Executor, Unservable};
 use sandstone_agents_api::{
-    BuildStatus, CloudConfig, Environment, Networking, Packages, PackagesBuild, WorkItem,
+    BuildStatus, CloudConfig, CredentialNetworking, Environment, Networking, Packages,
+    PackagesBuild, WorkItem,
 };
 use sandstone_api::{BuildEvent, Secret};
+use sandstone_egress::credentials::ANY_HOST;
 use sandstone_worker::Worker;
 use sandstone_worker::item::Item;
+use sandstone_worker::sandbox::SessionExtras;
 use sha2::Digest;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, Weak};
@@ -294,13 +298,17 @@ impl Executor for Cloud {
         &self,
         env: Environment,
         item: WorkItem,
+        secrets: Vec<SandboxSecret>,
     ) -> futures_util::future::BoxFuture<'static, Result<(), Unservable>> {
         let me = self.me.upgrade();
         Box::pin(async move {
             let me = me.ok_or_else(|| unservable("the daemon is stopping".into()))?;
             let worker = me.worker(&env).await?;
-            let item = Item::from_poll(&item)
+            let mut item = Item::from_poll(&item)
                 .ok_or_else(|| unservable(format!("work {} has no usable id", item.id)))?;
+            if let Some(cloud) = env.config.cloud() {
+                item.extras = extras(&secrets, &cloud.networking);
+            }
             match worker.handle(item).await {
                 sandstone_worker::item::Outcome::Failed(e) => Err(unservable(e.to_string())),
                 _ => Ok(()),
@@ -353,6 +361,52 @@ fn sandstonefile(base: &str, packages: &Packages) -> String {
         text.push_str(&format!("RUN {command}\n"));
     }
     text
+}
+
+/// A session's vault `environment_variable` credentials as its sandbox's
+/// additions: each variable holds the credential's placeholder, which the
+/// egress proxy replaces with the value (resolved as the source
+/// `vault:<id>` on each request) on the credential's hosts: its
+/// `allowed_hosts`, or for `unrestricted`, wherever the environment lets
+/// the sandbox go.
+pub fn extras(secrets: &[SandboxSecret], networking: &Networking) -> SessionExtras {
+    let mut out = SessionExtras::default();
+    for s in secrets {
+        let v = &s.variable;
+        let hosts = match (&v.networking, networking) {
+            (CredentialNetworking::Limited { allowed_hosts }, _) => allowed_hosts.clone(),
+            (CredentialNetworking::Unrestricted, Networking::Limited(l)) => l.allowed_hosts.clone(),
+            (CredentialNetworking::Unrestricted, Networking::Unrestricted) => {
+                vec![ANY_HOST.to_string()]
+            }
+        };
+        out.env_vars
+            .insert(v.secret_name.clone(), s.placeholder.clone());
+        if hosts.is_empty() {
+            continue;
+        }
+        let mut locations = Vec::new();
+        if v.injection_location.header {
+            locations.push("header");
+        }
+        if v.injection_location.body {
+            locations.push("body");
+        }
+        out.credential_bindings.push(serde_json::json!({
+            "ref": s.credential_id,
+            "sourceRef": format!("{}{}", vaults::SOURCE_PREFIX, s.credential_id),
+            "projection": {"type": "placeholder_substitution", "placeholderSubstitution": {
+                "replacements": [{"placeholder": s.placeholder, "valueTemplate": "{{ .value }}",
+                    "locations": locations}]}},
+        }));
+        for protocol in ["https", "http"] {
+            out.credential_rules.push(serde_json::json!({
+                "name": format!("vault-{}-{protocol}", s.credential_id),
+                "credentialRef": s.credential_id, "protocol": protocol, "domains": hosts,
+            }));
+        }
+    }
+    out
 }
 
 /// `networking` as Sandbox0's `SandboxNetworkPolicy`.

@@ -381,7 +381,10 @@ pub async fn run(mut config: Config) -> anyhow::Result<()> {
                 ca_dir: &config.data_dir.join("ca"),
                 operator,
             };
-            Some(lifecycle::Network::start(options, store.clone(), sealer.clone()).await?)
+            Some(
+                lifecycle::Network::start(options, store.clone(), db.clone(), sealer.clone())
+                    .await?,
+            )
         }
         None => None,
     };
@@ -454,7 +457,8 @@ pub async fn run(mut config: Config) -> anyhow::Result<()> {
     let mut agents_config = config.agents.clone();
     // Claims on driving a session's turn are this node's.
     agents_config.node = st.cluster.me.id.clone();
-    let agents = sandstone_agents::Agents::start(db, agents_config, api_keys).await?;
+    let agents =
+        sandstone_agents::Agents::start(db, agents_config, api_keys, st.sealer.clone()).await?;
     let node_id = st.cluster.me.id.clone();
     let app = router(st).nest("/v1", sandstone_agents::router(agents.clone()));
     // Event streams write small frames: without TCP_NODELAY one can wait

@@ -69,6 +69,8 @@ pub struct Item {
     pub secret: Option<String>,
     /// When the poll returned it (for the poll→ready figure).
     pub polled_at: Instant,
+    /// What the session's sandbox gets when this item creates it.
+    pub extras: crate::sandbox::SessionExtras,
 }
 
 impl Item {
@@ -82,6 +84,7 @@ impl Item {
             session: w.data.id.clone(),
             secret: w.secret.clone(),
             polled_at: Instant::now(),
+            extras: Default::default(),
         })
     }
 }
@@ -153,7 +156,7 @@ impl Worker {
             tracing::error!(work = %item.id, "the session attaches memory stores but the work item carried no sessions token");
             return Outcome::Failed(ItemError::NoSessionsToken);
         }
-        let sandbox = match self.sandboxes.acquire(&item.session).await {
+        let sandbox = match self.sandboxes.acquire(&item.session, &item.extras).await {
             Ok(s) => s,
             Err(e) => return Outcome::Failed(ItemError::Sandbox(e)),
         };

@@ -28,6 +28,19 @@ pub struct SessionSandboxes {
     pub environment: String,
 }
 
+/// What one session's sandbox gets beyond its environment's: the daemon's
+/// `cloud` executor fills it from the session's vaults. Never a secret:
+/// variables hold placeholders, and the policy names credentials the
+/// egress proxy resolves.
+#[derive(Debug, Clone, Default)]
+pub struct SessionExtras {
+    pub env_vars: BTreeMap<String, String>,
+    /// Sandbox0 `credentialBindings`, appended to the policy's.
+    pub credential_bindings: Vec<Value>,
+    /// Sandbox0 `egress.credentialRules`, appended to the policy's.
+    pub credential_rules: Vec<Value>,
+}
+
 /// A session's sandbox, ready for tool calls.
 pub struct Acquired {
     pub id: String,
@@ -38,7 +51,11 @@ pub struct Acquired {
 impl SessionSandboxes {
     /// The session's sandbox, running: found by label and resumed, or
     /// claimed (from the warm pool when there is one) and prepared.
-    pub async fn acquire(&self, session: &str) -> Result<Acquired, sandstone_client::Error> {
+    pub async fn acquire(
+        &self,
+        session: &str,
+        extras: &SessionExtras,
+    ) -> Result<Acquired, sandstone_client::Error> {
         if let Some(found) = self.find(session).await? {
             if !found.paused {
                 // Only a worker that died mid-item leaves it running: end
@@ -54,7 +71,7 @@ impl SessionSandboxes {
         }
         let claimed = self
             .client
-            .claim(&self.template, Some(self.config(session)))
+            .claim(&self.template, Some(self.config(session, extras)))
             .await?;
         let id = claimed.sandbox_id;
         // Independent directories: made at once, one round trip of latency.
@@ -78,13 +95,24 @@ impl SessionSandboxes {
         Ok(found.into_iter().next())
     }
 
-    fn config(&self, session: &str) -> SandboxConfig {
+    fn config(&self, session: &str, extras: &SessionExtras) -> SandboxConfig {
+        let mut network = self.network.clone();
+        if !extras.credential_bindings.is_empty() {
+            // The daemon's default (`block-all`) is spelled out to add to.
+            let n = network.get_or_insert_with(|| serde_json::json!({"mode": "block-all"}));
+            append(&mut n["credentialBindings"], &extras.credential_bindings);
+            append(
+                &mut n["egress"]["credentialRules"],
+                &extras.credential_rules,
+            );
+        }
         let metadata = BTreeMap::from([
             (SESSION_LABEL.to_string(), session.to_string()),
             (ENVIRONMENT_LABEL.to_string(), self.environment.clone()),
         ]);
         SandboxConfig {
-            network: self.network.clone(),
+            network,
+            env_vars: extras.env_vars.clone(),
             metadata,
             // The worker pauses it when an item ends. The idle timer only
             // catches a sandbox whose worker died and whose session never
@@ -101,5 +129,15 @@ impl SessionSandboxes {
         if let Err(e) = self.client.pause(id).await {
             tracing::warn!(sandbox = id, error = %e, "could not pause the session's sandbox");
         }
+    }
+}
+
+/// Appends `items` to the array at `slot` (made when missing).
+fn append(slot: &mut Value, items: &[Value]) {
+    if !slot.is_array() {
+        *slot = Value::Array(Vec::new());
+    }
+    if let Value::Array(a) = slot {
+        a.extend(items.iter().cloned());
     }
 }

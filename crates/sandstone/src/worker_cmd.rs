@@ -289,6 +289,7 @@ pub async fn run(
                 session: session_id.clone(),
                 secret: work_secret.clone(),
                 polled_at: std::time::Instant::now(),
+                extras: Default::default(),
             };
             match worker.handle(item).await {
                 sandstone_worker::item::Outcome::Failed(e) => bail!("the item failed: {e}"),

@@ -478,3 +478,161 @@ async fn enforcing_request_hosts_terminates_every_allowed_https_flow() {
         .await;
     assert_eq!(r["stdout"], "hello from other.test\n rc=0\n", "{r}");
 }
+
+/// A Managed Agents vault's `environment_variable` credential in a
+/// `cloud` session: the sandbox's variable holds a placeholder the proxy
+/// replaces with the value only on the credential's host (in a header and
+/// in a body), another host gets the placeholder, the value is nowhere in
+/// the sandbox, and archiving the credential stops it at the next request.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_vault_variable_reaches_only_its_host() {
+    use common::agents::{FakeModel, idle_with, model_args, say, session_with, v1};
+    use reqwest::Method;
+    let (net, mut d) = setup().await;
+    let model = FakeModel::start();
+    d.kill();
+    d.serve_args.extend(model_args(&d, &model, 30));
+    d.serve_args
+        .extend(["--cloud-template".to_string(), "host".to_string()]);
+    d.spawn().await;
+    let call = async |method: Method, path: &str, body: Option<Value>| {
+        let (s, v, _) = v1(&d, &d.token, method, path, body).await;
+        assert!(
+            !v.to_string().contains(&net.token),
+            "{path} shows the value"
+        );
+        (s, v)
+    };
+    let (s, vault) = call(
+        Method::POST,
+        "/vaults",
+        Some(json!({"display_name": "alice"})),
+    )
+    .await;
+    assert_eq!(s, 200, "{vault}");
+    let vault = vault["id"].as_str().unwrap().to_string();
+    let creds = format!("/vaults/{vault}/credentials");
+    let variable = |name: &str| {
+        json!({"auth": {"type": "environment_variable", "secret_name": name,
+            "secret_value": net.token,
+            "networking": {"type": "limited", "allowed_hosts": ["api.test"]}}})
+    };
+    let (s, v) = call(Method::POST, &creds, Some(variable("1BAD"))).await;
+    assert!(
+        s == 400 && v.to_string().contains("auth.secret_name"),
+        "{s} {v}"
+    );
+    let (s, cred) = call(Method::POST, &creds, Some(variable("TOKEN_VAR"))).await;
+    assert_eq!(s, 200, "{cred}");
+    assert_eq!(
+        cred["auth"]["injection_location"],
+        json!({"body": true, "header": true})
+    );
+    let cred = cred["id"].as_str().unwrap().to_string();
+    let (s, env) = call(
+        Method::POST,
+        "/environments",
+        Some(json!({"name": "vaulted", "config": {"type": "cloud",
+            "networking": {"type": "limited", "allowed_hosts": ["api.test", "other.test"]}}})),
+    )
+    .await;
+    assert_eq!(s, 200, "{env}");
+    let env = env["id"].as_str().unwrap().to_string();
+    let tools = json!([{"type": "agent_toolset_20260401"}]);
+    let sid = session_with(
+        &d,
+        &env,
+        "vault_env",
+        tools.clone(),
+        json!({"vault_ids": [vault]}),
+    )
+    .await;
+    // An unknown vault is refused by field.
+    let (s, v, _) = v1(
+        &d,
+        &d.token,
+        Method::POST,
+        "/sessions",
+        Some(json!({"agent": sid_agent(&d, &sid).await, "environment_id": env, "vault_ids": ["vlt_nope"]})),
+    )
+    .await;
+    assert!(
+        s == 400 && v.to_string().contains("vault_ids[0]"),
+        "{s} {v}"
+    );
+    say(&d, &sid, "go").await;
+    let evs = idle_with(&d, &sid, "end_turn").await;
+    let result = evs
+        .iter()
+        .find(|e| e["type"] == "user.tool_result")
+        .map(|e| {
+            e["content"][0]["text"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string()
+        })
+        .unwrap_or_default();
+    assert!(result.contains("header: authorized"), "{result}");
+    assert!(result.contains("body: authorized"), "{result}");
+    assert!(
+        result.contains("other: unauthorized: authorization='Bearer sst_placeholder_"),
+        "{result}"
+    );
+    assert!(!result.contains(&net.token), "{result}");
+
+    // Nowhere inside: not in any process's environment, nor in a file.
+    let (_, v) = d
+        .get(&format!("/api/v1/sandboxes?metadata.cma.session={sid}"))
+        .await;
+    let sb = v["data"]["sandboxes"][0]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let r = d
+        .sh(
+            &sb,
+            &format!(
+                "echo \"var=$TOKEN_VAR\"; cat /proc/[0-9]*/environ | tr '\\0' '\\n' | grep -c -F '{t}'; \
+                 grep -rlsF '{t}' /workspace /mnt /tmp /root /etc /home /var; echo done",
+                t = net.token
+            ),
+        )
+        .await;
+    let out = r["stdout"].as_str().unwrap();
+    assert!(out.starts_with("var=sst_placeholder_"), "{r}");
+    assert!(out.ends_with("\n0\ndone\n"), "{r}");
+    d.audited(&sb, |e| {
+        e.to_string()
+            .contains(&format!("credential \\\"{cred}\\\" injected"))
+    })
+    .await;
+
+    // Archived: the very next request is refused, not sent with the value.
+    let (s, _) = call(Method::POST, &format!("{creds}/{cred}/archive"), None).await;
+    assert_eq!(s, 200);
+    let r = d
+        .sh(
+            &sb,
+            &curl("-H \"Authorization: Bearer $TOKEN_VAR\" https://api.test/v1/auth"),
+        )
+        .await;
+    let out = r["stdout"].as_str().unwrap();
+    assert!(
+        !out.contains("authorized\n rc=0") && out.contains("could not be applied"),
+        "{r}"
+    );
+}
+
+/// The agent a session runs (to start another session of it).
+async fn sid_agent(d: &Daemon, sid: &str) -> Value {
+    use common::agents::v1;
+    let (_, s, _) = v1(
+        d,
+        &d.token,
+        reqwest::Method::GET,
+        &format!("/sessions/{sid}"),
+        None,
+    )
+    .await;
+    json!({"type": "agent", "id": s["agent"]["id"], "version": s["agent"]["version"]})
+}

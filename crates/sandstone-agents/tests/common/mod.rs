@@ -27,11 +27,18 @@ pub struct Plane {
     /// by the planes made `beside` it).
     pub db: Arc<Scratch>,
     config: Config,
+    /// The sealing key, shared by the planes made `beside` it.
+    key: [u8; 32],
     port: u16,
     running: Option<(
         std::thread::JoinHandle<()>,
         tokio::sync::oneshot::Sender<()>,
     )>,
+}
+
+fn rand_key() -> [u8; 32] {
+    let hex = sandstone_api::random_hex(32);
+    std::array::from_fn(|i| u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).unwrap())
 }
 
 impl Plane {
@@ -50,6 +57,7 @@ impl Plane {
                 max_tokens: 8192,
                 node: format!("plane-{}", sandstone_api::random_hex(6)),
             },
+            key: rand_key(),
             port: 0,
             running: None,
         };
@@ -68,6 +76,7 @@ impl Plane {
             http: reqwest::Client::new(),
             db: self.db.clone(),
             config,
+            key: self.key,
             port: 0,
             running: None,
         };
@@ -81,6 +90,7 @@ impl Plane {
         assert!(self.running.is_none(), "already running");
         let location: Location = self.db.location();
         let (config, token, port) = (self.config.clone(), self.token.clone(), self.port);
+        let key = self.key;
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let (ready, bound) = std::sync::mpsc::channel();
         let thread = std::thread::spawn(move || {
@@ -95,7 +105,10 @@ impl Plane {
                     let ok = t == token;
                     Box::pin(async move { ok })
                 });
-                let agents = Agents::start(store, config, api_keys).await.unwrap();
+                let sealer = Arc::new(sandstone_db::secrets::Sealer::from_key(key));
+                let agents = Agents::start(store, config, api_keys, sealer)
+                    .await
+                    .unwrap();
                 let app = axum::Router::new().nest("/v1", sandstone_agents::router(agents));
                 let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
                     .await

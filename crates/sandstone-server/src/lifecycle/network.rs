@@ -4,6 +4,8 @@
 
 use super::{Error, Result};
 use futures_util::future::BoxFuture;
+use sandstone_agents::vaults;
+use sandstone_db::agents::AgentsStore;
 use sandstone_db::secrets::Sealer;
 use sandstone_db::{AuditRow, Store};
 use sandstone_egress::addr::SubnetPool;
@@ -193,9 +195,12 @@ pub struct NetworkOptions<'a> {
 }
 
 /// Credential sources for the proxy: read from the store and unsealed on
-/// each use, so rotations and deletions apply to the next request.
+/// each use, so rotations and deletions apply to the next request. A
+/// source named `vault:<credential id>` is a Managed Agents vault
+/// credential, whose value is the one key `value`.
 struct SealedSources {
     store: Arc<dyn Store>,
+    vaults: Arc<dyn AgentsStore>,
     sealer: Arc<Sealer>,
 }
 
@@ -205,6 +210,20 @@ impl CredentialStore for SealedSources {
         source: &'a str,
     ) -> BoxFuture<'a, std::result::Result<SourceValues, SourceError>> {
         Box::pin(async move {
+            if let Some(id) = source.strip_prefix(vaults::SOURCE_PREFIX) {
+                return match vaults::resolve(&*self.vaults, &self.sealer, id).await {
+                    Ok(v) => Ok(SourceValues(
+                        [("value".to_string(), v.expose().to_string())].into(),
+                    )),
+                    Err(vaults::ResolveError::Sealed(_)) => {
+                        Err(SourceError::Sealed(source.to_string()))
+                    }
+                    Err(e) => {
+                        tracing::info!(source, error = %e, "vault credential not applied");
+                        Err(SourceError::Missing(source.to_string()))
+                    }
+                };
+            }
             let row = self
                 .store
                 .get_credential(source)
@@ -265,6 +284,7 @@ impl Network {
     pub async fn start(
         o: NetworkOptions<'_>,
         store: Arc<dyn Store>,
+        vaults: Arc<dyn AgentsStore>,
         sealer: Arc<Sealer>,
     ) -> anyhow::Result<Network> {
         let ca = InstallationCa::load_or_create(o.ca_dir)
@@ -306,7 +326,11 @@ impl Network {
             o.upstream_dns,
         );
         egress.interceptor = Some(interceptor);
-        egress.credentials = Some(Arc::new(SealedSources { store, sealer }));
+        egress.credentials = Some(Arc::new(SealedSources {
+            store,
+            vaults,
+            sealer,
+        }));
         let egress = Arc::new(egress);
         let upstream_dns = o.upstream_dns;
         tokio::spawn(sandstone_egress::proxy::serve(proxy, egress.clone()));
