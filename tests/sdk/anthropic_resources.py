@@ -1,6 +1,6 @@
 """The official SDK over the resources the session tests do not reach:
 environments, agent versions, memory stores and memories (with content
-hash preconditions), session updates, work items as an operator and a
+hash preconditions), vaults and their credentials, session updates, work items as an operator and a
 worker see them (list, stats, poll, ack, heartbeat, retrieve, update, stop),
 and the API's error bodies (404, 409, 400).
 
@@ -106,4 +106,34 @@ c.beta.sessions.delete(s2.id)
 c.beta.agents.archive(agent.id)
 c.beta.memory_stores.archive(store.id)
 c.beta.memory_stores.delete(store.id)
+# Vaults and credentials: every kind parses into the SDK's models, and no
+# answer carries a secret.
+vault = c.beta.vaults.create(display_name="alice", metadata={"user": "alice"})
+c.beta.vaults.retrieve(vault.id)
+c.beta.vaults.update(vault.id, display_name="alice2", metadata={"user": None})
+assert any(v.id == vault.id for v in c.beta.vaults.list().data)
+bearer = c.beta.vaults.credentials.create(vault.id, display_name="mcp", auth={
+    "type": "static_bearer", "mcp_server_url": "https://mcp.example.com/mcp", "token": "sdk-s3cret-1"})
+oauth = c.beta.vaults.credentials.create(vault.id, auth={
+    "type": "mcp_oauth", "mcp_server_url": "https://other.example.com/mcp", "access_token": "sdk-s3cret-2",
+    "refresh": {"client_id": "cid", "refresh_token": "sdk-s3cret-3", "token_endpoint": "https://auth.example.com/t",
+                "token_endpoint_auth": {"type": "client_secret_basic", "client_secret": "sdk-s3cret-4"}}})
+assert oauth.auth.refresh.token_endpoint_auth.type == "client_secret_basic", oauth
+var = c.beta.vaults.credentials.create(vault.id, auth={
+    "type": "environment_variable", "secret_name": "API_KEY", "secret_value": "sdk-s3cret-5",
+    "networking": {"type": "limited", "allowed_hosts": ["api.example.com"]}})
+assert var.auth.networking.allowed_hosts == ["api.example.com"] and var.auth.injection_location.header, var
+var = c.beta.vaults.credentials.update(var.id, vault_id=vault.id, auth={
+    "type": "environment_variable", "secret_value": "sdk-s3cret-6", "injection_location": {"body": False}})
+assert var.auth.injection_location.body is False, var
+c.beta.vaults.credentials.retrieve(bearer.id, vault_id=vault.id)
+listed = c.beta.vaults.credentials.list(vault.id)
+assert "sdk-s3cret" not in listed.to_json() and len(listed.data) == 3, listed
+c.beta.vaults.credentials.archive(oauth.id, vault_id=vault.id)
+c.beta.vaults.credentials.delete(bearer.id, vault_id=vault.id)
+expect_error(400, lambda: c.beta.vaults.credentials.create(vault.id, auth={
+    "type": "static_bearer", "mcp_server_url": "not a url", "token": "t"}))
+expect_error(404, lambda: c.beta.vaults.retrieve("vlt_missing"))
+c.beta.vaults.archive(vault.id)
+c.beta.vaults.delete(vault.id)
 print('{"ok": true}')
