@@ -1,6 +1,6 @@
 """The official SDK over the resources the session tests do not reach:
 environments, agent versions, memory stores and memories (with content
-hash preconditions), vaults and their credentials, session updates, work items as an operator and a
+hash preconditions), vaults and their credentials, files, session updates, work items as an operator and a
 worker see them (list, stats, poll, ack, heartbeat, retrieve, update, stop),
 and the API's error bodies (404, 409, 400).
 
@@ -106,6 +106,20 @@ c.beta.sessions.delete(s2.id)
 c.beta.agents.archive(agent.id)
 c.beta.memory_stores.archive(store.id)
 c.beta.memory_stores.delete(store.id)
+# Files: upload, metadata, list (all, and by id), download, delete.
+up = c.beta.files.upload(file=("notes.txt", b"hello files", "text/plain"))
+assert (up.filename, up.size_bytes, up.mime_type) == ("notes.txt", 11, "text/plain"), up
+assert c.beta.files.retrieve_metadata(up.id).filename == "notes.txt"
+assert c.beta.files.download(up.id).read() == b"hello files"
+other = c.beta.files.upload(file=("b.bin", b"\x00\x01"))
+assert other.mime_type == "application/octet-stream", other
+assert {f.id for f in c.beta.files.list().data} >= {up.id, other.id}
+assert [f.id for f in c.beta.files.list(ids=[up.id]).data] == [up.id]
+assert c.beta.files.delete(up.id).id == up.id
+expect_error(404, lambda: c.beta.files.retrieve_metadata(up.id))
+expect_error(404, lambda: c.beta.files.download(up.id))
+c.beta.files.delete(other.id)
+
 # Vaults and credentials: every kind parses into the SDK's models, and no
 # answer carries a secret.
 vault = c.beta.vaults.create(display_name="alice", metadata={"user": "alice"})

@@ -3,7 +3,7 @@
 //! environment worker (`sandstone-worker`) that calls it. Agents and their
 //! versions, environments and their keys, sessions and every session event,
 //! the `self_hosted` work queue's items and their states, memory stores and
-//! memories, skills and their versions, vaults and their credentials, list
+//! memories, skills and their versions, vaults and their credentials, uploaded files, list
 //! pages and the error body.
 //!
 //! Shapes follow Anthropic's API (the official SDK's `types/beta`), checked
@@ -22,6 +22,7 @@ mod common;
 mod environment;
 mod error;
 mod event;
+mod file;
 mod memory;
 mod session;
 mod skill;
@@ -42,6 +43,7 @@ pub use common::*;
 pub use environment::*;
 pub use error::*;
 pub use event::*;
+pub use file::*;
 pub use memory::*;
 pub use session::*;
 pub use skill::*;

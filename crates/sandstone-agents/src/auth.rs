@@ -169,8 +169,9 @@ pub async fn middleware(
     } else {
         BETA
     };
-    // The SDKs send skills requests without a beta header.
-    if !path.contains("/skills") && !has_beta(req.headers(), beta) {
+    // The SDKs send skills and files requests without a beta header.
+    let exempt = path.contains("/skills") || path.contains("/files");
+    if !exempt && !has_beta(req.headers(), beta) {
         return ApiError::invalid(format!("missing beta header: send anthropic-beta: {beta}"))
             .into_response();
     }

@@ -665,6 +665,79 @@ async fn upload(mut form: Multipart) -> ApiResult<(Vec<crate::skills::File>, Opt
     Ok((files, display_name))
 }
 
+async fn upload_file(State(a): S, _: Api, mut form: Multipart) -> ApiResult<Response> {
+    let bad = |e: axum::extract::multipart::MultipartError| ApiError::invalid(format!("file: {e}"));
+    let (mut file, mut expires) = (None, None);
+    while let Some(field) = form.next_field().await.map_err(bad)? {
+        match field.name().unwrap_or_default() {
+            "file" => {
+                let filename = field.file_name().unwrap_or_default().to_string();
+                let mime_type = field.content_type().map(str::to_string);
+                let bytes = field.bytes().await.map_err(bad)?.to_vec();
+                file = Some((filename, mime_type, bytes));
+            }
+            "expires_in_seconds" => {
+                let text = field.text().await.map_err(bad)?;
+                expires = Some(text.trim().parse::<u64>().map_err(|_| {
+                    ApiError::invalid("expires_in_seconds: a whole number of seconds")
+                })?);
+            }
+            other => {
+                return Err(ApiError::invalid(format!(
+                    "{other}: not a field of a file upload"
+                )));
+            }
+        }
+    }
+    let (filename, mime_type, bytes) =
+        file.ok_or_else(|| ApiError::invalid("file: required (a multipart file field)"))?;
+    ok(a.files
+        .upload(crate::files::Upload {
+            filename,
+            mime_type,
+            bytes,
+            expires_in_seconds: expires,
+        })
+        .await?)
+}
+
+async fn list_files(State(a): S, _: Api, q: Query) -> ApiResult<Response> {
+    let ids = q.all("ids");
+    if ids.len() > 100 {
+        return Err(ApiError::invalid("ids: at most 100"));
+    }
+    if !ids.is_empty() && q.one("page").is_some() {
+        return Err(ApiError::invalid("ids: cannot be combined with page"));
+    }
+    if q.one("scope_id").is_some() {
+        // Session-scoped files (a hosted session's outputs) are never
+        // made here: outputs stay in the session's sandbox.
+        return page(Vec::<Value>::new(), &q, 1000);
+    }
+    page(a.files.list(&ids).await?, &q, 1000)
+}
+
+async fn get_file(State(a): S, _: Api, Path(id): Path<String>) -> ApiResult<Response> {
+    ok(a.files.metadata(&id).await?)
+}
+
+async fn delete_file(State(a): S, _: Api, Path(id): Path<String>) -> ApiResult<Response> {
+    ok(a.files.delete(&id).await?)
+}
+
+async fn file_content(State(a): S, _: Api, Path(id): Path<String>) -> ApiResult<Response> {
+    let (meta, bytes) = a.files.content(&id).await?;
+    let disposition = format!(
+        "attachment; filename=\"{}\"",
+        meta.filename.replace(['"', '\\', '\r', '\n'], "_")
+    );
+    let headers = [
+        ("content-type", meta.mime_type),
+        ("content-disposition", disposition),
+    ];
+    Ok((headers, bytes).into_response())
+}
+
 async fn create_skill(State(a): S, _: Api, form: Multipart) -> ApiResult<Response> {
     let (files, display_name) = upload(form).await?;
     ok(a.skills.create_skill(files, display_name).await?)
@@ -794,6 +867,9 @@ pub fn router(agents: Arc<Agents>) -> Router {
             "/memory_stores/{id}/memories/{mid}",
             get(get_memory).post(update_memory).delete(delete_memory),
         )
+        .route("/files", post(upload_file).get(list_files))
+        .route("/files/{id}", get(get_file).delete(delete_file))
+        .route("/files/{id}/content", get(file_content))
         .route("/vaults", post(create_vault).get(list_vaults))
         .route(
             "/vaults/{id}",

@@ -11,8 +11,8 @@
 //! - [`cloud`]: `cloud` environments' work, claimed at once and served by
 //!   the daemon's [`Executor`];
 //! - [`memory`]: memory stores and memories; [`skills`]: skills and versions;
-//! - [`vaults`]: vaults and their sealed credentials, read from the store
-//!   on every use;
+//! - [`vaults`]: vaults and their sealed credentials, and [`files`]: the
+//!   Files API's uploads, both read from the store on every use;
 //! - [`turn`]: the agent loop that calls an Anthropic-compatible Messages
 //!   API ([`model`]).
 //!
@@ -43,6 +43,7 @@ mod cloud;
 mod environments;
 mod error;
 mod events;
+mod files;
 mod http;
 mod ids;
 mod memory;
@@ -106,6 +107,7 @@ pub struct Agents {
     memory: memory::Memories,
     skills: skills::Skills,
     vaults: vaults::Vaults,
+    files: files::Files,
     config: Config,
     api_keys: ApiKeyCheck,
     http: model::Http,
@@ -144,7 +146,8 @@ impl Agents {
         let queue = work::WorkQueue::new(store.clone(), notifier.clone(), config.lease_ttl);
         let memory = memory::Memories::load(store.clone()).await?;
         let skills = skills::Skills::load(store.clone()).await?;
-        let vaults = vaults::Vaults::new(store, sealer);
+        let vaults = vaults::Vaults::new(store.clone(), sealer);
+        let files = files::Files::new(store);
         let running = sessions.running();
         let agents = Arc::new(Agents {
             notifier,
@@ -154,6 +157,7 @@ impl Agents {
             memory,
             skills,
             vaults,
+            files,
             config,
             api_keys,
             http: model::Http::default(),
