@@ -10,6 +10,10 @@ tag!(
     AgentTag = "agent"
 );
 tag!(
+    /// `"type": "url"`: an MCP server reached over streamable HTTP.
+    UrlTag = "url"
+);
+tag!(
     /// `"type": "custom"` (an operator's tool, or an uploaded skill).
     CustomTag = "custom"
 );
@@ -29,7 +33,7 @@ pub struct Agent {
     pub model: ModelConfig,
     pub system: Option<String>,
     pub tools: Vec<AgentTool>,
-    pub mcp_servers: Vec<Value>,
+    pub mcp_servers: Vec<McpServer>,
     pub skills: Vec<SkillRef>,
     pub metadata: Metadata,
     pub multiagent: Option<Value>,
@@ -70,6 +74,33 @@ pub enum AgentTool {
     /// A tool the client (or the worker's operator) answers.
     #[serde(rename = "custom")]
     Custom(CustomTool),
+    /// The tools of one of the agent's MCP servers, called by the server.
+    #[serde(rename = "mcp_toolset")]
+    McpToolset(McpToolset),
+}
+
+/// An MCP server an agent uses: `{"type": "url", "name", "url"}`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct McpServer {
+    #[serde(rename = "type")]
+    pub tag: UrlTag,
+    pub name: String,
+    pub url: String,
+    #[serde(flatten)]
+    pub extra: Extra,
+}
+
+/// `{"type": "mcp_toolset", "mcp_server_name", "configs", "default_config"}`:
+/// configs name the server's tools (which only the server knows).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct McpToolset {
+    pub mcp_server_name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub configs: Option<Vec<ToolConfig>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub default_config: Option<ToolDefaults>,
+    #[serde(flatten)]
+    pub extra: Extra,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -162,7 +193,7 @@ pub struct AgentParams {
     #[serde(default, skip_serializing_if = "Option::is_none", with = "nullable")]
     pub tools: Option<Option<Vec<AgentTool>>>,
     #[serde(default, skip_serializing_if = "Option::is_none", with = "nullable")]
-    pub mcp_servers: Option<Option<Vec<Value>>>,
+    pub mcp_servers: Option<Option<Vec<McpServer>>>,
     #[serde(default, skip_serializing_if = "Option::is_none", with = "nullable")]
     pub skills: Option<Option<Vec<SkillRef>>>,
     #[serde(default, skip_serializing_if = "Option::is_none", with = "nullable")]

@@ -150,6 +150,8 @@ known_events!(
         AgentToolUse(ToolUse) = "agent.tool_use",
         AgentCustomToolUse(ToolUse) = "agent.custom_tool_use",
         AgentMcpToolUse(ToolUse) = "agent.mcp_tool_use",
+        /// The answer the server got from an MCP server.
+        AgentMcpToolResult(McpToolResult) = "agent.mcp_tool_result",
         /// A result the server gives itself (a call it refused).
         AgentToolResult(ToolResult) = "agent.tool_result",
         SessionStatusRunning(NoFields) = "session.status_running",
@@ -235,6 +237,18 @@ pub struct ToolResult {
     pub extra: Extra,
 }
 
+/// `agent.mcp_tool_result`: what an MCP server answered a call.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct McpToolResult {
+    pub mcp_tool_use_id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub content: Option<Vec<ContentBlock>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub is_error: Option<bool>,
+    #[serde(flatten)]
+    pub extra: Extra,
+}
+
 /// `user.custom_tool_result`: the answer to a custom tool's call.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CustomToolResult {
@@ -268,6 +282,9 @@ pub struct ToolUse {
     /// The policy that decided it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub evaluation: Option<PermissionPolicy>,
+    /// The server an `agent.mcp_tool_use` goes to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mcp_server_name: Option<String>,
     /// Set on calls made in a sub-agent's thread.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub session_thread_id: Option<String>,

@@ -1,7 +1,7 @@
 //! Sessions: one conversation of an agent (a snapshot of one version) in
 //! an environment, with its status and resources.
 
-use crate::agent::{AgentTag, AgentTool, ModelConfig, ModelSpec, SkillRef};
+use crate::agent::{AgentTag, AgentTool, McpServer, ModelConfig, ModelSpec, SkillRef};
 use crate::common::{Extra, Metadata, MetadataPatch, closed_enum, nullable, tag};
 use crate::event::SessionEvent;
 use serde::{Deserialize, Serialize};
@@ -99,7 +99,7 @@ pub struct SessionAgent {
     pub model: ModelConfig,
     pub system: Option<String>,
     pub tools: Vec<AgentTool>,
-    pub mcp_servers: Vec<Value>,
+    pub mcp_servers: Vec<McpServer>,
     pub skills: Vec<SkillRef>,
     pub multiagent: Option<Value>,
     pub execution_identity: Option<Value>,

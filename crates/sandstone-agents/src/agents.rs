@@ -8,8 +8,8 @@ use crate::ids::{new_id, now};
 use crate::registry::{AGENT, Registry};
 use crate::validate::{list_field, merge_metadata, opt_string, required_string, typed};
 use sandstone_agents_api::{
-    Agent, AgentTag, AgentTool, CustomTool, Extra, ModelConfig, ModelSpec, PermissionKind,
-    PermissionPolicy, ToolConfig, ToolDefaults, Toolset,
+    Agent, AgentTag, AgentTool, CustomTool, Extra, McpServer, McpToolset, ModelConfig, ModelSpec,
+    PermissionKind, PermissionPolicy, ToolConfig, ToolDefaults, Toolset,
 };
 use serde_json::{Map, Value, json};
 
@@ -106,6 +106,115 @@ fn custom_tool(t: CustomTool, at: &str) -> ApiResult<CustomTool> {
     })
 }
 
+/// An MCP toolset with concrete defaults: enabled, and asking before
+/// each call unless told otherwise (the API's default for MCP tools).
+fn mcp_toolset(t: McpToolset, at: &str) -> ApiResult<McpToolset> {
+    let defaults = t.default_config.unwrap_or_default();
+    if let Some((i, _)) = t
+        .configs
+        .iter()
+        .flatten()
+        .enumerate()
+        .find(|(_, c)| c.name.is_empty() || c.name.len() > 128)
+    {
+        return Err(ApiError::invalid(format!(
+            "{at}.configs[{i}].name: the name of one of the server's tools"
+        )));
+    }
+    Ok(McpToolset {
+        mcp_server_name: t.mcp_server_name,
+        configs: Some(t.configs.unwrap_or_default()),
+        default_config: Some(ToolDefaults {
+            enabled: Some(defaults.enabled.unwrap_or(true)),
+            permission_policy: Some(defaults.permission_policy.unwrap_or(PermissionPolicy {
+                kind: PermissionKind::AlwaysAsk,
+            })),
+            extra: Extra::new(),
+        }),
+        extra: Extra::new(),
+    })
+}
+
+/// A request's `mcp_servers`, checked.
+pub(crate) fn mcp_servers(v: &Value) -> ApiResult<Vec<McpServer>> {
+    let list: Vec<McpServer> = match v {
+        Value::Null => return Ok(Vec::new()),
+        Value::Array(a) if a.len() <= 20 => a
+            .iter()
+            .enumerate()
+            .map(|(i, s)| {
+                sandstone_agents_api::from_value(s.clone())
+                    .map_err(|e| ApiError::invalid(format!("mcp_servers[{i}].{e}")))
+            })
+            .collect::<ApiResult<_>>()?,
+        _ => {
+            return Err(ApiError::invalid(
+                "mcp_servers: an array of at most 20 servers",
+            ));
+        }
+    };
+    for (i, s) in list.iter().enumerate() {
+        if s.name.is_empty() || s.name.chars().count() > 255 {
+            return Err(ApiError::invalid(format!(
+                "mcp_servers[{i}].name: 1 to 255 characters"
+            )));
+        }
+        if list[..i].iter().any(|o| o.name == s.name) {
+            return Err(ApiError::invalid(format!(
+                "mcp_servers[{i}].name: {} is declared twice",
+                s.name
+            )));
+        }
+        let ok = reqwest::Url::parse(&s.url)
+            .is_ok_and(|u| matches!(u.scheme(), "http" | "https") && u.host_str().is_some());
+        if !ok {
+            return Err(ApiError::invalid(format!(
+                "mcp_servers[{i}].url: an http or https URL"
+            )));
+        }
+        s.extra.keys().next().map_or(Ok(()), |k| {
+            Err(ApiError::invalid(format!(
+                "mcp_servers[{i}].{k}: unknown field"
+            )))
+        })?;
+    }
+    Ok(list)
+}
+
+/// Every `mcp_toolset` names one of the servers, and every server has
+/// its toolset.
+pub(crate) fn check_mcp(tools: &[AgentTool], servers: &[McpServer]) -> ApiResult<()> {
+    let toolsets: Vec<&str> = tools
+        .iter()
+        .filter_map(|t| match t {
+            AgentTool::McpToolset(m) => Some(m.mcp_server_name.as_str()),
+            _ => None,
+        })
+        .collect();
+    if let Some(name) = toolsets
+        .iter()
+        .find(|n| !servers.iter().any(|s| s.name == **n))
+    {
+        let i = tools
+            .iter()
+            .position(|t| matches!(t, AgentTool::McpToolset(m) if m.mcp_server_name == *name))
+            .unwrap_or_default();
+        return Err(ApiError::invalid(format!(
+            "tools[{i}].mcp_server_name: no MCP server is named {name}"
+        )));
+    }
+    if let Some(i) = servers
+        .iter()
+        .position(|s| !toolsets.contains(&s.name.as_str()))
+    {
+        return Err(ApiError::invalid(format!(
+            "mcp_servers[{i}]: no mcp_toolset uses {}",
+            servers[i].name
+        )));
+    }
+    Ok(())
+}
+
 /// A request's `tools`, checked and resolved.
 pub(crate) fn tools(v: &Value) -> ApiResult<Vec<AgentTool>> {
     let list = match v {
@@ -132,8 +241,16 @@ pub(crate) fn tools(v: &Value) -> ApiResult<Vec<AgentTool>> {
                     let key = c.name.clone();
                     (AgentTool::Custom(c), key)
                 }
+                Some("mcp_toolset") => {
+                    let m = sandstone_agents_api::from_value(t.clone()).map_err(field)?;
+                    let m = mcp_toolset(m, &at)?;
+                    let key = format!("the toolset of MCP server {}", m.mcp_server_name);
+                    (AgentTool::McpToolset(m), key)
+                }
                 _ => {
-                    return Err(ApiError::invalid(format!("{at}.type: {TOOLSET} or custom")));
+                    return Err(ApiError::invalid(format!(
+                        "{at}.type: {TOOLSET}, custom or mcp_toolset"
+                    )));
                 }
             };
             if !names.insert(key.clone()) {
@@ -163,11 +280,18 @@ fn agent_config(body: &Value, base: Option<&Value>) -> ApiResult<Map<String, Val
     if base.is_none() || has("tools") {
         out.insert("tools".into(), json!(tools(&body["tools"])?));
     }
-    for k in ["mcp_servers", "skills"] {
-        if base.is_none() || has(k) {
-            out.insert(k.into(), list_field(body, k)?);
-        }
+    if base.is_none() || has("mcp_servers") {
+        out.insert(
+            "mcp_servers".into(),
+            json!(mcp_servers(&body["mcp_servers"])?),
+        );
     }
+    if base.is_none() || has("skills") {
+        out.insert("skills".into(), list_field(body, "skills")?);
+    }
+    let resolved: Vec<AgentTool> = typed(out["tools"].clone())?;
+    let servers: Vec<McpServer> = typed(out["mcp_servers"].clone())?;
+    check_mcp(&resolved, &servers)?;
     let current = out.get("metadata").cloned().unwrap_or(json!({}));
     out.insert(
         "metadata".into(),

@@ -14,7 +14,8 @@
 //! - [`vaults`]: vaults and their sealed credentials, and [`files`]: the
 //!   Files API's uploads, both read from the store on every use;
 //! - [`turn`]: the agent loop that calls an Anthropic-compatible Messages
-//!   API ([`model`]).
+//!   API ([`model`]), and MCP servers' tools ([`mcp_calls`], over the
+//!   streamable HTTP client [`mcp`]).
 //!
 //! What spans components (a session queues work, an environment's delete
 //! stops it) are [`Agents`] methods beside the resource they belong to.
@@ -46,6 +47,8 @@ mod events;
 mod files;
 mod http;
 mod ids;
+mod mcp;
+mod mcp_calls;
 mod memory;
 mod model;
 mod notify;
@@ -108,6 +111,7 @@ pub struct Agents {
     skills: skills::Skills,
     vaults: vaults::Vaults,
     files: files::Files,
+    mcp: mcp_calls::McpPool,
     config: Config,
     api_keys: ApiKeyCheck,
     http: model::Http,
@@ -158,6 +162,7 @@ impl Agents {
             skills,
             vaults,
             files,
+            mcp: Default::default(),
             config,
             api_keys,
             http: model::Http::default(),

@@ -13,7 +13,7 @@
 //! own. A session's document is re-read when another node says it changed;
 //! one this node has not seen is loaded on first use.
 
-use crate::agents::{model_config, tools};
+use crate::agents::{check_mcp, mcp_servers, model_config, tools};
 use crate::error::{ApiError, ApiResult};
 use crate::ids::{new_id, now};
 use crate::notify::Signal;
@@ -559,6 +559,10 @@ impl Agents {
             if o.get("tools").is_some() {
                 snap.tools = tools(&o["tools"])?;
             }
+            if o.get("mcp_servers").is_some() {
+                snap.mcp_servers = mcp_servers(&o["mcp_servers"])?;
+            }
+            check_mcp(&snap.tools, &snap.mcp_servers)?;
         }
         Ok(snap)
     }
@@ -586,8 +590,17 @@ impl Agents {
                     d.metadata = typed(merged.clone())?;
                     changed["metadata"] = merged;
                 }
-                if body["agent"].is_object() && body["agent"].get("tools").is_some() {
-                    d.agent.tools = tools(&body["agent"]["tools"])?;
+                let agent = &body["agent"];
+                if agent.is_object()
+                    && (agent.get("tools").is_some() || agent.get("mcp_servers").is_some())
+                {
+                    if agent.get("tools").is_some() {
+                        d.agent.tools = tools(&agent["tools"])?;
+                    }
+                    if agent.get("mcp_servers").is_some() {
+                        d.agent.mcp_servers = mcp_servers(&agent["mcp_servers"])?;
+                    }
+                    check_mcp(&d.agent.tools, &d.agent.mcp_servers)?;
                     changed["agent"] = json!(d.agent);
                 }
                 Ok(())
@@ -635,6 +648,7 @@ impl Agents {
         if let Some(s) = gone {
             let _ = s.live.send(deleted_event());
         }
+        self.mcp.forget(id);
         Ok(Deleted {
             id: id.to_string(),
             kind: "session_deleted".into(),

@@ -12,11 +12,12 @@
 //! arrived meanwhile is never left waiting.
 
 use crate::error::ApiResult;
+use crate::mcp_calls::McpTool;
 use crate::{Agents, model};
 use sandstone_agents_api::layout::{OUTPUTS_DIR, WORKDIR};
 use sandstone_agents_api::{
-    AgentTool, ContentBlock, KnownEvent, PermissionKind, SessionAgent, SessionEvent, SessionUsage,
-    ToolConfig, Verdict,
+    AgentTool, ContentBlock, KnownEvent, PermissionKind, Session, SessionAgent, SessionEvent,
+    SessionUsage, ToolConfig, Verdict,
 };
 use sandstone_api::toolset::Tool;
 use serde_json::{Value, json};
@@ -34,12 +35,16 @@ enum Step {
     Idle,
 }
 
-type Events = [Arc<SessionEvent>];
+pub(crate) type Events = [Arc<SessionEvent>];
 
 fn is_call(e: &SessionEvent) -> bool {
     matches!(
         e.known(),
-        Some(KnownEvent::AgentToolUse(_) | KnownEvent::AgentCustomToolUse(_))
+        Some(
+            KnownEvent::AgentToolUse(_)
+                | KnownEvent::AgentCustomToolUse(_)
+                | KnownEvent::AgentMcpToolUse(_)
+        )
     )
 }
 
@@ -60,6 +65,7 @@ pub fn answer_to(e: &KnownEvent) -> Option<&str> {
     match e {
         KnownEvent::UserToolResult(r) | KnownEvent::AgentToolResult(r) => Some(&r.tool_use_id),
         KnownEvent::UserCustomToolResult(r) => Some(&r.custom_tool_use_id),
+        KnownEvent::AgentMcpToolResult(r) => Some(&r.mcp_tool_use_id),
         KnownEvent::UserToolConfirmation(c) => Some(&c.tool_use_id),
         _ => None,
     }
@@ -74,7 +80,7 @@ fn answered(events: &Events, id: &str) -> bool {
 }
 
 /// Tool calls still waiting for a result (an interrupt closes earlier ones).
-fn open_calls(events: &Events) -> Vec<String> {
+pub(crate) fn open_calls(events: &Events) -> Vec<String> {
     let since = events
         .iter()
         .rposition(|e| is_interrupt(e))
@@ -99,7 +105,8 @@ fn next_step(events: &Events, consumed: usize) -> Step {
                 KnownEvent::UserMessage(_)
                 | KnownEvent::UserToolResult(_)
                 | KnownEvent::UserCustomToolResult(_)
-                | KnownEvent::AgentToolResult(_),
+                | KnownEvent::AgentToolResult(_)
+                | KnownEvent::AgentMcpToolResult(_),
             ) => true,
             Some(KnownEvent::UserToolConfirmation(c)) => c.result == Verdict::Deny,
             _ => false,
@@ -195,22 +202,27 @@ async fn run(agents: Arc<Agents>, session: String) {
         let outcome = match step {
             Step::Idle => return,
             Step::CallModel => agents.model_turn(&session).await,
-            Step::Wait(open) => {
-                if open != announced {
-                    announced = open.clone();
-                    let r = agents
-                        .set_idle(
-                            &session,
-                            json!({"type": "requires_action", "event_ids": open}),
-                        )
-                        .await;
-                    if r.is_err() {
-                        return agents.stop_driving(&session);
+            Step::Wait(open) => match agents.run_confirmed_mcp(&session).await {
+                // Their results are new input: decide again.
+                Ok(true) => Ok(()),
+                Err(e) => Err(e),
+                Ok(false) => {
+                    if open != announced {
+                        announced = open.clone();
+                        let r = agents
+                            .set_idle(
+                                &session,
+                                json!({"type": "requires_action", "event_ids": open}),
+                            )
+                            .await;
+                        if r.is_err() {
+                            return agents.stop_driving(&session);
+                        }
                     }
+                    wake.notified().await;
+                    Ok(())
                 }
-                wake.notified().await;
-                Ok(())
-            }
+            },
         };
         if let Err(e) = outcome {
             tracing::error!(session = %session, error = %e, "agent loop stopped");
@@ -226,32 +238,35 @@ fn sandbox_tools(agent: &SessionAgent) -> impl Iterator<Item = &ToolConfig> {
         .iter()
         .filter_map(|t| match t {
             AgentTool::Toolset(t) => t.configs.as_deref(),
-            AgentTool::Custom(_) => None,
+            AgentTool::Custom(_) | AgentTool::McpToolset(_) => None,
         })
         .flatten()
 }
 
 /// The Messages API `tools` of an agent: enabled sandbox tools (web tools
-/// run on the server and are not offered here) and custom tools.
-fn model_tools(agent: &SessionAgent) -> Vec<Value> {
+/// run on the server and are not offered here), custom tools, and the MCP
+/// servers' tools (one whose name an earlier tool has is left out).
+fn model_tools(agent: &SessionAgent, mcp: &[McpTool]) -> Vec<Value> {
     let mut out = Vec::new();
     for t in &agent.tools {
-        match t {
-            AgentTool::Toolset(_) => {}
+        let configs = match t {
+            AgentTool::Toolset(t) => t.configs.as_deref().unwrap_or_default(),
             AgentTool::Custom(c) => {
                 out.push(json!({"name": c.name, "description": c.description, "input_schema": c.input_schema}));
                 continue;
             }
-        }
-        let configs = match t {
-            AgentTool::Toolset(t) => t.configs.as_deref().unwrap_or_default(),
-            AgentTool::Custom(_) => &[],
+            AgentTool::McpToolset(_) => continue,
         };
         for c in configs {
             let tool = Tool::from_name(&c.name);
             if let Some(tool) = tool.filter(|t| c.enabled == Some(true) && t.runs_in_sandbox()) {
                 out.push(json!({"name": tool.name(), "description": tool.description(), "input_schema": tool.input_schema()}));
             }
+        }
+    }
+    for m in mcp {
+        if !out.iter().any(|t| t["name"] == m.def.name.as_str()) {
+            out.push(json!({"name": m.def.name, "description": m.def.description, "input_schema": m.def.input_schema}));
         }
     }
     out
@@ -283,7 +298,9 @@ fn messages(events: &Events) -> Vec<Value> {
                     push("assistant", json!(b));
                 }
             }
-            KnownEvent::AgentToolUse(t) | KnownEvent::AgentCustomToolUse(t) => {
+            KnownEvent::AgentToolUse(t)
+            | KnownEvent::AgentCustomToolUse(t)
+            | KnownEvent::AgentMcpToolUse(t) => {
                 let id = e.id.as_deref().unwrap_or_default();
                 open.push(id);
                 push(
@@ -293,10 +310,14 @@ fn messages(events: &Events) -> Vec<Value> {
             }
             KnownEvent::UserToolResult(_)
             | KnownEvent::AgentToolResult(_)
-            | KnownEvent::UserCustomToolResult(_) => {
+            | KnownEvent::UserCustomToolResult(_)
+            | KnownEvent::AgentMcpToolResult(_) => {
                 let (id, content, is_error) = match known {
                     KnownEvent::UserCustomToolResult(r) => {
                         (&r.custom_tool_use_id, &r.content, r.is_error)
+                    }
+                    KnownEvent::AgentMcpToolResult(r) => {
+                        (&r.mcp_tool_use_id, &r.content, r.is_error)
                     }
                     KnownEvent::UserToolResult(r) | KnownEvent::AgentToolResult(r) => {
                         (&r.tool_use_id, &r.content, r.is_error)
@@ -341,13 +362,16 @@ enum Call {
     Toolset(Value, Value),
     /// A custom tool the agent declared.
     Custom,
+    /// A tool of one of the agent's MCP servers (named), with its
+    /// permission.
+    Mcp(String, Value, Value),
     /// Anything else (a disabled or server-side tool, an unknown name):
     /// refused here, never run by a worker.
     Refused,
 }
 
 /// What the agent's configuration says about a call to `name`.
-fn classify(agent: &SessionAgent, name: &str) -> Call {
+fn classify(agent: &SessionAgent, mcp: &[McpTool], name: &str) -> Call {
     match sandbox_tools(agent).find(|c| c.name == name) {
         Some(c)
             if c.enabled == Some(true)
@@ -364,12 +388,19 @@ fn classify(agent: &SessionAgent, name: &str) -> Call {
         {
             Call::Custom
         }
-        None => Call::Refused,
+        None => match mcp.iter().find(|m| m.def.name == name) {
+            Some(m) => Call::Mcp(
+                m.server.clone(),
+                m.permission.0.clone(),
+                m.permission.1.clone(),
+            ),
+            None => Call::Refused,
+        },
     }
 }
 
 /// The permission a toolset policy gives a call.
-fn permission(policy: Option<PermissionKind>) -> (Value, Value) {
+pub(crate) fn permission(policy: Option<PermissionKind>) -> (Value, Value) {
     match policy {
         Some(PermissionKind::AlwaysAsk) => (json!("ask"), json!({"type": "always_ask"})),
         Some(PermissionKind::Auto) => (json!("allow"), json!({"type": "auto"})),
@@ -504,7 +535,8 @@ impl Agents {
         let events = self.sessions.events(session);
         let doc = self.sessions.session(session)?;
         let surroundings = self.surroundings(&doc);
-        let agent = doc.agent;
+        let mcp = self.mcp_tools(&doc).await?;
+        let agent = &doc.agent;
         let mut body = json!({
             "model": agent.model.id,
             "max_tokens": self.config.max_tokens,
@@ -517,7 +549,7 @@ impl Agents {
                 None => surroundings,
             },
         });
-        let tools = model_tools(&agent);
+        let tools = model_tools(agent, &mcp);
         if !tools.is_empty() {
             body["tools"] = json!(tools);
         }
@@ -565,7 +597,7 @@ impl Agents {
             }
         };
         self.consume(session, events.len()).await?;
-        self.record_answer(session, &agent, &start, answer).await
+        self.record_answer(&doc, &mcp, &start, answer).await
     }
 
     /// Whether a `user.interrupt` arrived after the first `n` events.
@@ -587,11 +619,12 @@ impl Agents {
 
     async fn record_answer(
         &self,
-        session: &str,
-        agent: &SessionAgent,
+        doc: &Session,
+        mcp: &[McpTool],
         start: &SessionEvent,
         a: model::Answer,
     ) -> ApiResult<()> {
+        let (session, agent) = (doc.id.as_str(), &doc.agent);
         let tokens = |k: &str| a.usage.get(k).and_then(Value::as_u64).unwrap_or(0);
         let usage = SessionUsage {
             input_tokens: tokens("input_tokens"),
@@ -630,7 +663,7 @@ impl Agents {
             };
             calls += 1;
             let name = name.as_str();
-            match classify(agent, name) {
+            match classify(agent, mcp, name) {
                 Call::Toolset(perm, evaluation) => {
                     self.emit(session, json!({"type": "agent.tool_use", "name": name, "input": input, "evaluated_permission": perm, "evaluation": evaluation})).await?;
                 }
@@ -640,6 +673,16 @@ impl Agents {
                         json!({"type": "agent.custom_tool_use", "name": name, "input": input}),
                     )
                     .await?;
+                }
+                Call::Mcp(server, perm, evaluation) => {
+                    let allowed = perm == "allow";
+                    let call = self.emit(session, json!({"type": "agent.mcp_tool_use", "name": name, "input": input, "mcp_server_name": server, "evaluated_permission": perm, "evaluation": evaluation})).await?;
+                    // Run on the server now; one that asks waits for the
+                    // user's confirmation (`run_confirmed_mcp`).
+                    if allowed {
+                        let id = call.id.clone().unwrap_or_default();
+                        self.run_mcp(doc, &id, &server, name, input).await?;
+                    }
                 }
                 Call::Refused => {
                     // Denied on the server: workers never run a call the

@@ -708,4 +708,104 @@ impl Vaults {
             })
             .collect())
     }
+
+    /// The token to send the MCP server at `url`: the first live
+    /// credential for it among `vault_ids`. An OAuth token that has
+    /// expired, or that the server just refused (`refused`), is refreshed
+    /// through its token endpoint first when it can be. An error is why
+    /// there is no usable token (shown as an authentication failure).
+    pub(crate) async fn mcp_token(
+        &self,
+        http: &reqwest::Client,
+        vault_ids: &[String],
+        url: &str,
+        refused: bool,
+    ) -> Result<Option<Secret>, String> {
+        let same = |a: &str| a.trim_end_matches('/') == url.trim_end_matches('/');
+        let live = self.live(vault_ids).await.map_err(|e| e.to_string())?;
+        let Some(mut s) = live
+            .into_iter()
+            .find(|s| s.doc.auth.mcp_server_url().is_some_and(same))
+        else {
+            return Ok(None);
+        };
+        let id = s.doc.id.clone();
+        let mut secrets = open(&self.sealer, &s)
+            .ok_or_else(|| format!("vault credential {id} cannot be unsealed"))?;
+        if let CredentialAuth::McpOauth(o) = &mut s.doc.auth {
+            let expired = o
+                .expires_at
+                .as_deref()
+                .and_then(parse_rfc3339_us)
+                .is_some_and(|t| t <= now_us() + 30_000_000);
+            if let (true, Some(r)) = (expired || refused, &o.refresh) {
+                let (token, expires_in, rotated) = refresh(http, r, &secrets)
+                    .await
+                    .map_err(|e| format!("vault credential {id}: refreshing its token: {e}"))?;
+                secrets.value = Some(token);
+                if let Some(r) = rotated {
+                    secrets.refresh_token = Some(r);
+                }
+                o.expires_at = expires_in.map(|s| rfc3339_us(now_us() + s as i64 * 1_000_000));
+                s.sealed = self.seal(&secrets);
+                s.doc.updated_at = now();
+                self.save(&s).await.map_err(|e| e.to_string())?;
+            } else if expired {
+                return Err(format!(
+                    "vault credential {id}: its access token has expired and it has no refresh"
+                ));
+            }
+        }
+        Ok(secrets.value.map(Secret::new))
+    }
+}
+
+/// An OAuth refresh-token grant: the new access token, its lifetime and a
+/// rotated refresh token, if the endpoint gave them.
+async fn refresh(
+    http: &reqwest::Client,
+    r: &OauthRefresh,
+    secrets: &Secrets,
+) -> Result<(String, Option<u64>, Option<String>), String> {
+    let mut form = vec![
+        ("grant_type", "refresh_token".to_string()),
+        (
+            "refresh_token",
+            secrets.refresh_token.clone().unwrap_or_default(),
+        ),
+    ];
+    for (k, v) in [("scope", &r.scope), ("resource", &r.resource)] {
+        if let Some(v) = v {
+            form.push((k, v.clone()));
+        }
+    }
+    let secret = secrets.client_secret.clone().unwrap_or_default();
+    let mut req = http.post(&r.token_endpoint);
+    match r.token_endpoint_auth {
+        TokenEndpointAuth::ClientSecretBasic => req = req.basic_auth(&r.client_id, Some(secret)),
+        TokenEndpointAuth::ClientSecretPost => {
+            form.push(("client_id", r.client_id.clone()));
+            form.push(("client_secret", secret));
+        }
+        TokenEndpointAuth::None => form.push(("client_id", r.client_id.clone())),
+    }
+    let resp = req
+        .form(&form)
+        .send()
+        .await
+        .map_err(|e| e.without_url().to_string())?;
+    let status = resp.status();
+    let body: Value = resp.json().await.unwrap_or(Value::Null);
+    match body["access_token"].as_str() {
+        Some(t) if status.is_success() && !t.is_empty() => Ok((
+            t.to_string(),
+            body["expires_in"].as_u64(),
+            body["refresh_token"].as_str().map(str::to_string),
+        )),
+        // The endpoint's own error code, never the body (it may echo).
+        _ => Err(format!(
+            "the token endpoint answered {status} {}",
+            body["error"].as_str().unwrap_or_default()
+        )),
+    }
 }

@@ -636,3 +636,139 @@ async fn sid_agent(d: &Daemon, sid: &str) -> Value {
     .await;
     json!({"type": "agent", "id": s["agent"]["id"], "version": s["agent"]["version"]})
 }
+
+/// An agent's MCP server, a real one (the `mcp` SDK over streamable HTTP)
+/// on the fake internet that needs a bearer token: the control plane
+/// authenticates with the session's vault credential for its URL, offers
+/// its tools, and runs the model's call (at once, or after the user allows
+/// it); with a wrong token the session gets `mcp_authentication_failed`.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_mcp_server_is_called_with_the_sessions_vault_token() {
+    use common::agents::{FakeModel, events, idle_with, model_args, say, v1};
+    use reqwest::Method;
+    let Some(python) = common::sdk_python() else {
+        return;
+    };
+    let (net, mut d) = setup().await;
+    let _mcp = net.mcp_server(&python, 8765);
+    let url = format!("http://{}:8765/mcp", net.server);
+    let model = FakeModel::start();
+    d.kill();
+    d.serve_args.extend(model_args(&d, &model, 30));
+    d.spawn().await;
+    let post = async |path: &str, body: Value| {
+        let (s, v, _) = v1(&d, &d.token, Method::POST, path, Some(body)).await;
+        (s, v)
+    };
+    let vault_with = async |token: &str| {
+        let (s, v) = post("/vaults", json!({"display_name": "mcp"})).await;
+        assert_eq!(s, 200, "{v}");
+        let id = v["id"].as_str().unwrap().to_string();
+        let (s, c) = post(
+            &format!("/vaults/{id}/credentials"),
+            json!({"auth": {"type": "static_bearer", "mcp_server_url": url, "token": token}}),
+        )
+        .await;
+        assert_eq!(s, 200, "{c}");
+        id
+    };
+    let good = vault_with(&net.token).await;
+    let bad = vault_with("sst-wrong-token").await;
+    let agent = async |policy: &str| {
+        let (s, a) = post(
+            "/agents",
+            json!({"name": "mcp", "model": "scripted-mcp_add",
+                "mcp_servers": [{"type": "url", "name": "fake", "url": url}],
+                "tools": [{"type": "mcp_toolset", "mcp_server_name": "fake",
+                    "default_config": {"permission_policy": {"type": policy}}}]}),
+        )
+        .await;
+        assert_eq!(s, 200, "{a}");
+        a["id"].as_str().unwrap().to_string()
+    };
+    // Bad input, by field.
+    let (s, v) = post(
+        "/agents",
+        json!({"name": "x", "model": "m", "tools": [{"type": "mcp_toolset", "mcp_server_name": "nope"}]}),
+    )
+    .await;
+    assert!(
+        s == 400 && v.to_string().contains("tools[0].mcp_server_name"),
+        "{v}"
+    );
+    let (env, _) = common::agents::environment(&d).await;
+    let session = async |agent: &str, vault: &str| {
+        let (s, v) = post(
+            "/sessions",
+            json!({"agent": agent, "environment_id": env, "vault_ids": [vault]}),
+        )
+        .await;
+        assert_eq!(s, 200, "{v}");
+        v["id"].as_str().unwrap().to_string()
+    };
+
+    // Allowed at once: the server's answer is the call's result.
+    let sid = session(&agent("always_allow").await, &good).await;
+    say(&d, &sid, "add").await;
+    let evs = idle_with(&d, &sid, "end_turn").await;
+    let call = evs
+        .iter()
+        .find(|e| e["type"] == "agent.mcp_tool_use")
+        .unwrap();
+    assert_eq!(
+        (&call["name"], &call["mcp_server_name"]),
+        (&json!("add"), &json!("fake")),
+        "{call}"
+    );
+    let result = evs
+        .iter()
+        .find(|e| e["type"] == "agent.mcp_tool_result")
+        .unwrap();
+    assert_eq!(result["mcp_tool_use_id"], call["id"], "{result}");
+    assert_eq!(result["content"][0]["text"], "5", "{result}");
+    assert_eq!(result["is_error"], false, "{result}");
+    assert!(
+        evs.iter()
+            .any(|e| e["type"] == "agent.message" && e.to_string().contains("ran: 5"))
+    );
+
+    // Asking first (the MCP default): the call waits for the user.
+    let sid = session(&agent("always_ask").await, &good).await;
+    say(&d, &sid, "add").await;
+    let evs = idle_with(&d, &sid, "requires_action").await;
+    let call = evs
+        .iter()
+        .find(|e| e["type"] == "agent.mcp_tool_use")
+        .unwrap();
+    assert_eq!(call["evaluated_permission"], "ask", "{call}");
+    assert!(!evs.iter().any(|e| e["type"] == "agent.mcp_tool_result"));
+    let (s, v) = post(
+        &format!("/sessions/{sid}/events"),
+        json!({"events": [{"type": "user.tool_confirmation", "tool_use_id": call["id"], "result": "allow"}]}),
+    )
+    .await;
+    assert_eq!(s, 200, "{v}");
+    let evs = idle_with(&d, &sid, "end_turn").await;
+    assert!(
+        evs.iter()
+            .any(|e| e["type"] == "agent.mcp_tool_result" && e["content"][0]["text"] == "5")
+    );
+
+    // A wrong token: the session is told, the turn goes on without the
+    // server's tools.
+    let sid = session(&agent("always_allow").await, &bad).await;
+    say(&d, &sid, "add").await;
+    idle_with(&d, &sid, "end_turn").await;
+    let evs = events(&d, &sid).await;
+    let error = evs
+        .iter()
+        .find(|e| e["type"] == "session.error")
+        .expect("a session error");
+    assert_eq!(
+        error["error"]["type"], "mcp_authentication_failed_error",
+        "{error}"
+    );
+    assert_eq!(error["error"]["mcp_server_name"], "fake", "{error}");
+    assert!(!error.to_string().contains("sst-wrong-token"), "{error}");
+    assert!(!evs.iter().any(|e| e["type"] == "agent.mcp_tool_result"));
+}

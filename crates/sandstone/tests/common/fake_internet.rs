@@ -105,6 +105,35 @@ impl FakeInternet {
         ]);
     }
 
+    /// Starts the MCP server (tests/fake_internet/mcp_server.py, the `mcp`
+    /// SDK under `python`) on `port` of the server's address, accepting
+    /// [`FakeInternet::token`]; stopped when the guard drops.
+    pub fn mcp_server(&self, python: &str, port: u16) -> ChildGuard {
+        let script = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../tests/fake_internet/mcp_server.py"
+        );
+        let child = Command::new("ip")
+            .args(["netns", "exec", &self.ns, python, script, &self.server])
+            .arg(port.to_string())
+            .env("FAKE_TOKEN", &self.token)
+            .spawn()
+            .expect("start the MCP server");
+        let guard = ChildGuard(child);
+        let addr: std::net::SocketAddr = format!("{}:{port}", self.server).parse().unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while std::net::TcpStream::connect_timeout(&addr, std::time::Duration::from_millis(200))
+            .is_err()
+        {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the MCP server did not start"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        guard
+    }
+
     pub fn ca_pem(&self) -> std::path::PathBuf {
         self.dir.path().join("ca.pem")
     }
@@ -141,4 +170,14 @@ pub async fn default_daemon(net: &FakeInternet, template: &str) -> Daemon {
     d.serve_args = vec!["--dns-upstream".into(), format!("{}:53", net.server)];
     d.spawn().await;
     d
+}
+
+/// A process killed when dropped.
+pub struct ChildGuard(std::process::Child);
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
