@@ -24,6 +24,15 @@ pub struct Unservable {
     pub message: String,
 }
 
+/// What a `cloud` session's sandbox needs from the control plane.
+#[derive(Debug, Clone, Default)]
+pub struct SessionSetup {
+    /// The `environment_variable` credentials of the session's vaults.
+    pub secrets: Vec<SandboxSecret>,
+    /// The hosts of the agent's MCP servers (for `allow_mcp_servers`).
+    pub mcp_hosts: Vec<String>,
+}
+
 /// What serves `cloud` environments' sessions (the daemon's sandboxes).
 pub trait Executor: Send + Sync {
     /// The environment was created, changed, or found at start: the time to
@@ -31,14 +40,13 @@ pub trait Executor: Send + Sync {
     fn prepare(&self, env: &Environment);
     /// The environment was deleted (its items are stopped already).
     fn forget(&self, env: &str);
-    /// Serves a claimed and acknowledged item until it ends; `secrets`
-    /// are the `environment_variable` credentials of the session's vaults,
-    /// for its sandbox.
+    /// Serves a claimed and acknowledged item until it ends, its session's
+    /// sandbox set up with `setup`.
     fn serve(
         &self,
         env: Environment,
         item: WorkItem,
-        secrets: Vec<SandboxSecret>,
+        setup: SessionSetup,
     ) -> BoxFuture<'static, Result<(), Unservable>>;
 }
 
@@ -111,8 +119,8 @@ impl Agents {
             let (agents, executor, environment) =
                 (self.clone(), executor.clone(), environment.clone());
             tokio::spawn(async move {
-                let served = match agents.session_secrets(&item.data.id).await {
-                    Ok(secrets) => executor.serve(environment, item.clone(), secrets).await,
+                let served = match agents.session_setup(&item.data.id).await {
+                    Ok(setup) => executor.serve(environment, item.clone(), setup).await,
                     Err(e) => Err(Unservable {
                         message: e.to_string(),
                     }),
@@ -124,10 +132,19 @@ impl Agents {
         }
     }
 
-    async fn session_secrets(&self, session: &str) -> crate::error::ApiResult<Vec<SandboxSecret>> {
+    async fn session_setup(&self, session: &str) -> crate::error::ApiResult<SessionSetup> {
         self.sessions.ensure(session).await?;
-        let vaults = self.sessions.session(session)?.vault_ids;
-        self.vaults.sandbox_secrets(&vaults).await
+        let doc = self.sessions.session(session)?;
+        let mcp_hosts = doc
+            .agent
+            .mcp_servers
+            .iter()
+            .filter_map(|s| Some(reqwest::Url::parse(&s.url).ok()?.host_str()?.to_string()))
+            .collect();
+        Ok(SessionSetup {
+            secrets: self.vaults.sandbox_secrets(&doc.vault_ids).await?,
+            mcp_hosts,
+        })
     }
 
     /// Tells the session why it cannot be served and lets its item go (the

@@ -60,7 +60,7 @@ mod validate;
 pub mod vaults;
 mod work;
 
-pub use cloud::{Executor, Unservable};
+pub use cloud::{Executor, SessionSetup, Unservable};
 pub use http::router;
 
 use error::{ApiError, ApiResult};

@@ -14,8 +14,8 @@
 //!   registries (the egress presets), every denial audited.
 
 use crate::lifecycle::{BuildSpec, Lifecycle};
-use sandstone_agents::vaults::{self, SandboxSecret};
-use sandstone_agents::{Agents, Executor, Unservable};
+use sandstone_agents::vaults;
+use sandstone_agents::{Agents, Executor, SessionSetup, Unservable};
 use sandstone_agents_api::{
     BuildStatus, CloudConfig, CredentialNetworking, Environment, Networking, Packages,
     PackagesBuild, WorkItem,
@@ -298,7 +298,7 @@ impl Executor for Cloud {
         &self,
         env: Environment,
         item: WorkItem,
-        secrets: Vec<SandboxSecret>,
+        setup: SessionSetup,
     ) -> futures_util::future::BoxFuture<'static, Result<(), Unservable>> {
         let me = self.me.upgrade();
         Box::pin(async move {
@@ -307,7 +307,7 @@ impl Executor for Cloud {
             let mut item = Item::from_poll(&item)
                 .ok_or_else(|| unservable(format!("work {} has no usable id", item.id)))?;
             if let Some(cloud) = env.config.cloud() {
-                item.extras = extras(&secrets, &cloud.networking);
+                item.extras = extras(&setup, &cloud.networking);
             }
             match worker.handle(item).await {
                 sandstone_worker::item::Outcome::Failed(e) => Err(unservable(e.to_string())),
@@ -363,15 +363,21 @@ fn sandstonefile(base: &str, packages: &Packages) -> String {
     text
 }
 
-/// A session's vault `environment_variable` credentials as its sandbox's
-/// additions: each variable holds the credential's placeholder, which the
-/// egress proxy replaces with the value (resolved as the source
+/// A session's additions to its sandbox. Its vault `environment_variable`
+/// credentials: each variable holds the credential's placeholder, which
+/// the egress proxy replaces with the value (resolved as the source
 /// `vault:<id>` on each request) on the credential's hosts: its
 /// `allowed_hosts`, or for `unrestricted`, wherever the environment lets
-/// the sandbox go.
-pub fn extras(secrets: &[SandboxSecret], networking: &Networking) -> SessionExtras {
+/// the sandbox go. And with `allow_mcp_servers`, its agent's MCP servers'
+/// hosts are allowed.
+pub fn extras(setup: &SessionSetup, networking: &Networking) -> SessionExtras {
     let mut out = SessionExtras::default();
-    for s in secrets {
+    if let Networking::Limited(l) = networking
+        && l.allow_mcp_servers
+    {
+        out.allowed_hosts = setup.mcp_hosts.clone();
+    }
+    for s in &setup.secrets {
         let v = &s.variable;
         let hosts = match (&v.networking, networking) {
             (CredentialNetworking::Limited { allowed_hosts }, _) => allowed_hosts.clone(),

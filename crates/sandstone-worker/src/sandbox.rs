@@ -39,6 +39,8 @@ pub struct SessionExtras {
     pub credential_bindings: Vec<Value>,
     /// Sandbox0 `egress.credentialRules`, appended to the policy's.
     pub credential_rules: Vec<Value>,
+    /// Hosts (names or addresses) the policy allows besides its own.
+    pub allowed_hosts: Vec<String>,
 }
 
 /// A session's sandbox, ready for tool calls.
@@ -97,14 +99,26 @@ impl SessionSandboxes {
 
     fn config(&self, session: &str, extras: &SessionExtras) -> SandboxConfig {
         let mut network = self.network.clone();
-        if !extras.credential_bindings.is_empty() {
+        if !extras.credential_bindings.is_empty() || !extras.allowed_hosts.is_empty() {
             // The daemon's default (`block-all`) is spelled out to add to.
             let n = network.get_or_insert_with(|| serde_json::json!({"mode": "block-all"}));
             append(&mut n["credentialBindings"], &extras.credential_bindings);
-            append(
-                &mut n["egress"]["credentialRules"],
-                &extras.credential_rules,
-            );
+            let egress = &mut n["egress"];
+            append(&mut egress["credentialRules"], &extras.credential_rules);
+            if !extras.allowed_hosts.is_empty() {
+                let (ips, names): (Vec<&String>, Vec<&String>) = extras
+                    .allowed_hosts
+                    .iter()
+                    .partition(|h| h.parse::<std::net::IpAddr>().is_ok());
+                let mut rule = serde_json::json!({"name": "session-hosts", "action": "allow"});
+                if !names.is_empty() {
+                    rule["domains"] = serde_json::json!(names);
+                }
+                if !ips.is_empty() {
+                    rule["cidrs"] = serde_json::json!(ips);
+                }
+                append(&mut egress["trafficRules"], &[rule]);
+            }
         }
         let metadata = BTreeMap::from([
             (SESSION_LABEL.to_string(), session.to_string()),
@@ -139,5 +153,37 @@ fn append(slot: &mut Value, items: &[Value]) {
     }
     if let Value::Array(a) = slot {
         a.extend(items.iter().cloned());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_sessions_extras_are_added_to_the_environments_policy() {
+        let s = SessionSandboxes {
+            client: Client::new("http://127.0.0.1:9", "t"),
+            template: "t".into(),
+            network: Some(serde_json::json!({"mode": "block-all", "egress": {"trafficRules": []}})),
+            environment: "env".into(),
+        };
+        let extras = SessionExtras {
+            env_vars: BTreeMap::from([("K".to_string(), "PLACEHOLDER".to_string())]),
+            credential_bindings: vec![serde_json::json!({"ref": "a"})],
+            credential_rules: vec![serde_json::json!({"credentialRef": "a"})],
+            allowed_hosts: vec!["127.0.0.1".into(), "mcp.example.com".into()],
+        };
+        let c = s.config("sesn", &extras);
+        let n = c.network.unwrap();
+        assert_eq!(c.env_vars["K"], "PLACEHOLDER");
+        assert_eq!(n["credentialBindings"][0]["ref"], "a");
+        assert_eq!(n["egress"]["credentialRules"][0]["credentialRef"], "a");
+        let rule = &n["egress"]["trafficRules"][0];
+        assert_eq!(rule["cidrs"][0], "127.0.0.1");
+        assert_eq!(rule["domains"][0], "mcp.example.com");
+        // None: the environment's policy alone.
+        let plain = s.config("sesn", &SessionExtras::default());
+        assert_eq!(plain.network, s.network);
     }
 }

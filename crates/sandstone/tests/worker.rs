@@ -1391,4 +1391,60 @@ async fn a_cloud_session_runs_in_the_daemon_with_no_worker() {
     let (_, v) = d.get(&format!("/api/v1/sandboxes/{sb}/network")).await;
     assert_eq!(v["data"]["mode"], "block-all", "{v}");
     assert!(v.to_string().contains("api.example.com"), "{v}");
+
+    // allow_mcp_servers: the agent's MCP server hosts are allowed too. One
+    // that cannot be reached is reported, and the turn goes on.
+    let (s, mcp_env, _) = v1(
+        &d,
+        &d.token,
+        Method::POST,
+        "/environments",
+        Some(json!({"name": "cloud-mcp", "config": {"type": "cloud",
+            "networking": {"type": "limited", "allowed_hosts": [], "allow_mcp_servers": true}}})),
+    )
+    .await;
+    assert_eq!(s, 200, "{mcp_env}");
+    let (s, agent, _) = v1(
+        &d,
+        &d.token,
+        Method::POST,
+        "/agents",
+        Some(json!({"name": "mcp", "model": "scripted-worker_turn",
+            "mcp_servers": [{"type": "url", "name": "gone", "url": "http://127.0.0.1:9/mcp"}],
+            "tools": [toolset()[0].clone(), {"type": "mcp_toolset", "mcp_server_name": "gone"}]})),
+    )
+    .await;
+    assert_eq!(s, 200, "{agent}");
+    let (s, session, _) = v1(
+        &d,
+        &d.token,
+        Method::POST,
+        "/sessions",
+        Some(json!({"agent": agent["id"], "environment_id": mcp_env["id"]})),
+    )
+    .await;
+    assert_eq!(s, 200, "{session}");
+    let sid = session["id"].as_str().unwrap();
+    say(&d, sid, "first").await;
+    let evs = idle_with(&d, sid, "end_turn").await;
+    let error = evs
+        .iter()
+        .find(|e| e["type"] == "session.error")
+        .expect("an MCP error");
+    assert_eq!(
+        error["error"]["type"], "mcp_connection_failed_error",
+        "{error}"
+    );
+    assert_eq!(error["error"]["mcp_server_name"], "gone", "{error}");
+    assert_eq!(
+        tool_results(&evs),
+        [("bash".to_string(), "one".to_string(), false)]
+    );
+    let sandboxes = session_sandboxes(&d, sid).await;
+    let sb = sandboxes[0]["id"].as_str().unwrap();
+    let (_, v) = d.get(&format!("/api/v1/sandboxes/{sb}/network")).await;
+    assert!(
+        v.to_string().contains("127.0.0.1"),
+        "the MCP host is allowed: {v}"
+    );
 }
