@@ -5,16 +5,19 @@ test CA of their own, written to $FAKE_TLS_DIR/ca.pem for the daemon to
 trust). Paths:
   /                     "hello from <Host>"
   .../auth              whether the request carried $FAKE_TOKEN (Bearer
-                        Authorization or X-Api-Key; a POST, in its body too);
+                        or x-access-token Basic Authorization, or X-Api-Key;
+                        a POST, in its body too);
                         never echoes the token
   /redirect?to=URL      302 to URL
   /bulk?mib=N           N MiB of zeros
-  git.test/repo.git/    a smart-HTTP git repository needing the token
+  git.test/repo.git/    a smart-HTTP git repository needing the token (any
+                        other git.test/*.git: 404, as GitHub's missing ones)
   pypi.org/simple/sandstone-demo/ and files.pythonhosted.org/packages/...
                         a package index serving one pure-Python wheel
 
 usage: servers.py <dns-ip> <http-ip> [<http-ip> ...]  (names map to argv[2])
 """
+import base64
 import os
 import socket
 import ssl
@@ -113,8 +116,11 @@ class Hello(BaseHTTPRequestHandler):
         self.wfile.write(body)
 
     def authorized(self):
+        # GitHub's ways: a bearer token, or HTTP Basic with the token as
+        # the password of x-access-token (git's own).
+        basic = "Basic " + base64.b64encode(("x-access-token:" + TOKEN).encode()).decode()
         return TOKEN and (
-            self.headers.get("Authorization") == "Bearer " + TOKEN
+            self.headers.get("Authorization") in ("Bearer " + TOKEN, basic)
             or self.headers.get("X-Api-Key") == TOKEN
         )
 
@@ -124,6 +130,9 @@ class Hello(BaseHTTPRequestHandler):
         host = self.headers.get("Host", "?")
         if host.startswith("git.test") and url.path.startswith("/repo.git/"):
             return self.git()
+        if host.startswith("git.test") and ".git/" in url.path:
+            # As GitHub answers for a repository that does not exist.
+            return self.reply(404, b"Repository not found.\n")
         if url.path.endswith("/auth"):
             if self.authorized():
                 return self.reply(200, b"authorized\n")

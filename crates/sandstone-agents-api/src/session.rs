@@ -115,11 +115,17 @@ closed_enum!(
     }
 );
 
-/// Something attached to a session; here, memory stores. A request names
-/// the store (`memory_store_id`, `access`, `instructions`); the session
-/// shows it resolved (`name`, `description`, `mount_path`).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// Something attached to a session: a memory store, or (in a `cloud`
+/// environment) a GitHub repository. A request names the store
+/// (`memory_store_id`, `access`, `instructions`) or the repository (`url`,
+/// `checkout`, `mount_path`, and an `authorization_token` that is never
+/// shown again); the session shows it resolved (a store's `name`,
+/// `description`, `mount_path`; a repository's `id` and times).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct SessionResource {
+    /// `sesrsc_…`: repository and file resources have one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
     #[serde(rename = "type")]
     pub kind: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -134,16 +140,40 @@ pub struct SessionResource {
     pub instructions: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mount_path: Option<String>,
+    /// A `github_repository`'s clone URL.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checkout: Option<Checkout>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub created_at: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub updated_at: Option<String>,
     #[serde(flatten)]
     pub extra: Extra,
 }
 
 impl SessionResource {
     pub const MEMORY_STORE: &'static str = "memory_store";
+    pub const GITHUB_REPOSITORY: &'static str = "github_repository";
 
     pub fn is_memory_store(&self) -> bool {
         self.kind == Self::MEMORY_STORE
     }
+
+    pub fn is_repository(&self) -> bool {
+        self.kind == Self::GITHUB_REPOSITORY
+    }
+}
+
+/// What a repository resource checks out (its default branch when none).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Checkout {
+    Branch { name: String },
+    Commit { sha: String },
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]

@@ -22,6 +22,21 @@ use std::sync::Arc;
 #[error("{message}")]
 pub struct Unservable {
     pub message: String,
+    /// The error's `type`: `unknown_error` unless the API has one for it
+    /// (`repository_not_found_error`, …).
+    pub kind: &'static str,
+    /// For a repository error, the repository.
+    pub repository_url: Option<String>,
+}
+
+impl Unservable {
+    pub fn new(message: String) -> Unservable {
+        Unservable {
+            message,
+            kind: "unknown_error",
+            repository_url: None,
+        }
+    }
 }
 
 /// What a `cloud` session's sandbox needs from the control plane.
@@ -31,6 +46,22 @@ pub struct SessionSetup {
     pub secrets: Vec<SandboxSecret>,
     /// The hosts of the agent's MCP servers (for `allow_mcp_servers`).
     pub mcp_hosts: Vec<String>,
+    /// The session's `github_repository` resources.
+    pub repositories: Vec<Repository>,
+}
+
+/// A repository to clone into the session's sandbox.
+#[derive(Debug, Clone)]
+pub struct Repository {
+    pub resource_id: String,
+    pub url: String,
+    /// The URL's host and scheme (`https` or `http`).
+    pub host: String,
+    pub scheme: String,
+    pub mount_path: String,
+    pub checkout: Option<sandstone_agents_api::Checkout>,
+    /// Whether it has a token (source `resource:<resource_id>`).
+    pub authenticated: bool,
 }
 
 /// What serves `cloud` environments' sessions (the daemon's sandboxes).
@@ -121,9 +152,7 @@ impl Agents {
             tokio::spawn(async move {
                 let served = match agents.session_setup(&item.data.id).await {
                     Ok(setup) => executor.serve(environment, item.clone(), setup).await,
-                    Err(e) => Err(Unservable {
-                        message: e.to_string(),
-                    }),
+                    Err(e) => Err(Unservable::new(e.to_string())),
                 };
                 if let Err(e) = served {
                     agents.unservable(&item, e).await;
@@ -141,9 +170,29 @@ impl Agents {
             .iter()
             .filter_map(|s| Some(reqwest::Url::parse(&s.url).ok()?.host_str()?.to_string()))
             .collect();
+        let mut repositories = Vec::new();
+        for r in doc.resources.iter().filter(|r| r.is_repository()) {
+            let id = r.id.clone().unwrap_or_default();
+            let url = r.url.clone().unwrap_or_default();
+            let parsed = reqwest::Url::parse(&url).ok();
+            repositories.push(Repository {
+                host: parsed
+                    .as_ref()
+                    .and_then(|u| u.host_str())
+                    .unwrap_or_default()
+                    .to_string(),
+                scheme: parsed.as_ref().map_or("https", |u| u.scheme()).to_string(),
+                authenticated: self.vaults.has_resource_token(&id).await?,
+                resource_id: id,
+                url,
+                mount_path: r.mount_path.clone().unwrap_or_default(),
+                checkout: r.checkout.clone(),
+            });
+        }
         Ok(SessionSetup {
             secrets: self.vaults.sandbox_secrets(&doc.vault_ids).await?,
             mcp_hosts,
+            repositories,
         })
     }
 
@@ -152,8 +201,11 @@ impl Agents {
     async fn unservable(&self, item: &WorkItem, e: Unservable) {
         let session = &item.data.id;
         tracing::warn!(work = %item.id, session = %session, error = %e, "cloud session not served");
-        let error = json!({"type": "session.error", "error": {
-            "type": "unknown_error", "message": e.message, "retry_status": {"type": "terminal"}}});
+        let mut error = json!({"type": "session.error", "error": {
+            "type": e.kind, "message": e.message, "retry_status": {"type": "terminal"}}});
+        if let Some(url) = e.repository_url {
+            error["error"]["repository_url"] = json!(url);
+        }
         if let Err(e) = self.sessions.emit(session, error).await {
             tracing::warn!(session = %session, error = %e, "reporting a cloud session's failure");
         }

@@ -53,6 +53,7 @@ mod memory;
 mod model;
 mod notify;
 mod registry;
+mod resources;
 mod sessions;
 mod skills;
 mod turn;
@@ -60,7 +61,7 @@ mod validate;
 pub mod vaults;
 mod work;
 
-pub use cloud::{Executor, SessionSetup, Unservable};
+pub use cloud::{Executor, Repository, SessionSetup, Unservable};
 pub use http::router;
 
 use error::{ApiError, ApiResult};

@@ -425,46 +425,32 @@ impl Memories {
     }
 
     /// Resolves a session's `resources` (memory stores only here).
-    pub(crate) fn session_resources(&self, v: &Value) -> ApiResult<Value> {
-        let list = match v {
-            Value::Null => return Ok(json!([])),
-            Value::Array(l) => l,
-            _ => return Err(ApiError::invalid("resources: an array")),
-        };
-        let resolved = list
-            .iter()
-            .enumerate()
-            .map(|(i, r)| {
-                let at = format!("resources[{i}]");
-                let r: SessionResource = sandstone_agents_api::from_value(r.clone())
-                    .map_err(|e| ApiError::invalid(format!("{at}.{e}")))?;
-                if !r.is_memory_store() {
-                    return Err(ApiError::invalid(format!(
-                        "{at}.type: self_hosted environments take memory_store resources only"
-                    )));
-                }
-                let id = r.memory_store_id.unwrap_or_default();
-                let store = self.store(&id).map_err(|_| {
-                    ApiError::invalid(format!("{at}.memory_store_id: {id} does not exist"))
-                })?;
-                if store.archived_at.is_some() {
-                    return Err(ApiError::invalid(format!(
-                        "{at}.memory_store_id: {id} is archived"
-                    )));
-                }
-                Ok(SessionResource {
-                    kind: r.kind,
-                    memory_store_id: Some(id),
-                    access: Some(r.access.unwrap_or(Access::ReadWrite)),
-                    mount_path: Some(mount_path(&store.name)),
-                    name: Some(store.name),
-                    description: Some(store.description),
-                    instructions: Some(r.instructions.unwrap_or_default()),
-                    extra: Extra::new(),
-                })
-            })
-            .collect::<ApiResult<Vec<_>>>()?;
-        Ok(json!(resolved))
+    /// A `memory_store` resource of a new session, resolved (`at` names
+    /// it in errors).
+    pub(crate) fn session_resource(
+        &self,
+        r: SessionResource,
+        at: &str,
+    ) -> ApiResult<SessionResource> {
+        let id = r.memory_store_id.unwrap_or_default();
+        let store = self
+            .store(&id)
+            .map_err(|_| ApiError::invalid(format!("{at}.memory_store_id: {id} does not exist")))?;
+        if store.archived_at.is_some() {
+            return Err(ApiError::invalid(format!(
+                "{at}.memory_store_id: {id} is archived"
+            )));
+        }
+        Ok(SessionResource {
+            kind: r.kind,
+            memory_store_id: Some(id),
+            access: Some(r.access.unwrap_or(Access::ReadWrite)),
+            mount_path: Some(mount_path(&store.name)),
+            name: Some(store.name),
+            description: Some(store.description),
+            instructions: Some(r.instructions.unwrap_or_default()),
+            ..SessionResource::default()
+        })
     }
 }
 

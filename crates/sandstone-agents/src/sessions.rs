@@ -465,7 +465,7 @@ impl Agents {
             .fresh(AGENT, &format!("{agent_id}@1"), |r| r.agent(agent_id, None))
             .await;
         let agent = self.session_agent(&body["agent"])?;
-        let resources = self.memory.session_resources(&body["resources"])?;
+        let new = self.session_resources(&body["resources"], env.config.cloud().is_some())?;
         let vault_ids = list_field(body, "vault_ids")?;
         let vault_ids: Vec<String> = serde_json::from_value(vault_ids)
             .map_err(|_| ApiError::invalid("vault_ids: an array of vault ids"))?;
@@ -474,7 +474,7 @@ impl Agents {
         let id = new_id("sesn");
         let doc = json!({
             "type": "session", "id": id, "status": SessionStatus::Idle, "agent": agent,
-            "environment_id": env_id, "resources": resources,
+            "environment_id": env_id, "resources": new.resources,
             "vault_ids": vault_ids,
             "metadata": merge_metadata(&json!({}), &body["metadata"], "metadata")?,
             "title": opt_string(body, "title", 512)?,
@@ -486,10 +486,20 @@ impl Agents {
         let doc: SessionDoc = typed(doc)?;
         let initial = crate::events::validate_all(&body["initial_events"], "initial_events", true)?;
         self.sessions.insert(&id, doc).await?;
-        if let Err(e) = self.queue_work(&env_id, &id).await {
+        let mut queued = Ok(());
+        for (resource, token) in &new.tokens {
+            queued = queued.and(self.vaults.seal_resource_token(&id, resource, token).await);
+        }
+        if let Err(e) = match queued {
+            Ok(()) => self.queue_work(&env_id, &id).await,
+            e => e,
+        } {
             // A session nobody would ever serve is not left behind.
             self.sessions.state().remove(&id);
             let _ = self.sessions.store.delete_doc(SESSION, &id).await;
+            for (resource, _) in &new.tokens {
+                let _ = self.vaults.forget_resource_token(resource).await;
+            }
             return Err(e);
         }
         if !initial.is_empty() {
@@ -639,6 +649,13 @@ impl Agents {
 
     pub(crate) async fn delete_session(&self, id: &str) -> ApiResult<Deleted> {
         self.sessions.not_running(id, "deleting")?;
+        let gone_resources: Vec<String> = self
+            .sessions
+            .session(id)?
+            .resources
+            .into_iter()
+            .filter_map(|r| r.id)
+            .collect();
         self.queue.stop_session(id, true).await?;
         // Gone from the store first: if that fails the session is still
         // whole, in memory and on disk.
@@ -649,6 +666,9 @@ impl Agents {
             let _ = s.live.send(deleted_event());
         }
         self.mcp.forget(id);
+        for r in gone_resources {
+            self.vaults.forget_resource_token(&r).await?;
+        }
         Ok(Deleted {
             id: id.to_string(),
             kind: "session_deleted".into(),

@@ -30,8 +30,15 @@ use std::sync::Arc;
 
 pub const VAULT: &str = "vault";
 pub const CREDENTIAL: &str = "vault_credential";
-/// The egress proxy's name for a vault credential as a credential source.
+/// A session repository's sealed `authorization_token`.
+pub const RESOURCE_TOKEN: &str = "resource_token";
+/// The egress proxy's name for a vault credential as a credential source
+/// (`vault:<credential id>`, its value the key `value`).
 pub const SOURCE_PREFIX: &str = "vault:";
+/// The egress proxy's name for a session repository's token
+/// (`resource:<resource id>`: keys `token`, and `basic`, the HTTP Basic
+/// credentials `x-access-token:<token>` GitHub takes for git).
+pub const RESOURCE_SOURCE_PREFIX: &str = "resource:";
 /// Secrets longer than this are refused (a JWT is a few KiB).
 const MAX_SECRET: usize = 16 * 1024;
 
@@ -81,9 +88,48 @@ pub enum ResolveError {
     Store(#[from] sandstone_db::Error),
 }
 
-/// The current value of credential `id` for the egress proxy: read and
-/// opened on every call, so an archive or a rotation applies at once.
+/// A repository token as stored.
+#[derive(Serialize, Deserialize)]
+struct StoredToken {
+    id: String,
+    session: String,
+    sealed: String,
+}
+
+/// Whether credential source `source` is one of the control plane's.
+pub fn owns(source: &str) -> bool {
+    source.starts_with(SOURCE_PREFIX) || source.starts_with(RESOURCE_SOURCE_PREFIX)
+}
+
+/// The values of one of the control plane's credential sources ([`owns`])
+/// for the egress proxy: read and opened on every call, so an archive, a
+/// rotation or a removal applies at once.
 pub async fn resolve(
+    store: &dyn AgentsStore,
+    sealer: &Sealer,
+    source: &str,
+) -> Result<std::collections::BTreeMap<String, String>, ResolveError> {
+    if let Some(id) = source.strip_prefix(RESOURCE_SOURCE_PREFIX) {
+        let stored: StoredToken = store
+            .get_doc(RESOURCE_TOKEN, id)
+            .await?
+            .and_then(|v| serde_json::from_value(v).ok())
+            .ok_or_else(|| ResolveError::Missing(id.to_string()))?;
+        let token = B64
+            .decode(&stored.sealed)
+            .ok()
+            .and_then(|s| sealer.open(&s))
+            .and_then(|p| String::from_utf8(p).ok())
+            .ok_or_else(|| ResolveError::Sealed(id.to_string()))?;
+        let basic = B64.encode(format!("x-access-token:{token}"));
+        return Ok([("token".to_string(), token), ("basic".to_string(), basic)].into());
+    }
+    let id = source.strip_prefix(SOURCE_PREFIX).unwrap_or(source);
+    let value = credential_value(store, sealer, id).await?;
+    Ok([("value".to_string(), value.expose().to_string())].into())
+}
+
+async fn credential_value(
     store: &dyn AgentsStore,
     sealer: &Sealer,
     id: &str,
@@ -646,6 +692,30 @@ impl Vaults {
             id: id.to_string(),
             kind: "vault_credential_deleted".into(),
         })
+    }
+
+    /// Seals a session repository's token (resource `id`).
+    pub(crate) async fn seal_resource_token(
+        &self,
+        session: &str,
+        id: &str,
+        token: &str,
+    ) -> ApiResult<()> {
+        let doc = StoredToken {
+            id: id.to_string(),
+            session: session.to_string(),
+            sealed: B64.encode(self.sealer.seal(token.as_bytes())),
+        };
+        Ok(self.store.put_doc(RESOURCE_TOKEN, id, &json!(doc)).await?)
+    }
+
+    /// Whether resource `id` has a token.
+    pub(crate) async fn has_resource_token(&self, id: &str) -> ApiResult<bool> {
+        Ok(self.store.get_doc(RESOURCE_TOKEN, id).await?.is_some())
+    }
+
+    pub(crate) async fn forget_resource_token(&self, id: &str) -> ApiResult<()> {
+        Ok(self.store.delete_doc(RESOURCE_TOKEN, id).await?)
     }
 
     /// A new session's `vault_ids`: each must name a live vault.

@@ -23,8 +23,8 @@ use sandstone_agents_api::{
 use sandstone_api::{BuildEvent, Secret};
 use sandstone_egress::credentials::ANY_HOST;
 use sandstone_worker::Worker;
-use sandstone_worker::item::Item;
-use sandstone_worker::sandbox::SessionExtras;
+use sandstone_worker::item::{Item, ItemError};
+use sandstone_worker::sandbox::{self as session_sandbox, SessionExtras};
 use sha2::Digest;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, Weak};
@@ -251,7 +251,7 @@ impl Cloud {
 }
 
 fn unservable(message: String) -> Unservable {
-    Unservable { message }
+    Unservable::new(message)
 }
 
 /// Keeps the last `n` bytes of `s` (from a character boundary).
@@ -310,6 +310,13 @@ impl Executor for Cloud {
                 item.extras = extras(&setup, &cloud.networking);
             }
             match worker.handle(item).await {
+                sandstone_worker::item::Outcome::Failed(ItemError::Repository(r)) => {
+                    Err(Unservable {
+                        message: r.to_string(),
+                        kind: r.kind,
+                        repository_url: Some(r.url),
+                    })
+                }
                 sandstone_worker::item::Outcome::Failed(e) => Err(unservable(e.to_string())),
                 _ => Ok(()),
             }
@@ -372,10 +379,36 @@ fn sandstonefile(base: &str, packages: &Packages) -> String {
 /// hosts are allowed.
 pub fn extras(setup: &SessionSetup, networking: &Networking) -> SessionExtras {
     let mut out = SessionExtras::default();
+    let limited = matches!(networking, Networking::Limited(_));
     if let Networking::Limited(l) = networking
         && l.allow_mcp_servers
     {
         out.allowed_hosts = setup.mcp_hosts.clone();
+    }
+    // Repositories: cloned from their host, reachable for the clone (and
+    // later fetches), their token added by the proxy as GitHub takes it.
+    for r in &setup.repositories {
+        let host = r.host.clone();
+        if limited {
+            out.allowed_hosts.push(host.clone());
+        }
+        if r.authenticated {
+            out.credential_bindings.push(serde_json::json!({
+                "ref": r.resource_id,
+                "sourceRef": format!("{}{}", vaults::RESOURCE_SOURCE_PREFIX, r.resource_id),
+                "projection": {"type": "http_headers", "httpHeaders": {"headers": [
+                    {"name": "Authorization", "valueTemplate": "Basic {{ .basic }}"}]}},
+            }));
+            out.credential_rules.push(serde_json::json!({
+                "name": format!("repository-{}", r.resource_id),
+                "credentialRef": r.resource_id, "protocol": r.scheme, "domains": [host],
+            }));
+        }
+        out.repositories.push(session_sandbox::Repository {
+            url: r.url.clone(),
+            path: r.mount_path.clone(),
+            checkout: r.checkout.clone(),
+        });
     }
     for s in &setup.secrets {
         let v = &s.variable;

@@ -35,6 +35,8 @@ pub enum ItemError {
     Session(#[source] CmaError),
     #[error("sandbox: {0}")]
     Sandbox(#[source] sandstone_client::Error),
+    #[error("repository {0}")]
+    Repository(#[source] crate::sandbox::RepositoryError),
     #[error("memory: {0}")]
     Memory(#[source] MemoryError),
 }
@@ -158,7 +160,12 @@ impl Worker {
         }
         let sandbox = match self.sandboxes.acquire(&item.session, &item.extras).await {
             Ok(s) => s,
-            Err(e) => return Outcome::Failed(ItemError::Sandbox(e)),
+            Err(crate::sandbox::AcquireError::Sandbox(e)) => {
+                return Outcome::Failed(ItemError::Sandbox(e));
+            }
+            Err(crate::sandbox::AcquireError::Repository(e)) => {
+                return Outcome::Failed(ItemError::Repository(e));
+            }
         };
         self.metrics.item_sandbox(&item.id, &sandbox.id);
         tracing::info!(work = %item.id, session = %item.session, sandbox = %sandbox.id,

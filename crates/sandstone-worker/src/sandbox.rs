@@ -3,6 +3,7 @@
 //! item of a session claims a sandbox, later items resume the same one, and
 //! every item ends by pausing it (compute released, files kept).
 
+use sandstone_agents_api::Checkout;
 use sandstone_api::{SandboxConfig, SandboxSummary};
 use sandstone_client::Client;
 use serde_json::Value;
@@ -41,6 +42,57 @@ pub struct SessionExtras {
     pub credential_rules: Vec<Value>,
     /// Hosts (names or addresses) the policy allows besides its own.
     pub allowed_hosts: Vec<String>,
+    /// Repositories cloned into a sandbox this item makes.
+    pub repositories: Vec<Repository>,
+}
+
+/// A repository to clone (through the egress proxy, which adds its token).
+#[derive(Debug, Clone)]
+pub struct Repository {
+    pub url: String,
+    pub path: String,
+    pub checkout: Option<Checkout>,
+}
+
+/// Why a repository could not be cloned: the session error the API
+/// defines for it, and git's own words.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{url}: {message}")]
+pub struct RepositoryError {
+    /// `repository_authentication_error`, `…_forbidden_error`,
+    /// `…_not_found_error`, `…_checkout_error` or `…_clone_error`.
+    pub kind: &'static str,
+    pub url: String,
+    pub message: String,
+}
+
+/// Why a session's sandbox is not ready.
+#[derive(Debug, thiserror::Error)]
+pub enum AcquireError {
+    #[error(transparent)]
+    Sandbox(#[from] sandstone_client::Error),
+    #[error("cloning {0}")]
+    Repository(RepositoryError),
+}
+
+/// The API's error for git's failure to clone (`checkout`: the step was
+/// the checkout of a commit).
+fn classify(stderr: &str, checkout: bool) -> &'static str {
+    let s = stderr.to_ascii_lowercase();
+    if checkout || (s.contains("remote branch") && s.contains("not found")) {
+        "repository_checkout_error"
+    } else if s.contains("authentication failed")
+        || s.contains("could not read username")
+        || s.contains(" 401")
+    {
+        "repository_authentication_error"
+    } else if s.contains(" 403") {
+        "repository_forbidden_error"
+    } else if s.contains("not found") || s.contains(" 404") {
+        "repository_not_found_error"
+    } else {
+        "repository_clone_error"
+    }
 }
 
 /// A session's sandbox, ready for tool calls.
@@ -57,7 +109,7 @@ impl SessionSandboxes {
         &self,
         session: &str,
         extras: &SessionExtras,
-    ) -> Result<Acquired, sandstone_client::Error> {
+    ) -> Result<Acquired, AcquireError> {
         if let Some(found) = self.find(session).await? {
             if !found.paused {
                 // Only a worker that died mid-item leaves it running: end
@@ -84,9 +136,54 @@ impl SessionSandboxes {
         if let Some(e) = made.into_iter().find_map(Result::err) {
             // Not labelled as the session's half-made: nothing in it yet.
             let _ = self.client.delete(&id).await;
-            return Err(e);
+            return Err(e.into());
+        }
+        for r in &extras.repositories {
+            if let Err(e) = self.clone_into(&id, r).await {
+                // Gone, so the next item starts over rather than find a
+                // sandbox without its repositories.
+                let _ = self.client.delete(&id).await;
+                return Err(e);
+            }
         }
         Ok(Acquired { id, resumed: false })
+    }
+
+    /// Clones `r` in sandbox `id` and checks out what it asks for.
+    async fn clone_into(&self, id: &str, r: &Repository) -> Result<(), AcquireError> {
+        let mut clone: Vec<String> = ["env", "GIT_TERMINAL_PROMPT=0", "git", "clone", "--quiet"]
+            .map(String::from)
+            .into();
+        if let Some(Checkout::Branch { name }) = &r.checkout {
+            clone.extend(["--branch".into(), name.clone()]);
+        }
+        clone.extend(["--".into(), r.url.clone(), r.path.clone()]);
+        self.git(id, r, &clone, false).await?;
+        if let Some(Checkout::Commit { sha }) = &r.checkout {
+            let checkout =
+                ["git", "-C", &r.path, "checkout", "--quiet", "--detach", sha].map(String::from);
+            self.git(id, r, &checkout, true).await?;
+        }
+        Ok(())
+    }
+
+    async fn git(
+        &self,
+        id: &str,
+        r: &Repository,
+        argv: &[String],
+        checkout: bool,
+    ) -> Result<(), AcquireError> {
+        let out = self.client.run(id, argv, None, Some(600)).await?;
+        if out.exit_code == Some(0) {
+            return Ok(());
+        }
+        let stderr = out.stderr.or(out.stdout).unwrap_or_default();
+        Err(AcquireError::Repository(RepositoryError {
+            kind: classify(&stderr, checkout),
+            url: r.url.clone(),
+            message: stderr.trim().chars().take(2000).collect(),
+        }))
     }
 
     pub async fn find(
@@ -173,6 +270,7 @@ mod tests {
             credential_bindings: vec![serde_json::json!({"ref": "a"})],
             credential_rules: vec![serde_json::json!({"credentialRef": "a"})],
             allowed_hosts: vec!["127.0.0.1".into(), "mcp.example.com".into()],
+            repositories: Vec::new(),
         };
         let c = s.config("sesn", &extras);
         let n = c.network.unwrap();
@@ -182,6 +280,29 @@ mod tests {
         let rule = &n["egress"]["trafficRules"][0];
         assert_eq!(rule["cidrs"][0], "127.0.0.1");
         assert_eq!(rule["domains"][0], "mcp.example.com");
+        assert_eq!(
+            classify("fatal: Authentication failed for 'https://x/'", false),
+            "repository_authentication_error"
+        );
+        assert_eq!(
+            classify("fatal: repository 'https://x/' not found", false),
+            "repository_not_found_error"
+        );
+        assert_eq!(
+            classify(
+                "warning: Remote branch nope not found in upstream origin",
+                false
+            ),
+            "repository_checkout_error"
+        );
+        assert_eq!(
+            classify("error: 403 Forbidden", false),
+            "repository_forbidden_error"
+        );
+        assert_eq!(
+            classify("fatal: early EOF", false),
+            "repository_clone_error"
+        );
         // None: the environment's policy alone.
         let plain = s.config("sesn", &SessionExtras::default());
         assert_eq!(plain.network, s.network);

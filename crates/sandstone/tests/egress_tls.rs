@@ -772,3 +772,158 @@ async fn an_mcp_server_is_called_with_the_sessions_vault_token() {
     assert!(!error.to_string().contains("sst-wrong-token"), "{error}");
     assert!(!evs.iter().any(|e| e["type"] == "agent.mcp_tool_result"));
 }
+
+/// A `github_repository` resource in a `cloud` session: cloned from a git
+/// server on the fake internet that needs the token, which the proxy adds
+/// (the sandbox, the clone's .git/config and every environment never hold
+/// it); a missing repository, a wrong token and a self-hosted environment
+/// are each refused with the error the API defines.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_repository_is_cloned_with_a_token_the_sandbox_never_holds() {
+    use common::agents::{FakeModel, events, idle_with, model_args, say, session_with, v1};
+    use reqwest::Method;
+    let (net, mut d) = setup().await;
+    let model = FakeModel::start();
+    d.kill();
+    d.serve_args.extend(model_args(&d, &model, 30));
+    d.serve_args
+        .extend(["--cloud-template".to_string(), "host".to_string()]);
+    d.spawn().await;
+    let (s, env, _) = v1(
+        &d,
+        &d.token,
+        Method::POST,
+        "/environments",
+        Some(json!({"name": "repo", "config": {"type": "cloud",
+            "networking": {"type": "limited", "allowed_hosts": []}}})),
+    )
+    .await;
+    assert_eq!(s, 200, "{env}");
+    let env = env["id"].as_str().unwrap().to_string();
+    let repo = |url: &str, token: &str| {
+        json!({"resources": [{"type": "github_repository", "url": url,
+            "authorization_token": token, "checkout": {"type": "branch", "name": "main"}}]})
+    };
+    let tools = json!([{"type": "agent_toolset_20260401"}]);
+    let sid = session_with(
+        &d,
+        &env,
+        "repo_check",
+        tools.clone(),
+        repo("https://git.test/repo.git", &net.token),
+    )
+    .await;
+    let (_, session, _) = v1(&d, &d.token, Method::GET, &format!("/sessions/{sid}"), None).await;
+    let resource = &session["resources"][0];
+    assert_eq!(resource["mount_path"], "/workspace/repo", "{session}");
+    assert!(
+        resource["id"].as_str().unwrap().starts_with("sesrsc_"),
+        "{session}"
+    );
+    assert!(!session.to_string().contains(&net.token), "{session}");
+    say(&d, &sid, "look").await;
+    let evs = idle_with(&d, &sid, "end_turn").await;
+    let result = evs
+        .iter()
+        .find(|e| e["type"] == "user.tool_result")
+        .map(|e| e["content"].to_string())
+        .unwrap_or_default();
+    assert!(
+        result.contains("cloned through the egress proxy"),
+        "{result}"
+    );
+    assert!(result.contains("main"), "{result}");
+    let (_, v) = d
+        .get(&format!("/api/v1/sandboxes?metadata.cma.session={sid}"))
+        .await;
+    let sb = v["data"]["sandboxes"][0]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let r = d
+        .sh(
+            &sb,
+            &format!(
+                "cat /proc/[0-9]*/environ | tr '\\0' '\\n' | grep -c -F '{t}'; \
+                 grep -rlsF '{t}' /workspace /mnt /tmp /root /etc /home; \
+                 git -C /workspace/repo config --get remote.origin.url; echo done",
+                t = net.token
+            ),
+        )
+        .await;
+    assert_eq!(r["stdout"], "0\nhttps://git.test/repo.git\ndone\n", "{r}");
+
+    // What the API calls the failures, with no sandbox left half-made.
+    let zeros = "0".repeat(40);
+    for (url, token, checkout, kind) in [
+        (
+            "https://git.test/nope.git",
+            net.token.as_str(),
+            None,
+            "repository_not_found_error",
+        ),
+        (
+            "https://git.test/repo.git",
+            "sst-wrong",
+            None,
+            "repository_authentication_error",
+        ),
+        (
+            "https://git.test/repo.git",
+            net.token.as_str(),
+            Some(json!({"type": "commit", "sha": zeros})),
+            "repository_checkout_error",
+        ),
+    ] {
+        let mut fields = repo(url, token);
+        if let Some(c) = checkout {
+            fields["resources"][0]["checkout"] = c;
+        }
+        let sid = session_with(&d, &env, "repo_check", tools.clone(), fields).await;
+        let mut error = Value::Null;
+        common::agents::within(std::time::Duration::from_secs(60), async || {
+            error = events(&d, &sid)
+                .await
+                .into_iter()
+                .find(|e| e["type"] == "session.error")
+                .unwrap_or_default();
+            !error.is_null()
+        })
+        .await;
+        assert_eq!(error["error"]["type"], kind, "{error}");
+        assert_eq!(error["error"]["repository_url"], url, "{error}");
+        assert!(!error.to_string().contains(&net.token), "{error}");
+    }
+    // Self-hosted environments take memory stores only; bad fields are named.
+    let (self_hosted, _) = common::agents::environment(&d).await;
+    for (env, body, field) in [
+        (
+            &self_hosted,
+            repo("https://git.test/repo.git", "t"),
+            "resources[0].type",
+        ),
+        (
+            &env,
+            repo("https://u:p@git.test/repo.git", "t"),
+            "resources[0].url",
+        ),
+    ] {
+        let (s, agent, _) = v1(
+            &d,
+            &d.token,
+            Method::POST,
+            "/agents",
+            Some(json!({"name": "a", "model": "m"})),
+        )
+        .await;
+        assert_eq!(s, 200);
+        let mut body = body;
+        body["agent"] = agent["id"].clone();
+        body["environment_id"] = json!(env);
+        let (s, v, _) = v1(&d, &d.token, Method::POST, "/sessions", Some(body)).await;
+        assert!(
+            s == 400 && v.to_string().contains(field),
+            "{field}: {s} {v}"
+        );
+    }
+}

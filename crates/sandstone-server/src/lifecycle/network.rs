@@ -196,8 +196,8 @@ pub struct NetworkOptions<'a> {
 
 /// Credential sources for the proxy: read from the store and unsealed on
 /// each use, so rotations and deletions apply to the next request. A
-/// source named `vault:<credential id>` is a Managed Agents vault
-/// credential, whose value is the one key `value`.
+/// source named `vault:…` or `resource:…` is the Managed Agents control
+/// plane's (a vault credential, a session repository's token).
 struct SealedSources {
     store: Arc<dyn Store>,
     vaults: Arc<dyn AgentsStore>,
@@ -210,16 +210,14 @@ impl CredentialStore for SealedSources {
         source: &'a str,
     ) -> BoxFuture<'a, std::result::Result<SourceValues, SourceError>> {
         Box::pin(async move {
-            if let Some(id) = source.strip_prefix(vaults::SOURCE_PREFIX) {
-                return match vaults::resolve(&*self.vaults, &self.sealer, id).await {
-                    Ok(v) => Ok(SourceValues(
-                        [("value".to_string(), v.expose().to_string())].into(),
-                    )),
+            if vaults::owns(source) {
+                return match vaults::resolve(&*self.vaults, &self.sealer, source).await {
+                    Ok(values) => Ok(SourceValues(values)),
                     Err(vaults::ResolveError::Sealed(_)) => {
                         Err(SourceError::Sealed(source.to_string()))
                     }
                     Err(e) => {
-                        tracing::info!(source, error = %e, "vault credential not applied");
+                        tracing::info!(source, error = %e, "control-plane credential not applied");
                         Err(SourceError::Missing(source.to_string()))
                     }
                 };
