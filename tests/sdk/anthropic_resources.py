@@ -81,6 +81,13 @@ s = c.beta.sessions.create(agent={"type": "agent", "id": agent.id, "version": 1}
     title="rec", metadata={"m": "1"},
     resources=[{"type": "memory_store", "memory_store_id": store.id, "access": "read_only", "instructions": "i"}])
 c.beta.sessions.update(s.id, title="renamed", metadata={"m": None, "n": "2"})
+# Its resources, as the SDK lists them; files cannot be added yet, and a
+# self-hosted session has no repository to retrieve.
+listed = c.beta.sessions.resources.list(s.id)
+assert [r.type for r in listed.data] == ["memory_store"], listed
+expect_error(400, lambda: c.beta.sessions.resources.add(s.id, type="file", file_id="file_x"))
+expect_error(404, lambda: c.beta.sessions.resources.retrieve("sesrsc_missing", session_id=s.id))
+expect_error(404, lambda: c.beta.sessions.resources.delete("sesrsc_missing", session_id=s.id))
 c.beta.sessions.list(agent_id=agent.id)
 c.beta.sessions.events.list(s.id)
 expect_error(400, lambda: c.beta.sessions.events.send(s.id, events=[{"type": "user.tool_result", "tool_use_id": "sevt_missing", "content": []}]))

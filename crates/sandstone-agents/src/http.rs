@@ -461,6 +461,49 @@ async fn archive_store(State(a): S, _: Api, Path(id): Path<String>) -> ApiResult
     ok(a.memory.archive_store(&id).await?)
 }
 
+async fn list_resources(
+    State(a): S,
+    _: Api,
+    Path(id): Path<String>,
+    q: Query,
+) -> ApiResult<Response> {
+    page(a.resources(&id).await?, &q, 100)
+}
+
+async fn add_resource(
+    State(a): S,
+    _: Api,
+    Path(id): Path<String>,
+    b: Bytes,
+) -> ApiResult<Response> {
+    ok(a.add_resource(&id, &body(&b)?).await?)
+}
+
+async fn get_resource(
+    State(a): S,
+    _: Api,
+    Path((id, rid)): Path<(String, String)>,
+) -> ApiResult<Response> {
+    ok(a.resource(&id, &rid).await?)
+}
+
+async fn update_resource(
+    State(a): S,
+    _: Api,
+    Path((id, rid)): Path<(String, String)>,
+    b: Bytes,
+) -> ApiResult<Response> {
+    ok(a.update_resource(&id, &rid, &body(&b)?).await?)
+}
+
+async fn delete_resource(
+    State(a): S,
+    _: Api,
+    Path((id, rid)): Path<(String, String)>,
+) -> ApiResult<Response> {
+    ok(a.delete_resource(&id, &rid).await?)
+}
+
 async fn create_vault(State(a): S, _: Api, b: Bytes) -> ApiResult<Response> {
     ok(a.vaults.create_vault(&body(&b)?).await?)
 }
@@ -836,6 +879,16 @@ pub fn router(agents: Arc<Agents>) -> Router {
             get(get_session).post(update_session).delete(delete_session),
         )
         .route("/sessions/{id}/archive", post(archive_session))
+        .route(
+            "/sessions/{id}/resources",
+            get(list_resources).post(add_resource),
+        )
+        .route(
+            "/sessions/{id}/resources/{rid}",
+            get(get_resource)
+                .post(update_resource)
+                .delete(delete_resource),
+        )
         .route("/sessions/{id}/events", post(send_events).get(list_events))
         .route("/sessions/{id}/events/stream", get(stream_events))
         .route("/skills", post(create_skill).get(list_skills))

@@ -77,6 +77,106 @@ impl Agents {
     }
 }
 
+impl Agents {
+    /// A session's resources (`GET /v1/sessions/{id}/resources`).
+    pub(crate) async fn resources(&self, session: &str) -> ApiResult<Vec<SessionResource>> {
+        self.sessions.ensure(session).await?;
+        Ok(self.sessions.session(session)?.resources)
+    }
+
+    /// One of a session's resources, by its `sesrsc_…` id.
+    pub(crate) async fn resource(&self, session: &str, id: &str) -> ApiResult<SessionResource> {
+        self.resources(session)
+            .await?
+            .into_iter()
+            .find(|r| r.id.as_deref() == Some(id))
+            .ok_or_else(|| ApiError::not_found("session resource", id))
+    }
+
+    /// `POST …/resources`: the API adds `file` resources only, which
+    /// Sandstone does not serve yet.
+    pub(crate) async fn add_resource(
+        &self,
+        session: &str,
+        body: &Value,
+    ) -> ApiResult<SessionResource> {
+        self.sessions.ensure(session).await?;
+        self.sessions.session(session)?;
+        Err(ApiError::invalid(match body["type"].as_str() {
+            Some("file") => "type: file resources are not supported by Sandstone yet".to_string(),
+            other => format!(
+                "type: {other:?} cannot be added to a running session (the API adds file resources only)"
+            ),
+        }))
+    }
+
+    /// `POST …/resources/{id}`: a repository's new `authorization_token`,
+    /// used from the next request its sandbox makes.
+    pub(crate) async fn update_resource(
+        &self,
+        session: &str,
+        id: &str,
+        body: &Value,
+    ) -> ApiResult<SessionResource> {
+        let r = self.resource(session, id).await?;
+        if !r.is_repository() {
+            return Err(ApiError::invalid(format!(
+                "authorization_token: resource {id} is a {}; only github_repository resources take a token",
+                r.kind
+            )));
+        }
+        if let Some(k) = body
+            .as_object()
+            .into_iter()
+            .flat_map(|o| o.keys())
+            .find(|k| *k != "authorization_token")
+        {
+            return Err(ApiError::invalid(format!("{k}: unknown field")));
+        }
+        let token = match &body["authorization_token"] {
+            Value::String(t) if !t.is_empty() && t.len() <= MAX_TOKEN => t.clone(),
+            _ => {
+                return Err(ApiError::invalid(format!(
+                    "authorization_token: required, a string of 1 to {MAX_TOKEN} bytes"
+                )));
+            }
+        };
+        self.vaults.seal_resource_token(session, id, &token).await?;
+        let t = now();
+        let doc = self
+            .sessions
+            .update_doc(session, |d| {
+                for r in d
+                    .resources
+                    .iter_mut()
+                    .filter(|r| r.id.as_deref() == Some(id))
+                {
+                    r.updated_at = Some(t.clone());
+                }
+                Ok(())
+            })
+            .await?;
+        doc.resources
+            .into_iter()
+            .find(|r| r.id.as_deref() == Some(id))
+            .ok_or_else(|| ApiError::not_found("session resource", id))
+    }
+
+    /// `DELETE …/resources/{id}`: gone from the session, its token
+    /// forgotten (a clone already made stays in the sandbox's files).
+    pub(crate) async fn delete_resource(&self, session: &str, id: &str) -> ApiResult<Value> {
+        self.resource(session, id).await?;
+        self.sessions
+            .update_doc(session, |d| {
+                d.resources.retain(|r| r.id.as_deref() != Some(id));
+                Ok(())
+            })
+            .await?;
+        self.vaults.forget_resource_token(id).await?;
+        Ok(serde_json::json!({"id": id, "type": "session_resource_deleted"}))
+    }
+}
+
 /// A `github_repository` resource checked, with its token taken out.
 fn repository(mut r: SessionResource, at: &str) -> ApiResult<(SessionResource, Option<String>)> {
     let token = match r.extra.remove("authorization_token") {

@@ -852,6 +852,51 @@ async fn a_repository_is_cloned_with_a_token_the_sandbox_never_holds() {
         )
         .await;
     assert_eq!(r["stdout"], "0\nhttps://git.test/repo.git\ndone\n", "{r}");
+    // The resources calls: listed, retrieved, its token rotated (never
+    // shown), then deleted, after which the proxy has no token for it.
+    let rid = resource["id"].as_str().unwrap();
+    let path = format!("/sessions/{sid}/resources");
+    let (s, list, _) = v1(&d, &d.token, Method::GET, &path, None).await;
+    assert_eq!(
+        (s, list["data"][0]["id"].as_str()),
+        (200, Some(rid)),
+        "{list}"
+    );
+    let (s, one, _) = v1(&d, &d.token, Method::GET, &format!("{path}/{rid}"), None).await;
+    assert_eq!(
+        (s, &one["url"]),
+        (200, &json!("https://git.test/repo.git")),
+        "{one}"
+    );
+    let rotate = json!({"authorization_token": net.token});
+    let (s, one, _) = v1(
+        &d,
+        &d.token,
+        Method::POST,
+        &format!("{path}/{rid}"),
+        Some(rotate),
+    )
+    .await;
+    assert!(
+        s == 200 && !one.to_string().contains(&net.token),
+        "{s} {one}"
+    );
+    let fetch = "GIT_TERMINAL_PROMPT=0 git -C /workspace/repo fetch -q origin 2>&1; echo rc=$?";
+    let r = d.sh(&sb, fetch).await;
+    assert!(r["stdout"].as_str().unwrap().ends_with("rc=0\n"), "{r}");
+    let (s, gone, _) = v1(&d, &d.token, Method::DELETE, &format!("{path}/{rid}"), None).await;
+    assert_eq!(
+        (s, &gone["type"]),
+        (200, &json!("session_resource_deleted")),
+        "{gone}"
+    );
+    let (_, list, _) = v1(&d, &d.token, Method::GET, &path, None).await;
+    assert!(list["data"].as_array().unwrap().is_empty(), "{list}");
+    let r = d.sh(&sb, fetch).await;
+    assert!(
+        !r["stdout"].as_str().unwrap().ends_with("rc=0\n"),
+        "no token after the delete: {r}"
+    );
 
     // What the API calls the failures, with no sandbox left half-made.
     let zeros = "0".repeat(40);
