@@ -69,6 +69,11 @@ use sandstone_db::agents::AgentsStore;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
+/// The operator's verdict on the control plane's own outbound connections
+/// (to MCP servers and OAuth token endpoints): the host as named and an
+/// address it resolved to; an error says which rule denied it.
+pub type Outbound = Arc<dyn Fn(&str, std::net::IpAddr) -> Result<(), String> + Send + Sync>;
+
 /// Checks a server API key (the daemon's own keys).
 pub type ApiKeyCheck =
     Arc<dyn Fn(String) -> futures_util::future::BoxFuture<'static, bool> + Send + Sync>;
@@ -82,6 +87,9 @@ pub struct Config {
     /// How long a work item's lease lasts without a heartbeat.
     pub lease_ttl: Duration,
     pub max_tokens: u32,
+    /// Restricts the control plane's calls to MCP servers and token
+    /// endpoints; `None` lets them go anywhere.
+    pub outbound: Option<Outbound>,
     /// This node's name among the nodes sharing the database: it owns its
     /// claims on driving session turns under it. The same across restarts
     /// (a restarted node takes its turns back at once), unique among the
@@ -163,7 +171,7 @@ impl Agents {
             skills,
             vaults,
             files,
-            mcp: Default::default(),
+            mcp: mcp_calls::McpPool::new(config.outbound.clone()),
             config,
             api_keys,
             http: model::Http::default(),

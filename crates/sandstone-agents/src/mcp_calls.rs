@@ -6,10 +6,10 @@
 //! credential is reported once as the session error the API defines and
 //! its tools are left out; the turn goes on.
 
-use crate::Agents;
 use crate::error::ApiResult;
 use crate::mcp::{CallResult, Connection, McpError, ToolDef};
 use crate::turn::{Events, open_calls, permission};
+use crate::{Agents, Outbound};
 use sandstone_agents_api::{
     AgentTool, ContentBlock, KnownEvent, McpServer, PermissionKind, Session, Verdict,
 };
@@ -21,6 +21,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 /// told of (told again only after they worked once more).
 #[derive(Default)]
 pub(crate) struct McpPool {
+    outbound: Option<Outbound>,
     http: OnceLock<reqwest::Client>,
     conns: Mutex<HashMap<(String, String), Arc<Connection>>>,
     failing: Mutex<HashSet<(String, String)>>,
@@ -34,17 +35,76 @@ pub(crate) struct McpTool {
     pub permission: (Value, Value),
 }
 
+/// Resolves names for the control plane's outbound calls, keeping only
+/// the addresses the operator's rules allow: the connection can go
+/// nowhere else (the check and the dial see the same addresses).
+struct Guarded(Outbound);
+
+impl reqwest::dns::Resolve for Guarded {
+    fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
+        let check = self.0.clone();
+        Box::pin(async move {
+            let host = name.as_str().to_string();
+            let found: Vec<std::net::SocketAddr> =
+                tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
+            let mut denied = None;
+            let allowed: Vec<std::net::SocketAddr> = found
+                .into_iter()
+                .filter(|a| match check(&host, a.ip()) {
+                    Ok(()) => true,
+                    Err(e) => {
+                        denied = Some(e);
+                        false
+                    }
+                })
+                .collect();
+            if allowed.is_empty() {
+                let why = denied.unwrap_or_else(|| "no address".into());
+                return Err(format!("{host}: the operator's egress rules deny it ({why})").into());
+            }
+            let addrs: reqwest::dns::Addrs = Box::new(allowed.into_iter());
+            Ok(addrs)
+        })
+    }
+}
+
 impl McpPool {
-    fn http(&self) -> &reqwest::Client {
+    pub(crate) fn new(outbound: Option<Outbound>) -> McpPool {
+        McpPool {
+            outbound,
+            ..McpPool::default()
+        }
+    }
+
+    pub(crate) fn http(&self) -> &reqwest::Client {
         self.http.get_or_init(|| {
             // No redirects: a bearer token must not follow one elsewhere.
-            reqwest::Client::builder()
+            let mut b = reqwest::Client::builder()
                 .redirect(reqwest::redirect::Policy::none())
                 .connect_timeout(std::time::Duration::from_secs(10))
-                .timeout(std::time::Duration::from_secs(300))
-                .build()
-                .unwrap_or_default()
+                .timeout(std::time::Duration::from_secs(300));
+            if let Some(check) = &self.outbound {
+                b = b.dns_resolver(Arc::new(Guarded(check.clone())));
+            }
+            b.build().unwrap_or_default()
         })
+    }
+
+    /// The operator's verdict on `url` when it names an address (names
+    /// are judged as they are resolved, [`Guarded`]).
+    pub(crate) fn check_url(&self, url: &str) -> Result<(), String> {
+        let Some(check) = &self.outbound else {
+            return Ok(());
+        };
+        let host = reqwest::Url::parse(url)
+            .ok()
+            .and_then(|u| u.host_str().map(|h| h.trim_matches(['[', ']']).to_string()))
+            .unwrap_or_default();
+        match host.parse::<std::net::IpAddr>() {
+            Ok(ip) => check(&host, ip)
+                .map_err(|e| format!("{host}: the operator's egress rules deny it ({e})")),
+            Err(_) => Ok(()),
+        }
     }
 
     /// Forgets a session's connections (it was deleted).
@@ -93,10 +153,13 @@ impl Agents {
         if !refused && let Some(c) = crate::lock(&self.mcp.conns).get(&key) {
             return Ok(c.clone());
         }
+        self.mcp
+            .check_url(&server.url)
+            .map_err(McpError::Connection)?;
         let http = self.mcp.http();
         let token = self
             .vaults
-            .mcp_token(http, &doc.vault_ids, &server.url, refused)
+            .mcp_token(&self.mcp, &doc.vault_ids, &server.url, refused)
             .await
             .map_err(McpError::Authentication)?;
         let c = Arc::new(Connection::open(http, &server.url, token).await?);

@@ -786,7 +786,7 @@ impl Vaults {
     /// there is no usable token (shown as an authentication failure).
     pub(crate) async fn mcp_token(
         &self,
-        http: &reqwest::Client,
+        pool: &crate::mcp_calls::McpPool,
         vault_ids: &[String],
         url: &str,
         refused: bool,
@@ -809,7 +809,9 @@ impl Vaults {
                 .and_then(parse_rfc3339_us)
                 .is_some_and(|t| t <= now_us() + 30_000_000);
             if let (true, Some(r)) = (expired || refused, &o.refresh) {
-                let (token, expires_in, rotated) = refresh(http, r, &secrets)
+                pool.check_url(&r.token_endpoint)
+                    .map_err(|e| format!("vault credential {id}: refreshing its token: {e}"))?;
+                let (token, expires_in, rotated) = refresh(pool.http(), r, &secrets)
                     .await
                     .map_err(|e| format!("vault credential {id}: refreshing its token: {e}"))?;
                 secrets.value = Some(token);

@@ -900,6 +900,7 @@ async fn a_stored_document_that_does_not_fit_stops_the_start() {
         model_api_key: None,
         lease_ttl: Duration::from_secs(30),
         max_tokens: 16,
+        outbound: None,
         node: "node-corrupt".into(),
     };
     let keys: ApiKeyCheck = Arc::new(|_| Box::pin(async { false }));

@@ -457,6 +457,10 @@ pub async fn run(mut config: Config) -> anyhow::Result<()> {
     let mut agents_config = config.agents.clone();
     // Claims on driving a session's turn are this node's.
     agents_config.node = st.cluster.me.id.clone();
+    // The operator's egress rules bind the control plane's own calls too.
+    if let Some(path) = &config.egress_config {
+        agents_config.outbound = Some(lifecycle::OperatorConfig::load(path)?.outbound()?);
+    }
     let agents =
         sandstone_agents::Agents::start(db, agents_config, api_keys, st.sealer.clone()).await?;
     let node_id = st.cluster.me.id.clone();

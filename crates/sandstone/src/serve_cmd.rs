@@ -203,6 +203,7 @@ pub async fn serve(data_dir: &Path, args: &ServeArgs) -> Result<()> {
             model_api_key,
             lease_ttl: std::time::Duration::from_secs(args.lease_ttl_seconds),
             max_tokens: 8192,
+            outbound: None,
             // The node's id, which `sandstone_server::run` settles (the
             // flag, else the one recorded in the data directory).
             node: String::new(),

@@ -972,3 +972,70 @@ async fn a_repository_is_cloned_with_a_token_the_sandbox_never_holds() {
         );
     }
 }
+
+/// The operator's egress rules (`--egress-config`) bind the control
+/// plane's own calls: an MCP server at a denied address is never dialled,
+/// and the session is told why.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_operators_rules_bind_the_control_planes_mcp_calls() {
+    use common::agents::{FakeModel, events, idle_with, model_args, say, v1};
+    use reqwest::Method;
+    let Some(python) = common::sdk_python() else {
+        return;
+    };
+    let (net, mut d) = setup().await;
+    let _mcp = net.mcp_server(&python, 8765);
+    let url = format!("http://{}:8765/mcp", net.server);
+    let model = FakeModel::start();
+    let config = net.dir.path().join("deny-mcp.json");
+    std::fs::write(
+        &config,
+        json!({"deny": [format!("{}/32", net.server)]}).to_string(),
+    )
+    .unwrap();
+    d.kill();
+    let at = d
+        .serve_args
+        .iter()
+        .position(|a| a == "--egress-config")
+        .unwrap();
+    d.serve_args[at + 1] = config.display().to_string();
+    d.serve_args.extend(model_args(&d, &model, 30));
+    d.spawn().await;
+    let (s, agent, _) = v1(
+        &d,
+        &d.token,
+        Method::POST,
+        "/agents",
+        Some(json!({"name": "mcp", "model": "scripted-mcp_add",
+            "mcp_servers": [{"type": "url", "name": "fake", "url": url}],
+            "tools": [{"type": "mcp_toolset", "mcp_server_name": "fake",
+                "default_config": {"permission_policy": {"type": "always_allow"}}}]})),
+    )
+    .await;
+    assert_eq!(s, 200, "{agent}");
+    let (env, _) = common::agents::environment(&d).await;
+    let (s, session, _) = v1(
+        &d,
+        &d.token,
+        Method::POST,
+        "/sessions",
+        Some(json!({"agent": agent["id"], "environment_id": env})),
+    )
+    .await;
+    assert_eq!(s, 200, "{session}");
+    let sid = session["id"].as_str().unwrap();
+    say(&d, sid, "add").await;
+    idle_with(&d, sid, "end_turn").await;
+    let evs = events(&d, sid).await;
+    let error = evs
+        .iter()
+        .find(|e| e["type"] == "session.error")
+        .expect("a session error");
+    assert_eq!(
+        error["error"]["type"], "mcp_connection_failed_error",
+        "{error}"
+    );
+    assert!(error.to_string().contains("egress rules deny"), "{error}");
+    assert!(!evs.iter().any(|e| e["type"] == "agent.mcp_tool_result"));
+}

@@ -55,6 +55,7 @@ impl Plane {
                 model_api_key: Some(MODEL_KEY.into()),
                 lease_ttl: Duration::from_secs(lease_ttl),
                 max_tokens: 8192,
+                outbound: None,
                 node: format!("plane-{}", sandstone_api::random_hex(6)),
             },
             key: rand_key(),

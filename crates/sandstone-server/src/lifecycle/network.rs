@@ -164,23 +164,57 @@ impl OperatorConfig {
         )
     }
 
+    /// This file's rules for the control plane's own outbound calls (MCP
+    /// servers, token endpoints): only what the operator wrote, since the
+    /// built-in denials (loopback, the host) protect the host from
+    /// sandboxes, not from its own daemon.
+    pub fn outbound(&self) -> anyhow::Result<sandstone_agents::Outbound> {
+        let rules = OperatorRules {
+            allow: self.cidrs(&self.allow, "allow")?,
+            deny: self.cidrs(&self.deny, "deny")?,
+            deny_domains: self.deny_domains.clone(),
+            host_addresses: None,
+        };
+        Ok(Arc::new(move |host: &str, ip: IpAddr| {
+            if rules.allow.iter().any(|n| n.contains(ip)) {
+                return Ok(());
+            }
+            if let Some(n) = rules.deny.iter().find(|n| n.contains(ip)) {
+                return Err(format!("deny {n}"));
+            }
+            match rules
+                .deny_domains
+                .iter()
+                .find(|d| sandstone_egress::policy::domain_matches(d, host))
+            {
+                Some(d) => Err(format!("denyDomains {d}")),
+                None => Ok(()),
+            }
+        }))
+    }
+
+    fn cidrs(
+        &self,
+        list: &[String],
+        field: &str,
+    ) -> anyhow::Result<Vec<sandstone_egress::cidr::Cidr>> {
+        list.iter()
+            .map(|c| {
+                c.parse()
+                    .map_err(|e: CidrError| anyhow::anyhow!("egress config {field}: {e}"))
+            })
+            .collect()
+    }
+
     /// The built-in rules with this file's added.
     fn rules(&self) -> anyhow::Result<OperatorRules> {
-        let cidrs = |list: &[String], field: &str| {
-            list.iter()
-                .map(|c| {
-                    c.parse()
-                        .map_err(|e: CidrError| anyhow::anyhow!("egress config {field}: {e}"))
-                })
-                .collect::<anyhow::Result<Vec<_>>>()
-        };
         let mut rules = OperatorRules {
-            allow: cidrs(&self.allow, "allow")?,
+            allow: self.cidrs(&self.allow, "allow")?,
             deny_domains: self.deny_domains.clone(),
             ..Default::default()
         };
         // Added to the built-in denials, never replacing them.
-        rules.deny.extend(cidrs(&self.deny, "deny")?);
+        rules.deny.extend(self.cidrs(&self.deny, "deny")?);
         Ok(rules)
     }
 }
