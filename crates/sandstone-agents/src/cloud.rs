@@ -12,7 +12,9 @@ use crate::Agents;
 use crate::vaults::SandboxSecret;
 use crate::work::{DEFAULT_RECLAIM, Poll};
 use futures_util::future::BoxFuture;
-use sandstone_agents_api::{Environment, Packages, PackagesBuild, WorkItem};
+use sandstone_agents_api::{
+    CredentialNetworking, Environment, KnownEvent, Networking, Packages, PackagesBuild, WorkItem,
+};
 use serde_json::json;
 use std::sync::Arc;
 
@@ -150,7 +152,7 @@ impl Agents {
             let (agents, executor, environment) =
                 (self.clone(), executor.clone(), environment.clone());
             tokio::spawn(async move {
-                let served = match agents.session_setup(&item.data.id).await {
+                let served = match agents.session_setup(&item.data.id, &environment).await {
                     Ok(setup) => executor.serve(environment, item.clone(), setup).await,
                     Err(e) => Err(Unservable::new(e.to_string())),
                 };
@@ -161,9 +163,15 @@ impl Agents {
         }
     }
 
-    async fn session_setup(&self, session: &str) -> crate::error::ApiResult<SessionSetup> {
+    async fn session_setup(
+        &self,
+        session: &str,
+        env: &Environment,
+    ) -> crate::error::ApiResult<SessionSetup> {
         self.sessions.ensure(session).await?;
         let doc = self.sessions.session(session)?;
+        let secrets = self.vaults.sandbox_secrets(&doc.vault_ids).await?;
+        self.report_unreachable(&doc, env, &secrets).await?;
         let mcp_hosts = doc
             .agent
             .mcp_servers
@@ -190,10 +198,57 @@ impl Agents {
             });
         }
         Ok(SessionSetup {
-            secrets: self.vaults.sandbox_secrets(&doc.vault_ids).await?,
+            secrets,
             mcp_hosts,
             repositories,
         })
+    }
+
+    /// An `environment_variable` credential limited to a host the
+    /// environment's `limited` network does not allow could never be used:
+    /// the session is told once (`credential_host_unreachable_error`).
+    async fn report_unreachable(
+        &self,
+        doc: &sandstone_agents_api::Session,
+        env: &Environment,
+        secrets: &[SandboxSecret],
+    ) -> crate::error::ApiResult<()> {
+        let Some(Networking::Limited(net)) = env.config.cloud().map(|c| &c.networking) else {
+            return Ok(());
+        };
+        let told = self.sessions.events(&doc.id);
+        for s in secrets {
+            let CredentialNetworking::Limited { allowed_hosts } = &s.variable.networking else {
+                continue;
+            };
+            let Some(host) = allowed_hosts
+                .iter()
+                .find(|h| !net.allowed_hosts.iter().any(|a| covers(a, h)))
+            else {
+                continue;
+            };
+            let already = told.iter().any(|e| {
+                e.known().is_some_and(|k| matches!(k, KnownEvent::SessionError(x)
+                    if x.error.extra.get("credential_id").and_then(|v| v.as_str()) == Some(&s.credential_id)))
+            });
+            if already {
+                continue;
+            }
+            let message = format!(
+                "credential {}'s allowed host {host} is not one the environment's network allows",
+                s.credential_id
+            );
+            self.sessions
+                .emit(
+                    &doc.id,
+                    json!({"type": "session.error", "error": {
+                    "type": "credential_host_unreachable_error", "message": message,
+                    "credential_id": s.credential_id, "vault_id": s.vault_id,
+                    "retry_status": {"type": "terminal"}}}),
+                )
+                .await?;
+        }
+        Ok(())
     }
 
     /// Tells the session why it cannot be served and lets its item go (the
@@ -214,5 +269,32 @@ impl Agents {
             Ok(_) | Err(crate::error::ApiError::AlreadyStopped(_)) => {}
             Err(e) => tracing::warn!(work = %item.id, error = %e, "stopping unserved cloud work"),
         }
+    }
+}
+
+/// Whether an environment's allowed host `pattern` (a name, or `*.name`
+/// for every name below it) covers a credential's host `host` (which may
+/// be a pattern too).
+fn covers(pattern: &str, host: &str) -> bool {
+    match pattern.strip_prefix("*.") {
+        Some(base) => host
+            .strip_prefix("*.")
+            .unwrap_or(host)
+            .strip_suffix(base)
+            .is_some_and(|rest| rest.ends_with('.')),
+        None => pattern.eq_ignore_ascii_case(host),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn allowed_hosts_cover_names_below_a_wildcard_only() {
+        assert!(super::covers("api.example.com", "api.example.com"));
+        assert!(super::covers("*.example.com", "api.example.com"));
+        assert!(super::covers("*.example.com", "*.eu.example.com"));
+        assert!(!super::covers("*.example.com", "example.com"));
+        assert!(!super::covers("api.example.com", "web.example.com"));
+        assert!(!super::covers("*.example.com", "badexample.com"));
     }
 }

@@ -529,6 +529,12 @@ async fn a_vault_variable_reaches_only_its_host() {
         json!({"body": true, "header": true})
     );
     let cred = cred["id"].as_str().unwrap().to_string();
+    // A second one, for a host the environment does not allow: it could
+    // never be used, and the session is told.
+    let mut stray = variable("STRAY_VAR");
+    stray["auth"]["networking"]["allowed_hosts"] = json!(["web.test"]);
+    let (s, stray) = call(Method::POST, &creds, Some(stray)).await;
+    assert_eq!(s, 200, "{stray}");
     let (s, env) = call(
         Method::POST,
         "/environments",
@@ -579,6 +585,19 @@ async fn a_vault_variable_reaches_only_its_host() {
         "{result}"
     );
     assert!(!result.contains(&net.token), "{result}");
+    let unreachable = evs
+        .iter()
+        .find(|e| e["error"]["type"] == "credential_host_unreachable_error")
+        .expect("the stray credential is reported");
+    assert_eq!(
+        unreachable["error"]["credential_id"], stray["id"],
+        "{unreachable}"
+    );
+    assert_eq!(
+        unreachable["error"]["vault_id"],
+        json!(vault),
+        "{unreachable}"
+    );
 
     // Nowhere inside: not in any process's environment, nor in a file.
     let (_, v) = d
