@@ -184,6 +184,11 @@ impl Connection {
             return Ok(resp);
         }
         let body = resp.text().await.unwrap_or_default();
+        // A server may echo what it was sent: never its token.
+        let body = match &self.token {
+            Some(t) if !t.expose().is_empty() => body.replace(t.expose(), "[redacted]"),
+            _ => body,
+        };
         let said: String = body.chars().take(300).collect();
         let what = format!("MCP server {} answered {status}: {said}", self.url);
         Err(match status.as_u16() {

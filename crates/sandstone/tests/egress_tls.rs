@@ -33,6 +33,53 @@ async fn setup() -> (FakeInternet, Daemon) {
     (net, d)
 }
 
+/// [`setup`] with the scripted model behind the daemon's agent loop and
+/// `host` as the template `cloud` sessions start from; the operator rules
+/// `operator` gives for the fake internet replace the usual ones.
+async fn agents_setup(
+    operator: impl FnOnce(&FakeInternet) -> Option<Value>,
+) -> (FakeInternet, Daemon, common::agents::FakeModel) {
+    let (net, mut d) = setup().await;
+    let model = common::agents::FakeModel::start();
+    d.kill();
+    if let Some(config) = operator(&net) {
+        let path = net.dir.path().join("operator.json");
+        std::fs::write(&path, config.to_string()).unwrap();
+        let at = d
+            .serve_args
+            .iter()
+            .position(|a| a == "--egress-config")
+            .unwrap();
+        d.serve_args[at + 1] = path.display().to_string();
+    }
+    d.serve_args
+        .extend(common::agents::model_args(&d, &model, 30));
+    d.serve_args
+        .extend(["--cloud-template".to_string(), "host".to_string()]);
+    d.spawn().await;
+    (net, d, model)
+}
+
+/// The sandbox serving session `sid`.
+async fn session_sandbox(d: &Daemon, sid: &str) -> String {
+    let (_, v) = d
+        .get(&format!("/api/v1/sandboxes?metadata.cma.session={sid}"))
+        .await;
+    v["data"]["sandboxes"][0]["id"]
+        .as_str()
+        .expect("the session has a sandbox")
+        .to_string()
+}
+
+/// The text of a turn's first tool result.
+fn first_tool_result(evs: &[Value]) -> String {
+    evs.iter()
+        .find(|e| e["type"] == "user.tool_result")
+        .and_then(|e| e["content"][0]["text"].as_str())
+        .unwrap_or_default()
+        .to_string()
+}
+
 async fn add_source(d: &Daemon, name: &str, key: &str, value: &str) {
     let (s, v) = d
         .post(
@@ -486,15 +533,9 @@ async fn enforcing_request_hosts_terminates_every_allowed_https_flow() {
 /// the sandbox, and archiving the credential stops it at the next request.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_vault_variable_reaches_only_its_host() {
-    use common::agents::{FakeModel, idle_with, model_args, say, session_with, v1};
+    use common::agents::{idle_with, say, session_with, v1};
     use reqwest::Method;
-    let (net, mut d) = setup().await;
-    let model = FakeModel::start();
-    d.kill();
-    d.serve_args.extend(model_args(&d, &model, 30));
-    d.serve_args
-        .extend(["--cloud-template".to_string(), "host".to_string()]);
-    d.spawn().await;
+    let (net, d, _model) = agents_setup(|_| None).await;
     let call = async |method: Method, path: &str, body: Option<Value>| {
         let (s, v, _) = v1(&d, &d.token, method, path, body).await;
         assert!(
@@ -568,16 +609,7 @@ async fn a_vault_variable_reaches_only_its_host() {
     );
     say(&d, &sid, "go").await;
     let evs = idle_with(&d, &sid, "end_turn").await;
-    let result = evs
-        .iter()
-        .find(|e| e["type"] == "user.tool_result")
-        .map(|e| {
-            e["content"][0]["text"]
-                .as_str()
-                .unwrap_or_default()
-                .to_string()
-        })
-        .unwrap_or_default();
+    let result = first_tool_result(&evs);
     assert!(result.contains("header: authorized"), "{result}");
     assert!(result.contains("body: authorized"), "{result}");
     assert!(
@@ -600,13 +632,7 @@ async fn a_vault_variable_reaches_only_its_host() {
     );
 
     // Nowhere inside: not in any process's environment, nor in a file.
-    let (_, v) = d
-        .get(&format!("/api/v1/sandboxes?metadata.cma.session={sid}"))
-        .await;
-    let sb = v["data"]["sandboxes"][0]["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let sb = session_sandbox(&d, &sid).await;
     let r = d
         .sh(
             &sb,
@@ -663,18 +689,14 @@ async fn sid_agent(d: &Daemon, sid: &str) -> Value {
 /// it); with a wrong token the session gets `mcp_authentication_failed`.
 #[tokio::test(flavor = "multi_thread")]
 async fn an_mcp_server_is_called_with_the_sessions_vault_token() {
-    use common::agents::{FakeModel, events, idle_with, model_args, say, v1};
+    use common::agents::{events, idle_with, say, v1};
     use reqwest::Method;
     let Some(python) = common::sdk_python() else {
         return;
     };
-    let (net, mut d) = setup().await;
+    let (net, d, _model) = agents_setup(|_| None).await;
     let _mcp = net.mcp_server(&python, 8765);
     let url = format!("http://{}:8765/mcp", net.server);
-    let model = FakeModel::start();
-    d.kill();
-    d.serve_args.extend(model_args(&d, &model, 30));
-    d.spawn().await;
     let post = async |path: &str, body: Value| {
         let (s, v, _) = v1(&d, &d.token, Method::POST, path, Some(body)).await;
         (s, v)
@@ -799,15 +821,9 @@ async fn an_mcp_server_is_called_with_the_sessions_vault_token() {
 /// are each refused with the error the API defines.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_repository_is_cloned_with_a_token_the_sandbox_never_holds() {
-    use common::agents::{FakeModel, events, idle_with, model_args, say, session_with, v1};
+    use common::agents::{events, idle_with, say, session_with, v1};
     use reqwest::Method;
-    let (net, mut d) = setup().await;
-    let model = FakeModel::start();
-    d.kill();
-    d.serve_args.extend(model_args(&d, &model, 30));
-    d.serve_args
-        .extend(["--cloud-template".to_string(), "host".to_string()]);
-    d.spawn().await;
+    let (net, d, _model) = agents_setup(|_| None).await;
     let (s, env, _) = v1(
         &d,
         &d.token,
@@ -842,23 +858,13 @@ async fn a_repository_is_cloned_with_a_token_the_sandbox_never_holds() {
     assert!(!session.to_string().contains(&net.token), "{session}");
     say(&d, &sid, "look").await;
     let evs = idle_with(&d, &sid, "end_turn").await;
-    let result = evs
-        .iter()
-        .find(|e| e["type"] == "user.tool_result")
-        .map(|e| e["content"].to_string())
-        .unwrap_or_default();
+    let result = first_tool_result(&evs);
     assert!(
         result.contains("cloned through the egress proxy"),
         "{result}"
     );
     assert!(result.contains("main"), "{result}");
-    let (_, v) = d
-        .get(&format!("/api/v1/sandboxes?metadata.cma.session={sid}"))
-        .await;
-    let sb = v["data"]["sandboxes"][0]["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let sb = session_sandbox(&d, &sid).await;
     let r = d
         .sh(
             &sb,
@@ -997,30 +1003,15 @@ async fn a_repository_is_cloned_with_a_token_the_sandbox_never_holds() {
 /// and the session is told why.
 #[tokio::test(flavor = "multi_thread")]
 async fn the_operators_rules_bind_the_control_planes_mcp_calls() {
-    use common::agents::{FakeModel, events, idle_with, model_args, say, v1};
+    use common::agents::{events, idle_with, say, v1};
     use reqwest::Method;
     let Some(python) = common::sdk_python() else {
         return;
     };
-    let (net, mut d) = setup().await;
+    let (net, d, _model) =
+        agents_setup(|net| Some(json!({"deny": [format!("{}/32", net.server)]}))).await;
     let _mcp = net.mcp_server(&python, 8765);
     let url = format!("http://{}:8765/mcp", net.server);
-    let model = FakeModel::start();
-    let config = net.dir.path().join("deny-mcp.json");
-    std::fs::write(
-        &config,
-        json!({"deny": [format!("{}/32", net.server)]}).to_string(),
-    )
-    .unwrap();
-    d.kill();
-    let at = d
-        .serve_args
-        .iter()
-        .position(|a| a == "--egress-config")
-        .unwrap();
-    d.serve_args[at + 1] = config.display().to_string();
-    d.serve_args.extend(model_args(&d, &model, 30));
-    d.spawn().await;
     let (s, agent, _) = v1(
         &d,
         &d.token,
