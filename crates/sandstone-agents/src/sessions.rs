@@ -666,8 +666,14 @@ impl Agents {
             let _ = s.live.send(deleted_event());
         }
         self.mcp.forget(id);
+        // The session is gone already: a token the store could not drop is
+        // reported, not turned into a failed delete of a deleted session.
+        // It stays sealed; only the session's sandbox, while it exists,
+        // names it.
         for r in gone_resources {
-            self.vaults.forget_resource_token(&r).await?;
+            if let Err(e) = self.vaults.forget_resource_token(&r).await {
+                tracing::warn!(session = id, resource = %r, error = %e, "forgetting a deleted session's repository token");
+            }
         }
         Ok(Deleted {
             id: id.to_string(),
