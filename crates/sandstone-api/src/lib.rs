@@ -83,6 +83,12 @@ pub struct SandboxConfig {
     /// filterable (`GET /sandboxes?metadata.<key>=<value>`).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub metadata: BTreeMap<String, String>,
+    /// Sandstone extension: an absolute path where the sandbox sees a
+    /// read-only directory that only the API fills
+    /// (`PUT /sandboxes/{id}/uploads/{name}`): files handed to the sandbox
+    /// that nothing in it, root included, can change.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uploads_dir: Option<String>,
     /// Sandbox0's webhook: not supported yet (refused when set).
     #[serde(default, skip_serializing)]
     pub webhook: Option<Unsupported>,
@@ -222,6 +228,18 @@ pub struct SandboxUpdateConfig {
     /// Sandstone extension: labels merged in (an empty value drops one).
     #[serde(default)]
     pub metadata: BTreeMap<String, String>,
+    /// Sandstone extension: sets [`SandboxConfig::uploads_dir`]; mounted
+    /// from the sandbox's next start (a resume), so set it while paused.
+    #[serde(default)]
+    pub uploads_dir: Option<String>,
+}
+
+/// One file of a sandbox's uploads directory
+/// (`GET /sandboxes/{id}/uploads`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UploadInfo {
+    pub name: String,
+    pub size: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -524,6 +524,49 @@ impl Client {
         self.send(req).await.map(drop)
     }
 
+    /// `/api/v1/sandboxes/{id}/uploads/{name}`, the name escaped.
+    fn upload_url(&self, id: &str, name: &str) -> Result<reqwest::Url> {
+        let mut url = reqwest::Url::parse(&self.url(&format!("/api/v1/sandboxes/{id}/uploads")))
+            .map_err(|e| Error::Decode(format!("the daemon's URL: {e}")))?;
+        url.path_segments_mut()
+            .map_err(|()| Error::Decode("the daemon's URL cannot take a path".into()))?
+            .push(name);
+        Ok(url)
+    }
+
+    /// Puts `data` in the sandbox's read-only uploads directory (its
+    /// `config.uploads_dir`) as `name`.
+    pub async fn put_upload(&self, id: &str, name: &str, data: Vec<u8>) -> Result<api::UploadInfo> {
+        let req = self
+            .http
+            .put(self.upload_url(id, name)?)
+            .header("content-type", "application/octet-stream")
+            .body(data);
+        self.data(req).await
+    }
+
+    pub async fn uploads(&self, id: &str) -> Result<Vec<api::UploadInfo>> {
+        self.call(
+            Method::GET,
+            &format!("/api/v1/sandboxes/{id}/uploads"),
+            None,
+        )
+        .await
+    }
+
+    pub async fn delete_upload(&self, id: &str, name: &str) -> Result<()> {
+        let req = self.http.delete(self.upload_url(id, name)?);
+        self.send(req).await.map(drop)
+    }
+
+    /// `PUT /sandboxes/{id}`: what `config` sets, the rest kept.
+    pub async fn update(&self, id: &str, config: &api::SandboxUpdateConfig) -> Result<()> {
+        let body = json!({"config": config});
+        self.call::<serde_json::Value>(Method::PUT, &format!("/api/v1/sandboxes/{id}"), Some(body))
+            .await
+            .map(drop)
+    }
+
     /// `mkdir -p`.
     pub async fn mkdir(&self, id: &str, path: &str) -> Result<()> {
         let req = self

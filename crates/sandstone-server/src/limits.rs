@@ -114,12 +114,34 @@ pub fn check_config(config: &sandstone_api::SandboxConfig) -> Result<(), Error> 
     }
     env_vars("config.env_vars", &config.env_vars)?;
     metadata(&config.metadata)?;
+    if let Some(dir) = &config.uploads_dir {
+        uploads_dir(dir)?;
+    }
     for (field, v) in [("ttl", config.ttl), ("hard_ttl", config.hard_ttl)] {
         if v.is_some_and(|v| v > MAX_TTL) {
             return Err(Error::Invalid(format!(
                 "invalid field `config.{field}`: at most {MAX_TTL} seconds"
             )));
         }
+    }
+    Ok(())
+}
+
+/// An absolute path of plain components, outside the file systems the
+/// runtime mounts over the root after the binds (`/dev`, `/proc`, `/sys`),
+/// and not the root or `/workspace` themselves.
+fn uploads_dir(dir: &str) -> Result<(), Error> {
+    let parts: Vec<&str> = dir.strip_prefix('/').unwrap_or("").split('/').collect();
+    let clean = dir.starts_with('/')
+        && dir.len() <= 256
+        && parts
+            .iter()
+            .all(|p| !p.is_empty() && *p != "." && *p != ".." && !p.contains('\0'));
+    let reserved = matches!(parts[0], "dev" | "proc" | "sys") || dir == "/workspace";
+    if !clean || reserved {
+        return Err(Error::Invalid(format!(
+            "invalid field `config.uploads_dir`: {dir:?} is not an absolute path of at most 256 bytes without . or .. (nor /workspace, or under /dev, /proc or /sys)"
+        )));
     }
     Ok(())
 }
@@ -178,6 +200,26 @@ pub fn disk(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_uploads_dir_is_a_clean_path_the_runtime_does_not_mount_over() {
+        for bad in [
+            "",
+            "rel",
+            "/",
+            "/a/../b",
+            "/a//b",
+            "/a/",
+            "/dev/x",
+            "/proc",
+            "/workspace",
+        ] {
+            assert!(uploads_dir(bad).is_err(), "{bad:?}");
+        }
+        for good in ["/mnt/session/uploads", "/workspace/in", "/data"] {
+            assert!(uploads_dir(good).is_ok(), "{good:?}");
+        }
+    }
 
     #[test]
     fn quantities() {

@@ -6,7 +6,7 @@
 use crate::AppState;
 use crate::routes::{
     cluster, contexts, credentials, files, network, observability, registry, sandboxes, snapshots,
-    templates, tools,
+    templates, tools, uploads,
 };
 use axum::routing::MethodRouter;
 use serde_json::{Map, Value, json};
@@ -77,6 +77,9 @@ pub fn operations() -> Vec<Operation> {
         get "/api/v1/sandboxes/{id}/files/list" files::list => 200 None "List a directory",
         post "/api/v1/sandboxes/{id}/files/move" files::rename => 200 Json "Move a path",
         get "/api/v1/sandboxes/{id}/files/watch" files::watch => 101 None "WebSocket: subscribe to file events",
+        get "/api/v1/sandboxes/{id}/uploads" uploads::list => 200 None "List the files of the sandbox's read-only uploads directory (config.uploads_dir)",
+        put "/api/v1/sandboxes/{id}/uploads/{name}" uploads::put => 200 Bytes "Upload a file (raw body) into the sandbox's read-only uploads directory, replacing one of that name",
+        delete "/api/v1/sandboxes/{id}/uploads/{name}" uploads::delete => 200 None "Remove a file from the sandbox's uploads directory",
         post "/api/v1/sandboxes/{id}/tools/{name}" tools::call => 200 Json "Run an agent toolset tool (bash, read, write, edit, glob, grep) in the sandbox",
         get "/api/v1/templates" templates::list => 200 None "List templates",
         post "/api/v1/templates" templates::create => 201 Json "Pull spec.mainContainer.image from its registry as a template (answers once it is ready)",

@@ -789,3 +789,105 @@ async fn spec_fields_are_honoured_or_refused_by_name() {
     let (s, v) = d.get("/api/v1/sandboxes?paused=maybe").await;
     assert!(s == 400 && v.to_string().contains("paused"), "{s} {v}");
 }
+
+/// `config.uploads_dir`: files the API puts there are readable in the
+/// sandbox and nothing in it, root included, can change them; they
+/// survive a pause, and a paused sandbox can be given the directory.
+#[tokio::test(flavor = "multi_thread")]
+async fn uploads_are_read_only_inside_the_sandbox() {
+    let d = Daemon::start().await;
+    let put = async |id: &str, name: &str, body: &'static str| {
+        let r = d
+            .http
+            .put(format!("{}/api/v1/sandboxes/{id}/uploads/{name}", d.url))
+            .bearer_auth(&d.token)
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        let status = r.status().as_u16();
+        (status, r.json::<serde_json::Value>().await.unwrap())
+    };
+    d.rejects(
+        "/api/v1/sandboxes",
+        json!({"template": "host", "config": {"uploads_dir": "/proc/x"}}),
+        "config.uploads_dir",
+    )
+    .await;
+    let id = d
+        .create(json!({"uploads_dir": "/mnt/session/uploads"}))
+        .await;
+    let (s, v) = put(&id, "notes.txt", "read me\n").await;
+    assert_eq!((s, &v["data"]["size"]), (200, &json!(8)), "{v}");
+    let (s, v) = put(&id, "a%2Fb", "x").await;
+    assert!(s == 400 && v.to_string().contains("name"), "{s} {v}");
+    let r = d
+        .sh(
+            &id,
+            "f=/mnt/session/uploads/notes.txt; cat $f; \
+             echo x >> $f 2>/dev/null && echo appended; \
+             rm -f $f 2>/dev/null; chmod 666 $f 2>/dev/null; \
+             touch /mnt/session/uploads/new 2>/dev/null && echo created; \
+             mount -o remount,rw /mnt/session/uploads 2>/dev/null && echo remounted; \
+             umount /mnt/session/uploads 2>/dev/null && echo unmounted; \
+             stat -c '%a %U' $f; cat $f",
+        )
+        .await;
+    assert_eq!(r["stdout"], "read me\n444 root\nread me\n", "{r}");
+    // Kept across a pause; listed and removed through the API only.
+    for step in ["pause", "resume"] {
+        let (s, v) = d
+            .post(&format!("/api/v1/sandboxes/{id}/{step}"), json!({}))
+            .await;
+        assert_eq!(s, 200, "{step}: {v}");
+    }
+    let (s, v) = d.get(&format!("/api/v1/sandboxes/{id}/uploads")).await;
+    assert_eq!(
+        (s, &v["data"]),
+        (200, &json!([{"name": "notes.txt", "size": 8}])),
+        "{v}"
+    );
+    let r = d.sh(&id, "cat /mnt/session/uploads/notes.txt").await;
+    assert_eq!(r["stdout"], "read me\n", "{r}");
+    let (s, _) = d
+        .delete(&format!("/api/v1/sandboxes/{id}/uploads/notes.txt"))
+        .await;
+    assert_eq!(s, 200);
+    let r = d.sh(&id, "ls -A /mnt/session/uploads | wc -l").await;
+    assert_eq!(r["stdout"], "0\n", "{r}");
+    let (s, _) = d
+        .delete(&format!("/api/v1/sandboxes/{id}/uploads/notes.txt"))
+        .await;
+    assert_eq!(s, 404);
+
+    // A sandbox made without the directory refuses uploads until it is
+    // given one while paused.
+    let plain = d.create(json!({})).await;
+    let (s, v) = put(&plain, "a", "x").await;
+    assert!(s == 409 && v.to_string().contains("uploads_dir"), "{s} {v}");
+    let (s, _) = d
+        .post(&format!("/api/v1/sandboxes/{plain}/pause"), json!({}))
+        .await;
+    assert_eq!(s, 200);
+    let (s, v) = d
+        .req(
+            Method::PUT,
+            &format!("/api/v1/sandboxes/{plain}"),
+            Some(json!({"config": {"uploads_dir": "/data/in"}})),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    let (s, v) = put(&plain, "a", "late\n").await;
+    assert_eq!(s, 200, "{v}");
+    let r = d
+        .sh(
+            &plain,
+            "cat /data/in/a; echo y > /data/in/a || echo refused",
+        )
+        .await;
+    assert!(
+        r["stdout"].as_str().unwrap().starts_with("late\n")
+            && r["stdout"].as_str().unwrap().ends_with("refused\n"),
+        "{r}"
+    );
+}

@@ -21,6 +21,7 @@ mod recovery;
 pub mod registry;
 mod snapshots;
 mod templates;
+mod uploads;
 mod warm;
 
 use crate::initclient;
@@ -265,7 +266,7 @@ impl Lifecycle {
         }
     }
 
-    /// Changes `ttl`, `hard_ttl`, `auto_resume` and `metadata`, under the sandbox's
+    /// Changes `ttl`, `hard_ttl`, `auto_resume`, `metadata` and `uploads_dir`, under the sandbox's
     /// lock so a concurrent policy change is not lost.
     /// `PUT /sandboxes/{id}`: what the update sets, the rest kept.
     pub async fn update_config(&self, id: &str, new: SandboxUpdateConfig) -> Result<SandboxRow> {
@@ -290,6 +291,7 @@ impl Lifecycle {
         config.ttl = new.ttl.or(config.ttl);
         config.hard_ttl = new.hard_ttl.or(config.hard_ttl);
         config.auto_resume = new.auto_resume.or(config.auto_resume);
+        config.uploads_dir = new.uploads_dir.or(config.uploads_dir);
         if let Some(env) = &new.env_vars {
             config.env_vars = env.clone();
         }
@@ -501,6 +503,10 @@ impl Lifecycle {
         let network = self.network_for(template, config);
         let started = async {
             fault::check("create.after_cgroup").map_err(internal)?;
+            let uploads = match &config.uploads_dir {
+                Some(dir) => Some(uploads::bind(&paths, dir)?),
+                None => None,
+            };
             let spec = SpawnSpec {
                 id: id.to_string(),
                 hostname: id.to_string(),
@@ -512,6 +518,7 @@ impl Lifecycle {
                     .iter()
                     .cloned()
                     .chain(network.map(|n| n.trust_bind()))
+                    .chain(uploads)
                     .collect(),
                 id_base: ID_BASE + slot as u32 * ID_COUNT,
                 id_count: ID_COUNT,
@@ -653,6 +660,8 @@ impl Lifecycle {
             && config
                 .network_enabled
                 .is_none_or(|on| on == template.network_enabled)
+            // Warm members have no uploads mount, which only a start adds.
+            && config.uploads_dir.is_none()
             && let Some(member) = self.take_warm(&template.pinned())
         {
             return self.hand_off(member, &template, config, disk).await;

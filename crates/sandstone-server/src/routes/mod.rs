@@ -10,3 +10,4 @@ pub mod sandboxes;
 pub mod snapshots;
 pub mod templates;
 pub mod tools;
+pub mod uploads;
