@@ -81,8 +81,8 @@ s = c.beta.sessions.create(agent={"type": "agent", "id": agent.id, "version": 1}
     title="rec", metadata={"m": "1"},
     resources=[{"type": "memory_store", "memory_store_id": store.id, "access": "read_only", "instructions": "i"}])
 c.beta.sessions.update(s.id, title="renamed", metadata={"m": None, "n": "2"})
-# Its resources, as the SDK lists them; files cannot be added yet, and a
-# self-hosted session has no repository to retrieve.
+# Its resources, as the SDK lists them; a self-hosted session takes no
+# files, and has no repository to retrieve.
 listed = c.beta.sessions.resources.list(s.id)
 assert [r.type for r in listed.data] == ["memory_store"], listed
 expect_error(400, lambda: c.beta.sessions.resources.add(s.id, type="file", file_id="file_x"))
@@ -126,6 +126,25 @@ assert c.beta.files.delete(up.id).id == up.id
 expect_error(404, lambda: c.beta.files.retrieve_metadata(up.id))
 expect_error(404, lambda: c.beta.files.download(up.id))
 c.beta.files.delete(other.id)
+
+# File resources of a cloud session: at their default mount path, added
+# and deleted through sessions.resources.
+cloud = c.beta.environments.create(
+    name="files", config={"type": "cloud", "networking": {"type": "limited", "allowed_hosts": []}})
+f_in = c.beta.files.upload(file=("in.txt", b"in", "text/plain"))
+f_more = c.beta.files.upload(file=("more.txt", b"more", "text/plain"))
+fa = c.beta.agents.create(name="files", model="scripted-e2e")
+fs = c.beta.sessions.create(agent=fa.id, environment_id=cloud.id,
+                            resources=[{"type": "file", "file_id": f_in.id}])
+assert fs.resources[0].mount_path == f"/mnt/session/uploads/{f_in.id}", fs.resources
+added = c.beta.sessions.resources.add(fs.id, type="file", file_id=f_more.id,
+                                      mount_path="/workspace/more.txt")
+assert (added.type, added.file_id, added.mount_path) == ("file", f_more.id, "/workspace/more.txt"), added
+assert c.beta.sessions.resources.retrieve(added.id, session_id=fs.id).file_id == f_more.id
+assert [r.type for r in c.beta.sessions.resources.list(fs.id).data] == ["file", "file"]
+c.beta.sessions.resources.delete(added.id, session_id=fs.id)
+expect_error(400, lambda: c.beta.sessions.resources.add(fs.id, type="file", file_id="file_missing"))
+c.beta.sessions.delete(fs.id)
 
 # Vaults and credentials: every kind parses into the SDK's models, and no
 # answer carries a secret.

@@ -36,6 +36,8 @@ pub mod layout {
     pub const WORKDIR: &str = "/workspace";
     /// Where the agent leaves deliverables; on the sandbox's durable layer.
     pub const OUTPUTS_DIR: &str = "/mnt/session/outputs";
+    /// Where `file` resources are mounted, read-only, by default.
+    pub const UPLOADS_DIR: &str = "/mnt/session/uploads";
 }
 
 pub use agent::*;

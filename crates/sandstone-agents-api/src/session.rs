@@ -158,6 +158,7 @@ pub struct SessionResource {
 impl SessionResource {
     pub const MEMORY_STORE: &'static str = "memory_store";
     pub const GITHUB_REPOSITORY: &'static str = "github_repository";
+    pub const FILE: &'static str = "file";
 
     pub fn is_memory_store(&self) -> bool {
         self.kind == Self::MEMORY_STORE
@@ -165,6 +166,10 @@ impl SessionResource {
 
     pub fn is_repository(&self) -> bool {
         self.kind == Self::GITHUB_REPOSITORY
+    }
+
+    pub fn is_file(&self) -> bool {
+        self.kind == Self::FILE
     }
 }
 

@@ -50,6 +50,8 @@ pub struct SessionSetup {
     pub mcp_hosts: Vec<String>,
     /// The session's `github_repository` resources.
     pub repositories: Vec<Repository>,
+    /// The session's `file` resources: (file id, mount path).
+    pub files: Vec<(String, String)>,
 }
 
 /// A repository to clone into the session's sandbox.
@@ -81,6 +83,14 @@ pub trait Executor: Send + Sync {
         item: WorkItem,
         setup: SessionSetup,
     ) -> BoxFuture<'static, Result<(), Unservable>>;
+    /// A session's `file` resources changed (now `files`: file id, mount
+    /// path): its sandbox, if running, gets them before this returns.
+    fn files_changed(
+        &self,
+        env: Environment,
+        session: String,
+        files: Vec<(String, String)>,
+    ) -> BoxFuture<'static, ()>;
 }
 
 impl Agents {
@@ -105,6 +115,25 @@ impl Agents {
         if let Err(e) = self.registry.packages_built(env, packages, build).await {
             tracing::warn!(environment = env, error = %e, "recording a packages build");
         }
+    }
+
+    /// Tells the executor that the `file` resources of `session` changed.
+    pub(crate) async fn files_changed(&self, session: &str) -> crate::error::ApiResult<()> {
+        let Some(x) = self.executor.get() else {
+            return Ok(());
+        };
+        let doc = self.sessions.session(session)?;
+        let env = self.registry.environment(&doc.environment_id)?;
+        if env.config.cloud().is_some() {
+            x.files_changed(env, session.to_string(), session_files(&doc))
+                .await;
+        }
+        Ok(())
+    }
+
+    /// An uploaded file's bytes, for the executor to put in a sandbox.
+    pub async fn file_content(&self, id: &str) -> crate::error::ApiResult<Vec<u8>> {
+        Ok(self.files.content(id).await?.1)
     }
 
     pub(crate) fn forget_cloud(&self, env: &str) {
@@ -197,10 +226,12 @@ impl Agents {
                 checkout: r.checkout.clone(),
             });
         }
+        let files = session_files(&doc);
         Ok(SessionSetup {
             secrets,
             mcp_hosts,
             repositories,
+            files,
         })
     }
 
@@ -284,6 +315,15 @@ fn covers(pattern: &str, host: &str) -> bool {
             .is_some_and(|rest| rest.ends_with('.')),
         None => pattern.eq_ignore_ascii_case(host),
     }
+}
+
+/// A session's `file` resources: (file id, mount path).
+fn session_files(doc: &sandstone_agents_api::Session) -> Vec<(String, String)> {
+    doc.resources
+        .iter()
+        .filter(|r| r.is_file())
+        .filter_map(|r| Some((r.file_id.clone()?, r.mount_path.clone()?)))
+        .collect()
 }
 
 #[cfg(test)]

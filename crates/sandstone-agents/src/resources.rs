@@ -1,12 +1,15 @@
-//! A session's resources: memory stores (in any environment) and GitHub
+//! A session's resources: memory stores (in any environment), GitHub
 //! repositories (in `cloud` environments, cloned into the session's
-//! sandbox when it is made). A repository's `authorization_token` is
-//! sealed apart from the session ([`crate::vaults`]) and reaches the
+//! sandbox when it is made) and files of the Files API (in `cloud`
+//! environments, put read-only in the sandbox on each item, so one added
+//! later appears from the next turn). A repository's `authorization_token`
+//! is sealed apart from the session ([`crate::vaults`]) and reaches the
 //! repository's host only through the egress proxy.
 
 use crate::Agents;
 use crate::error::{ApiError, ApiResult};
 use crate::ids::{new_id, now};
+use sandstone_agents_api::layout::{OUTPUTS_DIR, UPLOADS_DIR, WORKDIR};
 use sandstone_agents_api::{Checkout, SessionResource};
 use serde_json::Value;
 
@@ -22,7 +25,11 @@ const MAX_TOKEN: usize = 16 * 1024;
 
 impl Agents {
     /// A new session's `resources`, checked by field and resolved.
-    pub(crate) fn session_resources(&self, v: &Value, cloud: bool) -> ApiResult<NewResources> {
+    pub(crate) async fn session_resources(
+        &self,
+        v: &Value,
+        cloud: bool,
+    ) -> ApiResult<NewResources> {
         let list = match v {
             Value::Null => {
                 return Ok(NewResources {
@@ -50,27 +57,19 @@ impl Agents {
                     }
                     r
                 }
-                SessionResource::GITHUB_REPOSITORY | "file" if !cloud => {
+                SessionResource::FILE if cloud => self.file_resource(r, &at).await?,
+                SessionResource::GITHUB_REPOSITORY | SessionResource::FILE if !cloud => {
                     return Err(ApiError::invalid(format!(
                         "{at}.type: this is a self_hosted environment; its sessions take memory_store resources only"
                     )));
                 }
                 other => {
                     return Err(ApiError::invalid(format!(
-                        "{at}.type: {other:?} is not supported (memory_store, or github_repository in a cloud environment)"
+                        "{at}.type: {other:?} is not supported (memory_store, or github_repository and file in a cloud environment)"
                     )));
                 }
             };
-            if let Some(path) = &resolved.mount_path
-                && out
-                    .resources
-                    .iter()
-                    .any(|o| o.mount_path.as_ref() == Some(path))
-            {
-                return Err(ApiError::invalid(format!(
-                    "{at}.mount_path: {path} is another resource's"
-                )));
-            }
+            check_mount_free(&out.resources, &resolved, &at)?;
             out.resources.push(resolved);
         }
         Ok(out)
@@ -93,21 +92,93 @@ impl Agents {
             .ok_or_else(|| ApiError::not_found("session resource", id))
     }
 
-    /// `POST …/resources`: the API adds `file` resources only, which
-    /// Sandstone does not serve yet.
+    /// `POST …/resources`: the API adds `file` resources only, to a
+    /// session of a `cloud` environment; the file is in the session's
+    /// sandbox when this returns, if it runs, or when it next starts.
     pub(crate) async fn add_resource(
         &self,
         session: &str,
         body: &Value,
     ) -> ApiResult<SessionResource> {
         self.sessions.ensure(session).await?;
-        self.sessions.session(session)?;
-        Err(ApiError::invalid(match body["type"].as_str() {
-            Some("file") => "type: file resources are not supported by Sandstone yet".to_string(),
-            other => format!(
-                "type: {other:?} cannot be added to a running session (the API adds file resources only)"
-            ),
-        }))
+        let doc = self.sessions.session(session)?;
+        let r: SessionResource = sandstone_agents_api::from_value(body.clone())
+            .map_err(|e| ApiError::invalid(e.to_string()))?;
+        if r.kind != SessionResource::FILE {
+            return Err(ApiError::invalid(format!(
+                "type: {:?} cannot be added to a session (the API adds file resources only)",
+                r.kind
+            )));
+        }
+        let env = self.registry.environment(&doc.environment_id)?;
+        if env.config.cloud().is_none() {
+            return Err(ApiError::invalid(
+                "type: this is a self_hosted environment; its sessions take memory_store resources only",
+            ));
+        }
+        let added = self.file_resource(r, "").await?;
+        let doc = self
+            .sessions
+            .update_doc(session, |d| {
+                check_mount_free(&d.resources, &added, "")?;
+                d.resources.push(added.clone());
+                Ok(())
+            })
+            .await?;
+        self.files_changed(session).await?;
+        Ok(doc
+            .resources
+            .into_iter()
+            .find(|r| r.id == added.id)
+            .unwrap_or(added))
+    }
+
+    /// A `file` resource checked: its file exists, its mount path is one
+    /// a link can go to ([`UPLOADS_DIR`]`/<file_id>` unless given).
+    async fn file_resource(&self, r: SessionResource, at: &str) -> ApiResult<SessionResource> {
+        let field = |name: &str| {
+            if at.is_empty() {
+                name.to_string()
+            } else {
+                format!("{at}.{name}")
+            }
+        };
+        if let Some(k) = r.extra.keys().next() {
+            return Err(ApiError::invalid(format!("{}: unknown field", field(k))));
+        }
+        let file_id = r.file_id.unwrap_or_default();
+        if file_id.is_empty() {
+            return Err(ApiError::invalid(format!(
+                "{}: required, the id of an uploaded file",
+                field("file_id")
+            )));
+        }
+        if self.files.metadata(&file_id).await.is_err() {
+            return Err(ApiError::invalid(format!(
+                "{}: no file {file_id} (upload it with the Files API first)",
+                field("file_id")
+            )));
+        }
+        let mount_path = match r.mount_path {
+            None => format!("{UPLOADS_DIR}/{file_id}"),
+            Some(p) if valid_path(&p) && file_mount_allowed(&p) => p,
+            Some(_) => {
+                return Err(ApiError::invalid(format!(
+                    "{}: an absolute path without . or .. segments, directly in {UPLOADS_DIR} or outside it, and not {WORKDIR}, {OUTPUTS_DIR} or a directory above them",
+                    field("mount_path")
+                )));
+            }
+        };
+        let t = now();
+        Ok(SessionResource {
+            id: Some(new_id("sesrsc")),
+            kind: r.kind,
+            file_id: Some(file_id),
+            mount_path: Some(mount_path),
+            created_at: Some(t.clone()),
+            updated_at: Some(t),
+            ..SessionResource::default()
+        })
     }
 
     /// `POST …/resources/{id}`: a repository's new `authorization_token`,
@@ -163,15 +234,19 @@ impl Agents {
     }
 
     /// `DELETE …/resources/{id}`: gone from the session, its token
-    /// forgotten (a clone already made stays in the sandbox's files).
+    /// forgotten (a clone already made stays in the sandbox's files), a
+    /// file taken out of a running sandbox.
     pub(crate) async fn delete_resource(&self, session: &str, id: &str) -> ApiResult<Value> {
-        self.resource(session, id).await?;
+        let gone = self.resource(session, id).await?;
         self.sessions
             .update_doc(session, |d| {
                 d.resources.retain(|r| r.id.as_deref() != Some(id));
                 Ok(())
             })
             .await?;
+        if gone.is_file() {
+            self.files_changed(session).await?;
+        }
         self.vaults.forget_resource_token(id).await?;
         Ok(serde_json::json!({"id": id, "type": "session_resource_deleted"}))
     }
@@ -212,7 +287,7 @@ fn repository(mut r: SessionResource, at: &str) -> ApiResult<(SessionResource, O
         .map(|n| n.trim_end_matches(".git").to_string())
         .unwrap_or_default();
     let mount_path = match r.mount_path.take() {
-        None => format!("{}/{name}", sandstone_agents_api::layout::WORKDIR),
+        None => format!("{}/{name}", WORKDIR),
         Some(p) if valid_path(&p) => p,
         Some(_) => {
             return Err(ApiError::invalid(format!(
@@ -249,6 +324,46 @@ fn repository(mut r: SessionResource, at: &str) -> ApiResult<(SessionResource, O
         },
         token,
     ))
+}
+
+/// No two resources at one mount path.
+fn check_mount_free(
+    resources: &[SessionResource],
+    new: &SessionResource,
+    at: &str,
+) -> ApiResult<()> {
+    match &new.mount_path {
+        Some(path)
+            if resources
+                .iter()
+                .any(|o| o.mount_path.as_ref() == Some(path)) =>
+        {
+            let field = if at.is_empty() {
+                "mount_path".to_string()
+            } else {
+                format!("{at}.mount_path")
+            };
+            Err(ApiError::invalid(format!(
+                "{field}: {path} is another resource's"
+            )))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Where a file's link may go: directly in the uploads directory (no
+/// link then), or anywhere else but the directories the session's layout
+/// needs and those above them (a link there would replace them).
+fn file_mount_allowed(p: &str) -> bool {
+    if let Some(name) = p
+        .strip_prefix(UPLOADS_DIR)
+        .and_then(|r| r.strip_prefix('/'))
+    {
+        return !name.is_empty() && !name.contains('/');
+    }
+    ![UPLOADS_DIR, WORKDIR, OUTPUTS_DIR, "/mnt/memory"]
+        .iter()
+        .any(|d| *d == p || d.starts_with(&format!("{p}/")))
 }
 
 fn valid_path(p: &str) -> bool {

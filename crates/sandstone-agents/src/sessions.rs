@@ -465,7 +465,9 @@ impl Agents {
             .fresh(AGENT, &format!("{agent_id}@1"), |r| r.agent(agent_id, None))
             .await;
         let agent = self.session_agent(&body["agent"])?;
-        let new = self.session_resources(&body["resources"], env.config.cloud().is_some())?;
+        let new = self
+            .session_resources(&body["resources"], env.config.cloud().is_some())
+            .await?;
         let vault_ids = list_field(body, "vault_ids")?;
         let vault_ids: Vec<String> = serde_json::from_value(vault_ids)
             .map_err(|_| ApiError::invalid("vault_ids: an array of vault ids"))?;

@@ -17,7 +17,7 @@ use crate::{Agents, model};
 use sandstone_agents_api::layout::{OUTPUTS_DIR, WORKDIR};
 use sandstone_agents_api::{
     AgentTool, ContentBlock, KnownEvent, PermissionKind, Session, SessionAgent, SessionEvent,
-    SessionUsage, ToolConfig, Verdict,
+    SessionResource, SessionUsage, ToolConfig, Verdict,
 };
 use sandstone_api::toolset::Tool;
 use serde_json::{Value, json};
@@ -472,7 +472,7 @@ impl Agents {
     /// What the model is told of where its tools run: the working
     /// directory, the outputs directory, each skill (name, description,
     /// where its files are) and each memory store (where it is mounted,
-    /// whether it is writable, what it holds).
+    /// whether it is writable, what it holds), each file and repository.
     fn surroundings(&self, doc: &sandstone_agents_api::Session) -> String {
         let mut out = format!(
             "<environment>\nYour tools run in a sandbox of your own. The working directory is \
@@ -524,6 +524,28 @@ impl Agents {
         if !stores.is_empty() {
             out += "Memory stores, mounted as directories of files:\n";
             out += &stores.join("\n");
+            out += "\n";
+        }
+        let mounted: Vec<String> = doc
+            .resources
+            .iter()
+            .filter_map(|r| match r.kind.as_str() {
+                SessionResource::FILE => Some(format!(
+                    "- {} (read-only): file {}",
+                    r.mount_path.as_deref()?,
+                    r.file_id.as_deref()?
+                )),
+                SessionResource::GITHUB_REPOSITORY => Some(format!(
+                    "- {}: a clone of {}",
+                    r.mount_path.as_deref()?,
+                    r.url.as_deref()?
+                )),
+                _ => None,
+            })
+            .collect();
+        if !mounted.is_empty() {
+            out += "Files and repositories of this session:\n";
+            out += &mounted.join("\n");
             out += "\n";
         }
         out + "</environment>"

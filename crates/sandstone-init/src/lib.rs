@@ -26,6 +26,7 @@ pub fn run() {
     match std::env::args().nth(1).as_deref() {
         Some("spawn") => spawn_mode(),
         Some("tmpfs") => tmpfs_mode(),
+        Some("bind") => bind_mode(),
         _ => {
             eprintln!(
                 "sandstone-init is started by the Sandstone daemon (usage: sandstone-init spawn < spec.json)"
@@ -73,6 +74,22 @@ fn tmpfs_mode() {
         std::process::exit(2);
     };
     if let Err(e) = sandstone_runtime::rootfs::resize_tmpfs(pid, memory) {
+        eprintln!("{e}");
+        std::process::exit(1);
+    }
+}
+
+/// `bind <pid> <source> <target>`: binds a host directory read-only into a
+/// running sandbox.
+fn bind_mode() {
+    let args: Vec<String> = std::env::args().skip(2).collect();
+    let (Some(pid), [_, source, target]) = (args.first().and_then(|p| p.parse().ok()), &args[..])
+    else {
+        eprintln!("usage: sandstone-init bind <pid> <source> <target>");
+        std::process::exit(2);
+    };
+    if let Err(e) = sandstone_runtime::rootfs::bind_live(pid, std::path::Path::new(source), target)
+    {
         eprintln!("{e}");
         std::process::exit(1);
     }

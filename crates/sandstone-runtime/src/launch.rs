@@ -31,6 +31,27 @@ pub fn resize_tmpfs(init_bin: &Path, pid: i32, memory: Option<u64>) -> Result<()
     )))
 }
 
+/// Runs `<init_bin> bind <pid> <source> <target>`: binds a host directory
+/// read-only into the running sandbox whose init is `pid`
+/// ([`crate::rootfs::bind_live`]). Blocking.
+pub fn bind_live(init_bin: &Path, pid: i32, source: &Path, target: &str) -> Result<()> {
+    let out = Command::new(init_bin)
+        .args(["bind", &pid.to_string()])
+        .arg(source)
+        .arg(target)
+        .env_clear()
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| Error::sys(format!("run {init_bin:?}"), e))?;
+    if out.status.success() {
+        return Ok(());
+    }
+    Err(Error::Other(format!(
+        "bind {source:?} into the sandbox: {}",
+        String::from_utf8_lossy(&out.stderr).trim()
+    )))
+}
+
 /// Runs `<init_bin> spawn`, feeding it `spec`. Blocking: call it from a
 /// blocking thread.
 pub fn launch(init_bin: &Path, spec: &SpawnSpec) -> Result<Launched> {

@@ -24,7 +24,7 @@ use sandstone_api::{BuildEvent, Secret};
 use sandstone_egress::credentials::ANY_HOST;
 use sandstone_worker::Worker;
 use sandstone_worker::item::{Item, ItemError};
-use sandstone_worker::sandbox::{self as session_sandbox, SessionExtras};
+use sandstone_worker::sandbox::{self as session_sandbox, FileSource, SessionExtras, SessionFile};
 use sha2::Digest;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, Weak};
@@ -250,6 +250,28 @@ impl Cloud {
     }
 }
 
+/// The Files API of this daemon's control plane, for `file` resources.
+struct Files(Weak<Agents>);
+
+impl std::fmt::Debug for Files {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("the control plane's Files API")
+    }
+}
+
+impl FileSource for Files {
+    fn content(
+        &self,
+        file_id: &str,
+    ) -> futures_util::future::BoxFuture<'static, Result<Vec<u8>, String>> {
+        let (agents, id) = (self.0.upgrade(), file_id.to_string());
+        Box::pin(async move {
+            let agents = agents.ok_or("the daemon is stopping")?;
+            agents.file_content(&id).await.map_err(|e| e.to_string())
+        })
+    }
+}
+
 fn unservable(message: String) -> Unservable {
     Unservable::new(message)
 }
@@ -308,6 +330,9 @@ impl Executor for Cloud {
                 .ok_or_else(|| unservable(format!("work {} has no usable id", item.id)))?;
             if let Some(cloud) = env.config.cloud() {
                 item.extras = extras(&setup, &cloud.networking);
+                if !item.extras.files.is_empty() {
+                    item.extras.file_source = Some(Arc::new(Files(me.agents.clone())));
+                }
             }
             match worker.handle(item).await {
                 sandstone_worker::item::Outcome::Failed(ItemError::Repository(r)) => {
@@ -322,6 +347,42 @@ impl Executor for Cloud {
             }
         })
     }
+
+    fn files_changed(
+        &self,
+        env: Environment,
+        session: String,
+        files: Vec<(String, String)>,
+    ) -> futures_util::future::BoxFuture<'static, ()> {
+        let me = self.me.upgrade();
+        Box::pin(async move {
+            let Some(me) = me else {
+                return;
+            };
+            let Ok(worker) = me.worker(&env).await else {
+                return;
+            };
+            let extras = SessionExtras {
+                files: session_files(&files),
+                file_source: Some(Arc::new(Files(me.agents.clone()))),
+                ..SessionExtras::default()
+            };
+            if let Err(e) = worker.sandboxes.refresh_files(&session, &extras).await {
+                tracing::warn!(session = %session, error = %e, "updating the session's files in its sandbox (its next item tries again)");
+            }
+        })
+    }
+}
+
+/// `file` resources (file id, mount path) as the worker takes them.
+fn session_files(files: &[(String, String)]) -> Vec<SessionFile> {
+    files
+        .iter()
+        .map(|(file_id, mount_path)| SessionFile {
+            file_id: file_id.clone(),
+            mount_path: mount_path.clone(),
+        })
+        .collect()
 }
 
 /// A package set's Sandstonefile: each manager one cached step, the
@@ -410,6 +471,7 @@ pub fn extras(setup: &SessionSetup, networking: &Networking) -> SessionExtras {
             checkout: r.checkout.clone(),
         });
     }
+    out.files = session_files(&setup.files);
     for s in &setup.secrets {
         let v = &s.variable;
         let hosts = match (&v.networking, networking) {

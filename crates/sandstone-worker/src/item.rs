@@ -39,6 +39,9 @@ pub enum ItemError {
     Repository(#[source] crate::sandbox::RepositoryError),
     #[error("memory: {0}")]
     Memory(#[source] MemoryError),
+    /// A `file` resource could not be put in the sandbox.
+    #[error("{0}")]
+    File(String),
 }
 
 impl Outcome {
@@ -165,6 +168,9 @@ impl Worker {
             }
             Err(crate::sandbox::AcquireError::Repository(e)) => {
                 return Outcome::Failed(ItemError::Repository(e));
+            }
+            Err(e @ crate::sandbox::AcquireError::File { .. }) => {
+                return Outcome::Failed(ItemError::File(e.to_string()));
             }
         };
         self.metrics.item_sandbox(&item.id, &sandbox.id);

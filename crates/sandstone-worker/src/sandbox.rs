@@ -3,17 +3,22 @@
 //! item of a session claims a sandbox, later items resume the same one, and
 //! every item ends by pausing it (compute released, files kept).
 
+use futures_util::future::BoxFuture;
 use sandstone_agents_api::Checkout;
-use sandstone_api::{SandboxConfig, SandboxSummary};
+use sandstone_api::{SandboxConfig, SandboxSummary, SandboxUpdateConfig};
 use sandstone_client::Client;
 use serde_json::Value;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
 /// The metadata label naming the session a sandbox serves.
 pub const SESSION_LABEL: &str = "cma.session";
 const ENVIRONMENT_LABEL: &str = "cma.environment";
+/// Set on a sandbox given the uploads directory, whose files then follow
+/// the session's `file` resources on each item.
+const UPLOADS_LABEL: &str = "cma.uploads";
 
-pub use sandstone_agents_api::layout::{OUTPUTS_DIR, WORKDIR};
+pub use sandstone_agents_api::layout::{OUTPUTS_DIR, UPLOADS_DIR, WORKDIR};
 /// Parent of memory-store mounts; must exist and be writable.
 pub const MEMORY_DIR: &str = "/mnt/memory";
 /// Idle seconds (no API call touching it) before the daemon pauses a
@@ -44,6 +49,37 @@ pub struct SessionExtras {
     pub allowed_hosts: Vec<String>,
     /// Repositories cloned into a sandbox this item makes.
     pub repositories: Vec<Repository>,
+    /// The session's `file` resources, staged read-only on each item.
+    pub files: Vec<SessionFile>,
+    /// Where their bytes come from (set when `files` is not empty).
+    pub file_source: Option<Arc<dyn FileSource>>,
+}
+
+/// A `file` resource: uploaded into the sandbox's read-only uploads
+/// directory ([`UPLOADS_DIR`]) and, when its `mount_path` is elsewhere,
+/// linked there.
+#[derive(Debug, Clone)]
+pub struct SessionFile {
+    pub file_id: String,
+    pub mount_path: String,
+}
+
+impl SessionFile {
+    /// Its name in the uploads directory, and the link to make at its
+    /// mount path when that is outside the directory. A link can be
+    /// removed from inside the sandbox, but what it points at cannot be
+    /// changed: writing through it fails.
+    fn placement(&self) -> (String, Option<String>) {
+        match self.mount_path.rsplit_once('/') {
+            Some((UPLOADS_DIR, name)) => (name.to_string(), None),
+            _ => (self.file_id.clone(), Some(self.mount_path.clone())),
+        }
+    }
+}
+
+/// The bytes of uploaded files (the control plane's Files API).
+pub trait FileSource: Send + Sync + std::fmt::Debug {
+    fn content(&self, file_id: &str) -> BoxFuture<'static, Result<Vec<u8>, String>>;
 }
 
 /// A repository to clone (through the egress proxy, which adds its token).
@@ -73,6 +109,8 @@ pub enum AcquireError {
     Sandbox(#[from] sandstone_client::Error),
     #[error("cloning {0}")]
     Repository(RepositoryError),
+    #[error("mounting file {file_id}: {message}")]
+    File { file_id: String, message: String },
 }
 
 /// The API's error for git's failure to clone (`checkout`: the step was
@@ -117,7 +155,16 @@ impl SessionSandboxes {
                 tracing::info!(sandbox = %found.id, "the session's sandbox was left running; restarting its processes");
                 self.client.pause(&found.id).await?;
             }
+            let has_uploads = found.metadata.contains_key(UPLOADS_LABEL);
+            if !has_uploads && !extras.files.is_empty() {
+                // A file added since: the directory is mounted from the
+                // resume on.
+                self.client.update(&found.id, &uploads_config()).await?;
+            }
             self.client.resume(&found.id).await?;
+            if has_uploads || !extras.files.is_empty() {
+                self.stage_files(&found.id, extras).await?;
+            }
             return Ok(Acquired {
                 id: found.id,
                 resumed: true,
@@ -146,7 +193,95 @@ impl SessionSandboxes {
                 return Err(e);
             }
         }
+        if !extras.files.is_empty()
+            && let Err(e) = self.stage_files(&id, extras).await
+        {
+            let _ = self.client.delete(&id).await;
+            return Err(e);
+        }
         Ok(Acquired { id, resumed: false })
+    }
+
+    /// The session's `file` resources changed while its sandbox may be
+    /// running a turn: a running sandbox gets them now (the directory
+    /// bound live if it had none); a paused one at its next item.
+    pub async fn refresh_files(
+        &self,
+        session: &str,
+        extras: &SessionExtras,
+    ) -> Result<(), AcquireError> {
+        let Some(found) = self.find(session).await? else {
+            return Ok(());
+        };
+        let has_uploads = found.metadata.contains_key(UPLOADS_LABEL);
+        if found.paused || (!has_uploads && extras.files.is_empty()) {
+            return Ok(());
+        }
+        if !has_uploads {
+            self.client.update(&found.id, &uploads_config()).await?;
+        }
+        self.stage_files(&found.id, extras).await
+    }
+
+    /// Makes the uploads directory hold the session's files, no more:
+    /// uploads what is missing (and links it at its mount path), removes
+    /// what a deleted resource left. One listing when nothing changed.
+    async fn stage_files(&self, id: &str, extras: &SessionExtras) -> Result<(), AcquireError> {
+        let have: BTreeSet<String> = self
+            .client
+            .uploads(id)
+            .await?
+            .into_iter()
+            .map(|u| u.name)
+            .collect();
+        let mut wanted = BTreeSet::new();
+        let (mut links, mut linked) = (Vec::new(), Vec::new());
+        for f in &extras.files {
+            let (name, link) = f.placement();
+            if !have.contains(&name) {
+                let fail = |message: String| AcquireError::File {
+                    file_id: f.file_id.clone(),
+                    message,
+                };
+                let source = extras
+                    .file_source
+                    .as_ref()
+                    .ok_or_else(|| fail("no source for file contents".into()))?;
+                let bytes = source.content(&f.file_id).await.map_err(fail)?;
+                self.client.put_upload(id, &name, bytes).await?;
+                if let Some(link) = link {
+                    links.push(format!("{UPLOADS_DIR}/{name}"));
+                    links.push(link);
+                    linked.push(f.file_id.as_str());
+                }
+            }
+            wanted.insert(name);
+        }
+        for stale in have.difference(&wanted) {
+            self.client.delete_upload(id, stale).await?;
+        }
+        if links.is_empty() {
+            return Ok(());
+        }
+        // All links in one command; `-T` so an existing directory at a
+        // mount path fails rather than get the link put inside it.
+        let script = r#"while [ $# -gt 0 ]; do mkdir -p -- "$(dirname -- "$2")" && ln -sfT -- "$1" "$2" || exit 1; shift 2; done"#;
+        let argv: Vec<String> = ["sh", "-c", script, "sh"]
+            .into_iter()
+            .map(String::from)
+            .chain(links.iter().cloned())
+            .collect();
+        let out = self.client.run(id, &argv, None, Some(60)).await?;
+        if out.exit_code == Some(0) {
+            return Ok(());
+        }
+        Err(AcquireError::File {
+            file_id: linked.join(", "),
+            message: format!(
+                "linking at its mount path: {}",
+                out.stderr.or(out.stdout).unwrap_or_default().trim()
+            ),
+        })
     }
 
     /// Clones `r` in sandbox `id` and checks out what it asks for.
@@ -217,11 +352,18 @@ impl SessionSandboxes {
                 append(&mut egress["trafficRules"], &[rule]);
             }
         }
-        let metadata = BTreeMap::from([
+        let mut metadata = BTreeMap::from([
             (SESSION_LABEL.to_string(), session.to_string()),
             (ENVIRONMENT_LABEL.to_string(), self.environment.clone()),
         ]);
+        // Only with files: a sandbox with the mount cannot come from the
+        // warm pool.
+        let uploads_dir = (!extras.files.is_empty()).then(|| {
+            metadata.insert(UPLOADS_LABEL.into(), "1".into());
+            UPLOADS_DIR.to_string()
+        });
         SandboxConfig {
+            uploads_dir,
             network,
             env_vars: extras.env_vars.clone(),
             metadata,
@@ -244,6 +386,15 @@ impl SessionSandboxes {
 }
 
 /// Appends `items` to the array at `slot` (made when missing).
+/// What gives a paused sandbox the uploads directory at its resume.
+fn uploads_config() -> SandboxUpdateConfig {
+    SandboxUpdateConfig {
+        uploads_dir: Some(UPLOADS_DIR.into()),
+        metadata: BTreeMap::from([(UPLOADS_LABEL.into(), "1".into())]),
+        ..Default::default()
+    }
+}
+
 fn append(slot: &mut Value, items: &[Value]) {
     if !slot.is_array() {
         *slot = Value::Array(Vec::new());
@@ -258,6 +409,26 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_file_is_linked_unless_its_mount_path_is_in_the_uploads_directory() {
+        let f = |mount_path: &str| {
+            SessionFile {
+                file_id: "file_1".into(),
+                mount_path: mount_path.into(),
+            }
+            .placement()
+        };
+        assert_eq!(f("/mnt/session/uploads/file_1"), ("file_1".into(), None));
+        assert_eq!(
+            f("/mnt/session/uploads/data.csv"),
+            ("data.csv".into(), None)
+        );
+        assert_eq!(
+            f("/workspace/in/data.csv"),
+            ("file_1".into(), Some("/workspace/in/data.csv".into()))
+        );
+    }
+
+    #[test]
     fn a_sessions_extras_are_added_to_the_environments_policy() {
         let s = SessionSandboxes {
             client: Client::new("http://127.0.0.1:9", "t"),
@@ -270,7 +441,7 @@ mod tests {
             credential_bindings: vec![serde_json::json!({"ref": "a"})],
             credential_rules: vec![serde_json::json!({"credentialRef": "a"})],
             allowed_hosts: vec!["127.0.0.1".into(), "mcp.example.com".into()],
-            repositories: Vec::new(),
+            ..SessionExtras::default()
         };
         let c = s.config("sesn", &extras);
         let n = c.network.unwrap();

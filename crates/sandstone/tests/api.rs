@@ -861,33 +861,39 @@ async fn uploads_are_read_only_inside_the_sandbox() {
     assert_eq!(s, 404);
 
     // A sandbox made without the directory refuses uploads until it is
-    // given one while paused.
+    // given one: bound at once while it runs, kept across a pause.
     let plain = d.create(json!({})).await;
     let (s, v) = put(&plain, "a", "x").await;
     assert!(s == 409 && v.to_string().contains("uploads_dir"), "{s} {v}");
-    let (s, _) = d
-        .post(&format!("/api/v1/sandboxes/{plain}/pause"), json!({}))
-        .await;
-    assert_eq!(s, 200);
-    let (s, v) = d
-        .req(
-            Method::PUT,
-            &format!("/api/v1/sandboxes/{plain}"),
-            Some(json!({"config": {"uploads_dir": "/data/in"}})),
-        )
-        .await;
+    let r = d.sh(&plain, "sleep 600 & echo $! > /tmp/bg").await;
+    assert_eq!(r["exit_code"], 0, "{r}");
+    let path = format!("/api/v1/sandboxes/{plain}");
+    let set = async |dir: &str| {
+        let body = json!({"config": {"uploads_dir": dir}});
+        d.req(Method::PUT, &path, Some(body)).await
+    };
+    let (s, v) = set("/data/in").await;
     assert_eq!(s, 200, "{v}");
     let (s, v) = put(&plain, "a", "late\n").await;
     assert_eq!(s, 200, "{v}");
     let r = d
         .sh(
             &plain,
-            "cat /data/in/a; echo y > /data/in/a || echo refused",
+            "cat /data/in/a; echo y > /data/in/a || echo refused; \
+             umount /data/in 2>/dev/null || echo kept; kill -0 $(cat /tmp/bg) && echo alive",
         )
         .await;
-    assert!(
-        r["stdout"].as_str().unwrap().starts_with("late\n")
-            && r["stdout"].as_str().unwrap().ends_with("refused\n"),
-        "{r}"
-    );
+    assert_eq!(r["stdout"], "late\nrefused\nkept\nalive\n", "{r}");
+    let (s, v) = set("/elsewhere").await;
+    assert!(s == 409 && v.to_string().contains("uploads_dir"), "{s} {v}");
+    for step in ["pause", "resume"] {
+        let (s, v) = d
+            .post(&format!("/api/v1/sandboxes/{plain}/{step}"), json!({}))
+            .await;
+        assert_eq!(s, 200, "{step}: {v}");
+    }
+    let r = d
+        .sh(&plain, "cat /data/in/a; touch /data/in/b || echo refused")
+        .await;
+    assert_eq!(r["stdout"], "late\nrefused\n", "{r}");
 }

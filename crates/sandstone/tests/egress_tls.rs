@@ -998,6 +998,209 @@ async fn a_repository_is_cloned_with_a_token_the_sandbox_never_holds() {
     }
 }
 
+/// The session's events once it is idle after `n` turns (`n` agent
+/// messages): a message just sent may not have started its turn yet.
+async fn after_turns(d: &Daemon, sid: &str, n: usize) -> Vec<Value> {
+    let mut evs = Vec::new();
+    common::agents::within(std::time::Duration::from_secs(60), async || {
+        evs = common::agents::idle_with(d, sid, "end_turn").await;
+        evs.iter().filter(|e| e["type"] == "agent.message").count() == n
+    })
+    .await;
+    evs
+}
+
+/// Uploads `content` with the Files API (a multipart form, as the SDK's
+/// `beta.files.upload` sends it); its `file_…` id.
+async fn upload_file(d: &Daemon, name: &str, content: &str) -> String {
+    let boundary = "sandstone-test-boundary";
+    let body = format!(
+        "--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"{name}\"\r\n\
+         Content-Type: text/plain\r\n\r\n{content}\r\n--{boundary}--\r\n"
+    );
+    let r = d
+        .http
+        .post(format!("{}/v1/files", d.url))
+        .header("x-api-key", &d.token)
+        .header("anthropic-version", "2023-06-01")
+        .header(
+            "content-type",
+            format!("multipart/form-data; boundary={boundary}"),
+        )
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let v: Value = r.json().await.unwrap();
+    v["id"].as_str().unwrap().to_string()
+}
+
+/// `file` resources: uploaded with the Files API, readable in the session's
+/// sandbox at their mount paths and not writable by anything in it; one
+/// added to the running session is there from its next turn, and one
+/// deleted is gone. The model is told where they are; bad input names
+/// its field.
+#[tokio::test(flavor = "multi_thread")]
+async fn files_are_mounted_read_only_in_the_sessions_sandbox() {
+    use common::agents::{idle_with, say, session_with, v1};
+    use reqwest::Method;
+    let (_net, d, model) = agents_setup(|_| None).await;
+    let (s, env, _) = v1(
+        &d,
+        &d.token,
+        Method::POST,
+        "/environments",
+        Some(json!({"name": "files", "config": {"type": "cloud",
+            "networking": {"type": "limited", "allowed_hosts": []}}})),
+    )
+    .await;
+    assert_eq!(s, 200, "{env}");
+    let env = env["id"].as_str().unwrap().to_string();
+    let notes = upload_file(&d, "notes.txt", "first file").await;
+    let data = upload_file(&d, "data.csv", "a,b\n1,2").await;
+    let resources = json!({"resources": [
+        {"type": "file", "file_id": notes},
+        {"type": "file", "file_id": data, "mount_path": "/workspace/in/data.csv"}]});
+    let tools = json!([{"type": "agent_toolset_20260401"}]);
+    let sid = session_with(&d, &env, "file_check", tools.clone(), resources).await;
+    let (_, session, _) = v1(&d, &d.token, Method::GET, &format!("/sessions/{sid}"), None).await;
+    assert_eq!(
+        session["resources"][0]["mount_path"],
+        format!("/mnt/session/uploads/{notes}"),
+        "{session}"
+    );
+    say(&d, &sid, "read them").await;
+    let evs = idle_with(&d, &sid, "end_turn").await;
+    let result = first_tool_result(&evs);
+    // Each file read (the linked one twice: at its path, and in the
+    // uploads directory), each write refused, nothing else there.
+    assert!(
+        result.contains("first file")
+            && result.matches("a,b\n1,2").count() == 2
+            && result.matches("Read-only file system").count() == 3
+            && !result.contains("WROTE")
+            && result.ends_with("\n2"),
+        "{result}"
+    );
+    let system = model.requests().await.last().unwrap()["system"].to_string();
+    assert!(
+        system.contains("/workspace/in/data.csv (read-only)"),
+        "{system}"
+    );
+    // Not even root in the sandbox, outside the tools, can change them.
+    let sb = session_sandbox(&d, &sid).await;
+    let r = d
+        .sh(
+            &sb,
+            &format!(
+                "f=/mnt/session/uploads/{notes}; rm -f $f; chmod 666 $f; \
+                 mount -o remount,rw /mnt/session/uploads; cat $f"
+            ),
+        )
+        .await;
+    assert_eq!(r["stdout"], "first file", "{r}");
+
+    // Added to the running session: there at the next turn. Deleted: gone.
+    let added = upload_file(&d, "added.txt", "added later").await;
+    let path = format!("/sessions/{sid}/resources");
+    let (s, one, _) = v1(
+        &d,
+        &d.token,
+        Method::POST,
+        &path,
+        Some(json!({"type": "file", "file_id": added,
+            "mount_path": "/mnt/session/uploads/added.txt"})),
+    )
+    .await;
+    assert_eq!(s, 200, "{one}");
+    assert!(one["id"].as_str().unwrap().starts_with("sesrsc_"), "{one}");
+    let notes_resource = session["resources"][0]["id"].as_str().unwrap();
+    let (s, _, _) = v1(
+        &d,
+        &d.token,
+        Method::DELETE,
+        &format!("{path}/{notes_resource}"),
+        None,
+    )
+    .await;
+    assert_eq!(s, 200);
+    say(&d, &sid, "and now").await;
+    let evs = after_turns(&d, &sid, 2).await;
+    let results: Vec<&str> = evs
+        .iter()
+        .filter(|e| e["type"] == "user.tool_result")
+        .filter_map(|e| e["content"][0]["text"].as_str())
+        .collect();
+    assert_eq!(results.last(), Some(&"added later2"), "{evs:?}");
+
+    // A session that started with no files (its sandbox from the warm
+    // path, without the directory) gets one mid-session all the same.
+    let bare = session_with(&d, &env, "file_check", tools.clone(), json!({})).await;
+    say(&d, &bare, "nothing yet").await;
+    idle_with(&d, &bare, "end_turn").await;
+    let (s, one, _) = v1(
+        &d,
+        &d.token,
+        Method::POST,
+        &format!("/sessions/{bare}/resources"),
+        Some(json!({"type": "file", "file_id": added,
+            "mount_path": "/mnt/session/uploads/added.txt"})),
+    )
+    .await;
+    assert_eq!(s, 200, "{one}");
+    say(&d, &bare, "and now").await;
+    let evs = after_turns(&d, &bare, 2).await;
+    let last = evs
+        .iter()
+        .rev()
+        .find(|e| e["type"] == "user.tool_result")
+        .and_then(|e| e["content"][0]["text"].as_str());
+    assert_eq!(last, Some("added later1"), "{evs:?}");
+
+    // Bad input, each naming its field.
+    for (body, field) in [
+        (json!({"type": "file", "file_id": "file_nope"}), "file_id"),
+        (
+            json!({"type": "file", "file_id": added, "mount_path": "/workspace"}),
+            "mount_path",
+        ),
+        (
+            json!({"type": "file", "file_id": added, "mount_path": "/mnt/session/uploads/a/b"}),
+            "mount_path",
+        ),
+        (
+            json!({"type": "file", "file_id": added, "mount_path": "/mnt/session/uploads/added.txt"}),
+            "mount_path",
+        ),
+        (
+            json!({"type": "github_repository", "url": "https://git.test/r.git"}),
+            "type",
+        ),
+    ] {
+        let (s, v, _) = v1(&d, &d.token, Method::POST, &path, Some(body)).await;
+        assert!(
+            s == 400 && v.to_string().contains(field),
+            "{field}: {s} {v}"
+        );
+    }
+    let (s, v, _) = v1(
+        &d,
+        &d.token,
+        Method::POST,
+        "/sessions",
+        Some(
+            json!({"agent": session["agent"]["id"], "environment_id": env,
+            "resources": [{"type": "file", "file_id": "file_nope"}]}),
+        ),
+    )
+    .await;
+    assert!(
+        s == 400 && v.to_string().contains("resources[0].file_id"),
+        "{s} {v}"
+    );
+}
+
 /// The operator's egress rules (`--egress-config`) bind the control
 /// plane's own calls: an MCP server at a denied address is never dialled,
 /// and the session is told why.

@@ -291,6 +291,15 @@ impl Lifecycle {
         config.ttl = new.ttl.or(config.ttl);
         config.hard_ttl = new.hard_ttl.or(config.hard_ttl);
         config.auto_resume = new.auto_resume.or(config.auto_resume);
+        let bind_now = match (&new.uploads_dir, &config.uploads_dir) {
+            (Some(dir), Some(old)) if dir != old => {
+                return Err(Error::Conflict(format!(
+                    "invalid field `config.uploads_dir`: sandbox {id} has {old} already, which stays"
+                )));
+            }
+            (Some(_), None) => row.status == SandboxStatus::Running,
+            _ => false,
+        };
         config.uploads_dir = new.uploads_dir.or(config.uploads_dir);
         if let Some(env) = &new.env_vars {
             config.env_vars = env.clone();
@@ -304,6 +313,9 @@ impl Lifecycle {
             }
         }
         limits::check_config(&config)?;
+        if bind_now && let (Some(dir), Some(rt)) = (&config.uploads_dir, self.runtime(id)) {
+            self.bind_uploads(id, rt.pid, dir).await?;
+        }
         let policy = match new.network {
             Some(p) => {
                 config.network = Some(p);

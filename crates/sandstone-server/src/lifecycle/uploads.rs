@@ -72,6 +72,19 @@ fn write_error(e: std::io::Error) -> Error {
 }
 
 impl Lifecycle {
+    /// Mounts the uploads directory at `target` in the running sandbox
+    /// `id`, whose init is `pid` (its config gains `uploads_dir`).
+    pub(super) async fn bind_uploads(&self, id: &str, pid: i32, target: &str) -> Result<()> {
+        let b = bind(&self.storage.paths(id), target)?;
+        let init_bin = self.init_bin.clone();
+        tokio::task::spawn_blocking(move || {
+            sandstone_runtime::launch::bind_live(&init_bin, pid, &b.source, &b.target)
+        })
+        .await
+        .map_err(internal)?
+        .map_err(internal)
+    }
+
     /// The sandbox's uploads directory, once it is running with one.
     async fn uploads_of(&self, id: &str) -> Result<SandboxPaths> {
         let row = self.row(id).await?;
