@@ -291,6 +291,66 @@ async fn a_bad_sandstonefile_is_refused_naming_its_line() {
     }
 }
 
+/// A daemon whose `cloud` sessions start from `cloud-base`: `default` with
+/// a pip that trusts the fake internet's CA, as real images' pip trusts
+/// PyPI's (the sandbox's own CA variables name the daemon's bundle, so a
+/// wrapper sets pip's for it). `warm`: its warm pool per template.
+async fn cloud_daemon(
+    net: &FakeInternet,
+    model: &common::agents::FakeModel,
+    template: &str,
+    warm: usize,
+) -> Daemon {
+    let mut d = default_daemon(net, template).await;
+    d.kill();
+    d.serve_args
+        .extend(common::agents::model_args(&d, model, 30));
+    d.serve_args
+        .extend(["--cloud-template".into(), "cloud-base".into()]);
+    d.warm_pool = warm;
+    d.spawn().await;
+    let ctx = tempfile::tempdir().unwrap();
+    std::fs::copy(net.ca_pem(), ctx.path().join("fake-ca.pem")).unwrap();
+    std::fs::write(
+        ctx.path().join("Sandstonefile"),
+        "FROM default\nCOPY fake-ca.pem /etc/fake-ca.pem\n\
+         RUN p=$(command -v pip) && mv $p $p.real && \\\n\
+         printf '#!/bin/sh\\nexport PIP_CERT=/etc/fake-ca.pem REQUESTS_CA_BUNDLE=/etc/fake-ca.pem\\nexec %s.real \"$@\"\\n' $p > $p && chmod +x $p\n",
+    )
+    .unwrap();
+    let (ok, events) = build(&d, "cloud-base", ctx.path());
+    assert!(ok, "{events:?}");
+    d
+}
+
+/// A `cloud` environment's body: `pip` packages, `limited` networking that
+/// allows `web.test` and the package registries.
+fn cloud_env(name: &str, pip: &[&str]) -> Value {
+    json!({"name": name, "config": {"type": "cloud",
+        "networking": {"type": "limited", "allowed_hosts": ["web.test"], "allow_package_managers": true},
+        "packages": {"pip": pip}}})
+}
+
+/// The environment's `packages_build` once it is `ready` or `failed`.
+async fn packages_built(d: &Daemon, env: &str) -> Value {
+    use common::agents::{v1, within};
+    let mut last = Value::Null;
+    within(std::time::Duration::from_secs(180), async || {
+        let (_, v, _) = v1(
+            d,
+            &d.token,
+            reqwest::Method::GET,
+            &format!("/environments/{env}"),
+            None,
+        )
+        .await;
+        last = v["packages_build"].clone();
+        last["status"] == "ready" || last["status"] == "failed"
+    })
+    .await;
+    last
+}
+
 /// A `cloud` environment's `packages` are built into a template once (here
 /// `pip` from the fake internet's index), its sessions run on it with no
 /// worker under its `limited` network (one host allowed, another denied and
@@ -307,50 +367,10 @@ async fn a_cloud_environment_installs_its_packages_and_limits_its_network() {
     };
     let net = FakeInternet::start();
     let model = FakeModel::start();
-    let mut d = default_daemon(&net, &template).await;
-    d.kill();
-    d.serve_args
-        .extend(common::agents::model_args(&d, &model, 30));
-    d.serve_args
-        .extend(["--cloud-template".into(), "cloud-base".into()]);
-    d.spawn().await;
-    // The base's pip trusts the fake internet's CA, as real images' pip
-    // trusts PyPI's (the sandbox's own CA variables name the daemon's
-    // bundle, so the wrapper sets pip's for it).
-    let ctx = tempfile::tempdir().unwrap();
-    std::fs::copy(net.ca_pem(), ctx.path().join("fake-ca.pem")).unwrap();
-    std::fs::write(
-        ctx.path().join("Sandstonefile"),
-        "FROM default\nCOPY fake-ca.pem /etc/fake-ca.pem\n\
-         RUN p=$(command -v pip) && mv $p $p.real && \\\n\
-         printf '#!/bin/sh\\nexport PIP_CERT=/etc/fake-ca.pem REQUESTS_CA_BUNDLE=/etc/fake-ca.pem\\nexec %s.real \"$@\"\\n' $p > $p && chmod +x $p\n",
-    )
-    .unwrap();
-    let (ok, events) = build(&d, "cloud-base", ctx.path());
-    assert!(ok, "{events:?}");
+    let d = cloud_daemon(&net, &model, &template, 0).await;
 
-    let make = |name: &str, pip: &str| {
-        json!({"name": name, "config": {"type": "cloud",
-            "networking": {"type": "limited", "allowed_hosts": ["web.test"], "allow_package_managers": true},
-            "packages": {"pip": [pip]}}})
-    };
-    let built = async |env: &str| -> Value {
-        let mut last = Value::Null;
-        within(Duration::from_secs(180), async || {
-            let (_, v, _) = v1(
-                &d,
-                &d.token,
-                Method::GET,
-                &format!("/environments/{env}"),
-                None,
-            )
-            .await;
-            last = v["packages_build"].clone();
-            last["status"] == "ready" || last["status"] == "failed"
-        })
-        .await;
-        last
-    };
+    let make = |name: &str, pip: &str| cloud_env(name, &[pip]);
+    let built = async |env: &str| packages_built(&d, env).await;
     let (s, env, _) = v1(
         &d,
         &d.token,
@@ -428,4 +448,106 @@ async fn a_cloud_environment_installs_its_packages_and_limits_its_network() {
     })
     .await;
     assert!(error.to_string().contains("no-such-package-zz"), "{error}");
+}
+
+/// The figures for #15's notes (run by `scripts/bench-cloud-packages.sh`,
+/// a release build): the first build of a `pip: [one small wheel]`
+/// environment beside `pip install` of the same wheel straight in a
+/// sandbox of the same base; then, with the package template cached (and
+/// its warm pool filled), a new session's user message -> its first tool
+/// running, beside the same for an environment with no packages (the base
+/// template), interleaved, 20 sessions each.
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "a measurement, run by hand"]
+async fn measure_cloud_package_templates() {
+    use common::agents::{FakeModel, idle_with, say, session_on, v1};
+    use reqwest::Method;
+    use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+    let template = std::env::var("SANDSTONE_TEST_DEFAULT").expect("SANDSTONE_TEST_DEFAULT");
+    let net = FakeInternet::start();
+    let model = FakeModel::start();
+    let d = cloud_daemon(&net, &model, &template, 2).await;
+    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+
+    // The installer alone, in a sandbox of the base (the build's baseline).
+    let (s, v) = d
+        .post(
+            "/api/v1/sandboxes",
+            json!({"template": "cloud-base", "config": {"network": {"mode": "allow-all"}}}),
+        )
+        .await;
+    assert_eq!(s, 201, "{v}");
+    let sb = v["data"]["sandbox_id"].as_str().unwrap().to_string();
+    let t = Instant::now();
+    let r = d
+        .sh(
+            &sb,
+            "PIP_BREAK_SYSTEM_PACKAGES=1 pip install --no-cache-dir --disable-pip-version-check sandstone-demo",
+        )
+        .await;
+    let direct = t.elapsed();
+    assert_eq!(r["exit_code"], 0, "{r}");
+    d.delete(&format!("/api/v1/sandboxes/{sb}")).await;
+
+    let create = async |body: Value| {
+        let (s, v, _) = v1(&d, &d.token, Method::POST, "/environments", Some(body)).await;
+        assert_eq!(s, 200, "{v}");
+        v["id"].as_str().unwrap().to_string()
+    };
+    let t = Instant::now();
+    let py = create(cloud_env("py", &["sandstone-demo"])).await;
+    let b = packages_built(&d, &py).await;
+    let first_build = t.elapsed();
+    assert_eq!(b["status"], "ready", "{b}");
+    let bare = create(cloud_env("bare", &[])).await;
+    println!(
+        "first build of pip: [sandstone-demo] (environment created -> packages_build ready): {:.0} ms; \
+         pip install of it in a sandbox (baseline): {:.0} ms; ratio {:.2}",
+        ms(first_build),
+        ms(direct),
+        first_build.as_secs_f64() / direct.as_secs_f64()
+    );
+
+    // Each session: message sent -> the first tool's clock (`date +%s%N`).
+    let tools = json!([{"type": "agent_toolset_20260401"}]);
+    let first_tool = async |env: &str| -> f64 {
+        let sid = session_on(&d, env, "first_tool", tools.clone()).await;
+        let sent = SystemTime::now().duration_since(UNIX_EPOCH).unwrap();
+        say(&d, &sid, "go").await;
+        let evs = idle_with(&d, &sid, "end_turn").await;
+        let started: u128 = evs
+            .iter()
+            .find(|e| e["type"] == "user.tool_result")
+            .and_then(|e| e["content"][0]["text"].as_str())
+            .and_then(|t| t.trim().parse().ok())
+            .expect("the tool printed its clock");
+        (started as f64 - sent.as_nanos() as f64) / 1e6
+    };
+    // Warm members of every template (the package template's too).
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let steady = d.warm_ready().await;
+    let (mut with_packages, mut without) = (Vec::new(), Vec::new());
+    for _ in 0..20 {
+        d.wait_warm(steady).await;
+        without.push(first_tool(&bare).await);
+        d.wait_warm(steady).await;
+        with_packages.push(first_tool(&py).await);
+    }
+    let pct = |v: &mut Vec<f64>, p: f64| {
+        v.sort_by(f64::total_cmp);
+        v[((p / 100.0 * v.len() as f64).ceil() as usize).clamp(1, v.len()) - 1]
+    };
+    println!(
+        "new session, user message -> first tool running (ms, n=20 each, warm pools of {steady} members):"
+    );
+    for (label, v) in [
+        ("no packages (the base template; baseline)", &mut without),
+        ("pip package template, cached", &mut with_packages),
+    ] {
+        println!(
+            "  {label:<44} p50 {:6.1}  p99 {:6.1}",
+            pct(v, 50.0),
+            pct(v, 99.0)
+        );
+    }
 }
