@@ -15,6 +15,77 @@ tag!(
     /// `"type": "vault_credential"`.
     CredentialTag = "vault_credential"
 );
+tag!(
+    /// `"type": "vault_credential_validation"`.
+    ValidationTag = "vault_credential_validation"
+);
+
+/// `POST /v1/vaults/{id}/credentials/{cid}/mcp_oauth_validate`: an OAuth
+/// credential tried live against its MCP server (and, when the server
+/// refused it, its refresh grant).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CredentialValidation {
+    #[serde(rename = "type")]
+    pub tag: ValidationTag,
+    pub credential_id: String,
+    pub vault_id: String,
+    pub has_refresh_token: bool,
+    pub status: ValidationStatus,
+    /// The probe's failing step; `None` when it succeeded or there was no
+    /// token to try.
+    pub mcp_probe: Option<McpProbe>,
+    /// The refresh tried after a refusal; `None` when none was.
+    pub refresh: Option<RefreshOutcome>,
+    pub validated_at: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ValidationStatus {
+    /// The server took the credential.
+    Valid,
+    /// The server refused it (or there is no token), and no refresh
+    /// recovered it.
+    Invalid,
+    /// Could not tell: the server was unreachable, or a refresh gave a
+    /// token not yet tried.
+    Unknown,
+}
+
+/// The MCP step that failed (`initialize`, `tools/list`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct McpProbe {
+    pub method: String,
+    /// The server's error answer; `None` when there was none (a timeout,
+    /// a DNS or TLS failure).
+    pub http_response: Option<HttpAnswer>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RefreshOutcome {
+    pub status: RefreshStatus,
+    /// The token endpoint's error answer, when `status` is `failed`.
+    pub http_response: Option<HttpAnswer>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RefreshStatus {
+    Succeeded,
+    Failed,
+    ConnectError,
+    NoRefreshToken,
+}
+
+/// An error answer captured by a validation, its body cut short and
+/// scrubbed of the credential's secrets.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HttpAnswer {
+    pub status_code: u16,
+    pub content_type: String,
+    pub body: String,
+    pub body_truncated: bool,
+}
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Vault {

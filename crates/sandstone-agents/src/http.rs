@@ -588,6 +588,14 @@ async fn archive_credential(
     ok(a.vaults.archive_credential(&vault, &id).await?)
 }
 
+async fn validate_credential(
+    State(a): S,
+    _: Api,
+    Path((vault, id)): Path<(String, String)>,
+) -> ApiResult<Response> {
+    ok(a.vaults.validate_mcp_oauth(&a.mcp, &vault, &id).await?)
+}
+
 /// `view=full|basic`, with the endpoint's default.
 fn full_view(q: &Query, default_full: bool) -> ApiResult<bool> {
     match q.one("view") {
@@ -942,6 +950,10 @@ pub fn router(agents: Arc<Agents>) -> Router {
         .route(
             "/vaults/{id}/credentials/{cid}/archive",
             post(archive_credential),
+        )
+        .route(
+            "/vaults/{id}/credentials/{cid}/mcp_oauth_validate",
+            post(validate_credential),
         )
         .fallback(|| async { ApiError::not_found("route", "").into_response() })
         .layer(axum::middleware::from_fn_with_state(

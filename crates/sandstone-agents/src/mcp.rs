@@ -5,7 +5,7 @@
 //! opened once per session and server and reused by every call; one the
 //! server forgot (404) is opened again.
 
-use sandstone_agents_api::ContentBlock;
+use sandstone_agents_api::{ContentBlock, HttpAnswer};
 use sandstone_api::Secret;
 use serde_json::{Value, json};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -18,10 +18,10 @@ const PROTOCOL: &str = "2025-06-18";
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum McpError {
     #[error("{0}")]
-    Connection(String),
+    Connection(Failure),
     /// 401 or 403: its credential was missing or refused.
     #[error("{0}")]
-    Authentication(String),
+    Authentication(Failure),
     /// The server forgot the session (404): open a new one.
     #[error("the MCP session expired")]
     Expired,
@@ -35,6 +35,62 @@ impl McpError {
             _ => "mcp_connection_failed_error",
         }
     }
+}
+
+/// What went wrong, and the server's error answer when it gave one.
+#[derive(Debug, Clone)]
+pub struct Failure {
+    pub message: String,
+    pub answer: Option<HttpAnswer>,
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl From<String> for Failure {
+    fn from(message: String) -> Failure {
+        Failure {
+            message,
+            answer: None,
+        }
+    }
+}
+
+/// The most of an error answer's body kept.
+const ANSWER_BODY: usize = 1024;
+
+/// An error answer as a validation shows it: its body cut short, with
+/// every one of `secrets` (a server may echo what it was sent) replaced.
+pub fn capture(status: u16, content_type: &str, body: &str, secrets: &[&str]) -> HttpAnswer {
+    let mut body = body.to_string();
+    for s in secrets.iter().filter(|s| !s.is_empty()) {
+        body = body.replace(s, "[redacted]");
+    }
+    let body_truncated = body.chars().count() > ANSWER_BODY;
+    HttpAnswer {
+        status_code: status,
+        content_type: content_type.to_string(),
+        body: body.chars().take(ANSWER_BODY).collect(),
+        body_truncated,
+    }
+}
+
+/// Whether the server at `url` takes `token`: a session initialized and
+/// its tools listed, or the step that failed (`initialize`, `tools/list`)
+/// and why.
+pub async fn probe(
+    http: &reqwest::Client,
+    url: &str,
+    token: Secret,
+) -> Result<(), (&'static str, McpError)> {
+    let c = Connection::open(http, url, Some(token))
+        .await
+        .map_err(|e| ("initialize", e))?;
+    c.list_tools(http).await.map_err(|e| ("tools/list", e))?;
+    Ok(())
 }
 
 /// One of a server's tools, as offered to the model.
@@ -174,7 +230,7 @@ impl Connection {
     }
 
     fn unreachable(&self, e: reqwest::Error) -> McpError {
-        McpError::Connection(format!("MCP server {}: {}", self.url, e.without_url()))
+        McpError::Connection(format!("MCP server {}: {}", self.url, e.without_url()).into())
     }
 
     /// A response's status as an error, or the response.
@@ -183,18 +239,25 @@ impl Connection {
         if status.is_success() {
             return Ok(resp);
         }
+        let content_type = resp
+            .headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_string();
         let body = resp.text().await.unwrap_or_default();
         // A server may echo what it was sent: never its token.
-        let body = match &self.token {
-            Some(t) if !t.expose().is_empty() => body.replace(t.expose(), "[redacted]"),
-            _ => body,
+        let token = self.token.as_ref().map_or("", |t| t.expose());
+        let answer = capture(status.as_u16(), &content_type, &body, &[token]);
+        let said: String = answer.body.chars().take(300).collect();
+        let failure = Failure {
+            message: format!("MCP server {} answered {status}: {said}", self.url),
+            answer: Some(answer),
         };
-        let said: String = body.chars().take(300).collect();
-        let what = format!("MCP server {} answered {status}: {said}", self.url);
         Err(match status.as_u16() {
-            401 | 403 => McpError::Authentication(what),
+            401 | 403 => McpError::Authentication(failure),
             404 if self.session.is_some() => McpError::Expired,
-            _ => McpError::Connection(what),
+            _ => McpError::Connection(failure),
         })
     }
 
@@ -235,17 +298,19 @@ impl Connection {
             serde_json::from_str(&text).ok()
         }
         .ok_or_else(|| {
-            McpError::Connection(format!(
-                "MCP server {}: no JSON-RPC answer to {method}",
-                self.url
-            ))
+            McpError::Connection(
+                format!("MCP server {}: no JSON-RPC answer to {method}", self.url).into(),
+            )
         })?;
         if let Some(e) = message.get("error") {
-            return Err(McpError::Connection(format!(
-                "MCP server {}: {method}: {}",
-                self.url,
-                e["message"].as_str().unwrap_or("error")
-            )));
+            return Err(McpError::Connection(
+                format!(
+                    "MCP server {}: {method}: {}",
+                    self.url,
+                    e["message"].as_str().unwrap_or("error")
+                )
+                .into(),
+            ));
         }
         Ok((message["result"].clone(), session))
     }

@@ -155,28 +155,32 @@ impl Agents {
         }
         self.mcp
             .check_url(&server.url)
-            .map_err(McpError::Connection)?;
+            .map_err(|e| McpError::Connection(e.into()))?;
         let http = self.mcp.http();
         let token = self
             .vaults
             .mcp_token(&self.mcp, &doc.vault_ids, &server.url, refused)
             .await
-            .map_err(McpError::Authentication)?;
+            .map_err(|e| McpError::Authentication(e.into()))?;
         let c = Arc::new(Connection::open(http, &server.url, token).await?);
         crate::lock(&self.mcp.conns).insert(key, c.clone());
         Ok(c)
     }
 
     /// Does `op` on the session's connection to `server`, opening a new
-    /// one once if the server forgot the old session or refused its token.
+    /// one once if the server forgot the old session or refused its token
+    /// (when the connection was opened, or by this call).
     async fn with_mcp(
         &self,
         doc: &Session,
         server: &McpServer,
         op: Op<'_>,
     ) -> Result<Done, McpError> {
-        let c = self.mcp_connection(doc, server, false).await?;
-        match op.on(&c, self.mcp.http()).await {
+        let first = match self.mcp_connection(doc, server, false).await {
+            Ok(c) => op.on(&c, self.mcp.http()).await,
+            Err(e) => Err(e),
+        };
+        match first {
             Err(e @ (McpError::Expired | McpError::Authentication(_))) => {
                 let refused = matches!(e, McpError::Authentication(_));
                 let c = self.mcp_connection(doc, server, refused).await?;

@@ -161,7 +161,7 @@ impl Agents {
         }
         let mount_path = match r.mount_path {
             None => format!("{UPLOADS_DIR}/{file_id}"),
-            Some(p) if valid_path(&p) && file_mount_allowed(&p) => p,
+            Some(p) if valid_path(&p) && file_mount_allowed(&p, &file_id) => p,
             Some(_) => {
                 return Err(ApiError::invalid(format!(
                     "{}: an absolute path without . or .. segments, directly in {UPLOADS_DIR} or outside it, and not {WORKDIR}, {OUTPUTS_DIR} or a directory above them",
@@ -352,14 +352,18 @@ fn check_mount_free(
 }
 
 /// Where a file's link may go: directly in the uploads directory (no
-/// link then), or anywhere else but the directories the session's layout
-/// needs and those above them (a link there would replace them).
-fn file_mount_allowed(p: &str) -> bool {
+/// link then; not under another file's id, which is where that file goes
+/// when it is linked elsewhere), or anywhere else but the directories the
+/// session's layout needs and those above them (a link there would
+/// replace them).
+fn file_mount_allowed(p: &str, file_id: &str) -> bool {
     if let Some(name) = p
         .strip_prefix(UPLOADS_DIR)
         .and_then(|r| r.strip_prefix('/'))
     {
-        return !name.is_empty() && !name.contains('/');
+        return !name.is_empty()
+            && !name.contains('/')
+            && (name == file_id || !name.starts_with("file_"));
     }
     ![UPLOADS_DIR, WORKDIR, OUTPUTS_DIR, "/mnt/memory"]
         .iter()
@@ -388,6 +392,26 @@ fn valid_branch(n: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_file_goes_in_the_uploads_directory_or_where_no_layout_directory_is() {
+        let ok = |p: &str| file_mount_allowed(p, "file_a");
+        assert!(ok("/mnt/session/uploads/file_a"));
+        assert!(ok("/mnt/session/uploads/data.csv"));
+        assert!(ok("/workspace/in/data.csv"));
+        assert!(ok("/srv/data.csv"));
+        for bad in [
+            "/mnt/session/uploads/file_b",
+            "/mnt/session/uploads/a/b",
+            "/mnt/session/uploads",
+            "/mnt/session",
+            "/mnt",
+            "/workspace",
+            "/mnt/session/outputs",
+        ] {
+            assert!(!ok(bad), "{bad}");
+        }
+    }
 
     fn repo(v: Value) -> ApiResult<(SessionResource, Option<String>)> {
         repository(sandstone_agents_api::from_value(v).unwrap(), "resources[0]")

@@ -471,7 +471,10 @@ impl Agents {
         let vault_ids = list_field(body, "vault_ids")?;
         let vault_ids: Vec<String> = serde_json::from_value(vault_ids)
             .map_err(|_| ApiError::invalid("vault_ids: an array of vault ids"))?;
-        self.vaults.check_session_vaults(&vault_ids).await?;
+        let mcp_urls: Vec<&str> = agent.mcp_servers.iter().map(|s| s.url.as_str()).collect();
+        self.vaults
+            .check_session_vaults(&vault_ids, &mcp_urls)
+            .await?;
         let t = now();
         let id = new_id("sesn");
         let doc = json!({

@@ -12,13 +12,16 @@
 use crate::environments::valid_host;
 use crate::error::{ApiError, ApiResult};
 use crate::ids::{new_id, now};
+use crate::mcp::McpError;
 use crate::validate;
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
 use sandstone_agents_api::{
     AuthParams, Credential, CredentialAuth, CredentialNetworking, CredentialParams, CredentialTag,
-    Deleted, EnvironmentVariable, Extra, InjectionLocation, McpOauth, Metadata, OauthRefresh,
-    RefreshParams, TokenEndpointAuth, TokenEndpointAuthParams, Vault, VaultParams, VaultTag,
+    CredentialValidation, Deleted, EnvironmentVariable, Extra, HttpAnswer, InjectionLocation,
+    McpOauth, McpProbe, Metadata, OauthRefresh, RefreshOutcome, RefreshParams, RefreshStatus,
+    TokenEndpointAuth, TokenEndpointAuthParams, ValidationStatus, ValidationTag, Vault,
+    VaultParams, VaultTag,
 };
 use sandstone_api::Secret;
 use sandstone_api::timefmt::{now_us, parse_rfc3339_us, rfc3339_us};
@@ -719,7 +722,16 @@ impl Vaults {
     }
 
     /// A new session's `vault_ids`: each must name a live vault.
-    pub(crate) async fn check_session_vaults(&self, ids: &[String]) -> ApiResult<()> {
+    /// A new session's `vault_ids`: each a live vault with something for
+    /// the session (`mcp_urls`: its agent's MCP servers). A vault whose
+    /// every credential is for a server the agent does not use is a
+    /// mistake, named; an empty one is not.
+    pub(crate) async fn check_session_vaults(
+        &self,
+        ids: &[String],
+        mcp_urls: &[&str],
+    ) -> ApiResult<()> {
+        let same = |a: &str, b: &str| a.trim_end_matches('/') == b.trim_end_matches('/');
         for (i, id) in ids.iter().enumerate() {
             match self.store.get_doc(VAULT, id).await? {
                 None => {
@@ -731,6 +743,26 @@ impl Vaults {
                     )));
                 }
                 Some(_) => {}
+            }
+            let live: Vec<Stored> = self
+                .stored_in(id)
+                .await?
+                .into_iter()
+                .filter(|s| s.doc.archived_at.is_none())
+                .collect();
+            let useful = live.iter().any(|s| match s.doc.auth.mcp_server_url() {
+                Some(url) => mcp_urls.iter().any(|m| same(m, url)),
+                None => true,
+            });
+            if !live.is_empty() && !useful {
+                let urls: Vec<&str> = live
+                    .iter()
+                    .filter_map(|s| s.doc.auth.mcp_server_url())
+                    .collect();
+                return Err(ApiError::invalid(format!(
+                    "vault_ids[{i}]: vault {id} has credentials only for MCP servers the agent does not use ({})",
+                    urls.join(", ")
+                )));
             }
         }
         Ok(())
@@ -811,17 +843,12 @@ impl Vaults {
             if let (true, Some(r)) = (expired || refused, &o.refresh) {
                 pool.check_url(&r.token_endpoint)
                     .map_err(|e| format!("vault credential {id}: refreshing its token: {e}"))?;
-                let (token, expires_in, rotated) = refresh(pool.http(), r, &secrets)
+                let grant = refresh(pool.http(), r, &secrets)
                     .await
                     .map_err(|e| format!("vault credential {id}: refreshing its token: {e}"))?;
-                secrets.value = Some(token);
-                if let Some(r) = rotated {
-                    secrets.refresh_token = Some(r);
-                }
-                o.expires_at = expires_in.map(|s| rfc3339_us(now_us() + s as i64 * 1_000_000));
-                s.sealed = self.seal(&secrets);
-                s.doc.updated_at = now();
-                self.save(&s).await.map_err(|e| e.to_string())?;
+                self.keep_grant(&mut s, &mut secrets, grant)
+                    .await
+                    .map_err(|e| e.to_string())?;
             } else if expired {
                 return Err(format!(
                     "vault credential {id}: its access token has expired and it has no refresh"
@@ -830,15 +857,141 @@ impl Vaults {
         }
         Ok(secrets.value.map(Secret::new))
     }
+
+    /// Stores what a refresh grant gave (`s` is an `mcp_oauth` credential).
+    async fn keep_grant(&self, s: &mut Stored, secrets: &mut Secrets, g: Grant) -> ApiResult<()> {
+        secrets.value = Some(g.access_token);
+        if let Some(r) = g.refresh_token {
+            secrets.refresh_token = Some(r);
+        }
+        if let CredentialAuth::McpOauth(o) = &mut s.doc.auth {
+            o.expires_at = g
+                .expires_in
+                .map(|s| rfc3339_us(now_us() + s as i64 * 1_000_000));
+        }
+        s.sealed = self.seal(secrets);
+        s.doc.updated_at = now();
+        self.save(s).await
+    }
+
+    /// `POST …/credentials/{id}/mcp_oauth_validate`: the credential's
+    /// access token tried against its MCP server (initialize, then
+    /// tools/list); when the server refuses it, its refresh grant is tried
+    /// (and a new token kept, untested: `unknown`).
+    pub(crate) async fn validate_mcp_oauth(
+        &self,
+        pool: &crate::mcp_calls::McpPool,
+        vault: &str,
+        id: &str,
+    ) -> ApiResult<CredentialValidation> {
+        let mut s = self.stored(vault, id).await?;
+        let CredentialAuth::McpOauth(o) = s.doc.auth.clone() else {
+            return Err(ApiError::invalid(format!(
+                "credential_id: {id} is not an mcp_oauth credential"
+            )));
+        };
+        let mut secrets = open(&self.sealer, &s).ok_or_else(|| {
+            ApiError::internal(format!("vault credential {id} cannot be unsealed"))
+        })?;
+        let has_refresh_token = o.refresh.is_some() && secrets.refresh_token.is_some();
+        let verdict = |status, mcp_probe, refresh| CredentialValidation {
+            tag: ValidationTag,
+            credential_id: id.to_string(),
+            vault_id: vault.to_string(),
+            has_refresh_token,
+            status,
+            mcp_probe,
+            refresh,
+            validated_at: now(),
+        };
+        let Some(token) = secrets.value.clone() else {
+            return Ok(verdict(ValidationStatus::Invalid, None, None));
+        };
+        let probed = match pool.check_url(&o.mcp_server_url) {
+            Ok(()) => crate::mcp::probe(pool.http(), &o.mcp_server_url, Secret::new(token)).await,
+            Err(e) => Err(("initialize", McpError::Connection(e.into()))),
+        };
+        let (method, refused) = match probed {
+            Ok(()) => return Ok(verdict(ValidationStatus::Valid, None, None)),
+            Err((method, McpError::Authentication(f))) => (method, f),
+            Err((method, other)) => {
+                let answer = match other {
+                    McpError::Connection(f) => f.answer,
+                    _ => None,
+                };
+                let probe = McpProbe {
+                    method: method.into(),
+                    http_response: answer,
+                };
+                return Ok(verdict(ValidationStatus::Unknown, Some(probe), None));
+            }
+        };
+        let probe = Some(McpProbe {
+            method: method.into(),
+            http_response: refused.answer,
+        });
+        let outcome = |status, http_response| {
+            Some(RefreshOutcome {
+                status,
+                http_response,
+            })
+        };
+        let Some(r) = o.refresh.as_ref().filter(|_| has_refresh_token) else {
+            let none = outcome(RefreshStatus::NoRefreshToken, None);
+            return Ok(verdict(ValidationStatus::Invalid, probe, none));
+        };
+        if pool.check_url(&r.token_endpoint).is_err() {
+            let unreachable = outcome(RefreshStatus::ConnectError, None);
+            return Ok(verdict(ValidationStatus::Unknown, probe, unreachable));
+        }
+        Ok(match refresh(pool.http(), r, &secrets).await {
+            Ok(grant) => {
+                self.keep_grant(&mut s, &mut secrets, grant).await?;
+                let ok = outcome(RefreshStatus::Succeeded, None);
+                verdict(ValidationStatus::Unknown, probe, ok)
+            }
+            Err(RefreshError::Connect(_)) => {
+                let unreachable = outcome(RefreshStatus::ConnectError, None);
+                verdict(ValidationStatus::Unknown, probe, unreachable)
+            }
+            Err(RefreshError::Refused { answer, .. }) => {
+                let failed = outcome(RefreshStatus::Failed, Some(answer));
+                verdict(ValidationStatus::Invalid, probe, failed)
+            }
+        })
+    }
 }
 
-/// An OAuth refresh-token grant: the new access token, its lifetime and a
-/// rotated refresh token, if the endpoint gave them.
+/// What a refresh grant gave.
+struct Grant {
+    access_token: String,
+    expires_in: Option<u64>,
+    /// A rotated refresh token, if the endpoint sent one.
+    refresh_token: Option<String>,
+}
+
+/// Why a refresh grant gave no token.
+#[derive(Debug, thiserror::Error)]
+enum RefreshError {
+    /// The token endpoint was not reached (DNS, TLS, connection).
+    #[error("{0}")]
+    Connect(String),
+    /// It answered without a token: its own error code (never its body,
+    /// which may echo), and the answer scrubbed for a validation.
+    #[error("the token endpoint answered {status} {code}")]
+    Refused {
+        status: reqwest::StatusCode,
+        code: String,
+        answer: HttpAnswer,
+    },
+}
+
+/// An OAuth refresh-token grant.
 async fn refresh(
     http: &reqwest::Client,
     r: &OauthRefresh,
     secrets: &Secrets,
-) -> Result<(String, Option<u64>, Option<String>), String> {
+) -> Result<Grant, RefreshError> {
     let mut form = vec![
         ("grant_type", "refresh_token".to_string()),
         (
@@ -865,19 +1018,34 @@ async fn refresh(
         .form(&form)
         .send()
         .await
-        .map_err(|e| e.without_url().to_string())?;
+        .map_err(|e| RefreshError::Connect(e.without_url().to_string()))?;
     let status = resp.status();
-    let body: Value = resp.json().await.unwrap_or(Value::Null);
+    let content_type = resp
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_string();
+    let text = resp.text().await.unwrap_or_default();
+    let body: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
     match body["access_token"].as_str() {
-        Some(t) if status.is_success() && !t.is_empty() => Ok((
-            t.to_string(),
-            body["expires_in"].as_u64(),
-            body["refresh_token"].as_str().map(str::to_string),
-        )),
-        // The endpoint's own error code, never the body (it may echo).
-        _ => Err(format!(
-            "the token endpoint answered {status} {}",
-            body["error"].as_str().unwrap_or_default()
-        )),
+        Some(t) if status.is_success() && !t.is_empty() => Ok(Grant {
+            access_token: t.to_string(),
+            expires_in: body["expires_in"].as_u64(),
+            refresh_token: body["refresh_token"].as_str().map(str::to_string),
+        }),
+        _ => {
+            let known = [
+                &secrets.refresh_token,
+                &secrets.client_secret,
+                &secrets.value,
+            ];
+            let known: Vec<&str> = known.into_iter().flatten().map(String::as_str).collect();
+            Err(RefreshError::Refused {
+                status,
+                code: body["error"].as_str().unwrap_or_default().to_string(),
+                answer: crate::mcp::capture(status.as_u16(), &content_type, &text, &known),
+            })
+        }
     }
 }

@@ -748,6 +748,28 @@ async fn an_mcp_server_is_called_with_the_sessions_vault_token() {
         v["id"].as_str().unwrap().to_string()
     };
 
+    // A vault whose credentials are all for servers the agent does not
+    // use is refused by field.
+    let (_, other) = post("/vaults", json!({"display_name": "other"})).await;
+    let other = other["id"].as_str().unwrap();
+    let (s, _) = post(
+        &format!("/vaults/{other}/credentials"),
+        json!({"auth": {"type": "static_bearer", "mcp_server_url": "https://elsewhere.test/mcp", "token": "t"}}),
+    )
+    .await;
+    assert_eq!(s, 200);
+    let (s, v) = post(
+        "/sessions",
+        json!({"agent": agent("always_allow").await, "environment_id": env, "vault_ids": [good, other]}),
+    )
+    .await;
+    assert!(
+        s == 400
+            && v.to_string().contains("vault_ids[1]")
+            && v.to_string().contains("elsewhere.test"),
+        "{s} {v}"
+    );
+
     // Allowed at once: the server's answer is the call's result.
     let sid = session(&agent("always_allow").await, &good).await;
     say(&d, &sid, "add").await;
@@ -812,6 +834,170 @@ async fn an_mcp_server_is_called_with_the_sessions_vault_token() {
     assert_eq!(error["error"]["mcp_server_name"], "fake", "{error}");
     assert!(!error.to_string().contains("sst-wrong-token"), "{error}");
     assert!(!evs.iter().any(|e| e["type"] == "agent.mcp_tool_result"));
+}
+
+/// `mcp_oauth` credentials against a real MCP server and its OAuth token
+/// endpoint: a refused access token is refreshed through the endpoint
+/// (by a session's MCP call, and by `mcp_oauth_validate`, which reports
+/// each step as the SDK's models have it); a refresh the endpoint refuses
+/// is `invalid`, its answer shown without the refresh token it echoed.
+#[tokio::test(flavor = "multi_thread")]
+async fn oauth_credentials_are_refreshed_and_validated() {
+    use common::agents::{idle_with, say, v1};
+    use reqwest::Method;
+    let Some(python) = common::sdk_python() else {
+        return;
+    };
+    let (net, d, _model) = agents_setup(|_| None).await;
+    let _mcp = net.mcp_server(&python, 8765);
+    let url = format!("http://{}:8765/mcp", net.server);
+    let post = async |path: &str, body: Value| {
+        let (s, v, _) = v1(&d, &d.token, Method::POST, path, Some(body)).await;
+        (s, v)
+    };
+    // Each in a vault of its own (a vault holds one per server URL):
+    // (its vault, its path under /vaults).
+    let credential = async |auth: Value| {
+        let (s, v) = post("/vaults", json!({"display_name": "oauth"})).await;
+        assert_eq!(s, 200, "{v}");
+        let vault = v["id"].as_str().unwrap().to_string();
+        let (s, c) = post(
+            &format!("/vaults/{vault}/credentials"),
+            json!({"auth": auth}),
+        )
+        .await;
+        assert_eq!(s, 200, "{c}");
+        let path = format!("{vault}/credentials/{}", c["id"].as_str().unwrap());
+        (vault, path)
+    };
+    let oauth = |refresh_token: Option<&str>| {
+        let mut auth = json!({"type": "mcp_oauth", "mcp_server_url": url,
+            "access_token": "sst-stale-access-token"});
+        if let Some(r) = refresh_token {
+            auth["refresh"] = json!({"client_id": "sandstone", "refresh_token": r,
+                "token_endpoint": format!("http://{}:8765/token", net.server),
+                "token_endpoint_auth": {"type": "none"}});
+        }
+        auth
+    };
+    let validate = async |(_, path): &(String, String)| {
+        post(&format!("/vaults/{path}/mcp_oauth_validate"), json!({})).await
+    };
+
+    // A session's MCP call: the stale token is refused, refreshed, used.
+    let good = credential(oauth(Some(&format!("{}-refresh", net.token)))).await;
+    let (s, agent) = post(
+        "/agents",
+        json!({"name": "mcp", "model": "scripted-mcp_add",
+            "mcp_servers": [{"type": "url", "name": "fake", "url": url}],
+            "tools": [{"type": "mcp_toolset", "mcp_server_name": "fake",
+                "default_config": {"permission_policy": {"type": "always_allow"}}}]}),
+    )
+    .await;
+    assert_eq!(s, 200, "{agent}");
+    let (env, _) = common::agents::environment(&d).await;
+    let (s, session) = post(
+        "/sessions",
+        json!({"agent": agent["id"], "environment_id": env, "vault_ids": [good.0]}),
+    )
+    .await;
+    assert_eq!(s, 200, "{session}");
+    let sid = session["id"].as_str().unwrap();
+    say(&d, sid, "add").await;
+    let evs = idle_with(&d, sid, "end_turn").await;
+    assert!(
+        evs.iter()
+            .any(|e| e["type"] == "agent.mcp_tool_result" && e["content"][0]["text"] == "5"),
+        "{evs:?}"
+    );
+    let (s, v) = validate(&good).await;
+    assert_eq!(
+        (s, &v["type"], &v["status"], &v["mcp_probe"], &v["refresh"]),
+        (
+            200,
+            &json!("vault_credential_validation"),
+            &json!("valid"),
+            &Value::Null,
+            &Value::Null
+        ),
+        "{v}"
+    );
+
+    // Validated with a stale token: refused at initialize, refreshed, the
+    // new token kept (untried, so `unknown`), then valid.
+    let fresh = credential(oauth(Some(&format!("{}-refresh", net.token)))).await;
+    let (s, v) = validate(&fresh).await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(
+        (
+            &v["status"],
+            &v["has_refresh_token"],
+            &v["mcp_probe"]["method"],
+            &v["mcp_probe"]["http_response"]["status_code"],
+            &v["refresh"]["status"]
+        ),
+        (
+            &json!("unknown"),
+            &json!(true),
+            &json!("initialize"),
+            &json!(401),
+            &json!("succeeded")
+        ),
+        "{v}"
+    );
+    assert_eq!(validate(&fresh).await.1["status"], "valid");
+
+    // The endpoint refuses the grant: invalid, its echo scrubbed.
+    let refused = credential(oauth(Some("sst-revoked-refresh-token"))).await;
+    let (_, v) = validate(&refused).await;
+    assert_eq!(
+        (
+            &v["status"],
+            &v["refresh"]["status"],
+            &v["refresh"]["http_response"]["status_code"]
+        ),
+        (&json!("invalid"), &json!("failed"), &json!(400)),
+        "{v}"
+    );
+    let body = v["refresh"]["http_response"]["body"].as_str().unwrap();
+    assert!(
+        body.contains("invalid_grant") && body.contains("[redacted]"),
+        "{body}"
+    );
+    assert!(!v.to_string().contains("sst-revoked-refresh-token"), "{v}");
+    // No refresh grant at all; a server that is not there; not OAuth.
+    let bare = credential(oauth(None)).await;
+    let (_, v) = validate(&bare).await;
+    assert_eq!(
+        (
+            &v["status"],
+            &v["refresh"]["status"],
+            &v["has_refresh_token"]
+        ),
+        (&json!("invalid"), &json!("no_refresh_token"), &json!(false)),
+        "{v}"
+    );
+    let mut gone = oauth(None);
+    gone["mcp_server_url"] = json!(format!("http://{}:8765/mcp", net.unused));
+    let gone = credential(gone).await;
+    let (_, v) = validate(&gone).await;
+    assert_eq!(
+        (
+            &v["status"],
+            &v["mcp_probe"]["method"],
+            &v["mcp_probe"]["http_response"]
+        ),
+        (&json!("unknown"), &json!("initialize"), &Value::Null),
+        "{v}"
+    );
+    let bearer = credential(json!({"type": "static_bearer",
+        "mcp_server_url": format!("http://{}:8765/other", net.server), "token": "t"}))
+    .await;
+    let (s, v) = validate(&bearer).await;
+    assert!(
+        s == 400 && v.to_string().contains("credential_id"),
+        "{s} {v}"
+    );
 }
 
 /// A `github_repository` resource in a `cloud` session: cloned from a git
