@@ -169,6 +169,12 @@ assert var.auth.injection_location.body is False, var
 c.beta.vaults.credentials.retrieve(bearer.id, vault_id=vault.id)
 listed = c.beta.vaults.credentials.list(vault.id)
 assert "sdk-s3cret" not in listed.to_json() and len(listed.data) == 3, listed
+# Validated live: nothing listens at its server, so the verdict is unknown.
+probe = c.beta.vaults.credentials.create(vault.id, auth={
+    "type": "mcp_oauth", "mcp_server_url": "http://127.0.0.1:9/mcp", "access_token": "sdk-s3cret-7"})
+checked = c.beta.vaults.credentials.mcp_oauth_validate(probe.id, vault_id=vault.id)
+assert (checked.status, checked.mcp_probe.method, checked.refresh) == ("unknown", "initialize", None), checked
+c.beta.vaults.credentials.delete(probe.id, vault_id=vault.id)
 c.beta.vaults.credentials.archive(oauth.id, vault_id=vault.id)
 c.beta.vaults.credentials.delete(bearer.id, vault_id=vault.id)
 expect_error(400, lambda: c.beta.vaults.credentials.create(vault.id, auth={
