@@ -12,6 +12,7 @@ use axum::http::HeaderMap;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use sandstone_agents_api::Access;
+use sandstone_api::auth::Action;
 use sandstone_db::token_hash;
 use std::sync::Arc;
 
@@ -135,7 +136,26 @@ fn bearer(headers: &HeaderMap) -> Option<String> {
     sandstone_api::auth::api_key(value("authorization"), value("x-api-key")).map(str::to_string)
 }
 
-async fn identify(agents: &Agents, headers: &HeaderMap) -> ApiResult<Caller> {
+/// What a `/v1` request does, as a key's role sees it: a file's bytes
+/// are contents (a viewer lists files but does not download them).
+fn action(method: &axum::http::Method, path: &str) -> Action {
+    if method != axum::http::Method::GET && method != axum::http::Method::HEAD {
+        Action::Write
+    } else if path.contains("/files/") && path.ends_with("/content") {
+        Action::ReadContents
+    } else {
+        Action::Read
+    }
+}
+
+/// Who is calling; `action` (what the request does, and `what` it is
+/// named) must be one the caller's key may do.
+async fn identify(
+    agents: &Agents,
+    headers: &HeaderMap,
+    action: Action,
+    what: &str,
+) -> ApiResult<Caller> {
     let token = bearer(headers).ok_or_else(|| {
         ApiError::unauthorized("missing credentials: send Authorization: Bearer <key> or X-Api-Key")
     })?;
@@ -152,7 +172,12 @@ async fn identify(agents: &Agents, headers: &HeaderMap) -> ApiResult<Caller> {
         agents.sessions.ensure(&session).await?;
         return Ok(Caller::Session { session, work });
     }
-    if (agents.api_keys)(token).await {
+    if let Some(role) = (agents.api_keys)(token).await {
+        if !role.may(action) {
+            return Err(ApiError::forbidden(format!(
+                "this API key's role ({role}) may not {what}"
+            )));
+        }
         return Ok(Caller::Api);
     }
     Err(ApiError::unauthorized("invalid API key"))
@@ -175,7 +200,9 @@ pub async fn middleware(
         return ApiError::invalid(format!("missing beta header: send anthropic-beta: {beta}"))
             .into_response();
     }
-    match identify(&agents, req.headers()).await {
+    let what = format!("{} {}", req.method(), req.uri().path());
+    let act = action(req.method(), req.uri().path());
+    match identify(&agents, req.headers(), act, &what).await {
         Ok(caller) => {
             req.extensions_mut().insert(caller);
             next.run(req).await

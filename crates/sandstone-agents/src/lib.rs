@@ -74,9 +74,13 @@ use std::time::Duration;
 /// address it resolved to; an error says which rule denied it.
 pub type Outbound = Arc<dyn Fn(&str, std::net::IpAddr) -> Result<(), String> + Send + Sync>;
 
-/// Checks a server API key (the daemon's own keys).
-pub type ApiKeyCheck =
-    Arc<dyn Fn(String) -> futures_util::future::BoxFuture<'static, bool> + Send + Sync>;
+/// Checks a server API key (the daemon's own keys): its role, or `None`
+/// when it lets no request in.
+pub type ApiKeyCheck = Arc<
+    dyn Fn(String) -> futures_util::future::BoxFuture<'static, Option<sandstone_api::auth::Role>>
+        + Send
+        + Sync,
+>;
 
 #[derive(Clone)]
 pub struct Config {

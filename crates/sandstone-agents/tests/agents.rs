@@ -903,7 +903,7 @@ async fn a_stored_document_that_does_not_fit_stops_the_start() {
         outbound: None,
         node: "node-corrupt".into(),
     };
-    let keys: ApiKeyCheck = Arc::new(|_| Box::pin(async { false }));
+    let keys: ApiKeyCheck = Arc::new(|_| Box::pin(async { None }));
     let sealer = Arc::new(sandstone_db::secrets::Sealer::from_key([7; 32]));
     let err = Agents::start(db, config, keys, sealer)
         .await

@@ -15,9 +15,139 @@ pub fn api_key<'a>(authorization: Option<&'a str>, x_api_key: Option<&'a str>) -
         .filter(|k| !k.is_empty())
 }
 
+/// What an API key may do (Sandbox0's roles, less `builder`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    /// Everything, keys and nodes included.
+    Admin,
+    /// Sandboxes, templates, credentials, agents and sessions; not keys
+    /// or nodes.
+    Developer,
+    /// Reads only: no terminals, no file contents.
+    Viewer,
+}
+
+/// What a request does, as far as roles go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    /// Reads metadata: lists, statuses, policies, audit records.
+    Read,
+    /// Reads what a sandbox or session holds: a file's bytes, a terminal
+    /// or event stream of its processes, an upload's or output's content.
+    ReadContents,
+    /// Changes something.
+    Write,
+    /// Creates, lists or removes API keys.
+    ManageKeys,
+    /// Drains and undrains nodes.
+    ManageNodes,
+}
+
+impl std::fmt::Display for Role {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for Role {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Role, String> {
+        match s {
+            "admin" => Ok(Role::Admin),
+            "developer" => Ok(Role::Developer),
+            "viewer" => Ok(Role::Viewer),
+            other => Err(format!(
+                "{other:?} is not a role (admin, developer, viewer)"
+            )),
+        }
+    }
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Admin => "admin",
+            Role::Developer => "developer",
+            Role::Viewer => "viewer",
+        }
+    }
+
+    pub fn may(self, action: Action) -> bool {
+        match self {
+            Role::Admin => true,
+            Role::Developer => !matches!(action, Action::ManageKeys | Action::ManageNodes),
+            Role::Viewer => action == Action::Read,
+        }
+    }
+
+    /// The role's permissions as `GET /api-keys/current` names them.
+    pub fn permissions(self) -> &'static [&'static str] {
+        const VIEWER: &[&str] = &[
+            "sandbox:read",
+            "template:read",
+            "credential:read",
+            "agent:read",
+            "session:read",
+        ];
+        const DEVELOPER: &[&str] = &[
+            "sandbox:read",
+            "sandbox:write",
+            "sandbox:exec",
+            "template:read",
+            "template:write",
+            "credential:read",
+            "credential:write",
+            "agent:read",
+            "agent:write",
+            "session:read",
+            "session:write",
+        ];
+        const ADMIN: &[&str] = &[
+            "sandbox:read",
+            "sandbox:write",
+            "sandbox:exec",
+            "template:read",
+            "template:write",
+            "credential:read",
+            "credential:write",
+            "agent:read",
+            "agent:write",
+            "session:read",
+            "session:write",
+            "apikey:manage",
+            "node:manage",
+        ];
+        match self {
+            Role::Admin => ADMIN,
+            Role::Developer => DEVELOPER,
+            Role::Viewer => VIEWER,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::api_key;
+    use super::{Action, Role};
+
+    #[test]
+    fn roles_nest() {
+        let all = [
+            Action::Read,
+            Action::ReadContents,
+            Action::Write,
+            Action::ManageKeys,
+            Action::ManageNodes,
+        ];
+        for a in all {
+            assert!(Role::Admin.may(a));
+            // What a viewer may, a developer may; what a developer may, an admin may.
+            assert!(!Role::Viewer.may(a) || Role::Developer.may(a), "{a:?}");
+        }
+        assert!(!Role::Viewer.may(Action::ReadContents));
+        assert!(!Role::Developer.may(Action::ManageKeys));
+    }
 
     #[test]
     fn the_bearer_scheme_is_read_in_any_case() {

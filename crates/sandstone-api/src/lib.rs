@@ -234,6 +234,76 @@ pub struct SandboxUpdateConfig {
     pub uploads_dir: Option<String>,
 }
 
+/// An API key as `GET /api-keys` lists it (never its value).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ApiKey {
+    pub id: String,
+    pub name: String,
+    /// Always `team` (keys act within the installation's one team).
+    pub scope: String,
+    pub team_id: String,
+    pub created_by: String,
+    pub roles: Vec<auth::Role>,
+    pub is_active: bool,
+    /// RFC 3339; the zero time (`0001-01-01T00:00:00Z`) when it never
+    /// expires, as Sandbox0 writes it.
+    pub expires_at: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_used_at: Option<String>,
+    pub usage_count: u64,
+    pub created_at: String,
+    pub updated_at: String,
+}
+
+/// `POST /api-keys`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateApiKeyRequest {
+    pub name: String,
+    /// `team` (the default); `platform` is refused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scope: Option<String>,
+    /// One role; `developer` when empty.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub roles: Vec<auth::Role>,
+    /// `30d`, `90d`, `180d`, `365d` or `never` (the default); Sandstone
+    /// also takes any whole number of days, hours, minutes or seconds
+    /// (`12h`), up to ten years.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_in: Option<String>,
+}
+
+/// `POST /api-keys`' answer: the only time `key` is shown.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CreatedApiKey {
+    pub id: String,
+    pub name: String,
+    pub scope: String,
+    pub roles: Vec<auth::Role>,
+    pub team_id: String,
+    pub key: String,
+    pub expires_at: String,
+    pub created_at: String,
+}
+
+/// `GET /api-keys/current`: `{"api_key": …}`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CurrentApiKey {
+    pub api_key: CurrentKey,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CurrentKey {
+    pub id: String,
+    pub team_id: String,
+    pub created_by: String,
+    pub scope: String,
+    pub roles: Vec<auth::Role>,
+    pub permissions: Vec<String>,
+    pub is_active: bool,
+    pub expires_at: String,
+}
+
 /// One file of a sandbox's uploads directory
 /// (`GET /sandboxes/{id}/uploads`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -567,6 +567,32 @@ impl Client {
             .map(drop)
     }
 
+    /// `GET /api-keys` (admin keys only).
+    pub async fn api_keys(&self) -> Result<Vec<api::ApiKey>> {
+        let v: serde_json::Value = self.call(Method::GET, "/api-keys", None).await?;
+        serde_json::from_value(v["api_keys"].clone()).map_err(|e| Error::Decode(e.to_string()))
+    }
+
+    /// `POST /api-keys`: the answer holds the key's value, shown only here.
+    pub async fn create_api_key(
+        &self,
+        req: &api::CreateApiKeyRequest,
+    ) -> Result<api::CreatedApiKey> {
+        self.call(Method::POST, "/api-keys", Some(json!(req))).await
+    }
+
+    pub async fn delete_api_key(&self, id: &str) -> Result<()> {
+        self.call::<serde_json::Value>(Method::DELETE, &format!("/api-keys/{id}"), None)
+            .await
+            .map(drop)
+    }
+
+    pub async fn deactivate_api_key(&self, id: &str) -> Result<()> {
+        self.call::<serde_json::Value>(Method::POST, &format!("/api-keys/{id}/deactivate"), None)
+            .await
+            .map(drop)
+    }
+
     /// `mkdir -p`.
     pub async fn mkdir(&self, id: &str, path: &str) -> Result<()> {
         let req = self

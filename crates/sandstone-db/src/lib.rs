@@ -264,6 +264,30 @@ pub struct SnapshotRow {
     pub template: String,
 }
 
+/// An API key as stored: its token only as a hash. Times in ms.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ApiKeyRow {
+    pub id: String,
+    pub token_hash: String,
+    pub name: String,
+    pub role: sandstone_api::auth::Role,
+    /// `None`: it never expires.
+    pub expires_at: Option<i64>,
+    pub active: bool,
+    pub created_by: String,
+    pub created_at: i64,
+    pub updated_at: i64,
+    pub last_used_at: Option<i64>,
+    pub usage_count: i64,
+}
+
+impl ApiKeyRow {
+    /// Whether it lets a request in at `now`.
+    pub fn valid_at(&self, now: i64) -> bool {
+        self.active && self.expires_at.is_none_or(|t| now < t)
+    }
+}
+
 /// SHA-256 of an API token, hex: the only form a token is stored in.
 pub fn token_hash(token: &str) -> String {
     sha256_hex(token.as_bytes())
@@ -378,9 +402,21 @@ pub trait Store: Send + Sync {
     /// Slots `node`'s sandboxes hold (those without a node count too:
     /// they are adopted by the first node to start).
     fn used_slots<'a>(&'a self, node: &'a str) -> BoxFuture<'a, Result<Vec<i64>>>;
-    fn add_api_key<'a>(&'a self, name: &'a str, token: &'a str) -> BoxFuture<'a, Result<()>>;
-    /// The key's name when `token` is a valid API key.
-    fn check_api_key<'a>(&'a self, token: &'a str) -> BoxFuture<'a, Result<Option<String>>>;
+    fn insert_api_key<'a>(&'a self, key: &'a ApiKeyRow) -> BoxFuture<'a, Result<()>>;
+    /// The key whose token hashes to `hash` ([`token_hash`]), live or not.
+    fn api_key_by_hash<'a>(&'a self, hash: &'a str) -> BoxFuture<'a, Result<Option<ApiKeyRow>>>;
+    fn list_api_keys(&self) -> BoxFuture<'_, Result<Vec<ApiKeyRow>>>;
+    /// `false` when there was no such key.
+    fn delete_api_key<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<bool>>;
+    /// Marks the key inactive at `at`; `false` when there was no such key.
+    fn deactivate_api_key<'a>(&'a self, id: &'a str, at: i64) -> BoxFuture<'a, Result<bool>>;
+    /// Records `uses` more uses of the key, the last at `at`.
+    fn record_api_key_use<'a>(
+        &'a self,
+        id: &'a str,
+        at: i64,
+        uses: i64,
+    ) -> BoxFuture<'a, Result<()>>;
     fn count_api_keys(&self) -> BoxFuture<'_, Result<i64>>;
 }
 

@@ -172,6 +172,18 @@ const MIGRATIONS: &[&str] = &[
     // `checkpointed_at` is what a lost sandbox can go back to.
     "ALTER TABLE sandboxes ADD COLUMN epoch BIGINT NOT NULL DEFAULT 0;
     ALTER TABLE sandboxes ADD COLUMN checkpointed_at BIGINT;",
+    // #16: API keys get an id, a role, an expiry, a switch and a use
+    // count; the keys there were (the first start's) are admins.
+    "ALTER TABLE api_keys ADD COLUMN id TEXT;
+    ALTER TABLE api_keys ADD COLUMN role TEXT NOT NULL DEFAULT 'admin';
+    ALTER TABLE api_keys ADD COLUMN expires_at BIGINT;
+    ALTER TABLE api_keys ADD COLUMN active BOOLEAN NOT NULL DEFAULT TRUE;
+    ALTER TABLE api_keys ADD COLUMN created_by TEXT NOT NULL DEFAULT '';
+    ALTER TABLE api_keys ADD COLUMN updated_at BIGINT NOT NULL DEFAULT 0;
+    ALTER TABLE api_keys ADD COLUMN last_used_at BIGINT;
+    ALTER TABLE api_keys ADD COLUMN usage_count BIGINT NOT NULL DEFAULT 0;
+    UPDATE api_keys SET id = 'key_' || substr(token_hash, 1, 24), updated_at = created_at;
+    CREATE UNIQUE INDEX api_keys_by_id ON api_keys (id);",
 ];
 
 /// Concurrent polls lock different items rather than wait for one.

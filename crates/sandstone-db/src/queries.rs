@@ -6,8 +6,8 @@
 use super::{Backend, Db};
 use crate::agents::{AgentsStore, Notifications, WorkOf, WorkRow, parse};
 use crate::{
-    AuditQuery, AuditRow, CredentialRow, Error, Fence, NodeRecord, PendingOp, Result, SandboxRow,
-    SandboxStatus, SnapshotRow, Store, now_ms, token_hash,
+    ApiKeyRow, AuditQuery, AuditRow, CredentialRow, Error, Fence, NodeRecord, PendingOp, Result,
+    SandboxRow, SandboxStatus, SnapshotRow, Store, now_ms,
 };
 use futures_util::future::BoxFuture;
 use serde_json::Value;
@@ -57,6 +57,12 @@ macro_rules! sandbox_cols {
 macro_rules! credential_cols {
     () => {
         "name, kind, version, sealed, created_at, updated_at"
+    };
+}
+
+macro_rules! api_key_cols {
+    () => {
+        "id, token_hash, name, role, expires_at, active, created_by, created_at, updated_at, last_used_at, usage_count"
     };
 }
 
@@ -113,6 +119,23 @@ fn row_to_snapshot(r: &Row) -> SnapshotRow {
         expires_at: r.get("expires_at"),
         template: r.get("template"),
     }
+}
+
+fn row_to_api_key(r: &Row) -> Result<ApiKeyRow> {
+    let role: String = r.get("role");
+    Ok(ApiKeyRow {
+        id: r.get("id"),
+        token_hash: r.get("token_hash"),
+        name: r.get("name"),
+        role: role.parse().map_err(Error::Corrupt)?,
+        expires_at: r.get("expires_at"),
+        active: r.get("active"),
+        created_by: r.get("created_by"),
+        created_at: r.get("created_at"),
+        updated_at: r.get("updated_at"),
+        last_used_at: r.get("last_used_at"),
+        usage_count: r.get("usage_count"),
+    })
 }
 
 fn row_to_credential(r: &Row) -> CredentialRow {
@@ -777,26 +800,95 @@ impl Store for Backend {
         })
     }
 
-    fn add_api_key<'a>(&'a self, name: &'a str, token: &'a str) -> BoxFuture<'a, Result<()>> {
+    fn insert_api_key<'a>(&'a self, k: &'a ApiKeyRow) -> BoxFuture<'a, Result<()>> {
         Box::pin(async move {
-            sqlx::query("INSERT INTO api_keys (token_hash, name, created_at) VALUES ($1, $2, $3)")
-                .bind(token_hash(token))
-                .bind(name)
-                .bind(now_ms())
-                .execute(&self.pool)
-                .await?;
+            sqlx::query(concat!(
+                "INSERT INTO api_keys (",
+                api_key_cols!(),
+                ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"
+            ))
+            .bind(&k.id)
+            .bind(&k.token_hash)
+            .bind(&k.name)
+            .bind(k.role.as_str())
+            .bind(k.expires_at)
+            .bind(k.active)
+            .bind(&k.created_by)
+            .bind(k.created_at)
+            .bind(k.updated_at)
+            .bind(k.last_used_at)
+            .bind(k.usage_count)
+            .execute(&self.pool)
+            .await?;
             Ok(())
         })
     }
 
-    fn check_api_key<'a>(&'a self, token: &'a str) -> BoxFuture<'a, Result<Option<String>>> {
+    fn api_key_by_hash<'a>(&'a self, hash: &'a str) -> BoxFuture<'a, Result<Option<ApiKeyRow>>> {
         Box::pin(async move {
-            Ok(
-                sqlx::query_scalar("SELECT name FROM api_keys WHERE token_hash = $1")
-                    .bind(token_hash(token))
-                    .fetch_optional(&self.pool)
-                    .await?,
+            let r = sqlx::query(concat!(
+                "SELECT ",
+                api_key_cols!(),
+                " FROM api_keys WHERE token_hash = $1"
+            ))
+            .bind(hash)
+            .fetch_optional(&self.pool)
+            .await?;
+            r.as_ref().map(row_to_api_key).transpose()
+        })
+    }
+
+    fn list_api_keys(&self) -> BoxFuture<'_, Result<Vec<ApiKeyRow>>> {
+        Box::pin(async move {
+            let rows = sqlx::query(concat!(
+                "SELECT ",
+                api_key_cols!(),
+                " FROM api_keys ORDER BY created_at, id"
+            ))
+            .fetch_all(&self.pool)
+            .await?;
+            rows.iter().map(row_to_api_key).collect()
+        })
+    }
+
+    fn delete_api_key<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<bool>> {
+        Box::pin(async move {
+            let r = sqlx::query("DELETE FROM api_keys WHERE id = $1")
+                .bind(id)
+                .execute(&self.pool)
+                .await?;
+            Ok(r.rows_affected() > 0)
+        })
+    }
+
+    fn deactivate_api_key<'a>(&'a self, id: &'a str, at: i64) -> BoxFuture<'a, Result<bool>> {
+        Box::pin(async move {
+            let r = sqlx::query("UPDATE api_keys SET active = $1, updated_at = $2 WHERE id = $3")
+                .bind(false)
+                .bind(at)
+                .bind(id)
+                .execute(&self.pool)
+                .await?;
+            Ok(r.rows_affected() > 0)
+        })
+    }
+
+    fn record_api_key_use<'a>(
+        &'a self,
+        id: &'a str,
+        at: i64,
+        uses: i64,
+    ) -> BoxFuture<'a, Result<()>> {
+        Box::pin(async move {
+            sqlx::query(
+                "UPDATE api_keys SET last_used_at = $1, usage_count = usage_count + $2 WHERE id = $3",
             )
+            .bind(at)
+            .bind(uses)
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+            Ok(())
         })
     }
 
@@ -1419,7 +1511,20 @@ mod tests {
             store.get_sandbox("nope").await,
             Err(Error::NotFound)
         ));
-        store.add_api_key("admin", "secret-token").await.unwrap();
+        let key = ApiKeyRow {
+            id: "key_1".into(),
+            token_hash: crate::token_hash("secret-token"),
+            name: "ci".into(),
+            role: sandstone_api::auth::Role::Viewer,
+            expires_at: Some(5_000),
+            active: true,
+            created_by: "key_0".into(),
+            created_at: 1_000,
+            updated_at: 1_000,
+            last_used_at: None,
+            usage_count: 0,
+        };
+        store.insert_api_key(&key).await.unwrap();
         drop(store);
         let store = scratch.open().await;
         let back = store.get_sandbox("sb-1").await.unwrap();
@@ -1429,15 +1534,28 @@ mod tests {
         assert_eq!(store.used_slots("node-a").await.unwrap(), vec![3]);
         assert!(store.used_slots("node-b").await.unwrap().is_empty());
         assert_eq!(store.count_api_keys().await.unwrap(), 1);
+        let hash = crate::token_hash("secret-token");
         assert_eq!(
-            store
-                .check_api_key("secret-token")
-                .await
-                .unwrap()
-                .as_deref(),
-            Some("admin")
+            store.api_key_by_hash(&hash).await.unwrap(),
+            Some(key.clone())
         );
-        assert_eq!(store.check_api_key("wrong").await.unwrap(), None);
+        assert_eq!(store.api_key_by_hash("wrong").await.unwrap(), None);
+        store.record_api_key_use("key_1", 2_000, 3).await.unwrap();
+        assert!(store.deactivate_api_key("key_1", 2_500).await.unwrap());
+        let used = store.api_key_by_hash(&hash).await.unwrap().unwrap();
+        assert_eq!(
+            (
+                used.last_used_at,
+                used.usage_count,
+                used.active,
+                used.updated_at
+            ),
+            (Some(2_000), 3, false, 2_500)
+        );
+        assert_eq!(store.list_api_keys().await.unwrap().len(), 1);
+        assert!(store.delete_api_key("key_1").await.unwrap());
+        assert!(!store.delete_api_key("key_1").await.unwrap());
+        assert!(!store.deactivate_api_key("key_1", 3_000).await.unwrap());
         let f = row.fence();
         store.set_pending(&f, Some(PendingOp::Pause)).await.unwrap();
         assert_eq!(

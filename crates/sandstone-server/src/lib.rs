@@ -7,6 +7,7 @@ mod cluster;
 mod extract;
 mod forward;
 mod initclient;
+mod keys;
 mod lease;
 mod lifecycle;
 mod limits;
@@ -93,14 +94,20 @@ pub struct AppState {
     /// The hash of this process's own API key, which the in-process
     /// `cloud` workers call it with (made at start, never stored).
     own_key: Arc<String>,
+    keys: Arc<keys::Keys>,
 }
+
+/// The key a request came with, for the handlers that need it
+/// (`/api-keys`); absent for the daemon's own key and forwarded calls.
+#[derive(Clone)]
+pub(crate) struct Caller(pub sandstone_db::ApiKeyRow);
 
 /// Largest JSON body.
 pub(crate) const MAX_JSON_BODY: usize = 4 << 20;
 
 pub const ADMIN_TOKEN_FILE: &str = "admin.token";
 
-async fn auth(State(st): State<AppState>, req: Request, next: Next) -> Response {
+async fn auth(State(st): State<AppState>, mut req: Request, next: Next) -> Response {
     let headers = req.headers();
     // Another node forwarding a call it authenticated (the caller's key
     // stayed there).
@@ -120,12 +127,26 @@ async fn auth(State(st): State<AppState>, req: Request, next: Next) -> Response 
     if sandstone_db::token_hash(token) == *st.own_key {
         return next.run(req).await;
     }
-    match st.lifecycle.store.check_api_key(token).await {
-        Ok(Some(_)) => next.run(req).await,
-        Ok(None) => ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", "invalid API key")
-            .into_response(),
-        Err(e) => ApiError::internal(e.to_string()).into_response(),
+    let key = match st.keys.verify(token).await {
+        Ok(k) => k,
+        Err(keys::KeyError::Db(e)) => return ApiError::internal(e.to_string()).into_response(),
+        Err(e) => {
+            return ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", e.to_string())
+                .into_response();
+        }
+    };
+    let action = keys::action(req.method(), req.uri().path());
+    if !key.role.may(action) {
+        let msg = format!(
+            "this API key's role ({}) may not {} {}",
+            key.role,
+            req.method(),
+            req.uri().path()
+        );
+        return ApiError::new(StatusCode::FORBIDDEN, "forbidden", msg).into_response();
     }
+    req.extensions_mut().insert(Caller(key));
+    next.run(req).await
 }
 
 async fn metrics_page(State(st): State<AppState>) -> Response {
@@ -314,7 +335,22 @@ async fn ensure_admin_token(store: &dyn Store, data_dir: &std::path::Path) -> an
     let token = format!("s0_local_{}", random_hex(24));
     let tmp = data_dir.join(".admin.token.tmp");
     write_private(&tmp, token.as_bytes())?;
-    store.add_api_key("admin", &token).await?;
+    let now = sandstone_api::timefmt::now_us() / 1000;
+    store
+        .insert_api_key(&sandstone_db::ApiKeyRow {
+            id: format!("key_{}", random_hex(8)),
+            token_hash: sandstone_db::token_hash(&token),
+            name: "admin".into(),
+            role: sandstone_api::auth::Role::Admin,
+            expires_at: None,
+            active: true,
+            created_by: "sandstone".into(),
+            created_at: now,
+            updated_at: now,
+            last_used_at: None,
+            usage_count: 0,
+        })
+        .await?;
     std::fs::rename(&tmp, &path)?;
     tracing::info!(path = %path.display(), "created admin API key");
     Ok(())
@@ -448,11 +484,13 @@ pub async fn run(mut config: Config) -> anyhow::Result<()> {
         sealer,
         cluster,
         own_key: Arc::new(sandstone_db::token_hash(own_key.expose())),
+        keys: keys::Keys::new(lc.store.clone()),
     };
-    let keys = lc.store.clone();
+    st.keys.spawn_flush();
+    let keys = st.keys.clone();
     let api_keys: sandstone_agents::ApiKeyCheck = Arc::new(move |token: String| {
         let keys = keys.clone();
-        Box::pin(async move { matches!(keys.check_api_key(&token).await, Ok(Some(_))) })
+        Box::pin(async move { keys.verify(&token).await.ok().map(|k| k.role) })
     });
     let mut agents_config = config.agents.clone();
     // Claims on driving a session's turn are this node's.

@@ -5,8 +5,8 @@
 
 use crate::AppState;
 use crate::routes::{
-    cluster, contexts, credentials, files, network, observability, registry, sandboxes, snapshots,
-    templates, tools, uploads,
+    cluster, contexts, credentials, files, keys, network, observability, registry, sandboxes,
+    snapshots, templates, tools, uploads,
 };
 use axum::routing::MethodRouter;
 use serde_json::{Map, Value, json};
@@ -94,6 +94,11 @@ pub fn operations() -> Vec<Operation> {
         get "/api/v1/nodes" cluster::list => 200 None "List the nodes sharing this database (load, templates, lease, draining)",
         post "/api/v1/nodes/{id}/drain" cluster::drain => 200 None "Drain a node: no new sandboxes are placed on it",
         post "/api/v1/nodes/{id}/undrain" cluster::undrain => 200 None "Undo a drain",
+        get "/api-keys" keys::list => 200 None "List API keys (admin; never their values)",
+        post "/api-keys" keys::create => 201 Json "Create an API key (admin): name, roles (one of admin, developer, viewer), expires_in; its value is in this answer only",
+        get "/api-keys/current" keys::current => 200 None "The calling key: its role and permissions",
+        delete "/api-keys/{id}" keys::delete => 200 None "Delete an API key (admin): refused from the next request",
+        post "/api-keys/{id}/deactivate" keys::deactivate => 200 None "Deactivate an API key (admin): refused from the next request",
         post "/api/v1/credential-sources" credentials::create => 201 Json "Create a credential source (values are write-only)",
         get "/api/v1/credential-sources" credentials::list => 200 None "List credential sources (metadata only)",
         get "/api/v1/credential-sources/{name}" credentials::get => 200 None "Get a credential source's metadata",

@@ -6,6 +6,7 @@ mod bench;
 mod bench_durable;
 mod cred_cmd;
 mod exec_cmd;
+mod key_cmd;
 mod node_cmd;
 mod policy_cmd;
 mod sandbox_cmd;
@@ -106,6 +107,11 @@ enum Cmd {
     Node {
         #[command(subcommand)]
         cmd: node_cmd::NodeCmd,
+    },
+    /// API keys: made with a role and an expiry, revoked at once.
+    Key {
+        #[command(subcommand)]
+        cmd: key_cmd::KeyCmd,
     },
     /// Credential sources (values are write-only).
     Cred {
@@ -305,6 +311,7 @@ async fn run(cli: Cli) -> Result<()> {
         Cmd::Audit { id, follow, denied } => policy_cmd::audit(&cli, id, *follow, *denied).await,
         Cmd::Cred { cmd } => cred_cmd::run(&cli, cmd).await,
         Cmd::Node { cmd } => node_cmd::run(&cli, cmd).await,
+        Cmd::Key { cmd } => key_cmd::run(&cli, cmd).await,
         Cmd::Env { cmd } => agents_cmd::env(&client(&cli)?, cmd).await,
         Cmd::Agent { cmd } => agents_cmd::agent(&client(&cli)?, cmd).await,
         Cmd::Session { cmd } => agents_cmd::session(&client(&cli)?, cmd).await,

@@ -76,3 +76,50 @@ async fn cli_create_exec_shell_cp_rm() {
         text(&out.stderr)
     );
 }
+
+/// `sandstone key`: a key made with a role is listed without its value,
+/// works, and stops working once removed.
+#[tokio::test(flavor = "multi_thread")]
+async fn cli_keys_are_made_listed_and_removed() {
+    let d = Daemon::start().await;
+    let out = cli(
+        &d,
+        &[
+            "key",
+            "create",
+            "--name",
+            "ci",
+            "--role",
+            "viewer",
+            "--expires",
+            "1d",
+        ],
+        b"",
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let made: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let (id, key) = (made["id"].as_str().unwrap(), made["key"].as_str().unwrap());
+    assert_eq!(made["roles"], serde_json::json!(["viewer"]), "{made}");
+    let ls = text(&cli(&d, &["key", "ls"], b"").stdout);
+    assert!(
+        ls.contains(id) && ls.contains("viewer") && !ls.contains(key),
+        "{ls}"
+    );
+    let as_key = |k: &str| {
+        let (http, url, k) = (d.http.clone(), d.url.clone(), k.to_string());
+        async move {
+            http.get(format!("{url}/api/v1/sandboxes"))
+                .bearer_auth(k)
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        }
+    };
+    assert_eq!(as_key(key).await, 200);
+    let out = cli(&d, &["key", "create", "--name", "x", "--role", "root"], b"");
+    assert!(!out.status.success());
+    assert!(cli(&d, &["key", "rm", id], b"").status.success());
+    assert_eq!(as_key(key).await, 401);
+}

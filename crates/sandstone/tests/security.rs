@@ -735,3 +735,174 @@ addr = libc.shmat(small, None, 0)
         .await;
     assert_eq!(r["stdout"], "0\n", "{r}");
 }
+
+/// API keys: an admin makes them with a role and an expiry, their value
+/// shown once. Each role does what it may and is refused (403) the rest —
+/// on the sandbox API, files, terminals, the toolset route and `/v1`; a
+/// deactivated, deleted or expired key is refused (401) from the next
+/// request; the first start's admin token keeps working.
+#[tokio::test(flavor = "multi_thread")]
+async fn api_keys_act_by_role_and_stop_at_once() {
+    use reqwest::Method;
+    let d = Daemon::start().await;
+    let as_key =
+        async |token: &str, method: Method, path: &str, body: Option<serde_json::Value>| {
+            let mut r = d
+                .http
+                .request(method, format!("{}{path}", d.url))
+                .bearer_auth(token)
+                .header("anthropic-beta", "managed-agents-2026-04-01");
+            if let Some(b) = body {
+                r = r.json(&b);
+            }
+            let r = r.send().await.unwrap();
+            let s = r.status().as_u16();
+            (s, r.json::<serde_json::Value>().await.unwrap_or_default())
+        };
+    let make = async |role: &str, expires: &str| {
+        let (s, v) = d
+            .post(
+                "/api-keys",
+                json!({"name": format!("{role} key"), "roles": [role], "expires_in": expires}),
+            )
+            .await;
+        assert_eq!(s, 201, "{v}");
+        let key = v["data"]["key"].as_str().unwrap().to_string();
+        (v["data"]["id"].as_str().unwrap().to_string(), key)
+    };
+    let (dev_id, dev) = make("developer", "30d").await;
+    let (viewer_id, viewer) = make("viewer", "never").await;
+    d.rejects(
+        "/api-keys",
+        json!({"name": "x", "roles": ["root"]}),
+        "roles",
+    )
+    .await;
+    d.rejects(
+        "/api-keys",
+        json!({"name": "x", "expires_in": "1y"}),
+        "expires_in",
+    )
+    .await;
+    let (s, list) = d.get("/api-keys").await;
+    assert_eq!(s, 200, "{list}");
+    assert_eq!(
+        list["data"]["api_keys"].as_array().unwrap().len(),
+        3,
+        "{list}"
+    );
+    assert!(!list.to_string().contains(&dev) && !list.to_string().contains(&viewer));
+    let (s, me) = as_key(&dev, Method::GET, "/api-keys/current", None).await;
+    assert_eq!(s, 200, "{me}");
+    assert_eq!(me["data"]["api_key"]["roles"], json!(["developer"]), "{me}");
+    let perms = me["data"]["api_key"]["permissions"].to_string();
+    assert!(
+        perms.contains("sandbox:write") && !perms.contains("apikey:manage"),
+        "{perms}"
+    );
+
+    // A developer works with sandboxes and agents, not with keys.
+    let (s, v) = as_key(
+        &dev,
+        Method::POST,
+        "/api/v1/sandboxes",
+        Some(json!({"template": "host"})),
+    )
+    .await;
+    assert_eq!(s, 201, "{v}");
+    let id = v["data"]["sandbox_id"].as_str().unwrap().to_string();
+    d.sh(&id, "echo secret > /workspace/f").await;
+    for (method, path, body) in [
+        (Method::GET, "/api-keys".to_string(), None),
+        (
+            Method::POST,
+            "/api-keys".to_string(),
+            Some(json!({"name": "y"})),
+        ),
+        (
+            Method::POST,
+            format!("/api-keys/{viewer_id}/deactivate"),
+            None,
+        ),
+        (Method::POST, "/api/v1/nodes/n1/drain".to_string(), None),
+    ] {
+        let (s, v) = as_key(&dev, method, &path, body).await;
+        assert_eq!(s, 403, "developer {path}: {v}");
+    }
+    let (s, v) = as_key(
+        &dev,
+        Method::POST,
+        "/v1/agents",
+        Some(json!({"name": "a", "model": "m"})),
+    )
+    .await;
+    assert_eq!(s, 200, "{v}");
+
+    // A viewer reads metadata only: no writes, file contents or terminals.
+    for path in [
+        "/api/v1/sandboxes".to_string(),
+        format!("/api/v1/sandboxes/{id}/files/list?path=/workspace"),
+        "/v1/agents".to_string(),
+    ] {
+        let (s, v) = as_key(&viewer, Method::GET, &path, None).await;
+        assert_eq!(s, 200, "viewer {path}: {v}");
+    }
+    for (method, path, body) in [
+        (
+            Method::POST,
+            "/api/v1/sandboxes".to_string(),
+            Some(json!({"template": "host"})),
+        ),
+        (
+            Method::GET,
+            format!("/api/v1/sandboxes/{id}/files?path=/workspace/f"),
+            None,
+        ),
+        (
+            Method::GET,
+            format!("/api/v1/sandboxes/{id}/contexts/c1/ws"),
+            None,
+        ),
+        (
+            Method::POST,
+            format!("/api/v1/sandboxes/{id}/tools/bash"),
+            Some(json!({"input": {"command": "id"}})),
+        ),
+        (Method::DELETE, format!("/api/v1/sandboxes/{id}"), None),
+        (
+            Method::POST,
+            "/v1/agents".to_string(),
+            Some(json!({"name": "a", "model": "m"})),
+        ),
+    ] {
+        let (s, v) = as_key(&viewer, method, &path, body).await;
+        assert_eq!(s, 403, "viewer {path}: {v}");
+        assert!(!v.to_string().contains("secret"), "{v}");
+    }
+
+    // Deactivated, deleted, expired: refused from the next request.
+    let (s, _) = d
+        .post(&format!("/api-keys/{dev_id}/deactivate"), json!({}))
+        .await;
+    assert_eq!(s, 200);
+    let (s, v) = as_key(&dev, Method::GET, "/api/v1/sandboxes", None).await;
+    assert_eq!(s, 401, "{v}");
+    assert!(v.to_string().contains("deactivated"), "{v}");
+    let (s, _) = as_key(&dev, Method::GET, "/v1/agents", None).await;
+    assert_eq!(s, 401);
+    let (s, _) = d.delete(&format!("/api-keys/{viewer_id}")).await;
+    assert_eq!(s, 200);
+    let (s, _) = as_key(&viewer, Method::GET, "/api/v1/sandboxes", None).await;
+    assert_eq!(s, 401);
+    let (s, _) = d.delete(&format!("/api-keys/{viewer_id}")).await;
+    assert_eq!(s, 404);
+    let (_, brief) = make("viewer", "1s").await;
+    let (s, _) = as_key(&brief, Method::GET, "/api/v1/sandboxes", None).await;
+    assert_eq!(s, 200);
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    let (s, v) = as_key(&brief, Method::GET, "/api/v1/sandboxes", None).await;
+    assert!(s == 401 && v.to_string().contains("expired"), "{s} {v}");
+    // The first start's admin token, all along.
+    let (s, _) = d.get("/api-keys/current").await;
+    assert_eq!(s, 200);
+}

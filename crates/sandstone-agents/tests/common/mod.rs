@@ -103,8 +103,8 @@ impl Plane {
             rt.block_on(async move {
                 let store = location.open().await.unwrap();
                 let api_keys: ApiKeyCheck = Arc::new(move |t: String| {
-                    let ok = t == token;
-                    Box::pin(async move { ok })
+                    let role = (t == token).then_some(sandstone_api::auth::Role::Admin);
+                    Box::pin(async move { role })
                 });
                 let sealer = Arc::new(sandstone_db::secrets::Sealer::from_key(key));
                 let agents = Agents::start(store, config, api_keys, sealer)

@@ -3,6 +3,7 @@ pub mod contexts;
 pub mod credentials;
 pub mod error;
 pub mod files;
+pub mod keys;
 pub mod network;
 pub mod observability;
 pub mod registry;

@@ -83,8 +83,9 @@ fn upload_error(e: UploadError) -> Response {
 }
 
 /// Whether the request carries a push login handed out (basic auth), or
-/// an API key (basic auth's password, or a bearer token).
-async fn authorized(st: &AppState, headers: &HeaderMap) -> bool {
+/// an API key (basic auth's password, or a bearer token) whose role may
+/// do what `method` does (a viewer pulls, never pushes).
+async fn authorized(st: &AppState, method: &Method, headers: &HeaderMap) -> bool {
     use base64::Engine as _;
     let Some(value) = headers
         .get(header::AUTHORIZATION)
@@ -110,7 +111,12 @@ async fn authorized(st: &AppState, headers: &HeaderMap) -> bool {
         Some((scheme, rest)) if scheme.eq_ignore_ascii_case("bearer") => rest.trim().to_string(),
         _ => return false,
     };
-    !key.is_empty() && matches!(st.lifecycle.store.check_api_key(&key).await, Ok(Some(_)))
+    let action = if method == Method::GET || method == Method::HEAD {
+        sandstone_api::auth::Action::Read
+    } else {
+        sandstone_api::auth::Action::Write
+    };
+    !key.is_empty() && st.keys.verify(&key).await.is_ok_and(|k| k.role.may(action))
 }
 
 /// What a `/v2/` path names.
@@ -151,7 +157,7 @@ pub async fn v2(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    if !authorized(&st, &headers).await {
+    if !authorized(&st, &method, &headers).await {
         let mut r = oci_error(
             StatusCode::UNAUTHORIZED,
             "UNAUTHORIZED",

@@ -1,0 +1,371 @@
+//! API keys (Sandbox0's `/api-keys`): made with a role and an expiry,
+//! shown once, stored only as hashes.
+//!
+//! Every request's key is verified here. A verification is cached (a map
+//! read, so a check costs microseconds, not a database round trip) for
+//! [`CACHE_TTL`]; expiry is checked against the clock on every request, and
+//! a key deleted or deactivated on this node is dropped from the cache at
+//! once, so only another node's change can take up to [`CACHE_TTL`] to
+//! reach this one. Uses are counted in memory and written back every
+//! [`USE_FLUSH`], not on each request.
+
+use crate::lifecycle::random_hex;
+use sandstone_api::auth::{Action, Role};
+use sandstone_api::timefmt::{now_us, rfc3339_ms};
+use sandstone_api::{ApiKey, CreateApiKeyRequest, CreatedApiKey, CurrentKey};
+use sandstone_db::{ApiKeyRow, Store, token_hash};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// How long a verification is trusted before the store is read again.
+const CACHE_TTL: Duration = Duration::from_secs(2);
+/// How often counted uses are written back.
+const USE_FLUSH: Duration = Duration::from_secs(5);
+/// Sandbox0's "never" (Go's zero time).
+const NEVER: &str = "0001-01-01T00:00:00Z";
+/// The one team every key belongs to until teams exist.
+pub const TEAM: &str = "default";
+/// The longest name.
+const MAX_NAME: usize = 128;
+
+/// Why a key does not let a request in. Unknown, expired and inactive
+/// keys are told apart in the message only: all are 401.
+#[derive(Debug, thiserror::Error)]
+pub enum KeyError {
+    #[error("invalid API key")]
+    Unknown,
+    #[error("this API key expired at {0}")]
+    Expired(String),
+    #[error("this API key was deactivated")]
+    Inactive,
+    #[error("invalid field `{field}`: {why}")]
+    Invalid { field: &'static str, why: String },
+    #[error("API key {0} not found")]
+    NotFound(String),
+    #[error(transparent)]
+    Db(#[from] sandstone_db::Error),
+}
+
+struct Cached {
+    key: ApiKeyRow,
+    at: Instant,
+}
+
+pub struct Keys {
+    store: Arc<dyn Store>,
+    /// By token hash.
+    cache: Mutex<HashMap<String, Cached>>,
+    /// Uses not yet written: by key id, (last use, count).
+    uses: Mutex<HashMap<String, (i64, i64)>>,
+}
+
+/// The maps here change by single inserts and removes: a panic while one
+/// was held cannot have left it half-changed.
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().expect("the key cache lock is never poisoned")
+}
+
+/// How a key looks in a listing.
+pub fn summary(k: &ApiKeyRow) -> ApiKey {
+    ApiKey {
+        id: k.id.clone(),
+        name: k.name.clone(),
+        scope: "team".into(),
+        team_id: TEAM.into(),
+        created_by: k.created_by.clone(),
+        roles: vec![k.role],
+        is_active: k.active,
+        expires_at: expiry(k),
+        last_used_at: k.last_used_at.map(rfc3339_ms),
+        usage_count: k.usage_count.max(0) as u64,
+        created_at: rfc3339_ms(k.created_at),
+        updated_at: rfc3339_ms(k.updated_at),
+    }
+}
+
+/// The calling key as `GET /api-keys/current` shows it.
+pub fn current(k: &ApiKeyRow) -> CurrentKey {
+    CurrentKey {
+        id: k.id.clone(),
+        team_id: TEAM.into(),
+        created_by: k.created_by.clone(),
+        scope: "team".into(),
+        roles: vec![k.role],
+        permissions: k.role.permissions().iter().map(|p| p.to_string()).collect(),
+        is_active: k.active,
+        expires_at: expiry(k),
+    }
+}
+
+fn now_ms() -> i64 {
+    now_us() / 1000
+}
+
+fn expiry(k: &ApiKeyRow) -> String {
+    k.expires_at.map_or_else(|| NEVER.into(), rfc3339_ms)
+}
+
+/// `expires_in`: `never`, or a whole number of days, hours, minutes or
+/// seconds.
+fn lifetime(s: Option<&str>) -> Result<Option<Duration>, KeyError> {
+    let s = match s.map(str::trim) {
+        None | Some("" | "never") => return Ok(None),
+        Some(s) => s,
+    };
+    let invalid = || KeyError::Invalid {
+        field: "expires_in",
+        why: format!(
+            "{s:?} is not `never` or a whole number of days, hours, minutes or seconds (30d, 12h, 90m, 30s)"
+        ),
+    };
+    let (n, unit) = s.split_at(s.len() - 1);
+    let n: u64 = n.parse().ok().filter(|n| *n > 0).ok_or_else(invalid)?;
+    let secs = match unit {
+        "d" => n.checked_mul(86_400),
+        "h" => n.checked_mul(3_600),
+        "m" => n.checked_mul(60),
+        "s" => Some(n),
+        _ => None,
+    }
+    .filter(|s| *s <= 10 * 365 * 86_400)
+    .ok_or_else(invalid)?;
+    Ok(Some(Duration::from_secs(secs)))
+}
+
+impl Keys {
+    pub fn new(store: Arc<dyn Store>) -> Arc<Keys> {
+        Arc::new(Keys {
+            store,
+            cache: Mutex::default(),
+            uses: Mutex::default(),
+        })
+    }
+
+    /// The key `token` is, if it lets a request in now.
+    pub async fn verify(&self, token: &str) -> Result<ApiKeyRow, KeyError> {
+        let hash = token_hash(token);
+        let cached = lock(&self.cache)
+            .get(&hash)
+            .filter(|c| c.at.elapsed() < CACHE_TTL)
+            .map(|c| c.key.clone());
+        let key = match cached {
+            Some(k) => k,
+            None => {
+                let k = self
+                    .store
+                    .api_key_by_hash(&hash)
+                    .await?
+                    .ok_or(KeyError::Unknown)?;
+                lock(&self.cache).insert(
+                    hash,
+                    Cached {
+                        key: k.clone(),
+                        at: Instant::now(),
+                    },
+                );
+                k
+            }
+        };
+        let now = now_ms();
+        if !key.active {
+            return Err(KeyError::Inactive);
+        }
+        if !key.valid_at(now) {
+            return Err(KeyError::Expired(expiry(&key)));
+        }
+        let mut uses = lock(&self.uses);
+        let entry = uses.entry(key.id.clone()).or_insert((now, 0));
+        *entry = (now, entry.1 + 1);
+        Ok(key)
+    }
+
+    /// Makes a key (`by`: the caller's key id); its token is in the answer
+    /// only.
+    pub async fn create(
+        &self,
+        by: &str,
+        req: CreateApiKeyRequest,
+    ) -> Result<CreatedApiKey, KeyError> {
+        let name = req.name.trim();
+        if name.is_empty() || name.len() > MAX_NAME {
+            return Err(KeyError::Invalid {
+                field: "name",
+                why: format!("1 to {MAX_NAME} bytes"),
+            });
+        }
+        if req.scope.as_deref().is_some_and(|s| s != "team") {
+            return Err(KeyError::Invalid {
+                field: "scope",
+                why: "only `team` keys exist here (there are no platform users)".into(),
+            });
+        }
+        let role = match req.roles.as_slice() {
+            [] => Role::Developer,
+            [one] => *one,
+            _ => {
+                return Err(KeyError::Invalid {
+                    field: "roles",
+                    why: "one role: admin, developer or viewer".into(),
+                });
+            }
+        };
+        let now = now_ms();
+        let expires_at = lifetime(req.expires_in.as_deref())?.map(|d| now + d.as_millis() as i64);
+        let token = format!("s0_local_{}", random_hex(24));
+        let row = ApiKeyRow {
+            id: format!("key_{}", random_hex(8)),
+            token_hash: token_hash(&token),
+            name: name.to_string(),
+            role,
+            expires_at,
+            active: true,
+            created_by: by.to_string(),
+            created_at: now,
+            updated_at: now,
+            last_used_at: None,
+            usage_count: 0,
+        };
+        self.store.insert_api_key(&row).await?;
+        Ok(CreatedApiKey {
+            id: row.id.clone(),
+            name: row.name.clone(),
+            scope: "team".into(),
+            roles: vec![role],
+            team_id: TEAM.into(),
+            key: token,
+            expires_at: expiry(&row),
+            created_at: rfc3339_ms(now),
+        })
+    }
+
+    pub async fn list(&self) -> Result<Vec<ApiKey>, KeyError> {
+        self.flush().await;
+        Ok(self
+            .store
+            .list_api_keys()
+            .await?
+            .iter()
+            .map(summary)
+            .collect())
+    }
+
+    pub async fn delete(&self, id: &str) -> Result<(), KeyError> {
+        if !self.store.delete_api_key(id).await? {
+            return Err(KeyError::NotFound(id.to_string()));
+        }
+        self.forget(id);
+        Ok(())
+    }
+
+    pub async fn deactivate(&self, id: &str) -> Result<(), KeyError> {
+        if !self.store.deactivate_api_key(id, now_ms()).await? {
+            return Err(KeyError::NotFound(id.to_string()));
+        }
+        self.forget(id);
+        Ok(())
+    }
+
+    /// Drops `id` from the cache: this node refuses it from the next
+    /// request.
+    fn forget(&self, id: &str) {
+        lock(&self.cache).retain(|_, c| c.key.id != id);
+        lock(&self.uses).remove(id);
+    }
+
+    /// Writes the counted uses back.
+    async fn flush(&self) {
+        let uses = std::mem::take(&mut *lock(&self.uses));
+        for (id, (at, n)) in uses {
+            if let Err(e) = self.store.record_api_key_use(&id, at, n).await {
+                tracing::warn!(key = %id, error = %e, "recording an API key's uses");
+            }
+        }
+    }
+
+    /// Writes uses back every [`USE_FLUSH`] while the daemon runs.
+    pub fn spawn_flush(self: &Arc<Self>) {
+        let keys = self.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(USE_FLUSH).await;
+                keys.flush().await;
+            }
+        });
+    }
+}
+
+/// What a request to the sandbox API does, as roles see it.
+pub fn action(method: &axum::http::Method, path: &str) -> Action {
+    use axum::http::Method;
+    let read = method == Method::GET || method == Method::HEAD;
+    if let Some(rest) = path.strip_prefix("/api-keys") {
+        return if read && rest == "/current" {
+            Action::Read
+        } else {
+            Action::ManageKeys
+        };
+    }
+    if path.starts_with("/api/v1/nodes/") && !read {
+        return Action::ManageNodes;
+    }
+    if !read {
+        return Action::Write;
+    }
+    // A file's bytes, a terminal, a file watch: what the sandbox holds.
+    let tail = path.rsplit('/').next().unwrap_or_default();
+    let contents = (path.contains("/sandboxes/") && tail == "files")
+        || (path.contains("/contexts/") && tail == "ws")
+        || (path.contains("/files/") && tail == "watch");
+    if contents {
+        Action::ReadContents
+    } else {
+        Action::Read
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::http::Method;
+
+    #[test]
+    fn lifetimes_are_days_hours_or_minutes() {
+        assert_eq!(lifetime(None).unwrap(), None);
+        assert_eq!(lifetime(Some("never")).unwrap(), None);
+        assert_eq!(
+            lifetime(Some("30d")).unwrap(),
+            Some(Duration::from_secs(30 * 86_400))
+        );
+        assert_eq!(
+            lifetime(Some("90m")).unwrap(),
+            Some(Duration::from_secs(5_400))
+        );
+        for bad in ["0d", "d", "30", "1y", "-1d", "99999d"] {
+            assert!(lifetime(Some(bad)).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn requests_are_classed_by_what_they_expose() {
+        let get = |p: &str| action(&Method::GET, p);
+        assert_eq!(get("/api/v1/sandboxes"), Action::Read);
+        assert_eq!(get("/api/v1/sandboxes/sb-1/files/list"), Action::Read);
+        assert_eq!(get("/api/v1/sandboxes/sb-1/files"), Action::ReadContents);
+        assert_eq!(
+            get("/api/v1/sandboxes/sb-1/files/watch"),
+            Action::ReadContents
+        );
+        assert_eq!(
+            get("/api/v1/sandboxes/sb-1/contexts/c1/ws"),
+            Action::ReadContents
+        );
+        assert_eq!(get("/api-keys/current"), Action::Read);
+        assert_eq!(get("/api-keys"), Action::ManageKeys);
+        assert_eq!(action(&Method::POST, "/api/v1/sandboxes"), Action::Write);
+        assert_eq!(
+            action(&Method::POST, "/api/v1/nodes/n1/drain"),
+            Action::ManageNodes
+        );
+    }
+}
