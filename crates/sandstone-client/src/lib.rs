@@ -581,6 +581,12 @@ impl Client {
         self.call(Method::POST, "/api-keys", Some(json!(req))).await
     }
 
+    /// `GET /api-keys/current`: the key this client calls with.
+    pub async fn current_api_key(&self) -> Result<api::CurrentKey> {
+        let v: api::CurrentApiKey = self.call(Method::GET, "/api-keys/current", None).await?;
+        Ok(v.api_key)
+    }
+
     pub async fn delete_api_key(&self, id: &str) -> Result<()> {
         self.call::<serde_json::Value>(Method::DELETE, &format!("/api-keys/{id}"), None)
             .await

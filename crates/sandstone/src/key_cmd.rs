@@ -1,10 +1,12 @@
 //! API keys: `key create|ls|rm|deactivate` (an admin key's calls).
 
 use crate::{Cli, client, print_json};
-use anyhow::Result;
+use anyhow::{Context, Result, bail};
 use clap::Subcommand;
 use sandstone_api::CreateApiKeyRequest;
 use sandstone_api::auth::Role;
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
 
 #[derive(Subcommand)]
 pub enum KeyCmd {
@@ -30,6 +32,9 @@ pub enum KeyCmd {
     /// Deactivate a key (kept, listed as inactive): refused from its next
     /// request.
     Deactivate { id: String },
+    /// Replace the data directory's admin.token with a new admin key and
+    /// delete the one it held.
+    RotateAdmin,
 }
 
 pub async fn run(cli: &Cli, cmd: &KeyCmd) -> Result<()> {
@@ -80,5 +85,43 @@ pub async fn run(cli: &Cli, cmd: &KeyCmd) -> Result<()> {
             println!("deactivated {id}");
             Ok(())
         }
+        KeyCmd::RotateAdmin => rotate_admin(cli, &c).await,
     }
+}
+
+/// The new key is in the file (written whole, 0600) before the old one is
+/// deleted: an interruption leaves a working key in the file.
+async fn rotate_admin(cli: &Cli, c: &sandstone_client::Client) -> Result<()> {
+    let old = c.current_api_key().await?;
+    if !old.roles.contains(&Role::Admin) {
+        bail!("the key in use is not an admin key");
+    }
+    let req = CreateApiKeyRequest {
+        name: "admin".into(),
+        roles: vec![Role::Admin],
+        ..Default::default()
+    };
+    let new = c.create_api_key(&req).await?;
+    let path = cli.data_dir.join(sandstone_server::ADMIN_TOKEN_FILE);
+    let tmp = cli.data_dir.join(".admin.token.rotate");
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)
+        .with_context(|| format!("write {}", tmp.display()))?;
+    f.write_all(new.key.as_bytes())?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, &path).with_context(|| format!("replace {}", path.display()))?;
+    sandstone_client::Client::new(&cli.url, &new.key)
+        .delete_api_key(&old.id)
+        .await?;
+    println!(
+        "{} now holds admin key {}; {} is deleted",
+        path.display(),
+        new.id,
+        old.id
+    );
+    Ok(())
 }

@@ -78,10 +78,10 @@ async fn cli_create_exec_shell_cp_rm() {
 }
 
 /// `sandstone key`: a key made with a role is listed without its value,
-/// works, and stops working once removed.
+/// works, and stops working once removed; the admin token is rotated.
 #[tokio::test(flavor = "multi_thread")]
 async fn cli_keys_are_made_listed_and_removed() {
-    let d = Daemon::start().await;
+    let mut d = Daemon::start().await;
     let out = cli(
         &d,
         &[
@@ -122,4 +122,20 @@ async fn cli_keys_are_made_listed_and_removed() {
     assert!(!out.status.success());
     assert!(cli(&d, &["key", "rm", id], b"").status.success());
     assert_eq!(as_key(key).await, 401);
+
+    // The first start's admin token, rotated: the file holds a new admin
+    // key, and the old one is refused.
+    let out = cli(&d, &["key", "rotate-admin"], b"");
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let file = d.data.path().join("admin.token");
+    let new = std::fs::read_to_string(&file).unwrap();
+    assert_ne!(new, d.token);
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(&file).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    assert_eq!(as_key(&d.token).await, 401);
+    assert_eq!(as_key(&new).await, 200);
+    d.token = new;
 }
