@@ -172,8 +172,12 @@ async fn identify(
         agents.sessions.ensure(&session).await?;
         return Ok(Caller::Session { session, work });
     }
+    // Only a prefix of its hash is ever recorded.
+    let hash = token_hash(&token);
     if let Some(role) = (agents.api_keys)(token).await {
         if !role.may(action) {
+            tracing::warn!(target: "sandstone::audit", key_hash = &hash[..12],
+                role = %role, request = what, "request refused by the key's role");
             return Err(ApiError::forbidden(format!(
                 "this API key's role ({role}) may not {what}"
             )));

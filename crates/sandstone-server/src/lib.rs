@@ -131,12 +131,19 @@ async fn auth(State(st): State<AppState>, mut req: Request, next: Next) -> Respo
         Ok(k) => k,
         Err(keys::KeyError::Db(e)) => return ApiError::internal(e.to_string()).into_response(),
         Err(e) => {
+            // The record names the key by a prefix of its hash, never by
+            // the key.
+            let hash = sandstone_db::token_hash(token);
+            tracing::warn!(target: "sandstone::audit", key_hash = &hash[..12], reason = %e,
+                method = %req.method(), path = req.uri().path(), "API key refused");
             return ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", e.to_string())
                 .into_response();
         }
     };
     let action = keys::action(req.method(), req.uri().path());
     if !key.role.may(action) {
+        tracing::warn!(target: "sandstone::audit", key = %key.id, role = %key.role,
+            method = %req.method(), path = req.uri().path(), "request refused by the key's role");
         let msg = format!(
             "this API key's role ({}) may not {} {}",
             key.role,

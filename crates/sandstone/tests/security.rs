@@ -905,4 +905,24 @@ async fn api_keys_act_by_role_and_stop_at_once() {
     // The first start's admin token, all along.
     let (s, _) = d.get("/api-keys/current").await;
     assert_eq!(s, 200);
+    // Every refusal is on record, naming the key by its id (or a prefix of
+    // its hash), never by its value.
+    let log = std::fs::read_to_string(d.data.path().join("daemon.log")).unwrap();
+    // The sandbox API names the key; /v1 a prefix of its hash.
+    let refused = |who: &str, path: &str| {
+        log.lines()
+            .any(|l| l.contains("refused by the key's role") && l.contains(who) && l.contains(path))
+    };
+    assert!(
+        refused(&viewer_id, "/contexts/c1/ws") && refused("viewer", "POST /agents"),
+        "{log}"
+    );
+    assert!(
+        log.lines()
+            .any(|l| l.contains("API key refused") && l.contains("deactivated")),
+        "{log}"
+    );
+    for secret in [&dev, &viewer, &brief] {
+        assert!(!log.contains(secret.as_str()));
+    }
 }
