@@ -44,6 +44,24 @@ pub enum Action {
     ManageNodes,
 }
 
+/// Sandbox0's permission names, and what each lets a key do.
+const PERMISSIONS: &[(&str, Action)] = &[
+    ("sandbox:read", Action::Read),
+    ("sandbox:files", Action::ReadContents),
+    ("sandbox:write", Action::Write),
+    ("sandbox:exec", Action::Write),
+    ("template:read", Action::Read),
+    ("template:write", Action::Write),
+    ("credential:read", Action::Read),
+    ("credential:write", Action::Write),
+    ("agent:read", Action::Read),
+    ("agent:write", Action::Write),
+    ("session:read", Action::Read),
+    ("session:write", Action::Write),
+    ("apikey:manage", Action::ManageKeys),
+    ("node:manage", Action::ManageNodes),
+];
+
 impl std::fmt::Display for Role {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.as_str())
@@ -82,47 +100,12 @@ impl Role {
     }
 
     /// The role's permissions as `GET /api-keys/current` names them.
-    pub fn permissions(self) -> &'static [&'static str] {
-        const VIEWER: &[&str] = &[
-            "sandbox:read",
-            "template:read",
-            "credential:read",
-            "agent:read",
-            "session:read",
-        ];
-        const DEVELOPER: &[&str] = &[
-            "sandbox:read",
-            "sandbox:write",
-            "sandbox:exec",
-            "template:read",
-            "template:write",
-            "credential:read",
-            "credential:write",
-            "agent:read",
-            "agent:write",
-            "session:read",
-            "session:write",
-        ];
-        const ADMIN: &[&str] = &[
-            "sandbox:read",
-            "sandbox:write",
-            "sandbox:exec",
-            "template:read",
-            "template:write",
-            "credential:read",
-            "credential:write",
-            "agent:read",
-            "agent:write",
-            "session:read",
-            "session:write",
-            "apikey:manage",
-            "node:manage",
-        ];
-        match self {
-            Role::Admin => ADMIN,
-            Role::Developer => DEVELOPER,
-            Role::Viewer => VIEWER,
-        }
+    pub fn permissions(self) -> Vec<&'static str> {
+        PERMISSIONS
+            .iter()
+            .filter(|(_, needs)| self.may(*needs))
+            .map(|(name, _)| *name)
+            .collect()
     }
 }
 

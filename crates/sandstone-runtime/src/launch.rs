@@ -15,30 +15,33 @@ pub struct Launched {
 /// sandbox whose init is `pid` for a new memory limit (a warm-pool member
 /// handed to a claim). Blocking.
 pub fn resize_tmpfs(init_bin: &Path, pid: i32, memory: Option<u64>) -> Result<()> {
-    let out = Command::new(init_bin)
-        .args(["tmpfs", &pid.to_string()])
-        .args(memory.map(|m| m.to_string()))
-        .env_clear()
-        .stdin(Stdio::null())
-        .output()
-        .map_err(|e| Error::sys(format!("run {init_bin:?}"), e))?;
-    if out.status.success() {
-        return Ok(());
-    }
-    Err(Error::Other(format!(
-        "resize the sandbox's tmpfs: {}",
-        String::from_utf8_lossy(&out.stderr).trim()
-    )))
+    let mut args = vec!["tmpfs".into(), pid.to_string().into()];
+    args.extend(memory.map(|m| m.to_string().into()));
+    helper(init_bin, &args, "resize the sandbox's tmpfs")
 }
 
 /// Runs `<init_bin> bind <pid> <source> <target>`: binds a host directory
 /// read-only into the running sandbox whose init is `pid`
 /// ([`crate::rootfs::bind_live`]). Blocking.
 pub fn bind_live(init_bin: &Path, pid: i32, source: &Path, target: &str) -> Result<()> {
+    let args = [
+        "bind".into(),
+        pid.to_string().into(),
+        source.as_os_str().to_owned(),
+        target.into(),
+    ];
+    helper(
+        init_bin,
+        &args,
+        &format!("bind {source:?} into the sandbox"),
+    )
+}
+
+/// Runs one of init's helper modes with nothing from our environment;
+/// its error output is the error.
+fn helper(init_bin: &Path, args: &[std::ffi::OsString], what: &str) -> Result<()> {
     let out = Command::new(init_bin)
-        .args(["bind", &pid.to_string()])
-        .arg(source)
-        .arg(target)
+        .args(args)
         .env_clear()
         .stdin(Stdio::null())
         .output()
@@ -47,7 +50,7 @@ pub fn bind_live(init_bin: &Path, pid: i32, source: &Path, target: &str) -> Resu
         return Ok(());
     }
     Err(Error::Other(format!(
-        "bind {source:?} into the sandbox: {}",
+        "{what}: {}",
         String::from_utf8_lossy(&out.stderr).trim()
     )))
 }

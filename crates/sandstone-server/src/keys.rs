@@ -92,7 +92,7 @@ pub fn current(k: &ApiKeyRow) -> CurrentKey {
         created_by: k.created_by.clone(),
         scope: "team".into(),
         roles: vec![k.role],
-        permissions: k.role.permissions().iter().map(|p| p.to_string()).collect(),
+        permissions: k.role.permissions().into_iter().map(String::from).collect(),
         is_active: k.active,
         expires_at: expiry(k),
     }
@@ -152,11 +152,11 @@ impl Keys {
         let key = match cached {
             Some(k) => k,
             None => {
-                let k = self
-                    .store
-                    .api_key_by_hash(&hash)
-                    .await?
-                    .ok_or(KeyError::Unknown)?;
+                let Some(k) = self.store.api_key_by_hash(&hash).await? else {
+                    // Deleted on another node since it was cached.
+                    lock(&self.cache).remove(&hash);
+                    return Err(KeyError::Unknown);
+                };
                 lock(&self.cache).insert(
                     hash,
                     Cached {

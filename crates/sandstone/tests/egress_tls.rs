@@ -60,6 +60,21 @@ async fn agents_setup(
     (net, d, model)
 }
 
+/// A `cloud` environment whose network allows no host; its id.
+async fn closed_cloud_env(d: &Daemon, name: &str) -> String {
+    let (s, env, _) = common::agents::v1(
+        d,
+        &d.token,
+        reqwest::Method::POST,
+        "/environments",
+        Some(json!({"name": name, "config": {"type": "cloud",
+            "networking": {"type": "limited", "allowed_hosts": []}}})),
+    )
+    .await;
+    assert_eq!(s, 200, "{env}");
+    env["id"].as_str().unwrap().to_string()
+}
+
 /// The sandbox serving session `sid`.
 async fn session_sandbox(d: &Daemon, sid: &str) -> String {
     let (_, v) = d
@@ -1010,17 +1025,7 @@ async fn a_repository_is_cloned_with_a_token_the_sandbox_never_holds() {
     use common::agents::{events, idle_with, say, session_with, v1};
     use reqwest::Method;
     let (net, d, _model) = agents_setup(|_| None).await;
-    let (s, env, _) = v1(
-        &d,
-        &d.token,
-        Method::POST,
-        "/environments",
-        Some(json!({"name": "repo", "config": {"type": "cloud",
-            "networking": {"type": "limited", "allowed_hosts": []}}})),
-    )
-    .await;
-    assert_eq!(s, 200, "{env}");
-    let env = env["id"].as_str().unwrap().to_string();
+    let env = closed_cloud_env(&d, "repo").await;
     let repo = |url: &str, token: &str| {
         json!({"resources": [{"type": "github_repository", "url": url,
             "authorization_token": token, "checkout": {"type": "branch", "name": "main"}}]})
@@ -1232,17 +1237,7 @@ async fn files_are_mounted_read_only_in_the_sessions_sandbox() {
     use common::agents::{idle_with, say, session_with, v1};
     use reqwest::Method;
     let (_net, d, model) = agents_setup(|_| None).await;
-    let (s, env, _) = v1(
-        &d,
-        &d.token,
-        Method::POST,
-        "/environments",
-        Some(json!({"name": "files", "config": {"type": "cloud",
-            "networking": {"type": "limited", "allowed_hosts": []}}})),
-    )
-    .await;
-    assert_eq!(s, 200, "{env}");
-    let env = env["id"].as_str().unwrap().to_string();
+    let env = closed_cloud_env(&d, "files").await;
     let notes = upload_file(&d, "notes.txt", "first file").await;
     let data = upload_file(&d, "data.csv", "a,b\n1,2").await;
     let resources = json!({"resources": [
