@@ -33,8 +33,8 @@ pub enum Role {
 pub enum Action {
     /// Reads metadata: lists, statuses, policies, audit records.
     Read,
-    /// Reads what a sandbox or session holds: a file's bytes, a terminal
-    /// or event stream of its processes, an upload's or output's content.
+    /// Reads what a sandbox holds: a file's bytes, its processes' output
+    /// or terminal, an uploaded file's content.
     ReadContents,
     /// Changes something.
     Write,

@@ -312,10 +312,11 @@ pub fn action(method: &axum::http::Method, path: &str) -> Action {
     if !read {
         return Action::Write;
     }
-    // A file's bytes, a terminal, a file watch: what the sandbox holds.
+    // A file's bytes, a file watch, and contexts (their output, their
+    // terminal): what the sandbox holds.
     let tail = path.rsplit('/').next().unwrap_or_default();
     let contents = (path.contains("/sandboxes/") && tail == "files")
-        || (path.contains("/contexts/") && tail == "ws")
+        || path.contains("/contexts")
         || (path.contains("/files/") && tail == "watch");
     if contents {
         Action::ReadContents
@@ -360,6 +361,7 @@ mod tests {
             get("/api/v1/sandboxes/sb-1/contexts/c1/ws"),
             Action::ReadContents
         );
+        assert_eq!(get("/api/v1/sandboxes/sb-1/contexts"), Action::ReadContents);
         assert_eq!(get("/api-keys/current"), Action::Read);
         assert_eq!(get("/api-keys"), Action::ManageKeys);
         assert_eq!(action(&Method::POST, "/api/v1/sandboxes"), Action::Write);

@@ -864,6 +864,11 @@ async fn api_keys_act_by_role_and_stop_at_once() {
             None,
         ),
         (
+            Method::GET,
+            format!("/api/v1/sandboxes/{id}/contexts"),
+            None,
+        ),
+        (
             Method::POST,
             format!("/api/v1/sandboxes/{id}/tools/bash"),
             Some(json!({"input": {"command": "id"}})),
