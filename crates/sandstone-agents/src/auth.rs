@@ -172,10 +172,10 @@ async fn identify(
         agents.sessions.ensure(&session).await?;
         return Ok(Caller::Session { session, work });
     }
-    // Only a prefix of its hash is ever recorded.
-    let hash = token_hash(&token);
-    if let Some(role) = (agents.api_keys)(token).await {
+    if let Some(role) = (agents.api_keys)(token.clone()).await {
         if !role.may(action) {
+            // Only a prefix of its hash is ever recorded, and only here.
+            let hash = token_hash(&token);
             tracing::warn!(target: "sandstone::audit", key_hash = &hash[..12],
                 role = %role, request = what, "request refused by the key's role");
             return Err(ApiError::forbidden(format!(

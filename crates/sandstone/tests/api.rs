@@ -872,6 +872,13 @@ async fn uploads_are_read_only_inside_the_sandbox() {
         let body = json!({"config": {"uploads_dir": dir}});
         d.req(Method::PUT, &path, Some(body)).await
     };
+    // A file where the directory would go: refused by field, nothing set.
+    d.sh(&plain, "touch /taken").await;
+    let (s, v) = set("/taken").await;
+    assert!(
+        s == 409 && v.to_string().contains("config.uploads_dir"),
+        "{s} {v}"
+    );
     let (s, v) = set("/data/in").await;
     assert_eq!(s, 200, "{v}");
     let (s, v) = put(&plain, "a", "late\n").await;

@@ -75,6 +75,31 @@ async fn closed_cloud_env(d: &Daemon, name: &str) -> String {
     env["id"].as_str().unwrap().to_string()
 }
 
+/// [`agents_setup`] with the fake internet's MCP server
+/// (`tests/fake_internet/mcp_server.py`) running: the fake internet, the
+/// daemon, the server's URL, and what must live as long as they are used.
+/// `None` without the SDK venv (its `mcp` package runs the server).
+async fn mcp_setup(
+    operator: impl FnOnce(&FakeInternet) -> Option<Value>,
+) -> Option<(
+    FakeInternet,
+    Daemon,
+    String,
+    (common::agents::FakeModel, common::fake_internet::ChildGuard),
+)> {
+    let python = common::sdk_python()?;
+    let (net, d, model) = agents_setup(operator).await;
+    let server = net.mcp_server(&python, 8765);
+    let url = format!("http://{}:8765/mcp", net.server);
+    Some((net, d, url, (model, server)))
+}
+
+/// A `/v1` POST with the admin token: status and body.
+async fn v1_post(d: &Daemon, path: &str, body: Value) -> (u16, Value) {
+    let (s, v, _) = common::agents::v1(d, &d.token, reqwest::Method::POST, path, Some(body)).await;
+    (s, v)
+}
+
 /// The sandbox serving session `sid`.
 async fn session_sandbox(d: &Daemon, sid: &str) -> String {
     let (_, v) = d
@@ -704,18 +729,11 @@ async fn sid_agent(d: &Daemon, sid: &str) -> Value {
 /// it); with a wrong token the session gets `mcp_authentication_failed`.
 #[tokio::test(flavor = "multi_thread")]
 async fn an_mcp_server_is_called_with_the_sessions_vault_token() {
-    use common::agents::{events, idle_with, say, v1};
-    use reqwest::Method;
-    let Some(python) = common::sdk_python() else {
+    use common::agents::{events, idle_with, say};
+    let Some((net, d, url, _servers)) = mcp_setup(|_| None).await else {
         return;
     };
-    let (net, d, _model) = agents_setup(|_| None).await;
-    let _mcp = net.mcp_server(&python, 8765);
-    let url = format!("http://{}:8765/mcp", net.server);
-    let post = async |path: &str, body: Value| {
-        let (s, v, _) = v1(&d, &d.token, Method::POST, path, Some(body)).await;
-        (s, v)
-    };
+    let post = async |path: &str, body: Value| v1_post(&d, path, body).await;
     let vault_with = async |token: &str| {
         let (s, v) = post("/vaults", json!({"display_name": "mcp"})).await;
         assert_eq!(s, 200, "{v}");
@@ -858,18 +876,11 @@ async fn an_mcp_server_is_called_with_the_sessions_vault_token() {
 /// is `invalid`, its answer shown without the refresh token it echoed.
 #[tokio::test(flavor = "multi_thread")]
 async fn oauth_credentials_are_refreshed_and_validated() {
-    use common::agents::{idle_with, say, v1};
-    use reqwest::Method;
-    let Some(python) = common::sdk_python() else {
+    use common::agents::{idle_with, say};
+    let Some((net, d, url, _servers)) = mcp_setup(|_| None).await else {
         return;
     };
-    let (net, d, _model) = agents_setup(|_| None).await;
-    let _mcp = net.mcp_server(&python, 8765);
-    let url = format!("http://{}:8765/mcp", net.server);
-    let post = async |path: &str, body: Value| {
-        let (s, v, _) = v1(&d, &d.token, Method::POST, path, Some(body)).await;
-        (s, v)
-    };
+    let post = async |path: &str, body: Value| v1_post(&d, path, body).await;
     // Each in a vault of its own (a vault holds one per server URL):
     // (its vault, its path under /vaults).
     let credential = async |auth: Value| {
@@ -1389,13 +1400,10 @@ async fn files_are_mounted_read_only_in_the_sessions_sandbox() {
 async fn the_operators_rules_bind_the_control_planes_mcp_calls() {
     use common::agents::{events, idle_with, say, v1};
     use reqwest::Method;
-    let Some(python) = common::sdk_python() else {
+    let deny = |net: &FakeInternet| Some(json!({"deny": [format!("{}/32", net.server)]}));
+    let Some((_net, d, url, _servers)) = mcp_setup(deny).await else {
         return;
     };
-    let (net, d, _model) =
-        agents_setup(|net| Some(json!({"deny": [format!("{}/32", net.server)]}))).await;
-    let _mcp = net.mcp_server(&python, 8765);
-    let url = format!("http://{}:8765/mcp", net.server);
     let (s, agent, _) = v1(
         &d,
         &d.token,

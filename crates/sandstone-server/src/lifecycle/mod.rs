@@ -314,7 +314,13 @@ impl Lifecycle {
         }
         limits::check_config(&config)?;
         if bind_now && let (Some(dir), Some(rt)) = (&config.uploads_dir, self.runtime(id)) {
-            self.bind_uploads(id, rt.pid, dir).await?;
+            // What stands at the path inside the sandbox (a file, say) is
+            // the usual reason: the caller's to choose another path.
+            self.bind_uploads(id, rt.pid, dir).await.map_err(|e| {
+                Error::Conflict(format!(
+                    "invalid field `config.uploads_dir`: cannot mount {dir} in sandbox {id}: {e}"
+                ))
+            })?;
         }
         let policy = match new.network {
             Some(p) => {
