@@ -132,8 +132,8 @@ fn has_beta(headers: &HeaderMap, beta: &str) -> bool {
 }
 
 fn bearer(headers: &HeaderMap) -> Option<String> {
-    let value = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
-    sandstone_api::auth::api_key(value("authorization"), value("x-api-key")).map(str::to_string)
+    sandstone_api::auth::api_key(|name| headers.get(name).and_then(|v| v.to_str().ok()))
+        .map(str::to_string)
 }
 
 /// What a `/v1` request does, as a key's role sees it: a file's bytes

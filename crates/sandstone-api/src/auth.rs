@@ -1,16 +1,29 @@
 //! The API key a request carries, read the same way by every API.
 
+/// The WebSocket subprotocol a browser names to carry its key, since a
+/// browser cannot set headers on a WebSocket: it opens
+/// `new WebSocket(url, [WS_PROTOCOL, "bearer." + key])` and the server
+/// answers with [`WS_PROTOCOL`] alone, so the key is never echoed.
+pub const WS_PROTOCOL: &str = "sandstone.v1";
+
 /// The key of `Authorization: Bearer <key>` (the scheme in any case: HTTP
 /// auth schemes are case-insensitive, RFC 9110 §11.1), else of
-/// `X-Api-Key`. `None` when neither holds a key.
-pub fn api_key<'a>(authorization: Option<&'a str>, x_api_key: Option<&'a str>) -> Option<&'a str> {
-    let bearer = authorization.and_then(|v| {
+/// `X-Api-Key`, else of a `bearer.<key>` WebSocket subprotocol. `None`
+/// when none holds a key. `header` reads a request header by name.
+pub fn api_key<'a>(header: impl Fn(&str) -> Option<&'a str>) -> Option<&'a str> {
+    let bearer = header("authorization").and_then(|v| {
         let v = v.trim_start();
         let (scheme, rest) = v.split_at(v.find([' ', '\t'])?);
         scheme.eq_ignore_ascii_case("bearer").then_some(rest)
     });
+    let subprotocol = || {
+        header("sec-websocket-protocol")?
+            .split(',')
+            .find_map(|p| p.trim().strip_prefix("bearer."))
+    };
     bearer
-        .or(x_api_key)
+        .or_else(|| header("x-api-key"))
+        .or_else(subprotocol)
         .map(str::trim)
         .filter(|k| !k.is_empty())
 }
@@ -132,6 +145,21 @@ mod tests {
         assert!(!Role::Developer.may(Action::ManageKeys));
     }
 
+    /// A request's key from its authorization, x-api-key and
+    /// sec-websocket-protocol headers.
+    fn key<'a>(
+        authorization: Option<&'a str>,
+        x_api_key: Option<&'a str>,
+        ws: Option<&'a str>,
+    ) -> Option<&'a str> {
+        api_key(|name| match name {
+            "authorization" => authorization,
+            "x-api-key" => x_api_key,
+            "sec-websocket-protocol" => ws,
+            _ => None,
+        })
+    }
+
     #[test]
     fn the_bearer_scheme_is_read_in_any_case() {
         for h in [
@@ -141,17 +169,27 @@ mod tests {
             "bEaReR  k1 ",
             "Bearer\tk1",
         ] {
-            assert_eq!(api_key(Some(h), None), Some("k1"), "{h:?}");
+            assert_eq!(key(Some(h), None, None), Some("k1"), "{h:?}");
         }
     }
 
     #[test]
     fn other_schemes_fall_back_to_x_api_key() {
-        assert_eq!(api_key(Some("Basic a2V5"), Some("k2")), Some("k2"));
-        assert_eq!(api_key(Some("Bearerk1"), None), None);
-        assert_eq!(api_key(Some("Bearer "), None), None);
-        assert_eq!(api_key(None, Some(" k2 ")), Some("k2"));
-        assert_eq!(api_key(Some("Bearer k1"), Some("k2")), Some("k1"));
-        assert_eq!(api_key(None, None), None);
+        assert_eq!(key(Some("Basic a2V5"), Some("k2"), None), Some("k2"));
+        assert_eq!(key(Some("Bearerk1"), None, None), None);
+        assert_eq!(key(Some("Bearer "), None, None), None);
+        assert_eq!(key(None, Some(" k2 "), None), Some("k2"));
+        assert_eq!(key(Some("Bearer k1"), Some("k2"), None), Some("k1"));
+        assert_eq!(key(None, None, None), None);
+    }
+
+    #[test]
+    fn a_browser_websocket_carries_its_key_as_a_subprotocol() {
+        let ws = Some("sandstone.v1, bearer.s0_local_ab12");
+        assert_eq!(key(None, None, ws), Some("s0_local_ab12"));
+        // A header wins over the subprotocol; a list without one has no key.
+        assert_eq!(key(Some("Bearer k1"), None, ws), Some("k1"));
+        assert_eq!(key(None, None, Some("sandstone.v1")), None);
+        assert_eq!(key(None, None, Some("bearer.")), None);
     }
 }

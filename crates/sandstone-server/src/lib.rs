@@ -4,6 +4,7 @@
 
 mod cloud;
 mod cluster;
+mod console;
 mod extract;
 mod forward;
 mod initclient;
@@ -114,8 +115,8 @@ async fn auth(State(st): State<AppState>, mut req: Request, next: Next) -> Respo
     if st.cluster.forwarder.is_node(headers) {
         return next.run(req).await;
     }
-    let value = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
-    let Some(token) = sandstone_api::auth::api_key(value("authorization"), value("x-api-key"))
+    let Some(token) =
+        sandstone_api::auth::api_key(|name| headers.get(name).and_then(|v| v.to_str().ok()))
     else {
         return ApiError::new(
             StatusCode::UNAUTHORIZED,
@@ -221,6 +222,8 @@ pub fn router(st: AppState) -> Router {
     Router::new()
         .route("/healthz", get(|| probe("ok")))
         .route("/readyz", get(|| probe("ready")))
+        .route("/", get(console::page))
+        .route("/console/{file}", get(console::file))
         .route(
             "/openapi.json",
             get(move || async move {

@@ -5,7 +5,7 @@
 
 use crate::metrics::Metrics;
 use axum::Router;
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use sandstone_api::Secret;
@@ -26,12 +26,7 @@ pub async fn serve(listener: tokio::net::TcpListener, metrics: Arc<Metrics>, key
 }
 
 fn status(metrics: &Metrics, key: &Secret, headers: &HeaderMap) -> Response {
-    let sent = sandstone_api::auth::api_key(
-        headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok()),
-        headers.get("x-api-key").and_then(|v| v.to_str().ok()),
-    );
+    let sent = sandstone_api::auth::api_key(|name| headers.get(name).and_then(|v| v.to_str().ok()));
     // Compared without an early exit, so timing says nothing of the key.
     let matches = sent.is_some_and(|s| {
         s.len() == key.expose().len()

@@ -481,7 +481,9 @@ pub async fn ws(
     conn.send(&Request::Attach { id: ctx.clone() }, &[])
         .await
         .map_err(InitError::Unreachable)?;
-    Ok(upgrade.on_upgrade(move |socket| pump_ws(socket, conn, rt, ctx)))
+    Ok(upgrade
+        .protocols([sandstone_api::auth::WS_PROTOCOL])
+        .on_upgrade(move |socket| pump_ws(socket, conn, rt, ctx)))
 }
 
 /// Bytes at the end of `b` that begin a UTF-8 character they do not

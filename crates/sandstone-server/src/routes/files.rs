@@ -398,7 +398,9 @@ pub async fn watch(
     upgrade: WebSocketUpgrade,
 ) -> ApiResult<Response> {
     let rt = running(&st, &id).await?;
-    Ok(upgrade.on_upgrade(move |socket| watch_ws(socket, rt.socket)))
+    Ok(upgrade
+        .protocols([sandstone_api::auth::WS_PROTOCOL])
+        .on_upgrade(move |socket| watch_ws(socket, rt.socket)))
 }
 
 async fn watch_ws(mut socket: WebSocket, init_socket: std::path::PathBuf) {

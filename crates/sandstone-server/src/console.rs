@@ -1,0 +1,137 @@
+//! The web console: static assets compiled into the binary and served at
+//! `/` (the page) and `/console/<file>` (its scripts and styles). The
+//! console talks to the same public APIs as any client, with the key the
+//! user signs in with; these routes need no key because they hold no data.
+//!
+//! Each asset is gzipped once, on first request, and served compressed to
+//! the clients that accept it (every browser does), with an `ETag` so a
+//! reload transfers nothing. `SANDSTONE_CONSOLE_DIR` serves the files from
+//! a directory instead, read on every request, for working on the console
+//! without rebuilding the daemon.
+
+use axum::body::Bytes;
+use axum::extract::Path;
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use sha2::Digest;
+use std::io::Write;
+use std::sync::OnceLock;
+
+/// Every file of the console: its name under `/console/`, its type and its
+/// bytes.
+const FILES: &[(&str, &str, &[u8])] = &[(
+    "index.html",
+    "text/html; charset=utf-8",
+    include_bytes!("../console/index.html"),
+)];
+
+struct Asset {
+    name: &'static str,
+    content_type: &'static str,
+    plain: Bytes,
+    gzip: Bytes,
+    etag: HeaderValue,
+}
+
+fn assets() -> &'static [Asset] {
+    static ASSETS: OnceLock<Vec<Asset>> = OnceLock::new();
+    ASSETS.get_or_init(|| {
+        FILES
+            .iter()
+            .map(|&(name, content_type, bytes)| Asset {
+                name,
+                content_type,
+                plain: Bytes::from_static(bytes),
+                gzip: gzip(bytes),
+                etag: etag(bytes),
+            })
+            .collect()
+    })
+}
+
+fn gzip(bytes: &[u8]) -> Bytes {
+    let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+    // Writing to a Vec cannot fail.
+    let _ = enc.write_all(bytes);
+    Bytes::from(enc.finish().unwrap_or_default())
+}
+
+fn etag(bytes: &[u8]) -> HeaderValue {
+    let digest = hex::encode(&sha2::Sha256::digest(bytes)[..12]);
+    HeaderValue::from_str(&format!("\"{digest}\"")).unwrap_or(HeaderValue::from_static("\"\""))
+}
+
+fn accepts_gzip(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(header::ACCEPT_ENCODING)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|e| e.split(';').next().is_some_and(|e| e.trim() == "gzip"))
+}
+
+/// `GET /`: the console's page.
+pub async fn page(headers: HeaderMap) -> Response {
+    serve("index.html", &headers)
+}
+
+/// `GET /console/{file}`.
+pub async fn file(Path(name): Path<String>, headers: HeaderMap) -> Response {
+    serve(&name, &headers)
+}
+
+fn serve(name: &str, headers: &HeaderMap) -> Response {
+    if let Some(dir) = std::env::var_os("SANDSTONE_CONSOLE_DIR") {
+        return from_dir(std::path::Path::new(&dir), name);
+    }
+    let Some(asset) = assets().iter().find(|a| a.name == name) else {
+        return StatusCode::NOT_FOUND.into_response();
+    };
+    if headers.get(header::IF_NONE_MATCH) == Some(&asset.etag) {
+        return (
+            StatusCode::NOT_MODIFIED,
+            [(header::ETAG, asset.etag.clone())],
+        )
+            .into_response();
+    }
+    let common = [
+        (
+            header::CONTENT_TYPE,
+            HeaderValue::from_static(asset.content_type),
+        ),
+        (header::ETAG, asset.etag.clone()),
+        // Revalidated on every load (a 304 when unchanged), so a new
+        // daemon's console is picked up at once.
+        (header::CACHE_CONTROL, HeaderValue::from_static("no-cache")),
+        (header::VARY, HeaderValue::from_static("accept-encoding")),
+        (
+            header::HeaderName::from_static("x-content-type-options"),
+            HeaderValue::from_static("nosniff"),
+        ),
+    ];
+    if accepts_gzip(headers) {
+        let enc = [(header::CONTENT_ENCODING, HeaderValue::from_static("gzip"))];
+        (common, enc, asset.gzip.clone()).into_response()
+    } else {
+        (common, asset.plain.clone()).into_response()
+    }
+}
+
+/// A file of the console from `dir`, for development: only plain names
+/// (no path separators), typed by their extension.
+fn from_dir(dir: &std::path::Path, name: &str) -> Response {
+    if name.contains('/') || name.starts_with('.') {
+        return StatusCode::NOT_FOUND.into_response();
+    }
+    let content_type = match name.rsplit_once('.').map(|(_, ext)| ext) {
+        Some("html") => "text/html; charset=utf-8",
+        Some("js") => "text/javascript; charset=utf-8",
+        Some("css") => "text/css; charset=utf-8",
+        Some("svg") => "image/svg+xml",
+        _ => "application/octet-stream",
+    };
+    match std::fs::read(dir.join(name)) {
+        Ok(bytes) => ([(header::CONTENT_TYPE, content_type)], bytes).into_response(),
+        Err(_) => StatusCode::NOT_FOUND.into_response(),
+    }
+}
