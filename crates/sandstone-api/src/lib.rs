@@ -239,7 +239,7 @@ pub struct SandboxUpdateConfig {
 pub struct ApiKey {
     pub id: String,
     pub name: String,
-    /// Always `team` (keys act within the installation's one team).
+    /// Always `team`: a key acts within its team.
     pub scope: String,
     pub team_id: String,
     pub created_by: String,
@@ -271,6 +271,37 @@ pub struct CreateApiKeyRequest {
     /// (`12h`), up to ten years.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expires_in: Option<String>,
+    /// The team the key acts in (a Sandstone extension): the caller's own
+    /// by default; another only for the installation's admins.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub team_id: Option<String>,
+}
+
+/// A team (Sandbox0's `Team`): its keys see only its sandboxes,
+/// snapshots and credential sources.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Team {
+    pub id: String,
+    /// Unique here (Sandbox0 allows repeats): the CLI names teams by it.
+    pub name: String,
+    /// The name again: Sandstone has no separate alias.
+    pub slug: String,
+    pub owner_id: Option<String>,
+    pub home_region_id: Option<String>,
+    pub created_at: String,
+    pub updated_at: String,
+}
+
+/// `POST /teams`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CreateTeamRequest {
+    pub name: String,
+    /// Accepted for Sandbox0's clients; must equal `name` when given.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub slug: Option<String>,
+    /// Accepted for Sandbox0's clients; there is one region.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub home_region_id: Option<String>,
 }
 
 /// `POST /api-keys`' answer: the only time `key` is shown.

@@ -581,6 +581,19 @@ impl Client {
         self.call(Method::POST, "/api-keys", Some(json!(req))).await
     }
 
+    /// `GET /teams`: the caller's team (every team for the default team's
+    /// admins).
+    pub async fn teams(&self) -> Result<Vec<api::Team>> {
+        let v: serde_json::Value = self.call(Method::GET, "/teams", None).await?;
+        serde_json::from_value(v["teams"].clone()).map_err(|e| Error::Decode(e.to_string()))
+    }
+
+    /// `POST /teams`.
+    pub async fn create_team(&self, name: &str) -> Result<api::Team> {
+        self.call(Method::POST, "/teams", Some(json!({ "name": name })))
+            .await
+    }
+
     /// `GET /api-keys/current`: the key this client calls with.
     pub async fn current_api_key(&self) -> Result<api::CurrentKey> {
         let v: api::CurrentApiKey = self.call(Method::GET, "/api-keys/current", None).await?;

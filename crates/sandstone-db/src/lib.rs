@@ -147,6 +147,8 @@ pub struct SandboxRow {
     /// When its volume was last checkpointed to the object store (Unix
     /// milliseconds): what a lost sandbox resumes from.
     pub checkpointed_at: Option<i64>,
+    /// The team it belongs to (a fork's is its parent's).
+    pub team_id: String,
 }
 
 impl SandboxRow {
@@ -242,6 +244,7 @@ impl AuditQuery {
 /// A credential source: metadata in the clear, the values sealed.
 #[derive(Debug, Clone, PartialEq)]
 pub struct CredentialRow {
+    pub team_id: String,
     pub name: String,
     pub kind: String,
     pub version: i64,
@@ -262,6 +265,8 @@ pub struct SnapshotRow {
     pub expires_at: Option<i64>,
     /// The source sandbox's template: the layer is only valid on it.
     pub template: String,
+    /// Its sandbox's team.
+    pub team_id: String,
 }
 
 /// An API key as stored: its token only as a hash. Times in ms.
@@ -279,7 +284,20 @@ pub struct ApiKeyRow {
     pub updated_at: i64,
     pub last_used_at: Option<i64>,
     pub usage_count: i64,
+    pub team_id: String,
 }
+
+/// A tenant: its keys see only its sandboxes and credential sources.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TeamRow {
+    pub id: String,
+    pub name: String,
+    pub created_at: i64,
+}
+
+/// The team everything made before teams belongs to, and the first
+/// start's admin key.
+pub const DEFAULT_TEAM: &str = "default";
 
 impl ApiKeyRow {
     /// Whether it lets a request in at `now`.
@@ -374,12 +392,21 @@ pub trait Store: Send + Sync {
     /// Replaces a source's sealed values, bumping its version.
     fn update_credential<'a>(
         &'a self,
+        team: &'a str,
         name: &'a str,
         sealed: &'a [u8],
     ) -> BoxFuture<'a, Result<()>>;
-    fn get_credential<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<CredentialRow>>;
-    fn list_credentials(&self) -> BoxFuture<'_, Result<Vec<CredentialRow>>>;
-    fn delete_credential<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<()>>;
+    /// A source of `team` by name (names are unique within a team).
+    fn get_credential<'a>(
+        &'a self,
+        team: &'a str,
+        name: &'a str,
+    ) -> BoxFuture<'a, Result<CredentialRow>>;
+    fn list_credentials<'a>(&'a self, team: &'a str) -> BoxFuture<'a, Result<Vec<CredentialRow>>>;
+    fn delete_credential<'a>(&'a self, team: &'a str, name: &'a str) -> BoxFuture<'a, Result<()>>;
+    /// Inserts a team; `false` when its id or name is taken.
+    fn insert_team<'a>(&'a self, team: &'a TeamRow) -> BoxFuture<'a, Result<bool>>;
+    fn list_teams(&self) -> BoxFuture<'_, Result<Vec<TeamRow>>>;
     /// Audit records of a sandbox that `q` selects, oldest first, with
     /// their sequence numbers.
     fn list_audit<'a>(

@@ -184,6 +184,22 @@ const MIGRATIONS: &[&str] = &[
     ALTER TABLE api_keys ADD COLUMN usage_count BIGINT NOT NULL DEFAULT 0;
     UPDATE api_keys SET id = 'key_' || substr(token_hash, 1, 24), updated_at = created_at;
     CREATE UNIQUE INDEX api_keys_by_id ON api_keys (id);",
+    // #16: teams. Keys, sandboxes, snapshots and credential sources
+    // belong to one;
+    // what there was belongs to `default`. A credential source's name is
+    // unique within its team.
+    "CREATE TABLE teams (
+        id TEXT PRIMARY KEY,
+        name TEXT NOT NULL UNIQUE,
+        created_at BIGINT NOT NULL
+    );
+    INSERT INTO teams (id, name, created_at) VALUES ('default', 'default', 0);
+    ALTER TABLE api_keys ADD COLUMN team_id TEXT NOT NULL DEFAULT 'default';
+    ALTER TABLE sandboxes ADD COLUMN team_id TEXT NOT NULL DEFAULT 'default';
+    ALTER TABLE snapshots ADD COLUMN team_id TEXT NOT NULL DEFAULT 'default';
+    ALTER TABLE credential_sources ADD COLUMN team_id TEXT NOT NULL DEFAULT 'default';
+    ALTER TABLE credential_sources DROP CONSTRAINT credential_sources_pkey;
+    ALTER TABLE credential_sources ADD PRIMARY KEY (team_id, name);",
 ];
 
 /// Concurrent polls lock different items rather than wait for one.

@@ -7,7 +7,7 @@ use super::{Backend, Db};
 use crate::agents::{AgentsStore, Notifications, WorkOf, WorkRow, parse};
 use crate::{
     ApiKeyRow, AuditQuery, AuditRow, CredentialRow, Error, Fence, NodeRecord, PendingOp, Result,
-    SandboxRow, SandboxStatus, SnapshotRow, Store, now_ms,
+    SandboxRow, SandboxStatus, SnapshotRow, Store, TeamRow, now_ms,
 };
 use futures_util::future::BoxFuture;
 use serde_json::Value;
@@ -50,25 +50,25 @@ pub(super) async fn migrate(
 // change under it when a migration adds a column.
 macro_rules! sandbox_cols {
     () => {
-        "id, template, status, config, slot, pid, generation, created_at, updated_at, pending_op, status_reason, node_id, epoch, checkpointed_at"
+        "id, template, status, config, slot, pid, generation, created_at, updated_at, pending_op, status_reason, node_id, epoch, checkpointed_at, team_id"
     };
 }
 
 macro_rules! credential_cols {
     () => {
-        "name, kind, version, sealed, created_at, updated_at"
+        "team_id, name, kind, version, sealed, created_at, updated_at"
     };
 }
 
 macro_rules! api_key_cols {
     () => {
-        "id, token_hash, name, role, expires_at, active, created_by, created_at, updated_at, last_used_at, usage_count"
+        "id, token_hash, name, role, expires_at, active, created_by, created_at, updated_at, last_used_at, usage_count, team_id"
     };
 }
 
 macro_rules! snapshot_cols {
     () => {
-        "id, sandbox_id, name, description, created_at, expires_at, template"
+        "id, sandbox_id, name, description, created_at, expires_at, template, team_id"
     };
 }
 
@@ -92,6 +92,7 @@ fn row_to_sandbox(r: &Row) -> Result<SandboxRow> {
         node_id: r.get("node_id"),
         epoch: r.get("epoch"),
         checkpointed_at: r.get("checkpointed_at"),
+        team_id: r.get("team_id"),
     })
 }
 
@@ -118,6 +119,7 @@ fn row_to_snapshot(r: &Row) -> SnapshotRow {
         created_at: r.get("created_at"),
         expires_at: r.get("expires_at"),
         template: r.get("template"),
+        team_id: r.get("team_id"),
     }
 }
 
@@ -135,11 +137,13 @@ fn row_to_api_key(r: &Row) -> Result<ApiKeyRow> {
         updated_at: r.get("updated_at"),
         last_used_at: r.get("last_used_at"),
         usage_count: r.get("usage_count"),
+        team_id: r.get("team_id"),
     })
 }
 
 fn row_to_credential(r: &Row) -> CredentialRow {
     CredentialRow {
+        team_id: r.get("team_id"),
         name: r.get("name"),
         kind: r.get("kind"),
         version: r.get("version"),
@@ -237,8 +241,8 @@ impl Store for Backend {
     fn insert_sandbox<'a>(&'a self, row: &'a SandboxRow) -> BoxFuture<'a, Result<()>> {
         Box::pin(async move {
             sqlx::query(
-                "INSERT INTO sandboxes (id, template, status, config, slot, pid, generation, created_at, updated_at, pending_op, node_id)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+                "INSERT INTO sandboxes (id, template, status, config, slot, pid, generation, created_at, updated_at, pending_op, node_id, team_id)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
             )
             .bind(&row.id)
             .bind(&row.template)
@@ -251,6 +255,7 @@ impl Store for Backend {
             .bind(row.updated_at)
             .bind(row.pending_op.map(PendingOp::as_str))
             .bind(&row.node_id)
+            .bind(&row.team_id)
             .execute(&self.pool)
             .await?;
             Ok(())
@@ -539,7 +544,7 @@ impl Store for Backend {
     fn insert_snapshot<'a>(&'a self, s: &'a SnapshotRow) -> BoxFuture<'a, Result<()>> {
         Box::pin(async move {
             sqlx::query(
-                "INSERT INTO snapshots (id, sandbox_id, name, description, created_at, expires_at, template) VALUES ($1, $2, $3, $4, $5, $6, $7)",
+                "INSERT INTO snapshots (id, sandbox_id, name, description, created_at, expires_at, template, team_id) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
             )
             .bind(&s.id)
             .bind(&s.sandbox_id)
@@ -548,6 +553,7 @@ impl Store for Backend {
             .bind(s.created_at)
             .bind(s.expires_at)
             .bind(&s.template)
+            .bind(&s.team_id)
             .execute(&self.pool)
             .await?;
             Ok(())
@@ -631,9 +637,10 @@ impl Store for Backend {
     fn insert_credential<'a>(&'a self, c: &'a CredentialRow) -> BoxFuture<'a, Result<bool>> {
         Box::pin(async move {
             let done = sqlx::query(
-                "INSERT INTO credential_sources (name, kind, version, sealed, created_at, updated_at)
-                 VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (name) DO NOTHING",
+                "INSERT INTO credential_sources (team_id, name, kind, version, sealed, created_at, updated_at)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (team_id, name) DO NOTHING",
             )
+            .bind(&c.team_id)
             .bind(&c.name)
             .bind(&c.kind)
             .bind(c.version)
@@ -648,15 +655,17 @@ impl Store for Backend {
 
     fn update_credential<'a>(
         &'a self,
+        team: &'a str,
         name: &'a str,
         sealed: &'a [u8],
     ) -> BoxFuture<'a, Result<()>> {
         Box::pin(async move {
             let done = sqlx::query(
-                "UPDATE credential_sources SET sealed = $1, version = version + 1, updated_at = $2 WHERE name = $3",
+                "UPDATE credential_sources SET sealed = $1, version = version + 1, updated_at = $2 WHERE team_id = $3 AND name = $4",
             )
             .bind(sealed)
             .bind(now_ms())
+            .bind(team)
             .bind(name)
             .execute(&self.pool)
             .await?;
@@ -664,13 +673,18 @@ impl Store for Backend {
         })
     }
 
-    fn get_credential<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<CredentialRow>> {
+    fn get_credential<'a>(
+        &'a self,
+        team: &'a str,
+        name: &'a str,
+    ) -> BoxFuture<'a, Result<CredentialRow>> {
         Box::pin(async move {
             let r = sqlx::query(concat!(
                 "SELECT ",
                 credential_cols!(),
-                " FROM credential_sources WHERE name = $1"
+                " FROM credential_sources WHERE team_id = $1 AND name = $2"
             ))
+            .bind(team)
             .bind(name)
             .fetch_optional(&self.pool)
             .await?
@@ -679,25 +693,59 @@ impl Store for Backend {
         })
     }
 
-    fn list_credentials(&self) -> BoxFuture<'_, Result<Vec<CredentialRow>>> {
+    fn list_credentials<'a>(&'a self, team: &'a str) -> BoxFuture<'a, Result<Vec<CredentialRow>>> {
         Box::pin(async move {
             let rows = sqlx::query(concat!(
                 "SELECT ",
                 credential_cols!(),
-                " FROM credential_sources ORDER BY name"
+                " FROM credential_sources WHERE team_id = $1 ORDER BY name"
             ))
+            .bind(team)
             .fetch_all(&self.pool)
             .await?;
             Ok(rows.iter().map(row_to_credential).collect())
         })
     }
 
-    fn delete_credential<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<()>> {
+    fn insert_team<'a>(&'a self, t: &'a TeamRow) -> BoxFuture<'a, Result<bool>> {
         Box::pin(async move {
-            let done = sqlx::query("DELETE FROM credential_sources WHERE name = $1")
-                .bind(name)
-                .execute(&self.pool)
-                .await?;
+            let done = sqlx::query(
+                "INSERT INTO teams (id, name, created_at) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
+            )
+            .bind(&t.id)
+            .bind(&t.name)
+            .bind(t.created_at)
+            .execute(&self.pool)
+            .await?;
+            Ok(done.rows_affected() == 1)
+        })
+    }
+
+    fn list_teams(&self) -> BoxFuture<'_, Result<Vec<TeamRow>>> {
+        Box::pin(async move {
+            let rows =
+                sqlx::query("SELECT id, name, created_at FROM teams ORDER BY created_at, id")
+                    .fetch_all(&self.pool)
+                    .await?;
+            Ok(rows
+                .iter()
+                .map(|r| TeamRow {
+                    id: r.get("id"),
+                    name: r.get("name"),
+                    created_at: r.get("created_at"),
+                })
+                .collect())
+        })
+    }
+
+    fn delete_credential<'a>(&'a self, team: &'a str, name: &'a str) -> BoxFuture<'a, Result<()>> {
+        Box::pin(async move {
+            let done =
+                sqlx::query("DELETE FROM credential_sources WHERE team_id = $1 AND name = $2")
+                    .bind(team)
+                    .bind(name)
+                    .execute(&self.pool)
+                    .await?;
             found(done)
         })
     }
@@ -805,7 +853,7 @@ impl Store for Backend {
             sqlx::query(concat!(
                 "INSERT INTO api_keys (",
                 api_key_cols!(),
-                ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"
+                ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)"
             ))
             .bind(&k.id)
             .bind(&k.token_hash)
@@ -818,6 +866,7 @@ impl Store for Backend {
             .bind(k.updated_at)
             .bind(k.last_used_at)
             .bind(k.usage_count)
+            .bind(&k.team_id)
             .execute(&self.pool)
             .await?;
             Ok(())
@@ -1242,6 +1291,7 @@ mod tests {
             node_id: Some("node-a".into()),
             epoch: 0,
             checkpointed_at: None,
+            team_id: "team_a".into(),
         }
     }
 
@@ -1523,12 +1573,14 @@ mod tests {
             updated_at: 1_000,
             last_used_at: None,
             usage_count: 0,
+            team_id: "team_a".into(),
         };
         store.insert_api_key(&key).await.unwrap();
         drop(store);
         let store = scratch.open().await;
         let back = store.get_sandbox("sb-1").await.unwrap();
         assert_eq!(back.status, SandboxStatus::Failed);
+        assert_eq!(back.team_id, "team_a");
         assert_eq!(back.pid, None);
         assert_eq!(back.config["ttl"], 5);
         assert_eq!(store.used_slots("node-a").await.unwrap(), vec![3]);
@@ -1582,6 +1634,7 @@ mod tests {
             created_at: 5,
             expires_at: Some(9),
             template: "host".into(),
+            team_id: "team_a".into(),
         };
         store.insert_snapshot(&snap).await.unwrap();
         assert_eq!(
@@ -1603,6 +1656,7 @@ mod tests {
         };
         let store = scratch.open().await;
         let c = CredentialRow {
+            team_id: "team_a".into(),
             name: "github".into(),
             kind: "static_headers".into(),
             version: 1,
@@ -1613,21 +1667,67 @@ mod tests {
         };
         assert!(store.insert_credential(&c).await.unwrap());
         assert!(!store.insert_credential(&c).await.unwrap(), "name taken");
-        assert_eq!(store.get_credential("github").await.unwrap(), c);
-        store.update_credential("github", b"\0new").await.unwrap();
-        let back = store.get_credential("github").await.unwrap();
+        // The same name in another team is another source.
+        let other = CredentialRow {
+            team_id: "team_b".into(),
+            sealed: b"b".to_vec(),
+            ..c.clone()
+        };
+        assert!(store.insert_credential(&other).await.unwrap());
+        assert_eq!(store.get_credential("team_a", "github").await.unwrap(), c);
+        store
+            .update_credential("team_a", "github", b"\0new")
+            .await
+            .unwrap();
+        let back = store.get_credential("team_a", "github").await.unwrap();
         assert_eq!((back.version, &back.sealed[..]), (2, &b"\0new"[..]));
+        assert_eq!(
+            store.get_credential("team_b", "github").await.unwrap(),
+            other
+        );
         assert!(matches!(
-            store.update_credential("gitlab", b"x").await,
+            store.update_credential("team_a", "gitlab", b"x").await,
             Err(Error::NotFound)
         ));
-        assert_eq!(store.list_credentials().await.unwrap(), vec![back]);
-        store.delete_credential("github").await.unwrap();
         assert!(matches!(
-            store.delete_credential("github").await,
+            store.get_credential("team_c", "github").await,
             Err(Error::NotFound)
         ));
-        assert!(store.list_credentials().await.unwrap().is_empty());
+        assert_eq!(store.list_credentials("team_a").await.unwrap(), vec![back]);
+        store.delete_credential("team_a", "github").await.unwrap();
+        assert!(matches!(
+            store.delete_credential("team_a", "github").await,
+            Err(Error::NotFound)
+        ));
+        assert!(store.list_credentials("team_a").await.unwrap().is_empty());
+        assert_eq!(store.list_credentials("team_b").await.unwrap(), vec![other]);
+    }
+
+    #[tokio::test]
+    async fn teams_have_unique_names_and_the_default_team_exists() {
+        let Some(scratch) = Scratch::new().await else {
+            return;
+        };
+        let store = scratch.open().await;
+        let t = TeamRow {
+            id: "team_1".into(),
+            name: "research".into(),
+            created_at: 5,
+        };
+        assert!(store.insert_team(&t).await.unwrap());
+        let dup = TeamRow {
+            id: "team_2".into(),
+            ..t.clone()
+        };
+        assert!(!store.insert_team(&dup).await.unwrap(), "name taken");
+        let ids: Vec<String> = store
+            .list_teams()
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|t| t.id)
+            .collect();
+        assert_eq!(ids, [crate::DEFAULT_TEAM, "team_1"]);
     }
 
     #[tokio::test]

@@ -167,6 +167,34 @@ const MIGRATIONS: &[&str] = &[
     ALTER TABLE api_keys ADD COLUMN usage_count INTEGER NOT NULL DEFAULT 0;
     UPDATE api_keys SET id = 'key_' || substr(token_hash, 1, 24), updated_at = created_at;
     CREATE UNIQUE INDEX api_keys_by_id ON api_keys (id);",
+    // #16: teams. Keys, sandboxes, snapshots and credential sources
+    // belong to one;
+    // what there was belongs to `default`. A credential source's name is
+    // unique within its team (SQLite cannot change a primary key in
+    // place: the table is copied).
+    "CREATE TABLE teams (
+        id TEXT PRIMARY KEY,
+        name TEXT NOT NULL UNIQUE,
+        created_at INTEGER NOT NULL
+    );
+    INSERT INTO teams (id, name, created_at) VALUES ('default', 'default', 0);
+    ALTER TABLE api_keys ADD COLUMN team_id TEXT NOT NULL DEFAULT 'default';
+    ALTER TABLE sandboxes ADD COLUMN team_id TEXT NOT NULL DEFAULT 'default';
+    ALTER TABLE snapshots ADD COLUMN team_id TEXT NOT NULL DEFAULT 'default';
+    CREATE TABLE team_credential_sources (
+        team_id TEXT NOT NULL,
+        name TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        version INTEGER NOT NULL,
+        sealed BLOB NOT NULL,
+        created_at INTEGER NOT NULL,
+        updated_at INTEGER NOT NULL,
+        PRIMARY KEY (team_id, name)
+    );
+    INSERT INTO team_credential_sources
+        SELECT 'default', name, kind, version, sealed, created_at, updated_at FROM credential_sources;
+    DROP TABLE credential_sources;
+    ALTER TABLE team_credential_sources RENAME TO credential_sources;",
 ];
 
 /// SQLite has one writer at a time: a claim needs no row lock.

@@ -406,8 +406,11 @@ impl SourceValues {
 
 /// Where credential sources are read from (the daemon's sealed store).
 pub trait CredentialStore: Send + Sync {
+    /// The values of `source` as sandbox `sandbox` sees it (a name is
+    /// resolved among the sources of the sandbox's team).
     fn resolve<'a>(
         &'a self,
+        sandbox: &'a str,
         source: &'a str,
     ) -> futures_util::future::BoxFuture<'a, Result<SourceValues, SourceError>>;
 }

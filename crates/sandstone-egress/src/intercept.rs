@@ -421,7 +421,10 @@ impl Session {
             // Logged without the query, which may carry a substituted value.
             let shown = format!("{method} {target}{}", parts.uri.path());
             let applied = match &self.egress.credentials {
-                Some(store) => match store.resolve(&binding.source_ref).await {
+                Some(store) => match store
+                    .resolve(&self.flow.sandbox.id, &binding.source_ref)
+                    .await
+                {
                     Ok(values) => project(
                         binding,
                         &values,

@@ -1,5 +1,6 @@
-//! API keys (Sandbox0's `/api-keys`): made with a role and an expiry,
-//! shown once, stored only as hashes.
+//! API keys (Sandbox0's `/api-keys`) and the teams they act in
+//! (`/teams`): a key is made with a team, a role and an expiry, shown
+//! once, stored only as hashes.
 //!
 //! Every request's key is verified here. A verification is cached (a map
 //! read, so a check costs microseconds, not a database round trip) for
@@ -9,11 +10,14 @@
 //! reach this one. Uses are counted in memory and written back every
 //! [`USE_FLUSH`], not on each request.
 
+use crate::Caller;
 use crate::lifecycle::random_hex;
 use sandstone_api::auth::{Action, Role};
 use sandstone_api::timefmt::{now_us, rfc3339_ms};
-use sandstone_api::{ApiKey, CreateApiKeyRequest, CreatedApiKey, CurrentKey};
-use sandstone_db::{ApiKeyRow, Store, token_hash};
+use sandstone_api::{
+    ApiKey, CreateApiKeyRequest, CreateTeamRequest, CreatedApiKey, CurrentKey, Team,
+};
+use sandstone_db::{ApiKeyRow, Store, TeamRow, token_hash};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -24,10 +28,10 @@ const CACHE_TTL: Duration = Duration::from_secs(2);
 const USE_FLUSH: Duration = Duration::from_secs(5);
 /// Sandbox0's "never" (Go's zero time).
 const NEVER: &str = "0001-01-01T00:00:00Z";
-/// The one team every key belongs to until teams exist.
-pub const TEAM: &str = "default";
-/// The longest name.
+/// The longest key name.
 const MAX_NAME: usize = 128;
+/// The longest team name.
+const MAX_TEAM_NAME: usize = 64;
 
 /// Why a key does not let a request in. Unknown, expired and inactive
 /// keys are told apart in the message only: all are 401.
@@ -43,6 +47,12 @@ pub enum KeyError {
     Invalid { field: &'static str, why: String },
     #[error("API key {0} not found")]
     NotFound(String),
+    #[error("team {0} not found")]
+    NoTeam(String),
+    #[error("team {0} exists")]
+    TeamExists(String),
+    #[error("only the installation's admins (admin keys of the default team) make teams")]
+    NotOwner,
     #[error(transparent)]
     Db(#[from] sandstone_db::Error),
 }
@@ -72,7 +82,7 @@ pub fn summary(k: &ApiKeyRow) -> ApiKey {
         id: k.id.clone(),
         name: k.name.clone(),
         scope: "team".into(),
-        team_id: TEAM.into(),
+        team_id: k.team_id.clone(),
         created_by: k.created_by.clone(),
         roles: vec![k.role],
         is_active: k.active,
@@ -88,7 +98,7 @@ pub fn summary(k: &ApiKeyRow) -> ApiKey {
 pub fn current(k: &ApiKeyRow) -> CurrentKey {
     CurrentKey {
         id: k.id.clone(),
-        team_id: TEAM.into(),
+        team_id: k.team_id.clone(),
         created_by: k.created_by.clone(),
         scope: "team".into(),
         roles: vec![k.role],
@@ -180,13 +190,28 @@ impl Keys {
         Ok(key)
     }
 
-    /// Makes a key (`by`: the caller's key id); its token is in the answer
-    /// only.
+    /// Makes a key for `by`; its token is in the answer only.
     pub async fn create(
         &self,
-        by: &str,
+        by: &Caller,
         req: CreateApiKeyRequest,
     ) -> Result<CreatedApiKey, KeyError> {
+        // Another team's is named only by the installation's admins; to
+        // anyone else it does not exist.
+        let team = match req.team_id.as_deref() {
+            None => by.team.clone(),
+            Some(t) if t == by.team => by.team.clone(),
+            Some(t) if !by.owns_installation() => return Err(KeyError::NoTeam(t.to_string())),
+            Some(t) => {
+                self.store
+                    .list_teams()
+                    .await?
+                    .into_iter()
+                    .find(|x| x.id == t)
+                    .ok_or_else(|| KeyError::NoTeam(t.to_string()))?
+                    .id
+            }
+        };
         let name = req.name.trim();
         if name.is_empty() || name.len() > MAX_NAME {
             return Err(KeyError::Invalid {
@@ -220,11 +245,15 @@ impl Keys {
             role,
             expires_at,
             active: true,
-            created_by: by.to_string(),
+            created_by: by
+                .key
+                .as_ref()
+                .map_or_else(|| "sandstone".to_string(), |k| k.id.clone()),
             created_at: now,
             updated_at: now,
             last_used_at: None,
             usage_count: 0,
+            team_id: team,
         };
         self.store.insert_api_key(&row).await?;
         Ok(CreatedApiKey {
@@ -232,25 +261,47 @@ impl Keys {
             name: row.name.clone(),
             scope: "team".into(),
             roles: vec![role],
-            team_id: TEAM.into(),
+            team_id: row.team_id.clone(),
             key: token,
             expires_at: expiry(&row),
             created_at: rfc3339_ms(now),
         })
     }
 
-    pub async fn list(&self) -> Result<Vec<ApiKey>, KeyError> {
+    /// The keys `by` sees: its team's (every team's for the
+    /// installation's admins).
+    pub async fn list(&self, by: &Caller) -> Result<Vec<ApiKey>, KeyError> {
         self.flush().await;
         Ok(self
             .store
             .list_api_keys()
             .await?
             .iter()
+            .filter(|k| by.owns_installation() || k.team_id == by.team)
             .map(summary)
             .collect())
     }
 
-    pub async fn delete(&self, id: &str) -> Result<(), KeyError> {
+    /// Fails with `NotFound` for a key `by` does not see.
+    async fn check_visible(&self, by: &Caller, id: &str) -> Result<(), KeyError> {
+        let visible = by.owns_installation()
+            || self
+                .store
+                .list_api_keys()
+                .await?
+                .iter()
+                .any(|k| k.id == id && k.team_id == by.team);
+        if visible {
+            Ok(())
+        } else {
+            tracing::warn!(target: "sandstone::audit", team = %by.team, object = id,
+                "refused: an API key of another team");
+            Err(KeyError::NotFound(id.to_string()))
+        }
+    }
+
+    pub async fn delete(&self, by: &Caller, id: &str) -> Result<(), KeyError> {
+        self.check_visible(by, id).await?;
         if !self.store.delete_api_key(id).await? {
             return Err(KeyError::NotFound(id.to_string()));
         }
@@ -258,12 +309,61 @@ impl Keys {
         Ok(())
     }
 
-    pub async fn deactivate(&self, id: &str) -> Result<(), KeyError> {
+    pub async fn deactivate(&self, by: &Caller, id: &str) -> Result<(), KeyError> {
+        self.check_visible(by, id).await?;
         if !self.store.deactivate_api_key(id, now_ms()).await? {
             return Err(KeyError::NotFound(id.to_string()));
         }
         self.forget(id);
         Ok(())
+    }
+
+    /// Makes a team (the installation's admins only).
+    pub async fn create_team(&self, by: &Caller, req: CreateTeamRequest) -> Result<Team, KeyError> {
+        if !by.owns_installation() {
+            return Err(KeyError::NotOwner);
+        }
+        let name = req.name.trim();
+        let valid = !name.is_empty()
+            && name.len() <= MAX_TEAM_NAME
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+        if !valid {
+            return Err(KeyError::Invalid {
+                field: "name",
+                why: format!("1 to {MAX_TEAM_NAME} letters, digits, `-`, `_` or `.`"),
+            });
+        }
+        if req.slug.as_deref().is_some_and(|s| s != name) {
+            return Err(KeyError::Invalid {
+                field: "slug",
+                why: "a team's slug is its name here".into(),
+            });
+        }
+        let row = TeamRow {
+            id: format!("team_{}", random_hex(8)),
+            name: name.to_string(),
+            created_at: now_ms(),
+        };
+        if !self.store.insert_team(&row).await? {
+            return Err(KeyError::TeamExists(name.to_string()));
+        }
+        tracing::info!(team = %row.id, name = %row.name, "team created");
+        Ok(team_view(&row))
+    }
+
+    /// The teams `by` sees: its own (every team for the installation's
+    /// admins).
+    pub async fn teams(&self, by: &Caller) -> Result<Vec<Team>, KeyError> {
+        Ok(self
+            .store
+            .list_teams()
+            .await?
+            .iter()
+            .filter(|t| by.owns_installation() || t.id == by.team)
+            .map(team_view)
+            .collect())
     }
 
     /// Drops `id` from the cache: this node refuses it from the next
@@ -295,12 +395,32 @@ impl Keys {
     }
 }
 
+fn team_view(t: &TeamRow) -> Team {
+    Team {
+        id: t.id.clone(),
+        name: t.name.clone(),
+        slug: t.name.clone(),
+        owner_id: None,
+        home_region_id: None,
+        created_at: rfc3339_ms(t.created_at),
+        updated_at: rfc3339_ms(t.created_at),
+    }
+}
+
 /// What a request to the sandbox API does, as roles see it.
 pub fn action(method: &axum::http::Method, path: &str) -> Action {
     use axum::http::Method;
     let read = method == Method::GET || method == Method::HEAD;
     if let Some(rest) = path.strip_prefix("/api-keys") {
         return if read && rest == "/current" {
+            Action::Read
+        } else {
+            Action::ManageKeys
+        };
+    }
+    // Listing teams shows a key its own; making one is an admin's.
+    if path.starts_with("/teams") {
+        return if read {
             Action::Read
         } else {
             Action::ManageKeys

@@ -98,10 +98,40 @@ pub struct AppState {
     keys: Arc<keys::Keys>,
 }
 
-/// The key a request came with, for the handlers that need it
-/// (`/api-keys`); absent for the daemon's own key and forwarded calls.
+/// Who a request acts for: every request past authentication has one.
 #[derive(Clone)]
-pub(crate) struct Caller(pub sandstone_db::ApiKeyRow);
+pub(crate) struct Caller {
+    /// The team whose objects it sees and makes.
+    pub team: String,
+    /// The key it came with; absent for the daemon's own key and for calls
+    /// another node forwarded.
+    pub key: Option<sandstone_db::ApiKeyRow>,
+}
+
+impl Caller {
+    /// Whether it acts across teams (makes teams, and keys in any team):
+    /// the daemon itself, and the admin keys of the default team, the
+    /// installation's owners (the first start's key among them).
+    pub fn owns_installation(&self) -> bool {
+        self.key.as_ref().is_none_or(|k| {
+            k.team_id == sandstone_db::DEFAULT_TEAM && k.role == sandstone_api::auth::Role::Admin
+        })
+    }
+}
+
+/// The team a call acts for, when the daemon's own key or another node
+/// makes it (the auth layer sets it on every call it lets in, so a
+/// forwarded call keeps its caller's team; a caller's own is replaced).
+pub(crate) const TEAM_HEADER: &str = "x-sandstone-team";
+
+/// A trusted call's team: [`TEAM_HEADER`], else the default team.
+fn stated_team(headers: &axum::http::HeaderMap) -> String {
+    headers
+        .get(TEAM_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or(sandstone_db::DEFAULT_TEAM)
+        .to_string()
+}
 
 /// Largest JSON body.
 pub(crate) const MAX_JSON_BODY: usize = 4 << 20;
@@ -113,6 +143,8 @@ async fn auth(State(st): State<AppState>, mut req: Request, next: Next) -> Respo
     // Another node forwarding a call it authenticated (the caller's key
     // stayed there).
     if st.cluster.forwarder.is_node(headers) {
+        let team = stated_team(headers);
+        req.extensions_mut().insert(Caller { team, key: None });
         return next.run(req).await;
     }
     let Some(token) =
@@ -126,6 +158,8 @@ async fn auth(State(st): State<AppState>, mut req: Request, next: Next) -> Respo
         .into_response();
     };
     if sandstone_db::token_hash(token) == *st.own_key {
+        let team = stated_team(headers);
+        req.extensions_mut().insert(Caller { team, key: None });
         return next.run(req).await;
     }
     let key = match st.keys.verify(token).await {
@@ -153,7 +187,15 @@ async fn auth(State(st): State<AppState>, mut req: Request, next: Next) -> Respo
         );
         return ApiError::new(StatusCode::FORBIDDEN, "forbidden", msg).into_response();
     }
-    req.extensions_mut().insert(Caller(key));
+    // A caller's own statement of a team counts for nothing.
+    req.headers_mut().remove(TEAM_HEADER);
+    if let Ok(team) = axum::http::HeaderValue::from_str(&key.team_id) {
+        req.headers_mut().insert(TEAM_HEADER, team);
+    }
+    req.extensions_mut().insert(Caller {
+        team: key.team_id.clone(),
+        key: Some(key),
+    });
     next.run(req).await
 }
 
@@ -359,6 +401,7 @@ async fn ensure_admin_token(store: &dyn Store, data_dir: &std::path::Path) -> an
             updated_at: now,
             last_used_at: None,
             usage_count: 0,
+            team_id: sandstone_db::DEFAULT_TEAM.into(),
         })
         .await?;
     std::fs::rename(&tmp, &path)?;

@@ -1,4 +1,5 @@
-//! API keys: `key create|ls|rm|deactivate` (an admin key's calls).
+//! API keys and teams: `key create|ls|rm|deactivate|rotate-admin` and
+//! `team create|ls` (an admin key's calls).
 
 use crate::{Cli, client, print_json};
 use anyhow::{Context, Result, bail};
@@ -21,6 +22,9 @@ pub enum KeyCmd {
         /// 30d, 12h, 90m, 30s, or never.
         #[arg(long, default_value = "never")]
         expires: String,
+        /// The team (name or id) it acts in; the caller's by default.
+        #[arg(long)]
+        team: Option<String>,
     },
     /// List keys (never their values).
     Ls {
@@ -44,11 +48,24 @@ pub async fn run(cli: &Cli, cmd: &KeyCmd) -> Result<()> {
             name,
             role,
             expires,
+            team,
         } => {
+            let team_id = match team {
+                None => None,
+                Some(t) => Some(
+                    c.teams()
+                        .await?
+                        .into_iter()
+                        .find(|x| x.id == *t || x.name == *t)
+                        .with_context(|| format!("no team {t}"))?
+                        .id,
+                ),
+            };
             let req = CreateApiKeyRequest {
                 name: name.clone(),
                 roles: vec![*role],
                 expires_in: Some(expires.clone()),
+                team_id,
                 ..Default::default()
             };
             print_json(&c.create_api_key(&req).await?)
@@ -59,13 +76,14 @@ pub async fn run(cli: &Cli, cmd: &KeyCmd) -> Result<()> {
                 return print_json(&keys);
             }
             println!(
-                "{:<22} {:<10} {:<7} {:<24} {:<24} NAME",
-                "ID", "ROLE", "ACTIVE", "EXPIRES", "LAST USED"
+                "{:<22} {:<22} {:<10} {:<7} {:<24} {:<24} NAME",
+                "ID", "TEAM", "ROLE", "ACTIVE", "EXPIRES", "LAST USED"
             );
             for k in keys {
                 println!(
-                    "{:<22} {:<10} {:<7} {:<24} {:<24} {}",
+                    "{:<22} {:<22} {:<10} {:<7} {:<24} {:<24} {}",
                     k.id,
+                    k.team_id,
                     k.roles.first().map_or("", |r| r.as_str()),
                     k.is_active,
                     k.expires_at,
@@ -86,6 +104,32 @@ pub async fn run(cli: &Cli, cmd: &KeyCmd) -> Result<()> {
             Ok(())
         }
         KeyCmd::RotateAdmin => rotate_admin(cli, &c).await,
+    }
+}
+
+#[derive(Subcommand)]
+pub enum TeamCmd {
+    /// Make a team; `key create --team NAME` then makes its keys.
+    Create { name: String },
+    /// List teams.
+    Ls {
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+pub async fn run_team(cli: &Cli, cmd: &TeamCmd) -> Result<()> {
+    let c = client(cli)?;
+    match cmd {
+        TeamCmd::Create { name } => print_json(&c.create_team(name).await?),
+        TeamCmd::Ls { json: true } => print_json(&c.teams().await?),
+        TeamCmd::Ls { json: false } => {
+            println!("{:<22} {:<24} NAME", "ID", "CREATED");
+            for t in c.teams().await? {
+                println!("{:<22} {:<24} {}", t.id, t.created_at, t.name);
+            }
+            Ok(())
+        }
     }
 }
 

@@ -113,6 +113,12 @@ enum Cmd {
         #[command(subcommand)]
         cmd: key_cmd::KeyCmd,
     },
+    /// Teams: each key acts in one, and sees only its sandboxes,
+    /// snapshots and credential sources.
+    Team {
+        #[command(subcommand)]
+        cmd: key_cmd::TeamCmd,
+    },
     /// Credential sources (values are write-only).
     Cred {
         #[command(subcommand)]
@@ -312,6 +318,7 @@ async fn run(cli: Cli) -> Result<()> {
         Cmd::Cred { cmd } => cred_cmd::run(&cli, cmd).await,
         Cmd::Node { cmd } => node_cmd::run(&cli, cmd).await,
         Cmd::Key { cmd } => key_cmd::run(&cli, cmd).await,
+        Cmd::Team { cmd } => key_cmd::run_team(&cli, cmd).await,
         Cmd::Env { cmd } => agents_cmd::env(&client(&cli)?, cmd).await,
         Cmd::Agent { cmd } => agents_cmd::agent(&client(&cli)?, cmd).await,
         Cmd::Session { cmd } => agents_cmd::session(&client(&cli)?, cmd).await,

@@ -931,3 +931,283 @@ async fn api_keys_act_by_role_and_stop_at_once() {
         assert!(!log.contains(secret.as_str()));
     }
 }
+
+/// Teams: a key sees and touches only its team's sandboxes, snapshots and
+/// credential sources. Another team's object is a 404, exactly as one that
+/// does not exist, on every way in (REST, the files API, the toolset,
+/// WebSockets, the audit stream), and every refusal is on record.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_team_sees_only_its_own() {
+    use futures_util::StreamExt;
+    use reqwest::Method;
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let d = Daemon::start().await;
+    let call = async |token: &str, method: Method, path: &str, body: Option<serde_json::Value>| {
+        let mut r = d
+            .http
+            .request(method, format!("{}{path}", d.url))
+            .bearer_auth(token);
+        if let Some(b) = body {
+            r = r.json(&b);
+        }
+        let r = r.send().await.unwrap();
+        let s = r.status().as_u16();
+        (s, r.json::<serde_json::Value>().await.unwrap_or_default())
+    };
+    let (s, blue) = d.post("/teams", json!({"name": "blue"})).await;
+    assert_eq!(s, 201, "{blue}");
+    let blue_id = blue["data"]["id"].as_str().unwrap().to_string();
+    let (s, v) = d.post("/teams", json!({"name": "blue"})).await;
+    assert_eq!(s, 409, "{v}");
+    d.rejects("/teams", json!({"name": "no spaces"}), "name")
+        .await;
+    let key = async |name: &str, role: &str, team: Option<&str>| {
+        let (s, v) = d
+            .post(
+                "/api-keys",
+                json!({"name": name, "roles": [role], "team_id": team}),
+            )
+            .await;
+        assert_eq!(s, 201, "{v}");
+        assert_eq!(v["data"]["team_id"], team.unwrap_or("default"), "{v}");
+        v["data"]["key"].as_str().unwrap().to_string()
+    };
+    let red = key("red dev", "developer", None).await;
+    let blue_dev = key("blue dev", "developer", Some(&blue_id)).await;
+    let blue_admin = key("blue admin", "admin", Some(&blue_id)).await;
+
+    // Each team makes a sandbox; the other's is not there.
+    let create = async |token: &str| {
+        let (s, v) = call(
+            token,
+            Method::POST,
+            "/api/v1/sandboxes",
+            Some(json!({"template": "host"})),
+        )
+        .await;
+        assert_eq!(s, 201, "{v}");
+        v["data"]["sandbox_id"].as_str().unwrap().to_string()
+    };
+    let red_sb = create(&red).await;
+    let blue_sb = create(&blue_dev).await;
+    d.sh(&red_sb, "echo red-secret > /workspace/f").await;
+    let ids = async |token: &str| -> Vec<String> {
+        let (_, v) = call(token, Method::GET, "/api/v1/sandboxes", None).await;
+        v["data"]["sandboxes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s["id"].as_str().unwrap().to_string())
+            .collect()
+    };
+    assert_eq!(ids(&blue_dev).await, [blue_sb.clone()]);
+    assert_eq!(ids(&red).await, [red_sb.clone()]);
+    let (s, snap) = call(
+        &red,
+        Method::POST,
+        &format!("/api/v1/sandboxes/{red_sb}/snapshots"),
+        Some(json!({"name": "s"})),
+    )
+    .await;
+    assert_eq!(s, 201, "{snap}");
+    let snap_id = snap["data"]["id"].as_str().unwrap().to_string();
+    let (s, v) = call(
+        &red,
+        Method::POST,
+        "/api/v1/credential-sources",
+        Some(json!({"name": "gh", "resolverKind": "static_headers",
+            "spec": {"staticHeaders": {"values": {"Authorization": "Bearer red-token"}}}})),
+    )
+    .await;
+    assert_eq!(s, 201, "{v}");
+
+    // Every way into the red sandbox, from blue: 404, as for no sandbox.
+    let (s, none) = call(
+        &blue_dev,
+        Method::GET,
+        "/api/v1/sandboxes/sb-00000000",
+        None,
+    )
+    .await;
+    assert_eq!(s, 404, "{none}");
+    let sb = format!("/api/v1/sandboxes/{red_sb}");
+    for (method, path, body) in [
+        (Method::GET, sb.clone(), None),
+        (Method::GET, format!("{sb}/status"), None),
+        (Method::DELETE, sb.clone(), None),
+        (Method::POST, format!("{sb}/pause"), Some(json!({}))),
+        (Method::GET, format!("{sb}/files?path=/workspace/f"), None),
+        (
+            Method::GET,
+            format!("{sb}/files/list?path=/workspace"),
+            None,
+        ),
+        (
+            Method::POST,
+            format!("{sb}/contexts"),
+            Some(json!({"type": "cmd", "cmd": {"command": ["id"]}})),
+        ),
+        (
+            Method::POST,
+            format!("{sb}/tools/bash"),
+            Some(json!({"input": {"command": "cat /workspace/f"}})),
+        ),
+        (Method::GET, format!("{sb}/network"), None),
+        (
+            Method::GET,
+            format!("{sb}/observability/events?watch=true"),
+            None,
+        ),
+        (Method::GET, format!("{sb}/snapshots"), None),
+        (Method::POST, format!("{sb}/fork"), Some(json!({}))),
+        (
+            Method::GET,
+            format!("/api/v1/sandbox-rootfs-snapshots/{snap_id}"),
+            None,
+        ),
+        (
+            Method::DELETE,
+            format!("/api/v1/sandbox-rootfs-snapshots/{snap_id}"),
+            None,
+        ),
+        (
+            Method::POST,
+            "/api/v1/sandboxes".to_string(),
+            Some(json!({"snapshot_id": snap_id})),
+        ),
+        (
+            Method::POST,
+            "/api/v1/templates/from-sandbox".to_string(),
+            Some(json!({"sandbox_id": red_sb, "template_id": "stolen"})),
+        ),
+        (
+            Method::GET,
+            "/api/v1/credential-sources/gh".to_string(),
+            None,
+        ),
+        (
+            Method::DELETE,
+            "/api/v1/credential-sources/gh".to_string(),
+            None,
+        ),
+    ] {
+        let (s, v) = call(&blue_dev, method.clone(), &path, body).await;
+        assert_eq!(s, 404, "blue {method} {path}: {v}");
+        assert!(!v.to_string().contains("red-"), "{v}");
+    }
+    // The WebSockets too, with the key as a header or as a browser sends
+    // it (a subprotocol).
+    let ws_url = |path: &str| format!("{}{path}", d.url).replacen("http", "ws", 1);
+    for path in [format!("{sb}/files/watch"), format!("{sb}/contexts/c1/ws")] {
+        let mut req = ws_url(&path).into_client_request().unwrap();
+        req.headers_mut().insert(
+            "sec-websocket-protocol",
+            format!("sandstone.v1, bearer.{blue_dev}").parse().unwrap(),
+        );
+        match tokio_tungstenite::connect_async(req).await {
+            Err(tokio_tungstenite::tungstenite::Error::Http(r)) => {
+                assert_eq!(r.status().as_u16(), 404, "{path}")
+            }
+            other => panic!("{path}: {:?}", other.map(|(_, r)| r.status())),
+        }
+    }
+    // Its own sandbox's watch opens for a browser's subprotocol key, and
+    // the server picks the protocol without echoing the key.
+    let mut req = ws_url(&format!("/api/v1/sandboxes/{blue_sb}/files/watch"))
+        .into_client_request()
+        .unwrap();
+    req.headers_mut().insert(
+        "sec-websocket-protocol",
+        format!("sandstone.v1, bearer.{blue_dev}").parse().unwrap(),
+    );
+    let (mut ws, resp) = tokio_tungstenite::connect_async(req).await.unwrap();
+    assert_eq!(resp.headers()["sec-websocket-protocol"], "sandstone.v1");
+    drop(ws.next());
+
+    // Credential source names are per team: blue's `gh` is its own.
+    let (s, v) = call(&blue_dev, Method::GET, "/api/v1/credential-sources", None).await;
+    assert_eq!((s, v["data"].as_array().unwrap().len()), (200, 0), "{v}");
+    let (s, v) = call(
+        &blue_dev,
+        Method::POST,
+        "/api/v1/credential-sources",
+        Some(json!({"name": "gh", "resolverKind": "static_headers",
+            "spec": {"staticHeaders": {"values": {"Authorization": "Bearer blue-token"}}}})),
+    )
+    .await;
+    assert_eq!(s, 201, "{v}");
+    // The red sandbox and its snapshot are untouched.
+    let (s, v) = call(
+        &red,
+        Method::GET,
+        &format!("{sb}/files?path=/workspace/f"),
+        None,
+    )
+    .await;
+    assert_eq!(s, 200, "{v}");
+    let (s, _) = call(
+        &red,
+        Method::GET,
+        &format!("/api/v1/sandbox-rootfs-snapshots/{snap_id}"),
+        None,
+    )
+    .await;
+    assert_eq!(s, 200);
+
+    // A team's admin manages its own keys only, and makes no teams.
+    let (s, v) = call(&blue_admin, Method::GET, "/api-keys", None).await;
+    assert_eq!(s, 200, "{v}");
+    let keys = v["data"]["api_keys"].as_array().unwrap();
+    assert_eq!(keys.len(), 2, "{v}");
+    assert!(keys.iter().all(|k| k["team_id"] == blue_id.as_str()), "{v}");
+    let (_, all) = d.get("/api-keys").await;
+    let red_key_id = all["data"]["api_keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|k| k["name"] == "red dev")
+        .unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    for (method, path, body) in [
+        (Method::DELETE, format!("/api-keys/{red_key_id}"), None),
+        (
+            Method::POST,
+            format!("/api-keys/{red_key_id}/deactivate"),
+            None,
+        ),
+        (
+            Method::POST,
+            "/api-keys".to_string(),
+            Some(json!({"name": "x", "team_id": "default"})),
+        ),
+    ] {
+        let (s, v) = call(&blue_admin, method, &path, body).await;
+        assert_eq!(s, 404, "{path}: {v}");
+    }
+    let (s, v) = call(
+        &blue_admin,
+        Method::POST,
+        "/teams",
+        Some(json!({"name": "green"})),
+    )
+    .await;
+    assert_eq!(s, 403, "{v}");
+    let (s, v) = call(&blue_dev, Method::GET, "/teams", None).await;
+    assert_eq!(s, 200);
+    assert_eq!(v["data"]["teams"].as_array().unwrap().len(), 1, "{v}");
+    let (_, v) = call(&red, Method::GET, "/api-keys/current", None).await;
+    assert_eq!(v["data"]["api_key"]["team_id"], "default", "{v}");
+
+    let log = std::fs::read_to_string(d.data.path().join("daemon.log")).unwrap();
+    for needle in [
+        "refused: sandbox of another team",
+        "refused: snapshot of another team",
+        "refused: capturing a sandbox of another team",
+        "refused: an API key of another team",
+    ] {
+        assert!(log.contains(needle), "{needle}: {log}");
+    }
+    assert!(!log.contains(&blue_dev) && !log.contains(&red));
+}

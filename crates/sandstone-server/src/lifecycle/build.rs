@@ -289,7 +289,9 @@ impl Lifecycle {
             network: Some(settings.policy()),
             ..Default::default()
         };
-        let row = self.create_from(template, config, None, false).await?;
+        let row = self
+            .create_from(template, config, None, false, sandstone_db::DEFAULT_TEAM)
+            .await?;
         let ran = async {
             let rt = self
                 .runtime(&row.id)

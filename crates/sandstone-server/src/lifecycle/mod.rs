@@ -105,6 +105,9 @@ pub struct Lifecycle {
     /// Held shared by each build, alone by a prune of the build cache
     /// (which must not take a step a build is standing on).
     builds: tokio::sync::RwLock<()>,
+    /// Each sandbox's team, as read once: it never changes, so a request's
+    /// team check is a map read (see [`Lifecycle::team_of`]).
+    teams: Mutex<HashMap<String, String>>,
 }
 
 pub use network::{
@@ -209,7 +212,27 @@ impl Lifecycle {
             registry,
             creating: Mutex::new(HashMap::new()),
             builds: tokio::sync::RwLock::new(()),
+            teams: Mutex::new(HashMap::new()),
         })
+    }
+
+    /// The team sandbox `id` belongs to; `None` when there is no such
+    /// sandbox. A sandbox's team is set at its creation and never changes,
+    /// so an answer is kept; ids are never reused, so one kept for a
+    /// deleted sandbox answers nobody.
+    pub async fn team_of(&self, id: &str) -> Result<Option<String>> {
+        let teams = || self.teams.lock().expect("lock poisoned: a holder panicked");
+        if let Some(team) = teams().get(id) {
+            return Ok(Some(team.clone()));
+        }
+        match self.store.get_sandbox(id).await {
+            Ok(row) => {
+                teams().insert(id.to_string(), row.team_id.clone());
+                Ok(Some(row.team_id))
+            }
+            Err(sandstone_db::Error::NotFound) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
     }
 
     pub fn runtime(&self, id: &str) -> Option<Runtime> {
@@ -351,9 +374,12 @@ impl Lifecycle {
 
     /// The sandboxes whose effective policy binds credential `source`, on
     /// every node (a credential source is the whole installation's).
-    pub async fn credential_users(&self, source: &str) -> Result<Vec<String>> {
+    pub async fn credential_users(&self, team: &str, source: &str) -> Result<Vec<String>> {
         let mut users = Vec::new();
         for row in self.store.list_sandboxes().await? {
+            if row.team_id != team {
+                continue;
+            }
             let Ok(template) = self.template(&row.template) else {
                 continue;
             };
@@ -617,13 +643,14 @@ impl Lifecycle {
         }
     }
 
-    /// Creates a sandbox (empty, or from a snapshot) and starts it. On
-    /// failure nothing is left behind.
+    /// Creates a sandbox of `team` (empty, or from one of its snapshots)
+    /// and starts it. On failure nothing is left behind.
     pub async fn create(
         &self,
         template_id: &str,
         config: SandboxConfig,
         snapshot: Option<&str>,
+        team: &str,
     ) -> Result<SandboxRow> {
         limits::limits(config.resources.as_ref(), None)?;
         limits::check_config(&config)?;
@@ -634,7 +661,9 @@ impl Lifecycle {
                     .store
                     .get_snapshot(s)
                     .await
-                    .map_err(|_| Error::not_found("snapshot", s))?;
+                    .ok()
+                    .filter(|snap| snap.team_id == team)
+                    .ok_or_else(|| Error::not_found("snapshot", s))?;
                 match template_id {
                     "default" | "" => snap.template.clone(),
                     // The snapshot's version of the template it names.
@@ -655,7 +684,8 @@ impl Lifecycle {
             None => template_id.to_string(),
         };
         let template = self.template(&template_id)?;
-        self.create_from(template, config, snapshot, true).await
+        self.create_from(template, config, snapshot, true, team)
+            .await
     }
 
     /// Creates a sandbox of `template` (as resolved, or with a build's
@@ -667,6 +697,7 @@ impl Lifecycle {
         config: SandboxConfig,
         snapshot: Option<&str>,
         warm: bool,
+        team: &str,
     ) -> Result<SandboxRow> {
         policy_of(&template, &config)?;
         let disk = self.disk_limit(&template, config.resources.as_ref())?;
@@ -682,7 +713,7 @@ impl Lifecycle {
             && config.uploads_dir.is_none()
             && let Some(member) = self.take_warm(&template.pinned())
         {
-            return self.hand_off(member, &template, config, disk).await;
+            return self.hand_off(member, &template, config, disk, team).await;
         }
         let slot = self.take_slot()?;
         let id = format!("sb-{}", random_hex(8));
@@ -701,7 +732,7 @@ impl Lifecycle {
         undo.cgroup = Some(runtime.cgroup.clone());
         phases.mark("launch");
         let row = self
-            .record_running(&id, &template, &config, slot, runtime)
+            .record_running(&id, &template, &config, slot, runtime, team)
             .await?;
         phases.mark("store");
         tracing::debug!(sandbox = %id, phases = %phases, "create timings");
@@ -717,6 +748,7 @@ impl Lifecycle {
         config: &SandboxConfig,
         slot: i64,
         runtime: Runtime,
+        team: &str,
     ) -> Result<SandboxRow> {
         let now = now_ms();
         let row = SandboxRow {
@@ -736,6 +768,7 @@ impl Lifecycle {
             node_id: Some(self.node.clone()),
             epoch: 0,
             checkpointed_at: None,
+            team_id: team.to_string(),
         };
         self.store.insert_sandbox(&row).await?;
         self.adopt_runtime(id, runtime);
@@ -749,6 +782,7 @@ impl Lifecycle {
         template: &Template,
         config: SandboxConfig,
         disk: Option<u64>,
+        team: &str,
     ) -> Result<SandboxRow> {
         let mut undo = Undo::new(self, &m.id, m.slot);
         undo.volume = true;
@@ -775,7 +809,7 @@ impl Lifecycle {
         }
         self.storage.set_disk_limit(&m.id, disk).map_err(internal)?;
         let row = self
-            .record_running(&m.id, template, &config, m.slot, m.runtime)
+            .record_running(&m.id, template, &config, m.slot, m.runtime, team)
             .await?;
         undo.disarm();
         Ok(row)

@@ -234,6 +234,8 @@ pub struct NetworkOptions<'a> {
 /// plane's (a vault credential, a session repository's token).
 struct SealedSources {
     store: Arc<dyn Store>,
+    /// Each sandbox's team, read once (it never changes).
+    teams: std::sync::Mutex<std::collections::HashMap<String, String>>,
     vaults: Arc<dyn AgentsStore>,
     sealer: Arc<Sealer>,
 }
@@ -241,6 +243,7 @@ struct SealedSources {
 impl CredentialStore for SealedSources {
     fn resolve<'a>(
         &'a self,
+        sandbox: &'a str,
         source: &'a str,
     ) -> BoxFuture<'a, std::result::Result<SourceValues, SourceError>> {
         Box::pin(async move {
@@ -256,11 +259,27 @@ impl CredentialStore for SealedSources {
                     }
                 };
             }
+            let missing = || SourceError::Missing(source.to_string());
+            let teams = || self.teams.lock().expect("lock poisoned: a holder panicked");
+            let known = teams().get(sandbox).cloned();
+            let team = match known {
+                Some(t) => t,
+                None => {
+                    let team = self
+                        .store
+                        .get_sandbox(sandbox)
+                        .await
+                        .map_err(|_| missing())?
+                        .team_id;
+                    teams().insert(sandbox.to_string(), team.clone());
+                    team
+                }
+            };
             let row = self
                 .store
-                .get_credential(source)
+                .get_credential(&team, source)
                 .await
-                .map_err(|_| SourceError::Missing(source.to_string()))?;
+                .map_err(|_| missing())?;
             let plain = self
                 .sealer
                 .open(&row.sealed)
@@ -360,6 +379,7 @@ impl Network {
         egress.interceptor = Some(interceptor);
         egress.credentials = Some(Arc::new(SealedSources {
             store,
+            teams: Default::default(),
             vaults,
             sealer,
         }));

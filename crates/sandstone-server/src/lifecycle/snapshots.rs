@@ -147,6 +147,7 @@ impl Lifecycle {
             created_at: now_ms(),
             expires_at: None,
             template: row.template.clone(),
+            team_id: row.team_id.clone(),
         };
         let fence = row.fence();
         self.store
@@ -389,6 +390,7 @@ impl Lifecycle {
             node_id: Some(self.node.clone()),
             epoch: 0,
             checkpointed_at: None,
+            team_id: src.team_id.clone(),
         };
         let recorded = match copied {
             Ok(_) => self.store.insert_sandbox(&row).await.map_err(Error::from),

@@ -2,11 +2,11 @@
 //! serves it: a sandbox's calls to its owner, a create to the node placement
 //! picks ([`crate::cluster`] decides; this file only speaks HTTP).
 
-use crate::AppState;
 use crate::cluster::Route;
 use crate::error::{ApiError, ApiResult, ok};
 use crate::forward::FORWARDED_BY;
 use crate::lifecycle::{Intent, Takeover};
+use crate::{AppState, Caller};
 use axum::body::{Body, Bytes};
 use axum::extract::{Path, Request, State};
 use axum::http::{Method, StatusCode};
@@ -86,8 +86,9 @@ async fn set_draining(st: AppState, id: String, draining: bool) -> ApiResult<Res
 }
 
 /// The calls this layer routes: a sandbox's own (`/api/v1/sandboxes/{id}…`),
-/// a snapshot's delete (its volume is on its sandbox's node) and a create
-/// (`POST /api/v1/sandboxes`).
+/// a snapshot's (its volume is on its sandbox's node) and a create
+/// (`POST /api/v1/sandboxes`). The first two are also where a caller of
+/// another team is turned away.
 enum Target {
     Sandbox(String),
     Snapshot(String),
@@ -97,7 +98,7 @@ enum Target {
 
 fn target(req: &Request) -> Target {
     let path = req.uri().path();
-    if req.method() == Method::DELETE
+    if (req.method() == Method::DELETE || req.method() == Method::GET)
         && let Some(snap) = path.strip_prefix("/api/v1/sandbox-rootfs-snapshots/")
         && !snap.is_empty()
         && !snap.contains('/')
@@ -138,14 +139,40 @@ pub async fn to_owner(State(st): State<AppState>, req: Request, next: Next) -> R
         Target::Here => return next.run(req).await,
         Target::Create if forwarded => return next.run(req).await,
         Target::Create => return place(st, req, next).await,
-        Target::Sandbox(id) => id,
+        Target::Sandbox(id) => match st.lifecycle.team_of(&id).await {
+            Ok(Some(team)) if !same_team(&req, &team) => {
+                return other_team(&req, "sandbox", &id);
+            }
+            Ok(_) => id,
+            Err(e) => return ApiError::from(e).into_response(),
+        },
         Target::Snapshot(snap) => match st.lifecycle.store.get_snapshot(&snap).await {
+            Ok(s) if !same_team(&req, &s.team_id) => return other_team(&req, "snapshot", &snap),
             Ok(s) => s.sandbox_id,
             // No such snapshot: the route says so.
             Err(_) => return next.run(req).await,
         },
     };
     to_sandbox_owner(&st, &id, forwarded, req, next).await
+}
+
+/// Whether the call acts for `team` (the auth layer gave it a caller).
+fn same_team(req: &Request, team: &str) -> bool {
+    req.extensions()
+        .get::<Caller>()
+        .is_some_and(|c| c.team == team)
+}
+
+/// Another team's object: answered exactly as one that does not exist, so
+/// a caller learns nothing of it, and audited.
+fn other_team(req: &Request, what: &str, id: &str) -> Response {
+    let caller = req.extensions().get::<Caller>();
+    tracing::warn!(target: "sandstone::audit",
+        team = caller.map_or("", |c| c.team.as_str()),
+        key = caller.and_then(|c| c.key.as_ref()).map_or("", |k| k.id.as_str()),
+        method = %req.method(), path = req.uri().path(), object = id,
+        "refused: {what} of another team");
+    ApiError::not_found(what, id).into_response()
 }
 
 async fn to_sandbox_owner(

@@ -1,9 +1,10 @@
 //! Credential sources (`/api/v1/credential-sources`): written once, stored
 //! sealed, never readable back — reads return metadata only.
 
-use crate::AppState;
 use crate::error::{ApiError, ApiResult, ok};
 use crate::extract::JsonBody;
+use crate::{AppState, Caller};
+use axum::Extension;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::Response;
@@ -95,11 +96,13 @@ fn sealable(w: &api::CredentialSourceWrite) -> ApiResult<Vec<u8>> {
 
 pub async fn create(
     State(st): State<AppState>,
+    Extension(by): Extension<Caller>,
     JsonBody(w): JsonBody<api::CredentialSourceWrite>,
 ) -> ApiResult<Response> {
     let plain = sealable(&w)?;
     let now = now_ms();
     let row = CredentialRow {
+        team_id: by.team,
         name: w.name.clone(),
         kind: w.resolver_kind.clone(),
         version: 1,
@@ -113,15 +116,18 @@ pub async fn create(
             w.name
         )));
     }
-    tracing::info!(source = %w.name, "credential source created");
+    tracing::info!(source = %w.name, team = %row.team_id, "credential source created");
     Ok(ok(StatusCode::CREATED, meta(&row)))
 }
 
-pub async fn list(State(st): State<AppState>) -> ApiResult<Response> {
+pub async fn list(
+    State(st): State<AppState>,
+    Extension(by): Extension<Caller>,
+) -> ApiResult<Response> {
     let all: Vec<_> = st
         .lifecycle
         .store
-        .list_credentials()
+        .list_credentials(&by.team)
         .await?
         .iter()
         .map(meta)
@@ -129,24 +135,32 @@ pub async fn list(State(st): State<AppState>) -> ApiResult<Response> {
     Ok(ok(StatusCode::OK, all))
 }
 
-async fn existing(st: &AppState, name: &str) -> ApiResult<CredentialRow> {
+async fn existing(st: &AppState, team: &str, name: &str) -> ApiResult<CredentialRow> {
     st.lifecycle
         .store
-        .get_credential(name)
+        .get_credential(team, name)
         .await
         .map_err(|_| ApiError::not_found("credential source", name))
 }
 
-pub async fn get(State(st): State<AppState>, Path(name): Path<String>) -> ApiResult<Response> {
-    Ok(ok(StatusCode::OK, meta(&existing(&st, &name).await?)))
+pub async fn get(
+    State(st): State<AppState>,
+    Extension(by): Extension<Caller>,
+    Path(name): Path<String>,
+) -> ApiResult<Response> {
+    Ok(ok(
+        StatusCode::OK,
+        meta(&existing(&st, &by.team, &name).await?),
+    ))
 }
 
 pub async fn update(
     State(st): State<AppState>,
+    Extension(by): Extension<Caller>,
     Path(name): Path<String>,
     JsonBody(w): JsonBody<api::CredentialSourceWrite>,
 ) -> ApiResult<Response> {
-    let current = existing(&st, &name).await?;
+    let current = existing(&st, &by.team, &name).await?;
     if w.name != name {
         return Err(ApiError::bad_request(
             "invalid field `name`: must match the path",
@@ -160,24 +174,34 @@ pub async fn update(
     let plain = sealable(&w)?;
     st.lifecycle
         .store
-        .update_credential(&name, &st.sealer.seal(&plain))
+        .update_credential(&by.team, &name, &st.sealer.seal(&plain))
         .await?;
-    tracing::info!(source = %name, "credential source updated");
-    Ok(ok(StatusCode::OK, meta(&existing(&st, &name).await?)))
+    tracing::info!(source = %name, team = %by.team, "credential source updated");
+    Ok(ok(
+        StatusCode::OK,
+        meta(&existing(&st, &by.team, &name).await?),
+    ))
 }
 
 /// Refused while a sandbox's policy binds the source: its requests would
 /// start failing closed.
-pub async fn delete(State(st): State<AppState>, Path(name): Path<String>) -> ApiResult<Response> {
-    existing(&st, &name).await?;
-    let users = st.lifecycle.credential_users(&name).await?;
+pub async fn delete(
+    State(st): State<AppState>,
+    Extension(by): Extension<Caller>,
+    Path(name): Path<String>,
+) -> ApiResult<Response> {
+    existing(&st, &by.team, &name).await?;
+    let users = st.lifecycle.credential_users(&by.team, &name).await?;
     if !users.is_empty() {
         return Err(ApiError::conflict(format!(
             "credential source {name} is bound by sandboxes {}; remove the credentialBindings first",
             users.join(", ")
         )));
     }
-    st.lifecycle.store.delete_credential(&name).await?;
+    st.lifecycle
+        .store
+        .delete_credential(&by.team, &name)
+        .await?;
     tracing::info!(source = %name, "credential source deleted");
     Ok(ok(StatusCode::OK, json!({"deleted": true})))
 }

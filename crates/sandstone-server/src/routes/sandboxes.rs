@@ -1,9 +1,10 @@
 //! `/api/v1/sandboxes` and `/api/v1/templates`.
 
-use crate::AppState;
 use crate::error::{ApiError, ApiResult, ok};
 use crate::extract::JsonBody;
 use crate::lifecycle::config_of;
+use crate::{AppState, Caller};
+use axum::Extension;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::Response;
@@ -65,6 +66,7 @@ pub fn to_sandbox(st: &AppState, row: &SandboxRow) -> api::Sandbox {
 
 pub async fn claim(
     State(st): State<AppState>,
+    Extension(by): Extension<Caller>,
     JsonBody(req): JsonBody<api::ClaimRequest>,
 ) -> ApiResult<Response> {
     let template = req.template.clone().unwrap_or_else(|| "default".into());
@@ -77,7 +79,7 @@ pub async fn claim(
     let started = std::time::Instant::now();
     let row = match st
         .lifecycle
-        .create(&template, config, req.snapshot_id.as_deref())
+        .create(&template, config, req.snapshot_id.as_deref(), &by.team)
         .await
     {
         Ok(r) => r,
@@ -129,6 +131,7 @@ fn query_usize(
 
 pub async fn list(
     State(st): State<AppState>,
+    Extension(by): Extension<Caller>,
     Query(q): Query<HashMap<String, String>>,
 ) -> ApiResult<Response> {
     let limit = query_usize(&q, "limit", 50, 1000)?;
@@ -154,6 +157,7 @@ pub async fn list(
     };
     let rows: Vec<_> = candidates
         .into_iter()
+        .filter(|r| r.team_id == by.team)
         .filter(|r| q.get("status").is_none_or(|s| s == api_status(r.status)))
         .filter(|r| paused.is_none_or(|p| p == (r.status == SandboxStatus::Paused)))
         .filter(|r| {

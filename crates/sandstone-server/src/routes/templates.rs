@@ -3,11 +3,12 @@
 //! `spec.mainContainer.image`) and those captured from a sandbox
 //! (`POST .../from-sandbox`), in Sandbox0's `Template` shape.
 
-use crate::AppState;
 use crate::error::{ApiError, ApiResult, ok};
 use crate::extract::JsonBody;
 use crate::lifecycle::images::{Creating, Stage};
 use crate::limits;
+use crate::{AppState, Caller};
+use axum::Extension;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::Response;
@@ -246,6 +247,7 @@ pub async fn update(
 /// this answers.
 pub async fn from_sandbox(
     State(st): State<AppState>,
+    Extension(by): Extension<Caller>,
     headers: axum::http::HeaderMap,
     JsonBody(req): JsonBody<api::TemplateFromSandboxRequest>,
 ) -> ApiResult<Response> {
@@ -264,6 +266,17 @@ pub async fn from_sandbox(
         return Err(ApiError::bad_request(
             "invalid field `spec_overrides`: not supported by Sandstone yet",
         ));
+    }
+    // Another team's sandbox is one that does not exist.
+    if st
+        .lifecycle
+        .team_of(&req.sandbox_id)
+        .await?
+        .is_some_and(|team| team != by.team)
+    {
+        tracing::warn!(target: "sandstone::audit", team = %by.team, object = %req.sandbox_id,
+            "refused: capturing a sandbox of another team");
+        return Err(ApiError::not_found("sandbox", &req.sandbox_id));
     }
     let started = rfc3339_ms(now_ms());
     let t = st
