@@ -4,9 +4,10 @@
 //! as hashes and checked on every request, so a revoked key stops at once.
 //! Also requires the Managed Agents beta header.
 
-use crate::Agents;
 use crate::error::{ApiError, ApiResult};
 use crate::registry::KEY;
+use crate::teams::Owners;
+use crate::{Agents, KeyGrant};
 use axum::extract::{Request, State};
 use axum::http::HeaderMap;
 use axum::middleware::Next;
@@ -24,7 +25,10 @@ pub const SESSIONS_TOKEN_PREFIX: &str = "sk-sst-req-";
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum Caller {
-    Api,
+    /// A server API key, acting in its team.
+    Api {
+        team: String,
+    },
     Environment(String),
     /// A sessions token: the session and the work item it came with.
     Session {
@@ -34,9 +38,10 @@ pub enum Caller {
 }
 
 impl Caller {
-    pub fn require_api(&self) -> ApiResult<()> {
+    /// A server API key's team; anything else is refused.
+    pub fn require_api(&self) -> ApiResult<&str> {
         match self {
-            Caller::Api => Ok(()),
+            Caller::Api { team } => Ok(team),
             _ => Err(ApiError::forbidden(
                 "this endpoint needs a server API key, not an environment key or sessions token",
             )),
@@ -46,7 +51,7 @@ impl Caller {
     /// API keys or the environment's own key.
     pub fn require_environment(&self, env: &str) -> ApiResult<()> {
         match self {
-            Caller::Api => Ok(()),
+            Caller::Api { .. } => Ok(()),
             Caller::Environment(e) if e == env => Ok(()),
             _ => Err(ApiError::forbidden(format!(
                 "this credential is not valid for environment {env}"
@@ -71,7 +76,7 @@ impl Caller {
     /// need a `read_write` attachment.
     pub fn require_store(&self, agents: &Agents, store: &str, write: bool) -> ApiResult<()> {
         match self {
-            Caller::Api => Ok(()),
+            Caller::Api { .. } => Ok(()),
             Caller::Session { session, .. } => match agents.sessions.store_access(session, store) {
                 Some(access) if !write || access == Access::ReadWrite => Ok(()),
                 Some(_) => Err(ApiError::forbidden(format!(
@@ -91,7 +96,7 @@ impl Caller {
     pub fn require_skill(&self, agents: &Agents, skill: &str) -> ApiResult<()> {
         let uses = |session: &str| agents.sessions.uses_skill(session, skill);
         let ok = match self {
-            Caller::Api => true,
+            Caller::Api { .. } => true,
             Caller::Session { session, .. } => uses(session),
             Caller::Environment(env) => agents.sessions.of_environment(env).iter().any(|s| uses(s)),
         };
@@ -108,7 +113,7 @@ impl Caller {
     /// own sessions token.
     pub fn require_session(&self, agents: &Agents, session: &str) -> ApiResult<()> {
         match self {
-            Caller::Api => Ok(()),
+            Caller::Api { .. } => Ok(()),
             Caller::Environment(e)
                 if agents.sessions.environment(session).as_deref() == Some(e) =>
             {
@@ -172,7 +177,7 @@ async fn identify(
         agents.sessions.ensure(&session).await?;
         return Ok(Caller::Session { session, work });
     }
-    if let Some(role) = (agents.api_keys)(token.clone()).await {
+    if let Some(KeyGrant { role, team }) = (agents.api_keys)(token.clone()).await {
         if !role.may(action) {
             // Only a prefix of its hash is ever recorded, and only here.
             let hash = token_hash(&token);
@@ -182,7 +187,7 @@ async fn identify(
                 "this API key's role ({role}) may not {what}"
             )));
         }
-        return Ok(Caller::Api);
+        return Ok(Caller::Api { team });
     }
     Err(ApiError::unauthorized("invalid API key"))
 }
@@ -206,11 +211,17 @@ pub async fn middleware(
     }
     let what = format!("{} {}", req.method(), req.uri().path());
     let act = action(req.method(), req.uri().path());
-    match identify(&agents, req.headers(), act, &what).await {
-        Ok(caller) => {
-            req.extensions_mut().insert(caller);
-            next.run(req).await
-        }
-        Err(e) => e.into_response(),
+    let caller = match identify(&agents, req.headers(), act, &what).await {
+        Ok(caller) => caller,
+        Err(e) => return e.into_response(),
+    };
+    // An object another team made is not there for this key.
+    if let Caller::Api { team } = &caller
+        && let Some((kind, id)) = Owners::named_in(req.uri().path())
+        && let Err(e) = agents.owners.check(team, kind, id).await
+    {
+        return e.into_response();
     }
+    req.extensions_mut().insert(caller);
+    next.run(req).await
 }

@@ -72,8 +72,9 @@ impl<St: Send + Sync> FromRequestParts<St> for Query {
 }
 
 /// A handler argument that admits only server API keys: what environment
-/// keys and sessions tokens may not do is declared in the signature.
-struct Api;
+/// keys and sessions tokens may not do is declared in the signature. It
+/// holds the key's team.
+struct Api(String);
 
 impl<St: Send + Sync> FromRequestParts<St> for Api {
     type Rejection = ApiError;
@@ -84,7 +85,7 @@ impl<St: Send + Sync> FromRequestParts<St> for Api {
             .get::<Caller>()
             .ok_or_else(|| ApiError::unauthorized("missing credentials"))?
             .require_api()
-            .map(|_| Api)
+            .map(|team| Api(team.to_string()))
     }
 }
 
@@ -109,12 +110,77 @@ fn page(items: Vec<impl serde::Serialize>, q: &Query, max: usize) -> ApiResult<R
     ok(paginate(items, q.limit()?, q.one("page"), max)?)
 }
 
-async fn create_agent(State(a): S, _: Api, b: Bytes) -> ApiResult<Response> {
-    ok(a.create_agent(&body(&b)?).await?)
+/// A page of the top-level objects `team` owns (others are not there for
+/// it), paged after the filter so pages stay full.
+async fn team_page(
+    a: &Agents,
+    team: &str,
+    items: Vec<impl serde::Serialize>,
+    q: &Query,
+    max: usize,
+) -> ApiResult<Response> {
+    let mut mine = Vec::with_capacity(items.len());
+    for item in items {
+        let v = serde_json::to_value(item).map_err(|e| ApiError::Internal(e.to_string()))?;
+        if a.owners
+            .owns(team, v["id"].as_str().unwrap_or_default())
+            .await?
+        {
+            mine.push(v);
+        }
+    }
+    page(mine, q, max)
 }
 
-async fn list_agents(State(a): S, _: Api, q: Query) -> ApiResult<Response> {
-    page(a.registry.agents(q.flag("include_archived")), &q, 100)
+/// Answers with a new top-level object, recorded as `team`'s.
+async fn created(a: &Agents, team: &str, object: impl serde::Serialize) -> ApiResult<Response> {
+    let v = serde_json::to_value(object).map_err(|e| ApiError::Internal(e.to_string()))?;
+    if let Some(id) = v["id"].as_str() {
+        a.owners.set(id, team).await?;
+    }
+    ok(v)
+}
+
+/// Refuses a body that refers to another team's objects (a session's
+/// agent, environment, vaults and resources; an agent's custom skills), as
+/// if they did not exist.
+async fn check_references(a: &Agents, team: &str, b: &Value) -> ApiResult<()> {
+    let mut refs: Vec<(&str, &str)> = Vec::new();
+    let agent = &b["agent"];
+    if let Some(id) = agent.as_str().or_else(|| agent["id"].as_str()) {
+        refs.push(("agent", id));
+    }
+    if let Some(id) = b["environment_id"].as_str() {
+        refs.push(("environment", id));
+    }
+    for v in b["vault_ids"].as_array().into_iter().flatten() {
+        refs.extend(v.as_str().map(|id| ("vault", id)));
+    }
+    let resources = b["resources"].as_array().into_iter().flatten();
+    for r in resources.chain(std::iter::once(b)) {
+        refs.extend(r["file_id"].as_str().map(|id| ("file", id)));
+        refs.extend(r["memory_store_id"].as_str().map(|id| ("memory store", id)));
+    }
+    for s in b["skills"].as_array().into_iter().flatten() {
+        if s["type"] == "custom" {
+            refs.extend(s["skill_id"].as_str().map(|id| ("skill", id)));
+        }
+    }
+    for (what, id) in refs {
+        a.owners.check(team, what, id).await?;
+    }
+    Ok(())
+}
+
+async fn create_agent(State(a): S, Api(team): Api, b: Bytes) -> ApiResult<Response> {
+    let b = body(&b)?;
+    check_references(&a, &team, &b).await?;
+    created(&a, &team, a.create_agent(&b).await?).await
+}
+
+async fn list_agents(State(a): S, Api(team): Api, q: Query) -> ApiResult<Response> {
+    let all = a.registry.agents(q.flag("include_archived"));
+    team_page(&a, &team, all, &q, 100).await
 }
 
 async fn get_agent(State(a): S, _: Api, Path(id): Path<String>, q: Query) -> ApiResult<Response> {
@@ -132,11 +198,13 @@ async fn get_agent(State(a): S, _: Api, Path(id): Path<String>, q: Query) -> Api
 
 async fn update_agent(
     State(a): S,
-    _: Api,
+    Api(team): Api,
     Path(id): Path<String>,
     b: Bytes,
 ) -> ApiResult<Response> {
-    ok(a.update_agent(&id, &body(&b)?).await?)
+    let b = body(&b)?;
+    check_references(&a, &team, &b).await?;
+    ok(a.update_agent(&id, &b).await?)
 }
 
 async fn archive_agent(State(a): S, _: Api, Path(id): Path<String>) -> ApiResult<Response> {
@@ -152,14 +220,18 @@ async fn agent_versions(
     page(a.registry.agent_versions(&id)?, &q, 100)
 }
 
-async fn create_environment(State(a): S, _: Api, b: Bytes) -> ApiResult<Response> {
+async fn create_environment(State(a): S, Api(team): Api, b: Bytes) -> ApiResult<Response> {
     let env = a.registry.create_environment(&body(&b)?).await?;
+    // Owned before it is prepared: a cloud environment's sandboxes are
+    // made in its team.
+    a.owners.set(&env.id, &team).await?;
     a.prepare_cloud(&env);
     ok(env)
 }
 
-async fn list_environments(State(a): S, _: Api, q: Query) -> ApiResult<Response> {
-    page(a.registry.environments(q.flag("include_archived")), &q, 100)
+async fn list_environments(State(a): S, Api(team): Api, q: Query) -> ApiResult<Response> {
+    let all = a.registry.environments(q.flag("include_archived"));
+    team_page(&a, &team, all, &q, 100).await
 }
 
 async fn get_environment(
@@ -315,18 +387,20 @@ async fn work_update(
     ok(a.queue.update(&env, &id, &body(&b)?).await?)
 }
 
-async fn create_session(State(a): S, _: Api, b: Bytes) -> ApiResult<Response> {
-    ok(a.create_session(&body(&b)?).await?)
+async fn create_session(State(a): S, Api(team): Api, b: Bytes) -> ApiResult<Response> {
+    let b = body(&b)?;
+    check_references(&a, &team, &b).await?;
+    created(&a, &team, a.create_session(&b).await?).await
 }
 
-async fn list_sessions(State(a): S, _: Api, q: Query) -> ApiResult<Response> {
+async fn list_sessions(State(a): S, Api(team): Api, q: Query) -> ApiResult<Response> {
     let filter = SessionFilter {
         include_archived: q.flag("include_archived"),
         agent_id: q.one("agent_id").map(str::to_string),
         statuses: q.all("statuses"),
         ascending: q.one("order") == Some("asc"),
     };
-    page(a.sessions.list(&filter).await?, &q, 100)
+    team_page(&a, &team, a.sessions.list(&filter).await?, &q, 100).await
 }
 
 async fn get_session(
@@ -341,12 +415,14 @@ async fn get_session(
 
 async fn update_session(
     State(a): S,
-    _: Api,
+    Api(team): Api,
     Path(id): Path<String>,
     b: Bytes,
 ) -> ApiResult<Response> {
     a.sessions.ensure(&id).await?;
-    ok(a.update_session(&id, &body(&b)?).await?)
+    let b = body(&b)?;
+    check_references(&a, &team, &b).await?;
+    ok(a.update_session(&id, &b).await?)
 }
 
 async fn archive_session(State(a): S, _: Api, Path(id): Path<String>) -> ApiResult<Response> {
@@ -427,12 +503,13 @@ async fn stream_events(
         .into_response())
 }
 
-async fn create_store(State(a): S, _: Api, b: Bytes) -> ApiResult<Response> {
-    ok(a.memory.create_store(&body(&b)?).await?)
+async fn create_store(State(a): S, Api(team): Api, b: Bytes) -> ApiResult<Response> {
+    created(&a, &team, a.memory.create_store(&body(&b)?).await?).await
 }
 
-async fn list_stores(State(a): S, _: Api, q: Query) -> ApiResult<Response> {
-    page(a.memory.stores(q.flag("include_archived")), &q, 100)
+async fn list_stores(State(a): S, Api(team): Api, q: Query) -> ApiResult<Response> {
+    let all = a.memory.stores(q.flag("include_archived"));
+    team_page(&a, &team, all, &q, 100).await
 }
 
 async fn get_store(
@@ -472,11 +549,13 @@ async fn list_resources(
 
 async fn add_resource(
     State(a): S,
-    _: Api,
+    Api(team): Api,
     Path(id): Path<String>,
     b: Bytes,
 ) -> ApiResult<Response> {
-    ok(a.add_resource(&id, &body(&b)?).await?)
+    let b = body(&b)?;
+    check_references(&a, &team, &b).await?;
+    ok(a.add_resource(&id, &b).await?)
 }
 
 async fn get_resource(
@@ -504,12 +583,13 @@ async fn delete_resource(
     ok(a.delete_resource(&id, &rid).await?)
 }
 
-async fn create_vault(State(a): S, _: Api, b: Bytes) -> ApiResult<Response> {
-    ok(a.vaults.create_vault(&body(&b)?).await?)
+async fn create_vault(State(a): S, Api(team): Api, b: Bytes) -> ApiResult<Response> {
+    created(&a, &team, a.vaults.create_vault(&body(&b)?).await?).await
 }
 
-async fn list_vaults(State(a): S, _: Api, q: Query) -> ApiResult<Response> {
-    page(a.vaults.vaults(q.flag("include_archived")).await?, &q, 100)
+async fn list_vaults(State(a): S, Api(team): Api, q: Query) -> ApiResult<Response> {
+    let all = a.vaults.vaults(q.flag("include_archived")).await?;
+    team_page(&a, &team, all, &q, 100).await
 }
 
 async fn get_vault(State(a): S, _: Api, Path(id): Path<String>) -> ApiResult<Response> {
@@ -716,7 +796,7 @@ async fn upload(mut form: Multipart) -> ApiResult<(Vec<crate::skills::File>, Opt
     Ok((files, display_name))
 }
 
-async fn upload_file(State(a): S, _: Api, mut form: Multipart) -> ApiResult<Response> {
+async fn upload_file(State(a): S, Api(team): Api, mut form: Multipart) -> ApiResult<Response> {
     let bad = |e: axum::extract::multipart::MultipartError| ApiError::invalid(format!("file: {e}"));
     let (mut file, mut expires) = (None, None);
     while let Some(field) = form.next_field().await.map_err(bad)? {
@@ -742,17 +822,19 @@ async fn upload_file(State(a): S, _: Api, mut form: Multipart) -> ApiResult<Resp
     }
     let (filename, mime_type, bytes) =
         file.ok_or_else(|| ApiError::invalid("file: required (a multipart file field)"))?;
-    ok(a.files
+    let file = a
+        .files
         .upload(crate::files::Upload {
             filename,
             mime_type,
             bytes,
             expires_in_seconds: expires,
         })
-        .await?)
+        .await?;
+    created(&a, &team, file).await
 }
 
-async fn list_files(State(a): S, _: Api, q: Query) -> ApiResult<Response> {
+async fn list_files(State(a): S, Api(team): Api, q: Query) -> ApiResult<Response> {
     let ids = q.all("ids");
     if ids.len() > 100 {
         return Err(ApiError::invalid("ids: at most 100"));
@@ -765,7 +847,7 @@ async fn list_files(State(a): S, _: Api, q: Query) -> ApiResult<Response> {
         // made here: outputs stay in the session's sandbox.
         return page(Vec::<Value>::new(), &q, 1000);
     }
-    page(a.files.list(&ids).await?, &q, 1000)
+    team_page(&a, &team, a.files.list(&ids).await?, &q, 1000).await
 }
 
 async fn get_file(State(a): S, _: Api, Path(id): Path<String>) -> ApiResult<Response> {
@@ -789,13 +871,13 @@ async fn file_content(State(a): S, _: Api, Path(id): Path<String>) -> ApiResult<
     Ok((headers, bytes).into_response())
 }
 
-async fn create_skill(State(a): S, _: Api, form: Multipart) -> ApiResult<Response> {
+async fn create_skill(State(a): S, Api(team): Api, form: Multipart) -> ApiResult<Response> {
     let (files, display_name) = upload(form).await?;
-    ok(a.skills.create_skill(files, display_name).await?)
+    created(&a, &team, a.skills.create_skill(files, display_name).await?).await
 }
 
-async fn list_skills(State(a): S, _: Api, q: Query) -> ApiResult<Response> {
-    page(a.skills.skills(), &q, 100)
+async fn list_skills(State(a): S, Api(team): Api, q: Query) -> ApiResult<Response> {
+    team_page(&a, &team, a.skills.skills(), &q, 100).await
 }
 
 async fn get_skill(State(a): S, _: Api, Path(id): Path<String>) -> ApiResult<Response> {

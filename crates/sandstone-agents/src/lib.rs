@@ -56,6 +56,7 @@ mod registry;
 mod resources;
 mod sessions;
 mod skills;
+mod teams;
 mod turn;
 mod validate;
 pub mod vaults;
@@ -74,13 +75,17 @@ use std::time::Duration;
 /// address it resolved to; an error says which rule denied it.
 pub type Outbound = Arc<dyn Fn(&str, std::net::IpAddr) -> Result<(), String> + Send + Sync>;
 
-/// Checks a server API key (the daemon's own keys): its role, or `None`
-/// when it lets no request in.
-pub type ApiKeyCheck = Arc<
-    dyn Fn(String) -> futures_util::future::BoxFuture<'static, Option<sandstone_api::auth::Role>>
-        + Send
-        + Sync,
->;
+/// What a server API key lets a request do: its role, in its team.
+#[derive(Debug, Clone, PartialEq)]
+pub struct KeyGrant {
+    pub role: sandstone_api::auth::Role,
+    pub team: String,
+}
+
+/// Checks a server API key (the daemon's own keys): what it grants, or
+/// `None` when it lets no request in.
+pub type ApiKeyCheck =
+    Arc<dyn Fn(String) -> futures_util::future::BoxFuture<'static, Option<KeyGrant>> + Send + Sync>;
 
 #[derive(Clone)]
 pub struct Config {
@@ -124,6 +129,7 @@ pub struct Agents {
     skills: skills::Skills,
     vaults: vaults::Vaults,
     files: files::Files,
+    owners: teams::Owners,
     mcp: mcp_calls::McpPool,
     config: Config,
     api_keys: ApiKeyCheck,
@@ -164,6 +170,7 @@ impl Agents {
         let memory = memory::Memories::load(store.clone()).await?;
         let skills = skills::Skills::load(store.clone()).await?;
         let vaults = vaults::Vaults::new(store.clone(), sealer);
+        let owners = teams::Owners::load(store.clone()).await?;
         let files = files::Files::new(store);
         let running = sessions.running();
         let agents = Arc::new(Agents {
@@ -175,6 +182,7 @@ impl Agents {
             skills,
             vaults,
             files,
+            owners,
             mcp: mcp_calls::McpPool::new(config.outbound.clone()),
             config,
             api_keys,
@@ -187,6 +195,11 @@ impl Agents {
             turn::drive(agents.clone(), &id);
         }
         Ok(agents)
+    }
+
+    /// The team that made a top-level object (an environment, say).
+    pub async fn team_of(&self, id: &str) -> ApiResult<String> {
+        self.owners.team_of(id).await
     }
 
     /// Queues work for `session` in `env` unless it has a live item or the

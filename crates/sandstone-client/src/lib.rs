@@ -31,6 +31,9 @@ pub struct Client {
     base: String,
     token: String,
     http: reqwest::Client,
+    /// The team its calls act for (`x-sandstone-team`): heeded only for
+    /// the daemon's own key, which acts for every team.
+    team: Option<String>,
 }
 
 impl Client {
@@ -39,6 +42,7 @@ impl Client {
             base: base.trim_end_matches('/').to_string(),
             token: token.to_string(),
             http: reqwest::Client::new(),
+            team: None,
         }
     }
 
@@ -61,19 +65,25 @@ impl Client {
         }
     }
 
+    /// The same client, its calls acting for `team`.
+    pub fn for_team(mut self, team: &str) -> Client {
+        self.team = Some(team.to_string());
+        self
+    }
+
     fn url(&self, path: &str) -> String {
         format!("{}{path}", self.base)
     }
 
     async fn send(&self, req: reqwest::RequestBuilder) -> Result<reqwest::Response> {
-        let resp = req
-            .bearer_auth(&self.token)
-            .send()
-            .await
-            .map_err(|source| Error::Connect {
-                url: self.base.clone(),
-                source,
-            })?;
+        let mut req = req.bearer_auth(&self.token);
+        if let Some(team) = &self.team {
+            req = req.header("x-sandstone-team", team);
+        }
+        let resp = req.send().await.map_err(|source| Error::Connect {
+            url: self.base.clone(),
+            source,
+        })?;
         if resp.status().is_success() {
             return Ok(resp);
         }

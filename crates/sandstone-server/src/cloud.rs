@@ -228,6 +228,14 @@ impl Cloud {
         {
             return Ok(w.clone());
         }
+        // Its sessions' sandboxes are made in the environment's team.
+        let team = match self.agents.upgrade() {
+            Some(a) => a
+                .team_of(&env.id)
+                .await
+                .map_err(|e| unservable(format!("environment {}: {e}", env.id)))?,
+            None => return Err(unservable("the daemon is stopping".into())),
+        };
         let config = sandstone_worker::Config {
             environment_id: env.id.clone(),
             // Each item brings its own sessions token.
@@ -243,6 +251,7 @@ impl Cloud {
             memory_sync_interval: Some(MEMORY_SYNC),
             concurrency: 1,
             on_work: None,
+            team: Some(team),
         };
         let worker = Arc::new(Worker::new(config, self.shutdown.clone()));
         lock(&self.workers).insert(env.id.clone(), (cloud.clone(), worker.clone()));

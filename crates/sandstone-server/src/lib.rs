@@ -129,6 +129,7 @@ fn stated_team(headers: &axum::http::HeaderMap) -> String {
     headers
         .get(TEAM_HEADER)
         .and_then(|v| v.to_str().ok())
+        .filter(|t| !t.is_empty())
         .unwrap_or(sandstone_db::DEFAULT_TEAM)
         .to_string()
 }
@@ -543,7 +544,15 @@ pub async fn run(mut config: Config) -> anyhow::Result<()> {
     let keys = st.keys.clone();
     let api_keys: sandstone_agents::ApiKeyCheck = Arc::new(move |token: String| {
         let keys = keys.clone();
-        Box::pin(async move { keys.verify(&token).await.ok().map(|k| k.role) })
+        Box::pin(async move {
+            keys.verify(&token)
+                .await
+                .ok()
+                .map(|k| sandstone_agents::KeyGrant {
+                    role: k.role,
+                    team: k.team_id,
+                })
+        })
     });
     let mut agents_config = config.agents.clone();
     // Claims on driving a session's turn are this node's.

@@ -54,6 +54,10 @@ pub struct Config {
     pub concurrency: usize,
     /// `poll --on-work`: a program each session item is handed to instead.
     pub on_work: Option<std::path::PathBuf>,
+    /// The team whose sandboxes the sessions get, when `sandstone_token`
+    /// is the daemon's own key (its `cloud` environments); an API key's
+    /// sandboxes are always its own team's.
+    pub team: Option<String>,
 }
 
 /// A worker process's shared state.
@@ -69,12 +73,15 @@ pub struct Worker {
 impl Worker {
     pub fn new(config: Config, shutdown: watch::Receiver<bool>) -> Worker {
         // Any daemon call ends, the longest tool call included.
-        let client = sandstone_client::Client::with_timeouts(
+        let mut client = sandstone_client::Client::with_timeouts(
             &config.sandstone_url,
             config.sandstone_token.expose(),
             Duration::from_secs(5),
             tools::MAX_TOOL_TIME + Duration::from_secs(60),
         );
+        if let Some(team) = &config.team {
+            client = client.for_team(team);
+        }
         Worker {
             cma: Cma::new(&config.base_url),
             sandboxes: SessionSandboxes {

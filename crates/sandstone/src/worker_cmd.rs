@@ -148,6 +148,7 @@ impl Common {
             network: self.network()?,
             custom_tools: Arc::new(self.custom_tools()?),
             memory_sync_interval: self.memory_interval()?,
+            team: None,
             concurrency,
             on_work: None,
         })

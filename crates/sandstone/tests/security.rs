@@ -1000,8 +1000,8 @@ async fn a_team_sees_only_its_own() {
             .map(|s| s["id"].as_str().unwrap().to_string())
             .collect()
     };
-    assert_eq!(ids(&blue_dev).await, [blue_sb.clone()]);
-    assert_eq!(ids(&red).await, [red_sb.clone()]);
+    assert_eq!(ids(&blue_dev).await, std::slice::from_ref(&blue_sb));
+    assert_eq!(ids(&red).await, std::slice::from_ref(&red_sb));
     let (s, snap) = call(
         &red,
         Method::POST,
@@ -1210,4 +1210,161 @@ async fn a_team_sees_only_its_own() {
         assert!(log.contains(needle), "{needle}: {log}");
     }
     assert!(!log.contains(&blue_dev) && !log.contains(&red));
+}
+
+/// Managed Agents objects belong to the team of the key that made them:
+/// another team's are not listed, every route naming one is a 404 (the
+/// SSE stream and the worker's poll included), and a session cannot be
+/// made of them.
+#[tokio::test(flavor = "multi_thread")]
+async fn managed_agents_objects_stay_in_their_team() {
+    use common::agents::{mem, v1};
+    use reqwest::Method;
+    let d = Daemon::start().await;
+    let (s, blue) = d.post("/teams", json!({"name": "blue"})).await;
+    assert_eq!(s, 201, "{blue}");
+    let (s, k) = d
+        .post(
+            "/api-keys",
+            json!({"name": "b", "roles": ["developer"], "team_id": blue["data"]["id"]}),
+        )
+        .await;
+    assert_eq!(s, 201, "{k}");
+    let blue = k["data"]["key"].as_str().unwrap().to_string();
+    let red = d.token.clone();
+    let made = async |key: &str, path: &str, body: serde_json::Value| {
+        let (s, v, _) = v1(&d, key, Method::POST, path, Some(body)).await;
+        assert_eq!(s, 200, "{path}: {v}");
+        v["id"].as_str().unwrap().to_string()
+    };
+    let agent = made(&red, "/agents", json!({"name": "red", "model": "m"})).await;
+    let env = made(
+        &red,
+        "/environments",
+        json!({"name": "red", "config": {"type": "self_hosted"}}),
+    )
+    .await;
+    let vault = made(&red, "/vaults", json!({"display_name": "red"})).await;
+    let (s, store) = mem(
+        &d,
+        &red,
+        Method::POST,
+        "/memory_stores",
+        Some(json!({"name": "red"})),
+    )
+    .await;
+    assert_eq!(s, 200, "{store}");
+    let store = store["id"].as_str().unwrap().to_string();
+    let session = made(
+        &red,
+        "/sessions",
+        json!({"agent": agent, "environment_id": env, "vault_ids": [vault]}),
+    )
+    .await;
+
+    // Blue lists none of them and reaches none of them.
+    for list in ["/agents", "/environments", "/vaults", "/sessions"] {
+        let (s, v, _) = v1(&d, &blue, Method::GET, list, None).await;
+        assert_eq!(s, 200, "{list}: {v}");
+        assert_eq!(v["data"].as_array().unwrap().len(), 0, "{list}: {v}");
+    }
+    let (s, v) = mem(&d, &blue, Method::GET, "/memory_stores", None).await;
+    assert_eq!((s, v["data"].as_array().unwrap().len()), (200, 0), "{v}");
+    for (method, path, body) in [
+        (Method::GET, format!("/agents/{agent}"), None),
+        (
+            Method::POST,
+            format!("/agents/{agent}"),
+            Some(json!({"version": 1, "name": "stolen"})),
+        ),
+        (Method::GET, format!("/environments/{env}"), None),
+        (Method::GET, format!("/environments/{env}/work/poll"), None),
+        (Method::GET, format!("/vaults/{vault}/credentials"), None),
+        (Method::GET, format!("/sessions/{session}"), None),
+        (Method::GET, format!("/sessions/{session}/events"), None),
+        (
+            Method::GET,
+            format!("/sessions/{session}/events/stream"),
+            None,
+        ),
+        (
+            Method::POST,
+            format!("/sessions/{session}/events"),
+            Some(json!({"events": [{"type": "user.interrupt"}]})),
+        ),
+        (Method::DELETE, format!("/sessions/{session}"), None),
+        (
+            Method::POST,
+            "/sessions".to_string(),
+            Some(json!({"agent": agent, "environment_id": env})),
+        ),
+    ] {
+        let (s, v, _) = v1(&d, &blue, method.clone(), &path, body).await;
+        assert_eq!(s, 404, "blue {method} {path}: {v}");
+    }
+    let (s, v) = mem(
+        &d,
+        &blue,
+        Method::GET,
+        &format!("/memory_stores/{store}/memories"),
+        None,
+    )
+    .await;
+    assert_eq!(s, 404, "{v}");
+
+    // Blue's own work is its own; red does not see it, and blue cannot
+    // put red's vault on it.
+    let blue_agent = made(&blue, "/agents", json!({"name": "blue", "model": "m"})).await;
+    let blue_env = made(
+        &blue,
+        "/environments",
+        json!({"name": "blue", "config": {"type": "self_hosted"}}),
+    )
+    .await;
+    let (s, v, _) = v1(
+        &d,
+        &blue,
+        Method::POST,
+        "/sessions",
+        Some(json!({"agent": blue_agent, "environment_id": blue_env, "vault_ids": [vault]})),
+    )
+    .await;
+    assert_eq!(s, 404, "{v}");
+    made(
+        &blue,
+        "/sessions",
+        json!({"agent": blue_agent, "environment_id": blue_env}),
+    )
+    .await;
+    let (_, v, _) = v1(&d, &red, Method::GET, "/agents", None).await;
+    let names: Vec<&str> = v["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["red"], "{v}");
+    let (s, _, _) = v1(
+        &d,
+        &red,
+        Method::GET,
+        &format!("/agents/{blue_agent}"),
+        None,
+    )
+    .await;
+    assert_eq!(s, 404);
+    // Red's agent is as it was.
+    let (_, v, _) = v1(&d, &red, Method::GET, &format!("/agents/{agent}"), None).await;
+    assert_eq!(v["name"], "red", "{v}");
+
+    let log = std::fs::read_to_string(d.data.path().join("daemon.log")).unwrap();
+    for needle in [
+        "refused: agent of another team",
+        "refused: session of another team",
+        "refused: vault of another team",
+        "refused: memory store of another team",
+        "refused: environment of another team",
+    ] {
+        assert!(log.contains(needle), "{needle}: {log}");
+    }
 }

@@ -103,8 +103,11 @@ impl Plane {
             rt.block_on(async move {
                 let store = location.open().await.unwrap();
                 let api_keys: ApiKeyCheck = Arc::new(move |t: String| {
-                    let role = (t == token).then_some(sandstone_api::auth::Role::Admin);
-                    Box::pin(async move { role })
+                    let grant = (t == token).then(|| sandstone_agents::KeyGrant {
+                        role: sandstone_api::auth::Role::Admin,
+                        team: sandstone_db::DEFAULT_TEAM.into(),
+                    });
+                    Box::pin(async move { grant })
                 });
                 let sealer = Arc::new(sandstone_db::secrets::Sealer::from_key(key));
                 let agents = Agents::start(store, config, api_keys, sealer)
