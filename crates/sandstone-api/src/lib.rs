@@ -634,7 +634,8 @@ pub struct Template {
     pub id: String,
     pub template_id: String,
     pub description: String,
-    /// `public` for every template: the daemon has no teams yet.
+    /// `team` for a template a team made (only its keys see it), `public`
+    /// for a shared one.
     pub scope: String,
     pub spec: TemplateSpec,
     /// Present while the template is being made.

@@ -407,6 +407,17 @@ pub trait Store: Send + Sync {
     /// Inserts a team; `false` when its id or name is taken.
     fn insert_team<'a>(&'a self, team: &'a TeamRow) -> BoxFuture<'a, Result<bool>>;
     fn list_teams(&self) -> BoxFuture<'_, Result<Vec<TeamRow>>>;
+    /// Records that `team` made template `template` (by its id).
+    fn set_template_team<'a>(
+        &'a self,
+        template: &'a str,
+        team: &'a str,
+    ) -> BoxFuture<'a, Result<()>>;
+    /// The team of a template a user made; `None` for a shared one.
+    fn template_team<'a>(&'a self, template: &'a str) -> BoxFuture<'a, Result<Option<String>>>;
+    /// Every template's team, by template id (shared ones are absent).
+    fn template_teams(&self) -> BoxFuture<'_, Result<std::collections::HashMap<String, String>>>;
+    fn delete_template_team<'a>(&'a self, template: &'a str) -> BoxFuture<'a, Result<()>>;
     /// Audit records of a sandbox that `q` selects, oldest first, with
     /// their sequence numbers.
     fn list_audit<'a>(

@@ -184,8 +184,9 @@ const MIGRATIONS: &[&str] = &[
     ALTER TABLE api_keys ADD COLUMN usage_count BIGINT NOT NULL DEFAULT 0;
     UPDATE api_keys SET id = 'key_' || substr(token_hash, 1, 24), updated_at = created_at;
     CREATE UNIQUE INDEX api_keys_by_id ON api_keys (id);",
-    // #16: teams. Keys, sandboxes, snapshots and credential sources
-    // belong to one;
+    // #16: teams. Keys, sandboxes, snapshots, credential sources and the
+    // templates users make belong to one (a template with no team is
+    // shared);
     // what there was belongs to `default`. A credential source's name is
     // unique within its team.
     "CREATE TABLE teams (
@@ -194,6 +195,10 @@ const MIGRATIONS: &[&str] = &[
         created_at BIGINT NOT NULL
     );
     INSERT INTO teams (id, name, created_at) VALUES ('default', 'default', 0);
+    CREATE TABLE template_teams (
+        template_id TEXT PRIMARY KEY,
+        team_id TEXT NOT NULL
+    );
     ALTER TABLE api_keys ADD COLUMN team_id TEXT NOT NULL DEFAULT 'default';
     ALTER TABLE sandboxes ADD COLUMN team_id TEXT NOT NULL DEFAULT 'default';
     ALTER TABLE snapshots ADD COLUMN team_id TEXT NOT NULL DEFAULT 'default';

@@ -738,6 +738,55 @@ impl Store for Backend {
         })
     }
 
+    fn set_template_team<'a>(
+        &'a self,
+        template: &'a str,
+        team: &'a str,
+    ) -> BoxFuture<'a, Result<()>> {
+        Box::pin(async move {
+            sqlx::query(
+                "INSERT INTO template_teams (template_id, team_id) VALUES ($1, $2)
+                 ON CONFLICT (template_id) DO UPDATE SET team_id = excluded.team_id",
+            )
+            .bind(template)
+            .bind(team)
+            .execute(&self.pool)
+            .await?;
+            Ok(())
+        })
+    }
+
+    fn template_team<'a>(&'a self, template: &'a str) -> BoxFuture<'a, Result<Option<String>>> {
+        Box::pin(async move {
+            Ok(
+                sqlx::query_scalar("SELECT team_id FROM template_teams WHERE template_id = $1")
+                    .bind(template)
+                    .fetch_optional(&self.pool)
+                    .await?,
+            )
+        })
+    }
+
+    fn template_teams(&self) -> BoxFuture<'_, Result<std::collections::HashMap<String, String>>> {
+        Box::pin(async move {
+            let rows: Vec<(String, String)> =
+                sqlx::query_as("SELECT template_id, team_id FROM template_teams")
+                    .fetch_all(&self.pool)
+                    .await?;
+            Ok(rows.into_iter().collect())
+        })
+    }
+
+    fn delete_template_team<'a>(&'a self, template: &'a str) -> BoxFuture<'a, Result<()>> {
+        Box::pin(async move {
+            sqlx::query("DELETE FROM template_teams WHERE template_id = $1")
+                .bind(template)
+                .execute(&self.pool)
+                .await?;
+            Ok(())
+        })
+    }
+
     fn delete_credential<'a>(&'a self, team: &'a str, name: &'a str) -> BoxFuture<'a, Result<()>> {
         Box::pin(async move {
             let done =

@@ -977,19 +977,19 @@ async fn a_team_sees_only_its_own() {
     let blue_admin = key("blue admin", "admin", Some(&blue_id)).await;
 
     // Each team makes a sandbox; the other's is not there.
-    let create = async |token: &str| {
+    let create_from = async |token: &str, template: &str| {
         let (s, v) = call(
             token,
             Method::POST,
             "/api/v1/sandboxes",
-            Some(json!({"template": "host"})),
+            Some(json!({ "template": template })),
         )
         .await;
         assert_eq!(s, 201, "{v}");
         v["data"]["sandbox_id"].as_str().unwrap().to_string()
     };
-    let red_sb = create(&red).await;
-    let blue_sb = create(&blue_dev).await;
+    let red_sb = create_from(&red, "host").await;
+    let blue_sb = create_from(&blue_dev, "host").await;
     d.sh(&red_sb, "echo red-secret > /workspace/f").await;
     let ids = async |token: &str| -> Vec<String> {
         let (_, v) = call(token, Method::GET, "/api/v1/sandboxes", None).await;
@@ -1020,6 +1020,30 @@ async fn a_team_sees_only_its_own() {
     )
     .await;
     assert_eq!(s, 201, "{v}");
+    let (s, v) = call(
+        &red,
+        Method::POST,
+        "/api/v1/templates/from-sandbox",
+        Some(json!({"sandbox_id": red_sb, "template_id": "red-tpl"})),
+    )
+    .await;
+    assert_eq!(s, 202, "{v}");
+    let templates = async |token: &str| -> Vec<String> {
+        let (_, v) = call(token, Method::GET, "/api/v1/templates", None).await;
+        v["data"]["templates"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t["template_id"].as_str().unwrap().to_string())
+            .collect()
+    };
+    // Shared templates are everyone's; a team's own are its.
+    assert!(templates(&red).await.contains(&"red-tpl".to_string()));
+    let blue_sees = templates(&blue_dev).await;
+    assert!(
+        blue_sees.contains(&"host".to_string()) && !blue_sees.contains(&"red-tpl".to_string()),
+        "{blue_sees:?}"
+    );
 
     // Every way into the red sandbox, from blue: 404, as for no sandbox.
     let (s, none) = call(
@@ -1080,6 +1104,17 @@ async fn a_team_sees_only_its_own() {
             "/api/v1/templates/from-sandbox".to_string(),
             Some(json!({"sandbox_id": red_sb, "template_id": "stolen"})),
         ),
+        (Method::GET, "/api/v1/templates/red-tpl".to_string(), None),
+        (
+            Method::DELETE,
+            "/api/v1/templates/red-tpl".to_string(),
+            None,
+        ),
+        (
+            Method::POST,
+            "/api/v1/sandboxes".to_string(),
+            Some(json!({"template": "red-tpl"})),
+        ),
         (
             Method::GET,
             "/api/v1/credential-sources/gh".to_string(),
@@ -1093,7 +1128,8 @@ async fn a_team_sees_only_its_own() {
     ] {
         let (s, v) = call(&blue_dev, method.clone(), &path, body).await;
         assert_eq!(s, 404, "blue {method} {path}: {v}");
-        assert!(!v.to_string().contains("red-"), "{v}");
+        let v = v.to_string();
+        assert!(!v.contains("red-secret") && !v.contains("red-token"), "{v}");
     }
     // The WebSockets too, with the key as a header or as a browser sends
     // it (a subprotocol).
@@ -1136,7 +1172,8 @@ async fn a_team_sees_only_its_own() {
     )
     .await;
     assert_eq!(s, 201, "{v}");
-    // The red sandbox and its snapshot are untouched.
+    // The red sandbox, its snapshot and template are untouched.
+    create_from(&red, "red-tpl").await;
     let (s, v) = call(
         &red,
         Method::GET,
@@ -1205,6 +1242,7 @@ async fn a_team_sees_only_its_own() {
         "refused: sandbox of another team",
         "refused: snapshot of another team",
         "refused: capturing a sandbox of another team",
+        "refused: template of another team",
         "refused: an API key of another team",
     ] {
         assert!(log.contains(needle), "{needle}: {log}");

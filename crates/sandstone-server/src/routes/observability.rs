@@ -161,6 +161,7 @@ const RESOURCE_TYPE: &str = "sandbox";
 /// that would allow it (computed against the current policy).
 struct Renderer {
     sandbox: String,
+    team: String,
     node: String,
     policy: Option<sandstone_egress::policy::CompiledPolicy>,
     operator: Option<sandstone_egress::OperatorRules>,
@@ -170,6 +171,7 @@ impl Renderer {
     fn new(st: &AppState, r: &sandstone_db::SandboxRow) -> Renderer {
         Renderer {
             sandbox: r.id.clone(),
+            team: r.team_id.clone(),
             node: st.lifecycle.node.clone(),
             policy: st
                 .lifecycle
@@ -197,7 +199,7 @@ impl Renderer {
         Event {
             event_id: obs::event_id(seq),
             schema_version: obs::SCHEMA_VERSION,
-            team_id: "default".into(),
+            team_id: self.team.clone(),
             sandbox_id: self.sandbox.clone(),
             region_id: "local".into(),
             cluster_id: self.node.clone(),

@@ -42,7 +42,7 @@ pub fn to_sandbox(st: &AppState, row: &SandboxRow) -> api::Sandbox {
     api::Sandbox {
         id: row.id.clone(),
         template_id: template_base(&row.template).to_string(),
-        team_id: "default".into(),
+        team_id: row.team_id.clone(),
         status: api_status(row.status).into(),
         paused: row.status == SandboxStatus::Paused,
         auto_resume: config.auto_resume.unwrap_or(true),
@@ -75,6 +75,7 @@ pub async fn claim(
             "invalid field `template`: 1 to 128 characters",
         ));
     }
+    super::templates::check_template_team(&st, &by.team, &template).await?;
     let config = req.config.clone().unwrap_or_default();
     let started = std::time::Instant::now();
     let row = match st

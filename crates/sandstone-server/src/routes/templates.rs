@@ -99,21 +99,54 @@ fn storage_error(e: impl std::fmt::Display) -> ApiError {
     ApiError::internal(e.to_string())
 }
 
-pub async fn list(State(st): State<AppState>) -> ApiResult<Response> {
+/// A template as its team sees it: `team` when a team made it, `public`
+/// (everyone's) otherwise.
+fn scoped(owned: bool, mut t: api::Template) -> api::Template {
+    if owned {
+        t.scope = "team".into();
+    }
+    t
+}
+
+/// Refuses a template another team made exactly as one that does not
+/// exist (shared templates, those with no team, are everyone's).
+pub(crate) async fn check_template_team(st: &AppState, team: &str, id: &str) -> ApiResult<()> {
+    let base = sandstone_volumes::template_base(id);
+    match st.lifecycle.store.template_team(base).await? {
+        Some(owner) if owner != team => {
+            tracing::warn!(target: "sandstone::audit", team, object = base,
+                "refused: template of another team");
+            Err(ApiError::not_found("template", base))
+        }
+        _ => Ok(()),
+    }
+}
+
+pub async fn list(
+    State(st): State<AppState>,
+    Extension(by): Extension<Caller>,
+) -> ApiResult<Response> {
+    let teams = st.lifecycle.store.template_teams().await?;
     let list = st
         .lifecycle
         .storage
         .templates()
         .map_err(storage_error)?
         .into_iter()
-        .map(to_api)
+        .filter(|t| teams.get(&t.id).is_none_or(|owner| *owner == by.team))
+        .map(|t| scoped(teams.contains_key(&t.id), to_api(t)))
         .collect();
     Ok(ok(StatusCode::OK, api::TemplateList { templates: list }))
 }
 
 /// `GET /api/v1/templates/{id}`: a template, or one being pulled (with
 /// its creation status).
-pub async fn get(State(st): State<AppState>, Path(id): Path<String>) -> ApiResult<Response> {
+pub async fn get(
+    State(st): State<AppState>,
+    Extension(by): Extension<Caller>,
+    Path(id): Path<String>,
+) -> ApiResult<Response> {
+    check_template_team(&st, &by.team, &id).await?;
     if let Some(c) = st.lifecycle.creating(&id) {
         return Ok(ok(StatusCode::OK, creating(&id, c)));
     }
@@ -125,7 +158,8 @@ pub async fn get(State(st): State<AppState>, Path(id): Path<String>) -> ApiResul
         .into_iter()
         .find(|t| t.id == id)
         .ok_or_else(|| ApiError::not_found("template", &id))?;
-    Ok(ok(StatusCode::OK, to_api(t)))
+    let owned = st.lifecycle.store.template_team(&t.id).await?.is_some();
+    Ok(ok(StatusCode::OK, scoped(owned, to_api(t))))
 }
 
 /// A size field of the request: a quantity of at least `min` bytes.
@@ -223,20 +257,27 @@ fn pulled_from(spec: api::TemplateSpecRequest) -> ApiResult<sandstone_volumes::P
 /// Sandbox0's image templates are ready on creation).
 pub async fn create(
     State(st): State<AppState>,
+    Extension(by): Extension<Caller>,
     JsonBody(req): JsonBody<api::TemplateCreateRequest>,
 ) -> ApiResult<Response> {
     let pulled = pulled_from(req.spec)?;
     let t = st.lifecycle.pull_template(&req.template_id, pulled).await?;
-    Ok(ok(StatusCode::CREATED, to_api(t)))
+    st.lifecycle
+        .store
+        .set_template_team(&t.id, &by.team)
+        .await?;
+    Ok(ok(StatusCode::CREATED, scoped(true, to_api(t))))
 }
 
 /// `PUT /api/v1/templates/{id}`: a new version of a template made from an
 /// image, ready when this answers. Its sandboxes so far keep theirs.
 pub async fn update(
     State(st): State<AppState>,
+    Extension(by): Extension<Caller>,
     Path(id): Path<String>,
     JsonBody(req): JsonBody<api::TemplateUpdateRequest>,
 ) -> ApiResult<Response> {
+    check_template_team(&st, &by.team, &id).await?;
     let pulled = pulled_from(req.spec)?;
     let t = st.lifecycle.update_template(&id, pulled).await?;
     Ok(ok(StatusCode::OK, to_api(t)))
@@ -283,7 +324,11 @@ pub async fn from_sandbox(
         .lifecycle
         .capture_template(&req.sandbox_id, &req.template_id, key.as_deref())
         .await?;
-    let mut out = to_api(t);
+    st.lifecycle
+        .store
+        .set_template_team(&t.id, &by.team)
+        .await?;
+    let mut out = scoped(true, to_api(t));
     out.status = Some(api::TemplateStatus {
         creation: api::CreationStatus {
             state: api::CreationState::Ready,
@@ -334,12 +379,17 @@ async fn save_body(st: &AppState, body: axum::body::Body) -> ApiResult<tempfile:
 /// output), written to a private file as it arrives, then imported.
 pub async fn import(
     State(st): State<AppState>,
+    Extension(by): Extension<Caller>,
     Query(q): Query<HashMap<String, String>>,
     body: axum::body::Body,
 ) -> ApiResult<Response> {
     let name = name_of(&q)?;
     let file = save_body(&st, body).await?;
     let done = st.lifecycle.import_template(&name, file.path()).await?;
+    st.lifecycle
+        .store
+        .set_template_team(&name, &by.team)
+        .await?;
     Ok(ok(
         StatusCode::CREATED,
         serde_json::json!({
@@ -361,6 +411,7 @@ const SANDSTONEFILE: &str = "Sandstonefile";
 /// (`BuildEvent`), ending in `done` or `failed`.
 pub async fn build(
     State(st): State<AppState>,
+    Extension(by): Extension<Caller>,
     Query(q): Query<HashMap<String, String>>,
     body: axum::body::Body,
 ) -> ApiResult<Response> {
@@ -394,7 +445,13 @@ pub async fn build(
             steps,
             context: context.path().to_path_buf(),
         };
+        let name = spec.name.clone();
         lifecycle.build_template(spec, &tx).await;
+        if lifecycle.storage.template(&name).is_ok()
+            && let Err(e) = lifecycle.store.set_template_team(&name, &by.team).await
+        {
+            tracing::warn!(template = %name, error = %e, "recording a built template's team");
+        }
         // The context goes once the build is over.
         drop(context);
     });
@@ -429,9 +486,11 @@ pub async fn prune(State(st): State<AppState>) -> ApiResult<Response> {
 /// only it used.
 pub async fn delete(
     State(st): State<AppState>,
+    Extension(by): Extension<Caller>,
     Path(id): Path<String>,
     Query(q): Query<HashMap<String, String>>,
 ) -> ApiResult<Response> {
+    check_template_team(&st, &by.team, &id).await?;
     let force = match q.get("force").map(String::as_str) {
         None | Some("false") => false,
         Some("true") => true,
@@ -442,6 +501,7 @@ pub async fn delete(
         }
     };
     let removed = st.lifecycle.delete_template(&id, force).await?;
+    st.lifecycle.store.delete_template_team(&id).await?;
     Ok(ok(
         StatusCode::OK,
         serde_json::json!({"template_id": id, "layers_removed": removed}),
