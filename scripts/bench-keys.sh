@@ -7,7 +7,10 @@
 #    made by `sandstone key create` (a cached verification, plus the small
 #    handler);
 #  - the same with a key the daemon does not know (a store read on every
-#    request, as every request's check was before the cache: 401).
+#    request, as every request's check was before the cache: 401);
+#  - GET /api/v1/sandboxes/{id}/status with the admin key, and with a
+#    developer key of another team (the team check, from its cache: 404,
+#    before any handler).
 # Bounded: a minute or so; everything it started is removed on exit.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -21,11 +24,15 @@ trap bench_cleanup EXIT
 
 port=$(( 20000 + RANDOM % 20000 ))
 start_daemon keys "$port" --pool-gib 4 -- --warm-pool 0
-dev="$(on keys key create --name bench --role developer | python3 -c 'import json,sys; print(json.load(sys.stdin)["key"])')"
+key_of() { python3 -c 'import json,sys; print(json.load(sys.stdin)["key"])'; }
+dev="$(on keys key create --name bench --role developer | key_of)"
+on keys team create other >/dev/null
+other="$(on keys key create --name other --team other | key_of)"
+sb="$(on keys create --template host)"
 echo "== API key checks; $(nproc) CPUs"
-timeout --kill-after=10 300 python3 - "$port" "$(cat "$work/keys/admin.token")" "$dev" <<'PY'
+timeout --kill-after=10 300 python3 - "$port" "$(cat "$work/keys/admin.token")" "$dev" "$other" "$sb" <<'PY'
 import http.client, socket, sys, time
-port, admin, dev = int(sys.argv[1]), sys.argv[2], sys.argv[3]
+port, admin, dev, other, sb = int(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4], sys.argv[5]
 conn = http.client.HTTPConnection("127.0.0.1", port)
 conn.connect()
 conn.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -43,6 +50,8 @@ cases = [
     ("GET /api-keys/current, admin key", "/api-keys/current", admin, 200),
     ("GET /api-keys/current, developer key", "/api-keys/current", dev, 200),
     ("GET /api-keys/current, unknown key (store read, 401)", "/api-keys/current", "s0_local_" + "0" * 48, 401),
+    ("GET /sandboxes/{id}/status, admin key", f"/api/v1/sandboxes/{sb}/status", admin, 200),
+    ("GET /sandboxes/{id}/status, other team's key (404)", f"/api/v1/sandboxes/{sb}/status", other, 404),
 ]
 times = {c[0]: [] for c in cases}
 for _ in range(100):

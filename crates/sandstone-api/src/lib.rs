@@ -175,6 +175,14 @@ pub struct SandboxSummary {
     /// Sandstone extension: bytes the sandbox's files occupy.
     #[serde(default)]
     pub disk_bytes: u64,
+    /// Sandstone extension: the claim's resources (absent: the template's
+    /// defaults), so a list shows them without a call per sandbox.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<Resources>,
+    /// Sandstone extension: the claim's `network_enabled` (absent: the
+    /// template's default).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network_enabled: Option<bool>,
     pub created_at: String,
     pub updated_at: String,
 }

@@ -14,7 +14,6 @@ use axum::extract::Path;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use sha2::Digest;
-use std::io::Write;
 use std::sync::OnceLock;
 
 /// Every file of the console: its name under `/console/`, its type and its
@@ -42,32 +41,16 @@ fn assets() -> &'static [Asset] {
                 name,
                 content_type,
                 plain: Bytes::from_static(bytes),
-                gzip: gzip(bytes),
+                gzip: crate::gzip::compress(bytes, flate2::Compression::best()),
                 etag: etag(bytes),
             })
             .collect()
     })
 }
 
-fn gzip(bytes: &[u8]) -> Bytes {
-    let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
-    // Writing to a Vec cannot fail.
-    let _ = enc.write_all(bytes);
-    Bytes::from(enc.finish().unwrap_or_default())
-}
-
 fn etag(bytes: &[u8]) -> HeaderValue {
     let digest = hex::encode(&sha2::Sha256::digest(bytes)[..12]);
     HeaderValue::from_str(&format!("\"{digest}\"")).unwrap_or(HeaderValue::from_static("\"\""))
-}
-
-fn accepts_gzip(headers: &HeaderMap) -> bool {
-    headers
-        .get_all(header::ACCEPT_ENCODING)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|e| e.split(';').next().is_some_and(|e| e.trim() == "gzip"))
 }
 
 /// `GET /`: the console's page.
@@ -109,7 +92,7 @@ fn serve(name: &str, headers: &HeaderMap) -> Response {
             HeaderValue::from_static("nosniff"),
         ),
     ];
-    if accepts_gzip(headers) {
+    if crate::gzip::accepts(headers) {
         let enc = [(header::CONTENT_ENCODING, HeaderValue::from_static("gzip"))];
         (common, enc, asset.gzip.clone()).into_response()
     } else {

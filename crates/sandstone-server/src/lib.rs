@@ -7,6 +7,7 @@ mod cluster;
 mod console;
 mod extract;
 mod forward;
+mod gzip;
 mod initclient;
 mod keys;
 mod lease;
@@ -564,7 +565,9 @@ pub async fn run(mut config: Config) -> anyhow::Result<()> {
     let agents =
         sandstone_agents::Agents::start(db, agents_config, api_keys, st.sealer.clone()).await?;
     let node_id = st.cluster.me.id.clone();
-    let app = router(st).nest("/v1", sandstone_agents::router(agents.clone()));
+    let app = router(st)
+        .nest("/v1", sandstone_agents::router(agents.clone()))
+        .layer(middleware::from_fn(gzip::json));
     // Event streams write small frames: without TCP_NODELAY one can wait
     // for the peer's delayed ACK (40 ms) behind the frame before it.
     let listener = tokio::net::TcpListener::bind(config.listen)

@@ -904,3 +904,66 @@ async fn uploads_are_read_only_inside_the_sandbox() {
         .await;
     assert_eq!(r["stdout"], "late\nrefused\n", "{r}");
 }
+
+/// A list answers with each sandbox's claimed resources and networking, and
+/// a JSON answer of any size is gzipped for a client that takes gzip (the
+/// console, the Python SDKs) and plain for one that does not.
+#[tokio::test(flavor = "multi_thread")]
+async fn lists_carry_resources_and_big_answers_are_gzipped() {
+    let d = Daemon::start().await;
+    for i in 0..6 {
+        d.create(json!({
+            "network_enabled": i % 2 == 0,
+            "resources": {"memory": "256Mi"},
+            "metadata": {"purpose": "a label long enough to make the list big"},
+        }))
+        .await;
+    }
+    let get = async |encoding: Option<&str>| {
+        let mut r = d
+            .http
+            .get(format!("{}/api/v1/sandboxes", d.url))
+            .bearer_auth(&d.token);
+        if let Some(e) = encoding {
+            r = r.header("accept-encoding", e);
+        }
+        let r = r.send().await.unwrap();
+        let enc = r
+            .headers()
+            .get("content-encoding")
+            .map(|v| v.to_str().unwrap().to_string());
+        (enc, r.bytes().await.unwrap())
+    };
+    let (enc, plain) = get(None).await;
+    assert_eq!(enc, None);
+    let list: serde_json::Value = serde_json::from_slice(&plain).unwrap();
+    let items = list["data"]["sandboxes"].as_array().unwrap();
+    assert_eq!(items.len(), 6, "{list}");
+    assert!(
+        items
+            .iter()
+            .all(|s| s["resources"]["memory"] == "256Mi" && s["network_enabled"].is_boolean()),
+        "{list}"
+    );
+    let (enc, gz) = get(Some("gzip, deflate")).await;
+    assert_eq!(enc.as_deref(), Some("gzip"));
+    assert!(
+        gz.len() < plain.len() / 2,
+        "{} vs {}",
+        gz.len(),
+        plain.len()
+    );
+    let mut unzipped = Vec::new();
+    std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(&gz[..]), &mut unzipped).unwrap();
+    let again: serde_json::Value = serde_json::from_slice(&unzipped).unwrap();
+    assert_eq!(again["data"]["sandboxes"], list["data"]["sandboxes"]);
+    // Small answers go plain: compressing them saves nothing.
+    let r = d
+        .http
+        .get(format!("{}/healthz", d.url))
+        .header("accept-encoding", "gzip")
+        .send()
+        .await
+        .unwrap();
+    assert!(r.headers().get("content-encoding").is_none());
+}

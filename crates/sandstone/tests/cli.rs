@@ -123,6 +123,30 @@ async fn cli_keys_are_made_listed_and_removed() {
     assert!(cli(&d, &["key", "rm", id], b"").status.success());
     assert_eq!(as_key(key).await, 401);
 
+    // A team, and a key acting in it (named by the team's name).
+    let out = cli(&d, &["team", "create", "research"], b"");
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let team: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let ls = text(&cli(&d, &["team", "ls"], b"").stdout);
+    assert!(ls.contains("research") && ls.contains("default"), "{ls}");
+    let out = cli(
+        &d,
+        &["key", "create", "--name", "r", "--team", "research"],
+        b"",
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let made: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(made["team_id"], team["id"], "{made}");
+    assert_eq!(made["roles"], serde_json::json!(["developer"]), "{made}");
+    let ls = text(&cli(&d, &["key", "ls"], b"").stdout);
+    assert!(ls.contains(team["id"].as_str().unwrap()), "{ls}");
+    let out = cli(&d, &["key", "create", "--name", "r", "--team", "nope"], b"");
+    assert!(
+        !out.status.success() && text(&out.stderr).contains("no team nope"),
+        "{}",
+        text(&out.stderr)
+    );
+
     // The first start's admin token, rotated: the file holds a new admin
     // key, and the old one is refused.
     let out = cli(&d, &["key", "rotate-admin"], b"");

@@ -1299,9 +1299,31 @@ async fn managed_agents_objects_stay_in_their_team() {
         json!({"agent": agent, "environment_id": env, "vault_ids": [vault]}),
     )
     .await;
+    // A file, uploaded as the SDK does (multipart).
+    let boundary = "sandstone-test-boundary";
+    let r = d
+        .http
+        .post(format!("{}/v1/files", d.url))
+        .bearer_auth(&red)
+        .header(
+            "content-type",
+            format!("multipart/form-data; boundary={boundary}"),
+        )
+        .body(format!(
+            "--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"f.txt\"\r\n\
+             Content-Type: text/plain\r\n\r\nred-file-secret\r\n--{boundary}--\r\n"
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let file = r.json::<serde_json::Value>().await.unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
 
     // Blue lists none of them and reaches none of them.
-    for list in ["/agents", "/environments", "/vaults", "/sessions"] {
+    for list in ["/agents", "/environments", "/vaults", "/sessions", "/files"] {
         let (s, v, _) = v1(&d, &blue, Method::GET, list, None).await;
         assert_eq!(s, 200, "{list}: {v}");
         assert_eq!(v["data"].as_array().unwrap().len(), 0, "{list}: {v}");
@@ -1309,6 +1331,9 @@ async fn managed_agents_objects_stay_in_their_team() {
     let (s, v) = mem(&d, &blue, Method::GET, "/memory_stores", None).await;
     assert_eq!((s, v["data"].as_array().unwrap().len()), (200, 0), "{v}");
     for (method, path, body) in [
+        (Method::GET, format!("/files/{file}"), None),
+        (Method::GET, format!("/files/{file}/content"), None),
+        (Method::DELETE, format!("/files/{file}"), None),
         (Method::GET, format!("/agents/{agent}"), None),
         (
             Method::POST,
@@ -1402,6 +1427,7 @@ async fn managed_agents_objects_stay_in_their_team() {
         "refused: vault of another team",
         "refused: memory store of another team",
         "refused: environment of another team",
+        "refused: file of another team",
     ] {
         assert!(log.contains(needle), "{needle}: {log}");
     }

@@ -175,16 +175,21 @@ pub async fn list(
         .iter()
         .skip(offset)
         .take(limit)
-        .map(|r| api::SandboxSummary {
-            id: r.id.clone(),
-            template_id: template_base(&r.template).to_string(),
-            status: api_status(r.status).into(),
-            paused: r.status == SandboxStatus::Paused,
-            runtime_generation: r.generation,
-            metadata: crate::lifecycle::config_of(r).metadata,
-            disk_bytes: st.lifecycle.storage.disk_usage(&r.id),
-            created_at: rfc3339_ms(r.created_at),
-            updated_at: rfc3339_ms(r.updated_at),
+        .map(|r| {
+            let config = crate::lifecycle::config_of(r);
+            api::SandboxSummary {
+                id: r.id.clone(),
+                template_id: template_base(&r.template).to_string(),
+                status: api_status(r.status).into(),
+                paused: r.status == SandboxStatus::Paused,
+                runtime_generation: r.generation,
+                metadata: config.metadata,
+                disk_bytes: st.lifecycle.storage.disk_usage(&r.id),
+                resources: config.resources,
+                network_enabled: config.network_enabled,
+                created_at: rfc3339_ms(r.created_at),
+                updated_at: rfc3339_ms(r.updated_at),
+            }
         })
         .collect();
     let has_more = offset.saturating_add(page.len()) < total;
