@@ -126,7 +126,9 @@ impl Egress {
     }
 
     /// Prometheus lines of every served sandbox's counters.
-    pub fn render_metrics(&self) -> String {
+    /// The per-sandbox counters in Prometheus' text format, for the
+    /// sandboxes `shown` admits.
+    pub fn render_metrics(&self, shown: impl Fn(&str) -> bool) -> String {
         type Read = fn(&Counters) -> &AtomicU64;
         let series: [(&str, &str, Read); 5] = [
             (
@@ -152,6 +154,7 @@ impl Egress {
             .read()
             .expect("lock poisoned")
             .values()
+            .filter(|n| shown(&n.id))
             .cloned()
             .collect();
         let mut s = String::new();

@@ -201,19 +201,30 @@ async fn auth(State(st): State<AppState>, mut req: Request, next: Next) -> Respo
     next.run(req).await
 }
 
-async fn metrics_page(State(st): State<AppState>) -> Response {
-    let total = st
+/// The daemon's gauges and latencies are the node's; the per-sandbox
+/// egress counters name sandboxes, so a key sees its team's only (the
+/// installation's admins see every sandbox's).
+async fn metrics_page(
+    State(st): State<AppState>,
+    axum::Extension(by): axum::Extension<Caller>,
+) -> Response {
+    let rows = st
         .lifecycle
         .store
         .list_sandboxes()
         .await
-        .map(|v| v.len())
-        .unwrap_or(0);
+        .unwrap_or_default();
+    let all = by.owns_installation();
+    let mine: std::collections::HashSet<&str> = rows
+        .iter()
+        .filter(|r| r.team_id == by.team)
+        .map(|r| r.id.as_str())
+        .collect();
     let body = st.metrics.render(
         st.lifecycle.running_count(),
-        total,
+        rows.len(),
         st.lifecycle.warm_count(),
-    ) + &st.lifecycle.egress_metrics();
+    ) + &st.lifecycle.egress_metrics(|id| all || mine.contains(id));
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response()
 }
 

@@ -941,7 +941,8 @@ async fn a_team_sees_only_its_own() {
     use futures_util::StreamExt;
     use reqwest::Method;
     use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-    let d = Daemon::start().await;
+    // Networked, so that each sandbox has egress counters in /metrics.
+    let d = common::networked("127.0.0.1:1", &[]).await;
     let call = async |token: &str, method: Method, path: &str, body: Option<serde_json::Value>| {
         let mut r = d
             .http
@@ -1190,6 +1191,24 @@ async fn a_team_sees_only_its_own() {
     )
     .await;
     assert_eq!(s, 200);
+
+    // /metrics names only the team's own sandboxes (the installation's
+    // admins see every one).
+    let metrics = async |token: &str| {
+        d.http
+            .get(format!("{}/metrics", d.url))
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    };
+    let m = metrics(&blue_dev).await;
+    assert!(m.contains(&blue_sb) && !m.contains(&red_sb), "{m}");
+    let m = metrics(&d.token).await;
+    assert!(m.contains(&blue_sb) && m.contains(&red_sb), "{m}");
 
     // A team's admin manages its own keys only, and makes no teams.
     let (s, v) = call(&blue_admin, Method::GET, "/api-keys", None).await;

@@ -418,10 +418,11 @@ impl Lifecycle {
     }
 
     /// Egress counters for /metrics (empty without networking).
-    pub fn egress_metrics(&self) -> String {
+    /// The egress counters of the sandboxes `shown` admits.
+    pub fn egress_metrics(&self, shown: impl Fn(&str) -> bool) -> String {
         self.network
             .as_ref()
-            .map(|n| n.egress.render_metrics())
+            .map(|n| n.egress.render_metrics(shown))
             .unwrap_or_default()
     }
 
