@@ -10,12 +10,13 @@ cache="${SANDSTONE_CACHE:-/var/cache/sandstone}"
 venv="$cache/sdk-venv"
 # The Sandbox0 SDK, the official Anthropic SDK (client and
 # EnvironmentWorker) for the Managed Agents tests, Schemathesis for the
-# contract test against Sandbox0's OpenAPI spec, and the MCP SDK for the
-# MCP server the agents' tests call.
-if [ ! -x "$venv/bin/python" ] || ! "$venv/bin/python" -c 'import sandbox0, anthropic, schemathesis, mcp' 2>/dev/null; then
+# contract test against Sandbox0's OpenAPI spec, the MCP SDK for the MCP
+# server the agents' tests call, and Playwright (driving Debian's chromium)
+# for the console's browser test.
+if [ ! -x "$venv/bin/python" ] || ! "$venv/bin/python" -c 'import sandbox0, anthropic, schemathesis, mcp, playwright' 2>/dev/null; then
   mkdir -p "$cache"
   python3 -m venv "$venv"
-  "$venv/bin/pip" install --quiet --disable-pip-version-check 'sandbox0==0.10.4' 'anthropic==2.14.0' 'schemathesis==4.32.5' 'mcp==2.3.0'
+  "$venv/bin/pip" install --quiet --disable-pip-version-check 'sandbox0==0.10.4' 'anthropic==2.14.0' 'schemathesis==4.32.5' 'mcp==2.3.0' 'playwright==1.65.3'
 fi
 # An S3-compatible server (moto, from PyPI) for the checkpoint store's
 # tests; they start their own from this binary.

@@ -16,13 +16,35 @@ use axum::response::{IntoResponse, Response};
 use sha2::Digest;
 use std::sync::OnceLock;
 
+const HTML: &str = "text/html; charset=utf-8";
+const JS: &str = "text/javascript; charset=utf-8";
+const CSS: &str = "text/css; charset=utf-8";
+
+/// A file of `crates/sandstone-server/console/`, compiled in.
+macro_rules! asset {
+    ($name:literal, $type:expr) => {
+        ($name, $type, include_bytes!(concat!("../console/", $name)))
+    };
+}
+
 /// Every file of the console: its name under `/console/`, its type and its
 /// bytes.
-const FILES: &[(&str, &str, &[u8])] = &[(
-    "index.html",
-    "text/html; charset=utf-8",
-    include_bytes!("../console/index.html"),
-)];
+const FILES: &[(&str, &str, &[u8])] = &[
+    asset!("index.html", HTML),
+    asset!("app.css", CSS),
+    asset!("app.js", JS),
+    asset!("api.js", JS),
+    asset!("ui.js", JS),
+    asset!("sandboxes.js", JS),
+    asset!("terminal.js", JS),
+    asset!("network.js", JS),
+    asset!("agents.js", JS),
+    asset!("overview.js", JS),
+    asset!("keys.js", JS),
+    asset!("xterm.js", JS),
+    asset!("xterm-addon-fit.js", JS),
+    asset!("xterm.css", CSS),
+];
 
 struct Asset {
     name: &'static str,
@@ -107,14 +129,50 @@ fn from_dir(dir: &std::path::Path, name: &str) -> Response {
         return StatusCode::NOT_FOUND.into_response();
     }
     let content_type = match name.rsplit_once('.').map(|(_, ext)| ext) {
-        Some("html") => "text/html; charset=utf-8",
-        Some("js") => "text/javascript; charset=utf-8",
-        Some("css") => "text/css; charset=utf-8",
+        Some("html") => HTML,
+        Some("js") => JS,
+        Some("css") => CSS,
         Some("svg") => "image/svg+xml",
         _ => "application/octet-stream",
     };
     match std::fs::read(dir.join(name)) {
         Ok(bytes) => ([(header::CONTENT_TYPE, content_type)], bytes).into_response(),
         Err(_) => StatusCode::NOT_FOUND.into_response(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A file added to the console's directory but not to [`FILES`] would
+    /// be missing from the binary, and the console broken, only in release.
+    #[test]
+    fn every_file_of_the_console_is_compiled_in() {
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/console");
+        let mut on_disk: Vec<String> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        let mut served: Vec<String> = FILES.iter().map(|(n, ..)| n.to_string()).collect();
+        on_disk.sort();
+        served.sort();
+        assert_eq!(on_disk, served);
+    }
+
+    #[test]
+    fn an_asset_is_gzipped_for_browsers_and_revalidated_by_its_etag() {
+        let mut headers = HeaderMap::new();
+        headers.insert(header::ACCEPT_ENCODING, "gzip, br".parse().unwrap());
+        let r = serve("app.js", &headers);
+        assert_eq!(r.status(), StatusCode::OK);
+        assert_eq!(r.headers()[header::CONTENT_ENCODING], "gzip");
+        let etag = r.headers()[header::ETAG].clone();
+        headers.insert(header::IF_NONE_MATCH, etag);
+        assert_eq!(serve("app.js", &headers).status(), StatusCode::NOT_MODIFIED);
+        assert_eq!(
+            serve("../Cargo.toml", &HeaderMap::new()).status(),
+            StatusCode::NOT_FOUND
+        );
     }
 }
