@@ -141,12 +141,18 @@ fn bearer(headers: &HeaderMap) -> Option<String> {
         .map(str::to_string)
 }
 
-/// What a `/v1` request does, as a key's role sees it: a file's bytes
-/// are contents (a viewer lists files but does not download them).
+/// What a `/v1` request does, as a key's role sees it: a file's, a
+/// skill's or a memory's bytes are contents (a viewer lists them but does
+/// not download them), and a poll for work takes the work (it hands out a
+/// sessions token that writes).
 fn action(method: &axum::http::Method, path: &str) -> Action {
-    if method != axum::http::Method::GET && method != axum::http::Method::HEAD {
+    let read = method == axum::http::Method::GET || method == axum::http::Method::HEAD;
+    let contents = (path.contains("/files/") || path.contains("/skills/"))
+        && path.ends_with("/content")
+        || path.contains("/memories/");
+    if !read || path.ends_with("/work/poll") {
         Action::Write
-    } else if path.contains("/files/") && path.ends_with("/content") {
+    } else if contents {
         Action::ReadContents
     } else {
         Action::Read
@@ -218,10 +224,29 @@ pub async fn middleware(
     // An object another team made is not there for this key.
     if let Caller::Api { team } = &caller
         && let Some((kind, id)) = Owners::named_in(req.uri().path())
-        && let Err(e) = agents.owners.check(team, kind, id).await
+        && let Err(e) = agents.owners.check(team, kind, &id).await
     {
         return e.into_response();
     }
     req.extensions_mut().insert(caller);
     next.run(req).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::action;
+    use axum::http::Method;
+    use sandstone_api::auth::Action;
+
+    #[test]
+    fn bytes_are_contents_and_a_poll_takes_work() {
+        let get = |p: &str| action(&Method::GET, p);
+        assert_eq!(get("/files/file_1/content"), Action::ReadContents);
+        assert_eq!(get("/skills/s/versions/1/content"), Action::ReadContents);
+        assert_eq!(get("/memory_stores/m/memories/mem_1"), Action::ReadContents);
+        assert_eq!(get("/memory_stores/m/memories"), Action::Read);
+        assert_eq!(get("/environments/e/work/poll"), Action::Write);
+        assert_eq!(get("/sessions/s/events"), Action::Read);
+        assert_eq!(action(&Method::POST, "/agents"), Action::Write);
+    }
 }

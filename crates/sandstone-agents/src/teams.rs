@@ -103,13 +103,17 @@ impl Owners {
     }
 
     /// The object a `/v1` path names (`/<collection>/<id>…`), if any, with
-    /// what errors call it.
-    pub fn named_in(path: &str) -> Option<(&'static str, &str)> {
+    /// what errors call it. The id is percent-decoded, as axum decodes it
+    /// for the handler (`%73esn_…` is `sesn_…`).
+    pub fn named_in(path: &str) -> Option<(&'static str, String)> {
         let mut parts = path.trim_start_matches('/').split('/');
         let collection = parts.next()?;
         let id = parts.next().filter(|id| !id.is_empty())?;
         let (_, what) = COLLECTIONS.iter().find(|(c, _)| *c == collection)?;
-        Some((what, id))
+        let id = percent_encoding::percent_decode_str(id)
+            .decode_utf8()
+            .ok()?;
+        Some((what, id.into_owned()))
     }
 }
 
@@ -121,9 +125,17 @@ mod tests {
     fn a_path_names_the_object_of_its_collection() {
         assert_eq!(
             Owners::named_in("/sessions/sesn_1/events/stream"),
-            Some(("session", "sesn_1"))
+            Some(("session", "sesn_1".into()))
         );
-        assert_eq!(Owners::named_in("/vaults/vlt_1"), Some(("vault", "vlt_1")));
+        assert_eq!(
+            Owners::named_in("/vaults/vlt_1"),
+            Some(("vault", "vlt_1".into()))
+        );
+        // Decoded as the handler will see it.
+        assert_eq!(
+            Owners::named_in("/files/%66ile_1/content"),
+            Some(("file", "file_1".into()))
+        );
         assert_eq!(Owners::named_in("/agents"), None);
         assert_eq!(Owners::named_in("/agents/"), None);
         assert_eq!(Owners::named_in("/nothing/x"), None);

@@ -407,7 +407,8 @@ pub trait Store: Send + Sync {
     /// Inserts a team; `false` when its id or name is taken.
     fn insert_team<'a>(&'a self, team: &'a TeamRow) -> BoxFuture<'a, Result<bool>>;
     fn list_teams(&self) -> BoxFuture<'_, Result<Vec<TeamRow>>>;
-    /// Records that `team` made template `template` (by its id).
+    /// Records that `team` made template `template` (by its id); a
+    /// template's first team stays its team.
     fn set_template_team<'a>(
         &'a self,
         template: &'a str,

@@ -746,7 +746,7 @@ impl Store for Backend {
         Box::pin(async move {
             sqlx::query(
                 "INSERT INTO template_teams (template_id, team_id) VALUES ($1, $2)
-                 ON CONFLICT (template_id) DO UPDATE SET team_id = excluded.team_id",
+                 ON CONFLICT (template_id) DO NOTHING",
             )
             .bind(template)
             .bind(team)

@@ -178,15 +178,22 @@ async fn auth(State(st): State<AppState>, mut req: Request, next: Next) -> Respo
         }
     };
     let action = keys::action(req.method(), req.uri().path());
-    if !key.role.may(action) {
+    let caller = Caller {
+        team: key.team_id.clone(),
+        key: Some(key.clone()),
+    };
+    // Nodes are the installation's: a team's own admin does not drain them.
+    let refusal = if !key.role.may(action) {
+        Some(format!("this API key's role ({}) may not", key.role))
+    } else if action == sandstone_api::auth::Action::ManageNodes && !caller.owns_installation() {
+        Some("only the installation's admins (admin keys of the default team) may".to_string())
+    } else {
+        None
+    };
+    if let Some(why) = refusal {
         tracing::warn!(target: "sandstone::audit", key = %key.id, role = %key.role,
             method = %req.method(), path = req.uri().path(), "request refused by the key's role");
-        let msg = format!(
-            "this API key's role ({}) may not {} {}",
-            key.role,
-            req.method(),
-            req.uri().path()
-        );
+        let msg = format!("{why} {} {}", req.method(), req.uri().path());
         return ApiError::new(StatusCode::FORBIDDEN, "forbidden", msg).into_response();
     }
     // A caller's own statement of a team counts for nothing.
@@ -194,10 +201,7 @@ async fn auth(State(st): State<AppState>, mut req: Request, next: Next) -> Respo
     if let Ok(team) = axum::http::HeaderValue::from_str(&key.team_id) {
         req.headers_mut().insert(TEAM_HEADER, team);
     }
-    req.extensions_mut().insert(Caller {
-        team: key.team_id.clone(),
-        key: Some(key),
-    });
+    req.extensions_mut().insert(caller);
     next.run(req).await
 }
 

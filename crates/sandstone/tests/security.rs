@@ -1132,6 +1132,102 @@ async fn a_team_sees_only_its_own() {
         let v = v.to_string();
         assert!(!v.contains("red-secret") && !v.contains("red-token"), "{v}");
     }
+    // An id percent-encoded is the same id to the handler, so the same 404.
+    let encoded = |id: &str| format!("%{:02X}{}", id.as_bytes()[0], &id[1..]);
+    for path in [
+        format!(
+            "/api/v1/sandboxes/{}/files?path=/workspace/f",
+            encoded(&red_sb)
+        ),
+        format!("/api/v1/sandboxes/{}", encoded(&red_sb)),
+        format!("/api/v1/sandbox-rootfs-snapshots/{}", encoded(&snap_id)),
+    ] {
+        let (s, v) = call(&blue_dev, Method::GET, &path, None).await;
+        assert_eq!(s, 404, "blue GET {path}: {v}");
+        assert!(!v.to_string().contains("red-secret"), "{v}");
+    }
+    // Restoring red's snapshot onto blue's own (paused) sandbox.
+    let (s, v) = call(
+        &blue_dev,
+        Method::POST,
+        &format!("/api/v1/sandboxes/{blue_sb}/pause"),
+        Some(json!({})),
+    )
+    .await;
+    assert_eq!(s, 200, "{v}");
+    let (s, v) = call(
+        &blue_dev,
+        Method::POST,
+        &format!("/api/v1/sandboxes/{blue_sb}/rootfs/restore"),
+        Some(json!({ "snapshot_id": snap_id })),
+    )
+    .await;
+    assert_eq!(s, 404, "{v}");
+    // Red's template cannot be taken over by building or importing over
+    // it, nor built on; shared templates are not a team's to change.
+    for path in [
+        "/api/v1/templates/build?name=red-tpl",
+        "/api/v1/templates/import?name=red-tpl",
+    ] {
+        let (s, v) = call(&blue_dev, Method::POST, path, None).await;
+        assert_eq!(s, 409, "{path}: {v}");
+    }
+    let (s, v) = call(
+        &blue_dev,
+        Method::POST,
+        "/api/v1/templates/build?name=cloud-0000",
+        None,
+    )
+    .await;
+    assert_eq!(s, 400, "{v}");
+    for (method, path) in [
+        (Method::DELETE, "/api/v1/templates/host?force=true"),
+        (Method::POST, "/api/v1/templates/prune"),
+        (Method::POST, "/api/v1/registry/credentials"),
+    ] {
+        let (s, v) = call(&blue_admin, method.clone(), path, None).await;
+        assert_eq!(s, 403, "blue admin {method} {path}: {v}");
+    }
+    let (_, nodes) = call(&blue_dev, Method::GET, "/api/v1/nodes", None).await;
+    let node = nodes["data"]["nodes"][0].clone();
+    let (s, v) = call(
+        &blue_admin,
+        Method::POST,
+        &format!("/api/v1/nodes/{}/drain", node["id"].as_str().unwrap()),
+        None,
+    )
+    .await;
+    assert_eq!(s, 403, "{v}");
+    let listed = node["templates"].to_string();
+    assert!(
+        listed.contains("host") && !listed.contains("red-tpl"),
+        "{listed}"
+    );
+    // The control plane's credential sources are bound by the daemon only.
+    let (s, v) = call(
+        &blue_dev,
+        Method::PUT,
+        &format!("/api/v1/sandboxes/{blue_sb}/network"),
+        Some(json!({"mode": "block-all", "credentialBindings": [
+            {"ref": "x", "sourceRef": "vault:vcrd_0", "projection": {"type": "http_headers",
+             "httpHeaders": {"headers": [{"name": "Authorization", "valueTemplate": "{{ .value }}"}]}}}]})),
+    )
+    .await;
+    assert_eq!(s, 400, "{v}");
+    assert!(
+        v.to_string()
+            .contains("network.credentialBindings[0].sourceRef"),
+        "{v}"
+    );
+    let (s, v) = call(
+        &blue_dev,
+        Method::POST,
+        &format!("/api/v1/sandboxes/{blue_sb}/resume"),
+        Some(json!({})),
+    )
+    .await;
+    assert_eq!(s, 200, "{v}");
+
     // The WebSockets too, with the key as a header or as a browser sends
     // it (a subprotocol).
     let ws_url = |path: &str| format!("{}{path}", d.url).replacen("http", "ws", 1);
@@ -1350,6 +1446,20 @@ async fn managed_agents_objects_stay_in_their_team() {
     let (s, v) = mem(&d, &blue, Method::GET, "/memory_stores", None).await;
     assert_eq!((s, v["data"].as_array().unwrap().len()), (200, 0), "{v}");
     for (method, path, body) in [
+        (
+            Method::GET,
+            format!("/files/%{:02X}{}/content", file.as_bytes()[0], &file[1..]),
+            None,
+        ),
+        (
+            Method::GET,
+            format!(
+                "/sessions/%{:02X}{}/events",
+                session.as_bytes()[0],
+                &session[1..]
+            ),
+            None,
+        ),
         (Method::GET, format!("/files/{file}"), None),
         (Method::GET, format!("/files/{file}/content"), None),
         (Method::DELETE, format!("/files/{file}"), None),
@@ -1435,6 +1545,10 @@ async fn managed_agents_objects_stay_in_their_team() {
     )
     .await;
     assert_eq!(s, 404);
+    // Percent-encoded, it is the same agent to the handler: the same 404.
+    let encoded = format!("%{:02X}{}", blue_agent.as_bytes()[0], &blue_agent[1..]);
+    let (s, v, _) = v1(&d, &red, Method::GET, &format!("/agents/{encoded}"), None).await;
+    assert_eq!(s, 404, "{v}");
     // Red's agent is as it was.
     let (_, v, _) = v1(&d, &red, Method::GET, &format!("/agents/{agent}"), None).await;
     assert_eq!(v["name"], "red", "{v}");

@@ -157,6 +157,13 @@ impl Lifecycle {
         self.storage.template(id).map_err(super::internal)
     }
 
+    /// Whether image `reference` names this daemon's own registry.
+    pub fn is_own_image(&self, reference: &str) -> bool {
+        reference
+            .parse::<Reference>()
+            .is_ok_and(|r| self.registry.is_own(&r.registry))
+    }
+
     /// Fetches the blobs of `reference` this node lacks into template
     /// `id`'s pull directory, which it returns.
     async fn fetch(&self, id: &str, reference: &Reference) -> Result<PathBuf> {

@@ -249,10 +249,13 @@ impl Lifecycle {
     pub async fn restore(&self, id: &str, snap: &str) -> Result<SandboxRow> {
         let _guard = self.lock(id).await;
         let row = self.row(id).await?;
+        // Another team's snapshot is one that does not exist.
         self.store
             .get_snapshot(snap)
             .await
-            .map_err(|_| Error::not_found("snapshot", snap))?;
+            .ok()
+            .filter(|s| s.team_id == row.team_id)
+            .ok_or_else(|| Error::not_found("snapshot", snap))?;
         if !row.status.can_restore() {
             return Err(Error::Conflict(format!(
                 "sandbox {id} is {}: pause it before restoring a snapshot onto it",

@@ -48,14 +48,26 @@ fn view(n: NodeRecord, me: &str) -> NodeView {
     }
 }
 
-pub async fn list(State(st): State<AppState>) -> ApiResult<Response> {
+pub async fn list(
+    State(st): State<AppState>,
+    axum::Extension(by): axum::Extension<Caller>,
+) -> ApiResult<Response> {
     let me = st.cluster.me.id.clone();
+    // A node's templates, less those other teams made.
+    let teams = st.lifecycle.store.template_teams().await?;
+    let visible = |t: &String| {
+        let base = sandstone_volumes::template_base(t);
+        teams.get(base).is_none_or(|owner| *owner == by.team)
+    };
     let nodes: Vec<NodeView> = st
         .cluster
         .nodes()
         .await?
         .into_iter()
-        .map(|n| view(n, &me))
+        .map(|mut n| {
+            n.templates.retain(visible);
+            view(n, &me)
+        })
         .collect();
     Ok(ok(StatusCode::OK, serde_json::json!({ "nodes": nodes })))
 }
@@ -96,6 +108,16 @@ enum Target {
     Here,
 }
 
+/// A path segment as the handlers see it: axum percent-decodes path
+/// parameters, so the team check must look at the same id (`%73b-…` is
+/// `sb-…`). A segment that is not UTF-8 once decoded names nothing.
+fn decoded(segment: &str) -> String {
+    percent_encoding::percent_decode_str(segment)
+        .decode_utf8()
+        .map(|s| s.into_owned())
+        .unwrap_or_default()
+}
+
 fn target(req: &Request) -> Target {
     let path = req.uri().path();
     if (req.method() == Method::DELETE || req.method() == Method::GET)
@@ -103,12 +125,12 @@ fn target(req: &Request) -> Target {
         && !snap.is_empty()
         && !snap.contains('/')
     {
-        return Target::Snapshot(snap.to_string());
+        return Target::Snapshot(decoded(snap));
     }
     match path.strip_prefix("/api/v1/sandboxes") {
         Some("" | "/") if req.method() == Method::POST => Target::Create,
         Some(rest) => match rest.strip_prefix('/').and_then(|r| r.split('/').next()) {
-            Some(id) if !id.is_empty() => Target::Sandbox(id.to_string()),
+            Some(id) if !id.is_empty() => Target::Sandbox(decoded(id)),
             _ => Target::Here,
         },
         None => Target::Here,

@@ -17,11 +17,26 @@ use sandstone_oci::Digest;
 use sandstone_registry::store::{MAX_MANIFEST, PushError, UploadError, check_name, check_tag};
 use std::collections::HashMap;
 
+/// Refuses a caller of a team other than the default one: the registry is
+/// one namespace, the installation's (see [`authorized`]).
+pub(crate) fn check_registry_team(by: &crate::Caller) -> ApiResult<()> {
+    if by.team == sandstone_db::DEFAULT_TEAM {
+        return Ok(());
+    }
+    Err(ApiError::new(
+        StatusCode::FORBIDDEN,
+        "forbidden",
+        "this daemon's registry is the installation's: only the default team's keys use it",
+    ))
+}
+
 /// `POST /api/v1/registry/credentials`: a push login good for an hour.
 pub async fn credentials(
     State(st): State<AppState>,
+    axum::Extension(by): axum::Extension<crate::Caller>,
     body: axum::body::Bytes,
 ) -> ApiResult<Response> {
+    check_registry_team(&by)?;
     let req: api::RegistryCredentialsRequest = if body.iter().all(u8::is_ascii_whitespace) {
         Default::default()
     } else {
@@ -84,7 +99,9 @@ fn upload_error(e: UploadError) -> Response {
 
 /// Whether the request carries a push login handed out (basic auth), or
 /// an API key (basic auth's password, or a bearer token) whose role may
-/// do what `method` does (a viewer pulls, never pushes).
+/// do what `method` does (a viewer pulls, never pushes). The registry is
+/// the installation's, one namespace for every image: only the default
+/// team's keys use it.
 async fn authorized(st: &AppState, method: &Method, headers: &HeaderMap) -> bool {
     use base64::Engine as _;
     let Some(value) = headers
@@ -116,7 +133,12 @@ async fn authorized(st: &AppState, method: &Method, headers: &HeaderMap) -> bool
     } else {
         sandstone_api::auth::Action::Write
     };
-    !key.is_empty() && st.keys.verify(&key).await.is_ok_and(|k| k.role.may(action))
+    !key.is_empty()
+        && st
+            .keys
+            .verify(&key)
+            .await
+            .is_ok_and(|k| k.role.may(action) && k.team_id == sandstone_db::DEFAULT_TEAM)
 }
 
 /// What a `/v2/` path names.

@@ -77,6 +77,7 @@ pub async fn claim(
     }
     super::templates::check_template_team(&st, &by.team, &template).await?;
     let config = req.config.clone().unwrap_or_default();
+    super::network::check_bindings(&by, config.network.as_ref(), "config.network")?;
     let started = std::time::Instant::now();
     let row = match st
         .lifecycle
@@ -231,12 +232,14 @@ pub async fn status(State(st): State<AppState>, Path(id): Path<String>) -> ApiRe
 
 pub async fn update(
     State(st): State<AppState>,
+    Extension(by): Extension<Caller>,
     Path(id): Path<String>,
     JsonBody(req): JsonBody<api::UpdateSandboxRequest>,
 ) -> ApiResult<Response> {
     let Some(new) = req.config else {
         return Ok(ok(StatusCode::OK, to_sandbox(&st, &row(&st, &id).await?)));
     };
+    super::network::check_bindings(&by, new.network.as_ref(), "config.network")?;
     if new.resources.is_some() {
         return Err(ApiError::bad_request(
             "invalid field `config.resources`: resources are fixed at claim time",

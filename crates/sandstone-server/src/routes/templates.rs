@@ -109,14 +109,52 @@ fn scoped(owned: bool, mut t: api::Template) -> api::Template {
 }
 
 /// Refuses a template another team made exactly as one that does not
-/// exist (shared templates, those with no team, are everyone's).
-pub(crate) async fn check_template_team(st: &AppState, team: &str, id: &str) -> ApiResult<()> {
+/// exist (shared templates, those with no team, are everyone's to use).
+/// Answers whether the template is shared.
+pub(crate) async fn check_template_team(st: &AppState, team: &str, id: &str) -> ApiResult<bool> {
     let base = sandstone_volumes::template_base(id);
     match st.lifecycle.store.template_team(base).await? {
         Some(owner) if owner != team => {
             tracing::warn!(target: "sandstone::audit", team, object = base,
                 "refused: template of another team");
             Err(ApiError::not_found("template", base))
+        }
+        owner => Ok(owner.is_none()),
+    }
+}
+
+/// A template `by` may change or delete: its team's own; a shared one only
+/// for the installation's admins (every team's sandboxes use it).
+async fn check_template_writable(st: &AppState, by: &Caller, id: &str) -> ApiResult<()> {
+    if check_template_team(st, &by.team, id).await? && !by.owns_installation() {
+        tracing::warn!(target: "sandstone::audit", team = %by.team, object = id,
+            "refused: changing a shared template");
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            format!(
+                "template {id} is shared by every team: only the installation's admins change it"
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// The daemon names the templates it builds for `cloud` environments'
+/// packages `cloud-<digest>`: a user's template may not take such a name.
+const DAEMON_PREFIX: &str = "cloud-";
+
+/// A new template's name, refused when it is the daemon's kind or taken by
+/// another team (answered as for any name in use, naming no team).
+async fn new_template_name(st: &AppState, by: &Caller, field: &str, name: &str) -> ApiResult<()> {
+    if name.starts_with(DAEMON_PREFIX) {
+        return Err(ApiError::bad_request(format!(
+            "invalid field `{field}`: names starting with `{DAEMON_PREFIX}` are the daemon's"
+        )));
+    }
+    match st.lifecycle.store.template_team(name).await? {
+        Some(owner) if owner != by.team => {
+            Err(ApiError::conflict(format!("template {name} exists")))
         }
         _ => Ok(()),
     }
@@ -260,7 +298,12 @@ pub async fn create(
     Extension(by): Extension<Caller>,
     JsonBody(req): JsonBody<api::TemplateCreateRequest>,
 ) -> ApiResult<Response> {
+    new_template_name(&st, &by, "template_id", &req.template_id).await?;
+    super::network::check_bindings(&by, req.spec.network.as_ref(), "spec.network")?;
     let pulled = pulled_from(req.spec)?;
+    if st.lifecycle.is_own_image(&pulled.reference) {
+        super::registry::check_registry_team(&by)?;
+    }
     let t = st.lifecycle.pull_template(&req.template_id, pulled).await?;
     st.lifecycle
         .store
@@ -277,8 +320,12 @@ pub async fn update(
     Path(id): Path<String>,
     JsonBody(req): JsonBody<api::TemplateUpdateRequest>,
 ) -> ApiResult<Response> {
-    check_template_team(&st, &by.team, &id).await?;
+    check_template_writable(&st, &by, &id).await?;
+    super::network::check_bindings(&by, req.spec.network.as_ref(), "spec.network")?;
     let pulled = pulled_from(req.spec)?;
+    if st.lifecycle.is_own_image(&pulled.reference) {
+        super::registry::check_registry_team(&by)?;
+    }
     let t = st.lifecycle.update_template(&id, pulled).await?;
     Ok(ok(StatusCode::OK, to_api(t)))
 }
@@ -308,6 +355,7 @@ pub async fn from_sandbox(
             "invalid field `spec_overrides`: not supported by Sandstone yet",
         ));
     }
+    new_template_name(&st, &by, "template_id", &req.template_id).await?;
     // Another team's sandbox is one that does not exist.
     if st
         .lifecycle
@@ -384,6 +432,7 @@ pub async fn import(
     body: axum::body::Body,
 ) -> ApiResult<Response> {
     let name = name_of(&q)?;
+    new_template_name(&st, &by, "name", &name).await?;
     let file = save_body(&st, body).await?;
     let done = st.lifecycle.import_template(&name, file.path()).await?;
     st.lifecycle
@@ -417,6 +466,7 @@ pub async fn build(
 ) -> ApiResult<Response> {
     let name = name_of(&q)?;
     // Refused before the context is read and before the answer streams.
+    new_template_name(&st, &by, "name", &name).await?;
     st.lifecycle.check_build_name(&name)?;
     let file = save_body(&st, body).await?;
     let context = tempfile::Builder::new()
@@ -437,6 +487,12 @@ pub async fn build(
     })?;
     let steps = sandstone_build::parse(&text)
         .map_err(|e| ApiError::bad_request(format!("invalid {SANDSTONEFILE}: {e}")))?;
+    // A FROM naming another team's template builds on nothing there is.
+    for step in &steps {
+        if let sandstone_build::Kind::From(base) = &step.kind {
+            check_template_team(&st, &by.team, base).await?;
+        }
+    }
     let (tx, rx) = tokio::sync::mpsc::channel::<api::BuildEvent>(256);
     let lifecycle = st.lifecycle.clone();
     tokio::spawn(async move {
@@ -470,7 +526,18 @@ pub async fn build(
 
 /// `POST /api/v1/templates/prune`: the build cache and layers nothing
 /// uses, removed.
-pub async fn prune(State(st): State<AppState>) -> ApiResult<Response> {
+pub async fn prune(
+    State(st): State<AppState>,
+    Extension(by): Extension<Caller>,
+) -> ApiResult<Response> {
+    // The build cache and layers are the installation's, shared by teams.
+    if !by.owns_installation() {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "only the installation's admins prune the shared build cache",
+        ));
+    }
     let done = st.lifecycle.prune_templates().await?;
     Ok(ok(
         StatusCode::OK,
@@ -490,7 +557,7 @@ pub async fn delete(
     Path(id): Path<String>,
     Query(q): Query<HashMap<String, String>>,
 ) -> ApiResult<Response> {
-    check_template_team(&st, &by.team, &id).await?;
+    check_template_writable(&st, &by, &id).await?;
     let force = match q.get("force").map(String::as_str) {
         None | Some("false") => false,
         Some("true") => true,
