@@ -35,6 +35,18 @@ use tokio::sync::{OnceCell, watch};
 /// README's "Presets" lists their hosts).
 pub const PACKAGE_MANAGERS: [&str; 6] = ["python", "node", "rust", "go", "debian", "ruby"];
 
+/// A packages template's name: this prefix, then [`PACKAGES_DIGEST`] hex
+/// digits of what it holds.
+const PACKAGES_PREFIX: &str = "cloud-";
+const PACKAGES_DIGEST: usize = 16;
+
+/// Whether `name` is one the daemon gives its packages templates (which a
+/// user's template may not take: a session's packages would be another's).
+pub(crate) fn is_packages_template(name: &str) -> bool {
+    name.strip_prefix(PACKAGES_PREFIX)
+        .is_some_and(|d| d.len() == PACKAGES_DIGEST && d.bytes().all(|b| b.is_ascii_hexdigit()))
+}
+
 /// How long a session's item stays with its sandbox running while the
 /// session is idle, as `sandstone worker`'s default.
 const MAX_IDLE: Duration = Duration::from_secs(60);
@@ -116,7 +128,7 @@ impl Cloud {
             .unwrap_or_else(|_| self.settings.base.clone());
         let key = serde_json::json!([base, packages]).to_string();
         let digest = hex::encode(sha2::Sha256::digest(key.as_bytes()));
-        format!("cloud-{}", &digest[..16])
+        format!("{PACKAGES_PREFIX}{}", &digest[..PACKAGES_DIGEST])
     }
 
     fn build_cell(&self, name: &str) -> BuildCell {

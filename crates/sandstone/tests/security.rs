@@ -1175,7 +1175,7 @@ async fn a_team_sees_only_its_own() {
     let (s, v) = call(
         &blue_dev,
         Method::POST,
-        "/api/v1/templates/build?name=cloud-0000",
+        "/api/v1/templates/build?name=cloud-0123456789abcdef",
         None,
     )
     .await;

@@ -140,16 +140,13 @@ async fn check_template_writable(st: &AppState, by: &Caller, id: &str) -> ApiRes
     Ok(())
 }
 
-/// The daemon names the templates it builds for `cloud` environments'
-/// packages `cloud-<digest>`: a user's template may not take such a name.
-const DAEMON_PREFIX: &str = "cloud-";
-
-/// A new template's name, refused when it is the daemon's kind or taken by
-/// another team (answered as for any name in use, naming no team).
+/// A new template's name, refused when it is of the kind the daemon gives
+/// its `cloud` environments' packages templates (`cloud-<16 hex>`) or
+/// taken by another team (answered as for any name in use, naming no team).
 async fn new_template_name(st: &AppState, by: &Caller, field: &str, name: &str) -> ApiResult<()> {
-    if name.starts_with(DAEMON_PREFIX) {
+    if crate::cloud::is_packages_template(name) {
         return Err(ApiError::bad_request(format!(
-            "invalid field `{field}`: names starting with `{DAEMON_PREFIX}` are the daemon's"
+            "invalid field `{field}`: `cloud-` and 16 hex digits name the daemon's packages templates"
         )));
     }
     match st.lifecycle.store.template_team(name).await? {
