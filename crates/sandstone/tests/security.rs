@@ -1363,6 +1363,17 @@ async fn a_team_sees_only_its_own() {
         assert!(log.contains(needle), "{needle}: {log}");
     }
     assert!(!log.contains(&blue_dev) && !log.contains(&red));
+    // The harness cleans up with the default team's key, which does not
+    // see blue's sandbox: blue removes its own (a running sandbox outlives
+    // its daemon, and its host link would stay behind).
+    let (s, v) = call(
+        &blue_dev,
+        Method::DELETE,
+        &format!("/api/v1/sandboxes/{blue_sb}"),
+        None,
+    )
+    .await;
+    assert_eq!(s, 202, "{v}");
 }
 
 /// Managed Agents objects belong to the team of the key that made them:
