@@ -1290,20 +1290,9 @@ async fn a_team_sees_only_its_own() {
 
     // /metrics names only the team's own sandboxes (the installation's
     // admins see every one).
-    let metrics = async |token: &str| {
-        d.http
-            .get(format!("{}/metrics", d.url))
-            .bearer_auth(token)
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap()
-    };
-    let m = metrics(&blue_dev).await;
+    let m = d.metrics_as(&blue_dev).await;
     assert!(m.contains(&blue_sb) && !m.contains(&red_sb), "{m}");
-    let m = metrics(&d.token).await;
+    let m = d.metrics().await;
     assert!(m.contains(&blue_sb) && m.contains(&red_sb), "{m}");
 
     // A team's admin manages its own keys only, and makes no teams.

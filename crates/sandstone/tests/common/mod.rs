@@ -360,9 +360,14 @@ impl Daemon {
 
     /// The daemon's Prometheus page.
     pub async fn metrics(&self) -> String {
+        self.metrics_as(&self.token).await
+    }
+
+    /// The Prometheus page as API key `token` sees it.
+    pub async fn metrics_as(&self, token: &str) -> String {
         self.http
             .get(format!("{}/metrics", self.url))
-            .bearer_auth(&self.token)
+            .bearer_auth(token)
             .send()
             .await
             .unwrap()
