@@ -169,7 +169,9 @@ impl Sessions {
                 let s: Stored = parse_stored(SESSION, doc)?;
                 let _ = self.with(id, |c| {
                     c.doc = s.doc;
-                    c.consumed = s.consumed;
+                    // Only ever forward: a read that raced this node's own
+                    // `consume` must not offer the model the same input twice.
+                    c.consumed = c.consumed.max(s.consumed);
                 });
             }
             None => {

@@ -44,7 +44,7 @@ async fn the_official_sdk_and_worker_run_a_session_end_to_end() {
     );
     // The model key went to the model only: not to the worker's files,
     // not into the daemon's log.
-    let log = std::fs::read_to_string(d.data.path().join("daemon.log")).unwrap_or_default();
+    let log = d.log();
     assert!(!log.contains(MODEL_KEY) && !stdout.contains(MODEL_KEY) && !stderr.contains(MODEL_KEY));
 }
 

@@ -658,7 +658,7 @@ async fn an_image_pulled_from_a_registry_with_a_login_becomes_a_template() {
     // The login never shows: not in an answer, not in the daemon's log.
     let (_, listed) = d.get("/api/v1/templates").await;
     assert!(!listed.to_string().contains("s3cret-pw"));
-    let log = std::fs::read_to_string(d.data.path().join("daemon.log")).unwrap();
+    let log = d.log();
     assert!(log.contains("pulled") && !log.contains("s3cret-pw"));
 }
 

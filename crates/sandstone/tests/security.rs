@@ -912,7 +912,7 @@ async fn api_keys_act_by_role_and_stop_at_once() {
     assert_eq!(s, 200);
     // Every refusal is on record, naming the key by its id (or a prefix of
     // its hash), never by its value.
-    let log = std::fs::read_to_string(d.data.path().join("daemon.log")).unwrap();
+    let log = d.log();
     // The sandbox API names the key; /v1 a prefix of its hash.
     let refused = |who: &str, path: &str| {
         log.lines()
@@ -1341,7 +1341,7 @@ async fn a_team_sees_only_its_own() {
     let (_, v) = call(&red, Method::GET, "/api-keys/current", None).await;
     assert_eq!(v["data"]["api_key"]["team_id"], "default", "{v}");
 
-    let log = std::fs::read_to_string(d.data.path().join("daemon.log")).unwrap();
+    let log = d.log();
     for needle in [
         "refused: sandbox of another team",
         "refused: snapshot of another team",
@@ -1553,7 +1553,7 @@ async fn managed_agents_objects_stay_in_their_team() {
     let (_, v, _) = v1(&d, &red, Method::GET, &format!("/agents/{agent}"), None).await;
     assert_eq!(v["name"], "red", "{v}");
 
-    let log = std::fs::read_to_string(d.data.path().join("daemon.log")).unwrap();
+    let log = d.log();
     for needle in [
         "refused: agent of another team",
         "refused: session of another team",

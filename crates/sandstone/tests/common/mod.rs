@@ -234,15 +234,19 @@ impl Daemon {
                 .as_mut()
                 .and_then(|c| c.try_wait().ok().flatten());
             if exited.is_some() || Instant::now() >= deadline {
-                let log = std::fs::read_to_string(self.data.path().join("daemon.log"));
                 panic!(
                     "daemon did not come up ({exited:?}); its log:\n{}",
-                    log.unwrap_or_default()
+                    self.log()
                 );
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         self.token = std::fs::read_to_string(self.data.path().join("admin.token")).unwrap();
+    }
+
+    /// What the daemon has logged so far (every spawn appends to one file).
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.data.path().join("daemon.log")).unwrap_or_default()
     }
 
     /// SIGTERM, as a service manager stops it; waits for the exit.
