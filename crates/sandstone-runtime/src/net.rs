@@ -236,6 +236,11 @@ fn write_sysctl(path: &str, value: &str) -> Result<()> {
     std::fs::write(path, value).map_err(|e| Error::sys(format!("write {path}"), e))
 }
 
+/// Brings `lo` up in the calling thread's network namespace.
+pub fn loopback_up() -> Result<()> {
+    set_up(&Netlink::open()?, "lo")
+}
+
 /// Run in the sandbox's fresh network namespace by the helper (host root),
 /// with `host_ns` an fd of the host's: makes the veth pair, addresses both
 /// ends, brings them and `lo` up, routes through the gateway and turns

@@ -114,8 +114,11 @@ pub fn spawn(spec: &SpawnSpec, sandbox_main: fn(SandboxStart) -> !) -> Result<i3
     let host_ns = crate::net::current_ns()?;
     let flags = libc::CLONE_NEWNS | libc::CLONE_NEWNET;
     process::unshare(flags).step(|| "unshare mount+net namespaces".into())?;
-    if let Some(net) = &spec.net {
-        crate::net::setup_in_sandbox_ns(net, &host_ns, &crate::net::current_ns()?)?;
+    match &spec.net {
+        Some(net) => crate::net::setup_in_sandbox_ns(net, &host_ns, &crate::net::current_ns()?)?,
+        // Without a network a sandbox still has its loopback: servers and
+        // tests talk to themselves on 127.0.0.1, and previews reach them there.
+        None => crate::net::loopback_up()?,
     }
     drop(host_ns);
     crate::sys::mount(
