@@ -5,10 +5,13 @@
 //! bytes.
 
 pub mod auth;
+pub mod hmac;
 pub mod observability;
 mod secret;
+pub mod services;
 pub mod timefmt;
 pub mod toolset;
+pub mod webhooks;
 
 pub use secret::Secret;
 
@@ -89,25 +92,31 @@ pub struct SandboxConfig {
     /// that nothing in it, root included, can change.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub uploads_dir: Option<String>,
-    /// Sandbox0's webhook: not supported yet (refused when set).
-    #[serde(default, skip_serializing)]
-    pub webhook: Option<Unsupported>,
-    /// Sandbox0's app services: not supported yet (refused unless empty).
-    #[serde(default, skip_serializing)]
-    pub services: Vec<Unsupported>,
+    /// Sandbox0's webhook: where the daemon POSTs this sandbox's events.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub webhook: Option<WebhookConfig>,
+    /// Sandbox0's app services: servers in the sandbox the daemon routes
+    /// to (see [`services`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub services: Vec<services::AppService>,
 }
 
-impl SandboxConfig {
-    /// The first field set that Sandstone does not act on.
-    pub fn unsupported(&self) -> Option<&'static str> {
-        if self.webhook.is_some() {
-            Some("webhook")
-        } else if !self.services.is_empty() {
-            Some("services")
-        } else {
-            None
-        }
-    }
+/// Sandbox0's `WebhookConfig`: the daemon (never the sandbox) POSTs the
+/// sandbox's events to `url` as JSON, signed with `secret` when there is
+/// one (hex HMAC-SHA256 of the body in `X-Sandbox0-Signature`); with
+/// `watch_dir`, changes of the files under it too. Set at claim time only.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookConfig {
+    pub url: String,
+    /// Write-only: never serialized, so neither the stored configuration
+    /// nor any answer that shows it holds the secret (the daemon keeps it
+    /// sealed, apart).
+    #[serde(default, skip_serializing)]
+    pub secret: Option<Secret>,
+    /// An absolute path in the sandbox whose files are watched.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub watch_dir: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -230,9 +239,9 @@ pub struct SandboxUpdateConfig {
     /// Fixed at claim time: refused when set.
     #[serde(default)]
     pub resources: Option<Unsupported>,
-    /// Not supported yet: refused unless empty.
+    /// Replaces the app services (as `PUT /sandboxes/{id}/services`).
     #[serde(default)]
-    pub services: Vec<Unsupported>,
+    pub services: Option<Vec<services::AppService>>,
     /// Sandstone extension: labels merged in (an empty value drops one).
     #[serde(default)]
     pub metadata: BTreeMap<String, String>,

@@ -1,7 +1,10 @@
 //! A secret value held in memory: printing it shows `[redacted]`, so it
 //! cannot slip into a log line, an error or a `Debug` dump.
 
-#[derive(Clone, PartialEq, Eq)]
+/// Deserializable (a secret arrives in a request) but deliberately not
+/// serializable: nothing writes one out by accident.
+#[derive(Clone, PartialEq, Eq, serde::Deserialize)]
+#[serde(transparent)]
 pub struct Secret(String);
 
 impl Secret {

@@ -3,8 +3,9 @@
 //! Sandboxes (with their status and pending operation, typed in [`state`]), snapshots, credential sources
 //! (values sealed by [`secrets::Sealer`]), egress audit records and API keys
 //! sit behind the [`Store`] trait; the Managed Agents control plane's
-//! documents and session events behind [`agents::AgentsStore`]. A
-//! [`Database`] is both. File content (volumes, templates, snapshots'
+//! documents and session events behind [`agents::AgentsStore`]; webhook
+//! secrets and deliveries behind [`webhooks::WebhookStore`]. A
+//! [`Database`] is all three. File content (volumes, templates, snapshots'
 //! layers) lives on disk, in `sandstone-volumes`.
 //!
 //! # Two backends, one set of queries
@@ -57,6 +58,7 @@ mod sqlite;
 pub mod state;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
+pub mod webhooks;
 
 pub use postgres::{PgStore, PgUrl};
 pub use sqlite::SqliteStore;
@@ -295,6 +297,22 @@ pub struct TeamRow {
     pub created_at: i64,
 }
 
+/// A preview grant: who may open a sandbox's loopback `port` through the
+/// daemon until `expires_ms`, while its runtime is `generation`. Only
+/// hashes of its secrets are kept: the one-time bootstrap token's (gone
+/// once used) and the cookie's (set by that use).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PreviewRow {
+    pub id: String,
+    pub sandbox_id: String,
+    pub port: u16,
+    pub path: String,
+    pub generation: i64,
+    pub expires_ms: i64,
+    pub bootstrap_hash: Option<String>,
+    pub cookie_hash: Option<String>,
+}
+
 /// The team everything made before teams belongs to, and the first
 /// start's admin key.
 pub const DEFAULT_TEAM: &str = "default";
@@ -407,6 +425,24 @@ pub trait Store: Send + Sync {
     /// Inserts a team; `false` when its id or name is taken.
     fn insert_team<'a>(&'a self, team: &'a TeamRow) -> BoxFuture<'a, Result<bool>>;
     fn list_teams(&self) -> BoxFuture<'_, Result<Vec<TeamRow>>>;
+    fn insert_preview<'a>(&'a self, p: &'a PreviewRow) -> BoxFuture<'a, Result<()>>;
+    fn preview<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<Option<PreviewRow>>>;
+    /// Uses a grant's bootstrap token once: true when `bootstrap_hash` was
+    /// its unused token and it had not expired at `now_ms`; the cookie
+    /// whose hash is `cookie_hash` then opens it.
+    fn bootstrap_preview<'a>(
+        &'a self,
+        id: &'a str,
+        bootstrap_hash: &'a str,
+        cookie_hash: &'a str,
+        now_ms: i64,
+    ) -> BoxFuture<'a, Result<bool>>;
+    /// Moves a grant's expiry; false when there is no such grant.
+    fn renew_preview<'a>(&'a self, id: &'a str, expires_ms: i64) -> BoxFuture<'a, Result<bool>>;
+    /// Revokes one grant; false when there was none.
+    fn delete_preview<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<bool>>;
+    /// Removes a sandbox's grants (it is gone).
+    fn delete_previews<'a>(&'a self, sandbox_id: &'a str) -> BoxFuture<'a, Result<()>>;
     /// Records that `team` made template `template` (by its id); a
     /// template's first team stays its team.
     fn set_template_team<'a>(
@@ -459,10 +495,10 @@ pub trait Store: Send + Sync {
     fn count_api_keys(&self) -> BoxFuture<'_, Result<i64>>;
 }
 
-/// Both stores: what the daemon opens at start.
-pub trait Database: Store + agents::AgentsStore {}
+/// Every store: what the daemon opens at start.
+pub trait Database: Store + agents::AgentsStore + webhooks::WebhookStore {}
 
-impl<T: Store + agents::AgentsStore> Database for T {}
+impl<T: Store + agents::AgentsStore + webhooks::WebhookStore> Database for T {}
 
 /// Where the metadata lives.
 #[derive(Debug, Clone)]

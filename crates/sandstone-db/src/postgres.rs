@@ -205,6 +205,47 @@ const MIGRATIONS: &[&str] = &[
     ALTER TABLE credential_sources ADD COLUMN team_id TEXT NOT NULL DEFAULT 'default';
     ALTER TABLE credential_sources DROP CONSTRAINT credential_sources_pkey;
     ALTER TABLE credential_sources ADD PRIMARY KEY (team_id, name);",
+    // Preview grants: who may open a sandbox's loopback port through the
+    // daemon, until when, on which runtime generation. Only hashes of the
+    // one-time bootstrap token and of the cookie are kept.
+    "CREATE TABLE preview_grants (
+        id TEXT PRIMARY KEY,
+        sandbox_id TEXT NOT NULL,
+        port BIGINT NOT NULL,
+        path TEXT NOT NULL,
+        generation BIGINT NOT NULL,
+        expires_ms BIGINT NOT NULL,
+        bootstrap_hash TEXT,
+        cookie_hash TEXT
+    );
+    CREATE INDEX preview_grants_sandbox ON preview_grants (sandbox_id);",
+    // #17: per-sandbox webhooks. The signing secret, sealed, apart from the
+    // configuration (which callers see); each event's delivery with its
+    // signed body, kept until delivered or given up, so a restart resumes
+    // what was pending and the API shows what happened.
+    "CREATE TABLE webhook_secrets (
+        sandbox_id TEXT PRIMARY KEY,
+        sealed BYTEA NOT NULL
+    );
+    CREATE TABLE webhook_deliveries (
+        event_id TEXT PRIMARY KEY,
+        sandbox_id TEXT NOT NULL,
+        team_id TEXT NOT NULL,
+        node_id TEXT NOT NULL,
+        event_type TEXT NOT NULL,
+        url TEXT NOT NULL,
+        body TEXT NOT NULL,
+        signature TEXT,
+        state TEXT NOT NULL,
+        attempts BIGINT NOT NULL,
+        last_status BIGINT,
+        last_error TEXT,
+        created_at BIGINT NOT NULL,
+        next_attempt_at BIGINT NOT NULL,
+        delivered_at BIGINT
+    );
+    CREATE INDEX webhook_deliveries_due ON webhook_deliveries (node_id, state, next_attempt_at);
+    CREATE INDEX webhook_deliveries_sandbox ON webhook_deliveries (sandbox_id, created_at);",
 ];
 
 /// Concurrent polls lock different items rather than wait for one.

@@ -5,9 +5,10 @@
 
 use super::{Backend, Db};
 use crate::agents::{AgentsStore, Notifications, WorkOf, WorkRow, parse};
+use crate::webhooks::{AttemptOutcome, DeliveryRow, WebhookStore};
 use crate::{
-    ApiKeyRow, AuditQuery, AuditRow, CredentialRow, Error, Fence, NodeRecord, PendingOp, Result,
-    SandboxRow, SandboxStatus, SnapshotRow, Store, TeamRow, now_ms,
+    ApiKeyRow, AuditQuery, AuditRow, CredentialRow, Error, Fence, NodeRecord, PendingOp,
+    PreviewRow, Result, SandboxRow, SandboxStatus, SnapshotRow, Store, TeamRow, now_ms,
 };
 use futures_util::future::BoxFuture;
 use serde_json::Value;
@@ -721,6 +722,106 @@ impl Store for Backend {
         })
     }
 
+    fn insert_preview<'a>(&'a self, p: &'a PreviewRow) -> BoxFuture<'a, Result<()>> {
+        Box::pin(async move {
+            sqlx::query(
+                "INSERT INTO preview_grants (id, sandbox_id, port, path, generation, expires_ms, bootstrap_hash, cookie_hash)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+            )
+            .bind(&p.id)
+            .bind(&p.sandbox_id)
+            .bind(i64::from(p.port))
+            .bind(&p.path)
+            .bind(p.generation)
+            .bind(p.expires_ms)
+            .bind(&p.bootstrap_hash)
+            .bind(&p.cookie_hash)
+            .execute(&self.pool)
+            .await?;
+            Ok(())
+        })
+    }
+
+    fn preview<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<Option<PreviewRow>>> {
+        Box::pin(async move {
+            let row = sqlx::query(
+                "SELECT id, sandbox_id, port, path, generation, expires_ms, bootstrap_hash, cookie_hash
+                 FROM preview_grants WHERE id = $1",
+            )
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
+            row.map(|r| {
+                let port: i64 = r.get("port");
+                Ok(PreviewRow {
+                    id: r.get("id"),
+                    sandbox_id: r.get("sandbox_id"),
+                    port: u16::try_from(port)
+                        .map_err(|_| Error::Corrupt(format!("preview {id}: port {port}")))?,
+                    path: r.get("path"),
+                    generation: r.get("generation"),
+                    expires_ms: r.get("expires_ms"),
+                    bootstrap_hash: r.get("bootstrap_hash"),
+                    cookie_hash: r.get("cookie_hash"),
+                })
+            })
+            .transpose()
+        })
+    }
+
+    fn bootstrap_preview<'a>(
+        &'a self,
+        id: &'a str,
+        bootstrap_hash: &'a str,
+        cookie_hash: &'a str,
+        now_ms: i64,
+    ) -> BoxFuture<'a, Result<bool>> {
+        Box::pin(async move {
+            let done = sqlx::query(
+                "UPDATE preview_grants SET bootstrap_hash = NULL, cookie_hash = $3
+                 WHERE id = $1 AND bootstrap_hash = $2 AND expires_ms > $4",
+            )
+            .bind(id)
+            .bind(bootstrap_hash)
+            .bind(cookie_hash)
+            .bind(now_ms)
+            .execute(&self.pool)
+            .await?;
+            Ok(done.rows_affected() == 1)
+        })
+    }
+
+    fn renew_preview<'a>(&'a self, id: &'a str, expires_ms: i64) -> BoxFuture<'a, Result<bool>> {
+        Box::pin(async move {
+            let done = sqlx::query("UPDATE preview_grants SET expires_ms = $2 WHERE id = $1")
+                .bind(id)
+                .bind(expires_ms)
+                .execute(&self.pool)
+                .await?;
+            Ok(done.rows_affected() == 1)
+        })
+    }
+
+    fn delete_preview<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<bool>> {
+        Box::pin(async move {
+            let done = sqlx::query("DELETE FROM preview_grants WHERE id = $1")
+                .bind(id)
+                .execute(&self.pool)
+                .await?;
+            Ok(done.rows_affected() == 1)
+        })
+    }
+
+    fn delete_previews<'a>(&'a self, sandbox_id: &'a str) -> BoxFuture<'a, Result<()>> {
+        Box::pin(async move {
+            sqlx::query("DELETE FROM preview_grants WHERE sandbox_id = $1")
+                .bind(sandbox_id)
+                .execute(&self.pool)
+                .await?;
+            Ok(())
+        })
+    }
+
     fn list_teams(&self) -> BoxFuture<'_, Result<Vec<TeamRow>>> {
         Box::pin(async move {
             let rows =
@@ -1319,6 +1420,197 @@ fn json_of(item: &sandstone_agents_api::WorkItem) -> Result<String> {
 /// Compiled once per backend too: every test runs on SQLite, and on
 /// PostgreSQL when `SANDSTONE_TEST_DATABASE_URL` is set (skipped with a
 /// printed line when it is not).
+macro_rules! delivery_cols {
+    () => {
+        "event_id, sandbox_id, team_id, node_id, event_type, url, body, signature, state, attempts, last_status, last_error, created_at, next_attempt_at, delivered_at"
+    };
+}
+
+fn row_to_delivery(r: &Row) -> Result<DeliveryRow> {
+    Ok(DeliveryRow {
+        event_id: r.get("event_id"),
+        sandbox_id: r.get("sandbox_id"),
+        team_id: r.get("team_id"),
+        node_id: r.get("node_id"),
+        event_type: r.get("event_type"),
+        url: r.get("url"),
+        body: r.get("body"),
+        signature: r.get("signature"),
+        state: r.get::<&str, _>("state").parse()?,
+        attempts: r.get("attempts"),
+        last_status: r.get("last_status"),
+        last_error: r.get("last_error"),
+        created_at: r.get("created_at"),
+        next_attempt_at: r.get("next_attempt_at"),
+        delivered_at: r.get("delivered_at"),
+    })
+}
+
+impl WebhookStore for Backend {
+    fn put_webhook_secret<'a>(
+        &'a self,
+        sandbox: &'a str,
+        sealed: &'a [u8],
+    ) -> BoxFuture<'a, Result<()>> {
+        Box::pin(async move {
+            sqlx::query(
+                "INSERT INTO webhook_secrets (sandbox_id, sealed) VALUES ($1, $2)
+                 ON CONFLICT (sandbox_id) DO UPDATE SET sealed = excluded.sealed",
+            )
+            .bind(sandbox)
+            .bind(sealed)
+            .execute(&self.pool)
+            .await?;
+            Ok(())
+        })
+    }
+
+    fn webhook_secret<'a>(&'a self, sandbox: &'a str) -> BoxFuture<'a, Result<Option<Vec<u8>>>> {
+        Box::pin(async move {
+            Ok(
+                sqlx::query_scalar("SELECT sealed FROM webhook_secrets WHERE sandbox_id = $1")
+                    .bind(sandbox)
+                    .fetch_optional(&self.pool)
+                    .await?,
+            )
+        })
+    }
+
+    fn delete_webhook_secret<'a>(&'a self, sandbox: &'a str) -> BoxFuture<'a, Result<()>> {
+        Box::pin(async move {
+            sqlx::query("DELETE FROM webhook_secrets WHERE sandbox_id = $1")
+                .bind(sandbox)
+                .execute(&self.pool)
+                .await?;
+            Ok(())
+        })
+    }
+
+    fn insert_delivery<'a>(&'a self, d: &'a DeliveryRow) -> BoxFuture<'a, Result<()>> {
+        Box::pin(async move {
+            sqlx::query(concat!(
+                "INSERT INTO webhook_deliveries (",
+                delivery_cols!(),
+                ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)
+                 ON CONFLICT (event_id) DO NOTHING"
+            ))
+            .bind(&d.event_id)
+            .bind(&d.sandbox_id)
+            .bind(&d.team_id)
+            .bind(&d.node_id)
+            .bind(&d.event_type)
+            .bind(&d.url)
+            .bind(&d.body)
+            .bind(&d.signature)
+            .bind(d.state.as_str())
+            .bind(d.attempts)
+            .bind(d.last_status)
+            .bind(&d.last_error)
+            .bind(d.created_at)
+            .bind(d.next_attempt_at)
+            .bind(d.delivered_at)
+            .execute(&self.pool)
+            .await?;
+            Ok(())
+        })
+    }
+
+    fn due_deliveries<'a>(
+        &'a self,
+        node: &'a str,
+        now: i64,
+        limit: i64,
+    ) -> BoxFuture<'a, Result<Vec<DeliveryRow>>> {
+        Box::pin(async move {
+            sqlx::query(concat!(
+                "SELECT ",
+                delivery_cols!(),
+                " FROM webhook_deliveries
+                 WHERE node_id = $1 AND state = 'pending' AND next_attempt_at <= $2
+                 ORDER BY next_attempt_at, event_id LIMIT $3"
+            ))
+            .bind(node)
+            .bind(now)
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(row_to_delivery)
+            .collect()
+        })
+    }
+
+    fn next_delivery_at<'a>(&'a self, node: &'a str) -> BoxFuture<'a, Result<Option<i64>>> {
+        Box::pin(async move {
+            Ok(sqlx::query_scalar(
+                "SELECT MIN(next_attempt_at) FROM webhook_deliveries
+                 WHERE node_id = $1 AND state = 'pending'",
+            )
+            .bind(node)
+            .fetch_one(&self.pool)
+            .await?)
+        })
+    }
+
+    fn record_attempt<'a>(
+        &'a self,
+        event_id: &'a str,
+        o: &'a AttemptOutcome,
+    ) -> BoxFuture<'a, Result<()>> {
+        Box::pin(async move {
+            let done = sqlx::query(
+                "UPDATE webhook_deliveries SET state = $2, attempts = $3, last_status = $4,
+                     last_error = $5, next_attempt_at = $6, delivered_at = $7
+                 WHERE event_id = $1",
+            )
+            .bind(event_id)
+            .bind(o.state.as_str())
+            .bind(o.attempts)
+            .bind(o.last_status)
+            .bind(&o.last_error)
+            .bind(o.next_attempt_at)
+            .bind(o.delivered_at)
+            .execute(&self.pool)
+            .await?;
+            found(done)
+        })
+    }
+
+    fn list_deliveries<'a>(
+        &'a self,
+        sandbox: &'a str,
+        limit: i64,
+    ) -> BoxFuture<'a, Result<Vec<DeliveryRow>>> {
+        Box::pin(async move {
+            sqlx::query(concat!(
+                "SELECT ",
+                delivery_cols!(),
+                " FROM webhook_deliveries WHERE sandbox_id = $1
+                 ORDER BY created_at DESC, event_id DESC LIMIT $2"
+            ))
+            .bind(sandbox)
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(row_to_delivery)
+            .collect()
+        })
+    }
+
+    fn prune_deliveries(&self, before_ms: i64) -> BoxFuture<'_, Result<u64>> {
+        Box::pin(async move {
+            let done = sqlx::query(
+                "DELETE FROM webhook_deliveries WHERE state <> 'pending' AND created_at < $1",
+            )
+            .bind(before_ms)
+            .execute(&self.pool)
+            .await?;
+            Ok(done.rows_affected())
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::super::Scratch;
@@ -1901,5 +2193,101 @@ mod tests {
             .unwrap();
         let err = db.load_docs("agent").await.unwrap_err().to_string();
         assert!(err.contains("managed agents agent agent_2@1"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn webhook_secrets_and_deliveries_round_trip() {
+        use crate::webhooks::{AttemptOutcome, DeliveryRow, DeliveryState, WebhookStore};
+        let Some(scratch) = Scratch::new().await else {
+            return;
+        };
+        let store = scratch.open().await;
+        let sealed: Vec<u8> = (0..=255).collect();
+        store.put_webhook_secret("sb-1", &sealed).await.unwrap();
+        store
+            .put_webhook_secret("sb-1", &sealed[1..])
+            .await
+            .unwrap();
+        assert_eq!(
+            store.webhook_secret("sb-1").await.unwrap().as_deref(),
+            Some(&sealed[1..])
+        );
+        store.delete_webhook_secret("sb-1").await.unwrap();
+        assert_eq!(store.webhook_secret("sb-1").await.unwrap(), None);
+
+        let delivery = |id: &str, node: &str, at: i64| DeliveryRow {
+            event_id: id.into(),
+            sandbox_id: "sb-1".into(),
+            team_id: "default".into(),
+            node_id: node.into(),
+            event_type: "sandbox.paused".into(),
+            url: "http://127.0.0.1:9/hook".into(),
+            body: format!("{{\"event_id\":\"{id}\"}}"),
+            signature: Some("ab".repeat(32)),
+            state: DeliveryState::Pending,
+            attempts: 0,
+            last_status: None,
+            last_error: None,
+            created_at: at,
+            next_attempt_at: at,
+            delivered_at: None,
+        };
+        let (a, b, c) = (
+            delivery("evt_a", "n1", 10),
+            delivery("evt_b", "n1", 5),
+            delivery("evt_c", "n2", 1),
+        );
+        for d in [&a, &b, &c] {
+            store.insert_delivery(d).await.unwrap();
+        }
+        // A second insert of an id keeps the first.
+        store
+            .insert_delivery(&delivery("evt_a", "n1", 99))
+            .await
+            .unwrap();
+        assert_eq!(store.next_delivery_at("n1").await.unwrap(), Some(5));
+        assert_eq!(store.next_delivery_at("n3").await.unwrap(), None);
+        assert_eq!(
+            store.due_deliveries("n1", 10, 10).await.unwrap(),
+            vec![b.clone(), a.clone()]
+        );
+        assert_eq!(
+            store.due_deliveries("n1", 9, 10).await.unwrap(),
+            vec![b.clone()]
+        );
+        let retry = AttemptOutcome {
+            state: DeliveryState::Pending,
+            attempts: 1,
+            last_status: Some(500),
+            last_error: Some("HTTP 500".into()),
+            next_attempt_at: 50,
+            delivered_at: None,
+        };
+        store.record_attempt("evt_b", &retry).await.unwrap();
+        let done = AttemptOutcome {
+            state: DeliveryState::Delivered,
+            attempts: 1,
+            last_status: Some(204),
+            last_error: None,
+            next_attempt_at: 10,
+            delivered_at: Some(11),
+        };
+        store.record_attempt("evt_a", &done).await.unwrap();
+        assert!(matches!(
+            store.record_attempt("evt_x", &done).await,
+            Err(Error::NotFound)
+        ));
+        assert_eq!(store.due_deliveries("n1", 20, 10).await.unwrap(), vec![]);
+        assert_eq!(store.next_delivery_at("n1").await.unwrap(), Some(50));
+        let listed = store.list_deliveries("sb-1", 10).await.unwrap();
+        let ids: Vec<&str> = listed.iter().map(|d| d.event_id.as_str()).collect();
+        assert_eq!(ids, ["evt_a", "evt_b", "evt_c"], "newest first");
+        assert_eq!(listed[0].state, DeliveryState::Delivered);
+        assert_eq!(listed[0].delivered_at, Some(11));
+        assert_eq!(listed[1].last_status, Some(500));
+        assert_eq!(listed[1].attempts, 1);
+        // Only finished deliveries are pruned.
+        assert_eq!(store.prune_deliveries(100).await.unwrap(), 1);
+        assert_eq!(store.list_deliveries("sb-1", 10).await.unwrap().len(), 2);
     }
 }

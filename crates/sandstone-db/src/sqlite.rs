@@ -200,6 +200,47 @@ const MIGRATIONS: &[&str] = &[
         SELECT 'default', name, kind, version, sealed, created_at, updated_at FROM credential_sources;
     DROP TABLE credential_sources;
     ALTER TABLE team_credential_sources RENAME TO credential_sources;",
+    // Preview grants: who may open a sandbox's loopback port through the
+    // daemon, until when, on which runtime generation. Only hashes of the
+    // one-time bootstrap token and of the cookie are kept.
+    "CREATE TABLE preview_grants (
+        id TEXT PRIMARY KEY,
+        sandbox_id TEXT NOT NULL,
+        port INTEGER NOT NULL,
+        path TEXT NOT NULL,
+        generation INTEGER NOT NULL,
+        expires_ms INTEGER NOT NULL,
+        bootstrap_hash TEXT,
+        cookie_hash TEXT
+    );
+    CREATE INDEX preview_grants_sandbox ON preview_grants (sandbox_id);",
+    // #17: per-sandbox webhooks. The signing secret, sealed, apart from the
+    // configuration (which callers see); each event's delivery with its
+    // signed body, kept until delivered or given up, so a restart resumes
+    // what was pending and the API shows what happened.
+    "CREATE TABLE webhook_secrets (
+        sandbox_id TEXT PRIMARY KEY,
+        sealed BLOB NOT NULL
+    );
+    CREATE TABLE webhook_deliveries (
+        event_id TEXT PRIMARY KEY,
+        sandbox_id TEXT NOT NULL,
+        team_id TEXT NOT NULL,
+        node_id TEXT NOT NULL,
+        event_type TEXT NOT NULL,
+        url TEXT NOT NULL,
+        body TEXT NOT NULL,
+        signature TEXT,
+        state TEXT NOT NULL,
+        attempts INTEGER NOT NULL,
+        last_status INTEGER,
+        last_error TEXT,
+        created_at INTEGER NOT NULL,
+        next_attempt_at INTEGER NOT NULL,
+        delivered_at INTEGER
+    );
+    CREATE INDEX webhook_deliveries_due ON webhook_deliveries (node_id, state, next_attempt_at);
+    CREATE INDEX webhook_deliveries_sandbox ON webhook_deliveries (sandbox_id, created_at);",
 ];
 
 /// SQLite has one writer at a time: a claim needs no row lock.

@@ -27,9 +27,8 @@ pub const FORWARDED_BY: HeaderName = HeaderName::from_static("x-sandstone-forwar
 /// What `Sealer::derive` is asked for: the node-to-node key.
 pub const NODE_KEY_CONTEXT: &str = "sandstone node-to-node auth v1";
 
-/// Headers that describe one hop, not the message (RFC 9110 §7.6.1), plus
-/// the caller's credentials, which stay on the node that checked them.
-const DROPPED: [HeaderName; 10] = [
+/// Headers that describe one hop, not the message (RFC 9110 §7.6.1).
+const HOP: [HeaderName; 8] = [
     header::CONNECTION,
     HeaderName::from_static("keep-alive"),
     header::PROXY_AUTHENTICATE,
@@ -38,8 +37,6 @@ const DROPPED: [HeaderName; 10] = [
     header::TRAILER,
     header::TRANSFER_ENCODING,
     header::UPGRADE,
-    header::AUTHORIZATION,
-    HeaderName::from_static("x-api-key"),
 ];
 
 pub struct Forwarder {
@@ -77,58 +74,91 @@ impl Forwarder {
 
     /// Sends `req` to the node at `base` (its advertised URL) and streams
     /// its answer back.
-    pub async fn forward(&self, owner: &str, base: &str, mut req: Request) -> Response {
+    pub async fn forward(&self, owner: &str, base: &str, req: Request) -> Response {
+        self.send(owner, base, req, false).await
+    }
+
+    /// [`Forwarder::forward`] keeping the `Host` the caller asked for: a
+    /// preview's or service's name, which the owner routes by.
+    pub async fn forward_by_host(&self, owner: &str, base: &str, req: Request) -> Response {
+        self.send(owner, base, req, true).await
+    }
+
+    async fn send(&self, owner: &str, base: &str, req: Request, keep_host: bool) -> Response {
         let path = req.uri().path_and_query().map_or("/", |p| p.as_str());
         let uri: Uri = match format!("{}{path}", base.trim_end_matches('/')).parse() {
             Ok(u) => u,
             Err(e) => return unreachable_owner(owner, base, &e),
         };
-        let upgrade = wants_upgrade(req.headers()).then(|| hyper::upgrade::on(&mut req));
-        let (mut parts, body) = req.into_parts();
+        let sent = relay(&self.client, uri, req, |h| {
+            strip_credentials(h);
+            if !keep_host {
+                h.remove(header::HOST);
+            }
+            h.insert(NODE_TOKEN, self.token.clone());
+            h.insert(FORWARDED_BY, self.node.clone());
+        });
+        match sent.await {
+            Ok(r) => r,
+            Err(e) => unreachable_owner(owner, base, &e),
+        }
+    }
+}
+
+/// Sends `req` to `uri` through `client` and streams the answer back: hop
+/// headers stay on this hop, `adjust` sets what the next one sees, and an
+/// HTTP upgrade (a WebSocket) becomes a byte tunnel once both sides have
+/// switched protocols. The reverse proxy of both node forwarding and
+/// sandbox previews.
+pub(crate) async fn relay<C>(
+    client: &Client<C, Body>,
+    uri: Uri,
+    mut req: Request,
+    adjust: impl FnOnce(&mut HeaderMap),
+) -> Result<Response, hyper_util::client::legacy::Error>
+where
+    C: hyper_util::client::legacy::connect::Connect + Clone + Send + Sync + 'static,
+{
+    let upgrade = wants_upgrade(req.headers()).then(|| hyper::upgrade::on(&mut req));
+    let (mut parts, body) = req.into_parts();
+    let protocol = parts.headers.get(header::UPGRADE).cloned();
+    strip_hop(&mut parts.headers);
+    adjust(&mut parts.headers);
+    if let Some(p) = protocol.filter(|_| upgrade.is_some()) {
+        parts
+            .headers
+            .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        parts.headers.insert(header::UPGRADE, p);
+    }
+    parts.uri = uri;
+    let mut resp = client.request(Request::from_parts(parts, body)).await?;
+    if resp.status() == StatusCode::SWITCHING_PROTOCOLS
+        && let Some(client_side) = upgrade
+    {
+        let far_side = hyper::upgrade::on(&mut resp);
+        tokio::spawn(async move {
+            let (Ok(client_io), Ok(far_io)) = (client_side.await, far_side.await) else {
+                return;
+            };
+            let mut a = TokioIo::new(client_io);
+            let mut b = TokioIo::new(far_io);
+            // Either side closing ends the tunnel; nothing to report.
+            let _ = tokio::io::copy_bidirectional(&mut a, &mut b).await;
+        });
+        let (mut parts, _) = resp.into_parts();
         let protocol = parts.headers.get(header::UPGRADE).cloned();
-        strip(&mut parts.headers);
-        if let Some(p) = protocol.filter(|_| upgrade.is_some()) {
-            parts
-                .headers
-                .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        strip_hop(&mut parts.headers);
+        parts
+            .headers
+            .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        if let Some(p) = protocol {
             parts.headers.insert(header::UPGRADE, p);
         }
-        parts.headers.remove(header::HOST);
-        parts.headers.insert(NODE_TOKEN, self.token.clone());
-        parts.headers.insert(FORWARDED_BY, self.node.clone());
-        parts.uri = uri;
-        let mut resp = match self.client.request(Request::from_parts(parts, body)).await {
-            Ok(r) => r,
-            Err(e) => return unreachable_owner(owner, base, &e),
-        };
-        if resp.status() == StatusCode::SWITCHING_PROTOCOLS
-            && let Some(client_side) = upgrade
-        {
-            let owner_side = hyper::upgrade::on(&mut resp);
-            tokio::spawn(async move {
-                let (Ok(client_io), Ok(owner_io)) = (client_side.await, owner_side.await) else {
-                    return;
-                };
-                let mut a = TokioIo::new(client_io);
-                let mut b = TokioIo::new(owner_io);
-                // Either side closing ends the tunnel; nothing to report.
-                let _ = tokio::io::copy_bidirectional(&mut a, &mut b).await;
-            });
-            let (mut parts, _) = resp.into_parts();
-            let protocol = parts.headers.get(header::UPGRADE).cloned();
-            strip(&mut parts.headers);
-            parts
-                .headers
-                .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-            if let Some(p) = protocol {
-                parts.headers.insert(header::UPGRADE, p);
-            }
-            return Response::from_parts(parts, Body::empty());
-        }
-        let (mut parts, body) = resp.into_parts();
-        strip(&mut parts.headers);
-        Response::from_parts(parts, Body::new(body))
+        return Ok(Response::from_parts(parts, Body::empty()));
     }
+    let (mut parts, body) = resp.into_parts();
+    strip_hop(&mut parts.headers);
+    Ok(Response::from_parts(parts, Body::new(body)))
 }
 
 fn wants_upgrade(headers: &HeaderMap) -> bool {
@@ -141,8 +171,8 @@ fn wants_upgrade(headers: &HeaderMap) -> bool {
             .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
 }
 
-/// Removes hop-by-hop headers, those `Connection` names, and credentials.
-fn strip(headers: &mut HeaderMap) {
+/// Removes hop-by-hop headers and those `Connection` names.
+fn strip_hop(headers: &mut HeaderMap) {
     let named: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
@@ -150,11 +180,22 @@ fn strip(headers: &mut HeaderMap) {
         .flat_map(|v| v.split(','))
         .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
         .collect();
-    for name in DROPPED.iter().chain(&named) {
+    for name in HOP.iter().chain(&named) {
         headers.remove(name);
     }
-    headers.remove(NODE_TOKEN);
-    headers.remove(FORWARDED_BY);
+}
+
+/// Removes the caller's credentials, which stay on the node that checked
+/// them, and any node headers a caller made up.
+fn strip_credentials(headers: &mut HeaderMap) {
+    for name in [
+        header::AUTHORIZATION,
+        HeaderName::from_static("x-api-key"),
+        NODE_TOKEN,
+        FORWARDED_BY,
+    ] {
+        headers.remove(name);
+    }
 }
 
 fn unreachable_owner(owner: &str, base: &str, e: &dyn std::fmt::Display) -> Response {
@@ -185,7 +226,8 @@ mod tests {
         h.insert("x-hop", HeaderValue::from_static("1"));
         h.insert(NODE_TOKEN, HeaderValue::from_static("forged"));
         h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
-        strip(&mut h);
+        strip_hop(&mut h);
+        strip_credentials(&mut h);
         assert_eq!(h.len(), 1, "{h:?}");
         assert!(h.contains_key(header::CONTENT_TYPE));
     }

@@ -77,3 +77,33 @@ pub async fn call(
         }
     }
 }
+
+/// A live file watch in a sandbox (`Request::Watch`), shared by the file
+/// watch WebSocket and webhooks' `watch_dir`: its events until the
+/// watch's connection or the sandbox's runtime ends.
+pub struct Watch(InitConn);
+
+impl Watch {
+    /// Subscribes; returns once init says the watch is live.
+    pub async fn start(socket: &Path, path: String, recursive: bool) -> Result<Watch, InitError> {
+        let mut conn = InitConn::connect(socket).await?;
+        conn.send(&Request::Watch { path, recursive }, &[]).await?;
+        match conn.recv().await?.0 {
+            Response::Ok => Ok(Watch(conn)),
+            Response::Error { code, message } => Err(InitError::Refused { code, message }),
+            other => Err(InitError::Unreachable(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!("unexpected answer to a watch: {other:?}"),
+            ))),
+        }
+    }
+
+    /// The next change, `(event, path)`; `None` once the watch ended.
+    /// Cancel-safe.
+    pub async fn next(&mut self) -> Option<(String, String)> {
+        match self.0.recv().await {
+            Ok((Response::Event { event, path }, _)) => Some((event, path)),
+            _ => None,
+        }
+    }
+}

@@ -16,7 +16,9 @@ mod limits;
 mod metrics;
 pub mod netpool;
 mod openapi;
+mod preview;
 mod routes;
+pub mod webhooks;
 
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, Request, State};
@@ -83,6 +85,12 @@ pub struct Config {
     pub checkpoint_interval: Option<std::time::Duration>,
     /// The object store collector's grace period (and round interval).
     pub gc_grace: std::time::Duration,
+    /// How webhook deliveries are attempted and retried.
+    pub webhooks: webhooks::Settings,
+    /// Where previews and public services are served:
+    /// `scheme://*.domain[:port]`; `None`: `http://*.localhost:<port>` on
+    /// the listen port (browsers and curl take `*.localhost` as loopback).
+    pub exposure_origin: Option<String>,
 }
 
 #[derive(Clone)]
@@ -97,6 +105,8 @@ pub struct AppState {
     /// `cloud` workers call it with (made at start, never stored).
     own_key: Arc<String>,
     keys: Arc<keys::Keys>,
+    /// Previews and public services of this node's sandboxes.
+    previews: Arc<preview::Previews>,
 }
 
 /// Who a request acts for: every request past authentication has one.
@@ -526,6 +536,12 @@ pub async fn run(mut config: Config) -> anyhow::Result<()> {
         lease: Arc::new(lease),
         registry_auths: config.registry_auths.clone(),
         registry_hosts: registry_hosts(&node.advertise_url, config.listen),
+        webhooks: Arc::new(webhooks::Webhooks::new(
+            db.clone(),
+            sealer.clone(),
+            node.id.clone(),
+            config.webhooks.clone(),
+        )?),
     };
     let lc = lifecycle::Lifecycle::new(runner, store, storage, network, checkpoints).await?;
     lc.adopt().await?;
@@ -546,7 +562,15 @@ pub async fn run(mut config: Config) -> anyhow::Result<()> {
         lc.spawn_checkpointer(every);
     }
     lc.spawn_init_watch();
+    lc.webhooks.spawn();
     lc.spawn_warm_pool();
+    let exposure = preview::Exposure::parse(
+        config
+            .exposure_origin
+            .as_deref()
+            .unwrap_or(&format!("http://*.localhost:{}", config.listen.port())),
+    )
+    .map_err(|e| anyhow::anyhow!(e))?;
     let own_key = sandstone_api::Secret::new(format!("sst-own-{}", random_hex(32)));
     let st = AppState {
         lifecycle: lc.clone(),
@@ -555,6 +579,7 @@ pub async fn run(mut config: Config) -> anyhow::Result<()> {
         cluster,
         own_key: Arc::new(sandstone_db::token_hash(own_key.expose())),
         keys: keys::Keys::new(lc.store.clone()),
+        previews: Arc::new(preview::Previews::new(lc.clone(), exposure)),
     };
     st.keys.spawn_flush();
     let keys = st.keys.clone();
@@ -580,9 +605,13 @@ pub async fn run(mut config: Config) -> anyhow::Result<()> {
     let agents =
         sandstone_agents::Agents::start(db, agents_config, api_keys, st.sealer.clone()).await?;
     let node_id = st.cluster.me.id.clone();
+    let outer = st.clone();
     let app = router(st)
         .nest("/v1", sandstone_agents::router(agents.clone()))
-        .layer(middleware::from_fn(gzip::json));
+        .layer(middleware::from_fn(gzip::json))
+        // Outermost: a preview's or service's host name never reaches the
+        // API, its authentication or its compression.
+        .layer(middleware::from_fn_with_state(outer, preview::by_host));
     // Event streams write small frames: without TCP_NODELAY one can wait
     // for the peer's delayed ACK (40 ms) behind the frame before it.
     let listener = tokio::net::TcpListener::bind(config.listen)
@@ -618,6 +647,11 @@ pub async fn run(mut config: Config) -> anyhow::Result<()> {
         .await?;
     lc.shutdown();
     Ok(())
+}
+
+/// Checks a `--exposure-origin` (`scheme://*.domain[:port]`).
+pub fn check_exposure_origin(origin: &str) -> Result<(), String> {
+    preview::Exposure::parse(origin).map(|_| ())
 }
 
 /// Every sandbox connection through the proxy costs descriptors: use all

@@ -105,17 +105,17 @@ pub fn env_vars(
 pub const MAX_TTL: u64 = 10 * 365 * 24 * 3600;
 
 /// Checks a claim configuration's `env_vars`, `ttl` and `hard_ttl` (seconds;
-/// 0 disables).
+/// 0 disables), and the rest of what it sets.
 pub fn check_config(config: &sandstone_api::SandboxConfig) -> Result<(), Error> {
-    if let Some(field) = config.unsupported() {
-        return Err(Error::Invalid(format!(
-            "invalid field `config.{field}`: not supported by Sandstone yet"
-        )));
-    }
     env_vars("config.env_vars", &config.env_vars)?;
     metadata(&config.metadata)?;
+    sandstone_api::services::check_services(&config.services, "config.services")
+        .map_err(Error::Invalid)?;
     if let Some(dir) = &config.uploads_dir {
         uploads_dir(dir)?;
+    }
+    if let Some(hook) = &config.webhook {
+        crate::webhooks::check(hook).map_err(Error::Invalid)?;
     }
     for (field, v) in [("ttl", config.ttl), ("hard_ttl", config.hard_ttl)] {
         if v.is_some_and(|v| v > MAX_TTL) {

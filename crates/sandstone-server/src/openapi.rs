@@ -5,8 +5,8 @@
 
 use crate::AppState;
 use crate::routes::{
-    cluster, contexts, credentials, files, keys, network, observability, registry, sandboxes,
-    snapshots, templates, tools, uploads,
+    cluster, contexts, credentials, files, keys, network, observability, previews, registry,
+    sandboxes, snapshots, templates, tools, uploads, webhooks,
 };
 use axum::routing::MethodRouter;
 use serde_json::{Map, Value, json};
@@ -59,6 +59,11 @@ pub fn operations() -> Vec<Operation> {
         delete "/api/v1/sandbox-rootfs-snapshots/{snap}" snapshots::delete => 200 None "Delete a snapshot",
         get "/api/v1/sandboxes/{id}/network" network::get => 200 None "The sandbox's network policy",
         put "/api/v1/sandboxes/{id}/network" network::put => 200 Json "Replace the network policy (new connections see it at once)",
+        get "/api/v1/sandboxes/{id}/services" previews::get_services => 200 None "The sandbox's app services and where the public ones are reached",
+        put "/api/v1/sandboxes/{id}/services" previews::put_services => 200 Json "Replace the app services (cmd services start at once and with every runtime generation)",
+        post "/api/v1/sandboxes/{id}/previews" previews::create_preview => 201 Json "Grant a short-lived preview of a loopback port (a one-time bootstrap URL that sets a cookie)",
+        put "/api/v1/sandboxes/{id}/previews/{preview_id}" previews::renew_preview => 200 Json "Renew a preview grant of the current runtime generation",
+        delete "/api/v1/sandboxes/{id}/previews/{preview_id}" previews::revoke_preview => 200 None "Revoke a preview grant (its cookie stops working at once on this node, within 2 s on the others)",
         get "/api/v1/sandboxes/{id}/observability/events" observability::events => 200 None "Egress audit records as network_audit events (cursor, limit, start_time, end_time, outcome and the other filters; watch=true streams NDJSON)",
         post "/api/v1/sandboxes/{id}/contexts" contexts::create => 201 Json "Create a context (cmd or repl); wait_until_done runs it to completion",
         get "/api/v1/sandboxes/{id}/contexts" contexts::list => 200 None "List contexts",
@@ -77,6 +82,7 @@ pub fn operations() -> Vec<Operation> {
         get "/api/v1/sandboxes/{id}/files/list" files::list => 200 None "List a directory",
         post "/api/v1/sandboxes/{id}/files/move" files::rename => 200 Json "Move a path",
         get "/api/v1/sandboxes/{id}/files/watch" files::watch => 101 None "WebSocket: subscribe to file events",
+        get "/api/v1/sandboxes/{id}/webhook/deliveries" webhooks::deliveries => 200 None "Sandstone extension: the sandbox's webhook deliveries (config.webhook), newest first (query: limit): event id and type, state (pending, delivered, failed, dropped), attempts, last status or error, delivered_at",
         get "/api/v1/sandboxes/{id}/uploads" uploads::list => 200 None "List the files of the sandbox's read-only uploads directory (config.uploads_dir)",
         put "/api/v1/sandboxes/{id}/uploads/{name}" uploads::put => 200 Bytes "Upload a file (raw body) into the sandbox's read-only uploads directory, replacing one of that name",
         delete "/api/v1/sandboxes/{id}/uploads/{name}" uploads::delete => 200 None "Remove a file from the sandbox's uploads directory",

@@ -115,6 +115,27 @@ pub struct ServeArgs {
     /// checkpoint takes, and the same on every node.
     #[arg(long, env = "SANDSTONE_GC_GRACE", default_value_t = 3600, requires = "object_store", value_parser = clap::value_parser!(u64).range(1..=604_800))]
     pub gc_grace: u64,
+    /// Webhook deliveries: one attempt's time limit, in milliseconds.
+    #[arg(long, env = "SANDSTONE_WEBHOOK_TIMEOUT_MS", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..=300_000))]
+    pub webhook_timeout_ms: u64,
+    /// Webhook deliveries: the wait after a first failed attempt, in
+    /// milliseconds; it doubles with each failure, up to an hour.
+    #[arg(long, env = "SANDSTONE_WEBHOOK_RETRY_BASE_MS", default_value_t = 1_000, value_parser = clap::value_parser!(u64).range(1..=3_600_000))]
+    pub webhook_retry_base_ms: u64,
+    /// Webhook deliveries: no retry starts later than this many seconds
+    /// after the event (Sandbox0's 24 hours by default).
+    #[arg(long, env = "SANDSTONE_WEBHOOK_GIVE_UP_SECS", default_value_t = 86_400, value_parser = clap::value_parser!(u64).range(1..=604_800))]
+    pub webhook_give_up_secs: u64,
+    /// Where previews and public services are served, as
+    /// `scheme://*.domain[:port]` (the `*` is a preview's or service's own
+    /// name; point a wildcard DNS record or a TLS proxy at this daemon).
+    /// Default: `http://*.localhost:<listen port>`.
+    #[arg(long, env = "SANDSTONE_EXPOSURE_ORIGIN", value_parser = parse_exposure_origin)]
+    pub exposure_origin: Option<String>,
+}
+
+fn parse_exposure_origin(s: &str) -> Result<String, String> {
+    sandstone_server::check_exposure_origin(s).map(|()| s.to_string())
 }
 
 /// 1 to 64 of `[A-Za-z0-9._-]`: it goes into a header and the logs.
@@ -224,6 +245,12 @@ pub async fn serve(data_dir: &Path, args: &ServeArgs) -> Result<()> {
         object_store: args.object_store.clone(),
         checkpoint_interval: args.checkpoint_interval.map(std::time::Duration::from_secs),
         gc_grace: std::time::Duration::from_secs(args.gc_grace),
+        webhooks: sandstone_server::webhooks::Settings {
+            timeout: std::time::Duration::from_millis(args.webhook_timeout_ms),
+            retry_base: std::time::Duration::from_millis(args.webhook_retry_base_ms),
+            give_up_after: std::time::Duration::from_secs(args.webhook_give_up_secs),
+        },
+        exposure_origin: args.exposure_origin.clone(),
     };
     sandstone_server::run(config).await
 }

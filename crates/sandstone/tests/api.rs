@@ -639,8 +639,8 @@ async fn spec_fields_are_honoured_or_refused_by_name() {
     .await;
     d.rejects(
         "/api/v1/sandboxes",
-        json!({"config": {"webhook": {"url": "http://x.test"}}}),
-        "config.webhook",
+        json!({"config": {"webhook": {"url": "ftp://x.test"}}}),
+        "config.webhook.url",
     )
     .await;
     d.rejects(

@@ -973,3 +973,73 @@ async fn a_template_built_on_one_node_runs_on_another() {
     let r = c.nodes[0].sh(&id, "cat /etc/debian_version").await;
     assert!(r["stdout"].as_str().unwrap().starts_with("12."), "{r}");
 }
+
+/// A preview of a server in node 1's sandbox, granted and opened through
+/// node 2: the grant's name is routed to the node that runs the sandbox.
+#[tokio::test]
+async fn a_preview_is_served_through_any_node() {
+    let Some(c) = Cluster::start(2, TTL).await else {
+        return;
+    };
+    let a = c.nodes[0].create(json!({})).await;
+    let owner = c.holder(&a).unwrap();
+    let other = &c.nodes[1 - owner];
+    let serve = json!({"type": "cmd", "cmd": {"command": [
+        "python3", "-m", "http.server", "8000", "--bind", "127.0.0.1", "--directory", "/workspace"
+    ]}});
+    other
+        .sh(&a, "echo from-the-owner > /workspace/where.txt")
+        .await;
+    let (s, v) = other
+        .post(&format!("/api/v1/sandboxes/{a}/contexts"), serve)
+        .await;
+    assert_eq!(s, 201, "{v}");
+    let (s, v) = other
+        .post(
+            &format!("/api/v1/sandboxes/{a}/previews"),
+            json!({"port": 8000, "path": "/where.txt"}),
+        )
+        .await;
+    assert_eq!(s, 201, "{v}");
+    let g = &v["data"];
+    // Every name of the exposure domain goes to the node that is not the owner.
+    let addr: std::net::SocketAddr = other.url.trim_start_matches("http://").parse().unwrap();
+    let host = format!("{}.localhost", g["id"].as_str().unwrap());
+    let client = reqwest::Client::builder()
+        .resolve(&host, addr)
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    // The grant names the owner's port; ask the other node's instead.
+    let owner_port = c.nodes[owner].url.rsplit_once(':').unwrap().1;
+    let via_other =
+        |url: &str| url.replace(&format!(":{owner_port}/"), &format!(":{}/", addr.port()));
+    let boot = client
+        .get(via_other(g["url"].as_str().unwrap()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(boot.status(), 303);
+    let cookie = boot.headers()["set-cookie"]
+        .to_str()
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_string();
+    let target = via_other(g["target_url"].as_str().unwrap());
+    eventually(
+        Duration::from_secs(20),
+        "the preview through the other node",
+        async || {
+            let r = client
+                .get(&target)
+                .header("cookie", &cookie)
+                .send()
+                .await
+                .unwrap();
+            r.status() == 200 && r.text().await.unwrap() == "from-the-owner\n"
+        },
+    )
+    .await;
+}

@@ -19,6 +19,7 @@ pub mod images;
 pub(crate) mod network;
 mod recovery;
 pub mod registry;
+pub mod services;
 mod snapshots;
 mod templates;
 mod uploads;
@@ -26,6 +27,7 @@ mod warm;
 
 use crate::initclient;
 use crate::limits;
+use crate::webhooks::Happened;
 use sandstone_api::timefmt::now_ms;
 use sandstone_api::{SandboxConfig, SandboxUpdateConfig};
 use sandstone_db::{PendingOp, SandboxRow, SandboxStatus, Store};
@@ -108,6 +110,8 @@ pub struct Lifecycle {
     /// Each sandbox's team, as read once: it never changes, so a request's
     /// team check is a map read (see [`Lifecycle::team_of`]).
     teams: Mutex<HashMap<String, String>>,
+    /// Where each sandbox's events go (`config.webhook`).
+    pub(crate) webhooks: Arc<crate::webhooks::Webhooks>,
 }
 
 pub use network::{
@@ -147,6 +151,8 @@ pub struct Runner<'a> {
     /// The names this daemon's own registry answers to (the first is the
     /// one pushers are told).
     pub registry_hosts: Vec<String>,
+    /// Sends sandboxes' events to their webhooks.
+    pub webhooks: Arc<crate::webhooks::Webhooks>,
 }
 
 impl Lifecycle {
@@ -165,6 +171,7 @@ impl Lifecycle {
             lease,
             registry_auths,
             registry_hosts,
+            webhooks,
         } = runner;
         let cgroups = Driver::detect(cgroup_group)?;
         match sandstone_runtime::cgroup::favor_dynamic_modifications() {
@@ -213,6 +220,7 @@ impl Lifecycle {
             creating: Mutex::new(HashMap::new()),
             builds: tokio::sync::RwLock::new(()),
             teams: Mutex::new(HashMap::new()),
+            webhooks,
         })
     }
 
@@ -451,7 +459,7 @@ impl Lifecycle {
             .insert(id.to_string(), Instant::now());
     }
 
-    async fn row(&self, id: &str) -> Result<SandboxRow> {
+    pub async fn row(&self, id: &str) -> Result<SandboxRow> {
         self.store
             .get_sandbox(id)
             .await
@@ -771,8 +779,21 @@ impl Lifecycle {
             checkpointed_at: None,
             team_id: team.to_string(),
         };
-        self.store.insert_sandbox(&row).await?;
-        self.adopt_runtime(id, runtime);
+        self.webhooks
+            .remember(id, config.webhook.as_ref())
+            .await
+            .map_err(internal)?;
+        if let Err(e) = self.store.insert_sandbox(&row).await {
+            // Nothing of a create that failed is left behind.
+            let _ = self.webhooks.forget(id).await;
+            return Err(e.into());
+        }
+        self.adopt_runtime(id, runtime.clone());
+        let generation = row.generation;
+        self.webhooks
+            .emit(&row, Happened::Ready { generation })
+            .await;
+        self.start_services(id, &runtime, &config.services).await;
         Ok(row)
     }
 
@@ -848,6 +869,8 @@ impl Lifecycle {
                 .init_watch
                 .send((id.to_string(), runtime.pid, fd.clone()));
         }
+        self.webhooks
+            .watch_files(self.store.clone(), id.to_string(), runtime.socket.clone());
         self.runtimes
             .write()
             .expect("lock poisoned: a holder panicked")
@@ -929,7 +952,11 @@ impl Lifecycle {
         );
         tracing::warn!(sandbox = %id, pid, %reason, "sandbox failed");
         let recorded = match self.row(id).await {
-            Ok(row) => self.store.set_failed(&row.fence(), &reason).await,
+            Ok(row) => {
+                let failed = self.store.set_failed(&row.fence(), &reason).await;
+                self.webhooks.emit(&row, Happened::Killed { reason }).await;
+                failed
+            }
             Err(_) => Err(sandstone_db::Error::NotFound),
         };
         if let Err(e) = recorded {
@@ -990,6 +1017,7 @@ impl Lifecycle {
             .set_status(&fence, SandboxStatus::Paused, None)
             .await?;
         self.store.set_pending(&fence, None).await?;
+        self.webhooks.emit(&row, Happened::Paused).await;
         checkpointed?;
         self.row(id).await
     }
@@ -1033,8 +1061,15 @@ impl Lifecycle {
             tokio::task::block_in_place(|| self.stop_runtime(id, &runtime.cgroup));
             return Err(e.into());
         }
-        self.adopt_runtime(id, runtime);
-        self.row(id).await
+        self.adopt_runtime(id, runtime.clone());
+        self.start_services(id, &runtime, &config_of(&row).services)
+            .await;
+        let row = self.row(id).await?;
+        let generation = row.generation;
+        self.webhooks
+            .emit(&row, Happened::Resumed { generation })
+            .await;
+        Ok(row)
     }
 
     /// Deletes a sandbox and its volume (snapshots stay); 404 when unknown.
@@ -1058,6 +1093,7 @@ impl Lifecycle {
         }
         self.store.delete_sandbox(&fence).await?;
         self.store.delete_audit(id).await?;
+        self.store.delete_previews(id).await?;
         self.forget_checkpoints(id).await;
         self.activity
             .lock()
@@ -1068,6 +1104,10 @@ impl Lifecycle {
             .expect("lock poisoned: a holder panicked")
             .remove(id);
         self.free_slot(row.slot);
+        self.webhooks.emit(&row, Happened::Deleted).await;
+        if let Err(e) = self.webhooks.forget(id).await {
+            tracing::warn!(sandbox = %id, error = %e, "webhook secret left behind");
+        }
         Ok(())
     }
 }

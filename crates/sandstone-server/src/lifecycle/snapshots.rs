@@ -396,7 +396,12 @@ impl Lifecycle {
             team_id: src.team_id.clone(),
         };
         let recorded = match copied {
-            Ok(_) => self.store.insert_sandbox(&row).await.map_err(Error::from),
+            // Its configuration names its parent's receiver: the secret
+            // goes with it, before the row makes it visible.
+            Ok(_) => match self.webhooks.copy_secret(id, &new_id).await {
+                Ok(()) => self.store.insert_sandbox(&row).await.map_err(Error::from),
+                Err(e) => Err(internal(e)),
+            },
             Err(e) => Err(e),
         };
         self.store.set_pending(&fence, None).await?;

@@ -422,28 +422,11 @@ async fn watch_ws(mut socket: WebSocket, init_socket: std::path::PathBuf) {
         Err(e) => return drop(socket.send(reply_err(e.message)).await),
     };
     let watch_id = format!("w-{}", crate::lifecycle::random_hex(4));
-    let mut conn = match InitConn::connect(&init_socket).await {
-        Ok(c) => c,
-        Err(e) => {
-            return drop(
-                socket
-                    .send(reply_err(InitError::Unreachable(e).to_string()))
-                    .await,
-            );
-        }
+    let recursive = v["recursive"].as_bool().unwrap_or(false);
+    let mut watch = match initclient::Watch::start(&init_socket, path, recursive).await {
+        Ok(w) => w,
+        Err(e) => return drop(socket.send(reply_err(e.to_string())).await),
     };
-    let req = Request::Watch {
-        path,
-        recursive: v["recursive"].as_bool().unwrap_or(false),
-    };
-    if conn.send(&req, &[]).await.is_err() {
-        return;
-    }
-    match conn.recv().await {
-        Ok((Init::Ok, _)) => {}
-        Ok((Init::Error { message, .. }, _)) => return drop(socket.send(reply_err(message)).await),
-        _ => return,
-    }
     let subscribed = json!({"type": "subscribed", "watch_id": watch_id});
     if socket
         .send(Message::Text(subscribed.to_string().into()))
@@ -454,12 +437,12 @@ async fn watch_ws(mut socket: WebSocket, init_socket: std::path::PathBuf) {
     }
     loop {
         tokio::select! {
-            ev = conn.recv() => match ev {
-                Ok((Init::Event { event, path }, _)) => {
+            ev = watch.next() => match ev {
+                Some((event, path)) => {
                     let m = json!({"type": "event", "watch_id": watch_id, "event": event, "path": path});
                     if socket.send(Message::Text(m.to_string().into())).await.is_err() { return; }
                 }
-                _ => return,
+                None => return,
             },
             msg = socket.recv() => match msg {
                 Some(Ok(Message::Text(_))) | Some(Ok(Message::Close(_))) | None | Some(Err(_)) => return,

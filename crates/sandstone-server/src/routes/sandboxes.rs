@@ -245,12 +245,17 @@ pub async fn update(
             "invalid field `config.resources`: resources are fixed at claim time",
         ));
     }
-    if !new.services.is_empty() {
-        return Err(ApiError::bad_request(
-            "invalid field `config.services`: not supported by Sandstone yet",
-        ));
+    let mut new = new;
+    // Checked before anything changes, so a bad list leaves all as it was.
+    let services = new.services.take();
+    if let Some(s) = &services {
+        sandstone_api::services::check_services(s, "config.services")
+            .map_err(ApiError::bad_request)?;
     }
-    let r = st.lifecycle.update_config(&id, new).await?;
+    let mut r = st.lifecycle.update_config(&id, new).await?;
+    if let Some(s) = services {
+        r = st.lifecycle.set_services(&id, s, "config.services").await?;
+    }
     Ok(ok(StatusCode::OK, to_sandbox(&st, &r)))
 }
 

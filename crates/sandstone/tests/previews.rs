@@ -1,0 +1,364 @@
+//! Previews and public services: servers on a sandbox's loopback, reached
+//! through the daemon at `*.localhost` names, by real HTTP clients (curl
+//! and reqwest) against a real daemon.
+
+// Test code: an unexpected failure is the test failing, so unwrap is the point.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use common::{Daemon, sha256sum};
+use reqwest::{Method, StatusCode, redirect};
+use serde_json::{Value, json};
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+/// A client that sends every name to the daemon, as a wildcard DNS record
+/// would, and never follows redirects (the bootstrap's is checked).
+fn browser(d: &Daemon, host: &str) -> reqwest::Client {
+    let addr: SocketAddr = d.url.trim_start_matches("http://").parse().unwrap();
+    reqwest::Client::builder()
+        .resolve(host, addr)
+        .redirect(redirect::Policy::none())
+        .timeout(Duration::from_secs(30))
+        .build()
+        .unwrap()
+}
+
+fn host_of(url: &str) -> String {
+    let rest = url.split_once("://").unwrap().1;
+    let authority = rest.split('/').next().unwrap();
+    authority.split(':').next().unwrap().to_string()
+}
+
+/// Starts `python3 -m http.server` on `port` in the sandbox, serving a
+/// directory with an index naming `marker`, and waits until it answers.
+async fn serve(d: &Daemon, id: &str, port: u16, marker: &str) {
+    d.sh(
+        id,
+        &format!("mkdir -p /tmp/site && echo '<h1>{marker}</h1>' > /tmp/site/index.html"),
+    )
+    .await;
+    let body = json!({"type": "cmd", "cmd": {"command": [
+        "python3", "-m", "http.server", port.to_string(), "--bind", "127.0.0.1", "--directory", "/tmp/site"
+    ]}});
+    let (s, v) = d
+        .post(&format!("/api/v1/sandboxes/{id}/contexts"), body)
+        .await;
+    assert_eq!(s, 201, "{v}");
+    wait_listening(d, id, port).await;
+}
+
+async fn wait_listening(d: &Daemon, id: &str, port: u16) {
+    let probe = format!(
+        "for i in $(seq 100); do python3 -c 'import socket; socket.create_connection((\"127.0.0.1\", {port}), 1)' 2>/dev/null && exit 0; sleep 0.1; done; exit 1"
+    );
+    assert_eq!(
+        d.sh(id, &probe).await["exit_code"],
+        0,
+        "port {port} never listened"
+    );
+}
+
+async fn grant(d: &Daemon, id: &str, body: Value) -> Value {
+    let (s, v) = d
+        .post(&format!("/api/v1/sandboxes/{id}/previews"), body)
+        .await;
+    assert_eq!(s, 201, "{v}");
+    v["data"].clone()
+}
+
+/// Spends a grant's bootstrap URL: the cookie it sets.
+async fn bootstrap(d: &Daemon, g: &Value) -> String {
+    let url = g["url"].as_str().unwrap();
+    let r = browser(d, &host_of(url)).get(url).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::SEE_OTHER);
+    let set = r.headers()["set-cookie"].to_str().unwrap().to_string();
+    assert!(
+        set.contains("HttpOnly") && set.contains("SameSite=Lax"),
+        "{set}"
+    );
+    set.split(';').next().unwrap().to_string()
+}
+
+async fn fetch(d: &Daemon, url: &str, cookie: Option<&str>) -> (StatusCode, String) {
+    let mut r = browser(d, &host_of(url)).get(url);
+    if let Some(c) = cookie {
+        r = r.header("cookie", c);
+    }
+    let r = r.send().await.unwrap();
+    (r.status(), r.text().await.unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_preview_grant_opens_one_loopback_port_for_its_runtime_only() {
+    let d = Daemon::start().await;
+    let id = d.create(json!({})).await;
+    serve(&d, &id, 8000, "preview works").await;
+
+    // Bad requests name their field.
+    for (body, field) in [
+        (json!({"port": 0}), "port"),
+        (json!({"port": 8000, "ttl_seconds": 5}), "ttl_seconds"),
+        (
+            json!({"port": 8000, "path": "//elsewhere.example/"}),
+            "path",
+        ),
+    ] {
+        d.rejects(&format!("/api/v1/sandboxes/{id}/previews"), body, field)
+            .await;
+    }
+
+    let g = grant(
+        &d,
+        &id,
+        json!({"port": 8000, "path": "/index.html", "ttl_seconds": 120}),
+    )
+    .await;
+    let target = g["target_url"].as_str().unwrap();
+    assert_eq!(g["port"], 8000);
+    assert!(target.ends_with("/index.html"), "{g}");
+    assert!(g["runtime_generation"].as_i64().unwrap() >= 1);
+
+    // curl follows the one-time URL: cookie set, redirected, page served.
+    let dir = tempfile::tempdir().unwrap();
+    let jar = dir.path().join("jar");
+    let addr = d.url.trim_start_matches("http://").to_string();
+    let host = host_of(target);
+    let port = addr.rsplit_once(':').unwrap().1;
+    let curl = |url: &str, jar: &std::path::Path| {
+        std::process::Command::new("curl")
+            .args(["-sS", "-L", "--max-time", "20", "-w", "\n%{http_code}"])
+            .arg("--resolve")
+            .arg(format!("{host}:{port}:127.0.0.1"))
+            .arg("-c")
+            .arg(jar)
+            .arg("-b")
+            .arg(jar)
+            .arg(url)
+            .output()
+            .unwrap()
+    };
+    let out = curl(g["url"].as_str().unwrap(), &jar);
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        text.contains("preview works") && text.ends_with("\n200"),
+        "{text}"
+    );
+
+    // Without the cookie, and with the spent URL again, nothing.
+    assert_eq!(fetch(&d, target, None).await.0, StatusCode::UNAUTHORIZED);
+    let again = curl(g["url"].as_str().unwrap(), &dir.path().join("other-jar"));
+    assert!(String::from_utf8_lossy(&again.stdout).ends_with("\n403"));
+
+    // A second grant in a plain client; the app never sees the cookie.
+    let g2 = grant(&d, &id, json!({"port": 8000})).await;
+    let cookie = bootstrap(&d, &g2).await;
+    let (s, body) = fetch(&d, g2["target_url"].as_str().unwrap(), Some(&cookie)).await;
+    assert_eq!(s, StatusCode::OK);
+    assert!(
+        body.contains("Directory listing") || body.contains("preview works"),
+        "{body}"
+    );
+    // A grant's cookie opens only its own grant's origin.
+    let (s, _) = fetch(&d, target, Some(&cookie)).await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED);
+
+    // Undeclared names are not reachable: no such grant, no such service.
+    let base = target.split("/index.html").next().unwrap();
+    let none = base.replace(g["id"].as_str().unwrap(), "pv-0000000000000000");
+    assert_eq!(
+        fetch(&d, &format!("{none}/"), Some(&cookie)).await.0,
+        StatusCode::NOT_FOUND
+    );
+    let undeclared = base.replace(g["id"].as_str().unwrap(), &format!("web--{id}"));
+    assert_eq!(
+        fetch(&d, &format!("{undeclared}/"), None).await.0,
+        StatusCode::NOT_FOUND
+    );
+
+    // A grant for a port nothing listens on: the request fails at the gateway.
+    let g3 = grant(&d, &id, json!({"port": 8009})).await;
+    let c3 = bootstrap(&d, &g3).await;
+    assert_eq!(
+        fetch(&d, g3["target_url"].as_str().unwrap(), Some(&c3))
+            .await
+            .0,
+        StatusCode::BAD_GATEWAY
+    );
+
+    // Renewal keeps the grant; after a pause and resume it is over.
+    let (s, v) = d
+        .req(
+            Method::PUT,
+            &format!(
+                "/api/v1/sandboxes/{id}/previews/{}",
+                g2["id"].as_str().unwrap()
+            ),
+            Some(json!({"ttl_seconds": 3600})),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["data"]["url"], g2["target_url"]);
+    assert!(v["data"]["expires_at"].as_str().unwrap() > g2["expires_at"].as_str().unwrap());
+    assert_eq!(
+        d.post(&format!("/api/v1/sandboxes/{id}/pause"), json!({}))
+            .await
+            .0,
+        200
+    );
+    assert_eq!(
+        d.post(&format!("/api/v1/sandboxes/{id}/resume"), json!({}))
+            .await
+            .0,
+        200
+    );
+    serve(&d, &id, 8000, "second life").await;
+    let (s, _) = fetch(&d, g2["target_url"].as_str().unwrap(), Some(&cookie)).await;
+    assert_eq!(s, StatusCode::GONE);
+    let (s, v) = d
+        .req(
+            Method::PUT,
+            &format!(
+                "/api/v1/sandboxes/{id}/previews/{}",
+                g2["id"].as_str().unwrap()
+            ),
+            Some(json!({})),
+        )
+        .await;
+    assert_eq!(s, 409, "{v}");
+    let fresh = grant(&d, &id, json!({"port": 8000})).await;
+    let c = bootstrap(&d, &fresh).await;
+    let (s, body) = fetch(
+        &d,
+        &format!("{}index.html", fresh["target_url"].as_str().unwrap()),
+        Some(&c),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK);
+    assert!(body.contains("second life"), "{body}");
+
+    // Revoked, its cookie opens nothing; a second revoke finds nothing.
+    let revoke = format!(
+        "/api/v1/sandboxes/{id}/previews/{}",
+        fresh["id"].as_str().unwrap()
+    );
+    assert_eq!(d.delete(&revoke).await.0, 200);
+    let (s, _) = fetch(&d, fresh["target_url"].as_str().unwrap(), Some(&c)).await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    assert_eq!(d.delete(&revoke).await.0, 404);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_expired_grant_is_refused() {
+    let d = Daemon::start().await;
+    let id = d.create(json!({})).await;
+    serve(&d, &id, 8000, "short").await;
+    let g = grant(&d, &id, json!({"port": 8000, "ttl_seconds": 30})).await;
+    let cookie = bootstrap(&d, &g).await;
+    let target = g["target_url"].as_str().unwrap();
+    assert_eq!(fetch(&d, target, Some(&cookie)).await.0, StatusCode::OK);
+    tokio::time::sleep(Duration::from_secs(31)).await;
+    let (s, body) = fetch(&d, target, Some(&cookie)).await;
+    assert_eq!(s, StatusCode::FORBIDDEN, "{body}");
+    assert!(body.contains("expired"), "{body}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_public_service_wakes_its_paused_sandbox_and_checks_its_routes() {
+    let d = Daemon::start().await;
+    let token_sha = sha256sum(b"route-token");
+    let services = json!([{
+        "id": "web",
+        "port": 8001,
+        "runtime": {"type": "cmd", "command": ["python3", "-m", "http.server", "8001", "--bind", "127.0.0.1", "--directory", "/workspace"]},
+        "ingress": {"public": true, "routes": [
+            {"id": "all", "resume": true},
+            {"id": "admin", "path_prefix": "/admin", "resume": false,
+             "auth": {"mode": "bearer", "bearer_token_sha256": token_sha}},
+        ]},
+    }]);
+    // The claim checks its services field by field.
+    let bad = json!([{"id": "web", "port": 8001, "ingress": {"public": true, "routes": [{"id": "r", "resume": true}]}}]);
+    d.rejects(
+        "/api/v1/sandboxes",
+        json!({"template": "host", "config": {"services": bad}}),
+        "config.services[0].ingress.routes[0].resume",
+    )
+    .await;
+
+    let id = d
+        .create(json!({"auto_resume": true, "services": services}))
+        .await;
+    d.sh(&id, "echo served > /workspace/hello.txt").await;
+    let (s, v) = d.get(&format!("/api/v1/sandboxes/{id}/services")).await;
+    assert_eq!(s, 200, "{v}");
+    let url = v["data"]["services"][0]["public_url"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        url.starts_with(&format!("http://web--{id}.localhost:")),
+        "{v}"
+    );
+
+    // The cmd service was started by the claim.
+    let started = Instant::now();
+    loop {
+        let (s, body) = fetch(&d, &format!("{url}hello.txt"), None).await;
+        if s == StatusCode::OK {
+            assert_eq!(body, "served\n");
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "service never answered: {s} {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // The admin route needs its bearer token; the server never sees it.
+    assert_eq!(
+        fetch(&d, &format!("{url}admin/x"), None).await.0,
+        StatusCode::UNAUTHORIZED
+    );
+    let r = browser(&d, &host_of(&url))
+        .get(format!("{url}admin/x"))
+        .bearer_auth("route-token")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        r.status(),
+        StatusCode::NOT_FOUND,
+        "python answers 404 for a missing file"
+    );
+    // A service nobody declared, on the same sandbox: 404.
+    let other = url.replace("web--", "db--");
+    assert_eq!(fetch(&d, &other, None).await.0, StatusCode::NOT_FOUND);
+
+    // Paused, the first request resumes it and the service comes back.
+    assert_eq!(
+        d.post(&format!("/api/v1/sandboxes/{id}/pause"), json!({}))
+            .await
+            .0,
+        200
+    );
+    let (s, body) = fetch(&d, &format!("{url}hello.txt"), None).await;
+    assert_eq!((s, body.as_str()), (StatusCode::OK, "served\n"));
+    let (_, v) = d.get(&format!("/api/v1/sandboxes/{id}")).await;
+    assert_eq!(v["data"]["status"], "running", "{v}");
+
+    // Replacing the services takes the old one off the air.
+    let (s, v) = d
+        .req(
+            Method::PUT,
+            &format!("/api/v1/sandboxes/{id}/services"),
+            Some(json!({"services": []})),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(
+        fetch(&d, &format!("{url}hello.txt"), None).await.0,
+        StatusCode::NOT_FOUND
+    );
+}
