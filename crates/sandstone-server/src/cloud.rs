@@ -14,6 +14,7 @@
 //!   registries (the egress presets), every denial audited.
 
 use crate::lifecycle::{BuildSpec, Lifecycle};
+use crate::lock;
 use sandstone_agents::vaults;
 use sandstone_agents::{Agents, Executor, SessionSetup, Unservable};
 use sandstone_agents_api::{
@@ -304,12 +305,6 @@ fn keep_tail(s: &mut String, n: usize) {
         cut += 1;
     }
     s.drain(..cut);
-}
-
-/// The maps here change by single inserts and removes: a panic while one
-/// was held cannot have left it half-changed.
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().expect("a cloud executor lock is never poisoned")
 }
 
 impl Executor for Cloud {

@@ -209,7 +209,7 @@ fn unreachable_owner(owner: &str, base: &str, e: &dyn std::fmt::Display) -> Resp
 
 /// Compares without stopping at the first difference, so the time taken
 /// says nothing about how much of a guessed token was right.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+pub(crate) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 

@@ -10,8 +10,8 @@
 //! reach this one. Uses are counted in memory and written back every
 //! [`USE_FLUSH`], not on each request.
 
-use crate::Caller;
 use crate::lifecycle::random_hex;
+use crate::{Caller, lock};
 use sandstone_api::auth::{Action, Role};
 use sandstone_api::timefmt::{now_us, rfc3339_ms};
 use sandstone_api::{
@@ -68,12 +68,6 @@ pub struct Keys {
     cache: Mutex<HashMap<String, Cached>>,
     /// Uses not yet written: by key id, (last use, count).
     uses: Mutex<HashMap<String, (i64, i64)>>,
-}
-
-/// The maps here change by single inserts and removes: a panic while one
-/// was held cannot have left it half-changed.
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().expect("the key cache lock is never poisoned")
 }
 
 /// How a key looks in a listing.

@@ -649,6 +649,13 @@ pub async fn run(mut config: Config) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Locks a mutex of maps that change by single inserts and removes: a
+/// panic while one was held cannot have left it half-changed, so a
+/// poisoned one is a bug to stop at, not a state to recover.
+pub(crate) fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().expect("lock poisoned: a holder panicked")
+}
+
 /// Checks a `--exposure-origin` (`scheme://*.domain[:port]`).
 pub fn check_exposure_origin(origin: &str) -> Result<(), String> {
     preview::Exposure::parse(origin).map(|_| ())

@@ -17,8 +17,9 @@
 //! 127.0.0.1, so the egress firewall and proxy are not involved and the
 //! server needs no other address.
 
-use crate::forward::relay;
+use crate::forward::{constant_time_eq, relay};
 use crate::lifecycle::{Lifecycle, Runtime};
+use crate::lock;
 use axum::body::Body;
 use axum::extract::{Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, Uri, header};
@@ -637,15 +638,6 @@ fn unavailable(e: &dyn std::fmt::Display) -> Response {
         StatusCode::SERVICE_UNAVAILABLE,
         "the preview store is unavailable; try again",
     )
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().expect("lock poisoned: a holder panicked")
-}
-
-/// Compares without stopping at the first difference.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 #[cfg(test)]

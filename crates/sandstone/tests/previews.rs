@@ -7,7 +7,7 @@
 
 mod common;
 
-use common::{Daemon, sha256sum};
+use common::{Daemon, run_python, sdk_python, sha256sum};
 use reqwest::{Method, StatusCode, redirect};
 use serde_json::{Value, json};
 use std::net::SocketAddr;
@@ -361,4 +361,33 @@ async fn a_public_service_wakes_its_paused_sandbox_and_checks_its_routes() {
         fetch(&d, &format!("{url}hello.txt"), None).await.0,
         StatusCode::NOT_FOUND
     );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_preview_opens_in_a_browser() {
+    let Some(python) = sdk_python() else { return };
+    let chromium = std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
+    assert!(
+        std::path::Path::new(&chromium).is_file(),
+        "{chromium} not found: install Debian's chromium (scripts/test.sh and CI do)"
+    );
+    let d = Daemon::start().await;
+    let id = d.create(json!({})).await;
+    serve(&d, &id, 8000, "seen in chromium").await;
+    let g = grant(&d, &id, json!({"port": 8000, "path": "/index.html"})).await;
+    let out = std::env::var("CARGO_TARGET_DIR")
+        .map_or("/tmp/test-output".into(), |t| format!("{t}/test-output"));
+    let (stdout, _) = run_python(
+        &python,
+        "previews/browser.py",
+        &[
+            ("PREVIEW_URL", g["url"].as_str().unwrap()),
+            ("PREVIEW_TARGET", g["target_url"].as_str().unwrap()),
+            ("PREVIEW_MARKER", "seen in chromium"),
+            ("SANDSTONE_TEST_OUTPUT", &out),
+            ("CHROMIUM", &chromium),
+        ],
+    )
+    .await;
+    assert!(stdout.contains("preview browser: ok"), "{stdout}");
 }
