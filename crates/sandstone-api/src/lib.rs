@@ -6,6 +6,7 @@
 
 pub mod auth;
 pub mod hmac;
+pub mod metrics;
 pub mod observability;
 mod secret;
 pub mod services;

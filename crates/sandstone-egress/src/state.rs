@@ -172,6 +172,18 @@ impl Egress {
         s
     }
 
+    /// Bytes sandbox `id` sent and received through the proxy since its
+    /// runtime registered (`None`: not served now).
+    pub fn bytes_of(&self, id: &str) -> Option<(u64, u64)> {
+        let nets = self.by_addr.read().expect("lock poisoned");
+        let net = nets.values().find(|n| n.id == id)?;
+        let c = &net.counters;
+        Some((
+            c.bytes_up.load(Ordering::Relaxed),
+            c.bytes_down.load(Ordering::Relaxed),
+        ))
+    }
+
     pub fn sandbox(&self, addr: IpAddr) -> Option<Arc<SandboxNet>> {
         let IpAddr::V4(v4) = addr else { return None };
         self.by_addr

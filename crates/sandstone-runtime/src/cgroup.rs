@@ -33,10 +33,18 @@ pub enum Controller {
     Pids,
     Cpu,
     Freezer,
+    /// Accounting only (the CPU time a sandbox used): no limits live here.
+    Cpuacct,
 }
 
 impl Controller {
-    const ALL: [Controller; 4] = [Self::Memory, Self::Pids, Self::Cpu, Self::Freezer];
+    const ALL: [Controller; 5] = [
+        Self::Memory,
+        Self::Pids,
+        Self::Cpu,
+        Self::Freezer,
+        Self::Cpuacct,
+    ];
 
     fn name(self) -> &'static str {
         match self {
@@ -44,8 +52,27 @@ impl Controller {
             Self::Pids => "pids",
             Self::Cpu => "cpu",
             Self::Freezer => "freezer",
+            Self::Cpuacct => "cpuacct",
         }
     }
+}
+
+/// What a cgroup has used, as the kernel accounts it; `None` where the
+/// host's hierarchy does not keep a figure (or the cgroup is gone).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Usage {
+    /// CPU time of every process that ever ran in it.
+    pub cpu_seconds: Option<f64>,
+    /// Memory charged now, page cache included.
+    pub memory_bytes: Option<u64>,
+    /// `memory_bytes` less the inactive file cache the kernel reclaims
+    /// first: what the OOM killer weighs (as kubelet counts it).
+    pub working_set_bytes: Option<u64>,
+    /// The most memory charged at once since the cgroup was made.
+    pub memory_peak_bytes: Option<u64>,
+    pub memory_limit_bytes: Option<u64>,
+    pub cpu_limit_cores: Option<f64>,
+    pub pids: Option<u64>,
 }
 
 /// One sandbox's cgroup (a directory per hierarchy).
@@ -126,6 +153,11 @@ impl Driver {
         let proc_cgroup = Self::proc_cgroup()?;
         let mut parents = Vec::new();
         for c in Controller::ALL {
+            // Without a cpuacct hierarchy only the CPU time metric is
+            // lost; every other controller is required.
+            if c == Controller::Cpuacct && !Path::new(ROOT).join(c.name()).exists() {
+                continue;
+            }
             let own = own_path(&proc_cgroup, Some(c.name())).unwrap_or_default();
             let base = join_rel(&Path::new(ROOT).join(c.name()), &own);
             parents.push((c, join_rel(&base, group)));
@@ -285,7 +317,7 @@ impl Driver {
                                 write(&dir.join("cpu.cfs_quota_us"), &(c * 100).to_string())?;
                             }
                         }
-                        Controller::Freezer => {}
+                        Controller::Freezer | Controller::Cpuacct => {}
                     }
                 }
             }
@@ -321,15 +353,20 @@ impl Cgroup {
         Ok(())
     }
 
-    fn memory_dir(&self) -> &Path {
+    /// The directory of `controller`: the one directory on v2, the one in
+    /// that controller's hierarchy on v1.
+    fn dir_of(&self, controller: Controller) -> Option<&Path> {
         if self.v2 {
-            &self.dirs[0]
-        } else {
-            self.dirs
-                .iter()
-                .find(|d| d.components().any(|c| c.as_os_str() == "memory"))
-                .unwrap_or(&self.dirs[0])
+            return self.dirs.first().map(|d| d.as_path());
         }
+        self.dirs
+            .iter()
+            .find(|d| d.components().any(|c| c.as_os_str() == controller.name()))
+            .map(|d| d.as_path())
+    }
+
+    fn read(&self, controller: Controller, file: &str) -> Option<String> {
+        std::fs::read_to_string(self.dir_of(controller)?.join(file)).ok()
     }
 
     /// How many processes the kernel OOM-killed in this cgroup so far.
@@ -339,11 +376,58 @@ impl Cgroup {
         } else {
             "memory.oom_control"
         };
-        let text = std::fs::read_to_string(self.memory_dir().join(file)).unwrap_or_default();
-        text.lines()
-            .find_map(|l| l.strip_prefix("oom_kill "))
-            .and_then(|v| v.trim().parse().ok())
+        self.read(Controller::Memory, file)
+            .and_then(|text| keyed(&text, "oom_kill"))
             .unwrap_or(0)
+    }
+
+    /// What the cgroup has used so far and holds now (a few small reads).
+    pub fn usage(&self) -> Usage {
+        use Controller::*;
+        let number = |c, file| {
+            self.read(c, file)
+                .and_then(|t| t.trim().parse::<u64>().ok())
+        };
+        let stat = |file, key| self.read(Memory, file).and_then(|t| keyed(&t, key));
+        let u = if self.v2 {
+            Usage {
+                cpu_seconds: self
+                    .read(Cpu, "cpu.stat")
+                    .and_then(|t| keyed(&t, "usage_usec"))
+                    .map(|us| us as f64 / 1e6),
+                memory_bytes: number(Memory, "memory.current"),
+                working_set_bytes: None,
+                memory_peak_bytes: number(Memory, "memory.peak"),
+                memory_limit_bytes: number(Memory, "memory.max"),
+                cpu_limit_cores: self.read(Cpu, "cpu.max").and_then(|t| cpu_max(&t)),
+                pids: number(Pids, "pids.current"),
+            }
+        } else {
+            Usage {
+                cpu_seconds: number(Cpuacct, "cpuacct.usage").map(|ns| ns as f64 / 1e9),
+                memory_bytes: number(Memory, "memory.usage_in_bytes"),
+                working_set_bytes: None,
+                memory_peak_bytes: number(Memory, "memory.max_usage_in_bytes"),
+                memory_limit_bytes: number(Memory, "memory.limit_in_bytes")
+                    .filter(|b| *b < V1_UNLIMITED),
+                cpu_limit_cores: cfs_quota(
+                    &self.read(Cpu, "cpu.cfs_quota_us").unwrap_or_default(),
+                    &self.read(Cpu, "cpu.cfs_period_us").unwrap_or_default(),
+                ),
+                pids: number(Pids, "pids.current"),
+            }
+        };
+        let inactive = if self.v2 {
+            stat("memory.stat", "inactive_file")
+        } else {
+            stat("memory.stat", "total_inactive_file")
+        };
+        Usage {
+            working_set_bytes: u
+                .memory_bytes
+                .map(|m| m.saturating_sub(inactive.unwrap_or(0))),
+            ..u
+        }
     }
 
     /// Pids currently in the cgroup.
@@ -372,21 +456,11 @@ impl Cgroup {
         }
     }
 
-    fn freezer_dir(&self) -> Option<&Path> {
-        if self.v2 {
-            return self.dirs.first().map(|d| d.as_path());
-        }
-        self.dirs
-            .iter()
-            .find(|d| d.components().any(|c| c.as_os_str() == "freezer"))
-            .map(|d| d.as_path())
-    }
-
     /// Freezes (or thaws) every process of the cgroup and waits, bounded,
     /// until the kernel reports the new state.
     pub fn set_frozen(&self, frozen: bool) -> Result<()> {
         let dir = self
-            .freezer_dir()
+            .dir_of(Controller::Freezer)
             .ok_or_else(|| Error::Other("no freezer hierarchy".into()))?;
         let (file, value, check_file, done): (&str, &str, &str, &str) = match (self.v2, frozen) {
             (true, true) => ("cgroup.freeze", "1", "cgroup.events", "frozen 1"),
@@ -432,6 +506,33 @@ impl Cgroup {
         }
         first_err.map_or(Ok(()), Err)
     }
+}
+
+/// v1 reports "no memory limit" as the largest page count in bytes; any
+/// figure this large is that, not a limit.
+const V1_UNLIMITED: u64 = 1 << 62;
+
+/// The value of `key` in a flat keyed file (`memory.stat`, `cpu.stat`,
+/// `memory.events`: one `key value` per line).
+fn keyed(text: &str, key: &str) -> Option<u64> {
+    text.lines().find_map(|l| {
+        let (k, v) = l.split_once(' ')?;
+        (k == key).then(|| v.trim().parse().ok()).flatten()
+    })
+}
+
+/// Cores allowed by v2's `cpu.max` (`<quota> <period>`, or `max …`).
+fn cpu_max(text: &str) -> Option<f64> {
+    let (quota, period) = text.trim().split_once(' ')?;
+    cfs_quota(quota, period)
+}
+
+/// Cores allowed by a CFS quota and period in microseconds; `None` when
+/// unlimited (`-1` on v1, `max` on v2).
+fn cfs_quota(quota: &str, period: &str) -> Option<f64> {
+    let quota: u64 = quota.trim().parse().ok()?;
+    let period: u64 = period.trim().parse().ok().filter(|p| *p > 0)?;
+    Some(quota as f64 / period as f64)
 }
 
 /// How long a freeze or thaw may take before it is an error.
@@ -543,6 +644,111 @@ mod tests {
             );
         }
         driver.remove_parents();
+    }
+
+    #[test]
+    fn flat_keyed_files_and_cpu_limits_parse() {
+        let stat = "cache 10\ntotal_inactive_file 4096\ninactive_file 7\n";
+        assert_eq!(keyed(stat, "total_inactive_file"), Some(4096));
+        assert_eq!(keyed(stat, "inactive_file"), Some(7));
+        assert_eq!(keyed(stat, "active_file"), None);
+        assert_eq!(
+            keyed("oom_kill_disable 0\noom_kill 3\n", "oom_kill"),
+            Some(3)
+        );
+        assert_eq!(
+            keyed("usage_usec 1500000\nuser_usec 1\n", "usage_usec"),
+            Some(1_500_000)
+        );
+        assert_eq!(cpu_max("50000 100000\n"), Some(0.5));
+        assert_eq!(cpu_max("max 100000\n"), None);
+        assert_eq!(cfs_quota("200000\n", "100000\n"), Some(2.0));
+        assert_eq!(cfs_quota("-1\n", "100000\n"), None);
+        assert_eq!(cfs_quota("100", "0"), None);
+    }
+
+    #[test]
+    fn usage_reads_a_v1_and_a_v2_cgroup() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = |c: &str| {
+            let d = root.path().join(c).join("sb");
+            std::fs::create_dir_all(&d).unwrap();
+            d
+        };
+        let files = |d: &Path, f: &[(&str, &str)]| {
+            for (name, text) in f {
+                std::fs::write(d.join(name), text).unwrap();
+            }
+        };
+        let v1 = Cgroup {
+            dirs: ["memory", "pids", "cpu", "freezer", "cpuacct"]
+                .iter()
+                .map(|c| dir(c))
+                .collect(),
+            v2: false,
+        };
+        files(
+            &v1.dirs[0],
+            &[
+                ("memory.usage_in_bytes", "1000\n"),
+                ("memory.max_usage_in_bytes", "3000\n"),
+                ("memory.limit_in_bytes", "9223372036854771712\n"),
+                ("memory.stat", "cache 5\ntotal_inactive_file 400\n"),
+            ],
+        );
+        files(&v1.dirs[1], &[("pids.current", "7\n")]);
+        files(
+            &v1.dirs[2],
+            &[
+                ("cpu.cfs_quota_us", "50000\n"),
+                ("cpu.cfs_period_us", "100000\n"),
+            ],
+        );
+        files(&v1.dirs[4], &[("cpuacct.usage", "2500000000\n")]);
+        assert_eq!(
+            v1.usage(),
+            Usage {
+                cpu_seconds: Some(2.5),
+                memory_bytes: Some(1000),
+                working_set_bytes: Some(600),
+                memory_peak_bytes: Some(3000),
+                memory_limit_bytes: None,
+                cpu_limit_cores: Some(0.5),
+                pids: Some(7),
+            }
+        );
+        let v2 = Cgroup {
+            dirs: vec![dir("unified")],
+            v2: true,
+        };
+        files(
+            &v2.dirs[0],
+            &[
+                ("cpu.stat", "usage_usec 1500000\nuser_usec 1000000\n"),
+                ("cpu.max", "max 100000\n"),
+                ("memory.current", "2048\n"),
+                ("memory.max", "4096\n"),
+                ("memory.stat", "anon 1\ninactive_file 48\n"),
+                ("pids.current", "2\n"),
+            ],
+        );
+        assert_eq!(
+            v2.usage(),
+            Usage {
+                cpu_seconds: Some(1.5),
+                memory_bytes: Some(2048),
+                working_set_bytes: Some(2000),
+                memory_peak_bytes: None,
+                memory_limit_bytes: Some(4096),
+                cpu_limit_cores: None,
+                pids: Some(2),
+            }
+        );
+        let gone = Cgroup {
+            dirs: vec![root.path().join("nothing")],
+            v2: true,
+        };
+        assert_eq!(gone.usage(), Usage::default());
     }
 
     #[test]

@@ -18,6 +18,7 @@ pub mod netpool;
 mod openapi;
 mod preview;
 mod routes;
+mod sandbox_metrics;
 pub mod webhooks;
 
 use axum::Router;
@@ -91,6 +92,9 @@ pub struct Config {
     /// `scheme://*.domain[:port]`; `None`: `http://*.localhost:<port>` on
     /// the listen port (browsers and curl take `*.localhost` as loopback).
     pub exposure_origin: Option<String>,
+    /// How often each running sandbox's CPU, memory, processes, disk and
+    /// egress bytes are sampled for `GET .../metrics` and `/metrics`.
+    pub metrics_interval: std::time::Duration,
 }
 
 #[derive(Clone)]
@@ -107,6 +111,8 @@ pub struct AppState {
     keys: Arc<keys::Keys>,
     /// Previews and public services of this node's sandboxes.
     previews: Arc<preview::Previews>,
+    /// The running sandboxes' sampled runtime metrics.
+    sandbox_metrics: Arc<sandbox_metrics::SandboxMetrics>,
 }
 
 /// Who a request acts for: every request past authentication has one.
@@ -238,7 +244,10 @@ async fn metrics_page(
         st.lifecycle.running_count(),
         rows.len(),
         st.lifecycle.warm_count(),
-    ) + &st.lifecycle.egress_metrics(|id| all || mine.contains(id));
+    ) + &st.lifecycle.egress_metrics(|id| all || mine.contains(id))
+        + &st
+            .sandbox_metrics
+            .render(|id| (all || mine.contains(id)) && st.lifecycle.runs(id));
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response()
 }
 
@@ -580,7 +589,11 @@ pub async fn run(mut config: Config) -> anyhow::Result<()> {
         own_key: Arc::new(sandstone_db::token_hash(own_key.expose())),
         keys: keys::Keys::new(lc.store.clone()),
         previews: Arc::new(preview::Previews::new(lc.clone(), exposure)),
+        sandbox_metrics: Arc::new(sandbox_metrics::SandboxMetrics::new(
+            config.metrics_interval,
+        )),
     };
+    st.sandbox_metrics.spawn(lc.clone());
     st.keys.spawn_flush();
     let keys = st.keys.clone();
     let api_keys: sandstone_agents::ApiKeyCheck = Arc::new(move |token: String| {

@@ -5,8 +5,8 @@
 
 use crate::AppState;
 use crate::routes::{
-    cluster, contexts, credentials, files, keys, network, observability, previews, registry,
-    sandboxes, snapshots, templates, tools, uploads, webhooks,
+    cluster, contexts, credentials, files, keys, metrics, network, observability, previews,
+    registry, sandboxes, snapshots, templates, tools, uploads, webhooks,
 };
 use axum::routing::MethodRouter;
 use serde_json::{Map, Value, json};
@@ -65,6 +65,8 @@ pub fn operations() -> Vec<Operation> {
         put "/api/v1/sandboxes/{id}/previews/{preview_id}" previews::renew_preview => 200 Json "Renew a preview grant of the current runtime generation",
         delete "/api/v1/sandboxes/{id}/previews/{preview_id}" previews::revoke_preview => 200 None "Revoke a preview grant (its cookie stops working at once on this node, within 2 s on the others)",
         get "/api/v1/sandboxes/{id}/observability/events" observability::events => 200 None "Egress audit records as network_audit events (cursor, limit, start_time, end_time, outcome and the other filters; watch=true streams NDJSON)",
+        get "/api/v1/sandboxes/{id}/metrics" metrics::series => 200 None "Runtime metric series of the last hour (start_time, end_time, metrics, step_seconds, statistic, max_points): CPU, memory, processes, disk and egress bytes, sampled by this node",
+        get "/api/v1/sandboxes/{id}/metrics/catalog" metrics::catalog => 200 None "The runtime metrics served: names, kinds, units, dimensions, descriptions",
         post "/api/v1/sandboxes/{id}/contexts" contexts::create => 201 Json "Create a context (cmd or repl); wait_until_done runs it to completion",
         get "/api/v1/sandboxes/{id}/contexts" contexts::list => 200 None "List contexts",
         get "/api/v1/sandboxes/{id}/contexts/{ctx}" contexts::get => 200 None "Get a context",

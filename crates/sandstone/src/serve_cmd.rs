@@ -132,6 +132,11 @@ pub struct ServeArgs {
     /// Default: `http://*.localhost:<listen port>`.
     #[arg(long, env = "SANDSTONE_EXPOSURE_ORIGIN", value_parser = parse_exposure_origin)]
     pub exposure_origin: Option<String>,
+    /// How often each running sandbox's CPU, memory, processes, disk and
+    /// egress bytes are sampled, in seconds (`GET …/metrics`, `/metrics`).
+    /// Each sandbox keeps its last 360 samples, an hour at the default.
+    #[arg(long, env = "SANDSTONE_METRICS_INTERVAL", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub metrics_interval: u64,
 }
 
 fn parse_exposure_origin(s: &str) -> Result<String, String> {
@@ -251,6 +256,7 @@ pub async fn serve(data_dir: &Path, args: &ServeArgs) -> Result<()> {
             give_up_after: std::time::Duration::from_secs(args.webhook_give_up_secs),
         },
         exposure_origin: args.exposure_origin.clone(),
+        metrics_interval: std::time::Duration::from_secs(args.metrics_interval),
     };
     sandstone_server::run(config).await
 }

@@ -252,7 +252,7 @@ impl Lifecycle {
     }
 
     /// The sandboxes this node runs now.
-    fn running_ids(&self) -> Vec<String> {
+    pub(crate) fn running_ids(&self) -> Vec<String> {
         self.runtimes
             .read()
             .expect("lock poisoned: a holder panicked")
@@ -432,6 +432,13 @@ impl Lifecycle {
             .as_ref()
             .map(|n| n.egress.render_metrics(shown))
             .unwrap_or_default()
+    }
+
+    /// Bytes sandbox `id` sent and received through the egress proxy in
+    /// its current runtime (`None` without networking or when it is not
+    /// running): the counters `/metrics` shows, read once.
+    pub fn egress_bytes(&self, id: &str) -> Option<(u64, u64)> {
+        self.network.as_ref()?.egress.bytes_of(id)
     }
 
     /// Pre-made sandboxes waiting in the warm pool.

@@ -1,0 +1,234 @@
+//! Per-sandbox runtime metrics end to end: a daemon sampling every second,
+//! a sandbox burning CPU and holding memory, its series, the catalog, bad
+//! queries, another team's view, the Prometheus gauges, and a pause.
+
+// Test code: an unexpected failure is the test failing, so unwrap is the point.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use common::{Daemon, assert_names};
+use serde_json::{Value, json};
+use std::time::{Duration, Instant};
+
+/// The values of the series of `metric` in a metrics answer, in order.
+fn values(data: &Value, metric: &str) -> Vec<f64> {
+    data["series"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| s["metric"] == metric)
+        .flat_map(|s| s["segments"].as_array().unwrap())
+        .flat_map(|seg| seg["points"].as_array().unwrap())
+        .map(|p| p["value"].as_f64().unwrap())
+        .collect()
+}
+
+async fn metrics(d: &Daemon, id: &str, query: &str) -> Value {
+    let (s, v) = d
+        .get(&format!("/api/v1/sandboxes/{id}/metrics?{query}"))
+        .await;
+    assert_eq!(s, 200, "{v}");
+    v["data"].clone()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_busy_sandbox_shows_in_its_metrics() {
+    // Networked, so the egress counters give network bytes too.
+    let d = common::networked(
+        "127.0.0.1:1",
+        &["--metrics-interval".to_string(), "1".to_string()],
+    )
+    .await;
+    let id = d.create(json!({})).await;
+    // 5 MB in the workspace, committed (btrfs counts a qgroup's bytes at
+    // each commit).
+    d.sh(
+        &id,
+        "head -c 5000000 /dev/urandom > /workspace/blob && sync",
+    )
+    .await;
+    // 120 MiB written (so charged) and held while a loop burns CPU.
+    let burner = "import time\nb = b'x' * (120 << 20)\nend = time.time() + 40\nwhile time.time() < end: pass\n";
+    let (s, v) = d
+        .post(
+            &format!("/api/v1/sandboxes/{id}/contexts"),
+            json!({"type": "cmd", "cmd": {"command": ["python3", "-c", burner]}}),
+        )
+        .await;
+    assert_eq!(s, 201, "{v}");
+
+    let wanted = "metrics=sandbox.cpu.time,sandbox.memory.usage,sandbox.process.count,sandbox.cpu.usage,sandbox.rootfs.writable.usage,sandbox.network.io&statistic=maximum";
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut first_cpu = None;
+    let data = loop {
+        let data = metrics(&d, &id, wanted).await;
+        let cpu = values(&data, "sandbox.cpu.time");
+        let first = *first_cpu.get_or_insert(cpu.last().copied().unwrap_or(0.0));
+        let rose = cpu.last().is_some_and(|now| now - first >= 2.0);
+        let memory = values(&data, "sandbox.memory.usage");
+        if rose && memory.iter().any(|m| *m >= (100 << 20) as f64) {
+            break data;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "CPU time never rose or memory never reached 100 MiB: {data}"
+        );
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    };
+    assert!(data["step_seconds"].as_i64().unwrap() >= 15, "{data}");
+    assert_eq!(data["freshness"]["status"], "fresh", "{data}");
+    assert!(
+        values(&data, "sandbox.process.count")
+            .iter()
+            .any(|p| *p > 1.0),
+        "{data}"
+    );
+    assert!(
+        values(&data, "sandbox.cpu.usage").iter().any(|c| *c > 0.2),
+        "a core busy: {data}"
+    );
+    assert!(
+        values(&data, "sandbox.rootfs.writable.usage")
+            .iter()
+            .any(|b| *b >= 5e6),
+        "{data}"
+    );
+    let net: Vec<&Value> = data["series"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| s["metric"] == "sandbox.network.io")
+        .collect();
+    let directions: Vec<&Value> = net.iter().map(|s| &s["dimensions"]["direction"]).collect();
+    assert_eq!(
+        directions,
+        [&json!("transmit"), &json!("receive")],
+        "{data}"
+    );
+    assert_eq!(net[0]["unit"], "bytes", "maximum of a counter: its total");
+    // The defaults: CPU and memory utilization and network I/O, the
+    // counters as rates.
+    let data = metrics(&d, &id, "").await;
+    let units: Vec<(&str, &str)> = data["series"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| (s["metric"].as_str().unwrap(), s["unit"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        units,
+        [
+            ("sandbox.cpu.utilization", "ratio"),
+            ("sandbox.memory.utilization", "ratio"),
+            ("sandbox.network.io", "bytes_per_second"),
+            ("sandbox.network.io", "bytes_per_second"),
+        ]
+    );
+
+    // The catalog.
+    let (s, v) = d
+        .get(&format!("/api/v1/sandboxes/{id}/metrics/catalog"))
+        .await;
+    assert_eq!(s, 200, "{v}");
+    let catalog: Vec<(&str, &str)> = v["data"]["metrics"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| (m["name"].as_str().unwrap(), m["unit"].as_str().unwrap()))
+        .collect();
+    for entry in [
+        ("sandbox.cpu.time", "seconds"),
+        ("sandbox.cpu.usage", "cores"),
+        ("sandbox.memory.usage", "bytes"),
+        ("sandbox.process.count", "count"),
+        ("sandbox.rootfs.writable.usage", "bytes"),
+        ("sandbox.network.io", "bytes"),
+    ] {
+        assert!(catalog.contains(&entry), "{entry:?} in {v}");
+    }
+
+    // Bad queries name their field.
+    for (query, field) in [
+        ("step_seconds=0", "step_seconds"),
+        ("max_points=5000", "max_points"),
+        ("metrics=sandbox.cpu,sandbox.cpu.time", "metrics"),
+        ("start_time=yesterday", "start_time"),
+        (
+            "end_time=2026-01-01T00:00:00Z&start_time=2026-02-01T00:00:00Z",
+            "start_time",
+        ),
+        ("statistic=median", "statistic"),
+        ("statistic=rate&metrics=sandbox.memory.usage", "statistic"),
+    ] {
+        let (s, v) = d
+            .get(&format!("/api/v1/sandboxes/{id}/metrics?{query}"))
+            .await;
+        assert_names(s, &v, field);
+    }
+
+    // Another team sees neither the series nor the gauges.
+    let (s, team) = d.post("/teams", json!({"name": "other"})).await;
+    assert_eq!(s, 201, "{team}");
+    let (s, key) = d
+        .post(
+            "/api-keys",
+            json!({"name": "other", "roles": ["developer"], "team_id": team["data"]["id"]}),
+        )
+        .await;
+    assert_eq!(s, 201, "{key}");
+    let other = key["data"]["key"].as_str().unwrap();
+    for path in ["metrics", "metrics/catalog"] {
+        let r = d
+            .http
+            .get(format!("{}/api/v1/sandboxes/{id}/{path}", d.url))
+            .bearer_auth(other)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 404, "{path}");
+    }
+    assert!(!d.metrics_as(other).await.contains(&id));
+
+    // The Prometheus page shows the sandbox's gauges.
+    let page = d.metrics().await;
+    let gauge = |page: &str, name: &str| {
+        page.lines()
+            .find_map(|l| l.strip_prefix(&format!("{name}{{sandbox=\"{id}\"}} ")))
+            .map(|v| v.parse::<f64>().unwrap())
+    };
+    assert!(
+        gauge(&page, "sandstone_sandbox_memory_bytes").unwrap() >= (100 << 20) as f64,
+        "{page}"
+    );
+    assert!(
+        gauge(&page, "sandstone_sandbox_cpu_seconds_total").unwrap() > 1.0,
+        "{page}"
+    );
+    assert!(
+        gauge(&page, "sandstone_sandbox_pids").unwrap() > 1.0,
+        "{page}"
+    );
+    assert!(
+        gauge(&page, "sandstone_sandbox_disk_bytes").is_some(),
+        "{page}"
+    );
+
+    // Paused: the history stays, no new points come, the gauges go.
+    let (s, v) = d
+        .post(&format!("/api/v1/sandboxes/{id}/pause"), json!({}))
+        .await;
+    assert_eq!(s, 200, "{v}");
+    let newest = |data: &Value| data["freshness"]["newest_observed_at"].clone();
+    let before = metrics(&d, &id, "metrics=sandbox.memory.usage").await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let after = metrics(&d, &id, "metrics=sandbox.memory.usage").await;
+    assert_eq!(newest(&before), newest(&after), "{after}");
+    assert!(
+        values(&after, "sandbox.memory.usage")
+            .iter()
+            .any(|m| *m >= (100 << 20) as f64),
+        "{after}"
+    );
+    assert!(gauge(&d.metrics().await, "sandstone_sandbox_memory_bytes").is_none());
+}
