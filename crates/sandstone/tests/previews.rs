@@ -391,3 +391,55 @@ async fn a_preview_opens_in_a_browser() {
     .await;
     assert!(stdout.contains("preview browser: ok"), "{stdout}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_websocket_server_is_previewed_too() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::{Message, client::IntoClientRequest};
+    let d = Daemon::start().await;
+    let id = d.create(json!({})).await;
+    let script = std::fs::read(format!(
+        "{}/../../tests/previews/ws_echo.py",
+        env!("CARGO_MANIFEST_DIR")
+    ))
+    .unwrap();
+    let r = d
+        .http
+        .post(format!(
+            "{}/api/v1/sandboxes/{id}/files?path=/tmp/ws_echo.py",
+            d.url
+        ))
+        .bearer_auth(&d.token)
+        .body(script)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let body = json!({"type": "cmd", "cmd": {"command": ["python3", "/tmp/ws_echo.py", "8002"]}});
+    let (s, v) = d
+        .post(&format!("/api/v1/sandboxes/{id}/contexts"), body)
+        .await;
+    assert_eq!(s, 201, "{v}");
+    wait_listening(&d, &id, 8002).await;
+    let g = grant(&d, &id, json!({"port": 8002})).await;
+    let cookie = bootstrap(&d, &g).await;
+    // The grant's name, on a connection to the daemon (as DNS would send it).
+    let url = g["target_url"].as_str().unwrap().replacen("http", "ws", 1);
+    let mut req = format!("{url}socket").into_client_request().unwrap();
+    req.headers_mut().insert("cookie", cookie.parse().unwrap());
+    let tcp = tokio::net::TcpStream::connect(d.url.trim_start_matches("http://"))
+        .await
+        .unwrap();
+    let (mut ws, resp) = tokio_tungstenite::client_async(req, tcp).await.unwrap();
+    assert_eq!(resp.status(), 101);
+    for text in ["one", "two"] {
+        ws.send(Message::Text(text.into())).await.unwrap();
+        let m = tokio::time::timeout(Duration::from_secs(10), ws.next())
+            .await
+            .expect("an echo in time");
+        let Some(Ok(Message::Text(t))) = m else {
+            panic!("{m:?}")
+        };
+        assert_eq!(t.as_str(), format!("echo: {text}"));
+    }
+}
