@@ -20,11 +20,16 @@ work="$(mktemp -d /var/tmp/sandstone-preview-bench-XXXXXX)"
 pids=()
 trap bench_cleanup EXIT
 
+# Threaded, as dev servers are: the daemon's pool (like a browser) may open a
+# second connection while the first is idle in keep-alive.
 cat > "$work/server.py" <<'PY'
 import http.server, sys
 PAGE = b"x" * 2048
 class H(http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    # Headers and body go out in two writes: with Nagle on, the second
+    # waits for the first's delayed ACK (40 ms) on either path.
+    disable_nagle_algorithm = True
     def do_GET(self):
         self.send_response(200)
         self.send_header("content-length", str(len(PAGE)))
@@ -32,7 +37,7 @@ class H(http.server.BaseHTTPRequestHandler):
         self.wfile.write(PAGE)
     def log_message(self, *a):
         pass
-http.server.HTTPServer(("127.0.0.1", int(sys.argv[1])), H).serve_forever()
+http.server.ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), H).serve_forever()
 PY
 
 port=$(( 20000 + RANDOM % 20000 ))
