@@ -52,6 +52,7 @@ mod mcp_calls;
 mod memory;
 mod model;
 mod notify;
+pub mod outbound;
 mod registry;
 mod resources;
 mod sessions;
@@ -64,16 +65,12 @@ mod work;
 
 pub use cloud::{Executor, Repository, SessionSetup, Unservable};
 pub use http::router;
+pub use outbound::Outbound;
 
 use error::{ApiError, ApiResult};
 use sandstone_db::agents::AgentsStore;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
-
-/// The operator's verdict on the control plane's own outbound connections
-/// (to MCP servers and OAuth token endpoints): the host as named and an
-/// address it resolved to; an error says which rule denied it.
-pub type Outbound = Arc<dyn Fn(&str, std::net::IpAddr) -> Result<(), String> + Send + Sync>;
 
 /// What a server API key lets a request do: its role, in its team.
 #[derive(Debug, Clone, PartialEq)]

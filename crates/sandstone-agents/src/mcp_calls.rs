@@ -35,39 +35,6 @@ pub(crate) struct McpTool {
     pub permission: (Value, Value),
 }
 
-/// Resolves names for the control plane's outbound calls, keeping only
-/// the addresses the operator's rules allow: the connection can go
-/// nowhere else (the check and the dial see the same addresses).
-struct Guarded(Outbound);
-
-impl reqwest::dns::Resolve for Guarded {
-    fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
-        let check = self.0.clone();
-        Box::pin(async move {
-            let host = name.as_str().to_string();
-            let found: Vec<std::net::SocketAddr> =
-                tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
-            let mut denied = None;
-            let allowed: Vec<std::net::SocketAddr> = found
-                .into_iter()
-                .filter(|a| match check(&host, a.ip()) {
-                    Ok(()) => true,
-                    Err(e) => {
-                        denied = Some(e);
-                        false
-                    }
-                })
-                .collect();
-            if allowed.is_empty() {
-                let why = denied.unwrap_or_else(|| "no address".into());
-                return Err(format!("{host}: the operator's egress rules deny it ({why})").into());
-            }
-            let addrs: reqwest::dns::Addrs = Box::new(allowed.into_iter());
-            Ok(addrs)
-        })
-    }
-}
-
 impl McpPool {
     pub(crate) fn new(outbound: Option<Outbound>) -> McpPool {
         McpPool {
@@ -84,27 +51,17 @@ impl McpPool {
                 .connect_timeout(std::time::Duration::from_secs(10))
                 .timeout(std::time::Duration::from_secs(300));
             if let Some(check) = &self.outbound {
-                b = b.dns_resolver(Arc::new(Guarded(check.clone())));
+                b = b.dns_resolver(Arc::new(crate::outbound::Guarded(check.clone())));
             }
             b.build().unwrap_or_default()
         })
     }
 
-    /// The operator's verdict on `url` when it names an address (names
-    /// are judged as they are resolved, [`Guarded`]).
+    /// The operator's verdict on `url` when it names an address.
     pub(crate) fn check_url(&self, url: &str) -> Result<(), String> {
-        let Some(check) = &self.outbound else {
-            return Ok(());
-        };
-        let host = reqwest::Url::parse(url)
-            .ok()
-            .and_then(|u| u.host_str().map(|h| h.trim_matches(['[', ']']).to_string()))
-            .unwrap_or_default();
-        match host.parse::<std::net::IpAddr>() {
-            Ok(ip) => check(&host, ip)
-                .map_err(|e| format!("{host}: the operator's egress rules deny it ({e})")),
-            Err(_) => Ok(()),
-        }
+        self.outbound.as_ref().map_or(Ok(()), |check| {
+            crate::outbound::check_url(check, url).map_err(|e| e.to_string())
+        })
     }
 
     /// Forgets a session's connections (it was deleted).

@@ -6,6 +6,9 @@
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
+/// The longest a route may let a request wait for its sandbox's server.
+pub const MAX_ROUTE_TIMEOUT_SECONDS: u32 = 300;
+
 /// One service a sandbox exposes (`config.services[i]`,
 /// `PUT /sandboxes/{id}/services`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -305,10 +308,16 @@ pub fn check_services(services: &[AppService], field: &str) -> Result<(), String
                 ("path_prefix", &r.path_prefix),
                 ("rewrite_prefix", &r.rewrite_prefix),
             ] {
-                if p.as_deref()
-                    .is_some_and(|p| !p.starts_with('/') || p.contains(['?', '#']))
-                {
-                    return Err(bad(i, &at(name), "must be an absolute path without query"));
+                // A prefix is compared with requests' canonical paths, so
+                // it must be one itself.
+                if p.as_deref().is_some_and(|p| {
+                    p.contains(['?', '#']) || canonical_path(p).ok().as_deref() != Some(p)
+                }) {
+                    return Err(bad(
+                        i,
+                        &at(name),
+                        "must be an absolute path in canonical form (ASCII, no query, no . or .. segments, no //, no escaped unreserved characters)",
+                    ));
                 }
             }
             if let Some(m) = r
@@ -320,6 +329,15 @@ pub fn check_services(services: &[AppService], field: &str) -> Result<(), String
                     i,
                     &at("methods"),
                     &format!("{m:?} is not an upper-case method"),
+                ));
+            }
+            if r.timeout_seconds
+                .is_some_and(|t| t == 0 || t > MAX_ROUTE_TIMEOUT_SECONDS)
+            {
+                return Err(bad(
+                    i,
+                    &at("timeout_seconds"),
+                    &format!("must be between 1 and {MAX_ROUTE_TIMEOUT_SECONDS}"),
                 ));
             }
             if r.cors.is_some() {
@@ -393,6 +411,77 @@ impl AppService {
     }
 }
 
+/// The one spelling of a request's path that routes are matched on and
+/// the server is sent, so no other spelling of a protected path slips
+/// past its route's prefix (`/pub/../admin`, `/%61dmin`, `/pub//admin`).
+///
+/// Escapes of unreserved characters are decoded and the rest upper-cased;
+/// empty segments collapse. What a server could read as another path is
+/// refused rather than guessed at: dot segments (`..`, `%2e%2e`, `..;x`),
+/// escaped separators (`%2f`, `%5c`), backslashes and NULs, and anything
+/// not plain ASCII. The query is passed through as it came.
+pub fn canonical_path(path_and_query: &str) -> Result<String, &'static str> {
+    let (path, query) = match path_and_query.split_once('?') {
+        Some((p, q)) => (p, Some(q)),
+        None => (path_and_query, None),
+    };
+    if !path.starts_with('/') {
+        return Err("the path must start with /");
+    }
+    let mut out = String::with_capacity(path_and_query.len());
+    for segment in path.split('/').filter(|s| !s.is_empty()) {
+        let segment = decode_unreserved(segment)?;
+        // Servlet containers drop `;params` before resolving dot segments.
+        let bare = segment.split(';').next().unwrap_or_default();
+        if bare == "." || bare == ".." {
+            return Err("dot segments (. and ..) are not accepted");
+        }
+        out.push('/');
+        out.push_str(&segment);
+    }
+    if out.is_empty() || path.ends_with('/') {
+        out.push('/');
+    }
+    if let Some(q) = query {
+        out.push('?');
+        out.push_str(q);
+    }
+    Ok(out)
+}
+
+fn decode_unreserved(segment: &str) -> Result<String, &'static str> {
+    let bytes = segment.as_bytes();
+    let mut out = String::with_capacity(segment.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let b = bytes[i];
+        if b == b'%' {
+            let hex = |j: usize| {
+                bytes
+                    .get(j)
+                    .and_then(|c| char::from(*c).to_digit(16))
+                    .ok_or("a % must be followed by two hex digits")
+            };
+            let c = u8::try_from(hex(i + 1)? * 16 + hex(i + 2)?).unwrap_or(0);
+            match c {
+                b'/' | b'\\' | 0 => {
+                    return Err("escaped separators and NULs (%2F, %5C, %00) are not accepted");
+                }
+                c if c.is_ascii_alphanumeric() || b"-._~".contains(&c) => out.push(char::from(c)),
+                c => out.push_str(&format!("%{c:02X}")),
+            }
+            i += 3;
+            continue;
+        }
+        if b == b'\\' || !b.is_ascii_graphic() {
+            return Err("backslashes, spaces and non-ASCII bytes must be escaped");
+        }
+        out.push(char::from(b));
+        i += 1;
+    }
+    Ok(out)
+}
+
 /// `/api` matches `/api`, `/api/` and `/api/x`, not `/apix`.
 fn prefix_matches(prefix: &str, path: &str) -> bool {
     let prefix = prefix.trim_end_matches('/');
@@ -425,6 +514,37 @@ mod tests {
 
     fn service(v: serde_json::Value) -> AppService {
         serde_json::from_value(v).unwrap()
+    }
+
+    #[test]
+    fn request_paths_have_one_spelling() {
+        for (given, canonical) in [
+            ("/", "/"),
+            ("/a//b/", "/a/b/"),
+            ("//admin", "/admin"),
+            ("/%61dmin/x?q=%2e%2e", "/admin/x?q=%2e%2e"),
+            ("/caf%c3%a9", "/caf%C3%A9"),
+            ("/a.b/.well-known/..x", "/a.b/.well-known/..x"),
+        ] {
+            assert_eq!(canonical_path(given).as_deref(), Ok(canonical), "{given}");
+        }
+        for bad in [
+            "/pub/../admin",
+            "/pub/./admin",
+            "/pub/%2e%2e/admin",
+            "/pub/%2E./admin",
+            "/pub/..%2fadmin",
+            "/pub/..%5Cadmin",
+            "/pub/..;x/admin",
+            "/pub/a%00",
+            "/pub\\..\\admin",
+            "/pub/%zz",
+            "/pub/%4",
+            "*",
+            "pub",
+        ] {
+            assert!(canonical_path(bad).is_err(), "{bad} was accepted");
+        }
     }
 
     #[test]

@@ -37,7 +37,14 @@ fn rfc3339_parts(secs: i64) -> (String, &'static str) {
 /// Microseconds since the epoch of an RFC 3339 time: UTC as these
 /// formatters write it (`2026-11-27T15:11:23.840Z`, any fraction or none)
 /// or with a numeric offset (`2026-11-27T16:11:23+01:00`), as clients send.
+/// A date or time that does not exist (`2026-02-30`, `25:00`) is `None`.
 pub fn parse_rfc3339_us(s: &str) -> Option<i64> {
+    // Fields are plain digits (`parse` alone would take `+5`).
+    let num = |x: &str, width: usize| {
+        (x.len() == width && x.bytes().all(|b| b.is_ascii_digit()))
+            .then(|| x.parse::<i64>().ok())
+            .flatten()
+    };
     let (date, time) = s.split_once(['T', 't'])?;
     let (time, offset_secs) = match time.strip_suffix(['Z', 'z']) {
         Some(t) => (t, 0),
@@ -45,18 +52,32 @@ pub fn parse_rfc3339_us(s: &str) -> Option<i64> {
             let at = time.rfind(['+', '-'])?;
             let (t, off) = time.split_at(at);
             let (oh, om) = off[1..].split_once(':')?;
-            let (oh, om) = (oh.parse::<i64>().ok()?, om.parse::<i64>().ok()?);
+            let (oh, om) = (
+                num(oh, 2).filter(|h| *h < 24)?,
+                num(om, 2).filter(|m| *m < 60)?,
+            );
             let secs = oh * 3600 + om * 60;
             (t, if off.starts_with('-') { -secs } else { secs })
         }
     };
-    let mut d = date.split('-').map(|x| x.parse::<i64>().ok());
-    let (y, m, day) = (d.next()??, d.next()??, d.next()??);
+    let mut d = date.split('-');
+    let (y, m, day) = (num(d.next()?, 4)?, num(d.next()?, 2)?, num(d.next()?, 2)?);
     let (hms, frac) = time.split_once('.').unwrap_or((time, ""));
-    let mut t = hms.split(':').map(|x| x.parse::<i64>().ok());
-    let (h, mi, sec) = (t.next()??, t.next()??, t.next()??);
+    let mut t = hms.split(':');
+    let (h, mi, sec) = (num(t.next()?, 2)?, num(t.next()?, 2)?, num(t.next()?, 2)?);
+    let days = days_from_civil(y, m, day);
+    let real_date = (1..=12).contains(&m)
+        && civil_from_days(days) == (y, m as u32, day as u32)
+        && d.next().is_none();
+    // A leap second (:60) is read as the next second's start.
+    if !real_date || h > 23 || mi > 59 || sec > 60 || t.next().is_some() {
+        return None;
+    }
+    if !frac.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
     let us = format!("{frac:0<6}").get(..6)?.parse::<i64>().ok()?;
-    let secs = days_from_civil(y, m, day) * 86_400 + h * 3600 + mi * 60 + sec - offset_secs;
+    let secs = days * 86_400 + h * 3600 + mi * 60 + sec - offset_secs;
     Some(secs * 1_000_000 + us)
 }
 
@@ -106,6 +127,20 @@ mod tests {
             "2026-11-27T15:11:23.840Z"
         );
         assert_eq!(super::rfc3339_us(1_000_001), "1970-01-01T00:00:01.000001Z");
+        for bad in [
+            "9999-99-99T00:00:00Z",
+            "2026-02-29T00:00:00Z",
+            "2026-04-31T00:00:00Z",
+            "2026-01-01T24:00:00Z",
+            "2026-01-01T00:60:00Z",
+            "2026-01-01T00:00:00+25:00",
+            "2026-01-01T00:00:00.x1Z",
+            "+026-01-01T00:00:00Z",
+            "2026-1-01T00:00:00Z",
+        ] {
+            assert_eq!(super::parse_rfc3339_us(bad), None, "{bad}");
+        }
+        assert!(super::parse_rfc3339_us("2028-02-29T23:59:60Z").is_some());
         for us in [0, 951_782_400_123_456, 1_795_792_283_840_001] {
             assert_eq!(super::parse_rfc3339_us(&super::rfc3339_us(us)), Some(us));
         }

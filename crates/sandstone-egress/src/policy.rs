@@ -639,6 +639,21 @@ impl Default for OperatorRules {
 }
 
 impl OperatorRules {
+    /// The rule that denies the daemon's own call to `host` (as it was
+    /// named) at `ip`, if one does: the same rules, asked of a call
+    /// someone else pointed the daemon at.
+    pub fn denies(&self, host: &str, ip: IpAddr) -> Option<String> {
+        let c = Connection {
+            ip: Some(ip),
+            port: 0,
+            transport: Transport::Tcp,
+            host: Some(host),
+            resolved: None,
+            app: AppProtocol::Other,
+        };
+        self.decide(&c).map(|d| d.rule.unwrap_or_default())
+    }
+
     /// The operator's verdict on `c`, if its rules say anything.
     pub(crate) fn decide(&self, c: &Connection) -> Option<Decision> {
         if let Some(ip) = c.ip {

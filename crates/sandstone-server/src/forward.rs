@@ -91,8 +91,16 @@ impl Forwarder {
             Err(e) => return unreachable_owner(owner, base, &e),
         };
         let sent = relay(&self.client, uri, req, |h| {
-            strip_credentials(h);
-            if !keep_host {
+            // An API call's key was checked here and stays here (its team
+            // was set by this node's auth layer and goes along); a
+            // preview's or service's request was not authenticated here:
+            // its credential is its route's, which the owner checks.
+            if keep_host {
+                strip_internal(h);
+            } else {
+                strip_credentials(h);
+                h.remove(NODE_TOKEN);
+                h.remove(FORWARDED_BY);
                 h.remove(header::HOST);
             }
             h.insert(NODE_TOKEN, self.token.clone());
@@ -185,17 +193,20 @@ fn strip_hop(headers: &mut HeaderMap) {
     }
 }
 
-/// Removes the caller's credentials, which stay on the node that checked
-/// them, and any node headers a caller made up.
+/// Removes the caller's API key, which stays on the node that checked it.
 fn strip_credentials(headers: &mut HeaderMap) {
-    for name in [
-        header::AUTHORIZATION,
-        HeaderName::from_static("x-api-key"),
-        NODE_TOKEN,
-        FORWARDED_BY,
-    ] {
-        headers.remove(name);
-    }
+    headers.remove(header::AUTHORIZATION);
+    headers.remove("x-api-key");
+}
+
+/// Removes the headers nodes tell each other things by (the node token,
+/// who forwarded, the caller's team): whatever a caller or a sandbox's
+/// server sent under those names is made up, and what a node sent must
+/// never reach a sandbox, where the token would be an admin's key.
+pub(crate) fn strip_internal(headers: &mut HeaderMap) {
+    headers.remove(NODE_TOKEN);
+    headers.remove(FORWARDED_BY);
+    headers.remove(crate::TEAM_HEADER);
 }
 
 fn unreachable_owner(owner: &str, base: &str, e: &dyn std::fmt::Display) -> Response {
@@ -226,8 +237,10 @@ mod tests {
         h.insert("x-hop", HeaderValue::from_static("1"));
         h.insert(NODE_TOKEN, HeaderValue::from_static("forged"));
         h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+        h.insert(crate::TEAM_HEADER, HeaderValue::from_static("t"));
         strip_hop(&mut h);
         strip_credentials(&mut h);
+        strip_internal(&mut h);
         assert_eq!(h.len(), 1, "{h:?}");
         assert!(h.contains_key(header::CONTENT_TYPE));
     }

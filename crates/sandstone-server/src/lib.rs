@@ -489,16 +489,23 @@ pub async fn run(mut config: Config) -> anyhow::Result<()> {
     let sealer = Arc::new(sandstone_db::secrets::Sealer::load(
         &config.data_dir.join("secret.key"),
     )?);
+    let operator = match &config.egress_config {
+        Some(path) => lifecycle::OperatorConfig::load(path)?,
+        None => lifecycle::OperatorConfig::default(),
+    };
+    let webhook_outbound = operator.callers_outbound(config.egress_pool.as_deref())?;
+    // The control plane's own calls (MCP servers, token endpoints) are
+    // bound by what the operator wrote, when they wrote something.
+    let agents_outbound = match &config.egress_config {
+        Some(_) => Some(operator.outbound()?),
+        None => None,
+    };
     let network = match &config.egress_pool {
         Some(pool) => {
             let upstream_dns = config
                 .dns_upstream
                 .or_else(lifecycle::host_resolver)
                 .ok_or_else(|| anyhow::anyhow!("no DNS upstream: set --dns-upstream"))?;
-            let operator = match &config.egress_config {
-                Some(path) => lifecycle::OperatorConfig::load(path)?,
-                None => lifecycle::OperatorConfig::default(),
-            };
             let options = lifecycle::NetworkOptions {
                 pool,
                 group: &group,
@@ -550,6 +557,7 @@ pub async fn run(mut config: Config) -> anyhow::Result<()> {
             sealer.clone(),
             node.id.clone(),
             config.webhooks.clone(),
+            webhook_outbound,
         )?),
     };
     let lc = lifecycle::Lifecycle::new(runner, store, storage, network, checkpoints).await?;
@@ -611,10 +619,7 @@ pub async fn run(mut config: Config) -> anyhow::Result<()> {
     let mut agents_config = config.agents.clone();
     // Claims on driving a session's turn are this node's.
     agents_config.node = st.cluster.me.id.clone();
-    // The operator's egress rules bind the control plane's own calls too.
-    if let Some(path) = &config.egress_config {
-        agents_config.outbound = Some(lifecycle::OperatorConfig::load(path)?.outbound()?);
-    }
+    agents_config.outbound = agents_outbound;
     let agents =
         sandstone_agents::Agents::start(db, agents_config, api_keys, st.sealer.clone()).await?;
     let node_id = st.cluster.me.id.clone();
@@ -652,6 +657,8 @@ pub async fn run(mut config: Config) -> anyhow::Result<()> {
     let cloud = executor.clone();
     tokio::spawn(async move { agents.serve_cloud(executor).await });
     tracing::info!(listen = %config.listen, data_dir = %config.data_dir.display(), "sandstone daemon ready");
+    // Previews and services tell a sandbox's server who connected.
+    let app = app.into_make_service_with_connect_info::<std::net::SocketAddr>();
     axum::serve(listener, app)
         .with_graceful_shutdown(async move {
             shutdown_signal().await;

@@ -17,7 +17,7 @@
 //! 127.0.0.1, so the egress firewall and proxy are not involved and the
 //! server needs no other address.
 
-use crate::forward::{constant_time_eq, relay};
+use crate::forward::{constant_time_eq, relay, strip_internal};
 use crate::lifecycle::{Lifecycle, Runtime};
 use crate::lock;
 use axum::body::Body;
@@ -28,7 +28,7 @@ use axum::response::{IntoResponse, Response};
 use futures_util::future::BoxFuture;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use sandstone_api::services::{AppService, AuthMode, Route};
+use sandstone_api::services::{AppService, AuthMode, Route, canonical_path};
 use sandstone_api::timefmt::now_ms;
 use sandstone_db::{PreviewRow, token_hash};
 use std::collections::HashMap;
@@ -48,6 +48,8 @@ const FRESH: Duration = Duration::from_secs(2);
 /// How long a request waits for a resumed sandbox's service to listen,
 /// unless its route says otherwise.
 const DEFAULT_ROUTE_TIMEOUT: Duration = Duration::from_secs(30);
+/// Grants (and names that are none) remembered at once.
+const MAX_CACHED_GRANTS: usize = 10_000;
 
 /// The origins previews and services are served at: `scheme://*.domain[:port]`.
 #[derive(Debug, Clone)]
@@ -194,8 +196,9 @@ pub struct Previews {
     client: Client<Connector, Body>,
     pub exposure: Exposure,
     /// Grants looked up by id, trusted for [`FRESH`] (another node may
-    /// have renewed or revoked one).
-    grants: Mutex<HashMap<String, (Instant, PreviewRow)>>,
+    /// have renewed or revoked one); `None`: no such grant, so a flood of
+    /// made-up names costs one lookup each per [`FRESH`].
+    grants: Mutex<HashMap<String, (Instant, Option<PreviewRow>)>>,
     /// Each sandbox's runtime generation, with the init it was read for.
     generations: Mutex<HashMap<String, (Weak<OwnedFd>, i64)>>,
     services: Mutex<HashMap<String, (Instant, Arc<ServiceConfig>)>>,
@@ -261,14 +264,17 @@ impl Previews {
     async fn grant(&self, id: &str, now: i64) -> Result<Option<PreviewRow>, sandstone_db::Error> {
         if let Some((_, g)) = lock(&self.grants)
             .get(id)
-            .filter(|(at, g)| at.elapsed() < FRESH && g.expires_ms > now)
+            .filter(|(at, g)| at.elapsed() < FRESH && g.as_ref().is_none_or(|g| g.expires_ms > now))
         {
-            return Ok(Some(g.clone()));
+            return Ok(g.clone());
         }
         let found = self.lifecycle.store.preview(id).await?;
-        if let Some(g) = &found {
-            lock(&self.grants).insert(id.to_string(), (Instant::now(), g.clone()));
+        let mut grants = lock(&self.grants);
+        // Bounded: names are random, so a full cache is a flood; start over.
+        if grants.len() >= MAX_CACHED_GRANTS {
+            grants.clear();
         }
+        grants.insert(id.to_string(), (Instant::now(), found.clone()));
         Ok(found)
     }
 
@@ -283,21 +289,25 @@ impl Previews {
                 .to_string();
             return self.bootstrap(id, &token, now).await;
         }
-        let Some(cookie) = cookie(req.headers(), COOKIE) else {
+        let presented = cookies(req.headers(), COOKIE);
+        if presented.is_empty() {
             return page(
                 StatusCode::UNAUTHORIZED,
                 "open this preview through the URL its grant gave",
             );
-        };
+        }
         let grant = match self.grant(id, now).await {
             Ok(Some(g)) => g,
             Ok(None) => return page(StatusCode::NOT_FOUND, "no such preview"),
             Err(e) => return unavailable(&e),
         };
-        let key_ok = grant
-            .cookie_hash
-            .as_deref()
-            .is_some_and(|h| constant_time_eq(h.as_bytes(), token_hash(cookie).as_bytes()));
+        // A browser may hold a stale cookie of an earlier grant beside the
+        // current one (another path, another tab).
+        let key_ok = grant.cookie_hash.as_deref().is_some_and(|h| {
+            presented
+                .iter()
+                .any(|c| constant_time_eq(h.as_bytes(), token_hash(c).as_bytes()))
+        });
         if !key_ok {
             return page(
                 StatusCode::UNAUTHORIZED,
@@ -308,6 +318,21 @@ impl Previews {
             return page(
                 StatusCode::FORBIDDEN,
                 "this preview grant has expired; ask for a new one",
+            );
+        }
+        // Every preview is one site (`*.domain`), so `SameSite` lets a page
+        // of another preview send this one's cookie: a change it asks for
+        // must come from this preview's own pages.
+        let origin = self.exposure.origin(id);
+        if changes_state(&req)
+            && let Some(from) = req.headers().get(header::ORIGIN)
+            && from.as_bytes() != origin.as_bytes()
+        {
+            tracing::warn!(target: "sandstone::audit", preview = id, sandbox = %grant.sandbox_id,
+                method = %req.method(), origin = ?from, "cross-origin request to a preview refused");
+            return page(
+                StatusCode::FORBIDDEN,
+                "a request from another origin may not change this preview",
             );
         }
         let rt = match self.generation(&grant.sandbox_id).await {
@@ -325,7 +350,7 @@ impl Previews {
             .path_and_query()
             .map_or("/", |p| p.as_str())
             .to_string();
-        self.relay_to(&grant.sandbox_id, &rt, grant.port, &path, req, |h| {
+        self.relay_to(&grant.sandbox_id, &rt, grant.port, &path, None, req, |h| {
             drop_cookie(h, COOKIE);
         })
         .await
@@ -387,11 +412,18 @@ impl Previews {
         else {
             return page(StatusCode::NOT_FOUND, "no such service");
         };
-        let path = req
-            .uri()
-            .path_and_query()
-            .map_or("/", |p| p.as_str())
-            .to_string();
+        let given = req.uri().path_and_query().map_or("/", |p| p.as_str());
+        let path = match canonical_path(given) {
+            Ok(p) => p,
+            Err(why) => {
+                tracing::warn!(target: "sandstone::audit", service, sandbox, path = given, why,
+                    "ambiguous path to a public service refused");
+                return page(
+                    StatusCode::BAD_REQUEST,
+                    &format!("this path is refused: {why}"),
+                );
+            }
+        };
         let Some(route) = s.route_for(req.method().as_str(), &path) else {
             return page(
                 StatusCode::NOT_FOUND,
@@ -401,12 +433,17 @@ impl Previews {
         if let Some(r) = route
             && !authorized(r, req.headers())
         {
+            tracing::warn!(target: "sandstone::audit", service, sandbox, route = %r.id,
+                method = %req.method(), path, "request without its route's credential refused");
             return page(StatusCode::UNAUTHORIZED, "this route needs its credential");
         }
         let port = s.port.unwrap_or(80);
-        let timeout = route
+        // A route's own timeout also bounds the wait for an answer's head;
+        // without one, a long poll may take as long as it takes.
+        let stated = route
             .and_then(|r| r.timeout_seconds)
-            .map_or(DEFAULT_ROUTE_TIMEOUT, |t| Duration::from_secs(u64::from(t)));
+            .map(|t| Duration::from_secs(u64::from(t)));
+        let timeout = stated.unwrap_or(DEFAULT_ROUTE_TIMEOUT);
         let rt = match self.generation(sandbox).await {
             Ok(Some((_, rt))) => rt,
             Ok(None) if route.is_some_and(|r| r.resume) && config.auto_resume => {
@@ -425,7 +462,7 @@ impl Previews {
         };
         let path = route.map_or(path.clone(), |r| r.rewrite(&path));
         let auth = route.and_then(|r| r.auth.clone());
-        self.relay_to(sandbox, &rt, port, &path, req, |h| {
+        self.relay_to(sandbox, &rt, port, &path, stated, req, |h| {
             // The gateway's credential is spent here; the server never sees it.
             match auth.as_ref().map(|a| (a.mode, a.header_name.as_deref())) {
                 Some((AuthMode::Bearer, _)) => {
@@ -443,10 +480,12 @@ impl Previews {
     /// Resumes a paused sandbox for a request, and waits (bounded) until
     /// its service accepts connections again.
     async fn wake(&self, sandbox: &str, port: u16, timeout: Duration) -> Result<Runtime, Response> {
+        // The page is public: what went wrong is for the operator's log.
         let rt = self.lifecycle.ensure_running(sandbox).await.map_err(|e| {
+            tracing::warn!(sandbox, error = %e, "a service's request could not resume its sandbox");
             page(
                 StatusCode::SERVICE_UNAVAILABLE,
-                &format!("could not resume the sandbox: {e}"),
+                "the sandbox could not be resumed; try again later",
             )
         })?;
         self.forget_services(sandbox);
@@ -457,10 +496,10 @@ impl Previews {
                 Err(_) if Instant::now() < deadline => {
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
-                Err(e) => {
+                Err(_) => {
                     return Err(page(
                         StatusCode::GATEWAY_TIMEOUT,
-                        &format!("the sandbox resumed but nothing listens on port {port}: {e}"),
+                        &format!("the sandbox resumed but nothing listens on port {port}"),
                     ));
                 }
             }
@@ -490,12 +529,17 @@ impl Previews {
         Ok(Some(c))
     }
 
+    /// Sends `req` to the server; `timeout` bounds the wait for its
+    /// answer's head (a body or a WebSocket may then take as long as it
+    /// needs).
+    #[allow(clippy::too_many_arguments)]
     async fn relay_to(
         &self,
         sandbox: &str,
         rt: &Runtime,
         port: u16,
         path: &str,
+        timeout: Option<Duration>,
         req: Request,
         adjust: impl FnOnce(&mut HeaderMap),
     ) -> Response {
@@ -508,6 +552,7 @@ impl Previews {
             "http"
         });
         let sent = relay(&self.client, uri, req, |h| {
+            strip_internal(h);
             // The app sees the name it is served at (`Host` stays).
             if let Some(host) = h.get(header::HOST).cloned() {
                 h.insert("x-forwarded-host", host);
@@ -515,7 +560,19 @@ impl Previews {
             h.insert("x-forwarded-proto", proto);
             adjust(h);
         });
-        match sent.await {
+        let sent = match timeout {
+            Some(t) => match tokio::time::timeout(t, sent).await {
+                Ok(sent) => sent,
+                Err(_) => {
+                    return page(
+                        StatusCode::GATEWAY_TIMEOUT,
+                        &format!("the server on port {port} did not answer in time"),
+                    );
+                }
+            },
+            None => sent.await,
+        };
+        match sent {
             Ok(r) => r,
             Err(e) => page(
                 StatusCode::BAD_GATEWAY,
@@ -525,11 +582,24 @@ impl Previews {
     }
 }
 
+/// Whether a request may change something: any method but the safe ones,
+/// and any protocol upgrade (a WebSocket can send anything).
+fn changes_state(req: &Request) -> bool {
+    !matches!(
+        *req.method(),
+        axum::http::Method::GET | axum::http::Method::HEAD | axum::http::Method::OPTIONS
+    ) || req.headers().contains_key(header::UPGRADE)
+}
+
 /// Serves requests whose `Host` is under the exposure domain; passes the
 /// rest to the API. One for a sandbox another node runs goes there, with
 /// its `Host` (once: a forwarded one is served here whatever happens).
-pub async fn by_host(State(st): State<crate::AppState>, req: Request, next: Next) -> Response {
+pub async fn by_host(State(st): State<crate::AppState>, mut req: Request, next: Next) -> Response {
     let previews = &st.previews;
+    // Two `Host`s could be read one way here and another by the server.
+    if req.headers().get_all(header::HOST).iter().nth(1).is_some() {
+        return page(StatusCode::BAD_REQUEST, "one Host header, please");
+    }
     let host = req
         .headers()
         .get(header::HOST)
@@ -550,6 +620,21 @@ pub async fn by_host(State(st): State<crate::AppState>, req: Request, next: Next
     };
     let forwarded = req.headers().contains_key(crate::forward::FORWARDED_BY)
         && st.cluster.forwarder.is_node(req.headers());
+    // Who connected, as the first node saw it: a client's own statement
+    // of it is replaced, a node's is kept.
+    if !forwarded {
+        let peer = req
+            .extensions()
+            .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+            .and_then(|c| HeaderValue::from_str(&c.0.ip().to_string()).ok());
+        let h = req.headers_mut();
+        h.remove(header::FORWARDED);
+        h.remove("x-real-ip");
+        match peer {
+            Some(ip) => h.insert("x-forwarded-for", ip),
+            None => h.remove("x-forwarded-for"),
+        };
+    }
     if let Some(sandbox) = sandbox.filter(|_| !forwarded)
         && let Ok(crate::cluster::Route::Remote { node, url }) =
             st.cluster.route(&st.lifecycle, &sandbox).await
@@ -591,14 +676,15 @@ fn authorized(route: &Route, headers: &HeaderMap) -> bool {
     }
 }
 
-/// The value of cookie `name` in a request's `Cookie` headers.
-fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+/// The values of cookie `name` in a request's `Cookie` headers.
+fn cookies<'a>(headers: &'a HeaderMap, name: &str) -> Vec<&'a str> {
     headers
         .get_all(header::COOKIE)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(';'))
-        .find_map(|c| c.trim().strip_prefix(name)?.strip_prefix('='))
+        .filter_map(|c| c.trim().strip_prefix(name)?.strip_prefix('='))
+        .collect()
 }
 
 /// Takes cookie `name` out of the request, so the app never sees the key.
@@ -677,9 +763,9 @@ mod tests {
         let mut h = HeaderMap::new();
         h.insert(
             header::COOKIE,
-            HeaderValue::from_static("a=1; sandstone_preview=k; b=2"),
+            HeaderValue::from_static("a=1; sandstone_preview=k; b=2; sandstone_preview=l"),
         );
-        assert_eq!(cookie(&h, COOKIE), Some("k"));
+        assert_eq!(cookies(&h, COOKIE), ["k", "l"]);
         drop_cookie(&mut h, COOKIE);
         assert_eq!(h.get(header::COOKIE).unwrap(), "a=1; b=2");
         let mut only = HeaderMap::new();

@@ -19,6 +19,8 @@
 
 use crate::initclient;
 use crate::lifecycle::config_of;
+use sandstone_agents::Outbound;
+use sandstone_agents::outbound::{Denied, Guarded, check_url};
 use sandstone_api::Secret;
 use sandstone_api::timefmt::{now_ms, rfc3339_ms};
 use sandstone_api::webhooks::{EventPayload, EventType, SIGNATURE_HEADER, WebhookEvent, sign};
@@ -185,6 +187,8 @@ enum Attempt {
     Refused {
         status: u16,
     },
+    /// The operator's egress rules deny the receiver's address.
+    Denied,
 }
 
 impl Attempt {
@@ -228,6 +232,12 @@ fn outcome(
             last_error: Some(format!("the receiver answered HTTP {status}; not retried")),
             ..base
         },
+        Attempt::Denied => AttemptOutcome {
+            last_error: Some(
+                "the operator's egress rules deny the receiver's address; not retried".into(),
+            ),
+            ..base
+        },
         Attempt::Retry { status, error } => {
             let next = now.saturating_add(retry_delay(settings, attempts).as_millis() as i64);
             let deadline = d
@@ -252,18 +262,31 @@ fn outcome(
     }
 }
 
-/// A transport error with its causes ("error sending request" alone says
-/// little), without the URL.
-fn describe(e: reqwest::Error) -> String {
-    let e = e.without_url();
-    let mut text = e.to_string();
-    let mut source = std::error::Error::source(&e);
+/// What a failed send came to. The listing says only what kind of
+/// failure it was: its details (which address refused, what a resolver
+/// said) would map the receiver's network for whoever reads deliveries.
+fn failed(settings: &Settings, e: &reqwest::Error) -> Attempt {
+    let mut source = std::error::Error::source(e);
     while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
+        if s.downcast_ref::<Denied>().is_some() {
+            return Attempt::Denied;
+        }
         source = s.source();
     }
-    text
+    let error = if e.is_timeout() {
+        format!(
+            "the receiver did not answer within {} ms",
+            settings.timeout.as_millis()
+        )
+    } else if e.is_connect() {
+        "the receiver could not be reached".into()
+    } else {
+        "the request to the receiver failed".into()
+    };
+    Attempt::Retry {
+        status: None,
+        error,
+    }
 }
 
 pub struct Webhooks {
@@ -272,6 +295,8 @@ pub struct Webhooks {
     /// The node whose deliveries this daemon sends.
     node: String,
     settings: Settings,
+    /// The operator's rules for addresses callers name.
+    outbound: Outbound,
     client: reqwest::Client,
     queue: mpsc::Sender<DeliveryRow>,
     /// The delivery task takes it at [`Webhooks::spawn`].
@@ -289,9 +314,13 @@ impl Webhooks {
         sealer: Arc<Sealer>,
         node: String,
         settings: Settings,
+        outbound: Outbound,
     ) -> anyhow::Result<Webhooks> {
         let client = reqwest::Client::builder()
             .timeout(settings.timeout)
+            // A name is judged as it is resolved, and only what the
+            // operator's rules allow is dialled.
+            .dns_resolver(Arc::new(Guarded(outbound.clone())))
             // A redirect would carry the signed body somewhere the
             // operator did not name.
             .redirect(reqwest::redirect::Policy::none())
@@ -303,6 +332,7 @@ impl Webhooks {
             sealer,
             node,
             settings,
+            outbound,
             client,
             queue,
             queued: Mutex::new(Some(queued)),
@@ -579,6 +609,23 @@ impl Webhooks {
     }
 
     async fn attempt(&self, d: DeliveryRow) {
+        let attempt = match check_url(&self.outbound, &d.url) {
+            Ok(()) => self.send(&d).await,
+            Err(e) => {
+                tracing::warn!(target: "sandstone::audit", sandbox = %d.sandbox_id, event = %d.event_id,
+                    error = %e, "webhook to a denied address not sent");
+                Attempt::Denied
+            }
+        };
+        let attempts = d.attempts + 1;
+        let next = outcome(&self.settings, &d, attempts, now_ms(), attempt);
+        tracing::debug!(sandbox = %d.sandbox_id, event = %d.event_id, state = next.state.as_str(), attempts, "webhook attempt");
+        if let Err(e) = self.store.record_attempt(&d.event_id, &next).await {
+            tracing::error!(sandbox = %d.sandbox_id, event = %d.event_id, error = %e, "webhook attempt not recorded");
+        }
+    }
+
+    async fn send(&self, d: &DeliveryRow) -> Attempt {
         let mut req = self
             .client
             .post(&d.url)
@@ -587,18 +634,19 @@ impl Webhooks {
         if let Some(sig) = &d.signature {
             req = req.header(SIGNATURE_HEADER, sig);
         }
-        let attempt = match req.send().await {
+        match req.send().await {
             Ok(resp) => Attempt::of_status(resp.status().as_u16()),
-            Err(e) => Attempt::Retry {
-                status: None,
-                error: describe(e),
-            },
-        };
-        let attempts = d.attempts + 1;
-        let next = outcome(&self.settings, &d, attempts, now_ms(), attempt);
-        tracing::debug!(sandbox = %d.sandbox_id, event = %d.event_id, state = next.state.as_str(), attempts, "webhook attempt");
-        if let Err(e) = self.store.record_attempt(&d.event_id, &next).await {
-            tracing::error!(sandbox = %d.sandbox_id, event = %d.event_id, error = %e, "webhook attempt not recorded");
+            Err(e) => {
+                let attempt = failed(&self.settings, &e);
+                let e = e.without_url();
+                if attempt == Attempt::Denied {
+                    tracing::warn!(target: "sandstone::audit", sandbox = %d.sandbox_id, event = %d.event_id,
+                        error = ?e, "webhook to a denied address not sent");
+                } else {
+                    tracing::debug!(sandbox = %d.sandbox_id, event = %d.event_id, error = ?e, "webhook not delivered");
+                }
+                attempt
+            }
         }
     }
 }

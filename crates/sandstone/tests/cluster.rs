@@ -10,7 +10,7 @@
 mod common;
 
 use common::cluster::Cluster;
-use serde_json::json;
+use serde_json::{Value, json};
 use std::time::Duration;
 
 const TTL: Duration = Duration::from_secs(2);
@@ -1042,4 +1042,60 @@ async fn a_preview_is_served_through_any_node() {
         },
     )
     .await;
+
+    // A public service's route credential goes with the request to the
+    // owner, which checks it; what the nodes tell each other stays
+    // between them.
+    let (s, v) = other
+        .req(
+            reqwest::Method::PUT,
+            &format!("/api/v1/sandboxes/{a}/services"),
+            Some(
+                json!({"services": [{"id": "echo", "port": 8003, "ingress": {"public": true,
+                "routes": [{"id": "all", "resume": false, "auth": {"mode": "bearer",
+                    "bearer_token_sha256": common::sha256sum(b"route-token")}}]}}]}),
+            ),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    other
+        .start_script(&a, "previews/echo_headers.py", &["8003"])
+        .await;
+    let service = format!("echo--{a}.localhost");
+    let client = reqwest::Client::builder()
+        .resolve(&service, addr)
+        .build()
+        .unwrap();
+    let url = format!("http://{service}:{}/x", addr.port());
+    eventually(
+        Duration::from_secs(20),
+        "the service through the other node",
+        async || {
+            let r = client
+                .get(&url)
+                .bearer_auth("route-token")
+                .header("x-sandstone-node-token", "forged")
+                .send()
+                .await
+                .unwrap();
+            if r.status() != 200 {
+                return false;
+            }
+            let seen: Value = r.json().await.unwrap();
+            let h = &seen["headers"];
+            for name in [
+                "x-sandstone-node-token",
+                "x-sandstone-forwarded-by",
+                "x-sandstone-team",
+                "authorization",
+            ] {
+                assert!(h.get(name).is_none(), "{name} reached the server: {seen}");
+            }
+            assert_eq!(h["x-forwarded-for"], "127.0.0.1", "{seen}");
+            true
+        },
+    )
+    .await;
+    let r = client.get(&url).send().await.unwrap();
+    assert_eq!(r.status(), 401, "no credential, no entry");
 }

@@ -398,28 +398,7 @@ async fn a_websocket_server_is_previewed_too() {
     use tokio_tungstenite::tungstenite::{Message, client::IntoClientRequest};
     let d = Daemon::start().await;
     let id = d.create(json!({})).await;
-    let script = std::fs::read(format!(
-        "{}/../../tests/previews/ws_echo.py",
-        env!("CARGO_MANIFEST_DIR")
-    ))
-    .unwrap();
-    let r = d
-        .http
-        .post(format!(
-            "{}/api/v1/sandboxes/{id}/files?path=/tmp/ws_echo.py",
-            d.url
-        ))
-        .bearer_auth(&d.token)
-        .body(script)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
-    let body = json!({"type": "cmd", "cmd": {"command": ["python3", "/tmp/ws_echo.py", "8002"]}});
-    let (s, v) = d
-        .post(&format!("/api/v1/sandboxes/{id}/contexts"), body)
-        .await;
-    assert_eq!(s, 201, "{v}");
+    d.start_script(&id, "previews/ws_echo.py", &["8002"]).await;
     wait_listening(&d, &id, 8002).await;
     let g = grant(&d, &id, json!({"port": 8002})).await;
     let cookie = bootstrap(&d, &g).await;
@@ -441,5 +420,155 @@ async fn a_websocket_server_is_previewed_too() {
             panic!("{m:?}")
         };
         assert_eq!(t.as_str(), format!("echo: {text}"));
+    }
+}
+
+/// Sends one raw HTTP/1.1 request (a client that normalises URLs would
+/// never send the paths under test) and returns the status and body.
+async fn raw(d: &Daemon, request: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut tcp = tokio::net::TcpStream::connect(d.url.trim_start_matches("http://"))
+        .await
+        .unwrap();
+    tcp.write_all(request.as_bytes()).await.unwrap();
+    let mut out = Vec::new();
+    tokio::time::timeout(Duration::from_secs(30), tcp.read_to_end(&mut out))
+        .await
+        .expect("an answer in time")
+        .unwrap();
+    let text = String::from_utf8_lossy(&out).to_string();
+    let status = text.split(' ').nth(1).unwrap().parse().unwrap();
+    let body = text.split_once("\r\n\r\n").map_or("", |x| x.1).to_string();
+    (status, body)
+}
+
+fn request(method: &str, host: &str, path: &str, extra: &str) -> String {
+    format!(
+        "{method} {path} HTTP/1.1\r\nHost: {host}\r\n{extra}Content-Length: 0\r\nConnection: close\r\n\r\n"
+    )
+}
+
+/// What the echo server says it received.
+fn seen(body: &str) -> Value {
+    serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {body}"))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_sandbox_sees_one_spelling_of_a_path_and_no_internal_header() {
+    let d = Daemon::start().await;
+    let services = json!([{
+        "id": "echo",
+        "port": 8003,
+        "ingress": {"public": true, "routes": [
+            {"id": "pub", "path_prefix": "/pub", "resume": false},
+            {"id": "admin", "path_prefix": "/admin", "resume": false,
+             "auth": {"mode": "bearer", "bearer_token_sha256": sha256sum(b"route-token")}},
+        ]},
+    }]);
+    // A prefix must itself be the one spelling requests are matched in.
+    for prefix in ["/pub/../admin", "/a//b", "/%61dmin", "/caf\u{e9}"] {
+        let bad = json!([{"id": "e", "port": 1, "ingress": {"public": true, "routes": [
+            {"id": "r", "path_prefix": prefix, "resume": false}]}}]);
+        d.rejects(
+            "/api/v1/sandboxes",
+            json!({"template": "host", "config": {"services": bad}}),
+            "config.services[0].ingress.routes[0].path_prefix",
+        )
+        .await;
+    }
+    let id = d.create(json!({"services": services})).await;
+    d.start_script(&id, "previews/echo_headers.py", &["8003"])
+        .await;
+    wait_listening(&d, &id, 8003).await;
+    let port = d.url.rsplit_once(':').unwrap().1;
+    let host = format!("echo--{id}.localhost:{port}");
+
+    // The headers nodes tell each other things by, and a client's own
+    // account of where it connects from, never reach the server.
+    let forged = "x-sandstone-node-token: forged\r\nx-sandstone-forwarded-by: n\r\n\
+                  x-sandstone-team: t\r\nx-forwarded-for: spoofed\r\nforwarded: for=spoofed\r\n";
+    let (s, body) = raw(&d, &request("GET", &host, "/pub/x?q=%2e%2e", forged)).await;
+    assert_eq!(s, 200, "{body}");
+    let got = seen(&body);
+    assert_eq!(got["path"], "/pub/x?q=%2e%2e");
+    let h = &got["headers"];
+    for name in [
+        "x-sandstone-node-token",
+        "x-sandstone-forwarded-by",
+        "x-sandstone-team",
+        "forwarded",
+    ] {
+        assert!(h.get(name).is_none(), "{name} reached the server: {h}");
+    }
+    assert_eq!(h["x-forwarded-for"], "127.0.0.1", "{h}");
+
+    // Another spelling of the protected path is refused, never routed by
+    // the unprotected prefix it starts with.
+    for path in [
+        "/pub/../admin/x",
+        "/pub/%2e%2e/admin/x",
+        "/pub/.%2E/admin/x",
+        "/pub/..%2fadmin/x",
+        "/pub/..%5cadmin/x",
+        "/pub/..;/admin/x",
+    ] {
+        let (s, body) = raw(&d, &request("GET", &host, path, "")).await;
+        assert_eq!(s, 400, "{path}: {body}");
+    }
+    for path in ["/%61dmin/x", "//admin/x", "/admin//x"] {
+        let (s, body) = raw(&d, &request("GET", &host, path, "")).await;
+        assert_eq!(s, 401, "{path}: {body}");
+    }
+    // With its credential, the server sees the one spelling, without it.
+    let bearer = "authorization: Bearer route-token\r\n";
+    let (s, body) = raw(&d, &request("GET", &host, "/%61dmin//x", bearer)).await;
+    assert_eq!(s, 200, "{body}");
+    let got = seen(&body);
+    assert_eq!(got["path"], "/admin/x");
+    assert!(got["headers"].get("authorization").is_none(), "{got}");
+    // Two Host headers could be read one way here and another there.
+    let two = format!("Host: {host}\r\n");
+    assert_eq!(raw(&d, &request("GET", &host, "/pub/x", &two)).await.0, 400);
+
+    // A preview's cookie goes with requests from every preview (one
+    // site): a change must come from the preview's own origin.
+    let g = grant(&d, &id, json!({"port": 8003})).await;
+    let cookie = bootstrap(&d, &g).await;
+    let target = g["target_url"].as_str().unwrap();
+    let origin = target.trim_end_matches('/');
+    let pv_host = target.split('/').nth(2).unwrap();
+    let with = |from: &str| format!("cookie: {cookie}\r\norigin: {from}\r\n{forged}");
+    let evil = format!("http://pv-0000000000000000.localhost:{port}");
+    let (s, body) = raw(&d, &request("POST", pv_host, "/x", &with(&evil))).await;
+    assert_eq!(s, 403, "{body}");
+    let (s, body) = raw(&d, &request("GET", pv_host, "/x", &with(&evil))).await;
+    assert_eq!(s, 200, "a read is not a change: {body}");
+    let (s, body) = raw(&d, &request("POST", pv_host, "/x", &with(origin))).await;
+    assert_eq!(s, 200, "{body}");
+    let got = seen(&body);
+    assert_eq!(got["method"], "POST");
+    for name in [
+        "x-sandstone-node-token",
+        "x-sandstone-forwarded-by",
+        "x-sandstone-team",
+    ] {
+        assert!(got["headers"].get(name).is_none(), "{name}: {got}");
+    }
+    assert!(
+        !got["headers"]["cookie"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("sandstone_preview"),
+        "{got}"
+    );
+
+    // Each refusal left a record.
+    let log = d.log();
+    for needle in [
+        "ambiguous path to a public service refused",
+        "request without its route's credential refused",
+        "cross-origin request to a preview refused",
+    ] {
+        assert!(log.contains(needle), "{needle}: {log}");
     }
 }

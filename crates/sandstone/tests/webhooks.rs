@@ -121,8 +121,9 @@ impl Drop for Receiver {
 }
 
 /// A daemon on the plain-directory pool whose deliveries retry every 200 ms
-/// (doubling) and give up on an attempt after a second.
-async fn daemon() -> Daemon {
+/// (doubling) and give up on an attempt after a second. Its operator
+/// allows webhooks to the receiver's loopback address when `loopback`.
+async fn daemon_with(loopback: bool) -> Daemon {
     let mut d = Daemon::set_up(&["--no-pool"], "").await;
     d.serve_args = [
         "--webhook-retry-base-ms",
@@ -132,10 +133,20 @@ async fn daemon() -> Daemon {
     ]
     .map(String::from)
     .to_vec();
+    if loopback {
+        let rules = d.data.path().join("operator.json");
+        std::fs::write(&rules, r#"{"allow": ["127.0.0.1/32"]}"#).unwrap();
+        d.serve_args
+            .extend(["--egress-config".into(), rules.display().to_string()]);
+    }
     // Debug logging: the secret must not show up even there.
     d.log_level = "debug".into();
     d.spawn().await;
     d
+}
+
+async fn daemon() -> Daemon {
+    daemon_with(true).await
 }
 
 fn of_type<'a>(t: &'a str, id: &'a str) -> impl Fn(&Value) -> bool + 'a {
@@ -455,4 +466,42 @@ async fn failing_and_down_receivers_are_retried_across_a_restart() {
     })
     .await
     .expect("test timed out");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn webhooks_never_reach_the_hosts_own_or_internal_addresses() {
+    tokio::time::timeout(Duration::from_secs(120), async {
+        let receiver = Receiver::start().await;
+        // No operator rule lets webhooks reach loopback here.
+        let d = daemon_with(false).await;
+        let port = receiver.url().split(':').nth(2).unwrap().to_string();
+        for url in [
+            receiver.url(),
+            format!("http://localhost:{port}"),
+            "http://169.254.169.254/latest/meta-data".to_string(),
+        ] {
+            let id = d
+                .create(json!({"webhook": {"url": url, "secret": "s3cret-denied"}}))
+                .await;
+            let x = wait_delivery(&d, &id, "sandbox.ready", |x| x["state"] == "failed").await;
+            let error = x["last_error"].as_str().unwrap();
+            assert!(error.contains("egress rules deny"), "{x}");
+            // The listing says what kind of failure, not what the network
+            // looks like from the daemon.
+            assert!(
+                !error.contains("127.0.0.1") && !error.contains("169.254"),
+                "{x}"
+            );
+            assert_eq!(x["attempts"], 1, "a denial is not retried: {x}");
+        }
+        assert!(receiver.requests().is_empty(), "{:?}", receiver.requests());
+        let log = d.log();
+        assert!(
+            log.contains("webhook to a denied address not sent"),
+            "{log}"
+        );
+        assert!(!log.contains("s3cret-denied"));
+    })
+    .await
+    .expect("bounded");
 }

@@ -169,28 +169,31 @@ impl OperatorConfig {
     /// built-in denials (loopback, the host) protect the host from
     /// sandboxes, not from its own daemon.
     pub fn outbound(&self) -> anyhow::Result<sandstone_agents::Outbound> {
-        let rules = OperatorRules {
+        Ok(guard(OperatorRules {
             allow: self.cidrs(&self.allow, "allow")?,
             deny: self.cidrs(&self.deny, "deny")?,
             deny_domains: self.deny_domains.clone(),
             host_addresses: None,
-        };
-        Ok(Arc::new(move |host: &str, ip: IpAddr| {
-            if rules.allow.iter().any(|n| n.contains(ip)) {
-                return Ok(());
-            }
-            if let Some(n) = rules.deny.iter().find(|n| n.contains(ip)) {
-                return Err(format!("deny {n}"));
-            }
-            match rules
-                .deny_domains
-                .iter()
-                .find(|d| sandstone_egress::policy::domain_matches(d, host))
-            {
-                Some(d) => Err(format!("denyDomains {d}")),
-                None => Ok(()),
-            }
         }))
+    }
+
+    /// The rules for calls an API caller points the daemon at (webhooks):
+    /// a caller is no more trusted than a sandbox, so the built-in
+    /// denials hold (loopback, link-local with the metadata address, the
+    /// host's own addresses, the sandbox `pool`), with this file's rules
+    /// and its `allow` as the exceptions.
+    pub fn callers_outbound(
+        &self,
+        pool: Option<&str>,
+    ) -> anyhow::Result<sandstone_agents::Outbound> {
+        let mut rules = self.rules()?;
+        if let Some(pool) = pool {
+            rules.deny.push(
+                pool.parse()
+                    .map_err(|e: CidrError| anyhow::anyhow!("egress pool: {e}"))?,
+            );
+        }
+        Ok(guard(rules))
     }
 
     fn cidrs(
@@ -217,6 +220,10 @@ impl OperatorConfig {
         rules.deny.extend(self.cidrs(&self.deny, "deny")?);
         Ok(rules)
     }
+}
+
+fn guard(rules: OperatorRules) -> sandstone_agents::Outbound {
+    Arc::new(move |host: &str, ip: IpAddr| rules.denies(host, ip).map_or(Ok(()), Err))
 }
 
 /// What `Network::start` needs from the daemon's configuration.

@@ -332,6 +332,35 @@ impl Daemon {
         self.run(id, &["sh", "-c", script]).await
     }
 
+    /// Copies the repository's `tests/<rel>` to `/tmp/<its name>` in the
+    /// sandbox, then starts `python3` on it with `args` in the background.
+    pub async fn start_script(&self, id: &str, rel: &str, args: &[&str]) {
+        let file = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../tests")
+            .join(rel);
+        let name = file.file_name().unwrap().to_str().unwrap().to_string();
+        let r = self
+            .http
+            .post(format!(
+                "{}/api/v1/sandboxes/{id}/files?path=/tmp/{name}",
+                self.url
+            ))
+            .bearer_auth(&self.token)
+            .body(std::fs::read(&file).unwrap())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "upload {rel}");
+        let tmp = format!("/tmp/{name}");
+        let mut argv = vec!["python3", tmp.as_str()];
+        argv.extend_from_slice(args);
+        let body = json!({"type": "cmd", "cmd": {"command": argv}});
+        let (s, v) = self
+            .post(&format!("/api/v1/sandboxes/{id}/contexts"), body)
+            .await;
+        assert_eq!(s, 201, "start {rel}: {v}");
+    }
+
     /// The egress audit records of `id` (each event's `attributes`), with
     /// `query` added to the request (`outcome=denied`, say).
     pub async fn audit(&self, id: &str, query: &str) -> Vec<Value> {
