@@ -130,6 +130,7 @@ own = {
     # A watch streams until the client leaves; the checks read whole bodies
     # (the SDK test covers watching).
     "GET /api/v1/sandboxes/{id}/observability/events": params(**{"path.id": main, "query.watch": False}),
+    "GET /api/v1/sandboxes/{id}/observability/logs": params(**{"path.id": main, "query.watch": False}),
 }
 config = [
     "[parameters]",

@@ -6,6 +6,7 @@
 
 pub mod auth;
 pub mod hmac;
+pub mod logs;
 pub mod metrics;
 pub mod observability;
 mod secret;

@@ -150,6 +150,10 @@ pub enum WatchLine {
     Event {
         data: Box<Event>,
     },
+    /// A line of output (`GET .../observability/logs?watch=true`).
+    Log {
+        data: Box<crate::logs::LogEntry>,
+    },
     /// After a batch of events: where to resume (`cursor=`) after a
     /// reconnect.
     Watermark {

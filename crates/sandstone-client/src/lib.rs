@@ -232,6 +232,28 @@ impl Client {
         self.call(Method::GET, &path, None).await
     }
 
+    /// A page of a sandbox's durable output log: after `cursor`, or the
+    /// latest `limit` lines without one; only context `context`'s if set.
+    pub async fn logs(
+        &self,
+        id: &str,
+        cursor: Option<&str>,
+        limit: usize,
+        context: Option<&str>,
+    ) -> Result<sandstone_api::logs::LogPage> {
+        let mut query = vec![("limit", limit.to_string())];
+        for (key, value) in [("cursor", cursor), ("context_id", context)] {
+            if let Some(v) = value {
+                query.push((key, v.to_string()));
+            }
+        }
+        let req = self
+            .http
+            .get(self.url(&format!("/api/v1/sandboxes/{id}/observability/logs")))
+            .query(&query);
+        self.data(req).await
+    }
+
     pub async fn put_credential(
         &self,
         name: &str,

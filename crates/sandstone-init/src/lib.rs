@@ -11,6 +11,7 @@
 
 mod files;
 mod lease;
+mod logs;
 mod procs;
 pub mod proto;
 mod repl;
@@ -158,6 +159,13 @@ fn sandbox_main(mut start: SandboxStart) -> ! {
     procs::block_sigchld();
     if let (Some(file), Some(w)) = (start.lease.take(), &start.spec.lease) {
         lease::watch(file, std::time::Duration::from_millis(w.every_ms));
+    }
+    // Output still flows to live readers without it: a log that cannot
+    // start is PID 1's diagnostic, not the sandbox's failure.
+    if let (Some(dir), Some(l)) = (start.logs.take(), &start.spec.logs)
+        && let Err(e) = logs::start(dir, l.max_bytes)
+    {
+        eprintln!("sandstone-init: the durable log did not start: {e}");
     }
     let _ = start.status.write_all(b"ok");
     drop(start.status);

@@ -671,6 +671,7 @@ impl Proc {
                     .expect("exit recorded before wake");
                 self.input.lock().expect("lock poisoned").take();
                 self.code.lock().expect("lock poisoned").take();
+                crate::logs::exit(&self.id, info.exit_code);
                 self.publish(Event::Exit(info));
                 return;
             }
@@ -683,7 +684,10 @@ impl Proc {
         loop {
             match f.read(buf) {
                 Ok(0) => return false,
-                Ok(n) => self.publish(Event::Output(stream, buf[..n].to_vec())),
+                Ok(n) => {
+                    crate::logs::output(&self.id, stream, &buf[..n]);
+                    self.publish(Event::Output(stream, buf[..n].to_vec()));
+                }
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return true,
                 // EIO is how a PTY master reports that the last slave closed.
                 Err(_) => return false,

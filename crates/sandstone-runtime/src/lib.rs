@@ -25,7 +25,7 @@ pub mod spawn;
 mod sys;
 
 pub use launch::{Launched, launch};
-pub use spawn::{BindMount, SpawnSpec};
+pub use spawn::{BindMount, LogSpec, SpawnSpec};
 
 /// Errors from isolation primitives; each names the step that failed.
 #[derive(Debug, thiserror::Error)]

@@ -8,6 +8,7 @@ use sandstone_sys::process::{self, Cloned};
 use serde::{Deserialize, Serialize};
 use std::io::{Read, Write};
 use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::net::UnixListener;
 use std::path::PathBuf;
 
@@ -57,6 +58,20 @@ pub struct SpawnSpec {
     /// the sandbox), and lets them go on when it moves forward again.
     #[serde(default)]
     pub lease: Option<LeaseWatch>,
+    /// Where PID 1 keeps every context's output, beyond what it holds in
+    /// memory: a host directory in the volume, so the log outlives pauses
+    /// and restarts, and the daemon reads it even while nothing runs.
+    #[serde(default)]
+    pub logs: Option<LogSpec>,
+}
+
+/// See [`SpawnSpec::logs`].
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LogSpec {
+    /// The host directory, writable by the sandbox's root (`id_base`).
+    pub dir: PathBuf,
+    /// The most the directory holds: the oldest segments go first.
+    pub max_bytes: u64,
 }
 
 /// See [`SpawnSpec::lease`].
@@ -93,6 +108,9 @@ pub struct SandboxStart {
     /// The lease deadline file ([`SpawnSpec::lease`]), opened read-only
     /// while host paths are still reachable.
     pub lease: Option<std::fs::File>,
+    /// The log directory ([`SpawnSpec::logs`]), opened while host paths
+    /// are still reachable; nothing in the sandbox can reach it.
+    pub logs: Option<std::fs::File>,
 }
 
 fn pipe() -> Result<(OwnedFd, OwnedFd)> {
@@ -164,6 +182,7 @@ pub fn spawn(spec: &SpawnSpec, sandbox_main: fn(SandboxStart) -> !) -> Result<i3
                 status: std::fs::File::from(st_w),
                 oom_score_adj: None,
                 lease: None,
+                logs: None,
             });
         }
         Cloned::Parent(pid) => pid,
@@ -213,6 +232,15 @@ pub fn prepare_sandbox(start: &mut SandboxStart) -> Result<()> {
     if let Some(w) = &start.spec.lease {
         start.lease =
             Some(std::fs::File::open(&w.file).map_err(|e| Error::sys("open the lease file", e))?);
+    }
+    if let Some(l) = &start.spec.logs {
+        start.logs = Some(
+            std::fs::OpenOptions::new()
+                .read(true)
+                .custom_flags(libc::O_DIRECTORY)
+                .open(&l.dir)
+                .map_err(|e| Error::sys("open the log directory", e))?,
+        );
     }
     let log = std::fs::OpenOptions::new()
         .create(true)

@@ -88,6 +88,8 @@ pub struct Config {
     pub gc_grace: std::time::Duration,
     /// How webhook deliveries are attempted and retried.
     pub webhooks: webhooks::Settings,
+    /// The most each sandbox's durable output log holds (0: none).
+    pub log_retention_bytes: u64,
     /// Where previews and public services are served:
     /// `scheme://*.domain[:port]`; `None`: `http://*.localhost:<port>` on
     /// the listen port (browsers and curl take `*.localhost` as loopback).
@@ -559,6 +561,7 @@ pub async fn run(mut config: Config) -> anyhow::Result<()> {
             config.webhooks.clone(),
             webhook_outbound,
         )?),
+        log_bytes: config.log_retention_bytes,
     };
     let lc = lifecycle::Lifecycle::new(runner, store, storage, network, checkpoints).await?;
     lc.adopt().await?;

@@ -5,7 +5,7 @@
 
 use crate::AppState;
 use crate::routes::{
-    cluster, contexts, credentials, files, keys, metrics, network, observability, previews,
+    cluster, contexts, credentials, files, keys, logs, metrics, network, observability, previews,
     registry, sandboxes, snapshots, templates, tools, uploads, webhooks,
 };
 use axum::routing::MethodRouter;
@@ -65,6 +65,7 @@ pub fn operations() -> Vec<Operation> {
         put "/api/v1/sandboxes/{id}/previews/{preview_id}" previews::renew_preview => 200 Json "Renew a preview grant of the current runtime generation",
         delete "/api/v1/sandboxes/{id}/previews/{preview_id}" previews::revoke_preview => 200 None "Revoke a preview grant (its cookie stops working at once on this node, within 2 s on the others)",
         get "/api/v1/sandboxes/{id}/observability/events" observability::events => 200 None "Egress audit records as network_audit events (cursor, limit, start_time, end_time, outcome and the other filters; watch=true streams NDJSON)",
+        get "/api/v1/sandboxes/{id}/observability/logs" logs::logs => 200 None "Every context's output, line by line, from the sandbox's durable log (start_time, end_time, limit, cursor, context_id, stream; without cursor or start_time, the latest lines; watch=true streams NDJSON)",
         get "/api/v1/sandboxes/{id}/metrics" metrics::series => 200 None "Runtime metric series of the last hour (start_time, end_time, metrics, step_seconds, statistic, max_points): CPU, memory, processes, disk and egress bytes, sampled by this node",
         get "/api/v1/sandboxes/{id}/metrics/catalog" metrics::catalog => 200 None "The runtime metrics served: names, kinds, units, dimensions, descriptions",
         post "/api/v1/sandboxes/{id}/contexts" contexts::create => 201 Json "Create a context (cmd or repl); wait_until_done runs it to completion",

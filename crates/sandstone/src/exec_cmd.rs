@@ -57,3 +57,34 @@ pub async fn copy(c: &Client, from: &str, to: &str) -> Result<()> {
     }
     Ok(())
 }
+
+/// `sandstone logs`: the latest `tail` lines, then (with `follow`) new
+/// ones as they come. Lines of several contexts carry their context's id.
+pub async fn logs(
+    cli: &Cli,
+    id: &str,
+    follow: bool,
+    context: Option<&str>,
+    tail: usize,
+) -> Result<()> {
+    let c = client(cli)?;
+    let mut page = c.logs(id, None, tail, context).await?;
+    loop {
+        for entry in &page.logs {
+            if cli.json {
+                println!("{}", serde_json::to_string(entry)?);
+            } else if context.is_some() {
+                println!("{}", entry.message);
+            } else {
+                println!("{} | {}", entry.context_id, entry.message);
+            }
+        }
+        if !follow {
+            return Ok(());
+        }
+        if page.logs.is_empty() {
+            tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+        }
+        page = c.logs(id, Some(&page.next_cursor), 1000, context).await?;
+    }
+}

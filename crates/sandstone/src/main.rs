@@ -134,6 +134,20 @@ enum Cmd {
         #[arg(long)]
         denied: bool,
     },
+    /// A sandbox's output log: every context's lines, kept across pauses
+    /// and restarts.
+    Logs {
+        id: String,
+        /// Keep printing new lines.
+        #[arg(short, long)]
+        follow: bool,
+        /// Only this context's lines.
+        #[arg(long)]
+        context: Option<String>,
+        /// How many of the latest lines to start with.
+        #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..=1000))]
+        tail: u64,
+    },
     /// List sandboxes.
     Ls,
     /// Show one sandbox.
@@ -315,6 +329,12 @@ async fn run(cli: Cli) -> Result<()> {
         Cmd::Snapshot { cmd } => snapshot_cmd::run(&cli, cmd).await,
         Cmd::Policy { cmd } => policy_cmd::run(&cli, cmd).await,
         Cmd::Audit { id, follow, denied } => policy_cmd::audit(&cli, id, *follow, *denied).await,
+        Cmd::Logs {
+            id,
+            follow,
+            context,
+            tail,
+        } => exec_cmd::logs(&cli, id, *follow, context.as_deref(), *tail as usize).await,
         Cmd::Cred { cmd } => cred_cmd::run(&cli, cmd).await,
         Cmd::Node { cmd } => node_cmd::run(&cli, cmd).await,
         Cmd::Key { cmd } => key_cmd::run(&cli, cmd).await,

@@ -126,6 +126,12 @@ pub struct ServeArgs {
     /// after the event (Sandbox0's 24 hours by default).
     #[arg(long, env = "SANDSTONE_WEBHOOK_GIVE_UP_SECS", default_value_t = 86_400, value_parser = clap::value_parser!(u64).range(1..=604_800))]
     pub webhook_give_up_secs: u64,
+    /// The most each sandbox's durable output log holds, in bytes: every
+    /// context's output, kept across pauses and restarts, the oldest
+    /// dropped first (`GET .../observability/logs`, `sandstone logs`).
+    /// 0 keeps none.
+    #[arg(long, env = "SANDSTONE_LOG_RETENTION_BYTES", default_value_t = 64 << 20)]
+    pub log_retention_bytes: u64,
     /// Where previews and public services are served, as
     /// `scheme://*.domain[:port]` (the `*` is a preview's or service's own
     /// name; point a wildcard DNS record or a TLS proxy at this daemon).
@@ -256,6 +262,7 @@ pub async fn serve(data_dir: &Path, args: &ServeArgs) -> Result<()> {
             give_up_after: std::time::Duration::from_secs(args.webhook_give_up_secs),
         },
         exposure_origin: args.exposure_origin.clone(),
+        log_retention_bytes: args.log_retention_bytes,
         metrics_interval: std::time::Duration::from_secs(args.metrics_interval),
     };
     sandstone_server::run(config).await

@@ -232,3 +232,140 @@ async fn a_busy_sandbox_shows_in_its_metrics() {
     );
     assert!(gauge(&d.metrics().await, "sandstone_sandbox_memory_bytes").is_none());
 }
+
+/// The lines of a log answer.
+fn messages(v: &Value) -> Vec<String> {
+    v["data"]["logs"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{v}"))
+        .iter()
+        .map(|e| e["message"].as_str().unwrap().to_string())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn output_is_logged_bounded_and_outlives_pauses_and_restarts() {
+    const BUDGET: u64 = 4 << 20;
+    let mut d = Daemon::set_up(&[], "").await;
+    d.serve_args = vec!["--log-retention-bytes".into(), BUDGET.to_string()];
+    d.spawn().await;
+    let id = d.create(json!({})).await;
+    let logs = |q: &str| format!("/api/v1/sandboxes/{id}/observability/logs?{q}");
+
+    // 100 MB of output: the log keeps the newest within its budget.
+    let print = "import sys\nw = sys.stdout.buffer.write\n\
+                 for i in range(1_000_000):\n    w(b'line %07d ' % i + b'x' * 87 + b'\\n')\n\
+                 print('the end', flush=True)";
+    let run = d.run(&id, &["python3", "-c", print]).await;
+    assert_eq!(run["exit_code"], 0, "{run}");
+    let ctx = run["id"].as_str().unwrap().to_string();
+    let dir = d.pool_root().join("sandboxes").join(&id).join("logs");
+    let on_disk: u64 = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().metadata().unwrap().len())
+        .sum();
+    assert!(
+        on_disk <= BUDGET && on_disk > BUDGET / 2,
+        "{on_disk} bytes of log"
+    );
+    let (s, v) = d.get(&logs("limit=3")).await;
+    assert_eq!(s, 200, "{v}");
+    let want = [
+        format!("line 0999999 {}", "x".repeat(87)),
+        "the end".to_string(),
+        "[exited: 0]".to_string(),
+    ];
+    assert_eq!(messages(&v), want);
+    let last = &v["data"]["logs"][2];
+    assert_eq!(
+        (&last["context_id"], &last["attributes"]["exit_code"]),
+        (&json!(ctx), &json!(0)),
+        "{v}"
+    );
+    assert_eq!(v["data"]["logs"][1]["stream"], "stdout", "{v}");
+
+    // Filters, and bad queries named.
+    d.sh(&id, "echo to-stderr >&2").await;
+    let (_, v) = d.get(&logs("stream=stderr&limit=5")).await;
+    assert_eq!(messages(&v), ["to-stderr"]);
+    let (_, v) = d.get(&logs(&format!("context_id={ctx}&limit=1"))).await;
+    assert_eq!(messages(&v), ["[exited: 0]"]);
+    for (q, field) in [
+        ("cursor=zzz", "cursor"),
+        ("stream=both", "stream"),
+        ("limit=0", "limit"),
+        ("start_time=2026-02-30T00:00:00Z", "start_time"),
+        ("watch=true&end_time=2026-01-01T00:00:00Z", "end_time"),
+    ] {
+        let (s, v) = d.get(&logs(q)).await;
+        assert_eq!(s, 400, "{q}: {v}");
+        assert!(
+            v["error"]["message"].as_str().unwrap().contains(field),
+            "{v}"
+        );
+    }
+
+    // Paging forward from a cursor reads what came after it, once.
+    let (_, v) = d.get(&logs("limit=2")).await;
+    let next = v["data"]["next_cursor"].as_str().unwrap().to_string();
+    d.sh(&id, "echo after-the-cursor").await;
+    let (_, v) = d.get(&logs(&format!("cursor={next}&limit=10"))).await;
+    let after = messages(&v);
+    assert!(after.contains(&"after-the-cursor".to_string()), "{after:?}");
+    assert!(!after.contains(&"to-stderr".to_string()), "{after:?}");
+
+    // Paused, and after the daemon was killed: the same log.
+    let tail = |v: &Value| messages(v).last().cloned();
+    let (_, before) = d.get(&logs("limit=5")).await;
+    assert_eq!(
+        d.post(&format!("/api/v1/sandboxes/{id}/pause"), json!({}))
+            .await
+            .0,
+        200
+    );
+    let (_, paused) = d.get(&logs("limit=5")).await;
+    assert_eq!(messages(&paused), messages(&before));
+    d.kill();
+    d.spawn().await;
+    let (_, restarted) = d.get(&logs("limit=5")).await;
+    assert_eq!(messages(&restarted), messages(&before));
+
+    // A watch follows what a resumed sandbox prints next.
+    let resp = d
+        .http
+        .get(format!("{}{}", d.url, logs("watch=true")))
+        .bearer_auth(&d.token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(
+        d.post(&format!("/api/v1/sandboxes/{id}/resume"), json!({}))
+            .await
+            .0,
+        200
+    );
+    d.sh(&id, "echo watched-line").await;
+    let mut stream = resp.bytes_stream();
+    let mut seen = String::new();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !seen.contains("watched-line") {
+        use futures_util::StreamExt;
+        let left = deadline.saturating_duration_since(Instant::now());
+        let chunk = tokio::time::timeout(left, stream.next())
+            .await
+            .unwrap_or_else(|_| panic!("no watched line in time: {seen}"));
+        seen.push_str(&String::from_utf8_lossy(&chunk.unwrap().unwrap()));
+    }
+    let line: Value =
+        serde_json::from_str(seen.lines().find(|l| l.contains("watched-line")).unwrap()).unwrap();
+    assert_eq!(line["type"], "log", "{line}");
+    assert!(seen.contains("\"type\":\"watermark\""), "{seen}");
+    assert_ne!(tail(&restarted), None);
+
+    // The CLI prints the latest lines.
+    let out = common::cli(&d, &["logs", &id, "--tail", "2"], b"");
+    assert!(out.status.success(), "{out:?}");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("| watched-line"), "{text}");
+}

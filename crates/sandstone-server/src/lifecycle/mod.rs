@@ -16,6 +16,7 @@ mod error;
 mod expiry;
 mod fencing;
 pub mod images;
+pub mod logs;
 pub(crate) mod network;
 mod recovery;
 pub mod registry;
@@ -112,6 +113,8 @@ pub struct Lifecycle {
     teams: Mutex<HashMap<String, String>>,
     /// Where each sandbox's events go (`config.webhook`).
     pub(crate) webhooks: Arc<crate::webhooks::Webhooks>,
+    /// The most each sandbox's durable log holds (0: no log).
+    log_bytes: u64,
 }
 
 pub use network::{
@@ -153,6 +156,9 @@ pub struct Runner<'a> {
     pub registry_hosts: Vec<String>,
     /// Sends sandboxes' events to their webhooks.
     pub webhooks: Arc<crate::webhooks::Webhooks>,
+    /// The most each sandbox's durable log holds (`--log-retention-bytes`;
+    /// 0: none is kept).
+    pub log_bytes: u64,
 }
 
 impl Lifecycle {
@@ -172,6 +178,7 @@ impl Lifecycle {
             registry_auths,
             registry_hosts,
             webhooks,
+            log_bytes,
         } = runner;
         let cgroups = Driver::detect(cgroup_group)?;
         match sandstone_runtime::cgroup::favor_dynamic_modifications() {
@@ -221,6 +228,7 @@ impl Lifecycle {
             builds: tokio::sync::RwLock::new(()),
             teams: Mutex::new(HashMap::new()),
             webhooks,
+            log_bytes,
         })
     }
 
@@ -420,6 +428,11 @@ impl Lifecycle {
         policy_of(&self.template(&row.template)?, &config_of(row))
     }
 
+    /// Where sandbox `id`'s durable output log is (it may not exist yet).
+    pub fn log_dir(&self, id: &str) -> std::path::PathBuf {
+        logs::dir(&self.storage.paths(id))
+    }
+
     /// The operator's egress rules (none without networking).
     pub fn operator_rules(&self) -> Option<&sandstone_egress::OperatorRules> {
         self.network.as_ref().map(|n| &n.egress.operator)
@@ -567,6 +580,11 @@ impl Lifecycle {
                 Some(dir) => Some(uploads::bind(&paths, dir)?),
                 None => None,
             };
+            let id_base = ID_BASE + slot as u32 * ID_COUNT;
+            let logs = match self.log_bytes {
+                0 => None,
+                max => Some(logs::spec(&paths, id_base, max).map_err(internal)?),
+            };
             let spec = SpawnSpec {
                 id: id.to_string(),
                 hostname: id.to_string(),
@@ -580,7 +598,7 @@ impl Lifecycle {
                     .chain(network.map(|n| n.trust_bind()))
                     .chain(uploads)
                     .collect(),
-                id_base: ID_BASE + slot as u32 * ID_COUNT,
+                id_base,
                 id_count: ID_COUNT,
                 cgroup_procs: cgroup.procs_files(),
                 socket: paths.socket.clone(),
@@ -597,6 +615,7 @@ impl Lifecycle {
                 user: template.user.clone(),
                 memory_bytes: limits.memory_bytes,
                 lease: self.lease.watch(),
+                logs,
             };
             let pid = self.spawn_init(spec).await?;
             if let Some(n) = network {

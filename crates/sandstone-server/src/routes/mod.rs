@@ -4,6 +4,7 @@ pub mod credentials;
 pub mod error;
 pub mod files;
 pub mod keys;
+pub mod logs;
 pub mod metrics;
 pub mod network;
 pub mod observability;

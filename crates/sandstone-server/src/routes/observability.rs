@@ -26,8 +26,8 @@ const DEFAULT_LIMIT: i64 = 100;
 const MAX_LIMIT: i64 = 1000;
 /// How often a watch looks for new records, and how long it stays quiet
 /// before it says it is still there.
-const WATCH_POLL: Duration = Duration::from_millis(500);
-const WATCH_HEARTBEAT: Duration = Duration::from_secs(15);
+pub(crate) const WATCH_POLL: Duration = Duration::from_millis(500);
+pub(crate) const WATCH_HEARTBEAT: Duration = Duration::from_secs(15);
 
 /// What the query asks for. `None` in `query` means the filters exclude
 /// every event Sandstone records (another source or event type, say), so
@@ -44,12 +44,12 @@ struct Filter {
     from_now: bool,
 }
 
-fn bad(key: &str, why: &str) -> ApiError {
+pub(crate) fn bad(key: &str, why: &str) -> ApiError {
     ApiError::bad_request(format!("invalid query parameter `{key}`: {why}"))
 }
 
 /// A query parameter that must be one of a spec enum's values.
-fn enum_param<T: serde::de::DeserializeOwned>(
+pub(crate) fn enum_param<T: serde::de::DeserializeOwned>(
     q: &HashMap<String, String>,
     key: &str,
 ) -> ApiResult<Option<T>> {
@@ -61,7 +61,26 @@ fn enum_param<T: serde::de::DeserializeOwned>(
         .transpose()
 }
 
-fn time_param(q: &HashMap<String, String>, key: &str) -> ApiResult<Option<i64>> {
+/// `limit=`: 1 or more; above [`MAX_LIMIT`] is capped, as the spec says.
+pub(crate) fn limit_param(q: &HashMap<String, String>) -> ApiResult<i64> {
+    match q.get("limit") {
+        None => Ok(DEFAULT_LIMIT),
+        Some(v) => match v.parse::<i64>() {
+            Ok(n) if n >= 1 => Ok(n.min(MAX_LIMIT)),
+            _ => Err(bad("limit", "a positive integer")),
+        },
+    }
+}
+
+pub(crate) fn watch_param(q: &HashMap<String, String>) -> ApiResult<bool> {
+    match q.get("watch").map(String::as_str) {
+        None | Some("false") => Ok(false),
+        Some("true") => Ok(true),
+        Some(_) => Err(bad("watch", "true or false")),
+    }
+}
+
+pub(crate) fn time_param(q: &HashMap<String, String>, key: &str) -> ApiResult<Option<i64>> {
     q.get(key)
         .map(|v| {
             parse_rfc3339_us(v)
@@ -73,13 +92,7 @@ fn time_param(q: &HashMap<String, String>, key: &str) -> ApiResult<Option<i64>> 
 
 impl Filter {
     fn parse(q: &HashMap<String, String>, sandbox: &str) -> ApiResult<Filter> {
-        let limit = match q.get("limit") {
-            None => DEFAULT_LIMIT,
-            Some(v) => match v.parse::<i64>() {
-                Ok(n) if n >= 1 => n.min(MAX_LIMIT),
-                _ => return Err(bad("limit", "a positive integer")),
-            },
-        };
+        let limit = limit_param(q)?;
         let cursor = q
             .get("cursor")
             .map(|v| {
@@ -89,11 +102,7 @@ impl Filter {
                     .ok_or_else(|| bad("cursor", "not a cursor this server returned"))
             })
             .transpose()?;
-        let watch = match q.get("watch").map(String::as_str) {
-            None | Some("false") => false,
-            Some("true") => true,
-            Some(_) => return Err(bad("watch", "true or false")),
-        };
+        let watch = watch_param(q)?;
         let (since, until) = (time_param(q, "start_time")?, time_param(q, "end_time")?);
         if watch && until.is_some() {
             return Err(bad("end_time", "not supported with watch=true"));
@@ -414,7 +423,7 @@ fn watch(st: AppState, id: String, filter: Filter, render: Renderer) -> Response
         .into_response()
 }
 
-fn push_line(out: &mut String, line: &WatchLine) {
+pub(crate) fn push_line(out: &mut String, line: &WatchLine) {
     if let Ok(text) = serde_json::to_string(line) {
         out.push_str(&text);
         out.push('\n');

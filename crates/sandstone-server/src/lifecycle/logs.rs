@@ -1,0 +1,324 @@
+//! A sandbox's durable log (`sandstone_api::logs`): the volume's `logs`
+//! directory, which PID 1 appends to and this module reads, as lines.
+//! Reading needs no runtime: a paused sandbox's log, or one whose daemon
+//! restarted, reads the same.
+
+use sandstone_api::logs::{Cursor, Kind, LogStream, decode, segment_name, segment_seq};
+use sandstone_runtime::LogSpec;
+use sandstone_volumes::SandboxPaths;
+use std::collections::VecDeque;
+use std::path::{Path, PathBuf};
+
+pub fn dir(paths: &SandboxPaths) -> PathBuf {
+    paths.data.join("logs")
+}
+
+/// The log directory for a runtime whose root is host uid `id_base`:
+/// made if missing and handed to that uid (a resumed sandbox may have
+/// another), closed to everyone else.
+pub(super) fn spec(paths: &SandboxPaths, id_base: u32, max_bytes: u64) -> std::io::Result<LogSpec> {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = dir(paths);
+    std::fs::create_dir_all(&dir)?;
+    std::os::unix::fs::chown(&dir, Some(id_base), Some(id_base))?;
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))?;
+    Ok(LogSpec { dir, max_bytes })
+}
+
+/// What a query asks for.
+#[derive(Debug, Clone, Default)]
+pub struct LogQuery {
+    pub start_ms: Option<i64>,
+    pub end_ms: Option<i64>,
+    pub context: Option<String>,
+    pub stream: Option<LogStream>,
+    /// Lines after this place; without it (and without `start_ms`), the
+    /// latest `limit` lines.
+    pub after: Option<Cursor>,
+    pub limit: usize,
+}
+
+/// One line of output, or a context's exit.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Line {
+    pub at_ms: i64,
+    pub context: String,
+    /// `None`: the context's exit, with its code in `text`.
+    pub stream: Option<LogStream>,
+    pub text: String,
+    pub cursor: Cursor,
+}
+
+impl LogQuery {
+    fn admits(&self, at_ms: i64, context: &str, stream: Option<LogStream>) -> bool {
+        self.start_ms.is_none_or(|s| at_ms >= s)
+            && self.context.as_deref().is_none_or(|c| c == context)
+            && self.stream.is_none_or(|s| stream == Some(s))
+    }
+}
+
+/// The segments, oldest first.
+fn segments(dir: &Path) -> std::io::Result<Vec<u64>> {
+    let mut seqs: Vec<u64> = match std::fs::read_dir(dir) {
+        Ok(entries) => entries
+            .filter_map(|e| e.ok())
+            .filter_map(|e| segment_seq(e.file_name().to_str()?))
+            .collect(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+        Err(e) => return Err(e),
+    };
+    seqs.sort_unstable();
+    Ok(seqs)
+}
+
+/// The place after everything written so far: where a watch that starts
+/// now begins.
+pub fn end(dir: &Path) -> std::io::Result<Cursor> {
+    let Some(&seq) = segments(dir)?.last() else {
+        return Ok(Cursor::default());
+    };
+    let offset = match std::fs::metadata(dir.join(segment_name(seq))) {
+        Ok(m) => m.len(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => 0,
+        Err(e) => return Err(e),
+    };
+    Ok(Cursor {
+        seq,
+        offset,
+        line: 0,
+    })
+}
+
+/// The lines `q` asks for, in order, and the place after the last line
+/// looked at (to go on from; unchanged when there was nothing new).
+pub fn read(dir: &Path, q: &LogQuery) -> std::io::Result<(Vec<Line>, Cursor)> {
+    let seqs = segments(dir)?;
+    let tail = q.after.is_none() && q.start_ms.is_none();
+    if tail {
+        // Newest segments first, until enough lines are found.
+        let mut found: VecDeque<Line> = VecDeque::new();
+        let mut last = None;
+        for &seq in seqs.iter().rev() {
+            let mut lines = Vec::new();
+            let end = scan(dir, seq, 0, 0, q, usize::MAX, &mut lines)?;
+            last.get_or_insert(end);
+            for l in lines.into_iter().rev() {
+                found.push_front(l);
+                if found.len() > q.limit {
+                    found.pop_front();
+                }
+            }
+            if found.len() >= q.limit {
+                break;
+            }
+        }
+        let next = last.unwrap_or_default();
+        return Ok((found.into(), next));
+    }
+    let from = q.after.unwrap_or_default();
+    let mut out = Vec::new();
+    let mut next = from;
+    for &seq in seqs.iter().filter(|s| **s >= from.seq) {
+        let (offset, line) = if seq == from.seq {
+            (from.offset, from.line)
+        } else {
+            (0, 0)
+        };
+        next = scan(dir, seq, offset, line, q, q.limit - out.len(), &mut out)?;
+        if out.len() >= q.limit || next.offset == u64::MAX {
+            break;
+        }
+    }
+    if next.offset == u64::MAX {
+        // Stopped at `end_ms`: go on from there next time.
+        next = out.last().map_or(from, |l: &Line| Cursor {
+            line: l.cursor.line + 1,
+            ..l.cursor
+        });
+    }
+    Ok((out, next))
+}
+
+/// Reads segment `seq` from `offset` (skipping `skip` lines of the record
+/// there), adding at most `room` admitted lines to `out`. Returns where
+/// it stopped; `offset: u64::MAX` when a record past `end_ms` ended it.
+fn scan(
+    dir: &Path,
+    seq: u64,
+    offset: u64,
+    skip: u32,
+    q: &LogQuery,
+    room: usize,
+    out: &mut Vec<Line>,
+) -> std::io::Result<Cursor> {
+    let buf = match std::fs::read(dir.join(segment_name(seq))) {
+        Ok(b) => b,
+        // Removed by the budget while being read: nothing there now.
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+        Err(e) => return Err(e),
+    };
+    let mut at = offset as usize;
+    let mut skip = skip;
+    let mut added = 0;
+    while let Some(r) = decode(&buf, at) {
+        let at_ms = r.at_ms as i64;
+        if q.end_ms.is_some_and(|e| at_ms > e) {
+            return Ok(Cursor {
+                seq,
+                offset: u64::MAX,
+                line: 0,
+            });
+        }
+        let stream = match r.kind {
+            Kind::Stdout => Some(LogStream::Stdout),
+            Kind::Stderr => Some(LogStream::Stderr),
+            Kind::Pty => Some(LogStream::Pty),
+            Kind::Exit => None,
+        };
+        let admitted =
+            q.admits(at_ms, r.context, stream) && (stream.is_some() || q.stream.is_none());
+        let texts: Vec<String> = if stream.is_some() {
+            lines(r.data)
+        } else {
+            vec![String::from_utf8_lossy(r.data).into_owned()]
+        };
+        for (i, text) in texts.into_iter().enumerate().skip(skip as usize) {
+            let cursor = Cursor {
+                seq,
+                offset: at as u64,
+                line: i as u32,
+            };
+            if !admitted {
+                continue;
+            }
+            if added == room {
+                return Ok(cursor);
+            }
+            out.push(Line {
+                at_ms,
+                context: r.context.to_string(),
+                stream,
+                text,
+                cursor,
+            });
+            added += 1;
+        }
+        skip = 0;
+        at = r.next;
+    }
+    Ok(Cursor {
+        seq,
+        offset: at as u64,
+        line: 0,
+    })
+}
+
+/// A chunk of output as lines: split at newlines (a carriage return
+/// before one is dropped, as a terminal prints it); the piece after the
+/// last newline is a line of its own.
+fn lines(data: &[u8]) -> Vec<String> {
+    let text = String::from_utf8_lossy(data);
+    let text = text.strip_suffix('\n').unwrap_or(&text);
+    text.split('\n')
+        .map(|l| l.strip_suffix('\r').unwrap_or(l).to_string())
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sandstone_api::logs::encode;
+
+    fn write(dir: &Path, seq: u64, records: &[(u64, Kind, &str, &str)]) {
+        let mut buf = Vec::new();
+        for (at, kind, ctx, data) in records {
+            buf.extend(encode(*at, *kind, ctx, data.as_bytes()));
+        }
+        std::fs::write(dir.join(segment_name(seq)), buf).unwrap();
+    }
+
+    fn texts(lines: &[Line]) -> Vec<&str> {
+        lines.iter().map(|l| l.text.as_str()).collect()
+    }
+
+    #[test]
+    fn lines_are_paged_filtered_and_tailed_across_segments() {
+        let d = tempfile::tempdir().unwrap();
+        write(
+            d.path(),
+            3,
+            &[
+                (10, Kind::Stdout, "a", "one\ntwo\n"),
+                (11, Kind::Stderr, "b", "oops\r\n"),
+            ],
+        );
+        write(
+            d.path(),
+            4,
+            &[(20, Kind::Stdout, "a", "three"), (21, Kind::Exit, "a", "0")],
+        );
+        let q = |f: fn(&mut LogQuery)| {
+            let mut q = LogQuery {
+                limit: 100,
+                ..Default::default()
+            };
+            f(&mut q);
+            q
+        };
+        // The latest lines, oldest first.
+        let (tail, end_at) = read(d.path(), &q(|q| q.limit = 2)).unwrap();
+        assert_eq!(texts(&tail), ["three", "0"]);
+        assert_eq!(tail[1].stream, None);
+        assert_eq!(end_at, end(d.path()).unwrap());
+        // Paging from the start, two at a time, picks up mid-record.
+        let mut seen = Vec::new();
+        let mut after = Some(Cursor::default());
+        loop {
+            let (page, next) = read(
+                d.path(),
+                &LogQuery {
+                    after,
+                    limit: 2,
+                    ..Default::default()
+                },
+            )
+            .unwrap();
+            if page.is_empty() {
+                break;
+            }
+            seen.extend(page.into_iter().map(|l| l.text));
+            after = Some(next);
+        }
+        assert_eq!(seen, ["one", "two", "oops", "three", "0"]);
+        // Filters: a context, a stream (exits have none), a time range.
+        let only = |f: fn(&mut LogQuery)| {
+            let mut query = q(f);
+            query.after = Some(Cursor::default());
+            texts(&read(d.path(), &query).unwrap().0)
+                .into_iter()
+                .map(String::from)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(only(|q| q.context = Some("b".into())), ["oops"]);
+        assert_eq!(
+            only(|q| q.stream = Some(LogStream::Stdout)),
+            ["one", "two", "three"]
+        );
+        assert_eq!(
+            only(|q| {
+                q.start_ms = Some(11);
+                q.end_ms = Some(20)
+            }),
+            ["oops", "three"]
+        );
+        // A torn last record is not read yet.
+        let seg = d.path().join(segment_name(4));
+        let mut bytes = std::fs::read(&seg).unwrap();
+        bytes.extend(&encode(30, Kind::Stdout, "a", b"half")[..10]);
+        std::fs::write(&seg, bytes).unwrap();
+        assert_eq!(
+            texts(&read(d.path(), &q(|q| q.limit = 1)).unwrap().0),
+            ["0"]
+        );
+    }
+}

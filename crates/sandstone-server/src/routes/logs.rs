@@ -1,0 +1,230 @@
+//! `GET /sandboxes/{id}/observability/logs`: the sandbox's durable log
+//! (`lifecycle::logs`) as Sandbox0's log entries, a page at a time or,
+//! with `watch=true`, as an NDJSON stream that follows new output.
+
+use crate::AppState;
+use crate::lifecycle::logs::{self, Line, LogQuery};
+use crate::routes::error::{ApiError, ApiResult, ok};
+use crate::routes::observability::{
+    WATCH_HEARTBEAT, WATCH_POLL, bad, enum_param, limit_param, push_line, time_param, watch_param,
+};
+use crate::routes::sandboxes::row;
+use axum::body::Body;
+use axum::extract::{Path, Query, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use sandstone_api::logs::{Cursor, LogEntry, LogPage};
+use sandstone_api::observability::WatchLine;
+use sandstone_api::timefmt::{now_ms, rfc3339_ms};
+use std::collections::HashMap;
+use std::path::PathBuf;
+
+/// Who the entries are about (the same for every line of a sandbox).
+struct Names {
+    sandbox: String,
+    team: String,
+    node: String,
+}
+
+impl Names {
+    fn entry(&self, l: Line) -> LogEntry {
+        let mut attributes = serde_json::Map::new();
+        if l.stream.is_none() {
+            attributes.insert("event".into(), "exit".into());
+            if let Ok(code) = l.text.parse::<i64>() {
+                attributes.insert("exit_code".into(), code.into());
+            }
+        }
+        LogEntry {
+            team_id: self.team.clone(),
+            sandbox_id: self.sandbox.clone(),
+            region_id: "local".into(),
+            cluster_id: self.node.clone(),
+            context_id: l.context,
+            occurred_at: rfc3339_ms(l.at_ms),
+            // PID 1 writes a line as it reads it: ingestion is occurrence.
+            ingested_at: rfc3339_ms(l.at_ms),
+            stream: l.stream,
+            message: match l.stream {
+                Some(_) => l.text,
+                None => format!("[exited: {}]", l.text),
+            },
+            cursor: l.cursor.to_string(),
+            attributes,
+        }
+    }
+}
+
+fn parse(q: &HashMap<String, String>) -> ApiResult<(LogQuery, bool)> {
+    let watch = watch_param(q)?;
+    let end_ms = time_param(q, "end_time")?;
+    if watch && end_ms.is_some() {
+        return Err(bad("end_time", "not supported with watch=true"));
+    }
+    let after = q
+        .get("cursor")
+        .map(|c| {
+            c.parse::<Cursor>()
+                .map_err(|()| bad("cursor", "not a cursor this server returned"))
+        })
+        .transpose()?;
+    let context = q.get("context_id").cloned();
+    if context.as_deref().is_some_and(str::is_empty) {
+        return Err(bad("context_id", "must not be empty"));
+    }
+    Ok((
+        LogQuery {
+            start_ms: time_param(q, "start_time")?,
+            end_ms,
+            context,
+            stream: enum_param(q, "stream")?,
+            after,
+            limit: limit_param(q)? as usize,
+        },
+        watch,
+    ))
+}
+
+/// Reads off the async threads: a query may read a few MiB of segments.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> std::io::Result<T> + Send + 'static,
+) -> ApiResult<T> {
+    let internal = |e: &dyn std::fmt::Display| ApiError::internal(format!("the log: {e}"));
+    match tokio::task::spawn_blocking(f).await {
+        Ok(Ok(t)) => Ok(t),
+        Ok(Err(e)) => Err(internal(&e)),
+        Err(e) => Err(internal(&e)),
+    }
+}
+
+async fn read(dir: PathBuf, q: LogQuery) -> ApiResult<(Vec<Line>, Cursor)> {
+    blocking(move || logs::read(&dir, &q)).await
+}
+
+pub async fn logs(
+    State(st): State<AppState>,
+    Path(id): Path<String>,
+    Query(q): Query<HashMap<String, String>>,
+) -> ApiResult<Response> {
+    let r = row(&st, &id).await?;
+    let (query, watching) = parse(&q)?;
+    let names = Names {
+        sandbox: r.id.clone(),
+        team: r.team_id.clone(),
+        node: st.lifecycle.node.clone(),
+    };
+    let dir = st.lifecycle.log_dir(&id);
+    if watching {
+        return watch(st, id, dir, query, names).await;
+    }
+    let (lines, next) = read(dir, query).await?;
+    Ok(ok(
+        StatusCode::OK,
+        LogPage {
+            logs: lines.into_iter().map(|l| names.entry(l)).collect(),
+            next_cursor: next.to_string(),
+        },
+    ))
+}
+
+/// `watch=true`: NDJSON lines, each batch of entries followed by a
+/// watermark to resume from (`cursor=`), a heartbeat when quiet, and an
+/// error line (then the end) once the sandbox is gone. From now, unless a
+/// cursor or `start_time` says where.
+async fn watch(
+    st: AppState,
+    id: String,
+    dir: PathBuf,
+    mut query: LogQuery,
+    names: Names,
+) -> ApiResult<Response> {
+    if query.after.is_none() && query.start_ms.is_none() {
+        let d = dir.clone();
+        query.after = Some(blocking(move || logs::end(&d)).await?);
+    }
+    struct Watch {
+        st: AppState,
+        id: String,
+        dir: PathBuf,
+        query: LogQuery,
+        names: Names,
+        quiet_since: tokio::time::Instant,
+        done: bool,
+    }
+    let state = Watch {
+        st,
+        id,
+        dir,
+        query,
+        names,
+        quiet_since: tokio::time::Instant::now(),
+        done: false,
+    };
+    let lines = futures_util::stream::unfold(state, |mut w| async move {
+        if w.done {
+            return None;
+        }
+        loop {
+            let mut out = String::new();
+            match read(w.dir.clone(), w.query.clone()).await {
+                Ok((lines, next)) if !lines.is_empty() => {
+                    for l in lines {
+                        let data = Box::new(w.names.entry(l));
+                        push_line(&mut out, &WatchLine::Log { data });
+                    }
+                    w.query.after = Some(next);
+                    // Once caught up, the position is what counts.
+                    w.query.start_ms = None;
+                    let cursor = next.to_string();
+                    push_line(
+                        &mut out,
+                        &WatchLine::Watermark {
+                            watermark: cursor.clone(),
+                            cursor,
+                        },
+                    );
+                }
+                Ok((_, next)) => {
+                    w.query.after = Some(next);
+                    if w.quiet_since.elapsed() >= WATCH_HEARTBEAT {
+                        if w.st.lifecycle.store.get_sandbox(&w.id).await.is_err() {
+                            w.done = true;
+                            push_line(
+                                &mut out,
+                                &WatchLine::Error {
+                                    error: format!("sandbox {} was deleted", w.id),
+                                },
+                            );
+                        } else {
+                            push_line(
+                                &mut out,
+                                &WatchLine::Heartbeat {
+                                    time: rfc3339_ms(now_ms()),
+                                },
+                            );
+                        }
+                    }
+                }
+                Err(e) => {
+                    w.done = true;
+                    push_line(
+                        &mut out,
+                        &WatchLine::Error {
+                            error: format!("reading the log failed: {}", e.message),
+                        },
+                    );
+                }
+            }
+            if !out.is_empty() {
+                w.quiet_since = tokio::time::Instant::now();
+                return Some((Ok::<_, std::convert::Infallible>(out), w));
+            }
+            tokio::time::sleep(WATCH_POLL).await;
+        }
+    });
+    Ok((
+        [(header::CONTENT_TYPE, "application/x-ndjson")],
+        Body::from_stream(lines),
+    )
+        .into_response())
+}
