@@ -284,6 +284,16 @@ async fn output_is_logged_bounded_and_outlives_pauses_and_restarts() {
     );
     assert_eq!(v["data"]["logs"][1]["stream"], "stdout", "{v}");
 
+    // Nothing in the sandbox reaches the log: PID 1 holds the only handle.
+    let probe = d
+        .sh(
+            &id,
+            "for f in /proc/1/fd/* /proc/1/cwd /proc/1/root; do ls -a \"$f\"/ 2>/dev/null; done; echo probed",
+        )
+        .await;
+    let seen = probe["stdout"].as_str().unwrap_or_default();
+    assert!(seen.contains("probed") && !seen.contains(".log"), "{probe}");
+
     // Filters, and bad queries named.
     d.sh(&id, "echo to-stderr >&2").await;
     let (_, v) = d.get(&logs("stream=stderr&limit=5")).await;
