@@ -93,6 +93,13 @@ def context(sandbox, command):
 
 ctx = context(main, ["sleep", "600"])
 doomed_ctx = context(main, ["sleep", "600"])
+
+
+def session(sandbox):
+    return call("POST", f"/api/v1/sandboxes/{sandbox}/sessions", {"command": ["sleep", "600"]})["id"]
+
+
+ses, doomed_ses = session(main), session(main)
 snap = call("POST", f"/api/v1/sandboxes/{main}/snapshots", {})["id"]
 doomed_snap = call("POST", f"/api/v1/sandboxes/{main}/snapshots", {})["id"]
 
@@ -124,6 +131,7 @@ own = {
     "POST /api/v1/sandboxes/{id}/rootfs/restore": params(**{"path.id": spare}),
     "PUT /api/v1/sandboxes/{id}": params(**{"path.id": spare}),
     "DELETE /api/v1/sandboxes/{id}/contexts/{ctx_id}": params(**{"path.id": main, "path.ctx_id": doomed_ctx}),
+    "DELETE /api/v1/sandboxes/{id}/sessions/{session_id}": params(**{"path.id": main, "path.session_id": doomed_ses}),
     "DELETE /api/v1/sandbox-rootfs-snapshots/{snapshot_id}": params(**{"path.snapshot_id": doomed_snap}),
     "DELETE /api/v1/credential-sources/{name}": params(**{"path.name": doomed_cred}),
     "DELETE /api/v1/sandboxes/{id}/files": params(**{"path.id": main, "query.path": "/workspace/doomed"}),
@@ -136,6 +144,7 @@ config = [
     "[parameters]",
     f'"path.id" = {toml(main)}',
     f'"path.ctx_id" = {toml(ctx)}',
+    f'"path.session_id" = {toml(ses)}',
     f'"path.snapshot_id" = {toml(snap)}',
     f'"path.name" = {toml(cred)}',
     '"query.path" = "/workspace/a.txt"',

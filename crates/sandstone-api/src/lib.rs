@@ -11,6 +11,7 @@ pub mod metrics;
 pub mod observability;
 mod secret;
 pub mod services;
+pub mod sessions;
 pub mod timefmt;
 pub mod toolset;
 pub mod webhooks;

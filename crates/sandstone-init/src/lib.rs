@@ -16,6 +16,7 @@ mod procs;
 pub mod proto;
 mod repl;
 mod serve;
+mod supervise;
 mod toolset;
 mod watch;
 

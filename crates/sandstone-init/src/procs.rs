@@ -455,6 +455,17 @@ pub fn list() -> Vec<Arc<Proc>> {
     v
 }
 
+/// Forgets a context whose process has exited (its pid may be another
+/// process's by now, so nothing is signalled).
+pub fn forget_exited(id: &str) {
+    let mut t = TABLE.lock().expect("lock poisoned");
+    // Not `info()`: that asks the supervisor, whose lock a caller holds.
+    let exited = |p: &Arc<Proc>| p.shared.lock().expect("lock poisoned").exit.is_some();
+    if t.by_id.get(id).is_some_and(exited) {
+        t.by_id.remove(id);
+    }
+}
+
 /// Kills a context's process group and forgets it.
 pub fn remove(id: &str) -> Option<Arc<Proc>> {
     let p = TABLE.lock().expect("lock poisoned").by_id.remove(id)?;
@@ -480,6 +491,7 @@ impl Proc {
             env: self.env.clone(),
             pty: self.pty.is_some(),
             created_at: self.created_at,
+            supervision: crate::supervise::info(&self.id),
         }
     }
 
@@ -672,7 +684,8 @@ impl Proc {
                 self.input.lock().expect("lock poisoned").take();
                 self.code.lock().expect("lock poisoned").take();
                 crate::logs::exit(&self.id, info.exit_code);
-                self.publish(Event::Exit(info));
+                self.publish(Event::Exit(info.clone()));
+                crate::supervise::exited(&self.id, self.pid, &info);
                 return;
             }
         }

@@ -22,6 +22,10 @@ pub enum Request {
         pty: Option<PtySize>,
         attach: bool,
         timeout_ms: Option<u64>,
+        /// Supervised: started again when it exits, as this says (a
+        /// `Remove` stops that; a `Restart` starts a new attempt now).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        restart: Option<RestartSpec>,
     },
     /// Runs code in a REPL context and streams its output until done.
     Exec {
@@ -135,6 +139,62 @@ pub struct ExitInfo {
     pub timed_out: bool,
 }
 
+/// When a supervised context's command is started again.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum RestartPolicy {
+    Never,
+    /// After an exit with a code other than 0, or a signal.
+    OnFailure,
+    Always,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct RestartSpec {
+    pub policy: RestartPolicy,
+    /// Restarts allowed within `window_ms`; one more and it has failed.
+    pub max_restarts: u32,
+    pub window_ms: u64,
+    /// The first wait before a restart, doubled for each restart in the
+    /// window, up to `max_backoff_ms`.
+    pub initial_backoff_ms: u64,
+    pub max_backoff_ms: u64,
+}
+
+/// Where a supervised context stands.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum SupervisedPhase {
+    Running,
+    /// Exited; waiting to be started again.
+    Backoff,
+    /// Exited, and its policy starts it no more (a success, or `never`).
+    Exited,
+    /// Exited too often within the window, or could not be started.
+    Failed,
+}
+
+/// One run of a supervised context's command.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct AttemptInfo {
+    /// 1 for the first.
+    pub number: u64,
+    pub pid: i32,
+    /// Unix milliseconds.
+    pub started_at: u64,
+    pub finished_at: Option<u64>,
+    pub exit_code: Option<i32>,
+    pub reason: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct SupervisionInfo {
+    pub phase: SupervisedPhase,
+    pub restart_count: u32,
+    /// The latest attempts, oldest first (the current one last).
+    pub attempts: Vec<AttemptInfo>,
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct ProcInfo {
     pub id: String,
@@ -147,6 +207,9 @@ pub struct ProcInfo {
     pub pty: bool,
     /// Unix milliseconds.
     pub created_at: u64,
+    /// For a supervised context: its attempts and phase.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub supervision: Option<SupervisionInfo>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

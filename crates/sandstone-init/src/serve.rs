@@ -2,7 +2,7 @@
 
 use crate::procs::{self, Event, Proc, SpawnRequest};
 use crate::proto::{ErrorCode, ExitInfo, ProcKind, Request, Response, read_frame, write_frame};
-use crate::{files, repl, toolset, watch};
+use crate::{files, repl, supervise, toolset, watch};
 use std::io::{BufWriter, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, TryRecvError};
@@ -92,6 +92,35 @@ fn dispatch(req: Request, payload: Vec<u8>, out: &mut Out) -> std::io::Result<()
             pty,
             attach,
             timeout_ms,
+            restart: Some(spec),
+        } => {
+            let command = supervise::Command {
+                kind,
+                cwd,
+                env,
+                pty,
+            };
+            if attach || timeout_ms.is_some() {
+                Response::error(
+                    ErrorCode::InvalidArgument,
+                    "a supervised context is neither attached nor timed",
+                )
+            } else {
+                match supervise::start(&id, command, spec) {
+                    Ok(()) => with_proc(&id, |p| Response::Proc { info: p.info() }),
+                    Err(e) => Response::error(e.code(), e.to_string()),
+                }
+            }
+        }
+        Request::Spawn {
+            id,
+            kind,
+            cwd,
+            env,
+            pty,
+            attach,
+            timeout_ms,
+            restart: None,
         } => match procs::spawn(SpawnRequest {
             id,
             kind,
@@ -146,10 +175,14 @@ fn dispatch(req: Request, payload: Vec<u8>, out: &mut Out) -> std::io::Result<()
             }
         }),
         Request::Restart { id } => restart(&id),
-        Request::Remove { id } => match procs::remove(&id) {
-            Some(_) => Response::Ok,
-            None => not_found(&id),
-        },
+        Request::Remove { id } => {
+            // First, or the supervisor would start it again.
+            supervise::stop(&id);
+            match procs::remove(&id) {
+                Some(_) => Response::Ok,
+                None => not_found(&id),
+            }
+        }
         Request::Get { id } => with_proc(&id, |p| Response::Proc { info: p.info() }),
         Request::List => Response::Procs {
             procs: procs::list().iter().map(|p| p.info()).collect(),
@@ -192,6 +225,11 @@ fn kill_at_deadline(proc: std::sync::Arc<Proc>, rx: Receiver<Event>, ms: u64) {
 }
 
 fn restart(id: &str) -> Response {
+    match supervise::replace(id) {
+        Ok(true) => return with_proc(id, |p| Response::Proc { info: p.info() }),
+        Ok(false) => {}
+        Err(e) => return Response::error(e.code(), e.to_string()),
+    }
     let Some(old) = procs::remove(id) else {
         return not_found(id);
     };

@@ -6,7 +6,7 @@
 use crate::AppState;
 use crate::routes::{
     cluster, contexts, credentials, files, keys, logs, metrics, network, observability, previews,
-    registry, sandboxes, snapshots, templates, tools, uploads, webhooks,
+    registry, sandboxes, sessions, snapshots, templates, tools, uploads, webhooks,
 };
 use axum::routing::MethodRouter;
 use serde_json::{Map, Value, json};
@@ -59,6 +59,14 @@ pub fn operations() -> Vec<Operation> {
         delete "/api/v1/sandbox-rootfs-snapshots/{snap}" snapshots::delete => 200 None "Delete a snapshot",
         get "/api/v1/sandboxes/{id}/network" network::get => 200 None "The sandbox's network policy",
         put "/api/v1/sandboxes/{id}/network" network::put => 200 Json "Replace the network policy (new connections see it at once)",
+        get "/api/v1/sandboxes/{id}/sessions" sessions::list => 200 None "The sandbox's execution sessions (supervised commands), with their phase and latest attempt",
+        post "/api/v1/sandboxes/{id}/sessions" sessions::create => 201 Json "Start a supervised command: restarted as its policy says (backoff, a limit within a window), again after a resume, while the daemon restarts",
+        get "/api/v1/sandboxes/{id}/sessions/{session_id}" sessions::get => 200 None "An execution session",
+        put "/api/v1/sandboxes/{id}/sessions/{session_id}" sessions::replace => 200 Json "Replace a session's spec (a running one starts a new attempt with it)",
+        delete "/api/v1/sandboxes/{id}/sessions/{session_id}" sessions::delete => 200 None "Stop and forget a session",
+        put "/api/v1/sandboxes/{id}/sessions/{session_id}/desired-state" sessions::desired_state => 200 Json "Start (running) or stop (stopped) a session",
+        post "/api/v1/sandboxes/{id}/sessions/{session_id}/attempts" sessions::attempts => 201 Json "Start a new attempt now (replace_current replaces a running one)",
+        post "/api/v1/sandboxes/{id}/sessions/{session_id}/signals" sessions::signals => 202 Json "Send a signal (a name such as TERM, or a number) to the session's process group",
         get "/api/v1/sandboxes/{id}/services" previews::get_services => 200 None "The sandbox's app services and where the public ones are reached",
         put "/api/v1/sandboxes/{id}/services" previews::put_services => 200 Json "Replace the app services (cmd services start at once and with every runtime generation)",
         post "/api/v1/sandboxes/{id}/previews" previews::create_preview => 201 Json "Grant a short-lived preview of a loopback port (a one-time bootstrap URL that sets a cookie)",

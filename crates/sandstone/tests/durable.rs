@@ -391,3 +391,175 @@ async fn warm_pool_hands_off_with_the_claims_limits_and_refills() {
     d.spawn().await;
     assert_eq!(d.volumes(), vec![id.clone()]);
 }
+
+/// Waits (at most `within`) until session `sid` satisfies `pred`.
+async fn session_until(
+    d: &Daemon,
+    id: &str,
+    sid: &str,
+    within: Duration,
+    pred: impl Fn(&Value) -> bool,
+) -> Value {
+    let deadline = Instant::now() + within;
+    loop {
+        let (s, v) = d
+            .get(&format!("/api/v1/sandboxes/{id}/sessions/{sid}"))
+            .await;
+        assert_eq!(s, 200, "{v}");
+        if pred(&v["data"]) {
+            return v["data"].clone();
+        }
+        assert!(Instant::now() < deadline, "session stayed {v}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_supervised_server_restarts_with_backoff_and_outlives_pauses_and_the_daemon() {
+    let mut d = Daemon::start().await;
+    let id = d.create(json!({})).await;
+    let sessions = format!("/api/v1/sandboxes/{id}/sessions");
+    // Bad specs are refused, naming the field, and nothing is kept.
+    for (body, field) in [
+        (json!({"command": []}), "command"),
+        (
+            json!({"command": ["sleep", "1"], "io": {"mode": "pty"}}),
+            "io.mode",
+        ),
+        (
+            json!({"command": ["sleep", "1"], "lifecycle": {"restart": {"policy": "sometimes"}}}),
+            "lifecycle.restart.policy",
+        ),
+        (
+            json!({"command": ["no-such-program-here"]}),
+            "no-such-program-here",
+        ),
+    ] {
+        d.rejects(&sessions, body, field).await;
+    }
+    assert_eq!(d.get(&sessions).await.1["data"]["sessions"], json!([]));
+
+    // Crashes on its first two attempts, then serves.
+    let script = "n=$(cat /workspace/attempts 2>/dev/null || echo 0); n=$((n+1)); \
+                  echo $n > /workspace/attempts; echo attempt $n; \
+                  [ $n -le 2 ] && exit 3; exec python3 -m http.server 8000 --bind 127.0.0.1";
+    let started = Instant::now();
+    let (s, v) = d
+        .post(
+            &sessions,
+            json!({"command": ["sh", "-c", script], "lifecycle": {"restart": {
+                "policy": "on_failure", "initial_backoff_ms": 300, "max_backoff_ms": 2000}}}),
+        )
+        .await;
+    assert_eq!(s, 201, "{v}");
+    let sid = v["data"]["id"].as_str().unwrap().to_string();
+    let up = session_until(&d, &id, &sid, Duration::from_secs(20), |s| {
+        s["phase"] == "running" && s["restart_count"] == 2
+    })
+    .await;
+    // Two waits: 300 ms, then 600 ms.
+    assert!(
+        started.elapsed() >= Duration::from_millis(900),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(up["attempt"]["number"], 3, "{up}");
+    let serving = "python3 -c 'import urllib.request; urllib.request.urlopen(\"http://127.0.0.1:8000/\", timeout=2)'";
+    let probe =
+        format!("for i in $(seq 50); do {serving} 2>/dev/null && exit 0; sleep 0.1; done; exit 1");
+    assert_eq!(d.sh(&id, &probe).await["exit_code"], 0, "not serving");
+    // Its output and exits are in the sandbox's log.
+    let (_, logs) = d
+        .get(&format!(
+            "/api/v1/sandboxes/{id}/observability/logs?context_id={sid}&limit=10"
+        ))
+        .await;
+    let text = logs.to_string();
+    assert!(
+        text.contains("attempt 1") && text.contains("[exited: 3]") && text.contains("attempt 3"),
+        "{logs}"
+    );
+
+    // Stays up: a pause and resume start it again in the new runtime.
+    assert_eq!(op(&d, &id, "pause", json!({})).await.0, 200);
+    let (_, v) = d.get(&sessions).await;
+    assert_eq!(v["data"]["sessions"][0]["phase"], "paused", "{v}");
+    assert_eq!(op(&d, &id, "resume", json!({})).await.0, 200);
+    session_until(&d, &id, &sid, Duration::from_secs(20), |s| {
+        s["phase"] == "running"
+    })
+    .await;
+    assert_eq!(
+        d.sh(&id, &probe).await["exit_code"],
+        0,
+        "not serving after resume"
+    );
+
+    // kill -9 of the daemon: PID 1 kept supervising; the new daemon sees it.
+    let pid_before =
+        session_until(&d, &id, &sid, Duration::from_secs(5), |_| true).await["attempt"]["pid"]
+            .clone();
+    d.kill();
+    d.spawn().await;
+    let after = session_until(&d, &id, &sid, Duration::from_secs(20), |s| {
+        s["phase"] == "running"
+    })
+    .await;
+    assert_eq!(
+        after["attempt"]["pid"], pid_before,
+        "the same process: {after}"
+    );
+    // Killed by hand, it is restarted (a signal is a failure).
+    let (s, v) = d
+        .post(
+            &format!("{sessions}/{sid}/signals"),
+            json!({"signal": "KILL"}),
+        )
+        .await;
+    assert_eq!(s, 202, "{v}");
+    session_until(&d, &id, &sid, Duration::from_secs(20), |s| {
+        s["phase"] == "running" && s["attempt"]["pid"] != pid_before
+    })
+    .await;
+    d.rejects(
+        &format!("{sessions}/{sid}/signals"),
+        json!({"signal": "SIGNOPE"}),
+        "signal",
+    )
+    .await;
+
+    // Stopped, it stays stopped (and is not started by a resume).
+    let (s, v) = d
+        .req(
+            reqwest::Method::PUT,
+            &format!("{sessions}/{sid}/desired-state"),
+            Some(json!({"state": "stopped"})),
+        )
+        .await;
+    assert_eq!((s, &v["data"]["phase"]), (200, &json!("stopped")), "{v}");
+    assert_ne!(d.sh(&id, &probe).await["exit_code"], 0, "still serving");
+    let (s, _) = d
+        .post(&format!("{sessions}/{sid}/attempts"), json!({}))
+        .await;
+    assert_eq!(s, 409);
+    // Restarted on failure only: a clean exit ends it.
+    let (_, v) = d
+        .post(
+            &sessions,
+            json!({"command": ["true"], "lifecycle": {"restart": {"policy": "on_failure"}}}),
+        )
+        .await;
+    let once = v["data"]["id"].as_str().unwrap().to_string();
+    let done = session_until(&d, &id, &once, Duration::from_secs(10), |s| {
+        s["phase"] == "exited"
+    })
+    .await;
+    assert_eq!(
+        (&done["restart_count"], &done["attempt"]["exit_code"]),
+        (&json!(0), &json!(0)),
+        "{done}"
+    );
+    // Deleted: gone.
+    assert_eq!(d.delete(&format!("{sessions}/{once}")).await.0, 200);
+    assert_eq!(d.get(&format!("{sessions}/{once}")).await.0, 404);
+}

@@ -207,6 +207,7 @@ async fn start_shell(rt: &Runtime, workdir: &str) -> Result<Result<(), String>, 
         pty: None,
         attach: false,
         timeout_ms: None,
+        restart: None,
     };
     Ok(ask(&rt.socket, &spawn)
         .await?

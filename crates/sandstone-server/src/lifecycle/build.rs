@@ -417,6 +417,7 @@ async fn run_command(
         pty: None,
         attach: true,
         timeout_ms: None,
+        restart: None,
     };
     let mut conn = InitConn::connect(&rt.socket)
         .await

@@ -22,6 +22,7 @@ mod recovery;
 pub mod registry;
 pub mod services;
 mod snapshots;
+mod supervised;
 mod templates;
 mod uploads;
 mod warm;
@@ -820,6 +821,7 @@ impl Lifecycle {
             .emit(&row, Happened::Ready { generation })
             .await;
         self.start_services(id, &runtime, &config.services).await;
+        self.start_sessions(id, &runtime).await;
         Ok(row)
     }
 
@@ -1090,6 +1092,7 @@ impl Lifecycle {
         self.adopt_runtime(id, runtime.clone());
         self.start_services(id, &runtime, &config_of(&row).services)
             .await;
+        self.start_sessions(id, &runtime).await;
         let row = self.row(id).await?;
         let generation = row.generation;
         self.webhooks

@@ -76,6 +76,7 @@ impl Lifecycle {
                 pty: None,
                 attach: false,
                 timeout_ms: None,
+                restart: None,
             };
             if let Err(e) = initclient::call(&rt.socket, &spawn, &[]).await {
                 tracing::warn!(sandbox = %id, service = %s.id, error = %e, "service command did not start");

@@ -255,6 +255,7 @@ pub async fn create(
             cols: s.cols,
         }),
         attach,
+        restart: None,
         timeout_ms: req
             .timeout_sec
             .or(req.ttl_sec.filter(|s| *s > 0))

@@ -11,6 +11,7 @@ pub mod observability;
 pub mod previews;
 pub mod registry;
 pub mod sandboxes;
+pub mod sessions;
 pub mod snapshots;
 pub mod templates;
 pub mod tools;
