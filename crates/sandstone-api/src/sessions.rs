@@ -304,6 +304,57 @@ pub struct SignalRequest {
     pub expected_attempt_id: Option<String>,
 }
 
+/// Sandbox0's `ExecutionSessionEvent`: output as it was read, or an exit.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SessionEvent {
+    pub seq: i64,
+    pub session_id: String,
+    pub runtime_generation: i64,
+    #[serde(rename = "type")]
+    pub kind: SessionEventKind,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stream: Option<crate::logs::LogStream>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data_base64: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<i32>,
+    pub occurred_at: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SessionEventKind {
+    Output,
+    Exit,
+}
+
+/// Sandbox0's `ExecutionSessionEventPage`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SessionEventPage {
+    pub events: Vec<SessionEvent>,
+    pub cursor: EventCursor,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InputRequest {
+    pub input_id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expected_attempt_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data_base64: Option<String>,
+    #[serde(default)]
+    pub eof: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct InputResponse {
+    pub input_id: String,
+    pub attempt_id: String,
+    pub accepted: bool,
+    pub duplicate: bool,
+}
+
 /// A signal by name (`TERM`, `SIGTERM`, any case) or number.
 pub fn signal_number(s: &str) -> Option<i32> {
     if let Ok(n) = s.parse::<i32>() {

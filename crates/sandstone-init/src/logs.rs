@@ -54,7 +54,8 @@ pub fn start(dir: File, max_bytes: u64) -> std::io::Result<()> {
         dir: path,
         _handle: dir,
         max_bytes,
-        segment_max: (max_bytes / 8).max(MIN_SEGMENT),
+        // Under 4 GiB: a record's place is (segment, 32-bit offset).
+        segment_max: (max_bytes / 8).clamp(MIN_SEGMENT, 1 << 30),
         closed: found.into(),
         current: None,
         next_seq,

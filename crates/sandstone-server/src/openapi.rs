@@ -66,6 +66,8 @@ pub fn operations() -> Vec<Operation> {
         delete "/api/v1/sandboxes/{id}/sessions/{session_id}" sessions::delete => 200 None "Stop and forget a session",
         put "/api/v1/sandboxes/{id}/sessions/{session_id}/desired-state" sessions::desired_state => 200 Json "Start (running) or stop (stopped) a session",
         post "/api/v1/sandboxes/{id}/sessions/{session_id}/attempts" sessions::attempts => 201 Json "Start a new attempt now (replace_current replaces a running one)",
+        post "/api/v1/sandboxes/{id}/sessions/{session_id}/inputs" sessions::inputs => 202 Json "Write input (base64) to the current attempt's stdin, or close it (eof); a retried input_id is not written twice",
+        get "/api/v1/sandboxes/{id}/sessions/{session_id}/events" sessions::events => 200 None "The session's output and exits from the sandbox's log, after a sequence number (410 when older than what is kept)",
         post "/api/v1/sandboxes/{id}/sessions/{session_id}/signals" sessions::signals => 202 Json "Send a signal (a name such as TERM, or a number) to the session's process group",
         get "/api/v1/sandboxes/{id}/services" previews::get_services => 200 None "The sandbox's app services and where the public ones are reached",
         put "/api/v1/sandboxes/{id}/services" previews::put_services => 200 Json "Replace the app services (cmd services start at once and with every runtime generation)",

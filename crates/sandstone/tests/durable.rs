@@ -480,6 +480,71 @@ async fn a_supervised_server_restarts_with_backoff_and_outlives_pauses_and_the_d
         "{logs}"
     );
 
+    // The same as events: output as it was read, exits with their codes.
+    let (s, v) = d.get(&format!("{sessions}/{sid}/events?limit=100")).await;
+    assert_eq!(s, 200, "{v}");
+    let events = v["data"]["events"].as_array().unwrap().clone();
+    let exits: Vec<&Value> = events.iter().filter(|e| e["type"] == "exit").collect();
+    assert_eq!(exits.len(), 2, "{v}");
+    assert_eq!(exits[0]["exit_code"], 3);
+    let first = events.iter().find(|e| e["type"] == "output").unwrap();
+    assert_eq!(first["data_base64"], "YXR0ZW1wdCAxCg==", "attempt 1\n: {v}");
+    let last = events.last().unwrap()["seq"].as_i64().unwrap();
+    assert!(
+        v["data"]["cursor"]["latest"].as_i64().unwrap() > last,
+        "{v}"
+    );
+    let (_, v) = d
+        .get(&format!("{sessions}/{sid}/events?after={last}"))
+        .await;
+    assert_eq!(v["data"]["events"], json!([]), "{v}");
+    let (s, _) = d.get(&format!("{sessions}/{sid}/events?after=-1")).await;
+    assert_eq!(s, 400);
+
+    // Input goes to the current attempt's stdin, once per input id.
+    let echo = "import sys\nfor l in sys.stdin:\n    print('got', l.strip(), flush=True)";
+    let (_, v) = d
+        .post(&sessions, json!({"command": ["python3", "-c", echo]}))
+        .await;
+    let reader = v["data"]["id"].as_str().unwrap().to_string();
+    for duplicate in [false, true] {
+        let (s, v) = d
+            .post(
+                &format!("{sessions}/{reader}/inputs"),
+                json!({"input_id": "in-1", "data_base64": "aGVsbG8K"}),
+            )
+            .await;
+        assert_eq!(
+            (s, &v["data"]["duplicate"]),
+            (202, &json!(duplicate)),
+            "{v}"
+        );
+    }
+    let (s, _) = d
+        .post(
+            &format!("{sessions}/{reader}/inputs"),
+            json!({"input_id": "in-2", "eof": true}),
+        )
+        .await;
+    assert_eq!(s, 202);
+    session_until(&d, &id, &reader, Duration::from_secs(10), |s| {
+        s["phase"] == "exited"
+    })
+    .await;
+    let (_, v) = d
+        .get(&format!(
+            "/api/v1/sandboxes/{id}/observability/logs?context_id={reader}"
+        ))
+        .await;
+    let got: Vec<&str> = v["data"]["logs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|e| e["message"].as_str())
+        .collect();
+    assert_eq!(got, ["got hello", "[exited: 0]"], "{v}");
+    assert_eq!(d.delete(&format!("{sessions}/{reader}")).await.0, 200);
+
     // Stays up: a pause and resume start it again in the new runtime.
     assert_eq!(op(&d, &id, "pause", json!({})).await.0, 200);
     let (_, v) = d.get(&sessions).await;

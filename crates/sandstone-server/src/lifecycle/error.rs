@@ -13,6 +13,10 @@ pub enum Error {
     /// The sandbox's state does not allow the operation.
     #[error("{0}")]
     Conflict(String),
+    /// What was asked for existed once and is no longer kept (a cursor
+    /// older than the retained history).
+    #[error("{0}")]
+    Gone(String),
     /// Every uid range (or sandbox subnet) is taken.
     #[error("no free sandbox slot")]
     NoSlot,

@@ -151,12 +151,7 @@ fn scan(
     room: usize,
     out: &mut Vec<Line>,
 ) -> std::io::Result<Cursor> {
-    let buf = match std::fs::read(dir.join(segment_name(seq))) {
-        Ok(b) => b,
-        // Removed by the budget while being read: nothing there now.
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
-        Err(e) => return Err(e),
-    };
+    let buf = segment(dir, seq)?;
     let mut at = offset as usize;
     let mut skip = skip;
     let mut added = 0;
@@ -211,6 +206,88 @@ fn scan(
         offset: at as u64,
         line: 0,
     })
+}
+
+/// A segment's bytes; one the budget removed meanwhile is empty.
+fn segment(dir: &Path, seq: u64) -> std::io::Result<Vec<u8>> {
+    match std::fs::read(dir.join(segment_name(seq))) {
+        Ok(b) => Ok(b),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+        Err(e) => Err(e),
+    }
+}
+
+/// A place in the log as one number (segment sequence above, offset
+/// below 32 bits: PID 1 keeps segments under 4 GiB), for APIs whose
+/// cursors are integers.
+pub fn position(seq: u64, offset: u64) -> i64 {
+    ((seq << 32) | (offset & 0xffff_ffff)) as i64
+}
+
+fn unposition(p: i64) -> (u64, u64) {
+    let p = p.max(0) as u64;
+    (p >> 32, p & 0xffff_ffff)
+}
+
+/// One record as written: output bytes as they were read, or an exit.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Record {
+    /// [`position`] of the record.
+    pub position: i64,
+    pub at_ms: i64,
+    pub kind: Kind,
+    pub data: Vec<u8>,
+}
+
+/// The oldest place the log still holds and the place after its end.
+pub fn retained(dir: &Path) -> std::io::Result<(i64, i64)> {
+    let oldest = segments(dir)?.first().map_or(0, |s| position(*s, 0));
+    let end = end(dir)?;
+    Ok((oldest, position(end.seq, end.offset)))
+}
+
+/// Context `context`'s records after `after` (a [`position`]; 0: from the
+/// start), at most `limit`, and the position to go on from.
+pub fn records(
+    dir: &Path,
+    context: &str,
+    after: i64,
+    limit: usize,
+) -> std::io::Result<(Vec<Record>, i64)> {
+    let (from_seq, from_offset) = unposition(after);
+    let mut out = Vec::new();
+    let mut next = after;
+    for seq in segments(dir)?.into_iter().filter(|s| *s >= from_seq) {
+        let buf = segment(dir, seq)?;
+        let mut at = if seq == from_seq {
+            from_offset as usize
+        } else {
+            0
+        };
+        // `after` names a record already seen: start past it.
+        if seq == from_seq && after > 0 {
+            match decode(&buf, at) {
+                Some(r) => at = r.next,
+                None => continue,
+            }
+        }
+        while let Some(r) = decode(&buf, at) {
+            if out.len() == limit {
+                return Ok((out, next));
+            }
+            next = position(seq, at as u64);
+            if r.context == context {
+                out.push(Record {
+                    position: next,
+                    at_ms: r.at_ms as i64,
+                    kind: r.kind,
+                    data: r.data.to_vec(),
+                });
+            }
+            at = r.next;
+        }
+    }
+    Ok((out, next))
 }
 
 /// A chunk of output as lines: split at newlines (a carriage return

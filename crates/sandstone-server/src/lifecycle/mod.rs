@@ -116,6 +116,8 @@ pub struct Lifecycle {
     pub(crate) webhooks: Arc<crate::webhooks::Webhooks>,
     /// The most each sandbox's durable log holds (0: no log).
     log_bytes: u64,
+    /// The latest input ids of each execution session (sandbox, session).
+    session_inputs: Mutex<HashMap<(String, String), std::collections::VecDeque<String>>>,
 }
 
 pub use network::{
@@ -230,6 +232,7 @@ impl Lifecycle {
             teams: Mutex::new(HashMap::new()),
             webhooks,
             log_bytes,
+            session_inputs: Mutex::default(),
         })
     }
 

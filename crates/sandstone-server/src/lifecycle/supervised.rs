@@ -7,11 +7,14 @@
 //! whose desired state is `running`. A session runs as the init context
 //! named by its id, and its output and exits are in the sandbox's log.
 
+use super::logs;
 use super::{Error, Lifecycle, Result, Runtime, internal};
 use crate::initclient::{self, InitError};
+use sandstone_api::logs::{Kind, LogStream};
 use sandstone_api::sessions::{
-    Attempt, DesiredState, EventCursor, ExecutionSession, ExecutionSessionSpec, Phase,
-    RestartPolicy, RuntimeRecovery,
+    Attempt, DesiredState, EventCursor, ExecutionSession, ExecutionSessionSpec, InputRequest,
+    InputResponse, Phase, RestartPolicy, RuntimeRecovery, SessionEvent, SessionEventKind,
+    SessionEventPage,
 };
 use sandstone_api::timefmt::{now_ms, rfc3339_ms};
 use sandstone_init::proto::{self, ErrorCode, ProcInfo, ProcKind, Request, Response};
@@ -33,6 +36,8 @@ type Book = BTreeMap<String, Stored>;
 
 /// Sessions a sandbox may have at once.
 const MAX_SESSIONS: usize = 64;
+/// Input ids remembered per session, to tell a retry from new input.
+const REMEMBERED_INPUTS: usize = 256;
 
 fn file(paths: &SandboxPaths) -> PathBuf {
     paths.data.join("sessions.json")
@@ -211,6 +216,115 @@ impl Lifecycle {
         self.describe(id, row.generation, sid, s).await
     }
 
+    /// `GET .../events`: the session's output (as it was read) and exits,
+    /// from the sandbox's log, after `after` (0: the oldest kept).
+    pub async fn session_events(
+        &self,
+        id: &str,
+        sid: &str,
+        after: i64,
+        limit: usize,
+    ) -> Result<SessionEventPage> {
+        let row = self.row(id).await?;
+        if !load(&self.storage.paths(id))?.contains_key(sid) {
+            return Err(Error::not_found("session", sid));
+        }
+        let dir = logs::dir(&self.storage.paths(id));
+        let context = sid.to_string();
+        let read = tokio::task::spawn_blocking(move || -> std::io::Result<_> {
+            Ok((
+                logs::retained(&dir)?,
+                logs::records(&dir, &context, after, limit)?,
+            ))
+        })
+        .await
+        .map_err(internal)?
+        .map_err(internal)?;
+        let ((earliest, latest), (records, _)) = read;
+        if after > 0 && after < earliest {
+            return Err(Error::Gone(format!(
+                "events after {after} are no longer kept (the oldest kept is {earliest}); start again from 0"
+            )));
+        }
+        let events = records
+            .into_iter()
+            .map(|r| event(sid, row.generation, r))
+            .collect();
+        Ok(SessionEventPage {
+            events,
+            cursor: EventCursor { earliest, latest },
+        })
+    }
+
+    /// `POST .../inputs`: bytes for the current attempt's stdin (and its
+    /// end, with `eof`). A retried `input_id` is not written twice (this
+    /// daemon remembers the last ones of each session).
+    pub async fn session_input(
+        &self,
+        id: &str,
+        sid: &str,
+        req: InputRequest,
+    ) -> Result<InputResponse> {
+        use base64::Engine;
+        let session = self.session(id, sid).await?;
+        let attempt_id = session.attempt.map(|a| a.id).unwrap_or_default();
+        if req
+            .expected_attempt_id
+            .as_ref()
+            .is_some_and(|want| *want != attempt_id)
+        {
+            return Err(Error::Conflict(format!(
+                "the current attempt is {attempt_id:?}, not {:?}",
+                req.expected_attempt_id.unwrap_or_default()
+            )));
+        }
+        let data = match &req.data_base64 {
+            Some(b) => base64::engine::general_purpose::STANDARD
+                .decode(b)
+                .map_err(|e| Error::Invalid(format!("invalid field `data_base64`: {e}")))?,
+            None => Vec::new(),
+        };
+        if session.phase != Phase::Running {
+            return Err(Error::Conflict(format!(
+                "session {sid} is {:?}: no attempt takes input",
+                session.phase
+            )));
+        }
+        let key = (id.to_string(), sid.to_string());
+        if crate::lock(&self.session_inputs)
+            .get(&key)
+            .is_some_and(|seen| seen.contains(&req.input_id))
+        {
+            return Ok(InputResponse {
+                input_id: req.input_id,
+                attempt_id,
+                accepted: true,
+                duplicate: true,
+            });
+        }
+        let rt = self.runtime(id).ok_or_else(|| {
+            Error::Conflict(format!("sandbox {id} is not running; resume it first"))
+        })?;
+        if !data.is_empty() {
+            initclient::call(&rt.socket, &Request::Input { id: sid.into() }, &data).await?;
+        }
+        if req.eof {
+            initclient::call(&rt.socket, &Request::CloseStdin { id: sid.into() }, &[]).await?;
+        }
+        let mut seen = crate::lock(&self.session_inputs);
+        let ids = seen.entry(key).or_default();
+        ids.push_back(req.input_id.clone());
+        while ids.len() > REMEMBERED_INPUTS {
+            ids.pop_front();
+        }
+        Ok(InputResponse {
+            input_id: req.input_id,
+            attempt_id,
+            accepted: true,
+            duplicate: false,
+        })
+    }
+
     pub async fn signal_session(&self, id: &str, sid: &str, signal: i32) -> Result<()> {
         let book = load(&self.storage.paths(id))?;
         if !book.contains_key(sid) {
@@ -234,6 +348,7 @@ impl Lifecycle {
         if book.remove(sid).is_none() {
             return Err(Error::not_found("session", sid));
         }
+        crate::lock(&self.session_inputs).remove(&(id.to_string(), sid.to_string()));
         if let Some(rt) = self.runtime(id) {
             stop(&rt, sid).await?;
         }
@@ -357,14 +472,39 @@ impl Lifecycle {
             runtime_generation: generation,
             attempt,
             restart_count: sup.map_or(0, |sup| sup.restart_count as i32),
-            cursor: EventCursor {
-                earliest: 0,
-                latest: 0,
+            cursor: {
+                let (earliest, latest) =
+                    logs::retained(&logs::dir(&self.storage.paths(id))).map_err(internal)?;
+                EventCursor { earliest, latest }
             },
             created_at: rfc3339_ms(s.created_ms),
             updated_at: rfc3339_ms(s.updated_ms),
             last_activity_at: rfc3339_ms(last_activity),
         })
+    }
+}
+
+/// A log record as a session event.
+fn event(sid: &str, generation: i64, r: logs::Record) -> SessionEvent {
+    use base64::Engine;
+    let (kind, stream) = match r.kind {
+        Kind::Stdout => (SessionEventKind::Output, Some(LogStream::Stdout)),
+        Kind::Stderr => (SessionEventKind::Output, Some(LogStream::Stderr)),
+        Kind::Pty => (SessionEventKind::Output, Some(LogStream::Pty)),
+        Kind::Exit => (SessionEventKind::Exit, None),
+    };
+    let exit = kind == SessionEventKind::Exit;
+    SessionEvent {
+        seq: r.position,
+        session_id: sid.to_string(),
+        runtime_generation: generation,
+        kind,
+        stream,
+        exit_code: exit
+            .then(|| String::from_utf8_lossy(&r.data).parse().ok())
+            .flatten(),
+        data_base64: (!exit).then(|| base64::engine::general_purpose::STANDARD.encode(&r.data)),
+        occurred_at: rfc3339_ms(r.at_ms),
     }
 }
 

@@ -126,6 +126,7 @@ impl From<lifecycle::Error> for ApiError {
             E::Invalid(_) => (StatusCode::BAD_REQUEST, "invalid_request"),
             E::NotFound { .. } => (StatusCode::NOT_FOUND, "not_found"),
             E::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
+            E::Gone(_) => (StatusCode::GONE, "gone"),
             E::NoSlot => (StatusCode::TOO_MANY_REQUESTS, "capacity"),
             E::NoSpace(_) => (StatusCode::INSUFFICIENT_STORAGE, "no_space"),
             E::InitUnreachable(_) | E::Unavailable(_) => {

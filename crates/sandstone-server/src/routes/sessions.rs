@@ -5,14 +5,15 @@ use crate::AppState;
 use crate::extract::JsonBody;
 use crate::routes::error::{ApiError, ApiResult, ok};
 use crate::routes::sandboxes::row;
-use axum::extract::{Path, State};
+use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::Response;
 use sandstone_api::sessions::{
-    AttemptRequest, DesiredStateRequest, ExecutionSessionList, ExecutionSessionSpec, SignalRequest,
-    signal_number,
+    AttemptRequest, DesiredStateRequest, ExecutionSessionList, ExecutionSessionSpec, InputRequest,
+    SignalRequest, signal_number,
 };
 use serde_json::json;
+use std::collections::HashMap;
 
 pub async fn list(State(st): State<AppState>, Path(id): Path<String>) -> ApiResult<Response> {
     row(&st, &id).await?;
@@ -95,4 +96,45 @@ pub async fn signals(
     })?;
     st.lifecycle.signal_session(&id, &sid, signal).await?;
     Ok(ok(StatusCode::ACCEPTED, json!({"accepted": true})))
+}
+
+pub async fn events(
+    State(st): State<AppState>,
+    Path((id, sid)): Path<(String, String)>,
+    Query(q): Query<HashMap<String, String>>,
+) -> ApiResult<Response> {
+    row(&st, &id).await?;
+    let after = match q.get("after") {
+        None => 0,
+        Some(v) => v.parse::<i64>().ok().filter(|n| *n >= 0).ok_or_else(|| {
+            ApiError::bad_request(
+                "invalid query parameter `after`: a sequence number this server returned",
+            )
+        })?,
+    };
+    let limit = match q.get("limit") {
+        None => 1000,
+        Some(v) => v
+            .parse::<usize>()
+            .ok()
+            .filter(|n| (1..=10_000).contains(n))
+            .ok_or_else(|| ApiError::bad_request("invalid query parameter `limit`: 1 to 10000"))?,
+    };
+    let page = st.lifecycle.session_events(&id, &sid, after, limit).await?;
+    Ok(ok(StatusCode::OK, page))
+}
+
+pub async fn inputs(
+    State(st): State<AppState>,
+    Path((id, sid)): Path<(String, String)>,
+    JsonBody(req): JsonBody<InputRequest>,
+) -> ApiResult<Response> {
+    row(&st, &id).await?;
+    if req.input_id.is_empty() || req.input_id.len() > 256 {
+        return Err(ApiError::bad_request(
+            "invalid field `input_id`: 1 to 256 bytes",
+        ));
+    }
+    let r = st.lifecycle.session_input(&id, &sid, req).await?;
+    Ok(ok(StatusCode::ACCEPTED, r))
 }
