@@ -51,7 +51,11 @@ impl McpPool {
                 .connect_timeout(std::time::Duration::from_secs(10))
                 .timeout(std::time::Duration::from_secs(300));
             if let Some(check) = &self.outbound {
-                b = b.dns_resolver(Arc::new(crate::outbound::Guarded(check.clone())));
+                // Dialled here, never through an environment's proxy, which
+                // would resolve the name unjudged.
+                b = b
+                    .dns_resolver(Arc::new(crate::outbound::Guarded(check.clone())))
+                    .no_proxy();
             }
             b.build().unwrap_or_default()
         })

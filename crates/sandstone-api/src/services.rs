@@ -431,9 +431,11 @@ pub fn canonical_path(path_and_query: &str) -> Result<String, &'static str> {
     let mut out = String::with_capacity(path_and_query.len());
     for segment in path.split('/').filter(|s| !s.is_empty()) {
         let segment = decode_unreserved(segment)?;
-        // Servlet containers drop `;params` before resolving dot segments.
-        let bare = segment.split(';').next().unwrap_or_default();
-        if bare == "." || bare == ".." {
+        // Servlet containers drop `;params` (`/admin;x` is `/admin` there).
+        if segment.contains(';') {
+            return Err("path parameters (;) are not accepted");
+        }
+        if segment == "." || segment == ".." {
             return Err("dot segments (. and ..) are not accepted");
         }
         out.push('/');
@@ -482,11 +484,15 @@ fn decode_unreserved(segment: &str) -> Result<String, &'static str> {
     Ok(out)
 }
 
-/// `/api` matches `/api`, `/api/` and `/api/x`, not `/apix`.
+/// `/api` matches `/api`, `/api/`, `/api/x` and `/api.json`, not `/apix`;
+/// in any case, since many servers ignore it (`/API/x` must not slip past
+/// a protected `/api` to a public catch-all), as they take `.json` for a
+/// format of the same path.
 fn prefix_matches(prefix: &str, path: &str) -> bool {
-    let prefix = prefix.trim_end_matches('/');
-    path.strip_prefix(prefix)
-        .is_some_and(|rest| rest.is_empty() || rest.starts_with('/') || rest.starts_with('?'))
+    let (p, q) = (prefix.trim_end_matches('/').as_bytes(), path.as_bytes());
+    q.len() >= p.len()
+        && q[..p.len()].eq_ignore_ascii_case(p)
+        && matches!(q.get(p.len()), None | Some(b'/' | b'?' | b'.'))
 }
 
 impl Route {
@@ -536,6 +542,7 @@ mod tests {
             "/pub/..%2fadmin",
             "/pub/..%5Cadmin",
             "/pub/..;x/admin",
+            "/admin;x/secret",
             "/pub/a%00",
             "/pub\\..\\admin",
             "/pub/%zz",
@@ -611,6 +618,14 @@ mod tests {
         assert_eq!(s.route_for("GET", "/api/x").unwrap().unwrap().id, "api");
         assert_eq!(s.route_for("POST", "/api/x").unwrap().unwrap().id, "all");
         assert_eq!(s.route_for("GET", "/apix").unwrap().unwrap().id, "all");
+        // Spellings servers take for the same path take its route.
+        for same in ["/API/x", "/Api", "/api.json"] {
+            assert_eq!(
+                s.route_for("GET", same).unwrap().unwrap().id,
+                "api",
+                "{same}"
+            );
+        }
         let api = s.route_for("GET", "/api/x?q=1").unwrap().unwrap();
         assert_eq!(api.rewrite("/api/x?q=1"), "/v2/x?q=1");
         assert_eq!(api.rewrite("/api"), "/v2");

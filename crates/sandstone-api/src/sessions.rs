@@ -212,6 +212,9 @@ impl ExecutionSessionSpec {
             }
         }
         let r = &l.restart;
+        if r.max_restarts > 10_000 {
+            return bad("lifecycle.restart.max_restarts", "at most 10000");
+        }
         if r.max_backoff_ms > 600_000 || r.initial_backoff_ms > 600_000 {
             return bad("lifecycle.restart", "backoffs are at most 600000 ms");
         }

@@ -65,6 +65,8 @@ pub(crate) fn parse_reply(reply: &[u8]) -> Option<Result<bool>> {
 /// namespace), by the kernel's routing decision now.
 pub fn is_local(ip: IpAddr) -> Result<bool> {
     use sandstone_sys::net;
+    // `::ffff:a.b.c.d` reaches a.b.c.d: ask about that.
+    let ip = ip.to_canonical();
     let fd = net::netlink_route_socket()?;
     // Without it a lost answer would hang the connection; setting it on a
     // fresh socket cannot fail.
@@ -90,6 +92,7 @@ mod tests {
     fn the_kernel_knows_its_own_addresses() {
         assert!(is_local("127.0.0.1".parse().unwrap()).unwrap());
         assert!(is_local("127.9.8.7".parse().unwrap()).unwrap());
+        assert!(is_local("::ffff:127.0.0.1".parse().unwrap()).unwrap());
         // TEST-NET-3 (documentation) is no host's address; a lookup sends
         // nothing.
         assert!(!is_local("203.0.113.9".parse().unwrap()).unwrap());

@@ -656,7 +656,8 @@ impl OperatorRules {
 
     /// The operator's verdict on `c`, if its rules say anything.
     pub(crate) fn decide(&self, c: &Connection) -> Option<Decision> {
-        if let Some(ip) = c.ip {
+        // An IPv4-mapped IPv6 address is judged as the IPv4 one it reaches.
+        if let Some(ip) = c.ip.map(|ip| ip.to_canonical()) {
             if self.allow.iter().any(|n| n.contains(ip)) {
                 return None;
             }

@@ -4,10 +4,15 @@
 //! The daemon reads the same files, while the sandbox runs or not; the
 //! record layout is [`sandstone_api::logs`]'s.
 //!
-//! Bounded: a segment is closed at an eighth of the budget, and the oldest
-//! segments are removed while the directory holds more than the budget.
-//! A record is written with one `write` as it is read from the process,
-//! so a daemon or init crash loses nothing already printed.
+//! A process's output is handed to a writer thread and the pump goes on
+//! reading: the writer appends what has queued up in one write, so a
+//! process printing fast waits neither for the disk nor for a syscall per
+//! chunk. The queue is bounded: a writer that falls behind holds the pump
+//! (and so the process) back rather than lose output.
+//!
+//! Bounded on disk too: a segment is closed at an eighth of the budget, and
+//! the oldest segments are removed while the directory holds more than the
+//! budget.
 
 use crate::proto::Stream;
 use sandstone_api::logs::{Kind, encode, segment_name, segment_seq};
@@ -15,10 +20,30 @@ use std::collections::VecDeque;
 use std::fs::File;
 use std::io::Write;
 use std::os::fd::AsRawFd;
-use std::sync::{Mutex, OnceLock};
+use std::sync::OnceLock;
+use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 
 /// The smallest segment: a tiny budget still gets whole records.
 const MIN_SEGMENT: u64 = 64 << 10;
+/// The largest: a query reads a segment whole, and a record's place is
+/// (segment, 32-bit offset).
+const MAX_SEGMENT: u64 = 64 << 20;
+/// Chunks queued for the writer (each at most 64 KiB).
+const QUEUED: usize = 64;
+/// The most one write appends.
+const BATCH: usize = 1 << 20;
+
+/// One record, before it is encoded.
+struct Entry {
+    at_ms: u64,
+    kind: Kind,
+    context: String,
+    data: Vec<u8>,
+    /// Told once this record (and so all before it) is written.
+    written: Option<SyncSender<()>>,
+}
+
+static QUEUE: OnceLock<SyncSender<Entry>> = OnceLock::new();
 
 struct Writer {
     /// `/proc/self/fd/<n>`: the directory through PID 1's handle on it.
@@ -34,8 +59,6 @@ struct Writer {
     /// Sequences only grow, even once every older segment is gone.
     next_seq: u64,
 }
-
-static LOG: OnceLock<Mutex<Writer>> = OnceLock::new();
 
 /// Starts logging into `dir` (PID 1's handle on the host directory).
 /// Segments a previous runtime left are kept, and counted in the budget.
@@ -54,15 +77,18 @@ pub fn start(dir: File, max_bytes: u64) -> std::io::Result<()> {
         dir: path,
         _handle: dir,
         max_bytes,
-        // Under 4 GiB: a record's place is (segment, 32-bit offset).
-        segment_max: (max_bytes / 8).clamp(MIN_SEGMENT, 1 << 30),
+        segment_max: (max_bytes / 8).clamp(MIN_SEGMENT, MAX_SEGMENT),
         closed: found.into(),
         current: None,
         next_seq,
     };
     w.trim();
+    let (tx, rx) = sync_channel(QUEUED);
+    std::thread::Builder::new()
+        .name("log-writer".into())
+        .spawn(move || w.run(rx))?;
     // A second start (there is none) keeps the first writer.
-    let _ = LOG.set(Mutex::new(w));
+    let _ = QUEUE.set(tx);
     Ok(())
 }
 
@@ -74,33 +100,65 @@ pub fn output(id: &str, stream: Stream, data: &[u8]) {
         Stream::Stderr => Kind::Stderr,
         Stream::Pty => Kind::Pty,
     };
-    append(id, kind, data);
+    append(id, kind, data, None);
 }
 
-/// Records that context `id` ended, with its exit code.
+/// Records that context `id` ended, with its exit code, and returns once
+/// its output is written: whoever learns of the exit finds it all in the
+/// log (bounded: a stuck disk delays the exit's report by 5 s at most).
 pub fn exit(id: &str, code: Option<i32>) {
     let text = code.map_or_else(String::new, |c| c.to_string());
-    append(id, Kind::Exit, text.as_bytes());
-}
-
-fn append(id: &str, kind: Kind, data: &[u8]) {
-    let Some(log) = LOG.get() else { return };
-    let record = encode(crate::procs::now_ms(), kind, id, data);
-    let mut w = log.lock().expect("lock poisoned");
-    if let Err(e) = w.write(&record) {
-        eprintln!("sandstone-init: log write failed: {e}");
-        // Start a fresh segment next time rather than append after a
-        // partial record.
-        w.close_current();
+    let (tx, rx) = sync_channel(1);
+    if append(id, Kind::Exit, text.as_bytes(), Some(tx)) {
+        let _ = rx.recv_timeout(std::time::Duration::from_secs(5));
     }
 }
 
+/// Queues a record; false when there is no log.
+fn append(id: &str, kind: Kind, data: &[u8], written: Option<SyncSender<()>>) -> bool {
+    let Some(queue) = QUEUE.get() else {
+        return false;
+    };
+    // Fails only once the writer is gone, and then nothing is logged.
+    queue
+        .send(Entry {
+            at_ms: crate::procs::now_ms(),
+            kind,
+            context: id.to_string(),
+            data: data.to_vec(),
+            written,
+        })
+        .is_ok()
+}
+
 impl Writer {
-    fn write(&mut self, record: &[u8]) -> std::io::Result<()> {
-        let full = self
-            .current
-            .as_ref()
-            .is_some_and(|(_, _, size)| *size + record.len() as u64 > self.segment_max);
+    /// Appends what the queue holds, a batch per write, until PID 1 ends.
+    fn run(mut self, queue: Receiver<Entry>) {
+        let mut batch = Vec::with_capacity(BATCH);
+        let mut waiting = Vec::new();
+        while let Ok(first) = queue.recv() {
+            let mut next = Some(first);
+            while let Some(e) = next.take() {
+                batch.extend(encode(e.at_ms, e.kind, &e.context, &e.data));
+                waiting.extend(e.written);
+                if batch.len() < BATCH {
+                    next = queue.try_recv().ok();
+                }
+            }
+            if let Err(e) = self.write(&batch) {
+                eprintln!("sandstone-init: log write failed: {e}");
+            }
+            for w in waiting.drain(..) {
+                let _ = w.send(());
+            }
+            batch.clear();
+        }
+    }
+
+    fn write(&mut self, records: &[u8]) -> std::io::Result<()> {
+        let full = self.current.as_ref().is_some_and(|(_, _, size)| {
+            *size > 0 && *size + records.len() as u64 > self.segment_max
+        });
         if full {
             self.close_current();
         }
@@ -114,8 +172,13 @@ impl Writer {
             self.current = Some((seq, file, 0));
         }
         let (_, file, size) = self.current.as_mut().expect("opened above");
-        file.write_all(record)?;
-        *size += record.len() as u64;
+        if let Err(e) = file.write_all(records) {
+            // Whatever part was written is cut off, so the segment ends at a
+            // whole record (the sandbox may have filled its disk).
+            let _ = file.set_len(*size);
+            return Err(e);
+        }
+        *size += records.len() as u64;
         self.trim();
         Ok(())
     }

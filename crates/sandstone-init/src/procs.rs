@@ -480,18 +480,21 @@ fn set_nonblocking(f: &File) {
 
 impl Proc {
     pub fn info(&self) -> ProcInfo {
-        let s = self.shared.lock().expect("lock poisoned");
+        let exit = self.shared.lock().expect("lock poisoned").exit.clone();
+        // Asked with no lock of ours held: the supervisor takes this
+        // process's locks while it holds its own.
+        let supervision = crate::supervise::info(&self.id);
         ProcInfo {
             id: self.id.clone(),
             kind: self.kind.clone(),
             pid: self.pid,
-            running: s.exit.is_none(),
-            exit: s.exit.clone(),
+            running: exit.is_none(),
+            exit,
             cwd: self.cwd.clone(),
             env: self.env.clone(),
             pty: self.pty.is_some(),
             created_at: self.created_at,
-            supervision: crate::supervise::info(&self.id),
+            supervision,
         }
     }
 

@@ -16,6 +16,17 @@ use std::time::{Duration, Instant};
 
 /// Attempts remembered per context.
 const KEPT_ATTEMPTS: usize = 20;
+/// The shortest wait before a restart, whatever the spec says: a command
+/// that dies at once must not spin PID 1.
+const MIN_BACKOFF_MS: u64 = 100;
+
+/// Attempt epochs, unique across every context: a wait for an attempt of a
+/// context since removed and created again must not match the new one's.
+static EPOCHS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+
+fn next_epoch() -> u64 {
+    EPOCHS.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+}
 
 /// What starts each attempt.
 #[derive(Clone)]
@@ -55,7 +66,7 @@ pub fn start(id: &str, command: Command, spec: RestartSpec) -> Result<(), SpawnE
         attempts: VecDeque::new(),
         restart_count: 0,
         recent: VecDeque::new(),
-        epoch: 0,
+        epoch: next_epoch(),
     });
     let started = attempt(id, s);
     if started.is_err() {
@@ -67,7 +78,7 @@ pub fn start(id: &str, command: Command, spec: RestartSpec) -> Result<(), SpawnE
 /// Starts the next attempt of `s` (the previous one has exited or was
 /// removed); a failure to start is recorded as the attempt's end.
 fn attempt(id: &str, s: &mut Supervised) -> Result<(), SpawnError> {
-    s.epoch += 1;
+    s.epoch = next_epoch();
     let number = s.attempts.back().map_or(1, |a| a.number + 1);
     let spawned = procs::spawn(SpawnRequest {
         id: id.to_string(),
@@ -152,7 +163,8 @@ pub fn exited(id: &str, pid: i32, exit: &ExitInfo) {
         .spec
         .initial_backoff_ms
         .saturating_mul(1u64 << shift)
-        .min(s.spec.max_backoff_ms.max(s.spec.initial_backoff_ms));
+        .min(s.spec.max_backoff_ms.max(s.spec.initial_backoff_ms))
+        .max(MIN_BACKOFF_MS);
     s.phase = SupervisedPhase::Backoff;
     let epoch = s.epoch;
     let id = id.to_string();
@@ -181,11 +193,16 @@ fn restart_after_wait(id: &str, epoch: u64) {
 /// A new attempt now, in place of the current one (which is stopped).
 /// `false` when `id` is not supervised.
 pub fn replace(id: &str) -> Result<bool, SpawnError> {
-    let mut t = table();
-    let Some(s) = t.get_mut(id) else {
-        return Ok(false);
+    // A pending restart now starts nothing.
+    let epoch = match table().get_mut(id) {
+        Some(s) => {
+            s.epoch = next_epoch();
+            s.epoch
+        }
+        None => return Ok(false),
     };
-    s.epoch += 1;
+    // Waited for without the supervisor's lock: the old process's exit
+    // reaches `exited`, which takes it.
     if let Some(old) = procs::remove(id) {
         // Bounded: the old process group was sent SIGKILL.
         let (before, rx) = old.subscribe(false);
@@ -193,8 +210,16 @@ pub fn replace(id: &str) -> Result<bool, SpawnError> {
             let _ = rx.recv_timeout(Duration::from_secs(5));
         }
     }
-    s.restart_count += 1;
-    attempt(id, s).map(|()| true)
+    let mut t = table();
+    match t.get_mut(id).filter(|s| s.epoch == epoch) {
+        Some(s) => {
+            procs::forget_exited(id);
+            s.restart_count += 1;
+            attempt(id, s).map(|()| true)
+        }
+        // Removed, or replaced again, meanwhile: that call's outcome stands.
+        None => Ok(true),
+    }
 }
 
 /// Stops supervising `id` (its process is the caller's to stop).

@@ -426,11 +426,14 @@ pub fn action(method: &axum::http::Method, path: &str) -> Action {
     if !read {
         return Action::Write;
     }
-    // A file's bytes, a file watch, and contexts (their output, their
-    // terminal): what the sandbox holds.
+    // A file's bytes, a file watch, contexts (their output, their
+    // terminal), the output log and execution sessions (their commands,
+    // environments and output): what the sandbox holds.
     let tail = path.rsplit('/').next().unwrap_or_default();
     let contents = (path.contains("/sandboxes/") && tail == "files")
         || path.contains("/contexts")
+        || path.contains("/observability/logs")
+        || path.contains("/sessions")
         || (path.contains("/files/") && tail == "watch");
     if contents {
         Action::ReadContents
@@ -476,6 +479,17 @@ mod tests {
             Action::ReadContents
         );
         assert_eq!(get("/api/v1/sandboxes/sb-1/contexts"), Action::ReadContents);
+        for p in [
+            "/api/v1/sandboxes/sb-1/observability/logs",
+            "/api/v1/sandboxes/sb-1/sessions",
+            "/api/v1/sandboxes/sb-1/sessions/ses_1/events",
+        ] {
+            assert_eq!(get(p), Action::ReadContents, "{p}");
+        }
+        assert_eq!(
+            get("/api/v1/sandboxes/sb-1/observability/events"),
+            Action::Read
+        );
         assert_eq!(get("/api-keys/current"), Action::Read);
         assert_eq!(get("/api-keys"), Action::ManageKeys);
         assert_eq!(action(&Method::POST, "/api/v1/sandboxes"), Action::Write);

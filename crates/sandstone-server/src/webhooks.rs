@@ -319,8 +319,10 @@ impl Webhooks {
         let client = reqwest::Client::builder()
             .timeout(settings.timeout)
             // A name is judged as it is resolved, and only what the
-            // operator's rules allow is dialled.
+            // operator's rules allow is dialled: by this client, never by
+            // a proxy from the environment that would resolve it unjudged.
             .dns_resolver(Arc::new(Guarded(outbound.clone())))
+            .no_proxy()
             // A redirect would carry the signed body somewhere the
             // operator did not name.
             .redirect(reqwest::redirect::Policy::none())

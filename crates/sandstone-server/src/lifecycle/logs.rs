@@ -95,18 +95,18 @@ pub fn read(dir: &Path, q: &LogQuery) -> std::io::Result<(Vec<Line>, Cursor)> {
     let seqs = segments(dir)?;
     let tail = q.after.is_none() && q.start_ms.is_none();
     if tail {
-        // Newest segments first, until enough lines are found.
+        // Newest segments first, until enough lines are found; no more
+        // than `limit` lines are held at once, however many there are.
         let mut found: VecDeque<Line> = VecDeque::new();
         let mut last = None;
         for &seq in seqs.iter().rev() {
-            let mut lines = Vec::new();
-            let end = scan(dir, seq, 0, 0, q, usize::MAX, &mut lines)?;
+            let mut newest = VecDeque::new();
+            let end = scan(dir, seq, 0, 0, q, Sink::Last(&mut newest, q.limit))?;
             last.get_or_insert(end);
-            for l in lines.into_iter().rev() {
+            while found.len() < q.limit
+                && let Some(l) = newest.pop_back()
+            {
                 found.push_front(l);
-                if found.len() > q.limit {
-                    found.pop_front();
-                }
             }
             if found.len() >= q.limit {
                 break;
@@ -124,7 +124,8 @@ pub fn read(dir: &Path, q: &LogQuery) -> std::io::Result<(Vec<Line>, Cursor)> {
         } else {
             (0, 0)
         };
-        next = scan(dir, seq, offset, line, q, q.limit - out.len(), &mut out)?;
+        let room = q.limit - out.len();
+        next = scan(dir, seq, offset, line, q, Sink::First(&mut out, room))?;
         if out.len() >= q.limit || next.offset == u64::MAX {
             break;
         }
@@ -139,22 +140,30 @@ pub fn read(dir: &Path, q: &LogQuery) -> std::io::Result<(Vec<Line>, Cursor)> {
     Ok((out, next))
 }
 
+/// Where scanned lines go.
+enum Sink<'a> {
+    /// The first lines, up to a page: the scan stops when it is full.
+    First(&'a mut Vec<Line>, usize),
+    /// The last lines: older ones make way.
+    Last(&'a mut VecDeque<Line>, usize),
+}
+
 /// Reads segment `seq` from `offset` (skipping `skip` lines of the record
-/// there), adding at most `room` admitted lines to `out`. Returns where
-/// it stopped; `offset: u64::MAX` when a record past `end_ms` ended it.
+/// there) into `sink`. Returns where it stopped; `offset: u64::MAX` when a
+/// record past `end_ms` ended it.
 fn scan(
     dir: &Path,
     seq: u64,
     offset: u64,
     skip: u32,
     q: &LogQuery,
-    room: usize,
-    out: &mut Vec<Line>,
+    mut sink: Sink<'_>,
 ) -> std::io::Result<Cursor> {
-    let buf = segment(dir, seq)?;
-    let mut at = offset as usize;
+    // From `offset` on: a page, or a watch's poll, reads only what is new.
+    let buf = segment(dir, seq, offset)?;
+    let base = offset as usize;
+    let mut at = 0;
     let mut skip = skip;
-    let mut added = 0;
     while let Some(r) = decode(&buf, at) {
         let at_ms = r.at_ms as i64;
         if q.end_ms.is_some_and(|e| at_ms > e) {
@@ -180,41 +189,101 @@ fn scan(
         for (i, text) in texts.into_iter().enumerate().skip(skip as usize) {
             let cursor = Cursor {
                 seq,
-                offset: at as u64,
+                offset: (base + at) as u64,
                 line: i as u32,
             };
             if !admitted {
                 continue;
             }
-            if added == room {
-                return Ok(cursor);
-            }
-            out.push(Line {
+            let line = Line {
                 at_ms,
                 context: r.context.to_string(),
                 stream,
                 text,
                 cursor,
-            });
-            added += 1;
+            };
+            match &mut sink {
+                Sink::First(out, room) if out.len() == *room => return Ok(cursor),
+                Sink::First(out, _) => out.push(line),
+                Sink::Last(out, room) => {
+                    out.push_back(line);
+                    if out.len() > *room {
+                        out.pop_front();
+                    }
+                }
+            }
         }
         skip = 0;
         at = r.next;
     }
     Ok(Cursor {
         seq,
-        offset: at as u64,
+        offset: (base + at) as u64,
         line: 0,
     })
 }
 
-/// A segment's bytes; one the budget removed meanwhile is empty.
-fn segment(dir: &Path, seq: u64) -> std::io::Result<Vec<u8>> {
-    match std::fs::read(dir.join(segment_name(seq))) {
-        Ok(b) => Ok(b),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
-        Err(e) => Err(e),
+/// A segment's bytes from `offset` on; one the budget removed meanwhile
+/// is empty. The directory is the sandbox root's: a link there is not
+/// followed.
+fn segment(dir: &Path, seq: u64, offset: u64) -> std::io::Result<Vec<u8>> {
+    use std::io::{Read, Seek};
+    use std::os::unix::fs::OpenOptionsExt;
+    let opened = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(dir.join(segment_name(seq)));
+    let mut f = match opened {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e),
+    };
+    if !f.metadata()?.is_file() {
+        return Ok(Vec::new());
     }
+    f.seek(std::io::SeekFrom::Start(offset))?;
+    let mut buf = Vec::new();
+    f.read_to_end(&mut buf)?;
+    Ok(buf)
+}
+
+/// Whether a cursor a client sent names a record's start: one inside a
+/// record would read the sandbox's own output as records.
+pub fn is_record_start(dir: &Path, seq: u64, offset: u64) -> std::io::Result<bool> {
+    if offset == 0 {
+        return Ok(true);
+    }
+    let buf = segment(dir, seq, 0)?;
+    if buf.is_empty() {
+        // Gone: reading starts at the next segment's first record.
+        return Ok(true);
+    }
+    let mut at = 0;
+    while (at as u64) < offset {
+        match decode(&buf, at) {
+            Some(r) => at = r.next,
+            // The end of what is written is a place too.
+            None => break,
+        }
+    }
+    Ok(at as u64 == offset)
+}
+
+/// Log reads at once: each may read a segment, and a flood of queries
+/// must not take the daemon's memory.
+static READS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(4);
+
+/// Runs a log read off the async threads, a few at a time.
+pub async fn run<T: Send + 'static>(
+    f: impl FnOnce() -> std::io::Result<T> + Send + 'static,
+) -> std::io::Result<T> {
+    let _permit = READS
+        .acquire()
+        .await
+        .map_err(|e| std::io::Error::other(e.to_string()))?;
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(std::io::Error::other)?
 }
 
 /// A place in the log as one number (segment sequence above, offset
@@ -227,6 +296,12 @@ pub fn position(seq: u64, offset: u64) -> i64 {
 fn unposition(p: i64) -> (u64, u64) {
     let p = p.max(0) as u64;
     (p >> 32, p & 0xffff_ffff)
+}
+
+/// [`is_record_start`] of a [`position`] a client sent.
+pub fn is_record_position(dir: &Path, p: i64) -> std::io::Result<bool> {
+    let (seq, offset) = unposition(p);
+    is_record_start(dir, seq, offset)
 }
 
 /// One record as written: output bytes as they were read, or an exit.
@@ -258,7 +333,7 @@ pub fn records(
     let mut out = Vec::new();
     let mut next = after;
     for seq in segments(dir)?.into_iter().filter(|s| *s >= from_seq) {
-        let buf = segment(dir, seq)?;
+        let buf = segment(dir, seq, 0)?;
         let mut at = if seq == from_seq {
             from_offset as usize
         } else {

@@ -231,16 +231,23 @@ impl Lifecycle {
         }
         let dir = logs::dir(&self.storage.paths(id));
         let context = sid.to_string();
-        let read = tokio::task::spawn_blocking(move || -> std::io::Result<_> {
-            Ok((
+        let read = logs::run(move || {
+            if !logs::is_record_position(&dir, after)? {
+                return Ok(None);
+            }
+            Ok(Some((
                 logs::retained(&dir)?,
                 logs::records(&dir, &context, after, limit)?,
-            ))
+            )))
         })
         .await
-        .map_err(internal)?
         .map_err(internal)?;
-        let ((earliest, latest), (records, _)) = read;
+        let Some(((earliest, latest), (records, _))) = read else {
+            return Err(Error::Invalid(
+                "invalid query parameter `after`: not a sequence number this server returned"
+                    .into(),
+            ));
+        };
         if after > 0 && after < earliest {
             return Err(Error::Gone(format!(
                 "events after {after} are no longer kept (the oldest kept is {earliest}); start again from 0"

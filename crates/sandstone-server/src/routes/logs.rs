@@ -85,16 +85,13 @@ fn parse(q: &HashMap<String, String>) -> ApiResult<(LogQuery, bool)> {
     ))
 }
 
-/// Reads off the async threads: a query may read a few MiB of segments.
+/// Reads off the async threads, a few at a time ([`logs::run`]).
 async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> std::io::Result<T> + Send + 'static,
 ) -> ApiResult<T> {
-    let internal = |e: &dyn std::fmt::Display| ApiError::internal(format!("the log: {e}"));
-    match tokio::task::spawn_blocking(f).await {
-        Ok(Ok(t)) => Ok(t),
-        Ok(Err(e)) => Err(internal(&e)),
-        Err(e) => Err(internal(&e)),
-    }
+    logs::run(f)
+        .await
+        .map_err(|e| ApiError::internal(format!("the log: {e}")))
 }
 
 async fn read(dir: PathBuf, q: LogQuery) -> ApiResult<(Vec<Line>, Cursor)> {
@@ -114,6 +111,12 @@ pub async fn logs(
         node: st.lifecycle.node.clone(),
     };
     let dir = st.lifecycle.log_dir(&id);
+    if let Some(c) = query.after {
+        let d = dir.clone();
+        if !blocking(move || logs::is_record_start(&d, c.seq, c.offset)).await? {
+            return Err(bad("cursor", "not a cursor this server returned"));
+        }
+    }
     if watching {
         return watch(st, id, dir, query, names).await;
     }
