@@ -46,17 +46,24 @@ const HEAD: usize = 4 + 8 + 1 + 1;
 
 /// One record, ready to append.
 pub fn encode(at_ms: u64, kind: Kind, context: &str, data: &[u8]) -> Vec<u8> {
+    let mut out = header(at_ms, kind, context, data.len());
+    out.extend_from_slice(data);
+    out
+}
+
+/// A record's bytes before its data (`data_len` bytes of it), for a
+/// writer that appends the data from where it already is.
+pub fn header(at_ms: u64, kind: Kind, context: &str, data_len: usize) -> Vec<u8> {
     // Context ids are at most 255 bytes (the API checks them); a longer
     // one is cut rather than corrupting the record.
     let id = &context.as_bytes()[..context.len().min(255)];
-    let len = 8 + 1 + 1 + id.len() + data.len();
-    let mut out = Vec::with_capacity(4 + len);
+    let len = 8 + 1 + 1 + id.len() + data_len;
+    let mut out = Vec::with_capacity(4 + len - data_len);
     out.extend_from_slice(&(len as u32).to_le_bytes());
     out.extend_from_slice(&at_ms.to_le_bytes());
     out.push(kind.byte());
     out.push(id.len() as u8);
     out.extend_from_slice(id);
-    out.extend_from_slice(data);
     out
 }
 

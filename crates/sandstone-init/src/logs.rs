@@ -15,13 +15,13 @@
 //! budget.
 
 use crate::proto::Stream;
-use sandstone_api::logs::{Kind, encode, segment_name, segment_seq};
+use sandstone_api::logs::{Kind, header, segment_name, segment_seq};
 use std::collections::VecDeque;
 use std::fs::File;
-use std::io::Write;
+use std::io::{IoSlice, Write};
 use std::os::fd::AsRawFd;
-use std::sync::OnceLock;
 use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
+use std::sync::{Arc, OnceLock};
 
 /// The smallest segment: a tiny budget still gets whole records.
 const MIN_SEGMENT: u64 = 64 << 10;
@@ -38,7 +38,8 @@ struct Entry {
     at_ms: u64,
     kind: Kind,
     context: String,
-    data: Vec<u8>,
+    /// The chunk the pump read, shared with its readers: not copied here.
+    data: Arc<[u8]>,
     /// Told once this record (and so all before it) is written.
     written: Option<SyncSender<()>>,
 }
@@ -94,7 +95,7 @@ pub fn start(dir: File, max_bytes: u64) -> std::io::Result<()> {
 
 /// Appends output of context `id`. Failures are PID 1's diagnostics only:
 /// the process and its live readers go on either way.
-pub fn output(id: &str, stream: Stream, data: &[u8]) {
+pub fn output(id: &str, stream: Stream, data: Arc<[u8]>) {
     let kind = match stream {
         Stream::Stdout => Kind::Stdout,
         Stream::Stderr => Kind::Stderr,
@@ -109,13 +110,13 @@ pub fn output(id: &str, stream: Stream, data: &[u8]) {
 pub fn exit(id: &str, code: Option<i32>) {
     let text = code.map_or_else(String::new, |c| c.to_string());
     let (tx, rx) = sync_channel(1);
-    if append(id, Kind::Exit, text.as_bytes(), Some(tx)) {
+    if append(id, Kind::Exit, Arc::from(text.as_bytes()), Some(tx)) {
         let _ = rx.recv_timeout(std::time::Duration::from_secs(5));
     }
 }
 
 /// Queues a record; false when there is no log.
-fn append(id: &str, kind: Kind, data: &[u8], written: Option<SyncSender<()>>) -> bool {
+fn append(id: &str, kind: Kind, data: Arc<[u8]>, written: Option<SyncSender<()>>) -> bool {
     let Some(queue) = QUEUE.get() else {
         return false;
     };
@@ -125,27 +126,33 @@ fn append(id: &str, kind: Kind, data: &[u8], written: Option<SyncSender<()>>) ->
             at_ms: crate::procs::now_ms(),
             kind,
             context: id.to_string(),
-            data: data.to_vec(),
+            data,
             written,
         })
         .is_ok()
 }
 
 impl Writer {
-    /// Appends what the queue holds, a batch per write, until PID 1 ends.
+    /// Appends what the queue holds, a batch per write (each record's
+    /// header, then its data from where the pump left it), until PID 1
+    /// ends.
     fn run(mut self, queue: Receiver<Entry>) {
-        let mut batch = Vec::with_capacity(BATCH);
+        let mut batch: Vec<(Vec<u8>, Arc<[u8]>)> = Vec::new();
         let mut waiting = Vec::new();
         while let Ok(first) = queue.recv() {
             let mut next = Some(first);
+            let mut bytes = 0;
             while let Some(e) = next.take() {
-                batch.extend(encode(e.at_ms, e.kind, &e.context, &e.data));
+                let head = header(e.at_ms, e.kind, &e.context, e.data.len());
+                bytes += head.len() + e.data.len();
+                batch.push((head, e.data));
                 waiting.extend(e.written);
-                if batch.len() < BATCH {
+                // Two slices a record, within one `writev`'s (IOV_MAX) 1024.
+                if bytes < BATCH && batch.len() < 512 {
                     next = queue.try_recv().ok();
                 }
             }
-            if let Err(e) = self.write(&batch) {
+            if let Err(e) = self.write(&batch, bytes as u64) {
                 eprintln!("sandstone-init: log write failed: {e}");
             }
             for w in waiting.drain(..) {
@@ -155,10 +162,11 @@ impl Writer {
         }
     }
 
-    fn write(&mut self, records: &[u8]) -> std::io::Result<()> {
-        let full = self.current.as_ref().is_some_and(|(_, _, size)| {
-            *size > 0 && *size + records.len() as u64 > self.segment_max
-        });
+    fn write(&mut self, records: &[(Vec<u8>, Arc<[u8]>)], len: u64) -> std::io::Result<()> {
+        let full = self
+            .current
+            .as_ref()
+            .is_some_and(|(_, _, size)| *size > 0 && *size + len > self.segment_max);
         if full {
             self.close_current();
         }
@@ -172,13 +180,17 @@ impl Writer {
             self.current = Some((seq, file, 0));
         }
         let (_, file, size) = self.current.as_mut().expect("opened above");
-        if let Err(e) = file.write_all(records) {
+        let mut slices: Vec<IoSlice<'_>> = records
+            .iter()
+            .flat_map(|(head, data)| [IoSlice::new(head), IoSlice::new(data)])
+            .collect();
+        if let Err(e) = write_all_vectored(file, &mut slices) {
             // Whatever part was written is cut off, so the segment ends at a
             // whole record (the sandbox may have filled its disk).
             let _ = file.set_len(*size);
             return Err(e);
         }
-        *size += records.len() as u64;
+        *size += len;
         self.trim();
         Ok(())
     }
@@ -200,4 +212,17 @@ impl Writer {
             total -= size;
         }
     }
+}
+
+/// Writes every slice, however the kernel splits the writes.
+fn write_all_vectored(file: &mut File, mut slices: &mut [IoSlice<'_>]) -> std::io::Result<()> {
+    while !slices.is_empty() {
+        match file.write_vectored(slices) {
+            Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
+            Ok(n) => IoSlice::advance_slices(&mut slices, n),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
 }

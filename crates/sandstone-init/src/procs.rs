@@ -28,7 +28,7 @@ const QUEUE: usize = 16;
 
 #[derive(Debug, Clone)]
 pub enum Event {
-    Output(Stream, Vec<u8>),
+    Output(Stream, Arc<[u8]>),
     ExecDone(Option<i32>),
     Exit(ExitInfo),
     /// This many bytes of output were dropped before what follows.
@@ -37,7 +37,7 @@ pub enum Event {
 
 #[derive(Default)]
 struct Shared {
-    buffer: VecDeque<(Stream, Vec<u8>)>,
+    buffer: VecDeque<(Stream, Arc<[u8]>)>,
     buffered: usize,
     /// Output dropped from the front of `buffer`.
     dropped: u64,
@@ -701,8 +701,10 @@ impl Proc {
             match f.read(buf) {
                 Ok(0) => return false,
                 Ok(n) => {
-                    crate::logs::output(&self.id, stream, &buf[..n]);
-                    self.publish(Event::Output(stream, buf[..n].to_vec()));
+                    // One copy, shared by the log, the buffer and every reader.
+                    let chunk: Arc<[u8]> = Arc::from(&buf[..n]);
+                    crate::logs::output(&self.id, stream, chunk.clone());
+                    self.publish(Event::Output(stream, chunk));
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return true,
                 // EIO is how a PTY master reports that the last slave closed.
