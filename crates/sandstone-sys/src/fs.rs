@@ -15,6 +15,23 @@ pub fn filesystem_type(path: &CStr) -> io::Result<i64> {
     Ok(st.f_type as i64)
 }
 
+/// `FS_NOCOW_FL` (linux/fs.h): files made in a directory with it are
+/// written in place, without copy-on-write or data checksums (btrfs).
+const FS_NOCOW_FL: libc::c_int = 0x0080_0000;
+
+/// Marks directory `dir` so the files made in it are written in place: for
+/// append-only data whose checksumming would cost more than it protects.
+/// Filesystems without the flag answer `ENOTTY` or `EOPNOTSUPP`.
+pub fn set_nocow(dir: BorrowedFd<'_>) -> io::Result<()> {
+    let mut flags: libc::c_int = 0;
+    // SAFETY: the ioctl writes one int to `flags`, which outlives the call.
+    cvt(unsafe { libc::ioctl(dir.as_raw_fd(), libc::FS_IOC_GETFLAGS, &mut flags) })?;
+    flags |= FS_NOCOW_FL;
+    // SAFETY: the ioctl reads one int from `flags`, which outlives the call.
+    cvt(unsafe { libc::ioctl(dir.as_raw_fd(), libc::FS_IOC_SETFLAGS, &flags) })?;
+    Ok(())
+}
+
 /// What statvfs(2) says of a mounted filesystem.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct FsStats {

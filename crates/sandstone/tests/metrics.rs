@@ -268,6 +268,23 @@ async fn output_is_logged_bounded_and_outlives_pauses_and_restarts() {
         on_disk <= BUDGET && on_disk > BUDGET / 2,
         "{on_disk} bytes of log"
     );
+    // On the btrfs pool the log is written in place (no copy-on-write).
+    if d.data.path().join("pool").exists() {
+        let attrs = std::process::Command::new("lsattr")
+            .arg("-d")
+            .arg(&dir)
+            .output()
+            .unwrap();
+        let flags = String::from_utf8_lossy(&attrs.stdout);
+        assert!(
+            flags
+                .split_whitespace()
+                .next()
+                .unwrap_or_default()
+                .contains('C'),
+            "{flags}"
+        );
+    }
     let (s, v) = d.get(&logs("limit=3")).await;
     assert_eq!(s, 200, "{v}");
     let want = [

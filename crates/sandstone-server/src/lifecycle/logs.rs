@@ -19,7 +19,16 @@ pub fn dir(paths: &SandboxPaths) -> PathBuf {
 pub(super) fn spec(paths: &SandboxPaths, id_base: u32, max_bytes: u64) -> std::io::Result<LogSpec> {
     use std::os::unix::fs::PermissionsExt;
     let dir = dir(paths);
-    std::fs::create_dir_all(&dir)?;
+    if !dir.exists() {
+        std::fs::create_dir_all(&dir)?;
+        // Appended once and read back: btrfs's copy-on-write and data
+        // checksums would only cost the writer (best effort elsewhere).
+        if let Err(e) = std::fs::File::open(&dir)
+            .and_then(|d| sandstone_sys::fs::set_nocow(std::os::fd::AsFd::as_fd(&d)))
+        {
+            tracing::debug!(error = %e, "log directory keeps copy-on-write");
+        }
+    }
     std::os::unix::fs::chown(&dir, Some(id_base), Some(id_base))?;
     std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))?;
     Ok(LogSpec { dir, max_bytes })
