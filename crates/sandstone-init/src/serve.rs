@@ -92,53 +92,43 @@ fn dispatch(req: Request, payload: Vec<u8>, out: &mut Out) -> std::io::Result<()
             pty,
             attach,
             timeout_ms,
-            restart: Some(spec),
-        } => {
-            let command = supervise::Command {
-                kind,
-                cwd,
-                env,
-                pty,
-            };
-            if attach || timeout_ms.is_some() {
-                Response::error(
-                    ErrorCode::InvalidArgument,
-                    "a supervised context is neither attached nor timed",
-                )
-            } else {
+            restart,
+        } => match restart {
+            Some(_) if attach || timeout_ms.is_some() => Response::error(
+                ErrorCode::InvalidArgument,
+                "a supervised context is neither attached nor timed",
+            ),
+            Some(spec) => {
+                let command = supervise::Command {
+                    kind,
+                    cwd,
+                    env,
+                    pty,
+                };
                 match supervise::start(&id, command, spec) {
                     Ok(()) => with_proc(&id, |p| Response::Proc { info: p.info() }),
                     Err(e) => Response::error(e.code(), e.to_string()),
                 }
             }
-        }
-        Request::Spawn {
-            id,
-            kind,
-            cwd,
-            env,
-            pty,
-            attach,
-            timeout_ms,
-            restart: None,
-        } => match procs::spawn(SpawnRequest {
-            id,
-            kind,
-            cwd,
-            env,
-            pty,
-            attached: attach,
-        }) {
-            Ok((proc, rx)) if attach => {
-                return stream_until_exit(&proc, Vec::new(), rx, timeout_ms, out);
-            }
-            Ok((proc, rx)) => {
-                if let Some(ms) = timeout_ms {
-                    kill_at_deadline(proc.clone(), rx, ms);
+            None => match procs::spawn(SpawnRequest {
+                id,
+                kind,
+                cwd,
+                env,
+                pty,
+                attached: attach,
+            }) {
+                Ok((proc, rx)) if attach => {
+                    return stream_until_exit(&proc, Vec::new(), rx, timeout_ms, out);
                 }
-                Response::Proc { info: proc.info() }
-            }
-            Err(e) => Response::error(e.code(), e.to_string()),
+                Ok((proc, rx)) => {
+                    if let Some(ms) = timeout_ms {
+                        kill_at_deadline(proc.clone(), rx, ms);
+                    }
+                    Response::Proc { info: proc.info() }
+                }
+                Err(e) => Response::error(e.code(), e.to_string()),
+            },
         },
         Request::Exec {
             id,

@@ -220,6 +220,9 @@ async fn a_busy_sandbox_shows_in_its_metrics() {
         .await;
     assert_eq!(s, 200, "{v}");
     let newest = |data: &Value| data["freshness"]["newest_observed_at"].clone();
+    // A sample the sampler took just before the pause may land just after
+    // it: the claim is about the samples after that one.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
     let before = metrics(&d, &id, "metrics=sandbox.memory.usage").await;
     tokio::time::sleep(Duration::from_secs(3)).await;
     let after = metrics(&d, &id, "metrics=sandbox.memory.usage").await;

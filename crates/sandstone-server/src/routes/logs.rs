@@ -6,7 +6,8 @@ use crate::AppState;
 use crate::lifecycle::logs::{self, Line, LogQuery};
 use crate::routes::error::{ApiError, ApiResult, ok};
 use crate::routes::observability::{
-    WATCH_HEARTBEAT, WATCH_POLL, bad, enum_param, limit_param, push_line, time_param, watch_param,
+    WATCH_HEARTBEAT, WATCH_POLL, bad, enum_param, limit_param, push_line, push_quiet, time_param,
+    watch_param,
 };
 use crate::routes::sandboxes::row;
 use axum::body::Body;
@@ -15,7 +16,7 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use sandstone_api::logs::{Cursor, LogEntry, LogPage};
 use sandstone_api::observability::WatchLine;
-use sandstone_api::timefmt::{now_ms, rfc3339_ms};
+use sandstone_api::timefmt::rfc3339_ms;
 use std::collections::HashMap;
 use std::path::PathBuf;
 
@@ -190,22 +191,7 @@ async fn watch(
                 Ok((_, next)) => {
                     w.query.after = Some(next);
                     if w.quiet_since.elapsed() >= WATCH_HEARTBEAT {
-                        if w.st.lifecycle.store.get_sandbox(&w.id).await.is_err() {
-                            w.done = true;
-                            push_line(
-                                &mut out,
-                                &WatchLine::Error {
-                                    error: format!("sandbox {} was deleted", w.id),
-                                },
-                            );
-                        } else {
-                            push_line(
-                                &mut out,
-                                &WatchLine::Heartbeat {
-                                    time: rfc3339_ms(now_ms()),
-                                },
-                            );
-                        }
+                        w.done = push_quiet(&mut out, &w.st, &w.id).await;
                     }
                 }
                 Err(e) => {

@@ -381,22 +381,7 @@ fn watch(st: AppState, id: String, filter: Filter, render: Renderer) -> Response
                     );
                 }
                 Ok(_) if w.quiet_since.elapsed() >= WATCH_HEARTBEAT => {
-                    if w.st.lifecycle.store.get_sandbox(&w.id).await.is_err() {
-                        w.done = true;
-                        push_line(
-                            &mut out,
-                            &WatchLine::Error {
-                                error: format!("sandbox {} was deleted", w.id),
-                            },
-                        );
-                    } else {
-                        push_line(
-                            &mut out,
-                            &WatchLine::Heartbeat {
-                                time: rfc3339_ms(now_ms()),
-                            },
-                        );
-                    }
+                    w.done = push_quiet(&mut out, &w.st, &w.id).await;
                 }
                 Ok(_) => {}
                 Err(e) => {
@@ -421,6 +406,19 @@ fn watch(st: AppState, id: String, filter: Filter, render: Renderer) -> Response
         Body::from_stream(lines),
     )
         .into_response()
+}
+
+/// What a watch that has been quiet says: a heartbeat, or, once the
+/// sandbox is gone, an error line. True when the watch is over.
+pub(crate) async fn push_quiet(out: &mut String, st: &AppState, id: &str) -> bool {
+    if st.lifecycle.store.get_sandbox(id).await.is_err() {
+        let error = format!("sandbox {id} was deleted");
+        push_line(out, &WatchLine::Error { error });
+        return true;
+    }
+    let time = rfc3339_ms(now_ms());
+    push_line(out, &WatchLine::Heartbeat { time });
+    false
 }
 
 pub(crate) fn push_line(out: &mut String, line: &WatchLine) {
