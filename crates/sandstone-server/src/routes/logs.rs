@@ -6,14 +6,12 @@ use crate::AppState;
 use crate::lifecycle::logs::{self, Line, LogQuery};
 use crate::routes::error::{ApiError, ApiResult, ok};
 use crate::routes::observability::{
-    WATCH_HEARTBEAT, WATCH_POLL, bad, enum_param, limit_param, push_line, push_quiet, time_param,
-    watch_param,
+    WatchSource, bad, enum_param, limit_param, push_line, time_param, watch_param, watch_stream,
 };
 use crate::routes::sandboxes::row;
-use axum::body::Body;
 use axum::extract::{Path, Query, State};
-use axum::http::{StatusCode, header};
-use axum::response::{IntoResponse, Response};
+use axum::http::StatusCode;
+use axum::response::Response;
 use sandstone_api::logs::{Cursor, LogEntry, LogPage};
 use sandstone_api::observability::WatchLine;
 use sandstone_api::timefmt::rfc3339_ms;
@@ -131,10 +129,43 @@ pub async fn logs(
     ))
 }
 
-/// `watch=true`: NDJSON lines, each batch of entries followed by a
-/// watermark to resume from (`cursor=`), a heartbeat when quiet, and an
-/// error line (then the end) once the sandbox is gone. From now, unless a
-/// cursor or `start_time` says where.
+/// The log a `watch=true` stream follows: each batch of entries, then a
+/// watermark to resume from (`cursor=`).
+struct LogWatch {
+    dir: PathBuf,
+    query: LogQuery,
+    names: Names,
+}
+
+impl WatchSource for LogWatch {
+    async fn lines(&mut self) -> Result<String, String> {
+        let (lines, next) = read(self.dir.clone(), self.query.clone())
+            .await
+            .map_err(|e| format!("reading the log failed: {}", e.message))?;
+        self.query.after = Some(next);
+        let mut out = String::new();
+        if lines.is_empty() {
+            return Ok(out);
+        }
+        for l in lines {
+            let data = Box::new(self.names.entry(l));
+            push_line(&mut out, &WatchLine::Log { data });
+        }
+        // Once caught up, the position is what counts.
+        self.query.start_ms = None;
+        let cursor = next.to_string();
+        push_line(
+            &mut out,
+            &WatchLine::Watermark {
+                watermark: cursor.clone(),
+                cursor,
+            },
+        );
+        Ok(out)
+    }
+}
+
+/// `watch=true`: from now, unless a cursor or `start_time` says where.
 async fn watch(
     st: AppState,
     id: String,
@@ -146,74 +177,5 @@ async fn watch(
         let d = dir.clone();
         query.after = Some(blocking(move || logs::end(&d)).await?);
     }
-    struct Watch {
-        st: AppState,
-        id: String,
-        dir: PathBuf,
-        query: LogQuery,
-        names: Names,
-        quiet_since: tokio::time::Instant,
-        done: bool,
-    }
-    let state = Watch {
-        st,
-        id,
-        dir,
-        query,
-        names,
-        quiet_since: tokio::time::Instant::now(),
-        done: false,
-    };
-    let lines = futures_util::stream::unfold(state, |mut w| async move {
-        if w.done {
-            return None;
-        }
-        loop {
-            let mut out = String::new();
-            match read(w.dir.clone(), w.query.clone()).await {
-                Ok((lines, next)) if !lines.is_empty() => {
-                    for l in lines {
-                        let data = Box::new(w.names.entry(l));
-                        push_line(&mut out, &WatchLine::Log { data });
-                    }
-                    w.query.after = Some(next);
-                    // Once caught up, the position is what counts.
-                    w.query.start_ms = None;
-                    let cursor = next.to_string();
-                    push_line(
-                        &mut out,
-                        &WatchLine::Watermark {
-                            watermark: cursor.clone(),
-                            cursor,
-                        },
-                    );
-                }
-                Ok((_, next)) => {
-                    w.query.after = Some(next);
-                    if w.quiet_since.elapsed() >= WATCH_HEARTBEAT {
-                        w.done = push_quiet(&mut out, &w.st, &w.id).await;
-                    }
-                }
-                Err(e) => {
-                    w.done = true;
-                    push_line(
-                        &mut out,
-                        &WatchLine::Error {
-                            error: format!("reading the log failed: {}", e.message),
-                        },
-                    );
-                }
-            }
-            if !out.is_empty() {
-                w.quiet_since = tokio::time::Instant::now();
-                return Some((Ok::<_, std::convert::Infallible>(out), w));
-            }
-            tokio::time::sleep(WATCH_POLL).await;
-        }
-    });
-    Ok((
-        [(header::CONTENT_TYPE, "application/x-ndjson")],
-        Body::from_stream(lines),
-    )
-        .into_response())
+    Ok(watch_stream(st, id, LogWatch { dir, query, names }))
 }

@@ -316,86 +316,39 @@ pub async fn events(
     ))
 }
 
-/// `watch=true`: NDJSON lines, each batch of events followed by a
-/// watermark to resume from, a heartbeat when quiet, and an error line
-/// (then the end) once the sandbox is gone. Runs until the client leaves.
-fn watch(st: AppState, id: String, filter: Filter, render: Renderer) -> Response {
-    struct Watch {
-        st: AppState,
-        id: String,
-        filter: Filter,
-        render: Renderer,
-        after: i64,
-        since: i64,
-        quiet_since: tokio::time::Instant,
-        done: bool,
-    }
-    let since = match &filter.query {
-        Some(q) if !filter.from_now => q.since_ms,
-        _ => now_ms(),
-    };
-    let after = filter.query.as_ref().map_or(0, |q| q.after_seq);
-    let state = Watch {
-        st,
-        id,
-        filter,
-        render,
-        after,
-        since,
-        quiet_since: tokio::time::Instant::now(),
-        done: false,
-    };
+/// What a `watch=true` stream follows: each call says what is new.
+pub(crate) trait WatchSource: Send + 'static {
+    /// The NDJSON lines of what came since the last call (empty: nothing
+    /// yet), or why the watch must end.
+    fn lines(&mut self) -> impl std::future::Future<Output = Result<String, String>> + Send;
+}
+
+/// Serves a `watch=true` stream of `source`: what it adds as it comes
+/// (polled every [`WATCH_POLL`] while it has nothing), a heartbeat when
+/// quiet for [`WATCH_HEARTBEAT`], and an error line, then the end, when it
+/// fails or sandbox `id` is gone. Runs until the client leaves.
+pub(crate) fn watch_stream(st: AppState, id: String, source: impl WatchSource) -> Response {
+    let state = (st, id, source, tokio::time::Instant::now(), false);
     let lines = futures_util::stream::unfold(state, |mut w| async move {
-        if w.done {
+        let (st, id, source, quiet_since, done) = &mut w;
+        if *done {
             return None;
         }
         loop {
-            let batch = match &w.filter.query {
-                Some(q) => {
-                    let q = AuditQuery {
-                        after_seq: w.after,
-                        since_ms: w.since,
-                        ..q.clone()
-                    };
-                    w.st.lifecycle.store.list_audit(&w.id, &q).await
+            let mut out = match source.lines().await {
+                Ok(out) => out,
+                Err(error) => {
+                    *done = true;
+                    let mut out = String::new();
+                    push_line(&mut out, &WatchLine::Error { error });
+                    out
                 }
-                None => Ok(Vec::new()),
             };
-            let mut out = String::new();
-            match batch {
-                Ok(rows) if !rows.is_empty() => {
-                    for (seq, record) in rows {
-                        w.after = seq;
-                        let e = w.render.event(seq, record);
-                        if w.filter.admits(&e) {
-                            push_line(&mut out, &WatchLine::Event { data: Box::new(e) });
-                        }
-                    }
-                    let cursor = w.after.to_string();
-                    push_line(
-                        &mut out,
-                        &WatchLine::Watermark {
-                            watermark: cursor.clone(),
-                            cursor,
-                        },
-                    );
-                }
-                Ok(_) if w.quiet_since.elapsed() >= WATCH_HEARTBEAT => {
-                    w.done = push_quiet(&mut out, &w.st, &w.id).await;
-                }
-                Ok(_) => {}
-                Err(e) => {
-                    w.done = true;
-                    push_line(
-                        &mut out,
-                        &WatchLine::Error {
-                            error: format!("reading the audit failed: {e}"),
-                        },
-                    );
-                }
+            if out.is_empty() && quiet_since.elapsed() >= WATCH_HEARTBEAT {
+                *done = push_quiet(&mut out, st, id).await;
             }
             if !out.is_empty() {
-                w.quiet_since = tokio::time::Instant::now();
+                *quiet_since = tokio::time::Instant::now();
                 return Some((Ok::<_, std::convert::Infallible>(out), w));
             }
             tokio::time::sleep(WATCH_POLL).await;
@@ -408,9 +361,77 @@ fn watch(st: AppState, id: String, filter: Filter, render: Renderer) -> Response
         .into_response()
 }
 
+/// The audit records a watch follows: each batch of events, then a
+/// watermark to resume from.
+struct AuditWatch {
+    st: AppState,
+    id: String,
+    filter: Filter,
+    render: Renderer,
+    after: i64,
+    since: i64,
+}
+
+impl WatchSource for AuditWatch {
+    async fn lines(&mut self) -> Result<String, String> {
+        let Some(q) = &self.filter.query else {
+            return Ok(String::new());
+        };
+        let q = AuditQuery {
+            after_seq: self.after,
+            since_ms: self.since,
+            ..q.clone()
+        };
+        let rows = self
+            .st
+            .lifecycle
+            .store
+            .list_audit(&self.id, &q)
+            .await
+            .map_err(|e| format!("reading the audit failed: {e}"))?;
+        let mut out = String::new();
+        if rows.is_empty() {
+            return Ok(out);
+        }
+        for (seq, record) in rows {
+            self.after = seq;
+            let e = self.render.event(seq, record);
+            if self.filter.admits(&e) {
+                push_line(&mut out, &WatchLine::Event { data: Box::new(e) });
+            }
+        }
+        let cursor = self.after.to_string();
+        push_line(
+            &mut out,
+            &WatchLine::Watermark {
+                watermark: cursor.clone(),
+                cursor,
+            },
+        );
+        Ok(out)
+    }
+}
+
+fn watch(st: AppState, id: String, filter: Filter, render: Renderer) -> Response {
+    let since = match &filter.query {
+        Some(q) if !filter.from_now => q.since_ms,
+        _ => now_ms(),
+    };
+    let after = filter.query.as_ref().map_or(0, |q| q.after_seq);
+    let source = AuditWatch {
+        st: st.clone(),
+        id: id.clone(),
+        filter,
+        render,
+        after,
+        since,
+    };
+    watch_stream(st, id, source)
+}
+
 /// What a watch that has been quiet says: a heartbeat, or, once the
 /// sandbox is gone, an error line. True when the watch is over.
-pub(crate) async fn push_quiet(out: &mut String, st: &AppState, id: &str) -> bool {
+async fn push_quiet(out: &mut String, st: &AppState, id: &str) -> bool {
     if st.lifecycle.store.get_sandbox(id).await.is_err() {
         let error = format!("sandbox {id} was deleted");
         push_line(out, &WatchLine::Error { error });
