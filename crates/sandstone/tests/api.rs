@@ -312,6 +312,9 @@ async fn bad_input_gets_4xx_naming_the_field() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn failed_creates_leave_nothing_behind() {
+    // One data directory, the daemon restarted at each fault point: each
+    // failure must leave nothing the next run could trip over either.
+    let mut d = Daemon::start().await;
     for point in [
         "create.after_storage",
         "create.after_cgroup",
@@ -321,7 +324,9 @@ async fn failed_creates_leave_nothing_behind() {
         "rootfs.before_pivot",
         "create.after_launch",
     ] {
-        let d = Daemon::start_with_faults(point).await;
+        d.stop();
+        d.faults = point.into();
+        d.spawn().await;
         let (s, v) = d
             .post("/api/v1/sandboxes", json!({"template": "host"}))
             .await;

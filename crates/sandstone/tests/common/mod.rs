@@ -75,7 +75,8 @@ pub struct Daemon {
     /// the data dir.
     pub db: Option<sandstone_db::testing::TestDatabase>,
     port: u16,
-    faults: String,
+    /// `SANDSTONE_FAULTS` for the next [`Daemon::spawn`].
+    pub faults: String,
     pub http: reqwest::Client,
     /// Extra environment of the next [`Daemon::spawn`].
     pub env: Vec<(String, String)>,
@@ -107,10 +108,6 @@ impl Daemon {
     /// A daemon on the plain-directory pool.
     pub async fn start_dir() -> Daemon {
         Self::start_with(&["--no-pool"], "").await
-    }
-
-    pub async fn start_with_faults(faults: &str) -> Daemon {
-        Self::start_with(&["--pool-gib", "4"], faults).await
     }
 
     /// A daemon after `sandstone setup` with `setup`'s flags.
@@ -146,7 +143,8 @@ impl Daemon {
             warm_pool: 0,
             serve_args: Vec::new(),
             default_network: false,
-            log_level: "warn".into(),
+            // Info, so a daemon that fails to come up shows how far it got.
+            log_level: "info".into(),
             data_dir_arg: None,
             inherited_fds: Vec::new(),
             child: None,
@@ -234,9 +232,11 @@ impl Daemon {
                 .as_mut()
                 .and_then(|c| c.try_wait().ok().flatten());
             if exited.is_some() || Instant::now() >= deadline {
+                let pid = self.child.as_ref().map(|c| c.id()).unwrap_or_default();
                 panic!(
-                    "daemon did not come up ({exited:?}); its log:\n{}",
-                    self.log()
+                    "daemon did not come up ({exited:?}); its log:\n{}\nwhere it waits:\n{}",
+                    self.log(),
+                    kernel_stacks(pid)
                 );
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
@@ -484,6 +484,39 @@ impl Daemon {
             })
             .unwrap_or_default()
     }
+}
+
+/// Where a process and its descendants wait, thread by thread (their
+/// kernel stacks): what a test shows when a daemon does not come up.
+fn kernel_stacks(pid: u32) -> String {
+    let mut out = String::new();
+    let mut pending = vec![pid];
+    while let Some(pid) = pending.pop() {
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        out += &format!(
+            "process {pid}: {}\n",
+            String::from_utf8_lossy(&cmdline).replace('\0', " ")
+        );
+        let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+            continue;
+        };
+        for task in tasks.flatten() {
+            let at = task.path();
+            let read = |f: &str| std::fs::read_to_string(at.join(f)).unwrap_or_default();
+            out += &format!(
+                "  thread {} ({}):\n{}",
+                task.file_name().to_string_lossy(),
+                read("comm").trim(),
+                read("stack")
+            );
+            pending.extend(
+                read("children")
+                    .split_whitespace()
+                    .filter_map(|c| c.parse::<u32>().ok()),
+            );
+        }
+    }
+    out
 }
 
 fn entries(dir: &Path) -> Vec<String> {
