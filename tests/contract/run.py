@@ -168,8 +168,13 @@ with tempfile.TemporaryDirectory() as tmp:
         "--no-color",
         "--output-truncate", "false",
     ]
+    # An event stream follows until the client leaves, and the checks read
+    # whole bodies: the SDK test covers it.
+    following = {"GET /api/v1/sandboxes/{id}/sessions/{session_id}/events/stream"}
+    assert following <= set(implemented), following
     for name in implemented:
-        cmd += ["--include-name", name]
+        if name not in following:
+            cmd += ["--include-name", name]
     env = dict(os.environ, SCHEMATHESIS_HOOKS="hooks", PYTHONPATH=str(HERE))
     run = subprocess.run(cmd, cwd=tmp, env=env)
 print(f"contract: schemathesis exited {run.returncode}")

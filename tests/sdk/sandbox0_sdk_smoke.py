@@ -271,6 +271,70 @@ assert not resumed.paused, resumed
 assert sandbox.read_file("/workspace/a.txt") == b"hello sdk"
 client.sandboxes.delete_rootfs_snapshot(snap.id)
 
+# Execution sessions: a pty session followed as server-sent events, then
+# attached over a WebSocket that resizes it, types into it and signals it.
+import base64
+import signal as _signal
+
+def _expire(*_):
+    raise TimeoutError("no answer from the session in time")
+_signal.signal(_signal.SIGALRM, _expire)
+from sandbox0.sandbox_sessions import SessionEventStreamOptions, SessionWebSocketOptions
+from sandbox0.apispec.models.execution_session_input_request import ExecutionSessionInputRequest
+from sandbox0.apispec.models.execution_session_spec import ExecutionSessionSpec
+from sandbox0.apispec.models.execution_session_terminal_resize_request import ExecutionSessionTerminalResizeRequest
+from sandbox0.apispec.models.execution_session_web_socket_input import ExecutionSessionWebSocketInput
+from sandbox0.apispec.models.execution_session_web_socket_resize import ExecutionSessionWebSocketResize
+from sandbox0.apispec.models.execution_session_web_socket_signal import ExecutionSessionWebSocketSignal
+ses = sandbox.create_session(ExecutionSessionSpec.from_dict({
+    "command": ["sh", "-c", 'echo "term=$TERM"; stty size; while read l; do echo "got:$l"; stty size; done'],
+    "io": {"mode": "pty", "terminal": {"rows": 30, "cols": 100}},
+}))
+_signal.alarm(20)
+seen, last = b"", None
+with sandbox.watch_session_events(ses.id) as stream:
+    for e in stream.iter_events():
+        assert e.session_id == ses.id and e.stream == "pty", e
+        seen += base64.b64decode(e.data_base64)
+        last = e.seq
+        if b"30 100" in seen:
+            break
+assert b"term=xterm-256color" in seen, seen
+# Resumed after the last event seen: nothing already read comes again.
+with sandbox.watch_session_events(ses.id, SessionEventStreamOptions(last_event_id=str(last))) as stream:
+    sandbox.resize_session_terminal(ses.id, ExecutionSessionTerminalResizeRequest(rows=35, cols=90))
+    sandbox.write_session_input(ses.id, ExecutionSessionInputRequest(input_id="in-1", data_base64=base64.b64encode(b"one\n").decode()))
+    again = b""
+    for e in stream.iter_events():
+        assert e.seq > last, (e.seq, last)
+        again += base64.b64decode(e.data_base64)
+        if b"35 90" in again:
+            break
+assert b"got:one" in again and b"30 100" not in again, again
+with sandbox.connect_session(ses.id, SessionWebSocketOptions(after=last)) as conn:
+    conn.send(ExecutionSessionWebSocketResize.from_dict({"type": "resize", "rows": 40, "cols": 120, "request_id": "r1"}))
+    conn.send(ExecutionSessionWebSocketInput.from_dict({"type": "input", "input_id": "in-2", "data_base64": base64.b64encode(b"two\n").decode(), "request_id": "r2"}))
+    conn.send(ExecutionSessionWebSocketSignal.from_dict({"type": "signal", "signal": "KILL", "expected_attempt_id": "not-this-one", "request_id": "r3"}))
+    acks, errors, out = set(), {}, b""
+    for m in conn.iter_messages():
+        if m.type == "ack":
+            acks.add(m.request_id)
+        elif m.type == "error":
+            errors[m.request_id] = m.error
+        elif m.event.data_base64:
+            out += base64.b64decode(m.event.data_base64)
+        if {"r1", "r2"} <= acks and "r3" in errors and b"40 120" in out:
+            break
+    assert b"got:one" in out and b"got:two" in out, out
+    assert "current attempt" in errors["r3"], errors
+    conn.send(ExecutionSessionWebSocketSignal.from_dict({"type": "signal", "signal": "KILL", "request_id": "r4"}))
+    for m in conn.iter_messages():
+        if m.type == "event" and m.event.type_ == "exit":
+            break
+_signal.alarm(0)
+sandbox.delete_session(ses.id)
+assert sandbox.list_sessions() == []
+
 child = client.sandboxes.fork(sandbox.id)
 assert child.source_sandbox_id == sandbox.id, child
 client.sandboxes.delete(child.sandbox.id)

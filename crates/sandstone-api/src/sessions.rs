@@ -32,8 +32,42 @@ pub struct ExecutionSessionSpec {
 pub struct IoSpec {
     #[serde(default)]
     pub mode: IoMode,
+    /// The terminal a `pty` session starts with.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub terminal: Option<serde_json::Value>,
+    pub terminal: Option<TerminalSpec>,
+}
+
+/// Sandbox0's `ExecutionSessionTerminalSpec`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TerminalSpec {
+    #[serde(default = "defaults::rows")]
+    pub rows: u32,
+    #[serde(default = "defaults::cols")]
+    pub cols: u32,
+    /// `TERM` in the session's environment.
+    #[serde(default = "defaults::term")]
+    pub term: String,
+}
+
+impl Default for TerminalSpec {
+    fn default() -> Self {
+        TerminalSpec {
+            rows: defaults::rows(),
+            cols: defaults::cols(),
+            term: defaults::term(),
+        }
+    }
+}
+
+/// Checks a terminal size; the error names `field`'s parts.
+fn check_size(field: &str, rows: u32, cols: u32) -> Result<(), String> {
+    for (part, n) in [("rows", rows), ("cols", cols)] {
+        if !(1..=65535).contains(&n) {
+            return Err(format!("invalid field `{field}{part}`: 1 to 65535"));
+        }
+    }
+    Ok(())
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -112,6 +146,15 @@ mod defaults {
     pub fn max_backoff_ms() -> u32 {
         5000
     }
+    pub fn rows() -> u32 {
+        24
+    }
+    pub fn cols() -> u32 {
+        80
+    }
+    pub fn term() -> String {
+        "xterm-256color".into()
+    }
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -155,6 +198,12 @@ pub enum ReadinessKind {
 }
 
 impl ExecutionSessionSpec {
+    /// The terminal the session runs on, when it runs on one.
+    pub fn terminal(&self) -> Option<TerminalSpec> {
+        let io = self.io.as_ref().filter(|io| io.mode == IoMode::Pty)?;
+        Some(io.terminal.clone().unwrap_or_default())
+    }
+
     /// Refuses what is malformed or not supported yet; the error names
     /// the field.
     pub fn check(&self) -> Result<(), String> {
@@ -175,8 +224,24 @@ impl ExecutionSessionSpec {
         if self.cwd.as_deref().is_some_and(|c| !c.starts_with('/')) {
             return bad("cwd", "an absolute path is required");
         }
-        if self.io.as_ref().is_some_and(|io| io.mode == IoMode::Pty) {
-            return bad("io.mode", "pty sessions are not supported by Sandstone yet");
+        if let Some(io) = &self.io
+            && let Some(t) = &io.terminal
+        {
+            if io.mode != IoMode::Pty {
+                return bad("io.terminal", "only for `io.mode` pty");
+            }
+            check_size("io.terminal.", t.rows, t.cols)?;
+            let term_ok = !t.term.is_empty()
+                && t.term.len() <= 64
+                && t.term
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"._+-".contains(&b));
+            if !term_ok {
+                return bad(
+                    "io.terminal.term",
+                    "1 to 64 letters, digits, `.`, `_`, `+` or `-`",
+                );
+            }
         }
         if self
             .readiness
@@ -307,6 +372,68 @@ pub struct SignalRequest {
     pub expected_attempt_id: Option<String>,
 }
 
+/// `PUT .../terminal`: Sandbox0's `ExecutionSessionTerminalResizeRequest`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ResizeRequest {
+    pub rows: u32,
+    pub cols: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expected_attempt_id: Option<String>,
+}
+
+impl ResizeRequest {
+    pub fn check(&self) -> Result<(), String> {
+        check_size("", self.rows, self.cols)
+    }
+}
+
+/// What a client sends on `.../ws` (Sandbox0's
+/// `ExecutionSessionWebSocketRequest`): the REST calls' bodies, tagged.
+/// (Flattened, they cannot refuse unknown fields: serde does not carry
+/// `deny_unknown_fields` through `flatten`.)
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(tag = "type", rename_all = "lowercase")]
+pub enum WsRequest {
+    Input {
+        #[serde(default)]
+        request_id: Option<String>,
+        #[serde(flatten)]
+        body: InputRequest,
+    },
+    Signal {
+        #[serde(default)]
+        request_id: Option<String>,
+        #[serde(flatten)]
+        body: SignalRequest,
+    },
+    Resize {
+        #[serde(default)]
+        request_id: Option<String>,
+        #[serde(flatten)]
+        body: ResizeRequest,
+    },
+}
+
+/// What `.../ws` sends (Sandbox0's `ExecutionSessionWebSocketResponse`):
+/// events as they are logged, and an answer to each request.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "type", rename_all = "lowercase")]
+pub enum WsMessage {
+    Event {
+        event: SessionEvent,
+    },
+    Ack {
+        #[serde(skip_serializing_if = "Option::is_none")]
+        request_id: Option<String>,
+    },
+    Error {
+        #[serde(skip_serializing_if = "Option::is_none")]
+        request_id: Option<String>,
+        error: String,
+    },
+}
+
 /// Sandbox0's `ExecutionSessionEvent`: output as it was read, or an exit.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SessionEvent {
@@ -396,8 +523,16 @@ mod tests {
             (json!({"command": []}), "`command`"),
             (json!({"command": ["x"], "cwd": "rel"}), "`cwd`"),
             (
-                json!({"command": ["x"], "io": {"mode": "pty"}}),
-                "`io.mode`",
+                json!({"command": ["x"], "io": {"terminal": {"rows": 5}}}),
+                "`io.terminal`",
+            ),
+            (
+                json!({"command": ["x"], "io": {"mode": "pty", "terminal": {"cols": 0}}}),
+                "`io.terminal.cols`",
+            ),
+            (
+                json!({"command": ["x"], "io": {"mode": "pty", "terminal": {"term": "x;rm"}}}),
+                "`io.terminal.term`",
             ),
             (
                 json!({"command": ["x"], "readiness": {"type": "output", "output": "ok"}}),
@@ -416,8 +551,42 @@ mod tests {
             serde_json::from_value::<ExecutionSessionSpec>(json!({"command": ["x"], "bogus": 1}))
                 .is_err()
         );
+        let pty: ExecutionSessionSpec =
+            serde_json::from_value(json!({"command": ["sh"], "io": {"mode": "pty"}})).unwrap();
+        assert_eq!(pty.check(), Ok(()));
+        assert_eq!(pty.terminal(), Some(TerminalSpec::default()));
+        assert_eq!(s.terminal(), None);
         assert_eq!(signal_number("sigterm"), Some(15));
         assert_eq!(signal_number("9"), Some(9));
         assert_eq!(signal_number("NOPE"), None);
+    }
+
+    #[test]
+    fn websocket_requests_are_the_rest_bodies_tagged() {
+        let r: WsRequest = serde_json::from_value(json!({
+            "type": "input", "request_id": "r1", "input_id": "i1", "data_base64": "aGk="
+        }))
+        .unwrap();
+        assert!(
+            matches!(&r, WsRequest::Input { request_id: Some(id), body } if id == "r1" && body.input_id == "i1")
+        );
+        let r: WsRequest =
+            serde_json::from_value(json!({"type": "resize", "rows": 30, "cols": 100})).unwrap();
+        assert!(matches!(r, WsRequest::Resize { request_id: None, body } if body.rows == 30));
+        for bad in [
+            json!({"type": "resize", "rows": 30}),
+            json!({"type": "signal"}),
+            json!({"type": "nope"}),
+        ] {
+            assert!(
+                serde_json::from_value::<WsRequest>(bad.clone()).is_err(),
+                "{bad}"
+            );
+        }
+        let ack = serde_json::to_value(WsMessage::Ack {
+            request_id: Some("r1".into()),
+        })
+        .unwrap();
+        assert_eq!(ack, json!({"type": "ack", "request_id": "r1"}));
     }
 }

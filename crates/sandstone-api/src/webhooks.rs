@@ -36,6 +36,13 @@ pub enum EventType {
     /// `event_type`).
     #[serde(rename = "file.modified")]
     FileModified,
+    /// A process (a context or an execution session's attempt) exited
+    /// with status 0.
+    #[serde(rename = "process.exited")]
+    ProcessExited,
+    /// A process exited with another status, or was killed by a signal.
+    #[serde(rename = "process.crashed")]
+    ProcessCrashed,
 }
 
 impl EventType {
@@ -47,6 +54,8 @@ impl EventType {
             EventType::Killed => "sandbox.killed",
             EventType::Deleted => "sandbox.deleted",
             EventType::FileModified => "file.modified",
+            EventType::ProcessExited => "process.exited",
+            EventType::ProcessCrashed => "process.crashed",
         }
     }
 }
@@ -60,6 +69,13 @@ pub enum EventPayload {
     File { path: String, event_type: String },
     /// Why the sandbox stopped on its own.
     Killed { reason: String },
+    /// A process's end: its context (or session) id and exit status
+    /// (`null`: killed by a signal), in which runtime generation.
+    Process {
+        process_id: String,
+        exit_code: Option<i32>,
+        runtime_generation: i64,
+    },
     /// The sandbox's state after a lifecycle change, with its runtime
     /// generation while it runs.
     Lifecycle {

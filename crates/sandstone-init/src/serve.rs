@@ -157,13 +157,21 @@ fn dispatch(req: Request, payload: Vec<u8>, out: &mut Out) -> std::io::Result<()
             Ok(()) => Response::Ok,
             Err(e) => io_error(&e),
         }),
-        Request::Resize { id, size } => with_proc(&id, |p| {
-            if p.resize(size) {
-                Response::Ok
-            } else {
-                Response::error(ErrorCode::InvalidArgument, "context has no PTY")
+        Request::Resize { id, size } => {
+            let resized = with_proc(&id, |p| {
+                if p.resize(size) {
+                    Response::Ok
+                } else {
+                    Response::error(ErrorCode::InvalidArgument, "context has no PTY")
+                }
+            });
+            // Outside the process table's lock, as the supervisor takes
+            // its own first.
+            if resized == Response::Ok {
+                supervise::resized(&id, size);
             }
-        }),
+            resized
+        }
         Request::Restart { id } => restart(&id),
         Request::Remove { id } => {
             // First, or the supervisor would start it again.

@@ -112,6 +112,16 @@ fn attempt(id: &str, s: &mut Supervised) -> Result<(), SpawnError> {
     spawned.map(|_| ())
 }
 
+/// A supervised context's terminal was resized: its next attempts start
+/// at the new size.
+pub fn resized(id: &str, size: PtySize) {
+    if let Some(s) = table().get_mut(id)
+        && s.command.pty.is_some()
+    {
+        s.command.pty = Some(size);
+    }
+}
+
 /// Called by a context's pump once its process has exited: decides, by
 /// the policy, whether and when it starts again.
 pub fn exited(id: &str, pid: i32, exit: &ExitInfo) {

@@ -423,7 +423,11 @@ pub fn action(method: &axum::http::Method, path: &str) -> Action {
     if path.starts_with("/api/v1/nodes/") && !read {
         return Action::ManageNodes;
     }
-    if !read {
+    // A context's or session's WebSocket takes input and signals: an
+    // attachment to a process is running commands, whatever its method.
+    let attaches =
+        path.ends_with("/ws") && (path.contains("/contexts/") || path.contains("/sessions/"));
+    if !read || attaches {
         return Action::Write;
     }
     // A file's bytes, a file watch, contexts (their output, their
@@ -474,8 +478,14 @@ mod tests {
             get("/api/v1/sandboxes/sb-1/files/watch"),
             Action::ReadContents
         );
+        for p in [
+            "/api/v1/sandboxes/sb-1/contexts/c1/ws",
+            "/api/v1/sandboxes/sb-1/sessions/ses_1/ws",
+        ] {
+            assert_eq!(get(p), Action::Write, "{p}");
+        }
         assert_eq!(
-            get("/api/v1/sandboxes/sb-1/contexts/c1/ws"),
+            get("/api/v1/sandboxes/sb-1/sessions/ses_1/events/stream"),
             Action::ReadContents
         );
         assert_eq!(get("/api/v1/sandboxes/sb-1/contexts"), Action::ReadContents);

@@ -19,6 +19,7 @@
 
 use crate::initclient;
 use crate::lifecycle::config_of;
+use crate::lifecycle::logs;
 use sandstone_agents::Outbound;
 use sandstone_agents::outbound::{Denied, Guarded, check_url};
 use sandstone_api::Secret;
@@ -43,6 +44,9 @@ const MAX_DELAY: Duration = Duration::from_secs(3600);
 /// The longest the delivery task sleeps without looking again.
 const IDLE: Duration = Duration::from_secs(1);
 /// How long finished deliveries stay listed.
+/// How long a quiet watch of a sandbox's exits waits before it looks
+/// again (a write to the log wakes it sooner).
+const EXIT_POLL: Duration = Duration::from_secs(1);
 const KEEP_FINISHED: Duration = Duration::from_secs(7 * 24 * 3600);
 
 #[derive(Debug, thiserror::Error)]
@@ -82,12 +86,26 @@ impl Default for Settings {
 /// What happened to a sandbox, with what its event carries.
 #[derive(Debug, Clone)]
 pub enum Happened {
-    Ready { generation: i64 },
+    Ready {
+        generation: i64,
+    },
     Paused,
-    Resumed { generation: i64 },
-    Killed { reason: String },
+    Resumed {
+        generation: i64,
+    },
+    Killed {
+        reason: String,
+    },
     Deleted,
-    FileChanged { event: String, path: String },
+    FileChanged {
+        event: String,
+        path: String,
+    },
+    ProcessEnded {
+        process_id: String,
+        exit_code: Option<i32>,
+        generation: i64,
+    },
 }
 
 impl Happened {
@@ -106,6 +124,22 @@ impl Happened {
             }
             Happened::Killed { reason } => (EventType::Killed, EventPayload::Killed { reason }),
             Happened::Deleted => (EventType::Deleted, lifecycle("deleted", None)),
+            Happened::ProcessEnded {
+                process_id,
+                exit_code,
+                generation,
+            } => (
+                if exit_code == Some(0) {
+                    EventType::ProcessExited
+                } else {
+                    EventType::ProcessCrashed
+                },
+                EventPayload::Process {
+                    process_id,
+                    exit_code,
+                    runtime_generation: generation,
+                },
+            ),
             Happened::FileChanged { event, path } => (
                 EventType::FileModified,
                 EventPayload::File {
@@ -115,6 +149,22 @@ impl Happened {
             ),
         }
     }
+}
+
+/// Where a watch of exits starts: the place kept by the last watch of
+/// this sandbox, else the log's last record (exits from now on).
+async fn start_of_exits(dir: &std::path::Path, saved: &std::path::Path) -> std::io::Result<i64> {
+    let (dir, saved) = (dir.to_path_buf(), saved.to_path_buf());
+    logs::run(move || {
+        let kept = std::fs::read_to_string(&saved)
+            .ok()
+            .and_then(|t| t.trim().parse::<i64>().ok());
+        match kept {
+            Some(p) if logs::is_record_position(&dir, p)? => Ok(p),
+            _ => logs::last_position(&dir),
+        }
+    })
+    .await
 }
 
 /// Checks a claim's `config.webhook`; the message names the field.
@@ -498,6 +548,94 @@ impl Webhooks {
                 hooks
                     .emit(&row, Happened::FileChanged { event, path })
                     .await;
+            }
+        });
+    }
+
+    /// Emits a `process.exited` or `process.crashed` event for each exit
+    /// PID 1 logs in sandbox `id`, from now until its init (`init`, a
+    /// pidfd) dies or the runtime is paused. The place reached is kept in
+    /// the volume (`webhook-exits.pos`), so exits logged while the daemon
+    /// was down are reported once it is back.
+    pub fn watch_exits(
+        self: &Arc<Self>,
+        store: Arc<dyn Store>,
+        id: String,
+        log_dir: PathBuf,
+        init: Option<Arc<std::os::fd::OwnedFd>>,
+    ) {
+        let hooks = self.clone();
+        tokio::spawn(async move {
+            let has_hook = store
+                .get_sandbox(&id)
+                .await
+                .is_ok_and(|row| config_of(&row).webhook.is_some());
+            // A descriptor of its own: the init watch registers the shared
+            // one, and epoll takes each descriptor once.
+            let Some(Ok(init)) = init.filter(|_| has_hook).map(|fd| fd.try_clone()) else {
+                return;
+            };
+            // SAFETY: the AsyncFd owns the duplicate, so it stays open (and
+            // the same descriptor) for as long as it is registered.
+            let Ok(init) = (unsafe {
+                tokio::io::unix::AsyncFd::register_with_interest(
+                    init,
+                    tokio::io::Interest::READABLE,
+                )
+            }) else {
+                return;
+            };
+            let saved = log_dir.with_file_name("webhook-exits.pos");
+            let mut after = match start_of_exits(&log_dir, &saved).await {
+                Ok(p) => p,
+                Err(e) => {
+                    tracing::warn!(sandbox = %id, error = %e, "process exits not watched");
+                    return;
+                }
+            };
+            let mut waker = logs::Waker::new(&log_dir);
+            let mut ended = false;
+            loop {
+                let dir = log_dir.clone();
+                let read =
+                    logs::run(move || logs::records(&dir, logs::Select::Exits, after, 100)).await;
+                let (exits, next) = match read {
+                    Ok(r) => r,
+                    Err(e) => {
+                        tracing::warn!(sandbox = %id, error = %e, "process exits not read");
+                        return;
+                    }
+                };
+                if !exits.is_empty() {
+                    // Read now: the generation a resume started.
+                    let Ok(row) = store.get_sandbox(&id).await else {
+                        return;
+                    };
+                    for exit in exits {
+                        let exit_code = std::str::from_utf8(&exit.data)
+                            .ok()
+                            .and_then(|t| t.parse().ok());
+                        let what = Happened::ProcessEnded {
+                            process_id: exit.context,
+                            exit_code,
+                            generation: row.generation,
+                        };
+                        hooks.emit(&row, what).await;
+                    }
+                } else if ended {
+                    // Init is gone and the log read once more after it.
+                    return;
+                }
+                if next != after {
+                    after = next;
+                    if let Err(e) = std::fs::write(&saved, after.to_string()) {
+                        tracing::warn!(sandbox = %id, error = %e, "process exit position not kept");
+                    }
+                }
+                tokio::select! {
+                    _ = waker.wait(EXIT_POLL) => {}
+                    _ = init.readable() => ended = true,
+                }
             }
         });
     }

@@ -423,8 +423,8 @@ async fn a_supervised_server_restarts_with_backoff_and_outlives_pauses_and_the_d
     for (body, field) in [
         (json!({"command": []}), "command"),
         (
-            json!({"command": ["sleep", "1"], "io": {"mode": "pty"}}),
-            "io.mode",
+            json!({"command": ["sleep", "1"], "io": {"mode": "pty", "terminal": {"rows": 0}}}),
+            "io.terminal.rows",
         ),
         (
             json!({"command": ["sleep", "1"], "lifecycle": {"restart": {"policy": "sometimes"}}}),
@@ -500,6 +500,46 @@ async fn a_supervised_server_restarts_with_backoff_and_outlives_pauses_and_the_d
     assert_eq!(v["data"]["events"], json!([]), "{v}");
     let (s, _) = d.get(&format!("{sessions}/{sid}/events?after=-1")).await;
     assert_eq!(s, 400);
+    // So is a stream's place, and a terminal for a session without one,
+    // and a signal meant for an attempt that is not the current one.
+    let stream = format!("{}{sessions}/{sid}/events/stream", d.url);
+    let r = d
+        .http
+        .get(&stream)
+        .bearer_auth(&d.token)
+        .header("last-event-id", "nope")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    assert!(r.text().await.unwrap().contains("Last-Event-ID"));
+    let terminal = format!("{sessions}/{sid}/terminal");
+    let (s, v) = d
+        .req(
+            reqwest::Method::PUT,
+            &terminal,
+            Some(json!({"rows": 0, "cols": 80})),
+        )
+        .await;
+    common::assert_names(s, &v, "rows");
+    let (s, v) = d
+        .req(
+            reqwest::Method::PUT,
+            &terminal,
+            Some(json!({"rows": 9, "cols": 80})),
+        )
+        .await;
+    assert!(s == 400 && v.to_string().contains("no PTY"), "{s} {v}");
+    let (s, v) = d
+        .post(
+            &format!("{sessions}/{sid}/signals"),
+            json!({"signal": "KILL", "expected_attempt_id": format!("{sid}.1.1")}),
+        )
+        .await;
+    assert!(
+        s == 409 && v.to_string().contains("current attempt"),
+        "{s} {v}"
+    );
 
     // Input goes to the current attempt's stdin, once per input id.
     let echo = "import sys\nfor l in sys.stdin:\n    print('got', l.strip(), flush=True)";
@@ -507,6 +547,16 @@ async fn a_supervised_server_restarts_with_backoff_and_outlives_pauses_and_the_d
         .post(&sessions, json!({"command": ["python3", "-c", echo]}))
         .await;
     let reader = v["data"]["id"].as_str().unwrap().to_string();
+    // Followed as server-sent events from the start, until it is deleted.
+    let mut follow = d
+        .http
+        .get(format!("{}{sessions}/{reader}/events/stream", d.url))
+        .bearer_auth(&d.token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(follow.status(), 200);
+    assert_eq!(follow.headers()["content-type"], "text/event-stream");
     for duplicate in [false, true] {
         let (s, v) = d
             .post(
@@ -544,6 +594,27 @@ async fn a_supervised_server_restarts_with_backoff_and_outlives_pauses_and_the_d
         .collect();
     assert_eq!(got, ["got hello", "[exited: 0]"], "{v}");
     assert_eq!(d.delete(&format!("{sessions}/{reader}")).await.0, 200);
+    let mut sse = String::new();
+    let ended = tokio::time::timeout(Duration::from_secs(10), async {
+        while let Some(chunk) = follow.chunk().await.unwrap() {
+            sse.push_str(&String::from_utf8_lossy(&chunk));
+        }
+    })
+    .await;
+    assert!(ended.is_ok(), "the stream outlived its session: {sse}");
+    // Each event with its seq as its id; the end says why, as a comment.
+    assert!(
+        sse.contains("\"data_base64\":\"Z290IGhlbGxvCg==\""),
+        "got hello\n: {sse}"
+    );
+    assert!(
+        sse.contains("\"type\":\"exit\",") && sse.contains("\nid: "),
+        "{sse}"
+    );
+    assert!(
+        sse.ends_with(&format!(": error: session {reader} was deleted\n\n")),
+        "{sse}"
+    );
 
     // Stays up: a pause and resume start it again in the new runtime.
     assert_eq!(op(&d, &id, "pause", json!({})).await.0, 200);

@@ -234,7 +234,13 @@ async fn a_busy_sandbox_shows_in_its_metrics() {
             break;
         }
     }
-    assert!(quiet, "points kept coming while paused: {after}");
+    if !quiet {
+        let (_, row) = d.get(&format!("/api/v1/sandboxes/{id}")).await;
+        panic!(
+            "points kept coming while paused: {after}\nthe sandbox: {row}\nthe daemon's log:\n{}",
+            d.log()
+        );
+    }
     assert!(
         values(&after, "sandbox.memory.usage")
             .iter()

@@ -264,6 +264,23 @@ async fn signed_events_reach_the_receiver_and_the_sdk_verifies_them() {
             "{file}"
         );
 
+        // Processes' ends: status 0 is `process.exited`, any other
+        // `process.crashed`, each naming the context.
+        let ok = d.run(&id, &["true"]).await;
+        let failed = d.run(&id, &["sh", "-c", "exit 3"]).await;
+        for (process, event_type, code) in
+            [(&ok, "process.exited", 0), (&failed, "process.crashed", 3)]
+        {
+            let ended = receiver
+                .wait_for(event_type, |e| {
+                    e["event_type"] == event_type && e["payload"]["process_id"] == process["id"]
+                })
+                .await;
+            assert_eq!(ended["payload"]["exit_code"], code, "{ended}");
+            assert_eq!(ended["payload"]["runtime_generation"], 1, "{ended}");
+            assert_eq!(ended["sandbox_id"], id.as_str());
+        }
+
         let (s, v) = d
             .post(&format!("/api/v1/sandboxes/{id}/pause"), json!({}))
             .await;

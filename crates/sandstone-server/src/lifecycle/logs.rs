@@ -295,6 +295,70 @@ pub async fn run<T: Send + 'static>(
         .map_err(std::io::Error::other)?
 }
 
+/// Wakes a follower of a sandbox's log when PID 1 writes to it (inotify
+/// on the log directory), so a stream shows output as it is written
+/// rather than at its next poll. Without a watch (no directory yet, no
+/// inotify) it is a plain wait.
+pub struct Waker {
+    inotify: Option<tokio::io::unix::AsyncFd<std::fs::File>>,
+}
+
+impl Waker {
+    pub fn new(dir: &Path) -> Waker {
+        let watch = || -> std::io::Result<_> {
+            use std::os::fd::AsFd;
+            let fd = sandstone_sys::fs::inotify_init()?;
+            sandstone_sys::fd::set_nonblocking(fd.as_fd())?;
+            let path = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes())
+                .map_err(std::io::Error::other)?;
+            let mask = libc::IN_MODIFY | libc::IN_CREATE | libc::IN_MOVED_TO;
+            sandstone_sys::fs::inotify_add_watch(fd.as_fd(), &path, mask)?;
+            // SAFETY: the AsyncFd owns the File, so the descriptor stays
+            // open (and the same one) for as long as it is registered.
+            unsafe {
+                tokio::io::unix::AsyncFd::register_with_interest(
+                    std::fs::File::from(fd),
+                    tokio::io::Interest::READABLE,
+                )
+            }
+            .map_err(|e| std::io::Error::other(e.to_string()))
+        };
+        Waker {
+            inotify: watch().ok(),
+        }
+    }
+
+    /// Returns once the log changed, or after `at_most` (a change the
+    /// watch cannot see: a directory made later, a follower that fell
+    /// behind).
+    pub async fn wait(&mut self, at_most: std::time::Duration) {
+        let Some(fd) = &self.inotify else {
+            return tokio::time::sleep(at_most).await;
+        };
+        let changed = async {
+            loop {
+                let Ok(mut ready) = fd.readable().await else {
+                    return std::future::pending().await;
+                };
+                // Drained whole: one wake for a burst of writes.
+                let mut buf = [0u8; 4096];
+                let mut any = false;
+                loop {
+                    match ready.try_io(|fd| std::io::Read::read(&mut fd.get_ref(), &mut buf)) {
+                        Ok(Ok(n)) if n > 0 => any = true,
+                        Ok(_) => return std::future::pending().await,
+                        Err(_would_block) => break,
+                    }
+                }
+                if any {
+                    return;
+                }
+            }
+        };
+        let _ = tokio::time::timeout(at_most, changed).await;
+    }
+}
+
 /// A place in the log as one number (segment sequence above, offset
 /// below 32 bits: PID 1 keeps segments under 4 GiB), for APIs whose
 /// cursors are integers.
@@ -316,6 +380,7 @@ pub fn is_record_position(dir: &Path, p: i64) -> std::io::Result<bool> {
 /// One record as written: output bytes as they were read, or an exit.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Record {
+    pub context: String,
     /// [`position`] of the record.
     pub position: i64,
     pub at_ms: i64,
@@ -330,11 +395,47 @@ pub fn retained(dir: &Path) -> std::io::Result<(i64, i64)> {
     Ok((oldest, position(end.seq, end.offset)))
 }
 
-/// Context `context`'s records after `after` (a [`position`]; 0: from the
+/// The [`position`] of the log's last record (0 when it has none): a
+/// reader that starts after it reads what is written from now on.
+pub fn last_position(dir: &Path) -> std::io::Result<i64> {
+    // The newest segments may be empty yet (a runtime that just started).
+    for seq in segments(dir)?.into_iter().rev() {
+        let buf = segment(dir, seq, 0)?;
+        let (mut at, mut last) = (0, None);
+        while let Some(r) = decode(&buf, at) {
+            last = Some(at);
+            at = r.next;
+        }
+        if let Some(at) = last {
+            return Ok(position(seq, at as u64));
+        }
+    }
+    Ok(0)
+}
+
+/// Which records [`records`] reads.
+#[derive(Debug, Clone, Copy)]
+pub enum Select<'a> {
+    /// One context's output and exits.
+    Context(&'a str),
+    /// Every context's exits.
+    Exits,
+}
+
+impl Select<'_> {
+    fn admits(self, context: &str, kind: Kind) -> bool {
+        match self {
+            Select::Context(c) => c == context,
+            Select::Exits => kind == Kind::Exit,
+        }
+    }
+}
+
+/// The `select`ed records after `after` (a [`position`]; 0: from the
 /// start), at most `limit`, and the position to go on from.
 pub fn records(
     dir: &Path,
-    context: &str,
+    select: Select<'_>,
     after: i64,
     limit: usize,
 ) -> std::io::Result<(Vec<Record>, i64)> {
@@ -360,8 +461,9 @@ pub fn records(
                 return Ok((out, next));
             }
             next = position(seq, at as u64);
-            if r.context == context {
+            if select.admits(r.context, r.kind) {
                 out.push(Record {
+                    context: r.context.to_string(),
                     position: next,
                     at_ms: r.at_ms as i64,
                     kind: r.kind,
@@ -400,6 +502,42 @@ mod tests {
 
     fn texts(lines: &[Line]) -> Vec<&str> {
         lines.iter().map(|l| l.text.as_str()).collect()
+    }
+
+    #[test]
+    fn exits_are_read_across_contexts_from_the_last_record_on() {
+        let d = tempfile::tempdir().unwrap();
+        assert_eq!(last_position(d.path()).unwrap(), 0);
+        write(
+            d.path(),
+            1,
+            &[
+                (10, Kind::Stdout, "a", "one\n"),
+                (11, Kind::Exit, "a", "0"),
+                (12, Kind::Exit, "b", "3"),
+            ],
+        );
+        // The newest segment is empty yet: the last record is in the one
+        // before.
+        write(d.path(), 2, &[]);
+        let last = last_position(d.path()).unwrap();
+        let (all, _) = records(d.path(), Select::Exits, 0, 10).unwrap();
+        let seen: Vec<(&str, &[u8])> = all
+            .iter()
+            .map(|r| (r.context.as_str(), r.data.as_slice()))
+            .collect();
+        assert_eq!(seen, [("a", &b"0"[..]), ("b", &b"3"[..])]);
+        assert_eq!(all[1].position, last);
+        assert!(
+            records(d.path(), Select::Exits, last, 10)
+                .unwrap()
+                .0
+                .is_empty()
+        );
+        write(d.path(), 2, &[(20, Kind::Exit, "c", "")]);
+        let (after, _) = records(d.path(), Select::Exits, last, 10).unwrap();
+        assert_eq!(after.len(), 1);
+        assert_eq!((after[0].context.as_str(), after[0].data.len()), ("c", 0));
     }
 
     #[test]

@@ -129,6 +129,7 @@ pub use sandstone_api::random_hex;
 pub use build::BuildSpec;
 pub use checkpoint::{Intent, Takeover};
 pub use error::{Error, Result};
+pub use supervised::SessionFollow;
 
 fn internal(e: impl std::fmt::Display) -> Error {
     Error::internal(e)
@@ -902,6 +903,12 @@ impl Lifecycle {
         }
         self.webhooks
             .watch_files(self.store.clone(), id.to_string(), runtime.socket.clone());
+        self.webhooks.watch_exits(
+            self.store.clone(),
+            id.to_string(),
+            logs::dir(&self.storage.paths(id)),
+            runtime.init.clone(),
+        );
         self.runtimes
             .write()
             .expect("lock poisoned: a holder panicked")

@@ -13,8 +13,8 @@ use crate::initclient::{self, InitError};
 use sandstone_api::logs::{Kind, LogStream};
 use sandstone_api::sessions::{
     Attempt, DesiredState, EventCursor, ExecutionSession, ExecutionSessionSpec, InputRequest,
-    InputResponse, Phase, RestartPolicy, RuntimeRecovery, SessionEvent, SessionEventKind,
-    SessionEventPage,
+    InputResponse, Phase, ResizeRequest, RestartPolicy, RuntimeRecovery, SessionEvent,
+    SessionEventKind, SessionEventPage,
 };
 use sandstone_api::timefmt::{now_ms, rfc3339_ms};
 use sandstone_init::proto::{self, ErrorCode, ProcInfo, ProcKind, Request, Response};
@@ -237,7 +237,7 @@ impl Lifecycle {
             }
             Ok(Some((
                 logs::retained(&dir)?,
-                logs::records(&dir, &context, after, limit)?,
+                logs::records(&dir, logs::Select::Context(&context), after, limit)?,
             )))
         })
         .await
@@ -332,20 +332,93 @@ impl Lifecycle {
         })
     }
 
-    pub async fn signal_session(&self, id: &str, sid: &str, signal: i32) -> Result<()> {
-        let book = load(&self.storage.paths(id))?;
-        if !book.contains_key(sid) {
-            return Err(Error::not_found("session", sid));
-        }
-        let rt = self.runtime(id).ok_or_else(|| {
-            Error::Conflict(format!("sandbox {id} is not running; resume it first"))
-        })?;
+    /// `POST .../signals`: to the current attempt's process group, when
+    /// it is still the attempt the caller expects.
+    pub async fn signal_session(
+        &self,
+        id: &str,
+        sid: &str,
+        signal: i32,
+        expected_attempt: Option<&str>,
+    ) -> Result<()> {
+        let rt = self.expect_attempt(id, sid, expected_attempt).await?;
         let req = Request::Signal {
             id: sid.into(),
             signal,
         };
         initclient::call(&rt.socket, &req, &[]).await?;
         Ok(())
+    }
+
+    /// `PUT .../terminal`: a `pty` session's new size, for its current
+    /// attempt and the ones after it.
+    pub async fn resize_session(&self, id: &str, sid: &str, req: &ResizeRequest) -> Result<()> {
+        req.check().map_err(Error::Invalid)?;
+        let rt = self
+            .expect_attempt(id, sid, req.expected_attempt_id.as_deref())
+            .await?;
+        let req = Request::Resize {
+            id: sid.into(),
+            size: proto::PtySize {
+                rows: req.rows as u16,
+                cols: req.cols as u16,
+            },
+        };
+        initclient::call(&rt.socket, &req, &[]).await?;
+        Ok(())
+    }
+
+    /// The running sandbox of session `sid`, once its current attempt is
+    /// `expected` (when the caller names one): a request meant for an
+    /// attempt since replaced must not reach the next.
+    async fn expect_attempt(&self, id: &str, sid: &str, expected: Option<&str>) -> Result<Runtime> {
+        let session = self.session(id, sid).await?;
+        let rt = self.runtime(id).ok_or_else(|| {
+            Error::Conflict(format!("sandbox {id} is not running; resume it first"))
+        })?;
+        let current = session.attempt.map(|a| a.id).unwrap_or_default();
+        if let Some(want) = expected
+            && want != current
+        {
+            return Err(Error::Conflict(format!(
+                "the current attempt is {current:?}, not {want:?}"
+            )));
+        }
+        Ok(rt)
+    }
+
+    /// Starts following session `sid`'s events after `after` (checked as
+    /// `GET .../events` checks it): what `events/stream` and `ws` read.
+    pub async fn follow_session(&self, id: &str, sid: &str, after: i64) -> Result<SessionFollow> {
+        self.session_events(id, sid, after, 1).await?;
+        let dir = logs::dir(&self.storage.paths(id));
+        Ok(SessionFollow {
+            waker: logs::Waker::new(&dir),
+            id: id.to_string(),
+            sid: sid.to_string(),
+            after,
+            dir,
+        })
+    }
+
+    /// The events logged since `f`'s last read; an error once the session
+    /// or its sandbox is gone.
+    pub async fn session_events_since(&self, f: &mut SessionFollow) -> Result<Vec<SessionEvent>> {
+        let row = self.row(&f.id).await?;
+        if !load(&self.storage.paths(&f.id))?.contains_key(&f.sid) {
+            return Err(Error::Gone(format!("session {} was deleted", f.sid)));
+        }
+        let (dir, sid, after) = (f.dir.clone(), f.sid.clone(), f.after);
+        let (records, next) = logs::run(move || {
+            logs::records(&dir, logs::Select::Context(&sid), after, FOLLOW_BATCH)
+        })
+        .await
+        .map_err(internal)?;
+        f.after = next;
+        Ok(records
+            .into_iter()
+            .map(|r| event(&f.sid, row.generation, r))
+            .collect())
     }
 
     pub async fn delete_session(&self, id: &str, sid: &str) -> Result<()> {
@@ -491,6 +564,30 @@ impl Lifecycle {
     }
 }
 
+/// Records a follower reads at once: a process printing faster than a
+/// client reads is read a bounded piece at a time.
+const FOLLOW_BATCH: usize = 1000;
+
+/// A stream's place in a session's events, and what wakes it when PID 1
+/// logs more.
+pub struct SessionFollow {
+    pub waker: logs::Waker,
+    id: String,
+    sid: String,
+    after: i64,
+    dir: PathBuf,
+}
+
+impl SessionFollow {
+    pub fn sandbox(&self) -> &str {
+        &self.id
+    }
+
+    pub fn session(&self) -> &str {
+        &self.sid
+    }
+}
+
 /// A log record as a session event.
 fn event(sid: &str, generation: i64, r: logs::Record) -> SessionEvent {
     use base64::Engine;
@@ -518,19 +615,28 @@ fn event(sid: &str, generation: i64, r: logs::Record) -> SessionEvent {
 /// Starts (supervised) session `sid` in `rt`.
 async fn start(rt: &Runtime, sid: &str, spec: &ExecutionSessionSpec) -> Result<()> {
     let _ = initclient::call(&rt.socket, &Request::Remove { id: sid.into() }, &[]).await;
+    let terminal = spec.terminal();
+    let mut env: std::collections::BTreeMap<String, String> = rt
+        .env
+        .iter()
+        .chain(&spec.env)
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    if let Some(t) = &terminal {
+        env.entry("TERM".into()).or_insert_with(|| t.term.clone());
+    }
     let req = Request::Spawn {
         id: sid.into(),
         kind: ProcKind::Cmd {
             argv: spec.command.clone(),
         },
         cwd: spec.cwd.clone(),
-        env: rt
-            .env
-            .iter()
-            .chain(&spec.env)
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect(),
-        pty: None,
+        env,
+        // Checked to 1..=65535 by the spec's check.
+        pty: terminal.map(|t| proto::PtySize {
+            rows: t.rows as u16,
+            cols: t.cols as u16,
+        }),
         attach: false,
         timeout_ms: None,
         restart: Some(restart_spec(spec)),

@@ -6,7 +6,8 @@ use crate::AppState;
 use crate::lifecycle::logs::{self, Line, LogQuery};
 use crate::routes::error::{ApiError, ApiResult, ok};
 use crate::routes::observability::{
-    WatchSource, bad, enum_param, limit_param, push_line, time_param, watch_param, watch_stream,
+    WATCH_POLL, WatchSource, bad, enum_param, limit_param, push_line, time_param, watch_param,
+    watch_stream,
 };
 use crate::routes::sandboxes::row;
 use axum::extract::{Path, Query, State};
@@ -135,9 +136,14 @@ struct LogWatch {
     dir: PathBuf,
     query: LogQuery,
     names: Names,
+    waker: logs::Waker,
 }
 
 impl WatchSource for LogWatch {
+    async fn idle(&mut self) {
+        self.waker.wait(WATCH_POLL).await
+    }
+
     async fn lines(&mut self) -> Result<String, String> {
         let (lines, next) = read(self.dir.clone(), self.query.clone())
             .await
@@ -177,5 +183,15 @@ async fn watch(
         let d = dir.clone();
         query.after = Some(blocking(move || logs::end(&d)).await?);
     }
-    Ok(watch_stream(st, id, LogWatch { dir, query, names }))
+    let waker = logs::Waker::new(&dir);
+    Ok(watch_stream(
+        st,
+        id,
+        LogWatch {
+            dir,
+            query,
+            names,
+            waker,
+        },
+    ))
 }

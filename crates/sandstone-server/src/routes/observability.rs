@@ -316,18 +316,67 @@ pub async fn events(
     ))
 }
 
-/// What a `watch=true` stream follows: each call says what is new.
-pub(crate) trait WatchSource: Send + 'static {
-    /// The NDJSON lines of what came since the last call (empty: nothing
-    /// yet), or why the watch must end.
-    fn lines(&mut self) -> impl std::future::Future<Output = Result<String, String>> + Send;
+/// How a followed stream frames what it says besides its source's own
+/// records: a heartbeat and the reason it ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Framing {
+    /// Sandbox0's `watch=true` NDJSON lines (`WatchLine`).
+    Ndjson,
+    /// Server-sent events: every `data:` is a record, so a heartbeat and
+    /// the end's reason are comments.
+    Sse,
 }
 
-/// Serves a `watch=true` stream of `source`: what it adds as it comes
-/// (polled every [`WATCH_POLL`] while it has nothing), a heartbeat when
-/// quiet for [`WATCH_HEARTBEAT`], and an error line, then the end, when it
-/// fails or sandbox `id` is gone. Runs until the client leaves.
-pub(crate) fn watch_stream(st: AppState, id: String, source: impl WatchSource) -> Response {
+impl Framing {
+    fn content_type(self) -> &'static str {
+        match self {
+            Framing::Ndjson => "application/x-ndjson",
+            Framing::Sse => "text/event-stream",
+        }
+    }
+
+    fn push_error(self, out: &mut String, error: String) {
+        match self {
+            Framing::Ndjson => push_line(out, &WatchLine::Error { error }),
+            Framing::Sse => push_comment(out, &format!("error: {error}")),
+        }
+    }
+
+    fn push_heartbeat(self, out: &mut String) {
+        let time = rfc3339_ms(now_ms());
+        match self {
+            Framing::Ndjson => push_line(out, &WatchLine::Heartbeat { time }),
+            Framing::Sse => push_comment(out, &format!("heartbeat {time}")),
+        }
+    }
+}
+
+/// An SSE comment: one line, whatever `text` holds.
+fn push_comment(out: &mut String, text: &str) {
+    out.push_str(": ");
+    out.push_str(&text.replace(['\r', '\n'], " "));
+    out.push_str("\n\n");
+}
+
+/// What a followed stream follows: each call says what is new.
+pub(crate) trait WatchSource: Send + 'static {
+    const FRAMING: Framing = Framing::Ndjson;
+
+    /// The framed records of what came since the last call (empty:
+    /// nothing yet), or why the stream must end.
+    fn lines(&mut self) -> impl std::future::Future<Output = Result<String, String>> + Send;
+
+    /// Waits, when there was nothing new, before the next look.
+    fn idle(&mut self) -> impl std::future::Future<Output = ()> + Send {
+        tokio::time::sleep(WATCH_POLL)
+    }
+}
+
+/// Serves a followed stream of `source`: what it adds as it comes (looked
+/// for again after each [`WatchSource::idle`]), a heartbeat when quiet for
+/// [`WATCH_HEARTBEAT`], and the reason, then the end, when it fails or
+/// sandbox `id` is gone. Runs until the client leaves.
+pub(crate) fn watch_stream<S: WatchSource>(st: AppState, id: String, source: S) -> Response {
     let state = (st, id, source, tokio::time::Instant::now(), false);
     let lines = futures_util::stream::unfold(state, |mut w| async move {
         let (st, id, source, quiet_since, done) = &mut w;
@@ -340,22 +389,25 @@ pub(crate) fn watch_stream(st: AppState, id: String, source: impl WatchSource) -
                 Err(error) => {
                     *done = true;
                     let mut out = String::new();
-                    push_line(&mut out, &WatchLine::Error { error });
+                    S::FRAMING.push_error(&mut out, error);
                     out
                 }
             };
             if out.is_empty() && quiet_since.elapsed() >= WATCH_HEARTBEAT {
-                *done = push_quiet(&mut out, st, id).await;
+                *done = push_quiet(S::FRAMING, &mut out, st, id).await;
             }
             if !out.is_empty() {
                 *quiet_since = tokio::time::Instant::now();
                 return Some((Ok::<_, std::convert::Infallible>(out), w));
             }
-            tokio::time::sleep(WATCH_POLL).await;
+            source.idle().await;
         }
     });
     (
-        [(header::CONTENT_TYPE, "application/x-ndjson")],
+        [
+            (header::CONTENT_TYPE, S::FRAMING.content_type()),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
         Body::from_stream(lines),
     )
         .into_response()
@@ -430,15 +482,13 @@ fn watch(st: AppState, id: String, filter: Filter, render: Renderer) -> Response
 }
 
 /// What a watch that has been quiet says: a heartbeat, or, once the
-/// sandbox is gone, an error line. True when the watch is over.
-async fn push_quiet(out: &mut String, st: &AppState, id: &str) -> bool {
+/// sandbox is gone, why it ends. True when the watch is over.
+async fn push_quiet(framing: Framing, out: &mut String, st: &AppState, id: &str) -> bool {
     if st.lifecycle.store.get_sandbox(id).await.is_err() {
-        let error = format!("sandbox {id} was deleted");
-        push_line(out, &WatchLine::Error { error });
+        framing.push_error(out, format!("sandbox {id} was deleted"));
         return true;
     }
-    let time = rfc3339_ms(now_ms());
-    push_line(out, &WatchLine::Heartbeat { time });
+    framing.push_heartbeat(out);
     false
 }
 
