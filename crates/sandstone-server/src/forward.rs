@@ -193,6 +193,36 @@ fn strip_hop(headers: &mut HeaderMap) {
     }
 }
 
+/// Takes `name` out of the `Connection` header's list, so that a hop
+/// cannot be told to drop a header this node sets.
+pub(crate) fn unname_in_connection(headers: &mut HeaderMap, name: &str) {
+    let values: Vec<String> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .map(str::to_string)
+        .collect();
+    if !values
+        .iter()
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case(name))
+    {
+        return;
+    }
+    headers.remove(header::CONNECTION);
+    let kept: Vec<&str> = values
+        .iter()
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .filter(|t| !t.is_empty() && !t.eq_ignore_ascii_case(name))
+        .collect();
+    if let Ok(v) = HeaderValue::from_str(&kept.join(", "))
+        && !kept.is_empty()
+    {
+        headers.insert(header::CONNECTION, v);
+    }
+}
+
 /// Removes the caller's API key, which stays on the node that checked it.
 fn strip_credentials(headers: &mut HeaderMap) {
     headers.remove(header::AUTHORIZATION);

@@ -634,6 +634,9 @@ pub async fn by_host(State(st): State<crate::AppState>, mut req: Request, next: 
             Some(ip) => h.insert("x-forwarded-for", ip),
             None => h.remove("x-forwarded-for"),
         };
+        // A hop-by-hop name in `Connection` would have the relay drop what
+        // was just set.
+        crate::forward::unname_in_connection(h, "x-forwarded-for");
     }
     if let Some(sandbox) = sandbox.filter(|_| !forwarded)
         && let Ok(crate::cluster::Route::Remote { node, url }) =

@@ -501,6 +501,15 @@ async fn a_sandbox_sees_one_spelling_of_a_path_and_no_internal_header() {
         assert!(h.get(name).is_none(), "{name} reached the server: {h}");
     }
     assert_eq!(h["x-forwarded-for"], "127.0.0.1", "{h}");
+    // Nor can a client have a hop drop it by naming it hop-by-hop.
+    let named = "connection: keep-alive, X-Forwarded-For\r\n";
+    let (s, body) = raw(&d, &request("GET", &host, "/pub/y", named)).await;
+    assert_eq!(s, 200, "{body}");
+    assert_eq!(
+        seen(&body)["headers"]["x-forwarded-for"],
+        "127.0.0.1",
+        "{body}"
+    );
 
     // Another spelling of the protected path is refused, never routed by
     // the unprotected prefix it starts with.
