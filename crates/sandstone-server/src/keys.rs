@@ -24,6 +24,8 @@ use std::time::{Duration, Instant};
 
 /// How long a verification is trusted before the store is read again.
 const CACHE_TTL: Duration = Duration::from_secs(2);
+/// How often an open stream or WebSocket checks its key again.
+const RECHECK: Duration = Duration::from_secs(5);
 /// How often counted uses are written back.
 const USE_FLUSH: Duration = Duration::from_secs(5);
 /// Sandbox0's "never" (Go's zero time).
@@ -146,9 +148,39 @@ impl Keys {
         })
     }
 
-    /// The key `token` is, if it lets a request in now.
+    /// The key `token` is, if it lets a request in now (a use of it).
     pub async fn verify(&self, token: &str) -> Result<ApiKeyRow, KeyError> {
-        let hash = token_hash(token);
+        let key = self.check(token_hash(token)).await?;
+        let now = now_ms();
+        let mut uses = lock(&self.uses);
+        let entry = uses.entry(key.id.clone()).or_insert((now, 0));
+        *entry = (now, entry.1 + 1);
+        Ok(key)
+    }
+
+    /// Resolves once `key` no longer lets requests in (deactivated,
+    /// deleted, expired), looking every [`RECHECK`]; never for a call
+    /// without one (the daemon's own, another node's). What a stream or
+    /// WebSocket it opened ends with.
+    pub async fn revoked(self: Arc<Self>, key: Option<ApiKeyRow>) -> KeyError {
+        let Some(key) = key else {
+            return std::future::pending().await;
+        };
+        loop {
+            tokio::time::sleep(RECHECK).await;
+            match self.check(key.token_hash.clone()).await {
+                Ok(_) | Err(KeyError::Db(_)) => {}
+                Err(e) => {
+                    tracing::warn!(target: "sandstone::audit", key = %key.id, reason = %e,
+                        "open stream ended: its API key no longer lets requests in");
+                    return e;
+                }
+            }
+        }
+    }
+
+    /// The key whose token hashes to `hash`, if it lets a request in now.
+    async fn check(&self, hash: String) -> Result<ApiKeyRow, KeyError> {
         let cached = lock(&self.cache)
             .get(&hash)
             .filter(|c| c.at.elapsed() < CACHE_TTL)
@@ -178,9 +210,6 @@ impl Keys {
         if !key.valid_at(now) {
             return Err(KeyError::Expired(expiry(&key)));
         }
-        let mut uses = lock(&self.uses);
-        let entry = uses.entry(key.id.clone()).or_insert((now, 0));
-        *entry = (now, entry.1 + 1);
         Ok(key)
     }
 

@@ -220,7 +220,23 @@ async fn auth(State(st): State<AppState>, mut req: Request, next: Next) -> Respo
         req.headers_mut().insert(TEAM_HEADER, team);
     }
     req.extensions_mut().insert(caller);
-    next.run(req).await
+    let response = next.run(req).await;
+    // A followed stream outlives the check above: it ends once the key
+    // stops letting requests in.
+    let follows = response
+        .headers()
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|t| {
+            t.starts_with("text/event-stream") || t.starts_with("application/x-ndjson")
+        });
+    if !follows {
+        return response;
+    }
+    let revoked = st.keys.clone().revoked(Some(key));
+    let (parts, body) = response.into_parts();
+    let body = futures_util::StreamExt::take_until(body.into_data_stream(), revoked);
+    Response::from_parts(parts, axum::body::Body::from_stream(body))
 }
 
 /// The daemon's gauges and latencies are the node's; the per-sandbox

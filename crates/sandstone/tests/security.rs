@@ -1565,3 +1565,71 @@ async fn managed_agents_objects_stay_in_their_team() {
         assert!(log.contains(needle), "{needle}: {log}");
     }
 }
+
+/// A stream or WebSocket outlives the check made when it opened: once its
+/// key is deactivated it ends (within the recheck), and says so on record.
+#[tokio::test(flavor = "multi_thread")]
+async fn open_streams_end_when_their_key_is_revoked() {
+    use futures_util::StreamExt;
+    use std::time::Duration;
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let d = Daemon::start().await;
+    let (s, v) = d
+        .post("/api-keys", json!({"name": "dev", "roles": ["developer"]}))
+        .await;
+    assert_eq!(s, 201, "{v}");
+    let key = v["data"]["key"].as_str().unwrap().to_string();
+    let key_id = v["data"]["id"].as_str().unwrap().to_string();
+    let id = d.create(json!({})).await;
+    let (s, v) = d
+        .post(
+            &format!("/api/v1/sandboxes/{id}/contexts"),
+            json!({"type": "cmd", "cmd": {"command": ["sleep", "600"]}}),
+        )
+        .await;
+    assert_eq!(s, 201, "{v}");
+    let ctx = v["data"]["id"].as_str().unwrap();
+
+    let mut watch = d
+        .http
+        .get(format!(
+            "{}/api/v1/sandboxes/{id}/observability/logs?watch=true",
+            d.url
+        ))
+        .bearer_auth(&key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(watch.status(), 200);
+    let url =
+        format!("{}/api/v1/sandboxes/{id}/contexts/{ctx}/ws", d.url).replacen("http", "ws", 1);
+    let mut req = url.into_client_request().unwrap();
+    req.headers_mut()
+        .insert("authorization", format!("Bearer {key}").parse().unwrap());
+    let (mut ws, _) = tokio_tungstenite::connect_async(req).await.unwrap();
+
+    // Both stay open while the key is good.
+    let early = tokio::time::timeout(Duration::from_secs(6), watch.chunk()).await;
+    assert!(early.is_err() || early.unwrap().unwrap().is_some());
+    let (s, v) = d
+        .post(&format!("/api-keys/{key_id}/deactivate"), json!({}))
+        .await;
+    assert_eq!(s, 200, "{v}");
+    let watch_ended = tokio::time::timeout(Duration::from_secs(15), async {
+        while let Ok(Some(_)) = watch.chunk().await {}
+    })
+    .await;
+    assert!(watch_ended.is_ok(), "the log watch outlived its key");
+    let ws_ended = tokio::time::timeout(Duration::from_secs(15), async {
+        while let Some(Ok(_)) = ws.next().await {}
+    })
+    .await;
+    assert!(ws_ended.is_ok(), "the WebSocket outlived its key");
+    let log = d.log();
+    let ended = log
+        .lines()
+        .filter(|l| l.contains("open stream ended") && l.contains(&key_id))
+        .count();
+    assert!(ended >= 2, "{log}");
+    assert!(!log.contains(&key));
+}

@@ -473,6 +473,7 @@ pub async fn resize(
 pub async fn ws(
     State(st): State<AppState>,
     Path((id, ctx)): Path<(String, String)>,
+    axum::Extension(by): axum::Extension<crate::Caller>,
     upgrade: WebSocketUpgrade,
 ) -> ApiResult<Response> {
     let rt = running(&st, &id).await?;
@@ -482,9 +483,9 @@ pub async fn ws(
     conn.send(&Request::Attach { id: ctx.clone() }, &[])
         .await
         .map_err(InitError::Unreachable)?;
-    Ok(upgrade
-        .protocols([sandstone_api::auth::WS_PROTOCOL])
-        .on_upgrade(move |socket| pump_ws(socket, conn, rt, ctx)))
+    Ok(crate::routes::accept_ws(&st, &by, upgrade, move |socket| {
+        pump_ws(socket, conn, rt, ctx)
+    }))
 }
 
 /// Bytes at the end of `b` that begin a UTF-8 character they do not

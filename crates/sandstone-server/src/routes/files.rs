@@ -395,12 +395,13 @@ pub async fn rename(
 pub async fn watch(
     State(st): State<AppState>,
     Path(id): Path<String>,
+    axum::Extension(by): axum::Extension<crate::Caller>,
     upgrade: WebSocketUpgrade,
 ) -> ApiResult<Response> {
     let rt = running(&st, &id).await?;
-    Ok(upgrade
-        .protocols([sandstone_api::auth::WS_PROTOCOL])
-        .on_upgrade(move |socket| watch_ws(socket, rt.socket)))
+    Ok(crate::routes::accept_ws(&st, &by, upgrade, move |socket| {
+        watch_ws(socket, rt.socket)
+    }))
 }
 
 async fn watch_ws(mut socket: WebSocket, init_socket: std::path::PathBuf) {

@@ -17,3 +17,27 @@ pub mod templates;
 pub mod tools;
 pub mod uploads;
 pub mod webhooks;
+
+/// Accepts a WebSocket for `by`: `pump` serves it until it ends, or until
+/// the key that opened it stops letting requests in (a check at the
+/// upgrade is not enough for a connection that lasts).
+pub(crate) fn accept_ws<F, Fut>(
+    st: &crate::AppState,
+    by: &crate::Caller,
+    upgrade: axum::extract::ws::WebSocketUpgrade,
+    pump: F,
+) -> axum::response::Response
+where
+    F: FnOnce(axum::extract::ws::WebSocket) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let revoked = st.keys.clone().revoked(by.key.clone());
+    upgrade
+        .protocols([sandstone_api::auth::WS_PROTOCOL])
+        .on_upgrade(move |socket| async move {
+            tokio::select! {
+                _ = pump(socket) => {}
+                _ = revoked => {}
+            }
+        })
+}

@@ -192,14 +192,16 @@ pub async fn ws(
     State(st): State<AppState>,
     Path((id, sid)): Path<(String, String)>,
     Query(q): Query<HashMap<String, String>>,
+    axum::Extension(by): axum::Extension<crate::Caller>,
     upgrade: WebSocketUpgrade,
 ) -> ApiResult<Response> {
     row(&st, &id).await?;
     let after = after_param(&q, None)?;
     let follow = st.lifecycle.follow_session(&id, &sid, after).await?;
-    Ok(upgrade
-        .protocols([sandstone_api::auth::WS_PROTOCOL])
-        .on_upgrade(move |socket| attach(socket, st.lifecycle.clone(), follow)))
+    let lc = st.lifecycle.clone();
+    Ok(crate::routes::accept_ws(&st, &by, upgrade, move |socket| {
+        attach(socket, lc, follow)
+    }))
 }
 
 async fn attach(mut socket: WebSocket, lc: Arc<Lifecycle>, mut follow: SessionFollow) {
