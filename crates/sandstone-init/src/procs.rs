@@ -83,6 +83,11 @@ pub struct Proc {
     pub pty_size: Option<PtySize>,
     pub created_at: u64,
     pub pid: i32,
+    /// A pidfd of the process, opened before the reaper can collect it:
+    /// signals name its group through it, so one sent after the exit (a
+    /// supervised context in backoff, say) reaches what is left of that
+    /// group or nothing, never a newcomer that took the number.
+    pidfd: Option<OwnedFd>,
     /// Where input goes: the stdin pipe or the PTY master.
     input: Mutex<Option<File>>,
     /// The PTY master, for resize.
@@ -415,6 +420,9 @@ pub fn spawn(req: SpawnRequest) -> Result<(Arc<Proc>, Receiver<Event>), SpawnErr
             pty_size: req.pty,
             created_at: now_ms(),
             pid,
+            // Still under SPAWN_LOCK, which the reaper takes to collect:
+            // the child cannot have been reaped, so the pid is still its.
+            pidfd: process::pidfd_open(Pid::from_raw(pid)).ok(),
             input: Mutex::new(Some(input)),
             pty: pty_master,
             code: Mutex::new(code_w.map(|(w, _keep)| w)),
@@ -714,8 +722,14 @@ impl Proc {
     }
 
     pub fn signal(&self, sig: i32) -> std::io::Result<()> {
-        let pid = Pid::from_raw(self.pid);
-        process::kill_group(pid, sig).or_else(|_| process::kill(pid, sig))
+        match &self.pidfd {
+            Some(fd) => process::signal_group_of(fd.as_fd(), sig),
+            // No pidfd (out of descriptors at the spawn): by number.
+            None => {
+                let pid = Pid::from_raw(self.pid);
+                process::kill_group(pid, sig).or_else(|_| process::kill(pid, sig))
+            }
+        }
     }
 
     pub fn kill(&self) {

@@ -176,6 +176,29 @@ pub fn pidfd_open(pid: Pid) -> io::Result<OwnedFd> {
     owned(unsafe { libc::syscall(libc::SYS_pidfd_open, pid.0, 0) })
 }
 
+/// `pidfd_send_signal`'s flag (Linux 6.9) for the process group the
+/// pidfd's process leads; not in libc yet.
+const PIDFD_SIGNAL_PROCESS_GROUP: libc::c_uint = 1 << 2;
+
+/// Sends `signal` to the process group led by the process of `pidfd`.
+/// Unlike `kill(-pid)` it names the group by the process, not by its
+/// number: once the group is gone it is ESRCH, even if the number has
+/// since gone to another process.
+pub fn signal_group_of(pidfd: BorrowedFd<'_>, signal: libc::c_int) -> io::Result<()> {
+    // SAFETY: a null siginfo is allowed (the kernel fills in a kill's);
+    // the descriptor is borrowed for the call.
+    cvt(unsafe {
+        libc::syscall(
+            libc::SYS_pidfd_send_signal,
+            pidfd.as_raw_fd(),
+            signal,
+            std::ptr::null::<libc::siginfo_t>(),
+            PIDFD_SIGNAL_PROCESS_GROUP,
+        )
+    })?;
+    Ok(())
+}
+
 /// Moves the calling thread out of namespaces it shares (unshare(2),
 /// `flags` of `CLONE_NEW*`).
 pub fn unshare(flags: libc::c_int) -> io::Result<()> {
@@ -272,6 +295,48 @@ fn clock(id: libc::clockid_t) -> std::time::Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_group_is_signalled_through_its_leaders_pidfd_until_it_is_gone() {
+        use std::io::Read;
+        use std::os::fd::AsFd;
+        use std::os::unix::process::CommandExt;
+        // A group leader that leaves a sleep behind in its group and exits.
+        let mut cmd = std::process::Command::new("sh");
+        cmd.args(["-c", "sleep 30 >/dev/null & echo $!"])
+            .stdout(std::process::Stdio::piped());
+        // SAFETY: setsid is async-signal-safe and touches no memory.
+        unsafe {
+            cmd.pre_exec(|| cvt(libc::setsid()).map(|_| ()));
+        }
+        let mut leader = cmd.spawn().unwrap();
+        let pidfd = pidfd_open(Pid(leader.id() as i32)).unwrap();
+        let mut out = String::new();
+        leader
+            .stdout
+            .take()
+            .unwrap()
+            .read_to_string(&mut out)
+            .unwrap();
+        let sleeper: i32 = out.trim().parse().unwrap();
+        leader.wait().unwrap();
+        // The leader is reaped; its group lives on in the sleep.
+        signal_group_of(pidfd.as_fd(), libc::SIGKILL).unwrap();
+        // Gone once reaped (by the host's init, its parent now): a zombie
+        // is still in its group.
+        let gone = |pid: i32| !std::path::Path::new(&format!("/proc/{pid}")).exists();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while !gone(sleeper) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the sleep outlived the signal"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        // Nothing is left of the group: whatever now has the number, no.
+        let err = signal_group_of(pidfd.as_fd(), 0).unwrap_err();
+        assert_eq!(err.raw_os_error(), Some(libc::ESRCH));
+    }
 
     #[test]
     #[expect(clippy::zombie_processes, reason = "reaped by the wait under test")]
