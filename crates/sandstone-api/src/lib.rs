@@ -363,6 +363,17 @@ pub struct UploadInfo {
     pub size: u64,
 }
 
+/// `POST .../pause`'s optional body (Sandstone's own: Sandbox0's pause
+/// takes none).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PauseRequest {
+    /// Keep the processes with their memory (frozen in place on this
+    /// node); resume continues them.
+    #[serde(default)]
+    pub memory: bool,
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct PauseResponse {
     pub sandbox_id: String,

@@ -308,6 +308,17 @@ impl Client {
         self.sandbox_op(id, "pause").await
     }
 
+    /// Pauses keeping the processes with their memory (frozen in place);
+    /// the next resume continues them.
+    pub async fn pause_with_memory(&self, id: &str) -> Result<api::PauseResponse> {
+        self.call(
+            Method::POST,
+            &format!("/api/v1/sandboxes/{id}/pause"),
+            Some(json!({"memory": true})),
+        )
+        .await
+    }
+
     pub async fn resume(&self, id: &str) -> Result<api::ResumeResponse> {
         self.sandbox_op(id, "resume").await
     }

@@ -114,7 +114,10 @@ impl Cluster {
                 if moved == PER_ROUND {
                     return Ok(());
                 }
+                // One paused with its memory (its init's pid kept) has its
+                // processes on that node: it stays until resumed.
                 let movable = row.status == sandstone_db::SandboxStatus::Paused
+                    && row.pid.is_none()
                     && row.pending_op.is_none()
                     && row.checkpointed_at.is_some()
                     && (row.template == "default" || me.templates.iter().any(|t| t == sandstone_volumes::template_base(&row.template)))

@@ -56,9 +56,52 @@ async fn warm_ready(c: &Client) -> Result<u64> {
         .unwrap_or(0))
 }
 
+/// Pause and resume of a sandbox whose process holds 200 MiB: with its
+/// memory (frozen in place, continued), and plainly (ended, started again)
+/// as the baseline, alternating on the same sandbox.
+async fn with_memory(c: &Client, template: &str, n: usize) -> Result<()> {
+    let id = c.claim(template, None).await?.sandbox_id;
+    let hold = |id: String| async move {
+        let argv = [
+            "python3",
+            "-c",
+            "import os, time\nb = os.urandom(200 << 20)\nopen('/tmp/held', 'w').close()\ntime.sleep(3600)",
+        ]
+        .map(String::from);
+        c.start(&id, &argv, None, None, None).await?;
+        let wait = ["sh", "-c", "while [ ! -e /tmp/held ]; do sleep 0.05; done"].map(String::from);
+        ensure!(
+            c.run(&id, &wait, None, Some(60)).await?.exit_code == Some(0),
+            "the 200 MiB holder never started"
+        );
+        anyhow::Ok(())
+    };
+    hold(id.clone()).await?;
+    let (mut pauses, mut resumes, mut plain_pauses, mut plain_resumes) =
+        (vec![], vec![], vec![], vec![]);
+    for _ in 0..n {
+        pauses.push(timed(c.pause_with_memory(&id)).await?.0);
+        resumes.push(timed(c.resume(&id)).await?.0);
+        plain_pauses.push(timed(c.pause(&id)).await?.0);
+        plain_resumes.push(timed(c.resume(&id)).await?.0);
+        hold(id.clone()).await?;
+    }
+    row("pause with memory (200 MiB process)", &stats(pauses), "");
+    row("resume with memory (200 MiB process)", &stats(resumes), "");
+    row("pause, plain (baseline)", &stats(plain_pauses), "");
+    row("resume, plain (baseline)", &stats(plain_resumes), "");
+    println!(
+        "{:<34} {:>8} bytes written: the memory stays resident, frozen",
+        "checkpoint size with memory", 0
+    );
+    c.delete(&id).await?;
+    Ok(())
+}
+
 pub async fn run(c: &Client, template: &str, n: usize, paused: usize) -> Result<()> {
     per_size(c, template, n, 10).await?;
     per_size(c, template, n, 1024).await?;
+    with_memory(c, template, n).await?;
 
     // Claims from the warm pool: wait for a ready member before each one.
     let mut claims = Vec::new();

@@ -62,6 +62,10 @@ enum Cmd {
     Pause {
         #[arg(required = true)]
         ids: Vec<String>,
+        /// Keep the processes with their memory (frozen in place on this
+        /// node); resume continues them.
+        #[arg(long)]
+        memory: bool,
     },
     /// Resume paused sandboxes.
     Resume {
@@ -290,7 +294,7 @@ async fn run(cli: Cli) -> Result<()> {
         Cmd::Create(args) => sandbox_cmd::create(&cli, args).await,
         Cmd::Ls => sandbox_cmd::ls(&cli).await,
         Cmd::Inspect { id } => sandbox_cmd::inspect(&cli, id).await,
-        Cmd::Pause { ids } => sandbox_cmd::pause(&cli, ids).await,
+        Cmd::Pause { ids, memory } => sandbox_cmd::pause(&cli, ids, *memory).await,
         Cmd::Resume { ids } => sandbox_cmd::resume(&cli, ids).await,
         Cmd::Fork { id } => sandbox_cmd::fork(&cli, id).await,
         Cmd::Rm { ids } => sandbox_cmd::rm(&cli, ids).await,

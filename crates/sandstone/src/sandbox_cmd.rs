@@ -92,11 +92,16 @@ pub async fn inspect(cli: &Cli, id: &str) -> Result<()> {
     print_json(&client(cli)?.get(id).await?)
 }
 
-pub async fn pause(cli: &Cli, ids: &[String]) -> Result<()> {
+pub async fn pause(cli: &Cli, ids: &[String], memory: bool) -> Result<()> {
     let c = client(cli)?;
     for id in ids {
-        c.pause(id).await?;
-        println!("{id} paused");
+        if memory {
+            c.pause_with_memory(id).await?;
+            println!("{id} paused with its memory");
+        } else {
+            c.pause(id).await?;
+            println!("{id} paused");
+        }
     }
     Ok(())
 }

@@ -699,3 +699,118 @@ async fn a_supervised_server_restarts_with_backoff_and_outlives_pauses_and_the_d
     assert_eq!(d.delete(&format!("{sessions}/{once}")).await.0, 200);
     assert_eq!(d.get(&format!("{sessions}/{once}")).await.0, 404);
 }
+
+/// `pause {"memory": true}`: the processes stop where they are, with their
+/// memory, and go on after the resume, through a daemon crash between; a
+/// plain pause after one with memory ends them as it always does.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_pause_with_memory_keeps_a_repl_and_a_big_process() {
+    let mut d = Daemon::start().await;
+    let id = d.create(json!({})).await;
+    let contexts = format!("/api/v1/sandboxes/{id}/contexts");
+    let (_, v) = d
+        .post(
+            &contexts,
+            json!({"type": "repl", "repl": {"alias": "python"}}),
+        )
+        .await;
+    let py = v["data"]["id"].as_str().unwrap().to_string();
+    let exec = format!("{contexts}/{py}/exec");
+    let (s, v) = d.post(&exec, json!({"data": "x = 41"})).await;
+    assert_eq!(s, 200, "{v}");
+    // 200 MiB of data only it holds, and a counter it keeps.
+    let holder = "import hashlib, os, signal, time\n\
+                  b = os.urandom(200 << 20)\n\
+                  def report(*_): open('/workspace/held.now', 'w').write(hashlib.sha256(b).hexdigest())\n\
+                  signal.signal(signal.SIGUSR1, report)\n\
+                  open('/workspace/held.sha', 'w').write(hashlib.sha256(b).hexdigest())\n\
+                  n = 0\n\
+                  while True:\n    n += 1\n    open('/workspace/tick', 'w').write(str(n))\n    time.sleep(0.05)\n";
+    let (s, v) = d
+        .post(
+            &contexts,
+            json!({"type": "cmd", "cmd": {"command": ["python3", "-c", holder]}}),
+        )
+        .await;
+    assert_eq!(s, 201, "{v}");
+    let holder_id = v["data"]["id"].as_str().unwrap().to_string();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while d.sh(&id, "cat /workspace/tick 2>/dev/null").await["stdout"] == "" {
+        assert!(Instant::now() < deadline, "the holder never started");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let sha = d.sh(&id, "cat /workspace/held.sha").await["stdout"].clone();
+
+    // Bad bodies name their field.
+    d.rejects(
+        &format!("/api/v1/sandboxes/{id}/pause"),
+        json!({"memory": "yes"}),
+        "memory",
+    )
+    .await;
+    d.rejects(
+        &format!("/api/v1/sandboxes/{id}/pause"),
+        json!({"keep": true}),
+        "keep",
+    )
+    .await;
+
+    let (s, v) = op(&d, &id, "pause", json!({"memory": true})).await;
+    assert_eq!((s, &v["data"]["status"]), (200, &json!("paused")), "{v}");
+    // Frozen, not ended: the counter stands still while paused.
+    let tick_file = d
+        .pool_root()
+        .join("sandboxes")
+        .join(&id)
+        .join("workspace/tick");
+    let tick = std::fs::read_to_string(&tick_file).unwrap();
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(
+        std::fs::read_to_string(&tick_file).unwrap(),
+        tick,
+        "ticking while paused"
+    );
+    // Held through a daemon crash and restart.
+    d.kill();
+    d.spawn().await;
+    assert_eq!(status(&d, &id).await, "paused");
+
+    // The first request resumes it (auto_resume), with everything in place.
+    let (s, v) = d.post(&exec, json!({"data": "x + 1"})).await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["data"]["output_raw"], "42\n", "{v}");
+    assert_eq!(status(&d, &id).await, "running");
+    let (_, v) = d.get(&format!("{contexts}/{holder_id}")).await;
+    assert_eq!(v["data"]["running"], true, "the holder ended: {v}");
+    let before = d.sh(&id, "cat /workspace/tick").await["stdout"].clone();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_ne!(
+        d.sh(&id, "cat /workspace/tick").await["stdout"],
+        before,
+        "not ticking"
+    );
+    // Its 200 MiB are what they were: it hashes them again on SIGUSR1.
+    let (s, v) = d
+        .post(
+            &format!("{contexts}/{holder_id}/signal"),
+            json!({"signal": "USR1"}),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let now = loop {
+        let now = d.sh(&id, "cat /workspace/held.now 2>/dev/null").await["stdout"].clone();
+        if now != "" {
+            break now;
+        }
+        assert!(Instant::now() < deadline, "no hash after SIGUSR1");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(now, sha);
+
+    // A plain pause still ends every process.
+    assert_eq!(op(&d, &id, "pause", json!({})).await.0, 200);
+    assert_eq!(op(&d, &id, "resume", json!({})).await.0, 200);
+    let (s, v) = d.post(&exec, json!({"data": "x"})).await;
+    assert!(s == 404 || !v.to_string().contains("41"), "{s} {v}");
+}

@@ -118,6 +118,10 @@ pub struct Lifecycle {
     log_bytes: u64,
     /// The latest input ids of each execution session (sandbox, session).
     session_inputs: Mutex<HashMap<(String, String), std::collections::VecDeque<String>>>,
+    /// Runtimes paused with their memory: frozen in their cgroup, out of
+    /// `runtimes` so that no request reaches them, continued by the next
+    /// resume. Their rows are `paused` with their init's pid.
+    held: Mutex<HashMap<String, Runtime>>,
 }
 
 pub use network::{
@@ -234,6 +238,7 @@ impl Lifecycle {
             webhooks,
             log_bytes,
             session_inputs: Mutex::default(),
+            held: Mutex::default(),
         })
     }
 
@@ -1009,7 +1014,8 @@ impl Lifecycle {
             .runtimes
             .write()
             .expect("lock poisoned: a holder panicked")
-            .remove(id);
+            .remove(id)
+            .or_else(|| crate::lock(&self.held).remove(id));
         known
             .map(|r| r.cgroup)
             .unwrap_or_else(|| self.cgroups.existing(id))
@@ -1060,12 +1066,140 @@ impl Lifecycle {
         self.row(id).await
     }
 
-    /// Resumes: a new runtime generation on the same volume.
+    /// Pauses keeping the processes with their memory: they are frozen in
+    /// place (the cgroup freezer), out of reach of requests, and the next
+    /// resume continues them in the same runtime generation. The memory
+    /// stays resident on this node, so such a sandbox does not move to
+    /// another one (a drain leaves it; a node that takes it over resumes
+    /// its files only). A failure part-way leaves it running.
+    pub async fn pause_with_memory(&self, id: &str) -> Result<SandboxRow> {
+        let _guard = self.lock(id).await;
+        let row = self.row(id).await?;
+        if row.status == SandboxStatus::Paused {
+            if crate::lock(&self.held).contains_key(id) {
+                return Ok(row);
+            }
+            return Err(Error::Conflict(format!(
+                "sandbox {id} is paused already, without its memory"
+            )));
+        }
+        if !row.status.can_pause() {
+            return Err(Error::Conflict(format!(
+                "sandbox {id} is {}; only a running sandbox can be paused",
+                row.status
+            )));
+        }
+        let fence = row.fence();
+        self.store
+            .set_pending(&fence, Some(PendingOp::Pause))
+            .await?;
+        let taken = self
+            .runtimes
+            .write()
+            .expect("lock poisoned: a holder panicked")
+            .remove(id);
+        let Some(rt) = taken else {
+            self.store.set_pending(&fence, None).await?;
+            return Err(Error::Conflict(format!(
+                "sandbox {id} has no runtime on this node to keep"
+            )));
+        };
+        let frozen = tokio::task::block_in_place(|| rt.cgroup.set_frozen(true));
+        let recorded = match frozen {
+            Ok(()) => self
+                .store
+                .set_status(&fence, SandboxStatus::Paused, Some(rt.pid as i64))
+                .await
+                .map_err(|e| e.to_string()),
+            Err(e) => Err(format!("freeze: {e}")),
+        };
+        if let Err(e) = recorded {
+            // It runs on, as it was.
+            let _ = tokio::task::block_in_place(|| rt.cgroup.set_frozen(false));
+            self.runtimes
+                .write()
+                .expect("lock poisoned: a holder panicked")
+                .insert(id.to_string(), rt);
+            self.store.set_pending(&fence, None).await?;
+            return Err(internal(format!("pause {id} with its memory: {e}")));
+        }
+        crate::lock(&self.held).insert(id.to_string(), rt);
+        self.activity
+            .lock()
+            .expect("lock poisoned: a holder panicked")
+            .remove(id);
+        let checkpointed = self.checkpoint_paused(&row).await;
+        if checkpointed.is_err() {
+            self.store.set_checkpointed(&fence, None).await?;
+        }
+        self.store.set_pending(&fence, None).await?;
+        self.webhooks.emit(&row, Happened::Paused).await;
+        checkpointed?;
+        self.row(id).await
+    }
+
+    /// Whether sandbox `id` is paused with its memory on this node.
+    pub fn holds_memory(&self, id: &str) -> bool {
+        crate::lock(&self.held).contains_key(id)
+    }
+
+    /// Continues a sandbox paused with its memory: thawed, in the same
+    /// runtime generation, its services and sessions as they were.
+    async fn continue_held(&self, row: SandboxRow, rt: Runtime) -> Result<SandboxRow> {
+        let id = row.id.as_str();
+        let fence = row.fence();
+        let put_back = |rt: Runtime| {
+            crate::lock(&self.held).insert(id.to_string(), rt);
+        };
+        if let Err(e) = self
+            .store
+            .set_pending(&fence, Some(PendingOp::Resume))
+            .await
+        {
+            put_back(rt);
+            return Err(e.into());
+        }
+        if let Err(e) = tokio::task::block_in_place(|| rt.cgroup.set_frozen(false)) {
+            put_back(rt);
+            self.store.set_pending(&fence, None).await?;
+            return Err(internal(format!("thaw {id}: {e}")));
+        }
+        if let Err(e) = self
+            .store
+            .set_running(&fence, rt.pid as i64, row.generation)
+            .await
+        {
+            let _ = tokio::task::block_in_place(|| rt.cgroup.set_frozen(true));
+            put_back(rt);
+            return Err(e.into());
+        }
+        self.runtimes
+            .write()
+            .expect("lock poisoned: a holder panicked")
+            .insert(id.to_string(), rt);
+        self.touch(id);
+        let row = self.row(id).await?;
+        let generation = row.generation;
+        self.webhooks
+            .emit(&row, Happened::Resumed { generation })
+            .await;
+        Ok(row)
+    }
+
+    /// Resumes: a new runtime generation on the same volume, or, for one
+    /// paused with its memory, the same one continued.
     pub async fn resume(&self, id: &str) -> Result<SandboxRow> {
         let _guard = self.lock(id).await;
         let row = self.row(id).await?;
         if row.status == SandboxStatus::Running {
             return Ok(row);
+        }
+        let held = match row.status {
+            SandboxStatus::Paused => crate::lock(&self.held).remove(id),
+            _ => None,
+        };
+        if let Some(rt) = held {
+            return self.continue_held(row, rt).await;
         }
         if !row.status.can_resume() {
             return Err(Error::Conflict(format!(
@@ -1174,16 +1308,26 @@ fn lost_message(row: &SandboxRow) -> String {
 /// Whether the init listening on `socket` answers a ping (`false`: it
 /// answered something else).
 async fn ping(socket: &std::path::Path) -> std::io::Result<bool> {
-    let mut conn = initclient::InitConn::connect(socket).await?;
-    conn.send(&Request::Ping, &[]).await?;
-    loop {
-        match conn.recv().await?.0 {
-            Response::Pong { .. } => return Ok(true),
-            r if r.is_terminal() => return Ok(false),
-            _ => continue,
+    let answer = async {
+        let mut conn = initclient::InitConn::connect(socket).await?;
+        conn.send(&Request::Ping, &[]).await?;
+        loop {
+            match conn.recv().await?.0 {
+                Response::Pong { .. } => return Ok(true),
+                r if r.is_terminal() => return Ok(false),
+                _ => continue,
+            }
         }
-    }
+    };
+    // An init that accepts but never answers (frozen, wedged) is not
+    // alive, and must not hold up whoever asked (a start re-adopting).
+    tokio::time::timeout(PING_TIMEOUT, answer)
+        .await
+        .unwrap_or(Ok(false))
 }
+
+/// How long a ping waits for init's answer.
+const PING_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// A pidfd for a sandbox's init; without one (an old kernel) its death is
 /// only noticed when a call fails.

@@ -4,6 +4,7 @@
 
 use super::{Lifecycle, Runtime};
 use sandstone_db::{PendingOp, SandboxRow, SandboxStatus};
+use sandstone_runtime::cgroup::Cgroup;
 use std::collections::{BTreeSet, HashSet};
 
 impl Lifecycle {
@@ -68,9 +69,15 @@ impl Lifecycle {
             Some(PendingOp::Snapshot | PendingOp::Fork | PendingOp::Restore) => (running, true),
         };
         let cgroup = self.cgroups.existing(id);
-        if was_running && keep_alive && self.alive(id).await {
-            // An interrupted snapshot or fork may have left it frozen.
+        if let (SandboxStatus::Paused, None, Some(pid)) = (row.status, pending, row.pid) {
+            return self.hold_again(row, pid as i32, cgroup).await;
+        }
+        if was_running && keep_alive {
+            // An interrupted snapshot or fork may have left it frozen (and
+            // a frozen init cannot answer the ping).
             let _ = cgroup.set_frozen(false);
+        }
+        if was_running && keep_alive && self.alive(id).await {
             let runtime = Runtime {
                 pid: row.pid.unwrap_or(0) as i32,
                 env: super::config_of(row).env_vars,
@@ -121,6 +128,37 @@ impl Lifecycle {
         if pending.is_some() {
             self.store.set_pending(&row.fence(), None).await?;
         }
+        Ok(())
+    }
+
+    /// A sandbox paused with its memory before the restart: held again
+    /// while its init (`pid`) is still in its cgroup, frozen; else (the
+    /// host restarted, say) plainly paused, its files being all there is.
+    async fn hold_again(&self, row: &SandboxRow, pid: i32, cgroup: Cgroup) -> anyhow::Result<()> {
+        let id = row.id.as_str();
+        if cgroup.pids().contains(&pid) && cgroup.set_frozen(true).is_ok() {
+            if let Some(n) = &self.network {
+                let policy = self.effective_policy(row).unwrap_or_default();
+                n.register(row.slot, id, &policy)
+                    .map_err(anyhow::Error::from)?;
+            }
+            let runtime = Runtime {
+                pid,
+                env: super::config_of(row).env_vars,
+                socket: self.storage.paths(id).socket,
+                cgroup,
+                init: super::open_pidfd(id, pid),
+                shell: Default::default(),
+            };
+            crate::lock(&self.held).insert(id.to_string(), runtime);
+            tracing::info!(sandbox = %id, "re-adopted a sandbox paused with its memory");
+            return Ok(());
+        }
+        tracing::warn!(sandbox = %id, "its memory is gone after the restart; sandbox paused with its files");
+        self.stop_runtime(id, &cgroup);
+        self.store
+            .set_status(&row.fence(), SandboxStatus::Paused, None)
+            .await?;
         Ok(())
     }
 

@@ -262,6 +262,11 @@ impl Lifecycle {
                 row.status
             )));
         }
+        if self.holds_memory(id) {
+            return Err(Error::Conflict(format!(
+                "sandbox {id} is paused with its memory, and its processes have its files open: resume it and pause it without memory first"
+            )));
+        }
         let disk = self.disk_cap(&row.template, config_of(&row).resources.as_ref())?;
         // Fetched before anything changes: a snapshot missing from the
         // store is refused with the sandbox as it was.

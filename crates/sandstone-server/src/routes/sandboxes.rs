@@ -273,9 +273,16 @@ pub async fn delete(State(st): State<AppState>, Path(id): Path<String>) -> ApiRe
     ))
 }
 
-pub async fn pause(State(st): State<AppState>, Path(id): Path<String>) -> ApiResult<Response> {
+pub async fn pause(
+    State(st): State<AppState>,
+    Path(id): Path<String>,
+    JsonBody(req): JsonBody<api::PauseRequest>,
+) -> ApiResult<Response> {
     let started = std::time::Instant::now();
-    let r = st.lifecycle.pause(&id).await?;
+    let r = match req.memory {
+        true => st.lifecycle.pause_with_memory(&id).await?,
+        false => st.lifecycle.pause(&id).await?,
+    };
     st.metrics
         .observe("pause", started.elapsed().as_secs_f64() * 1000.0);
     Ok(ok(
