@@ -807,6 +807,12 @@ async fn a_pause_with_memory_keeps_a_repl_and_a_big_process() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
     assert_eq!(now, sha);
+    // Watched again once continued after the restart: its init's death is
+    // seen (the sandbox fails, its files kept).
+    let init = common::init_pid(&id).expect("init");
+    sandstone_sys::process::kill(sandstone_sys::Pid::from_raw(init), libc::SIGKILL).unwrap();
+    wait_for(&d, &id, "failed", Duration::from_secs(10)).await;
+    assert_eq!(op(&d, &id, "resume", json!({})).await.0, 200);
 
     // A plain pause still ends every process.
     assert_eq!(op(&d, &id, "pause", json!({})).await.0, 200);

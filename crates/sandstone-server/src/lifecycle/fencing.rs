@@ -57,6 +57,18 @@ impl Lifecycle {
         let rows = self.store.node_sandboxes(&self.node).await?;
         let mine: HashMap<&str, &sandstone_db::SandboxRow> =
             rows.iter().map(|r| (r.id.as_str(), r)).collect();
+        // Held with their memory: another node that took one resumes its
+        // files, so what is frozen here is of no use any more.
+        let held: Vec<String> = crate::lock(&self.held).keys().cloned().collect();
+        for id in held
+            .into_iter()
+            .filter(|id| !mine.contains_key(id.as_str()))
+        {
+            let _guard = self.lock(&id).await;
+            let cgroup = self.take_cgroup(&id);
+            tokio::task::block_in_place(|| self.stop_runtime(&id, &cgroup));
+            tracing::warn!(sandbox = %id, "its held memory dropped: another node took it while this node's lease had lapsed");
+        }
         for id in self.running_ids() {
             let _guard = self.lock(&id).await;
             let row = mine.get(id.as_str());

@@ -121,7 +121,16 @@ pub struct Lifecycle {
     /// Runtimes paused with their memory: frozen in their cgroup, out of
     /// `runtimes` so that no request reaches them, continued by the next
     /// resume. Their rows are `paused` with their init's pid.
-    held: Mutex<HashMap<String, Runtime>>,
+    held: Mutex<HashMap<String, Held>>,
+}
+
+/// A runtime paused with its memory.
+pub(super) struct Held {
+    runtime: Runtime,
+    /// Whether its init, files and exits are watched: they are while the
+    /// daemon that paused it runs; one re-adopted after a restart has its
+    /// watches started when it is continued.
+    watched: bool,
 }
 
 pub use network::{
@@ -1015,7 +1024,7 @@ impl Lifecycle {
             .write()
             .expect("lock poisoned: a holder panicked")
             .remove(id)
-            .or_else(|| crate::lock(&self.held).remove(id));
+            .or_else(|| crate::lock(&self.held).remove(id).map(|h| h.runtime));
         known
             .map(|r| r.cgroup)
             .unwrap_or_else(|| self.cgroups.existing(id))
@@ -1123,7 +1132,11 @@ impl Lifecycle {
             self.store.set_pending(&fence, None).await?;
             return Err(internal(format!("pause {id} with its memory: {e}")));
         }
-        crate::lock(&self.held).insert(id.to_string(), rt);
+        let held = Held {
+            runtime: rt,
+            watched: true,
+        };
+        crate::lock(&self.held).insert(id.to_string(), held);
         self.activity
             .lock()
             .expect("lock poisoned: a holder panicked")
@@ -1145,11 +1158,15 @@ impl Lifecycle {
 
     /// Continues a sandbox paused with its memory: thawed, in the same
     /// runtime generation, its services and sessions as they were.
-    async fn continue_held(&self, row: SandboxRow, rt: Runtime) -> Result<SandboxRow> {
+    async fn continue_held(&self, row: SandboxRow, held: Held) -> Result<SandboxRow> {
         let id = row.id.as_str();
         let fence = row.fence();
-        let put_back = |rt: Runtime| {
-            crate::lock(&self.held).insert(id.to_string(), rt);
+        let Held {
+            runtime: rt,
+            watched,
+        } = held;
+        let put_back = |runtime: Runtime| {
+            crate::lock(&self.held).insert(id.to_string(), Held { runtime, watched });
         };
         if let Err(e) = self
             .store
@@ -1173,11 +1190,15 @@ impl Lifecycle {
             put_back(rt);
             return Err(e.into());
         }
-        self.runtimes
-            .write()
-            .expect("lock poisoned: a holder panicked")
-            .insert(id.to_string(), rt);
-        self.touch(id);
+        if watched {
+            self.runtimes
+                .write()
+                .expect("lock poisoned: a holder panicked")
+                .insert(id.to_string(), rt);
+            self.touch(id);
+        } else {
+            self.adopt_runtime(id, rt);
+        }
         let row = self.row(id).await?;
         let generation = row.generation;
         self.webhooks

@@ -150,7 +150,11 @@ impl Lifecycle {
                 init: super::open_pidfd(id, pid),
                 shell: Default::default(),
             };
-            crate::lock(&self.held).insert(id.to_string(), runtime);
+            let held = super::Held {
+                runtime,
+                watched: false,
+            };
+            crate::lock(&self.held).insert(id.to_string(), held);
             tracing::info!(sandbox = %id, "re-adopted a sandbox paused with its memory");
             return Ok(());
         }
