@@ -406,13 +406,23 @@ def main():
         shot(op, "other-team")
         octx.close()
 
-        step("sandbox lifecycle: pause asks first")
+        step("sandbox lifecycle: pause asks first, and can keep the memory")
         page.goto(f"{URL}/#/sandboxes/{sid}/snapshots")
         page.click("#snap-form button")
         expect(page.locator("#snaps tbody tr[data-snap]")).to_have_count(1)
+        # A process that a plain pause would end.
+        ok("POST", f"/api/v1/sandboxes/{sid}/contexts", {"type": "cmd", "cmd": {"command": ["sleep", "600"]}})
         page.click('#sb-actions button[data-act="pause"]')
         expect(page.locator("dialog.modal")).to_be_visible()
-        page.click('dialog.modal button[value="yes"]')
+        shot(page, "pause-dialog")
+        page.click('dialog.modal button[value="memory"]')
+        expect(page.locator("#sb-status")).to_contain_text("paused", timeout=20000)
+        page.click('#sb-actions button[data-act="resume"]')
+        expect(page.locator("#sb-status")).to_contain_text("running", timeout=20000)
+        alive = ok("POST", f"/api/v1/sandboxes/{sid}/contexts", {"type": "cmd", "cmd": {"command": ["pgrep", "-x", "sleep"]}, "wait_until_done": True})
+        assert alive["exit_code"] == 0 and alive["stdout"].strip(), f"the sleep did not outlive the pause: {alive}"
+        page.click('#sb-actions button[data-act="pause"]')
+        page.click('dialog.modal button[value="files"]')
         expect(page.locator("#sb-status")).to_contain_text("paused", timeout=20000)
         shot(page, "snapshots")
 

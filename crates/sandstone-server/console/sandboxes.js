@@ -286,11 +286,40 @@ async function lifecycle(button, id, verb) {
     if (!ok) return false;
     return act(button, () => api("DELETE", base(id)), `Deleted ${id}`).then((r) => r !== undefined);
   }
+  let body = {};
   if (verb === "pause") {
-    const ok = await confirmDialog("Pause sandbox?", `Its processes in ${id} end; its files stay.`, "Pause", false);
-    if (!ok) return false;
+    const how = await pauseDialog(id);
+    if (!how) return false;
+    if (how === "memory") body = { memory: true };
   }
-  return act(button, () => api("POST", `${base(id)}/${verb}`, { body: {} }), `${verb === "pause" ? "Paused" : "Resumed"} ${id}`);
+  return act(button, () => api("POST", `${base(id)}/${verb}`, { body }), `${verb === "pause" ? "Paused" : "Resumed"} ${id}`);
+}
+
+/** Asks how to pause `id`: "memory" keeps its processes where they are,
+ * "files" ends them; null is no pause. */
+function pauseDialog(id) {
+  const dlg = document.createElement("dialog");
+  dlg.className = "modal";
+  render(
+    dlg,
+    html`<form method="dialog">
+      <h2>Pause sandbox?</h2>
+      <p>Its processes in ${id} end; its files stay. Or keep the processes with their memory, frozen where they are: resuming continues them (the memory stays in use on this node).</p>
+      <div class="row end">
+        <button value="no" class="btn">Cancel</button>
+        <button value="memory" class="btn">Pause, keep memory</button>
+        <button value="files" class="btn primary">Pause</button>
+      </div>
+    </form>`,
+  );
+  document.body.append(dlg);
+  dlg.showModal();
+  return new Promise((resolve) => {
+    dlg.addEventListener("close", () => {
+      resolve(["memory", "files"].includes(dlg.returnValue) ? dlg.returnValue : null);
+      dlg.remove();
+    });
+  });
 }
 
 function createDialog() {
