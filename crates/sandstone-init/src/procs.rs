@@ -722,14 +722,22 @@ impl Proc {
     }
 
     pub fn signal(&self, sig: i32) -> std::io::Result<()> {
-        match &self.pidfd {
-            Some(fd) => process::signal_group_of(fd.as_fd(), sig),
-            // No pidfd (out of descriptors at the spawn): by number.
-            None => {
-                let pid = Pid::from_raw(self.pid);
-                process::kill_group(pid, sig).or_else(|_| process::kill(pid, sig))
-            }
+        let by_pidfd = self
+            .pidfd
+            .as_ref()
+            .map(|fd| process::signal_group_of(fd.as_fd(), sig));
+        match by_pidfd {
+            // Before Linux 6.9 the flag is EINVAL; without a pidfd (out of
+            // descriptors at the spawn) there is only the number.
+            Some(Err(e)) if e.raw_os_error() == Some(libc::EINVAL) => self.signal_by_number(sig),
+            None => self.signal_by_number(sig),
+            Some(done) => done,
         }
+    }
+
+    fn signal_by_number(&self, sig: i32) -> std::io::Result<()> {
+        let pid = Pid::from_raw(self.pid);
+        process::kill_group(pid, sig).or_else(|_| process::kill(pid, sig))
     }
 
     pub fn kill(&self) {

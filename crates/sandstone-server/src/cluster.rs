@@ -181,7 +181,7 @@ impl Cluster {
             id: self.me.id.clone(),
             url: self.me.advertise_url.clone(),
             capacity: self.me.capacity,
-            running: lc.running_count() as i64,
+            running: lc.resident_count() as i64,
             templates,
             draining: false,
             lease_expires_at: now_ms() + self.me.lease_ttl.as_millis() as i64,
@@ -361,7 +361,7 @@ impl Cluster {
             let has_template = template.is_none_or(|t| n.templates.iter().any(|x| x == t));
             if n.id == self.me.id {
                 let mut me = n.clone();
-                me.running = lc.running_count() as i64;
+                me.running = lc.resident_count() as i64;
                 return (has_template && !n.draining).then_some(me);
             }
             (n.live_at(now) && !n.draining && has_template).then(|| n.clone())

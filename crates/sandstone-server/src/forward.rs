@@ -128,6 +128,9 @@ where
     C: hyper_util::client::legacy::connect::Connect + Clone + Send + Sync + 'static,
 {
     let upgrade = wants_upgrade(req.headers()).then(|| hyper::upgrade::on(&mut req));
+    // A tunnel an API key opened ends with the key, as the owner's own
+    // WebSockets do (the owner sees the call as this node's).
+    let key = req.extensions().get::<crate::keys::KeyLife>().cloned();
     let (mut parts, body) = req.into_parts();
     let protocol = parts.headers.get(header::UPGRADE).cloned();
     strip_hop(&mut parts.headers);
@@ -151,7 +154,16 @@ where
             let mut a = TokioIo::new(client_io);
             let mut b = TokioIo::new(far_io);
             // Either side closing ends the tunnel; nothing to report.
-            let _ = tokio::io::copy_bidirectional(&mut a, &mut b).await;
+            let ended = async {
+                match key {
+                    Some(key) => key.ended().await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                _ = tokio::io::copy_bidirectional(&mut a, &mut b) => {}
+                _ = ended => {}
+            }
         });
         let (mut parts, _) = resp.into_parts();
         let protocol = parts.headers.get(header::UPGRADE).cloned();

@@ -179,6 +179,15 @@ impl Keys {
         }
     }
 
+    /// What a request carries of its key, so that a connection it opens
+    /// (a tunnel to another node, say) can end with the key.
+    pub fn life(self: &Arc<Self>, key: &ApiKeyRow) -> KeyLife {
+        KeyLife {
+            keys: self.clone(),
+            key: key.clone(),
+        }
+    }
+
     /// The key whose token hashes to `hash`, if it lets a request in now.
     async fn check(&self, hash: String) -> Result<ApiKeyRow, KeyError> {
         let cached = lock(&self.cache)
@@ -427,6 +436,20 @@ fn team_view(t: &TeamRow) -> Team {
         home_region_id: None,
         created_at: rfc3339_ms(t.created_at),
         updated_at: rfc3339_ms(t.created_at),
+    }
+}
+
+/// A request's key, for what outlives the request ([`Keys::life`]).
+#[derive(Clone)]
+pub struct KeyLife {
+    keys: Arc<Keys>,
+    key: ApiKeyRow,
+}
+
+impl KeyLife {
+    /// Resolves once the key no longer lets requests in.
+    pub async fn ended(self) {
+        self.keys.revoked(Some(self.key)).await;
     }
 }
 

@@ -220,6 +220,7 @@ async fn auth(State(st): State<AppState>, mut req: Request, next: Next) -> Respo
         req.headers_mut().insert(TEAM_HEADER, team);
     }
     req.extensions_mut().insert(caller);
+    req.extensions_mut().insert(st.keys.life(&key));
     let response = next.run(req).await;
     // A followed stream outlives the check above: it ends once the key
     // stops letting requests in.

@@ -93,6 +93,13 @@ pub fn inotify_add_watch(inotify: BorrowedFd<'_>, path: &CStr, mask: u32) -> io:
     cvt(unsafe { libc::inotify_add_watch(inotify.as_raw_fd(), path.as_ptr(), mask) })
 }
 
+/// Removes watch `wd` from an inotify instance.
+pub fn inotify_rm_watch(inotify: BorrowedFd<'_>, wd: i32) -> io::Result<()> {
+    // SAFETY: inotify_rm_watch takes no pointers.
+    cvt(unsafe { libc::inotify_rm_watch(inotify.as_raw_fd(), wd) })?;
+    Ok(())
+}
+
 /// One inotify event, borrowed from the buffer it was read into.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct InotifyEvent<'a> {

@@ -377,10 +377,16 @@ async fn warm_pool_hands_off_with_the_claims_limits_and_refills() {
     d.wait_warm(2).await;
     let pooled = d.volumes();
     assert_eq!(pooled.len(), 2);
-    let id = d.create(json!({"resources": {"memory": "256Mi"}})).await;
+    let id = d
+        .create(json!({"resources": {"memory": "256Mi"}, "env_vars": {"FOO": "claimed"}}))
+        .await;
     assert!(pooled.contains(&id), "the claim took a pre-made sandbox");
     assert_eq!(common::memory_limit_of(&id).as_deref(), Some("268435456"));
-    assert_eq!(d.sh(&id, "echo warm").await["stdout"], "warm\n");
+    // The claim's environment, though the sandbox was made before it.
+    assert_eq!(
+        d.sh(&id, "echo warm $FOO").await["stdout"],
+        "warm claimed\n"
+    );
     d.wait_warm(2).await;
     // Pool members are not sandboxes of anyone: not listed, and a restart
     // replaces them rather than leaking them.
@@ -757,6 +763,26 @@ async fn a_pause_with_memory_keeps_a_repl_and_a_big_process() {
 
     let (s, v) = op(&d, &id, "pause", json!({"memory": true})).await;
     assert_eq!((s, &v["data"]["status"]), (200, &json!("paused")), "{v}");
+    // What must reach its processes is refused while they are held; new
+    // defaults for what starts later are kept for when they go on.
+    let (s, v) = d
+        .post(
+            &format!("/api/v1/sandboxes/{id}/sessions"),
+            json!({"command": ["sleep", "1"]}),
+        )
+        .await;
+    assert!(
+        s == 409 && v.to_string().contains("paused with its memory"),
+        "{s} {v}"
+    );
+    let (s, v) = d
+        .req(
+            reqwest::Method::PUT,
+            &format!("/api/v1/sandboxes/{id}"),
+            Some(json!({"config": {"env_vars": {"LATER": "kept"}}})),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
     // Frozen, not ended: the counter stands still while paused.
     let tick_file = d
         .pool_root()
@@ -807,6 +833,7 @@ async fn a_pause_with_memory_keeps_a_repl_and_a_big_process() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
     assert_eq!(now, sha);
+    assert_eq!(d.sh(&id, "echo $LATER").await["stdout"], "kept\n");
     // Watched again once continued after the restart: its init's death is
     // seen (the sandbox fails, its files kept).
     let init = common::init_pid(&id).expect("init");

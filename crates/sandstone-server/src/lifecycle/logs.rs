@@ -6,7 +6,7 @@
 use sandstone_api::logs::{Cursor, Kind, LogStream, decode, segment_name, segment_seq};
 use sandstone_runtime::LogSpec;
 use sandstone_volumes::SandboxPaths;
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::path::{Path, PathBuf};
 
 pub fn dir(paths: &SandboxPaths) -> PathBuf {
@@ -295,67 +295,137 @@ pub async fn run<T: Send + 'static>(
         .map_err(std::io::Error::other)?
 }
 
-/// Wakes a follower of a sandbox's log when PID 1 writes to it (inotify
-/// on the log directory), so a stream shows output as it is written
-/// rather than at its next poll. Without a watch (no directory yet, no
-/// inotify) it is a plain wait.
+/// Wakes a follower of a sandbox's log when PID 1 writes to it, so a
+/// stream shows output as it is written rather than at its next poll.
+/// Every follower of a directory shares one inotify watch, and the daemon
+/// one inotify instance (a scarce per-user resource: 128 by default).
+/// Without a watch (no inotify, no directory yet) it is a plain wait.
 pub struct Waker {
-    inotify: Option<tokio::io::unix::AsyncFd<std::fs::File>>,
+    watch: Option<(
+        std::sync::Arc<Watcher>,
+        i32,
+        tokio::sync::watch::Receiver<u64>,
+    )>,
 }
 
 impl Waker {
     pub fn new(dir: &Path) -> Waker {
-        let watch = || -> std::io::Result<_> {
-            use std::os::fd::AsFd;
-            let fd = sandstone_sys::fs::inotify_init()?;
-            sandstone_sys::fd::set_nonblocking(fd.as_fd())?;
-            let path = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes())
-                .map_err(std::io::Error::other)?;
-            let mask = libc::IN_MODIFY | libc::IN_CREATE | libc::IN_MOVED_TO;
-            sandstone_sys::fs::inotify_add_watch(fd.as_fd(), &path, mask)?;
-            // SAFETY: the AsyncFd owns the File, so the descriptor stays
-            // open (and the same one) for as long as it is registered.
-            unsafe {
-                tokio::io::unix::AsyncFd::register_with_interest(
-                    std::fs::File::from(fd),
-                    tokio::io::Interest::READABLE,
-                )
-            }
-            .map_err(|e| std::io::Error::other(e.to_string()))
+        let watch = Watcher::get().and_then(|w| {
+            let (wd, changes) = w.follow(dir).ok()?;
+            Some((w, wd, changes))
+        });
+        Waker { watch }
+    }
+
+    /// Returns once the log changed (a burst of writes is one change), or
+    /// after `at_most`: a change the watch cannot see (a directory made
+    /// later) is found by the next look anyway.
+    pub async fn wait(&mut self, at_most: std::time::Duration) {
+        let Some((_, _, changes)) = &mut self.watch else {
+            return tokio::time::sleep(at_most).await;
         };
-        Waker {
-            inotify: watch().ok(),
+        if let Ok(Ok(())) = tokio::time::timeout(at_most, changes.changed()).await {
+            // Let the writer's burst finish: one read for many writes.
+            tokio::time::sleep(COALESCE).await;
+        }
+    }
+}
+
+impl Drop for Waker {
+    fn drop(&mut self) {
+        if let Some((w, wd, _)) = self.watch.take() {
+            w.unfollow(wd);
+        }
+    }
+}
+
+/// How long a woken follower waits for the rest of a burst of writes.
+const COALESCE: std::time::Duration = std::time::Duration::from_millis(10);
+
+/// The daemon's inotify instance: a watch per followed log directory,
+/// each with a counter of the changes seen, and how many follow it.
+pub struct Watcher {
+    fd: std::os::fd::OwnedFd,
+    dirs: std::sync::Mutex<HashMap<i32, (tokio::sync::watch::Sender<u64>, usize)>>,
+}
+
+impl Watcher {
+    /// The instance, started with its reader task on first use; `None`
+    /// where inotify is not to be had.
+    fn get() -> Option<std::sync::Arc<Watcher>> {
+        static WATCHER: std::sync::OnceLock<Option<std::sync::Arc<Watcher>>> =
+            std::sync::OnceLock::new();
+        WATCHER.get_or_init(Watcher::start).clone()
+    }
+
+    fn start() -> Option<std::sync::Arc<Watcher>> {
+        use std::os::fd::AsFd;
+        let fd = sandstone_sys::fs::inotify_init().ok()?;
+        sandstone_sys::fd::set_nonblocking(fd.as_fd()).ok()?;
+        let reader = std::fs::File::from(fd.try_clone().ok()?);
+        // SAFETY: the AsyncFd owns `reader`, a duplicate, so it stays open
+        // (and the same descriptor) for as long as it is registered.
+        let reader = unsafe {
+            tokio::io::unix::AsyncFd::register_with_interest(reader, tokio::io::Interest::READABLE)
+        }
+        .ok()?;
+        let w = std::sync::Arc::new(Watcher {
+            fd,
+            dirs: Default::default(),
+        });
+        let me = w.clone();
+        tokio::spawn(async move {
+            let mut buf = vec![0u8; 64 << 10];
+            loop {
+                let Ok(mut ready) = reader.readable().await else {
+                    return;
+                };
+                match ready.try_io(|f| std::io::Read::read(&mut f.get_ref(), &mut buf)) {
+                    Ok(Ok(n)) if n > 0 => me.changed(&buf[..n]),
+                    Ok(_) => return,
+                    Err(_would_block) => {}
+                }
+            }
+        });
+        Some(w)
+    }
+
+    /// Bumps the counter of every directory an event is about.
+    fn changed(&self, events: &[u8]) {
+        let dirs = crate::lock(&self.dirs);
+        for e in sandstone_sys::fs::inotify_events(events) {
+            if let Some((changes, _)) = dirs.get(&e.wd) {
+                changes.send_modify(|n| *n += 1);
+            }
         }
     }
 
-    /// Returns once the log changed, or after `at_most` (a change the
-    /// watch cannot see: a directory made later, a follower that fell
-    /// behind).
-    pub async fn wait(&mut self, at_most: std::time::Duration) {
-        let Some(fd) = &self.inotify else {
-            return tokio::time::sleep(at_most).await;
-        };
-        let changed = async {
-            loop {
-                let Ok(mut ready) = fd.readable().await else {
-                    return std::future::pending().await;
-                };
-                // Drained whole: one wake for a burst of writes.
-                let mut buf = [0u8; 4096];
-                let mut any = false;
-                loop {
-                    match ready.try_io(|fd| std::io::Read::read(&mut fd.get_ref(), &mut buf)) {
-                        Ok(Ok(n)) if n > 0 => any = true,
-                        Ok(_) => return std::future::pending().await,
-                        Err(_would_block) => break,
-                    }
-                }
-                if any {
-                    return;
-                }
+    fn follow(&self, dir: &Path) -> std::io::Result<(i32, tokio::sync::watch::Receiver<u64>)> {
+        use std::os::fd::AsFd;
+        let path = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes())
+            .map_err(std::io::Error::other)?;
+        let mask = libc::IN_MODIFY | libc::IN_CREATE | libc::IN_MOVED_TO;
+        // One directory is one watch descriptor, however often added.
+        let wd = sandstone_sys::fs::inotify_add_watch(self.fd.as_fd(), &path, mask)?;
+        let mut dirs = crate::lock(&self.dirs);
+        let (changes, followers) = dirs
+            .entry(wd)
+            .or_insert_with(|| (tokio::sync::watch::channel(0).0, 0));
+        *followers += 1;
+        Ok((wd, changes.subscribe()))
+    }
+
+    fn unfollow(&self, wd: i32) {
+        use std::os::fd::AsFd;
+        let mut dirs = crate::lock(&self.dirs);
+        if let Some((_, followers)) = dirs.get_mut(&wd) {
+            *followers -= 1;
+            if *followers == 0 {
+                dirs.remove(&wd);
+                // Gone with its directory already is as good.
+                let _ = sandstone_sys::fs::inotify_rm_watch(self.fd.as_fd(), wd);
             }
-        };
-        let _ = tokio::time::timeout(at_most, changed).await;
+        }
     }
 }
 
@@ -443,12 +513,11 @@ pub fn records(
     let mut out = Vec::new();
     let mut next = after;
     for seq in segments(dir)?.into_iter().filter(|s| *s >= from_seq) {
-        let buf = segment(dir, seq, 0)?;
-        let mut at = if seq == from_seq {
-            from_offset as usize
-        } else {
-            0
-        };
+        // Read from the place reached, not the segment's start: a follower
+        // reads what was appended since, whatever the segment's size.
+        let base = if seq == from_seq { from_offset } else { 0 };
+        let buf = segment(dir, seq, base)?;
+        let mut at = 0;
         // `after` names a record already seen: start past it.
         if seq == from_seq && after > 0 {
             match decode(&buf, at) {
@@ -460,7 +529,7 @@ pub fn records(
             if out.len() == limit {
                 return Ok((out, next));
             }
-            next = position(seq, at as u64);
+            next = position(seq, base + at as u64);
             if select.admits(r.context, r.kind) {
                 out.push(Record {
                     context: r.context.to_string(),

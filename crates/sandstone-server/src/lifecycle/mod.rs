@@ -309,12 +309,19 @@ impl Lifecycle {
             .len()
     }
 
+    /// Sandboxes whose processes this node holds: running ones, and those
+    /// paused with their memory (which still take it): what placement
+    /// weighs against the node's capacity.
+    pub fn resident_count(&self) -> usize {
+        self.running_count() + crate::lock(&self.held).len()
+    }
+
     /// A graceful stop: claimed sandboxes keep running (the next start
     /// re-adopts them); the warm pool is emptied, and the daemon's cgroup
     /// parents and firewall table are removed when no sandbox is left.
     pub fn shutdown(&self) {
         self.drain_warm_pool();
-        if self.running_count() == 0 {
+        if self.resident_count() == 0 {
             self.cgroups.remove_parents();
             if let Some(n) = &self.network
                 && let Err(e) = n.firewall.remove()
@@ -355,7 +362,10 @@ impl Lifecycle {
                     "invalid field `config.uploads_dir`: sandbox {id} has {old} already, which stays"
                 )));
             }
-            (Some(_), None) => row.status == SandboxStatus::Running,
+            (Some(_), None) => {
+                self.refuse_if_held(id, "give it an uploads directory")?;
+                row.status == SandboxStatus::Running
+            }
             _ => false,
         };
         config.uploads_dir = new.uploads_dir.or(config.uploads_dir);
@@ -394,15 +404,20 @@ impl Lifecycle {
                 .set_policy(id, &policy)
                 .map_err(|e| Error::Invalid(e.to_string()))?;
         }
-        // Processes started from now on (contexts) take the new defaults.
-        if let Some(env) = new.env_vars
-            && let Some(rt) = self
+        // Processes started from now on (contexts) take the new defaults,
+        // in a held runtime too once it is continued.
+        if let Some(env) = new.env_vars {
+            if let Some(rt) = self
                 .runtimes
                 .write()
                 .expect("lock poisoned: a holder panicked")
                 .get_mut(id)
-        {
-            rt.env = env;
+            {
+                rt.env = env.clone();
+            }
+            if let Some(held) = crate::lock(&self.held).get_mut(id) {
+                held.runtime.env = env;
+            }
         }
         self.row(id).await
     }
@@ -876,8 +891,12 @@ impl Lifecycle {
             n.register(m.slot, &m.id, &policy_of(template, &config)?)?;
         }
         self.storage.set_disk_limit(&m.id, disk).map_err(internal)?;
+        // Made before the claim: the claim's environment is the defaults of
+        // what it starts (sessions, services, the shell, contexts).
+        let mut runtime = m.runtime;
+        runtime.env = config.env_vars.clone();
         let row = self
-            .record_running(&m.id, template, &config, m.slot, m.runtime, team)
+            .record_running(&m.id, template, &config, m.slot, runtime, team)
             .await?;
         undo.disarm();
         Ok(row)
@@ -1113,7 +1132,16 @@ impl Lifecycle {
                 "sandbox {id} has no runtime on this node to keep"
             )));
         };
+        // As a plain pause does: checkpointed before the row says paused,
+        // so no node takes it over from an older checkpoint meanwhile.
         let frozen = tokio::task::block_in_place(|| rt.cgroup.set_frozen(true));
+        let mut checkpointed = Ok(());
+        if frozen.is_ok() {
+            checkpointed = self.checkpoint_paused(&row).await;
+            if checkpointed.is_err() {
+                self.store.set_checkpointed(&fence, None).await?;
+            }
+        }
         let recorded = match frozen {
             Ok(()) => self
                 .store
@@ -1141,10 +1169,6 @@ impl Lifecycle {
             .lock()
             .expect("lock poisoned: a holder panicked")
             .remove(id);
-        let checkpointed = self.checkpoint_paused(&row).await;
-        if checkpointed.is_err() {
-            self.store.set_checkpointed(&fence, None).await?;
-        }
         self.store.set_pending(&fence, None).await?;
         self.webhooks.emit(&row, Happened::Paused).await;
         checkpointed?;
@@ -1156,9 +1180,23 @@ impl Lifecycle {
         crate::lock(&self.held).contains_key(id)
     }
 
+    /// Refuses a change that must reach a sandbox's processes (its
+    /// sessions, services, uploads) while they are held frozen: it would
+    /// be lost, or leave a process behind, when they are continued.
+    pub(super) fn refuse_if_held(&self, id: &str, what: &str) -> Result<()> {
+        match self.holds_memory(id) {
+            true => Err(Error::Conflict(format!(
+                "sandbox {id} is paused with its memory: resume it to {what} (or pause it without its memory)"
+            ))),
+            false => Ok(()),
+        }
+    }
+
     /// Continues a sandbox paused with its memory: thawed, in the same
     /// runtime generation, its services and sessions as they were.
-    async fn continue_held(&self, row: SandboxRow, held: Held) -> Result<SandboxRow> {
+    /// `None` when its init died while it was held (its memory is gone):
+    /// what is left of it is stopped, and the caller resumes its files.
+    async fn continue_held(&self, row: SandboxRow, held: Held) -> Result<Option<SandboxRow>> {
         let id = row.id.as_str();
         let fence = row.fence();
         let Held {
@@ -1181,6 +1219,13 @@ impl Lifecycle {
             self.store.set_pending(&fence, None).await?;
             return Err(internal(format!("thaw {id}: {e}")));
         }
+        // A frozen init killed meanwhile dies at the thaw (cgroup v1), or
+        // died frozen (v2): either way it does not answer.
+        if !ping(&rt.socket).await.unwrap_or(false) {
+            tracing::warn!(sandbox = %id, "its init died while paused with its memory; resumed from its files");
+            tokio::task::block_in_place(|| self.stop_runtime(id, &rt.cgroup));
+            return Ok(None);
+        }
         if let Err(e) = self
             .store
             .set_running(&fence, rt.pid as i64, row.generation)
@@ -1188,6 +1233,7 @@ impl Lifecycle {
         {
             let _ = tokio::task::block_in_place(|| rt.cgroup.set_frozen(true));
             put_back(rt);
+            let _ = self.store.set_pending(&fence, None).await;
             return Err(e.into());
         }
         if watched {
@@ -1204,7 +1250,7 @@ impl Lifecycle {
         self.webhooks
             .emit(&row, Happened::Resumed { generation })
             .await;
-        Ok(row)
+        Ok(Some(row))
     }
 
     /// Resumes: a new runtime generation on the same volume, or, for one
@@ -1219,9 +1265,13 @@ impl Lifecycle {
             SandboxStatus::Paused => crate::lock(&self.held).remove(id),
             _ => None,
         };
-        if let Some(rt) = held {
-            return self.continue_held(row, rt).await;
-        }
+        let row = match held {
+            Some(held) => match self.continue_held(row, held).await? {
+                Some(continued) => return Ok(continued),
+                None => self.row(id).await?,
+            },
+            None => row,
+        };
         if !row.status.can_resume() {
             return Err(Error::Conflict(format!(
                 "sandbox {id} is {}; only a paused or failed sandbox can be resumed",

@@ -27,6 +27,7 @@ impl Lifecycle {
         check_services(&services, field).map_err(super::Error::Invalid)?;
         let _guard = self.lock(id).await;
         let row = self.row(id).await?;
+        self.refuse_if_held(id, "change its services")?;
         let mut config = config_of(&row);
         let old = std::mem::replace(&mut config.services, services);
         let value = serde_json::to_value(&config).map_err(internal)?;

@@ -99,6 +99,7 @@ impl Lifecycle {
         spec.check().map_err(Error::Invalid)?;
         let _guard = self.lock(id).await;
         let row = self.row(id).await?;
+        self.refuse_if_held(id, "start a session")?;
         let paths = self.storage.paths(id);
         let mut book = load(&paths)?;
         if book.len() >= MAX_SESSIONS {
@@ -398,6 +399,7 @@ impl Lifecycle {
             sid: sid.to_string(),
             after,
             dir,
+            behind: false,
         })
     }
 
@@ -409,12 +411,25 @@ impl Lifecycle {
             return Err(Error::Gone(format!("session {} was deleted", f.sid)));
         }
         let (dir, sid, after) = (f.dir.clone(), f.sid.clone(), f.after);
-        let (records, next) = logs::run(move || {
-            logs::records(&dir, logs::Select::Context(&sid), after, FOLLOW_BATCH)
+        let read = logs::run(move || {
+            let (earliest, _) = logs::retained(&dir)?;
+            // Trimmed past the follower's place: what it missed is gone,
+            // and it must hear so, as `GET .../events` says with a 410.
+            if after > 0 && after < earliest {
+                return Ok(None);
+            }
+            logs::records(&dir, logs::Select::Context(&sid), after, FOLLOW_BATCH).map(Some)
         })
         .await
         .map_err(internal)?;
+        let Some((records, next)) = read else {
+            return Err(Error::Gone(format!(
+                "the events after {} are no longer kept; start again from 0",
+                f.after
+            )));
+        };
         f.after = next;
+        f.behind = records.len() == FOLLOW_BATCH;
         Ok(records
             .into_iter()
             .map(|r| event(&f.sid, row.generation, r))
@@ -423,6 +438,7 @@ impl Lifecycle {
 
     pub async fn delete_session(&self, id: &str, sid: &str) -> Result<()> {
         let _guard = self.lock(id).await;
+        self.refuse_if_held(id, "delete a session")?;
         let paths = self.storage.paths(id);
         let mut book = load(&paths)?;
         if book.remove(sid).is_none() {
@@ -445,6 +461,7 @@ impl Lifecycle {
     ) -> Result<ExecutionSession> {
         let _guard = self.lock(id).await;
         let row = self.row(id).await?;
+        self.refuse_if_held(id, "change a session")?;
         let paths = self.storage.paths(id);
         let mut book = load(&paths)?;
         let s = book
@@ -576,9 +593,16 @@ pub struct SessionFollow {
     sid: String,
     after: i64,
     dir: PathBuf,
+    /// The last read was a full batch: more is there already.
+    behind: bool,
 }
 
 impl SessionFollow {
+    /// Whether the last read left more to read at once.
+    pub fn behind(&self) -> bool {
+        self.behind
+    }
+
     pub fn sandbox(&self) -> &str {
         &self.id
     }

@@ -34,6 +34,9 @@ where
     let revoked = st.keys.clone().revoked(by.key.clone());
     upgrade
         .protocols([sandstone_api::auth::WS_PROTOCOL])
+        // What a client sends is a request or input: held to a JSON body's
+        // bound, not axum's 64 MiB.
+        .max_message_size(crate::MAX_JSON_BODY)
         .on_upgrade(move |socket| async move {
             tokio::select! {
                 _ = pump(socket) => {}

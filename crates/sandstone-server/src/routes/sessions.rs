@@ -244,8 +244,13 @@ async fn attach(mut socket: WebSocket, lc: Arc<Lifecycle>, mut follow: SessionFo
             }
             quiet_since = tokio::time::Instant::now();
         }
+        let wait = if follow.behind() {
+            std::time::Duration::ZERO
+        } else {
+            WATCH_POLL
+        };
         tokio::select! {
-            _ = follow.waker.wait(WATCH_POLL) => {}
+            _ = follow.waker.wait(wait) => {}
             incoming = socket.recv() => match incoming {
                 Some(Ok(Message::Text(text))) => {
                     let answer = request(&lc, &follow, &text).await;

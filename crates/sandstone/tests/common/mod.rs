@@ -221,20 +221,33 @@ impl Daemon {
         // A loaded CI machine (the PostgreSQL pass, a browser beside it) can
         // take a while; a daemon that exits says so at once, with its log.
         let deadline = Instant::now() + Duration::from_secs(60);
+        // Its own client, a connection per look: a pooled connection to the
+        // daemon this one replaced (same port) is never what answers.
+        // Nor for the test's own calls: a fresh pool for the new daemon.
+        self.http = reqwest::Client::new();
+        let probe = reqwest::Client::builder()
+            .pool_max_idle_per_host(0)
+            .no_proxy()
+            .timeout(Duration::from_secs(5))
+            .build()
+            .expect("probe client");
         loop {
-            if let Ok(r) = self.http.get(format!("{}/healthz", self.url)).send().await
-                && r.status().is_success()
-            {
-                break;
-            }
+            let last = match probe.get(format!("{}/healthz", self.url)).send().await {
+                Ok(r) if r.status().is_success() => break,
+                Ok(r) => format!("answered {}", r.status()),
+                Err(e) => format!("{e:?}"),
+            };
             let exited = self
                 .child
                 .as_mut()
                 .and_then(|c| c.try_wait().ok().flatten());
             if exited.is_some() || Instant::now() >= deadline {
                 let pid = self.child.as_ref().map(|c| c.id()).unwrap_or_default();
+                let listening = std::fs::read_to_string("/proc/net/tcp").unwrap_or_default();
+                let port = format!(":{:04X} ", self.port);
+                let on_port: Vec<&str> = listening.lines().filter(|l| l.contains(&port)).collect();
                 panic!(
-                    "daemon did not come up ({exited:?}); its log:\n{}\nwhere it waits:\n{}",
+                    "daemon did not come up ({exited:?}); the last look: {last}\nsockets on its port: {on_port:#?}\nits log:\n{}\nwhere it waits:\n{}",
                     self.log(),
                     kernel_stacks(pid)
                 );
