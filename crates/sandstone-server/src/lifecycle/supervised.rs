@@ -407,9 +407,9 @@ impl Lifecycle {
     /// or its sandbox is gone.
     pub async fn session_events_since(&self, f: &mut SessionFollow) -> Result<Vec<SessionEvent>> {
         let row = self.row(&f.id).await?;
-        if !load(&self.storage.paths(&f.id))?.contains_key(&f.sid) {
-            return Err(Error::Gone(format!("session {} was deleted", f.sid)));
-        }
+        // Looked at before the read: what the session logged before it was
+        // deleted is still delivered, and the end comes with the next read.
+        let deleted = !load(&self.storage.paths(&f.id))?.contains_key(&f.sid);
         let (dir, sid, after) = (f.dir.clone(), f.sid.clone(), f.after);
         let read = logs::run(move || {
             let (earliest, _) = logs::retained(&dir)?;
@@ -428,6 +428,9 @@ impl Lifecycle {
                 f.after
             )));
         };
+        if deleted && records.is_empty() {
+            return Err(Error::Gone(format!("session {} was deleted", f.sid)));
+        }
         f.after = next;
         f.behind = records.len() == FOLLOW_BATCH;
         Ok(records
