@@ -2,7 +2,7 @@
 // processes and contexts, snapshots and forks, lifecycle actions).
 
 import { api, blob } from "./api.js";
-import { $, act, age, confirmDialog, esc, fmtBytes, html, pill, raw, render, saveAs, toast, when } from "./ui.js";
+import { $, act, age, choiceDialog, confirmDialog, esc, fmtBytes, html, pill, raw, render, saveAs, toast, when } from "./ui.js";
 
 const POLL_MS = 2000;
 const enc = encodeURIComponent;
@@ -298,28 +298,14 @@ async function lifecycle(button, id, verb) {
 /** Asks how to pause `id`: "memory" keeps its processes where they are,
  * "files" ends them; null is no pause. */
 function pauseDialog(id) {
-  const dlg = document.createElement("dialog");
-  dlg.className = "modal";
-  render(
-    dlg,
-    html`<form method="dialog">
-      <h2>Pause sandbox?</h2>
-      <p>Its processes in ${id} end; its files stay. Or keep the processes with their memory, frozen where they are: resuming continues them (the memory stays in use on this node).</p>
-      <div class="row end">
-        <button value="no" class="btn">Cancel</button>
-        <button value="memory" class="btn">Pause, keep memory</button>
-        <button value="files" class="btn primary">Pause</button>
-      </div>
-    </form>`,
+  return choiceDialog(
+    "Pause sandbox?",
+    `Its processes in ${id} end; its files stay. Or keep the processes with their memory, frozen where they are: resuming continues them (the memory stays in use on this node).`,
+    [
+      { value: "memory", label: "Pause, keep memory" },
+      { value: "files", label: "Pause", cls: "primary" },
+    ],
   );
-  document.body.append(dlg);
-  dlg.showModal();
-  return new Promise((resolve) => {
-    dlg.addEventListener("close", () => {
-      resolve(["memory", "files"].includes(dlg.returnValue) ? dlg.returnValue : null);
-      dlg.remove();
-    });
-  });
 }
 
 function createDialog() {

@@ -99,6 +99,12 @@ export async function act(button, fn, done) {
 
 /** A modal question; resolves true when confirmed. */
 export function confirmDialog(title, body, verb = "Confirm", danger = true) {
+  return choiceDialog(title, body, [{ value: "yes", label: verb, cls: danger ? "danger" : "primary" }]).then((v) => v === "yes");
+}
+
+/** Asks `title` with `body` and a button per choice (`{value, label,
+ * cls}`, the last the default) beside Cancel: the chosen value, or null. */
+export function choiceDialog(title, body, choices) {
   const dlg = document.createElement("dialog");
   dlg.className = "modal";
   render(
@@ -108,7 +114,7 @@ export function confirmDialog(title, body, verb = "Confirm", danger = true) {
       <p>${body}</p>
       <div class="row end">
         <button value="no" class="btn">Cancel</button>
-        <button value="yes" class="btn ${danger ? "danger" : "primary"}">${verb}</button>
+        ${choices.map((c) => html`<button value="${c.value}" class="btn ${c.cls ?? ""}">${c.label}</button>`)}
       </div>
     </form>`,
   );
@@ -116,7 +122,7 @@ export function confirmDialog(title, body, verb = "Confirm", danger = true) {
   dlg.showModal();
   return new Promise((resolve) => {
     dlg.addEventListener("close", () => {
-      resolve(dlg.returnValue === "yes");
+      resolve(choices.some((c) => c.value === dlg.returnValue) ? dlg.returnValue : null);
       dlg.remove();
     });
   });

@@ -1056,16 +1056,7 @@ impl Lifecycle {
         if row.status == SandboxStatus::Paused {
             return Ok(row);
         }
-        if !row.status.can_pause() {
-            return Err(Error::Conflict(format!(
-                "sandbox {id} is {}; only a running sandbox can be paused",
-                row.status
-            )));
-        }
-        let fence = row.fence();
-        self.store
-            .set_pending(&fence, Some(PendingOp::Pause))
-            .await?;
+        let fence = self.begin_pause(&row).await?;
         let cgroup = self.take_cgroup(id);
         tokio::task::block_in_place(|| {
             cgroup.kill_all();
@@ -1094,6 +1085,22 @@ impl Lifecycle {
         self.row(id).await
     }
 
+    /// The start of either pause: a sandbox that can be paused, marked as
+    /// being paused (what recovery finishes after a crash).
+    async fn begin_pause(&self, row: &SandboxRow) -> Result<sandstone_db::Fence> {
+        if !row.status.can_pause() {
+            return Err(Error::Conflict(format!(
+                "sandbox {} is {}; only a running sandbox can be paused",
+                row.id, row.status
+            )));
+        }
+        let fence = row.fence();
+        self.store
+            .set_pending(&fence, Some(PendingOp::Pause))
+            .await?;
+        Ok(fence)
+    }
+
     /// Pauses keeping the processes with their memory: they are frozen in
     /// place (the cgroup freezer), out of reach of requests, and the next
     /// resume continues them in the same runtime generation. The memory
@@ -1111,16 +1118,7 @@ impl Lifecycle {
                 "sandbox {id} is paused already, without its memory"
             )));
         }
-        if !row.status.can_pause() {
-            return Err(Error::Conflict(format!(
-                "sandbox {id} is {}; only a running sandbox can be paused",
-                row.status
-            )));
-        }
-        let fence = row.fence();
-        self.store
-            .set_pending(&fence, Some(PendingOp::Pause))
-            .await?;
+        let fence = self.begin_pause(&row).await?;
         let taken = self
             .runtimes
             .write()

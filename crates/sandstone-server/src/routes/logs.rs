@@ -6,8 +6,8 @@ use crate::AppState;
 use crate::lifecycle::logs::{self, Line, LogQuery};
 use crate::routes::error::{ApiError, ApiResult, ok};
 use crate::routes::observability::{
-    WATCH_POLL, WatchSource, bad, enum_param, limit_param, push_line, time_param, watch_param,
-    watch_stream,
+    WATCH_POLL, WatchSource, bad, enum_param, limit_param, push_line, push_watermark, time_param,
+    watch_param, watch_stream,
 };
 use crate::routes::sandboxes::row;
 use axum::extract::{Path, Query, State};
@@ -159,14 +159,7 @@ impl WatchSource for LogWatch {
         }
         // Once caught up, the position is what counts.
         self.query.start_ms = None;
-        let cursor = next.to_string();
-        push_line(
-            &mut out,
-            &WatchLine::Watermark {
-                watermark: cursor.clone(),
-                cursor,
-            },
-        );
+        push_watermark(&mut out, next.to_string());
         Ok(out)
     }
 }

@@ -452,14 +452,7 @@ impl WatchSource for AuditWatch {
                 push_line(&mut out, &WatchLine::Event { data: Box::new(e) });
             }
         }
-        let cursor = self.after.to_string();
-        push_line(
-            &mut out,
-            &WatchLine::Watermark {
-                watermark: cursor.clone(),
-                cursor,
-            },
-        );
+        push_watermark(&mut out, self.after.to_string());
         Ok(out)
     }
 }
@@ -490,6 +483,12 @@ async fn push_quiet(framing: Framing, out: &mut String, st: &AppState, id: &str)
     }
     framing.push_heartbeat(out);
     false
+}
+
+/// The place a watch can resume from (`cursor=`), after a batch.
+pub(crate) fn push_watermark(out: &mut String, cursor: String) {
+    let watermark = cursor.clone();
+    push_line(out, &WatchLine::Watermark { watermark, cursor });
 }
 
 pub(crate) fn push_line(out: &mut String, line: &WatchLine) {
