@@ -97,7 +97,11 @@ impl InstallationCa {
         }
         bundle.push_str(&cert_pem);
         let bundle_path = dir.join("ca-bundle.pem");
-        write(&bundle_path, bundle.as_bytes(), 0o644).map_err(written("CA bundle"))?;
+        // Replaced only when it changed: running sandboxes (and checkpoints
+        // of their memory) are bound to this file, not to its name.
+        if std::fs::read(&bundle_path).ok().as_deref() != Some(bundle.as_bytes()) {
+            write(&bundle_path, bundle.as_bytes(), 0o644).map_err(written("CA bundle"))?;
+        }
         Ok(InstallationCa {
             cert_pem,
             bundle: bundle_path,

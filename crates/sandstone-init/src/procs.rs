@@ -228,8 +228,8 @@ fn base_env() -> BTreeMap<String, String> {
     env
 }
 
-/// Init's own `oom_score_adj`, opened while it could be (a non-dumpable
-/// process cannot open its own /proc files), and its value then.
+/// Init's own `oom_score_adj`, opened as it started (kept open, so each
+/// start costs no open), and its value then.
 static OOM_SCORE_ADJ: std::sync::OnceLock<(File, Vec<u8>)> = std::sync::OnceLock::new();
 
 pub fn set_oom_score_adj_file(mut f: File) -> std::io::Result<()> {
@@ -242,8 +242,7 @@ pub fn set_oom_score_adj_file(mut f: File) -> std::io::Result<()> {
 /// Runs `fork` with init's `oom_score_adj` at 1000, so the child (and
 /// everything it starts) is what the OOM killer takes before init. Nothing
 /// in the sandbox may lower its own score (that needs CAP_SYS_RESOURCE),
-/// and a forked child cannot write its /proc files (it is non-dumpable
-/// until exec), so the score is inherited: init raises its own for the
+/// and a score is inherited at fork: init raises its own for the
 /// instant of the fork, then returns to the value it started with (never
 /// below it, which the kernel allows without the capability). Callers hold
 /// SPAWN_LOCK, so forks never overlap.

@@ -1,5 +1,6 @@
 //! The last steps before PID 1 serves: capabilities reduced to a container
-//! default set, no_new_privs, seccomp, clamped rlimits, non-dumpable.
+//! default set (and PID 1 out of the sandbox's reach: [`GUARD`]),
+//! no_new_privs, seccomp, clamped rlimits.
 
 use crate::Result;
 use crate::sys::Step;
@@ -30,6 +31,18 @@ fn last_cap() -> u32 {
         .unwrap_or(40)
 }
 
+/// A capability PID 1 keeps permitted (never effective, and out of the
+/// bounding set, so no program it starts has it) so that no process of
+/// the sandbox may ptrace it, read its memory, environment or descriptors
+/// through /proc: the kernel lets a process do so only to one whose
+/// permitted capabilities are a subset of its own, or with
+/// `CAP_SYS_PTRACE` over the sandbox's user namespace, which nothing in it
+/// holds. Non-dumpable would do the same, but would also keep out a
+/// checkpointer given every capability in that namespace (CRIU, for a
+/// pause that keeps memory): a process's memory belongs to the user
+/// namespace it was executed in (or, restored, forked in), the host's.
+pub const GUARD: u32 = 19; // SYS_PTRACE
+
 /// Makes every permitted capability effective again.
 pub fn raise_effective() -> Result<()> {
     let mut sets = security::capget().step(|| "capget".into())?;
@@ -40,7 +53,8 @@ pub fn raise_effective() -> Result<()> {
 }
 
 /// Drops every capability outside [`KEEP`] from the bounding, ambient,
-/// effective, permitted and inheritable sets.
+/// effective and inheritable sets, and from the permitted set all but
+/// [`GUARD`].
 pub fn drop_capabilities() -> Result<()> {
     let last = last_cap();
     for cap in 0..=last {
@@ -49,13 +63,18 @@ pub fn drop_capabilities() -> Result<()> {
         }
     }
     security::clear_ambient_capabilities().step(|| "clear ambient capabilities".into())?;
-    let mut mask = [0u32; 2];
-    for cap in KEEP {
-        mask[(cap / 32) as usize] |= 1 << (cap % 32);
-    }
+    let mask = |caps: &mut dyn Iterator<Item = u32>| {
+        let mut mask = [0u32; 2];
+        for cap in caps {
+            mask[(cap / 32) as usize] |= 1 << (cap % 32);
+        }
+        mask
+    };
+    let effective = mask(&mut KEEP.iter().copied());
+    let permitted = mask(&mut KEEP.iter().copied().chain([GUARD]));
     let sets = [0, 1].map(|i| security::CapSets {
-        effective: mask[i],
-        permitted: mask[i],
+        effective: effective[i],
+        permitted: permitted[i],
         inheritable: 0,
     });
     security::capset(&sets).step(|| "capset".into())
@@ -79,9 +98,5 @@ pub fn harden() -> Result<()> {
     clamp_rlimits()?;
     drop_capabilities()?;
     security::set_no_new_privs().step(|| "set no_new_privs".into())?;
-    crate::seccomp::install()?;
-    // Not dumpable: processes in the sandbox cannot ptrace PID 1 or open its
-    // /proc files, even as root.
-    security::set_dumpable(false).step(|| "set non-dumpable".into())?;
-    Ok(())
+    crate::seccomp::install()
 }

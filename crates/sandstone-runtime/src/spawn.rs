@@ -101,9 +101,8 @@ pub struct SandboxStart {
     pub listener: UnixListener,
     /// Write "ok" (or an error) here once the sandbox is ready, then drop it.
     pub status: std::fs::File,
-    /// PID 1's own `/proc/self/oom_score_adj`, opened read-write by
-    /// [`prepare_sandbox`] before PID 1 becomes non-dumpable (after which
-    /// it could not open it).
+    /// PID 1's own `/proc/self/oom_score_adj` (the sandbox's /proc),
+    /// opened read-write by [`prepare_sandbox`].
     pub oom_score_adj: Option<std::fs::File>,
     /// The lease deadline file ([`SpawnSpec::lease`]), opened read-only
     /// while host paths are still reachable.
@@ -126,9 +125,10 @@ fn write_id_maps(pid: process::Pid, spec: &SpawnSpec) -> Result<()> {
     Ok(())
 }
 
-/// Builds the sandbox and returns PID 1's host pid once it reports ready.
-/// `sandbox_main` runs in PID 1 and never returns.
-pub fn spawn(spec: &SpawnSpec, sandbox_main: fn(SandboxStart) -> !) -> Result<i32> {
+/// Moves the helper into the sandbox's new mount and network namespaces,
+/// its network set up (`spec.net`, else loopback alone) and its mounts
+/// private to it.
+pub(crate) fn enter_namespaces(spec: &SpawnSpec) -> Result<()> {
     let host_ns = crate::net::current_ns()?;
     let flags = libc::CLONE_NEWNS | libc::CLONE_NEWNET;
     process::unshare(flags).step(|| "unshare mount+net namespaces".into())?;
@@ -145,7 +145,13 @@ pub fn spawn(spec: &SpawnSpec, sandbox_main: fn(SandboxStart) -> !) -> Result<i3
         None,
         libc::MS_REC | libc::MS_PRIVATE,
         None,
-    )?;
+    )
+}
+
+/// Builds the sandbox and returns PID 1's host pid once it reports ready.
+/// `sandbox_main` runs in PID 1 and never returns.
+pub fn spawn(spec: &SpawnSpec, sandbox_main: fn(SandboxStart) -> !) -> Result<i32> {
+    enter_namespaces(spec)?;
     crate::rootfs::assemble_host_side(spec)?;
     let _ = std::fs::remove_file(&spec.socket);
     let listener = UnixListener::bind(&spec.socket)
@@ -222,13 +228,6 @@ pub fn spawn(spec: &SpawnSpec, sandbox_main: fn(SandboxStart) -> !) -> Result<i3
 pub fn prepare_sandbox(start: &mut SandboxStart) -> Result<()> {
     // Fails only for a group leader, which a freshly cloned PID 1 is not.
     let _ = process::setsid();
-    start.oom_score_adj = Some(
-        std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open("/proc/self/oom_score_adj")
-            .map_err(|e| Error::sys("open oom_score_adj", e))?,
-    );
     if let Some(w) = &start.spec.lease {
         start.lease =
             Some(std::fs::File::open(&w.file).map_err(|e| Error::sys("open the lease file", e))?);
@@ -247,9 +246,6 @@ pub fn prepare_sandbox(start: &mut SandboxStart) -> Result<()> {
         .append(true)
         .open(&start.spec.log)
         .map_err(|e| Error::sys("open init log", e))?;
-    let null = std::fs::File::open("/dev/null").map_err(|e| Error::sys("open /dev/null", e))?;
-    sandstone_sys::fd::redirect_stdio(null.as_fd(), log.as_fd(), log.as_fd())
-        .step(|| "redirect init's stdio".into())?;
     crate::rootfs::enter(&start.spec.rootfs)?;
     // Our credentials are still host root's until we switch to the mapped
     // root; only then is every file we create owned by the sandbox's range.
@@ -257,6 +253,21 @@ pub fn prepare_sandbox(start: &mut SandboxStart) -> Result<()> {
     process::setresuid(0).step(|| "setresuid".into())?;
     process::clear_groups().step(|| "setgroups".into())?;
     crate::rootfs::finish_in_sandbox(start.spec.memory_bytes)?;
+    // Changing user made PID 1 non-dumpable, which would keep a checkpoint
+    // of its memory out too; `harden::GUARD` keeps the sandbox out instead.
+    sandstone_sys::security::set_dumpable(true).step(|| "set dumpable".into())?;
+    // The sandbox's own /dev/null and /proc: what a checkpoint of its
+    // memory takes as it is (only the log is a host file).
+    let null = std::fs::File::open("/dev/null").map_err(|e| Error::sys("open /dev/null", e))?;
+    sandstone_sys::fd::redirect_stdio(null.as_fd(), log.as_fd(), log.as_fd())
+        .step(|| "redirect init's stdio".into())?;
+    start.oom_score_adj = Some(
+        std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open("/proc/self/oom_score_adj")
+            .map_err(|e| Error::sys("open oom_score_adj", e))?,
+    );
     process::sethostname(&start.spec.hostname).step(|| "sethostname".into())?;
     crate::harden::harden()?;
     Ok(())

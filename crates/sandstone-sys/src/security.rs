@@ -31,7 +31,7 @@ pub fn set_no_new_privs() -> io::Result<()> {
 }
 
 /// Sets whether the process is dumpable (and so whether others may ptrace
-/// it or open its /proc files).
+/// it or open its /proc files, within what their capabilities allow).
 pub fn set_dumpable(dumpable: bool) -> io::Result<()> {
     prctl_int(libc::PR_SET_DUMPABLE, dumpable.into())
 }
