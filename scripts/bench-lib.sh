@@ -7,7 +7,8 @@ start_daemon() {
   local name=$1 port=$2; shift 2
   local setup=()
   while [ "$1" != "--" ]; do setup+=("$1"); shift; done; shift
-  "$s" setup --no-debian --data-dir "$work/$name" "${setup[@]}" >/dev/null 2>&1
+  # CRIU is unpacked once, outside (a daemon that wants it gets --criu).
+  "$s" setup --no-debian --no-criu --data-dir "$work/$name" "${setup[@]}" >/dev/null 2>&1
   echo "$port" > "$work/$name/port"
   # Networking is on by default, on the pool setup recorded; daemons of one
   # script would all record the same one, so only a daemon given its own

@@ -16,7 +16,10 @@ trap bench_cleanup EXIT
 port=$(( 20000 + RANDOM % 20000 ))
 # Cold creates are measured without a warm pool; the durable runs use one.
 start_daemon cold "$port" --pool-gib 32 -- --warm-pool 0
-start_daemon btrfs "$((port + 1))" --pool-gib 32 -- --warm-pool 2
+# A pause with memory writes it to disk on the btrfs daemon (with the CRIU
+# scripts/test.sh's setup unpacked, when there is one) and keeps it frozen
+# in place on the dir daemon (none).
+start_daemon btrfs "$((port + 1))" --pool-gib 32 -- --warm-pool 2 --criu "${SANDSTONE_CACHE:-/var/cache/sandstone}/setup/criu"
 start_daemon dir "$((port + 2))" --no-pool -- --pool dir --warm-pool 2
 echo "== foundation (btrfs pool, cold creates)"
 on cold bench "$@"

@@ -28,6 +28,8 @@ export SANDSTONE_INIT="$out/sandstone-init"
 "$out/sandstone" setup --no-pool --data-dir "$cache/setup" >&2
 export SANDSTONE_TEST_DEBIAN="$cache/setup/templates/debian"
 export SANDSTONE_TEST_DEFAULT="$cache/setup/templates/default"
+# CRIU, which setup unpacks (Debian's package): the pause-with-memory tests.
+export SANDSTONE_TEST_CRIU="$cache/setup/criu"
 export SANDSTONE_SDK_PYTHON="$venv/bin/python"
 log="$(mktemp)"
 trap 'rm -f "$log"' EXIT

@@ -368,8 +368,9 @@ pub struct UploadInfo {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PauseRequest {
-    /// Keep the processes with their memory (frozen in place on this
-    /// node); resume continues them.
+    /// Keep the processes with their memory (written to disk where the
+    /// node has CRIU, else frozen in place); resume continues them, on this
+    /// node.
     #[serde(default)]
     pub memory: bool,
 }
@@ -379,6 +380,19 @@ pub struct PauseResponse {
     pub sandbox_id: String,
     pub paused: bool,
     pub status: String,
+    /// Where a pause with memory keeps it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory: Option<MemoryKept>,
+}
+
+/// Where a pause with memory keeps the processes' memory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MemoryKept {
+    /// Written to disk (CRIU): none of the node's memory is held.
+    Disk,
+    /// Frozen in place, resident: this node has no CRIU.
+    Frozen,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

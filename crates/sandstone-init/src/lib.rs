@@ -27,6 +27,7 @@ use std::io::{Read, Write};
 pub fn run() {
     match std::env::args().nth(1).as_deref() {
         Some("spawn") => spawn_mode(),
+        Some("restore") => restore_mode(),
         Some("tmpfs") => tmpfs_mode(),
         Some("bind") => bind_mode(),
         _ => {
@@ -38,7 +39,9 @@ pub fn run() {
     }
 }
 
-fn spawn_mode() {
+/// The spec a helper mode reads on its standard input, after closing
+/// whatever else it was given.
+fn helper_spec<T: serde::de::DeserializeOwned>() -> T {
     // The daemon's descriptors are close-on-exec, but whoever ran us may
     // have left others open: none of them may reach the sandbox.
     if let Err(e) = sandstone_sys::fd::close_from(3) {
@@ -46,18 +49,34 @@ fn spawn_mode() {
         std::process::exit(1);
     }
     let mut input = Vec::new();
-    let spec: SpawnSpec = match std::io::stdin()
+    match std::io::stdin()
         .read_to_end(&mut input)
         .map_err(|e| e.to_string())
         .and_then(|_| serde_json::from_slice(&input).map_err(|e| e.to_string()))
     {
         Ok(s) => s,
         Err(e) => {
-            eprintln!("bad spawn spec: {e}");
+            eprintln!("bad helper spec: {e}");
             std::process::exit(2);
         }
-    };
+    }
+}
+
+fn spawn_mode() {
+    let spec: SpawnSpec = helper_spec();
     match spawn(&spec, sandbox_main) {
+        Ok(pid) => println!("pid {pid}"),
+        Err(e) => {
+            eprintln!("{e}");
+            std::process::exit(1);
+        }
+    }
+}
+
+/// `restore < spec.json`: brings a sandbox back from its checkpoint.
+fn restore_mode() {
+    let spec: sandstone_runtime::criu::RestoreSpec = helper_spec();
+    match sandstone_runtime::criu::restore(&spec) {
         Ok(pid) => println!("pid {pid}"),
         Err(e) => {
             eprintln!("{e}");

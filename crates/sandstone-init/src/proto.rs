@@ -12,6 +12,11 @@ pub const MAX_PAYLOAD: usize = 256 << 20;
 #[serde(tag = "op", rename_all = "snake_case")]
 pub enum Request {
     Ping,
+    /// Ends every other connection to PID 1 before a checkpoint of the
+    /// sandbox's memory (CRIU cannot take a socket whose other end is
+    /// outside): a request being served on one ends at its next read or
+    /// write. Answered with `Ok`; the caller then closes this one too.
+    Quiesce,
     /// Starts a process context. With `attach`, the answer streams its output
     /// and ends with its exit (a synchronous run).
     Spawn {

@@ -4,6 +4,7 @@ use crate::procs::{self, Event, Proc, SpawnRequest};
 use crate::proto::{ErrorCode, ExitInfo, ProcKind, Request, Response, read_frame, write_frame};
 use crate::{files, repl, supervise, toolset, watch};
 use std::io::{BufWriter, Write};
+use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, TryRecvError};
 use std::time::{Duration, Instant};
@@ -39,12 +40,56 @@ fn send(out: &mut Out, r: &Response, payload: &[u8]) -> std::io::Result<()> {
     Ok(())
 }
 
+/// The descriptors of every open connection, by connection: what
+/// [`quiesce`] ends. A connection leaves it (in [`Registered`]'s drop)
+/// before its descriptors are closed, so a number in it is always still
+/// the connection's.
+static CONNECTIONS: std::sync::Mutex<Vec<(u64, [RawFd; 2])>> = std::sync::Mutex::new(Vec::new());
+
+struct Registered(u64);
+
+impl Registered {
+    fn new(fds: [RawFd; 2]) -> Registered {
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let id = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        CONNECTIONS.lock().expect("lock poisoned").push((id, fds));
+        Registered(id)
+    }
+}
+
+impl Drop for Registered {
+    fn drop(&mut self) {
+        CONNECTIONS
+            .lock()
+            .expect("lock poisoned")
+            .retain(|(id, _)| *id != self.0);
+    }
+}
+
+/// Ends every connection but `keep`: each of its descriptors is replaced,
+/// under its number, by a socket whose peer is closed, so the daemon's end
+/// sees the connection close and the thread serving it gets an end of
+/// input or EPIPE at its next read or write, and returns.
+fn quiesce(keep: u64) -> std::io::Result<()> {
+    let (dead, peer) = UnixStream::pair()?;
+    drop(peer);
+    let conns = CONNECTIONS.lock().expect("lock poisoned");
+    for (_, fds) in conns.iter().filter(|(id, _)| *id != keep) {
+        for fd in fds {
+            sandstone_sys::fd::dup_to(dead.as_raw_fd(), *fd)?;
+        }
+    }
+    Ok(())
+}
+
 fn handle(conn: UnixStream) {
     let mut reader = match conn.try_clone() {
         Ok(r) => r,
         Err(_) => return,
     };
     let mut out = BufWriter::with_capacity(256 * 1024, conn);
+    // Declared last, so dropped first: out of the registry before closed.
+    let me = Registered::new([reader.as_raw_fd(), out.get_ref().as_raw_fd()]);
     loop {
         let (req, payload): (Request, Vec<u8>) = match read_frame(&mut reader) {
             Ok(Some(f)) => f,
@@ -58,6 +103,16 @@ fn handle(conn: UnixStream) {
                 return;
             }
         };
+        if let Request::Quiesce = req {
+            let resp = match quiesce(me.0) {
+                Ok(()) => Response::Ok,
+                Err(e) => io_error(&e),
+            };
+            if send(&mut out, &resp, &[]).is_err() {
+                return;
+            }
+            continue;
+        }
         if dispatch(req, payload, &mut out).is_err() {
             return;
         }
@@ -81,6 +136,8 @@ fn with_proc(id: &str, f: impl FnOnce(&Proc) -> Response) -> Response {
 
 fn dispatch(req: Request, payload: Vec<u8>, out: &mut Out) -> std::io::Result<()> {
     let resp = match req {
+        // Answered by `handle`, which knows the connection to keep.
+        Request::Quiesce => Response::error(ErrorCode::InvalidArgument, "not here"),
         Request::Ping => Response::Pong {
             version: env!("CARGO_PKG_VERSION").into(),
         },

@@ -58,8 +58,24 @@ fn helper(init_bin: &Path, args: &[std::ffi::OsString], what: &str) -> Result<()
 /// Runs `<init_bin> spawn`, feeding it `spec`. Blocking: call it from a
 /// blocking thread.
 pub fn launch(init_bin: &Path, spec: &SpawnSpec) -> Result<Launched> {
+    run_pid_helper(init_bin, "spawn", spec, "sandbox spawn failed")
+}
+
+/// Runs `<init_bin> restore`, feeding it `spec`: the sandbox brought back
+/// from its checkpoint ([`crate::criu`]). Blocking.
+pub fn restore(init_bin: &Path, spec: &crate::criu::RestoreSpec) -> Result<Launched> {
+    run_pid_helper(init_bin, "restore", spec, "sandbox restore failed")
+}
+
+/// Runs a helper mode that reads `body` as JSON and answers `pid <n>`.
+fn run_pid_helper(
+    init_bin: &Path,
+    mode: &str,
+    body: &impl serde::Serialize,
+    failed: &str,
+) -> Result<Launched> {
     let mut child = Command::new(init_bin)
-        .arg("spawn")
+        .arg(mode)
         .env_clear()
         .env("SANDSTONE_FAULTS", crate::fault::armed_list())
         .stdin(Stdio::piped())
@@ -67,16 +83,16 @@ pub fn launch(init_bin: &Path, spec: &SpawnSpec) -> Result<Launched> {
         .stderr(Stdio::piped())
         .spawn()
         .map_err(|e| Error::sys(format!("run {init_bin:?}"), e))?;
-    let body = serde_json::to_vec(spec).expect("spec serializes");
+    let body = serde_json::to_vec(body).expect("spec serializes");
     child
         .stdin
         .take()
         .expect("piped stdin")
         .write_all(&body)
-        .map_err(|e| Error::sys("send spawn spec", e))?;
+        .map_err(|e| Error::sys("send the helper its spec", e))?;
     let out = child
         .wait_with_output()
-        .map_err(|e| Error::sys("wait for spawn helper", e))?;
+        .map_err(|e| Error::sys("wait for the helper", e))?;
     let stdout = String::from_utf8_lossy(&out.stdout);
     if out.status.success()
         && let Some(pid) = stdout
@@ -87,8 +103,5 @@ pub fn launch(init_bin: &Path, spec: &SpawnSpec) -> Result<Launched> {
         return Ok(Launched { pid });
     }
     let stderr = String::from_utf8_lossy(&out.stderr);
-    Err(Error::Other(format!(
-        "sandbox spawn failed: {}",
-        stderr.trim()
-    )))
+    Err(Error::Other(format!("{failed}: {}", stderr.trim())))
 }

@@ -14,6 +14,7 @@
 
 pub mod account;
 pub mod cgroup;
+pub mod criu;
 pub mod fault;
 pub mod harden;
 pub mod idmap;

@@ -77,24 +77,85 @@ fn ensure_file(p: &Path) -> Result<()> {
 /// Host-side assembly, in the helper's private mount namespace.
 pub fn assemble_host_side(spec: &SpawnSpec) -> Result<()> {
     let root = &spec.rootfs;
+    let run_dir = root.parent().expect("rootfs has a parent");
+    let userns = crate::idmap::userns(spec.id_base, spec.id_count)?;
+    let data = mount_root(spec, &userns, run_dir, root)?;
+    crate::fault::check("rootfs.after_overlay")?;
+    let workspace = inside(root, "workspace");
+    // Mount points the template lacks are created in the sandbox's own
+    // layer, as its root (which the id map stores as uid 0).
+    as_sandbox_root(spec.id_base, || ensure_dir(&workspace))?;
+    bind(&data.join("workspace"), &workspace, false)?;
+    for b in &spec.binds {
+        let dst = inside(root, &b.target);
+        as_sandbox_root(spec.id_base, || make_mount_point(&b.source, &dst))?;
+        bind_source(b, &dst, &userns)?;
+    }
+    let dev = inside(root, "dev");
+    as_sandbox_root(spec.id_base, || ensure_dir(&dev))?;
+    make_dev(&dev, true)?;
+    let sys_dir = inside(root, "sys");
+    as_sandbox_root(spec.id_base, || ensure_dir(&sys_dir))?;
+    mount_sys(&sys_dir)
+}
+
+/// What a restore of the sandbox's memory ([`crate::criu`]) stands on,
+/// made in `stage` (an empty directory of the restore helper's private
+/// mount namespace that the sandbox's root may traverse): the root at
+/// `stage/root`, assembled as for a spawn, and each mount the checkpoint
+/// left out by key ([`crate::criu::external_mounts`]), ready to be bound
+/// in: `ws`, `dev`, `sys`, and `b<i>` for `spec.binds[i]`.
+pub fn assemble_for_restore(spec: &SpawnSpec, stage: &Path) -> Result<Vec<(String, PathBuf)>> {
+    let userns = crate::idmap::userns(spec.id_base, spec.id_count)?;
+    let root = stage.join("root");
+    ensure_dir(&root)?;
+    let data = mount_root(spec, &userns, stage, &root)?;
+    let mut staged = vec![("ws".to_string(), data.join("workspace"))];
+    for (i, b) in spec.binds.iter().enumerate() {
+        let dst = stage.join(format!("b{i}"));
+        make_mount_point(&b.source, &dst)?;
+        bind_source(b, &dst, &userns)?;
+        staged.push((format!("b{i}"), dst));
+    }
+    let dev = stage.join("dev");
+    ensure_dir(&dev)?;
+    // Without the device nodes bound in: CRIU binds them itself, and could
+    // not take a /dev with mounts under it from inside the sandbox's user
+    // namespace (they are locked to it there).
+    make_dev(&dev, false)?;
+    staged.push(("dev".to_string(), dev));
+    let sys_dir = stage.join("sys");
+    ensure_dir(&sys_dir)?;
+    mount_sys(&sys_dir)?;
+    staged.push(("sys".to_string(), sys_dir));
+    Ok(staged)
+}
+
+/// The sandbox's root: its template layers and its own layer (both shown
+/// through its id map) under an overlay at `root`; the layers are mounted
+/// in `at`. Returns where its own layer is mounted.
+fn mount_root(
+    spec: &SpawnSpec,
+    userns: &std::os::fd::OwnedFd,
+    at: &Path,
+    root: &Path,
+) -> Result<PathBuf> {
     // Template layers and template binds are host-root-owned: show them
     // through the sandbox's id map so they belong to root inside.
-    let userns = crate::idmap::userns(spec.id_base, spec.id_count)?;
-    let run_dir = root.parent().expect("rootfs has a parent");
     let mut lowers = Vec::new();
     for (i, layer) in spec.lower.iter().enumerate() {
-        let at = run_dir.join(format!("lower{i}"));
-        ensure_dir(&at)?;
-        crate::idmap::bind(layer, &at, &userns, true)?;
-        lowers.push(at.display().to_string());
+        let dir = at.join(format!("lower{i}"));
+        ensure_dir(&dir)?;
+        crate::idmap::bind(layer, &dir, userns, true)?;
+        lowers.push(dir.display().to_string());
     }
     let lower = lowers.join(":");
     // The sandbox's own layers are stored unshifted (owned by 0..count on
     // disk) and shown through the same id map, so they can move between id
     // ranges (fork, restore, warm pool) without a recursive chown.
-    let data = run_dir.join("data");
+    let data = at.join("data");
     ensure_dir(&data)?;
-    crate::idmap::bind(&spec.data, &data, &userns, false)?;
+    crate::idmap::bind(&spec.data, &data, userns, false)?;
     let opts = format!(
         "lowerdir={lower},upperdir={},workdir={}",
         data.join("upper").display(),
@@ -112,34 +173,41 @@ pub fn assemble_host_side(spec: &SpawnSpec) -> Result<()> {
             Some(&opts),
         )
     })?;
-    crate::fault::check("rootfs.after_overlay")?;
-    let workspace = inside(root, "workspace");
-    // Mount points the template lacks are created in the sandbox's own
-    // layer, as its root (which the id map stores as uid 0).
-    as_sandbox_root(spec.id_base, || ensure_dir(&workspace))?;
-    bind(&data.join("workspace"), &workspace, false)?;
-    for b in &spec.binds {
-        let dst = inside(root, &b.target);
-        as_sandbox_root(spec.id_base, || {
-            if b.source.is_dir() {
-                ensure_dir(&dst)
-            } else {
-                ensure_file(&dst)
-            }
-        })?;
-        if b.idmap {
-            crate::idmap::bind(&b.source, &dst, &userns, b.read_only)?;
-        } else {
-            bind(&b.source, &dst, b.read_only)?;
-        }
+    Ok(data)
+}
+
+/// A directory or a file at `dst`, as `source` is, to mount it on.
+fn make_mount_point(source: &Path, dst: &Path) -> Result<()> {
+    if source.is_dir() {
+        ensure_dir(dst)
+    } else {
+        ensure_file(dst)
     }
-    let dev = inside(root, "dev");
-    as_sandbox_root(spec.id_base, || ensure_dir(&dev))?;
-    mount(None, &dev, Some("tmpfs"), NOSUID, Some("mode=755,size=64k"))?;
+}
+
+fn bind_source(
+    b: &crate::spawn::BindMount,
+    dst: &Path,
+    userns: &std::os::fd::OwnedFd,
+) -> Result<()> {
+    if b.idmap {
+        crate::idmap::bind(&b.source, dst, userns, b.read_only)
+    } else {
+        bind(&b.source, dst, b.read_only)
+    }
+}
+
+/// The sandbox's /dev at `dev`: a small tmpfs with the usual links and
+/// the host's harmless device nodes (bound in with `devices`, else only
+/// their mount points).
+fn make_dev(dev: &Path, devices: bool) -> Result<()> {
+    mount(None, dev, Some("tmpfs"), NOSUID, Some("mode=755,size=64k"))?;
     for d in DEVICES {
         let node = dev.join(d);
         ensure_file(&node)?;
-        bind(&Path::new("/dev").join(d), &node, false)?;
+        if devices {
+            bind(&Path::new("/dev").join(d), &node, false)?;
+        }
     }
     for d in ["pts", "shm"] {
         ensure_dir(&dev.join(d))?;
@@ -154,17 +222,19 @@ pub fn assemble_host_side(spec: &SpawnSpec) -> Result<()> {
         std::os::unix::fs::symlink(target, dev.join(link))
             .map_err(|e| Error::sys(format!("symlink /dev/{link}"), e))?;
     }
-    // sysfs of the sandbox's own network namespace (which we are in), read-only.
-    let sys_dir = inside(root, "sys");
-    as_sandbox_root(spec.id_base, || ensure_dir(&sys_dir))?;
+    Ok(())
+}
+
+/// sysfs of the sandbox's own network namespace (which the caller is in),
+/// read-only, at `dir`.
+fn mount_sys(dir: &Path) -> Result<()> {
     mount(
         None,
-        &sys_dir,
+        dir,
         Some("sysfs"),
         libc::MS_RDONLY | NOSUID | NODEV | NOEXEC,
         None,
-    )?;
-    Ok(())
+    )
 }
 
 /// First sandbox-side step, while PID 1 still has host root's credentials

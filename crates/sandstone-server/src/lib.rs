@@ -90,6 +90,10 @@ pub struct Config {
     pub webhooks: webhooks::Settings,
     /// The most each sandbox's durable output log holds (0: none).
     pub log_retention_bytes: u64,
+    /// Where CRIU is unpacked (`sandstone setup` puts it in the data
+    /// directory's `criu`): a pause with memory writes it to disk. Without
+    /// it, that memory stays frozen in place.
+    pub criu: Option<PathBuf>,
     /// Where previews and public services are served:
     /// `scheme://*.domain[:port]`; `None`: `http://*.localhost:<port>` on
     /// the listen port (browsers and curl take `*.localhost` as loopback).
@@ -579,6 +583,7 @@ pub async fn run(mut config: Config) -> anyhow::Result<()> {
             webhook_outbound,
         )?),
         log_bytes: config.log_retention_bytes,
+        criu: criu(&config),
     };
     let lc = lifecycle::Lifecycle::new(runner, store, storage, network, checkpoints).await?;
     lc.adopt().await?;
@@ -736,4 +741,26 @@ pub fn setup_storage(
     sandstone_egress::ca::InstallationCa::load_or_create(&data_dir.join("ca"))
         .map_err(|e| anyhow::anyhow!(e))?;
     Ok(Storage::open(data_dir, None)?)
+}
+
+/// The CRIU a pause with memory writes to disk with: `--criu`, else the
+/// one `sandstone setup` unpacked in the data directory.
+fn criu(config: &Config) -> Option<sandstone_runtime::criu::Criu> {
+    let root = config
+        .criu
+        .clone()
+        .unwrap_or_else(|| config.data_dir.join("criu"));
+    let found = sandstone_runtime::criu::Criu::at(&root);
+    match (&found, &config.criu) {
+        (Some(_), _) => {
+            tracing::info!(criu = %root.display(), "pauses with memory write it to disk")
+        }
+        (None, Some(_)) => {
+            tracing::warn!(criu = %root.display(), "no CRIU there: pauses with memory keep it frozen in place")
+        }
+        (None, None) => tracing::info!(
+            "no CRIU (`sandstone setup` unpacks it): pauses with memory keep it frozen in place"
+        ),
+    }
+    found
 }

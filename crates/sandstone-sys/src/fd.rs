@@ -40,6 +40,28 @@ pub fn eventfd_clear(fd: BorrowedFd<'_>) -> io::Result<u64> {
     Ok(u64::from_ne_bytes(count))
 }
 
+/// An anonymous in-memory file (memfd), close-on-exec.
+pub fn memfd(name: &CStr) -> io::Result<OwnedFd> {
+    // SAFETY: `name` is NUL-terminated and outlives the call; the result is
+    // checked and owned.
+    owned(unsafe { libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC) }.into())
+}
+
+/// Clears close-on-exec, so the descriptor survives an exec under its
+/// number.
+pub fn set_inheritable(fd: BorrowedFd<'_>) -> io::Result<()> {
+    // SAFETY: F_SETFD takes an int argument and touches no memory.
+    cvt(unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETFD, 0) })?;
+    Ok(())
+}
+
+/// Sets close-on-exec.
+pub fn set_cloexec(fd: BorrowedFd<'_>) -> io::Result<()> {
+    // SAFETY: F_SETFD takes an int argument and touches no memory.
+    cvt(unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETFD, libc::FD_CLOEXEC) })?;
+    Ok(())
+}
+
 /// Sets `O_NONBLOCK` on the descriptor (its open file description).
 pub fn set_nonblocking(fd: BorrowedFd<'_>) -> io::Result<()> {
     // SAFETY: F_GETFL takes no argument and touches no memory.

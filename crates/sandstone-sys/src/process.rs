@@ -199,6 +199,36 @@ pub fn signal_group_of(pidfd: BorrowedFd<'_>, signal: libc::c_int) -> io::Result
     Ok(())
 }
 
+/// Executes the program open at `exe` (execveat with an empty path), with
+/// `args` (the first is its name) and `env` (`KEY=value`). Returns only on
+/// failure. Unlike a path, the descriptor may name a file no longer
+/// reachable from the caller's root.
+pub fn exec_fd(exe: BorrowedFd<'_>, args: &[&CStr], env: &[&CStr]) -> io::Error {
+    let argv: Vec<*const libc::c_char> = args
+        .iter()
+        .map(|a| a.as_ptr())
+        .chain([std::ptr::null()])
+        .collect();
+    let envp: Vec<*const libc::c_char> = env
+        .iter()
+        .map(|e| e.as_ptr())
+        .chain([std::ptr::null()])
+        .collect();
+    // SAFETY: both arrays are NULL-terminated and point at NUL-terminated
+    // strings that outlive the call; the empty path is a static C string.
+    unsafe {
+        libc::syscall(
+            libc::SYS_execveat,
+            exe.as_raw_fd(),
+            c"".as_ptr(),
+            argv.as_ptr(),
+            envp.as_ptr(),
+            libc::AT_EMPTY_PATH,
+        )
+    };
+    io::Error::last_os_error()
+}
+
 /// Moves the calling thread out of namespaces it shares (unshare(2),
 /// `flags` of `CLONE_NEW*`).
 pub fn unshare(flags: libc::c_int) -> io::Result<()> {

@@ -286,6 +286,9 @@ pub struct SandboxPaths {
     pub rootfs: PathBuf,
     pub socket: PathBuf,
     pub log: PathBuf,
+    /// A checkpoint of its processes with their memory, while it is
+    /// paused with them (`sandstone_runtime::criu`).
+    pub memory: PathBuf,
 }
 
 #[derive(Debug, Clone)]
@@ -472,6 +475,7 @@ impl Storage {
             rootfs: run.join("rootfs"),
             socket: run.join("init.sock"),
             log: run.join("init.log"),
+            memory: self.root.join("memory").join(id),
         }
     }
 
@@ -690,17 +694,18 @@ impl Storage {
     pub fn remove_sandbox(&self, id: &str) -> Result<()> {
         let p = self.paths(id);
         self.remove_run_dir(id)?;
+        self.remove_memory(id)?;
         self.pool.remove_volume(&p.data)
     }
 
     /// Removes the runtime directory only (pause keeps the volume).
     pub fn remove_run_dir(&self, id: &str) -> Result<()> {
-        let run = self.root.join("run").join(id);
-        match std::fs::remove_dir_all(&run) {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(io(format!("remove {run:?}"))(e)),
-        }
+        remove_tree(&self.root.join("run").join(id))
+    }
+
+    /// Removes the checkpoint of a sandbox's memory, if there is one.
+    pub fn remove_memory(&self, id: &str) -> Result<()> {
+        remove_tree(&self.paths(id).memory)
     }
 
     /// Bytes the sandbox's volume occupies.
@@ -724,6 +729,15 @@ impl Storage {
     /// suffix).
     pub fn volume_ids(&self, kind: &str) -> Vec<String> {
         self.pool.volumes(kind)
+    }
+}
+
+/// Removes a directory and everything in it; one already gone is removed.
+fn remove_tree(dir: &Path) -> Result<()> {
+    match std::fs::remove_dir_all(dir) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(io(format!("remove {dir:?}"))(e)),
     }
 }
 

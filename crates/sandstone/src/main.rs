@@ -5,6 +5,7 @@ mod agents_cmd;
 mod bench;
 mod bench_durable;
 mod cred_cmd;
+mod criu_setup;
 mod exec_cmd;
 mod key_cmd;
 mod node_cmd;

@@ -96,8 +96,12 @@ pub async fn pause(cli: &Cli, ids: &[String], memory: bool) -> Result<()> {
     let c = client(cli)?;
     for id in ids {
         if memory {
-            c.pause_with_memory(id).await?;
-            println!("{id} paused with its memory");
+            let where_ = match c.pause_with_memory(id).await?.memory {
+                Some(sandstone_api::MemoryKept::Disk) => " (on disk)",
+                Some(sandstone_api::MemoryKept::Frozen) => " (frozen in place: no CRIU)",
+                None => "",
+            };
+            println!("{id} paused with its memory{where_}");
         } else {
             c.pause(id).await?;
             println!("{id} paused");

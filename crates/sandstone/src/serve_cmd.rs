@@ -20,6 +20,10 @@ pub struct SetupArgs {
     /// Keep the plain-directory pool (no btrfs).
     #[arg(long)]
     pub no_pool: bool,
+    /// Skip unpacking CRIU (Debian's package, about 10 MB, once): pauses
+    /// with memory then keep it frozen in place instead of on disk.
+    #[arg(long)]
+    pub no_criu: bool,
 }
 
 #[derive(clap::Args)]
@@ -132,6 +136,11 @@ pub struct ServeArgs {
     /// 0 keeps none.
     #[arg(long, env = "SANDSTONE_LOG_RETENTION_BYTES", default_value_t = 64 << 20)]
     pub log_retention_bytes: u64,
+    /// Where CRIU is unpacked (default: the data directory's `criu`,
+    /// which `sandstone setup` fills): a pause with memory writes the
+    /// processes to disk with it. Without one, it keeps them frozen in place.
+    #[arg(long, env = "SANDSTONE_CRIU")]
+    pub criu: Option<PathBuf>,
     /// Where previews and public services are served, as
     /// `scheme://*.domain[:port]` (the `*` is a preview's or service's own
     /// name; point a wildcard DNS record or a TLS proxy at this daemon).
@@ -179,7 +188,21 @@ pub enum PoolArg {
 /// Runs `sandstone setup`.
 pub fn setup_cmd(data_dir: &Path, args: &SetupArgs) -> Result<()> {
     let pool = (!args.no_pool).then_some(args.pool_gib << 30);
-    setup(data_dir, !args.no_debian, args.mirror.as_deref(), pool)
+    setup(data_dir, !args.no_debian, args.mirror.as_deref(), pool)?;
+    if !args.no_criu {
+        eprintln!("[criu] pauses with memory write it to disk with CRIU");
+        // Optional: without it a pause with memory keeps it frozen in place.
+        if let Err(e) = crate::criu_setup::unpack(&data_dir.join("criu"), args.mirror.as_deref()) {
+            eprintln!(
+                "      CRIU not unpacked ({e:#}): pauses with memory will keep it frozen in place"
+            );
+        }
+    }
+    eprintln!(
+        "done: start the daemon with `sandstone serve --data-dir {}`",
+        data_dir.display()
+    );
+    Ok(())
 }
 
 /// Runs the daemon until it is told to stop.
@@ -263,6 +286,7 @@ pub async fn serve(data_dir: &Path, args: &ServeArgs) -> Result<()> {
         },
         exposure_origin: args.exposure_origin.clone(),
         log_retention_bytes: args.log_retention_bytes,
+        criu: args.criu.clone(),
         metrics_interval: std::time::Duration::from_secs(args.metrics_interval),
     };
     sandstone_server::run(config).await
@@ -378,10 +402,6 @@ fn setup(data_dir: &Path, debian: bool, mirror: Option<&str>, pool: Option<u64>)
     for t in storage.templates()? {
         eprintln!("      template {:<8} ready", t.id);
     }
-    eprintln!(
-        "done: start the daemon with `sandstone serve --data-dir {}`",
-        data_dir.display()
-    );
     Ok(())
 }
 

@@ -847,3 +847,150 @@ async fn a_pause_with_memory_keeps_a_repl_and_a_big_process() {
     let (s, v) = d.post(&exec, json!({"data": "x"})).await;
     assert!(s == 404 || !v.to_string().contains("41"), "{s} {v}");
 }
+
+/// With CRIU (`SANDSTONE_TEST_CRIU`, unpacked by scripts/test.sh), a pause
+/// with memory writes the processes to disk: nothing of the sandbox runs
+/// or stays resident while paused, and the next resume brings back the
+/// REPL's variables, a 200 MiB buffer and a listening server, in the same
+/// runtime generation, through a daemon crash and twice in a row.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_pause_with_memory_writes_it_to_disk_and_brings_it_back() {
+    let Ok(criu) = std::env::var("SANDSTONE_TEST_CRIU") else {
+        eprintln!("skipped: SANDSTONE_TEST_CRIU is not set (scripts/test.sh unpacks CRIU)");
+        return;
+    };
+    // A sandbox with its own network (a veth, the egress proxy): the
+    // restore makes its namespace again.
+    let mut d = common::networked("127.0.0.1:9", &["--criu".into(), criu]).await;
+    let id = d.create(json!({})).await;
+    let contexts = format!("/api/v1/sandboxes/{id}/contexts");
+    let (_, v) = d
+        .post(
+            &contexts,
+            json!({"type": "repl", "repl": {"alias": "python"}}),
+        )
+        .await;
+    let py = v["data"]["id"].as_str().unwrap().to_string();
+    let exec = format!("{contexts}/{py}/exec");
+    let (s, v) = d.post(&exec, json!({"data": "x = 41"})).await;
+    assert_eq!(s, 200, "{v}");
+    let holder = "import hashlib, os, signal, time\n\
+                  b = os.urandom(200 << 20)\n\
+                  def report(*_): open('/workspace/held.now', 'w').write(hashlib.sha256(b).hexdigest())\n\
+                  signal.signal(signal.SIGUSR1, report)\n\
+                  open('/workspace/held.sha', 'w').write(hashlib.sha256(b).hexdigest())\n\
+                  while True: time.sleep(1)\n";
+    let (s, v) = d
+        .post(
+            &contexts,
+            json!({"type": "cmd", "cmd": {"command": ["python3", "-c", holder]}}),
+        )
+        .await;
+    assert_eq!(s, 201, "{v}");
+    let holder_id = v["data"]["id"].as_str().unwrap().to_string();
+    // A server listening on an inet socket (which CRIU before 4.2 could
+    // not take on this kernel).
+    let (s, v) = d
+        .post(
+            &contexts,
+            json!({"type": "cmd", "cmd": {"command": ["python3", "-m", "http.server", "-d", "/workspace", "8000"]}}),
+        )
+        .await;
+    assert_eq!(s, 201, "{v}");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while d.sh(&id, "cat /workspace/held.sha 2>/dev/null").await["stdout"] == ""
+        || d.sh(&id, "python3 -c \"import urllib.request as u; u.urlopen('http://127.0.0.1:8000/')\" && echo up").await["stdout"] != "up\n"
+    {
+        assert!(Instant::now() < deadline, "the holder or the server never started");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let sha = d.sh(&id, "cat /workspace/held.sha").await["stdout"].clone();
+    let generation = |v: &Value| v["data"]["runtime_generation"].clone();
+    let (_, before) = d.get(&format!("/api/v1/sandboxes/{id}")).await;
+
+    for round in 0..2 {
+        let (s, v) = op(&d, &id, "pause", json!({"memory": true})).await;
+        assert_eq!(s, 200, "{v}");
+        assert_eq!(v["data"]["memory"], "disk", "{v}");
+        // Nothing of it runs, and its memory is on disk.
+        assert_eq!(common::init_pid(&id), None, "its init still runs");
+        let image = d.data.path().join("memory").join(&id);
+        let on_disk: u64 = std::fs::read_dir(&image)
+            .unwrap()
+            .map(|e| e.unwrap().metadata().unwrap().len())
+            .sum();
+        assert!(on_disk > 200 << 20, "{on_disk} bytes in {image:?}");
+        // What must reach its processes is refused meanwhile.
+        let (s, v) = d
+            .post(
+                &format!("/api/v1/sandboxes/{id}/sessions"),
+                json!({"command": ["sleep", "1"]}),
+            )
+            .await;
+        assert!(
+            s == 409 && v.to_string().contains("paused with its memory"),
+            "{s} {v}"
+        );
+        if round == 0 {
+            // It outlives a crash of the daemon.
+            d.kill();
+            d.spawn().await;
+            assert_eq!(status(&d, &id).await, "paused");
+        }
+        // The first request brings it back (auto_resume), as it was.
+        let (s, v) = d.post(&exec, json!({"data": "x + 1"})).await;
+        assert_eq!(s, 200, "round {round}: {v}");
+        assert_eq!(v["data"]["output_raw"], "42\n", "round {round}: {v}");
+        let (_, now) = d.get(&format!("/api/v1/sandboxes/{id}")).await;
+        assert_eq!(generation(&now), generation(&before), "{now}");
+        assert!(!image.exists(), "the checkpoint outlived its restore");
+        let (_, v) = d.get(&format!("{contexts}/{holder_id}")).await;
+        assert_eq!(v["data"]["running"], true, "the holder ended: {v}");
+        let _ = std::fs::remove_file(
+            d.pool_root()
+                .join("sandboxes")
+                .join(&id)
+                .join("workspace/held.now"),
+        );
+        let (s, v) = d
+            .post(
+                &format!("{contexts}/{holder_id}/signal"),
+                json!({"signal": "USR1"}),
+            )
+            .await;
+        assert_eq!(s, 200, "{v}");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let now = loop {
+            let now = d.sh(&id, "cat /workspace/held.now 2>/dev/null").await["stdout"].clone();
+            if now != "" {
+                break now;
+            }
+            assert!(Instant::now() < deadline, "no hash after SIGUSR1");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        assert_eq!(now, sha, "round {round}: its memory changed");
+        let served = d
+            .sh(&id, "python3 -c \"import urllib.request as u; print(u.urlopen('http://127.0.0.1:8000/held.sha').read().decode())\"")
+            .await;
+        assert_eq!(
+            served["stdout"],
+            format!("{}\n", sha.as_str().unwrap()),
+            "{served}"
+        );
+        // PID 1 is still out of the sandbox's reach.
+        let r = d.sh(&id, "cat /proc/1/environ; ls -l /proc/1/exe").await;
+        let err = r["stderr"].as_str().unwrap_or_default();
+        assert!(
+            err.contains("/proc/1/environ: Permission denied")
+                && err.contains("'/proc/1/exe': Permission denied"),
+            "{r}"
+        );
+    }
+
+    // A plain pause ends every process, and leaves no memory behind.
+    assert_eq!(op(&d, &id, "pause", json!({})).await.0, 200);
+    assert!(!d.data.path().join("memory").join(&id).exists());
+    assert_eq!(op(&d, &id, "resume", json!({})).await.0, 200);
+    let (s, v) = d.post(&exec, json!({"data": "x"})).await;
+    assert!(s == 404 || !v.to_string().contains("41"), "{s} {v}");
+}

@@ -122,6 +122,8 @@ pub struct Lifecycle {
     /// `runtimes` so that no request reaches them, continued by the next
     /// resume. Their rows are `paused` with their init's pid.
     held: Mutex<HashMap<String, Held>>,
+    /// See [`Runner::criu`].
+    criu: Option<sandstone_runtime::criu::Criu>,
 }
 
 /// A runtime paused with its memory.
@@ -137,7 +139,7 @@ pub use network::{
     Network, NetworkOptions, OperatorConfig, host_resolver, parse_policy, policy_of,
 };
 
-pub use sandstone_api::random_hex;
+pub use sandstone_api::{MemoryKept, random_hex};
 
 pub use build::BuildSpec;
 pub use checkpoint::{Intent, Takeover};
@@ -176,6 +178,9 @@ pub struct Runner<'a> {
     /// The most each sandbox's durable log holds (`--log-retention-bytes`;
     /// 0: none is kept).
     pub log_bytes: u64,
+    /// What writes paused sandboxes' memory to disk; without it a pause
+    /// with memory keeps it frozen in place.
+    pub criu: Option<sandstone_runtime::criu::Criu>,
 }
 
 impl Lifecycle {
@@ -196,6 +201,7 @@ impl Lifecycle {
             registry_hosts,
             webhooks,
             log_bytes,
+            criu,
         } = runner;
         let cgroups = Driver::detect(cgroup_group)?;
         match sandstone_runtime::cgroup::favor_dynamic_modifications() {
@@ -248,6 +254,7 @@ impl Lifecycle {
             log_bytes,
             session_inputs: Mutex::default(),
             held: Mutex::default(),
+            criu,
         })
     }
 
@@ -603,6 +610,7 @@ impl Lifecycle {
         template: &Template,
         config: &SandboxConfig,
         slot: i64,
+        memory: Option<&std::path::Path>,
     ) -> Result<Runtime> {
         let limits: Limits = limits::limits(config.resources.as_ref(), template.memory.as_deref())?;
         let paths = self.storage.paths(id);
@@ -610,48 +618,8 @@ impl Lifecycle {
         let network = self.network_for(template, config);
         let started = async {
             fault::check("create.after_cgroup").map_err(internal)?;
-            let uploads = match &config.uploads_dir {
-                Some(dir) => Some(uploads::bind(&paths, dir)?),
-                None => None,
-            };
-            let id_base = ID_BASE + slot as u32 * ID_COUNT;
-            let logs = match self.log_bytes {
-                0 => None,
-                max => Some(logs::spec(&paths, id_base, max).map_err(internal)?),
-            };
-            let spec = SpawnSpec {
-                id: id.to_string(),
-                hostname: id.to_string(),
-                rootfs: paths.rootfs.clone(),
-                lower: template.lower.clone(),
-                data: paths.data.clone(),
-                binds: template
-                    .binds
-                    .iter()
-                    .cloned()
-                    .chain(network.map(|n| n.trust_bind()))
-                    .chain(uploads)
-                    .collect(),
-                id_base,
-                id_count: ID_COUNT,
-                cgroup_procs: cgroup.procs_files(),
-                socket: paths.socket.clone(),
-                log: paths.log.clone(),
-                net: network.map(|n| n.spec(slot)).transpose()?,
-                // The image's environment, under the CA bundle's variables.
-                env: template
-                    .env
-                    .clone()
-                    .into_iter()
-                    .chain(network.map(|n| n.trust_env()).unwrap_or_default())
-                    .collect(),
-                workdir: template.working_dir.clone(),
-                user: template.user.clone(),
-                memory_bytes: limits.memory_bytes,
-                lease: self.lease.watch(),
-                logs,
-            };
-            let pid = self.spawn_init(spec).await?;
+            let spec = self.spawn_spec(id, template, config, slot, &cgroup)?;
+            let pid = self.spawn_init(spec, memory).await?;
             if let Some(n) = network {
                 n.register(slot, id, &policy_of(template, config)?)?;
             }
@@ -674,8 +642,66 @@ impl Lifecycle {
         }
     }
 
-    /// Runs the spawn helper for `spec` and waits until PID 1 answers.
-    async fn spawn_init(&self, spec: SpawnSpec) -> Result<i32> {
+    /// What the spawn helper builds sandbox `id` from: the same for every
+    /// runtime generation on this node, so a checkpoint of its memory is
+    /// restored onto what it was taken from.
+    fn spawn_spec(
+        &self,
+        id: &str,
+        template: &Template,
+        config: &SandboxConfig,
+        slot: i64,
+        cgroup: &Cgroup,
+    ) -> Result<SpawnSpec> {
+        let limits: Limits = limits::limits(config.resources.as_ref(), template.memory.as_deref())?;
+        let paths = self.storage.paths(id);
+        let network = self.network_for(template, config);
+        let uploads = match &config.uploads_dir {
+            Some(dir) => Some(uploads::bind(&paths, dir)?),
+            None => None,
+        };
+        let id_base = ID_BASE + slot as u32 * ID_COUNT;
+        let logs = match self.log_bytes {
+            0 => None,
+            max => Some(logs::spec(&paths, id_base, max).map_err(internal)?),
+        };
+        Ok(SpawnSpec {
+            id: id.to_string(),
+            hostname: id.to_string(),
+            rootfs: paths.rootfs.clone(),
+            lower: template.lower.clone(),
+            data: paths.data.clone(),
+            binds: template
+                .binds
+                .iter()
+                .cloned()
+                .chain(network.map(|n| n.trust_bind()))
+                .chain(uploads)
+                .collect(),
+            id_base,
+            id_count: ID_COUNT,
+            cgroup_procs: cgroup.procs_files(),
+            socket: paths.socket.clone(),
+            log: paths.log.clone(),
+            net: network.map(|n| n.spec(slot)).transpose()?,
+            // The image's environment, under the CA bundle's variables.
+            env: template
+                .env
+                .clone()
+                .into_iter()
+                .chain(network.map(|n| n.trust_env()).unwrap_or_default())
+                .collect(),
+            workdir: template.working_dir.clone(),
+            user: template.user.clone(),
+            memory_bytes: limits.memory_bytes,
+            lease: self.lease.watch(),
+            logs,
+        })
+    }
+
+    /// Runs the spawn helper for `spec` (or, given a checkpoint of the
+    /// sandbox's memory, the restore helper) and waits until PID 1 answers.
+    async fn spawn_init(&self, spec: SpawnSpec, memory: Option<&std::path::Path>) -> Result<i32> {
         // The run dir (socket, log, mount points) is root's alone, from its
         // creation on: on a resume too, not only when the volume is made.
         std::os::unix::fs::DirBuilderExt::mode(std::fs::DirBuilder::new().recursive(true), 0o700)
@@ -683,11 +709,21 @@ impl Lifecycle {
             .map_err(internal)?;
         let socket = spec.socket.clone();
         let init_bin = self.init_bin.clone();
-        let launched =
-            tokio::task::spawn_blocking(move || sandstone_runtime::launch(&init_bin, &spec))
-                .await
-                .map_err(internal)?
-                .map_err(internal)?;
+        let restore = match (memory, &self.criu) {
+            (Some(dir), Some(criu)) => Some(sandstone_runtime::criu::RestoreSpec {
+                spawn: spec.clone(),
+                criu: criu.root().to_path_buf(),
+                dir: dir.to_path_buf(),
+            }),
+            _ => None,
+        };
+        let launched = tokio::task::spawn_blocking(move || match restore {
+            Some(r) => sandstone_runtime::launch::restore(&init_bin, &r),
+            None => sandstone_runtime::launch(&init_bin, &spec),
+        })
+        .await
+        .map_err(internal)?
+        .map_err(internal)?;
         fault::check("create.after_launch").map_err(internal)?;
         match ping(&socket).await {
             Ok(true) => Ok(launched.pid),
@@ -797,7 +833,7 @@ impl Lifecycle {
         undo.volume = true;
         phases.mark("storage");
         fault::check("create.after_storage").map_err(internal)?;
-        let runtime = self.launch(&id, &template, &config, slot).await?;
+        let runtime = self.launch(&id, &template, &config, slot, None).await?;
         undo.cgroup = Some(runtime.cgroup.clone());
         phases.mark("launch");
         let row = self
@@ -1063,6 +1099,17 @@ impl Lifecycle {
             fault::crash("pause.after_kill");
             self.stop_runtime(id, &cgroup);
         });
+        self.finish_pause(&row, &fence).await
+    }
+
+    /// The end of a pause whose processes have ended: the files
+    /// checkpointed, the row paused, the webhook told.
+    async fn finish_pause(
+        &self,
+        row: &SandboxRow,
+        fence: &sandstone_db::Fence,
+    ) -> Result<SandboxRow> {
+        let id = row.id.as_str();
         self.activity
             .lock()
             .expect("lock poisoned: a holder panicked")
@@ -1070,17 +1117,17 @@ impl Lifecycle {
         // Before the row says paused: a paused sandbox has a complete
         // checkpoint, so its node's death loses nothing. A failed upload
         // leaves it paused on this node's disk, and says so.
-        let checkpointed = self.checkpoint_paused(&row).await;
+        let checkpointed = self.checkpoint_paused(row).await;
         if checkpointed.is_err() {
             // Its files are newer than any checkpoint: it must not move to
             // another node (drain, takeover) with an older one.
-            self.store.set_checkpointed(&fence, None).await?;
+            self.store.set_checkpointed(fence, None).await?;
         }
         self.store
-            .set_status(&fence, SandboxStatus::Paused, None)
+            .set_status(fence, SandboxStatus::Paused, None)
             .await?;
-        self.store.set_pending(&fence, None).await?;
-        self.webhooks.emit(&row, Happened::Paused).await;
+        self.store.set_pending(fence, None).await?;
+        self.webhooks.emit(row, Happened::Paused).await;
         checkpointed?;
         self.row(id).await
     }
@@ -1107,16 +1154,22 @@ impl Lifecycle {
     /// stays resident on this node, so such a sandbox does not move to
     /// another one (a drain leaves it; a node that takes it over resumes
     /// its files only). A failure part-way leaves it running.
-    pub async fn pause_with_memory(&self, id: &str) -> Result<SandboxRow> {
+    pub async fn pause_with_memory(&self, id: &str) -> Result<(SandboxRow, MemoryKept)> {
         let _guard = self.lock(id).await;
         let row = self.row(id).await?;
         if row.status == SandboxStatus::Paused {
             if crate::lock(&self.held).contains_key(id) {
-                return Ok(row);
+                return Ok((row, MemoryKept::Frozen));
+            }
+            if self.memory_on_disk(id) {
+                return Ok((row, MemoryKept::Disk));
             }
             return Err(Error::Conflict(format!(
                 "sandbox {id} is paused already, without its memory"
             )));
+        }
+        if let Some(criu) = &self.criu {
+            return Ok((self.pause_to_disk(criu, row).await?, MemoryKept::Disk));
         }
         let fence = self.begin_pause(&row).await?;
         let taken = self
@@ -1170,17 +1223,84 @@ impl Lifecycle {
         self.store.set_pending(&fence, None).await?;
         self.webhooks.emit(&row, Happened::Paused).await;
         checkpointed?;
-        self.row(id).await
+        Ok((self.row(id).await?, MemoryKept::Frozen))
     }
 
-    /// Whether sandbox `id` is paused with its memory on this node.
+    /// Pauses writing the processes with their memory to disk (CRIU): the
+    /// connections to PID 1 are ended (a checkpoint cannot take them), the
+    /// processes written out, and what is left torn down as a plain pause
+    /// does. Resume brings them back in the same runtime generation. A
+    /// failure part-way leaves it running, as it was.
+    async fn pause_to_disk(
+        &self,
+        criu: &sandstone_runtime::criu::Criu,
+        row: SandboxRow,
+    ) -> Result<SandboxRow> {
+        let id = row.id.as_str();
+        let template = self.template(&row.template)?;
+        let fence = self.begin_pause(&row).await?;
+        let taken = self
+            .runtimes
+            .write()
+            .expect("lock poisoned: a holder panicked")
+            .remove(id);
+        let Some(rt) = taken else {
+            self.store.set_pending(&fence, None).await?;
+            return Err(Error::Conflict(format!(
+                "sandbox {id} has no runtime on this node to keep"
+            )));
+        };
+        let dir = self.storage.paths(id).memory;
+        let dumped = async {
+            initclient::call(&rt.socket, &sandstone_init::proto::Request::Quiesce, &[])
+                .await
+                .map_err(internal)?;
+            let spec = self.spawn_spec(id, &template, &config_of(&row), row.slot, &rt.cgroup)?;
+            tokio::task::block_in_place(|| {
+                self.storage.remove_memory(id).map_err(internal)?;
+                std::os::unix::fs::DirBuilderExt::mode(
+                    std::fs::DirBuilder::new().recursive(true),
+                    0o700,
+                )
+                .create(&dir)
+                .map_err(internal)?;
+                sandstone_runtime::criu::dump(criu, rt.pid, &spec, &dir).map_err(internal)
+            })
+        }
+        .await;
+        if let Err(e) = dumped {
+            // CRIU lets the processes go on when it fails.
+            if let Err(e) = self.storage.remove_memory(id) {
+                tracing::warn!(sandbox = %id, error = %e, "a failed checkpoint left files behind");
+            }
+            self.runtimes
+                .write()
+                .expect("lock poisoned: a holder panicked")
+                .insert(id.to_string(), rt);
+            self.store.set_pending(&fence, None).await?;
+            return Err(Error::internal(format!("pause {id} with its memory: {e}")));
+        }
+        // Its processes ended with the checkpoint; what they stood on goes.
+        tokio::task::block_in_place(|| self.stop_runtime(id, &rt.cgroup));
+        self.finish_pause(&row, &fence).await
+    }
+
+    /// Whether sandbox `id` has a checkpoint of its memory on this node.
+    pub fn memory_on_disk(&self, id: &str) -> bool {
+        self.criu.is_some()
+            && sandstone_runtime::criu::Image::load(&self.storage.paths(id).memory).is_some()
+    }
+
+    /// Whether sandbox `id` is paused with its memory on this node, frozen
+    /// or on disk.
     pub fn holds_memory(&self, id: &str) -> bool {
-        crate::lock(&self.held).contains_key(id)
+        crate::lock(&self.held).contains_key(id) || self.memory_on_disk(id)
     }
 
     /// Refuses a change that must reach a sandbox's processes (its
-    /// sessions, services, uploads) while they are held frozen: it would
-    /// be lost, or leave a process behind, when they are continued.
+    /// sessions, services, uploads) while they are kept with their memory:
+    /// it would be lost, or leave a process behind, when they are
+    /// continued.
     pub(super) fn refuse_if_held(&self, id: &str, what: &str) -> Result<()> {
         match self.holds_memory(id) {
             true => Err(Error::Conflict(format!(
@@ -1286,26 +1406,52 @@ impl Lifecycle {
         self.store
             .set_pending(&fence, Some(PendingOp::Resume))
             .await?;
-        let runtime = match self.launch(id, &template, &config_of(&row), row.slot).await {
+        // Paused with its memory written to disk: brought back as it was,
+        // in the same generation; if that fails, started afresh on its files.
+        let memory = self.storage.paths(id).memory;
+        let mut restored = self.memory_on_disk(id);
+        let config = config_of(&row);
+        let mut launched = self
+            .launch(
+                id,
+                &template,
+                &config,
+                row.slot,
+                restored.then_some(memory.as_path()),
+            )
+            .await;
+        if restored && let Err(e) = &launched {
+            tracing::warn!(sandbox = %id, error = %e, "its memory could not be restored; resumed from its files");
+            restored = false;
+            launched = self.launch(id, &template, &config, row.slot, None).await;
+        }
+        let runtime = match launched {
             Ok(r) => r,
             Err(e) => {
                 self.store.set_pending(&fence, None).await?;
                 return Err(e);
             }
         };
+        // Used or stale: a later resume must not bring back older memory.
+        if let Err(e) = self.storage.remove_memory(id) {
+            tracing::warn!(sandbox = %id, error = %e, "a checkpoint of its memory was left behind");
+        }
         fault::crash("resume.after_launch");
+        let generation = row.generation + i64::from(!restored);
         if let Err(e) = self
             .store
-            .set_running(&fence, runtime.pid as i64, row.generation + 1)
+            .set_running(&fence, runtime.pid as i64, generation)
             .await
         {
             tokio::task::block_in_place(|| self.stop_runtime(id, &runtime.cgroup));
             return Err(e.into());
         }
         self.adopt_runtime(id, runtime.clone());
-        self.start_services(id, &runtime, &config_of(&row).services)
-            .await;
-        self.start_sessions(id, &runtime).await;
+        // Restored, its services and sessions run already.
+        if !restored {
+            self.start_services(id, &runtime, &config.services).await;
+            self.start_sessions(id, &runtime).await;
+        }
         let row = self.row(id).await?;
         let generation = row.generation;
         self.webhooks

@@ -75,7 +75,7 @@ impl Lifecycle {
         let id = format!("sb-{}", random_hex(8));
         let made = async {
             self.storage.create_sandbox(&id, None).map_err(internal)?;
-            self.launch(&id, template, &SandboxConfig::default(), slot)
+            self.launch(&id, template, &SandboxConfig::default(), slot, None)
                 .await
         }
         .await;

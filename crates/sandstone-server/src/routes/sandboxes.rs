@@ -279,9 +279,12 @@ pub async fn pause(
     JsonBody(req): JsonBody<api::PauseRequest>,
 ) -> ApiResult<Response> {
     let started = std::time::Instant::now();
-    let r = match req.memory {
-        true => st.lifecycle.pause_with_memory(&id).await?,
-        false => st.lifecycle.pause(&id).await?,
+    let (r, memory) = match req.memory {
+        true => {
+            let (r, kept) = st.lifecycle.pause_with_memory(&id).await?;
+            (r, Some(kept))
+        }
+        false => (st.lifecycle.pause(&id).await?, None),
     };
     st.metrics
         .observe("pause", started.elapsed().as_secs_f64() * 1000.0);
@@ -291,6 +294,7 @@ pub async fn pause(
             sandbox_id: r.id,
             paused: true,
             status: r.status.as_str().into(),
+            memory,
         },
     ))
 }

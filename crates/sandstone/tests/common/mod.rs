@@ -126,7 +126,8 @@ impl Daemon {
             .tempdir_in("/var/tmp")
             .unwrap();
         let out = Command::new(sandstone_bin())
-            .args(["setup", "--no-debian"])
+            // CRIU is unpacked once, by scripts/test.sh (`SANDSTONE_TEST_CRIU`).
+            .args(["setup", "--no-debian", "--no-criu"])
             .args(setup)
             .arg("--data-dir")
             .arg(data.path())
