@@ -908,6 +908,53 @@ async fn a_pause_with_memory_writes_it_to_disk_and_brings_it_back() {
     let generation = |v: &Value| v["data"]["runtime_generation"].clone();
     let (_, before) = d.get(&format!("/api/v1/sandboxes/{id}")).await;
 
+    // A process CRIU cannot take (one being traced): the pause is refused,
+    // saying why, and the sandbox runs on as it was.
+    let tracer = "import ctypes, os, time\n\
+                  if os.fork() == 0:\n    ctypes.CDLL(None).ptrace(0, 0, 0, 0)\n    os.execvp('sleep', ['sleep', '1000'])\n\
+                  time.sleep(1000)\n";
+    let (s, v) = d
+        .post(
+            &contexts,
+            json!({"type": "cmd", "cmd": {"command": ["python3", "-c", tracer]}}),
+        )
+        .await;
+    assert_eq!(s, 201, "{v}");
+    let tracer_id = v["data"]["id"].as_str().unwrap().to_string();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while d
+        .sh(
+            &id,
+            "grep -l '^TracerPid:[[:space:]]*[1-9]' /proc/[0-9]*/status",
+        )
+        .await["stdout"]
+        == ""
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the traced process never started"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (s, v) = op(&d, &id, "pause", json!({"memory": true})).await;
+    assert!(
+        s == 500 && v.to_string().contains("criu dump failed"),
+        "{s} {v}"
+    );
+    assert_eq!(status(&d, &id).await, "running");
+    let (s, v) = d.post(&exec, json!({"data": "x"})).await;
+    assert_eq!((s, &v["data"]["output_raw"]), (200, &json!("41\n")), "{v}");
+    assert!(!d.data.path().join("memory").join(&id).exists());
+    let (s, v) = d
+        .req(
+            reqwest::Method::DELETE,
+            &format!("{contexts}/{tracer_id}"),
+            None,
+        )
+        .await;
+    assert!(s == 200 || s == 204, "{s} {v}");
+    d.sh(&id, "pkill -x sleep; true").await;
+
     for round in 0..2 {
         let (s, v) = op(&d, &id, "pause", json!({"memory": true})).await;
         assert_eq!(s, 200, "{v}");

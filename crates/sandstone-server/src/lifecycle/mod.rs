@@ -1269,10 +1269,13 @@ impl Lifecycle {
         }
         .await;
         if let Err(e) = dumped {
-            // CRIU lets the processes go on when it fails.
+            // CRIU lets the processes go on when it fails; the watch of
+            // its files ended with the other connections.
             if let Err(e) = self.storage.remove_memory(id) {
                 tracing::warn!(sandbox = %id, error = %e, "a failed checkpoint left files behind");
             }
+            self.webhooks
+                .watch_files(self.store.clone(), id.to_string(), rt.socket.clone());
             self.runtimes
                 .write()
                 .expect("lock poisoned: a holder panicked")
