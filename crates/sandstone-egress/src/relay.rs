@@ -45,7 +45,7 @@ async fn pump(from: &TcpStream, to: &TcpStream, total: &AtomicU64) -> Result<()>
         .await?;
         if n == 0 {
             // A peer already gone has nothing left to tell.
-            let _ = sandstone_sys::net::shutdown_write(to.as_fd());
+            let _ = sandstone_sys::net::shutdown(to.as_fd(), std::net::Shutdown::Write);
             return Ok(());
         }
         let mut left = n;

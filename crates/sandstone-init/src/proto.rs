@@ -12,11 +12,16 @@ pub const MAX_PAYLOAD: usize = 256 << 20;
 #[serde(tag = "op", rename_all = "snake_case")]
 pub enum Request {
     Ping,
-    /// Ends every other connection to PID 1 before a checkpoint of the
-    /// sandbox's memory (CRIU cannot take a socket whose other end is
-    /// outside): a request being served on one ends at its next read or
-    /// write. Answered with `Ok`; the caller then closes this one too.
+    /// Readies PID 1 for a checkpoint of the sandbox's memory: every other
+    /// connection is ended (CRIU cannot take a socket whose other end is
+    /// outside; a request being served on one ends), and PID 1 made
+    /// dumpable, so CRIU, with every capability in the sandbox's user
+    /// namespace, may read it (`harden::GUARD` keeps the sandbox out
+    /// meanwhile). Answered with `Ok`; the caller then closes this one too.
     Quiesce,
+    /// The checkpoint is over (it failed, or it was taken and restored):
+    /// PID 1 is made non-dumpable again.
+    CheckpointDone,
     /// Starts a process context. With `attach`, the answer streams its output
     /// and ends with its exit (a synchronous run).
     Spawn {

@@ -66,20 +66,25 @@ impl Drop for Registered {
     }
 }
 
-/// Ends every connection but `keep`: each of its descriptors is replaced,
-/// under its number, by a socket whose peer is closed, so the daemon's end
-/// sees the connection close and the thread serving it gets an end of
+/// Ends every connection but `keep` (see `Request::Quiesce`): each is shut
+/// down (so the daemon's end sees it close, and a thread blocked on it
+/// wakes), then each of its descriptors replaced, under its number, by a
+/// socket whose peer is closed, so the thread serving it gets an end of
 /// input or EPIPE at its next read or write, and returns.
 fn quiesce(keep: u64) -> std::io::Result<()> {
     let (dead, peer) = UnixStream::pair()?;
     drop(peer);
     let conns = CONNECTIONS.lock().expect("lock poisoned");
     for (_, fds) in conns.iter().filter(|(id, _)| *id != keep) {
+        // SAFETY: a descriptor in the registry is open while the registry
+        // is locked (a connection leaves it before closing it).
+        let conn = unsafe { std::os::fd::BorrowedFd::borrow_raw(fds[0]) };
+        sandstone_sys::net::shutdown(conn, std::net::Shutdown::Both)?;
         for fd in fds {
             sandstone_sys::fd::dup_to(dead.as_raw_fd(), *fd)?;
         }
     }
-    Ok(())
+    sandstone_sys::security::set_dumpable(true)
 }
 
 fn handle(conn: UnixStream) {
@@ -103,8 +108,12 @@ fn handle(conn: UnixStream) {
                 return;
             }
         };
-        if let Request::Quiesce = req {
-            let resp = match quiesce(me.0) {
+        if let Request::Quiesce | Request::CheckpointDone = req {
+            let done = match req {
+                Request::Quiesce => quiesce(me.0),
+                _ => sandstone_sys::security::set_dumpable(false),
+            };
+            let resp = match done {
                 Ok(()) => Response::Ok,
                 Err(e) => io_error(&e),
             };
@@ -137,7 +146,9 @@ fn with_proc(id: &str, f: impl FnOnce(&Proc) -> Response) -> Response {
 fn dispatch(req: Request, payload: Vec<u8>, out: &mut Out) -> std::io::Result<()> {
     let resp = match req {
         // Answered by `handle`, which knows the connection to keep.
-        Request::Quiesce => Response::error(ErrorCode::InvalidArgument, "not here"),
+        Request::Quiesce | Request::CheckpointDone => {
+            Response::error(ErrorCode::InvalidArgument, "not here")
+        }
         Request::Ping => Response::Pong {
             version: env!("CARGO_PKG_VERSION").into(),
         },

@@ -103,14 +103,24 @@ pub enum HostFile {
 }
 
 /// What a checkpoint recorded for its restore (`sandstone.json` beside
-/// CRIU's images).
+/// CRIU's images), and what it must be restored onto.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Image {
+    /// The runtime generation it was taken in: one resumed since (from
+    /// its files) makes it stale.
+    pub generation: i64,
     /// The inode of PID 1's listening socket, which the restore replaces
     /// with a new one at the same path.
     pub listener: u64,
     /// Each host file PID 1 held, by CRIU's key for it (`file[mnt:ino]`).
     pub files: Vec<(String, HostFile)>,
+    /// The sandbox's id range and binds then: the restore makes the same.
+    pub id_base: u32,
+    pub binds: Vec<String>,
+    /// PID 1's program then (size, modification time in nanoseconds): its
+    /// code is mapped from the file, so another build cannot go on from
+    /// its memory.
+    pub program: (u64, i128),
 }
 
 const MANIFEST: &str = "sandstone.json";
@@ -120,6 +130,82 @@ impl Image {
     pub fn load(dir: &Path) -> Option<Image> {
         let body = std::fs::read(dir.join(MANIFEST)).ok()?;
         serde_json::from_slice(&body).ok()
+    }
+
+    /// Why it cannot be restored onto `spec` by `program`, if it cannot.
+    fn misfit(&self, spec: &SpawnSpec, program: (u64, i128)) -> Option<String> {
+        let binds: Vec<&String> = spec.binds.iter().map(|b| &b.target).collect();
+        if self.id_base != spec.id_base {
+            Some(format!(
+                "its id range moved ({} to {})",
+                self.id_base, spec.id_base
+            ))
+        } else if self.binds.iter().collect::<Vec<_>>() != binds {
+            Some(format!("its binds changed ({:?} to {binds:?})", self.binds))
+        } else if self.program != program {
+            Some("sandstone-init changed since it was taken".into())
+        } else {
+            None
+        }
+    }
+}
+
+/// A program file's identity for [`Image::program`].
+fn program_id(meta: &std::fs::Metadata) -> (u64, i128) {
+    let modified = i128::from(meta.mtime()) * 1_000_000_000 + i128::from(meta.mtime_nsec());
+    (meta.len(), modified)
+}
+
+/// The inodes of the sockets process `pid` holds.
+fn socket_inodes(pid: i32) -> Result<HashSet<u64>> {
+    let dir = format!("/proc/{pid}/fd");
+    let entries = std::fs::read_dir(&dir).map_err(|e| Error::sys(format!("read {dir}"), e))?;
+    Ok(entries
+        .flatten()
+        .filter_map(|e| {
+            let target = std::fs::read_link(e.path()).ok()?;
+            let inode = target
+                .to_str()?
+                .strip_prefix("socket:[")?
+                .strip_suffix(']')?;
+            inode.parse().ok()
+        })
+        .collect())
+}
+
+/// The unix sockets of process `pid`'s network namespace: (inode, path).
+fn unix_sockets(pid: i32) -> Result<Vec<(u64, String)>> {
+    let table = format!("/proc/{pid}/net/unix");
+    let text =
+        std::fs::read_to_string(&table).map_err(|e| Error::sys(format!("read {table}"), e))?;
+    // Num RefCount Protocol Flags Type St Inode Path
+    Ok(text
+        .lines()
+        .skip(1)
+        .filter_map(|l| {
+            let cols: Vec<&str> = l.split_whitespace().collect();
+            let inode = cols.get(6)?.parse().ok()?;
+            Some((inode, cols.get(7).unwrap_or(&"").to_string()))
+        })
+        .collect())
+}
+
+/// Waits (2 s at most) until PID 1 holds no socket from outside its
+/// network namespace: the connections it was told to end
+/// (`Request::Quiesce`), the one that told it included, are closed.
+fn wait_until_quiet(pid: i32) -> Result<()> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+    loop {
+        let inside: HashSet<u64> = unix_sockets(pid)?.into_iter().map(|(i, _)| i).collect();
+        if socket_inodes(pid)?.is_subset(&inside) {
+            return Ok(());
+        }
+        if std::time::Instant::now() > deadline {
+            return Err(Error::Other(
+                "a connection to PID 1 is still open: it cannot be checkpointed".into(),
+            ));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
     }
 }
 
@@ -219,31 +305,37 @@ fn host_files(pid: i32, spec: &SpawnSpec) -> Result<Vec<(String, HostFile)>> {
     Ok(files)
 }
 
-/// The inode of the socket listening at `path`, as seen from the network
-/// namespace of process `pid`.
+/// The inode of PID 1's own socket listening at `path`. Only one of its
+/// own: the sandbox's processes share the namespace's table, and may bind
+/// sockets of that name inside their root.
 fn listener_inode(pid: i32, path: &Path) -> Result<u64> {
-    let table = format!("/proc/{pid}/net/unix");
-    let text =
-        std::fs::read_to_string(&table).map_err(|e| Error::sys(format!("read {table}"), e))?;
+    let own = socket_inodes(pid)?;
     let wanted = path.to_string_lossy();
-    // Num RefCount Protocol Flags Type St Inode Path
-    text.lines()
-        .skip(1)
-        .find_map(|l| {
-            let cols: Vec<&str> = l.split_whitespace().collect();
-            (cols.get(7) == Some(&wanted.as_ref())).then(|| cols.get(6)?.parse().ok())?
-        })
-        .ok_or_else(|| Error::Other(format!("no socket listens at {path:?}")))
+    unix_sockets(pid)?
+        .into_iter()
+        .find(|(inode, p)| own.contains(inode) && *p == wanted)
+        .map(|(inode, _)| inode)
+        .ok_or_else(|| Error::Other(format!("PID 1 does not listen at {path:?}")))
 }
 
 /// Checkpoints the sandbox whose PID 1 is host pid `pid` (built from
-/// `spec`) into `dir`, which must be empty: its processes are stopped,
-/// written out, and end. Nothing may hold a connection to PID 1 (see
-/// `Request::Quiesce`). On failure the processes run on, as they were.
-pub fn dump(criu: &Criu, pid: i32, spec: &SpawnSpec, dir: &Path) -> Result<Image> {
+/// `spec`, in runtime generation `generation`) into `dir`, which must be
+/// empty: its processes are stopped, written out, and end. PID 1 must have
+/// been told to end its connections (`Request::Quiesce`). When CRIU fails
+/// the processes run on, as they were; an error after it succeeded (rare:
+/// writing the manifest) leaves them ended, which the caller tells by
+/// PID 1.
+pub fn dump(criu: &Criu, pid: i32, spec: &SpawnSpec, generation: i64, dir: &Path) -> Result<Image> {
+    wait_until_quiet(pid)?;
+    let program = std::fs::metadata(format!("/proc/{pid}/exe"))
+        .map_err(|e| Error::sys("stat PID 1's program", e))?;
     let image = Image {
+        generation,
         listener: listener_inode(pid, &spec.socket)?,
         files: host_files(pid, spec)?,
+        id_base: spec.id_base,
+        binds: spec.binds.iter().map(|b| b.target.clone()).collect(),
+        program: program_id(&program),
     };
     let netns = std::fs::File::open(format!("/proc/{pid}/ns/net"))
         .map_err(|e| Error::sys("open the sandbox's network namespace", e))?;
@@ -314,6 +406,13 @@ pub fn restore(r: &RestoreSpec) -> Result<i32> {
     let image =
         Image::load(&r.dir).ok_or_else(|| Error::Other(format!("no checkpoint in {:?}", r.dir)))?;
     let spec = &r.spawn;
+    // This helper is PID 1's program: the one the restored code runs from.
+    let program = std::fs::metadata("/proc/self/exe").map_err(|e| Error::sys("stat", e))?;
+    if let Some(why) = image.misfit(spec, program_id(&program)) {
+        return Err(Error::Other(format!(
+            "the checkpoint no longer fits: {why}"
+        )));
+    }
     crate::spawn::enter_namespaces(spec)?;
     // The staging tree must be reachable by the sandbox's root (CRIU binds
     // the external mounts in from inside its user namespace), so not under

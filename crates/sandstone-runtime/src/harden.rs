@@ -1,6 +1,6 @@
 //! The last steps before PID 1 serves: capabilities reduced to a container
-//! default set (and PID 1 out of the sandbox's reach: [`GUARD`]),
-//! no_new_privs, seccomp, clamped rlimits.
+//! default set (and [`GUARD`]), no_new_privs, seccomp, clamped rlimits,
+//! non-dumpable.
 
 use crate::Result;
 use crate::sys::Step;
@@ -32,15 +32,16 @@ fn last_cap() -> u32 {
 }
 
 /// A capability PID 1 keeps permitted (never effective, and out of the
-/// bounding set, so no program it starts has it) so that no process of
-/// the sandbox may ptrace it, read its memory, environment or descriptors
-/// through /proc: the kernel lets a process do so only to one whose
-/// permitted capabilities are a subset of its own, or with
-/// `CAP_SYS_PTRACE` over the sandbox's user namespace, which nothing in it
-/// holds. Non-dumpable would do the same, but would also keep out a
-/// checkpointer given every capability in that namespace (CRIU, for a
-/// pause that keeps memory): a process's memory belongs to the user
-/// namespace it was executed in (or, restored, forked in), the host's.
+/// bounding set, so no program it starts has it), so that no process of
+/// the sandbox may ptrace it, or read its memory, environment or
+/// descriptors through /proc, even while it is dumpable: the kernel lets a
+/// process do so only to one whose permitted capabilities are a subset of
+/// its own, or with `CAP_SYS_PTRACE` over the sandbox's user namespace,
+/// which nothing in it holds. PID 1 is dumpable only while a checkpoint of
+/// the sandbox's memory is taken (`Request::Quiesce`): non-dumpable, its
+/// memory, which belongs to the host's user namespace (it was executed,
+/// or restored, from there), is closed to CRIU too, even with every
+/// capability in the sandbox's.
 pub const GUARD: u32 = 19; // SYS_PTRACE
 
 /// Makes every permitted capability effective again.
@@ -98,5 +99,8 @@ pub fn harden() -> Result<()> {
     clamp_rlimits()?;
     drop_capabilities()?;
     security::set_no_new_privs().step(|| "set no_new_privs".into())?;
-    crate::seccomp::install()
+    crate::seccomp::install()?;
+    // Not dumpable: nothing in the sandbox may change PID 1's /proc files
+    // (they are host root's), nor have it dump core.
+    security::set_dumpable(false).step(|| "set non-dumpable".into())
 }

@@ -253,8 +253,8 @@ pub fn prepare_sandbox(start: &mut SandboxStart) -> Result<()> {
     process::setresuid(0).step(|| "setresuid".into())?;
     process::clear_groups().step(|| "setgroups".into())?;
     crate::rootfs::finish_in_sandbox(start.spec.memory_bytes)?;
-    // Changing user made PID 1 non-dumpable, which would keep a checkpoint
-    // of its memory out too; `harden::GUARD` keeps the sandbox out instead.
+    // Changing user made PID 1 non-dumpable, and so unable to open its own
+    // /proc files; `harden` makes it so again once they are open.
     sandstone_sys::security::set_dumpable(true).step(|| "set dumpable".into())?;
     // The sandbox's own /dev/null and /proc: what a checkpoint of its
     // memory takes as it is (only the log is a host file).

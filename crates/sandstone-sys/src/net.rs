@@ -101,10 +101,16 @@ pub fn original_dst(sock: BorrowedFd<'_>) -> io::Result<SocketAddrV4> {
     ))
 }
 
-/// Shuts down the sending side of `sock` (the peer reads end of file).
-pub fn shutdown_write(sock: BorrowedFd<'_>) -> io::Result<()> {
-    // SAFETY: shutdown takes no pointers.
-    cvt(unsafe { libc::shutdown(sock.as_raw_fd(), libc::SHUT_WR) })?;
+/// Shuts a socket down: `Write`, and its peer reads the end of file;
+/// `Both`, and a thread blocked reading or writing it wakes as well.
+pub fn shutdown(sock: BorrowedFd<'_>, how: std::net::Shutdown) -> io::Result<()> {
+    let how = match how {
+        std::net::Shutdown::Read => libc::SHUT_RD,
+        std::net::Shutdown::Write => libc::SHUT_WR,
+        std::net::Shutdown::Both => libc::SHUT_RDWR,
+    };
+    // SAFETY: shutdown takes a descriptor we borrow and no pointers.
+    cvt(unsafe { libc::shutdown(sock.as_raw_fd(), how) })?;
     Ok(())
 }
 

@@ -703,9 +703,12 @@ impl Storage {
         remove_tree(&self.root.join("run").join(id))
     }
 
-    /// Removes the checkpoint of a sandbox's memory, if there is one.
+    /// Removes the checkpoint of a sandbox's memory, if there is one (and
+    /// one set aside for a restore).
     pub fn remove_memory(&self, id: &str) -> Result<()> {
-        remove_tree(&self.paths(id).memory)
+        let dir = self.paths(id).memory;
+        remove_tree(&dir.with_extension("restoring"))?;
+        remove_tree(&dir)
     }
 
     /// Bytes the sandbox's volume occupies.

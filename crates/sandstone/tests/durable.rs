@@ -955,6 +955,30 @@ async fn a_pause_with_memory_writes_it_to_disk_and_brings_it_back() {
     assert!(s == 200 || s == 204, "{s} {v}");
     d.sh(&id, "pkill -x sleep; true").await;
 
+    // A process that listens at the path of PID 1's socket (which the
+    // namespace's socket table shows), inside its own root: the restore
+    // still hands the daemon's new listener to PID 1, not to it.
+    let squatter = "import os, socket, time\n\
+                    path = next(l.split()[7] for l in open('/proc/net/unix') if l.rstrip().endswith('init.sock'))\n\
+                    os.makedirs(os.path.dirname(path), exist_ok=True)\n\
+                    s = socket.socket(socket.AF_UNIX)\n\
+                    s.bind(path)\n\
+                    s.listen()\n\
+                    open('/workspace/squatting', 'w').write(path)\n\
+                    time.sleep(1000)\n";
+    let (s, v) = d
+        .post(
+            &contexts,
+            json!({"type": "cmd", "cmd": {"command": ["python3", "-c", squatter]}}),
+        )
+        .await;
+    assert_eq!(s, 201, "{v}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while d.sh(&id, "cat /workspace/squatting 2>/dev/null").await["stdout"] == "" {
+        assert!(Instant::now() < deadline, "the squatter never listened");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
     for round in 0..2 {
         let (s, v) = op(&d, &id, "pause", json!({"memory": true})).await;
         assert_eq!(s, 200, "{v}");

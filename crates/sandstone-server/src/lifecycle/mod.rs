@@ -146,6 +146,21 @@ pub use checkpoint::{Intent, Takeover};
 pub use error::{Error, Result};
 pub use supervised::SessionFollow;
 
+/// Whether a runtime's init still runs (its pidfd is not yet readable).
+fn init_alive(rt: &Runtime) -> bool {
+    use std::os::fd::AsFd;
+    match &rt.init {
+        Some(fd) => {
+            let mut polled = [sandstone_sys::fd::PollFd::readable(Some(fd.as_fd()))];
+            matches!(
+                sandstone_sys::fd::poll(&mut polled, Some(std::time::Duration::ZERO)),
+                Ok(0)
+            )
+        }
+        None => sandstone_sys::process::kill(sandstone_sys::Pid::from_raw(rt.pid), 0).is_ok(),
+    }
+}
+
 fn internal(e: impl std::fmt::Display) -> Error {
     Error::internal(e)
 }
@@ -1264,15 +1279,29 @@ impl Lifecycle {
                 )
                 .create(&dir)
                 .map_err(internal)?;
-                sandstone_runtime::criu::dump(criu, rt.pid, &spec, &dir).map_err(internal)
+                sandstone_runtime::criu::dump(criu, rt.pid, &spec, row.generation, &dir)
+                    .map_err(internal)
             })
         }
         .await;
         if let Err(e) = dumped {
-            // CRIU lets the processes go on when it fails; the watch of
-            // its files ended with the other connections.
             if let Err(e) = self.storage.remove_memory(id) {
                 tracing::warn!(sandbox = %id, error = %e, "a failed checkpoint left files behind");
+            }
+            if !init_alive(&rt) {
+                // CRIU ended the processes, then something failed: what is
+                // left is paused with its files.
+                tokio::task::block_in_place(|| self.stop_runtime(id, &rt.cgroup));
+                self.finish_pause(&row, &fence).await?;
+                return Err(Error::internal(format!(
+                    "pause {id} with its memory: {e}; its memory is lost, it is paused with its files"
+                )));
+            }
+            // CRIU lets the processes go on when it fails; the watch of
+            // its files ended with the other connections.
+            let done = sandstone_init::proto::Request::CheckpointDone;
+            if let Err(e) = initclient::call(&rt.socket, &done, &[]).await {
+                tracing::warn!(sandbox = %id, error = %e, "its init is still open to a checkpointer");
             }
             self.webhooks
                 .watch_files(self.store.clone(), id.to_string(), rt.socket.clone());
@@ -1286,6 +1315,42 @@ impl Lifecycle {
         // Its processes ended with the checkpoint; what they stood on goes.
         tokio::task::block_in_place(|| self.stop_runtime(id, &rt.cgroup));
         self.finish_pause(&row, &fence).await
+    }
+
+    /// The checkpoint of sandbox `id`'s memory, if one taken in
+    /// `generation` is there, moved aside for its restore, so that no later
+    /// resume finds it, used or not (one taken in another generation is
+    /// stale: it is deleted).
+    fn take_memory(&self, id: &str, generation: i64) -> Option<PathBuf> {
+        let dir = self.storage.paths(id).memory;
+        let image = self
+            .criu
+            .as_ref()
+            .and_then(|_| sandstone_runtime::criu::Image::load(&dir))?;
+        let taken = dir.with_extension("restoring");
+        let moved = match image.generation == generation {
+            true => std::fs::remove_dir_all(&taken)
+                .or_else(|e| match e.kind() {
+                    std::io::ErrorKind::NotFound => Ok(()),
+                    _ => Err(e),
+                })
+                .and_then(|()| std::fs::rename(&dir, &taken))
+                .map_err(|e| e.to_string()),
+            false => Err(format!(
+                "stale: taken in generation {}, the sandbox is in {generation}",
+                image.generation
+            )),
+        };
+        match moved {
+            Ok(()) => Some(taken),
+            Err(e) => {
+                tracing::warn!(sandbox = %id, error = %e, "a checkpoint of its memory is not used");
+                if let Err(e) = self.storage.remove_memory(id) {
+                    tracing::warn!(sandbox = %id, error = %e, "a checkpoint of its memory was left behind");
+                }
+                None
+            }
+        }
     }
 
     /// Whether sandbox `id` has a checkpoint of its memory on this node.
@@ -1411,17 +1476,11 @@ impl Lifecycle {
             .await?;
         // Paused with its memory written to disk: brought back as it was,
         // in the same generation; if that fails, started afresh on its files.
-        let memory = self.storage.paths(id).memory;
-        let mut restored = self.memory_on_disk(id);
+        let memory = self.take_memory(id, row.generation);
+        let mut restored = memory.is_some();
         let config = config_of(&row);
         let mut launched = self
-            .launch(
-                id,
-                &template,
-                &config,
-                row.slot,
-                restored.then_some(memory.as_path()),
-            )
+            .launch(id, &template, &config, row.slot, memory.as_deref())
             .await;
         if restored && let Err(e) = &launched {
             tracing::warn!(sandbox = %id, error = %e, "its memory could not be restored; resumed from its files");
@@ -1431,13 +1490,22 @@ impl Lifecycle {
         let runtime = match launched {
             Ok(r) => r,
             Err(e) => {
+                // Neither way started: a later resume may try it again.
+                if let Some(taken) = &memory {
+                    let _ = std::fs::rename(taken, self.storage.paths(id).memory);
+                }
                 self.store.set_pending(&fence, None).await?;
                 return Err(e);
             }
         };
-        // Used or stale: a later resume must not bring back older memory.
         if let Err(e) = self.storage.remove_memory(id) {
             tracing::warn!(sandbox = %id, error = %e, "a checkpoint of its memory was left behind");
+        }
+        if restored {
+            let done = sandstone_init::proto::Request::CheckpointDone;
+            if let Err(e) = initclient::call(&runtime.socket, &done, &[]).await {
+                tracing::warn!(sandbox = %id, error = %e, "its init is still open to a checkpointer");
+            }
         }
         fault::crash("resume.after_launch");
         let generation = row.generation + i64::from(!restored);
