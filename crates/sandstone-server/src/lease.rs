@@ -64,12 +64,24 @@ impl Lease {
     /// wrote until then: sandboxes that outlived the daemon are stopped
     /// only if that deadline passes first.
     pub fn shared(ttl: Duration, file: PathBuf) -> std::io::Result<Lease> {
+        use std::os::unix::fs::PermissionsExt;
+        if let Some(dir) = file.parent() {
+            std::os::unix::fs::DirBuilderExt::mode(
+                std::fs::DirBuilder::new().recursive(true),
+                0o700,
+            )
+            .create(dir)?;
+        }
         let f = std::fs::OpenOptions::new()
             .create(true)
             .truncate(false)
             .read(true)
             .write(true)
             .open(&file)?;
+        // Readable by the sandboxes' roots, through the handle each init
+        // holds: a restored init's is opened again from inside (CRIU). It
+        // holds a deadline only; its directory keeps everyone else out.
+        f.set_permissions(std::fs::Permissions::from_mode(0o644))?;
         Ok(Lease {
             ttl: Some(ttl),
             watch: Some((file, f)),

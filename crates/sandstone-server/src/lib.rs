@@ -562,9 +562,10 @@ pub async fn run(mut config: Config) -> anyhow::Result<()> {
     // Only a shared database has other nodes that may take this one's
     // sandboxes: then its hold on them is a lease it must keep renewing.
     let lease = match location {
-        Location::Postgres(_) => {
-            lease::Lease::shared(node.lease_ttl, config.data_dir.join("lease"))?
-        }
+        Location::Postgres(_) => lease::Lease::shared(
+            node.lease_ttl,
+            config.data_dir.join("lease-watch").join("deadline"),
+        )?,
         Location::Sqlite(_) => lease::Lease::sole(),
     };
     let runner = lifecycle::Runner {

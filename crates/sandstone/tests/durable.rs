@@ -1010,7 +1010,7 @@ async fn a_pause_with_memory_writes_it_to_disk_and_brings_it_back() {
         }
         // The first request brings it back (auto_resume), as it was.
         let (s, v) = d.post(&exec, json!({"data": "x + 1"})).await;
-        assert_eq!(s, 200, "round {round}: {v}");
+        assert_eq!(s, 200, "round {round}: {v}\n{}", d.log());
         assert_eq!(v["data"]["output_raw"], "42\n", "round {round}: {v}");
         let (_, now) = d.get(&format!("/api/v1/sandboxes/{id}")).await;
         assert_eq!(generation(&now), generation(&before), "{now}");
