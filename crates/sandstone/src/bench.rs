@@ -24,11 +24,12 @@ pub struct BenchArgs {
     pub paused: usize,
 }
 
-/// Runs `sandstone bench`.
-pub async fn command(c: &Client, args: &BenchArgs) -> Result<()> {
+/// Runs `sandstone bench`. `data_dir`: the daemon's, when it runs here
+/// (what a checkpoint of memory takes on disk is read there).
+pub async fn command(c: &Client, args: &BenchArgs, data_dir: &std::path::Path) -> Result<()> {
     let n = args.iterations.max(2);
     if args.durable {
-        crate::bench_durable::run(c, &args.template, n, args.paused).await
+        crate::bench_durable::run(c, &args.template, n, args.paused, data_dir).await
     } else {
         run(c, &args.template, n, args.scale).await
     }

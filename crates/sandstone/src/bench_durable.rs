@@ -6,7 +6,20 @@ use crate::bench::{meminfo_kib, row, stats};
 use anyhow::{Result, ensure};
 use sandstone_api::MemoryKept;
 use sandstone_client::Client;
+use std::path::Path;
 use std::time::{Duration, Instant};
+
+/// The bytes of the files in `dir`; `None` when it cannot be read.
+fn dir_bytes(dir: &Path) -> Option<u64> {
+    let entries = std::fs::read_dir(dir).ok()?;
+    Some(
+        entries
+            .flatten()
+            .filter_map(|e| e.metadata().ok())
+            .map(|m| m.len())
+            .sum(),
+    )
+}
 
 async fn timed<F: std::future::Future<Output = sandstone_client::Result<T>>, T>(
     f: F,
@@ -62,7 +75,7 @@ async fn warm_ready(c: &Client) -> Result<u64> {
 /// continued where the daemon has no CRIU), and plainly (ended, started
 /// again) as the baseline, alternating on the same sandbox; and the host
 /// memory a pause with memory gives back.
-async fn with_memory(c: &Client, template: &str, n: usize) -> Result<()> {
+async fn with_memory(c: &Client, template: &str, n: usize, data_dir: &Path) -> Result<()> {
     let id = c.claim(template, None).await?.sandbox_id;
     let hold = |id: String| async move {
         let argv = [
@@ -82,11 +95,13 @@ async fn with_memory(c: &Client, template: &str, n: usize) -> Result<()> {
     hold(id.clone()).await?;
     let (mut pauses, mut resumes, mut plain_pauses, mut plain_resumes) =
         (vec![], vec![], vec![], vec![]);
-    let (mut kept, mut freed) = (None, vec![]);
+    let (mut kept, mut freed, mut sizes) = (None, vec![], vec![]);
+    let image = data_dir.join("memory").join(&id);
     for _ in 0..n {
-        let before = meminfo_kib("MemAvailable:") as i64;
+        let before = meminfo_kib("AnonPages:") as i64;
         let (t, r) = timed(c.pause_with_memory(&id)).await?;
-        freed.push((meminfo_kib("MemAvailable:") as i64 - before) / 1024);
+        freed.push((before - meminfo_kib("AnonPages:") as i64) / 1024);
+        sizes.extend(dir_bytes(&image));
         kept = r.memory;
         pauses.push(t);
         resumes.push(timed(c.resume(&id)).await?.0);
@@ -105,18 +120,36 @@ async fn with_memory(c: &Client, template: &str, n: usize) -> Result<()> {
     row("resume, plain (baseline)", &stats(plain_resumes), "");
     freed.sort_unstable();
     println!(
-        "{:<34} {:>8} MiB of host memory (MemAvailable, median)",
+        "{:<34} {:>8} MiB of anonymous memory (AnonPages, median)",
         "freed by a pause with memory",
         freed[freed.len() / 2]
     );
+    sizes.sort_unstable();
+    match sizes.get(sizes.len() / 2) {
+        Some(b) => println!(
+            "{:<34} {:>8.1} MiB on disk (median)",
+            "checkpoint size with memory",
+            *b as f64 / (1 << 20) as f64
+        ),
+        None => println!(
+            "{:<34} {:>8} (nothing on disk here: frozen, or the daemon's data directory is elsewhere)",
+            "checkpoint size with memory", "-"
+        ),
+    }
     c.delete(&id).await?;
     Ok(())
 }
 
-pub async fn run(c: &Client, template: &str, n: usize, paused: usize) -> Result<()> {
+pub async fn run(
+    c: &Client,
+    template: &str,
+    n: usize,
+    paused: usize,
+    data_dir: &Path,
+) -> Result<()> {
     per_size(c, template, n, 10).await?;
     per_size(c, template, n, 1024).await?;
-    with_memory(c, template, n).await?;
+    with_memory(c, template, n, data_dir).await?;
 
     // Claims from the warm pool: wait for a ready member before each one.
     let mut claims = Vec::new();

@@ -359,6 +359,6 @@ async fn run(cli: Cli) -> Result<()> {
         } => exec_cmd::exec(&cli, id, cwd.as_deref(), *timeout, command).await,
         Cmd::Shell { id, command } => exec_cmd::shell(&cli, id, command).await,
         Cmd::Cp { from, to } => exec_cmd::copy(&client(&cli)?, from, to).await,
-        Cmd::Bench(args) => bench::command(&client(&cli)?, args).await,
+        Cmd::Bench(args) => bench::command(&client(&cli)?, args, &cli.data_dir).await,
     }
 }
