@@ -28,6 +28,80 @@ async fn wait_for(d: &Daemon, id: &str, want: &str, within: Duration) {
     }
 }
 
+/// What the pause-with-memory tests start in a sandbox: a python REPL
+/// holding `x = 41`, and a process holding 200 MiB only it has (its hash
+/// in `held.sha`), ticking a counter in `/workspace/tick`.
+struct Workload {
+    contexts: String,
+    /// The REPL's `exec` path.
+    exec: String,
+    /// The 200 MiB holder's context.
+    holder: String,
+    sha: Value,
+}
+
+async fn start_workload(d: &Daemon, id: &str) -> Workload {
+    let contexts = format!("/api/v1/sandboxes/{id}/contexts");
+    let (_, v) = d
+        .post(
+            &contexts,
+            json!({"type": "repl", "repl": {"alias": "python"}}),
+        )
+        .await;
+    let py = v["data"]["id"].as_str().unwrap().to_string();
+    let exec = format!("{contexts}/{py}/exec");
+    let (s, v) = d.post(&exec, json!({"data": "x = 41"})).await;
+    assert_eq!(s, 200, "{v}");
+    let holder = "import hashlib, os, signal, time\n\
+                  b = os.urandom(200 << 20)\n\
+                  def report(*_): open('/workspace/held.now', 'w').write(hashlib.sha256(b).hexdigest())\n\
+                  signal.signal(signal.SIGUSR1, report)\n\
+                  open('/workspace/held.sha', 'w').write(hashlib.sha256(b).hexdigest())\n\
+                  n = 0\n\
+                  while True:\n    n += 1\n    open('/workspace/tick', 'w').write(str(n))\n    time.sleep(0.05)\n";
+    let (s, v) = d
+        .post(
+            &contexts,
+            json!({"type": "cmd", "cmd": {"command": ["python3", "-c", holder]}}),
+        )
+        .await;
+    assert_eq!(s, 201, "{v}");
+    let holder = v["data"]["id"].as_str().unwrap().to_string();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while d.sh(id, "cat /workspace/tick 2>/dev/null").await["stdout"] == "" {
+        assert!(Instant::now() < deadline, "the holder never started");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let sha = d.sh(id, "cat /workspace/held.sha").await["stdout"].clone();
+    Workload {
+        contexts,
+        exec,
+        holder,
+        sha,
+    }
+}
+
+/// The hash of the holder's 200 MiB now: it hashes them again on SIGUSR1.
+async fn hash_after_usr1(d: &Daemon, id: &str, w: &Workload) -> Value {
+    d.sh(id, "rm -f /workspace/held.now").await;
+    let (s, v) = d
+        .post(
+            &format!("{}/{}/signal", w.contexts, w.holder),
+            json!({"signal": "USR1"}),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let now = d.sh(id, "cat /workspace/held.now 2>/dev/null").await["stdout"].clone();
+        if now != "" {
+            return now;
+        }
+        assert!(Instant::now() < deadline, "no hash after SIGUSR1");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn pause_keeps_files_releases_compute_and_resume_survives_restart() {
     let mut d = Daemon::start().await;
@@ -713,39 +787,13 @@ async fn a_supervised_server_restarts_with_backoff_and_outlives_pauses_and_the_d
 async fn a_pause_with_memory_keeps_a_repl_and_a_big_process() {
     let mut d = Daemon::start().await;
     let id = d.create(json!({})).await;
-    let contexts = format!("/api/v1/sandboxes/{id}/contexts");
-    let (_, v) = d
-        .post(
-            &contexts,
-            json!({"type": "repl", "repl": {"alias": "python"}}),
-        )
-        .await;
-    let py = v["data"]["id"].as_str().unwrap().to_string();
-    let exec = format!("{contexts}/{py}/exec");
-    let (s, v) = d.post(&exec, json!({"data": "x = 41"})).await;
-    assert_eq!(s, 200, "{v}");
-    // 200 MiB of data only it holds, and a counter it keeps.
-    let holder = "import hashlib, os, signal, time\n\
-                  b = os.urandom(200 << 20)\n\
-                  def report(*_): open('/workspace/held.now', 'w').write(hashlib.sha256(b).hexdigest())\n\
-                  signal.signal(signal.SIGUSR1, report)\n\
-                  open('/workspace/held.sha', 'w').write(hashlib.sha256(b).hexdigest())\n\
-                  n = 0\n\
-                  while True:\n    n += 1\n    open('/workspace/tick', 'w').write(str(n))\n    time.sleep(0.05)\n";
-    let (s, v) = d
-        .post(
-            &contexts,
-            json!({"type": "cmd", "cmd": {"command": ["python3", "-c", holder]}}),
-        )
-        .await;
-    assert_eq!(s, 201, "{v}");
-    let holder_id = v["data"]["id"].as_str().unwrap().to_string();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while d.sh(&id, "cat /workspace/tick 2>/dev/null").await["stdout"] == "" {
-        assert!(Instant::now() < deadline, "the holder never started");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let sha = d.sh(&id, "cat /workspace/held.sha").await["stdout"].clone();
+    let w = start_workload(&d, &id).await;
+    let (contexts, exec, holder_id, sha) = (
+        w.contexts.clone(),
+        w.exec.clone(),
+        w.holder.clone(),
+        w.sha.clone(),
+    );
 
     // Bad bodies name their field.
     d.rejects(
@@ -816,23 +864,7 @@ async fn a_pause_with_memory_keeps_a_repl_and_a_big_process() {
         "not ticking"
     );
     // Its 200 MiB are what they were: it hashes them again on SIGUSR1.
-    let (s, v) = d
-        .post(
-            &format!("{contexts}/{holder_id}/signal"),
-            json!({"signal": "USR1"}),
-        )
-        .await;
-    assert_eq!(s, 200, "{v}");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let now = loop {
-        let now = d.sh(&id, "cat /workspace/held.now 2>/dev/null").await["stdout"].clone();
-        if now != "" {
-            break now;
-        }
-        assert!(Instant::now() < deadline, "no hash after SIGUSR1");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
-    assert_eq!(now, sha);
+    assert_eq!(hash_after_usr1(&d, &id, &w).await, sha);
     assert_eq!(d.sh(&id, "echo $LATER").await["stdout"], "kept\n");
     // Watched again once continued after the restart: its init's death is
     // seen (the sandbox fails, its files kept).
@@ -863,31 +895,8 @@ async fn a_pause_with_memory_writes_it_to_disk_and_brings_it_back() {
     // restore makes its namespace again.
     let mut d = common::networked("127.0.0.1:9", &["--criu".into(), criu]).await;
     let id = d.create(json!({})).await;
-    let contexts = format!("/api/v1/sandboxes/{id}/contexts");
-    let (_, v) = d
-        .post(
-            &contexts,
-            json!({"type": "repl", "repl": {"alias": "python"}}),
-        )
-        .await;
-    let py = v["data"]["id"].as_str().unwrap().to_string();
-    let exec = format!("{contexts}/{py}/exec");
-    let (s, v) = d.post(&exec, json!({"data": "x = 41"})).await;
-    assert_eq!(s, 200, "{v}");
-    let holder = "import hashlib, os, signal, time\n\
-                  b = os.urandom(200 << 20)\n\
-                  def report(*_): open('/workspace/held.now', 'w').write(hashlib.sha256(b).hexdigest())\n\
-                  signal.signal(signal.SIGUSR1, report)\n\
-                  open('/workspace/held.sha', 'w').write(hashlib.sha256(b).hexdigest())\n\
-                  while True: time.sleep(1)\n";
-    let (s, v) = d
-        .post(
-            &contexts,
-            json!({"type": "cmd", "cmd": {"command": ["python3", "-c", holder]}}),
-        )
-        .await;
-    assert_eq!(s, 201, "{v}");
-    let holder_id = v["data"]["id"].as_str().unwrap().to_string();
+    let w = start_workload(&d, &id).await;
+    let (contexts, exec, sha) = (w.contexts.clone(), w.exec.clone(), w.sha.clone());
     // A server listening on an inet socket (which CRIU before 4.2 could
     // not take on this kernel).
     let (s, v) = d
@@ -898,13 +907,12 @@ async fn a_pause_with_memory_writes_it_to_disk_and_brings_it_back() {
         .await;
     assert_eq!(s, 201, "{v}");
     let deadline = Instant::now() + Duration::from_secs(20);
-    while d.sh(&id, "cat /workspace/held.sha 2>/dev/null").await["stdout"] == ""
-        || d.sh(&id, "python3 -c \"import urllib.request as u; u.urlopen('http://127.0.0.1:8000/')\" && echo up").await["stdout"] != "up\n"
+    while d
+        .sh(&id, "python3 -c \"import urllib.request as u; u.urlopen('http://127.0.0.1:8000/')\" && echo up").await["stdout"] != "up\n"
     {
         assert!(Instant::now() < deadline, "the holder or the server never started");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let sha = d.sh(&id, "cat /workspace/held.sha").await["stdout"].clone();
     let generation = |v: &Value| v["data"]["runtime_generation"].clone();
     let (_, before) = d.get(&format!("/api/v1/sandboxes/{id}")).await;
 
@@ -1015,31 +1023,13 @@ async fn a_pause_with_memory_writes_it_to_disk_and_brings_it_back() {
         let (_, now) = d.get(&format!("/api/v1/sandboxes/{id}")).await;
         assert_eq!(generation(&now), generation(&before), "{now}");
         assert!(!image.exists(), "the checkpoint outlived its restore");
-        let (_, v) = d.get(&format!("{contexts}/{holder_id}")).await;
+        let (_, v) = d.get(&format!("{contexts}/{}", w.holder)).await;
         assert_eq!(v["data"]["running"], true, "the holder ended: {v}");
-        let _ = std::fs::remove_file(
-            d.pool_root()
-                .join("sandboxes")
-                .join(&id)
-                .join("workspace/held.now"),
+        assert_eq!(
+            hash_after_usr1(&d, &id, &w).await,
+            sha,
+            "round {round}: its memory changed"
         );
-        let (s, v) = d
-            .post(
-                &format!("{contexts}/{holder_id}/signal"),
-                json!({"signal": "USR1"}),
-            )
-            .await;
-        assert_eq!(s, 200, "{v}");
-        let deadline = Instant::now() + Duration::from_secs(20);
-        let now = loop {
-            let now = d.sh(&id, "cat /workspace/held.now 2>/dev/null").await["stdout"].clone();
-            if now != "" {
-                break now;
-            }
-            assert!(Instant::now() < deadline, "no hash after SIGUSR1");
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        };
-        assert_eq!(now, sha, "round {round}: its memory changed");
         let served = d
             .sh(&id, "python3 -c \"import urllib.request as u; print(u.urlopen('http://127.0.0.1:8000/held.sha').read().decode())\"")
             .await;

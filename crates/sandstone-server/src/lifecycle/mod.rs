@@ -1163,11 +1163,33 @@ impl Lifecycle {
         Ok(fence)
     }
 
-    /// Pauses keeping the processes with their memory: they are frozen in
-    /// place (the cgroup freezer), out of reach of requests, and the next
-    /// resume continues them in the same runtime generation. The memory
-    /// stays resident on this node, so such a sandbox does not move to
-    /// another one (a drain leaves it; a node that takes it over resumes
+    /// The start of a pause with memory: [`Lifecycle::begin_pause`], and
+    /// the runtime taken out of `runtimes`, so no request reaches it.
+    async fn begin_memory_pause(&self, row: &SandboxRow) -> Result<(sandstone_db::Fence, Runtime)> {
+        let id = row.id.as_str();
+        let fence = self.begin_pause(row).await?;
+        let taken = self
+            .runtimes
+            .write()
+            .expect("lock poisoned: a holder panicked")
+            .remove(id);
+        match taken {
+            Some(rt) => Ok((fence, rt)),
+            None => {
+                self.store.set_pending(&fence, None).await?;
+                Err(Error::Conflict(format!(
+                    "sandbox {id} has no runtime on this node to keep"
+                )))
+            }
+        }
+    }
+
+    /// Pauses keeping the processes with their memory: written to disk
+    /// where this node has CRIU ([`Lifecycle::pause_to_disk`]), else frozen
+    /// in place (the cgroup freezer), out of reach of requests; the next
+    /// resume continues them in the same runtime generation. Frozen, the
+    /// memory stays resident on this node, so such a sandbox does not move
+    /// to another one (a drain leaves it; a node that takes it over resumes
     /// its files only). A failure part-way leaves it running.
     pub async fn pause_with_memory(&self, id: &str) -> Result<(SandboxRow, MemoryKept)> {
         let _guard = self.lock(id).await;
@@ -1186,18 +1208,7 @@ impl Lifecycle {
         if let Some(criu) = &self.criu {
             return Ok((self.pause_to_disk(criu, row).await?, MemoryKept::Disk));
         }
-        let fence = self.begin_pause(&row).await?;
-        let taken = self
-            .runtimes
-            .write()
-            .expect("lock poisoned: a holder panicked")
-            .remove(id);
-        let Some(rt) = taken else {
-            self.store.set_pending(&fence, None).await?;
-            return Err(Error::Conflict(format!(
-                "sandbox {id} has no runtime on this node to keep"
-            )));
-        };
+        let (fence, rt) = self.begin_memory_pause(&row).await?;
         // As a plain pause does: checkpointed before the row says paused,
         // so no node takes it over from an older checkpoint meanwhile.
         let frozen = tokio::task::block_in_place(|| rt.cgroup.set_frozen(true));
@@ -1253,18 +1264,7 @@ impl Lifecycle {
     ) -> Result<SandboxRow> {
         let id = row.id.as_str();
         let template = self.template(&row.template)?;
-        let fence = self.begin_pause(&row).await?;
-        let taken = self
-            .runtimes
-            .write()
-            .expect("lock poisoned: a holder panicked")
-            .remove(id);
-        let Some(rt) = taken else {
-            self.store.set_pending(&fence, None).await?;
-            return Err(Error::Conflict(format!(
-                "sandbox {id} has no runtime on this node to keep"
-            )));
-        };
+        let (fence, rt) = self.begin_memory_pause(&row).await?;
         let dir = self.storage.paths(id).memory;
         let dumped = async {
             initclient::call(&rt.socket, &sandstone_init::proto::Request::Quiesce, &[])
