@@ -295,9 +295,12 @@ pub enum Response {
         exit_code: Option<i32>,
         timed_out: bool,
     },
-    /// End of a process.
+    /// End of a process; for an attached run, with the context as it
+    /// ended (`proc`), which saves its caller another request.
     Exit {
         info: ExitInfo,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        proc: Option<Box<ProcInfo>>,
     },
     /// A piece of a file being read; the bytes are the payload.
     Chunk,

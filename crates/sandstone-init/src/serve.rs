@@ -349,7 +349,10 @@ fn stream_until_exit(
                 send(out, &Response::Truncated { dropped_bytes }, &[])?
             }
             Ok(Event::ExecDone(_)) => {}
-            Ok(Event::Exit(info)) => return send(out, &Response::Exit { info }, &[]),
+            Ok(Event::Exit(info)) => {
+                let proc = Some(Box::new(proc.info()));
+                return send(out, &Response::Exit { info, proc }, &[]);
+            }
             Err(RecvTimeoutError::Timeout) => proc.time_out(),
             Err(RecvTimeoutError::Disconnected) => {
                 let info = ExitInfo {
@@ -357,7 +360,8 @@ fn stream_until_exit(
                     signal: None,
                     timed_out: false,
                 };
-                return send(out, &Response::Exit { info }, &[]);
+                let proc = Some(Box::new(proc.info()));
+                return send(out, &Response::Exit { info, proc }, &[]);
             }
         }
     }

@@ -436,7 +436,7 @@ async fn run_command(
                 let _ = events.send(BuildEvent::Output { stream, text }).await;
             }
             (Response::Error { message, .. }, _) => return Err(step_error(step, message)),
-            (Response::Exit { info }, _) => {
+            (Response::Exit { info, .. }, _) => {
                 return match (info.exit_code, info.signal) {
                     (Some(0), _) => Ok(()),
                     (Some(code), _) => Err(step_error(step, format!("exited with code {code}"))),

@@ -272,13 +272,17 @@ pub async fn create(
     }
     let oom_before = rt.cgroup.oom_kills();
     let (terminal, out) = run_collect(&rt, &spawn, Collected::new(!pty)).await?;
-    let Init::Exit { info: exit } = terminal else {
+    let Init::Exit { info: exit, proc } = terminal else {
         return Err(ApiError::internal("unexpected answer to a synchronous run"));
     };
     let oom_killed = rt.cgroup.oom_kills() > oom_before;
     st.metrics
         .observe("exec", started.elapsed().as_secs_f64() * 1000.0);
-    let info = get_info(&rt, &ctx_id).await?;
+    // An init started by an older daemon answers without the context.
+    let info = match proc {
+        Some(info) => *info,
+        None => get_info(&rt, &ctx_id).await?,
+    };
     let mut resp = context_response(&info);
     // Sandbox0's fields: `output_raw` is a PTY's output, `stdout` and
     // `stderr` a pipe's; each byte is sent once.
@@ -543,7 +547,7 @@ async fn pump_ws(mut socket: WebSocket, mut conn: InitConn, rt: Runtime, ctx: St
                         json!({"type": "output", "source": source_name(stream), "data": utf8.decode(&bytes)})
                     }
                     Ok((Init::Truncated { dropped_bytes }, _)) => json!({"type": "truncated", "dropped_bytes": dropped_bytes}),
-                    Ok((Init::Exit { info }, _)) => {
+                    Ok((Init::Exit { info, .. }, _)) => {
                         for (stream, utf8) in &mut streams {
                             if !utf8.carry.is_empty() {
                                 let rest = json!({"type": "output", "source": source_name(*stream), "data": text(&std::mem::take(&mut utf8.carry))});
