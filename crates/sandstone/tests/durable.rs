@@ -40,6 +40,25 @@ struct Workload {
     sha: Value,
 }
 
+/// Starts `argv` as a context of the sandbox at `contexts`; its id.
+async fn start_cmd(d: &Daemon, contexts: &str, argv: &[&str]) -> String {
+    let (s, v) = d
+        .post(contexts, json!({"type": "cmd", "cmd": {"command": argv}}))
+        .await;
+    assert_eq!(s, 201, "{v}");
+    v["data"]["id"].as_str().unwrap().to_string()
+}
+
+/// Waits (`within` at most) until `script` in sandbox `id` prints
+/// something; panics with `what` otherwise.
+async fn wait_until_printed(d: &Daemon, id: &str, script: &str, within: Duration, what: &str) {
+    let deadline = Instant::now() + within;
+    while d.sh(id, script).await["stdout"] == "" {
+        assert!(Instant::now() < deadline, "{what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 async fn start_workload(d: &Daemon, id: &str) -> Workload {
     let contexts = format!("/api/v1/sandboxes/{id}/contexts");
     let (_, v) = d
@@ -59,19 +78,16 @@ async fn start_workload(d: &Daemon, id: &str) -> Workload {
                   open('/workspace/held.sha', 'w').write(hashlib.sha256(b).hexdigest())\n\
                   n = 0\n\
                   while True:\n    n += 1\n    open('/workspace/tick', 'w').write(str(n))\n    time.sleep(0.05)\n";
-    let (s, v) = d
-        .post(
-            &contexts,
-            json!({"type": "cmd", "cmd": {"command": ["python3", "-c", holder]}}),
-        )
-        .await;
-    assert_eq!(s, 201, "{v}");
-    let holder = v["data"]["id"].as_str().unwrap().to_string();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while d.sh(id, "cat /workspace/tick 2>/dev/null").await["stdout"] == "" {
-        assert!(Instant::now() < deadline, "the holder never started");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let holder = start_cmd(d, &contexts, &["python3", "-c", holder]).await;
+    let tick = "cat /workspace/tick 2>/dev/null";
+    wait_until_printed(
+        d,
+        id,
+        tick,
+        Duration::from_secs(20),
+        "the holder never started",
+    )
+    .await;
     let sha = d.sh(id, "cat /workspace/held.sha").await["stdout"].clone();
     Workload {
         contexts,
@@ -899,20 +915,17 @@ async fn a_pause_with_memory_writes_it_to_disk_and_brings_it_back() {
     let (contexts, exec, sha) = (w.contexts.clone(), w.exec.clone(), w.sha.clone());
     // A server listening on an inet socket (which CRIU before 4.2 could
     // not take on this kernel).
-    let (s, v) = d
-        .post(
-            &contexts,
-            json!({"type": "cmd", "cmd": {"command": ["python3", "-m", "http.server", "-d", "/workspace", "8000"]}}),
-        )
-        .await;
-    assert_eq!(s, 201, "{v}");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while d
-        .sh(&id, "python3 -c \"import urllib.request as u; u.urlopen('http://127.0.0.1:8000/')\" && echo up").await["stdout"] != "up\n"
-    {
-        assert!(Instant::now() < deadline, "the holder or the server never started");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let server = ["python3", "-m", "http.server", "-d", "/workspace", "8000"];
+    start_cmd(&d, &contexts, &server).await;
+    let up = "python3 -c \"import urllib.request as u; u.urlopen('http://127.0.0.1:8000/')\" 2>/dev/null && echo up";
+    wait_until_printed(
+        &d,
+        &id,
+        up,
+        Duration::from_secs(20),
+        "the server never started",
+    )
+    .await;
     let generation = |v: &Value| v["data"]["runtime_generation"].clone();
     let (_, before) = d.get(&format!("/api/v1/sandboxes/{id}")).await;
 
@@ -921,29 +934,10 @@ async fn a_pause_with_memory_writes_it_to_disk_and_brings_it_back() {
     let tracer = "import ctypes, os, time\n\
                   if os.fork() == 0:\n    ctypes.CDLL(None).ptrace(0, 0, 0, 0)\n    os.execvp('sleep', ['sleep', '1000'])\n\
                   time.sleep(1000)\n";
-    let (s, v) = d
-        .post(
-            &contexts,
-            json!({"type": "cmd", "cmd": {"command": ["python3", "-c", tracer]}}),
-        )
-        .await;
-    assert_eq!(s, 201, "{v}");
-    let tracer_id = v["data"]["id"].as_str().unwrap().to_string();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while d
-        .sh(
-            &id,
-            "grep -l '^TracerPid:[[:space:]]*[1-9]' /proc/[0-9]*/status",
-        )
-        .await["stdout"]
-        == ""
-    {
-        assert!(
-            Instant::now() < deadline,
-            "the traced process never started"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let tracer_id = start_cmd(&d, &contexts, &["python3", "-c", tracer]).await;
+    let traced = "grep -l '^TracerPid:[[:space:]]*[1-9]' /proc/[0-9]*/status";
+    let within = Duration::from_secs(10);
+    wait_until_printed(&d, &id, traced, within, "the traced process never started").await;
     let (s, v) = op(&d, &id, "pause", json!({"memory": true})).await;
     assert!(
         s == 500 && v.to_string().contains("criu dump failed"),
@@ -974,18 +968,9 @@ async fn a_pause_with_memory_writes_it_to_disk_and_brings_it_back() {
                     s.listen()\n\
                     open('/workspace/squatting', 'w').write(path)\n\
                     time.sleep(1000)\n";
-    let (s, v) = d
-        .post(
-            &contexts,
-            json!({"type": "cmd", "cmd": {"command": ["python3", "-c", squatter]}}),
-        )
-        .await;
-    assert_eq!(s, 201, "{v}");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while d.sh(&id, "cat /workspace/squatting 2>/dev/null").await["stdout"] == "" {
-        assert!(Instant::now() < deadline, "the squatter never listened");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    start_cmd(&d, &contexts, &["python3", "-c", squatter]).await;
+    let squatting = "cat /workspace/squatting 2>/dev/null";
+    wait_until_printed(&d, &id, squatting, within, "the squatter never listened").await;
 
     for round in 0..2 {
         let (s, v) = op(&d, &id, "pause", json!({"memory": true})).await;
