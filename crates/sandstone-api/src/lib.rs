@@ -555,6 +555,13 @@ pub struct CreateContextRequest {
     /// `timeout_sec`, which wins when both are given).
     #[serde(default)]
     pub ttl_sec: Option<u64>,
+    /// Sandstone extension: until a first reader attaches (the context's
+    /// WebSocket), keep its output whole for up to this many seconds; a
+    /// process whose buffer fills waits meanwhile. Default 10; a client
+    /// that starts a context and attaches at once (`sandstone exec`) asks
+    /// for more, so no load can make it lose output.
+    #[serde(default)]
+    pub hold_output_sec: Option<u64>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]

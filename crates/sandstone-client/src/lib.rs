@@ -731,6 +731,10 @@ pub enum StreamEvent {
 type Ws =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
+/// How long a context [`Client::start`]s keeps its output whole for the
+/// attach that follows (see `hold_output_sec`).
+const START_HOLD_SEC: u64 = 300;
+
 /// A live attachment to a context (`.../contexts/{ctx}/ws`).
 pub struct Attached {
     ws: Ws,
@@ -746,9 +750,12 @@ impl Client {
         pty: Option<api::PtySize>,
         timeout_sec: Option<u64>,
     ) -> Result<String> {
+        // The caller attaches right after: however loaded the machine is,
+        // output waits for it rather than being dropped.
         let body = json!({
             "type": "cmd", "cmd": {"command": argv}, "wait_until_done": false,
             "cwd": cwd, "pty_size": pty, "timeout_sec": timeout_sec,
+            "hold_output_sec": START_HOLD_SEC,
         });
         Ok(self.create_context(id, body).await?.id)
     }

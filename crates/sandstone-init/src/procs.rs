@@ -179,9 +179,25 @@ pub struct SpawnRequest {
     pub cwd: Option<String>,
     pub env: BTreeMap<String, String>,
     pub pty: Option<PtySize>,
-    /// Whether the caller reads the returned receiver to the end (a
-    /// synchronous run); otherwise output is held for a first reader.
-    pub attached: bool,
+    pub reader: FirstReader,
+}
+
+/// Who reads a context's output first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FirstReader {
+    /// The caller reads the returned receiver to the end (a synchronous run).
+    Attached,
+    /// One attaches later: output is kept whole for it this long at most
+    /// ([`FIRST_READER_GRACE`] unless the request said otherwise).
+    Within(Duration),
+}
+
+impl FirstReader {
+    /// A detached context's: held for a first reader for `hold_ms`, or the
+    /// default grace.
+    pub fn later(hold_ms: Option<u64>) -> Self {
+        FirstReader::Within(hold_ms.map_or(FIRST_READER_GRACE, Duration::from_millis))
+    }
 }
 
 /// What every process of this sandbox starts with unless its request
@@ -407,7 +423,10 @@ pub fn spawn(req: SpawnRequest) -> Result<(Arc<Proc>, Receiver<Event>), SpawnErr
         // The reaper owns the exit status; std must never wait on this child.
         std::mem::forget(child);
         let mut shared = Shared {
-            hold_until: (!req.attached).then(|| Instant::now() + FIRST_READER_GRACE),
+            hold_until: match req.reader {
+                FirstReader::Attached => None,
+                FirstReader::Within(grace) => Some(Instant::now() + grace),
+            },
             ..Default::default()
         };
         let rx = shared.add_subscriber();

@@ -32,6 +32,10 @@ pub enum Request {
         pty: Option<PtySize>,
         attach: bool,
         timeout_ms: Option<u64>,
+        /// A detached context's output is kept whole this long for its
+        /// first reader (init's default grace when absent).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        hold_ms: Option<u64>,
         /// Supervised: started again when it exits, as this says (a
         /// `Remove` stops that; a `Restart` starts a new attempt now).
         #[serde(default, skip_serializing_if = "Option::is_none")]

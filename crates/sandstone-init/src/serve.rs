@@ -1,6 +1,6 @@
 //! The daemon-facing server: one thread per connection, one request at a time.
 
-use crate::procs::{self, Event, Proc, SpawnRequest};
+use crate::procs::{self, Event, FirstReader, Proc, SpawnRequest};
 use crate::proto::{ErrorCode, ExitInfo, ProcKind, Request, Response, read_frame, write_frame};
 use crate::{files, repl, supervise, toolset, watch};
 use std::io::{BufWriter, Write};
@@ -160,6 +160,7 @@ fn dispatch(req: Request, payload: Vec<u8>, out: &mut Out) -> std::io::Result<()
             pty,
             attach,
             timeout_ms,
+            hold_ms,
             restart,
         } => match restart {
             Some(_) if attach || timeout_ms.is_some() => Response::error(
@@ -184,7 +185,11 @@ fn dispatch(req: Request, payload: Vec<u8>, out: &mut Out) -> std::io::Result<()
                 cwd,
                 env,
                 pty,
-                attached: attach,
+                reader: if attach {
+                    FirstReader::Attached
+                } else {
+                    FirstReader::later(hold_ms)
+                },
             }) {
                 Ok((proc, rx)) if attach => {
                     return stream_until_exit(&proc, Vec::new(), rx, timeout_ms, out);
@@ -310,7 +315,7 @@ fn restart(id: &str) -> Response {
         cwd: old.cwd.clone(),
         env: old.env.clone(),
         pty: old.pty_size,
-        attached: false,
+        reader: FirstReader::later(None),
     }) {
         Ok((p, _)) => Response::Proc { info: p.info() },
         Err(e) => Response::error(e.code(), e.to_string()),

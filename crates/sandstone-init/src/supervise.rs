@@ -86,7 +86,7 @@ fn attempt(id: &str, s: &mut Supervised) -> Result<(), SpawnError> {
         cwd: s.command.cwd.clone(),
         env: s.command.env.clone(),
         pty: s.command.pty,
-        attached: false,
+        reader: procs::FirstReader::later(None),
     });
     let now = procs::now_ms();
     let (pid, outcome) = match &spawned {

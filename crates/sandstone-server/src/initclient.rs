@@ -1,9 +1,90 @@
 //! Async client of a sandbox's init socket.
 
 use sandstone_init::proto::{ErrorCode, Request, Response, encode, lengths};
-use std::path::Path;
+use std::os::fd::AsFd;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixStream;
+
+/// Connections kept per init between requests. Each one is a thread
+/// parked in init; two cover a caller and a concurrent one.
+const KEPT: usize = 2;
+
+/// A sandbox's init socket, with connections to it kept open between
+/// requests: a new one costs a connect here and a thread in init, a
+/// sixth of a short exec. Clones share them; they close with the last
+/// clone (the runtime's), and a kept one that init closed meanwhile (it
+/// died, or a checkpoint ended its connections) is never used again.
+#[derive(Clone, Debug)]
+pub struct InitSocket {
+    path: PathBuf,
+    kept: Arc<Mutex<Vec<std::os::unix::net::UnixStream>>>,
+}
+
+impl InitSocket {
+    pub fn new(path: PathBuf) -> InitSocket {
+        InitSocket {
+            path,
+            kept: Arc::default(),
+        }
+    }
+
+    /// A kept connection that is still open and quiet, else a new one.
+    pub async fn connect(&self) -> std::io::Result<InitConn> {
+        let kept = {
+            let mut kept = crate::lock(&self.kept);
+            std::iter::from_fn(|| kept.pop()).find(|s| sandstone_sys::net::is_quiet(s.as_fd()))
+        };
+        let stream = match kept {
+            Some(s) => UnixStream::from_std(s)?,
+            None => UnixStream::connect(&self.path).await?,
+        };
+        Ok(InitConn {
+            stream,
+            buf: Vec::new(),
+        })
+    }
+
+    /// One request, one terminal answer, on a kept connection when there is
+    /// one; the connection is kept again after a whole answer.
+    pub async fn call(
+        &self,
+        req: &Request,
+        payload: &[u8],
+    ) -> Result<(Response, Vec<u8>), InitError> {
+        let mut c = self.connect().await?;
+        let answer = exchange(&mut c, req, payload).await;
+        // A connection that asked for a checkpoint is ended by init.
+        let whole = answer.is_ok() || matches!(answer, Err(InitError::Refused { .. }));
+        if whole && !matches!(req, Request::Quiesce) {
+            self.keep(c);
+        }
+        answer
+    }
+
+    /// Keeps `conn` for a later request: its last answer was read whole.
+    pub fn keep(&self, conn: InitConn) {
+        if !conn.buf.is_empty() {
+            return;
+        }
+        let Ok(stream) = conn.stream.into_std() else {
+            return;
+        };
+        let mut kept = crate::lock(&self.kept);
+        if kept.len() < KEPT {
+            kept.push(stream);
+        }
+    }
+}
+
+impl std::ops::Deref for InitSocket {
+    type Target = Path;
+
+    fn deref(&self) -> &Path {
+        &self.path
+    }
+}
 
 pub struct InitConn {
     stream: UnixStream,
@@ -66,7 +147,15 @@ pub async fn call(
     req: &Request,
     payload: &[u8],
 ) -> Result<(Response, Vec<u8>), InitError> {
-    let mut c = InitConn::connect(socket).await?;
+    exchange(&mut InitConn::connect(socket).await?, req, payload).await
+}
+
+/// Sends `req` and reads up to its terminal answer.
+async fn exchange(
+    c: &mut InitConn,
+    req: &Request,
+    payload: &[u8],
+) -> Result<(Response, Vec<u8>), InitError> {
     c.send(req, payload).await?;
     loop {
         let (resp, body) = c.recv().await?;

@@ -38,6 +38,24 @@ pub fn recv(sock: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<usize> {
     Ok(n as usize)
 }
 
+/// Whether a connected stream socket has nothing to read and its peer
+/// has not closed: what a connection kept between requests must be before
+/// it is used again (a byte, an end of input or an error says otherwise).
+pub fn is_quiet(sock: BorrowedFd<'_>) -> bool {
+    let mut byte = 0u8;
+    // SAFETY: the pointer and length describe `byte`, live and exclusively
+    // borrowed for the call; MSG_PEEK leaves the data (if any) queued.
+    let n = unsafe {
+        libc::recv(
+            sock.as_raw_fd(),
+            (&mut byte as *mut u8).cast(),
+            1,
+            libc::MSG_PEEK | libc::MSG_DONTWAIT,
+        )
+    };
+    n < 0 && io::Error::last_os_error().kind() == io::ErrorKind::WouldBlock
+}
+
 fn setsockopt<T>(
     sock: BorrowedFd<'_>,
     level: libc::c_int,

@@ -8,7 +8,7 @@
 mod common;
 
 use common::{Daemon, init_pid};
-use serde_json::json;
+use serde_json::{Value, json};
 use std::time::{Duration, Instant};
 
 /// A `/proc/<pid>/status` field in KiB.
@@ -332,42 +332,68 @@ async fn a_repl_execution_reading_its_output_never_waits_for_the_grace() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn output_nobody_read_in_time_is_reported_truncated() {
+async fn output_nobody_read_in_time_is_reported_truncated_unless_held_longer() {
     let d = Daemon::start().await;
     let id = d.create(json!({})).await;
+    let start = |extra: Value| {
+        let mut body = json!({"type": "cmd", "cmd": {"command": ["sh", "-c", "head -c 3000000 /dev/zero | tr '\\0' a"]}});
+        body.as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        let d = &d;
+        let id = &id;
+        async move {
+            let (s, v) = d
+                .post(&format!("/api/v1/sandboxes/{id}/contexts"), body)
+                .await;
+            assert_eq!(s, 201, "{v}");
+            v["data"]["id"].as_str().unwrap().to_string()
+        }
+    };
     let (s, v) = d
         .post(
             &format!("/api/v1/sandboxes/{id}/contexts"),
-            json!({"type": "cmd", "cmd": {"command": ["sh", "-c", "head -c 3000000 /dev/zero | tr '\\0' a"]}}),
+            json!({"type": "cmd", "cmd": {"command": ["true"]}, "hold_output_sec": 3601}),
         )
         .await;
-    assert_eq!(s, 201, "{v}");
-    let ctx = v["data"]["id"].as_str().unwrap().to_string();
+    assert_eq!(s, 400, "{v}");
+    assert!(v.to_string().contains("hold_output_sec"), "{v}");
+    let ctx = start(json!({})).await;
+    // What `sandstone exec` asks for: the output waits for its reader.
+    let held = start(json!({"hold_output_sec": 60})).await;
     // Past the grace during which init keeps everything for a first reader.
     tokio::time::sleep(Duration::from_secs(12)).await;
     let client = sandstone_client::Client::new(&d.url, &d.token);
-    let mut att = client.attach(&id, &ctx).await.unwrap();
-    let (mut dropped, mut got) = (None, 0);
-    loop {
-        match att.next().await.expect("stream ends with done") {
-            sandstone_client::StreamEvent::Truncated { dropped_bytes } => {
-                assert_eq!(got, 0, "the note comes before the output");
-                dropped = Some(dropped_bytes);
+    let replay = |ctx: String| {
+        let client = &client;
+        let id = &id;
+        async move {
+            let mut att = client.attach(id, &ctx).await.unwrap();
+            let (mut dropped, mut got) = (None, 0);
+            loop {
+                match att.next().await.expect("stream ends with done") {
+                    sandstone_client::StreamEvent::Truncated { dropped_bytes } => {
+                        assert_eq!(got, 0, "the note comes before the output");
+                        dropped = Some(dropped_bytes);
+                    }
+                    sandstone_client::StreamEvent::Output { data, .. } => got += data.len() as u64,
+                    sandstone_client::StreamEvent::Done { exit_code, .. } => {
+                        assert_eq!(exit_code, Some(0));
+                        return (dropped, got);
+                    }
+                    sandstone_client::StreamEvent::Error(e) => panic!("{e}"),
+                }
             }
-            sandstone_client::StreamEvent::Output { data, .. } => got += data.len() as u64,
-            sandstone_client::StreamEvent::Done { exit_code, .. } => {
-                assert_eq!(exit_code, Some(0));
-                break;
-            }
-            sandstone_client::StreamEvent::Error(e) => panic!("{e}"),
         }
-    }
+    };
+    let (dropped, got) = replay(ctx).await;
     let dropped = dropped.expect("a truncated event");
     assert_eq!(
         dropped + got,
         3_000_000,
         "replayed {got}, dropped {dropped}"
     );
+    assert_eq!(replay(held).await, (None, 3_000_000));
 }
 
 #[tokio::test(flavor = "multi_thread")]

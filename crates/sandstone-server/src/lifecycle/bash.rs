@@ -9,12 +9,11 @@
 //! spoke out of turn.
 
 use super::Runtime;
-use crate::initclient::InitConn;
+use crate::initclient::{InitError, InitSocket};
 use sandstone_api::{FileKind, ToolCallResult};
 use sandstone_init::proto::{ErrorCode, ProcKind, Request, Response as Init};
 use serde_json::{Value, json};
 use std::collections::VecDeque;
-use std::path::Path;
 use std::time::Duration;
 
 /// The REPL context that is the agent's shell.
@@ -161,18 +160,14 @@ pub async fn call(
 /// A request whose refusal by init is for the model to read (`Err`), while
 /// losing init is the caller's error.
 async fn ask(
-    socket: &Path,
+    socket: &InitSocket,
     req: &Request,
 ) -> Result<Result<Init, (ErrorCode, String)>, ShellError> {
-    let mut conn = InitConn::connect(socket).await?;
-    conn.send(req, &[]).await?;
-    loop {
-        match conn.recv().await? {
-            (Init::Error { code, message }, _) => return Ok(Err((code, message))),
-            (r, _) if r.is_terminal() => return Ok(Ok(r)),
-            _ => {}
-        }
-    }
+    Ok(match socket.call(req, &[]).await {
+        Ok((r, _)) => Ok(r),
+        Err(InitError::Refused { code, message }) => Err((code, message)),
+        Err(InitError::Unreachable(e)) => return Err(e.into()),
+    })
 }
 
 /// Starts the shell unless it is running; one that exited (`exit`, a
@@ -207,6 +202,7 @@ async fn start_shell(rt: &Runtime, workdir: &str) -> Result<Result<(), String>, 
         pty: None,
         attach: false,
         timeout_ms: None,
+        hold_ms: None,
         restart: None,
     };
     Ok(ask(&rt.socket, &spawn)
@@ -260,7 +256,7 @@ async fn run_command(
         code: format!("{{ {command}\n}} </dev/null 2>&1"),
         timeout_ms: Some(timeout_ms),
     };
-    let mut conn = InitConn::connect(&rt.socket).await?;
+    let mut conn = rt.socket.connect().await?;
     conn.send(&exec, &[]).await?;
     let mut output = Tail::new(BASH_OUTPUT_LIMIT);
     let deadline = Duration::from_millis(timeout_ms) + BASH_TIMEOUT_GRACE;
@@ -297,7 +293,7 @@ async fn run_command(
 /// next call in: nobody waits for that command's result any more, and it
 /// would hold the shell until its timeout.
 struct Turn {
-    socket: std::path::PathBuf,
+    socket: InitSocket,
     held: Option<tokio::sync::OwnedMutexGuard<()>>,
     running: bool,
 }

@@ -10,7 +10,7 @@
 
 use super::images::{Creating, Stage};
 use super::{Error, Lifecycle, Result, random_hex};
-use crate::initclient::InitConn;
+
 use sandstone_api::{BuildEvent, BuildStream, SandboxConfig};
 use sandstone_build::{Instruction, Kind};
 use sandstone_init::proto::{ProcKind, Request, Response, Stream};
@@ -417,11 +417,10 @@ async fn run_command(
         pty: None,
         attach: true,
         timeout_ms: None,
+        hold_ms: None,
         restart: None,
     };
-    let mut conn = InitConn::connect(&rt.socket)
-        .await
-        .map_err(Error::InitUnreachable)?;
+    let mut conn = rt.socket.connect().await.map_err(Error::InitUnreachable)?;
     conn.send(&spawn, &[])
         .await
         .map_err(Error::InitUnreachable)?;
@@ -569,7 +568,7 @@ async fn copy_in(rt: &super::Runtime, copied: &Copied, dest: &str, workdir: &str
             path: base.to_string_lossy().into_owned(),
         };
         matches!(
-            crate::initclient::call(&rt.socket, &stat, &[]).await,
+            rt.socket.call(&stat, &[]).await,
             Ok((Response::Stat { info }, _)) if info.kind == sandstone_api::FileKind::Dir
         )
     };
@@ -626,7 +625,8 @@ async fn copy_in(rt: &super::Runtime, copied: &Copied, dest: &str, workdir: &str
 
 /// One request to the step sandbox's init; a refusal fails the step.
 async fn ask(rt: &super::Runtime, req: &Request, payload: &[u8]) -> Result<()> {
-    crate::initclient::call(&rt.socket, req, payload)
+    rt.socket
+        .call(req, payload)
         .await
         .map(drop)
         .map_err(|e| Error::Invalid(format!("COPY: {e}")))

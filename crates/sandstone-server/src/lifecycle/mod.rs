@@ -54,7 +54,7 @@ pub struct Runtime {
     pub pid: i32,
     /// The claim's `env_vars`: the base environment of every process.
     pub env: std::collections::BTreeMap<String, String>,
-    pub socket: PathBuf,
+    pub socket: crate::initclient::InitSocket,
     pub cgroup: Cgroup,
     /// PID 1's pidfd, opened as soon as it started (so a reused pid is
     /// never mistaken for it): readable when init dies.
@@ -645,7 +645,7 @@ impl Lifecycle {
             Ok(pid) => Ok(Runtime {
                 pid,
                 env: config.env_vars.clone(),
-                socket: paths.socket,
+                socket: crate::initclient::InitSocket::new(paths.socket),
                 cgroup,
                 init: open_pidfd(id, pid),
                 shell: Arc::default(),
@@ -985,8 +985,11 @@ impl Lifecycle {
                 .init_watch
                 .send((id.to_string(), runtime.pid, fd.clone()));
         }
-        self.webhooks
-            .watch_files(self.store.clone(), id.to_string(), runtime.socket.clone());
+        self.webhooks.watch_files(
+            self.store.clone(),
+            id.to_string(),
+            runtime.socket.to_path_buf(),
+        );
         self.webhooks.watch_exits(
             self.store.clone(),
             id.to_string(),
@@ -1267,7 +1270,8 @@ impl Lifecycle {
         let (fence, rt) = self.begin_memory_pause(&row).await?;
         let dir = self.storage.paths(id).memory;
         let dumped = async {
-            initclient::call(&rt.socket, &sandstone_init::proto::Request::Quiesce, &[])
+            rt.socket
+                .call(&sandstone_init::proto::Request::Quiesce, &[])
                 .await
                 .map_err(internal)?;
             let spec = self.spawn_spec(id, &template, &config_of(&row), row.slot, &rt.cgroup)?;
@@ -1300,11 +1304,11 @@ impl Lifecycle {
             // CRIU lets the processes go on when it fails; the watch of
             // its files ended with the other connections.
             let done = sandstone_init::proto::Request::CheckpointDone;
-            if let Err(e) = initclient::call(&rt.socket, &done, &[]).await {
+            if let Err(e) = rt.socket.call(&done, &[]).await {
                 tracing::warn!(sandbox = %id, error = %e, "its init is still open to a checkpointer");
             }
             self.webhooks
-                .watch_files(self.store.clone(), id.to_string(), rt.socket.clone());
+                .watch_files(self.store.clone(), id.to_string(), rt.socket.to_path_buf());
             self.runtimes
                 .write()
                 .expect("lock poisoned: a holder panicked")
@@ -1503,7 +1507,7 @@ impl Lifecycle {
         }
         if restored {
             let done = sandstone_init::proto::Request::CheckpointDone;
-            if let Err(e) = initclient::call(&runtime.socket, &done, &[]).await {
+            if let Err(e) = runtime.socket.call(&done, &[]).await {
                 tracing::warn!(sandbox = %id, error = %e, "its init is still open to a checkpointer");
             }
         }

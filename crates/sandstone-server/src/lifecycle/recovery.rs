@@ -81,7 +81,7 @@ impl Lifecycle {
             let runtime = Runtime {
                 pid: row.pid.unwrap_or(0) as i32,
                 env: super::config_of(row).env_vars,
-                socket: self.storage.paths(id).socket,
+                socket: crate::initclient::InitSocket::new(self.storage.paths(id).socket),
                 cgroup,
                 init: super::open_pidfd(id, row.pid.unwrap_or(0) as i32),
                 shell: Default::default(),
@@ -145,7 +145,7 @@ impl Lifecycle {
             let runtime = Runtime {
                 pid,
                 env: super::config_of(row).env_vars,
-                socket: self.storage.paths(id).socket,
+                socket: crate::initclient::InitSocket::new(self.storage.paths(id).socket),
                 cgroup,
                 init: super::open_pidfd(id, pid),
                 shell: Default::default(),

@@ -61,7 +61,10 @@ impl Lifecycle {
                 continue;
             };
             let ctx = context_of(&s.id);
-            let _ = initclient::call(&rt.socket, &Request::Remove { id: ctx.clone() }, &[]).await;
+            let _ = rt
+                .socket
+                .call(&Request::Remove { id: ctx.clone() }, &[])
+                .await;
             let spawn = Request::Spawn {
                 id: ctx,
                 kind: ProcKind::Cmd {
@@ -77,9 +80,10 @@ impl Lifecycle {
                 pty: None,
                 attach: false,
                 timeout_ms: None,
+                hold_ms: None,
                 restart: None,
             };
-            if let Err(e) = initclient::call(&rt.socket, &spawn, &[]).await {
+            if let Err(e) = rt.socket.call(&spawn, &[]).await {
                 tracing::warn!(sandbox = %id, service = %s.id, error = %e, "service command did not start");
             }
         }

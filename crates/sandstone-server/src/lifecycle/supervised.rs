@@ -9,7 +9,7 @@
 
 use super::logs;
 use super::{Error, Lifecycle, Result, Runtime, internal};
-use crate::initclient::{self, InitError};
+use crate::initclient::InitError;
 use sandstone_api::logs::{Kind, LogStream};
 use sandstone_api::sessions::{
     Attempt, DesiredState, EventCursor, ExecutionSession, ExecutionSessionSpec, InputRequest,
@@ -205,7 +205,11 @@ impl Lifecycle {
                 "session {sid} has a running attempt; set replace_current to replace it"
             )));
         }
-        match initclient::call(&rt.socket, &Request::Restart { id: sid.into() }, &[]).await {
+        match rt
+            .socket
+            .call(&Request::Restart { id: sid.into() }, &[])
+            .await
+        {
             Ok(_) => {}
             // Gone from init (it never started in this runtime): start it.
             Err(InitError::Refused {
@@ -314,10 +318,14 @@ impl Lifecycle {
             Error::Conflict(format!("sandbox {id} is not running; resume it first"))
         })?;
         if !data.is_empty() {
-            initclient::call(&rt.socket, &Request::Input { id: sid.into() }, &data).await?;
+            rt.socket
+                .call(&Request::Input { id: sid.into() }, &data)
+                .await?;
         }
         if req.eof {
-            initclient::call(&rt.socket, &Request::CloseStdin { id: sid.into() }, &[]).await?;
+            rt.socket
+                .call(&Request::CloseStdin { id: sid.into() }, &[])
+                .await?;
         }
         let mut seen = crate::lock(&self.session_inputs);
         let ids = seen.entry(key).or_default();
@@ -347,7 +355,7 @@ impl Lifecycle {
             id: sid.into(),
             signal,
         };
-        initclient::call(&rt.socket, &req, &[]).await?;
+        rt.socket.call(&req, &[]).await?;
         Ok(())
     }
 
@@ -365,7 +373,7 @@ impl Lifecycle {
                 cols: req.cols as u16,
             },
         };
-        initclient::call(&rt.socket, &req, &[]).await?;
+        rt.socket.call(&req, &[]).await?;
         Ok(())
     }
 
@@ -641,7 +649,10 @@ fn event(sid: &str, generation: i64, r: logs::Record) -> SessionEvent {
 
 /// Starts (supervised) session `sid` in `rt`.
 async fn start(rt: &Runtime, sid: &str, spec: &ExecutionSessionSpec) -> Result<()> {
-    let _ = initclient::call(&rt.socket, &Request::Remove { id: sid.into() }, &[]).await;
+    let _ = rt
+        .socket
+        .call(&Request::Remove { id: sid.into() }, &[])
+        .await;
     let terminal = spec.terminal();
     let mut env: std::collections::BTreeMap<String, String> = rt
         .env
@@ -666,15 +677,20 @@ async fn start(rt: &Runtime, sid: &str, spec: &ExecutionSessionSpec) -> Result<(
         }),
         attach: false,
         timeout_ms: None,
+        hold_ms: None,
         restart: Some(restart_spec(spec)),
     };
-    initclient::call(&rt.socket, &req, &[]).await?;
+    rt.socket.call(&req, &[]).await?;
     Ok(())
 }
 
 /// Stops session `sid` in `rt` (gone already is fine).
 async fn stop(rt: &Runtime, sid: &str) -> Result<()> {
-    match initclient::call(&rt.socket, &Request::Remove { id: sid.into() }, &[]).await {
+    match rt
+        .socket
+        .call(&Request::Remove { id: sid.into() }, &[])
+        .await
+    {
         Ok(_)
         | Err(InitError::Refused {
             code: ErrorCode::NotFound,
@@ -685,7 +701,7 @@ async fn stop(rt: &Runtime, sid: &str) -> Result<()> {
 }
 
 async fn proc_info(rt: &Runtime, sid: &str) -> Result<Option<ProcInfo>> {
-    match initclient::call(&rt.socket, &Request::Get { id: sid.into() }, &[]).await {
+    match rt.socket.call(&Request::Get { id: sid.into() }, &[]).await {
         Ok((Response::Proc { info }, _)) => Ok(Some(info)),
         Ok(_) => Ok(None),
         Err(InitError::Refused {

@@ -206,18 +206,20 @@ async fn run_collect(
     req: &Request,
     mut out: Collected,
 ) -> ApiResult<(Init, Collected)> {
-    let mut conn = InitConn::connect(&rt.socket)
-        .await
-        .map_err(InitError::Unreachable)?;
+    let mut conn = rt.socket.connect().await.map_err(InitError::Unreachable)?;
     conn.send(req, &[]).await.map_err(InitError::Unreachable)?;
     loop {
         match conn.recv().await.map_err(InitError::Unreachable)? {
             (Init::Output { stream }, bytes) => out.push(stream, &bytes),
             (Init::Truncated { .. }, _) => out.truncated = true,
             (Init::Error { code, message }, _) => {
+                rt.socket.keep(conn);
                 return Err(InitError::Refused { code, message }.into());
             }
-            (terminal, _) => return Ok((terminal, out)),
+            (terminal, _) => {
+                rt.socket.keep(conn);
+                return Ok((terminal, out));
+            }
         }
     }
 }
@@ -232,6 +234,13 @@ pub async fn create(
     if req.idle_timeout_sec.is_some_and(|s| s > 0) {
         return Err(ApiError::bad_request(
             "invalid field `idle_timeout_sec`: not supported by Sandstone yet (ttl_sec bounds a context's life)",
+        ));
+    }
+    // An hour bounds how long a client that never attaches can make a
+    // process wait for it.
+    if req.hold_output_sec.is_some_and(|s| s > 3600) {
+        return Err(ApiError::bad_request(
+            "invalid field `hold_output_sec`: at most 3600",
         ));
     }
     let rt = running(&st, &id).await?;
@@ -260,9 +269,10 @@ pub async fn create(
             .timeout_sec
             .or(req.ttl_sec.filter(|s| *s > 0))
             .map(|s| s.saturating_mul(1000)),
+        hold_ms: req.hold_output_sec.map(|s| s * 1000),
     };
     if !attach {
-        let (resp, _) = initclient::call(&rt.socket, &spawn, &[]).await?;
+        let (resp, _) = rt.socket.call(&spawn, &[]).await?;
         let Init::Proc { info } = resp else {
             return Err(ApiError::internal("unexpected answer to spawn"));
         };
@@ -309,7 +319,11 @@ pub async fn create(
 }
 
 async fn get_info(rt: &Runtime, ctx: &str) -> ApiResult<ProcInfo> {
-    match initclient::call(&rt.socket, &Request::Get { id: ctx.into() }, &[]).await? {
+    match rt
+        .socket
+        .call(&Request::Get { id: ctx.into() }, &[])
+        .await?
+    {
         (Init::Proc { info }, _) => Ok(info),
         _ => Err(ApiError::internal("unexpected answer to get")),
     }
@@ -317,7 +331,7 @@ async fn get_info(rt: &Runtime, ctx: &str) -> ApiResult<ProcInfo> {
 
 pub async fn list(State(st): State<AppState>, Path(id): Path<String>) -> ApiResult<Response> {
     let rt = running(&st, &id).await?;
-    let (resp, _) = initclient::call(&rt.socket, &Request::List, &[]).await?;
+    let (resp, _) = rt.socket.call(&Request::List, &[]).await?;
     let Init::Procs { procs } = resp else {
         return Err(ApiError::internal("unexpected answer to list"));
     };
@@ -339,7 +353,7 @@ pub async fn delete(
     Path((id, ctx)): Path<(String, String)>,
 ) -> ApiResult<Response> {
     let rt = running(&st, &id).await?;
-    initclient::call(&rt.socket, &Request::Remove { id: ctx }, &[]).await?;
+    rt.socket.call(&Request::Remove { id: ctx }, &[]).await?;
     Ok(ok(StatusCode::OK, json!({"deleted": true})))
 }
 
@@ -348,7 +362,7 @@ pub async fn restart(
     Path((id, ctx)): Path<(String, String)>,
 ) -> ApiResult<Response> {
     let rt = running(&st, &id).await?;
-    match initclient::call(&rt.socket, &Request::Restart { id: ctx }, &[]).await? {
+    match rt.socket.call(&Request::Restart { id: ctx }, &[]).await? {
         (Init::Proc { info }, _) => Ok(ok(StatusCode::OK, context_response(&info))),
         _ => Err(ApiError::internal("unexpected answer to restart")),
     }
@@ -400,7 +414,9 @@ pub async fn input(
     JsonBody(req): JsonBody<api::InputRequest>,
 ) -> ApiResult<Response> {
     let rt = running(&st, &id).await?;
-    initclient::call(&rt.socket, &Request::Input { id: ctx }, req.data.as_bytes()).await?;
+    rt.socket
+        .call(&Request::Input { id: ctx }, req.data.as_bytes())
+        .await?;
     Ok(ok(StatusCode::OK, json!({"written": true})))
 }
 
@@ -468,7 +484,7 @@ pub async fn resize(
             cols: size.cols,
         },
     };
-    initclient::call(&rt.socket, &req, &[]).await?;
+    rt.socket.call(&req, &[]).await?;
     Ok(ok(StatusCode::OK, json!({"resized": true})))
 }
 
@@ -481,9 +497,7 @@ pub async fn ws(
     upgrade: WebSocketUpgrade,
 ) -> ApiResult<Response> {
     let rt = running(&st, &id).await?;
-    let mut conn = InitConn::connect(&rt.socket)
-        .await
-        .map_err(InitError::Unreachable)?;
+    let mut conn = rt.socket.connect().await.map_err(InitError::Unreachable)?;
     conn.send(&Request::Attach { id: ctx.clone() }, &[])
         .await
         .map_err(InitError::Unreachable)?;
@@ -581,7 +595,7 @@ async fn pump_ws(mut socket: WebSocket, mut conn: InitConn, rt: Runtime, ctx: St
                     _ => None,
                 };
                 if let Some((req, payload)) = req
-                    && let Err(e) = initclient::call(&rt.socket, &req, &payload).await {
+                    && let Err(e) = rt.socket.call(&req, &payload).await {
                         let err = json!({"type": "error", "error": e.to_string()});
                         let _ = socket.send(Message::Text(err.to_string().into())).await;
                     }

@@ -108,9 +108,7 @@ pub async fn read(
     let (path, rt) = target(&st, &id, &q).await?;
     let json = wants_json(&headers);
     let started = std::time::Instant::now();
-    let mut conn = InitConn::connect(&rt.socket)
-        .await
-        .map_err(InitError::Unreachable)?;
+    let mut conn = rt.socket.connect().await.map_err(InitError::Unreachable)?;
     conn.send(&Request::ReadFile { path }, &[])
         .await
         .map_err(InitError::Unreachable)?;
@@ -202,7 +200,7 @@ pub async fn write(
             path,
             recursive: flag(&q, "recursive"),
         };
-        initclient::call(&rt.socket, &req, &[]).await?;
+        rt.socket.call(&req, &[]).await?;
         return Ok(ok(StatusCode::CREATED, json!({"created": true})));
     }
     let mode = match q.get("mode") {
@@ -236,9 +234,7 @@ async fn write_in_chunks(
     mode: Option<u32>,
     body: axum::body::Body,
 ) -> ApiResult<()> {
-    let mut conn = InitConn::connect(&rt.socket)
-        .await
-        .map_err(InitError::Unreachable)?;
+    let mut conn = rt.socket.connect().await.map_err(InitError::Unreachable)?;
     let mut stream = body.into_data_stream();
     let mut buf = Vec::new();
     let mut end = fill(&mut stream, &mut buf).await?;
@@ -318,7 +314,7 @@ async fn expect_ok(conn: &mut InitConn, what: &str) -> ApiResult<()> {
 /// at any await (a client gone mid-body drops it), so the removal is
 /// spawned from `Drop` rather than awaited on the error paths.
 struct TempUpload {
-    socket: std::path::PathBuf,
+    socket: crate::initclient::InitSocket,
     path: Option<String>,
 }
 
@@ -333,7 +329,7 @@ impl Drop for TempUpload {
         if let Some(path) = self.path.take() {
             let socket = self.socket.clone();
             tokio::spawn(async move {
-                let _ = initclient::call(&socket, &Request::RemovePath { path }, &[]).await;
+                let _ = socket.call(&Request::RemovePath { path }, &[]).await;
             });
         }
     }
@@ -345,7 +341,7 @@ pub async fn remove(
     Query(q): Query<HashMap<String, String>>,
 ) -> ApiResult<Response> {
     let (path, rt) = target(&st, &id, &q).await?;
-    initclient::call(&rt.socket, &Request::RemovePath { path }, &[]).await?;
+    rt.socket.call(&Request::RemovePath { path }, &[]).await?;
     Ok(ok(StatusCode::OK, json!({"deleted": true})))
 }
 
@@ -355,7 +351,7 @@ pub async fn stat(
     Query(q): Query<HashMap<String, String>>,
 ) -> ApiResult<Response> {
     let (path, rt) = target(&st, &id, &q).await?;
-    match initclient::call(&rt.socket, &Request::Stat { path }, &[]).await? {
+    match rt.socket.call(&Request::Stat { path }, &[]).await? {
         (Init::Stat { info }, _) => Ok(ok(StatusCode::OK, to_api(&info))),
         _ => Err(ApiError::internal("unexpected answer to stat")),
     }
@@ -367,7 +363,7 @@ pub async fn list(
     Query(q): Query<HashMap<String, String>>,
 ) -> ApiResult<Response> {
     let (path, rt) = target(&st, &id, &q).await?;
-    match initclient::call(&rt.socket, &Request::ListDir { path }, &[]).await? {
+    match rt.socket.call(&Request::ListDir { path }, &[]).await? {
         (Init::Entries { entries }, _) => Ok(ok(
             StatusCode::OK,
             api::FileList {
@@ -386,7 +382,7 @@ pub async fn rename(
     let from = sandbox_path("source", Some(&req.source))?;
     let to = sandbox_path("destination", Some(&req.destination))?;
     let rt = running(&st, &id).await?;
-    initclient::call(&rt.socket, &Request::Move { from, to }, &[]).await?;
+    rt.socket.call(&Request::Move { from, to }, &[]).await?;
     Ok(ok(StatusCode::OK, json!({"moved": true})))
 }
 
@@ -400,7 +396,7 @@ pub async fn watch(
 ) -> ApiResult<Response> {
     let rt = running(&st, &id).await?;
     Ok(crate::routes::accept_ws(&st, &by, upgrade, move |socket| {
-        watch_ws(socket, rt.socket)
+        watch_ws(socket, rt.socket.to_path_buf())
     }))
 }
 

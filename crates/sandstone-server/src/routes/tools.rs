@@ -99,7 +99,7 @@ async fn file_tool(
         allowed_roots: req.allowed_roots,
         read_only_roots: req.read_only_roots,
     };
-    match crate::initclient::call(&rt.socket, &call, &[]).await? {
+    match rt.socket.call(&call, &[]).await? {
         (Init::ToolResult { content, is_error }, _) => {
             Ok(api::ToolCallResult { content, is_error })
         }
