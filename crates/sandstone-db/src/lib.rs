@@ -96,6 +96,10 @@ pub enum Error {
         node: Option<String>,
         epoch: i64,
     },
+    /// A task of the store that a request needed has stopped (the store is
+    /// being dropped).
+    #[error("database: {0} has stopped")]
+    Closed(&'static str),
 }
 
 pub type Result<T> = std::result::Result<T, Error>;

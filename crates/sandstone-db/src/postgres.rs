@@ -255,6 +255,39 @@ const SKIP_LOCKED: &str = "FOR UPDATE SKIP LOCKED";
 /// first.
 const CLAIM_LOOKS_FIRST: bool = false;
 
+/// `AgentsStore::delete_events`.
+async fn delete_events(store: &PgStore, session_id: String) -> Result<()> {
+    sqlx::query(queries::DELETE_EVENTS)
+        .bind(&session_id)
+        .execute(&store.writer)
+        .await?;
+    Ok(())
+}
+
+/// `AgentsStore::append_event`: nodes appending at once compute the same
+/// next number; the primary key lets one through and the others take the
+/// next.
+async fn append_event(store: &PgStore, session_id: String, doc: String) -> Result<i64> {
+    let mut tries = 0;
+    loop {
+        let r = sqlx::query_scalar(
+            "INSERT INTO ma_events (session_id, seq, doc)
+             SELECT $1, COALESCE(MAX(seq) + 1, 0), $2 FROM ma_events WHERE session_id = $1
+             RETURNING seq",
+        )
+        .bind(&session_id)
+        .bind(&doc)
+        .fetch_one(&store.writer)
+        .await;
+        match r {
+            Err(sqlx::Error::Database(e)) if e.is_unique_violation() && tries < 100 => {
+                tries += 1;
+            }
+            r => return Ok(r?),
+        }
+    }
+}
+
 async fn notify(store: &PgStore, payload: &str) -> Result<()> {
     sqlx::query("SELECT pg_notify($1, $2)")
         .bind(crate::agents::CHANNEL)
@@ -394,6 +427,8 @@ impl std::fmt::Debug for PgUrl {
 
 pub struct PgStore {
     pool: PgPool,
+    /// The same pool: PostgreSQL takes concurrent writers itself.
+    writer: PgPool,
 }
 
 impl PgStore {
@@ -422,7 +457,10 @@ impl PgStore {
         let pool = PgPoolOptions::new()
             .max_connections(MAX_CONNECTIONS)
             .connect_lazy_with(PgConnectOptions::clone(&url.options));
-        Ok(PgStore { pool })
+        Ok(PgStore {
+            writer: pool.clone(),
+            pool,
+        })
     }
 }
 

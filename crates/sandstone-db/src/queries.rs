@@ -1,7 +1,8 @@
 //! Every query, written once in the SQL both engines accept (see the crate
 //! docs). This file is a child module of `sqlite` and of `postgres`: each
 //! compiles it against its own `Db` (the sqlx driver) and `Backend` (its
-//! store, which holds a `pool`), so neither pays for the other.
+//! store, which holds a `pool` for reads and a `writer` for every statement
+//! that writes), so neither pays for the other.
 
 use super::{Backend, Db};
 use crate::agents::{AgentsStore, Notifications, WorkOf, WorkRow, parse};
@@ -13,6 +14,21 @@ use crate::{
 use futures_util::future::BoxFuture;
 use serde_json::Value;
 use sqlx::Row as _;
+
+/// Deletes a session's events (each backend's `delete_events`).
+pub(super) const DELETE_EVENTS: &str = "DELETE FROM ma_events WHERE session_id = $1";
+
+/// Audit rows per INSERT: four parameters each, well inside both engines'
+/// limits (SQLite 32766, PostgreSQL 65535).
+const AUDIT_ROWS_PER_INSERT: usize = 500;
+
+/// `count` numbered parameters from `$first`: "$1, $2, $3".
+pub(super) fn placeholders(count: usize, first: usize) -> String {
+    (first..first + count)
+        .map(|i| format!("${i}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
 
 type Row = <Db as sqlx::Database>::Row;
 type Connection = <Db as sqlx::Database>::Connection;
@@ -257,7 +273,7 @@ impl Store for Backend {
             .bind(row.pending_op.map(PendingOp::as_str))
             .bind(&row.node_id)
             .bind(&row.team_id)
-            .execute(&self.pool)
+            .execute(&self.writer)
             .await?;
             Ok(())
         })
@@ -360,7 +376,7 @@ impl Store for Backend {
             .bind(&from.sandbox)
             .bind(&from.node)
             .bind(from.epoch)
-            .execute(&self.pool)
+            .execute(&self.writer)
             .await?;
             Ok(done.rows_affected() == 1)
         })
@@ -370,7 +386,7 @@ impl Store for Backend {
         Box::pin(async move {
             let done = sqlx::query("UPDATE sandboxes SET node_id = $1 WHERE node_id IS NULL")
                 .bind(node)
-                .execute(&self.pool)
+                .execute(&self.writer)
                 .await?;
             Ok(done.rows_affected())
         })
@@ -394,7 +410,7 @@ impl Store for Backend {
             .bind(n.draining)
             .bind(n.lease_expires_at)
             .bind(n.started_at)
-            .execute(&self.pool)
+            .execute(&self.writer)
             .await?;
             Ok(())
         })
@@ -420,7 +436,7 @@ impl Store for Backend {
                 sqlx::query("UPDATE nodes SET draining = $1 WHERE id = $2")
                     .bind(draining)
                     .bind(node)
-                    .execute(&self.pool)
+                    .execute(&self.writer)
                     .await?,
             )
         })
@@ -443,7 +459,7 @@ impl Store for Backend {
             .bind(&f.sandbox)
             .bind(&f.node)
             .bind(f.epoch)
-            .execute(&self.pool)
+            .execute(&self.writer)
             .await?;
             self.owned(done, f).await
         })
@@ -467,7 +483,7 @@ impl Store for Backend {
             .bind(&f.sandbox)
             .bind(&f.node)
             .bind(f.epoch)
-            .execute(&self.pool)
+            .execute(&self.writer)
             .await?;
             self.owned(done, f).await
         })
@@ -485,7 +501,7 @@ impl Store for Backend {
             .bind(&f.sandbox)
             .bind(&f.node)
             .bind(f.epoch)
-            .execute(&self.pool)
+            .execute(&self.writer)
             .await?;
             self.owned(done, f).await
         })
@@ -501,7 +517,7 @@ impl Store for Backend {
             .bind(&f.sandbox)
             .bind(&f.node)
             .bind(f.epoch)
-            .execute(&self.pool)
+            .execute(&self.writer)
             .await?;
             self.owned(done, f).await
         })
@@ -517,7 +533,7 @@ impl Store for Backend {
             .bind(&f.sandbox)
             .bind(&f.node)
             .bind(f.epoch)
-            .execute(&self.pool)
+            .execute(&self.writer)
             .await?;
             self.owned(done, f).await
         })
@@ -536,7 +552,7 @@ impl Store for Backend {
             .bind(node)
             .bind(SandboxStatus::Running.as_str())
             .bind(SandboxStatus::Failed.as_str())
-            .execute(&self.pool)
+            .execute(&self.writer)
             .await?;
             Ok(done.rows_affected())
         })
@@ -555,7 +571,7 @@ impl Store for Backend {
             .bind(s.expires_at)
             .bind(&s.template)
             .bind(&s.team_id)
-            .execute(&self.pool)
+            .execute(&self.writer)
             .await?;
             Ok(())
         })
@@ -610,7 +626,7 @@ impl Store for Backend {
         Box::pin(async move {
             sqlx::query("DELETE FROM snapshots WHERE id = $1")
                 .bind(id)
-                .execute(&self.pool)
+                .execute(&self.writer)
                 .await?;
             Ok(())
         })
@@ -618,17 +634,27 @@ impl Store for Backend {
 
     fn insert_audit<'a>(&'a self, rows: &'a [AuditRow]) -> BoxFuture<'a, Result<()>> {
         Box::pin(async move {
-            let mut tx = self.pool.begin().await?;
-            for r in rows {
-                sqlx::query(
-                    "INSERT INTO audit (sandbox_id, time, event, denied) VALUES ($1, $2, $3, $4)",
-                )
-                .bind(&r.sandbox_id)
-                .bind(r.time)
-                .bind(r.event.to_string())
-                .bind(r.denied)
-                .execute(&mut *tx)
-                .await?;
+            // A statement per chunk, not per row: one round trip each, and
+            // the writer held for less.
+            let mut tx = self.writer.begin().await?;
+            for chunk in rows.chunks(AUDIT_ROWS_PER_INSERT) {
+                let values: Vec<String> = (0..chunk.len())
+                    .map(|i| format!("({})", placeholders(4, 4 * i + 1)))
+                    .collect();
+                let sql = format!(
+                    "INSERT INTO audit (sandbox_id, time, event, denied) VALUES {}",
+                    values.join(", ")
+                );
+                // Built of placeholders only; every value is bound.
+                let mut insert = sqlx::query(sqlx::AssertSqlSafe(sql));
+                for r in chunk {
+                    insert = insert
+                        .bind(&r.sandbox_id)
+                        .bind(r.time)
+                        .bind(r.event.to_string())
+                        .bind(r.denied);
+                }
+                insert.execute(&mut *tx).await?;
             }
             tx.commit().await?;
             Ok(())
@@ -648,7 +674,7 @@ impl Store for Backend {
             .bind(&c.sealed)
             .bind(c.created_at)
             .bind(c.updated_at)
-            .execute(&self.pool)
+            .execute(&self.writer)
             .await?;
             Ok(done.rows_affected() == 1)
         })
@@ -668,7 +694,7 @@ impl Store for Backend {
             .bind(now_ms())
             .bind(team)
             .bind(name)
-            .execute(&self.pool)
+            .execute(&self.writer)
             .await?;
             found(done)
         })
@@ -716,7 +742,7 @@ impl Store for Backend {
             .bind(&t.id)
             .bind(&t.name)
             .bind(t.created_at)
-            .execute(&self.pool)
+            .execute(&self.writer)
             .await?;
             Ok(done.rows_affected() == 1)
         })
@@ -736,7 +762,7 @@ impl Store for Backend {
             .bind(p.expires_ms)
             .bind(&p.bootstrap_hash)
             .bind(&p.cookie_hash)
-            .execute(&self.pool)
+            .execute(&self.writer)
             .await?;
             Ok(())
         })
@@ -785,7 +811,7 @@ impl Store for Backend {
             .bind(bootstrap_hash)
             .bind(cookie_hash)
             .bind(now_ms)
-            .execute(&self.pool)
+            .execute(&self.writer)
             .await?;
             Ok(done.rows_affected() == 1)
         })
@@ -796,7 +822,7 @@ impl Store for Backend {
             let done = sqlx::query("UPDATE preview_grants SET expires_ms = $2 WHERE id = $1")
                 .bind(id)
                 .bind(expires_ms)
-                .execute(&self.pool)
+                .execute(&self.writer)
                 .await?;
             Ok(done.rows_affected() == 1)
         })
@@ -806,7 +832,7 @@ impl Store for Backend {
         Box::pin(async move {
             let done = sqlx::query("DELETE FROM preview_grants WHERE id = $1")
                 .bind(id)
-                .execute(&self.pool)
+                .execute(&self.writer)
                 .await?;
             Ok(done.rows_affected() == 1)
         })
@@ -816,7 +842,7 @@ impl Store for Backend {
         Box::pin(async move {
             sqlx::query("DELETE FROM preview_grants WHERE sandbox_id = $1")
                 .bind(sandbox_id)
-                .execute(&self.pool)
+                .execute(&self.writer)
                 .await?;
             Ok(())
         })
@@ -851,7 +877,7 @@ impl Store for Backend {
             )
             .bind(template)
             .bind(team)
-            .execute(&self.pool)
+            .execute(&self.writer)
             .await?;
             Ok(())
         })
@@ -882,7 +908,7 @@ impl Store for Backend {
         Box::pin(async move {
             sqlx::query("DELETE FROM template_teams WHERE template_id = $1")
                 .bind(template)
-                .execute(&self.pool)
+                .execute(&self.writer)
                 .await?;
             Ok(())
         })
@@ -894,7 +920,7 @@ impl Store for Backend {
                 sqlx::query("DELETE FROM credential_sources WHERE team_id = $1 AND name = $2")
                     .bind(team)
                     .bind(name)
-                    .execute(&self.pool)
+                    .execute(&self.writer)
                     .await?;
             found(done)
         })
@@ -935,7 +961,7 @@ impl Store for Backend {
         Box::pin(async move {
             sqlx::query("DELETE FROM audit WHERE sandbox_id = $1")
                 .bind(sandbox_id)
-                .execute(&self.pool)
+                .execute(&self.writer)
                 .await?;
             Ok(())
         })
@@ -945,7 +971,7 @@ impl Store for Backend {
         Box::pin(async move {
             let done = sqlx::query("DELETE FROM audit WHERE time < $1")
                 .bind(before_ms)
-                .execute(&self.pool)
+                .execute(&self.writer)
                 .await?;
             Ok(done.rows_affected())
         })
@@ -962,7 +988,7 @@ impl Store for Backend {
             .bind(&f.sandbox)
             .bind(&f.node)
             .bind(f.epoch)
-            .execute(&self.pool)
+            .execute(&self.writer)
             .await?;
             self.owned(done, f).await
         })
@@ -977,7 +1003,7 @@ impl Store for Backend {
             .bind(&f.sandbox)
             .bind(&f.node)
             .bind(f.epoch)
-            .execute(&self.pool)
+            .execute(&self.writer)
             .await?;
             match self.owned(done, f).await {
                 // Deleting what is already gone is done.
@@ -1017,7 +1043,7 @@ impl Store for Backend {
             .bind(k.last_used_at)
             .bind(k.usage_count)
             .bind(&k.team_id)
-            .execute(&self.pool)
+            .execute(&self.writer)
             .await?;
             Ok(())
         })
@@ -1054,7 +1080,7 @@ impl Store for Backend {
         Box::pin(async move {
             let r = sqlx::query("DELETE FROM api_keys WHERE id = $1")
                 .bind(id)
-                .execute(&self.pool)
+                .execute(&self.writer)
                 .await?;
             Ok(r.rows_affected() > 0)
         })
@@ -1066,7 +1092,7 @@ impl Store for Backend {
                 .bind(false)
                 .bind(at)
                 .bind(id)
-                .execute(&self.pool)
+                .execute(&self.writer)
                 .await?;
             Ok(r.rows_affected() > 0)
         })
@@ -1085,7 +1111,7 @@ impl Store for Backend {
             .bind(at)
             .bind(uses)
             .bind(id)
-            .execute(&self.pool)
+            .execute(&self.writer)
             .await?;
             Ok(())
         })
@@ -1115,7 +1141,7 @@ impl AgentsStore for Backend {
             .bind(kind)
             .bind(id)
             .bind(doc.to_string())
-            .execute(&self.pool)
+            .execute(&self.writer)
             .await?;
             Ok(())
         })
@@ -1126,7 +1152,7 @@ impl AgentsStore for Backend {
             sqlx::query("DELETE FROM ma_docs WHERE kind = $1 AND id = $2")
                 .bind(kind)
                 .bind(id)
-                .execute(&self.pool)
+                .execute(&self.writer)
                 .await?;
             Ok(())
         })
@@ -1163,29 +1189,11 @@ impl AgentsStore for Backend {
         session_id: &'a str,
         doc: &'a Value,
     ) -> BoxFuture<'a, Result<i64>> {
-        Box::pin(async move {
-            let doc = doc.to_string();
-            // Nodes appending at once compute the same next number; the
-            // primary key lets one through and the others take the next.
-            let mut tries = 0;
-            loop {
-                let r = sqlx::query_scalar(
-                    "INSERT INTO ma_events (session_id, seq, doc)
-                     SELECT $1, COALESCE(MAX(seq) + 1, 0), $2 FROM ma_events WHERE session_id = $1
-                     RETURNING seq",
-                )
-                .bind(session_id)
-                .bind(&doc)
-                .fetch_one(&self.pool)
-                .await;
-                match r {
-                    Err(sqlx::Error::Database(e)) if e.is_unique_violation() && tries < 100 => {
-                        tries += 1;
-                    }
-                    r => return Ok(r?),
-                }
-            }
-        })
+        Box::pin(super::append_event(
+            self,
+            session_id.to_string(),
+            doc.to_string(),
+        ))
     }
 
     fn load_events<'a>(
@@ -1214,13 +1222,7 @@ impl AgentsStore for Backend {
     }
 
     fn delete_events<'a>(&'a self, session_id: &'a str) -> BoxFuture<'a, Result<()>> {
-        Box::pin(async move {
-            sqlx::query("DELETE FROM ma_events WHERE session_id = $1")
-                .bind(session_id)
-                .execute(&self.pool)
-                .await?;
-            Ok(())
-        })
+        Box::pin(super::delete_events(self, session_id.to_string()))
     }
 
     fn insert_work<'a>(&'a self, row: &'a WorkRow) -> BoxFuture<'a, Result<bool>> {
@@ -1241,7 +1243,7 @@ impl AgentsStore for Backend {
             .bind(row.lease_expires_ms)
             .bind(row.version)
             .bind(json_of(&row.item)?)
-            .execute(&self.pool)
+            .execute(&self.writer)
             .await?;
             Ok(done.rows_affected() == 1)
         })
@@ -1273,7 +1275,7 @@ impl AgentsStore for Backend {
                 .bind(now_ms)
                 .bind(reclaim_before_ms)
                 .bind(token_hash)
-                .fetch_optional(&self.pool)
+                .fetch_optional(&self.writer)
                 .await?;
             row.as_ref().map(row_to_work).transpose()
         })
@@ -1363,7 +1365,7 @@ impl AgentsStore for Backend {
             .bind(row.lease_expires_ms)
             .bind(json_of(&row.item)?)
             .bind(row.version)
-            .execute(&self.pool)
+            .execute(&self.writer)
             .await?;
             Ok(done.rows_affected() == 1)
         })
@@ -1387,7 +1389,7 @@ impl AgentsStore for Backend {
             .bind(owner)
             .bind(now_ms)
             .bind(expires_ms)
-            .execute(&self.pool)
+            .execute(&self.writer)
             .await?;
             Ok(done.rows_affected() == 1)
         })
@@ -1398,7 +1400,7 @@ impl AgentsStore for Backend {
             sqlx::query("DELETE FROM ma_drivers WHERE session_id = $1 AND owner = $2")
                 .bind(session)
                 .bind(owner)
-                .execute(&self.pool)
+                .execute(&self.writer)
                 .await?;
             Ok(())
         })
@@ -1459,7 +1461,7 @@ impl WebhookStore for Backend {
             )
             .bind(sandbox)
             .bind(sealed)
-            .execute(&self.pool)
+            .execute(&self.writer)
             .await?;
             Ok(())
         })
@@ -1480,7 +1482,7 @@ impl WebhookStore for Backend {
         Box::pin(async move {
             sqlx::query("DELETE FROM webhook_secrets WHERE sandbox_id = $1")
                 .bind(sandbox)
-                .execute(&self.pool)
+                .execute(&self.writer)
                 .await?;
             Ok(())
         })
@@ -1509,7 +1511,7 @@ impl WebhookStore for Backend {
             .bind(d.created_at)
             .bind(d.next_attempt_at)
             .bind(d.delivered_at)
-            .execute(&self.pool)
+            .execute(&self.writer)
             .await?;
             Ok(())
         })
@@ -1570,7 +1572,7 @@ impl WebhookStore for Backend {
             .bind(&o.last_error)
             .bind(o.next_attempt_at)
             .bind(o.delivered_at)
-            .execute(&self.pool)
+            .execute(&self.writer)
             .await?;
             found(done)
         })
@@ -1604,7 +1606,7 @@ impl WebhookStore for Backend {
                 "DELETE FROM webhook_deliveries WHERE state <> 'pending' AND created_at < $1",
             )
             .bind(before_ms)
-            .execute(&self.pool)
+            .execute(&self.writer)
             .await?;
             Ok(done.rows_affected())
         })
@@ -2175,6 +2177,32 @@ mod tests {
         assert_eq!(after.iter().map(|e| e.0).collect::<Vec<_>>(), [17, 18, 19]);
         store.delete_events("s").await.unwrap();
         assert!(store.load_events("s", -1).await.unwrap().is_empty());
+        // After a deletion the numbers start again at 0, also when appends
+        // of the session and others are asked for together with it.
+        let (one, two) = (doc(1), doc(2));
+        let (deleted, seqs) = tokio::join!(
+            store.delete_events("t"),
+            futures_util::future::try_join_all([
+                store.append_event("s", &one),
+                store.append_event("t", &one),
+                store.append_event("s", &two),
+            ])
+        );
+        deleted.unwrap();
+        let seqs = seqs.unwrap();
+        assert_eq!((seqs[0], seqs[2]), (0, 1), "{seqs:?}");
+        let t: Vec<i64> = store
+            .load_events("t", -1)
+            .await
+            .unwrap()
+            .iter()
+            .map(|e| e.0)
+            .collect();
+        // The append of `t` came after its deletion, or before it.
+        assert!(
+            (t == [0] && seqs[1] == 0) || (t.is_empty() && seqs[1] == 1),
+            "{t:?} {seqs:?}"
+        );
     }
 
     #[tokio::test]

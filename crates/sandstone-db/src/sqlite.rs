@@ -1,7 +1,7 @@
 //! SQLite (WAL) backend: the database file in the data directory. Its
 //! queries are `queries.rs`, shared with PostgreSQL (see the crate docs).
 
-use crate::Result;
+use crate::{Error, Result};
 use sqlx::SqlitePool;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use std::path::Path;
@@ -251,6 +251,181 @@ const SKIP_LOCKED: &str = "";
 /// blocks) looks for a claimable item first.
 const CLAIM_LOOKS_FIRST: bool = true;
 
+/// Most events one statement appends.
+const APPEND_BATCH: usize = 256;
+/// Sessions whose next number the appender remembers; past this it starts
+/// over (and asks the database again).
+const KNOWN_SESSIONS: usize = 10_000;
+
+/// What the appender does, in the order asked.
+enum EventOp {
+    /// Append an event; answered with its number.
+    Append {
+        session_id: String,
+        doc: String,
+        done: tokio::sync::oneshot::Sender<Result<i64>>,
+    },
+    /// Delete a session's events (its numbers start again at 0).
+    Delete {
+        session_id: String,
+        done: tokio::sync::oneshot::Sender<Result<()>>,
+    },
+}
+
+/// Hands `op` to the appender and waits for its answer.
+async fn through_appender<T>(
+    store: &SqliteStore,
+    op: impl FnOnce(tokio::sync::oneshot::Sender<Result<T>>) -> EventOp,
+) -> Result<T> {
+    let (done, answer) = tokio::sync::oneshot::channel();
+    let closed = || Error::Closed("the event appender");
+    store.events.send(op(done)).await.map_err(|_| closed())?;
+    answer.await.map_err(|_| closed())?
+}
+
+/// `AgentsStore::append_event`: through the appender, which appends the
+/// events that arrived together in one statement (a commit costs more than
+/// the rows it holds). Each caller is answered after the commit of its own,
+/// so nothing acknowledged is lost.
+async fn append_event(store: &SqliteStore, session_id: String, doc: String) -> Result<i64> {
+    through_appender(store, |done| EventOp::Append {
+        session_id,
+        doc,
+        done,
+    })
+    .await
+}
+
+/// `AgentsStore::delete_events`: through the appender too, so it is
+/// ordered with the appends and the numbers it remembers.
+async fn delete_events(store: &SqliteStore, session_id: String) -> Result<()> {
+    through_appender(store, |done| EventOp::Delete { session_id, done }).await
+}
+
+/// The one task that writes `ma_events`. One daemon owns the file, so the
+/// next number of each session it has seen is known here, and an append
+/// needs no query for it.
+struct Appender {
+    writer: SqlitePool,
+    next: std::collections::HashMap<String, i64>,
+}
+
+impl Appender {
+    /// Takes what waits (up to [`APPEND_BATCH`]) and does it in order: the
+    /// appends before a deletion in one statement, then the deletion.
+    async fn run(mut self, mut queue: tokio::sync::mpsc::Receiver<EventOp>) {
+        let mut ops = Vec::with_capacity(APPEND_BATCH);
+        let mut appends = Vec::with_capacity(APPEND_BATCH);
+        while queue.recv_many(&mut ops, APPEND_BATCH).await > 0 {
+            for op in ops.drain(..) {
+                match op {
+                    EventOp::Append {
+                        session_id,
+                        doc,
+                        done,
+                    } => appends.push((session_id, doc, done)),
+                    EventOp::Delete { session_id, done } => {
+                        self.append_batch(&mut appends).await;
+                        self.next.remove(&session_id);
+                        let deleted = sqlx::query(queries::DELETE_EVENTS)
+                            .bind(&session_id)
+                            .execute(&self.writer)
+                            .await;
+                        let _ = done.send(deleted.map(drop).map_err(Error::from));
+                    }
+                }
+            }
+            self.append_batch(&mut appends).await;
+        }
+    }
+
+    /// Appends `batch` and answers each; a batch that fails is appended
+    /// again event by event, so one bad event fails alone.
+    async fn append_batch(&mut self, batch: &mut Vec<(String, String, EventAnswer)>) {
+        if batch.is_empty() {
+            return;
+        }
+        let events: Vec<(&str, &str)> = batch
+            .iter()
+            .map(|(s, d, _)| (s.as_str(), d.as_str()))
+            .collect();
+        let all = self.append(&events).await;
+        drop(events);
+        match all {
+            Ok(seqs) => {
+                for ((_, _, done), seq) in batch.drain(..).zip(seqs) {
+                    let _ = done.send(Ok(seq));
+                }
+            }
+            Err(_) => {
+                for (session, doc, done) in batch.drain(..) {
+                    let one = self.append(&[(&session, &doc)]).await;
+                    let _ = done.send(one.map(|seqs| seqs[0]));
+                }
+            }
+        }
+    }
+
+    /// Appends `events` in order in one statement (one commit); their
+    /// numbers. A session not seen yet costs one query for its last number
+    /// first; what is remembered changes only once the rows are in.
+    async fn append(&mut self, events: &[(&str, &str)]) -> Result<Vec<i64>> {
+        let mut next = std::collections::HashMap::new();
+        let unknown: std::collections::BTreeSet<&str> = events
+            .iter()
+            .map(|(s, _)| *s)
+            .filter(|s| !self.next.contains_key(*s))
+            .collect();
+        if !unknown.is_empty() {
+            let sql = format!(
+                "SELECT session_id, MAX(seq) FROM ma_events WHERE session_id IN ({}) GROUP BY session_id",
+                queries::placeholders(unknown.len(), 1)
+            );
+            // Built of placeholders only; every value is bound.
+            let mut last = sqlx::query_as::<_, (String, i64)>(sqlx::AssertSqlSafe(sql));
+            for s in &unknown {
+                last = last.bind(*s);
+            }
+            next.extend(
+                last.fetch_all(&self.writer)
+                    .await?
+                    .into_iter()
+                    .map(|(s, seq)| (s, seq + 1)),
+            );
+        }
+        let seqs: Vec<i64> = events
+            .iter()
+            .map(|(s, _)| {
+                let n = next
+                    .entry(s.to_string())
+                    .or_insert_with(|| self.next.get(*s).copied().unwrap_or(0));
+                *n += 1;
+                *n - 1
+            })
+            .collect();
+        let rows: Vec<String> = (0..events.len())
+            .map(|i| format!("({})", queries::placeholders(3, 3 * i + 1)))
+            .collect();
+        let sql = format!(
+            "INSERT INTO ma_events (session_id, seq, doc) VALUES {}",
+            rows.join(", ")
+        );
+        let mut insert = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for ((session, doc), seq) in events.iter().zip(&seqs) {
+            insert = insert.bind(*session).bind(*seq).bind(*doc);
+        }
+        insert.execute(&self.writer).await?;
+        if self.next.len() + next.len() > KNOWN_SESSIONS {
+            self.next.clear();
+        }
+        self.next.extend(next);
+        Ok(seqs)
+    }
+}
+
+/// Who waits for an appended event's number.
+type EventAnswer = tokio::sync::oneshot::Sender<Result<i64>>;
+
 /// One node: nobody to wake.
 async fn notify(_: &SqliteStore, _: &str) -> Result<()> {
     Ok(())
@@ -260,8 +435,32 @@ async fn listen(_: &SqliteStore) -> Result<Option<crate::agents::Notifications>>
     Ok(None)
 }
 
+/// How often the WAL is copied back into the database file, off the
+/// writer's path.
+const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_millis(250);
+
+/// Reads run on a pool; every write on the one `writer` connection, so
+/// writers queue here in order instead of inside SQLite, whose busy
+/// handler sleeps 1, 2, 5… 100 ms between retries (what made an append
+/// wait up to a second under busy sessions). The writer never checkpoints
+/// the WAL (a checkpoint copies pages and syncs the file, in the commit
+/// that crosses the threshold); a task does, every [`CHECKPOINT_EVERY`],
+/// on a reader, while writes go on.
 pub struct SqliteStore {
     pool: SqlitePool,
+    writer: SqlitePool,
+    /// To the [`Appender`].
+    events: tokio::sync::mpsc::Sender<EventOp>,
+    /// The checkpoint task and the appender, stopped with the store.
+    tasks: [tokio::task::AbortHandle; 2],
+}
+
+impl Drop for SqliteStore {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
 }
 
 impl SqliteStore {
@@ -281,17 +480,51 @@ impl SqliteStore {
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Normal)
             .busy_timeout(std::time::Duration::from_secs(5));
+        // A file on this machine does not drop a connection: pinging each
+        // one before use (a round trip to its worker thread) would only add
+        // to every statement.
+        let writer = SqlitePoolOptions::new()
+            .max_connections(1)
+            .test_before_acquire(false)
+            .connect_with(opts.clone().pragma("wal_autocheckpoint", "0"))
+            .await?;
+        // One daemon owns the file: nothing to lock against.
+        queries::migrate(&mut *writer.acquire().await?, MIGRATIONS, None).await?;
         let pool = SqlitePoolOptions::new()
             .max_connections(4)
-            // A file on this machine does not drop a connection: pinging
-            // each one before use (a round trip to its worker thread) would
-            // only add to every statement.
             .test_before_acquire(false)
             .connect_with(opts)
             .await?;
-        // One daemon owns the file: nothing to lock against.
-        queries::migrate(&mut *pool.acquire().await?, MIGRATIONS, None).await?;
-        Ok(SqliteStore { pool })
+        let checkpoints = tokio::spawn(checkpoint_now_and_then(pool.clone())).abort_handle();
+        let (events, queue) = tokio::sync::mpsc::channel(APPEND_BATCH * 4);
+        let appender = Appender {
+            writer: writer.clone(),
+            next: Default::default(),
+        };
+        let appender = tokio::spawn(appender.run(queue)).abort_handle();
+        Ok(SqliteStore {
+            pool,
+            writer,
+            events,
+            tasks: [checkpoints, appender],
+        })
+    }
+}
+
+/// Copies the WAL back into the database file every [`CHECKPOINT_EVERY`].
+/// PASSIVE: it waits for no reader or writer, and copies what no reader
+/// still needs (the rest goes next time).
+async fn checkpoint_now_and_then(pool: SqlitePool) {
+    let mut tick = tokio::time::interval(CHECKPOINT_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        if let Err(e) = sqlx::query("PRAGMA wal_checkpoint(PASSIVE)")
+            .execute(&pool)
+            .await
+        {
+            tracing::warn!(error = %e, "cannot checkpoint the database's WAL");
+        }
     }
 }
 

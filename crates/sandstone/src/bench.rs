@@ -22,6 +22,18 @@ pub struct BenchArgs {
     /// With --durable: how many sandboxes to hold paused.
     #[arg(long, default_value_t = 1000)]
     pub paused: usize,
+    /// Measure the metadata store instead, without a daemon: event appends
+    /// of busy Managed Agents sessions on a scratch SQLite database (in a
+    /// temporary directory of `--data-dir`), or on `--database-url`.
+    #[arg(long)]
+    pub store: bool,
+    /// With --store: how many busy sessions.
+    #[arg(long, default_value_t = 50)]
+    pub sessions: usize,
+    /// With --store: a PostgreSQL database to measure instead of SQLite
+    /// (its tables are the daemon's; the rows the bench adds are removed).
+    #[arg(long)]
+    pub database_url: Option<String>,
 }
 
 /// Runs `sandstone bench`. `data_dir`: the daemon's, when it runs here
@@ -41,8 +53,10 @@ fn pct(sorted: &[Duration], p: f64) -> f64 {
 }
 
 pub struct Stats {
-    p50: f64,
-    p99: f64,
+    pub p50: f64,
+    pub p99: f64,
+    /// The slowest, in ms.
+    pub max: f64,
 }
 
 pub fn stats(mut v: Vec<Duration>) -> Stats {
@@ -50,6 +64,7 @@ pub fn stats(mut v: Vec<Duration>) -> Stats {
     Stats {
         p50: pct(&v, 0.5),
         p99: pct(&v, 0.99),
+        max: v.last().map_or(0.0, |d| d.as_secs_f64() * 1000.0),
     }
 }
 
@@ -60,16 +75,15 @@ pub fn row(name: &str, s: &Stats, extra: &str) {
     );
 }
 
-fn unshare_baseline(n: usize) -> Result<Stats> {
+/// `n` runs of `argv` from this process, timed to its exit.
+fn host_baseline(n: usize, argv: &[&str]) -> Result<Stats> {
     let mut v = Vec::with_capacity(n);
     for _ in 0..n {
         let t = Instant::now();
-        let st = std::process::Command::new("unshare")
-            .args([
-                "--mount", "--pid", "--net", "--ipc", "--uts", "--fork", "true",
-            ])
+        let st = std::process::Command::new(argv[0])
+            .args(&argv[1..])
             .status()?;
-        ensure!(st.success(), "unshare baseline failed");
+        ensure!(st.success(), "baseline {argv:?} failed");
         v.push(t.elapsed());
     }
     Ok(stats(v))
@@ -117,8 +131,16 @@ fn init_pss_kib() -> (u64, usize) {
 
 pub async fn run(c: &Client, template: &str, n: usize, scale: usize) -> Result<()> {
     println!("sandstone bench: {n} iterations, {scale} sandboxes at scale, template {template}");
-    let base = unshare_baseline(n)?;
+    let base = host_baseline(
+        n,
+        &[
+            "unshare", "--mount", "--pid", "--net", "--ipc", "--uts", "--fork", "true",
+        ],
+    )?;
     row("baseline unshare (5 ns) true", &base, "");
+    // What an exec cannot go below: starting `true` and waiting for it.
+    let spawn = host_baseline(n * 4, &["true"])?;
+    row("baseline spawn true (host)", &spawn, "");
 
     // Cold create with one sandbox on the host: create, then delete.
     let mut creates = Vec::new();
@@ -171,7 +193,12 @@ pub async fn run(c: &Client, template: &str, n: usize, scale: usize) -> Result<(
         execs.push(t.elapsed());
         ensure!(r.exit_code == Some(0), "true failed");
     }
-    row("exec `true` round trip", &stats(execs), "");
+    let exec = stats(execs);
+    row(
+        "exec `true` round trip",
+        &exec,
+        &format!("{:.2} ms over the host spawn p50", exec.p50 - spawn.p50),
+    );
 
     let ctx = c.repl(&id, "python").await?;
     c.exec(&id, &ctx, "x = 1").await?;

@@ -4,6 +4,7 @@
 mod agents_cmd;
 mod bench;
 mod bench_durable;
+mod bench_store;
 mod cred_cmd;
 mod criu_setup;
 mod exec_cmd;
@@ -359,6 +360,7 @@ async fn run(cli: Cli) -> Result<()> {
         } => exec_cmd::exec(&cli, id, cwd.as_deref(), *timeout, command).await,
         Cmd::Shell { id, command } => exec_cmd::shell(&cli, id, command).await,
         Cmd::Cp { from, to } => exec_cmd::copy(&client(&cli)?, from, to).await,
+        Cmd::Bench(args) if args.store => bench_store::command(args, &cli.data_dir).await,
         Cmd::Bench(args) => bench::command(&client(&cli)?, args, &cli.data_dir).await,
     }
 }
