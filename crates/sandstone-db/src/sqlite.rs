@@ -263,7 +263,7 @@ enum EventOp {
     Append {
         session_id: String,
         doc: String,
-        done: tokio::sync::oneshot::Sender<Result<i64>>,
+        done: EventAnswer,
     },
     /// Delete a session's events (its numbers start again at 0).
     Delete {

@@ -30,6 +30,12 @@ impl InitSocket {
         }
     }
 
+    /// The socket's path: for a connection that is never kept (a watch, a
+    /// probe that must not reuse one).
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
     /// A kept connection that is still open and quiet, else a new one.
     pub async fn connect(&self) -> std::io::Result<InitConn> {
         let kept = {
@@ -75,14 +81,6 @@ impl InitSocket {
         if kept.len() < KEPT {
             kept.push(stream);
         }
-    }
-}
-
-impl std::ops::Deref for InitSocket {
-    type Target = Path;
-
-    fn deref(&self) -> &Path {
-        &self.path
     }
 }
 

@@ -988,7 +988,7 @@ impl Lifecycle {
         self.webhooks.watch_files(
             self.store.clone(),
             id.to_string(),
-            runtime.socket.to_path_buf(),
+            runtime.socket.path().to_path_buf(),
         );
         self.webhooks.watch_exits(
             self.store.clone(),
@@ -1307,8 +1307,11 @@ impl Lifecycle {
             if let Err(e) = rt.socket.call(&done, &[]).await {
                 tracing::warn!(sandbox = %id, error = %e, "its init is still open to a checkpointer");
             }
-            self.webhooks
-                .watch_files(self.store.clone(), id.to_string(), rt.socket.to_path_buf());
+            self.webhooks.watch_files(
+                self.store.clone(),
+                id.to_string(),
+                rt.socket.path().to_path_buf(),
+            );
             self.runtimes
                 .write()
                 .expect("lock poisoned: a holder panicked")
@@ -1411,7 +1414,7 @@ impl Lifecycle {
         }
         // A frozen init killed meanwhile dies at the thaw (cgroup v1), or
         // died frozen (v2): either way it does not answer.
-        if !ping(&rt.socket).await.unwrap_or(false) {
+        if !ping(rt.socket.path()).await.unwrap_or(false) {
             tracing::warn!(sandbox = %id, "its init died while paused with its memory; resumed from its files");
             tokio::task::block_in_place(|| self.stop_runtime(id, &rt.cgroup));
             return Ok(None);

@@ -4,7 +4,6 @@
 //! services are replaced, as the init context `svc-<service id>`.
 
 use super::{Lifecycle, Result, Runtime, config_of, internal};
-use crate::initclient;
 use sandstone_api::services::{AppService, RuntimeKind, check_services};
 use sandstone_db::SandboxRow;
 use sandstone_init::proto::{ProcKind, Request};
@@ -38,14 +37,15 @@ impl Lifecycle {
                 .iter()
                 .filter(|o| !config.services.iter().any(|s| s.id == o.id))
             {
-                let _ = initclient::call(
-                    &rt.socket,
-                    &Request::Remove {
-                        id: context_of(&gone.id),
-                    },
-                    &[],
-                )
-                .await;
+                let _ = rt
+                    .socket
+                    .call(
+                        &Request::Remove {
+                            id: context_of(&gone.id),
+                        },
+                        &[],
+                    )
+                    .await;
             }
             self.start_services(id, &rt, &config.services).await;
         }

@@ -3,7 +3,7 @@
 use crate::AppState;
 use crate::error::{ApiError, ApiResult, ok};
 use crate::extract::JsonBody;
-use crate::initclient::{self, InitConn, InitError};
+use crate::initclient::{InitConn, InitError};
 use crate::lifecycle::{Runtime, random_hex};
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{Path, State};
@@ -454,15 +454,15 @@ pub async fn signal(
         ))
     })?;
     let rt = running(&st, &id).await?;
-    initclient::call(
-        &rt.socket,
-        &Request::Signal {
-            id: ctx,
-            signal: sig,
-        },
-        &[],
-    )
-    .await?;
+    rt.socket
+        .call(
+            &Request::Signal {
+                id: ctx,
+                signal: sig,
+            },
+            &[],
+        )
+        .await?;
     Ok(ok(StatusCode::OK, json!({"signaled": true})))
 }
 

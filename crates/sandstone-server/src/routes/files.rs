@@ -396,7 +396,7 @@ pub async fn watch(
 ) -> ApiResult<Response> {
     let rt = running(&st, &id).await?;
     Ok(crate::routes::accept_ws(&st, &by, upgrade, move |socket| {
-        watch_ws(socket, rt.socket.to_path_buf())
+        watch_ws(socket, rt.socket.path().to_path_buf())
     }))
 }
 
