@@ -395,18 +395,34 @@ fn limit_sysv_shm(proc_dir: &Path, memory: Option<u64>) -> Result<()> {
     Ok(())
 }
 
+/// Hides [`MASKED`] and makes [`READ_ONLY`] read-only. Every masked
+/// directory shows one empty read-only tmpfs: the first gets it, the others
+/// are binds of it. Each superblock costs the kernel memory in every memory
+/// cgroup (a shrinker slot each), so one per sandbox, not one per masked
+/// directory, keeps that cost from growing as N² with more sandboxes.
 fn mask_paths(root: &Path) -> Result<()> {
+    const MASK: libc::c_ulong = libc::MS_RDONLY | NOSUID | NODEV | NOEXEC;
     let null = inside(root, "dev/null");
+    let mut empty: Option<PathBuf> = None;
     for rel in MASKED {
         let p = inside(root, rel);
         match std::fs::symlink_metadata(&p) {
-            Ok(m) if m.is_dir() => mount(
-                None,
-                &p,
-                Some("tmpfs"),
-                libc::MS_RDONLY | NOSUID | NODEV | NOEXEC,
-                Some("size=0"),
-            )?,
+            Ok(m) if m.is_dir() => match &empty {
+                Some(first) => {
+                    mount(Some(first), &p, None, libc::MS_BIND, None)?;
+                    mount(
+                        None,
+                        &p,
+                        None,
+                        libc::MS_REMOUNT | libc::MS_BIND | MASK,
+                        None,
+                    )?;
+                }
+                None => {
+                    mount(None, &p, Some("tmpfs"), MASK, Some("size=0"))?;
+                    empty = Some(p);
+                }
+            },
             Ok(_) => mount(Some(&null), &p, None, libc::MS_BIND, None)?,
             Err(_) => {}
         }

@@ -68,6 +68,41 @@ async fn host_files_processes_and_network_are_out_of_reach() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn host_kernel_paths_are_masked_by_one_empty_read_only_mount() {
+    let d = Daemon::start().await;
+    let id = d.create(json!({})).await;
+    let probe = "for p in /proc/acpi /proc/asound /proc/scsi /sys/firmware \
+                   /sys/devices/virtual/powercap; do
+           [ -d $p ] || continue
+           echo \"$p $(stat -c %d $p) $(ls -A $p | wc -l)\"
+           touch $p/x 2>/dev/null && echo \"$p writable\"
+         done
+         for f in /proc/kcore /proc/keys /proc/timer_list /proc/sched_debug; do
+           [ -e $f ] && echo \"file $f $(wc -c < $f)\"
+         done";
+    let r = d.sh(&id, probe).await;
+    let out = r["stdout"].as_str().unwrap();
+    let (files, dirs): (Vec<&str>, Vec<&str>) = out.lines().partition(|l| l.starts_with("file "));
+    // Masked files read as /dev/null.
+    assert!(!files.is_empty(), "{r}");
+    for f in &files {
+        assert!(f.ends_with(" 0"), "{f} is not hidden");
+    }
+    // This machine has /proc/acpi and /sys/firmware at least.
+    assert!(dirs.len() >= 2, "{r}");
+    let mut devices = std::collections::BTreeSet::new();
+    for line in dirs {
+        let f: Vec<&str> = line.split(' ').collect();
+        assert_eq!(f.len(), 3, "{line} (a masked directory could be written)");
+        assert_eq!(f[2], "0", "{} shows entries", f[0]);
+        devices.insert(f[1]);
+    }
+    // One superblock for all: each costs kernel memory in every memory
+    // cgroup of the machine.
+    assert_eq!(devices.len(), 1, "{r}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn privileged_operations_fail() {
     let d = Daemon::start().await;
     let id = d.create(json!({})).await;
