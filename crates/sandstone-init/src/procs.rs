@@ -9,6 +9,7 @@ use std::fs::File;
 use std::io::{Read, Write};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 use std::sync::{Arc, LazyLock, Mutex};
@@ -277,6 +278,68 @@ fn as_oom_victim<T>(fork: impl FnOnce() -> T) -> T {
     out
 }
 
+/// A workload's whole environment: the base, then its request's own.
+fn child_env(own: &BTreeMap<String, String>) -> BTreeMap<String, String> {
+    let mut env = base_env();
+    env.extend(own.iter().map(|(k, v)| (k.clone(), v.clone())));
+    env
+}
+
+/// Starts a plain command with [`sandstone_sys::process::spawn`], in a new
+/// session, with `ends` as its stdin, stdout and stderr. The program is
+/// found as execvp would, with the child's PATH.
+fn spawn_plain(
+    program: &str,
+    args: &[String],
+    env: &BTreeMap<String, String>,
+    cwd: &str,
+    ends: &[File; 3],
+) -> std::io::Result<i32> {
+    use std::ffi::CString;
+    let c = |s: &str| {
+        CString::new(s).map_err(|_| {
+            std::io::Error::new(std::io::ErrorKind::InvalidInput, "nul byte in the command")
+        })
+    };
+    let path = resolve(program, env.get("PATH").map(String::as_str), Path::new(cwd))
+        .ok_or_else(|| std::io::Error::from(std::io::ErrorKind::NotFound))?;
+    let argv = std::iter::once(program)
+        .chain(args.iter().map(String::as_str))
+        .map(c)
+        .collect::<std::io::Result<Vec<_>>>()?;
+    let env = env
+        .iter()
+        .map(|(k, v)| c(&format!("{k}={v}")))
+        .collect::<std::io::Result<Vec<_>>>()?;
+    let pid = process::spawn(&process::Spawn {
+        program: &c(&path.to_string_lossy())?,
+        argv: &argv,
+        env: &env,
+        cwd: &c(cwd)?,
+        stdio: [ends[0].as_fd(), ends[1].as_fd(), ends[2].as_fd()],
+        new_session: true,
+    })?;
+    Ok(pid.as_raw())
+}
+
+/// Where execvp would find `program`: itself when it names a path, else
+/// the first executable file in `path` (relative entries from `cwd`).
+fn resolve(program: &str, path: Option<&str>, cwd: &Path) -> Option<PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    if program.contains('/') {
+        return Some(program.into());
+    }
+    path.unwrap_or("/bin:/usr/bin")
+        .split(':')
+        .map(|dir| {
+            cwd.join(if dir.is_empty() { "." } else { dir })
+                .join(program)
+        })
+        .find(|p| {
+            std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        })
+}
+
 /// Why a context could not be started.
 #[derive(Debug, thiserror::Error)]
 pub enum SpawnError {
@@ -335,8 +398,9 @@ pub fn spawn(req: SpawnRequest) -> Result<(Arc<Proc>, Receiver<Event>), SpawnErr
         }
         ProcKind::Repl { language } => repl::command(language)?,
     };
+    let env = child_env(&req.env);
     let mut cmd = Command::new(&program);
-    cmd.args(&args).env_clear().envs(base_env()).envs(&req.env);
+    cmd.args(&args).env_clear().envs(&env);
     let d = defaults();
     let cwd = req
         .cwd
@@ -350,6 +414,11 @@ pub fn spawn(req: SpawnRequest) -> Result<(Arc<Proc>, Receiver<Event>), SpawnErr
         std::os::unix::process::CommandExt::gid(&mut cmd, a.gid);
     }
 
+    // A plain command (pipes, no PTY, no account to switch to, no REPL
+    // pipes) starts with one posix_spawn; the rest fork through std.
+    let plain =
+        matches!(req.kind, ProcKind::Cmd { .. }) && req.pty.is_none() && d.account.is_none();
+    let mut child_ends = None;
     let (out_r, err_r, pty_master, input) = if let Some(size) = req.pty {
         let (master, slave) = open_pty(size)?;
         cmd.stdin(Stdio::from(slave.try_clone()?))
@@ -361,9 +430,13 @@ pub fn spawn(req: SpawnRequest) -> Result<(Arc<Proc>, Receiver<Event>), SpawnErr
         let (in_r, in_w) = pipe()?;
         let (out_r, out_w) = pipe()?;
         let (err_r, err_w) = pipe()?;
-        cmd.stdin(Stdio::from(in_r))
-            .stdout(Stdio::from(out_w))
-            .stderr(Stdio::from(err_w));
+        if plain {
+            child_ends = Some([in_r, out_w, err_w]);
+        } else {
+            cmd.stdin(Stdio::from(in_r))
+                .stdout(Stdio::from(out_w))
+                .stderr(Stdio::from(err_w));
+        }
         (out_r, Some(err_r), None, in_w)
     };
     let is_pty = pty_master.is_some();
@@ -409,7 +482,25 @@ pub fn spawn(req: SpawnRequest) -> Result<(Arc<Proc>, Receiver<Event>), SpawnErr
     }
     let (proc, rx) = {
         let _guard = SPAWN_LOCK.lock().expect("lock poisoned");
-        let child = as_oom_victim(|| cmd.spawn()).map_err(|error| {
+        let pid = as_oom_victim(|| {
+            if let Some(ends) = child_ends {
+                match spawn_plain(&program, &args, &env, &cwd, &ends) {
+                    // A file the kernel cannot run (a script without
+                    // `#!`): std's execvp hands it to /bin/sh.
+                    Err(e) if e.raw_os_error() == Some(libc::ENOEXEC) => {
+                        let [i, o, e] = ends;
+                        cmd.stdin(i).stdout(o).stderr(e);
+                    }
+                    r => return r,
+                }
+            }
+            let child = cmd.spawn()?;
+            // The reaper owns the exit status; std must never wait on it.
+            let pid = child.id() as i32;
+            std::mem::forget(child);
+            Ok(pid)
+        })
+        .map_err(|error| {
             if error.kind() == std::io::ErrorKind::NotFound {
                 SpawnError::CommandNotFound(program.clone())
             } else {
@@ -419,9 +510,6 @@ pub fn spawn(req: SpawnRequest) -> Result<(Arc<Proc>, Receiver<Event>), SpawnErr
                 }
             }
         })?;
-        let pid = child.id() as i32;
-        // The reaper owns the exit status; std must never wait on this child.
-        std::mem::forget(child);
         let mut shared = Shared {
             hold_until: match req.reader {
                 FirstReader::Attached => None,
@@ -803,6 +891,35 @@ enum Source {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn programs_are_found_as_execvp_finds_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let bin = dir.path().join("bin");
+        std::fs::create_dir(&bin).unwrap();
+        let write = |name: &str, mode: u32| {
+            use std::os::unix::fs::PermissionsExt;
+            let p = bin.join(name);
+            std::fs::write(&p, "#!/bin/sh\n").unwrap();
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode)).unwrap();
+        };
+        write("tool", 0o755);
+        write("plain", 0o644);
+        let here = dir.path();
+        // A relative PATH entry is taken from the child's cwd; the first
+        // executable file wins; a file without an x bit or a directory is
+        // passed over.
+        assert_eq!(
+            resolve("tool", Some("/nonexistent:bin"), here),
+            Some(bin.join("tool"))
+        );
+        assert_eq!(resolve("plain", Some("bin"), here), None);
+        assert_eq!(resolve("bin", Some(":"), here), None);
+        assert_eq!(resolve("sh", None, here), Some("/bin/sh".into()));
+        // A name with a slash is a path, as it is.
+        assert_eq!(resolve("./x", Some("bin"), here), Some("./x".into()));
+        assert_eq!(resolve("", Some("bin"), here), None);
+    }
 
     #[test]
     fn spawn_errors_keep_the_codes_and_texts_the_daemon_maps() {

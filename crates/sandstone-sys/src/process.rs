@@ -322,6 +322,110 @@ fn clock(id: libc::clockid_t) -> std::time::Duration {
     std::time::Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
 }
 
+/// What [`spawn`] starts.
+pub struct Spawn<'a> {
+    /// The program's path (no PATH search: the caller resolves it, with
+    /// the child's own PATH).
+    pub program: &'a CStr,
+    pub argv: &'a [std::ffi::CString],
+    /// `NAME=value` each: the child's whole environment.
+    pub env: &'a [std::ffi::CString],
+    pub cwd: &'a CStr,
+    /// The child's descriptors 0, 1 and 2 (each at least 3 here).
+    pub stdio: [BorrowedFd<'a>; 3],
+    /// The child leads a new session (and its process group).
+    pub new_session: bool,
+}
+
+/// Starts a program with one `posix_spawn`, which glibc makes a
+/// `clone(CLONE_VM|CLONE_VFORK)`: nothing of the caller's memory is copied,
+/// and an exec failure is this call's error. In the child, before the
+/// exec: a new session if asked, an empty signal mask and SIGPIPE at its
+/// default (a Rust program ignores it, and an ignored signal stays
+/// ignored across exec), `stdio` at 0-2, every other descriptor closed,
+/// and `cwd`.
+pub fn spawn(s: &Spawn<'_>) -> io::Result<Pid> {
+    use std::mem::MaybeUninit;
+    use std::ptr::null_mut;
+    // posix_spawn takes NULL-terminated arrays of C strings it only reads.
+    let ptrs = |v: &[std::ffi::CString]| -> Vec<*mut libc::c_char> {
+        v.iter()
+            .map(|c| c.as_ptr().cast_mut())
+            .chain([null_mut()])
+            .collect()
+    };
+    let (argv, env) = (ptrs(s.argv), ptrs(s.env));
+    let check = |r: libc::c_int| {
+        if r == 0 {
+            Ok(())
+        } else {
+            Err(io::Error::from_raw_os_error(r))
+        }
+    };
+    let mut actions = MaybeUninit::<libc::posix_spawn_file_actions_t>::uninit();
+    let mut attr = MaybeUninit::<libc::posix_spawnattr_t>::uninit();
+    // SAFETY: the init calls initialize the two objects before any other
+    // use, and each is destroyed once below (on every path after its init
+    // succeeded). The descriptors and strings they are given are borrowed
+    // for this call; glibc copies the cwd path. `pid` is a live pid_t;
+    // `argv` and `env` are NULL-terminated arrays of pointers into
+    // CStrings `s` keeps alive for the call. glibc's sigset_t begins with
+    // an unsigned long, written through a cast after sigemptyset.
+    unsafe {
+        check(libc::posix_spawn_file_actions_init(actions.as_mut_ptr()))?;
+        let actions = actions.as_mut_ptr();
+        if let Err(e) = check(libc::posix_spawnattr_init(attr.as_mut_ptr())) {
+            libc::posix_spawn_file_actions_destroy(actions);
+            return Err(e);
+        }
+        let attr = attr.as_mut_ptr();
+        let result = (|| {
+            for (fd, to) in s.stdio.iter().zip(0..) {
+                check(libc::posix_spawn_file_actions_adddup2(
+                    actions,
+                    fd.as_raw_fd(),
+                    to,
+                ))?;
+            }
+            check(libc::posix_spawn_file_actions_addclosefrom_np(actions, 3))?;
+            check(libc::posix_spawn_file_actions_addchdir_np(
+                actions,
+                s.cwd.as_ptr(),
+            ))?;
+            let mut set = MaybeUninit::<libc::sigset_t>::uninit();
+            libc::sigemptyset(set.as_mut_ptr());
+            check(libc::posix_spawnattr_setsigmask(attr, set.as_ptr()))?;
+            libc::sigaddset(set.as_mut_ptr(), libc::SIGPIPE);
+            // glibc's own signals (32 and 33: thread cancellation, setxid)
+            // are left ignored in the child unless set to their default
+            // here, and an exec keeps them ignored; sigaddset refuses
+            // them, so their bits are set directly (signal n is bit n-1
+            // of the first word of glibc's sigset_t).
+            *set.as_mut_ptr().cast::<libc::c_ulong>() |= (1 << 31) | (1 << 32);
+            check(libc::posix_spawnattr_setsigdefault(attr, set.as_ptr()))?;
+            let mut flags =
+                (libc::POSIX_SPAWN_SETSIGMASK | libc::POSIX_SPAWN_SETSIGDEF) as libc::c_short;
+            if s.new_session {
+                flags |= libc::POSIX_SPAWN_SETSID;
+            }
+            check(libc::posix_spawnattr_setflags(attr, flags))?;
+            let mut pid: libc::pid_t = 0;
+            check(libc::posix_spawn(
+                &mut pid,
+                s.program.as_ptr(),
+                actions,
+                attr,
+                argv.as_ptr(),
+                env.as_ptr(),
+            ))?;
+            Ok(Pid(pid))
+        })();
+        libc::posix_spawnattr_destroy(attr);
+        libc::posix_spawn_file_actions_destroy(actions);
+        result
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

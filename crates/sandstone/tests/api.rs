@@ -179,6 +179,47 @@ async fn repl_contexts_keep_state() {
             .unwrap()
             .contains("command not found: no-such-binary")
     );
+    // Programs are found as execvp finds them: in the command's own PATH,
+    // by a path relative to its cwd, and a script without `#!` runs in
+    // /bin/sh. The workload starts with no signal blocked or ignored and
+    // no descriptor of init's but its stdio.
+    d.sh(
+        &id,
+        "mkdir -p /tmp/mybin && printf 'echo no-shebang $1\\n' > /tmp/mybin/mytool \
+         && chmod +x /tmp/mybin/mytool",
+    )
+    .await;
+    let contexts = format!("/api/v1/sandboxes/{id}/contexts");
+    let run = |command: serde_json::Value, extra: serde_json::Value| {
+        let mut body = json!({"type": "cmd", "cmd": {"command": command}, "wait_until_done": true});
+        body.as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        d.post(&contexts, body)
+    };
+    let (_, v) = run(
+        json!(["mytool", "a"]),
+        json!({"env_vars": {"PATH": "/tmp/mybin:/usr/bin:/bin"}}),
+    )
+    .await;
+    assert_eq!(v["data"]["stdout"], "no-shebang a\n", "{v}");
+    let (_, v) = run(json!(["./mytool", "b"]), json!({"cwd": "/tmp/mybin"})).await;
+    assert_eq!(v["data"]["stdout"], "no-shebang b\n", "{v}");
+    let (s, v) = run(json!(["mytool"]), json!({})).await;
+    assert_eq!(s, 404, "not in the default PATH: {v}");
+    let (_, v) = run(
+        json!([
+            "sh",
+            "-c",
+            "grep -E '^Sig(Blk|Ign)' /proc/self/status; ls /proc/self/fd"
+        ]),
+        json!({}),
+    )
+    .await;
+    assert_eq!(
+        v["data"]["stdout"], "SigBlk:\t0000000000000000\nSigIgn:\t0000000000000000\n0\n1\n2\n3\n",
+        "{v}"
+    );
     // Timeouts kill the command and say so.
     let (s, v) = d.post(&format!("/api/v1/sandboxes/{id}/contexts"), json!({"type": "cmd", "cmd": {"command": ["sleep", "30"]}, "wait_until_done": true, "timeout_sec": 1})).await;
     assert_eq!((s, v["data"]["state"].as_str()), (201, Some("timed_out")));
