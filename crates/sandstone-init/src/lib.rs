@@ -176,6 +176,11 @@ fn sandbox_main(mut start: SandboxStart) -> ! {
             .write_all(format!("read oom_score_adj: {e}").as_bytes());
         sandstone_sys::process::exit_immediately(1);
     }
+    // The daemon's starter may have ignored signals (a shell's `&` ignores
+    // SIGINT and SIGQUIT); workloads start with none ignored. SIGPIPE
+    // stays ignored in init itself (Rust's default): a reader gone is an
+    // error to handle, not a death; children get it back at its default.
+    sandstone_sys::process::unignore_signals(&[libc::SIGPIPE]);
     procs::block_sigchld();
     if let (Some(file), Some(w)) = (start.lease.take(), &start.spec.lease) {
         lease::watch(file, std::time::Duration::from_millis(w.every_ms));

@@ -322,6 +322,49 @@ fn clock(id: libc::clockid_t) -> std::time::Duration {
     std::time::Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
 }
 
+/// Sets every signal this process ignores back to its default action, but
+/// those in `keep`. An ignored signal stays ignored across fork and exec,
+/// so what whoever started this process ignored (a shell's `&` ignores
+/// SIGINT and SIGQUIT; glibc's `posix_spawn` leaves its own signals 32 and
+/// 33 ignored) would otherwise reach every program it starts. The kernel's
+/// call is used, not glibc's `sigaction`, which refuses glibc's signals.
+pub fn unignore_signals(keep: &[libc::c_int]) {
+    /// The kernel's `struct sigaction` (x86-64 layout: glibc's differs).
+    #[repr(C)]
+    #[derive(Default)]
+    struct KernelSigaction {
+        handler: usize,
+        flags: libc::c_ulong,
+        restorer: usize,
+        mask: u64,
+    }
+    let call = |signal: libc::c_int, new: Option<&KernelSigaction>, old: &mut KernelSigaction| {
+        // SAFETY: rt_sigaction reads `new` (or nothing, when null) and
+        // writes `old`, both live structs of the kernel's layout, with the
+        // kernel's sigset size (8 bytes).
+        unsafe {
+            libc::syscall(
+                libc::SYS_rt_sigaction,
+                signal,
+                new.map_or(std::ptr::null(), std::ptr::from_ref),
+                std::ptr::from_mut(old),
+                std::mem::size_of::<u64>(),
+            )
+        }
+    };
+    for signal in 1..=libc::SIGRTMAX() {
+        let mut old = KernelSigaction::default();
+        if keep.contains(&signal) || call(signal, None, &mut old) != 0 {
+            continue;
+        }
+        if old.handler == libc::SIG_IGN {
+            // SIG_DFL is 0: the default struct. SIGKILL and SIGSTOP are
+            // never ignored, so never asked.
+            call(signal, Some(&KernelSigaction::default()), &mut old);
+        }
+    }
+}
+
 /// What [`spawn`] starts.
 pub struct Spawn<'a> {
     /// The program's path (no PATH search: the caller resolves it, with

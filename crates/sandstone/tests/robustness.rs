@@ -178,6 +178,50 @@ async fn a_warm_sandbox_gets_the_claims_tmp_size() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn workloads_ignore_no_signal_whatever_started_the_daemon() {
+    // As `sandstone serve &` in a script starts it: SIGINT and SIGQUIT
+    // ignored, which fork and exec pass on.
+    let mut d = Daemon::start().await;
+    d.kill();
+    d.ignored_signals = vec![libc::SIGINT, libc::SIGQUIT];
+    d.spawn().await;
+    let id = d.create(json!({})).await;
+    let daemon = d.child.as_ref().unwrap().id();
+    let status = std::fs::read_to_string(format!("/proc/{daemon}/status")).unwrap();
+    let ignored = status
+        .lines()
+        .find_map(|l| l.strip_prefix("SigIgn:\t"))
+        .map(|hex| u64::from_str_radix(hex, 16).unwrap())
+        .unwrap();
+    // (It handles SIGINT itself, so only SIGQUIT is still ignored in it.)
+    assert_ne!(ignored & 1 << (libc::SIGQUIT - 1), 0, "{status}");
+    let grep = json!(["grep", "SigIgn", "/proc/self/status"]);
+    let contexts = format!("/api/v1/sandboxes/{id}/contexts");
+    // A plain command (posix_spawn) and one on a PTY (fork).
+    let (_, plain) = d
+        .post(
+            &contexts,
+            json!({"type": "cmd", "cmd": {"command": grep}, "wait_until_done": true}),
+        )
+        .await;
+    assert_eq!(
+        plain["data"]["stdout"], "SigIgn:\t0000000000000000\n",
+        "{plain}"
+    );
+    let (_, pty) = d
+        .post(
+            &contexts,
+            json!({"type": "cmd", "cmd": {"command": grep}, "wait_until_done": true,
+                   "pty_size": {"rows": 24, "cols": 80}}),
+        )
+        .await;
+    assert_eq!(
+        pty["data"]["output_raw"], "SigIgn:\t0000000000000000\r\n",
+        "{pty}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn a_memory_hog_dies_before_init() {
     let d = Daemon::start().await;
     let id = d.create(json!({"resources": {"memory": "128Mi"}})).await;

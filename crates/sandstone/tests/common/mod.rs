@@ -66,6 +66,9 @@ pub struct Daemon {
     /// Descriptors the next [`Daemon::spawn`] starts with, as whatever
     /// started it might leave open: (fd, path opened read-only).
     pub inherited_fds: Vec<(i32, PathBuf)>,
+    /// Signals the next [`Daemon::spawn`] starts with ignored, as a
+    /// shell's `&` leaves SIGINT and SIGQUIT.
+    pub ignored_signals: Vec<i32>,
     pub child: Option<Child>,
     pub url: String,
     pub token: String,
@@ -148,6 +151,7 @@ impl Daemon {
             log_level: "info".into(),
             data_dir_arg: None,
             inherited_fds: Vec::new(),
+            ignored_signals: Vec::new(),
             child: None,
             url: format!("http://127.0.0.1:{port}"),
             token: String::new(),
@@ -171,15 +175,19 @@ impl Daemon {
                 (*fd, c)
             })
             .collect();
-        if !inherited.is_empty() {
+        let ignored = self.ignored_signals.clone();
+        if !inherited.is_empty() || !ignored.is_empty() {
             use std::os::unix::process::CommandExt;
             // SAFETY: the hook runs between fork and exec and makes only
-            // async-signal-safe calls (open, dup2, close) on strings
-            // prepared before the fork.
+            // async-signal-safe calls (open, dup2, close, signal) on
+            // values prepared before the fork.
             unsafe {
                 cmd.pre_exec(move || {
                     for (fd, path) in &inherited {
                         sandstone_sys::fd::open_read_only_as(path, *fd)?;
+                    }
+                    for &signal in &ignored {
+                        libc::signal(signal, libc::SIG_IGN);
                     }
                     Ok(())
                 });
