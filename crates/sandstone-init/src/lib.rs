@@ -160,7 +160,8 @@ fn sandbox_main(mut start: SandboxStart) -> ! {
         sandstone_sys::process::exit_immediately(1);
     }
     // SIGCHLD is consumed by the reaper thread only; every thread inherits
-    // the blocked mask, and spawned commands get a clean one from std.
+    // the blocked mask, and spawned commands get a clean one (std's fork
+    // and `sandstone_sys::process::spawn` both reset it).
     match defaults(&start.spec) {
         Ok(d) => procs::set_defaults(d),
         Err(e) => {

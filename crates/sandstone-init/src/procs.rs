@@ -285,8 +285,8 @@ fn child_env(own: &BTreeMap<String, String>) -> BTreeMap<String, String> {
     env
 }
 
-/// Starts a plain command with [`sandstone_sys::process::spawn`], in a new
-/// session, with `ends` as its stdin, stdout and stderr. The program is
+/// Starts a plain command with [`sandstone_sys::process::spawn`] (in a new
+/// session, as the fork path's `setsid`), with `ends` as its stdin, stdout and stderr. The program is
 /// found as execvp would, with the child's PATH.
 fn spawn_plain(
     program: &str,
@@ -317,7 +317,6 @@ fn spawn_plain(
         env: &env,
         cwd: &c(cwd)?,
         stdio: [ends[0].as_fd(), ends[1].as_fd(), ends[2].as_fd()],
-        new_session: true,
     })?;
     Ok(pid.as_raw())
 }

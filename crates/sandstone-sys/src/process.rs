@@ -376,14 +376,13 @@ pub struct Spawn<'a> {
     pub cwd: &'a CStr,
     /// The child's descriptors 0, 1 and 2 (each at least 3 here).
     pub stdio: [BorrowedFd<'a>; 3],
-    /// The child leads a new session (and its process group).
-    pub new_session: bool,
 }
 
 /// Starts a program with one `posix_spawn`, which glibc makes a
 /// `clone(CLONE_VM|CLONE_VFORK)`: nothing of the caller's memory is copied,
 /// and an exec failure is this call's error. In the child, before the
-/// exec: a new session if asked, an empty signal mask and SIGPIPE at its
+/// exec: a new session (so signals and timeouts reach its whole group),
+/// an empty signal mask and SIGPIPE at its
 /// default (a Rust program ignores it, and an ignored signal stays
 /// ignored across exec), `stdio` at 0-2, every other descriptor closed,
 /// and `cwd`.
@@ -446,12 +445,10 @@ pub fn spawn(s: &Spawn<'_>) -> io::Result<Pid> {
             // of the first word of glibc's sigset_t).
             *set.as_mut_ptr().cast::<libc::c_ulong>() |= (1 << 31) | (1 << 32);
             check(libc::posix_spawnattr_setsigdefault(attr, set.as_ptr()))?;
-            let mut flags =
-                (libc::POSIX_SPAWN_SETSIGMASK | libc::POSIX_SPAWN_SETSIGDEF) as libc::c_short;
-            if s.new_session {
-                flags |= libc::POSIX_SPAWN_SETSID;
-            }
-            check(libc::posix_spawnattr_setflags(attr, flags))?;
+            let flags = libc::POSIX_SPAWN_SETSIGMASK
+                | libc::POSIX_SPAWN_SETSIGDEF
+                | libc::POSIX_SPAWN_SETSID as libc::c_int;
+            check(libc::posix_spawnattr_setflags(attr, flags as libc::c_short))?;
             let mut pid: libc::pid_t = 0;
             check(libc::posix_spawn(
                 &mut pid,

@@ -130,6 +130,7 @@ fn init_pss_kib() -> (u64, usize) {
 }
 
 pub async fn run(c: &Client, template: &str, n: usize, scale: usize) -> Result<()> {
+    ensure!(scale > 0, "--scale must be at least 1");
     println!("sandstone bench: {n} iterations, {scale} sandboxes at scale, template {template}");
     let base = host_baseline(
         n,
@@ -189,9 +190,6 @@ pub async fn run(c: &Client, template: &str, n: usize, scale: usize) -> Result<(
         pss as f64 / 1024.0 / inits.max(1) as f64,
     );
 
-    if ids.is_empty() {
-        ids.push(c.claim(template, None).await?.sandbox_id);
-    }
     let id = ids[0].clone();
     let argv = vec!["true".to_string()];
     let mut execs = Vec::new();
