@@ -11,6 +11,7 @@
 //! a rule gets the credential. Other hosts — a redirect's target included —
 //! are other connections and never match this one's rules.
 
+use crate::aead::provider;
 use crate::audit::EventKind;
 use crate::credentials::{FailurePolicy, ProjectionError, RequestParts, project};
 use crate::policy::{AppProtocol, Connection, Decision, Layer, Transport};
@@ -51,10 +52,6 @@ const UPSTREAM_READ_BUF: usize = 256 << 10;
 const MAX_IDLE_UPSTREAM: usize = 8;
 const UPSTREAM_IDLE: Duration = Duration::from_secs(30);
 const MAX_POOLS: usize = 4096;
-
-fn provider() -> Arc<rustls::crypto::CryptoProvider> {
-    Arc::new(rustls::crypto::aws_lc_rs::default_provider())
-}
 
 /// Why TLS interception could not be set up, or an intercepted connection
 /// from a sandbox ended in error (logged, never shown to the sandbox).
@@ -706,6 +703,24 @@ impl AsyncWrite for Counted {
             self.down.fetch_add(*n as u64, Ordering::Relaxed);
         }
         r
+    }
+
+    /// rustls hands over every TLS record it has ready at once: one
+    /// `writev` for them, not one `send` per 16 KiB record.
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        let r = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        if let Poll::Ready(Ok(n)) = &r {
+            self.down.fetch_add(*n as u64, Ordering::Relaxed);
+        }
+        r
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {

@@ -13,6 +13,7 @@
 //! layer that decided a connection ([`policy::Layer`]).
 
 pub mod addr;
+mod aead;
 pub mod audit;
 pub mod ca;
 pub mod cidr;
