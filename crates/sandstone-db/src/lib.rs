@@ -52,6 +52,7 @@
 //! password is scrubbed from the driver's messages.
 
 pub mod agents;
+mod appender;
 mod postgres;
 pub mod secrets;
 mod sqlite;

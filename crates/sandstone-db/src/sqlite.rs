@@ -1,7 +1,8 @@
 //! SQLite (WAL) backend: the database file in the data directory. Its
 //! queries are `queries.rs`, shared with PostgreSQL (see the crate docs).
 
-use crate::{Error, Result};
+use crate::Result;
+use crate::appender::{Appender, EventWriter};
 use sqlx::SqlitePool;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use std::path::Path;
@@ -251,130 +252,60 @@ const SKIP_LOCKED: &str = "";
 /// blocks) looks for a claimable item first.
 const CLAIM_LOOKS_FIRST: bool = true;
 
-/// Most events one statement appends.
-const APPEND_BATCH: usize = 256;
 /// Sessions whose next number the appender remembers; past this it starts
 /// over (and asks the database again).
 const KNOWN_SESSIONS: usize = 10_000;
 
-/// What the appender does, in the order asked.
-enum EventOp {
-    /// Append an event; answered with its number.
-    Append {
-        session_id: String,
-        doc: String,
-        done: EventAnswer,
-    },
-    /// Delete a session's events (its numbers start again at 0).
-    Delete {
-        session_id: String,
-        done: tokio::sync::oneshot::Sender<Result<()>>,
-    },
-}
-
-/// Hands `op` to the appender and waits for its answer.
-async fn through_appender<T>(
-    store: &SqliteStore,
-    op: impl FnOnce(tokio::sync::oneshot::Sender<Result<T>>) -> EventOp,
-) -> Result<T> {
-    let (done, answer) = tokio::sync::oneshot::channel();
-    let closed = || Error::Closed("the event appender");
-    store.events.send(op(done)).await.map_err(|_| closed())?;
-    answer.await.map_err(|_| closed())?
-}
-
-/// `AgentsStore::append_event`: through the appender, which appends the
-/// events that arrived together in one statement (a commit costs more than
-/// the rows it holds). Each caller is answered after the commit of its own,
-/// so nothing acknowledged is lost.
+/// `AgentsStore::append_event`: through the appender (`appender.rs`).
 async fn append_event(store: &SqliteStore, session_id: String, doc: String) -> Result<i64> {
-    through_appender(store, |done| EventOp::Append {
-        session_id,
-        doc,
-        done,
-    })
-    .await
+    store.events.append(session_id, doc).await
 }
 
 /// `AgentsStore::delete_events`: through the appender too, so it is
 /// ordered with the appends and the numbers it remembers.
 async fn delete_events(store: &SqliteStore, session_id: String) -> Result<()> {
-    through_appender(store, |done| EventOp::Delete { session_id, done }).await
+    store.events.delete(session_id).await
 }
 
-/// The one task that writes `ma_events`. One daemon owns the file, so the
-/// next number of each session it has seen is known here, and an append
-/// needs no query for it.
-struct Appender {
+/// How the appender writes `ma_events` here. One daemon owns the file, so
+/// the next number of each session it has seen is known here, and an
+/// append needs no query for it.
+struct Events {
     writer: SqlitePool,
-    next: std::collections::HashMap<String, i64>,
+    /// Only the appender's one batch at a time (`IN_FLIGHT`) uses it.
+    next: std::sync::Mutex<std::collections::HashMap<String, i64>>,
 }
 
-impl Appender {
-    /// Takes what waits (up to [`APPEND_BATCH`]) and does it in order: the
-    /// appends before a deletion in one statement, then the deletion.
-    async fn run(mut self, mut queue: tokio::sync::mpsc::Receiver<EventOp>) {
-        let mut ops = Vec::with_capacity(APPEND_BATCH);
-        let mut appends = Vec::with_capacity(APPEND_BATCH);
-        while queue.recv_many(&mut ops, APPEND_BATCH).await > 0 {
-            for op in ops.drain(..) {
-                match op {
-                    EventOp::Append {
-                        session_id,
-                        doc,
-                        done,
-                    } => appends.push((session_id, doc, done)),
-                    EventOp::Delete { session_id, done } => {
-                        self.append_batch(&mut appends).await;
-                        self.next.remove(&session_id);
-                        let deleted = sqlx::query(queries::DELETE_EVENTS)
-                            .bind(&session_id)
-                            .execute(&self.writer)
-                            .await;
-                        let _ = done.send(deleted.map(drop).map_err(Error::from));
-                    }
-                }
-            }
-            self.append_batch(&mut appends).await;
-        }
+impl EventWriter for Events {
+    /// No wire: a batch is bounded by its number of events only.
+    const BATCH_BYTES: usize = usize::MAX;
+    /// One writer connection, and the numbers remembered here.
+    const IN_FLIGHT: usize = 1;
+
+    async fn delete(&self, session_id: &str) -> Result<()> {
+        self.next.lock().expect("lock poisoned").remove(session_id);
+        sqlx::query(queries::DELETE_EVENTS)
+            .bind(session_id)
+            .execute(&self.writer)
+            .await?;
+        Ok(())
     }
 
-    /// Appends `batch` and answers each; a batch that fails is appended
-    /// again event by event, so one bad event fails alone.
-    async fn append_batch(&mut self, batch: &mut Vec<(String, String, EventAnswer)>) {
-        if batch.is_empty() {
-            return;
-        }
-        let events: Vec<(&str, &str)> = batch
-            .iter()
-            .map(|(s, d, _)| (s.as_str(), d.as_str()))
-            .collect();
-        let all = self.append(&events).await;
-        drop(events);
-        match all {
-            Ok(seqs) => {
-                for ((_, _, done), seq) in batch.drain(..).zip(seqs) {
-                    let _ = done.send(Ok(seq));
-                }
-            }
-            Err(_) => {
-                for (session, doc, done) in batch.drain(..) {
-                    let one = self.append(&[(&session, &doc)]).await;
-                    let _ = done.send(one.map(|seqs| seqs[0]));
-                }
-            }
-        }
-    }
-
-    /// Appends `events` in order in one statement (one commit); their
-    /// numbers. A session not seen yet costs one query for its last number
-    /// first; what is remembered changes only once the rows are in.
-    async fn append(&mut self, events: &[(&str, &str)]) -> Result<Vec<i64>> {
-        let mut next = std::collections::HashMap::new();
+    /// One statement. A session not seen yet costs one query for its last
+    /// number first; what is remembered changes only once the rows are in.
+    async fn append(&self, events: &[(&str, &str)]) -> Result<Vec<i64>> {
+        // Each session's next number: remembered, or asked for below.
+        let mut next: std::collections::HashMap<String, i64> = {
+            let known = self.next.lock().expect("lock poisoned");
+            events
+                .iter()
+                .filter_map(|(s, _)| Some((s.to_string(), *known.get(*s)?)))
+                .collect()
+        };
         let unknown: std::collections::BTreeSet<&str> = events
             .iter()
             .map(|(s, _)| *s)
-            .filter(|s| !self.next.contains_key(*s))
+            .filter(|s| !next.contains_key(*s))
             .collect();
         if !unknown.is_empty() {
             let sql = format!(
@@ -396,9 +327,7 @@ impl Appender {
         let seqs: Vec<i64> = events
             .iter()
             .map(|(s, _)| {
-                let n = next
-                    .entry(s.to_string())
-                    .or_insert_with(|| self.next.get(*s).copied().unwrap_or(0));
+                let n = next.entry(s.to_string()).or_insert(0);
                 *n += 1;
                 *n - 1
             })
@@ -415,16 +344,14 @@ impl Appender {
             insert = insert.bind(*session).bind(*seq).bind(*doc);
         }
         insert.execute(&self.writer).await?;
-        if self.next.len() + next.len() > KNOWN_SESSIONS {
-            self.next.clear();
+        let mut known = self.next.lock().expect("lock poisoned");
+        if known.len() + next.len() > KNOWN_SESSIONS {
+            known.clear();
         }
-        self.next.extend(next);
+        known.extend(next);
         Ok(seqs)
     }
 }
-
-/// Who waits for an appended event's number.
-type EventAnswer = tokio::sync::oneshot::Sender<Result<i64>>;
 
 /// One node: nobody to wake.
 async fn notify(_: &SqliteStore, _: &str) -> Result<()> {
@@ -449,17 +376,14 @@ const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_millis(2
 pub struct SqliteStore {
     pool: SqlitePool,
     writer: SqlitePool,
-    /// To the [`Appender`].
-    events: tokio::sync::mpsc::Sender<EventOp>,
-    /// The checkpoint task and the appender, stopped with the store.
-    tasks: [tokio::task::AbortHandle; 2],
+    events: Appender,
+    /// The checkpoint task, stopped with the store.
+    checkpoints: tokio::task::AbortHandle,
 }
 
 impl Drop for SqliteStore {
     fn drop(&mut self) {
-        for t in &self.tasks {
-            t.abort();
-        }
+        self.checkpoints.abort();
     }
 }
 
@@ -496,17 +420,15 @@ impl SqliteStore {
             .connect_with(opts)
             .await?;
         let checkpoints = tokio::spawn(checkpoint_now_and_then(pool.clone())).abort_handle();
-        let (events, queue) = tokio::sync::mpsc::channel(APPEND_BATCH * 4);
-        let appender = Appender {
+        let events = Appender::spawn(Events {
             writer: writer.clone(),
             next: Default::default(),
-        };
-        let appender = tokio::spawn(appender.run(queue)).abort_handle();
+        });
         Ok(SqliteStore {
             pool,
             writer,
             events,
-            tasks: [checkpoints, appender],
+            checkpoints,
         })
     }
 }
