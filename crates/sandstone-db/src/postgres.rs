@@ -292,11 +292,7 @@ impl EventWriter for Events {
     const IN_FLIGHT: usize = 2;
 
     async fn delete(&self, session_id: &str) -> Result<()> {
-        sqlx::query(queries::DELETE_EVENTS)
-            .bind(session_id)
-            .execute(&self.writer)
-            .await?;
-        Ok(())
+        queries::delete_events(&self.writer, session_id).await
     }
 
     /// One statement: the n-th event of a session in the batch takes the

@@ -15,8 +15,15 @@ use futures_util::future::BoxFuture;
 use serde_json::Value;
 use sqlx::Row as _;
 
-/// Deletes a session's events (each backend's `delete_events`).
-pub(super) const DELETE_EVENTS: &str = "DELETE FROM ma_events WHERE session_id = $1";
+/// Deletes a session's events (each backend's appender does, in order
+/// with its appends).
+pub(super) async fn delete_events(pool: &sqlx::Pool<super::Db>, session_id: &str) -> Result<()> {
+    sqlx::query("DELETE FROM ma_events WHERE session_id = $1")
+        .bind(session_id)
+        .execute(pool)
+        .await?;
+    Ok(())
+}
 
 /// Audit rows per INSERT: four parameters each, well inside both engines'
 /// limits (SQLite 32766, PostgreSQL 65535).

@@ -284,11 +284,7 @@ impl EventWriter for Events {
 
     async fn delete(&self, session_id: &str) -> Result<()> {
         self.next.lock().expect("lock poisoned").remove(session_id);
-        sqlx::query(queries::DELETE_EVENTS)
-            .bind(session_id)
-            .execute(&self.writer)
-            .await?;
-        Ok(())
+        queries::delete_events(&self.writer, session_id).await
     }
 
     /// One statement. A session not seen yet costs one query for its last
