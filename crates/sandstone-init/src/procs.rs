@@ -26,6 +26,14 @@ const FIRST_READER_GRACE: Duration = Duration::from_secs(10);
 /// Events queued per subscriber (output chunks are up to 64 KiB): a
 /// subscriber that falls further behind makes the process wait.
 const QUEUE: usize = 16;
+/// Exited contexts kept for a later get, list or attach; past it the
+/// oldest are forgotten (a supervised one stays until it is removed).
+/// What each keeps (its output, up to [`BUFFER_CAP`]; its list entry; a
+/// pidfd while its group lives) must not grow with every command a
+/// sandbox ever ran: the memory is charged to the sandbox, and every
+/// descriptor init holds is one more that each spawn copies and closes.
+/// The durable log keeps the output of the forgotten ones.
+const KEPT_EXITED: usize = 64;
 
 #[derive(Debug, Clone)]
 pub enum Event {
@@ -84,11 +92,8 @@ pub struct Proc {
     pub pty_size: Option<PtySize>,
     pub created_at: u64,
     pub pid: i32,
-    /// A pidfd of the process, opened before the reaper can collect it:
-    /// signals name its group through it, so one sent after the exit (a
-    /// supervised context in backoff, say) reaches what is left of that
-    /// group or nothing, never a newcomer that took the number.
-    pidfd: Option<OwnedFd>,
+    /// How signals reach its process group.
+    group: Mutex<Group>,
     /// Where input goes: the stdin pipe or the PTY master.
     input: Mutex<Option<File>>,
     /// The PTY master, for resize.
@@ -101,8 +106,23 @@ pub struct Proc {
     /// The exit status, from the reaper to the pump thread.
     exit_slot: Mutex<Option<ExitInfo>>,
     /// Woken by the reaper when the process exits, and when a first reader
-    /// attaches to output that was held for it.
-    wake: OwnedFd,
+    /// attaches to output that was held for it; closed once the pump is
+    /// done (the pump polls its own clone of the handle).
+    wake: Mutex<Option<Arc<OwnedFd>>>,
+}
+
+/// How signals reach a context's process group.
+enum Group {
+    /// Through a pidfd of its leader, opened before the reaper can collect
+    /// it: a signal sent after the exit (a supervised context in backoff,
+    /// say) reaches what is left of the group or nothing, never a newcomer
+    /// that took the number.
+    Pidfd(OwnedFd),
+    /// By number: no pidfd could be opened at the spawn.
+    Number,
+    /// Nothing is left of it: the leader was reaped with no member
+    /// remaining, so the number may already be another's.
+    Gone,
 }
 
 /// The context table and pid index.
@@ -110,6 +130,9 @@ pub struct Proc {
 struct Table {
     by_id: HashMap<String, Arc<Proc>>,
     by_pid: HashMap<i32, Arc<Proc>>,
+    /// Unsupervised contexts in the order they exited, at most
+    /// [`KEPT_EXITED`].
+    exited: VecDeque<Arc<Proc>>,
 }
 
 static TABLE: LazyLock<Mutex<Table>> = LazyLock::new(Default::default);
@@ -527,14 +550,17 @@ pub fn spawn(req: SpawnRequest) -> Result<(Arc<Proc>, Receiver<Event>), SpawnErr
             pid,
             // Still under SPAWN_LOCK, which the reaper takes to collect:
             // the child cannot have been reaped, so the pid is still its.
-            pidfd: process::pidfd_open(Pid::from_raw(pid)).ok(),
+            group: Mutex::new(match process::pidfd_open(Pid::from_raw(pid)) {
+                Ok(fd) => Group::Pidfd(fd),
+                Err(_) => Group::Number,
+            }),
             input: Mutex::new(Some(input)),
             pty: pty_master,
             code: Mutex::new(code_w.map(|(w, _keep)| w)),
             exec_lock: Mutex::new(()),
             shared: Mutex::new(shared),
             exit_slot: Mutex::new(None),
-            wake: eventfd(),
+            wake: Mutex::new(Some(Arc::new(eventfd()))),
         });
         let mut t = TABLE.lock().expect("lock poisoned");
         t.by_id.insert(req.id.clone(), proc.clone());
@@ -543,9 +569,11 @@ pub fn spawn(req: SpawnRequest) -> Result<(Arc<Proc>, Receiver<Event>), SpawnErr
     };
     let p = proc.clone();
     let out_stream = if is_pty { Stream::Pty } else { Stream::Stdout };
-    if let Err(e) =
-        std::thread::Builder::new().spawn(move || p.pump(out_r, out_stream, err_r, status_r))
-    {
+    let pumped = std::thread::Builder::new().spawn(move || {
+        p.pump(out_r, out_stream, err_r, status_r);
+        retire(p);
+    });
+    if let Err(e) = pumped {
         remove(&req.id);
         return Err(SpawnError::Watch(e));
     }
@@ -584,6 +612,37 @@ pub fn remove(id: &str) -> Option<Arc<Proc>> {
     let p = TABLE.lock().expect("lock poisoned").by_id.remove(id)?;
     p.kill();
     Some(p)
+}
+
+/// Called once `p`'s exit is published: lets go of what only a live
+/// process needs, and forgets the oldest exited contexts past
+/// [`KEPT_EXITED`].
+fn retire(p: Arc<Proc>) {
+    p.wake.lock().expect("lock poisoned").take();
+    {
+        let mut group = p.group.lock().expect("lock poisoned");
+        // ESRCH: no process is left in the group (the reaped leader's
+        // number is free for reuse). A group with members left keeps the
+        // pidfd, and with it a way to reach them.
+        let empty = process::kill_group(Pid::from_raw(p.pid), 0)
+            .is_err_and(|e| e.raw_os_error() == Some(libc::ESRCH));
+        if empty {
+            *group = Group::Gone;
+        }
+    }
+    // Asked with no lock of ours held (see `info`).
+    if crate::supervise::info(&p.id).is_some() {
+        return;
+    }
+    let mut t = TABLE.lock().expect("lock poisoned");
+    t.exited.push_back(p);
+    while t.exited.len() > KEPT_EXITED {
+        let old = t.exited.pop_front().expect("longer than the bound");
+        // Unless the id was removed, or taken again by a newer context.
+        if t.by_id.get(&old.id).is_some_and(|p| Arc::ptr_eq(p, &old)) {
+            t.by_id.remove(&old.id);
+        }
+    }
 }
 
 fn set_nonblocking(f: &File) {
@@ -687,8 +746,10 @@ impl Proc {
     }
 
     fn wake(&self) {
-        // Only a counter at its maximum refuses, and one wake is enough.
-        let _ = sandstone_sys::fd::eventfd_signal(self.wake.as_fd());
+        if let Some(wake) = self.wake.lock().expect("lock poisoned").as_ref() {
+            // Only a counter at its maximum refuses, and one wake is enough.
+            let _ = sandstone_sys::fd::eventfd_signal(wake.as_fd());
+        }
     }
 
     fn exited(&self, exit: Exit) {
@@ -726,6 +787,12 @@ impl Proc {
         for f in fds.iter().filter_map(|(f, _)| f.as_ref()) {
             set_nonblocking(f);
         }
+        let wake = self
+            .wake
+            .lock()
+            .expect("lock poisoned")
+            .clone()
+            .expect("closed only once the pump is done");
         let mut status_buf = Vec::new();
         let mut buf = vec![0u8; 64 * 1024];
         loop {
@@ -743,7 +810,7 @@ impl Proc {
                     })
                 })
                 .collect();
-            pollfds.push(PollFd::readable(Some(self.wake.as_fd())));
+            pollfds.push(PollFd::readable(Some(wake.as_fd())));
             // Rounded up, so a wait never ends just before the grace does.
             let timeout =
                 paused.map(|d| Duration::from_millis(d.as_millis().min(60_000) as u64 + 1));
@@ -784,7 +851,7 @@ impl Proc {
             }
             if pollfds.last().is_some_and(PollFd::is_ready) {
                 // Resets the counter; it was ready, so there is one to read.
-                let _ = sandstone_sys::fd::eventfd_clear(self.wake.as_fd());
+                let _ = sandstone_sys::fd::eventfd_clear(wake.as_fd());
                 if self.pending_exit().is_none() {
                     continue; // a reader came for held output
                 }
@@ -827,16 +894,14 @@ impl Proc {
     }
 
     pub fn signal(&self, sig: i32) -> std::io::Result<()> {
-        let by_pidfd = self
-            .pidfd
-            .as_ref()
-            .map(|fd| process::signal_group_of(fd.as_fd(), sig));
-        match by_pidfd {
-            // Before Linux 6.9 the flag is EINVAL; without a pidfd (out of
-            // descriptors at the spawn) there is only the number.
-            Some(Err(e)) if e.raw_os_error() == Some(libc::EINVAL) => self.signal_by_number(sig),
-            None => self.signal_by_number(sig),
-            Some(done) => done,
+        match &*self.group.lock().expect("lock poisoned") {
+            Group::Pidfd(fd) => match process::signal_group_of(fd.as_fd(), sig) {
+                // Before Linux 6.9 the flag is EINVAL.
+                Err(e) if e.raw_os_error() == Some(libc::EINVAL) => self.signal_by_number(sig),
+                done => done,
+            },
+            Group::Number => self.signal_by_number(sig),
+            Group::Gone => Err(std::io::Error::from_raw_os_error(libc::ESRCH)),
         }
     }
 

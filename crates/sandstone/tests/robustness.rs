@@ -222,6 +222,83 @@ async fn workloads_ignore_no_signal_whatever_started_the_daemon() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn finished_contexts_are_forgotten_past_a_bound_and_keep_no_descriptor() {
+    let d = Daemon::start().await;
+    let id = d.create(json!({})).await;
+    let contexts = format!("/api/v1/sandboxes/{id}/contexts");
+    let count_sleeps = async || d.sh(&id, "pgrep -cx sleep").await["stdout"].clone();
+    // Running throughout, so never forgotten.
+    let (s, v) = d
+        .post(
+            &contexts,
+            json!({"type": "cmd", "cmd": {"command": ["sleep", "600"]}}),
+        )
+        .await;
+    assert_eq!(s, 201, "{v}");
+    let sleeper = v["data"]["id"].as_str().unwrap().to_string();
+    // Its leader exits at once, a member of its group stays: the context
+    // still reaches it.
+    let leaver = d.sh(&id, "sleep 600 >/dev/null 2>&1 &").await;
+    assert_eq!(leaver["exit_code"], 0, "{leaver}");
+    assert_eq!(count_sleeps().await, "2\n");
+    let (s, v) = d
+        .delete(&format!("{contexts}/{}", leaver["id"].as_str().unwrap()))
+        .await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(count_sleeps().await, "1\n");
+
+    let init = init_pid(&id).expect("init pid");
+    let fds = || {
+        std::fs::read_dir(format!("/proc/{init}/fd"))
+            .unwrap()
+            .count()
+    };
+    let first = d.run(&id, &["echo", "first of many"]).await["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let before = fds();
+    let mut last = String::new();
+    for _ in 0..80 {
+        let r = d.run(&id, &["true"]).await;
+        assert_eq!(r["exit_code"], 0, "{r}");
+        last = r["id"].as_str().unwrap().to_string();
+    }
+    // Each finished context kept a pidfd and an eventfd: 160 more, and
+    // each spawn copied and closed them all.
+    let after = fds();
+    assert!(
+        after <= before + 4,
+        "init's descriptors grew from {before} to {after}"
+    );
+    let (s, v) = d.get(&contexts).await;
+    assert_eq!(s, 200, "{v}");
+    let listed = v["data"]["contexts"].as_array().unwrap();
+    let exited = listed.iter().filter(|c| c["running"] == false).count();
+    // 64 kept; the last one's exit may not be counted in yet.
+    assert!(
+        (64..=65).contains(&exited),
+        "{exited} exited contexts listed"
+    );
+    assert!(listed.iter().any(|c| c["id"] == sleeper.as_str()), "{v}");
+    let (s, _) = d.get(&format!("{contexts}/{first}")).await;
+    assert_eq!(s, 404, "the oldest finished context is forgotten");
+    let (s, v) = d.get(&format!("{contexts}/{last}")).await;
+    assert_eq!((s, &v["data"]["exit_code"]), (200, &json!(0)), "{v}");
+    // The durable log still has a forgotten context's exit.
+    let (s, v) = d
+        .get(&format!(
+            "/api/v1/sandboxes/{id}/observability/logs?context_id={first}"
+        ))
+        .await;
+    let text = v.to_string();
+    assert!(
+        s == 200 && text.contains("first of many") && text.contains("[exited: 0]"),
+        "{v}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn a_memory_hog_dies_before_init() {
     let d = Daemon::start().await;
     let id = d.create(json!({"resources": {"memory": "128Mi"}})).await;
