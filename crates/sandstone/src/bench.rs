@@ -129,6 +129,9 @@ fn init_pss_kib() -> (u64, usize) {
     (total, count)
 }
 
+/// Commands a sandbox has run before the second exec row is timed.
+const LONG_LIVED: usize = 2_000;
+
 pub async fn run(c: &Client, template: &str, n: usize, scale: usize) -> Result<()> {
     ensure!(scale > 0, "--scale must be at least 1");
     println!("sandstone bench: {n} iterations, {scale} sandboxes at scale, template {template}");
@@ -204,6 +207,24 @@ pub async fn run(c: &Client, template: &str, n: usize, scale: usize) -> Result<(
         "exec `true` round trip",
         &exec,
         &format!("{:.2} ms over the host spawn p50", exec.p50 - spawn.p50),
+    );
+    // What a sandbox keeps of every command it ran must not slow the next.
+    let mut ran = n * 4;
+    while ran < LONG_LIVED {
+        c.run(&id, &argv, None, None).await?;
+        ran += 1;
+    }
+    let mut later = Vec::new();
+    for _ in 0..n * 4 {
+        let t = Instant::now();
+        c.run(&id, &argv, None, None).await?;
+        later.push(t.elapsed());
+    }
+    let later = stats(later);
+    row(
+        &format!("exec `true` after {LONG_LIVED} commands"),
+        &later,
+        &format!("{:.2}× the first exec p50", later.p50 / exec.p50),
     );
 
     let ctx = c.repl(&id, "python").await?;
