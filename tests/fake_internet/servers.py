@@ -10,6 +10,11 @@ trust). Paths:
                         never echoes the token
   /redirect?to=URL      302 to URL
   /bulk?mib=N           N MiB of zeros
+  /client               on mtls.test:8443 (a leaf of its own "internal CA",
+                        $FAKE_TLS_DIR/internal-ca.pem): the CN of the client
+                        certificate, which must be from
+                        $FAKE_TLS_DIR/client-ca.pem; 403 without one.
+                        The client's pair is $FAKE_TLS_DIR/client.{pem,key}
   git.test/repo.git/    a smart-HTTP git repository needing the token (any
                         other git.test/*.git: 404, as GitHub's missing ones)
   pypi.org/simple/sandstone-demo/ and files.pythonhosted.org/packages/...
@@ -34,6 +39,7 @@ RECORDS = {
     "other.test": WEB_IPS[0],
     "api.test": WEB_IPS[0],
     "git.test": WEB_IPS[0],
+    "mtls.test": WEB_IPS[0],
     "pypi.org": WEB_IPS[0],
     "files.pythonhosted.org": WEB_IPS[0],
     "rebind.test": "127.0.0.1",
@@ -128,6 +134,12 @@ class Hello(BaseHTTPRequestHandler):
         url = urlsplit(self.path)
         query = parse_qs(url.query)
         host = self.headers.get("Host", "?")
+        if url.path == "/client":
+            peer = self.request.getpeercert() if hasattr(self.request, "getpeercert") else None
+            if not peer:
+                return self.reply(403, b"client certificate required\n")
+            cn = dict(x[0] for x in peer["subject"]).get("commonName", "")
+            return self.reply(200, ("client: %s\n" % cn).encode())
         if host.startswith("git.test") and url.path.startswith("/repo.git/"):
             return self.git()
         if host.startswith("git.test") and ".git/" in url.path:
@@ -230,12 +242,35 @@ def make_tls(d):
     return ctx
 
 
+def make_mtls(d):
+    """mtls.test's leaf from an internal CA no one trusts by default, and a
+    client CA with one client pair: a server that asks for a client
+    certificate and answers /client with its CN."""
+    run = lambda *a: subprocess.run(a, cwd=d, check=True, capture_output=True)
+    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes"]
+    for ca in ("internal-ca", "client-ca"):
+        run("openssl", "req", "-x509", *ec, "-keyout", ca + ".key", "-out", ca + ".pem",
+            "-days", "2", "-subj", "/CN=fake " + ca)
+    for name, ca, cn, ext in (("mtls", "internal-ca", "mtls.test", "subjectAltName=DNS:mtls.test"),
+                              ("client", "client-ca", "sandstone-test-client", "extendedKeyUsage=clientAuth")):
+        run("openssl", "req", *ec, "-keyout", name + ".key", "-out", name + ".csr", "-subj", "/CN=" + cn)
+        with open(os.path.join(d, name + ".ext"), "w") as f:
+            f.write(ext + "\n")
+        run("openssl", "x509", "-req", "-in", name + ".csr", "-CA", ca + ".pem", "-CAkey", ca + ".key",
+            "-CAcreateserial", "-out", name + ".pem", "-days", "2", "-extfile", name + ".ext")
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.load_cert_chain(os.path.join(d, "mtls.pem"), os.path.join(d, "mtls.key"))
+    ctx.load_verify_locations(os.path.join(d, "client-ca.pem"))
+    ctx.verify_mode = ssl.CERT_OPTIONAL
+    return ctx
+
+
 threading.Thread(target=serve_dns, daemon=True).start()
 class TlsServer(ThreadingHTTPServer):
     """Handshakes in the connection's thread, not the accepting one."""
 
     def finish_request(self, request, client_address):
-        request = tls.wrap_socket(request, server_side=True)
+        request = self.context.wrap_socket(request, server_side=True)
         super().finish_request(request, client_address)
 
     def handle_error(self, request, client_address):
@@ -243,11 +278,16 @@ class TlsServer(ThreadingHTTPServer):
 
 
 tls = make_tls(TLS_DIR) if TLS_DIR else None
+mtls = make_mtls(TLS_DIR) if TLS_DIR else None
 for ip in WEB_IPS:
     srv = ThreadingHTTPServer((ip, 80), Hello)
     threading.Thread(target=srv.serve_forever, daemon=True).start()
     if tls:
         srv = TlsServer((ip, 443), Hello)
+        srv.context = tls
+        threading.Thread(target=srv.serve_forever, daemon=True).start()
+        srv = TlsServer((ip, 8443), Hello)
+        srv.context = mtls
         threading.Thread(target=srv.serve_forever, daemon=True).start()
 print("ready", flush=True)
 threading.Event().wait()

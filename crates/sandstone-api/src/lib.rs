@@ -911,26 +911,95 @@ pub struct StaticHeaders {
     pub values: BTreeMap<String, String>,
 }
 
+/// `static_tls_client_certificate` values (write-only): what the proxy
+/// presents upstream for mutual TLS, and the CA that verifies the
+/// upstream's own certificate when it is not one the host trusts.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct StaticTlsClientCertificate {
+    pub certificate_pem: String,
+    pub private_key_pem: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_pem: Option<String>,
+}
+
+/// `static_username_password` values (write-only).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StaticUsernamePassword {
+    pub username: String,
+    pub password: String,
+}
+
+/// `static_ssh_private_key` values (write-only).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct StaticSshPrivateKey {
+    pub private_key_pem: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub passphrase: Option<String>,
+}
+
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct CredentialSpec {
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub static_headers: Option<StaticHeaders>,
-    /// Sandbox0's other source kinds: not supported yet.
     #[serde(
         default,
         skip_serializing_if = "Option::is_none",
         rename = "staticTLSClientCertificate"
     )]
-    pub static_tls_client_certificate: Option<Unsupported>,
+    pub static_tls_client_certificate: Option<StaticTlsClientCertificate>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub static_username_password: Option<Unsupported>,
+    pub static_username_password: Option<StaticUsernamePassword>,
     #[serde(
         default,
         skip_serializing_if = "Option::is_none",
         rename = "staticSSHPrivateKey"
     )]
-    pub static_ssh_private_key: Option<Unsupported>,
+    pub static_ssh_private_key: Option<StaticSshPrivateKey>,
+}
+
+/// Sandbox0's `CredentialSourceResolverKind`: what a source holds. Fixed
+/// when the source is made.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CredentialSourceKind {
+    StaticHeaders,
+    StaticTlsClientCertificate,
+    StaticUsernamePassword,
+    StaticSshPrivateKey,
+}
+
+impl CredentialSourceKind {
+    pub const ALL: [CredentialSourceKind; 4] = [
+        CredentialSourceKind::StaticHeaders,
+        CredentialSourceKind::StaticTlsClientCertificate,
+        CredentialSourceKind::StaticUsernamePassword,
+        CredentialSourceKind::StaticSshPrivateKey,
+    ];
+
+    /// The name the API and the database use.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CredentialSourceKind::StaticHeaders => "static_headers",
+            CredentialSourceKind::StaticTlsClientCertificate => "static_tls_client_certificate",
+            CredentialSourceKind::StaticUsernamePassword => "static_username_password",
+            CredentialSourceKind::StaticSshPrivateKey => "static_ssh_private_key",
+        }
+    }
+
+    /// The kind a stored name stands for.
+    pub fn parse(name: &str) -> Option<CredentialSourceKind> {
+        Self::ALL.into_iter().find(|k| k.as_str() == name)
+    }
+}
+
+impl std::fmt::Display for CredentialSourceKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 /// Sandbox0's `CredentialSourceWriteRequest`.
@@ -938,7 +1007,7 @@ pub struct CredentialSpec {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct CredentialSourceWrite {
     pub name: String,
-    pub resolver_kind: String,
+    pub resolver_kind: CredentialSourceKind,
     pub spec: CredentialSpec,
 }
 

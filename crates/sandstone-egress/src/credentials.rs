@@ -6,6 +6,7 @@
 //! terminated TLS; the sandbox only ever sees the placeholder, if anything.
 
 use crate::policy::{PolicyError, PortRange, Problem, Unsupported, domain_matches, valid_domain};
+use sandstone_api::CredentialSourceKind;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
@@ -139,7 +140,25 @@ pub struct PlaceholderSubstitution {
 pub enum ProjectionKind {
     HttpHeaders,
     PlaceholderSubstitution,
+    /// Presented upstream as the connection opens (`client_cert.rs`).
+    TlsClientCertificate,
 }
+
+impl ProjectionKind {
+    /// Whether it is applied to each request (else to the connection).
+    pub fn per_request(self) -> bool {
+        !matches!(self, ProjectionKind::TlsClientCertificate)
+    }
+}
+
+/// Sandbox0's `TLSClientCertificateProjection`: it has no settings (the
+/// source holds the certificate, its key and the upstream's CA).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct TlsClientCertificate {}
+
+/// The values a `static_tls_client_certificate` source is sealed with.
+pub const CLIENT_CERTIFICATE_VALUES: [&str; 3] = ["certificatePem", "privateKeyPem", "caPem"];
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -150,10 +169,9 @@ pub struct Projection {
     pub http_headers: Option<HttpHeaders>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub placeholder_substitution: Option<PlaceholderSubstitution>,
-    /// Sandbox0's TLS client certificate, username/password and SSH
-    /// projections: not supported yet.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub tls_client_certificate: Option<Unsupported>,
+    pub tls_client_certificate: Option<TlsClientCertificate>,
+    /// Sandbox0's username/password and SSH projections: not supported yet.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub username_password: Option<Unsupported>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -222,6 +240,14 @@ pub enum ProjectionError {
     HeaderValue(String),
     #[error("the substituted value is not a valid header value")]
     SubstitutedValue,
+    #[error("the source is a {kind} source; this projection needs a {wanted} one")]
+    SourceKind {
+        kind: CredentialSourceKind,
+        wanted: CredentialSourceKind,
+    },
+    /// The value named, and what is wrong with it (never the value).
+    #[error("the source's {0} {1}")]
+    ClientCertificate(&'static str, String),
 }
 
 fn header_name_ok(n: &str) -> bool {
@@ -262,10 +288,25 @@ pub fn validate(
                 Problem::NoDomains,
             ));
         }
-        let placeholder = bindings
+        let kind = bindings
             .iter()
             .find(|b| b.reference == r.credential_ref)
-            .is_some_and(|b| b.projection.kind == ProjectionKind::PlaceholderSubstitution);
+            .map(|b| b.projection.kind);
+        let placeholder = kind == Some(ProjectionKind::PlaceholderSubstitution);
+        if kind.is_some_and(|k| !k.per_request()) {
+            if r.protocol != CredentialProtocol::Https {
+                return Err(PolicyError::new(
+                    format!("{at}.protocol"),
+                    Problem::PerConnection("only on https"),
+                ));
+            }
+            if r.http_match.is_some() {
+                return Err(PolicyError::new(
+                    format!("{at}.httpMatch"),
+                    Problem::PerConnection("no request can be matched"),
+                ));
+            }
+        }
         for (j, d) in r.domains.iter().enumerate() {
             if !(valid_domain(d) || placeholder && d == ANY_HOST) {
                 return Err(PolicyError::new(
@@ -298,7 +339,6 @@ pub fn validate(
 
 fn validate_projection(p: &Projection, at: &str) -> Result<(), PolicyError> {
     let unsupported = [
-        ("tlsClientCertificate", p.tls_client_certificate.is_some()),
         ("usernamePassword", p.username_password.is_some()),
         ("sshProxy", p.ssh_proxy.is_some()),
     ];
@@ -350,6 +390,7 @@ fn validate_projection(p: &Projection, at: &str) -> Result<(), PolicyError> {
                     .map_err(|e| PolicyError::new(format!("{at}.valueTemplate"), e.into()))?;
             }
         }
+        ProjectionKind::TlsClientCertificate => {}
     }
     Ok(())
 }
@@ -378,12 +419,21 @@ fn parse_template(t: &str) -> Result<Vec<Piece<'_>>, TemplateError> {
     Ok(out)
 }
 
-/// The plaintext values of a credential source. Never printed.
-pub struct SourceValues(pub BTreeMap<String, String>);
+/// The plaintext values of a credential source, by name (a header's, or
+/// [`CLIENT_CERTIFICATE_VALUES`]...). Never printed.
+pub struct SourceValues {
+    pub kind: CredentialSourceKind,
+    pub values: BTreeMap<String, String>,
+}
 
 impl std::fmt::Debug for SourceValues {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "SourceValues([redacted; {}])", self.0.len())
+        write!(
+            f,
+            "SourceValues({}, [redacted; {}])",
+            self.kind,
+            self.values.len()
+        )
     }
 }
 
@@ -394,7 +444,7 @@ impl SourceValues {
             match piece {
                 Piece::Text(t) => s.push_str(t),
                 Piece::Value(k) => s.push_str(
-                    self.0
+                    self.values
                         .get(k)
                         .ok_or_else(|| ProjectionError::MissingValue(k.to_string()))?,
                 ),
@@ -441,7 +491,17 @@ pub fn project(
             Ok((n, v))
         };
     let p = &binding.projection;
+    // A header is rendered only from a headers source: never from a key or
+    // a password meant for a handshake.
+    if values.kind != CredentialSourceKind::StaticHeaders {
+        return Err(ProjectionError::SourceKind {
+            kind: values.kind,
+            wanted: CredentialSourceKind::StaticHeaders,
+        });
+    }
     match p.kind {
+        // Applied to the connection, never here (`for_request` leaves it out).
+        ProjectionKind::TlsClientCertificate => {}
         ProjectionKind::HttpHeaders => {
             let templates = p
                 .http_headers
@@ -450,7 +510,7 @@ pub fn project(
                 .unwrap_or(&[]);
             let pairs: Vec<(String, String)> = if templates.is_empty() {
                 values
-                    .0
+                    .values
                     .iter()
                     .map(|(k, v)| (k.clone(), v.clone()))
                     .collect()
@@ -611,26 +671,45 @@ impl Injection {
         path: &str,
     ) -> Vec<(&CredentialRule, &CredentialBinding)> {
         let mut out: Vec<(&CredentialRule, &CredentialBinding)> = Vec::new();
-        for rule in self
-            .rules
-            .iter()
-            .filter(|r| r.enabled_for(host, port, tls) && r.matches_request(method, path))
-        {
-            if out
+        for (rule, b) in self.enabled(host, port, tls) {
+            let first = !out
                 .iter()
-                .any(|(r, _)| r.credential_ref == rule.credential_ref)
-            {
-                continue;
-            }
-            if let Some(b) = self
-                .bindings
-                .iter()
-                .find(|b| b.reference == rule.credential_ref)
-            {
+                .any(|(r, _)| r.credential_ref == rule.credential_ref);
+            if first && b.projection.kind.per_request() && rule.matches_request(method, path) {
                 out.push((rule, b));
             }
         }
         out
+    }
+
+    /// The client certificate to present on a TLS connection to
+    /// `host:port`: the first enabled rule's whose binding projects one.
+    pub fn client_certificate(
+        &self,
+        host: &str,
+        port: u16,
+    ) -> Option<(&CredentialRule, &CredentialBinding)> {
+        self.enabled(host, port, true)
+            .find(|(_, b)| b.projection.kind == ProjectionKind::TlsClientCertificate)
+    }
+
+    /// The rules enabled for `host:port`, in order, with their bindings.
+    fn enabled(
+        &self,
+        host: &str,
+        port: u16,
+        tls: bool,
+    ) -> impl Iterator<Item = (&CredentialRule, &CredentialBinding)> {
+        self.rules
+            .iter()
+            .filter(move |r| r.enabled_for(host, port, tls))
+            .filter_map(|r| {
+                let b = self
+                    .bindings
+                    .iter()
+                    .find(|b| b.reference == r.credential_ref)?;
+                Some((r, b))
+            })
     }
 }
 
@@ -658,10 +737,10 @@ mod tests {
     }
 
     fn values() -> SourceValues {
-        SourceValues(BTreeMap::from([(
-            "token".to_string(),
-            "s3cr3t".to_string(),
-        )]))
+        SourceValues {
+            kind: CredentialSourceKind::StaticHeaders,
+            values: BTreeMap::from([("token".to_string(), "s3cr3t".to_string())]),
+        }
     }
 
     #[test]
@@ -762,11 +841,28 @@ mod tests {
         let short = r#"[{"ref":"a","sourceRef":"s","projection":{"type":"placeholder_substitution",
             "placeholderSubstitution":{"replacements":[{"placeholder":"x","valueTemplate":"{{.t}}"}]}}}]"#;
         assert!(err(short, "[]").contains("placeholder"));
-        let mtls = r#"[{"ref":"a","sourceRef":"s","projection":{"type":"http_headers",
-            "tlsClientCertificate":{}}}]"#;
+        let login = r#"[{"ref":"a","sourceRef":"s","projection":{"type":"http_headers",
+            "usernamePassword":{}}}]"#;
         assert_eq!(
-            err(mtls, "[]"),
-            "credentialBindings[0].projection.tlsClientCertificate: not supported by Sandstone yet"
+            err(login, "[]"),
+            "credentialBindings[0].projection.usernamePassword: not supported by Sandstone yet"
+        );
+        // A client certificate is the connection's: no request is matched.
+        let mtls =
+            r#"[{"ref":"a","sourceRef":"s","projection":{"type":"tls_client_certificate"}}]"#;
+        assert_eq!(
+            err(
+                mtls,
+                r#"[{"credentialRef":"a","domains":["x.com"],"httpMatch":{"methods":["GET"]}}]"#
+            ),
+            "egress.credentialRules[0].httpMatch: a client certificate is presented per connection: no request can be matched"
+        );
+        assert!(
+            err(
+                mtls,
+                r#"[{"credentialRef":"a","protocol":"http","domains":["x.com"]}]"#
+            )
+            .starts_with("egress.credentialRules[0].protocol: ")
         );
         let by_query = r#"[{"credentialRef":"a","domains":["x.com"],
             "httpMatch":{"query":[{"name":"k"}],"headers":[]}}]"#;
@@ -776,6 +872,50 @@ mod tests {
         );
         assert!(!format!("{:?}", values()).contains("s3cr3t"));
         assert!(values().render("{{ .missing }}").is_err());
+    }
+
+    #[test]
+    fn a_client_certificate_is_chosen_per_connection_never_per_request() {
+        let inj = injection(
+            r#"[{"ref":"h","sourceRef":"s","projection":{"type":"http_headers"}},
+                {"ref":"c","sourceRef":"cert","projection":{"type":"tls_client_certificate"}}]"#,
+            r#"[{"name":"hdr","credentialRef":"h","domains":["api.corp"]},
+                {"name":"mtls","credentialRef":"c","domains":["*.corp"],"ports":[{"port":8443}]}]"#,
+        );
+        let (rule, b) = inj.client_certificate("api.corp", 8443).unwrap();
+        assert_eq!(
+            (rule.name.as_str(), b.source_ref.as_str()),
+            ("mtls", "cert")
+        );
+        assert!(inj.client_certificate("api.corp", 443).is_none());
+        assert!(inj.client_certificate("api.other", 8443).is_none());
+        // Requests get the header binding only, and the connection is intercepted.
+        let refs: Vec<&str> = inj
+            .for_request("api.corp", 8443, true, "GET", "/")
+            .iter()
+            .map(|(_, b)| b.reference.as_str())
+            .collect();
+        assert_eq!(refs, ["h"]);
+        assert!(inj.intercepts("x.corp", 8443, true));
+        // A headers projection never renders from another kind of source.
+        let (_, hb) = inj.for_request("api.corp", 443, true, "GET", "/")[0];
+        let cert = SourceValues {
+            kind: CredentialSourceKind::StaticTlsClientCertificate,
+            values: BTreeMap::from([("certificatePem".into(), "x".into())]),
+        };
+        let (mut h, mut pq, mut body) = (hyper::HeaderMap::new(), String::new(), Vec::new());
+        let e = project(
+            hb,
+            &cert,
+            RequestParts {
+                headers: &mut h,
+                path_and_query: &mut pq,
+                body: &mut body,
+            },
+        )
+        .unwrap_err();
+        assert!(matches!(e, ProjectionError::SourceKind { .. }), "{e}");
+        assert!(h.is_empty());
     }
 
     #[test]

@@ -9,10 +9,14 @@
 //! its Host must be the name the connection was opened for (otherwise
 //! `421`), the live policy must still allow it, and only a request matching
 //! a rule gets the credential. Other hosts — a redirect's target included —
-//! are other connections and never match this one's rules.
+//! are other connections and never match this one's rules. A rule that
+//! projects a client certificate applies to the connection instead: its
+//! upstream connections present it (`client_cert.rs`), are pooled apart,
+//! and serve no request once the policy names another certificate.
 
 use crate::aead::provider;
 use crate::audit::EventKind;
+use crate::client_cert::ClientCertificate;
 use crate::credentials::{FailurePolicy, ProjectionError, RequestParts, project};
 use crate::policy::{AppProtocol, Connection, Decision, Layer, Transport};
 use crate::proxy::Flow;
@@ -100,13 +104,50 @@ enum UpstreamError {
     Http(#[from] hyper::Error),
 }
 
-/// Upstream connections are shared only within one sandbox, never across.
-type PoolKey = (String, String, SocketAddr, bool);
+/// Upstream connections are shared only within one sandbox, never across,
+/// and only among connections presenting the same client certificate (by
+/// fingerprint), if any.
+type PoolKey = (String, String, SocketAddr, bool, Option<String>);
+
+/// What an intercepted TLS connection presents upstream, decided when it
+/// opens.
+enum ClientAuth {
+    /// No rule projects a client certificate for its destination.
+    None,
+    Presented {
+        binding: String,
+        rule: String,
+        config: Arc<ClientConfig>,
+        fingerprint: String,
+    },
+    /// The certificate could not be had: each request is refused
+    /// (fail-closed) or sent without it (fail-open), saying why.
+    Failed {
+        binding: String,
+        rule: String,
+        reason: String,
+        closed: bool,
+    },
+}
+
+impl ClientAuth {
+    fn binding(&self) -> Option<&str> {
+        match self {
+            ClientAuth::None => None,
+            ClientAuth::Presented { binding, .. } | ClientAuth::Failed { binding, .. } => {
+                Some(binding)
+            }
+        }
+    }
+}
 
 pub struct Interceptor {
     issuer: rcgen::Issuer<'static, rcgen::KeyPair>,
     ca_der: CertificateDer<'static>,
     leaves: Mutex<HashMap<String, (Instant, Arc<ServerConfig>)>>,
+    /// The roots upstreams are verified against: the host's and the
+    /// operator's.
+    roots: RootCertStore,
     upstream_tls: Arc<ClientConfig>,
     pools: Mutex<HashMap<PoolKey, Pool>>,
     reaped: Mutex<Instant>,
@@ -137,13 +178,14 @@ impl Interceptor {
         }
         let mut upstream = ClientConfig::builder_with_provider(provider())
             .with_safe_default_protocol_versions()?
-            .with_root_certificates(roots)
+            .with_root_certificates(roots.clone())
             .with_no_client_auth();
         upstream.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
         Ok(Interceptor {
             issuer: ca.issuer()?,
             ca_der,
             leaves: Mutex::new(HashMap::new()),
+            roots,
             upstream_tls: Arc::new(upstream),
             pools: Mutex::new(HashMap::new()),
             reaped: Mutex::new(Instant::now()),
@@ -231,15 +273,36 @@ impl Interceptor {
         let (up, down) = (io.up.clone(), io.down.clone());
         let host = flow.host.clone().unwrap_or_default();
         let tls = flow.app == AppProtocol::Tls;
+        let client_auth = if tls {
+            self.client_auth(&egress, &flow, &host).await
+        } else {
+            ClientAuth::None
+        };
+        let (upstream_tls, fingerprint) = match &client_auth {
+            ClientAuth::Presented {
+                config,
+                fingerprint,
+                ..
+            } => (Some(config.clone()), Some(fingerprint.clone())),
+            _ => (tls.then(|| self.upstream_tls.clone()), None),
+        };
+        let key = (
+            flow.sandbox.id.clone(),
+            host.clone(),
+            target,
+            tls,
+            fingerprint,
+        );
         let session = Arc::new(Session {
             egress,
             flow: flow.clone(),
             host: host.clone(),
+            client_auth,
             upstream: Upstream {
                 target,
                 host: host.clone(),
-                tls: tls.then(|| self.upstream_tls.clone()),
-                idle: self.pool((flow.sandbox.id.clone(), host.clone(), target, tls)),
+                tls: upstream_tls,
+                idle: self.pool(key),
             },
         });
         let outcome = if tls {
@@ -251,6 +314,44 @@ impl Interceptor {
             tracing::debug!(sandbox = %flow.sandbox.id, host = %host, error = %e, "intercepted connection ended");
         }
         (up.load(Ordering::Relaxed), down.load(Ordering::Relaxed))
+    }
+
+    /// The client certificate a TLS connection to `host` presents upstream,
+    /// read from its source now (a rotation applies to the next connection).
+    async fn client_auth(&self, egress: &Egress, flow: &Flow, host: &str) -> ClientAuth {
+        let policy = flow.sandbox.policy();
+        let port = flow.dst.port();
+        let Some((rule, binding)) = policy.injection.client_certificate(host, port) else {
+            return ClientAuth::None;
+        };
+        let cert = match &egress.credentials {
+            Some(store) => store
+                .resolve(&flow.sandbox.id, &binding.source_ref)
+                .await
+                .map_err(ProjectionError::from)
+                .and_then(|values| ClientCertificate::from_values(&values)),
+            None => Err(ProjectionError::NoStore),
+        };
+        let config = cert.and_then(|c| {
+            let config = c
+                .config(self.roots.clone())
+                .map_err(|e| ProjectionError::ClientCertificate("privateKeyPem", e.to_string()))?;
+            Ok((config, c.fingerprint))
+        });
+        match config {
+            Ok((config, fingerprint)) => ClientAuth::Presented {
+                binding: binding.reference.clone(),
+                rule: rule.name.clone(),
+                config: Arc::new(config),
+                fingerprint,
+            },
+            Err(e) => ClientAuth::Failed {
+                binding: binding.reference.clone(),
+                rule: rule.name.clone(),
+                reason: e.to_string(),
+                closed: rule.failure_policy == FailurePolicy::FailClosed,
+            },
+        }
     }
 
     async fn serve_tls(
@@ -295,6 +396,7 @@ struct Session {
     egress: Arc<Egress>,
     flow: Arc<Flow>,
     host: String,
+    client_auth: ClientAuth,
     upstream: Upstream,
 }
 
@@ -350,6 +452,53 @@ fn without_port(authority: &str) -> &str {
 }
 
 impl Session {
+    /// Audits the connection's client certificate for a request, or refuses
+    /// the request: the certificate could not be had (fail-closed), or the
+    /// live policy names another one than the connection was opened with.
+    fn client_certificate(
+        &self,
+        injection: &crate::credentials::Injection,
+        port: u16,
+        shown: &str,
+    ) -> Option<Response<Body>> {
+        let now = injection
+            .client_certificate(&self.host, port)
+            .map(|(_, b)| b.reference.as_str());
+        if now != self.client_auth.binding() {
+            let reason = format!(
+                "the policy's client certificate for {shown} changed since the connection opened; open a new connection"
+            );
+            self.record(false, None, reason.clone());
+            return Some(text(StatusCode::MISDIRECTED_REQUEST, reason));
+        }
+        match &self.client_auth {
+            ClientAuth::None => None,
+            ClientAuth::Presented { binding, rule, .. } => {
+                let reason =
+                    format!("credential {binding:?} (client certificate) presented for {shown}");
+                self.record(true, Some(rule.clone()), reason);
+                None
+            }
+            ClientAuth::Failed {
+                binding,
+                rule,
+                reason,
+                closed,
+            } => {
+                let outcome = if *closed {
+                    "refused (failurePolicy fail-closed)"
+                } else {
+                    "sent without it (failurePolicy fail-open)"
+                };
+                let reason = format!(
+                    "credential {binding:?} (client certificate) could not be presented for {shown}: {reason}; {outcome}"
+                );
+                self.record(!closed, Some(rule.clone()), reason.clone());
+                closed.then(|| text(StatusCode::BAD_GATEWAY, reason))
+            }
+        }
+    }
+
     fn record(&self, allowed: bool, rule: Option<String>, reason: String) {
         let d = Decision {
             allowed,
@@ -410,13 +559,16 @@ impl Session {
             .map(|p| p.as_str().to_string())
             .unwrap_or_else(|| "/".into());
         let method = parts.method.to_string();
+        // Logged without the query, which may carry a substituted value.
+        let shown = format!("{method} {target}{}", parts.uri.path());
+        if tls && let Some(refused) = self.client_certificate(&policy.injection, port, &shown) {
+            return refused;
+        }
         let mut body_substitutions = Vec::new();
         for (rule, binding) in policy
             .injection
             .for_request(&self.host, port, tls, &method, &path)
         {
-            // Logged without the query, which may carry a substituted value.
-            let shown = format!("{method} {target}{}", parts.uri.path());
             let applied = match &self.egress.credentials {
                 Some(store) => match store
                     .resolve(&self.flow.sandbox.id, &binding.source_ref)

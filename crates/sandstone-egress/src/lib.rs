@@ -17,6 +17,7 @@ mod aead;
 pub mod audit;
 pub mod ca;
 pub mod cidr;
+pub mod client_cert;
 pub mod credentials;
 pub mod dns;
 pub mod drops;

@@ -298,6 +298,10 @@ pub enum Problem {
     Unsupported,
     #[error("cannot be combined with trafficRules")]
     LegacyWithTrafficRules,
+    /// A client certificate is presented when a connection opens, before
+    /// any request is seen.
+    #[error("a client certificate is presented per connection: {0}")]
+    PerConnection(&'static str),
 }
 
 /// Traffic rules one policy may hold.

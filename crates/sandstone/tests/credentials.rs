@@ -135,3 +135,115 @@ async fn credential_values_are_write_only_and_sealed() {
             .success()
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_source_kind_is_checked_sealed_and_kept_to_its_kind() {
+    let d = Daemon::start().await;
+    let ssh_key = format!(
+        "-----BEGIN OPENSSH PRIVATE KEY-----\n{SECRET}\n-----END OPENSSH PRIVATE KEY-----\n"
+    );
+    let mut seen = Vec::new();
+    for (name, kind, spec) in [
+        (
+            "db",
+            "static_username_password",
+            json!({"staticUsernamePassword": {"username": "app", "password": SECRET}}),
+        ),
+        (
+            "deploy-key",
+            "static_ssh_private_key",
+            json!({"staticSSHPrivateKey": {"privateKeyPem": ssh_key, "passphrase": SECRET}}),
+        ),
+    ] {
+        let body = json!({"name": name, "resolverKind": kind, "spec": spec});
+        let (s, v) = d.post("/api/v1/credential-sources", body.clone()).await;
+        assert_eq!((s, &v["data"]["resolverKind"]), (201, &json!(kind)), "{v}");
+        seen.push(v.to_string());
+        // A new version, never a new kind.
+        let (s, v) = d
+            .req(
+                Method::PUT,
+                &format!("/api/v1/credential-sources/{name}"),
+                Some(body),
+            )
+            .await;
+        assert_eq!(
+            (s, v["data"]["currentVersion"].as_i64()),
+            (200, Some(2)),
+            "{v}"
+        );
+        let other = json!({"name": name, "resolverKind": "static_headers",
+            "spec": {"staticHeaders": {"values": {"X-Key": "v"}}}});
+        let (s, v) = d
+            .req(
+                Method::PUT,
+                &format!("/api/v1/credential-sources/{name}"),
+                Some(other),
+            )
+            .await;
+        assert_names(s, &v, "cannot change");
+    }
+    // Bad input names the field and echoes nothing.
+    for (kind, spec, field) in [
+        (
+            "static_username_password",
+            json!({"staticUsernamePassword": {"username": "", "password": SECRET}}),
+            "spec.staticUsernamePassword.username",
+        ),
+        (
+            "static_username_password",
+            json!({"staticUsernamePassword": {"username": "a", "password": format!("{SECRET}\n")}}),
+            "spec.staticUsernamePassword.password",
+        ),
+        (
+            "static_ssh_private_key",
+            json!({"staticSSHPrivateKey": {"privateKeyPem": SECRET}}),
+            "spec.staticSSHPrivateKey.privateKeyPem",
+        ),
+        (
+            "static_tls_client_certificate",
+            json!({"staticTLSClientCertificate": {"certificatePem": SECRET, "privateKeyPem": SECRET}}),
+            "spec.staticTLSClientCertificate.certificatePem",
+        ),
+        (
+            "static_tls_client_certificate",
+            json!({"staticUsernamePassword": {"username": "a", "password": SECRET}}),
+            "spec.staticUsernamePassword",
+        ),
+        (
+            "static_headers",
+            json!({"staticTLSClientCertificate": {"certificatePem": SECRET, "privateKeyPem": SECRET}}),
+            "spec.staticTLSClientCertificate",
+        ),
+        (
+            "static_ssh_private_key",
+            json!({}),
+            "spec.staticSSHPrivateKey",
+        ),
+    ] {
+        let body = json!({"name": "bad", "resolverKind": kind, "spec": spec});
+        let (s, v) = d.post("/api/v1/credential-sources", body).await;
+        assert_names(s, &v, field);
+        seen.push(v.to_string());
+    }
+    assert!(
+        seen.iter().all(|r| !r.contains(SECRET)),
+        "a response showed the secret"
+    );
+    assert!(
+        !d.database_bytes()
+            .windows(SECRET.len())
+            .any(|w| w == SECRET.as_bytes()),
+        "the database holds the secret"
+    );
+    // A projection Sandstone does not apply yet is refused, naming it.
+    let policy = json!({"mode": "block-all",
+        "credentialBindings": [{"ref": "db", "sourceRef": "db",
+            "projection": {"type": "username_password", "usernamePassword": {}}}]});
+    d.rejects(
+        "/api/v1/sandboxes",
+        json!({"template": "host", "config": {"network": policy}}),
+        "config.network.credentialBindings[0].projection.type",
+    )
+    .await;
+}

@@ -5,6 +5,7 @@
 use super::{Error, Result};
 use futures_util::future::BoxFuture;
 use sandstone_agents::vaults;
+use sandstone_api::CredentialSourceKind;
 use sandstone_db::agents::AgentsStore;
 use sandstone_db::secrets::Sealer;
 use sandstone_db::{AuditRow, Store};
@@ -256,7 +257,10 @@ impl CredentialStore for SealedSources {
         Box::pin(async move {
             if vaults::owns(source) {
                 return match vaults::resolve(&*self.vaults, &self.sealer, source).await {
-                    Ok(values) => Ok(SourceValues(values)),
+                    Ok(values) => Ok(SourceValues {
+                        kind: CredentialSourceKind::StaticHeaders,
+                        values,
+                    }),
                     Err(vaults::ResolveError::Sealed(_)) => {
                         Err(SourceError::Sealed(source.to_string()))
                     }
@@ -291,9 +295,10 @@ impl CredentialStore for SealedSources {
                 .sealer
                 .open(&row.sealed)
                 .ok_or_else(|| SourceError::Sealed(source.to_string()))?;
-            serde_json::from_slice(&plain)
-                .map(SourceValues)
-                .map_err(|_| SourceError::Malformed(source.to_string()))
+            let malformed = || SourceError::Malformed(source.to_string());
+            let kind = CredentialSourceKind::parse(&row.kind).ok_or_else(malformed)?;
+            let values = serde_json::from_slice(&plain).map_err(|_| malformed())?;
+            Ok(SourceValues { kind, values })
         })
     }
 }

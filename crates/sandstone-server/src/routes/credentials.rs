@@ -9,6 +9,7 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::Response;
 use sandstone_api as api;
+use sandstone_api::CredentialSourceKind as Kind;
 use sandstone_api::timefmt::{now_ms, rfc3339_ms};
 use sandstone_db::CredentialRow;
 use serde_json::json;
@@ -32,66 +33,150 @@ fn valid_name(n: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
 }
 
-/// Checks a write and returns the JSON to seal. Errors name the field but
-/// never echo a value.
+/// The most a PEM value (a certificate chain, a key, a CA bundle) holds.
+const MAX_PEM: usize = 64 << 10;
+
+/// The spec fields, with the kind each belongs to.
+fn given(spec: &api::CredentialSpec) -> [(&'static str, bool, Kind); 4] {
+    [
+        (
+            "staticHeaders",
+            spec.static_headers.is_some(),
+            Kind::StaticHeaders,
+        ),
+        (
+            "staticTLSClientCertificate",
+            spec.static_tls_client_certificate.is_some(),
+            Kind::StaticTlsClientCertificate,
+        ),
+        (
+            "staticUsernamePassword",
+            spec.static_username_password.is_some(),
+            Kind::StaticUsernamePassword,
+        ),
+        (
+            "staticSSHPrivateKey",
+            spec.static_ssh_private_key.is_some(),
+            Kind::StaticSshPrivateKey,
+        ),
+    ]
+}
+
+fn required<'a, T>(v: Option<&'a T>, field: &str, kind: Kind) -> ApiResult<&'a T> {
+    v.ok_or_else(|| {
+        ApiError::bad_request(format!("invalid field `spec.{field}`: required for {kind}"))
+    })
+}
+
+/// A text value of a source: present, bounded, without NUL (and without
+/// CR or LF unless it is PEM).
+fn text(value: &str, field: &str, max: usize, lines: bool) -> ApiResult<()> {
+    let bad = value.is_empty()
+        || value.len() > max
+        || value
+            .bytes()
+            .any(|b| b == 0 || !lines && (b == b'\r' || b == b'\n'));
+    if bad {
+        let allowed = if lines { "no NUL" } else { "no CR, LF or NUL" };
+        return Err(ApiError::bad_request(format!(
+            "invalid field `spec.{field}`: 1 to {max} bytes, {allowed}"
+        )));
+    }
+    Ok(())
+}
+
+/// Checks a write and returns the JSON to seal: the kind's values by
+/// their API names. Errors name the field but never echo a value.
 fn sealable(w: &api::CredentialSourceWrite) -> ApiResult<Vec<u8>> {
     if !valid_name(&w.name) {
         return Err(ApiError::bad_request(
             "invalid field `name`: 1-64 of a-z A-Z 0-9 - _ .",
         ));
     }
+    let kind = w.resolver_kind;
+    if let Some((field, _, of)) = given(&w.spec)
+        .into_iter()
+        .find(|(_, set, of)| *set && *of != kind)
+    {
+        return Err(ApiError::bad_request(format!(
+            "invalid field `spec.{field}`: for {of} sources, and this one is {kind}"
+        )));
+    }
     let spec = &w.spec;
-    let unsupported = [
-        (
-            "staticTLSClientCertificate",
-            spec.static_tls_client_certificate.is_some(),
-        ),
-        (
-            "staticUsernamePassword",
-            spec.static_username_password.is_some(),
-        ),
-        ("staticSSHPrivateKey", spec.static_ssh_private_key.is_some()),
-    ];
-    if let Some((field, _)) = unsupported.iter().find(|(_, set)| *set) {
-        return Err(ApiError::bad_request(format!(
-            "invalid field `spec.{field}`: not supported by Sandstone yet (static_headers)"
-        )));
-    }
-    if w.resolver_kind != "static_headers" {
-        return Err(ApiError::bad_request(format!(
-            "invalid field `resolverKind`: {:?} is not supported (static_headers)",
-            w.resolver_kind
-        )));
-    }
-    let values = &w
-        .spec
-        .static_headers
-        .as_ref()
-        .ok_or_else(|| {
-            ApiError::bad_request("invalid field `spec.staticHeaders`: required for static_headers")
-        })?
-        .values;
-    if values.is_empty() {
-        return Err(ApiError::bad_request(
-            "invalid field `spec.staticHeaders.values`: at least one header",
-        ));
-    }
-    for (k, v) in values {
-        let token = !k.is_empty()
-            && k.bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
-        if !token {
-            return Err(ApiError::bad_request(format!(
-                "invalid field `spec.staticHeaders.values`: {k:?} is not a header name"
-            )));
+    let sealed = match kind {
+        Kind::StaticHeaders => {
+            let values = &required(spec.static_headers.as_ref(), "staticHeaders", kind)?.values;
+            if values.is_empty() {
+                return Err(ApiError::bad_request(
+                    "invalid field `spec.staticHeaders.values`: at least one header",
+                ));
+            }
+            for (k, v) in values {
+                let token = !k.is_empty()
+                    && k.bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
+                if !token {
+                    return Err(ApiError::bad_request(format!(
+                        "invalid field `spec.staticHeaders.values`: {k:?} is not a header name"
+                    )));
+                }
+                text(v, &format!("staticHeaders.values.{k}"), MAX_VALUE, false)?;
+            }
+            serde_json::to_vec(values)
         }
-        if v.len() > MAX_VALUE || v.bytes().any(|b| b == b'\r' || b == b'\n' || b == 0) {
-            return Err(ApiError::bad_request(format!(
-                "invalid field `spec.staticHeaders.values.{k}`: at most {MAX_VALUE} bytes, no CR, LF or NUL"
-            )));
+        Kind::StaticTlsClientCertificate => {
+            let field = "staticTLSClientCertificate";
+            let c = required(spec.static_tls_client_certificate.as_ref(), field, kind)?;
+            text(
+                &c.certificate_pem,
+                &format!("{field}.certificatePem"),
+                MAX_PEM,
+                true,
+            )?;
+            text(
+                &c.private_key_pem,
+                &format!("{field}.privateKeyPem"),
+                MAX_PEM,
+                true,
+            )?;
+            if let Some(ca) = &c.ca_pem {
+                text(ca, &format!("{field}.caPem"), MAX_PEM, true)?;
+            }
+            sandstone_egress::client_cert::ClientCertificate::parse(
+                &c.certificate_pem,
+                &c.private_key_pem,
+                c.ca_pem.as_deref(),
+            )
+            .map_err(|e| {
+                ApiError::bad_request(format!("invalid field `spec.{field}.{}`: {e}", e.field()))
+            })?;
+            serde_json::to_vec(c)
         }
-    }
-    Ok(serde_json::to_vec(values).expect("a map serializes"))
+        Kind::StaticUsernamePassword => {
+            let field = "staticUsernamePassword";
+            let c = required(spec.static_username_password.as_ref(), field, kind)?;
+            text(&c.username, &format!("{field}.username"), MAX_VALUE, false)?;
+            text(&c.password, &format!("{field}.password"), MAX_VALUE, false)?;
+            serde_json::to_vec(c)
+        }
+        Kind::StaticSshPrivateKey => {
+            let field = "staticSSHPrivateKey";
+            let c = required(spec.static_ssh_private_key.as_ref(), field, kind)?;
+            let key = c.private_key_pem.trim();
+            text(key, &format!("{field}.privateKeyPem"), MAX_PEM, true)?;
+            // OpenSSH's own armour, or PKCS#1/#8 PEM.
+            if !(key.starts_with("-----BEGIN ") && key.ends_with("PRIVATE KEY-----")) {
+                return Err(ApiError::bad_request(format!(
+                    "invalid field `spec.{field}.privateKeyPem`: not a PEM private key"
+                )));
+            }
+            if let Some(p) = &c.passphrase {
+                text(p, &format!("{field}.passphrase"), MAX_VALUE, false)?;
+            }
+            serde_json::to_vec(c)
+        }
+    };
+    Ok(sealed.expect("plain values serialize"))
 }
 
 pub async fn create(
@@ -104,7 +189,7 @@ pub async fn create(
     let row = CredentialRow {
         team_id: by.team,
         name: w.name.clone(),
-        kind: w.resolver_kind.clone(),
+        kind: w.resolver_kind.as_str().into(),
         version: 1,
         sealed: st.sealer.seal(&plain),
         created_at: now,
@@ -166,7 +251,7 @@ pub async fn update(
             "invalid field `name`: must match the path",
         ));
     }
-    if w.resolver_kind != current.kind {
+    if w.resolver_kind.as_str() != current.kind {
         return Err(ApiError::bad_request(
             "invalid field `resolverKind`: a source's kind cannot change",
         ));
