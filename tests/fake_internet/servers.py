@@ -40,6 +40,7 @@ RECORDS = {
     "api.test": WEB_IPS[0],
     "git.test": WEB_IPS[0],
     "mtls.test": WEB_IPS[0],
+    "mcp.test": WEB_IPS[0],
     "pypi.org": WEB_IPS[0],
     "files.pythonhosted.org": WEB_IPS[0],
     "rebind.test": "127.0.0.1",

@@ -250,7 +250,8 @@ pub enum ProjectionError {
     ClientCertificate(&'static str, String),
 }
 
-fn header_name_ok(n: &str) -> bool {
+/// An HTTP token: a header name or a method.
+pub(crate) fn is_token(n: &str) -> bool {
     !n.is_empty()
         && n.bytes()
             .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
@@ -326,7 +327,7 @@ pub fn validate(
             }
         }
         for (j, m) in r.http_match.iter().flat_map(|m| &m.methods).enumerate() {
-            if !header_name_ok(m) {
+            if !is_token(m) {
                 return Err(PolicyError::new(
                     format!("{at}.httpMatch.methods[{j}]"),
                     Problem::Method(m.clone()),
@@ -352,7 +353,7 @@ fn validate_projection(p: &Projection, at: &str) -> Result<(), PolicyError> {
         ProjectionKind::HttpHeaders => {
             for (j, h) in p.http_headers.iter().flat_map(|h| &h.headers).enumerate() {
                 let at = format!("{at}.httpHeaders.headers[{j}]");
-                if !header_name_ok(&h.name) {
+                if !is_token(&h.name) {
                     return Err(PolicyError::new(
                         format!("{at}.name"),
                         Problem::HeaderName(h.name.clone()),
@@ -554,7 +555,7 @@ pub fn project(
 
 /// Whether a request path has no dot segments and no encoded dots,
 /// slashes or backslashes.
-fn plain_path(path: &str) -> bool {
+pub(crate) fn plain_path(path: &str) -> bool {
     let lower = path.to_ascii_lowercase();
     !path.split('/').any(|s| s == "." || s == "..")
         && !["%2e", "%2f", "%5c", "\\"]
@@ -628,20 +629,29 @@ impl CredentialRule {
     }
 
     fn matches_request(&self, method: &str, path: &str) -> bool {
-        let Some(m) = &self.http_match else {
-            return true;
-        };
+        self.http_match
+            .as_ref()
+            .is_none_or(|m| m.matches(method, path))
+    }
+}
+
+impl HttpMatch {
+    /// Whether a request (`path` may carry a query) is one this names.
+    pub(crate) fn matches(&self, method: &str, path: &str) -> bool {
         let path = path.split('?').next().unwrap_or(path);
-        let methods = m.methods.is_empty() || m.methods.iter().any(|x| x == method);
-        if m.paths.is_empty() && m.path_prefixes.is_empty() {
+        let methods = self.methods.is_empty() || self.methods.iter().any(|x| x == method);
+        if self.paths.is_empty() && self.path_prefixes.is_empty() {
             return methods;
         }
         // A path the upstream might normalise differently (`/v1/../admin`,
         // `%2e%2e`, encoded slashes) never matches a path constraint.
         methods
             && plain_path(path)
-            && (m.paths.iter().any(|p| p == path)
-                || m.path_prefixes.iter().any(|p| path.starts_with(p.as_str())))
+            && (self.paths.iter().any(|p| p == path)
+                || self
+                    .path_prefixes
+                    .iter()
+                    .any(|p| path.starts_with(p.as_str())))
     }
 }
 

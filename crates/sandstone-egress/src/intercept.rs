@@ -17,8 +17,11 @@
 use crate::aead::provider;
 use crate::audit::EventKind;
 use crate::client_cert::ClientCertificate;
-use crate::credentials::{FailurePolicy, ProjectionError, RequestParts, project};
+use crate::credentials::{
+    FailurePolicy, MAX_SUBSTITUTED_BODY, ProjectionError, RequestParts, project,
+};
 use crate::policy::{AppProtocol, Connection, Decision, Layer, Transport};
+use crate::protocol_rules::{MAX_INSPECTED_BODY, McpVerdict, check_mcp};
 use crate::proxy::Flow;
 use crate::state::Egress;
 use bytes::Bytes;
@@ -561,6 +564,56 @@ impl Session {
         let method = parts.method.to_string();
         // Logged without the query, which may carry a substituted value.
         let shown = format!("{method} {target}{}", parts.uri.path());
+        if let Err(r) = policy
+            .operations
+            .check_http(&self.host, port, &method, &path)
+        {
+            let reason = format!("{shown}: {}", r.reason);
+            self.record(false, Some(r.rule), reason.clone());
+            return text(StatusCode::FORBIDDEN, reason);
+        }
+        // A body an MCP rule must read is read whole, once.
+        let mcp = policy
+            .operations
+            .mcp_rules(&self.host, port, &method, &path);
+        let mut body = ReqBody::Streaming(body);
+        if !mcp.is_empty() {
+            let encoded = parts
+                .headers
+                .get(hyper::header::CONTENT_ENCODING)
+                .is_some_and(|e| !e.as_bytes().eq_ignore_ascii_case(b"identity"));
+            let read = if encoded {
+                Err("a compressed body cannot be inspected".to_string())
+            } else {
+                body.into_whole(MAX_INSPECTED_BODY, "inspected by an MCP rule")
+                    .await
+            };
+            let bytes = match read {
+                Ok(b) => b,
+                Err(reason) => {
+                    let reason = format!("{shown}: {reason}");
+                    self.record(false, Some(mcp[0].name.clone()), reason.clone());
+                    return text(StatusCode::FORBIDDEN, reason);
+                }
+            };
+            match check_mcp(&mcp, &bytes) {
+                McpVerdict::Allowed(tools) => {
+                    for tool in tools {
+                        let reason = format!("{shown}: tool {tool:?} allowed");
+                        self.record(true, Some(mcp[0].name.clone()), reason);
+                    }
+                }
+                McpVerdict::Refused { refusal, id } => {
+                    let reason = format!("{shown}: {}", refusal.reason);
+                    self.record(false, Some(refusal.rule), reason.clone());
+                    return match id {
+                        Some(id) => json_rpc_error(id, &reason),
+                        None => text(StatusCode::FORBIDDEN, reason),
+                    };
+                }
+            }
+            body = ReqBody::Whole(bytes);
+        }
         if tls && let Some(refused) = self.client_certificate(&policy.injection, port, &shown) {
             return refused;
         }
@@ -612,10 +665,13 @@ impl Session {
                 ),
             }
         }
-        let body = if body_substitutions.is_empty() {
-            body.boxed()
-        } else {
-            match substitute_body(body, &body_substitutions).await {
+        let body = match body {
+            ReqBody::Streaming(b) if body_substitutions.is_empty() => b.boxed(),
+            whole => match whole
+                .into_whole(MAX_SUBSTITUTED_BODY, "carrying a credential placeholder")
+                .await
+                .map(|b| substitute(b, &body_substitutions))
+            {
                 Ok(b) => {
                     parts.headers.remove(hyper::header::TRANSFER_ENCODING);
                     parts
@@ -627,7 +683,7 @@ impl Session {
                     self.record(false, None, reason.clone());
                     return text(StatusCode::PAYLOAD_TOO_LARGE, reason);
                 }
-            }
+            },
         };
         // With both, the chunked framing is what hyper read: a stale
         // Content-Length must not reach the upstream.
@@ -886,20 +942,57 @@ impl AsyncWrite for Counted {
 
 /// The body with each placeholder replaced by its value; a body too large
 /// to hold is refused rather than sent with the placeholder.
-async fn substitute_body(body: Incoming, subs: &[(String, String)]) -> Result<Bytes, String> {
-    let limit = crate::credentials::MAX_SUBSTITUTED_BODY;
-    let whole = http_body_util::Limited::new(body, limit)
-        .collect()
-        .await
-        .map_err(|e| {
-            format!("a request body carrying a credential placeholder could not be read whole (at most {limit} bytes): {e}")
-        })?
-        .to_bytes();
-    let mut out = whole.to_vec();
+/// A request body: as it streams in, or read whole (to inspect or change).
+enum ReqBody {
+    Streaming(Incoming),
+    Whole(Bytes),
+}
+
+impl ReqBody {
+    /// The whole body, read if need be (at most `limit` bytes); the error
+    /// says what it was read for (`why`).
+    async fn into_whole(self, limit: usize, why: &str) -> Result<Bytes, String> {
+        match self {
+            ReqBody::Whole(b) => Ok(b),
+            ReqBody::Streaming(body) => Ok(http_body_util::Limited::new(body, limit)
+                .collect()
+                .await
+                .map_err(|e| {
+                    format!(
+                        "a request body {why} could not be read whole (at most {limit} bytes): {e}"
+                    )
+                })?
+                .to_bytes()),
+        }
+    }
+}
+
+fn substitute(body: Bytes, subs: &[(String, String)]) -> Bytes {
+    if subs.is_empty() {
+        return body;
+    }
+    let mut out = body.to_vec();
     for (placeholder, value) in subs {
         out = replace_all(&out, placeholder.as_bytes(), value.as_bytes());
     }
-    Ok(Bytes::from(out))
+    Bytes::from(out)
+}
+
+/// A JSON-RPC error answering request `id`, as an MCP server's own would
+/// be: the client reports `reason` as the call's error.
+fn json_rpc_error(id: serde_json::Value, reason: &str) -> Response<Body> {
+    let body = serde_json::json!({"jsonrpc": "2.0", "id": id,
+        "error": {"code": -32001, "message": format!("sandstone egress: {reason}")}});
+    let mut r = Response::new(
+        Full::new(Bytes::from(body.to_string()))
+            .map_err(|never| match never {})
+            .boxed(),
+    );
+    r.headers_mut().insert(
+        "content-type",
+        "application/json".parse().expect("static value"),
+    );
+    r
 }
 
 /// Placeholders are at least 8 bytes long (checked with the policy).

@@ -27,6 +27,7 @@ pub mod intercept;
 pub mod local;
 pub mod policy;
 pub mod presets;
+pub mod protocol_rules;
 pub mod proxy;
 pub mod relay;
 pub mod sniff;

@@ -5,6 +5,7 @@
 use crate::cidr::Cidr;
 use crate::credentials::{CredentialBinding, CredentialRule, Injection};
 use crate::presets::Preset;
+use crate::protocol_rules::{Operations, ProtocolRule};
 pub use sandstone_api::Unsupported;
 use serde::{Deserialize, Serialize};
 use std::net::IpAddr;
@@ -154,9 +155,10 @@ pub struct Egress {
     pub denied_cidrs: Vec<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub denied_ports: Vec<PortRange>,
-    /// Sandbox0's HTTP and MCP operation controls: not enforced yet.
+    /// HTTP methods and paths, and MCP tools, allowed on connections the
+    /// traffic rules allow (`protocol_rules.rs`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub protocol_rules: Vec<Unsupported>,
+    pub protocol_rules: Vec<ProtocolRule>,
     /// Sandbox0's customer SOCKS5 proxy for allowed traffic: not supported
     /// yet.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -302,6 +304,8 @@ pub enum Problem {
     /// any request is seen.
     #[error("a client certificate is presented per connection: {0}")]
     PerConnection(&'static str),
+    #[error("the settings of another protocol (this rule is {0})")]
+    OtherProtocol(&'static str),
 }
 
 /// Traffic rules one policy may hold.
@@ -376,6 +380,7 @@ pub struct CompiledPolicy {
     pub policy: NetworkPolicy,
     rules: Vec<Compiled>,
     pub injection: Injection,
+    pub operations: Operations,
 }
 
 /// Checks a rule's domain list (`field` names it: `egress.allowedDomains`).
@@ -423,12 +428,6 @@ impl Egress {
     /// Checks the legacy lists and the fields Sandstone does not enforce,
     /// naming the field as the caller wrote it.
     fn check_compat(&self) -> Result<(), PolicyError> {
-        if !self.protocol_rules.is_empty() {
-            return Err(PolicyError::new(
-                "egress.protocolRules",
-                Problem::Unsupported,
-            ));
-        }
         if self.proxy.is_some() {
             return Err(PolicyError::new("egress.proxy", Problem::Unsupported));
         }
@@ -540,6 +539,7 @@ impl NetworkPolicy {
             ));
         }
         crate::credentials::validate(&self.credential_bindings, &self.egress.credential_rules)?;
+        crate::protocol_rules::validate(&self.egress.protocol_rules)?;
         Ok(CompiledPolicy {
             policy: expanded,
             rules,
@@ -547,6 +547,7 @@ impl NetworkPolicy {
                 bindings: self.credential_bindings.clone(),
                 rules: self.egress.credential_rules.clone(),
             },
+            operations: Operations::new(self.egress.protocol_rules.clone()),
         })
     }
 
@@ -572,6 +573,11 @@ impl NetworkPolicy {
         merge_by(
             &mut out.egress.credential_rules,
             &claim.egress.credential_rules,
+            |r| &r.name,
+        );
+        merge_by(
+            &mut out.egress.protocol_rules,
+            &claim.egress.protocol_rules,
             |r| &r.name,
         );
         merge_by(
@@ -877,8 +883,13 @@ mod tests {
                 .unwrap_err()
                 .to_string()
         };
-        let e = err(r#"{"mode":"block-all","egress":{"protocolRules":[{"protocol":"http"}]}}"#);
-        assert!(e.starts_with("egress.protocolRules: not supported"), "{e}");
+        let e = err(
+            r#"{"mode":"block-all","egress":{"protocolRules":[{"protocol":"http","domains":["a.test"]}]}}"#,
+        );
+        assert!(
+            e.starts_with("egress.protocolRules[0].http: required"),
+            "{e}"
+        );
         let e = err(r#"{"mode":"block-all","egress":{"proxy":{"type":"socks5"}}}"#);
         assert!(e.starts_with("egress.proxy: not supported"), "{e}");
         let e = err(

@@ -190,13 +190,14 @@ async fn handle(mut conn: TcpStream, peer: SocketAddr, egress: Arc<Egress>) {
     };
     let mut decision = policy.decide(&egress.operator, &c);
     let tls = app == AppProtocol::Tls;
-    // Credential rules name hosts: such connections are terminated here,
-    // and so is every HTTP(S) connection where the policy enforces that
-    // each request's Host is the name connected to.
-    let for_credentials = flow
-        .host
-        .as_deref()
-        .is_some_and(|h| policy.injection.intercepts(h, dst.port(), tls));
+    // Credential and protocol rules name hosts: such connections are
+    // terminated here (every request is seen), and so is every HTTP(S)
+    // connection where the policy enforces that each request's Host is
+    // the name connected to.
+    let for_credentials = flow.host.as_deref().is_some_and(|h| {
+        policy.injection.intercepts(h, dst.port(), tls)
+            || policy.operations.intercepts(h, dst.port())
+    });
     let intercept = decision.allowed
         && egress.interceptor.is_some()
         && matches!(app, AppProtocol::Tls | AppProtocol::Http)
@@ -236,6 +237,16 @@ async fn handle(mut conn: TcpStream, peer: SocketAddr, egress: Arc<Egress>) {
         None => dst.to_string(),
     };
     let mut reason = decision.reason(&shown);
+    // A connection protocol rules govern is inspected or not made: spliced,
+    // it would carry what the rules refuse.
+    let governed = flow
+        .host
+        .as_deref()
+        .is_some_and(|h| policy.operations.intercepts(h, dst.port()));
+    if decision.allowed && governed && !intercept {
+        decision.allowed = false;
+        reason = format!("{reason}, but protocol rules govern it and it cannot be inspected here");
+    }
     if !decision.allowed {
         if tls && flow.host.is_none() && decision.layer != Layer::Operator {
             // Only CIDR rules (or allow-all) can allow it: an address

@@ -550,6 +550,134 @@ async fn a_client_certificate_is_presented_that_the_sandbox_never_holds() {
     assert_eq!(s, 409);
 }
 
+/// A JSON-RPC exchange with the fake internet's MCP server from inside a
+/// sandbox (`python3 -c`): initialize, then call `add` and `echo`, printing
+/// each answer on a line.
+const MCP_CALLS: &str = r#"
+import json, os, urllib.request
+URL = 'http://mcp.test:8765/mcp'
+HEADERS = {'Authorization': 'Bearer ' + os.environ['MCP_TOKEN'], 'Content-Type': 'application/json',
+           'Accept': 'application/json, text/event-stream'}
+def post(body, sid=None):
+    h = dict(HEADERS, **({'mcp-session-id': sid} if sid else {}))
+    r = urllib.request.urlopen(urllib.request.Request(URL, json.dumps(body).encode(), h), timeout=10)
+    return r.headers.get('mcp-session-id'), r.read().decode()
+sid, _ = post({'jsonrpc': '2.0', 'id': 1, 'method': 'initialize', 'params': {'protocolVersion': '2025-06-18',
+    'capabilities': {}, 'clientInfo': {'name': 'sandbox', 'version': '1'}}})
+post({'jsonrpc': '2.0', 'method': 'notifications/initialized'}, sid)
+for i, (tool, args) in enumerate([('add', {'a': 2, 'b': 3}), ('echo', {'text': 'hi'})]):
+    print(post({'jsonrpc': '2.0', 'id': 10 + i, 'method': 'tools/call', 'params': {'name': tool, 'arguments': args}}, sid)[1])
+"#;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn protocol_rules_limit_methods_paths_and_mcp_tools() {
+    let Some(python) = common::sdk_python() else {
+        return;
+    };
+    let (net, d) = setup().await;
+    let _mcp = net.mcp_server(&python, 8765);
+    let policy = json!({
+        "mode": "block-all",
+        "egress": {
+            "trafficRules": [{"name": "fake", "action": "allow", "domains": ["api.test", "mcp.test"],
+                "ports": [{"port": 443}, {"port": 8765}]}],
+            "protocolRules": [
+                {"name": "gh", "protocol": "http", "domains": ["api.test"],
+                 "http": {"methods": {"denied": ["DELETE"]}, "paths": {"allowedPrefixes": ["/repos/"]}}},
+                {"name": "mcp-tools", "protocol": "mcp", "domains": ["mcp.test"],
+                 "httpMatch": {"paths": ["/mcp"]}, "mcp": {"tools": {"allowed": ["add"]}}}
+            ]
+        }
+    });
+    let id = d
+        .create(json!({"network": policy, "env_vars": {"MCP_TOKEN": net.token}}))
+        .await;
+    // The rule's methods and paths, over terminated TLS.
+    let r = d
+        .sh(&id, &curl("-w ' %{http_code}' https://api.test/repos/x"))
+        .await;
+    assert_eq!(r["stdout"], "hello from api.test\n 200 rc=0\n", "{r}");
+    for (args, why) in [
+        (
+            "-X DELETE https://api.test/repos/x",
+            "method DELETE is denied by protocol rule \"gh\"",
+        ),
+        (
+            "-X delete https://api.test/repos/x",
+            "method delete is denied",
+        ),
+        (
+            "https://api.test/user",
+            "path /user is not allowed by protocol rule \"gh\"",
+        ),
+        (
+            "--path-as-is https://api.test/repos/../user",
+            "dot segments",
+        ),
+    ] {
+        let r = d
+            .sh(&id, &curl(&format!("-w ' %{{http_code}}' {args}")))
+            .await;
+        let out = r["stdout"].as_str().unwrap();
+        assert!(
+            out.contains(why) && out.ends_with(" 403 rc=0\n"),
+            "{args}: {r}"
+        );
+    }
+    // MCP: the allowed tool answers; the other is a JSON-RPC error naming
+    // the rule, and never reaches the server.
+    let r = d.run(&id, &["python3", "-c", MCP_CALLS]).await;
+    let lines: Vec<Value> = r["stdout"]
+        .as_str()
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 2, "{r}");
+    assert_eq!(lines[0]["id"], 10);
+    assert_eq!(lines[0]["result"]["content"][0]["text"], "5", "{r}");
+    assert_eq!(lines[1]["id"], 11);
+    let msg = lines[1]["error"]["message"].as_str().unwrap_or_default();
+    assert!(
+        msg.contains("tool \"echo\" is not allowed by protocol rule \"mcp-tools\""),
+        "{r}"
+    );
+
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let events = d.audit(&id, "").await;
+    let audited = |decision: &str, rule: &str, needle: &str| {
+        events.iter().any(|e| {
+            e["kind"] == "request"
+                && e["decision"] == decision
+                && e["rule"] == rule
+                && e["reason"].as_str().unwrap().contains(needle)
+        })
+    };
+    assert!(
+        audited("deny", "gh", "DELETE api.test:443/repos/x"),
+        "{events:?}"
+    );
+    assert!(audited("deny", "mcp-tools", "tool \"echo\""), "{events:?}");
+    assert!(
+        audited("allow", "mcp-tools", "tool \"add\" allowed"),
+        "{events:?}"
+    );
+    // A rule with another protocol's settings is refused, naming the field.
+    let mut bad = policy.clone();
+    bad["egress"]["protocolRules"][1]["http"] = json!({"methods": {"denied": ["GET"]}});
+    let (s, v) = d
+        .req(
+            reqwest::Method::PUT,
+            &format!("/api/v1/sandboxes/{id}/network"),
+            Some(bad),
+        )
+        .await;
+    assert!(
+        s == 400 && v.to_string().contains("egress.protocolRules[1].http"),
+        "{v}"
+    );
+}
+
 /// Copies the fake internet's CA into the sandbox (for spliced TLS, whose
 /// certificates are the fake servers' own).
 async fn fake_ca_inside(d: &Daemon, net: &FakeInternet, id: &str) {
