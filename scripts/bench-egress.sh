@@ -12,6 +12,10 @@
 #  - 300 MiB over one TLS connection: spliced, terminated for credentials
 #    and under enforceRequestHost vs direct, with the CPU seconds per GiB
 #    of the proxy and of the machine;
+#  - a new TLS connection whose upstream wants a client certificate the
+#    proxy presents (mutual TLS) vs one terminated for a header;
+#  - a keep-alive request checked by an http protocol rule vs spliced, and
+#    50 MiB under a 10 MiB/s bandwidth limit;
 #  - a cached DNS answer from the policy resolver;
 #  - sandbox create with networking vs without.
 set -euo pipefail
@@ -67,9 +71,42 @@ cat > "$work/strict.json" <<'EOF'
             "enforceRequestHost": true}}
 EOF
 on net policy set "$strict" --file "$work/strict.json" >/dev/null
+# mtls.test:8443 wants a client certificate, which the proxy presents.
+token=$(cat "$work/net/admin.token")
+python3 - "$work/fake" > "$work/cert.json" <<'EOF'
+import json, sys
+d = sys.argv[1]
+read = lambda f: open(f"{d}/{f}").read()
+print(json.dumps({"name": "corp", "resolverKind": "static_tls_client_certificate",
+  "spec": {"staticTLSClientCertificate": {"certificatePem": read("client.pem"),
+    "privateKeyPem": read("client.key"), "caPem": read("internal-ca.pem")}}}))
+EOF
+curl -fsS -H "Authorization: Bearer $token" -H 'content-type: application/json' \
+  "http://127.0.0.1:$port/api/v1/credential-sources" -d @"$work/cert.json" >/dev/null
+python3 - "$work/policy.json" > "$work/policy-mtls.json" <<'EOF'
+import json, sys
+p = json.load(open(sys.argv[1]))
+p["egress"]["trafficRules"].append({"name": "mtls", "action": "allow", "domains": ["mtls.test"]})
+p["egress"]["credentialRules"].append({"name": "mtls", "credentialRef": "corp", "domains": ["mtls.test"]})
+p["credentialBindings"].append({"ref": "corp", "sourceRef": "corp", "projection": {"type": "tls_client_certificate"}})
+print(json.dumps(p))
+EOF
+on net policy set "$id" --file "$work/policy-mtls.json" >/dev/null
+# web.test under an http protocol rule (so terminated, every request
+# checked) and a 10 MiB/s bandwidth limit.
+ruled=$(on net create)
+cat > "$work/ruled.json" <<'EOF'
+{"mode": "block-all",
+ "egress": {"trafficRules": [{"name": "fake", "action": "allow", "domains": ["web.test"]}],
+            "protocolRules": [{"name": "reads", "protocol": "http", "domains": ["web.test"],
+                               "http": {"methods": {"allowed": ["GET", "HEAD"]}}}],
+            "bandwidth": {"bytesPerSecond": 10485760}}}
+EOF
+on net policy set "$ruled" --file "$work/ruled.json" >/dev/null
 py="$(cat tests/fake_internet/latency.py)"
 inside() { on net exec "$id" -- python3 -c "$py" "$@"; }
 in_strict() { on net exec "$strict" -- python3 -c "$py" "$@"; }
+in_ruled() { on net exec "$ruled" -- python3 -c "$py" "$@"; }
 direct() { python3 tests/fake_internet/latency.py "$@"; }
 row() { printf '%-52s p50 %8s ms  p99 %8s ms\n' "$1" $2; }
 echo "== egress (proxy) vs direct, same machine"
@@ -81,6 +118,9 @@ row "new TLS connection + request, direct" "$(direct tls web.test 10.98.0.2 300 
 row "new TLS connection + request, spliced" "$(inside tls web.test 10.98.0.2 300 /tmp/fake-ca.pem)"
 row "new TLS connection + request, terminated" "$(inside tls api.test 10.98.0.2 300 -)"
 row "new TLS connection + request, enforceRequestHost" "$(in_strict tls web.test 10.98.0.2 300 -)"
+row "new TLS connection + request, client certificate" "$(inside tls mtls.test 10.98.0.2 300 - 8443)"
+row "keep-alive request, http protocol rule" "$(in_ruled keepalive web.test 10.98.0.2 1000)"
+echo "50 MiB over TLS under a 10 MiB/s limit: $(in_ruled bulk web.test 10.98.0.2 50 -) MiB/s"
 # Throughput, and the CPU it took per GiB: the daemon's (the proxy's) and
 # the whole machine's. On two shared cores throughput is noisy; the CPU a
 # GiB costs is what a relay can change (the endpoints' share is fixed).

@@ -2,7 +2,7 @@
 the host (direct) against the fake internet; prints p50/p99 in ms.
 
 usage: latency.py keepalive HOST IP N | connect HOST IP N | dns NAME N
-                  | tls HOST IP N CAFILE | bulk HOST IP MIB CAFILE
+                  | tls HOST IP N CAFILE [PORT] | bulk HOST IP MIB CAFILE
 (CAFILE "-": the default trust, i.e. the sandbox's bundle; bulk prints MiB/s)
 """
 import http.client
@@ -44,24 +44,24 @@ def connect(host, ip, n):
 CONTEXTS = {}
 
 
-def tls_connection(host, ip, cafile):
+def tls_connection(host, ip, cafile, port=443):
     # One context per trust file, as a real client keeps: loading a bundle
     # of roots costs more than the handshake.
     if cafile not in CONTEXTS:
         CONTEXTS[cafile] = ssl.create_default_context(cafile=None if cafile == "-" else cafile)
     ctx = CONTEXTS[cafile]
-    raw = socket.create_connection((ip, 443))
+    raw = socket.create_connection((ip, port))
     raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    c = http.client.HTTPSConnection(host, 443, context=ctx)
+    c = http.client.HTTPSConnection(host, port, context=ctx)
     c.sock = ctx.wrap_socket(raw, server_hostname=host)
     return c
 
 
-def tls(host, ip, n, cafile):
+def tls(host, ip, n, cafile, port=443):
     out = []
     for _ in range(n):
         t = time.perf_counter()
-        c = tls_connection(host, ip, cafile)
+        c = tls_connection(host, ip, cafile, port)
         c.request("GET", "/", headers={"Connection": "close"})
         c.getresponse().read()
         c.close()
@@ -106,7 +106,8 @@ if mode == "bulk":
 if mode == "dns":
     xs = dns(sys.argv[2], int(sys.argv[3]))
 elif mode == "tls":
-    xs = tls(sys.argv[2], sys.argv[3], int(sys.argv[4]), sys.argv[5])
+    port = int(sys.argv[6]) if len(sys.argv) > 6 else 443
+    xs = tls(sys.argv[2], sys.argv[3], int(sys.argv[4]), sys.argv[5], port)
 else:
     xs = {"keepalive": keepalive, "connect": connect}[mode](sys.argv[2], sys.argv[3], int(sys.argv[4]))
 print("%.3f %.3f" % (pct(xs, 0.5), pct(xs, 0.99)))

@@ -16,6 +16,7 @@
 
 use crate::aead::provider;
 use crate::audit::EventKind;
+use crate::bandwidth::Bucket;
 use crate::client_cert::ClientCertificate;
 use crate::credentials::{
     FailurePolicy, MAX_SUBSTITUTED_BODY, ProjectionError, RequestParts, project,
@@ -23,7 +24,7 @@ use crate::credentials::{
 use crate::policy::{AppProtocol, Connection, Decision, Layer, Transport};
 use crate::protocol_rules::{MAX_INSPECTED_BODY, McpVerdict, check_mcp};
 use crate::proxy::Flow;
-use crate::state::Egress;
+use crate::state::{Egress, SandboxNet};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, combinators::BoxBody};
 use hyper::body::Incoming;
@@ -35,6 +36,7 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use rustls::{ClientConfig, RootCertStore, ServerConfig};
 use std::collections::HashMap;
+use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::pin::Pin;
@@ -272,7 +274,7 @@ impl Interceptor {
         target: SocketAddr,
     ) -> (u64, u64) {
         let _ = client.set_nodelay(true);
-        let io = Counted::new(client, head);
+        let io = Counted::new(client, head, flow.sandbox.clone());
         let (up, down) = (io.up.clone(), io.down.clone());
         let host = flow.host.clone().unwrap_or_default();
         let tls = flow.app == AppProtocol::Tls;
@@ -858,23 +860,50 @@ where
 
 /// The sandbox's side of the connection: replays the bytes the proxy read
 /// while sniffing, then reads on; counts bytes both ways.
+/// The sandbox's bandwidth holds both ways back.
 struct Counted {
     inner: TcpStream,
     head: Vec<u8>,
     at: usize,
     up: Arc<AtomicU64>,
     down: Arc<AtomicU64>,
+    sandbox: Arc<SandboxNet>,
+    /// A read, and a write, waiting for the sandbox's bandwidth.
+    read_wait: Option<Pin<Box<tokio::time::Sleep>>>,
+    write_wait: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
 impl Counted {
-    fn new(inner: TcpStream, head: Vec<u8>) -> Counted {
+    fn new(inner: TcpStream, head: Vec<u8>, sandbox: Arc<SandboxNet>) -> Counted {
         Counted {
             inner,
             head,
             at: 0,
             up: Arc::default(),
             down: Arc::default(),
+            sandbox,
+            read_wait: None,
+            write_wait: None,
         }
+    }
+}
+
+/// Ready once `bucket` lets a transfer start; else registers the wake-up.
+fn throttle(
+    bucket: &Bucket,
+    wait: &mut Option<Pin<Box<tokio::time::Sleep>>>,
+    cx: &mut Context<'_>,
+) -> Poll<()> {
+    loop {
+        if let Some(sleep) = wait {
+            std::task::ready!(sleep.as_mut().poll(cx));
+            *wait = None;
+        }
+        let delay = bucket.delay();
+        if delay.is_zero() {
+            return Poll::Ready(());
+        }
+        *wait = Some(Box::pin(tokio::time::sleep(delay)));
     }
 }
 
@@ -892,11 +921,26 @@ impl AsyncRead for Counted {
             this.up.fetch_add(n as u64, Ordering::Relaxed);
             return Poll::Ready(Ok(()));
         }
+        std::task::ready!(throttle(
+            &this.sandbox.bandwidth.up,
+            &mut this.read_wait,
+            cx
+        ));
         let before = buf.filled().len();
         let r = Pin::new(&mut this.inner).poll_read(cx, buf);
-        this.up
-            .fetch_add((buf.filled().len() - before) as u64, Ordering::Relaxed);
+        let n = buf.filled().len() - before;
+        this.sandbox.bandwidth.up.charge(n);
+        this.up.fetch_add(n as u64, Ordering::Relaxed);
         r
+    }
+}
+
+impl Counted {
+    fn wrote(&self, r: &Poll<std::io::Result<usize>>) {
+        if let Poll::Ready(Ok(n)) = r {
+            self.sandbox.bandwidth.down.charge(*n);
+            self.down.fetch_add(*n as u64, Ordering::Relaxed);
+        }
     }
 }
 
@@ -906,10 +950,14 @@ impl AsyncWrite for Counted {
         cx: &mut Context<'_>,
         data: &[u8],
     ) -> Poll<std::io::Result<usize>> {
-        let r = Pin::new(&mut self.inner).poll_write(cx, data);
-        if let Poll::Ready(Ok(n)) = &r {
-            self.down.fetch_add(*n as u64, Ordering::Relaxed);
-        }
+        let this = &mut *self;
+        std::task::ready!(throttle(
+            &this.sandbox.bandwidth.down,
+            &mut this.write_wait,
+            cx
+        ));
+        let r = Pin::new(&mut this.inner).poll_write(cx, data);
+        this.wrote(&r);
         r
     }
 
@@ -920,10 +968,14 @@ impl AsyncWrite for Counted {
         cx: &mut Context<'_>,
         bufs: &[std::io::IoSlice<'_>],
     ) -> Poll<std::io::Result<usize>> {
-        let r = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
-        if let Poll::Ready(Ok(n)) = &r {
-            self.down.fetch_add(*n as u64, Ordering::Relaxed);
-        }
+        let this = &mut *self;
+        std::task::ready!(throttle(
+            &this.sandbox.bandwidth.down,
+            &mut this.write_wait,
+            cx
+        ));
+        let r = Pin::new(&mut this.inner).poll_write_vectored(cx, bufs);
+        this.wrote(&r);
         r
     }
 
@@ -940,8 +992,6 @@ impl AsyncWrite for Counted {
     }
 }
 
-/// The body with each placeholder replaced by its value; a body too large
-/// to hold is refused rather than sent with the placeholder.
 /// A request body: as it streams in, or read whole (to inspect or change).
 enum ReqBody {
     Streaming(Incoming),
@@ -967,6 +1017,7 @@ impl ReqBody {
     }
 }
 
+/// The body with each placeholder replaced by its value.
 fn substitute(body: Bytes, subs: &[(String, String)]) -> Bytes {
     if subs.is_empty() {
         return body;

@@ -15,6 +15,7 @@
 pub mod addr;
 mod aead;
 pub mod audit;
+pub mod bandwidth;
 pub mod ca;
 pub mod cidr;
 pub mod client_cert;

@@ -2,6 +2,7 @@
 //! and ordered, first-match `trafficRules` — evaluated after the operator's
 //! rules, which a sandbox's policy can never loosen.
 
+use crate::bandwidth::BandwidthLimit;
 use crate::cidr::Cidr;
 use crate::credentials::{CredentialBinding, CredentialRule, Injection};
 use crate::presets::Preset;
@@ -173,6 +174,11 @@ pub struct Egress {
     /// such hosts then fail.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub enforce_request_host: bool,
+    /// A Sandstone extension: each direction of the sandbox's proxied TCP
+    /// traffic, all connections together, at most this fast
+    /// (`bandwidth.rs`). A change applies to open connections.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bandwidth: Option<BandwidthLimit>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
@@ -306,6 +312,8 @@ pub enum Problem {
     PerConnection(&'static str),
     #[error("the settings of another protocol (this rule is {0})")]
     OtherProtocol(&'static str),
+    #[error("at least {0} bytes")]
+    TooSmall(u64),
 }
 
 /// Traffic rules one policy may hold.
@@ -540,6 +548,17 @@ impl NetworkPolicy {
         }
         crate::credentials::validate(&self.credential_bindings, &self.egress.credential_rules)?;
         crate::protocol_rules::validate(&self.egress.protocol_rules)?;
+        if let Some(b) = &self.egress.bandwidth {
+            let min = crate::bandwidth::MIN_RATE;
+            if b.bytes_per_second < min {
+                let field = "egress.bandwidth.bytesPerSecond";
+                return Err(PolicyError::new(field, Problem::TooSmall(min)));
+            }
+            if b.burst_bytes.is_some_and(|burst| burst < min) {
+                let field = "egress.bandwidth.burstBytes";
+                return Err(PolicyError::new(field, Problem::TooSmall(min)));
+            }
+        }
         Ok(CompiledPolicy {
             policy: expanded,
             rules,
@@ -565,6 +584,9 @@ impl NetworkPolicy {
             out.mode = claim.mode;
         }
         out.egress.enforce_request_host |= claim.egress.enforce_request_host;
+        if claim.egress.bandwidth.is_some() {
+            out.egress.bandwidth = claim.egress.bandwidth;
+        }
         merge_by(
             &mut out.egress.traffic_rules,
             &claim.egress.traffic_rules,

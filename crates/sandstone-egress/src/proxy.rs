@@ -121,6 +121,13 @@ impl Flow {
         if d.allowed { &c.allowed } else { &c.denied }.fetch_add(1, Relaxed);
         c.bytes_up.fetch_add(up, Relaxed);
         c.bytes_down.fetch_add(down, Relaxed);
+        if up + down > 0 {
+            let dest = match self.host.as_ref().or(self.resolved.as_ref()) {
+                Some(name) => format!("{name}:{}", self.dst.port()),
+                None => self.dst.to_string(),
+            };
+            self.sandbox.count_destination(dest, up, down);
+        }
         egress.audit.record(AuditEvent {
             bytes_up: up,
             bytes_down: down,
@@ -284,7 +291,7 @@ async fn handle(mut conn: TcpStream, peer: SocketAddr, egress: Arc<Egress>) {
             return;
         }
     };
-    let (up, down) = splice(conn, upstream, &head).await;
+    let (up, down) = splice(conn, upstream, &head, &flow.sandbox.bandwidth).await;
     flow.audit(&egress, &decision, reason, up, down);
 }
 
@@ -337,13 +344,18 @@ enum Unreachable {
     },
 }
 
-async fn splice(client: TcpStream, mut upstream: TcpStream, head: &[u8]) -> (u64, u64) {
+async fn splice(
+    client: TcpStream,
+    mut upstream: TcpStream,
+    head: &[u8],
+    limit: &crate::bandwidth::Bandwidth,
+) -> (u64, u64) {
     // A relay must not add Nagle delays of its own.
     let _ = client.set_nodelay(true);
     let _ = upstream.set_nodelay(true);
     if upstream.write_all(head).await.is_err() {
         return (0, 0);
     }
-    let (up, down) = crate::relay::relay(&client, &upstream).await;
+    let (up, down) = crate::relay::relay(&client, &upstream, limit).await;
     (up + head.len() as u64, down)
 }

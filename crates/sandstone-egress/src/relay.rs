@@ -3,6 +3,7 @@
 //! nothing through user space (with two cores shared by sandbox, proxy and
 //! server, copies cost a third of the throughput).
 
+use crate::bandwidth::{Bandwidth, Bucket};
 use sandstone_sys::fd::splice;
 use std::io::{ErrorKind, Result};
 use std::os::fd::{AsFd, OwnedFd};
@@ -35,14 +36,17 @@ async fn when_ready(
     }
 }
 
-/// Moves everything `from` sends to `to`, then half-closes `to`.
-async fn pump(from: &TcpStream, to: &TcpStream, total: &AtomicU64) -> Result<()> {
+/// Moves everything `from` sends to `to`, then half-closes `to`, as fast
+/// as `bucket` lets it.
+async fn pump(from: &TcpStream, to: &TcpStream, total: &AtomicU64, bucket: &Bucket) -> Result<()> {
     let (r, w) = pipe()?;
     loop {
+        bucket.ready().await;
         let n = when_ready(from, Interest::READABLE, || {
-            splice(from.as_fd(), w.as_fd(), PIPE_SIZE)
+            splice(from.as_fd(), w.as_fd(), bucket.chunk(PIPE_SIZE))
         })
         .await?;
+        bucket.charge(n);
         if n == 0 {
             // A peer already gone has nothing left to tell.
             let _ = sandstone_sys::net::shutdown(to.as_fd(), std::net::Shutdown::Write);
@@ -59,10 +63,14 @@ async fn pump(from: &TcpStream, to: &TcpStream, total: &AtomicU64) -> Result<()>
     }
 }
 
-/// Relays both ways until both sides have finished or either fails;
-/// returns the bytes moved (client → upstream, upstream → client).
-pub async fn relay(client: &TcpStream, upstream: &TcpStream) -> (u64, u64) {
+/// Relays both ways until both sides have finished or either fails, at
+/// most as fast as `limit` lets each direction; returns the bytes moved
+/// (client → upstream, upstream → client).
+pub async fn relay(client: &TcpStream, upstream: &TcpStream, limit: &Bandwidth) -> (u64, u64) {
     let (up, down) = (AtomicU64::new(0), AtomicU64::new(0));
-    let _ = tokio::try_join!(pump(client, upstream, &up), pump(upstream, client, &down));
+    let _ = tokio::try_join!(
+        pump(client, upstream, &up, &limit.up),
+        pump(upstream, client, &down, &limit.down)
+    );
     (up.into_inner(), down.into_inner())
 }

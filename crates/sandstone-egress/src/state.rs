@@ -16,6 +16,10 @@ const NAME_CACHE: usize = 4096;
 pub const MAX_CONNECTIONS: usize = 1024;
 /// DNS questions of one sandbox being forwarded at once.
 pub const MAX_DNS_IN_FLIGHT: usize = 128;
+/// Destinations counted apart per sandbox (for /metrics); the rest are
+/// counted together as `other`, so a sandbox cannot grow the page
+/// without bound.
+pub const MAX_DESTINATIONS: usize = 64;
 
 /// Per-sandbox egress counters, for /metrics.
 #[derive(Default)]
@@ -30,10 +34,14 @@ pub struct Counters {
 pub struct SandboxNet {
     pub id: String,
     pub counters: Counters,
+    /// The policy's `egress.bandwidth`, for every connection at once.
+    pub bandwidth: crate::bandwidth::Bandwidth,
     pub connections: Arc<tokio::sync::Semaphore>,
     pub dns_in_flight: Arc<tokio::sync::Semaphore>,
     policy: RwLock<Arc<CompiledPolicy>>,
     names: Mutex<HashMap<IpAddr, String>>,
+    /// Bytes (up, down) by destination (`host:port`, or the address).
+    destinations: Mutex<HashMap<String, (u64, u64)>>,
 }
 
 impl SandboxNet {
@@ -47,6 +55,17 @@ impl SandboxNet {
             n.clear();
         }
         n.insert(ip, name.to_string());
+    }
+
+    /// Adds a finished connection's bytes to its destination's.
+    pub fn count_destination(&self, dest: String, up: u64, down: u64) {
+        let mut d = self.destinations.lock().expect("lock poisoned");
+        let full = d.len() >= MAX_DESTINATIONS && !d.contains_key(&dest);
+        let slot = d
+            .entry(if full { "other".into() } else { dest })
+            .or_default();
+        slot.0 += up;
+        slot.1 += down;
     }
 
     pub fn name_of(&self, ip: IpAddr) -> Option<String> {
@@ -94,11 +113,14 @@ impl Egress {
         let net = Arc::new(SandboxNet {
             id: id.to_string(),
             counters: Counters::default(),
+            bandwidth: Default::default(),
             connections: Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS)),
             dns_in_flight: Arc::new(tokio::sync::Semaphore::new(MAX_DNS_IN_FLIGHT)),
             policy: RwLock::new(compiled),
             names: Mutex::new(HashMap::new()),
+            destinations: Mutex::new(HashMap::new()),
         });
+        net.bandwidth.set(net.policy().policy.egress.bandwidth);
         self.by_addr
             .write()
             .expect("lock poisoned")
@@ -114,11 +136,13 @@ impl Egress {
             .retain(|_, net| net.id != id);
     }
 
-    /// Replaces a sandbox's policy; connections opened afterwards use it.
+    /// Replaces a sandbox's policy; connections opened afterwards use it
+    /// (and open ones its bandwidth).
     pub fn set_policy(&self, id: &str, policy: &NetworkPolicy) -> Result<(), PolicyError> {
         let compiled = Arc::new(policy.compile()?);
         for net in self.by_addr.read().expect("lock poisoned").values() {
             if net.id == id {
+                net.bandwidth.set(compiled.policy.egress.bandwidth);
                 *net.policy.write().expect("lock poisoned") = compiled.clone();
             }
         }
@@ -167,6 +191,30 @@ impl Egress {
             for n in &nets {
                 let v = read(&n.counters).load(Ordering::Relaxed);
                 s += &format!("{name}{{sandbox=\"{}\"{label}}} {v}\n", n.id);
+            }
+        }
+        s += "# TYPE sandstone_egress_destination_bytes_total counter\n";
+        for n in &nets {
+            let mut dests: Vec<_> = n
+                .destinations
+                .lock()
+                .expect("lock poisoned")
+                .iter()
+                .map(|(d, b)| (d.clone(), *b))
+                .collect();
+            dests.sort();
+            for (dest, (up, down)) in dests {
+                // A name is a sandbox's to choose: only what a label may hold.
+                let dest: String = dest
+                    .chars()
+                    .filter(|c| c.is_ascii_alphanumeric() || "-._:[]".contains(*c))
+                    .collect();
+                for (direction, v) in [("up", up), ("down", down)] {
+                    s += &format!(
+                        "sandstone_egress_destination_bytes_total{{sandbox=\"{}\",destination=\"{dest}\",direction=\"{direction}\"}} {v}\n",
+                        n.id
+                    );
+                }
             }
         }
         s

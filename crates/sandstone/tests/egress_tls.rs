@@ -678,6 +678,135 @@ async fn protocol_rules_limit_methods_paths_and_mcp_tools() {
     );
 }
 
+/// Seconds a `curl` of `url` (with `args`) took in sandbox `id`.
+async fn timed_download(d: &Daemon, id: &str, args: &str, url: &str) -> f64 {
+    let r = d
+        .sh(
+            id,
+            &format!(
+                "curl -sS -m 30 {args} -o /dev/null -w '%{{size_download}} %{{time_total}}' '{url}'"
+            ),
+        )
+        .await;
+    let out = r["stdout"].as_str().unwrap();
+    let (size, secs) = out.split_once(' ').unwrap_or_else(|| panic!("{r}"));
+    assert!(size.parse::<u64>().unwrap() >= 20 << 20, "{r}");
+    secs.parse().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_sandboxs_bandwidth_is_limited_on_every_connection_at_once() {
+    let (_net, d) = setup().await;
+    const MIB: u64 = 1 << 20;
+    let limited = |rate: u64| {
+        json!({"mode": "block-all", "egress": {
+            "trafficRules": [{"name": "fake", "action": "allow", "domains": ["web.test", "api.test"],
+                "ports": [{"port": 80}, {"port": 443}]}],
+            // Terminates api.test, so both relays are under the limit.
+            "protocolRules": [{"name": "reads", "protocol": "http", "domains": ["api.test"],
+                "http": {"methods": {"allowed": ["GET"]}}}],
+            "bandwidth": {"bytesPerSecond": rate}}})
+    };
+    let id = d.create(json!({"network": limited(10 * MIB)})).await;
+    // Spliced: 50 MiB at 10 MiB/s (the first tenth of a second's worth
+    // goes at once).
+    let secs = timed_download(&d, &id, "", "http://web.test/bulk?mib=50").await;
+    assert!(
+        (4.0..6.0).contains(&secs),
+        "50 MiB at 10 MiB/s took {secs} s"
+    );
+    // Terminated TLS, 20 MiB.
+    let secs = timed_download(&d, &id, "", "https://api.test/bulk?mib=20").await;
+    assert!(
+        (1.6..2.4).contains(&secs),
+        "20 MiB at 10 MiB/s took {secs} s"
+    );
+    // Two connections at once share the limit: 2 × 20 MiB in about 4 s.
+    let both =
+        "for i in 1 2; do curl -sS -m 30 -o /dev/null http://web.test/bulk?mib=20 & done; wait";
+    let started = std::time::Instant::now();
+    assert_eq!(d.sh(&id, both).await["exit_code"], 0);
+    let secs = started.elapsed().as_secs_f64();
+    assert!((3.2..5.0).contains(&secs), "2 × 20 MiB took {secs} s");
+    // A change applies to a connection already open: a 50 MiB download
+    // started at 1 MiB/s and raised after a second ends seconds later,
+    // not after 50.
+    d.sh(&id, "(curl -sS -m 60 -o /dev/null -w '%{time_total}' http://web.test/bulk?mib=50 > /tmp/slow) >/dev/null 2>&1 &")
+        .await;
+    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    let (s, v) = d
+        .req(
+            reqwest::Method::PUT,
+            &format!("/api/v1/sandboxes/{id}/network"),
+            Some(limited(MIB)),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["data"]["egress"]["bandwidth"]["bytesPerSecond"], MIB);
+    let r = d
+        .sh(
+            &id,
+            "for i in $(seq 100); do [ -s /tmp/slow ] && break; sleep 0.1; done; cat /tmp/slow",
+        )
+        .await;
+    assert_eq!(
+        r["stdout"], "",
+        "at 1 MiB/s the download cannot have ended: {r}"
+    );
+    let (s, _) = d
+        .req(
+            reqwest::Method::PUT,
+            &format!("/api/v1/sandboxes/{id}/network"),
+            Some(limited(1 << 30)),
+        )
+        .await;
+    assert_eq!(s, 200);
+    let r = d
+        .sh(
+            &id,
+            "for i in $(seq 100); do [ -s /tmp/slow ] && break; sleep 0.1; done; cat /tmp/slow",
+        )
+        .await;
+    let secs: f64 = r["stdout"].as_str().unwrap().parse().unwrap_or(99.0);
+    assert!(
+        secs < 30.0,
+        "raising the limit did not reach the open connection: {r}"
+    );
+    // Bytes per destination on /metrics.
+    let metrics = d.metrics().await;
+    let down = |dest: &str| {
+        metrics.lines().find_map(|l| {
+            l.strip_prefix(&format!(
+                "sandstone_egress_destination_bytes_total{{sandbox=\"{id}\",destination=\"{dest}\",direction=\"down\"}} "
+            ))?
+            .parse::<u64>()
+            .ok()
+        })
+    };
+    assert!(
+        down("web.test:80").is_some_and(|b| b >= 140 * MIB),
+        "{metrics}"
+    );
+    assert!(
+        down("api.test:443").is_some_and(|b| b >= 20 * MIB),
+        "{metrics}"
+    );
+    // Too small a limit is refused, naming the field.
+    let mut bad = limited(10);
+    bad["egress"]["bandwidth"]["bytesPerSecond"] = json!(10);
+    let (s, v) = d
+        .req(
+            reqwest::Method::PUT,
+            &format!("/api/v1/sandboxes/{id}/network"),
+            Some(bad),
+        )
+        .await;
+    assert!(
+        s == 400 && v.to_string().contains("egress.bandwidth.bytesPerSecond"),
+        "{v}"
+    );
+}
+
 /// Copies the fake internet's CA into the sandbox (for spliced TLS, whose
 /// certificates are the fake servers' own).
 async fn fake_ca_inside(d: &Daemon, net: &FakeInternet, id: &str) {
