@@ -41,6 +41,7 @@ RECORDS = {
     "git.test": WEB_IPS[0],
     "mtls.test": WEB_IPS[0],
     "mcp.test": WEB_IPS[0],
+    "db.test": WEB_IPS[0],
     "pypi.org": WEB_IPS[0],
     "files.pythonhosted.org": WEB_IPS[0],
     "rebind.test": "127.0.0.1",
@@ -76,7 +77,7 @@ def serve_dns():
 
 TOKEN = os.environ.get("FAKE_TOKEN", "")
 TLS_DIR = os.environ.get("FAKE_TLS_DIR")
-NAMES = ["web.test", "other.test", "api.test", "git.test", "pypi.org", "files.pythonhosted.org"]
+NAMES = ["web.test", "other.test", "api.test", "git.test", "db.test", "pypi.org", "files.pythonhosted.org"]
 
 
 def demo_wheel():

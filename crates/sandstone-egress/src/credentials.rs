@@ -16,6 +16,9 @@ pub enum CredentialProtocol {
     Http,
     #[default]
     Https,
+    /// A Sandstone extension: PostgreSQL's wire protocol, whose login the
+    /// proxy completes upstream (a `username_password` binding).
+    Postgres,
 }
 
 #[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
@@ -142,14 +145,25 @@ pub enum ProjectionKind {
     PlaceholderSubstitution,
     /// Presented upstream as the connection opens (`client_cert.rs`).
     TlsClientCertificate,
+    /// A database login the proxy completes upstream (`postgres.rs`).
+    UsernamePassword,
 }
 
 impl ProjectionKind {
     /// Whether it is applied to each request (else to the connection).
     pub fn per_request(self) -> bool {
-        !matches!(self, ProjectionKind::TlsClientCertificate)
+        matches!(
+            self,
+            ProjectionKind::HttpHeaders | ProjectionKind::PlaceholderSubstitution
+        )
     }
 }
+
+/// Sandbox0's `UsernamePasswordProjection`: no settings (the source holds
+/// the username and password).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct UsernamePassword {}
 
 /// Sandbox0's `TLSClientCertificateProjection`: it has no settings (the
 /// source holds the certificate, its key and the upstream's CA).
@@ -171,9 +185,9 @@ pub struct Projection {
     pub placeholder_substitution: Option<PlaceholderSubstitution>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls_client_certificate: Option<TlsClientCertificate>,
-    /// Sandbox0's username/password and SSH projections: not supported yet.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub username_password: Option<Unsupported>,
+    pub username_password: Option<UsernamePassword>,
+    /// Sandbox0's SSH projection: not supported yet.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ssh_proxy: Option<Unsupported>,
 }
@@ -294,7 +308,18 @@ pub fn validate(
             .find(|b| b.reference == r.credential_ref)
             .map(|b| b.projection.kind);
         let placeholder = kind == Some(ProjectionKind::PlaceholderSubstitution);
-        if kind.is_some_and(|k| !k.per_request()) {
+        // A login is made on a database protocol, and only there.
+        let login = kind == Some(ProjectionKind::UsernamePassword);
+        if login != (r.protocol == CredentialProtocol::Postgres) {
+            return Err(PolicyError::new(format!("{at}.protocol"), Problem::Login));
+        }
+        if login && r.http_match.is_some() {
+            return Err(PolicyError::new(
+                format!("{at}.httpMatch"),
+                Problem::PerConnection("no request can be matched"),
+            ));
+        }
+        if kind == Some(ProjectionKind::TlsClientCertificate) {
             if r.protocol != CredentialProtocol::Https {
                 return Err(PolicyError::new(
                     format!("{at}.protocol"),
@@ -339,13 +364,9 @@ pub fn validate(
 }
 
 fn validate_projection(p: &Projection, at: &str) -> Result<(), PolicyError> {
-    let unsupported = [
-        ("usernamePassword", p.username_password.is_some()),
-        ("sshProxy", p.ssh_proxy.is_some()),
-    ];
-    if let Some((field, _)) = unsupported.iter().find(|(_, set)| *set) {
+    if p.ssh_proxy.is_some() {
         return Err(PolicyError::new(
-            format!("{at}.{field}"),
+            format!("{at}.sshProxy"),
             Problem::Unsupported,
         ));
     }
@@ -391,7 +412,7 @@ fn validate_projection(p: &Projection, at: &str) -> Result<(), PolicyError> {
                     .map_err(|e| PolicyError::new(format!("{at}.valueTemplate"), e.into()))?;
             }
         }
-        ProjectionKind::TlsClientCertificate => {}
+        ProjectionKind::TlsClientCertificate | ProjectionKind::UsernamePassword => {}
     }
     Ok(())
 }
@@ -501,8 +522,8 @@ pub fn project(
         });
     }
     match p.kind {
-        // Applied to the connection, never here (`for_request` leaves it out).
-        ProjectionKind::TlsClientCertificate => {}
+        // Applied to the connection, never here (`for_request` leaves them out).
+        ProjectionKind::TlsClientCertificate | ProjectionKind::UsernamePassword => {}
         ProjectionKind::HttpHeaders => {
             let templates = p
                 .http_headers
@@ -615,8 +636,16 @@ fn percent_encode(s: &str) -> String {
 
 impl CredentialRule {
     fn enabled_for(&self, host: &str, port: u16, tls: bool) -> bool {
+        let protocol = match tls {
+            true => CredentialProtocol::Https,
+            false => CredentialProtocol::Http,
+        };
+        self.protocol == protocol && self.serves(host, port)
+    }
+
+    /// Enabled, and naming `host:port`.
+    fn serves(&self, host: &str, port: u16) -> bool {
         self.rollout == Rollout::Enabled
-            && (self.protocol == CredentialProtocol::Https) == tls
             && self
                 .domains
                 .iter()
@@ -690,6 +719,20 @@ impl Injection {
             }
         }
         out
+    }
+
+    /// The login to complete on a PostgreSQL connection to `host:port`.
+    pub fn login(&self, host: &str, port: u16) -> Option<(&CredentialRule, &CredentialBinding)> {
+        self.rules
+            .iter()
+            .filter(|r| r.protocol == CredentialProtocol::Postgres && r.serves(host, port))
+            .find_map(|r| {
+                let b = self
+                    .bindings
+                    .iter()
+                    .find(|b| b.reference == r.credential_ref)?;
+                (b.projection.kind == ProjectionKind::UsernamePassword).then_some((r, b))
+            })
     }
 
     /// The client certificate to present on a TLS connection to
@@ -851,11 +894,24 @@ mod tests {
         let short = r#"[{"ref":"a","sourceRef":"s","projection":{"type":"placeholder_substitution",
             "placeholderSubstitution":{"replacements":[{"placeholder":"x","valueTemplate":"{{.t}}"}]}}}]"#;
         assert!(err(short, "[]").contains("placeholder"));
-        let login = r#"[{"ref":"a","sourceRef":"s","projection":{"type":"http_headers",
-            "usernamePassword":{}}}]"#;
+        let ssh = r#"[{"ref":"a","sourceRef":"s","projection":{"type":"http_headers",
+            "sshProxy":{}}}]"#;
         assert_eq!(
-            err(login, "[]"),
-            "credentialBindings[0].projection.usernamePassword: not supported by Sandstone yet"
+            err(ssh, "[]"),
+            "credentialBindings[0].projection.sshProxy: not supported by Sandstone yet"
+        );
+        // A login is made on postgres, and postgres needs a login.
+        let login = r#"[{"ref":"a","sourceRef":"s","projection":{"type":"username_password"}}]"#;
+        assert!(
+            err(login, r#"[{"credentialRef":"a","domains":["db.test"]}]"#)
+                .starts_with("egress.credentialRules[0].protocol: ")
+        );
+        assert!(
+            err(
+                hb,
+                r#"[{"credentialRef":"a","protocol":"postgres","domains":["db.test"]}]"#
+            )
+            .starts_with("egress.credentialRules[0].protocol: ")
         );
         // A client certificate is the connection's: no request is matched.
         let mtls =
@@ -907,6 +963,15 @@ mod tests {
             .collect();
         assert_eq!(refs, ["h"]);
         assert!(inj.intercepts("x.corp", 8443, true));
+        // A login is found only for a postgres rule's host and port.
+        let db = injection(
+            r#"[{"ref":"db","sourceRef":"login","projection":{"type":"username_password"}}]"#,
+            r#"[{"name":"pg","credentialRef":"db","protocol":"postgres","domains":["db.corp"],"ports":[{"port":5432}]}]"#,
+        );
+        assert_eq!(db.login("db.corp", 5432).unwrap().0.name, "pg");
+        assert!(db.login("db.corp", 5433).is_none() && db.login("web.corp", 5432).is_none());
+        // Nor is a postgres rule an HTTP one.
+        assert!(!db.intercepts("db.corp", 5432, false) && !db.intercepts("db.corp", 5432, true));
         // A headers projection never renders from another kind of source.
         let (_, hb) = inj.for_request("api.corp", 443, true, "GET", "/")[0];
         let cert = SourceValues {

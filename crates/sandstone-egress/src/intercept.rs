@@ -16,15 +16,15 @@
 
 use crate::aead::provider;
 use crate::audit::EventKind;
-use crate::bandwidth::Bucket;
 use crate::client_cert::ClientCertificate;
+use crate::counted::Counted;
 use crate::credentials::{
     FailurePolicy, MAX_SUBSTITUTED_BODY, ProjectionError, RequestParts, project,
 };
 use crate::policy::{AppProtocol, Connection, Decision, Layer, Transport};
 use crate::protocol_rules::{MAX_INSPECTED_BODY, McpVerdict, check_mcp};
 use crate::proxy::Flow;
-use crate::state::{Egress, SandboxNet};
+use crate::state::Egress;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, combinators::BoxBody};
 use hyper::body::Incoming;
@@ -36,15 +36,12 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use rustls::{ClientConfig, RootCertStore, ServerConfig};
 use std::collections::HashMap;
-use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 
 type Body = BoxBody<Bytes, hyper::Error>;
@@ -154,6 +151,9 @@ pub struct Interceptor {
     /// operator's.
     roots: RootCertStore,
     upstream_tls: Arc<ClientConfig>,
+    /// The same roots for database protocols, offering their ALPN name
+    /// (PostgreSQL 17 refuses a connection offering only HTTP's).
+    database_tls: Arc<ClientConfig>,
     pools: Mutex<HashMap<PoolKey, Pool>>,
     reaped: Mutex<Instant>,
 }
@@ -186,15 +186,26 @@ impl Interceptor {
             .with_root_certificates(roots.clone())
             .with_no_client_auth();
         upstream.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        let mut database = ClientConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()?
+            .with_root_certificates(roots.clone())
+            .with_no_client_auth();
+        database.alpn_protocols = vec![b"postgresql".to_vec()];
         Ok(Interceptor {
             issuer: ca.issuer()?,
             ca_der,
             leaves: Mutex::new(HashMap::new()),
             roots,
             upstream_tls: Arc::new(upstream),
+            database_tls: Arc::new(database),
             pools: Mutex::new(HashMap::new()),
             reaped: Mutex::new(Instant::now()),
         })
+    }
+
+    /// Upstream TLS for a database login (`postgres.rs`).
+    pub(crate) fn database_tls(&self) -> Arc<ClientConfig> {
+        self.database_tls.clone()
     }
 
     fn pool(&self, key: PoolKey) -> Pool {
@@ -856,140 +867,6 @@ where
     let (s, conn) = client1::handshake(io).await?;
     tokio::spawn(conn);
     Ok(Sender::H1(s))
-}
-
-/// The sandbox's side of the connection: replays the bytes the proxy read
-/// while sniffing, then reads on; counts bytes both ways.
-/// The sandbox's bandwidth holds both ways back.
-struct Counted {
-    inner: TcpStream,
-    head: Vec<u8>,
-    at: usize,
-    up: Arc<AtomicU64>,
-    down: Arc<AtomicU64>,
-    sandbox: Arc<SandboxNet>,
-    /// A read, and a write, waiting for the sandbox's bandwidth.
-    read_wait: Option<Pin<Box<tokio::time::Sleep>>>,
-    write_wait: Option<Pin<Box<tokio::time::Sleep>>>,
-}
-
-impl Counted {
-    fn new(inner: TcpStream, head: Vec<u8>, sandbox: Arc<SandboxNet>) -> Counted {
-        Counted {
-            inner,
-            head,
-            at: 0,
-            up: Arc::default(),
-            down: Arc::default(),
-            sandbox,
-            read_wait: None,
-            write_wait: None,
-        }
-    }
-}
-
-/// Ready once `bucket` lets a transfer start; else registers the wake-up.
-fn throttle(
-    bucket: &Bucket,
-    wait: &mut Option<Pin<Box<tokio::time::Sleep>>>,
-    cx: &mut Context<'_>,
-) -> Poll<()> {
-    loop {
-        if let Some(sleep) = wait {
-            std::task::ready!(sleep.as_mut().poll(cx));
-            *wait = None;
-        }
-        let delay = bucket.delay();
-        if delay.is_zero() {
-            return Poll::Ready(());
-        }
-        *wait = Some(Box::pin(tokio::time::sleep(delay)));
-    }
-}
-
-impl AsyncRead for Counted {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        let this = &mut *self;
-        if this.at < this.head.len() {
-            let n = (this.head.len() - this.at).min(buf.remaining());
-            buf.put_slice(&this.head[this.at..this.at + n]);
-            this.at += n;
-            this.up.fetch_add(n as u64, Ordering::Relaxed);
-            return Poll::Ready(Ok(()));
-        }
-        std::task::ready!(throttle(
-            &this.sandbox.bandwidth.up,
-            &mut this.read_wait,
-            cx
-        ));
-        let before = buf.filled().len();
-        let r = Pin::new(&mut this.inner).poll_read(cx, buf);
-        let n = buf.filled().len() - before;
-        this.sandbox.bandwidth.up.charge(n);
-        this.up.fetch_add(n as u64, Ordering::Relaxed);
-        r
-    }
-}
-
-impl Counted {
-    fn wrote(&self, r: &Poll<std::io::Result<usize>>) {
-        if let Poll::Ready(Ok(n)) = r {
-            self.sandbox.bandwidth.down.charge(*n);
-            self.down.fetch_add(*n as u64, Ordering::Relaxed);
-        }
-    }
-}
-
-impl AsyncWrite for Counted {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        data: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        let this = &mut *self;
-        std::task::ready!(throttle(
-            &this.sandbox.bandwidth.down,
-            &mut this.write_wait,
-            cx
-        ));
-        let r = Pin::new(&mut this.inner).poll_write(cx, data);
-        this.wrote(&r);
-        r
-    }
-
-    /// rustls hands over every TLS record it has ready at once: one
-    /// `writev` for them, not one `send` per 16 KiB record.
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[std::io::IoSlice<'_>],
-    ) -> Poll<std::io::Result<usize>> {
-        let this = &mut *self;
-        std::task::ready!(throttle(
-            &this.sandbox.bandwidth.down,
-            &mut this.write_wait,
-            cx
-        ));
-        let r = Pin::new(&mut this.inner).poll_write_vectored(cx, bufs);
-        this.wrote(&r);
-        r
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
-    }
 }
 
 /// A request body: as it streams in, or read whole (to inspect or change).

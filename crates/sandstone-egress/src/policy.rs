@@ -314,6 +314,9 @@ pub enum Problem {
     OtherProtocol(&'static str),
     #[error("at least {0} bytes")]
     TooSmall(u64),
+    /// A `username_password` binding and the `postgres` protocol go together.
+    #[error("a usernamePassword login is made on protocol postgres, and postgres needs one")]
+    Login,
 }
 
 /// Traffic rules one policy may hold.

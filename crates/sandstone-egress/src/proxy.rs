@@ -9,12 +9,16 @@
 //! Denied HTTP gets a 403 saying why; anything else denied is reset.
 
 use crate::audit::{AuditEvent, EventKind, Verdict, now_ms};
+use crate::counted::Counted;
+use crate::credentials::{FailurePolicy, ProjectionError};
 use crate::policy::{AppProtocol, Connection, Decision, Layer, Transport};
+use crate::postgres::Login;
 use crate::sniff::{MAX_SNIFF, Sniffed, sniff};
 use crate::state::{Egress, SandboxNet};
 use std::net::{IpAddr, SocketAddr};
 use std::os::fd::AsFd;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -216,9 +220,20 @@ async fn handle(mut conn: TcpStream, peer: SocketAddr, egress: Arc<Egress>) {
     // allowed it: a credential must reach the named host, not an address
     // the sandbox paired with its name. One a CIDR rule (or the mode)
     // allowed goes to the address the sandbox chose, terminated or not.
-    let dial_name = match intercept && for_credentials {
-        true => flow.host.as_deref(),
-        false => policy.dial_name(&c),
+    // A database login a credential rule completes. Such protocols state
+    // no name: it is the one the sandbox's own DNS answer gave, and the
+    // login, like any credential, goes where that name resolves.
+    let login = match (app, flow.resolved.as_deref()) {
+        (AppProtocol::Other, Some(name)) => policy
+            .injection
+            .login(name, dst.port())
+            .map(|(rule, binding)| (name.to_string(), rule.clone(), binding.clone())),
+        _ => None,
+    };
+    let dial_name = match (&login, intercept && for_credentials) {
+        (Some((name, ..)), _) => Some(name.as_str()),
+        (None, true) => flow.host.as_deref(),
+        (None, false) => policy.dial_name(&c),
     }
     .filter(|_| decision.allowed)
     .map(str::to_string);
@@ -265,6 +280,52 @@ async fn handle(mut conn: TcpStream, peer: SocketAddr, egress: Arc<Egress>) {
         return refuse(conn, &flow, &reason).await;
     }
     flow.dialed = Some(target);
+    if let Some((name, rule, binding)) = login {
+        let source = match &egress.credentials {
+            Some(store) => store
+                .resolve(&flow.sandbox.id, &binding.source_ref)
+                .await
+                .map_err(ProjectionError::from)
+                .and_then(|values| Login::from_values(&values)),
+            None => Err(ProjectionError::NoStore),
+        };
+        let credential = format!("credential {:?} (username/password)", binding.reference);
+        let source = match source {
+            Err(e) if rule.failure_policy == FailurePolicy::FailOpen => {
+                reason = format!(
+                    "{reason}; {credential} not applied: {e}; relayed without it (failurePolicy fail-open)"
+                );
+                return splice_to(&egress, flow, &decision, reason, conn, &head, target).await;
+            }
+            Err(e) => {
+                decision = Decision {
+                    allowed: false,
+                    layer: Layer::Rule,
+                    rule: Some(rule.name.clone()),
+                };
+                Err(format!(
+                    "{credential} could not be applied: {e}; refused (failurePolicy fail-closed)"
+                ))
+            }
+            Ok(login) => Ok(login),
+        };
+        let refused = source.as_ref().err().cloned();
+        let io = Counted::new(conn, head, flow.sandbox.clone());
+        let (up, down) = (io.up.clone(), io.down.clone());
+        let tls = egress.interceptor.as_ref().map(|i| i.database_tls());
+        let outcome = crate::postgres::serve(io, target, &name, tls, source).await;
+        let how = match (refused, outcome.logged_in, outcome.error) {
+            (Some(why), ..) => why,
+            (None, true, _) => format!("{credential}: logged in to {name} upstream"),
+            (None, false, e) => format!(
+                "{credential}: the login to {name} failed: {}",
+                e.map_or_else(|| "closed".to_string(), |e| e.to_string())
+            ),
+        };
+        let reason = format!("{reason}; {how}");
+        let (up, down) = (up.load(Ordering::Relaxed), down.load(Ordering::Relaxed));
+        return flow.audit(&egress, &decision, reason, up, down);
+    }
     if let Some(interceptor) = egress.interceptor.as_ref().filter(|_| intercept) {
         let flow = Arc::new(flow);
         let (up, down) = interceptor
@@ -277,12 +338,25 @@ async fn handle(mut conn: TcpStream, peer: SocketAddr, egress: Arc<Egress>) {
         let reason = format!("{reason}; terminated for {why}");
         return flow.audit(&egress, &decision, reason, up, down);
     }
+    splice_to(&egress, flow, &decision, reason, conn, &head, target).await
+}
+
+/// Relays an allowed connection untouched to `target`, and audits it.
+async fn splice_to(
+    egress: &Egress,
+    flow: Flow,
+    decision: &Decision,
+    reason: String,
+    conn: TcpStream,
+    head: &[u8],
+    target: SocketAddr,
+) {
     let upstream = match tokio::time::timeout(DIAL_TIMEOUT, TcpStream::connect(target)).await {
         Ok(Ok(s)) => s,
         _ => {
             flow.audit(
-                &egress,
-                &decision,
+                egress,
+                decision,
                 format!("{reason}; upstream {target} unreachable"),
                 0,
                 0,
@@ -291,8 +365,8 @@ async fn handle(mut conn: TcpStream, peer: SocketAddr, egress: Arc<Egress>) {
             return;
         }
     };
-    let (up, down) = splice(conn, upstream, &head, &flow.sandbox.bandwidth).await;
-    flow.audit(&egress, &decision, reason, up, down);
+    let (up, down) = splice(conn, upstream, head, &flow.sandbox.bandwidth).await;
+    flow.audit(egress, decision, reason, up, down);
 }
 
 /// Resolves `name` on the host and returns the first address the operator

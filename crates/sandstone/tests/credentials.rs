@@ -239,7 +239,7 @@ async fn every_source_kind_is_checked_sealed_and_kept_to_its_kind() {
     // A projection Sandstone does not apply yet is refused, naming it.
     let policy = json!({"mode": "block-all",
         "credentialBindings": [{"ref": "db", "sourceRef": "db",
-            "projection": {"type": "username_password", "usernamePassword": {}}}]});
+            "projection": {"type": "ssh_proxy", "sshProxy": {}}}]});
     d.rejects(
         "/api/v1/sandboxes",
         json!({"template": "host", "config": {"network": policy}}),

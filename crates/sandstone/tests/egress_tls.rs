@@ -807,6 +807,151 @@ async fn a_sandboxs_bandwidth_is_limited_on_every_connection_at_once() {
     );
 }
 
+/// A policy allowing db.test:5432 (a database protocol states no name: the
+/// rule matches the sandbox's own DNS answer) whose login the proxy makes
+/// with `source`.
+fn db_policy(source: &str) -> Value {
+    json!({"mode": "block-all",
+        "egress": {
+            "trafficRules": [{"name": "db", "action": "allow", "domains": ["db.test"],
+                "ports": [{"port": 5432}], "matchDnsAnswers": true}],
+            "credentialRules": [{"name": "db-login", "credentialRef": "db", "protocol": "postgres",
+                "domains": ["db.test"], "ports": [{"port": 5432}]}]},
+        "credentialBindings": [{"ref": "db", "sourceRef": source,
+            "projection": {"type": "username_password"}}]})
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_database_login_is_completed_with_a_password_the_sandbox_never_holds() {
+    let (net, d) = setup().await;
+    let password = format!("pw-{}", &sha256sum(net.token.as_bytes())[..24]);
+    let Some(_pg) = net.postgres(&password) else {
+        return;
+    };
+    let psql = common::fake_internet::PostgresBin::find()
+        .unwrap()
+        .0
+        .join("psql");
+    for (name, user, secret) in [
+        ("db-scram", "app", password.as_str()),
+        ("db-md5", "app_md5", password.as_str()),
+        ("db-plain", "app_plain", password.as_str()),
+        ("db-wrong", "app", "not-the-password"),
+    ] {
+        let (s, v) = d
+            .post(
+                "/api/v1/credential-sources",
+                json!({"name": name, "resolverKind": "static_username_password",
+                    "spec": {"staticUsernamePassword": {"username": user, "password": secret}}}),
+            )
+            .await;
+        assert_eq!(s, 201, "{v}");
+    }
+    let id = d.create(json!({"network": db_policy("db-scram")})).await;
+    // psql with no password anywhere: the proxy logs in as the source's
+    // user, over TLS to the server (pg_stat_ssl), by each method.
+    let query = format!(
+        "{} 'host=db.test port=5432 user=sandbox dbname=postgres connect_timeout=10' -Atc \
+         'select current_user, ssl from pg_stat_ssl where pid = pg_backend_pid()' 2>&1",
+        psql.display()
+    );
+    for (source, user) in [
+        ("db-scram", "app"),
+        ("db-md5", "app_md5"),
+        ("db-plain", "app_plain"),
+    ] {
+        let (s, v) = d
+            .req(
+                reqwest::Method::PUT,
+                &format!("/api/v1/sandboxes/{id}/network"),
+                Some(db_policy(source)),
+            )
+            .await;
+        assert_eq!(s, 200, "{v}");
+        let r = d.sh(&id, &query).await;
+        assert_eq!(r["stdout"], format!("{user}|t\n"), "{source}: {r}");
+    }
+    // A wrong password is the server's own refusal.
+    let (s, _) = d
+        .req(
+            reqwest::Method::PUT,
+            &format!("/api/v1/sandboxes/{id}/network"),
+            Some(db_policy("db-wrong")),
+        )
+        .await;
+    assert_eq!(s, 200);
+    let r = d.sh(&id, &query).await;
+    let out = r["stdout"].as_str().unwrap();
+    assert!(
+        r["exit_code"] == 2 && out.contains("password authentication failed for user \"app\""),
+        "{r}"
+    );
+    // A source that is not a login fails closed, saying why.
+    add_source(&d, "headers", "X-Api-Key", "value").await;
+    let (s, _) = d
+        .req(
+            reqwest::Method::PUT,
+            &format!("/api/v1/sandboxes/{id}/network"),
+            Some(db_policy("headers")),
+        )
+        .await;
+    assert_eq!(s, 200);
+    let r = d.sh(&id, &query).await;
+    let out = r["stdout"].as_str().unwrap();
+    assert!(
+        out.contains("static_headers source") && out.contains("fail-closed"),
+        "{r}"
+    );
+
+    // The password is nowhere in the sandbox, the audit, the log or the
+    // database.
+    let (head, tail) = password.split_at(password.len() / 2);
+    let r = d
+        .sh(
+            &id,
+            &format!(
+                "printf '%s%s\\n' '{head}' '{tail}' > /dev/shm/p; cat /proc/*/environ /proc/*/cmdline 2>/dev/null | grep -cFf /dev/shm/p; grep -rlFf /dev/shm/p /tmp /root /etc /home /run /workspace 2>/dev/null | wc -l; rm /dev/shm/p"
+            ),
+        )
+        .await;
+    assert_eq!(r["stdout"], "0\n0\n", "{r}");
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let events = d.audit(&id, "").await;
+    let audited = |decision: &str, needle: &str| {
+        events
+            .iter()
+            .any(|e| e["decision"] == decision && e["reason"].as_str().unwrap().contains(needle))
+    };
+    assert!(
+        audited(
+            "allow",
+            "(username/password): logged in to db.test upstream"
+        ),
+        "{events:?}"
+    );
+    assert!(
+        audited(
+            "allow",
+            "the login to db.test failed: the server refused the login"
+        ),
+        "{events:?}"
+    );
+    assert!(audited("deny", "fail-closed"), "{events:?}");
+    let log = std::fs::read(d.data.path().join("daemon.log")).unwrap_or_default();
+    for (what, bytes) in [
+        ("the audit", serde_json::to_vec(&events).unwrap()),
+        ("daemon.log", log),
+        ("the database", d.database_bytes()),
+    ] {
+        assert!(
+            !bytes
+                .windows(password.len())
+                .any(|w| w == password.as_bytes()),
+            "{what} holds the password"
+        );
+    }
+}
+
 /// Copies the fake internet's CA into the sandbox (for spliced TLS, whose
 /// certificates are the fake servers' own).
 async fn fake_ca_inside(d: &Daemon, net: &FakeInternet, id: &str) {

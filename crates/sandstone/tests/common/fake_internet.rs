@@ -134,6 +134,108 @@ impl FakeInternet {
         guard
     }
 
+    /// Starts a PostgreSQL server (Debian's) as `db.test:5432`, TLS only
+    /// (the fake CA's leaf), with three roles whose password is
+    /// `password`, each logging in its own way: `app` by SCRAM-SHA-256,
+    /// `app_md5` by MD5, `app_plain` in cleartext. `None` without
+    /// PostgreSQL.
+    pub fn postgres(&self, password: &str) -> Option<PostgresServer> {
+        let bin = PostgresBin::find()?;
+        let data = tempfile::Builder::new()
+            .prefix("fake-pg-")
+            .tempdir_in("/tmp")
+            .unwrap();
+        let dir = data.path().display().to_string();
+        let as_postgres = |prog: &str| {
+            let mut c = Command::new("setpriv");
+            c.args([
+                "--reuid=postgres",
+                "--regid=postgres",
+                "--init-groups",
+                "--",
+            ])
+            .arg(bin.0.join(prog));
+            c
+        };
+        let ok = |c: &mut Command| {
+            let out = c.output().unwrap();
+            assert!(
+                out.status.success(),
+                "{c:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        ok(Command::new("chown").args(["postgres:postgres", &dir]));
+        ok(as_postgres("initdb").args([
+            "-D",
+            &dir,
+            "-U",
+            "postgres",
+            "--auth-local=trust",
+            "--auth-host=scram-sha-256",
+        ]));
+        std::fs::write(
+            data.path().join("pg_hba.conf"),
+            "local all all trust\nhostssl all app_md5 0.0.0.0/0 md5\n\
+             hostssl all app_plain 0.0.0.0/0 password\nhostssl all app 0.0.0.0/0 scram-sha-256\n",
+        )
+        .unwrap();
+        for (from, to) in [("leaf.pem", "server.crt"), ("leaf.key", "server.key")] {
+            let to = data.path().join(to);
+            std::fs::copy(self.dir.path().join(from), &to).unwrap();
+            ok(Command::new("chown").arg("postgres:postgres").arg(&to));
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&to, std::fs::Permissions::from_mode(0o600)).unwrap();
+        }
+        let server = Command::new("ip")
+            .args(["netns", "exec", &self.ns, "setpriv"])
+            .args([
+                "--reuid=postgres",
+                "--regid=postgres",
+                "--init-groups",
+                "--",
+            ])
+            .arg(bin.0.join("postgres"))
+            .args([
+                "-D",
+                &dir,
+                "-c",
+                &format!("listen_addresses={}", self.server),
+            ])
+            .args([
+                "-c",
+                &format!("unix_socket_directories={dir}"),
+                "-c",
+                "ssl=on",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start postgres");
+        let server = PostgresServer {
+            postmaster: server,
+            _data: data,
+        };
+        let addr: std::net::SocketAddr = format!("{}:5432", self.server).parse().unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while std::net::TcpStream::connect_timeout(&addr, std::time::Duration::from_millis(200))
+            .is_err()
+        {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "postgres did not start"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        let sql = format!(
+            "SET password_encryption = 'scram-sha-256'; CREATE ROLE app LOGIN PASSWORD '{password}';\
+             CREATE ROLE app_plain LOGIN PASSWORD '{password}';\
+             SET password_encryption = 'md5'; CREATE ROLE app_md5 LOGIN PASSWORD '{password}';"
+        );
+        ok(as_postgres("psql").args(["-h", &dir, "-U", "postgres", "-d", "postgres", "-qc", &sql]));
+        Some(server)
+    }
+
     pub fn ca_pem(&self) -> std::path::PathBuf {
         self.dir.path().join("ca.pem")
     }
@@ -174,6 +276,49 @@ pub async fn default_daemon(net: &FakeInternet, template: &str) -> Daemon {
 
 /// A process killed when dropped.
 pub struct ChildGuard(std::process::Child);
+
+/// A PostgreSQL server of the fake internet: shut down (then its data
+/// directory removed) when dropped.
+pub struct PostgresServer {
+    postmaster: std::process::Child,
+    _data: tempfile::TempDir,
+}
+
+impl Drop for PostgresServer {
+    fn drop(&mut self) {
+        // A fast shutdown (SIGINT) ends the backends too; SIGKILL after 5 s.
+        let pid = sandstone_sys::Pid::from_raw(self.postmaster.id() as i32);
+        let _ = sandstone_sys::process::kill(pid, libc::SIGINT);
+        for _ in 0..50 {
+            if matches!(self.postmaster.try_wait(), Ok(Some(_))) {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        let _ = self.postmaster.kill();
+        let _ = self.postmaster.wait();
+    }
+}
+
+/// The directory of Debian's PostgreSQL programs (the newest installed).
+pub struct PostgresBin(pub std::path::PathBuf);
+
+impl PostgresBin {
+    pub fn find() -> Option<PostgresBin> {
+        let mut found: Vec<_> = std::fs::read_dir("/usr/lib/postgresql")
+            .ok()?
+            .flatten()
+            .map(|e| e.path().join("bin"))
+            .filter(|b| b.join("postgres").exists())
+            .collect();
+        found.sort();
+        let bin = found.pop().map(PostgresBin);
+        if bin.is_none() {
+            eprintln!("skipped: PostgreSQL is not installed (.ci/run installs it)");
+        }
+        bin
+    }
+}
 
 impl Drop for ChildGuard {
     fn drop(&mut self) {
