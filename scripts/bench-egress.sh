@@ -16,6 +16,9 @@
 #    proxy presents (mutual TLS) vs one terminated for a header;
 #  - a keep-alive request checked by an http protocol rule vs spliced, and
 #    50 MiB under a 10 MiB/s bandwidth limit;
+#  - PostgreSQL (pgbench, `select 1`): a query on a reused connection and a
+#    new connection (SCRAM-SHA-256, TLS upstream) + query, the proxy
+#    completing the login vs the client logging in directly;
 #  - a cached DNS answer from the policy resolver;
 #  - sandbox create with networking vs without.
 set -euo pipefail
@@ -24,10 +27,13 @@ source scripts/bench-lib.sh
 out="$(scripts/build.sh release)"
 s="$out/sandstone"
 work="$(mktemp -d /var/tmp/sandstone-egress-bench-XXXXXX)"
+# PostgreSQL's data, owned by its user (who cannot enter $work).
+pgdata="$(mktemp -d /var/tmp/sandstone-egress-bench-pg-XXXXXX)"
 ns="fibench$$"
 pids=()
 cleanup() {
   bench_cleanup
+  rm -rf "$pgdata"
   ip netns del "$ns" 2>/dev/null || true
 }
 trap cleanup EXIT
@@ -103,6 +109,55 @@ cat > "$work/ruled.json" <<'EOF'
             "bandwidth": {"bytesPerSecond": 10485760}}}
 EOF
 on net policy set "$ruled" --file "$work/ruled.json" >/dev/null
+# db.test:5432: PostgreSQL (TLS only, SCRAM-SHA-256) in the fake internet,
+# and a sandbox (on the host's /usr, for pgbench) whose policy has the proxy
+# log in as `bench` with a source's password.
+pgbin=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -1)
+as_pg() { setpriv --reuid=postgres --regid=postgres --init-groups -- "$@"; }
+chown postgres:postgres "$pgdata"
+as_pg "$pgbin/initdb" -D "$pgdata" -U postgres --auth-local=trust --auth-host=scram-sha-256 >/dev/null
+printf 'local all all trust\nhostssl all all 0.0.0.0/0 scram-sha-256\n' > "$pgdata/pg_hba.conf"
+install -o postgres -g postgres -m 600 "$work/fake/leaf.pem" "$pgdata/server.crt"
+install -o postgres -g postgres -m 600 "$work/fake/leaf.key" "$pgdata/server.key"
+ip netns exec "$ns" setpriv --reuid=postgres --regid=postgres --init-groups -- \
+  "$pgbin/postgres" -D "$pgdata" -c listen_addresses=10.98.0.2 -c "unix_socket_directories=$pgdata" \
+  -c ssl=on -c max_connections=50 >/dev/null 2>&1 &
+pids+=($!)
+for _ in $(seq 100); do as_pg "$pgbin/pg_isready" -q -h "$pgdata" && break; sleep 0.1; done
+pgpw="bench-$RANDOM$RANDOM$RANDOM"
+as_pg "$pgbin/psql" -h "$pgdata" -U postgres -qc "CREATE ROLE bench LOGIN PASSWORD '$pgpw'"
+curl -fsS -H "Authorization: Bearer $token" -H 'content-type: application/json' \
+  "http://127.0.0.1:$port/api/v1/credential-sources" -d @- >/dev/null <<EOF
+{"name": "db", "resolverKind": "static_username_password",
+ "spec": {"staticUsernamePassword": {"username": "bench", "password": "$pgpw"}}}
+EOF
+db=$(on net create --template host)
+cat > "$work/db.json" <<'EOF'
+{"mode": "block-all",
+ "egress": {"trafficRules": [{"name": "db", "action": "allow", "domains": ["db.test"],
+                              "ports": [{"port": 5432}], "matchDnsAnswers": true}],
+            "credentialRules": [{"name": "db", "credentialRef": "db", "protocol": "postgres",
+                                 "domains": ["db.test"], "ports": [{"port": 5432}]}]},
+ "credentialBindings": [{"ref": "db", "sourceRef": "db", "projection": {"type": "username_password"}}]}
+EOF
+on net policy set "$db" --file "$work/db.json" >/dev/null
+printf 'select 1;\n' > "$work/select.sql"
+on net cp "$work/select.sql" "$db:/tmp/select.sql"
+# pgb WHERE PGBENCH-ARGS...: "p50 p99" in ms of pgbench's per-transaction
+# latencies (its -l log; with -C they include the connection), the client
+# logging in directly (TLS, SCRAM) or through the proxy (no password).
+pgb() {
+  local where=$1; shift
+  case $where in
+    direct) rm -f "$work"/pgb.*
+      PGPASSWORD="$pgpw" PGSSLMODE=require "$pgbin/pgbench" -h 10.98.0.2 -U bench -n \
+        -f "$work/select.sql" -l --log-prefix="$work/pgb" "$@" postgres >/dev/null 2>&1
+      cat "$work"/pgb.* ;;
+    proxy) on net exec "$db" -- sh -c "rm -f /tmp/pgb.*; $pgbin/pgbench -h db.test -U sandbox -n \
+        -f /tmp/select.sql -l --log-prefix=/tmp/pgb $* postgres >/dev/null 2>&1; cat /tmp/pgb.*" ;;
+  esac | awk '{print $3}' | sort -n \
+    | awk '{a[NR] = $1} END {printf "%.3f %.3f", a[int(NR * 0.5) + 1] / 1000, a[int(NR * 0.99) + 1] / 1000}'
+}
 py="$(cat tests/fake_internet/latency.py)"
 inside() { on net exec "$id" -- python3 -c "$py" "$@"; }
 in_strict() { on net exec "$strict" -- python3 -c "$py" "$@"; }
@@ -121,6 +176,12 @@ row "new TLS connection + request, enforceRequestHost" "$(in_strict tls web.test
 row "new TLS connection + request, client certificate" "$(inside tls mtls.test 10.98.0.2 300 - 8443)"
 row "keep-alive request, http protocol rule" "$(in_ruled keepalive web.test 10.98.0.2 1000)"
 echo "50 MiB over TLS under a 10 MiB/s limit: $(in_ruled bulk web.test 10.98.0.2 50 -) MiB/s"
+for i in 1 2; do
+  row "PostgreSQL query, reused connection, direct ($i)" "$(pgb direct -t 3000)"
+  row "PostgreSQL query, reused connection, proxy login ($i)" "$(pgb proxy -t 3000)"
+  row "new PostgreSQL connection + query, direct ($i)" "$(pgb direct -C -t 300)"
+  row "new PostgreSQL connection + query, proxy login ($i)" "$(pgb proxy -C -t 300)"
+done
 # Throughput, and the CPU it took per GiB: the daemon's (the proxy's) and
 # the whole machine's. On two shared cores throughput is noisy; the CPU a
 # GiB costs is what a relay can change (the endpoints' share is fixed).

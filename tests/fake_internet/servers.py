@@ -10,6 +10,7 @@ trust). Paths:
                         never echoes the token
   /redirect?to=URL      302 to URL
   /bulk?mib=N           N MiB of zeros
+  /peer                 "peer <address>": the address the request came from
   /client               on mtls.test:8443 (a leaf of its own "internal CA",
                         $FAKE_TLS_DIR/internal-ca.pem): the CN of the client
                         certificate, which must be from
@@ -42,6 +43,9 @@ RECORDS = {
     "mtls.test": WEB_IPS[0],
     "mcp.test": WEB_IPS[0],
     "db.test": WEB_IPS[0],
+    "cache.test": WEB_IPS[0],
+    # .3 of the web server's /24: the SOCKS5 proxy's own address.
+    "proxy.test": WEB_IPS[0].rsplit(".", 1)[0] + ".3",
     "pypi.org": WEB_IPS[0],
     "files.pythonhosted.org": WEB_IPS[0],
     "rebind.test": "127.0.0.1",
@@ -164,6 +168,8 @@ class Hello(BaseHTTPRequestHandler):
             return self.reply(200, WHEEL, [("content-type", "application/octet-stream")])
         if url.path == "/redirect":
             return self.reply(302, b"", [("location", query["to"][0])])
+        if url.path == "/peer":
+            return self.reply(200, ("peer %s\n" % self.client_address[0]).encode())
         if url.path == "/bulk":
             n = int(query.get("mib", ["1"])[0])
             self.send_response(200)

@@ -19,6 +19,29 @@ pub enum CredentialProtocol {
     /// A Sandstone extension: PostgreSQL's wire protocol, whose login the
     /// proxy completes upstream (a `username_password` binding).
     Postgres,
+    /// Redis's protocol, whose `AUTH` the proxy completes upstream (a
+    /// `username_password` binding).
+    Redis,
+}
+
+/// A protocol whose login the proxy completes upstream (`login.rs`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LoginProtocol {
+    Postgres,
+    Redis,
+}
+
+impl CredentialProtocol {
+    /// The login the proxy completes on this protocol (a
+    /// `username_password` binding), if it is not one whose requests are
+    /// changed.
+    pub fn login(self) -> Option<LoginProtocol> {
+        match self {
+            CredentialProtocol::Postgres => Some(LoginProtocol::Postgres),
+            CredentialProtocol::Redis => Some(LoginProtocol::Redis),
+            CredentialProtocol::Http | CredentialProtocol::Https => None,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
@@ -145,7 +168,7 @@ pub enum ProjectionKind {
     PlaceholderSubstitution,
     /// Presented upstream as the connection opens (`client_cert.rs`).
     TlsClientCertificate,
-    /// A database login the proxy completes upstream (`postgres.rs`).
+    /// A login the proxy completes upstream (`login.rs`).
     UsernamePassword,
 }
 
@@ -308,9 +331,9 @@ pub fn validate(
             .find(|b| b.reference == r.credential_ref)
             .map(|b| b.projection.kind);
         let placeholder = kind == Some(ProjectionKind::PlaceholderSubstitution);
-        // A login is made on a database protocol, and only there.
+        // A login is made on a login protocol, and only there.
         let login = kind == Some(ProjectionKind::UsernamePassword);
-        if login != (r.protocol == CredentialProtocol::Postgres) {
+        if login != r.protocol.login().is_some() {
             return Err(PolicyError::new(format!("{at}.protocol"), Problem::Login));
         }
         if login && r.http_match.is_some() {
@@ -721,17 +744,23 @@ impl Injection {
         out
     }
 
-    /// The login to complete on a PostgreSQL connection to `host:port`.
-    pub fn login(&self, host: &str, port: u16) -> Option<(&CredentialRule, &CredentialBinding)> {
+    /// The login to complete on a connection to `host:port` (the rule
+    /// says in which protocol).
+    pub fn login(
+        &self,
+        host: &str,
+        port: u16,
+    ) -> Option<(LoginProtocol, &CredentialRule, &CredentialBinding)> {
         self.rules
             .iter()
-            .filter(|r| r.protocol == CredentialProtocol::Postgres && r.serves(host, port))
+            .filter(|r| r.serves(host, port))
             .find_map(|r| {
+                let protocol = r.protocol.login()?;
                 let b = self
                     .bindings
                     .iter()
                     .find(|b| b.reference == r.credential_ref)?;
-                (b.projection.kind == ProjectionKind::UsernamePassword).then_some((r, b))
+                (b.projection.kind == ProjectionKind::UsernamePassword).then_some((protocol, r, b))
             })
     }
 
@@ -968,7 +997,7 @@ mod tests {
             r#"[{"ref":"db","sourceRef":"login","projection":{"type":"username_password"}}]"#,
             r#"[{"name":"pg","credentialRef":"db","protocol":"postgres","domains":["db.corp"],"ports":[{"port":5432}]}]"#,
         );
-        assert_eq!(db.login("db.corp", 5432).unwrap().0.name, "pg");
+        assert_eq!(db.login("db.corp", 5432).unwrap().1.name, "pg");
         assert!(db.login("db.corp", 5433).is_none() && db.login("web.corp", 5432).is_none());
         // Nor is a postgres rule an HTTP one.
         assert!(!db.intercepts("db.corp", 5432, false) && !db.intercepts("db.corp", 5432, true));

@@ -24,6 +24,7 @@ use crate::credentials::{
 use crate::policy::{AppProtocol, Connection, Decision, Layer, Transport};
 use crate::protocol_rules::{MAX_INSPECTED_BODY, McpVerdict, check_mcp};
 use crate::proxy::Flow;
+use crate::socks5::{Dial, DialError};
 use crate::state::Egress;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, combinators::BoxBody};
@@ -50,7 +51,6 @@ type Body = BoxBody<Bytes, hyper::Error>;
 const LEAF_LIFETIME: Duration = Duration::from_secs(7 * 24 * 3600);
 const LEAF_REUSE: Duration = Duration::from_secs(6 * 24 * 3600);
 const MAX_LEAVES: usize = 4096;
-const DIAL_TIMEOUT: Duration = Duration::from_secs(10);
 const UPSTREAM_READ_BUF: usize = 256 << 10;
 /// Idle upstream HTTP/1.1 connections kept per sandbox and origin, and for
 /// how long: a sandbox's next connection to the same origin (each `curl`
@@ -87,13 +87,8 @@ pub enum InterceptError {
 /// (`upstream host:port: …`).
 #[derive(Debug, thiserror::Error)]
 enum UpstreamError {
-    #[error("connecting to {0} timed out")]
-    Timeout(SocketAddr),
-    #[error("connecting to {addr}: {error}")]
-    Connect {
-        addr: SocketAddr,
-        error: std::io::Error,
-    },
+    #[error(transparent)]
+    Dial(#[from] DialError),
     #[error("{0:?} is not a server name")]
     ServerName(String),
     #[error("TLS verification failed: {0}")]
@@ -107,9 +102,18 @@ enum UpstreamError {
 }
 
 /// Upstream connections are shared only within one sandbox, never across,
-/// and only among connections presenting the same client certificate (by
-/// fingerprint), if any.
-type PoolKey = (String, String, SocketAddr, bool, Option<String>);
+/// only among connections presenting the same client certificate (by
+/// fingerprint), if any, and going through the same customer proxy.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct PoolKey {
+    sandbox: String,
+    host: String,
+    target: SocketAddr,
+    /// The customer proxy and its login's source.
+    via: Option<(SocketAddr, Option<String>)>,
+    tls: bool,
+    fingerprint: Option<String>,
+}
 
 /// What an intercepted TLS connection presents upstream, decided when it
 /// opens.
@@ -274,7 +278,8 @@ impl Interceptor {
         Ok(cfg)
     }
 
-    /// Serves one sandbox connection to `target` until it closes; returns
+    /// Serves one sandbox connection to where `dial` goes until it closes;
+    /// returns
     /// the bytes it carried (from, to the sandbox).
     pub(crate) async fn serve(
         &self,
@@ -282,7 +287,7 @@ impl Interceptor {
         flow: Arc<Flow>,
         client: TcpStream,
         head: Vec<u8>,
-        target: SocketAddr,
+        dial: Dial,
     ) -> (u64, u64) {
         let _ = client.set_nodelay(true);
         let io = Counted::new(client, head, flow.sandbox.clone());
@@ -302,20 +307,21 @@ impl Interceptor {
             } => (Some(config.clone()), Some(fingerprint.clone())),
             _ => (tls.then(|| self.upstream_tls.clone()), None),
         };
-        let key = (
-            flow.sandbox.id.clone(),
-            host.clone(),
-            target,
+        let key = PoolKey {
+            sandbox: flow.sandbox.id.clone(),
+            host: host.clone(),
+            target: dial.target,
+            via: dial.identity(),
             tls,
             fingerprint,
-        );
+        };
         let session = Arc::new(Session {
             egress,
             flow: flow.clone(),
             host: host.clone(),
             client_auth,
             upstream: Upstream {
-                target,
+                dial,
                 host: host.clone(),
                 tls: upstream_tls,
                 idle: self.pool(key),
@@ -556,7 +562,7 @@ impl Session {
         let decision = policy.decide(
             &self.egress.operator,
             &Connection {
-                ip: Some(self.upstream.target.ip()),
+                ip: Some(self.upstream.dial.target.ip()),
                 port,
                 transport: Transport::Tcp,
                 host: Some(&self.host),
@@ -736,7 +742,7 @@ type Pool = Arc<Mutex<Vec<Idle>>>;
 /// The connections to one origin for one sandbox: one multiplexed HTTP/2
 /// connection, or a few HTTP/1.1 ones.
 struct Upstream {
-    target: SocketAddr,
+    dial: Dial,
     host: String,
     tls: Option<Arc<ClientConfig>>,
     idle: Pool,
@@ -830,14 +836,7 @@ impl Upstream {
     }
 
     async fn dial(&self) -> Result<Sender, UpstreamError> {
-        let tcp = tokio::time::timeout(DIAL_TIMEOUT, TcpStream::connect(self.target))
-            .await
-            .map_err(|_| UpstreamError::Timeout(self.target))?
-            .map_err(|error| UpstreamError::Connect {
-                addr: self.target,
-                error,
-            })?;
-        let _ = tcp.set_nodelay(true);
+        let tcp = self.dial.connect().await?;
         // rustls reads a few KiB per call: buffering here turns a read
         // syscall per TLS record into one per quarter MiB.
         let tcp = tokio::io::BufReader::with_capacity(UPSTREAM_READ_BUF, tcp);

@@ -27,13 +27,16 @@ pub mod firewall;
 pub mod hint;
 pub mod intercept;
 pub mod local;
+pub mod login;
 pub mod policy;
 pub mod postgres;
 pub mod presets;
 pub mod protocol_rules;
 pub mod proxy;
+pub mod redis;
 pub mod relay;
 pub mod sniff;
+pub mod socks5;
 pub mod state;
 
 pub use policy::{AppProtocol, Connection, Decision, Mode, NetworkPolicy, OperatorRules};

@@ -4,7 +4,7 @@
 
 use crate::bandwidth::BandwidthLimit;
 use crate::cidr::Cidr;
-use crate::credentials::{CredentialBinding, CredentialRule, Injection};
+use crate::credentials::{CredentialBinding, CredentialRule, Injection, ProjectionKind};
 use crate::presets::Preset;
 use crate::protocol_rules::{Operations, ProtocolRule};
 pub use sandstone_api::Unsupported;
@@ -160,10 +160,10 @@ pub struct Egress {
     /// traffic rules allow (`protocol_rules.rs`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub protocol_rules: Vec<ProtocolRule>,
-    /// Sandbox0's customer SOCKS5 proxy for allowed traffic: not supported
-    /// yet.
+    /// Sandbox0's customer proxy: allowed TCP connections leave through it
+    /// (`socks5.rs`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub proxy: Option<Unsupported>,
+    pub proxy: Option<EgressProxy>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub credential_rules: Vec<CredentialRule>,
     /// A Sandstone extension: the proxy terminates every allowed HTTP and
@@ -179,6 +179,58 @@ pub struct Egress {
     /// (`bandwidth.rs`). A change applies to open connections.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bandwidth: Option<BandwidthLimit>,
+}
+
+/// Sandbox0's `EgressProxyPolicy`: a customer proxy every allowed TCP
+/// connection leaves through, logged in to with a `username_password`
+/// binding when it names one.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct EgressProxy {
+    #[serde(rename = "type")]
+    pub kind: EgressProxyKind,
+    /// `host:port`.
+    pub address: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credential_ref: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum EgressProxyKind {
+    Socks5,
+}
+
+impl EgressProxy {
+    /// The address's host (a name or an address) and port.
+    pub fn host_port(&self) -> Option<(&str, u16)> {
+        let (host, port) = self.address.rsplit_once(':')?;
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        let port = port.parse().ok().filter(|p| *p != 0)?;
+        let named = valid_domain(host) && !host.starts_with("*.");
+        (named || host.parse::<IpAddr>().is_ok()).then_some((host, port))
+    }
+
+    fn validate(&self, bindings: &[CredentialBinding]) -> Result<(), PolicyError> {
+        if self.host_port().is_none() {
+            let problem = Problem::ProxyAddress(self.address.clone());
+            return Err(PolicyError::new("egress.proxy.address", problem));
+        }
+        let Some(r) = &self.credential_ref else {
+            return Ok(());
+        };
+        let at = "egress.proxy.credentialRef";
+        match bindings.iter().find(|b| &b.reference == r) {
+            None => Err(PolicyError::new(
+                at,
+                Problem::UnknownCredentialRef(r.clone()),
+            )),
+            Some(b) if b.projection.kind != ProjectionKind::UsernamePassword => {
+                Err(PolicyError::new(at, Problem::ProxyLogin))
+            }
+            Some(_) => Ok(()),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
@@ -284,6 +336,10 @@ pub enum Problem {
     BoundTwice(String),
     #[error("no credentialBinding has ref {0:?}")]
     UnknownCredentialRef(String),
+    #[error("{0:?} is not host:port")]
+    ProxyAddress(String),
+    #[error("the proxy's login is a username_password binding")]
+    ProxyLogin,
     /// A credential must be aimed: no rule may send it everywhere.
     #[error("at least one domain")]
     NoDomains,
@@ -314,8 +370,8 @@ pub enum Problem {
     OtherProtocol(&'static str),
     #[error("at least {0} bytes")]
     TooSmall(u64),
-    /// A `username_password` binding and the `postgres` protocol go together.
-    #[error("a usernamePassword login is made on protocol postgres, and postgres needs one")]
+    /// A `username_password` binding and a login protocol go together.
+    #[error("a username_password login is made on protocols postgres and redis, and they need one")]
     Login,
 }
 
@@ -439,9 +495,6 @@ impl Egress {
     /// Checks the legacy lists and the fields Sandstone does not enforce,
     /// naming the field as the caller wrote it.
     fn check_compat(&self) -> Result<(), PolicyError> {
-        if self.proxy.is_some() {
-            return Err(PolicyError::new("egress.proxy", Problem::Unsupported));
-        }
         if self.has_legacy() && !self.traffic_rules.is_empty() {
             return Err(PolicyError::new(
                 "egress.trafficRules",
@@ -551,6 +604,9 @@ impl NetworkPolicy {
         }
         crate::credentials::validate(&self.credential_bindings, &self.egress.credential_rules)?;
         crate::protocol_rules::validate(&self.egress.protocol_rules)?;
+        if let Some(p) = &self.egress.proxy {
+            p.validate(&self.credential_bindings)?;
+        }
         if let Some(b) = &self.egress.bandwidth {
             let min = crate::bandwidth::MIN_RATE;
             if b.bytes_per_second < min {
@@ -589,6 +645,9 @@ impl NetworkPolicy {
         out.egress.enforce_request_host |= claim.egress.enforce_request_host;
         if claim.egress.bandwidth.is_some() {
             out.egress.bandwidth = claim.egress.bandwidth;
+        }
+        if claim.egress.proxy.is_some() {
+            out.egress.proxy.clone_from(&claim.egress.proxy);
         }
         merge_by(
             &mut out.egress.traffic_rules,
@@ -915,8 +974,52 @@ mod tests {
             e.starts_with("egress.protocolRules[0].http: required"),
             "{e}"
         );
-        let e = err(r#"{"mode":"block-all","egress":{"proxy":{"type":"socks5"}}}"#);
-        assert!(e.starts_with("egress.proxy: not supported"), "{e}");
+        // A customer proxy is host:port, and its login a username_password
+        // binding.
+        for (address, ok) in [
+            ("proxy.test:1080", true),
+            ("10.1.2.3:1080", true),
+            ("[fd00::1]:1080", true),
+            ("proxy.test", false),
+            ("proxy.test:0", false),
+            ("*.proxy.test:1080", false),
+            ("a b:1080", false),
+        ] {
+            let json = format!(
+                r#"{{"mode":"block-all","egress":{{"proxy":{{"type":"socks5","address":"{address}"}}}}}}"#
+            );
+            let compiled = serde_json::from_str::<NetworkPolicy>(&json)
+                .unwrap()
+                .compile();
+            match ok {
+                true => assert!(compiled.is_ok(), "{address}"),
+                false => assert!(
+                    compiled
+                        .unwrap_err()
+                        .to_string()
+                        .starts_with("egress.proxy.address: "),
+                    "{address}"
+                ),
+            }
+        }
+        let proxy = |binding: &str, kind: &str| {
+            format!(
+                r#"{{"mode":"block-all","egress":{{"proxy":{{"type":"socks5","address":"p.test:1080","credentialRef":"{binding}"}}}},
+                "credentialBindings":[{{"ref":"login","sourceRef":"s","projection":{{"type":"{kind}"}}}}]}}"#
+            )
+        };
+        let e = err(&proxy("nope", "username_password"));
+        assert!(
+            e.starts_with("egress.proxy.credentialRef: no credentialBinding"),
+            "{e}"
+        );
+        let e = err(&proxy("login", "tls_client_certificate"));
+        assert!(
+            e.starts_with("egress.proxy.credentialRef: the proxy's login"),
+            "{e}"
+        );
+        let ok = serde_json::from_str::<NetworkPolicy>(&proxy("login", "username_password"));
+        assert!(ok.unwrap().compile().is_ok());
         let e = err(
             r#"{"mode":"block-all","egress":{"allowedDomains":["a.test"],
                 "trafficRules":[{"action":"allow","domains":["b.test"]}]}}"#,

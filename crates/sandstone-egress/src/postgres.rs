@@ -7,18 +7,15 @@
 //! sandbox; a refused login reaches it as the server's own error.
 
 use crate::counted::Counted;
-use crate::credentials::{ProjectionError, SourceValues};
+use crate::login::{LOGIN_TIMEOUT, Login, Outcome, relay_after};
+use crate::socks5::{Dial, DialError};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
 use ring::rand::SecureRandom;
 use rustls::ClientConfig;
 use rustls::pki_types::ServerName;
-use sandstone_api::CredentialSourceKind;
-use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
-use tokio::net::TcpStream;
 
 const PROTOCOL_3: u32 = 196_608;
 const SSL_REQUEST: u32 = 80_877_103;
@@ -26,46 +23,9 @@ const GSS_REQUEST: u32 = 80_877_104;
 const CANCEL_REQUEST: u32 = 80_877_102;
 /// The largest message read before the login is done.
 const MAX_MESSAGE: usize = 64 << 10;
-/// A login (both sides, TLS included) takes at most this long.
-const LOGIN_TIMEOUT: Duration = Duration::from_secs(15);
 /// PBKDF2 rounds a server may ask for (its default is 4,096): more would
 /// let an upstream make the proxy burn CPU.
 const MAX_ITERATIONS: u32 = 1_000_000;
-
-/// The source's login. Never printed.
-pub struct Login {
-    pub user: String,
-    pub password: String,
-}
-
-impl Login {
-    /// From a `static_username_password` source's values.
-    pub fn from_values(values: &SourceValues) -> Result<Login, ProjectionError> {
-        if values.kind != CredentialSourceKind::StaticUsernamePassword {
-            return Err(ProjectionError::SourceKind {
-                kind: values.kind,
-                wanted: CredentialSourceKind::StaticUsernamePassword,
-            });
-        }
-        let value = |k: &str| {
-            values
-                .values
-                .get(k)
-                .cloned()
-                .ok_or_else(|| ProjectionError::MissingValue(k.to_string()))
-        };
-        Ok(Login {
-            user: value("username")?,
-            password: value("password")?,
-        })
-    }
-}
-
-impl std::fmt::Debug for Login {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Login([redacted])")
-    }
-}
 
 /// Why a relayed login failed (logged; the sandbox gets a PostgreSQL
 /// error). Never holds the password.
@@ -73,12 +33,12 @@ impl std::fmt::Debug for Login {
 pub enum PgError {
     #[error("{0}")]
     Io(#[from] std::io::Error),
+    #[error("upstream {0}")]
+    Dial(#[from] DialError),
     #[error("not PostgreSQL's protocol 3.0")]
     Protocol,
     #[error("a message of {0} bytes before the login")]
     TooLong(usize),
-    #[error("the login took longer than {LOGIN_TIMEOUT:?}")]
-    Timeout,
     #[error("upstream TLS: {0}")]
     Tls(std::io::Error),
     #[error("the server asks for authentication method {0}, which the proxy cannot complete")]
@@ -89,43 +49,19 @@ pub enum PgError {
     Refused,
 }
 
-/// How the sandbox's connection ended: the bytes moved each way, and the
-/// error if the login did not succeed.
-pub struct Outcome {
-    pub logged_in: bool,
-    pub error: Option<PgError>,
-}
-
-/// Serves one sandbox connection to the PostgreSQL server at `target`
-/// (named `host`, for TLS). `login` is the source's, or why there is none
-/// (then the sandbox gets that reason as a login error).
+/// Serves one sandbox connection to the PostgreSQL server `dial` reaches
+/// (named `host`, for TLS). `login` is the source's, or
+/// why there is none (then the sandbox gets that reason as a login error).
 pub(crate) async fn serve(
     mut client: Counted,
-    target: SocketAddr,
+    dial: &Dial,
     host: &str,
     tls: Option<Arc<ClientConfig>>,
     login: Result<Login, String>,
 ) -> Outcome {
-    let session =
-        tokio::time::timeout(LOGIN_TIMEOUT, log_in(&mut client, target, host, tls, login))
-            .await
-            .unwrap_or(Err(PgError::Timeout));
-    match session {
-        Ok(mut upstream) => {
-            let error = tokio::io::copy_bidirectional(&mut client, &mut upstream)
-                .await
-                .err()
-                .map(PgError::Io);
-            Outcome {
-                logged_in: true,
-                error,
-            }
-        }
-        Err(e) => Outcome {
-            logged_in: false,
-            error: Some(e),
-        },
-    }
+    let session = log_in(&mut client, dial, host, tls, login);
+    let session = tokio::time::timeout(LOGIN_TIMEOUT, session).await;
+    relay_after(&mut client, session).await
 }
 
 trait Stream: AsyncRead + AsyncWrite + Unpin + Send {}
@@ -135,7 +71,7 @@ type Upstream = BufReader<Box<dyn Stream>>;
 /// Both sides of the login; the upstream connection once it succeeded.
 async fn log_in(
     client: &mut Counted,
-    target: SocketAddr,
+    dial: &Dial,
     host: &str,
     tls: Option<Arc<ClientConfig>>,
     login: Result<Login, String>,
@@ -150,7 +86,7 @@ async fn log_in(
             PROTOCOL_3 => break parse_params(&body[4..])?,
             CANCEL_REQUEST => {
                 // Carries only the key the server gave the session: passed on.
-                let mut up = connect(target, host, None).await?;
+                let mut up = connect(dial, host, None).await?;
                 write_startup(&mut up, &body).await?;
                 return Ok(up);
             }
@@ -164,7 +100,7 @@ async fn log_in(
             return Err(PgError::Refused);
         }
     };
-    let mut up = connect(target, host, tls).await?;
+    let mut up = connect(dial, host, tls).await?;
     // The sandbox's own user gives way to the source's; the rest (the
     // database, options, application name) is the sandbox's.
     let mut startup = PROTOCOL_3.to_be_bytes().to_vec();
@@ -242,12 +178,11 @@ async fn log_in(
 /// A connection to the server, over TLS when it offers it (and `tls` is
 /// given): its certificate must be valid for `host`.
 async fn connect(
-    target: SocketAddr,
+    dial: &Dial,
     host: &str,
     tls: Option<Arc<ClientConfig>>,
 ) -> Result<Upstream, PgError> {
-    let mut tcp = TcpStream::connect(target).await?;
-    let _ = tcp.set_nodelay(true);
+    let mut tcp = dial.connect().await?;
     let Some(cfg) = tls else {
         return Ok(BufReader::new(Box::new(tcp)));
     };

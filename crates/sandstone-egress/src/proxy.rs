@@ -10,10 +10,11 @@
 
 use crate::audit::{AuditEvent, EventKind, Verdict, now_ms};
 use crate::counted::Counted;
-use crate::credentials::{FailurePolicy, ProjectionError};
-use crate::policy::{AppProtocol, Connection, Decision, Layer, Transport};
-use crate::postgres::Login;
+use crate::credentials::{FailurePolicy, LoginProtocol, ProjectionError};
+use crate::login::Login;
+use crate::policy::{AppProtocol, CompiledPolicy, Connection, Decision, Layer, Transport};
 use crate::sniff::{MAX_SNIFF, Sniffed, sniff};
+use crate::socks5::{Dial, Socks5};
 use crate::state::{Egress, SandboxNet};
 use std::net::{IpAddr, SocketAddr};
 use std::os::fd::AsFd;
@@ -26,7 +27,6 @@ use tokio::net::{TcpListener, TcpStream};
 /// How long the proxy waits for a client's first bytes before treating the
 /// connection as opaque (server-speaks-first protocols).
 const FIRST_BYTES: Duration = Duration::from_millis(300);
-const DIAL_TIMEOUT: Duration = Duration::from_secs(10);
 
 pub async fn serve(listener: TcpListener, egress: Arc<Egress>) {
     loop {
@@ -224,14 +224,18 @@ async fn handle(mut conn: TcpStream, peer: SocketAddr, egress: Arc<Egress>) {
     // no name: it is the one the sandbox's own DNS answer gave, and the
     // login, like any credential, goes where that name resolves.
     let login = match (app, flow.resolved.as_deref()) {
-        (AppProtocol::Other, Some(name)) => policy
-            .injection
-            .login(name, dst.port())
-            .map(|(rule, binding)| (name.to_string(), rule.clone(), binding.clone())),
+        (AppProtocol::Other, Some(name)) => {
+            policy
+                .injection
+                .login(name, dst.port())
+                .map(|(protocol, rule, binding)| {
+                    (protocol, name.to_string(), rule.clone(), binding.clone())
+                })
+        }
         _ => None,
     };
     let dial_name = match (&login, intercept && for_credentials) {
-        (Some((name, ..)), _) => Some(name.as_str()),
+        (Some((_, name, ..)), _) => Some(name.as_str()),
         (None, true) => flow.host.as_deref(),
         (None, false) => policy.dial_name(&c),
     }
@@ -280,7 +284,23 @@ async fn handle(mut conn: TcpStream, peer: SocketAddr, egress: Arc<Egress>) {
         return refuse(conn, &flow, &reason).await;
     }
     flow.dialed = Some(target);
-    if let Some((name, rule, binding)) = login {
+    let dial = match customer_proxy(&egress, &flow.sandbox.id, &policy).await {
+        Ok(via) => Dial { target, via },
+        Err(why) => {
+            let decision = Decision {
+                allowed: false,
+                layer: Layer::Rule,
+                rule: Some("egress.proxy".into()),
+            };
+            let reason = format!("{reason}, but the policy's egress proxy {why}");
+            flow.audit(&egress, &decision, reason.clone(), 0, 0);
+            return refuse(conn, &flow, &reason).await;
+        }
+    };
+    if let Some(via) = dial.via() {
+        reason = format!("{reason}; via SOCKS5 proxy {via}");
+    }
+    if let Some((protocol, name, rule, binding)) = login {
         let source = match &egress.credentials {
             Some(store) => store
                 .resolve(&flow.sandbox.id, &binding.source_ref)
@@ -295,7 +315,7 @@ async fn handle(mut conn: TcpStream, peer: SocketAddr, egress: Arc<Egress>) {
                 reason = format!(
                     "{reason}; {credential} not applied: {e}; relayed without it (failurePolicy fail-open)"
                 );
-                return splice_to(&egress, flow, &decision, reason, conn, &head, target).await;
+                return splice_to(&egress, flow, &decision, reason, conn, &head, &dial).await;
             }
             Err(e) => {
                 decision = Decision {
@@ -312,14 +332,19 @@ async fn handle(mut conn: TcpStream, peer: SocketAddr, egress: Arc<Egress>) {
         let refused = source.as_ref().err().cloned();
         let io = Counted::new(conn, head, flow.sandbox.clone());
         let (up, down) = (io.up.clone(), io.down.clone());
-        let tls = egress.interceptor.as_ref().map(|i| i.database_tls());
-        let outcome = crate::postgres::serve(io, target, &name, tls, source).await;
+        let outcome = match protocol {
+            LoginProtocol::Postgres => {
+                let tls = egress.interceptor.as_ref().map(|i| i.database_tls());
+                crate::postgres::serve(io, &dial, &name, tls, source).await
+            }
+            LoginProtocol::Redis => crate::redis::serve(io, &dial, source).await,
+        };
         let how = match (refused, outcome.logged_in, outcome.error) {
             (Some(why), ..) => why,
             (None, true, _) => format!("{credential}: logged in to {name} upstream"),
             (None, false, e) => format!(
                 "{credential}: the login to {name} failed: {}",
-                e.map_or_else(|| "closed".to_string(), |e| e.to_string())
+                e.unwrap_or_else(|| "closed".to_string())
             ),
         };
         let reason = format!("{reason}; {how}");
@@ -329,7 +354,7 @@ async fn handle(mut conn: TcpStream, peer: SocketAddr, egress: Arc<Egress>) {
     if let Some(interceptor) = egress.interceptor.as_ref().filter(|_| intercept) {
         let flow = Arc::new(flow);
         let (up, down) = interceptor
-            .serve(egress.clone(), flow.clone(), conn, head, target)
+            .serve(egress.clone(), flow.clone(), conn, head, dial)
             .await;
         let why = match for_credentials {
             true => "credential rules",
@@ -338,10 +363,55 @@ async fn handle(mut conn: TcpStream, peer: SocketAddr, egress: Arc<Egress>) {
         let reason = format!("{reason}; terminated for {why}");
         return flow.audit(&egress, &decision, reason, up, down);
     }
-    splice_to(&egress, flow, &decision, reason, conn, &head, target).await
+    splice_to(&egress, flow, &decision, reason, conn, &head, &dial).await
 }
 
-/// Relays an allowed connection untouched to `target`, and audits it.
+/// The policy's customer proxy allowed connections leave through (logged
+/// in to with its binding's source), if it has one; why not, when the
+/// proxy cannot be used.
+async fn customer_proxy(
+    egress: &Egress,
+    sandbox: &str,
+    policy: &CompiledPolicy,
+) -> Result<Option<Arc<Socks5>>, String> {
+    let Some(p) = &policy.policy.egress.proxy else {
+        return Ok(None);
+    };
+    let (host, port) = p
+        .host_port()
+        .ok_or_else(|| format!("address {:?} is not host:port", p.address))?;
+    let proxy = resolve_allowed(egress, host, port)
+        .await
+        .map_err(|e| format!("cannot be reached: {e}"))?;
+    let login = match &p.credential_ref {
+        None => None,
+        Some(r) => {
+            let binding = policy
+                .injection
+                .bindings
+                .iter()
+                .find(|b| &b.reference == r)
+                .ok_or_else(|| format!("login: no credentialBinding {r:?}"))?;
+            let store = egress.credentials.as_ref().ok_or_else(|| {
+                format!(
+                    "login {r:?} could not be applied: {}",
+                    ProjectionError::NoStore
+                )
+            })?;
+            let values = store
+                .resolve(sandbox, &binding.source_ref)
+                .await
+                .map_err(ProjectionError::from)
+                .and_then(|values| Login::from_values(&values))
+                .map_err(|e| format!("login {r:?} could not be applied: {e}"))?;
+            Some((binding.source_ref.clone(), values))
+        }
+    };
+    Ok(Some(Arc::new(Socks5 { proxy, login })))
+}
+
+/// Relays an allowed connection untouched to where `dial` goes, and
+/// audits it.
 async fn splice_to(
     egress: &Egress,
     flow: Flow,
@@ -349,18 +419,12 @@ async fn splice_to(
     reason: String,
     conn: TcpStream,
     head: &[u8],
-    target: SocketAddr,
+    dial: &Dial,
 ) {
-    let upstream = match tokio::time::timeout(DIAL_TIMEOUT, TcpStream::connect(target)).await {
-        Ok(Ok(s)) => s,
-        _ => {
-            flow.audit(
-                egress,
-                decision,
-                format!("{reason}; upstream {target} unreachable"),
-                0,
-                0,
-            );
+    let upstream = match dial.connect().await {
+        Ok(s) => s,
+        Err(e) => {
+            flow.audit(egress, decision, format!("{reason}; upstream {e}"), 0, 0);
             reset(&conn);
             return;
         }
@@ -369,22 +433,26 @@ async fn splice_to(
     flow.audit(egress, decision, reason, up, down);
 }
 
-/// Resolves `name` on the host and returns the first address the operator
-/// allows (DNS rebinding to a private or local address is refused).
+/// Resolves `name` on the host (an address stands for itself) and returns
+/// the first address the operator allows (DNS rebinding to a private or
+/// local address is refused).
 async fn resolve_allowed(
     egress: &Egress,
     name: &str,
     port: u16,
 ) -> Result<SocketAddr, Unreachable> {
-    let addrs: Vec<SocketAddr> = crate::dns::resolve(egress.upstream_dns, name)
-        .await
-        .map_err(|error| Unreachable::Resolve {
-            name: name.to_string(),
-            error,
-        })?
-        .into_iter()
-        .map(|ip| SocketAddr::new(IpAddr::V4(ip), port))
-        .collect();
+    let addrs: Vec<SocketAddr> = match name.parse::<IpAddr>() {
+        Ok(ip) => vec![SocketAddr::new(ip, port)],
+        Err(_) => crate::dns::resolve(egress.upstream_dns, name)
+            .await
+            .map_err(|error| Unreachable::Resolve {
+                name: name.to_string(),
+                error,
+            })?
+            .into_iter()
+            .map(|ip| SocketAddr::new(IpAddr::V4(ip), port))
+            .collect(),
+    };
     let probe = |ip: IpAddr| Connection {
         ip: Some(ip),
         port,

@@ -473,18 +473,6 @@ async fn a_client_certificate_is_presented_that_the_sandbox_never_holds() {
         r["stdout"], "client certificate required\n 403 rc=0\n",
         "{r}"
     );
-    // The key is nowhere in the sandbox. (The pattern is put together in a
-    // file outside the places searched: no command line holds it.)
-    let (head, tail) = secret.split_at(secret.len() / 2);
-    let r = d
-        .sh(
-            &id,
-            &format!(
-                "printf '%s%s\\n' '{head}' '{tail}' > /dev/shm/p; cat /proc/*/environ /proc/*/cmdline 2>/dev/null | grep -cFf /dev/shm/p; grep -rlFf /dev/shm/p /tmp /root /etc /home /run /workspace 2>/dev/null | wc -l; rm /dev/shm/p"
-            ),
-        )
-        .await;
-    assert_eq!(r["stdout"], "0\n0\n", "{r}");
     // A binding of the wrong kind of source fails closed, saying why.
     let (s, v) = d
         .req(
@@ -534,17 +522,7 @@ async fn a_client_certificate_is_presented_that_the_sandbox_never_holds() {
         "{events:?}"
     );
     assert!(audited("deny", "static_headers source"), "{events:?}");
-    let log = std::fs::read(d.data.path().join("daemon.log")).unwrap_or_default();
-    for (what, bytes) in [
-        ("the audit", serde_json::to_vec(&events).unwrap()),
-        ("daemon.log", log),
-        ("the database", d.database_bytes()),
-    ] {
-        assert!(
-            !bytes.windows(secret.len()).any(|w| w == secret.as_bytes()),
-            "{what} holds the key"
-        );
-    }
+    assert_nowhere(&d, &id, &secret).await;
     // Bound, the source cannot be deleted.
     let (s, _) = d.delete("/api/v1/credential-sources/headers").await;
     assert_eq!(s, 409);
@@ -807,18 +785,79 @@ async fn a_sandboxs_bandwidth_is_limited_on_every_connection_at_once() {
     );
 }
 
-/// A policy allowing db.test:5432 (a database protocol states no name: the
-/// rule matches the sandbox's own DNS answer) whose login the proxy makes
-/// with `source`.
-fn db_policy(source: &str) -> Value {
+/// A policy allowing `host:port` (a login protocol states no name: the
+/// rule matches the sandbox's own DNS answer) whose `protocol` login the
+/// proxy makes with `source`.
+fn login_policy(host: &str, port: u16, protocol: &str, source: &str) -> Value {
     json!({"mode": "block-all",
         "egress": {
-            "trafficRules": [{"name": "db", "action": "allow", "domains": ["db.test"],
-                "ports": [{"port": 5432}], "matchDnsAnswers": true}],
-            "credentialRules": [{"name": "db-login", "credentialRef": "db", "protocol": "postgres",
-                "domains": ["db.test"], "ports": [{"port": 5432}]}]},
-        "credentialBindings": [{"ref": "db", "sourceRef": source,
+            "trafficRules": [{"name": "login", "action": "allow", "domains": [host],
+                "ports": [{"port": port}], "matchDnsAnswers": true}],
+            "credentialRules": [{"name": "login", "credentialRef": "login", "protocol": protocol,
+                "domains": [host], "ports": [{"port": port}]}]},
+        "credentialBindings": [{"ref": "login", "sourceRef": source,
             "projection": {"type": "username_password"}}]})
+}
+
+/// Adds `static_username_password` sources: (name, username, password).
+async fn add_logins(d: &Daemon, logins: &[(&str, &str, &str)]) {
+    for (name, user, secret) in logins {
+        let (s, v) = d
+            .post(
+                "/api/v1/credential-sources",
+                json!({"name": name, "resolverKind": "static_username_password",
+                    "spec": {"staticUsernamePassword": {"username": user, "password": secret}}}),
+            )
+            .await;
+        assert_eq!(s, 201, "{v}");
+    }
+}
+
+async fn set_policy(d: &Daemon, id: &str, policy: Value) {
+    let (s, v) = d
+        .req(
+            reqwest::Method::PUT,
+            &format!("/api/v1/sandboxes/{id}/network"),
+            Some(policy),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+}
+
+/// `secret` is nowhere in the sandbox (its processes' environments and
+/// command lines, its files), its audit, the daemon's log or database. (The
+/// pattern is put together in a file outside the places searched: no
+/// command line holds it.)
+async fn assert_nowhere(d: &Daemon, id: &str, secret: &str) {
+    let (head, tail) = secret.split_at(secret.len() / 2);
+    let r = d
+        .sh(
+            id,
+            &format!(
+                "printf '%s%s\\n' '{head}' '{tail}' > /dev/shm/p; cat /proc/*/environ /proc/*/cmdline 2>/dev/null | grep -cFf /dev/shm/p; grep -rlFf /dev/shm/p /tmp /root /etc /home /run /workspace 2>/dev/null | wc -l; rm /dev/shm/p"
+            ),
+        )
+        .await;
+    assert_eq!(r["stdout"], "0\n0\n", "{r}");
+    let events = d.audit(id, "").await;
+    let log = std::fs::read(d.data.path().join("daemon.log")).unwrap_or_default();
+    for (what, bytes) in [
+        ("the audit", serde_json::to_vec(&events).unwrap()),
+        ("daemon.log", log),
+        ("the database", d.database_bytes()),
+    ] {
+        assert!(
+            !bytes.windows(secret.len()).any(|w| w == secret.as_bytes()),
+            "{what} holds the secret"
+        );
+    }
+}
+
+/// Whether an audit record of `decision` has a reason containing `needle`.
+fn audited(events: &[Value], decision: &str, needle: &str) -> bool {
+    events
+        .iter()
+        .any(|e| e["decision"] == decision && e["reason"].as_str().unwrap().contains(needle))
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -832,21 +871,17 @@ async fn a_database_login_is_completed_with_a_password_the_sandbox_never_holds()
         .unwrap()
         .0
         .join("psql");
-    for (name, user, secret) in [
-        ("db-scram", "app", password.as_str()),
-        ("db-md5", "app_md5", password.as_str()),
-        ("db-plain", "app_plain", password.as_str()),
-        ("db-wrong", "app", "not-the-password"),
-    ] {
-        let (s, v) = d
-            .post(
-                "/api/v1/credential-sources",
-                json!({"name": name, "resolverKind": "static_username_password",
-                    "spec": {"staticUsernamePassword": {"username": user, "password": secret}}}),
-            )
-            .await;
-        assert_eq!(s, 201, "{v}");
-    }
+    add_logins(
+        &d,
+        &[
+            ("db-scram", "app", &password),
+            ("db-md5", "app_md5", &password),
+            ("db-plain", "app_plain", &password),
+            ("db-wrong", "app", "not-the-password"),
+        ],
+    )
+    .await;
+    let db_policy = |source| login_policy("db.test", 5432, "postgres", source);
     let id = d.create(json!({"network": db_policy("db-scram")})).await;
     // psql with no password anywhere: the proxy logs in as the source's
     // user, over TLS to the server (pg_stat_ssl), by each method.
@@ -860,26 +895,12 @@ async fn a_database_login_is_completed_with_a_password_the_sandbox_never_holds()
         ("db-md5", "app_md5"),
         ("db-plain", "app_plain"),
     ] {
-        let (s, v) = d
-            .req(
-                reqwest::Method::PUT,
-                &format!("/api/v1/sandboxes/{id}/network"),
-                Some(db_policy(source)),
-            )
-            .await;
-        assert_eq!(s, 200, "{v}");
+        set_policy(&d, &id, db_policy(source)).await;
         let r = d.sh(&id, &query).await;
         assert_eq!(r["stdout"], format!("{user}|t\n"), "{source}: {r}");
     }
     // A wrong password is the server's own refusal.
-    let (s, _) = d
-        .req(
-            reqwest::Method::PUT,
-            &format!("/api/v1/sandboxes/{id}/network"),
-            Some(db_policy("db-wrong")),
-        )
-        .await;
-    assert_eq!(s, 200);
+    set_policy(&d, &id, db_policy("db-wrong")).await;
     let r = d.sh(&id, &query).await;
     let out = r["stdout"].as_str().unwrap();
     assert!(
@@ -888,14 +909,7 @@ async fn a_database_login_is_completed_with_a_password_the_sandbox_never_holds()
     );
     // A source that is not a login fails closed, saying why.
     add_source(&d, "headers", "X-Api-Key", "value").await;
-    let (s, _) = d
-        .req(
-            reqwest::Method::PUT,
-            &format!("/api/v1/sandboxes/{id}/network"),
-            Some(db_policy("headers")),
-        )
-        .await;
-    assert_eq!(s, 200);
+    set_policy(&d, &id, db_policy("headers")).await;
     let r = d.sh(&id, &query).await;
     let out = r["stdout"].as_str().unwrap();
     assert!(
@@ -903,53 +917,183 @@ async fn a_database_login_is_completed_with_a_password_the_sandbox_never_holds()
         "{r}"
     );
 
-    // The password is nowhere in the sandbox, the audit, the log or the
-    // database.
-    let (head, tail) = password.split_at(password.len() / 2);
+    assert_nowhere(&d, &id, &password).await;
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let events = d.audit(&id, "").await;
+    let logged_in = "(username/password): logged in to db.test upstream";
+    assert!(audited(&events, "allow", logged_in), "{events:?}");
+    let refused = "the login to db.test failed: the server refused the login";
+    assert!(audited(&events, "allow", refused), "{events:?}");
+    assert!(audited(&events, "deny", "fail-closed"), "{events:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_redis_login_is_completed_with_a_password_the_sandbox_never_holds() {
+    let (net, d) = setup().await;
+    let password = format!("pw-{}", &sha256sum(net.token.as_bytes())[..24]);
+    let Some(_redis) = net.redis(&password) else {
+        return;
+    };
+    add_logins(
+        &d,
+        &[
+            ("cache", "app", &password),
+            ("cache-wrong", "app", "not-the-password"),
+        ],
+    )
+    .await;
+    let cache_policy = |source| login_policy("cache.test", 6379, "redis", source);
+    let allowed_only = json!({"mode": "block-all", "egress": {"trafficRules": [{"name": "cache",
+        "action": "allow", "domains": ["cache.test"], "ports": [{"port": 6379}], "matchDnsAnswers": true}]}});
+    let id = d.create(json!({"network": allowed_only})).await;
+    let cli = "redis-cli -h cache.test --no-auth-warning";
+    // Allowed but without the binding, the sandbox is not let in.
+    let r = d.sh(&id, &format!("{cli} GET k 2>&1")).await;
+    assert!(r["stdout"].as_str().unwrap().contains("NOAUTH"), "{r}");
+    set_policy(&d, &id, cache_policy("cache")).await;
+    // No password at all: the proxy's AUTH goes first.
     let r = d
         .sh(
             &id,
-            &format!(
-                "printf '%s%s\\n' '{head}' '{tail}' > /dev/shm/p; cat /proc/*/environ /proc/*/cmdline 2>/dev/null | grep -cFf /dev/shm/p; grep -rlFf /dev/shm/p /tmp /root /etc /home /run /workspace 2>/dev/null | wc -l; rm /dev/shm/p"
-            ),
+            &format!("{cli} SET k v && {cli} ACL WHOAMI && {cli} GET k"),
         )
         .await;
-    assert_eq!(r["stdout"], "0\n0\n", "{r}");
+    assert_eq!(r["stdout"], "OK\napp\nv\n", "{r}");
+    // The sandbox's own AUTH, and HELLO's, carry the source's login instead
+    // of the placeholder.
+    let r = d
+        .sh(
+            &id,
+            &format!("{cli} --user someone --pass placeholder ACL WHOAMI"),
+        )
+        .await;
+    assert_eq!(r["stdout"], "app\n", "{r}");
+    let r = d
+        .sh(
+            &id,
+            &format!("{cli} HELLO 3 AUTH someone placeholder SETNAME agent"),
+        )
+        .await;
+    let out = r["stdout"].as_str().unwrap();
+    assert!(out.contains("proto 3\n"), "{r}");
+    // A wrong password is the server's own refusal; a source that is not
+    // a login fails closed, saying why.
+    set_policy(&d, &id, cache_policy("cache-wrong")).await;
+    let r = d.sh(&id, &format!("{cli} GET k 2>&1")).await;
+    assert!(r["stdout"].as_str().unwrap().contains("WRONGPASS"), "{r}");
+    add_source(&d, "headers", "X-Api-Key", "value").await;
+    set_policy(&d, &id, cache_policy("headers")).await;
+    let r = d.sh(&id, &format!("{cli} GET k 2>&1")).await;
+    let out = r["stdout"].as_str().unwrap();
+    assert!(
+        out.contains("static_headers source") && out.contains("fail-closed"),
+        "{r}"
+    );
+
+    assert_nowhere(&d, &id, &password).await;
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;
     let events = d.audit(&id, "").await;
-    let audited = |decision: &str, needle: &str| {
-        events
-            .iter()
-            .any(|e| e["decision"] == decision && e["reason"].as_str().unwrap().contains(needle))
+    let logged_in = "(username/password): logged in to cache.test upstream";
+    assert!(audited(&events, "allow", logged_in), "{events:?}");
+    let refused = "the login to cache.test failed: the server refused the login";
+    assert!(audited(&events, "allow", refused), "{events:?}");
+    assert!(audited(&events, "deny", "fail-closed"), "{events:?}");
+}
+
+/// Allows web.test through `proxy` (a customer proxy, if any, logged in to
+/// with `source`): its HTTP spliced, its HTTPS terminated (a credential
+/// rule adds a header).
+fn proxied_policy(proxy: Value, source: &str) -> Value {
+    json!({"mode": "block-all",
+        "egress": {
+            "trafficRules": [{"name": "web", "action": "allow", "domains": ["web.test"],
+                "ports": [{"port": 80}, {"port": 443}]}],
+            "credentialRules": [{"name": "web", "credentialRef": "web", "domains": ["web.test"]}],
+            "proxy": proxy},
+        "credentialBindings": [
+            {"ref": "proxy", "sourceRef": source, "projection": {"type": "username_password"}},
+            {"ref": "web", "sourceRef": "headers", "projection": {"type": "http_headers"}}]})
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn allowed_traffic_leaves_through_the_customers_socks5_proxy() {
+    let (net, d) = setup().await;
+    let password = format!("pw-{}", &sha256sum(net.token.as_bytes())[..24]);
+    let Some(_socks) = net.socks5("egress", &password) else {
+        return;
     };
+    add_logins(
+        &d,
+        &[
+            ("proxy", "egress", &password),
+            ("proxy-wrong", "egress", "not-the-password"),
+        ],
+    )
+    .await;
+    add_source(&d, "headers", "X-Api-Key", "value").await;
+    let socks = json!({"type": "socks5", "address": "proxy.test:1080", "credentialRef": "proxy"});
+    let id = d
+        .create(json!({"network": proxied_policy(Value::Null, "proxy")}))
+        .await;
+    // The web server tells who connected: the host, without the proxy...
+    let peer = format!("peer {}\n rc=0\n", net.proxy_address());
+    let r = d.sh(&id, &curl("http://web.test/peer")).await;
+    let direct = r["stdout"].as_str().unwrap();
+    assert!(direct.starts_with("peer ") && direct != peer, "{r}");
+    // ...the SOCKS5 proxy with it, for spliced and terminated connections
+    // alike, logged in with the source's password.
+    set_policy(&d, &id, proxied_policy(socks.clone(), "proxy")).await;
+    for url in ["http://web.test/peer", "https://web.test/peer"] {
+        let r = d.sh(&id, &curl(url)).await;
+        assert_eq!(r["stdout"], peer, "{url}: {r}");
+    }
+    // A wrong password: nothing gets through, and the audit says why.
+    set_policy(&d, &id, proxied_policy(socks.clone(), "proxy-wrong")).await;
+    let r = d.sh(&id, &curl("https://web.test/peer")).await;
+    let out = r["stdout"].as_str().unwrap();
+    assert!(out.contains("refused the username and password"), "{r}");
+    let r = d.sh(&id, &curl("http://web.test/peer")).await;
+    assert!(r["stdout"].as_str().unwrap().contains("reset"), "{r}");
+    // A login that cannot be had refuses the connection.
+    set_policy(&d, &id, proxied_policy(socks, "no-such-source")).await;
+    let r = d.sh(&id, &curl("http://web.test/peer")).await;
     assert!(
-        audited(
-            "allow",
-            "(username/password): logged in to db.test upstream"
-        ),
-        "{events:?}"
+        r["stdout"].as_str().unwrap().contains("egress proxy login"),
+        "{r}"
     );
+    // A proxy the policy cannot name is a 400 naming the field.
+    let bad = json!({"type": "socks5", "address": "proxy.test"});
+    let (s, v) = d
+        .req(
+            reqwest::Method::PUT,
+            &format!("/api/v1/sandboxes/{id}/network"),
+            Some(proxied_policy(bad, "proxy")),
+        )
+        .await;
     assert!(
-        audited(
-            "allow",
-            "the login to db.test failed: the server refused the login"
-        ),
-        "{events:?}"
+        s == 400 && v.to_string().contains("egress.proxy.address"),
+        "{v}"
     );
-    assert!(audited("deny", "fail-closed"), "{events:?}");
-    let log = std::fs::read(d.data.path().join("daemon.log")).unwrap_or_default();
-    for (what, bytes) in [
-        ("the audit", serde_json::to_vec(&events).unwrap()),
-        ("daemon.log", log),
-        ("the database", d.database_bytes()),
-    ] {
+
+    assert_nowhere(&d, &id, &password).await;
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let events = d.audit(&id, "").await;
+    let via = format!("via SOCKS5 proxy {}:1080", net.proxy_address());
+    assert!(audited(&events, "allow", &via), "{events:?}");
+    // The proxy's refusal, for the spliced connection and the terminated
+    // request.
+    for kind in ["connection", "request"] {
         assert!(
-            !bytes
-                .windows(password.len())
-                .any(|w| w == password.as_bytes()),
-            "{what} holds the password"
+            events.iter().any(|e| e["kind"] == kind
+                && e["reason"].as_str().unwrap().contains("SOCKS5 proxy")
+                && e["reason"]
+                    .as_str()
+                    .unwrap()
+                    .contains("it refused the username and password")),
+            "{kind}: {events:?}"
         );
     }
+    assert!(audited(&events, "deny", "egress proxy login"), "{events:?}");
 }
 
 /// Copies the fake internet's CA into the sandbox (for spliced TLS, whose

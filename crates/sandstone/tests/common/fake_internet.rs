@@ -120,18 +120,98 @@ impl FakeInternet {
             .spawn()
             .expect("start the MCP server");
         let guard = ChildGuard(child);
-        let addr: std::net::SocketAddr = format!("{}:{port}", self.server).parse().unwrap();
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-        while std::net::TcpStream::connect_timeout(&addr, std::time::Duration::from_millis(200))
-            .is_err()
-        {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "the MCP server did not start"
-            );
-            std::thread::sleep(std::time::Duration::from_millis(100));
-        }
+        wait_listening(&format!("{}:{port}", self.server), "the MCP server");
         guard
+    }
+
+    /// Starts a Redis server (Debian's) as `cache.test:6379` whose one
+    /// user, `app`, logs in with `password` (the `default` user is off).
+    /// `None` without Redis.
+    pub fn redis(&self, password: &str) -> Option<ChildGuard> {
+        if !std::path::Path::new("/usr/bin/redis-server").exists() {
+            eprintln!("skipped: Redis is not installed (.ci/run installs it)");
+            return None;
+        }
+        // Nothing is saved: --dir only has to exist.
+        let child = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &self.ns,
+                "redis-server",
+                "--bind",
+                &self.server,
+            ])
+            .args(["--port", "6379", "--save", "", "--appendonly", "no"])
+            .args([
+                "--protected-mode",
+                "no",
+                "--daemonize",
+                "no",
+                "--dir",
+                "/tmp",
+            ])
+            .args(["--user", "default", "off"])
+            .args([
+                "--user",
+                "app",
+                "on",
+                &format!(">{password}"),
+                "~*",
+                "&*",
+                "+@all",
+            ])
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("start redis-server");
+        let guard = ChildGuard(child);
+        wait_listening(&format!("{}:6379", self.server), "redis-server");
+        Some(guard)
+    }
+
+    /// Starts a SOCKS5 proxy (Debian's `microsocks`) as `proxy.test:1080`
+    /// that wants `user` and `password` and connects out from its own
+    /// address ([`FakeInternet::proxy_address`]), which it is given here.
+    /// `None` without microsocks.
+    pub fn socks5(&self, user: &str, password: &str) -> Option<ChildGuard> {
+        if !std::path::Path::new("/usr/bin/microsocks").exists() {
+            eprintln!("skipped: microsocks is not installed (.ci/run installs it)");
+            return None;
+        }
+        let proxy = self.proxy_address();
+        ip(&[
+            "-n",
+            &self.ns,
+            "addr",
+            "add",
+            &format!("{proxy}/24"),
+            "dev",
+            "eth0",
+        ]);
+        let child = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &self.ns,
+                "microsocks",
+                "-i",
+                &proxy,
+                "-p",
+                "1080",
+            ])
+            .args(["-b", &proxy, "-u", user, "-P", password])
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("start microsocks");
+        let guard = ChildGuard(child);
+        wait_listening(&format!("{proxy}:1080"), "microsocks");
+        Some(guard)
+    }
+
+    /// `proxy.test`'s address: .3 of the server's /24.
+    pub fn proxy_address(&self) -> String {
+        let net = self.server.rsplit_once('.').unwrap().0;
+        format!("{net}.3")
     }
 
     /// Starts a PostgreSQL server (Debian's) as `db.test:5432`, TLS only
@@ -216,17 +296,7 @@ impl FakeInternet {
             postmaster: server,
             _data: data,
         };
-        let addr: std::net::SocketAddr = format!("{}:5432", self.server).parse().unwrap();
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-        while std::net::TcpStream::connect_timeout(&addr, std::time::Duration::from_millis(200))
-            .is_err()
-        {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "postgres did not start"
-            );
-            std::thread::sleep(std::time::Duration::from_millis(100));
-        }
+        wait_listening(&format!("{}:5432", self.server), "postgres");
         let sql = format!(
             "SET password_encryption = 'scram-sha-256'; CREATE ROLE app LOGIN PASSWORD '{password}';\
              CREATE ROLE app_plain LOGIN PASSWORD '{password}';\
@@ -238,6 +308,18 @@ impl FakeInternet {
 
     pub fn ca_pem(&self) -> std::path::PathBuf {
         self.dir.path().join("ca.pem")
+    }
+}
+
+/// Waits (at most 30 s) until something accepts connections on `addr`.
+fn wait_listening(addr: &str, what: &str) {
+    let addr: std::net::SocketAddr = addr.parse().unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while std::net::TcpStream::connect_timeout(&addr, std::time::Duration::from_millis(200))
+        .is_err()
+    {
+        assert!(std::time::Instant::now() < deadline, "{what} did not start");
+        std::thread::sleep(std::time::Duration::from_millis(100));
     }
 }
 
