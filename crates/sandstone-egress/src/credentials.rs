@@ -19,6 +19,9 @@ pub enum CredentialProtocol {
     /// A Sandstone extension: PostgreSQL's wire protocol, whose login the
     /// proxy completes upstream (a `username_password` binding).
     Postgres,
+    /// A Sandstone extension: MySQL's (and MariaDB's) protocol, whose
+    /// login the proxy completes upstream (a `username_password` binding).
+    Mysql,
     /// Redis's protocol, whose `AUTH` the proxy completes upstream (a
     /// `username_password` binding).
     Redis,
@@ -28,7 +31,16 @@ pub enum CredentialProtocol {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LoginProtocol {
     Postgres,
+    Mysql,
     Redis,
+}
+
+impl LoginProtocol {
+    /// Whether the server speaks first (the proxy need not wait for the
+    /// sandbox's first bytes).
+    pub fn server_first(self) -> bool {
+        self == LoginProtocol::Mysql
+    }
 }
 
 impl CredentialProtocol {
@@ -38,6 +50,7 @@ impl CredentialProtocol {
     pub fn login(self) -> Option<LoginProtocol> {
         match self {
             CredentialProtocol::Postgres => Some(LoginProtocol::Postgres),
+            CredentialProtocol::Mysql => Some(LoginProtocol::Mysql),
             CredentialProtocol::Redis => Some(LoginProtocol::Redis),
             CredentialProtocol::Http | CredentialProtocol::Https => None,
         }

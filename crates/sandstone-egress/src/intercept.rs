@@ -19,7 +19,7 @@ use crate::audit::EventKind;
 use crate::client_cert::ClientCertificate;
 use crate::counted::Counted;
 use crate::credentials::{
-    FailurePolicy, MAX_SUBSTITUTED_BODY, ProjectionError, RequestParts, project,
+    FailurePolicy, LoginProtocol, MAX_SUBSTITUTED_BODY, ProjectionError, RequestParts, project,
 };
 use crate::policy::{AppProtocol, Connection, Decision, Layer, Transport};
 use crate::protocol_rules::{MAX_INSPECTED_BODY, McpVerdict, check_mcp};
@@ -155,9 +155,10 @@ pub struct Interceptor {
     /// operator's.
     roots: RootCertStore,
     upstream_tls: Arc<ClientConfig>,
-    /// The same roots for database protocols, offering their ALPN name
-    /// (PostgreSQL 17 refuses a connection offering only HTTP's).
-    database_tls: Arc<ClientConfig>,
+    /// The same roots for PostgreSQL, offering its ALPN name (PostgreSQL 17
+    /// refuses a connection offering only HTTP's), and for MySQL (no ALPN).
+    postgres_tls: Arc<ClientConfig>,
+    mysql_tls: Arc<ClientConfig>,
     pools: Mutex<HashMap<PoolKey, Pool>>,
     reaped: Mutex<Instant>,
 }
@@ -190,26 +191,33 @@ impl Interceptor {
             .with_root_certificates(roots.clone())
             .with_no_client_auth();
         upstream.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-        let mut database = ClientConfig::builder_with_provider(provider())
+        let mysql = ClientConfig::builder_with_provider(provider())
             .with_safe_default_protocol_versions()?
             .with_root_certificates(roots.clone())
             .with_no_client_auth();
-        database.alpn_protocols = vec![b"postgresql".to_vec()];
+        let mut postgres = mysql.clone();
+        postgres.alpn_protocols = vec![b"postgresql".to_vec()];
         Ok(Interceptor {
             issuer: ca.issuer()?,
             ca_der,
             leaves: Mutex::new(HashMap::new()),
             roots,
             upstream_tls: Arc::new(upstream),
-            database_tls: Arc::new(database),
+            postgres_tls: Arc::new(postgres),
+            mysql_tls: Arc::new(mysql),
             pools: Mutex::new(HashMap::new()),
             reaped: Mutex::new(Instant::now()),
         })
     }
 
-    /// Upstream TLS for a database login (`postgres.rs`).
-    pub(crate) fn database_tls(&self) -> Arc<ClientConfig> {
-        self.database_tls.clone()
+    /// Upstream TLS for a login protocol (Redis's is not spoken over TLS
+    /// here).
+    pub(crate) fn login_tls(&self, protocol: LoginProtocol) -> Option<Arc<ClientConfig>> {
+        match protocol {
+            LoginProtocol::Postgres => Some(self.postgres_tls.clone()),
+            LoginProtocol::Mysql => Some(self.mysql_tls.clone()),
+            LoginProtocol::Redis => None,
+        }
     }
 
     fn pool(&self, key: PoolKey) -> Pool {

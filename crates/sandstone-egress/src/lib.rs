@@ -28,6 +28,7 @@ pub mod hint;
 pub mod intercept;
 pub mod local;
 pub mod login;
+pub mod mysql;
 pub mod policy;
 pub mod postgres;
 pub mod presets;

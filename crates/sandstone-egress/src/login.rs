@@ -1,13 +1,20 @@
 //! Logins the proxy completes upstream with a `static_username_password`
-//! source the sandbox never holds: PostgreSQL's (`postgres.rs`), Redis's
-//! `AUTH` (`redis.rs`) and a customer SOCKS5 proxy's (`socks5.rs`). Each
-//! protocol answers the sandbox's side itself, logs in upstream, and from
-//! then on relays the bytes untouched.
+//! source the sandbox never holds: PostgreSQL's (`postgres.rs`), MySQL's
+//! (`mysql.rs`), Redis's `AUTH` (`redis.rs`) and a customer SOCKS5
+//! proxy's (`socks5.rs`). Each protocol answers the sandbox's side itself,
+//! logs in upstream, and from then on relays the bytes untouched.
 
 use crate::credentials::{ProjectionError, SourceValues};
 use sandstone_api::CredentialSourceKind;
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite};
+
+/// An upstream connection, plain or TLS.
+pub(crate) trait Stream: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Stream for T {}
+/// Buffered: a login reads the server's messages piece by piece, and what
+/// the buffer holds past the login is relayed from it.
+pub(crate) type Upstream = tokio::io::BufReader<Box<dyn Stream>>;
 
 /// A login (both sides, TLS included) takes at most this long.
 pub(crate) const LOGIN_TIMEOUT: Duration = Duration::from_secs(15);

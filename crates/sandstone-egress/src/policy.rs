@@ -371,7 +371,9 @@ pub enum Problem {
     #[error("at least {0} bytes")]
     TooSmall(u64),
     /// A `username_password` binding and a login protocol go together.
-    #[error("a username_password login is made on protocols postgres and redis, and they need one")]
+    #[error(
+        "a username_password login is made on protocols postgres, mysql and redis, and they need one"
+    )]
     Login,
 }
 

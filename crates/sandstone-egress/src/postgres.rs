@@ -7,7 +7,7 @@
 //! sandbox; a refused login reaches it as the server's own error.
 
 use crate::counted::Counted;
-use crate::login::{LOGIN_TIMEOUT, Login, Outcome, relay_after};
+use crate::login::{LOGIN_TIMEOUT, Login, Outcome, Upstream, relay_after};
 use crate::socks5::{Dial, DialError};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
@@ -63,10 +63,6 @@ pub(crate) async fn serve(
     let session = tokio::time::timeout(LOGIN_TIMEOUT, session).await;
     relay_after(&mut client, session).await
 }
-
-trait Stream: AsyncRead + AsyncWrite + Unpin + Send {}
-impl<T: AsyncRead + AsyncWrite + Unpin + Send> Stream for T {}
-type Upstream = BufReader<Box<dyn Stream>>;
 
 /// Both sides of the login; the upstream connection once it succeeded.
 async fn log_in(

@@ -172,7 +172,17 @@ async fn handle(mut conn: TcpStream, peer: SocketAddr, egress: Arc<Egress>) {
     };
     let Ok(dst) = original_dst(&conn) else { return };
     let started = Instant::now();
-    let (head, sniffed) = first_bytes(&mut conn).await;
+    // A login protocol whose server speaks first (MySQL's) sends nothing
+    // until it is greeted: waiting for its first bytes would only delay it.
+    let server_first = sandbox.name_of(dst.ip()).is_some_and(|name| {
+        let policy = sandbox.policy();
+        let login = policy.injection.login(&name, dst.port());
+        login.is_some_and(|(protocol, ..)| protocol.server_first())
+    });
+    let (head, sniffed) = match server_first {
+        true => (Vec::new(), Sniffed::Other),
+        false => first_bytes(&mut conn).await,
+    };
     let (host, app) = match &sniffed {
         Sniffed::Tls { sni } => (sni.clone(), AppProtocol::Tls),
         Sniffed::Http { host, .. } => (host.clone(), AppProtocol::Http),
@@ -332,11 +342,13 @@ async fn handle(mut conn: TcpStream, peer: SocketAddr, egress: Arc<Egress>) {
         let refused = source.as_ref().err().cloned();
         let io = Counted::new(conn, head, flow.sandbox.clone());
         let (up, down) = (io.up.clone(), io.down.clone());
+        let tls = egress
+            .interceptor
+            .as_ref()
+            .and_then(|i| i.login_tls(protocol));
         let outcome = match protocol {
-            LoginProtocol::Postgres => {
-                let tls = egress.interceptor.as_ref().map(|i| i.database_tls());
-                crate::postgres::serve(io, &dial, &name, tls, source).await
-            }
+            LoginProtocol::Postgres => crate::postgres::serve(io, &dial, &name, tls, source).await,
+            LoginProtocol::Mysql => crate::mysql::serve(io, &dial, &name, tls, source).await,
             LoginProtocol::Redis => crate::redis::serve(io, &dial, source).await,
         };
         let how = match (refused, outcome.logged_in, outcome.error) {

@@ -928,6 +928,78 @@ async fn a_database_login_is_completed_with_a_password_the_sandbox_never_holds()
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_mysql_login_is_completed_with_a_password_the_sandbox_never_holds() {
+    let (net, d) = setup().await;
+    let password = format!("pw-{}", &sha256sum(net.token.as_bytes())[..24]);
+    let Some(_db) = net.mariadb(&password) else {
+        return;
+    };
+    add_logins(
+        &d,
+        &[
+            ("db", "app", &password),
+            ("db-wrong", "app", "not-the-password"),
+        ],
+    )
+    .await;
+    let db_policy = |source| login_policy("db.test", 3306, "mysql", source);
+    let mut allowed_only = db_policy("db");
+    allowed_only["egress"]
+        .as_object_mut()
+        .unwrap()
+        .remove("credentialRules");
+    let id = d.create(json!({"network": allowed_only})).await;
+    // The server's TLS session, seen from inside it: the user must use TLS.
+    let query = "mariadb --no-defaults -h db.test -P 3306 -u sandbox --connect-timeout=10 -N -e \
+        \"select current_user(), variable_value <> '' from information_schema.session_status \
+        where variable_name = 'Ssl_cipher'\" 2>&1";
+    // Allowed but without the binding, the sandbox is not let in.
+    let r = d.sh(&id, query).await;
+    assert!(
+        r["stdout"].as_str().unwrap().contains("Access denied"),
+        "{r}"
+    );
+    // No password anywhere: the proxy logs in as the source's user, over
+    // TLS.
+    set_policy(&d, &id, db_policy("db")).await;
+    let r = d.sh(&id, query).await;
+    assert_eq!(r["stdout"], "app@%\t1\n", "{r}");
+    // The sandbox's own password, and its database, are its business.
+    let r = d
+        .sh(&id, "mariadb --no-defaults -h db.test -u x -pplaceholder -N -e 'select database()' mysql 2>&1")
+        .await;
+    assert_eq!(r["stdout"], "mysql\n", "{r}");
+    // A wrong password is the server's own refusal; a source that is not
+    // a login fails closed, saying why.
+    set_policy(&d, &id, db_policy("db-wrong")).await;
+    let r = d.sh(&id, query).await;
+    assert!(
+        r["stdout"]
+            .as_str()
+            .unwrap()
+            .contains("Access denied for user 'app'"),
+        "{r}"
+    );
+    add_source(&d, "headers", "X-Api-Key", "value").await;
+    set_policy(&d, &id, db_policy("headers")).await;
+    let r = d.sh(&id, query).await;
+    let out = r["stdout"].as_str().unwrap();
+    assert!(
+        out.contains("static_headers source") && out.contains("fail-closed"),
+        "{r}"
+    );
+
+    assert_nowhere(&d, &id, &password).await;
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let events = d.audit(&id, "").await;
+    let logged_in = "(username/password): logged in to db.test upstream";
+    assert!(audited(&events, "allow", logged_in), "{events:?}");
+    let refused = "the login to db.test failed: the server refused the login";
+    assert!(audited(&events, "allow", refused), "{events:?}");
+    assert!(audited(&events, "deny", "fail-closed"), "{events:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn a_redis_login_is_completed_with_a_password_the_sandbox_never_holds() {
     let (net, d) = setup().await;
     let password = format!("pw-{}", &sha256sum(net.token.as_bytes())[..24]);

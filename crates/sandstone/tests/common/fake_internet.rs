@@ -219,7 +219,7 @@ impl FakeInternet {
     /// `password`, each logging in its own way: `app` by SCRAM-SHA-256,
     /// `app_md5` by MD5, `app_plain` in cleartext. `None` without
     /// PostgreSQL.
-    pub fn postgres(&self, password: &str) -> Option<PostgresServer> {
+    pub fn postgres(&self, password: &str) -> Option<DataServer> {
         let bin = PostgresBin::find()?;
         let data = tempfile::Builder::new()
             .prefix("fake-pg-")
@@ -292,8 +292,9 @@ impl FakeInternet {
             .stderr(Stdio::null())
             .spawn()
             .expect("start postgres");
-        let server = PostgresServer {
-            postmaster: server,
+        let server = DataServer {
+            process: server,
+            stop: libc::SIGINT,
             _data: data,
         };
         wait_listening(&format!("{}:5432", self.server), "postgres");
@@ -303,6 +304,70 @@ impl FakeInternet {
              SET password_encryption = 'md5'; CREATE ROLE app_md5 LOGIN PASSWORD '{password}';"
         );
         ok(as_postgres("psql").args(["-h", &dir, "-U", "postgres", "-d", "postgres", "-qc", &sql]));
+        Some(server)
+    }
+
+    /// Starts a MariaDB server (Debian's) as `db.test:3306` with TLS (the
+    /// fake CA's leaf) whose user `app` logs in with `password`
+    /// (`mysql_native_password`) over TLS only. `None` without MariaDB.
+    pub fn mariadb(&self, password: &str) -> Option<DataServer> {
+        if !std::path::Path::new("/usr/sbin/mariadbd").exists() {
+            eprintln!("skipped: MariaDB is not installed (.ci/run installs it)");
+            return None;
+        }
+        let data = tempfile::Builder::new()
+            .prefix("fake-mariadb-")
+            .tempdir_in("/tmp")
+            .unwrap();
+        let dir = data.path().display().to_string();
+        let ok = |c: &mut Command| {
+            let out = c.output().unwrap();
+            assert!(
+                out.status.success(),
+                "{c:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        for (from, to) in [("leaf.pem", "cert.pem"), ("leaf.key", "key.pem")] {
+            std::fs::copy(self.dir.path().join(from), data.path().join(to)).unwrap();
+        }
+        ok(Command::new("chown").args(["-R", "mysql:mysql", &dir]));
+        ok(Command::new("mariadb-install-db")
+            .args([
+                "--no-defaults",
+                &format!("--datadir={dir}/data"),
+                "--user=mysql",
+            ])
+            .args(["--auth-root-authentication-method=normal", "--skip-test-db"]));
+        let server = Command::new("ip")
+            .args(["netns", "exec", &self.ns, "mariadbd", "--no-defaults"])
+            .arg(format!("--datadir={dir}/data"))
+            .args(["--user=mysql", &format!("--bind-address={}", self.server)])
+            .args(["--port=3306", &format!("--socket={dir}/sock")])
+            .arg(format!("--pid-file={dir}/pid"))
+            .arg(format!("--ssl-cert={dir}/cert.pem"))
+            .arg(format!("--ssl-key={dir}/key.pem"))
+            .args(["--skip-log-bin", "--skip-name-resolve"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start mariadbd");
+        let server = DataServer {
+            process: server,
+            stop: libc::SIGTERM,
+            _data: data,
+        };
+        wait_listening(&format!("{}:3306", self.server), "mariadbd");
+        let sql = format!(
+            "CREATE USER 'app'@'%' IDENTIFIED BY '{password}' REQUIRE SSL; GRANT ALL ON *.* TO 'app'@'%';"
+        );
+        ok(Command::new("mariadb").args([
+            "--no-defaults",
+            &format!("--socket={dir}/sock"),
+            "-uroot",
+            "-e",
+            &sql,
+        ]));
         Some(server)
     }
 
@@ -359,26 +424,26 @@ pub async fn default_daemon(net: &FakeInternet, template: &str) -> Daemon {
 /// A process killed when dropped.
 pub struct ChildGuard(std::process::Child);
 
-/// A PostgreSQL server of the fake internet: shut down (then its data
-/// directory removed) when dropped.
-pub struct PostgresServer {
-    postmaster: std::process::Child,
+/// A database server of the fake internet: shut down (`stop`, then
+/// SIGKILL after 5 s; then its data directory removed) when dropped.
+pub struct DataServer {
+    process: std::process::Child,
+    stop: i32,
     _data: tempfile::TempDir,
 }
 
-impl Drop for PostgresServer {
+impl Drop for DataServer {
     fn drop(&mut self) {
-        // A fast shutdown (SIGINT) ends the backends too; SIGKILL after 5 s.
-        let pid = sandstone_sys::Pid::from_raw(self.postmaster.id() as i32);
-        let _ = sandstone_sys::process::kill(pid, libc::SIGINT);
+        let pid = sandstone_sys::Pid::from_raw(self.process.id() as i32);
+        let _ = sandstone_sys::process::kill(pid, self.stop);
         for _ in 0..50 {
-            if matches!(self.postmaster.try_wait(), Ok(Some(_))) {
+            if matches!(self.process.try_wait(), Ok(Some(_))) {
                 return;
             }
             std::thread::sleep(std::time::Duration::from_millis(100));
         }
-        let _ = self.postmaster.kill();
-        let _ = self.postmaster.wait();
+        let _ = self.process.kill();
+        let _ = self.process.wait();
     }
 }
 
