@@ -41,7 +41,7 @@ summary() {
 }
 start=$(date +%s)
 # Pass 1: every store is SQLite in a data dir (one machine, no flags).
-env -u SANDSTONE_TEST_DATABASE_URL cargo test --workspace "$@" 2>&1 | tee "$log" || status=$?
+env -u SANDSTONE_TEST_DATABASE_URL cargo test --workspace --no-fail-fast "$@" 2>&1 | tee "$log" || status=$?
 summary sqlite
 echo "test.sh: the SQLite pass took $(( $(date +%s) - start )) s"
 # Pass 2: the same tests with every store in PostgreSQL (each test daemon,
@@ -53,7 +53,7 @@ if [ "${SANDSTONE_TEST_POSTGRES:-1}" != 0 ]; then
   start=$(date +%s)
   SANDSTONE_TEST_DATABASE_URL="$(scripts/postgres.sh)"
   export SANDSTONE_TEST_DATABASE_URL
-  cargo test -p sandstone-db -p sandstone-agents -p sandstone "$@" 2>&1 | tee "$log" || status=$?
+  cargo test -p sandstone-db -p sandstone-agents -p sandstone --no-fail-fast "$@" 2>&1 | tee "$log" || status=$?
   summary postgres
   echo "test.sh: the PostgreSQL pass took $(( $(date +%s) - start )) s"
 fi
