@@ -143,20 +143,29 @@ EOF
 on net policy set "$db" --file "$work/db.json" >/dev/null
 printf 'select 1;\n' > "$work/select.sql"
 on net cp "$work/select.sql" "$db:/tmp/select.sql"
-# pgb WHERE PGBENCH-ARGS...: "p50 p99" in ms of pgbench's per-transaction
-# latencies (its -l log; with -C they include the connection), the client
-# logging in directly (TLS, SCRAM) or through the proxy (no password).
-pgb() {
+# pgbench WHERE ARGS...: pgbench's output and its per-transaction log (-l),
+# the client logging in directly (TLS, SCRAM) or through the proxy (no
+# password).
+pgbench() {
   local where=$1; shift
   case $where in
     direct) rm -f "$work"/pgb.*
       PGPASSWORD="$pgpw" PGSSLMODE=require "$pgbin/pgbench" -h 10.98.0.2 -U bench -n \
-        -f "$work/select.sql" -l --log-prefix="$work/pgb" "$@" postgres >/dev/null 2>&1
+        -f "$work/select.sql" -l --log-prefix="$work/pgb" "$@" postgres 2>&1
       cat "$work"/pgb.* ;;
     proxy) on net exec "$db" -- sh -c "rm -f /tmp/pgb.*; $pgbin/pgbench -h db.test -U sandbox -n \
-        -f /tmp/select.sql -l --log-prefix=/tmp/pgb $* postgres >/dev/null 2>&1; cat /tmp/pgb.*" ;;
-  esac | awk '{print $3}' | sort -n \
+        -f /tmp/select.sql -l --log-prefix=/tmp/pgb $* postgres 2>&1; cat /tmp/pgb.*" ;;
+  esac
+}
+# "p50 p99" in ms of a query on a reused connection (the log's latencies).
+pg_query() {
+  pgbench "$1" -t 3000 | awk 'NF == 6 && $1 ~ /^[0-9]+$/ {print $3}' | sort -n \
     | awk '{a[NR] = $1} END {printf "%.3f %.3f", a[int(NR * 0.5) + 1] / 1000, a[int(NR * 0.99) + 1] / 1000}'
+}
+# The mean time to a new connection (pgbench -C: TCP, TLS, the SCRAM
+# login and the session's start; it reports no percentiles).
+pg_connect() {
+  pgbench "$1" -C -t 300 | sed -n 's/^average connection time = \([0-9.]*\) ms$/\1/p'
 }
 py="$(cat tests/fake_internet/latency.py)"
 inside() { on net exec "$id" -- python3 -c "$py" "$@"; }
@@ -176,11 +185,11 @@ row "new TLS connection + request, enforceRequestHost" "$(in_strict tls web.test
 row "new TLS connection + request, client certificate" "$(inside tls mtls.test 10.98.0.2 300 - 8443)"
 row "keep-alive request, http protocol rule" "$(in_ruled keepalive web.test 10.98.0.2 1000)"
 echo "50 MiB over TLS under a 10 MiB/s limit: $(in_ruled bulk web.test 10.98.0.2 50 -) MiB/s"
-for i in 1 2; do
-  row "PostgreSQL query, reused connection, direct ($i)" "$(pgb direct -t 3000)"
-  row "PostgreSQL query, reused connection, proxy login ($i)" "$(pgb proxy -t 3000)"
-  row "new PostgreSQL connection + query, direct ($i)" "$(pgb direct -C -t 300)"
-  row "new PostgreSQL connection + query, proxy login ($i)" "$(pgb proxy -C -t 300)"
+for i in 1 2 3; do
+  row "PostgreSQL query, reused connection, direct ($i)" "$(pg_query direct)"
+  row "PostgreSQL query, reused connection, proxy login ($i)" "$(pg_query proxy)"
+  printf '%-52s mean %7s ms\n' "new PostgreSQL connection (SCRAM), direct ($i)" "$(pg_connect direct)"
+  printf '%-52s mean %7s ms\n' "new PostgreSQL connection (SCRAM), proxy login ($i)" "$(pg_connect proxy)"
 done
 # Throughput, and the CPU it took per GiB: the daemon's (the proxy's) and
 # the whole machine's. On two shared cores throughput is noisy; the CPU a

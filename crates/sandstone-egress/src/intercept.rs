@@ -297,7 +297,6 @@ impl Interceptor {
         head: Vec<u8>,
         dial: Dial,
     ) -> (u64, u64) {
-        let _ = client.set_nodelay(true);
         let io = Counted::new(client, head, flow.sandbox.clone());
         let (up, down) = (io.up.clone(), io.down.clone());
         let host = flow.host.clone().unwrap_or_default();
