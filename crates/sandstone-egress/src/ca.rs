@@ -37,7 +37,7 @@ pub enum CaError {
 
 pub(crate) const HOST_ROOTS: &str = "/etc/ssl/certs/ca-certificates.crt";
 
-fn write(path: &Path, data: &[u8], mode: u32) -> std::io::Result<()> {
+pub(crate) fn write(path: &Path, data: &[u8], mode: u32) -> std::io::Result<()> {
     let tmp = path.with_extension("tmp");
     let mut f = std::fs::OpenOptions::new()
         .write(true)

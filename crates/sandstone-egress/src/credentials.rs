@@ -25,6 +25,9 @@ pub enum CredentialProtocol {
     /// Redis's protocol, whose `AUTH` the proxy completes upstream (a
     /// `username_password` binding).
     Redis,
+    /// SSH, terminated and re-originated with a key (an `ssh_proxy`
+    /// binding).
+    Ssh,
 }
 
 /// A protocol whose login the proxy completes upstream (`login.rs`).
@@ -52,7 +55,7 @@ impl CredentialProtocol {
             CredentialProtocol::Postgres => Some(LoginProtocol::Postgres),
             CredentialProtocol::Mysql => Some(LoginProtocol::Mysql),
             CredentialProtocol::Redis => Some(LoginProtocol::Redis),
-            CredentialProtocol::Http | CredentialProtocol::Https => None,
+            CredentialProtocol::Http | CredentialProtocol::Https | CredentialProtocol::Ssh => None,
         }
     }
 }
@@ -183,6 +186,9 @@ pub enum ProjectionKind {
     TlsClientCertificate,
     /// A login the proxy completes upstream (`login.rs`).
     UsernamePassword,
+    /// SSH terminated and re-originated with the source's key
+    /// (`ssh_proxy.rs`).
+    SshProxy,
 }
 
 impl ProjectionKind {
@@ -223,9 +229,38 @@ pub struct Projection {
     pub tls_client_certificate: Option<TlsClientCertificate>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub username_password: Option<UsernamePassword>,
-    /// Sandbox0's SSH projection: not supported yet.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub ssh_proxy: Option<Unsupported>,
+    pub ssh_proxy: Option<SshProxy>,
+}
+
+/// Sandbox0's `SSHProxyProjection` (`ssh_proxy.rs`): SSH to the rule's
+/// hosts is terminated and re-originated with the source's key.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SshProxy {
+    /// Placeholder public keys the sandbox may log in with (OpenSSH's
+    /// `type base64 [comment]`); any key when empty.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub sandbox_public_keys: Vec<String>,
+    /// The user the proxy logs in upstream as (else the sandbox's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upstream_username: Option<String>,
+    /// The upstream host keys accepted, as known_hosts lines: at least one.
+    #[serde(default)]
+    pub known_hosts: Vec<String>,
+}
+
+impl SshProxy {
+    /// The sandbox keys, parsed.
+    pub fn sandbox_keys(&self) -> Result<Vec<russh::keys::PublicKey>, (usize, String)> {
+        self.sandbox_public_keys
+            .iter()
+            .enumerate()
+            .map(|(i, k)| {
+                russh::keys::PublicKey::from_openssh(k.trim()).map_err(|e| (i, e.to_string()))
+            })
+            .collect()
+    }
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
@@ -298,6 +333,9 @@ pub enum ProjectionError {
     /// The value named, and what is wrong with it (never the value).
     #[error("the source's {0} {1}")]
     ClientCertificate(&'static str, String),
+    /// What is wrong with an SSH key (never the key).
+    #[error("the source's private key: {0}")]
+    Key(String),
 }
 
 /// An HTTP token: a header name or a method.
@@ -344,12 +382,17 @@ pub fn validate(
             .find(|b| b.reference == r.credential_ref)
             .map(|b| b.projection.kind);
         let placeholder = kind == Some(ProjectionKind::PlaceholderSubstitution);
-        // A login is made on a login protocol, and only there.
+        // A login is made on a login protocol, and only there; an SSH
+        // key on SSH, and only there.
         let login = kind == Some(ProjectionKind::UsernamePassword);
         if login != r.protocol.login().is_some() {
             return Err(PolicyError::new(format!("{at}.protocol"), Problem::Login));
         }
-        if login && r.http_match.is_some() {
+        let ssh = kind == Some(ProjectionKind::SshProxy);
+        if ssh != (r.protocol == CredentialProtocol::Ssh) {
+            return Err(PolicyError::new(format!("{at}.protocol"), Problem::Ssh));
+        }
+        if (login || ssh) && r.http_match.is_some() {
             return Err(PolicyError::new(
                 format!("{at}.httpMatch"),
                 Problem::PerConnection("no request can be matched"),
@@ -400,10 +443,10 @@ pub fn validate(
 }
 
 fn validate_projection(p: &Projection, at: &str) -> Result<(), PolicyError> {
-    if p.ssh_proxy.is_some() {
+    if p.ssh_proxy.is_some() && p.kind != ProjectionKind::SshProxy {
         return Err(PolicyError::new(
             format!("{at}.sshProxy"),
-            Problem::Unsupported,
+            Problem::OtherProjection,
         ));
     }
     match p.kind {
@@ -446,6 +489,28 @@ fn validate_projection(p: &Projection, at: &str) -> Result<(), PolicyError> {
                 }
                 parse_template(&r.value_template)
                     .map_err(|e| PolicyError::new(format!("{at}.valueTemplate"), e.into()))?;
+            }
+        }
+        ProjectionKind::SshProxy => {
+            let at = format!("{at}.sshProxy");
+            let ssh = p
+                .ssh_proxy
+                .as_ref()
+                .ok_or_else(|| PolicyError::new(&at, Problem::Required))?;
+            crate::ssh_proxy::Pins::parse(&ssh.known_hosts).map_err(|e| {
+                PolicyError::new(format!("{at}.knownHosts"), Problem::KnownHosts(e))
+            })?;
+            ssh.sandbox_keys().map_err(|(i, e)| {
+                PolicyError::new(
+                    format!("{at}.sandboxPublicKeys[{i}]"),
+                    Problem::PublicKey(e),
+                )
+            })?;
+            if ssh.upstream_username.as_ref().is_some_and(|u| u.is_empty()) {
+                return Err(PolicyError::new(
+                    format!("{at}.upstreamUsername"),
+                    Problem::Required,
+                ));
             }
         }
         ProjectionKind::TlsClientCertificate | ProjectionKind::UsernamePassword => {}
@@ -559,7 +624,9 @@ pub fn project(
     }
     match p.kind {
         // Applied to the connection, never here (`for_request` leaves them out).
-        ProjectionKind::TlsClientCertificate | ProjectionKind::UsernamePassword => {}
+        ProjectionKind::TlsClientCertificate
+        | ProjectionKind::UsernamePassword
+        | ProjectionKind::SshProxy => {}
         ProjectionKind::HttpHeaders => {
             let templates = p
                 .http_headers
@@ -777,6 +844,20 @@ impl Injection {
             })
     }
 
+    /// The SSH binding for a connection to `host:port`, if a rule has one.
+    pub fn ssh(&self, host: &str, port: u16) -> Option<(&CredentialRule, &CredentialBinding)> {
+        self.rules
+            .iter()
+            .filter(|r| r.protocol == CredentialProtocol::Ssh && r.serves(host, port))
+            .find_map(|r| {
+                let b = self
+                    .bindings
+                    .iter()
+                    .find(|b| b.reference == r.credential_ref)?;
+                (b.projection.kind == ProjectionKind::SshProxy).then_some((r, b))
+            })
+    }
+
     /// The client certificate to present on a TLS connection to
     /// `host:port`: the first enabled rule's whose binding projects one.
     pub fn client_certificate(
@@ -940,7 +1021,7 @@ mod tests {
             "sshProxy":{}}}]"#;
         assert_eq!(
             err(ssh, "[]"),
-            "credentialBindings[0].projection.sshProxy: not supported by Sandstone yet"
+            "credentialBindings[0].projection.sshProxy: the settings of another projection type"
         );
         // A login is made on postgres, and postgres needs a login.
         let login = r#"[{"ref":"a","sourceRef":"s","projection":{"type":"username_password"}}]"#;

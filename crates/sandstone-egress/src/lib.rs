@@ -38,6 +38,7 @@ pub mod redis;
 pub mod relay;
 pub mod sniff;
 pub mod socks5;
+pub mod ssh_proxy;
 pub mod state;
 
 pub use policy::{AppProtocol, Connection, Decision, Mode, NetworkPolicy, OperatorRules};

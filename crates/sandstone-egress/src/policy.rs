@@ -370,6 +370,15 @@ pub enum Problem {
     OtherProtocol(&'static str),
     #[error("at least {0} bytes")]
     TooSmall(u64),
+    /// An `ssh_proxy` binding and the `ssh` protocol go together.
+    #[error("an ssh_proxy binding is used on protocol ssh, and ssh needs one")]
+    Ssh,
+    #[error("the settings of another projection type")]
+    OtherProjection,
+    #[error("{0}")]
+    KnownHosts(String),
+    #[error("not an OpenSSH public key: {0}")]
+    PublicKey(String),
     /// A `username_password` binding and a login protocol go together.
     #[error(
         "a username_password login is made on protocols postgres, mysql and redis, and they need one"

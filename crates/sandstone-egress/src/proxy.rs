@@ -10,7 +10,7 @@
 
 use crate::audit::{AuditEvent, EventKind, Verdict, now_ms};
 use crate::counted::Counted;
-use crate::credentials::{FailurePolicy, LoginProtocol, ProjectionError};
+use crate::credentials::{FailurePolicy, LoginProtocol, ProjectionError, SourceValues};
 use crate::login::Login;
 use crate::policy::{AppProtocol, CompiledPolicy, Connection, Decision, Layer, Transport};
 use crate::sniff::{MAX_SNIFF, Sniffed, sniff};
@@ -230,21 +230,22 @@ async fn handle(mut conn: TcpStream, peer: SocketAddr, egress: Arc<Egress>) {
     // allowed it: a credential must reach the named host, not an address
     // the sandbox paired with its name. One a CIDR rule (or the mode)
     // allowed goes to the address the sandbox chose, terminated or not.
-    // A database login a credential rule completes. Such protocols state
-    // no name: it is the one the sandbox's own DNS answer gave, and the
-    // login, like any credential, goes where that name resolves.
-    let login = match (app, flow.resolved.as_deref()) {
-        (AppProtocol::Other, Some(name)) => {
-            policy
-                .injection
-                .login(name, dst.port())
-                .map(|(protocol, rule, binding)| {
-                    (protocol, name.to_string(), rule.clone(), binding.clone())
-                })
-        }
+    // A login or an SSH key a credential rule applies to the connection.
+    // Such protocols state no name: it is the one the sandbox's own DNS
+    // answer gave, and the credential goes where that name resolves.
+    let bound = match (app, flow.resolved.as_deref()) {
+        (AppProtocol::Other, Some(name)) => policy
+            .injection
+            .login(name, dst.port())
+            .map(|(protocol, rule, binding)| (Bound::Login(protocol), name, rule, binding)),
+        (AppProtocol::Ssh, Some(name)) => policy
+            .injection
+            .ssh(name, dst.port())
+            .map(|(rule, binding)| (Bound::Ssh, name, rule, binding)),
         _ => None,
-    };
-    let dial_name = match (&login, intercept && for_credentials) {
+    }
+    .map(|(kind, name, rule, binding)| (kind, name.to_string(), rule.clone(), binding.clone()));
+    let dial_name = match (&bound, intercept && for_credentials) {
         (Some((_, name, ..)), _) => Some(name.as_str()),
         (None, true) => flow.host.as_deref(),
         (None, false) => policy.dial_name(&c),
@@ -310,16 +311,16 @@ async fn handle(mut conn: TcpStream, peer: SocketAddr, egress: Arc<Egress>) {
     if let Some(via) = dial.via() {
         reason = format!("{reason}; via SOCKS5 proxy {via}");
     }
-    if let Some((protocol, name, rule, binding)) = login {
+    if let Some((kind, name, rule, binding)) = bound {
         let source = match &egress.credentials {
             Some(store) => store
                 .resolve(&flow.sandbox.id, &binding.source_ref)
                 .await
                 .map_err(ProjectionError::from)
-                .and_then(|values| Login::from_values(&values)),
+                .and_then(|values| kind.credential(&values)),
             None => Err(ProjectionError::NoStore),
         };
-        let credential = format!("credential {:?} (username/password)", binding.reference);
+        let credential = format!("credential {:?} ({})", binding.reference, kind.what());
         let source = match source {
             Err(e) if rule.failure_policy == FailurePolicy::FailOpen => {
                 reason = format!(
@@ -337,19 +338,38 @@ async fn handle(mut conn: TcpStream, peer: SocketAddr, egress: Arc<Egress>) {
                     "{credential} could not be applied: {e}; refused (failurePolicy fail-closed)"
                 ))
             }
-            Ok(login) => Ok(login),
+            Ok(c) => Ok(c),
         };
         let refused = source.as_ref().err().cloned();
         let io = Counted::new(conn, head, flow.sandbox.clone());
         let (up, down) = (io.up.clone(), io.down.clone());
-        let tls = egress
-            .interceptor
-            .as_ref()
-            .and_then(|i| i.login_tls(protocol));
-        let outcome = match protocol {
-            LoginProtocol::Postgres => crate::postgres::serve(io, &dial, &name, tls, source).await,
-            LoginProtocol::Mysql => crate::mysql::serve(io, &dial, &name, tls, source).await,
-            LoginProtocol::Redis => crate::redis::serve(io, &dial, source).await,
+        let outcome = match kind {
+            Bound::Login(protocol) => {
+                let login = source.and_then(Credential::login);
+                let tls = egress
+                    .interceptor
+                    .as_ref()
+                    .and_then(|i| i.login_tls(protocol));
+                match protocol {
+                    LoginProtocol::Postgres => {
+                        crate::postgres::serve(io, &dial, &name, tls, login).await
+                    }
+                    LoginProtocol::Mysql => crate::mysql::serve(io, &dial, &name, tls, login).await,
+                    LoginProtocol::Redis => crate::redis::serve(io, &dial, login).await,
+                }
+            }
+            Bound::Ssh => {
+                let spec = binding.projection.ssh_proxy.clone().unwrap_or_default();
+                let upstream = crate::ssh_proxy::Upstream {
+                    dial,
+                    host: name.clone(),
+                    pins: crate::ssh_proxy::Pins::parse(&spec.known_hosts),
+                    user: spec.upstream_username.clone(),
+                    key: source.and_then(Credential::key),
+                };
+                let allowed = spec.sandbox_keys().unwrap_or_default();
+                crate::ssh_proxy::serve(io, egress.ssh.as_deref(), allowed, upstream).await
+            }
         };
         let how = match (refused, outcome.logged_in, outcome.error) {
             (Some(why), ..) => why,
@@ -420,6 +440,57 @@ async fn customer_proxy(
         }
     };
     Ok(Some(Arc::new(Socks5 { proxy, login })))
+}
+
+/// A credential a rule applies to a whole connection.
+#[derive(Clone, Copy)]
+enum Bound {
+    /// A login the proxy completes upstream.
+    Login(LoginProtocol),
+    /// SSH re-originated with a key (`ssh_proxy.rs`).
+    Ssh,
+}
+
+/// A bound credential's source, read as its kind needs.
+enum Credential {
+    Login(Login),
+    Key(Arc<russh::keys::PrivateKey>),
+}
+
+impl Bound {
+    fn what(self) -> &'static str {
+        match self {
+            Bound::Login(_) => "username/password",
+            Bound::Ssh => "SSH key",
+        }
+    }
+
+    fn credential(self, values: &SourceValues) -> Result<Credential, ProjectionError> {
+        match self {
+            Bound::Login(_) => Login::from_values(values).map(Credential::Login),
+            Bound::Ssh => {
+                crate::ssh_proxy::key_from_values(values).map(|k| Credential::Key(Arc::new(k)))
+            }
+        }
+    }
+}
+
+impl Credential {
+    /// The login (a source read for a login is one).
+    fn login(self) -> Result<Login, String> {
+        match self {
+            Credential::Login(l) => Ok(l),
+            Credential::Key(_) => Err("the source is a key, not a login".into()),
+        }
+    }
+
+    /// The key (a source read for SSH is one).
+    fn key(self) -> Result<Arc<russh::keys::PrivateKey>, String> {
+        match self {
+            Credential::Key(k) => Ok(k),
+            Credential::Login(_) => Err("the source is a login, not a key".into()),
+        }
+    }
 }
 
 /// Relays an allowed connection untouched to where `dial` goes, and

@@ -83,6 +83,9 @@ pub struct Egress {
     /// Terminates TLS where credential rules apply (absent: no injection).
     pub interceptor: Option<crate::intercept::Interceptor>,
     pub credentials: Option<Arc<dyn crate::credentials::CredentialStore>>,
+    /// Answers SSH as the hosts `ssh_proxy` bindings name (absent: such
+    /// connections are refused).
+    pub ssh: Option<Arc<crate::ssh_proxy::SshIdentity>>,
 }
 
 impl Egress {
@@ -99,6 +102,7 @@ impl Egress {
             dns_cache: crate::dns::Cache::default(),
             interceptor: None,
             credentials: None,
+            ssh: None,
         }
     }
 

@@ -296,7 +296,10 @@ pub async fn serve(data_dir: &Path, args: &ServeArgs) -> Result<()> {
 /// `SANDSTONE_LOG_FORMAT=json`).
 pub fn init_logging(json: bool) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("SANDSTONE_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"))
+        // The SSH library's debug lines dump every packet and the keys'
+        // structures: never below warnings, whatever the level asked for.
+        .add_directive("russh=warn".parse().expect("a valid directive"));
     let json = json || std::env::var("SANDSTONE_LOG_FORMAT").is_ok_and(|f| f == "json");
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)

@@ -139,9 +139,9 @@ async fn credential_values_are_write_only_and_sealed() {
 #[tokio::test(flavor = "multi_thread")]
 async fn every_source_kind_is_checked_sealed_and_kept_to_its_kind() {
     let d = Daemon::start().await;
-    let ssh_key = format!(
-        "-----BEGIN OPENSSH PRIVATE KEY-----\n{SECRET}\n-----END OPENSSH PRIVATE KEY-----\n"
-    );
+    // A real key, encrypted with the secret as its passphrase.
+    let keys = tempfile::tempdir().unwrap();
+    let ssh_key = common::ssh_keygen(keys.path(), "deploy", SECRET);
     let mut seen = Vec::new();
     for (name, kind, spec) in [
         (
@@ -200,6 +200,18 @@ async fn every_source_kind_is_checked_sealed_and_kept_to_its_kind() {
             json!({"staticSSHPrivateKey": {"privateKeyPem": SECRET}}),
             "spec.staticSSHPrivateKey.privateKeyPem",
         ),
+        // A key that cannot be read: encrypted without its passphrase, or
+        // with the wrong one.
+        (
+            "static_ssh_private_key",
+            json!({"staticSSHPrivateKey": {"privateKeyPem": ssh_key}}),
+            "spec.staticSSHPrivateKey.privateKeyPem",
+        ),
+        (
+            "static_ssh_private_key",
+            json!({"staticSSHPrivateKey": {"privateKeyPem": ssh_key, "passphrase": "wrong"}}),
+            "spec.staticSSHPrivateKey.privateKeyPem",
+        ),
         (
             "static_tls_client_certificate",
             json!({"staticTLSClientCertificate": {"certificatePem": SECRET, "privateKeyPem": SECRET}}),
@@ -236,14 +248,14 @@ async fn every_source_kind_is_checked_sealed_and_kept_to_its_kind() {
             .any(|w| w == SECRET.as_bytes()),
         "the database holds the secret"
     );
-    // A projection Sandstone does not apply yet is refused, naming it.
+    // An SSH binding pins at least one upstream host key.
     let policy = json!({"mode": "block-all",
         "credentialBindings": [{"ref": "db", "sourceRef": "db",
             "projection": {"type": "ssh_proxy", "sshProxy": {}}}]});
     d.rejects(
         "/api/v1/sandboxes",
         json!({"template": "host", "config": {"network": policy}}),
-        "config.network.credentialBindings[0].projection.type",
+        "config.network.credentialBindings[0].projection.sshProxy.knownHosts",
     )
     .await;
 }

@@ -1072,6 +1072,162 @@ async fn a_redis_login_is_completed_with_a_password_the_sandbox_never_holds() {
     assert!(audited(&events, "deny", "fail-closed"), "{events:?}");
 }
 
+/// Allows SSH to git.test, re-originated by the proxy with the `key`
+/// source as `root`, the upstream's host key pinned to `pinned`, the
+/// sandbox logging in with `sandbox_key`.
+fn ssh_policy(key: &str, pinned: &str, sandbox_key: &str) -> Value {
+    json!({"mode": "block-all",
+        "egress": {
+            "trafficRules": [{"name": "git", "action": "allow", "domains": ["git.test"],
+                "ports": [{"port": 22}], "matchDnsAnswers": true}],
+            "credentialRules": [{"name": "git-ssh", "credentialRef": "git", "protocol": "ssh",
+                "domains": ["git.test"], "ports": [{"port": 22}]}]},
+        "credentialBindings": [{"ref": "git", "sourceRef": key,
+            "projection": {"type": "ssh_proxy", "sshProxy": {
+                "sandboxPublicKeys": [sandbox_key], "upstreamUsername": "root",
+                "knownHosts": [format!("git.test {pinned}")]}}}]})
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn git_over_ssh_uses_a_key_the_sandbox_never_holds() {
+    let (net, d) = setup().await;
+    let keys = tempfile::tempdir().unwrap();
+    let deploy = common::ssh_keygen(keys.path(), "deploy", "deploy-passphrase");
+    let deploy_pub = std::fs::read_to_string(keys.path().join("deploy.pub")).unwrap();
+    let Some(server) = net.sshd(&deploy_pub) else {
+        return;
+    };
+    let (s, v) = d
+        .post(
+            "/api/v1/credential-sources",
+            json!({"name": "deploy-key", "resolverKind": "static_ssh_private_key",
+                "spec": {"staticSSHPrivateKey": {"privateKeyPem": deploy,
+                    "passphrase": "deploy-passphrase"}}}),
+        )
+        .await;
+    assert_eq!(s, 201, "{v}");
+    // The sandbox's own key is a placeholder: the server does not know it.
+    let allowed_only = json!({"mode": "block-all", "egress": {"trafficRules": [{"name": "git",
+        "action": "allow", "domains": ["git.test"], "ports": [{"port": 22}], "matchDnsAnswers": true}]}});
+    let id = d.create(json!({"network": allowed_only})).await;
+    let r = d
+        .sh(&id, "mkdir -p ~/.ssh && ssh-keygen -q -t ed25519 -N '' -f ~/.ssh/id_ed25519 && cat ~/.ssh/id_ed25519.pub")
+        .await;
+    assert_eq!(r["exit_code"], 0, "{r}");
+    let sandbox_key = r["stdout"].as_str().unwrap().trim().to_string();
+    let clone = format!(
+        "cd /tmp && rm -rf repo && GIT_SSH_COMMAND='ssh -o BatchMode=yes' git clone -q root@git.test:{} repo 2>&1; echo rc=$?",
+        server.repo
+    );
+    // Without the binding the sandbox reaches the real server, which
+    // neither it trusts nor lets it in.
+    let r = d.sh(&id, &clone).await;
+    let out = r["stdout"].as_str().unwrap();
+    assert!(
+        out.contains("Host key verification failed") && out.contains("rc=128"),
+        "{r}"
+    );
+    // With it: the proxy answers as git.test with a certificate the
+    // sandbox trusts, and logs in upstream with the deploy key.
+    set_policy(
+        &d,
+        &id,
+        ssh_policy("deploy-key", &server.host_key, &sandbox_key),
+    )
+    .await;
+    let r = d.sh(&id, &format!("{clone}; cat /tmp/repo/README")).await;
+    assert_eq!(r["stdout"], "rc=0\nover ssh\n", "{r}");
+    let push = "cd /tmp/repo && echo more > more && git add more && \
+        git -c user.name=agent -c user.email=agent@sandbox commit -qm second && \
+        GIT_SSH_COMMAND='ssh -o BatchMode=yes' git push -q origin main 2>&1; echo rc=$?";
+    let r = d.sh(&id, push).await;
+    assert_eq!(r["stdout"], "rc=0\n", "{r}");
+    let log = std::process::Command::new("git")
+        .args(["--git-dir", &server.repo, "log", "--format=%s", "main"])
+        .output()
+        .unwrap();
+    assert_eq!(common::text(&log.stdout), "second\nfirst\n");
+    // An upstream whose host key is not the pinned one is refused.
+    let other = tempfile::tempdir().unwrap();
+    common::ssh_keygen(other.path(), "other", "");
+    let other_pub = std::fs::read_to_string(other.path().join("other.pub")).unwrap();
+    set_policy(
+        &d,
+        &id,
+        ssh_policy("deploy-key", other_pub.trim(), &sandbox_key),
+    )
+    .await;
+    let r = d.sh(&id, &clone).await;
+    let out = r["stdout"].as_str().unwrap();
+    assert!(
+        out.contains("git.test's host key")
+            && out.contains("not one the binding's knownHosts pins"),
+        "{r}"
+    );
+    // A key the binding does not list is refused before anything.
+    let r = d
+        .sh(&id, "ssh-keygen -q -t ed25519 -N '' -f /tmp/stranger && ssh -o BatchMode=yes -i /tmp/stranger -o IdentitiesOnly=yes root@git.test true 2>&1; echo rc=$?")
+        .await;
+    assert!(
+        r["stdout"].as_str().unwrap().contains("Permission denied"),
+        "{r}"
+    );
+    // Bad bindings are refused naming the field.
+    let mut bad = ssh_policy("deploy-key", "ssh-ed25519 nonsense", &sandbox_key);
+    let (s, v) = d
+        .req(
+            reqwest::Method::PUT,
+            &format!("/api/v1/sandboxes/{id}/network"),
+            Some(bad.clone()),
+        )
+        .await;
+    assert!(
+        s == 400 && v.to_string().contains("sshProxy.knownHosts"),
+        "{v}"
+    );
+    bad["credentialBindings"][0]["projection"]["sshProxy"]["knownHosts"] =
+        json!([format!("git.test {}", server.host_key)]);
+    bad["egress"]["credentialRules"][0]["protocol"] = json!("https");
+    let (s, v) = d
+        .req(
+            reqwest::Method::PUT,
+            &format!("/api/v1/sandboxes/{id}/network"),
+            Some(bad),
+        )
+        .await;
+    assert!(
+        s == 400 && v.to_string().contains("credentialRules[0].protocol"),
+        "{v}"
+    );
+
+    // The key is nowhere in the sandbox, the audit, the log or the
+    // database; the audit says what happened.
+    let secret = deploy.lines().nth(1).unwrap().to_string();
+    assert_nowhere(&d, &id, &secret).await;
+    let r = d.sh(&id, "cat /etc/ssh/ssh_known_hosts").await;
+    assert!(
+        r["stdout"]
+            .as_str()
+            .unwrap()
+            .starts_with("@cert-authority * ssh-ed25519 "),
+        "{r}"
+    );
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let events = d.audit(&id, "").await;
+    assert!(
+        audited(
+            &events,
+            "allow",
+            "(SSH key): logged in to git.test upstream"
+        ),
+        "{events:?}"
+    );
+    assert!(
+        audited(&events, "allow", "not one the binding's knownHosts pins"),
+        "{events:?}"
+    );
+}
+
 /// Allows web.test through `proxy` (a customer proxy, if any, logged in to
 /// with `source`): its HTTP spliced, its HTTPS terminated (a credential
 /// rule adds a header).

@@ -690,7 +690,7 @@ impl Lifecycle {
                 .binds
                 .iter()
                 .cloned()
-                .chain(network.map(|n| n.trust_bind()))
+                .chain(network.into_iter().flat_map(|n| n.trust_binds()))
                 .chain(uploads)
                 .collect(),
             id_base,

@@ -16,6 +16,7 @@ use sandstone_egress::cidr::CidrError;
 use sandstone_egress::credentials::{CredentialStore, SourceError, SourceValues};
 use sandstone_egress::firewall::Firewall;
 use sandstone_egress::intercept::Interceptor;
+use sandstone_egress::ssh_proxy::{SANDBOX_KNOWN_HOSTS, SshIdentity};
 use sandstone_egress::state::Egress;
 use sandstone_egress::{NetworkPolicy, OperatorRules};
 use sandstone_runtime::net::NetSpec;
@@ -29,6 +30,7 @@ pub struct Network {
     pub firewall: Firewall,
     pub egress: Arc<Egress>,
     pub ca: InstallationCa,
+    pub ssh: Arc<SshIdentity>,
 }
 
 /// The host's own IPv4 addresses, with their interfaces' names (the pool
@@ -354,6 +356,10 @@ impl Network {
             .map_err(|e| anyhow::anyhow!("installation CA: {e}"))?;
         let interceptor = Interceptor::new(&ca, &o.operator.upstream_ca_files)
             .map_err(|e| anyhow::anyhow!("TLS interception: {e}"))?;
+        let ssh = Arc::new(
+            SshIdentity::load_or_create(o.ca_dir)
+                .map_err(|e| anyhow::anyhow!("SSH identity: {e}"))?,
+        );
         let (table, prefix) = names(o.group);
         let pool = SubnetPool::parse(o.pool).map_err(|e| anyhow::anyhow!("egress pool: {e}"))?;
         // The host ends of sandboxes this daemon left running are its own
@@ -389,6 +395,7 @@ impl Network {
             o.upstream_dns,
         );
         egress.interceptor = Some(interceptor);
+        egress.ssh = Some(ssh.clone());
         egress.credentials = Some(Arc::new(SealedSources {
             store,
             teams: Default::default(),
@@ -409,6 +416,7 @@ impl Network {
             firewall,
             egress,
             ca,
+            ssh,
         })
     }
 
@@ -433,14 +441,20 @@ impl Network {
         })
     }
 
-    /// The CA bundle, read-only inside every sandbox.
-    pub fn trust_bind(&self) -> sandstone_runtime::BindMount {
-        sandstone_runtime::BindMount {
-            source: self.ca.bundle.clone(),
-            target: SANDBOX_BUNDLE.into(),
+    /// The CA bundle, and the known_hosts line trusting the SSH CA (which
+    /// signs the proxy's host certificates), read-only inside every
+    /// sandbox.
+    pub fn trust_binds(&self) -> [sandstone_runtime::BindMount; 2] {
+        let bind = |source: &Path, target: &str| sandstone_runtime::BindMount {
+            source: source.to_path_buf(),
+            target: target.into(),
             read_only: true,
             idmap: false,
-        }
+        };
+        [
+            bind(&self.ca.bundle, SANDBOX_BUNDLE),
+            bind(&self.ssh.known_hosts, SANDBOX_KNOWN_HOSTS),
+        ]
     }
 
     /// Variables pointing common tools (OpenSSL, curl, git, pip, Python

@@ -173,6 +173,9 @@ fn sealable(w: &api::CredentialSourceWrite) -> ApiResult<Vec<u8>> {
             if let Some(p) = &c.passphrase {
                 text(p, &format!("{field}.passphrase"), MAX_VALUE, false)?;
             }
+            sandstone_egress::ssh_proxy::decode_key(key, c.passphrase.as_deref()).map_err(|e| {
+                ApiError::bad_request(format!("invalid field `spec.{field}.privateKeyPem`: {e}"))
+            })?;
             serde_json::to_vec(c)
         }
     };

@@ -208,6 +208,75 @@ impl FakeInternet {
         Some(guard)
     }
 
+    /// Starts an SSH server (Debian's sshd) as `git.test:22` that lets
+    /// `root` in with `authorized` (a public key line) only, and holds a
+    /// bare git repository with one commit. `None` without sshd.
+    pub fn sshd(&self, authorized: &str) -> Option<SshServer> {
+        let sshd = std::path::Path::new("/usr/sbin/sshd");
+        if !sshd.exists() {
+            eprintln!("skipped: sshd is not installed (.ci/run installs it)");
+            return None;
+        }
+        let dir = tempfile::Builder::new()
+            .prefix("fake-sshd-")
+            .tempdir_in("/tmp")
+            .unwrap();
+        let d = dir.path().display().to_string();
+        super::ssh_keygen(dir.path(), "host", "");
+        let host_pub = std::fs::read_to_string(dir.path().join("host.pub")).unwrap();
+        std::fs::write(dir.path().join("authorized_keys"), authorized).unwrap();
+        std::fs::write(
+            dir.path().join("sshd_config"),
+            format!(
+                "ListenAddress {}\nHostKey {d}/host\nPidFile {d}/sshd.pid\n\
+                 AuthorizedKeysFile {d}/authorized_keys\nPasswordAuthentication no\n\
+                 KbdInteractiveAuthentication no\nPermitRootLogin prohibit-password\n\
+                 UsePAM no\nStrictModes no\n",
+                self.server
+            ),
+        )
+        .unwrap();
+        // The repository: one commit on main.
+        let git = |args: &[&str]| {
+            let out = Command::new("git")
+                .args(args)
+                .env("GIT_AUTHOR_NAME", "fake")
+                .env("GIT_AUTHOR_EMAIL", "fake@git.test")
+                .env("GIT_COMMITTER_NAME", "fake")
+                .env("GIT_COMMITTER_EMAIL", "fake@git.test")
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "git {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        let work = format!("{d}/work");
+        git(&["init", "-q", "-b", "main", &work]);
+        std::fs::write(dir.path().join("work/README"), "over ssh\n").unwrap();
+        git(&["-C", &work, "add", "README"]);
+        git(&["-C", &work, "commit", "-qm", "first"]);
+        git(&["clone", "-q", "--bare", &work, &format!("{d}/repo.git")]);
+        std::fs::create_dir_all("/run/sshd").unwrap();
+        let child = Command::new("ip")
+            .args(["netns", "exec", &self.ns])
+            .arg(sshd)
+            .args(["-D", "-e", "-f", &format!("{d}/sshd_config")])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start sshd");
+        let guard = ChildGuard(child);
+        wait_listening(&format!("{}:22", self.server), "sshd");
+        Some(SshServer {
+            _process: guard,
+            host_key: host_pub.trim().to_string(),
+            repo: format!("{d}/repo.git"),
+            _dir: dir,
+        })
+    }
+
     /// `proxy.test`'s address: .3 of the server's /24.
     pub fn proxy_address(&self) -> String {
         let net = self.server.rsplit_once('.').unwrap().0;
@@ -423,6 +492,17 @@ pub async fn default_daemon(net: &FakeInternet, template: &str) -> Daemon {
 
 /// A process killed when dropped.
 pub struct ChildGuard(std::process::Child);
+
+/// The fake internet's SSH server: stopped, and its directory removed,
+/// when dropped.
+pub struct SshServer {
+    _process: ChildGuard,
+    /// Its host key, as a public key line.
+    pub host_key: String,
+    /// The bare repository's path on the server.
+    pub repo: String,
+    _dir: tempfile::TempDir,
+}
 
 /// A database server of the fake internet: shut down (`stop`, then
 /// SIGKILL after 5 s; then its data directory removed) when dropped.

@@ -630,6 +630,20 @@ pub fn init_pid(id: &str) -> Option<i32> {
     })
 }
 
+/// A new ed25519 key pair made by OpenSSH's `ssh-keygen` in `dir` as
+/// `name` (and `name.pub`), encrypted with `passphrase` (none when empty);
+/// returns the private key's text.
+pub fn ssh_keygen(dir: &Path, name: &str, passphrase: &str) -> String {
+    let path = dir.join(name);
+    let out = std::process::Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-C", name, "-N", passphrase, "-f"])
+        .arg(&path)
+        .output()
+        .expect("run ssh-keygen");
+    assert!(out.status.success(), "ssh-keygen: {}", text(&out.stderr));
+    std::fs::read_to_string(path).unwrap()
+}
+
 pub fn sha256sum(data: &[u8]) -> String {
     let out = Command::new("sha256sum")
         .stdin(Stdio::piped())
