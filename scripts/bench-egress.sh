@@ -19,6 +19,10 @@
 #  - PostgreSQL (pgbench, `select 1`): a query on a reused connection and a
 #    new connection (SCRAM-SHA-256, TLS upstream) + query, the proxy
 #    completing the login vs the client logging in directly;
+#  - git clone of a 50 MiB repository over SSH, and the same 50 MiB read
+#    over SSH alone (`ssh host cat`): through the proxy's ssh_proxy
+#    (terminated, re-originated with the deploy key) vs the host's ssh with
+#    the key;
 #  - a cached DNS answer from the policy resolver;
 #  - sandbox create with networking vs without.
 set -euo pipefail
@@ -167,6 +171,66 @@ pg_query() {
 pg_connect() {
   pgbench "$1" -C -t 300 | sed -n 's/^average connection time = \([0-9.]*\) ms$/\1/p'
 }
+# git.test:22: sshd in the fake internet letting root in with a deploy key,
+# serving a bare repository of 50 MiB of random bytes; a sandbox whose
+# policy has the proxy re-originate SSH with that key.
+mkdir -p /run/sshd "$work/ssh"
+ssh-keygen -q -t ed25519 -N '' -f "$work/ssh/host"
+ssh-keygen -q -t ed25519 -N '' -f "$work/ssh/deploy"
+cp "$work/ssh/deploy.pub" "$work/ssh/authorized_keys"
+cat > "$work/ssh/sshd_config" <<EOF
+ListenAddress 10.98.0.2
+HostKey $work/ssh/host
+PidFile $work/ssh/sshd.pid
+AuthorizedKeysFile $work/ssh/authorized_keys
+PasswordAuthentication no
+KbdInteractiveAuthentication no
+PermitRootLogin prohibit-password
+UsePAM no
+StrictModes no
+EOF
+git init -q -b main "$work/ssh/work"
+head -c 50M /dev/urandom > "$work/ssh/work/blob"
+git -C "$work/ssh/work" add blob
+git -C "$work/ssh/work" -c user.name=bench -c user.email=bench@git.test commit -qm blob
+git clone -q --bare "$work/ssh/work" "$work/ssh/repo.git"
+ip netns exec "$ns" /usr/sbin/sshd -D -f "$work/ssh/sshd_config" &
+pids+=($!)
+python3 - "$work/ssh/deploy" > "$work/deploy.json" <<'EOF'
+import json, sys
+print(json.dumps({"name": "deploy", "resolverKind": "static_ssh_private_key",
+  "spec": {"staticSSHPrivateKey": {"privateKeyPem": open(sys.argv[1]).read()}}}))
+EOF
+curl -fsS -H "Authorization: Bearer $token" -H 'content-type: application/json' \
+  "http://127.0.0.1:$port/api/v1/credential-sources" -d @"$work/deploy.json" >/dev/null
+gitsb=$(on net create --template host)
+placeholder=$(on net exec "$gitsb" -- sh -c "mkdir -p ~/.ssh && ssh-keygen -q -t ed25519 -N '' -f ~/.ssh/id_ed25519 && cat ~/.ssh/id_ed25519.pub")
+python3 - "$work/ssh/host.pub" "$placeholder" > "$work/git.json" <<'EOF'
+import json, sys
+print(json.dumps({"mode": "block-all",
+  "egress": {"trafficRules": [{"name": "git", "action": "allow", "domains": ["git.test"],
+                               "ports": [{"port": 22}], "matchDnsAnswers": True}],
+             "credentialRules": [{"name": "git", "credentialRef": "git", "protocol": "ssh",
+                                  "domains": ["git.test"], "ports": [{"port": 22}]}]},
+  "credentialBindings": [{"ref": "git", "sourceRef": "deploy", "projection": {"type": "ssh_proxy",
+    "sshProxy": {"upstreamUsername": "root", "sandboxPublicKeys": [sys.argv[2]],
+                 "knownHosts": ["git.test " + open(sys.argv[1]).read().strip()]}}}]}))
+EOF
+on net policy set "$gitsb" --file "$work/git.json" >/dev/null
+# over_ssh WHAT WHERE: the milliseconds a clone of the repository (WHAT
+# clone), or reading its 50 MiB file over SSH (WHAT cat), took.
+over_ssh() {
+  local run
+  case $1 in
+    clone) run="rm -rf /tmp/clone; git clone -q root@\$HOST:$work/ssh/repo.git /tmp/clone" ;;
+    cat) run="\$GIT_SSH_COMMAND root@\$HOST cat $work/ssh/work/blob > /dev/null" ;;
+  esac
+  local script="s=\$(date +%s%N); $run && echo \$(( (\$(date +%s%N) - s) / 1000000 ))"
+  case $2 in
+    direct) HOST=10.98.0.2 GIT_SSH_COMMAND="ssh -i $work/ssh/deploy -o IdentitiesOnly=yes -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o LogLevel=ERROR" sh -c "$script" ;;
+    proxy) on net exec "$gitsb" -- env HOST=git.test GIT_SSH_COMMAND="ssh -o BatchMode=yes" sh -c "$script" ;;
+  esac
+}
 py="$(cat tests/fake_internet/latency.py)"
 inside() { on net exec "$id" -- python3 -c "$py" "$@"; }
 in_strict() { on net exec "$strict" -- python3 -c "$py" "$@"; }
@@ -185,6 +249,12 @@ row "new TLS connection + request, enforceRequestHost" "$(in_strict tls web.test
 row "new TLS connection + request, client certificate" "$(inside tls mtls.test 10.98.0.2 300 - 8443)"
 row "keep-alive request, http protocol rule" "$(in_ruled keepalive web.test 10.98.0.2 1000)"
 echo "50 MiB over TLS under a 10 MiB/s limit: $(in_ruled bulk web.test 10.98.0.2 50 -) MiB/s"
+for i in 1 2 3; do
+  for what in clone cat; do
+    d=$(over_ssh $what direct); p=$(over_ssh $what proxy)
+    awk -v d="$d" -v p="$p" -v i="$i" -v w="$what" 'BEGIN { printf "50 MiB over SSH, %-5s (%s): direct %7.1f MiB/s, ssh_proxy %7.1f MiB/s (%.2f)\n", w, i, 50000 / d, 50000 / p, d / p }'
+  done
+done
 for i in 1 2 3; do
   row "PostgreSQL query, reused connection, direct ($i)" "$(pg_query direct)"
   row "PostgreSQL query, reused connection, proxy login ($i)" "$(pg_query proxy)"
