@@ -544,18 +544,32 @@ mod tests {
         assert!(Greeting::parse(greeting()[..30].to_vec()).is_err());
     }
 
-    #[tokio::test]
-    async fn a_login_switching_plugin_is_completed_and_the_sandbox_sees_ok() {
-        let (mut sandbox, mut proxy_side) = tokio::io::duplex(1 << 16);
-        let (up, mut server) = tokio::io::duplex(1 << 16);
+    type Duplex = tokio::io::DuplexStream;
+
+    /// The proxy logging in as `app` (`s3cret`, no TLS) between a sandbox
+    /// and a server, both the test's: its task, and the two other ends.
+    fn proxy_between() -> (
+        tokio::task::JoinHandle<Result<(), MysqlError>>,
+        Duplex,
+        Duplex,
+    ) {
+        let (sandbox, mut proxy_side) = tokio::io::duplex(1 << 16);
+        let (up, server) = tokio::io::duplex(1 << 16);
         let login = Login {
             user: "app".into(),
             password: "s3cret".into(),
         };
         let proxy = tokio::spawn(async move {
-            let r = log_in(&mut proxy_side, Box::new(up), "db.test", None, Ok(login)).await;
-            r.map(|_| ())
+            log_in(&mut proxy_side, Box::new(up), "db.test", None, Ok(login))
+                .await
+                .map(|_| ())
         });
+        (proxy, sandbox, server)
+    }
+
+    #[tokio::test]
+    async fn a_login_switching_plugin_is_completed_and_the_sandbox_sees_ok() {
+        let (proxy, mut sandbox, mut server) = proxy_between();
         let server = tokio::spawn(async move {
             write_packet(&mut server, 0, &greeting()).await.unwrap();
             let response = read_packet(&mut server).await.unwrap();
@@ -605,17 +619,7 @@ mod tests {
 
     #[tokio::test]
     async fn the_full_path_of_caching_sha2_needs_tls() {
-        let (mut sandbox, mut proxy_side) = tokio::io::duplex(1 << 16);
-        let (up, mut server) = tokio::io::duplex(1 << 16);
-        let login = Login {
-            user: "app".into(),
-            password: "s3cret".into(),
-        };
-        let proxy = tokio::spawn(async move {
-            log_in(&mut proxy_side, Box::new(up), "db.test", None, Ok(login))
-                .await
-                .map(|_| ())
-        });
+        let (proxy, mut sandbox, mut server) = proxy_between();
         let mut g = greeting();
         let at = g.len() - b"mysql_native_password\0".len();
         g.truncate(at);

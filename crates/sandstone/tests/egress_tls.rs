@@ -860,6 +860,36 @@ fn audited(events: &[Value], decision: &str, needle: &str) -> bool {
         .any(|e| e["decision"] == decision && e["reason"].as_str().unwrap().contains(needle))
 }
 
+/// How every login test ends: a source that is not a login fails closed,
+/// saying why (`query` under `not_a_login`, a policy binding a headers
+/// source); the password is nowhere; the audit has a login to `host`, the
+/// server's refusal and the fail-closed denial.
+async fn login_ends_audited(
+    d: &Daemon,
+    id: &str,
+    not_a_login: Value,
+    query: &str,
+    host: &str,
+    password: &str,
+) {
+    add_source(d, "headers", "X-Api-Key", "value").await;
+    set_policy(d, id, not_a_login).await;
+    let r = d.sh(id, query).await;
+    let out = r["stdout"].as_str().unwrap();
+    assert!(
+        out.contains("static_headers source") && out.contains("fail-closed"),
+        "{r}"
+    );
+    assert_nowhere(d, id, password).await;
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let events = d.audit(id, "").await;
+    let logged_in = format!("(username/password): logged in to {host} upstream");
+    assert!(audited(&events, "allow", &logged_in), "{events:?}");
+    let refused = format!("the login to {host} failed: the server refused the login");
+    assert!(audited(&events, "allow", &refused), "{events:?}");
+    assert!(audited(&events, "deny", "fail-closed"), "{events:?}");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_database_login_is_completed_with_a_password_the_sandbox_never_holds() {
     let (net, d) = setup().await;
@@ -907,24 +937,7 @@ async fn a_database_login_is_completed_with_a_password_the_sandbox_never_holds()
         r["exit_code"] == 2 && out.contains("password authentication failed for user \"app\""),
         "{r}"
     );
-    // A source that is not a login fails closed, saying why.
-    add_source(&d, "headers", "X-Api-Key", "value").await;
-    set_policy(&d, &id, db_policy("headers")).await;
-    let r = d.sh(&id, &query).await;
-    let out = r["stdout"].as_str().unwrap();
-    assert!(
-        out.contains("static_headers source") && out.contains("fail-closed"),
-        "{r}"
-    );
-
-    assert_nowhere(&d, &id, &password).await;
-    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
-    let events = d.audit(&id, "").await;
-    let logged_in = "(username/password): logged in to db.test upstream";
-    assert!(audited(&events, "allow", logged_in), "{events:?}");
-    let refused = "the login to db.test failed: the server refused the login";
-    assert!(audited(&events, "allow", refused), "{events:?}");
-    assert!(audited(&events, "deny", "fail-closed"), "{events:?}");
+    login_ends_audited(&d, &id, db_policy("headers"), &query, "db.test", &password).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -980,23 +993,7 @@ async fn a_mysql_login_is_completed_with_a_password_the_sandbox_never_holds() {
             .contains("Access denied for user 'app'"),
         "{r}"
     );
-    add_source(&d, "headers", "X-Api-Key", "value").await;
-    set_policy(&d, &id, db_policy("headers")).await;
-    let r = d.sh(&id, query).await;
-    let out = r["stdout"].as_str().unwrap();
-    assert!(
-        out.contains("static_headers source") && out.contains("fail-closed"),
-        "{r}"
-    );
-
-    assert_nowhere(&d, &id, &password).await;
-    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
-    let events = d.audit(&id, "").await;
-    let logged_in = "(username/password): logged in to db.test upstream";
-    assert!(audited(&events, "allow", logged_in), "{events:?}");
-    let refused = "the login to db.test failed: the server refused the login";
-    assert!(audited(&events, "allow", refused), "{events:?}");
-    assert!(audited(&events, "deny", "fail-closed"), "{events:?}");
+    login_ends_audited(&d, &id, db_policy("headers"), query, "db.test", &password).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -1053,23 +1050,15 @@ async fn a_redis_login_is_completed_with_a_password_the_sandbox_never_holds() {
     set_policy(&d, &id, cache_policy("cache-wrong")).await;
     let r = d.sh(&id, &format!("{cli} GET k 2>&1")).await;
     assert!(r["stdout"].as_str().unwrap().contains("WRONGPASS"), "{r}");
-    add_source(&d, "headers", "X-Api-Key", "value").await;
-    set_policy(&d, &id, cache_policy("headers")).await;
-    let r = d.sh(&id, &format!("{cli} GET k 2>&1")).await;
-    let out = r["stdout"].as_str().unwrap();
-    assert!(
-        out.contains("static_headers source") && out.contains("fail-closed"),
-        "{r}"
-    );
-
-    assert_nowhere(&d, &id, &password).await;
-    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
-    let events = d.audit(&id, "").await;
-    let logged_in = "(username/password): logged in to cache.test upstream";
-    assert!(audited(&events, "allow", logged_in), "{events:?}");
-    let refused = "the login to cache.test failed: the server refused the login";
-    assert!(audited(&events, "allow", refused), "{events:?}");
-    assert!(audited(&events, "deny", "fail-closed"), "{events:?}");
+    login_ends_audited(
+        &d,
+        &id,
+        cache_policy("headers"),
+        &format!("{cli} GET k 2>&1"),
+        "cache.test",
+        &password,
+    )
+    .await;
 }
 
 /// Allows SSH to git.test, re-originated by the proxy with the `key`

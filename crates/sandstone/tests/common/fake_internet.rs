@@ -306,14 +306,6 @@ impl FakeInternet {
             .arg(bin.0.join(prog));
             c
         };
-        let ok = |c: &mut Command| {
-            let out = c.output().unwrap();
-            assert!(
-                out.status.success(),
-                "{c:?}: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-        };
         ok(Command::new("chown").args(["postgres:postgres", &dir]));
         ok(as_postgres("initdb").args([
             "-D",
@@ -336,7 +328,8 @@ impl FakeInternet {
             use std::os::unix::fs::PermissionsExt;
             std::fs::set_permissions(&to, std::fs::Permissions::from_mode(0o600)).unwrap();
         }
-        let server = Command::new("ip")
+        let mut server = Command::new("ip");
+        server
             .args(["netns", "exec", &self.ns, "setpriv"])
             .args([
                 "--reuid=postgres",
@@ -356,17 +349,9 @@ impl FakeInternet {
                 &format!("unix_socket_directories={dir}"),
                 "-c",
                 "ssl=on",
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start postgres");
-        let server = DataServer {
-            process: server,
-            stop: libc::SIGINT,
-            _data: data,
-        };
-        wait_listening(&format!("{}:5432", self.server), "postgres");
+            ]);
+        let addr = format!("{}:5432", self.server);
+        let server = DataServer::start(server, libc::SIGINT, data, &addr, "postgres");
         let sql = format!(
             "SET password_encryption = 'scram-sha-256'; CREATE ROLE app LOGIN PASSWORD '{password}';\
              CREATE ROLE app_plain LOGIN PASSWORD '{password}';\
@@ -389,14 +374,6 @@ impl FakeInternet {
             .tempdir_in("/tmp")
             .unwrap();
         let dir = data.path().display().to_string();
-        let ok = |c: &mut Command| {
-            let out = c.output().unwrap();
-            assert!(
-                out.status.success(),
-                "{c:?}: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-        };
         for (from, to) in [("leaf.pem", "cert.pem"), ("leaf.key", "key.pem")] {
             std::fs::copy(self.dir.path().join(from), data.path().join(to)).unwrap();
         }
@@ -408,7 +385,8 @@ impl FakeInternet {
                 "--user=mysql",
             ])
             .args(["--auth-root-authentication-method=normal", "--skip-test-db"]));
-        let server = Command::new("ip")
+        let mut server = Command::new("ip");
+        server
             .args(["netns", "exec", &self.ns, "mariadbd", "--no-defaults"])
             .arg(format!("--datadir={dir}/data"))
             .args(["--user=mysql", &format!("--bind-address={}", self.server)])
@@ -416,17 +394,9 @@ impl FakeInternet {
             .arg(format!("--pid-file={dir}/pid"))
             .arg(format!("--ssl-cert={dir}/cert.pem"))
             .arg(format!("--ssl-key={dir}/key.pem"))
-            .args(["--skip-log-bin", "--skip-name-resolve"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start mariadbd");
-        let server = DataServer {
-            process: server,
-            stop: libc::SIGTERM,
-            _data: data,
-        };
-        wait_listening(&format!("{}:3306", self.server), "mariadbd");
+            .args(["--skip-log-bin", "--skip-name-resolve"]);
+        let addr = format!("{}:3306", self.server);
+        let server = DataServer::start(server, libc::SIGTERM, data, &addr, "mariadbd");
         let sql = format!(
             "CREATE USER 'app'@'%' IDENTIFIED BY '{password}' REQUIRE SSL; GRANT ALL ON *.* TO 'app'@'%';"
         );
@@ -443,6 +413,16 @@ impl FakeInternet {
     pub fn ca_pem(&self) -> std::path::PathBuf {
         self.dir.path().join("ca.pem")
     }
+}
+
+/// Runs `c`, which must succeed.
+fn ok(c: &mut Command) {
+    let out = c.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{c:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// Waits (at most 30 s) until something accepts connections on `addr`.
@@ -510,6 +490,31 @@ pub struct DataServer {
     process: std::process::Child,
     stop: i32,
     _data: tempfile::TempDir,
+}
+
+impl DataServer {
+    /// Starts `command` (quietly), kept with its data directory, and waits
+    /// until it accepts connections on `addr`.
+    fn start(
+        mut command: Command,
+        stop: i32,
+        data: tempfile::TempDir,
+        addr: &str,
+        what: &str,
+    ) -> DataServer {
+        let process = command
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("start {what}: {e}"));
+        let server = DataServer {
+            process,
+            stop,
+            _data: data,
+        };
+        wait_listening(addr, what);
+        server
+    }
 }
 
 impl Drop for DataServer {
