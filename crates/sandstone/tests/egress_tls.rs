@@ -799,6 +799,22 @@ fn login_policy(host: &str, port: u16, protocol: &str, source: &str) -> Value {
             "projection": {"type": "username_password"}}]})
 }
 
+/// A password no other test uses (from the fake internet's token).
+fn test_password(net: &FakeInternet) -> String {
+    format!("pw-{}", &sha256sum(net.token.as_bytes())[..24])
+}
+
+/// `policy` with its traffic rules only: allowed, but with no credential
+/// applied.
+fn traffic_only(mut policy: Value) -> Value {
+    policy["egress"]
+        .as_object_mut()
+        .unwrap()
+        .remove("credentialRules");
+    policy.as_object_mut().unwrap().remove("credentialBindings");
+    policy
+}
+
 /// Adds `static_username_password` sources: (name, username, password).
 async fn add_logins(d: &Daemon, logins: &[(&str, &str, &str)]) {
     for (name, user, secret) in logins {
@@ -893,7 +909,7 @@ async fn login_ends_audited(
 #[tokio::test(flavor = "multi_thread")]
 async fn a_database_login_is_completed_with_a_password_the_sandbox_never_holds() {
     let (net, d) = setup().await;
-    let password = format!("pw-{}", &sha256sum(net.token.as_bytes())[..24]);
+    let password = test_password(&net);
     let Some(_pg) = net.postgres(&password) else {
         return;
     };
@@ -943,7 +959,7 @@ async fn a_database_login_is_completed_with_a_password_the_sandbox_never_holds()
 #[tokio::test(flavor = "multi_thread")]
 async fn a_mysql_login_is_completed_with_a_password_the_sandbox_never_holds() {
     let (net, d) = setup().await;
-    let password = format!("pw-{}", &sha256sum(net.token.as_bytes())[..24]);
+    let password = test_password(&net);
     let Some(_db) = net.mariadb(&password) else {
         return;
     };
@@ -956,12 +972,9 @@ async fn a_mysql_login_is_completed_with_a_password_the_sandbox_never_holds() {
     )
     .await;
     let db_policy = |source| login_policy("db.test", 3306, "mysql", source);
-    let mut allowed_only = db_policy("db");
-    allowed_only["egress"]
-        .as_object_mut()
-        .unwrap()
-        .remove("credentialRules");
-    let id = d.create(json!({"network": allowed_only})).await;
+    let id = d
+        .create(json!({"network": traffic_only(db_policy("db"))}))
+        .await;
     // The server's TLS session, seen from inside it: the user must use TLS.
     let query = "mariadb --no-defaults -h db.test -P 3306 -u sandbox --connect-timeout=10 -N -e \
         \"select current_user(), variable_value <> '' from information_schema.session_status \
@@ -999,7 +1012,7 @@ async fn a_mysql_login_is_completed_with_a_password_the_sandbox_never_holds() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_redis_login_is_completed_with_a_password_the_sandbox_never_holds() {
     let (net, d) = setup().await;
-    let password = format!("pw-{}", &sha256sum(net.token.as_bytes())[..24]);
+    let password = test_password(&net);
     let Some(_redis) = net.redis(&password) else {
         return;
     };
@@ -1012,9 +1025,9 @@ async fn a_redis_login_is_completed_with_a_password_the_sandbox_never_holds() {
     )
     .await;
     let cache_policy = |source| login_policy("cache.test", 6379, "redis", source);
-    let allowed_only = json!({"mode": "block-all", "egress": {"trafficRules": [{"name": "cache",
-        "action": "allow", "domains": ["cache.test"], "ports": [{"port": 6379}], "matchDnsAnswers": true}]}});
-    let id = d.create(json!({"network": allowed_only})).await;
+    let id = d
+        .create(json!({"network": traffic_only(cache_policy("cache"))}))
+        .await;
     let cli = "redis-cli -h cache.test --no-auth-warning";
     // Allowed but without the binding, the sandbox is not let in.
     let r = d.sh(&id, &format!("{cli} GET k 2>&1")).await;
@@ -1096,8 +1109,7 @@ async fn git_over_ssh_uses_a_key_the_sandbox_never_holds() {
         .await;
     assert_eq!(s, 201, "{v}");
     // The sandbox's own key is a placeholder: the server does not know it.
-    let allowed_only = json!({"mode": "block-all", "egress": {"trafficRules": [{"name": "git",
-        "action": "allow", "domains": ["git.test"], "ports": [{"port": 22}], "matchDnsAnswers": true}]}});
+    let allowed_only = traffic_only(ssh_policy("deploy-key", &server.host_key, ""));
     let id = d.create(json!({"network": allowed_only})).await;
     let r = d
         .sh(&id, "mkdir -p ~/.ssh && ssh-keygen -q -t ed25519 -N '' -f ~/.ssh/id_ed25519 && cat ~/.ssh/id_ed25519.pub")
@@ -1235,7 +1247,7 @@ fn proxied_policy(proxy: Value, source: &str) -> Value {
 #[tokio::test(flavor = "multi_thread")]
 async fn allowed_traffic_leaves_through_the_customers_socks5_proxy() {
     let (net, d) = setup().await;
-    let password = format!("pw-{}", &sha256sum(net.token.as_bytes())[..24]);
+    let password = test_password(&net);
     let Some(_socks) = net.socks5("egress", &password) else {
         return;
     };
