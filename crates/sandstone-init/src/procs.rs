@@ -35,6 +35,16 @@ const QUEUE: usize = 16;
 /// The durable log keeps the output of the forgotten ones.
 const KEPT_EXITED: usize = 64;
 
+/// How far [`Proc::drain`] reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Drain {
+    /// Until the pipe is empty or output held for a first reader fills
+    /// the buffer.
+    UntilHeld,
+    /// Until the pipe is empty: the process has exited.
+    All,
+}
+
 #[derive(Debug, Clone)]
 pub enum Event {
     Output(Stream, Arc<[u8]>),
@@ -824,7 +834,7 @@ impl Proc {
                     continue;
                 }
                 if let Source::Out(stream) = src
-                    && !self.drain(slot, *stream, &mut buf)
+                    && !self.drain(slot, *stream, &mut buf, Drain::UntilHeld)
                 {
                     *slot = None;
                 }
@@ -857,7 +867,8 @@ impl Proc {
                 }
                 for (slot, src) in fds.iter_mut() {
                     if let Source::Out(stream) = src {
-                        self.drain(slot, *stream, &mut buf);
+                        // The last read may pass the cap (see `trim`).
+                        self.drain(slot, *stream, &mut buf, Drain::All);
                     }
                 }
                 let info = self
@@ -874,8 +885,12 @@ impl Proc {
         }
     }
 
-    /// Reads everything available; false once the descriptor is finished.
-    fn drain(&self, slot: &mut Option<File>, stream: Stream, buf: &mut [u8]) -> bool {
+    /// Reads what is available; false once the descriptor is finished.
+    /// `Drain::UntilHeld` also stops when output held for a first reader
+    /// fills the buffer: a writer as fast as this loop (or one that runs
+    /// while the pump waits for a core) never lets the pipe run dry, and
+    /// reading on would push held output out of the buffer.
+    fn drain(&self, slot: &mut Option<File>, stream: Stream, buf: &mut [u8], how: Drain) -> bool {
         let Some(f) = slot.as_mut() else { return false };
         loop {
             match f.read(buf) {
@@ -885,6 +900,9 @@ impl Proc {
                     let chunk: Arc<[u8]> = Arc::from(&buf[..n]);
                     crate::logs::output(&self.id, stream, chunk.clone());
                     self.publish(Event::Output(stream, chunk));
+                    if how == Drain::UntilHeld && self.paused_for_reader().is_some() {
+                        return true;
+                    }
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return true,
                 // EIO is how a PTY master reports that the last slave closed.

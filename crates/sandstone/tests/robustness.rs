@@ -490,6 +490,25 @@ async fn output_nobody_read_in_time_is_reported_truncated_unless_held_longer() {
     let ctx = start(json!({})).await;
     // What `sandstone exec` asks for: the output waits for its reader.
     let held = start(json!({"hold_output_sec": 60})).await;
+    // Writers as fast as init's reader, on a busy machine: init stops
+    // reading at its cap even while a pipe never runs dry.
+    let mut fast = Vec::new();
+    for _ in 0..4 {
+        fast.push(
+            start(json!({
+                "cmd": {"command": ["head", "-c", "10000000", "/dev/zero"]},
+                "hold_output_sec": 60,
+            }))
+            .await,
+        );
+    }
+    for _ in 0..2 {
+        start(json!({
+            "cmd": {"command": ["sh", "-c", "while :; do :; done"]},
+            "timeout_sec": 14,
+        }))
+        .await;
+    }
     // Past the grace during which init keeps everything for a first reader.
     tokio::time::sleep(Duration::from_secs(12)).await;
     let client = sandstone_client::Client::new(&d.url, &d.token);
@@ -523,6 +542,9 @@ async fn output_nobody_read_in_time_is_reported_truncated_unless_held_longer() {
         "replayed {got}, dropped {dropped}"
     );
     assert_eq!(replay(held).await, (None, 3_000_000));
+    for f in fast {
+        assert_eq!(replay(f).await, (None, 10_000_000));
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]
