@@ -324,6 +324,32 @@ pub struct CreateTeamRequest {
     pub home_region_id: Option<String>,
 }
 
+/// `POST /users/me/ssh-keys`: a public key in OpenSSH's one-line form
+/// (`ssh-ed25519 AAAA… comment`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateSshPublicKeyRequest {
+    pub name: String,
+    pub public_key: String,
+}
+
+/// A registered SSH public key (Sandbox0's `SSHPublicKey`): it logs in to
+/// the SSH gateway as `<sandbox id>@host` for the sandboxes of the team of
+/// the API key that registered it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SshPublicKey {
+    pub id: String,
+    pub name: String,
+    /// The key without its comment.
+    pub public_key: String,
+    pub key_type: String,
+    /// `SHA256:…`, as `ssh-keygen -l` shows it.
+    pub fingerprint_sha256: String,
+    pub comment: String,
+    pub created_at: String,
+    pub updated_at: String,
+}
+
 /// `POST /api-keys`' answer: the only time `key` is shown.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct CreatedApiKey {

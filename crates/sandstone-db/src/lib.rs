@@ -4,8 +4,9 @@
 //! (values sealed by [`secrets::Sealer`]), egress audit records and API keys
 //! sit behind the [`Store`] trait; the Managed Agents control plane's
 //! documents and session events behind [`agents::AgentsStore`]; webhook
-//! secrets and deliveries behind [`webhooks::WebhookStore`]. A
-//! [`Database`] is all three. File content (volumes, templates, snapshots'
+//! secrets and deliveries behind [`webhooks::WebhookStore`]; the SSH
+//! gateway's public keys behind [`ssh_keys::SshKeyStore`]. A [`Database`]
+//! is all four. File content (volumes, templates, snapshots'
 //! layers) lives on disk, in `sandstone-volumes`.
 //!
 //! # Two backends, one set of queries
@@ -56,6 +57,7 @@ mod appender;
 mod postgres;
 pub mod secrets;
 mod sqlite;
+pub mod ssh_keys;
 pub mod state;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
@@ -485,6 +487,7 @@ pub trait Store: Send + Sync {
     fn insert_api_key<'a>(&'a self, key: &'a ApiKeyRow) -> BoxFuture<'a, Result<()>>;
     /// The key whose token hashes to `hash` ([`token_hash`]), live or not.
     fn api_key_by_hash<'a>(&'a self, hash: &'a str) -> BoxFuture<'a, Result<Option<ApiKeyRow>>>;
+    fn api_key_by_id<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<Option<ApiKeyRow>>>;
     fn list_api_keys(&self) -> BoxFuture<'_, Result<Vec<ApiKeyRow>>>;
     /// `false` when there was no such key.
     fn delete_api_key<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<bool>>;
@@ -501,9 +504,15 @@ pub trait Store: Send + Sync {
 }
 
 /// Every store: what the daemon opens at start.
-pub trait Database: Store + agents::AgentsStore + webhooks::WebhookStore {}
+pub trait Database:
+    Store + agents::AgentsStore + webhooks::WebhookStore + ssh_keys::SshKeyStore
+{
+}
 
-impl<T: Store + agents::AgentsStore + webhooks::WebhookStore> Database for T {}
+impl<T: Store + agents::AgentsStore + webhooks::WebhookStore + ssh_keys::SshKeyStore> Database
+    for T
+{
+}
 
 /// Where the metadata lives.
 #[derive(Debug, Clone)]

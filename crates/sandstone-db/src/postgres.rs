@@ -247,8 +247,24 @@ const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX webhook_deliveries_due ON webhook_deliveries (node_id, state, next_attempt_at);
     CREATE INDEX webhook_deliveries_sandbox ON webhook_deliveries (sandbox_id, created_at);",
+    // #20: SSH public keys, each registered by an API key (`/users/me`
+    // is the calling key): it opens a shell in that key's team's
+    // sandboxes while the key itself may. A fingerprint is registered
+    // once in the installation, so a login names one owner.
+    "CREATE TABLE ssh_keys (
+        id TEXT PRIMARY KEY,
+        api_key_id TEXT NOT NULL,
+        team_id TEXT NOT NULL,
+        name TEXT NOT NULL,
+        public_key TEXT NOT NULL,
+        key_type TEXT NOT NULL,
+        fingerprint TEXT NOT NULL UNIQUE,
+        comment TEXT NOT NULL,
+        created_at BIGINT NOT NULL,
+        updated_at BIGINT NOT NULL
+    );
+    CREATE INDEX ssh_keys_by_api_key ON ssh_keys (api_key_id, created_at);",
 ];
-
 /// Concurrent polls lock different items rather than wait for one.
 const SKIP_LOCKED: &str = "FOR UPDATE SKIP LOCKED";
 

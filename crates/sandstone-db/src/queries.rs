@@ -6,6 +6,7 @@
 
 use super::{Backend, Db};
 use crate::agents::{AgentsStore, Notifications, WorkOf, WorkRow, parse};
+use crate::ssh_keys::{SshKeyRow, SshKeyStore};
 use crate::webhooks::{AttemptOutcome, DeliveryRow, WebhookStore};
 use crate::{
     ApiKeyRow, AuditQuery, AuditRow, CredentialRow, Error, Fence, NodeRecord, PendingOp,
@@ -1070,6 +1071,20 @@ impl Store for Backend {
         })
     }
 
+    fn api_key_by_id<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<Option<ApiKeyRow>>> {
+        Box::pin(async move {
+            let r = sqlx::query(concat!(
+                "SELECT ",
+                api_key_cols!(),
+                " FROM api_keys WHERE id = $1"
+            ))
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
+            r.as_ref().map(row_to_api_key).transpose()
+        })
+    }
+
     fn list_api_keys(&self) -> BoxFuture<'_, Result<Vec<ApiKeyRow>>> {
         Box::pin(async move {
             let rows = sqlx::query(concat!(
@@ -1453,6 +1468,98 @@ fn row_to_delivery(r: &Row) -> Result<DeliveryRow> {
         next_attempt_at: r.get("next_attempt_at"),
         delivered_at: r.get("delivered_at"),
     })
+}
+
+macro_rules! ssh_key_cols {
+    () => {
+        "id, api_key_id, team_id, name, public_key, key_type, fingerprint, comment, created_at, updated_at"
+    };
+}
+
+fn row_to_ssh_key(r: &Row) -> SshKeyRow {
+    SshKeyRow {
+        id: r.get("id"),
+        api_key_id: r.get("api_key_id"),
+        team_id: r.get("team_id"),
+        name: r.get("name"),
+        public_key: r.get("public_key"),
+        key_type: r.get("key_type"),
+        fingerprint: r.get("fingerprint"),
+        comment: r.get("comment"),
+        created_at: r.get("created_at"),
+        updated_at: r.get("updated_at"),
+    }
+}
+
+impl SshKeyStore for Backend {
+    fn insert_ssh_key<'a>(&'a self, k: &'a SshKeyRow) -> BoxFuture<'a, Result<bool>> {
+        Box::pin(async move {
+            let done = sqlx::query(concat!(
+                "INSERT INTO ssh_keys (",
+                ssh_key_cols!(),
+                ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) ON CONFLICT (fingerprint) DO NOTHING"
+            ))
+            .bind(&k.id)
+            .bind(&k.api_key_id)
+            .bind(&k.team_id)
+            .bind(&k.name)
+            .bind(&k.public_key)
+            .bind(&k.key_type)
+            .bind(&k.fingerprint)
+            .bind(&k.comment)
+            .bind(k.created_at)
+            .bind(k.updated_at)
+            .execute(&self.writer)
+            .await?;
+            Ok(done.rows_affected() == 1)
+        })
+    }
+
+    fn list_ssh_keys<'a>(&'a self, api_key_id: &'a str) -> BoxFuture<'a, Result<Vec<SshKeyRow>>> {
+        Box::pin(async move {
+            let rows = sqlx::query(concat!(
+                "SELECT ",
+                ssh_key_cols!(),
+                " FROM ssh_keys WHERE api_key_id = $1 ORDER BY created_at, id"
+            ))
+            .bind(api_key_id)
+            .fetch_all(&self.pool)
+            .await?;
+            Ok(rows.iter().map(row_to_ssh_key).collect())
+        })
+    }
+
+    fn delete_ssh_key<'a>(
+        &'a self,
+        api_key_id: &'a str,
+        id: &'a str,
+    ) -> BoxFuture<'a, Result<bool>> {
+        Box::pin(async move {
+            let r = sqlx::query("DELETE FROM ssh_keys WHERE api_key_id = $1 AND id = $2")
+                .bind(api_key_id)
+                .bind(id)
+                .execute(&self.writer)
+                .await?;
+            Ok(r.rows_affected() == 1)
+        })
+    }
+
+    fn ssh_key_by_fingerprint<'a>(
+        &'a self,
+        fingerprint: &'a str,
+    ) -> BoxFuture<'a, Result<Option<SshKeyRow>>> {
+        Box::pin(async move {
+            let r = sqlx::query(concat!(
+                "SELECT ",
+                ssh_key_cols!(),
+                " FROM ssh_keys WHERE fingerprint = $1"
+            ))
+            .bind(fingerprint)
+            .fetch_optional(&self.pool)
+            .await?;
+            Ok(r.as_ref().map(row_to_ssh_key))
+        })
+    }
 }
 
 impl WebhookStore for Backend {
@@ -2216,6 +2323,62 @@ mod tests {
         assert!(
             t.is_empty() && seqs[1] == 1 || t == [seqs[1]],
             "{t:?} {seqs:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn an_ssh_key_is_registered_once_and_removed_only_by_its_owner() {
+        let Some(scratch) = Scratch::new().await else {
+            return;
+        };
+        let store = scratch.open().await;
+        let key = |id: &str, owner: &str, fingerprint: &str| SshKeyRow {
+            id: id.into(),
+            api_key_id: owner.into(),
+            team_id: "team_a".into(),
+            name: "laptop".into(),
+            public_key: "ssh-ed25519 AAAA".into(),
+            key_type: "ssh-ed25519".into(),
+            fingerprint: fingerprint.into(),
+            comment: "me@laptop".into(),
+            created_at: 1,
+            updated_at: 1,
+        };
+        assert!(
+            store
+                .insert_ssh_key(&key("k1", "ak1", "SHA256:a"))
+                .await
+                .unwrap()
+        );
+        // The same key again, by anyone: refused.
+        assert!(
+            !store
+                .insert_ssh_key(&key("k2", "ak2", "SHA256:a"))
+                .await
+                .unwrap()
+        );
+        assert!(
+            store
+                .insert_ssh_key(&key("k3", "ak1", "SHA256:b"))
+                .await
+                .unwrap()
+        );
+        let ids = async |owner: &str| -> Vec<String> {
+            let rows = store.list_ssh_keys(owner).await.unwrap();
+            rows.into_iter().map(|k| k.id).collect()
+        };
+        assert_eq!(ids("ak1").await, ["k1", "k3"]);
+        assert!(ids("ak2").await.is_empty());
+        let found = store.ssh_key_by_fingerprint("SHA256:b").await.unwrap();
+        assert_eq!(found, Some(key("k3", "ak1", "SHA256:b")));
+        assert!(!store.delete_ssh_key("ak2", "k1").await.unwrap());
+        assert!(store.delete_ssh_key("ak1", "k1").await.unwrap());
+        assert!(
+            store
+                .ssh_key_by_fingerprint("SHA256:a")
+                .await
+                .unwrap()
+                .is_none()
         );
     }
 

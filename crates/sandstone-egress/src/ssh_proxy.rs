@@ -80,7 +80,7 @@ fn random_ed25519() -> Result<PrivateKey, SshIdentityError> {
 }
 
 /// The OpenSSH private key at `path` (0600), made first if missing.
-fn load_or_create_key(path: &Path, what: &'static str) -> Result<PrivateKey, SshIdentityError> {
+pub fn load_or_create_key(path: &Path, what: &'static str) -> Result<PrivateKey, SshIdentityError> {
     match std::fs::read_to_string(path) {
         Ok(pem) => {
             PrivateKey::from_openssh(pem).map_err(|error| SshIdentityError::Key { what, error })

@@ -16,6 +16,7 @@ mod procs;
 pub mod proto;
 mod repl;
 mod serve;
+mod sftp;
 mod supervise;
 mod toolset;
 mod watch;
@@ -30,6 +31,13 @@ pub fn run() {
         Some("restore") => restore_mode(),
         Some("tmpfs") => tmpfs_mode(),
         Some("bind") => bind_mode(),
+        // A context's process (see `sftp`), not PID 1.
+        Some("sftp-server") => {
+            if let Err(e) = sftp::serve(std::io::stdin().lock(), std::io::stdout().lock()) {
+                eprintln!("sftp-server: {e}");
+                std::process::exit(1);
+            }
+        }
         _ => {
             eprintln!(
                 "sandstone-init is started by the Sandstone daemon (usage: sandstone-init spawn < spec.json)"

@@ -429,6 +429,9 @@ pub fn spawn(req: SpawnRequest) -> Result<(Arc<Proc>, Receiver<Event>), SpawnErr
             (first.clone(), rest.to_vec())
         }
         ProcKind::Repl { language } => repl::command(language)?,
+        // Init's own program, whatever the sandbox's file system holds:
+        // the link reaches it from any mount namespace.
+        ProcKind::Sftp => ("/proc/self/exe".into(), vec!["sftp-server".into()]),
     };
     let env = child_env(&req.env);
     let mut cmd = Command::new(&program);
@@ -494,7 +497,7 @@ pub fn spawn(req: SpawnRequest) -> Result<(Arc<Proc>, Receiver<Event>), SpawnErr
             }
             (Some((code_w, keep)), Some(status_r))
         }
-        ProcKind::Cmd { .. } => (None, None),
+        ProcKind::Cmd { .. } | ProcKind::Sftp => (None, None),
     };
     // SAFETY: the hook runs between fork and exec and makes only
     // async-signal-safe calls (setsid, ioctl, close_range), allocating

@@ -130,6 +130,9 @@ pub enum ProcKind {
     Cmd { argv: Vec<String> },
     /// A stateful interpreter (`bash` or `python`).
     Repl { language: String },
+    /// An SFTP server on the context's stdin and stdout (init's own
+    /// program in `sftp-server` mode): the SSH gateway's `sftp` subsystem.
+    Sftp,
 }
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq)]

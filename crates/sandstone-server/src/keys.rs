@@ -212,14 +212,16 @@ impl Keys {
                 k
             }
         };
-        let now = now_ms();
-        if !key.active {
-            return Err(KeyError::Inactive);
+        usable(key)
+    }
+
+    /// The key of id `id`, if it lets requests in now (what an SSH key it
+    /// registered acts with).
+    pub async fn by_id(&self, id: &str) -> Result<ApiKeyRow, KeyError> {
+        match self.store.api_key_by_id(id).await? {
+            Some(key) => usable(key),
+            None => Err(KeyError::Unknown),
         }
-        if !key.valid_at(now) {
-            return Err(KeyError::Expired(expiry(&key)));
-        }
-        Ok(key)
     }
 
     /// Makes a key for `by`; its token is in the answer only.
@@ -437,6 +439,17 @@ fn team_view(t: &TeamRow) -> Team {
         created_at: rfc3339_ms(t.created_at),
         updated_at: rfc3339_ms(t.created_at),
     }
+}
+
+/// `key`, unless it is deactivated or expired.
+fn usable(key: ApiKeyRow) -> Result<ApiKeyRow, KeyError> {
+    if !key.active {
+        return Err(KeyError::Inactive);
+    }
+    if !key.valid_at(now_ms()) {
+        return Err(KeyError::Expired(expiry(&key)));
+    }
+    Ok(key)
 }
 
 /// A request's key, for what outlives the request ([`Keys::life`]).

@@ -19,6 +19,7 @@ mod openapi;
 mod preview;
 mod routes;
 mod sandbox_metrics;
+mod ssh_gateway;
 pub mod webhooks;
 
 use axum::Router;
@@ -101,6 +102,8 @@ pub struct Config {
     /// How often each running sandbox's CPU, memory, processes, disk and
     /// egress bytes are sampled for `GET .../metrics` and `/metrics`.
     pub metrics_interval: std::time::Duration,
+    /// Where the SSH gateway listens ([`ssh_gateway`]); `None`: no gateway.
+    pub ssh_listen: Option<SocketAddr>,
 }
 
 #[derive(Clone)]
@@ -119,6 +122,8 @@ pub struct AppState {
     previews: Arc<preview::Previews>,
     /// The running sandboxes' sampled runtime metrics.
     sandbox_metrics: Arc<sandbox_metrics::SandboxMetrics>,
+    /// The public keys the SSH gateway lets in.
+    ssh_keys: Arc<dyn sandstone_db::ssh_keys::SshKeyStore>,
 }
 
 /// Who a request acts for: every request past authentication has one.
@@ -626,7 +631,19 @@ pub async fn run(mut config: Config) -> anyhow::Result<()> {
         sandbox_metrics: Arc::new(sandbox_metrics::SandboxMetrics::new(
             config.metrics_interval,
         )),
+        ssh_keys: db.clone(),
     };
+    if let Some(addr) = config.ssh_listen {
+        let gateway = ssh_gateway::Gateway::new(
+            &config.data_dir,
+            lc.clone(),
+            st.keys.clone(),
+            st.ssh_keys.clone(),
+        )?;
+        let listener = tokio::net::TcpListener::bind(addr).await?;
+        tracing::info!(listen = %addr, "SSH gateway ready");
+        tokio::spawn(gateway.serve(listener));
+    }
     st.sandbox_metrics.spawn(lc.clone());
     st.keys.spawn_flush();
     let keys = st.keys.clone();

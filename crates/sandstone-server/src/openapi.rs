@@ -6,7 +6,7 @@
 use crate::AppState;
 use crate::routes::{
     cluster, contexts, credentials, files, keys, logs, metrics, network, observability, previews,
-    registry, sandboxes, sessions, snapshots, templates, tools, uploads, webhooks,
+    registry, sandboxes, sessions, snapshots, ssh_keys, templates, tools, uploads, webhooks,
 };
 use axum::routing::MethodRouter;
 use serde_json::{Map, Value, json};
@@ -121,6 +121,9 @@ pub fn operations() -> Vec<Operation> {
         get "/api-keys/current" keys::current => 200 None "The calling key: its role and permissions",
         delete "/api-keys/{id}" keys::delete => 200 None "Delete an API key (admin): refused from the next request",
         post "/api-keys/{id}/deactivate" keys::deactivate => 200 None "Deactivate an API key (admin): refused from the next request",
+        get "/users/me/ssh-keys" ssh_keys::list => 200 None "List the calling API key's SSH public keys (the SSH gateway's logins)",
+        post "/users/me/ssh-keys" ssh_keys::create => 201 Json "Register an SSH public key (name, public_key): `ssh <sandbox-id>@host -p <--ssh-listen port>` then reaches the calling key's team's sandboxes while the key may run commands (409 when the key is registered already)",
+        delete "/users/me/ssh-keys/{id}" ssh_keys::delete => 200 None "Remove one of the calling API key's SSH public keys",
         get "/teams" keys::teams => 200 None "List teams (the caller's own; every team for the default team's admins)",
         post "/teams" keys::create_team => 201 Json "Create a team (admin keys of the default team): name; keys made with its team_id see only its sandboxes, snapshots and credential sources",
         post "/api/v1/credential-sources" credentials::create => 201 Json "Create a credential source (values are write-only)",

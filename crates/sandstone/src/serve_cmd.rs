@@ -152,6 +152,11 @@ pub struct ServeArgs {
     /// Each sandbox keeps its last 360 samples, an hour at the default.
     #[arg(long, env = "SANDSTONE_METRICS_INTERVAL", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub metrics_interval: u64,
+    /// Serve SSH here (e.g. `0.0.0.0:2222`): `ssh <sandbox-id>@host` opens
+    /// a shell, runs a command or serves SFTP in that sandbox, for the
+    /// public keys registered through `/users/me/ssh-keys`. Off by default.
+    #[arg(long, env = "SANDSTONE_SSH_LISTEN")]
+    pub ssh_listen: Option<std::net::SocketAddr>,
 }
 
 fn parse_exposure_origin(s: &str) -> Result<String, String> {
@@ -288,6 +293,7 @@ pub async fn serve(data_dir: &Path, args: &ServeArgs) -> Result<()> {
         log_retention_bytes: args.log_retention_bytes,
         criu: args.criu.clone(),
         metrics_interval: std::time::Duration::from_secs(args.metrics_interval),
+        ssh_listen: args.ssh_listen,
     };
     sandstone_server::run(config).await
 }

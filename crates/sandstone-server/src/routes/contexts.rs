@@ -34,7 +34,8 @@ fn state_of(exit: &ExitInfo) -> &'static str {
 
 fn context_response(p: &ProcInfo) -> api::ContextResponse {
     let (kind, alias, state) = match &p.kind {
-        ProcKind::Cmd { .. } => ("cmd", None, None),
+        // An SSH session's file transfer shows as the command it is.
+        ProcKind::Cmd { .. } | ProcKind::Sftp => ("cmd", None, None),
         ProcKind::Repl { language } => ("repl", Some(language.clone()), None::<String>),
     };
     api::ContextResponse {

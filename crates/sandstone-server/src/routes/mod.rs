@@ -13,6 +13,7 @@ pub mod registry;
 pub mod sandboxes;
 pub mod sessions;
 pub mod snapshots;
+pub mod ssh_keys;
 pub mod templates;
 pub mod tools;
 pub mod uploads;
