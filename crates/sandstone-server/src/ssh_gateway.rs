@@ -32,12 +32,15 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 /// The host key's file in the data directory.
 pub const HOST_KEY_FILE: &str = "ssh/gateway_ed25519_key";
 /// A connection that says nothing for this long is closed.
 const IDLE: Duration = Duration::from_secs(3600);
+/// How long a connection may take to log in.
+const LOGIN_GRACE: Duration = Duration::from_secs(60);
 /// Output of a context waits this long for the attach that follows its
 /// start.
 const HOLD_MS: u64 = 60_000;
@@ -93,20 +96,35 @@ impl Gateway {
                     continue;
                 }
             };
+            let logged_in = Arc::new(AtomicBool::new(false));
             let login = Login {
                 gw: self.clone(),
                 peer,
                 granted: None,
+                logged_in: logged_in.clone(),
             };
             let config = self.config.clone();
+            // A connection that has not logged in within the grace is
+            // dropped: the idle timeout alone would let unauthenticated
+            // connections hold descriptors for an hour.
+            let grace = async move {
+                tokio::time::sleep(LOGIN_GRACE).await;
+                if logged_in.load(Ordering::Acquire) {
+                    std::future::pending::<()>().await;
+                }
+            };
             tokio::spawn(async move {
-                match server::run_stream(config, stream, login).await {
-                    Ok(session) => {
-                        if let Err(e) = session.await {
-                            tracing::debug!(%peer, error = %e, "SSH gateway connection ended");
-                        }
+                let session = async {
+                    match server::run_stream(config, stream, login).await {
+                        Ok(session) => session.await.map_err(|e| e.to_string()),
+                        Err(e) => Err(e.to_string()),
                     }
-                    Err(e) => tracing::debug!(%peer, error = %e, "SSH gateway handshake failed"),
+                };
+                tokio::select! {
+                    ended = session => if let Err(e) = ended {
+                        tracing::debug!(%peer, error = %e, "SSH gateway connection ended");
+                    },
+                    () = grace => tracing::debug!(%peer, "SSH gateway connection did not log in in time"),
                 }
             });
         }
@@ -153,6 +171,8 @@ struct Login {
     peer: SocketAddr,
     /// (sandbox, the API key it acts as).
     granted: Option<(String, ApiKeyRow)>,
+    /// Set with `granted`, for the accept loop's login grace.
+    logged_in: Arc<AtomicBool>,
 }
 
 impl server::Handler for Login {
@@ -179,10 +199,12 @@ impl server::Handler for Login {
                 tracing::info!(target: "sandstone::audit", sandbox = user, key = %fingerprint,
                     api_key = %owner.id, peer = %self.peer, "SSH login");
                 self.granted = Some((user.to_string(), owner));
+                self.logged_in.store(true, Ordering::Release);
                 Ok(Auth::Accept)
             }
             Err(why) => {
-                tracing::warn!(target: "sandstone::audit", sandbox = user, key = %fingerprint,
+                // The user name is the client's: quoted and escaped.
+                tracing::warn!(target: "sandstone::audit", sandbox = ?user, key = %fingerprint,
                     peer = %self.peer, reason = %why, "SSH login refused");
                 Ok(Auth::reject())
             }
