@@ -14,6 +14,7 @@ pub mod services;
 pub mod sessions;
 pub mod timefmt;
 pub mod toolset;
+pub mod volumes;
 pub mod webhooks;
 
 pub use secret::Secret;

@@ -5,8 +5,9 @@
 //! sit behind the [`Store`] trait; the Managed Agents control plane's
 //! documents and session events behind [`agents::AgentsStore`]; webhook
 //! secrets and deliveries behind [`webhooks::WebhookStore`]; the SSH
-//! gateway's public keys behind [`ssh_keys::SshKeyStore`]. A [`Database`]
-//! is all four. File content (volumes, templates, snapshots'
+//! gateway's public keys behind [`ssh_keys::SshKeyStore`]; sandbox volumes,
+//! their snapshots and mounts behind [`volumes::VolumeStore`]. A
+//! [`Database`] is all five. File content (volumes, templates, snapshots'
 //! layers) lives on disk, in `sandstone-volumes`.
 //!
 //! # Two backends, one set of queries
@@ -61,6 +62,7 @@ pub mod ssh_keys;
 pub mod state;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
+pub mod volumes;
 pub mod webhooks;
 
 pub use postgres::{PgStore, PgUrl};
@@ -505,12 +507,16 @@ pub trait Store: Send + Sync {
 
 /// Every store: what the daemon opens at start.
 pub trait Database:
-    Store + agents::AgentsStore + webhooks::WebhookStore + ssh_keys::SshKeyStore
+    Store + agents::AgentsStore + webhooks::WebhookStore + ssh_keys::SshKeyStore + volumes::VolumeStore
 {
 }
 
-impl<T: Store + agents::AgentsStore + webhooks::WebhookStore + ssh_keys::SshKeyStore> Database
-    for T
+impl<T> Database for T where
+    T: Store
+        + agents::AgentsStore
+        + webhooks::WebhookStore
+        + ssh_keys::SshKeyStore
+        + volumes::VolumeStore
 {
 }
 

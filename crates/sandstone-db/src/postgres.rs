@@ -264,6 +264,42 @@ const MIGRATIONS: &[&str] = &[
         updated_at BIGINT NOT NULL
     );
     CREATE INDEX ssh_keys_by_api_key ON ssh_keys (api_key_id, created_at);",
+    // #21: sandbox volumes, their snapshots, and the sandboxes that mount
+    // them. Only one exclusive (read-write, RWO) mount per volume.
+    "CREATE TABLE sandbox_volumes (
+        id TEXT PRIMARY KEY,
+        team_id TEXT NOT NULL,
+        created_by TEXT NOT NULL,
+        access_mode TEXT NOT NULL,
+        size_bytes BIGINT,
+        default_uid BIGINT NOT NULL,
+        default_gid BIGINT NOT NULL,
+        source_volume_id TEXT,
+        node_id TEXT NOT NULL,
+        created_at BIGINT NOT NULL,
+        updated_at BIGINT NOT NULL
+    );
+    CREATE INDEX sandbox_volumes_by_team ON sandbox_volumes (team_id, created_at);
+    CREATE TABLE volume_snapshots (
+        id TEXT PRIMARY KEY,
+        volume_id TEXT NOT NULL,
+        team_id TEXT NOT NULL,
+        name TEXT NOT NULL,
+        description TEXT NOT NULL,
+        size_bytes BIGINT NOT NULL,
+        created_at BIGINT NOT NULL
+    );
+    CREATE INDEX volume_snapshots_by_volume ON volume_snapshots (volume_id, created_at);
+    CREATE TABLE volume_mounts (
+        volume_id TEXT NOT NULL,
+        sandbox_id TEXT NOT NULL,
+        mount_point TEXT NOT NULL,
+        read_only BOOLEAN NOT NULL,
+        exclusive BOOLEAN NOT NULL,
+        PRIMARY KEY (sandbox_id, mount_point)
+    );
+    CREATE INDEX volume_mounts_by_volume ON volume_mounts (volume_id);
+    CREATE UNIQUE INDEX volume_mounts_one_writer ON volume_mounts (volume_id) WHERE exclusive;",
 ];
 /// Concurrent polls lock different items rather than wait for one.
 const SKIP_LOCKED: &str = "FOR UPDATE SKIP LOCKED";

@@ -7,6 +7,7 @@
 use super::{Backend, Db};
 use crate::agents::{AgentsStore, Notifications, WorkOf, WorkRow, parse};
 use crate::ssh_keys::{SshKeyRow, SshKeyStore};
+use crate::volumes::{VolumeMountRow, VolumeRow, VolumeSnapshotRow, VolumeStore};
 use crate::webhooks::{AttemptOutcome, DeliveryRow, WebhookStore};
 use crate::{
     ApiKeyRow, AuditQuery, AuditRow, CredentialRow, Error, Fence, NodeRecord, PendingOp,
@@ -1562,6 +1563,254 @@ impl SshKeyStore for Backend {
     }
 }
 
+macro_rules! volume_cols {
+    () => {
+        "id, team_id, created_by, access_mode, size_bytes, default_uid, default_gid, source_volume_id, node_id, created_at, updated_at"
+    };
+}
+
+macro_rules! volume_snapshot_cols {
+    () => {
+        "id, volume_id, team_id, name, description, size_bytes, created_at"
+    };
+}
+
+fn row_to_volume(r: &Row) -> Result<VolumeRow> {
+    let mode: String = r.get("access_mode");
+    Ok(VolumeRow {
+        id: r.get("id"),
+        team_id: r.get("team_id"),
+        created_by: r.get("created_by"),
+        access_mode: mode.parse().map_err(Error::Corrupt)?,
+        size_bytes: r.get("size_bytes"),
+        default_uid: r.get("default_uid"),
+        default_gid: r.get("default_gid"),
+        source_volume_id: r.get("source_volume_id"),
+        node_id: r.get("node_id"),
+        created_at: r.get("created_at"),
+        updated_at: r.get("updated_at"),
+    })
+}
+
+fn row_to_volume_snapshot(r: &Row) -> VolumeSnapshotRow {
+    VolumeSnapshotRow {
+        id: r.get("id"),
+        volume_id: r.get("volume_id"),
+        team_id: r.get("team_id"),
+        name: r.get("name"),
+        description: r.get("description"),
+        size_bytes: r.get("size_bytes"),
+        created_at: r.get("created_at"),
+    }
+}
+
+fn row_to_mount(r: &Row) -> VolumeMountRow {
+    VolumeMountRow {
+        volume_id: r.get("volume_id"),
+        sandbox_id: r.get("sandbox_id"),
+        mount_point: r.get("mount_point"),
+        read_only: r.get("read_only"),
+        exclusive: r.get("exclusive"),
+    }
+}
+
+impl VolumeStore for Backend {
+    fn insert_volume<'a>(&'a self, v: &'a VolumeRow) -> BoxFuture<'a, Result<()>> {
+        Box::pin(async move {
+            sqlx::query(concat!(
+                "INSERT INTO sandbox_volumes (",
+                volume_cols!(),
+                ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"
+            ))
+            .bind(&v.id)
+            .bind(&v.team_id)
+            .bind(&v.created_by)
+            .bind(v.access_mode.as_str())
+            .bind(v.size_bytes)
+            .bind(v.default_uid)
+            .bind(v.default_gid)
+            .bind(&v.source_volume_id)
+            .bind(&v.node_id)
+            .bind(v.created_at)
+            .bind(v.updated_at)
+            .execute(&self.writer)
+            .await?;
+            Ok(())
+        })
+    }
+
+    fn get_volume<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<Option<VolumeRow>>> {
+        Box::pin(async move {
+            let r = sqlx::query(concat!(
+                "SELECT ",
+                volume_cols!(),
+                " FROM sandbox_volumes WHERE id = $1"
+            ))
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
+            r.as_ref().map(row_to_volume).transpose()
+        })
+    }
+
+    fn list_volumes<'a>(&'a self, team: &'a str) -> BoxFuture<'a, Result<Vec<VolumeRow>>> {
+        Box::pin(async move {
+            let rows = sqlx::query(concat!(
+                "SELECT ",
+                volume_cols!(),
+                " FROM sandbox_volumes WHERE team_id = $1 ORDER BY created_at, id"
+            ))
+            .bind(team)
+            .fetch_all(&self.pool)
+            .await?;
+            rows.iter().map(row_to_volume).collect()
+        })
+    }
+
+    fn delete_volume<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<Vec<VolumeMountRow>>> {
+        Box::pin(async move {
+            let mut tx = self.writer.begin().await?;
+            let mounts = sqlx::query(
+                "SELECT volume_id, sandbox_id, mount_point, read_only, exclusive FROM volume_mounts WHERE volume_id = $1 ORDER BY sandbox_id",
+            )
+            .bind(id)
+            .fetch_all(&mut *tx)
+            .await?;
+            if !mounts.is_empty() {
+                return Ok(mounts.iter().map(row_to_mount).collect());
+            }
+            sqlx::query("DELETE FROM volume_snapshots WHERE volume_id = $1")
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
+            sqlx::query("DELETE FROM sandbox_volumes WHERE id = $1")
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
+            tx.commit().await?;
+            Ok(Vec::new())
+        })
+    }
+
+    fn insert_volume_snapshot<'a>(&'a self, s: &'a VolumeSnapshotRow) -> BoxFuture<'a, Result<()>> {
+        Box::pin(async move {
+            sqlx::query(concat!(
+                "INSERT INTO volume_snapshots (",
+                volume_snapshot_cols!(),
+                ") VALUES ($1, $2, $3, $4, $5, $6, $7)"
+            ))
+            .bind(&s.id)
+            .bind(&s.volume_id)
+            .bind(&s.team_id)
+            .bind(&s.name)
+            .bind(&s.description)
+            .bind(s.size_bytes)
+            .bind(s.created_at)
+            .execute(&self.writer)
+            .await?;
+            Ok(())
+        })
+    }
+
+    fn get_volume_snapshot<'a>(
+        &'a self,
+        id: &'a str,
+    ) -> BoxFuture<'a, Result<Option<VolumeSnapshotRow>>> {
+        Box::pin(async move {
+            let r = sqlx::query(concat!(
+                "SELECT ",
+                volume_snapshot_cols!(),
+                " FROM volume_snapshots WHERE id = $1"
+            ))
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
+            Ok(r.as_ref().map(row_to_volume_snapshot))
+        })
+    }
+
+    fn list_volume_snapshots<'a>(
+        &'a self,
+        volume_id: &'a str,
+    ) -> BoxFuture<'a, Result<Vec<VolumeSnapshotRow>>> {
+        Box::pin(async move {
+            let rows = sqlx::query(concat!(
+                "SELECT ",
+                volume_snapshot_cols!(),
+                " FROM volume_snapshots WHERE volume_id = $1 ORDER BY created_at, id"
+            ))
+            .bind(volume_id)
+            .fetch_all(&self.pool)
+            .await?;
+            Ok(rows.iter().map(row_to_volume_snapshot).collect())
+        })
+    }
+
+    fn delete_volume_snapshot<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<bool>> {
+        Box::pin(async move {
+            let r = sqlx::query("DELETE FROM volume_snapshots WHERE id = $1")
+                .bind(id)
+                .execute(&self.writer)
+                .await?;
+            Ok(r.rows_affected() == 1)
+        })
+    }
+
+    fn claim_mounts<'a>(
+        &'a self,
+        mounts: &'a [VolumeMountRow],
+    ) -> BoxFuture<'a, Result<std::result::Result<(), String>>> {
+        Box::pin(async move {
+            let mut tx = self.writer.begin().await?;
+            for m in mounts {
+                // Any unique index: the primary key, or one writer per
+                // `RWO` volume.
+                let done = sqlx::query(
+                    "INSERT INTO volume_mounts (volume_id, sandbox_id, mount_point, read_only, exclusive)
+                     VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
+                )
+                .bind(&m.volume_id)
+                .bind(&m.sandbox_id)
+                .bind(&m.mount_point)
+                .bind(m.read_only)
+                .bind(m.exclusive)
+                .execute(&mut *tx)
+                .await?;
+                if done.rows_affected() == 0 {
+                    return Ok(Err(m.volume_id.clone()));
+                }
+            }
+            tx.commit().await?;
+            Ok(Ok(()))
+        })
+    }
+
+    fn release_mounts<'a>(&'a self, sandbox_id: &'a str) -> BoxFuture<'a, Result<()>> {
+        Box::pin(async move {
+            sqlx::query("DELETE FROM volume_mounts WHERE sandbox_id = $1")
+                .bind(sandbox_id)
+                .execute(&self.writer)
+                .await?;
+            Ok(())
+        })
+    }
+
+    fn volume_mounts<'a>(
+        &'a self,
+        volume_id: &'a str,
+    ) -> BoxFuture<'a, Result<Vec<VolumeMountRow>>> {
+        Box::pin(async move {
+            let rows = sqlx::query(
+                "SELECT volume_id, sandbox_id, mount_point, read_only, exclusive FROM volume_mounts WHERE volume_id = $1 ORDER BY sandbox_id",
+            )
+            .bind(volume_id)
+            .fetch_all(&self.pool)
+            .await?;
+            Ok(rows.iter().map(row_to_mount).collect())
+        })
+    }
+}
+
 impl WebhookStore for Backend {
     fn put_webhook_secret<'a>(
         &'a self,
@@ -2380,6 +2629,78 @@ mod tests {
                 .unwrap()
                 .is_none()
         );
+    }
+
+    #[tokio::test]
+    async fn an_rwo_volume_has_one_writer_and_a_mounted_volume_stays() {
+        use sandstone_api::volumes::AccessMode;
+        let Some(scratch) = Scratch::new().await else {
+            return;
+        };
+        let store = scratch.open().await;
+        let volume = VolumeRow {
+            id: "vol-1".into(),
+            team_id: "team_a".into(),
+            created_by: "ak1".into(),
+            access_mode: AccessMode::ReadWriteOnce,
+            size_bytes: Some(1 << 30),
+            default_uid: 0,
+            default_gid: 0,
+            source_volume_id: None,
+            node_id: "node-a".into(),
+            created_at: 1,
+            updated_at: 1,
+        };
+        store.insert_volume(&volume).await.unwrap();
+        assert_eq!(
+            store.get_volume("vol-1").await.unwrap(),
+            Some(volume.clone())
+        );
+        let mount = |sandbox: &str, point: &str, exclusive| VolumeMountRow {
+            volume_id: "vol-1".into(),
+            sandbox_id: sandbox.into(),
+            mount_point: point.into(),
+            read_only: false,
+            exclusive,
+        };
+        let other = VolumeMountRow {
+            volume_id: "vol-2".into(),
+            ..mount("sb-2", "/data", false)
+        };
+        assert_eq!(
+            store
+                .claim_mounts(&[mount("sb-1", "/workspace", true)])
+                .await
+                .unwrap(),
+            Ok(())
+        );
+        // A second writer is refused, and nothing of its claim is kept.
+        let second = [other.clone(), mount("sb-2", "/workspace", true)];
+        assert_eq!(
+            store.claim_mounts(&second).await.unwrap(),
+            Err("vol-1".into())
+        );
+        assert!(store.volume_mounts("vol-2").await.unwrap().is_empty());
+        // Mounted: not deleted, and the mounts are named.
+        let held = store.delete_volume("vol-1").await.unwrap();
+        assert_eq!(held, [mount("sb-1", "/workspace", true)]);
+        store.release_mounts("sb-1").await.unwrap();
+        assert_eq!(store.claim_mounts(&second).await.unwrap(), Ok(()));
+        store.release_mounts("sb-2").await.unwrap();
+        let snap = VolumeSnapshotRow {
+            id: "vs-1".into(),
+            volume_id: "vol-1".into(),
+            team_id: "team_a".into(),
+            name: "before".into(),
+            description: String::new(),
+            size_bytes: 5,
+            created_at: 2,
+        };
+        store.insert_volume_snapshot(&snap).await.unwrap();
+        assert_eq!(store.list_volume_snapshots("vol-1").await.unwrap(), [snap]);
+        assert!(store.delete_volume("vol-1").await.unwrap().is_empty());
+        assert!(store.get_volume("vol-1").await.unwrap().is_none());
+        assert!(store.get_volume_snapshot("vs-1").await.unwrap().is_none());
     }
 
     #[tokio::test]

@@ -19,6 +19,7 @@ mod serve;
 mod sftp;
 mod supervise;
 mod toolset;
+mod volume;
 mod watch;
 
 use sandstone_runtime::spawn::{SandboxStart, SpawnSpec, prepare_sandbox, spawn};
@@ -31,6 +32,8 @@ pub fn run() {
         Some("restore") => restore_mode(),
         Some("tmpfs") => tmpfs_mode(),
         Some("bind") => bind_mode(),
+        // A volume's file helper (see `volume`), started by the daemon.
+        Some("volume-files") => volume::helper_mode(helper_spec()),
         // A context's process (see `sftp`), not PID 1.
         Some("sftp-server") => {
             if let Err(e) = sftp::serve(std::io::stdin().lock(), std::io::stdout().lock()) {
@@ -203,5 +206,5 @@ fn sandbox_main(mut start: SandboxStart) -> ! {
     }
     let _ = start.status.write_all(b"ok");
     drop(start.status);
-    serve::serve(start.listener);
+    serve::serve(start.listener, serve::Scope::Sandbox);
 }

@@ -121,6 +121,14 @@ pub enum Request {
         allowed_roots: Vec<String>,
         read_only_roots: Vec<String>,
     },
+    /// Unpacks the tar file `archive` under directory `root` (a volume's
+    /// file helper only): regular files (replacing what is there),
+    /// directories, symlinks and hard links; a device or FIFO entry stops
+    /// it. Answered with `Untarred`.
+    Untar {
+        archive: String,
+        root: String,
+    },
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -252,6 +260,9 @@ pub enum ErrorCode {
     PermissionDenied,
     Busy,
     Io,
+    /// A path a volume's file helper was given resolves outside the
+    /// volume (`..` above its root, an absolute symlink, a symlink up).
+    OutsideRoot,
 }
 
 impl From<std::io::ErrorKind> for ErrorCode {
@@ -330,6 +341,30 @@ pub enum Response {
         content: Vec<serde_json::Value>,
         is_error: bool,
     },
+    /// What an `Untar` made.
+    Untarred(UntarCounts),
+}
+
+/// Entries a tar import made, and the bytes of its regular files.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct UntarCounts {
+    pub files: u64,
+    pub directories: u64,
+    pub symlinks: u64,
+    pub bytes: u64,
+}
+
+/// What `sandstone-init volume-files` reads on its standard input: it
+/// serves the file requests of the init protocol for one volume, chrooted
+/// into it, as `uid`/`gid`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct VolumeHelperSpec {
+    /// The volume's directory on the host.
+    pub root: std::path::PathBuf,
+    /// Where it listens (a host path, bound before the chroot).
+    pub socket: std::path::PathBuf,
+    pub uid: u32,
+    pub gid: u32,
 }
 
 impl Response {

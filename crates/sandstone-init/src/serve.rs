@@ -9,7 +9,15 @@ use std::os::unix::net::{UnixListener, UnixStream};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, TryRecvError};
 use std::time::{Duration, Instant};
 
-pub fn serve(listener: UnixListener) -> ! {
+/// What a server answers: every request (PID 1 of a sandbox), or a
+/// volume's file requests alone (`volume-files`, see [`crate::volume`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scope {
+    Sandbox,
+    Volume,
+}
+
+pub fn serve(listener: UnixListener, scope: Scope) -> ! {
     for conn in listener.incoming() {
         let Ok(c) = conn else { continue };
         // At the pids limit no thread can be made; serve the connection on
@@ -18,21 +26,21 @@ pub fn serve(listener: UnixListener) -> ! {
         let theirs = slot.clone();
         let spawned = std::thread::Builder::new().spawn(move || {
             if let Some(c) = theirs.lock().expect("lock poisoned").take() {
-                handle(c)
+                handle(c, scope)
             }
         });
         if spawned.is_err()
             && let Some(c) = slot.lock().expect("lock poisoned").take()
         {
-            handle(c);
+            handle(c, scope);
         }
     }
     unreachable!("listener never ends")
 }
 
-type Out = BufWriter<UnixStream>;
+pub(crate) type Out = BufWriter<UnixStream>;
 
-fn send(out: &mut Out, r: &Response, payload: &[u8]) -> std::io::Result<()> {
+pub(crate) fn send(out: &mut Out, r: &Response, payload: &[u8]) -> std::io::Result<()> {
     write_frame(out, r, payload)?;
     if r.is_terminal() {
         out.flush()?;
@@ -87,7 +95,7 @@ fn quiesce(keep: u64) -> std::io::Result<()> {
     sandstone_sys::security::set_dumpable(true)
 }
 
-fn handle(conn: UnixStream) {
+fn handle(conn: UnixStream, scope: Scope) {
     let mut reader = match conn.try_clone() {
         Ok(r) => r,
         Err(_) => return,
@@ -108,6 +116,12 @@ fn handle(conn: UnixStream) {
                 return;
             }
         };
+        if scope == Scope::Volume {
+            if crate::volume::dispatch(req, payload, &mut out).is_err() {
+                return;
+            }
+            continue;
+        }
         if let Request::Quiesce | Request::CheckpointDone = req {
             let done = match req {
                 Request::Quiesce => quiesce(me.0),

@@ -80,6 +80,43 @@ pub fn mkfifo(path: &CStr, mode: libc::mode_t) -> io::Result<()> {
     Ok(())
 }
 
+/// `struct open_how` of openat2(2) (libc's is `non_exhaustive`).
+#[repr(C)]
+struct OpenHow {
+    flags: u64,
+    mode: u64,
+    resolve: u64,
+}
+
+/// Opens `path` (relative) beneath `dir` as an `O_PATH` descriptor
+/// (nothing is read): resolution that would leave `dir` (`..` above it,
+/// an absolute path or symlink) fails with `EXDEV`, and no magic link of
+/// /proc is followed. `follow`: whether a symlink in the last component
+/// is followed (still beneath `dir`) or opened itself.
+pub fn open_beneath(dir: BorrowedFd<'_>, path: &CStr, follow: bool) -> io::Result<OwnedFd> {
+    let mut flags = libc::O_PATH | libc::O_CLOEXEC;
+    if !follow {
+        flags |= libc::O_NOFOLLOW;
+    }
+    let how = OpenHow {
+        flags: flags as u64,
+        mode: 0,
+        resolve: libc::RESOLVE_BENEATH | libc::RESOLVE_NO_MAGICLINKS,
+    };
+    // SAFETY: `path` is NUL-terminated and `how` a live `open_how` of the
+    // size passed; both outlive the call, which reads them only.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_openat2,
+            dir.as_raw_fd(),
+            path.as_ptr(),
+            &how as *const OpenHow,
+            std::mem::size_of::<OpenHow>(),
+        )
+    };
+    owned(fd)
+}
+
 /// A close-on-exec inotify instance.
 pub fn inotify_init() -> io::Result<OwnedFd> {
     // SAFETY: inotify_init1 takes no pointers; the result is checked and
@@ -133,6 +170,33 @@ pub fn inotify_events(buf: &[u8]) -> impl Iterator<Item = InotifyEvent<'_>> {
 mod tests {
     use super::*;
     use std::io::Read;
+
+    #[test]
+    fn nothing_beneath_a_directory_leads_out_of_it() {
+        use std::os::fd::AsFd;
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("a")).unwrap();
+        std::os::unix::fs::symlink("/etc/hostname", dir.path().join("abs")).unwrap();
+        std::os::unix::fs::symlink("../..", dir.path().join("a/up")).unwrap();
+        std::os::unix::fs::symlink("a", dir.path().join("in")).unwrap();
+        let root = std::fs::File::open(dir.path()).unwrap();
+        let open = |p: &str, follow| {
+            open_beneath(root.as_fd(), &std::ffi::CString::new(p).unwrap(), follow)
+        };
+        let exdev =
+            |r: io::Result<OwnedFd>| r.err().and_then(|e| e.raw_os_error()) == Some(libc::EXDEV);
+        assert!(open("a", true).is_ok());
+        assert!(open("in/../a", true).is_ok());
+        assert!(exdev(open("..", true)));
+        assert!(exdev(open("a/../../x", true)));
+        assert!(exdev(open("/etc", true)));
+        assert!(exdev(open("abs", true)));
+        assert!(exdev(open("a/up/x", true)));
+        // The link itself, not what it names.
+        assert!(open("abs", false).is_ok());
+        let missing = open("a/missing", true).unwrap_err();
+        assert_eq!(missing.kind(), io::ErrorKind::NotFound);
+    }
 
     #[test]
     fn inotify_reports_a_created_file() {

@@ -290,6 +290,20 @@ pub fn sethostname(name: &str) -> io::Result<()> {
     Ok(())
 }
 
+/// The parent's process id (1, or a subreaper's, once the parent ended).
+pub fn parent_pid() -> Pid {
+    // SAFETY: getppid takes nothing and cannot fail.
+    Pid::from_raw(unsafe { libc::getppid() })
+}
+
+/// Makes `path` this process's root directory: no path it resolves
+/// afterwards (`..` included) leads above it.
+pub fn chroot(path: &CStr) -> io::Result<()> {
+    // SAFETY: `path` is NUL-terminated and outlives the call.
+    cvt(unsafe { libc::chroot(path.as_ptr()) })?;
+    Ok(())
+}
+
 /// Changes the working directory (async-signal-safe, unlike std's, which
 /// may allocate).
 pub fn chdir(path: &CStr) -> io::Result<()> {

@@ -30,6 +30,12 @@ pub fn set_no_new_privs() -> io::Result<()> {
     prctl_int(libc::PR_SET_NO_NEW_PRIVS, 1)
 }
 
+/// Has the kernel send `signal` to this process when the thread that
+/// started it ends (a helper that must not outlive its daemon).
+pub fn set_parent_death_signal(signal: libc::c_int) -> io::Result<()> {
+    prctl_int(libc::PR_SET_PDEATHSIG, signal as libc::c_ulong)
+}
+
 /// Sets whether the process is dumpable (and so whether others may ptrace
 /// it or open its /proc files, within what their capabilities allow).
 pub fn set_dumpable(dumpable: bool) -> io::Result<()> {

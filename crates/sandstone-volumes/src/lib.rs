@@ -32,12 +32,14 @@ mod host_template;
 mod image_template;
 pub mod pool;
 mod sandbox_template;
+mod sandbox_volume;
 
 pub use debian_template::BuiltTemplate;
 pub use file_template::FileTemplate;
 pub use image_template::{ImageTemplate, Imported, Pulled, Source, check_id};
 pub use pool::{Driver, Pool, Space};
 pub use sandbox_template::SandboxTemplate;
+pub use sandbox_volume::Owner;
 
 use sandstone_runtime::BindMount;
 use std::path::{Path, PathBuf};
@@ -299,8 +301,11 @@ pub struct Storage {
     images: std::sync::Arc<std::sync::Mutex<()>>,
 }
 
-const RESTORING: &str = ".restoring";
+pub(crate) const RESTORING: &str = ".restoring";
 const REPLACED: &str = ".replaced";
+/// Where a pool keeps one kind of volume, by id.
+type VolumeDir = fn(&Pool, &str) -> PathBuf;
+
 /// Suffix of a volume set aside ([`Storage::retain_sandbox`]); beside the
 /// live volumes, so that taking it back is a rename.
 const RETAINED: &str = ".retained";
@@ -593,43 +598,58 @@ impl Storage {
     /// place. A node that has no volume for `id` (it was made elsewhere)
     /// just renames the staged one in.
     pub fn swap_in_restore(&self, id: &str) -> Result<()> {
-        let live = self.pool.sandbox_dir(id);
-        let staged = self.restore_staging(id);
-        let replaced = live.with_file_name(format!("{id}{REPLACED}"));
+        self.swap_in(&self.pool.sandbox_dir(id))
+    }
+
+    /// Puts `live` + [`RESTORING`] in place of `live` (a sandbox's or a
+    /// sandbox volume's directory); the old one is swapped out by rename
+    /// (to `live` + [`REPLACED`]) and removed only after the new one is in
+    /// place.
+    fn swap_in(&self, live: &Path) -> Result<()> {
+        let name = live.file_name().unwrap_or_default().to_string_lossy();
+        let staged = live.with_file_name(format!("{name}{RESTORING}"));
+        let replaced = live.with_file_name(format!("{name}{REPLACED}"));
         let had_volume = live.exists();
         if had_volume {
-            std::fs::rename(&live, &replaced).map_err(io("swap out old volume"))?;
+            std::fs::rename(live, &replaced).map_err(io("swap out old volume"))?;
         }
         sandstone_runtime::fault::crash("restore.mid_swap");
-        std::fs::rename(&staged, &live).map_err(io("swap in restored volume"))?;
+        std::fs::rename(&staged, live).map_err(io("swap in restored volume"))?;
         if had_volume {
             self.pool.remove_volume(&replaced)?;
         }
         Ok(())
     }
 
-    /// Finishes or rolls back restores interrupted by a crash.
+    /// Finishes or rolls back restores interrupted by a crash, of
+    /// sandboxes' volumes and of sandbox volumes.
     fn finish_restores(&self) {
-        for name in self.pool.volumes("sandboxes") {
-            let path = self.pool.sandbox_dir(&name);
-            if let Some(id) = name.strip_suffix(REPLACED) {
-                let live = self.pool.sandbox_dir(id);
-                let staged = self.pool.sandbox_dir(&format!("{id}{RESTORING}"));
-                if !live.exists() && staged.exists() {
-                    let _ = std::fs::rename(&staged, &live); // roll forward
-                } else if !live.exists() {
-                    let _ = std::fs::rename(&path, &live); // roll back
-                    continue;
+        let kinds: [(&str, VolumeDir); 2] = [
+            ("sandboxes", Pool::sandbox_dir),
+            ("volumes", Pool::user_volume_dir),
+        ];
+        for (kind, dir) in kinds {
+            let dir = |name: &str| dir(&self.pool, name);
+            for name in self.pool.volumes(kind) {
+                let path = dir(&name);
+                if let Some(id) = name.strip_suffix(REPLACED) {
+                    let live = dir(id);
+                    let staged = dir(&format!("{id}{RESTORING}"));
+                    if !live.exists() && staged.exists() {
+                        let _ = std::fs::rename(&staged, &live); // roll forward
+                    } else if !live.exists() {
+                        let _ = std::fs::rename(&path, &live); // roll back
+                        continue;
+                    }
+                    let _ = self.pool.remove_volume(&path);
+                } else if let Some(id) = name.strip_suffix(RESTORING)
+                    && (dir(id).exists() || !dir(&format!("{id}{REPLACED}")).exists())
+                {
+                    // Not swapped in: the live volume is still the old one, or
+                    // there was none (a restore from an object store that did
+                    // not finish), so the call failed and nothing is kept.
+                    let _ = self.pool.remove_volume(&path);
                 }
-                let _ = self.pool.remove_volume(&path);
-            } else if let Some(id) = name.strip_suffix(RESTORING)
-                && (self.pool.sandbox_dir(id).exists()
-                    || !self.pool.sandbox_dir(&format!("{id}{REPLACED}")).exists())
-            {
-                // Not swapped in: the live volume is still the old one, or
-                // there was none (a restore from an object store that did
-                // not finish), so the call failed and nothing is kept.
-                let _ = self.pool.remove_volume(&path);
             }
         }
     }

@@ -159,7 +159,13 @@ impl Pool {
                 root: data_dir.to_path_buf(),
             },
         };
-        for d in ["sandboxes", "snapshots", "captures"] {
+        for d in [
+            "sandboxes",
+            "snapshots",
+            "captures",
+            "volumes",
+            "volume-snapshots",
+        ] {
             let dir = pool.root.join(d);
             std::fs::create_dir_all(&dir).map_err(io(format!("create {d}")))?;
             std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o700))
@@ -219,6 +225,16 @@ impl Pool {
 
     pub fn snapshot_dir(&self, id: &str) -> PathBuf {
         self.root.join("snapshots").join(id)
+    }
+
+    /// A sandbox volume (`/api/v1/sandboxvolumes`): its files at its root.
+    pub fn user_volume_dir(&self, id: &str) -> PathBuf {
+        self.root.join("volumes").join(id)
+    }
+
+    /// A read-only snapshot of a sandbox volume.
+    pub fn user_volume_snapshot_dir(&self, id: &str) -> PathBuf {
+        self.root.join("volume-snapshots").join(id)
     }
 
     /// The read-only volume a template made from a sandbox keeps.

@@ -64,6 +64,7 @@ impl ApiError {
             C::NotADirectory => (StatusCode::BAD_REQUEST, "not_a_directory"),
             C::PermissionDenied => (StatusCode::FORBIDDEN, "permission_denied"),
             C::Busy => (StatusCode::CONFLICT, "busy"),
+            C::OutsideRoot => (StatusCode::FORBIDDEN, "outside_root"),
             C::Io if message.contains("No space left") || message.contains("quota") => {
                 (StatusCode::INSUFFICIENT_STORAGE, "no_space")
             }
