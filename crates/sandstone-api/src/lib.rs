@@ -103,6 +103,10 @@ pub struct SandboxConfig {
     /// to (see [`services`]).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub services: Vec<services::AppService>,
+    /// The sandbox volumes bound into it: set from the claim's `mounts`
+    /// (a claim's `config.mounts` is refused), kept for every start.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub mounts: Vec<volumes::VolumeBind>,
 }
 
 /// Sandbox0's `WebhookConfig`: the daemon (never the sandbox) POSTs the
@@ -131,6 +135,9 @@ pub struct ClaimRequest {
     pub config: Option<SandboxConfig>,
     #[serde(default)]
     pub snapshot_id: Option<String>,
+    /// Sandbox volumes to bind into the new sandbox.
+    #[serde(default)]
+    pub mounts: Vec<volumes::ClaimMount>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -141,6 +148,10 @@ pub struct ClaimResponse {
     pub runtime_id: String,
     pub pod_name: String,
     pub cluster_id: Option<String>,
+    /// Where each of the claim's `mounts` stands (all `mounted` once the
+    /// claim answers: Sandstone binds them before the sandbox starts).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub bootstrap_mounts: Vec<volumes::MountStatus>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -174,6 +185,9 @@ pub struct Sandbox {
     /// object store (`serve --object-store`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_checkpoint_at: Option<String>,
+    /// The sandbox volumes bound into it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub mounts: Vec<volumes::ClaimMount>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

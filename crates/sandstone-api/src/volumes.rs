@@ -139,6 +139,17 @@ pub struct ClaimMount {
     pub mount_point: String,
 }
 
+/// A volume bound into a sandbox, as its configuration keeps it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VolumeBind {
+    pub sandboxvolume_id: String,
+    pub mount_point: String,
+    /// From the volume's access mode (`ROX`), when it was bound.
+    #[serde(default)]
+    pub read_only: bool,
+}
+
 /// Where a claim's mount stands (Sandbox0's `MountStatus`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

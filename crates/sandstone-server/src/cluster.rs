@@ -315,6 +315,14 @@ impl Cluster {
             Ok(_) | Err(sandstone_db::Error::NotFound) => return Ok(Route::Local),
             Err(e) => return Err(e),
         };
+        self.route_to(owner).await
+    }
+
+    /// Where node `owner` (not this one) is reached, if it is live.
+    pub async fn route_to(&self, owner: String) -> sandstone_db::Result<Route> {
+        if owner == self.me.id {
+            return Ok(Route::Local);
+        }
         let mut node = self.find(&owner).filter(|n| n.live_at(now_ms()));
         if node.is_none() {
             // Unknown or dead as of the last round: it may have joined or

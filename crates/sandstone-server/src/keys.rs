@@ -499,7 +499,8 @@ pub fn action(method: &axum::http::Method, path: &str) -> Action {
     // terminal), the output log and execution sessions (their commands,
     // environments and output): what the sandbox holds.
     let tail = path.rsplit('/').next().unwrap_or_default();
-    let contents = (path.contains("/sandboxes/") && tail == "files")
+    let contents = ((path.contains("/sandboxes/") || path.contains("/sandboxvolumes/"))
+        && tail == "files")
         || path.contains("/contexts")
         || path.contains("/observability/logs")
         || path.contains("/sessions")
@@ -539,6 +540,11 @@ mod tests {
         assert_eq!(get("/api/v1/sandboxes"), Action::Read);
         assert_eq!(get("/api/v1/sandboxes/sb-1/files/list"), Action::Read);
         assert_eq!(get("/api/v1/sandboxes/sb-1/files"), Action::ReadContents);
+        assert_eq!(
+            get("/api/v1/sandboxvolumes/vol-1/files"),
+            Action::ReadContents
+        );
+        assert_eq!(get("/api/v1/sandboxvolumes/vol-1/files/list"), Action::Read);
         assert_eq!(
             get("/api/v1/sandboxes/sb-1/files/watch"),
             Action::ReadContents

@@ -591,9 +591,12 @@ pub async fn run(mut config: Config) -> anyhow::Result<()> {
         log_bytes: config.log_retention_bytes,
         criu: criu(&config),
     };
-    let lc = lifecycle::Lifecycle::new(runner, store, storage, network, checkpoints).await?;
+    let lc =
+        lifecycle::Lifecycle::new(runner, store, db.clone(), storage, network, checkpoints).await?;
     lc.adopt().await?;
+    lc.sweep_volumes().await?;
     let lc = Arc::new(lc);
+    lc.spawn_volume_helper_reaper();
     let cluster = Arc::new(cluster::Cluster::new(
         node,
         lc.store.clone(),

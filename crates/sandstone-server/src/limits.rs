@@ -7,7 +7,7 @@ use sandstone_runtime::cgroup::Limits;
 pub const DEFAULT_MEMORY: u64 = 2 << 30;
 pub const DEFAULT_PIDS: u64 = 4096;
 pub const DEFAULT_DISK: u64 = 10 << 30;
-const MIN_DISK: u64 = 64 << 20;
+pub const MIN_DISK: u64 = 64 << 20;
 const MIN_MEMORY: u64 = 16 << 20;
 
 /// `512Mi`, `2Gi`, `1G`, `1048576`.

@@ -6,7 +6,8 @@
 use crate::AppState;
 use crate::routes::{
     cluster, contexts, credentials, files, keys, logs, metrics, network, observability, previews,
-    registry, sandboxes, sessions, snapshots, ssh_keys, templates, tools, uploads, webhooks,
+    registry, sandboxes, sessions, snapshots, ssh_keys, templates, tools, uploads, volumes,
+    webhooks,
 };
 use axum::routing::MethodRouter;
 use serde_json::{Map, Value, json};
@@ -121,6 +122,24 @@ pub fn operations() -> Vec<Operation> {
         get "/api-keys/current" keys::current => 200 None "The calling key: its role and permissions",
         delete "/api-keys/{id}" keys::delete => 200 None "Delete an API key (admin): refused from the next request",
         post "/api-keys/{id}/deactivate" keys::deactivate => 200 None "Deactivate an API key (admin): refused from the next request",
+        post "/api/v1/sandboxvolumes" volumes::create => 201 Json "Create a sandbox volume (access_mode RWO, ROX or RWX; default_posix_uid/gid; snapshot_id; size, a Sandstone extension): a pool subvolume that outlives sandboxes, bound into them with the claim's `mounts`",
+        get "/api/v1/sandboxvolumes" volumes::list => 200 None "List the team's sandbox volumes (with the sandboxes mounting each)",
+        get "/api/v1/sandboxvolumes/{id}" volumes::get => 200 None "Get a sandbox volume",
+        delete "/api/v1/sandboxvolumes/{id}" volumes::delete => 200 None "Delete a sandbox volume and its snapshots (409 naming the sandboxes while any mounts it)",
+        post "/api/v1/sandboxvolumes/{id}/fork" volumes::fork => 201 Bytes "Fork a volume: a new volume sharing its files copy-on-write (optional body: access_mode, default_posix_uid/gid)",
+        post "/api/v1/sandboxvolumes/{id}/snapshots" volumes::create_snapshot => 201 Json "Snapshot a volume (name, description): read-only, O(1) on the btrfs pool",
+        get "/api/v1/sandboxvolumes/{id}/snapshots" volumes::list_snapshots => 200 None "List a volume's snapshots",
+        get "/api/v1/sandboxvolumes/{id}/snapshots/{snap}" volumes::get_snapshot => 200 None "Get a volume snapshot",
+        delete "/api/v1/sandboxvolumes/{id}/snapshots/{snap}" volumes::delete_snapshot => 200 None "Delete a volume snapshot",
+        post "/api/v1/sandboxvolumes/{id}/snapshots/{snap}/restore" volumes::restore_snapshot => 200 None "Restore a volume to a snapshot (409 while a sandbox mounts it read-write)",
+        get "/api/v1/sandboxvolumes/{id}/files" volumes::read_file => 200 None "Read a volume's file (query: path, relative to the volume's root); no sandbox needed",
+        post "/api/v1/sandboxvolumes/{id}/files" volumes::write_file => 200 Bytes "Write a volume's file (raw body), or with mkdir=true make a directory (recursive=true for parents)",
+        delete "/api/v1/sandboxvolumes/{id}/files" volumes::remove_file => 200 None "Delete a volume's file or directory",
+        get "/api/v1/sandboxvolumes/{id}/files/stat" volumes::stat => 200 None "Stat a volume's file",
+        get "/api/v1/sandboxvolumes/{id}/files/list" volumes::list_files => 200 None "List a volume's directory",
+        post "/api/v1/sandboxvolumes/{id}/files/move" volumes::move_file => 200 Json "Move a volume's file (source, destination)",
+        get "/api/v1/sandboxvolumes/{id}/files/watch" volumes::watch => 101 None "WebSocket: subscribe to a volume's file events",
+        put "/api/v1/sandboxvolumes/{id}/files/archive" volumes::import_archive => 200 Bytes "Import a tar archive under path (regular files replace what is there; directories, symlinks and hard links made; devices refused): counts of files, directories, symlinks and bytes",
         get "/users/me/ssh-keys" ssh_keys::list => 200 None "List the calling API key's SSH public keys (the SSH gateway's logins)",
         post "/users/me/ssh-keys" ssh_keys::create => 201 Json "Register an SSH public key (name, public_key): `ssh <sandbox-id>@host -p <--ssh-listen port>` then reaches the calling key's team's sandboxes while the key may run commands (409 when the key is registered already)",
         delete "/users/me/ssh-keys/{id}" ssh_keys::delete => 200 None "Remove one of the calling API key's SSH public keys",

@@ -316,7 +316,7 @@ impl Storage {
     pub fn open(data_dir: &Path, driver: Option<Driver>) -> Result<Storage> {
         // Layers are stored unshifted: a setuid file a sandbox creates is
         // owned by host root on disk. Only host root may traverse to them.
-        for d in ["templates", "layers", "run", "registry"] {
+        for d in ["templates", "layers", "run", "registry", "volume-files"] {
             let dir = data_dir.join(d);
             std::fs::create_dir_all(&dir).map_err(io(format!("create {d} dir")))?;
             std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o700))

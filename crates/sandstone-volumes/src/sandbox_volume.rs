@@ -22,6 +22,26 @@ impl Storage {
         self.pool.user_volume_dir(id)
     }
 
+    /// Where the file helper of volume `id` listens (a directory only
+    /// host root may enter).
+    pub fn user_volume_socket(&self, id: &str) -> PathBuf {
+        self.root.join("volume-files").join(format!("{id}.sock"))
+    }
+
+    /// Ids of the volumes on this pool (without the ones a restore set
+    /// aside).
+    pub fn user_volume_ids(&self) -> Vec<String> {
+        self.pool
+            .volumes("volumes")
+            .into_iter()
+            .filter(|n| !n.contains('.'))
+            .collect()
+    }
+
+    pub fn user_volume_snapshot_ids(&self) -> Vec<String> {
+        self.pool.volumes("volume-snapshots")
+    }
+
     /// An empty volume capped at `limit` bytes (where the pool caps), its
     /// root owned by `owner`.
     pub fn create_user_volume(&self, id: &str, limit: Option<u64>, owner: Owner) -> Result<()> {

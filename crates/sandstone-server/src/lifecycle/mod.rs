@@ -25,6 +25,7 @@ mod snapshots;
 mod supervised;
 mod templates;
 mod uploads;
+pub mod volumes;
 mod warm;
 
 use crate::initclient;
@@ -32,6 +33,7 @@ use crate::limits;
 use crate::webhooks::Happened;
 use sandstone_api::timefmt::now_ms;
 use sandstone_api::{SandboxConfig, SandboxUpdateConfig};
+use sandstone_db::volumes::VolumeStore;
 use sandstone_db::{PendingOp, SandboxRow, SandboxStatus, Store};
 use sandstone_init::proto::{Request, Response};
 use sandstone_runtime::cgroup::{Cgroup, Driver, Limits};
@@ -72,6 +74,10 @@ pub struct Lifecycle {
     /// lifecycle runs, recovers, expires and allocates slots among.
     pub node: String,
     pub store: Arc<dyn Store>,
+    /// Sandbox volumes and their mounts (see `volumes.rs`).
+    pub volumes: Arc<dyn VolumeStore>,
+    /// The sandbox volumes' running file helpers.
+    volume_helpers: volumes::VolumeHelpers,
     pub storage: Storage,
     cgroups: Driver,
     init_bin: PathBuf,
@@ -202,6 +208,7 @@ impl Lifecycle {
     pub async fn new(
         runner: Runner<'_>,
         store: Arc<dyn Store>,
+        volumes: Arc<dyn VolumeStore>,
         storage: Storage,
         network: Option<Network>,
         checkpoints: Option<sandstone_checkpoint::Checkpoints>,
@@ -244,6 +251,8 @@ impl Lifecycle {
         Ok(Lifecycle {
             node,
             store,
+            volumes,
+            volume_helpers: Default::default(),
             storage,
             cgroups,
             init_bin,
@@ -692,6 +701,7 @@ impl Lifecycle {
                 .cloned()
                 .chain(network.into_iter().flat_map(|n| n.trust_binds()))
                 .chain(uploads)
+                .chain(config.mounts.iter().map(|m| self.volume_bind(m)))
                 .collect(),
             id_base,
             id_count: ID_COUNT,
@@ -829,8 +839,10 @@ impl Lifecycle {
             && config
                 .network_enabled
                 .is_none_or(|on| on == template.network_enabled)
-            // Warm members have no uploads mount, which only a start adds.
+            // Warm members have no uploads mount nor volumes, which only a
+            // start adds.
             && config.uploads_dir.is_none()
+            && config.mounts.is_empty()
             && let Some(member) = self.take_warm(&template.pinned())
         {
             return self.hand_off(member, &template, config, disk, team).await;
@@ -839,6 +851,11 @@ impl Lifecycle {
         let id = format!("sb-{}", random_hex(8));
         let mut undo = Undo::new(self, &id, slot);
         let mut phases = Phases::start();
+        let mut config = config;
+        if !config.mounts.is_empty() {
+            config.mounts = self.reserve_mounts(&id, &config.mounts, team).await?;
+            undo.mounts = true;
+        }
         match snapshot {
             Some(s) => self.volume_from_snapshot(s, &id, disk).await?,
             None => tokio::task::block_in_place(|| self.storage.create_sandbox(&id, disk))
@@ -1558,6 +1575,8 @@ impl Lifecycle {
             return Err(internal(format!("delete {id}: {e}")));
         }
         self.store.delete_sandbox(&fence).await?;
+        // Its volumes stay, free for another sandbox.
+        self.volumes.release_mounts(id).await?;
         self.store.delete_audit(id).await?;
         self.store.delete_previews(id).await?;
         self.forget_checkpoints(id).await;
@@ -1671,6 +1690,8 @@ struct Undo<'a> {
     id: String,
     slot: i64,
     volume: bool,
+    /// Its sandbox volumes' mounts are recorded.
+    mounts: bool,
     cgroup: Option<Cgroup>,
     armed: bool,
 }
@@ -1682,6 +1703,7 @@ impl<'a> Undo<'a> {
             id: id.to_string(),
             slot,
             volume: false,
+            mounts: false,
             cgroup: None,
             armed: true,
         }
@@ -1704,6 +1726,14 @@ impl Drop for Undo<'_> {
             && let Err(e) = self.lc.storage.remove_sandbox(&self.id)
         {
             tracing::error!(sandbox = %self.id, error = %e, "rollback: files left behind");
+        }
+        if self.mounts {
+            let (volumes, id) = (self.lc.volumes.clone(), self.id.clone());
+            tokio::spawn(async move {
+                if let Err(e) = volumes.release_mounts(&id).await {
+                    tracing::error!(sandbox = %id, error = %e, "rollback: volume mounts left recorded");
+                }
+            });
         }
         self.lc.free_slot(self.slot);
     }

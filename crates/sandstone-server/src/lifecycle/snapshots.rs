@@ -365,6 +365,9 @@ impl Lifecycle {
         Self::source(src.status, id)?;
         self.source_volume(&src).await?;
         let mut config: SandboxConfig = config_of(&src);
+        // Volumes are not the sandbox's files: a fork starts without them
+        // (an RWO volume could not be mounted twice anyway).
+        config.mounts.clear();
         config.ttl = ttl.or(config.ttl);
         config.hard_ttl = hard_ttl.or(config.hard_ttl);
         let disk = self.disk_cap(&src.template, config.resources.as_ref())?;

@@ -104,6 +104,8 @@ async fn set_draining(st: AppState, id: String, draining: bool) -> ApiResult<Res
 enum Target {
     Sandbox(String),
     Snapshot(String),
+    /// A sandbox volume's (its files are on one node's pool).
+    Volume(String),
     Create,
     Here,
 }
@@ -126,6 +128,12 @@ fn target(req: &Request) -> Target {
         && !snap.contains('/')
     {
         return Target::Snapshot(decoded(snap));
+    }
+    if let Some(rest) = path.strip_prefix("/api/v1/sandboxvolumes/")
+        && let Some(id) = rest.split('/').next()
+        && !id.is_empty()
+    {
+        return Target::Volume(decoded(id));
     }
     match path.strip_prefix("/api/v1/sandboxes") {
         Some("" | "/") if req.method() == Method::POST => Target::Create,
@@ -168,6 +176,7 @@ pub async fn to_owner(State(st): State<AppState>, req: Request, next: Next) -> R
             Ok(_) => id,
             Err(e) => return ApiError::from(e).into_response(),
         },
+        Target::Volume(id) => return to_volume_node(&st, &id, forwarded, req, next).await,
         Target::Snapshot(snap) => match st.lifecycle.store.get_snapshot(&snap).await {
             Ok(s) if !same_team(&req, &s.team_id) => return other_team(&req, "snapshot", &snap),
             Ok(s) => s.sandbox_id,
@@ -176,6 +185,42 @@ pub async fn to_owner(State(st): State<AppState>, req: Request, next: Next) -> R
         },
     };
     to_sandbox_owner(&st, &id, forwarded, req, next).await
+}
+
+/// Sends a call on volume `id` to the node whose pool holds it. Another
+/// team's volume, or a missing one, is the route's to answer (404).
+async fn to_volume_node(
+    st: &AppState,
+    id: &str,
+    forwarded: bool,
+    req: Request,
+    next: Next,
+) -> Response {
+    let node = match st.lifecycle.volumes.get_volume(id).await {
+        Ok(Some(v)) if same_team(&req, &v.team_id) => v.node_id,
+        Ok(_) => return next.run(req).await,
+        Err(e) => return ApiError::from(e).into_response(),
+    };
+    to_node(st, node, forwarded, req, next).await
+}
+
+/// Forwards to live node `node`, or serves here (this node, a forwarded
+/// call, a node that is down: the route then says why).
+async fn to_node(
+    st: &AppState,
+    node: String,
+    forwarded: bool,
+    req: Request,
+    next: Next,
+) -> Response {
+    if forwarded {
+        return next.run(req).await;
+    }
+    match st.cluster.route_to(node).await {
+        Ok(Route::Remote { node, url }) => st.cluster.forwarder.forward(&node, &url, req).await,
+        Ok(_) => next.run(req).await,
+        Err(e) => ApiError::from(e).into_response(),
+    }
 }
 
 /// Whether the call acts for `team` (the auth layer gave it a caller).
@@ -275,6 +320,18 @@ async fn place(st: AppState, req: Request, next: Next) -> Response {
     // A body that does not parse is the create route's to reject, here.
     let claim = serde_json::from_slice::<sandstone_api::ClaimRequest>(&bytes).ok();
     let req = Request::from_parts(parts, Body::from(bytes));
+    // With volumes: where they are (the first one's node; the others must
+    // be there too, which that node checks).
+    if let Some(first) = claim.as_ref().and_then(|c| c.mounts.first())
+        && let Ok(Some(v)) = st
+            .lifecycle
+            .volumes
+            .get_volume(&first.sandboxvolume_id)
+            .await
+        && same_team(&req, &v.team_id)
+    {
+        return to_node(&st, v.node_id, false, req, next).await;
+    }
     // From a snapshot: where the snapshot's volume is (its sandbox's
     // node). With an object store any node can fetch it, so a dead or
     // unknown owner is no reason to wait: placement picks a node with the

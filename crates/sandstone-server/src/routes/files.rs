@@ -5,8 +5,8 @@
 use crate::AppState;
 use crate::error::{ApiError, ApiResult, ok};
 use crate::extract::JsonBody;
-use crate::initclient::{self, InitConn, InitError};
-use crate::lifecycle::{Runtime, random_hex};
+use crate::initclient::{self, InitConn, InitError, InitSocket};
+use crate::lifecycle::random_hex;
 use crate::routes::contexts::running;
 use axum::body::Bytes;
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
@@ -21,8 +21,29 @@ use std::collections::HashMap;
 
 const MAX_PATH: usize = 4096;
 
-/// Validates a path parameter and makes it absolute.
+/// Validates a path parameter and makes it absolute (a relative one is
+/// under /workspace).
 pub fn sandbox_path(field: &str, raw: Option<&String>) -> ApiResult<String> {
+    let p = checked_path(field, raw)?;
+    Ok(if p.starts_with('/') {
+        p.clone()
+    } else {
+        format!("/workspace/{p}")
+    })
+}
+
+/// A path parameter of a volume's files: relative to the volume's root,
+/// as an absolute one is.
+pub fn volume_path(field: &str, raw: Option<&String>) -> ApiResult<String> {
+    let p = checked_path(field, raw)?;
+    Ok(if p.starts_with('/') {
+        p.clone()
+    } else {
+        format!("/{p}")
+    })
+}
+
+fn checked_path<'a>(field: &str, raw: Option<&'a String>) -> ApiResult<&'a String> {
     let p = raw.ok_or_else(|| ApiError::bad_request(format!("missing `{field}`")))?;
     if p.is_empty() {
         return Err(ApiError::bad_request(format!(
@@ -39,24 +60,20 @@ pub fn sandbox_path(field: &str, raw: Option<&String>) -> ApiResult<String> {
             "invalid `{field}`: contains a NUL byte"
         )));
     }
-    Ok(if p.starts_with('/') {
-        p.clone()
-    } else {
-        format!("/workspace/{p}")
-    })
+    Ok(p)
 }
 
-/// The validated `path` query parameter and the sandbox's runtime.
+/// The validated `path` query parameter and the sandbox's init.
 async fn target(
     st: &AppState,
     id: &str,
     q: &HashMap<String, String>,
-) -> ApiResult<(String, Runtime)> {
+) -> ApiResult<(String, InitSocket)> {
     let path = sandbox_path("path", q.get("path"))?;
-    Ok((path, running(st, id).await?))
+    Ok((path, running(st, id).await?.socket))
 }
 
-fn flag(q: &HashMap<String, String>, key: &str) -> bool {
+pub(crate) fn flag(q: &HashMap<String, String>, key: &str) -> bool {
     q.get(key).is_some_and(|v| v == "true" || v == "1")
 }
 
@@ -79,7 +96,7 @@ const MAX_JSON_READ: usize = 32 << 20;
 
 /// Whether the caller asked for the base64 JSON reply (the spec: `Accept`
 /// or `Content-Type` is `application/json`).
-fn wants_json(headers: &axum::http::HeaderMap) -> bool {
+pub(crate) fn wants_json(headers: &axum::http::HeaderMap) -> bool {
     [header::ACCEPT, header::CONTENT_TYPE].iter().any(|h| {
         headers
             .get(h)
@@ -105,10 +122,19 @@ pub async fn read(
     Query(q): Query<HashMap<String, String>>,
     headers: axum::http::HeaderMap,
 ) -> ApiResult<Response> {
-    let (path, rt) = target(&st, &id, &q).await?;
-    let json = wants_json(&headers);
+    let (path, socket) = target(&st, &id, &q).await?;
+    read_at(&st, &socket, path, wants_json(&headers)).await
+}
+
+/// A file's bytes, streamed, or base64 in JSON when `json`.
+pub(crate) async fn read_at(
+    st: &AppState,
+    socket: &InitSocket,
+    path: String,
+    json: bool,
+) -> ApiResult<Response> {
     let started = std::time::Instant::now();
-    let mut conn = rt.socket.connect().await.map_err(InitError::Unreachable)?;
+    let mut conn = socket.connect().await.map_err(InitError::Unreachable)?;
     conn.send(&Request::ReadFile { path }, &[])
         .await
         .map_err(InitError::Unreachable)?;
@@ -193,14 +219,25 @@ pub async fn write(
     Query(q): Query<HashMap<String, String>>,
     body: axum::body::Body,
 ) -> ApiResult<Response> {
-    let (path, rt) = target(&st, &id, &q).await?;
+    let (path, socket) = target(&st, &id, &q).await?;
+    write_at(&st, &socket, path, &q, body).await
+}
+
+/// Writes a file (or with `mkdir`, makes a directory) at `path`.
+pub(crate) async fn write_at(
+    st: &AppState,
+    socket: &InitSocket,
+    path: String,
+    q: &HashMap<String, String>,
+    body: axum::body::Body,
+) -> ApiResult<Response> {
     st.lifecycle.check_free_space()?;
-    if flag(&q, "mkdir") {
+    if flag(q, "mkdir") {
         let req = Request::Mkdir {
             path,
-            recursive: flag(&q, "recursive"),
+            recursive: flag(q, "recursive"),
         };
-        rt.socket.call(&req, &[]).await?;
+        socket.call(&req, &[]).await?;
         return Ok(ok(StatusCode::CREATED, json!({"created": true})));
     }
     let mode = match q.get("mode") {
@@ -217,7 +254,7 @@ pub async fn write(
         ),
     };
     let started = std::time::Instant::now();
-    write_in_chunks(&rt, path, mode, body).await?;
+    write_in_chunks(socket, path, mode, body).await?;
     st.metrics
         .observe("file_write", started.elapsed().as_secs_f64() * 1000.0);
     Ok(ok(StatusCode::OK, json!({"written": true})))
@@ -228,13 +265,13 @@ pub async fn write(
 /// fits in a piece is written in one request; a larger one goes to a
 /// temporary file beside the target, renamed over it only once complete, so
 /// a failed or abandoned upload leaves the old file as it was.
-async fn write_in_chunks(
-    rt: &Runtime,
+pub(crate) async fn write_in_chunks(
+    socket: &InitSocket,
     path: String,
     mode: Option<u32>,
     body: axum::body::Body,
 ) -> ApiResult<()> {
-    let mut conn = rt.socket.connect().await.map_err(InitError::Unreachable)?;
+    let mut conn = socket.connect().await.map_err(InitError::Unreachable)?;
     let mut stream = body.into_data_stream();
     let mut buf = Vec::new();
     let mut end = fill(&mut stream, &mut buf).await?;
@@ -242,7 +279,7 @@ async fn write_in_chunks(
         return write_piece(&mut conn, &path, mode, false, &buf).await;
     }
     let temp = TempUpload {
-        socket: rt.socket.clone(),
+        socket: socket.clone(),
         path: Some(format!("{path}.sandstone-upload-{}", random_hex(6))),
     };
     let tmp = temp.path.clone().unwrap_or_default();
@@ -340,8 +377,12 @@ pub async fn remove(
     Path(id): Path<String>,
     Query(q): Query<HashMap<String, String>>,
 ) -> ApiResult<Response> {
-    let (path, rt) = target(&st, &id, &q).await?;
-    rt.socket.call(&Request::RemovePath { path }, &[]).await?;
+    let (path, socket) = target(&st, &id, &q).await?;
+    remove_at(&socket, path).await
+}
+
+pub(crate) async fn remove_at(socket: &InitSocket, path: String) -> ApiResult<Response> {
+    socket.call(&Request::RemovePath { path }, &[]).await?;
     Ok(ok(StatusCode::OK, json!({"deleted": true})))
 }
 
@@ -350,8 +391,12 @@ pub async fn stat(
     Path(id): Path<String>,
     Query(q): Query<HashMap<String, String>>,
 ) -> ApiResult<Response> {
-    let (path, rt) = target(&st, &id, &q).await?;
-    match rt.socket.call(&Request::Stat { path }, &[]).await? {
+    let (path, socket) = target(&st, &id, &q).await?;
+    stat_at(&socket, path).await
+}
+
+pub(crate) async fn stat_at(socket: &InitSocket, path: String) -> ApiResult<Response> {
+    match socket.call(&Request::Stat { path }, &[]).await? {
         (Init::Stat { info }, _) => Ok(ok(StatusCode::OK, to_api(&info))),
         _ => Err(ApiError::internal("unexpected answer to stat")),
     }
@@ -362,8 +407,12 @@ pub async fn list(
     Path(id): Path<String>,
     Query(q): Query<HashMap<String, String>>,
 ) -> ApiResult<Response> {
-    let (path, rt) = target(&st, &id, &q).await?;
-    match rt.socket.call(&Request::ListDir { path }, &[]).await? {
+    let (path, socket) = target(&st, &id, &q).await?;
+    list_at(&socket, path).await
+}
+
+pub(crate) async fn list_at(socket: &InitSocket, path: String) -> ApiResult<Response> {
+    match socket.call(&Request::ListDir { path }, &[]).await? {
         (Init::Entries { entries }, _) => Ok(ok(
             StatusCode::OK,
             api::FileList {
@@ -382,7 +431,11 @@ pub async fn rename(
     let from = sandbox_path("source", Some(&req.source))?;
     let to = sandbox_path("destination", Some(&req.destination))?;
     let rt = running(&st, &id).await?;
-    rt.socket.call(&Request::Move { from, to }, &[]).await?;
+    move_at(&rt.socket, from, to).await
+}
+
+pub(crate) async fn move_at(socket: &InitSocket, from: String, to: String) -> ApiResult<Response> {
+    socket.call(&Request::Move { from, to }, &[]).await?;
     Ok(ok(StatusCode::OK, json!({"moved": true})))
 }
 
@@ -400,14 +453,23 @@ pub async fn watch(
     }))
 }
 
-async fn watch_ws(mut socket: WebSocket, init_socket: std::path::PathBuf) {
+async fn watch_ws(socket: WebSocket, init_socket: std::path::PathBuf) {
+    watch_with(socket, init_socket, sandbox_path).await
+}
+
+/// Serves a watch WebSocket whose paths `resolve` makes absolute.
+pub(crate) async fn watch_with(
+    mut socket: WebSocket,
+    init_socket: std::path::PathBuf,
+    resolve: fn(&str, Option<&String>) -> ApiResult<String>,
+) {
     let Some(Ok(Message::Text(t))) = socket.recv().await else {
         return;
     };
     let v: serde_json::Value = serde_json::from_str(&t).unwrap_or_default();
     let reply_err =
         |e: String| Message::Text(json!({"type": "error", "error": e}).to_string().into());
-    let path = match sandbox_path("path", v["path"].as_str().map(str::to_string).as_ref()) {
+    let path = match resolve("path", v["path"].as_str().map(str::to_string).as_ref()) {
         Ok(p) if v["action"] == "subscribe" => p,
         Ok(_) => {
             return drop(

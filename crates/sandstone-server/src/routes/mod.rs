@@ -17,6 +17,7 @@ pub mod ssh_keys;
 pub mod templates;
 pub mod tools;
 pub mod uploads;
+pub mod volumes;
 pub mod webhooks;
 
 /// Accepts a WebSocket for `by`: `pump` serves it until it ends, or until

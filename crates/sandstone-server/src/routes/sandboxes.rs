@@ -39,7 +39,16 @@ pub fn to_sandbox(st: &AppState, row: &SandboxRow) -> api::Sandbox {
                 .saturating_add((t.min(crate::limits::MAX_TTL) as i64) * 1000),
         )
     });
+    let mounts = config
+        .mounts
+        .iter()
+        .map(|m| api::volumes::ClaimMount {
+            sandboxvolume_id: m.sandboxvolume_id.clone(),
+            mount_point: m.mount_point.clone(),
+        })
+        .collect();
     api::Sandbox {
+        mounts,
         id: row.id.clone(),
         template_id: template_base(&row.template).to_string(),
         team_id: row.team_id.clone(),
@@ -76,8 +85,14 @@ pub async fn claim(
         ));
     }
     super::templates::check_template_team(&st, &by.team, &template).await?;
-    let config = req.config.clone().unwrap_or_default();
+    let mut config = req.config.clone().unwrap_or_default();
     super::network::check_bindings(&by, config.network.as_ref(), "config.network")?;
+    if !config.mounts.is_empty() {
+        return Err(ApiError::bad_request(
+            "invalid field `config.mounts`: volumes are bound with the claim's `mounts`",
+        ));
+    }
+    config.mounts = super::volumes::binds(&req.mounts)?;
     let started = std::time::Instant::now();
     let row = match st
         .lifecycle
@@ -107,6 +122,7 @@ pub async fn claim(
             runtime_id: runtime_id(&row),
             pod_name: runtime_id(&row),
             cluster_id: None,
+            bootstrap_mounts: super::volumes::bootstrap_status(&row),
         },
     ))
 }
