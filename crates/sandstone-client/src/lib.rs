@@ -178,9 +178,83 @@ impl Client {
         config: Option<api::SandboxConfig>,
         snapshot: Option<&str>,
     ) -> Result<api::ClaimResponse> {
-        let body = json!({"template": template, "config": config, "snapshot_id": snapshot});
-        self.call(Method::POST, "/api/v1/sandboxes", Some(body))
+        self.claim_request(&api::ClaimRequest {
+            template: Some(template.to_string()),
+            config,
+            snapshot_id: snapshot.map(str::to_string),
+            mounts: Vec::new(),
+        })
+        .await
+    }
+
+    /// Claims a sandbox as `req` says (volumes in `mounts` included).
+    pub async fn claim_request(&self, req: &api::ClaimRequest) -> Result<api::ClaimResponse> {
+        self.call(Method::POST, "/api/v1/sandboxes", Some(json!(req)))
             .await
+    }
+
+    pub async fn create_volume(
+        &self,
+        req: &api::volumes::CreateSandboxVolumeRequest,
+    ) -> Result<api::volumes::SandboxVolume> {
+        self.call(Method::POST, "/api/v1/sandboxvolumes", Some(json!(req)))
+            .await
+    }
+
+    pub async fn volumes(&self) -> Result<Vec<api::volumes::SandboxVolume>> {
+        self.call(Method::GET, "/api/v1/sandboxvolumes", None).await
+    }
+
+    pub async fn delete_volume(&self, id: &str) -> Result<serde_json::Value> {
+        let path = format!("/api/v1/sandboxvolumes/{id}");
+        self.call(Method::DELETE, &path, None).await
+    }
+
+    pub async fn fork_volume(&self, id: &str) -> Result<api::volumes::SandboxVolume> {
+        let path = format!("/api/v1/sandboxvolumes/{id}/fork");
+        self.call(Method::POST, &path, Some(json!({}))).await
+    }
+
+    pub async fn snapshot_volume(
+        &self,
+        id: &str,
+        name: &str,
+    ) -> Result<api::volumes::VolumeSnapshot> {
+        let path = format!("/api/v1/sandboxvolumes/{id}/snapshots");
+        self.call(Method::POST, &path, Some(json!({"name": name})))
+            .await
+    }
+
+    /// A file of a volume, read without a sandbox.
+    pub async fn read_volume_file(&self, id: &str, path: &str) -> Result<Vec<u8>> {
+        self.get_file(&format!("/api/v1/sandboxvolumes/{id}/files"), path)
+            .await
+    }
+
+    pub async fn write_volume_file(&self, id: &str, path: &str, data: Vec<u8>) -> Result<()> {
+        self.post_file(&format!("/api/v1/sandboxvolumes/{id}/files"), path, data)
+            .await
+    }
+
+    /// The bytes of file `path` at a files route.
+    async fn get_file(&self, route: &str, path: &str) -> Result<Vec<u8>> {
+        let req = self.http.get(self.url(route)).query(&[("path", path)]);
+        let resp = self.send(req).await?;
+        Ok(resp
+            .bytes()
+            .await
+            .map_err(|e| Error::Decode(e.to_string()))?
+            .to_vec())
+    }
+
+    async fn post_file(&self, route: &str, path: &str, data: Vec<u8>) -> Result<()> {
+        let req = self
+            .http
+            .post(self.url(route))
+            .query(&[("path", path)])
+            .header("content-type", "application/octet-stream")
+            .body(data);
+        self.send(req).await.map(drop)
     }
 
     /// The nodes sharing the daemon's database (`{"nodes": [...]}`).
@@ -511,26 +585,13 @@ impl Client {
     }
 
     pub async fn read_file(&self, id: &str, path: &str) -> Result<Vec<u8>> {
-        let req = self
-            .http
-            .get(self.url(&format!("/api/v1/sandboxes/{id}/files")))
-            .query(&[("path", path)]);
-        let resp = self.send(req).await?;
-        Ok(resp
-            .bytes()
+        self.get_file(&format!("/api/v1/sandboxes/{id}/files"), path)
             .await
-            .map_err(|e| Error::Decode(e.to_string()))?
-            .to_vec())
     }
 
     pub async fn write_file(&self, id: &str, path: &str, data: Vec<u8>) -> Result<()> {
-        let req = self
-            .http
-            .post(self.url(&format!("/api/v1/sandboxes/{id}/files")))
-            .query(&[("path", path)])
-            .header("content-type", "application/octet-stream")
-            .body(data);
-        self.send(req).await.map(drop)
+        self.post_file(&format!("/api/v1/sandboxes/{id}/files"), path, data)
+            .await
     }
 
     /// Runs one agent toolset tool (`bash`, `read`, `write`, `edit`, `glob`,

@@ -37,7 +37,7 @@ pub async fn shell(cli: &Cli, id: &str, command: &[String]) -> Result<()> {
 }
 
 /// Splits `SANDBOX:PATH`; a host path has no colon before its first slash.
-fn remote(spec: &str) -> Option<(&str, &str)> {
+pub fn remote(spec: &str) -> Option<(&str, &str)> {
     let (id, path) = spec.split_once(':')?;
     (!id.contains('/') && !id.is_empty()).then_some((id, path))
 }

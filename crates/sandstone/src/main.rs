@@ -15,6 +15,7 @@ mod sandbox_cmd;
 mod serve_cmd;
 mod snapshot_cmd;
 mod terminal;
+mod volume_cmd;
 mod worker_cmd;
 
 use anyhow::{Context, Result};
@@ -82,6 +83,12 @@ enum Cmd {
     Snapshot {
         #[command(subcommand)]
         cmd: snapshot_cmd::SnapshotCmd,
+    },
+    /// Sandbox volumes: workspaces that outlive sandboxes (mounted with
+    /// `create --mount VOLUME:/path`).
+    Volume {
+        #[command(subcommand)]
+        cmd: volume_cmd::VolumeCmd,
     },
     /// A sandbox's network policy.
     Policy {
@@ -333,6 +340,7 @@ async fn run(cli: Cli) -> Result<()> {
         } => sandbox_cmd::delete_template(&cli, name, *force).await,
         Cmd::Restore { id, snapshot } => snapshot_cmd::restore(&cli, id, snapshot).await,
         Cmd::Snapshot { cmd } => snapshot_cmd::run(&cli, cmd).await,
+        Cmd::Volume { cmd } => volume_cmd::run(&cli, cmd).await,
         Cmd::Policy { cmd } => policy_cmd::run(&cli, cmd).await,
         Cmd::Audit { id, follow, denied } => policy_cmd::audit(&cli, id, *follow, *denied).await,
         Cmd::Logs {

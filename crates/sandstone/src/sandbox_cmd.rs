@@ -34,6 +34,21 @@ pub struct CreateArgs {
     /// Only loopback: no network interface at all.
     #[arg(long, conflicts_with_all = ["allow", "deny"])]
     pub no_network: bool,
+    /// Bind a sandbox volume: `VOLUME:/path` (repeatable).
+    #[arg(long, value_parser = parse_mount)]
+    pub mount: Vec<sandstone_api::volumes::ClaimMount>,
+}
+
+fn parse_mount(s: &str) -> Result<sandstone_api::volumes::ClaimMount, String> {
+    match s.split_once(':') {
+        Some((vol, at)) if !vol.is_empty() && at.starts_with('/') => {
+            Ok(sandstone_api::volumes::ClaimMount {
+                sandboxvolume_id: vol.to_string(),
+                mount_point: at.to_string(),
+            })
+        }
+        _ => Err(format!("{s:?}: expected VOLUME:/path")),
+    }
 }
 
 pub async fn create(cli: &Cli, args: &CreateArgs) -> Result<()> {
@@ -53,7 +68,12 @@ pub async fn create(cli: &Cli, args: &CreateArgs) -> Result<()> {
         ..Default::default()
     };
     let c = client(cli)?
-        .claim_from(&args.template, Some(config), args.snapshot.as_deref())
+        .claim_request(&sandstone_api::ClaimRequest {
+            template: Some(args.template.clone()),
+            config: Some(config),
+            snapshot_id: args.snapshot.clone(),
+            mounts: args.mount.clone(),
+        })
         .await?;
     if cli.json {
         print_json(&c)

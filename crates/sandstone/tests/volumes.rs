@@ -429,3 +429,53 @@ async fn files_without_a_sandbox_never_leave_the_volume() {
         .unwrap();
     assert_eq!(r.status(), 404);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_cli_makes_copies_mounts_snapshots_and_forks_volumes() {
+    let d = Daemon::start().await;
+    let run = |args: &[&str]| {
+        let o = common::cli(&d, args, b"");
+        assert!(o.status.success(), "{args:?}: {}", common::text(&o.stderr));
+        common::text(&o.stdout).trim().to_string()
+    };
+    let vol = run(&["volume", "create", "--size", "1Gi", "--access-mode", "RWO"]);
+    let dir = tempfile::tempdir().unwrap();
+    let local = dir.path().join("in.txt");
+    std::fs::write(&local, "from the host\n").unwrap();
+    run(&[
+        "volume",
+        "cp",
+        local.to_str().unwrap(),
+        &format!("{vol}:/in.txt"),
+    ]);
+    let sb = run(&["create", "-t", "host", "--mount", &format!("{vol}:/data")]);
+    assert_eq!(out(&d.sh(&sb, "cat /data/in.txt").await), "from the host\n");
+    d.sh(&sb, "echo made inside > /data/out.txt").await;
+    let back = dir.path().join("out.txt");
+    run(&[
+        "volume",
+        "cp",
+        &format!("{vol}:out.txt"),
+        back.to_str().unwrap(),
+    ]);
+    assert_eq!(std::fs::read_to_string(&back).unwrap(), "made inside\n");
+    let snap = run(&["volume", "snapshot", &vol]);
+    assert!(snap.starts_with("vs-"), "{snap}");
+    let fork = run(&["volume", "fork", &vol]);
+    let listed = run(&["volume", "ls"]);
+    assert!(
+        listed.contains(&vol) && listed.contains(&fork) && listed.contains(&sb),
+        "{listed}"
+    );
+    // Mounted: not removed.
+    let o = common::cli(&d, &["volume", "rm", &vol], b"");
+    assert!(!o.status.success());
+    assert!(
+        common::text(&o.stderr).contains(&sb),
+        "{}",
+        common::text(&o.stderr)
+    );
+    run(&["rm", &sb]);
+    run(&["volume", "rm", &vol, &fork]);
+    assert!(!run(&["volume", "ls"]).contains(&vol));
+}
