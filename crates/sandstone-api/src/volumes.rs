@@ -72,6 +72,11 @@ pub struct CreateSandboxVolumeRequest {
     /// default is the sandbox default disk cap.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub size: Option<String>,
+    /// Sandstone extension: labels for the caller's bookkeeping, listed
+    /// with the volume and filterable (`GET
+    /// /sandboxvolumes?metadata.<key>=<value>`).
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub metadata: std::collections::BTreeMap<String, String>,
 }
 
 /// `POST /api/v1/sandboxvolumes/{id}/fork`.
@@ -107,6 +112,9 @@ pub struct SandboxVolume {
     /// Sandstone extension: the sandboxes that mount it now.
     #[serde(default)]
     pub mounted_by: Vec<String>,
+    /// Sandstone extension: its labels.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub metadata: std::collections::BTreeMap<String, String>,
     pub created_at: String,
     pub updated_at: String,
 }

@@ -726,10 +726,13 @@ impl Client {
     }
 
     pub async fn list_dir(&self, id: &str, path: &str) -> Result<Vec<api::FileInfo>> {
-        let req = self
-            .http
-            .get(self.url(&format!("/api/v1/sandboxes/{id}/files/list")))
-            .query(&[("path", path)]);
+        self.list_at(&format!("/api/v1/sandboxes/{id}/files/list"), path)
+            .await
+    }
+
+    /// Entries of directory `path` at a files route's `list`.
+    async fn list_at(&self, route: &str, path: &str) -> Result<Vec<api::FileInfo>> {
+        let req = self.http.get(self.url(route)).query(&[("path", path)]);
         let list: api::FileList = self.data(req).await?;
         Ok(list.entries)
     }
@@ -752,6 +755,25 @@ impl Client {
         )
         .await
         .map(drop)
+    }
+
+    /// Sandbox volumes labelled `key=value`.
+    pub async fn find_labeled_volumes(
+        &self,
+        key: &str,
+        value: &str,
+    ) -> Result<Vec<api::volumes::SandboxVolume>> {
+        let req = self
+            .http
+            .get(self.url("/api/v1/sandboxvolumes"))
+            .query(&[(&format!("metadata.{key}"), value)]);
+        self.data(req).await
+    }
+
+    /// Entries of directory `path` of a volume.
+    pub async fn list_volume_dir(&self, id: &str, path: &str) -> Result<Vec<api::FileInfo>> {
+        self.list_at(&format!("/api/v1/sandboxvolumes/{id}/files/list"), path)
+            .await
     }
 
     /// Sandboxes labelled `key=value` (see `SandboxConfig::metadata`).

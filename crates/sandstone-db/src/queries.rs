@@ -1565,7 +1565,7 @@ impl SshKeyStore for Backend {
 
 macro_rules! volume_cols {
     () => {
-        "id, team_id, created_by, access_mode, size_bytes, default_uid, default_gid, source_volume_id, node_id, created_at, updated_at"
+        "id, team_id, created_by, access_mode, size_bytes, default_uid, default_gid, source_volume_id, node_id, metadata, created_at, updated_at"
     };
 }
 
@@ -1587,6 +1587,8 @@ fn row_to_volume(r: &Row) -> Result<VolumeRow> {
         default_gid: r.get("default_gid"),
         source_volume_id: r.get("source_volume_id"),
         node_id: r.get("node_id"),
+        metadata: serde_json::from_str(r.get::<&str, _>("metadata"))
+            .map_err(|e| Error::Corrupt(format!("volume metadata: {e}")))?,
         created_at: r.get("created_at"),
         updated_at: r.get("updated_at"),
     })
@@ -1620,7 +1622,7 @@ impl VolumeStore for Backend {
             sqlx::query(concat!(
                 "INSERT INTO sandbox_volumes (",
                 volume_cols!(),
-                ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"
+                ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)"
             ))
             .bind(&v.id)
             .bind(&v.team_id)
@@ -1631,6 +1633,7 @@ impl VolumeStore for Backend {
             .bind(v.default_gid)
             .bind(&v.source_volume_id)
             .bind(&v.node_id)
+            .bind(serde_json::to_string(&v.metadata).map_err(|e| Error::Corrupt(e.to_string()))?)
             .bind(v.created_at)
             .bind(v.updated_at)
             .execute(&self.writer)
@@ -2648,6 +2651,7 @@ mod tests {
             default_gid: 0,
             source_volume_id: None,
             node_id: "node-a".into(),
+            metadata: [("cma.session".to_string(), "s1".to_string())].into(),
             created_at: 1,
             updated_at: 1,
         };

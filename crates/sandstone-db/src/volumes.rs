@@ -24,6 +24,8 @@ pub struct VolumeRow {
     pub source_volume_id: Option<String>,
     /// The node whose storage pool holds it.
     pub node_id: String,
+    /// Labels for the caller's bookkeeping (a Sandstone extension).
+    pub metadata: std::collections::BTreeMap<String, String>,
     pub created_at: i64,
     pub updated_at: i64,
 }

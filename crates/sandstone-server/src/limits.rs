@@ -108,7 +108,7 @@ pub const MAX_TTL: u64 = 10 * 365 * 24 * 3600;
 /// 0 disables), and the rest of what it sets.
 pub fn check_config(config: &sandstone_api::SandboxConfig) -> Result<(), Error> {
     env_vars("config.env_vars", &config.env_vars)?;
-    metadata(&config.metadata)?;
+    metadata("config.metadata", &config.metadata)?;
     sandstone_api::services::check_services(&config.services, "config.services")
         .map_err(Error::Invalid)?;
     if let Some(dir) = &config.uploads_dir {
@@ -146,12 +146,13 @@ fn uploads_dir(dir: &str) -> Result<(), Error> {
     Ok(())
 }
 
-/// At most 16 labels; keys 1-64 of `[A-Za-z0-9._/-]`, values up to 512 bytes.
-fn metadata(m: &std::collections::BTreeMap<String, String>) -> Result<(), Error> {
+/// At most 16 labels; keys 1-64 of `[A-Za-z0-9._/-]`, values up to 512
+/// bytes. `field` names them in a refusal.
+pub fn metadata(field: &str, m: &std::collections::BTreeMap<String, String>) -> Result<(), Error> {
     if m.len() > 16 {
-        return Err(Error::Invalid(
-            "invalid field `config.metadata`: at most 16 pairs".into(),
-        ));
+        return Err(Error::Invalid(format!(
+            "invalid field `{field}`: at most 16 pairs"
+        )));
     }
     for (k, v) in m {
         let key_ok = (1..=64).contains(&k.len())
@@ -159,7 +160,7 @@ fn metadata(m: &std::collections::BTreeMap<String, String>) -> Result<(), Error>
                 .all(|b| b.is_ascii_alphanumeric() || b"._/-".contains(&b));
         if !key_ok || v.len() > 512 {
             return Err(Error::Invalid(format!(
-                "invalid field `config.metadata.{k}`: keys are 1-64 of A-Z a-z 0-9 . _ / -, values at most 512 bytes"
+                "invalid field `{field}.{k}`: keys are 1-64 of A-Z a-z 0-9 . _ / -, values at most 512 bytes"
             )));
         }
     }

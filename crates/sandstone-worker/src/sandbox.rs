@@ -2,6 +2,12 @@
 //! the sandbox's own metadata, so any worker on any host finds it: the first
 //! item of a session claims a sandbox, later items resume the same one, and
 //! every item ends by pausing it (compute released, files kept).
+//!
+//! The session's files are not the sandbox's: its `/workspace` and its
+//! outputs directory are sandbox volumes (labelled with the session), bound
+//! into whatever sandbox serves it. A session whose sandbox is gone (deleted,
+//! lost) gets a new one, on the worker's template of the day, with its files
+//! intact; its outputs are read without waking a sandbox.
 
 use futures_util::future::BoxFuture;
 use sandstone_agents_api::Checkout;
@@ -14,6 +20,34 @@ use std::sync::Arc;
 /// The metadata label naming the session a sandbox serves.
 pub const SESSION_LABEL: &str = "cma.session";
 const ENVIRONMENT_LABEL: &str = "cma.environment";
+/// On a session's volume: which of its directories it holds
+/// ([`VolumeRole`]).
+pub const VOLUME_LABEL: &str = "cma.volume";
+
+/// The session directories kept on volumes, and where they are mounted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VolumeRole {
+    Workspace,
+    Outputs,
+}
+
+impl VolumeRole {
+    pub const ALL: [VolumeRole; 2] = [VolumeRole::Workspace, VolumeRole::Outputs];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            VolumeRole::Workspace => "workspace",
+            VolumeRole::Outputs => "outputs",
+        }
+    }
+
+    pub fn mount_point(self) -> &'static str {
+        match self {
+            VolumeRole::Workspace => WORKDIR,
+            VolumeRole::Outputs => OUTPUTS_DIR,
+        }
+    }
+}
 /// Set on a sandbox given the uploads directory, whose files then follow
 /// the session's `file` resources on each item.
 const UPLOADS_LABEL: &str = "cma.uploads";
@@ -170,9 +204,15 @@ impl SessionSandboxes {
                 resumed: true,
             });
         }
+        let (mounts, fresh) = self.session_volumes(session).await?;
         let claimed = self
             .client
-            .claim(&self.template, Some(self.config(session, extras)))
+            .claim_request(&sandstone_api::ClaimRequest {
+                template: Some(self.template.clone()),
+                config: Some(self.config(session, extras)),
+                snapshot_id: None,
+                mounts,
+            })
             .await?;
         let id = claimed.sandbox_id;
         // Independent directories: made at once, one round trip of latency.
@@ -185,7 +225,8 @@ impl SessionSandboxes {
             let _ = self.client.delete(&id).await;
             return Err(e.into());
         }
-        for r in &extras.repositories {
+        // A workspace that moved here from another sandbox has them.
+        for r in extras.repositories.iter().filter(|_| fresh) {
             if let Err(e) = self.clone_into(&id, r).await {
                 // Gone, so the next item starts over rather than find a
                 // sandbox without its repositories.
@@ -327,6 +368,46 @@ impl SessionSandboxes {
     ) -> Result<Option<SandboxSummary>, sandstone_client::Error> {
         let found = self.client.find_labeled(SESSION_LABEL, session).await?;
         Ok(found.into_iter().next())
+    }
+
+    /// The session's volumes as a claim's mounts (made if missing), and
+    /// whether its workspace is new.
+    async fn session_volumes(
+        &self,
+        session: &str,
+    ) -> Result<(Vec<sandstone_api::volumes::ClaimMount>, bool), AcquireError> {
+        let found = self
+            .client
+            .find_labeled_volumes(SESSION_LABEL, session)
+            .await?;
+        let mut mounts = Vec::new();
+        let mut fresh = false;
+        for role in VolumeRole::ALL {
+            let have = found
+                .iter()
+                .find(|v| v.metadata.get(VOLUME_LABEL).map(String::as_str) == Some(role.label()));
+            let id = match have {
+                Some(v) => v.id.clone(),
+                None => {
+                    fresh |= role == VolumeRole::Workspace;
+                    let metadata = BTreeMap::from([
+                        (SESSION_LABEL.to_string(), session.to_string()),
+                        (ENVIRONMENT_LABEL.to_string(), self.environment.clone()),
+                        (VOLUME_LABEL.to_string(), role.label().to_string()),
+                    ]);
+                    let req = sandstone_api::volumes::CreateSandboxVolumeRequest {
+                        metadata,
+                        ..Default::default()
+                    };
+                    self.client.create_volume(&req).await?.id
+                }
+            };
+            mounts.push(sandstone_api::volumes::ClaimMount {
+                sandboxvolume_id: id,
+                mount_point: role.mount_point().to_string(),
+            });
+        }
+        Ok((mounts, fresh))
     }
 
     fn config(&self, session: &str, extras: &SessionExtras) -> SandboxConfig {

@@ -211,17 +211,54 @@ pub async fn session(c: &Client, cmd: &SessionCmd) -> Result<()> {
     Ok(())
 }
 
+/// Where a session's outputs are read from: its outputs volume (no
+/// sandbox is woken), or, for a session served before volumes, its
+/// sandbox.
+enum OutputsAt {
+    Volume(String),
+    Sandbox(String),
+}
+
+impl OutputsAt {
+    async fn find(c: &Client, session: &str) -> Result<(OutputsAt, String)> {
+        use sandstone_worker::sandbox::{OUTPUTS_DIR, SESSION_LABEL, VOLUME_LABEL, VolumeRole};
+        let volumes = c.find_labeled_volumes(SESSION_LABEL, session).await?;
+        let outputs = VolumeRole::Outputs.label();
+        if let Some(v) = volumes
+            .iter()
+            .find(|v| v.metadata.get(VOLUME_LABEL).map(String::as_str) == Some(outputs))
+        {
+            return Ok((OutputsAt::Volume(v.id.clone()), "/".into()));
+        }
+        let found = c.find_labeled(SESSION_LABEL, session).await?;
+        let Some(sandbox) = found.first() else {
+            anyhow::bail!("no sandbox serves session {session}: has a worker served it yet?");
+        };
+        Ok((OutputsAt::Sandbox(sandbox.id.clone()), OUTPUTS_DIR.into()))
+    }
+
+    async fn list(&self, c: &Client, dir: &str) -> Result<Vec<sandstone_api::FileInfo>> {
+        Ok(match self {
+            OutputsAt::Volume(id) => c.list_volume_dir(id, dir).await?,
+            OutputsAt::Sandbox(id) => c.list_dir(id, dir).await?,
+        })
+    }
+
+    async fn read(&self, c: &Client, path: &str) -> Result<Vec<u8>> {
+        Ok(match self {
+            OutputsAt::Volume(id) => c.read_volume_file(id, path).await?,
+            OutputsAt::Sandbox(id) => c.read_file(id, path).await?,
+        })
+    }
+}
+
 /// Lists (and with `to`, downloads) a session's outputs. Only regular
 /// files are taken; a name is never joined unless it is a plain component.
 async fn outputs(c: &Client, session: &str, to: Option<&std::path::Path>) -> Result<()> {
-    use sandstone_worker::sandbox::{OUTPUTS_DIR, SESSION_LABEL};
-    let found = c.find_labeled(SESSION_LABEL, session).await?;
-    let Some(sandbox) = found.first() else {
-        anyhow::bail!("no sandbox serves session {session}: has a worker served it yet?");
-    };
-    let mut dirs = vec![(OUTPUTS_DIR.to_string(), std::path::PathBuf::new())];
+    let (at, root) = OutputsAt::find(c, session).await?;
+    let mut dirs = vec![(root, std::path::PathBuf::new())];
     while let Some((dir, rel)) = dirs.pop() {
-        for e in c.list_dir(&sandbox.id, &dir).await? {
+        for e in at.list(c, &dir).await? {
             let plain =
                 !e.name.is_empty() && e.name != "." && e.name != ".." && !e.name.contains('/');
             if !plain {
@@ -237,7 +274,7 @@ async fn outputs(c: &Client, session: &str, to: Option<&std::path::Path>) -> Res
                         if let Some(parent) = dest.parent() {
                             std::fs::create_dir_all(parent)?;
                         }
-                        let bytes = c.read_file(&sandbox.id, &e.path).await?;
+                        let bytes = at.read(c, &e.path).await?;
                         std::fs::write(&dest, bytes)
                             .with_context(|| format!("writing {}", dest.display()))?;
                     }

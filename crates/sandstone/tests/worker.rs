@@ -326,6 +326,52 @@ async fn a_session_pauses_between_turns_and_comes_back_to_its_workspace() {
     assert_eq!(resumed, [false, true]);
 }
 
+/// The session's files are volumes: its outputs are read without waking
+/// its sandbox, and when the sandbox is deleted the next item claims a new
+/// one with the session's workspace and outputs intact.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_session_moves_to_a_new_sandbox_with_its_files() {
+    let model = FakeModel::start();
+    let d = daemon(&model, 30).await;
+    let (env, key) = environment(&d).await;
+    let worker = WorkerProc::start(&d, &d.url, &env, &key, &[]);
+    let sid = session_on(&d, &env, "worker_turn", toolset()).await;
+    say(&d, &sid, "first").await;
+    idle_with(&d, &sid, "end_turn").await;
+    let first = wait_paused(&d, &sid).await;
+    let o = cli(&d, &["session", "outputs", &sid], b"");
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    assert_eq!(text(&o.stdout), "7\treport.txt\n");
+    let (_, v) = d.get(&format!("/api/v1/sandboxes/{first}")).await;
+    assert_eq!(
+        v["data"]["status"], "paused",
+        "reading outputs woke it: {v}"
+    );
+
+    let (s, _) = d.delete(&format!("/api/v1/sandboxes/{first}")).await;
+    assert_eq!(s, 202);
+    say(&d, &sid, "second").await;
+    within(Duration::from_secs(60), async || {
+        tool_results(&events(&d, &sid).await).len() == 2
+    })
+    .await;
+    let results = tool_results(&events(&d, &sid).await);
+    assert_eq!(results[1].1, "one\ntwo", "{}", worker.log());
+    let second = wait_paused(&d, &sid).await;
+    assert_ne!(second, first);
+    let (s, v) = d
+        .get(&format!(
+            "/api/v1/sandboxvolumes?metadata.cma.session={sid}"
+        ))
+        .await;
+    assert_eq!(s, 200, "{v}");
+    let volumes = v["data"].as_array().unwrap();
+    assert_eq!(volumes.len(), 2, "{v}");
+    for vol in volumes {
+        assert_eq!(vol["mounted_by"], json!([second]), "{v}");
+    }
+}
+
 /// Builds template `name` whose `/etc/toolchain` says `version`.
 fn build_toolchain(d: &Daemon, name: &str, version: &str) {
     let dir = tempfile::tempdir().unwrap();

@@ -36,6 +36,7 @@ pub struct NewVolume {
     pub snapshot: Option<String>,
     /// Fork this volume's files (copy-on-write).
     pub source: Option<String>,
+    pub metadata: std::collections::BTreeMap<String, String>,
 }
 
 /// The running file helpers, by volume.
@@ -139,6 +140,7 @@ impl Lifecycle {
             default_gid: new.owner.gid.into(),
             source_volume_id: new.source,
             node_id: self.node.clone(),
+            metadata: new.metadata,
             created_at: now,
             updated_at: now,
         };

@@ -56,6 +56,7 @@ async fn to_api(st: &AppState, v: VolumeRow) -> ApiResult<SandboxVolume> {
         storage_observed_at: usage.map(|_| rfc3339_ms(sandstone_api::timefmt::now_ms())),
         size_bytes: v.size_bytes,
         mounted_by,
+        metadata: v.metadata,
         created_at: rfc3339_ms(v.created_at),
         updated_at: rfc3339_ms(v.updated_at),
         id: v.id,
@@ -98,6 +99,7 @@ pub async fn create(
     let uid = posix_id("default_posix_uid", req.default_posix_uid)?.unwrap_or(0);
     let gid = posix_id("default_posix_gid", req.default_posix_gid)?.unwrap_or(0);
     let size_bytes = st.lifecycle.volume_cap(req.size.as_deref())?;
+    crate::limits::metadata("metadata", &req.metadata)?;
     let v = st
         .lifecycle
         .create_volume(NewVolume {
@@ -108,18 +110,30 @@ pub async fn create(
             owner: sandstone_volumes::Owner { uid, gid },
             snapshot: req.snapshot_id,
             source: None,
+            metadata: req.metadata,
         })
         .await?;
     Ok(ok(StatusCode::CREATED, to_api(&st, v).await?))
 }
 
+/// `?metadata.<key>=<value>` filters (all must hold).
 pub async fn list(
     State(st): State<AppState>,
     Extension(by): Extension<Caller>,
+    Query(q): Query<HashMap<String, String>>,
 ) -> ApiResult<Response> {
+    let wanted: Vec<(&str, &String)> = q
+        .iter()
+        .filter_map(|(k, v)| Some((k.strip_prefix("metadata.")?, v)))
+        .collect();
     let mut out = Vec::new();
     for v in st.lifecycle.volumes.list_volumes(&by.team).await? {
-        out.push(to_api(&st, v).await?);
+        if wanted
+            .iter()
+            .all(|(k, val)| v.metadata.get(*k) == Some(*val))
+        {
+            out.push(to_api(&st, v).await?);
+        }
     }
     Ok(ok(StatusCode::OK, out))
 }
@@ -171,6 +185,7 @@ pub async fn fork(
             },
             snapshot: None,
             source: Some(src.id),
+            metadata: src.metadata,
         })
         .await?;
     Ok(ok(StatusCode::CREATED, to_api(&st, v).await?))
