@@ -827,6 +827,9 @@ pub struct TemplateSpecRequest {
     /// though not in the spec, which it sends as an empty list.
     #[serde(default)]
     pub ephemeral_mounts: Vec<Unsupported>,
+    /// Where its sandboxes take sandbox volumes (the 2026-07 spec's).
+    #[serde(default)]
+    pub volume_mounts: Vec<volumes::VolumeMountSpec>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -889,6 +892,9 @@ pub struct TemplateSpec {
     /// The base environment of the template's processes.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub env_vars: BTreeMap<String, String>,
+    /// Where its sandboxes take sandbox volumes.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub volume_mounts: Vec<volumes::VolumeMountSpec>,
 }
 
 /// Sandbox0's `PoolStrategy`: the warm sandboxes kept for a template.

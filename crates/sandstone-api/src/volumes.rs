@@ -158,6 +158,44 @@ pub struct VolumeBind {
     pub read_only: bool,
 }
 
+/// A mount point a template declares (Sandbox0's `VolumeMountSpec`):
+/// when a template declares any, claims bind volumes there and nowhere
+/// else, read-only where it says so.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct VolumeMountSpec {
+    pub name: String,
+    pub mount_path: String,
+    #[serde(default)]
+    pub read_only: bool,
+}
+
+/// Longest mount point.
+pub const MAX_MOUNT_POINT: usize = 256;
+
+/// Why `p` cannot be a mount point, if it cannot: it must be absolute and
+/// normal (no `.`, `..`, empty or trailing component), at most
+/// [`MAX_MOUNT_POINT`] bytes, and not under /proc, /sys or /dev (the
+/// kernel's and the runtime's).
+pub fn mount_point_problem(p: &str) -> Option<&'static str> {
+    let normal = p.starts_with('/')
+        && p.len() > 1
+        && p.len() <= MAX_MOUNT_POINT
+        && !p.ends_with('/')
+        && !p.contains('\0')
+        && p[1..]
+            .split('/')
+            .all(|c| !c.is_empty() && c != "." && c != "..");
+    if !normal {
+        return Some("not an absolute, normal path below / of at most 256 bytes");
+    }
+    let first = p[1..].split('/').next().unwrap_or_default();
+    if matches!(first, "proc" | "sys" | "dev") {
+        return Some("under /proc, /sys or /dev, which are the kernel's and the runtime's");
+    }
+    None
+}
+
 /// Where a claim's mount stands (Sandbox0's `MountStatus`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

@@ -171,6 +171,8 @@ pub struct Template {
     /// Warm sandboxes kept for it; `None`: the daemon's default.
     pub warm: Option<u32>,
     pub warm_max: Option<u32>,
+    /// Where its sandboxes take sandbox volumes (any path when empty).
+    pub volume_mounts: Vec<sandstone_api::volumes::VolumeMountSpec>,
     /// The base environment of its sandboxes' processes (an image's
     /// `Env`); the claim's `env_vars` go over it.
     pub env: std::collections::BTreeMap<String, String>,
@@ -215,6 +217,9 @@ pub struct TemplateSettings {
     /// refill at a time never overshoots `warm`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub warm_max: Option<u32>,
+    /// Where its sandboxes take sandbox volumes (any path when empty).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub volume_mounts: Vec<sandstone_api::volumes::VolumeMountSpec>,
 }
 
 impl Template {
@@ -250,6 +255,7 @@ impl Template {
             tags: settings.tags,
             warm: settings.warm,
             warm_max: settings.warm_max,
+            volume_mounts: settings.volume_mounts,
             env: Default::default(),
             image: None,
             working_dir: None,

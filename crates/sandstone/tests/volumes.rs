@@ -479,3 +479,41 @@ async fn the_cli_makes_copies_mounts_snapshots_and_forks_volumes() {
     run(&["volume", "rm", &vol, &fork]);
     assert!(!run(&["volume", "ls"]).contains(&vol));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_template_declares_where_its_sandboxes_take_volumes() {
+    let mut d = Daemon::set_up(&["--pool-gib", "4"], "").await;
+    let declared = json!({"volume_mounts": [
+        {"name": "work", "mountPath": "/workspace"},
+        {"name": "reference", "mountPath": "/ref", "readOnly": true},
+    ]});
+    std::fs::write(
+        d.data.path().join("templates/host/template.json"),
+        declared.to_string(),
+    )
+    .unwrap();
+    d.spawn().await;
+    let (s, t) = d.get("/api/v1/templates/host").await;
+    assert_eq!(s, 200, "{t}");
+    assert_eq!(
+        t["data"]["spec"]["volumeMounts"][1]["mountPath"], "/ref",
+        "{t}"
+    );
+    let vol = volume(&d, json!({})).await;
+    let (s, v) = claim(
+        &d,
+        "host",
+        json!([{"sandboxvolume_id": vol, "mount_point": "/elsewhere"}]),
+    )
+    .await;
+    assert_eq!(s, 400, "{v}");
+    assert!(v.to_string().contains("/workspace, /ref"), "{v}");
+    // Read-only where the template says so, though the volume is RWO; a
+    // read-only mount leaves the volume to a writer.
+    let reader = mounted(&d, "host", &vol, "/ref").await;
+    let r = d.sh(&reader, "touch /ref/x 2>&1; echo rc=$?").await;
+    assert!(out(&r).contains("Read-only file system"), "{r}");
+    let writer = mounted(&d, "host", &vol, "/workspace").await;
+    d.sh(&writer, "echo w > /workspace/x").await;
+    assert_eq!(out(&d.sh(&reader, "cat /ref/x").await), "w\n");
+}

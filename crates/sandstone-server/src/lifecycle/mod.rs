@@ -853,7 +853,9 @@ impl Lifecycle {
         let mut phases = Phases::start();
         let mut config = config;
         if !config.mounts.is_empty() {
-            config.mounts = self.reserve_mounts(&id, &config.mounts, team).await?;
+            config.mounts = self
+                .reserve_mounts(&id, &config.mounts, team, &template.volume_mounts)
+                .await?;
             undo.mounts = true;
         }
         match snapshot {

@@ -11,7 +11,7 @@
 //! it, and restored only while nothing mounts it read-write.
 
 use super::{Error, Lifecycle, Result, internal, now_ms, random_hex};
-use sandstone_api::volumes::{AccessMode, VolumeBind};
+use sandstone_api::volumes::{AccessMode, VolumeBind, VolumeMountSpec};
 use sandstone_db::volumes::{VolumeMountRow, VolumeRow, VolumeSnapshotRow};
 use sandstone_init::proto::VolumeHelperSpec;
 use sandstone_runtime::BindMount;
@@ -254,27 +254,40 @@ impl Lifecycle {
     }
 
     /// Records `binds` as sandbox `id`'s mounts (all, or none), each
-    /// checked: the volume is `team`'s, on this node, and its access mode
-    /// allows another mount. Returns them with their read-only flags.
+    /// checked: at a mount point the template `declared` (when it declares
+    /// any), a volume of `team`'s on this node whose access mode allows
+    /// another mount. Returns them with their read-only flags (the
+    /// volume's `ROX`, or the declaration's `readOnly`).
     pub(super) async fn reserve_mounts(
         &self,
         id: &str,
         binds: &[VolumeBind],
         team: &str,
+        declared: &[VolumeMountSpec],
     ) -> Result<Vec<VolumeBind>> {
         let mut rows = Vec::with_capacity(binds.len());
         let mut out = Vec::with_capacity(binds.len());
-        for b in binds {
+        for (i, b) in binds.iter().enumerate() {
+            let declaration = declared.iter().find(|d| d.mount_path == b.mount_point);
+            if !declared.is_empty() && declaration.is_none() {
+                let paths: Vec<&str> = declared.iter().map(|d| d.mount_path.as_str()).collect();
+                return Err(Error::Invalid(format!(
+                    "invalid field `mounts[{i}].mount_point`: the template takes volumes at {} only",
+                    paths.join(", ")
+                )));
+            }
             let v = self.local_volume(&b.sandboxvolume_id, team).await?;
+            let read_only = v.access_mode.read_only() || declaration.is_some_and(|d| d.read_only);
             rows.push(VolumeMountRow {
                 volume_id: v.id.clone(),
                 sandbox_id: id.to_string(),
                 mount_point: b.mount_point.clone(),
-                read_only: v.access_mode.read_only(),
-                exclusive: v.access_mode.exclusive(),
+                read_only,
+                // A read-only mount of an RWO volume leaves it to its writer.
+                exclusive: v.access_mode.exclusive() && !read_only,
             });
             out.push(VolumeBind {
-                read_only: v.access_mode.read_only(),
+                read_only,
                 ..b.clone()
             });
         }

@@ -48,6 +48,7 @@ fn to_api(t: sandstone_volumes::Template) -> api::Template {
                 },
             },
             env_vars: t.env,
+            volume_mounts: t.volume_mounts,
         },
         status: None,
         created_at: made.clone(),
@@ -81,6 +82,7 @@ fn creating(id: &str, c: Creating) -> api::Template {
                 },
             },
             env_vars: Default::default(),
+            volume_mounts: Vec::new(),
         },
         status: Some(api::TemplateStatus {
             creation: api::CreationStatus {
@@ -283,8 +285,38 @@ fn pulled_from(spec: api::TemplateSpecRequest) -> ApiResult<sandstone_volumes::P
             tags: spec.tags,
             warm: spec.pool.map(|p| p.min_idle),
             warm_max: spec.pool.map(|p| p.max_idle),
+            volume_mounts: declared_mounts(spec.volume_mounts)?,
         },
     })
+}
+
+/// A template's `volumeMounts`, checked: named, at sane paths, each once.
+fn declared_mounts(
+    mounts: Vec<api::volumes::VolumeMountSpec>,
+) -> ApiResult<Vec<api::volumes::VolumeMountSpec>> {
+    for (i, m) in mounts.iter().enumerate() {
+        if m.name.is_empty() || m.name.len() > 63 {
+            return Err(ApiError::bad_request(format!(
+                "invalid field `spec.volumeMounts[{i}].name`: 1 to 63 characters"
+            )));
+        }
+        if let Some(why) = api::volumes::mount_point_problem(&m.mount_path) {
+            return Err(ApiError::bad_request(format!(
+                "invalid field `spec.volumeMounts[{i}].mountPath`: {:?} is {why}",
+                m.mount_path
+            )));
+        }
+        let earlier = &mounts[..i];
+        if earlier
+            .iter()
+            .any(|e| e.name == m.name || e.mount_path == m.mount_path)
+        {
+            return Err(ApiError::bad_request(format!(
+                "invalid field `spec.volumeMounts[{i}]`: its name or mountPath is declared twice"
+            )));
+        }
+    }
+    Ok(mounts)
 }
 
 /// `POST /api/v1/templates`: pulls `spec.mainContainer.image` and makes

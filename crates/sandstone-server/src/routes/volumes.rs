@@ -19,6 +19,7 @@ use sandstone_api::timefmt::rfc3339_ms;
 use sandstone_api::volumes::{
     AccessMode, ArchiveImport, ClaimMount, CreateSandboxVolumeRequest, CreateVolumeSnapshotRequest,
     ForkVolumeRequest, MountState, MountStatus, SandboxVolume, VolumeBind, VolumeSnapshot,
+    mount_point_problem,
 };
 use sandstone_db::SandboxRow;
 use sandstone_db::volumes::{VolumeRow, VolumeSnapshotRow};
@@ -26,10 +27,6 @@ use sandstone_init::proto::{Request, Response as Init};
 use serde_json::json;
 use std::collections::HashMap;
 
-/// Mount points a volume may not cover: what the kernel and the runtime
-/// provide there.
-const RESERVED: &[&str] = &["/proc", "/sys", "/dev"];
-const MAX_MOUNT_POINT: usize = 256;
 /// Mounts one claim may ask for.
 const MAX_MOUNTS: usize = 16;
 
@@ -264,25 +261,9 @@ pub fn binds(mounts: &[ClaimMount]) -> ApiResult<Vec<VolumeBind>> {
     for (i, m) in mounts.iter().enumerate() {
         let field = format!("mounts[{i}].mount_point");
         let p = m.mount_point.as_str();
-        let normal = p.starts_with('/')
-            && p.len() > 1
-            && p.len() <= MAX_MOUNT_POINT
-            && !p.ends_with('/')
-            && p[1..]
-                .split('/')
-                .all(|c| !c.is_empty() && c != "." && c != "..")
-            && !p.contains('\0');
-        if !normal {
+        if let Some(why) = mount_point_problem(p) {
             return Err(ApiError::bad_request(format!(
-                "invalid field `{field}`: {p:?} is not an absolute, normal path below / (at most {MAX_MOUNT_POINT} bytes)"
-            )));
-        }
-        if RESERVED
-            .iter()
-            .any(|r| p == *r || p.starts_with(&format!("{r}/")))
-        {
-            return Err(ApiError::bad_request(format!(
-                "invalid field `{field}`: {p} is the kernel's or the runtime's"
+                "invalid field `{field}`: {p:?} is {why}"
             )));
         }
         if out.iter().any(|b| b.mount_point == p) {
