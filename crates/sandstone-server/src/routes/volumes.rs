@@ -332,15 +332,25 @@ pub async fn read_file(
     Query(q): Query<HashMap<String, String>>,
     headers: axum::http::HeaderMap,
 ) -> ApiResult<Response> {
-    let path = path_param(&q)?;
-    let socket = helper(&st, &by, &id).await?;
     let json = files::wants_json(&headers);
-    audited(
-        files::read_at(&st, &socket, path.clone(), json).await,
-        &by,
-        &id,
-        &path,
-    )
+    on_path(&st, &by, &id, &q, async |s, p| {
+        files::read_at(&st, &s, p, json).await
+    })
+    .await
+}
+
+/// Runs `op` on the request's `path` through the volume's helper, with an
+/// audit record if the path leads out of the volume.
+async fn on_path(
+    st: &AppState,
+    by: &Caller,
+    id: &str,
+    q: &HashMap<String, String>,
+    op: impl AsyncFnOnce(InitSocket, String) -> ApiResult<Response>,
+) -> ApiResult<Response> {
+    let path = path_param(q)?;
+    let socket = helper(st, by, id).await?;
+    audited(op(socket, path.clone()).await, by, id, &path)
 }
 
 pub async fn write_file(
@@ -350,10 +360,10 @@ pub async fn write_file(
     Query(q): Query<HashMap<String, String>>,
     body: axum::body::Body,
 ) -> ApiResult<Response> {
-    let path = path_param(&q)?;
-    let socket = helper(&st, &by, &id).await?;
-    let r = files::write_at(&st, &socket, path.clone(), &q, body).await;
-    audited(r, &by, &id, &path)
+    on_path(&st, &by, &id, &q, async |s, p| {
+        files::write_at(&st, &s, p, &q, body).await
+    })
+    .await
 }
 
 pub async fn remove_file(
@@ -362,19 +372,15 @@ pub async fn remove_file(
     Path(id): Path<String>,
     Query(q): Query<HashMap<String, String>>,
 ) -> ApiResult<Response> {
-    let path = path_param(&q)?;
-    if path.trim_end_matches('/').is_empty() {
+    if path_param(&q)?.trim_end_matches('/').is_empty() {
         return Err(ApiError::bad_request(
             "invalid `path`: the volume's root is removed with the volume",
         ));
     }
-    let socket = helper(&st, &by, &id).await?;
-    audited(
-        files::remove_at(&socket, path.clone()).await,
-        &by,
-        &id,
-        &path,
-    )
+    on_path(&st, &by, &id, &q, async |s, p| {
+        files::remove_at(&s, p).await
+    })
+    .await
 }
 
 pub async fn stat(
@@ -383,9 +389,7 @@ pub async fn stat(
     Path(id): Path<String>,
     Query(q): Query<HashMap<String, String>>,
 ) -> ApiResult<Response> {
-    let path = path_param(&q)?;
-    let socket = helper(&st, &by, &id).await?;
-    audited(files::stat_at(&socket, path.clone()).await, &by, &id, &path)
+    on_path(&st, &by, &id, &q, async |s, p| files::stat_at(&s, p).await).await
 }
 
 pub async fn list_files(
@@ -394,9 +398,7 @@ pub async fn list_files(
     Path(id): Path<String>,
     Query(q): Query<HashMap<String, String>>,
 ) -> ApiResult<Response> {
-    let path = path_param(&q)?;
-    let socket = helper(&st, &by, &id).await?;
-    audited(files::list_at(&socket, path.clone()).await, &by, &id, &path)
+    on_path(&st, &by, &id, &q, async |s, p| files::list_at(&s, p).await).await
 }
 
 pub async fn move_file(
