@@ -517,3 +517,43 @@ async fn a_template_declares_where_its_sandboxes_take_volumes() {
     d.sh(&writer, "echo w > /workspace/x").await;
     assert_eq!(out(&d.sh(&reader, "cat /ref/x").await), "w\n");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_volume_is_watched_without_a_sandbox() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::{Message, client::IntoClientRequest};
+    let d = Daemon::start().await;
+    let vol = volume(&d, json!({})).await;
+    let url =
+        format!("{}/api/v1/sandboxvolumes/{vol}/files/watch", d.url).replacen("http", "ws", 1);
+    let mut req = url.into_client_request().unwrap();
+    req.headers_mut().insert(
+        "authorization",
+        format!("Bearer {}", d.token).parse().unwrap(),
+    );
+    let (mut ws, _) = tokio_tungstenite::connect_async(req).await.unwrap();
+    let sub = json!({"action": "subscribe", "path": "/", "recursive": true});
+    ws.send(Message::Text(sub.to_string().into()))
+        .await
+        .unwrap();
+    let mut next = async || {
+        let m = tokio::time::timeout(std::time::Duration::from_secs(10), ws.next())
+            .await
+            .expect("an event in time");
+        let Some(Ok(Message::Text(t))) = m else {
+            panic!("{m:?}")
+        };
+        serde_json::from_str::<Value>(&t).unwrap()
+    };
+    assert_eq!(next().await["type"], "subscribed");
+    // Written from a sandbox that mounts it: the watch sees it.
+    let sb = mounted(&d, "host", &vol, "/data").await;
+    d.sh(&sb, "echo x > /data/new.txt").await;
+    loop {
+        let v = next().await;
+        assert_eq!(v["type"], "event", "{v}");
+        if v["path"] == "/new.txt" {
+            break;
+        }
+    }
+}
