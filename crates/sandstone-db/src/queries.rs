@@ -1565,7 +1565,7 @@ impl SshKeyStore for Backend {
 
 macro_rules! volume_cols {
     () => {
-        "id, team_id, created_by, access_mode, size_bytes, default_uid, default_gid, source_volume_id, node_id, metadata, created_at, updated_at"
+        "id, team_id, created_by, access_mode, size_bytes, default_uid, default_gid, source_volume_id, node_id, epoch, checkpointed_at, metadata, created_at, updated_at"
     };
 }
 
@@ -1587,6 +1587,8 @@ fn row_to_volume(r: &Row) -> Result<VolumeRow> {
         default_gid: r.get("default_gid"),
         source_volume_id: r.get("source_volume_id"),
         node_id: r.get("node_id"),
+        epoch: r.get("epoch"),
+        checkpointed_at: r.get("checkpointed_at"),
         metadata: serde_json::from_str(r.get::<&str, _>("metadata"))
             .map_err(|e| Error::Corrupt(format!("volume metadata: {e}")))?,
         created_at: r.get("created_at"),
@@ -1622,7 +1624,7 @@ impl VolumeStore for Backend {
             sqlx::query(concat!(
                 "INSERT INTO sandbox_volumes (",
                 volume_cols!(),
-                ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)"
+                ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)"
             ))
             .bind(&v.id)
             .bind(&v.team_id)
@@ -1633,6 +1635,8 @@ impl VolumeStore for Backend {
             .bind(v.default_gid)
             .bind(&v.source_volume_id)
             .bind(&v.node_id)
+            .bind(v.epoch)
+            .bind(v.checkpointed_at)
             .bind(serde_json::to_string(&v.metadata).map_err(|e| Error::Corrupt(e.to_string()))?)
             .bind(v.created_at)
             .bind(v.updated_at)
@@ -1795,6 +1799,50 @@ impl VolumeStore for Backend {
                 .execute(&self.writer)
                 .await?;
             Ok(())
+        })
+    }
+
+    fn set_volume_checkpointed<'a>(
+        &'a self,
+        id: &'a str,
+        node: &'a str,
+        epoch: i64,
+        at: i64,
+    ) -> BoxFuture<'a, Result<bool>> {
+        Box::pin(async move {
+            let r = sqlx::query(
+                "UPDATE sandbox_volumes SET checkpointed_at = $1 WHERE id = $2 AND node_id = $3 AND epoch = $4",
+            )
+            .bind(at)
+            .bind(id)
+            .bind(node)
+            .bind(epoch)
+            .execute(&self.writer)
+            .await?;
+            Ok(r.rows_affected() == 1)
+        })
+    }
+
+    fn move_volume<'a>(
+        &'a self,
+        id: &'a str,
+        from: &'a str,
+        epoch: i64,
+        to: &'a str,
+    ) -> BoxFuture<'a, Result<bool>> {
+        Box::pin(async move {
+            let r = sqlx::query(
+                "UPDATE sandbox_volumes SET node_id = $1, epoch = epoch + 1, updated_at = $2
+                 WHERE id = $3 AND node_id = $4 AND epoch = $5",
+            )
+            .bind(to)
+            .bind(now_ms())
+            .bind(id)
+            .bind(from)
+            .bind(epoch)
+            .execute(&self.writer)
+            .await?;
+            Ok(r.rows_affected() == 1)
         })
     }
 
@@ -2651,6 +2699,8 @@ mod tests {
             default_gid: 0,
             source_volume_id: None,
             node_id: "node-a".into(),
+            epoch: 0,
+            checkpointed_at: None,
             metadata: [("cma.session".to_string(), "s1".to_string())].into(),
             created_at: 1,
             updated_at: 1,
@@ -2659,6 +2709,37 @@ mod tests {
         assert_eq!(
             store.get_volume("vol-1").await.unwrap(),
             Some(volume.clone())
+        );
+        // Moved once at epoch 0; a second move from the old owner fails,
+        // and so does its late checkpoint record.
+        assert!(
+            store
+                .move_volume("vol-1", "node-a", 0, "node-b")
+                .await
+                .unwrap()
+        );
+        assert!(
+            !store
+                .move_volume("vol-1", "node-a", 0, "node-c")
+                .await
+                .unwrap()
+        );
+        assert!(
+            !store
+                .set_volume_checkpointed("vol-1", "node-a", 0, 5)
+                .await
+                .unwrap()
+        );
+        assert!(
+            store
+                .set_volume_checkpointed("vol-1", "node-b", 1, 5)
+                .await
+                .unwrap()
+        );
+        let moved = store.get_volume("vol-1").await.unwrap().unwrap();
+        assert_eq!(
+            (moved.node_id.as_str(), moved.epoch, moved.checkpointed_at),
+            ("node-b", 1, Some(5))
         );
         let mount = |sandbox: &str, point: &str, exclusive| VolumeMountRow {
             volume_id: "vol-1".into(),

@@ -271,6 +271,8 @@ const MIGRATIONS: &[&str] = &[
         default_gid BIGINT NOT NULL,
         source_volume_id TEXT,
         node_id TEXT NOT NULL,
+        epoch BIGINT NOT NULL,
+        checkpointed_at BIGINT,
         metadata TEXT NOT NULL,
         created_at BIGINT NOT NULL,
         updated_at BIGINT NOT NULL

@@ -24,6 +24,11 @@ pub struct VolumeRow {
     pub source_volume_id: Option<String>,
     /// The node whose storage pool holds it.
     pub node_id: String,
+    /// Its ownership epoch: one more each time another node takes it over
+    /// (its checkpoints are named by it, as a sandbox's are).
+    pub epoch: i64,
+    /// When it was last checkpointed to the object store.
+    pub checkpointed_at: Option<i64>,
     /// Labels for the caller's bookkeeping (a Sandstone extension).
     pub metadata: std::collections::BTreeMap<String, String>,
     pub created_at: i64,
@@ -84,4 +89,22 @@ pub trait VolumeStore: Send + Sync {
         &'a self,
         volume_id: &'a str,
     ) -> BoxFuture<'a, Result<Vec<VolumeMountRow>>>;
+    /// Records a checkpoint taken at `at` under `epoch`, if the volume is
+    /// still `node`'s at that epoch.
+    fn set_volume_checkpointed<'a>(
+        &'a self,
+        id: &'a str,
+        node: &'a str,
+        epoch: i64,
+        at: i64,
+    ) -> BoxFuture<'a, Result<bool>>;
+    /// Moves a volume from node `from` (at `epoch`) to node `to`, one epoch
+    /// on; `false` when it is not `from`'s at `epoch` any more.
+    fn move_volume<'a>(
+        &'a self,
+        id: &'a str,
+        from: &'a str,
+        epoch: i64,
+        to: &'a str,
+    ) -> BoxFuture<'a, Result<bool>>;
 }

@@ -339,13 +339,12 @@ impl Cluster {
         })
     }
 
-    /// Whether another node was live at the last round: if not, a create
-    /// is placed here without reading its body.
+    /// Whether another node shares the database (live or not) as of the
+    /// last round: if none does, a create is placed here without reading
+    /// its body. (One whose lease ran out still counts: its volumes may
+    /// have to be taken over for the create.)
     pub fn has_peers(&self) -> bool {
-        let now = now_ms();
-        self.view()
-            .iter()
-            .any(|n| n.id != self.me.id && n.live_at(now))
+        self.view().iter().any(|n| n.id != self.me.id)
     }
 
     fn find(&self, id: &str) -> Option<NodeRecord> {

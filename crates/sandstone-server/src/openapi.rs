@@ -127,6 +127,7 @@ pub fn operations() -> Vec<Operation> {
         get "/api/v1/sandboxvolumes/{id}" volumes::get => 200 None "Get a sandbox volume",
         delete "/api/v1/sandboxvolumes/{id}" volumes::delete => 200 None "Delete a sandbox volume and its snapshots (409 naming the sandboxes while any mounts it)",
         post "/api/v1/sandboxvolumes/{id}/fork" volumes::fork => 201 Bytes "Fork a volume: a new volume sharing its files copy-on-write (optional body: access_mode, default_posix_uid/gid)",
+        post "/api/v1/sandboxvolumes/{id}/checkpoint" volumes::checkpoint => 200 None "Checkpoint a volume to the object store now (serve --object-store; pauses and deletes of its sandboxes and the interval checkpointer do it too): a volume whose node dies then mounts on another",
         post "/api/v1/sandboxvolumes/{id}/snapshots" volumes::create_snapshot => 201 Json "Snapshot a volume (name, description): read-only, O(1) on the btrfs pool",
         get "/api/v1/sandboxvolumes/{id}/snapshots" volumes::list_snapshots => 200 None "List a volume's snapshots",
         get "/api/v1/sandboxvolumes/{id}/snapshots/{snap}" volumes::get_snapshot => 200 None "Get a volume snapshot",

@@ -1106,3 +1106,69 @@ async fn a_preview_is_served_through_any_node() {
     let r = client.get(&url).send().await.unwrap();
     assert_eq!(r.status(), 401, "no credential, no entry");
 }
+
+/// A sandbox volume is checkpointed as its sandbox leaves it, is reached
+/// through any node, and mounts on another node once its own is dead;
+/// the dead node's copy is dropped when it comes back.
+#[tokio::test]
+async fn a_volume_mounts_on_another_node_after_its_node_dies() {
+    let Some(mut c) = Cluster::start_with(2, TTL, true).await else {
+        return;
+    };
+    let (s, v) = c.nodes[0]
+        .post("/api/v1/sandboxvolumes", json!({"default_posix_uid": 1000}))
+        .await;
+    assert_eq!(s, 201, "{v}");
+    let vol = v["data"]["id"].as_str().unwrap().to_string();
+    // Claimed through node 2: it goes to node 1, where the volume is.
+    let mounts = json!([{"sandboxvolume_id": vol, "mount_point": "/data"}]);
+    let (s, v) = c.nodes[1]
+        .post(
+            "/api/v1/sandboxes",
+            json!({"template": "host", "mounts": mounts}),
+        )
+        .await;
+    assert_eq!(s, 201, "{v}");
+    let a = v["data"]["sandbox_id"].as_str().unwrap().to_string();
+    assert_eq!(c.holder(&a), Some(0));
+    let r = c.nodes[0]
+        .sh(&a, "echo kept > /data/notes && head -c 3000000 /dev/urandom > /data/blob && sha256sum /data/blob")
+        .await;
+    assert_eq!(r["exit_code"], 0, "{r}");
+    let sum = r["stdout"].as_str().unwrap().to_string();
+    // Deleted: its volume is checkpointed as it left it.
+    let (s, _) = c.nodes[0].delete(&format!("/api/v1/sandboxes/{a}")).await;
+    assert_eq!(s, 202);
+    let (_, v) = c.nodes[1]
+        .get(&format!("/api/v1/sandboxvolumes/{vol}"))
+        .await;
+    assert_eq!(v["data"]["mounted_by"], json!([]), "{v}");
+
+    c.nodes[0].kill();
+    tokio::time::sleep(TTL + Duration::from_millis(500)).await;
+    let (s, v) = c.nodes[1]
+        .post(
+            "/api/v1/sandboxes",
+            json!({"template": "host", "mounts": mounts}),
+        )
+        .await;
+    assert_eq!(s, 201, "{v}");
+    let b = v["data"]["sandbox_id"].as_str().unwrap().to_string();
+    assert_eq!(c.holder(&b), Some(1));
+    let r = c.nodes[1]
+        .sh(
+            &b,
+            "cat /data/notes; sha256sum /data/blob; stat -c %u /data",
+        )
+        .await;
+    assert_eq!(r["stdout"], format!("kept\n{sum}1000\n"), "{r}");
+
+    // Node 1 comes back: the volume is node 2's, and node 1's stale copy
+    // is gone.
+    c.nodes[0].spawn().await;
+    c.wait_live(2).await;
+    let stale = c.nodes[0].pool_root().join("volumes").join(&vol);
+    assert!(!stale.exists(), "node 1 kept a stale copy");
+    let r = c.nodes[0].sh(&b, "cat /data/notes").await;
+    assert_eq!(r["stdout"], "kept\n", "{r}");
+}

@@ -147,38 +147,49 @@ impl Lifecycle {
     /// Checkpoints the tree at `tree` (the volume of sandbox `row`, or a
     /// snapshot of it) under the sandbox's epoch, and records when.
     async fn checkpoint_tree(&self, row: &SandboxRow, tree: &std::path::Path) -> Result<Taken> {
+        let (created_at, stats) = self.upload_tree(&row.id, row.epoch, tree).await?;
+        self.store
+            .set_checkpointed(&row.fence(), Some(created_at))
+            .await?;
+        Ok(Taken {
+            sandbox_id: row.id.clone(),
+            generation: created_at as u64,
+            created_at,
+            stats,
+        })
+    }
+
+    /// Checkpoints the tree at `tree` as `id` (a sandbox's or a sandbox
+    /// volume's) under ownership `epoch`; returns when, and what it took.
+    pub(super) async fn upload_tree(
+        &self,
+        id: &str,
+        epoch: i64,
+        tree: &std::path::Path,
+    ) -> Result<(i64, Stats)> {
         let c = self.checkpointer()?;
-        let id = row.id.as_str();
         if !self.lease.holds() {
             return Err(Error::Unavailable(format!(
-                "sandbox {id} is not checkpointed: this node's lease has lapsed"
+                "{id} is not checkpointed: this node's lease has lapsed"
             )));
         }
         let created_at = super::now_ms();
-        let ckpt = CheckpointId::new(sandbox_id(id)?, row.epoch as u64, created_at as u64);
+        let ckpt = CheckpointId::new(sandbox_id(id)?, epoch as u64, created_at as u64);
         let previous = c.previous(id);
         let done = c
             .store
             .checkpoint(tree, &ckpt, previous.as_ref())
             .await
-            .map_err(|e| unavailable(&format!("checkpoint of sandbox {id}"), e))?;
+            .map_err(|e| unavailable(&format!("checkpoint of {id}"), e))?;
         let stats = Stats::from(&done.stats);
         c.remember(id, done.manifest);
         // Older generations only keep packs from the collector; the one
         // before stays for a restore that read it just now.
         if let Err(e) = c.store.prune(&ckpt.sandbox, KEEP_GENERATIONS).await {
-            tracing::warn!(sandbox = %id, error = %e, "older checkpoints left in the object store");
+            tracing::warn!(object = %id, error = %e, "older checkpoints left in the object store");
         }
-        tracing::info!(sandbox = %id, uploaded = done.stats.bytes_uploaded, read = done.stats.bytes_read, "checkpointed");
-        self.store
-            .set_checkpointed(&row.fence(), Some(created_at))
-            .await?;
-        Ok(Taken {
-            sandbox_id: id.to_string(),
-            generation: created_at as u64,
-            created_at,
-            stats,
-        })
+        tracing::info!(object = %id, uploaded = done.stats.bytes_uploaded, read = done.stats.bytes_read, "checkpointed");
+        Ok((created_at, stats))
     }
 
     /// After a pause stopped the runtime: the volume as it is now. A node
@@ -248,6 +259,9 @@ impl Lifecycle {
                             tracing::warn!(sandbox = %id, error = %e, "interval checkpoint failed")
                         }
                     }
+                }
+                if lc.lease.holds() {
+                    lc.checkpoint_local_volumes().await;
                 }
             }
         });
@@ -466,6 +480,13 @@ impl Lifecycle {
             return Ok(Takeover::No);
         }
         tracing::info!(sandbox = %id, from = %from, status = %row.status, "took over a sandbox of a node whose lease ran out");
+        // Its volumes were on that node too (claims go where their volumes
+        // are): they come along, from their checkpoints.
+        for m in super::config_of(&row).mounts {
+            if let Err(e) = self.take_over_volume(&m.sandboxvolume_id, from).await {
+                tracing::warn!(sandbox = %id, volume = %m.sandboxvolume_id, error = %e, "its volume was not taken over");
+            }
+        }
         Ok(Takeover::Taken)
     }
 
@@ -488,8 +509,9 @@ impl Lifecycle {
         }
     }
 
-    /// Removes sandbox `id`'s checkpoints (after a delete). Best effort:
-    /// what stays costs storage, never correctness.
+    /// Removes the checkpoints kept as `id` (a sandbox's or a sandbox
+    /// volume's, after its delete). Best effort: what stays costs storage,
+    /// never correctness.
     pub(super) async fn forget_checkpoints(&self, id: &str) {
         let Some(c) = &self.checkpoints else {
             return;

@@ -1153,8 +1153,15 @@ impl Lifecycle {
             .remove(id);
         // Before the row says paused: a paused sandbox has a complete
         // checkpoint, so its node's death loses nothing. A failed upload
-        // leaves it paused on this node's disk, and says so.
-        let checkpointed = self.checkpoint_paused(row).await;
+        // leaves it paused on this node's disk, and says so. The volumes
+        // it wrote go too.
+        let checkpointed = match self.checkpoint_paused(row).await {
+            Ok(()) => {
+                self.checkpoint_volumes_of(&config_of(row).mounts, &row.team_id)
+                    .await
+            }
+            failed => failed,
+        };
         if checkpointed.is_err() {
             // Its files are newer than any checkpoint: it must not move to
             // another node (drain, takeover) with an older one.
@@ -1236,7 +1243,13 @@ impl Lifecycle {
         let frozen = tokio::task::block_in_place(|| rt.cgroup.set_frozen(true));
         let mut checkpointed = Ok(());
         if frozen.is_ok() {
-            checkpointed = self.checkpoint_paused(&row).await;
+            checkpointed = match self.checkpoint_paused(&row).await {
+                Ok(()) => {
+                    self.checkpoint_volumes_of(&config_of(&row).mounts, &row.team_id)
+                        .await
+                }
+                failed => failed,
+            };
             if checkpointed.is_err() {
                 self.store.set_checkpointed(&fence, None).await?;
             }
@@ -1577,8 +1590,13 @@ impl Lifecycle {
             return Err(internal(format!("delete {id}: {e}")));
         }
         self.store.delete_sandbox(&fence).await?;
-        // Its volumes stay, free for another sandbox.
+        // Its volumes stay, free for another sandbox, and checkpointed as
+        // it left them.
         self.volumes.release_mounts(id).await?;
+        let mounts = config_of(&row).mounts;
+        if let Err(e) = self.checkpoint_volumes_of(&mounts, &row.team_id).await {
+            tracing::warn!(sandbox = %id, error = %e, "its volumes were not checkpointed");
+        }
         self.store.delete_audit(id).await?;
         self.store.delete_previews(id).await?;
         self.forget_checkpoints(id).await;

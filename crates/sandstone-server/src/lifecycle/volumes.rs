@@ -69,7 +69,9 @@ impl Lifecycle {
             .ok_or_else(|| Error::not_found("sandbox volume", id))
     }
 
-    /// A volume this node's pool holds (its files are here), or 409.
+    /// A volume this node's pool holds (its files are here, fetched from
+    /// its latest checkpoint when it was taken over from another node), or
+    /// 409.
     async fn local_volume(&self, id: &str, team: &str) -> Result<VolumeRow> {
         let v = self.volume(id, team).await?;
         if v.node_id != self.node {
@@ -78,7 +80,155 @@ impl Lifecycle {
                 v.node_id
             )));
         }
+        if !self.storage.user_volume_dir(id).exists() {
+            self.materialise_volume(&v).await?;
+        }
         Ok(v)
+    }
+
+    /// Makes volume `v`'s files here from its latest checkpoint (it was
+    /// taken over from a node that died), then publishes them again under
+    /// this node's epoch, so the store refuses what the old owner may
+    /// still write. Nothing is left behind when it fails.
+    async fn materialise_volume(&self, v: &VolumeRow) -> Result<()> {
+        let c = self.checkpointer().map_err(|_| {
+            Error::Conflict(format!(
+                "sandbox volume {} has no files on this node and there is no object store to fetch them from",
+                v.id
+            ))
+        })?;
+        let key = super::checkpoint::sandbox_id(&v.id)?;
+        let latest = c
+            .store
+            .latest(&key)
+            .await
+            .map_err(|e| {
+                super::checkpoint::unavailable(&format!("list the checkpoints of {}", v.id), e)
+            })?
+            .ok_or_else(|| Error::Conflict(format!("sandbox volume {} has no checkpoint", v.id)))?;
+        let owner = sandstone_volumes::Owner {
+            uid: v.default_uid as u32,
+            gid: v.default_gid as u32,
+        };
+        let limit = v.size_bytes.map(|b| b as u64);
+        tokio::task::block_in_place(|| self.storage.create_user_volume(&v.id, limit, owner))
+            .map_err(internal)?;
+        let dir = self.storage.user_volume_dir(&v.id);
+        let filled = match self.fill_volume(&v.id, &latest, &dir).await {
+            Ok(r) => {
+                c.remember(&v.id, r.baseline);
+                if latest.epoch < v.epoch as u64 {
+                    self.upload_tree(&v.id, v.epoch, &dir).await.map(drop)
+                } else {
+                    Ok(())
+                }
+            }
+            Err(e) => Err(e),
+        };
+        if filled.is_err() {
+            let _ = self.storage.remove_user_volume(&v.id);
+            c.forget(&v.id);
+        }
+        filled
+    }
+
+    /// Takes volume `id` over from node `from`, whose lease ran out, by
+    /// compare-and-set on its node and epoch; its files come from its
+    /// latest checkpoint at first use here. `false` when it is not `from`'s
+    /// (any more), or has no checkpoint to come from.
+    pub async fn take_over_volume(&self, id: &str, from: &str) -> Result<bool> {
+        let Some(c) = &self.checkpoints else {
+            return Ok(false);
+        };
+        let Some(v) = self.volumes.get_volume(id).await? else {
+            return Ok(false);
+        };
+        if v.node_id != from {
+            return Ok(false);
+        }
+        let key = super::checkpoint::sandbox_id(id)?;
+        let has_checkpoint = c
+            .store
+            .latest(&key)
+            .await
+            .map_err(|e| {
+                super::checkpoint::unavailable(&format!("list the checkpoints of {id}"), e)
+            })?
+            .is_some();
+        if !has_checkpoint
+            || !self
+                .volumes
+                .move_volume(id, from, v.epoch, &self.node)
+                .await?
+        {
+            return Ok(false);
+        }
+        tracing::info!(volume = %id, from = %from, "took over a sandbox volume of a node whose lease ran out");
+        Ok(true)
+    }
+
+    /// `POST …/checkpoint`: volume `id` to the object store now.
+    pub async fn checkpoint_volume(&self, id: &str, team: &str) -> Result<i64> {
+        self.checkpointer()?;
+        let v = self.local_volume(id, team).await?;
+        self.checkpoint_volume_row(&v).await
+    }
+
+    /// Checkpoints `v` from an O(1) snapshot of it, so that writers go on
+    /// meanwhile (crash-consistent, as a running sandbox's checkpoint is);
+    /// returns when it was taken.
+    async fn checkpoint_volume_row(&self, v: &VolumeRow) -> Result<i64> {
+        let snap = format!("ckpt-{}-{}", v.id, random_hex(4));
+        tokio::task::block_in_place(|| self.storage.snapshot_user_volume(&v.id, &snap))
+            .map_err(internal)?;
+        let tree = self.storage.pool.user_volume_snapshot_dir(&snap);
+        let uploaded = self.upload_tree(&v.id, v.epoch, &tree).await;
+        if let Err(e) = self.storage.remove_user_volume_snapshot(&snap) {
+            tracing::warn!(snapshot = %snap, error = %e, "a volume checkpoint's snapshot left behind");
+        }
+        let (at, _) = uploaded?;
+        if !self
+            .volumes
+            .set_volume_checkpointed(&v.id, &self.node, v.epoch, at)
+            .await?
+        {
+            return Err(Error::Conflict(format!(
+                "sandbox volume {} moved to another node meanwhile",
+                v.id
+            )));
+        }
+        Ok(at)
+    }
+
+    /// After sandbox `row` paused or was deleted: the volumes it wrote, to
+    /// the object store (nothing without one).
+    pub(super) async fn checkpoint_volumes_of(
+        &self,
+        mounts: &[VolumeBind],
+        team: &str,
+    ) -> Result<()> {
+        if self.checkpoints.is_none() {
+            return Ok(());
+        }
+        for m in mounts.iter().filter(|m| !m.read_only) {
+            let v = self.local_volume(&m.sandboxvolume_id, team).await?;
+            self.checkpoint_volume_row(&v).await?;
+        }
+        Ok(())
+    }
+
+    /// Every volume of this node's to the object store (the interval
+    /// checkpointer's round); failures are logged.
+    pub(super) async fn checkpoint_local_volumes(&self) {
+        for id in self.storage.user_volume_ids() {
+            let v = match self.volumes.get_volume(&id).await {
+                Ok(Some(v)) if v.node_id == self.node => v,
+                _ => continue,
+            };
+            if let Err(e) = self.checkpoint_volume_row(&v).await {
+                tracing::warn!(volume = %id, error = %e, "interval checkpoint of a volume failed");
+            }
+        }
     }
 
     /// A new volume's cap from its `size` (`10Gi`, bytes), fitted to the
@@ -140,6 +290,8 @@ impl Lifecycle {
             default_gid: new.owner.gid.into(),
             source_volume_id: new.source,
             node_id: self.node.clone(),
+            epoch: 0,
+            checkpointed_at: None,
             metadata: new.metadata,
             created_at: now,
             updated_at: now,
@@ -164,6 +316,7 @@ impl Lifecycle {
             )));
         }
         self.stop_volume_helper(&v.id);
+        self.forget_checkpoints(id).await;
         // The rows are gone: what is left on disk is swept at the next
         // start if this fails.
         tokio::task::block_in_place(|| {
@@ -378,12 +531,14 @@ impl Lifecycle {
     }
 
     /// Removes volumes and volume snapshots on this node's pool that no
-    /// row names (a deletion that failed half-way, a crash).
+    /// row names (a deletion that failed half-way, a crash), and copies of
+    /// volumes another node took over while this one was gone.
     pub async fn sweep_volumes(&self) -> Result<()> {
         let on_disk = self.storage.user_volume_ids();
         for id in on_disk {
-            if self.volumes.get_volume(&id).await?.is_none() {
-                tracing::info!(volume = %id, "removing a sandbox volume no record names");
+            let row = self.volumes.get_volume(&id).await?;
+            if row.as_ref().is_none_or(|v| v.node_id != self.node) {
+                tracing::info!(volume = %id, "removing a sandbox volume no record names here");
                 self.storage.remove_user_volume(&id).map_err(internal)?;
             }
         }

@@ -201,14 +201,17 @@ async fn to_volume_node(
         Ok(_) => return next.run(req).await,
         Err(e) => return ApiError::from(e).into_response(),
     };
-    to_node(st, node, forwarded, req, next).await
+    to_volumes_node(st, node, &[id.to_string()], forwarded, req, next).await
 }
 
-/// Forwards to live node `node`, or serves here (this node, a forwarded
-/// call, a node that is down: the route then says why).
-async fn to_node(
+/// Forwards to node `node`, which holds volumes `ids`, while it lives;
+/// once its lease has run out, takes over those of them it still holds
+/// (each with a checkpoint) and serves here. A forwarded call is served
+/// here (or refused by the route).
+async fn to_volumes_node(
     st: &AppState,
     node: String,
+    ids: &[String],
     forwarded: bool,
     req: Request,
     next: Next,
@@ -218,7 +221,15 @@ async fn to_node(
     }
     match st.cluster.route_to(node).await {
         Ok(Route::Remote { node, url }) => st.cluster.forwarder.forward(&node, &url, req).await,
-        Ok(_) => next.run(req).await,
+        Ok(Route::OwnerDown { node }) => {
+            for id in ids {
+                if let Err(e) = st.lifecycle.take_over_volume(id, &node).await {
+                    return ApiError::from(e).into_response();
+                }
+            }
+            next.run(req).await
+        }
+        Ok(Route::Local) => next.run(req).await,
         Err(e) => ApiError::from(e).into_response(),
     }
 }
@@ -322,7 +333,8 @@ async fn place(st: AppState, req: Request, next: Next) -> Response {
     let req = Request::from_parts(parts, Body::from(bytes));
     // With volumes: where they are (the first one's node; the others must
     // be there too, which that node checks).
-    if let Some(first) = claim.as_ref().and_then(|c| c.mounts.first())
+    if let Some(c) = &claim
+        && let Some(first) = c.mounts.first()
         && let Ok(Some(v)) = st
             .lifecycle
             .volumes
@@ -330,7 +342,12 @@ async fn place(st: AppState, req: Request, next: Next) -> Response {
             .await
         && same_team(&req, &v.team_id)
     {
-        return to_node(&st, v.node_id, false, req, next).await;
+        let ids: Vec<String> = c
+            .mounts
+            .iter()
+            .map(|m| m.sandboxvolume_id.clone())
+            .collect();
+        return to_volumes_node(&st, v.node_id, &ids, false, req, next).await;
     }
     // From a snapshot: where the snapshot's volume is (its sandbox's
     // node). With an object store any node can fetch it, so a dead or

@@ -188,6 +188,21 @@ pub async fn fork(
     Ok(ok(StatusCode::CREATED, to_api(&st, v).await?))
 }
 
+/// `POST …/checkpoint` (a Sandstone extension): the volume to the object
+/// store now (its sandboxes' pauses and deletes, and the interval
+/// checkpointer, do it too).
+pub async fn checkpoint(
+    State(st): State<AppState>,
+    Extension(by): Extension<Caller>,
+    Path(id): Path<String>,
+) -> ApiResult<Response> {
+    let at = st.lifecycle.checkpoint_volume(&id, &by.team).await?;
+    Ok(ok(
+        StatusCode::OK,
+        json!({"checkpointed_at": rfc3339_ms(at)}),
+    ))
+}
+
 pub async fn create_snapshot(
     State(st): State<AppState>,
     Extension(by): Extension<Caller>,
