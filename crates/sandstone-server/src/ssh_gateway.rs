@@ -73,8 +73,11 @@ impl Gateway {
         let config = server::Config {
             keys: vec![host],
             methods: MethodSet::from(&[MethodKind::PublicKey][..]),
+            // OpenSSH opens with a `none` attempt to learn the methods:
+            // refusing it tells nothing, so it is not held back the second
+            // a refused key is.
+            auth_rejection_time_initial: Some(Duration::ZERO),
             inactivity_timeout: Some(IDLE),
-            nodelay: true,
             ..Default::default()
         };
         Ok(Arc::new(Gateway {
@@ -96,6 +99,12 @@ impl Gateway {
                     continue;
                 }
             };
+            // `Config::nodelay` applies to russh's own listener only: a
+            // reply in two writes would otherwise wait for the client's
+            // delayed ACK (40 ms).
+            if let Err(e) = stream.set_nodelay(true) {
+                tracing::debug!(%peer, error = %e, "TCP_NODELAY not set");
+            }
             let logged_in = Arc::new(AtomicBool::new(false));
             let login = Login {
                 gw: self.clone(),
