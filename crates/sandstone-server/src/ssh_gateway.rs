@@ -39,6 +39,8 @@ use std::time::Duration;
 pub const HOST_KEY_FILE: &str = "ssh/gateway_ed25519_key";
 /// A connection that says nothing for this long is closed.
 const IDLE: Duration = Duration::from_secs(3600);
+/// Client messages (each up to a 32 KiB packet) queued for init.
+const INPUT_QUEUE: usize = 64;
 /// How long a connection may take to log in.
 const LOGIN_GRACE: Duration = Duration::from_secs(60);
 /// Output of a context waits this long for the attach that follows its
@@ -408,9 +410,25 @@ impl SessionChannel {
         };
         let revoked = self.gw.keys.clone().revoked(Some(self.owner.clone()));
         tokio::pin!(revoked);
-        let call = |req: Request, payload: Vec<u8>| {
-            let rt = &rt;
-            async move { rt.socket.call(&req, &payload).await.map(|_| ()) }
+        // What the client sends goes to init from a task of its own, in
+        // order, so output is relayed while init takes it (a process that
+        // answers its input, as sftp-server does, would otherwise stall
+        // the loop). While the queue is full the channel is not read: the
+        // client's window holds the rest.
+        let (input, mut queued) = tokio::sync::mpsc::channel::<(Request, Vec<u8>)>(INPUT_QUEUE);
+        let deliver = {
+            let (socket, sandbox, ctx) = (rt.socket.clone(), self.sandbox.clone(), ctx.clone());
+            tokio::spawn(async move {
+                while let Some((req, payload)) = queued.recv().await {
+                    if let Err(e) = socket.call(&req, &payload).await {
+                        tracing::debug!(%sandbox, context = %ctx, error = %e, "SSH input not delivered");
+                    }
+                }
+            })
+        };
+        let send = |req: Request, payload: Vec<u8>| {
+            // Room was checked before the channel was read.
+            let _ = input.try_send((req, payload));
         };
         loop {
             tokio::select! {
@@ -435,28 +453,24 @@ impl SessionChannel {
                     Ok((Init::Truncated { .. }, _)) => {}
                     Ok(_) | Err(_) => break,
                 },
-                m = ch.wait() => {
-                    let done = match m {
-                        Some(ChannelMsg::Data { data }) => {
-                            self.gw.lifecycle.touch(&self.sandbox);
-                            call(Request::Input { id: ctx.clone() }, data.to_vec()).await
-                        }
-                        Some(ChannelMsg::Eof) => call(Request::CloseStdin { id: ctx.clone() }, vec![]).await,
-                        Some(ChannelMsg::WindowChange { col_width, row_height, .. }) => {
-                            let size = pty_size(col_width, row_height);
-                            call(Request::Resize { id: ctx.clone(), size }, vec![]).await
-                        }
-                        Some(ChannelMsg::Signal { signal }) => match signal_number(&signal) {
-                            Some(signal) => call(Request::Signal { id: ctx.clone(), signal }, vec![]).await,
-                            None => Ok(()),
-                        },
-                        Some(ChannelMsg::Close) | None => break,
-                        Some(_) => Ok(()),
-                    };
-                    if let Err(e) = done {
-                        tracing::debug!(sandbox = %self.sandbox, context = %ctx, error = %e, "SSH input not delivered");
+                m = ch.wait(), if input.capacity() > 0 => match m {
+                    Some(ChannelMsg::Data { data }) => {
+                        self.gw.lifecycle.touch(&self.sandbox);
+                        send(Request::Input { id: ctx.clone() }, data.to_vec());
                     }
-                }
+                    Some(ChannelMsg::Eof) => send(Request::CloseStdin { id: ctx.clone() }, vec![]),
+                    Some(ChannelMsg::WindowChange { col_width, row_height, .. }) => {
+                        let size = pty_size(col_width, row_height);
+                        send(Request::Resize { id: ctx.clone(), size }, vec![]);
+                    }
+                    Some(ChannelMsg::Signal { signal }) => {
+                        if let Some(signal) = signal_number(&signal) {
+                            send(Request::Signal { id: ctx.clone(), signal }, vec![]);
+                        }
+                    }
+                    Some(ChannelMsg::Close) | None => break,
+                    Some(_) => {}
+                },
                 why = &mut revoked => {
                     let text = format!("\r\nsandstone: session ended: {why}\r\n");
                     let _ = self.handle.extended_data(id, 1, text.into_bytes()).await;
@@ -464,6 +478,7 @@ impl SessionChannel {
                 }
             }
         }
+        deliver.abort();
         // The client went away (or its key did): so does what it ran, as
         // sshd hangs up on a session's processes.
         if let Err(e) = rt.socket.call(&Request::Remove { id: ctx }, &[]).await
