@@ -5,8 +5,9 @@
 //!
 //! Nothing it is asked for can reach the host: it binds its socket, then
 //! chroots into the volume and becomes the volume's default owner (root
-//! stays root: volumes are stored unshifted, so uid 0 on disk is root in
-//! the sandboxes that mount it). Every path is first resolved with
+//! stays root, with only the capabilities of file ownership: volumes are
+//! stored unshifted, so uid 0 on disk is root in the sandboxes that mount
+//! it). Every path is first resolved with
 //! `openat2(RESOLVE_BENEATH)`: one that leads out (`..` above the root, an
 //! absolute symlink, a symlink up) is refused with
 //! [`ErrorCode::OutsideRoot`], which the daemon audits; the chroot is what
@@ -50,6 +51,12 @@ fn start(spec: &VolumeHelperSpec) -> std::io::Result<()> {
         sandstone_sys::process::clear_groups()?;
         sandstone_sys::process::setresgid(spec.gid)?;
         sandstone_sys::process::setresuid(spec.uid)?;
+    } else {
+        // Root keeps what files need, nothing that could leave the chroot
+        // (every thread it starts from here on inherits this).
+        use sandstone_runtime::harden;
+        harden::restrict_capabilities(harden::FILE_CAPABILITIES, &[])
+            .map_err(|e| std::io::Error::other(e.to_string()))?;
     }
     sandstone_sys::security::set_no_new_privs()?;
     // Nothing of the same uid may trace it or read its memory.

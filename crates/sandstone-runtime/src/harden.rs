@@ -57,9 +57,27 @@ pub fn raise_effective() -> Result<()> {
 /// effective and inheritable sets, and from the permitted set all but
 /// [`GUARD`].
 pub fn drop_capabilities() -> Result<()> {
+    restrict_capabilities(KEEP, &[GUARD])
+}
+
+/// Capabilities a sandbox volume's file helper keeps as root: those of
+/// file ownership and access alone (no mounts, no chroot, no devices, no
+/// signals to others).
+pub const FILE_CAPABILITIES: &[u32] = &[
+    0, // CHOWN
+    1, // DAC_OVERRIDE
+    2, // DAC_READ_SEARCH
+    3, // FOWNER
+    4, // FSETID
+];
+
+/// Drops every capability outside `keep` from the bounding, ambient,
+/// effective and inheritable sets, and from the permitted set all but
+/// `keep` and `also_permitted`.
+pub fn restrict_capabilities(keep: &[u32], also_permitted: &[u32]) -> Result<()> {
     let last = last_cap();
     for cap in 0..=last {
-        if !KEEP.contains(&cap) {
+        if !keep.contains(&cap) {
             security::drop_bounding_capability(cap).step(|| "drop bounding capability".into())?;
         }
     }
@@ -71,8 +89,8 @@ pub fn drop_capabilities() -> Result<()> {
         }
         mask
     };
-    let effective = mask(&mut KEEP.iter().copied());
-    let permitted = mask(&mut KEEP.iter().copied().chain([GUARD]));
+    let effective = mask(&mut keep.iter().copied());
+    let permitted = mask(&mut keep.iter().chain(also_permitted).copied());
     let sets = [0, 1].map(|i| security::CapSets {
         effective: effective[i],
         permitted: permitted[i],

@@ -40,6 +40,30 @@ async fn mounted(d: &Daemon, template: &str, vol: &str, at: &str) -> String {
     v["data"]["sandbox_id"].as_str().unwrap().to_string()
 }
 
+/// The effective and bounding capabilities of volume `vol`'s file
+/// helper (found by its root, the volume).
+fn helper_capabilities(vol: &str) -> (String, String) {
+    let helper = std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .find(|e| {
+            let cmdline = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
+            let root = std::fs::read_link(e.path().join("root")).unwrap_or_default();
+            cmdline.ends_with(b"volume-files\0") && root.ends_with(vol)
+        })
+        .expect("the volume's file helper runs");
+    let status = std::fs::read_to_string(helper.path().join("status")).unwrap();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .unwrap()
+            .trim()
+            .to_string()
+    };
+    (field("CapEff:"), field("CapBnd:"))
+}
+
 fn out(v: &Value) -> String {
     v["stdout"].as_str().unwrap_or_default().to_string()
 }
@@ -258,6 +282,10 @@ async fn snapshots_restore_and_forks_diverge() {
     // A new volume from the snapshot.
     let from = volume(&d, json!({"snapshot_id": snap})).await;
     assert_eq!(get(&from, "f").await, "one");
+    // As root (the default owner), the helper keeps only the capabilities
+    // of file ownership: chown, DAC override and read-search, fowner, fsetid.
+    let only_files = "000000000000001f".to_string();
+    assert_eq!(helper_capabilities(&from), (only_files.clone(), only_files));
     let (s, v) = d
         .get(&format!("/api/v1/sandboxvolumes/{vol}/snapshots"))
         .await;
@@ -428,6 +456,9 @@ async fn files_without_a_sandbox_never_leave_the_volume() {
         .await
         .unwrap();
     assert_eq!(r.status(), 404);
+    // The helper that served all this: chrooted into the volume, as its
+    // default owner, with no capability.
+    assert_eq!(helper_capabilities(&vol).0, "0000000000000000");
 }
 
 #[tokio::test(flavor = "multi_thread")]
