@@ -111,17 +111,36 @@ fn tmpfs_mode() {
     }
 }
 
-/// `bind <pid> <source> <target>`: binds a host directory read-only into a
-/// running sandbox.
+/// `bind <pid> (ro|rw <source> <target>)...`: binds host directories into
+/// a running sandbox (its uploads directory, a warm sandbox's volumes).
 fn bind_mode() {
     let args: Vec<String> = std::env::args().skip(2).collect();
-    let (Some(pid), [_, source, target]) = (args.first().and_then(|p| p.parse().ok()), &args[..])
-    else {
-        eprintln!("usage: sandstone-init bind <pid> <source> <target>");
+    let usage = || -> ! {
+        eprintln!("usage: sandstone-init bind <pid> (ro|rw <source> <target>)...");
         std::process::exit(2);
     };
-    if let Err(e) = sandstone_runtime::rootfs::bind_live(pid, std::path::Path::new(source), target)
-    {
+    let Some((pid, rest)) = args.split_first() else {
+        usage()
+    };
+    let Ok(pid) = pid.parse() else { usage() };
+    if rest.is_empty() || rest.len() % 3 != 0 {
+        usage()
+    }
+    let mut binds = Vec::new();
+    for b in rest.chunks(3) {
+        let read_only = match b[0].as_str() {
+            "ro" => true,
+            "rw" => false,
+            _ => usage(),
+        };
+        binds.push(sandstone_runtime::BindMount {
+            source: b[1].clone().into(),
+            target: b[2].clone(),
+            read_only,
+            idmap: true,
+        });
+    }
+    if let Err(e) = sandstone_runtime::rootfs::bind_live(pid, &binds) {
         eprintln!("{e}");
         std::process::exit(1);
     }

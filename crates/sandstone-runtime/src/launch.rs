@@ -20,21 +20,17 @@ pub fn resize_tmpfs(init_bin: &Path, pid: i32, memory: Option<u64>) -> Result<()
     helper(init_bin, &args, "resize the sandbox's tmpfs")
 }
 
-/// Runs `<init_bin> bind <pid> <source> <target>`: binds a host directory
-/// read-only into the running sandbox whose init is `pid`
-/// ([`crate::rootfs::bind_live`]). Blocking.
-pub fn bind_live(init_bin: &Path, pid: i32, source: &Path, target: &str) -> Result<()> {
-    let args = [
-        "bind".into(),
-        pid.to_string().into(),
-        source.as_os_str().to_owned(),
-        target.into(),
-    ];
-    helper(
-        init_bin,
-        &args,
-        &format!("bind {source:?} into the sandbox"),
-    )
+/// Runs `<init_bin> bind <pid> (ro|rw <source> <target>)...`: binds host
+/// directories into the running sandbox whose init is `pid`
+/// ([`crate::rootfs::bind_live`]), in one helper. Blocking.
+pub fn bind_live(init_bin: &Path, pid: i32, binds: &[crate::spawn::BindMount]) -> Result<()> {
+    let mut args: Vec<std::ffi::OsString> = vec!["bind".into(), pid.to_string().into()];
+    for b in binds {
+        args.push(if b.read_only { "ro" } else { "rw" }.into());
+        args.push(b.source.as_os_str().to_owned());
+        args.push(b.target.clone().into());
+    }
+    helper(init_bin, &args, "bind directories into the sandbox")
 }
 
 /// Runs one of init's helper modes with nothing from our environment;

@@ -305,14 +305,14 @@ pub fn resize_tmpfs(pid: i32, memory: Option<u64>) -> Result<()> {
     Ok(())
 }
 
-/// Binds the host directory `source` read-only at `target` in the running
-/// sandbox whose init is `pid`, idmapped through the sandbox's own user
-/// namespace as [`assemble_host_side`]'s idmapped binds are. This process
+/// Binds host directories (each read-only or not) at their targets in the
+/// running sandbox whose init is `pid`, idmapped through the sandbox's own
+/// user namespace as [`assemble_host_side`]'s idmapped binds are. This process
 /// (single-threaded, host root) clones the tree in the host's mount
 /// namespace, then enters the sandbox's and attaches it, making the mount
 /// point as the sandbox's root. The sandbox cannot undo it: its root has no
 /// `CAP_SYS_ADMIN` to unmount or remount.
-pub fn bind_live(pid: i32, source: &Path, target: &str) -> Result<()> {
+pub fn bind_live(pid: i32, binds: &[crate::spawn::BindMount]) -> Result<()> {
     use sandstone_sys::mount as m;
     use std::os::fd::AsFd;
     let open = |what: &str| {
@@ -327,14 +327,25 @@ pub fn bind_live(pid: i32, source: &Path, target: &str) -> Result<()> {
         .nth(1)
         .and_then(|b| b.parse().ok())
         .ok_or_else(|| Error::Other(format!("the sandbox's uid map {map:?}")))?;
-    let tree = m::clone_tree(&sys::cstr(source)?).step(|| format!("open_tree {source:?}"))?;
-    m::idmap_tree(tree.as_fd(), userns.as_fd(), true).step(|| format!("idmap {source:?}"))?;
+    // Every tree is cloned in the host's namespace, before entering the
+    // sandbox's, where host paths no longer resolve.
+    let mut trees = Vec::with_capacity(binds.len());
+    for b in binds {
+        let source = &b.source;
+        let tree = m::clone_tree(&sys::cstr(source)?).step(|| format!("open_tree {source:?}"))?;
+        m::idmap_tree(tree.as_fd(), userns.as_fd(), b.read_only)
+            .step(|| format!("idmap {source:?}"))?;
+        trees.push(tree);
+    }
     sandstone_sys::process::setns(mntns.as_fd(), libc::CLONE_NEWNS)
         .step(|| "enter the sandbox's mount namespace".into())?;
-    let dst = inside(Path::new("/"), target);
-    as_sandbox_root(id_base, || ensure_dir(&dst))?;
-    m::attach_tree(tree.as_fd(), &sys::cstr(&dst)?)
-        .step(|| format!("attach {source:?} at {target}"))
+    for (b, tree) in binds.iter().zip(&trees) {
+        let dst = inside(Path::new("/"), &b.target);
+        as_sandbox_root(id_base, || ensure_dir(&dst))?;
+        m::attach_tree(tree.as_fd(), &sys::cstr(&dst)?)
+            .step(|| format!("attach {:?} at {}", b.source, b.target))?;
+    }
+    Ok(())
 }
 
 /// Sandbox-side assembly, in PID 1 as the sandbox's root, inside the root

@@ -588,3 +588,45 @@ async fn a_volume_is_watched_without_a_sandbox() {
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_warm_sandbox_takes_volumes_live() {
+    let mut d = Daemon::set_up(&["--pool-gib", "4"], "").await;
+    d.warm_pool = 1;
+    d.spawn().await;
+    d.wait_warm(1).await;
+    let vol = volume(&d, json!({"default_posix_uid": 1000})).await;
+    let url = format!("{}/api/v1/sandboxvolumes/{vol}/files?path=seed", d.url);
+    let r = d
+        .http
+        .post(url)
+        .bearer_auth(&d.token)
+        .body("seeded")
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success());
+    let members = d.warm_ready().await;
+    let sb = mounted(&d, "host", &vol, "/workspace").await;
+    assert_eq!(
+        d.warm_ready().await,
+        members - 1,
+        "the claim did not take the warm sandbox"
+    );
+    let r = d.sh(&sb, "cat /workspace/seed; echo more > /workspace/more; stat -c %u /workspace/seed /workspace").await;
+    assert_eq!(out(&r), "seeded1000\n1000\n", "{r}");
+    // The volume stays bound across a pause (its next start binds it).
+    let (s, v) = d
+        .post(&format!("/api/v1/sandboxes/{sb}/pause"), json!({}))
+        .await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(out(&d.sh(&sb, "cat /workspace/more").await), "more\n");
+    // RWO still: a second claim is refused.
+    let (s, v) = claim(
+        &d,
+        "host",
+        json!([{"sandboxvolume_id": vol, "mount_point": "/x"}]),
+    )
+    .await;
+    assert_eq!(s, 409, "{v}");
+}

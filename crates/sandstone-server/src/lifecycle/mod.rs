@@ -839,10 +839,9 @@ impl Lifecycle {
             && config
                 .network_enabled
                 .is_none_or(|on| on == template.network_enabled)
-            // Warm members have no uploads mount nor volumes, which only a
-            // start adds.
+            // Warm members have no uploads mount, which only a start adds
+            // (volumes are bound into them live).
             && config.uploads_dir.is_none()
-            && config.mounts.is_empty()
             && let Some(member) = self.take_warm(&template.pinned())
         {
             return self.hand_off(member, &template, config, disk, team).await;
@@ -961,6 +960,22 @@ impl Lifecycle {
             n.register(m.slot, &m.id, &policy_of(template, &config)?)?;
         }
         self.storage.set_disk_limit(&m.id, disk).map_err(internal)?;
+        let mut config = config;
+        if !config.mounts.is_empty() {
+            config.mounts = self
+                .reserve_mounts(&m.id, &config.mounts, team, &template.volume_mounts)
+                .await?;
+            undo.mounts = true;
+            // Into the running member, as its next starts bind them.
+            let binds: Vec<_> = config.mounts.iter().map(|b| self.volume_bind(b)).collect();
+            let (init_bin, pid) = (self.init_bin.clone(), m.runtime.pid);
+            tokio::task::spawn_blocking(move || {
+                sandstone_runtime::launch::bind_live(&init_bin, pid, &binds)
+            })
+            .await
+            .map_err(internal)?
+            .map_err(internal)?;
+        }
         // Made before the claim: the claim's environment is the defaults of
         // what it starts (sessions, services, the shell, contexts).
         let mut runtime = m.runtime;

@@ -78,7 +78,7 @@ impl Lifecycle {
         let b = bind(&self.storage.paths(id), target)?;
         let init_bin = self.init_bin.clone();
         tokio::task::spawn_blocking(move || {
-            sandstone_runtime::launch::bind_live(&init_bin, pid, &b.source, &b.target)
+            sandstone_runtime::launch::bind_live(&init_bin, pid, std::slice::from_ref(&b))
         })
         .await
         .map_err(internal)?
