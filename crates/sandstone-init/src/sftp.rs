@@ -92,13 +92,22 @@ pub fn serve(input: impl Read, output: impl Write) -> io::Result<()> {
         let reply = server.handle(&packet);
         output.write_all(&(reply.len() as u32).to_be_bytes())?;
         output.write_all(&reply)?;
-        // Flushed when nothing more is waiting: a pipelined burst is
-        // answered in few writes, a lone request at once.
-        if input.buffer().is_empty() {
+        // Flushed unless a whole next request is already here: a
+        // pipelined burst is answered in few writes, and the client, which
+        // may wait for these answers before it sends the rest of a request
+        // begun, is never left waiting on them.
+        if !holds_whole_packet(input.buffer()) {
             output.flush()?;
         }
     }
     output.flush()
+}
+
+/// Whether `buf` begins with a whole packet (its length and its bytes).
+fn holds_whole_packet(buf: &[u8]) -> bool {
+    buf.get(..4)
+        .map(|len| u32::from_be_bytes(len.try_into().expect("four bytes")) as usize)
+        .is_some_and(|len| buf.len() >= 4 + len)
 }
 
 fn read_packet(input: &mut impl Read) -> io::Result<Option<Vec<u8>>> {
@@ -700,6 +709,13 @@ mod tests {
         assert_eq!(status_of(&r), NO_SUCH_FILE);
         assert_eq!(status_of(&s.handle(&packet(READ, 13, &[]))), BAD_MESSAGE);
         assert_eq!(status_of(&s.handle(&packet(99, 14, &[]))), OP_UNSUPPORTED);
+    }
+
+    #[test]
+    fn answers_are_flushed_unless_a_whole_request_waits() {
+        assert!(!holds_whole_packet(&[]));
+        assert!(!holds_whole_packet(&[0, 0, 0, 5, 1, 2]));
+        assert!(holds_whole_packet(&[0, 0, 0, 2, 1, 2, 9]));
     }
 
     #[test]

@@ -413,8 +413,9 @@ impl SessionChannel {
         // What the client sends goes to init from a task of its own, in
         // order, so output is relayed while init takes it (a process that
         // answers its input, as sftp-server does, would otherwise stall
-        // the loop). While the queue is full the channel is not read: the
-        // client's window holds the rest.
+        // the loop). The channel is read only with room in the queue (a
+        // permit taken first): while it is full, the client's window holds
+        // the rest, and the loop still relays output.
         let (input, mut queued) = tokio::sync::mpsc::channel::<(Request, Vec<u8>)>(INPUT_QUEUE);
         let deliver = {
             let (socket, sandbox, ctx) = (rt.socket.clone(), self.sandbox.clone(), ctx.clone());
@@ -425,10 +426,6 @@ impl SessionChannel {
                     }
                 }
             })
-        };
-        let send = |req: Request, payload: Vec<u8>| {
-            // Room was checked before the channel was read.
-            let _ = input.try_send((req, payload));
         };
         loop {
             tokio::select! {
@@ -453,23 +450,27 @@ impl SessionChannel {
                     Ok((Init::Truncated { .. }, _)) => {}
                     Ok(_) | Err(_) => break,
                 },
-                m = ch.wait(), if input.capacity() > 0 => match m {
-                    Some(ChannelMsg::Data { data }) => {
-                        self.gw.lifecycle.touch(&self.sandbox);
-                        send(Request::Input { id: ctx.clone() }, data.to_vec());
-                    }
-                    Some(ChannelMsg::Eof) => send(Request::CloseStdin { id: ctx.clone() }, vec![]),
-                    Some(ChannelMsg::WindowChange { col_width, row_height, .. }) => {
-                        let size = pty_size(col_width, row_height);
-                        send(Request::Resize { id: ctx.clone(), size }, vec![]);
-                    }
-                    Some(ChannelMsg::Signal { signal }) => {
-                        if let Some(signal) = signal_number(&signal) {
-                            send(Request::Signal { id: ctx.clone(), signal }, vec![]);
+                // Both cancel-safe: a permit or message not used goes back.
+                next = async { Some((input.reserve().await.ok()?, ch.wait().await?)) } => {
+                    let Some((room, m)) = next else { break };
+                    let req = match m {
+                        ChannelMsg::Data { data } => {
+                            self.gw.lifecycle.touch(&self.sandbox);
+                            Some((Request::Input { id: ctx.clone() }, data.to_vec()))
                         }
+                        ChannelMsg::Eof => Some((Request::CloseStdin { id: ctx.clone() }, vec![])),
+                        ChannelMsg::WindowChange { col_width, row_height, .. } => {
+                            let size = pty_size(col_width, row_height);
+                            Some((Request::Resize { id: ctx.clone(), size }, vec![]))
+                        }
+                        ChannelMsg::Signal { signal } => signal_number(&signal)
+                            .map(|signal| (Request::Signal { id: ctx.clone(), signal }, vec![])),
+                        ChannelMsg::Close => break,
+                        _ => None,
+                    };
+                    if let Some(req) = req {
+                        room.send(req);
                     }
-                    Some(ChannelMsg::Close) | None => break,
-                    Some(_) => {}
                 },
                 why = &mut revoked => {
                     let text = format!("\r\nsandstone: session ended: {why}\r\n");

@@ -166,6 +166,32 @@ async fn a_registered_key_runs_commands_a_shell_and_sftp_in_the_sandbox() {
     );
     assert_eq!(text(&out.stderr), "oops\n");
 
+    // Input with no output for a while: 16 MB into a file, whole.
+    let big: Vec<u8> = (0..16_000_000u32).map(|i| (i % 253) as u8).collect();
+    let mut cmd = c.command("ssh", "alice", "accept-new");
+    cmd.arg(format!("{id}@127.0.0.1"))
+        .arg("cat > big && sha256sum < big | cut -d' ' -f1");
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let feeder = std::thread::spawn(move || {
+        use std::io::Write;
+        stdin.write_all(&big).unwrap();
+    });
+    let out = child.wait_with_output().unwrap();
+    feeder.join().unwrap();
+    let want: Vec<u8> = (0..16_000_000u32).map(|i| (i % 253) as u8).collect();
+    assert_eq!(
+        text(&out.stdout).trim(),
+        common::sha256sum(&want),
+        "{}",
+        text(&out.stderr)
+    );
+
     // A shell on a PTY: an interactive login shell on a terminal.
     let mut cmd = c.command("ssh", "alice", "accept-new");
     cmd.arg("-tt").arg(format!("{id}@127.0.0.1"));
@@ -180,7 +206,7 @@ async fn a_registered_key_runs_commands_a_shell_and_sftp_in_the_sandbox() {
 
     // SFTP: an upload lands in /workspace whole, owned as the sandbox's
     // own writes are; a download comes back; mkdir and rename work.
-    let upload: Vec<u8> = (0..3_000_000u32).map(|i| (i * 7 % 251) as u8).collect();
+    let upload: Vec<u8> = (0..24_000_000u32).map(|i| (i * 7 % 251) as u8).collect();
     std::fs::write(dir.path().join("up.bin"), &upload).unwrap();
     let batch = format!(
         "put {} up.bin\nls -l\nget hello {}\nmkdir made\nrename up.bin made/up.bin\n",
