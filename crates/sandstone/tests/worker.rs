@@ -798,6 +798,16 @@ async fn two_workers_on_one_queue_never_serve_one_session_at_once() {
         assert_eq!(results[1].1, "one\ntwo");
         assert_eq!(session_sandboxes(&d, sid).await.len(), 1);
     }
+    // A worker logs an item's end after its sandbox shows paused: wait
+    // (bounded) for every item it began to be logged as ended.
+    let ended = |w: &WorkerProc| {
+        let done: Vec<Value> = w.records("item done");
+        w.records("sandbox ready").iter().all(|r| {
+            done.iter()
+                .any(|e| e["fields"]["work"] == r["fields"]["work"])
+        })
+    };
+    within(Duration::from_secs(10), async || ended(&a) && ended(&b)).await;
     // Per session, one item at a time: each item was served by one worker
     // and an item started only after the previous one ended.
     let mut spans: Vec<(String, String, String, String)> = Vec::new();
