@@ -1107,6 +1107,14 @@ async fn a_preview_is_served_through_any_node() {
     assert_eq!(r.status(), 401, "no credential, no entry");
 }
 
+/// A sandbox of `host` claimed through `node` with `mounts`.
+async fn claim_mounting(node: &common::Daemon, mounts: &serde_json::Value) -> String {
+    let body = json!({"template": "host", "mounts": mounts});
+    let (s, v) = node.post("/api/v1/sandboxes", body).await;
+    assert_eq!(s, 201, "{v}");
+    v["data"]["sandbox_id"].as_str().unwrap().to_string()
+}
+
 /// A sandbox volume is checkpointed as its sandbox leaves it, is reached
 /// through any node, and mounts on another node once its own is dead;
 /// the dead node's copy is dropped when it comes back.
@@ -1122,14 +1130,7 @@ async fn a_volume_mounts_on_another_node_after_its_node_dies() {
     let vol = v["data"]["id"].as_str().unwrap().to_string();
     // Claimed through node 2: it goes to node 1, where the volume is.
     let mounts = json!([{"sandboxvolume_id": vol, "mount_point": "/data"}]);
-    let (s, v) = c.nodes[1]
-        .post(
-            "/api/v1/sandboxes",
-            json!({"template": "host", "mounts": mounts}),
-        )
-        .await;
-    assert_eq!(s, 201, "{v}");
-    let a = v["data"]["sandbox_id"].as_str().unwrap().to_string();
+    let a = claim_mounting(&c.nodes[1], &mounts).await;
     assert_eq!(c.holder(&a), Some(0));
     let r = c.nodes[0]
         .sh(&a, "echo kept > /data/notes && head -c 3000000 /dev/urandom > /data/blob && sha256sum /data/blob")
@@ -1146,14 +1147,7 @@ async fn a_volume_mounts_on_another_node_after_its_node_dies() {
 
     c.nodes[0].kill();
     tokio::time::sleep(TTL + Duration::from_millis(500)).await;
-    let (s, v) = c.nodes[1]
-        .post(
-            "/api/v1/sandboxes",
-            json!({"template": "host", "mounts": mounts}),
-        )
-        .await;
-    assert_eq!(s, 201, "{v}");
-    let b = v["data"]["sandbox_id"].as_str().unwrap().to_string();
+    let b = claim_mounting(&c.nodes[1], &mounts).await;
     assert_eq!(c.holder(&b), Some(1));
     let r = c.nodes[1]
         .sh(
