@@ -65,6 +65,7 @@ const IOC_QGROUP_LIMIT: u64 = ior(43, std::mem::size_of::<QgroupLimitArgs>());
 const SUBVOL_RDONLY: u64 = 1 << 1;
 const QGROUP_LIMIT_MAX_RFER: u64 = 1 << 0;
 const QUOTA_CTL_ENABLE: u64 = 1;
+const QUOTA_CTL_ENABLE_SIMPLE: u64 = 4;
 const BTRFS_SUPER_MAGIC: i64 = 0x9123_683E;
 
 fn open_dir(p: &Path) -> Result<File> {
@@ -155,12 +156,35 @@ pub fn delete_subvolume(path: &Path) -> Result<()> {
     })
 }
 
+/// Turns quotas on: simple quotas where the kernel has them (6.7+), full
+/// qgroups otherwise. A filesystem with quotas already on keeps its mode.
+///
+/// Why simple: full qgroups find, for every extent a new snapshot shares,
+/// every subvolume that shares it, inside the snapshot's transaction, so a
+/// snapshot or fork costs more the bigger the source and the more copies of
+/// it exist (2.17 ms for a 10 MiB volume, 5 ms for 1 GiB, 15 ms after a few
+/// hundred copies). Simple quotas charge each extent to the subvolume that
+/// wrote it, which a snapshot does not change: O(1). What that means for a
+/// cap (a copy is charged only for what it writes itself; bytes a snapshot
+/// still holds stay charged to their writer) is in `docs/operations.md`.
 pub fn enable_quota(path: &Path) -> Result<()> {
+    let dir = open_dir(path)?;
+    let mut simple = QuotaCtlArgs {
+        cmd: QUOTA_CTL_ENABLE_SIMPLE,
+        status: 0,
+    };
+    match ioctl(&dir, IOC_QUOTA_CTL, &mut simple, || {
+        format!("enable simple quotas on {path:?}")
+    }) {
+        // A kernel without simple quotas calls the command unknown.
+        Err(Error::Io { source, .. }) if source.raw_os_error() == Some(libc::EINVAL) => {}
+        done => return done,
+    }
     let mut args = QuotaCtlArgs {
         cmd: QUOTA_CTL_ENABLE,
         status: 0,
     };
-    ioctl(&open_dir(path)?, IOC_QUOTA_CTL, &mut args, || {
+    ioctl(&dir, IOC_QUOTA_CTL, &mut args, || {
         format!("enable quota on {path:?}")
     })
 }

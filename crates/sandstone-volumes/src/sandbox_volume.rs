@@ -117,9 +117,4 @@ impl Storage {
     pub fn user_volume_usage(&self, id: &str) -> u64 {
         self.pool.usage(&self.pool.user_volume_dir(id))
     }
-
-    /// Bytes snapshot `snap` refers to.
-    pub fn user_volume_snapshot_usage(&self, snap: &str) -> u64 {
-        self.pool.usage(&self.pool.user_volume_snapshot_dir(snap))
-    }
 }

@@ -10,6 +10,7 @@ mod common;
 
 use common::Daemon;
 use serde_json::{Value, json};
+use std::process::Command;
 
 /// A new volume's id.
 async fn volume(d: &Daemon, body: Value) -> String {
@@ -295,6 +296,74 @@ async fn snapshots_restore_and_forks_diverge() {
         .delete(&format!("/api/v1/sandboxvolumes/{vol}/snapshots/{snap}"))
         .await;
     assert_eq!(s, 200);
+}
+
+/// What volume `v` is charged for, as of a pool commit made now (usage is
+/// the pool's as of its last commit).
+async fn metered(d: &Daemon, v: &str) -> u64 {
+    let synced = Command::new("sync").arg("-f").arg(d.pool_root()).status();
+    assert!(synced.unwrap().success());
+    let (s, v) = d.get(&format!("/api/v1/sandboxvolumes/{v}")).await;
+    assert_eq!(s, 200, "{v}");
+    v["data"]["metered_storage_bytes"].as_u64().unwrap()
+}
+
+/// The pool charges each byte to the volume that wrote it (btrfs simple
+/// quotas): a fork or a snapshot shares its source's bytes, is charged only
+/// for what it writes, and costs the same whatever the source holds.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_copy_is_charged_only_for_what_it_writes() {
+    let d = Daemon::start().await;
+    let vol = volume(&d, json!({"size": "64Mi"})).await;
+    let put = |v: &str, path: &str, body: Vec<u8>| {
+        let url = format!("{}/api/v1/sandboxvolumes/{v}/files?path={path}", d.url);
+        let req = d.http.post(url).bearer_auth(&d.token).body(body).send();
+        async move { assert!(req.await.unwrap().status().is_success()) }
+    };
+    let mib = |n: usize| {
+        (0..n << 20)
+            .map(|i| (i * 7 + i / 4093) as u8)
+            .collect::<Vec<u8>>()
+    };
+    put(&vol, "big", mib(40)).await;
+    let source = metered(&d, &vol).await;
+    assert!(source >= 40 << 20, "{source}");
+
+    let (s, v) = d
+        .post(&format!("/api/v1/sandboxvolumes/{vol}/fork"), json!({}))
+        .await;
+    assert_eq!(s, 201, "{v}");
+    let fork = v["data"]["id"].as_str().unwrap().to_string();
+    put(&fork, "small", mib(1)).await;
+    let charged = metered(&d, &fork).await;
+    assert!(
+        (1 << 20..4 << 20).contains(&charged),
+        "the fork is charged {charged}"
+    );
+    // Its cap (64 MiB, inherited) bounds only what it writes: 40 MiB more fit.
+    put(&fork, "more", mib(40)).await;
+
+    let (s, v) = d
+        .post(
+            &format!("/api/v1/sandboxvolumes/{vol}/snapshots"),
+            json!({"name": "s"}),
+        )
+        .await;
+    assert_eq!(s, 201, "{v}");
+    let held = v["data"]["size_bytes"].as_u64().unwrap();
+    assert!(held >= 40 << 20, "the snapshot holds {held}");
+    // Deleting the file the snapshot still holds frees nothing on the pool,
+    // so the volume is still charged for it.
+    let url = format!("{}/api/v1/sandboxvolumes/{vol}/files?path=big", d.url);
+    let r = d
+        .http
+        .delete(url)
+        .bearer_auth(&d.token)
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success());
+    assert!(metered(&d, &vol).await >= 40 << 20);
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -341,13 +341,17 @@ impl Lifecycle {
         let snap = format!("vs-{}", random_hex(8));
         tokio::task::block_in_place(|| self.storage.snapshot_user_volume(id, &snap))
             .map_err(internal)?;
+        // The snapshot holds what its volume is charged for as of the
+        // snapshot's commit; the snapshot itself is charged for nothing
+        // (simple quotas charge an extent to the volume that wrote it).
+        let size = self.storage.user_volume_usage(id);
         let row = VolumeSnapshotRow {
             id: snap.clone(),
             volume_id: v.id,
             team_id: v.team_id,
             name,
             description,
-            size_bytes: self.storage.user_volume_snapshot_usage(&snap) as i64,
+            size_bytes: size as i64,
             created_at: now_ms(),
         };
         if let Err(e) = self.volumes.insert_volume_snapshot(&row).await {
