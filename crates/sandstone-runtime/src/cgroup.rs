@@ -75,6 +75,36 @@ pub struct Usage {
     pub pids: Option<u64>,
 }
 
+/// A cgroup's count of OOM kills, read through a handle kept open after
+/// the first read: every synchronous exec reads it before and after, and
+/// opening the file by its path (a walk through the cgroup file system)
+/// cost more than reading it. Opened on first use, so an idle sandbox adds
+/// no descriptor to the daemon's table (which every spawn helper's fork
+/// copies). Reads of a removed cgroup's file fail, and count as none.
+#[derive(Debug, Clone)]
+pub struct OomCounter {
+    path: Option<PathBuf>,
+    file: std::sync::Arc<std::sync::OnceLock<Option<std::fs::File>>>,
+}
+
+impl OomCounter {
+    pub fn read(&self) -> u64 {
+        use std::os::unix::fs::FileExt;
+        let file = self.file.get_or_init(|| {
+            let path = self.path.as_ref()?;
+            std::fs::File::open(path).ok()
+        });
+        let Some(f) = file else { return 0 };
+        // Each read from offset 0 makes the kernel print the file anew.
+        let mut buf = [0u8; 512];
+        let n = f.read_at(&mut buf, 0).unwrap_or(0);
+        std::str::from_utf8(&buf[..n])
+            .ok()
+            .and_then(|text| keyed(text, "oom_kill"))
+            .unwrap_or(0)
+    }
+}
+
 /// One sandbox's cgroup (a directory per hierarchy).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Cgroup {
@@ -371,14 +401,20 @@ impl Cgroup {
 
     /// How many processes the kernel OOM-killed in this cgroup so far.
     pub fn oom_kills(&self) -> u64 {
+        self.oom_counter().read()
+    }
+
+    /// The cgroup's OOM-kill counter (its file opened at the first read).
+    pub fn oom_counter(&self) -> OomCounter {
         let file = if self.v2 {
             "memory.events"
         } else {
             "memory.oom_control"
         };
-        self.read(Controller::Memory, file)
-            .and_then(|text| keyed(&text, "oom_kill"))
-            .unwrap_or(0)
+        OomCounter {
+            path: self.dir_of(Controller::Memory).map(|d| d.join(file)),
+            file: Default::default(),
+        }
     }
 
     /// What the cgroup has used so far and holds now (a few small reads).

@@ -64,6 +64,29 @@ pub struct Runtime {
     /// Turns at the agent's shell ([`bash`]); shared by every clone of
     /// this runtime, and gone with it.
     pub shell: Arc<tokio::sync::Mutex<()>>,
+    /// The cgroup's OOM kills, read around every synchronous exec.
+    pub oom: sandstone_runtime::cgroup::OomCounter,
+}
+
+impl Runtime {
+    /// The runtime of PID 1 `pid` (host pid), answering on `socket`.
+    pub fn new(
+        id: &str,
+        pid: i32,
+        env: std::collections::BTreeMap<String, String>,
+        socket: PathBuf,
+        cgroup: Cgroup,
+    ) -> Runtime {
+        Runtime {
+            pid,
+            env,
+            socket: crate::initclient::InitSocket::new(socket),
+            oom: cgroup.oom_counter(),
+            cgroup,
+            init: open_pidfd(id, pid),
+            shell: Arc::default(),
+        }
+    }
 }
 
 /// A runtime whose init the daemon watches: (sandbox, init pid, pidfd).
@@ -651,14 +674,13 @@ impl Lifecycle {
         }
         .await;
         match started {
-            Ok(pid) => Ok(Runtime {
+            Ok(pid) => Ok(Runtime::new(
+                id,
                 pid,
-                env: config.env_vars.clone(),
-                socket: crate::initclient::InitSocket::new(paths.socket),
+                config.env_vars.clone(),
+                paths.socket,
                 cgroup,
-                init: open_pidfd(id, pid),
-                shell: Arc::default(),
-            }),
+            )),
             Err(e) => {
                 tokio::task::block_in_place(|| self.stop_runtime(id, &cgroup));
                 Err(e)

@@ -78,14 +78,13 @@ impl Lifecycle {
             let _ = cgroup.set_frozen(false);
         }
         if was_running && keep_alive && self.alive(id).await {
-            let runtime = Runtime {
-                pid: row.pid.unwrap_or(0) as i32,
-                env: super::config_of(row).env_vars,
-                socket: crate::initclient::InitSocket::new(self.storage.paths(id).socket),
+            let runtime = Runtime::new(
+                id,
+                row.pid.unwrap_or(0) as i32,
+                super::config_of(row).env_vars,
+                self.storage.paths(id).socket,
                 cgroup,
-                init: super::open_pidfd(id, row.pid.unwrap_or(0) as i32),
-                shell: Default::default(),
-            };
+            );
             let generation = if running {
                 row.generation
             } else {
@@ -142,14 +141,13 @@ impl Lifecycle {
                 n.register(row.slot, id, &policy)
                     .map_err(anyhow::Error::from)?;
             }
-            let runtime = Runtime {
+            let runtime = Runtime::new(
+                id,
                 pid,
-                env: super::config_of(row).env_vars,
-                socket: crate::initclient::InitSocket::new(self.storage.paths(id).socket),
+                super::config_of(row).env_vars,
+                self.storage.paths(id).socket,
                 cgroup,
-                init: super::open_pidfd(id, pid),
-                shell: Default::default(),
-            };
+            );
             let held = super::Held {
                 runtime,
                 watched: false,

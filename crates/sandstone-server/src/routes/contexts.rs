@@ -281,12 +281,12 @@ pub async fn create(
             .observe("context", started.elapsed().as_secs_f64() * 1000.0);
         return Ok(ok(StatusCode::CREATED, context_response(&info)));
     }
-    let oom_before = rt.cgroup.oom_kills();
+    let oom_before = rt.oom.read();
     let (terminal, out) = run_collect(&rt, &spawn, Collected::new(!pty)).await?;
     let Init::Exit { info: exit, proc } = terminal else {
         return Err(ApiError::internal("unexpected answer to a synchronous run"));
     };
-    let oom_killed = rt.cgroup.oom_kills() > oom_before;
+    let oom_killed = rt.oom.read() > oom_before;
     st.metrics
         .observe("exec", started.elapsed().as_secs_f64() * 1000.0);
     // An init started by an older daemon answers without the context.
