@@ -16,10 +16,15 @@ const KEPT: usize = 2;
 /// sixth of a short exec. Clones share them; they close with the last
 /// clone (the runtime's), and a kept one that init closed meanwhile (it
 /// died, or a checkpoint ended its connections) is never used again.
+///
+/// They are kept registered with the runtime's reactor: one registered
+/// anew knows no readiness yet, so its first write waited for the reactor
+/// to report it writable, and the request often went on on another
+/// worker thread, one hand-off more per exec.
 #[derive(Clone, Debug)]
 pub struct InitSocket {
     path: PathBuf,
-    kept: Arc<Mutex<Vec<std::os::unix::net::UnixStream>>>,
+    kept: Arc<Mutex<Vec<UnixStream>>>,
 }
 
 impl InitSocket {
@@ -43,7 +48,7 @@ impl InitSocket {
             std::iter::from_fn(|| kept.pop()).find(|s| sandstone_sys::net::is_quiet(s.as_fd()))
         };
         let stream = match kept {
-            Some(s) => UnixStream::from_std(s)?,
+            Some(s) => s,
             None => UnixStream::connect(&self.path).await?,
         };
         Ok(InitConn {
@@ -74,12 +79,9 @@ impl InitSocket {
         if !conn.buf.is_empty() {
             return;
         }
-        let Ok(stream) = conn.stream.into_std() else {
-            return;
-        };
         let mut kept = crate::lock(&self.kept);
         if kept.len() < KEPT {
-            kept.push(stream);
+            kept.push(conn.stream);
         }
     }
 }
