@@ -22,8 +22,10 @@ pub use secret::Secret;
 /// `bytes` random bytes from the kernel, as hex.
 pub fn random_hex(bytes: usize) -> String {
     let mut buf = vec![0u8; bytes];
-    let _ = std::fs::File::open("/dev/urandom")
-        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut buf));
+    // One `getrandom` call (every context id takes one: opening
+    // /dev/urandom each time was a file open per exec), which fails only
+    // on a kernel older than 3.17 or a seccomp filter that forbids it.
+    getrandom::fill(&mut buf).expect("the kernel's getrandom");
     buf.iter().map(|b| format!("{b:02x}")).collect()
 }
 
@@ -1163,4 +1165,17 @@ pub struct RegistryCredentials {
     pub username: String,
     pub password: String,
     pub expires_at: String,
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn random_hex_is_hex_of_the_length_asked_and_never_repeats() {
+        let a = super::random_hex(16);
+        assert_eq!(a.len(), 32);
+        assert!(a.bytes().all(|b| b.is_ascii_hexdigit()), "{a}");
+        // 128 random bits: equal twice, or all zero, only if nothing random came.
+        assert_ne!(a, super::random_hex(16));
+        assert_ne!(a, "0".repeat(32));
+    }
 }
