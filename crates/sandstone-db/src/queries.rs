@@ -1860,6 +1860,23 @@ impl VolumeStore for Backend {
             Ok(rows.iter().map(row_to_mount).collect())
         })
     }
+
+    fn team_volume_mounts<'a>(
+        &'a self,
+        team: &'a str,
+    ) -> BoxFuture<'a, Result<Vec<VolumeMountRow>>> {
+        Box::pin(async move {
+            let rows = sqlx::query(
+                "SELECT m.volume_id, m.sandbox_id, m.mount_point, m.read_only, m.exclusive
+                 FROM volume_mounts m JOIN sandbox_volumes v ON v.id = m.volume_id
+                 WHERE v.team_id = $1 ORDER BY m.volume_id, m.sandbox_id",
+            )
+            .bind(team)
+            .fetch_all(&self.pool)
+            .await?;
+            Ok(rows.iter().map(row_to_mount).collect())
+        })
+    }
 }
 
 impl WebhookStore for Backend {
@@ -2766,6 +2783,11 @@ mod tests {
             Err("vol-1".into())
         );
         assert!(store.volume_mounts("vol-2").await.unwrap().is_empty());
+        assert_eq!(
+            store.team_volume_mounts("team_a").await.unwrap(),
+            [mount("sb-1", "/workspace", true)]
+        );
+        assert!(store.team_volume_mounts("team_b").await.unwrap().is_empty());
         // Mounted: not deleted, and the mounts are named.
         let held = store.delete_volume("vol-1").await.unwrap();
         assert_eq!(held, [mount("sb-1", "/workspace", true)]);

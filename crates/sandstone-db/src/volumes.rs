@@ -89,6 +89,11 @@ pub trait VolumeStore: Send + Sync {
         &'a self,
         volume_id: &'a str,
     ) -> BoxFuture<'a, Result<Vec<VolumeMountRow>>>;
+    /// The mounts of every volume of `team`, in one query (a listing's).
+    fn team_volume_mounts<'a>(
+        &'a self,
+        team: &'a str,
+    ) -> BoxFuture<'a, Result<Vec<VolumeMountRow>>>;
     /// Records a checkpoint taken at `at` under `epoch`, if the volume is
     /// still `node`'s at that epoch.
     fn set_volume_checkpointed<'a>(

@@ -85,6 +85,17 @@ async fn a_volume_outlives_its_sandbox_and_moves_to_another_template() {
         .await);
     let (_, v) = d.get(&format!("/api/v1/sandboxvolumes/{vol}")).await;
     assert_eq!(v["data"]["mounted_by"], json!([a]), "{v}");
+    // The listing shows the same (its mounts come from one query).
+    let other = volume(&d, json!({})).await;
+    let (_, list) = d.get("/api/v1/sandboxvolumes").await;
+    let mounted_by = |id: &str| {
+        let all = list["data"].as_array().unwrap();
+        all.iter().find(|v| v["id"] == id).unwrap()["mounted_by"].clone()
+    };
+    assert_eq!(
+        (mounted_by(&vol), mounted_by(&other)),
+        (json!([a]), json!([]))
+    );
     // The sandbox goes; the volume stays, mounted by nothing.
     let (s, _) = d.delete(&format!("/api/v1/sandboxes/{a}")).await;
     assert_eq!(s, 202);

@@ -39,9 +39,14 @@ async fn to_api(st: &AppState, v: VolumeRow) -> ApiResult<SandboxVolume> {
         .into_iter()
         .map(|m| m.sandbox_id)
         .collect();
+    Ok(shape(st, v, mounted_by))
+}
+
+/// A volume as the API shows it, with the sandboxes mounting it.
+fn shape(st: &AppState, v: VolumeRow, mounted_by: Vec<String>) -> SandboxVolume {
     let here = v.node_id == st.lifecycle.node;
     let usage = here.then(|| st.lifecycle.storage.user_volume_usage(&v.id) as i64);
-    Ok(SandboxVolume {
+    SandboxVolume {
         team_id: v.team_id,
         user_id: v.created_by,
         source_volume_id: v.source_volume_id,
@@ -57,7 +62,7 @@ async fn to_api(st: &AppState, v: VolumeRow) -> ApiResult<SandboxVolume> {
         created_at: rfc3339_ms(v.created_at),
         updated_at: rfc3339_ms(v.updated_at),
         id: v.id,
-    })
+    }
 }
 
 fn snapshot_to_api(s: VolumeSnapshotRow) -> VolumeSnapshot {
@@ -123,13 +128,18 @@ pub async fn list(
         .iter()
         .filter_map(|(k, v)| Some((k.strip_prefix("metadata.")?, v)))
         .collect();
+    let mut mounts: HashMap<String, Vec<String>> = HashMap::new();
+    for m in st.lifecycle.volumes.team_volume_mounts(&by.team).await? {
+        mounts.entry(m.volume_id).or_default().push(m.sandbox_id);
+    }
     let mut out = Vec::new();
     for v in st.lifecycle.volumes.list_volumes(&by.team).await? {
         if wanted
             .iter()
             .all(|(k, val)| v.metadata.get(*k) == Some(*val))
         {
-            out.push(to_api(&st, v).await?);
+            let mounted_by = mounts.remove(&v.id).unwrap_or_default();
+            out.push(shape(&st, v, mounted_by));
         }
     }
     Ok(ok(StatusCode::OK, out))
