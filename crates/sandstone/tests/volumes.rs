@@ -69,6 +69,21 @@ fn out(v: &Value) -> String {
     v["stdout"].as_str().unwrap_or_default().to_string()
 }
 
+/// Writes `body` to `path` in volume `vol` through the volume files API.
+async fn put_file(d: &Daemon, vol: &str, path: &str, body: impl Into<reqwest::Body>) {
+    let url = format!("{}/api/v1/sandboxvolumes/{vol}/files?path={path}", d.url);
+    let r = d.http.post(url).bearer_auth(&d.token).body(body).send();
+    let r = r.await.unwrap();
+    assert!(r.status().is_success(), "{}", r.status());
+}
+
+/// The text of `path` in volume `vol`, through the volume files API.
+async fn get_file(d: &Daemon, vol: &str, path: &str) -> String {
+    let url = format!("{}/api/v1/sandboxvolumes/{vol}/files?path={path}", d.url);
+    let r = d.http.get(url).bearer_auth(&d.token).send().await.unwrap();
+    r.text().await.unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_volume_outlives_its_sandbox_and_moves_to_another_template() {
     let d = Daemon::start().await;
@@ -241,16 +256,7 @@ async fn access_modes_are_enforced() {
 async fn snapshots_restore_and_forks_diverge() {
     let d = Daemon::start().await;
     let vol = volume(&d, json!({})).await;
-    let put = |path: &str, body: &'static str| {
-        let url = format!("{}/api/v1/sandboxvolumes/{vol}/files?path={path}", d.url);
-        d.http.post(url).bearer_auth(&d.token).body(body).send()
-    };
-    let get = |v: &str, path: &str| {
-        let url = format!("{}/api/v1/sandboxvolumes/{v}/files?path={path}", d.url);
-        let req = d.http.get(url).bearer_auth(&d.token).send();
-        async move { req.await.unwrap().text().await.unwrap() }
-    };
-    assert!(put("f", "one").await.unwrap().status().is_success());
+    put_file(&d, &vol, "f", "one").await;
     let (s, snap) = d
         .post(
             &format!("/api/v1/sandboxvolumes/{vol}/snapshots"),
@@ -259,8 +265,8 @@ async fn snapshots_restore_and_forks_diverge() {
         .await;
     assert_eq!(s, 201, "{snap}");
     let snap = snap["data"]["id"].as_str().unwrap().to_string();
-    assert!(put("f", "two").await.unwrap().status().is_success());
-    assert_eq!(get(&vol, "f").await, "two");
+    put_file(&d, &vol, "f", "two").await;
+    assert_eq!(get_file(&d, &vol, "f").await, "two");
     // Mounted read-write: no restore.
     let sb = mounted(&d, "host", &vol, "/data").await;
     let restore = format!("/api/v1/sandboxvolumes/{vol}/snapshots/{snap}/restore");
@@ -269,7 +275,7 @@ async fn snapshots_restore_and_forks_diverge() {
     d.delete(&format!("/api/v1/sandboxes/{sb}")).await;
     let (s, v) = d.post(&restore, json!({})).await;
     assert_eq!(s, 200, "{v}");
-    assert_eq!(get(&vol, "f").await, "one");
+    assert_eq!(get_file(&d, &vol, "f").await, "one");
 
     // A fork shares the files, then each goes its own way.
     let (s, v) = d
@@ -278,22 +284,13 @@ async fn snapshots_restore_and_forks_diverge() {
     assert_eq!(s, 201, "{v}");
     assert_eq!(v["data"]["source_volume_id"], vol.as_str());
     let fork = v["data"]["id"].as_str().unwrap().to_string();
-    assert!(put("f", "parent").await.unwrap().status().is_success());
-    let url = format!("{}/api/v1/sandboxvolumes/{fork}/files?path=f", d.url);
-    let r = d
-        .http
-        .post(url)
-        .bearer_auth(&d.token)
-        .body("child")
-        .send()
-        .await
-        .unwrap();
-    assert!(r.status().is_success());
-    assert_eq!(get(&vol, "f").await, "parent");
-    assert_eq!(get(&fork, "f").await, "child");
+    put_file(&d, &vol, "f", "parent").await;
+    put_file(&d, &fork, "f", "child").await;
+    assert_eq!(get_file(&d, &vol, "f").await, "parent");
+    assert_eq!(get_file(&d, &fork, "f").await, "child");
     // A new volume from the snapshot.
     let from = volume(&d, json!({"snapshot_id": snap})).await;
-    assert_eq!(get(&from, "f").await, "one");
+    assert_eq!(get_file(&d, &from, "f").await, "one");
     // As root (the default owner), the helper keeps only the capabilities
     // of file ownership: chown, DAC override and read-search, fowner, fsetid.
     let only_files = "000000000000001f".to_string();
@@ -326,17 +323,12 @@ async fn metered(d: &Daemon, v: &str) -> u64 {
 async fn a_copy_is_charged_only_for_what_it_writes() {
     let d = Daemon::start().await;
     let vol = volume(&d, json!({"size": "64Mi"})).await;
-    let put = |v: &str, path: &str, body: Vec<u8>| {
-        let url = format!("{}/api/v1/sandboxvolumes/{v}/files?path={path}", d.url);
-        let req = d.http.post(url).bearer_auth(&d.token).body(body).send();
-        async move { assert!(req.await.unwrap().status().is_success()) }
-    };
     let mib = |n: usize| {
         (0..n << 20)
             .map(|i| (i * 7 + i / 4093) as u8)
             .collect::<Vec<u8>>()
     };
-    put(&vol, "big", mib(40)).await;
+    put_file(&d, &vol, "big", mib(40)).await;
     let source = metered(&d, &vol).await;
     assert!(source >= 40 << 20, "{source}");
 
@@ -345,14 +337,14 @@ async fn a_copy_is_charged_only_for_what_it_writes() {
         .await;
     assert_eq!(s, 201, "{v}");
     let fork = v["data"]["id"].as_str().unwrap().to_string();
-    put(&fork, "small", mib(1)).await;
+    put_file(&d, &fork, "small", mib(1)).await;
     let charged = metered(&d, &fork).await;
     assert!(
         (1 << 20..4 << 20).contains(&charged),
         "the fork is charged {charged}"
     );
     // Its cap (64 MiB, inherited) bounds only what it writes: 40 MiB more fit.
-    put(&fork, "more", mib(40)).await;
+    put_file(&d, &fork, "more", mib(40)).await;
 
     let (s, v) = d
         .post(
@@ -676,16 +668,7 @@ async fn a_warm_sandbox_takes_volumes_live() {
     d.spawn().await;
     d.wait_warm(1).await;
     let vol = volume(&d, json!({"default_posix_uid": 1000})).await;
-    let url = format!("{}/api/v1/sandboxvolumes/{vol}/files?path=seed", d.url);
-    let r = d
-        .http
-        .post(url)
-        .bearer_auth(&d.token)
-        .body("seeded")
-        .send()
-        .await
-        .unwrap();
-    assert!(r.status().is_success());
+    put_file(&d, &vol, "seed", "seeded").await;
     let pooled = d.volumes();
     let sb = mounted(&d, "host", &vol, "/workspace").await;
     assert!(
